@@ -1,0 +1,226 @@
+"""Causality: dots, causal contexts, versions and the per-key state they form.
+
+The model is Riak's dotted version vectors. Every write accepted by a node gets a *dot*
+(node_id, counter), unique for the key. A *causal context* is a set of dots, stored as a
+contiguous version vector plus a few dots beyond it (they arrive out of order). A write carries
+the context it supersedes; a node's state for a key keeps every version whose dot no received
+context covers, plus the union of everything seen. Applying the same writes in any order, with
+duplicates, gives the same state: the state is a join-semilattice and every function here is
+pure, so the property tests can check exactly that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from domicile.model import Classification, ConflictMode
+
+
+@dataclass(frozen=True, order=True)
+class Dot:
+    """The counter-th write accepted by node node_id for one key."""
+
+    node_id: str
+    counter: int
+
+
+@dataclass(frozen=True)
+class CausalContext:
+    """A set of dots: {(n, i) | 1 <= i <= vv[n]} plus `dots`. Always kept compact: no dot in
+    `dots` is covered by `vv` or could extend it."""
+
+    vv: Mapping[str, int] = field(default_factory=dict)
+    dots: frozenset[Dot] = frozenset()
+
+    @staticmethod
+    def empty() -> CausalContext:
+        return _EMPTY
+
+    @staticmethod
+    def of(vv: Mapping[str, int] | None = None, dots: Iterable[Dot] = ()) -> CausalContext:
+        return CausalContext._compact(dict(vv or {}), set(dots))
+
+    @staticmethod
+    def _compact(vv: dict[str, int], dots: set[Dot]) -> CausalContext:
+        vv = {n: c for n, c in vv.items() if c > 0}
+        # Fold dots into the vector while they extend it contiguously.
+        for dot in sorted(dots):
+            if dot.counter == vv.get(dot.node_id, 0) + 1:
+                vv[dot.node_id] = dot.counter
+        rest = frozenset(d for d in dots if d.counter > vv.get(d.node_id, 0))
+        return CausalContext(dict(sorted(vv.items())), rest)
+
+    def covers(self, dot: Dot) -> bool:
+        return dot.counter <= self.vv.get(dot.node_id, 0) or dot in self.dots
+
+    def max_counter(self, node_id: str) -> int:
+        extra = [d.counter for d in self.dots if d.node_id == node_id]
+        return max([self.vv.get(node_id, 0), *extra])
+
+    def join(self, other: CausalContext) -> CausalContext:
+        if not other.vv and not other.dots:
+            return self
+        vv = dict(self.vv)
+        for node, counter in other.vv.items():
+            if counter > vv.get(node, 0):
+                vv[node] = counter
+        return CausalContext._compact(vv, set(self.dots) | set(other.dots))
+
+    def add(self, dot: Dot) -> CausalContext:
+        return self.join(CausalContext(dots=frozenset([dot])))
+
+    def leq(self, other: CausalContext) -> bool:
+        """True when every event in self is also in other (the causal partial order)."""
+        for node, counter in self.vv.items():
+            top = other.vv.get(node, 0)
+            if counter > top and not all(Dot(node, i) in other.dots for i in range(top + 1, counter + 1)):
+                return False
+        return all(other.covers(d) for d in self.dots)
+
+    def is_empty(self) -> bool:
+        return not self.vv and not self.dots
+
+    def event_count(self) -> int:
+        return sum(self.vv.values()) + len(self.dots)
+
+
+_EMPTY = CausalContext()
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of a record: a value or a tombstone written at one node."""
+
+    dot: Dot
+    value: bytes
+    hlc: int
+    tombstone: bool = False
+    content_type: str = ""
+    subject_id: str = ""
+    subject_jurisdiction: str = ""
+    classification: Classification = Classification.UNSPECIFIED
+    checksum: bytes = b""
+    origin_region: str = ""
+
+    def checksum_ok(self) -> bool:
+        return self.checksum == sha256(self.value)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """A write event as replicated: the new version and the context it supersedes."""
+
+    namespace: str
+    key: str
+    context: CausalContext
+    version: Version
+    lsn: int = 0
+    origin_node_id: str = ""
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """What a node holds for one key."""
+
+    versions: tuple[Version, ...] = ()
+    context: CausalContext = _EMPTY
+
+    def live(self) -> tuple[Version, ...]:
+        return tuple(v for v in self.versions if not v.tombstone)
+
+    def has_live(self) -> bool:
+        return any(not v.tombstone for v in self.versions)
+
+
+def sha256(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Result of applying a mutation to a key state."""
+
+    state: KeyState
+    changed: bool
+    # True when the mutation left more than one version standing: concurrent writes.
+    conflict: bool
+
+
+def apply(state: KeyState | None, mutation: Mutation) -> Applied:
+    """Applies a write event. Idempotent; the result does not depend on arrival order."""
+    state = state or KeyState()
+    dot = mutation.version.dot
+    if state.context.covers(dot):
+        # Already applied, or superseded by a write that has already arrived.
+        return Applied(state, changed=False, conflict=False)
+    kept = [v for v in state.versions if not mutation.context.covers(v.dot)]
+    kept.append(mutation.version)
+    kept.sort(key=lambda v: v.dot)
+    context = state.context.join(mutation.context).add(dot)
+    return Applied(KeyState(tuple(kept), context), changed=True, conflict=len(kept) > 1)
+
+
+def merge(a: KeyState, b: KeyState) -> KeyState:
+    """Joins two key states (anti-entropy). Commutative, associative and idempotent."""
+    b_dots = {v.dot for v in b.versions}
+    a_dots = {v.dot for v in a.versions}
+    kept: dict[Dot, Version] = {}
+    for v in a.versions:
+        if v.dot in b_dots or not b.context.covers(v.dot):
+            kept[v.dot] = v
+    for v in b.versions:
+        if v.dot in a_dots or not a.context.covers(v.dot):
+            kept.setdefault(v.dot, v)
+    return KeyState(tuple(kept[d] for d in sorted(kept)), a.context.join(b.context))
+
+
+def next_dot(state: KeyState | None, node_id: str, supersedes: CausalContext) -> Dot:
+    """The dot for a new write at node_id: past every counter of node_id seen anywhere, so a
+    dot is never reused even when a client's context is ahead of this node's state."""
+    seen = state.context.max_counter(node_id) if state else 0
+    return Dot(node_id, max(seen, supersedes.max_counter(node_id)) + 1)
+
+
+def local_write(
+    state: KeyState | None,
+    *,
+    namespace: str,
+    key: str,
+    node_id: str,
+    supersedes: CausalContext | None,
+    version: Version,
+) -> tuple[Mutation, Applied]:
+    """Creates the mutation for a write accepted at node_id and applies it.
+
+    `supersedes` None means "everything this node holds for the key". `version.dot` is
+    replaced by the next dot.
+    """
+    context = supersedes if supersedes is not None else (state.context if state else _EMPTY)
+    dot = next_dot(state, node_id, context)
+    mutation = Mutation(namespace, key, context, replace(version, dot=dot), origin_node_id=node_id)
+    return mutation, apply(state, mutation)
+
+
+def lww_winner(versions: Iterable[Version]) -> Version | None:
+    """The version last-writer-wins keeps: highest HLC, then highest node id, then counter."""
+    best: Version | None = None
+    for v in versions:
+        if best is None or (v.hlc, v.dot.node_id, v.dot.counter) > (
+            best.hlc,
+            best.dot.node_id,
+            best.dot.counter,
+        ):
+            best = v
+    return best
+
+
+def visible(state: KeyState | None, mode: ConflictMode) -> tuple[Version, ...]:
+    """The versions a read returns: every live sibling, or the lww winner when it is live."""
+    if state is None:
+        return ()
+    if mode is ConflictMode.LWW:
+        winner = lww_winner(state.versions)
+        return (winner,) if winner is not None and not winner.tombstone else ()
+    return state.live()

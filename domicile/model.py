@@ -1,0 +1,135 @@
+"""Plain value types shared by every layer: classifications, conflict modes and limits."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from domicile.errors import InvalidArgument
+
+
+class Classification(enum.IntEnum):
+    """How sensitive a record is; ordered from least to most strict (public < ... ).
+
+    The numeric values equal the protobuf enum values so that the wire mapping is the identity.
+    Strictness order is given by STRICTNESS, not by the number.
+    """
+
+    UNSPECIFIED = 0
+    PUBLIC = 1
+    INTERNAL = 2
+    CONFIDENTIAL = 3
+    PERSONAL = 4
+    SENSITIVE_PERSONAL = 5
+    FINANCIAL = 6
+
+    @classmethod
+    def parse(cls, text: str) -> Classification:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            allowed = ", ".join(c.name.lower() for c in cls if c is not cls.UNSPECIFIED)
+            raise InvalidArgument(f"unknown classification {text!r}; allowed: {allowed}") from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def strictness(self) -> int:
+        return STRICTNESS[self]
+
+
+# Financial records are about people too and fall under retention laws, so they rank just
+# below sensitive personal data.
+STRICTNESS = {
+    Classification.UNSPECIFIED: 0,
+    Classification.PUBLIC: 1,
+    Classification.INTERNAL: 2,
+    Classification.CONFIDENTIAL: 3,
+    Classification.PERSONAL: 4,
+    Classification.FINANCIAL: 5,
+    Classification.SENSITIVE_PERSONAL: 6,
+}
+
+
+class ConflictMode(enum.IntEnum):
+    """How a namespace resolves concurrent writes (values equal the protobuf enum)."""
+
+    UNSPECIFIED = 0
+    SIBLINGS = 1
+    LWW = 2
+
+    @classmethod
+    def parse(cls, text: str) -> ConflictMode:
+        try:
+            mode = cls[text.strip().upper()]
+        except KeyError:
+            mode = cls.UNSPECIFIED
+        if mode is cls.UNSPECIFIED:
+            raise InvalidArgument(f"unknown conflict mode {text!r}; allowed: siblings, lww")
+        return mode
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every size and count a node accepts. Units go last in names."""
+
+    key_bytes_max: int = 1024
+    value_bytes_max: int = 1024 * 1024
+    content_type_bytes_max: int = 255
+    subject_id_bytes_max: int = 256
+    context_entries_max: int = 256
+    scan_page_size_max: int = 1000
+    scan_page_size_default: int = 100
+    write_queue_records_max: int = 10_000
+    commit_batch_records_max: int = 1000
+    replication_batch_records_max: int = 500
+    replication_batch_bytes_max: int = 4 * 1024 * 1024
+    replication_inflight_batches_max: int = 8
+    request_deadline_default_s: float = 10.0
+    rpc_deadline_s: float = 5.0
+
+
+NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+JURISDICTION_RE = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+
+
+def check_namespace_name(name: str) -> None:
+    if not NAMESPACE_RE.match(name):
+        raise InvalidArgument(
+            f"invalid namespace name {name!r}: use 1 to 63 lower-case letters, digits and "
+            "underscores, starting with a letter"
+        )
+
+
+def check_node_id(node_id: str) -> None:
+    if not NODE_ID_RE.match(node_id):
+        raise InvalidArgument(
+            f"invalid node id {node_id!r}: use 1 to 63 lower-case letters, digits and dashes"
+        )
+
+
+def check_key(key: str, limits: Limits) -> None:
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size == 0:
+        raise InvalidArgument(f"key is empty; a key is 1 to {limits.key_bytes_max} bytes of UTF-8")
+    if size > limits.key_bytes_max:
+        raise InvalidArgument(f"key is {size} bytes; the limit is {limits.key_bytes_max} bytes")
+    if "\x00" in key:
+        raise InvalidArgument("key contains a NUL character, which is not allowed")
+
+
+def check_value(value: bytes, limits: Limits) -> None:
+    if len(value) > limits.value_bytes_max:
+        raise InvalidArgument(f"value is {len(value)} bytes; the limit is {limits.value_bytes_max} bytes")
+
+
+def check_jurisdiction(code: str) -> None:
+    if code and not JURISDICTION_RE.match(code):
+        raise InvalidArgument(
+            f"invalid subject jurisdiction {code!r}: use ISO 3166-1 alpha-2 (e.g. DE) or "
+            "ISO 3166-2 (e.g. US-CA)"
+        )

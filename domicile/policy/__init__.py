@@ -1,0 +1,69 @@
+"""Residency policy: the single seam every placement decision goes through.
+
+Write, replication (at both ends) and read all ask a `PlacementPolicy`. This release ships
+`ScopePolicy`, which allows a record where its namespace's configured scope allows it; the
+jurisdiction-aware policy replaces it behind the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from domicile.cluster import ClusterSpec, NamespaceSpec
+from domicile.model import Classification
+
+
+class Action:
+    STORE = "store"
+    REPLICATE = "replicate"
+    READ = "read"
+
+
+@dataclass(frozen=True)
+class RecordFacts:
+    """What a placement decision may depend on."""
+
+    namespace: str
+    classification: Classification = Classification.UNSPECIFIED
+    subject_id: str = ""
+    subject_jurisdiction: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    rule: str
+    reason: str
+    allowed_regions: tuple[str, ...] = ()
+
+
+class PlacementPolicy(Protocol):
+    version: str
+
+    def decide(self, facts: RecordFacts, region: str, action: str) -> Decision:
+        """May `region` hold (store / receive by replication / serve a read of) this record?"""
+        ...
+
+
+class ScopePolicy:
+    """Allows a record in exactly the regions its namespace's scope lists."""
+
+    def __init__(self, cluster: ClusterSpec) -> None:
+        self.cluster = cluster
+        self.version = cluster.policy_version
+
+    def _allowed(self, spec: NamespaceSpec) -> tuple[str, ...]:
+        return tuple(self.cluster.region_names()) if spec.is_global else spec.regions
+
+    def decide(self, facts: RecordFacts, region: str, action: str) -> Decision:
+        spec = self.cluster.namespace(facts.namespace)
+        allowed = self._allowed(spec)
+        if spec.allows(region):
+            return Decision(True, "namespace-scope", f"{region} is in the scope of {spec.name}", allowed)
+        return Decision(
+            False,
+            "namespace-scope",
+            f"namespace {spec.name} may only be held in: {', '.join(allowed)}; {region} is outside",
+            allowed,
+        )

@@ -1,0 +1,1 @@
+"""The regional node daemon: storage API, replication and enforcement for one region."""

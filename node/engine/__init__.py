@@ -1,0 +1,1 @@
+"""Storage engines behind one Protocol (base.StorageEngine) and one contract suite."""

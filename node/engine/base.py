@@ -1,0 +1,121 @@
+"""The StorageEngine protocol. Every engine (SQLite by default, MongoDB later) implements it and
+passes tests/contract. Engines persist; the causal logic is domicile.causality and is shared, so
+two engines given the same calls hold the same states.
+
+Threading: commit_local and apply_remote are called from one writer thread at a time (see
+group_commit.GroupCommitter); the read methods may be called from any thread concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from domicile.causality import CausalContext, KeyState, Mutation
+from domicile.errors import DomicileError
+from domicile.model import Classification
+
+
+@dataclass(frozen=True)
+class LocalWrite:
+    """A write accepted by this node (policy and input already checked by the caller)."""
+
+    namespace: str
+    key: str
+    value: bytes = b""
+    tombstone: bool = False
+    content_type: str = ""
+    # The context this write supersedes; None means every version this node holds for the key.
+    supersedes: CausalContext | None = None
+    subject_id: str = ""
+    subject_jurisdiction: str = ""
+    classification: Classification = Classification.UNSPECIFIED
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A durably committed local write."""
+
+    mutation: Mutation  # carries its lsn and the version with its dot and HLC
+    state: KeyState  # the key's state after the write
+    had_live: bool  # a live version existed before the write (Delete reports it)
+    conflict: bool  # the write left concurrent versions standing
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """What apply_remote did with a batch."""
+
+    applied: tuple[Mutation, ...]  # changed the state
+    duplicates: int  # already known or superseded
+    conflicts: int  # left concurrent versions standing
+    position: int  # the source position now persisted
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    records: int  # keys with at least one live version
+    tombstones: int  # keys whose versions are all tombstones
+
+
+class StorageEngine(Protocol):
+    node_id: str
+    region: str
+
+    def commit_local(
+        self, writes: Sequence[LocalWrite], stamp: Callable[[], int]
+    ) -> list[Committed | DomicileError]:
+        """Commits the writes in one durable transaction, in order. Each gets the next dot for
+        its key, an HLC from `stamp()` and the next change-log position, in the same
+        transaction as its key state. A write that cannot be applied gets a DomicileError in
+        its slot and changes nothing; the others still commit."""
+        ...
+
+    def apply_remote(
+        self, source_node_id: str, mutations: Sequence[Mutation], through_lsn: int
+    ) -> ApplyOutcome:
+        """Merges mutations received from source_node_id and persists the source position
+        `through_lsn`, in one durable transaction. Applying a mutation twice changes nothing.
+        Remote mutations are not appended to this node's change log (each node ships only the
+        writes it accepted itself)."""
+        ...
+
+    def get(self, namespace: str, key: str) -> KeyState | None:
+        """The stored state of a key (tombstones included), or None when never written."""
+        ...
+
+    def scan(self, namespace: str, prefix: str, start_after: str, limit: int) -> list[tuple[str, KeyState]]:
+        """Keys of the namespace with a live version, starting with prefix, after start_after,
+        in key order, at most limit."""
+        ...
+
+    def read_log(self, after_lsn: int, limit: int) -> list[Mutation]:
+        """Change-log entries with lsn > after_lsn in lsn order, at most limit."""
+        ...
+
+    def last_lsn(self) -> int:
+        """Highest change-log position; 0 when empty."""
+        ...
+
+    def inbound_position(self, source_node_id: str) -> int:
+        """The source position persisted by the last apply_remote from that source; 0 if none."""
+        ...
+
+    def record_outbound_ack(self, target_node_id: str, lsn: int) -> None:
+        """Persists the highest position target_node_id has acknowledged (never moves back)."""
+        ...
+
+    def outbound_acks(self) -> dict[str, int]:
+        """Every target's acknowledged position."""
+        ...
+
+    def counts(self) -> StoreCounts: ...
+
+    def get_meta(self, name: str) -> bytes | None:
+        """A small named blob (the cached topology, the node id)."""
+        ...
+
+    def put_meta(self, name: str, value: bytes) -> None: ...
+
+    def close(self) -> None: ...
