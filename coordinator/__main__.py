@@ -1,0 +1,53 @@
+"""`python -m coordinator`: run the coordinator until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from coordinator.config import CoordinatorConfig, config_from_args, configure_logging
+from coordinator.daemon import Coordinator
+from domicile.errors import DomicileError
+
+log = logging.getLogger("coordinator")
+
+EXIT_CONFIG = 2
+EXIT_START = 1
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    coordinator = Coordinator(config)
+    await coordinator.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    metrics = f"http://{coordinator.metrics_address}/metrics" if coordinator.metrics_address else "disabled"
+    print(f"coordinator listening on {coordinator.address} metrics {metrics}", flush=True)
+    try:
+        await stopping.wait()
+        log.info("signal received; stopping")
+    finally:
+        await coordinator.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = config_from_args(argv)
+    except DomicileError as exc:
+        print(f"coordinator: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except DomicileError as exc:
+        log.error("coordinator cannot run: %s", exc.message)
+        return EXIT_START
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The coordinator process: gRPC server, health checker, metrics endpoint and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from coordinator.addresses import split_host_port
+from coordinator.api.servicer import SERVICE_NAME, CoordinatorServicer
+from coordinator.config import CoordinatorConfig, validate
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.registry import Registry
+from coordinator.store import CoordinatorStore
+from coordinator.topology import NodeHealth, Topology
+from coordinator.watch import WatchHub
+from domicile.cluster import ClusterSpec, load_cluster
+from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
+from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    """One coordinator. `clock` (monotonic seconds) drives heartbeat expiry and `wall_clock`
+    (Unix seconds) the last-heartbeat times it reports; inject both in tests."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        validate(config)
+        self.config = config
+        self.cluster: ClusterSpec = load_cluster(config.cluster_config)
+        if not self.cluster.regions:
+            raise InvalidArgument(f"cluster config {config.cluster_config} configures no regions")
+        self.heartbeat_interval_ms = (
+            self.cluster.heartbeat_interval_ms
+            if config.heartbeat_interval_ms is None
+            else config.heartbeat_interval_ms
+        )
+        self.missed_heartbeats_max = (
+            self.cluster.missed_heartbeats_max
+            if config.missed_heartbeats_max is None
+            else config.missed_heartbeats_max
+        )
+        # Values from the cluster config go through the same range checks as flags.
+        validate(
+            CoordinatorConfig(
+                cluster_config=config.cluster_config,
+                heartbeat_interval_ms=self.heartbeat_interval_ms,
+                missed_heartbeats_max=self.missed_heartbeats_max,
+            )
+        )
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.metrics = CoordinatorMetrics()
+        self._hub = WatchHub(config.limits.watchers_max, on_count=self.metrics.watchers.set)
+        self._store: CoordinatorStore | None = None
+        self._registry: Registry | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._address: str | None = None
+        self._metrics_address: str | None = None
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        """host:port the gRPC server listens on (the real port when 0 was asked for)."""
+        if self._address is None:
+            raise FailedPrecondition("the coordinator is not started; call start() first")
+        return self._address
+
+    @property
+    def metrics_address(self) -> str | None:
+        """host:port of /metrics, or None when metrics are disabled (port 0) or not started."""
+        return self._metrics_address
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            raise FailedPrecondition("the coordinator is not started; call start() first")
+        return self._registry
+
+    async def start(self) -> None:
+        if self._server is not None or self._stopped:
+            raise FailedPrecondition("a Coordinator starts once; create a new one to start again")
+        host, port = split_host_port(self.config.listen, "listen address")
+        limits = self.config.limits
+        try:
+            self._store = CoordinatorStore(self.config.data_dir)
+            self._registry = Registry(
+                self.cluster,
+                self._store,
+                heartbeat_interval_ms=self.heartbeat_interval_ms,
+                missed_heartbeats_max=self.missed_heartbeats_max,
+                limits=limits,
+                clock=self._clock,
+                wall_clock=self._wall_clock,
+                publish=self._on_revision,
+            )
+            self._on_revision(self._registry.topology())
+            server = grpc.aio.server(
+                options=[
+                    ("grpc.max_receive_message_length", limits.request_bytes_max),
+                    ("grpc.max_send_message_length", limits.response_bytes_max),
+                    ("grpc.max_concurrent_streams", limits.concurrent_rpcs_max),
+                ],
+                maximum_concurrent_rpcs=limits.concurrent_rpcs_max,
+            )
+            self._server = server
+            cpb_grpc.add_CoordinatorServiceServicer_to_server(
+                CoordinatorServicer(self._registry, self._hub, self.metrics), server
+            )
+            self._health = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            for name in ("", SERVICE_NAME):
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            try:
+                bound = server.add_insecure_port(f"{host}:{port}")
+            except RuntimeError as exc:
+                raise Unavailable(f"cannot listen on {self.config.listen}: {exc}") from None
+            if bound == 0:
+                raise Unavailable(f"cannot listen on {self.config.listen}: the address is in use or invalid")
+            await server.start()
+            self._address = f"{host}:{bound}"
+            if self.config.metrics_port:
+                metrics_port = self.metrics.serve(host.strip("[]"), self.config.metrics_port)
+                self._metrics_address = f"{host}:{metrics_port}"
+            self._health_task = asyncio.create_task(self._health_loop(), name="coordinator-health")
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "coordinator serving %d regions, %d namespaces, %d nodes at revision %d",
+            len(self.cluster.regions),
+            len(self.cluster.namespaces),
+            len(self._registry.topology().nodes),
+            self._registry.revision,
+        )
+
+    async def check_health_now(self) -> list[str]:
+        """Runs one health pass at once; returns the ids of nodes it marked down."""
+        return self.registry.check_health()
+
+    async def stop(self) -> None:
+        """Ends watch streams, drains RPCs for the grace period, saves state. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        self._hub.close()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._registry is not None:
+            self._registry.close()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_s)
+        self.metrics.close()
+        if self._store is not None:
+            self._store.close()
+        log.info("coordinator stopped")
+
+    async def _health_loop(self) -> None:
+        interval_s = self.heartbeat_interval_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.registry.check_health()
+            except Exception:
+                # A failing disk must not end health checking; the next pass retries.
+                log.exception("health check pass failed")
+
+    def _on_revision(self, topology: Topology) -> None:
+        self._hub.publish(topology)
+        up = sum(1 for n in topology.nodes if n.health is NodeHealth.UP)
+        self.metrics.set_topology(topology.revision, up, len(topology.nodes) - up)

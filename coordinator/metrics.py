@@ -1,0 +1,62 @@
+"""Prometheus metrics of one coordinator, in a registry of its own so that several coordinators
+can live in one process (tests)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+
+from coordinator.topology import NodeHealth
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class CoordinatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.rpc_latency = Histogram(
+            "domicile_coordinator_rpc_duration_seconds",
+            "Time to serve a unary CoordinatorService RPC, by method and status code",
+            ["method", "code"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.nodes = Gauge(
+            "domicile_coordinator_nodes",
+            "Registered nodes by health",
+            ["health"],
+            registry=self.registry,
+        )
+        self.revision = Gauge(
+            "domicile_coordinator_topology_revision",
+            "Current topology revision",
+            registry=self.registry,
+        )
+        self.watchers = Gauge(
+            "domicile_coordinator_watchers",
+            "Open WatchTopology streams",
+            registry=self.registry,
+        )
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def set_topology(self, revision: int, up: int, down: int) -> None:
+        self.revision.set(revision)
+        self.nodes.labels(health=NodeHealth.UP.label).set(up)
+        self.nodes.labels(health=NodeHealth.DOWN.label).set(down)
+
+    def serve(self, host: str, port: int) -> int:
+        """Starts the /metrics HTTP server; returns the port it bound."""
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

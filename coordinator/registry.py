@@ -1,0 +1,280 @@
+"""Nodes, their health and the topology revision: the coordinator's domain state.
+
+Single-threaded by design: every method runs on the daemon's event loop, so no locks. A change
+is committed to the store before memory is updated and before it is published, so a failed
+write leaves both unchanged and a published revision is never reissued.
+
+Revision bumps: a node registers for the first time, a node's addresses change, a node's health
+changes, the cluster config (regions, namespaces, policy version) differs from the one the
+last revision was built from, or a node reports a revision ahead of ours (see catch_up). A
+heartbeat or a re-registration that changes none of these does not bump it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from coordinator.addresses import check_address
+from coordinator.config import CoordinatorLimits
+from coordinator.planner import plan_links
+from coordinator.store import CoordinatorStore
+from coordinator.topology import Link, NodeHealth, NodeState, Topology
+from domicile.cluster import ClusterSpec
+from domicile.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from domicile.model import check_node_id
+
+log = logging.getLogger(__name__)
+
+# Far below the uint64 of the wire, so that a revision can never wrap.
+REVISION_MAX = 2**62
+
+
+def cluster_fingerprint(cluster: ClusterSpec) -> str:
+    """A digest of everything in the cluster config that the Topology message carries."""
+    doc = {
+        "policy_version": cluster.policy_version,
+        "regions": [[r.name, r.country, r.jurisdiction] for r in cluster.regions],
+        "namespaces": [
+            [
+                n.name,
+                list(n.regions),
+                n.is_global,
+                int(n.conflict_mode),
+                int(n.classification),
+                n.owner,
+                n.retention_class,
+                n.description,
+            ]
+            for n in cluster.namespaces
+        ],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+class Registry:
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        store: CoordinatorStore,
+        *,
+        heartbeat_interval_ms: int,
+        missed_heartbeats_max: int,
+        limits: CoordinatorLimits,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        publish: Callable[[Topology], None],
+    ) -> None:
+        self.cluster = cluster
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.missed_heartbeats_max = missed_heartbeats_max
+        self._store = store
+        self._limits = limits
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._publish = publish
+        self._nodes: dict[str, NodeState] = {}
+        # Monotonic time of the last sign of life, for expiry; never persisted because a
+        # monotonic clock means nothing across restarts.
+        self._last_seen: dict[str, float] = {}
+        self._unsaved_heartbeats: set[str] = set()
+        self._links: tuple[Link, ...] = ()
+        self._revision = 0
+        self._closed = False
+        self._load()
+
+    def _load(self) -> None:
+        state = self._store.load()
+        now = self._clock()
+        self._revision = state.revision
+        self._nodes = {n.node_id: n for n in state.nodes}
+        # Every node gets a full grace period after a restart: the coordinator was not
+        # listening, so silence before now says nothing about the node.
+        self._last_seen = dict.fromkeys(self._nodes, now)
+        self._links = plan_links(self._nodes.values(), self.cluster)
+        configured = set(self.cluster.region_names())
+        for node in self._nodes.values():
+            if node.region not in configured:
+                log.warning(
+                    "node %s is registered in region %s, which the cluster config no longer has; "
+                    "it gets no replication links",
+                    node.node_id,
+                    node.region,
+                )
+        fingerprint = cluster_fingerprint(self.cluster)
+        if fingerprint != state.cluster_fingerprint:
+            if state.cluster_fingerprint:
+                log.info("cluster config changed since the last run; publishing a new revision")
+            self._commit([], cluster_fingerprint=fingerprint)
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def node_count(self, health: NodeHealth) -> int:
+        return sum(1 for n in self._nodes.values() if n.health is health)
+
+    def topology(self) -> Topology:
+        return Topology(
+            revision=self._revision,
+            cluster=self.cluster,
+            nodes=tuple(self._nodes[k] for k in sorted(self._nodes)),
+            links=self._links,
+        )
+
+    def register(self, node_id: str, region: str, address: str, metrics_address: str) -> int:
+        """Registers or re-registers a node and marks it up; returns the revision after it."""
+        self._check_open()
+        check_node_id(node_id)
+        if self.cluster.region(region) is None:
+            known = ", ".join(self.cluster.region_names()) or "none"
+            raise NotFound(f"unknown region {region!r}; configured regions: {known}")
+        bytes_max = self._limits.address_bytes_max
+        check_address(address, "address", bytes_max)
+        if metrics_address:
+            check_address(metrics_address, "metrics address", bytes_max)
+        existing = self._nodes.get(node_id)
+        if existing is not None and existing.region != region:
+            # A node id is the writer id in version vectors and holds its region's data; moving
+            # it would carry that data into another jurisdiction.
+            raise FailedPrecondition(
+                f"node {node_id!r} is registered in region {existing.region!r} and cannot move to "
+                f"{region!r}; register the node in {region!r} under a new node id"
+            )
+        if existing is None and len(self._nodes) >= self._limits.nodes_max:
+            raise FailedPrecondition(
+                f"the cluster already has {len(self._nodes)} nodes, the limit; no further node can register"
+            )
+        node = NodeState(
+            node_id=node_id,
+            region=region,
+            address=address,
+            metrics_address=metrics_address,
+            health=NodeHealth.UP,
+            last_heartbeat_unix_ms=self._wall_ms(),
+        )
+        if existing is None or replace(existing, last_heartbeat_unix_ms=node.last_heartbeat_unix_ms) != node:
+            self._commit([node])
+            if existing is None:
+                log.info("node %s registered in %s at %s", node_id, region, address)
+            else:
+                log.info(
+                    "node %s re-registered at %s (was %s, %s)",
+                    node_id,
+                    address,
+                    existing.address,
+                    existing.health.label,
+                )
+        else:
+            self._nodes[node_id] = node
+            self._unsaved_heartbeats.add(node_id)
+        self._last_seen[node_id] = self._clock()
+        return self._revision
+
+    def heartbeat(self, node_id: str, seen_revision: int = 0) -> int:
+        """Records a sign of life; a down node comes back up. Returns the current revision."""
+        self._check_open()
+        check_node_id(node_id)
+        existing = self._nodes.get(node_id)
+        if existing is None:
+            raise NotFound(f"node {node_id!r} is not registered; register first with RegisterNode")
+        self.catch_up(seen_revision)
+        node = replace(existing, health=NodeHealth.UP, last_heartbeat_unix_ms=self._wall_ms())
+        if existing.health is not NodeHealth.UP:
+            self._commit([node])
+            log.info("node %s is up again", node_id)
+        else:
+            self._nodes[node_id] = node
+            self._unsaved_heartbeats.add(node_id)
+        self._last_seen[node_id] = self._clock()
+        return self._revision
+
+    def check_health(self) -> list[str]:
+        """Marks down every up node silent for longer than the allowed missed heartbeats, in
+        one revision; returns their ids. Also saves the heartbeat times gathered so far."""
+        if self._closed:
+            return []
+        timeout_s = self.heartbeat_interval_ms * self.missed_heartbeats_max / 1000.0
+        now = self._clock()
+        expired = [
+            replace(node, health=NodeHealth.DOWN)
+            for node_id, node in sorted(self._nodes.items())
+            if node.health is NodeHealth.UP and now - self._last_seen[node_id] > timeout_s
+        ]
+        if expired:
+            self._commit(expired)
+            for node in expired:
+                log.warning(
+                    "node %s is down: no heartbeat for more than %d intervals of %d ms",
+                    node.node_id,
+                    self.missed_heartbeats_max,
+                    self.heartbeat_interval_ms,
+                )
+        self.flush()
+        return [n.node_id for n in expired]
+
+    def flush(self) -> None:
+        if not self._unsaved_heartbeats:
+            return
+        self._store.save_heartbeats(self._nodes[k] for k in sorted(self._unsaved_heartbeats))
+        self._unsaved_heartbeats.clear()
+
+    def close(self) -> None:
+        """Refuses further changes and saves what is pending; idempotent."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+
+    def catch_up(self, seen_revision: int) -> None:
+        """Moves the revision past one a node reports having seen.
+
+        A node can only be ahead when this coordinator's state was lost (a wiped or restored
+        data directory). Jumping past it keeps the contract that revisions only increase as
+        every node sees them, so nodes accept the next topology instead of waiting for the
+        coordinator to count up to where they were.
+        """
+        self._check_open()
+        if seen_revision <= self._revision:
+            return
+        if seen_revision >= REVISION_MAX:
+            raise InvalidArgument(
+                f"topology revision {seen_revision} is beyond any this coordinator issues "
+                f"(below {REVISION_MAX}); send a revision received from the coordinator"
+            )
+        log.warning(
+            "a node has seen topology revision %d, ahead of this coordinator's %d: state was lost; "
+            "continuing from %d",
+            seen_revision,
+            self._revision,
+            seen_revision + 1,
+        )
+        self._commit([], revision=seen_revision + 1)
+
+    def _commit(
+        self,
+        changed: list[NodeState],
+        cluster_fingerprint: str | None = None,
+        revision: int | None = None,
+    ) -> None:
+        revision = self._revision + 1 if revision is None else revision
+        self._store.commit(revision, changed, cluster_fingerprint)
+        self._revision = revision
+        joined = False
+        for node in changed:
+            joined = joined or node.node_id not in self._nodes
+            self._nodes[node.node_id] = node
+            self._unsaved_heartbeats.discard(node.node_id)
+        if joined:
+            self._links = plan_links(self._nodes.values(), self.cluster)
+        self._publish(self.topology())
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("coordinator is shutting down; retry against the restarted coordinator")
+
+    def _wall_ms(self) -> int:
+        return int(self._wall_clock() * 1000)
