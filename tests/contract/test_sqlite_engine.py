@@ -1,0 +1,208 @@
+"""What only the SQLite engine promises: its file, its pragmas, and detecting damage to the
+bytes it stored (damaged here through raw SQL, as a failing disk would)."""
+
+from __future__ import annotations
+
+import gc
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from domicile.errors import DataCorruption, FailedPrecondition, InvalidArgument
+from node.engine.base import Committed, LocalWrite
+from node.engine.sqlite import META_VALUE_BYTES_MAX, SQLiteEngine, prefix_upper_bound
+
+from .harness import NODE, REGION, commit_ok
+
+Stamp = Callable[[], int]
+VALUE = b"the quick brown fox"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "node.sqlite"
+
+
+@pytest.fixture
+def engine(db: Path) -> Iterator[SQLiteEngine]:
+    e = SQLiteEngine(db, NODE, REGION)
+    yield e
+    e.close()
+
+
+def _flip_value_byte(db: Path, sql_select: str, sql_update: str, params: tuple[object, ...]) -> None:
+    raw = sqlite3.connect(db)
+    try:
+        (blob,) = raw.execute(sql_select, params).fetchone()
+        at = blob.index(VALUE) + 4
+        damaged = blob[:at] + bytes([blob[at] ^ 0x01]) + blob[at + 1 :]
+        raw.execute(sql_update, (damaged, *params))
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def _damage_state(db: Path, namespace: str, key: str) -> None:
+    _flip_value_byte(
+        db,
+        "SELECT state FROM kv WHERE namespace = ? AND key = ?",
+        "UPDATE kv SET state = ? WHERE namespace = ? AND key = ?",
+        (namespace, key),
+    )
+
+
+def test_a_flipped_byte_in_a_stored_value_is_detected_on_every_read_path(
+    engine: SQLiteEngine, db: Path, stamp: Stamp
+) -> None:
+    commit_ok(engine, stamp, LocalWrite("orders", "o-1", VALUE), LocalWrite("orders", "o-2", b"fine"))
+    _damage_state(db, "orders", "o-1")
+    with pytest.raises(DataCorruption, match="orders/o-1"):
+        engine.get("orders", "o-1")
+    with pytest.raises(DataCorruption, match="orders/o-1"):
+        engine.scan("orders", "", "", 10)
+    assert engine.get("orders", "o-2") is not None
+    # A write to the damaged key is refused in its slot; the rest of the batch commits.
+    results = engine.commit_local(
+        [LocalWrite("orders", "o-1", b"new"), LocalWrite("orders", "o-3", b"x")], stamp
+    )
+    assert isinstance(results[0], DataCorruption) and "orders/o-1" in str(results[0])
+    assert isinstance(results[1], Committed) and results[1].mutation.lsn == 3
+    # Replicated writes to it are refused too, and the batch is not applied.
+    other = SQLiteEngine(db.with_name("other.sqlite"), "node-b", REGION)
+    try:
+        commit_ok(other, stamp, LocalWrite("orders", "o-1", b"remote"))
+        with pytest.raises(DataCorruption, match="orders/o-1"):
+            engine.apply_remote("node-b", other.read_log(0, 10), 1)
+        assert engine.inbound_position("node-b") == 0
+    finally:
+        other.close()
+
+
+def test_a_flipped_byte_in_the_change_log_is_detected(engine: SQLiteEngine, db: Path, stamp: Stamp) -> None:
+    commit_ok(engine, stamp, LocalWrite("orders", "o-0", b"x"), LocalWrite("orders", "o-1", VALUE))
+    _flip_value_byte(
+        db,
+        "SELECT mutation FROM changelog WHERE lsn = ?",
+        "UPDATE changelog SET mutation = ? WHERE lsn = ?",
+        (2,),
+    )
+    with pytest.raises(DataCorruption, match="change-log entry 2"):
+        engine.read_log(0, 10)
+    assert len(engine.read_log(0, 1)) == 1
+
+
+def test_undecodable_bytes_are_reported_as_corruption(engine: SQLiteEngine, db: Path, stamp: Stamp) -> None:
+    commit_ok(engine, stamp, LocalWrite("orders", "o-1", VALUE))
+    raw = sqlite3.connect(db)
+    raw.execute("UPDATE kv SET state = x'ffffffff'")
+    raw.commit()
+    raw.close()
+    with pytest.raises(DataCorruption, match="orders/o-1"):
+        engine.get("orders", "o-1")
+
+
+def test_the_database_uses_wal_and_the_requested_synchronous_mode(db: Path) -> None:
+    for mode, level in (("FULL", 2), ("normal", 1), ("OFF", 0)):
+        engine = SQLiteEngine(db, NODE, REGION, synchronous=mode)
+        try:
+            conns = [engine._writer, engine._reader()]
+            assert [c.execute("PRAGMA synchronous").fetchone()[0] for c in conns] == [level, level]
+            assert engine._writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert engine._writer.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        finally:
+            engine.close()
+
+
+@pytest.mark.parametrize("mode", ["EXTRA", "", "fast"])
+def test_an_unknown_synchronous_mode_is_refused(db: Path, mode: str) -> None:
+    with pytest.raises(InvalidArgument, match="FULL"):
+        SQLiteEngine(db, NODE, REGION, synchronous=mode)
+
+
+@pytest.mark.parametrize("path", [":memory:", "", "file:x?mode=memory"])
+def test_a_path_that_is_not_a_file_is_refused(path: str) -> None:
+    with pytest.raises(InvalidArgument):
+        SQLiteEngine(path, NODE, REGION)
+
+
+def test_bad_node_id_or_region_is_refused(db: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        SQLiteEngine(db, "Node A", REGION)
+    with pytest.raises(InvalidArgument):
+        SQLiteEngine(db, NODE, "")
+
+
+def test_a_database_is_reopened_only_by_its_node(db: Path) -> None:
+    SQLiteEngine(db, NODE, REGION).close()
+    with pytest.raises(FailedPrecondition, match="node_id"):
+        SQLiteEngine(db, "node-z", REGION)
+    with pytest.raises(FailedPrecondition, match="region"):
+        SQLiteEngine(db, NODE, "us-east-1")
+    SQLiteEngine(db, NODE, REGION).close()
+
+
+def test_a_newer_schema_is_refused(db: Path) -> None:
+    SQLiteEngine(db, NODE, REGION).close()
+    raw = sqlite3.connect(db)
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(FailedPrecondition, match="schema version 99"):
+        SQLiteEngine(db, NODE, REGION)
+
+
+def test_limits_on_meta_and_page_sizes(engine: SQLiteEngine) -> None:
+    with pytest.raises(InvalidArgument, match="limit"):
+        engine.put_meta("big", b"x" * (META_VALUE_BYTES_MAX + 1))
+    with pytest.raises(InvalidArgument):
+        engine.get_meta("n" * 1000)
+    with pytest.raises(InvalidArgument):
+        engine.scan("o", "", "", 1_000_000)
+    with pytest.raises(InvalidArgument):
+        engine.read_log(0, 1_000_000)
+    assert engine.get_meta("big") is None
+
+
+def test_read_connections_of_ended_threads_are_closed(engine: SQLiteEngine, stamp: Stamp) -> None:
+    commit_ok(engine, stamp, LocalWrite("o", "k", b"v"))
+
+    def read() -> None:
+        assert engine.get("o", "k") is not None
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gc.collect()
+    assert len(engine._readers) == 0
+    read()  # this thread's connection stays open until close()
+    assert len(engine._readers) == 1
+    conn = next(iter(engine._readers))
+    engine.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+
+
+_TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=6)
+
+
+@settings(max_examples=300, deadline=None, print_blob=True)
+@given(prefix=_TEXT, key=_TEXT)
+def test_prefix_upper_bound_brackets_exactly_the_keys_with_the_prefix(prefix: str, key: str) -> None:
+    upper = prefix_upper_bound(prefix)
+    in_range = prefix <= key and (upper is None or key < upper)
+    assert in_range == key.startswith(prefix)
+    assert upper is None or (upper > prefix and not upper.startswith(prefix))
+
+
+def test_prefix_upper_bound_edges() -> None:
+    assert prefix_upper_bound("") is None
+    assert prefix_upper_bound("ab") == "ac"
+    assert prefix_upper_bound("a\U0010ffff") == "b"
+    assert prefix_upper_bound("\U0010ffff\U0010ffff") is None
+    assert prefix_upper_bound("a\ud7ff") == "a\ue000"

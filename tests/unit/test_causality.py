@@ -1,0 +1,372 @@
+"""The laws of domicile.causality, checked with hypothesis.
+
+A failing example prints its `@reproduce_failure` blob (print_blob) and hypothesis replays
+saved failures first; `pytest --hypothesis-seed=N` replays a whole run.
+
+Key states are not arbitrary: they are produced by simulating nodes that write (with contexts
+taken from states someone has seen, as clients pass back what a read returned, or none) and
+deliver each other's mutations. The laws hold for every state a real cluster can reach.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from domicile.causality import (
+    CausalContext,
+    Dot,
+    KeyState,
+    Mutation,
+    Version,
+    apply,
+    local_write,
+    lww_winner,
+    merge,
+    next_dot,
+    sha256,
+    visible,
+)
+from domicile.model import ConflictMode
+
+LAWS = settings(max_examples=200, deadline=None, print_blob=True)
+# Each history example simulates a small cluster: fewer examples keep the file at a few seconds.
+HISTORY_LAWS = settings(max_examples=120, deadline=None, print_blob=True)
+NODES = ("n1", "n2", "n3")
+
+node_ids = st.sampled_from(NODES)
+dots = st.builds(Dot, node_ids, st.integers(1, 7))
+contexts = st.builds(
+    lambda vv, ds: CausalContext.of(vv, ds),
+    st.dictionaries(node_ids, st.integers(0, 5)),
+    st.frozensets(dots, max_size=6),
+)
+
+
+def events(ctx: CausalContext) -> frozenset[Dot]:
+    return frozenset(Dot(n, i) for n, top in ctx.vv.items() for i in range(1, top + 1)) | ctx.dots
+
+
+# -- causal contexts -------------------------------------------------------------------------
+
+
+@LAWS
+@given(contexts, contexts)
+def test_join_is_commutative(a: CausalContext, b: CausalContext) -> None:
+    assert a.join(b) == b.join(a)
+
+
+@LAWS
+@given(contexts, contexts, contexts)
+def test_join_is_associative(a: CausalContext, b: CausalContext, c: CausalContext) -> None:
+    assert a.join(b).join(c) == a.join(b.join(c))
+
+
+@LAWS
+@given(contexts)
+def test_join_is_idempotent_and_empty_is_its_identity(a: CausalContext) -> None:
+    assert a.join(a) == a
+    assert a.join(CausalContext.empty()) == a
+    assert CausalContext.empty().join(a) == a
+
+
+@LAWS
+@given(contexts, contexts)
+def test_join_is_the_union_of_events(a: CausalContext, b: CausalContext) -> None:
+    assert events(a.join(b)) == events(a) | events(b)
+
+
+@LAWS
+@given(contexts)
+def test_the_compact_form_is_canonical(a: CausalContext) -> None:
+    assert CausalContext.of({}, events(a)) == a
+    assert all(c > 0 for c in a.vv.values())
+    assert not any(a.vv.get(d.node_id, 0) >= d.counter - 1 for d in a.dots)
+    assert a.event_count() == len(events(a))
+
+
+@LAWS
+@given(contexts, dots)
+def test_covers_add_and_max_counter_agree_with_the_event_set(a: CausalContext, d: Dot) -> None:
+    assert a.covers(d) == (d in events(a))
+    assert events(a.add(d)) == events(a) | {d}
+    for node in NODES:
+        assert a.max_counter(node) == max([0, *(e.counter for e in events(a) if e.node_id == node)])
+
+
+@LAWS
+@given(contexts, contexts)
+def test_leq_is_inclusion_of_events(a: CausalContext, b: CausalContext) -> None:
+    assert a.leq(b) == (events(a) <= events(b))
+
+
+@LAWS
+@given(contexts, contexts)
+def test_leq_is_reflexive_and_antisymmetric(a: CausalContext, b: CausalContext) -> None:
+    assert a.leq(a)
+    if a.leq(b) and b.leq(a):
+        assert a == b
+        assert events(a) == events(b)
+
+
+@LAWS
+@given(contexts, contexts, contexts)
+def test_leq_is_transitive(a: CausalContext, x: CausalContext, y: CausalContext) -> None:
+    b = a.join(x)
+    c = b.join(y)
+    assert a.leq(b) and b.leq(c) and a.leq(c)
+    # And on unrelated triples, whenever the premises hold.
+    if a.leq(x) and x.leq(y):
+        assert a.leq(y)
+
+
+@LAWS
+@given(contexts, contexts, contexts)
+def test_join_is_the_least_upper_bound(a: CausalContext, b: CausalContext, extra: CausalContext) -> None:
+    j = a.join(b)
+    assert a.leq(j) and b.leq(j)
+    upper = j.join(extra)  # any upper bound of a and b contains j
+    assert j.leq(upper)
+    if a.leq(extra) and b.leq(extra):
+        assert j.leq(extra)
+
+
+# -- simulated histories ---------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    mutations: list[Mutation]
+    reachable: list[KeyState]  # every state some node held along the way
+    nodes: dict[str, KeyState | None]  # each node's state at the end
+
+
+@st.composite
+def histories(draw: st.DrawFn, steps_max: int = 14) -> History:
+    nodes: dict[str, KeyState | None] = dict.fromkeys(NODES)
+    seen = [CausalContext.empty()]
+    reachable: list[KeyState] = []
+    mutations: list[Mutation] = []
+    for _ in range(draw(st.integers(1, steps_max))):
+        node = draw(node_ids)
+        action = draw(st.sampled_from(("write", "write", "deliver", "deliver", "sync")))
+        if action == "deliver" and mutations:
+            nodes[node] = apply(nodes[node], draw(st.sampled_from(mutations))).state
+        elif action == "sync":
+            # Anti-entropy with another node.
+            other = nodes[draw(node_ids)]
+            if other is not None:
+                nodes[node] = merge(nodes[node] or KeyState(), other)
+        else:
+            pick = draw(st.integers(-1, len(seen) - 1))
+            supersedes = None if pick < 0 else seen[pick]
+            tombstone = draw(st.integers(0, 3)) == 0
+            value = b"" if tombstone else f"{node}#{len(mutations)}".encode()
+            version = Version(
+                dot=Dot(node, 0),
+                value=value,
+                hlc=draw(st.integers(0, 20)),  # a small range: equal timestamps do happen
+                tombstone=tombstone,
+                checksum=sha256(value),
+            )
+            mutation, applied = local_write(
+                nodes[node], namespace="ns", key="k", node_id=node, supersedes=supersedes, version=version
+            )
+            nodes[node] = applied.state
+            mutations.append(mutation)
+        state = nodes[node]
+        if state is not None:
+            seen.append(state.context)
+            reachable.append(state)
+    return History(mutations, reachable, nodes)
+
+
+def deliver(mutations: list[Mutation], start: KeyState | None = None) -> KeyState:
+    state = start
+    for m in mutations:
+        state = apply(state, m).state
+    return state or KeyState()
+
+
+@st.composite
+def history_and_deliveries(draw: st.DrawFn, replicas: int = 2) -> tuple[History, list[list[Mutation]]]:
+    """A history and, per replica, every mutation in some order with some duplicates."""
+    history = draw(histories())
+    orders = []
+    for _ in range(replicas):
+        order = list(draw(st.permutations(history.mutations)))
+        for dup in (
+            draw(st.lists(st.sampled_from(history.mutations), max_size=4)) if history.mutations else []
+        ):
+            order.insert(draw(st.integers(0, len(order))), dup)
+        orders.append(order)
+    return history, orders
+
+
+def reachable_state(history: History, i: int) -> KeyState:
+    return history.reachable[i % len(history.reachable)] if history.reachable else KeyState()
+
+
+@HISTORY_LAWS
+@given(history_and_deliveries(replicas=3), st.data())
+def test_replicas_that_receive_the_same_mutations_converge(
+    case: tuple[History, list[list[Mutation]]], data: st.DataObject
+) -> None:
+    history, orders = case
+    reference = deliver(history.mutations)
+    for order in orders:
+        assert deliver(order) == reference
+    # The writers themselves, once they have every mutation, hold the same state.
+    for state in history.nodes.values():
+        assert deliver(orders[0], state) == reference
+    # Interleaved with anti-entropy: parts delivered to separate replicas, then merged.
+    order = orders[1]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(order)), max_size=3)))
+    parts = [order[a:b] for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True)]
+    merged = functools.reduce(merge, (deliver(p) for p in parts), KeyState())
+    assert merged == reference
+
+
+@HISTORY_LAWS
+@given(histories(), st.integers(0, 1000), st.integers(0, 1000))
+def test_apply_is_idempotent(history: History, i: int, j: int) -> None:
+    state = reachable_state(history, i)
+    m = history.mutations[j % len(history.mutations)] if history.mutations else None
+    if m is None:
+        return
+    once = apply(state, m)
+    twice = apply(once.state, m)
+    assert twice.state == once.state
+    assert not twice.changed
+
+
+@HISTORY_LAWS
+@given(histories(), st.integers(0, 1000), st.integers(0, 1000))
+def test_applying_a_mutation_is_merging_its_singleton_state(history: History, i: int, j: int) -> None:
+    if not history.mutations:
+        return
+    state = reachable_state(history, i)
+    m = history.mutations[j % len(history.mutations)]
+    singleton = KeyState((m.version,), m.context.add(m.version.dot))
+    assert apply(state, m).state == merge(state, singleton)
+    assert apply(None, m).state == singleton
+
+
+@HISTORY_LAWS
+@given(histories(), st.integers(0, 1000), st.integers(0, 1000), st.integers(0, 1000))
+def test_merge_is_commutative_associative_and_idempotent(history: History, i: int, j: int, k: int) -> None:
+    a, b, c = (reachable_state(history, n) for n in (i, j, k))
+    assert merge(a, b) == merge(b, a)
+    assert merge(merge(a, b), c) == merge(a, merge(b, c))
+    assert merge(a, a) == a
+    assert merge(a, KeyState()) == a
+
+
+@HISTORY_LAWS
+@given(histories())
+def test_superseded_versions_never_come_back(history: History) -> None:
+    final = deliver(history.mutations)
+    superseded = set().union(*(events(m.context) for m in history.mutations)) if history.mutations else set()
+    assert not {v.dot for v in final.versions} & superseded
+    assert {v.dot for v in final.versions} <= {m.version.dot for m in history.mutations}
+    assert events(final.context) >= {m.version.dot for m in history.mutations}
+
+
+@HISTORY_LAWS
+@given(history_and_deliveries(replicas=1), node_ids, st.integers(0, 20))
+def test_a_delete_with_the_full_context_dominates_what_it_deletes(
+    case: tuple[History, list[list[Mutation]]], node: str, hlc: int
+) -> None:
+    history, (order,) = case
+    holder = deliver(history.mutations, history.nodes[node])  # the deleting node has seen everything
+    tombstone = Version(Dot(node, 0), b"", hlc, tombstone=True, checksum=sha256(b""))
+    delete, _ = local_write(holder, namespace="ns", key="k", node_id=node, supersedes=None, version=tombstone)
+    # Delivered before, after or between the writes it deleted, in any order: nothing comes back.
+    for at in (0, len(order) // 2, len(order)):
+        replica = deliver([*order[:at], delete, *order[at:]])
+        assert replica.versions == (delete.version,)
+        assert not replica.has_live()
+        assert visible(replica, ConflictMode.SIBLINGS) == ()
+        assert visible(replica, ConflictMode.LWW) == ()
+
+
+@HISTORY_LAWS
+@given(history_and_deliveries(replicas=2))
+def test_lww_visibility_is_the_same_whatever_the_arrival_order(
+    case: tuple[History, list[list[Mutation]]],
+) -> None:
+    _, orders = case
+    a, b = (deliver(order) for order in orders)
+    assert visible(a, ConflictMode.LWW) == visible(b, ConflictMode.LWW)
+    assert visible(a, ConflictMode.SIBLINGS) == visible(b, ConflictMode.SIBLINGS)
+
+
+versions = st.builds(
+    lambda dot, hlc, tomb: Version(dot=dot, value=b"", hlc=hlc, tombstone=tomb, checksum=sha256(b"")),
+    dots,
+    st.integers(0, 5),
+    st.booleans(),
+)
+
+
+@LAWS
+@given(st.lists(versions, unique_by=lambda v: v.dot, max_size=8), st.randoms(use_true_random=False))
+def test_lww_winner_is_the_max_of_hlc_node_and_counter_in_any_order(vs: list[Version], rnd) -> None:
+    expected = max(vs, key=lambda v: (v.hlc, v.dot.node_id, v.dot.counter), default=None)
+    shuffled = list(vs)
+    rnd.shuffle(shuffled)
+    assert lww_winner(vs) == expected
+    assert lww_winner(shuffled) == expected
+    state = KeyState(tuple(sorted(vs, key=lambda v: v.dot)), CausalContext.of({}, (v.dot for v in vs)))
+    shown = visible(state, ConflictMode.LWW)
+    assert shown == (() if expected is None or expected.tombstone else (expected,))
+
+
+def test_lww_ties_on_hlc_break_by_node_id_then_counter() -> None:
+    a = Version(Dot("n1", 9), b"", 5, checksum=sha256(b""))
+    b = Version(Dot("n2", 1), b"", 5, checksum=sha256(b""))
+    c = Version(Dot("n2", 2), b"", 5, checksum=sha256(b""))
+    assert lww_winner([a, b, c]) == c
+    assert lww_winner([c, b, a]) == c
+    assert lww_winner([a, b]) == b
+
+
+@HISTORY_LAWS
+@given(histories())
+def test_no_dot_is_ever_issued_twice(history: History) -> None:
+    issued = [m.version.dot for m in history.mutations]
+    assert len(issued) == len(set(issued))
+
+
+@LAWS
+@given(contexts, contexts, node_ids)
+def test_next_dot_is_past_everything_seen_and_supplied(
+    state_ctx: CausalContext, supersedes: CausalContext, node: str
+) -> None:
+    state = KeyState((), state_ctx)
+    dot = next_dot(state, node, supersedes)
+    assert dot.node_id == node
+    assert not state_ctx.covers(dot) and not supersedes.covers(dot)
+    assert dot.counter == max(state_ctx.max_counter(node), supersedes.max_counter(node)) + 1
+    assert next_dot(None, node, CausalContext.empty()) == Dot(node, 1)
+
+
+@HISTORY_LAWS
+@given(histories(), st.integers(0, 1000), contexts, node_ids)
+def test_a_local_write_removes_exactly_the_versions_its_context_covers(
+    history: History, i: int, supersedes: CausalContext, node: str
+) -> None:
+    state = reachable_state(history, i)
+    version = Version(Dot(node, 0), b"v", 1, checksum=sha256(b"v"))
+    mutation, applied = local_write(
+        state, namespace="ns", key="k", node_id=node, supersedes=supersedes, version=version
+    )
+    kept = [v for v in state.versions if not supersedes.covers(v.dot)]
+    assert applied.changed
+    assert list(applied.state.versions) == sorted([*kept, mutation.version], key=lambda v: v.dot)
+    assert applied.conflict == bool(kept)
+    assert mutation.context == supersedes
+    assert applied.state.context == state.context.join(supersedes).add(mutation.version.dot)

@@ -1,0 +1,148 @@
+"""The hybrid logical clock, driven by an injected wall clock."""
+
+from __future__ import annotations
+
+import threading
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from domicile.hlc import LOGICAL_BITS, LOGICAL_MASK, HybridClock, pack, physical_ms, wall_ms
+
+
+class FakeWall:
+    """A wall clock in milliseconds that the test sets."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def logical(hlc: int) -> int:
+    return hlc & LOGICAL_MASK
+
+
+def test_pack_and_unpack() -> None:
+    assert physical_ms(pack(1234, 7)) == 1234
+    assert logical(pack(1234, 7)) == 7
+    assert pack(1, 0) == 1 << LOGICAL_BITS
+
+
+def test_a_moving_wall_clock_gives_its_time_with_a_zero_counter() -> None:
+    wall = FakeWall(1000)
+    clock = HybridClock(wall)
+    assert clock.now() == pack(1000, 0)
+    wall.ms = 1005
+    assert clock.now() == pack(1005, 0)
+
+
+def test_a_stalled_wall_clock_counts_up_logically() -> None:
+    clock = HybridClock(FakeWall(1000))
+    stamps = [clock.now() for _ in range(5)]
+    assert stamps == [pack(1000, i) for i in range(5)]
+
+
+def test_a_wall_clock_going_backwards_never_moves_the_clock_back() -> None:
+    wall = FakeWall(5000)
+    clock = HybridClock(wall)
+    before = clock.now()
+    wall.ms = 4000  # NTP stepped the clock back a second
+    after = [clock.now() for _ in range(3)]
+    assert after == [before + 1, before + 2, before + 3]
+    assert all(physical_ms(t) == 5000 for t in after)
+    wall.ms = 5001
+    assert clock.now() == pack(5001, 0)
+
+
+def test_logical_overflow_borrows_a_millisecond_instead_of_wrapping() -> None:
+    clock = HybridClock(FakeWall(1000))
+    clock.observe(pack(1000, LOGICAL_MASK))
+    nxt = clock.now()
+    assert nxt == pack(1001, 0)
+    assert nxt > pack(1000, LOGICAL_MASK)
+    assert clock.now() == pack(1001, 1)
+
+
+def test_observe_moves_the_clock_past_a_remote_timestamp_ahead_of_it() -> None:
+    clock = HybridClock(FakeWall(1000))
+    clock.now()
+    remote = pack(9000, 42)
+    observed = clock.observe(remote)
+    assert observed >= remote
+    later = clock.now()
+    assert later > remote
+    assert physical_ms(later) == 9000 and logical(later) == 43
+
+
+def test_observe_of_an_older_remote_timestamp_still_advances() -> None:
+    wall = FakeWall(5000)
+    clock = HybridClock(wall)
+    local = clock.now()
+    observed = clock.observe(pack(10, 3))
+    assert observed > local
+    assert clock.now() > observed
+
+
+def test_observe_returns_wall_time_when_it_is_ahead_of_both() -> None:
+    wall = FakeWall(100)
+    clock = HybridClock(wall)
+    clock.now()
+    wall.ms = 200
+    assert clock.observe(pack(150, 9)) == pack(200, 0)
+
+
+@settings(max_examples=200, deadline=None, print_blob=True)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("now"), st.integers(-50, 50)),
+            st.tuples(st.just("observe"), st.integers(0, 2_000)),
+        ),
+        max_size=60,
+    )
+)
+def test_every_timestamp_is_greater_than_everything_issued_or_observed(ops: list[tuple[str, int]]) -> None:
+    wall = FakeWall(1_000)
+    clock = HybridClock(wall)
+    highest = 0
+    for op, arg in ops:
+        if op == "now":
+            wall.ms = max(0, wall.ms + arg)  # the wall clock jumps both ways
+            stamp = clock.now()
+            assert stamp > highest
+            assert physical_ms(stamp) >= wall.ms  # never behind the wall clock
+            highest = stamp
+        else:
+            remote = pack(arg, arg % 7)
+            stamp = clock.observe(remote)
+            assert stamp >= remote and stamp >= highest
+            assert physical_ms(stamp) >= wall.ms
+            highest = max(highest, stamp, remote)
+    assert clock.now() > highest
+
+
+def test_the_clock_stays_close_to_wall_time() -> None:
+    clock = HybridClock()
+    before = wall_ms()
+    stamp = clock.now()
+    assert before <= physical_ms(stamp) <= wall_ms()
+
+
+def test_concurrent_callers_never_get_the_same_timestamp() -> None:
+    clock = HybridClock(FakeWall(1_000))
+    per_thread: list[list[int]] = [[] for _ in range(4)]
+
+    def take(out: list[int]) -> None:
+        for _ in range(2_000):
+            out.append(clock.now())
+
+    threads = [threading.Thread(target=take, args=(out,)) for out in per_thread]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stamps = [s for out in per_thread for s in out]
+    assert len(set(stamps)) == len(stamps) == 8_000
+    assert all(out == sorted(out) for out in per_thread)
