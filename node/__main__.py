@@ -1,0 +1,48 @@
+"""`python -m node`: run one regional node until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from domicile.errors import DomicileError
+from node.config import parse_args
+from node.daemon import Node
+
+
+async def serve(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [" + config.node_id + "] %(message)s",
+        stream=sys.stderr,
+    )
+    node = Node(config)
+    try:
+        await node.start()
+    except DomicileError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    metrics = f"http://{node.metrics_address}/metrics" if node.metrics_address else "disabled"
+    print(
+        f"node {config.node_id} region {config.region} listening on {node.address} metrics {metrics}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await node.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return asyncio.run(serve(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

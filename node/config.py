@@ -1,0 +1,103 @@
+"""Node configuration: command-line flags, optionally a YAML file with the same keys."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from domicile.errors import InvalidArgument
+from domicile.model import Limits, check_node_id
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    region: str
+    node_id: str = ""
+    listen: str = "127.0.0.1:7401"
+    # Address other nodes and clients use to reach this node (a proxy or NAT in front of it);
+    # empty means the bound listen address.
+    advertise: str = ""
+    metrics_port: int = 9401
+    metrics_host: str = "127.0.0.1"
+    data_dir: str = ""
+    coordinator: str = "127.0.0.1:7400"
+    cluster_config: str = ""
+    synchronous: str = "FULL"
+    log_level: str = "INFO"
+    limits: Limits = field(default_factory=Limits)
+    # Replication reconnect back-off: first delay and cap, in seconds.
+    reconnect_delay_s: float = 0.05
+    reconnect_delay_max_s: float = 5.0
+    # How often the source persists acknowledged positions (only informational at the source:
+    # the target's position is the authoritative one).
+    ack_persist_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.region:
+            raise InvalidArgument("--region is required")
+        if not self.node_id:
+            object.__setattr__(self, "node_id", self.region)
+        check_node_id(self.node_id)
+        if not self.data_dir:
+            object.__setattr__(self, "data_dir", str(Path(".domicile") / self.node_id))
+        if self.synchronous.upper() not in {"FULL", "NORMAL", "OFF"}:
+            raise InvalidArgument(f"synchronous must be FULL, NORMAL or OFF, not {self.synchronous!r}")
+        split_host_port(self.listen)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"invalid address {address!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
+    parser = argparse.ArgumentParser(prog="domicile node", description="Run a regional storage node.")
+    parser.add_argument("--config", help="YAML file with the same keys as these flags (flags override)")
+    parser.add_argument("--region", help="region this node serves, e.g. eu-west-1 (required)")
+    parser.add_argument("--node-id", help="node id, the writer id in version vectors (default: the region)")
+    parser.add_argument("--listen", help="HOST:PORT for gRPC (default 127.0.0.1:7401)")
+    parser.add_argument(
+        "--advertise", help="HOST:PORT that others use to reach this node (default: --listen)"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port (default 9401; 0 disables)"
+    )
+    parser.add_argument("--metrics-host", help="address the metrics endpoint binds (default 127.0.0.1)")
+    parser.add_argument("--data-dir", help="directory of the embedded store (default ./.domicile/NODE_ID)")
+    parser.add_argument("--coordinator", help="HOST:PORT of the coordinator (default 127.0.0.1:7400)")
+    parser.add_argument("--cluster-config", help="cluster YAML, to serve before the coordinator is reached")
+    parser.add_argument("--synchronous", help="SQLite synchronous mode: FULL (default), NORMAL or OFF")
+    parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            parser.error(f"cannot read --config {args.config}: {exc}")
+        if not isinstance(loaded, dict):
+            parser.error(f"--config {args.config}: expected a mapping")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    known = {f.name for f in fields(NodeConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        parser.error(f"unknown configuration keys: {', '.join(unknown)}")
+    if "region" not in values:
+        parser.error("--region is required")
+    try:
+        return NodeConfig(**values)
+    except (InvalidArgument, TypeError) as exc:
+        parser.error(str(exc))
+    raise AssertionError("unreachable")  # parser.error exits
+
+
+def with_overrides(config: NodeConfig, **changes: Any) -> NodeConfig:
+    return replace(config, **changes)

@@ -1,0 +1,129 @@
+"""The node's connection to the coordinator: register, heartbeat, and watch the topology.
+
+The coordinator is the control plane only. While it is unreachable the node keeps serving and
+replicating on its last topology (persisted, so a restart does too) and keeps retrying; when
+it returns, the watch resumes from the node's revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from domicile.topology import Topology, topology_from_pb
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from node.metrics import NodeMetrics
+from node.replication.outbound import BackoffPolicy
+from node.topology_view import TopologyView
+
+log = logging.getLogger("domicile.coordinator_link")
+
+
+class CoordinatorLink:
+    def __init__(
+        self,
+        *,
+        coordinator: str,
+        node_id: str,
+        region: str,
+        address: str,
+        metrics_address: str,
+        view: TopologyView,
+        on_topology: Callable[[Topology, bytes], Awaitable[None]],
+        metrics: NodeMetrics,
+        backoff: BackoffPolicy,
+        rpc_deadline_s: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.node_id = node_id
+        self.region = region
+        self.address = address
+        self.metrics_address = metrics_address
+        self.view = view
+        self.on_topology = on_topology
+        self.metrics = metrics
+        self.backoff = backoff
+        self.rpc_deadline_s = rpc_deadline_s
+        self.rng = rng or random.Random()
+        self.connected = False
+        self.heartbeat_interval_s = 1.0
+
+    async def run(self) -> None:
+        delays = self.backoff.delays(self.rng)
+        while True:
+            try:
+                await self._session()
+                delays = self.backoff.delays(self.rng)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                detail = (
+                    f"{exc.code().name}: {exc.details()}"
+                    if isinstance(exc, grpc.aio.AioRpcError)
+                    else repr(exc)
+                )
+                log.info(
+                    "coordinator %s unreachable (%s); serving on topology revision %d",
+                    self.coordinator,
+                    detail,
+                    self.view.revision,
+                )
+            finally:
+                self.connected = False
+                self.metrics.coordinator_connected.set(0)
+            await asyncio.sleep(min(next(delays), 2.0))
+
+    async def _session(self) -> None:
+        async with grpc.aio.insecure_channel(self.coordinator) as channel:
+            stub = cpb_grpc.CoordinatorServiceStub(channel)
+            registered = await stub.RegisterNode(
+                cpb.RegisterNodeRequest(
+                    node_id=self.node_id,
+                    region=self.region,
+                    address=self.address,
+                    metrics_address=self.metrics_address,
+                ),
+                timeout=self.rpc_deadline_s,
+            )
+            if registered.heartbeat_interval_ms:
+                self.heartbeat_interval_s = registered.heartbeat_interval_ms / 1000.0
+            log.info(
+                "registered with coordinator %s at revision %d",
+                self.coordinator,
+                registered.topology_revision,
+            )
+            self.connected = True
+            self.metrics.coordinator_connected.set(1)
+            heartbeat = asyncio.create_task(self._heartbeats(stub))
+            try:
+                watch = stub.WatchTopology(cpb.WatchTopologyRequest(after_revision=self._resume_revision()))
+                async for message in watch:
+                    topology = topology_from_pb(message.topology)
+                    if topology.revision > self.view.revision or self.view.revision == 0:
+                        await self.on_topology(topology, message.topology.SerializeToString())
+                    if heartbeat.done():
+                        heartbeat.result()
+                raise ConnectionError("topology watch ended")
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await heartbeat
+
+    def _resume_revision(self) -> int:
+        # A topology built from local configuration has revision 0: ask for everything.
+        return self.view.revision
+
+    async def _heartbeats(self, stub: cpb_grpc.CoordinatorServiceStub) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            await stub.Heartbeat(
+                cpb.HeartbeatRequest(node_id=self.node_id, topology_revision=self.view.revision),
+                timeout=self.rpc_deadline_s,
+            )

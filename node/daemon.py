@@ -1,0 +1,262 @@
+"""The node daemon: wires the engine, group commit, services, replication and the coordinator
+link together, and owns their start and stop order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from domicile import errors
+from domicile.cluster import ClusterSpec, load_cluster
+from domicile.hlc import HybridClock
+from domicile.topology import Topology, topology_from_pb
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import replication_pb2, storage_node_pb2
+from domicile.v1 import replication_pb2_grpc as rpb_grpc
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+from node.api.replication import ReplicationServicer
+from node.api.storage import StorageServicer
+from node.config import NodeConfig, split_host_port
+from node.coordinator_link import CoordinatorLink
+from node.engine.base import StorageEngine
+from node.engine.group_commit import GroupCommitter
+from node.engine.sqlite import SQLiteEngine
+from node.metrics import NodeMetrics
+from node.replication.inbound import Receiver
+from node.replication.manager import ReplicationManager
+from node.replication.outbound import SERVER_OPTIONS, BackoffPolicy
+from node.replication.signal import LogSignal
+from node.service import StorageService
+from node.topology_view import TopologyView
+
+log = logging.getLogger("domicile.node")
+
+TOPOLOGY_META = "topology"
+SERVICE_NAMES = (
+    storage_node_pb2.DESCRIPTOR.services_by_name["StorageNodeService"].full_name,
+    replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
+)
+
+
+class Node:
+    def __init__(
+        self, config: NodeConfig, *, hlc: HybridClock | None = None, rng: random.Random | None = None
+    ):
+        self.config = config
+        self.clock = hlc or HybridClock()
+        self.rng = rng or random.Random()
+        self.metrics = NodeMetrics(config.node_id, config.region)
+        self.address = config.listen
+        self.metrics_port = 0
+        self._started = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: grpc.aio.Server | None = None
+        self._running = False
+
+    # -- start --------------------------------------------------------------------------------
+
+    def _initial_topology(self) -> Topology:
+        cached = self.engine.get_meta(TOPOLOGY_META)
+        if cached:
+            topology = topology_from_pb(cpb.Topology.FromString(cached))
+            log.info("resuming on cached topology revision %d", topology.revision)
+            return topology
+        cluster = load_cluster(self.config.cluster_config) if self.config.cluster_config else ClusterSpec()
+        return Topology(0, cluster)
+
+    async def start(self) -> None:
+        cfg = self.config
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
+        self.signal = LogSignal()
+        self.engine = SQLiteEngine(
+            str(Path(cfg.data_dir) / "store.sqlite3"), cfg.node_id, cfg.region, synchronous=cfg.synchronous
+        )
+        self.committer = GroupCommitter(
+            self.engine,
+            self.clock.now,
+            batch_records_max=cfg.limits.commit_batch_records_max,
+            queue_records_max=cfg.limits.write_queue_records_max,
+        )
+        self.committer.start()
+        self.view = TopologyView(self._initial_topology())
+        self.service = StorageService(
+            node_id=cfg.node_id,
+            region=cfg.region,
+            engine=self.engine,
+            committer=self.committer,
+            view=self.view,
+            limits=cfg.limits,
+            metrics=self.metrics,
+            on_committed=self.signal.notify,
+        )
+        self.receiver = Receiver(
+            node_id=cfg.node_id,
+            region=cfg.region,
+            engine=self.engine,
+            committer=self.committer,
+            view=self.view,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
+        backoff = BackoffPolicy(cfg.reconnect_delay_s, cfg.reconnect_delay_max_s)
+        self.replication = ReplicationManager(
+            node_id=cfg.node_id,
+            region=cfg.region,
+            engine=self.engine,
+            committer=self.committer,
+            view=self.view,
+            metrics=self.metrics,
+            limits=cfg.limits,
+            signal=self.signal,
+            backoff=backoff,
+            ack_persist_interval_s=cfg.ack_persist_interval_s,
+            rng=random.Random(self.rng.random()),
+        )
+
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        spb_grpc.add_StorageNodeServiceServicer_to_server(StorageServicer(self.service, self.status), server)
+        rpb_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(self.receiver), server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        host, port = split_host_port(cfg.listen)
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise errors.Unavailable(f"cannot listen on {cfg.listen}")
+        self.address = f"{host}:{bound}"
+        await server.start()
+        self._server = server
+        metrics_address = ""
+        if cfg.metrics_port != 0:
+            # -1 asks for any free port (tests); 0 disables the endpoint.
+            self.metrics_port = self.metrics.serve(cfg.metrics_host, max(cfg.metrics_port, 0))
+            metrics_address = f"{cfg.metrics_host}:{self.metrics_port}"
+        self.metrics_address = metrics_address
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.replication.start()
+        self.link = CoordinatorLink(
+            coordinator=cfg.coordinator,
+            node_id=cfg.node_id,
+            region=cfg.region,
+            address=cfg.advertise or self.address,
+            metrics_address=metrics_address,
+            view=self.view,
+            on_topology=self._adopt_topology,
+            metrics=self.metrics,
+            backoff=backoff,
+            rpc_deadline_s=cfg.limits.rpc_deadline_s,
+            rng=random.Random(self.rng.random()),
+        )
+        self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
+        self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
+        self.metrics.topology_revision.set(self.view.revision)
+        self._running = True
+        log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
+
+    async def _adopt_topology(self, topology: Topology, raw: bytes) -> None:
+        def persist(engine: StorageEngine) -> None:
+            engine.put_meta(TOPOLOGY_META, raw)
+
+        await self.committer.run(persist)
+        if self.view.replace(topology):
+            self.metrics.topology_revision.set(topology.revision)
+            self.replication.apply(topology)
+            log.info("topology revision %d adopted", topology.revision)
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            counts = self.engine.counts()
+            self.metrics.records_stored.set(counts.records)
+            self.metrics.tombstones_stored.set(counts.tombstones)
+            self.metrics.last_lsn.set(self.engine.last_lsn())
+            await asyncio.sleep(2.0)
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self) -> spb.GetNodeStatusResponse:
+        counts = self.engine.counts()
+        last = self.engine.last_lsn()
+        response = spb.GetNodeStatusResponse(
+            node_id=self.config.node_id,
+            region=self.config.region,
+            topology_revision=self.view.revision,
+            records_stored=counts.records,
+            tombstones_stored=counts.tombstones,
+            last_lsn=last,
+            conflicts_total=self.service.conflicts_total,
+            policy_version=self.view.policy.version,
+            uptime_seconds=time.monotonic() - self._started,
+        )
+        for target, sender in sorted(self.replication.senders.items()):
+            response.outbound.add(
+                source_node_id=self.config.node_id,
+                target_node_id=target,
+                acked_lsn=sender.acked_lsn,
+                backlog=max(0, last - sender.acked_lsn),
+                connected=sender.connected,
+            )
+        for source, stats in sorted(self.receiver.stats.items()):
+            response.inbound.add(
+                source_node_id=source,
+                target_node_id=self.config.node_id,
+                acked_lsn=stats.position,
+                connected=stats.connected,
+                lag_ms_p99=self.metrics.lag_window(source, self.config.node_id).quantile(0.99),
+                applied_total=stats.applied_total,
+            )
+        return response
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Stops serving, then replication, then the writer. Every step is bounded: a stop that
+        hangs on one peer would keep the process (and its port and files) alive."""
+        if not self._running:
+            return
+        self._running = False
+        await _bounded("health shutdown", self.health.enter_graceful_shutdown(), 1.0)
+        await _cancel_all(self._tasks, "background tasks")
+        await _bounded("replication stop", self.replication.stop(), 5.0)
+        if self._server is not None:
+            await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)
+        await _bounded("writer stop", self.committer.stop(), 10.0)
+        self.engine.close()
+        self.metrics.close()
+        log.info("node %s stopped", self.config.node_id)
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _bounded(what: str, step: Awaitable[object], timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except TimeoutError:
+        log.warning("%s did not finish within %.1f s; continuing shutdown", what, timeout_s)
+    except Exception:
+        log.exception("%s failed; continuing shutdown", what)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], what: str, timeout_s: float = 5.0) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            log.warning("%s: task %s did not stop within %.1f s", what, task.get_name(), timeout_s)

@@ -1,0 +1,134 @@
+"""Runs one LinkSender per outbound link of the current topology, starting and stopping them as
+the topology changes, and persists acknowledged positions periodically."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from domicile.model import Limits
+from domicile.topology import Topology
+from node.engine.base import StorageEngine
+from node.engine.group_commit import GroupCommitter
+from node.metrics import NodeMetrics
+from node.replication.outbound import BackoffPolicy, LinkSender
+from node.replication.signal import LogSignal
+from node.topology_view import TopologyView
+
+log = logging.getLogger("domicile.replication")
+
+
+class ReplicationManager:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        region: str,
+        engine: StorageEngine,
+        committer: GroupCommitter,
+        view: TopologyView,
+        metrics: NodeMetrics,
+        limits: Limits,
+        signal: LogSignal,
+        backoff: BackoffPolicy,
+        ack_persist_interval_s: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.region = region
+        self.engine = engine
+        self.committer = committer
+        self.view = view
+        self.metrics = metrics
+        self.limits = limits
+        self.signal = signal
+        self.backoff = backoff
+        self.ack_persist_interval_s = ack_persist_interval_s
+        self.rng = rng or random.Random()
+        self.senders: dict[str, LinkSender] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._persister: asyncio.Task[None] | None = None
+        self._persisted: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._persister = asyncio.create_task(self._persist_loop())
+        self.apply(self.view.topology)
+
+    def apply(self, topology: Topology) -> None:
+        wanted = {}
+        for link in topology.outbound(self.node_id):
+            target = topology.node(link.target_node_id)
+            if target is not None and link.namespaces:
+                wanted[target.node_id] = (target, link.namespaces)
+        for target_id in list(self.senders):
+            sender = self.senders[target_id]
+            spec = wanted.get(target_id)
+            if spec is None or spec[0].address != sender.target.address:
+                self._stop_sender(target_id)
+            elif spec[1] != sender.namespaces:
+                sender.namespaces = spec[1]
+            else:
+                sender.target = spec[0]
+        for target_id, (target, namespaces) in wanted.items():
+            if target_id not in self.senders:
+                sender = LinkSender(
+                    node_id=self.node_id,
+                    region=self.region,
+                    target=target,
+                    namespaces=namespaces,
+                    engine=self.engine,
+                    view=self.view,
+                    metrics=self.metrics,
+                    limits=self.limits,
+                    signal=self.signal,
+                    backoff=self.backoff,
+                    rng=random.Random(self.rng.random()),
+                )
+                self.senders[target_id] = sender
+                self._tasks[target_id] = asyncio.create_task(
+                    sender.run(), name=f"link-{self.node_id}-{target_id}"
+                )
+                log.info(
+                    "link %s -> %s started for %s", self.node_id, target_id, ", ".join(sorted(namespaces))
+                )
+
+    def _stop_sender(self, target_id: str) -> None:
+        self.senders.pop(target_id, None)
+        task = self._tasks.pop(target_id, None)
+        if task is not None:
+            task.cancel()
+        log.info("link %s -> %s stopped", self.node_id, target_id)
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ack_persist_interval_s)
+            await self.persist_acks()
+
+    async def persist_acks(self) -> None:
+        changed = {t: s.acked_lsn for t, s in self.senders.items() if s.acked_lsn > self._persisted.get(t, 0)}
+        if not changed:
+            return
+
+        def work(engine: StorageEngine) -> None:
+            for target, lsn in changed.items():
+                engine.record_outbound_ack(target, lsn)
+
+        await self.committer.run(work)
+        self._persisted.update(changed)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        if self._persister is not None:
+            tasks.append(self._persister)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=3.0)
+            for task in pending:
+                log.warning("replication task %s did not stop within 3 s", task.get_name())
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.persist_acks()
+        self.senders.clear()

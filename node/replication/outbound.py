@@ -1,0 +1,271 @@
+"""The sending end of one replication link: stream this node's change log to one target.
+
+One long-lived bidirectional stream per link. The target says where to resume; the sender
+reads the change log from there, keeps at most `inflight_batches_max` batches unacknowledged,
+and on any failure reconnects with exponential back-off and jitter. Positions are the target's
+to keep, so a reconnect re-sends at most the unacknowledged tail, which the target skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from domicile import codec
+from domicile.causality import Mutation
+from domicile.model import Limits
+from domicile.policy import Action, RecordFacts
+from domicile.topology import NodeInfo
+from domicile.v1 import replication_pb2 as rpb
+from domicile.v1 import replication_pb2_grpc as rpb_grpc
+from node.engine.base import StorageEngine
+from node.metrics import NodeMetrics
+from node.replication.signal import LogSignal
+from node.topology_view import TopologyView
+
+log = logging.getLogger("domicile.replication.outbound")
+
+MESSAGE_BYTES_MAX = 32 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    # Detect a dead peer on an idle stream within about 15 s.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+# The server must accept the senders' keepalive pings, or it answers them with GOAWAY
+# ("too_many_pings") and every idle stream is cut.
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    initial_s: float = 0.05
+    max_s: float = 5.0
+
+    def delays(self, rng: random.Random) -> collections.abc.Iterator[float]:
+        delay = self.initial_s
+        while True:
+            # Full jitter in [delay/2, delay * 1.5) keeps many senders from reconnecting in step.
+            yield delay * rng.uniform(0.5, 1.5)
+            delay = min(delay * 2, self.max_s)
+
+
+class LinkSender:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        region: str,
+        target: NodeInfo,
+        namespaces: frozenset[str],
+        engine: StorageEngine,
+        view: TopologyView,
+        metrics: NodeMetrics,
+        limits: Limits,
+        signal: LogSignal,
+        backoff: BackoffPolicy,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.region = region
+        self.target = target
+        self.namespaces = namespaces
+        self.engine = engine
+        self.view = view
+        self.metrics = metrics
+        self.limits = limits
+        self.signal = signal
+        self.backoff = backoff
+        self.rng = rng or random.Random()
+        self.acked_lsn = engine.outbound_acks().get(target.node_id, 0)
+        self.connected = False
+        self.last_error = ""
+        self._labels = (node_id, target.node_id)
+
+    # -- batching (pure enough to test without sockets) ---------------------------------------
+
+    def _allowed(self, m: Mutation) -> bool:
+        if m.namespace not in self.namespaces:
+            return False
+        facts = RecordFacts(
+            m.namespace, m.version.classification, m.version.subject_id, m.version.subject_jurisdiction
+        )
+        return self.view.policy.decide(facts, self.target.region, Action.REPLICATE).allowed
+
+    def next_batch(self, after_lsn: int) -> tuple[list[Mutation], int] | None:
+        """The next batch after `after_lsn`: mutations the target may hold, and the position the
+        batch carries the target to (past skipped entries too). None when the log has nothing."""
+        entries = self.engine.read_log(after_lsn, self.limits.replication_batch_records_max)
+        if not entries:
+            return None
+        batch: list[Mutation] = []
+        through = after_lsn
+        size = 0
+        for m in entries:
+            bytes_ = len(m.version.value) + len(m.key) + 128
+            if batch and size + bytes_ > self.limits.replication_batch_bytes_max:
+                break
+            through = m.lsn
+            if self._allowed(m):
+                batch.append(m)
+                size += bytes_
+        return batch, through
+
+    # -- the stream ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        delays = self.backoff.delays(self.rng)
+        while True:
+            try:
+                await self._session()
+                delays = self.backoff.delays(self.rng)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure costs a reconnect, never data
+                self.last_error = _describe(exc)
+                log.info(
+                    "link %s -> %s: %s; reconnecting", self.node_id, self.target.node_id, self.last_error
+                )
+            finally:
+                self.connected = False
+                self.metrics.replication_connected.labels(*self._labels).set(0)
+            self.metrics.replication_reconnects.labels(*self._labels).inc()
+            await asyncio.sleep(next(delays))
+
+    async def _session(self) -> None:
+        deadline_s = self.limits.rpc_deadline_s
+        async with grpc.aio.insecure_channel(self.target.address, options=CHANNEL_OPTIONS) as channel:
+            stub = rpb_grpc.ReplicationServiceStub(channel)
+            # A replication stream lives as long as the link: no overall deadline. Each step that
+            # waits on the peer (ready, acks) has its own deadline below instead.
+            call = stub.Replicate()
+            await asyncio.wait_for(
+                call.write(
+                    rpb.ReplicateRequest(
+                        hello=rpb.ReplicationHello(
+                            source_node_id=self.node_id,
+                            source_region=self.region,
+                            target_node_id=self.target.node_id,
+                            topology_revision=self.view.revision,
+                        )
+                    )
+                ),
+                deadline_s,
+            )
+            first = await asyncio.wait_for(call.read(), deadline_s)
+            if first is grpc.aio.EOF or first.WhichOneof("kind") != "ready":
+                raise ConnectionError("target did not answer the hello with ready")
+            sent = first.ready.resume_after_lsn
+            self._ack(sent)
+            self.connected = True
+            self.metrics.replication_connected.labels(*self._labels).set(1)
+            inflight: collections.deque[tuple[int, float]] = collections.deque()
+            window = asyncio.Semaphore(self.limits.replication_inflight_batches_max)
+            reader = asyncio.create_task(self._read_acks(call, inflight, window))
+            try:
+                while True:
+                    if reader.done():
+                        reader.result()
+                        raise ConnectionError("target closed the stream")
+                    batch = self.next_batch(sent)
+                    if batch is None:
+                        self._update_backlog()
+                        await self._wait_for_log_or(reader, inflight, deadline_s)
+                        continue
+                    mutations, through = batch
+                    await self._acquire(window, reader, inflight, deadline_s)
+                    request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
+                    for m in mutations:
+                        codec.mutation_to_pb(m, request.batch.mutations.add())
+                    inflight.append((through, time.monotonic()))
+                    await call.write(request)
+                    self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))
+                    sent = through
+            finally:
+                reader.cancel()
+                call.cancel()
+
+    async def _read_acks(
+        self,
+        call: grpc.aio.StreamStreamCall,
+        inflight: collections.deque[tuple[int, float]],
+        window: asyncio.Semaphore,
+    ) -> None:
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return
+            if response.WhichOneof("kind") != "ack":
+                raise ConnectionError("target sent something other than an ack")
+            position = response.ack.applied_through_lsn
+            while inflight and inflight[0][0] <= position:
+                inflight.popleft()
+                window.release()
+            self._ack(position)
+            self.signal_ack()
+
+    def signal_ack(self) -> None:
+        self._update_backlog()
+
+    def _ack(self, position: int) -> None:
+        if position > self.acked_lsn:
+            self.acked_lsn = position
+
+    def _update_backlog(self) -> None:
+        backlog = max(0, self.engine.last_lsn() - self.acked_lsn)
+        self.metrics.replication_backlog.labels(*self._labels).set(backlog)
+
+    def _check_stalled(self, inflight: collections.deque[tuple[int, float]], deadline_s: float) -> None:
+        if inflight and time.monotonic() - inflight[0][1] > deadline_s:
+            raise TimeoutError(f"no acknowledgement within {deadline_s} s")
+
+    async def _wait_for_log_or(
+        self, reader: asyncio.Task[None], inflight: collections.deque[tuple[int, float]], deadline_s: float
+    ) -> None:
+        waiter = asyncio.ensure_future(self.signal.wait(1.0))
+        try:
+            await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        self._check_stalled(inflight, deadline_s)
+
+    async def _acquire(
+        self,
+        window: asyncio.Semaphore,
+        reader: asyncio.Task[None],
+        inflight: collections.deque[tuple[int, float]],
+        deadline_s: float,
+    ) -> None:
+        while True:
+            acquire = asyncio.ensure_future(window.acquire())
+            done, _ = await asyncio.wait(
+                {acquire, reader}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if acquire in done:
+                return
+            acquire.cancel()
+            if reader in done:
+                reader.result()
+                raise ConnectionError("target closed the stream")
+            self._check_stalled(inflight, deadline_s)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,199 @@
+"""An in-process cluster for integration tests: a real coordinator and real nodes on free
+ports, each node optionally behind a TcpProxy so that tests can cut and heal links."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from coordinator.config import CoordinatorConfig
+from coordinator.daemon import Coordinator
+from domicile import codec
+from domicile.causality import CausalContext
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+from node.config import NodeConfig
+from node.daemon import Node
+from tests.support.tcp_proxy import TcpProxy
+
+REGIONS = [
+    {"name": "us-east-1", "country": "US", "jurisdiction": "US"},
+    {"name": "eu-west-1", "country": "IE", "jurisdiction": "EU"},
+    {"name": "eu-central-1", "country": "DE", "jurisdiction": "EU"},
+    {"name": "ap-northeast-1", "country": "JP", "jurisdiction": "JP"},
+]
+NAMESPACES = [
+    {"name": "instruments", "regions": "global", "conflict_mode": "lww", "classification": "public"},
+    {"name": "customers_eu", "regions": ["eu-west-1", "eu-central-1"], "classification": "personal"},
+    {"name": "prefs_eu", "regions": ["eu-west-1", "eu-central-1"], "conflict_mode": "lww"},
+    {"name": "customers_jp", "regions": ["ap-northeast-1"], "classification": "personal"},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "") -> None:
+    """Polls `check` until it is true; fails the test naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or check}")
+        await asyncio.sleep(0.02)
+
+
+class LocalCluster:
+    def __init__(self, root: Path, regions: list[str], *, proxies: bool = False) -> None:
+        self.root = root
+        self.regions = regions
+        self.use_proxies = proxies
+        self.config_path = root / "cluster.yaml"
+        self.config_path.write_text(
+            yaml.safe_dump(
+                {
+                    "policy_version": "test-scope-1",
+                    "regions": REGIONS,
+                    "namespaces": NAMESPACES,
+                    "coordinator": {"heartbeat_interval_ms": 100, "missed_heartbeats_max": 3},
+                }
+            )
+        )
+        self.coordinator: Coordinator | None = None
+        self.coordinator_port = free_port()
+        self.nodes: dict[str, Node] = {}
+        self.ports: dict[str, int] = {region: free_port() for region in regions}
+        self.proxies: dict[str, TcpProxy] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    @property
+    def coordinator_address(self) -> str:
+        return f"127.0.0.1:{self.coordinator_port}"
+
+    async def start(self) -> LocalCluster:
+        await self.start_coordinator()
+        for region in self.regions:
+            if self.use_proxies:
+                proxy = TcpProxy(f"127.0.0.1:{self.ports[region]}")
+                await proxy.start()
+                self.proxies[region] = proxy
+            await self.start_node(region)
+        return self
+
+    async def start_coordinator(self) -> None:
+        self.coordinator = Coordinator(
+            CoordinatorConfig(
+                cluster_config=self.config_path,
+                listen=self.coordinator_address,
+                metrics_port=0,
+                data_dir=self.root / "coordinator",
+                shutdown_grace_s=0.2,
+            )
+        )
+        await self.coordinator.start()
+
+    async def stop_coordinator(self) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.stop()
+            self.coordinator = None
+
+    def node_config(self, region: str, **overrides: Any) -> NodeConfig:
+        values: dict[str, Any] = {
+            "region": region,
+            "listen": f"127.0.0.1:{self.ports[region]}",
+            "metrics_port": 0,
+            "data_dir": str(self.root / region),
+            "coordinator": self.coordinator_address,
+            "cluster_config": str(self.config_path),
+            "synchronous": "NORMAL",
+            "reconnect_delay_s": 0.02,
+            "reconnect_delay_max_s": 0.3,
+            "ack_persist_interval_s": 0.1,
+        }
+        if region in self.proxies:
+            values["advertise"] = self.proxies[region].address
+        values.update(overrides)
+        return NodeConfig(**values)
+
+    async def start_node(self, region: str, **overrides: Any) -> Node:
+        node = Node(self.node_config(region, **overrides))
+        await node.start()
+        self.nodes[region] = node
+        return node
+
+    async def stop_node(self, region: str) -> None:
+        node = self.nodes.pop(region)
+        await node.stop(grace_s=0.1)
+        channel = self._channels.pop(region, None)
+        if channel is not None:
+            await channel.close()
+
+    async def wait_linked(self, timeout_s: float = 15.0) -> None:
+        """Waits until every node acts on a topology with every running node and its links up."""
+
+        async def ready() -> bool:
+            for node in self.nodes.values():
+                if len(node.view.topology.nodes) < len(self.nodes):
+                    return False
+                for link in node.view.topology.outbound(node.config.node_id):
+                    target = node.view.topology.node(link.target_node_id)
+                    if target is None or target.region not in self.nodes:
+                        continue
+                    sender = node.replication.senders.get(link.target_node_id)
+                    if sender is None or not sender.connected:
+                        return False
+            return True
+
+        await eventually(ready, timeout_s, "every node linked")
+
+    def stub(self, region: str) -> spb_grpc.StorageNodeServiceStub:
+        channel = self._channels.get(region)
+        if channel is None:
+            channel = self._channels[region] = grpc.aio.insecure_channel(f"127.0.0.1:{self.ports[region]}")
+        return spb_grpc.StorageNodeServiceStub(channel)
+
+    async def put(
+        self,
+        region: str,
+        namespace: str,
+        key: str,
+        value: bytes,
+        context: CausalContext | None = None,
+        **fields: Any,
+    ) -> spb.PutResponse:
+        request = spb.PutRequest(namespace=namespace, key=key, value=value, **fields)
+        if context is not None:
+            codec.context_to_pb(context, request.context)
+        response: spb.PutResponse = await self.stub(region).Put(request, timeout=5)
+        return response
+
+    async def get(self, region: str, namespace: str, key: str) -> spb.GetResponse:
+        response: spb.GetResponse = await self.stub(region).Get(
+            spb.GetRequest(namespace=namespace, key=key), timeout=5
+        )
+        return response
+
+    async def values(self, region: str, namespace: str, key: str) -> set[bytes]:
+        response = await self.get(region, namespace, key)
+        return {v.value for v in response.versions}
+
+    async def stop(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        for region in list(self.nodes):
+            await self.stop_node(region)
+        for proxy in self.proxies.values():
+            await proxy.stop()
+        await self.stop_coordinator()
