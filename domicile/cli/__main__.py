@@ -1,0 +1,7 @@
+"""`python -m domicile.cli` is the `domicile` command."""
+
+import sys
+
+from domicile.cli.main import main
+
+sys.exit(main())

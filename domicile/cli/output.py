@@ -1,0 +1,61 @@
+"""Text and JSON renderings shared by the commands."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from domicile.causality import CausalContext, Version
+from domicile.client import context_token
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces, headers in capitals."""
+    cells = [[h.upper() for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def dot_text(version: Version) -> str:
+    return f"{version.dot.node_id}:{version.dot.counter}"
+
+
+def version_json(version: Version) -> dict[str, Any]:
+    try:
+        text: str | None = version.value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {
+        "dot": dot_text(version),
+        # `value` is the UTF-8 text when the value is text; value_base64 is always exact.
+        "value": text,
+        "value_base64": base64.b64encode(version.value).decode("ascii"),
+        "content_type": version.content_type,
+        "tombstone": version.tombstone,
+        "hlc": version.hlc,
+        "subject_id": version.subject_id,
+        "subject_jurisdiction": version.subject_jurisdiction,
+        "classification": version.classification.label,
+        "origin_region": version.origin_region,
+    }
+
+
+def context_json(context: CausalContext) -> str:
+    return context_token(context)
+
+
+def print_json(obj: object, out: TextIO | None = None) -> None:
+    stream = out or sys.stdout
+    stream.write(json.dumps(obj, sort_keys=True) + "\n")
+
+
+def write_value_line(value: bytes, prefix: str = "") -> None:
+    """Writes the value's bytes as they are, so binary values survive a redirect."""
+    out = sys.stdout
+    out.flush()
+    out.buffer.write(prefix.encode("utf-8") + value + b"\n")
+    out.buffer.flush()

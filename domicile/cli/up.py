@@ -1,0 +1,404 @@
+"""`domicile up`: a whole cluster on this machine, one child process per daemon.
+
+The coordinator listens on the base port and region i (in config order) on base port + i;
+metrics ports follow the same pattern. Children run in their own process group, so a Ctrl-C
+in the terminal reaches only this supervisor, which then stops them in order (nodes, then the
+coordinator): SIGTERM, a bounded wait, SIGKILL for any that remain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from domicile.cli.output import table
+from domicile.client import Client, NodeHealth
+from domicile.cluster import ClusterSpec, load_cluster
+from domicile.errors import DomicileError, InvalidArgument
+
+_POLL_S = 0.2
+_HEALTH_RPC_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    role: str
+    argv: tuple[str, ...]
+    address: str
+    metrics_url: str
+    log_path: Path
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class StartupFailed(Exception):
+    """The cluster did not come up; the message says which child and where its log is."""
+
+
+def plan_children(
+    cluster: ClusterSpec,
+    *,
+    config_path: Path,
+    data_dir: Path,
+    host: str,
+    base_port: int,
+    metrics_base_port: int,
+    log_level: str,
+    python: str = sys.executable,
+) -> list[ChildSpec]:
+    """The command line of every child. Pure, so that tests can check the layout."""
+    count = 1 + len(cluster.regions)
+    if not cluster.regions:
+        raise InvalidArgument(f"cluster config {config_path} defines no regions; at least one is needed")
+    for flag, first in (("--base-port", base_port), ("--metrics-base-port", metrics_base_port)):
+        if first == 0 and flag == "--metrics-base-port":
+            continue
+        if not 1 <= first <= 65536 - count:
+            raise InvalidArgument(f"{flag} {first}: {count} ports from it must fit in 1..65535")
+    logs = data_dir / "logs"
+    coordinator = f"{host}:{base_port}"
+
+    def metrics(i: int) -> tuple[str, str]:
+        if metrics_base_port == 0:
+            return "0", "-"
+        port = metrics_base_port + i
+        return str(port), f"http://{host}:{port}/metrics"
+
+    port_text, url = metrics(0)
+    specs = [
+        ChildSpec(
+            name="coordinator",
+            role="coordinator",
+            argv=(
+                python,
+                "-m",
+                "coordinator",
+                "--listen",
+                coordinator,
+                "--metrics-port",
+                port_text,
+                "--data-dir",
+                str(data_dir / "coordinator"),
+                "--cluster-config",
+                str(config_path),
+                "--log-level",
+                log_level,
+            ),
+            address=coordinator,
+            metrics_url=url,
+            log_path=logs / "coordinator.log",
+        )
+    ]
+    for i, region in enumerate(cluster.regions, start=1):
+        port_text, url = metrics(i)
+        address = f"{host}:{base_port + i}"
+        specs.append(
+            ChildSpec(
+                name=region.name,
+                role=f"node ({region.jurisdiction or region.country or '-'})",
+                argv=(
+                    python,
+                    "-m",
+                    "node",
+                    "--region",
+                    region.name,
+                    "--node-id",
+                    region.name,
+                    "--listen",
+                    address,
+                    "--metrics-port",
+                    port_text,
+                    "--data-dir",
+                    str(data_dir / region.name),
+                    "--coordinator",
+                    coordinator,
+                    "--cluster-config",
+                    str(config_path),
+                    "--log-level",
+                    log_level,
+                ),
+                address=address,
+                metrics_url=url,
+                log_path=logs / f"{region.name}.log",
+            )
+        )
+    return specs
+
+
+def busy_ports(host: str, ports: Sequence[int]) -> list[int]:
+    """Ports on host that something already listens on (or that cannot be bound)."""
+    busy = []
+    for port in ports:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            # As a server would: a port whose old connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+def parent_death_signal() -> Callable[[], None] | None:
+    """A function for a child to run before exec (Linux only): if the supervisor is killed
+    outright, its children get SIGTERM instead of living on as orphans that hold the ports.
+    The C function is looked up here, in the parent, so the child does nothing but call it."""
+    if sys.platform != "linux":
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    return arm
+
+
+class StopRequest:
+    """Counts SIGINT / SIGTERM: the first asks for a clean stop, a second for an immediate one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.event = threading.Event()
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.event.set()
+
+    def install(self) -> dict[int, Any]:
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                previous[sig] = signal.signal(sig, self)
+        return previous
+
+
+class Supervisor:
+    def __init__(self, specs: list[ChildSpec], stop: StopRequest, out: Callable[[str], None]) -> None:
+        self.specs = specs
+        self.stop = stop
+        self.out = out
+        self.children: list[Child] = []
+
+    def start_all(self) -> None:
+        """Starts every child. Done before this process opens any gRPC channel: forking after
+        gRPC has started its threads is not safe."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        before_exec = parent_death_signal()
+        for spec in self.specs:
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = spec.log_path.open("ab")
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(spec.argv)}\n".encode())
+            log.flush()
+            try:
+                process = subprocess.Popen(
+                    spec.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    process_group=0,
+                    preexec_fn=before_exec,
+                )
+            except OSError as exc:
+                log.close()
+                raise StartupFailed(f"cannot start {spec.name}: {exc}") from None
+            self.children.append(Child(spec, process, log))
+
+    def exited(self) -> Child | None:
+        return next((c for c in self.children if c.process.poll() is not None), None)
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        """Waits until every child answers the gRPC health check."""
+        end = time.monotonic() + timeout_s
+        pending = list(self.children)
+        while pending:
+            self._check_running()
+            pending = [c for c in pending if not _healthy(c.spec.address)]
+            if not pending:
+                return
+            if time.monotonic() > end:
+                names = ", ".join(c.spec.name for c in pending)
+                logs = ", ".join(str(c.spec.log_path) for c in pending)
+                raise StartupFailed(f"not healthy after {timeout_s:g}s: {names}; see {logs}")
+            self.stop.event.wait(_POLL_S)
+
+    def wait_registered(self, coordinator: str, regions: Sequence[str], timeout_s: float) -> list[str]:
+        """Waits until the coordinator reports a node up in every region; returns the ones that
+        are not (after the timeout) so the caller can warn."""
+        end = time.monotonic() + timeout_s
+        missing = list(regions)
+        with Client(coordinator, deadline_s=min(2.0, timeout_s)) as client:
+            while True:
+                self._check_running()
+                try:
+                    topology = client.topology()
+                    up = {n.region for n in topology.nodes if n.health is NodeHealth.UP}
+                    missing = [r for r in regions if r not in up]
+                except DomicileError:
+                    pass
+                if not missing or time.monotonic() > end:
+                    return missing
+                self.stop.event.wait(_POLL_S)
+
+    def _check_running(self) -> None:
+        if self.stop.count:
+            raise KeyboardInterrupt
+        child = self.exited()
+        if child is not None:
+            raise StartupFailed(_exit_message(child))
+
+    def watch(self) -> Child | None:
+        """Blocks until a stop is requested (None) or a child exits (that child)."""
+        while not self.stop.count:
+            child = self.exited()
+            if child is not None:
+                return child
+            self.stop.event.wait(_POLL_S)
+        return None
+
+    def stop_all(self, timeout_s: float) -> None:
+        """Nodes first so that they do not spend their last moments chasing the coordinator."""
+        nodes = [c for c in self.children if c.spec.role != "coordinator"]
+        coordinators = [c for c in self.children if c.spec.role == "coordinator"]
+        for group in (nodes, coordinators):
+            self._stop_group(group, timeout_s)
+        for child in self.children:
+            child.log.close()
+
+    def _stop_group(self, group: list[Child], timeout_s: float) -> None:
+        running = [c for c in group if c.process.poll() is None]
+        signals_seen = self.stop.count
+        for child in running:
+            _signal(child, signal.SIGTERM)
+        end = time.monotonic() + timeout_s
+        while any(c.process.poll() is None for c in running):
+            # A further Ctrl-C during the stop means: do not wait.
+            if time.monotonic() > end or self.stop.count > max(signals_seen, 1):
+                break
+            time.sleep(0.05)
+        for child in running:
+            if child.process.poll() is None:
+                self.out(f"{child.spec.name} (pid {child.pid}) did not stop in {timeout_s:g}s; killing it")
+                _signal(child, signal.SIGKILL)
+                child.process.wait()
+            self.out(f"stopped {child.spec.name} (exit code {child.process.returncode})")
+
+
+def _signal(child: Child, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        child.process.send_signal(sig)
+
+
+def _exit_message(child: Child) -> str:
+    return (
+        f"{child.spec.name} (pid {child.pid}) exited with code {child.process.returncode}; "
+        f"its log: {child.spec.log_path}"
+    )
+
+
+def _healthy(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=_HEALTH_RPC_S)
+        except grpc.RpcError as exc:
+            # A server without the health service still answered: it is up.
+            return bool(exc.code() == grpc.StatusCode.UNIMPLEMENTED)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def endpoints_table(children: Sequence[Child]) -> str:
+    rows = [
+        [c.spec.name, c.spec.role, c.pid, c.spec.address, c.spec.metrics_url, c.spec.log_path]
+        for c in children
+    ]
+    return table(["name", "role", "pid", "grpc", "metrics", "log"], rows)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def up(args: argparse.Namespace) -> int:
+    config_path = Path(args.config).resolve()
+    cluster = load_cluster(config_path)
+    data_dir = Path(args.data_dir).resolve()
+    specs = plan_children(
+        cluster,
+        config_path=config_path,
+        data_dir=data_dir,
+        host=args.host,
+        base_port=args.base_port,
+        metrics_base_port=args.metrics_base_port,
+        log_level=args.log_level,
+    )
+    ports = [args.base_port + i for i in range(len(specs))]
+    if args.metrics_base_port:
+        ports += [args.metrics_base_port + i for i in range(len(specs))]
+    busy = busy_ports(args.host, ports)
+    if busy:
+        raise InvalidArgument(
+            f"ports already in use on {args.host}: {', '.join(map(str, busy))}; "
+            "stop what uses them or choose --base-port / --metrics-base-port"
+        )
+    stop = StopRequest()
+    previous = stop.install()
+    supervisor = Supervisor(specs, stop, _say)
+    code = 0
+    try:
+        _say(f"starting {len(specs)} processes; logs in {data_dir / 'logs'}")
+        supervisor.start_all()
+        supervisor.wait_healthy(args.startup_timeout)
+        missing = supervisor.wait_registered(specs[0].address, cluster.region_names(), args.startup_timeout)
+        if missing:
+            _say(f"warning: the coordinator does not report these regions up yet: {', '.join(missing)}")
+        _say("")
+        _say(endpoints_table(supervisor.children))
+        _say("")
+        _say(f"ready: {len(specs)} processes running (data in {data_dir}); press Ctrl-C to stop")
+        died = supervisor.watch()
+        if died is not None:
+            print(f"error: {_exit_message(died)}", file=sys.stderr, flush=True)
+            code = 1
+    except StartupFailed as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _say("stopping")
+        supervisor.stop_all(args.stop_timeout)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _say("stopped" if code == 0 else "stopped after a failure")
+    return code

@@ -1,0 +1,953 @@
+"""Python SDK: `Client` (blocking) and `AsyncClient` (asyncio) with the same API.
+
+Both ask the coordinator for the topology and send each call straight to a node: an explicit
+`region=` wins; otherwise the client's preferred region when the namespace's scope allows it,
+else the first up node of a region that may hold the namespace. A write refused because the
+chosen region may not hold the record is retried once at a region the refusal names. Results
+are plain dataclasses built from `domicile.causality` types; failures are `domicile.errors`
+types. Every call has one deadline that covers its retries and the topology fetch.
+
+    with Client("127.0.0.1:7400", region="eu-west-1") as client:
+        client.put("customers_eu", "c-1", b"...", subject_id="c-1", subject_jurisdiction="DE")
+        result = client.get("customers_eu", "c-1")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from domicile.causality import CausalContext, Version
+from domicile.cluster import NamespaceSpec, RegionSpec
+from domicile.codec import context_from_pb, context_to_pb, version_from_pb
+from domicile.errors import (
+    DataCorruption,
+    DeadlineExceeded,
+    DomicileError,
+    FailedPrecondition,
+    InvalidArgument,
+    PlacementRefused,
+    Unavailable,
+)
+from domicile.model import Classification, ConflictMode, Limits, check_key, check_namespace_name
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cgrpc
+from domicile.v1 import record_pb2 as rpb
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import storage_node_pb2_grpc as sgrpc
+from domicile.wire_errors import error_from_rpc
+
+DEFAULT_COORDINATOR = "127.0.0.1:7400"
+_LIMITS = Limits()
+# A Get may return several siblings of value_bytes_max each; leave room for them.
+_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", _MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", _MESSAGE_BYTES_MAX),
+)
+
+R = TypeVar("R")
+
+
+# ---------------------------------------------------------------------------------------------
+# Topology
+
+
+class NodeHealth(enum.Enum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DOWN = "down"
+
+
+_HEALTH_FROM_PB = {cpb.NODE_HEALTH_UP: NodeHealth.UP, cpb.NODE_HEALTH_DOWN: NodeHealth.DOWN}
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    region: str
+    address: str
+    metrics_address: str = ""
+    health: NodeHealth = NodeHealth.UNKNOWN
+    last_heartbeat_unix_ms: int = 0
+
+    def describe(self) -> str:
+        return f"node {self.node_id} ({self.region}) at {self.address}"
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    source_node_id: str
+    target_node_id: str
+    namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Topology:
+    revision: int = 0
+    regions: tuple[RegionSpec, ...] = ()
+    nodes: tuple[NodeInfo, ...] = ()
+    namespaces: tuple[NamespaceSpec, ...] = ()
+    links: tuple[LinkInfo, ...] = ()
+    policy_version: str = ""
+
+    def region_names(self) -> list[str]:
+        return [r.name for r in self.regions]
+
+    def namespace(self, name: str) -> NamespaceSpec | None:
+        return next((n for n in self.namespaces if n.name == name), None)
+
+    def nodes_in(self, region: str) -> list[NodeInfo]:
+        return [n for n in self.nodes if n.region == region]
+
+
+def topology_from_pb(msg: cpb.Topology) -> Topology:
+    return Topology(
+        revision=msg.revision,
+        regions=tuple(RegionSpec(r.name, r.country, r.jurisdiction) for r in msg.regions),
+        nodes=tuple(
+            NodeInfo(
+                node_id=n.node_id,
+                region=n.region,
+                address=n.address,
+                metrics_address=n.metrics_address,
+                health=_HEALTH_FROM_PB.get(n.health, NodeHealth.UNKNOWN),
+                last_heartbeat_unix_ms=n.last_heartbeat_unix_ms,
+            )
+            for n in msg.nodes
+        ),
+        namespaces=tuple(
+            NamespaceSpec(
+                name=ns.name,
+                regions=tuple(ns.regions),
+                is_global=bool(getattr(ns, "global")),
+                conflict_mode=_enum_or(ConflictMode, ns.conflict_mode, ConflictMode.UNSPECIFIED),
+                classification=_enum_or(Classification, ns.classification, Classification.UNSPECIFIED),
+                owner=ns.owner,
+                retention_class=ns.retention_class,
+                description=ns.description,
+            )
+            for ns in msg.namespaces
+        ),
+        links=tuple(LinkInfo(li.source_node_id, li.target_node_id, tuple(li.namespaces)) for li in msg.links),
+        policy_version=msg.policy_version,
+    )
+
+
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+def _enum_or(kind: type[E], value: int, default: E) -> E:
+    # A newer coordinator may send values this client does not know; routing does not need them.
+    try:
+        return kind(value)
+    except ValueError:
+        return default
+
+
+def route(
+    topology: Topology,
+    namespace: str | None,
+    *,
+    region: str | None = None,
+    preferred_region: str | None = None,
+    allowed_regions: Sequence[str] | None = None,
+    avoid: Collection[str] = (),
+    node_id: str | None = None,
+) -> NodeInfo:
+    """The node a call goes to.
+
+    `region` (explicit) restricts the choice to that region. Otherwise the candidates are the
+    nodes of `allowed_regions` (the regions a refusal named) or of the namespace's scope (every
+    region for a global or unknown namespace). Among them: nodes not in `avoid` (node ids that
+    just failed), then up nodes, then the preferred region, then scope order. Nodes the
+    coordinator reports down stay as a last resort because its view can lag behind a restart.
+    `node_id` asks for one node by id.
+    """
+    if node_id is not None:
+        found = next((n for n in topology.nodes if n.node_id == node_id), None)
+        if found is None:
+            known_nodes = ", ".join(n.node_id for n in topology.nodes) or "none"
+            raise InvalidArgument(f"unknown node {node_id!r}; registered nodes: {known_nodes}")
+        return found
+    known = topology.region_names()
+    if preferred_region is not None and preferred_region not in known:
+        raise InvalidArgument(
+            f"client region {preferred_region!r} is not a region of the cluster; "
+            f"regions: {', '.join(known) or 'none'}"
+        )
+    if region is not None:
+        if region not in known:
+            raise InvalidArgument(f"unknown region {region!r}; regions: {', '.join(known) or 'none'}")
+        scope = [region]
+        what = f"region {region}"
+    elif allowed_regions is not None:
+        scope = [r for r in allowed_regions if r in known]
+        what = f"the regions that may hold the record ({', '.join(allowed_regions) or 'none'})"
+    else:
+        spec = topology.namespace(namespace) if namespace else None
+        scope = known if spec is None or spec.is_global else list(spec.regions)
+        what = f"the regions that may hold namespace {namespace}" if spec else "the cluster"
+        what = f"{what} ({', '.join(scope) or 'none'})"
+    rank = {r: i for i, r in enumerate(scope)}
+    candidates = [n for n in topology.nodes if n.region in rank]
+    if not candidates:
+        raise Unavailable(f"no node is registered in {what}")
+    return min(
+        candidates,
+        key=lambda n: (
+            n.node_id in avoid,
+            n.health is not NodeHealth.UP,
+            n.region != preferred_region,
+            rank[n.region],
+            n.node_id,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class PutResult:
+    version: Version
+    context: CausalContext
+    lsn: int
+    region: str
+
+
+@dataclass(frozen=True)
+class GetResult:
+    found: bool
+    versions: tuple[Version, ...]
+    context: CausalContext
+    region: str
+
+    @property
+    def values(self) -> tuple[bytes, ...]:
+        return tuple(v.value for v in self.versions)
+
+    @property
+    def value(self) -> bytes | None:
+        """The value, None when not found. Concurrent siblings must be resolved explicitly."""
+        if not self.versions:
+            return None
+        if len(self.versions) > 1:
+            raise FailedPrecondition(
+                f"the record has {len(self.versions)} concurrent values; read .versions and put the "
+                "resolved value with context=result.context"
+            )
+        return self.versions[0].value
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    existed: bool
+    version: Version
+    context: CausalContext
+    lsn: int
+    region: str
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    key: str
+    versions: tuple[Version, ...]
+    context: CausalContext
+
+
+@dataclass(frozen=True)
+class LinkState:
+    source_node_id: str
+    target_node_id: str
+    acked_lsn: int
+    backlog: int
+    connected: bool
+    lag_ms_p99: float
+    applied_total: int
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: str
+    region: str
+    topology_revision: int
+    records_stored: int
+    last_lsn: int
+    outbound: tuple[LinkState, ...]
+    inbound: tuple[LinkState, ...]
+    conflicts_total: int
+    tombstones_stored: int
+    policy_version: str
+    uptime_seconds: float
+
+
+def _versions(msgs: Sequence[rpb.RecordVersion], where: str) -> tuple[Version, ...]:
+    versions = tuple(version_from_pb(m) for m in msgs)
+    for v in versions:
+        # End to end: the node checks too, but a value can also be damaged on the way.
+        if v.checksum and not v.checksum_ok():
+            raise DataCorruption(
+                f"{where}: version {v.dot.node_id}:{v.dot.counter} failed its sha256 checksum"
+            )
+    return versions
+
+
+def _link(msg: spb.LinkStatus) -> LinkState:
+    return LinkState(
+        source_node_id=msg.source_node_id,
+        target_node_id=msg.target_node_id,
+        acked_lsn=msg.acked_lsn,
+        backlog=msg.backlog,
+        connected=msg.connected,
+        lag_ms_p99=msg.lag_ms_p99,
+        applied_total=msg.applied_total,
+    )
+
+
+def _node_status(msg: spb.GetNodeStatusResponse) -> NodeStatus:
+    return NodeStatus(
+        node_id=msg.node_id,
+        region=msg.region,
+        topology_revision=msg.topology_revision,
+        records_stored=msg.records_stored,
+        last_lsn=msg.last_lsn,
+        outbound=tuple(_link(m) for m in msg.outbound),
+        inbound=tuple(_link(m) for m in msg.inbound),
+        conflicts_total=msg.conflicts_total,
+        tombstones_stored=msg.tombstones_stored,
+        policy_version=msg.policy_version,
+        uptime_seconds=msg.uptime_seconds,
+    )
+
+
+def _put_result(msg: spb.PutResponse, node: NodeInfo) -> PutResult:
+    return PutResult(
+        version=version_from_pb(msg.version),
+        context=context_from_pb(msg.context),
+        lsn=msg.lsn,
+        region=msg.region or node.region,
+    )
+
+
+def _get_result(msg: spb.GetResponse, node: NodeInfo) -> GetResult:
+    return GetResult(
+        found=msg.found,
+        versions=_versions(msg.versions, node.describe()),
+        context=context_from_pb(msg.context),
+        region=msg.region or node.region,
+    )
+
+
+def _delete_result(msg: spb.DeleteResponse, node: NodeInfo) -> DeleteResult:
+    return DeleteResult(
+        existed=msg.existed,
+        version=version_from_pb(msg.version),
+        context=context_from_pb(msg.context),
+        lsn=msg.lsn,
+        region=node.region,
+    )
+
+
+def _scan_items(msg: spb.ScanResponse, node: NodeInfo) -> list[ScanItem]:
+    where = node.describe()
+    return [ScanItem(i.key, _versions(i.versions, where), context_from_pb(i.context)) for i in msg.items]
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def _check_name(namespace: str, key: str | None = None) -> None:
+    if not isinstance(namespace, str):
+        raise InvalidArgument(f"namespace must be a str; got {type(namespace).__name__}")
+    check_namespace_name(namespace)
+    if key is not None:
+        if not isinstance(key, str):
+            raise InvalidArgument(f"key must be a str; got {type(key).__name__}")
+        check_key(key, _LIMITS)
+
+
+def _classification(value: Classification | str | None) -> Classification:
+    if value is None:
+        return Classification.UNSPECIFIED
+    if isinstance(value, Classification):
+        return value
+    if isinstance(value, str):
+        return Classification.parse(value)
+    raise InvalidArgument(f"classification must be a Classification or its name; got {type(value).__name__}")
+
+
+def _context_pb(context: CausalContext | None, out: rpb.CausalContext) -> None:
+    if context is None:
+        return
+    if not isinstance(context, CausalContext):
+        raise InvalidArgument(
+            f"context must be the CausalContext of an earlier result; got {type(context).__name__}"
+        )
+    out.SetInParent()
+    context_to_pb(context, out)
+
+
+def _put_request(
+    namespace: str,
+    key: str,
+    value: bytes,
+    context: CausalContext | None,
+    subject_id: str,
+    subject_jurisdiction: str,
+    classification: Classification | str | None,
+    content_type: str,
+) -> spb.PutRequest:
+    _check_name(namespace, key)
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidArgument(f"value must be bytes; got {type(value).__name__} (encode text first)")
+    req = spb.PutRequest(
+        namespace=namespace,
+        key=key,
+        value=bytes(value),
+        content_type=content_type,
+        subject_id=subject_id,
+        subject_jurisdiction=subject_jurisdiction,
+        classification=int(_classification(classification)),  # type: ignore[arg-type]
+    )
+    _context_pb(context, req.context)
+    return req
+
+
+def _delete_request(namespace: str, key: str, context: CausalContext | None) -> spb.DeleteRequest:
+    _check_name(namespace, key)
+    req = spb.DeleteRequest(namespace=namespace, key=key)
+    _context_pb(context, req.context)
+    return req
+
+
+def _scan_rpc(req: spb.ScanRequest) -> Callable[[Any, float], Any]:
+    return lambda stub, timeout: stub.Scan(req, timeout=timeout)
+
+
+def _check_page_size(page_size: int) -> None:
+    if not 1 <= page_size <= _LIMITS.scan_page_size_max:
+        raise InvalidArgument(f"page_size is {page_size}; use 1 to {_LIMITS.scan_page_size_max}")
+
+
+def context_token(context: CausalContext) -> str:
+    """A compact text form of a causal context, for passing one through a shell or a form."""
+    data = context_to_pb(context).SerializeToString(deterministic=True)
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def context_from_token(token: str) -> CausalContext:
+    """Parses context_token's output."""
+    try:
+        data = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        msg = rpb.CausalContext.FromString(data)
+    except (binascii.Error, ValueError, DecodeError):
+        raise InvalidArgument(
+            "malformed context token: pass the 'context' printed by an earlier get, put or delete"
+        ) from None
+    return context_from_pb(msg, _LIMITS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries and deadlines
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of errors whose `retriable` is True: bounded attempts, exponential backoff with
+    full jitter. The call's deadline bounds the total as well.
+
+    Writes are retried too. A write whose first attempt was applied but never acknowledged
+    (the connection broke, the deadline passed) is then applied twice: harmless in an lww
+    namespace, two equal siblings in a siblings namespace. attempts_max=1 rules that out.
+    """
+
+    attempts_max: int = 4
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 1.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts_max < 1:
+            raise InvalidArgument(f"attempts_max is {self.attempts_max}; at least 1 is required")
+        if self.backoff_initial_s < 0 or self.backoff_max_s < self.backoff_initial_s:
+            raise InvalidArgument("backoff times must satisfy 0 <= backoff_initial_s <= backoff_max_s")
+
+    def backoff_s(self, retry: int, rng: random.Random) -> float:
+        """Pause before retry number `retry` (1-based)."""
+        cap = min(self.backoff_max_s, self.backoff_initial_s * self.multiplier ** (retry - 1))
+        return rng.uniform(0, cap)
+
+
+class _Deadline:
+    def __init__(self, seconds: float, what: str) -> None:
+        self._seconds = seconds
+        self._end = time.monotonic() + seconds
+        self._what = what
+
+    def remaining(self) -> float:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded(f"{self._what}: the deadline of {self._seconds:g}s passed")
+        return left
+
+
+@dataclass
+class _Attempt:
+    """What the retry loop knows between attempts of one call."""
+
+    region: str | None
+    write: bool
+    allowed_regions: tuple[str, ...] | None = None
+    placement_retried: bool = False
+    retries: int = 0
+    refresh: bool = False
+    node_id: str | None = None
+    avoid: set[str] = field(default_factory=set)
+
+    def next_step(self, error: DomicileError, node: NodeInfo | None, policy: RetryPolicy) -> bool:
+        """Updates the plan after `error`; False when the error must be raised."""
+        if (
+            isinstance(error, PlacementRefused)
+            and self.write
+            and self.region is None
+            and not self.placement_retried
+            and error.allowed_regions
+        ):
+            self.placement_retried = True
+            self.allowed_regions = error.allowed_regions
+            return True
+        if not error.retriable or self.retries + 1 >= policy.attempts_max:
+            return False
+        self.retries += 1
+        if isinstance(error, Unavailable):
+            self.refresh = True
+            if node is not None:
+                self.avoid.add(node.node_id)
+        return True
+
+    def backoff_s(self, error: DomicileError, policy: RetryPolicy, rng: random.Random) -> float:
+        return 0.0 if isinstance(error, PlacementRefused) else policy.backoff_s(self.retries, rng)
+
+
+def _options(deadline_s: float, retry: RetryPolicy | None, topology_ttl_s: float) -> RetryPolicy:
+    if not deadline_s > 0:
+        raise InvalidArgument(f"deadline_s is {deadline_s}; it must be positive")
+    if topology_ttl_s < 0:
+        raise InvalidArgument(f"topology_ttl_s is {topology_ttl_s}; it must be 0 or more")
+    return retry or RetryPolicy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocking client
+
+
+class Client:
+    """Blocking client. Thread-safe; one instance can serve a whole process."""
+
+    def __init__(
+        self,
+        coordinator: str = DEFAULT_COORDINATOR,
+        *,
+        region: str | None = None,
+        deadline_s: float = 5.0,
+        retry: RetryPolicy | None = None,
+        topology_ttl_s: float = 5.0,
+        channels_max: int = 64,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.region = region
+        self.deadline_s = deadline_s
+        self.retry = _options(deadline_s, retry, topology_ttl_s)
+        self._ttl_s = topology_ttl_s
+        self._channels_max = max(1, channels_max)
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._channels: OrderedDict[str, Any] = OrderedDict()
+        self._topology: Topology | None = None
+        self._fetched_at = 0.0
+        self._closed = False
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            channels, self._channels = list(self._channels.values()), OrderedDict()
+        for channel in channels:
+            channel.close()
+
+    def _channel(self, address: str) -> Any:
+        with self._lock:
+            if self._closed:
+                raise FailedPrecondition("the client is closed")
+            channel = self._channels.get(address)
+            if channel is not None:
+                self._channels.move_to_end(address)
+                return channel
+            channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            self._channels[address] = channel
+            evicted = []
+            while len(self._channels) > self._channels_max:
+                evicted.append(self._channels.popitem(last=False)[1])
+        for old in evicted:
+            old.close()
+        return channel
+
+    # -- topology
+
+    def topology(self) -> Topology:
+        """The current topology, fetched from the coordinator now."""
+        return self._fetch_topology(_Deadline(self.deadline_s, "GetTopology"))
+
+    def _fetch_topology(self, deadline: _Deadline) -> Topology:
+        stub = cgrpc.CoordinatorServiceStub(self._channel(self.coordinator))
+        try:
+            resp = stub.GetTopology(cpb.GetTopologyRequest(), timeout=deadline.remaining())
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"coordinator at {self.coordinator}") from None
+        topology = topology_from_pb(resp.topology)
+        with self._lock:
+            self._topology, self._fetched_at = topology, time.monotonic()
+        return topology
+
+    def _current_topology(self, deadline: _Deadline, force: bool) -> Topology:
+        with self._lock:
+            cached, age = self._topology, time.monotonic() - self._fetched_at
+        if cached is not None and not force and age < self._ttl_s:
+            return cached
+        try:
+            return self._fetch_topology(deadline)
+        except DomicileError:
+            # Nodes keep serving while the coordinator is away; so does the last topology.
+            if cached is None:
+                raise
+            return cached
+
+    # -- the one call path
+
+    def _call(
+        self,
+        what: str,
+        namespace: str | None,
+        region: str | None,
+        write: bool,
+        rpc: Callable[[Any, float], R],
+        node_id: str | None = None,
+    ) -> tuple[R, NodeInfo]:
+        deadline = _Deadline(self.deadline_s, what)
+        plan = _Attempt(region=region, write=write, node_id=node_id)
+        while True:
+            node: NodeInfo | None = None
+            try:
+                topology = self._current_topology(deadline, plan.refresh)
+                plan.refresh = False
+                node = route(
+                    topology,
+                    namespace,
+                    region=plan.region,
+                    preferred_region=self.region,
+                    allowed_regions=plan.allowed_regions,
+                    avoid=plan.avoid,
+                    node_id=plan.node_id,
+                )
+                stub = sgrpc.StorageNodeServiceStub(self._channel(node.address))
+                try:
+                    return rpc(stub, deadline.remaining()), node
+                except grpc.RpcError as exc:
+                    raise error_from_rpc(exc, node.describe()) from None
+            except DomicileError as error:
+                if not plan.next_step(error, node, self.retry):
+                    raise
+                pause = plan.backoff_s(error, self.retry, self._rng)
+                if pause >= deadline.remaining():
+                    raise
+                time.sleep(pause)
+
+    # -- API
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        context: CausalContext | None = None,
+        subject_id: str = "",
+        subject_jurisdiction: str = "",
+        classification: Classification | str | None = None,
+        content_type: str = "",
+        region: str | None = None,
+    ) -> PutResult:
+        req = _put_request(
+            namespace, key, value, context, subject_id, subject_jurisdiction, classification, content_type
+        )
+        resp, node = self._call(
+            f"put {namespace}/{key}", namespace, region, True, lambda s, t: s.Put(req, timeout=t)
+        )
+        return _put_result(resp, node)
+
+    def get(self, namespace: str, key: str, *, region: str | None = None) -> GetResult:
+        _check_name(namespace, key)
+        req = spb.GetRequest(namespace=namespace, key=key)
+        resp, node = self._call(
+            f"get {namespace}/{key}", namespace, region, False, lambda s, t: s.Get(req, timeout=t)
+        )
+        return _get_result(resp, node)
+
+    def delete(
+        self, namespace: str, key: str, *, context: CausalContext | None = None, region: str | None = None
+    ) -> DeleteResult:
+        req = _delete_request(namespace, key, context)
+        resp, node = self._call(
+            f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)
+        )
+        return _delete_result(resp, node)
+
+    def scan(
+        self, namespace: str, prefix: str = "", *, region: str | None = None, page_size: int = 100
+    ) -> Iterator[ScanItem]:
+        """Every live record whose key starts with prefix, in key order, fetched page by page
+        (each page is one call with its own deadline). Later pages go to the region that
+        answered the first one, because page tokens are only meaningful there."""
+        _check_name(namespace)
+        _check_page_size(page_size)
+        return self._scan(namespace, prefix, region, page_size)
+
+    def _scan(self, namespace: str, prefix: str, region: str | None, page_size: int) -> Iterator[ScanItem]:
+        token = ""
+        while True:
+            req = spb.ScanRequest(
+                namespace=namespace, key_prefix=prefix, page_size=page_size, page_token=token
+            )
+            resp, node = self._call(f"scan {namespace}", namespace, region, False, _scan_rpc(req))
+            yield from _scan_items(resp, node)
+            token, region = resp.next_page_token, node.region
+            if not token:
+                return
+
+    def node_status(self, region: str | None = None, *, node_id: str | None = None) -> NodeStatus:
+        """Status of the node serving `region`, or of the node `node_id`."""
+        if region is None and node_id is None:
+            raise InvalidArgument("node_status needs a region or a node_id")
+        resp, _ = self._call(
+            f"status of {node_id or region}",
+            None,
+            region,
+            False,
+            lambda s, t: s.GetNodeStatus(spb.GetNodeStatusRequest(), timeout=t),
+            node_id=node_id,
+        )
+        return _node_status(resp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Asyncio client
+
+
+class AsyncClient:
+    """The asyncio twin of Client. Create and use it on one event loop."""
+
+    def __init__(
+        self,
+        coordinator: str = DEFAULT_COORDINATOR,
+        *,
+        region: str | None = None,
+        deadline_s: float = 5.0,
+        retry: RetryPolicy | None = None,
+        topology_ttl_s: float = 5.0,
+        channels_max: int = 64,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.region = region
+        self.deadline_s = deadline_s
+        self.retry = _options(deadline_s, retry, topology_ttl_s)
+        self._ttl_s = topology_ttl_s
+        self._channels_max = max(1, channels_max)
+        self._rng = rng or random.Random()
+        self._channels: OrderedDict[str, Any] = OrderedDict()
+        self._topology: Topology | None = None
+        self._fetched_at = 0.0
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        channels, self._channels = list(self._channels.values()), OrderedDict()
+        for channel in channels:
+            await channel.close()
+
+    async def _channel(self, address: str) -> Any:
+        if self._closed:
+            raise FailedPrecondition("the client is closed")
+        channel = self._channels.get(address)
+        if channel is not None:
+            self._channels.move_to_end(address)
+            return channel
+        channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._channels[address] = channel
+        while len(self._channels) > self._channels_max:
+            await self._channels.popitem(last=False)[1].close()
+        return channel
+
+    async def topology(self) -> Topology:
+        """The current topology, fetched from the coordinator now."""
+        return await self._fetch_topology(_Deadline(self.deadline_s, "GetTopology"))
+
+    async def _fetch_topology(self, deadline: _Deadline) -> Topology:
+        stub = cgrpc.CoordinatorServiceStub(await self._channel(self.coordinator))
+        try:
+            resp = await stub.GetTopology(cpb.GetTopologyRequest(), timeout=deadline.remaining())
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"coordinator at {self.coordinator}") from None
+        self._topology, self._fetched_at = topology_from_pb(resp.topology), time.monotonic()
+        return self._topology
+
+    async def _current_topology(self, deadline: _Deadline, force: bool) -> Topology:
+        cached = self._topology
+        if cached is not None and not force and time.monotonic() - self._fetched_at < self._ttl_s:
+            return cached
+        try:
+            return await self._fetch_topology(deadline)
+        except DomicileError:
+            if cached is None:
+                raise
+            return cached
+
+    async def _call(
+        self,
+        what: str,
+        namespace: str | None,
+        region: str | None,
+        write: bool,
+        rpc: Callable[[Any, float], Awaitable[R]],
+        node_id: str | None = None,
+    ) -> tuple[R, NodeInfo]:
+        deadline = _Deadline(self.deadline_s, what)
+        plan = _Attempt(region=region, write=write, node_id=node_id)
+        while True:
+            node: NodeInfo | None = None
+            try:
+                topology = await self._current_topology(deadline, plan.refresh)
+                plan.refresh = False
+                node = route(
+                    topology,
+                    namespace,
+                    region=plan.region,
+                    preferred_region=self.region,
+                    allowed_regions=plan.allowed_regions,
+                    avoid=plan.avoid,
+                    node_id=plan.node_id,
+                )
+                stub = sgrpc.StorageNodeServiceStub(await self._channel(node.address))
+                try:
+                    return await rpc(stub, deadline.remaining()), node
+                except grpc.RpcError as exc:
+                    raise error_from_rpc(exc, node.describe()) from None
+            except DomicileError as error:
+                if not plan.next_step(error, node, self.retry):
+                    raise
+                pause = plan.backoff_s(error, self.retry, self._rng)
+                if pause >= deadline.remaining():
+                    raise
+                await asyncio.sleep(pause)
+
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        context: CausalContext | None = None,
+        subject_id: str = "",
+        subject_jurisdiction: str = "",
+        classification: Classification | str | None = None,
+        content_type: str = "",
+        region: str | None = None,
+    ) -> PutResult:
+        req = _put_request(
+            namespace, key, value, context, subject_id, subject_jurisdiction, classification, content_type
+        )
+        resp, node = await self._call(
+            f"put {namespace}/{key}", namespace, region, True, lambda s, t: s.Put(req, timeout=t)
+        )
+        return _put_result(resp, node)
+
+    async def get(self, namespace: str, key: str, *, region: str | None = None) -> GetResult:
+        _check_name(namespace, key)
+        req = spb.GetRequest(namespace=namespace, key=key)
+        resp, node = await self._call(
+            f"get {namespace}/{key}", namespace, region, False, lambda s, t: s.Get(req, timeout=t)
+        )
+        return _get_result(resp, node)
+
+    async def delete(
+        self, namespace: str, key: str, *, context: CausalContext | None = None, region: str | None = None
+    ) -> DeleteResult:
+        req = _delete_request(namespace, key, context)
+        resp, node = await self._call(
+            f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)
+        )
+        return _delete_result(resp, node)
+
+    def scan(
+        self, namespace: str, prefix: str = "", *, region: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[ScanItem]:
+        """As Client.scan: `async for item in client.scan(...)`."""
+        _check_name(namespace)
+        _check_page_size(page_size)
+        return self._scan(namespace, prefix, region, page_size)
+
+    async def _scan(
+        self, namespace: str, prefix: str, region: str | None, page_size: int
+    ) -> AsyncIterator[ScanItem]:
+        token = ""
+        while True:
+            req = spb.ScanRequest(
+                namespace=namespace, key_prefix=prefix, page_size=page_size, page_token=token
+            )
+            resp, node = await self._call(f"scan {namespace}", namespace, region, False, _scan_rpc(req))
+            for item in _scan_items(resp, node):
+                yield item
+            token, region = resp.next_page_token, node.region
+            if not token:
+                return
+
+    async def node_status(self, region: str | None = None, *, node_id: str | None = None) -> NodeStatus:
+        """Status of the node serving `region`, or of the node `node_id`."""
+        if region is None and node_id is None:
+            raise InvalidArgument("node_status needs a region or a node_id")
+        resp, _ = await self._call(
+            f"status of {node_id or region}",
+            None,
+            region,
+            False,
+            lambda s, t: s.GetNodeStatus(spb.GetNodeStatusRequest(), timeout=t),
+            node_id=node_id,
+        )
+        return _node_status(resp)

@@ -1,0 +1,101 @@
+"""The topology as the domain sees it: nodes, their health, links, and the cluster spec, at one
+revision. Built from the coordinator's Topology message (see topology_from_pb)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
+from domicile.model import Classification, ConflictMode
+from domicile.v1 import coordinator_pb2 as cpb
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    region: str
+    address: str
+    metrics_address: str = ""
+    up: bool = True
+    last_heartbeat_unix_ms: int = 0
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    source_node_id: str
+    target_node_id: str
+    namespaces: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Topology:
+    revision: int
+    cluster: ClusterSpec
+    nodes: tuple[NodeInfo, ...] = ()
+    links: tuple[LinkSpec, ...] = ()
+    _nodes_by_id: dict[str, NodeInfo] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_nodes_by_id", {n.node_id: n for n in self.nodes})
+
+    def node(self, node_id: str) -> NodeInfo | None:
+        return self._nodes_by_id.get(node_id)
+
+    def outbound(self, node_id: str) -> list[LinkSpec]:
+        return [link for link in self.links if link.source_node_id == node_id]
+
+    def nodes_in(self, region: str) -> list[NodeInfo]:
+        return [n for n in self.nodes if n.region == region]
+
+
+def topology_from_pb(msg: cpb.Topology) -> Topology:
+    cluster = ClusterSpec(
+        regions=tuple(RegionSpec(r.name, r.country, r.jurisdiction) for r in msg.regions),
+        namespaces=tuple(
+            NamespaceSpec(
+                name=n.name,
+                regions=tuple(n.regions),
+                is_global=n.__getattribute__("global"),
+                conflict_mode=ConflictMode(n.conflict_mode) if n.conflict_mode else ConflictMode.SIBLINGS,
+                classification=Classification(n.classification),
+                owner=n.owner,
+                retention_class=n.retention_class,
+                description=n.description,
+            )
+            for n in msg.namespaces
+        ),
+        policy_version=msg.policy_version,
+    )
+    nodes = tuple(
+        NodeInfo(
+            node_id=n.node_id,
+            region=n.region,
+            address=n.address,
+            metrics_address=n.metrics_address,
+            up=n.health != cpb.NODE_HEALTH_DOWN,
+            last_heartbeat_unix_ms=n.last_heartbeat_unix_ms,
+        )
+        for n in msg.nodes
+    )
+    links = tuple(
+        LinkSpec(li.source_node_id, li.target_node_id, frozenset(li.namespaces)) for li in msg.links
+    )
+    return Topology(msg.revision, cluster, nodes, links)
+
+
+def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
+    """Fills the regions, namespaces and policy version of a Topology message."""
+    for r in cluster.regions:
+        out.regions.add(name=r.name, country=r.country, jurisdiction=r.jurisdiction)
+    for n in cluster.namespaces:
+        msg = out.namespaces.add(
+            name=n.name,
+            regions=list(n.regions),
+            conflict_mode=int(n.conflict_mode),  # type: ignore[arg-type]
+            classification=int(n.classification),  # type: ignore[arg-type]
+            owner=n.owner,
+            retention_class=n.retention_class,
+            description=n.description,
+        )
+        setattr(msg, "global", n.is_global)
+    out.policy_version = cluster.policy_version

@@ -1,0 +1,321 @@
+"""`domicile up` as a user runs it: the whole cluster from the sample configuration, driven
+with the `domicile` command, then stopped with Ctrl-C (SIGINT).
+
+The tests share one cluster (module fixture) and run in file order; the last one stops it.
+Each test also works alone, because the fixture starts the cluster on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "deploy" / "cluster.yaml"
+REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-northeast-1", "sa-east-1"]
+EU = ["eu-west-1", "eu-central-1"]
+NOT_EU = ["us-east-1", "us-west-2", "ap-northeast-1", "sa-east-1"]
+STARTUP_S = 120.0
+REPLICATION_S = 30.0
+CLI_S = 30.0
+
+
+def domicile_command() -> list[str]:
+    """The installed `domicile` script next to this interpreter, else the module."""
+    script = Path(sys.executable).parent / "domicile"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "domicile.cli"]
+
+
+def candidate_ports() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range, so that no outgoing connection or port-0
+    listener of a concurrent test takes one between the check and the daemon's bind."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (10000, low) if low > 12000 else (low + 1, 65000)
+
+
+def free_port_range(count: int, avoid: set[int], rng: random.Random) -> int:
+    """First port of `count` consecutive ports that can all be bound now."""
+    lowest, highest = candidate_ports()
+    for _ in range(200):
+        first = rng.randrange(lowest, highest - count)
+        ports = range(first, first + count)
+        if avoid.intersection(ports):
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def eventually(check: Callable[[], bool], what: str, timeout_s: float = REPLICATION_S) -> None:
+    end = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def pids_using(path: Path) -> list[int]:
+    """Processes whose command line mentions path (the test's own data directory)."""
+    needle = str(path).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class UpProcess:
+    process: subprocess.Popen[str]
+    data_dir: Path
+    coordinator: str
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    output: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def pump(self) -> None:
+        for line in self.process.stdout or ():
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for_line(self, prefix: str, timeout_s: float) -> str:
+        end = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"`domicile up` printed no {prefix!r} line in {timeout_s:g}s") from None
+            if line is None:
+                raise AssertionError("`domicile up` ended early:\n" + "\n".join(self.output) + self.logs())
+            self.output.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def logs(self) -> str:
+        parts = []
+        for log in sorted((self.data_dir / "logs").glob("*.log")):
+            parts.append(
+                f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            )
+        return "".join(parts)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*domicile_command(), *args, "--coordinator", self.coordinator],
+            capture_output=True,
+            text=True,
+            timeout=CLI_S,
+            check=False,
+        )
+
+    def get(self, namespace: str, key: str, region: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("get", "--namespace", namespace, "--key", key, "--region", region)
+
+    def put(self, namespace: str, key: str, value: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        done = self.cli("put", "--namespace", namespace, "--key", key, "--value", value, *extra)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    def sees(self, namespace: str, key: str, value: str, region: str) -> bool:
+        done = self.get(namespace, key, region)
+        return done.returncode == 0 and done.stdout == value + "\n"
+
+    def status(self) -> dict:
+        done = self.cli("status", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
+    seed = random.randrange(1 << 30)
+    print(f"port seed={seed}")
+    rng = random.Random(seed)
+    base = free_port_range(7, set(), rng)
+    metrics = free_port_range(7, set(range(base, base + 7)), rng)
+    data_dir = tmp_path_factory.mktemp("domicile-up")
+    process = subprocess.Popen(
+        [
+            *domicile_command(),
+            "up",
+            "--config",
+            str(CONFIG),
+            "--data-dir",
+            str(data_dir),
+            "--base-port",
+            str(base),
+            "--metrics-base-port",
+            str(metrics),
+            "--startup-timeout",
+            str(STARTUP_S),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # Its own session: only the signals this test sends reach it.
+        start_new_session=True,
+    )
+    cluster = UpProcess(process, data_dir, f"127.0.0.1:{base}")
+    threading.Thread(target=cluster.pump, daemon=True).start()
+    try:
+        header = cluster.wait_for_line("NAME ", STARTUP_S + 30)
+        assert header.split()[:4] == ["NAME", "ROLE", "PID", "GRPC"]
+        for _ in range(7):
+            row = cluster.wait_for_line("", 5).split()
+            cluster.pids[row[0]] = int(row[2 if row[1] == "coordinator" else 3])
+        cluster.wait_for_line("ready:", 30)
+        yield cluster
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pid in pids_using(data_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_up_prints_every_endpoint(up: UpProcess):
+    assert sorted(up.pids) == sorted(["coordinator", *REGIONS])
+    table = "\n".join(up.output)
+    assert f"coordinator     coordinator  {up.pids['coordinator']}" in table
+    for i, region in enumerate(["coordinator", *REGIONS]):
+        port = int(up.coordinator.rsplit(":", 1)[1]) + i
+        row = next(line for line in up.output if line.startswith(region + " "))
+        assert f"127.0.0.1:{port}" in row
+        assert "/metrics" in row
+        assert str(up.data_dir / "logs" / f"{region}.log") in row
+    assert (up.data_dir / "logs" / "eu-west-1.log").exists()
+
+
+def test_status_shows_six_regions_up(up: UpProcess):
+    def six_up() -> bool:
+        doc = up.status()
+        healthy = {n["region"] for n in doc["nodes"] if n["health"] == "up" and n["reachable"]}
+        return healthy == set(REGIONS)
+
+    eventually(six_up, "six regions up in `domicile status --json`")
+    doc = up.status()
+    assert doc["regions"] == REGIONS
+    assert all(n["policy_version"] == doc["policy_version"] for n in doc["nodes"])
+
+
+def test_a_global_record_reaches_every_region(up: UpProcess):
+    up.put("instruments", "US0378331005", "Apple Inc. XNAS USD", "--region", "us-west-2")
+    for region in REGIONS:
+        eventually(
+            lambda r=region: up.sees("instruments", "US0378331005", "Apple Inc. XNAS USD", r),
+            f"the instruments record in {region}",
+        )
+
+
+def test_get_exit_codes(up: UpProcess):
+    up.put("instruments", "DE0007164600", "SAP SE XETR EUR")
+    eventually(lambda: up.get("instruments", "DE0007164600", "eu-central-1").returncode == 0, "SAP")
+    missing = up.get("instruments", "XX0000000000", "eu-central-1")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    bad = up.get("no_such_namespace", "k", "eu-central-1")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: ") and "no_such_namespace" in bad.stderr
+
+
+def test_eu_personal_data_stays_in_the_eu(up: UpProcess):
+    up.put(
+        "customers_eu",
+        "cust-1001",
+        "Erika Mustermann",
+        "--region",
+        "eu-west-1",
+        "--subject-id",
+        "cust-1001",
+        "--subject-jurisdiction",
+        "DE",
+    )
+    eventually(
+        lambda: up.sees("customers_eu", "cust-1001", "Erika Mustermann", "eu-central-1"), "the EU replica"
+    )
+    # A later global write from the same origin: once it is everywhere, anything the origin
+    # would have shipped before it has arrived too, so absence below is meaningful.
+    up.put("instruments", "marker-after-cust-1001", "m", "--region", "eu-west-1")
+    for region in REGIONS:
+        eventually(
+            lambda r=region: up.sees("instruments", "marker-after-cust-1001", "m", r), f"marker in {region}"
+        )
+    for region in NOT_EU:
+        done = up.get("customers_eu", "cust-1001", region)
+        # Not found, or a read refused by the policy: either way no data left the EU.
+        refused = done.returncode == 2 and "eu-west-1" in done.stderr
+        assert done.returncode == 1 or refused, (region, done.returncode, done.stdout, done.stderr)
+        assert "Erika" not in done.stdout
+
+    # The stores agree: outside the EU a node holds only the global records, the EU nodes one
+    # more. (Waited for, because earlier global writes from other origins may still be on
+    # their way; a leaked record would keep the counts apart.)
+    def counts_agree() -> bool:
+        nodes = {n["region"]: n for n in up.status()["nodes"]}
+        instruments = nodes["us-east-1"]["records_stored"]
+        return all(nodes[r]["records_stored"] == instruments for r in NOT_EU) and all(
+            nodes[r]["records_stored"] == instruments + 1 for r in EU
+        )
+
+    eventually(counts_agree, "record counts: global records everywhere, the EU record only in the EU")
+
+
+def test_a_put_at_a_region_that_may_not_hold_the_record_is_refused(up: UpProcess):
+    done = up.cli(
+        "put", "--namespace", "customers_eu", "--key", "cust-2002", "--value", "x", "--region", "us-east-1"
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ")
+    assert "allowed regions: eu-west-1, eu-central-1" in done.stderr
+    assert up.get("customers_eu", "cust-2002", "us-east-1").returncode in (1, 2)
+    # Without --region the client routes the same write to the EU itself.
+    routed = up.put("customers_eu", "cust-2002", "x")
+    assert " region=eu-" in routed.stdout
+
+
+def test_ctrl_c_stops_every_child_and_exits_0(up: UpProcess):
+    up.process.send_signal(signal.SIGINT)
+    assert up.process.wait(90) == 0, "\n".join(up.output)
+    while (line := up.lines.get(timeout=5)) is not None:
+        up.output.append(line)
+    stopped = [line for line in up.output if line.startswith("stopped ")]
+    assert len(stopped) == 7, up.output
+    assert all(line.endswith("(exit code 0)") for line in stopped), stopped
+    assert up.output[-1] == "stopped"
+    assert pids_using(up.data_dir) == []
