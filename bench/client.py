@@ -1,0 +1,75 @@
+"""The one client code path every figure uses: a grpc.aio channel, a unary call with a
+deadline, a protobuf request of the same shape (a Put of `value_bytes`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from bench.echo_server import METHOD as ECHO_METHOD
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+
+RPC_DEADLINE_S = 5.0
+WARMUP_CALLS = 200
+
+Call = Callable[[int], Awaitable[object]]
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address)
+
+
+def put_request(namespace: str, key: str, value: bytes) -> spb.PutRequest:
+    return spb.PutRequest(namespace=namespace, key=key, value=value)
+
+
+def echo_call(ch: grpc.aio.Channel, namespace: str, key_prefix: str, value: bytes) -> Call:
+    echo = ch.unary_unary(
+        ECHO_METHOD,
+        request_serializer=spb.PutRequest.SerializeToString,
+        response_deserializer=spb.PutRequest.FromString,
+    )
+
+    async def call(i: int) -> object:
+        return await echo(put_request(namespace, f"{key_prefix}-{i}", value), timeout=RPC_DEADLINE_S)
+
+    return call
+
+
+def put_call(ch: grpc.aio.Channel, namespace: str, key_prefix: str, value: bytes) -> Call:
+    stub = spb_grpc.StorageNodeServiceStub(ch)
+
+    async def call(i: int) -> object:
+        return await stub.Put(put_request(namespace, f"{key_prefix}-{i}", value), timeout=RPC_DEADLINE_S)
+
+    return call
+
+
+def get_call(ch: grpc.aio.Channel, namespace: str, keys: list[str], pick: Callable[[], int]) -> Call:
+    stub = spb_grpc.StorageNodeServiceStub(ch)
+
+    async def call(i: int) -> object:
+        key = keys[pick()]
+        response: spb.GetResponse = await stub.Get(
+            spb.GetRequest(namespace=namespace, key=key), timeout=RPC_DEADLINE_S
+        )
+        if not response.found:
+            raise RuntimeError(f"pre-loaded key {key!r} was not found; the Get figure would be wrong")
+        return response
+
+    return call
+
+
+async def sequential_ms(call: Call, samples: int, warmup: int = WARMUP_CALLS) -> list[float]:
+    """Latency of `samples` calls made one after another (after `warmup` unmeasured ones)."""
+    for i in range(warmup):
+        await call(-1 - i)
+    latencies: list[float] = []
+    for i in range(samples):
+        started = time.perf_counter_ns()
+        await call(i)
+        latencies.append((time.perf_counter_ns() - started) / 1e6)
+    return latencies

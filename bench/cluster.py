@@ -1,0 +1,199 @@
+"""The benchmark's cluster: a cluster YAML in the run's temp dir, a coordinator and node
+daemons started as `python -m coordinator` / `python -m node` exactly as an operator would."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import yaml
+
+from bench.client import RPC_DEADLINE_S, channel
+from bench.procs import Children
+from bench.stats import Histogram, histogram_from_text
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+
+SOLO_REGION = "us-east-1"
+SOURCE_REGION = "eu-west-1"
+NEAR_REGION = "eu-central-1"
+FAR_REGION = "eu-north-1"
+SOLO_NAMESPACE = "bench_solo"
+PAIR_NAMESPACE = "bench_pair"
+FAR_NAMESPACE = "bench_far"
+
+CLUSTER = {
+    "policy_version": "bench-1",
+    "regions": [
+        {"name": SOLO_REGION, "country": "US", "jurisdiction": "US"},
+        {"name": SOURCE_REGION, "country": "IE", "jurisdiction": "EU"},
+        {"name": NEAR_REGION, "country": "DE", "jurisdiction": "EU"},
+        {"name": FAR_REGION, "country": "SE", "jurisdiction": "EU"},
+    ],
+    # One namespace per figure, each scoped to the nodes it measures, so that no phase ships
+    # records to a node that another phase measures.
+    "namespaces": [
+        {"name": SOLO_NAMESPACE, "regions": [SOLO_REGION], "conflict_mode": "lww"},
+        {"name": PAIR_NAMESPACE, "regions": [SOURCE_REGION, NEAR_REGION], "conflict_mode": "lww"},
+        {"name": FAR_NAMESPACE, "regions": [SOURCE_REGION, FAR_REGION], "conflict_mode": "lww"},
+    ],
+    "coordinator": {"heartbeat_interval_ms": 500, "missed_heartbeats_max": 6},
+}
+
+COORDINATOR_READY = re.compile(r"coordinator listening on (\S+) metrics (\S+)")
+NODE_READY = re.compile(r"node (\S+) region (\S+) listening on (\S+) metrics (\S+)")
+LAG_METRIC = "domicile_replication_lag_seconds"
+BATCH_METRIC = "domicile_commit_batch_records"
+SCRAPE_TIMEOUT_S = 5.0
+
+
+@dataclass
+class NodeHandle:
+    node_id: str
+    region: str
+    address: str  # where clients reach the node directly
+    metrics_url: str
+    data_dir: Path
+    channel: grpc.aio.Channel
+
+    @property
+    def stub(self) -> spb_grpc.StorageNodeServiceStub:
+        return spb_grpc.StorageNodeServiceStub(self.channel)
+
+    async def status(self) -> spb.GetNodeStatusResponse:
+        response: spb.GetNodeStatusResponse = await self.stub.GetNodeStatus(
+            spb.GetNodeStatusRequest(), timeout=RPC_DEADLINE_S
+        )
+        return response
+
+    async def scrape(self) -> str:
+        def fetch() -> str:
+            with urllib.request.urlopen(self.metrics_url, timeout=SCRAPE_TIMEOUT_S) as reply:
+                body: bytes = reply.read()
+            return body.decode()
+
+        return await asyncio.to_thread(fetch)
+
+    async def histogram(self, name: str, labels: dict[str, str]) -> Histogram | None:
+        return histogram_from_text(await self.scrape(), name, labels)
+
+
+class BenchCluster:
+    def __init__(self, root: Path, children: Children) -> None:
+        self.root = root
+        self.children = children
+        self.config_path = root / "cluster.yaml"
+        self.config_path.write_text(yaml.safe_dump(CLUSTER, sort_keys=False))
+        self.coordinator_address = ""
+        self.nodes: dict[str, NodeHandle] = {}
+
+    async def start_coordinator(self) -> None:
+        match = await self.children.start_daemon(
+            "coordinator",
+            [
+                "-m",
+                "coordinator",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-port",
+                "0",
+                "--data-dir",
+                str(self.root / "coordinator"),
+                "--cluster-config",
+                str(self.config_path),
+                "--log-level",
+                "WARNING",
+            ],
+            COORDINATOR_READY,
+        )
+        self.coordinator_address = match.group(1)
+
+    async def start_node(
+        self, region: str, *, synchronous: str = "FULL", listen_port: int = 0, advertise: str = ""
+    ) -> NodeHandle:
+        data_dir = self.root / region
+        argv = [
+            "-m",
+            "node",
+            "--region",
+            region,
+            "--listen",
+            f"127.0.0.1:{listen_port}",
+            "--metrics-port",
+            "-1",
+            "--data-dir",
+            str(data_dir),
+            "--coordinator",
+            self.coordinator_address,
+            "--cluster-config",
+            str(self.config_path),
+            "--synchronous",
+            synchronous,
+            "--log-level",
+            "WARNING",
+        ]
+        if advertise:
+            argv += ["--advertise", advertise]
+        match = await self.children.start_daemon(f"node-{region}", argv, NODE_READY)
+        node_id, _, address, metrics_url = match.groups()
+        if not metrics_url.startswith("http"):
+            raise RuntimeError(f"node {node_id} reports no metrics endpoint ({metrics_url})")
+        handle = NodeHandle(node_id, region, address, metrics_url, data_dir, channel(address))
+        self.nodes[region] = handle
+        return handle
+
+    async def stop_node(self, region: str) -> None:
+        handle = self.nodes.pop(region, None)
+        if handle is not None:
+            await handle.channel.close()
+        await self.children.stop(f"node-{region}")
+
+    async def close(self) -> None:
+        for handle in self.nodes.values():
+            await handle.channel.close()
+        self.nodes.clear()
+
+
+async def wait_linked(source: NodeHandle, target: NodeHandle, timeout_s: float = 30.0) -> None:
+    """Until the source's outbound link to the target is connected."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = await source.status()
+        if any(link.target_node_id == target.node_id and link.connected for link in status.outbound):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{source.node_id} did not link to {target.node_id} within {timeout_s:.0f} s "
+                f"(outbound links: {[(x.target_node_id, x.connected) for x in status.outbound]})"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def wait_caught_up(source: NodeHandle, target: NodeHandle, timeout_s: float = 60.0) -> None:
+    """Until the target has acknowledged everything in the source's change log."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = await source.status()
+        link = next((x for x in status.outbound if x.target_node_id == target.node_id), None)
+        if link is not None and link.acked_lsn >= status.last_lsn:
+            return
+        if time.monotonic() > deadline:
+            backlog = "no link" if link is None else f"backlog {status.last_lsn - link.acked_lsn}"
+            raise RuntimeError(
+                f"{target.node_id} did not catch up with {source.node_id} "
+                f"within {timeout_s:.0f} s ({backlog})"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def inbound_lag_p99_ms(target: NodeHandle, source: NodeHandle) -> float:
+    status = await target.status()
+    link = next((x for x in status.inbound if x.source_node_id == source.node_id), None)
+    if link is None:
+        raise RuntimeError(f"{target.node_id} reports no inbound link from {source.node_id}")
+    return float(link.lag_ms_p99)

@@ -1,0 +1,59 @@
+"""The baseline server: a bare grpc.aio unary echo in its own process, with the node's server
+options and its Put message, so that a client call costs what a Put costs minus the node's work.
+
+Run as `python -m bench.echo_server`; it prints `echo listening on HOST:PORT` when ready."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+
+from domicile.v1 import storage_node_pb2 as spb
+from node.replication.outbound import CHANNEL_OPTIONS
+
+SERVICE = "domicile.bench.Echo"
+METHOD = f"/{SERVICE}/Echo"
+
+
+async def echo(request: spb.PutRequest, context: grpc.aio.ServicerContext) -> spb.PutRequest:
+    return request
+
+
+async def serve(listen: str) -> None:
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(
+                echo,
+                request_deserializer=spb.PutRequest.FromString,
+                response_serializer=spb.PutRequest.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    host = listen.rpartition(":")[0]
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"echo server cannot listen on {listen}")
+    await server.start()
+    print(f"echo listening on {host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Bare grpc.aio echo server (benchmark baseline).")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0 picks a free one)")
+    asyncio.run(serve(parser.parse_args().listen))
+
+
+if __name__ == "__main__":
+    main()

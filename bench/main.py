@@ -1,0 +1,545 @@
+"""One benchmark run: baselines, local Get and Put, batched writes, replication lag, each next
+to a baseline measured in the same run, printed as a table and written as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from bench import phases
+from bench.client import channel, echo_call, get_call, put_call, sequential_ms
+from bench.cluster import (
+    BATCH_METRIC,
+    FAR_NAMESPACE,
+    FAR_REGION,
+    LAG_METRIC,
+    NEAR_REGION,
+    PAIR_NAMESPACE,
+    SOLO_NAMESPACE,
+    SOLO_REGION,
+    SOURCE_REGION,
+    BenchCluster,
+    NodeHandle,
+    inbound_lag_p99_ms,
+    wait_caught_up,
+    wait_linked,
+)
+from bench.procs import REPO_ROOT, Children, free_port
+from bench.report import Figure, cpu_lines, table, write_json
+from bench.stats import percentile
+
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.json"
+ECHO_READY = re.compile(r"echo listening on (\S+)")
+PROXY_READY = re.compile(r"proxy listening on (\S+)")
+GET_KEYS = 1000
+ENGINE_BATCH_RECORDS = 1000
+LAG_WARMUP_WRITES = 50
+SAMPLES_MAX = 1_000_000
+SECONDS_MAX = 600.0
+
+# Targets (DESIGN.md section 7).
+GET_P99_RATIO_MAX = 1.5
+BATCHED_RATE_MIN = 20_000.0
+LAG_P99_MS_MAX = 100.0
+DELAYED_LAG_SLACK_MS = 50.0
+PACED_RATE_SHARE_MIN = 0.95  # the lag figure is only valid if the writes kept their pace
+
+
+@dataclass(frozen=True)
+class Options:
+    quick: bool
+    out: Path
+    samples: int
+    value_bytes: int
+    load_seconds: float
+    load_procs: int
+    inflight: int
+    lag_seconds: float
+    lag_rate: float
+    delay_ms: float
+    engine_batches: int
+    seed: int
+    keep_tmp: bool
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Domicile benchmarks on loopback, each figure next to a baseline from the same run.",
+    )
+    parser.add_argument("--quick", action="store_true", help="short phases (under a minute)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    parser.add_argument("--samples", type=int, help="sequential calls per latency figure (5000; quick 1000)")
+    parser.add_argument("--value-bytes", type=int, default=256, help="value size of every write (256)")
+    parser.add_argument(
+        "--load-seconds", type=float, help="duration of each concurrent load (8 s; quick 2 s)"
+    )
+    parser.add_argument("--load-procs", type=int, default=2, help="load generator processes (2)")
+    parser.add_argument("--inflight", type=int, default=128, help="calls in flight per load process (128)")
+    parser.add_argument("--lag-seconds", type=float, help="paced writing per lag figure (10 s; quick 3 s)")
+    parser.add_argument("--lag-rate", type=float, default=1000.0, help="paced writes per second (1000)")
+    parser.add_argument("--delay-ms", type=float, default=50.0, help="injected one-way delay d (50 ms)")
+    parser.add_argument("--engine-batches", type=int, help="engine-only batches of 1000 (30; quick 5)")
+    parser.add_argument("--seed", type=int, help="seed of the Get key order (random by default)")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (data and logs)")
+    a = parser.parse_args(argv)
+    opts = Options(
+        quick=a.quick,
+        out=a.out,
+        samples=a.samples if a.samples is not None else (1000 if a.quick else 5000),
+        value_bytes=a.value_bytes,
+        load_seconds=a.load_seconds if a.load_seconds is not None else (2.0 if a.quick else 8.0),
+        load_procs=a.load_procs,
+        inflight=a.inflight,
+        lag_seconds=a.lag_seconds if a.lag_seconds is not None else (3.0 if a.quick else 10.0),
+        lag_rate=a.lag_rate,
+        delay_ms=a.delay_ms,
+        engine_batches=a.engine_batches if a.engine_batches is not None else (5 if a.quick else 30),
+        seed=a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 32),
+        keep_tmp=a.keep_tmp,
+    )
+    checks = [
+        (1 <= opts.samples <= SAMPLES_MAX, f"--samples must be 1 to {SAMPLES_MAX}"),
+        (1 <= opts.value_bytes <= 1024 * 1024, "--value-bytes must be 1 to 1048576 (the node's limit)"),
+        (
+            0 < opts.load_seconds <= SECONDS_MAX,
+            f"--load-seconds must be above 0 and at most {SECONDS_MAX:.0f}",
+        ),
+        (1 <= opts.load_procs <= 16, "--load-procs must be 1 to 16"),
+        (1 <= opts.inflight <= 1024, "--inflight must be 1 to 1024"),
+        (0 < opts.lag_seconds <= SECONDS_MAX, f"--lag-seconds must be above 0 and at most {SECONDS_MAX:.0f}"),
+        (1 <= opts.lag_rate <= 100_000, "--lag-rate must be 1 to 100000 writes/s"),
+        (0 <= opts.delay_ms <= 10_000, "--delay-ms must be 0 to 10000"),
+        (1 <= opts.engine_batches <= 1000, "--engine-batches must be 1 to 1000"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+    return opts
+
+
+def p50_p99(samples: list[float]) -> tuple[float, float]:
+    return percentile(samples, 0.50), percentile(samples, 0.99)
+
+
+@dataclass
+class Measured:
+    """Raw results, filled phase by phase."""
+
+    echo_ms: list[float] | None = None
+    fsync_ms: list[float] | None = None
+    get_ms: list[float] | None = None
+    put_ms: list[float] | None = None
+    echo_load: phases.LoadResult | None = None
+    put_load: phases.LoadResult | None = None
+    commit_batch_mean: float | None = None
+    engine: phases.EngineResult | None = None
+    lag: LagResult | None = None
+    far_lag: LagResult | None = None
+
+
+@dataclass(frozen=True)
+class LagResult:
+    p50_ms: float
+    p99_ms: float
+    status_p99_ms: float
+    samples: int
+    writes: phases.LoadResult
+
+
+class Run:
+    def __init__(self, opts: Options, root: Path) -> None:
+        self.opts = opts
+        self.root = root
+        (root / "logs").mkdir()
+        self.children = Children(root / "logs", cwd=root)
+        self.cluster = BenchCluster(root, self.children)
+        self.value = b"v" * opts.value_bytes
+        self.m = Measured()
+
+    async def start(self) -> tuple[str, NodeHandle]:
+        phases.progress(f"starting coordinator, echo server and node {SOLO_REGION} in {self.root}")
+        await self.cluster.start_coordinator()
+        echo, solo = await asyncio.gather(
+            self.children.start_daemon("echo", ["-m", "bench.echo_server"], ECHO_READY),
+            self.cluster.start_node(SOLO_REGION, synchronous="FULL"),
+        )
+        return echo.group(1), solo
+
+    async def local_figures(self, echo_address: str, solo: NodeHandle) -> None:
+        opts, m = self.opts, self.m
+        async with channel(echo_address) as ch:
+            m.echo_ms = await phases.sequential(
+                "echo baseline", echo_call(ch, SOLO_NAMESPACE, "echo", self.value), opts.samples
+            )
+        phases.progress(f"fdatasync baseline: {opts.samples} appends in {solo.data_dir}")
+        m.fsync_ms = await asyncio.to_thread(
+            phases.fdatasync_ms, solo.data_dir, opts.samples, opts.value_bytes
+        )
+
+        keys = [f"get-{i}" for i in range(GET_KEYS)]
+        phases.progress(f"pre-loading {GET_KEYS} keys for Get")
+        await phases.preload(put_call(solo.channel, SOLO_NAMESPACE, "get", self.value), GET_KEYS)
+        rng = random.Random(self.opts.seed)
+        m.get_ms = await phases.sequential(
+            "local Get",
+            get_call(solo.channel, SOLO_NAMESPACE, keys, lambda: rng.randrange(GET_KEYS)),
+            opts.samples,
+        )
+        m.put_ms = await phases.sequential(
+            "durable Put (synchronous=FULL)",
+            put_call(solo.channel, SOLO_NAMESPACE, "put", self.value),
+            opts.samples,
+        )
+
+    async def batched(self, echo_address: str, solo: NodeHandle) -> None:
+        opts, m = self.opts, self.m
+
+        async def last_lsn() -> int:
+            return int((await solo.status()).last_lsn)
+
+        async def load(
+            name: str, address: str, method: str, counter: Callable[[], Awaitable[int]] | None
+        ) -> phases.LoadResult:
+            return await phases.concurrent_load(
+                self.children,
+                name=name,
+                address=address,
+                method=method,
+                namespace=SOLO_NAMESPACE,
+                value_bytes=opts.value_bytes,
+                procs=opts.load_procs,
+                inflight=opts.inflight,
+                seconds=opts.load_seconds,
+                server_counter=counter,
+            )
+
+        m.echo_load = await load("echo-load", echo_address, "echo", None)
+        before = await solo.histogram(BATCH_METRIC, {})
+        m.put_load = await load("put-load", solo.address, "put", last_lsn)
+        after = await solo.histogram(BATCH_METRIC, {})
+        batches = after.minus(before) if after else None
+        # None when the node does not observe the histogram: the figure then reads n/a, not 0.
+        m.commit_batch_mean = batches.total / batches.count if batches and batches.count else None
+
+    async def engine_only(self) -> None:
+        opts = self.opts
+        phases.progress(
+            f"engine only: {opts.engine_batches} x commit_local({ENGINE_BATCH_RECORDS}) in-process, "
+            "synchronous=FULL"
+        )
+        self.m.engine = await asyncio.to_thread(
+            phases.engine_commit_rate,
+            self.root / "engine-only",
+            opts.engine_batches,
+            ENGINE_BATCH_RECORDS,
+            opts.value_bytes,
+        )
+
+    async def lag(self, what: str, source: NodeHandle, target: NodeHandle, namespace: str) -> LagResult:
+        opts = self.opts
+        phases.progress(f"{what}: waiting for the link {source.node_id} -> {target.node_id}")
+        await wait_linked(source, target)
+        # Sequential, so that the warm-up adds no burst to the status window's recent samples.
+        await sequential_ms(put_call(source.channel, namespace, "warmup", self.value), LAG_WARMUP_WRITES, 0)
+        await wait_caught_up(source, target)
+        labels = {"source": source.node_id, "target": target.node_id}
+        before = await target.histogram(LAG_METRIC, labels)
+        writes = await phases.paced(
+            self.children,
+            what,
+            put_call(source.channel, namespace, "lag", self.value),
+            opts.lag_rate,
+            opts.lag_seconds,
+        )
+        await wait_caught_up(source, target)
+        after = await target.histogram(LAG_METRIC, labels)
+        if after is None:
+            raise RuntimeError(f"{target.node_id} exports no {LAG_METRIC} series for {labels}")
+        delta = after.minus(before)
+        return LagResult(
+            p50_ms=delta.quantile(0.50) * 1000,
+            p99_ms=delta.quantile(0.99) * 1000,
+            status_p99_ms=await inbound_lag_p99_ms(target, source),
+            samples=int(delta.count),
+            writes=writes,
+        )
+
+    async def replication(self) -> None:
+        phases.progress(f"starting nodes {SOURCE_REGION} and {NEAR_REGION}")
+        source, near = await asyncio.gather(
+            self.cluster.start_node(SOURCE_REGION), self.cluster.start_node(NEAR_REGION)
+        )
+        self.m.lag = await self.lag("replication lag", source, near, PAIR_NAMESPACE)
+
+        # A third node behind a proxy that delays every byte by d each way: a distant region.
+        far_port = free_port()
+        phases.progress(f"starting node {FAR_REGION} behind a {self.opts.delay_ms:.0f} ms one-way delay")
+        match = await self.children.start_daemon(
+            "proxy",
+            [
+                "-m",
+                "bench.delay_proxy",
+                "--target",
+                f"127.0.0.1:{far_port}",
+                "--delay-ms",
+                str(self.opts.delay_ms),
+            ],
+            PROXY_READY,
+        )
+        far = await self.cluster.start_node(FAR_REGION, listen_port=far_port, advertise=match.group(1))
+        self.m.far_lag = await self.lag("delayed replication lag", source, far, FAR_NAMESPACE)
+
+    async def execute(self) -> None:
+        try:
+            echo_address, solo = await self.start()
+            await self.local_figures(echo_address, solo)
+            await self.batched(echo_address, solo)
+            # Free the CPU for what follows: the engine-only figure runs in this process.
+            await asyncio.gather(self.children.stop("echo"), self.cluster.stop_node(SOLO_REGION))
+            await self.engine_only()
+            await self.replication()
+        finally:
+            phases.progress("stopping every process")
+            await self.cluster.close()
+            await self.children.stop_all()
+
+
+T = TypeVar("T")
+
+
+def need(value: T | None, what: str) -> T:
+    if value is None:
+        raise RuntimeError(f"the {what} phase produced no measurement")
+    return value
+
+
+def figures(m: Measured, opts: Options) -> list[Figure]:
+    echo_ms, fsync_ms = need(m.echo_ms, "echo"), need(m.fsync_ms, "fdatasync")
+    get_ms, put_ms = need(m.get_ms, "Get"), need(m.put_ms, "Put")
+    echo_load, put_load = need(m.echo_load, "echo load"), need(m.put_load, "Put load")
+    engine, lag, far = need(m.engine, "engine"), need(m.lag, "lag"), need(m.far_lag, "delayed lag")
+    echo50, echo99 = p50_p99(echo_ms)
+    fs50, fs99 = p50_p99(fsync_ms)
+    get50, get99 = p50_p99(get_ms)
+    put50, put99 = p50_p99(put_ms)
+    put_floor50, put_floor99 = echo50 + 2 * fs50, echo99 + 2 * fs99
+    d = opts.delay_ms
+    concurrency = f"{opts.load_procs} procs x {opts.inflight} in flight"
+    rate_floor = PACED_RATE_SHARE_MIN * opts.lag_rate
+    return [
+        Figure("echo_p50_ms", "baseline: grpc.aio echo p50", echo50, "ms"),
+        Figure("echo_p99_ms", "baseline: grpc.aio echo p99", echo99, "ms"),
+        Figure("fdatasync_p50_ms", "baseline: append + fdatasync p50", fs50, "ms"),
+        Figure("fdatasync_p99_ms", "baseline: append + fdatasync p99", fs99, "ms"),
+        Figure("echo_rate_per_s", f"baseline: concurrent echo ({concurrency})", echo_load.rate, "calls/s"),
+        Figure("get_p50_ms", "local Get p50", get50, "ms", echo50, "echo p50"),
+        Figure(
+            "get_p99_ms",
+            "local Get p99",
+            get99,
+            "ms",
+            echo99,
+            "echo p99",
+            f"<= {GET_P99_RATIO_MAX} x echo p99",
+            get99 <= GET_P99_RATIO_MAX * echo99,
+        ),
+        Figure("put_p50_ms", "durable Put p50 (FULL)", put50, "ms", put_floor50, "echo + 2 fdatasync p50"),
+        Figure(
+            "put_p99_ms",
+            "durable Put p99 (FULL)",
+            put99,
+            "ms",
+            put_floor99,
+            "echo + 2 fdatasync p99",
+            "<= echo p99 + 2 x fdatasync p99",
+            put99 <= put_floor99,
+        ),
+        Figure(
+            "batched_put_rate_per_s",
+            f"batched Puts over gRPC ({concurrency})",
+            put_load.rate,
+            "records/s",
+            echo_load.rate,
+            "concurrent echo",
+            f">= {BATCHED_RATE_MIN:,.0f} records/s",
+            put_load.rate >= BATCHED_RATE_MIN,
+        ),
+        Figure(
+            "batched_put_lsn_rate_per_s",
+            "batched Puts, node's change-log growth",
+            put_load.server_rate,
+            "records/s",
+        ),
+        Figure(
+            "commit_batch_records_mean", "records per group commit (mean)", m.commit_batch_mean, "records"
+        ),
+        Figure(
+            "engine_commit_rate_per_s",
+            "engine only: commit_local x 1000, in-process, no RPC",
+            engine.rate,
+            "records/s",
+        ),
+        Figure(
+            "lag_p50_ms",
+            "replication lag p50 (histogram)",
+            lag.p50_ms,
+            "ms",
+            put_floor50,
+            "echo + 2 fdatasync p50",
+        ),
+        Figure(
+            "lag_p99_ms",
+            "replication lag p99 (histogram)",
+            lag.p99_ms,
+            "ms",
+            put_floor99,
+            "echo + 2 fdatasync p99",
+            f"<= {LAG_P99_MS_MAX:.0f} ms",
+            lag.p99_ms <= LAG_P99_MS_MAX,
+        ),
+        Figure("lag_status_p99_ms", "replication lag p99 (GetNodeStatus window)", lag.status_p99_ms, "ms"),
+        Figure(
+            "lag_write_rate_per_s",
+            "paced write rate during lag",
+            lag.writes.rate,
+            "writes/s",
+            None,
+            "",
+            f">= {rate_floor:,.0f} writes/s (paced {opts.lag_rate:,.0f})",
+            lag.writes.rate >= rate_floor,
+        ),
+        Figure(
+            "delayed_lag_p50_ms",
+            f"lag p50, one-way delay {d:.0f} ms",
+            far.p50_ms,
+            "ms",
+            d + put_floor50,
+            "d + echo + 2 fdatasync p50",
+        ),
+        Figure(
+            "delayed_lag_p99_ms",
+            f"lag p99, one-way delay {d:.0f} ms",
+            far.p99_ms,
+            "ms",
+            d + put_floor99,
+            "d + echo + 2 fdatasync p99",
+            f"<= d + {DELAYED_LAG_SLACK_MS:.0f} ms = {d + DELAYED_LAG_SLACK_MS:.0f} ms",
+            far.p99_ms <= d + DELAYED_LAG_SLACK_MS,
+        ),
+        Figure(
+            "delayed_lag_status_p99_ms", "delayed lag p99 (GetNodeStatus window)", far.status_p99_ms, "ms"
+        ),
+        Figure(
+            "delayed_write_rate_per_s",
+            "paced write rate during delayed lag",
+            far.writes.rate,
+            "writes/s",
+            None,
+            "",
+            f">= {rate_floor:,.0f} writes/s (paced {opts.lag_rate:,.0f})",
+            far.writes.rate >= rate_floor,
+        ),
+    ]
+
+
+def cpu_by_load(m: Measured) -> dict[str, dict[str, float]]:
+    loads = {
+        "concurrent echo": m.echo_load,
+        "batched Puts": m.put_load,
+        "replication lag": m.lag.writes if m.lag else None,
+        "delayed replication lag": m.far_lag.writes if m.far_lag else None,
+    }
+    return {name: load.cpu_cores for name, load in loads.items() if load is not None}
+
+
+def meta(opts: Options, m: Measured, started: datetime, seconds: float) -> dict[str, Any]:
+    parameters = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    loads = {
+        "echo_load": m.echo_load,
+        "put_load": m.put_load,
+        "lag_writes": m.lag.writes if m.lag else None,
+        "delayed_lag_writes": m.far_lag.writes if m.far_lag else None,
+    }
+    return {
+        "schema_version": 1,
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(seconds, 1),
+        "host": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+        },
+        "parameters": parameters,
+        "samples": {
+            "lag_histogram_observations": m.lag.samples if m.lag else 0,
+            "delayed_lag_histogram_observations": m.far_lag.samples if m.far_lag else 0,
+        },
+        "loads": {
+            name: None if r is None else {**asdict(r), "rate_per_s": r.rate} for name, r in loads.items()
+        },
+    }
+
+
+async def run(opts: Options) -> int:
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="domicile-bench-"))
+    bench = Run(opts, root)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    if main_task is not None:
+        loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+    try:
+        await bench.execute()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        bench.children.kill_all_now()
+        if not opts.keep_tmp:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    except BaseException:
+        print(f"benchmark failed; process logs are in {root / 'logs'}", file=sys.stderr)
+        bench.children.kill_all_now()
+        raise
+    if opts.keep_tmp:
+        print(f"data and logs kept in {root}", file=sys.stderr)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    results = figures(bench.m, opts)
+    write_json(opts.out, results, meta(opts, bench.m, started_at, time.monotonic() - started))
+    print(table(results))
+    print()
+    print(cpu_lines(cpu_by_load(bench.m), os.cpu_count()))
+    for name, load in (("Put load", bench.m.put_load), ("echo load", bench.m.echo_load)):
+        if load is not None and load.errors:
+            print(
+                f"warning: {name} had {load.errors} failed calls; first: {load.first_error}", file=sys.stderr
+            )
+    print(f"results written to {opts.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    try:
+        return asyncio.run(run(opts))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; every child process was stopped", file=sys.stderr)
+        return 130

@@ -1,0 +1,270 @@
+"""The measurements of one run. Each returns raw numbers; main.py turns them into figures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from bench.client import Call, sequential_ms
+from bench.procs import Children
+from domicile.hlc import HybridClock
+from node.engine.base import LocalWrite
+from node.engine.sqlite import SQLiteEngine
+
+PROGRESS_EVERY_S = 2.0
+PRELOAD_INFLIGHT = 64
+PACED_INFLIGHT_MAX = 512
+WORKER_READY_TIMEOUT_S = 60.0
+
+_started = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.monotonic() - _started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+@asynccontextmanager
+async def ticking(what: str, seconds: float) -> AsyncIterator[None]:
+    """Prints a progress line every few seconds while a long phase runs."""
+    started = time.monotonic()
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            progress(f"{what}: {time.monotonic() - started:.0f} of {seconds:.0f} s")
+
+    task = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+class CpuMeter:
+    """Cores each process used over a phase (CPU seconds / wall seconds), so that a reader sees
+    whether the machine, not the code, set the figure."""
+
+    def __init__(self, children: Children) -> None:
+        self.children = children
+        self.before = children.cpu_snapshot()
+        self.started = time.perf_counter()
+
+    def cores(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.started
+        after = self.children.cpu_snapshot()
+        return {
+            name: round((after[name] - self.before[name]) / wall, 2) for name in after if name in self.before
+        }
+
+
+# -- baselines ------------------------------------------------------------------------------
+
+
+def fdatasync_ms(directory: Path, samples: int, record_bytes: int) -> list[float]:
+    """Latency of appending `record_bytes` to a file and fdatasync-ing it (a WAL commit's floor)."""
+    path = directory / "fdatasync-probe.bin"
+    sync = getattr(os, "fdatasync", os.fsync)
+    payload = b"\x00" * record_bytes
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(20):  # allocate the first blocks before measuring
+            os.write(fd, payload)
+            sync(fd)
+        latencies: list[float] = []
+        for _ in range(samples):
+            started = time.perf_counter_ns()
+            os.write(fd, payload)
+            sync(fd)
+            latencies.append((time.perf_counter_ns() - started) / 1e6)
+        return latencies
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+async def sequential(what: str, call: Call, samples: int) -> list[float]:
+    progress(f"{what}: {samples} sequential calls")
+    return await sequential_ms(call, samples)
+
+
+# -- concurrent load -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    completed: int
+    errors: int
+    seconds: float
+    first_error: str
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+    # Growth of a server-side counter (a node's last LSN) per second over the same window.
+    server_rate: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.seconds if self.seconds > 0 else 0.0
+
+
+async def concurrent_load(
+    children: Children,
+    *,
+    name: str,
+    address: str,
+    method: str,
+    namespace: str,
+    value_bytes: int,
+    procs: int,
+    inflight: int,
+    seconds: float,
+    server_counter: Callable[[], Awaitable[int]] | None = None,
+) -> LoadResult:
+    """`procs` worker processes with `inflight` calls outstanding each, started together.
+    `server_counter` (e.g. the node's last LSN) is read when they start and when all are done."""
+    workers = []
+    try:
+        for i in range(procs):
+            worker = await children.start_worker(
+                f"{name}-{i}",
+                [
+                    "-m",
+                    "bench.load_worker",
+                    "--address",
+                    address,
+                    "--method",
+                    method,
+                    "--namespace",
+                    namespace,
+                    "--key-prefix",
+                    f"{name}-{i}",
+                    "--value-bytes",
+                    str(value_bytes),
+                    "--inflight",
+                    str(inflight),
+                    "--seconds",
+                    str(seconds),
+                ],
+            )
+            workers.append(worker)
+        for worker in workers:
+            line = await children.read_line(worker, WORKER_READY_TIMEOUT_S)
+            if line != "ready":
+                raise RuntimeError(f"{worker.name} said {line!r} instead of 'ready'")
+        progress(f"{name}: {procs} processes x {inflight} in flight for {seconds:.0f} s")
+        async with ticking(name, seconds):
+            count_before = await server_counter() if server_counter else 0
+            meter = CpuMeter(children)
+            for worker in workers:
+                await children.send_line(worker, "go")
+            results = [json.loads(await children.read_line(w, seconds + 30)) for w in workers]
+            cores = meter.cores()
+            window = time.perf_counter() - meter.started
+            server_rate = (await server_counter() - count_before) / window if server_counter else None
+    finally:
+        for worker in workers:
+            await children.stop(worker.name)
+    return LoadResult(
+        completed=sum(int(r["completed"]) for r in results),
+        errors=sum(int(r["errors"]) for r in results),
+        seconds=max(float(r["elapsed_s"]) for r in results),
+        first_error=next((str(r["first_error"]) for r in results if r["first_error"]), ""),
+        cpu_cores=cores,
+        server_rate=server_rate,
+    )
+
+
+async def preload(call: Call, count: int) -> None:
+    semaphore = asyncio.Semaphore(PRELOAD_INFLIGHT)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            await call(i)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def paced(children: Children, what: str, call: Call, rate: float, seconds: float) -> LoadResult:
+    """Open-loop writes at `rate` per second for `seconds`: each write is sent when it is due,
+    whether or not earlier ones have completed (at most PACED_INFLIGHT_MAX outstanding)."""
+    loop = asyncio.get_running_loop()
+    total = max(1, round(rate * seconds))
+    semaphore = asyncio.Semaphore(PACED_INFLIGHT_MAX)
+    completed = errors = 0
+    first_error = ""
+    last_done = 0.0
+
+    async def one(i: int) -> None:
+        nonlocal completed, errors, first_error, last_done
+        try:
+            await call(i)
+        except grpc.aio.AioRpcError as exc:
+            errors += 1
+            first_error = first_error or f"{exc.code().name}: {exc.details()}"
+        else:
+            completed += 1
+        finally:
+            last_done = loop.time()
+            semaphore.release()
+
+    tasks: set[asyncio.Task[None]] = set()
+    progress(f"{what}: {total} writes paced at {rate:.0f}/s")
+    async with ticking(what, seconds):
+        meter = CpuMeter(children)
+        started = loop.time()
+        for i in range(total):
+            wait = started + i / rate - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await semaphore.acquire()
+            task = asyncio.create_task(one(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+        cores = meter.cores()
+    # The rate the node absorbed: writes acknowledged over the span from the first send to the
+    # last acknowledgement.
+    return LoadResult(completed, errors, last_done - started, first_error, cores)
+
+
+# -- engine only -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    records: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+
+def engine_commit_rate(directory: Path, batches: int, batch_records: int, value_bytes: int) -> EngineResult:
+    """commit_local in this process, no RPC, no group-commit queue: `batches` durable
+    transactions of `batch_records` new keys each (synchronous=FULL)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    engine = SQLiteEngine(directory / "store.sqlite3", "bench-engine", "bench", synchronous="FULL")
+    clock = HybridClock()
+    value = b"v" * value_bytes
+    try:
+        engine.commit_local([LocalWrite("bench_solo", "warmup", value)], clock.now)
+        elapsed = 0.0
+        for b in range(batches):
+            writes = [LocalWrite("bench_solo", f"e-{b}-{i}", value) for i in range(batch_records)]
+            started = time.perf_counter()
+            results = engine.commit_local(writes, clock.now)
+            elapsed += time.perf_counter() - started
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                raise RuntimeError(f"engine refused {len(failed)} benchmark writes: {failed[0]}")
+        return EngineResult(batches * batch_records, elapsed)
+    finally:
+        engine.close()

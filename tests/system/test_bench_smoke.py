@@ -1,0 +1,79 @@
+"""bench/run.py still runs end to end and reports every figure (the values are not checked:
+speed is measured by the benchmark, never asserted by tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIGURES = {
+    "echo_p50_ms",
+    "echo_p99_ms",
+    "fdatasync_p50_ms",
+    "fdatasync_p99_ms",
+    "echo_rate_per_s",
+    "get_p50_ms",
+    "get_p99_ms",
+    "put_p50_ms",
+    "put_p99_ms",
+    "batched_put_rate_per_s",
+    "batched_put_lsn_rate_per_s",
+    "commit_batch_records_mean",
+    "engine_commit_rate_per_s",
+    "lag_p50_ms",
+    "lag_p99_ms",
+    "lag_status_p99_ms",
+    "lag_write_rate_per_s",
+    "delayed_lag_p50_ms",
+    "delayed_lag_p99_ms",
+    "delayed_lag_status_p99_ms",
+    "delayed_write_rate_per_s",
+}
+FIELDS = {"key", "label", "value", "unit", "baseline", "baseline_label", "ratio", "target", "met"}
+
+
+def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    command = [
+        sys.executable,
+        "bench/run.py",
+        "--quick",
+        "--samples",
+        "50",
+        "--load-seconds",
+        "1",
+        "--load-procs",
+        "1",
+        "--inflight",
+        "16",
+        "--lag-seconds",
+        "1",
+        "--lag-rate",
+        "200",
+        "--engine-batches",
+        "1",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=100, check=False)
+    assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    results = json.loads(out.read_text())
+    figures = results["figures"]
+    assert set(figures) == FIGURES, f"missing {FIGURES - set(figures)}, unexpected {set(figures) - FIGURES}"
+    for key, figure in figures.items():
+        assert set(figure) == FIELDS, f"{key} has fields {sorted(figure)}"
+        assert figure["key"] == key
+    for key in ("echo_p99_ms", "fdatasync_p99_ms", "get_p99_ms", "put_p99_ms", "lag_p99_ms"):
+        assert isinstance(figures[key]["value"], float), f"{key} was not measured"
+    for key in ("get_p99_ms", "put_p99_ms", "batched_put_rate_per_s", "lag_p99_ms", "delayed_lag_p99_ms"):
+        assert isinstance(figures[key]["met"], bool), f"{key} has no verdict against its target"
+    assert results["parameters"]["samples"] == 50
+    for figure in FIGURES:
+        assert figure in done.stdout or figures[figure]["label"] in done.stdout
