@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: setup up test lint typecheck protos protos-check unit bench clean
+.PHONY: setup test-tools up test lint typecheck protos protos-check unit bench clean
 
 setup: $(VENV)/.installed
 
@@ -13,6 +13,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+
+# Node.js + npm (the other-language client test) and promtool (the alerting rules test).
+test-tools:
+	@command -v node >/dev/null && command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) nodejs npm; }
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) prometheus; }
 
 up: setup
 	$(BIN)/domicile up --config deploy/cluster.yaml
@@ -30,9 +38,9 @@ lint: setup
 	$(BIN)/lint-imports
 
 typecheck: setup
-	$(BIN)/mypy domicile node coordinator scripts
+	$(BIN)/mypy domicile node coordinator scripts bench
 
-test: setup protos-check lint typecheck
+test: setup test-tools protos-check lint typecheck
 	$(PY) -m pytest -q
 
 bench: setup

@@ -1,0 +1,182 @@
+#!/usr/bin/env node
+// A minimal Node.js client of Domicile's StorageNodeService: Put one record on a node, Get it
+// back from the same node, print the outcome as one JSON object on stdout.
+//
+//   node index.js --address 127.0.0.1:7403 --namespace customers_eu --key c-1 --value hello
+//
+// The stubs are built at run time from protos/ with @grpc/proto-loader, so nothing is generated
+// or committed for Node.js. 64-bit integers (lsn, counters, hlc) are printed as decimal strings,
+// as the proto3 JSON mapping does, because a JavaScript number cannot hold every uint64.
+//
+// Exit codes: 0 success, 1 the server answered with an error status (the JSON has an "error"
+// object with the code and, for a placement refusal, the regions that may hold the record),
+// 2 bad command-line arguments.
+"use strict";
+
+const path = require("node:path");
+const { parseArgs } = require("node:util");
+const grpc = require("@grpc/grpc-js");
+const protoLoader = require("@grpc/proto-loader");
+
+const ALLOWED_REGIONS_TRAILER = "domicile-allowed-regions";
+const DEADLINE_MS_MAX = 600000;
+const MESSAGE_BYTES_MAX = 64 * 1024 * 1024;
+
+const USAGE = `usage: node index.js --address HOST:PORT [options]
+
+  --address HOST:PORT         node to call (required), e.g. 127.0.0.1:7403
+  --namespace NAME            namespace (default: instruments)
+  --key KEY                   key (default: node-client-example)
+  --value TEXT                value, sent as UTF-8 bytes (default: "hello from Node.js")
+  --content-type TYPE         MIME type of the value (default: text/plain)
+  --subject-id ID             data subject the record is about (optional)
+  --subject-jurisdiction CODE jurisdiction of the subject, e.g. DE or US-CA (optional)
+  --deadline-ms N             deadline of each call, 1 to ${DEADLINE_MS_MAX} ms (default: 5000)
+  --protos DIR                include directory of the .proto files (default: ../../protos)
+  --help                      print this text`;
+
+function usageError(message) {
+  process.stderr.write(`error: ${message}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+
+function parseOptions(argv) {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        address: { type: "string" },
+        namespace: { type: "string", default: "instruments" },
+        key: { type: "string", default: "node-client-example" },
+        value: { type: "string", default: "hello from Node.js" },
+        "content-type": { type: "string", default: "text/plain" },
+        "subject-id": { type: "string", default: "" },
+        "subject-jurisdiction": { type: "string", default: "" },
+        "deadline-ms": { type: "string", default: "5000" },
+        protos: { type: "string", default: path.join(__dirname, "..", "..", "protos") },
+        help: { type: "boolean", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (err) {
+    usageError(err.message);
+  }
+  if (parsed.help) {
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(0);
+  }
+  if (!parsed.address || !/^[^\s]+:\d{1,5}$/.test(parsed.address)) {
+    usageError(`--address must be HOST:PORT, got ${JSON.stringify(parsed.address ?? "")}`);
+  }
+  const deadlineMs = Number(parsed["deadline-ms"]);
+  if (!Number.isInteger(deadlineMs) || deadlineMs < 1 || deadlineMs > DEADLINE_MS_MAX) {
+    usageError(`--deadline-ms must be an integer from 1 to ${DEADLINE_MS_MAX}, got ${parsed["deadline-ms"]}`);
+  }
+  return { ...parsed, deadlineMs };
+}
+
+function loadService(protosDir) {
+  const definition = protoLoader.loadSync("domicile/v1/storage_node.proto", {
+    includeDirs: [protosDir],
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  return grpc.loadPackageDefinition(definition).domicile.v1.StorageNodeService;
+}
+
+// Promise form of a unary call, with a deadline on every call.
+function call(client, method, request, deadlineMs) {
+  return new Promise((resolve, reject) => {
+    client[method](request, { deadline: Date.now() + deadlineMs }, (err, response) => {
+      if (err) {
+        err.rpc = method;
+        reject(err);
+      } else {
+        resolve(response);
+      }
+    });
+  });
+}
+
+function versionJson(version) {
+  const value = Buffer.from(version.value);
+  return {
+    dot: { node_id: version.dot ? version.dot.node_id : "", counter: version.dot ? version.dot.counter : "0" },
+    value: value.toString("utf8"),
+    value_base64: value.toString("base64"),
+    content_type: version.content_type,
+    tombstone: version.tombstone,
+    hlc: version.hlc,
+    subject_id: version.subject_id,
+    subject_jurisdiction: version.subject_jurisdiction,
+    classification: version.classification,
+    origin_region: version.origin_region,
+  };
+}
+
+function errorJson(err) {
+  const trailer = err.metadata ? err.metadata.get(ALLOWED_REGIONS_TRAILER) : [];
+  const allowed = trailer
+    .map((v) => v.toString())
+    .join(",")
+    .split(",")
+    .filter((r) => r.length > 0);
+  const codeName = Object.keys(grpc.status).find((name) => grpc.status[name] === err.code) ?? "UNKNOWN";
+  return {
+    rpc: err.rpc ?? "",
+    code: err.code,
+    code_name: codeName,
+    details: err.details ?? err.message,
+    allowed_regions: allowed,
+  };
+}
+
+async function main() {
+  const options = parseOptions(process.argv.slice(2));
+  const Service = loadService(options.protos);
+  const client = new Service(options.address, grpc.credentials.createInsecure(), {
+    "grpc.max_receive_message_length": MESSAGE_BYTES_MAX,
+    "grpc.max_send_message_length": MESSAGE_BYTES_MAX,
+  });
+  const out = { address: options.address, namespace: options.namespace, key: options.key };
+  let code = 0;
+  try {
+    const put = await call(
+      client,
+      "Put",
+      {
+        namespace: options.namespace,
+        key: options.key,
+        value: Buffer.from(options.value, "utf8"),
+        content_type: options["content-type"],
+        subject_id: options["subject-id"],
+        subject_jurisdiction: options["subject-jurisdiction"],
+      },
+      options.deadlineMs,
+    );
+    out.put = { region: put.region, lsn: put.lsn, version: versionJson(put.version) };
+    const got = await call(client, "Get", { namespace: options.namespace, key: options.key }, options.deadlineMs);
+    out.get = { found: got.found, region: got.region, versions: got.versions.map(versionJson) };
+  } catch (err) {
+    if (typeof err.code !== "number") {
+      throw err;
+    }
+    out.error = errorJson(err);
+    process.stderr.write(`error: ${out.error.rpc} failed with ${out.error.code_name}: ${out.error.details}\n`);
+    code = 1;
+  } finally {
+    client.close();
+  }
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+  process.exitCode = code;
+}
+
+main().catch((err) => {
+  process.stderr.write(`error: ${err.stack || err}\n`);
+  process.exitCode = 1;
+});
