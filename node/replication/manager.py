@@ -51,6 +51,7 @@ class ReplicationManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._persister: asyncio.Task[None] | None = None
         self._persisted: dict[str, int] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._persister = asyncio.create_task(self._persist_loop())
@@ -95,11 +96,19 @@ class ReplicationManager:
                 )
 
     def _stop_sender(self, target_id: str) -> None:
-        self.senders.pop(target_id, None)
+        sender = self.senders.pop(target_id, None)
         task = self._tasks.pop(target_id, None)
         if task is not None:
             task.cancel()
+        if sender is not None:
+            self._closing.add(asyncio.create_task(self._close_later(sender, task)))
         log.info("link %s -> %s stopped", self.node_id, target_id)
+
+    async def _close_later(self, sender: LinkSender, task: asyncio.Task[None] | None) -> None:
+        if task is not None:
+            await asyncio.wait({task}, timeout=3.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sender.close(), 2.0)
 
     async def _persist_loop(self) -> None:
         while True:
@@ -129,6 +138,11 @@ class ReplicationManager:
             for task in pending:
                 log.warning("replication task %s did not stop within 3 s", task.get_name())
         self._tasks.clear()
+        for sender in self.senders.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sender.close(), 2.0)
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=3.0)
         with contextlib.suppress(Exception):
             await self.persist_acks()
         self.senders.clear()

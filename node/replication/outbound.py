@@ -13,7 +13,9 @@ import collections
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -30,6 +32,7 @@ from node.replication.signal import LogSignal
 from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.replication.outbound")
+T = TypeVar("T")
 
 MESSAGE_BYTES_MAX = 32 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -96,6 +99,9 @@ class LinkSender:
         self.connected = False
         self.last_error = ""
         self._labels = (node_id, target.node_id)
+        # One channel for the life of the sender: gRPC reconnects it underneath. Closing a
+        # channel while cancelling a task can block in grpc.aio, so it is closed only in close().
+        self._channel: grpc.aio.Channel | None = None
 
     # -- batching (pure enough to test without sockets) ---------------------------------------
 
@@ -149,56 +155,63 @@ class LinkSender:
 
     async def _session(self) -> None:
         deadline_s = self.limits.rpc_deadline_s
-        async with grpc.aio.insecure_channel(self.target.address, options=CHANNEL_OPTIONS) as channel:
-            stub = rpb_grpc.ReplicationServiceStub(channel)
-            # A replication stream lives as long as the link: no overall deadline. Each step that
-            # waits on the peer (ready, acks) has its own deadline below instead.
-            call = stub.Replicate()
-            await asyncio.wait_for(
-                call.write(
-                    rpb.ReplicateRequest(
-                        hello=rpb.ReplicationHello(
-                            source_node_id=self.node_id,
-                            source_region=self.region,
-                            target_node_id=self.target.node_id,
-                            topology_revision=self.view.revision,
-                        )
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.target.address, options=CHANNEL_OPTIONS)
+        stub = rpb_grpc.ReplicationServiceStub(self._channel)
+        # A replication stream lives as long as the link: no overall deadline. Each step that
+        # waits on the peer (ready, acks) has its own deadline below instead.
+        call = stub.Replicate()
+        await _within(
+            call,
+            call.write(
+                rpb.ReplicateRequest(
+                    hello=rpb.ReplicationHello(
+                        source_node_id=self.node_id,
+                        source_region=self.region,
+                        target_node_id=self.target.node_id,
+                        topology_revision=self.view.revision,
                     )
-                ),
-                deadline_s,
-            )
-            first = await asyncio.wait_for(call.read(), deadline_s)
-            if first is grpc.aio.EOF or first.WhichOneof("kind") != "ready":
-                raise ConnectionError("target did not answer the hello with ready")
-            sent = first.ready.resume_after_lsn
-            self._ack(sent)
-            self.connected = True
-            self.metrics.replication_connected.labels(*self._labels).set(1)
-            inflight: collections.deque[tuple[int, float]] = collections.deque()
-            window = asyncio.Semaphore(self.limits.replication_inflight_batches_max)
-            reader = asyncio.create_task(self._read_acks(call, inflight, window))
-            try:
-                while True:
-                    if reader.done():
-                        reader.result()
-                        raise ConnectionError("target closed the stream")
-                    batch = self.next_batch(sent)
-                    if batch is None:
-                        self._update_backlog()
-                        await self._wait_for_log_or(reader, inflight, deadline_s)
-                        continue
-                    mutations, through = batch
-                    await self._acquire(window, reader, inflight, deadline_s)
-                    request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
-                    for m in mutations:
-                        codec.mutation_to_pb(m, request.batch.mutations.add())
-                    inflight.append((through, time.monotonic()))
-                    await call.write(request)
-                    self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))
-                    sent = through
-            finally:
-                reader.cancel()
-                call.cancel()
+                )
+            ),
+            deadline_s,
+        )
+        first = await _within(call, call.read(), deadline_s)
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "ready":
+            raise ConnectionError("target did not answer the hello with ready")
+        sent = first.ready.resume_after_lsn
+        self._ack(sent)
+        self.connected = True
+        self.metrics.replication_connected.labels(*self._labels).set(1)
+        inflight: collections.deque[tuple[int, float]] = collections.deque()
+        window = asyncio.Semaphore(self.limits.replication_inflight_batches_max)
+        reader = asyncio.create_task(self._read_acks(call, inflight, window))
+        try:
+            while True:
+                if reader.done():
+                    reader.result()
+                    raise ConnectionError("target closed the stream")
+                batch = self.next_batch(sent)
+                if batch is None:
+                    self._update_backlog()
+                    await self._wait_for_log_or(reader, inflight, deadline_s)
+                    continue
+                mutations, through = batch
+                await self._acquire(window, reader, inflight, deadline_s)
+                request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
+                for m in mutations:
+                    codec.mutation_to_pb(m, request.batch.mutations.add())
+                inflight.append((through, time.monotonic()))
+                await _within(call, call.write(request), deadline_s)
+                self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))
+                sent = through
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
 
     async def _read_acks(
         self,
@@ -263,6 +276,24 @@ class LinkSender:
                 reader.result()
                 raise ConnectionError("target closed the stream")
             self._check_stalled(inflight, deadline_s)
+
+
+async def _within(call: grpc.aio.Call, step: Awaitable[T], timeout_s: float) -> T:
+    """Awaits one step of a call with a timeout. Unlike asyncio.wait_for, a cancellation does not
+    wait for the grpc.aio operation to acknowledge it (it may not): the call itself is cancelled,
+    which fails every pending operation on it."""
+    task = asyncio.ensure_future(step)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        call.cancel()
+        task.cancel()
+        raise
+    if not done:
+        call.cancel()
+        task.cancel()
+        raise TimeoutError(f"no answer from the peer within {timeout_s} s")
+    return task.result()
 
 
 def _describe(exc: BaseException) -> str:
