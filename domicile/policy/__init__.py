@@ -1,8 +1,10 @@
 """Residency policy: the single seam every placement decision goes through.
 
 Write, replication (at both ends) and read all ask a `PlacementPolicy`. This release ships
-`ScopePolicy`, which allows a record where its namespace's configured scope allows it; the
-jurisdiction-aware policy replaces it behind the same interface.
+`ScopePolicy`, which allows a record where its namespace's configured scope allows it, and
+`JurisdictionPolicy` (domicile/policy/engine.py), which decides by the law of the data subject's
+jurisdiction and the facts of a versioned policy pack (domicile/policy/pack.py), behind the same
+interface.
 """
 
 from __future__ import annotations
@@ -32,10 +34,30 @@ class RecordFacts:
 
 @dataclass(frozen=True)
 class Decision:
+    """The answer to "may this region do this with this record?".
+
+    `allowed_regions` lists the configured regions where the same action is allowed in full,
+    for routing. `law` and `basis` name the law and the legal basis or transfer mechanism the
+    decision relied on, `evidence` quotes the policy-pack facts it used (each with the date it
+    was checked and its source), and a non-empty `redacted_fields` means "allowed, with these
+    fields removed" (reads only).
+    """
+
     allowed: bool
     rule: str
     reason: str
     allowed_regions: tuple[str, ...] = ()
+    law: str = ""
+    basis: str = ""
+    evidence: tuple[str, ...] = ()
+    redacted_fields: tuple[str, ...] = ()
+
+    @property
+    def outcome(self) -> str:
+        """allow, redact or refuse."""
+        if not self.allowed:
+            return "refuse"
+        return "redact" if self.redacted_fields else "allow"
 
 
 class PlacementPolicy(Protocol):
