@@ -45,6 +45,9 @@ class CausalContext:
     @staticmethod
     def _compact(vv: dict[str, int], dots: set[Dot]) -> CausalContext:
         vv = {n: c for n, c in vv.items() if c > 0}
+        if not dots:
+            # The common case (in-order delivery): nothing to fold, skip the sort of dots.
+            return CausalContext(dict(sorted(vv.items())), frozenset())
         # Fold dots into the vector while they extend it contiguously.
         for dot in sorted(dots):
             if dot.counter == vv.get(dot.node_id, 0) + 1:

@@ -87,7 +87,8 @@ class Limits:
     commit_batch_records_max: int = 1000
     replication_batch_records_max: int = 500
     replication_batch_bytes_max: int = 4 * 1024 * 1024
-    replication_inflight_batches_max: int = 8
+    # Enough unacknowledged batches to keep a 100 ms round trip busy at thousands of writes/s.
+    replication_inflight_batches_max: int = 32
     request_deadline_default_s: float = 10.0
     rpc_deadline_s: float = 5.0
 

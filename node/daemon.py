@@ -85,6 +85,7 @@ class Node:
             self.clock.now,
             batch_records_max=cfg.limits.commit_batch_records_max,
             queue_records_max=cfg.limits.write_queue_records_max,
+            on_batch=self.metrics.commit_batch_records.observe,
         )
         self.committer.start()
         self.view = TopologyView(self._initial_topology())

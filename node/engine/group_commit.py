@@ -67,6 +67,7 @@ class GroupCommitter:
         batch_records_max: int,
         queue_records_max: int,
         queue_jobs_max: int = QUEUE_JOBS_MAX_DEFAULT,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         for name, value in (
             ("batch_records_max", batch_records_max),
@@ -77,6 +78,8 @@ class GroupCommitter:
                 raise InvalidArgument(f"{name} is {value}; it must be at least 1")
         self.engine = engine
         self._stamp = stamp
+        # Called on the writer thread with the size of every committed batch (metrics).
+        self._on_batch = on_batch
         self.batch_records_max = batch_records_max
         self.queue_records_max = queue_records_max
         self.queue_jobs_max = queue_jobs_max
@@ -218,6 +221,8 @@ class GroupCommitter:
         self.batches_committed += 1
         self.records_committed += sum(not isinstance(r, DomicileError) for r in results)
         self.last_batch_records = len(batch)
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         for item, result in zip(batch, results, strict=True):
             item.waiter.deliver(result)
 
