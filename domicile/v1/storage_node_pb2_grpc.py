@@ -70,7 +70,7 @@ class StorageNodeServiceServicer:
 
     def Put(self, request, context):
         """Writes a value. Acknowledged only once durable. Refused with FAILED_PRECONDITION when this
-        region may not hold the record (the message and the "allowed-regions" trailer name the
+        region may not hold the record (the message and the "domicile-allowed-regions" trailer name the
         regions that may), INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown
         namespace. Nothing is written when a call fails.
         """

@@ -37,7 +37,7 @@ class StorageNodeServiceStub:
     def __new__(cls, channel: _aio.Channel) -> StorageNodeServiceAsyncStub: ...
     Put: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.PutRequest, _storage_node_pb2.PutResponse]
     """Writes a value. Acknowledged only once durable. Refused with FAILED_PRECONDITION when this
-    region may not hold the record (the message and the "allowed-regions" trailer name the
+    region may not hold the record (the message and the "domicile-allowed-regions" trailer name the
     regions that may), INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown
     namespace. Nothing is written when a call fails.
     """
@@ -63,7 +63,7 @@ class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Put: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.PutRequest, _storage_node_pb2.PutResponse]  # type: ignore[assignment]
     """Writes a value. Acknowledged only once durable. Refused with FAILED_PRECONDITION when this
-    region may not hold the record (the message and the "allowed-regions" trailer name the
+    region may not hold the record (the message and the "domicile-allowed-regions" trailer name the
     regions that may), INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown
     namespace. Nothing is written when a call fails.
     """
@@ -92,7 +92,7 @@ class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_storage_node_pb2.PutResponse, _abc.Awaitable[_storage_node_pb2.PutResponse]]:
         """Writes a value. Acknowledged only once durable. Refused with FAILED_PRECONDITION when this
-        region may not hold the record (the message and the "allowed-regions" trailer name the
+        region may not hold the record (the message and the "domicile-allowed-regions" trailer name the
         regions that may), INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown
         namespace. Nothing is written when a call fails.
         """

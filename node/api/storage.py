@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from node.metrics import NodeMetrics
 from node.service import PutCommand, ReadResult, StorageService
 
 T = TypeVar("T")
+log = logging.getLogger("domicile.node.api")
 
 
 async def guarded(
@@ -43,6 +45,16 @@ async def guarded(
         await abort_with(
             context, errors.DeadlineExceeded(f"{method} did not complete within {timeout:.3f} s")
         )
+        raise
+    except asyncio.CancelledError:
+        metrics.rpc_errors.labels(method, "CANCELLED").inc()
+        raise
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        # A bug, not a bad request: counted so the error-ratio alert sees it; gRPC answers INTERNAL.
+        metrics.rpc_errors.labels(method, "INTERNAL").inc()
+        log.exception("%s failed unexpectedly", method)
         raise
     finally:
         metrics.rpc_latency.labels(method).observe(time.perf_counter() - started)
