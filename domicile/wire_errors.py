@@ -1,8 +1,9 @@
-"""The client side of the error table: a failed gRPC call becomes a domain error.
+"""The error table, both ways: domain error -> status for the daemons, status -> domain error for
+the SDK.
 
-The node maps domain errors to status codes (node/api); this is the inverse, used by the SDK so
-that callers handle `domicile.errors` types and never gRPC status codes. A refused placement
-carries the regions that may hold the record in a trailer.
+The node and the coordinator abort calls with status_for; the SDK turns statuses back into
+`domicile.errors` types, so callers never handle gRPC status codes. A refused placement carries
+the regions that may hold the record in a trailer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,28 @@ from domicile.errors import (
 # name is what the proto comment documents, so both are read.
 ALLOWED_REGIONS_KEYS = ("domicile-allowed-regions", "allowed-regions")
 PLACEMENT_RULE_KEY = "domicile-placement-rule"
+
+# The server side: every daemon maps domain errors to status codes with this one table.
+STATUS_BY_ERROR: Mapping[type[DomicileError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    PlacementRefused: grpc.StatusCode.FAILED_PRECONDITION,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    DataCorruption: grpc.StatusCode.DATA_LOSS,
+}
+
+
+def status_for(error: DomicileError) -> grpc.StatusCode:
+    """The status of the most specific class in the table that `error` is an instance of."""
+    for cls in type(error).__mro__:
+        code = STATUS_BY_ERROR.get(cls)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
 
 ERROR_BY_CODE: Mapping[grpc.StatusCode, type[DomicileError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,

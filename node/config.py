@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,3 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     except (InvalidArgument, TypeError) as exc:
         parser.error(str(exc))
     raise AssertionError("unreachable")  # parser.error exits
-
-
-def with_overrides(config: NodeConfig, **changes: Any) -> NodeConfig:
-    return replace(config, **changes)

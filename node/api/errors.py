@@ -1,31 +1,15 @@
-"""The one table that maps domain errors to gRPC status codes for the node's services."""
+"""Ending a node RPC with the status of a domain error (the table is domicile.wire_errors)."""
 
 from __future__ import annotations
 
 import grpc
 
 from domicile import errors
+from domicile.wire_errors import ALLOWED_REGIONS_KEYS, STATUS_BY_ERROR, status_for
 
-ALLOWED_REGIONS_TRAILER = "domicile-allowed-regions"
+__all__ = ["ALLOWED_REGIONS_TRAILER", "STATUS_BY_ERROR", "abort_with", "status_for"]
 
-STATUS_BY_ERROR: dict[type[errors.DomicileError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.PlacementRefused: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.DataCorruption: grpc.StatusCode.DATA_LOSS,
-}
-
-
-def status_for(error: errors.DomicileError) -> grpc.StatusCode:
-    for cls in type(error).__mro__:
-        code = STATUS_BY_ERROR.get(cls)  # type: ignore[call-overload]
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
+ALLOWED_REGIONS_TRAILER = ALLOWED_REGIONS_KEYS[0]
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: errors.DomicileError) -> None:

@@ -230,10 +230,7 @@ class LinkSender:
                 inflight.popleft()
                 window.release()
             self._ack(position)
-            self.signal_ack()
-
-    def signal_ack(self) -> None:
-        self._update_backlog()
+            self._update_backlog()
 
     def _ack(self, position: int) -> None:
         if position > self.acked_lsn:
