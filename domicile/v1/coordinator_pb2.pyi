@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from domicile.v1 import audit_pb2 as _audit_pb2
 from domicile.v1 import record_pb2 as _record_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -209,10 +210,15 @@ class Topology(_message.Message):
     NAMESPACES_FIELD_NUMBER: _builtins.int
     LINKS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    POLICY_PACK_YAML_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Monotonically increasing revision; persisted, so it keeps increasing across restarts."""
     policy_version: _builtins.str
     """Version of the residency policy in force."""
+    policy_pack_yaml: _builtins.str
+    """The residency policy pack in force, as YAML (see deploy/policy/pack.yaml); empty when only
+    the namespace scopes apply.
+    """
     @_builtins.property
     def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Region]:
         """Known regions."""
@@ -238,10 +244,11 @@ class Topology(_message.Message):
         namespaces: _abc.Iterable[Global___Namespace] | None = ...,
         links: _abc.Iterable[Global___Link] | None = ...,
         policy_version: _builtins.str = ...,
+        policy_pack_yaml: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_version", b"policy_version", "regions", b"regions", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_pack_yaml", b"policy_pack_yaml", "policy_version", b"policy_version", "regions", b"regions", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,3 +448,99 @@ class WatchTopologyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTopologyResponse: _TypeAlias = WatchTopologyResponse  # noqa: Y015
+
+@_typing.final
+class ExportAuditHeadRequest(_message.Message):
+    """Request of CoordinatorService.ExportAuditHead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def head(self) -> _audit_pb2.SignedAuditHead:
+        """The head, signed by the node that keeps the log."""
+
+    def __init__(
+        self,
+        *,
+        head: _audit_pb2.SignedAuditHead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAuditHeadRequest: _TypeAlias = ExportAuditHeadRequest  # noqa: Y015
+
+@_typing.final
+class ExportAuditHeadResponse(_message.Message):
+    """Response of CoordinatorService.ExportAuditHead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_SIZE_FIELD_NUMBER: _builtins.int
+    accepted_size: _builtins.int
+    """Entries covered by the head now on record for the region."""
+    def __init__(
+        self,
+        *,
+        accepted_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_size", b"accepted_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAuditHeadResponse: _TypeAlias = ExportAuditHeadResponse  # noqa: Y015
+
+@_typing.final
+class GetAuditHeadRequest(_message.Message):
+    """Request of CoordinatorService.GetAuditHead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """Region name."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditHeadRequest: _TypeAlias = GetAuditHeadRequest  # noqa: Y015
+
+@_typing.final
+class GetAuditHeadResponse(_message.Message):
+    """Response of CoordinatorService.GetAuditHead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    ACCEPTED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    accepted_unix_ms: _builtins.int
+    """When the coordinator accepted it, milliseconds since the Unix epoch."""
+    @_builtins.property
+    def head(self) -> _audit_pb2.SignedAuditHead:
+        """The last head accepted for the region."""
+
+    def __init__(
+        self,
+        *,
+        head: _audit_pb2.SignedAuditHead | None = ...,
+        accepted_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_unix_ms", b"accepted_unix_ms", "head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditHeadResponse: _TypeAlias = GetAuditHeadResponse  # noqa: Y015

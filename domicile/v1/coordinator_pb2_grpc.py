@@ -57,6 +57,16 @@ class CoordinatorServiceStub:
                 request_serializer=domicile_dot_v1_dot_coordinator__pb2.WatchTopologyRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_coordinator__pb2.WatchTopologyResponse.FromString,
                 _registered_method=True)
+        self.ExportAuditHead = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/ExportAuditHead',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.ExportAuditHeadRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.ExportAuditHeadResponse.FromString,
+                _registered_method=True)
+        self.GetAuditHead = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/GetAuditHead',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -95,6 +105,23 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAuditHead(self, request, context):
+        """Records a region's signed audit head. The first head of a region pins its public key; a
+        head signed by another key, with a bad signature, or smaller than the last one accepted is
+        refused with FAILED_PRECONDITION (the log was rewritten or truncated), as is a head of the
+        same size with a different hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuditHead(self, request, context):
+        """Returns the last signed audit head accepted for a region.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +144,16 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.WatchTopology,
                     request_deserializer=domicile_dot_v1_dot_coordinator__pb2.WatchTopologyRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_coordinator__pb2.WatchTopologyResponse.SerializeToString,
+            ),
+            'ExportAuditHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAuditHead,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.ExportAuditHeadRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.ExportAuditHeadResponse.SerializeToString,
+            ),
+            'GetAuditHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditHead,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +267,60 @@ class CoordinatorService:
             '/domicile.v1.CoordinatorService/WatchTopology',
             domicile_dot_v1_dot_coordinator__pb2.WatchTopologyRequest.SerializeToString,
             domicile_dot_v1_dot_coordinator__pb2.WatchTopologyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAuditHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/ExportAuditHead',
+            domicile_dot_v1_dot_coordinator__pb2.ExportAuditHeadRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.ExportAuditHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/GetAuditHead',
+            domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,14 @@ class CoordinatorServiceStub:
     """Streams the topology: first the current one when its revision is greater than
     after_revision, then every later revision. Revisions only increase.
     """
+    ExportAuditHead: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ExportAuditHeadRequest, _coordinator_pb2.ExportAuditHeadResponse]
+    """Records a region's signed audit head. The first head of a region pins its public key; a
+    head signed by another key, with a bad signature, or smaller than the last one accepted is
+    refused with FAILED_PRECONDITION (the log was rewritten or truncated), as is a head of the
+    same size with a different hash.
+    """
+    GetAuditHead: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetAuditHeadRequest, _coordinator_pb2.GetAuditHeadResponse]
+    """Returns the last signed audit head accepted for a region."""
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -69,6 +77,14 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     """Streams the topology: first the current one when its revision is greater than
     after_revision, then every later revision. Revisions only increase.
     """
+    ExportAuditHead: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ExportAuditHeadRequest, _coordinator_pb2.ExportAuditHeadResponse]  # type: ignore[assignment]
+    """Records a region's signed audit head. The first head of a region pins its public key; a
+    head signed by another key, with a bad signature, or smaller than the last one accepted is
+    refused with FAILED_PRECONDITION (the log was rewritten or truncated), as is a head of the
+    same size with a different hash.
+    """
+    GetAuditHead: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetAuditHeadRequest, _coordinator_pb2.GetAuditHeadResponse]  # type: ignore[assignment]
+    """Returns the last signed audit head accepted for a region."""
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The control plane: regions, nodes, their health and the replication links between them.
@@ -111,5 +127,25 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the topology: first the current one when its revision is greater than
         after_revision, then every later revision. Revisions only increase.
         """
+
+    @_abc_1.abstractmethod
+    def ExportAuditHead(
+        self,
+        request: _coordinator_pb2.ExportAuditHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ExportAuditHeadResponse, _abc.Awaitable[_coordinator_pb2.ExportAuditHeadResponse]]:
+        """Records a region's signed audit head. The first head of a region pins its public key; a
+        head signed by another key, with a bad signature, or smaller than the last one accepted is
+        refused with FAILED_PRECONDITION (the log was rewritten or truncated), as is a head of the
+        same size with a different hash.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAuditHead(
+        self,
+        request: _coordinator_pb2.GetAuditHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.GetAuditHeadResponse, _abc.Awaitable[_coordinator_pb2.GetAuditHeadResponse]]:
+        """Returns the last signed audit head accepted for a region."""
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -183,6 +183,7 @@ class RecordVersion(_message.Message):
     CLASSIFICATION_FIELD_NUMBER: _builtins.int
     CHECKSUM_SHA256_FIELD_NUMBER: _builtins.int
     ORIGIN_REGION_FIELD_NUMBER: _builtins.int
+    REDACTED_FIELDS_FIELD_NUMBER: _builtins.int
     value: _builtins.bytes
     """The value; empty for a tombstone."""
     content_type: _builtins.str
@@ -207,6 +208,12 @@ class RecordVersion(_message.Message):
     def dot(self) -> Global___Dot:
         """The write event that produced this version."""
 
+    @_builtins.property
+    def redacted_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fields the residency policy removed from this copy when it was read (for example value and
+        subject_id); empty when nothing was removed. Never set on stored or replicated versions.
+        """
+
     def __init__(
         self,
         *,
@@ -220,10 +227,11 @@ class RecordVersion(_message.Message):
         classification: Global___Classification.ValueType = ...,
         checksum_sha256: _builtins.bytes = ...,
         origin_region: _builtins.str = ...,
+        redacted_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dot", b"dot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum_sha256", b"checksum_sha256", "classification", b"classification", "content_type", b"content_type", "dot", b"dot", "hlc", b"hlc", "origin_region", b"origin_region", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction", "tombstone", b"tombstone", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum_sha256", b"checksum_sha256", "classification", b"classification", "content_type", b"content_type", "dot", b"dot", "hlc", b"hlc", "origin_region", b"origin_region", "redacted_fields", b"redacted_fields", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction", "tombstone", b"tombstone", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

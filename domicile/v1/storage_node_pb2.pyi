@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from domicile.v1 import audit_pb2 as _audit_pb2
 from domicile.v1 import record_pb2 as _record_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -187,10 +188,19 @@ class DeleteRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_JURISDICTION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace name."""
     key: _builtins.str
     """Key."""
+    subject_id: _builtins.str
+    """Subject and jurisdiction of the record, used only when this node holds no version of it
+    (otherwise the tombstone takes them from the versions it deletes). Personal data needs a
+    jurisdiction for the tombstone to be placed and replicated.
+    """
+    subject_jurisdiction: _builtins.str
+    """ISO 3166-1 alpha-2 or ISO 3166-2 code, as in PutRequest."""
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
         """Versions to delete; without it, every version this node holds."""
@@ -201,10 +211,12 @@ class DeleteRequest(_message.Message):
         namespace: _builtins.str = ...,
         key: _builtins.str = ...,
         context: _record_pb2.CausalContext | None = ...,
+        subject_id: _builtins.str = ...,
+        subject_jurisdiction: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "key", b"key", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "key", b"key", "namespace", b"namespace", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -424,6 +436,9 @@ class GetNodeStatusResponse(_message.Message):
     TOMBSTONES_STORED_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    AUDIT_ENTRIES_FIELD_NUMBER: _builtins.int
+    AUDIT_EXPORTED_SIZE_FIELD_NUMBER: _builtins.int
+    COMPLIANCE_VIOLATIONS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id (the writer id in version vectors)."""
     region: _builtins.str
@@ -442,6 +457,12 @@ class GetNodeStatusResponse(_message.Message):
     """Version of the residency policy this node enforces."""
     uptime_seconds: _builtins.float
     """Seconds since the node started."""
+    audit_entries: _builtins.int
+    """Entries in this region's audit log."""
+    audit_exported_size: _builtins.int
+    """Entries covered by the last signed head the coordinator accepted; 0 when none yet."""
+    compliance_violations: _builtins.int
+    """Record copies the last compliance scan found that the policy in force does not allow here."""
     @_builtins.property
     def outbound(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkStatus]:
         """Links this node sends on."""
@@ -464,11 +485,194 @@ class GetNodeStatusResponse(_message.Message):
         tombstones_stored: _builtins.int = ...,
         policy_version: _builtins.str = ...,
         uptime_seconds: _builtins.float = ...,
+        audit_entries: _builtins.int = ...,
+        audit_exported_size: _builtins.int = ...,
+        compliance_violations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "audit_exported_size", b"audit_exported_size", "compliance_violations", b"compliance_violations", "conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetNodeStatusResponse: _TypeAlias = GetNodeStatusResponse  # noqa: Y015
+
+@_typing.final
+class ReadAuditLogRequest(_message.Message):
+    """Request of StorageNodeService.ReadAuditLog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """Start after this entry; 0 for the beginning of the log."""
+    limit: _builtins.int
+    """Entries to return at most; 0 for every entry up to the end of the log."""
+    tail: _builtins.bool
+    """With tail set, return the last `limit` entries instead (after_seq is ignored)."""
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        tail: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadAuditLogRequest: _TypeAlias = ReadAuditLogRequest  # noqa: Y015
+
+@_typing.final
+class ReadAuditLogResponse(_message.Message):
+    """One message of StorageNodeService.ReadAuditLog: a batch of entries; the first message also
+    carries the node's signed head taken before the read.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_audit_pb2.AuditRecord]:
+        """Entries in log order."""
+
+    @_builtins.property
+    def head(self) -> _audit_pb2.SignedAuditHead:
+        """The node's current signed head (first message only)."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_audit_pb2.AuditRecord] | None = ...,
+        head: _audit_pb2.SignedAuditHead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadAuditLogResponse: _TypeAlias = ReadAuditLogResponse  # noqa: Y015
+
+@_typing.final
+class ScanComplianceRequest(_message.Message):
+    """Request of StorageNodeService.ScanCompliance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIOLATIONS_MAX_FIELD_NUMBER: _builtins.int
+    violations_max: _builtins.int
+    """Violations to return at most: 1 to 10000; 0 means 1000. The total is always counted."""
+    def __init__(
+        self,
+        *,
+        violations_max: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["violations_max", b"violations_max"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanComplianceRequest: _TypeAlias = ScanComplianceRequest  # noqa: Y015
+
+@_typing.final
+class ComplianceViolation(_message.Message):
+    """A record copy that the policy in force does not allow where it is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    ORIGIN_REGION_FIELD_NUMBER: _builtins.int
+    CLASSIFICATION_FIELD_NUMBER: _builtins.int
+    SUBJECT_JURISDICTION_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ALLOWED_REGIONS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace."""
+    key: _builtins.str
+    """Key."""
+    region: _builtins.str
+    """Region holding the copy."""
+    origin_region: _builtins.str
+    """Region of the node that accepted the write."""
+    classification: _record_pb2.Classification.ValueType
+    """Classification of the copy."""
+    subject_jurisdiction: _builtins.str
+    """Jurisdiction of the data subject."""
+    rule: _builtins.str
+    """Rule that refuses it, and why."""
+    reason: _builtins.str
+    """The reason, for people."""
+    @_builtins.property
+    def allowed_regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Regions that may hold it."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        key: _builtins.str = ...,
+        region: _builtins.str = ...,
+        origin_region: _builtins.str = ...,
+        classification: _record_pb2.Classification.ValueType = ...,
+        subject_jurisdiction: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        allowed_regions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_regions", b"allowed_regions", "classification", b"classification", "key", b"key", "namespace", b"namespace", "origin_region", b"origin_region", "reason", b"reason", "region", b"region", "rule", b"rule", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComplianceViolation: _TypeAlias = ComplianceViolation  # noqa: Y015
+
+@_typing.final
+class ScanComplianceResponse(_message.Message):
+    """Response of StorageNodeService.ScanCompliance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    VERSIONS_CHECKED_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_TOTAL_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """Region scanned."""
+    policy_version: _builtins.str
+    """Policy version the scan judged by."""
+    versions_checked: _builtins.int
+    """Live record versions checked."""
+    violations_total: _builtins.int
+    """Violations found (all of them, even beyond violations_max)."""
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComplianceViolation]:
+        """The first violations_max violations."""
+
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
+        versions_checked: _builtins.int = ...,
+        violations_total: _builtins.int = ...,
+        violations: _abc.Iterable[Global___ComplianceViolation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_version", b"policy_version", "region", b"region", "versions_checked", b"versions_checked", "violations", b"violations", "violations_total", b"violations_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanComplianceResponse: _TypeAlias = ScanComplianceResponse  # noqa: Y015

@@ -61,6 +61,16 @@ class StorageNodeServiceStub:
                 request_serializer=domicile_dot_v1_dot_storage__node__pb2.GetNodeStatusRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_storage__node__pb2.GetNodeStatusResponse.FromString,
                 _registered_method=True)
+        self.ReadAuditLog = channel.unary_stream(
+                '/domicile.v1.StorageNodeService/ReadAuditLog',
+                request_serializer=domicile_dot_v1_dot_storage__node__pb2.ReadAuditLogRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_storage__node__pb2.ReadAuditLogResponse.FromString,
+                _registered_method=True)
+        self.ScanCompliance = channel.unary_unary(
+                '/domicile.v1.StorageNodeService/ScanCompliance',
+                request_serializer=domicile_dot_v1_dot_storage__node__pb2.ScanComplianceRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_storage__node__pb2.ScanComplianceResponse.FromString,
+                _registered_method=True)
 
 
 class StorageNodeServiceServicer:
@@ -80,7 +90,9 @@ class StorageNodeServiceServicer:
 
     def Get(self, request, context):
         """Reads every live version of a record (several when writes were concurrent) and the causal
-        context that a later Put or Delete passes to supersede them.
+        context that a later Put or Delete passes to supersede them. Refused with
+        FAILED_PRECONDITION when the residency policy forbids serving it from this region, or
+        answered with fields removed (RecordVersion.redacted_fields) where the policy says so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,7 +100,9 @@ class StorageNodeServiceServicer:
 
     def Delete(self, request, context):
         """Deletes a record by writing a tombstone that supersedes the versions in the context
-        (every version this node holds when no context is given).
+        (every version this node holds when no context is given). The tombstone carries the
+        subject, jurisdiction and classification of what it deletes, so that it replicates
+        wherever the record went.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +117,22 @@ class StorageNodeServiceServicer:
 
     def GetNodeStatus(self, request, context):
         """Reports this node's identity, topology revision, store size and replication links.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadAuditLog(self, request, context):
+        """Streams this region's audit log from after_seq, with the node's current signed head.
+        Reading the audit log is itself audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScanCompliance(self, request, context):
+        """Walks this node's store and reports every record copy that the residency policy in force
+        does not allow here. Reports only: nothing is moved or deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +165,16 @@ def add_StorageNodeServiceServicer_to_server(servicer, server):
                     servicer.GetNodeStatus,
                     request_deserializer=domicile_dot_v1_dot_storage__node__pb2.GetNodeStatusRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_storage__node__pb2.GetNodeStatusResponse.SerializeToString,
+            ),
+            'ReadAuditLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadAuditLog,
+                    request_deserializer=domicile_dot_v1_dot_storage__node__pb2.ReadAuditLogRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_storage__node__pb2.ReadAuditLogResponse.SerializeToString,
+            ),
+            'ScanCompliance': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScanCompliance,
+                    request_deserializer=domicile_dot_v1_dot_storage__node__pb2.ScanComplianceRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_storage__node__pb2.ScanComplianceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +314,60 @@ class StorageNodeService:
             '/domicile.v1.StorageNodeService/GetNodeStatus',
             domicile_dot_v1_dot_storage__node__pb2.GetNodeStatusRequest.SerializeToString,
             domicile_dot_v1_dot_storage__node__pb2.GetNodeStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/domicile.v1.StorageNodeService/ReadAuditLog',
+            domicile_dot_v1_dot_storage__node__pb2.ReadAuditLogRequest.SerializeToString,
+            domicile_dot_v1_dot_storage__node__pb2.ReadAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScanCompliance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.StorageNodeService/ScanCompliance',
+            domicile_dot_v1_dot_storage__node__pb2.ScanComplianceRequest.SerializeToString,
+            domicile_dot_v1_dot_storage__node__pb2.ScanComplianceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,16 +43,28 @@ class StorageNodeServiceStub:
     """
     Get: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.GetRequest, _storage_node_pb2.GetResponse]
     """Reads every live version of a record (several when writes were concurrent) and the causal
-    context that a later Put or Delete passes to supersede them.
+    context that a later Put or Delete passes to supersede them. Refused with
+    FAILED_PRECONDITION when the residency policy forbids serving it from this region, or
+    answered with fields removed (RecordVersion.redacted_fields) where the policy says so.
     """
     Delete: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.DeleteRequest, _storage_node_pb2.DeleteResponse]
     """Deletes a record by writing a tombstone that supersedes the versions in the context
-    (every version this node holds when no context is given).
+    (every version this node holds when no context is given). The tombstone carries the
+    subject, jurisdiction and classification of what it deletes, so that it replicates
+    wherever the record went.
     """
     Scan: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.ScanRequest, _storage_node_pb2.ScanResponse]
     """Lists live records of a namespace by key prefix, in key order, one page at a time."""
     GetNodeStatus: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.GetNodeStatusRequest, _storage_node_pb2.GetNodeStatusResponse]
     """Reports this node's identity, topology revision, store size and replication links."""
+    ReadAuditLog: _grpc.UnaryStreamMultiCallable[_storage_node_pb2.ReadAuditLogRequest, _storage_node_pb2.ReadAuditLogResponse]
+    """Streams this region's audit log from after_seq, with the node's current signed head.
+    Reading the audit log is itself audited.
+    """
+    ScanCompliance: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.ScanComplianceRequest, _storage_node_pb2.ScanComplianceResponse]
+    """Walks this node's store and reports every record copy that the residency policy in force
+    does not allow here. Reports only: nothing is moved or deleted.
+    """
 
 @_typing.type_check_only
 class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
@@ -69,16 +81,28 @@ class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
     """
     Get: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.GetRequest, _storage_node_pb2.GetResponse]  # type: ignore[assignment]
     """Reads every live version of a record (several when writes were concurrent) and the causal
-    context that a later Put or Delete passes to supersede them.
+    context that a later Put or Delete passes to supersede them. Refused with
+    FAILED_PRECONDITION when the residency policy forbids serving it from this region, or
+    answered with fields removed (RecordVersion.redacted_fields) where the policy says so.
     """
     Delete: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.DeleteRequest, _storage_node_pb2.DeleteResponse]  # type: ignore[assignment]
     """Deletes a record by writing a tombstone that supersedes the versions in the context
-    (every version this node holds when no context is given).
+    (every version this node holds when no context is given). The tombstone carries the
+    subject, jurisdiction and classification of what it deletes, so that it replicates
+    wherever the record went.
     """
     Scan: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.ScanRequest, _storage_node_pb2.ScanResponse]  # type: ignore[assignment]
     """Lists live records of a namespace by key prefix, in key order, one page at a time."""
     GetNodeStatus: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.GetNodeStatusRequest, _storage_node_pb2.GetNodeStatusResponse]  # type: ignore[assignment]
     """Reports this node's identity, topology revision, store size and replication links."""
+    ReadAuditLog: _aio.UnaryStreamMultiCallable[_storage_node_pb2.ReadAuditLogRequest, _storage_node_pb2.ReadAuditLogResponse]  # type: ignore[assignment]
+    """Streams this region's audit log from after_seq, with the node's current signed head.
+    Reading the audit log is itself audited.
+    """
+    ScanCompliance: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.ScanComplianceRequest, _storage_node_pb2.ScanComplianceResponse]  # type: ignore[assignment]
+    """Walks this node's store and reports every record copy that the residency policy in force
+    does not allow here. Reports only: nothing is moved or deleted.
+    """
 
 class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """The regional storage API. Every node serves it. Every call should carry a deadline;
@@ -104,7 +128,9 @@ class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_storage_node_pb2.GetResponse, _abc.Awaitable[_storage_node_pb2.GetResponse]]:
         """Reads every live version of a record (several when writes were concurrent) and the causal
-        context that a later Put or Delete passes to supersede them.
+        context that a later Put or Delete passes to supersede them. Refused with
+        FAILED_PRECONDITION when the residency policy forbids serving it from this region, or
+        answered with fields removed (RecordVersion.redacted_fields) where the policy says so.
         """
 
     @_abc_1.abstractmethod
@@ -114,7 +140,9 @@ class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_storage_node_pb2.DeleteResponse, _abc.Awaitable[_storage_node_pb2.DeleteResponse]]:
         """Deletes a record by writing a tombstone that supersedes the versions in the context
-        (every version this node holds when no context is given).
+        (every version this node holds when no context is given). The tombstone carries the
+        subject, jurisdiction and classification of what it deletes, so that it replicates
+        wherever the record went.
         """
 
     @_abc_1.abstractmethod
@@ -132,5 +160,25 @@ class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_storage_node_pb2.GetNodeStatusResponse, _abc.Awaitable[_storage_node_pb2.GetNodeStatusResponse]]:
         """Reports this node's identity, topology revision, store size and replication links."""
+
+    @_abc_1.abstractmethod
+    def ReadAuditLog(
+        self,
+        request: _storage_node_pb2.ReadAuditLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_storage_node_pb2.ReadAuditLogResponse], _abc.AsyncIterator[_storage_node_pb2.ReadAuditLogResponse]]:
+        """Streams this region's audit log from after_seq, with the node's current signed head.
+        Reading the audit log is itself audited.
+        """
+
+    @_abc_1.abstractmethod
+    def ScanCompliance(
+        self,
+        request: _storage_node_pb2.ScanComplianceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_node_pb2.ScanComplianceResponse, _abc.Awaitable[_storage_node_pb2.ScanComplianceResponse]]:
+        """Walks this node's store and reports every record copy that the residency policy in force
+        does not allow here. Reports only: nothing is moved or deleted.
+        """
 
 def add_StorageNodeServiceServicer_to_server(servicer: StorageNodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
