@@ -1,0 +1,1 @@
+"""Compliance: the node's tamper-evident audit trail (and, later, its enforcement hooks)."""

@@ -1,0 +1,659 @@
+"""The node's audit log: an append-only hash chain in its own SQLite file.
+
+One writer thread owns the write connection and commits whatever is queued in one durable
+transaction (group commit), so one fsync serves many audited operations. After each batch it
+signs the new head and hands it to `on_head` (which exports it to the coordinator), then tells
+the callers their entries are durable. Readers use their own connections; WAL lets them read
+while the writer commits.
+
+The log fails closed: when the queue is full, or the writer cannot write, record() refuses,
+so that an operation that cannot be audited does not happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from domicile.audit import (
+    GENESIS,
+    HASH_BYTES,
+    SUBJECT_KEY_BYTES_MIN,
+    AuditEntry,
+    SignedHead,
+    StoredEntry,
+    VerifyReport,
+    chain_hash,
+    sign_head,
+    subject_hash,
+    verify_log,
+)
+from domicile.errors import (
+    DataCorruption,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from domicile.hlc import wall_ms
+from domicile.model import check_node_id
+
+log = logging.getLogger("domicile.audit")
+
+SIGNING_KEY_FILE = "audit-signing.key"
+SUBJECT_KEY_FILE = "audit-subject.key"
+SUBJECT_KEY_BYTES = 32
+KEY_FILE_BYTES_MAX = 64 * 1024
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+READ_ENTRIES_MAX = 10_000
+ITER_PAGE_ENTRIES = 1000
+READERS_IDLE_MAX = 4
+CLOSE_TIMEOUT_S = 10.0
+# Failed batches remembered for flush(); older ones were reported to their own callers.
+FAILURES_REMEMBERED_MAX = 64
+
+_SCHEMA = (
+    "CREATE TABLE audit (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, hash BLOB NOT NULL)",
+    # Who owns this file: a node must not continue another node's chain under its own name.
+    "CREATE TABLE audit_info (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+def load_or_create_keys(data_dir: Path) -> tuple[Ed25519PrivateKey, bytes]:
+    """The node's audit signing key (audit-signing.key, PEM PKCS8) and the subject-hash key
+    (audit-subject.key, 32 random bytes), created on first use with mode 0600."""
+    directory = Path(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    pem = _read_or_create(
+        directory / SIGNING_KEY_FILE,
+        lambda: Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+    )
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise FailedPrecondition(
+            f"{SIGNING_KEY_FILE} is not an unencrypted PEM PKCS8 private key ({error}); "
+            "restore it from backup"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise FailedPrecondition(
+            f"{SIGNING_KEY_FILE} holds a {type(key).__name__}; the audit log signs with an Ed25519 key"
+        )
+    subject_key = _read_or_create(
+        directory / SUBJECT_KEY_FILE, lambda: secrets.token_bytes(SUBJECT_KEY_BYTES)
+    )
+    if len(subject_key) != SUBJECT_KEY_BYTES:
+        raise FailedPrecondition(
+            f"{SUBJECT_KEY_FILE} is {len(subject_key)} bytes; it must be {SUBJECT_KEY_BYTES} random bytes"
+        )
+    return key, subject_key
+
+
+def _read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
+    try:
+        return _read_private(path)
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(make())
+            out.flush()
+            os.fsync(out.fileno())
+        # A hard link never replaces a key that another process created meanwhile.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return _read_private(path)
+
+
+def _read_private(path: Path) -> bytes:
+    with path.open("rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise FailedPrecondition(
+                f"{path.name} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
+                "a key file must be mode 0600 (chmod 600)"
+            )
+        data = f.read(KEY_FILE_BYTES_MAX + 1)
+    if len(data) > KEY_FILE_BYTES_MAX:
+        raise FailedPrecondition(f"{path.name} is larger than {KEY_FILE_BYTES_MAX} bytes; it is not a key")
+    return data
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the log --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    index: int  # position in record() order, from 1
+    entry: AuditEntry  # seq 0: numbered by the writer
+    future: asyncio.Future[int]
+
+
+@dataclass(frozen=True)
+class _Failure:
+    first: int
+    last: int
+    error: Unavailable
+
+
+def _consume(future: asyncio.Future[int]) -> None:
+    # Read paths ignore their future; retrieving the error here keeps asyncio from logging it
+    # again (the writer already logged the failed batch).
+    if not future.cancelled():
+        future.exception()
+
+
+def _as_bytes(value: object) -> bytes:
+    # A file edited by hand may hold TEXT or numbers; they must reach the verifier, not crash.
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return str(value).encode("ascii")
+
+
+class AuditLog:
+    """The audit log of one node. start() it on the event loop, record() from that loop,
+    read from any thread, close() when the node stops."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        region: str,
+        node_id: str,
+        signing_key: Ed25519PrivateKey,
+        subject_key: bytes,
+        hlc: Callable[[], int],
+        now_ms: Callable[[], int] = wall_ms,
+        batch_entries_max: int = 1024,
+        queue_entries_max: int = 65536,
+        on_head: Callable[[SignedHead], None] | None = None,
+    ) -> None:
+        if not region:
+            raise InvalidArgument("region is empty; an audit log belongs to one region")
+        check_node_id(node_id)
+        if len(subject_key) < SUBJECT_KEY_BYTES_MIN:
+            raise InvalidArgument(
+                f"subject key is {len(subject_key)} bytes; it must be at least {SUBJECT_KEY_BYTES_MIN}"
+            )
+        for name, value in (
+            ("batch_entries_max", batch_entries_max),
+            ("queue_entries_max", queue_entries_max),
+        ):
+            if value < 1:
+                raise InvalidArgument(f"{name} is {value}; it must be at least 1")
+        self.path = Path(path)
+        if str(self.path) in ("", ":memory:"):
+            raise InvalidArgument(f"audit log path {str(self.path)!r} is not a file path")
+        self.region = region
+        self.node_id = node_id
+        self.batch_entries_max = batch_entries_max
+        self.queue_entries_max = queue_entries_max
+        self._signing_key = signing_key
+        self._subject_key = bytes(subject_key)
+        self._hlc = hlc
+        self._now_ms = now_ms
+        self._on_head = on_head
+
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        # new -> running -> closing -> closed; running -> failed when the writer cannot go on.
+        self._state = "new"
+        self._failure = ""
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None
+
+        # Written by the writer thread only.
+        self._next_seq = 1
+        self._last_hash = GENESIS
+        self.batches_committed = 0
+        self.entries_committed = 0
+
+        # The durable end of the chain and its signed head, shared with readers of head().
+        self._head_lock = threading.Lock()
+        self._durable_size = 0
+        self._durable_hash = GENESIS
+        self._signed: SignedHead | None = None
+
+        # Event-loop side: record() order, settled entries, flush() waiters.
+        self._recorded = 0
+        self._settled = 0
+        self._flushed_through = 0
+        self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._failures: collections.deque[_Failure] = collections.deque(maxlen=FAILURES_REMEMBERED_MAX)
+
+        self._readers_lock = threading.Lock()
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._readers_closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Opens the file, resumes the chain from its last entry and starts the writer thread."""
+        with self._cond:
+            if self._state != "new":
+                raise Unavailable(f"the audit log is {self._state}; create a new AuditLog to start again")
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+        conn = self._connect()
+        try:
+            self._prepare(conn)
+            size, last_hash = _tail(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._next_seq = size + 1
+        self._last_hash = last_hash
+        with self._head_lock:
+            self._durable_size, self._durable_hash = size, last_hash
+        with self._cond:
+            self._state = "running"
+            self._thread = threading.Thread(target=self._writer, name="domicile-audit-writer", daemon=True)
+            self._thread.start()
+        log.info("audit log %s resumed at entry %d", self.path.name, size)
+
+    async def close(self) -> None:
+        """Stops accepting, commits what is queued and stops the writer (waiting at most
+        CLOSE_TIMEOUT_S; entries still queued then are failed)."""
+        with self._cond:
+            if self._state in ("new", "closed"):
+                self._state = "closed"
+                self._close_readers()
+                return
+            if self._state == "running":
+                self._state = "closing"
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join, CLOSE_TIMEOUT_S)
+            if thread.is_alive():
+                log.error("audit writer did not stop within %.0f s (a stuck disk?)", CLOSE_TIMEOUT_S)
+                self._fail_queued("the audit log closed before this entry was written")
+        with self._cond:
+            self._state = "closed"
+        self._close_readers()
+        for _, waiter in self._flush_waiters:
+            if not waiter.done():
+                waiter.set_exception(Unavailable("the audit log closed before every entry was written"))
+        self._flush_waiters.clear()
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def record(
+        self,
+        *,
+        principal: str,
+        action: str,
+        namespace: str = "",
+        key: str = "",
+        subject_id: str = "",
+        decision: str = "",
+        rule: str = "",
+        policy_version: str = "",
+        detail: str = "",
+    ) -> asyncio.Future[int]:
+        """Queues one entry; the future gives its seq once it is durable. Raises
+        ResourceExhausted when queue_entries_max entries wait (nothing is queued then)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("AuditLog.record() must be called on the event loop that started the log")
+        entry = AuditEntry(
+            seq=0,
+            time_ms=self._now_ms(),
+            hlc=self._hlc(),
+            region=self.region,
+            node_id=self.node_id,
+            principal=principal,
+            action=action,
+            namespace=namespace,
+            key=key,
+            subject=subject_hash(self._subject_key, subject_id),
+            decision=decision,
+            rule=rule,
+            policy_version=policy_version,
+            detail=detail,
+        )
+        future: asyncio.Future[int] = loop.create_future()
+        future.add_done_callback(_consume)
+        with self._cond:
+            self._check_accepting()
+            if len(self._queue) >= self.queue_entries_max:
+                raise ResourceExhausted(
+                    f"audit queue is full ({self.queue_entries_max} entries waiting); the operation was "
+                    "not performed because it could not be audited; retry after a short back-off"
+                )
+            self._recorded += 1
+            self._queue.append(_Pending(self._recorded, entry, future))
+            self._cond.notify()
+        return future
+
+    async def flush(self) -> None:
+        """Waits until every entry recorded so far is durable. Raises Unavailable when one of
+        them (not reported by an earlier flush) could not be written."""
+        target = self._recorded
+        if self._settled < target:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._flush_waiters.append((target, waiter))
+            await waiter
+        since = self._flushed_through
+        self._flushed_through = max(since, target)
+        for failure in self._failures:
+            if failure.last > since and failure.first <= target:
+                raise failure.error
+
+    @property
+    def queued_entries(self) -> int:
+        return len(self._queue)
+
+    def _check_accepting(self) -> None:
+        if self._state == "running":
+            return
+        if self._state == "failed":
+            raise Unavailable(
+                f"the audit log cannot write ({self._failure}); the operation was not performed"
+            )
+        state = "not started" if self._state == "new" else "stopped"
+        raise Unavailable(f"the audit log is {state}; the operation was not performed")
+
+    def _writer(self) -> None:
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._commit(batch)
+        except BaseException as error:
+            log.exception("audit writer stopped")
+            self._mark_failed(f"the writer stopped: {error}")
+        finally:
+            self._fail_queued(
+                f"the audit log stopped before this entry was written ({self._failure or 'closed'})"
+            )
+            if self._conn is not None:
+                self._conn.close()
+
+    def _mark_failed(self, reason: str) -> None:
+        with self._cond:
+            if not self._failure:
+                self._failure = reason
+            if self._state == "running":
+                self._state = "failed"
+
+    def _next_batch(self) -> list[_Pending] | None:
+        with self._cond:
+            while not self._queue:
+                if self._state != "running":
+                    return None
+                self._cond.wait()
+            count = min(len(self._queue), self.batch_entries_max)
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise Unavailable("the audit log is not open")
+        first = self._next_seq
+        prev = self._last_hash
+        rows: list[tuple[int, bytes, bytes]] = []
+        for offset, pending in enumerate(batch):
+            body = replace(pending.entry, seq=first + offset).encode()
+            prev = chain_hash(prev, body)
+            rows.append((first + offset, body, prev))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            log.error("audit batch of %d entries from seq %d failed: %s", len(batch), first, error)
+            failure = Unavailable(
+                f"the audit log could not write ({error}); the operation was not performed; retry"
+            )
+            # The file is the truth: continue from whatever it holds now, or stop (failed before
+            # the callers hear of it, so that the next record() already refuses).
+            try:
+                size, last_hash = _tail(conn)
+            except BaseException as tail_error:
+                self._mark_failed(f"the file cannot be read back after a failed write: {tail_error}")
+                self._deliver(batch, first, None, failure)
+                raise
+            self._next_seq, self._last_hash = size + 1, last_hash
+            with self._head_lock:
+                self._durable_size, self._durable_hash = size, last_hash
+            self._deliver(batch, first, None, failure)
+            return
+        size = first + len(batch) - 1
+        self._next_seq, self._last_hash = size + 1, prev
+        self.batches_committed += 1
+        self.entries_committed += len(batch)
+        with self._head_lock:
+            self._durable_size, self._durable_hash = size, prev
+        head = self.head() if self._on_head is not None else None
+        self._deliver(batch, first, head, None)
+
+    def _deliver(
+        self, batch: list[_Pending], first: int, head: SignedHead | None, error: Unavailable | None
+    ) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # A closed loop raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._settle, batch, first, head, error)
+
+    def _settle(
+        self, batch: list[_Pending], first: int, head: SignedHead | None, error: Unavailable | None
+    ) -> None:
+        if head is not None and self._on_head is not None:
+            try:
+                self._on_head(head)
+            except Exception:
+                log.exception("on_head failed for audit head of size %d", head.size)
+        for offset, pending in enumerate(batch):
+            if pending.future.done():
+                continue  # the caller gave up waiting; the entry is written all the same
+            if error is None:
+                pending.future.set_result(first + offset)
+            else:
+                pending.future.set_exception(error)
+        if error is not None:
+            self._failures.append(_Failure(batch[0].index, batch[-1].index, error))
+        self._settled = max(self._settled, batch[-1].index)
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for target, waiter in self._flush_waiters:
+            if target <= self._settled:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((target, waiter))
+        self._flush_waiters = still
+
+    def _fail_queued(self, message: str) -> None:
+        with self._cond:
+            remaining = list(self._queue)
+            self._queue.clear()
+        if remaining:
+            self._deliver(remaining, 0, None, Unavailable(f"{message}; the operation was not performed"))
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Entries durably written (the seq of the last one)."""
+        with self._head_lock:
+            return self._durable_size
+
+    def head(self) -> SignedHead:
+        """The signed head of the durable log; signed once per size."""
+        if self._state == "new":
+            raise Unavailable("the audit log is not started; its head is not known yet")
+        with self._head_lock:
+            signed = self._signed
+            if signed is None or signed.size != self._durable_size or signed.head != self._durable_hash:
+                signed = sign_head(
+                    self._signing_key,
+                    region=self.region,
+                    node_id=self.node_id,
+                    size=self._durable_size,
+                    head=self._durable_hash,
+                    time_ms=self._now_ms(),
+                )
+                self._signed = signed
+            return signed
+
+    def read(self, after_seq: int, limit: int) -> list[StoredEntry]:
+        """Up to `limit` stored entries with seq > after_seq, in seq order."""
+        if after_seq < 0:
+            raise InvalidArgument(f"after_seq is {after_seq}; it must be 0 or a seq of the log")
+        if not 1 <= limit <= READ_ENTRIES_MAX:
+            raise InvalidArgument(f"limit is {limit}; it must be 1..{READ_ENTRIES_MAX}")
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT seq, body, hash FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            ).fetchall()
+        return [StoredEntry(int(seq), _as_bytes(body), _as_bytes(h)) for seq, body, h in rows]
+
+    def iter_all(self) -> Iterator[StoredEntry]:
+        """Every stored entry in seq order, page by page (the log may not fit in memory); stops
+        at the last entry that existed when iteration began."""
+        with self._reader() as conn:
+            (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()
+        after = 0
+        while after < last:
+            page = self.read(after, ITER_PAGE_ENTRIES)
+            if not page:
+                return
+            for entry in page:
+                if entry.seq > last:
+                    return
+                yield entry
+            after = page[-1].seq
+
+    def verify_local(self) -> VerifyReport:
+        """Checks the whole file's chain (no head: damage inside the log, not a rewrite)."""
+        return verify_log(self.iter_all(), None)
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        with self._readers_lock:
+            if self._readers_closed or self._state == "new":
+                state = "not started" if self._state == "new" else "closed"
+                raise Unavailable(f"the audit log is {state}; open it to read")
+            conn = self._idle_readers.pop() if self._idle_readers else None
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+        try:
+            yield conn
+        finally:
+            with self._readers_lock:
+                keep = not self._readers_closed and len(self._idle_readers) < READERS_IDLE_MAX
+                if keep:
+                    self._idle_readers.append(conn)
+            if not keep:
+                conn.close()
+
+    def _close_readers(self) -> None:
+        with self._readers_lock:
+            self._readers_closed = True
+            idle, self._idle_readers = self._idle_readers, []
+        for conn in idle:
+            conn.close()
+
+    # -- file -----------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(journal).lower() != "wal":
+            raise FailedPrecondition(
+                f"cannot put {self.path.name} in WAL mode (got {journal}); use a local file"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO audit_info (name, value) VALUES (?, ?)",
+                    [("region", self.region), ("node_id", self.node_id)],
+                )
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise FailedPrecondition(
+                    f"{self.path.name} has audit schema version {version}; this node reads version "
+                    f"{SCHEMA_VERSION}"
+                )
+            info = dict(conn.execute("SELECT name, value FROM audit_info").fetchall())
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        for name, mine in (("region", self.region), ("node_id", self.node_id)):
+            if info.get(name) != mine:
+                raise FailedPrecondition(
+                    f"{self.path.name} is the audit log of {name} {info.get(name)!r}, not {mine!r}; "
+                    "a node continues only its own audit log"
+                )
+
+
+def _tail(conn: sqlite3.Connection) -> tuple[int, bytes]:
+    """The seq and hash of the last stored entry ((0, GENESIS) when the log is empty)."""
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        return 0, GENESIS
+    seq, last_hash = int(row[0]), _as_bytes(row[1])
+    if len(last_hash) != HASH_BYTES:
+        raise DataCorruption(
+            f"the last audit entry ({seq}) has a {len(last_hash)}-byte hash, not {HASH_BYTES}: the log "
+            "cannot be continued; verify it and restore it from backup"
+        )
+    return seq, last_hash
