@@ -13,7 +13,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.addresses import split_host_port
+from coordinator.api.convert import head_to_bytes, stored_heads
 from coordinator.api.servicer import SERVICE_NAME, CoordinatorServicer
+from coordinator.audit_heads import AcceptedHead, AuditHeadBook
 from coordinator.config import CoordinatorConfig, validate
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
@@ -22,6 +24,7 @@ from coordinator.topology import NodeHealth, Topology
 from coordinator.watch import WatchHub
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
+from domicile.policy.select import policy_for_cluster
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class Coordinator:
         self.cluster: ClusterSpec = load_cluster(config.cluster_config)
         if not self.cluster.regions:
             raise InvalidArgument(f"cluster config {config.cluster_config} configures no regions")
+        # Refuse to start with a policy pack the nodes could not enforce.
+        policy_for_cluster(self.cluster)
         self.heartbeat_interval_ms = (
             self.cluster.heartbeat_interval_ms
             if config.heartbeat_interval_ms is None
@@ -119,8 +124,20 @@ class Coordinator:
                 maximum_concurrent_rpcs=limits.concurrent_rpcs_max,
             )
             self._server = server
+            store = self._store
+            self.audit_heads = AuditHeadBook(
+                self.cluster,
+                stored_heads(store.load_audit_heads()),
+                save=lambda a: store.save_audit_head(
+                    a.head.region, head_to_bytes(a.head), a.accepted_unix_ms
+                ),
+                now_ms=lambda: int(self._wall_clock() * 1000),
+                on_accept=self._on_audit_head,
+            )
+            for accepted in self.audit_heads.all().values():
+                self._on_audit_head(accepted)
             cpb_grpc.add_CoordinatorServiceServicer_to_server(
-                CoordinatorServicer(self._registry, self._hub, self.metrics), server
+                CoordinatorServicer(self._registry, self._hub, self.metrics, self.audit_heads), server
             )
             self._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -186,6 +203,11 @@ class Coordinator:
             except Exception:
                 # A failing disk must not end health checking; the next pass retries.
                 log.exception("health check pass failed")
+
+    def _on_audit_head(self, accepted: AcceptedHead) -> None:
+        region = accepted.head.region
+        self.metrics.audit_head_size.labels(region=region).set(accepted.head.size)
+        self.metrics.audit_head_time.labels(region=region).set(accepted.accepted_unix_ms / 1000.0)
 
     def _on_revision(self, topology: Topology) -> None:
         self._hub.publish(topology)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from coordinator.topology import NodeHealth
 
@@ -37,6 +37,24 @@ class CoordinatorMetrics:
         self.watchers = Gauge(
             "domicile_coordinator_watchers",
             "Open WatchTopology streams",
+            registry=self.registry,
+        )
+        self.audit_head_size = Gauge(
+            "domicile_coordinator_audit_head_size",
+            "Entries covered by the last signed audit head accepted from each region",
+            ["region"],
+            registry=self.registry,
+        )
+        self.audit_head_time = Gauge(
+            "domicile_coordinator_audit_head_timestamp_seconds",
+            "When the last signed audit head of each region was accepted (Unix time)",
+            ["region"],
+            registry=self.registry,
+        )
+        self.audit_heads_refused = Counter(
+            "domicile_coordinator_audit_heads_refused_total",
+            "Signed audit heads refused (bad signature, other key, shrunk or rewritten log)",
+            ["region"],
             registry=self.registry,
         )
         self._server: Any = None

@@ -37,6 +37,7 @@ def cluster_fingerprint(cluster: ClusterSpec) -> str:
     """A digest of everything in the cluster config that the Topology message carries."""
     doc = {
         "policy_version": cluster.policy_version,
+        "policy_pack_sha256": hashlib.sha256(cluster.policy_pack_yaml.encode()).hexdigest(),
         "regions": [[r.name, r.country, r.jurisdiction] for r in cluster.regions],
         "namespaces": [
             [

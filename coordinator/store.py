@@ -33,6 +33,11 @@ CREATE TABLE IF NOT EXISTS nodes (
     health INTEGER NOT NULL,
     last_heartbeat_unix_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_heads (
+    region TEXT PRIMARY KEY,
+    head BLOB NOT NULL,
+    accepted_unix_ms INTEGER NOT NULL
+);
 """
 
 
@@ -125,6 +130,20 @@ class CoordinatorStore:
                 "UPDATE nodes SET last_heartbeat_unix_ms = ? WHERE node_id = ?",
                 [(n.last_heartbeat_unix_ms, n.node_id) for n in nodes],
             )
+
+    def save_audit_head(self, region: str, head: bytes, accepted_unix_ms: int) -> None:
+        """Stores a region's last accepted signed head (serialized SignedAuditHead)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO audit_heads (region, head, accepted_unix_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT(region) DO UPDATE SET head = excluded.head, "
+                "accepted_unix_ms = excluded.accepted_unix_ms",
+                (region, head, accepted_unix_ms),
+            )
+
+    def load_audit_heads(self) -> dict[str, tuple[bytes, int]]:
+        rows = self._db.execute("SELECT region, head, accepted_unix_ms FROM audit_heads").fetchall()
+        return {str(r): (bytes(h), int(t)) for r, h, t in rows}
 
     def _put_meta(self, key: str, value: str) -> None:
         self._db.execute(

@@ -47,6 +47,11 @@ class ClusterSpec:
     regions: tuple[RegionSpec, ...] = ()
     namespaces: tuple[NamespaceSpec, ...] = ()
     policy_version: str = "scope-v1"
+    # The residency policy pack (YAML text, see deploy/policy/pack.yaml) and where it was read
+    # from; empty when only the namespace scopes apply. Kept as text so that the coordinator can
+    # distribute exactly what it validated; domicile.policy.select parses it.
+    policy_pack_yaml: str = ""
+    policy_pack_source: str = ""
     heartbeat_interval_ms: int = 1000
     missed_heartbeats_max: int = 3
     _by_name: Mapping[str, NamespaceSpec] = field(default_factory=dict, compare=False, repr=False)
@@ -77,7 +82,36 @@ def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
     return mapping[key]
 
 
-def parse_cluster(data: Mapping[str, Any], source: str = "cluster config") -> ClusterSpec:
+def _policy_pack(data: Mapping[str, Any], source: str, base_dir: Path | None) -> tuple[str, str]:
+    """Reads the file named by `policy_pack` (relative to the cluster config's directory)."""
+    ref = data.get("policy_pack")
+    if ref is None:
+        return "", ""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidArgument(f"{source}: policy_pack must be the path of a policy pack YAML file")
+    path = Path(ref)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidArgument(f"{source}: policy_pack {ref}: cannot read {path}: {exc.strerror}") from None
+    return text, str(path)
+
+
+def _pack_version(text: str, source: str) -> str:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"policy pack {source} is not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping) or not data.get("version"):
+        raise InvalidArgument(f"policy pack {source}: missing required field 'version'")
+    return str(data["version"])
+
+
+def parse_cluster(
+    data: Mapping[str, Any], source: str = "cluster config", base_dir: Path | None = None
+) -> ClusterSpec:
     """Builds a ClusterSpec from parsed YAML, naming the field at fault on any error."""
     if not isinstance(data, Mapping):
         raise InvalidArgument(f"{source}: expected a mapping at the top level")
@@ -128,10 +162,20 @@ def parse_cluster(data: Mapping[str, Any], source: str = "cluster config") -> Cl
     if len({n.name for n in namespaces}) != len(namespaces):
         raise InvalidArgument(f"{source}: namespace names must be unique")
     coordinator = data.get("coordinator") or {}
+    pack_yaml, pack_source = _policy_pack(data, source, base_dir)
+    # The version nodes report and the audit trail records: the pack's own version, prefixed
+    # with the cluster's policy_version when both are given (the scopes are policy too).
+    version = str(data.get("policy_version") or "")
+    if pack_yaml:
+        pack_version = _pack_version(pack_yaml, pack_source)
+        version = f"{version}/{pack_version}" if version else pack_version
+    version = version or "scope-v1"
     return ClusterSpec(
         regions=tuple(regions),
         namespaces=tuple(namespaces),
-        policy_version=str(data.get("policy_version", "scope-v1")),
+        policy_version=version,
+        policy_pack_yaml=pack_yaml,
+        policy_pack_source=pack_source,
         heartbeat_interval_ms=int(coordinator.get("heartbeat_interval_ms", 1000)),
         missed_heartbeats_max=int(coordinator.get("missed_heartbeats_max", 3)),
     )
@@ -145,4 +189,4 @@ def load_cluster(path: str | Path) -> ClusterSpec:
         raise InvalidArgument(f"cluster config {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise InvalidArgument(f"cluster config {path} is not valid YAML: {exc}") from None
-    return parse_cluster(data, str(path))
+    return parse_cluster(data, str(path), path.parent)

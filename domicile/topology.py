@@ -65,6 +65,8 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
             for n in msg.namespaces
         ),
         policy_version=msg.policy_version,
+        policy_pack_yaml=msg.policy_pack_yaml,
+        policy_pack_source="coordinator" if msg.policy_pack_yaml else "",
     )
     nodes = tuple(
         NodeInfo(
@@ -84,7 +86,7 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
 
 
 def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
-    """Fills the regions, namespaces and policy version of a Topology message."""
+    """Fills the regions, namespaces, policy version and policy pack of a Topology message."""
     for r in cluster.regions:
         out.regions.add(name=r.name, country=r.country, jurisdiction=r.jurisdiction)
     for n in cluster.namespaces:
@@ -99,3 +101,4 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
         )
         setattr(msg, "global", n.is_global)
     out.policy_version = cluster.policy_version
+    out.policy_pack_yaml = cluster.policy_pack_yaml

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from coordinator.audit_heads import AcceptedHead
 from coordinator.topology import Topology
+from domicile import audit_wire
+from domicile.audit import SignedHead
 from domicile.topology import cluster_to_pb
+from domicile.v1 import audit_pb2 as apb
 from domicile.v1 import coordinator_pb2 as cpb
+
+
+def head_to_bytes(head: SignedHead) -> bytes:
+    msg = apb.SignedAuditHead()
+    audit_wire.head_to_pb(head, msg)
+    return msg.SerializeToString()
+
+
+def head_from_bytes(data: bytes) -> SignedHead:
+    return audit_wire.head_from_pb(apb.SignedAuditHead.FromString(data))
+
+
+def stored_heads(rows: dict[str, tuple[bytes, int]]) -> dict[str, AcceptedHead]:
+    return {region: AcceptedHead(head_from_bytes(raw), ms) for region, (raw, ms) in rows.items()}
 
 
 def topology_to_pb(topology: Topology) -> cpb.Topology:

@@ -11,11 +11,13 @@ import grpc
 
 from coordinator.api.convert import topology_to_pb
 from coordinator.api.errors import status_for
+from coordinator.audit_heads import AuditHeadBook
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.topology import Topology
 from coordinator.watch import WatchHub
-from domicile.errors import DomicileError
+from domicile import audit_wire
+from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 
@@ -27,8 +29,11 @@ SERVICE_NAME: str = cpb.DESCRIPTOR.services_by_name["CoordinatorService"].full_n
 
 
 class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
-    def __init__(self, registry: Registry, hub: WatchHub, metrics: CoordinatorMetrics) -> None:
+    def __init__(
+        self, registry: Registry, hub: WatchHub, metrics: CoordinatorMetrics, heads: AuditHeadBook
+    ) -> None:
         self._registry = registry
+        self._heads = heads
         self._hub = hub
         self._metrics = metrics
         # Every watcher is sent the same Topology object per revision; convert it once.
@@ -86,6 +91,31 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
                 pending = await watcher.next()
         finally:
             self._hub.unsubscribe(watcher)
+
+    async def ExportAuditHead(
+        self, request: cpb.ExportAuditHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.ExportAuditHeadResponse:
+        def accept() -> int:
+            if not request.HasField("head"):
+                raise InvalidArgument("an ExportAuditHead request needs a head")
+            head = audit_wire.head_from_pb(request.head)
+            try:
+                return self._heads.accept(head)
+            except FailedPrecondition:
+                self._metrics.audit_heads_refused.labels(region=head.region).inc()
+                log.error("refused audit head of region %s at size %d", head.region, head.size)
+                raise
+
+        size = await self._unary("ExportAuditHead", context, accept)
+        return cpb.ExportAuditHeadResponse(accepted_size=size)
+
+    async def GetAuditHead(
+        self, request: cpb.GetAuditHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.GetAuditHeadResponse:
+        accepted = await self._unary("GetAuditHead", context, lambda: self._heads.get(request.region))
+        response = cpb.GetAuditHeadResponse(accepted_unix_ms=accepted.accepted_unix_ms)
+        audit_wire.head_to_pb(accepted.head, response.head)
+        return response
 
     async def _unary(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], T]

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from domicile.cluster import load_cluster
 from domicile.model import Classification, ConflictMode
-from domicile.policy import Action, RecordFacts, ScopePolicy
+from domicile.policy import Action, RecordFacts
+from domicile.policy.pack import load_pack
+from domicile.policy.select import LayeredPolicy, policy_for_cluster
 
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cluster.yaml"
 
@@ -33,18 +35,13 @@ def test_the_sample_namespaces_and_their_scopes():
     assert instruments.classification is Classification.PUBLIC
     assert instruments.owner == "market-data"
     assert instruments.retention_class == "reference_data"
-    expected = {
-        "customers_eu": ("eu-west-1", "eu-central-1"),
-        "customers_us": ("us-east-1", "us-west-2"),
-        "customers_jp": ("ap-northeast-1",),
-        "customers_br": ("sa-east-1",),
-    }
-    for name, regions in expected.items():
+    for name, classification in (
+        ("customers", Classification.PERSONAL),
+        ("trades", Classification.FINANCIAL),
+    ):
         spec = cluster.namespace(name)
-        assert spec.regions == regions and not spec.is_global
-        assert spec.classification is Classification.PERSONAL
+        assert spec.is_global and spec.classification is classification
         assert spec.conflict_mode is ConflictMode.SIBLINGS
-    assert cluster.namespace("customers_eu").conflict_mode is ConflictMode.SIBLINGS
     trades = cluster.namespace("trades_eu")
     assert trades.classification is Classification.FINANCIAL
     assert trades.regions == ("eu-west-1", "eu-central-1")
@@ -52,10 +49,35 @@ def test_the_sample_namespaces_and_their_scopes():
         assert spec.owner and spec.retention_class and spec.description, spec.name
 
 
-def test_eu_personal_data_may_not_be_stored_outside_the_eu():
-    policy = ScopePolicy(load_cluster(SAMPLE))
-    facts = RecordFacts("customers_eu", Classification.PERSONAL, "c-1", "DE")
-    allowed = [
-        r for r in load_cluster(SAMPLE).region_names() if policy.decide(facts, r, Action.STORE).allowed
+def test_the_sample_enforces_the_shipped_policy_pack():
+    cluster = load_cluster(SAMPLE)
+    pack = load_pack(SAMPLE.parent / "policy" / "pack.yaml")
+    assert cluster.policy_version == pack.version
+    assert isinstance(policy_for_cluster(cluster), LayeredPolicy)
+
+
+def store_regions(namespace: str, jurisdiction: str) -> list[str]:
+    cluster = load_cluster(SAMPLE)
+    policy = policy_for_cluster(cluster)
+    facts = RecordFacts(namespace, cluster.namespace(namespace).classification, "c-1", jurisdiction)
+    return [r for r in cluster.region_names() if policy.decide(facts, r, Action.STORE).allowed]
+
+
+def test_a_customer_is_stored_where_the_law_of_their_jurisdiction_allows():
+    # GDPR: the EEA, adequate countries (Japan; Brazil while its decision is switched on) and
+    # DPF-certified recipients (us-east-1 in the sample). PIPL: nowhere outside China.
+    assert store_regions("customers", "DE") == [
+        "us-east-1",
+        "eu-west-1",
+        "eu-central-1",
+        "ap-northeast-1",
+        "sa-east-1",
     ]
-    assert allowed == ["eu-west-1", "eu-central-1"]
+    assert store_regions("customers", "CN") == []
+    assert "us-east-1" not in store_regions("customers", "JP")
+
+
+def test_a_scope_narrows_what_the_law_allows():
+    assert store_regions("trades_eu", "DE") == ["eu-west-1", "eu-central-1"]
+    assert store_regions("trades_eu", "US-CA") == ["eu-west-1", "eu-central-1"]
+    assert store_regions("trades_eu", "CN") == []

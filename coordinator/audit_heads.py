@@ -1,0 +1,93 @@
+"""The coordinator's record of every region's signed audit head.
+
+A region's audit log lives in the region; its signed heads live here, out of the region's
+control. The first head of a region pins the region's node and public key. After that a head is
+accepted only when it is validly signed by that key and extends what is on record: a smaller
+size means the log was truncated, the same size with another hash means it was rewritten.
+(A hash chain cannot prove that a longer head extends the shorter one; `domicile audit verify`
+checks that by recomputing the chain against the head on record.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from domicile.audit import SignedHead
+from domicile.cluster import ClusterSpec
+from domicile.errors import FailedPrecondition, InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AcceptedHead:
+    head: SignedHead
+    accepted_unix_ms: int
+
+
+class AuditHeadBook:
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        stored: dict[str, AcceptedHead],
+        save: Callable[[AcceptedHead], None],
+        now_ms: Callable[[], int],
+        on_accept: Callable[[AcceptedHead], None] = lambda h: None,
+    ) -> None:
+        self._regions = set(cluster.region_names())
+        self._heads = dict(stored)
+        self._save = save
+        self._now_ms = now_ms
+        self._on_accept = on_accept
+
+    def accept(self, head: SignedHead) -> int:
+        """Records the head; returns the size now on record for its region."""
+        if head.region not in self._regions:
+            raise InvalidArgument(
+                f"audit head names unknown region {head.region!r}; configured regions: "
+                f"{', '.join(sorted(self._regions))}"
+            )
+        if not head.signature_valid():
+            raise FailedPrecondition(
+                f"audit head of region {head.region} at size {head.size} has an invalid signature"
+            )
+        previous = self._heads.get(head.region)
+        if previous is not None:
+            old = previous.head
+            if head.node_id != old.node_id or head.public_key != old.public_key:
+                raise FailedPrecondition(
+                    f"audit head of region {head.region} is signed by node {head.node_id} with a key "
+                    f"that is not the one on record (node {old.node_id}); a region's log keeps its key"
+                )
+            if head.size < old.size:
+                raise FailedPrecondition(
+                    f"audit log of region {head.region} shrank from {old.size} to {head.size} "
+                    "entries: it was truncated or rewritten"
+                )
+            if head.size == old.size:
+                if head.head != old.head:
+                    raise FailedPrecondition(
+                        f"audit log of region {head.region} has {head.size} entries but ends in a "
+                        "different hash than the head on record: it was rewritten"
+                    )
+                return old.size
+        accepted = AcceptedHead(head, self._now_ms())
+        self._save(accepted)
+        self._heads[head.region] = accepted
+        self._on_accept(accepted)
+        return head.size
+
+    def get(self, region: str) -> AcceptedHead:
+        accepted = self._heads.get(region)
+        if accepted is None:
+            if region not in self._regions:
+                raise NotFound(
+                    f"unknown region {region!r}; configured regions: {', '.join(sorted(self._regions))}"
+                )
+            raise NotFound(f"region {region} has not exported an audit head yet")
+        return accepted
+
+    def all(self) -> dict[str, AcceptedHead]:
+        return dict(self._heads)

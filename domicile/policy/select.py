@@ -1,0 +1,66 @@
+"""Which policy a cluster enforces: the namespace scopes alone, or the scopes and the
+jurisdiction rules of a policy pack together.
+
+With a pack, a record may be held in a region only when both allow it: the namespace scope is
+the operator's choice of where a dataset lives, the pack is the law. A refusal names the layer
+that refused; `allowed_regions` is what both allow, so routing never lands on a region that
+would refuse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import yaml
+
+from domicile.cluster import ClusterSpec
+from domicile.errors import InvalidArgument
+from domicile.policy import Decision, PlacementPolicy, RecordFacts, ScopePolicy
+from domicile.policy.engine import JurisdictionPolicy
+from domicile.policy.pack import parse_pack
+from domicile.policy.pack_model import PolicyPack
+
+
+class LayeredPolicy:
+    """Namespace scope first, then the law of the subject's jurisdiction."""
+
+    def __init__(self, scope: ScopePolicy, law: JurisdictionPolicy, version: str) -> None:
+        self.scope = scope
+        self.law = law
+        self.version = version
+
+    def decide(self, facts: RecordFacts, region: str, action: str) -> Decision:
+        scoped = self.scope.decide(facts, region, action)
+        lawful = self.law.decide(facts, region, action)
+        both = tuple(r for r in lawful.allowed_regions if r in scoped.allowed_regions)
+        if not scoped.allowed:
+            return dataclasses.replace(scoped, allowed_regions=both)
+        return dataclasses.replace(lawful, allowed_regions=both)
+
+
+@functools.lru_cache(maxsize=8)
+def _pack(text: str, source: str) -> PolicyPack:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"policy pack {source} is not valid YAML: {exc}") from None
+    return parse_pack(data, source)
+
+
+def pack_of(cluster: ClusterSpec) -> PolicyPack | None:
+    """The cluster's parsed policy pack, or None when it has none (raises InvalidArgument when
+    the pack is malformed)."""
+    if not cluster.policy_pack_yaml:
+        return None
+    return _pack(cluster.policy_pack_yaml, cluster.policy_pack_source or "policy pack")
+
+
+def policy_for_cluster(cluster: ClusterSpec) -> PlacementPolicy:
+    """The policy the cluster's configuration asks for; raises InvalidArgument when its pack is
+    malformed or disagrees with the cluster's regions."""
+    scope = ScopePolicy(cluster)
+    pack = pack_of(cluster)
+    if pack is None:
+        return scope
+    return LayeredPolicy(scope, JurisdictionPolicy.for_cluster(pack, cluster), cluster.policy_version)
