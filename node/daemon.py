@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from domicile import errors
+from domicile.audit import SignedHead
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.hlc import HybridClock
 from domicile.topology import Topology, topology_from_pb
@@ -25,6 +26,10 @@ from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
+from node.compliance.audit_log import AuditLog, load_or_create_keys
+from node.compliance.enforcer import Audit, Enforcer
+from node.compliance.head_export import HeadExporter
+from node.compliance.scanner import ScanReport, scan_store
 from node.config import NodeConfig, split_host_port
 from node.coordinator_link import CoordinatorLink
 from node.engine.base import StorageEngine
@@ -89,12 +94,36 @@ class Node:
         )
         self.committer.start()
         self.view = TopologyView(self._initial_topology())
+        backoff = BackoffPolicy(cfg.reconnect_delay_s, cfg.reconnect_delay_max_s)
+        self.exporter = HeadExporter(
+            coordinator=cfg.coordinator,
+            metrics=self.metrics,
+            backoff=backoff,
+            rpc_deadline_s=cfg.limits.rpc_deadline_s,
+            rng=random.Random(self.rng.random()),
+        )
+        signing_key, subject_key = load_or_create_keys(Path(cfg.data_dir))
+        self.audit = AuditLog(
+            Path(cfg.data_dir) / "audit.sqlite3",
+            region=cfg.region,
+            node_id=cfg.node_id,
+            signing_key=signing_key,
+            subject_key=subject_key,
+            hlc=self.clock.now,
+            on_head=self._on_audit_head,
+        )
+        self.audit.start()
+        self.metrics.audit_entries.set(self.audit.size)
+        self.enforcer = Enforcer(region=cfg.region, view=self.view, metrics=self.metrics, audit=self.audit)
+        self._scan_lock = asyncio.Lock()
+        self.last_scan: ScanReport | None = None
         self.service = StorageService(
             node_id=cfg.node_id,
             region=cfg.region,
             engine=self.engine,
             committer=self.committer,
             view=self.view,
+            enforcer=self.enforcer,
             limits=cfg.limits,
             metrics=self.metrics,
             on_committed=self.signal.notify,
@@ -105,16 +134,17 @@ class Node:
             engine=self.engine,
             committer=self.committer,
             view=self.view,
+            enforcer=self.enforcer,
             clock=self.clock,
             metrics=self.metrics,
         )
-        backoff = BackoffPolicy(cfg.reconnect_delay_s, cfg.reconnect_delay_max_s)
         self.replication = ReplicationManager(
             node_id=cfg.node_id,
             region=cfg.region,
             engine=self.engine,
             committer=self.committer,
             view=self.view,
+            enforcer=self.enforcer,
             metrics=self.metrics,
             limits=cfg.limits,
             signal=self.signal,
@@ -124,7 +154,9 @@ class Node:
         )
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        spb_grpc.add_StorageNodeServiceServicer_to_server(StorageServicer(self.service, self.status), server)
+        spb_grpc.add_StorageNodeServiceServicer_to_server(
+            StorageServicer(self.service, self.status, self.audit, self.compliance_scan), server
+        )
         rpb_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(self.receiver), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -162,6 +194,9 @@ class Node:
         )
         self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
+        self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
+        self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
+        self.exporter.offer(self.audit.head())
         self.metrics.topology_revision.set(self.view.revision)
         self._running = True
         log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
@@ -171,10 +206,71 @@ class Node:
             engine.put_meta(TOPOLOGY_META, raw)
 
         await self.committer.run(persist)
+        before = self.view.policy.version
         if self.view.replace(topology):
             self.metrics.topology_revision.set(topology.revision)
             self.replication.apply(topology)
             log.info("topology revision %d adopted", topology.revision)
+            if self.view.policy.version != before:
+                await self._policy_changed(before)
+
+    async def _policy_changed(self, before: str) -> None:
+        """Audits the change and scans the store against the new policy: after a tightening the
+        scan reports (and the violations gauge shows) what may no longer stay; nothing moves."""
+        after = self.view.policy.version
+        log.info("residency policy changed from %s to %s; scanning the store", before, after)
+        await self.enforcer.event(
+            Audit.POLICY_CHANGE, principal="node:" + self.config.node_id, detail=f"from={before} to={after}"
+        )
+        self._tasks.append(asyncio.create_task(self._scan_after_change(), name="policy-scan"))
+
+    async def _scan_after_change(self) -> None:
+        try:
+            await self.compliance_scan(0, "node:" + self.config.node_id)
+        except Exception:
+            log.exception("compliance scan after the policy change failed")
+
+    def _on_audit_head(self, head: SignedHead) -> None:
+        self.metrics.audit_entries.set(head.size)
+        self.exporter.offer(head)
+
+    async def _verify_audit_log(self) -> None:
+        report = await asyncio.to_thread(self.audit.verify_local)
+        self.metrics.audit_chain_valid.set(1 if report.ok else 0)
+        if report.ok:
+            log.info("audit log verified: %d entries", report.entries_checked)
+            return
+        for problem in report.problems:
+            log.error("audit log damaged: %s (entry %d): %s", problem.kind, problem.seq, problem.message)
+
+    async def compliance_scan(self, violations_max: int, principal: str) -> ScanReport:
+        """Judges every record copy here by the policy in force; one scan at a time."""
+        async with self._scan_lock:
+            policy, cluster = self.view.policy, self.view.topology.cluster
+            report = await asyncio.to_thread(
+                scan_store,
+                self.engine,
+                policy,
+                cluster,
+                self.config.region,
+                violations_max=violations_max or 1000,
+            )
+            self.last_scan = report
+            self.metrics.compliance_violations.set(report.violations_total)
+            self.metrics.compliance_scanned_versions.set(report.versions_checked)
+            self.metrics.compliance_scan_time.set(time.time())
+            await self.enforcer.event(
+                Audit.COMPLIANCE_SCAN,
+                principal=principal,
+                detail=f"checked={report.versions_checked} violations={report.violations_total}",
+            )
+            if report.violations_total:
+                log.warning(
+                    "compliance scan: %d record copies here are not allowed by policy %s",
+                    report.violations_total,
+                    report.policy_version,
+                )
+            return report
 
     async def _refresh_gauges(self) -> None:
         while True:
@@ -199,6 +295,9 @@ class Node:
             conflicts_total=self.service.conflicts_total,
             policy_version=self.view.policy.version,
             uptime_seconds=time.monotonic() - self._started,
+            audit_entries=self.audit.size,
+            audit_exported_size=self.exporter.exported_size,
+            compliance_violations=self.last_scan.violations_total if self.last_scan else 0,
         )
         for target, sender in sorted(self.replication.senders.items()):
             response.outbound.add(
@@ -233,6 +332,7 @@ class Node:
         if self._server is not None:
             await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)
         await _bounded("writer stop", self.committer.stop(), 10.0)
+        await _bounded("audit log close", self.audit.close(), 10.0)
         self.engine.close()
         self.metrics.close()
         log.info("node %s stopped", self.config.node_id)

@@ -118,6 +118,51 @@ class NodeMetrics:
             ["namespace", "rule"],
             registry=r,
         )
+        self.policy_decisions = Counter(
+            "domicile_policy_decisions_total",
+            "Residency decisions by action (store, replicate, read), result (allow, redact, "
+            "refuse) and the rule that decided.",
+            ["action", "result", "rule"],
+            registry=r,
+        )
+        self.compliance_violations = Gauge(
+            "domicile_compliance_violations",
+            "Record copies here that the policy in force does not allow, as of the last scan.",
+            registry=r,
+        )
+        self.compliance_scanned_versions = Gauge(
+            "domicile_compliance_scanned_versions",
+            "Live record versions the last compliance scan checked.",
+            registry=r,
+        )
+        self.compliance_scan_time = Gauge(
+            "domicile_compliance_last_scan_timestamp_seconds",
+            "When the last compliance scan finished (Unix time).",
+            registry=r,
+        )
+        self.audit_entries = Gauge(
+            "domicile_audit_entries", "Entries in this region's audit log.", registry=r
+        )
+        self.audit_exported_size = Gauge(
+            "domicile_audit_exported_size",
+            "Entries covered by the last signed head the coordinator accepted.",
+            registry=r,
+        )
+        self.audit_exported_time = Gauge(
+            "domicile_audit_exported_timestamp_seconds",
+            "When the coordinator last accepted a signed head (Unix time).",
+            registry=r,
+        )
+        self.audit_export_refused = Counter(
+            "domicile_audit_export_refused_total",
+            "Signed heads the coordinator refused (the log was rewritten, truncated or re-keyed).",
+            registry=r,
+        )
+        self.audit_chain_valid = Gauge(
+            "domicile_audit_chain_valid",
+            "1 when the audit log verified at start-up, 0 when it did not.",
+            registry=r,
+        )
         self.records_stored = Gauge("domicile_records_stored", "Keys with a live version.", registry=r)
         self.tombstones_stored = Gauge(
             "domicile_tombstones_stored", "Keys whose versions are all tombstones.", registry=r

@@ -3,8 +3,10 @@ The gRPC servicer (node/api/storage.py) only translates to and from this."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +23,8 @@ from domicile.model import (
     check_namespace_name,
     check_value,
 )
-from domicile.policy import Action, RecordFacts
+from domicile.policy import Action, Decision, RecordFacts
+from node.compliance.enforcer import Audit, Enforcer
 from node.engine.base import Committed, LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
@@ -38,6 +41,18 @@ class PutCommand:
     subject_id: str = ""
     subject_jurisdiction: str = ""
     classification: Classification = Classification.UNSPECIFIED
+    principal: str = ""
+
+
+@dataclass(frozen=True)
+class DeleteCommand:
+    namespace: str
+    key: str
+    context: CausalContext | None = None
+    # Used only when this node holds no version of the key (see facts_for_delete).
+    subject_id: str = ""
+    subject_jurisdiction: str = ""
+    principal: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,8 @@ class ReadResult:
     found: bool
     versions: tuple[Version, ...]
     context: CausalContext
+    # Per version, the fields the policy removed from this answer (empty when none).
+    redacted: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class StorageService:
         engine: StorageEngine,
         committer: GroupCommitter,
         view: TopologyView,
+        enforcer: Enforcer,
         limits: Limits,
         metrics: NodeMetrics,
         on_committed: Callable[[], None] = lambda: None,
@@ -71,6 +89,7 @@ class StorageService:
         self.engine = engine
         self.committer = committer
         self.view = view
+        self.enforcer = enforcer
         self.limits = limits
         self.metrics = metrics
         # Wakes the replication senders: the change log has grown.
@@ -94,8 +113,14 @@ class StorageService:
             )
         return requested
 
-    def _check_placement(self, spec: NamespaceSpec, facts: RecordFacts) -> None:
-        decision = self.view.policy.decide(facts, self.region, Action.STORE)
+    def _check_placement(
+        self, spec: NamespaceSpec, facts: RecordFacts, key: str, audit_action: str, principal: str
+    ) -> asyncio.Future[int] | None:
+        """Refuses (audited) when this region may not hold the record; returns the audit entry
+        of the allowed decision, which the caller awaits with the commit."""
+        decision, entry = self.enforcer.decide(
+            facts, Action.STORE, audit_action=audit_action, principal=principal, key=key
+        )
         if not decision.allowed:
             self.metrics.placement_refused.labels(spec.name, decision.rule).inc()
             raise errors.PlacementRefused(
@@ -103,6 +128,17 @@ class StorageService:
                 decision.allowed_regions,
                 decision.rule,
             )
+        return entry
+
+    async def _commit(self, write: LocalWrite, entry: asyncio.Future[int] | None) -> Committed:
+        # The write and its audit entry become durable together before the caller is answered;
+        # the two stores commit in parallel.
+        if entry is None:
+            committed = await self.committer.submit(write)
+        else:
+            committed, _ = await asyncio.gather(self.committer.submit(write), entry)
+        self.on_committed()
+        return committed
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -120,15 +156,19 @@ class StorageService:
             )
         check_jurisdiction(cmd.subject_jurisdiction)
         classification = self._classification(spec, cmd.classification)
-        self._check_placement(
-            spec, RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction)
+        entry = self._check_placement(
+            spec,
+            RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction),
+            cmd.key,
+            Audit.PUT,
+            cmd.principal,
         )
         # In lww mode a write always supersedes everything this node holds: the winner is
         # decided by HLC, and keeping losers would only grow the state.
         supersedes = (
             None if spec.conflict_mode is ConflictMode.LWW else (cmd.context or CausalContext.empty())
         )
-        committed = await self.committer.submit(
+        committed = await self._commit(
             LocalWrite(
                 namespace=spec.name,
                 key=cmd.key,
@@ -138,26 +178,35 @@ class StorageService:
                 subject_id=cmd.subject_id,
                 subject_jurisdiction=cmd.subject_jurisdiction,
                 classification=classification,
-            )
+            ),
+            entry,
         )
-        self.on_committed()
         self._count_conflict(spec, committed.conflict)
         return committed
 
-    async def delete(self, namespace: str, key: str, context: CausalContext | None) -> Committed:
-        spec = self._namespace(namespace)
-        check_key(key, self.limits)
-        supersedes = None if spec.conflict_mode is ConflictMode.LWW else context
-        committed = await self.committer.submit(
+    async def delete(self, cmd: DeleteCommand) -> Committed:
+        spec = self._namespace(cmd.namespace)
+        check_key(cmd.key, self.limits)
+        if len(cmd.subject_id.encode()) > self.limits.subject_id_bytes_max:
+            raise errors.InvalidArgument(
+                f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
+            )
+        check_jurisdiction(cmd.subject_jurisdiction)
+        facts = facts_for_delete(spec, self.engine.get(spec.name, cmd.key), cmd)
+        entry = self._check_placement(spec, facts, cmd.key, Audit.DELETE, cmd.principal)
+        supersedes = None if spec.conflict_mode is ConflictMode.LWW else cmd.context
+        committed = await self._commit(
             LocalWrite(
                 namespace=spec.name,
-                key=key,
+                key=cmd.key,
                 tombstone=True,
                 supersedes=supersedes,
-                classification=spec.classification,
-            )
+                subject_id=facts.subject_id,
+                subject_jurisdiction=facts.subject_jurisdiction,
+                classification=facts.classification,
+            ),
+            entry,
         )
-        self.on_committed()
         self._count_conflict(spec, committed.conflict and committed.state.has_live())
         return committed
 
@@ -166,29 +215,56 @@ class StorageService:
             self.conflicts_total += 1
             self.metrics.conflicts.labels(spec.name, spec.conflict_mode.name.lower()).inc()
 
-    def _read_result(self, spec: NamespaceSpec, state: KeyState | None) -> ReadResult:
-        versions = visible(state, spec.conflict_mode)
+    def _read_decisions(
+        self, spec: NamespaceSpec, key: str, versions: tuple[Version, ...], principal: str
+    ) -> list[Decision]:
+        decisions = []
         for v in versions:
-            decision = self.view.policy.decide(
+            decision, _ = self.enforcer.decide(
                 RecordFacts(spec.name, v.classification, v.subject_id, v.subject_jurisdiction),
-                self.region,
                 Action.READ,
+                audit_action=Audit.READ,
+                principal=principal,
+                key=key,
+                always_audit=False,
             )
-            if not decision.allowed:
-                raise errors.PlacementRefused(
-                    f"region {self.region} may not serve this record: {decision.reason}",
-                    decision.allowed_regions,
-                    decision.rule,
-                )
-        context = state.context if state else CausalContext.empty()
-        return ReadResult(bool(versions), versions, context)
+            decisions.append(decision)
+        return decisions
 
-    def get(self, namespace: str, key: str) -> ReadResult:
+    def _read_result(
+        self, spec: NamespaceSpec, key: str, state: KeyState | None, principal: str
+    ) -> ReadResult | Decision:
+        """The answer to a read, or the first refusing decision."""
+        versions = visible(state, spec.conflict_mode)
+        decisions = self._read_decisions(spec, key, versions, principal)
+        refused = next((d for d in decisions if not d.allowed), None)
+        if refused is not None:
+            return refused
+        context = state.context if state else CausalContext.empty()
+        return ReadResult(
+            bool(versions),
+            tuple(redact(v, d.redacted_fields) for v, d in zip(versions, decisions, strict=True)),
+            context,
+            tuple(d.redacted_fields for d in decisions),
+        )
+
+    def get(self, namespace: str, key: str, principal: str = "") -> ReadResult:
         spec = self._namespace(namespace)
         check_key(key, self.limits)
-        return self._read_result(spec, self.engine.get(spec.name, key))
+        result = self._read_result(spec, key, self.engine.get(spec.name, key), principal)
+        if isinstance(result, Decision):
+            raise errors.PlacementRefused(
+                f"region {self.region} may not serve this record: {result.reason}",
+                result.allowed_regions,
+                result.rule,
+            )
+        return result
 
-    def scan(self, namespace: str, prefix: str, page_size: int, page_token: str) -> ScanPage:
+    def scan(
+        self, namespace: str, prefix: str, page_size: int, page_token: str, principal: str = ""
+    ) -> ScanPage:
+        """A page of live records. Records this region may not serve are left out (each
+        refusal is audited and counted); a Get of such a key names the regions that may."""
         spec = self._namespace(namespace)
         if page_size == 0:
             page_size = self.limits.scan_page_size_default
@@ -204,11 +280,39 @@ class StorageService:
         rows = rows[:page_size]
         items = []
         for key, state in rows:
-            result = self._read_result(spec, state)
-            if result.found:
+            result = self._read_result(spec, key, state, principal)
+            if isinstance(result, ReadResult) and result.found:
                 items.append((key, result))
         token = encode_page_token(rows[-1][0]) if more and rows else ""
         return ScanPage(items, token)
+
+
+def facts_for_delete(spec: NamespaceSpec, state: KeyState | None, cmd: DeleteCommand) -> RecordFacts:
+    """What a tombstone is about: the newest version this node holds (live or not), so that the
+    tombstone is placed and replicated wherever the record was; the request's subject fields
+    only when the node holds nothing. A tombstone is never looser than the namespace."""
+    held = sorted(state.versions, key=lambda v: v.hlc, reverse=True) if state else []
+    if held:
+        newest = held[0]
+        classification = max((newest.classification, spec.classification), key=lambda c: c.strictness)
+        return RecordFacts(spec.name, classification, newest.subject_id, newest.subject_jurisdiction)
+    return RecordFacts(spec.name, spec.classification, cmd.subject_id, cmd.subject_jurisdiction)
+
+
+def redact(version: Version, fields: tuple[str, ...]) -> Version:
+    """The version with the named fields emptied (and the checksum with the value, since a hash
+    of a short value gives the value away)."""
+    if not fields:
+        return version
+    gone = set(fields)
+    return dataclasses.replace(
+        version,
+        value=b"" if "value" in gone else version.value,
+        checksum=b"" if "value" in gone else version.checksum,
+        content_type="" if "content_type" in gone else version.content_type,
+        subject_id="" if "subject_id" in gone else version.subject_id,
+        subject_jurisdiction="" if "subject_jurisdiction" in gone else version.subject_jurisdiction,
+    )
 
 
 def encode_page_token(last_key: str) -> str:

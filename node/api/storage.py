@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from domicile import codec, errors
+from domicile import audit_wire, codec, errors
 from domicile.model import Classification
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.api.errors import abort_with, status_for
+from node.compliance.audit_log import AuditLog
+from node.compliance.enforcer import Audit
+from node.compliance.scanner import VIOLATIONS_MAX_DEFAULT, VIOLATIONS_MAX_LIMIT, ScanReport
 from node.metrics import NodeMetrics
-from node.service import PutCommand, ReadResult, StorageService
+from node.service import DeleteCommand, PutCommand, ReadResult, StorageService
 
 T = TypeVar("T")
 log = logging.getLogger("domicile.node.api")
@@ -69,18 +72,67 @@ def _classification(value: int) -> Classification:
         ) from None
 
 
+PRINCIPAL_METADATA = "domicile-principal"
+PRINCIPAL_CHARS_MAX = 128
+AUDIT_READ_BATCH = 1000
+
+
+def principal_of(context: grpc.aio.ServicerContext) -> str:
+    """Who asked, for the audit trail: the name the client declares in the domicile-principal
+    metadata (not authenticated: there is no authentication yet), and the peer address."""
+    declared = ""
+    for item in context.invocation_metadata() or ():
+        if item.key == PRINCIPAL_METADATA:
+            value = item.value
+            declared = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    declared = declared[:PRINCIPAL_CHARS_MAX] or "anonymous"
+    return f"client:{declared}@{context.peer()}"
+
+
 def _fill_read(result: ReadResult, versions: Any, context: Any) -> None:
-    for v in result.versions:
-        codec.version_to_pb(v, versions.add())
+    for i, v in enumerate(result.versions):
+        msg = codec.version_to_pb(v, versions.add())
+        if result.redacted and result.redacted[i]:
+            msg.redacted_fields.extend(result.redacted[i])
     codec.context_to_pb(result.context, context)
 
 
+def _scan_report_pb(report: ScanReport) -> spb.ScanComplianceResponse:
+    response = spb.ScanComplianceResponse(
+        region=report.region,
+        policy_version=report.policy_version,
+        versions_checked=report.versions_checked,
+        violations_total=report.violations_total,
+    )
+    for v in report.violations:
+        response.violations.add(
+            namespace=v.namespace,
+            key=v.key,
+            region=v.region,
+            origin_region=v.origin_region,
+            classification=int(v.classification),  # type: ignore[arg-type]
+            subject_jurisdiction=v.subject_jurisdiction,
+            rule=v.rule,
+            reason=v.reason,
+            allowed_regions=list(v.allowed_regions),
+        )
+    return response
+
+
 class StorageServicer(spb_grpc.StorageNodeServiceServicer):
-    def __init__(self, service: StorageService, status: Callable[[], spb.GetNodeStatusResponse]) -> None:
+    def __init__(
+        self,
+        service: StorageService,
+        status: Callable[[], spb.GetNodeStatusResponse],
+        audit: AuditLog,
+        scan: Callable[[int, str], Awaitable[ScanReport]],
+    ) -> None:
         self.service = service
         self.metrics = service.metrics
         self.deadline_s = service.limits.request_deadline_default_s
         self._status = status
+        self._audit = audit
+        self._scan = scan
 
     async def Put(self, request: spb.PutRequest, context: grpc.aio.ServicerContext) -> spb.PutResponse:
         async def work() -> spb.PutResponse:
@@ -95,6 +147,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 subject_id=request.subject_id,
                 subject_jurisdiction=request.subject_jurisdiction,
                 classification=_classification(request.classification),
+                principal=principal_of(context),
             )
             committed = await self.service.put(cmd)
             response = spb.PutResponse(lsn=committed.mutation.lsn, region=self.service.region)
@@ -106,7 +159,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
 
     async def Get(self, request: spb.GetRequest, context: grpc.aio.ServicerContext) -> spb.GetResponse:
         async def work() -> spb.GetResponse:
-            result = self.service.get(request.namespace, request.key)
+            result = self.service.get(request.namespace, request.key, principal_of(context))
             response = spb.GetResponse(found=result.found, region=self.service.region)
             _fill_read(result, response.versions, response.context)
             return response
@@ -122,7 +175,16 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 if request.HasField("context")
                 else None
             )
-            committed = await self.service.delete(request.namespace, request.key, ctx)
+            committed = await self.service.delete(
+                DeleteCommand(
+                    namespace=request.namespace,
+                    key=request.key,
+                    context=ctx,
+                    subject_id=request.subject_id,
+                    subject_jurisdiction=request.subject_jurisdiction,
+                    principal=principal_of(context),
+                )
+            )
             response = spb.DeleteResponse(existed=committed.had_live, lsn=committed.mutation.lsn)
             codec.version_to_pb(committed.mutation.version, response.version)
             codec.context_to_pb(committed.state.context, response.context)
@@ -133,7 +195,11 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     async def Scan(self, request: spb.ScanRequest, context: grpc.aio.ServicerContext) -> spb.ScanResponse:
         async def work() -> spb.ScanResponse:
             page = self.service.scan(
-                request.namespace, request.key_prefix, request.page_size, request.page_token
+                request.namespace,
+                request.key_prefix,
+                request.page_size,
+                request.page_token,
+                principal_of(context),
             )
             response = spb.ScanResponse(next_page_token=page.next_page_token)
             for key, result in page.items:
@@ -150,3 +216,57 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             return self._status()
 
         return await guarded(self.metrics, "GetNodeStatus", context, self.deadline_s, work)
+
+    async def ScanCompliance(
+        self, request: spb.ScanComplianceRequest, context: grpc.aio.ServicerContext
+    ) -> spb.ScanComplianceResponse:
+        async def work() -> spb.ScanComplianceResponse:
+            limit = request.violations_max or VIOLATIONS_MAX_DEFAULT
+            if limit > VIOLATIONS_MAX_LIMIT:
+                raise errors.InvalidArgument(
+                    f"violations_max {limit} is too large; use 1 to {VIOLATIONS_MAX_LIMIT} "
+                    "(0 for the default); the total is counted either way"
+                )
+            report = await self._scan(limit, principal_of(context))
+            return _scan_report_pb(report)
+
+        # A scan walks the whole store: it gets the caller's deadline, or no server default.
+        remaining = context.time_remaining()
+        deadline_s = 3600.0 if remaining is None else remaining
+        return await guarded(self.metrics, "ScanCompliance", context, deadline_s, work)
+
+    async def ReadAuditLog(
+        self, request: spb.ReadAuditLogRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[spb.ReadAuditLogResponse]:
+        started = time.perf_counter()
+        try:
+            # Reading the trail is itself audited, and durable before anything is returned.
+            await self.service.enforcer.event(
+                Audit.AUDIT_READ,
+                principal=principal_of(context),
+                detail=f"after_seq={request.after_seq} limit={request.limit} tail={request.tail}",
+            )
+            head = self._audit.head()
+            end = head.size
+            after = request.after_seq
+            if request.tail:
+                after = max(0, end - (request.limit or end))
+            elif request.limit:
+                end = min(end, after + request.limit)
+            first = spb.ReadAuditLogResponse()
+            audit_wire.head_to_pb(head, first.head)
+            yield first
+            while after < end:
+                batch = await asyncio.to_thread(self._audit.read, after, min(AUDIT_READ_BATCH, end - after))
+                if not batch:
+                    break
+                response = spb.ReadAuditLogResponse()
+                for entry in batch:
+                    response.records.add(seq=entry.seq, body=entry.body, hash=entry.hash)
+                after = batch[-1].seq
+                yield response
+        except errors.DomicileError as exc:
+            self.metrics.rpc_errors.labels("ReadAuditLog", status_for(exc).name).inc()
+            await abort_with(context, exc)
+        finally:
+            self.metrics.rpc_latency.labels("ReadAuditLog").observe(time.perf_counter() - started)

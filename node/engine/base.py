@@ -90,6 +90,11 @@ class StorageEngine(Protocol):
         in key order, at most limit."""
         ...
 
+    def namespaces(self) -> list[str]:
+        """Every namespace with a stored key (live or tombstoned), sorted; the compliance
+        scanner walks these, including namespaces the configuration no longer lists."""
+        ...
+
     def read_log(self, after_lsn: int, limit: int) -> list[Mutation]:
         """Change-log entries with lsn > after_lsn in lsn order, at most limit."""
         ...

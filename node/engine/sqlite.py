@@ -464,6 +464,22 @@ class SQLiteEngine:
         rows = self._reader().execute("SELECT target, lsn FROM outbound_acks ORDER BY target")
         return {target: int(lsn) for target, lsn in rows}
 
+    def namespaces(self) -> list[str]:
+        # A loose index scan: one index probe per namespace, not one row per key.
+        rows = (
+            self._reader()
+            .execute(
+                "WITH RECURSIVE ns(name) AS ("
+                " SELECT MIN(namespace) FROM kv"
+                " UNION ALL"
+                " SELECT (SELECT MIN(namespace) FROM kv WHERE namespace > ns.name) FROM ns"
+                " WHERE ns.name IS NOT NULL)"
+                " SELECT name FROM ns WHERE name IS NOT NULL"
+            )
+            .fetchall()
+        )
+        return [str(r[0]) for r in rows]
+
     def counts(self) -> StoreCounts:
         values = dict(self._reader().execute("SELECT name, value FROM counters").fetchall())
         return StoreCounts(records=int(values["records"]), tombstones=int(values["tombstones"]))

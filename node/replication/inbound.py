@@ -3,6 +3,7 @@ idempotently, persist the source position in the same transaction, measure lag."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from domicile import errors
 from domicile.causality import Mutation
 from domicile.hlc import HybridClock, physical_ms, wall_ms
 from domicile.policy import Action, RecordFacts
+from node.compliance.enforcer import Audit, Enforcer
 from node.engine.base import ApplyOutcome, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
@@ -44,6 +46,7 @@ class Receiver:
         engine: StorageEngine,
         committer: GroupCommitter,
         view: TopologyView,
+        enforcer: Enforcer,
         clock: HybridClock,
         metrics: NodeMetrics,
         now_ms: Callable[[], int] = wall_ms,
@@ -53,6 +56,7 @@ class Receiver:
         self.engine = engine
         self.committer = committer
         self.view = view
+        self.enforcer = enforcer
         self.clock = clock
         self.metrics = metrics
         self.now_ms = now_ms
@@ -72,20 +76,40 @@ class Receiver:
         if stats is not None:
             stats.connected = False
 
-    def _admit(self, source_node_id: str, m: Mutation) -> bool:
+    def _admit(self, source_node_id: str, m: Mutation, entries: list[asyncio.Future[int]]) -> bool:
         if m.origin_node_id != source_node_id:
             raise errors.InvalidArgument(
                 f"mutation at lsn {m.lsn} names origin {m.origin_node_id!r}; "
                 "a source sends only its own writes"
             )
-        spec = self.view.topology.cluster.find_namespace(m.namespace)
-        if spec is None:
-            log.warning("refused mutation from %s for unknown namespace %r", source_node_id, m.namespace)
-            return False
         facts = RecordFacts(
             m.namespace, m.version.classification, m.version.subject_id, m.version.subject_jurisdiction
         )
-        decision = self.view.policy.decide(facts, self.region, Action.REPLICATE)
+        principal = f"node:{source_node_id}"
+        detail = f"from={source_node_id} lsn={m.lsn}"
+        if self.view.topology.cluster.find_namespace(m.namespace) is None:
+            log.warning("refused mutation from %s for unknown namespace %r", source_node_id, m.namespace)
+            entries.append(
+                self.enforcer.refusal(
+                    facts,
+                    audit_action=Audit.REPLICATE_RECEIVE,
+                    principal=principal,
+                    key=m.key,
+                    rule="namespace-unknown",
+                    detail=detail,
+                )
+            )
+            return False
+        decision, entry = self.enforcer.decide(
+            facts,
+            Action.REPLICATE,
+            audit_action=Audit.REPLICATE_RECEIVE,
+            principal=principal,
+            key=m.key,
+            detail=detail,
+        )
+        if entry is not None:
+            entries.append(entry)
         if not decision.allowed:
             # A correct source never sends this: it is a misconfigured or rogue node.
             log.warning(
@@ -111,13 +135,17 @@ class Receiver:
                 raise errors.InvalidArgument(
                     f"mutation lsn {m.lsn} is past the batch's through_lsn {through_lsn}"
                 )
-        admitted = [m for m in mutations if self._admit(source_node_id, m)]
+        entries: list[asyncio.Future[int]] = []
+        admitted = [m for m in mutations if self._admit(source_node_id, m, entries)]
         refused = len(mutations) - len(admitted)
 
         def work(engine: StorageEngine) -> ApplyOutcome:
             return engine.apply_remote(source_node_id, admitted, through_lsn)
 
-        outcome = await self.committer.run(work)
+        # The batch is acknowledged only once it and its audit entries are durable.
+        apply = asyncio.ensure_future(self.committer.run(work))
+        await asyncio.gather(apply, *entries)
+        outcome = apply.result()
         if admitted:
             self.clock.observe(max(m.version.hlc for m in admitted))
         now = self.now_ms()

@@ -10,6 +10,7 @@ import random
 
 from domicile.model import Limits
 from domicile.topology import Topology
+from node.compliance.enforcer import Enforcer
 from node.engine.base import StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
@@ -29,6 +30,7 @@ class ReplicationManager:
         engine: StorageEngine,
         committer: GroupCommitter,
         view: TopologyView,
+        enforcer: Enforcer,
         metrics: NodeMetrics,
         limits: Limits,
         signal: LogSignal,
@@ -41,6 +43,7 @@ class ReplicationManager:
         self.engine = engine
         self.committer = committer
         self.view = view
+        self.enforcer = enforcer
         self.metrics = metrics
         self.limits = limits
         self.signal = signal
@@ -81,6 +84,7 @@ class ReplicationManager:
                     namespaces=namespaces,
                     engine=self.engine,
                     view=self.view,
+                    enforcer=self.enforcer,
                     metrics=self.metrics,
                     limits=self.limits,
                     signal=self.signal,

@@ -26,6 +26,7 @@ from domicile.policy import Action, RecordFacts
 from domicile.topology import NodeInfo
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
+from node.compliance.enforcer import Audit, Enforcer
 from node.engine.base import StorageEngine
 from node.metrics import NodeMetrics
 from node.replication.signal import LogSignal
@@ -78,12 +79,14 @@ class LinkSender:
         namespaces: frozenset[str],
         engine: StorageEngine,
         view: TopologyView,
+        enforcer: Enforcer,
         metrics: NodeMetrics,
         limits: Limits,
         signal: LogSignal,
         backoff: BackoffPolicy,
         rng: random.Random | None = None,
     ) -> None:
+        self.enforcer = enforcer
         self.node_id = node_id
         self.region = region
         self.target = target
@@ -111,7 +114,17 @@ class LinkSender:
         facts = RecordFacts(
             m.namespace, m.version.classification, m.version.subject_id, m.version.subject_jurisdiction
         )
-        return self.view.policy.decide(facts, self.target.region, Action.REPLICATE).allowed
+        # Audited either way: "sent" or "withheld" is the copy's provenance.
+        decision, _ = self.enforcer.decide(
+            facts,
+            Action.REPLICATE,
+            audit_action=Audit.REPLICATE_SEND,
+            principal=f"node:{self.node_id}",
+            key=m.key,
+            region=self.target.region,
+            detail=f"to={self.target.node_id} lsn={m.lsn}",
+        )
+        return decision.allowed
 
     def next_batch(self, after_lsn: int) -> tuple[list[Mutation], int] | None:
         """The next batch after `after_lsn`: mutations the target may hold, and the position the

@@ -81,6 +81,15 @@ def test_hlc_comes_from_stamp_in_write_order(engine: StorageEngine) -> None:
     assert [c.mutation.version.hlc for c in results] == [100, 200, 300]
 
 
+def test_namespaces_lists_every_namespace_with_a_key_tombstones_included(
+    engine: StorageEngine, stamp: Stamp
+) -> None:
+    assert engine.namespaces() == []
+    commit_ok(engine, stamp, put("b", "k", b"1"), put("a", "k", b"1"), put("a", "j", b"1"))
+    commit_ok(engine, stamp, delete("c", "gone"))
+    assert engine.namespaces() == ["a", "b", "c"]
+
+
 def test_overwrite_without_context_supersedes_everything_held(engine: StorageEngine, stamp: Stamp) -> None:
     commit_ok(engine, stamp, put("o", "k", b"1"))
     (second,) = commit_ok(engine, stamp, put("o", "k", b"2"))

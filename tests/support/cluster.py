@@ -55,27 +55,56 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
 
 
 class LocalCluster:
-    def __init__(self, root: Path, regions: list[str], *, proxies: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        regions: list[str],
+        *,
+        proxies: bool = False,
+        pack: dict[str, Any] | None = None,
+        namespaces: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """`pack`: a policy pack (parsed YAML, see tests/support/packs.py) to enforce on top of
+        the namespace scopes; without it only the scopes apply."""
         self.root = root
         self.regions = regions
         self.use_proxies = proxies
+        self.namespaces = namespaces or NAMESPACES
         self.config_path = root / "cluster.yaml"
-        self.config_path.write_text(
-            yaml.safe_dump(
-                {
-                    "policy_version": "test-scope-1",
-                    "regions": REGIONS,
-                    "namespaces": NAMESPACES,
-                    "coordinator": {"heartbeat_interval_ms": 100, "missed_heartbeats_max": 3},
-                }
-            )
-        )
+        self.write_config(pack)
         self.coordinator: Coordinator | None = None
         self.coordinator_port = free_port()
         self.nodes: dict[str, Node] = {}
         self.ports: dict[str, int] = {region: free_port() for region in regions}
         self.proxies: dict[str, TcpProxy] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def write_config(self, pack: dict[str, Any] | None) -> None:
+        """(Re)writes the cluster config; a coordinator started after this distributes it."""
+        config: dict[str, Any] = {
+            "regions": REGIONS,
+            "namespaces": self.namespaces,
+            "coordinator": {"heartbeat_interval_ms": 100, "missed_heartbeats_max": 3},
+        }
+        if pack is None:
+            config["policy_version"] = "test-scope-1"
+        else:
+            pack_path = self.root / f"pack-{pack['version']}.yaml"
+            pack_path.write_text(yaml.safe_dump(pack, sort_keys=False))
+            config["policy_pack"] = pack_path.name
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    async def change_policy(self, pack: dict[str, Any]) -> None:
+        """Rolls out a new policy pack the way an operator does: new config, coordinator restart;
+        waits until every running node enforces it."""
+        self.write_config(pack)
+        await self.stop_coordinator()
+        await self.start_coordinator()
+
+        async def adopted() -> bool:
+            return all(n.view.policy.version == pack["version"] for n in self.nodes.values())
+
+        await eventually(adopted, 15.0, f"every node enforcing policy {pack['version']}")
 
     @property
     def coordinator_address(self) -> str:

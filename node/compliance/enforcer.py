@@ -1,0 +1,131 @@
+"""One decision function for every path: write, delete, read, replication at both ends.
+
+Each call asks the policy in force, counts the decision, and writes it to the region's audit
+trail. Every refusal is audited; allowed decisions are audited for writes, replication, and
+reads of personal data (reads of data about no person are counted, not logged: they are the
+bulk of the traffic and the law asks nothing of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from domicile.model import Classification
+from domicile.policy import Decision, RecordFacts
+from node.metrics import NodeMetrics
+from node.topology_view import TopologyView
+
+# Classifications whose reads are logged; a record with a subject id is logged whatever its
+# classification. UNSPECIFIED counts as personal, as in the policy.
+PERSONAL = frozenset(
+    {
+        Classification.UNSPECIFIED,
+        Classification.PERSONAL,
+        Classification.SENSITIVE_PERSONAL,
+        Classification.FINANCIAL,
+    }
+)
+
+
+class AuditSink(Protocol):
+    """What the enforcer needs of node.compliance.audit_log.AuditLog."""
+
+    def record(
+        self,
+        *,
+        principal: str,
+        action: str,
+        namespace: str = "",
+        key: str = "",
+        subject_id: str = "",
+        decision: str = "",
+        rule: str = "",
+        policy_version: str = "",
+        detail: str = "",
+    ) -> asyncio.Future[int]: ...
+
+
+class Audit:
+    """Names of the audited actions."""
+
+    PUT = "put"
+    DELETE = "delete"
+    READ = "read"
+    REPLICATE_SEND = "replicate_send"  # decision allow: sent; refuse: withheld at the source
+    REPLICATE_RECEIVE = "replicate_receive"  # decision allow: applied; refuse: refused at the target
+    POLICY_CHANGE = "policy_change"
+    AUDIT_READ = "audit_read"
+    COMPLIANCE_SCAN = "compliance_scan"
+
+
+def is_personal(facts: RecordFacts) -> bool:
+    return bool(facts.subject_id) or facts.classification in PERSONAL
+
+
+class Enforcer:
+    def __init__(self, *, region: str, view: TopologyView, metrics: NodeMetrics, audit: AuditSink) -> None:
+        self.region = region
+        self.view = view
+        self.metrics = metrics
+        self.audit = audit
+
+    @property
+    def policy_version(self) -> str:
+        return self.view.policy.version
+
+    def decide(
+        self,
+        facts: RecordFacts,
+        action: str,
+        *,
+        audit_action: str,
+        principal: str,
+        key: str,
+        region: str | None = None,
+        detail: str = "",
+        always_audit: bool = True,
+    ) -> tuple[Decision, asyncio.Future[int] | None]:
+        """Decides `action` for this record at `region` (this node's by default), counts it and
+        audits it. Returns the decision and the audit entry's future (None when not logged):
+        await it where the caller promises durability of the trail (writes, replication)."""
+        decision = self.view.policy.decide(facts, region or self.region, action)
+        self.metrics.policy_decisions.labels(action, decision.outcome, decision.rule).inc()
+        entry: asyncio.Future[int] | None = None
+        if always_audit or not decision.allowed or decision.redacted_fields or is_personal(facts):
+            entry = self.audit.record(
+                principal=principal,
+                action=audit_action,
+                namespace=facts.namespace,
+                key=key,
+                subject_id=facts.subject_id,
+                decision=decision.outcome,
+                rule=decision.rule,
+                policy_version=self.view.policy.version,
+                detail=detail,
+            )
+        return decision, entry
+
+    def refusal(
+        self, facts: RecordFacts, *, audit_action: str, principal: str, key: str, rule: str, detail: str
+    ) -> asyncio.Future[int]:
+        """Audits a refusal that no policy decision made (a record of an unknown namespace)."""
+        self.metrics.policy_decisions.labels("replicate", "refuse", rule).inc()
+        return self.audit.record(
+            principal=principal,
+            action=audit_action,
+            namespace=facts.namespace,
+            key=key,
+            subject_id=facts.subject_id,
+            decision="refuse",
+            rule=rule,
+            policy_version=self.view.policy.version,
+            detail=detail,
+        )
+
+    def event(self, action: str, *, principal: str, detail: str = "") -> asyncio.Future[int]:
+        """Audits something that is not a decision about a record (a policy change, a read of
+        the audit log)."""
+        return self.audit.record(
+            principal=principal, action=action, policy_version=self.view.policy.version, detail=detail
+        )

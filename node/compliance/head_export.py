@@ -1,0 +1,81 @@
+"""Sends the audit log's signed heads to the coordinator, so that a later rewrite or truncation
+of the log contradicts a head kept outside the region's control.
+
+Heads are coalesced: only the newest one waiting is sent (each covers all before it). While the
+coordinator is unreachable the exporter retries with back-off; a head the coordinator refuses
+(the log shrank, forked or changed key) is logged and counted, and the next head is tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import grpc
+
+from domicile import audit_wire
+from domicile.audit import SignedHead
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from node.metrics import NodeMetrics
+from node.replication.outbound import BackoffPolicy
+
+log = logging.getLogger("domicile.audit.export")
+
+
+class HeadExporter:
+    def __init__(
+        self,
+        *,
+        coordinator: str,
+        metrics: NodeMetrics,
+        backoff: BackoffPolicy,
+        rpc_deadline_s: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.metrics = metrics
+        self.backoff = backoff
+        self.rpc_deadline_s = rpc_deadline_s
+        self.rng = rng or random.Random()
+        self.exported_size = 0
+        self._pending: SignedHead | None = None
+        self._wake = asyncio.Event()
+
+    def offer(self, head: SignedHead) -> None:
+        """Queues a head (newest wins); never blocks the audit writer."""
+        if self._pending is None or head.size >= self._pending.size:
+            self._pending = head
+            self._wake.set()
+
+    async def run(self) -> None:
+        async with grpc.aio.insecure_channel(self.coordinator) as channel:
+            stub = cpb_grpc.CoordinatorServiceStub(channel)
+            delays = self.backoff.delays(self.rng)
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                head, self._pending = self._pending, None
+                if head is None or head.size <= self.exported_size:
+                    continue
+                try:
+                    await self._send(stub, head)
+                    delays = self.backoff.delays(self.rng)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                        self.metrics.audit_export_refused.inc()
+                        log.error("coordinator refused audit head at size %d: %s", head.size, exc.details())
+                        continue
+                    log.info("audit head export failed (%s); retrying", exc.code().name)
+                    self.offer(head)
+                    await asyncio.sleep(min(next(delays), 2.0))
+
+    async def _send(self, stub: cpb_grpc.CoordinatorServiceStub, head: SignedHead) -> None:
+        request = cpb.ExportAuditHeadRequest()
+        audit_wire.head_to_pb(head, request.head)
+        response = await stub.ExportAuditHead(request, timeout=self.rpc_deadline_s)
+        self.exported_size = max(self.exported_size, response.accepted_size)
+        self.metrics.audit_exported_size.set(self.exported_size)
+        self.metrics.audit_exported_time.set(time.time())
