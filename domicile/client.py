@@ -5,7 +5,8 @@ Both ask the coordinator for the topology and send each call straight to a node:
 else the first up node of a region that may hold the namespace. A write refused because the
 chosen region may not hold the record is retried once at a region the refusal names. Results
 are plain dataclasses built from `domicile.causality` types; failures are `domicile.errors`
-types. Every call has one deadline that covers its retries and the topology fetch.
+types. Every call has one deadline that covers its retries and the topology fetch; calls that return
+a lot (the audit log) are made page by page, each page with its own deadline.
 
     with Client("127.0.0.1:7400", region="eu-west-1") as client:
         client.put("customers_eu", "c-1", b"...", subject_id="c-1", subject_jurisdiction="DE")
@@ -23,12 +24,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from domicile.audit import SignedHead, StoredEntry
+from domicile.audit_wire import entry_from_pb, head_from_pb
 from domicile.causality import CausalContext, Version
 from domicile.cluster import NamespaceSpec, RegionSpec
 from domicile.codec import context_from_pb, context_to_pb, version_from_pb
@@ -38,6 +41,7 @@ from domicile.errors import (
     DomicileError,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PlacementRefused,
     Unavailable,
 )
@@ -57,6 +61,15 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", _MESSAGE_BYTES_MAX),
     ("grpc.max_send_message_length", _MESSAGE_BYTES_MAX),
 )
+
+# The audit log is read in pages of this many entries, each page one call with its own deadline,
+# so that a log of millions of entries never has to arrive within one deadline.
+AUDIT_PAGE_ENTRIES = 10_000
+AUDIT_PAGE_ENTRIES_MAX = 100_000
+AUDIT_TAIL_ENTRIES_MAX = 10_000
+# Bounds of ScanComplianceRequest.violations_max.
+VIOLATIONS_MAX_DEFAULT = 1000
+VIOLATIONS_MAX_LIMIT = 10_000
 
 R = TypeVar("R")
 
@@ -102,6 +115,8 @@ class Topology:
     namespaces: tuple[NamespaceSpec, ...] = ()
     links: tuple[LinkInfo, ...] = ()
     policy_version: str = ""
+    # The residency policy pack in force as YAML; "" when only the namespace scopes apply.
+    policy_pack_yaml: str = ""
 
     def region_names(self) -> list[str]:
         return [r.name for r in self.regions]
@@ -143,6 +158,7 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
         ),
         links=tuple(LinkInfo(li.source_node_id, li.target_node_id, tuple(li.namespaces)) for li in msg.links),
         policy_version=msg.policy_version,
+        policy_pack_yaml=msg.policy_pack_yaml,
     )
 
 
@@ -222,6 +238,18 @@ def route(
 
 
 @dataclass(frozen=True)
+class ReadVersion(Version):
+    """A version as a read returned it. `redacted_fields` names the fields the residency policy
+    removed from this copy (e.g. value and subject_id); empty when the copy is complete."""
+
+    redacted_fields: tuple[str, ...] = ()
+
+    @property
+    def redacted(self) -> bool:
+        return bool(self.redacted_fields)
+
+
+@dataclass(frozen=True)
 class PutResult:
     version: Version
     context: CausalContext
@@ -232,7 +260,7 @@ class PutResult:
 @dataclass(frozen=True)
 class GetResult:
     found: bool
-    versions: tuple[Version, ...]
+    versions: tuple[ReadVersion, ...]
     context: CausalContext
     region: str
 
@@ -265,7 +293,7 @@ class DeleteResult:
 @dataclass(frozen=True)
 class ScanItem:
     key: str
-    versions: tuple[Version, ...]
+    versions: tuple[ReadVersion, ...]
     context: CausalContext
 
 
@@ -293,13 +321,65 @@ class NodeStatus:
     tombstones_stored: int
     policy_version: str
     uptime_seconds: float
+    audit_entries: int = 0
+    # Entries covered by the last signed head the coordinator accepted; 0 when none yet.
+    audit_exported_size: int = 0
+    # Record copies the node's last compliance scan found outside what the policy allows.
+    compliance_violations: int = 0
 
 
-def _versions(msgs: Sequence[rpb.RecordVersion], where: str) -> tuple[Version, ...]:
-    versions = tuple(version_from_pb(m) for m in msgs)
+@dataclass(frozen=True)
+class ComplianceViolation:
+    """A record copy that the policy in force does not allow where it is."""
+
+    namespace: str
+    key: str
+    region: str
+    origin_region: str
+    classification: Classification
+    subject_jurisdiction: str
+    rule: str
+    reason: str
+    allowed_regions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ComplianceReport:
+    """What one region's compliance scan found. `violations` lists at most the violations_max
+    asked for; `violations_total` counts them all."""
+
+    region: str
+    node_id: str
+    policy_version: str
+    versions_checked: int
+    violations_total: int
+    violations: tuple[ComplianceViolation, ...]
+
+    @property
+    def compliant(self) -> bool:
+        return self.violations_total == 0
+
+    @property
+    def violations_unlisted(self) -> int:
+        return max(0, self.violations_total - len(self.violations))
+
+
+_VERSION_FIELDS = tuple(f.name for f in fields(Version))
+
+
+def _read_version(msg: rpb.RecordVersion) -> ReadVersion:
+    v = version_from_pb(msg)
+    return ReadVersion(
+        **{name: getattr(v, name) for name in _VERSION_FIELDS}, redacted_fields=tuple(msg.redacted_fields)
+    )
+
+
+def _versions(msgs: Sequence[rpb.RecordVersion], where: str) -> tuple[ReadVersion, ...]:
+    versions = tuple(_read_version(m) for m in msgs)
     for v in versions:
-        # End to end: the node checks too, but a value can also be damaged on the way.
-        if v.checksum and not v.checksum_ok():
+        # End to end: the node checks too, but a value can also be damaged on the way. A
+        # redacted value is not there to check.
+        if v.checksum and "value" not in v.redacted_fields and not v.checksum_ok():
             raise DataCorruption(
                 f"{where}: version {v.dot.node_id}:{v.dot.counter} failed its sha256 checksum"
             )
@@ -331,7 +411,44 @@ def _node_status(msg: spb.GetNodeStatusResponse) -> NodeStatus:
         tombstones_stored=msg.tombstones_stored,
         policy_version=msg.policy_version,
         uptime_seconds=msg.uptime_seconds,
+        audit_entries=msg.audit_entries,
+        audit_exported_size=msg.audit_exported_size,
+        compliance_violations=msg.compliance_violations,
     )
+
+
+def _compliance_report(msg: spb.ScanComplianceResponse, node: NodeInfo) -> ComplianceReport:
+    return ComplianceReport(
+        region=msg.region or node.region,
+        node_id=node.node_id,
+        policy_version=msg.policy_version,
+        versions_checked=msg.versions_checked,
+        violations_total=msg.violations_total,
+        violations=tuple(
+            ComplianceViolation(
+                namespace=v.namespace,
+                key=v.key,
+                region=v.region or node.region,
+                origin_region=v.origin_region,
+                classification=_enum_or(Classification, v.classification, Classification.UNSPECIFIED),
+                subject_jurisdiction=v.subject_jurisdiction,
+                rule=v.rule,
+                reason=v.reason,
+                allowed_regions=tuple(v.allowed_regions),
+            )
+            for v in msg.violations
+        ),
+    )
+
+
+def _audit_page(msgs: Sequence[spb.ReadAuditLogResponse]) -> tuple[SignedHead | None, list[StoredEntry]]:
+    head: SignedHead | None = None
+    entries: list[StoredEntry] = []
+    for msg in msgs:
+        if head is None and msg.HasField("head"):
+            head = head_from_pb(msg.head)
+        entries.extend(entry_from_pb(r) for r in msg.records)
+    return head, entries
 
 
 def _put_result(msg: spb.PutResponse, node: NodeInfo) -> PutResult:
@@ -428,11 +545,121 @@ def _put_request(
     return req
 
 
-def _delete_request(namespace: str, key: str, context: CausalContext | None) -> spb.DeleteRequest:
+def _optional_text(value: str | None, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a str; got {type(value).__name__}")
+    return value
+
+
+def _delete_request(
+    namespace: str,
+    key: str,
+    context: CausalContext | None,
+    subject_id: str | None = None,
+    subject_jurisdiction: str | None = None,
+) -> spb.DeleteRequest:
     _check_name(namespace, key)
-    req = spb.DeleteRequest(namespace=namespace, key=key)
+    req = spb.DeleteRequest(
+        namespace=namespace,
+        key=key,
+        subject_id=_optional_text(subject_id, "subject_id"),
+        subject_jurisdiction=_optional_text(subject_jurisdiction, "subject_jurisdiction"),
+    )
     _context_pb(context, req.context)
     return req
+
+
+def _check_region_name(region: str) -> None:
+    if not isinstance(region, str) or not region:
+        raise InvalidArgument(f"a region name is required; got {region!r}")
+
+
+def _check_known_region(topology: Topology, region: str) -> None:
+    known = topology.region_names()
+    if region not in known:
+        raise InvalidArgument(f"unknown region {region!r}; regions: {', '.join(known) or 'none'}")
+
+
+def _check_violations_max(violations_max: int) -> None:
+    if not 1 <= violations_max <= VIOLATIONS_MAX_LIMIT:
+        raise InvalidArgument(f"violations_max is {violations_max}; use 1 to {VIOLATIONS_MAX_LIMIT}")
+
+
+class _AuditCursor:
+    """Where a paged read of an audit log stands: the next request and when it is done.
+
+    Pages go by seq: page k asks for the entries after `after_seq`, at most page_entries seq
+    positions. A page may hold fewer entries (entries deleted from the log leave gaps) or run a
+    little past them, so the next page starts after both. The read ends at the size of the head
+    the first page carried: each page is itself audited, so a read that chased the growing end
+    of the log could go on for ever.
+    """
+
+    def __init__(self, region: str, after_seq: int, limit: int, tail: bool, page_entries: int) -> None:
+        _check_region_name(region)
+        if after_seq < 0:
+            raise InvalidArgument(f"after_seq is {after_seq}; it must be 0 or more")
+        if limit < 0:
+            raise InvalidArgument(f"limit is {limit}; use 0 (every entry) or more")
+        if tail and not 1 <= limit <= AUDIT_TAIL_ENTRIES_MAX:
+            raise InvalidArgument(f"a tail read needs a limit of 1 to {AUDIT_TAIL_ENTRIES_MAX}; got {limit}")
+        if not 1 <= page_entries <= AUDIT_PAGE_ENTRIES_MAX:
+            raise InvalidArgument(f"page_entries is {page_entries}; use 1 to {AUDIT_PAGE_ENTRIES_MAX}")
+        self.region = region
+        self.after_seq = after_seq
+        self.remaining: int | None = limit or None
+        self.tail = tail
+        self.page_entries = page_entries
+        self.end_seq: int | None = None
+        self.done = False
+        self._requested = 0
+
+    def request(self) -> spb.ReadAuditLogRequest:
+        if self.tail:
+            return spb.ReadAuditLogRequest(limit=self.remaining or 0, tail=True)
+        self._requested = min(self.page_entries, self.remaining or self.page_entries)
+        return spb.ReadAuditLogRequest(after_seq=self.after_seq, limit=self._requested)
+
+    def advance(self, head: SignedHead | None, entries: list[StoredEntry]) -> list[StoredEntry]:
+        """Takes in a page; returns its entries that belong to the read."""
+        if self.tail:
+            self.done = True
+            return entries
+        if self.end_seq is None:
+            self.end_seq = head.size if head is not None else None
+        if self.end_seq is not None:
+            entries = [e for e in entries if e.seq <= self.end_seq]
+        if self.remaining is not None:
+            entries = entries[: self.remaining]
+            self.remaining -= len(entries)
+        self.after_seq = max([self.after_seq + self._requested, *(e.seq for e in entries)])
+        if self.remaining == 0:
+            self.done = True
+        elif self.end_seq is not None:
+            self.done = self.after_seq >= self.end_seq
+        else:
+            # Without a head, only an empty page says where the log ends.
+            self.done = not entries
+        return entries
+
+    def what(self) -> str:
+        return f"read audit log of {self.region}"
+
+
+def _audit_rpc(req: spb.ReadAuditLogRequest) -> Callable[[Any, float], list[spb.ReadAuditLogResponse]]:
+    # A page is read to its end inside the call, so that a broken stream is retried like any call.
+    return lambda stub, timeout: list(stub.ReadAuditLog(req, timeout=timeout))
+
+
+def _audit_rpc_async(
+    req: spb.ReadAuditLogRequest,
+) -> Callable[[Any, float], Awaitable[list[spb.ReadAuditLogResponse]]]:
+    async def rpc(stub: Any, seconds: float) -> list[spb.ReadAuditLogResponse]:
+        return [msg async for msg in stub.ReadAuditLog(req, timeout=seconds)]
+
+    return rpc
 
 
 def _scan_rpc(req: spb.ScanRequest) -> Callable[[Any, float], Any]:
@@ -544,6 +771,12 @@ class _Attempt:
         return 0.0 if isinstance(error, PlacementRefused) else policy.backoff_s(self.retries, rng)
 
 
+def _call_deadline(default_s: float, override_s: float | None, what: str) -> _Deadline:
+    if override_s is not None and not override_s > 0:
+        raise InvalidArgument(f"deadline_s is {override_s}; it must be positive")
+    return _Deadline(override_s or default_s, what)
+
+
 def _options(deadline_s: float, retry: RetryPolicy | None, topology_ttl_s: float) -> RetryPolicy:
     if not deadline_s > 0:
         raise InvalidArgument(f"deadline_s is {deadline_s}; it must be positive")
@@ -643,6 +876,24 @@ class Client:
                 raise
             return cached
 
+    def _coordinator_call(self, what: str, rpc: Callable[[Any, float], R]) -> R:
+        """A call to the coordinator, retried like node calls (there is only one coordinator)."""
+        deadline = _Deadline(self.deadline_s, what)
+        retries = 0
+        while True:
+            stub = cgrpc.CoordinatorServiceStub(self._channel(self.coordinator))
+            try:
+                return rpc(stub, deadline.remaining())
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc, f"coordinator at {self.coordinator}")
+            retries += 1
+            if not error.retriable or retries >= self.retry.attempts_max:
+                raise error
+            pause = self.retry.backoff_s(retries, self._rng)
+            if pause >= deadline.remaining():
+                raise error
+            time.sleep(pause)
+
     # -- the one call path
 
     def _call(
@@ -653,8 +904,9 @@ class Client:
         write: bool,
         rpc: Callable[[Any, float], R],
         node_id: str | None = None,
+        deadline_s: float | None = None,
     ) -> tuple[R, NodeInfo]:
-        deadline = _Deadline(self.deadline_s, what)
+        deadline = _call_deadline(self.deadline_s, deadline_s, what)
         plan = _Attempt(region=region, write=write, node_id=node_id)
         while True:
             node: NodeInfo | None = None
@@ -715,9 +967,18 @@ class Client:
         return _get_result(resp, node)
 
     def delete(
-        self, namespace: str, key: str, *, context: CausalContext | None = None, region: str | None = None
+        self,
+        namespace: str,
+        key: str,
+        *,
+        context: CausalContext | None = None,
+        region: str | None = None,
+        subject_id: str | None = None,
+        subject_jurisdiction: str | None = None,
     ) -> DeleteResult:
-        req = _delete_request(namespace, key, context)
+        """Writes a tombstone. subject_id / subject_jurisdiction are used only when the node holds
+        no version of the record (it then cannot tell where the tombstone belongs)."""
+        req = _delete_request(namespace, key, context, subject_id, subject_jurisdiction)
         resp, node = self._call(
             f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)
         )
@@ -758,6 +1019,81 @@ class Client:
             node_id=node_id,
         )
         return _node_status(resp)
+
+    # -- audit and compliance
+
+    def read_audit_log(
+        self,
+        region: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 0,
+        tail: bool = False,
+        page_entries: int = AUDIT_PAGE_ENTRIES,
+    ) -> tuple[SignedHead | None, Iterator[StoredEntry]]:
+        """The audit log of `region` from after_seq (limit 0: to its end), or with tail=True its
+        last `limit` entries, and the node's signed head taken before the read.
+
+        The first page is read now (so the head is known); the rest as the iterator is consumed,
+        one call of page_entries entries each, all from the node that answered the first page.
+        Every read is itself recorded in the log.
+        """
+        cursor = _AuditCursor(region, after_seq, limit, tail, page_entries)
+        head, entries, node = self._audit_page(cursor, None)
+        return head, self._audit_rest(cursor, entries, node)
+
+    def _audit_page(
+        self, cursor: _AuditCursor, node_id: str | None
+    ) -> tuple[SignedHead | None, list[StoredEntry], NodeInfo]:
+        region = None if node_id else cursor.region
+        msgs, node = self._call(cursor.what(), None, region, False, _audit_rpc(cursor.request()), node_id)
+        head, entries = _audit_page(msgs)
+        return head, cursor.advance(head, entries), node
+
+    def _audit_rest(
+        self, cursor: _AuditCursor, first: list[StoredEntry], node: NodeInfo
+    ) -> Iterator[StoredEntry]:
+        yield from first
+        while not cursor.done:
+            _, entries, node = self._audit_page(cursor, node.node_id)
+            yield from entries
+
+    def audit_head(self, region: str) -> tuple[SignedHead | None, int]:
+        """The last signed head of `region`'s audit log that the coordinator accepted, and when
+        it accepted it (ms since the epoch); (None, 0) when the region has exported none yet."""
+        _check_region_name(region)
+        what = f"audit head of {region}"
+        _check_known_region(self._current_topology(_Deadline(self.deadline_s, what), False), region)
+        req = cpb.GetAuditHeadRequest(region=region)
+        try:
+            resp = self._coordinator_call(what, lambda s, t: s.GetAuditHead(req, timeout=t))
+        except NotFound:
+            return None, 0
+        if not resp.HasField("head"):
+            return None, 0
+        return head_from_pb(resp.head), resp.accepted_unix_ms
+
+    def scan_compliance(
+        self,
+        region: str,
+        violations_max: int = VIOLATIONS_MAX_DEFAULT,
+        *,
+        deadline_s: float | None = None,
+    ) -> ComplianceReport:
+        """Has the node of `region` check every record copy it holds against the policy in
+        force. The scan walks the whole store: pass a deadline_s that fits its size."""
+        _check_region_name(region)
+        _check_violations_max(violations_max)
+        req = spb.ScanComplianceRequest(violations_max=violations_max)
+        resp, node = self._call(
+            f"compliance scan of {region}",
+            None,
+            region,
+            False,
+            lambda s, t: s.ScanCompliance(req, timeout=t),
+            deadline_s=deadline_s,
+        )
+        return _compliance_report(resp, node)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -828,6 +1164,23 @@ class AsyncClient:
         self._topology, self._fetched_at = topology_from_pb(resp.topology), time.monotonic()
         return self._topology
 
+    async def _coordinator_call(self, what: str, rpc: Callable[[Any, float], Awaitable[R]]) -> R:
+        deadline = _Deadline(self.deadline_s, what)
+        retries = 0
+        while True:
+            stub = cgrpc.CoordinatorServiceStub(await self._channel(self.coordinator))
+            try:
+                return await rpc(stub, deadline.remaining())
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc, f"coordinator at {self.coordinator}")
+            retries += 1
+            if not error.retriable or retries >= self.retry.attempts_max:
+                raise error
+            pause = self.retry.backoff_s(retries, self._rng)
+            if pause >= deadline.remaining():
+                raise error
+            await asyncio.sleep(pause)
+
     async def _current_topology(self, deadline: _Deadline, force: bool) -> Topology:
         cached = self._topology
         if cached is not None and not force and time.monotonic() - self._fetched_at < self._ttl_s:
@@ -847,8 +1200,9 @@ class AsyncClient:
         write: bool,
         rpc: Callable[[Any, float], Awaitable[R]],
         node_id: str | None = None,
+        deadline_s: float | None = None,
     ) -> tuple[R, NodeInfo]:
-        deadline = _Deadline(self.deadline_s, what)
+        deadline = _call_deadline(self.deadline_s, deadline_s, what)
         plan = _Attempt(region=region, write=write, node_id=node_id)
         while True:
             node: NodeInfo | None = None
@@ -907,9 +1261,16 @@ class AsyncClient:
         return _get_result(resp, node)
 
     async def delete(
-        self, namespace: str, key: str, *, context: CausalContext | None = None, region: str | None = None
+        self,
+        namespace: str,
+        key: str,
+        *,
+        context: CausalContext | None = None,
+        region: str | None = None,
+        subject_id: str | None = None,
+        subject_jurisdiction: str | None = None,
     ) -> DeleteResult:
-        req = _delete_request(namespace, key, context)
+        req = _delete_request(namespace, key, context, subject_id, subject_jurisdiction)
         resp, node = await self._call(
             f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)
         )
@@ -951,3 +1312,74 @@ class AsyncClient:
             node_id=node_id,
         )
         return _node_status(resp)
+
+    # -- audit and compliance
+
+    async def read_audit_log(
+        self,
+        region: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 0,
+        tail: bool = False,
+        page_entries: int = AUDIT_PAGE_ENTRIES,
+    ) -> tuple[SignedHead | None, AsyncIterator[StoredEntry]]:
+        """As Client.read_audit_log: `async for entry in entries`."""
+        cursor = _AuditCursor(region, after_seq, limit, tail, page_entries)
+        head, entries, node = await self._audit_page(cursor, None)
+        return head, self._audit_rest(cursor, entries, node)
+
+    async def _audit_page(
+        self, cursor: _AuditCursor, node_id: str | None
+    ) -> tuple[SignedHead | None, list[StoredEntry], NodeInfo]:
+        region = None if node_id else cursor.region
+        rpc = _audit_rpc_async(cursor.request())
+        msgs, node = await self._call(cursor.what(), None, region, False, rpc, node_id)
+        head, entries = _audit_page(msgs)
+        return head, cursor.advance(head, entries), node
+
+    async def _audit_rest(
+        self, cursor: _AuditCursor, first: list[StoredEntry], node: NodeInfo
+    ) -> AsyncIterator[StoredEntry]:
+        for entry in first:
+            yield entry
+        while not cursor.done:
+            _, entries, node = await self._audit_page(cursor, node.node_id)
+            for entry in entries:
+                yield entry
+
+    async def audit_head(self, region: str) -> tuple[SignedHead | None, int]:
+        """As Client.audit_head."""
+        _check_region_name(region)
+        what = f"audit head of {region}"
+        topology = await self._current_topology(_Deadline(self.deadline_s, what), False)
+        _check_known_region(topology, region)
+        req = cpb.GetAuditHeadRequest(region=region)
+        try:
+            resp = await self._coordinator_call(what, lambda s, t: s.GetAuditHead(req, timeout=t))
+        except NotFound:
+            return None, 0
+        if not resp.HasField("head"):
+            return None, 0
+        return head_from_pb(resp.head), resp.accepted_unix_ms
+
+    async def scan_compliance(
+        self,
+        region: str,
+        violations_max: int = VIOLATIONS_MAX_DEFAULT,
+        *,
+        deadline_s: float | None = None,
+    ) -> ComplianceReport:
+        """As Client.scan_compliance."""
+        _check_region_name(region)
+        _check_violations_max(violations_max)
+        req = spb.ScanComplianceRequest(violations_max=violations_max)
+        resp, node = await self._call(
+            f"compliance scan of {region}",
+            None,
+            region,
+            False,
+            lambda s, t: s.ScanCompliance(req, timeout=t),
+            deadline_s=deadline_s,
+        )
+        return _compliance_report(resp, node)

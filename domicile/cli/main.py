@@ -1,7 +1,8 @@
 """Argument parsing and dispatch for the `domicile` command.
 
-Exit codes: 0 success; 1 `get` found nothing or `up` lost a child; 2 an error (printed as
-`error: <message>` on stderr) or a usage mistake.
+Exit codes: 0 success; 1 `get` found nothing, `up` lost a child, `policy explain` refused,
+`audit verify` found a problem or no exported head, `compliance scan` found a violation;
+2 an error (printed as `error: <message>` on stderr) or a usage mistake.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from domicile.client import DEFAULT_COORDINATOR
+from domicile.client import AUDIT_TAIL_ENTRIES_MAX, DEFAULT_COORDINATOR, VIOLATIONS_MAX_LIMIT
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
 
@@ -51,6 +53,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
 def _classification(text: str) -> str:
     allowed = [c.label for c in Classification if c is not Classification.UNSPECIFIED]
     if text.lower() not in allowed:
@@ -65,20 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--coordinator",
-        default=os.environ.get("DOMICILE_COORDINATOR", DEFAULT_COORDINATOR),
-        metavar="HOST:PORT",
-        help="coordinator address (default: $DOMICILE_COORDINATOR or %(default)s)",
-    )
-    common.add_argument(
-        "--deadline",
-        type=_positive_float,
-        default=5.0,
-        metavar="SECONDS",
-        help="deadline of each request, retries included (default: %(default)s)",
-    )
+    common = _common_options(deadline_s=5.0)
     record = argparse.ArgumentParser(add_help=False, parents=[common])
     record.add_argument("--namespace", "-n", required=True, help="namespace (dataset) name")
     record.add_argument("--region", "-r", help="send to this region instead of routing by the topology")
@@ -154,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", parents=[record], help="delete a record (writes a tombstone)")
     p.add_argument("--key", "-k", required=True)
     p.add_argument("--context", help="delete only the versions of this context (from get)")
+    p.add_argument(
+        "--subject-id",
+        default="",
+        help="the record's data subject; used only when the node holds no version of the record",
+    )
+    p.add_argument(
+        "--subject-jurisdiction",
+        default="",
+        metavar="CC",
+        help="ISO 3166 code of the subject (e.g. DE); used only when the node holds no version of the "
+        "record, and needed then for personal data",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser(
@@ -171,7 +185,138 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="topology, node health and replication links of the cluster"
     )
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    _add_policy(sub, common)
+    _add_audit(sub, common)
+    _add_compliance(sub)
     return parser
+
+
+def _common_options(deadline_s: float) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--coordinator",
+        default=os.environ.get("DOMICILE_COORDINATOR", DEFAULT_COORDINATOR),
+        metavar="HOST:PORT",
+        help="coordinator address (default: $DOMICILE_COORDINATOR or %(default)s)",
+    )
+    common.add_argument(
+        "--deadline",
+        type=_positive_float,
+        default=deadline_s,
+        metavar="SECONDS",
+        help="deadline of each request, retries included (default: %(default)s)",
+    )
+    return common
+
+
+def _add_policy(sub: Any, common: argparse.ArgumentParser) -> None:
+    policy = sub.add_parser("policy", help="inspect the residency policy")
+    actions = policy.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = actions.add_parser(
+        "explain",
+        parents=[common],
+        help="what the policy decides for a record, an action and a region, and why",
+        description="Print the decision (allow, refuse, or allow with fields redacted), the rule, "
+        "law, legal basis, reason, the policy-pack facts it relied on (with the date each was "
+        "checked and its source), the regions where the action is allowed and the policy version. "
+        "The policy is --pack FILE (its regions are the pack's), --cluster-config FILE, or by "
+        "default the one in force at the coordinator. Exit 0 allowed (also with redaction), "
+        "1 refused, 2 bad input.",
+    )
+    p.add_argument(
+        "--classification",
+        "-c",
+        required=True,
+        help="public, internal, confidential, personal, sensitive_personal or financial",
+    )
+    p.add_argument(
+        "--subject-jurisdiction",
+        "-j",
+        default="",
+        metavar="CC",
+        help="ISO 3166-1 alpha-2 or ISO 3166-2 code of the data subject, e.g. DE or US-CA",
+    )
+    p.add_argument("--region", "-r", required=True, help="the region asked about")
+    p.add_argument("--action", "-a", required=True, metavar="{store,replicate,read}")
+    p.add_argument(
+        "--namespace",
+        "-n",
+        help="judge by this namespace's scope too, as nodes do; required when the cluster has no policy pack",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--pack", metavar="FILE", help="a policy pack file (e.g. deploy/policy/pack.yaml)")
+    source.add_argument(
+        "--cluster-config", metavar="FILE", help="a cluster config (its policy_pack and scopes)"
+    )
+    p.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
+
+
+def _add_audit(sub: Any, common: argparse.ArgumentParser) -> None:
+    audit = sub.add_parser("audit", help="check and read a region's audit trail")
+    actions = audit.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = actions.add_parser(
+        "verify",
+        parents=[common],
+        help="check a region's audit log against its last head exported to the coordinator",
+        description="Stream the region's audit log from its node and check its hash chain against "
+        "the last signed head the coordinator accepted. Prints the entries checked, the entries "
+        "anchored by the head, its time, and every problem (kind, seq, message). Exit 0 intact "
+        "and anchored; 1 a problem, or no head exported yet (not anchored: nothing proves the log); "
+        "2 the check could not be made. Each page of the log is one request with --deadline.",
+    )
+    p.add_argument("--region", "-r", required=True)
+    p.add_argument(
+        "--problems-max",
+        type=_bounded_int(1, 100_000),
+        default=100,
+        help="list at most this many damaged entries; the rest are counted (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p = actions.add_parser(
+        "tail",
+        parents=[common],
+        help="the last entries of a region's audit log",
+        description="Print the last N entries, decoded: seq, time (UTC), principal, action, "
+        "namespace/key, decision, rule and detail. Reading the log is itself audited.",
+    )
+    p.add_argument("--region", "-r", required=True)
+    p.add_argument(
+        "-n",
+        type=_bounded_int(1, AUDIT_TAIL_ENTRIES_MAX),
+        default=20,
+        help=f"entries to show, 1 to {AUDIT_TAIL_ENTRIES_MAX} (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the entries as one JSON object")
+
+
+def _add_compliance(sub: Any) -> None:
+    compliance = sub.add_parser("compliance", help="check stored records against the policy in force")
+    actions = compliance.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    # A scan walks a node's whole store: a longer default deadline than a single record's.
+    p = actions.add_parser(
+        "scan",
+        parents=[_common_options(deadline_s=300.0)],
+        help="report the record copies the policy in force does not allow where they are",
+        description="Every region's node (or those of --region) checks each record copy it holds "
+        "against the policy in force; prints per region the versions checked and every "
+        "violation, then a total. Nothing is moved or deleted. Exit 0 none, 1 violations, "
+        "2 a region could not be scanned.",
+    )
+    p.add_argument(
+        "--region",
+        "-r",
+        action="append",
+        metavar="REGION",
+        help="scan this region (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--violations-max",
+        type=_bounded_int(1, VIOLATIONS_MAX_LIMIT),
+        default=1000,
+        help="violations to list per region; all are counted (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
 def exec_daemon(daemon: str, args: Sequence[str]) -> None:
@@ -184,6 +329,18 @@ def exec_daemon(daemon: str, args: Sequence[str]) -> None:
 
 def _handler(command: str) -> Callable[[argparse.Namespace], int]:
     # Imported on use: `domicile get` should not pay for what `up` needs, and the reverse.
+    if command == "policy explain":
+        from domicile.cli.policy import explain
+
+        return explain
+    if command in ("audit verify", "audit tail"):
+        from domicile.cli import audit
+
+        return audit.verify if command == "audit verify" else audit.tail
+    if command == "compliance scan":
+        from domicile.cli.compliance import scan
+
+        return scan
     if command == "up":
         from domicile.cli.up import up
 
@@ -215,8 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_in and args_in[0] in DAEMONS:
         exec_daemon(args_in[0], args_in[1:])
     args = build_parser().parse_args(args_in)
+    command = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
     try:
-        return _handler(args.command)(args)
+        return _handler(command)(args)
     except DomicileError as exc:
         report_error(exc)
         return EXIT_ERROR

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,8 @@ def version_json(version: Version) -> dict[str, Any]:
         "subject_jurisdiction": version.subject_jurisdiction,
         "classification": version.classification.label,
         "origin_region": version.origin_region,
+        # Fields the residency policy removed from this copy (reads only).
+        "redacted_fields": list(getattr(version, "redacted_fields", ())),
     }
 
 
@@ -59,3 +62,17 @@ def write_value_line(value: bytes, prefix: str = "") -> None:
     out.flush()
     out.buffer.write(prefix.encode("utf-8") + value + b"\n")
     out.buffer.flush()
+
+
+def iso_ms(unix_ms: int) -> str:
+    """UTC time of a millisecond timestamp, ISO 8601 with milliseconds (2026-11-27T09:30:00.125Z)."""
+    try:
+        moment = datetime.datetime.fromtimestamp(unix_ms / 1000, tz=datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        # A damaged entry can carry any number; show it rather than fail.
+        return f"{unix_ms} ms"
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from domicile.cli.output import context_json, dot_text, print_json, version_json, write_value_line
-from domicile.client import Client, context_from_token
+from domicile.client import Client, ReadVersion, context_from_token
 from domicile.errors import InvalidArgument
 
 EXIT_OK = 0
@@ -62,9 +64,22 @@ def put(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _note_redactions(versions: Sequence[ReadVersion]) -> None:
+    # On stderr: stdout carries exactly the value, and a redacted value is empty.
+    for version in versions:
+        if version.redacted_fields:
+            print(
+                f"note: version {dot_text(version)}: the residency policy redacted "
+                f"{', '.join(version.redacted_fields)} from this read",
+                file=sys.stderr,
+            )
+
+
 def get(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.get(args.namespace, args.key, region=args.region)
+    if not args.json:
+        _note_redactions(result.versions)
     if args.json:
         print_json(
             {
@@ -88,7 +103,14 @@ def get(args: argparse.Namespace) -> int:
 def delete(args: argparse.Namespace) -> int:
     context = context_from_token(args.context) if args.context else None
     with _client(args) as client:
-        result = client.delete(args.namespace, args.key, context=context, region=args.region)
+        result = client.delete(
+            args.namespace,
+            args.key,
+            context=context,
+            region=args.region,
+            subject_id=args.subject_id or None,
+            subject_jurisdiction=args.subject_jurisdiction or None,
+        )
     if args.json:
         print_json(
             {

@@ -96,7 +96,7 @@ def render_text(
     for region in topology.region_names():
         region_reports = by_region.pop(region, [])
         if not region_reports:
-            rows.append([region, "-", "no node", "-", "-", "-", "-"])
+            rows.append([region, "-", "no node", "-", "-", "-", "-", "-", "-", "-"])
         for r in region_reports:
             s = r.status
             rows.append(
@@ -107,17 +107,36 @@ def render_text(
                     _or_dash(s.records_stored if s else None),
                     _or_dash(s.topology_revision if s else None),
                     _or_dash(s.policy_version if s else None),
+                    _or_dash(s.audit_entries if s else None),
+                    _or_dash(s.audit_exported_size if s else None),
+                    _or_dash(s.compliance_violations if s else None),
                     r.node.address,
                 ]
             )
     # Nodes of regions the topology does not list (should not happen; still worth showing).
     for region, extra in by_region.items():
-        rows.extend([region, r.node.node_id, r.health, "-", "-", "-", r.node.address] for r in extra)
+        rows.extend(
+            [region, r.node.node_id, r.health, "-", "-", "-", "-", "-", "-", r.node.address] for r in extra
+        )
     parts = [
         f"coordinator {coordinator}: topology revision {topology.revision}, "
         f"policy {topology.policy_version or '-'}",
         "",
-        table(["region", "node", "health", "records", "topology rev", "policy", "address"], rows),
+        table(
+            [
+                "region",
+                "node",
+                "health",
+                "records",
+                "topology rev",
+                "policy",
+                "audit entries",
+                "audit exported",
+                "violations",
+                "address",
+            ],
+            rows,
+        ),
     ]
     unreachable = [r for r in reports if r.status is None]
     if unreachable:
@@ -164,6 +183,9 @@ def render_json(
                 "policy_version": s.policy_version if s else None,
                 "conflicts_total": s.conflicts_total if s else None,
                 "uptime_seconds": s.uptime_seconds if s else None,
+                "audit_entries": s.audit_entries if s else None,
+                "audit_exported_size": s.audit_exported_size if s else None,
+                "compliance_violations": s.compliance_violations if s else None,
             }
         )
     return {

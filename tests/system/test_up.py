@@ -254,9 +254,10 @@ def test_get_exit_codes(up: UpProcess):
     assert bad.stderr.startswith("error: ") and "no_such_namespace" in bad.stderr
 
 
-def test_eu_personal_data_stays_in_the_eu(up: UpProcess):
+def test_eu_trades_stay_in_the_eu(up: UpProcess):
+    # trades_eu is scoped to the EU: narrower than what GDPR would allow for a German subject.
     up.put(
-        "customers_eu",
+        "trades_eu",
         "cust-1001",
         "Erika Mustermann",
         "--region",
@@ -267,7 +268,7 @@ def test_eu_personal_data_stays_in_the_eu(up: UpProcess):
         "DE",
     )
     eventually(
-        lambda: up.sees("customers_eu", "cust-1001", "Erika Mustermann", "eu-central-1"), "the EU replica"
+        lambda: up.sees("trades_eu", "cust-1001", "Erika Mustermann", "eu-central-1"), "the EU replica"
     )
     # A later global write from the same origin: once it is everywhere, anything the origin
     # would have shipped before it has arrived too, so absence below is meaningful.
@@ -277,7 +278,7 @@ def test_eu_personal_data_stays_in_the_eu(up: UpProcess):
             lambda r=region: up.sees("instruments", "marker-after-cust-1001", "m", r), f"marker in {region}"
         )
     for region in NOT_EU:
-        done = up.get("customers_eu", "cust-1001", region)
+        done = up.get("trades_eu", "cust-1001", region)
         # Not found, or a read refused by the policy: either way no data left the EU.
         refused = done.returncode == 2 and "eu-west-1" in done.stderr
         assert done.returncode == 1 or refused, (region, done.returncode, done.stdout, done.stderr)
@@ -297,16 +298,49 @@ def test_eu_personal_data_stays_in_the_eu(up: UpProcess):
 
 
 def test_a_put_at_a_region_that_may_not_hold_the_record_is_refused(up: UpProcess):
+    # APPI: a Japanese customer's profile may be in Japan and the EU (a designated country), not
+    # in the US.
+    jp = ("--subject-id", "cust-2002", "--subject-jurisdiction", "JP")
     done = up.cli(
-        "put", "--namespace", "customers_eu", "--key", "cust-2002", "--value", "x", "--region", "us-east-1"
+        "put", "--namespace", "customers", "--key", "cust-2002", "--value", "x", "--region", "us-east-1", *jp
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ")
-    assert "allowed regions: eu-west-1, eu-central-1" in done.stderr
-    assert up.get("customers_eu", "cust-2002", "us-east-1").returncode in (1, 2)
-    # Without --region the client routes the same write to the EU itself.
-    routed = up.put("customers_eu", "cust-2002", "x")
-    assert " region=eu-" in routed.stdout
+    assert "APPI" in done.stderr
+    assert "allowed regions: eu-west-1, eu-central-1, ap-northeast-1" in done.stderr
+    assert up.get("customers", "cust-2002", "us-east-1").returncode in (1, 2)
+    # Without --region the client routes the same write to a region that may hold it.
+    routed = up.put("customers", "cust-2002", "x", *jp)
+    assert any(f" region={r} " in routed.stdout for r in ("eu-west-1", "eu-central-1", "ap-northeast-1"))
+
+
+def test_policy_explain_audit_verify_and_compliance_scan(up: UpProcess):
+    explained = up.cli(
+        "policy", "explain", "--classification", "personal", "--subject-jurisdiction", "DE",
+        "--region", "us-west-2", "--action", "replicate", "--json",
+    )  # fmt: skip
+    assert explained.returncode == 1, explained.stderr
+    decision = json.loads(explained.stdout)
+    assert decision["decision"] == "refuse" and decision["law"] == "GDPR"
+    allowed = up.cli(
+        "policy", "explain", "--classification", "personal", "--subject-jurisdiction", "DE",
+        "--region", "us-east-1", "--action", "replicate",
+    )  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    assert "dpf_certified" in allowed.stdout
+    scan = up.cli("compliance", "scan", "--json")
+    assert scan.returncode == 0, scan.stdout + scan.stderr
+    up.put("instruments", "marker-before-verify", "m", "--region", "eu-central-1")
+
+    def verified() -> bool:
+        done = up.cli("audit", "verify", "--region", "eu-central-1", "--json")
+        return done.returncode == 0 and json.loads(done.stdout)["verified"]
+
+    # The head is exported after each batch: wait until the coordinator holds one.
+    eventually(verified, "a verified, anchored audit log in eu-central-1")
+    tail = up.cli("audit", "tail", "--region", "eu-central-1", "-n", "5", "--json")
+    assert tail.returncode == 0, tail.stderr
+    assert any(e["action"] == "audit_read" for e in json.loads(tail.stdout)["entries"])
 
 
 def test_ctrl_c_stops_every_child_and_exits_0(up: UpProcess):

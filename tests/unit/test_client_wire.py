@@ -2,7 +2,9 @@
 and nodes that keep records in memory, enforce namespace scopes like the real node (refusal
 with the allowed-regions trailer) and can be told to fail. The real daemons are exercised by
 tests/system; these tests pin the client's wire behaviour: routing, the placement retry, error
-mapping, retries, pagination and deadlines."""
+mapping, retries, pagination and deadlines. The stand-ins also serve the audit and compliance
+RPCs (ReadAuditLog with the real node's paging, GetAuditHead, ScanCompliance) over a real,
+signed audit chain built with domicile.audit."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from domicile.audit import GENESIS, AuditEntry, SignedHead, StoredEntry, chain_hash, sign_head
+from domicile.audit_wire import entry_to_pb, head_to_pb
 from domicile.causality import CausalContext
 from domicile.client import AsyncClient, Client, NodeHealth, RetryPolicy
 from domicile.errors import (
@@ -39,6 +44,37 @@ SCOPES = {
     "customers_eu": ("eu-west-1", "eu-central-1"),
 }
 REGIONS = ("us-east-1", "eu-west-1", "eu-central-1")
+# The stand-in node streams its audit log in messages of this many entries (the real node uses
+# larger batches); small, so that a page spans several messages.
+AUDIT_MESSAGE_ENTRIES = 3
+
+
+def audit_chain(
+    region: str, count: int, key: Ed25519PrivateKey, *, time_ms: int = 1_790_000_000_000
+) -> tuple[list[StoredEntry], SignedHead]:
+    """A valid log of `count` entries of `region` and its signed head."""
+    entries: list[StoredEntry] = []
+    prev = GENESIS
+    for seq in range(1, count + 1):
+        body = AuditEntry(
+            seq=seq,
+            time_ms=time_ms + seq,
+            hlc=seq,
+            region=region,
+            node_id=region,
+            principal="client:ipv4:127.0.0.1:5000",
+            action="put",
+            namespace="customers_eu",
+            key=f"c-{seq}",
+            decision="allow",
+            rule="gdpr.home",
+            policy_version="p1",
+            detail=f"entry {seq}",
+        ).encode()
+        prev = chain_hash(prev, body)
+        entries.append(StoredEntry(seq, body, prev))
+    head = sign_head(key, region=region, node_id=region, size=count, head=prev, time_ms=time_ms + count)
+    return entries, head
 
 
 @dataclass
@@ -52,6 +88,15 @@ class FakeNode(sgrpc.StorageNodeServiceServicer):
     delay: threading.Event | None = None
     counter: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Fields a Get answers with removed (value, subject_id, ...), as the policy may ask.
+    redact: tuple[str, ...] = ()
+    deletes: list[spb.DeleteRequest] = field(default_factory=list)
+    audit_log: list[StoredEntry] = field(default_factory=list)
+    audit_head: SignedHead | None = None
+    audit_requests: list[spb.ReadAuditLogRequest] = field(default_factory=list)
+    audit_exported_size: int = 0
+    compliance: spb.ScanComplianceResponse | None = None
+    compliance_requests: list[spb.ScanComplianceRequest] = field(default_factory=list)
 
     def _enter(self, method: str, context: grpc.ServicerContext, namespace: str = "") -> None:
         with self.lock:
@@ -101,7 +146,15 @@ class FakeNode(sgrpc.StorageNodeServiceServicer):
         self._enter("Get", context, request.namespace)
         resp = spb.GetResponse(region=self.region)
         for counter, value in self.records.get((request.namespace, request.key), []):
-            self._version(counter, value, resp.versions.add())
+            version = resp.versions.add()
+            self._version(counter, value, version)
+            if self.redact:
+                # The checksum stays: it is of the stored value, which the reader does not get.
+                version.redacted_fields.extend(self.redact)
+                if "value" in self.redact:
+                    version.value = b""
+                if "subject_id" in self.redact:
+                    version.subject_id = ""
             resp.context.version_vector[self.region] = counter
         resp.found = bool(resp.versions)
         return resp
@@ -109,6 +162,7 @@ class FakeNode(sgrpc.StorageNodeServiceServicer):
     def Delete(self, request, context):
         self._enter("Delete", context, request.namespace)
         self._refuse_outside_scope(request.namespace, context)
+        self.deletes.append(request)
         existed = self.records.pop((request.namespace, request.key), None) is not None
         return spb.DeleteResponse(existed=existed, lsn=self.counter)
 
@@ -132,18 +186,76 @@ class FakeNode(sgrpc.StorageNodeServiceServicer):
     def GetNodeStatus(self, request, context):
         self._enter("GetNodeStatus", context)
         return spb.GetNodeStatusResponse(
-            node_id=self.region, region=self.region, records_stored=len(self.records), policy_version="p1"
+            node_id=self.region,
+            region=self.region,
+            records_stored=len(self.records),
+            policy_version="p1",
+            audit_entries=len(self.audit_log),
+            audit_exported_size=self.audit_exported_size,
+            compliance_violations=self.compliance.violations_total if self.compliance else 0,
         )
+
+    def ReadAuditLog(self, request, context):
+        # The real node's semantics: positions by seq up to the size of its head, the head in
+        # the first message, then batches of the entries after each batch's last seq.
+        self._enter("ReadAuditLog", context)
+        self.audit_requests.append(request)
+        head = self.audit_head
+        end = head.size if head is not None else 0
+        after = request.after_seq
+        if request.tail:
+            after = max(0, end - (request.limit or end))
+        elif request.limit:
+            end = min(end, after + request.limit)
+        first = spb.ReadAuditLogResponse()
+        if head is not None:
+            head_to_pb(head, first.head)
+        yield first
+        while after < end:
+            batch = [e for e in self.audit_log if e.seq > after][: min(AUDIT_MESSAGE_ENTRIES, end - after)]
+            if not batch:
+                return
+            response = spb.ReadAuditLogResponse()
+            for entry in batch:
+                entry_to_pb(entry, response.records.add())
+            after = batch[-1].seq
+            yield response
+
+    def ScanCompliance(self, request, context):
+        self._enter("ScanCompliance", context)
+        self.compliance_requests.append(request)
+        found = self.compliance or spb.ScanComplianceResponse(
+            region=self.region, policy_version="p1", versions_checked=len(self.records)
+        )
+        resp = spb.ScanComplianceResponse()
+        resp.CopyFrom(found)
+        del resp.violations[request.violations_max or 1000 :]
+        return resp
 
 
 class FakeCoordinator(cgrpc.CoordinatorServiceServicer):
     def __init__(self) -> None:
         self.topology = cpb.Topology(revision=1, policy_version="p1")
         self.calls = 0
+        # Region -> the last exported head and when it was accepted.
+        self.audit_heads: dict[str, tuple[SignedHead, int]] = {}
+        self.failures: list[grpc.StatusCode] = []
 
     def GetTopology(self, request, context):
         self.calls += 1
         return cpb.GetTopologyResponse(topology=self.topology)
+
+    def GetAuditHead(self, request, context):
+        self.calls += 1
+        if self.failures:
+            failure = self.failures.pop(0)
+            context.abort(failure, f"injected {failure.name}")
+        found = self.audit_heads.get(request.region)
+        if found is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no audit head exported for region {request.region}")
+        resp = cpb.GetAuditHeadResponse(accepted_unix_ms=found[1])
+        head_to_pb(found[0], resp.head)
+        return resp
 
 
 class FakeCluster:
@@ -188,6 +300,26 @@ class FakeCluster:
         self.coordinator.topology.nodes.add(
             node_id=node_id, region=region, address=f"127.0.0.1:{port}", health=cpb.NODE_HEALTH_UP
         )
+
+    def give_audit_log(
+        self,
+        region: str,
+        count: int,
+        *,
+        exported: int | None = None,
+        accepted_unix_ms: int = 1_790_000_100_000,
+    ) -> tuple[list[StoredEntry], Ed25519PrivateKey]:
+        """Gives `region`'s node a valid audit log of `count` entries (its head covers them all)
+        and, unless exported is None, the coordinator the head of its first `exported` entries."""
+        key = Ed25519PrivateKey.generate()
+        entries, head = audit_chain(region, count, key)
+        node = self.nodes[region]
+        node.audit_log, node.audit_head = entries, head
+        if exported is not None:
+            _, exported_head = audit_chain(region, exported, key)
+            self.coordinator.audit_heads[region] = (exported_head, accepted_unix_ms)
+            node.audit_exported_size = exported
+        return entries, key
 
     def regions_called(self, method: str) -> list[str]:
         return [r for r, n in self.nodes.items() if method in n.calls]
