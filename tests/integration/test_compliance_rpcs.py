@@ -1,0 +1,89 @@
+"""Bad input to the compliance RPCs gets the right status and a message that says what is
+allowed, and changes nothing; accepted audit heads survive a coordinator restart."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from domicile import audit_wire
+from domicile.audit import sign_head
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.v1 import storage_node_pb2 as spb
+from tests.support.cluster import LocalCluster
+
+KEY = Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path, ["eu-west-1"])
+    await cluster.start_coordinator()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+def export_request(
+    size: int, last: bytes = b"\x01" * 32, region: str = "us-east-1"
+) -> cpb.ExportAuditHeadRequest:
+    head = sign_head(KEY, region=region, node_id=region, size=size, head=last, time_ms=5)
+    request = cpb.ExportAuditHeadRequest()
+    audit_wire.head_to_pb(head, request.head)
+    return request
+
+
+async def test_audit_heads_are_checked_kept_and_survive_a_restart(cluster: LocalCluster) -> None:
+    async with grpc.aio.insecure_channel(cluster.coordinator_address) as channel:
+        stub = cpb_grpc.CoordinatorServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetAuditHead(cpb.GetAuditHeadRequest(region="us-east-1"), timeout=5)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert (await stub.ExportAuditHead(export_request(4), timeout=5)).accepted_size == 4
+        cases = [
+            (export_request(3), grpc.StatusCode.FAILED_PRECONDITION, "shrank from 4 to 3"),
+            (export_request(4, b"\x02" * 32), grpc.StatusCode.FAILED_PRECONDITION, "rewritten"),
+            (export_request(1, region="mars-1"), grpc.StatusCode.INVALID_ARGUMENT, "unknown region 'mars-1'"),
+            (cpb.ExportAuditHeadRequest(), grpc.StatusCode.INVALID_ARGUMENT, "needs a head"),
+        ]
+        for request, code, text in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ExportAuditHead(request, timeout=5)
+            assert info.value.code() == code and text in (info.value.details() or ""), info.value
+    await cluster.stop_coordinator()
+    await cluster.start_coordinator()
+    async with grpc.aio.insecure_channel(cluster.coordinator_address) as channel:
+        stub = cpb_grpc.CoordinatorServiceStub(channel)
+        kept = await stub.GetAuditHead(cpb.GetAuditHeadRequest(region="us-east-1"), timeout=5)
+        assert kept.head.size == 4 and kept.head.head == b"\x01" * 32
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ExportAuditHead(export_request(2), timeout=5)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_scan_compliance_limits_its_answer(cluster: LocalCluster) -> None:
+    await cluster.start_node("eu-west-1")
+    stub = cluster.stub("eu-west-1")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ScanCompliance(spb.ScanComplianceRequest(violations_max=10_001), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "use 1 to 10000" in (info.value.details() or "")
+    report = await stub.ScanCompliance(spb.ScanComplianceRequest(), timeout=5)
+    assert report.region == "eu-west-1" and report.violations_total == 0
+
+
+async def test_reading_the_audit_log_is_audited(cluster: LocalCluster) -> None:
+    node = await cluster.start_node("eu-west-1")
+    stub = cluster.stub("eu-west-1")
+    before = node.audit.size
+    responses = [r async for r in stub.ReadAuditLog(spb.ReadAuditLogRequest(), timeout=5)]
+    assert responses[0].head.size == before + 1
+    records = [rec for r in responses for rec in r.records]
+    assert [r.seq for r in records] == list(range(1, before + 2))
+    assert b'"audit_read"' in records[-1].body

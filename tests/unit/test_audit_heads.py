@@ -1,0 +1,77 @@
+"""The coordinator's book of signed audit heads: what it accepts and what it refuses, and why."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coordinator.audit_heads import AcceptedHead, AuditHeadBook
+from domicile.audit import SignedHead, sign_head
+from domicile.cluster import ClusterSpec, RegionSpec
+from domicile.errors import FailedPrecondition, InvalidArgument, NotFound
+
+CLUSTER = ClusterSpec(regions=(RegionSpec("eu-west-1", "IE", "EU"), RegionSpec("us-east-1", "US", "US")))
+KEY = Ed25519PrivateKey.generate()
+
+
+def head(size: int, last: bytes = b"\x01" * 32, *, key: Ed25519PrivateKey = KEY, node: str = "eu-west-1",
+         region: str = "eu-west-1") -> SignedHead:  # fmt: skip
+    return sign_head(key, region=region, node_id=node, size=size, head=last, time_ms=1_000 + size)
+
+
+def book() -> tuple[AuditHeadBook, list[AcceptedHead]]:
+    saved: list[AcceptedHead] = []
+    return AuditHeadBook(CLUSTER, {}, save=saved.append, now_ms=lambda: 42), saved
+
+
+def test_heads_that_extend_the_log_are_accepted_and_saved():
+    b, saved = book()
+    assert b.accept(head(3)) == 3
+    assert b.accept(head(7, b"\x02" * 32)) == 7
+    assert [a.head.size for a in saved] == [3, 7]
+    assert b.get("eu-west-1").head.size == 7 and b.get("eu-west-1").accepted_unix_ms == 42
+
+
+def test_the_same_head_again_is_idempotent():
+    b, saved = book()
+    b.accept(head(3))
+    assert b.accept(head(3)) == 3
+    assert len(saved) == 1
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (head(2), "shrank from 3 to 2 entries"),
+        (head(3, b"\x09" * 32), "ends in a different hash"),
+        (head(4, key=Ed25519PrivateKey.generate()), "not the one on record"),
+        (head(4, node="eu-west-1-b"), "not the one on record"),
+    ],
+    ids=["truncated", "rewritten", "other key", "other node"],
+)
+def test_a_head_that_contradicts_the_record_is_refused_and_changes_nothing(second: SignedHead, message: str):
+    b, saved = book()
+    b.accept(head(3))
+    with pytest.raises(FailedPrecondition, match=message):
+        b.accept(second)
+    assert len(saved) == 1 and b.get("eu-west-1").head.size == 3
+
+
+def test_a_forged_signature_is_refused():
+    b, saved = book()
+    forged = SignedHead(**{**head(3).__dict__, "size": 30})
+    with pytest.raises(FailedPrecondition, match="invalid signature"):
+        b.accept(forged)
+    assert saved == []
+
+
+def test_an_unknown_region_is_invalid_and_a_missing_head_not_found():
+    b, _ = book()
+    with pytest.raises(
+        InvalidArgument, match="unknown region 'mars-1'; configured regions: eu-west-1, us-east-1"
+    ):
+        b.accept(head(1, region="mars-1"))
+    with pytest.raises(NotFound, match="has not exported an audit head yet"):
+        b.get("us-east-1")
+    with pytest.raises(NotFound, match="unknown region"):
+        b.get("mars-1")
