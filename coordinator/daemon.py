@@ -136,6 +136,10 @@ class Coordinator:
             )
             for accepted in self.audit_heads.all().values():
                 self._on_audit_head(accepted)
+            # Every region's refusal counter exists from the start, so that a first refusal is
+            # an increase that rate() and increase() can see.
+            for region in self.cluster.region_names():
+                self.metrics.audit_heads_refused.labels(region=region)
             cpb_grpc.add_CoordinatorServiceServicer_to_server(
                 CoordinatorServicer(self._registry, self._hub, self.metrics, self.audit_heads), server
             )

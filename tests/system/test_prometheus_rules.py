@@ -222,6 +222,11 @@ def test_dashboard_queries_only_exported_metrics() -> None:
         "domicile_placement_refused_total",
         "domicile_topology_revision",
         "domicile_coordinator_topology_revision",
+        "domicile_policy_decisions_total",
+        "domicile_compliance_violations",
+        "domicile_audit_entries",
+        "domicile_audit_exported_size",
+        "domicile_coordinator_audit_head_size",
     }
     assert required - used == set(), f"the dashboard shows nothing of {sorted(required - used)}"
 
