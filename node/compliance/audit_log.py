@@ -22,7 +22,7 @@ import sqlite3
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -365,8 +365,11 @@ class AuditLog:
                     "not performed because it could not be audited; retry after a short back-off"
                 )
             self._recorded += 1
+            # The writer only waits when the queue is empty; waking it for every entry would
+            # hand it the GIL once per entry while the event loop is busy producing them.
+            if not self._queue:
+                self._cond.notify()
             self._queue.append(_Pending(self._recorded, entry, future))
-            self._cond.notify()
         return future
 
     async def flush(self) -> None:
@@ -435,7 +438,7 @@ class AuditLog:
         prev = self._last_hash
         rows: list[tuple[int, bytes, bytes]] = []
         for offset, pending in enumerate(batch):
-            body = replace(pending.entry, seq=first + offset).encode()
+            body = pending.entry.encode(seq=first + offset)
             prev = chain_hash(prev, body)
             rows.append((first + offset, body, prev))
         try:

@@ -1,7 +1,8 @@
 """Sends the audit log's signed heads to the coordinator, so that a later rewrite or truncation
 of the log contradicts a head kept outside the region's control.
 
-Heads are coalesced: only the newest one waiting is sent (each covers all before it). While the
+Heads are coalesced: only the newest one waiting is sent (each covers all before it), at most
+one every `interval_s` (so a busy node sends a few heads a second, not one per batch). While the
 coordinator is unreachable the exporter retries with back-off; a head the coordinator refuses
 (the log shrank, forked or changed key) is logged and counted, and the next head is tried.
 """
@@ -33,8 +34,10 @@ class HeadExporter:
         metrics: NodeMetrics,
         backoff: BackoffPolicy,
         rpc_deadline_s: float,
+        interval_s: float = 0.2,
         rng: random.Random | None = None,
     ) -> None:
+        self.interval_s = interval_s
         self.coordinator = coordinator
         self.metrics = metrics
         self.backoff = backoff
@@ -63,6 +66,7 @@ class HeadExporter:
                 try:
                     await self._send(stub, head)
                     delays = self.backoff.delays(self.rng)
+                    await asyncio.sleep(self.interval_s)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         self.metrics.audit_export_refused.inc()
