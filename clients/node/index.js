@@ -2,7 +2,7 @@
 // A minimal Node.js client of Domicile's StorageNodeService: Put one record on a node, Get it
 // back from the same node, print the outcome as one JSON object on stdout.
 //
-//   node index.js --address 127.0.0.1:7403 --namespace customers_eu --key c-1 --value hello
+//   node index.js --address 127.0.0.1:7403 --namespace instruments --key c-1 --value hello
 //
 // The stubs are built at run time from protos/ with @grpc/proto-loader, so nothing is generated
 // or committed for Node.js. 64-bit integers (lsn, counters, hlc) are printed as decimal strings,
