@@ -38,6 +38,7 @@ def cluster_fingerprint(cluster: ClusterSpec) -> str:
     doc = {
         "policy_version": cluster.policy_version,
         "policy_pack_sha256": hashlib.sha256(cluster.policy_pack_yaml.encode()).hexdigest(),
+        "retention_classes": [[r.name, r.period_s, r.legal_obligation, r.basis] for r in cluster.retention_classes],
         "regions": [[r.name, r.country, r.jurisdiction] for r in cluster.regions],
         "namespaces": [
             [

@@ -15,6 +15,7 @@ import yaml
 
 from domicile.errors import InvalidArgument, NotFound
 from domicile.model import Classification, ConflictMode, check_namespace_name
+from domicile.subjects import DEFAULT_RETENTION_CLASSES, RetentionClass, parse_retention_classes
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ClusterSpec:
     # distribute exactly what it validated; domicile.policy.select parses it.
     policy_pack_yaml: str = ""
     policy_pack_source: str = ""
+    retention_classes: tuple[RetentionClass, ...] = DEFAULT_RETENTION_CLASSES
     heartbeat_interval_ms: int = 1000
     missed_heartbeats_max: int = 3
     _by_name: Mapping[str, NamespaceSpec] = field(default_factory=dict, compare=False, repr=False)
@@ -71,6 +73,9 @@ class ClusterSpec:
 
     def region_names(self) -> list[str]:
         return [r.name for r in self.regions]
+
+    def retention_class(self, name: str) -> RetentionClass | None:
+        return next((c for c in self.retention_classes if c.name == name), None)
 
     def region(self, name: str) -> RegionSpec | None:
         return next((r for r in self.regions if r.name == name), None)
@@ -161,6 +166,14 @@ def parse_cluster(
         )
     if len({n.name for n in namespaces}) != len(namespaces):
         raise InvalidArgument(f"{source}: namespace names must be unique")
+    retention = parse_retention_classes(data.get("retention_classes"), source)
+    known_classes = {c.name for c in retention}
+    for n in namespaces:
+        if n.retention_class and n.retention_class not in known_classes:
+            raise InvalidArgument(
+                f"{source}: namespace {n.name}: unknown retention_class {n.retention_class!r}; "
+                f"known: {', '.join(sorted(known_classes))}"
+            )
     coordinator = data.get("coordinator") or {}
     pack_yaml, pack_source = _policy_pack(data, source, base_dir)
     # The version nodes report and the audit trail records: the pack's own version, prefixed
@@ -176,6 +189,7 @@ def parse_cluster(
         policy_version=version,
         policy_pack_yaml=pack_yaml,
         policy_pack_source=pack_source,
+        retention_classes=retention,
         heartbeat_interval_ms=int(coordinator.get("heartbeat_interval_ms", 1000)),
         missed_heartbeats_max=int(coordinator.get("missed_heartbeats_max", 3)),
     )

@@ -25,6 +25,10 @@ class NotFound(DomicileError):
     """The thing named does not exist (an unknown namespace, an unknown node)."""
 
 
+class AlreadyExists(DomicileError):
+    """What the request would create exists already (an erasure of the subject in progress)."""
+
+
 class PlacementRefused(DomicileError):
     """This region may not hold the record; `allowed_regions` lists the regions that may."""
 

@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 
 from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.model import Classification, ConflictMode
+from domicile.subject_wire import (
+    erasure_from_pb,
+    hold_from_pb,
+    retention_from_pb,
+    retention_to_pb,
+)
+from domicile.subjects import DEFAULT_RETENTION_CLASSES, ErasureOrder, LegalHold
 from domicile.v1 import coordinator_pb2 as cpb
 
 
@@ -33,6 +40,9 @@ class Topology:
     cluster: ClusterSpec
     nodes: tuple[NodeInfo, ...] = ()
     links: tuple[LinkSpec, ...] = ()
+    # Erasures not yet completed by every region, and the legal holds in force.
+    erasures: tuple[ErasureOrder, ...] = ()
+    holds: tuple[LegalHold, ...] = ()
     _nodes_by_id: dict[str, NodeInfo] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +77,8 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
         policy_version=msg.policy_version,
         policy_pack_yaml=msg.policy_pack_yaml,
         policy_pack_source="coordinator" if msg.policy_pack_yaml else "",
+        retention_classes=tuple(retention_from_pb(r) for r in msg.retention_classes)
+        or DEFAULT_RETENTION_CLASSES,
     )
     nodes = tuple(
         NodeInfo(
@@ -82,7 +94,14 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
     links = tuple(
         LinkSpec(li.source_node_id, li.target_node_id, frozenset(li.namespaces)) for li in msg.links
     )
-    return Topology(msg.revision, cluster, nodes, links)
+    return Topology(
+        msg.revision,
+        cluster,
+        nodes,
+        links,
+        erasures=tuple(erasure_from_pb(e) for e in msg.erasures),
+        holds=tuple(hold_from_pb(h) for h in msg.holds),
+    )
 
 
 def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
@@ -102,3 +121,5 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
         setattr(msg, "global", n.is_global)
     out.policy_version = cluster.policy_version
     out.policy_pack_yaml = cluster.policy_pack_yaml
+    for retention in cluster.retention_classes:
+        retention_to_pb(retention, out.retention_classes.add())

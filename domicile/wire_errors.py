@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from domicile.errors import (
+    AlreadyExists,
     DataCorruption,
     DeadlineExceeded,
     DomicileError,
@@ -34,6 +35,7 @@ PLACEMENT_RULE_KEY = "domicile-placement-rule"
 STATUS_BY_ERROR: Mapping[type[DomicileError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     PlacementRefused: grpc.StatusCode.FAILED_PRECONDITION,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -55,6 +57,7 @@ def status_for(error: DomicileError) -> grpc.StatusCode:
 ERROR_BY_CODE: Mapping[grpc.StatusCode, type[DomicileError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,

@@ -24,51 +24,88 @@ _sym_db = _symbol_database.Default()
 
 from domicile.v1 import audit_pb2 as domicile_dot_v1_dot_audit__pb2
 from domicile.v1 import record_pb2 as domicile_dot_v1_dot_record__pb2
+from domicile.v1 import subject_pb2 as domicile_dot_v1_dot_subject__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64omicile/v1/coordinator.proto\x12\x0b\x64omicile.v1\x1a\x17\x64omicile/v1/audit.proto\x1a\x18\x64omicile/v1/record.proto\"=\n\x06Region\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x03 \x01(\t\"\x9a\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\x12\'\n\x06health\x18\x05 \x01(\x0e\x32\x17.domicile.v1.NodeHealth\x12\x1e\n\x16last_heartbeat_unix_ms\x18\x06 \x01(\x04\"\xde\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07regions\x18\x02 \x03(\t\x12\x0e\n\x06global\x18\x03 \x01(\x08\x12\x30\n\rconflict_mode\x18\x04 \x01(\x0e\x32\x19.domicile.v1.ConflictMode\x12\x33\n\x0e\x63lassification\x18\x05 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x17\n\x0fretention_class\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"J\n\x04Link\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\x12\x12\n\nnamespaces\x18\x03 \x03(\t\"\xe4\x01\n\x08Topology\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12$\n\x07regions\x18\x02 \x03(\x0b\x32\x13.domicile.v1.Region\x12 \n\x05nodes\x18\x03 \x03(\x0b\x32\x11.domicile.v1.Node\x12*\n\nnamespaces\x18\x04 \x03(\x0b\x32\x16.domicile.v1.Namespace\x12 \n\x05links\x18\x05 \x03(\x0b\x32\x11.domicile.v1.Link\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x18\n\x10policy_pack_yaml\x18\x07 \x01(\t\"`\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\"P\n\x14RegisterNodeResponse\x12\x19\n\x11topology_revision\x18\x01 \x01(\x04\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\">\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x19\n\x11topology_revision\x18\x02 \x01(\x04\".\n\x11HeartbeatResponse\x12\x19\n\x11topology_revision\x18\x01 \x01(\x04\"\x14\n\x12GetTopologyRequest\">\n\x13GetTopologyResponse\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.domicile.v1.Topology\".\n\x14WatchTopologyRequest\x12\x16\n\x0e\x61\x66ter_revision\x18\x01 \x01(\x04\"@\n\x15WatchTopologyResponse\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.domicile.v1.Topology\"D\n\x16\x45xportAuditHeadRequest\x12*\n\x04head\x18\x01 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\"0\n\x17\x45xportAuditHeadResponse\x12\x15\n\raccepted_size\x18\x01 \x01(\x04\"%\n\x13GetAuditHeadRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\"\\\n\x14GetAuditHeadResponse\x12*\n\x04head\x18\x01 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\x12\x18\n\x10\x61\x63\x63\x65pted_unix_ms\x18\x02 \x01(\x04*S\n\nNodeHealth\x12\x1b\n\x17NODE_HEALTH_UNSPECIFIED\x10\x00\x12\x12\n\x0eNODE_HEALTH_UP\x10\x01\x12\x14\n\x10NODE_HEALTH_DOWN\x10\x02\x32\x94\x04\n\x12\x43oordinatorService\x12S\n\x0cRegisterNode\x12 .domicile.v1.RegisterNodeRequest\x1a!.domicile.v1.RegisterNodeResponse\x12J\n\tHeartbeat\x12\x1d.domicile.v1.HeartbeatRequest\x1a\x1e.domicile.v1.HeartbeatResponse\x12P\n\x0bGetTopology\x12\x1f.domicile.v1.GetTopologyRequest\x1a .domicile.v1.GetTopologyResponse\x12X\n\rWatchTopology\x12!.domicile.v1.WatchTopologyRequest\x1a\".domicile.v1.WatchTopologyResponse0\x01\x12\\\n\x0f\x45xportAuditHead\x12#.domicile.v1.ExportAuditHeadRequest\x1a$.domicile.v1.ExportAuditHeadResponse\x12S\n\x0cGetAuditHead\x12 .domicile.v1.GetAuditHeadRequest\x1a!.domicile.v1.GetAuditHeadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64omicile/v1/coordinator.proto\x12\x0b\x64omicile.v1\x1a\x17\x64omicile/v1/audit.proto\x1a\x18\x64omicile/v1/record.proto\x1a\x19\x64omicile/v1/subject.proto\"=\n\x06Region\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x03 \x01(\t\"\x9a\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\x12\'\n\x06health\x18\x05 \x01(\x0e\x32\x17.domicile.v1.NodeHealth\x12\x1e\n\x16last_heartbeat_unix_ms\x18\x06 \x01(\x04\"\xde\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07regions\x18\x02 \x03(\t\x12\x0e\n\x06global\x18\x03 \x01(\x08\x12\x30\n\rconflict_mode\x18\x04 \x01(\x0e\x32\x19.domicile.v1.ConflictMode\x12\x33\n\x0e\x63lassification\x18\x05 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x17\n\x0fretention_class\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"J\n\x04Link\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\x12\x12\n\nnamespaces\x18\x03 \x03(\t\"\xf0\x02\n\x08Topology\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12$\n\x07regions\x18\x02 \x03(\x0b\x32\x13.domicile.v1.Region\x12 \n\x05nodes\x18\x03 \x03(\x0b\x32\x11.domicile.v1.Node\x12*\n\nnamespaces\x18\x04 \x03(\x0b\x32\x16.domicile.v1.Namespace\x12 \n\x05links\x18\x05 \x03(\x0b\x32\x11.domicile.v1.Link\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x18\n\x10policy_pack_yaml\x18\x07 \x01(\t\x12+\n\x08\x65rasures\x18\x08 \x03(\x0b\x32\x19.domicile.v1.ErasureOrder\x12%\n\x05holds\x18\t \x03(\x0b\x32\x16.domicile.v1.LegalHold\x12\x36\n\x11retention_classes\x18\n \x03(\x0b\x32\x1b.domicile.v1.RetentionClass\"`\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\"P\n\x14RegisterNodeResponse\x12\x19\n\x11topology_revision\x18\x01 \x01(\x04\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\">\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x19\n\x11topology_revision\x18\x02 \x01(\x04\".\n\x11HeartbeatResponse\x12\x19\n\x11topology_revision\x18\x01 \x01(\x04\"\x14\n\x12GetTopologyRequest\">\n\x13GetTopologyResponse\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.domicile.v1.Topology\".\n\x14WatchTopologyRequest\x12\x16\n\x0e\x61\x66ter_revision\x18\x01 \x01(\x04\"@\n\x15WatchTopologyResponse\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.domicile.v1.Topology\"D\n\x16\x45xportAuditHeadRequest\x12*\n\x04head\x18\x01 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\"0\n\x17\x45xportAuditHeadResponse\x12\x15\n\raccepted_size\x18\x01 \x01(\x04\"%\n\x13GetAuditHeadRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\"\\\n\x14GetAuditHeadResponse\x12*\n\x04head\x18\x01 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\x12\x18\n\x10\x61\x63\x63\x65pted_unix_ms\x18\x02 \x01(\x04\"W\n\x13\x45raseSubjectRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x03 \x01(\t\"D\n\x14\x45raseSubjectResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\"\x8c\x01\n\x19OpenSubjectRequestRequest\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.domicile.v1.SubjectRequestKind\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"J\n\x1aOpenSubjectRequestResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\"M\n\x1d\x43ompleteSubjectRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10records_exported\x18\x02 \x01(\x04\"N\n\x1e\x43ompleteSubjectRequestResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\"^\n\x14ReportErasureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x07receipt\x18\x02 \x01(\x0b\x32!.domicile.v1.RegionErasureReceipt\"E\n\x15ReportErasureResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\".\n\x18GetSubjectRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"I\n\x19GetSubjectRequestResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\">\n\x1aListSubjectRequestsRequest\x12\x11\n\topen_only\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\r\"L\n\x1bListSubjectRequestsResponse\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.domicile.v1.SubjectRequest\"\x87\x01\n\x15PlaceLegalHoldRequest\x12*\n\x05scope\x18\x01 \x01(\x0e\x32\x1b.domicile.v1.LegalHoldScope\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\">\n\x16PlaceLegalHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.domicile.v1.LegalHold\":\n\x17ReleaseLegalHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x18ReleaseLegalHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.domicile.v1.LegalHold\"\x17\n\x15ListLegalHoldsRequest\"?\n\x16ListLegalHoldsResponse\x12%\n\x05holds\x18\x01 \x03(\x0b\x32\x16.domicile.v1.LegalHold*S\n\nNodeHealth\x12\x1b\n\x17NODE_HEALTH_UNSPECIFIED\x10\x00\x12\x12\n\x0eNODE_HEALTH_UP\x10\x01\x12\x14\n\x10NODE_HEALTH_DOWN\x10\x02\x32\x80\x0b\n\x12\x43oordinatorService\x12S\n\x0cRegisterNode\x12 .domicile.v1.RegisterNodeRequest\x1a!.domicile.v1.RegisterNodeResponse\x12J\n\tHeartbeat\x12\x1d.domicile.v1.HeartbeatRequest\x1a\x1e.domicile.v1.HeartbeatResponse\x12P\n\x0bGetTopology\x12\x1f.domicile.v1.GetTopologyRequest\x1a .domicile.v1.GetTopologyResponse\x12X\n\rWatchTopology\x12!.domicile.v1.WatchTopologyRequest\x1a\".domicile.v1.WatchTopologyResponse0\x01\x12\\\n\x0f\x45xportAuditHead\x12#.domicile.v1.ExportAuditHeadRequest\x1a$.domicile.v1.ExportAuditHeadResponse\x12S\n\x0cGetAuditHead\x12 .domicile.v1.GetAuditHeadRequest\x1a!.domicile.v1.GetAuditHeadResponse\x12S\n\x0c\x45raseSubject\x12 .domicile.v1.EraseSubjectRequest\x1a!.domicile.v1.EraseSubjectResponse\x12\x65\n\x12OpenSubjectRequest\x12&.domicile.v1.OpenSubjectRequestRequest\x1a\'.domicile.v1.OpenSubjectRequestResponse\x12q\n\x16\x43ompleteSubjectRequest\x12*.domicile.v1.CompleteSubjectRequestRequest\x1a+.domicile.v1.CompleteSubjectRequestResponse\x12V\n\rReportErasure\x12!.domicile.v1.ReportErasureRequest\x1a\".domicile.v1.ReportErasureResponse\x12\x62\n\x11GetSubjectRequest\x12%.domicile.v1.GetSubjectRequestRequest\x1a&.domicile.v1.GetSubjectRequestResponse\x12h\n\x13ListSubjectRequests\x12\'.domicile.v1.ListSubjectRequestsRequest\x1a(.domicile.v1.ListSubjectRequestsResponse\x12Y\n\x0ePlaceLegalHold\x12\".domicile.v1.PlaceLegalHoldRequest\x1a#.domicile.v1.PlaceLegalHoldResponse\x12_\n\x10ReleaseLegalHold\x12$.domicile.v1.ReleaseLegalHoldRequest\x1a%.domicile.v1.ReleaseLegalHoldResponse\x12Y\n\x0eListLegalHolds\x12\".domicile.v1.ListLegalHoldsRequest\x1a#.domicile.v1.ListLegalHoldsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'domicile.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEHEALTH']._serialized_start=1594
-  _globals['_NODEHEALTH']._serialized_end=1677
-  _globals['_REGION']._serialized_start=97
-  _globals['_REGION']._serialized_end=158
-  _globals['_NODE']._serialized_start=161
-  _globals['_NODE']._serialized_end=315
-  _globals['_NAMESPACE']._serialized_start=318
-  _globals['_NAMESPACE']._serialized_end=540
-  _globals['_LINK']._serialized_start=542
-  _globals['_LINK']._serialized_end=616
-  _globals['_TOPOLOGY']._serialized_start=619
-  _globals['_TOPOLOGY']._serialized_end=847
-  _globals['_REGISTERNODEREQUEST']._serialized_start=849
-  _globals['_REGISTERNODEREQUEST']._serialized_end=945
-  _globals['_REGISTERNODERESPONSE']._serialized_start=947
-  _globals['_REGISTERNODERESPONSE']._serialized_end=1027
-  _globals['_HEARTBEATREQUEST']._serialized_start=1029
-  _globals['_HEARTBEATREQUEST']._serialized_end=1091
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1093
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1139
-  _globals['_GETTOPOLOGYREQUEST']._serialized_start=1141
-  _globals['_GETTOPOLOGYREQUEST']._serialized_end=1161
-  _globals['_GETTOPOLOGYRESPONSE']._serialized_start=1163
-  _globals['_GETTOPOLOGYRESPONSE']._serialized_end=1225
-  _globals['_WATCHTOPOLOGYREQUEST']._serialized_start=1227
-  _globals['_WATCHTOPOLOGYREQUEST']._serialized_end=1273
-  _globals['_WATCHTOPOLOGYRESPONSE']._serialized_start=1275
-  _globals['_WATCHTOPOLOGYRESPONSE']._serialized_end=1339
-  _globals['_EXPORTAUDITHEADREQUEST']._serialized_start=1341
-  _globals['_EXPORTAUDITHEADREQUEST']._serialized_end=1409
-  _globals['_EXPORTAUDITHEADRESPONSE']._serialized_start=1411
-  _globals['_EXPORTAUDITHEADRESPONSE']._serialized_end=1459
-  _globals['_GETAUDITHEADREQUEST']._serialized_start=1461
-  _globals['_GETAUDITHEADREQUEST']._serialized_end=1498
-  _globals['_GETAUDITHEADRESPONSE']._serialized_start=1500
-  _globals['_GETAUDITHEADRESPONSE']._serialized_end=1592
-  _globals['_COORDINATORSERVICE']._serialized_start=1680
-  _globals['_COORDINATORSERVICE']._serialized_end=2212
+  _globals['_NODEHEALTH']._serialized_start=3148
+  _globals['_NODEHEALTH']._serialized_end=3231
+  _globals['_REGION']._serialized_start=124
+  _globals['_REGION']._serialized_end=185
+  _globals['_NODE']._serialized_start=188
+  _globals['_NODE']._serialized_end=342
+  _globals['_NAMESPACE']._serialized_start=345
+  _globals['_NAMESPACE']._serialized_end=567
+  _globals['_LINK']._serialized_start=569
+  _globals['_LINK']._serialized_end=643
+  _globals['_TOPOLOGY']._serialized_start=646
+  _globals['_TOPOLOGY']._serialized_end=1014
+  _globals['_REGISTERNODEREQUEST']._serialized_start=1016
+  _globals['_REGISTERNODEREQUEST']._serialized_end=1112
+  _globals['_REGISTERNODERESPONSE']._serialized_start=1114
+  _globals['_REGISTERNODERESPONSE']._serialized_end=1194
+  _globals['_HEARTBEATREQUEST']._serialized_start=1196
+  _globals['_HEARTBEATREQUEST']._serialized_end=1258
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1260
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1306
+  _globals['_GETTOPOLOGYREQUEST']._serialized_start=1308
+  _globals['_GETTOPOLOGYREQUEST']._serialized_end=1328
+  _globals['_GETTOPOLOGYRESPONSE']._serialized_start=1330
+  _globals['_GETTOPOLOGYRESPONSE']._serialized_end=1392
+  _globals['_WATCHTOPOLOGYREQUEST']._serialized_start=1394
+  _globals['_WATCHTOPOLOGYREQUEST']._serialized_end=1440
+  _globals['_WATCHTOPOLOGYRESPONSE']._serialized_start=1442
+  _globals['_WATCHTOPOLOGYRESPONSE']._serialized_end=1506
+  _globals['_EXPORTAUDITHEADREQUEST']._serialized_start=1508
+  _globals['_EXPORTAUDITHEADREQUEST']._serialized_end=1576
+  _globals['_EXPORTAUDITHEADRESPONSE']._serialized_start=1578
+  _globals['_EXPORTAUDITHEADRESPONSE']._serialized_end=1626
+  _globals['_GETAUDITHEADREQUEST']._serialized_start=1628
+  _globals['_GETAUDITHEADREQUEST']._serialized_end=1665
+  _globals['_GETAUDITHEADRESPONSE']._serialized_start=1667
+  _globals['_GETAUDITHEADRESPONSE']._serialized_end=1759
+  _globals['_ERASESUBJECTREQUEST']._serialized_start=1761
+  _globals['_ERASESUBJECTREQUEST']._serialized_end=1848
+  _globals['_ERASESUBJECTRESPONSE']._serialized_start=1850
+  _globals['_ERASESUBJECTRESPONSE']._serialized_end=1918
+  _globals['_OPENSUBJECTREQUESTREQUEST']._serialized_start=1921
+  _globals['_OPENSUBJECTREQUESTREQUEST']._serialized_end=2061
+  _globals['_OPENSUBJECTREQUESTRESPONSE']._serialized_start=2063
+  _globals['_OPENSUBJECTREQUESTRESPONSE']._serialized_end=2137
+  _globals['_COMPLETESUBJECTREQUESTREQUEST']._serialized_start=2139
+  _globals['_COMPLETESUBJECTREQUESTREQUEST']._serialized_end=2216
+  _globals['_COMPLETESUBJECTREQUESTRESPONSE']._serialized_start=2218
+  _globals['_COMPLETESUBJECTREQUESTRESPONSE']._serialized_end=2296
+  _globals['_REPORTERASUREREQUEST']._serialized_start=2298
+  _globals['_REPORTERASUREREQUEST']._serialized_end=2392
+  _globals['_REPORTERASURERESPONSE']._serialized_start=2394
+  _globals['_REPORTERASURERESPONSE']._serialized_end=2463
+  _globals['_GETSUBJECTREQUESTREQUEST']._serialized_start=2465
+  _globals['_GETSUBJECTREQUESTREQUEST']._serialized_end=2511
+  _globals['_GETSUBJECTREQUESTRESPONSE']._serialized_start=2513
+  _globals['_GETSUBJECTREQUESTRESPONSE']._serialized_end=2586
+  _globals['_LISTSUBJECTREQUESTSREQUEST']._serialized_start=2588
+  _globals['_LISTSUBJECTREQUESTSREQUEST']._serialized_end=2650
+  _globals['_LISTSUBJECTREQUESTSRESPONSE']._serialized_start=2652
+  _globals['_LISTSUBJECTREQUESTSRESPONSE']._serialized_end=2728
+  _globals['_PLACELEGALHOLDREQUEST']._serialized_start=2731
+  _globals['_PLACELEGALHOLDREQUEST']._serialized_end=2866
+  _globals['_PLACELEGALHOLDRESPONSE']._serialized_start=2868
+  _globals['_PLACELEGALHOLDRESPONSE']._serialized_end=2930
+  _globals['_RELEASELEGALHOLDREQUEST']._serialized_start=2932
+  _globals['_RELEASELEGALHOLDREQUEST']._serialized_end=2990
+  _globals['_RELEASELEGALHOLDRESPONSE']._serialized_start=2992
+  _globals['_RELEASELEGALHOLDRESPONSE']._serialized_end=3056
+  _globals['_LISTLEGALHOLDSREQUEST']._serialized_start=3058
+  _globals['_LISTLEGALHOLDSREQUEST']._serialized_end=3081
+  _globals['_LISTLEGALHOLDSRESPONSE']._serialized_start=3083
+  _globals['_LISTLEGALHOLDSRESPONSE']._serialized_end=3146
+  _globals['_COORDINATORSERVICE']._serialized_start=3234
+  _globals['_COORDINATORSERVICE']._serialized_end=4642
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from domicile.v1 import audit_pb2 as _audit_pb2
 from domicile.v1 import record_pb2 as _record_pb2
+from domicile.v1 import subject_pb2 as _subject_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -211,6 +212,9 @@ class Topology(_message.Message):
     LINKS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     POLICY_PACK_YAML_FIELD_NUMBER: _builtins.int
+    ERASURES_FIELD_NUMBER: _builtins.int
+    HOLDS_FIELD_NUMBER: _builtins.int
+    RETENTION_CLASSES_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Monotonically increasing revision; persisted, so it keeps increasing across restarts."""
     policy_version: _builtins.str
@@ -235,6 +239,18 @@ class Topology(_message.Message):
     def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___Link]:
         """Replication links."""
 
+    @_builtins.property
+    def erasures(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.ErasureOrder]:
+        """Erasures not yet completed by every region."""
+
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.LegalHold]:
+        """Legal holds in force."""
+
+    @_builtins.property
+    def retention_classes(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.RetentionClass]:
+        """Retention classes of the cluster config."""
+
     def __init__(
         self,
         *,
@@ -245,10 +261,13 @@ class Topology(_message.Message):
         links: _abc.Iterable[Global___Link] | None = ...,
         policy_version: _builtins.str = ...,
         policy_pack_yaml: _builtins.str = ...,
+        erasures: _abc.Iterable[_subject_pb2.ErasureOrder] | None = ...,
+        holds: _abc.Iterable[_subject_pb2.LegalHold] | None = ...,
+        retention_classes: _abc.Iterable[_subject_pb2.RetentionClass] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_pack_yaml", b"policy_pack_yaml", "policy_version", b"policy_version", "regions", b"regions", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasures", b"erasures", "holds", b"holds", "links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_pack_yaml", b"policy_pack_yaml", "policy_version", b"policy_version", "regions", b"regions", "retention_classes", b"retention_classes", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -544,3 +563,466 @@ class GetAuditHeadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAuditHeadResponse: _TypeAlias = GetAuditHeadResponse  # noqa: Y015
+
+@_typing.final
+class EraseSubjectRequest(_message.Message):
+    """Request of CoordinatorService.EraseSubject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SUBJECT_JURISDICTION_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """The data subject: 1 to 256 bytes."""
+    reason: _builtins.str
+    """Why (free text, at most 1024 characters), recorded with the request."""
+    subject_jurisdiction: _builtins.str
+    """The subject's jurisdiction, optional: decides the due time (US-CA 45 days, else one month)."""
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        subject_jurisdiction: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseSubjectRequest: _TypeAlias = EraseSubjectRequest  # noqa: Y015
+
+@_typing.final
+class EraseSubjectResponse(_message.Message):
+    """Response of CoordinatorService.EraseSubject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _subject_pb2.SubjectRequest:
+        """The request as opened."""
+
+    def __init__(
+        self,
+        *,
+        request: _subject_pb2.SubjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseSubjectResponse: _TypeAlias = EraseSubjectResponse  # noqa: Y015
+
+@_typing.final
+class OpenSubjectRequestRequest(_message.Message):
+    """Request of CoordinatorService.OpenSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_JURISDICTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    kind: _subject_pb2.SubjectRequestKind.ValueType
+    """Only SUBJECT_REQUEST_KIND_ACCESS; erasures go through EraseSubject."""
+    subject_id: _builtins.str
+    """The data subject."""
+    subject_jurisdiction: _builtins.str
+    """The subject's jurisdiction, optional."""
+    reason: _builtins.str
+    """Why."""
+    def __init__(
+        self,
+        *,
+        kind: _subject_pb2.SubjectRequestKind.ValueType = ...,
+        subject_id: _builtins.str = ...,
+        subject_jurisdiction: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reason", b"reason", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenSubjectRequestRequest: _TypeAlias = OpenSubjectRequestRequest  # noqa: Y015
+
+@_typing.final
+class OpenSubjectRequestResponse(_message.Message):
+    """Response of CoordinatorService.OpenSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _subject_pb2.SubjectRequest:
+        """The request as opened."""
+
+    def __init__(
+        self,
+        *,
+        request: _subject_pb2.SubjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenSubjectRequestResponse: _TypeAlias = OpenSubjectRequestResponse  # noqa: Y015
+
+@_typing.final
+class CompleteSubjectRequestRequest(_message.Message):
+    """Request of CoordinatorService.CompleteSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RECORDS_EXPORTED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """An open access request."""
+    records_exported: _builtins.int
+    """Records exported."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        records_exported: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records_exported", b"records_exported", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteSubjectRequestRequest: _TypeAlias = CompleteSubjectRequestRequest  # noqa: Y015
+
+@_typing.final
+class CompleteSubjectRequestResponse(_message.Message):
+    """Response of CoordinatorService.CompleteSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _subject_pb2.SubjectRequest:
+        """The request, completed."""
+
+    def __init__(
+        self,
+        *,
+        request: _subject_pb2.SubjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteSubjectRequestResponse: _TypeAlias = CompleteSubjectRequestResponse  # noqa: Y015
+
+@_typing.final
+class ReportErasureRequest(_message.Message):
+    """Request of CoordinatorService.ReportErasure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The erasure request."""
+    @_builtins.property
+    def receipt(self) -> _subject_pb2.RegionErasureReceipt:
+        """What the region did."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        receipt: _subject_pb2.RegionErasureReceipt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportErasureRequest: _TypeAlias = ReportErasureRequest  # noqa: Y015
+
+@_typing.final
+class ReportErasureResponse(_message.Message):
+    """Response of CoordinatorService.ReportErasure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _subject_pb2.SubjectRequest:
+        """The request after the report."""
+
+    def __init__(
+        self,
+        *,
+        request: _subject_pb2.SubjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportErasureResponse: _TypeAlias = ReportErasureResponse  # noqa: Y015
+
+@_typing.final
+class GetSubjectRequestRequest(_message.Message):
+    """Request of CoordinatorService.GetSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Request id."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubjectRequestRequest: _TypeAlias = GetSubjectRequestRequest  # noqa: Y015
+
+@_typing.final
+class GetSubjectRequestResponse(_message.Message):
+    """Response of CoordinatorService.GetSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _subject_pb2.SubjectRequest:
+        """The request."""
+
+    def __init__(
+        self,
+        *,
+        request: _subject_pb2.SubjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubjectRequestResponse: _TypeAlias = GetSubjectRequestResponse  # noqa: Y015
+
+@_typing.final
+class ListSubjectRequestsRequest(_message.Message):
+    """Request of CoordinatorService.ListSubjectRequests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_ONLY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    open_only: _builtins.bool
+    """Only open requests."""
+    limit: _builtins.int
+    """At most this many, newest first: 1 to 1000; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        open_only: _builtins.bool = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "open_only", b"open_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubjectRequestsRequest: _TypeAlias = ListSubjectRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListSubjectRequestsResponse(_message.Message):
+    """Response of CoordinatorService.ListSubjectRequests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.SubjectRequest]:
+        """Requests, newest first."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[_subject_pb2.SubjectRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubjectRequestsResponse: _TypeAlias = ListSubjectRequestsResponse  # noqa: Y015
+
+@_typing.final
+class PlaceLegalHoldRequest(_message.Message):
+    """Request of CoordinatorService.PlaceLegalHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    scope: _subject_pb2.LegalHoldScope.ValueType
+    """What it covers."""
+    subject_id: _builtins.str
+    """The subject (scope SUBJECT)."""
+    namespace: _builtins.str
+    """The namespace (scopes NAMESPACE and KEY): must be configured."""
+    key: _builtins.str
+    """The key (scope KEY)."""
+    reason: _builtins.str
+    """Why: required, at most 1024 characters."""
+    def __init__(
+        self,
+        *,
+        scope: _subject_pb2.LegalHoldScope.ValueType = ...,
+        subject_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "namespace", b"namespace", "reason", b"reason", "scope", b"scope", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceLegalHoldRequest: _TypeAlias = PlaceLegalHoldRequest  # noqa: Y015
+
+@_typing.final
+class PlaceLegalHoldResponse(_message.Message):
+    """Response of CoordinatorService.PlaceLegalHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> _subject_pb2.LegalHold:
+        """The hold."""
+
+    def __init__(
+        self,
+        *,
+        hold: _subject_pb2.LegalHold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceLegalHoldResponse: _TypeAlias = PlaceLegalHoldResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseLegalHoldRequest(_message.Message):
+    """Request of CoordinatorService.ReleaseLegalHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """Hold id."""
+    reason: _builtins.str
+    """Why it is released."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLegalHoldRequest: _TypeAlias = ReleaseLegalHoldRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseLegalHoldResponse(_message.Message):
+    """Response of CoordinatorService.ReleaseLegalHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> _subject_pb2.LegalHold:
+        """The hold as it was."""
+
+    def __init__(
+        self,
+        *,
+        hold: _subject_pb2.LegalHold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLegalHoldResponse: _TypeAlias = ReleaseLegalHoldResponse  # noqa: Y015
+
+@_typing.final
+class ListLegalHoldsRequest(_message.Message):
+    """Request of CoordinatorService.ListLegalHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLegalHoldsRequest: _TypeAlias = ListLegalHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ListLegalHoldsResponse(_message.Message):
+    """Response of CoordinatorService.ListLegalHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.LegalHold]:
+        """Holds in force."""
+
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[_subject_pb2.LegalHold] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLegalHoldsResponse: _TypeAlias = ListLegalHoldsResponse  # noqa: Y015

@@ -67,6 +67,51 @@ class CoordinatorServiceStub:
                 request_serializer=domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadResponse.FromString,
                 _registered_method=True)
+        self.EraseSubject = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/EraseSubject',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.EraseSubjectRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.EraseSubjectResponse.FromString,
+                _registered_method=True)
+        self.OpenSubjectRequest = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/OpenSubjectRequest',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.OpenSubjectRequestRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.OpenSubjectRequestResponse.FromString,
+                _registered_method=True)
+        self.CompleteSubjectRequest = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/CompleteSubjectRequest',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.CompleteSubjectRequestRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.CompleteSubjectRequestResponse.FromString,
+                _registered_method=True)
+        self.ReportErasure = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/ReportErasure',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.ReportErasureRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.ReportErasureResponse.FromString,
+                _registered_method=True)
+        self.GetSubjectRequest = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/GetSubjectRequest',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.GetSubjectRequestRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.GetSubjectRequestResponse.FromString,
+                _registered_method=True)
+        self.ListSubjectRequests = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/ListSubjectRequests',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.ListSubjectRequestsRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.ListSubjectRequestsResponse.FromString,
+                _registered_method=True)
+        self.PlaceLegalHold = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/PlaceLegalHold',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.PlaceLegalHoldRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.PlaceLegalHoldResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLegalHold = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/ReleaseLegalHold',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.ReleaseLegalHoldRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.ReleaseLegalHoldResponse.FromString,
+                _registered_method=True)
+        self.ListLegalHolds = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/ListLegalHolds',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -122,6 +167,72 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseSubject(self, request, context):
+        """Opens an erasure request for a data subject and orders every region to erase the
+        subject's records (except those under a legal hold or a legal retention obligation).
+        ALREADY_EXISTS when an erasure of the same subject is open (its id is in the message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenSubjectRequest(self, request, context):
+        """Records an access request (the exporter reads the records from the regions and reports
+        completion with CompleteSubjectRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteSubjectRequest(self, request, context):
+        """Completes an access request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportErasure(self, request, context):
+        """A node reports that it carried out an erasure order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubjectRequest(self, request, context):
+        """One request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubjectRequests(self, request, context):
+        """Requests, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceLegalHold(self, request, context):
+        """Places a legal hold (distributed with the topology; audited by every node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLegalHold(self, request, context):
+        """Releases a legal hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLegalHolds(self, request, context):
+        """Holds in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +265,51 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.GetAuditHead,
                     request_deserializer=domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadResponse.SerializeToString,
+            ),
+            'EraseSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseSubject,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.EraseSubjectRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.EraseSubjectResponse.SerializeToString,
+            ),
+            'OpenSubjectRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSubjectRequest,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.OpenSubjectRequestRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.OpenSubjectRequestResponse.SerializeToString,
+            ),
+            'CompleteSubjectRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteSubjectRequest,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.CompleteSubjectRequestRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.CompleteSubjectRequestResponse.SerializeToString,
+            ),
+            'ReportErasure': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportErasure,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.ReportErasureRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.ReportErasureResponse.SerializeToString,
+            ),
+            'GetSubjectRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubjectRequest,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.GetSubjectRequestRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.GetSubjectRequestResponse.SerializeToString,
+            ),
+            'ListSubjectRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubjectRequests,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.ListSubjectRequestsRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.ListSubjectRequestsResponse.SerializeToString,
+            ),
+            'PlaceLegalHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceLegalHold,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.PlaceLegalHoldRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.PlaceLegalHoldResponse.SerializeToString,
+            ),
+            'ReleaseLegalHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLegalHold,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.ReleaseLegalHoldRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.ReleaseLegalHoldResponse.SerializeToString,
+            ),
+            'ListLegalHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLegalHolds,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +477,249 @@ class CoordinatorService:
             '/domicile.v1.CoordinatorService/GetAuditHead',
             domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadRequest.SerializeToString,
             domicile_dot_v1_dot_coordinator__pb2.GetAuditHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/EraseSubject',
+            domicile_dot_v1_dot_coordinator__pb2.EraseSubjectRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.EraseSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSubjectRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/OpenSubjectRequest',
+            domicile_dot_v1_dot_coordinator__pb2.OpenSubjectRequestRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.OpenSubjectRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteSubjectRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/CompleteSubjectRequest',
+            domicile_dot_v1_dot_coordinator__pb2.CompleteSubjectRequestRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.CompleteSubjectRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportErasure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/ReportErasure',
+            domicile_dot_v1_dot_coordinator__pb2.ReportErasureRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.ReportErasureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubjectRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/GetSubjectRequest',
+            domicile_dot_v1_dot_coordinator__pb2.GetSubjectRequestRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.GetSubjectRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubjectRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/ListSubjectRequests',
+            domicile_dot_v1_dot_coordinator__pb2.ListSubjectRequestsRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.ListSubjectRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceLegalHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/PlaceLegalHold',
+            domicile_dot_v1_dot_coordinator__pb2.PlaceLegalHoldRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.PlaceLegalHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLegalHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/ReleaseLegalHold',
+            domicile_dot_v1_dot_coordinator__pb2.ReleaseLegalHoldRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.ReleaseLegalHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLegalHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/ListLegalHolds',
+            domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

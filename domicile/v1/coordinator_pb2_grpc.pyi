@@ -56,6 +56,29 @@ class CoordinatorServiceStub:
     """
     GetAuditHead: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetAuditHeadRequest, _coordinator_pb2.GetAuditHeadResponse]
     """Returns the last signed audit head accepted for a region."""
+    EraseSubject: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.EraseSubjectRequest, _coordinator_pb2.EraseSubjectResponse]
+    """Opens an erasure request for a data subject and orders every region to erase the
+    subject's records (except those under a legal hold or a legal retention obligation).
+    ALREADY_EXISTS when an erasure of the same subject is open (its id is in the message).
+    """
+    OpenSubjectRequest: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.OpenSubjectRequestRequest, _coordinator_pb2.OpenSubjectRequestResponse]
+    """Records an access request (the exporter reads the records from the regions and reports
+    completion with CompleteSubjectRequest).
+    """
+    CompleteSubjectRequest: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CompleteSubjectRequestRequest, _coordinator_pb2.CompleteSubjectRequestResponse]
+    """Completes an access request."""
+    ReportErasure: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ReportErasureRequest, _coordinator_pb2.ReportErasureResponse]
+    """A node reports that it carried out an erasure order."""
+    GetSubjectRequest: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetSubjectRequestRequest, _coordinator_pb2.GetSubjectRequestResponse]
+    """One request."""
+    ListSubjectRequests: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListSubjectRequestsRequest, _coordinator_pb2.ListSubjectRequestsResponse]
+    """Requests, newest first."""
+    PlaceLegalHold: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.PlaceLegalHoldRequest, _coordinator_pb2.PlaceLegalHoldResponse]
+    """Places a legal hold (distributed with the topology; audited by every node)."""
+    ReleaseLegalHold: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ReleaseLegalHoldRequest, _coordinator_pb2.ReleaseLegalHoldResponse]
+    """Releases a legal hold."""
+    ListLegalHolds: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListLegalHoldsRequest, _coordinator_pb2.ListLegalHoldsResponse]
+    """Holds in force."""
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -85,6 +108,29 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     """
     GetAuditHead: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetAuditHeadRequest, _coordinator_pb2.GetAuditHeadResponse]  # type: ignore[assignment]
     """Returns the last signed audit head accepted for a region."""
+    EraseSubject: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.EraseSubjectRequest, _coordinator_pb2.EraseSubjectResponse]  # type: ignore[assignment]
+    """Opens an erasure request for a data subject and orders every region to erase the
+    subject's records (except those under a legal hold or a legal retention obligation).
+    ALREADY_EXISTS when an erasure of the same subject is open (its id is in the message).
+    """
+    OpenSubjectRequest: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.OpenSubjectRequestRequest, _coordinator_pb2.OpenSubjectRequestResponse]  # type: ignore[assignment]
+    """Records an access request (the exporter reads the records from the regions and reports
+    completion with CompleteSubjectRequest).
+    """
+    CompleteSubjectRequest: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CompleteSubjectRequestRequest, _coordinator_pb2.CompleteSubjectRequestResponse]  # type: ignore[assignment]
+    """Completes an access request."""
+    ReportErasure: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ReportErasureRequest, _coordinator_pb2.ReportErasureResponse]  # type: ignore[assignment]
+    """A node reports that it carried out an erasure order."""
+    GetSubjectRequest: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetSubjectRequestRequest, _coordinator_pb2.GetSubjectRequestResponse]  # type: ignore[assignment]
+    """One request."""
+    ListSubjectRequests: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListSubjectRequestsRequest, _coordinator_pb2.ListSubjectRequestsResponse]  # type: ignore[assignment]
+    """Requests, newest first."""
+    PlaceLegalHold: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.PlaceLegalHoldRequest, _coordinator_pb2.PlaceLegalHoldResponse]  # type: ignore[assignment]
+    """Places a legal hold (distributed with the topology; audited by every node)."""
+    ReleaseLegalHold: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ReleaseLegalHoldRequest, _coordinator_pb2.ReleaseLegalHoldResponse]  # type: ignore[assignment]
+    """Releases a legal hold."""
+    ListLegalHolds: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListLegalHoldsRequest, _coordinator_pb2.ListLegalHoldsResponse]  # type: ignore[assignment]
+    """Holds in force."""
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The control plane: regions, nodes, their health and the replication links between them.
@@ -147,5 +193,82 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.GetAuditHeadResponse, _abc.Awaitable[_coordinator_pb2.GetAuditHeadResponse]]:
         """Returns the last signed audit head accepted for a region."""
+
+    @_abc_1.abstractmethod
+    def EraseSubject(
+        self,
+        request: _coordinator_pb2.EraseSubjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.EraseSubjectResponse, _abc.Awaitable[_coordinator_pb2.EraseSubjectResponse]]:
+        """Opens an erasure request for a data subject and orders every region to erase the
+        subject's records (except those under a legal hold or a legal retention obligation).
+        ALREADY_EXISTS when an erasure of the same subject is open (its id is in the message).
+        """
+
+    @_abc_1.abstractmethod
+    def OpenSubjectRequest(
+        self,
+        request: _coordinator_pb2.OpenSubjectRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.OpenSubjectRequestResponse, _abc.Awaitable[_coordinator_pb2.OpenSubjectRequestResponse]]:
+        """Records an access request (the exporter reads the records from the regions and reports
+        completion with CompleteSubjectRequest).
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteSubjectRequest(
+        self,
+        request: _coordinator_pb2.CompleteSubjectRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.CompleteSubjectRequestResponse, _abc.Awaitable[_coordinator_pb2.CompleteSubjectRequestResponse]]:
+        """Completes an access request."""
+
+    @_abc_1.abstractmethod
+    def ReportErasure(
+        self,
+        request: _coordinator_pb2.ReportErasureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ReportErasureResponse, _abc.Awaitable[_coordinator_pb2.ReportErasureResponse]]:
+        """A node reports that it carried out an erasure order."""
+
+    @_abc_1.abstractmethod
+    def GetSubjectRequest(
+        self,
+        request: _coordinator_pb2.GetSubjectRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.GetSubjectRequestResponse, _abc.Awaitable[_coordinator_pb2.GetSubjectRequestResponse]]:
+        """One request."""
+
+    @_abc_1.abstractmethod
+    def ListSubjectRequests(
+        self,
+        request: _coordinator_pb2.ListSubjectRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListSubjectRequestsResponse, _abc.Awaitable[_coordinator_pb2.ListSubjectRequestsResponse]]:
+        """Requests, newest first."""
+
+    @_abc_1.abstractmethod
+    def PlaceLegalHold(
+        self,
+        request: _coordinator_pb2.PlaceLegalHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.PlaceLegalHoldResponse, _abc.Awaitable[_coordinator_pb2.PlaceLegalHoldResponse]]:
+        """Places a legal hold (distributed with the topology; audited by every node)."""
+
+    @_abc_1.abstractmethod
+    def ReleaseLegalHold(
+        self,
+        request: _coordinator_pb2.ReleaseLegalHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ReleaseLegalHoldResponse, _abc.Awaitable[_coordinator_pb2.ReleaseLegalHoldResponse]]:
+        """Releases a legal hold."""
+
+    @_abc_1.abstractmethod
+    def ListLegalHolds(
+        self,
+        request: _coordinator_pb2.ListLegalHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListLegalHoldsResponse, _abc.Awaitable[_coordinator_pb2.ListLegalHoldsResponse]]:
+        """Holds in force."""
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from domicile.v1 import audit_pb2 as _audit_pb2
 from domicile.v1 import record_pb2 as _record_pb2
+from domicile.v1 import subject_pb2 as _subject_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -19,6 +20,58 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class ExportSubjectRequest(_message.Message):
+    """Request of StorageNodeService.ExportSubject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """The data subject: 1 to 256 bytes."""
+    request_id: _builtins.str
+    """The access request this export serves (from CoordinatorService.OpenSubjectRequest), for
+    the audit trail; may be empty.
+    """
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSubjectRequest: _TypeAlias = ExportSubjectRequest  # noqa: Y015
+
+@_typing.final
+class ExportSubjectResponse(_message.Message):
+    """One message of StorageNodeService.ExportSubject: a batch of records."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.ExportedRecord]:
+        """Records of the subject."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_subject_pb2.ExportedRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSubjectResponse: _TypeAlias = ExportSubjectResponse  # noqa: Y015
 
 @_typing.final
 class PutRequest(_message.Message):

@@ -71,6 +71,11 @@ class StorageNodeServiceStub:
                 request_serializer=domicile_dot_v1_dot_storage__node__pb2.ScanComplianceRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_storage__node__pb2.ScanComplianceResponse.FromString,
                 _registered_method=True)
+        self.ExportSubject = channel.unary_stream(
+                '/domicile.v1.StorageNodeService/ExportSubject',
+                request_serializer=domicile_dot_v1_dot_storage__node__pb2.ExportSubjectRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_storage__node__pb2.ExportSubjectResponse.FromString,
+                _registered_method=True)
 
 
 class StorageNodeServiceServicer:
@@ -138,6 +143,14 @@ class StorageNodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSubject(self, request, context):
+        """Streams every live record of a data subject that this region holds and may serve, values
+        decrypted, with retention and legal basis (GDPR Art. 15 and 20). Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageNodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +188,11 @@ def add_StorageNodeServiceServicer_to_server(servicer, server):
                     servicer.ScanCompliance,
                     request_deserializer=domicile_dot_v1_dot_storage__node__pb2.ScanComplianceRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_storage__node__pb2.ScanComplianceResponse.SerializeToString,
+            ),
+            'ExportSubject': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSubject,
+                    request_deserializer=domicile_dot_v1_dot_storage__node__pb2.ExportSubjectRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_storage__node__pb2.ExportSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -368,6 +386,33 @@ class StorageNodeService:
             '/domicile.v1.StorageNodeService/ScanCompliance',
             domicile_dot_v1_dot_storage__node__pb2.ScanComplianceRequest.SerializeToString,
             domicile_dot_v1_dot_storage__node__pb2.ScanComplianceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/domicile.v1.StorageNodeService/ExportSubject',
+            domicile_dot_v1_dot_storage__node__pb2.ExportSubjectRequest.SerializeToString,
+            domicile_dot_v1_dot_storage__node__pb2.ExportSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,10 @@ class StorageNodeServiceStub:
     """Walks this node's store and reports every record copy that the residency policy in force
     does not allow here. Reports only: nothing is moved or deleted.
     """
+    ExportSubject: _grpc.UnaryStreamMultiCallable[_storage_node_pb2.ExportSubjectRequest, _storage_node_pb2.ExportSubjectResponse]
+    """Streams every live record of a data subject that this region holds and may serve, values
+    decrypted, with retention and legal basis (GDPR Art. 15 and 20). Audited.
+    """
 
 @_typing.type_check_only
 class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
@@ -102,6 +106,10 @@ class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
     ScanCompliance: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.ScanComplianceRequest, _storage_node_pb2.ScanComplianceResponse]  # type: ignore[assignment]
     """Walks this node's store and reports every record copy that the residency policy in force
     does not allow here. Reports only: nothing is moved or deleted.
+    """
+    ExportSubject: _aio.UnaryStreamMultiCallable[_storage_node_pb2.ExportSubjectRequest, _storage_node_pb2.ExportSubjectResponse]  # type: ignore[assignment]
+    """Streams every live record of a data subject that this region holds and may serve, values
+    decrypted, with retention and legal basis (GDPR Art. 15 and 20). Audited.
     """
 
 class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -179,6 +187,16 @@ class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_storage_node_pb2.ScanComplianceResponse, _abc.Awaitable[_storage_node_pb2.ScanComplianceResponse]]:
         """Walks this node's store and reports every record copy that the residency policy in force
         does not allow here. Reports only: nothing is moved or deleted.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportSubject(
+        self,
+        request: _storage_node_pb2.ExportSubjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_storage_node_pb2.ExportSubjectResponse], _abc.AsyncIterator[_storage_node_pb2.ExportSubjectResponse]]:
+        """Streams every live record of a data subject that this region holds and may serve, values
+        decrypted, with retention and legal basis (GDPR Art. 15 and 20). Audited.
         """
 
 def add_StorageNodeServiceServicer_to_server(servicer: StorageNodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

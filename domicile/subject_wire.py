@@ -1,0 +1,131 @@
+"""Data-subject types on the wire: domicile.subjects <-> domicile.v1 subject.proto messages."""
+
+from __future__ import annotations
+
+from domicile.subjects import (
+    ErasureOrder,
+    HoldScope,
+    KeptRecord,
+    LegalHold,
+    RegionReceipt,
+    RequestKind,
+    RequestStatus,
+    RetentionClass,
+    SubjectRequest,
+)
+from domicile.v1 import subject_pb2 as pb
+
+
+def hold_to_pb(h: LegalHold, out: pb.LegalHold | None = None) -> pb.LegalHold:
+    msg = out if out is not None else pb.LegalHold()
+    msg.hold_id = h.hold_id
+    msg.scope = int(h.scope)  # type: ignore[assignment]
+    msg.subject_id = h.subject_id
+    msg.namespace = h.namespace
+    msg.key = h.key
+    msg.reason = h.reason
+    msg.placed_unix_ms = h.placed_ms
+    return msg
+
+
+def hold_from_pb(msg: pb.LegalHold) -> LegalHold:
+    return LegalHold(
+        hold_id=msg.hold_id,
+        scope=HoldScope(msg.scope) if msg.scope in HoldScope._value2member_map_ else HoldScope.UNSPECIFIED,
+        subject_id=msg.subject_id,
+        namespace=msg.namespace,
+        key=msg.key,
+        reason=msg.reason,
+        placed_ms=msg.placed_unix_ms,
+    )
+
+
+def erasure_to_pb(e: ErasureOrder, out: pb.ErasureOrder | None = None) -> pb.ErasureOrder:
+    msg = out if out is not None else pb.ErasureOrder()
+    msg.request_id = e.request_id
+    msg.subject_id = e.subject_id
+    msg.requested_unix_ms = e.requested_ms
+    msg.regions_pending.extend(e.regions_pending)
+    return msg
+
+
+def erasure_from_pb(msg: pb.ErasureOrder) -> ErasureOrder:
+    return ErasureOrder(msg.request_id, msg.subject_id, msg.requested_unix_ms, tuple(msg.regions_pending))
+
+
+def retention_to_pb(r: RetentionClass, out: pb.RetentionClass | None = None) -> pb.RetentionClass:
+    msg = out if out is not None else pb.RetentionClass()
+    msg.name = r.name
+    msg.period_seconds = r.period_s
+    msg.legal_obligation = r.legal_obligation
+    msg.basis = r.basis
+    return msg
+
+
+def retention_from_pb(msg: pb.RetentionClass) -> RetentionClass:
+    return RetentionClass(msg.name, msg.period_seconds, msg.legal_obligation, msg.basis)
+
+
+def receipt_to_pb(r: RegionReceipt, out: pb.RegionErasureReceipt | None = None) -> pb.RegionErasureReceipt:
+    msg = out if out is not None else pb.RegionErasureReceipt()
+    msg.region = r.region
+    msg.node_id = r.node_id
+    msg.started_unix_ms = r.started_ms
+    msg.completed_unix_ms = r.completed_ms
+    for namespace, records in r.erased:
+        msg.erased.add(namespace=namespace, records=records)
+    for k in r.kept:
+        msg.kept.add(namespace=k.namespace, key=k.key, reason=k.reason)
+    msg.keys_destroyed = r.keys_destroyed
+    msg.audit_seq = r.audit_seq
+    return msg
+
+
+def receipt_from_pb(msg: pb.RegionErasureReceipt) -> RegionReceipt:
+    return RegionReceipt(
+        region=msg.region,
+        node_id=msg.node_id,
+        started_ms=msg.started_unix_ms,
+        completed_ms=msg.completed_unix_ms,
+        erased=tuple(sorted((c.namespace, c.records) for c in msg.erased)),
+        kept=tuple(KeptRecord(k.namespace, k.key, k.reason) for k in msg.kept),
+        keys_destroyed=msg.keys_destroyed,
+        audit_seq=msg.audit_seq,
+    )
+
+
+def request_to_pb(r: SubjectRequest, out: pb.SubjectRequest | None = None) -> pb.SubjectRequest:
+    msg = out if out is not None else pb.SubjectRequest()
+    msg.request_id = r.request_id
+    msg.kind = int(r.kind)  # type: ignore[assignment]
+    msg.subject_id = r.subject_id
+    msg.subject_jurisdiction = r.subject_jurisdiction
+    msg.reason = r.reason
+    msg.received_unix_ms = r.received_ms
+    msg.due_unix_ms = r.due_ms
+    msg.status = int(r.status)  # type: ignore[assignment]
+    msg.regions_pending.extend(r.regions_pending)
+    for receipt in r.receipts:
+        receipt_to_pb(receipt, msg.receipts.add())
+    msg.completed_unix_ms = r.completed_ms
+    msg.records_exported = r.records_exported
+    return msg
+
+
+def request_from_pb(msg: pb.SubjectRequest) -> SubjectRequest:
+    return SubjectRequest(
+        request_id=msg.request_id,
+        kind=RequestKind(msg.kind) if msg.kind in RequestKind._value2member_map_ else RequestKind.UNSPECIFIED,
+        subject_id=msg.subject_id,
+        subject_jurisdiction=msg.subject_jurisdiction,
+        reason=msg.reason,
+        received_ms=msg.received_unix_ms,
+        due_ms=msg.due_unix_ms,
+        status=RequestStatus(msg.status)
+        if msg.status in RequestStatus._value2member_map_
+        else RequestStatus.UNSPECIFIED,
+        regions_pending=tuple(msg.regions_pending),
+        receipts=tuple(receipt_from_pb(r) for r in msg.receipts),
+        completed_ms=msg.completed_unix_ms,
+        records_exported=msg.records_exported,
+    )
