@@ -16,10 +16,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import secrets
 import sqlite3
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -56,13 +54,13 @@ from domicile.errors import (
 )
 from domicile.hlc import wall_ms
 from domicile.model import check_node_id
+from node.keyfiles import read_or_create
 
 log = logging.getLogger("domicile.audit")
 
 SIGNING_KEY_FILE = "audit-signing.key"
 SUBJECT_KEY_FILE = "audit-subject.key"
 SUBJECT_KEY_BYTES = 32
-KEY_FILE_BYTES_MAX = 64 * 1024
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
@@ -88,7 +86,7 @@ def load_or_create_keys(data_dir: Path) -> tuple[Ed25519PrivateKey, bytes]:
     (audit-subject.key, 32 random bytes), created on first use with mode 0600."""
     directory = Path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    pem = _read_or_create(
+    pem = read_or_create(
         directory / SIGNING_KEY_FILE,
         lambda: Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
     )
@@ -103,57 +101,12 @@ def load_or_create_keys(data_dir: Path) -> tuple[Ed25519PrivateKey, bytes]:
         raise FailedPrecondition(
             f"{SIGNING_KEY_FILE} holds a {type(key).__name__}; the audit log signs with an Ed25519 key"
         )
-    subject_key = _read_or_create(
-        directory / SUBJECT_KEY_FILE, lambda: secrets.token_bytes(SUBJECT_KEY_BYTES)
-    )
+    subject_key = read_or_create(directory / SUBJECT_KEY_FILE, lambda: secrets.token_bytes(SUBJECT_KEY_BYTES))
     if len(subject_key) != SUBJECT_KEY_BYTES:
         raise FailedPrecondition(
             f"{SUBJECT_KEY_FILE} is {len(subject_key)} bytes; it must be {SUBJECT_KEY_BYTES} random bytes"
         )
     return key, subject_key
-
-
-def _read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
-    try:
-        return _read_private(path)
-    except FileNotFoundError:
-        pass
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(make())
-            out.flush()
-            os.fsync(out.fileno())
-        # A hard link never replaces a key that another process created meanwhile.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return _read_private(path)
-
-
-def _read_private(path: Path) -> bytes:
-    with path.open("rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise FailedPrecondition(
-                f"{path.name} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
-                "a key file must be mode 0600 (chmod 600)"
-            )
-        data = f.read(KEY_FILE_BYTES_MAX + 1)
-    if len(data) > KEY_FILE_BYTES_MAX:
-        raise FailedPrecondition(f"{path.name} is larger than {KEY_FILE_BYTES_MAX} bytes; it is not a key")
-    return data
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the log --------------------------------------------------------------------------------

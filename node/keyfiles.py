@@ -1,0 +1,80 @@
+"""Private key files of a node: created once with mode 0600, refused when others can read them.
+
+A key file is written to a temporary file, synced, then hard-linked into place: a crash never
+leaves a half-written key, and two processes starting at once end up using the same key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from domicile.errors import FailedPrecondition
+
+KEY_FILE_BYTES_MAX = 64 * 1024
+
+
+def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The contents of the key file at `path`, created from make() when it does not exist."""
+    try:
+        return read_private(path)
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(make())
+            out.flush()
+            os.fsync(out.fileno())
+        # A hard link never replaces a key that another process created meanwhile.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return read_private(path)
+
+
+def read_private(path: Path) -> bytes:
+    """The contents of a key file that only its owner can access (FileNotFoundError if none)."""
+    with path.open("rb") as f:
+        check_private_mode(path, os.fstat(f.fileno()).st_mode)
+        data = f.read(KEY_FILE_BYTES_MAX + 1)
+    if len(data) > KEY_FILE_BYTES_MAX:
+        raise FailedPrecondition(f"{path.name} is larger than {KEY_FILE_BYTES_MAX} bytes; it is not a key")
+    return data
+
+
+def ensure_private_file(path: Path) -> None:
+    """Creates `path` empty with mode 0600 when missing (so that a database opened on it, and
+    the journal files the database derives from its mode, are private) and refuses it when
+    other users can access it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        fsync_dir(path.parent)
+    check_private_mode(path, path.stat().st_mode)
+
+
+def check_private_mode(path: Path, mode: int) -> None:
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise FailedPrecondition(
+            f"{path.name} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
+            "a key file must be mode 0600 (chmod 600)"
+        )
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
