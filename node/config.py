@@ -36,6 +36,9 @@ class NodeConfig:
     # How often the source persists acknowledged positions (only informational at the source:
     # the target's position is the authoritative one).
     ack_persist_interval_s: float = 1.0
+    # How often records past their retention period are swept; 0 turns the sweeper off (a
+    # sweep can still be run on demand).
+    retention_sweep_interval_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.region:
@@ -48,6 +51,11 @@ class NodeConfig:
         if self.synchronous.upper() not in {"FULL", "NORMAL", "OFF"}:
             raise InvalidArgument(f"synchronous must be FULL, NORMAL or OFF, not {self.synchronous!r}")
         split_host_port(self.listen)
+        if not 0 <= self.retention_sweep_interval_s <= 86_400:
+            raise InvalidArgument(
+                "retention_sweep_interval_s must be 0 (off) to 86400 seconds, "
+                f"not {self.retention_sweep_interval_s}"
+            )
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -75,6 +83,11 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     parser.add_argument("--cluster-config", help="cluster YAML, to serve before the coordinator is reached")
     parser.add_argument("--synchronous", help="SQLite synchronous mode: FULL (default), NORMAL or OFF")
     parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    parser.add_argument(
+        "--retention-sweep-interval-s",
+        type=float,
+        help="seconds between retention sweeps (default 300; 0 turns them off)",
+    )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     if args.config:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -17,9 +17,12 @@ from grpc_reflection.v1alpha import reflection
 from domicile import errors
 from domicile.audit import SignedHead
 from domicile.cluster import ClusterSpec, load_cluster
-from domicile.hlc import HybridClock
+from domicile.hlc import HybridClock, wall_ms
+from domicile.subject_wire import receipt_to_pb
+from domicile.subjects import LegalHold, RegionReceipt
 from domicile.topology import Topology, topology_from_pb
 from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import replication_pb2, storage_node_pb2
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
@@ -32,9 +35,13 @@ from node.compliance.head_export import HeadExporter
 from node.compliance.scanner import ScanReport, scan_store
 from node.config import NodeConfig, split_host_port
 from node.coordinator_link import CoordinatorLink
+from node.crypto.keyring import Keyring, load_or_create_kek
 from node.engine.base import StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.engine.sqlite import SQLiteEngine
+from node.lifecycle.erasure import Eraser
+from node.lifecycle.retention import RetentionSweeper, SweepReport
+from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
@@ -54,9 +61,16 @@ SERVICE_NAMES = (
 
 class Node:
     def __init__(
-        self, config: NodeConfig, *, hlc: HybridClock | None = None, rng: random.Random | None = None
+        self,
+        config: NodeConfig,
+        *,
+        hlc: HybridClock | None = None,
+        rng: random.Random | None = None,
+        wall_ms: Callable[[], int] = wall_ms,
     ):
+        """`wall_ms` is the clock of retention and erasure times (tests move it years ahead)."""
         self.config = config
+        self.wall_ms = wall_ms
         self.clock = hlc or HybridClock()
         self.rng = rng or random.Random()
         self.metrics = NodeMetrics(config.node_id, config.region)
@@ -115,6 +129,33 @@ class Node:
         self.audit.start()
         self.metrics.audit_entries.set(self.audit.size)
         self.enforcer = Enforcer(region=cfg.region, view=self.view, metrics=self.metrics, audit=self.audit)
+        # Data keys and the key-encryption key live apart from the store, in keys/: a backup of the
+        # store must never carry them, or a restore would undo the destruction of erased keys.
+        key_dir = Path(cfg.data_dir) / "keys"
+        key_dir.mkdir(mode=0o700, exist_ok=True)
+        self.keyring = Keyring(key_dir / "keys.sqlite3", load_or_create_kek(key_dir))
+        self.sealer = Sealer(self.keyring)
+        self.eraser = Eraser(
+            region=cfg.region,
+            node_id=cfg.node_id,
+            engine=self.engine,
+            committer=self.committer,
+            keyring=self.keyring,
+            audit=self.audit,
+            subject_key=subject_key,
+            report=self._report_erasure,
+            on_committed=self.signal.notify,
+            now_ms=self.wall_ms,
+        )
+        self.sweeper = RetentionSweeper(
+            node_id=cfg.node_id,
+            engine=self.engine,
+            committer=self.committer,
+            audit=self.audit,
+            on_committed=self.signal.notify,
+            on_expired=lambda ns, n: self.metrics.retention_expired.labels(ns).inc(n),
+            now_ms=self.wall_ms,
+        )
         self._scan_lock = asyncio.Lock()
         self.last_scan: ScanReport | None = None
         self.service = StorageService(
@@ -124,6 +165,8 @@ class Node:
             committer=self.committer,
             view=self.view,
             enforcer=self.enforcer,
+            sealer=self.sealer,
+            eraser=self.eraser,
             limits=cfg.limits,
             metrics=self.metrics,
             on_committed=self.signal.notify,
@@ -135,6 +178,8 @@ class Node:
             committer=self.committer,
             view=self.view,
             enforcer=self.enforcer,
+            sealer=self.sealer,
+            eraser=self.eraser,
             clock=self.clock,
             metrics=self.metrics,
         )
@@ -145,6 +190,7 @@ class Node:
             committer=self.committer,
             view=self.view,
             enforcer=self.enforcer,
+            sealer=self.sealer,
             metrics=self.metrics,
             limits=cfg.limits,
             signal=self.signal,
@@ -155,7 +201,7 @@ class Node:
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
         spb_grpc.add_StorageNodeServiceServicer_to_server(
-            StorageServicer(self.service, self.status, self.audit, self.compliance_scan), server
+            StorageServicer(self.service, self.status, self.audit, self.compliance_scan, self.sealer), server
         )
         rpb_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(self.receiver), server)
         self.health = health.aio.HealthServicer()
@@ -197,6 +243,9 @@ class Node:
         self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
         self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
         self.exporter.offer(self.audit.head())
+        if cfg.retention_sweep_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._sweep_loop(), name="retention"))
+        self.eraser.apply(self.view.topology.erasures, self.view.topology.cluster, self.view.topology.holds)
         self.metrics.topology_revision.set(self.view.revision)
         self._running = True
         log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
@@ -207,12 +256,68 @@ class Node:
 
         await self.committer.run(persist)
         before = self.view.policy.version
+        holds_before = self.view.topology.holds
         if self.view.replace(topology):
             self.metrics.topology_revision.set(topology.revision)
             self.replication.apply(topology)
             log.info("topology revision %d adopted", topology.revision)
             if self.view.policy.version != before:
                 await self._policy_changed(before)
+            self._audit_holds(holds_before, topology.holds)
+            self.eraser.apply(topology.erasures, topology.cluster, topology.holds)
+
+    def _audit_holds(self, before: tuple[LegalHold, ...], after: tuple[LegalHold, ...]) -> None:
+        """Every region records the holds placed and released, since they change what it keeps."""
+        old = {h.hold_id: h for h in before}
+        new = {h.hold_id: h for h in after}
+        changes = [("hold_placed", new[i]) for i in sorted(new.keys() - old.keys())]
+        changes += [("hold_released", old[i]) for i in sorted(old.keys() - new.keys())]
+        for action, hold in changes:
+            self.audit.record(
+                principal="coordinator",
+                action=action,
+                namespace=hold.namespace,
+                key=hold.key,
+                subject_id=hold.subject_id,
+                detail=hold.describe()[:1000],
+            )
+
+    async def _report_erasure(self, request_id: str, receipt: RegionReceipt) -> None:
+        """Tells the coordinator, retrying until it answers (the order stays pending until then)."""
+        delays = BackoffPolicy(self.config.reconnect_delay_s, self.config.reconnect_delay_max_s).delays(
+            self.rng
+        )
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.config.coordinator) as channel:
+                    request = cpb.ReportErasureRequest(request_id=request_id)
+                    receipt_to_pb(receipt, request.receipt)
+                    await cpb_grpc.CoordinatorServiceStub(channel).ReportErasure(
+                        request, timeout=self.config.limits.rpc_deadline_s
+                    )
+                self.metrics.erasures_completed.inc()
+                for namespace, records in receipt.erased:
+                    self.metrics.erased_records.labels(namespace).inc(records)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    log.error("coordinator refused the receipt of erasure %s: %s", request_id, exc.details())
+                    return
+                await asyncio.sleep(next(delays))
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.retention_sweep_interval_s)
+            try:
+                await self.sweep_retention()
+            except Exception:
+                log.exception("retention sweep failed; the next one retries")
+
+    async def sweep_retention(self, now_ms: int | None = None) -> SweepReport:
+        topology = self.view.topology
+        report = await self.sweeper.sweep(topology.cluster, topology.holds, now_ms)
+        self.metrics.retention_last_sweep.set(time.time())
+        return report
 
     async def _policy_changed(self, before: str) -> None:
         """Audits the change and scans the store against the new policy: after a tightening the
@@ -328,11 +433,13 @@ class Node:
         self._running = False
         await _bounded("health shutdown", self.health.enter_graceful_shutdown(), 1.0)
         await _cancel_all(self._tasks, "background tasks")
+        await _bounded("erasures stop", self.eraser.stop(), 5.0)
         await _bounded("replication stop", self.replication.stop(), 5.0)
         if self._server is not None:
             await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)
         await _bounded("writer stop", self.committer.stop(), 10.0)
         await _bounded("audit log close", self.audit.close(), 10.0)
+        self.keyring.close()
         self.engine.close()
         self.metrics.close()
         log.info("node %s stopped", self.config.node_id)

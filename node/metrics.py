@@ -163,6 +163,25 @@ class NodeMetrics:
             "1 when the audit log verified at start-up, 0 when it did not.",
             registry=r,
         )
+        self.erasures_completed = Counter(
+            "domicile_erasures_completed_total",
+            "Erasure orders this node carried out (records tombstoned, data keys destroyed).",
+            registry=r,
+        )
+        self.erased_records = Counter(
+            "domicile_erased_records_total", "Records erased by erasure orders.", ["namespace"], registry=r
+        )
+        self.retention_expired = Counter(
+            "domicile_retention_expired_total",
+            "Records deleted because their retention period ended.",
+            ["namespace"],
+            registry=r,
+        )
+        self.retention_last_sweep = Gauge(
+            "domicile_retention_last_sweep_timestamp_seconds",
+            "When the last retention sweep ended.",
+            registry=r,
+        )
         self.records_stored = Gauge("domicile_records_stored", "Keys with a live version.", registry=r)
         self.tombstones_stored = Gauge(
             "domicile_tombstones_stored", "Keys whose versions are all tombstones.", registry=r

@@ -27,6 +27,8 @@ from domicile.policy import Action, Decision, RecordFacts
 from node.compliance.enforcer import Audit, Enforcer
 from node.engine.base import Committed, LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
+from node.lifecycle.erasure import Eraser
+from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.topology_view import TopologyView
 
@@ -80,6 +82,8 @@ class StorageService:
         committer: GroupCommitter,
         view: TopologyView,
         enforcer: Enforcer,
+        sealer: Sealer,
+        eraser: Eraser,
         limits: Limits,
         metrics: NodeMetrics,
         on_committed: Callable[[], None] = lambda: None,
@@ -90,6 +94,8 @@ class StorageService:
         self.committer = committer
         self.view = view
         self.enforcer = enforcer
+        self.sealer = sealer
+        self.eraser = eraser
         self.limits = limits
         self.metrics = metrics
         # Wakes the replication senders: the change log has grown.
@@ -130,6 +136,14 @@ class StorageService:
             )
         return entry
 
+    def _check_not_erased(self, subject_id: str) -> None:
+        request_id = self.eraser.erased_by(subject_id)
+        if request_id:
+            raise errors.FailedPrecondition(
+                f"this data subject was erased by request {request_id}; records about them are not "
+                "accepted any more (a new relationship needs a new subject id)"
+            )
+
     async def _commit(self, write: LocalWrite, entry: asyncio.Future[int] | None) -> Committed:
         # The write and its audit entry become durable together before the caller is answered;
         # the two stores commit in parallel.
@@ -156,6 +170,7 @@ class StorageService:
             )
         check_jurisdiction(cmd.subject_jurisdiction)
         classification = self._classification(spec, cmd.classification)
+        self._check_not_erased(cmd.subject_id)
         entry = self._check_placement(
             spec,
             RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction),
@@ -172,7 +187,10 @@ class StorageService:
             LocalWrite(
                 namespace=spec.name,
                 key=cmd.key,
-                value=cmd.value,
+                # Encrypted at rest under the subject's data key (crypto-shredding).
+                value=self.sealer.seal_value(
+                    self.view.topology.cluster, spec.name, cmd.key, cmd.subject_id, cmd.value
+                ),
                 content_type=cmd.content_type,
                 supersedes=supersedes,
                 subject_id=cmd.subject_id,
@@ -234,8 +252,13 @@ class StorageService:
     def _read_result(
         self, spec: NamespaceSpec, key: str, state: KeyState | None, principal: str
     ) -> ReadResult | Decision:
-        """The answer to a read, or the first refusing decision."""
-        versions = visible(state, spec.conflict_mode)
+        """The answer to a read, or the first refusing decision. A version whose data key was
+        destroyed (its subject erased) is gone: it is left out."""
+        cluster = self.view.topology.cluster
+        opened = (
+            self.sealer.open_version(cluster, spec.name, key, v) for v in visible(state, spec.conflict_mode)
+        )
+        versions = tuple(v for v in opened if v is not None)
         decisions = self._read_decisions(spec, key, versions, principal)
         refused = next((d for d in decisions if not d.allowed), None)
         if refused is not None:

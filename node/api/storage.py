@@ -12,12 +12,15 @@ import grpc
 
 from domicile import audit_wire, codec, errors
 from domicile.model import Classification
+from domicile.subjects import check_subject_id
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.api.errors import abort_with, status_for
 from node.compliance.audit_log import AuditLog
 from node.compliance.enforcer import Audit
 from node.compliance.scanner import VIOLATIONS_MAX_DEFAULT, VIOLATIONS_MAX_LIMIT, ScanReport
+from node.lifecycle.export import export_subject
+from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.service import DeleteCommand, PutCommand, ReadResult, StorageService
 
@@ -75,6 +78,7 @@ def _classification(value: int) -> Classification:
 PRINCIPAL_METADATA = "domicile-principal"
 PRINCIPAL_CHARS_MAX = 128
 AUDIT_READ_BATCH = 1000
+EXPORT_BATCH = 100
 
 
 def principal_of(context: grpc.aio.ServicerContext) -> str:
@@ -126,7 +130,9 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         status: Callable[[], spb.GetNodeStatusResponse],
         audit: AuditLog,
         scan: Callable[[int, str], Awaitable[ScanReport]],
+        sealer: Sealer,
     ) -> None:
+        self._sealer = sealer
         self.service = service
         self.metrics = service.metrics
         self.deadline_s = service.limits.request_deadline_default_s
@@ -270,3 +276,45 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             await abort_with(context, exc)
         finally:
             self.metrics.rpc_latency.labels("ReadAuditLog").observe(time.perf_counter() - started)
+
+    async def ExportSubject(
+        self, request: spb.ExportSubjectRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[spb.ExportSubjectResponse]:
+        started = time.perf_counter()
+        try:
+            check_subject_id(request.subject_id)
+            if len(request.request_id) > 64:
+                raise errors.InvalidArgument("request_id is longer than 64 characters")
+            service = self.service
+            copies = export_subject(
+                subject_id=request.subject_id,
+                region=service.region,
+                engine=service.engine,
+                view=service.view,
+                enforcer=service.enforcer,
+                sealer=self._sealer,
+                principal=principal_of(context),
+                request_id=request.request_id,
+            )
+            for i in range(0, len(copies), EXPORT_BATCH):
+                response = spb.ExportSubjectResponse()
+                for c in copies[i : i + EXPORT_BATCH]:
+                    record = response.records.add(
+                        namespace=c.namespace,
+                        key=c.key,
+                        classification=int(c.classification),  # type: ignore[arg-type]
+                        region=c.region,
+                        retention_class=c.retention_class,
+                        retention_period_seconds=c.retention_period_s,
+                        legal_basis=c.legal_basis,
+                        hold_reason=c.hold_reason,
+                    )
+                    for v, fields in zip(c.versions, c.redacted, strict=True):
+                        msg = codec.version_to_pb(v, record.versions.add())
+                        msg.redacted_fields.extend(fields)
+                yield response
+        except errors.DomicileError as exc:
+            self.metrics.rpc_errors.labels("ExportSubject", status_for(exc).name).inc()
+            await abort_with(context, exc)
+        finally:
+            self.metrics.rpc_latency.labels("ExportSubject").observe(time.perf_counter() - started)

@@ -90,6 +90,11 @@ class StorageEngine(Protocol):
         in key order, at most limit."""
         ...
 
+    def subject_keys(self, subject_id: str) -> list[tuple[str, str]]:
+        """(namespace, key) of every key that holds or held a version about this data subject
+        (tombstones included), sorted."""
+        ...
+
     def namespaces(self) -> list[str]:
         """Every namespace with a stored key (live or tombstoned), sorted; the compliance
         scanner walks these, including namespaces the configuration no longer lists."""

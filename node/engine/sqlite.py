@@ -24,7 +24,7 @@ from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, I
 from domicile.model import Classification, check_namespace_name, check_node_id
 from node.engine.base import ApplyOutcome, Committed, LocalWrite, StoreCounts
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL")
 BUSY_TIMEOUT_MS = 10_000
 SCAN_RECORDS_MAX = 10_000
@@ -34,6 +34,14 @@ META_NAME_CHARS_MAX = 255
 META_VALUE_BYTES_MAX = 4 * 1024 * 1024
 # Counters are stored as protobuf uint64 and checked below 2^62 on the wire (codec).
 DOT_COUNTER_MAX = (1 << 62) - 1
+
+# Which keys hold versions about which data subject (live or tombstoned): erasure and export
+# find a subject's records without scanning the store. Rows are never removed: a tombstone
+# keeps its subject.
+_SUBJECT_KEYS = (
+    "CREATE TABLE subject_keys (subject TEXT NOT NULL, namespace TEXT NOT NULL, key TEXT NOT NULL, "
+    "PRIMARY KEY (subject, namespace, key)) WITHOUT ROWID"
+)
 
 _SCHEMA = (
     """CREATE TABLE kv (
@@ -60,6 +68,7 @@ _SCHEMA = (
     "INSERT INTO counters (name, value) VALUES ('records', 0), ('tombstones', 0), ('last_lsn', 0)",
     # Who owns this file: a node must not reopen another node's change log under its own name.
     "CREATE TABLE engine_info (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    _SUBJECT_KEYS,
 )
 
 _SCAN_SQL = {
@@ -148,6 +157,14 @@ class _WorkingSet:
             "ON CONFLICT (namespace, key) DO UPDATE SET state = excluded.state, live = excluded.live",
             rows,
         )
+        tx.executemany(
+            "INSERT OR IGNORE INTO subject_keys (subject, namespace, key) VALUES (?, ?, ?)",
+            [
+                (subject, namespace, key)
+                for (namespace, key), state in self._dirty.items()
+                for subject in {v.subject_id for v in state.versions if v.subject_id}
+            ],
+        )
 
 
 class _ReaderSlot:
@@ -222,6 +239,16 @@ class SQLiteEngine:
                     "INSERT INTO engine_info (name, value) VALUES (?, ?)",
                     [("node_id", self.node_id), ("region", self.region)],
                 )
+                tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:
+                # Version 2 added the subject index: build it from the stored states.
+                tx.execute(_SUBJECT_KEYS)
+                for namespace, key, blob in tx.execute("SELECT namespace, key, state FROM kv").fetchall():
+                    state = _decode_state(namespace, key, blob)
+                    tx.executemany(
+                        "INSERT OR IGNORE INTO subject_keys (subject, namespace, key) VALUES (?, ?, ?)",
+                        [(v.subject_id, namespace, key) for v in state.versions if v.subject_id],
+                    )
                 tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise FailedPrecondition(
@@ -463,6 +490,17 @@ class SQLiteEngine:
     def outbound_acks(self) -> dict[str, int]:
         rows = self._reader().execute("SELECT target, lsn FROM outbound_acks ORDER BY target")
         return {target: int(lsn) for target, lsn in rows}
+
+    def subject_keys(self, subject_id: str) -> list[tuple[str, str]]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT namespace, key FROM subject_keys WHERE subject = ? ORDER BY namespace, key",
+                (subject_id,),
+            )
+            .fetchall()
+        )
+        return [(str(n), str(k)) for n, k in rows]
 
     def namespaces(self) -> list[str]:
         # A loose index scan: one index probe per namespace, not one row per key.

@@ -4,6 +4,7 @@ idempotently, persist the source position in the same transaction, measure lag."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from domicile.policy import Action, RecordFacts
 from node.compliance.enforcer import Audit, Enforcer
 from node.engine.base import ApplyOutcome, StorageEngine
 from node.engine.group_commit import GroupCommitter
+from node.lifecycle.erasure import Eraser, keep_reason
+from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.topology_view import TopologyView
 
@@ -47,6 +50,8 @@ class Receiver:
         committer: GroupCommitter,
         view: TopologyView,
         enforcer: Enforcer,
+        sealer: Sealer,
+        eraser: Eraser,
         clock: HybridClock,
         metrics: NodeMetrics,
         now_ms: Callable[[], int] = wall_ms,
@@ -57,6 +62,8 @@ class Receiver:
         self.committer = committer
         self.view = view
         self.enforcer = enforcer
+        self.sealer = sealer
+        self.eraser = eraser
         self.clock = clock
         self.metrics = metrics
         self.now_ms = now_ms
@@ -110,6 +117,29 @@ class Receiver:
         )
         if entry is not None:
             entries.append(entry)
+        erased_by = "" if m.version.tombstone else self.eraser.erased_by(m.version.subject_id)
+        if decision.allowed and erased_by:
+            topology = self.view.topology
+            if not keep_reason(topology.cluster, topology.holds, m.namespace, m.key, m.version.subject_id):
+                # Written where the erasure had not arrived yet: it must not bring the subject back.
+                entries.append(
+                    self.enforcer.refusal(
+                        facts,
+                        audit_action=Audit.REPLICATE_RECEIVE,
+                        principal=principal,
+                        key=m.key,
+                        rule="subject-erased",
+                        detail=f"{detail} request={erased_by}",
+                    )
+                )
+                log.info(
+                    "refused %s/%s from %s: subject erased by %s",
+                    m.namespace,
+                    m.key,
+                    source_node_id,
+                    erased_by,
+                )
+                return False
         if not decision.allowed:
             # A correct source never sends this: it is a misconfigured or rogue node.
             log.warning(
@@ -136,7 +166,13 @@ class Receiver:
                     f"mutation lsn {m.lsn} is past the batch's through_lsn {through_lsn}"
                 )
         entries: list[asyncio.Future[int]] = []
-        admitted = [m for m in mutations if self._admit(source_node_id, m, entries)]
+        cluster = self.view.topology.cluster
+        # Stored encrypted under this region's key for the subject; data keys never travel.
+        admitted = [
+            dataclasses.replace(m, version=self.sealer.seal_version(cluster, m.namespace, m.key, m.version))
+            for m in mutations
+            if self._admit(source_node_id, m, entries)
+        ]
         refused = len(mutations) - len(admitted)
 
         def work(engine: StorageEngine) -> ApplyOutcome:

@@ -13,6 +13,7 @@ from domicile.topology import Topology
 from node.compliance.enforcer import Enforcer
 from node.engine.base import StorageEngine
 from node.engine.group_commit import GroupCommitter
+from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.replication.outbound import BackoffPolicy, LinkSender
 from node.replication.signal import LogSignal
@@ -31,6 +32,7 @@ class ReplicationManager:
         committer: GroupCommitter,
         view: TopologyView,
         enforcer: Enforcer,
+        sealer: Sealer,
         metrics: NodeMetrics,
         limits: Limits,
         signal: LogSignal,
@@ -44,6 +46,7 @@ class ReplicationManager:
         self.committer = committer
         self.view = view
         self.enforcer = enforcer
+        self.sealer = sealer
         self.metrics = metrics
         self.limits = limits
         self.signal = signal
@@ -85,6 +88,7 @@ class ReplicationManager:
                     engine=self.engine,
                     view=self.view,
                     enforcer=self.enforcer,
+                    sealer=self.sealer,
                     metrics=self.metrics,
                     limits=self.limits,
                     signal=self.signal,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import random
 import time
@@ -28,6 +29,7 @@ from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from node.compliance.enforcer import Audit, Enforcer
 from node.engine.base import StorageEngine
+from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.replication.signal import LogSignal
 from node.topology_view import TopologyView
@@ -80,6 +82,7 @@ class LinkSender:
         engine: StorageEngine,
         view: TopologyView,
         enforcer: Enforcer,
+        sealer: Sealer,
         metrics: NodeMetrics,
         limits: Limits,
         signal: LogSignal,
@@ -87,6 +90,7 @@ class LinkSender:
         rng: random.Random | None = None,
     ) -> None:
         self.enforcer = enforcer
+        self.sealer = sealer
         self.node_id = node_id
         self.region = region
         self.target = target
@@ -141,7 +145,12 @@ class LinkSender:
                 break
             through = m.lsn
             if self._allowed(m):
-                batch.append(m)
+                # Shipped in clear (the target seals it under its own key); a value whose key
+                # was destroyed is erased: its tombstone follows in the log.
+                opened = self.sealer.open_version(self.view.topology.cluster, m.namespace, m.key, m.version)
+                if opened is None:
+                    continue
+                batch.append(m if opened is m.version else dataclasses.replace(m, version=opened))
                 size += bytes_
         return batch, through
 

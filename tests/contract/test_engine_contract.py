@@ -90,6 +90,24 @@ def test_namespaces_lists_every_namespace_with_a_key_tombstones_included(
     assert engine.namespaces() == ["a", "b", "c"]
 
 
+def test_subject_keys_index_local_and_remote_writes_and_keeps_tombstoned_keys(
+    engine: StorageEngine, stamp: Stamp
+) -> None:
+    commit_ok(
+        engine,
+        stamp,
+        LocalWrite(namespace="c", key="k1", value=b"1", subject_id="s-1"),
+        LocalWrite(namespace="a", key="k2", value=b"2", subject_id="s-1"),
+        LocalWrite(namespace="c", key="k3", value=b"3", subject_id="s-2"),
+    )
+    commit_ok(engine, stamp, LocalWrite(namespace="c", key="k1", tombstone=True, subject_id="s-1"))
+    remote = causality.Version(Dot("other", 1), b"r", 1 << 16, subject_id="s-1", checksum=causality.sha256(b"r"))
+    engine.apply_remote("other", [Mutation("b", "k4", CausalContext.empty(), remote, lsn=1, origin_node_id="other")], 1)
+    assert engine.subject_keys("s-1") == [("a", "k2"), ("b", "k4"), ("c", "k1")]
+    assert engine.subject_keys("s-2") == [("c", "k3")]
+    assert engine.subject_keys("nobody") == []
+
+
 def test_overwrite_without_context_supersedes_everything_held(engine: StorageEngine, stamp: Stamp) -> None:
     commit_ok(engine, stamp, put("o", "k", b"1"))
     (second,) = commit_ok(engine, stamp, put("o", "k", b"2"))

@@ -1,0 +1,277 @@
+"""Carries out erasure orders in this region, and keeps erased subjects out afterwards.
+
+An order arrives with the topology (the coordinator keeps it until every region reports).
+For each key that holds the subject's data, the node either keeps it, because a legal hold
+covers it or its retention class is a legal obligation (GDPR Art. 17(3)(b)), or writes a
+tombstone that supersedes every version the node holds. It then destroys the subject's data
+keys of every class that kept nothing, so every copy sealed under them (old database files,
+backups) is unreadable, writes a receipt to the audit trail, and reports to the coordinator.
+
+The subject is blocked before anything is erased, and the block persists: later writes about
+the subject are refused, and a replicated record of the subject that a partitioned region
+wrote before it heard of the erasure is refused on arrival, so an erased record cannot come
+back when the partition heals. Tombstones are always accepted. The block stores a keyed hash of
+the subject id, not the id.
+
+Every step is idempotent, so an interrupted erasure simply runs again; a finished one is
+remembered (its receipt) until the coordinator has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from domicile.audit import subject_hash
+from domicile.causality import KeyState
+from domicile.cluster import ClusterSpec
+from domicile.hlc import wall_ms
+from domicile.subjects import ErasureOrder, KeptRecord, LegalHold, RegionReceipt, hold_covering
+from node.compliance.enforcer import AuditSink
+from node.crypto.keyring import Keyring
+from node.engine.base import LocalWrite, StorageEngine
+from node.engine.group_commit import GroupCommitter
+from node.lifecycle.sealing import key_class
+
+log = logging.getLogger("domicile.erasure")
+
+BLOCKED_META = "erased_subjects"
+RECEIPTS_META = "erasure_receipts"
+ERASE_ACTION = "erase"
+RECEIPT_ACTION = "erasure_receipt"
+
+
+def keep_reason(
+    cluster: ClusterSpec, holds: tuple[LegalHold, ...], namespace: str, key: str, subject_id: str
+) -> str:
+    """Why a record of the subject must be kept despite an erasure, or "" when it may go."""
+    hold = hold_covering(holds, namespace, key, subject_id)
+    if hold is not None:
+        return hold.describe()
+    spec = cluster.find_namespace(namespace)
+    retention = cluster.retention_class(spec.retention_class) if spec and spec.retention_class else None
+    if retention is not None and retention.legal_obligation:
+        years = retention.period_s / (365 * 86_400)
+        return (
+            f"retention class {retention.name} ({years:g} years) is a legal obligation: "
+            f"{retention.basis or 'kept by law'} (GDPR Art. 17(3)(b))"
+        )
+    return ""
+
+
+class Eraser:
+    def __init__(
+        self,
+        *,
+        region: str,
+        node_id: str,
+        engine: StorageEngine,
+        committer: GroupCommitter,
+        keyring: Keyring,
+        audit: AuditSink,
+        subject_key: bytes,
+        report: Callable[[str, RegionReceipt], Awaitable[None]],
+        on_committed: Callable[[], None] = lambda: None,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.on_committed = on_committed
+        self.region = region
+        self.node_id = node_id
+        self.engine = engine
+        self.committer = committer
+        self.keyring = keyring
+        self.audit = audit
+        self.subject_key = subject_key
+        self.report = report
+        self.now_ms = now_ms
+        self.blocked: dict[str, str] = json.loads(engine.get_meta(BLOCKED_META) or b"{}")
+        self.receipts: dict[str, RegionReceipt] = {
+            rid: _receipt_from_json(r)
+            for rid, r in json.loads(engine.get_meta(RECEIPTS_META) or b"{}").items()
+        }
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self.completed_total = 0
+
+    # -- the block --------------------------------------------------------------------------
+
+    def erased_by(self, subject_id: str) -> str:
+        """The erasure request that erased this subject here, or ""."""
+        if not subject_id or not self.blocked:
+            return ""
+        return self.blocked.get(subject_hash(self.subject_key, subject_id), "")
+
+    async def _block(self, subject_id: str, request_id: str) -> None:
+        digest = subject_hash(self.subject_key, subject_id)
+        if self.blocked.get(digest) == request_id:
+            return
+        self.blocked[digest] = request_id
+        blob = json.dumps(self.blocked, sort_keys=True).encode()
+
+        def persist(engine: StorageEngine) -> None:
+            engine.put_meta(BLOCKED_META, blob)
+
+        await self.committer.run(persist)
+
+    # -- orders -----------------------------------------------------------------------------
+
+    def apply(
+        self, orders: tuple[ErasureOrder, ...], cluster: ClusterSpec, holds: tuple[LegalHold, ...]
+    ) -> None:
+        """Starts every order this region has not reported yet (called with each topology)."""
+        for order in orders:
+            if self.region not in order.regions_pending or order.request_id in self._running:
+                continue
+            task = asyncio.create_task(
+                self._carry_out(order, cluster, holds), name=f"erase-{order.request_id}"
+            )
+            self._running[order.request_id] = task
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        for request_id, running in list(self._running.items()):
+            if running is task:
+                del self._running[request_id]
+
+    async def wait_idle(self) -> None:
+        while self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+
+    async def stop(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+
+    async def _carry_out(
+        self, order: ErasureOrder, cluster: ClusterSpec, holds: tuple[LegalHold, ...]
+    ) -> None:
+        try:
+            receipt = self.receipts.get(order.request_id)
+            if receipt is None:
+                receipt = await self.erase(order, cluster, holds)
+            await self.report(order.request_id, receipt)
+            log.info("erasure %s reported by %s", order.request_id, self.region)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The order stays pending at the coordinator; the next topology revision or restart
+            # runs it again (every step is idempotent).
+            log.exception("erasure %s failed in %s; it will be retried", order.request_id, self.region)
+
+    async def erase(
+        self, order: ErasureOrder, cluster: ClusterSpec, holds: tuple[LegalHold, ...]
+    ) -> RegionReceipt:
+        started = self.now_ms()
+        subject = order.subject_id
+        principal = f"request:{order.request_id}"
+        await self._block(subject, order.request_id)
+        erased: collections.Counter[str] = collections.Counter()
+        kept: list[KeptRecord] = []
+        kept_classes: set[str] = set()
+        for namespace, key in await asyncio.to_thread(self.engine.subject_keys, subject):
+            state = self.engine.get(namespace, key)
+            if state is None or not state.has_live():
+                continue
+            reason = keep_reason(cluster, holds, namespace, key, subject)
+            if reason:
+                kept.append(KeptRecord(namespace, key, reason))
+                kept_classes.add(key_class(cluster, namespace))
+                self.audit.record(
+                    principal=principal, action=ERASE_ACTION, namespace=namespace, key=key,
+                    subject_id=subject, decision="keep", detail=reason[:1000],
+                )  # fmt: skip
+                continue
+            await self._tombstone(namespace, key, state, subject)
+            await self.audit.record(
+                principal=principal, action=ERASE_ACTION, namespace=namespace, key=key,
+                subject_id=subject, decision="erase", detail=f"request={order.request_id}",
+            )  # fmt: skip
+            erased[namespace] += 1
+        doomed = [c for c in self.keyring.key_classes(subject) if c not in kept_classes]
+        destroyed = self.keyring.destroy(subject, doomed) if doomed else 0
+        receipt = RegionReceipt(
+            region=self.region,
+            node_id=self.node_id,
+            started_ms=started,
+            completed_ms=self.now_ms(),
+            erased=tuple(sorted(erased.items())),
+            kept=tuple(kept),
+            keys_destroyed=destroyed,
+        )
+        summary = {
+            "request": order.request_id,
+            "erased": dict(receipt.erased),
+            "kept": [{"namespace": k.namespace, "key": k.key, "reason": k.reason} for k in kept],
+            "keys_destroyed": destroyed,
+            "started_ms": started,
+            "completed_ms": receipt.completed_ms,
+        }
+        detail = json.dumps(summary, sort_keys=True, separators=(",", ":"))
+        if len(detail) > 1000:  # the audit entry's limit: the counts always fit, the list may not
+            summary["kept"] = f"{len(kept)} records (listed in the request's receipt)"
+            detail = json.dumps(summary, sort_keys=True, separators=(",", ":"))
+        seq = await self.audit.record(
+            principal=principal, action=RECEIPT_ACTION, subject_id=subject, decision="erase", detail=detail
+        )
+        receipt = dataclasses.replace(receipt, audit_seq=seq)
+        self.receipts[order.request_id] = receipt
+        blob = json.dumps(
+            {rid: _receipt_to_json(r) for rid, r in self.receipts.items()}, sort_keys=True
+        ).encode()
+
+        def persist(engine: StorageEngine) -> None:
+            engine.put_meta(RECEIPTS_META, blob)
+
+        await self.committer.run(persist)
+        self.completed_total += 1
+        log.info(
+            "erasure %s in %s: %d erased, %d kept, %d keys destroyed",
+            order.request_id, self.region, receipt.erased_total, len(kept), destroyed,
+        )  # fmt: skip
+        return receipt
+
+    async def _tombstone(self, namespace: str, key: str, state: KeyState, subject: str) -> None:
+        newest = max(state.versions, key=lambda v: v.hlc)
+        # No placement decision: removing data is always allowed where the data is.
+        await self.committer.submit(
+            LocalWrite(
+                namespace=namespace,
+                key=key,
+                tombstone=True,
+                supersedes=None,
+                subject_id=subject,
+                subject_jurisdiction=newest.subject_jurisdiction,
+                classification=newest.classification,
+            )
+        )
+        self.on_committed()
+
+
+def _receipt_to_json(r: RegionReceipt) -> dict[str, object]:
+    return {
+        "region": r.region,
+        "node_id": r.node_id,
+        "started_ms": r.started_ms,
+        "completed_ms": r.completed_ms,
+        "erased": [list(e) for e in r.erased],
+        "kept": [[k.namespace, k.key, k.reason] for k in r.kept],
+        "keys_destroyed": r.keys_destroyed,
+        "audit_seq": r.audit_seq,
+    }
+
+
+def _receipt_from_json(d: dict[str, Any]) -> RegionReceipt:
+    return RegionReceipt(
+        region=str(d["region"]),
+        node_id=str(d["node_id"]),
+        started_ms=int(d["started_ms"]),
+        completed_ms=int(d["completed_ms"]),
+        erased=tuple((str(n), int(c)) for n, c in d["erased"]),
+        kept=tuple(KeptRecord(str(n), str(k), str(r)) for n, k, r in d["kept"]),
+        keys_destroyed=int(d["keys_destroyed"]),
+        audit_seq=int(d["audit_seq"]),
+    )

@@ -1,0 +1,336 @@
+"""Data-subject rights end to end: erasure across regions (with a partition and concurrent
+writes in the cut-off region), crypto-shredding of old database copies, export across
+regions, retention with and without legal holds."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from domicile.audit import AuditEntry
+from domicile.subject_wire import request_from_pb
+from domicile.subjects import RequestStatus, SubjectRequest
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import subject_pb2 as subpb
+from node.crypto.envelope import is_sealed
+from node.engine.sqlite import SQLiteEngine
+from node.lifecycle.sealing import Sealer
+from tests.support.cluster import LocalCluster, eventually
+from tests.support.packs import sample_pack
+from tests.support.tcp_proxy import TcpProxy
+
+NAMESPACES = [
+    {"name": "customers", "regions": "global", "classification": "personal", "retention_class": "user_data"},
+    {
+        "name": "trades",
+        "regions": "global",
+        "classification": "financial",
+        "retention_class": "transaction_data",
+    },
+    {"name": "sessions", "regions": "global", "classification": "personal", "retention_class": "cache"},
+]
+EU = ["eu-west-1", "eu-central-1"]
+DAY_MS = 86_400_000
+
+
+def coordinator(cluster: LocalCluster) -> cpb_grpc.CoordinatorServiceStub:
+    return cpb_grpc.CoordinatorServiceStub(grpc.aio.insecure_channel(cluster.coordinator_address))
+
+
+async def erase(cluster: LocalCluster, subject: str, reason: str = "Art. 17 request") -> SubjectRequest:
+    response = await coordinator(cluster).EraseSubject(
+        cpb.EraseSubjectRequest(subject_id=subject, reason=reason, subject_jurisdiction="DE"), timeout=5
+    )
+    return request_from_pb(response.request)
+
+
+async def request(cluster: LocalCluster, request_id: str) -> SubjectRequest:
+    response = await coordinator(cluster).GetSubjectRequest(
+        cpb.GetSubjectRequestRequest(request_id=request_id), timeout=5
+    )
+    return request_from_pb(response.request)
+
+
+async def completed(cluster: LocalCluster, request_id: str, timeout_s: float = 20.0) -> SubjectRequest:
+    async def done() -> bool:
+        return (await request(cluster, request_id)).status is RequestStatus.COMPLETED
+
+    await eventually(done, timeout_s, f"request {request_id} completed")
+    return await request(cluster, request_id)
+
+
+async def put(
+    cluster: LocalCluster, region: str, namespace: str, key: str, subject: str, value: bytes, **kw: Any
+) -> spb.PutResponse:
+    return await cluster.put(
+        region, namespace, key, value, subject_id=subject, subject_jurisdiction="DE", **kw
+    )
+
+
+def live(cluster: LocalCluster, region: str, namespace: str, key: str) -> bool:
+    state = cluster.nodes[region].engine.get(namespace, key)
+    return state is not None and state.has_live()
+
+
+async def replicated(cluster: LocalCluster, regions: list[str], namespace: str, key: str) -> None:
+    for region in regions:
+
+        async def there(r: str = region) -> bool:
+            return live(cluster, r, namespace, key)
+
+        await eventually(there, 15.0, f"{namespace}/{key} at {region}")
+
+
+@pytest.fixture
+async def eu_us(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(
+        tmp_path, ["eu-west-1", "eu-central-1", "us-east-1"], pack=sample_pack(), namespaces=NAMESPACES
+    )
+    await cluster.start()
+    await cluster.wait_linked()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+async def test_an_erasure_reaches_every_region_keeps_what_the_law_keeps_and_leaves_a_receipt(
+    eu_us: LocalCluster,
+) -> None:
+    await put(eu_us, "eu-west-1", "customers", "anna", "s-anna", b"Anna, Berlin")
+    await put(eu_us, "eu-central-1", "sessions", "anna-web", "s-anna", b"session token")
+    await put(eu_us, "eu-west-1", "trades", "t-1", "s-anna", b"BUY 100 SAP")
+    await put(eu_us, "eu-west-1", "customers", "bob", "s-bob", b"Bob, Paris")
+    everywhere = ["eu-west-1", "eu-central-1", "us-east-1"]  # us-east-1 is DPF-certified
+    for ns, key in (("customers", "anna"), ("sessions", "anna-web"), ("trades", "t-1"), ("customers", "bob")):
+        await replicated(eu_us, everywhere, ns, key)
+
+    opened = await erase(eu_us, "s-anna")
+    assert opened.status is RequestStatus.OPEN and set(opened.regions_pending) >= set(everywhere)
+    with pytest.raises(grpc.aio.AioRpcError) as twice:
+        await erase(eu_us, "s-anna")
+    assert twice.value.code() == grpc.StatusCode.ALREADY_EXISTS and opened.request_id in (
+        twice.value.details() or ""
+    )
+
+    done = await completed(eu_us, opened.request_id)
+    assert done.completed_ms >= done.received_ms and done.due_ms > done.received_ms
+    for region in everywhere:
+        assert not live(eu_us, region, "customers", "anna"), region
+        assert not live(eu_us, region, "sessions", "anna-web"), region
+        assert live(eu_us, region, "trades", "t-1"), region  # MiFID II: kept
+        assert live(eu_us, region, "customers", "bob"), region  # another subject
+        trade = await eu_us.get(region, "trades", "t-1")
+        assert trade.versions[0].value == b"BUY 100 SAP"  # still readable: its key was kept
+    receipts = {r.region: r for r in done.receipts}
+    for region in everywhere:
+        receipt = receipts[region]
+        assert dict(receipt.erased) == {"customers": 1, "sessions": 1}
+        assert [(k.namespace, k.key) for k in receipt.kept] == [("trades", "t-1")]
+        assert "MiFID II" in receipt.kept[0].reason and "17(3)(b)" in receipt.kept[0].reason
+        assert receipt.keys_destroyed == 2  # user_data and cache; transaction_data kept
+        node = eu_us.nodes[region]
+        entry = AuditEntry.decode(node.audit.read(receipt.audit_seq - 1, 1)[0].body)
+        assert entry.action == "erasure_receipt" and opened.request_id in entry.detail
+    # The subject stays erased: a new record about them is refused.
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await put(eu_us, "eu-west-1", "customers", "anna-2", "s-anna", b"back?")
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert opened.request_id in (again.value.details() or "")
+
+
+async def test_an_erasure_completes_after_a_partition_and_nothing_comes_back(tmp_path: Path) -> None:
+    cut_region = "eu-central-1"
+    cluster = LocalCluster(
+        tmp_path,
+        ["eu-west-1", cut_region, "us-east-1"],
+        proxies=True,
+        pack=sample_pack(),
+        namespaces=NAMESPACES,
+    )
+    await cluster.start_coordinator()
+    control = TcpProxy(cluster.coordinator_address)
+    await control.start()
+    try:
+        for region in cluster.regions:
+            proxy = TcpProxy(f"127.0.0.1:{cluster.ports[region]}")
+            await proxy.start()
+            cluster.proxies[region] = proxy
+            extra = {"coordinator": control.address} if region == cut_region else {}
+            await cluster.start_node(region, **extra)
+        await cluster.wait_linked()
+        await put(cluster, "eu-west-1", "customers", "carl", "s-carl", b"Carl v1")
+        await replicated(cluster, ["eu-west-1", cut_region, "us-east-1"], "customers", "carl")
+
+        # Cut eu-central-1 off from everyone, the coordinator included.
+        control.partition()
+        for proxy in cluster.proxies.values():
+            proxy.partition()
+        opened = await erase(cluster, "s-carl")
+
+        async def others_done() -> bool:
+            return (await request(cluster, opened.request_id)).regions_pending == (cut_region,)
+
+        await eventually(others_done, 20.0, "every region but the cut-off one erased")
+        assert (await request(cluster, opened.request_id)).status is RequestStatus.OPEN
+        # Meanwhile, in the cut-off region: an update and a new record of the same subject.
+        held = cluster.nodes[cut_region].engine.get("customers", "carl")
+        assert held is not None
+        from domicile import codec
+
+        ctx = spb.PutRequest()
+        codec.context_to_pb(held.context, ctx.context)
+        await put(
+            cluster, cut_region, "customers", "carl", "s-carl", b"Carl v2 (concurrent)", context=ctx.context
+        )
+        await put(cluster, cut_region, "customers", "carl-new", "s-carl", b"new while cut off")
+        assert live(cluster, cut_region, "customers", "carl-new")
+
+        control.heal()
+        for proxy in cluster.proxies.values():
+            proxy.heal()
+        done = await completed(cluster, opened.request_id, 30.0)
+        assert {r.region for r in done.receipts} == {"eu-west-1", cut_region, "us-east-1"}
+
+        async def settled() -> bool:
+            for node in cluster.nodes.values():
+                last = node.engine.last_lsn()
+                if any(s.acked_lsn < last or not s.connected for s in node.replication.senders.values()):
+                    return False
+            return True
+
+        await eventually(settled, 30.0, "replication caught up after the heal")
+        for region in cluster.regions:
+            for key in ("carl", "carl-new"):
+                assert not live(cluster, region, "customers", key), (region, key)
+        refused = [AuditEntry.decode(e.body) for e in cluster.nodes["eu-west-1"].audit.iter_all()]
+        assert any(e.rule == "subject-erased" for e in refused), (
+            "the cut-off region's writes were refused on arrival"
+        )
+    finally:
+        await cluster.stop()
+        await control.stop()
+
+
+async def test_a_database_copy_taken_before_an_erasure_yields_no_readable_value(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start()
+    try:
+        node = cluster.nodes["eu-west-1"]
+        secret = b"Dora's private address: Hauptstrasse 1"
+        await put(cluster, "eu-west-1", "customers", "dora", "s-dora", secret)
+        await put(cluster, "eu-west-1", "trades", "t-9", "s-dora", b"SELL 5 BMW")
+        data_dir = Path(node.config.data_dir)
+        copy = tmp_path / "copy" / "store.sqlite3"
+        copy.parent.mkdir()
+        with sqlite3.connect(data_dir / "store.sqlite3") as src, sqlite3.connect(copy) as dst:
+            src.backup(dst)
+        assert secret not in copy.read_bytes()  # encrypted at rest from the start
+
+        done = await completed(cluster, (await erase(cluster, "s-dora")).request_id)
+        assert done.receipts[0].keys_destroyed == 1
+
+        # The old copy with this node's key store: the erased value cannot be opened, the kept one can.
+        old = SQLiteEngine(str(copy), "eu-west-1", "eu-west-1")
+        try:
+            sealer = Sealer(node.keyring)
+            cluster_spec = node.view.topology.cluster
+            (customer,) = old.get("customers", "dora").live()
+            assert is_sealed(customer.value)
+            assert sealer.open_version(cluster_spec, "customers", "dora", customer) is None
+            (trade,) = old.get("trades", "t-9").live()
+            opened = sealer.open_version(cluster_spec, "trades", "t-9", trade)
+            assert opened is not None and opened.value == b"SELL 5 BMW"
+        finally:
+            old.close()
+        # And the key store keeps no trace of the destroyed key.
+        for path in (data_dir / "keys").glob("keys.sqlite3*"):
+            assert b"s-dora\\x00user_data" not in path.read_bytes()
+    finally:
+        await cluster.stop()
+
+
+async def test_an_export_gathers_every_region_with_retention_and_basis(eu_us: LocalCluster) -> None:
+    await put(eu_us, "eu-west-1", "customers", "erik", "s-erik", b"Erik, Stockholm")
+    await put(eu_us, "eu-central-1", "trades", "t-7", "s-erik", b"BUY 1 ERIC")
+    await put(eu_us, "eu-west-1", "customers", "other", "s-other", b"someone else")
+    everywhere = ["eu-west-1", "eu-central-1", "us-east-1"]
+    await replicated(eu_us, everywhere, "customers", "erik")
+    await replicated(eu_us, everywhere, "trades", "t-7")
+    copies: dict[tuple[str, str], set[str]] = {}
+    for region in everywhere:
+        async for response in eu_us.stub(region).ExportSubject(
+            spb.ExportSubjectRequest(subject_id="s-erik"), timeout=5
+        ):
+            for record in response.records:
+                copies.setdefault((record.namespace, record.key), set()).add(record.region)
+                assert record.legal_basis, record
+                assert [v.value for v in record.versions] in ([b"Erik, Stockholm"], [b"BUY 1 ERIC"])
+                if record.namespace == "trades":
+                    assert record.retention_class == "transaction_data"
+                    assert record.retention_period_seconds == 3 * 365 * 86_400
+    assert copies == {("customers", "erik"): set(everywhere), ("trades", "t-7"): set(everywhere)}
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        async for _ in eu_us.stub("eu-west-1").ExportSubject(
+            spb.ExportSubjectRequest(subject_id=""), timeout=5
+        ):
+            pass
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_retention_expires_records_unless_a_hold_keeps_them(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, EU, pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start()
+    try:
+        await cluster.wait_linked()
+        for key in ("w-1", "w-2"):
+            await put(cluster, "eu-west-1", "sessions", key, f"s-{key}", b"token")
+        await replicated(cluster, EU, "sessions", "w-2")
+        placed = await coordinator(cluster).PlaceLegalHold(
+            cpb.PlaceLegalHoldRequest(
+                scope=subpb.LEGAL_HOLD_SCOPE_KEY, namespace="sessions", key="w-2", reason="case 42"
+            ),
+            timeout=5,
+        )
+        node = cluster.nodes["eu-west-1"]
+
+        async def adopted() -> bool:
+            return all(len(n.view.topology.holds) == 1 for n in cluster.nodes.values())
+
+        await eventually(adopted, 10.0, "the hold in every region")
+        now = node.wall_ms()
+        early = await node.sweep_retention(now + 3_600_000)  # an hour: cache keeps 24 hours
+        assert not early.expired
+        later = await node.sweep_retention(now + 2 * DAY_MS)
+        assert dict(later.expired) == {"sessions": 1} and dict(later.held) == {"sessions": 1}
+        assert not live(cluster, "eu-west-1", "sessions", "w-1") and live(
+            cluster, "eu-west-1", "sessions", "w-2"
+        )
+
+        async def tombstone_replicated() -> bool:
+            return not live(cluster, "eu-central-1", "sessions", "w-1")
+
+        await eventually(tombstone_replicated, 10.0, "the expiry tombstone at eu-central-1")
+        await coordinator(cluster).ReleaseLegalHold(
+            cpb.ReleaseLegalHoldRequest(hold_id=placed.hold.hold_id, reason="case closed"), timeout=5
+        )
+
+        async def released() -> bool:
+            return not node.view.topology.holds
+
+        await eventually(released, 10.0, "the release in eu-west-1")
+        final = await node.sweep_retention(now + 2 * DAY_MS)
+        assert dict(final.expired) == {"sessions": 1}
+        assert not live(cluster, "eu-west-1", "sessions", "w-2")
+        await node.audit.flush()
+        actions = [AuditEntry.decode(e.body).action for e in node.audit.iter_all()]
+        assert "hold_placed" in actions and "hold_released" in actions and actions.count("expire") == 2
+    finally:
+        await cluster.stop()
