@@ -206,3 +206,19 @@ def test_prefix_upper_bound_edges() -> None:
     assert prefix_upper_bound("a\U0010ffff") == "b"
     assert prefix_upper_bound("\U0010ffff\U0010ffff") is None
     assert prefix_upper_bound("a\ud7ff") == "a\ue000"
+
+
+def test_a_schema_1_store_is_migrated_with_its_subject_index_built(db: Path, stamp: Stamp) -> None:
+    first = SQLiteEngine(str(db), NODE, REGION)
+    commit_ok(first, stamp, LocalWrite(namespace="c", key="k", value=b"v", subject_id="s-1"))
+    first.close()
+    with sqlite3.connect(db) as conn:  # what a store written before the index looks like
+        conn.execute("DROP TABLE subject_keys")
+        conn.execute("PRAGMA user_version = 1")
+    again = SQLiteEngine(str(db), NODE, REGION)
+    try:
+        assert again.subject_keys("s-1") == [("c", "k")]
+    finally:
+        again.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
