@@ -8,6 +8,9 @@ are plain dataclasses built from `domicile.causality` types; failures are `domic
 types. Every call has one deadline that covers its retries and the topology fetch; calls that return
 a lot (the audit log) are made page by page, each page with its own deadline.
 
+Data-subject requests (erasure, access) and legal holds are kept by the coordinator; a subject's
+records are exported region by region, each streamed from that region's node.
+
     with Client("127.0.0.1:7400", region="eu-west-1") as client:
         client.put("customers_eu", "c-1", b"...", subject_id="c-1", subject_jurisdiction="DE")
         result = client.get("customers_eu", "c-1")
@@ -45,7 +48,23 @@ from domicile.errors import (
     PlacementRefused,
     Unavailable,
 )
-from domicile.model import Classification, ConflictMode, Limits, check_key, check_namespace_name
+from domicile.model import (
+    Classification,
+    ConflictMode,
+    Limits,
+    check_jurisdiction,
+    check_key,
+    check_namespace_name,
+)
+from domicile.subject_wire import hold_from_pb, request_from_pb
+from domicile.subjects import (
+    HoldScope,
+    LegalHold,
+    RequestKind,
+    SubjectRequest,
+    check_reason,
+    check_subject_id,
+)
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cgrpc
 from domicile.v1 import record_pb2 as rpb
@@ -70,6 +89,9 @@ AUDIT_TAIL_ENTRIES_MAX = 10_000
 # Bounds of ScanComplianceRequest.violations_max.
 VIOLATIONS_MAX_DEFAULT = 1000
 VIOLATIONS_MAX_LIMIT = 10_000
+# Bounds of ListSubjectRequestsRequest.limit.
+SUBJECT_REQUESTS_LIMIT_DEFAULT = 100
+SUBJECT_REQUESTS_LIMIT_MAX = 1000
 
 R = TypeVar("R")
 
@@ -364,6 +386,33 @@ class ComplianceReport:
         return max(0, self.violations_total - len(self.violations))
 
 
+@dataclass(frozen=True)
+class ExportedCopy:
+    """One region's copy of one record of a data subject, as ExportSubject streamed it.
+
+    `versions` are the live versions the region holds, values decrypted. A version whose value
+    the residency policy withheld from this export is still listed, with "value" in its
+    redacted_fields and an empty value: a reader must be able to tell "withheld" from "empty"."""
+
+    namespace: str
+    key: str
+    region: str
+    classification: Classification
+    versions: tuple[ReadVersion, ...]
+    retention_class: str = ""
+    # 0: no retention period (kept until deleted).
+    retention_period_s: int = 0
+    # The residency decision's legal basis for holding this copy in `region`.
+    legal_basis: str = ""
+    # Why a legal hold covers the record; "" when none does.
+    hold_reason: str = ""
+    node_id: str = ""
+
+    @property
+    def held(self) -> bool:
+        return bool(self.hold_reason)
+
+
 _VERSION_FIELDS = tuple(f.name for f in fields(Version))
 
 
@@ -449,6 +498,38 @@ def _audit_page(msgs: Sequence[spb.ReadAuditLogResponse]) -> tuple[SignedHead | 
             head = head_from_pb(msg.head)
         entries.extend(entry_from_pb(r) for r in msg.records)
     return head, entries
+
+
+def _exported_copies(msg: spb.ExportSubjectResponse, node: NodeInfo) -> list[ExportedCopy]:
+    where = f"export from {node.describe()}"
+    return [
+        ExportedCopy(
+            namespace=r.namespace,
+            key=r.key,
+            region=r.region or node.region,
+            classification=_enum_or(Classification, r.classification, Classification.UNSPECIFIED),
+            versions=_versions(r.versions, where),
+            retention_class=r.retention_class,
+            retention_period_s=r.retention_period_seconds,
+            legal_basis=r.legal_basis,
+            hold_reason=r.hold_reason,
+            node_id=node.node_id,
+        )
+        for r in msg.records
+    ]
+
+
+def _subject_request(msg: Any, what: str) -> SubjectRequest:
+    """The request of a coordinator response that carries one in its `request` field."""
+    if not msg.HasField("request"):
+        raise DomicileError(f"{what}: the coordinator answered without the request")
+    return request_from_pb(msg.request)
+
+
+def _legal_hold(msg: Any, what: str) -> LegalHold:
+    if not msg.HasField("hold"):
+        raise DomicileError(f"{what}: the coordinator answered without the hold")
+    return hold_from_pb(msg.hold)
 
 
 def _put_result(msg: spb.PutResponse, node: NodeInfo) -> PutResult:
@@ -669,6 +750,143 @@ def _scan_rpc(req: spb.ScanRequest) -> Callable[[Any, float], Any]:
 def _check_page_size(page_size: int) -> None:
     if not 1 <= page_size <= _LIMITS.scan_page_size_max:
         raise InvalidArgument(f"page_size is {page_size}; use 1 to {_LIMITS.scan_page_size_max}")
+
+
+def _subject(subject_id: str) -> str:
+    if not isinstance(subject_id, str):
+        raise InvalidArgument(f"subject_id must be a str; got {type(subject_id).__name__}")
+    check_subject_id(subject_id)
+    return subject_id
+
+
+def _reason(reason: str, *, required: bool) -> str:
+    if not isinstance(reason, str):
+        raise InvalidArgument(f"reason must be a str; got {type(reason).__name__}")
+    check_reason(reason, required=required)
+    return reason
+
+
+def _jurisdiction(subject_jurisdiction: str | None) -> str:
+    code = _optional_text(subject_jurisdiction, "subject_jurisdiction")
+    check_jurisdiction(code)
+    return code
+
+
+def _id(value: str, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgument(f"a {name} is required, as printed when it was created; got {value!r}")
+    return value
+
+
+def _erase_request(subject_id: str, reason: str, subject_jurisdiction: str | None) -> cpb.EraseSubjectRequest:
+    return cpb.EraseSubjectRequest(
+        subject_id=_subject(subject_id),
+        reason=_reason(reason, required=True),
+        subject_jurisdiction=_jurisdiction(subject_jurisdiction),
+    )
+
+
+def _access_request(
+    subject_id: str, reason: str, subject_jurisdiction: str | None
+) -> cpb.OpenSubjectRequestRequest:
+    return cpb.OpenSubjectRequestRequest(
+        kind=int(RequestKind.ACCESS),  # type: ignore[arg-type]
+        subject_id=_subject(subject_id),
+        subject_jurisdiction=_jurisdiction(subject_jurisdiction),
+        reason=_reason(reason, required=False),
+    )
+
+
+def _complete_request(request_id: str, records_exported: int) -> cpb.CompleteSubjectRequestRequest:
+    if isinstance(records_exported, bool) or not isinstance(records_exported, int) or records_exported < 0:
+        raise InvalidArgument(
+            f"records_exported is {records_exported!r}; it must be a whole number, 0 or more"
+        )
+    return cpb.CompleteSubjectRequestRequest(
+        request_id=_id(request_id, "request id"), records_exported=records_exported
+    )
+
+
+def _list_requests(open_only: bool, limit: int) -> cpb.ListSubjectRequestsRequest:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SUBJECT_REQUESTS_LIMIT_MAX:
+        raise InvalidArgument(f"limit is {limit!r}; use 1 to {SUBJECT_REQUESTS_LIMIT_MAX}")
+    return cpb.ListSubjectRequestsRequest(open_only=bool(open_only), limit=limit)
+
+
+def _hold_scope(scope: HoldScope | str) -> HoldScope:
+    if isinstance(scope, HoldScope):
+        if scope is HoldScope.UNSPECIFIED:
+            raise InvalidArgument("a legal hold scope is required; allowed: subject, namespace, key")
+        return scope
+    if isinstance(scope, str):
+        return HoldScope.parse(scope)
+    raise InvalidArgument(f"scope must be a HoldScope or its name; got {type(scope).__name__}")
+
+
+def _place_hold_request(
+    scope: HoldScope | str, subject_id: str, namespace: str, key: str, reason: str
+) -> cpb.PlaceLegalHoldRequest:
+    """Checks that the hold names exactly what its scope covers: a subject, a namespace, or a
+    namespace and a key."""
+    kind = _hold_scope(scope)
+    subject_id = _optional_text(subject_id, "subject_id")
+    namespace = _optional_text(namespace, "namespace")
+    key = _optional_text(key, "key")
+    if kind is HoldScope.SUBJECT:
+        _subject(subject_id)
+        if namespace or key:
+            raise InvalidArgument(
+                "a subject hold covers every record of the subject: give no namespace or key"
+            )
+    else:
+        if subject_id:
+            raise InvalidArgument(f"a {kind.label} hold names a namespace, not a subject; use scope subject")
+        if not namespace:
+            raise InvalidArgument(f"a {kind.label} hold needs a namespace")
+        if kind is HoldScope.NAMESPACE and key:
+            raise InvalidArgument(
+                "a namespace hold covers the whole namespace: give no key (or use scope key)"
+            )
+        _check_name(namespace, key if kind is HoldScope.KEY else None)
+    return cpb.PlaceLegalHoldRequest(
+        scope=int(kind),  # type: ignore[arg-type]
+        subject_id=subject_id,
+        namespace=namespace,
+        key=key,
+        reason=_reason(reason, required=True),
+    )
+
+
+def _release_hold_request(hold_id: str, reason: str) -> cpb.ReleaseLegalHoldRequest:
+    return cpb.ReleaseLegalHoldRequest(hold_id=_id(hold_id, "hold id"), reason=_reason(reason, required=True))
+
+
+def _export_request(region: str, subject_id: str, request_id: str) -> spb.ExportSubjectRequest:
+    _check_region_name(region)
+    return spb.ExportSubjectRequest(
+        subject_id=_subject(subject_id), request_id=_optional_text(request_id, "request_id")
+    )
+
+
+def _export_open(req: spb.ExportSubjectRequest) -> Callable[[Any, float], tuple[Any, Any]]:
+    # The first message is read inside the call, so that a node that cannot be reached or
+    # refuses is retried (or routed around) like any call; once records arrive it cannot be.
+    def rpc(stub: Any, timeout: float) -> tuple[Any, spb.ExportSubjectResponse | None]:
+        call = stub.ExportSubject(req, timeout=timeout)
+        return call, next(call, None)
+
+    return rpc
+
+
+def _export_open_async(
+    req: spb.ExportSubjectRequest,
+) -> Callable[[Any, float], Awaitable[tuple[Any, spb.ExportSubjectResponse | None]]]:
+    async def rpc(stub: Any, seconds: float) -> tuple[Any, spb.ExportSubjectResponse | None]:
+        call = stub.ExportSubject(req, timeout=seconds)
+        first = await call.read()
+        return call, None if first is grpc.aio.EOF else first
+
+    return rpc
 
 
 def context_token(context: CausalContext) -> str:
@@ -1095,6 +1313,124 @@ class Client:
         )
         return _compliance_report(resp, node)
 
+    # -- data-subject requests and legal holds (coordinator)
+
+    def erase_subject(
+        self, subject_id: str, reason: str, subject_jurisdiction: str | None = None
+    ) -> SubjectRequest:
+        """Opens an erasure request: every region erases the subject's records, except those a
+        legal hold or a legal retention obligation keeps (each region's receipt says which).
+        The jurisdiction decides the due time (US-CA 45 days, else one month). AlreadyExists
+        when an erasure of the subject is open; its message names that request. The call is
+        retried on transient errors, so a first attempt whose answer was lost shows up as that
+        AlreadyExists too."""
+        req = _erase_request(subject_id, reason, subject_jurisdiction)
+        what = f"erase subject {subject_id}"
+        return _subject_request(
+            self._coordinator_call(what, lambda s, t: s.EraseSubject(req, timeout=t)), what
+        )
+
+    def subject_request(self, request_id: str) -> SubjectRequest:
+        """One request, with its pending regions and every region's erasure receipt."""
+        req = cpb.GetSubjectRequestRequest(request_id=_id(request_id, "request id"))
+        what = f"subject request {request_id}"
+        return _subject_request(
+            self._coordinator_call(what, lambda s, t: s.GetSubjectRequest(req, timeout=t)), what
+        )
+
+    def subject_requests(
+        self, open_only: bool = False, limit: int = SUBJECT_REQUESTS_LIMIT_DEFAULT
+    ) -> list[SubjectRequest]:
+        """Requests, newest first: at most `limit` (1 to 1000), only open ones with open_only."""
+        req = _list_requests(open_only, limit)
+        resp = self._coordinator_call(
+            "list subject requests", lambda s, t: s.ListSubjectRequests(req, timeout=t)
+        )
+        return [request_from_pb(r) for r in resp.requests]
+
+    def open_access_request(
+        self, subject_id: str, reason: str = "", subject_jurisdiction: str | None = None
+    ) -> SubjectRequest:
+        """Records an access request (GDPR Art. 15 and 20); read the records with
+        export_subject_region and report with complete_access_request."""
+        req = _access_request(subject_id, reason, subject_jurisdiction)
+        what = f"open access request of subject {subject_id}"
+        return _subject_request(
+            self._coordinator_call(what, lambda s, t: s.OpenSubjectRequest(req, timeout=t)), what
+        )
+
+    def complete_access_request(self, request_id: str, records_exported: int) -> SubjectRequest:
+        req = _complete_request(request_id, records_exported)
+        what = f"complete access request {request_id}"
+        return _subject_request(
+            self._coordinator_call(what, lambda s, t: s.CompleteSubjectRequest(req, timeout=t)), what
+        )
+
+    def place_hold(
+        self,
+        scope: HoldScope | str,
+        *,
+        subject_id: str = "",
+        namespace: str = "",
+        key: str = "",
+        reason: str,
+    ) -> LegalHold:
+        """Places a legal hold: what it covers is neither expired nor erased until it is
+        released. Scope subject needs subject_id; namespace needs namespace; key needs both
+        namespace and key."""
+        req = _place_hold_request(scope, subject_id, namespace, key, reason)
+        what = "place legal hold"
+        return _legal_hold(self._coordinator_call(what, lambda s, t: s.PlaceLegalHold(req, timeout=t)), what)
+
+    def release_hold(self, hold_id: str, reason: str) -> LegalHold:
+        """Releases a hold; returns it as it was. NotFound for an unknown (or released) id."""
+        req = _release_hold_request(hold_id, reason)
+        what = f"release legal hold {hold_id}"
+        return _legal_hold(
+            self._coordinator_call(what, lambda s, t: s.ReleaseLegalHold(req, timeout=t)), what
+        )
+
+    def holds(self) -> list[LegalHold]:
+        """Legal holds in force."""
+        resp = self._coordinator_call(
+            "list legal holds", lambda s, t: s.ListLegalHolds(cpb.ListLegalHoldsRequest(), timeout=t)
+        )
+        return [hold_from_pb(h) for h in resp.holds]
+
+    def export_subject_region(
+        self, region: str, subject_id: str, request_id: str = "", *, deadline_s: float | None = None
+    ) -> Iterator[ExportedCopy]:
+        """Every live record of the subject that `region` holds and may serve, streamed from
+        that region's node as it reads them (the node audits the export under request_id).
+
+        The export is one stream: deadline_s (default: the client's) bounds all of it. Opening
+        it is retried like any call; a stream that breaks after records arrived is not (it
+        cannot resume where it broke): its error is raised from the iterator. Stopping early
+        cancels the stream."""
+        req = _export_request(region, subject_id, request_id)
+        (call, first), node = self._call(
+            f"export of subject {subject_id} from {region}",
+            None,
+            region,
+            False,
+            _export_open(req),
+            deadline_s=deadline_s,
+        )
+        return self._export_rest(call, first, node)
+
+    def _export_rest(
+        self, call: Any, first: spb.ExportSubjectResponse | None, node: NodeInfo
+    ) -> Iterator[ExportedCopy]:
+        try:
+            msg = first
+            while msg is not None:
+                yield from _exported_copies(msg, node)
+                msg = next(call, None)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, node.describe()) from None
+        finally:
+            call.cancel()
+
 
 # ---------------------------------------------------------------------------------------------
 # Asyncio client
@@ -1383,3 +1719,108 @@ class AsyncClient:
             deadline_s=deadline_s,
         )
         return _compliance_report(resp, node)
+
+    # -- data-subject requests and legal holds (coordinator)
+
+    async def erase_subject(
+        self, subject_id: str, reason: str, subject_jurisdiction: str | None = None
+    ) -> SubjectRequest:
+        """As Client.erase_subject."""
+        req = _erase_request(subject_id, reason, subject_jurisdiction)
+        what = f"erase subject {subject_id}"
+        resp = await self._coordinator_call(what, lambda s, t: s.EraseSubject(req, timeout=t))
+        return _subject_request(resp, what)
+
+    async def subject_request(self, request_id: str) -> SubjectRequest:
+        """As Client.subject_request."""
+        req = cpb.GetSubjectRequestRequest(request_id=_id(request_id, "request id"))
+        what = f"subject request {request_id}"
+        resp = await self._coordinator_call(what, lambda s, t: s.GetSubjectRequest(req, timeout=t))
+        return _subject_request(resp, what)
+
+    async def subject_requests(
+        self, open_only: bool = False, limit: int = SUBJECT_REQUESTS_LIMIT_DEFAULT
+    ) -> list[SubjectRequest]:
+        """As Client.subject_requests."""
+        req = _list_requests(open_only, limit)
+        resp = await self._coordinator_call(
+            "list subject requests", lambda s, t: s.ListSubjectRequests(req, timeout=t)
+        )
+        return [request_from_pb(r) for r in resp.requests]
+
+    async def open_access_request(
+        self, subject_id: str, reason: str = "", subject_jurisdiction: str | None = None
+    ) -> SubjectRequest:
+        """As Client.open_access_request."""
+        req = _access_request(subject_id, reason, subject_jurisdiction)
+        what = f"open access request of subject {subject_id}"
+        resp = await self._coordinator_call(what, lambda s, t: s.OpenSubjectRequest(req, timeout=t))
+        return _subject_request(resp, what)
+
+    async def complete_access_request(self, request_id: str, records_exported: int) -> SubjectRequest:
+        """As Client.complete_access_request."""
+        req = _complete_request(request_id, records_exported)
+        what = f"complete access request {request_id}"
+        resp = await self._coordinator_call(what, lambda s, t: s.CompleteSubjectRequest(req, timeout=t))
+        return _subject_request(resp, what)
+
+    async def place_hold(
+        self,
+        scope: HoldScope | str,
+        *,
+        subject_id: str = "",
+        namespace: str = "",
+        key: str = "",
+        reason: str,
+    ) -> LegalHold:
+        """As Client.place_hold."""
+        req = _place_hold_request(scope, subject_id, namespace, key, reason)
+        what = "place legal hold"
+        return _legal_hold(
+            await self._coordinator_call(what, lambda s, t: s.PlaceLegalHold(req, timeout=t)), what
+        )
+
+    async def release_hold(self, hold_id: str, reason: str) -> LegalHold:
+        """As Client.release_hold."""
+        req = _release_hold_request(hold_id, reason)
+        what = f"release legal hold {hold_id}"
+        return _legal_hold(
+            await self._coordinator_call(what, lambda s, t: s.ReleaseLegalHold(req, timeout=t)), what
+        )
+
+    async def holds(self) -> list[LegalHold]:
+        """As Client.holds."""
+        resp = await self._coordinator_call(
+            "list legal holds", lambda s, t: s.ListLegalHolds(cpb.ListLegalHoldsRequest(), timeout=t)
+        )
+        return [hold_from_pb(h) for h in resp.holds]
+
+    async def export_subject_region(
+        self, region: str, subject_id: str, request_id: str = "", *, deadline_s: float | None = None
+    ) -> AsyncIterator[ExportedCopy]:
+        """As Client.export_subject_region: `async for copy in await client.export_subject_region(...)`."""
+        req = _export_request(region, subject_id, request_id)
+        (call, first), node = await self._call(
+            f"export of subject {subject_id} from {region}",
+            None,
+            region,
+            False,
+            _export_open_async(req),
+            deadline_s=deadline_s,
+        )
+        return self._export_rest(call, first, node)
+
+    async def _export_rest(
+        self, call: Any, first: spb.ExportSubjectResponse | None, node: NodeInfo
+    ) -> AsyncIterator[ExportedCopy]:
+        try:
+            msg = first
+            while msg is not None:
+                for copy in _exported_copies(msg, node):
+                    yield copy
+                nxt = await call.read()
+                msg = None if nxt is grpc.aio.EOF else nxt
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, node.describe()) from None
+        finally:
+            call.cancel()

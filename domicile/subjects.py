@@ -79,7 +79,9 @@ class RetentionClass:
 
 # The original specification's defaults; a cluster config may override or add classes.
 DEFAULT_RETENTION_CLASSES: tuple[RetentionClass, ...] = (
-    RetentionClass("user_data", 7 * YEAR_S, basis="customer relationship; kept 7 years after the last change"),
+    RetentionClass(
+        "user_data", 7 * YEAR_S, basis="customer relationship; kept 7 years after the last change"
+    ),
     RetentionClass(
         "transaction_data",
         3 * YEAR_S,
@@ -96,7 +98,7 @@ _PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY_S, "y": YEAR_S}
 
 
 def parse_period(value: Any, where: str) -> int:
-    """"7y", "24h", "3600s", "0" (none) or a number of seconds -> seconds."""
+    """ "7y", "24h", "3600s", "0" (none) or a number of seconds -> seconds."""
     if isinstance(value, bool):
         raise InvalidArgument(f"{where}: period must be like 7y, 30d, 24h, 3600s or 0, not {value!r}")
     if isinstance(value, int):
@@ -127,7 +129,9 @@ def parse_retention_classes(raw: Any, source: str) -> tuple[RetentionClass, ...]
             raise InvalidArgument(f"{where}: expected a mapping with period, legal_obligation, basis")
         unknown = sorted(set(settings) - {"period", "legal_obligation", "basis"})
         if unknown:
-            raise InvalidArgument(f"{where}: unknown fields {unknown}; allowed: period, legal_obligation, basis")
+            raise InvalidArgument(
+                f"{where}: unknown fields {unknown}; allowed: period, legal_obligation, basis"
+            )
         if "period" not in settings:
             raise InvalidArgument(f"{where}: missing required field 'period'")
         obligation = settings.get("legal_obligation", False)

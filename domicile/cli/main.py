@@ -1,8 +1,9 @@
 """Argument parsing and dispatch for the `domicile` command.
 
 Exit codes: 0 success; 1 `get` found nothing, `up` lost a child, `policy explain` refused,
-`audit verify` found a problem or no exported head, `compliance scan` found a violation;
-2 an error (printed as `error: <message>` on stderr) or a usage mistake.
+`audit verify` found a problem or no exported head, `compliance scan` found a violation,
+`erase --wait` ended with the erasure still open; 2 an error (printed as `error: <message>` on
+stderr) or a usage mistake, including an `export` that could not read every region.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from domicile.client import AUDIT_TAIL_ENTRIES_MAX, DEFAULT_COORDINATOR, VIOLATIONS_MAX_LIMIT
+from domicile.client import (
+    AUDIT_TAIL_ENTRIES_MAX,
+    DEFAULT_COORDINATOR,
+    SUBJECT_REQUESTS_LIMIT_MAX,
+    VIOLATIONS_MAX_LIMIT,
+)
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
 
@@ -189,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy(sub, common)
     _add_audit(sub, common)
     _add_compliance(sub)
+    _add_subject_rights(sub, common)
+    _add_holds(sub, common)
     return parser
 
 
@@ -319,6 +327,114 @@ def _add_compliance(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
+def _add_subject_rights(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "erase",
+        parents=[common],
+        help="erase a data subject's records in every region (right to erasure)",
+        description="Open an erasure request: every region erases the subject's records, except "
+        "those a legal hold or a legal retention obligation keeps, and reports a receipt. Prints the "
+        "request (id, status, due time, regions pending); --wait polls until every region has "
+        "reported, printing each region's receipt as it arrives. Exit 0 completed (or opened, "
+        "without --wait), 1 still open when --wait ran out, 2 an error (an erasure of the subject "
+        "already open: its id is printed).",
+    )
+    p.add_argument("--subject", "-s", required=True, metavar="SUBJECT_ID", help="the data subject")
+    p.add_argument("--reason", required=True, help="why (recorded with the request)")
+    p.add_argument(
+        "--subject-jurisdiction",
+        "-j",
+        default="",
+        metavar="CC",
+        help="ISO 3166 code of the subject; decides the due time (US-CA 45 days, else one month)",
+    )
+    p.add_argument(
+        "--wait",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="wait up to this long for every region to report",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --wait: how often to ask the coordinator (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the request as one JSON object")
+
+    # An export streams a subject's records from every region: a longer default deadline.
+    p = sub.add_parser(
+        "export",
+        parents=[_common_options(deadline_s=300.0)],
+        help="export a data subject's records from every region (right of access)",
+        description="Open an access request, read the subject's records from every region of the "
+        "topology, merge the copies of each record into one entry (regions holding it, versions, "
+        "classification, retention, legal basis per region, legal hold) and write one JSON "
+        "document. The request is completed when every region answered. Exit 0 complete; 2 a "
+        "region could not be read (the document names it and the request stays open). --deadline "
+        "bounds each region's export stream.",
+    )
+    p.add_argument("--subject", "-s", required=True, metavar="SUBJECT_ID", help="the data subject")
+    p.add_argument(
+        "--subject-jurisdiction", "-j", default="", metavar="CC", help="ISO 3166 code of the subject"
+    )
+    p.add_argument("--reason", default="", help="why (recorded with the request)")
+    p.add_argument("--out", "-o", metavar="FILE", help="write the document here (default: stdout)")
+
+    requests = sub.add_parser("requests", help="data-subject requests (erasure, access)")
+    actions = requests.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = actions.add_parser(
+        "list",
+        parents=[common],
+        help="requests, newest first",
+        description="Print id, kind, subject, status, received and due times, whether the request "
+        "is overdue (open past its due time) and the regions that have not completed it.",
+    )
+    p.add_argument("--open", action="store_true", help="only open requests")
+    p.add_argument(
+        "--limit",
+        type=_bounded_int(1, SUBJECT_REQUESTS_LIMIT_MAX),
+        default=100,
+        help=f"at most this many, 1 to {SUBJECT_REQUESTS_LIMIT_MAX} (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the requests as one JSON object")
+    p = actions.add_parser(
+        "show",
+        parents=[common],
+        help="one request with every region's erasure receipt",
+        description="Print the request and, per region that completed it, what it erased per "
+        "namespace, the records it kept and why, the data keys destroyed, the audit seq of the "
+        "receipt and its times.",
+    )
+    p.add_argument("request_id", metavar="ID", help="request id, e.g. req-0001f3c2a9")
+    p.add_argument("--json", action="store_true", help="print the request as one JSON object")
+
+
+def _add_holds(sub: Any, common: argparse.ArgumentParser) -> None:
+    hold = sub.add_parser("hold", help="legal holds: stop expiry and erasure of what they cover")
+    actions = hold.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = actions.add_parser(
+        "place",
+        parents=[common],
+        help="place a legal hold on a subject, a namespace or one record",
+        description="Records covered by a hold are neither expired nor erased until it is released; "
+        "an erasure keeps them and says why in its receipt.",
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--subject", "-s", metavar="SUBJECT_ID", help="every record of this subject")
+    target.add_argument("--namespace", "-n", metavar="NS", help="every record of this namespace")
+    p.add_argument("--key", "-k", help="with --namespace: only this record")
+    p.add_argument("--reason", required=True, help="why: a case or matter reference")
+    p.add_argument("--json", action="store_true", help="print the hold as JSON")
+    p = actions.add_parser("release", parents=[common], help="release a legal hold")
+    p.add_argument("hold_id", metavar="HOLD_ID", help="hold id, e.g. hold-0001f3c2a9")
+    p.add_argument("--reason", required=True, help="why it is released")
+    p.add_argument("--json", action="store_true", help="print the released hold as JSON")
+    p = actions.add_parser("list", parents=[common], help="legal holds in force")
+    p.add_argument("--json", action="store_true", help="print the holds as one JSON object")
+
+
 def exec_daemon(daemon: str, args: Sequence[str]) -> None:
     """Replaces this process with the daemon so that signals reach it directly."""
     argv = [sys.executable, "-m", daemon, *args]
@@ -341,6 +457,24 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from domicile.cli.compliance import scan
 
         return scan
+    if command == "erase":
+        from domicile.cli.erase import erase
+
+        return erase
+    if command == "export":
+        from domicile.cli.export import export
+
+        return export
+    if command in ("requests list", "requests show"):
+        from domicile.cli import subject_requests
+
+        return subject_requests.list_requests if command == "requests list" else subject_requests.show
+    if command in ("hold place", "hold release", "hold list"):
+        from domicile.cli import holds
+
+        return {"hold place": holds.place, "hold release": holds.release, "hold list": holds.list_holds}[
+            command
+        ]
     if command == "up":
         from domicile.cli.up import up
 

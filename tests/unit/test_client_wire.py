@@ -259,18 +259,21 @@ class FakeCoordinator(cgrpc.CoordinatorServiceServicer):
 
 
 class FakeCluster:
-    """A coordinator and one in-memory node per region, each on its own free port."""
+    """A coordinator and one in-memory node per region, each on its own free port. Subclasses
+    of the stand-ins (with more RPCs) can be passed in."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, coordinator: FakeCoordinator | None = None, node_type: type[FakeNode] = FakeNode
+    ) -> None:
         self.servers: list[grpc.Server] = []
-        self.coordinator = FakeCoordinator()
+        self.coordinator = coordinator if coordinator is not None else FakeCoordinator()
         self.coordinator_address = self._serve(
             lambda s: cgrpc.add_CoordinatorServiceServicer_to_server(self.coordinator, s)
         )
         self.nodes: dict[str, FakeNode] = {}
         topo = self.coordinator.topology
         for region in REGIONS:
-            fake = FakeNode(region)
+            fake = node_type(region)
             address = self._serve(lambda s, f=fake: sgrpc.add_StorageNodeServiceServicer_to_server(f, s))
             self.nodes[region] = fake
             topo.regions.add(name=region)
