@@ -39,9 +39,14 @@ class CoordinatorLimits:
     nodes_max: int = 256
     watchers_max: int = 1024
     address_bytes_max: int = 255
-    request_bytes_max: int = 64 * 1024
+    # An erasure receipt lists every record a region kept (legal retention, holds): thousands
+    # for a trading customer's transactions.
+    request_bytes_max: int = 4 * 1024 * 1024
     response_bytes_max: int = 64 * 1024 * 1024
     concurrent_rpcs_max: int = 4096
+    # Open erasures and holds ride in every Topology message: these keep it a few megabytes.
+    open_subject_requests_max: int = 5000
+    legal_holds_max: int = 1000
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from coordinator.config import CoordinatorConfig, validate
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.store import CoordinatorStore
+from coordinator.subject_desk import SubjectDesk
 from coordinator.topology import NodeHealth, Topology
 from coordinator.watch import WatchHub
 from domicile.cluster import ClusterSpec, load_cluster
@@ -72,6 +73,7 @@ class Coordinator:
         self._hub = WatchHub(config.limits.watchers_max, on_count=self.metrics.watchers.set)
         self._store: CoordinatorStore | None = None
         self._registry: Registry | None = None
+        self._desk: SubjectDesk | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -97,6 +99,12 @@ class Coordinator:
             raise FailedPrecondition("the coordinator is not started; call start() first")
         return self._registry
 
+    @property
+    def desk(self) -> SubjectDesk:
+        if self._desk is None:
+            raise FailedPrecondition("the coordinator is not started; call start() first")
+        return self._desk
+
     async def start(self) -> None:
         if self._server is not None or self._stopped:
             raise FailedPrecondition("a Coordinator starts once; create a new one to start again")
@@ -113,8 +121,19 @@ class Coordinator:
                 clock=self._clock,
                 wall_clock=self._wall_clock,
                 publish=self._on_revision,
+                on_register=self._on_register,
             )
             self._on_revision(self._registry.topology())
+            self._desk = SubjectDesk(
+                self.cluster,
+                self._store,
+                self._registry,
+                limits=limits,
+                now_ms=self._wall_ms,
+                on_change=self._refresh_subject_metrics,
+            )
+            self._desk.reconcile()
+            self._refresh_subject_metrics()
             server = grpc.aio.server(
                 options=[
                     ("grpc.max_receive_message_length", limits.request_bytes_max),
@@ -141,7 +160,15 @@ class Coordinator:
             for region in self.cluster.region_names():
                 self.metrics.audit_heads_refused.labels(region=region)
             cpb_grpc.add_CoordinatorServiceServicer_to_server(
-                CoordinatorServicer(self._registry, self._hub, self.metrics, self.audit_heads), server
+                CoordinatorServicer(
+                    self._registry,
+                    self._desk,
+                    self._hub,
+                    self.metrics,
+                    self.audit_heads,
+                    limits.response_bytes_max,
+                ),
+                server,
             )
             self._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -175,7 +202,9 @@ class Coordinator:
 
     async def check_health_now(self) -> list[str]:
         """Runs one health pass at once; returns the ids of nodes it marked down."""
-        return self.registry.check_health()
+        down = self.registry.check_health()
+        self._refresh_subject_metrics()
+        return down
 
     async def stop(self) -> None:
         """Ends watch streams, drains RPCs for the grace period, saves state. Idempotent."""
@@ -203,10 +232,27 @@ class Coordinator:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                self.registry.check_health()
+                await self.check_health_now()
             except Exception:
                 # A failing disk must not end health checking; the next pass retries.
                 log.exception("health check pass failed")
+
+    def _on_register(self, region: str) -> None:
+        if self._desk is not None:
+            self._desk.reconcile()
+
+    def _wall_ms(self) -> int:
+        return int(self._wall_clock() * 1000)
+
+    def _refresh_subject_metrics(self) -> None:
+        """Overdue counts change with the clock alone, so the health loop calls this too."""
+        if self._desk is None:
+            return
+        self.metrics.set_subjects(
+            {kind.label: n for kind, n in self._desk.open_counts().items()},
+            {kind.label: n for kind, n in self._desk.overdue_counts().items()},
+            len(self._desk.holds()),
+        )
 
     def _on_audit_head(self, accepted: AcceptedHead) -> None:
         region = accepted.head.region

@@ -4,6 +4,7 @@ can live in one process (tests)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -57,6 +58,23 @@ class CoordinatorMetrics:
             ["region"],
             registry=self.registry,
         )
+        self.subject_requests_open = Gauge(
+            "domicile_coordinator_subject_requests_open",
+            "Open data-subject requests by kind (erasure, access)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.subject_requests_overdue = Gauge(
+            "domicile_coordinator_subject_requests_overdue",
+            "Open data-subject requests past their legal due time by kind (erasure, access)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.legal_holds = Gauge(
+            "domicile_coordinator_legal_holds",
+            "Legal holds in force",
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -64,6 +82,15 @@ class CoordinatorMetrics:
         self.revision.set(revision)
         self.nodes.labels(health=NodeHealth.UP.label).set(up)
         self.nodes.labels(health=NodeHealth.DOWN.label).set(down)
+
+    def set_subjects(
+        self, open_by_kind: Mapping[str, int], overdue_by_kind: Mapping[str, int], holds: int
+    ) -> None:
+        for kind, count in open_by_kind.items():
+            self.subject_requests_open.labels(kind=kind).set(count)
+        for kind, count in overdue_by_kind.items():
+            self.subject_requests_overdue.labels(kind=kind).set(count)
+        self.legal_holds.set(holds)
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics HTTP server; returns the port it bound."""

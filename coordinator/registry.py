@@ -6,8 +6,9 @@ write leaves both unchanged and a published revision is never reissued.
 
 Revision bumps: a node registers for the first time, a node's addresses change, a node's health
 changes, the cluster config (regions, namespaces, policy version) differs from the one the
-last revision was built from, or a node reports a revision ahead of ours (see catch_up). A
-heartbeat or a re-registration that changes none of these does not bump it.
+last revision was built from, the erasure orders or legal holds change (see touch), or a node
+reports a revision ahead of ours (see catch_up). A heartbeat or a re-registration that changes
+none of these does not bump it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from dataclasses import replace
 from coordinator.addresses import check_address
 from coordinator.config import CoordinatorLimits
 from coordinator.planner import plan_links
-from coordinator.store import CoordinatorStore
+from coordinator.store import CoordinatorStore, SubjectChanges
 from coordinator.topology import Link, NodeHealth, NodeState, Topology
 from domicile.cluster import ClusterSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.model import check_node_id
+from domicile.subjects import ErasureOrder, LegalHold
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,9 @@ def cluster_fingerprint(cluster: ClusterSpec) -> str:
     doc = {
         "policy_version": cluster.policy_version,
         "policy_pack_sha256": hashlib.sha256(cluster.policy_pack_yaml.encode()).hexdigest(),
-        "retention_classes": [[r.name, r.period_s, r.legal_obligation, r.basis] for r in cluster.retention_classes],
+        "retention_classes": [
+            [r.name, r.period_s, r.legal_obligation, r.basis] for r in cluster.retention_classes
+        ],
         "regions": [[r.name, r.country, r.jurisdiction] for r in cluster.regions],
         "namespaces": [
             [
@@ -69,7 +73,10 @@ class Registry:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         publish: Callable[[Topology], None],
+        on_register: Callable[[str], None] = lambda region: None,
     ) -> None:
+        """`on_register(region)` runs after every successful registration (the subject desk
+        orders open erasures to a region that gains its first node)."""
         self.cluster = cluster
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.missed_heartbeats_max = missed_heartbeats_max
@@ -78,12 +85,15 @@ class Registry:
         self._clock = clock
         self._wall_clock = wall_clock
         self._publish = publish
+        self._on_register = on_register
         self._nodes: dict[str, NodeState] = {}
         # Monotonic time of the last sign of life, for expiry; never persisted because a
         # monotonic clock means nothing across restarts.
         self._last_seen: dict[str, float] = {}
         self._unsaved_heartbeats: set[str] = set()
         self._links: tuple[Link, ...] = ()
+        self._erasures: tuple[ErasureOrder, ...] = ()
+        self._holds: tuple[LegalHold, ...] = ()
         self._revision = 0
         self._closed = False
         self._load()
@@ -93,6 +103,8 @@ class Registry:
         now = self._clock()
         self._revision = state.revision
         self._nodes = {n.node_id: n for n in state.nodes}
+        self._erasures = state.erasures
+        self._holds = state.holds
         # Every node gets a full grace period after a restart: the coordinator was not
         # listening, so silence before now says nothing about the node.
         self._last_seen = dict.fromkeys(self._nodes, now)
@@ -125,7 +137,29 @@ class Registry:
             cluster=self.cluster,
             nodes=tuple(self._nodes[k] for k in sorted(self._nodes)),
             links=self._links,
+            erasures=self._erasures,
+            holds=self._holds,
         )
+
+    def regions_with_nodes(self) -> set[str]:
+        """Regions with a registered node, up or down: the regions that may hold records."""
+        return {n.region for n in self._nodes.values()}
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def touch(
+        self,
+        changes: SubjectChanges,
+        erasures: tuple[ErasureOrder, ...],
+        holds: tuple[LegalHold, ...],
+    ) -> int:
+        """Commits `changes` of the data-subject state with a new revision that carries the
+        erasure orders and holds now in force, and publishes it; returns the revision."""
+        self._check_open()
+        self._commit([], subjects=changes, erasures=erasures, holds=holds)
+        return self._revision
 
     def register(self, node_id: str, region: str, address: str, metrics_address: str) -> int:
         """Registers or re-registers a node and marks it up; returns the revision after it."""
@@ -174,6 +208,7 @@ class Registry:
             self._nodes[node_id] = node
             self._unsaved_heartbeats.add(node_id)
         self._last_seen[node_id] = self._clock()
+        self._on_register(region)
         return self._revision
 
     def heartbeat(self, node_id: str, seen_revision: int = 0) -> int:
@@ -261,10 +296,18 @@ class Registry:
         changed: list[NodeState],
         cluster_fingerprint: str | None = None,
         revision: int | None = None,
+        *,
+        subjects: SubjectChanges | None = None,
+        erasures: tuple[ErasureOrder, ...] | None = None,
+        holds: tuple[LegalHold, ...] | None = None,
     ) -> None:
         revision = self._revision + 1 if revision is None else revision
-        self._store.commit(revision, changed, cluster_fingerprint)
+        self._store.commit(revision, changed, cluster_fingerprint, subjects)
         self._revision = revision
+        if erasures is not None:
+            self._erasures = erasures
+        if holds is not None:
+            self._holds = holds
         joined = False
         for node in changed:
             joined = joined or node.node_id not in self._nodes

@@ -1,24 +1,40 @@
-"""SQLite persistence of nodes, their health and the topology revision.
+"""SQLite persistence of nodes, their health, the topology revision, data-subject requests and
+legal holds.
 
 Every revision bump is committed (synchronous=FULL) before it is published, so a revision a
-node has seen is never reissued after a crash. Last-heartbeat times are flushed in batches:
-losing a few seconds of them in a crash only delays nothing (a restarted coordinator gives
-every node a fresh grace period anyway).
+node has seen is never reissued after a crash. Erasure orders and holds travel in the topology,
+so a change of them is written in the same transaction as the revision that publishes it.
+Last-heartbeat times are flushed in batches: losing a few seconds of them in a crash only delays
+nothing (a restarted coordinator gives every node a fresh grace period anyway).
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from coordinator.topology import NodeHealth, NodeState
 from domicile.errors import DataCorruption, FailedPrecondition, Unavailable
+from domicile.subjects import (
+    ErasureOrder,
+    HoldScope,
+    KeptRecord,
+    LegalHold,
+    RegionReceipt,
+    RequestKind,
+    RequestStatus,
+    SubjectRequest,
+)
 
-SCHEMA_VERSION = 1
+# 2: data-subject requests, erasure receipts and legal holds. A coordinator that predates them
+# would publish topologies without the erasures and holds in force, so it must refuse the data.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -38,7 +54,66 @@ CREATE TABLE IF NOT EXISTS audit_heads (
     head BLOB NOT NULL,
     accepted_unix_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS subject_requests (
+    seq INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    kind INTEGER NOT NULL,
+    subject_id TEXT NOT NULL,
+    subject_jurisdiction TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    received_unix_ms INTEGER NOT NULL,
+    due_unix_ms INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    regions_pending TEXT NOT NULL,
+    completed_unix_ms INTEGER NOT NULL,
+    records_exported INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS subject_requests_by_status ON subject_requests (status, seq);
+CREATE TABLE IF NOT EXISTS erasure_receipts (
+    seq INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    region TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    UNIQUE (request_id, region)
+);
+CREATE TABLE IF NOT EXISTS legal_holds (
+    seq INTEGER PRIMARY KEY,
+    hold_id TEXT NOT NULL UNIQUE,
+    scope INTEGER NOT NULL,
+    subject_id TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    placed_unix_ms INTEGER NOT NULL,
+    -- 0 while the hold is in force; released holds stay on record.
+    released_unix_ms INTEGER NOT NULL,
+    release_reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS legal_holds_by_release ON legal_holds (released_unix_ms, seq);
 """
+
+_REQUEST_COLUMNS = (
+    "request_id, kind, subject_id, subject_jurisdiction, reason, received_unix_ms, due_unix_ms, "
+    "status, regions_pending, completed_unix_ms, records_exported"
+)
+_HOLD_COLUMNS = "hold_id, scope, subject_id, namespace, key, reason, placed_unix_ms"
+
+
+@dataclass(frozen=True)
+class HoldRelease:
+    hold_id: str
+    released_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SubjectChanges:
+    """Data-subject state to write in one transaction. A request is written whole; its receipts
+    are append-only (a receipt on record is never replaced)."""
+
+    requests: tuple[SubjectRequest, ...] = ()
+    placed: tuple[LegalHold, ...] = ()
+    released: tuple[HoldRelease, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,6 +121,9 @@ class StoredState:
     revision: int
     cluster_fingerprint: str
     nodes: tuple[NodeState, ...]
+    # What the topology at `revision` carries besides nodes and the cluster config.
+    erasures: tuple[ErasureOrder, ...] = ()
+    holds: tuple[LegalHold, ...] = ()
 
 
 class CoordinatorStore:
@@ -109,20 +187,145 @@ class CoordinatorStore:
             except ValueError:
                 raise DataCorruption(f"stored node {node_id!r} has unknown health {health!r}") from None
             nodes.append(NodeState(node_id, region, address, metrics_address, parsed_health, last_ms))
-        return StoredState(revision, meta.get("cluster_fingerprint", ""), tuple(nodes))
+        erasures = tuple(
+            ErasureOrder(r.request_id, r.subject_id, r.received_ms, r.regions_pending)
+            for r in self.open_requests()
+            if r.kind is RequestKind.ERASURE
+        )
+        return StoredState(
+            revision, meta.get("cluster_fingerprint", ""), tuple(nodes), erasures, self.holds_in_force()
+        )
 
     def commit(
         self,
         revision: int,
         nodes: Iterable[NodeState] = (),
         cluster_fingerprint: str | None = None,
+        subjects: SubjectChanges | None = None,
     ) -> None:
-        """Writes the new revision together with the nodes that changed, atomically."""
+        """Writes the new revision together with the nodes and subject state that changed,
+        atomically."""
         with self._transaction():
             self._put_meta("revision", str(revision))
             if cluster_fingerprint is not None:
                 self._put_meta("cluster_fingerprint", cluster_fingerprint)
             self._upsert(nodes)
+            if subjects is not None:
+                self._write_subjects(subjects)
+
+    def save_subjects(self, changes: SubjectChanges) -> None:
+        """Writes subject state that no topology carries (access requests), atomically."""
+        with self._transaction():
+            self._write_subjects(changes)
+
+    # --- data-subject requests and legal holds ---------------------------------------------
+
+    def open_requests(self) -> tuple[SubjectRequest, ...]:
+        """Open requests, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM subject_requests WHERE status = ? ORDER BY seq",
+            (int(RequestStatus.OPEN),),
+        ).fetchall()
+        return self._requests(rows)
+
+    def request(self, request_id: str) -> SubjectRequest | None:
+        rows = self._db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM subject_requests WHERE request_id = ?", (request_id,)
+        ).fetchall()
+        found = self._requests(rows)
+        return found[0] if found else None
+
+    def list_requests(self, open_only: bool, limit: int) -> tuple[SubjectRequest, ...]:
+        """At most `limit` requests, newest (last received) first."""
+        where = "WHERE status = ?" if open_only else ""
+        params: tuple[int, ...] = (int(RequestStatus.OPEN), limit) if open_only else (limit,)
+        rows = self._db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM subject_requests {where} ORDER BY seq DESC LIMIT ?", params
+        ).fetchall()
+        return self._requests(rows)
+
+    def request_id_taken(self, request_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM subject_requests WHERE request_id = ?", (request_id,))
+        return row.fetchone() is not None
+
+    def holds_in_force(self) -> tuple[LegalHold, ...]:
+        """Holds not released, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_HOLD_COLUMNS} FROM legal_holds WHERE released_unix_ms = 0 ORDER BY seq"
+        ).fetchall()
+        return tuple(_hold(row) for row in rows)
+
+    def hold_release(self, hold_id: str) -> HoldRelease | None:
+        """How a hold was released; None when it is in force or was never placed."""
+        row = self._db.execute(
+            "SELECT released_unix_ms, release_reason FROM legal_holds "
+            "WHERE hold_id = ? AND released_unix_ms != 0",
+            (hold_id,),
+        ).fetchone()
+        return None if row is None else HoldRelease(hold_id, int(row[0]), str(row[1]))
+
+    def hold_id_taken(self, hold_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM legal_holds WHERE hold_id = ?", (hold_id,))
+        return row.fetchone() is not None
+
+    def _requests(self, rows: Sequence[Any]) -> tuple[SubjectRequest, ...]:
+        receipts = self._receipts([str(row[0]) for row in rows])
+        return tuple(_request(row, receipts.get(str(row[0]), ())) for row in rows)
+
+    def _receipts(self, request_ids: list[str]) -> dict[str, tuple[RegionReceipt, ...]]:
+        found: dict[str, list[RegionReceipt]] = {}
+        # Chunks keep each statement under SQLite's bound-parameter limit.
+        for start in range(0, len(request_ids), 500):
+            chunk = request_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for request_id, region, text in self._db.execute(
+                f"SELECT request_id, region, receipt FROM erasure_receipts "
+                f"WHERE request_id IN ({marks}) ORDER BY seq",
+                chunk,
+            ):
+                found.setdefault(str(request_id), []).append(_receipt_from_json(str(region), str(text)))
+        return {k: tuple(v) for k, v in found.items()}
+
+    def _write_subjects(self, changes: SubjectChanges) -> None:
+        for r in changes.requests:
+            self._db.execute(
+                f"INSERT INTO subject_requests ({_REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(request_id) DO UPDATE SET status = excluded.status, "
+                "regions_pending = excluded.regions_pending, "
+                "completed_unix_ms = excluded.completed_unix_ms, "
+                "records_exported = excluded.records_exported",
+                (
+                    r.request_id,
+                    int(r.kind),
+                    r.subject_id,
+                    r.subject_jurisdiction,
+                    r.reason,
+                    r.received_ms,
+                    r.due_ms,
+                    int(r.status),
+                    json.dumps(list(r.regions_pending)),
+                    r.completed_ms,
+                    r.records_exported,
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO erasure_receipts (request_id, region, receipt) VALUES (?, ?, ?) "
+                "ON CONFLICT(request_id, region) DO NOTHING",
+                [(r.request_id, receipt.region, _receipt_to_json(receipt)) for receipt in r.receipts],
+            )
+        self._db.executemany(
+            f"INSERT INTO legal_holds ({_HOLD_COLUMNS}, released_unix_ms, release_reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, '')",
+            [
+                (h.hold_id, int(h.scope), h.subject_id, h.namespace, h.key, h.reason, h.placed_ms)
+                for h in changes.placed
+            ],
+        )
+        # 0 marks a hold in force, so a release stamped at the epoch (a test clock) counts as 1 ms.
+        self._db.executemany(
+            "UPDATE legal_holds SET released_unix_ms = ?, release_reason = ? WHERE hold_id = ?",
+            [(max(1, r.released_ms), r.reason, r.hold_id) for r in changes.released],
+        )
 
     def save_heartbeats(self, nodes: Iterable[NodeState]) -> None:
         with self._transaction():
@@ -172,6 +375,82 @@ class CoordinatorStore:
             self._db.close()
         finally:
             os.close(self._lock_fd)
+
+
+def _enum(cls: Any, value: Any, what: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        raise DataCorruption(f"stored {what} {value!r} is not one this coordinator knows") from None
+
+
+def _request(row: Sequence[Any], receipts: tuple[RegionReceipt, ...]) -> SubjectRequest:
+    request_id = str(row[0])
+    try:
+        pending = json.loads(row[8])
+        if not isinstance(pending, list) or not all(isinstance(p, str) for p in pending):
+            raise ValueError(pending)
+    except ValueError:
+        raise DataCorruption(f"stored request {request_id} has unreadable pending regions") from None
+    return SubjectRequest(
+        request_id=request_id,
+        kind=_enum(RequestKind, row[1], f"kind of request {request_id}"),
+        subject_id=str(row[2]),
+        subject_jurisdiction=str(row[3]),
+        reason=str(row[4]),
+        received_ms=int(row[5]),
+        due_ms=int(row[6]),
+        status=_enum(RequestStatus, row[7], f"status of request {request_id}"),
+        regions_pending=tuple(pending),
+        receipts=receipts,
+        completed_ms=int(row[9]),
+        records_exported=int(row[10]),
+    )
+
+
+def _hold(row: Sequence[Any]) -> LegalHold:
+    hold_id = str(row[0])
+    return LegalHold(
+        hold_id=hold_id,
+        scope=_enum(HoldScope, row[1], f"scope of legal hold {hold_id}"),
+        subject_id=str(row[2]),
+        namespace=str(row[3]),
+        key=str(row[4]),
+        reason=str(row[5]),
+        placed_ms=int(row[6]),
+    )
+
+
+def _receipt_to_json(r: RegionReceipt) -> str:
+    return json.dumps(
+        {
+            "node_id": r.node_id,
+            "started_ms": r.started_ms,
+            "completed_ms": r.completed_ms,
+            "erased": [[namespace, records] for namespace, records in r.erased],
+            "kept": [[k.namespace, k.key, k.reason] for k in r.kept],
+            "keys_destroyed": r.keys_destroyed,
+            "audit_seq": r.audit_seq,
+        },
+        sort_keys=True,
+    )
+
+
+def _receipt_from_json(region: str, text: str) -> RegionReceipt:
+    try:
+        doc = json.loads(text)
+        return RegionReceipt(
+            region=region,
+            node_id=str(doc["node_id"]),
+            started_ms=int(doc["started_ms"]),
+            completed_ms=int(doc["completed_ms"]),
+            erased=tuple((str(ns), int(n)) for ns, n in doc["erased"]),
+            kept=tuple(KeptRecord(str(ns), str(key), str(why)) for ns, key, why in doc["kept"]),
+            keys_destroyed=int(doc["keys_destroyed"]),
+            audit_seq=int(doc["audit_seq"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataCorruption(f"stored erasure receipt of region {region} is unreadable: {exc}") from None
 
 
 class _Transaction:

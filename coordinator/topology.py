@@ -1,5 +1,5 @@
-"""The coordinator's domain view of the topology: nodes with their health, links, and the
-cluster spec, at one revision. Protobuf types stay in coordinator/api/."""
+"""The coordinator's domain view of the topology: nodes with their health, links, the cluster
+spec, open erasure orders and legal holds, at one revision. Protobuf types stay in coordinator/api/."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass
 
 from domicile.cluster import ClusterSpec
+from domicile.subjects import ErasureOrder, LegalHold
 
 
 class NodeHealth(enum.IntEnum):
@@ -46,3 +47,7 @@ class Topology:
     cluster: ClusterSpec
     nodes: tuple[NodeState, ...]
     links: tuple[Link, ...]
+    # Erasures some region has not completed yet and the legal holds in force, oldest first:
+    # nodes learn of both only from the topology.
+    erasures: tuple[ErasureOrder, ...] = ()
+    holds: tuple[LegalHold, ...] = ()

@@ -1,10 +1,10 @@
-"""Domain topology -> protobuf."""
+"""Domain topology and audit heads <-> protobuf."""
 
 from __future__ import annotations
 
 from coordinator.audit_heads import AcceptedHead
 from coordinator.topology import Topology
-from domicile import audit_wire
+from domicile import audit_wire, subject_wire
 from domicile.audit import SignedHead
 from domicile.topology import cluster_to_pb
 from domicile.v1 import audit_pb2 as apb
@@ -43,4 +43,8 @@ def topology_to_pb(topology: Topology) -> cpb.Topology:
             target_node_id=link.target_node_id,
             namespaces=list(link.namespaces),
         )
+    for erasure in topology.erasures:
+        subject_wire.erasure_to_pb(erasure, msg.erasures.add())
+    for hold in topology.holds:
+        subject_wire.hold_to_pb(hold, msg.holds.add())
     return msg

@@ -1,4 +1,5 @@
-"""CoordinatorService: validate, delegate to the registry, map errors. Nothing else."""
+"""CoordinatorService: validate, delegate to the registry, the audit head book or the subject
+desk, map errors. Nothing else."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from coordinator.api.errors import status_for
 from coordinator.audit_heads import AuditHeadBook
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
+from coordinator.subject_desk import SubjectDesk, check_open_kind
 from coordinator.topology import Topology
 from coordinator.watch import WatchHub
-from domicile import audit_wire
+from domicile import audit_wire, subject_wire
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
+from domicile.subjects import HoldScope, LegalHold, SubjectRequest
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 
@@ -30,9 +33,17 @@ SERVICE_NAME: str = cpb.DESCRIPTOR.services_by_name["CoordinatorService"].full_n
 
 class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     def __init__(
-        self, registry: Registry, hub: WatchHub, metrics: CoordinatorMetrics, heads: AuditHeadBook
+        self,
+        registry: Registry,
+        desk: SubjectDesk,
+        hub: WatchHub,
+        metrics: CoordinatorMetrics,
+        heads: AuditHeadBook,
+        response_bytes_max: int = 64 * 1024 * 1024,
     ) -> None:
         self._registry = registry
+        self._desk = desk
+        self._response_bytes_max = response_bytes_max
         self._heads = heads
         self._hub = hub
         self._metrics = metrics
@@ -116,6 +127,111 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         response = cpb.GetAuditHeadResponse(accepted_unix_ms=accepted.accepted_unix_ms)
         audit_wire.head_to_pb(accepted.head, response.head)
         return response
+
+    # --- data-subject requests and legal holds ------------------------------------------------
+
+    async def EraseSubject(
+        self, request: cpb.EraseSubjectRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.EraseSubjectResponse:
+        opened = await self._unary(
+            "EraseSubject",
+            context,
+            lambda: self._desk.erase(request.subject_id, request.reason, request.subject_jurisdiction),
+        )
+        return cpb.EraseSubjectResponse(request=subject_wire.request_to_pb(opened))
+
+    async def OpenSubjectRequest(
+        self, request: cpb.OpenSubjectRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.OpenSubjectRequestResponse:
+        def open_access() -> SubjectRequest:
+            check_open_kind(request.kind)
+            return self._desk.open_access(request.subject_id, request.subject_jurisdiction, request.reason)
+
+        opened = await self._unary("OpenSubjectRequest", context, open_access)
+        return cpb.OpenSubjectRequestResponse(request=subject_wire.request_to_pb(opened))
+
+    async def CompleteSubjectRequest(
+        self, request: cpb.CompleteSubjectRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.CompleteSubjectRequestResponse:
+        done = await self._unary(
+            "CompleteSubjectRequest",
+            context,
+            lambda: self._desk.complete_access(request.request_id, request.records_exported),
+        )
+        return cpb.CompleteSubjectRequestResponse(request=subject_wire.request_to_pb(done))
+
+    async def ReportErasure(
+        self, request: cpb.ReportErasureRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.ReportErasureResponse:
+        def report() -> SubjectRequest:
+            if not request.HasField("receipt"):
+                raise InvalidArgument(
+                    "a ReportErasure request needs a receipt: the region, node and what it erased and kept"
+                )
+            return self._desk.report_erasure(
+                request.request_id, subject_wire.receipt_from_pb(request.receipt)
+            )
+
+        updated = await self._unary("ReportErasure", context, report)
+        return cpb.ReportErasureResponse(request=subject_wire.request_to_pb(updated))
+
+    async def GetSubjectRequest(
+        self, request: cpb.GetSubjectRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.GetSubjectRequestResponse:
+        found = await self._unary("GetSubjectRequest", context, lambda: self._desk.get(request.request_id))
+        return cpb.GetSubjectRequestResponse(request=subject_wire.request_to_pb(found))
+
+    async def ListSubjectRequests(
+        self, request: cpb.ListSubjectRequestsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.ListSubjectRequestsResponse:
+        found = await self._unary(
+            "ListSubjectRequests", context, lambda: self._desk.list(request.open_only, request.limit)
+        )
+        response = cpb.ListSubjectRequestsResponse()
+        # Receipts can make requests large; fewer than `limit` is within the contract ("at most"),
+        # a response the client cannot receive is not.
+        budget = self._response_bytes_max // 2
+        for item in found:
+            msg = subject_wire.request_to_pb(item)
+            budget -= msg.ByteSize() + 8
+            if budget < 0:
+                log.warning(
+                    "ListSubjectRequests answered with %d requests to stay under the size limit",
+                    len(response.requests),
+                )
+                break
+            response.requests.append(msg)
+        return response
+
+    async def PlaceLegalHold(
+        self, request: cpb.PlaceLegalHoldRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.PlaceLegalHoldResponse:
+        def place() -> LegalHold:
+            if int(request.scope) not in (HoldScope.SUBJECT, HoldScope.NAMESPACE, HoldScope.KEY):
+                raise InvalidArgument(
+                    f"legal hold scope {request.scope} is not allowed; use LEGAL_HOLD_SCOPE_SUBJECT, "
+                    "LEGAL_HOLD_SCOPE_NAMESPACE or LEGAL_HOLD_SCOPE_KEY"
+                )
+            return self._desk.place_hold(
+                HoldScope(request.scope), request.subject_id, request.namespace, request.key, request.reason
+            )
+
+        hold = await self._unary("PlaceLegalHold", context, place)
+        return cpb.PlaceLegalHoldResponse(hold=subject_wire.hold_to_pb(hold))
+
+    async def ReleaseLegalHold(
+        self, request: cpb.ReleaseLegalHoldRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.ReleaseLegalHoldResponse:
+        hold = await self._unary(
+            "ReleaseLegalHold", context, lambda: self._desk.release_hold(request.hold_id, request.reason)
+        )
+        return cpb.ReleaseLegalHoldResponse(hold=subject_wire.hold_to_pb(hold))
+
+    async def ListLegalHolds(
+        self, request: cpb.ListLegalHoldsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.ListLegalHoldsResponse:
+        holds = await self._unary("ListLegalHolds", context, self._desk.holds)
+        return cpb.ListLegalHoldsResponse(holds=[subject_wire.hold_to_pb(h) for h in holds])
 
     async def _unary(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], T]

@@ -38,6 +38,8 @@ policy_version: scope-test-1
 coordinator:
   heartbeat_interval_ms: {HEARTBEAT_INTERVAL_MS}
   missed_heartbeats_max: {MISSED_HEARTBEATS_MAX}
+retention_classes:
+  reference_data: {{period: 0, basis: reference data}}
 regions:
   - {{name: us-east-1, country: US, jurisdiction: US}}
   - {{name: eu-west-1, country: IE, jurisdiction: EU}}

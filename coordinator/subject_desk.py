@@ -1,0 +1,448 @@
+"""The data-subject request desk: erasure and access requests, and legal holds.
+
+An erasure request orders every region that has a node to erase a subject's records (any of
+them may hold copies, whatever the policy says now); the order rides in every topology revision
+until each of those regions has reported what it did, and then the request is completed. A
+region without a node holds nothing and is not waited for; when it gains its first node while
+the request is open, it is added (reconcile), so that node erases and blocks the subject too.
+An access request is only recorded here: the exporter reads the regions and completes it. A
+legal hold rides in the topology while in force.
+
+Like the registry, the desk runs on the daemon's event loop (no locks) and commits every change
+to the store before memory changes and before anything is published. A change that nodes must
+see (an erasure opened, a region reporting, a hold placed or released) is written in the same
+transaction as the topology revision that carries it (Registry.touch), so a crash can never
+leave an erasure stored but unpublished. Access requests are not in the topology and do not
+bump the revision.
+
+Subject ids are personal data: log lines name request ids only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import replace
+
+from coordinator.config import CoordinatorLimits
+from coordinator.registry import Registry
+from coordinator.store import CoordinatorStore, HoldRelease, SubjectChanges
+from domicile.cluster import ClusterSpec
+from domicile.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from domicile.model import Limits, check_jurisdiction, check_key, check_node_id
+from domicile.subjects import (
+    ErasureOrder,
+    HoldScope,
+    LegalHold,
+    RegionReceipt,
+    RequestKind,
+    RequestStatus,
+    SubjectRequest,
+    check_reason,
+    check_subject_id,
+    due_ms,
+)
+
+log = logging.getLogger(__name__)
+
+ID_HEX_DIGITS = 10
+REQUEST_ID_RE = re.compile(r"^req-[0-9a-f]{10}$")
+HOLD_ID_RE = re.compile(r"^hold-[0-9a-f]{10}$")
+_HEX_RE = re.compile(r"^[0-9a-f]{10}$")
+# With 16**10 ids a collision is rare; this many in a row means a broken generator.
+ID_ATTEMPTS_MAX = 16
+LIST_LIMIT_DEFAULT = 100
+LIST_LIMIT_MAX = 1000
+# SQLite integers are signed 64-bit.
+COUNT_MAX = 2**63 - 1
+KINDS = (RequestKind.ERASURE, RequestKind.ACCESS)
+
+
+def random_hex() -> str:
+    """Ten random lower-case hex digits."""
+    return secrets.token_hex(ID_HEX_DIGITS // 2)
+
+
+def check_request_id(request_id: str) -> None:
+    if not request_id:
+        raise InvalidArgument("a request id is required (req- followed by 10 hex digits)")
+    if not REQUEST_ID_RE.match(request_id):
+        raise InvalidArgument(
+            f"invalid request id {request_id[:64]!r}: request ids are req- followed by 10 lower-case "
+            "hex digits, e.g. req-0001f3c2a9"
+        )
+
+
+def check_hold_id(hold_id: str) -> None:
+    if not hold_id:
+        raise InvalidArgument("a hold id is required (hold- followed by 10 hex digits)")
+    if not HOLD_ID_RE.match(hold_id):
+        raise InvalidArgument(
+            f"invalid hold id {hold_id[:64]!r}: hold ids are hold- followed by 10 lower-case hex "
+            "digits, e.g. hold-0001f3c2a9"
+        )
+
+
+def check_open_kind(kind: int) -> RequestKind:
+    """The kind of request OpenSubjectRequest accepts: access only."""
+    if kind == RequestKind.ERASURE:
+        raise InvalidArgument("erasure requests cannot be opened here; use EraseSubject")
+    if kind != RequestKind.ACCESS:
+        raise InvalidArgument(
+            f"request kind {kind} cannot be opened; allowed: SUBJECT_REQUEST_KIND_ACCESS "
+            "(erasures go through EraseSubject)"
+        )
+    return RequestKind.ACCESS
+
+
+def check_list_limit(limit: int) -> int:
+    """The number of requests to list: 1 to 1000, 0 meaning the default of 100."""
+    if limit == 0:
+        return LIST_LIMIT_DEFAULT
+    if not 1 <= limit <= LIST_LIMIT_MAX:
+        raise InvalidArgument(
+            f"limit {limit} is out of range: 1 to {LIST_LIMIT_MAX}, or 0 for {LIST_LIMIT_DEFAULT}"
+        )
+    return limit
+
+
+def erasure_orders(requests: dict[str, SubjectRequest]) -> tuple[ErasureOrder, ...]:
+    """The orders the topology carries for the open requests (oldest first)."""
+    return tuple(
+        ErasureOrder(r.request_id, r.subject_id, r.received_ms, r.regions_pending)
+        for r in requests.values()
+        if r.kind is RequestKind.ERASURE
+    )
+
+
+def _regions_of(request: SubjectRequest) -> list[str]:
+    return sorted({*request.regions_pending, *(r.region for r in request.receipts)})
+
+
+class SubjectDesk:
+    """`now_ms` is the wall clock (milliseconds since the Unix epoch) that stamps requests and
+    decides what is overdue; `random_hex` draws the 10 hex digits of new ids. Inject both in
+    tests. `on_change` runs after every committed change (metrics)."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        store: CoordinatorStore,
+        registry: Registry,
+        *,
+        limits: CoordinatorLimits,
+        now_ms: Callable[[], int],
+        random_hex: Callable[[], str] = random_hex,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._cluster = cluster
+        self._store = store
+        self._registry = registry
+        self._limits = limits
+        self._now_ms = now_ms
+        self._random_hex = random_hex
+        self._on_change = on_change
+        # Open requests and holds in force, oldest first (dicts keep insertion order). Completed
+        # requests and released holds stay in the store only, so memory does not grow with time.
+        self._open: dict[str, SubjectRequest] = {r.request_id: r for r in store.open_requests()}
+        self._holds: dict[str, LegalHold] = {h.hold_id: h for h in store.holds_in_force()}
+        configured = set(cluster.region_names())
+        for request in self._open.values():
+            gone = sorted(set(request.regions_pending) - configured)
+            if gone:
+                log.warning(
+                    "erasure request %s waits for regions %s, which the cluster config no longer has; "
+                    "it completes only when they report",
+                    request.request_id,
+                    ", ".join(gone),
+                )
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def erase(self, subject_id: str, reason: str, jurisdiction: str = "") -> SubjectRequest:
+        """Opens an erasure request and orders every region with a node to carry it out."""
+        self._check_open()
+        check_subject_id(subject_id)
+        check_reason(reason, required=True)
+        check_jurisdiction(jurisdiction)
+        existing = next(
+            (r for r in self._open.values() if r.kind is RequestKind.ERASURE and r.subject_id == subject_id),
+            None,
+        )
+        if existing is not None:
+            raise AlreadyExists(
+                f"an erasure of this subject is already open: {existing.request_id}, regions pending: "
+                f"{', '.join(existing.regions_pending) or 'none'}; follow it with GetSubjectRequest"
+            )
+        request = self._new_request(RequestKind.ERASURE, subject_id, jurisdiction, reason)
+        request = replace(request, regions_pending=self._ordered_regions())
+        if not request.regions_pending:
+            # No node has ever registered, so no region holds anything to erase.
+            request = replace(request, status=RequestStatus.COMPLETED, completed_ms=request.received_ms)
+        self._commit_requests(request)
+        log.info(
+            "erasure request %s opened; due %d; %d regions to report",
+            request.request_id,
+            request.due_ms,
+            len(request.regions_pending),
+        )
+        return request
+
+    def open_access(self, subject_id: str, jurisdiction: str = "", reason: str = "") -> SubjectRequest:
+        """Records an access request; the exporter completes it with complete_access."""
+        self._check_open()
+        check_subject_id(subject_id)
+        check_reason(reason, required=False)
+        check_jurisdiction(jurisdiction)
+        request = self._new_request(RequestKind.ACCESS, subject_id, jurisdiction, reason)
+        self._commit_requests(request)
+        log.info("access request %s opened; due %d", request.request_id, request.due_ms)
+        return request
+
+    def complete_access(self, request_id: str, records_exported: int) -> SubjectRequest:
+        self._check_open()
+        request = self._find(request_id)
+        if request.kind is not RequestKind.ACCESS:
+            raise FailedPrecondition(
+                f"request {request_id} is an {request.kind.label} request; it completes when every "
+                "region has reported with ReportErasure, and only access requests are completed here"
+            )
+        if request.status is not RequestStatus.OPEN:
+            raise FailedPrecondition(
+                f"access request {request_id} was completed already at {request.completed_ms} ms "
+                f"({request.records_exported} records exported); only open requests can be completed"
+            )
+        if not 0 <= records_exported <= COUNT_MAX:
+            raise InvalidArgument(f"records exported must be 0 to {COUNT_MAX}, not {records_exported}")
+        done = replace(
+            request,
+            status=RequestStatus.COMPLETED,
+            completed_ms=self._now_ms(),
+            records_exported=records_exported,
+        )
+        self._commit_requests(done)
+        log.info("access request %s completed; %d records exported", request_id, records_exported)
+        return done
+
+    def report_erasure(self, request_id: str, receipt: RegionReceipt) -> SubjectRequest:
+        """Records what one region did; the request completes when the last region reports.
+        A second report of a region changes nothing and returns the request as it is."""
+        self._check_open()
+        request = self._find(request_id)
+        if request.kind is not RequestKind.ERASURE:
+            raise FailedPrecondition(
+                f"request {request_id} is an {request.kind.label} request; only erasure requests "
+                "take erasure reports"
+            )
+        if not receipt.region:
+            raise InvalidArgument(
+                f"the receipt names no region; it must name the region that carried out {request_id}, "
+                f"one of: {', '.join(_regions_of(request))}"
+            )
+        if any(r.region == receipt.region for r in request.receipts):
+            return request
+        if receipt.region not in request.regions_pending:
+            if self._cluster.region(receipt.region) is None:
+                raise InvalidArgument(
+                    f"unknown region {receipt.region!r}; configured regions: "
+                    f"{', '.join(self._cluster.region_names())}"
+                )
+            raise InvalidArgument(
+                f"region {receipt.region} was not asked to carry out {request_id}; its regions: "
+                f"{', '.join(_regions_of(request))}"
+            )
+        if not receipt.node_id:
+            raise InvalidArgument("the receipt names no node; it must name the node that erased")
+        check_node_id(receipt.node_id)
+        pending = tuple(r for r in request.regions_pending if r != receipt.region)
+        updated = replace(request, regions_pending=pending, receipts=(*request.receipts, receipt))
+        if not pending:
+            updated = replace(updated, status=RequestStatus.COMPLETED, completed_ms=self._now_ms())
+        self._commit_requests(updated)
+        log.info(
+            "erasure request %s: region %s erased %d records, kept %d%s",
+            request_id,
+            receipt.region,
+            receipt.erased_total,
+            len(receipt.kept),
+            "; completed" if not pending else f"; {len(pending)} regions pending",
+        )
+        return updated
+
+    def reconcile(self) -> None:
+        """Adds to every open erasure the regions that gained a node since it was opened and
+        have not reported; one revision for all. Run at start and after every registration."""
+        self._check_open()
+        regions = self._ordered_regions()
+        changed = []
+        for request in self._open.values():
+            if request.kind is not RequestKind.ERASURE:
+                continue
+            known = {*request.regions_pending, *(r.region for r in request.receipts)}
+            missing = tuple(r for r in regions if r not in known)
+            if missing:
+                changed.append(replace(request, regions_pending=(*request.regions_pending, *missing)))
+        if changed:
+            self._commit_requests(*changed)
+        for request in changed:
+            log.info(
+                "erasure request %s now waits for %s (regions gained a node)",
+                request.request_id,
+                ", ".join(request.regions_pending),
+            )
+
+    def get(self, request_id: str) -> SubjectRequest:
+        return self._find(request_id)
+
+    def list(self, open_only: bool = False, limit: int = 0) -> tuple[SubjectRequest, ...]:
+        """Requests, newest first; `limit` 1 to 1000, 0 for 100."""
+        return self._store.list_requests(open_only, check_list_limit(limit))
+
+    def open_counts(self) -> dict[RequestKind, int]:
+        counts = dict.fromkeys(KINDS, 0)
+        for r in self._open.values():
+            counts[r.kind] = counts.get(r.kind, 0) + 1
+        return counts
+
+    def overdue_counts(self) -> dict[RequestKind, int]:
+        """Open requests past their due time by the wall clock."""
+        now = self._now_ms()
+        counts = dict.fromkeys(KINDS, 0)
+        for r in self._open.values():
+            if r.overdue(now):
+                counts[r.kind] = counts.get(r.kind, 0) + 1
+        return counts
+
+    # --- legal holds -----------------------------------------------------------------------
+
+    def place_hold(
+        self, scope: HoldScope, subject_id: str = "", namespace: str = "", key: str = "", reason: str = ""
+    ) -> LegalHold:
+        self._check_open()
+        if scope is HoldScope.SUBJECT:
+            check_subject_id(subject_id)
+            if namespace or key:
+                raise InvalidArgument(
+                    "a subject hold covers every record of the subject and takes no namespace or key; "
+                    "use scope key for one record"
+                )
+        elif scope in (HoldScope.NAMESPACE, HoldScope.KEY):
+            if subject_id:
+                raise InvalidArgument(
+                    f"a {scope.label} hold takes no subject id; use scope subject to hold a subject's records"
+                )
+            if not namespace:
+                raise InvalidArgument(f"a {scope.label} hold needs a namespace (a configured one)")
+            self._cluster.namespace(namespace)
+            if scope is HoldScope.KEY:
+                check_key(key, Limits())
+            elif key:
+                raise InvalidArgument("a namespace hold covers the whole namespace and takes no key")
+        else:
+            raise InvalidArgument("a legal hold needs a scope: subject, namespace or key")
+        check_reason(reason, required=True)
+        if len(self._holds) >= self._limits.legal_holds_max:
+            raise FailedPrecondition(
+                f"{len(self._holds)} legal holds are in force, the limit; release one before placing another"
+            )
+        hold_id = self._new_id("hold-", lambda i: i in self._holds or self._store.hold_id_taken(i))
+        hold = LegalHold(hold_id, scope, subject_id, namespace, key, reason, self._now_ms())
+        holds = {**self._holds, hold_id: hold}
+        self._registry.touch(
+            SubjectChanges(placed=(hold,)), erasure_orders(self._open), tuple(holds.values())
+        )
+        self._holds = holds
+        self._on_change()
+        log.info("legal hold %s placed (scope %s)", hold_id, scope.label)
+        return hold
+
+    def release_hold(self, hold_id: str, reason: str = "") -> LegalHold:
+        """Releases a hold in force; returns it as it was."""
+        self._check_open()
+        check_hold_id(hold_id)
+        check_reason(reason, required=False)
+        hold = self._holds.get(hold_id)
+        if hold is None:
+            released = self._store.hold_release(hold_id)
+            if released is not None:
+                raise NotFound(
+                    f"legal hold {hold_id} is not in force: it was released at {released.released_ms} ms"
+                )
+            raise NotFound(f"no legal hold {hold_id}; ListLegalHolds lists the holds in force")
+        holds = {k: v for k, v in self._holds.items() if k != hold_id}
+        changes = SubjectChanges(released=(HoldRelease(hold_id, self._now_ms(), reason),))
+        self._registry.touch(changes, erasure_orders(self._open), tuple(holds.values()))
+        self._holds = holds
+        self._on_change()
+        log.info("legal hold %s released", hold_id)
+        return hold
+
+    def holds(self) -> tuple[LegalHold, ...]:
+        """Holds in force, oldest first."""
+        return tuple(self._holds.values())
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _new_request(
+        self, kind: RequestKind, subject_id: str, jurisdiction: str, reason: str
+    ) -> SubjectRequest:
+        if len(self._open) >= self._limits.open_subject_requests_max:
+            raise FailedPrecondition(
+                f"{len(self._open)} subject requests are open, the limit; complete some before opening more"
+            )
+        request_id = self._new_id("req-", lambda i: i in self._open or self._store.request_id_taken(i))
+        received = self._now_ms()
+        return SubjectRequest(
+            request_id=request_id,
+            kind=kind,
+            subject_id=subject_id,
+            subject_jurisdiction=jurisdiction,
+            reason=reason,
+            received_ms=received,
+            due_ms=due_ms(received, jurisdiction),
+            status=RequestStatus.OPEN,
+        )
+
+    def _new_id(self, prefix: str, taken: Callable[[str], bool]) -> str:
+        for _ in range(ID_ATTEMPTS_MAX):
+            digits = self._random_hex()
+            if not _HEX_RE.match(digits):
+                raise ValueError(f"the id generator returned {digits!r}, not 10 lower-case hex digits")
+            candidate = prefix + digits
+            if not taken(candidate):
+                return candidate
+        raise Unavailable(f"no unused {prefix}id found in {ID_ATTEMPTS_MAX} draws; retry")
+
+    def _ordered_regions(self) -> tuple[str, ...]:
+        """Configured regions with a registered node, in cluster config order."""
+        held = self._registry.regions_with_nodes()
+        return tuple(r for r in self._cluster.region_names() if r in held)
+
+    def _commit_requests(self, *requests: SubjectRequest) -> None:
+        """Stores `requests` (new or changed) and, for erasures, publishes the new orders."""
+        opened = dict(self._open)
+        for request in requests:
+            if request.status is RequestStatus.OPEN:
+                opened[request.request_id] = request
+            else:
+                opened.pop(request.request_id, None)
+        changes = SubjectChanges(requests=requests)
+        if any(r.kind is RequestKind.ERASURE for r in requests):
+            self._registry.touch(changes, erasure_orders(opened), tuple(self._holds.values()))
+        else:
+            self._store.save_subjects(changes)
+        self._open = opened
+        self._on_change()
+
+    def _find(self, request_id: str) -> SubjectRequest:
+        check_request_id(request_id)
+        request = self._open.get(request_id) or self._store.request(request_id)
+        if request is None:
+            raise NotFound(f"no subject request {request_id}; ListSubjectRequests lists them")
+        return request
+
+    def _check_open(self) -> None:
+        if self._registry.closed:
+            raise Unavailable("coordinator is shutting down; retry against the restarted coordinator")
