@@ -334,7 +334,7 @@ class _Verifier:
             if not linked and decoded and hash_ok:
                 self.problem("modified", row, _altered_message(row, seq))
         self.remember(seq, entry.hash if hash_ok else None, recomputed)
-        self.check_head(seq, entry.hash, recomputed)
+        self.check_head(seq, row, entry.hash, recomputed)
         prevs_of_next = self.recent.get(seq)
         for waiting in self.deferred.pop(seq, []):
             self.deferred_count -= 1
@@ -358,14 +358,19 @@ class _Verifier:
         while len(self.recent) > VERIFY_WINDOW_ENTRIES:
             self.recent.popitem(last=False)
 
-    def check_head(self, seq: int, stored: bytes, recomputed: bytes | None) -> None:
+    def check_head(self, seq: int, row: int, stored: bytes, recomputed: bytes | None) -> None:
         head = self.head
         if head is None or self.head_checked or seq != head.size:
             return
-        self.head_checked = True
         if head.head in (stored, recomputed):
+            self.head_checked = True
             self.report.anchored_size = head.size
             return
+        if seq != row:
+            # An entry stored elsewhere claims to be entry head.size (its body was altered, and
+            # that is reported where it is): the genuine entry may still follow.
+            return
+        self.head_checked = True
         self.problem_always(
             "rewritten",
             head.size,

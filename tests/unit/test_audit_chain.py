@@ -451,3 +451,15 @@ def test_random_tampering_is_caught_exactly_where_it_happened() -> None:
             assert all(seq == a and k in ("modified", "reordered") for k, seq in found), context
         else:
             assert found == expected, context
+
+
+def test_regression_seed_487911835_an_altered_seq_before_the_head_is_not_a_rewrite() -> None:
+    # Entry 2's body was made to claim seq 3: that is reported at 2, and the genuine entry 3
+    # still anchors the head (the verifier used to report a rewritten chain at 3 as well).
+    log = chain(3)
+    head = head_of(log)
+    body = log[1].body.replace(b'"seq":2', b'"seq":3')
+    log[1] = StoredEntry(2, body, log[1].hash)
+    report = verify_log(log, head)
+    assert kinds(report) == [("reordered", 2)]
+    assert report.anchored_size == 3
