@@ -101,8 +101,11 @@ def test_subject_keys_index_local_and_remote_writes_and_keeps_tombstoned_keys(
         LocalWrite(namespace="c", key="k3", value=b"3", subject_id="s-2"),
     )
     commit_ok(engine, stamp, LocalWrite(namespace="c", key="k1", tombstone=True, subject_id="s-1"))
-    remote = causality.Version(Dot("other", 1), b"r", 1 << 16, subject_id="s-1", checksum=causality.sha256(b"r"))
-    engine.apply_remote("other", [Mutation("b", "k4", CausalContext.empty(), remote, lsn=1, origin_node_id="other")], 1)
+    remote = causality.Version(
+        Dot("other", 1), b"r", 1 << 16, subject_id="s-1", checksum=causality.sha256(b"r")
+    )
+    mutation = Mutation("b", "k4", CausalContext.empty(), remote, lsn=1, origin_node_id="other")
+    engine.apply_remote("other", [mutation], 1)
     assert engine.subject_keys("s-1") == [("a", "k2"), ("b", "k4"), ("c", "k1")]
     assert engine.subject_keys("s-2") == [("c", "k3")]
     assert engine.subject_keys("nobody") == []
