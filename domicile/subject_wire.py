@@ -78,6 +78,7 @@ def receipt_to_pb(r: RegionReceipt, out: pb.RegionErasureReceipt | None = None) 
         msg.kept.add(namespace=k.namespace, key=k.key, reason=k.reason)
     msg.keys_destroyed = r.keys_destroyed
     msg.audit_seq = r.audit_seq
+    msg.kept_total = r.kept_total
     return msg
 
 
@@ -91,6 +92,7 @@ def receipt_from_pb(msg: pb.RegionErasureReceipt) -> RegionReceipt:
         kept=tuple(KeptRecord(k.namespace, k.key, k.reason) for k in msg.kept),
         keys_destroyed=msg.keys_destroyed,
         audit_seq=msg.audit_seq,
+        kept_total=msg.kept_total or len(msg.kept),
     )
 
 

@@ -14,6 +14,9 @@ from typing import Any
 from domicile.errors import InvalidArgument
 
 SUBJECT_ID_BYTES_MAX = 256
+# Kept records listed in a region's erasure receipt (a trading customer may have thousands of
+# trades under a retention obligation); each one is also in the region's audit trail.
+RECEIPT_KEPT_MAX = 1000
 REASON_CHARS_MAX = 1024
 DAY_S = 86_400
 YEAR_S = 365 * DAY_S
@@ -234,6 +237,7 @@ class RegionReceipt:
     kept: tuple[KeptRecord, ...] = ()
     keys_destroyed: int = 0
     audit_seq: int = 0
+    kept_total: int = 0  # `kept` lists at most RECEIPT_KEPT_MAX of them
 
     @property
     def erased_total(self) -> int:

@@ -300,7 +300,13 @@ class Node:
                     self.metrics.erased_records.labels(namespace).inc(records)
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                if exc.code() in (
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ):
+                    # Retrying the same receipt cannot help; the order stays pending and the
+                    # next start of the node carries it out again.
                     log.error("coordinator refused the receipt of erasure %s: %s", request_id, exc.details())
                     return
                 await asyncio.sleep(next(delays))

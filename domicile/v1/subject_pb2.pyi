@@ -166,6 +166,7 @@ class RegionErasureReceipt(_message.Message):
     KEPT_FIELD_NUMBER: _builtins.int
     KEYS_DESTROYED_FIELD_NUMBER: _builtins.int
     AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    KEPT_TOTAL_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     """Region."""
     node_id: _builtins.str
@@ -178,6 +179,8 @@ class RegionErasureReceipt(_message.Message):
     """Data keys destroyed."""
     audit_seq: _builtins.int
     """Position of the receipt in the region's audit log (covered by its signed head)."""
+    kept_total: _builtins.int
+    """Records kept in all; `kept` lists at most the first 1000 (the audit trail has every one)."""
     @_builtins.property
     def erased(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceCount]:
         """Records erased (tombstoned, their data keys destroyed), per namespace."""
@@ -197,10 +200,11 @@ class RegionErasureReceipt(_message.Message):
         kept: _abc.Iterable[Global___KeptRecord] | None = ...,
         keys_destroyed: _builtins.int = ...,
         audit_seq: _builtins.int = ...,
+        kept_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq", "completed_unix_ms", b"completed_unix_ms", "erased", b"erased", "kept", b"kept", "keys_destroyed", b"keys_destroyed", "node_id", b"node_id", "region", b"region", "started_unix_ms", b"started_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq", "completed_unix_ms", b"completed_unix_ms", "erased", b"erased", "kept", b"kept", "kept_total", b"kept_total", "keys_destroyed", b"keys_destroyed", "node_id", b"node_id", "region", b"region", "started_unix_ms", b"started_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,7 +31,14 @@ from domicile.audit import subject_hash
 from domicile.causality import KeyState
 from domicile.cluster import ClusterSpec
 from domicile.hlc import wall_ms
-from domicile.subjects import ErasureOrder, KeptRecord, LegalHold, RegionReceipt, hold_covering
+from domicile.subjects import (
+    RECEIPT_KEPT_MAX,
+    ErasureOrder,
+    KeptRecord,
+    LegalHold,
+    RegionReceipt,
+    hold_covering,
+)
 from node.compliance.enforcer import AuditSink
 from node.crypto.keyring import Keyring
 from node.engine.base import LocalWrite, StorageEngine
@@ -199,13 +206,15 @@ class Eraser:
             started_ms=started,
             completed_ms=self.now_ms(),
             erased=tuple(sorted(erased.items())),
-            kept=tuple(kept),
+            kept=tuple(kept[:RECEIPT_KEPT_MAX]),
             keys_destroyed=destroyed,
+            kept_total=len(kept),
         )
         summary = {
             "request": order.request_id,
             "erased": dict(receipt.erased),
-            "kept": [{"namespace": k.namespace, "key": k.key, "reason": k.reason} for k in kept],
+            "kept": [{"namespace": k.namespace, "key": k.key, "reason": k.reason} for k in kept[:20]],
+            "kept_total": len(kept),
             "keys_destroyed": destroyed,
             "started_ms": started,
             "completed_ms": receipt.completed_ms,
@@ -261,6 +270,7 @@ def _receipt_to_json(r: RegionReceipt) -> dict[str, object]:
         "kept": [[k.namespace, k.key, k.reason] for k in r.kept],
         "keys_destroyed": r.keys_destroyed,
         "audit_seq": r.audit_seq,
+        "kept_total": r.kept_total,
     }
 
 
@@ -274,4 +284,5 @@ def _receipt_from_json(d: dict[str, Any]) -> RegionReceipt:
         kept=tuple(KeptRecord(str(n), str(k), str(r)) for n, k, r in d["kept"]),
         keys_destroyed=int(d["keys_destroyed"]),
         audit_seq=int(d["audit_seq"]),
+        kept_total=int(d.get("kept_total", len(d["kept"]))),
     )

@@ -337,3 +337,29 @@ async def test_retention_expires_records_unless_a_hold_keeps_them(tmp_path: Path
         assert "hold_placed" in actions and "hold_released" in actions and actions.count("expire") == 2
     finally:
         await cluster.stop()
+
+
+async def test_an_erasure_waits_for_a_region_that_is_down_and_completes_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    cluster = LocalCluster(tmp_path, EU, pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start()
+    try:
+        await cluster.wait_linked()
+        await put(cluster, "eu-west-1", "customers", "fay", "s-fay", b"Fay")
+        await replicated(cluster, EU, "customers", "fay")
+        await cluster.stop_node("eu-central-1")
+        opened = await erase(cluster, "s-fay")
+
+        async def waiting_for_the_down_region() -> bool:
+            return (await request(cluster, opened.request_id)).regions_pending == ("eu-central-1",)
+
+        await eventually(waiting_for_the_down_region, 15.0, "eu-west-1 done, eu-central-1 pending")
+        await cluster.start_node("eu-central-1")
+        done = await completed(cluster, opened.request_id)
+        assert {r.region: r.erased_total for r in done.receipts} == {"eu-west-1": 1, "eu-central-1": 1}
+        assert not live(cluster, "eu-central-1", "customers", "fay")
+        listed = await coordinator(cluster).ListSubjectRequests(cpb.ListSubjectRequestsRequest(), timeout=5)
+        assert [r.request_id for r in listed.requests] == [opened.request_id]
+    finally:
+        await cluster.stop()

@@ -343,6 +343,31 @@ def test_policy_explain_audit_verify_and_compliance_scan(up: UpProcess):
     assert any(e["action"] == "audit_read" for e in json.loads(tail.stdout)["entries"])
 
 
+def test_export_then_erase_a_customer_through_the_cli(up: UpProcess):
+    subject = ("--subject-id", "cust-3003", "--subject-jurisdiction", "DE")
+    up.put("customers", "cust-3003", "Greta Example", "--region", "eu-west-1", *subject)
+    up.put("trades", "trade-3003-1", "BUY 10 SAP", "--region", "eu-west-1", *subject)
+    eventually(lambda: up.sees("customers", "cust-3003", "Greta Example", "eu-central-1"), "the EU replica")
+    exported = up.cli("export", "--subject", "cust-3003", "--subject-jurisdiction", "DE")
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads(exported.stdout)
+    records = {(r["namespace"], r["key"]): r for r in document["records"]}
+    assert set(records) == {("customers", "cust-3003"), ("trades", "trade-3003-1")}
+    assert {"eu-west-1", "eu-central-1"} <= set(records[("customers", "cust-3003")]["regions"])
+
+    erased = up.cli(
+        "erase", "--subject", "cust-3003", "--reason", "Art. 17 request", "--wait", "60", "--json"
+    )
+    assert erased.returncode == 0, erased.stdout + erased.stderr
+    listed = up.cli("requests", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "cust-3003" in listed.stdout and "completed" in listed.stdout
+    for region in ("eu-west-1", "eu-central-1"):
+        assert up.get("customers", "cust-3003", region).returncode == 1
+    # The trade is kept under MiFID II record keeping.
+    assert up.sees("trades", "trade-3003-1", "BUY 10 SAP", "eu-west-1")
+
+
 def test_ctrl_c_stops_every_child_and_exits_0(up: UpProcess):
     up.process.send_signal(signal.SIGINT)
     assert up.process.wait(90) == 0, "\n".join(up.output)
