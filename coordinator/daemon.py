@@ -252,6 +252,7 @@ class Coordinator:
             {kind.label: n for kind, n in self._desk.open_counts().items()},
             {kind.label: n for kind, n in self._desk.overdue_counts().items()},
             len(self._desk.holds()),
+            {kind.label: ms for kind, ms in self._desk.oldest_open_ms().items()},
         )
 
     def _on_audit_head(self, accepted: AcceptedHead) -> None:

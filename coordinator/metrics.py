@@ -70,6 +70,12 @@ class CoordinatorMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.subject_request_oldest_open = Gauge(
+            "domicile_coordinator_subject_request_oldest_open_timestamp_seconds",
+            "When the oldest open data-subject request of each kind was received (0: none open)",
+            ["kind"],
+            registry=self.registry,
+        )
         self.legal_holds = Gauge(
             "domicile_coordinator_legal_holds",
             "Legal holds in force",
@@ -84,8 +90,14 @@ class CoordinatorMetrics:
         self.nodes.labels(health=NodeHealth.DOWN.label).set(down)
 
     def set_subjects(
-        self, open_by_kind: Mapping[str, int], overdue_by_kind: Mapping[str, int], holds: int
+        self,
+        open_by_kind: Mapping[str, int],
+        overdue_by_kind: Mapping[str, int],
+        holds: int,
+        oldest_open_ms: Mapping[str, int] | None = None,
     ) -> None:
+        for kind, ms in (oldest_open_ms or {}).items():
+            self.subject_request_oldest_open.labels(kind=kind).set(ms / 1000.0)
         for kind, count in open_by_kind.items():
             self.subject_requests_open.labels(kind=kind).set(count)
         for kind, count in overdue_by_kind.items():

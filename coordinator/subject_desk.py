@@ -306,6 +306,14 @@ class SubjectDesk:
             counts[r.kind] = counts.get(r.kind, 0) + 1
         return counts
 
+    def oldest_open_ms(self) -> dict[RequestKind, int]:
+        """When the oldest open request of each kind was received; 0 when none is open."""
+        oldest = dict.fromkeys(KINDS, 0)
+        for r in self._open.values():
+            if oldest.get(r.kind, 0) == 0 or r.received_ms < oldest[r.kind]:
+                oldest[r.kind] = r.received_ms
+        return oldest
+
     def overdue_counts(self) -> dict[RequestKind, int]:
         """Open requests past their due time by the wall clock."""
         now = self._now_ms()

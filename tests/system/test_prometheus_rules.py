@@ -227,6 +227,13 @@ def test_dashboard_queries_only_exported_metrics() -> None:
         "domicile_audit_entries",
         "domicile_audit_exported_size",
         "domicile_coordinator_audit_head_size",
+        "domicile_coordinator_subject_requests_open",
+        "domicile_coordinator_subject_requests_overdue",
+        "domicile_coordinator_legal_holds",
+        "domicile_erasures_completed_total",
+        "domicile_erased_records_total",
+        "domicile_retention_expired_total",
+        "domicile_retention_last_sweep_timestamp_seconds",
     }
     assert required - used == set(), f"the dashboard shows nothing of {sorted(required - used)}"
 
