@@ -149,11 +149,17 @@ async def test_source_restart_resumes_from_the_target_position(eu_pair: LocalClu
     await c.start_node("eu-west-1")
     await c.put("eu-west-1", "customers_eu", "s99", b"after-restart")
 
+    target = c.nodes["eu-central-1"]
+
     async def all_arrived() -> bool:
-        return len(c.nodes["eu-central-1"].engine.scan("customers_eu", "s", "", 100)) == 21
+        # The counter moves once the batch's audit entries are durable too, a moment after the
+        # records are readable: wait for both.
+        stats = target.receiver.stats.get("eu-west-1")
+        stored = len(target.engine.scan("customers_eu", "s", "", 100))
+        return stored == 21 and stats is not None and stats.applied_total >= 21
 
     await eventually(all_arrived, 15, "21 records after both restarts")
-    applied = c.nodes["eu-central-1"].receiver.stats["eu-west-1"].applied_total
+    applied = target.receiver.stats["eu-west-1"].applied_total
     assert applied == 21, f"applied {applied} mutations for 21 writes: something was applied twice or lost"
 
 
