@@ -363,3 +363,31 @@ async def test_an_erasure_waits_for_a_region_that_is_down_and_completes_when_it_
         assert [r.request_id for r in listed.requests] == [opened.request_id]
     finally:
         await cluster.stop()
+
+
+async def test_a_legal_hold_keeps_a_subject_through_an_erasure(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start()
+    try:
+        await put(cluster, "eu-west-1", "customers", "gus", "s-gus", b"Gus")
+        await put(cluster, "eu-west-1", "sessions", "gus-web", "s-gus", b"token")
+        await coordinator(cluster).PlaceLegalHold(
+            cpb.PlaceLegalHoldRequest(
+                scope=subpb.LEGAL_HOLD_SCOPE_SUBJECT, subject_id="s-gus", reason="litigation 7"
+            ),
+            timeout=5,
+        )
+        node = cluster.nodes["eu-west-1"]
+
+        async def held() -> bool:
+            return len(node.view.topology.holds) == 1
+
+        await eventually(held, 10.0, "the hold at eu-west-1")
+        done = await completed(cluster, (await erase(cluster, "s-gus")).request_id)
+        (receipt,) = done.receipts
+        assert receipt.erased_total == 0 and receipt.keys_destroyed == 0
+        assert {(k.namespace, k.key) for k in receipt.kept} == {("customers", "gus"), ("sessions", "gus-web")}
+        assert all("litigation 7" in k.reason for k in receipt.kept)
+        assert (await cluster.values("eu-west-1", "customers", "gus")) == {b"Gus"}
+    finally:
+        await cluster.stop()
