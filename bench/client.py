@@ -22,8 +22,8 @@ def channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address)
 
 
-def put_request(namespace: str, key: str, value: bytes) -> spb.PutRequest:
-    return spb.PutRequest(namespace=namespace, key=key, value=value)
+def put_request(namespace: str, key: str, value: bytes, subject_id: str = "") -> spb.PutRequest:
+    return spb.PutRequest(namespace=namespace, key=key, value=value, subject_id=subject_id)
 
 
 def echo_call(ch: grpc.aio.Channel, namespace: str, key_prefix: str, value: bytes) -> Call:
@@ -39,11 +39,16 @@ def echo_call(ch: grpc.aio.Channel, namespace: str, key_prefix: str, value: byte
     return call
 
 
-def put_call(ch: grpc.aio.Channel, namespace: str, key_prefix: str, value: bytes) -> Call:
+def put_call(ch: grpc.aio.Channel, namespace: str, key_prefix: str, value: bytes, subjects: int = 0) -> Call:
+    """Puts key_prefix-i; with `subjects`, about one of that many data subjects in turn, so the
+    values are encrypted at rest under per-subject keys (created on each subject's first write)."""
     stub = spb_grpc.StorageNodeServiceStub(ch)
 
     async def call(i: int) -> object:
-        return await stub.Put(put_request(namespace, f"{key_prefix}-{i}", value), timeout=RPC_DEADLINE_S)
+        subject = f"bench-subject-{i % subjects}" if subjects else ""
+        return await stub.Put(
+            put_request(namespace, f"{key_prefix}-{i}", value, subject), timeout=RPC_DEADLINE_S
+        )
 
     return call
 

@@ -48,6 +48,8 @@ DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.json"
 ECHO_READY = re.compile(r"echo listening on (\S+)")
 PROXY_READY = re.compile(r"proxy listening on (\S+)")
 GET_KEYS = 1000
+# Subjects the sealed Put phase writes about in turn (each one's data key is created once).
+SEALED_SUBJECTS = 100
 ENGINE_BATCH_RECORDS = 1000
 LAG_WARMUP_WRITES = 50
 SAMPLES_MAX = 1_000_000
@@ -146,6 +148,8 @@ class Measured:
     fsync_ms: list[float] | None = None
     get_ms: list[float] | None = None
     put_ms: list[float] | None = None
+    sealed_put_ms: list[float] | None = None
+    sealed_get_ms: list[float] | None = None
     echo_load: phases.LoadResult | None = None
     put_load: phases.LoadResult | None = None
     commit_batch_mean: float | None = None
@@ -205,6 +209,18 @@ class Run:
         m.put_ms = await phases.sequential(
             "durable Put (synchronous=FULL)",
             put_call(solo.channel, SOLO_NAMESPACE, "put", self.value),
+            opts.samples,
+        )
+        # The same with subject data: encrypted under per-subject keys at rest, opened on read.
+        m.sealed_put_ms = await phases.sequential(
+            f"durable Put of subject data ({SEALED_SUBJECTS} subjects, sealed)",
+            put_call(solo.channel, SOLO_NAMESPACE, "sealed", self.value, subjects=SEALED_SUBJECTS),
+            opts.samples,
+        )
+        sealed_keys = [f"sealed-{i}" for i in range(min(GET_KEYS, opts.samples))]
+        m.sealed_get_ms = await phases.sequential(
+            "local Get of subject data (opened)",
+            get_call(solo.channel, SOLO_NAMESPACE, sealed_keys, lambda: rng.randrange(len(sealed_keys))),
             opts.samples,
         )
 
@@ -339,6 +355,8 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     fs50, fs99 = p50_p99(fsync_ms)
     get50, get99 = p50_p99(get_ms)
     put50, put99 = p50_p99(put_ms)
+    sealed_put50, sealed_put99 = p50_p99(need(m.sealed_put_ms, "sealed Put"))
+    sealed_get50, sealed_get99 = p50_p99(need(m.sealed_get_ms, "sealed Get"))
     put_floor50, put_floor99 = echo50 + 2 * fs50, echo99 + 2 * fs99
     d = opts.delay_ms
     concurrency = f"{opts.load_procs} procs x {opts.inflight} in flight"
@@ -370,6 +388,28 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
             "echo + 2 fdatasync p99",
             "<= echo p99 + 2 x fdatasync p99",
             put99 <= put_floor99,
+        ),
+        Figure(
+            "sealed_put_p50_ms",
+            "durable Put p50, subject data (sealed)",
+            sealed_put50,
+            "ms",
+            put50,
+            "Put p50",
+        ),
+        Figure(
+            "sealed_put_p99_ms",
+            "durable Put p99, subject data (sealed)",
+            sealed_put99,
+            "ms",
+            put99,
+            "Put p99",
+        ),
+        Figure(
+            "sealed_get_p50_ms", "local Get p50, subject data (opened)", sealed_get50, "ms", get50, "Get p50"
+        ),
+        Figure(
+            "sealed_get_p99_ms", "local Get p99, subject data (opened)", sealed_get99, "ms", get99, "Get p99"
         ),
         Figure(
             "batched_put_rate_per_s",
