@@ -257,14 +257,19 @@ class Node:
         await self.committer.run(persist)
         before = self.view.policy.version
         holds_before = self.view.topology.holds
-        if self.view.replace(topology):
-            self.metrics.topology_revision.set(topology.revision)
-            self.replication.apply(topology)
-            log.info("topology revision %d adopted", topology.revision)
-            if self.view.policy.version != before:
-                await self._policy_changed(before)
-            self._audit_holds(holds_before, topology.holds)
-            self.eraser.apply(topology.erasures, topology.cluster, topology.holds)
+        try:
+            if self.view.replace(topology):
+                self.metrics.topology_revision.set(topology.revision)
+                self.replication.apply(topology)
+                log.info("topology revision %d adopted", topology.revision)
+                if self.view.policy.version != before:
+                    await self._policy_changed(before)
+                self._audit_holds(holds_before, topology.holds)
+        finally:
+            # Erasure orders do not depend on the policy: carry them out even from a revision
+            # this node could not adopt, with the holds and cluster it acts on.
+            current = self.view.topology
+            self.eraser.apply(topology.erasures, current.cluster, current.holds)
 
     def _audit_holds(self, before: tuple[LegalHold, ...], after: tuple[LegalHold, ...]) -> None:
         """Every region records the holds placed and released, since they change what it keeps."""
@@ -321,7 +326,8 @@ class Node:
 
     async def sweep_retention(self, now_ms: int | None = None) -> SweepReport:
         topology = self.view.topology
-        report = await self.sweeper.sweep(topology.cluster, topology.holds, now_ms)
+        # The cluster of the sweep's start; the holds are read afresh for every key.
+        report = await self.sweeper.sweep(topology.cluster, lambda: self.view.topology.holds, now_ms)
         self.metrics.retention_last_sweep.set(time.time())
         return report
 

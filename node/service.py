@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from domicile import errors
-from domicile.causality import CausalContext, KeyState, Version, visible
+from domicile.causality import CausalContext, KeyState, Version, sha256, visible
 from domicile.cluster import NamespaceSpec
 from domicile.model import (
     Classification,
@@ -136,21 +136,30 @@ class StorageService:
             )
         return entry
 
-    def _check_not_erased(self, subject_id: str) -> None:
-        request_id = self.eraser.erased_by(subject_id)
+    def _check_not_erased(self, facts: RecordFacts, key: str, principal: str) -> None:
+        request_id = self.eraser.erased_by(facts.subject_id)
         if request_id:
+            self.enforcer.refusal(
+                facts,
+                action=Action.STORE,
+                audit_action=Audit.PUT,
+                principal=principal,
+                key=key,
+                rule="subject-erased",
+                detail=f"request={request_id}",
+            )
             raise errors.FailedPrecondition(
                 f"this data subject was erased by request {request_id}; records about them are not "
                 "accepted any more (a new relationship needs a new subject id)"
             )
 
     async def _commit(self, write: LocalWrite, entry: asyncio.Future[int] | None) -> Committed:
-        # The write and its audit entry become durable together before the caller is answered;
-        # the two stores commit in parallel.
-        if entry is None:
-            committed = await self.committer.submit(write)
-        else:
-            committed, _ = await asyncio.gather(self.committer.submit(write), entry)
+        # The audit entry is durable before the write is committed (write-ahead): a write the
+        # trail cannot record does not happen. A decision recorded for a write that then fails
+        # is still a true record of the decision.
+        if entry is not None:
+            await entry
+        committed = await self.committer.submit(write)
         self.on_committed()
         return committed
 
@@ -170,13 +179,12 @@ class StorageService:
             )
         check_jurisdiction(cmd.subject_jurisdiction)
         classification = self._classification(spec, cmd.classification)
-        self._check_not_erased(cmd.subject_id)
-        entry = self._check_placement(
-            spec,
-            RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction),
-            cmd.key,
-            Audit.PUT,
-            cmd.principal,
+        facts = RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction)
+        self._check_not_erased(facts, cmd.key, cmd.principal)
+        entry = self._check_placement(spec, facts, cmd.key, Audit.PUT, cmd.principal)
+        # Encrypted at rest under the subject's data key (crypto-shredding).
+        sealed = await self.sealer.seal_value(
+            self.view.topology.cluster, spec.name, cmd.key, cmd.subject_id, cmd.value
         )
         # In lww mode a write always supersedes everything this node holds: the winner is
         # decided by HLC, and keeping losers would only grow the state.
@@ -188,9 +196,7 @@ class StorageService:
                 namespace=spec.name,
                 key=cmd.key,
                 # Encrypted at rest under the subject's data key (crypto-shredding).
-                value=self.sealer.seal_value(
-                    self.view.topology.cluster, spec.name, cmd.key, cmd.subject_id, cmd.value
-                ),
+                value=sealed,
                 content_type=cmd.content_type,
                 supersedes=supersedes,
                 subject_id=cmd.subject_id,
@@ -200,7 +206,11 @@ class StorageService:
             entry,
         )
         self._count_conflict(spec, committed.conflict)
-        return committed
+        # Answer with the version as the client wrote it, not as it is stored (sealed).
+        version = dataclasses.replace(committed.mutation.version, value=cmd.value, checksum=sha256(cmd.value))
+        return dataclasses.replace(
+            committed, mutation=dataclasses.replace(committed.mutation, version=version)
+        )
 
     async def delete(self, cmd: DeleteCommand) -> Committed:
         spec = self._namespace(cmd.namespace)
@@ -254,10 +264,7 @@ class StorageService:
     ) -> ReadResult | Decision:
         """The answer to a read, or the first refusing decision. A version whose data key was
         destroyed (its subject erased) is gone: it is left out."""
-        cluster = self.view.topology.cluster
-        opened = (
-            self.sealer.open_version(cluster, spec.name, key, v) for v in visible(state, spec.conflict_mode)
-        )
+        opened = (self.sealer.open_version(spec.name, key, v) for v in visible(state, spec.conflict_mode))
         versions = tuple(v for v in opened if v is not None)
         decisions = self._read_decisions(spec, key, versions, principal)
         refused = next((d for d in decisions if not d.allowed), None)

@@ -107,10 +107,19 @@ class Enforcer:
         return decision, entry
 
     def refusal(
-        self, facts: RecordFacts, *, audit_action: str, principal: str, key: str, rule: str, detail: str
+        self,
+        facts: RecordFacts,
+        *,
+        action: str,
+        audit_action: str,
+        principal: str,
+        key: str,
+        rule: str,
+        detail: str,
     ) -> asyncio.Future[int]:
-        """Audits a refusal that no policy decision made (a record of an unknown namespace)."""
-        self.metrics.policy_decisions.labels("replicate", "refuse", rule).inc()
+        """Audits a refusal that no policy decision made (a record of an unknown namespace, a
+        record of an erased subject)."""
+        self.metrics.policy_decisions.labels(action, "refuse", rule).inc()
         return self.audit.record(
             principal=principal,
             action=audit_action,

@@ -71,8 +71,14 @@ class HeadExporter:
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         self.metrics.audit_export_refused.inc()
                         log.error("coordinator refused audit head at size %d: %s", head.size, exc.details())
+                        await asyncio.sleep(self.interval_s)
                         continue
                     log.info("audit head export failed (%s); retrying", exc.code().name)
+                    self.offer(head)
+                    await asyncio.sleep(min(next(delays), 2.0))
+                except Exception:
+                    # Never end the exporter: an unexported head leaves the log unanchored.
+                    log.exception("audit head export failed unexpectedly; retrying")
                     self.offer(head)
                     await asyncio.sleep(min(next(delays), 2.0))
 

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from domicile.audit import subject_hash
-from domicile.causality import KeyState
+from domicile.causality import CausalContext, Version
 from domicile.cluster import ClusterSpec
 from domicile.hlc import wall_ms
 from domicile.subjects import (
@@ -43,7 +43,7 @@ from node.compliance.enforcer import AuditSink
 from node.crypto.keyring import Keyring
 from node.engine.base import LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
-from node.lifecycle.sealing import key_class
+from node.lifecycle.sealing import key_class, sealed_key_class
 
 log = logging.getLogger("domicile.erasure")
 
@@ -181,25 +181,33 @@ class Eraser:
         kept_classes: set[str] = set()
         for namespace, key in await asyncio.to_thread(self.engine.subject_keys, subject):
             state = self.engine.get(namespace, key)
-            if state is None or not state.has_live():
+            if state is None:
                 continue
+            # Only the subject's own live versions: the key may since hold another subject's.
+            mine = [v for v in state.live() if v.subject_id == subject]
+            if not mine:
+                continue
+            classes = {sealed_key_class(v.value) or key_class(cluster, namespace) for v in mine}
             reason = keep_reason(cluster, holds, namespace, key, subject)
             if reason:
                 kept.append(KeptRecord(namespace, key, reason))
-                kept_classes.add(key_class(cluster, namespace))
-                self.audit.record(
+                kept_classes.update(classes)
+                await self.audit.record(
                     principal=principal, action=ERASE_ACTION, namespace=namespace, key=key,
                     subject_id=subject, decision="keep", detail=reason[:1000],
                 )  # fmt: skip
                 continue
-            await self._tombstone(namespace, key, state, subject)
             await self.audit.record(
                 principal=principal, action=ERASE_ACTION, namespace=namespace, key=key,
                 subject_id=subject, decision="erase", detail=f"request={order.request_id}",
             )  # fmt: skip
+            await self._tombstone(namespace, key, mine)
             erased[namespace] += 1
-        doomed = [c for c in self.keyring.key_classes(subject) if c not in kept_classes]
-        destroyed = self.keyring.destroy(subject, doomed) if doomed else 0
+        # Keys of every class that kept nothing; the key store commits and checkpoints, so the
+        # work runs off the event loop.
+        held_classes = await asyncio.to_thread(self.keyring.key_classes, subject)
+        doomed = [c for c in held_classes if c not in kept_classes]
+        destroyed = await asyncio.to_thread(self.keyring.destroy, subject, doomed) if doomed else 0
         receipt = RegionReceipt(
             region=self.region,
             node_id=self.node_id,
@@ -243,16 +251,17 @@ class Eraser:
         )  # fmt: skip
         return receipt
 
-    async def _tombstone(self, namespace: str, key: str, state: KeyState, subject: str) -> None:
-        newest = max(state.versions, key=lambda v: v.hlc)
-        # No placement decision: removing data is always allowed where the data is.
+    async def _tombstone(self, namespace: str, key: str, versions: list[Version]) -> None:
+        newest = max(versions, key=lambda v: v.hlc)
+        # Supersedes exactly the subject's versions (another subject's sibling stays). No
+        # placement decision: removing data is always allowed where the data is.
         await self.committer.submit(
             LocalWrite(
                 namespace=namespace,
                 key=key,
                 tombstone=True,
-                supersedes=None,
-                subject_id=subject,
+                supersedes=CausalContext.of(dots=[v.dot for v in versions]),
+                subject_id=newest.subject_id,
                 subject_jurisdiction=newest.subject_jurisdiction,
                 classification=newest.classification,
             )

@@ -65,7 +65,7 @@ def export_subject(
             )  # fmt: skip
             if not decision.allowed:
                 continue
-            opened = sealer.open_version(cluster, namespace, key, v)
+            opened = sealer.open_version(namespace, key, v)
             if opened is None:
                 continue
             versions.append(redact(opened, decision.redacted_fields))

@@ -56,9 +56,10 @@ class RetentionSweeper:
         self._lock = asyncio.Lock()
 
     async def sweep(
-        self, cluster: ClusterSpec, holds: tuple[LegalHold, ...], now_ms: int | None = None
+        self, cluster: ClusterSpec, holds: Callable[[], tuple[LegalHold, ...]], now_ms: int | None = None
     ) -> SweepReport:
-        """One pass over every namespace with a retention period; one at a time."""
+        """One pass over every namespace with a retention period; one at a time. `holds` gives
+        the holds in force at each moment (a hold placed during a long sweep counts)."""
         async with self._lock:
             now = self.now_ms() if now_ms is None else now_ms
             report = SweepReport(now)
@@ -78,26 +79,28 @@ class RetentionSweeper:
                         newest = max(live, key=lambda v: v.hlc)
                         if physical_ms(newest.hlc) > cutoff_ms:
                             continue
-                        hold = hold_covering(holds, spec.name, key, newest.subject_id)
+                        hold = hold_covering(holds(), spec.name, key, newest.subject_id)
                         if hold is not None:
                             report.held[spec.name] += 1
                             continue
+                        # Audited first (a deletion the trail cannot record does not happen),
+                        # and superseding only what was seen: a write that lands meanwhile stays.
+                        await self.audit.record(
+                            principal=f"node:{self.node_id}", action=EXPIRE_ACTION, namespace=spec.name,
+                            key=key, subject_id=newest.subject_id, decision="expire",
+                            rule=f"retention.{retention.name}", detail=f"period={retention.period_s}s",
+                        )  # fmt: skip
                         await self.committer.submit(
                             LocalWrite(
                                 namespace=spec.name,
                                 key=key,
                                 tombstone=True,
-                                supersedes=None,
+                                supersedes=state.context,
                                 subject_id=newest.subject_id,
                                 subject_jurisdiction=newest.subject_jurisdiction,
                                 classification=newest.classification,
                             )
                         )
-                        self.audit.record(
-                            principal=f"node:{self.node_id}", action=EXPIRE_ACTION, namespace=spec.name,
-                            key=key, subject_id=newest.subject_id, decision="expire",
-                            rule=f"retention.{retention.name}", detail=f"period={retention.period_s}s",
-                        )  # fmt: skip
                         report.expired[spec.name] += 1
                     if len(rows) < PAGE_KEYS:
                         break

@@ -99,6 +99,7 @@ class Receiver:
             entries.append(
                 self.enforcer.refusal(
                     facts,
+                    action=Action.REPLICATE,
                     audit_action=Audit.REPLICATE_RECEIVE,
                     principal=principal,
                     key=m.key,
@@ -107,24 +108,16 @@ class Receiver:
                 )
             )
             return False
-        decision, entry = self.enforcer.decide(
-            facts,
-            Action.REPLICATE,
-            audit_action=Audit.REPLICATE_RECEIVE,
-            principal=principal,
-            key=m.key,
-            detail=detail,
-        )
-        if entry is not None:
-            entries.append(entry)
+        # An erased subject is refused before any decision is recorded for it.
         erased_by = "" if m.version.tombstone else self.eraser.erased_by(m.version.subject_id)
-        if decision.allowed and erased_by:
+        if erased_by:
             topology = self.view.topology
             if not keep_reason(topology.cluster, topology.holds, m.namespace, m.key, m.version.subject_id):
                 # Written where the erasure had not arrived yet: it must not bring the subject back.
                 entries.append(
                     self.enforcer.refusal(
                         facts,
+                        action=Action.REPLICATE,
                         audit_action=Audit.REPLICATE_RECEIVE,
                         principal=principal,
                         key=m.key,
@@ -140,6 +133,16 @@ class Receiver:
                     erased_by,
                 )
                 return False
+        decision, entry = self.enforcer.decide(
+            facts,
+            Action.REPLICATE,
+            audit_action=Audit.REPLICATE_RECEIVE,
+            principal=principal,
+            key=m.key,
+            detail=detail,
+        )
+        if entry is not None:
+            entries.append(entry)
         if not decision.allowed:
             # A correct source never sends this: it is a misconfigured or rogue node.
             log.warning(
@@ -151,6 +154,13 @@ class Receiver:
                 decision.rule,
             )
             return False
+        # Checked here, before sealing replaces the checksum with the stored value's (the engine
+        # could no longer tell a value damaged on the way).
+        if not m.version.tombstone and not m.version.checksum_ok():
+            raise errors.DataCorruption(
+                f"mutation {m.namespace}/{m.key} at lsn {m.lsn} from {source_node_id} failed its sha256 "
+                "checksum; the batch was not applied"
+            )
         return True
 
     async def apply_batch(
@@ -169,19 +179,21 @@ class Receiver:
         cluster = self.view.topology.cluster
         # Stored encrypted under this region's key for the subject; data keys never travel.
         admitted = [
-            dataclasses.replace(m, version=self.sealer.seal_version(cluster, m.namespace, m.key, m.version))
+            dataclasses.replace(
+                m, version=await self.sealer.seal_version(cluster, m.namespace, m.key, m.version)
+            )
             for m in mutations
             if self._admit(source_node_id, m, entries)
         ]
         refused = len(mutations) - len(admitted)
+        # The batch's audit entries are durable before it is applied (and acknowledged).
+        if entries:
+            await asyncio.gather(*entries)
 
         def work(engine: StorageEngine) -> ApplyOutcome:
             return engine.apply_remote(source_node_id, admitted, through_lsn)
 
-        # The batch is acknowledged only once it and its audit entries are durable.
-        apply = asyncio.ensure_future(self.committer.run(work))
-        await asyncio.gather(apply, *entries)
-        outcome = apply.result()
+        outcome = await self.committer.run(work)
         if admitted:
             self.clock.observe(max(m.version.hlc for m in admitted))
         now = self.now_ms()

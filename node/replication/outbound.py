@@ -147,7 +147,7 @@ class LinkSender:
             if self._allowed(m):
                 # Shipped in clear (the target seals it under its own key); a value whose key
                 # was destroyed is erased: its tombstone follows in the log.
-                opened = self.sealer.open_version(self.view.topology.cluster, m.namespace, m.key, m.version)
+                opened = self.sealer.open_version(m.namespace, m.key, m.version)
                 if opened is None:
                     continue
                 batch.append(m if opened is m.version else dataclasses.replace(m, version=opened))

@@ -4,7 +4,9 @@ regions, retention with and without legal holds."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,8 @@ from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import subject_pb2 as subpb
-from node.crypto.envelope import is_sealed
 from node.engine.sqlite import SQLiteEngine
-from node.lifecycle.sealing import Sealer
+from node.lifecycle.sealing import KEY_CLASS_TAG, Sealer, sealed_key_class
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.packs import sample_pack
 from tests.support.tcp_proxy import TcpProxy
@@ -244,12 +245,12 @@ async def test_a_database_copy_taken_before_an_erasure_yields_no_readable_value(
         old = SQLiteEngine(str(copy), "eu-west-1", "eu-west-1")
         try:
             sealer = Sealer(node.keyring)
-            cluster_spec = node.view.topology.cluster
             (customer,) = old.get("customers", "dora").live()
-            assert is_sealed(customer.value)
-            assert sealer.open_version(cluster_spec, "customers", "dora", customer) is None
+            assert sealed_key_class(customer.value) == "user_data"
+            assert sealer.open_version("customers", "dora", customer) is None
             (trade,) = old.get("trades", "t-9").live()
-            opened = sealer.open_version(cluster_spec, "trades", "t-9", trade)
+            assert sealed_key_class(trade.value) == "transaction_data"
+            opened = sealer.open_version("trades", "t-9", trade)
             assert opened is not None and opened.value == b"SELL 5 BMW"
         finally:
             old.close()
@@ -391,3 +392,71 @@ async def test_a_legal_hold_keeps_a_subject_through_an_erasure(tmp_path: Path) -
         assert (await cluster.values("eu-west-1", "customers", "gus")) == {b"Gus"}
     finally:
         await cluster.stop()
+
+
+async def test_regression_erasure_spares_another_subjects_record_under_the_same_key(
+    eu_us: LocalCluster,
+) -> None:
+    await put(eu_us, "eu-west-1", "customers", "shared", "s-old", b"old owner")
+    state = eu_us.nodes["eu-west-1"].engine.get("customers", "shared")
+    assert state is not None
+    await put(eu_us, "eu-west-1", "customers", "shared", "s-new", b"new owner", context=state.context)
+    done = await completed(eu_us, (await erase(eu_us, "s-old")).request_id)
+    assert all(r.erased_total == 0 for r in done.receipts)
+    assert (await eu_us.values("eu-west-1", "customers", "shared")) == {b"new owner"}
+
+
+async def test_regression_a_replicated_value_that_looks_sealed_is_sealed_all_the_same(
+    eu_us: LocalCluster,
+) -> None:
+    tricky = KEY_CLASS_TAG + b"\x09user_data" + b"x" * 40
+    await put(eu_us, "eu-west-1", "customers", "tricky", "s-tricky", tricky)
+    await replicated(eu_us, ["eu-central-1"], "customers", "tricky")
+    (stored,) = eu_us.nodes["eu-central-1"].engine.get("customers", "tricky").live()
+    assert stored.value != tricky and tricky not in stored.value
+    assert (await eu_us.values("eu-central-1", "customers", "tricky")) == {tricky}
+
+
+async def test_regression_a_put_about_an_erased_subject_is_refused_and_audited(eu_us: LocalCluster) -> None:
+    await put(eu_us, "eu-west-1", "customers", "hal", "s-hal", b"Hal")
+    await completed(eu_us, (await erase(eu_us, "s-hal")).request_id)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await put(eu_us, "eu-west-1", "customers", "hal-2", "s-hal", b"again")
+    node = eu_us.nodes["eu-west-1"]
+    await node.audit.flush()
+    entries = [AuditEntry.decode(e.body) for e in node.audit.iter_all()]
+    assert any(e.key == "hal-2" and e.decision == "refuse" and e.rule == "subject-erased" for e in entries)
+
+
+async def test_regression_retention_spares_a_write_that_lands_during_the_sweep(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start()
+    try:
+        node = cluster.nodes["eu-west-1"]
+        await put(cluster, "eu-west-1", "sessions", "live-1", "s-ivy", b"old token")
+        record = node.sweeper.audit.record
+        raced: list[bool] = []
+
+        def record_then_race(**fields: Any) -> Any:
+            entry = record(**fields)
+            if fields.get("action") == "expire" and not raced:
+                # The client writes the key between the sweep's scan and its tombstone.
+                raced.append(True)
+                state = node.engine.get("sessions", "live-1")
+                assert state is not None
+                return asyncio.ensure_future(_race(cluster, entry, state))
+            return entry
+
+        node.sweeper.audit = types.SimpleNamespace(record=record_then_race)
+        report = await node.sweep_retention(node.wall_ms() + 2 * DAY_MS)
+        assert dict(report.expired) == {"sessions": 1} and raced
+        assert (await cluster.values("eu-west-1", "sessions", "live-1")) == {b"fresh token"}
+    finally:
+        await cluster.stop()
+
+
+async def _race(cluster: LocalCluster, entry: Any, state: Any) -> int:
+    seq = int(await entry)
+    # A concurrent write that did not see the state the sweep judged (no context).
+    await put(cluster, "eu-west-1", "sessions", "live-1", "s-ivy", b"fresh token")
+    return seq
