@@ -14,7 +14,7 @@ back when the partition heals. Tombstones are always accepted. The block stores 
 the subject id, not the id.
 
 Every step is idempotent, so an interrupted erasure simply runs again; a finished one is
-remembered (its receipt) until the coordinator has it.
+remembered (its receipt) until the coordinator has it, then forgotten (the audit trail keeps it).
 """
 
 from __future__ import annotations
@@ -162,6 +162,10 @@ class Eraser:
                 receipt = await self.erase(order, cluster, holds)
             await self.report(order.request_id, receipt)
             log.info("erasure %s reported by %s", order.request_id, self.region)
+            # The coordinator has it (and the audit trail has it for good): forget the copy kept
+            # for re-reporting, so the kept receipts stay bounded.
+            self.receipts.pop(order.request_id, None)
+            await self._save_receipts()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -236,6 +240,15 @@ class Eraser:
         )
         receipt = dataclasses.replace(receipt, audit_seq=seq)
         self.receipts[order.request_id] = receipt
+        await self._save_receipts()
+        self.completed_total += 1
+        log.info(
+            "erasure %s in %s: %d erased, %d kept, %d keys destroyed",
+            order.request_id, self.region, receipt.erased_total, len(kept), destroyed,
+        )  # fmt: skip
+        return receipt
+
+    async def _save_receipts(self) -> None:
         blob = json.dumps(
             {rid: _receipt_to_json(r) for rid, r in self.receipts.items()}, sort_keys=True
         ).encode()
@@ -244,12 +257,6 @@ class Eraser:
             engine.put_meta(RECEIPTS_META, blob)
 
         await self.committer.run(persist)
-        self.completed_total += 1
-        log.info(
-            "erasure %s in %s: %d erased, %d kept, %d keys destroyed",
-            order.request_id, self.region, receipt.erased_total, len(kept), destroyed,
-        )  # fmt: skip
-        return receipt
 
     async def _tombstone(self, namespace: str, key: str, versions: list[Version]) -> None:
         newest = max(versions, key=lambda v: v.hlc)

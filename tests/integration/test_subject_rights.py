@@ -360,6 +360,12 @@ async def test_an_erasure_waits_for_a_region_that_is_down_and_completes_when_it_
         done = await completed(cluster, opened.request_id)
         assert {r.region: r.erased_total for r in done.receipts} == {"eu-west-1": 1, "eu-central-1": 1}
         assert not live(cluster, "eu-central-1", "customers", "fay")
+        for node in cluster.nodes.values():  # reported, so no longer kept for re-reporting
+
+            async def forgotten(n: Any = node) -> bool:
+                return not n.eraser.receipts
+
+            await eventually(forgotten, 10.0, "the receipt forgotten once reported")
         listed = await coordinator(cluster).ListSubjectRequests(cpb.ListSubjectRequestsRequest(), timeout=5)
         assert [r.request_id for r in listed.requests] == [opened.request_id]
     finally:
