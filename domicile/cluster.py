@@ -75,6 +75,7 @@ class ClusterSpec:
         return [r.name for r in self.regions]
 
     def retention_class(self, name: str) -> RetentionClass | None:
+        """The class of that name; None for "" (a namespace without one) or an unknown name."""
         return next((c for c in self.retention_classes if c.name == name), None)
 
     def region(self, name: str) -> RegionSpec | None:

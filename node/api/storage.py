@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from domicile import audit_wire, codec, errors
+from domicile.causality import Version
 from domicile.model import Classification
 from domicile.subjects import check_subject_id
 from domicile.v1 import storage_node_pb2 as spb
@@ -66,6 +67,27 @@ async def guarded(
         metrics.rpc_latency.labels(method).observe(time.perf_counter() - started)
 
 
+async def guarded_stream(
+    metrics: NodeMetrics, method: str, context: grpc.aio.ServicerContext, stream: AsyncIterator[T]
+) -> AsyncIterator[T]:
+    """`guarded` for server-streaming calls: latency, domain errors as statuses, bugs counted."""
+    started = time.perf_counter()
+    try:
+        async for item in stream:
+            yield item
+    except errors.DomicileError as exc:
+        metrics.rpc_errors.labels(method, status_for(exc).name).inc()
+        await abort_with(context, exc)
+    except (asyncio.CancelledError, grpc.aio.AbortError):
+        raise
+    except Exception:
+        metrics.rpc_errors.labels(method, "INTERNAL").inc()
+        log.exception("%s failed unexpectedly", method)
+        raise
+    finally:
+        metrics.rpc_latency.labels(method).observe(time.perf_counter() - started)
+
+
 def _classification(value: int) -> Classification:
     try:
         return Classification(value)
@@ -93,11 +115,16 @@ def principal_of(context: grpc.aio.ServicerContext) -> str:
     return f"client:{declared}@{context.peer()}"
 
 
+def _add_versions(versions: Sequence[Version], redacted: Sequence[tuple[str, ...]], out: Any) -> None:
+    """Versions as answered, each with the fields the policy removed from it (if any)."""
+    for i, v in enumerate(versions):
+        msg = codec.version_to_pb(v, out.add())
+        if i < len(redacted) and redacted[i]:
+            msg.redacted_fields.extend(redacted[i])
+
+
 def _fill_read(result: ReadResult, versions: Any, context: Any) -> None:
-    for i, v in enumerate(result.versions):
-        msg = codec.version_to_pb(v, versions.add())
-        if result.redacted and result.redacted[i]:
-            msg.redacted_fields.extend(result.redacted[i])
+    _add_versions(result.versions, result.redacted, versions)
     codec.context_to_pb(result.context, context)
 
 
@@ -244,77 +271,77 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     async def ReadAuditLog(
         self, request: spb.ReadAuditLogRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[spb.ReadAuditLogResponse]:
-        started = time.perf_counter()
-        try:
-            # Reading the trail is itself audited, and durable before anything is returned.
-            await self.service.enforcer.event(
-                Audit.AUDIT_READ,
-                principal=principal_of(context),
-                detail=f"after_seq={request.after_seq} limit={request.limit} tail={request.tail}",
-            )
-            head = self._audit.head()
-            end = head.size
-            after = request.after_seq
-            if request.tail:
-                after = max(0, end - (request.limit or end))
-            elif request.limit:
-                end = min(end, after + request.limit)
-            first = spb.ReadAuditLogResponse()
-            audit_wire.head_to_pb(head, first.head)
-            yield first
-            while after < end:
-                batch = await asyncio.to_thread(self._audit.read, after, min(AUDIT_READ_BATCH, end - after))
-                if not batch:
-                    break
-                response = spb.ReadAuditLogResponse()
-                for entry in batch:
-                    response.records.add(seq=entry.seq, body=entry.body, hash=entry.hash)
-                after = batch[-1].seq
-                yield response
-        except errors.DomicileError as exc:
-            self.metrics.rpc_errors.labels("ReadAuditLog", status_for(exc).name).inc()
-            await abort_with(context, exc)
-        finally:
-            self.metrics.rpc_latency.labels("ReadAuditLog").observe(time.perf_counter() - started)
+        async for response in guarded_stream(
+            self.metrics, "ReadAuditLog", context, self._read_audit_log(request, context)
+        ):
+            yield response
+
+    async def _read_audit_log(
+        self, request: spb.ReadAuditLogRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[spb.ReadAuditLogResponse]:
+        # Reading the trail is itself audited, and durable before anything is returned.
+        await self.service.enforcer.event(
+            Audit.AUDIT_READ,
+            principal=principal_of(context),
+            detail=f"after_seq={request.after_seq} limit={request.limit} tail={request.tail}",
+        )
+        head = self._audit.head()
+        end = head.size
+        after = request.after_seq
+        if request.tail:
+            after = max(0, end - (request.limit or end))
+        elif request.limit:
+            end = min(end, after + request.limit)
+        first = spb.ReadAuditLogResponse()
+        audit_wire.head_to_pb(head, first.head)
+        yield first
+        while after < end:
+            batch = await asyncio.to_thread(self._audit.read, after, min(AUDIT_READ_BATCH, end - after))
+            if not batch:
+                break
+            response = spb.ReadAuditLogResponse()
+            for entry in batch:
+                audit_wire.entry_to_pb(entry, response.records.add())
+            after = batch[-1].seq
+            yield response
 
     async def ExportSubject(
         self, request: spb.ExportSubjectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[spb.ExportSubjectResponse]:
-        started = time.perf_counter()
-        try:
-            check_subject_id(request.subject_id)
-            if len(request.request_id) > 64:
-                raise errors.InvalidArgument("request_id is longer than 64 characters")
-            service = self.service
-            copies = export_subject(
-                subject_id=request.subject_id,
-                region=service.region,
-                engine=service.engine,
-                view=service.view,
-                enforcer=service.enforcer,
-                sealer=self._sealer,
-                principal=principal_of(context),
-                request_id=request.request_id,
-            )
-            for i in range(0, len(copies), EXPORT_BATCH):
-                response = spb.ExportSubjectResponse()
-                for c in copies[i : i + EXPORT_BATCH]:
-                    record = response.records.add(
-                        namespace=c.namespace,
-                        key=c.key,
-                        classification=int(c.classification),  # type: ignore[arg-type]
-                        region=c.region,
-                        retention_class=c.retention_class,
-                        retention_period_seconds=c.retention_period_s,
-                        legal_basis=c.legal_basis,
-                        hold_reason=c.hold_reason,
-                    )
-                    for v, fields in zip(c.versions, c.redacted, strict=True):
-                        msg = codec.version_to_pb(v, record.versions.add())
-                        msg.redacted_fields.extend(fields)
-                yield response
-        except errors.DomicileError as exc:
-            self.metrics.rpc_errors.labels("ExportSubject", status_for(exc).name).inc()
-            await abort_with(context, exc)
-        finally:
-            self.metrics.rpc_latency.labels("ExportSubject").observe(time.perf_counter() - started)
+        async for response in guarded_stream(
+            self.metrics, "ExportSubject", context, self._export_subject(request, context)
+        ):
+            yield response
+
+    async def _export_subject(
+        self, request: spb.ExportSubjectRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[spb.ExportSubjectResponse]:
+        check_subject_id(request.subject_id)
+        if len(request.request_id) > 64:
+            raise errors.InvalidArgument("request_id is longer than 64 characters")
+        service = self.service
+        copies = export_subject(
+            subject_id=request.subject_id,
+            region=service.region,
+            engine=service.engine,
+            view=service.view,
+            enforcer=service.enforcer,
+            sealer=self._sealer,
+            principal=principal_of(context),
+            request_id=request.request_id,
+        )
+        for i in range(0, len(copies), EXPORT_BATCH):
+            response = spb.ExportSubjectResponse()
+            for c in copies[i : i + EXPORT_BATCH]:
+                record = response.records.add(
+                    namespace=c.namespace,
+                    key=c.key,
+                    classification=int(c.classification),  # type: ignore[arg-type]
+                    region=c.region,
+                    retention_class=c.retention_class,
+                    retention_period_seconds=c.retention_period_s,
+                    legal_basis=c.legal_basis,
+                    hold_reason=c.hold_reason,
+                )
+                _add_versions(c.versions, c.redacted, record.versions)
+            yield response

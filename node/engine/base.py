@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from domicile.causality import CausalContext, KeyState, Mutation
+from domicile.causality import CausalContext, KeyState, Mutation, Version
 from domicile.errors import DomicileError
 from domicile.model import Classification
 
@@ -31,6 +31,22 @@ class LocalWrite:
     subject_id: str = ""
     subject_jurisdiction: str = ""
     classification: Classification = Classification.UNSPECIFIED
+
+    @classmethod
+    def deleting(
+        cls, namespace: str, key: str, newest: Version, supersedes: CausalContext | None
+    ) -> LocalWrite:
+        """A tombstone about what `newest` is about (subject, jurisdiction, classification), so
+        it is placed and replicated wherever the record went."""
+        return cls(
+            namespace=namespace,
+            key=key,
+            tombstone=True,
+            supersedes=supersedes,
+            subject_id=newest.subject_id,
+            subject_jurisdiction=newest.subject_jurisdiction,
+            classification=newest.classification,
+        )
 
 
 @dataclass(frozen=True)

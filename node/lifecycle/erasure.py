@@ -61,7 +61,7 @@ def keep_reason(
     if hold is not None:
         return hold.describe()
     spec = cluster.find_namespace(namespace)
-    retention = cluster.retention_class(spec.retention_class) if spec and spec.retention_class else None
+    retention = cluster.retention_class(spec.retention_class) if spec else None
     if retention is not None and retention.legal_obligation:
         years = retention.period_s / (365 * 86_400)
         return (
@@ -263,15 +263,7 @@ class Eraser:
         # Supersedes exactly the subject's versions (another subject's sibling stays). No
         # placement decision: removing data is always allowed where the data is.
         await self.committer.submit(
-            LocalWrite(
-                namespace=namespace,
-                key=key,
-                tombstone=True,
-                supersedes=CausalContext.of(dots=[v.dot for v in versions]),
-                subject_id=newest.subject_id,
-                subject_jurisdiction=newest.subject_jurisdiction,
-                classification=newest.classification,
-            )
+            LocalWrite.deleting(namespace, key, newest, CausalContext.of(dots=[v.dot for v in versions]))
         )
         self.on_committed()
 

@@ -76,7 +76,7 @@ def export_subject(
             basis = basis or holding.basis or holding.reason
         if not versions:
             continue
-        retention = cluster.retention_class(spec.retention_class) if spec.retention_class else None
+        retention = cluster.retention_class(spec.retention_class)
         hold = hold_covering(topology.holds, namespace, key, subject_id)
         newest = max(versions, key=lambda v: v.hlc)
         out.append(

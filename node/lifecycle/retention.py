@@ -64,7 +64,7 @@ class RetentionSweeper:
             now = self.now_ms() if now_ms is None else now_ms
             report = SweepReport(now)
             for spec in cluster.namespaces:
-                retention = cluster.retention_class(spec.retention_class) if spec.retention_class else None
+                retention = cluster.retention_class(spec.retention_class)
                 if retention is None or retention.period_s == 0:
                     continue
                 cutoff_ms = now - retention.period_s * 1000
@@ -91,15 +91,7 @@ class RetentionSweeper:
                             rule=f"retention.{retention.name}", detail=f"period={retention.period_s}s",
                         )  # fmt: skip
                         await self.committer.submit(
-                            LocalWrite(
-                                namespace=spec.name,
-                                key=key,
-                                tombstone=True,
-                                supersedes=state.context,
-                                subject_id=newest.subject_id,
-                                subject_jurisdiction=newest.subject_jurisdiction,
-                                classification=newest.classification,
-                            )
+                            LocalWrite.deleting(spec.name, key, newest, state.context)
                         )
                         report.expired[spec.name] += 1
                     if len(rows) < PAGE_KEYS:
