@@ -4,9 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: setup test-tools up test lint typecheck protos protos-check unit bench clean
+.PHONY: help setup test-tools up test lint typecheck protos protos-check unit bench clean
 
-setup: $(VENV)/.installed
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 16
+
+setup: $(VENV)/.installed ## create .venv and install Domicile with its dev tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,33 +21,37 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
 # Node.js + npm (the other-language client test) and promtool (the alerting rules test).
-test-tools:
+test-tools: ## install Node.js, npm and promtool with apt-get when missing
 	@command -v node >/dev/null && command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) nodejs npm; }
 	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) prometheus; }
 
-up: setup
+up: setup ## run a local cluster: a coordinator and six regional nodes (Ctrl-C stops it)
 	$(BIN)/domicile up --config deploy/cluster.yaml
 
-protos: setup
+protos: setup ## regenerate domicile/v1 from protos/
 	$(PY) scripts/gen_protos.py
 
-protos-check: setup
+protos-check: setup ## generated code is fresh, buf lint, buf breaking against the previous protos/
 	$(PY) scripts/gen_protos.py --check
 	$(BIN)/buf lint
+	$(PY) scripts/check_proto_breaking.py
 
-lint: setup
+lint: setup ## ruff check, ruff format --check, import-linter
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-typecheck: setup
+typecheck: setup ## mypy --strict
 	$(BIN)/mypy domicile node coordinator scripts bench
 
-test: setup test-tools protos-check lint typecheck
+test: setup test-tools protos-check lint typecheck ## set up, check everything and run every test
 	$(PY) -m pytest -q
 
-bench: setup
+unit: setup ## the unit tests only (seconds)
+	$(PY) -m pytest -q tests/unit
+
+bench: setup ## benchmarks, each next to a baseline of the same run (a few minutes)
 	$(PY) bench/run.py
 
-clean:
+clean: ## remove .venv, local cluster data and caches
 	rm -rf $(VENV) .domicile .pytest_cache .mypy_cache .ruff_cache
