@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from domicile.audit import SignedHead
 from domicile.cluster import ClusterSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound
+from domicile.wire.audit import head_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 class AcceptedHead:
     head: SignedHead
     accepted_unix_ms: int
+
+
+def stored_heads(rows: dict[str, tuple[bytes, int]]) -> dict[str, AcceptedHead]:
+    """The accepted heads as the coordinator's store keeps them: serialized, with their time."""
+    return {region: AcceptedHead(head_from_bytes(raw), ms) for region, (raw, ms) in rows.items()}
 
 
 class AuditHeadBook:

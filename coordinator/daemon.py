@@ -13,9 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.addresses import split_host_port
-from coordinator.api.convert import head_to_bytes, stored_heads
 from coordinator.api.servicer import SERVICE_NAME, CoordinatorServicer
-from coordinator.audit_heads import AcceptedHead, AuditHeadBook
+from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_heads
 from coordinator.config import CoordinatorConfig, validate
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
@@ -27,6 +26,7 @@ from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
 from domicile.policy.select import policy_for_cluster
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.wire.audit import head_to_bytes
 
 log = logging.getLogger(__name__)
 

@@ -44,6 +44,7 @@ from domicile.subjects import (
     check_subject_id,
     due_ms,
 )
+from domicile.wire.limits import SUBJECT_REQUESTS_LIMIT_DEFAULT, SUBJECT_REQUESTS_LIMIT_MAX
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ HOLD_ID_RE = re.compile(r"^hold-[0-9a-f]{10}$")
 _HEX_RE = re.compile(r"^[0-9a-f]{10}$")
 # With 16**10 ids a collision is rare; this many in a row means a broken generator.
 ID_ATTEMPTS_MAX = 16
-LIST_LIMIT_DEFAULT = 100
-LIST_LIMIT_MAX = 1000
 # SQLite integers are signed 64-bit.
 COUNT_MAX = 2**63 - 1
 KINDS = (RequestKind.ERASURE, RequestKind.ACCESS)
@@ -100,10 +99,11 @@ def check_open_kind(kind: int) -> RequestKind:
 def check_list_limit(limit: int) -> int:
     """The number of requests to list: 1 to 1000, 0 meaning the default of 100."""
     if limit == 0:
-        return LIST_LIMIT_DEFAULT
-    if not 1 <= limit <= LIST_LIMIT_MAX:
+        return SUBJECT_REQUESTS_LIMIT_DEFAULT
+    if not 1 <= limit <= SUBJECT_REQUESTS_LIMIT_MAX:
         raise InvalidArgument(
-            f"limit {limit} is out of range: 1 to {LIST_LIMIT_MAX}, or 0 for {LIST_LIMIT_DEFAULT}"
+            f"limit {limit} is out of range: 1 to {SUBJECT_REQUESTS_LIMIT_MAX}, "
+            f"or 0 for {SUBJECT_REQUESTS_LIMIT_DEFAULT}"
         )
     return limit
 

@@ -19,27 +19,21 @@ records are exported region by region, each streamed from that region's node.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import enum
 import random
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from domicile.audit import SignedHead, StoredEntry
-from domicile.audit_wire import entry_from_pb, head_from_pb
-from domicile.causality import CausalContext, Version
+from domicile.causality import CausalContext
 from domicile.cluster import NamespaceSpec, RegionSpec
-from domicile.codec import context_from_pb, context_to_pb, version_from_pb
 from domicile.errors import (
-    DataCorruption,
     DeadlineExceeded,
     DomicileError,
     FailedPrecondition,
@@ -48,50 +42,101 @@ from domicile.errors import (
     PlacementRefused,
     Unavailable,
 )
-from domicile.model import (
-    Classification,
-    ConflictMode,
-    Limits,
-    check_jurisdiction,
-    check_key,
-    check_namespace_name,
+from domicile.model import Classification, ConflictMode
+from domicile.results import (
+    ComplianceReport,
+    ComplianceViolation,
+    DeleteResult,
+    ExportedCopy,
+    GetResult,
+    LinkState,
+    NodeStatus,
+    PutResult,
+    ReadVersion,
+    ScanItem,
 )
-from domicile.subject_wire import hold_from_pb, request_from_pb
-from domicile.subjects import (
-    HoldScope,
-    LegalHold,
-    RequestKind,
-    SubjectRequest,
-    check_reason,
-    check_subject_id,
-)
+from domicile.subjects import HoldScope, LegalHold, SubjectRequest
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cgrpc
-from domicile.v1 import record_pb2 as rpb
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as sgrpc
-from domicile.wire_errors import error_from_rpc
+from domicile.wire.audit import audit_page_from_pb, head_from_pb
+from domicile.wire.enums import enum_or
+from domicile.wire.errors import error_from_rpc
+from domicile.wire.limits import (
+    AUDIT_PAGE_ENTRIES,
+    AUDIT_PAGE_ENTRIES_MAX,
+    AUDIT_TAIL_ENTRIES_MAX,
+    CLIENT_MESSAGE_BYTES_MAX,
+    SUBJECT_REQUESTS_LIMIT_DEFAULT,
+    SUBJECT_REQUESTS_LIMIT_MAX,
+    VIOLATIONS_MAX_DEFAULT,
+    VIOLATIONS_MAX_LIMIT,
+)
+from domicile.wire.records import (
+    context_from_token,
+    context_token,
+    delete_result_from_pb,
+    get_result_from_pb,
+    put_result_from_pb,
+    scan_items_from_pb,
+)
+from domicile.wire.requests import (
+    access_request,
+    check_name,
+    check_page_size,
+    check_region_name,
+    check_violations_max,
+    complete_request,
+    delete_request,
+    erase_request,
+    export_request,
+    id_arg,
+    list_requests_request,
+    place_hold_request,
+    put_request,
+    release_hold_request,
+)
+from domicile.wire.status import compliance_report_from_pb, node_status_from_pb
+from domicile.wire.subjects import exported_copies_from_pb, hold_from_pb, hold_of, request_from_pb, request_of
+
+__all__ = [
+    "AUDIT_PAGE_ENTRIES",
+    "AUDIT_PAGE_ENTRIES_MAX",
+    "AUDIT_TAIL_ENTRIES_MAX",
+    "DEFAULT_COORDINATOR",
+    "SUBJECT_REQUESTS_LIMIT_DEFAULT",
+    "SUBJECT_REQUESTS_LIMIT_MAX",
+    "VIOLATIONS_MAX_DEFAULT",
+    "VIOLATIONS_MAX_LIMIT",
+    "AsyncClient",
+    "Client",
+    "ComplianceReport",
+    "ComplianceViolation",
+    "DeleteResult",
+    "ExportedCopy",
+    "GetResult",
+    "LinkInfo",
+    "LinkState",
+    "NodeHealth",
+    "NodeInfo",
+    "NodeStatus",
+    "PutResult",
+    "ReadVersion",
+    "RetryPolicy",
+    "ScanItem",
+    "Topology",
+    "context_from_token",
+    "context_token",
+    "route",
+    "topology_from_pb",
+]
 
 DEFAULT_COORDINATOR = "127.0.0.1:7400"
-_LIMITS = Limits()
-# A Get may return several siblings of value_bytes_max each; leave room for them.
-_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 _CHANNEL_OPTIONS = (
-    ("grpc.max_receive_message_length", _MESSAGE_BYTES_MAX),
-    ("grpc.max_send_message_length", _MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", CLIENT_MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", CLIENT_MESSAGE_BYTES_MAX),
 )
-
-# The audit log is read in pages of this many entries, each page one call with its own deadline,
-# so that a log of millions of entries never has to arrive within one deadline.
-AUDIT_PAGE_ENTRIES = 10_000
-AUDIT_PAGE_ENTRIES_MAX = 100_000
-AUDIT_TAIL_ENTRIES_MAX = 10_000
-# Bounds of ScanComplianceRequest.violations_max.
-VIOLATIONS_MAX_DEFAULT = 1000
-VIOLATIONS_MAX_LIMIT = 10_000
-# Bounds of ListSubjectRequestsRequest.limit.
-SUBJECT_REQUESTS_LIMIT_DEFAULT = 100
-SUBJECT_REQUESTS_LIMIT_MAX = 1000
 
 R = TypeVar("R")
 
@@ -170,8 +215,8 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
                 name=ns.name,
                 regions=tuple(ns.regions),
                 is_global=bool(getattr(ns, "global")),
-                conflict_mode=_enum_or(ConflictMode, ns.conflict_mode, ConflictMode.UNSPECIFIED),
-                classification=_enum_or(Classification, ns.classification, Classification.UNSPECIFIED),
+                conflict_mode=enum_or(ConflictMode, ns.conflict_mode, ConflictMode.UNSPECIFIED),
+                classification=enum_or(Classification, ns.classification, Classification.UNSPECIFIED),
                 owner=ns.owner,
                 retention_class=ns.retention_class,
                 description=ns.description,
@@ -182,17 +227,6 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
         policy_version=msg.policy_version,
         policy_pack_yaml=msg.policy_pack_yaml,
     )
-
-
-E = TypeVar("E", bound=enum.IntEnum)
-
-
-def _enum_or(kind: type[E], value: int, default: E) -> E:
-    # A newer coordinator may send values this client does not know; routing does not need them.
-    try:
-        return kind(value)
-    except ValueError:
-        return default
 
 
 def route(
@@ -256,416 +290,13 @@ def route(
 
 
 # ---------------------------------------------------------------------------------------------
-# Results
-
-
-@dataclass(frozen=True)
-class ReadVersion(Version):
-    """A version as a read returned it. `redacted_fields` names the fields the residency policy
-    removed from this copy (e.g. value and subject_id); empty when the copy is complete."""
-
-    redacted_fields: tuple[str, ...] = ()
-
-    @property
-    def redacted(self) -> bool:
-        return bool(self.redacted_fields)
-
-
-@dataclass(frozen=True)
-class PutResult:
-    version: Version
-    context: CausalContext
-    lsn: int
-    region: str
-
-
-@dataclass(frozen=True)
-class GetResult:
-    found: bool
-    versions: tuple[ReadVersion, ...]
-    context: CausalContext
-    region: str
-
-    @property
-    def values(self) -> tuple[bytes, ...]:
-        return tuple(v.value for v in self.versions)
-
-    @property
-    def value(self) -> bytes | None:
-        """The value, None when not found. Concurrent siblings must be resolved explicitly."""
-        if not self.versions:
-            return None
-        if len(self.versions) > 1:
-            raise FailedPrecondition(
-                f"the record has {len(self.versions)} concurrent values; read .versions and put the "
-                "resolved value with context=result.context"
-            )
-        return self.versions[0].value
-
-
-@dataclass(frozen=True)
-class DeleteResult:
-    existed: bool
-    version: Version
-    context: CausalContext
-    lsn: int
-    region: str
-
-
-@dataclass(frozen=True)
-class ScanItem:
-    key: str
-    versions: tuple[ReadVersion, ...]
-    context: CausalContext
-
-
-@dataclass(frozen=True)
-class LinkState:
-    source_node_id: str
-    target_node_id: str
-    acked_lsn: int
-    backlog: int
-    connected: bool
-    lag_ms_p99: float
-    applied_total: int
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    node_id: str
-    region: str
-    topology_revision: int
-    records_stored: int
-    last_lsn: int
-    outbound: tuple[LinkState, ...]
-    inbound: tuple[LinkState, ...]
-    conflicts_total: int
-    tombstones_stored: int
-    policy_version: str
-    uptime_seconds: float
-    audit_entries: int = 0
-    # Entries covered by the last signed head the coordinator accepted; 0 when none yet.
-    audit_exported_size: int = 0
-    # Record copies the node's last compliance scan found outside what the policy allows.
-    compliance_violations: int = 0
-
-
-@dataclass(frozen=True)
-class ComplianceViolation:
-    """A record copy that the policy in force does not allow where it is."""
-
-    namespace: str
-    key: str
-    region: str
-    origin_region: str
-    classification: Classification
-    subject_jurisdiction: str
-    rule: str
-    reason: str
-    allowed_regions: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ComplianceReport:
-    """What one region's compliance scan found. `violations` lists at most the violations_max
-    asked for; `violations_total` counts them all."""
-
-    region: str
-    node_id: str
-    policy_version: str
-    versions_checked: int
-    violations_total: int
-    violations: tuple[ComplianceViolation, ...]
-
-    @property
-    def compliant(self) -> bool:
-        return self.violations_total == 0
-
-    @property
-    def violations_unlisted(self) -> int:
-        return max(0, self.violations_total - len(self.violations))
-
-
-@dataclass(frozen=True)
-class ExportedCopy:
-    """One region's copy of one record of a data subject, as ExportSubject streamed it.
-
-    `versions` are the live versions the region holds, values decrypted. A version whose value
-    the residency policy withheld from this export is still listed, with "value" in its
-    redacted_fields and an empty value: a reader must be able to tell "withheld" from "empty"."""
-
-    namespace: str
-    key: str
-    region: str
-    classification: Classification
-    versions: tuple[ReadVersion, ...]
-    retention_class: str = ""
-    # 0: no retention period (kept until deleted).
-    retention_period_s: int = 0
-    # The residency decision's legal basis for holding this copy in `region`.
-    legal_basis: str = ""
-    # Why a legal hold covers the record; "" when none does.
-    hold_reason: str = ""
-    node_id: str = ""
-
-    @property
-    def held(self) -> bool:
-        return bool(self.hold_reason)
-
-
-_VERSION_FIELDS = tuple(f.name for f in fields(Version))
-
-
-def _read_version(msg: rpb.RecordVersion) -> ReadVersion:
-    v = version_from_pb(msg)
-    return ReadVersion(
-        **{name: getattr(v, name) for name in _VERSION_FIELDS}, redacted_fields=tuple(msg.redacted_fields)
-    )
-
-
-def _versions(msgs: Sequence[rpb.RecordVersion], where: str) -> tuple[ReadVersion, ...]:
-    versions = tuple(_read_version(m) for m in msgs)
-    for v in versions:
-        # End to end: the node checks too, but a value can also be damaged on the way. A
-        # redacted value is not there to check.
-        if v.checksum and "value" not in v.redacted_fields and not v.checksum_ok():
-            raise DataCorruption(
-                f"{where}: version {v.dot.node_id}:{v.dot.counter} failed its sha256 checksum"
-            )
-    return versions
-
-
-def _link(msg: spb.LinkStatus) -> LinkState:
-    return LinkState(
-        source_node_id=msg.source_node_id,
-        target_node_id=msg.target_node_id,
-        acked_lsn=msg.acked_lsn,
-        backlog=msg.backlog,
-        connected=msg.connected,
-        lag_ms_p99=msg.lag_ms_p99,
-        applied_total=msg.applied_total,
-    )
-
-
-def _node_status(msg: spb.GetNodeStatusResponse) -> NodeStatus:
-    return NodeStatus(
-        node_id=msg.node_id,
-        region=msg.region,
-        topology_revision=msg.topology_revision,
-        records_stored=msg.records_stored,
-        last_lsn=msg.last_lsn,
-        outbound=tuple(_link(m) for m in msg.outbound),
-        inbound=tuple(_link(m) for m in msg.inbound),
-        conflicts_total=msg.conflicts_total,
-        tombstones_stored=msg.tombstones_stored,
-        policy_version=msg.policy_version,
-        uptime_seconds=msg.uptime_seconds,
-        audit_entries=msg.audit_entries,
-        audit_exported_size=msg.audit_exported_size,
-        compliance_violations=msg.compliance_violations,
-    )
-
-
-def _compliance_report(msg: spb.ScanComplianceResponse, node: NodeInfo) -> ComplianceReport:
-    return ComplianceReport(
-        region=msg.region or node.region,
-        node_id=node.node_id,
-        policy_version=msg.policy_version,
-        versions_checked=msg.versions_checked,
-        violations_total=msg.violations_total,
-        violations=tuple(
-            ComplianceViolation(
-                namespace=v.namespace,
-                key=v.key,
-                region=v.region or node.region,
-                origin_region=v.origin_region,
-                classification=_enum_or(Classification, v.classification, Classification.UNSPECIFIED),
-                subject_jurisdiction=v.subject_jurisdiction,
-                rule=v.rule,
-                reason=v.reason,
-                allowed_regions=tuple(v.allowed_regions),
-            )
-            for v in msg.violations
-        ),
-    )
-
-
-def _audit_page(msgs: Sequence[spb.ReadAuditLogResponse]) -> tuple[SignedHead | None, list[StoredEntry]]:
-    head: SignedHead | None = None
-    entries: list[StoredEntry] = []
-    for msg in msgs:
-        if head is None and msg.HasField("head"):
-            head = head_from_pb(msg.head)
-        entries.extend(entry_from_pb(r) for r in msg.records)
-    return head, entries
-
-
-def _exported_copies(msg: spb.ExportSubjectResponse, node: NodeInfo) -> list[ExportedCopy]:
-    where = f"export from {node.describe()}"
-    return [
-        ExportedCopy(
-            namespace=r.namespace,
-            key=r.key,
-            region=r.region or node.region,
-            classification=_enum_or(Classification, r.classification, Classification.UNSPECIFIED),
-            versions=_versions(r.versions, where),
-            retention_class=r.retention_class,
-            retention_period_s=r.retention_period_seconds,
-            legal_basis=r.legal_basis,
-            hold_reason=r.hold_reason,
-            node_id=node.node_id,
-        )
-        for r in msg.records
-    ]
-
-
-def _subject_request(msg: Any, what: str) -> SubjectRequest:
-    """The request of a coordinator response that carries one in its `request` field."""
-    if not msg.HasField("request"):
-        raise DomicileError(f"{what}: the coordinator answered without the request")
-    return request_from_pb(msg.request)
-
-
-def _legal_hold(msg: Any, what: str) -> LegalHold:
-    if not msg.HasField("hold"):
-        raise DomicileError(f"{what}: the coordinator answered without the hold")
-    return hold_from_pb(msg.hold)
-
-
-def _put_result(msg: spb.PutResponse, node: NodeInfo) -> PutResult:
-    return PutResult(
-        version=version_from_pb(msg.version),
-        context=context_from_pb(msg.context),
-        lsn=msg.lsn,
-        region=msg.region or node.region,
-    )
-
-
-def _get_result(msg: spb.GetResponse, node: NodeInfo) -> GetResult:
-    return GetResult(
-        found=msg.found,
-        versions=_versions(msg.versions, node.describe()),
-        context=context_from_pb(msg.context),
-        region=msg.region or node.region,
-    )
-
-
-def _delete_result(msg: spb.DeleteResponse, node: NodeInfo) -> DeleteResult:
-    return DeleteResult(
-        existed=msg.existed,
-        version=version_from_pb(msg.version),
-        context=context_from_pb(msg.context),
-        lsn=msg.lsn,
-        region=node.region,
-    )
-
-
-def _scan_items(msg: spb.ScanResponse, node: NodeInfo) -> list[ScanItem]:
-    where = node.describe()
-    return [ScanItem(i.key, _versions(i.versions, where), context_from_pb(i.context)) for i in msg.items]
-
-
-# ---------------------------------------------------------------------------------------------
 # Requests
-
-
-def _check_name(namespace: str, key: str | None = None) -> None:
-    if not isinstance(namespace, str):
-        raise InvalidArgument(f"namespace must be a str; got {type(namespace).__name__}")
-    check_namespace_name(namespace)
-    if key is not None:
-        if not isinstance(key, str):
-            raise InvalidArgument(f"key must be a str; got {type(key).__name__}")
-        check_key(key, _LIMITS)
-
-
-def _classification(value: Classification | str | None) -> Classification:
-    if value is None:
-        return Classification.UNSPECIFIED
-    if isinstance(value, Classification):
-        return value
-    if isinstance(value, str):
-        return Classification.parse(value)
-    raise InvalidArgument(f"classification must be a Classification or its name; got {type(value).__name__}")
-
-
-def _context_pb(context: CausalContext | None, out: rpb.CausalContext) -> None:
-    if context is None:
-        return
-    if not isinstance(context, CausalContext):
-        raise InvalidArgument(
-            f"context must be the CausalContext of an earlier result; got {type(context).__name__}"
-        )
-    out.SetInParent()
-    context_to_pb(context, out)
-
-
-def _put_request(
-    namespace: str,
-    key: str,
-    value: bytes,
-    context: CausalContext | None,
-    subject_id: str,
-    subject_jurisdiction: str,
-    classification: Classification | str | None,
-    content_type: str,
-) -> spb.PutRequest:
-    _check_name(namespace, key)
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise InvalidArgument(f"value must be bytes; got {type(value).__name__} (encode text first)")
-    req = spb.PutRequest(
-        namespace=namespace,
-        key=key,
-        value=bytes(value),
-        content_type=content_type,
-        subject_id=subject_id,
-        subject_jurisdiction=subject_jurisdiction,
-        classification=int(_classification(classification)),  # type: ignore[arg-type]
-    )
-    _context_pb(context, req.context)
-    return req
-
-
-def _optional_text(value: str | None, name: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{name} must be a str; got {type(value).__name__}")
-    return value
-
-
-def _delete_request(
-    namespace: str,
-    key: str,
-    context: CausalContext | None,
-    subject_id: str | None = None,
-    subject_jurisdiction: str | None = None,
-) -> spb.DeleteRequest:
-    _check_name(namespace, key)
-    req = spb.DeleteRequest(
-        namespace=namespace,
-        key=key,
-        subject_id=_optional_text(subject_id, "subject_id"),
-        subject_jurisdiction=_optional_text(subject_jurisdiction, "subject_jurisdiction"),
-    )
-    _context_pb(context, req.context)
-    return req
-
-
-def _check_region_name(region: str) -> None:
-    if not isinstance(region, str) or not region:
-        raise InvalidArgument(f"a region name is required; got {region!r}")
 
 
 def _check_known_region(topology: Topology, region: str) -> None:
     known = topology.region_names()
     if region not in known:
         raise InvalidArgument(f"unknown region {region!r}; regions: {', '.join(known) or 'none'}")
-
-
-def _check_violations_max(violations_max: int) -> None:
-    if not 1 <= violations_max <= VIOLATIONS_MAX_LIMIT:
-        raise InvalidArgument(f"violations_max is {violations_max}; use 1 to {VIOLATIONS_MAX_LIMIT}")
 
 
 class _AuditCursor:
@@ -679,7 +310,7 @@ class _AuditCursor:
     """
 
     def __init__(self, region: str, after_seq: int, limit: int, tail: bool, page_entries: int) -> None:
-        _check_region_name(region)
+        check_region_name(region)
         if after_seq < 0:
             raise InvalidArgument(f"after_seq is {after_seq}; it must be 0 or more")
         if limit < 0:
@@ -747,127 +378,6 @@ def _scan_rpc(req: spb.ScanRequest) -> Callable[[Any, float], Any]:
     return lambda stub, timeout: stub.Scan(req, timeout=timeout)
 
 
-def _check_page_size(page_size: int) -> None:
-    if not 1 <= page_size <= _LIMITS.scan_page_size_max:
-        raise InvalidArgument(f"page_size is {page_size}; use 1 to {_LIMITS.scan_page_size_max}")
-
-
-def _subject(subject_id: str) -> str:
-    if not isinstance(subject_id, str):
-        raise InvalidArgument(f"subject_id must be a str; got {type(subject_id).__name__}")
-    check_subject_id(subject_id)
-    return subject_id
-
-
-def _reason(reason: str, *, required: bool) -> str:
-    if not isinstance(reason, str):
-        raise InvalidArgument(f"reason must be a str; got {type(reason).__name__}")
-    check_reason(reason, required=required)
-    return reason
-
-
-def _jurisdiction(subject_jurisdiction: str | None) -> str:
-    code = _optional_text(subject_jurisdiction, "subject_jurisdiction")
-    check_jurisdiction(code)
-    return code
-
-
-def _id(value: str, name: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument(f"a {name} is required, as printed when it was created; got {value!r}")
-    return value
-
-
-def _erase_request(subject_id: str, reason: str, subject_jurisdiction: str | None) -> cpb.EraseSubjectRequest:
-    return cpb.EraseSubjectRequest(
-        subject_id=_subject(subject_id),
-        reason=_reason(reason, required=True),
-        subject_jurisdiction=_jurisdiction(subject_jurisdiction),
-    )
-
-
-def _access_request(
-    subject_id: str, reason: str, subject_jurisdiction: str | None
-) -> cpb.OpenSubjectRequestRequest:
-    return cpb.OpenSubjectRequestRequest(
-        kind=int(RequestKind.ACCESS),  # type: ignore[arg-type]
-        subject_id=_subject(subject_id),
-        subject_jurisdiction=_jurisdiction(subject_jurisdiction),
-        reason=_reason(reason, required=False),
-    )
-
-
-def _complete_request(request_id: str, records_exported: int) -> cpb.CompleteSubjectRequestRequest:
-    if isinstance(records_exported, bool) or not isinstance(records_exported, int) or records_exported < 0:
-        raise InvalidArgument(
-            f"records_exported is {records_exported!r}; it must be a whole number, 0 or more"
-        )
-    return cpb.CompleteSubjectRequestRequest(
-        request_id=_id(request_id, "request id"), records_exported=records_exported
-    )
-
-
-def _list_requests(open_only: bool, limit: int) -> cpb.ListSubjectRequestsRequest:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SUBJECT_REQUESTS_LIMIT_MAX:
-        raise InvalidArgument(f"limit is {limit!r}; use 1 to {SUBJECT_REQUESTS_LIMIT_MAX}")
-    return cpb.ListSubjectRequestsRequest(open_only=bool(open_only), limit=limit)
-
-
-def _hold_scope(scope: HoldScope | str) -> HoldScope:
-    if isinstance(scope, HoldScope):
-        if scope is HoldScope.UNSPECIFIED:
-            raise InvalidArgument("a legal hold scope is required; allowed: subject, namespace, key")
-        return scope
-    if isinstance(scope, str):
-        return HoldScope.parse(scope)
-    raise InvalidArgument(f"scope must be a HoldScope or its name; got {type(scope).__name__}")
-
-
-def _place_hold_request(
-    scope: HoldScope | str, subject_id: str, namespace: str, key: str, reason: str
-) -> cpb.PlaceLegalHoldRequest:
-    """Checks that the hold names exactly what its scope covers: a subject, a namespace, or a
-    namespace and a key."""
-    kind = _hold_scope(scope)
-    subject_id = _optional_text(subject_id, "subject_id")
-    namespace = _optional_text(namespace, "namespace")
-    key = _optional_text(key, "key")
-    if kind is HoldScope.SUBJECT:
-        _subject(subject_id)
-        if namespace or key:
-            raise InvalidArgument(
-                "a subject hold covers every record of the subject: give no namespace or key"
-            )
-    else:
-        if subject_id:
-            raise InvalidArgument(f"a {kind.label} hold names a namespace, not a subject; use scope subject")
-        if not namespace:
-            raise InvalidArgument(f"a {kind.label} hold needs a namespace")
-        if kind is HoldScope.NAMESPACE and key:
-            raise InvalidArgument(
-                "a namespace hold covers the whole namespace: give no key (or use scope key)"
-            )
-        _check_name(namespace, key if kind is HoldScope.KEY else None)
-    return cpb.PlaceLegalHoldRequest(
-        scope=int(kind),  # type: ignore[arg-type]
-        subject_id=subject_id,
-        namespace=namespace,
-        key=key,
-        reason=_reason(reason, required=True),
-    )
-
-
-def _release_hold_request(hold_id: str, reason: str) -> cpb.ReleaseLegalHoldRequest:
-    return cpb.ReleaseLegalHoldRequest(hold_id=_id(hold_id, "hold id"), reason=_reason(reason, required=True))
-
-
-def _export_request(region: str, subject_id: str, request_id: str) -> spb.ExportSubjectRequest:
-    _check_region_name(region)
-    return spb.ExportSubjectRequest(
-        subject_id=_subject(subject_id), request_id=_optional_text(request_id, "request_id")
-    )
-
-
 def _export_open(req: spb.ExportSubjectRequest) -> Callable[[Any, float], tuple[Any, Any]]:
     # The first message is read inside the call, so that a node that cannot be reached or
     # refuses is retried (or routed around) like any call; once records arrive it cannot be.
@@ -887,24 +397,6 @@ def _export_open_async(
         return call, None if first is grpc.aio.EOF else first
 
     return rpc
-
-
-def context_token(context: CausalContext) -> str:
-    """A compact text form of a causal context, for passing one through a shell or a form."""
-    data = context_to_pb(context).SerializeToString(deterministic=True)
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def context_from_token(token: str) -> CausalContext:
-    """Parses context_token's output."""
-    try:
-        data = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-        msg = rpb.CausalContext.FromString(data)
-    except (binascii.Error, ValueError, DecodeError):
-        raise InvalidArgument(
-            "malformed context token: pass the 'context' printed by an earlier get, put or delete"
-        ) from None
-    return context_from_pb(msg, _LIMITS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1168,21 +660,21 @@ class Client:
         content_type: str = "",
         region: str | None = None,
     ) -> PutResult:
-        req = _put_request(
+        req = put_request(
             namespace, key, value, context, subject_id, subject_jurisdiction, classification, content_type
         )
         resp, node = self._call(
             f"put {namespace}/{key}", namespace, region, True, lambda s, t: s.Put(req, timeout=t)
         )
-        return _put_result(resp, node)
+        return put_result_from_pb(resp, node.region)
 
     def get(self, namespace: str, key: str, *, region: str | None = None) -> GetResult:
-        _check_name(namespace, key)
+        check_name(namespace, key)
         req = spb.GetRequest(namespace=namespace, key=key)
         resp, node = self._call(
             f"get {namespace}/{key}", namespace, region, False, lambda s, t: s.Get(req, timeout=t)
         )
-        return _get_result(resp, node)
+        return get_result_from_pb(resp, node.region, node.describe())
 
     def delete(
         self,
@@ -1196,11 +688,11 @@ class Client:
     ) -> DeleteResult:
         """Writes a tombstone. subject_id / subject_jurisdiction are used only when the node holds
         no version of the record (it then cannot tell where the tombstone belongs)."""
-        req = _delete_request(namespace, key, context, subject_id, subject_jurisdiction)
+        req = delete_request(namespace, key, context, subject_id, subject_jurisdiction)
         resp, node = self._call(
             f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)
         )
-        return _delete_result(resp, node)
+        return delete_result_from_pb(resp, node.region)
 
     def scan(
         self, namespace: str, prefix: str = "", *, region: str | None = None, page_size: int = 100
@@ -1208,8 +700,8 @@ class Client:
         """Every live record whose key starts with prefix, in key order, fetched page by page
         (each page is one call with its own deadline). Later pages go to the region that
         answered the first one, because page tokens are only meaningful there."""
-        _check_name(namespace)
-        _check_page_size(page_size)
+        check_name(namespace)
+        check_page_size(page_size)
         return self._scan(namespace, prefix, region, page_size)
 
     def _scan(self, namespace: str, prefix: str, region: str | None, page_size: int) -> Iterator[ScanItem]:
@@ -1219,7 +711,7 @@ class Client:
                 namespace=namespace, key_prefix=prefix, page_size=page_size, page_token=token
             )
             resp, node = self._call(f"scan {namespace}", namespace, region, False, _scan_rpc(req))
-            yield from _scan_items(resp, node)
+            yield from scan_items_from_pb(resp, node.describe())
             token, region = resp.next_page_token, node.region
             if not token:
                 return
@@ -1236,7 +728,7 @@ class Client:
             lambda s, t: s.GetNodeStatus(spb.GetNodeStatusRequest(), timeout=t),
             node_id=node_id,
         )
-        return _node_status(resp)
+        return node_status_from_pb(resp)
 
     # -- audit and compliance
 
@@ -1265,7 +757,7 @@ class Client:
     ) -> tuple[SignedHead | None, list[StoredEntry], NodeInfo]:
         region = None if node_id else cursor.region
         msgs, node = self._call(cursor.what(), None, region, False, _audit_rpc(cursor.request()), node_id)
-        head, entries = _audit_page(msgs)
+        head, entries = audit_page_from_pb(msgs)
         return head, cursor.advance(head, entries), node
 
     def _audit_rest(
@@ -1279,7 +771,7 @@ class Client:
     def audit_head(self, region: str) -> tuple[SignedHead | None, int]:
         """The last signed head of `region`'s audit log that the coordinator accepted, and when
         it accepted it (ms since the epoch); (None, 0) when the region has exported none yet."""
-        _check_region_name(region)
+        check_region_name(region)
         what = f"audit head of {region}"
         _check_known_region(self._current_topology(_Deadline(self.deadline_s, what), False), region)
         req = cpb.GetAuditHeadRequest(region=region)
@@ -1300,8 +792,8 @@ class Client:
     ) -> ComplianceReport:
         """Has the node of `region` check every record copy it holds against the policy in
         force. The scan walks the whole store: pass a deadline_s that fits its size."""
-        _check_region_name(region)
-        _check_violations_max(violations_max)
+        check_region_name(region)
+        check_violations_max(violations_max)
         req = spb.ScanComplianceRequest(violations_max=violations_max)
         resp, node = self._call(
             f"compliance scan of {region}",
@@ -1311,7 +803,7 @@ class Client:
             lambda s, t: s.ScanCompliance(req, timeout=t),
             deadline_s=deadline_s,
         )
-        return _compliance_report(resp, node)
+        return compliance_report_from_pb(resp, node.node_id, node.region)
 
     # -- data-subject requests and legal holds (coordinator)
 
@@ -1324,17 +816,15 @@ class Client:
         when an erasure of the subject is open; its message names that request. The call is
         retried on transient errors, so a first attempt whose answer was lost shows up as that
         AlreadyExists too."""
-        req = _erase_request(subject_id, reason, subject_jurisdiction)
+        req = erase_request(subject_id, reason, subject_jurisdiction)
         what = f"erase subject {subject_id}"
-        return _subject_request(
-            self._coordinator_call(what, lambda s, t: s.EraseSubject(req, timeout=t)), what
-        )
+        return request_of(self._coordinator_call(what, lambda s, t: s.EraseSubject(req, timeout=t)), what)
 
     def subject_request(self, request_id: str) -> SubjectRequest:
         """One request, with its pending regions and every region's erasure receipt."""
-        req = cpb.GetSubjectRequestRequest(request_id=_id(request_id, "request id"))
+        req = cpb.GetSubjectRequestRequest(request_id=id_arg(request_id, "request id"))
         what = f"subject request {request_id}"
-        return _subject_request(
+        return request_of(
             self._coordinator_call(what, lambda s, t: s.GetSubjectRequest(req, timeout=t)), what
         )
 
@@ -1342,7 +832,7 @@ class Client:
         self, open_only: bool = False, limit: int = SUBJECT_REQUESTS_LIMIT_DEFAULT
     ) -> list[SubjectRequest]:
         """Requests, newest first: at most `limit` (1 to 1000), only open ones with open_only."""
-        req = _list_requests(open_only, limit)
+        req = list_requests_request(open_only, limit)
         resp = self._coordinator_call(
             "list subject requests", lambda s, t: s.ListSubjectRequests(req, timeout=t)
         )
@@ -1353,16 +843,16 @@ class Client:
     ) -> SubjectRequest:
         """Records an access request (GDPR Art. 15 and 20); read the records with
         export_subject_region and report with complete_access_request."""
-        req = _access_request(subject_id, reason, subject_jurisdiction)
+        req = access_request(subject_id, reason, subject_jurisdiction)
         what = f"open access request of subject {subject_id}"
-        return _subject_request(
+        return request_of(
             self._coordinator_call(what, lambda s, t: s.OpenSubjectRequest(req, timeout=t)), what
         )
 
     def complete_access_request(self, request_id: str, records_exported: int) -> SubjectRequest:
-        req = _complete_request(request_id, records_exported)
+        req = complete_request(request_id, records_exported)
         what = f"complete access request {request_id}"
-        return _subject_request(
+        return request_of(
             self._coordinator_call(what, lambda s, t: s.CompleteSubjectRequest(req, timeout=t)), what
         )
 
@@ -1378,17 +868,15 @@ class Client:
         """Places a legal hold: what it covers is neither expired nor erased until it is
         released. Scope subject needs subject_id; namespace needs namespace; key needs both
         namespace and key."""
-        req = _place_hold_request(scope, subject_id, namespace, key, reason)
+        req = place_hold_request(scope, subject_id, namespace, key, reason)
         what = "place legal hold"
-        return _legal_hold(self._coordinator_call(what, lambda s, t: s.PlaceLegalHold(req, timeout=t)), what)
+        return hold_of(self._coordinator_call(what, lambda s, t: s.PlaceLegalHold(req, timeout=t)), what)
 
     def release_hold(self, hold_id: str, reason: str) -> LegalHold:
         """Releases a hold; returns it as it was. NotFound for an unknown (or released) id."""
-        req = _release_hold_request(hold_id, reason)
+        req = release_hold_request(hold_id, reason)
         what = f"release legal hold {hold_id}"
-        return _legal_hold(
-            self._coordinator_call(what, lambda s, t: s.ReleaseLegalHold(req, timeout=t)), what
-        )
+        return hold_of(self._coordinator_call(what, lambda s, t: s.ReleaseLegalHold(req, timeout=t)), what)
 
     def holds(self) -> list[LegalHold]:
         """Legal holds in force."""
@@ -1407,7 +895,7 @@ class Client:
         it is retried like any call; a stream that breaks after records arrived is not (it
         cannot resume where it broke): its error is raised from the iterator. Stopping early
         cancels the stream."""
-        req = _export_request(region, subject_id, request_id)
+        req = export_request(region, subject_id, request_id)
         (call, first), node = self._call(
             f"export of subject {subject_id} from {region}",
             None,
@@ -1424,7 +912,7 @@ class Client:
         try:
             msg = first
             while msg is not None:
-                yield from _exported_copies(msg, node)
+                yield from exported_copies_from_pb(msg, node.node_id, node.region, node.describe())
                 msg = next(call, None)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, node.describe()) from None
@@ -1580,21 +1068,21 @@ class AsyncClient:
         content_type: str = "",
         region: str | None = None,
     ) -> PutResult:
-        req = _put_request(
+        req = put_request(
             namespace, key, value, context, subject_id, subject_jurisdiction, classification, content_type
         )
         resp, node = await self._call(
             f"put {namespace}/{key}", namespace, region, True, lambda s, t: s.Put(req, timeout=t)
         )
-        return _put_result(resp, node)
+        return put_result_from_pb(resp, node.region)
 
     async def get(self, namespace: str, key: str, *, region: str | None = None) -> GetResult:
-        _check_name(namespace, key)
+        check_name(namespace, key)
         req = spb.GetRequest(namespace=namespace, key=key)
         resp, node = await self._call(
             f"get {namespace}/{key}", namespace, region, False, lambda s, t: s.Get(req, timeout=t)
         )
-        return _get_result(resp, node)
+        return get_result_from_pb(resp, node.region, node.describe())
 
     async def delete(
         self,
@@ -1606,18 +1094,18 @@ class AsyncClient:
         subject_id: str | None = None,
         subject_jurisdiction: str | None = None,
     ) -> DeleteResult:
-        req = _delete_request(namespace, key, context, subject_id, subject_jurisdiction)
+        req = delete_request(namespace, key, context, subject_id, subject_jurisdiction)
         resp, node = await self._call(
             f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)
         )
-        return _delete_result(resp, node)
+        return delete_result_from_pb(resp, node.region)
 
     def scan(
         self, namespace: str, prefix: str = "", *, region: str | None = None, page_size: int = 100
     ) -> AsyncIterator[ScanItem]:
         """As Client.scan: `async for item in client.scan(...)`."""
-        _check_name(namespace)
-        _check_page_size(page_size)
+        check_name(namespace)
+        check_page_size(page_size)
         return self._scan(namespace, prefix, region, page_size)
 
     async def _scan(
@@ -1629,7 +1117,7 @@ class AsyncClient:
                 namespace=namespace, key_prefix=prefix, page_size=page_size, page_token=token
             )
             resp, node = await self._call(f"scan {namespace}", namespace, region, False, _scan_rpc(req))
-            for item in _scan_items(resp, node):
+            for item in scan_items_from_pb(resp, node.describe()):
                 yield item
             token, region = resp.next_page_token, node.region
             if not token:
@@ -1647,7 +1135,7 @@ class AsyncClient:
             lambda s, t: s.GetNodeStatus(spb.GetNodeStatusRequest(), timeout=t),
             node_id=node_id,
         )
-        return _node_status(resp)
+        return node_status_from_pb(resp)
 
     # -- audit and compliance
 
@@ -1671,7 +1159,7 @@ class AsyncClient:
         region = None if node_id else cursor.region
         rpc = _audit_rpc_async(cursor.request())
         msgs, node = await self._call(cursor.what(), None, region, False, rpc, node_id)
-        head, entries = _audit_page(msgs)
+        head, entries = audit_page_from_pb(msgs)
         return head, cursor.advance(head, entries), node
 
     async def _audit_rest(
@@ -1686,7 +1174,7 @@ class AsyncClient:
 
     async def audit_head(self, region: str) -> tuple[SignedHead | None, int]:
         """As Client.audit_head."""
-        _check_region_name(region)
+        check_region_name(region)
         what = f"audit head of {region}"
         topology = await self._current_topology(_Deadline(self.deadline_s, what), False)
         _check_known_region(topology, region)
@@ -1707,8 +1195,8 @@ class AsyncClient:
         deadline_s: float | None = None,
     ) -> ComplianceReport:
         """As Client.scan_compliance."""
-        _check_region_name(region)
-        _check_violations_max(violations_max)
+        check_region_name(region)
+        check_violations_max(violations_max)
         req = spb.ScanComplianceRequest(violations_max=violations_max)
         resp, node = await self._call(
             f"compliance scan of {region}",
@@ -1718,7 +1206,7 @@ class AsyncClient:
             lambda s, t: s.ScanCompliance(req, timeout=t),
             deadline_s=deadline_s,
         )
-        return _compliance_report(resp, node)
+        return compliance_report_from_pb(resp, node.node_id, node.region)
 
     # -- data-subject requests and legal holds (coordinator)
 
@@ -1726,23 +1214,23 @@ class AsyncClient:
         self, subject_id: str, reason: str, subject_jurisdiction: str | None = None
     ) -> SubjectRequest:
         """As Client.erase_subject."""
-        req = _erase_request(subject_id, reason, subject_jurisdiction)
+        req = erase_request(subject_id, reason, subject_jurisdiction)
         what = f"erase subject {subject_id}"
         resp = await self._coordinator_call(what, lambda s, t: s.EraseSubject(req, timeout=t))
-        return _subject_request(resp, what)
+        return request_of(resp, what)
 
     async def subject_request(self, request_id: str) -> SubjectRequest:
         """As Client.subject_request."""
-        req = cpb.GetSubjectRequestRequest(request_id=_id(request_id, "request id"))
+        req = cpb.GetSubjectRequestRequest(request_id=id_arg(request_id, "request id"))
         what = f"subject request {request_id}"
         resp = await self._coordinator_call(what, lambda s, t: s.GetSubjectRequest(req, timeout=t))
-        return _subject_request(resp, what)
+        return request_of(resp, what)
 
     async def subject_requests(
         self, open_only: bool = False, limit: int = SUBJECT_REQUESTS_LIMIT_DEFAULT
     ) -> list[SubjectRequest]:
         """As Client.subject_requests."""
-        req = _list_requests(open_only, limit)
+        req = list_requests_request(open_only, limit)
         resp = await self._coordinator_call(
             "list subject requests", lambda s, t: s.ListSubjectRequests(req, timeout=t)
         )
@@ -1752,17 +1240,17 @@ class AsyncClient:
         self, subject_id: str, reason: str = "", subject_jurisdiction: str | None = None
     ) -> SubjectRequest:
         """As Client.open_access_request."""
-        req = _access_request(subject_id, reason, subject_jurisdiction)
+        req = access_request(subject_id, reason, subject_jurisdiction)
         what = f"open access request of subject {subject_id}"
         resp = await self._coordinator_call(what, lambda s, t: s.OpenSubjectRequest(req, timeout=t))
-        return _subject_request(resp, what)
+        return request_of(resp, what)
 
     async def complete_access_request(self, request_id: str, records_exported: int) -> SubjectRequest:
         """As Client.complete_access_request."""
-        req = _complete_request(request_id, records_exported)
+        req = complete_request(request_id, records_exported)
         what = f"complete access request {request_id}"
         resp = await self._coordinator_call(what, lambda s, t: s.CompleteSubjectRequest(req, timeout=t))
-        return _subject_request(resp, what)
+        return request_of(resp, what)
 
     async def place_hold(
         self,
@@ -1774,17 +1262,17 @@ class AsyncClient:
         reason: str,
     ) -> LegalHold:
         """As Client.place_hold."""
-        req = _place_hold_request(scope, subject_id, namespace, key, reason)
+        req = place_hold_request(scope, subject_id, namespace, key, reason)
         what = "place legal hold"
-        return _legal_hold(
+        return hold_of(
             await self._coordinator_call(what, lambda s, t: s.PlaceLegalHold(req, timeout=t)), what
         )
 
     async def release_hold(self, hold_id: str, reason: str) -> LegalHold:
         """As Client.release_hold."""
-        req = _release_hold_request(hold_id, reason)
+        req = release_hold_request(hold_id, reason)
         what = f"release legal hold {hold_id}"
-        return _legal_hold(
+        return hold_of(
             await self._coordinator_call(what, lambda s, t: s.ReleaseLegalHold(req, timeout=t)), what
         )
 
@@ -1799,7 +1287,7 @@ class AsyncClient:
         self, region: str, subject_id: str, request_id: str = "", *, deadline_s: float | None = None
     ) -> AsyncIterator[ExportedCopy]:
         """As Client.export_subject_region: `async for copy in await client.export_subject_region(...)`."""
-        req = _export_request(region, subject_id, request_id)
+        req = export_request(region, subject_id, request_id)
         (call, first), node = await self._call(
             f"export of subject {subject_id} from {region}",
             None,
@@ -1816,7 +1304,7 @@ class AsyncClient:
         try:
             msg = first
             while msg is not None:
-                for copy in _exported_copies(msg, node):
+                for copy in exported_copies_from_pb(msg, node.node_id, node.region, node.describe()):
                     yield copy
                 nxt = await call.read()
                 msg = None if nxt is grpc.aio.EOF else nxt

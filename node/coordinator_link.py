@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from domicile.topology import Topology, topology_from_pb
+from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.wire.topology import topology_from_pb
 from node.metrics import NodeMetrics
 from node.replication.outbound import BackoffPolicy
 from node.topology_view import TopologyView

@@ -18,15 +18,16 @@ from domicile import errors
 from domicile.audit import SignedHead
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.hlc import HybridClock, wall_ms
-from domicile.subject_wire import receipt_to_pb
 from domicile.subjects import LegalHold, RegionReceipt
-from domicile.topology import Topology, topology_from_pb
+from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import replication_pb2, storage_node_pb2
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+from domicile.wire.subjects import receipt_to_pb
+from domicile.wire.topology import topology_from_pb
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
 from node.compliance.audit_log import AuditLog, load_or_create_keys

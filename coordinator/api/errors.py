@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from domicile.wire_errors import STATUS_BY_ERROR, status_for
+from domicile.wire.errors import STATUS_BY_ERROR, status_for
 
 __all__ = ["STATUS_BY_ERROR", "status_for"]

@@ -18,11 +18,12 @@ from coordinator.registry import Registry
 from coordinator.subject_desk import SubjectDesk, check_open_kind
 from coordinator.topology import Topology
 from coordinator.watch import WatchHub
-from domicile import audit_wire, subject_wire
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
 from domicile.subjects import HoldScope, LegalHold, SubjectRequest
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.wire.audit import head_from_pb, head_to_pb
+from domicile.wire.subjects import hold_to_pb, receipt_from_pb, request_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         def accept() -> int:
             if not request.HasField("head"):
                 raise InvalidArgument("an ExportAuditHead request needs a head")
-            head = audit_wire.head_from_pb(request.head)
+            head = head_from_pb(request.head)
             try:
                 return self._heads.accept(head)
             except FailedPrecondition:
@@ -125,7 +126,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     ) -> cpb.GetAuditHeadResponse:
         accepted = await self._unary("GetAuditHead", context, lambda: self._heads.get(request.region))
         response = cpb.GetAuditHeadResponse(accepted_unix_ms=accepted.accepted_unix_ms)
-        audit_wire.head_to_pb(accepted.head, response.head)
+        head_to_pb(accepted.head, response.head)
         return response
 
     # --- data-subject requests and legal holds ------------------------------------------------
@@ -138,7 +139,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             context,
             lambda: self._desk.erase(request.subject_id, request.reason, request.subject_jurisdiction),
         )
-        return cpb.EraseSubjectResponse(request=subject_wire.request_to_pb(opened))
+        return cpb.EraseSubjectResponse(request=request_to_pb(opened))
 
     async def OpenSubjectRequest(
         self, request: cpb.OpenSubjectRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -148,7 +149,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             return self._desk.open_access(request.subject_id, request.subject_jurisdiction, request.reason)
 
         opened = await self._unary("OpenSubjectRequest", context, open_access)
-        return cpb.OpenSubjectRequestResponse(request=subject_wire.request_to_pb(opened))
+        return cpb.OpenSubjectRequestResponse(request=request_to_pb(opened))
 
     async def CompleteSubjectRequest(
         self, request: cpb.CompleteSubjectRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -158,7 +159,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             context,
             lambda: self._desk.complete_access(request.request_id, request.records_exported),
         )
-        return cpb.CompleteSubjectRequestResponse(request=subject_wire.request_to_pb(done))
+        return cpb.CompleteSubjectRequestResponse(request=request_to_pb(done))
 
     async def ReportErasure(
         self, request: cpb.ReportErasureRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -168,18 +169,16 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
                 raise InvalidArgument(
                     "a ReportErasure request needs a receipt: the region, node and what it erased and kept"
                 )
-            return self._desk.report_erasure(
-                request.request_id, subject_wire.receipt_from_pb(request.receipt)
-            )
+            return self._desk.report_erasure(request.request_id, receipt_from_pb(request.receipt))
 
         updated = await self._unary("ReportErasure", context, report)
-        return cpb.ReportErasureResponse(request=subject_wire.request_to_pb(updated))
+        return cpb.ReportErasureResponse(request=request_to_pb(updated))
 
     async def GetSubjectRequest(
         self, request: cpb.GetSubjectRequestRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.GetSubjectRequestResponse:
         found = await self._unary("GetSubjectRequest", context, lambda: self._desk.get(request.request_id))
-        return cpb.GetSubjectRequestResponse(request=subject_wire.request_to_pb(found))
+        return cpb.GetSubjectRequestResponse(request=request_to_pb(found))
 
     async def ListSubjectRequests(
         self, request: cpb.ListSubjectRequestsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -192,7 +191,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         # a response the client cannot receive is not.
         budget = self._response_bytes_max // 2
         for item in found:
-            msg = subject_wire.request_to_pb(item)
+            msg = request_to_pb(item)
             budget -= msg.ByteSize() + 8
             if budget < 0:
                 log.warning(
@@ -217,7 +216,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             )
 
         hold = await self._unary("PlaceLegalHold", context, place)
-        return cpb.PlaceLegalHoldResponse(hold=subject_wire.hold_to_pb(hold))
+        return cpb.PlaceLegalHoldResponse(hold=hold_to_pb(hold))
 
     async def ReleaseLegalHold(
         self, request: cpb.ReleaseLegalHoldRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -225,13 +224,13 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         hold = await self._unary(
             "ReleaseLegalHold", context, lambda: self._desk.release_hold(request.hold_id, request.reason)
         )
-        return cpb.ReleaseLegalHoldResponse(hold=subject_wire.hold_to_pb(hold))
+        return cpb.ReleaseLegalHoldResponse(hold=hold_to_pb(hold))
 
     async def ListLegalHolds(
         self, request: cpb.ListLegalHoldsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.ListLegalHoldsResponse:
         holds = await self._unary("ListLegalHolds", context, self._desk.holds)
-        return cpb.ListLegalHoldsResponse(holds=[subject_wire.hold_to_pb(h) for h in holds])
+        return cpb.ListLegalHoldsResponse(holds=[hold_to_pb(h) for h in holds])
 
     async def _unary(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], T]

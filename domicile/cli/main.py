@@ -14,14 +14,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from domicile.client import (
-    AUDIT_TAIL_ENTRIES_MAX,
-    DEFAULT_COORDINATOR,
-    SUBJECT_REQUESTS_LIMIT_MAX,
-    VIOLATIONS_MAX_LIMIT,
-)
+from domicile.client import DEFAULT_COORDINATOR
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
+from domicile.wire.limits import (
+    AUDIT_TAIL_ENTRIES_MAX,
+    SUBJECT_REQUESTS_LIMIT_MAX,
+    VIOLATIONS_MAX_DEFAULT,
+    VIOLATIONS_MAX_LIMIT,
+)
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -321,7 +322,7 @@ def _add_compliance(sub: Any) -> None:
     p.add_argument(
         "--violations-max",
         type=_bounded_int(1, VIOLATIONS_MAX_LIMIT),
-        default=1000,
+        default=VIOLATIONS_MAX_DEFAULT,
         help="violations to list per region; all are counted (default: %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")

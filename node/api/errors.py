@@ -1,11 +1,11 @@
-"""Ending a node RPC with the status of a domain error (the table is domicile.wire_errors)."""
+"""Ending a node RPC with the status of a domain error (the table is domicile.wire.errors)."""
 
 from __future__ import annotations
 
 import grpc
 
 from domicile import errors
-from domicile.wire_errors import ALLOWED_REGIONS_KEYS, STATUS_BY_ERROR, status_for
+from domicile.wire.errors import ALLOWED_REGIONS_KEYS, STATUS_BY_ERROR, status_for
 
 __all__ = ["ALLOWED_REGIONS_TRAILER", "STATUS_BY_ERROR", "abort_with", "status_for"]
 

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from domicile import codec, errors
+from domicile import errors
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
+from domicile.wire.records import mutation_from_pb
 from node.api.errors import abort_with
 from node.replication.inbound import Receiver
 
@@ -44,7 +45,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
                 if request.WhichOneof("kind") != "batch":
                     raise errors.InvalidArgument("after the hello, a replication stream carries only batches")
                 batch = request.batch
-                mutations = [codec.mutation_from_pb(m) for m in batch.mutations]
+                mutations = [mutation_from_pb(m) for m in batch.mutations]
                 result = await self.receiver.apply_batch(source, mutations, batch.through_lsn)
                 yield rpb.ReplicateResponse(
                     ack=rpb.ReplicationAck(

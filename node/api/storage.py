@@ -10,16 +10,19 @@ from typing import Any, TypeVar
 
 import grpc
 
-from domicile import audit_wire, codec, errors
+from domicile import errors
 from domicile.causality import Version
 from domicile.model import Classification
 from domicile.subjects import check_subject_id
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+from domicile.wire.audit import entry_to_pb, head_to_pb
+from domicile.wire.limits import VIOLATIONS_MAX_DEFAULT, VIOLATIONS_MAX_LIMIT
+from domicile.wire.records import context_from_pb, context_to_pb, version_to_pb
 from node.api.errors import abort_with, status_for
 from node.compliance.audit_log import AuditLog
 from node.compliance.enforcer import Audit
-from node.compliance.scanner import VIOLATIONS_MAX_DEFAULT, VIOLATIONS_MAX_LIMIT, ScanReport
+from node.compliance.scanner import ScanReport
 from node.lifecycle.export import export_subject
 from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
@@ -118,14 +121,14 @@ def principal_of(context: grpc.aio.ServicerContext) -> str:
 def _add_versions(versions: Sequence[Version], redacted: Sequence[tuple[str, ...]], out: Any) -> None:
     """Versions as answered, each with the fields the policy removed from it (if any)."""
     for i, v in enumerate(versions):
-        msg = codec.version_to_pb(v, out.add())
+        msg = version_to_pb(v, out.add())
         if i < len(redacted) and redacted[i]:
             msg.redacted_fields.extend(redacted[i])
 
 
 def _fill_read(result: ReadResult, versions: Any, context: Any) -> None:
     _add_versions(result.versions, result.redacted, versions)
-    codec.context_to_pb(result.context, context)
+    context_to_pb(result.context, context)
 
 
 def _scan_report_pb(report: ScanReport) -> spb.ScanComplianceResponse:
@@ -174,7 +177,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 key=request.key,
                 value=request.value,
                 content_type=request.content_type,
-                context=codec.context_from_pb(request.context, self.service.limits)
+                context=context_from_pb(request.context, self.service.limits)
                 if request.HasField("context")
                 else None,
                 subject_id=request.subject_id,
@@ -184,8 +187,8 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             )
             committed = await self.service.put(cmd)
             response = spb.PutResponse(lsn=committed.mutation.lsn, region=self.service.region)
-            codec.version_to_pb(committed.mutation.version, response.version)
-            codec.context_to_pb(committed.state.context, response.context)
+            version_to_pb(committed.mutation.version, response.version)
+            context_to_pb(committed.state.context, response.context)
             return response
 
         return await guarded(self.metrics, "Put", context, self.deadline_s, work)
@@ -204,9 +207,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     ) -> spb.DeleteResponse:
         async def work() -> spb.DeleteResponse:
             ctx = (
-                codec.context_from_pb(request.context, self.service.limits)
-                if request.HasField("context")
-                else None
+                context_from_pb(request.context, self.service.limits) if request.HasField("context") else None
             )
             committed = await self.service.delete(
                 DeleteCommand(
@@ -219,8 +220,8 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 )
             )
             response = spb.DeleteResponse(existed=committed.had_live, lsn=committed.mutation.lsn)
-            codec.version_to_pb(committed.mutation.version, response.version)
-            codec.context_to_pb(committed.state.context, response.context)
+            version_to_pb(committed.mutation.version, response.version)
+            context_to_pb(committed.state.context, response.context)
             return response
 
         return await guarded(self.metrics, "Delete", context, self.deadline_s, work)
@@ -293,7 +294,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         elif request.limit:
             end = min(end, after + request.limit)
         first = spb.ReadAuditLogResponse()
-        audit_wire.head_to_pb(head, first.head)
+        head_to_pb(head, first.head)
         yield first
         while after < end:
             batch = await asyncio.to_thread(self._audit.read, after, min(AUDIT_READ_BATCH, end - after))
@@ -301,7 +302,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 break
             response = spb.ReadAuditLogResponse()
             for entry in batch:
-                audit_wire.entry_to_pb(entry, response.records.add())
+                entry_to_pb(entry, response.records.add())
             after = batch[-1].seq
             yield response
 

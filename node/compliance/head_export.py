@@ -16,10 +16,10 @@ import time
 
 import grpc
 
-from domicile import audit_wire
 from domicile.audit import SignedHead
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.wire.audit import head_to_pb
 from node.metrics import NodeMetrics
 from node.replication.outbound import BackoffPolicy
 
@@ -84,7 +84,7 @@ class HeadExporter:
 
     async def _send(self, stub: cpb_grpc.CoordinatorServiceStub, head: SignedHead) -> None:
         request = cpb.ExportAuditHeadRequest()
-        audit_wire.head_to_pb(head, request.head)
+        head_to_pb(head, request.head)
         response = await stub.ExportAuditHead(request, timeout=self.rpc_deadline_s)
         self.exported_size = max(self.exported_size, response.accepted_size)
         self.metrics.audit_exported_size.set(self.exported_size)

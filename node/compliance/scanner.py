@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from domicile.cluster import ClusterSpec
 from domicile.model import Classification
 from domicile.policy import Action, PlacementPolicy, RecordFacts
+from domicile.wire.limits import VIOLATIONS_MAX_DEFAULT
 from node.engine.base import StorageEngine
 
 PAGE_KEYS = 1000
-VIOLATIONS_MAX_DEFAULT = 1000
-VIOLATIONS_MAX_LIMIT = 10_000
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 One write connection (guarded by a lock) runs every write transaction; each reading thread gets
 its own connection, so reads never wait for a commit (WAL readers see the last committed
 snapshot). Key states and change-log entries are stored in their protobuf form
-(domicile.codec), and every version's checksum is verified when it is read back.
+(domicile.wire.records), and every version's checksum is verified when it is read back.
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from domicile import causality, codec
+from domicile import causality
 from domicile.causality import Dot, KeyState, Mutation, Version
 from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, InvalidArgument, Unavailable
 from domicile.model import Classification, check_namespace_name, check_node_id
+from domicile.wire.records import (
+    key_state_from_bytes,
+    key_state_to_bytes,
+    mutation_from_bytes,
+    mutation_to_bytes,
+)
 from node.engine.base import ApplyOutcome, Committed, LocalWrite, StoreCounts
 
 SCHEMA_VERSION = 2
@@ -32,7 +38,7 @@ LOG_READ_RECORDS_MAX = 10_000
 APPLY_BATCH_RECORDS_MAX = 10_000
 META_NAME_CHARS_MAX = 255
 META_VALUE_BYTES_MAX = 4 * 1024 * 1024
-# Counters are stored as protobuf uint64 and checked below 2^62 on the wire (codec).
+# Counters are stored as protobuf uint64 and checked below 2^62 on the wire (domicile.wire.records).
 DOT_COUNTER_MAX = (1 << 62) - 1
 
 # Which keys hold versions about which data subject (live or tombstoned): erasure and export
@@ -151,7 +157,7 @@ class _WorkingSet:
             before = self._loaded.get((namespace, key))
             live = state.has_live()
             totals.move(before is not None, isinstance(before, KeyState) and before.has_live(), live)
-            rows.append((namespace, key, codec.key_state_to_bytes(state), int(live)))
+            rows.append((namespace, key, key_state_to_bytes(state), int(live)))
         tx.executemany(
             "INSERT INTO kv (namespace, key, state, live) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (namespace, key) DO UPDATE SET state = excluded.state, live = excluded.live",
@@ -335,7 +341,7 @@ class SQLiteEngine:
                     continue
                 mutation = committed.mutation
                 work.put(write.namespace, write.key, committed.state)
-                log_rows.append((mutation.lsn, write.namespace, write.key, codec.mutation_to_bytes(mutation)))
+                log_rows.append((mutation.lsn, write.namespace, write.key, mutation_to_bytes(mutation)))
                 totals.last_lsn = mutation.lsn
                 results.append(committed)
             tx.executemany(
@@ -559,7 +565,7 @@ def _load_state(conn: sqlite3.Connection, namespace: str, key: str) -> KeyState 
 
 def _decode_state(namespace: str, key: str, blob: bytes) -> KeyState:
     try:
-        state = codec.key_state_from_bytes(blob)
+        state = key_state_from_bytes(blob)
     except (DecodeError, DomicileError) as error:
         raise DataCorruption(f"stored state of {namespace}/{key} cannot be decoded ({error})") from None
     for v in state.versions:
@@ -573,7 +579,7 @@ def _decode_state(namespace: str, key: str, blob: bytes) -> KeyState:
 
 def _decode_log_entry(lsn: int, namespace: str, key: str, blob: bytes) -> Mutation:
     try:
-        mutation = codec.mutation_from_bytes(blob)
+        mutation = mutation_from_bytes(blob)
     except (DecodeError, DomicileError) as error:
         raise DataCorruption(
             f"change-log entry {lsn} ({namespace}/{key}) cannot be decoded ({error})"

@@ -20,13 +20,14 @@ from typing import TypeVar
 
 import grpc
 
-from domicile import codec
 from domicile.causality import Mutation
 from domicile.model import Limits
 from domicile.policy import Action, RecordFacts
 from domicile.topology import NodeInfo
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
+from domicile.wire.limits import NODE_MESSAGE_BYTES_MAX
+from domicile.wire.records import mutation_to_pb
 from node.compliance.enforcer import Audit, Enforcer
 from node.engine.base import StorageEngine
 from node.lifecycle.sealing import Sealer
@@ -37,10 +38,9 @@ from node.topology_view import TopologyView
 log = logging.getLogger("domicile.replication.outbound")
 T = TypeVar("T")
 
-MESSAGE_BYTES_MAX = 32 * 1024 * 1024
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", NODE_MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", NODE_MESSAGE_BYTES_MAX),
     # Detect a dead peer on an idle stream within about 15 s.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -50,8 +50,8 @@ CHANNEL_OPTIONS = [
 # The server must accept the senders' keepalive pings, or it answers them with GOAWAY
 # ("too_many_pings") and every idle stream is cut.
 SERVER_OPTIONS = [
-    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", NODE_MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", NODE_MESSAGE_BYTES_MAX),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
@@ -221,7 +221,7 @@ class LinkSender:
                 await self._acquire(window, reader, inflight, deadline_s)
                 request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
                 for m in mutations:
-                    codec.mutation_to_pb(m, request.batch.mutations.add())
+                    mutation_to_pb(m, request.batch.mutations.add())
                 inflight.append((through, time.monotonic()))
                 await _within(call, call.write(request), deadline_s)
                 self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))

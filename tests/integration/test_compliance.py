@@ -16,7 +16,7 @@ from domicile.v1 import record_pb2 as pb
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
-from domicile.wire_errors import ALLOWED_REGIONS_KEYS
+from domicile.wire.errors import ALLOWED_REGIONS_KEYS
 from node.compliance.audit_log import load_or_create_keys
 from node.daemon import Node
 from tests.support.cluster import NAMESPACES, LocalCluster, eventually

@@ -10,11 +10,11 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from domicile import audit_wire
 from domicile.audit import sign_head
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
+from domicile.wire.audit import head_to_pb
 from tests.support.cluster import LocalCluster
 
 KEY = Ed25519PrivateKey.generate()
@@ -35,7 +35,7 @@ def export_request(
 ) -> cpb.ExportAuditHeadRequest:
     head = sign_head(KEY, region=region, node_id=region, size=size, head=last, time_ms=5)
     request = cpb.ExportAuditHeadRequest()
-    audit_wire.head_to_pb(head, request.head)
+    head_to_pb(head, request.head)
     return request
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from domicile import codec
+from domicile.wire.records import context_from_pb
 from tests.support.cluster import LocalCluster, eventually
 
 
@@ -77,7 +77,7 @@ async def test_concurrent_writes_become_siblings_and_a_context_supersedes_them(e
         await eventually(both, 10, f"siblings at {region}")
     got = await c.get("eu-west-1", "customers_eu", "k")
     assert len(got.versions) == 2
-    resolved = await c.put("eu-west-1", "customers_eu", "k", b"merged", codec.context_from_pb(got.context))
+    resolved = await c.put("eu-west-1", "customers_eu", "k", b"merged", context_from_pb(got.context))
     assert resolved.version.dot.node_id == "eu-west-1"
     for region in ("eu-west-1", "eu-central-1"):
 

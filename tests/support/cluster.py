@@ -15,10 +15,10 @@ import yaml
 
 from coordinator.config import CoordinatorConfig
 from coordinator.daemon import Coordinator
-from domicile import codec
 from domicile.causality import CausalContext
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+from domicile.wire.records import context_to_pb
 from node.config import NodeConfig
 from node.daemon import Node
 from tests.support.tcp_proxy import TcpProxy
@@ -203,7 +203,7 @@ class LocalCluster:
     ) -> spb.PutResponse:
         request = spb.PutRequest(namespace=namespace, key=key, value=value, **fields)
         if context is not None:
-            codec.context_to_pb(context, request.context)
+            context_to_pb(context, request.context)
         response: spb.PutResponse = await self.stub(region).Put(request, timeout=5)
         return response
 

@@ -16,7 +16,7 @@ from domicile.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from domicile.wire_errors import error_from_rpc, error_from_status, metadata_value
+from domicile.wire.errors import error_from_rpc, error_from_status, metadata_value
 
 TABLE = [
     (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument, False),

@@ -20,7 +20,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from domicile.audit import GENESIS, AuditEntry, SignedHead, StoredEntry, chain_hash, sign_head
-from domicile.audit_wire import entry_to_pb, head_to_pb
 from domicile.causality import CausalContext
 from domicile.client import AsyncClient, Client, NodeHealth, RetryPolicy
 from domicile.errors import (
@@ -38,6 +37,7 @@ from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cgrpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as sgrpc
+from domicile.wire.audit import entry_to_pb, head_to_pb
 
 SCOPES = {
     "instruments": None,  # global

@@ -1,4 +1,5 @@
-"""Conversions between the domain types of domicile.causality and their protobuf form.
+"""Records on the wire: domicile.causality types <-> record.proto, and the SDK's read and write
+results <-> the storage node's responses.
 
 The protobuf form is also the storage form of versions, key states and change-log entries, so
 that a change-log entry is shipped to replicas without re-encoding.
@@ -6,10 +7,19 @@ that a change-log entry is shipped to replicas without re-encoding.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import fields
+
+from google.protobuf.message import DecodeError
+
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version
-from domicile.errors import InvalidArgument
+from domicile.errors import DataCorruption, InvalidArgument
 from domicile.model import Classification, Limits
+from domicile.results import DeleteResult, GetResult, PutResult, ReadVersion, ScanItem
 from domicile.v1 import record_pb2 as pb
+from domicile.v1 import storage_node_pb2 as spb
 
 
 def context_to_pb(ctx: CausalContext, out: pb.CausalContext | None = None) -> pb.CausalContext:
@@ -119,3 +129,82 @@ def mutation_to_bytes(m: Mutation) -> bytes:
 
 def mutation_from_bytes(data: bytes) -> Mutation:
     return mutation_from_pb(pb.Mutation.FromString(data))
+
+
+def context_token(context: CausalContext) -> str:
+    """A compact text form of a causal context, for passing one through a shell or a form."""
+    data = context_to_pb(context).SerializeToString(deterministic=True)
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def context_from_token(token: str, limits: Limits | None = None) -> CausalContext:
+    """Parses context_token's output."""
+    try:
+        data = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        msg = pb.CausalContext.FromString(data)
+    except (binascii.Error, ValueError, DecodeError):
+        raise InvalidArgument(
+            "malformed context token: pass the 'context' printed by an earlier get, put or delete"
+        ) from None
+    return context_from_pb(msg, limits or Limits())
+
+
+_VERSION_FIELDS = tuple(f.name for f in fields(Version))
+
+
+def read_version_from_pb(msg: pb.RecordVersion) -> ReadVersion:
+    v = version_from_pb(msg)
+    return ReadVersion(
+        **{name: getattr(v, name) for name in _VERSION_FIELDS}, redacted_fields=tuple(msg.redacted_fields)
+    )
+
+
+def read_versions_from_pb(msgs: Sequence[pb.RecordVersion], where: str) -> tuple[ReadVersion, ...]:
+    """The versions of a read, each checked against its checksum (`where` names the server)."""
+    versions = tuple(read_version_from_pb(m) for m in msgs)
+    for v in versions:
+        # End to end: the node checks too, but a value can also be damaged on the way. A
+        # redacted value is not there to check.
+        if v.checksum and "value" not in v.redacted_fields and not v.checksum_ok():
+            raise DataCorruption(
+                f"{where}: version {v.dot.node_id}:{v.dot.counter} failed its sha256 checksum"
+            )
+    return versions
+
+
+# `region` is the region of the node that answered: older nodes leave the field empty.
+
+
+def put_result_from_pb(msg: spb.PutResponse, region: str) -> PutResult:
+    return PutResult(
+        version=version_from_pb(msg.version),
+        context=context_from_pb(msg.context),
+        lsn=msg.lsn,
+        region=msg.region or region,
+    )
+
+
+def get_result_from_pb(msg: spb.GetResponse, region: str, where: str) -> GetResult:
+    return GetResult(
+        found=msg.found,
+        versions=read_versions_from_pb(msg.versions, where),
+        context=context_from_pb(msg.context),
+        region=msg.region or region,
+    )
+
+
+def delete_result_from_pb(msg: spb.DeleteResponse, region: str) -> DeleteResult:
+    return DeleteResult(
+        existed=msg.existed,
+        version=version_from_pb(msg.version),
+        context=context_from_pb(msg.context),
+        lsn=msg.lsn,
+        region=region,
+    )
+
+
+def scan_items_from_pb(msg: spb.ScanResponse, where: str) -> list[ScanItem]:
+    return [
+        ScanItem(i.key, read_versions_from_pb(i.versions, where), context_from_pb(i.context))
+        for i in msg.items
+    ]

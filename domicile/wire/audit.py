@@ -8,8 +8,11 @@ SignedHead.signature_valid, which say what is wrong in terms a person can act on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from domicile.audit import SignedHead, StoredEntry
 from domicile.v1 import audit_pb2 as apb
+from domicile.v1 import storage_node_pb2 as spb
 
 
 def entry_to_pb(entry: StoredEntry, out: apb.AuditRecord | None = None) -> apb.AuditRecord:
@@ -46,3 +49,24 @@ def head_from_pb(msg: apb.SignedAuditHead) -> SignedHead:
         public_key=msg.public_key,
         signature=msg.signature,
     )
+
+
+def head_to_bytes(head: SignedHead) -> bytes:
+    return head_to_pb(head).SerializeToString()
+
+
+def head_from_bytes(data: bytes) -> SignedHead:
+    return head_from_pb(apb.SignedAuditHead.FromString(data))
+
+
+def audit_page_from_pb(
+    msgs: Sequence[spb.ReadAuditLogResponse],
+) -> tuple[SignedHead | None, list[StoredEntry]]:
+    """The head (sent in the first message of a ReadAuditLog stream) and the entries of a page."""
+    head: SignedHead | None = None
+    entries: list[StoredEntry] = []
+    for msg in msgs:
+        if head is None and msg.HasField("head"):
+            head = head_from_pb(msg.head)
+        entries.extend(entry_from_pb(r) for r in msg.records)
+    return head, entries

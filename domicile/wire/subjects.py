@@ -1,7 +1,13 @@
-"""Data-subject types on the wire: domicile.subjects <-> domicile.v1 subject.proto messages."""
+"""Data-subject types on the wire: domicile.subjects <-> domicile.v1 subject.proto messages, and
+a subject's exported records."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from domicile.errors import DomicileError
+from domicile.model import Classification
+from domicile.results import ExportedCopy
 from domicile.subjects import (
     ErasureOrder,
     HoldScope,
@@ -13,7 +19,10 @@ from domicile.subjects import (
     RetentionClass,
     SubjectRequest,
 )
+from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import subject_pb2 as pb
+from domicile.wire.enums import enum_or
+from domicile.wire.records import read_versions_from_pb
 
 
 def hold_to_pb(h: LegalHold, out: pb.LegalHold | None = None) -> pb.LegalHold:
@@ -31,7 +40,7 @@ def hold_to_pb(h: LegalHold, out: pb.LegalHold | None = None) -> pb.LegalHold:
 def hold_from_pb(msg: pb.LegalHold) -> LegalHold:
     return LegalHold(
         hold_id=msg.hold_id,
-        scope=HoldScope(msg.scope) if msg.scope in HoldScope._value2member_map_ else HoldScope.UNSPECIFIED,
+        scope=enum_or(HoldScope, msg.scope, HoldScope.UNSPECIFIED),
         subject_id=msg.subject_id,
         namespace=msg.namespace,
         key=msg.key,
@@ -117,17 +126,50 @@ def request_to_pb(r: SubjectRequest, out: pb.SubjectRequest | None = None) -> pb
 def request_from_pb(msg: pb.SubjectRequest) -> SubjectRequest:
     return SubjectRequest(
         request_id=msg.request_id,
-        kind=RequestKind(msg.kind) if msg.kind in RequestKind._value2member_map_ else RequestKind.UNSPECIFIED,
+        kind=enum_or(RequestKind, msg.kind, RequestKind.UNSPECIFIED),
         subject_id=msg.subject_id,
         subject_jurisdiction=msg.subject_jurisdiction,
         reason=msg.reason,
         received_ms=msg.received_unix_ms,
         due_ms=msg.due_unix_ms,
-        status=RequestStatus(msg.status)
-        if msg.status in RequestStatus._value2member_map_
-        else RequestStatus.UNSPECIFIED,
+        status=enum_or(RequestStatus, msg.status, RequestStatus.UNSPECIFIED),
         regions_pending=tuple(msg.regions_pending),
         receipts=tuple(receipt_from_pb(r) for r in msg.receipts),
         completed_ms=msg.completed_unix_ms,
         records_exported=msg.records_exported,
     )
+
+
+def request_of(msg: Any, what: str) -> SubjectRequest:
+    """The request of a coordinator response that carries one in its `request` field."""
+    if not msg.HasField("request"):
+        raise DomicileError(f"{what}: the coordinator answered without the request")
+    return request_from_pb(msg.request)
+
+
+def hold_of(msg: Any, what: str) -> LegalHold:
+    """The hold of a coordinator response that carries one in its `hold` field."""
+    if not msg.HasField("hold"):
+        raise DomicileError(f"{what}: the coordinator answered without the hold")
+    return hold_from_pb(msg.hold)
+
+
+def exported_copies_from_pb(
+    msg: spb.ExportSubjectResponse, node_id: str, region: str, where: str
+) -> list[ExportedCopy]:
+    """One message of an ExportSubject stream, from the node `node_id` of `region`."""
+    return [
+        ExportedCopy(
+            namespace=r.namespace,
+            key=r.key,
+            region=r.region or region,
+            classification=enum_or(Classification, r.classification, Classification.UNSPECIFIED),
+            versions=read_versions_from_pb(r.versions, f"export from {where}"),
+            retention_class=r.retention_class,
+            retention_period_s=r.retention_period_seconds,
+            legal_basis=r.legal_basis,
+            hold_reason=r.hold_reason,
+            node_id=node_id,
+        )
+        for r in msg.records
+    ]

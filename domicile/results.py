@@ -1,0 +1,163 @@
+"""What the SDK's calls return: plain values built from domicile.causality types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domicile.causality import CausalContext, Version
+from domicile.errors import FailedPrecondition
+from domicile.model import Classification
+
+
+@dataclass(frozen=True)
+class ReadVersion(Version):
+    """A version as a read returned it. `redacted_fields` names the fields the residency policy
+    removed from this copy (e.g. value and subject_id); empty when the copy is complete."""
+
+    redacted_fields: tuple[str, ...] = ()
+
+    @property
+    def redacted(self) -> bool:
+        return bool(self.redacted_fields)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    version: Version
+    context: CausalContext
+    lsn: int
+    region: str
+
+
+@dataclass(frozen=True)
+class GetResult:
+    found: bool
+    versions: tuple[ReadVersion, ...]
+    context: CausalContext
+    region: str
+
+    @property
+    def values(self) -> tuple[bytes, ...]:
+        return tuple(v.value for v in self.versions)
+
+    @property
+    def value(self) -> bytes | None:
+        """The value, None when not found. Concurrent siblings must be resolved explicitly."""
+        if not self.versions:
+            return None
+        if len(self.versions) > 1:
+            raise FailedPrecondition(
+                f"the record has {len(self.versions)} concurrent values; read .versions and put the "
+                "resolved value with context=result.context"
+            )
+        return self.versions[0].value
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    existed: bool
+    version: Version
+    context: CausalContext
+    lsn: int
+    region: str
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    key: str
+    versions: tuple[ReadVersion, ...]
+    context: CausalContext
+
+
+@dataclass(frozen=True)
+class LinkState:
+    source_node_id: str
+    target_node_id: str
+    acked_lsn: int
+    backlog: int
+    connected: bool
+    lag_ms_p99: float
+    applied_total: int
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: str
+    region: str
+    topology_revision: int
+    records_stored: int
+    last_lsn: int
+    outbound: tuple[LinkState, ...]
+    inbound: tuple[LinkState, ...]
+    conflicts_total: int
+    tombstones_stored: int
+    policy_version: str
+    uptime_seconds: float
+    audit_entries: int = 0
+    # Entries covered by the last signed head the coordinator accepted; 0 when none yet.
+    audit_exported_size: int = 0
+    # Record copies the node's last compliance scan found outside what the policy allows.
+    compliance_violations: int = 0
+
+
+@dataclass(frozen=True)
+class ComplianceViolation:
+    """A record copy that the policy in force does not allow where it is."""
+
+    namespace: str
+    key: str
+    region: str
+    origin_region: str
+    classification: Classification
+    subject_jurisdiction: str
+    rule: str
+    reason: str
+    allowed_regions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ComplianceReport:
+    """What one region's compliance scan found. `violations` lists at most the violations_max
+    asked for; `violations_total` counts them all."""
+
+    region: str
+    node_id: str
+    policy_version: str
+    versions_checked: int
+    violations_total: int
+    violations: tuple[ComplianceViolation, ...]
+
+    @property
+    def compliant(self) -> bool:
+        return self.violations_total == 0
+
+    @property
+    def violations_unlisted(self) -> int:
+        return max(0, self.violations_total - len(self.violations))
+
+
+@dataclass(frozen=True)
+class ExportedCopy:
+    """One region's copy of one record of a data subject, as ExportSubject streamed it.
+
+    `versions` are the live versions the region holds, values decrypted. A version whose value
+    the residency policy withheld from this export is still listed, with "value" in its
+    redacted_fields and an empty value: a reader must be able to tell "withheld" from "empty"."""
+
+    namespace: str
+    key: str
+    region: str
+    classification: Classification
+    versions: tuple[ReadVersion, ...]
+    retention_class: str = ""
+    # 0: no retention period (kept until deleted).
+    retention_period_s: int = 0
+    # The residency decision's legal basis for holding this copy in `region`.
+    legal_basis: str = ""
+    # Why a legal hold covers the record; "" when none does.
+    hold_reason: str = ""
+    node_id: str = ""
+
+    @property
+    def held(self) -> bool:
+        return bool(self.hold_reason)

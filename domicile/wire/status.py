@@ -1,0 +1,64 @@
+"""A node's status and compliance scan: storage node responses -> domicile.results."""
+
+from __future__ import annotations
+
+from domicile.model import Classification
+from domicile.results import ComplianceReport, ComplianceViolation, LinkState, NodeStatus
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.wire.enums import enum_or
+
+
+def link_state_from_pb(msg: spb.LinkStatus) -> LinkState:
+    return LinkState(
+        source_node_id=msg.source_node_id,
+        target_node_id=msg.target_node_id,
+        acked_lsn=msg.acked_lsn,
+        backlog=msg.backlog,
+        connected=msg.connected,
+        lag_ms_p99=msg.lag_ms_p99,
+        applied_total=msg.applied_total,
+    )
+
+
+def node_status_from_pb(msg: spb.GetNodeStatusResponse) -> NodeStatus:
+    return NodeStatus(
+        node_id=msg.node_id,
+        region=msg.region,
+        topology_revision=msg.topology_revision,
+        records_stored=msg.records_stored,
+        last_lsn=msg.last_lsn,
+        outbound=tuple(link_state_from_pb(m) for m in msg.outbound),
+        inbound=tuple(link_state_from_pb(m) for m in msg.inbound),
+        conflicts_total=msg.conflicts_total,
+        tombstones_stored=msg.tombstones_stored,
+        policy_version=msg.policy_version,
+        uptime_seconds=msg.uptime_seconds,
+        audit_entries=msg.audit_entries,
+        audit_exported_size=msg.audit_exported_size,
+        compliance_violations=msg.compliance_violations,
+    )
+
+
+def compliance_report_from_pb(msg: spb.ScanComplianceResponse, node_id: str, region: str) -> ComplianceReport:
+    """`node_id` and `region` are those of the node that scanned: older nodes leave the region out."""
+    return ComplianceReport(
+        region=msg.region or region,
+        node_id=node_id,
+        policy_version=msg.policy_version,
+        versions_checked=msg.versions_checked,
+        violations_total=msg.violations_total,
+        violations=tuple(
+            ComplianceViolation(
+                namespace=v.namespace,
+                key=v.key,
+                region=v.region or region,
+                origin_region=v.origin_region,
+                classification=enum_or(Classification, v.classification, Classification.UNSPECIFIED),
+                subject_jurisdiction=v.subject_jurisdiction,
+                rule=v.rule,
+                reason=v.reason,
+                allowed_regions=tuple(v.allowed_regions),
+            )
+            for v in msg.violations
+        ),
+    )
