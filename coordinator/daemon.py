@@ -20,11 +20,11 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.store import CoordinatorStore
 from coordinator.subject_desk import SubjectDesk
-from coordinator.topology import NodeHealth, Topology
 from coordinator.watch import WatchHub
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
 from domicile.policy.select import policy_for_cluster
+from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_to_bytes
 

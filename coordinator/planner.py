@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from coordinator.topology import Link
 from domicile.cluster import ClusterSpec
+from domicile.topology import Link
 
 
 class Placed(Protocol):

@@ -23,11 +23,11 @@ from coordinator.addresses import check_address
 from coordinator.config import CoordinatorLimits
 from coordinator.planner import plan_links
 from coordinator.store import CoordinatorStore, SubjectChanges
-from coordinator.topology import Link, NodeHealth, NodeState, Topology
 from domicile.cluster import ClusterSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.model import check_node_id
 from domicile.subjects import ErasureOrder, LegalHold
+from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Registry:
         self._wall_clock = wall_clock
         self._publish = publish
         self._on_register = on_register
-        self._nodes: dict[str, NodeState] = {}
+        self._nodes: dict[str, NodeInfo] = {}
         # Monotonic time of the last sign of life, for expiry; never persisted because a
         # monotonic clock means nothing across restarts.
         self._last_seen: dict[str, float] = {}
@@ -184,7 +184,7 @@ class Registry:
             raise FailedPrecondition(
                 f"the cluster already has {len(self._nodes)} nodes, the limit; no further node can register"
             )
-        node = NodeState(
+        node = NodeInfo(
             node_id=node_id,
             region=region,
             address=address,
@@ -293,7 +293,7 @@ class Registry:
 
     def _commit(
         self,
-        changed: list[NodeState],
+        changed: list[NodeInfo],
         cluster_fingerprint: str | None = None,
         revision: int | None = None,
         *,

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.topology import NodeHealth, NodeState
 from domicile.errors import DataCorruption, FailedPrecondition, Unavailable
 from domicile.subjects import (
     ErasureOrder,
@@ -31,6 +30,7 @@ from domicile.subjects import (
     RequestStatus,
     SubjectRequest,
 )
+from domicile.topology import NodeHealth, NodeInfo
 
 # 2: data-subject requests, erasure receipts and legal holds. A coordinator that predates them
 # would publish topologies without the erasures and holds in force, so it must refuse the data.
@@ -120,7 +120,7 @@ class SubjectChanges:
 class StoredState:
     revision: int
     cluster_fingerprint: str
-    nodes: tuple[NodeState, ...]
+    nodes: tuple[NodeInfo, ...]
     # What the topology at `revision` carries besides nodes and the cluster config.
     erasures: tuple[ErasureOrder, ...] = ()
     holds: tuple[LegalHold, ...] = ()
@@ -186,7 +186,7 @@ class CoordinatorStore:
                 parsed_health = NodeHealth(health)
             except ValueError:
                 raise DataCorruption(f"stored node {node_id!r} has unknown health {health!r}") from None
-            nodes.append(NodeState(node_id, region, address, metrics_address, parsed_health, last_ms))
+            nodes.append(NodeInfo(node_id, region, address, metrics_address, parsed_health, last_ms))
         erasures = tuple(
             ErasureOrder(r.request_id, r.subject_id, r.received_ms, r.regions_pending)
             for r in self.open_requests()
@@ -199,7 +199,7 @@ class CoordinatorStore:
     def commit(
         self,
         revision: int,
-        nodes: Iterable[NodeState] = (),
+        nodes: Iterable[NodeInfo] = (),
         cluster_fingerprint: str | None = None,
         subjects: SubjectChanges | None = None,
     ) -> None:
@@ -327,7 +327,7 @@ class CoordinatorStore:
             [(max(1, r.released_ms), r.reason, r.hold_id) for r in changes.released],
         )
 
-    def save_heartbeats(self, nodes: Iterable[NodeState]) -> None:
+    def save_heartbeats(self, nodes: Iterable[NodeInfo]) -> None:
         with self._transaction():
             self._db.executemany(
                 "UPDATE nodes SET last_heartbeat_unix_ms = ? WHERE node_id = ?",
@@ -355,7 +355,7 @@ class CoordinatorStore:
             (key, value),
         )
 
-    def _upsert(self, nodes: Iterable[NodeState]) -> None:
+    def _upsert(self, nodes: Iterable[NodeInfo]) -> None:
         self._db.executemany(
             "INSERT INTO nodes (node_id, region, address, metrics_address, health, last_heartbeat_unix_ms) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET region = excluded.region, "

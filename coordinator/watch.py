@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from coordinator.topology import Topology
 from domicile.errors import ResourceExhausted, Unavailable
+from domicile.topology import Topology
 
 
 class Watcher:

@@ -19,7 +19,6 @@ records are exported region by region, each streamed from that region's node.
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
 import threading
 import time
@@ -32,7 +31,6 @@ import grpc
 
 from domicile.audit import SignedHead, StoredEntry
 from domicile.causality import CausalContext
-from domicile.cluster import NamespaceSpec, RegionSpec
 from domicile.errors import (
     DeadlineExceeded,
     DomicileError,
@@ -42,7 +40,7 @@ from domicile.errors import (
     PlacementRefused,
     Unavailable,
 )
-from domicile.model import Classification, ConflictMode
+from domicile.model import Classification
 from domicile.results import (
     ComplianceReport,
     ComplianceViolation,
@@ -56,12 +54,12 @@ from domicile.results import (
     ScanItem,
 )
 from domicile.subjects import HoldScope, LegalHold, SubjectRequest
+from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cgrpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as sgrpc
 from domicile.wire.audit import audit_page_from_pb, head_from_pb
-from domicile.wire.enums import enum_or
 from domicile.wire.errors import error_from_rpc
 from domicile.wire.limits import (
     AUDIT_PAGE_ENTRIES,
@@ -99,6 +97,7 @@ from domicile.wire.requests import (
 )
 from domicile.wire.status import compliance_report_from_pb, node_status_from_pb
 from domicile.wire.subjects import exported_copies_from_pb, hold_from_pb, hold_of, request_from_pb, request_of
+from domicile.wire.topology import topology_from_pb
 
 __all__ = [
     "AUDIT_PAGE_ENTRIES",
@@ -145,88 +144,8 @@ R = TypeVar("R")
 # Topology
 
 
-class NodeHealth(enum.Enum):
-    UNKNOWN = "unknown"
-    UP = "up"
-    DOWN = "down"
-
-
-_HEALTH_FROM_PB = {cpb.NODE_HEALTH_UP: NodeHealth.UP, cpb.NODE_HEALTH_DOWN: NodeHealth.DOWN}
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    node_id: str
-    region: str
-    address: str
-    metrics_address: str = ""
-    health: NodeHealth = NodeHealth.UNKNOWN
-    last_heartbeat_unix_ms: int = 0
-
-    def describe(self) -> str:
-        return f"node {self.node_id} ({self.region}) at {self.address}"
-
-
-@dataclass(frozen=True)
-class LinkInfo:
-    source_node_id: str
-    target_node_id: str
-    namespaces: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Topology:
-    revision: int = 0
-    regions: tuple[RegionSpec, ...] = ()
-    nodes: tuple[NodeInfo, ...] = ()
-    namespaces: tuple[NamespaceSpec, ...] = ()
-    links: tuple[LinkInfo, ...] = ()
-    policy_version: str = ""
-    # The residency policy pack in force as YAML; "" when only the namespace scopes apply.
-    policy_pack_yaml: str = ""
-
-    def region_names(self) -> list[str]:
-        return [r.name for r in self.regions]
-
-    def namespace(self, name: str) -> NamespaceSpec | None:
-        return next((n for n in self.namespaces if n.name == name), None)
-
-    def nodes_in(self, region: str) -> list[NodeInfo]:
-        return [n for n in self.nodes if n.region == region]
-
-
-def topology_from_pb(msg: cpb.Topology) -> Topology:
-    return Topology(
-        revision=msg.revision,
-        regions=tuple(RegionSpec(r.name, r.country, r.jurisdiction) for r in msg.regions),
-        nodes=tuple(
-            NodeInfo(
-                node_id=n.node_id,
-                region=n.region,
-                address=n.address,
-                metrics_address=n.metrics_address,
-                health=_HEALTH_FROM_PB.get(n.health, NodeHealth.UNKNOWN),
-                last_heartbeat_unix_ms=n.last_heartbeat_unix_ms,
-            )
-            for n in msg.nodes
-        ),
-        namespaces=tuple(
-            NamespaceSpec(
-                name=ns.name,
-                regions=tuple(ns.regions),
-                is_global=bool(getattr(ns, "global")),
-                conflict_mode=enum_or(ConflictMode, ns.conflict_mode, ConflictMode.UNSPECIFIED),
-                classification=enum_or(Classification, ns.classification, Classification.UNSPECIFIED),
-                owner=ns.owner,
-                retention_class=ns.retention_class,
-                description=ns.description,
-            )
-            for ns in msg.namespaces
-        ),
-        links=tuple(LinkInfo(li.source_node_id, li.target_node_id, tuple(li.namespaces)) for li in msg.links),
-        policy_version=msg.policy_version,
-        policy_pack_yaml=msg.policy_pack_yaml,
-    )
+# The SDK's name for a replication link since before the topology types were merged.
+LinkInfo = Link
 
 
 def route(

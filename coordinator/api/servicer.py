@@ -10,20 +10,20 @@ from typing import Any, TypeVar
 
 import grpc
 
-from coordinator.api.convert import topology_to_pb
 from coordinator.api.errors import status_for
 from coordinator.audit_heads import AuditHeadBook
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.subject_desk import SubjectDesk, check_open_kind
-from coordinator.topology import Topology
 from coordinator.watch import WatchHub
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
 from domicile.subjects import HoldScope, LegalHold, SubjectRequest
+from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_from_pb, head_to_pb
 from domicile.wire.subjects import hold_to_pb, receipt_from_pb, request_to_pb
+from domicile.wire.topology import topology_to_pb
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ class NodeReport:
 
     @property
     def health(self) -> str:
-        return self.node.health.value if self.status is not None else UNREACHABLE
+        return self.node.health.label if self.status is not None else UNREACHABLE
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def render_json(
                 "address": r.node.address,
                 "metrics_address": r.node.metrics_address,
                 "health": r.health,
-                "coordinator_health": r.node.health.value,
+                "coordinator_health": r.node.health.label,
                 "reachable": s is not None,
                 "error": r.error,
                 "records_stored": s.records_stored if s else None,

@@ -1,31 +1,55 @@
-"""The coordinator's Topology message <-> domicile.topology."""
+"""The coordinator's Topology message <-> domicile.topology.
+
+Decoding never fails on an enum value this version does not know (a newer coordinator): it
+becomes UNSPECIFIED, and each reader decides what UNSPECIFIED means for it (see topology_from_pb).
+"""
 
 from __future__ import annotations
 
 from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.model import Classification, ConflictMode
 from domicile.subjects import DEFAULT_RETENTION_CLASSES
-from domicile.topology import LinkSpec, NodeInfo, Topology
+from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 from domicile.v1 import coordinator_pb2 as cpb
-from domicile.wire.subjects import erasure_from_pb, hold_from_pb, retention_from_pb, retention_to_pb
+from domicile.wire.enums import enum_or
+from domicile.wire.subjects import (
+    erasure_from_pb,
+    erasure_to_pb,
+    hold_from_pb,
+    hold_to_pb,
+    retention_from_pb,
+    retention_to_pb,
+)
+
+
+def conflict_mode_from_pb(value: int) -> ConflictMode:
+    # The proto leaves an unset mode to the server, whose default is siblings. An unknown mode
+    # stays UNSPECIFIED: the node then keeps siblings too (only LWW drops concurrent values), so
+    # a mode it cannot apply never loses a write.
+    if value == ConflictMode.UNSPECIFIED:
+        return ConflictMode.SIBLINGS
+    return enum_or(ConflictMode, value, ConflictMode.UNSPECIFIED)
+
+
+def namespace_from_pb(msg: cpb.Namespace) -> NamespaceSpec:
+    return NamespaceSpec(
+        name=msg.name,
+        regions=tuple(msg.regions),
+        is_global=bool(getattr(msg, "global")),
+        conflict_mode=conflict_mode_from_pb(msg.conflict_mode),
+        # UNSPECIFIED is judged as personal data by the policy, so an unknown default
+        # classification can only make decisions stricter.
+        classification=enum_or(Classification, msg.classification, Classification.UNSPECIFIED),
+        owner=msg.owner,
+        retention_class=msg.retention_class,
+        description=msg.description,
+    )
 
 
 def topology_from_pb(msg: cpb.Topology) -> Topology:
     cluster = ClusterSpec(
         regions=tuple(RegionSpec(r.name, r.country, r.jurisdiction) for r in msg.regions),
-        namespaces=tuple(
-            NamespaceSpec(
-                name=n.name,
-                regions=tuple(n.regions),
-                is_global=n.__getattribute__("global"),
-                conflict_mode=ConflictMode(n.conflict_mode) if n.conflict_mode else ConflictMode.SIBLINGS,
-                classification=Classification(n.classification),
-                owner=n.owner,
-                retention_class=n.retention_class,
-                description=n.description,
-            )
-            for n in msg.namespaces
-        ),
+        namespaces=tuple(namespace_from_pb(n) for n in msg.namespaces),
         policy_version=msg.policy_version,
         policy_pack_yaml=msg.policy_pack_yaml,
         policy_pack_source="coordinator" if msg.policy_pack_yaml else "",
@@ -38,14 +62,12 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
             region=n.region,
             address=n.address,
             metrics_address=n.metrics_address,
-            up=n.health != cpb.NODE_HEALTH_DOWN,
+            health=enum_or(NodeHealth, n.health, NodeHealth.UNSPECIFIED),
             last_heartbeat_unix_ms=n.last_heartbeat_unix_ms,
         )
         for n in msg.nodes
     )
-    links = tuple(
-        LinkSpec(li.source_node_id, li.target_node_id, frozenset(li.namespaces)) for li in msg.links
-    )
+    links = tuple(Link(li.source_node_id, li.target_node_id, tuple(li.namespaces)) for li in msg.links)
     return Topology(
         msg.revision,
         cluster,
@@ -75,3 +97,28 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
     out.policy_pack_yaml = cluster.policy_pack_yaml
     for retention in cluster.retention_classes:
         retention_to_pb(retention, out.retention_classes.add())
+
+
+def topology_to_pb(topology: Topology) -> cpb.Topology:
+    msg = cpb.Topology(revision=topology.revision)
+    cluster_to_pb(topology.cluster, msg)
+    for node in topology.nodes:
+        msg.nodes.add(
+            node_id=node.node_id,
+            region=node.region,
+            address=node.address,
+            metrics_address=node.metrics_address,
+            health=int(node.health),  # type: ignore[arg-type]
+            last_heartbeat_unix_ms=node.last_heartbeat_unix_ms,
+        )
+    for link in topology.links:
+        msg.links.add(
+            source_node_id=link.source_node_id,
+            target_node_id=link.target_node_id,
+            namespaces=list(link.namespaces),
+        )
+    for erasure in topology.erasures:
+        erasure_to_pb(erasure, msg.erasures.add())
+    for hold in topology.holds:
+        hold_to_pb(hold, msg.holds.add())
+    return msg

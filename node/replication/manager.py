@@ -68,7 +68,7 @@ class ReplicationManager:
         for link in topology.outbound(self.node_id):
             target = topology.node(link.target_node_id)
             if target is not None and link.namespaces:
-                wanted[target.node_id] = (target, link.namespaces)
+                wanted[target.node_id] = (target, frozenset(link.namespaces))
         for target_id in list(self.senders):
             sender = self.senders[target_id]
             spec = wanted.get(target_id)

@@ -21,10 +21,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from coordinator import Coordinator, CoordinatorConfig
 from coordinator.config import CoordinatorLimits, config_from_args
-from coordinator.topology import NodeHealth, Topology
 from coordinator.watch import WatchHub
 from domicile.cluster import ClusterSpec
 from domicile.errors import FailedPrecondition, InvalidArgument
+from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 

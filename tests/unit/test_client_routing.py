@@ -18,7 +18,7 @@ from domicile.client import (
     route,
     topology_from_pb,
 )
-from domicile.cluster import NamespaceSpec, RegionSpec
+from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.errors import (
     DataCorruption,
     DeadlineExceeded,
@@ -42,13 +42,15 @@ def node(region: str, health: NodeHealth = NodeHealth.UP, node_id: str | None = 
 def topology(*nodes: NodeInfo) -> Topology:
     return Topology(
         revision=3,
-        regions=tuple(RegionSpec(r) for r in REGIONS),
-        nodes=nodes or tuple(node(r) for r in REGIONS),
-        namespaces=(
-            NamespaceSpec("instruments", is_global=True),
-            NamespaceSpec("customers_eu", regions=("eu-west-1", "eu-central-1")),
-            NamespaceSpec("customers_jp", regions=("ap-northeast-1",)),
+        cluster=ClusterSpec(
+            regions=tuple(RegionSpec(r) for r in REGIONS),
+            namespaces=(
+                NamespaceSpec("instruments", is_global=True),
+                NamespaceSpec("customers_eu", regions=("eu-west-1", "eu-central-1")),
+                NamespaceSpec("customers_jp", regions=("ap-northeast-1",)),
+            ),
         ),
+        nodes=nodes or tuple(node(r) for r in REGIONS),
     )
 
 

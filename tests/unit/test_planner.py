@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from coordinator.planner import namespaces_by_region, plan_links
-from coordinator.topology import Link
 from domicile.cluster import ClusterSpec, parse_cluster
+from domicile.topology import Link
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from coordinator.config import CoordinatorLimits
 from coordinator.registry import Registry
 from coordinator.store import CoordinatorStore
 from coordinator.subject_desk import SubjectDesk
-from coordinator.topology import Topology
 from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.subjects import (
@@ -24,6 +23,7 @@ from domicile.subjects import (
     RequestKind,
     RequestStatus,
 )
+from domicile.topology import Topology
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-northeast-1")
 CLUSTER = ClusterSpec(
