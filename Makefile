@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up test lint typecheck protos protos-check unit bench clean
+.PHONY: help setup test-tools up test lint typecheck protos protos-check sync-client sync-client-check unit bench clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 16
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
 
 setup: $(VENV)/.installed ## create .venv and install Domicile with its dev tools
 
@@ -36,6 +36,13 @@ protos-check: setup ## generated code is fresh, buf lint, buf breaking against t
 	$(BIN)/buf lint
 	$(PY) scripts/check_proto_breaking.py
 
+# The blocking client is generated from the asyncio one (domicile/client/async_client.py).
+sync-client: setup ## regenerate the blocking client from the asyncio one
+	$(PY) scripts/gen_sync_client.py
+
+sync-client-check: setup ## the generated blocking client is fresh
+	$(PY) scripts/gen_sync_client.py --check
+
 lint: setup ## ruff check, ruff format --check, import-linter
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -44,7 +51,7 @@ lint: setup ## ruff check, ruff format --check, import-linter
 typecheck: setup ## mypy --strict
 	$(BIN)/mypy domicile node coordinator scripts bench
 
-test: setup test-tools protos-check lint typecheck ## set up, check everything and run every test
+test: setup test-tools protos-check sync-client-check lint typecheck ## set up, check everything and run every test
 	$(PY) -m pytest -q
 
 unit: setup ## the unit tests only (seconds)

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 # A Get may return several siblings of value_bytes_max each; leave room for them.
 CLIENT_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
+CLIENT_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", CLIENT_MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", CLIENT_MESSAGE_BYTES_MAX),
+)
 # Replication batches stay under replication_batch_bytes_max; the rest is headroom.
 NODE_MESSAGE_BYTES_MAX = 32 * 1024 * 1024
 

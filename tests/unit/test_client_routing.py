@@ -12,12 +12,12 @@ from domicile.client import (
     NodeInfo,
     RetryPolicy,
     Topology,
-    _Attempt,
     context_from_token,
     context_token,
     route,
     topology_from_pb,
 )
+from domicile.client.retries import Attempt
 from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.errors import (
     DataCorruption,
@@ -146,17 +146,17 @@ def refused() -> PlacementRefused:
 
 
 def test_a_refused_write_is_retried_once_at_the_allowed_regions():
-    plan = _Attempt(region=None, write=True)
+    plan = Attempt(region=None, write=True)
     assert plan.next_step(refused(), node("us-east-1"), RetryPolicy())
     assert plan.allowed_regions == ("eu-west-1", "eu-central-1")
     assert not plan.next_step(refused(), node("eu-west-1"), RetryPolicy())
 
 
 def test_a_refusal_is_final_when_the_region_was_explicit_or_for_a_read():
-    assert not _Attempt(region="us-east-1", write=True).next_step(refused(), None, RetryPolicy())
-    assert not _Attempt(region=None, write=False).next_step(refused(), None, RetryPolicy())
+    assert not Attempt(region="us-east-1", write=True).next_step(refused(), None, RetryPolicy())
+    assert not Attempt(region=None, write=False).next_step(refused(), None, RetryPolicy())
     empty = PlacementRefused("nowhere", [])
-    assert not _Attempt(region=None, write=True).next_step(empty, None, RetryPolicy())
+    assert not Attempt(region=None, write=True).next_step(empty, None, RetryPolicy())
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_a_refusal_is_final_when_the_region_was_explicit_or_for_a_read():
     ids=lambda e: type(e).__name__,
 )
 def test_errors_that_are_not_retriable_are_raised_at_once(error):
-    assert not _Attempt(region=None, write=False).next_step(error, node("us-east-1"), RetryPolicy())
+    assert not Attempt(region=None, write=False).next_step(error, node("us-east-1"), RetryPolicy())
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_errors_that_are_not_retriable_are_raised_at_once(error):
     ids=lambda e: type(e).__name__,
 )
 def test_retriable_errors_are_retried_a_bounded_number_of_times(error):
-    plan = _Attempt(region=None, write=True)
+    plan = Attempt(region=None, write=True)
     policy = RetryPolicy(attempts_max=3)
     assert plan.next_step(error, node("us-east-1"), policy)
     assert plan.next_step(error, node("us-east-1"), policy)
@@ -183,7 +183,7 @@ def test_retriable_errors_are_retried_a_bounded_number_of_times(error):
 
 
 def test_unavailable_refreshes_the_topology_and_avoids_the_node():
-    plan = _Attempt(region=None, write=False)
+    plan = Attempt(region=None, write=False)
     assert plan.next_step(Unavailable("gone"), node("eu-west-1"), RetryPolicy())
     assert plan.refresh
     assert plan.avoid == {"eu-west-1"}
@@ -203,7 +203,7 @@ def test_backoff_is_jittered_below_an_exponential_cap():
         for _ in range(50):
             assert 0 <= policy.backoff_s(retry, rng) <= cap
     # Placement retries go straight to the allowed region.
-    assert _Attempt(region=None, write=True).backoff_s(refused(), policy, rng) == 0.0
+    assert Attempt(region=None, write=True).backoff_s(refused(), policy, rng) == 0.0
 
 
 def test_retry_policy_refuses_nonsense():

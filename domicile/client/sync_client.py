@@ -1,0 +1,523 @@
+# Generated from domicile/client/async_client.py by scripts/gen_sync_client.py: do not edit.
+# `make sync-client` regenerates it; `make sync-client-check` (part of `make test`) fails when
+# it is out of date.
+"""The blocking client, Client: AsyncClient's calls, made without an event loop.
+
+Generated from async_client.py: change that module (and async_runtime.py / sync_runtime.py for
+what must differ), then run `make sync-client`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from domicile.audit import SignedHead, StoredEntry
+from domicile.causality import CausalContext
+from domicile.client import sync_runtime as runtime
+from domicile.client.audit_pages import AuditCursor
+from domicile.client.retries import Attempt, Deadline, RetryPolicy, call_deadline, check_client_options
+from domicile.client.routing import check_known_region, route
+from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, NotFound
+from domicile.model import Classification
+from domicile.results import (
+    ComplianceReport,
+    DeleteResult,
+    ExportedCopy,
+    GetResult,
+    NodeStatus,
+    PutResult,
+    ScanItem,
+)
+from domicile.subjects import HoldScope, LegalHold, SubjectRequest
+from domicile.topology import NodeInfo, Topology
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cgrpc
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import storage_node_pb2_grpc as sgrpc
+from domicile.wire.audit import audit_page_from_pb, head_from_pb
+from domicile.wire.errors import error_from_rpc
+from domicile.wire.limits import AUDIT_PAGE_ENTRIES, SUBJECT_REQUESTS_LIMIT_DEFAULT, VIOLATIONS_MAX_DEFAULT
+from domicile.wire.records import (
+    delete_result_from_pb,
+    get_result_from_pb,
+    put_result_from_pb,
+    scan_items_from_pb,
+)
+from domicile.wire.requests import (
+    access_request,
+    check_name,
+    check_page_size,
+    check_region_name,
+    check_violations_max,
+    complete_request,
+    delete_request,
+    erase_request,
+    export_request,
+    id_arg,
+    list_requests_request,
+    place_hold_request,
+    put_request,
+    release_hold_request,
+)
+from domicile.wire.status import compliance_report_from_pb, node_status_from_pb
+from domicile.wire.subjects import exported_copies_from_pb, hold_from_pb, hold_of, request_from_pb, request_of
+from domicile.wire.topology import topology_from_pb
+
+DEFAULT_COORDINATOR = "127.0.0.1:7400"
+
+R = TypeVar("R")
+
+
+def _audit_rpc(req: spb.ReadAuditLogRequest) -> runtime.Rpc[list[spb.ReadAuditLogResponse]]:
+    # A page is read to its end inside the call, so that a broken stream is retried like any call.
+    def rpc(stub: Any, seconds: float) -> list[spb.ReadAuditLogResponse]:
+        return [msg for msg in stub.ReadAuditLog(req, timeout=seconds)]
+
+    return rpc
+
+
+def _scan_rpc(req: spb.ScanRequest) -> runtime.Rpc[spb.ScanResponse]:
+    def rpc(stub: Any, seconds: float) -> spb.ScanResponse:
+        response: spb.ScanResponse = stub.Scan(req, timeout=seconds)
+        return response
+
+    return rpc
+
+
+def _export_open(req: spb.ExportSubjectRequest) -> runtime.Rpc[tuple[Any, spb.ExportSubjectResponse | None]]:
+    # The first message is read inside the call, so that a node that cannot be reached or
+    # refuses is retried (or routed around) like any call; once records arrive it cannot be.
+    def rpc(stub: Any, seconds: float) -> tuple[Any, spb.ExportSubjectResponse | None]:
+        call = stub.ExportSubject(req, timeout=seconds)
+        return call, runtime.next_message(call)
+
+    return rpc
+
+
+class Client:
+    """Blocking client. Thread-safe; one instance can serve a whole process."""
+
+    def __init__(
+        self,
+        coordinator: str = DEFAULT_COORDINATOR,
+        *,
+        region: str | None = None,
+        deadline_s: float = 5.0,
+        retry: RetryPolicy | None = None,
+        topology_ttl_s: float = 5.0,
+        channels_max: int = 64,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.region = region
+        self.deadline_s = deadline_s
+        self.retry = check_client_options(deadline_s, retry, topology_ttl_s)
+        self._ttl_s = topology_ttl_s
+        self._channels_max = max(1, channels_max)
+        self._rng = rng or random.Random()
+        self._lock = runtime.Lock()
+        self._channels: OrderedDict[str, Any] = OrderedDict()
+        self._topology: Topology | None = None
+        self._fetched_at = 0.0
+        self._closed = False
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            channels, self._channels = list(self._channels.values()), OrderedDict()
+        for channel in channels:
+            runtime.close_channel(channel)
+
+    def _channel(self, address: str) -> Any:
+        with self._lock:
+            if self._closed:
+                raise FailedPrecondition("the client is closed")
+            channel = self._channels.get(address)
+            if channel is not None:
+                self._channels.move_to_end(address)
+                return channel
+            channel = runtime.open_channel(address)
+            self._channels[address] = channel
+            evicted = []
+            while len(self._channels) > self._channels_max:
+                evicted.append(self._channels.popitem(last=False)[1])
+        for old in evicted:
+            runtime.close_channel(old)
+        return channel
+
+    # -- topology
+
+    def topology(self) -> Topology:
+        """The current topology, fetched from the coordinator now."""
+        return self._fetch_topology(Deadline(self.deadline_s, "GetTopology"))
+
+    def _fetch_topology(self, deadline: Deadline) -> Topology:
+        stub = cgrpc.CoordinatorServiceStub(self._channel(self.coordinator))
+        try:
+            resp = stub.GetTopology(cpb.GetTopologyRequest(), timeout=deadline.remaining())
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"coordinator at {self.coordinator}") from None
+        topology = topology_from_pb(resp.topology)
+        with self._lock:
+            self._topology, self._fetched_at = topology, time.monotonic()
+        return topology
+
+    def _current_topology(self, deadline: Deadline, force: bool) -> Topology:
+        with self._lock:
+            cached, age = self._topology, time.monotonic() - self._fetched_at
+        if cached is not None and not force and age < self._ttl_s:
+            return cached
+        try:
+            return self._fetch_topology(deadline)
+        except DomicileError:
+            # Nodes keep serving while the coordinator is away; so does the last topology.
+            if cached is None:
+                raise
+            return cached
+
+    def _coordinator_call(self, what: str, rpc: runtime.Rpc[R]) -> R:
+        """A call to the coordinator, retried like node calls (there is only one coordinator)."""
+        deadline = Deadline(self.deadline_s, what)
+        retries = 0
+        while True:
+            stub = cgrpc.CoordinatorServiceStub(self._channel(self.coordinator))
+            try:
+                return rpc(stub, deadline.remaining())
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc, f"coordinator at {self.coordinator}")
+            retries += 1
+            if not error.retriable or retries >= self.retry.attempts_max:
+                raise error
+            pause = self.retry.backoff_s(retries, self._rng)
+            if pause >= deadline.remaining():
+                raise error
+            runtime.sleep(pause)
+
+    # -- the one call path
+
+    def _call(
+        self,
+        what: str,
+        namespace: str | None,
+        region: str | None,
+        write: bool,
+        rpc: runtime.Rpc[R],
+        node_id: str | None = None,
+        deadline_s: float | None = None,
+    ) -> tuple[R, NodeInfo]:
+        deadline = call_deadline(self.deadline_s, deadline_s, what)
+        plan = Attempt(region=region, write=write, node_id=node_id)
+        while True:
+            node: NodeInfo | None = None
+            try:
+                topology = self._current_topology(deadline, plan.refresh)
+                plan.refresh = False
+                node = route(
+                    topology,
+                    namespace,
+                    region=plan.region,
+                    preferred_region=self.region,
+                    allowed_regions=plan.allowed_regions,
+                    avoid=plan.avoid,
+                    node_id=plan.node_id,
+                )
+                stub = sgrpc.StorageNodeServiceStub(self._channel(node.address))
+                try:
+                    return rpc(stub, deadline.remaining()), node
+                except grpc.RpcError as exc:
+                    raise error_from_rpc(exc, node.describe()) from None
+            except DomicileError as error:
+                if not plan.next_step(error, node, self.retry):
+                    raise
+                pause = plan.backoff_s(error, self.retry, self._rng)
+                if pause >= deadline.remaining():
+                    raise
+                runtime.sleep(pause)
+
+    # -- API
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        *,
+        context: CausalContext | None = None,
+        subject_id: str = "",
+        subject_jurisdiction: str = "",
+        classification: Classification | str | None = None,
+        content_type: str = "",
+        region: str | None = None,
+    ) -> PutResult:
+        req = put_request(
+            namespace, key, value, context, subject_id, subject_jurisdiction, classification, content_type
+        )
+        resp, node = self._call(
+            f"put {namespace}/{key}", namespace, region, True, lambda s, t: s.Put(req, timeout=t)
+        )
+        return put_result_from_pb(resp, node.region)
+
+    def get(self, namespace: str, key: str, *, region: str | None = None) -> GetResult:
+        check_name(namespace, key)
+        req = spb.GetRequest(namespace=namespace, key=key)
+        resp, node = self._call(
+            f"get {namespace}/{key}", namespace, region, False, lambda s, t: s.Get(req, timeout=t)
+        )
+        return get_result_from_pb(resp, node.region, node.describe())
+
+    def delete(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        context: CausalContext | None = None,
+        region: str | None = None,
+        subject_id: str | None = None,
+        subject_jurisdiction: str | None = None,
+    ) -> DeleteResult:
+        """Writes a tombstone. subject_id / subject_jurisdiction are used only when the node holds
+        no version of the record (it then cannot tell where the tombstone belongs)."""
+        req = delete_request(namespace, key, context, subject_id, subject_jurisdiction)
+        resp, node = self._call(
+            f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)
+        )
+        return delete_result_from_pb(resp, node.region)
+
+    def scan(
+        self, namespace: str, prefix: str = "", *, region: str | None = None, page_size: int = 100
+    ) -> Iterator[ScanItem]:
+        """Every live record whose key starts with prefix, in key order, fetched page by page
+        (each page is one call with its own deadline). Later pages go to the region that
+        answered the first one, because page tokens are only meaningful there."""
+        check_name(namespace)
+        check_page_size(page_size)
+        return self._scan(namespace, prefix, region, page_size)
+
+    def _scan(self, namespace: str, prefix: str, region: str | None, page_size: int) -> Iterator[ScanItem]:
+        token = ""
+        while True:
+            req = spb.ScanRequest(
+                namespace=namespace, key_prefix=prefix, page_size=page_size, page_token=token
+            )
+            resp, node = self._call(f"scan {namespace}", namespace, region, False, _scan_rpc(req))
+            yield from scan_items_from_pb(resp, node.describe())
+            token, region = resp.next_page_token, node.region
+            if not token:
+                return
+
+    def node_status(self, region: str | None = None, *, node_id: str | None = None) -> NodeStatus:
+        """Status of the node serving `region`, or of the node `node_id`."""
+        if region is None and node_id is None:
+            raise InvalidArgument("node_status needs a region or a node_id")
+        resp, _ = self._call(
+            f"status of {node_id or region}",
+            None,
+            region,
+            False,
+            lambda s, t: s.GetNodeStatus(spb.GetNodeStatusRequest(), timeout=t),
+            node_id=node_id,
+        )
+        return node_status_from_pb(resp)
+
+    # -- audit and compliance
+
+    def read_audit_log(
+        self,
+        region: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 0,
+        tail: bool = False,
+        page_entries: int = AUDIT_PAGE_ENTRIES,
+    ) -> tuple[SignedHead | None, Iterator[StoredEntry]]:
+        """The audit log of `region` from after_seq (limit 0: to its end), or with tail=True its
+        last `limit` entries, and the node's signed head taken before the read.
+
+        The first page is read now (so the head is known); the rest as the iterator is consumed,
+        one call of page_entries entries each, all from the node that answered the first page.
+        Every read is itself recorded in the log.
+        """
+        cursor = AuditCursor(region, after_seq, limit, tail, page_entries)
+        head, entries, node = self._audit_page(cursor, None)
+        return head, self._audit_rest(cursor, entries, node)
+
+    def _audit_page(
+        self, cursor: AuditCursor, node_id: str | None
+    ) -> tuple[SignedHead | None, list[StoredEntry], NodeInfo]:
+        region = None if node_id else cursor.region
+        msgs, node = self._call(cursor.what(), None, region, False, _audit_rpc(cursor.request()), node_id)
+        head, entries = audit_page_from_pb(msgs)
+        return head, cursor.advance(head, entries), node
+
+    def _audit_rest(
+        self, cursor: AuditCursor, first: list[StoredEntry], node: NodeInfo
+    ) -> Iterator[StoredEntry]:
+        for item in first:
+            yield item
+        while not cursor.done:
+            _, entries, node = self._audit_page(cursor, node.node_id)
+            for item in entries:
+                yield item
+
+    def audit_head(self, region: str) -> tuple[SignedHead | None, int]:
+        """The last signed head of `region`'s audit log that the coordinator accepted, and when
+        it accepted it (ms since the epoch); (None, 0) when the region has exported none yet."""
+        check_region_name(region)
+        what = f"audit head of {region}"
+        check_known_region(self._current_topology(Deadline(self.deadline_s, what), False), region)
+        req = cpb.GetAuditHeadRequest(region=region)
+        try:
+            resp = self._coordinator_call(what, lambda s, t: s.GetAuditHead(req, timeout=t))
+        except NotFound:
+            return None, 0
+        if not resp.HasField("head"):
+            return None, 0
+        return head_from_pb(resp.head), resp.accepted_unix_ms
+
+    def scan_compliance(
+        self,
+        region: str,
+        violations_max: int = VIOLATIONS_MAX_DEFAULT,
+        *,
+        deadline_s: float | None = None,
+    ) -> ComplianceReport:
+        """Has the node of `region` check every record copy it holds against the policy in
+        force. The scan walks the whole store: pass a deadline_s that fits its size."""
+        check_region_name(region)
+        check_violations_max(violations_max)
+        req = spb.ScanComplianceRequest(violations_max=violations_max)
+        resp, node = self._call(
+            f"compliance scan of {region}",
+            None,
+            region,
+            False,
+            lambda s, t: s.ScanCompliance(req, timeout=t),
+            deadline_s=deadline_s,
+        )
+        return compliance_report_from_pb(resp, node.node_id, node.region)
+
+    # -- data-subject requests and legal holds (coordinator)
+
+    def erase_subject(
+        self, subject_id: str, reason: str, subject_jurisdiction: str | None = None
+    ) -> SubjectRequest:
+        """Opens an erasure request: every region erases the subject's records, except those a
+        legal hold or a legal retention obligation keeps (each region's receipt says which).
+        The jurisdiction decides the due time (US-CA 45 days, else one month). AlreadyExists
+        when an erasure of the subject is open; its message names that request. The call is
+        retried on transient errors, so a first attempt whose answer was lost shows up as that
+        AlreadyExists too."""
+        req = erase_request(subject_id, reason, subject_jurisdiction)
+        what = f"erase subject {subject_id}"
+        return request_of(self._coordinator_call(what, lambda s, t: s.EraseSubject(req, timeout=t)), what)
+
+    def subject_request(self, request_id: str) -> SubjectRequest:
+        """One request, with its pending regions and every region's erasure receipt."""
+        req = cpb.GetSubjectRequestRequest(request_id=id_arg(request_id, "request id"))
+        what = f"subject request {request_id}"
+        return request_of(
+            self._coordinator_call(what, lambda s, t: s.GetSubjectRequest(req, timeout=t)), what
+        )
+
+    def subject_requests(
+        self, open_only: bool = False, limit: int = SUBJECT_REQUESTS_LIMIT_DEFAULT
+    ) -> list[SubjectRequest]:
+        """Requests, newest first: at most `limit` (1 to 1000), only open ones with open_only."""
+        req = list_requests_request(open_only, limit)
+        resp = self._coordinator_call(
+            "list subject requests", lambda s, t: s.ListSubjectRequests(req, timeout=t)
+        )
+        return [request_from_pb(r) for r in resp.requests]
+
+    def open_access_request(
+        self, subject_id: str, reason: str = "", subject_jurisdiction: str | None = None
+    ) -> SubjectRequest:
+        """Records an access request (GDPR Art. 15 and 20); read the records with
+        export_subject_region and report with complete_access_request."""
+        req = access_request(subject_id, reason, subject_jurisdiction)
+        what = f"open access request of subject {subject_id}"
+        return request_of(
+            self._coordinator_call(what, lambda s, t: s.OpenSubjectRequest(req, timeout=t)), what
+        )
+
+    def complete_access_request(self, request_id: str, records_exported: int) -> SubjectRequest:
+        req = complete_request(request_id, records_exported)
+        what = f"complete access request {request_id}"
+        return request_of(
+            self._coordinator_call(what, lambda s, t: s.CompleteSubjectRequest(req, timeout=t)), what
+        )
+
+    def place_hold(
+        self,
+        scope: HoldScope | str,
+        *,
+        subject_id: str = "",
+        namespace: str = "",
+        key: str = "",
+        reason: str,
+    ) -> LegalHold:
+        """Places a legal hold: what it covers is neither expired nor erased until it is
+        released. Scope subject needs subject_id; namespace needs namespace; key needs both
+        namespace and key."""
+        req = place_hold_request(scope, subject_id, namespace, key, reason)
+        what = "place legal hold"
+        return hold_of(self._coordinator_call(what, lambda s, t: s.PlaceLegalHold(req, timeout=t)), what)
+
+    def release_hold(self, hold_id: str, reason: str) -> LegalHold:
+        """Releases a hold; returns it as it was. NotFound for an unknown (or released) id."""
+        req = release_hold_request(hold_id, reason)
+        what = f"release legal hold {hold_id}"
+        return hold_of(self._coordinator_call(what, lambda s, t: s.ReleaseLegalHold(req, timeout=t)), what)
+
+    def holds(self) -> list[LegalHold]:
+        """Legal holds in force."""
+        resp = self._coordinator_call(
+            "list legal holds", lambda s, t: s.ListLegalHolds(cpb.ListLegalHoldsRequest(), timeout=t)
+        )
+        return [hold_from_pb(h) for h in resp.holds]
+
+    def export_subject_region(
+        self, region: str, subject_id: str, request_id: str = "", *, deadline_s: float | None = None
+    ) -> Iterator[ExportedCopy]:
+        """Every live record of the subject that `region` holds and may serve, streamed from
+        that region's node as it reads them (the node audits the export under request_id).
+
+        The export is one stream: deadline_s (default: the client's) bounds all of it. Opening
+        it is retried like any call; a stream that breaks after records arrived is not (it
+        cannot resume where it broke): its error is raised from the iterator. Stopping early
+        cancels the stream."""
+        req = export_request(region, subject_id, request_id)
+        (call, first), node = self._call(
+            f"export of subject {subject_id} from {region}",
+            None,
+            region,
+            False,
+            _export_open(req),
+            deadline_s=deadline_s,
+        )
+        return self._export_rest(call, first, node)
+
+    def _export_rest(
+        self, call: Any, first: spb.ExportSubjectResponse | None, node: NodeInfo
+    ) -> Iterator[ExportedCopy]:
+        try:
+            msg = first
+            while msg is not None:
+                yield from exported_copies_from_pb(msg, node.node_id, node.region, node.describe())
+                msg = runtime.next_message(call)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, node.describe()) from None
+        finally:
+            call.cancel()

@@ -1,0 +1,37 @@
+"""The blocking twin of async_runtime: the same names, for the generated sync_client.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+from domicile.wire.limits import CLIENT_CHANNEL_OPTIONS
+
+R = TypeVar("R")
+
+# A call made with a stub and the seconds left of the call's deadline.
+Rpc: TypeAlias = Callable[[Any, float], R]
+
+# One Client may serve many threads.
+Lock = threading.Lock
+
+
+def open_channel(address: str) -> Any:
+    return grpc.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
+
+
+def close_channel(channel: Any) -> None:
+    channel.close()
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def next_message(call: Any) -> Any:
+    """The next message of a server stream; None at its end."""
+    return next(call, None)
