@@ -1,4 +1,4 @@
-"""A node's status and compliance scan: storage node responses -> domicile.results."""
+"""A node's status and compliance scan on the wire: storage node messages <-> domicile.results."""
 
 from __future__ import annotations
 
@@ -47,18 +47,33 @@ def compliance_report_from_pb(msg: spb.ScanComplianceResponse, node_id: str, reg
         policy_version=msg.policy_version,
         versions_checked=msg.versions_checked,
         violations_total=msg.violations_total,
-        violations=tuple(
-            ComplianceViolation(
-                namespace=v.namespace,
-                key=v.key,
-                region=v.region or region,
-                origin_region=v.origin_region,
-                classification=enum_or(Classification, v.classification, Classification.UNSPECIFIED),
-                subject_jurisdiction=v.subject_jurisdiction,
-                rule=v.rule,
-                reason=v.reason,
-                allowed_regions=tuple(v.allowed_regions),
-            )
-            for v in msg.violations
-        ),
+        violations=tuple(violation_from_pb(v, region) for v in msg.violations),
+    )
+
+
+def violation_to_pb(v: ComplianceViolation, out: spb.ComplianceViolation) -> spb.ComplianceViolation:
+    out.namespace = v.namespace
+    out.key = v.key
+    out.region = v.region
+    out.origin_region = v.origin_region
+    out.classification = int(v.classification)  # type: ignore[assignment]
+    out.subject_jurisdiction = v.subject_jurisdiction
+    out.rule = v.rule
+    out.reason = v.reason
+    out.allowed_regions.extend(v.allowed_regions)
+    return out
+
+
+def violation_from_pb(msg: spb.ComplianceViolation, region: str) -> ComplianceViolation:
+    """`region` is that of the node that scanned: older nodes leave the field empty."""
+    return ComplianceViolation(
+        namespace=msg.namespace,
+        key=msg.key,
+        region=msg.region or region,
+        origin_region=msg.origin_region,
+        classification=enum_or(Classification, msg.classification, Classification.UNSPECIFIED),
+        subject_jurisdiction=msg.subject_jurisdiction,
+        rule=msg.rule,
+        reason=msg.reason,
+        allowed_regions=tuple(msg.allowed_regions),
     )

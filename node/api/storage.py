@@ -19,6 +19,7 @@ from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.audit import entry_to_pb, head_to_pb
 from domicile.wire.limits import VIOLATIONS_MAX_DEFAULT, VIOLATIONS_MAX_LIMIT
 from domicile.wire.records import context_from_pb, context_to_pb, version_to_pb
+from domicile.wire.status import violation_to_pb
 from node.api.errors import abort_with, status_for
 from node.compliance.audit_log import AuditLog
 from node.compliance.enforcer import Audit
@@ -139,17 +140,7 @@ def _scan_report_pb(report: ScanReport) -> spb.ScanComplianceResponse:
         violations_total=report.violations_total,
     )
     for v in report.violations:
-        response.violations.add(
-            namespace=v.namespace,
-            key=v.key,
-            region=v.region,
-            origin_region=v.origin_region,
-            classification=int(v.classification),  # type: ignore[arg-type]
-            subject_jurisdiction=v.subject_jurisdiction,
-            rule=v.rule,
-            reason=v.reason,
-            allowed_regions=list(v.allowed_regions),
-        )
+        violation_to_pb(v, response.violations.add())
     return response
 
 

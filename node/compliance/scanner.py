@@ -11,25 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from domicile.cluster import ClusterSpec
-from domicile.model import Classification
 from domicile.policy import Action, PlacementPolicy, RecordFacts
+from domicile.results import ComplianceViolation
 from domicile.wire.limits import VIOLATIONS_MAX_DEFAULT
 from node.engine.base import StorageEngine
 
 PAGE_KEYS = 1000
-
-
-@dataclass(frozen=True)
-class Violation:
-    namespace: str
-    key: str
-    region: str
-    origin_region: str
-    classification: Classification
-    subject_jurisdiction: str
-    rule: str
-    reason: str
-    allowed_regions: tuple[str, ...]
 
 
 @dataclass
@@ -38,7 +25,7 @@ class ScanReport:
     policy_version: str
     versions_checked: int = 0
     violations_total: int = 0
-    violations: list[Violation] = field(default_factory=list)
+    violations: list[ComplianceViolation] = field(default_factory=list)
 
 
 def scan_store(
@@ -75,7 +62,7 @@ def scan_store(
                     report.violations_total += 1
                     if len(report.violations) < violations_max:
                         report.violations.append(
-                            Violation(
+                            ComplianceViolation(
                                 namespace=namespace,
                                 key=key,
                                 region=region,
