@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from domicile import sqlite_db
 from domicile.errors import DataCorruption, FailedPrecondition, Unavailable
 from domicile.subjects import (
     ErasureOrder,
@@ -36,25 +37,27 @@ from domicile.topology import NodeHealth, NodeInfo
 # would publish topologies without the erasures and holds in force, so it must refuse the data.
 SCHEMA_VERSION = 2
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
+# Every statement is idempotent: upgrading from version 1 runs them all, and only the tables
+# version 1 lacked are created.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS nodes (
+)""",
+    """CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
     region TEXT NOT NULL,
     address TEXT NOT NULL,
     metrics_address TEXT NOT NULL,
     health INTEGER NOT NULL,
     last_heartbeat_unix_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit_heads (
+)""",
+    """CREATE TABLE IF NOT EXISTS audit_heads (
     region TEXT PRIMARY KEY,
     head BLOB NOT NULL,
     accepted_unix_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS subject_requests (
+)""",
+    """CREATE TABLE IF NOT EXISTS subject_requests (
     seq INTEGER PRIMARY KEY,
     request_id TEXT NOT NULL UNIQUE,
     kind INTEGER NOT NULL,
@@ -67,16 +70,16 @@ CREATE TABLE IF NOT EXISTS subject_requests (
     regions_pending TEXT NOT NULL,
     completed_unix_ms INTEGER NOT NULL,
     records_exported INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS subject_requests_by_status ON subject_requests (status, seq);
-CREATE TABLE IF NOT EXISTS erasure_receipts (
+)""",
+    "CREATE INDEX IF NOT EXISTS subject_requests_by_status ON subject_requests (status, seq)",
+    """CREATE TABLE IF NOT EXISTS erasure_receipts (
     seq INTEGER PRIMARY KEY,
     request_id TEXT NOT NULL,
     region TEXT NOT NULL,
     receipt TEXT NOT NULL,
     UNIQUE (request_id, region)
-);
-CREATE TABLE IF NOT EXISTS legal_holds (
+)""",
+    """CREATE TABLE IF NOT EXISTS legal_holds (
     seq INTEGER PRIMARY KEY,
     hold_id TEXT NOT NULL UNIQUE,
     scope INTEGER NOT NULL,
@@ -88,9 +91,29 @@ CREATE TABLE IF NOT EXISTS legal_holds (
     -- 0 while the hold is in force; released holds stay on record.
     released_unix_ms INTEGER NOT NULL,
     release_reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS legal_holds_by_release ON legal_holds (released_unix_ms, seq);
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS legal_holds_by_release ON legal_holds (released_unix_ms, seq)",
+)
+
+# The coordinator keeps sqlite3's own busy timeout.
+_PRAGMAS = sqlite_db.Pragmas(synchronous="FULL")
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+        db.execute(statement)
+
+
+def _refuse_version(version: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"coordinator data has schema version {version}; this coordinator supports up to "
+        f"{SCHEMA_VERSION}; run a newer coordinator"
+    )
+
+
+_STORE_SCHEMA = sqlite_db.Schema(
+    version=SCHEMA_VERSION, create=_create_schema, upgrades={1: _create_schema}, unsupported=_refuse_version
+)
 
 _REQUEST_COLUMNS = (
     "request_id, kind, subject_id, subject_jurisdiction, reason, received_unix_ms, due_unix_ms, "
@@ -144,26 +167,20 @@ class CoordinatorStore:
                 "give each coordinator its own --data-dir"
             ) from None
         try:
-            self._db = sqlite3.connect(data_dir / self.DB_NAME, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._init_schema()
+            # The connection stays on the coordinator's thread (sqlite3's same-thread check), and a
+            # file that cannot use WAL keeps working in its own journal mode.
+            self._db = sqlite_db.open_database(
+                data_dir / self.DB_NAME,
+                _PRAGMAS,
+                _STORE_SCHEMA,
+                label=self.DB_NAME,
+                require_wal=False,
+                check_same_thread=True,
+            )
         except BaseException:
             os.close(self._lock_fd)
             raise
         self._closed = False
-
-    def _init_schema(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise FailedPrecondition(
-                f"coordinator data has schema version {version}; this coordinator supports up to "
-                f"{SCHEMA_VERSION}; run a newer coordinator"
-            )
-        # executescript commits on its own; the statements are idempotent, so a crash between
-        # them and the version stamp is repaired by the next start.
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from domicile import sqlite_db
 from domicile.audit import (
     GENESIS,
     HASH_BYTES,
@@ -64,6 +65,7 @@ SUBJECT_KEY_BYTES = 32
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
+_PRAGMAS = sqlite_db.Pragmas(synchronous="FULL", busy_timeout_ms=BUSY_TIMEOUT_MS)
 READ_ENTRIES_MAX = 10_000
 ITER_PAGE_ENTRIES = 1000
 READERS_IDLE_MAX = 4
@@ -227,9 +229,9 @@ class AuditLog:
                 raise Unavailable(f"the audit log is {self._state}; create a new AuditLog to start again")
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
-        conn = self._connect()
+        conn = sqlite_db.open_database(self.path, _PRAGMAS, self._schema(), label=self.path.name)
         try:
-            self._prepare(conn)
+            self._check_owner(conn)
             size, last_hash = _tail(conn)
         except BaseException:
             conn.close()
@@ -538,8 +540,7 @@ class AuditLog:
                 raise Unavailable(f"the audit log is {state}; open it to read")
             conn = self._idle_readers.pop() if self._idle_readers else None
         if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only = ON")
+            conn = sqlite_db.connect(self.path, _PRAGMAS, label=self.path.name, query_only=True)
         try:
             yield conn
         finally:
@@ -559,40 +560,26 @@ class AuditLog:
 
     # -- file -----------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = FULL")
-        return conn
+    def _schema(self) -> sqlite_db.Schema:
+        return sqlite_db.Schema(
+            version=SCHEMA_VERSION,
+            create=self._create_schema,
+            unsupported=lambda version: FailedPrecondition(
+                f"{self.path.name} has audit schema version {version}; this node reads version "
+                f"{SCHEMA_VERSION}"
+            ),
+        )
 
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        if str(journal).lower() != "wal":
-            raise FailedPrecondition(
-                f"cannot put {self.path.name} in WAL mode (got {journal}); use a local file"
-            )
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.executemany(
-                    "INSERT INTO audit_info (name, value) VALUES (?, ?)",
-                    [("region", self.region), ("node_id", self.node_id)],
-                )
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"{self.path.name} has audit schema version {version}; this node reads version "
-                    f"{SCHEMA_VERSION}"
-                )
-            info = dict(conn.execute("SELECT name, value FROM audit_info").fetchall())
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO audit_info (name, value) VALUES (?, ?)",
+            [("region", self.region), ("node_id", self.node_id)],
+        )
+
+    def _check_owner(self, conn: sqlite3.Connection) -> None:
+        info = dict(conn.execute("SELECT name, value FROM audit_info").fetchall())
         for name, mine in (("region", self.region), ("node_id", self.node_id)):
             if info.get(name) != mine:
                 raise FailedPrecondition(

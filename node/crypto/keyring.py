@@ -27,6 +27,7 @@ from types import TracebackType
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from domicile import sqlite_db
 from domicile.errors import DataCorruption, FailedPrecondition, InvalidArgument, Unavailable
 from domicile.subjects import SUBJECT_ID_BYTES_MAX
 from node.keyfiles import ensure_private_file, read_or_create
@@ -43,6 +44,7 @@ KEY_CLASSES_PER_SUBJECT_MAX = 64
 CACHE_ENTRIES_LIMIT = 1_000_000
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
+_PRAGMAS = sqlite_db.Pragmas(synchronous="FULL", busy_timeout_ms=BUSY_TIMEOUT_MS, secure_delete=True)
 
 # Domain separation: a wrapped data key is bound to its subject and class, so a row copied to
 # another subject does not unwrap.
@@ -269,50 +271,27 @@ class Keyring:
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA synchronous = FULL")
-            (secure,) = conn.execute("PRAGMA secure_delete = ON").fetchone()
-            if int(secure) != 1:
-                raise FailedPrecondition(
-                    f"SQLite refused secure_delete for {self.path.name} (got {secure}); destroyed keys "
-                    "would stay readable in the file"
-                )
-            (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if str(journal).lower() != "wal":
-                raise FailedPrecondition(
-                    f"cannot put {self.path.name} in WAL mode (got {journal}); use a local file"
-                )
-            self._prepare(conn)
+            return sqlite_db.open_database(self.path, _PRAGMAS, self._schema(), label=self.path.name)
         except sqlite3.DatabaseError as error:
-            conn.close()
             raise FailedPrecondition(
                 f"{self.path.name} is not a usable key store ({error}); restore it from backup"
             ) from error
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"{self.path.name} has key store schema version {version}; this node reads "
-                    f"version {SCHEMA_VERSION}"
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    def _schema(self) -> sqlite_db.Schema:
+        return sqlite_db.Schema(
+            version=SCHEMA_VERSION,
+            create=_create_schema,
+            unsupported=lambda version: FailedPrecondition(
+                f"{self.path.name} has key store schema version {version}; this node reads "
+                f"version {SCHEMA_VERSION}"
+            ),
+        )
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+        conn.execute(statement)
 
 
 def _select_wrapped(conn: sqlite3.Connection, ident: tuple[str, str]) -> object | None:

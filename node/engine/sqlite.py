@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from domicile import causality
+from domicile import causality, sqlite_db
 from domicile.causality import Dot, KeyState, Mutation, Version
 from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, InvalidArgument, Unavailable
 from domicile.model import Classification, check_namespace_name, check_node_id
@@ -226,47 +226,39 @@ class SQLiteEngine:
     # -- connections -------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        return conn
+        pragmas = sqlite_db.Pragmas(synchronous=self.synchronous, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        return sqlite_db.connect(self.path, pragmas, label=self.path)
 
     def _prepare(self) -> None:
         conn = self._writer
-        (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        if str(journal).lower() != "wal":
-            raise FailedPrecondition(f"cannot put {self.path} in WAL mode (got {journal}); use a local file")
-        with self._write_tx() as tx:
-            (version,) = tx.execute("PRAGMA user_version").fetchone()
-            if version == 0:
-                for statement in _SCHEMA:
-                    tx.execute(statement)
-                tx.executemany(
-                    "INSERT INTO engine_info (name, value) VALUES (?, ?)",
-                    [("node_id", self.node_id), ("region", self.region)],
-                )
-                tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 1:
-                # Version 2 added the subject index: build it from the stored states.
-                tx.execute(_SUBJECT_KEYS)
-                for namespace, key, blob in tx.execute("SELECT namespace, key, state FROM kv").fetchall():
-                    state = _decode_state(namespace, key, blob)
-                    tx.executemany(
-                        "INSERT OR IGNORE INTO subject_keys (subject, namespace, key) VALUES (?, ?, ?)",
-                        [(v.subject_id, namespace, key) for v in state.versions if v.subject_id],
-                    )
-                tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"{self.path} has schema version {version}; this engine reads version {SCHEMA_VERSION}"
-                )
-            info = dict(tx.execute("SELECT name, value FROM engine_info").fetchall())
+        sqlite_db.use_wal(conn, self.path)
+        with self._write_lock:
+            sqlite_db.migrate(conn, self._schema())
+            info = dict(conn.execute("SELECT name, value FROM engine_info").fetchall())
         for name, mine in (("node_id", self.node_id), ("region", self.region)):
             if info.get(name) != mine:
                 raise FailedPrecondition(
                     f"{self.path} belongs to {name} {info.get(name)!r}, not {mine!r}; "
                     "a database is reopened only by the node that created it"
                 )
+
+    def _schema(self) -> sqlite_db.Schema:
+        return sqlite_db.Schema(
+            version=SCHEMA_VERSION,
+            create=self._create_schema,
+            upgrades={1: _index_subjects},
+            unsupported=lambda version: FailedPrecondition(
+                f"{self.path} has schema version {version}; this engine reads version {SCHEMA_VERSION}"
+            ),
+        )
+
+    def _create_schema(self, tx: sqlite3.Connection) -> None:
+        for statement in _SCHEMA:
+            tx.execute(statement)
+        tx.executemany(
+            "INSERT INTO engine_info (name, value) VALUES (?, ?)",
+            [("node_id", self.node_id), ("region", self.region)],
+        )
 
     def _reader(self) -> sqlite3.Connection:
         slot: _ReaderSlot | None = getattr(self._local, "slot", None)
@@ -547,6 +539,17 @@ def prefix_upper_bound(prefix: str) -> str | None:
             return "".join(chars)
         chars.pop()
     return None
+
+
+def _index_subjects(tx: sqlite3.Connection) -> None:
+    """Version 2 added the subject index: build it from the stored states."""
+    tx.execute(_SUBJECT_KEYS)
+    for namespace, key, blob in tx.execute("SELECT namespace, key, state FROM kv").fetchall():
+        state = _decode_state(namespace, key, blob)
+        tx.executemany(
+            "INSERT OR IGNORE INTO subject_keys (subject, namespace, key) VALUES (?, ?, ?)",
+            [(v.subject_id, namespace, key) for v in state.versions if v.subject_id],
+        )
 
 
 def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> sqlite3.Cursor:

@@ -1,0 +1,141 @@
+"""How every store opens its SQLite file: settings, WAL, schema versions."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from domicile.errors import FailedPrecondition
+from domicile.sqlite_db import Pragmas, Schema, connect, migrate, open_database
+
+
+def create_v3(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE t (a INTEGER, b INTEGER, c INTEGER)")
+
+
+def add_b(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE t ADD COLUMN b INTEGER")
+
+
+def add_c(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE t ADD COLUMN c INTEGER")
+
+
+def refuse(version: int) -> FailedPrecondition:
+    return FailedPrecondition(f"test store has schema version {version}; this code reads version 3")
+
+
+SCHEMA = Schema(version=3, create=create_v3, upgrades={1: add_b, 2: add_c}, unsupported=refuse)
+
+
+def columns(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[1] for row in conn.execute("PRAGMA table_info(t)")]
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def write_version(path: Path, version: int, *statements: str) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        conn.close()
+
+
+def test_a_fresh_file_gets_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.sqlite3"
+    conn = open_database(path, Pragmas(busy_timeout_ms=1234), SCHEMA, label=path.name)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 1234
+        assert not conn.in_transaction
+    finally:
+        conn.close()
+    assert columns(path) == ["a", "b", "c"]
+    assert user_version(path) == 3
+
+
+def test_an_older_file_is_upgraded_step_by_step_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    write_version(path, 1, "CREATE TABLE t (a INTEGER)", "INSERT INTO t (a) VALUES (7)")
+    conn = connect(path, Pragmas())
+    try:
+        assert migrate(conn, SCHEMA) == 1
+        assert migrate(conn, SCHEMA) == 3  # the current version changes nothing
+    finally:
+        conn.close()
+    assert columns(path) == ["a", "b", "c"]
+    assert user_version(path) == 3
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT a, b, c FROM t").fetchall() == [(7, None, None)]
+
+
+def test_a_failing_upgrade_leaves_the_file_at_its_old_version(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    write_version(path, 1, "CREATE TABLE t (a INTEGER)")
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE t ADD COLUMN c INTEGER")
+        raise RuntimeError("upgrade failed half-way")
+
+    schema = Schema(version=3, create=create_v3, upgrades={1: add_b, 2: broken}, unsupported=refuse)
+    with pytest.raises(RuntimeError, match="half-way"):
+        open_database(path, Pragmas(), schema, label=path.name)
+    assert columns(path) == ["a"]
+    assert user_version(path) == 1
+
+
+@pytest.mark.parametrize("version", [4, 99, -1])
+def test_a_newer_or_unknown_version_is_refused_with_the_stores_error(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "newer.sqlite3"
+    write_version(path, version, "CREATE TABLE t (z TEXT)")
+    with pytest.raises(FailedPrecondition, match=f"schema version {version}; this code reads version 3"):
+        open_database(path, Pragmas(), SCHEMA, label=path.name)
+    assert columns(path) == ["z"]
+    assert user_version(path) == version
+
+
+def test_a_version_without_an_upgrade_path_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gap.sqlite3"
+    write_version(path, 1, "CREATE TABLE t (a INTEGER)")
+    schema = Schema(version=3, create=create_v3, upgrades={2: add_c}, unsupported=refuse)
+    with pytest.raises(FailedPrecondition, match="schema version 1"):
+        open_database(path, Pragmas(), schema, label=path.name)
+    assert user_version(path) == 1
+
+
+def test_connections_carry_their_settings(tmp_path: Path) -> None:
+    path = tmp_path / "settings.sqlite3"
+    open_database(path, Pragmas(), SCHEMA, label=path.name).close()
+    reader = connect(path, Pragmas(synchronous="OFF", secure_delete=True), query_only=True)
+    try:
+        assert reader.execute("PRAGMA synchronous").fetchone()[0] == 0
+        assert reader.execute("PRAGMA secure_delete").fetchone()[0] == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.execute("INSERT INTO t (a) VALUES (1)")
+    finally:
+        reader.close()
+
+
+def test_a_file_that_cannot_use_wal_is_refused_unless_allowed() -> None:
+    # An in-memory database stands for a file system without the shared memory WAL needs.
+    with pytest.raises(FailedPrecondition, match="cannot put the store in WAL mode"):
+        open_database(":memory:", Pragmas(), SCHEMA, label="the store")
+    conn = open_database(":memory:", Pragmas(), SCHEMA, label="the store", require_wal=False)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "memory"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        conn.close()
