@@ -1,10 +1,10 @@
 """The node's audit log: an append-only hash chain in its own SQLite file.
 
-One writer thread owns the write connection and commits whatever is queued in one durable
-transaction (group commit), so one fsync serves many audited operations. After each batch it
-signs the new head and hands it to `on_head` (which exports it to the coordinator), then tells
-the callers their entries are durable. Readers use their own connections; WAL lets them read
-while the writer commits.
+One writer thread (a domicile.single_writer.SingleWriter) owns the write connection and commits
+whatever is queued in one durable transaction (group commit), so one fsync serves many audited
+operations. After each batch it signs the new head and hands it to `on_head` (which exports it
+to the coordinator), then tells the callers their entries are durable. Readers use their own
+connections; WAL lets them read while the writer commits.
 
 The log fails closed: when the queue is full, or the writer cannot write, record() refuses,
 so that an operation that cannot be audited does not happen.
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from domicile import sqlite_db
+from domicile import single_writer, sqlite_db
 from domicile.audit import (
     GENESIS,
     HASH_BYTES,
@@ -50,7 +50,6 @@ from domicile.errors import (
     DataCorruption,
     FailedPrecondition,
     InvalidArgument,
-    ResourceExhausted,
     Unavailable,
 )
 from domicile.hlc import wall_ms
@@ -125,7 +124,7 @@ class _Pending:
 class _Failure:
     first: int
     last: int
-    error: Unavailable
+    error: Exception
 
 
 def _consume(future: asyncio.Future[int]) -> None:
@@ -188,12 +187,23 @@ class AuditLog:
         self._now_ms = now_ms
         self._on_head = on_head
 
-        self._cond = threading.Condition()
-        self._queue: collections.deque[_Pending] = collections.deque()
-        # new -> running -> closing -> closed; running -> failed when the writer cannot go on.
-        self._state = "new"
-        self._failure = ""
-        self._thread: threading.Thread | None = None
+        self._writer: single_writer.SingleWriter[_Pending] = single_writer.SingleWriter(
+            self._write,
+            lambda batch, error: self._deliver(batch, 0, None, error),
+            name="domicile-audit-writer",
+            batch_max=batch_entries_max,
+            queue_max=queue_entries_max,
+            full_message=(
+                f"audit queue is full ({queue_entries_max} entries waiting); the operation was "
+                "not performed because it could not be audited; retry after a short back-off"
+            ),
+            refused=_refused,
+            stopped=lambda failure: Unavailable(
+                f"the audit log stopped before this entry was written ({failure or 'closed'}); "
+                "the operation was not performed"
+            ),
+            on_exit=self._close_writer_connection,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
 
@@ -224,9 +234,9 @@ class AuditLog:
 
     def start(self) -> None:
         """Opens the file, resumes the chain from its last entry and starts the writer thread."""
-        with self._cond:
-            if self._state != "new":
-                raise Unavailable(f"the audit log is {self._state}; create a new AuditLog to start again")
+        state = self._writer.state
+        if state != single_writer.NEW:
+            raise Unavailable(f"the audit log is {state}; create a new AuditLog to start again")
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
         conn = sqlite_db.open_database(self.path, _PRAGMAS, self._schema(), label=self.path.name)
@@ -241,31 +251,24 @@ class AuditLog:
         self._last_hash = last_hash
         with self._head_lock:
             self._durable_size, self._durable_hash = size, last_hash
-        with self._cond:
-            self._state = "running"
-            self._thread = threading.Thread(target=self._writer, name="domicile-audit-writer", daemon=True)
-            self._thread.start()
+        self._writer.start()
         log.info("audit log %s resumed at entry %d", self.path.name, size)
 
     async def close(self) -> None:
         """Stops accepting, commits what is queued and stops the writer (waiting at most
         CLOSE_TIMEOUT_S; entries still queued then are failed)."""
-        with self._cond:
-            if self._state in ("new", "closed"):
-                self._state = "closed"
-                self._close_readers()
-                return
-            if self._state == "running":
-                self._state = "closing"
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            await asyncio.to_thread(thread.join, CLOSE_TIMEOUT_S)
-            if thread.is_alive():
-                log.error("audit writer did not stop within %.0f s (a stuck disk?)", CLOSE_TIMEOUT_S)
-                self._fail_queued("the audit log closed before this entry was written")
-        with self._cond:
-            self._state = "closed"
+        state = self._writer.state
+        self._writer.stop_accepting()
+        if state in (single_writer.NEW, single_writer.CLOSED):
+            self._close_readers()
+            return
+        if not await asyncio.to_thread(self._writer.stop, CLOSE_TIMEOUT_S):
+            log.error("audit writer did not stop within %.0f s (a stuck disk?)", CLOSE_TIMEOUT_S)
+            self._writer.reject_queued(
+                Unavailable(
+                    "the audit log closed before this entry was written; the operation was not performed"
+                )
+            )
         self._close_readers()
         for _, waiter in self._flush_waiters:
             if not waiter.done():
@@ -312,19 +315,9 @@ class AuditLog:
         )
         future: asyncio.Future[int] = loop.create_future()
         future.add_done_callback(_consume)
-        with self._cond:
-            self._check_accepting()
-            if len(self._queue) >= self.queue_entries_max:
-                raise ResourceExhausted(
-                    f"audit queue is full ({self.queue_entries_max} entries waiting); the operation was "
-                    "not performed because it could not be audited; retry after a short back-off"
-                )
-            self._recorded += 1
-            # The writer only waits when the queue is empty; waking it for every entry would
-            # hand it the GIL once per entry while the event loop is busy producing them.
-            if not self._queue:
-                self._cond.notify()
-            self._queue.append(_Pending(self._recorded, entry, future))
+        index = self._recorded + 1
+        self._writer.put(_Pending(index, entry, future))
+        self._recorded = index
         return future
 
     async def flush(self) -> None:
@@ -343,47 +336,22 @@ class AuditLog:
 
     @property
     def queued_entries(self) -> int:
-        return len(self._queue)
+        return self._writer.queued
 
-    def _check_accepting(self) -> None:
-        if self._state == "running":
-            return
-        if self._state == "failed":
-            raise Unavailable(
-                f"the audit log cannot write ({self._failure}); the operation was not performed"
-            )
-        state = "not started" if self._state == "new" else "stopped"
-        raise Unavailable(f"the audit log is {state}; the operation was not performed")
-
-    def _writer(self) -> None:
+    def _write(self, batch: list[_Pending]) -> None:
+        # Anything that escapes _commit stops the writer: the log cannot vouch for its file any
+        # more. The writer answers this batch with the error, and the entries queued after it
+        # with the reason it stopped.
         try:
-            while (batch := self._next_batch()) is not None:
-                self._commit(batch)
+            self._commit(batch)
         except BaseException as error:
             log.exception("audit writer stopped")
-            self._mark_failed(f"the writer stopped: {error}")
-        finally:
-            self._fail_queued(
-                f"the audit log stopped before this entry was written ({self._failure or 'closed'})"
-            )
-            if self._conn is not None:
-                self._conn.close()
+            self._writer.fail(f"the writer stopped: {error}")
+            raise
 
-    def _mark_failed(self, reason: str) -> None:
-        with self._cond:
-            if not self._failure:
-                self._failure = reason
-            if self._state == "running":
-                self._state = "failed"
-
-    def _next_batch(self) -> list[_Pending] | None:
-        with self._cond:
-            while not self._queue:
-                if self._state != "running":
-                    return None
-                self._cond.wait()
-            count = min(len(self._queue), self.batch_entries_max)
-            return [self._queue.popleft() for _ in range(count)]
+    def _close_writer_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
     def _commit(self, batch: list[_Pending]) -> None:
         conn = self._conn
@@ -413,9 +381,8 @@ class AuditLog:
             try:
                 size, last_hash = _tail(conn)
             except BaseException as tail_error:
-                self._mark_failed(f"the file cannot be read back after a failed write: {tail_error}")
-                self._deliver(batch, first, None, failure)
-                raise
+                self._writer.fail(f"the file cannot be read back after a failed write: {tail_error}")
+                raise failure from tail_error
             self._next_seq, self._last_hash = size + 1, last_hash
             with self._head_lock:
                 self._durable_size, self._durable_hash = size, last_hash
@@ -431,7 +398,7 @@ class AuditLog:
         self._deliver(batch, first, head, None)
 
     def _deliver(
-        self, batch: list[_Pending], first: int, head: SignedHead | None, error: Unavailable | None
+        self, batch: list[_Pending], first: int, head: SignedHead | None, error: Exception | None
     ) -> None:
         loop = self._loop
         if loop is None:
@@ -441,7 +408,7 @@ class AuditLog:
             loop.call_soon_threadsafe(self._settle, batch, first, head, error)
 
     def _settle(
-        self, batch: list[_Pending], first: int, head: SignedHead | None, error: Unavailable | None
+        self, batch: list[_Pending], first: int, head: SignedHead | None, error: Exception | None
     ) -> None:
         if head is not None and self._on_head is not None:
             try:
@@ -467,13 +434,6 @@ class AuditLog:
                 still.append((target, waiter))
         self._flush_waiters = still
 
-    def _fail_queued(self, message: str) -> None:
-        with self._cond:
-            remaining = list(self._queue)
-            self._queue.clear()
-        if remaining:
-            self._deliver(remaining, 0, None, Unavailable(f"{message}; the operation was not performed"))
-
     # -- reading --------------------------------------------------------------------------------
 
     @property
@@ -484,7 +444,7 @@ class AuditLog:
 
     def head(self) -> SignedHead:
         """The signed head of the durable log; signed once per size."""
-        if self._state == "new":
+        if self._writer.state == single_writer.NEW:
             raise Unavailable("the audit log is not started; its head is not known yet")
         with self._head_lock:
             signed = self._signed
@@ -535,8 +495,8 @@ class AuditLog:
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
         with self._readers_lock:
-            if self._readers_closed or self._state == "new":
-                state = "not started" if self._state == "new" else "closed"
+            if self._readers_closed or self._writer.state == single_writer.NEW:
+                state = "not started" if self._writer.state == single_writer.NEW else "closed"
                 raise Unavailable(f"the audit log is {state}; open it to read")
             conn = self._idle_readers.pop() if self._idle_readers else None
         if conn is None:
@@ -586,6 +546,13 @@ class AuditLog:
                     f"{self.path.name} is the audit log of {name} {info.get(name)!r}, not {mine!r}; "
                     "a node continues only its own audit log"
                 )
+
+
+def _refused(state: str, failure: str) -> Unavailable:
+    if state == single_writer.FAILED:
+        return Unavailable(f"the audit log cannot write ({failure}); the operation was not performed")
+    shown = "not started" if state == single_writer.NEW else "stopped"
+    return Unavailable(f"the audit log is {shown}; the operation was not performed")
 
 
 def _tail(conn: sqlite3.Connection) -> tuple[int, bytes]:

@@ -3,20 +3,18 @@
 Concurrent Puts queue their writes; the writer takes whatever is waiting (up to
 batch_records_max) and commits it in one durable transaction, so one fsync serves many writers.
 Other write jobs (remote applies, acks) run on the same thread, in queue order, so the engine
-only ever sees one writer.
+only ever sees one writer. The queue and the thread are a domicile.single_writer.SingleWriter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar, cast
 
-from domicile.errors import DomicileError, InvalidArgument, ResourceExhausted, Unavailable
+from domicile.errors import DomicileError, InvalidArgument, Unavailable
+from domicile.single_writer import NEW, RUNNING, LoopWaiter, SingleWriter
 from node.engine.base import Committed, LocalWrite, StorageEngine
 
 T = TypeVar("T")
@@ -25,35 +23,34 @@ QUEUE_JOBS_MAX_DEFAULT = 1024
 
 
 @dataclass
-class _Waiter(Generic[T]):
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[T]
-
-    def deliver(self, result: T | BaseException) -> None:
-        # A closed loop raises RuntimeError: nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(_settle, self.future, result)
-
-
-@dataclass
 class _WriteItem:
     write: LocalWrite
-    waiter: _Waiter[Committed]
+    waiter: LoopWaiter[Committed]
 
 
 @dataclass
 class _JobItem:
     fn: Callable[[StorageEngine], Any]
-    waiter: _Waiter[Any]
+    waiter: LoopWaiter[Any]
 
 
-def _settle(future: asyncio.Future[Any], result: object) -> None:
-    if future.done():
-        return  # the caller was cancelled; the write still happened
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+_Item = _WriteItem | _JobItem
+
+
+def _refused(state: str, failure: str) -> Unavailable:
+    return Unavailable(
+        f"the write path is {'not started' if state == NEW else 'stopped'}; retry on a running node"
+    )
+
+
+def _stopped(failure: str) -> Unavailable:
+    return Unavailable("the write path stopped before this write ran; retry")
+
+
+def _reject(items: list[_Item], error: Exception) -> None:
+    # A batch the engine failed as a whole, or items left when the writer ended: each gets the error.
+    for item in items:
+        item.waiter.deliver(error)
 
 
 class GroupCommitter:
@@ -83,13 +80,23 @@ class GroupCommitter:
         self.batch_records_max = batch_records_max
         self.queue_records_max = queue_records_max
         self.queue_jobs_max = queue_jobs_max
-        self._queue: collections.deque[_WriteItem | _JobItem] = collections.deque()
-        self._queued_records = 0
-        self._queued_jobs = 0
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._accepting = False
-        self._stopping = False
+        # Writes are batched; a job runs alone, between the writes queued before and after it.
+        self._writer: SingleWriter[_Item] = SingleWriter(
+            self._handle,
+            _reject,
+            name="domicile-group-commit",
+            batch_max=batch_records_max,
+            queue_max=queue_records_max,
+            full_message=(
+                f"write queue is full ({queue_records_max} writes waiting); retry after a short back-off"
+            ),
+            solo_max=queue_jobs_max,
+            solo_full_message=(
+                f"write job queue is full ({queue_jobs_max} jobs waiting); retry after a short back-off"
+            ),
+            refused=_refused,
+            stopped=_stopped,
+        )
         # Metrics; written by the writer thread only.
         self.batches_committed = 0
         self.records_committed = 0
@@ -98,54 +105,33 @@ class GroupCommitter:
 
     @property
     def queued_records(self) -> int:
-        return self._queued_records
+        return self._writer.queued
 
     @property
     def queued_jobs(self) -> int:
-        return self._queued_jobs
+        return self._writer.queued_solo
 
     @property
     def running(self) -> bool:
-        return self._accepting
+        return self._writer.state == RUNNING
 
     def start(self) -> None:
-        with self._cond:
-            if self._thread is not None:
-                raise Unavailable("the group committer was already started; create a new one")
-            self._thread = threading.Thread(target=self._writer, name="domicile-group-commit", daemon=True)
-            self._accepting = True
-            self._thread.start()
+        if self._writer.state != NEW:
+            raise Unavailable("the group committer was already started; create a new one")
+        self._writer.start()
 
     async def submit(self, write: LocalWrite) -> Committed:
         """Commits one local write durably, together with whatever else is queued."""
         loop = asyncio.get_running_loop()
-        waiter: _Waiter[Committed] = _Waiter(loop, loop.create_future())
-        with self._cond:
-            self._check_accepting()
-            if self._queued_records >= self.queue_records_max:
-                raise ResourceExhausted(
-                    f"write queue is full ({self.queue_records_max} writes waiting); "
-                    "retry after a short back-off"
-                )
-            self._queue.append(_WriteItem(write, waiter))
-            self._queued_records += 1
-            self._cond.notify()
+        waiter: LoopWaiter[Committed] = LoopWaiter(loop, loop.create_future())
+        self._writer.put(_WriteItem(write, waiter))
         return await waiter.future
 
     async def run(self, fn: Callable[[StorageEngine], T]) -> T:
         """Runs fn(engine) on the writer thread, after every write queued before it."""
         loop = asyncio.get_running_loop()
-        waiter: _Waiter[T] = _Waiter(loop, loop.create_future())
-        with self._cond:
-            self._check_accepting()
-            if self._queued_jobs >= self.queue_jobs_max:
-                raise ResourceExhausted(
-                    f"write job queue is full ({self.queue_jobs_max} jobs waiting); "
-                    "retry after a short back-off"
-                )
-            self._queue.append(_JobItem(fn, waiter))
-            self._queued_jobs += 1
-            self._cond.notify()
+        waiter: LoopWaiter[T] = LoopWaiter(loop, loop.create_future())
+        self._writer.put_solo(_JobItem(fn, waiter))
         return await waiter.future
 
     async def stop(self) -> None:
@@ -154,69 +140,27 @@ class GroupCommitter:
 
     def close(self) -> None:
         """Like stop(), for callers without an event loop. Blocks until the queue is drained."""
-        with self._cond:
-            self._accepting = False
-            self._stopping = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        self._writer.stop()
 
-    def _check_accepting(self) -> None:
-        if not self._accepting:
-            state = "stopped" if self._stopping else "not started"
-            raise Unavailable(f"the write path is {state}; retry on a running node")
-
-    def _next(self) -> list[_WriteItem] | _JobItem | None:
-        with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            first = self._queue.popleft()
-            if isinstance(first, _JobItem):
-                self._queued_jobs -= 1
-                return first
-            batch = [first]
-            while self._queue and len(batch) < self.batch_records_max:
-                item = self._queue[0]
-                if not isinstance(item, _WriteItem):
-                    break  # a job waits for the writes queued before it, and later writes wait for it
-                self._queue.popleft()
-                batch.append(item)
-            self._queued_records -= len(batch)
-            return batch
-
-    def _writer(self) -> None:
-        try:
-            while (work := self._next()) is not None:
-                if isinstance(work, _JobItem):
-                    self._run_job(work)
-                else:
-                    self._commit(work)
-        finally:
-            self._fail_remaining()
+    def _handle(self, batch: list[_Item]) -> None:
+        first = batch[0]
+        if isinstance(first, _JobItem):
+            self._run_job(first)
+        else:
+            self._commit(cast("list[_WriteItem]", batch))
 
     def _run_job(self, job: _JobItem) -> None:
+        # A failing job is answered by _reject, like a failed batch of one.
         try:
             result = job.fn(self.engine)
-        except Exception as error:
+        finally:
             self.jobs_run += 1
-            job.waiter.deliver(error)
-        else:
-            self.jobs_run += 1
-            job.waiter.deliver(result)
+        job.waiter.deliver(result)
 
     def _commit(self, batch: list[_WriteItem]) -> None:
-        try:
-            results = self.engine.commit_local([item.write for item in batch], self._stamp)
-            if len(results) != len(batch):
-                raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} writes")
-        except Exception as error:
-            # The engine failed the whole batch: every writer in it gets the same failure.
-            for item in batch:
-                item.waiter.deliver(error)
-            return
+        results = self.engine.commit_local([item.write for item in batch], self._stamp)
+        if len(results) != len(batch):
+            raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} writes")
         # Counters first, so that a caller who got its result sees them include its batch.
         self.batches_committed += 1
         self.records_committed += sum(not isinstance(r, DomicileError) for r in results)
@@ -225,15 +169,3 @@ class GroupCommitter:
             self._on_batch(len(batch))
         for item, result in zip(batch, results, strict=True):
             item.waiter.deliver(result)
-
-    def _fail_remaining(self) -> None:
-        # Reached only when the writer thread dies abnormally (or after a drain, with nothing left).
-        with self._cond:
-            self._accepting = False
-            self._stopping = True
-            remaining = list(self._queue)
-            self._queue.clear()
-            self._queued_records = 0
-            self._queued_jobs = 0
-        for item in remaining:
-            item.waiter.deliver(Unavailable("the write path stopped before this write ran; retry"))

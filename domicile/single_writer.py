@@ -1,0 +1,268 @@
+"""One writer thread fed by a bounded queue, for stores where one thread owns every write.
+
+Callers put items from any thread (an event loop, typically); the writer takes whatever is
+waiting, up to batch_max items, and hands the batch to `handle`, so that one durable commit
+serves many callers. An item put with put_solo() is handed over alone, after everything queued
+before it and before everything queued after it (a job that needs the store to itself).
+
+The queue is bounded and fails closed: a put over the bound raises ResourceExhausted at once
+and queues nothing. `handle` answers each item of its batch; when it raises, `reject` answers
+every item of the batch with that error and the writer goes on, unless fail() was called. When
+the writer ends (stopped, or failed), items still queued are rejected with the error `stopped`
+builds.
+
+States: new -> running -> closing -> closed; running -> failed when fail() is called (the
+writer stops after its current batch; stop() still ends in closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+from domicile.errors import InvalidArgument, ResourceExhausted
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+NEW = "new"
+RUNNING = "running"
+CLOSING = "closing"
+CLOSED = "closed"
+FAILED = "failed"
+
+
+@dataclass
+class LoopWaiter(Generic[R]):
+    """Hands a result from the writer thread to a future of the caller's event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[R]
+
+    def deliver(self, result: R | BaseException) -> None:
+        # A closed loop raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_settle, self.future, result)
+
+
+def _settle(future: asyncio.Future[Any], result: object) -> None:
+    if future.done():
+        return  # the caller was cancelled; the item was handled all the same
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class _Solo(Generic[T]):
+    __slots__ = ("item",)
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+
+
+class SingleWriter(Generic[T]):
+    """The queue and thread of one writer. `handle` and `reject` run on the writer thread."""
+
+    def __init__(
+        self,
+        handle: Callable[[list[T]], None],
+        reject: Callable[[list[T], Exception], None],
+        *,
+        name: str,
+        batch_max: int,
+        queue_max: int,
+        full_message: str,
+        refused: Callable[[str, str], Exception],
+        stopped: Callable[[str], Exception],
+        solo_max: int = 0,
+        solo_full_message: str = "",
+        on_batch: Callable[[int, float], None] | None = None,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
+        """`refused(state, failure)` builds the error of a put while not running;
+        `stopped(failure)` the error of items left when the writer ends; `on_batch(size,
+        seconds)` observes each batch handled without error; `on_exit` runs last on the
+        writer thread (to close what the writer owns)."""
+        for what, value, least in (
+            ("batch_max", batch_max, 1),
+            ("queue_max", queue_max, 1),
+            ("solo_max", solo_max, 0),
+        ):
+            if value < least:
+                raise InvalidArgument(f"{what} is {value}; it must be at least {least}")
+        self.name = name
+        self.batch_max = batch_max
+        self.queue_max = queue_max
+        self.solo_max = solo_max
+        self._handle = handle
+        self._reject = reject
+        self._full_message = full_message
+        self._solo_full_message = solo_full_message
+        self._refused = refused
+        self._stopped = stopped
+        self._on_batch = on_batch
+        self._on_exit = on_exit
+        self._cond = threading.Condition()
+        self._queue: collections.deque[T | _Solo[T]] = collections.deque()
+        self._queued = 0
+        self._queued_solo = 0
+        self._state = NEW
+        self._failure = ""
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def failure(self) -> str:
+        """Why the writer failed; empty unless fail() was called."""
+        return self._failure
+
+    @property
+    def queued(self) -> int:
+        """Items waiting to be batched."""
+        return self._queued
+
+    @property
+    def queued_solo(self) -> int:
+        """Items waiting to be handled alone."""
+        return self._queued_solo
+
+    def start(self) -> None:
+        with self._cond:
+            if self._state != NEW:
+                raise RuntimeError(f"the {self.name} writer is {self._state}; create a new one")
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._state = RUNNING
+            self._thread.start()
+
+    def put(self, item: T) -> None:
+        """Queues an item to be handled in a batch; raises instead when not running or full."""
+        with self._cond:
+            if self._state != RUNNING:
+                raise self._refused(self._state, self._failure)
+            if self._queued >= self.queue_max:
+                raise ResourceExhausted(self._full_message)
+            # The writer only waits when the queue is empty; waking it for every item would
+            # hand it the GIL once per item while the callers are busy producing them.
+            if not self._queue:
+                self._cond.notify()
+            self._queue.append(item)
+            self._queued += 1
+
+    def put_solo(self, item: T) -> None:
+        """Queues an item to be handled alone, in queue order."""
+        with self._cond:
+            if self._state != RUNNING:
+                raise self._refused(self._state, self._failure)
+            if self._queued_solo >= self.solo_max:
+                raise ResourceExhausted(self._solo_full_message)
+            if not self._queue:
+                self._cond.notify()
+            self._queue.append(_Solo(item))
+            self._queued_solo += 1
+
+    def fail(self, reason: str) -> None:
+        """Stops accepting and makes the writer stop after its current batch (call it from
+        `handle` before answering, so that the next put already refuses)."""
+        with self._cond:
+            if not self._failure:
+                self._failure = reason
+            if self._state == RUNNING:
+                self._state = FAILED
+            self._cond.notify_all()
+
+    def stop_accepting(self) -> None:
+        """Refuses further puts; the writer goes on until the queue is empty."""
+        with self._cond:
+            if self._state == NEW:
+                self._state = CLOSED
+            elif self._state == RUNNING:
+                self._state = CLOSING
+            self._cond.notify_all()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stops accepting, waits (at most `timeout` seconds) for the writer to handle what is
+        queued and end, and moves to closed. True when the writer has ended."""
+        self.stop_accepting()
+        thread = self._thread
+        ended = True
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            ended = not thread.is_alive()
+        with self._cond:
+            self._state = CLOSED
+        return ended
+
+    def reject_queued(self, error: Exception) -> None:
+        """Answers every item still queued with `error` (a writer that did not stop in time)."""
+        with self._cond:
+            items = self._take_all()
+        if items:
+            self._reject(items, error)
+
+    # -- the writer thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while (batch := self._take()) is not None:
+                started = time.perf_counter() if self._on_batch is not None else 0.0
+                try:
+                    self._handle(batch)
+                except Exception as error:
+                    self._reject(batch, error)
+                    continue
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), time.perf_counter() - started)
+        except BaseException as error:
+            self.fail(f"the writer stopped: {error}")
+            raise
+        finally:
+            with self._cond:
+                items = self._take_all()
+            if items:
+                self._reject(items, self._stopped(self._failure))
+            if self._on_exit is not None:
+                self._on_exit()
+
+    def _take(self) -> list[T] | None:
+        with self._cond:
+            queue = self._queue
+            while not queue:
+                if self._state != RUNNING:
+                    return None
+                self._cond.wait()
+            if self._failure:
+                return None
+            if not self._queued_solo:
+                batch = cast("list[T]", [queue.popleft() for _ in range(min(len(queue), self.batch_max))])
+            else:
+                first = queue[0]
+                if isinstance(first, _Solo):
+                    queue.popleft()
+                    self._queued_solo -= 1
+                    return [first.item]
+                batch = []
+                while queue and len(batch) < self.batch_max:
+                    item = queue[0]
+                    if isinstance(item, _Solo):
+                        break  # a solo item waits for the items queued before it, and later ones for it
+                    queue.popleft()
+                    batch.append(item)
+            self._queued -= len(batch)
+            return batch
+
+    def _take_all(self) -> list[T]:
+        items = [item.item if isinstance(item, _Solo) else item for item in self._queue]
+        self._queue.clear()
+        self._queued = 0
+        self._queued_solo = 0
+        return items
