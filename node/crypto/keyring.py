@@ -10,7 +10,11 @@ replicas' disks) is unreadable. Three things give that property:
 - the rows live in a WITHOUT ROWID table, so the key is stored once (no separate index copy).
 
 One connection, guarded by a lock, serves every thread; unwrapped keys are kept in a bounded
-LRU cache so that reads on the event loop rarely touch the file.
+LRU cache so that reads on the event loop rarely touch the file. Writes run on the caller's
+thread under that lock, not on a writer thread (domicile.single_writer): they are rare (a new
+subject and key class, an erasure), each must be durable before its caller goes on, and each
+must change the cache under the same lock as the file, or a key created just before its
+destruction could stay cached after it.
 """
 
 from __future__ import annotations
