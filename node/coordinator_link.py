@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from domicile.retry import Backoff, BackoffPolicy, retry_forever
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.topology import topology_from_pb
 from node.metrics import NodeMetrics
-from node.replication.outbound import BackoffPolicy
 from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.coordinator_link")
@@ -57,29 +57,27 @@ class CoordinatorLink:
         self.heartbeat_interval_s = 1.0
 
     async def run(self) -> None:
-        delays = self.backoff.delays(self.rng)
-        while True:
-            try:
-                await self._session()
-                delays = self.backoff.delays(self.rng)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                detail = (
-                    f"{exc.code().name}: {exc.details()}"
-                    if isinstance(exc, grpc.aio.AioRpcError)
-                    else repr(exc)
-                )
-                log.info(
-                    "coordinator %s unreachable (%s); serving on topology revision %d",
-                    self.coordinator,
-                    detail,
-                    self.view.revision,
-                )
-            finally:
-                self.connected = False
-                self.metrics.coordinator_connected.set(0)
-            await asyncio.sleep(min(next(delays), 2.0))
+        # Retried within 2 s whatever the back-off: a node should notice the coordinator is back
+        # soon after it is.
+        await retry_forever(
+            self._connected_session, Backoff(self.backoff, self.rng, cap_s=2.0), on_error=self._unreachable
+        )
+
+    async def _connected_session(self) -> None:
+        try:
+            await self._session()
+        finally:
+            self.connected = False
+            self.metrics.coordinator_connected.set(0)
+
+    def _unreachable(self, exc: Exception) -> None:
+        detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+        log.info(
+            "coordinator %s unreachable (%s); serving on topology revision %d",
+            self.coordinator,
+            detail,
+            self.view.revision,
+        )
 
     async def _session(self) -> None:
         async with grpc.aio.insecure_channel(self.coordinator) as channel:

@@ -18,6 +18,7 @@ from domicile import errors
 from domicile.audit import SignedHead
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.hlc import HybridClock, wall_ms
+from domicile.retry import Backoff, BackoffPolicy, retry
 from domicile.subjects import LegalHold, RegionReceipt
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
@@ -37,16 +38,16 @@ from node.compliance.scanner import ScanReport, scan_store
 from node.config import NodeConfig, split_host_port
 from node.coordinator_link import CoordinatorLink
 from node.crypto.keyring import Keyring, load_or_create_kek
+from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.engine.sqlite import SQLiteEngine
 from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
-from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
-from node.replication.outbound import SERVER_OPTIONS, BackoffPolicy
+from node.replication.outbound import SERVER_OPTIONS
 from node.replication.signal import LogSignal
 from node.service import StorageService
 from node.topology_view import TopologyView
@@ -75,6 +76,7 @@ class Node:
         self.clock = hlc or HybridClock()
         self.rng = rng or random.Random()
         self.metrics = NodeMetrics(config.node_id, config.region)
+        self.backoff = BackoffPolicy(config.reconnect_delay_s, config.reconnect_delay_max_s)
         self.address = config.listen
         self.metrics_port = 0
         self._started = time.monotonic()
@@ -109,7 +111,7 @@ class Node:
         )
         self.committer.start()
         self.view = TopologyView(self._initial_topology())
-        backoff = BackoffPolicy(cfg.reconnect_delay_s, cfg.reconnect_delay_max_s)
+        backoff = self.backoff
         self.exporter = HeadExporter(
             coordinator=cfg.coordinator,
             metrics=self.metrics,
@@ -290,32 +292,25 @@ class Node:
 
     async def _report_erasure(self, request_id: str, receipt: RegionReceipt) -> None:
         """Tells the coordinator, retrying until it answers (the order stays pending until then)."""
-        delays = BackoffPolicy(self.config.reconnect_delay_s, self.config.reconnect_delay_max_s).delays(
-            self.rng
-        )
-        while True:
-            try:
-                async with grpc.aio.insecure_channel(self.config.coordinator) as channel:
-                    request = cpb.ReportErasureRequest(request_id=request_id)
-                    receipt_to_pb(receipt, request.receipt)
-                    await cpb_grpc.CoordinatorServiceStub(channel).ReportErasure(
-                        request, timeout=self.config.limits.rpc_deadline_s
-                    )
-                self.metrics.erasures_completed.inc()
-                for namespace, records in receipt.erased:
-                    self.metrics.erased_records.labels(namespace).inc(records)
-                return
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in (
-                    grpc.StatusCode.NOT_FOUND,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                ):
-                    # Retrying the same receipt cannot help; the order stays pending and the
-                    # next start of the node carries it out again.
-                    log.error("coordinator refused the receipt of erasure %s: %s", request_id, exc.details())
-                    return
-                await asyncio.sleep(next(delays))
+
+        async def send() -> None:
+            async with grpc.aio.insecure_channel(self.config.coordinator) as channel:
+                request = cpb.ReportErasureRequest(request_id=request_id)
+                receipt_to_pb(receipt, request.receipt)
+                await cpb_grpc.CoordinatorServiceStub(channel).ReportErasure(
+                    request, timeout=self.config.limits.rpc_deadline_s
+                )
+
+        try:
+            await retry(send, Backoff(self.backoff, self.rng), retriable=_receipt_retriable)
+        except grpc.aio.AioRpcError as exc:
+            # Retrying the same receipt cannot help; the order stays pending and the next start
+            # of the node carries it out again.
+            log.error("coordinator refused the receipt of erasure %s: %s", request_id, exc.details())
+            return
+        self.metrics.erasures_completed.inc()
+        for namespace, records in receipt.erased:
+            self.metrics.erased_records.labels(namespace).inc(records)
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -463,6 +458,18 @@ class Node:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+# Answers that say the receipt itself is wrong; any other RPC error is the coordinator being away.
+_RECEIPT_REFUSALS = (
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
+
+
+def _receipt_retriable(exc: Exception) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in _RECEIPT_REFUSALS
 
 
 async def _bounded(what: str, step: Awaitable[object], timeout_s: float) -> None:

@@ -25,10 +25,11 @@ from domicile.model import (
 )
 from domicile.policy import Action, Decision, RecordFacts
 from node.compliance.enforcer import Audit, Enforcer
+from node.compliance.redaction import redact
+from node.crypto.sealing import Sealer
 from node.engine.base import Committed, LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.lifecycle.erasure import Eraser
-from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.topology_view import TopologyView
 
@@ -327,22 +328,6 @@ def facts_for_delete(spec: NamespaceSpec, state: KeyState | None, cmd: DeleteCom
         classification = max((newest.classification, spec.classification), key=lambda c: c.strictness)
         return RecordFacts(spec.name, classification, newest.subject_id, newest.subject_jurisdiction)
     return RecordFacts(spec.name, spec.classification, cmd.subject_id, cmd.subject_jurisdiction)
-
-
-def redact(version: Version, fields: tuple[str, ...]) -> Version:
-    """The version with the named fields emptied (and the checksum with the value, since a hash
-    of a short value gives the value away)."""
-    if not fields:
-        return version
-    gone = set(fields)
-    return dataclasses.replace(
-        version,
-        value=b"" if "value" in gone else version.value,
-        checksum=b"" if "value" in gone else version.checksum,
-        content_type="" if "content_type" in gone else version.content_type,
-        subject_id="" if "subject_id" in gone else version.subject_id,
-        subject_jurisdiction="" if "subject_jurisdiction" in gone else version.subject_jurisdiction,
-    )
 
 
 def encode_page_token(last_key: str) -> str:

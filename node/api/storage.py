@@ -24,8 +24,8 @@ from node.api.errors import abort_with, status_for
 from node.compliance.audit_log import AuditLog
 from node.compliance.enforcer import Audit
 from node.compliance.scanner import ScanReport
+from node.crypto.sealing import Sealer
 from node.lifecycle.export import export_subject
-from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.service import DeleteCommand, PutCommand, ReadResult, StorageService
 

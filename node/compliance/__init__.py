@@ -1,1 +1,2 @@
-"""Compliance: the node's tamper-evident audit trail (and, later, its enforcement hooks)."""
+"""Compliance: the one decision function (enforcer), redaction, the tamper-evident audit trail,
+the compliance scanner and the export of signed audit heads."""

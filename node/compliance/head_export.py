@@ -17,11 +17,11 @@ import time
 import grpc
 
 from domicile.audit import SignedHead
+from domicile.retry import Backoff, BackoffPolicy
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_to_pb
 from node.metrics import NodeMetrics
-from node.replication.outbound import BackoffPolicy
 
 log = logging.getLogger("domicile.audit.export")
 
@@ -56,7 +56,8 @@ class HeadExporter:
     async def run(self) -> None:
         async with grpc.aio.insecure_channel(self.coordinator) as channel:
             stub = cpb_grpc.CoordinatorServiceStub(channel)
-            delays = self.backoff.delays(self.rng)
+            # A failed export is retried within 2 s whatever the back-off: heads arrive often.
+            backoff = Backoff(self.backoff, self.rng, cap_s=2.0)
             while True:
                 await self._wake.wait()
                 self._wake.clear()
@@ -65,7 +66,7 @@ class HeadExporter:
                     continue
                 try:
                     await self._send(stub, head)
-                    delays = self.backoff.delays(self.rng)
+                    backoff.reset()
                     await asyncio.sleep(self.interval_s)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
@@ -75,12 +76,12 @@ class HeadExporter:
                         continue
                     log.info("audit head export failed (%s); retrying", exc.code().name)
                     self.offer(head)
-                    await asyncio.sleep(min(next(delays), 2.0))
+                    await backoff.wait()
                 except Exception:
                     # Never end the exporter: an unexported head leaves the log unanchored.
                     log.exception("audit head export failed unexpectedly; retrying")
                     self.offer(head)
-                    await asyncio.sleep(min(next(delays), 2.0))
+                    await backoff.wait()
 
     async def _send(self, stub: cpb_grpc.CoordinatorServiceStub, head: SignedHead) -> None:
         request = cpb.ExportAuditHeadRequest()

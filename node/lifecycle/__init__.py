@@ -1,2 +1,2 @@
-"""Data-subject rights and record lifecycle on a node: encryption of subject data at rest,
-erasure orders, retention expiry and legal holds."""
+"""Data-subject rights and record lifecycle on a node: erasure orders, exports, retention expiry
+and legal holds (encryption of subject data at rest is node.crypto.sealing)."""

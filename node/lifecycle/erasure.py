@@ -41,9 +41,9 @@ from domicile.subjects import (
 )
 from node.compliance.enforcer import AuditSink
 from node.crypto.keyring import Keyring
+from node.crypto.sealing import key_class, sealed_key_class
 from node.engine.base import LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
-from node.lifecycle.sealing import key_class, sealed_key_class
 
 log = logging.getLogger("domicile.erasure")
 
@@ -111,6 +111,16 @@ class Eraser:
         if not subject_id or not self.blocked:
             return ""
         return self.blocked.get(subject_hash(self.subject_key, subject_id), "")
+
+    def blocks(
+        self, cluster: ClusterSpec, holds: tuple[LegalHold, ...], namespace: str, key: str, subject_id: str
+    ) -> str:
+        """The erasure request that keeps this record of another region out, or "" when it may
+        come in: its subject was erased here and nothing (a hold, a legal obligation) keeps it."""
+        erased_by = self.erased_by(subject_id)
+        if erased_by and not keep_reason(cluster, holds, namespace, key, subject_id):
+            return erased_by
+        return ""
 
     async def _block(self, subject_id: str, request_id: str) -> None:
         digest = subject_hash(self.subject_key, subject_id)

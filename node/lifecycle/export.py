@@ -13,9 +13,9 @@ from domicile.model import Classification
 from domicile.policy import Action, RecordFacts
 from domicile.subjects import hold_covering
 from node.compliance.enforcer import Audit, Enforcer
+from node.compliance.redaction import redact
+from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
-from node.lifecycle.sealing import Sealer
-from node.service import redact
 from node.topology_view import TopologyView
 
 

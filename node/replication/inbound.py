@@ -8,20 +8,31 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from domicile import errors
 from domicile.causality import Mutation
+from domicile.cluster import ClusterSpec
 from domicile.hlc import HybridClock, physical_ms, wall_ms
 from domicile.policy import Action, RecordFacts
+from domicile.subjects import LegalHold
 from node.compliance.enforcer import Audit, Enforcer
+from node.crypto.sealing import Sealer
 from node.engine.base import ApplyOutcome, StorageEngine
 from node.engine.group_commit import GroupCommitter
-from node.lifecycle.erasure import Eraser, keep_reason
-from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.replication.inbound")
+
+
+class ErasedSubjects(Protocol):
+    """What the receiver needs of node.lifecycle.erasure.Eraser (injected: replication and
+    lifecycle do not import each other)."""
+
+    def blocks(
+        self, cluster: ClusterSpec, holds: tuple[LegalHold, ...], namespace: str, key: str, subject_id: str
+    ) -> str: ...
 
 
 @dataclass
@@ -51,7 +62,7 @@ class Receiver:
         view: TopologyView,
         enforcer: Enforcer,
         sealer: Sealer,
-        eraser: Eraser,
+        eraser: ErasedSubjects,
         clock: HybridClock,
         metrics: NodeMetrics,
         now_ms: Callable[[], int] = wall_ms,
@@ -109,10 +120,12 @@ class Receiver:
             )
             return False
         # An erased subject is refused before any decision is recorded for it.
-        erased_by = "" if m.version.tombstone else self.eraser.erased_by(m.version.subject_id)
-        if erased_by:
+        if not m.version.tombstone:
             topology = self.view.topology
-            if not keep_reason(topology.cluster, topology.holds, m.namespace, m.key, m.version.subject_id):
+            erased_by = self.eraser.blocks(
+                topology.cluster, topology.holds, m.namespace, m.key, m.version.subject_id
+            )
+            if erased_by:
                 # Written where the erasure had not arrived yet: it must not bring the subject back.
                 entries.append(
                     self.enforcer.refusal(

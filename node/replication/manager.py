@@ -9,13 +9,14 @@ import logging
 import random
 
 from domicile.model import Limits
+from domicile.retry import BackoffPolicy
 from domicile.topology import Topology
 from node.compliance.enforcer import Enforcer
+from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
 from node.engine.group_commit import GroupCommitter
-from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
-from node.replication.outbound import BackoffPolicy, LinkSender
+from node.replication.outbound import LinkSender
 from node.replication.signal import LogSignal
 from node.topology_view import TopologyView
 

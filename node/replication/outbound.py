@@ -15,7 +15,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -23,14 +22,15 @@ import grpc
 from domicile.causality import Mutation
 from domicile.model import Limits
 from domicile.policy import Action, RecordFacts
+from domicile.retry import Backoff, BackoffPolicy, retry_forever
 from domicile.topology import NodeInfo
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.wire.limits import NODE_MESSAGE_BYTES_MAX
 from domicile.wire.records import mutation_to_pb
 from node.compliance.enforcer import Audit, Enforcer
+from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
-from node.lifecycle.sealing import Sealer
 from node.metrics import NodeMetrics
 from node.replication.signal import LogSignal
 from node.topology_view import TopologyView
@@ -56,19 +56,6 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
 ]
-
-
-@dataclass(frozen=True)
-class BackoffPolicy:
-    initial_s: float = 0.05
-    max_s: float = 5.0
-
-    def delays(self, rng: random.Random) -> collections.abc.Iterator[float]:
-        delay = self.initial_s
-        while True:
-            # Full jitter in [delay/2, delay * 1.5) keeps many senders from reconnecting in step.
-            yield delay * rng.uniform(0.5, 1.5)
-            delay = min(delay * 2, self.max_s)
 
 
 class LinkSender:
@@ -157,23 +144,24 @@ class LinkSender:
     # -- the stream ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        delays = self.backoff.delays(self.rng)
-        while True:
-            try:
-                await self._session()
-                delays = self.backoff.delays(self.rng)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure costs a reconnect, never data
-                self.last_error = _describe(exc)
-                log.info(
-                    "link %s -> %s: %s; reconnecting", self.node_id, self.target.node_id, self.last_error
-                )
-            finally:
-                self.connected = False
-                self.metrics.replication_connected.labels(*self._labels).set(0)
-            self.metrics.replication_reconnects.labels(*self._labels).inc()
-            await asyncio.sleep(next(delays))
+        await retry_forever(
+            self._connected_session,
+            Backoff(self.backoff, self.rng),
+            on_error=self._session_failed,
+            before_wait=self.metrics.replication_reconnects.labels(*self._labels).inc,
+        )
+
+    async def _connected_session(self) -> None:
+        try:
+            await self._session()
+        finally:
+            self.connected = False
+            self.metrics.replication_connected.labels(*self._labels).set(0)
+
+    def _session_failed(self, exc: Exception) -> None:
+        # Any failure costs a reconnect, never data.
+        self.last_error = _describe(exc)
+        log.info("link %s -> %s: %s; reconnecting", self.node_id, self.target.node_id, self.last_error)
 
     async def _session(self) -> None:
         deadline_s = self.limits.rpc_deadline_s

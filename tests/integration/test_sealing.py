@@ -7,7 +7,7 @@ from pathlib import Path
 from domicile.causality import Dot, Version, sha256
 from domicile.cluster import ClusterSpec, NamespaceSpec
 from node.crypto.keyring import Keyring, load_or_create_kek
-from node.lifecycle.sealing import Sealer, sealed_key_class
+from node.crypto.sealing import Sealer, sealed_key_class
 
 
 def cluster(retention_class: str) -> ClusterSpec:

@@ -21,8 +21,8 @@ from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import subject_pb2 as subpb
 from domicile.wire.subjects import request_from_pb
+from node.crypto.sealing import KEY_CLASS_TAG, Sealer, sealed_key_class
 from node.engine.sqlite import SQLiteEngine
-from node.lifecycle.sealing import KEY_CLASS_TAG, Sealer, sealed_key_class
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.packs import sample_pack
 from tests.support.tcp_proxy import TcpProxy
