@@ -16,6 +16,9 @@ from domicile.causality import CausalContext, KeyState, Mutation, Version
 from domicile.errors import DomicileError
 from domicile.model import Classification
 
+# The most keys one get_many reads; callers with more read them in pages.
+GET_MANY_KEYS_MAX = 10_000
+
 
 @dataclass(frozen=True)
 class LocalWrite:
@@ -99,6 +102,12 @@ class StorageEngine(Protocol):
 
     def get(self, namespace: str, key: str) -> KeyState | None:
         """The stored state of a key (tombstones included), or None when never written."""
+        ...
+
+    def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, KeyState]:
+        """The stored states of the keys that were ever written (tombstones included), by key;
+        keys never written are absent. One call instead of a get per key, for callers that
+        loop over keys. At most GET_MANY_KEYS_MAX keys."""
         ...
 
     def scan(self, namespace: str, prefix: str, start_after: str, limit: int) -> list[tuple[str, KeyState]]:

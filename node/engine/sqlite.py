@@ -28,7 +28,7 @@ from domicile.wire.records import (
     mutation_from_bytes,
     mutation_to_bytes,
 )
-from node.engine.base import ApplyOutcome, Committed, LocalWrite, StoreCounts
+from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, Committed, LocalWrite, StoreCounts
 
 SCHEMA_VERSION = 2
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL")
@@ -451,6 +451,26 @@ class SQLiteEngine:
 
     def get(self, namespace: str, key: str) -> KeyState | None:
         return _load_state(self._reader(), namespace, key)
+
+    def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, KeyState]:
+        if len(keys) > GET_MANY_KEYS_MAX:
+            raise InvalidArgument(
+                f"get_many of {len(keys)} keys; read at most {GET_MANY_KEYS_MAX} keys at once"
+            )
+        conn = self._reader()
+        names = list(dict.fromkeys(keys))
+        states: dict[str, KeyState] = {}
+        for i in range(0, len(names), _LOAD_CHUNK_KEYS):
+            chunk = names[i : i + _LOAD_CHUNK_KEYS]
+            marks = ", ".join("?" * len(chunk))
+            rows = _execute(
+                conn,
+                f"SELECT key, state FROM kv WHERE namespace = ? AND key IN ({marks})",
+                (namespace, *chunk),
+            ).fetchall()
+            for key, blob in rows:
+                states[key] = _decode_state(namespace, key, blob)
+        return states
 
     def scan(self, namespace: str, prefix: str, start_after: str, limit: int) -> list[tuple[str, KeyState]]:
         if not 1 <= limit <= SCAN_RECORDS_MAX:

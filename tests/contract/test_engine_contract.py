@@ -13,7 +13,7 @@ from domicile import causality
 from domicile.causality import CausalContext, Dot, KeyState, Mutation
 from domicile.errors import DataCorruption, DomicileError, InvalidArgument, Unavailable
 from domicile.model import Classification
-from node.engine.base import Committed, LocalWrite, StorageEngine, StoreCounts
+from node.engine.base import GET_MANY_KEYS_MAX, Committed, LocalWrite, StorageEngine, StoreCounts
 
 from .harness import NODE, REGION, EngineHarness, commit_ok
 
@@ -71,6 +71,31 @@ def test_get_of_unwritten_key_or_namespace_is_none(engine: StorageEngine, stamp:
     commit_ok(engine, stamp, put("orders", "a", b"1"))
     assert engine.get("orders", "b") is None
     assert engine.get("other", "a") is None
+
+
+def test_get_many_answers_like_get_for_every_key_written(engine: StorageEngine, stamp: Stamp) -> None:
+    commit_ok(engine, stamp, put("o", "a", b"1"), put("o", "b", b"2"), put("p", "a", b"3"), delete("o", "b"))
+    got = engine.get_many("o", ["b", "a", "never", "a"])
+    assert got == {"a": engine.get("o", "a"), "b": engine.get("o", "b")}
+    assert values(got["b"]) == []  # a tombstoned key is still answered
+    assert engine.get_many("o", []) == {}
+    assert engine.get_many("other", ["a"]) == {}
+
+
+def test_get_many_reads_more_keys_than_one_query_holds(engine: StorageEngine, stamp: Stamp) -> None:
+    keys = [f"k{i:05d}" for i in range(1_200)]
+    for i in range(0, len(keys), 400):
+        commit_ok(engine, stamp, *(put("o", k, k.encode()) for k in keys[i : i + 400]))
+    got = engine.get_many("o", [*keys, "missing"])
+    assert sorted(got) == keys
+    assert all(values(got[k]) == [k.encode()] for k in keys)
+
+
+def test_get_many_refuses_too_many_keys_and_bad_text(engine: StorageEngine) -> None:
+    with pytest.raises(InvalidArgument):
+        engine.get_many("o", [f"k{i}" for i in range(GET_MANY_KEYS_MAX + 1)])
+    with pytest.raises(InvalidArgument):
+        engine.get_many("o", ["bad\ud800"])
 
 
 def test_hlc_comes_from_stamp_in_write_order(engine: StorageEngine) -> None:

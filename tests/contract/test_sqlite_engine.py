@@ -65,6 +65,8 @@ def test_a_flipped_byte_in_a_stored_value_is_detected_on_every_read_path(
         engine.get("orders", "o-1")
     with pytest.raises(DataCorruption, match="orders/o-1"):
         engine.scan("orders", "", "", 10)
+    with pytest.raises(DataCorruption, match="orders/o-1"):
+        engine.get_many("orders", ["o-2", "o-1"])
     assert engine.get("orders", "o-2") is not None
     # A write to the damaged key is refused in its slot; the rest of the batch commits.
     results = engine.commit_local(
