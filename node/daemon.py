@@ -39,12 +39,13 @@ from node.config import NodeConfig, split_host_port
 from node.coordinator_link import CoordinatorLink
 from node.crypto.keyring import Keyring, load_or_create_kek
 from node.crypto.sealing import Sealer
-from node.engine.base import StorageEngine
+from node.engine.base import StorageEngine, StoreCounts
 from node.engine.group_commit import GroupCommitter
 from node.engine.sqlite import SQLiteEngine
 from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
 from node.metrics import NodeMetrics
+from node.offload import THREADS_DEFAULT, Offload
 from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
 from node.replication.outbound import SERVER_OPTIONS
@@ -87,6 +88,7 @@ class Node:
     # -- start --------------------------------------------------------------------------------
 
     def _initial_topology(self) -> Topology:
+        """The cached topology, else one from the cluster config. Blocks (store and file reads)."""
         cached = self.engine.get_meta(TOPOLOGY_META)
         if cached:
             topology = topology_from_pb(cpb.Topology.FromString(cached))
@@ -97,11 +99,11 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.config
-        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
+        # Every store read, key unwrap, sealing and file access from here on runs in these
+        # threads; several nodes may share one event loop (the tests run whole clusters in one).
+        self.offload = offload = Offload(THREADS_DEFAULT)
         self.signal = LogSignal()
-        self.engine = SQLiteEngine(
-            str(Path(cfg.data_dir) / "store.sqlite3"), cfg.node_id, cfg.region, synchronous=cfg.synchronous
-        )
+        self.engine = await offload.run(self._open_store)
         self.committer = GroupCommitter(
             self.engine,
             self.clock.now,
@@ -110,7 +112,7 @@ class Node:
             on_batch=self.metrics.commit_batch_records.observe,
         )
         self.committer.start()
-        self.view = TopologyView(self._initial_topology())
+        self.view = TopologyView(await offload.run(self._initial_topology))
         backoff = self.backoff
         self.exporter = HeadExporter(
             coordinator=cfg.coordinator,
@@ -119,7 +121,7 @@ class Node:
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
             rng=random.Random(self.rng.random()),
         )
-        signing_key, subject_key = load_or_create_keys(Path(cfg.data_dir))
+        signing_key, subject_key = await offload.run(load_or_create_keys, Path(cfg.data_dir))
         self.audit = AuditLog(
             Path(cfg.data_dir) / "audit.sqlite3",
             region=cfg.region,
@@ -134,10 +136,8 @@ class Node:
         self.enforcer = Enforcer(region=cfg.region, view=self.view, metrics=self.metrics, audit=self.audit)
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of the
         # store must never carry them, or a restore would undo the destruction of erased keys.
-        key_dir = Path(cfg.data_dir) / "keys"
-        key_dir.mkdir(mode=0o700, exist_ok=True)
-        self.keyring = Keyring(key_dir / "keys.sqlite3", load_or_create_kek(key_dir))
-        self.sealer = Sealer(self.keyring)
+        self.keyring = await offload.run(self._open_keyring)
+        self.sealer = Sealer(self.keyring, offload)
         self.eraser = Eraser(
             region=cfg.region,
             node_id=cfg.node_id,
@@ -149,7 +149,9 @@ class Node:
             report=self._report_erasure,
             on_committed=self.signal.notify,
             now_ms=self.wall_ms,
+            offload=offload,
         )
+        await self.eraser.load()
         self.sweeper = RetentionSweeper(
             node_id=cfg.node_id,
             engine=self.engine,
@@ -158,6 +160,7 @@ class Node:
             on_committed=self.signal.notify,
             on_expired=lambda ns, n: self.metrics.retention_expired.labels(ns).inc(n),
             now_ms=self.wall_ms,
+            offload=offload,
         )
         self._scan_lock = asyncio.Lock()
         self.last_scan: ScanReport | None = None
@@ -173,6 +176,7 @@ class Node:
             limits=cfg.limits,
             metrics=self.metrics,
             on_committed=self.signal.notify,
+            offload=offload,
         )
         self.receiver = Receiver(
             node_id=cfg.node_id,
@@ -185,6 +189,7 @@ class Node:
             eraser=self.eraser,
             clock=self.clock,
             metrics=self.metrics,
+            offload=offload,
         )
         self.replication = ReplicationManager(
             node_id=cfg.node_id,
@@ -200,6 +205,7 @@ class Node:
             backoff=backoff,
             ack_persist_interval_s=cfg.ack_persist_interval_s,
             rng=random.Random(self.rng.random()),
+            offload=offload,
         )
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -227,7 +233,7 @@ class Node:
         self.metrics_address = metrics_address
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.replication.start()
+        await self.replication.start()
         self.link = CoordinatorLink(
             coordinator=cfg.coordinator,
             node_id=cfg.node_id,
@@ -245,13 +251,27 @@ class Node:
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
         self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
         self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
-        self.exporter.offer(self.audit.head())
+        self.exporter.offer(await offload.run(self.audit.head))
         if cfg.retention_sweep_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="retention"))
         self.eraser.apply(self.view.topology.erasures, self.view.topology.cluster, self.view.topology.holds)
         self.metrics.topology_revision.set(self.view.revision)
         self._running = True
         log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
+
+    def _open_store(self) -> SQLiteEngine:
+        cfg = self.config
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        return SQLiteEngine(
+            str(Path(cfg.data_dir) / "store.sqlite3"), cfg.node_id, cfg.region, synchronous=cfg.synchronous
+        )
+
+    def _open_keyring(self) -> Keyring:
+        # Data keys and the key-encryption key live apart from the store, in keys/: a backup of
+        # the store must never carry them, or a restore would undo the destruction of erased keys.
+        key_dir = Path(self.config.data_dir) / "keys"
+        key_dir.mkdir(mode=0o700, exist_ok=True)
+        return Keyring(key_dir / "keys.sqlite3", load_or_create_kek(key_dir))
 
     async def _adopt_topology(self, topology: Topology, raw: bytes) -> None:
         def persist(engine: StorageEngine) -> None:
@@ -385,19 +405,21 @@ class Node:
                 )
             return report
 
+    def _store_figures(self) -> tuple[StoreCounts, int]:
+        return self.engine.counts(), self.engine.last_lsn()
+
     async def _refresh_gauges(self) -> None:
         while True:
-            counts = self.engine.counts()
+            counts, last = await self.offload.run(self._store_figures)
             self.metrics.records_stored.set(counts.records)
             self.metrics.tombstones_stored.set(counts.tombstones)
-            self.metrics.last_lsn.set(self.engine.last_lsn())
+            self.metrics.last_lsn.set(last)
             await asyncio.sleep(2.0)
 
     # -- status -------------------------------------------------------------------------------
 
-    def status(self) -> spb.GetNodeStatusResponse:
-        counts = self.engine.counts()
-        last = self.engine.last_lsn()
+    async def status(self) -> spb.GetNodeStatusResponse:
+        counts, last = await self.offload.run(self._store_figures)
         response = spb.GetNodeStatusResponse(
             node_id=self.config.node_id,
             region=self.config.region,
@@ -447,8 +469,9 @@ class Node:
             await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)
         await _bounded("writer stop", self.committer.stop(), 10.0)
         await _bounded("audit log close", self.audit.close(), 10.0)
-        self.keyring.close()
-        self.engine.close()
+        # Reads still running finish before the key ring and the store they use are closed.
+        await _bounded("blocking work", asyncio.to_thread(self.offload.close), 5.0)
+        await _bounded("stores close", asyncio.to_thread(self._close_stores), 10.0)
         self.metrics.close()
         log.info("node %s stopped", self.config.node_id)
 
@@ -458,6 +481,10 @@ class Node:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _close_stores(self) -> None:
+        self.keyring.close()
+        self.engine.close()
 
 
 # Answers that say the receipt itself is wrong; any other RPC error is the coordinator being away.

@@ -31,6 +31,7 @@ from node.engine.base import Committed, LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.lifecycle.erasure import Eraser
 from node.metrics import NodeMetrics
+from node.offload import Offload
 from node.topology_view import TopologyView
 
 
@@ -88,6 +89,7 @@ class StorageService:
         limits: Limits,
         metrics: NodeMetrics,
         on_committed: Callable[[], None] = lambda: None,
+        offload: Offload | None = None,
     ) -> None:
         self.node_id = node_id
         self.region = region
@@ -101,6 +103,8 @@ class StorageService:
         self.metrics = metrics
         # Wakes the replication senders: the change log has grown.
         self.on_committed = on_committed
+        # Reads and opening sealed values block: each request makes one hop to these threads.
+        self.offload = offload or Offload()
         self.started = time.monotonic()
         self.conflicts_total = 0
 
@@ -221,7 +225,7 @@ class StorageService:
                 f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
             )
         check_jurisdiction(cmd.subject_jurisdiction)
-        facts = facts_for_delete(spec, self.engine.get(spec.name, cmd.key), cmd)
+        facts = facts_for_delete(spec, await self.offload.run(self.engine.get, spec.name, cmd.key), cmd)
         entry = self._check_placement(spec, facts, cmd.key, Audit.DELETE, cmd.principal)
         supersedes = None if spec.conflict_mode is ConflictMode.LWW else cmd.context
         committed = await self._commit(
@@ -260,13 +264,39 @@ class StorageService:
             decisions.append(decision)
         return decisions
 
-    def _read_result(
-        self, spec: NamespaceSpec, key: str, state: KeyState | None, principal: str
-    ) -> ReadResult | Decision:
-        """The answer to a read, or the first refusing decision. A version whose data key was
-        destroyed (its subject erased) is gone: it is left out."""
+    def _open_visible(self, spec: NamespaceSpec, key: str, state: KeyState | None) -> tuple[Version, ...]:
+        """The versions a read answers, opened. A version whose data key was destroyed (its
+        subject erased) is gone: it is left out. Blocks (key lookups, AES-GCM)."""
         opened = (self.sealer.open_version(spec.name, key, v) for v in visible(state, spec.conflict_mode))
-        versions = tuple(v for v in opened if v is not None)
+        return tuple(v for v in opened if v is not None)
+
+    def _read_now(self, spec: NamespaceSpec, key: str) -> tuple[KeyState | None, tuple[Version, ...]]:
+        state = self.engine.get(spec.name, key)
+        return state, self._open_visible(spec, key, state)
+
+    def _scan_now(
+        self, spec: NamespaceSpec, prefix: str, start_after: str, page_size: int
+    ) -> tuple[list[tuple[str, KeyState]], list[tuple[Version, ...]], Exception | None]:
+        """A page of rows (and one more, to tell whether there are more) and the opened versions
+        of the page's rows, up to the first row that could not be opened, with its error."""
+        rows = self.engine.scan(spec.name, prefix, start_after, page_size + 1)
+        opened: list[tuple[Version, ...]] = []
+        for key, state in rows[:page_size]:
+            try:
+                opened.append(self._open_visible(spec, key, state))
+            except Exception as exc:
+                return rows, opened, exc
+        return rows, opened, None
+
+    def _read_result(
+        self,
+        spec: NamespaceSpec,
+        key: str,
+        state: KeyState | None,
+        versions: tuple[Version, ...],
+        principal: str,
+    ) -> ReadResult | Decision:
+        """The answer to a read of the opened `versions`, or the first refusing decision."""
         decisions = self._read_decisions(spec, key, versions, principal)
         refused = next((d for d in decisions if not d.allowed), None)
         if refused is not None:
@@ -279,10 +309,12 @@ class StorageService:
             tuple(d.redacted_fields for d in decisions),
         )
 
-    def get(self, namespace: str, key: str, principal: str = "") -> ReadResult:
+    async def get(self, namespace: str, key: str, principal: str = "") -> ReadResult:
         spec = self._namespace(namespace)
         check_key(key, self.limits)
-        result = self._read_result(spec, key, self.engine.get(spec.name, key), principal)
+        # The hot path: the read and the opening of its versions share one hop.
+        state, versions = await self.offload.run(self._read_now, spec, key)
+        result = self._read_result(spec, key, state, versions, principal)
         if isinstance(result, Decision):
             raise errors.PlacementRefused(
                 f"region {self.region} may not serve this record: {result.reason}",
@@ -291,7 +323,7 @@ class StorageService:
             )
         return result
 
-    def scan(
+    async def scan(
         self, namespace: str, prefix: str, page_size: int, page_token: str, principal: str = ""
     ) -> ScanPage:
         """A page of live records. Records this region may not serve are left out (each
@@ -306,14 +338,17 @@ class StorageService:
         start_after = decode_page_token(page_token) if page_token else ""
         if start_after and not start_after.startswith(prefix):
             raise errors.InvalidArgument("page token does not belong to this prefix; start without a token")
-        rows = self.engine.scan(spec.name, prefix, start_after, page_size + 1)
+        rows, opened, error = await self.offload.run(self._scan_now, spec, prefix, start_after, page_size)
         more = len(rows) > page_size
         rows = rows[:page_size]
         items = []
-        for key, state in rows:
-            result = self._read_result(spec, key, state, principal)
+        for (key, state), versions in zip(rows, opened, strict=False):
+            result = self._read_result(spec, key, state, versions, principal)
             if isinstance(result, ReadResult) and result.found:
                 items.append((key, result))
+        if error is not None:
+            # The rows before it were judged (and audited) as they were before the failure.
+            raise error
         token = encode_page_token(rows[-1][0]) if more and rows else ""
         return ScanPage(items, token)
 

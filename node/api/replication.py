@@ -36,7 +36,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
                     "refresh the topology"
                 )
             source = hello.source_node_id
-            position = self.receiver.open(source)
+            position = await self.receiver.open(source)
             log.info("replication stream from %s opened at position %d", source, position)
             yield rpb.ReplicateResponse(
                 ready=rpb.ReplicationReady(resume_after_lsn=position, target_node_id=self.receiver.node_id)

@@ -148,7 +148,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     def __init__(
         self,
         service: StorageService,
-        status: Callable[[], spb.GetNodeStatusResponse],
+        status: Callable[[], Awaitable[spb.GetNodeStatusResponse]],
         audit: AuditLog,
         scan: Callable[[int, str], Awaitable[ScanReport]],
         sealer: Sealer,
@@ -186,7 +186,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
 
     async def Get(self, request: spb.GetRequest, context: grpc.aio.ServicerContext) -> spb.GetResponse:
         async def work() -> spb.GetResponse:
-            result = self.service.get(request.namespace, request.key, principal_of(context))
+            result = await self.service.get(request.namespace, request.key, principal_of(context))
             response = spb.GetResponse(found=result.found, region=self.service.region)
             _fill_read(result, response.versions, response.context)
             return response
@@ -219,7 +219,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
 
     async def Scan(self, request: spb.ScanRequest, context: grpc.aio.ServicerContext) -> spb.ScanResponse:
         async def work() -> spb.ScanResponse:
-            page = self.service.scan(
+            page = await self.service.scan(
                 request.namespace,
                 request.key_prefix,
                 request.page_size,
@@ -238,7 +238,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         self, request: spb.GetNodeStatusRequest, context: grpc.aio.ServicerContext
     ) -> spb.GetNodeStatusResponse:
         async def work() -> spb.GetNodeStatusResponse:
-            return self._status()
+            return await self._status()
 
         return await guarded(self.metrics, "GetNodeStatus", context, self.deadline_s, work)
 
@@ -277,7 +277,8 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             principal=principal_of(context),
             detail=f"after_seq={request.after_seq} limit={request.limit} tail={request.tail}",
         )
-        head = self._audit.head()
+        # Signing the head is Ed25519 work: off the event loop.
+        head = await self.service.offload.run(self._audit.head)
         end = head.size
         after = request.after_seq
         if request.tail:
@@ -312,7 +313,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         if len(request.request_id) > 64:
             raise errors.InvalidArgument("request_id is longer than 64 characters")
         service = self.service
-        copies = export_subject(
+        copies = await export_subject(
             subject_id=request.subject_id,
             region=service.region,
             engine=service.engine,
@@ -321,6 +322,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             sealer=self._sealer,
             principal=principal_of(context),
             request_id=request.request_id,
+            offload=service.offload,
         )
         for i in range(0, len(copies), EXPORT_BATCH):
             response = spb.ExportSubjectResponse()

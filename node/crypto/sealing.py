@@ -12,20 +12,21 @@ so it is always opened with the key it was sealed under, even after its namespac
 class changes. The associated data binds the value to its namespace, key and key class; the
 dot is not known before the engine assigns it, so it is not bound.
 
-Data keys are created on a subject's first write in a class: that commits to the key store, so
-it runs in a worker thread, never on the event loop.
+Key lookups (a data key is created on a subject's first write in a class, which commits to the
+key store) and AES-GCM run off the event loop, in node.offload.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+from collections.abc import Sequence
 
-from domicile.causality import Version, sha256
+from domicile.causality import Mutation, Version, sha256
 from domicile.cluster import ClusterSpec
 from domicile.errors import DataCorruption
 from node.crypto.envelope import open_sealed, record_aad, seal
 from node.crypto.keyring import Keyring
+from node.offload import Offload
 
 DEFAULT_KEY_CLASS = "default"
 KEY_CLASS_TAG = b"DS1"
@@ -52,26 +53,28 @@ def _aad(namespace: str, key: str, klass: str) -> bytes:
 
 
 class Sealer:
-    def __init__(self, keyring: Keyring) -> None:
+    """Seals and opens stored values. The async methods do their key lookups and AES-GCM work
+    in `offload` (one hop per call); open_version and the *_now methods block, for code that is
+    already off the event loop."""
+
+    def __init__(self, keyring: Keyring, offload: Offload | None = None) -> None:
         self.keyring = keyring
+        self.offload = offload or Offload()
 
-    async def data_key(self, subject_id: str, klass: str) -> bytes:
-        """The subject's key for the class, created (in a worker thread) on first use."""
-        cached = self.keyring.data_key(subject_id, klass, create=False)
-        if cached is not None:
-            return cached
-        created = await asyncio.to_thread(self.keyring.data_key, subject_id, klass, create=True)
-        if created is None:  # create=True always gives a key
+    def data_key_now(self, subject_id: str, klass: str) -> bytes:
+        """The subject's key for the class, created on first use (a durable commit)."""
+        key = self.keyring.data_key(subject_id, klass, create=True)
+        if key is None:  # create=True always gives a key
             raise RuntimeError("the keyring returned no key for create=True")
-        return created
+        return key
 
-    async def seal_value(
+    def seal_value_now(
         self, cluster: ClusterSpec, namespace: str, key: str, subject_id: str, value: bytes
     ) -> bytes:
         if not subject_id:
             return value
         klass = key_class(cluster, namespace)
-        data_key = await self.data_key(subject_id, klass)
+        data_key = self.data_key_now(subject_id, klass)
         encoded = klass.encode("utf-8")
         if len(encoded) > 255:
             raise DataCorruption(f"key class {klass!r} is longer than 255 bytes")
@@ -82,17 +85,37 @@ class Sealer:
             + seal(data_key, value, _aad(namespace, key, klass))
         )
 
-    async def seal_version(self, cluster: ClusterSpec, namespace: str, key: str, v: Version) -> Version:
+    async def seal_value(
+        self, cluster: ClusterSpec, namespace: str, key: str, subject_id: str, value: bytes
+    ) -> bytes:
+        if not subject_id:
+            return value
+        return await self.offload.run(self.seal_value_now, cluster, namespace, key, subject_id, value)
+
+    def seal_version_now(self, cluster: ClusterSpec, namespace: str, key: str, v: Version) -> Version:
         """A replicated version, sealed for storage here. Replicated values are in clear by
         contract, so every one with a subject is sealed, whatever its bytes look like."""
         if not v.subject_id or v.tombstone:
             return v
-        sealed = await self.seal_value(cluster, namespace, key, v.subject_id, v.value)
+        sealed = self.seal_value_now(cluster, namespace, key, v.subject_id, v.value)
         return dataclasses.replace(v, value=sealed, checksum=sha256(sealed))
+
+    async def seal_mutations(self, cluster: ClusterSpec, mutations: Sequence[Mutation]) -> list[Mutation]:
+        """Replicated mutations with their versions sealed for storage here, in one hop."""
+        if not any(m.version.subject_id and not m.version.tombstone for m in mutations):
+            return list(mutations)
+
+        def seal_all() -> list[Mutation]:
+            return [
+                dataclasses.replace(m, version=self.seal_version_now(cluster, m.namespace, m.key, m.version))
+                for m in mutations
+            ]
+
+        return await self.offload.run(seal_all)
 
     def open_version(self, namespace: str, key: str, v: Version) -> Version | None:
         """The version with its value in clear; None when its data key was destroyed (the
-        subject was erased: the value is gone for good)."""
+        subject was erased: the value is gone for good). Blocks: call it off the event loop."""
         if v.tombstone or not v.subject_id:
             return v
         klass = sealed_key_class(v.value)

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from domicile.audit import subject_hash
-from domicile.causality import CausalContext, Version
+from domicile.causality import CausalContext, KeyState, Version
 from domicile.cluster import ClusterSpec
 from domicile.hlc import wall_ms
 from domicile.subjects import (
@@ -44,6 +45,7 @@ from node.crypto.keyring import Keyring
 from node.crypto.sealing import key_class, sealed_key_class
 from node.engine.base import LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
+from node.offload import Offload
 
 log = logging.getLogger("domicile.erasure")
 
@@ -51,6 +53,8 @@ BLOCKED_META = "erased_subjects"
 RECEIPTS_META = "erasure_receipts"
 ERASE_ACTION = "erase"
 RECEIPT_ACTION = "erasure_receipt"
+# Key states read per get_many while collecting a subject's keys.
+STATES_PER_READ = 500
 
 
 def keep_reason(
@@ -85,6 +89,7 @@ class Eraser:
         report: Callable[[str, RegionReceipt], Awaitable[None]],
         on_committed: Callable[[], None] = lambda: None,
         now_ms: Callable[[], int] = wall_ms,
+        offload: Offload | None = None,
     ) -> None:
         self.on_committed = on_committed
         self.region = region
@@ -96,13 +101,20 @@ class Eraser:
         self.subject_key = subject_key
         self.report = report
         self.now_ms = now_ms
-        self.blocked: dict[str, str] = json.loads(engine.get_meta(BLOCKED_META) or b"{}")
-        self.receipts: dict[str, RegionReceipt] = {
-            rid: _receipt_from_json(r)
-            for rid, r in json.loads(engine.get_meta(RECEIPTS_META) or b"{}").items()
-        }
+        self.offload = offload or Offload()
+        # Filled by load(), before the node serves.
+        self.blocked: dict[str, str] = {}
+        self.receipts: dict[str, RegionReceipt] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self.completed_total = 0
+
+    async def load(self) -> None:
+        """Reads the erased subjects and the receipts not yet reported from the store."""
+        blocked, receipts = await self.offload.run(
+            lambda: (self.engine.get_meta(BLOCKED_META), self.engine.get_meta(RECEIPTS_META))
+        )
+        self.blocked = json.loads(blocked or b"{}")
+        self.receipts = {rid: _receipt_from_json(r) for rid, r in json.loads(receipts or b"{}").items()}
 
     # -- the block --------------------------------------------------------------------------
 
@@ -193,10 +205,9 @@ class Eraser:
         erased: collections.Counter[str] = collections.Counter()
         kept: list[KeptRecord] = []
         kept_classes: set[str] = set()
-        for namespace, key in await asyncio.to_thread(self.engine.subject_keys, subject):
-            state = self.engine.get(namespace, key)
-            if state is None:
-                continue
+        # Read in one hop, after the block (later writes of the subject are refused); each
+        # tombstone supersedes only the versions read here.
+        for namespace, key, state in await self.offload.run(_subject_states, self.engine, subject):
             # Only the subject's own live versions: the key may since hold another subject's.
             mine = [v for v in state.live() if v.subject_id == subject]
             if not mine:
@@ -219,9 +230,9 @@ class Eraser:
             erased[namespace] += 1
         # Keys of every class that kept nothing; the key store commits and checkpoints, so the
         # work runs off the event loop.
-        held_classes = await asyncio.to_thread(self.keyring.key_classes, subject)
+        held_classes = await self.offload.run(self.keyring.key_classes, subject)
         doomed = [c for c in held_classes if c not in kept_classes]
-        destroyed = await asyncio.to_thread(self.keyring.destroy, subject, doomed) if doomed else 0
+        destroyed = await self.offload.run(self.keyring.destroy, subject, doomed) if doomed else 0
         receipt = RegionReceipt(
             region=self.region,
             node_id=self.node_id,
@@ -276,6 +287,18 @@ class Eraser:
             LocalWrite.deleting(namespace, key, newest, CausalContext.of(dots=[v.dot for v in versions]))
         )
         self.on_committed()
+
+
+def _subject_states(engine: StorageEngine, subject_id: str) -> list[tuple[str, str, KeyState]]:
+    """Every key that holds or held the subject's data, with its state, in key order. Blocks."""
+    out = []
+    keys = engine.subject_keys(subject_id)
+    for namespace, group in itertools.groupby(keys, key=lambda nk: nk[0]):
+        names = [key for _, key in group]
+        for i in range(0, len(names), STATES_PER_READ):
+            states = engine.get_many(namespace, names[i : i + STATES_PER_READ])
+            out += [(namespace, key, states[key]) for key in names[i : i + STATES_PER_READ] if key in states]
+    return out
 
 
 def _receipt_to_json(r: RegionReceipt) -> dict[str, object]:

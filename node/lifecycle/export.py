@@ -6,9 +6,10 @@ it), and so is a value whose data key was destroyed (erased)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
-from domicile.causality import Version
+from domicile.causality import KeyState, Version
 from domicile.model import Classification
 from domicile.policy import Action, RecordFacts
 from domicile.subjects import hold_covering
@@ -16,6 +17,7 @@ from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
 from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
+from node.offload import Offload
 from node.topology_view import TopologyView
 
 
@@ -33,7 +35,51 @@ class ExportedCopy:
     hold_reason: str
 
 
-def export_subject(
+# Keys read per get_many; the opened versions of one page are held at a time, per hop.
+PAGE_KEYS = 500
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A key of the subject as read: its state and, per live version of the subject, the version
+    opened (None: its data key was destroyed) or the error opening it raised."""
+
+    namespace: str
+    key: str
+    state: KeyState
+    opened: tuple[Version | Exception | None, ...]
+
+
+def _read_subject(engine: StorageEngine, sealer: Sealer, subject_id: str) -> list[_Held]:
+    """Every key of the subject with its live versions of the subject opened, in one hop. A
+    version is opened before the policy is asked whether it may be served (that must happen on
+    the event loop, with its audit entry); an error is kept and raised only if it is served."""
+    held = []
+    keys = engine.subject_keys(subject_id)
+    for namespace, group in itertools.groupby(keys, key=lambda nk: nk[0]):
+        names = [key for _, key in group]
+        for i in range(0, len(names), PAGE_KEYS):
+            page = names[i : i + PAGE_KEYS]
+            states = engine.get_many(namespace, page)
+            for key in page:
+                state = states.get(key)
+                if state is None:
+                    continue
+                opened = tuple(
+                    _open(sealer, namespace, key, v) for v in state.live() if v.subject_id == subject_id
+                )
+                held.append(_Held(namespace, key, state, opened))
+    return held
+
+
+def _open(sealer: Sealer, namespace: str, key: str, v: Version) -> Version | Exception | None:
+    try:
+        return sealer.open_version(namespace, key, v)
+    except Exception as exc:
+        return exc
+
+
+async def export_subject(
     *,
     subject_id: str,
     region: str,
@@ -43,21 +89,22 @@ def export_subject(
     sealer: Sealer,
     principal: str,
     request_id: str,
+    offload: Offload,
 ) -> list[ExportedCopy]:
+    held = await offload.run(_read_subject, engine, sealer, subject_id)
     topology = view.topology
     cluster = topology.cluster
     out = []
-    for namespace, key in engine.subject_keys(subject_id):
-        state = engine.get(namespace, key)
+    for h in held:
+        namespace, key, state = h.namespace, h.key, h.state
         spec = cluster.find_namespace(namespace)
-        if state is None or spec is None:
+        if spec is None:
             continue
         versions: list[Version] = []
         redacted: list[tuple[str, ...]] = []
         basis = ""
-        for v in state.live():
-            if v.subject_id != subject_id:
-                continue
+        mine = [v for v in state.live() if v.subject_id == subject_id]
+        for v, opened in zip(mine, h.opened, strict=True):
             facts = RecordFacts(namespace, v.classification, v.subject_id, v.subject_jurisdiction)
             decision, _ = enforcer.decide(
                 facts, Action.READ, audit_action=Audit.READ, principal=principal, key=key,
@@ -65,7 +112,8 @@ def export_subject(
             )  # fmt: skip
             if not decision.allowed:
                 continue
-            opened = sealer.open_version(namespace, key, v)
+            if isinstance(opened, Exception):
+                raise opened
             if opened is None:
                 continue
             versions.append(redact(opened, decision.redacted_fields))

@@ -19,6 +19,7 @@ from domicile.subjects import LegalHold, hold_covering
 from node.compliance.enforcer import AuditSink
 from node.engine.base import LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
+from node.offload import Offload
 
 log = logging.getLogger("domicile.retention")
 
@@ -45,6 +46,7 @@ class RetentionSweeper:
         on_committed: Callable[[], None] = lambda: None,
         on_expired: Callable[[str, int], None] = lambda namespace, n: None,
         now_ms: Callable[[], int] = wall_ms,
+        offload: Offload | None = None,
     ) -> None:
         self.node_id = node_id
         self.engine = engine
@@ -53,6 +55,7 @@ class RetentionSweeper:
         self.on_committed = on_committed
         self.on_expired = on_expired
         self.now_ms = now_ms
+        self.offload = offload or Offload()
         self._lock = asyncio.Lock()
 
     async def sweep(
@@ -70,7 +73,7 @@ class RetentionSweeper:
                 cutoff_ms = now - retention.period_s * 1000
                 start_after = ""
                 while True:
-                    rows = self.engine.scan(spec.name, "", start_after, PAGE_KEYS)
+                    rows = await self.offload.run(self.engine.scan, spec.name, "", start_after, PAGE_KEYS)
                     for key, state in rows:
                         report.checked += 1
                         live = state.live()

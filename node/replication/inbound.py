@@ -4,7 +4,6 @@ idempotently, persist the source position in the same transaction, measure lag."
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from node.crypto.sealing import Sealer
 from node.engine.base import ApplyOutcome, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
+from node.offload import Offload
 from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.replication.inbound")
@@ -66,6 +66,7 @@ class Receiver:
         clock: HybridClock,
         metrics: NodeMetrics,
         now_ms: Callable[[], int] = wall_ms,
+        offload: Offload | None = None,
     ) -> None:
         self.node_id = node_id
         self.region = region
@@ -78,15 +79,16 @@ class Receiver:
         self.clock = clock
         self.metrics = metrics
         self.now_ms = now_ms
+        self.offload = offload or Offload()
         self.stats: dict[str, InboundStats] = {}
 
-    def open(self, source_node_id: str) -> int:
+    async def open(self, source_node_id: str) -> int:
         """Starts a stream from a source; returns the position to resume after."""
         if source_node_id == self.node_id:
             raise errors.InvalidArgument(f"node {self.node_id} cannot replicate to itself")
         stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
         stats.connected = True
-        stats.position = self.engine.inbound_position(source_node_id)
+        stats.position = await self.offload.run(self.engine.inbound_position, source_node_id)
         return stats.position
 
     def close(self, source_node_id: str) -> None:
@@ -190,14 +192,11 @@ class Receiver:
                 )
         entries: list[asyncio.Future[int]] = []
         cluster = self.view.topology.cluster
-        # Stored encrypted under this region's key for the subject; data keys never travel.
-        admitted = [
-            dataclasses.replace(
-                m, version=await self.sealer.seal_version(cluster, m.namespace, m.key, m.version)
-            )
-            for m in mutations
-            if self._admit(source_node_id, m, entries)
-        ]
+        # Stored encrypted under this region's key for the subject; data keys never travel. The
+        # whole batch is sealed in one hop, after every mutation was admitted.
+        admitted = await self.sealer.seal_mutations(
+            cluster, [m for m in mutations if self._admit(source_node_id, m, entries)]
+        )
         refused = len(mutations) - len(admitted)
         # The batch's audit entries are durable before it is applied (and acknowledged).
         if entries:

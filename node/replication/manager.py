@@ -16,6 +16,7 @@ from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
+from node.offload import Offload
 from node.replication.outbound import LinkSender
 from node.replication.signal import LogSignal
 from node.topology_view import TopologyView
@@ -40,6 +41,7 @@ class ReplicationManager:
         backoff: BackoffPolicy,
         ack_persist_interval_s: float,
         rng: random.Random | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.node_id = node_id
         self.region = region
@@ -54,13 +56,18 @@ class ReplicationManager:
         self.backoff = backoff
         self.ack_persist_interval_s = ack_persist_interval_s
         self.rng = rng or random.Random()
+        self.offload = offload or Offload()
+        # Every target's acknowledged position as persisted (read at start, then kept up to
+        # date here), so that starting a sender reads nothing on the event loop.
+        self._stored_acks: dict[str, int] = {}
         self.senders: dict[str, LinkSender] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._persister: asyncio.Task[None] | None = None
         self._persisted: dict[str, int] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        self._stored_acks = await self.offload.run(self.engine.outbound_acks)
         self._persister = asyncio.create_task(self._persist_loop())
         self.apply(self.view.topology)
 
@@ -94,7 +101,9 @@ class ReplicationManager:
                     limits=self.limits,
                     signal=self.signal,
                     backoff=self.backoff,
+                    acked_lsn=self._stored_acks.get(target_id, 0),
                     rng=random.Random(self.rng.random()),
+                    offload=self.offload,
                 )
                 self.senders[target_id] = sender
                 self._tasks[target_id] = asyncio.create_task(
@@ -135,6 +144,8 @@ class ReplicationManager:
 
         await self.committer.run(work)
         self._persisted.update(changed)
+        for target, lsn in changed.items():
+            self._stored_acks[target] = max(self._stored_acks.get(target, 0), lsn)
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())

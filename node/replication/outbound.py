@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import grpc
 
-from domicile.causality import Mutation
+from domicile.causality import Mutation, Version
 from domicile.model import Limits
 from domicile.policy import Action, RecordFacts
 from domicile.retry import Backoff, BackoffPolicy, retry_forever
@@ -32,6 +32,7 @@ from node.compliance.enforcer import Audit, Enforcer
 from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
 from node.metrics import NodeMetrics
+from node.offload import Offload
 from node.replication.signal import LogSignal
 from node.topology_view import TopologyView
 
@@ -74,7 +75,9 @@ class LinkSender:
         limits: Limits,
         signal: LogSignal,
         backoff: BackoffPolicy,
+        acked_lsn: int = 0,
         rng: random.Random | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.enforcer = enforcer
         self.sealer = sealer
@@ -89,7 +92,9 @@ class LinkSender:
         self.signal = signal
         self.backoff = backoff
         self.rng = rng or random.Random()
-        self.acked_lsn = engine.outbound_acks().get(target.node_id, 0)
+        self.offload = offload or Offload()
+        # The position persisted for this target (the manager read it off the event loop).
+        self.acked_lsn = acked_lsn
         self.connected = False
         self.last_error = ""
         self._labels = (node_id, target.node_id)
@@ -97,7 +102,7 @@ class LinkSender:
         # channel while cancelling a task can block in grpc.aio, so it is closed only in close().
         self._channel: grpc.aio.Channel | None = None
 
-    # -- batching (pure enough to test without sockets) ---------------------------------------
+    # -- batching (testable without sockets) ---------------------------------------------------
 
     def _allowed(self, m: Mutation) -> bool:
         if m.namespace not in self.namespaces:
@@ -117,29 +122,62 @@ class LinkSender:
         )
         return decision.allowed
 
-    def next_batch(self, after_lsn: int) -> tuple[list[Mutation], int] | None:
+    async def next_batch(self, after_lsn: int) -> tuple[list[Mutation], int] | None:
         """The next batch after `after_lsn`: mutations the target may hold, and the position the
         batch carries the target to (past skipped entries too). None when the log has nothing."""
-        entries = self.engine.read_log(after_lsn, self.limits.replication_batch_records_max)
+        entries, opened = await self.offload.run(self._read_log, after_lsn, self.namespaces)
         if not entries:
             return None
         batch: list[Mutation] = []
         through = after_lsn
         size = 0
-        for m in entries:
-            bytes_ = len(m.version.value) + len(m.key) + 128
+        for i, m in enumerate(entries):
+            bytes_ = _batch_bytes(m)
             if batch and size + bytes_ > self.limits.replication_batch_bytes_max:
                 break
             through = m.lsn
             if self._allowed(m):
+                if i not in opened:  # past what the first hop opened (many values were held back)
+                    opened.update(await self.offload.run(self._open_from, entries, i, self.namespaces))
                 # Shipped in clear (the target seals it under its own key); a value whose key
                 # was destroyed is erased: its tombstone follows in the log.
-                opened = self.sealer.open_version(m.namespace, m.key, m.version)
-                if opened is None:
+                result = opened[i]
+                if isinstance(result, Exception):
+                    raise result
+                if result is None:
                     continue
-                batch.append(m if opened is m.version else dataclasses.replace(m, version=opened))
+                batch.append(m if result is m.version else dataclasses.replace(m, version=result))
                 size += bytes_
         return batch, through
+
+    def _read_log(
+        self, after_lsn: int, namespaces: frozenset[str]
+    ) -> tuple[list[Mutation], dict[int, Version | Exception | None]]:
+        """A page of the change log, and its first batch's worth of values opened. Blocks."""
+        entries = self.engine.read_log(after_lsn, self.limits.replication_batch_records_max)
+        return entries, self._open_from(entries, 0, namespaces)
+
+    def _open_from(
+        self, entries: list[Mutation], start: int, namespaces: frozenset[str]
+    ) -> dict[int, Version | Exception | None]:
+        """The values of the link's namespaces from entry `start` on, opened, by index, until
+        about one batch's bytes are open. Whether the policy lets each one go is asked later, on
+        the event loop (with its audit entry), so an error opening a value is kept, not raised:
+        it matters only if that value is sent. Blocks (key lookups, AES-GCM)."""
+        opened: dict[int, Version | Exception | None] = {}
+        bytes_open = 0
+        for i in range(start, len(entries)):
+            m = entries[i]
+            if m.namespace not in namespaces:
+                continue
+            try:
+                opened[i] = self.sealer.open_version(m.namespace, m.key, m.version)
+            except Exception as exc:
+                opened[i] = exc
+            bytes_open += _batch_bytes(m)
+            if bytes_open > self.limits.replication_batch_bytes_max:
+                break
+        return opened
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -200,9 +238,9 @@ class LinkSender:
                 if reader.done():
                     reader.result()
                     raise ConnectionError("target closed the stream")
-                batch = self.next_batch(sent)
+                batch = await self.next_batch(sent)
                 if batch is None:
-                    self._update_backlog()
+                    await self._update_backlog()
                     await self._wait_for_log_or(reader, inflight, deadline_s)
                     continue
                 mutations, through = batch
@@ -240,14 +278,15 @@ class LinkSender:
                 inflight.popleft()
                 window.release()
             self._ack(position)
-            self._update_backlog()
+            await self._update_backlog()
 
     def _ack(self, position: int) -> None:
         if position > self.acked_lsn:
             self.acked_lsn = position
 
-    def _update_backlog(self) -> None:
-        backlog = max(0, self.engine.last_lsn() - self.acked_lsn)
+    async def _update_backlog(self) -> None:
+        last = await self.offload.run(self.engine.last_lsn)
+        backlog = max(0, last - self.acked_lsn)
         self.metrics.replication_backlog.labels(*self._labels).set(backlog)
 
     def _check_stalled(self, inflight: collections.deque[tuple[int, float]], deadline_s: float) -> None:
@@ -301,6 +340,11 @@ async def _within(call: grpc.aio.Call, step: Awaitable[T], timeout_s: float) -> 
         task.cancel()
         raise TimeoutError(f"no answer from the peer within {timeout_s} s")
     return task.result()
+
+
+def _batch_bytes(m: Mutation) -> int:
+    """What a mutation counts toward a batch's byte limit (its stored value, key and framing)."""
+    return len(m.version.value) + len(m.key) + 128
 
 
 def _describe(exc: BaseException) -> str:
