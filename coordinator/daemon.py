@@ -23,6 +23,7 @@ from coordinator.subject_desk import SubjectDesk
 from coordinator.watch import WatchHub
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
+from domicile.loop_lag import watch_loop_lag
 from domicile.policy.select import policy_for_cluster
 from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -77,6 +78,7 @@ class Coordinator:
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self._address: str | None = None
         self._metrics_address: str | None = None
         self._stopped = False
@@ -189,6 +191,9 @@ class Coordinator:
                 metrics_port = self.metrics.serve(host.strip("[]"), self.config.metrics_port)
                 self._metrics_address = f"{host}:{metrics_port}"
             self._health_task = asyncio.create_task(self._health_loop(), name="coordinator-health")
+            self._lag_task = asyncio.create_task(
+                watch_loop_lag(self.metrics.event_loop_lag.set), name="coordinator-event-loop-lag"
+            )
         except BaseException:
             await self.stop()
             raise
@@ -211,10 +216,11 @@ class Coordinator:
         if self._stopped:
             return
         self._stopped = True
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in (self._health_task, self._lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._hub.close()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()

@@ -81,6 +81,11 @@ class CoordinatorMetrics:
             "Legal holds in force",
             registry=self.registry,
         )
+        self.event_loop_lag = Gauge(
+            "domicile_event_loop_lag_seconds",
+            "How late the event loop ran a timer, as of the last check (twice a second)",
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

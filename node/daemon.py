@@ -18,6 +18,7 @@ from domicile import errors
 from domicile.audit import SignedHead
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.hlc import HybridClock, wall_ms
+from domicile.loop_lag import watch_loop_lag
 from domicile.retry import Backoff, BackoffPolicy, retry
 from domicile.subjects import LegalHold, RegionReceipt
 from domicile.topology import Topology
@@ -249,6 +250,9 @@ class Node:
         )
         self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
+        self._tasks.append(
+            asyncio.create_task(watch_loop_lag(self.metrics.event_loop_lag.set), name="event-loop-lag")
+        )
         self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
         self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
         self.exporter.offer(await offload.run(self.audit.head))

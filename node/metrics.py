@@ -199,6 +199,11 @@ class NodeMetrics:
         self.coordinator_connected = Gauge(
             "domicile_coordinator_connected", "1 while the topology watch stream is open.", registry=r
         )
+        self.event_loop_lag = Gauge(
+            "domicile_event_loop_lag_seconds",
+            "How late the event loop ran a timer, as of the last check (twice a second).",
+            registry=r,
+        )
         self.info = Gauge(
             "domicile_node_info", "Constant 1, labelled with identity.", ["node_id", "region"], registry=r
         )
