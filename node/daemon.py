@@ -105,6 +105,7 @@ class Node:
         self.offload = offload = Offload(THREADS_DEFAULT)
         self.signal = LogSignal()
         self.engine = await offload.run(self._open_store)
+        await offload.warm(self.engine.last_lsn)
         self.committer = GroupCommitter(
             self.engine,
             self.clock.now,

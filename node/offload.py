@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -35,7 +36,23 @@ class Offload:
     executor (components built on their own, as in tests)."""
 
     def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or 0
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="domicile-offload") if threads else None
+
+    async def warm(self, prepare: Callable[[], object]) -> None:
+        """Starts every thread now and runs `prepare` once on each (the store opens a thread's
+        read connection on its first read), so that no request waits for a thread to start or
+        a connection to open."""
+        if not self.threads:
+            return
+        # Each job holds its thread until all have started, so every thread takes one.
+        started = threading.Barrier(self.threads)
+
+        def prepare_this_thread() -> None:
+            prepare()
+            started.wait(timeout=10.0)
+
+        await asyncio.gather(*(self.run(prepare_this_thread) for _ in range(self.threads)))
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()

@@ -95,6 +95,7 @@ class LinkSender:
         self.offload = offload or Offload()
         # The position persisted for this target (the manager read it off the event loop).
         self.acked_lsn = acked_lsn
+        self._log_end = 0
         self.connected = False
         self.last_error = ""
         self._labels = (node_id, target.node_id)
@@ -125,7 +126,7 @@ class LinkSender:
     async def next_batch(self, after_lsn: int) -> tuple[list[Mutation], int] | None:
         """The next batch after `after_lsn`: mutations the target may hold, and the position the
         batch carries the target to (past skipped entries too). None when the log has nothing."""
-        entries, opened = await self.offload.run(self._read_log, after_lsn, self.namespaces)
+        entries, opened, self._log_end = await self.offload.run(self._read_log, after_lsn, self.namespaces)
         if not entries:
             return None
         batch: list[Mutation] = []
@@ -152,10 +153,13 @@ class LinkSender:
 
     def _read_log(
         self, after_lsn: int, namespaces: frozenset[str]
-    ) -> tuple[list[Mutation], dict[int, Version | Exception | None]]:
-        """A page of the change log, and its first batch's worth of values opened. Blocks."""
+    ) -> tuple[list[Mutation], dict[int, Version | Exception | None], int]:
+        """A page of the change log, its first batch's worth of values opened, and the log's last
+        position (for the backlog). Blocks."""
+        last = self.engine.last_lsn()
         entries = self.engine.read_log(after_lsn, self.limits.replication_batch_records_max)
-        return entries, self._open_from(entries, 0, namespaces)
+        end = max(last, entries[-1].lsn) if entries else last
+        return entries, self._open_from(entries, 0, namespaces), end
 
     def _open_from(
         self, entries: list[Mutation], start: int, namespaces: frozenset[str]
@@ -238,10 +242,11 @@ class LinkSender:
                 if reader.done():
                     reader.result()
                     raise ConnectionError("target closed the stream")
+                grown = self.signal.mark()
                 batch = await self.next_batch(sent)
                 if batch is None:
-                    await self._update_backlog()
-                    await self._wait_for_log_or(reader, inflight, deadline_s)
+                    self._update_backlog()
+                    await self._wait_for_log_or(reader, inflight, deadline_s, grown)
                     continue
                 mutations, through = batch
                 await self._acquire(window, reader, inflight, deadline_s)
@@ -278,15 +283,16 @@ class LinkSender:
                 inflight.popleft()
                 window.release()
             self._ack(position)
-            await self._update_backlog()
+            self._update_backlog()
 
     def _ack(self, position: int) -> None:
         if position > self.acked_lsn:
             self.acked_lsn = position
 
-    async def _update_backlog(self) -> None:
-        last = await self.offload.run(self.engine.last_lsn)
-        backlog = max(0, last - self.acked_lsn)
+    def _update_backlog(self) -> None:
+        # Against the log's end as of the sender's last read (it reads again as soon as the log
+        # grows), so that neither the idle loop nor every ack costs another hop off the loop.
+        backlog = max(0, self._log_end - self.acked_lsn)
         self.metrics.replication_backlog.labels(*self._labels).set(backlog)
 
     def _check_stalled(self, inflight: collections.deque[tuple[int, float]], deadline_s: float) -> None:
@@ -294,9 +300,13 @@ class LinkSender:
             raise TimeoutError(f"no acknowledgement within {deadline_s} s")
 
     async def _wait_for_log_or(
-        self, reader: asyncio.Task[None], inflight: collections.deque[tuple[int, float]], deadline_s: float
+        self,
+        reader: asyncio.Task[None],
+        inflight: collections.deque[tuple[int, float]],
+        deadline_s: float,
+        grown: asyncio.Event,
     ) -> None:
-        waiter = asyncio.ensure_future(self.signal.wait(1.0))
+        waiter = asyncio.ensure_future(self.signal.wait(1.0, grown))
         try:
             await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:

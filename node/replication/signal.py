@@ -16,7 +16,13 @@ class LogSignal:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout_s: float) -> None:
-        event = self._event
+    def mark(self) -> asyncio.Event:
+        """What the next notify() sets. A waiter that reads the log off the event loop takes the
+        mark before reading and waits on it after, so a notify that comes in between (the log
+        grew after the read) is not missed."""
+        return self._event
+
+    async def wait(self, timeout_s: float, mark: asyncio.Event | None = None) -> None:
+        event = self._event if mark is None else mark
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout_s)

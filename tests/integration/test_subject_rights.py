@@ -407,6 +407,17 @@ async def test_regression_erasure_spares_another_subjects_record_under_the_same_
     state = eu_us.nodes["eu-west-1"].engine.get("customers", "shared")
     assert state is not None
     await put(eu_us, "eu-west-1", "customers", "shared", "s-new", b"new owner", context=state.context)
+
+    # The key belongs to s-new in every region before s-old is erased (a region the new record
+    # has not reached yet holds s-old's copy, and erasing that is right).
+    async def handed_over() -> bool:
+        for region in ("eu-central-1", "us-east-1"):
+            held = eu_us.nodes[region].engine.get("customers", "shared")
+            if held is None or {v.subject_id for v in held.live()} != {"s-new"}:
+                return False
+        return True
+
+    await eventually(handed_over, 15.0, "customers/shared held for s-new everywhere")
     done = await completed(eu_us, (await erase(eu_us, "s-old")).request_id)
     assert all(r.erased_total == 0 for r in done.receipts)
     assert (await eu_us.values("eu-west-1", "customers", "shared")) == {b"new owner"}
