@@ -56,7 +56,8 @@ class HeadExporter:
     async def run(self) -> None:
         async with grpc.aio.insecure_channel(self.coordinator) as channel:
             stub = cpb_grpc.CoordinatorServiceStub(channel)
-            # A failed export is retried within 2 s whatever the back-off: heads arrive often.
+            # A failed export waits at most 2 s whatever the back-off: until a head is exported, the
+            # log is not anchored outside the region.
             backoff = Backoff(self.backoff, self.rng, cap_s=2.0)
             while True:
                 await self._wake.wait()
