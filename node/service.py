@@ -117,10 +117,17 @@ class StorageService:
     def _classification(self, spec: NamespaceSpec, requested: Classification) -> Classification:
         if requested is Classification.UNSPECIFIED:
             return spec.classification
-        if requested.strictness < spec.classification.strictness:
+        # A namespace classification this version does not know (sent by a newer coordinator)
+        # is judged as personal data by the policy, so no record in it may claim to be looser.
+        floor = spec.classification
+        if floor is Classification.UNSPECIFIED:
+            floor = Classification.PERSONAL
+        if requested.strictness < floor.strictness:
             raise errors.InvalidArgument(
                 f"classification {requested.label} is looser than the namespace default "
-                f"{spec.classification.label} of {spec.name}; a record may be stricter, never looser"
+                f"{spec.classification.label} of {spec.name}"
+                + (" (unknown to this node, judged as personal)" if floor is not spec.classification else "")
+                + "; a record may be stricter, never looser"
             )
         return requested
 

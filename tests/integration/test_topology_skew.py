@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
+import pytest
+
 from domicile.model import Classification, ConflictMode
 from domicile.topology import NodeHealth
 from domicile.wire.topology import topology_from_pb, topology_to_pb
@@ -41,6 +44,20 @@ async def test_a_node_adopts_unknown_enum_values_and_keeps_serving(tmp_path: Pat
         await cluster.put("eu-west-1", "customers_eu", "c-1", b"a", **facts)
         await cluster.put("eu-west-1", "customers_eu", "c-1", b"b", **facts)
         assert await cluster.values("eu-west-1", "customers_eu", "c-1") == {b"a", b"b"}
+
+        # Regression: the unknown classification ranked below public, so a write could claim to be
+        # looser than the namespace. It is judged as personal, and nothing looser is accepted.
+        for looser in (Classification.PUBLIC, Classification.INTERNAL, Classification.CONFIDENTIAL):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await cluster.put(
+                    "eu-west-1", "customers_eu", "c-2", b"x", classification=int(looser), **facts
+                )
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "judged as personal" in (refused.value.details() or "")
+        assert await cluster.values("eu-west-1", "customers_eu", "c-2") == set()
+        stricter = int(Classification.FINANCIAL)
+        await cluster.put("eu-west-1", "customers_eu", "c-2", b"x", classification=stricter, **facts)
+        assert await cluster.values("eu-west-1", "customers_eu", "c-2") == {b"x"}
 
         # Replication still runs on the links of the adopted topology.
         async def replicated() -> bool:
