@@ -42,6 +42,15 @@ class FailedPrecondition(DomicileError):
     """The system is not in a state that allows the request (e.g. a stale causal context)."""
 
 
+class Unauthenticated(DomicileError):
+    """The caller's identity could not be established: no, a malformed, an expired or a foreign
+    certificate or token. The message says which, and never repeats the credential."""
+
+
+class PermissionDenied(DomicileError):
+    """The caller is authenticated but is not the peer, or lacks the role, that this needs."""
+
+
 class ResourceExhausted(DomicileError):
     """A bounded queue or window is full; retry after a short back-off."""
 

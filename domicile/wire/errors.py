@@ -21,8 +21,10 @@ from domicile.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PlacementRefused,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -42,6 +44,8 @@ STATUS_BY_ERROR: Mapping[type[DomicileError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     DataCorruption: grpc.StatusCode.DATA_LOSS,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -63,6 +67,8 @@ ERROR_BY_CODE: Mapping[grpc.StatusCode, type[DomicileError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.DATA_LOSS: DataCorruption,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 # Codes whose details alone do not tell the user which server failed.
