@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from domicile.cli import certs
 from domicile.client import DEFAULT_COORDINATOR
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compliance(sub)
     _add_subject_rights(sub, common)
     _add_holds(sub, common)
+    certs.add_parser(sub)
     return parser
 
 
@@ -476,6 +478,8 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         return {"hold place": holds.place, "hold release": holds.release, "hold list": holds.list_holds}[
             command
         ]
+    if command in ("certs init", "certs issue"):
+        return certs.init if command == "certs init" else certs.issue
     if command == "up":
         from domicile.cli.up import up
 

@@ -1,0 +1,130 @@
+"""certs init / certs issue: the cluster CA and the certificates of nodes, the coordinator and clients.
+
+Works on files only; no daemon is contacted. Exit 0 done, 2 bad input (or a CA that exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from domicile.errors import InvalidArgument
+
+# Kept in step with domicile.identity.principal.ROLE_NAMES; importing it here would load the
+# identity package (and cryptography) for every `domicile` command, since parsers are built first.
+ROLES = ("app", "dpo", "auditor", "operator")
+DAYS_MAX = 36500
+
+
+def _roles(text: str) -> list[str]:
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        named = ", ".join(unknown) or repr(text)
+        raise argparse.ArgumentTypeError(
+            f"unknown role {named}; allowed: a comma-separated list of {', '.join(ROLES)}"
+        )
+    return roles
+
+
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if not 1 <= value <= DAYS_MAX:
+        raise argparse.ArgumentTypeError(f"{value} days is outside 1..{DAYS_MAX}")
+    return value
+
+
+def add_parser(sub: Any) -> None:
+    certs = sub.add_parser("certs", help="the cluster CA and the certificates it issues (files only)")
+    actions = certs.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = actions.add_parser(
+        "init",
+        help="create the cluster CA (ca.crt, ca.key)",
+        description="Create the cluster's certificate authority in --dir: ca.crt (give it to every "
+        "process) and ca.key (mode 0600; keep it where certificates are issued, nowhere else). "
+        "An existing CA is kept unless --force. Exit 0 created, 2 bad input or a CA exists.",
+    )
+    p.add_argument("--dir", required=True, type=Path, help="directory of the CA")
+    p.add_argument("--cluster", required=True, help="cluster name, the SPIFFE trust domain (e.g. prod)")
+    p.add_argument("--days", type=_days, default=3650, help="validity of the CA (default: %(default)s)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing CA (every issued certificate stops working)"
+    )
+
+    p = actions.add_parser(
+        "issue",
+        help="issue a node, coordinator or client certificate",
+        description="Issue a certificate signed by the CA in --dir and write <stem>.crt and <stem>.key "
+        "(mode 0600) to --out-dir, replacing older ones: stems node-<ID>, coordinator, client-<NAME>. "
+        "Nodes and the coordinator get serverAuth and clientAuth and DNS/IP names for --host; "
+        "clients get clientAuth only and their --roles. Exit 0 issued, 2 bad input.",
+    )
+    p.add_argument("--dir", required=True, type=Path, help="directory of the CA (from certs init)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--node", metavar="ID", help="a node: its node id (needs --region)")
+    who.add_argument("--coordinator", action="store_true", help="the coordinator")
+    who.add_argument("--client", metavar="NAME", help="a client (an application or a person)")
+    p.add_argument("--region", help="with --node: the region the node serves")
+    p.add_argument("--roles", type=_roles, help=f"with --client: comma-separated, of {', '.join(ROLES)}")
+    p.add_argument("--days", type=_days, default=90, help="validity (default: %(default)s)")
+    p.add_argument(
+        "--host",
+        action="append",
+        metavar="H",
+        help="with --node or --coordinator: a DNS name or IP address the server is reached at "
+        "(repeatable; default: localhost and 127.0.0.1)",
+    )
+    p.add_argument("--out-dir", type=Path, help="where to write (default: --dir); gets a copy of ca.crt")
+
+
+def init(args: argparse.Namespace) -> int:
+    from domicile.identity import pki
+
+    ca = pki.init_ca(args.dir, args.cluster, validity=pki.Validity.days(args.days), overwrite=args.force)
+    print(f"CA of cluster {ca.cluster}, valid until {ca.certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    print(f"  certificate  {args.dir / pki.CA_CERT}")
+    print(f"  key          {args.dir / pki.CA_KEY} (mode 0600; it can issue any identity of the cluster)")
+    return 0
+
+
+def issue(args: argparse.Namespace) -> int:
+    from domicile.identity import pki
+    from domicile.identity.files import PUBLIC_MODE, write_atomically
+    from domicile.identity.principal import parse_roles
+
+    if args.region and not args.node:
+        raise InvalidArgument("--region goes with --node only")
+    if args.roles and not args.client:
+        raise InvalidArgument("--roles goes with --client only: nodes and the coordinator have no roles")
+    if args.host and args.client:
+        raise InvalidArgument("--host goes with --node or --coordinator only: clients do not serve")
+    if args.node and not args.region:
+        raise InvalidArgument("--node needs --region: the region the node serves")
+    ca = pki.load_ca(args.dir)
+    validity = pki.Validity.days(args.days)
+    hosts = tuple(args.host or pki.DEFAULT_HOSTS)
+    if args.node:
+        issued = pki.issue_node(ca, args.region, args.node, hosts=hosts, validity=validity)
+        stem = f"node-{args.node}"
+    elif args.coordinator:
+        issued = pki.issue_coordinator(ca, hosts=hosts, validity=validity)
+        stem = "coordinator"
+    else:
+        issued = pki.issue_client(ca, args.client, parse_roles(args.roles or ()), validity=validity)
+        stem = f"client-{args.client}"
+    out_dir: Path = args.out_dir or args.dir
+    cert_path, key_path = issued.write(out_dir, stem)
+    ca_path = args.dir / pki.CA_CERT
+    if out_dir.resolve() != args.dir.resolve():
+        # A directory that holds everything one host needs, to copy there as a whole.
+        ca_path = out_dir / pki.CA_CERT
+        write_atomically(ca_path, ca.certificate_pem, PUBLIC_MODE, overwrite=True)
+    print(f"issued {issued.uri}, valid until {validity.not_after:%Y-%m-%d %H:%M} UTC")
+    print(f"  certificate  {cert_path}")
+    print(f"  key          {key_path} (mode 0600)")
+    print(f"  CA           {ca_path}")
+    return 0
