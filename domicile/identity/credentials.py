@@ -1,0 +1,154 @@
+"""The one place that decides how a gRPC port or channel is secured.
+
+Servers require a client certificate from the cluster CA (mutual TLS) and pick up replaced
+certificate files on the next connection. Dialers present their own certificate, check the
+server's against the CA, and build the channels they open after a rotation from the new files.
+Plaintext exists for development and logs a warning each time it is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from domicile.errors import InvalidArgument
+from domicile.identity import spiffe
+from domicile.identity.principal import ExpectedPeer, PrincipalKind
+from domicile.identity.reloading import ReloadingMaterial
+from domicile.identity.tls_files import TlsFiles, TlsMaterial
+
+log = logging.getLogger("domicile.identity")
+PLAINTEXT_WARNING = "plaintext: development only; %s %s has no TLS and no authentication"
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
+def _server_configuration(material: TlsMaterial) -> Any:
+    return grpc.ssl_server_certificate_configuration(
+        [(material.key_pem, material.cert_pem)], root_certificates=material.ca_pem
+    )
+
+
+class ServerSecurity:
+    """How a server's ports are secured: `mutual_tls(files)` or, for development, `plaintext()`."""
+
+    def __init__(self, material: ReloadingMaterial | None) -> None:
+        self._material = material
+
+    @classmethod
+    def mutual_tls(cls, files: TlsFiles) -> ServerSecurity:
+        """Checks the files now (InvalidArgument naming the fault) so a bad setup fails at start."""
+        return cls(ReloadingMaterial(files))
+
+    @classmethod
+    def plaintext(cls) -> ServerSecurity:
+        return cls(None)
+
+    @property
+    def cluster(self) -> str | None:
+        return self._material.current.cluster if self._material else None
+
+    def credentials(self) -> Any:
+        """grpc.ServerCredentials that demand and verify a client certificate on every connection."""
+        material = self._material
+        if material is None:
+            raise InvalidArgument("a plaintext server has no credentials; use add_port")
+
+        def fetch() -> Any:
+            # Runs on a gRPC thread before each handshake; None keeps the configuration in force.
+            try:
+                fresh = material.refresh()
+            except Exception:  # an exception here would fail the handshake of a healthy server
+                log.exception("checking the TLS files for changes failed")
+                return None
+            return _server_configuration(fresh) if fresh else None
+
+        return grpc.dynamic_ssl_server_credentials(
+            _server_configuration(material.current), fetch, require_client_authentication=True
+        )
+
+    def add_port(self, server: grpc.aio.Server, address: str) -> int:
+        """Bind `address` (HOST:PORT, port 0 picks one) and return the port."""
+        if self._material is None:
+            port = int(server.add_insecure_port(address))
+            log.warning(PLAINTEXT_WARNING, "server port", f"{address.rpartition(':')[0]}:{port}")
+            return port
+        return int(server.add_secure_port(address, self.credentials()))
+
+
+class Dialer:
+    """Opens channels to nodes and the coordinator: `mutual_tls(files)` or, for development, `plaintext()`."""
+
+    def __init__(self, material: ReloadingMaterial | None) -> None:
+        self._material = material
+        self._credentials: Any = self._build(material.current) if material else None
+
+    @classmethod
+    def mutual_tls(cls, files: TlsFiles) -> Dialer:
+        return cls(ReloadingMaterial(files))
+
+    @classmethod
+    def plaintext(cls) -> Dialer:
+        return cls(None)
+
+    @property
+    def cluster(self) -> str | None:
+        return self._material.current.cluster if self._material else None
+
+    @staticmethod
+    def _build(material: TlsMaterial) -> Any:
+        return grpc.ssl_channel_credentials(
+            root_certificates=material.ca_pem,
+            private_key=material.key_pem,
+            certificate_chain=material.cert_pem,
+        )
+
+    def credentials(self) -> Any:
+        """Channel credentials from the current files (rebuilt when they changed); None in plaintext."""
+        if self._material is None:
+            return None
+        fresh = self._material.refresh()
+        if fresh is not None:
+            self._credentials = self._build(fresh)
+        return self._credentials
+
+    def options(self, expected: ExpectedPeer | None = None) -> list[tuple[str, Any]]:
+        """Channel options that make the handshake insist on `expected`.
+
+        A fully named node ("node X of region R") or the coordinator is checked against the DNS
+        name its certificate carries for its identity; anything vaguer is checked against the
+        host dialled, like any TLS client does.
+        """
+        if expected is None or self._material is None:
+            return []
+        if expected.kind is PrincipalKind.CLIENT:
+            raise InvalidArgument("a dialer expects a server: a node or the coordinator, not a client")
+        cluster = self._material.current.cluster
+        if expected.kind is PrincipalKind.COORDINATOR:
+            return [("grpc.ssl_target_name_override", spiffe.server_name(expected.kind, cluster))]
+        if expected.region and expected.node_id:
+            name = spiffe.server_name(expected.kind, cluster, expected.region, expected.node_id)
+            return [("grpc.ssl_target_name_override", name)]
+        return []
+
+    def channel(
+        self, target: str, expected: ExpectedPeer | None = None, options: ChannelOptions = ()
+    ) -> grpc.aio.Channel:
+        """An asyncio channel to `target` (HOST:PORT)."""
+        credentials = self.credentials()
+        if credentials is None:
+            log.warning(PLAINTEXT_WARNING, "channel to", target)
+            return grpc.aio.insecure_channel(target, options=list(options))
+        return grpc.aio.secure_channel(target, credentials, options=[*options, *self.options(expected)])
+
+    def sync_channel(
+        self, target: str, expected: ExpectedPeer | None = None, options: ChannelOptions = ()
+    ) -> grpc.Channel:
+        """A blocking channel to `target`, for the synchronous SDK and the CLI."""
+        credentials = self.credentials()
+        if credentials is None:
+            log.warning(PLAINTEXT_WARNING, "channel to", target)
+            return grpc.insecure_channel(target, options=list(options))
+        return grpc.secure_channel(target, credentials, options=[*options, *self.options(expected)])

@@ -1,0 +1,54 @@
+"""TLS material that follows its files, so certificates rotate without a restart.
+
+Replacing a certificate and its key takes two renames; a reader between them sees a new key with
+the old certificate. Such a pair (or any pair that fails the checks) is not used: the last good
+material stays in force, the fault is logged once, and the files are read again when they change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from domicile.identity.tls_files import TlsFiles, TlsMaterial
+
+log = logging.getLogger("domicile.identity")
+
+
+class ReloadingMaterial:
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self._lock = threading.Lock()
+        self._seen = files.fingerprint()
+        # At start a fault is an error for the caller, not a log line.
+        self._current = files.load()
+
+    @property
+    def current(self) -> TlsMaterial:
+        return self._current
+
+    def refresh(self) -> TlsMaterial | None:
+        """The new material when the files changed into a valid set; None when nothing changed."""
+        seen = self.files.fingerprint()
+        # Called by gRPC on every new connection: a stat per file is all an unchanged set costs.
+        if seen == self._seen:
+            return None
+        with self._lock:
+            if seen == self._seen:
+                return None
+            self._seen = seen
+            try:
+                material = self.files.load()
+            except Exception as error:  # whatever the files hold, the server keeps serving
+                message = getattr(error, "message", None) or repr(error)
+                log.warning(
+                    "TLS files changed but are not usable yet; keeping the previous ones: %s", message
+                )
+                return None
+            self._current = material
+            log.info(
+                "TLS files reloaded: now %s, valid until %s",
+                material.principal.uri,
+                f"{material.not_after:%Y-%m-%d %H:%M} UTC",
+            )
+            return material
