@@ -18,7 +18,7 @@ from domicile.errors import InvalidArgument
 from domicile.identity import spiffe
 from domicile.identity.principal import ExpectedPeer, PrincipalKind
 from domicile.identity.reloading import ReloadingMaterial
-from domicile.identity.tls_files import TlsFiles, TlsMaterial
+from domicile.identity.tls_files import TlsFiles, TlsMaterial, Usage
 
 log = logging.getLogger("domicile.identity")
 PLAINTEXT_WARNING = "plaintext: development only; %s %s has no TLS and no authentication"
@@ -40,7 +40,7 @@ class ServerSecurity:
     @classmethod
     def mutual_tls(cls, files: TlsFiles) -> ServerSecurity:
         """Checks the files now (InvalidArgument naming the fault) so a bad setup fails at start."""
-        return cls(ReloadingMaterial(files))
+        return cls(ReloadingMaterial(files, Usage.SERVER))
 
     @classmethod
     def plaintext(cls) -> ServerSecurity:
@@ -87,7 +87,7 @@ class Dialer:
 
     @classmethod
     def mutual_tls(cls, files: TlsFiles) -> Dialer:
-        return cls(ReloadingMaterial(files))
+        return cls(ReloadingMaterial(files, Usage.CLIENT))
 
     @classmethod
     def plaintext(cls) -> Dialer:

@@ -10,18 +10,19 @@ from __future__ import annotations
 import logging
 import threading
 
-from domicile.identity.tls_files import TlsFiles, TlsMaterial
+from domicile.identity.tls_files import TlsFiles, TlsMaterial, Usage
 
 log = logging.getLogger("domicile.identity")
 
 
 class ReloadingMaterial:
-    def __init__(self, files: TlsFiles) -> None:
+    def __init__(self, files: TlsFiles, usage: Usage) -> None:
         self.files = files
+        self.usage = usage
         self._lock = threading.Lock()
         self._seen = files.fingerprint()
         # At start a fault is an error for the caller, not a log line.
-        self._current = files.load()
+        self._current = files.load(usage)
 
     @property
     def current(self) -> TlsMaterial:
@@ -38,7 +39,7 @@ class ReloadingMaterial:
                 return None
             self._seen = seen
             try:
-                material = self.files.load()
+                material = self.files.load(self.usage)
             except Exception as error:  # whatever the files hold, the server keeps serving
                 message = getattr(error, "message", None) or repr(error)
                 log.warning(

@@ -8,6 +8,7 @@ A process already running checks replacements the same way and keeps what it has
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from domicile.errors import InvalidArgument, Unauthenticated
 from domicile.identity import spiffe
@@ -22,6 +24,15 @@ from domicile.identity.certificate import principal_from_certificate
 from domicile.identity.files import check_owner_only, read_file
 from domicile.identity.pki import CA_CERT
 from domicile.identity.principal import Principal
+
+
+class Usage(enum.StrEnum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+_USAGE_OID = {Usage.SERVER: ExtendedKeyUsageOID.SERVER_AUTH, Usage.CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH}
+_USAGE_NAME = {Usage.SERVER: "serverAuth", Usage.CLIENT: "clientAuth"}
 
 # (mtime_ns, size, inode) per file; None for a file that is not there.
 Fingerprint = tuple[tuple[int, int, int] | None, ...]
@@ -60,8 +71,12 @@ class TlsFiles:
 
         return (one(self.ca), one(self.cert), one(self.key))
 
-    def load(self, now: dt.datetime | None = None) -> TlsMaterial:
-        """Read and check the three files; InvalidArgument naming the file and the fault otherwise."""
+    def load(self, usage: Usage | None = None, now: dt.datetime | None = None) -> TlsMaterial:
+        """Read and check the three files; InvalidArgument naming the file and the fault otherwise.
+
+        With `usage`, the certificate must also allow it (serverAuth to serve, clientAuth to dial):
+        the handshake would refuse it anyway, but only with a message that names no file.
+        """
         ca_pem = read_file(self.ca, "CA certificate")
         cert_pem = read_file(self.cert, "certificate")
         key_pem = read_file(self.key, "private key")
@@ -86,6 +101,11 @@ class TlsFiles:
             raise InvalidArgument(
                 f"certificate {self.cert} expired {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
             )
+        if usage is not None and not _allows(certificate, usage):
+            name = _USAGE_NAME[usage]
+            raise InvalidArgument(
+                f"certificate {self.cert} may not be used by a {usage.value} (no {name} usage)"
+            )
         cluster = _trust_domain(ca, self.ca)
         try:
             principal = principal_from_certificate(certificate, cluster)
@@ -99,6 +119,15 @@ def _certificate(pem: bytes, path: Path) -> x509.Certificate:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:
         raise InvalidArgument(f"{path} is not a PEM certificate") from None
+
+
+def _allows(certificate: x509.Certificate, usage: Usage) -> bool:
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        # RFC 5280: without the extension a certificate is not restricted to any purpose.
+        return True
+    return _USAGE_OID[usage] in usages
 
 
 def _trust_domain(ca: x509.Certificate, path: Path) -> str:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from domicile.errors import DomicileError
+from domicile.errors import DomicileError, InvalidArgument
 from domicile.identity import pki
 from domicile.identity.credentials import Dialer, ServerSecurity
 from domicile.identity.files import PRIVATE_MODE, PUBLIC_MODE, write_atomically
@@ -201,30 +201,14 @@ async def test_a_server_only_certificate_cannot_be_used_as_a_client(cluster_pki,
     issued = odd_certificate(
         cluster_pki.ca, uri="spiffe://prod/client/alice", usages=[ExtendedKeyUsageOID.SERVER_AUTH]
     )
+    with pytest.raises(InvalidArgument, match=r"may not be used by a client \(no clientAuth usage\)"):
+        Dialer.mutual_tls(client_files(cluster_pki, tmp_path, issued))
     await refused(UncheckedDialer(client_files(cluster_pki, tmp_path, issued)).channel(node_server.target))
 
 
-async def test_a_client_only_certificate_cannot_be_used_as_a_server(cluster_pki, tmp_path):
-    issued = odd_certificate(
-        cluster_pki.ca, uri="spiffe://prod/coordinator", usages=[ExtendedKeyUsageOID.CLIENT_AUTH]
-    )
-    server = await start_server(cluster_pki.write(issued, "coordinator"))
-    try:
-        dialer = Dialer.mutual_tls(client_files(cluster_pki, tmp_path, pki.issue_client(cluster_pki.ca, "a")))
-        await refused(dialer.channel(server.target))
-    finally:
-        await server.server.stop(None)
-
-
-async def test_a_san_less_server_certificate_is_refused_at_the_handshake(cluster_pki, tmp_path):
-    # TlsFiles refuses it at start; a server that does not use them still cannot pass the dialer.
-    issued = odd_certificate(
-        cluster_pki.ca,
-        uri=None,
-        dns=(),
-        usages=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-    )
-    files = cluster_pki.write(issued, "odd")
+async def start_unchecked_server(files: TlsFiles) -> tuple[grpc.aio.Server, int]:
+    """A server that skips the start-up checks, standing in for a peer that does not use Domicile's
+    code: the dialer must refuse what the server would not have been allowed to serve."""
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     credentials = grpc.ssl_server_credentials(
@@ -232,6 +216,30 @@ async def test_a_san_less_server_certificate_is_refused_at_the_handshake(cluster
     )
     port = server.add_secure_port("127.0.0.1:0", credentials)
     await server.start()
+    return server, port
+
+
+async def test_a_client_only_certificate_cannot_be_used_as_a_server(cluster_pki, tmp_path):
+    issued = odd_certificate(
+        cluster_pki.ca, uri="spiffe://prod/coordinator", usages=[ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    files = cluster_pki.write(issued, "coordinator")
+    with pytest.raises(InvalidArgument, match=r"may not be used by a server \(no serverAuth usage\)"):
+        ServerSecurity.mutual_tls(files)
+    server, port = await start_unchecked_server(files)
+    try:
+        dialer = Dialer.mutual_tls(client_files(cluster_pki, tmp_path, pki.issue_client(cluster_pki.ca, "a")))
+        await refused(dialer.channel(f"localhost:{port}"))
+    finally:
+        await server.stop(None)
+
+
+async def test_a_san_less_server_certificate_is_refused_at_the_handshake(cluster_pki, tmp_path):
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    files = cluster_pki.write(odd_certificate(cluster_pki.ca, uri=None, dns=(), usages=usages), "odd")
+    with pytest.raises(InvalidArgument, match="has no subject alternative names"):
+        ServerSecurity.mutual_tls(files)
+    server, port = await start_unchecked_server(files)
     try:
         dialer = Dialer.mutual_tls(client_files(cluster_pki, tmp_path, pki.issue_client(cluster_pki.ca, "a")))
         await refused(dialer.channel(f"localhost:{port}"))
