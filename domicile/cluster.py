@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from domicile.errors import InvalidArgument, NotFound
-from domicile.model import Classification, ConflictMode, check_namespace_name
+from domicile.model import Classification, ConflictMode, check_namespace_name, check_purpose
 from domicile.subjects import DEFAULT_RETENTION_CLASSES, RetentionClass, parse_retention_classes
 
 
@@ -35,6 +35,9 @@ class NamespaceSpec:
     owner: str = ""
     retention_class: str = ""
     description: str = ""
+    # The purposes records of this namespace may be processed for (GDPR Art. 5(1)(b) purpose
+    # limitation); empty means no limitation. Config-only for now: the topology does not carry it.
+    purposes: tuple[str, ...] = ()
 
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
@@ -86,6 +89,28 @@ def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in mapping:
         raise InvalidArgument(f"{where}: missing required field {key!r}")
     return mapping[key]
+
+
+def _purposes(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    value = raw.get("purposes")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidArgument(
+            f"{where}: purposes must be a list of short identifiers, e.g. [trade_execution]"
+        )
+    purposes = []
+    for j, purpose in enumerate(value):
+        if not isinstance(purpose, str):
+            raise InvalidArgument(f"{where}: purposes[{j}] must be a string, not {purpose!r}")
+        try:
+            check_purpose(purpose)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}: purposes[{j}]: {exc.message}") from None
+        if purpose in purposes:
+            raise InvalidArgument(f"{where}: purposes[{j}]: {purpose!r} is listed twice")
+        purposes.append(purpose)
+    return tuple(purposes)
 
 
 def _policy_pack(data: Mapping[str, Any], source: str, base_dir: Path | None) -> tuple[str, str]:
@@ -163,6 +188,7 @@ def parse_cluster(
                 owner=str(raw.get("owner", "")),
                 retention_class=str(raw.get("retention_class", "")),
                 description=str(raw.get("description", "")),
+                purposes=_purposes(raw, f"{where} ({name})"),
             )
         )
     if len({n.name for n in namespaces}) != len(namespaces):

@@ -38,6 +38,16 @@ class PlacementRefused(DomicileError):
         self.rule = rule
 
 
+class PermissionDenied(DomicileError):
+    """The caller is authenticated, but its identity, roles or declared purpose do not allow the
+    call (or it is not the peer the call needs). Never retried: the same caller asking again is
+    refused again. The message names what would allow it."""
+
+    def __init__(self, message: str, policy_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.policy_ids = tuple(policy_ids)
+
+
 class FailedPrecondition(DomicileError):
     """The system is not in a state that allows the request (e.g. a stale causal context)."""
 
@@ -45,10 +55,6 @@ class FailedPrecondition(DomicileError):
 class Unauthenticated(DomicileError):
     """The caller's identity could not be established: no, a malformed, an expired or a foreign
     certificate or token. The message says which, and never repeats the credential."""
-
-
-class PermissionDenied(DomicileError):
-    """The caller is authenticated but is not the peer, or lacks the role, that this needs."""
 
 
 class ResourceExhausted(DomicileError):

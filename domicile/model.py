@@ -96,6 +96,7 @@ class Limits:
 NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 JURISDICTION_RE = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+PURPOSE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def check_namespace_name(name: str) -> None:
@@ -103,6 +104,15 @@ def check_namespace_name(name: str) -> None:
         raise InvalidArgument(
             f"invalid namespace name {name!r}: use 1 to 63 lower-case letters, digits and "
             "underscores, starting with a letter"
+        )
+
+
+def check_purpose(purpose: str) -> None:
+    """A processing purpose (GDPR Art. 5(1)(b)): a short identifier such as trade_execution."""
+    if not PURPOSE_RE.match(purpose):
+        raise InvalidArgument(
+            f"invalid purpose {purpose!r}: use 1 to 32 lower-case letters, digits and underscores, "
+            "starting with a letter"
         )
 
 
