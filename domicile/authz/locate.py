@@ -82,11 +82,16 @@ def error_offset(text: str, start: int, end: int, message: str, parse: Callable[
     """Offset in `text` of the error `message` that parsing text[start:end] reported."""
     part = tokens(text[start:end])
     if any(kind in message for kind in _SYNTAX_ERRORS):
-        for token in part:
+        named = _NAMED.findall(message)
+        for i, token in enumerate(part):
             try:
                 parse(text[start : start + token.end])
             except ValueError as exc:
                 if any(kind in str(exc) for kind in _SYNTAX_ERRORS):
+                    # The parser may only notice the named token once it has read the next one.
+                    for earlier in reversed(part[max(0, i - 1) : i + 1]):
+                        if named and earlier.text == named[0]:
+                            return start + earlier.start
                     return start + token.start
     names = _NAMED.findall(message)
     _, colon, last = message.rpartition(": ")

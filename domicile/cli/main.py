@@ -1,6 +1,7 @@
 """Argument parsing and dispatch for the `domicile` command.
 
-Exit codes: 0 success; 1 `get` found nothing, `up` lost a child, `policy explain` refused,
+Exit codes: 0 success; 1 `get` found nothing, `up` lost a child, `policy explain` or
+`authz explain` refused,
 `audit verify` found a problem or no exported head, `compliance scan` found a violation,
 `erase --wait` ended with the erasure still open; 2 an error (printed as `error: <message>` on
 stderr) or a usage mistake, including an `export` that could not read every region.
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from domicile.cli import certs
+from domicile.cli import authz, certs
 from domicile.client import DEFAULT_COORDINATOR
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the status as JSON")
 
     _add_policy(sub, common)
+    authz.add_parser(sub)
     _add_audit(sub, common)
     _add_compliance(sub)
     _add_subject_rights(sub, common)
@@ -452,6 +454,8 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from domicile.cli.policy import explain
 
         return explain
+    if command == "authz explain":
+        return authz.explain
     if command in ("audit verify", "audit tail"):
         from domicile.cli import audit
 
