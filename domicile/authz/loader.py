@@ -54,6 +54,12 @@ def _where(source: str, text: str, offset: int) -> str:
     return f"{source}:{location(text, offset)}"
 
 
+def _start_of(cedar_id: str, spans: list[tuple[int, int]]) -> int:
+    """Where the policy Cedar numbered `cedar_id` ("policy3": the fourth statement) starts."""
+    index = cedar_id.removeprefix("policy")
+    return spans[int(index)][0] if index.isdigit() and int(index) < len(spans) else 0
+
+
 def parse_schema(text: str, source: str) -> cedarpy.Schema:
     if source.endswith(".json"):
         try:
@@ -88,8 +94,7 @@ def _policy_ids(text: str, source: str) -> dict[str, str]:
     est: dict[str, Any] = json.loads(cedarpy.policies_to_json_str(text))
     spans = statements(text)
     if est.get("templates"):
-        first = sorted(est["templates"], key=lambda k: int(k.removeprefix("policy")))[0]
-        start = spans[int(first.removeprefix("policy"))][0]
+        start = min(_start_of(cedar_id, spans) for cedar_id in est["templates"])
         raise InvalidArgument(
             f"{_where(source, text, start)}: a template (a policy with ?principal or ?resource) "
             "authorizes nothing until linked; write the policy for the principals it is meant for"
@@ -97,7 +102,7 @@ def _policy_ids(text: str, source: str) -> dict[str, str]:
     ids: dict[str, str] = {}
     seen: dict[str, str] = {}
     for cedar_id, policy in est.get("staticPolicies", {}).items():
-        start = spans[int(cedar_id.removeprefix("policy"))][0]
+        start = _start_of(cedar_id, spans)
         annotation = (policy.get("annotations") or {}).get("id") or ""
         if not annotation:
             raise InvalidArgument(
@@ -121,7 +126,7 @@ def _validate(text: str, schema: cedarpy.Schema, source: str, schema_source: str
     for error in result.errors:
         cedar_id = error.policy_id
         annotation = result.id_annotations_by_policy_id.get(cedar_id, cedar_id)
-        start = spans[int(cedar_id.removeprefix("policy"))][0] if cedar_id.startswith("policy") else 0
+        start = _start_of(cedar_id, spans)
         problems.append(f"{_where(source, text, start)}: policy {annotation!r}: {error.error}")
     raise InvalidArgument(
         f"{source}: {len(problems)} policy error(s) against schema {schema_source}:\n" + "\n".join(problems)

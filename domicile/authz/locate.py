@@ -66,9 +66,9 @@ def statements(text: str) -> list[tuple[int, int]]:
     for token in tokens(text):
         if start is None:
             start = token.start
-        if token.text in "([{" and len(token.text) == 1:
+        if token.text in ("(", "[", "{"):
             depth += 1
-        elif token.text in ")]}" and len(token.text) == 1:
+        elif token.text in (")", "]", "}"):
             depth -= 1
         elif token.text == ";" and depth <= 0:
             spans.append((start, token.end))

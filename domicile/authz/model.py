@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from domicile.cluster import ClusterSpec, NamespaceSpec
@@ -75,7 +76,7 @@ class Principal:
             object.__setattr__(self, "name", name_of(self.identity))
 
     @classmethod
-    def of(cls, identity: str, roles: tuple[str, ...] | list[str], kind: str = "") -> Principal:
+    def of(cls, identity: str, roles: Iterable[str], kind: str = "") -> Principal:
         """From text (a CLI, a token's claims): unknown roles and kinds are InvalidArgument."""
         principal_kind = PrincipalKind.parse(kind) if kind else kind_of(identity)
         return cls(identity, principal_kind, frozenset(Role.parse(r) for r in roles))
