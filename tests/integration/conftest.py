@@ -12,8 +12,7 @@ from tests.support.cluster import LocalCluster
 async def eu_pair(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """Two EU nodes and one US node, each behind a controllable proxy."""
     cluster = LocalCluster(tmp_path, ["eu-west-1", "eu-central-1", "us-east-1"], proxies=True)
-    await cluster.start()
-    await cluster.wait_linked()
+    await cluster.start_linked()
     try:
         yield cluster
     finally:
@@ -23,8 +22,7 @@ async def eu_pair(tmp_path: Path) -> AsyncIterator[LocalCluster]:
 @pytest.fixture
 async def four(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     cluster = LocalCluster(tmp_path, ["us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1"])
-    await cluster.start()
-    await cluster.wait_linked()
+    await cluster.start_linked()
     try:
         yield cluster
     finally:

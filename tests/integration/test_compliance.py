@@ -47,8 +47,7 @@ def metric(node: Node, name: str, labels: dict[str, str] | None = None) -> float
 async def lawful(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """Four regions enforcing the sample policy pack."""
     cluster = LocalCluster(tmp_path, REGIONS, pack=sample_pack(), namespaces=NAMESPACES_WITH_CUSTOMERS)
-    await cluster.start()
-    await cluster.wait_linked()
+    await cluster.start_linked()
     try:
         yield cluster
     finally:

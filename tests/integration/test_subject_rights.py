@@ -94,8 +94,7 @@ async def eu_us(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     cluster = LocalCluster(
         tmp_path, ["eu-west-1", "eu-central-1", "us-east-1"], pack=sample_pack(), namespaces=NAMESPACES
     )
-    await cluster.start()
-    await cluster.wait_linked()
+    await cluster.start_linked()
     try:
         yield cluster
     finally:

@@ -168,6 +168,17 @@ class LocalCluster:
         if channel is not None:
             await channel.close()
 
+    async def start_linked(self, timeout_s: float = 15.0) -> LocalCluster:
+        """Starts the cluster and waits until it is linked; stops it again when it does not get
+        there, so that a failed fixture leaves no servers running into the next test."""
+        await self.start()
+        try:
+            await self.wait_linked(timeout_s)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
     async def wait_linked(self, timeout_s: float = 15.0) -> None:
         """Waits until every node acts on a topology with every running node and its links up."""
 
