@@ -9,32 +9,51 @@ replicas' disks) is unreadable. Three things give that property:
   and truncated to zero bytes before destroy() returns;
 - the rows live in a WITHOUT ROWID table, so the key is stored once (no separate index copy).
 
-One connection, guarded by a lock, serves every thread; unwrapped keys are kept in a bounded
-LRU cache so that reads on the event loop rarely touch the file. Writes run on the caller's
-thread under that lock, not on a writer thread (domicile.single_writer): they are rare (a new
-subject and key class, an erasure), each must be durable before its caller goes on, and each
-must change the cache under the same lock as the file, or a key created just before its
-destruction could stay cached after it.
+Writes go through one writer thread (a domicile.single_writer.SingleWriter) that owns the write
+connection. New keys that wait together are committed in one transaction, so a burst of new
+subjects (a bulk load) costs one fsync instead of one each; a destruction runs alone, in queue
+order, with its WAL checkpoint. Each caller blocks until its write is durable. Because one
+thread makes every write, and changes the cache under the cache lock before its callers hear
+back, the cache follows the file: a key created before a destruction is evicted by it, and one
+created after it is a new key. The writer looks in the cache and the file before it inserts,
+so callers asking for the same new key together all get the one it creates.
+
+Reads stay on the caller's thread: a cache hit takes only the cache lock; a miss reads the file
+through one read connection under a lock of its own (a primary-key lookup: microseconds, so one
+connection is enough, and close() can be sure no read is using it), so no reader waits for an
+fsync; only a miss that finds no key and must create one waits for the writer. A miss that read
+a key just before a destruction must not put it back in the cache after the destruction evicted
+it: each destruction moves a generation under the cache lock once its delete has committed, and
+a reader caches what it read only when the generation has not moved since it began. The read
+connection finishes every statement it runs, so it never holds a snapshot that would keep
+destroy's checkpoint from truncating the WAL.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import secrets
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from domicile import sqlite_db
 from domicile.errors import DataCorruption, FailedPrecondition, InvalidArgument, Unavailable
+from domicile.single_writer import SingleWriter
 from domicile.subjects import SUBJECT_ID_BYTES_MAX
 from node.keyfiles import ensure_private_file, read_or_create
+
+log = logging.getLogger("domicile.keyring")
 
 KEK_FILE = "kek.key"
 KEYRING_FILE = "keys.sqlite3"
@@ -48,6 +67,13 @@ KEY_CLASSES_PER_SUBJECT_MAX = 64
 CACHE_ENTRIES_LIMIT = 1_000_000
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
+# Callers are the offload pool's few threads and erasures, so the queues stay short; the bounds
+# only keep a runaway caller from piling up work behind a stuck disk.
+BATCH_KEYS_MAX_DEFAULT = 256
+QUEUE_KEYS_MAX_DEFAULT = 4096
+QUEUE_DESTRUCTIONS_MAX_DEFAULT = 256
+# The daemon gives closing the key ring and the record store 10 s together.
+CLOSE_TIMEOUT_S = 5.0
 _PRAGMAS = sqlite_db.Pragmas(synchronous="FULL", busy_timeout_ms=BUSY_TIMEOUT_MS, secure_delete=True)
 
 # Domain separation: a wrapped data key is bound to its subject and class, so a row copied to
@@ -75,28 +101,116 @@ def load_or_create_kek(data_dir: Path) -> bytes:
     return kek
 
 
+@dataclass
+class _Create:
+    ident: tuple[str, str]
+    result: Future[bytes]
+
+
+@dataclass
+class _Destroy:
+    subject: str
+    classes: list[str] | None
+    result: Future[int]
+
+
+_Write = _Create | _Destroy
+
+
+def _answer(future: Future[Any], result: object) -> None:
+    # A batch can fail after some of its items were answered (from the cache); those keep
+    # their answer.
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _reject(items: list[_Write], error: Exception) -> None:
+    for item in items:
+        _answer(item.result, error)
+
+
 class Keyring:
     """Data keys of one region. Thread-safe; close() it when the node stops."""
 
-    def __init__(self, path: Path, kek: bytes, *, cache_entries_max: int = 4096) -> None:
+    def __init__(
+        self,
+        path: Path,
+        kek: bytes,
+        *,
+        cache_entries_max: int = 4096,
+        batch_keys_max: int = BATCH_KEYS_MAX_DEFAULT,
+        queue_keys_max: int = QUEUE_KEYS_MAX_DEFAULT,
+        queue_destructions_max: int = QUEUE_DESTRUCTIONS_MAX_DEFAULT,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """`on_batch(size, seconds)` runs on the writer thread after each batch of writes it
+        handled without error (its callers are answered by then)."""
         if len(kek) != KEY_BYTES:
             raise InvalidArgument(f"the key-encryption key is {len(kek)} bytes; it must be {KEY_BYTES}")
         if not 1 <= cache_entries_max <= CACHE_ENTRIES_LIMIT:
             raise InvalidArgument(
                 f"cache_entries_max is {cache_entries_max}; it must be 1..{CACHE_ENTRIES_LIMIT}"
             )
+        for name, value in (
+            ("batch_keys_max", batch_keys_max),
+            ("queue_keys_max", queue_keys_max),
+            ("queue_destructions_max", queue_destructions_max),
+        ):
+            if value < 1:
+                raise InvalidArgument(f"{name} is {value}; it must be at least 1")
         self.path = Path(path)
         self.cache_entries_max = cache_entries_max
         self._kek = AESGCM(bytes(kek))
-        # Lock order: _db_lock, then _cache_lock. Cache hits take only _cache_lock, so a reader
-        # never waits for another thread's fsync.
-        self._db_lock = threading.Lock()
+        self._writer: SingleWriter[_Write] = SingleWriter(
+            self._write,
+            _reject,
+            name="domicile-keyring-writer",
+            batch_max=batch_keys_max,
+            queue_max=queue_keys_max,
+            full_message=(
+                f"the key store's write queue is full ({queue_keys_max} new data keys waiting); "
+                "retry after a short back-off"
+            ),
+            solo_max=queue_destructions_max,
+            solo_full_message=(
+                f"the key store's write queue is full ({queue_destructions_max} key destructions "
+                "waiting); retry after a short back-off"
+            ),
+            refused=lambda state, failure: Unavailable(f"the key store {self.path.name} is closed"),
+            stopped=lambda failure: Unavailable(
+                f"the key store {self.path.name} closed before this write ran; retry"
+            ),
+            on_batch=on_batch,
+            on_exit=self._close_write_connection,
+        )
+        # Lock order: _read_lock, then _cache_lock. Cache hits take only _cache_lock; the writer
+        # never takes _read_lock, so neither a hit nor a miss waits for an fsync.
         self._cache_lock = threading.Lock()
         self._cache: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+        # Moves (under _cache_lock) when keys are destroyed or the keyring closes.
+        self._generation = 0
+        self._read_lock = threading.Lock()
+        # Written by the writer thread only.
+        self.batches_committed = 0
+        self.keys_created = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # SQLite creates the WAL and shared-memory files with the database file's mode.
         ensure_private_file(self.path)
+        # Opened here so that an unusable file is refused by the constructor; from now on only
+        # the writer thread uses it.
         self._conn: sqlite3.Connection | None = self._open()
+        try:
+            self._reader: sqlite3.Connection | None = sqlite_db.connect(
+                self.path, _PRAGMAS, label=self.path.name, query_only=True
+            )
+        except BaseException:
+            self._conn.close()
+            raise
+        self._writer.start()
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -104,28 +218,31 @@ class Keyring:
         """The subject's 32-byte data key for key_class. When there is none (never created, or
         destroyed): a new one, committed durably before it is returned, if `create`; else None.
 
-        Creating commits with an fsync: call it with create=True off the event loop."""
+        Creating commits with an fsync (and waits for the writer thread): call it with
+        create=True off the event loop."""
         ident = _check_ident(subject_id, key_class)
         cached = self._cached(ident)
         if cached is not None:
             return cached
-        with self._db_lock:
-            # Another thread may have loaded or created it while this one waited for the lock.
-            cached = self._cached(ident)
-            if cached is not None:
-                return cached
-            conn = self._connection()
+        with self._cache_lock:
+            generation = self._generation
+        with self._read_lock:
+            conn = self._read_connection()
             try:
                 wrapped = _select_wrapped(conn, ident)
-                if wrapped is None:
-                    if not create:
-                        return None
-                    wrapped = self._create(conn, ident)
             except sqlite3.Error as error:
-                raise _unavailable("read or write", self.path, error) from error
-            key = self._unwrap(ident, wrapped)
-            self._remember(ident, key)
-            return key
+                raise _unavailable("read", self.path, error) from error
+        if wrapped is None:
+            if not create:
+                return None
+            future: Future[bytes] = Future()
+            self._writer.put(_Create(ident, future))
+            return future.result()
+        key = self._unwrap(ident, wrapped)
+        with self._cache_lock:
+            if self._generation == generation:
+                self._remember(ident, key)
+        return key
 
     def destroy(self, subject_id: str, key_classes: Iterable[str] | None = None) -> int:
         """Destroys the subject's data keys of `key_classes` (all of them when None) and returns
@@ -145,24 +262,15 @@ class Keyring:
                 )
             for name in classes:
                 _check_key_class(name)
-        with self._db_lock:
-            conn = self._connection()
-            try:
-                destroyed = _delete(conn, subject, classes)
-            except sqlite3.Error as error:
-                raise _unavailable("delete keys from", self.path, error) from error
-            with self._cache_lock:
-                for ident in [i for i in self._cache if i[0] == subject]:
-                    if classes is None or ident[1] in classes:
-                        del self._cache[ident]
-            self._clear_journal(conn)
-        return destroyed
+        future: Future[int] = Future()
+        self._writer.put_solo(_Destroy(subject, classes, future))
+        return future.result()
 
     def key_classes(self, subject_id: str) -> list[str]:
         """The key classes the subject has a data key of, sorted."""
         subject = _check_subject(subject_id)
-        with self._db_lock:
-            conn = self._connection()
+        with self._read_lock:
+            conn = self._read_connection()
             try:
                 rows = conn.execute(
                     "SELECT key_class FROM data_keys WHERE subject_id = ? ORDER BY key_class LIMIT ?",
@@ -177,13 +285,32 @@ class Keyring:
         with self._cache_lock:
             return len(self._cache)
 
+    @property
+    def queued_keys(self) -> int:
+        """New data keys waiting for the writer."""
+        return self._writer.queued
+
+    @property
+    def queued_destructions(self) -> int:
+        """Destructions waiting for the writer."""
+        return self._writer.queued_solo
+
     def close(self) -> None:
-        with self._db_lock:
-            conn, self._conn = self._conn, None
+        """Stops accepting writes, lets the writer finish those already accepted (waiting at
+        most CLOSE_TIMEOUT_S; writes still queued then are refused), then closes the files."""
+        if not self._writer.stop(CLOSE_TIMEOUT_S):
+            log.error("key store writer did not stop within %.0f s (a stuck disk?)", CLOSE_TIMEOUT_S)
+            self._writer.reject_queued(
+                Unavailable(f"the key store {self.path.name} closed before this write ran; retry")
+            )
+        with self._read_lock:
+            reader, self._reader = self._reader, None
             with self._cache_lock:
                 self._cache.clear()
-            if conn is not None:
-                conn.close()
+                # A miss still unwrapping what it read must not refill the cache of a closed keyring.
+                self._generation += 1
+            if reader is not None:
+                reader.close()
 
     def __enter__(self) -> Keyring:
         return self
@@ -206,39 +333,137 @@ class Keyring:
             return key
 
     def _remember(self, ident: tuple[str, str], key: bytes) -> None:
-        with self._cache_lock:
-            self._cache[ident] = key
-            self._cache.move_to_end(ident)
-            while len(self._cache) > self.cache_entries_max:
-                self._cache.popitem(last=False)
+        """Call with _cache_lock held."""
+        self._cache[ident] = key
+        self._cache.move_to_end(ident)
+        while len(self._cache) > self.cache_entries_max:
+            self._cache.popitem(last=False)
 
-    def _create(self, conn: sqlite3.Connection, ident: tuple[str, str]) -> object:
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        wrapped = nonce + self._kek.encrypt(nonce, secrets.token_bytes(KEY_BYTES), _wrap_aad(ident))
+    def _read_connection(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise Unavailable(f"the key store {self.path.name} is closed")
+        return self._reader
+
+    # -- the writer thread ----------------------------------------------------------------------
+
+    def _write(self, batch: list[_Write]) -> None:
+        try:
+            first = batch[0]
+            if isinstance(first, _Destroy):
+                self._destroy_now(first)
+            else:
+                self._create_now(cast("list[_Create]", batch))
+        except Exception:
+            raise  # the writer answers the batch with it (_reject) and goes on
+        except BaseException as error:
+            # The writer thread ends without answering this batch: its callers must not wait forever.
+            _reject(batch, Unavailable(f"the key store writer stopped ({error!r}); retry"))
+            raise
+
+    def _create_now(self, batch: list[_Create]) -> None:
+        # A key cached or in the file already (an earlier item of this batch, an earlier batch,
+        # another process) is the key: never a second one for the same subject and class.
+        pending: list[_Create] = []
+        for item in batch:
+            key = self._cached(item.ident)
+            if key is None:
+                pending.append(item)
+            else:
+                _answer(item.result, key)
+        if not pending:
+            return
+        try:
+            outcomes = self._insert_missing([item.ident for item in pending])
+        except sqlite3.Error as error:
+            raise _unavailable("read or write", self.path, error) from error
+        results: list[bytes | Exception] = []
+        for item, outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                results.append(outcome)
+                continue
+            created, wrapped = outcome
+            if created is not None:
+                results.append(created)
+                continue
+            try:
+                results.append(self._unwrap(item.ident, wrapped))
+            except DataCorruption as error:
+                results.append(error)
+        with self._cache_lock:
+            for item, result in zip(pending, results, strict=True):
+                if isinstance(result, bytes):
+                    self._remember(item.ident, result)
+        for item, result in zip(pending, results, strict=True):
+            _answer(item.result, result)
+
+    def _insert_missing(
+        self, idents: list[tuple[str, str]]
+    ) -> list[tuple[bytes | None, object] | FailedPrecondition]:
+        """Per ident, in one transaction: (the key, its wrapped form) when created now, (None,
+        the stored wrapped key) when it exists, or the error that refused it."""
+        conn = self._write_connection()
+        outcomes: list[tuple[bytes | None, object] | FailedPrecondition] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # Another process sharing the file may have created it since the caller looked.
-            stored = _select_wrapped(conn, ident)
-            if stored is None:
+            for ident in idents:
+                stored = _select_wrapped(conn, ident)
+                if stored is not None:
+                    outcomes.append((None, stored))
+                    continue
                 (count,) = conn.execute(
                     "SELECT COUNT(*) FROM data_keys WHERE subject_id = ?", (ident[0],)
                 ).fetchone()
                 if count >= KEY_CLASSES_PER_SUBJECT_MAX:
-                    raise FailedPrecondition(
-                        f"the subject has data keys of {count} key classes, the most allowed; "
-                        f"key class {ident[1]!r} would exceed {KEY_CLASSES_PER_SUBJECT_MAX}"
+                    outcomes.append(
+                        FailedPrecondition(
+                            f"the subject has data keys of {count} key classes, the most allowed; "
+                            f"key class {ident[1]!r} would exceed {KEY_CLASSES_PER_SUBJECT_MAX}"
+                        )
                     )
+                    continue
+                key = secrets.token_bytes(KEY_BYTES)
+                nonce = secrets.token_bytes(NONCE_BYTES)
+                wrapped = nonce + self._kek.encrypt(nonce, key, _wrap_aad(ident))
                 conn.execute(
                     "INSERT INTO data_keys (subject_id, key_class, wrapped) VALUES (?, ?, ?)",
                     (ident[0], ident[1], wrapped),
                 )
-                stored = wrapped
+                outcomes.append((key, wrapped))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return stored
+        self.batches_committed += 1
+        self.keys_created += sum(
+            isinstance(outcome, tuple) and outcome[0] is not None for outcome in outcomes
+        )
+        return outcomes
+
+    def _destroy_now(self, item: _Destroy) -> None:
+        conn = self._write_connection()
+        try:
+            destroyed = _delete(conn, item.subject, item.classes)
+        except sqlite3.Error as error:
+            raise _unavailable("delete keys from", self.path, error) from error
+        with self._cache_lock:
+            for ident in [i for i in self._cache if i[0] == item.subject]:
+                if item.classes is None or ident[1] in item.classes:
+                    del self._cache[ident]
+            # After the delete committed: a miss that read the key before it must not cache it.
+            self._generation += 1
+        self._clear_journal(conn)
+        _answer(item.result, destroyed)
+
+    def _write_connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise Unavailable(f"the key store {self.path.name} is closed")
+        return self._conn
+
+    def _close_write_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def _unwrap(self, ident: tuple[str, str], wrapped: object) -> bytes:
         if not isinstance(wrapped, bytes) or len(wrapped) != WRAPPED_BYTES:
@@ -269,11 +494,6 @@ class Keyring:
                 "being cleared, so it may still hold them; call destroy again"
             )
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise Unavailable(f"the key store {self.path.name} is closed")
-        return self._conn
-
     def _open(self) -> sqlite3.Connection:
         try:
             return sqlite_db.open_database(self.path, _PRAGMAS, self._schema(), label=self.path.name)
@@ -299,10 +519,12 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 
 
 def _select_wrapped(conn: sqlite3.Connection, ident: tuple[str, str]) -> object | None:
-    row = conn.execute(
+    # fetchall finishes the statement: a read connection left inside a statement would hold a
+    # snapshot that keeps destroy's checkpoint from truncating the WAL.
+    rows = conn.execute(
         "SELECT wrapped FROM data_keys WHERE subject_id = ? AND key_class = ?", ident
-    ).fetchone()
-    return None if row is None else row[0]
+    ).fetchall()
+    return rows[0][0] if rows else None
 
 
 def _delete(conn: sqlite3.Connection, subject: str, classes: list[str] | None) -> int:

@@ -4,12 +4,20 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from domicile.errors import DataCorruption, FailedPrecondition, InvalidArgument, Unavailable
+from domicile.errors import (
+    DataCorruption,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from node.crypto import keyring as keyring_module
 from node.crypto.keyring import (
     KEK_FILE,
     KEY_CLASSES_PER_SUBJECT_MAX,
@@ -316,3 +324,267 @@ def test_a_closed_keyring_refuses(store_dir: Path, kek: bytes) -> None:
         ring.destroy("alice")
     with pytest.raises(Unavailable, match="closed"):
         ring.key_classes("alice")
+
+
+# -- the writer thread ------------------------------------------------------------------------
+
+
+class ParkedWriter:
+    """A keyring whose writer thread, once park() is called, parks after its next batch until
+    released, so that the writes put meanwhile wait in its queue; records every batch's size."""
+
+    def __init__(self, path: Path, kek: bytes, **options: int) -> None:
+        self.sizes: list[int] = []
+        self.armed = threading.Event()
+        self.parked = threading.Event()
+        self.release = threading.Event()
+        self.ring = Keyring(path, kek, on_batch=self.observe, **options)
+
+    def observe(self, size: int, seconds: float) -> None:
+        self.sizes.append(size)
+        if self.armed.is_set() and not self.parked.is_set():
+            self.parked.set()
+            self.release.wait(timeout=30)
+
+    def park(self) -> None:
+        self.armed.set()
+        self.ring.data_key("parking", "user_data", create=True)
+        assert self.parked.wait(timeout=30)
+
+
+class Caller(threading.Thread):
+    """One blocking keyring call on its own thread (as the offload pool makes them)."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        super().__init__()
+        self.call = call
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.call()
+        except BaseException as error:
+            self.error = error
+
+    def outcome(self) -> object:
+        self.join(timeout=30)
+        assert not self.is_alive()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def started(call: Callable[[], object]) -> Caller:
+    caller = Caller(call)
+    caller.start()
+    return caller
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+@pytest.fixture
+def parked(store_dir: Path, kek: bytes) -> Iterator[ParkedWriter]:
+    writer = ParkedWriter(store_dir / KEYRING_FILE, kek)
+    yield writer
+    writer.release.set()
+    writer.ring.close()
+
+
+def test_new_keys_that_wait_together_are_committed_in_one_transaction(
+    store_dir: Path, parked: ParkedWriter
+) -> None:
+    ring = parked.ring
+    parked.park()
+    callers = [started(lambda i=i: ring.data_key(f"subject-{i}", "user_data", create=True)) for i in range(8)]
+    wait_for(lambda: ring.queued_keys == 8)
+    parked.release.set()
+    keys = [caller.outcome() for caller in callers]
+    assert len(set(keys)) == 8
+    # on_batch runs once the batch's callers are answered.
+    wait_for(lambda: len(parked.sizes) == 2)
+    assert parked.sizes == [1, 8]
+    assert (ring.batches_committed, ring.keys_created) == (2, 9)
+    assert len(raw_rows(store_dir / KEYRING_FILE)) == 9
+    for i, key in enumerate(keys):
+        assert ring.data_key(f"subject-{i}", "user_data", create=False) == key
+
+
+def test_callers_creating_the_same_key_together_get_one_key(store_dir: Path, parked: ParkedWriter) -> None:
+    ring = parked.ring
+    parked.park()
+    callers = [started(lambda: ring.data_key("alice", "user_data", create=True)) for _ in range(6)]
+    wait_for(lambda: ring.queued_keys == 6)
+    parked.release.set()
+    keys = {caller.outcome() for caller in callers}
+    assert len(keys) == 1
+    assert ring.keys_created == 2
+    assert sorted(raw_rows(store_dir / KEYRING_FILE)) == [("alice", "user_data"), ("parking", "user_data")]
+    assert ring.data_key("alice", "user_data", create=False) in keys
+
+
+def test_writes_run_in_queue_order_around_a_destruction(
+    store_dir: Path, kek: bytes, parked: ParkedWriter
+) -> None:
+    ring = parked.ring
+    parked.park()
+    before = started(lambda: ring.data_key("alice", "user_data", create=True))
+    wait_for(lambda: ring.queued_keys == 1)
+    destroy = started(lambda: ring.destroy("alice"))
+    wait_for(lambda: ring.queued_destructions == 1)
+    after = started(lambda: ring.data_key("alice", "user_data", create=True))
+    wait_for(lambda: ring.queued_keys == 2)
+    parked.release.set()
+    first, destroyed, second = before.outcome(), destroy.outcome(), after.outcome()
+    # The key created before the destruction is destroyed with it; the one after is a new key.
+    assert destroyed == 1
+    assert isinstance(first, bytes)
+    assert isinstance(second, bytes)
+    assert first != second
+    wait_for(lambda: len(parked.sizes) == 4)
+    assert parked.sizes == [1, 1, 1, 1]
+    assert ring.data_key("alice", "user_data", create=False) == second
+    ring.close()
+    with Keyring(store_dir / KEYRING_FILE, kek) as again:
+        assert again.data_key("alice", "user_data", create=False) == second
+
+
+def test_reads_do_not_wait_for_the_writer(store_dir: Path, kek: bytes) -> None:
+    writer = ParkedWriter(store_dir / KEYRING_FILE, kek, cache_entries_max=1)
+    ring = writer.ring
+    try:
+        early = ring.data_key("early", "user_data", create=True)
+        writer.park()
+        assert ring.cached_keys == 1  # "early" was evicted by "parking": reading it is a miss
+        pending = started(lambda: ring.data_key("late", "user_data", create=True))
+        wait_for(lambda: ring.queued_keys == 1)
+        # Cache misses, existing keys (even with create) and listings read on the caller's thread.
+        assert ring.data_key("early", "user_data", create=False) == early
+        assert ring.data_key("early", "user_data", create=True) == early
+        assert ring.data_key("nobody", "user_data", create=False) is None
+        assert ring.key_classes("early") == ["user_data"]
+        assert pending.is_alive()
+        writer.release.set()
+        assert isinstance(pending.outcome(), bytes)
+    finally:
+        writer.release.set()
+        ring.close()
+
+
+def test_a_full_write_queue_refuses_at_once(store_dir: Path, kek: bytes) -> None:
+    writer = ParkedWriter(store_dir / KEYRING_FILE, kek, queue_keys_max=2, queue_destructions_max=1)
+    ring = writer.ring
+    try:
+        writer.park()
+        creations = [started(lambda i=i: ring.data_key(f"s-{i}", "user_data", create=True)) for i in range(2)]
+        destruction = started(lambda: ring.destroy("parking"))
+        wait_for(lambda: (ring.queued_keys, ring.queued_destructions) == (2, 1))
+        with pytest.raises(
+            ResourceExhausted, match=r"key store's write queue is full \(2 new data keys waiting\)"
+        ):
+            ring.data_key("one-too-many", "user_data", create=True)
+        with pytest.raises(ResourceExhausted, match=r"key store's write queue is full \(1 key destructions"):
+            ring.destroy("s-0")
+        writer.release.set()
+        assert all(isinstance(caller.outcome(), bytes) for caller in creations)
+        assert destruction.outcome() == 1
+        assert ring.data_key("one-too-many", "user_data", create=False) is None
+    finally:
+        writer.release.set()
+        ring.close()
+
+
+def test_close_finishes_the_writes_already_accepted(store_dir: Path, kek: bytes) -> None:
+    writer = ParkedWriter(store_dir / KEYRING_FILE, kek, queue_destructions_max=1)
+    ring = writer.ring
+    try:
+        ring.data_key("doomed", "user_data", create=True)
+        writer.park()
+        creations = [started(lambda i=i: ring.data_key(f"s-{i}", "user_data", create=True)) for i in range(3)]
+        destruction = started(lambda: ring.destroy("doomed"))
+        wait_for(lambda: (ring.queued_keys, ring.queued_destructions) == (3, 1))
+        closing = started(ring.close)
+
+        def refused_as_closed() -> bool:
+            # The destruction queue is full, so a destroy is refused either way, without
+            # queueing: as full while the keyring runs, as closed once close() began.
+            try:
+                ring.destroy("probe")
+            except ResourceExhausted:
+                return False
+            except Unavailable as error:
+                assert "closed" in str(error)
+                return True
+            raise AssertionError("destroy was accepted")
+
+        wait_for(refused_as_closed)
+        with pytest.raises(Unavailable, match="closed"):
+            ring.data_key("s-new", "user_data", create=True)
+        writer.release.set()
+        keys = [caller.outcome() for caller in creations]
+        assert destruction.outcome() == 1
+        closing.outcome()
+        with pytest.raises(Unavailable, match="closed"):
+            ring.data_key("s-0", "user_data", create=False)
+    finally:
+        writer.release.set()
+        ring.close()
+    with Keyring(store_dir / KEYRING_FILE, kek) as again:
+        assert [again.data_key(f"s-{i}", "user_data", create=False) for i in range(3)] == keys
+        assert again.key_classes("doomed") == []
+        assert again.data_key("s-new", "user_data", create=False) is None
+
+
+def test_keys_read_through_the_read_connection_are_destroyed_from_every_file(
+    store_dir: Path, kek: bytes
+) -> None:
+    path = store_dir / KEYRING_FILE
+    # A one-entry cache makes every read below a miss, served by the read connection, which
+    # must not keep destroy's checkpoint from truncating the WAL.
+    with Keyring(path, kek, cache_entries_max=1) as ring:
+        for i in range(60):
+            for c in ("user_data", "logs"):
+                ring.data_key(f"subject-{i:02d}", c, create=True)
+        rows = raw_rows(path)
+        for (subject, c), _ in rows.items():
+            assert ring.data_key(subject, c, create=False) is not None
+            assert ring.key_classes(subject) == ["logs", "user_data"]
+        for i in range(0, 60, 2):
+            assert ring.destroy(f"subject-{i:02d}") == 2
+            assert ring.data_key(f"subject-{i + 1:02d}", "logs", create=False) is not None
+        assert (store_dir / (KEYRING_FILE + "-wal")).stat().st_size == 0
+        after = store_bytes(store_dir)
+        gone = {ident: w for ident, w in rows.items() if int(ident[0][-2:]) % 2 == 0}
+        assert [ident for ident, w in gone.items() if w in after or w[-32:] in after] == []
+        assert all(w in after for ident, w in rows.items() if ident not in gone)
+
+
+def test_a_key_read_just_before_its_destruction_is_not_cached(
+    monkeypatch: pytest.MonkeyPatch, store_dir: Path, kek: bytes
+) -> None:
+    with Keyring(store_dir / KEYRING_FILE, kek, cache_entries_max=1) as ring:
+        alice = ring.data_key("alice", "user_data", create=True)
+        bob = ring.data_key("bob", "user_data", create=True)  # evicts alice: reading her is a miss
+        select_wrapped = keyring_module._select_wrapped
+        raced = threading.Event()
+
+        def read_then_destroy(conn: sqlite3.Connection, ident: tuple[str, str]) -> object | None:
+            wrapped = select_wrapped(conn, ident)
+            if ident == ("alice", "user_data") and not raced.is_set():
+                raced.set()
+                # The destruction lands between the read and the cache update.
+                assert ring.destroy("alice") == 1
+            return wrapped
+
+        monkeypatch.setattr(keyring_module, "_select_wrapped", read_then_destroy)
+        # The read came before the destruction, so it may still answer with the old key...
+        assert ring.data_key("alice", "user_data", create=False) == alice
+        assert raced.is_set()
+        # ...but must not leave it cached after the destruction.
+        assert ring.data_key("alice", "user_data", create=False) is None
+        assert ring.data_key("bob", "user_data", create=False) == bob
