@@ -163,14 +163,16 @@ class LegalHold:
             return namespace == self.namespace
         if self.scope is HoldScope.KEY:
             return namespace == self.namespace and key == self.key
-        return False
+        # A scope this version does not know (from a newer coordinator) fails safe: the hold
+        # covers every record, so nothing it may have meant is expired or erased meanwhile.
+        return True
 
     def describe(self) -> str:
         target = {
             HoldScope.SUBJECT: "the subject",
             HoldScope.NAMESPACE: f"namespace {self.namespace}",
             HoldScope.KEY: f"{self.namespace}/{self.key}",
-        }.get(self.scope, "?")
+        }.get(self.scope, "every record (a hold scope this node does not know)")
         return f"legal hold {self.hold_id} on {target}: {self.reason}"
 
 

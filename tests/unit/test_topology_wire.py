@@ -10,6 +10,7 @@ from domicile.client import route
 from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.model import Classification, ConflictMode
 from domicile.policy import Action, RecordFacts
+from domicile.subjects import HoldScope, hold_covering
 from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import record_pb2 as rpb
@@ -123,3 +124,17 @@ def test_the_client_routes_with_unknown_health():
     assert route(topo, "customers_eu", preferred_region="eu-west-1").node_id == "eu-central-1"
     assert route(topo, "customers_eu", region="eu-west-1").node_id == "eu-west-1"
     assert route(topo, None, node_id="eu-west-1").health is NodeHealth.UNKNOWN
+
+
+def test_regression_a_hold_of_unknown_scope_covers_every_record():
+    """A hold whose scope this version does not know covered nothing, so retention and erasure
+    would have removed records a newer coordinator's hold protects. It fails safe now."""
+    msg = future_topology()
+    hold = msg.holds.add(hold_id="hold-1", subject_id="c-1", reason="litigation", placed_unix_ms=1)
+    hold.scope = FUTURE  # type: ignore[assignment]
+    (decoded,) = topology_from_pb(msg).holds
+    assert decoded.scope is HoldScope.UNSPECIFIED
+    assert decoded.covers("customers_eu", "any-key", "")
+    assert decoded.covers("trades", "t-1", "someone-else")
+    assert hold_covering([decoded], "customers_eu", "k", "c-2") is decoded
+    assert "does not know" in decoded.describe()
