@@ -346,6 +346,17 @@ class SQLiteEngine:
     def _build_local(
         self, state: KeyState | None, write: LocalWrite, stamp: Callable[[], int], totals: _Totals
     ) -> Committed:
+        # This node's counters in a context can only be ones it issued for the key: a context
+        # beyond them is forged, and would push the key's next dot toward the counter limit
+        # (close enough, and every later write to the key fails).
+        issued = state.context.max_counter(self.node_id) if state else 0
+        claimed = write.supersedes.max_counter(self.node_id) if write.supersedes is not None else 0
+        if claimed > issued:
+            raise InvalidArgument(
+                f"causal context for {write.namespace}/{write.key} names counter {claimed} of this node "
+                f"{self.node_id!r}, which has issued only up to {issued} for the key; pass back a context "
+                "returned by a read, put or delete of this key"
+            )
         version = Version(
             dot=Dot(self.node_id, 0),
             value=bytes(write.value),

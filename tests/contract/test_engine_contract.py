@@ -170,13 +170,19 @@ def test_context_supersedes_only_what_it_covers(engine: StorageEngine, stamp: St
     assert values(engine.get("o", "k")) == [b"b", b"c"]
 
 
-def test_context_ahead_of_the_node_never_reuses_a_dot(engine: StorageEngine, stamp: Stamp) -> None:
-    # A client context naming this node's counter 5 (e.g. from a restored replica).
+def test_context_beyond_the_counters_this_node_issued_is_refused(engine: StorageEngine, stamp: Stamp) -> None:
+    # A context naming this node's counters past what it issued for the key is forged (it would
+    # push the key's dots toward the counter limit): refused, and nothing is written.
+    (first,) = commit_ok(engine, stamp, put("o", "k", b"x"))
     ahead = CausalContext.of({NODE: 5})
-    (c,) = commit_ok(engine, stamp, put("o", "k", b"x", supersedes=ahead))
-    assert c.mutation.version.dot == Dot(NODE, 6)
-    (d,) = commit_ok(engine, stamp, put("o", "k", b"y"))
-    assert d.mutation.version.dot == Dot(NODE, 7)
+    (refused,) = engine.commit_local([put("o", "k", b"y", supersedes=ahead)], stamp)
+    assert isinstance(refused, InvalidArgument)
+    assert "issued only up to 1" in refused.message
+    assert engine.get("o", "k") == first.state
+    assert engine.last_lsn() == first.mutation.lsn
+    # What this node issued, and other nodes' counters (it may not have seen them yet), pass.
+    (ok,) = commit_ok(engine, stamp, put("o", "k", b"z", supersedes=CausalContext.of({NODE: 1, "other": 9})))
+    assert ok.mutation.version.dot == Dot(NODE, 2)
 
 
 def test_writes_in_one_batch_see_each_other(engine: StorageEngine, stamp: Stamp) -> None:
