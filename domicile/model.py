@@ -89,6 +89,10 @@ class Limits:
     replication_batch_bytes_max: int = 4 * 1024 * 1024
     # Enough unacknowledged batches to keep a 100 ms round trip busy at thousands of writes/s.
     replication_inflight_batches_max: int = 32
+    # How far one replication batch may move a target's position for its source. A source's log
+    # positions have no holes and it reads replication_batch_records_max entries per batch, so an
+    # honest batch moves it at most that far; the rest is room for sources with larger batches.
+    replication_position_gap_max: int = 10_000
     request_deadline_default_s: float = 10.0
     rpc_deadline_s: float = 5.0
 

@@ -39,6 +39,8 @@ class NodeConfig:
     # How often records past their retention period are swept; 0 turns the sweeper off (a
     # sweep can still be run on demand).
     retention_sweep_interval_s: float = 300.0
+    # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
+    max_clock_drift_ms: int = 5000
 
     def __post_init__(self) -> None:
         if not self.region:
@@ -51,6 +53,10 @@ class NodeConfig:
         if self.synchronous.upper() not in {"FULL", "NORMAL", "OFF"}:
             raise InvalidArgument(f"synchronous must be FULL, NORMAL or OFF, not {self.synchronous!r}")
         split_host_port(self.listen)
+        if not 1 <= self.max_clock_drift_ms <= 3_600_000:
+            raise InvalidArgument(
+                f"max_clock_drift_ms must be 1 to 3600000 milliseconds, not {self.max_clock_drift_ms}"
+            )
         if not 0 <= self.retention_sweep_interval_s <= 86_400:
             raise InvalidArgument(
                 "retention_sweep_interval_s must be 0 (off) to 86400 seconds, "
@@ -87,6 +93,11 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         "--retention-sweep-interval-s",
         type=float,
         help="seconds between retention sweeps (default 300; 0 turns them off)",
+    )
+    parser.add_argument(
+        "--max-clock-drift-ms",
+        type=int,
+        help="refuse replicated writes whose HLC is further ahead of this clock (default 5000)",
     )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}

@@ -192,6 +192,8 @@ class Node:
             clock=self.clock,
             metrics=self.metrics,
             offload=offload,
+            limits=cfg.limits,
+            max_clock_drift_ms=cfg.max_clock_drift_ms,
         )
         self.replication = ReplicationManager(
             node_id=cfg.node_id,

@@ -91,6 +91,13 @@ class NodeMetrics:
             ["source", "target"],
             registry=r,
         )
+        self.replication_rejected = Counter(
+            "domicile_replication_rejected_total",
+            "Replicated mutations or batches the receiver's checks refused (origin, limits, context, "
+            "clock drift, positions), by reason.",
+            ["source", "target", "reason"],
+            registry=r,
+        )
         self.replication_sent = Counter(
             "domicile_replication_sent_total", "Mutations sent.", ["source", "target"], registry=r
         )

@@ -10,7 +10,6 @@ import grpc
 from domicile import errors
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
-from domicile.wire.records import mutation_from_pb
 from node.api.errors import abort_with
 from node.replication.inbound import Receiver
 
@@ -45,8 +44,8 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
                 if request.WhichOneof("kind") != "batch":
                     raise errors.InvalidArgument("after the hello, a replication stream carries only batches")
                 batch = request.batch
-                mutations = [mutation_from_pb(m) for m in batch.mutations]
-                result = await self.receiver.apply_batch(source, mutations, batch.through_lsn)
+                # Decoded and checked one by one by the receiver: a bad mutation is refused alone.
+                result = await self.receiver.apply_batch(source, batch.mutations, batch.through_lsn)
                 yield rpb.ReplicateResponse(
                     ack=rpb.ReplicationAck(
                         applied_through_lsn=result.through_lsn,

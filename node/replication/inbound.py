@@ -10,15 +10,27 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from domicile import errors
+from domicile.audit import TEXT_CHARS_MAX as AUDIT_TEXT_CHARS
 from domicile.causality import Mutation
 from domicile.cluster import ClusterSpec
 from domicile.hlc import HybridClock, physical_ms, wall_ms
+from domicile.model import (
+    Limits,
+    check_jurisdiction,
+    check_key,
+    check_namespace_name,
+    check_node_id,
+    check_value,
+)
 from domicile.policy import Action, RecordFacts
 from domicile.subjects import LegalHold
+from domicile.v1 import record_pb2 as pb
+from domicile.wire.records import context_from_pb, mutation_from_pb
 from node.compliance.enforcer import Audit, Enforcer
 from node.crypto.sealing import Sealer
-from node.engine.base import ApplyOutcome, StorageEngine
+from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, StorageEngine
 from node.engine.group_commit import GroupCommitter
+from node.engine.sqlite import DOT_COUNTER_MAX
 from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.topology_view import TopologyView
@@ -44,6 +56,27 @@ class InboundStats:
     connected: bool = False
 
 
+class Reject:
+    """Why the receiver refused a replicated mutation or batch: the `reason` label of
+    domicile_replication_rejected_total and, as replication-<reason>, the rule of its audit entry.
+    POSITION refuses a whole batch; every other reason refuses one mutation."""
+
+    ORIGIN = "origin"  # the origin or the dot names a node other than the stream's source
+    MALFORMED = "malformed"  # a dot counter out of range, a tombstone with a value, a self-superseding dot
+    LIMITS = (
+        "limits"  # a key, value, content type, subject id, jurisdiction or context a client could not send
+    )
+    CONTEXT = "context"  # the context names this node's counters beyond what it issued for the key
+    CLOCK_DRIFT = "clock_drift"  # the HLC is further ahead of this node's clock than max_clock_drift_ms
+    POSITION = "position"  # lsns out of order, or a through_lsn past what the rule allows
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    reason: str
+    message: str
+
+
 @dataclass(frozen=True)
 class BatchResult:
     through_lsn: int
@@ -67,6 +100,8 @@ class Receiver:
         metrics: NodeMetrics,
         now_ms: Callable[[], int] = wall_ms,
         offload: Offload | None = None,
+        limits: Limits | None = None,
+        max_clock_drift_ms: int = 5000,
     ) -> None:
         self.node_id = node_id
         self.region = region
@@ -80,10 +115,14 @@ class Receiver:
         self.metrics = metrics
         self.now_ms = now_ms
         self.offload = offload or Offload()
+        self.limits = limits or Limits()
+        self.max_clock_drift_ms = max_clock_drift_ms
         self.stats: dict[str, InboundStats] = {}
 
     async def open(self, source_node_id: str) -> int:
         """Starts a stream from a source; returns the position to resume after."""
+        # The source's id is written into audit entries and version vectors: a valid node id only.
+        check_node_id(source_node_id)
         if source_node_id == self.node_id:
             raise errors.InvalidArgument(f"node {self.node_id} cannot replicate to itself")
         stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
@@ -96,12 +135,127 @@ class Receiver:
         if stats is not None:
             stats.connected = False
 
-    def _admit(self, source_node_id: str, m: Mutation, entries: list[asyncio.Future[int]]) -> bool:
-        if m.origin_node_id != source_node_id:
-            raise errors.InvalidArgument(
-                f"mutation at lsn {m.lsn} names origin {m.origin_node_id!r}; "
-                "a source sends only its own writes"
+    def _check(self, source_node_id: str, msg: pb.Mutation) -> Mutation | _Rejected:
+        """Decodes a mutation and checks everything that does not need the store: that it is the
+        source's own write, the client limits, and its clock. An honest source never sends what
+        fails here, so a failure refuses this mutation for good (it is not sent again)."""
+        if msg.origin_node_id != source_node_id or msg.version.dot.node_id != source_node_id:
+            return _Rejected(
+                Reject.ORIGIN,
+                f"mutation at lsn {msg.lsn} names origin {msg.origin_node_id!r} and dot node "
+                f"{msg.version.dot.node_id!r}; a source sends only its own writes, so both must be "
+                f"{source_node_id!r}",
             )
+        if not 1 <= msg.version.dot.counter <= DOT_COUNTER_MAX:
+            return _Rejected(
+                Reject.MALFORMED,
+                f"mutation at lsn {msg.lsn} has dot counter {msg.version.dot.counter}; "
+                "counters are 1 to 2^62-1",
+            )
+        try:
+            # The client's bound on context entries applies to replicated contexts too.
+            context = context_from_pb(msg.context, self.limits)
+            m = mutation_from_pb(msg)
+            check_namespace_name(m.namespace)
+            check_key(m.key, self.limits)
+            check_value(m.version.value, self.limits)
+            if len(m.version.content_type.encode()) > self.limits.content_type_bytes_max:
+                raise errors.InvalidArgument(
+                    f"content type is longer than {self.limits.content_type_bytes_max} bytes"
+                )
+            if len(m.version.subject_id.encode()) > self.limits.subject_id_bytes_max:
+                raise errors.InvalidArgument(
+                    f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
+                )
+            check_jurisdiction(m.version.subject_jurisdiction)
+        except errors.InvalidArgument as exc:
+            return _Rejected(Reject.LIMITS, f"mutation at lsn {msg.lsn}: {exc.message}")
+        except UnicodeError:
+            return _Rejected(Reject.LIMITS, f"mutation at lsn {msg.lsn} carries text that is not valid UTF-8")
+        if m.version.tombstone and m.version.value:
+            return _Rejected(Reject.MALFORMED, f"mutation at lsn {msg.lsn} is a tombstone with a value")
+        if context.covers(m.version.dot):
+            return _Rejected(
+                Reject.MALFORMED,
+                f"mutation at lsn {msg.lsn} supersedes its own dot "
+                f"{m.version.dot.node_id}:{m.version.dot.counter}",
+            )
+        # A timestamp from the future would win every lww conflict until the clocks catch up, and
+        # one past 2^63 cannot even be stored (the HLC is observed into every later audit entry).
+        ahead_ms = physical_ms(m.version.hlc) - self.now_ms()
+        if ahead_ms > self.max_clock_drift_ms:
+            return _Rejected(
+                Reject.CLOCK_DRIFT,
+                f"mutation at lsn {msg.lsn} has an HLC {ahead_ms} ms ahead of this node's clock; at most "
+                f"{self.max_clock_drift_ms} ms is allowed (max_clock_drift_ms)",
+            )
+        return m
+
+    def _issued(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """This node's highest counter for each (namespace, key): the dots it has issued. Blocks."""
+        by_namespace: dict[str, list[str]] = {}
+        for namespace, key in wanted:
+            by_namespace.setdefault(namespace, []).append(key)
+        issued: dict[tuple[str, str], int] = {}
+        for namespace, keys in by_namespace.items():
+            for i in range(0, len(keys), GET_MANY_KEYS_MAX):
+                states = self.engine.get_many(namespace, keys[i : i + GET_MANY_KEYS_MAX])
+                for key in keys[i : i + GET_MANY_KEYS_MAX]:
+                    state = states.get(key)
+                    issued[(namespace, key)] = state.context.max_counter(self.node_id) if state else 0
+        return issued
+
+    async def _check_contexts(self, mutations: list[Mutation]) -> dict[int, _Rejected]:
+        """Mutations whose context names this node's own counters beyond what it has issued for
+        the key: applied, they would make this node's next dot for the key overflow (and the key
+        refuse every write). This node's counters only grow, so a read before the apply is safe."""
+        naming = [i for i, m in enumerate(mutations) if m.context.max_counter(self.node_id) > 0]
+        if not naming:
+            return {}
+        issued = await self.offload.run(
+            self._issued, [(mutations[i].namespace, mutations[i].key) for i in naming]
+        )
+        refused: dict[int, _Rejected] = {}
+        for i in naming:
+            m = mutations[i]
+            claimed = m.context.max_counter(self.node_id)
+            allowed = issued[(m.namespace, m.key)]
+            if claimed > allowed:
+                refused[i] = _Rejected(
+                    Reject.CONTEXT,
+                    f"mutation at lsn {m.lsn} has a context naming counter {claimed} of this node "
+                    f"{self.node_id!r} for the key; it has issued up to {allowed}",
+                )
+        return refused
+
+    def _reject(
+        self,
+        source_node_id: str,
+        reason: str,
+        message: str,
+        entries: list[asyncio.Future[int]],
+        *,
+        namespace: str = "",
+        key: str = "",
+        lsn: int = 0,
+    ) -> None:
+        """Counts, logs and audits (as the source node) one refusal of the receiver's checks."""
+        self.metrics.replication_rejected.labels(source_node_id, self.node_id, reason).inc()
+        log.warning("refused replication from %s (%s): %s", source_node_id, reason, message)
+        entries.append(
+            self.enforcer.audit.record(
+                principal=f"node:{source_node_id}",
+                action=Audit.REPLICATE_RECEIVE,
+                namespace=namespace[:AUDIT_TEXT_CHARS],
+                key=key[:AUDIT_TEXT_CHARS],
+                decision="refuse",
+                rule=f"replication-{reason}",
+                policy_version=self.enforcer.policy_version,
+                detail=f"from={source_node_id} lsn={lsn} {message}"[:AUDIT_TEXT_CHARS],
+            )
+        )
+
+    def _admit(self, source_node_id: str, m: Mutation, entries: list[asyncio.Future[int]]) -> bool:
         facts = RecordFacts(
             m.namespace, m.version.classification, m.version.subject_id, m.version.subject_jurisdiction
         )
@@ -178,26 +332,86 @@ class Receiver:
             )
         return True
 
-    async def apply_batch(
-        self, source_node_id: str, mutations: Sequence[Mutation], through_lsn: int
-    ) -> BatchResult:
-        stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
-        if through_lsn < stats.position:
-            # A batch from before our position (a duplicate after reconnect): nothing to do.
-            return BatchResult(stats.position, 0, len(mutations))
-        for m in mutations:
-            if m.lsn > through_lsn:
-                raise errors.InvalidArgument(
-                    f"mutation lsn {m.lsn} is past the batch's through_lsn {through_lsn}"
+    def _check_positions(self, position: int, messages: Sequence[pb.Mutation], through_lsn: int) -> str:
+        """What is wrong with a batch's positions (empty when nothing). The rule: mutation lsns
+        increase, none is past through_lsn, and through_lsn is at most
+        replication_position_gap_max past this target's position for the source. A batch can
+        legitimately end past its last mutation (the source skipped entries this target may not
+        hold), but a source reads at most replication_batch_records_max consecutive log entries
+        per batch after the position it resumed from, and its log positions have no holes, so an
+        honest batch never moves the position further than that."""
+        previous = 0
+        for msg in messages:
+            if msg.lsn <= previous:
+                return (
+                    f"mutation lsn {msg.lsn} follows lsn {previous}; lsns in a batch start at 1 and increase"
                 )
+            if msg.lsn > through_lsn:
+                return f"mutation lsn {msg.lsn} is past the batch's through_lsn {through_lsn}"
+            previous = msg.lsn
+        gap_max = self.limits.replication_position_gap_max
+        if through_lsn - position > gap_max:
+            return (
+                f"through_lsn {through_lsn} is {through_lsn - position} past this target's position "
+                f"{position} for the source; a batch may move it at most {gap_max} "
+                "(replication_position_gap_max)"
+            )
+        return ""
+
+    async def apply_batch(
+        self, source_node_id: str, messages: Sequence[pb.Mutation], through_lsn: int
+    ) -> BatchResult:
+        """Applies a batch and returns the position to acknowledge. A batch whose positions break
+        the rule of _check_positions is refused whole: nothing of it is applied and the position
+        stays. A mutation that fails the other checks is refused alone and the rest applies."""
+        stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
+        if through_lsn <= stats.position:
+            # A batch from before our position (a duplicate after reconnect): nothing to do.
+            return BatchResult(stats.position, 0, len(messages))
         entries: list[asyncio.Future[int]] = []
+        labels = (source_node_id, self.node_id)
+        problem = self._check_positions(stats.position, messages, through_lsn)
+        if problem:
+            self._reject(source_node_id, Reject.POSITION, problem, entries, lsn=through_lsn)
+            self.metrics.replication_refused.labels(*labels).inc(len(messages))
+            stats.refused_total += len(messages)
+            await asyncio.gather(*entries)
+            return BatchResult(stats.position, len(messages), 0)
+        checked: list[Mutation] = []
+        for msg in messages:
+            result = self._check(source_node_id, msg)
+            if isinstance(result, _Rejected):
+                self._reject(
+                    source_node_id,
+                    result.reason,
+                    result.message,
+                    entries,
+                    namespace=msg.namespace,
+                    key=msg.key,
+                    lsn=msg.lsn,
+                )
+            else:
+                checked.append(result)
+        bad_contexts = await self._check_contexts(checked)
+        for i, rejected in bad_contexts.items():
+            m = checked[i]
+            self._reject(
+                source_node_id,
+                rejected.reason,
+                rejected.message,
+                entries,
+                namespace=m.namespace,
+                key=m.key,
+                lsn=m.lsn,
+            )
+        mutations = [m for i, m in enumerate(checked) if i not in bad_contexts]
         cluster = self.view.topology.cluster
         # Stored encrypted under this region's key for the subject; data keys never travel. The
         # whole batch is sealed in one hop, after every mutation was admitted.
         admitted = await self.sealer.seal_mutations(
             cluster, [m for m in mutations if self._admit(source_node_id, m, entries)]
         )
-        refused = len(mutations) - len(admitted)
+        refused = len(messages) - len(admitted)
         # The batch's audit entries are durable before it is applied (and acknowledged).
         if entries:
             await asyncio.gather(*entries)
@@ -207,10 +421,10 @@ class Receiver:
 
         outcome = await self.committer.run(work)
         if admitted:
+            # Bounded by the drift check: a remote clock cannot carry this one past it.
             self.clock.observe(max(m.version.hlc for m in admitted))
         now = self.now_ms()
         lags_ms = [max(0, now - physical_ms(m.version.hlc)) for m in outcome.applied]
-        labels = (source_node_id, self.node_id)
         histogram = self.metrics.replication_lag.labels(*labels)
         for lag in lags_ms:
             histogram.observe(lag / 1000.0)

@@ -1,0 +1,273 @@
+"""The replication receiver checks everything a source sends, refuses what an honest source
+never sends (counted, audited as the source, nothing stored), and keeps the stream and the
+link working for the honest traffic that follows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from domicile.hlc import pack, wall_ms
+from domicile.v1 import record_pb2 as pb
+from tests.support.cluster import LocalCluster, eventually
+from tests.support.rogue import RogueStream, audit_entries, mutation, rejected
+
+SOURCE = "rogue-1"
+
+
+async def assert_link_works(cluster: LocalCluster, key: str) -> None:
+    """The real link eu-west-1 -> eu-central-1 still carries a new write."""
+    await cluster.put("eu-west-1", "instruments", key, b"honest")
+
+    async def arrived() -> bool:
+        return await cluster.values("eu-central-1", "instruments", key) == {b"honest"}
+
+    await eventually(arrived, 10.0, f"{key} replicated after the refusal")
+
+
+def refusals(entries: list[dict[str, Any]], rule: str) -> list[dict[str, Any]]:
+    return [e for e in entries if e["rule"] == rule and e["decision"] == "refuse"]
+
+
+async def test_finding_position_claim_of_2_63_minus_1_does_not_stop_the_real_source(
+    pair: LocalCluster,
+) -> None:
+    """Regression: a batch claiming position 2^63-1 for a source used to become the target's
+    position, and every later batch of the real source was dropped as a duplicate."""
+    target = pair.nodes["eu-central-1"]
+    before = await pair.put("eu-west-1", "instruments", "before", b"1")
+
+    async def caught_up() -> bool:
+        return target.receiver.stats["eu-west-1"].position >= before.lsn
+
+    await eventually(caught_up, 10.0, "the first write replicated")
+    position = target.engine.inbound_position("eu-west-1")
+    seq = target.audit.size
+    # Claims to be the real source (which source may send is the authentication's to check).
+    async with RogueStream(target, "eu-west-1") as rogue:
+        ack = await rogue.send([], (1 << 63) - 1)
+        assert ack.applied_through_lsn == position
+        assert ack.refused_count == 0
+        ack = await rogue.send([mutation("eu-west-1", position + 1, "forged")], (1 << 63) - 1)
+        assert ack.applied_through_lsn == position and ack.refused_count == 1
+    assert target.engine.inbound_position("eu-west-1") == position
+    assert target.engine.get("instruments", "forged") is None
+    assert rejected(target, "eu-west-1", "position") == 2
+    entries = refusals(audit_entries(target, seq), "replication-position")
+    assert entries and entries[0]["principal"] == "node:eu-west-1"
+    assert "replication_position_gap_max" in entries[0]["detail"]
+    await assert_link_works(pair, "after")
+
+
+async def test_finding_hlc_past_2_63_does_not_invalidate_the_audit_log(pair: LocalCluster) -> None:
+    """Regression: one replicated mutation with an HLC >= 2^63 was observed into the node's
+    clock, every later audit entry was invalid, and the node refused all writes until restart."""
+    target = pair.nodes["eu-central-1"]
+    async with RogueStream(target, SOURCE) as rogue:
+        ack = await rogue.send([mutation(SOURCE, 1, "future", hlc=1 << 63)], 1)
+        assert ack.refused_count == 1 and ack.applied_through_lsn == 1
+        ack = await rogue.send([mutation(SOURCE, 2, "present")], 2)
+        assert ack.refused_count == 0 and ack.applied_through_lsn == 2
+    assert target.engine.get("instruments", "future") is None
+    assert target.engine.get("instruments", "present") is not None
+    assert target.clock.now() < 1 << 63
+    assert rejected(target, SOURCE, "clock_drift") == 1
+    written = await pair.put("eu-central-1", "customers_eu", "still-writable", b"v")
+    assert written.lsn > 0
+    report = target.audit.verify_local()
+    assert report.ok, report.problems
+    await assert_link_works(pair, "after-hlc")
+
+
+def _ctx(entries: int) -> pb.CausalContext:
+    return pb.CausalContext(version_vector={f"n{i}": 1 for i in range(entries)})
+
+
+Build = Callable[[int], pb.Mutation]
+
+# name, reason, the bad mutation at an lsn, and what its refusal's audit detail says.
+MUTATION_CASES: list[tuple[str, str, Build, str]] = [
+    (
+        "origin names another node",
+        "origin",
+        lambda lsn: pb.Mutation(
+            namespace="instruments",
+            key="bad",
+            lsn=lsn,
+            origin_node_id="eu-west-1",
+            version=mutation(SOURCE, lsn, "bad").version,
+        ),
+        "a source sends only its own writes",
+    ),
+    (
+        "dot names another node",
+        "origin",
+        lambda lsn: _with_dot(mutation(SOURCE, lsn, "bad"), "eu-west-1"),
+        "a source sends only its own writes",
+    ),
+    ("oversized key", "limits", lambda lsn: mutation(SOURCE, lsn, "k" * 1025), "limit is 1024 bytes"),
+    (
+        "oversized value",
+        "limits",
+        lambda lsn: mutation(SOURCE, lsn, "bad", b"x" * (1024 * 1024 + 1)),
+        "limit is 1048576 bytes",
+    ),
+    (
+        "oversized content type",
+        "limits",
+        lambda lsn: mutation(SOURCE, lsn, "bad", content_type="t" * 256),
+        "content type is longer than 255 bytes",
+    ),
+    (
+        "oversized subject id",
+        "limits",
+        lambda lsn: mutation(SOURCE, lsn, "bad", subject_id="s" * 257),
+        "subject id is longer than 256 bytes",
+    ),
+    (
+        "bad jurisdiction",
+        "limits",
+        lambda lsn: mutation(SOURCE, lsn, "bad", subject_jurisdiction="germany"),
+        "ISO 3166",
+    ),
+    (
+        "bad namespace name",
+        "limits",
+        lambda lsn: mutation(SOURCE, lsn, "bad", namespace="Bad-Name"),
+        "invalid namespace",
+    ),
+    (
+        "too many context entries",
+        "limits",
+        lambda lsn: _with_context(mutation(SOURCE, lsn, "bad"), _ctx(257)),
+        "at most 256 allowed",
+    ),
+    (
+        "unknown classification",
+        "limits",
+        lambda lsn: mutation(SOURCE, lsn, "bad", classification=42),
+        "unknown classification value 42",
+    ),
+    (
+        "dot counter past 2^62-1",
+        "malformed",
+        lambda lsn: mutation(SOURCE, lsn, "bad", counter=1 << 62),
+        "counters are 1 to 2^62-1",
+    ),
+    (
+        "tombstone with a value",
+        "malformed",
+        lambda lsn: mutation(SOURCE, lsn, "bad", tombstone=True),
+        "tombstone with a value",
+    ),
+    (
+        "HLC a minute ahead",
+        "clock_drift",
+        lambda lsn: mutation(SOURCE, lsn, "bad", hlc=pack(wall_ms() + 60_000, 0)),
+        "at most 5000 ms is allowed",
+    ),
+    (
+        "context names the target's counters beyond what it issued",
+        "context",
+        lambda lsn: _with_context(
+            mutation(SOURCE, lsn, "bad"), pb.CausalContext(version_vector={"eu-central-1": (1 << 62) - 2})
+        ),
+        "it has issued up to 0",
+    ),
+]
+
+
+def _with_dot(msg: pb.Mutation, node: str) -> pb.Mutation:
+    msg.version.dot.node_id = node
+    return msg
+
+
+def _with_context(msg: pb.Mutation, context: pb.CausalContext) -> pb.Mutation:
+    msg.context.CopyFrom(context)
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("name", "reason", "build", "detail"), MUTATION_CASES, ids=[c[0] for c in MUTATION_CASES]
+)
+async def test_a_bad_mutation_is_refused_alone_and_the_stream_keeps_working(
+    pair: LocalCluster, name: str, reason: str, build: Build, detail: str
+) -> None:
+    target = pair.nodes["eu-central-1"]
+    before = (target.engine.last_lsn(), target.engine.counts())
+    seq = target.audit.size
+    async with RogueStream(target, SOURCE) as rogue:
+        # The bad mutation between two honest ones: only it is refused, the batch acknowledged.
+        ack = await rogue.send([mutation(SOURCE, 1, "ok-1"), build(2), mutation(SOURCE, 3, "ok-3")], 3)
+        assert (ack.applied_through_lsn, ack.refused_count) == (3, 1)
+        ack = await rogue.send([mutation(SOURCE, 4, "ok-4")], 4)
+        assert (ack.applied_through_lsn, ack.refused_count) == (4, 0)
+    assert target.engine.get("instruments", "bad") is None
+    assert all(target.engine.get("instruments", k) is not None for k in ("ok-1", "ok-3", "ok-4"))
+    assert target.engine.last_lsn() == before[0]
+    assert target.engine.counts().records == before[1].records + 3
+    assert rejected(target, SOURCE, reason) == 1
+    entries = refusals(audit_entries(target, seq), f"replication-{reason}")
+    assert len(entries) == 1, entries
+    assert entries[0]["principal"] == f"node:{SOURCE}"
+    assert detail in entries[0]["detail"], entries[0]["detail"]
+    await assert_link_works(pair, f"after-{reason}")
+
+
+# name, the batch's mutations (lsns), its through_lsn, what the audit detail says.
+BATCH_CASES: list[tuple[str, list[int], int, str]] = [
+    ("lsns not increasing", [2, 1], 2, "lsns in a batch start at 1 and increase"),
+    ("a repeated lsn", [1, 1], 1, "lsns in a batch start at 1 and increase"),
+    ("lsn zero", [0], 1, "lsns in a batch start at 1 and increase"),
+    ("a mutation past through_lsn", [1, 5], 4, "past the batch's through_lsn 4"),
+    ("through_lsn beyond the gap", [1], 10_001, "a batch may move it at most 10000"),
+]
+
+
+@pytest.mark.parametrize(("name", "lsns", "through", "detail"), BATCH_CASES, ids=[c[0] for c in BATCH_CASES])
+async def test_a_batch_with_bad_positions_is_refused_whole_and_the_stream_keeps_working(
+    pair: LocalCluster, name: str, lsns: list[int], through: int, detail: str
+) -> None:
+    target = pair.nodes["eu-central-1"]
+    before = (target.engine.last_lsn(), target.engine.counts())
+    seq = target.audit.size
+    async with RogueStream(target, SOURCE) as rogue:
+        batch = [mutation(SOURCE, lsn, f"bad-{i}") for i, lsn in enumerate(lsns)]
+        ack = await rogue.send(batch, through)
+        # Nothing acknowledged: the position stays where it was.
+        assert (ack.applied_through_lsn, ack.refused_count) == (0, len(lsns))
+        assert target.engine.inbound_position(SOURCE) == 0
+        ack = await rogue.send([mutation(SOURCE, 1, "ok-1")], 1)
+        assert (ack.applied_through_lsn, ack.refused_count) == (1, 0)
+    assert all(target.engine.get("instruments", f"bad-{i}") is None for i in range(len(lsns)))
+    assert target.engine.get("instruments", "ok-1") is not None
+    assert (target.engine.last_lsn(), target.engine.counts().records) == (before[0], before[1].records + 1)
+    assert rejected(target, SOURCE, "position") == 1
+    entries = refusals(audit_entries(target, seq), "replication-position")
+    assert len(entries) == 1 and entries[0]["principal"] == f"node:{SOURCE}"
+    assert detail in entries[0]["detail"], entries[0]["detail"]
+    await assert_link_works(pair, "after-position")
+
+
+async def test_a_batch_may_skip_filtered_entries_within_the_gap(pair: LocalCluster) -> None:
+    """A source skips what the target may not hold: through_lsn past the last mutation is fine
+    within replication_position_gap_max."""
+    target = pair.nodes["eu-central-1"]
+    async with RogueStream(target, SOURCE) as rogue:
+        ack = await rogue.send([mutation(SOURCE, 3, "skipped-ahead")], 500)
+        assert (ack.applied_through_lsn, ack.refused_count) == (500, 0)
+        ack = await rogue.send([], 10_500)
+        assert ack.applied_through_lsn == 10_500
+    assert rejected(target, SOURCE, "position") == 0
+
+
+async def test_a_hello_with_an_invalid_source_id_is_refused(pair: LocalCluster) -> None:
+    target = pair.nodes["eu-central-1"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async with RogueStream(target, "X" * 2000):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "invalid node id" in (info.value.details() or "")
