@@ -21,12 +21,17 @@ class ReadVersion(Version):
         return bool(self.redacted_fields)
 
 
+# `context` is the causal context in the clear, to look at; `context_token` is the same context
+# as the node's opaque, authenticated token, to pass to a later put or delete of the same key.
+
+
 @dataclass(frozen=True)
 class PutResult:
     version: Version
     context: CausalContext
     lsn: int
     region: str
+    context_token: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class GetResult:
     versions: tuple[ReadVersion, ...]
     context: CausalContext
     region: str
+    context_token: bytes = b""
 
     @property
     def values(self) -> tuple[bytes, ...]:
@@ -48,7 +54,7 @@ class GetResult:
         if len(self.versions) > 1:
             raise FailedPrecondition(
                 f"the record has {len(self.versions)} concurrent values; read .versions and put the "
-                "resolved value with context=result.context"
+                "resolved value with context_token=result.context_token"
             )
         return self.versions[0].value
 
@@ -60,6 +66,7 @@ class DeleteResult:
     context: CausalContext
     lsn: int
     region: str
+    context_token: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class ScanItem:
     key: str
     versions: tuple[ReadVersion, ...]
     context: CausalContext
+    context_token: bytes = b""
 
 
 @dataclass(frozen=True)

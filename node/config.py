@@ -41,6 +41,9 @@ class NodeConfig:
     retention_sweep_interval_s: float = 300.0
     # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
     max_clock_drift_ms: int = 5000
+    # The cluster's key for causal-context tokens (32 bytes, mode 0600), the same file content on
+    # every node; empty: a key of this node's own in the data directory (single-node development).
+    context_key_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.region:
@@ -98,6 +101,11 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         "--max-clock-drift-ms",
         type=int,
         help="refuse replicated writes whose HLC is further ahead of this clock (default 5000)",
+    )
+    parser.add_argument(
+        "--context-key-file",
+        help="the cluster's context-token key (32 bytes, mode 0600, the same on every node); "
+        "default: a key of this node's own in the data directory",
     )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from domicile import errors
 from domicile.audit import SignedHead
 from domicile.cluster import ClusterSpec, load_cluster
+from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
 from domicile.loop_lag import watch_loop_lag
 from domicile.retry import Backoff, BackoffPolicy, retry
@@ -43,6 +44,7 @@ from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine, StoreCounts
 from node.engine.group_commit import GroupCommitter
 from node.engine.sqlite import SQLiteEngine
+from node.keyfiles import load_context_key
 from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
 from node.metrics import NodeMetrics
@@ -179,6 +181,9 @@ class Node:
             metrics=self.metrics,
             on_committed=self.signal.notify,
             offload=offload,
+            tokens=ContextTokens(
+                await offload.run(load_context_key, cfg.context_key_file, Path(cfg.data_dir))
+            ),
         )
         self.receiver = Receiver(
             node_id=cfg.node_id,

@@ -7,6 +7,7 @@ leaves a half-written key, and two processes starting at once end up using the s
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import stat
@@ -16,6 +17,10 @@ from pathlib import Path
 from domicile.errors import FailedPrecondition
 
 KEY_FILE_BYTES_MAX = 64 * 1024
+CONTEXT_KEY_BYTES = 32
+CONTEXT_KEY_FILE = "context.key"
+
+log = logging.getLogger("domicile.node.keys")
 
 
 def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
@@ -38,6 +43,34 @@ def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
     return read_private(path)
+
+
+def load_context_key(configured: str, data_dir: Path) -> bytes:
+    """The cluster's context-token key: the configured file (which must exist: a node that made
+    its own would refuse every other node's tokens), else one made once in the data directory."""
+    if configured:
+        path = Path(configured)
+        try:
+            key = read_private(path)
+        except FileNotFoundError:
+            raise FailedPrecondition(
+                f"context key file {configured} does not exist; create it once for the cluster "
+                f"({CONTEXT_KEY_BYTES} random bytes, mode 0600; `domicile up` does) and give every "
+                "node the same"
+            ) from None
+    else:
+        path = data_dir / CONTEXT_KEY_FILE
+        key = read_or_create(path, lambda: secrets.token_bytes(CONTEXT_KEY_BYTES))
+        log.warning(
+            "no --context-key-file: using this node's own context key %s; context tokens from other "
+            "nodes will not verify here (fine for a single development node)",
+            path.name,
+        )
+    if len(key) != CONTEXT_KEY_BYTES:
+        raise FailedPrecondition(
+            f"context key file {path.name} holds {len(key)} bytes; it must hold exactly {CONTEXT_KEY_BYTES}"
+        )
+    return key
 
 
 def read_private(path: Path) -> bytes:

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from domicile import errors
 from domicile.causality import CausalContext, KeyState, Version, sha256, visible
 from domicile.cluster import NamespaceSpec
+from domicile.context_tokens import KEY_BYTES, ContextTokens
 from domicile.model import (
     Classification,
     ConflictMode,
@@ -90,6 +92,7 @@ class StorageService:
         metrics: NodeMetrics,
         on_committed: Callable[[], None] = lambda: None,
         offload: Offload | None = None,
+        tokens: ContextTokens | None = None,
     ) -> None:
         self.node_id = node_id
         self.region = region
@@ -105,6 +108,9 @@ class StorageService:
         self.on_committed = on_committed
         # Reads and opening sealed values block: each request makes one hop to these threads.
         self.offload = offload or Offload()
+        # Causal contexts go to clients as tokens of the cluster key (without one: a key of this
+        # process only, so that no token of it verifies anywhere else).
+        self.tokens = tokens or ContextTokens(secrets.token_bytes(KEY_BYTES))
         self.started = time.monotonic()
         self.conflicts_total = 0
 

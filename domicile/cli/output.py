@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import json
 import sys
@@ -10,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from domicile.causality import CausalContext, Version
-from domicile.client import context_token
+from domicile.client import context_from_token, context_token
+from domicile.context_tokens import is_token
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -47,8 +49,24 @@ def version_json(version: Version) -> dict[str, Any]:
     }
 
 
-def context_json(context: CausalContext) -> str:
+def context_json(context: CausalContext, token: bytes = b"") -> str:
+    """The context as the CLI prints it: the node's opaque token (base64url), or the plain
+    context's compact form from a node that issues no tokens."""
+    if token:
+        return base64.urlsafe_b64encode(token).decode("ascii").rstrip("=")
     return context_token(context)
+
+
+def context_arg(text: str) -> tuple[CausalContext | None, bytes | None]:
+    """Parses --context: a token printed by this CLI (passed on unchanged), or the plain context
+    that older versions printed (deprecated, still accepted)."""
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        data = b""
+    if is_token(data):
+        return None, data
+    return context_from_token(text), None
 
 
 def print_json(obj: object, out: TextIO | None = None) -> None:

@@ -8,8 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from domicile.cli.output import context_json, dot_text, print_json, version_json, write_value_line
-from domicile.client import Client, ReadVersion, context_from_token
+from domicile.cli.output import (
+    context_arg,
+    context_json,
+    dot_text,
+    print_json,
+    version_json,
+    write_value_line,
+)
+from domicile.client import Client, ReadVersion
 from domicile.errors import InvalidArgument
 
 EXIT_OK = 0
@@ -32,13 +39,14 @@ def _value(args: argparse.Namespace) -> bytes:
 
 
 def put(args: argparse.Namespace) -> int:
-    context = context_from_token(args.context) if args.context else None
+    context, token = context_arg(args.context) if args.context else (None, None)
     with _client(args) as client:
         result = client.put(
             args.namespace,
             args.key,
             _value(args),
             context=context,
+            context_token=token,
             subject_id=args.subject_id,
             subject_jurisdiction=args.subject_jurisdiction,
             classification=args.classification,
@@ -53,13 +61,14 @@ def put(args: argparse.Namespace) -> int:
                 "region": result.region,
                 "lsn": result.lsn,
                 "version": version_json(result.version),
-                "context": context_json(result.context),
+                "context": context_json(result.context, result.context_token),
             }
         )
     else:
         print(
             f"written {args.namespace}/{args.key} region={result.region} "
-            f"dot={dot_text(result.version)} lsn={result.lsn} context={context_json(result.context)}"
+            f"dot={dot_text(result.version)} lsn={result.lsn} "
+            f"context={context_json(result.context, result.context_token)}"
         )
     return EXIT_OK
 
@@ -88,7 +97,7 @@ def get(args: argparse.Namespace) -> int:
                 "found": result.found,
                 "region": result.region,
                 "versions": [version_json(v) for v in result.versions],
-                "context": context_json(result.context),
+                "context": context_json(result.context, result.context_token),
             }
         )
     elif len(result.versions) == 1:
@@ -101,12 +110,13 @@ def get(args: argparse.Namespace) -> int:
 
 
 def delete(args: argparse.Namespace) -> int:
-    context = context_from_token(args.context) if args.context else None
+    context, token = context_arg(args.context) if args.context else (None, None)
     with _client(args) as client:
         result = client.delete(
             args.namespace,
             args.key,
             context=context,
+            context_token=token,
             region=args.region,
             subject_id=args.subject_id or None,
             subject_jurisdiction=args.subject_jurisdiction or None,
@@ -119,14 +129,15 @@ def delete(args: argparse.Namespace) -> int:
                 "existed": result.existed,
                 "region": result.region,
                 "lsn": result.lsn,
-                "context": context_json(result.context),
+                "context": context_json(result.context, result.context_token),
             }
         )
     else:
         existed = "true" if result.existed else "false"
         print(
             f"deleted {args.namespace}/{args.key} region={result.region} existed={existed} "
-            f"dot={dot_text(result.version)} lsn={result.lsn} context={context_json(result.context)}"
+            f"dot={dot_text(result.version)} lsn={result.lsn} "
+            f"context={context_json(result.context, result.context_token)}"
         )
     return EXIT_OK
 
@@ -142,7 +153,7 @@ def scan(args: argparse.Namespace) -> int:
                     {
                         "key": item.key,
                         "versions": [version_json(v) for v in item.versions],
-                        "context": context_json(item.context),
+                        "context": context_json(item.context, item.context_token),
                     }
                 )
             else:

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,9 +31,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from domicile.cli.output import table
 from domicile.client import Client, NodeHealth
 from domicile.cluster import ClusterSpec, load_cluster
-from domicile.errors import DomicileError, InvalidArgument
+from domicile.errors import AlreadyExists, DomicileError, InvalidArgument
+from domicile.identity.files import PRIVATE_MODE, write_atomically
 
 _POLL_S = 0.2
+# The cluster's context-token key, in the cluster's data directory (see ensure_context_key).
+CONTEXT_KEY_FILE = "context.key"
 _HEALTH_RPC_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -141,6 +145,8 @@ def plan_children(
                     coordinator,
                     "--cluster-config",
                     str(config_path),
+                    "--context-key-file",
+                    str(data_dir / CONTEXT_KEY_FILE),
                     "--log-level",
                     log_level,
                 ),
@@ -150,6 +156,13 @@ def plan_children(
             )
         )
     return specs
+
+
+def ensure_context_key(path: Path) -> None:
+    """Creates the cluster's context-token key once (32 random bytes, mode 0600); every node of
+    the cluster is given the same file, so that a token from one node verifies at all of them."""
+    with contextlib.suppress(AlreadyExists):
+        write_atomically(path, secrets.token_bytes(32), PRIVATE_MODE, overwrite=False)
 
 
 def busy_ports(host: str, ports: Sequence[int]) -> list[int]:
@@ -371,6 +384,7 @@ def up(args: argparse.Namespace) -> int:
             f"ports already in use on {args.host}: {', '.join(map(str, busy))}; "
             "stop what uses them or choose --base-port / --metrics-base-port"
         )
+    ensure_context_key(data_dir / CONTEXT_KEY_FILE)
     stop = StopRequest()
     previous = stop.install()
     supervisor = Supervisor(specs, stop, _say)

@@ -260,9 +260,20 @@ class Client:
         classification: Classification | str | None = None,
         content_type: str = "",
         region: str | None = None,
+        context_token: bytes | None = None,
     ) -> PutResult:
+        """`context_token` (from an earlier result of this key, unchanged) names the versions this
+        write supersedes; `context` (a plain CausalContext) still works but is deprecated."""
         req = put_request(
-            namespace, key, value, context, subject_id, subject_jurisdiction, classification, content_type
+            namespace,
+            key,
+            value,
+            context,
+            subject_id,
+            subject_jurisdiction,
+            classification,
+            content_type,
+            context_token,
         )
         resp, node = self._call(
             f"put {namespace}/{key}", namespace, region, True, lambda s, t: s.Put(req, timeout=t)
@@ -286,10 +297,12 @@ class Client:
         region: str | None = None,
         subject_id: str | None = None,
         subject_jurisdiction: str | None = None,
+        context_token: bytes | None = None,
     ) -> DeleteResult:
         """Writes a tombstone. subject_id / subject_jurisdiction are used only when the node holds
-        no version of the record (it then cannot tell where the tombstone belongs)."""
-        req = delete_request(namespace, key, context, subject_id, subject_jurisdiction)
+        no version of the record (it then cannot tell where the tombstone belongs). Pass
+        `context_token` (or the deprecated `context`) to delete only the versions it names."""
+        req = delete_request(namespace, key, context, subject_id, subject_jurisdiction, context_token)
         resp, node = self._call(
             f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)
         )

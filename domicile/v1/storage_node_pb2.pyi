@@ -87,6 +87,7 @@ class PutRequest(_message.Message):
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     SUBJECT_JURISDICTION_FIELD_NUMBER: _builtins.int
     CLASSIFICATION_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace (dataset) name: lower-case letters, digits and underscores, 1 to 63 characters."""
     key: _builtins.str
@@ -101,11 +102,18 @@ class PutRequest(_message.Message):
     """Jurisdiction of the data subject (ISO 3166-1 alpha-2 or ISO 3166-2, e.g. DE or US-CA)."""
     classification: _record_pb2.Classification.ValueType
     """Classification; UNSPECIFIED takes the namespace default, a looser one is refused."""
+    context_token: _builtins.bytes
+    """The context_token of an earlier Get, Put or Delete of this key, unchanged: the versions
+    this write supersedes. Opaque, authenticated by the cluster and bound to the namespace and
+    key; a forged, altered or other key's token is refused with INVALID_ARGUMENT. Set it or
+    context, not both.
+    """
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
-        """Context from an earlier Get: the versions this write supersedes. Without it the write
-        supersedes nothing in a siblings namespace (it becomes a sibling of what is there) and
-        everything this node holds in an lww namespace.
+        """Deprecated: pass context_token instead; still accepted for one release. A plain context
+        from an earlier Get: the versions this write supersedes. Without a context (or a token)
+        the write supersedes nothing in a siblings namespace (it becomes a sibling of what is
+        there) and everything this node holds in an lww namespace.
         """
 
     def __init__(
@@ -119,10 +127,11 @@ class PutRequest(_message.Message):
         subject_id: _builtins.str = ...,
         subject_jurisdiction: _builtins.str = ...,
         classification: _record_pb2.Classification.ValueType = ...,
+        context_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "content_type", b"content_type", "context", b"context", "key", b"key", "namespace", b"namespace", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "content_type", b"content_type", "context", b"context", "context_token", b"context_token", "key", b"key", "namespace", b"namespace", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -138,17 +147,20 @@ class PutResponse(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     LSN_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
     lsn: _builtins.int
     """Position of the write in this node's change log."""
     region: _builtins.str
     """Region that accepted the write."""
+    context_token: _builtins.bytes
+    """The causal context after the write as an opaque token: pass it to supersede this version."""
     @_builtins.property
     def version(self) -> _record_pb2.RecordVersion:
         """The version written (its dot and HLC)."""
 
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
-        """Causal context after the write: pass it to supersede this version."""
+        """Causal context after the write, in the clear (deprecated as an input: pass context_token)."""
 
     def __init__(
         self,
@@ -157,10 +169,11 @@ class PutResponse(_message.Message):
         context: _record_pb2.CausalContext | None = ...,
         lsn: _builtins.int = ...,
         region: _builtins.str = ...,
+        context_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "lsn", b"lsn", "region", b"region", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_token", b"context_token", "lsn", b"lsn", "region", b"region", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -202,10 +215,13 @@ class GetResponse(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
     found: _builtins.bool
     """True when at least one live version exists."""
     region: _builtins.str
     """Region that answered."""
+    context_token: _builtins.bytes
+    """The same context as an opaque token, for a later Put or Delete of this key."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[_record_pb2.RecordVersion]:
         """Live versions: one normally, several concurrent siblings in a siblings namespace, always
@@ -214,7 +230,9 @@ class GetResponse(_message.Message):
 
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
-        """Causal context covering every version this node holds for the key, tombstones included."""
+        """Causal context covering every version this node holds for the key, tombstones included
+        (in the clear; deprecated as an input: pass context_token).
+        """
 
     def __init__(
         self,
@@ -223,10 +241,11 @@ class GetResponse(_message.Message):
         versions: _abc.Iterable[_record_pb2.RecordVersion] | None = ...,
         context: _record_pb2.CausalContext | None = ...,
         region: _builtins.str = ...,
+        context_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "found", b"found", "region", b"region", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_token", b"context_token", "found", b"found", "region", b"region", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,6 +262,7 @@ class DeleteRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     SUBJECT_JURISDICTION_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace name."""
     key: _builtins.str
@@ -254,9 +274,13 @@ class DeleteRequest(_message.Message):
     """
     subject_jurisdiction: _builtins.str
     """ISO 3166-1 alpha-2 or ISO 3166-2 code, as in PutRequest."""
+    context_token: _builtins.bytes
+    """The context_token of an earlier Get, Put or Delete of this key, as in PutRequest."""
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
-        """Versions to delete; without it, every version this node holds."""
+        """Deprecated: pass context_token instead; still accepted for one release. Versions to
+        delete; without a context (or a token), every version this node holds.
+        """
 
     def __init__(
         self,
@@ -266,10 +290,11 @@ class DeleteRequest(_message.Message):
         context: _record_pb2.CausalContext | None = ...,
         subject_id: _builtins.str = ...,
         subject_jurisdiction: _builtins.str = ...,
+        context_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "key", b"key", "namespace", b"namespace", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_token", b"context_token", "key", b"key", "namespace", b"namespace", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,17 +310,20 @@ class DeleteResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     LSN_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
     existed: _builtins.bool
     """True when a live version existed before the delete."""
     lsn: _builtins.int
     """Position of the tombstone in this node's change log."""
+    context_token: _builtins.bytes
+    """The causal context after the delete as an opaque token."""
     @_builtins.property
     def version(self) -> _record_pb2.RecordVersion:
         """The tombstone written."""
 
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
-        """Causal context after the delete."""
+        """Causal context after the delete, in the clear."""
 
     def __init__(
         self,
@@ -304,10 +332,11 @@ class DeleteResponse(_message.Message):
         version: _record_pb2.RecordVersion | None = ...,
         context: _record_pb2.CausalContext | None = ...,
         lsn: _builtins.int = ...,
+        context_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "existed", b"existed", "lsn", b"lsn", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_token", b"context_token", "existed", b"existed", "lsn", b"lsn", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -356,8 +385,11 @@ class ScanItem(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """Key."""
+    context_token: _builtins.bytes
+    """The context as an opaque token, as in GetResponse."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[_record_pb2.RecordVersion]:
         """Live versions, as in GetResponse."""
@@ -372,10 +404,11 @@ class ScanItem(_message.Message):
         key: _builtins.str = ...,
         versions: _abc.Iterable[_record_pb2.RecordVersion] | None = ...,
         context: _record_pb2.CausalContext | None = ...,
+        context_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "key", b"key", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_token", b"context_token", "key", b"key", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

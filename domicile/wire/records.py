@@ -181,6 +181,7 @@ def put_result_from_pb(msg: spb.PutResponse, region: str) -> PutResult:
         context=context_from_pb(msg.context),
         lsn=msg.lsn,
         region=msg.region or region,
+        context_token=msg.context_token,
     )
 
 
@@ -190,6 +191,7 @@ def get_result_from_pb(msg: spb.GetResponse, region: str, where: str) -> GetResu
         versions=read_versions_from_pb(msg.versions, where),
         context=context_from_pb(msg.context),
         region=msg.region or region,
+        context_token=msg.context_token,
     )
 
 
@@ -200,11 +202,12 @@ def delete_result_from_pb(msg: spb.DeleteResponse, region: str) -> DeleteResult:
         context=context_from_pb(msg.context),
         lsn=msg.lsn,
         region=region,
+        context_token=msg.context_token,
     )
 
 
 def scan_items_from_pb(msg: spb.ScanResponse, where: str) -> list[ScanItem]:
     return [
-        ScanItem(i.key, read_versions_from_pb(i.versions, where), context_from_pb(i.context))
+        ScanItem(i.key, read_versions_from_pb(i.versions, where), context_from_pb(i.context), i.context_token)
         for i in msg.items
     ]

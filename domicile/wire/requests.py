@@ -55,6 +55,20 @@ def context_arg_to_pb(context: CausalContext | None, out: rpb.CausalContext) -> 
     context_to_pb(context, out)
 
 
+def context_token_arg(token: bytes | None, context: CausalContext | None) -> bytes:
+    """A context token as given: opaque bytes from an earlier result, passed on unchanged."""
+    if token is None:
+        return b""
+    if not isinstance(token, bytes | bytearray):
+        raise InvalidArgument(
+            "context_token must be the bytes of an earlier result's context_token; "
+            f"got {type(token).__name__}"
+        )
+    if token and context is not None:
+        raise InvalidArgument("pass context_token or context, not both (context_token is preferred)")
+    return bytes(token)
+
+
 def put_request(
     namespace: str,
     key: str,
@@ -64,6 +78,7 @@ def put_request(
     subject_jurisdiction: str,
     classification: Classification | str | None,
     content_type: str,
+    context_token: bytes | None = None,
 ) -> spb.PutRequest:
     check_name(namespace, key)
     if not isinstance(value, bytes | bytearray | memoryview):
@@ -76,6 +91,7 @@ def put_request(
         subject_id=subject_id,
         subject_jurisdiction=subject_jurisdiction,
         classification=int(classification_arg(classification)),  # type: ignore[arg-type]
+        context_token=context_token_arg(context_token, context),
     )
     context_arg_to_pb(context, req.context)
     return req
@@ -87,11 +103,13 @@ def delete_request(
     context: CausalContext | None,
     subject_id: str | None = None,
     subject_jurisdiction: str | None = None,
+    context_token: bytes | None = None,
 ) -> spb.DeleteRequest:
     check_name(namespace, key)
     req = spb.DeleteRequest(
         namespace=namespace,
         key=key,
+        context_token=context_token_arg(context_token, context),
         subject_id=optional_text(subject_id, "subject_id"),
         subject_jurisdiction=optional_text(subject_jurisdiction, "subject_jurisdiction"),
     )

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from domicile import errors
-from domicile.causality import Version
+from domicile.causality import CausalContext, Version
 from domicile.model import Classification
 from domicile.subjects import check_subject_id
 from domicile.v1 import storage_node_pb2 as spb
@@ -132,6 +132,19 @@ def _fill_read(result: ReadResult, versions: Any, context: Any) -> None:
     context_to_pb(result.context, context)
 
 
+def _request_context(
+    service: StorageService, request: spb.PutRequest | spb.DeleteRequest
+) -> CausalContext | None:
+    """The context a write supersedes: from its token (checked against the cluster key, the
+    namespace and the key), or from the deprecated plain field; None when it has neither."""
+    plain = request.HasField("context")
+    if request.context_token:
+        if plain:
+            raise errors.InvalidArgument("pass context_token or the deprecated context, not both")
+        return service.tokens.open(request.namespace, request.key, request.context_token, service.limits)
+    return context_from_pb(request.context, service.limits) if plain else None
+
+
 def _scan_report_pb(report: ScanReport) -> spb.ScanComplianceResponse:
     response = spb.ScanComplianceResponse(
         region=report.region,
@@ -168,9 +181,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 key=request.key,
                 value=request.value,
                 content_type=request.content_type,
-                context=context_from_pb(request.context, self.service.limits)
-                if request.HasField("context")
-                else None,
+                context=_request_context(self.service, request),
                 subject_id=request.subject_id,
                 subject_jurisdiction=request.subject_jurisdiction,
                 classification=_classification(request.classification),
@@ -180,6 +191,9 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             response = spb.PutResponse(lsn=committed.mutation.lsn, region=self.service.region)
             version_to_pb(committed.mutation.version, response.version)
             context_to_pb(committed.state.context, response.context)
+            response.context_token = self.service.tokens.issue(
+                request.namespace, request.key, committed.state.context
+            )
             return response
 
         return await guarded(self.metrics, "Put", context, self.deadline_s, work)
@@ -189,6 +203,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             result = await self.service.get(request.namespace, request.key, principal_of(context))
             response = spb.GetResponse(found=result.found, region=self.service.region)
             _fill_read(result, response.versions, response.context)
+            response.context_token = self.service.tokens.issue(request.namespace, request.key, result.context)
             return response
 
         return await guarded(self.metrics, "Get", context, self.deadline_s, work)
@@ -197,9 +212,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         self, request: spb.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> spb.DeleteResponse:
         async def work() -> spb.DeleteResponse:
-            ctx = (
-                context_from_pb(request.context, self.service.limits) if request.HasField("context") else None
-            )
+            ctx = _request_context(self.service, request)
             committed = await self.service.delete(
                 DeleteCommand(
                     namespace=request.namespace,
@@ -213,6 +226,9 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             response = spb.DeleteResponse(existed=committed.had_live, lsn=committed.mutation.lsn)
             version_to_pb(committed.mutation.version, response.version)
             context_to_pb(committed.state.context, response.context)
+            response.context_token = self.service.tokens.issue(
+                request.namespace, request.key, committed.state.context
+            )
             return response
 
         return await guarded(self.metrics, "Delete", context, self.deadline_s, work)
@@ -230,6 +246,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             for key, result in page.items:
                 item = response.items.add(key=key)
                 _fill_read(result, item.versions, item.context)
+                item.context_token = self.service.tokens.issue(request.namespace, key, result.context)
             return response
 
         return await guarded(self.metrics, "Scan", context, self.deadline_s, work)

@@ -16,6 +16,7 @@ import yaml
 from coordinator.config import CoordinatorConfig
 from coordinator.daemon import Coordinator
 from domicile.causality import CausalContext
+from domicile.cli.up import ensure_context_key
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.records import context_to_pb
@@ -71,6 +72,8 @@ class LocalCluster:
         self.use_proxies = proxies
         self.namespaces = namespaces or NAMESPACES
         self.config_path = root / "cluster.yaml"
+        self.context_key_file = root / "context.key"
+        ensure_context_key(self.context_key_file)
         self.write_config(pack)
         self.coordinator: Coordinator | None = None
         self.coordinator_port = free_port()
@@ -149,6 +152,8 @@ class LocalCluster:
             "reconnect_delay_s": 0.02,
             "reconnect_delay_max_s": 0.3,
             "ack_persist_interval_s": 0.1,
+            # One cluster key: a context token from one node verifies at every other.
+            "context_key_file": str(self.context_key_file),
         }
         if region in self.proxies:
             values["advertise"] = self.proxies[region].address

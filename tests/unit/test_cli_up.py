@@ -47,6 +47,8 @@ def test_plan_puts_the_coordinator_on_the_base_port_and_regions_after_it(tmp_pat
         "--data-dir": str(tmp_path / "eu-west-1"),
         "--coordinator": "127.0.0.1:17400",
         "--cluster-config": str(SAMPLE),
+        # Every node gets the one cluster key for context tokens.
+        "--context-key-file": str(tmp_path / "context.key"),
         "--log-level": "info",
     }
     assert specs[3].log_path == tmp_path / "logs" / "eu-west-1.log"
