@@ -28,6 +28,7 @@ from domicile.policy.select import policy_for_cluster
 from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_to_bytes
+from domicile.wire.limits import SERVER_KEEPALIVE_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class Coordinator:
                     ("grpc.max_receive_message_length", limits.request_bytes_max),
                     ("grpc.max_send_message_length", limits.response_bytes_max),
                     ("grpc.max_concurrent_streams", limits.concurrent_rpcs_max),
+                    *SERVER_KEEPALIVE_OPTIONS,
                 ],
                 maximum_concurrent_rpcs=limits.concurrent_rpcs_max,
             )

@@ -84,6 +84,13 @@ class Limits:
     scan_page_size_max: int = 1000
     scan_page_size_default: int = 100
     write_queue_records_max: int = 10_000
+    # Value bytes waiting in the write queue: 10,000 records at the value limit would be 10 GiB.
+    write_queue_bytes_max: int = 64 * 1024 * 1024
+    # A scan page stops early (with a next_page_token) once its records weigh this much.
+    scan_page_bytes_max: int = 4 * 1024 * 1024
+    # What one record may weigh in a read's answer (a Get, or one record of a scan page): every
+    # sibling, so that an answer always fits in a message (the storage response limit is twice it).
+    read_record_bytes_max: int = 16 * 1024 * 1024
     commit_batch_records_max: int = 1000
     replication_batch_records_max: int = 500
     replication_batch_bytes_max: int = 4 * 1024 * 1024

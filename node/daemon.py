@@ -31,6 +31,7 @@ from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.subjects import receipt_to_pb
 from domicile.wire.topology import topology_from_pb
+from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
 from node.compliance.audit_log import AuditLog, load_or_create_keys
@@ -51,7 +52,6 @@ from node.metrics import NodeMetrics
 from node.offload import THREADS_DEFAULT, Offload
 from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
-from node.replication.outbound import SERVER_OPTIONS
 from node.replication.signal import LogSignal
 from node.service import StorageService
 from node.topology_view import TopologyView
@@ -113,6 +113,7 @@ class Node:
             self.clock.now,
             batch_records_max=cfg.limits.commit_batch_records_max,
             queue_records_max=cfg.limits.write_queue_records_max,
+            queue_bytes_max=cfg.limits.write_queue_bytes_max,
             on_batch=self.metrics.commit_batch_records.observe,
         )
         self.committer.start()
@@ -217,7 +218,7 @@ class Node:
             offload=offload,
         )
 
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=NODE_SERVER_OPTIONS, interceptors=[MessageLimits()])
         spb_grpc.add_StorageNodeServiceServicer_to_server(
             StorageServicer(self.service, self.status, self.audit, self.compliance_scan, self.sealer), server
         )

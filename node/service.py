@@ -322,11 +322,25 @@ class StorageService:
             tuple(d.redacted_fields for d in decisions),
         )
 
+    def _too_large(
+        self, spec: NamespaceSpec, key: str, versions: tuple[Version, ...], weight: int
+    ) -> Exception:
+        return errors.FailedPrecondition(
+            f"{spec.name}/{key} has {len(versions)} live versions (siblings) weighing {weight} bytes; a "
+            f"read answers at most {self.limits.read_record_bytes_max} bytes for one record "
+            "(read_record_bytes_max). Resolve the siblings: a Delete without a context supersedes "
+            "every version, and a later Put starts afresh"
+        )
+
     async def get(self, namespace: str, key: str, principal: str = "") -> ReadResult:
         spec = self._namespace(namespace)
         check_key(key, self.limits)
         # The hot path: the read and the opening of its versions share one hop.
         state, versions = await self.offload.run(self._read_now, spec, key)
+        weight = answer_bytes(key, state, versions)
+        if weight > self.limits.read_record_bytes_max:
+            # Refused before any version is judged or audited as read: nothing is served.
+            raise self._too_large(spec, key, versions, weight)
         result = self._read_result(spec, key, state, versions, principal)
         if isinstance(result, Decision):
             raise errors.PlacementRefused(
@@ -354,11 +368,25 @@ class StorageService:
         rows, opened, error = await self.offload.run(self._scan_now, spec, prefix, start_after, page_size)
         more = len(rows) > page_size
         rows = rows[:page_size]
-        items = []
+        items: list[tuple[str, ReadResult]] = []
+        # The page stops early at its byte budget; a record heavier than the budget is answered
+        # alone, and one heavier than a read may answer fails the page that starts with it.
+        page_bytes = 0
+        last_key = ""
         for (key, state), versions in zip(rows, opened, strict=False):
+            weight = answer_bytes(key, state, versions)
+            if last_key and (
+                page_bytes + weight > self.limits.scan_page_bytes_max
+                or weight > self.limits.read_record_bytes_max
+            ):
+                return ScanPage(items, encode_page_token(last_key))
+            if weight > self.limits.read_record_bytes_max:
+                raise self._too_large(spec, key, versions, weight)
             result = self._read_result(spec, key, state, versions, principal)
             if isinstance(result, ReadResult) and result.found:
                 items.append((key, result))
+                page_bytes += weight
+            last_key = key
         if error is not None:
             # The rows before it were judged (and audited) as they were before the failure.
             raise error
@@ -376,6 +404,24 @@ def facts_for_delete(spec: NamespaceSpec, state: KeyState | None, cmd: DeleteCom
         classification = max((newest.classification, spec.classification), key=lambda c: c.strictness)
         return RecordFacts(spec.name, classification, newest.subject_id, newest.subject_jurisdiction)
     return RecordFacts(spec.name, spec.classification, cmd.subject_id, cmd.subject_jurisdiction)
+
+
+# What a version costs in an answer besides its value and text fields (dot, HLC, checksum,
+# classification, field tags), and what a context entry costs, counted twice (plain and token).
+VERSION_OVERHEAD_BYTES = 96
+CONTEXT_ENTRY_BYTES = 2 * (12 + 63)
+ANSWER_OVERHEAD_BYTES = 256
+
+
+def answer_bytes(key: str, state: KeyState | None, versions: tuple[Version, ...]) -> int:
+    """About what one record weighs in a Get answer or a scan page (an upper bound)."""
+    weight = ANSWER_OVERHEAD_BYTES + 2 * len(key.encode("utf-8", "surrogatepass"))
+    for v in versions:
+        weight += VERSION_OVERHEAD_BYTES + len(v.value) + len(v.content_type) + len(v.subject_id)
+        weight += len(v.subject_jurisdiction) + len(v.origin_region) + len(v.dot.node_id)
+    if state is not None:
+        weight += CONTEXT_ENTRY_BYTES * (len(state.context.vv) + len(state.context.dots))
+    return weight
 
 
 def encode_page_token(last_key: str) -> str:

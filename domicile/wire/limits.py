@@ -12,6 +12,25 @@ CLIENT_CHANNEL_OPTIONS = (
 )
 # Replication batches stay under replication_batch_bytes_max; the rest is headroom.
 NODE_MESSAGE_BYTES_MAX = 32 * 1024 * 1024
+# Per service of a node (the coordinator's are CoordinatorLimits.request_bytes_max and
+# response_bytes_max). A storage request is one record at most: a 1 MiB value, a 1 KiB key, a
+# context of 256 entries or its token (64 KiB); an answer is at most one record of
+# read_record_bytes_max (16 MiB) or a scan page, with room to spare.
+STORAGE_REQUEST_BYTES_MAX = 4 * 1024 * 1024
+STORAGE_RESPONSE_BYTES_MAX = 32 * 1024 * 1024
+REPLICATION_MESSAGE_BYTES_MAX = NODE_MESSAGE_BYTES_MAX
+# Concurrent calls (HTTP/2 streams) one connection may have open at a node; more wait on the
+# client's side. One replication link uses one, an SDK channel as many as its caller runs.
+NODE_STREAMS_PER_CONNECTION_MAX = 256
+# Keepalive enforcement of both daemons: pings without calls are allowed (replication streams
+# idle between batches, and their senders ping every 10 s), but at most one per 5 s; a peer
+# that pings faster twice more is sent GOAWAY (too_many_pings) instead of costing CPU.
+SERVER_KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 2),
+)
 
 # The SDK reads an audit log in pages of this many entries, each page one call with its own
 # deadline, so that a log of millions of entries never has to arrive within one deadline.

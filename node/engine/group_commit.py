@@ -9,23 +9,28 @@ only ever sees one writer. The queue and the thread are a domicile.single_writer
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from domicile.errors import DomicileError, InvalidArgument, Unavailable
+from domicile.errors import DomicileError, InvalidArgument, ResourceExhausted, Unavailable
 from domicile.single_writer import NEW, RUNNING, LoopWaiter, SingleWriter
 from node.engine.base import Committed, LocalWrite, StorageEngine
 
 T = TypeVar("T")
 
 QUEUE_JOBS_MAX_DEFAULT = 1024
+# Without a bound of its own, the byte bound is what the record bound allows at the value limit.
+QUEUE_BYTES_MAX_DEFAULT = 1 << 62
 
 
 @dataclass
 class _WriteItem:
     write: LocalWrite
     waiter: LoopWaiter[Committed]
+    # Value bytes this write holds in the queue, until it is committed or refused.
+    size: int = 0
 
 
 @dataclass
@@ -64,12 +69,14 @@ class GroupCommitter:
         batch_records_max: int,
         queue_records_max: int,
         queue_jobs_max: int = QUEUE_JOBS_MAX_DEFAULT,
+        queue_bytes_max: int = QUEUE_BYTES_MAX_DEFAULT,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         for name, value in (
             ("batch_records_max", batch_records_max),
             ("queue_records_max", queue_records_max),
             ("queue_jobs_max", queue_jobs_max),
+            ("queue_bytes_max", queue_bytes_max),
         ):
             if value < 1:
                 raise InvalidArgument(f"{name} is {value}; it must be at least 1")
@@ -80,10 +87,15 @@ class GroupCommitter:
         self.batch_records_max = batch_records_max
         self.queue_records_max = queue_records_max
         self.queue_jobs_max = queue_jobs_max
+        # A count of records does not bound memory when values are large: the value bytes
+        # waiting are bounded too. Taken on the event loop, given back on the writer thread.
+        self.queue_bytes_max = queue_bytes_max
+        self._bytes_lock = threading.Lock()
+        self._queued_bytes = 0
         # Writes are batched; a job runs alone, between the writes queued before and after it.
         self._writer: SingleWriter[_Item] = SingleWriter(
             self._handle,
-            _reject,
+            self._reject,
             name="domicile-group-commit",
             batch_max=batch_records_max,
             queue_max=queue_records_max,
@@ -108,6 +120,10 @@ class GroupCommitter:
         return self._writer.queued
 
     @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
     def queued_jobs(self) -> int:
         return self._writer.queued_solo
 
@@ -124,8 +140,31 @@ class GroupCommitter:
         """Commits one local write durably, together with whatever else is queued."""
         loop = asyncio.get_running_loop()
         waiter: LoopWaiter[Committed] = LoopWaiter(loop, loop.create_future())
-        self._writer.put(_WriteItem(write, waiter))
+        item = _WriteItem(write, waiter, len(write.value))
+        self._admit_bytes(item.size)
+        try:
+            self._writer.put(item)
+        except BaseException:
+            self._release([item])
+            raise
         return await waiter.future
+
+    def _admit_bytes(self, size: int) -> None:
+        with self._bytes_lock:
+            # An empty queue takes any write, so that one value at the limit always fits.
+            if self._queued_bytes and self._queued_bytes + size > self.queue_bytes_max:
+                raise ResourceExhausted(
+                    f"write queue is full ({self._queued_bytes} bytes of values waiting; a write of "
+                    f"{size} bytes would pass the limit of {self.queue_bytes_max} bytes, "
+                    "write_queue_bytes_max); retry after a short back-off"
+                )
+            self._queued_bytes += size
+
+    def _release(self, items: list[_WriteItem]) -> None:
+        with self._bytes_lock:
+            for item in items:
+                self._queued_bytes -= item.size
+                item.size = 0
 
     async def run(self, fn: Callable[[StorageEngine], T]) -> T:
         """Runs fn(engine) on the writer thread, after every write queued before it."""
@@ -147,7 +186,15 @@ class GroupCommitter:
         if isinstance(first, _JobItem):
             self._run_job(first)
         else:
-            self._commit(cast("list[_WriteItem]", batch))
+            writes = cast("list[_WriteItem]", batch)
+            try:
+                self._commit(writes)
+            finally:
+                self._release(writes)
+
+    def _reject(self, items: list[_Item], error: Exception) -> None:
+        self._release([item for item in items if isinstance(item, _WriteItem)])
+        _reject(items, error)
 
     def _run_job(self, job: _JobItem) -> None:
         # A failing job is answered by _reject, like a failed batch of one.
@@ -159,6 +206,8 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_WriteItem]) -> None:
         results = self.engine.commit_local([item.write for item in batch], self._stamp)
+        # Out of the queue before anyone hears back, so a caller that saw its result sees room.
+        self._release(batch)
         if len(results) != len(batch):
             raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} writes")
         # Counters first, so that a caller who got its result sees them include its batch.

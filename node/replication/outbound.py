@@ -48,15 +48,6 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-# The server must accept the senders' keepalive pings, or it answers them with GOAWAY
-# ("too_many_pings") and every idle stream is cut.
-SERVER_OPTIONS = [
-    ("grpc.max_send_message_length", NODE_MESSAGE_BYTES_MAX),
-    ("grpc.max_receive_message_length", NODE_MESSAGE_BYTES_MAX),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0),
-]
 
 
 class LinkSender:

@@ -59,7 +59,13 @@ class Writers:
         self.gates: list[Gate] = []
 
     def start(
-        self, *, batch: int = 64, queue: int = 1000, jobs: int = 64, engine: StorageEngine | None = None
+        self,
+        *,
+        batch: int = 64,
+        queue: int = 1000,
+        jobs: int = 64,
+        queue_bytes: int = 1 << 40,
+        engine: StorageEngine | None = None,
     ) -> GroupCommitter:
         committer = GroupCommitter(
             engine or self.engine,
@@ -67,6 +73,7 @@ class Writers:
             batch_records_max=batch,
             queue_records_max=queue,
             queue_jobs_max=jobs,
+            queue_bytes_max=queue_bytes,
         )
         committer.start()
         self.committers.append(committer)
@@ -129,6 +136,38 @@ async def test_unsynchronised_submits_commit_in_fewer_transactions_than_writes(
     assert committer.records_committed == 300
     assert committer.batches_committed < 300
     assert engine.last_lsn() == 300
+
+
+async def test_the_queue_admits_value_bytes_up_to_its_bound(writers: Writers, engine: StorageEngine) -> None:
+    committer = writers.start(queue_bytes=1000)
+    gate = await writers.hold(committer)
+    # An empty queue takes a write of any size, so a value at the limit always fits.
+    first = asyncio.ensure_future(committer.submit(put("big", b"x" * 1500)))
+    await queued(committer, 1)
+    assert committer.queued_bytes == 1500
+    with pytest.raises(ResourceExhausted, match=r"1500 bytes of values waiting.*limit of 1000 bytes"):
+        await committer.submit(put("refused", b"y"))
+    assert committer.queued_bytes == 1500
+    await gate.open()
+    await first
+    assert committer.queued_bytes == 0
+    small = await asyncio.gather(*(committer.submit(put(f"s{i}", b"z" * 100)) for i in range(5)))
+    assert len(small) == 5 and committer.queued_bytes == 0
+    assert engine.get("o", "refused") is None
+
+
+async def test_refused_writes_give_their_bytes_back(writers: Writers, engine: StorageEngine) -> None:
+    committer = writers.start(queue_bytes=1000)
+    gate = await writers.hold(committer)
+    pending = asyncio.ensure_future(committer.submit(put("k", b"x" * 400)))
+    await queued(committer, 1)
+    await gate.open()
+    await pending
+    # A write the engine refuses (a tombstone with a value) also leaves the queue's count.
+    refused = LocalWrite(namespace="o", key="t", value=b"v" * 300, tombstone=True)
+    with pytest.raises(InvalidArgument):
+        await committer.submit(refused)
+    assert committer.queued_bytes == 0
 
 
 async def test_a_full_queue_refuses_at_once(writers: Writers, engine: StorageEngine) -> None:

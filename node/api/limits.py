@@ -1,0 +1,101 @@
+"""Message bounds of the node's gRPC server, per service.
+
+gRPC sets one receive and one send bound per server, and the node's server carries both the
+storage service (single records) and the replication service (batches of up to 4 MiB of
+values). The server-wide bounds are the larger, replication's; this interceptor holds every
+unary storage call to the storage bounds, refusing a larger request before it is decoded and a
+larger answer before it is sent, with RESOURCE_EXHAUSTED and a message naming the bound."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from domicile.v1 import storage_node_pb2
+from domicile.wire.limits import (
+    NODE_STREAMS_PER_CONNECTION_MAX,
+    REPLICATION_MESSAGE_BYTES_MAX,
+    SERVER_KEEPALIVE_OPTIONS,
+    STORAGE_REQUEST_BYTES_MAX,
+    STORAGE_RESPONSE_BYTES_MAX,
+)
+
+STORAGE_SERVICE = storage_node_pb2.DESCRIPTOR.services_by_name["StorageNodeService"].full_name
+
+NODE_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", max(REPLICATION_MESSAGE_BYTES_MAX, STORAGE_REQUEST_BYTES_MAX)),
+    ("grpc.max_send_message_length", max(REPLICATION_MESSAGE_BYTES_MAX, STORAGE_RESPONSE_BYTES_MAX)),
+    ("grpc.max_concurrent_streams", NODE_STREAMS_PER_CONNECTION_MAX),
+    *SERVER_KEEPALIVE_OPTIONS,
+]
+
+
+@dataclass(frozen=True)
+class MessageBounds:
+    request_bytes_max: int
+    response_bytes_max: int
+
+
+@dataclass(frozen=True)
+class _TooLarge:
+    """Stands in for a request that was not decoded because it is too large."""
+
+    size: int
+
+
+class MessageLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, bounds: Mapping[str, MessageBounds] | None = None) -> None:
+        self.bounds = dict(
+            bounds
+            if bounds is not None
+            else {STORAGE_SERVICE: MessageBounds(STORAGE_REQUEST_BYTES_MAX, STORAGE_RESPONSE_BYTES_MAX)}
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method or ""
+        bounds = self.bounds.get(method.split("/")[1] if method.count("/") == 2 else "")
+        if handler is None or bounds is None or handler.unary_unary is None:
+            # Streams stay within the server-wide bounds.
+            return handler
+        return _bounded(handler, method.rsplit("/", 1)[-1], bounds)
+
+
+def _bounded(handler: grpc.RpcMethodHandler, name: str, bounds: MessageBounds) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+    inner = handler.unary_unary
+
+    def deserialize(data: bytes) -> Any:
+        if len(data) > bounds.request_bytes_max:
+            return _TooLarge(len(data))
+        return decode(data) if decode is not None else data
+
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _TooLarge):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{name} request is {request.size} bytes; the storage service accepts at most "
+                f"{bounds.request_bytes_max} bytes per request",
+            )
+        response = await inner(request, context)
+        size = response.ByteSize()
+        if size > bounds.response_bytes_max:
+            # The reads bound their answers below this; reaching it is a bug, said clearly rather
+            # than left to the transport.
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{name} answer would be {size} bytes; the storage service sends at most "
+                f"{bounds.response_bytes_max} bytes per answer",
+            )
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(
+        behavior, request_deserializer=deserialize, response_serializer=handler.response_serializer
+    )
