@@ -373,7 +373,6 @@ class Receiver:
         problem = self._check_positions(stats.position, messages, through_lsn)
         if problem:
             self._reject(source_node_id, Reject.POSITION, problem, entries, lsn=through_lsn)
-            self.metrics.replication_refused.labels(*labels).inc(len(messages))
             stats.refused_total += len(messages)
             await asyncio.gather(*entries)
             return BatchResult(stats.position, len(messages), 0)
@@ -412,6 +411,9 @@ class Receiver:
             cluster, [m for m in mutations if self._admit(source_node_id, m, entries)]
         )
         refused = len(messages) - len(admitted)
+        # domicile_replication_refused_total counts the policy's refusals; the checks above
+        # count theirs in domicile_replication_rejected_total.
+        policy_refused = len(mutations) - len(admitted)
         # The batch's audit entries are durable before it is applied (and acknowledged).
         if entries:
             await asyncio.gather(*entries)
@@ -431,8 +433,8 @@ class Receiver:
         self.metrics.lag_window(*labels).add_many(float(x) for x in lags_ms)
         self.metrics.replication_applied.labels(*labels).inc(len(outcome.applied))
         self.metrics.replication_duplicates.labels(*labels).inc(outcome.duplicates)
-        if refused:
-            self.metrics.replication_refused.labels(*labels).inc(refused)
+        if policy_refused:
+            self.metrics.replication_refused.labels(*labels).inc(policy_refused)
         if outcome.conflicts:
             self.metrics.conflicts.labels("*", "replicated").inc(outcome.conflicts)
         stats.position = outcome.position
