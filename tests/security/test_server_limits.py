@@ -11,7 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from coordinator.config import CoordinatorLimits
 from domicile.model import Limits
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.wire.limits import (
     NODE_STREAMS_PER_CONNECTION_MAX,
@@ -168,3 +171,22 @@ async def test_a_record_with_too_many_siblings_is_refused_clearly_and_can_be_res
     await stub.Delete(spb.DeleteRequest(namespace=NS, key="heavy"), timeout=5)
     await stub.Put(spb.PutRequest(namespace=NS, key="heavy", value=b"resolved"), timeout=5)
     assert await node_with.values("eu-west-1", NS, "heavy") == {b"resolved"}
+
+
+async def test_an_oversized_coordinator_request_is_refused_with_resource_exhausted(
+    pair: LocalCluster,
+) -> None:
+    limits = CoordinatorLimits()
+    async with grpc.aio.insecure_channel(pair.coordinator_address) as channel:
+        stub = cpb_grpc.CoordinatorServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.RegisterNode(
+                cpb.RegisterNodeRequest(
+                    node_id="n1", region="eu-west-1", address="x" * limits.request_bytes_max
+                ),
+                timeout=10,
+            )
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert pair.coordinator is not None
+    topology = pair.nodes["eu-west-1"].view.topology
+    assert topology.node("n1") is None
