@@ -95,7 +95,10 @@ class ReplicationBatch(_message.Message):
     THROUGH_LSN_FIELD_NUMBER: _builtins.int
     through_lsn: _builtins.int
     """The target may advance its position to through_lsn after applying this batch; it can be
-    past the last mutation when the source skipped entries the target may not hold.
+    past the last mutation when the source skipped entries the target may not hold. The target
+    refuses the whole batch (acknowledging its unchanged position) when lsns do not increase
+    from 1, when one is past through_lsn, or when through_lsn is more than its
+    replication_position_gap_max (10,000 by default) past its position for the source.
     """
     @_builtins.property
     def mutations(self) -> _containers.RepeatedCompositeFieldContainer[_record_pb2.Mutation]:
@@ -185,7 +188,10 @@ class ReplicationAck(_message.Message):
     applied_through_lsn: _builtins.int
     """Every source position up to and including this one is durably applied (or refused)."""
     refused_count: _builtins.int
-    """Mutations of the batch the target refused because it may not hold them."""
+    """Mutations of the batch the target refused: because it may not hold them, or because they
+    failed its checks (not the source's own, past the client limits, a forged context, a clock
+    too far ahead, or, for a whole batch, bad positions).
+    """
     duplicate_count: _builtins.int
     """Mutations of the batch that were already known (duplicates or superseded)."""
     def __init__(
