@@ -12,8 +12,7 @@ from tests.support.cluster import LocalCluster
 async def pair(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """Two EU nodes replicating to each other."""
     cluster = LocalCluster(tmp_path, ["eu-west-1", "eu-central-1"])
-    await cluster.start()
-    await cluster.wait_linked()
+    await cluster.start_linked()
     try:
         yield cluster
     finally:
