@@ -11,8 +11,9 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import fields
+from typing import TypeVar
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version
 from domicile.errors import DataCorruption, InvalidArgument
@@ -20,6 +21,8 @@ from domicile.model import Classification, Limits
 from domicile.results import DeleteResult, GetResult, PutResult, ReadVersion, ScanItem
 from domicile.v1 import record_pb2 as pb
 from domicile.v1 import storage_node_pb2 as spb
+
+_Stored = TypeVar("_Stored", bound=Message)
 
 
 def context_to_pb(ctx: CausalContext, out: pb.CausalContext | None = None) -> pb.CausalContext:
@@ -118,8 +121,16 @@ def key_state_to_bytes(state: KeyState) -> bytes:
     return msg.SerializeToString(deterministic=True)
 
 
+def _parse_stored(cls: type[_Stored], data: bytes, what: str) -> _Stored:
+    """The stored form of `what`; bytes that are not one are damaged data, not a bug."""
+    try:
+        return cls.FromString(data)
+    except DecodeError as exc:
+        raise DataCorruption(f"stored {what} is not a valid {cls.DESCRIPTOR.name} message: {exc}") from None
+
+
 def key_state_from_bytes(data: bytes) -> KeyState:
-    msg = pb.KeyState.FromString(data)
+    msg = _parse_stored(pb.KeyState, data, "key state")
     return KeyState(tuple(version_from_pb(v) for v in msg.versions), context_from_pb(msg.context))
 
 
@@ -128,7 +139,7 @@ def mutation_to_bytes(m: Mutation) -> bytes:
 
 
 def mutation_from_bytes(data: bytes) -> Mutation:
-    return mutation_from_pb(pb.Mutation.FromString(data))
+    return mutation_from_pb(_parse_stored(pb.Mutation, data, "change-log entry"))
 
 
 def context_token(context: CausalContext) -> str:
