@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from domicile.errors import InvalidArgument, NotFound
 from domicile.model import Classification, ConflictMode, check_namespace_name, check_purpose
 from domicile.subjects import DEFAULT_RETENTION_CLASSES, RetentionClass, parse_retention_classes
+from domicile.yaml_text import load_yaml
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,21 @@ def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
     return mapping[key]
 
 
+def _sequence(data: Mapping[str, Any], key: str, source: str) -> list[Any]:
+    value = data.get(key) or []
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{source}: {key} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _whole_number(section: Mapping[str, Any], key: str, default: int, where: str) -> int:
+    value = section.get(key, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidArgument(f"{where}.{key} must be a whole number, not {value!r}") from None
+
+
 def _purposes(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
     value = raw.get("purposes")
     if value is None:
@@ -131,10 +145,7 @@ def _policy_pack(data: Mapping[str, Any], source: str, base_dir: Path | None) ->
 
 
 def _pack_version(text: str, source: str) -> str:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"policy pack {source} is not valid YAML: {exc}") from None
+    data = load_yaml(text, f"policy pack {source}")
     if not isinstance(data, Mapping) or not data.get("version"):
         raise InvalidArgument(f"policy pack {source}: missing required field 'version'")
     return str(data["version"])
@@ -147,7 +158,7 @@ def parse_cluster(
     if not isinstance(data, Mapping):
         raise InvalidArgument(f"{source}: expected a mapping at the top level")
     regions = []
-    for i, raw in enumerate(data.get("regions") or []):
+    for i, raw in enumerate(_sequence(data, "regions", source)):
         where = f"{source}: regions[{i}]"
         if not isinstance(raw, Mapping):
             raise InvalidArgument(f"{where}: expected a mapping")
@@ -162,7 +173,7 @@ def parse_cluster(
     if len(region_names) != len(regions):
         raise InvalidArgument(f"{source}: region names must be unique")
     namespaces = []
-    for i, raw in enumerate(data.get("namespaces") or []):
+    for i, raw in enumerate(_sequence(data, "namespaces", source)):
         where = f"{source}: namespaces[{i}]"
         if not isinstance(raw, Mapping):
             raise InvalidArgument(f"{where}: expected a mapping")
@@ -171,8 +182,12 @@ def parse_cluster(
         scope = _require(raw, "regions", where)
         is_global = scope == "global"
         scoped: Sequence[str] = () if is_global else scope
-        if not is_global and (not isinstance(scoped, list) or not scoped):
-            raise InvalidArgument(f"{where} ({name}): regions must be 'global' or a non-empty list")
+        if not is_global and (
+            not isinstance(scoped, list) or not scoped or not all(isinstance(r, str) for r in scoped)
+        ):
+            raise InvalidArgument(
+                f"{where} ({name}): regions must be 'global' or a non-empty list of region names"
+            )
         unknown = [r for r in scoped if r not in region_names]
         if unknown:
             raise InvalidArgument(
@@ -202,6 +217,8 @@ def parse_cluster(
                 f"known: {', '.join(sorted(known_classes))}"
             )
     coordinator = data.get("coordinator") or {}
+    if not isinstance(coordinator, Mapping):
+        raise InvalidArgument(f"{source}: coordinator must be a mapping of settings")
     pack_yaml, pack_source = _policy_pack(data, source, base_dir)
     # The version nodes report and the audit trail records: the pack's own version, prefixed
     # with the cluster's policy_version when both are given (the scopes are policy too).
@@ -217,17 +234,23 @@ def parse_cluster(
         policy_pack_yaml=pack_yaml,
         policy_pack_source=pack_source,
         retention_classes=retention,
-        heartbeat_interval_ms=int(coordinator.get("heartbeat_interval_ms", 1000)),
-        missed_heartbeats_max=int(coordinator.get("missed_heartbeats_max", 3)),
+        heartbeat_interval_ms=_whole_number(
+            coordinator, "heartbeat_interval_ms", 1000, f"{source}: coordinator"
+        ),
+        missed_heartbeats_max=_whole_number(
+            coordinator, "missed_heartbeats_max", 3, f"{source}: coordinator"
+        ),
     )
 
 
 def load_cluster(path: str | Path) -> ClusterSpec:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidArgument(f"cluster config {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"cluster config {path} is not valid YAML: {exc}") from None
-    return parse_cluster(data, str(path), path.parent)
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"cluster config {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cluster config {path} cannot be read: {exc.strerror}") from None
+    return parse_cluster(load_yaml(text, f"cluster config {path}"), str(path), path.parent)

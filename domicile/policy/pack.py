@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from domicile.errors import InvalidArgument
 from domicile.model import Classification
 from domicile.policy import pack_fields as f
@@ -37,6 +35,7 @@ from domicile.policy.pack_model import (
     Regime,
     UnlistedJurisdictions,
 )
+from domicile.yaml_text import load_yaml
 
 __all__ = [
     "Adequacy",
@@ -485,9 +484,7 @@ def load_pack(path: str | Path) -> PolicyPack:
     if len(raw) > PACK_BYTES_MAX:
         raise InvalidArgument(f"policy pack {path} is larger than {PACK_BYTES_MAX} bytes")
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidArgument(f"policy pack {path} is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"policy pack {path} is not valid YAML: {exc}") from None
-    return parse_pack(data, str(path))
+    return parse_pack(load_yaml(text, f"policy pack {path}"), str(path))

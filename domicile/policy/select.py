@@ -12,14 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import yaml
-
 from domicile.cluster import ClusterSpec
-from domicile.errors import InvalidArgument
 from domicile.policy import Decision, PlacementPolicy, RecordFacts, ScopePolicy
 from domicile.policy.engine import JurisdictionPolicy
 from domicile.policy.pack import parse_pack
 from domicile.policy.pack_model import PolicyPack
+from domicile.yaml_text import load_yaml
 
 
 class LayeredPolicy:
@@ -41,11 +39,7 @@ class LayeredPolicy:
 
 @functools.lru_cache(maxsize=8)
 def _pack(text: str, source: str) -> PolicyPack:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"policy pack {source} is not valid YAML: {exc}") from None
-    return parse_pack(data, source)
+    return parse_pack(load_yaml(text, f"policy pack {source}"), source)
 
 
 def pack_of(cluster: ClusterSpec) -> PolicyPack | None:

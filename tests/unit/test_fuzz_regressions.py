@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from domicile.errors import DataCorruption
+from domicile.cluster import load_cluster
+from domicile.errors import DataCorruption, InvalidArgument
+from domicile.policy.pack import load_pack
 from domicile.wire import records
 
 
@@ -29,3 +31,54 @@ def test_stored_bytes_that_are_no_message_are_data_corruption(decode, what) -> N
     # Was google.protobuf DecodeError: the codec's own functions take the stored bytes.
     with pytest.raises(DataCorruption, match=f"stored {what} is not a valid"):
         decode(b"\xff")
+
+
+# -- the cluster config (fuzz_cluster) ----------------------------------------------------------
+
+
+def test_cluster_config_that_is_not_utf8(tmp_path: Path) -> None:
+    # Was UnicodeDecodeError.
+    with pytest.raises(InvalidArgument, match="is not UTF-8 text"):
+        load_cluster(written(tmp_path, b"regions: []\n\xdb"))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        # Was AttributeError: 'str' object has no attribute 'get'.
+        (b"coordinator: x\n", "coordinator must be a mapping"),
+        # Was ValueError from int().
+        (b"coordinator: {heartbeat_interval_ms: often}\n", "heartbeat_interval_ms must be a whole number"),
+        # Was TypeError: 'int' object is not iterable.
+        (b"regions: 5\n", "regions must be a list"),
+    ],
+)
+def test_cluster_sections_of_the_wrong_type(tmp_path: Path, config: bytes, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        load_cluster(written(tmp_path, config))
+
+
+def test_cluster_namespace_scoped_to_a_mapping(tmp_path: Path) -> None:
+    # Was TypeError: unhashable type: 'dict' (looking the "region" up among the known ones).
+    config = b"regions: [{name: eu-west-1}]\nnamespaces: [{name: trades, regions: [{}]}]\n"
+    with pytest.raises(InvalidArgument, match="regions must be 'global' or a non-empty list of region names"):
+        load_cluster(written(tmp_path, config))
+
+
+# -- YAML that PyYAML refuses with something other than a YAMLError (fuzz_policy_pack) ---------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"checked: 2026-13-01\n",  # ValueError: month must be in 1..12
+        b"limit: " + b"9" * 5000 + b"\n",  # ValueError: more than 4300 digits for int()
+        b"limit: !!int many\n",  # ValueError: invalid literal for int()
+        b"[" * 3000,  # RecursionError in PyYAML's composer
+    ],
+)
+def test_yaml_refused_other_than_by_yaml_error(tmp_path: Path, text: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="is not valid YAML"):
+        load_pack(written(tmp_path, text))
+    with pytest.raises(InvalidArgument, match="is not valid YAML"):
+        load_cluster(written(tmp_path, text))
