@@ -104,10 +104,11 @@ class Limits:
     rpc_deadline_s: float = 5.0
 
 
-NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-JURISDICTION_RE = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
-PURPOSE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# \Z, not $: $ also matches before a final newline, which made "trades\n" a valid name.
+NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+JURISDICTION_RE = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?\Z")
+PURPOSE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 
 
 def check_namespace_name(name: str) -> None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from domicile.errors import InvalidArgument
 from domicile.policy.iso3166 import COUNTRY_NAMES
 
-CODE_RE = re.compile(r"^([A-Z]{2})(-[A-Z0-9]{1,3})?$")
+# \Z, not $: $ also matches before a final newline ("DE\n" is no code).
+CODE_RE = re.compile(r"^([A-Z]{2})(-[A-Z0-9]{1,3})?\Z")
 
 # Codes people reach for that ISO 3166-1 does not assign, with the one it does.
 _USUAL_MISTAKES = {"UK": "GB", "EL": "GR", "EU": "a country code such as DE, or a country group"}

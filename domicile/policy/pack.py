@@ -53,10 +53,11 @@ __all__ = [
 ]
 
 PACK_BYTES_MAX = 1024 * 1024
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-GROUP_RE = re.compile(r"^[A-Z][A-Z0-9_]{2,31}$")
-LABEL_RE = re.compile(r"^[A-Z][A-Z0-9-]{1,15}$")
+# \Z, not $: $ also matches before a final newline ("eu-west-1\n" is no region name).
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
+REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
+GROUP_RE = re.compile(r"^[A-Z][A-Z0-9_]{2,31}\Z")
+LABEL_RE = re.compile(r"^[A-Z][A-Z0-9-]{1,15}\Z")
 
 # -- parsing ---------------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from domicile.errors import InvalidArgument
 
-IDENT_RE = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
+# \Z, not $: $ also matches before a final newline.
+IDENT_RE = re.compile(r"^[a-z][a-z0-9_-]{0,47}\Z")
 
 
 def fail(at: str, message: str) -> InvalidArgument:

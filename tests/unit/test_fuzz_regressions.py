@@ -10,8 +10,10 @@ import pytest
 
 from domicile.cluster import load_cluster
 from domicile.errors import DataCorruption, InvalidArgument
+from domicile.model import check_jurisdiction, check_namespace_name, check_node_id, check_purpose
+from domicile.policy.jurisdiction import parse_jurisdiction
 from domicile.policy.pack import load_pack
-from domicile.wire import records
+from domicile.wire import records, requests
 
 
 def written(tmp_path: Path, data: bytes, name: str = "input.yaml") -> Path:
@@ -82,3 +84,46 @@ def test_yaml_refused_other_than_by_yaml_error(tmp_path: Path, text: bytes) -> N
         load_pack(written(tmp_path, text))
     with pytest.raises(InvalidArgument, match="is not valid YAML"):
         load_cluster(written(tmp_path, text))
+
+
+# -- names and codes followed by a newline (fuzz_requests, fuzz_cluster, fuzz_policy_pack) -------
+# The patterns ended in $, which also matches before a final newline.
+
+
+def test_sdk_namespace_with_a_final_newline() -> None:
+    with pytest.raises(InvalidArgument, match="invalid namespace name"):
+        requests.put_request("tr\n", "k", b"v", None, "", "", None, "")
+
+
+@pytest.mark.parametrize("check", [check_namespace_name, check_purpose, check_node_id, check_jurisdiction])
+def test_names_with_a_final_newline(check) -> None:
+    valid = {check_jurisdiction: "DE", check_node_id: "n1"}.get(check, "trades")
+    check(valid)
+    with pytest.raises(InvalidArgument):
+        check(valid + "\n")
+
+
+PACK_WITH_VERSION = """\
+version: {version}
+regions: [{{name: eu-west-1, country: IE, jurisdiction: EU}}]
+classifications:
+  public: {{personal_data: false}}
+  internal: {{personal_data: false}}
+  confidential: {{personal_data: false}}
+  personal: {{personal_data: true}}
+  sensitive_personal: {{personal_data: true}}
+  financial: {{personal_data: true}}
+laws: [{{id: us, name: US, title: US, regime: no_localization, subjects: [US], checked: 2026-11-27,
+        source: s, basis: b}}]
+"""
+
+
+def test_pack_version_with_a_final_newline(tmp_path: Path) -> None:
+    assert load_pack(written(tmp_path, PACK_WITH_VERSION.format(version='"1"').encode())).version == "1"
+    with pytest.raises(InvalidArgument, match="version: got '1\\\\n'"):
+        load_pack(written(tmp_path, PACK_WITH_VERSION.format(version='"1\\n"').encode()))
+
+
+def test_jurisdiction_code_with_a_final_newline() -> None:
+    with pytest.raises(InvalidArgument, match="invalid code"):
+        parse_jurisdiction("US-CA\n", "code")
