@@ -135,6 +135,17 @@ def check_node_id(node_id: str) -> None:
         )
 
 
+def check_text(text: str, what: str) -> None:
+    """Text goes on the wire as UTF-8, which cannot carry a lone surrogate (a str can hold one:
+    '\\ud800', or a file name decoded with surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{what} is not valid Unicode text: it contains a lone surrogate at character {exc.start}"
+        ) from None
+
+
 def check_key(key: str, limits: Limits) -> None:
     size = len(key.encode("utf-8", "surrogatepass"))
     if size == 0:
@@ -143,6 +154,7 @@ def check_key(key: str, limits: Limits) -> None:
         raise InvalidArgument(f"key is {size} bytes; the limit is {limits.key_bytes_max} bytes")
     if "\x00" in key:
         raise InvalidArgument("key contains a NUL character, which is not allowed")
+    check_text(key, "key")
 
 
 def check_value(value: bytes, limits: Limits) -> None:

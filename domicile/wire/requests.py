@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from domicile.causality import CausalContext
 from domicile.errors import InvalidArgument
-from domicile.model import Classification, Limits, check_jurisdiction, check_key, check_namespace_name
+from domicile.model import (
+    Classification,
+    Limits,
+    check_jurisdiction,
+    check_key,
+    check_namespace_name,
+    check_text,
+)
 from domicile.subjects import HoldScope, RequestKind, check_reason, check_subject_id
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import record_pb2 as rpb
@@ -41,6 +48,7 @@ def optional_text(value: str | None, name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise InvalidArgument(f"{name} must be a str; got {type(value).__name__}")
+    check_text(value, name)
     return value
 
 
@@ -87,9 +95,9 @@ def put_request(
         namespace=namespace,
         key=key,
         value=bytes(value),
-        content_type=content_type,
-        subject_id=subject_id,
-        subject_jurisdiction=subject_jurisdiction,
+        content_type=optional_text(content_type, "content_type"),
+        subject_id=optional_text(subject_id, "subject_id"),
+        subject_jurisdiction=optional_text(subject_jurisdiction, "subject_jurisdiction"),
         classification=int(classification_arg(classification)),  # type: ignore[arg-type]
         context_token=context_token_arg(context_token, context),
     )
@@ -142,6 +150,7 @@ def subject_arg(subject_id: str) -> str:
 def reason_arg(reason: str, *, required: bool) -> str:
     if not isinstance(reason, str):
         raise InvalidArgument(f"reason must be a str; got {type(reason).__name__}")
+    check_text(reason, "reason")
     check_reason(reason, required=required)
     return reason
 
@@ -155,6 +164,7 @@ def jurisdiction_arg(subject_jurisdiction: str | None) -> str:
 def id_arg(value: str, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidArgument(f"a {name} is required, as printed when it was created; got {value!r}")
+    check_text(value, name)
     return value
 
 

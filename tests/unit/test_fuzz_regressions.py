@@ -127,3 +127,18 @@ def test_pack_version_with_a_final_newline(tmp_path: Path) -> None:
 def test_jurisdiction_code_with_a_final_newline() -> None:
     with pytest.raises(InvalidArgument, match="invalid code"):
         parse_jurisdiction("US-CA\n", "code")
+
+
+# -- the SDK's request builders (fuzz_requests) -------------------------------------------------
+
+
+def test_sdk_delete_with_a_lone_surrogate_in_the_subject() -> None:
+    # Was UnicodeEncodeError from protobuf, after the SDK's checks had passed.
+    with pytest.raises(InvalidArgument, match="subject_id is not valid Unicode text"):
+        requests.delete_request("trades", "t-1", None, "gg\udddd", None)
+
+
+def test_sdk_key_with_a_lone_surrogate() -> None:
+    # check_key measured the key with surrogatepass, so this one passed and then failed to encode.
+    with pytest.raises(InvalidArgument, match="key is not valid Unicode text"):
+        requests.put_request("trades", "t-\ud800", b"v", None, "", "", None, "")
