@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up test lint typecheck protos protos-check sync-client sync-client-check unit bench clean
+.PHONY: help setup test-tools up test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -57,8 +57,15 @@ test: setup test-tools protos-check sync-client-check lint typecheck ## set up, 
 unit: setup ## the unit tests only (seconds)
 	$(PY) -m pytest -q tests/unit
 
+# make test runs each harness briefly over its committed corpus; this runs them for longer and keeps
+# what they find (new inputs, crash files) under FUZZ_DIR, never in the committed corpus.
+FUZZ_SECONDS ?= 300
+FUZZ_DIR ?= .fuzz
+fuzz: setup ## run every fuzz harness for FUZZ_SECONDS (300) each; new inputs and crashes go to .fuzz/
+	$(PY) tests/fuzz/runner.py --seconds $(FUZZ_SECONDS) --scratch $(FUZZ_DIR)
+
 bench: setup ## benchmarks, each next to a baseline of the same run (a few minutes)
 	$(PY) bench/run.py
 
 clean: ## remove .venv, local cluster data and caches
-	rm -rf $(VENV) .domicile .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .domicile .fuzz .pytest_cache .mypy_cache .ruff_cache
