@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from bench.echo_server import METHOD as ECHO_METHOD
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 
@@ -18,8 +20,10 @@ WARMUP_CALLS = 200
 Call = Callable[[int], Awaitable[object]]
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address)
+def channel(address: str, dialer: Dialer, expected: ExpectedPeer | None = None) -> grpc.aio.Channel:
+    """Through the same seam as every daemon and the SDK: mutual TLS, or plaintext when the
+    figure is the plaintext comparison (or the bare echo baseline)."""
+    return dialer.channel(address, expected)
 
 
 def put_request(namespace: str, key: str, value: bytes, subject_id: str = "") -> spb.PutRequest:

@@ -16,6 +16,10 @@ import yaml
 from bench.client import RPC_DEADLINE_S, channel
 from bench.procs import Children
 from bench.stats import Histogram, histogram_from_text
+from domicile.identity import pki
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer, Role
+from domicile.identity.tls_files import TlsFiles
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 
@@ -27,6 +31,8 @@ SOLO_NAMESPACE = "bench_solo"
 PAIR_NAMESPACE = "bench_pair"
 FAR_NAMESPACE = "bench_far"
 
+# The client every figure's calls run as (the load workers too).
+CLIENT = "bench"
 CLUSTER = {
     "policy_version": "bench-1",
     "regions": [
@@ -38,9 +44,20 @@ CLUSTER = {
     # One namespace per figure, each scoped to the nodes it measures, so that no phase ships
     # records to a node that another phase measures.
     "namespaces": [
-        {"name": SOLO_NAMESPACE, "regions": [SOLO_REGION], "conflict_mode": "lww"},
-        {"name": PAIR_NAMESPACE, "regions": [SOURCE_REGION, NEAR_REGION], "conflict_mode": "lww"},
-        {"name": FAR_NAMESPACE, "regions": [SOURCE_REGION, FAR_REGION], "conflict_mode": "lww"},
+        # Owned by the benchmark's client, whose app role then may read and write them.
+        {"name": SOLO_NAMESPACE, "regions": [SOLO_REGION], "conflict_mode": "lww", "owner": CLIENT},
+        {
+            "name": PAIR_NAMESPACE,
+            "regions": [SOURCE_REGION, NEAR_REGION],
+            "conflict_mode": "lww",
+            "owner": CLIENT,
+        },
+        {
+            "name": FAR_NAMESPACE,
+            "regions": [SOURCE_REGION, FAR_REGION],
+            "conflict_mode": "lww",
+            "owner": CLIENT,
+        },
     ],
     "coordinator": {"heartbeat_interval_ms": 500, "missed_heartbeats_max": 6},
 }
@@ -84,6 +101,9 @@ class NodeHandle:
 
 
 class BenchCluster:
+    """Every daemon runs mutual TLS, as deployed, with a CA made for the run in root/tls; a node
+    started with `plaintext=True` is the comparison that prices it."""
+
     def __init__(self, root: Path, children: Children) -> None:
         self.root = root
         self.children = children
@@ -91,6 +111,12 @@ class BenchCluster:
         self.config_path.write_text(yaml.safe_dump(CLUSTER, sort_keys=False))
         self.coordinator_address = ""
         self.nodes: dict[str, NodeHandle] = {}
+        self.tls_dir = root / "tls"
+        self._ca = pki.init_ca(self.tls_dir, "domicile")
+        pki.issue_coordinator(self._ca).write(self.tls_dir, "coordinator")
+        pki.issue_client(self._ca, CLIENT, (Role.APP, Role.OPERATOR)).write(self.tls_dir, f"client-{CLIENT}")
+        self.dialer = Dialer.mutual_tls(TlsFiles.in_directory(self.tls_dir, f"client-{CLIENT}"))
+        self.plain_dialer = Dialer.plaintext()
 
     async def start_coordinator(self) -> None:
         match = await self.children.start_daemon(
@@ -108,20 +134,37 @@ class BenchCluster:
                 str(self.config_path),
                 "--log-level",
                 "WARNING",
+                "--tls-dir",
+                str(self.tls_dir),
             ],
             COORDINATOR_READY,
         )
         self.coordinator_address = match.group(1)
 
     async def start_node(
-        self, region: str, *, synchronous: str = "FULL", listen_port: int = 0, advertise: str = ""
+        self,
+        region: str,
+        *,
+        synchronous: str = "FULL",
+        listen_port: int = 0,
+        advertise: str = "",
+        node_id: str = "",
+        plaintext: bool = False,
     ) -> NodeHandle:
-        data_dir = self.root / region
+        node_id = node_id or region
+        data_dir = self.root / node_id
+        if plaintext:
+            security = ["--insecure"]
+        else:
+            pki.issue_node(self._ca, region, node_id).write(self.tls_dir, f"node-{node_id}")
+            security = ["--tls-dir", str(self.tls_dir)]
         argv = [
             "-m",
             "node",
             "--region",
             region,
+            "--node-id",
+            node_id,
             "--listen",
             f"127.0.0.1:{listen_port}",
             "--metrics-port",
@@ -136,22 +179,27 @@ class BenchCluster:
             synchronous,
             "--log-level",
             "WARNING",
+            *security,
         ]
         if advertise:
             argv += ["--advertise", advertise]
-        match = await self.children.start_daemon(f"node-{region}", argv, NODE_READY)
+        match = await self.children.start_daemon(f"node-{node_id}", argv, NODE_READY)
         node_id, _, address, metrics_url = match.groups()
         if not metrics_url.startswith("http"):
             raise RuntimeError(f"node {node_id} reports no metrics endpoint ({metrics_url})")
-        handle = NodeHandle(node_id, region, address, metrics_url, data_dir, channel(address))
-        self.nodes[region] = handle
+        if plaintext:
+            node_channel = channel(address, self.plain_dialer)
+        else:
+            node_channel = channel(address, self.dialer, ExpectedPeer.node(region, node_id))
+        handle = NodeHandle(node_id, region, address, metrics_url, data_dir, node_channel)
+        self.nodes[node_id] = handle
         return handle
 
-    async def stop_node(self, region: str) -> None:
-        handle = self.nodes.pop(region, None)
+    async def stop_node(self, node_id: str) -> None:
+        handle = self.nodes.pop(node_id, None)
         if handle is not None:
             await handle.channel.close()
-        await self.children.stop(f"node-{region}")
+        await self.children.stop(f"node-{node_id}")
 
     async def close(self) -> None:
         for handle in self.nodes.values():

@@ -12,10 +12,13 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import grpc
 
 from bench.client import channel, echo_call, put_call
+from domicile.identity.credentials import Dialer
+from domicile.identity.tls_files import TlsFiles
 
 INFLIGHT_MAX = 1024
 SECONDS_MAX = 600.0
@@ -23,7 +26,11 @@ SECONDS_MAX = 600.0
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     value = b"v" * args.value_bytes
-    async with channel(args.address) as ch:
+    if args.tls_dir:
+        dialer = Dialer.mutual_tls(TlsFiles.in_directory(args.tls_dir, f"client-{args.identity}"))
+    else:
+        dialer = Dialer.plaintext()
+    async with channel(args.address, dialer) as ch:
         make = put_call if args.method == "put" else echo_call
         call = make(ch, args.namespace, args.key_prefix, value)
         counter = iter(range(1 << 62))
@@ -68,6 +75,8 @@ def main() -> None:
     parser.add_argument("--value-bytes", type=int, default=256)
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--tls-dir", type=Path, help="mutual TLS with client-IDENTITY of this directory")
+    parser.add_argument("--identity", default="bench")
     args = parser.parse_args()
     if not 1 <= args.inflight <= INFLIGHT_MAX:
         parser.error(f"--inflight must be 1 to {INFLIGHT_MAX}")

@@ -57,6 +57,9 @@ SECONDS_MAX = 600.0
 
 # Targets (DESIGN.md section 7).
 GET_P99_RATIO_MAX = 1.5
+MTLS_P99_RATIO_MAX = 1.15
+# The plaintext twin of the solo node: same region and store settings, its own data directory.
+PLAIN_NODE_ID = f"{SOLO_REGION}-plain"
 BATCHED_RATE_MIN = 20_000.0
 LAG_P99_MS_MAX = 100.0
 DELAYED_LAG_SLACK_MS = 50.0
@@ -148,6 +151,8 @@ class Measured:
     fsync_ms: list[float] | None = None
     get_ms: list[float] | None = None
     put_ms: list[float] | None = None
+    plain_get_ms: list[float] | None = None
+    plain_put_ms: list[float] | None = None
     sealed_put_ms: list[float] | None = None
     sealed_get_ms: list[float] | None = None
     echo_load: phases.LoadResult | None = None
@@ -177,18 +182,23 @@ class Run:
         self.value = b"v" * opts.value_bytes
         self.m = Measured()
 
-    async def start(self) -> tuple[str, NodeHandle]:
-        phases.progress(f"starting coordinator, echo server and node {SOLO_REGION} in {self.root}")
+    async def start(self) -> tuple[str, NodeHandle, NodeHandle]:
+        phases.progress(
+            f"starting coordinator, echo server, node {SOLO_REGION} (mutual TLS) and its plaintext "
+            f"twin {PLAIN_NODE_ID} in {self.root}"
+        )
         await self.cluster.start_coordinator()
-        echo, solo = await asyncio.gather(
+        echo, solo, plain = await asyncio.gather(
             self.children.start_daemon("echo", ["-m", "bench.echo_server"], ECHO_READY),
             self.cluster.start_node(SOLO_REGION, synchronous="FULL"),
+            # No coordinator for it (it serves on the cluster config): what differs is the transport.
+            self.cluster.start_node(SOLO_REGION, synchronous="FULL", node_id=PLAIN_NODE_ID, plaintext=True),
         )
-        return echo.group(1), solo
+        return echo.group(1), solo, plain
 
-    async def local_figures(self, echo_address: str, solo: NodeHandle) -> None:
+    async def local_figures(self, echo_address: str, solo: NodeHandle, plain: NodeHandle) -> None:
         opts, m = self.opts, self.m
-        async with channel(echo_address) as ch:
+        async with channel(echo_address, self.cluster.plain_dialer) as ch:
             m.echo_ms = await phases.sequential(
                 "echo baseline", echo_call(ch, SOLO_NAMESPACE, "echo", self.value), opts.samples
             )
@@ -198,19 +208,27 @@ class Run:
         )
 
         keys = [f"get-{i}" for i in range(GET_KEYS)]
-        phases.progress(f"pre-loading {GET_KEYS} keys for Get")
-        await phases.preload(put_call(solo.channel, SOLO_NAMESPACE, "get", self.value), GET_KEYS)
+        phases.progress(f"pre-loading {GET_KEYS} keys for Get on both nodes")
+        for node in (solo, plain):
+            await phases.preload(put_call(node.channel, SOLO_NAMESPACE, "get", self.value), GET_KEYS)
         rng = random.Random(self.opts.seed)
-        m.get_ms = await phases.sequential(
-            "local Get",
-            get_call(solo.channel, SOLO_NAMESPACE, keys, lambda: rng.randrange(GET_KEYS)),
-            opts.samples,
-        )
-        m.put_ms = await phases.sequential(
-            "durable Put (synchronous=FULL)",
-            put_call(solo.channel, SOLO_NAMESPACE, "put", self.value),
-            opts.samples,
-        )
+        # mTLS and plaintext in alternating halves, so that drift of a shared machine falls on both.
+        m.get_ms, m.plain_get_ms, m.put_ms, m.plain_put_ms = [], [], [], []
+        half = max(1, opts.samples // 2)
+        for _ in range(2):
+            for node, out, how in ((plain, m.plain_get_ms, "plaintext"), (solo, m.get_ms, "mutual TLS")):
+                out += await phases.sequential(
+                    f"local Get, {how}",
+                    get_call(node.channel, SOLO_NAMESPACE, keys, lambda: rng.randrange(GET_KEYS)),
+                    half,
+                )
+        for _ in range(2):
+            for node, out, how in ((plain, m.plain_put_ms, "plaintext"), (solo, m.put_ms, "mutual TLS")):
+                out += await phases.sequential(
+                    f"durable Put (synchronous=FULL), {how}",
+                    put_call(node.channel, SOLO_NAMESPACE, "put", self.value),
+                    half,
+                )
         # The same with subject data: encrypted under per-subject keys at rest, opened on read.
         m.sealed_put_ms = await phases.sequential(
             f"durable Put of subject data ({SEALED_SUBJECTS} subjects, sealed)",
@@ -244,6 +262,7 @@ class Run:
                 inflight=opts.inflight,
                 seconds=opts.load_seconds,
                 server_counter=counter,
+                tls_dir=None if address == echo_address else self.cluster.tls_dir,
             )
 
         m.echo_load = await load("echo-load", echo_address, "echo", None)
@@ -324,8 +343,9 @@ class Run:
 
     async def execute(self) -> None:
         try:
-            echo_address, solo = await self.start()
-            await self.local_figures(echo_address, solo)
+            echo_address, solo, plain = await self.start()
+            await self.local_figures(echo_address, solo, plain)
+            await self.cluster.stop_node(PLAIN_NODE_ID)
             await self.batched(echo_address, solo)
             # Free the CPU for what follows: the engine-only figure runs in this process.
             await asyncio.gather(self.children.stop("echo"), self.cluster.stop_node(SOLO_REGION))
@@ -355,6 +375,8 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     fs50, fs99 = p50_p99(fsync_ms)
     get50, get99 = p50_p99(get_ms)
     put50, put99 = p50_p99(put_ms)
+    _, plain_get99 = p50_p99(need(m.plain_get_ms, "plaintext Get"))
+    _, plain_put99 = p50_p99(need(m.plain_put_ms, "plaintext Put"))
     sealed_put50, sealed_put99 = p50_p99(need(m.sealed_put_ms, "sealed Put"))
     sealed_get50, sealed_get99 = p50_p99(need(m.sealed_get_ms, "sealed Get"))
     put_floor50, put_floor99 = echo50 + 2 * fs50, echo99 + 2 * fs99
@@ -388,6 +410,28 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
             "echo + 2 fdatasync p99",
             "<= echo p99 + 2 x fdatasync p99",
             put99 <= put_floor99,
+        ),
+        Figure("plain_get_p99_ms", "baseline: local Get p99, plaintext node", plain_get99, "ms"),
+        Figure(
+            "mtls_get_p99_ms",
+            "local Get p99, mutual TLS",
+            get99,
+            "ms",
+            plain_get99,
+            "plaintext Get p99",
+            f"<= {MTLS_P99_RATIO_MAX} x plaintext p99",
+            get99 <= MTLS_P99_RATIO_MAX * plain_get99,
+        ),
+        Figure("plain_put_p99_ms", "baseline: durable Put p99, plaintext node", plain_put99, "ms"),
+        Figure(
+            "mtls_put_p99_ms",
+            "durable Put p99, mutual TLS",
+            put99,
+            "ms",
+            plain_put99,
+            "plaintext Put p99",
+            f"<= {MTLS_P99_RATIO_MAX} x plaintext p99",
+            put99 <= MTLS_P99_RATIO_MAX * plain_put99,
         ),
         Figure(
             "sealed_put_p50_ms",

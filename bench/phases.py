@@ -126,6 +126,7 @@ async def concurrent_load(
     inflight: int,
     seconds: float,
     server_counter: Callable[[], Awaitable[int]] | None = None,
+    tls_dir: Path | None = None,
 ) -> LoadResult:
     """`procs` worker processes with `inflight` calls outstanding each, started together.
     `server_counter` (e.g. the node's last LSN) is read when they start and when all are done."""
@@ -151,6 +152,7 @@ async def concurrent_load(
                     str(inflight),
                     "--seconds",
                     str(seconds),
+                    *(("--tls-dir", str(tls_dir)) if tls_dir else ()),
                 ],
             )
             workers.append(worker)

@@ -18,6 +18,8 @@ import yaml
 
 from coordinator.addresses import split_host_port
 from domicile.errors import InvalidArgument
+from domicile.identity import transport
+from domicile.identity.tls_files import TlsFiles
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
 DEFAULT_METRICS_PORT = 9400
@@ -27,6 +29,7 @@ HEARTBEAT_INTERVAL_MS_MIN = 10
 HEARTBEAT_INTERVAL_MS_MAX = 600_000
 MISSED_HEARTBEATS_MAX_MIN = 1
 MISSED_HEARTBEATS_MAX_MAX = 1000
+TLS_STEM = "coordinator"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -61,6 +64,19 @@ class CoordinatorConfig:
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
     limits: CoordinatorLimits = field(default_factory=CoordinatorLimits)
+    # Mutual TLS: a directory with ca.crt, coordinator.crt and coordinator.key (what
+    # `domicile certs issue --coordinator` writes), and/or single files that override its files.
+    tls_dir: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Plaintext, no authentication, no authorization: development only, never a fallback.
+    insecure: bool = False
+
+    def tls_files(self) -> TlsFiles | None:
+        return transport.tls_files(
+            tls_dir=self.tls_dir, ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, stem=TLS_STEM
+        )
 
 
 def validate(config: CoordinatorConfig) -> None:
@@ -82,6 +98,9 @@ def validate(config: CoordinatorConfig) -> None:
         )
     if config.log_level.upper() not in LOG_LEVELS:
         raise InvalidArgument(f"log level {config.log_level!r} is unknown; allowed: {', '.join(LOG_LEVELS)}")
+    if not isinstance(config.insecure, bool):
+        raise InvalidArgument(f"insecure must be true or false, not {config.insecure!r}")
+    transport.check_choice(config.tls_files(), config.insecure, "the coordinator", TLS_STEM)
     if not 0 <= config.shutdown_grace_s <= 600:
         raise InvalidArgument(f"shutdown grace {config.shutdown_grace_s} s is out of range 0 to 600 s")
 
@@ -110,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="heartbeats a node may miss before it is marked down (default: from the cluster config)",
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument(
+        "--tls-dir", type=Path, help="directory with ca.crt, coordinator.crt and coordinator.key (mutual TLS)"
+    )
+    parser.add_argument("--ca", dest="tls_ca", type=Path, help="CA certificate (overrides --tls-dir's)")
+    parser.add_argument("--cert", dest="tls_cert", type=Path, help="the coordinator's certificate")
+    parser.add_argument("--key", dest="tls_key", type=Path, help="the coordinator's private key (mode 0600)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plaintext, no authentication or authorization (development only; logged at WARNING)",
+    )
     return parser
 
 
@@ -121,9 +152,15 @@ _FILE_KEYS = (
     "heartbeat_interval_ms",
     "missed_heartbeats_max",
     "log_level",
+    "tls_dir",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "insecure",
 )
+_BOOL_KEYS = ("insecure",)
 _INT_KEYS = ("metrics_port", "heartbeat_interval_ms", "missed_heartbeats_max")
-_PATH_KEYS = ("data_dir", "cluster_config")
+_PATH_KEYS = ("data_dir", "cluster_config", "tls_dir", "tls_ca", "tls_cert", "tls_key")
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -145,7 +182,12 @@ def load_config_file(path: Path) -> dict[str, Any]:
             raise InvalidArgument(
                 f"coordinator config {path}: unknown key {raw_key!r}; allowed: {', '.join(_FILE_KEYS)}"
             )
-        if key in _INT_KEYS:
+        if key in _BOOL_KEYS:
+            if not isinstance(value, bool):
+                raise InvalidArgument(
+                    f"coordinator config {path}: {raw_key} must be true or false, got {value!r}"
+                )
+        elif key in _INT_KEYS:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidArgument(
                     f"coordinator config {path}: {raw_key} must be an integer, got {value!r}"

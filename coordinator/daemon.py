@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from coordinator.addresses import split_host_port
 from coordinator.api.servicer import SERVICE_NAME, CoordinatorServicer
 from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_heads
-from coordinator.config import CoordinatorConfig, validate
+from coordinator.config import TLS_STEM, CoordinatorConfig, validate
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.store import CoordinatorStore
@@ -23,6 +24,7 @@ from coordinator.subject_desk import SubjectDesk
 from coordinator.watch import WatchHub
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
+from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
 from domicile.policy.select import policy_for_cluster
 from domicile.topology import NodeHealth, Topology
@@ -63,8 +65,8 @@ class Coordinator:
         )
         # Values from the cluster config go through the same range checks as flags.
         validate(
-            CoordinatorConfig(
-                cluster_config=config.cluster_config,
+            dataclasses.replace(
+                config,
                 heartbeat_interval_ms=self.heartbeat_interval_ms,
                 missed_heartbeats_max=self.missed_heartbeats_max,
             )
@@ -113,6 +115,10 @@ class Coordinator:
             raise FailedPrecondition("a Coordinator starts once; create a new one to start again")
         host, port = split_host_port(self.config.listen, "listen address")
         limits = self.config.limits
+        # First, so that missing or bad certificates stop the coordinator before it opens its store.
+        self.security, _ = daemon_transport(
+            self.config.tls_files(), self.config.insecure, "the coordinator", TLS_STEM
+        )
         try:
             self._store = CoordinatorStore(self.config.data_dir)
             self._registry = Registry(
@@ -182,7 +188,7 @@ class Coordinator:
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
             try:
-                bound = server.add_insecure_port(f"{host}:{port}")
+                bound = self.security.add_port(server, f"{host}:{port}")
             except RuntimeError as exc:
                 raise Unavailable(f"cannot listen on {self.config.listen}: {exc}") from None
             if bound == 0:

@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 
 from domicile.errors import InvalidArgument
+from domicile.identity import transport
+from domicile.identity.tls_files import TlsFiles
 from domicile.model import Limits, check_node_id
 
 
@@ -44,6 +46,14 @@ class NodeConfig:
     # The cluster's key for causal-context tokens (32 bytes, mode 0600), the same file content on
     # every node; empty: a key of this node's own in the data directory (single-node development).
     context_key_file: str = ""
+    # Mutual TLS: a directory with ca.crt, node-<node_id>.crt and node-<node_id>.key (what
+    # `domicile certs issue --node` writes), and/or single files that override its files.
+    tls_dir: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Plaintext, no authentication, no authorization: development only, never a fallback.
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if not self.region:
@@ -60,11 +70,23 @@ class NodeConfig:
             raise InvalidArgument(
                 f"max_clock_drift_ms must be 1 to 3600000 milliseconds, not {self.max_clock_drift_ms}"
             )
+        if not isinstance(self.insecure, bool):
+            raise InvalidArgument(f"insecure must be true or false, not {self.insecure!r}")
+        transport.check_choice(self.tls_files(), self.insecure, f"node {self.node_id}", self.tls_stem)
         if not 0 <= self.retention_sweep_interval_s <= 86_400:
             raise InvalidArgument(
                 "retention_sweep_interval_s must be 0 (off) to 86400 seconds, "
                 f"not {self.retention_sweep_interval_s}"
             )
+
+    @property
+    def tls_stem(self) -> str:
+        return f"node-{self.node_id}"
+
+    def tls_files(self) -> TlsFiles | None:
+        return transport.tls_files(
+            tls_dir=self.tls_dir, ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, stem=self.tls_stem
+        )
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -106,6 +128,18 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         "--context-key-file",
         help="the cluster's context-token key (32 bytes, mode 0600, the same on every node); "
         "default: a key of this node's own in the data directory",
+    )
+    parser.add_argument(
+        "--tls-dir", help="directory with ca.crt, node-NODE_ID.crt and node-NODE_ID.key (mutual TLS)"
+    )
+    parser.add_argument("--ca", dest="tls_ca", help="CA certificate (overrides the one in --tls-dir)")
+    parser.add_argument("--cert", dest="tls_cert", help="this node's certificate")
+    parser.add_argument("--key", dest="tls_key", help="this node's private key (mode 0600)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plaintext, no authentication or authorization (development only; logged at WARNING)",
     )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}

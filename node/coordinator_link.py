@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer
 from domicile.retry import Backoff, BackoffPolicy, retry_forever
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
@@ -31,6 +33,7 @@ class CoordinatorLink:
         self,
         *,
         coordinator: str,
+        dialer: Dialer,
         node_id: str,
         region: str,
         address: str,
@@ -43,6 +46,7 @@ class CoordinatorLink:
         rng: random.Random | None = None,
     ) -> None:
         self.coordinator = coordinator
+        self.dialer = dialer
         self.node_id = node_id
         self.region = region
         self.address = address
@@ -80,7 +84,7 @@ class CoordinatorLink:
         )
 
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self.coordinator) as channel:
+        async with self.dialer.channel(self.coordinator, ExpectedPeer.coordinator()) as channel:
             stub = cpb_grpc.CoordinatorServiceStub(channel)
             registered = await stub.RegisterNode(
                 cpb.RegisterNodeRequest(

@@ -19,6 +19,8 @@ from domicile.audit import SignedHead
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
+from domicile.identity.principal import ExpectedPeer
+from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
 from domicile.retry import Backoff, BackoffPolicy, retry
 from domicile.subjects import LegalHold, RegionReceipt
@@ -102,6 +104,10 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.config
+        # First, so that missing or bad certificates stop the node before it opens anything.
+        self.security, self.dialer = daemon_transport(
+            cfg.tls_files(), cfg.insecure, f"node {cfg.node_id}", cfg.tls_stem
+        )
         # Every store read, key unwrap, sealing and file access from here on runs in these
         # threads; several nodes may share one event loop (the tests run whole clusters in one).
         self.offload = offload = Offload(THREADS_DEFAULT)
@@ -121,6 +127,7 @@ class Node:
         backoff = self.backoff
         self.exporter = HeadExporter(
             coordinator=cfg.coordinator,
+            dialer=self.dialer,
             metrics=self.metrics,
             backoff=backoff,
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
@@ -214,6 +221,7 @@ class Node:
             signal=self.signal,
             backoff=backoff,
             ack_persist_interval_s=cfg.ack_persist_interval_s,
+            dialer=self.dialer,
             rng=random.Random(self.rng.random()),
             offload=offload,
         )
@@ -229,7 +237,10 @@ class Node:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         host, port = split_host_port(cfg.listen)
-        bound = server.add_insecure_port(f"{host}:{port}")
+        try:
+            bound = self.security.add_port(server, f"{host}:{port}")
+        except RuntimeError as exc:
+            raise errors.Unavailable(f"cannot listen on {cfg.listen}: {exc}") from None
         if bound == 0:
             raise errors.Unavailable(f"cannot listen on {cfg.listen}")
         self.address = f"{host}:{bound}"
@@ -246,6 +257,7 @@ class Node:
         await self.replication.start()
         self.link = CoordinatorLink(
             coordinator=cfg.coordinator,
+            dialer=self.dialer,
             node_id=cfg.node_id,
             region=cfg.region,
             address=cfg.advertise or self.address,
@@ -327,7 +339,7 @@ class Node:
         """Tells the coordinator, retrying until it answers (the order stays pending until then)."""
 
         async def send() -> None:
-            async with grpc.aio.insecure_channel(self.config.coordinator) as channel:
+            async with self.dialer.channel(self.config.coordinator, ExpectedPeer.coordinator()) as channel:
                 request = cpb.ReportErasureRequest(request_id=request_id)
                 receipt_to_pb(receipt, request.receipt)
                 await cpb_grpc.CoordinatorServiceStub(channel).ReportErasure(

@@ -2,7 +2,12 @@
 // A minimal Node.js client of Domicile's StorageNodeService: Put one record on a node, Get it
 // back from the same node, print the outcome as one JSON object on stdout.
 //
-//   node index.js --address 127.0.0.1:7403 --namespace instruments --key c-1 --value hello
+//   node index.js --address 127.0.0.1:7403 --tls-ca ca.crt --tls-cert client-app.crt \
+//     --tls-key client-app.key --namespace instruments --key c-1 --value hello
+//
+// Every Domicile port is mutual TLS: the client presents a certificate of the cluster CA
+// (`domicile certs issue --client NAME`). Plaintext is only for a cluster run with --insecure,
+// and only when asked for with --insecure here too.
 //
 // The stubs are built at run time from protos/ with @grpc/proto-loader, so nothing is generated
 // or committed for Node.js. 64-bit integers (lsn, counters, hlc) are printed as decimal strings,
@@ -13,6 +18,7 @@
 // 2 bad command-line arguments.
 "use strict";
 
+const fs = require("node:fs");
 const path = require("node:path");
 const { parseArgs } = require("node:util");
 const grpc = require("@grpc/grpc-js");
@@ -25,6 +31,12 @@ const MESSAGE_BYTES_MAX = 64 * 1024 * 1024;
 const USAGE = `usage: node index.js --address HOST:PORT [options]
 
   --address HOST:PORT         node to call (required), e.g. 127.0.0.1:7403
+  --tls-ca FILE               the cluster CA certificate (mutual TLS; with --tls-cert and --tls-key)
+  --tls-cert FILE             this client's certificate
+  --tls-key FILE              this client's private key
+  --server-name NAME          the name the node's certificate must carry (default: the host dialled)
+  --insecure                  plaintext, for a cluster run with --insecure (development only)
+  --purpose NAME              processing purpose declared with each call (domicile-purpose)
   --namespace NAME            namespace (default: instruments)
   --key KEY                   key (default: node-client-example)
   --value TEXT                value, sent as UTF-8 bytes (default: "hello from Node.js")
@@ -47,6 +59,12 @@ function parseOptions(argv) {
       args: argv,
       options: {
         address: { type: "string" },
+        "tls-ca": { type: "string" },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+        "server-name": { type: "string" },
+        insecure: { type: "boolean", default: false },
+        purpose: { type: "string", default: "" },
         namespace: { type: "string", default: "instruments" },
         key: { type: "string", default: "node-client-example" },
         value: { type: "string", default: "hello from Node.js" },
@@ -70,6 +88,16 @@ function parseOptions(argv) {
   if (!parsed.address || !/^[^\s]+:\d{1,5}$/.test(parsed.address)) {
     usageError(`--address must be HOST:PORT, got ${JSON.stringify(parsed.address ?? "")}`);
   }
+  const tls = ["tls-ca", "tls-cert", "tls-key"].filter((name) => parsed[name] !== undefined);
+  if (tls.length > 0 && tls.length < 3) {
+    usageError("--tls-ca, --tls-cert and --tls-key go together");
+  }
+  if (tls.length === 3 && parsed.insecure) {
+    usageError("--insecure and the --tls-* files exclude each other");
+  }
+  if (tls.length === 0 && !parsed.insecure) {
+    usageError("pass --tls-ca, --tls-cert and --tls-key (mutual TLS), or --insecure for a plaintext cluster");
+  }
   const deadlineMs = Number(parsed["deadline-ms"]);
   if (!Number.isInteger(deadlineMs) || deadlineMs < 1 || deadlineMs > DEADLINE_MS_MAX) {
     usageError(`--deadline-ms must be an integer from 1 to ${DEADLINE_MS_MAX}, got ${parsed["deadline-ms"]}`);
@@ -89,10 +117,29 @@ function loadService(protosDir) {
   return grpc.loadPackageDefinition(definition).domicile.v1.StorageNodeService;
 }
 
-// Promise form of a unary call, with a deadline on every call.
-function call(client, method, request, deadlineMs) {
+function credentials(options) {
+  if (options.insecure) {
+    process.stderr.write("warning: plaintext (--insecure): development only\n");
+    return grpc.credentials.createInsecure();
+  }
+  const read = (name) => {
+    try {
+      return fs.readFileSync(options[name]);
+    } catch (err) {
+      usageError(`cannot read --${name} ${options[name]}: ${err.message}`);
+    }
+  };
+  return grpc.credentials.createSsl(read("tls-ca"), read("tls-key"), read("tls-cert"));
+}
+
+// Promise form of a unary call, with a deadline and the declared purpose on every call.
+function call(client, method, request, deadlineMs, purpose) {
+  const metadata = new grpc.Metadata();
+  if (purpose) {
+    metadata.set("domicile-purpose", purpose);
+  }
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline: Date.now() + deadlineMs }, (err, response) => {
+    client[method](request, metadata, { deadline: Date.now() + deadlineMs }, (err, response) => {
       if (err) {
         err.rpc = method;
         reject(err);
@@ -139,10 +186,14 @@ function errorJson(err) {
 async function main() {
   const options = parseOptions(process.argv.slice(2));
   const Service = loadService(options.protos);
-  const client = new Service(options.address, grpc.credentials.createInsecure(), {
+  const channelOptions = {
     "grpc.max_receive_message_length": MESSAGE_BYTES_MAX,
     "grpc.max_send_message_length": MESSAGE_BYTES_MAX,
-  });
+  };
+  if (options["server-name"]) {
+    channelOptions["grpc.ssl_target_name_override"] = options["server-name"];
+  }
+  const client = new Service(options.address, credentials(options), channelOptions);
   const out = { address: options.address, namespace: options.namespace, key: options.key };
   let code = 0;
   try {
@@ -158,9 +209,16 @@ async function main() {
         subject_jurisdiction: options["subject-jurisdiction"],
       },
       options.deadlineMs,
+      options.purpose,
     );
     out.put = { region: put.region, lsn: put.lsn, version: versionJson(put.version) };
-    const got = await call(client, "Get", { namespace: options.namespace, key: options.key }, options.deadlineMs);
+    const got = await call(
+      client,
+      "Get",
+      { namespace: options.namespace, key: options.key },
+      options.deadlineMs,
+      options.purpose,
+    );
     out.get = { found: got.found, region: got.region, versions: got.versions.map(versionJson) };
   } catch (err) {
     if (typeof err.code !== "number") {

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from domicile.audit import AuditEntry, SignedHead, StoredEntry, VerifyReport, verify_log
+from domicile.cli import connect
 from domicile.cli.output import iso_ms, plural, print_json, table
 from domicile.client import Client
 from domicile.errors import DataCorruption
@@ -137,7 +138,7 @@ def verification_text(v: Verification) -> str:
 
 
 def verify(args: argparse.Namespace) -> int:
-    with Client(args.coordinator, deadline_s=args.deadline) as client:
+    with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         result = run_verification(client, args.region, args.problems_max, sys.stderr)
     if args.json:
         print_json(verification_json(result))
@@ -225,7 +226,7 @@ def row_json(row: TailRow) -> dict[str, Any]:
 
 
 def tail(args: argparse.Namespace) -> int:
-    with Client(args.coordinator, deadline_s=args.deadline) as client:
+    with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         head, entries = client.read_audit_log(args.region, limit=args.n, tail=True)
         rows = decode_rows(entries)
     if args.json:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from domicile.cli import connect
 from domicile.cli.output import plural, print_json
 from domicile.client import AsyncClient, ComplianceReport, ComplianceViolation, RetryPolicy
 from domicile.errors import DomicileError, InvalidArgument
@@ -155,7 +156,10 @@ def scan_json(scans: Sequence[RegionScan]) -> dict[str, Any]:
 async def _collect(args: argparse.Namespace) -> list[RegionScan]:
     # Each scan walks a whole store: it gets the command's deadline, and one retry at most.
     async with AsyncClient(
-        args.coordinator, deadline_s=args.deadline, retry=RetryPolicy(attempts_max=2)
+        args.coordinator,
+        deadline_s=args.deadline,
+        **connect.client_options(args),
+        retry=RetryPolicy(attempts_max=2),
     ) as client:
         topology = await client.topology()
         regions = chosen_regions(topology.region_names(), args.region)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from domicile.cli import connect
 from domicile.cli.output import iso_ms, plural, print_json
 from domicile.cli.subject_requests import (
     is_completed,
@@ -107,7 +108,7 @@ def _report_already_open(error: AlreadyExists, subject_id: str) -> None:
 def erase(args: argparse.Namespace) -> int:
     # Progress goes where it does not mix with the one JSON document.
     progress: TextIO = sys.stderr if args.json else sys.stdout
-    with Client(args.coordinator, deadline_s=args.deadline) as client:
+    with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         try:
             request = client.erase_subject(args.subject, args.reason, args.subject_jurisdiction or None)
         except AlreadyExists as exc:

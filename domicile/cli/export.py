@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from domicile.cli import connect
 from domicile.cli.output import iso_ms, plural
 from domicile.cli.subject_requests import now_ms
 from domicile.client import Client, ExportedCopy, ReadVersion
@@ -297,7 +298,7 @@ def write_document(doc: dict[str, Any], out: str | None) -> None:
 
 def export(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr)
-    with Client(args.coordinator, deadline_s=args.deadline) as client:
+    with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         # The topology first: a request is opened only when there is something to read it from.
         regions = client.topology().region_names()
         request = client.open_access_request(args.subject, args.reason, args.subject_jurisdiction or None)

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from domicile.cli import connect
 from domicile.cli.output import iso_ms, print_json, table
 from domicile.client import Client
 from domicile.errors import InvalidArgument
@@ -63,7 +64,7 @@ def holds_table(holds: Sequence[LegalHold]) -> str:
 
 def place(args: argparse.Namespace) -> int:
     scope = scope_of(args.subject, args.namespace, args.key)
-    with Client(args.coordinator, deadline_s=args.deadline) as client:
+    with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         hold = client.place_hold(
             scope,
             subject_id=args.subject or "",
@@ -79,7 +80,7 @@ def place(args: argparse.Namespace) -> int:
 
 
 def release(args: argparse.Namespace) -> int:
-    with Client(args.coordinator, deadline_s=args.deadline) as client:
+    with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         hold = client.release_hold(args.hold_id, args.reason)
     if args.json:
         print_json(hold_json(hold))
@@ -89,7 +90,7 @@ def release(args: argparse.Namespace) -> int:
 
 
 def list_holds(args: argparse.Namespace) -> int:
-    with Client(args.coordinator, deadline_s=args.deadline) as client:
+    with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         holds = client.holds()
     if args.json:
         print_json({"holds": [hold_json(h) for h in holds]})

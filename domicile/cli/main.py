@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from domicile.cli import authz, certs
+from domicile.cli import authz, certs, connect
 from domicile.client import DEFAULT_COORDINATOR
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="metrics port of the coordinator, then one per region; 0 disables (default: %(default)s)",
     )
     p.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run every process in plaintext, without authentication (development only); by default "
+        "a development CA and certificates are made in DATA_DIR/tls and every port uses mutual TLS",
+    )
     p.add_argument(
         "--startup-timeout",
         type=_positive_float,
@@ -220,6 +226,7 @@ def _common_options(deadline_s: float) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="deadline of each request, retries included (default: %(default)s)",
     )
+    connect.add_options(common)
     return common
 
 

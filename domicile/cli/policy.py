@@ -15,6 +15,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from domicile.cli import connect
 from domicile.cli.output import print_json
 from domicile.client import Client, RetryPolicy, Topology
 from domicile.cluster import ClusterSpec, load_cluster
@@ -88,7 +89,12 @@ def policy_source(args: argparse.Namespace) -> PolicySource:
         return source_from_cluster(
             load_cluster(args.cluster_config), args.namespace, f"cluster config {args.cluster_config}"
         )
-    with Client(args.coordinator, deadline_s=args.deadline, retry=RetryPolicy(attempts_max=2)) as client:
+    with Client(
+        args.coordinator,
+        deadline_s=args.deadline,
+        **connect.client_options(args),
+        retry=RetryPolicy(attempts_max=2),
+    ) as client:
         topology = client.topology()
     return source_from_cluster(
         cluster_from_topology(topology, args.coordinator), args.namespace, f"coordinator {args.coordinator}"

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from domicile.cli import connect
 from domicile.cli.output import (
     context_arg,
     context_json,
@@ -24,7 +25,7 @@ EXIT_NOT_FOUND = 1
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.coordinator, deadline_s=args.deadline)
+    return Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args))
 
 
 def _value(args: argparse.Namespace) -> bytes:

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from domicile.cli import connect
 from domicile.cli.output import print_json, table
 from domicile.client import AsyncClient, NodeInfo, NodeStatus, RetryPolicy, Topology
 from domicile.errors import DomicileError
@@ -211,7 +212,10 @@ def render_json(
 async def _collect(args: argparse.Namespace) -> tuple[Topology, list[NodeReport]]:
     # One attempt per node: a node that does not answer is reported, not waited for.
     async with AsyncClient(
-        args.coordinator, deadline_s=args.deadline, retry=RetryPolicy(attempts_max=1)
+        args.coordinator,
+        deadline_s=args.deadline,
+        **connect.client_options(args),
+        retry=RetryPolicy(attempts_max=1),
     ) as client:
         topology = await client.topology()
         return topology, await gather_reports(client, topology)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from domicile.cli import connect
 from domicile.cli.output import iso_ms, plural, print_json, table
 from domicile.client import Client
 from domicile.subjects import RegionReceipt, RequestKind, RequestStatus, SubjectRequest
@@ -142,7 +143,7 @@ def requests_table(requests: Sequence[SubjectRequest], at_ms: int) -> str:
 
 
 def list_requests(args: argparse.Namespace) -> int:
-    with Client(args.coordinator, deadline_s=args.deadline) as client:
+    with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         requests = client.subject_requests(open_only=args.open, limit=args.limit)
     at = now_ms()
     if args.json:
@@ -158,7 +159,7 @@ def list_requests(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    with Client(args.coordinator, deadline_s=args.deadline) as client:
+    with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         request = client.subject_request(args.request_id)
     at = now_ms()
     if args.json:

@@ -32,7 +32,11 @@ from domicile.cli.output import table
 from domicile.client import Client, NodeHealth
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import AlreadyExists, DomicileError, InvalidArgument
+from domicile.identity import pki
+from domicile.identity.credentials import Dialer
 from domicile.identity.files import PRIVATE_MODE, write_atomically
+from domicile.identity.principal import ExpectedPeer, Role
+from domicile.identity.tls_files import TlsFiles
 
 _POLL_S = 0.2
 # The cluster's context-token key, in the cluster's data directory (see ensure_context_key).
@@ -49,6 +53,7 @@ class ChildSpec:
     address: str
     metrics_url: str
     log_path: Path
+    peer: ExpectedPeer | None = None
 
 
 @dataclass
@@ -75,6 +80,7 @@ def plan_children(
     base_port: int,
     metrics_base_port: int,
     log_level: str,
+    tls_dir: Path | None,
     python: str = sys.executable,
 ) -> list[ChildSpec]:
     """The command line of every child. Pure, so that tests can check the layout."""
@@ -95,6 +101,8 @@ def plan_children(
         port = metrics_base_port + i
         return str(port), f"http://{host}:{port}/metrics"
 
+    # Every child gets the same directory; each finds its own files in it by its identity.
+    security = ("--tls-dir", str(tls_dir)) if tls_dir is not None else ("--insecure",)
     port_text, url = metrics(0)
     specs = [
         ChildSpec(
@@ -114,8 +122,10 @@ def plan_children(
                 str(config_path),
                 "--log-level",
                 log_level,
+                *security,
             ),
             address=coordinator,
+            peer=ExpectedPeer.coordinator(),
             metrics_url=url,
             log_path=logs / "coordinator.log",
         )
@@ -149,8 +159,10 @@ def plan_children(
                     str(data_dir / CONTEXT_KEY_FILE),
                     "--log-level",
                     log_level,
+                    *security,
                 ),
                 address=address,
+                peer=ExpectedPeer.node(region.name, region.name),
                 metrics_url=url,
                 log_path=logs / f"{region.name}.log",
             )
@@ -163,6 +175,37 @@ def ensure_context_key(path: Path) -> None:
     the cluster is given the same file, so that a token from one node verifies at all of them."""
     with contextlib.suppress(AlreadyExists):
         write_atomically(path, secrets.token_bytes(32), PRIVATE_MODE, overwrite=False)
+
+
+DEV_CLUSTER = "domicile"
+CLI_IDENTITY = "cli"
+
+
+@dataclass(frozen=True)
+class DevPki:
+    directory: Path
+    # Client name -> roles, in the order they are printed.
+    clients: dict[str, tuple[Role, ...]]
+
+
+def make_dev_pki(cluster: ClusterSpec, directory: Path, host: str) -> DevPki:
+    """A development CA in `directory` (kept across runs, so certificates already handed out stay
+    valid) and fresh certificates for the coordinator, one node per region, the CLI (every client
+    role) and one app client per namespace owner (the role that owns its namespaces' records)."""
+    try:
+        ca = pki.init_ca(directory, DEV_CLUSTER)
+    except AlreadyExists:
+        ca = pki.load_ca(directory)
+    hosts = sorted({"localhost", "127.0.0.1", host})
+    pki.issue_coordinator(ca, hosts=hosts).write(directory, "coordinator")
+    for region in cluster.regions:
+        pki.issue_node(ca, region.name, region.name, hosts=hosts).write(directory, f"node-{region.name}")
+    clients: dict[str, tuple[Role, ...]] = {CLI_IDENTITY: (Role.APP, Role.DPO, Role.AUDITOR, Role.OPERATOR)}
+    for owner in sorted({n.owner for n in cluster.namespaces if n.owner}):
+        clients.setdefault(owner, (Role.APP,))
+    for name, roles in clients.items():
+        pki.issue_client(ca, name, roles).write(directory, f"client-{name}")
+    return DevPki(directory, clients)
 
 
 def busy_ports(host: str, ports: Sequence[int]) -> list[int]:
@@ -216,7 +259,10 @@ class StopRequest:
 
 
 class Supervisor:
-    def __init__(self, specs: list[ChildSpec], stop: StopRequest, out: Callable[[str], None]) -> None:
+    def __init__(
+        self, specs: list[ChildSpec], stop: StopRequest, out: Callable[[str], None], dialer: Dialer
+    ) -> None:
+        self.dialer = dialer
         self.specs = specs
         self.stop = stop
         self.out = out
@@ -256,7 +302,7 @@ class Supervisor:
         pending = list(self.children)
         while pending:
             self._check_running()
-            pending = [c for c in pending if not _healthy(c.spec.address)]
+            pending = [c for c in pending if not _healthy(self.dialer, c.spec)]
             if not pending:
                 return
             if time.monotonic() > end:
@@ -270,7 +316,7 @@ class Supervisor:
         are not (after the timeout) so the caller can warn."""
         end = time.monotonic() + timeout_s
         missing = list(regions)
-        with Client(coordinator, deadline_s=min(2.0, timeout_s)) as client:
+        with Client(coordinator, deadline_s=min(2.0, timeout_s), dialer=self.dialer) as client:
             while True:
                 self._check_running()
                 try:
@@ -339,8 +385,8 @@ def _exit_message(child: Child) -> str:
     )
 
 
-def _healthy(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def _healthy(dialer: Dialer, spec: ChildSpec) -> bool:
+    with dialer.sync_channel(spec.address, spec.peer) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=_HEALTH_RPC_S)
@@ -358,6 +404,26 @@ def endpoints_table(children: Sequence[Child]) -> str:
     return table(["name", "role", "pid", "grpc", "metrics", "log"], rows)
 
 
+def tls_text(dev_pki: DevPki | None) -> str:
+    if dev_pki is None:
+        return (
+            "insecure: plaintext, no authentication, no authorization (--insecure); the CLI needs --insecure"
+        )
+    d = dev_pki.directory
+    lines = [
+        f"mutual TLS: development CA and certificates in {d}",
+        f"  CA           {d / pki.CA_CERT} (more: domicile certs issue --dir {d})",
+    ]
+    for name, roles in dev_pki.clients.items():
+        lines.append(
+            f"  client {name:<12} {d / f'client-{name}.crt'} (roles {','.join(r.value for r in roles)})"
+        )
+    if d == (Path(".domicile") / "tls").resolve():
+        lines.append("the CLI run from this directory finds them (identity cli; --identity NAME for another)")
+    lines.append(f"elsewhere: export DOMICILE_TLS_DIR={d} (and DOMICILE_IDENTITY=NAME for another client)")
+    return "\n".join(lines)
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -366,6 +432,7 @@ def up(args: argparse.Namespace) -> int:
     config_path = Path(args.config).resolve()
     cluster = load_cluster(config_path)
     data_dir = Path(args.data_dir).resolve()
+    dev_pki = None if args.insecure else make_dev_pki(cluster, data_dir / "tls", args.host)
     specs = plan_children(
         cluster,
         config_path=config_path,
@@ -374,6 +441,7 @@ def up(args: argparse.Namespace) -> int:
         base_port=args.base_port,
         metrics_base_port=args.metrics_base_port,
         log_level=args.log_level,
+        tls_dir=dev_pki.directory if dev_pki else None,
     )
     ports = [args.base_port + i for i in range(len(specs))]
     if args.metrics_base_port:
@@ -387,7 +455,11 @@ def up(args: argparse.Namespace) -> int:
     ensure_context_key(data_dir / CONTEXT_KEY_FILE)
     stop = StopRequest()
     previous = stop.install()
-    supervisor = Supervisor(specs, stop, _say)
+    if dev_pki is None:
+        dialer = Dialer.plaintext()
+    else:
+        dialer = Dialer.mutual_tls(TlsFiles.in_directory(dev_pki.directory, f"client-{CLI_IDENTITY}"))
+    supervisor = Supervisor(specs, stop, _say, dialer)
     code = 0
     try:
         _say(f"starting {len(specs)} processes; logs in {data_dir / 'logs'}")
@@ -398,6 +470,8 @@ def up(args: argparse.Namespace) -> int:
             _say(f"warning: the coordinator does not report these regions up yet: {', '.join(missing)}")
         _say("")
         _say(endpoints_table(supervisor.children))
+        _say("")
+        _say(tls_text(dev_pki))
         _say("")
         _say(f"ready: {len(specs)} processes running (data in {data_dir}); press Ctrl-C to stop")
         died = supervisor.watch()

@@ -19,9 +19,14 @@ from domicile.audit import SignedHead, StoredEntry
 from domicile.causality import CausalContext
 from domicile.client import async_runtime as runtime
 from domicile.client.audit_pages import AuditCursor
+from domicile.client.metadata import WithMetadata, call_metadata
 from domicile.client.retries import Attempt, Deadline, RetryPolicy, call_deadline, check_client_options
 from domicile.client.routing import check_known_region, route
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, NotFound
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer
+from domicile.identity.tls_files import TlsFiles
+from domicile.identity.transport import client_dialer
 from domicile.model import Classification
 from domicile.results import (
     ComplianceReport,
@@ -70,6 +75,12 @@ from domicile.wire.topology import topology_from_pb
 DEFAULT_COORDINATOR = "127.0.0.1:7400"
 
 R = TypeVar("R")
+_COORDINATOR = ExpectedPeer.coordinator()
+
+
+def _node_peer(node: NodeInfo) -> ExpectedPeer:
+    # The handshake insists on the node the topology names: records go to no one else.
+    return ExpectedPeer.node(node.region, node.node_id)
 
 
 def _audit_rpc(req: spb.ReadAuditLogRequest) -> runtime.Rpc[list[spb.ReadAuditLogResponse]]:
@@ -111,7 +122,22 @@ class AsyncClient:
         topology_ttl_s: float = 5.0,
         channels_max: int = 64,
         rng: random.Random | None = None,
+        tls: TlsFiles | None = None,
+        insecure: bool = False,
+        dialer: Dialer | None = None,
+        token: str | None = None,
+        purpose: str = "",
     ) -> None:
+        """Mutual TLS with `tls` (the CA, this client's certificate and key) or a ready `dialer`;
+        plaintext only with `insecure=True` (development clusters). `token`: a JWT sent as
+        `authorization: Bearer` with every call, for callers without a client certificate.
+        `purpose`: the processing purpose declared with every call (`domicile-purpose`)."""
+        if dialer is not None and (tls is not None or insecure):
+            raise InvalidArgument("pass either dialer or tls / insecure, not both")
+        self._dialer = dialer or client_dialer(tls, insecure)
+        if token is not None and self._dialer.cluster is None:
+            raise InvalidArgument("a bearer token is never sent in plaintext: use tls, not insecure")
+        self._metadata = call_metadata(token, purpose)
         self.coordinator = coordinator
         self.region = region
         self.deadline_s = deadline_s
@@ -138,7 +164,7 @@ class AsyncClient:
         for channel in channels:
             await runtime.close_channel(channel)
 
-    async def _channel(self, address: str) -> Any:
+    async def _channel(self, address: str, expected: ExpectedPeer) -> Any:
         with self._lock:
             if self._closed:
                 raise FailedPrecondition("the client is closed")
@@ -146,7 +172,7 @@ class AsyncClient:
             if channel is not None:
                 self._channels.move_to_end(address)
                 return channel
-            channel = runtime.open_channel(address)
+            channel = runtime.open_channel(self._dialer, address, expected)
             self._channels[address] = channel
             evicted = []
             while len(self._channels) > self._channels_max:
@@ -155,6 +181,9 @@ class AsyncClient:
             await runtime.close_channel(old)
         return channel
 
+    def _stub(self, stub: Any, channel: Any) -> Any:
+        return WithMetadata(stub(channel), self._metadata)
+
     # -- topology
 
     async def topology(self) -> Topology:
@@ -162,7 +191,7 @@ class AsyncClient:
         return await self._fetch_topology(Deadline(self.deadline_s, "GetTopology"))
 
     async def _fetch_topology(self, deadline: Deadline) -> Topology:
-        stub = cgrpc.CoordinatorServiceStub(await self._channel(self.coordinator))
+        stub = self._stub(cgrpc.CoordinatorServiceStub, await self._channel(self.coordinator, _COORDINATOR))
         try:
             resp = await stub.GetTopology(cpb.GetTopologyRequest(), timeout=deadline.remaining())
         except grpc.RpcError as exc:
@@ -190,7 +219,9 @@ class AsyncClient:
         deadline = Deadline(self.deadline_s, what)
         retries = 0
         while True:
-            stub = cgrpc.CoordinatorServiceStub(await self._channel(self.coordinator))
+            stub = self._stub(
+                cgrpc.CoordinatorServiceStub, await self._channel(self.coordinator, _COORDINATOR)
+            )
             try:
                 return await rpc(stub, deadline.remaining())
             except grpc.RpcError as exc:
@@ -231,7 +262,9 @@ class AsyncClient:
                     avoid=plan.avoid,
                     node_id=plan.node_id,
                 )
-                stub = sgrpc.StorageNodeServiceStub(await self._channel(node.address))
+                stub = self._stub(
+                    sgrpc.StorageNodeServiceStub, await self._channel(node.address, _node_peer(node))
+                )
                 try:
                     return await rpc(stub, deadline.remaining()), node
                 except grpc.RpcError as exc:

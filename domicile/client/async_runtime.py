@@ -11,6 +11,8 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer
 from domicile.wire.limits import CLIENT_CHANNEL_OPTIONS
 
 R = TypeVar("R")
@@ -30,8 +32,8 @@ class Lock:
         return None
 
 
-def open_channel(address: str) -> Any:
-    return grpc.aio.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
+def open_channel(dialer: Dialer, address: str, expected: ExpectedPeer) -> Any:
+    return dialer.channel(address, expected, options=CLIENT_CHANNEL_OPTIONS)
 
 
 async def close_channel(channel: Any) -> None:

@@ -21,9 +21,14 @@ from domicile.audit import SignedHead, StoredEntry
 from domicile.causality import CausalContext
 from domicile.client import sync_runtime as runtime
 from domicile.client.audit_pages import AuditCursor
+from domicile.client.metadata import WithMetadata, call_metadata
 from domicile.client.retries import Attempt, Deadline, RetryPolicy, call_deadline, check_client_options
 from domicile.client.routing import check_known_region, route
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, NotFound
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer
+from domicile.identity.tls_files import TlsFiles
+from domicile.identity.transport import client_dialer
 from domicile.model import Classification
 from domicile.results import (
     ComplianceReport,
@@ -72,6 +77,12 @@ from domicile.wire.topology import topology_from_pb
 DEFAULT_COORDINATOR = "127.0.0.1:7400"
 
 R = TypeVar("R")
+_COORDINATOR = ExpectedPeer.coordinator()
+
+
+def _node_peer(node: NodeInfo) -> ExpectedPeer:
+    # The handshake insists on the node the topology names: records go to no one else.
+    return ExpectedPeer.node(node.region, node.node_id)
 
 
 def _audit_rpc(req: spb.ReadAuditLogRequest) -> runtime.Rpc[list[spb.ReadAuditLogResponse]]:
@@ -113,7 +124,22 @@ class Client:
         topology_ttl_s: float = 5.0,
         channels_max: int = 64,
         rng: random.Random | None = None,
+        tls: TlsFiles | None = None,
+        insecure: bool = False,
+        dialer: Dialer | None = None,
+        token: str | None = None,
+        purpose: str = "",
     ) -> None:
+        """Mutual TLS with `tls` (the CA, this client's certificate and key) or a ready `dialer`;
+        plaintext only with `insecure=True` (development clusters). `token`: a JWT sent as
+        `authorization: Bearer` with every call, for callers without a client certificate.
+        `purpose`: the processing purpose declared with every call (`domicile-purpose`)."""
+        if dialer is not None and (tls is not None or insecure):
+            raise InvalidArgument("pass either dialer or tls / insecure, not both")
+        self._dialer = dialer or client_dialer(tls, insecure)
+        if token is not None and self._dialer.cluster is None:
+            raise InvalidArgument("a bearer token is never sent in plaintext: use tls, not insecure")
+        self._metadata = call_metadata(token, purpose)
         self.coordinator = coordinator
         self.region = region
         self.deadline_s = deadline_s
@@ -140,7 +166,7 @@ class Client:
         for channel in channels:
             runtime.close_channel(channel)
 
-    def _channel(self, address: str) -> Any:
+    def _channel(self, address: str, expected: ExpectedPeer) -> Any:
         with self._lock:
             if self._closed:
                 raise FailedPrecondition("the client is closed")
@@ -148,7 +174,7 @@ class Client:
             if channel is not None:
                 self._channels.move_to_end(address)
                 return channel
-            channel = runtime.open_channel(address)
+            channel = runtime.open_channel(self._dialer, address, expected)
             self._channels[address] = channel
             evicted = []
             while len(self._channels) > self._channels_max:
@@ -157,6 +183,9 @@ class Client:
             runtime.close_channel(old)
         return channel
 
+    def _stub(self, stub: Any, channel: Any) -> Any:
+        return WithMetadata(stub(channel), self._metadata)
+
     # -- topology
 
     def topology(self) -> Topology:
@@ -164,7 +193,7 @@ class Client:
         return self._fetch_topology(Deadline(self.deadline_s, "GetTopology"))
 
     def _fetch_topology(self, deadline: Deadline) -> Topology:
-        stub = cgrpc.CoordinatorServiceStub(self._channel(self.coordinator))
+        stub = self._stub(cgrpc.CoordinatorServiceStub, self._channel(self.coordinator, _COORDINATOR))
         try:
             resp = stub.GetTopology(cpb.GetTopologyRequest(), timeout=deadline.remaining())
         except grpc.RpcError as exc:
@@ -192,7 +221,7 @@ class Client:
         deadline = Deadline(self.deadline_s, what)
         retries = 0
         while True:
-            stub = cgrpc.CoordinatorServiceStub(self._channel(self.coordinator))
+            stub = self._stub(cgrpc.CoordinatorServiceStub, self._channel(self.coordinator, _COORDINATOR))
             try:
                 return rpc(stub, deadline.remaining())
             except grpc.RpcError as exc:
@@ -233,7 +262,7 @@ class Client:
                     avoid=plan.avoid,
                     node_id=plan.node_id,
                 )
-                stub = sgrpc.StorageNodeServiceStub(self._channel(node.address))
+                stub = self._stub(sgrpc.StorageNodeServiceStub, self._channel(node.address, _node_peer(node)))
                 try:
                     return rpc(stub, deadline.remaining()), node
                 except grpc.RpcError as exc:

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeAlias, TypeVar
 
-import grpc
-
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer
 from domicile.wire.limits import CLIENT_CHANNEL_OPTIONS
 
 R = TypeVar("R")
@@ -20,8 +20,8 @@ Rpc: TypeAlias = Callable[[Any, float], R]
 Lock = threading.Lock
 
 
-def open_channel(address: str) -> Any:
-    return grpc.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
+def open_channel(dialer: Dialer, address: str, expected: ExpectedPeer) -> Any:
+    return dialer.sync_channel(address, expected, options=CLIENT_CHANNEL_OPTIONS)
 
 
 def close_channel(channel: Any) -> None:

@@ -17,6 +17,8 @@ import time
 import grpc
 
 from domicile.audit import SignedHead
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer
 from domicile.retry import Backoff, BackoffPolicy
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -31,6 +33,7 @@ class HeadExporter:
         self,
         *,
         coordinator: str,
+        dialer: Dialer,
         metrics: NodeMetrics,
         backoff: BackoffPolicy,
         rpc_deadline_s: float,
@@ -39,6 +42,7 @@ class HeadExporter:
     ) -> None:
         self.interval_s = interval_s
         self.coordinator = coordinator
+        self.dialer = dialer
         self.metrics = metrics
         self.backoff = backoff
         self.rpc_deadline_s = rpc_deadline_s
@@ -54,7 +58,7 @@ class HeadExporter:
             self._wake.set()
 
     async def run(self) -> None:
-        async with grpc.aio.insecure_channel(self.coordinator) as channel:
+        async with self.dialer.channel(self.coordinator, ExpectedPeer.coordinator()) as channel:
             stub = cpb_grpc.CoordinatorServiceStub(channel)
             # A failed export waits at most 2 s whatever the back-off: until a head is exported, the
             # log is not anchored outside the region.

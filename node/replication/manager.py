@@ -8,6 +8,7 @@ import contextlib
 import logging
 import random
 
+from domicile.identity.credentials import Dialer
 from domicile.model import Limits
 from domicile.retry import BackoffPolicy
 from domicile.topology import Topology
@@ -40,9 +41,11 @@ class ReplicationManager:
         signal: LogSignal,
         backoff: BackoffPolicy,
         ack_persist_interval_s: float,
+        dialer: Dialer,
         rng: random.Random | None = None,
         offload: Offload | None = None,
     ) -> None:
+        self.dialer = dialer
         self.node_id = node_id
         self.region = region
         self.engine = engine
@@ -92,6 +95,7 @@ class ReplicationManager:
                     node_id=self.node_id,
                     region=self.region,
                     target=target,
+                    dialer=self.dialer,
                     namespaces=namespaces,
                     engine=self.engine,
                     view=self.view,

@@ -20,6 +20,8 @@ from typing import TypeVar
 import grpc
 
 from domicile.causality import Mutation, Version
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer
 from domicile.model import Limits
 from domicile.policy import Action, RecordFacts
 from domicile.retry import Backoff, BackoffPolicy, retry_forever
@@ -57,6 +59,7 @@ class LinkSender:
         node_id: str,
         region: str,
         target: NodeInfo,
+        dialer: Dialer,
         namespaces: frozenset[str],
         engine: StorageEngine,
         view: TopologyView,
@@ -75,6 +78,7 @@ class LinkSender:
         self.node_id = node_id
         self.region = region
         self.target = target
+        self.dialer = dialer
         self.namespaces = namespaces
         self.engine = engine
         self.view = view
@@ -199,7 +203,10 @@ class LinkSender:
     async def _session(self) -> None:
         deadline_s = self.limits.rpc_deadline_s
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target.address, options=CHANNEL_OPTIONS)
+            # The handshake itself insists on the target's node certificate, so a record is never
+            # sent to whoever happens to answer at the address.
+            expected = ExpectedPeer.node(self.target.region, self.target.node_id)
+            self._channel = self.dialer.channel(self.target.address, expected, options=CHANNEL_OPTIONS)
         stub = rpb_grpc.ReplicationServiceStub(self._channel)
         # A replication stream lives as long as the link: no overall deadline. Each step that
         # waits on the peer (ready, acks) has its own deadline below instead.

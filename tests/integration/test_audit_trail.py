@@ -22,10 +22,18 @@ REGION = "eu-west-1"
 CUSTOMERS = {"name": "customers", "regions": "global", "classification": "personal"}
 
 
-def domicile(coordinator: str, *args: str) -> subprocess.CompletedProcess[str]:
+def domicile(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
     """The real CLI, as an operator runs it (a subprocess: the nodes run in this test's loop)."""
     return subprocess.run(
-        [sys.executable, "-m", "domicile.cli", *args, "--coordinator", coordinator],
+        [
+            sys.executable,
+            "-m",
+            "domicile.cli",
+            *args,
+            "--coordinator",
+            cluster.coordinator_address,
+            *cluster.cli_args(),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -35,9 +43,7 @@ def domicile(coordinator: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def verify(cluster: LocalCluster) -> tuple[int, dict[str, Any]]:
-    done = await asyncio.to_thread(
-        domicile, cluster.coordinator_address, "audit", "verify", "--region", REGION, "--json"
-    )
+    done = await asyncio.to_thread(domicile, cluster, "audit", "verify", "--region", REGION, "--json")
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -72,9 +78,7 @@ async def test_an_untouched_log_verifies_against_the_exported_head(region: Local
     code, report = await verify(region)
     assert code == 0 and report["verified"] and report["problems"] == []
     assert report["anchored_size"] >= 6
-    tail = await asyncio.to_thread(
-        domicile, region.coordinator_address, "audit", "tail", "--region", REGION, "-n", "3", "--json"
-    )
+    tail = await asyncio.to_thread(domicile, region, "audit", "tail", "--region", REGION, "-n", "3", "--json")
     assert tail.returncode == 0, tail.stderr
     entries = json.loads(tail.stdout)["entries"]
     assert len(entries) == 3 and entries[-1]["action"] == "audit_read"

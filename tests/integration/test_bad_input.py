@@ -153,7 +153,7 @@ async def test_delete_reports_existence_and_leaves_a_tombstone(single: LocalClus
 async def test_a_rogue_source_cannot_push_records_outside_scope(single: LocalCluster) -> None:
     """A node that ignores the scope streams EU personal data to a US region: refused, not stored."""
     target = single.nodes["us-east-1"]
-    channel = grpc.aio.insecure_channel(target.address)
+    channel = single.channel(target.address)
     try:
         call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
         await call.write(
@@ -187,7 +187,7 @@ async def test_a_rogue_source_cannot_push_records_outside_scope(single: LocalClu
 
 async def test_replication_to_the_wrong_node_is_refused(single: LocalCluster) -> None:
     target = single.nodes["us-east-1"]
-    channel = grpc.aio.insecure_channel(target.address)
+    channel = single.channel(target.address)
     try:
         call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
         await call.write(

@@ -180,7 +180,7 @@ async def test_a_rogue_source_pushing_eu_personal_data_to_the_us_is_refused_and_
     await cluster.start()
     try:
         target = cluster.nodes["us-east-1"]
-        channel = grpc.aio.insecure_channel(target.address)
+        channel = cluster.channel(target.address)
         try:
             call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
             hello = rpb.ReplicationHello(

@@ -40,7 +40,7 @@ def export_request(
 
 
 async def test_audit_heads_are_checked_kept_and_survive_a_restart(cluster: LocalCluster) -> None:
-    async with grpc.aio.insecure_channel(cluster.coordinator_address) as channel:
+    async with cluster.coordinator_channel() as channel:
         stub = cpb_grpc.CoordinatorServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await stub.GetAuditHead(cpb.GetAuditHeadRequest(region="us-east-1"), timeout=5)
@@ -58,7 +58,7 @@ async def test_audit_heads_are_checked_kept_and_survive_a_restart(cluster: Local
             assert info.value.code() == code and text in (info.value.details() or ""), info.value
     await cluster.stop_coordinator()
     await cluster.start_coordinator()
-    async with grpc.aio.insecure_channel(cluster.coordinator_address) as channel:
+    async with cluster.coordinator_channel() as channel:
         stub = cpb_grpc.CoordinatorServiceStub(channel)
         kept = await stub.GetAuditHead(cpb.GetAuditHeadRequest(region="us-east-1"), timeout=5)
         assert kept.head.size == 4 and kept.head.head == b"\x01" * 32

@@ -108,6 +108,8 @@ class Harness:
             metrics_port=0,
             data_dir=tmp_path / "data",
             shutdown_grace_s=1.0,
+            # The registry's rules, not identities, are under test here: any caller may play any node.
+            insecure=True,
         )
         self.clock = clock
         self.wall = wall
@@ -630,7 +632,7 @@ async def test_heartbeat_settings_from_config_override_cluster(harness):
 
 
 def test_bad_settings_are_refused_with_what_is_allowed(tmp_path, cluster_path):
-    base = CoordinatorConfig(cluster_config=cluster_path, data_dir=tmp_path / "d")
+    base = CoordinatorConfig(cluster_config=cluster_path, data_dir=tmp_path / "d", insecure=True)
     cases = [
         (replace(base, listen="nowhere"), "is not HOST:PORT"),
         (replace(base, metrics_port=70000), "0 (disabled) to 65535"),
@@ -649,7 +651,7 @@ def test_config_file_and_flags(tmp_path, cluster_path):
     config_file.parent.mkdir()
     config_file.write_text(
         f"listen: 0.0.0.0:7500\nmetrics-port: 9500\ncluster_config: {cluster_path}\ndata_dir: state\n"
-        "heartbeat_interval_ms: 300\n"
+        "heartbeat_interval_ms: 300\ninsecure: true\n"
     )
     config = config_from_args(["--config", str(config_file), "--metrics-port", "0", "--log-level", "debug"])
     assert config.listen == "0.0.0.0:7500"
@@ -660,12 +662,19 @@ def test_config_file_and_flags(tmp_path, cluster_path):
     assert config.missed_heartbeats_max is None
     assert config.log_level == "debug"
 
-    defaults = config_from_args(["--cluster-config", str(cluster_path)])
+    defaults = config_from_args(["--cluster-config", str(cluster_path), "--insecure"])
     assert (defaults.listen, defaults.metrics_port) == ("127.0.0.1:7400", 9400)
     assert defaults.data_dir == Path(".domicile/coordinator")
 
     with pytest.raises(InvalidArgument, match="--cluster-config is required"):
         config_from_args([])
+    # Secure by default: no TLS files and no --insecure is a refusal that says what to pass.
+    with pytest.raises(InvalidArgument, match="no TLS files for the coordinator: pass --tls-dir DIR"):
+        config_from_args(["--cluster-config", str(cluster_path)])
+    with pytest.raises(InvalidArgument, match="--insecure and TLS files exclude each other"):
+        config_from_args(["--cluster-config", str(cluster_path), "--insecure", "--tls-dir", str(tmp_path)])
+    with pytest.raises(InvalidArgument, match="--ca given without --cert, --key"):
+        config_from_args(["--cluster-config", str(cluster_path), "--ca", str(tmp_path / "ca.crt")])
     config_file.write_text("listen: 0.0.0.0:7500\nport: 1\n")
     with pytest.raises(InvalidArgument, match="unknown key 'port'; allowed: listen"):
         config_from_args(["--config", str(config_file)])
@@ -691,6 +700,7 @@ def test_python_m_coordinator_prints_address_and_stops_on_sigterm(tmp_path, clus
             str(cluster_path),
             "--data-dir",
             str(tmp_path / "cli-data"),
+            "--insecure",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -709,7 +719,10 @@ def test_python_m_coordinator_prints_address_and_stops_on_sigterm(tmp_path, clus
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert proc.stderr is not None
-        assert "coordinator stopped" in proc.stderr.read()
+        logged = proc.stderr.read()
+        assert "coordinator stopped" in logged
+        # Plaintext is never silent: every start with --insecure says so at WARNING.
+        assert "WARNING domicile.identity: the coordinator runs with --insecure: plaintext gRPC" in logged
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -726,6 +739,7 @@ def test_python_m_coordinator_reports_bad_config(tmp_path):
             str(tmp_path / "nope.yaml"),
             "--metrics-port",
             "0",
+            "--insecure",
         ],
         capture_output=True,
         text=True,

@@ -55,6 +55,8 @@ class Harness:
                 metrics_port=0,
                 data_dir=self.root / "coordinator",
                 shutdown_grace_s=0.2,
+                # The desk's rules, not identities, are under test here: the test plays every region.
+                insecure=True,
             ),
             wall_clock=self.wall,
         )

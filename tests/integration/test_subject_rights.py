@@ -42,7 +42,7 @@ DAY_MS = 86_400_000
 
 
 def coordinator(cluster: LocalCluster) -> cpb_grpc.CoordinatorServiceStub:
-    return cpb_grpc.CoordinatorServiceStub(grpc.aio.insecure_channel(cluster.coordinator_address))
+    return cpb_grpc.CoordinatorServiceStub(cluster.coordinator_channel())
 
 
 async def erase(cluster: LocalCluster, subject: str, reason: str = "Art. 17 request") -> SubjectRequest:

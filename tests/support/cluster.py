@@ -17,12 +17,16 @@ from coordinator.config import CoordinatorConfig
 from coordinator.daemon import Coordinator
 from domicile.causality import CausalContext
 from domicile.cli.up import ensure_context_key
+from domicile.client import AsyncClient, Client
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import ExpectedPeer
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.records import context_to_pb
 from node.config import NodeConfig
 from node.daemon import Node
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.tls import TESTER, SessionPki, session_pki
 
 REGIONS = [
     {"name": "us-east-1", "country": "US", "jurisdiction": "US"},
@@ -64,9 +68,15 @@ class LocalCluster:
         proxies: bool = False,
         pack: dict[str, Any] | None = None,
         namespaces: list[dict[str, Any]] | None = None,
+        insecure: bool = False,
     ) -> None:
         """`pack`: a policy pack (parsed YAML, see tests/support/packs.py) to enforce on top of
-        the namespace scopes; without it only the scopes apply."""
+        the namespace scopes; without it only the scopes apply. Every port runs mutual TLS with
+        the session's CA unless `insecure` (plaintext, no authentication: a deliberate choice)."""
+        self.insecure = insecure
+        self.pki: SessionPki | None = None if insecure else session_pki()
+        # What the tests' own calls (stub(), client()) dial with: the session's all-roles client.
+        self.dialer = Dialer.plaintext() if self.pki is None else self.pki.dialer()
         self.root = root
         self.regions = regions
         self.use_proxies = proxies
@@ -131,6 +141,8 @@ class LocalCluster:
                 metrics_port=0,
                 data_dir=self.root / "coordinator",
                 shutdown_grace_s=0.2,
+                tls_dir=None if self.pki is None else self.pki.coordinator().cert.parent,
+                insecure=self.insecure,
             )
         )
         await self.coordinator.start()
@@ -158,6 +170,11 @@ class LocalCluster:
         if region in self.proxies:
             values["advertise"] = self.proxies[region].address
         values.update(overrides)
+        if self.pki is None:
+            values.setdefault("insecure", True)
+        elif not any(k in values for k in ("tls_dir", "tls_cert", "insecure")):
+            node_id = values.get("node_id") or region
+            values["tls_dir"] = str(self.pki.node(region, node_id).cert.parent)
         return NodeConfig(**values)
 
     async def start_node(self, region: str, **overrides: Any) -> Node:
@@ -205,8 +222,32 @@ class LocalCluster:
     def stub(self, region: str) -> spb_grpc.StorageNodeServiceStub:
         channel = self._channels.get(region)
         if channel is None:
-            channel = self._channels[region] = grpc.aio.insecure_channel(f"127.0.0.1:{self.ports[region]}")
+            address = f"127.0.0.1:{self.ports[region]}"
+            channel = self._channels[region] = self.channel(address, ExpectedPeer.node(region, region))
         return spb_grpc.StorageNodeServiceStub(channel)
+
+    def channel(self, address: str, expected: ExpectedPeer | None = None) -> grpc.aio.Channel:
+        """A channel of the tests' client (every client role) to a daemon of this cluster."""
+        return self.dialer.channel(address, expected)
+
+    def coordinator_channel(self) -> grpc.aio.Channel:
+        return self.channel(self.coordinator_address, ExpectedPeer.coordinator())
+
+    def cli_args(self) -> list[str]:
+        """The flags that connect the `domicile` command as the tests' client."""
+        if self.pki is None:
+            return ["--insecure"]
+        return ["--tls-dir", str(self.pki.directory), "--identity", TESTER]
+
+    def client_options(self) -> dict[str, Any]:
+        """How an SDK client of the tests connects: Client(addr, **cluster.client_options())."""
+        return {"dialer": self.dialer}
+
+    def client(self, **options: Any) -> Client:
+        return Client(self.coordinator_address, **{**self.client_options(), **options})
+
+    def async_client(self, **options: Any) -> AsyncClient:
+        return AsyncClient(self.coordinator_address, **{**self.client_options(), **options})
 
     async def put(
         self,

@@ -93,8 +93,18 @@ async def eu_node(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         await cluster.stop()
 
 
-async def run_client(node_client: tuple[str, Path], *args: str) -> tuple[int, dict[str, Any], str]:
+def tls_args(cluster: LocalCluster) -> list[str]:
+    """Mutual TLS as the tests' client of the session CA, with grpc-js's own TLS stack."""
+    assert cluster.pki is not None
+    files = cluster.pki.client()
+    return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
+
+
+async def run_client(
+    node_client: tuple[str, Path], *args: str, tls: list[str] | None = None
+) -> tuple[int, dict[str, Any], str]:
     node, script = node_client
+    tls = tls if tls is not None else []
     # NODE_OPTIONS and GRPC_* could change how the client runs; a proxy must not see loopback.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GRPC_", "NODE_"))}
     for name in ("no_proxy", "NO_PROXY"):
@@ -103,6 +113,7 @@ async def run_client(node_client: tuple[str, Path], *args: str) -> tuple[int, di
         node,
         str(script),
         *args,
+        *tls,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
@@ -139,6 +150,7 @@ async def test_put_then_get_round_trips_from_nodejs(
         "--value", value,
         "--subject-id", "c-node-1",
         "--subject-jurisdiction", "DE",
+        tls=tls_args(eu_node),
     )  # fmt: skip
     assert code == 0, f"exit code {code}; stderr: {stderr}; output: {result}"
     assert "error" not in result
@@ -172,8 +184,12 @@ async def test_put_outside_scope_is_refused_with_allowed_regions(
 ) -> None:
     address = f"127.0.0.1:{eu_node.ports['eu-west-1']}"
     code, result, stderr = await run_client(
-        node_client, "--address", address, "--namespace", "customers_jp", "--key", "c-jp-1"
-    )
+        node_client,
+        "--address", address,
+        "--namespace", "customers_jp",
+        "--key", "c-jp-1",
+        tls=tls_args(eu_node),
+    )  # fmt: skip
     assert code == 1, f"exit code {code}; stderr: {stderr}; output: {result}"
     assert "put" not in result
     error = result["error"]
@@ -203,3 +219,30 @@ async def test_bad_arguments_exit_with_usage(node_client: tuple[str, Path]) -> N
     _, stderr = await asyncio.wait_for(done.communicate(), CLIENT_TIMEOUT_S)
     assert done.returncode == 2
     assert "--address must be HOST:PORT" in stderr.decode()
+
+
+async def test_a_plaintext_nodejs_client_is_refused_by_a_tls_node(
+    node_client: tuple[str, Path], eu_node: LocalCluster
+) -> None:
+    address = f"127.0.0.1:{eu_node.ports['eu-west-1']}"
+    code, result, stderr = await run_client(
+        node_client, "--address", address, "--insecure", "--deadline-ms", "3000"
+    )
+    assert code == 1, f"exit code {code}; stderr: {stderr}; output: {result}"
+    assert result["error"]["code_name"] == "UNAVAILABLE", result
+    assert "put" not in result
+
+
+async def test_nodejs_without_tls_files_or_insecure_is_a_usage_error(node_client: tuple[str, Path]) -> None:
+    node, script = node_client
+    done = await asyncio.create_subprocess_exec(
+        node,
+        str(script),
+        "--address",
+        "127.0.0.1:1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(done.communicate(), CLIENT_TIMEOUT_S)
+    assert done.returncode == 2
+    assert b"or --insecure for a plaintext cluster" in stderr

@@ -154,6 +154,7 @@ def test_scrape_targets_follow_the_ports_of_domicile_up() -> None:
         base_port=7400,
         metrics_base_port=9400,
         log_level="info",
+        tls_dir=REPO / ".domicile" / "tls",
     )
     expected = {
         child.metrics_url.removeprefix("http://").removesuffix("/metrics"): child.name for child in children

@@ -130,9 +130,11 @@ class UpProcess:
             )
         return "".join(parts)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, tls: tuple[str, ...] | None = None) -> subprocess.CompletedProcess[str]:
+        # The certificates `domicile up` made, found the way its printed hint says.
+        connect = ("--tls-dir", str(self.data_dir / "tls")) if tls is None else tls
         return subprocess.run(
-            [*domicile_command(), *args, "--coordinator", self.coordinator],
+            [*domicile_command(), *args, "--coordinator", self.coordinator, *connect],
             capture_output=True,
             text=True,
             timeout=CLI_S,
@@ -221,6 +223,22 @@ def test_up_prints_every_endpoint(up: UpProcess):
         assert "/metrics" in row
         assert str(up.data_dir / "logs" / f"{region}.log") in row
     assert (up.data_dir / "logs" / "eu-west-1.log").exists()
+
+
+def test_up_runs_mutual_tls_and_says_where_the_certificates_are(up: UpProcess):
+    tls = up.data_dir / "tls"
+    text = "\n".join(up.output)
+    assert f"mutual TLS: development CA and certificates in {tls}" in text
+    assert f"export DOMICILE_TLS_DIR={tls}" in text
+    assert "client cli" in text and "roles app,dpo,auditor,operator" in text
+    for name in ("ca.crt", "coordinator.crt", "node-eu-west-1.crt", "client-cli.crt", "client-trading.crt"):
+        assert (tls / name).exists(), name
+    assert (tls / "client-cli.key").stat().st_mode & 0o077 == 0
+    # Plaintext is refused by every port of a secure cluster; no TLS files at all is a usage error.
+    plain = up.cli(
+        "get", "--namespace", "instruments", "--key", "k", "--region", "eu-west-1", tls=("--insecure",)
+    )
+    assert plain.returncode == 2 and "unavailable" in plain.stderr.lower(), plain.stderr
 
 
 def test_status_shows_six_regions_up(up: UpProcess):

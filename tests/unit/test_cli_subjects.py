@@ -53,7 +53,7 @@ def cluster() -> Iterator[SubjectCluster]:
 
 @pytest.fixture
 def client(cluster: SubjectCluster) -> Iterator[Client]:
-    with Client(cluster.coordinator_address, deadline_s=5.0, retry=FAST) as c:
+    with Client(cluster.coordinator_address, insecure=True, deadline_s=5.0, retry=FAST) as c:
         yield c
 
 
@@ -250,7 +250,7 @@ async def test_async_client_has_the_same_calls(cluster):
         "eu-west-1",
         [exported("customers", f"c-{i}", "eu-west-1", [V("eu-west-1", i + 1, b"v")]) for i in range(3)],
     )
-    async with AsyncClient(cluster.coordinator_address, retry=FAST) as client:
+    async with AsyncClient(cluster.coordinator_address, insecure=True, retry=FAST) as client:
         erasure = await client.erase_subject("s-1", "r", "DE")
         assert (await client.subject_request(erasure.request_id)).regions_pending == erasure.regions_pending
         with pytest.raises(AlreadyExists):

@@ -15,6 +15,7 @@ from domicile.cli.main import main
 from domicile.cli.up import ChildSpec, StartupFailed, StopRequest, Supervisor, busy_ports, plan_children
 from domicile.cluster import load_cluster
 from domicile.errors import InvalidArgument
+from domicile.identity.credentials import Dialer
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "deploy" / "cluster.yaml"
@@ -30,6 +31,7 @@ def test_plan_puts_the_coordinator_on_the_base_port_and_regions_after_it(tmp_pat
         base_port=17400,
         metrics_base_port=19400,
         log_level="info",
+        tls_dir=tmp_path / "tls",
         python="py",
     )
     assert [s.name for s in specs] == ["coordinator", *cluster.region_names()]
@@ -50,6 +52,7 @@ def test_plan_puts_the_coordinator_on_the_base_port_and_regions_after_it(tmp_pat
         # Every node gets the one cluster key for context tokens.
         "--context-key-file": str(tmp_path / "context.key"),
         "--log-level": "info",
+        "--tls-dir": str(tmp_path / "tls"),
     }
     assert specs[3].log_path == tmp_path / "logs" / "eu-west-1.log"
     assert specs[3].role == "node (EU)"
@@ -57,9 +60,17 @@ def test_plan_puts_the_coordinator_on_the_base_port_and_regions_after_it(tmp_pat
 
 def test_plan_without_metrics_and_with_impossible_ports(tmp_path):
     cluster = load_cluster(SAMPLE)
-    common = {"config_path": SAMPLE, "data_dir": tmp_path, "host": "127.0.0.1", "log_level": "info"}
+    common = {
+        "config_path": SAMPLE,
+        "data_dir": tmp_path,
+        "host": "127.0.0.1",
+        "log_level": "info",
+        "tls_dir": None,
+    }
     specs = plan_children(cluster, base_port=17400, metrics_base_port=0, **common)
     assert all(s.metrics_url == "-" and "0" in s.argv for s in specs)
+    # Without a TLS directory every child is told, explicitly, to run in plaintext.
+    assert all(s.argv[-1] == "--insecure" for s in specs)
     with pytest.raises(InvalidArgument, match=r"--base-port 65530: 7 ports from it must fit in 1\.\.65535"):
         plan_children(cluster, base_port=65530, metrics_base_port=0, **common)
 
@@ -120,7 +131,7 @@ def wait_logged(spec: ChildSpec, text: str) -> None:
 def test_stop_terminates_every_child_and_kills_the_stubborn(tmp_path):
     specs = [child(tmp_path, "a", SLEEPER), child(tmp_path, "b", STUBBORN)]
     said: list[str] = []
-    supervisor = Supervisor(specs, StopRequest(), said.append)
+    supervisor = Supervisor(specs, StopRequest(), said.append, Dialer.plaintext())
     supervisor.start_all()
     for spec in specs:
         wait_logged(spec, "ready")
@@ -134,7 +145,7 @@ def test_stop_terminates_every_child_and_kills_the_stubborn(tmp_path):
 
 def test_a_child_that_dies_is_reported_with_its_exit_code(tmp_path):
     specs = [child(tmp_path, "a", SLEEPER), child(tmp_path, "b", "raise SystemExit(3)")]
-    supervisor = Supervisor(specs, StopRequest(), lambda _: None)
+    supervisor = Supervisor(specs, StopRequest(), lambda _: None, Dialer.plaintext())
     supervisor.start_all()
     try:
         died = supervisor.watch()
@@ -145,7 +156,9 @@ def test_a_child_that_dies_is_reported_with_its_exit_code(tmp_path):
 
 
 def test_startup_fails_when_a_child_exits_or_never_gets_healthy(tmp_path):
-    supervisor = Supervisor([child(tmp_path, "a", "raise SystemExit(4)")], StopRequest(), lambda _: None)
+    supervisor = Supervisor(
+        [child(tmp_path, "a", "raise SystemExit(4)")], StopRequest(), lambda _: None, Dialer.plaintext()
+    )
     supervisor.start_all()
     supervisor.children[0].process.wait()
     try:
@@ -154,7 +167,9 @@ def test_startup_fails_when_a_child_exits_or_never_gets_healthy(tmp_path):
     finally:
         supervisor.stop_all(timeout_s=5)
 
-    supervisor = Supervisor([child(tmp_path, "b", SLEEPER)], StopRequest(), lambda _: None)
+    supervisor = Supervisor(
+        [child(tmp_path, "b", SLEEPER)], StopRequest(), lambda _: None, Dialer.plaintext()
+    )
     supervisor.start_all()
     try:
         with pytest.raises(StartupFailed, match=r"not healthy after 0.3s: b; see .*b\.log"):
@@ -165,7 +180,7 @@ def test_startup_fails_when_a_child_exits_or_never_gets_healthy(tmp_path):
 
 def test_a_stop_request_interrupts_startup(tmp_path):
     stop = StopRequest()
-    supervisor = Supervisor([child(tmp_path, "a", SLEEPER)], stop, lambda _: None)
+    supervisor = Supervisor([child(tmp_path, "a", SLEEPER)], stop, lambda _: None, Dialer.plaintext())
     supervisor.start_all()
     try:
         stop(2, None)
@@ -182,9 +197,10 @@ def test_children_stop_when_the_supervisor_is_killed_outright(tmp_path):
 import sys
 from pathlib import Path
 from domicile.cli.up import ChildSpec, StopRequest, Supervisor
+from domicile.identity.credentials import Dialer
 log = Path({str(tmp_path)!r}) / "a.log"
 spec = ChildSpec("a", "node", (sys.executable, "-c", {SLEEPER!r}), "-", "-", log)
-supervisor = Supervisor([spec], StopRequest(), print)
+supervisor = Supervisor([spec], StopRequest(), print, Dialer.plaintext())
 supervisor.start_all()
 print(supervisor.children[0].pid, flush=True)
 supervisor.watch()

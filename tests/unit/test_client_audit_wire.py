@@ -28,7 +28,7 @@ def cluster() -> Iterator[FakeCluster]:
 
 @pytest.fixture
 def client(cluster: FakeCluster) -> Iterator[Client]:
-    with Client(cluster.coordinator_address, deadline_s=5.0, retry=FAST) as c:
+    with Client(cluster.coordinator_address, insecure=True, deadline_s=5.0, retry=FAST) as c:
         yield c
 
 
@@ -220,7 +220,7 @@ def test_node_status_carries_the_audit_and_compliance_counters(cluster, client):
 async def test_async_audit_and_compliance_calls(cluster):
     entries, _ = cluster.give_audit_log("eu-west-1", 13, exported=10)
     cluster.nodes["eu-central-1"].compliance = _violations("eu-central-1", 1)
-    async with AsyncClient(cluster.coordinator_address, retry=FAST) as client:
+    async with AsyncClient(cluster.coordinator_address, insecure=True, retry=FAST) as client:
         head, read = await client.read_audit_log("eu-west-1", page_entries=4)
         assert head is not None and head.size == 13
         assert [e async for e in read] == entries

@@ -346,7 +346,7 @@ FAST = RetryPolicy(attempts_max=3, backoff_initial_s=0.001, backoff_max_s=0.01)
 
 @pytest.fixture
 def client(cluster: FakeCluster) -> Iterator[Client]:
-    with Client(cluster.coordinator_address, deadline_s=5.0, retry=FAST) as c:
+    with Client(cluster.coordinator_address, insecure=True, deadline_s=5.0, retry=FAST) as c:
         yield c
 
 
@@ -362,7 +362,7 @@ def test_put_and_get_round_trip_as_domain_types(cluster, client):
 
 
 def test_a_refused_put_is_retried_once_at_an_allowed_region(cluster):
-    with Client(cluster.coordinator_address, region="us-east-1", retry=FAST) as client:
+    with Client(cluster.coordinator_address, insecure=True, region="us-east-1", retry=FAST) as client:
         # The client prefers us-east-1, but customers_eu is scoped to the EU: routed there first.
         assert client.put("customers_eu", "c1", b"x").region == "eu-west-1"
         assert cluster.nodes["us-east-1"].calls == []
@@ -388,7 +388,7 @@ def test_an_explicit_region_is_never_second_guessed(cluster, client):
 
 def test_delete_is_rerouted_like_put(cluster):
     setattr(cluster.coordinator.topology.namespaces[1], "global", True)
-    with Client(cluster.coordinator_address, region="us-east-1", retry=FAST) as client:
+    with Client(cluster.coordinator_address, insecure=True, region="us-east-1", retry=FAST) as client:
         client.put("customers_eu", "c1", b"x", region="eu-west-1")
         result = client.delete("customers_eu", "c1")
     assert result.existed and result.region == "eu-west-1"
@@ -480,7 +480,7 @@ def test_a_call_that_outlives_its_deadline_fails_with_deadline_exceeded(cluster)
     cluster.nodes["us-east-1"].delay = threading.Event()
     try:
         with (
-            Client(cluster.coordinator_address, deadline_s=0.3, retry=FAST) as client,
+            Client(cluster.coordinator_address, insecure=True, deadline_s=0.3, retry=FAST) as client,
             pytest.raises(DeadlineExceeded),
         ):
             client.get("instruments", "k")
@@ -490,14 +490,14 @@ def test_a_call_that_outlives_its_deadline_fails_with_deadline_exceeded(cluster)
 
 def test_no_coordinator_is_unavailable_with_its_address():
     with (
-        Client("127.0.0.1:1", deadline_s=2.0, retry=FAST) as client,
+        Client("127.0.0.1:1", insecure=True, deadline_s=2.0, retry=FAST) as client,
         pytest.raises(Unavailable, match=r"coordinator at 127\.0\.0\.1:1"),
     ):
         client.get("instruments", "k")
 
 
 def test_the_last_topology_serves_while_the_coordinator_is_away(cluster):
-    with Client(cluster.coordinator_address, topology_ttl_s=0, retry=FAST) as client:
+    with Client(cluster.coordinator_address, insecure=True, topology_ttl_s=0, retry=FAST) as client:
         client.put("instruments", "k", b"v")
         cluster.servers[0].stop(None)
         assert client.get("instruments", "k").value == b"v"
@@ -515,7 +515,7 @@ def test_node_status_and_topology(cluster, client):
 
 
 def test_a_closed_client_refuses_calls(cluster):
-    client = Client(cluster.coordinator_address)
+    client = Client(cluster.coordinator_address, insecure=True)
     client.close()
     with pytest.raises(FailedPrecondition, match="closed"):
         client.get("instruments", "k")
@@ -537,7 +537,9 @@ def test_siblings_are_returned_and_must_be_resolved_explicitly(cluster, client):
 
 async def test_async_client_routes_retries_and_maps_errors(cluster):
     cluster.nodes["us-east-1"].failures = [grpc.StatusCode.RESOURCE_EXHAUSTED]
-    async with AsyncClient(cluster.coordinator_address, region="us-east-1", retry=FAST) as client:
+    async with AsyncClient(
+        cluster.coordinator_address, insecure=True, region="us-east-1", retry=FAST
+    ) as client:
         put = await client.put("instruments", "AAPL", b"apple", classification=Classification.PUBLIC)
         assert put.region == "us-east-1"
         assert (await client.get("instruments", "AAPL")).value == b"apple"
@@ -561,7 +563,9 @@ async def test_async_client_routes_retries_and_maps_errors(cluster):
 async def test_async_client_deadline(cluster):
     cluster.nodes["us-east-1"].delay = threading.Event()
     try:
-        async with AsyncClient(cluster.coordinator_address, deadline_s=0.3, retry=FAST) as client:
+        async with AsyncClient(
+            cluster.coordinator_address, insecure=True, deadline_s=0.3, retry=FAST
+        ) as client:
             with pytest.raises(DeadlineExceeded):
                 await client.get("instruments", "k")
     finally:
@@ -570,7 +574,9 @@ async def test_async_client_deadline(cluster):
 
 async def test_async_client_routes_around_an_unavailable_node(cluster):
     cluster.nodes["us-east-1"].failures = [grpc.StatusCode.UNAVAILABLE]
-    async with AsyncClient(cluster.coordinator_address, region="us-east-1", retry=FAST) as client:
+    async with AsyncClient(
+        cluster.coordinator_address, insecure=True, region="us-east-1", retry=FAST
+    ) as client:
         # A global namespace may go to any region; the failed preferred node is tried last.
         assert (await client.put("instruments", "k", b"v")).region == "eu-west-1"
     assert cluster.nodes["us-east-1"].calls == ["Put"]
