@@ -72,6 +72,12 @@ class CoordinatorConfig:
     tls_key: Path | None = None
     # Plaintext, no authentication, no authorization: development only, never a fallback.
     insecure: bool = False
+    # Cedar policies every call is decided by; None: the packaged default set.
+    authz_policies: Path | None = None
+    # Bearer tokens: the issuer's public keys (JWKS) and the iss and aud a token must carry.
+    jwks: Path | None = None
+    token_issuer: str = ""
+    token_audience: str = ""
 
     def tls_files(self) -> TlsFiles | None:
         return transport.tls_files(
@@ -101,6 +107,7 @@ def validate(config: CoordinatorConfig) -> None:
     if not isinstance(config.insecure, bool):
         raise InvalidArgument(f"insecure must be true or false, not {config.insecure!r}")
     transport.check_choice(config.tls_files(), config.insecure, "the coordinator", TLS_STEM)
+    transport.check_token_settings(config.jwks, config.token_issuer, config.token_audience)
     if not 0 <= config.shutdown_grace_s <= 600:
         raise InvalidArgument(f"shutdown grace {config.shutdown_grace_s} s is out of range 0 to 600 s")
 
@@ -141,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="plaintext, no authentication or authorization (development only; logged at WARNING)",
     )
+    parser.add_argument(
+        "--authz-policies",
+        type=Path,
+        help="Cedar policy file (default: the packaged deploy/authz/policies.cedar)",
+    )
+    parser.add_argument(
+        "--jwks", type=Path, help="JWKS file of the public keys bearer tokens are signed with"
+    )
+    parser.add_argument("--token-issuer", help="the iss a bearer token must carry (with --jwks)")
+    parser.add_argument("--token-audience", help="the aud a bearer token must carry (with --jwks)")
     return parser
 
 
@@ -157,10 +174,23 @@ _FILE_KEYS = (
     "tls_cert",
     "tls_key",
     "insecure",
+    "authz_policies",
+    "jwks",
+    "token_issuer",
+    "token_audience",
 )
 _BOOL_KEYS = ("insecure",)
 _INT_KEYS = ("metrics_port", "heartbeat_interval_ms", "missed_heartbeats_max")
-_PATH_KEYS = ("data_dir", "cluster_config", "tls_dir", "tls_ca", "tls_cert", "tls_key")
+_PATH_KEYS = (
+    "data_dir",
+    "cluster_config",
+    "tls_dir",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "authz_policies",
+    "jwks",
+)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

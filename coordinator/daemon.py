@@ -22,6 +22,7 @@ from coordinator.registry import Registry
 from coordinator.store import CoordinatorStore
 from coordinator.subject_desk import SubjectDesk
 from coordinator.watch import WatchHub
+from domicile.authz.gate import Gate, Refusal, load_checks
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
 from domicile.identity.transport import daemon_transport
@@ -119,6 +120,16 @@ class Coordinator:
         self.security, _ = daemon_transport(
             self.config.tls_files(), self.config.insecure, "the coordinator", TLS_STEM
         )
+        cfg = self.config
+        authorizer, tokens = load_checks(
+            self.security.cluster, cfg.authz_policies, cfg.jwks, cfg.token_issuer, cfg.token_audience
+        )
+        gate = Gate(
+            cluster=self.security.cluster,
+            authorizer=authorizer,
+            tokens=tokens,
+            on_refusal=self._on_refusal,
+        )
         try:
             self._store = CoordinatorStore(self.config.data_dir)
             self._registry = Registry(
@@ -176,6 +187,7 @@ class Coordinator:
                     self._hub,
                     self.metrics,
                     self.audit_heads,
+                    gate,
                     limits.response_bytes_max,
                 ),
                 server,
@@ -254,6 +266,11 @@ class Coordinator:
     def _on_register(self, region: str) -> None:
         if self._desk is not None:
             self._desk.reconcile()
+
+    def _on_refusal(self, refusal: Refusal) -> None:
+        # The coordinator keeps no audit trail of its own: the refusal is counted and logged.
+        self.metrics.authz_refusals.labels(refusal.action, refusal.reason.value).inc()
+        log.warning("refused %s for %s: %s", refusal.action, refusal.identity, refusal.message)
 
     def _wall_ms(self) -> int:
         return int(self._wall_clock() * 1000)

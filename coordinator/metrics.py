@@ -52,6 +52,13 @@ class CoordinatorMetrics:
             ["region"],
             registry=self.registry,
         )
+        self.authz_refusals = Counter(
+            "domicile_coordinator_authz_refusals_total",
+            "Calls refused by authentication or authorization, by action and reason "
+            "(unauthenticated, policy, wrong_peer)",
+            ["action", "reason"],
+            registry=self.registry,
+        )
         self.audit_heads_refused = Counter(
             "domicile_coordinator_audit_heads_refused_total",
             "Signed audit heads refused (bad signature, other key, shrunk or rewritten log)",

@@ -54,6 +54,9 @@ def cluster_fingerprint(cluster: ClusterSpec) -> str:
                 n.owner,
                 n.retention_class,
                 n.description,
+                # Only when set, so that the fingerprint of a config without purposes (and the
+                # revision a coordinator resumes at) is what it was before purposes travelled.
+                *([list(n.purposes)] if n.purposes else []),
             ]
             for n in cluster.namespaces
         ],

@@ -54,6 +54,14 @@ class NodeConfig:
     tls_key: str = ""
     # Plaintext, no authentication, no authorization: development only, never a fallback.
     insecure: bool = False
+    # Cedar policies every call is decided by (validated against the packaged schema); empty:
+    # the packaged default set (deploy/authz/policies.cedar).
+    authz_policies: str = ""
+    # Bearer tokens: a JWKS file of the issuer's public keys, and the issuer and audience a token
+    # must name. Without jwks, calls that carry a token are refused.
+    jwks: str = ""
+    token_issuer: str = ""
+    token_audience: str = ""
 
     def __post_init__(self) -> None:
         if not self.region:
@@ -73,6 +81,7 @@ class NodeConfig:
         if not isinstance(self.insecure, bool):
             raise InvalidArgument(f"insecure must be true or false, not {self.insecure!r}")
         transport.check_choice(self.tls_files(), self.insecure, f"node {self.node_id}", self.tls_stem)
+        transport.check_token_settings(self.jwks, self.token_issuer, self.token_audience)
         if not 0 <= self.retention_sweep_interval_s <= 86_400:
             raise InvalidArgument(
                 "retention_sweep_interval_s must be 0 (off) to 86400 seconds, "
@@ -141,6 +150,12 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         default=None,
         help="plaintext, no authentication or authorization (development only; logged at WARNING)",
     )
+    parser.add_argument(
+        "--authz-policies", help="Cedar policy file (default: the packaged deploy/authz/policies.cedar)"
+    )
+    parser.add_argument("--jwks", help="JWKS file of the public keys bearer tokens are signed with")
+    parser.add_argument("--token-issuer", help="the iss a bearer token must carry (with --jwks)")
+    parser.add_argument("--token-audience", help="the aud a bearer token must carry (with --jwks)")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     if args.config:

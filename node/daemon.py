@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from domicile import errors
 from domicile.audit import SignedHead
+from domicile.authz.gate import Gate, load_checks
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
@@ -33,6 +34,7 @@ from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.subjects import receipt_to_pb
 from domicile.wire.topology import topology_from_pb
+from node.api.access import NodeAccess, refusal_recorder
 from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
@@ -107,6 +109,9 @@ class Node:
         # First, so that missing or bad certificates stop the node before it opens anything.
         self.security, self.dialer = daemon_transport(
             cfg.tls_files(), cfg.insecure, f"node {cfg.node_id}", cfg.tls_stem
+        )
+        authorizer, tokens = load_checks(
+            self.security.cluster, cfg.authz_policies, cfg.jwks, cfg.token_issuer, cfg.token_audience
         )
         # Every store read, key unwrap, sealing and file access from here on runs in these
         # threads; several nodes may share one event loop (the tests run whole clusters in one).
@@ -226,11 +231,21 @@ class Node:
             offload=offload,
         )
 
+        self.gate = Gate(
+            cluster=self.security.cluster,
+            authorizer=authorizer,
+            tokens=tokens,
+            on_refusal=refusal_recorder(self.metrics, self.audit, lambda: self.view.policy.version),
+        )
+        access = NodeAccess(self.gate, region=cfg.region, view=self.view)
         server = grpc.aio.server(options=NODE_SERVER_OPTIONS, interceptors=[MessageLimits()])
         spb_grpc.add_StorageNodeServiceServicer_to_server(
-            StorageServicer(self.service, self.status, self.audit, self.compliance_scan, self.sealer), server
+            StorageServicer(self.service, self.status, self.audit, self.compliance_scan, self.sealer, access),
+            server,
         )
-        rpb_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(self.receiver), server)
+        rpb_grpc.add_ReplicationServiceServicer_to_server(
+            ReplicationServicer(self.receiver, access, self.view), server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

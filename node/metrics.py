@@ -60,6 +60,13 @@ class NodeMetrics:
             ["method", "code"],
             registry=r,
         )
+        self.authz_refusals = Counter(
+            "domicile_authz_refusals_total",
+            "Calls refused by authentication or authorization, by action and reason "
+            "(unauthenticated, policy, wrong_peer).",
+            ["action", "reason"],
+            registry=r,
+        )
         self.replication_lag = Histogram(
             "domicile_replication_lag_seconds",
             "Apply time at the target minus commit HLC time at the source.",

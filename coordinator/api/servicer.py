@@ -16,7 +16,11 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.subject_desk import SubjectDesk, check_open_kind
 from coordinator.watch import WatchHub
+from domicile.authz import ClusterResource
+from domicile.authz.gate import Gate
+from domicile.authz.model import DEFAULT_CLUSTER_NAME
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
+from domicile.identity.principal import ExpectedPeer
 from domicile.subjects import HoldScope, LegalHold, SubjectRequest
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
@@ -40,8 +44,11 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         hub: WatchHub,
         metrics: CoordinatorMetrics,
         heads: AuditHeadBook,
+        gate: Gate,
         response_bytes_max: int = 64 * 1024 * 1024,
     ) -> None:
+        self._gate = gate
+        self._cluster = ClusterResource(gate.cluster or DEFAULT_CLUSTER_NAME)
         self._registry = registry
         self._desk = desk
         self._response_bytes_max = response_bytes_max
@@ -55,12 +62,15 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def RegisterNode(
         self, request: cpb.RegisterNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.RegisterNodeResponse:
+        # Only the node itself registers (and so changes its addresses): its certificate must
+        # name the node id and region of the request.
         revision = await self._unary(
             "RegisterNode",
             context,
             lambda: self._registry.register(
                 request.node_id, request.region, request.address, request.metrics_address
             ),
+            ExpectedPeer.node(request.region, request.node_id),
         )
         return cpb.RegisterNodeResponse(
             topology_revision=revision, heartbeat_interval_ms=self._registry.heartbeat_interval_ms
@@ -73,6 +83,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             "Heartbeat",
             context,
             lambda: self._registry.heartbeat(request.node_id, request.topology_revision),
+            ExpectedPeer.node(node_id=request.node_id),
         )
         return cpb.HeartbeatResponse(topology_revision=revision)
 
@@ -86,6 +97,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         self, request: cpb.WatchTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[cpb.WatchTopologyResponse]:
         try:
+            self._gate.check(context, "coordinator.WatchTopology", self._cluster)
             self._registry.catch_up(request.after_revision)
             watcher = self._hub.subscribe()
         except DomicileError as exc:
@@ -118,7 +130,10 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
                 log.error("refused audit head of region %s at size %d", head.region, head.size)
                 raise
 
-        size = await self._unary("ExportAuditHead", context, accept)
+        # A region's head comes only from a node of that region: the first head accepted pins the
+        # region's signing key, so it must not come from whoever calls first.
+        region = request.head.region if request.HasField("head") else ""
+        size = await self._unary("ExportAuditHead", context, accept, ExpectedPeer.node(region or None))
         return cpb.ExportAuditHeadResponse(accepted_size=size)
 
     async def GetAuditHead(
@@ -171,7 +186,9 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
                 )
             return self._desk.report_erasure(request.request_id, receipt_from_pb(request.receipt))
 
-        updated = await self._unary("ReportErasure", context, report)
+        receipt = request.receipt if request.HasField("receipt") else None
+        reporter = ExpectedPeer.node(receipt.region or None, receipt.node_id or None) if receipt else None
+        updated = await self._unary("ReportErasure", context, report, reporter or ExpectedPeer.node())
         return cpb.ReportErasureResponse(request=request_to_pb(updated))
 
     async def GetSubjectRequest(
@@ -233,11 +250,18 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         return cpb.ListLegalHoldsResponse(holds=[hold_to_pb(h) for h in holds])
 
     async def _unary(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], T]
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call: Callable[[], T],
+        expected: ExpectedPeer | None = None,
     ) -> T:
+        """`expected`: the identity the call needs beyond what the policies decide (a node's
+        own registration, heartbeat, audit head or receipt)."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            self._gate.check(context, f"coordinator.{method}", self._cluster, expected)
             return call()
         except DomicileError as exc:
             code = status_for(exc)

@@ -84,3 +84,15 @@ def client_dialer(
         return Dialer.mutual_tls(files)
     log.warning(INSECURE_WARNING, what)
     return Dialer.plaintext()
+
+
+def check_token_settings(jwks: object, issuer: str, audience: str) -> None:
+    """Bearer tokens need all three settings or none."""
+    if jwks and not (issuer and audience):
+        raise InvalidArgument(
+            "--jwks needs --token-issuer and --token-audience: tokens are checked against both"
+        )
+    if not jwks and (issuer or audience):
+        raise InvalidArgument(
+            "--token-issuer and --token-audience need --jwks, the keys tokens are checked with"
+        )

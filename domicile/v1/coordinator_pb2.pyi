@@ -132,6 +132,7 @@ class Namespace(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     RETENTION_CLASS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Namespace name."""
     conflict_mode: _record_pb2.ConflictMode.ValueType
@@ -148,6 +149,12 @@ class Namespace(_message.Message):
     def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Regions that may hold its records; ignored when global is true."""
 
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Processing purposes its records may be read and written for (empty: not limited). Nodes
+        decide every record call with them (purpose limitation), so they travel with the topology.
+        """
+
     def __init__(
         self,
         *,
@@ -158,10 +165,11 @@ class Namespace(_message.Message):
         owner: _builtins.str = ...,
         retention_class: _builtins.str = ...,
         description: _builtins.str = ...,
+        purposes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "name", b"name", "owner", b"owner", "regions", b"regions", "retention_class", b"retention_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "name", b"name", "owner", b"owner", "purposes", b"purposes", "regions", b"regions", "retention_class", b"retention_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

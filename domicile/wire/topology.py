@@ -43,6 +43,7 @@ def namespace_from_pb(msg: cpb.Namespace) -> NamespaceSpec:
         owner=msg.owner,
         retention_class=msg.retention_class,
         description=msg.description,
+        purposes=tuple(msg.purposes),
     )
 
 
@@ -91,6 +92,7 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
             owner=n.owner,
             retention_class=n.retention_class,
             description=n.description,
+            purposes=list(n.purposes),
         )
         setattr(msg, "global", n.is_global)
     out.policy_version = cluster.policy_version

@@ -8,17 +8,68 @@ from collections.abc import AsyncIterator
 import grpc
 
 from domicile import errors
+from domicile.authz.gate import Caller, refuse_wrong_peer
+from domicile.identity.principal import PrincipalKind
+from domicile.v1 import replication_pb2
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
+from node.api.access import NodeAccess
 from node.api.errors import abort_with
 from node.replication.inbound import Receiver
+from node.topology_view import TopologyView
+
+ACTION = "replication.Replicate"
 
 log = logging.getLogger("domicile.replication.inbound")
 
 
 class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
-    def __init__(self, receiver: Receiver) -> None:
+    def __init__(self, receiver: Receiver, access: NodeAccess, view: TopologyView) -> None:
         self.receiver = receiver
+        self.access = access
+        self.view = view
+
+    def _check_source(self, caller: Caller, hello: replication_pb2.ReplicationHello) -> None:
+        """The authenticated peer must be the node the hello names, and that node must hold a
+        link to this one in the topology in force: a certificate of some node of the cluster
+        is not enough to push records here."""
+        peer = caller.principal
+        if peer is None:  # an --insecure port: nothing to check against
+            return
+        claimed = hello.source_node_id
+        if peer.kind is not PrincipalKind.NODE or peer.node_id != claimed:
+            raise refuse_wrong_peer(
+                self.access.gate,
+                ACTION,
+                caller,
+                f"peer {caller.identity} may not replicate as node {claimed!r}: a stream's source "
+                "must be the node its certificate names",
+            )
+        if hello.source_region and peer.region != hello.source_region:
+            raise refuse_wrong_peer(
+                self.access.gate,
+                ACTION,
+                caller,
+                f"peer {caller.identity} claims region {hello.source_region!r}, "
+                f"but its certificate says {peer.region!r}",
+            )
+        topology = self.view.topology
+        target = self.receiver.node_id
+        if not any(li.source_node_id == claimed and li.target_node_id == target for li in topology.links):
+            if hello.topology_revision > topology.revision:
+                # The source acts on a newer topology this node has not adopted yet (at start,
+                # or right after a change): not a refusal, the source retries shortly.
+                raise errors.FailedPrecondition(
+                    f"node {target} is at topology revision {topology.revision}, behind the "
+                    f"source's {hello.topology_revision}; retry once it has caught up"
+                )
+            raise refuse_wrong_peer(
+                self.access.gate,
+                ACTION,
+                caller,
+                f"node {claimed} holds no replication link to {target} in topology revision "
+                f"{topology.revision}; it may send only once the coordinator plans that link",
+            )
 
     async def Replicate(
         self, request_iterator: AsyncIterator[rpb.ReplicateRequest], context: grpc.aio.ServicerContext
@@ -29,6 +80,8 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
             if first is None or first.WhichOneof("kind") != "hello":
                 raise errors.InvalidArgument("a replication stream must start with a hello")
             hello = first.hello
+            caller = self.access.region(context, ACTION)
+            self._check_source(caller, hello)
             if hello.target_node_id != self.receiver.node_id:
                 raise errors.FailedPrecondition(
                     f"this is node {self.receiver.node_id}, not {hello.target_node_id!r}; "

@@ -20,6 +20,7 @@ from domicile.wire.audit import entry_to_pb, head_to_pb
 from domicile.wire.limits import VIOLATIONS_MAX_DEFAULT, VIOLATIONS_MAX_LIMIT
 from domicile.wire.records import context_from_pb, context_to_pb, version_to_pb
 from domicile.wire.status import violation_to_pb
+from node.api.access import NodeAccess
 from node.api.errors import abort_with, status_for
 from node.compliance.audit_log import AuditLog
 from node.compliance.enforcer import Audit
@@ -101,22 +102,8 @@ def _classification(value: int) -> Classification:
         ) from None
 
 
-PRINCIPAL_METADATA = "domicile-principal"
-PRINCIPAL_CHARS_MAX = 128
 AUDIT_READ_BATCH = 1000
 EXPORT_BATCH = 100
-
-
-def principal_of(context: grpc.aio.ServicerContext) -> str:
-    """Who asked, for the audit trail: the name the client declares in the domicile-principal
-    metadata (not authenticated: there is no authentication yet), and the peer address."""
-    declared = ""
-    for item in context.invocation_metadata() or ():
-        if item.key == PRINCIPAL_METADATA:
-            value = item.value
-            declared = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    declared = declared[:PRINCIPAL_CHARS_MAX] or "anonymous"
-    return f"client:{declared}@{context.peer()}"
 
 
 def _add_versions(versions: Sequence[Version], redacted: Sequence[tuple[str, ...]], out: Any) -> None:
@@ -165,8 +152,10 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         audit: AuditLog,
         scan: Callable[[int, str], Awaitable[ScanReport]],
         sealer: Sealer,
+        access: NodeAccess,
     ) -> None:
         self._sealer = sealer
+        self._access = access
         self.service = service
         self.metrics = service.metrics
         self.deadline_s = service.limits.request_deadline_default_s
@@ -176,6 +165,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
 
     async def Put(self, request: spb.PutRequest, context: grpc.aio.ServicerContext) -> spb.PutResponse:
         async def work() -> spb.PutResponse:
+            caller = self._access.namespace(context, "storage.Put", request.namespace)
             cmd = PutCommand(
                 namespace=request.namespace,
                 key=request.key,
@@ -185,7 +175,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 subject_id=request.subject_id,
                 subject_jurisdiction=request.subject_jurisdiction,
                 classification=_classification(request.classification),
-                principal=principal_of(context),
+                principal=caller.identity,
             )
             committed = await self.service.put(cmd)
             response = spb.PutResponse(lsn=committed.mutation.lsn, region=self.service.region)
@@ -200,7 +190,8 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
 
     async def Get(self, request: spb.GetRequest, context: grpc.aio.ServicerContext) -> spb.GetResponse:
         async def work() -> spb.GetResponse:
-            result = await self.service.get(request.namespace, request.key, principal_of(context))
+            caller = self._access.namespace(context, "storage.Get", request.namespace)
+            result = await self.service.get(request.namespace, request.key, caller.identity)
             response = spb.GetResponse(found=result.found, region=self.service.region)
             _fill_read(result, response.versions, response.context)
             response.context_token = self.service.tokens.issue(request.namespace, request.key, result.context)
@@ -212,6 +203,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         self, request: spb.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> spb.DeleteResponse:
         async def work() -> spb.DeleteResponse:
+            caller = self._access.namespace(context, "storage.Delete", request.namespace)
             ctx = _request_context(self.service, request)
             committed = await self.service.delete(
                 DeleteCommand(
@@ -220,7 +212,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                     context=ctx,
                     subject_id=request.subject_id,
                     subject_jurisdiction=request.subject_jurisdiction,
-                    principal=principal_of(context),
+                    principal=caller.identity,
                 )
             )
             response = spb.DeleteResponse(existed=committed.had_live, lsn=committed.mutation.lsn)
@@ -235,12 +227,13 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
 
     async def Scan(self, request: spb.ScanRequest, context: grpc.aio.ServicerContext) -> spb.ScanResponse:
         async def work() -> spb.ScanResponse:
+            caller = self._access.namespace(context, "storage.Scan", request.namespace)
             page = await self.service.scan(
                 request.namespace,
                 request.key_prefix,
                 request.page_size,
                 request.page_token,
-                principal_of(context),
+                caller.identity,
             )
             response = spb.ScanResponse(next_page_token=page.next_page_token)
             for key, result in page.items:
@@ -255,6 +248,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         self, request: spb.GetNodeStatusRequest, context: grpc.aio.ServicerContext
     ) -> spb.GetNodeStatusResponse:
         async def work() -> spb.GetNodeStatusResponse:
+            self._access.region(context, "storage.GetNodeStatus")
             return await self._status()
 
         return await guarded(self.metrics, "GetNodeStatus", context, self.deadline_s, work)
@@ -263,13 +257,14 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         self, request: spb.ScanComplianceRequest, context: grpc.aio.ServicerContext
     ) -> spb.ScanComplianceResponse:
         async def work() -> spb.ScanComplianceResponse:
+            caller = self._access.region(context, "storage.ScanCompliance")
             limit = request.violations_max or VIOLATIONS_MAX_DEFAULT
             if limit > VIOLATIONS_MAX_LIMIT:
                 raise errors.InvalidArgument(
                     f"violations_max {limit} is too large; use 1 to {VIOLATIONS_MAX_LIMIT} "
                     "(0 for the default); the total is counted either way"
                 )
-            report = await self._scan(limit, principal_of(context))
+            report = await self._scan(limit, caller.identity)
             return _scan_report_pb(report)
 
         # A scan walks the whole store: it gets the caller's deadline, or no server default.
@@ -288,10 +283,11 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     async def _read_audit_log(
         self, request: spb.ReadAuditLogRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[spb.ReadAuditLogResponse]:
+        caller = self._access.region(context, "storage.ReadAuditLog")
         # Reading the trail is itself audited, and durable before anything is returned.
         await self.service.enforcer.event(
             Audit.AUDIT_READ,
-            principal=principal_of(context),
+            principal=caller.identity,
             detail=f"after_seq={request.after_seq} limit={request.limit} tail={request.tail}",
         )
         # Signing the head is Ed25519 work: off the event loop.
@@ -326,6 +322,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     async def _export_subject(
         self, request: spb.ExportSubjectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[spb.ExportSubjectResponse]:
+        caller = self._access.region(context, "storage.ExportSubject")
         check_subject_id(request.subject_id)
         if len(request.request_id) > 64:
             raise errors.InvalidArgument("request_id is longer than 64 characters")
@@ -337,7 +334,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             view=service.view,
             enforcer=service.enforcer,
             sealer=self._sealer,
-            principal=principal_of(context),
+            principal=caller.identity,
             request_id=request.request_id,
             offload=service.offload,
         )

@@ -57,6 +57,8 @@ class Audit:
     POLICY_CHANGE = "policy_change"
     AUDIT_READ = "audit_read"
     COMPLIANCE_SCAN = "compliance_scan"
+    # A call the caller's identity, roles or declared purpose do not allow (or no identity at all).
+    ACCESS_DENIED = "access_denied"
 
 
 def is_personal(facts: RecordFacts) -> bool:

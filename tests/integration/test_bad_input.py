@@ -20,6 +20,8 @@ from tests.support.cluster import LocalCluster
 async def single(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     cluster = LocalCluster(tmp_path, ["eu-west-1", "us-east-1"])
     await cluster.start()
+    # The replication tests below speak as eu-west-1, which us-east-1 accepts once linked.
+    await cluster.wait_linked()
     try:
         yield cluster
     finally:
@@ -151,22 +153,23 @@ async def test_delete_reports_existence_and_leaves_a_tombstone(single: LocalClus
 
 
 async def test_a_rogue_source_cannot_push_records_outside_scope(single: LocalCluster) -> None:
-    """A node that ignores the scope streams EU personal data to a US region: refused, not stored."""
+    """A node that ignores the scope (its key stolen, or a bug) streams EU personal data to a US
+    region it is linked to: its identity checks out, the record is still refused, not stored."""
     target = single.nodes["us-east-1"]
-    channel = single.channel(target.address)
+    channel = single.channel_as_node("eu-west-1", target.address)
     try:
         call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
         await call.write(
             rpb.ReplicateRequest(
                 hello=rpb.ReplicationHello(
-                    source_node_id="rogue-1", source_region="eu-west-1", target_node_id="us-east-1"
+                    source_node_id="eu-west-1", source_region="eu-west-1", target_node_id="us-east-1"
                 )
             )
         )
         ready = await call.read()
         assert ready.ready.resume_after_lsn == 0
-        mutation = pb.Mutation(namespace="customers_eu", key="stolen", lsn=1, origin_node_id="rogue-1")
-        mutation.version.dot.node_id = "rogue-1"
+        mutation = pb.Mutation(namespace="customers_eu", key="stolen", lsn=1, origin_node_id="eu-west-1")
+        mutation.version.dot.node_id = "eu-west-1"
         mutation.version.dot.counter = 1
         mutation.version.value = b"personal"
         mutation.version.classification = pb.CLASSIFICATION_PERSONAL
@@ -180,14 +183,14 @@ async def test_a_rogue_source_cannot_push_records_outside_scope(single: LocalClu
         await channel.close()
     assert target.engine.get("customers_eu", "stolen") is None
     refused = target.metrics.registry.get_sample_value(
-        "domicile_replication_refused_total", {"source": "rogue-1", "target": "us-east-1"}
+        "domicile_replication_refused_total", {"source": "eu-west-1", "target": "us-east-1"}
     )
     assert refused == 1
 
 
 async def test_replication_to_the_wrong_node_is_refused(single: LocalCluster) -> None:
     target = single.nodes["us-east-1"]
-    channel = single.channel(target.address)
+    channel = single.channel_as_node("eu-west-1", target.address)
     try:
         call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
         await call.write(

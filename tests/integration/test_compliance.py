@@ -176,21 +176,26 @@ async def test_a_rogue_source_pushing_eu_personal_data_to_the_us_is_refused_and_
 ) -> None:
     # Without the DPF certification of us-east-1, GDPR allows no EU personal data there.
     pack = with_fact(sample_pack(), "2026-11-27.no-dpf", DPF, False)
-    cluster = LocalCluster(tmp_path, ["us-east-1"], pack=pack, namespaces=NAMESPACES_WITH_CUSTOMERS)
+    cluster = LocalCluster(
+        tmp_path, ["eu-west-1", "us-east-1"], pack=pack, namespaces=NAMESPACES_WITH_CUSTOMERS
+    )
     await cluster.start()
     try:
+        await cluster.wait_linked()
         target = cluster.nodes["us-east-1"]
-        channel = cluster.channel(target.address)
+        # eu-west-1's own certificate (a stolen key, or a node that ignores the scope): the
+        # stream's source checks out, so the record itself must be judged and refused.
+        channel = cluster.channel_as_node("eu-west-1", target.address)
         try:
             call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
             hello = rpb.ReplicationHello(
-                source_node_id="rogue-1", source_region="eu-west-1", target_node_id="us-east-1"
+                source_node_id="eu-west-1", source_region="eu-west-1", target_node_id="us-east-1"
             )
             await call.write(rpb.ReplicateRequest(hello=hello))
             ready = await call.read()
             assert ready.ready.resume_after_lsn == 0
-            mutation = pb.Mutation(namespace="customers", key="stolen", lsn=1, origin_node_id="rogue-1")
-            mutation.version.dot.node_id = "rogue-1"
+            mutation = pb.Mutation(namespace="customers", key="stolen", lsn=1, origin_node_id="eu-west-1")
+            mutation.version.dot.node_id = "eu-west-1"
             mutation.version.dot.counter = 1
             mutation.version.value = b"an EU customer's profile"
             mutation.version.classification = pb.CLASSIFICATION_PERSONAL
@@ -207,12 +212,14 @@ async def test_a_rogue_source_pushing_eu_personal_data_to_the_us_is_refused_and_
             await channel.close()
         assert target.engine.get("customers", "stolen") is None
         assert (
-            metric(target, "domicile_replication_refused_total", {"source": "rogue-1", "target": "us-east-1"})
+            metric(
+                target, "domicile_replication_refused_total", {"source": "eu-west-1", "target": "us-east-1"}
+            )
             == 1
         )
         (entry,) = await audited(target, action="replicate_receive", key="stolen")
         assert entry.decision == "refuse" and entry.rule.startswith("gdpr")
-        assert entry.principal == "node:rogue-1" and entry.namespace == "customers"
+        assert entry.principal == "node:eu-west-1" and entry.namespace == "customers"
         _, subject_key = load_or_create_keys(Path(target.config.data_dir))
         assert entry.subject == subject_hash(subject_key, "c-77")
     finally:

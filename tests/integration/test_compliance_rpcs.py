@@ -40,27 +40,52 @@ def export_request(
 
 
 async def test_audit_heads_are_checked_kept_and_survive_a_restart(cluster: LocalCluster) -> None:
-    async with cluster.coordinator_channel() as channel:
+    # A region's head is accepted only from a node of that region (its certificate says so).
+    async with (
+        cluster.channel_as_node("us-east-1", cluster.coordinator_address) as channel,
+        cluster.coordinator_channel() as auditor,
+    ):
         stub = cpb_grpc.CoordinatorServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as missing:
-            await stub.GetAuditHead(cpb.GetAuditHeadRequest(region="us-east-1"), timeout=5)
+            await cpb_grpc.CoordinatorServiceStub(auditor).GetAuditHead(
+                cpb.GetAuditHeadRequest(region="us-east-1"), timeout=5
+            )
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         assert (await stub.ExportAuditHead(export_request(4), timeout=5)).accepted_size == 4
         cases = [
             (export_request(3), grpc.StatusCode.FAILED_PRECONDITION, "shrank from 4 to 3"),
             (export_request(4, b"\x02" * 32), grpc.StatusCode.FAILED_PRECONDITION, "rewritten"),
-            (export_request(1, region="mars-1"), grpc.StatusCode.INVALID_ARGUMENT, "unknown region 'mars-1'"),
+            (
+                export_request(1, region="mars-1"),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "only by a node of region mars-1",
+            ),
             (cpb.ExportAuditHeadRequest(), grpc.StatusCode.INVALID_ARGUMENT, "needs a head"),
         ]
         for request, code, text in cases:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.ExportAuditHead(request, timeout=5)
             assert info.value.code() == code and text in (info.value.details() or ""), info.value
+    # Neither a client, however many roles it holds, nor a node of another region may export it.
+    for channel in (
+        cluster.coordinator_channel(),
+        cluster.channel_as_node("eu-west-1", cluster.coordinator_address),
+    ):
+        async with channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await cpb_grpc.CoordinatorServiceStub(channel).ExportAuditHead(export_request(5), timeout=5)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "may be called only by a node of region us-east-1" in (info.value.details() or "")
     await cluster.stop_coordinator()
     await cluster.start_coordinator()
-    async with cluster.coordinator_channel() as channel:
+    async with (
+        cluster.channel_as_node("us-east-1", cluster.coordinator_address) as channel,
+        cluster.coordinator_channel() as auditor,
+    ):
         stub = cpb_grpc.CoordinatorServiceStub(channel)
-        kept = await stub.GetAuditHead(cpb.GetAuditHeadRequest(region="us-east-1"), timeout=5)
+        kept = await cpb_grpc.CoordinatorServiceStub(auditor).GetAuditHead(
+            cpb.GetAuditHeadRequest(region="us-east-1"), timeout=5
+        )
         assert kept.head.size == 4 and kept.head.head == b"\x01" * 32
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.ExportAuditHead(export_request(2), timeout=5)

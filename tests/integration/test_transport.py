@@ -109,3 +109,22 @@ def test_sdk_refuses_to_guess_its_transport() -> None:
         AsyncClient("127.0.0.1:1", insecure=True, token="a.b.c")
     with pytest.raises(InvalidArgument, match="either dialer or tls"):
         AsyncClient("127.0.0.1:1", dialer=Dialer.plaintext(), insecure=True)
+
+
+def test_bearer_token_settings_come_together(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="--jwks needs --token-issuer and --token-audience"):
+        NodeConfig(region=REGION, insecure=True, jwks=str(tmp_path / "jwks.json"))
+    with pytest.raises(InvalidArgument, match="--token-issuer and --token-audience need --jwks"):
+        NodeConfig(region=REGION, insecure=True, token_issuer="https://idp.example")
+
+
+async def test_a_node_with_an_unreadable_policy_file_does_not_start(tmp_path: Path) -> None:
+    policies = tmp_path / "policies.cedar"
+    policies.write_text('@id("broken")\npermit (principal, action, resource) when { nonsense };\n')
+    cluster = LocalCluster(tmp_path, [REGION])
+    await cluster.start_coordinator()
+    try:
+        with pytest.raises(InvalidArgument, match=str(policies)):
+            await cluster.start_node(REGION, authz_policies=str(policies))
+    finally:
+        await cluster.stop()

@@ -74,6 +74,9 @@ class LocalCluster:
         the namespace scopes; without it only the scopes apply. Every port runs mutual TLS with
         the session's CA unless `insecure` (plaintext, no authentication: a deliberate choice)."""
         self.insecure = insecure
+        # Settings every node of this cluster starts with (before start_node's own overrides).
+        self.node_overrides: dict[str, Any] = {}
+        self.coordinator_overrides: dict[str, Any] = {}
         self.pki: SessionPki | None = None if insecure else session_pki()
         # What the tests' own calls (stub(), client()) dial with: the session's all-roles client.
         self.dialer = Dialer.plaintext() if self.pki is None else self.pki.dialer()
@@ -96,7 +99,9 @@ class LocalCluster:
         """(Re)writes the cluster config; a coordinator started after this distributes it."""
         config: dict[str, Any] = {
             "regions": REGIONS,
-            "namespaces": self.namespaces,
+            # The tests' client holds the app role; the default policies let an app use the
+            # namespaces it owns, so a namespace without an owner is owned by it.
+            "namespaces": [{"owner": TESTER, **ns} for ns in self.namespaces],
             "coordinator": {"heartbeat_interval_ms": 100, "missed_heartbeats_max": 3},
         }
         if pack is None:
@@ -143,6 +148,7 @@ class LocalCluster:
                 shutdown_grace_s=0.2,
                 tls_dir=None if self.pki is None else self.pki.coordinator().cert.parent,
                 insecure=self.insecure,
+                **self.coordinator_overrides,
             )
         )
         await self.coordinator.start()
@@ -169,6 +175,7 @@ class LocalCluster:
         }
         if region in self.proxies:
             values["advertise"] = self.proxies[region].address
+        values.update(self.node_overrides)
         values.update(overrides)
         if self.pki is None:
             values.setdefault("insecure", True)
@@ -229,6 +236,12 @@ class LocalCluster:
     def channel(self, address: str, expected: ExpectedPeer | None = None) -> grpc.aio.Channel:
         """A channel of the tests' client (every client role) to a daemon of this cluster."""
         return self.dialer.channel(address, expected)
+
+    def channel_as_node(self, region: str, address: str, node_id: str = "") -> grpc.aio.Channel:
+        """A channel that presents the certificate of a node of this cluster: what a node, or an
+        attacker holding a node's key, dials with."""
+        assert self.pki is not None, "an insecure cluster has no node certificates"
+        return Dialer.mutual_tls(self.pki.node(region, node_id or region)).channel(address)
 
     def coordinator_channel(self) -> grpc.aio.Channel:
         return self.channel(self.coordinator_address, ExpectedPeer.coordinator())

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from domicile.cluster import load_cluster
+from domicile.errors import NotFound
+
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +36,18 @@ NOT_EU = ["us-east-1", "us-west-2", "ap-northeast-1", "sa-east-1"]
 STARTUP_S = 120.0
 REPLICATION_S = 30.0
 CLI_S = 30.0
+
+
+RECORD_COMMANDS = ("put", "get", "delete", "scan")
+
+
+def as_owner(namespace: str) -> tuple[str, ...]:
+    try:
+        spec = load_cluster(CONFIG).namespace(namespace)
+    except NotFound:
+        return ()
+    purpose = ("--purpose", spec.purposes[0]) if spec.purposes else ()
+    return ("--identity", spec.owner, *purpose)
 
 
 def domicile_command() -> list[str]:
@@ -133,6 +148,9 @@ class UpProcess:
     def cli(self, *args: str, tls: tuple[str, ...] | None = None) -> subprocess.CompletedProcess[str]:
         # The certificates `domicile up` made, found the way its printed hint says.
         connect = ("--tls-dir", str(self.data_dir / "tls")) if tls is None else tls
+        if tls is None and args[0] in RECORD_COMMANDS and "--namespace" in args:
+            # Records are an app's business: the app that owns the namespace, for its first purpose.
+            connect += as_owner(args[args.index("--namespace") + 1])
         return subprocess.run(
             [*domicile_command(), *args, "--coordinator", self.coordinator, *connect],
             capture_output=True,

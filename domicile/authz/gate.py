@@ -1,0 +1,189 @@
+"""Who is calling, and may they: the check every RPC of a node and of the coordinator starts with.
+
+The caller is the verified peer certificate of the mutual-TLS connection or, when the call
+carries `authorization: Bearer <jwt>`, the token's subject (checked against the JWKS). Nothing
+the client merely declares names the caller; the declared purpose (`domicile-purpose`) is only
+the context of the decision. A refusal is PermissionDenied (authenticated, not allowed) or
+Unauthenticated (no identity), and `on_refusal` lets the daemon count and audit it.
+
+On a port started with --insecure there is no identity to check: every call is let through and
+the audit trail records the peer address, marked as unauthenticated.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from domicile.authz.authorizer import Authorizer
+from domicile.authz.model import Principal as AuthzPrincipal
+from domicile.authz.model import PrincipalKind as AuthzKind
+from domicile.authz.model import RequestContext, Resource, Role
+from domicile.errors import DomicileError, InvalidArgument, PermissionDenied, Unauthenticated
+from domicile.identity.peer import peer_principal
+from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind
+from domicile.identity.tokens import TokenVerifier, bearer_token
+from domicile.model import check_purpose
+
+PURPOSE_METADATA = "domicile-purpose"
+DECISION_CACHE_SIZE = 4096
+
+
+class Reason(enum.StrEnum):
+    """The `reason` label of the refusal counter."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    POLICY = "policy"  # the Cedar policies refuse (roles, ownership, purpose)
+    WRONG_PEER = "wrong_peer"  # authenticated, but not the identity this call needs
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The verified caller of one call. `identity` is what the audit trail records."""
+
+    identity: str
+    principal: Principal | None
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    action: str
+    reason: Reason
+    identity: str  # the verified identity, or the peer address when there is none
+    message: str
+    namespace: str = ""
+
+
+def _metadata(context: Any) -> Sequence[tuple[str, str | bytes]]:
+    return [(item.key, item.value) for item in context.invocation_metadata() or ()]
+
+
+def declared_purpose(metadata: Sequence[tuple[str, str | bytes]]) -> str:
+    for key, value in metadata:
+        if key == PURPOSE_METADATA:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            check_purpose(text)
+            return text
+    return ""
+
+
+def authz_principal(principal: Principal) -> AuthzPrincipal:
+    """The Cedar principal of a verified identity: a node holds the `node` role by its kind."""
+    if principal.kind is PrincipalKind.NODE:
+        roles = frozenset({Role.NODE})
+    else:
+        roles = frozenset(Role(r.value) for r in principal.roles)
+    name = principal.name or principal.node_id or ""
+    return AuthzPrincipal(principal.uri, AuthzKind(principal.kind.value), roles, name)
+
+
+class Gate:
+    """`cluster` None: an insecure port, where nothing is checked (the daemon logged that)."""
+
+    def __init__(
+        self,
+        *,
+        cluster: str | None,
+        authorizer: Authorizer | None = None,
+        tokens: TokenVerifier | None = None,
+        on_refusal: Callable[[Refusal], None] = lambda refusal: None,
+    ) -> None:
+        if cluster is not None and authorizer is None:
+            raise InvalidArgument("an authenticated port needs an authorizer")
+        self.cluster = cluster
+        self.authorizer = authorizer
+        self.tokens = tokens
+        self.on_refusal = on_refusal
+        # Policies are fixed for the life of the process, so a decision for the same principal,
+        # action, resource and purpose is the same every time: one Cedar evaluation each.
+        self._decide = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(self._decision)
+
+    @property
+    def enforcing(self) -> bool:
+        return self.cluster is not None
+
+    def authenticate(self, context: Any, action: str) -> Caller:
+        """The caller, without deciding anything; Unauthenticated (counted) when there is none."""
+        metadata = _metadata(context)
+        try:
+            purpose = declared_purpose(metadata)
+        except InvalidArgument as error:
+            raise InvalidArgument(f"{PURPOSE_METADATA} metadata: {error.message}") from None
+        if self.cluster is None:
+            return Caller(f"unauthenticated:{context.peer()}", None, purpose)
+        try:
+            token = bearer_token(metadata)
+            if token is not None:
+                if self.tokens is None:
+                    raise Unauthenticated(
+                        "this service accepts no bearer tokens (it has no --jwks); "
+                        "authenticate with the client certificate alone"
+                    )
+                principal = self.tokens.verify(token)
+            else:
+                principal = peer_principal(context, self.cluster)
+        except Unauthenticated as error:
+            self.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, context.peer(), error.message))
+            raise
+        return Caller(principal.uri, principal, purpose)
+
+    def check(
+        self,
+        context: Any,
+        action: str,
+        resource: Resource,
+        expected: ExpectedPeer | None = None,
+        namespace: str = "",
+    ) -> Caller:
+        """Authenticate, insist on `expected` when given, then ask the policies; the caller if
+        allowed, PermissionDenied naming the action and what would allow it otherwise."""
+        caller = self.authenticate(context, action)
+        if caller.principal is None:
+            return caller
+        if expected is not None and not expected.matches(caller.principal):
+            message = f"{action} may be called only by {expected.describe()}, not by {caller.identity}"
+            self.on_refusal(Refusal(action, Reason.WRONG_PEER, caller.identity, message, namespace))
+            raise PermissionDenied(message)
+        try:
+            self._decide(authz_principal(caller.principal), action, resource, caller.purpose)
+        except PermissionDenied as error:
+            self.on_refusal(Refusal(action, Reason.POLICY, caller.identity, error.message, namespace))
+            raise
+        return caller
+
+    def _decision(self, principal: AuthzPrincipal, action: str, resource: Resource, purpose: str) -> None:
+        assert self.authorizer is not None
+        # A refusal is not cached (lru_cache keeps no exceptions): refusals are rare and each one
+        # is worth its full explanation.
+        self.authorizer.require(principal, action, resource, RequestContext(purpose))
+
+
+def refuse_wrong_peer(gate: Gate, action: str, caller: Caller, message: str) -> DomicileError:
+    """A PermissionDenied for a caller that is authenticated but not the one the call needs
+    (counted like every refusal). Returned for the caller to raise."""
+    gate.on_refusal(Refusal(action, Reason.WRONG_PEER, caller.identity, message))
+    return PermissionDenied(message)
+
+
+def load_checks(
+    cluster: str | None, policies: str | Path | None, jwks: str | Path | None, issuer: str, audience: str
+) -> tuple[Authorizer | None, TokenVerifier | None]:
+    """A daemon's policies and token verifier, loaded at start so that a bad file stops it there
+    (InvalidArgument naming the file). Nothing is loaded for an insecure port."""
+    if cluster is None:
+        return None, None
+    if policies:
+        authorizer = Authorizer.from_files(policies, cluster_name=cluster)
+    else:
+        authorizer = Authorizer.default(cluster)
+    tokens = None
+    if jwks:
+        tokens = TokenVerifier(Path(jwks), issuer=issuer, audience=audience, cluster=cluster)
+        # Read now: a missing or malformed key set is a start-up error, not a refusal per call.
+        tokens.jwks.key("")
+    return authorizer, tokens
