@@ -24,13 +24,14 @@ from domicile.authz.model import Principal as AuthzPrincipal
 from domicile.authz.model import PrincipalKind as AuthzKind
 from domicile.authz.model import RequestContext, Resource, Role
 from domicile.errors import DomicileError, InvalidArgument, PermissionDenied, Unauthenticated
-from domicile.identity.peer import peer_principal
+from domicile.identity.certificate import principal_from_certificate
 from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind
 from domicile.identity.tokens import TokenVerifier, bearer_token
 from domicile.model import check_purpose
 
 PURPOSE_METADATA = "domicile-purpose"
 DECISION_CACHE_SIZE = 4096
+PRINCIPAL_CACHE_SIZE = 1024
 
 
 class Reason(enum.StrEnum):
@@ -102,6 +103,12 @@ class Gate:
         # Policies are fixed for the life of the process, so a decision for the same principal,
         # action, resource and purpose is the same every time: one Cedar evaluation each.
         self._decide = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(self._decision)
+        # Parsing the peer's certificate costs more than the cached decision (about 30 us against
+        # 10): a connection presents the same bytes on every call, so each is parsed once. The
+        # handshake verified them; a refusal (Unauthenticated) is not cached.
+        self._certificate_principal = functools.lru_cache(maxsize=PRINCIPAL_CACHE_SIZE)(
+            self._principal_of_certificate
+        )
 
     @property
     def enforcing(self) -> bool:
@@ -126,7 +133,7 @@ class Gate:
                     )
                 principal = self.tokens.verify(token)
             else:
-                principal = peer_principal(context, self.cluster)
+                principal = self._peer(context)
         except Unauthenticated as error:
             self.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, context.peer(), error.message))
             raise
@@ -155,6 +162,20 @@ class Gate:
             self.on_refusal(Refusal(action, Reason.POLICY, caller.identity, error.message, namespace))
             raise
         return caller
+
+    def _peer(self, context: Any) -> Principal:
+        """peer_principal, with the certificate's parse cached."""
+        auth: dict[str, list[bytes]] = context.auth_context() or {}
+        if auth.get("transport_security_type") != [b"ssl"]:
+            raise Unauthenticated("the connection is not TLS, so the peer is not authenticated")
+        certificates = auth.get("x509_pem_cert")
+        if not certificates:
+            raise Unauthenticated("the peer presented no client certificate")
+        return self._certificate_principal(certificates[0])
+
+    def _principal_of_certificate(self, pem: bytes) -> Principal:
+        assert self.cluster is not None
+        return principal_from_certificate(pem, self.cluster)
 
     def _decision(self, principal: AuthzPrincipal, action: str, resource: Resource, purpose: str) -> None:
         assert self.authorizer is not None

@@ -29,6 +29,7 @@ from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.daemon import Node
 from tests.support.cluster import LocalCluster
+from tests.support.pki import odd_certificate
 
 REGION = "eu-west-1"
 NAMESPACES = [
@@ -257,3 +258,21 @@ async def test_node_status_needs_a_role_that_allows_it(cluster: LocalCluster) ->
             )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "allowed for roles: app, auditor, operator" in (refused.value.details() or "")
+
+
+async def test_a_cluster_certificate_without_a_spiffe_id_is_unauthenticated(cluster: LocalCluster) -> None:
+    # gRPC completes the handshake for any certificate of the CA; the first call refuses it.
+    assert cluster.pki is not None
+    odd = odd_certificate(cluster.pki.ca, uri=None)
+    ca_pem = (cluster.pki.directory / "ca.crt").read_bytes()
+    channel = grpc.aio.secure_channel(
+        cluster.nodes[REGION].address, grpc.ssl_channel_credentials(ca_pem, odd.key_pem, odd.certificate_pem)
+    )
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await spb_grpc.StorageNodeServiceStub(channel).GetNodeStatus(
+                spb.GetNodeStatusRequest(), timeout=5
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "has no SPIFFE ID" in (refused.value.details() or "")
+    assert refusals(cluster.nodes[REGION], "storage.GetNodeStatus", "unauthenticated") == 1
