@@ -2,7 +2,7 @@
 
 `Authorizer.from_files(policies, schema)` loads and validates a policy set;
 `authorize(principal, action, resource, context)` returns an AuthzDecision, and `require`
-raises PermissionDenied on a refusal. The daemons do not enforce it yet.
+raises PermissionDenied on a refusal. gate.py applies it to every RPC of the daemons.
 """
 
 from domicile.authz.actions import ACTIONS, ActionSpec, ResourceKind, action, action_for_method

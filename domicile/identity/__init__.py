@@ -1,2 +1,2 @@
-"""Identity building blocks: the cluster CA and its certificates, SPIFFE IDs, bearer tokens and
-gRPC credentials. Nothing here is wired into the daemons yet."""
+"""Identity: the cluster CA and its certificates, SPIFFE IDs, bearer tokens, and the one seam
+(credentials.py, chosen by transport.py) that secures every gRPC port and channel."""
