@@ -130,10 +130,14 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
                 log.error("refused audit head of region %s at size %d", head.region, head.size)
                 raise
 
-        # A region's head comes only from a node of that region: the first head accepted pins the
-        # region's signing key, so it must not come from whoever calls first.
-        region = request.head.region if request.HasField("head") else ""
-        size = await self._unary("ExportAuditHead", context, accept, ExpectedPeer.node(region or None))
+        # A head comes only from the node it names (node id and region, both signed into it): the
+        # first head accepted pins the region's signing key, so it must not come from whoever
+        # calls first, nor from another node of the region speaking for it.
+        head = request.head if request.HasField("head") else None
+        exporter = (
+            ExpectedPeer.node(head.region or None, head.node_id or None) if head else ExpectedPeer.node()
+        )
+        size = await self._unary("ExportAuditHead", context, accept, exporter)
         return cpb.ExportAuditHeadResponse(accepted_size=size)
 
     async def GetAuditHead(

@@ -58,7 +58,7 @@ async def test_audit_heads_are_checked_kept_and_survive_a_restart(cluster: Local
             (
                 export_request(1, region="mars-1"),
                 grpc.StatusCode.PERMISSION_DENIED,
-                "only by a node of region mars-1",
+                "only by node mars-1 of region mars-1",
             ),
             (cpb.ExportAuditHeadRequest(), grpc.StatusCode.INVALID_ARGUMENT, "needs a head"),
         ]
@@ -66,16 +66,18 @@ async def test_audit_heads_are_checked_kept_and_survive_a_restart(cluster: Local
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.ExportAuditHead(request, timeout=5)
             assert info.value.code() == code and text in (info.value.details() or ""), info.value
-    # Neither a client, however many roles it holds, nor a node of another region may export it.
+    # Neither a client, however many roles it holds, nor a node of another region, nor another
+    # node of the same region may export it: only the node the head names.
     for channel in (
         cluster.coordinator_channel(),
         cluster.channel_as_node("eu-west-1", cluster.coordinator_address),
+        cluster.channel_as_node("us-east-1", cluster.coordinator_address, node_id="us-east-1b"),
     ):
         async with channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await cpb_grpc.CoordinatorServiceStub(channel).ExportAuditHead(export_request(5), timeout=5)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert "may be called only by a node of region us-east-1" in (info.value.details() or "")
+            assert "may be called only by node us-east-1 of region us-east-1" in (info.value.details() or "")
     await cluster.stop_coordinator()
     await cluster.start_coordinator()
     async with (
