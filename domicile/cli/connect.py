@@ -66,7 +66,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 def dialer(args: argparse.Namespace) -> Dialer:
     stem = f"client-{args.identity}"
     files = transport.tls_files(
-        tls_dir=args.tls_dir, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, stem=stem
+        tls_dir=args.tls_dir,
+        ca=args.tls_ca,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        stem=stem,
+        flags=("--tls-ca", "--tls-cert", "--tls-key"),
     )
     if files is None and not args.insecure and (DEV_TLS_DIR / "ca.crt").exists():
         files = transport.tls_files(tls_dir=DEV_TLS_DIR, stem=stem)

@@ -33,6 +33,7 @@ def tls_files(
     cert: str | Path | None = None,
     key: str | Path | None = None,
     stem: str,
+    flags: tuple[str, str, str] = ("--ca", "--cert", "--key"),
 ) -> TlsFiles | None:
     """The files named by a directory (the layout `domicile certs issue` writes) and/or single
     paths (each overrides the directory's file); None when nothing is named."""
@@ -41,11 +42,11 @@ def tls_files(
         return TlsFiles(
             Path(ca) if ca else base.ca, Path(cert) if cert else base.cert, Path(key) if key else base.key
         )
-    given = [name for name, value in (("--ca", ca), ("--cert", cert), ("--key", key)) if value]
+    given = [name for name, value in zip(flags, (ca, cert, key), strict=True) if value]
     if not given:
         return None
     if len(given) != 3:
-        missing = sorted({"--ca", "--cert", "--key"} - set(given))
+        missing = [name for name in flags if name not in given]
         raise InvalidArgument(
             f"{', '.join(given)} given without {', '.join(missing)}: pass all three, or --tls-dir"
         )
