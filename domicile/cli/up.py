@@ -43,6 +43,9 @@ _POLL_S = 0.2
 CONTEXT_KEY_FILE = "context.key"
 _HEALTH_RPC_S = 1.0
 _PR_SET_PDEATHSIG = 1
+# A child's port opens a moment after it starts: retry connecting at the poll's pace, not with
+# gRPC's default back-off, which grows to minutes.
+_HEALTH_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 500))
 
 
 @dataclass(frozen=True)
@@ -300,16 +303,26 @@ class Supervisor:
         """Waits until every child answers the gRPC health check."""
         end = time.monotonic() + timeout_s
         pending = list(self.children)
-        while pending:
-            self._check_running()
-            pending = [c for c in pending if not _healthy(self.dialer, c.spec)]
-            if not pending:
-                return
-            if time.monotonic() > end:
-                names = ", ".join(c.spec.name for c in pending)
-                logs = ", ".join(str(c.spec.log_path) for c in pending)
-                raise StartupFailed(f"not healthy after {timeout_s:g}s: {names}; see {logs}")
-            self.stop.event.wait(_POLL_S)
+        # One channel per child for the whole wait (it reconnects by itself): a plaintext dialer
+        # warns once per channel, not once per poll.
+        channels = {
+            c.spec.name: self.dialer.sync_channel(c.spec.address, c.spec.peer, _HEALTH_CHANNEL_OPTIONS)
+            for c in pending
+        }
+        try:
+            while pending:
+                self._check_running()
+                pending = [c for c in pending if not _healthy(channels[c.spec.name])]
+                if not pending:
+                    return
+                if time.monotonic() > end:
+                    names = ", ".join(c.spec.name for c in pending)
+                    logs = ", ".join(str(c.spec.log_path) for c in pending)
+                    raise StartupFailed(f"not healthy after {timeout_s:g}s: {names}; see {logs}")
+                self.stop.event.wait(_POLL_S)
+        finally:
+            for channel in channels.values():
+                channel.close()
 
     def wait_registered(self, coordinator: str, regions: Sequence[str], timeout_s: float) -> list[str]:
         """Waits until the coordinator reports a node up in every region; returns the ones that
@@ -385,15 +398,14 @@ def _exit_message(child: Child) -> str:
     )
 
 
-def _healthy(dialer: Dialer, spec: ChildSpec) -> bool:
-    with dialer.sync_channel(spec.address, spec.peer) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=_HEALTH_RPC_S)
-        except grpc.RpcError as exc:
-            # A server without the health service still answered: it is up.
-            return bool(exc.code() == grpc.StatusCode.UNIMPLEMENTED)
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+def _healthy(channel: grpc.Channel) -> bool:
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=_HEALTH_RPC_S)
+    except grpc.RpcError as exc:
+        # A server without the health service still answered: it is up.
+        return bool(exc.code() == grpc.StatusCode.UNIMPLEMENTED)
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def endpoints_table(children: Sequence[Child]) -> str:
