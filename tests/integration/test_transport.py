@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from domicile.client import AsyncClient
@@ -16,6 +17,7 @@ from domicile.identity.credentials import Dialer
 from domicile.identity.principal import Role
 from domicile.identity.tls_files import TlsFiles
 from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.config import NodeConfig, parse_args
 from tests.support.cluster import LocalCluster
 
@@ -126,5 +128,46 @@ async def test_a_node_with_an_unreadable_policy_file_does_not_start(tmp_path: Pa
     try:
         with pytest.raises(InvalidArgument, match=str(policies)):
             await cluster.start_node(REGION, authz_policies=str(policies))
+    finally:
+        await cluster.stop()
+
+
+async def test_a_node_takes_new_certificates_without_a_restart(tmp_path: Path) -> None:
+    """The node's files are replaced by ones of another CA while it runs: the next connection
+    uses them, so clients of the new CA get in and clients of the old one no longer do."""
+    cluster = LocalCluster(tmp_path, [REGION])
+    await cluster.start_coordinator()
+    own = tmp_path / "node-tls"
+    old = pki.init_ca(own, "domicile")
+    pki.issue_node(old, REGION, REGION).write(own, f"node-{REGION}")
+    pki.issue_client(old, "tester", [Role.OPERATOR]).write(own, "client-old")
+    try:
+        node = await cluster.start_node(REGION, tls_dir=str(own))
+        request = spb.GetNodeStatusRequest()
+        old_client = Dialer.mutual_tls(TlsFiles.in_directory(own, "client-old"))
+        async with old_client.channel(node.address) as channel:
+            assert (
+                await spb_grpc.StorageNodeServiceStub(channel).GetNodeStatus(request, timeout=5)
+            ).region == REGION
+
+        staging = tmp_path / "new-ca"
+        new = pki.init_ca(staging, "domicile")
+        pki.issue_client(new, "tester", [Role.OPERATOR]).write(staging, "client-new")
+        issued = pki.issue_node(new, REGION, REGION)
+        # As an operator rotates: the CA certificate, then the key and certificate (write()
+        # replaces each file atomically, key first).
+        (own / "ca.crt").write_bytes(new.certificate_pem)
+        issued.write(own, f"node-{REGION}")
+
+        new_client = Dialer.mutual_tls(TlsFiles.in_directory(staging, "client-new"))
+        async with new_client.channel(node.address) as channel:
+            assert (
+                await spb_grpc.StorageNodeServiceStub(channel).GetNodeStatus(request, timeout=5)
+            ).region == REGION
+        # The old client (its dialer keeps the files it had, which no longer verify) is shut out.
+        async with old_client.channel(node.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await spb_grpc.StorageNodeServiceStub(channel).GetNodeStatus(request, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await cluster.stop()
