@@ -18,7 +18,7 @@ import yaml
 
 from coordinator.addresses import split_host_port
 from domicile.errors import InvalidArgument
-from domicile.identity import transport
+from domicile.identity import settings
 from domicile.identity.tls_files import TlsFiles
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
@@ -80,7 +80,7 @@ class CoordinatorConfig:
     token_audience: str = ""
 
     def tls_files(self) -> TlsFiles | None:
-        return transport.tls_files(
+        return settings.tls_files(
             tls_dir=self.tls_dir, ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, stem=TLS_STEM
         )
 
@@ -106,8 +106,8 @@ def validate(config: CoordinatorConfig) -> None:
         raise InvalidArgument(f"log level {config.log_level!r} is unknown; allowed: {', '.join(LOG_LEVELS)}")
     if not isinstance(config.insecure, bool):
         raise InvalidArgument(f"insecure must be true or false, not {config.insecure!r}")
-    transport.check_choice(config.tls_files(), config.insecure, "the coordinator", TLS_STEM)
-    transport.check_token_settings(config.jwks, config.token_issuer, config.token_audience)
+    settings.check_choice(config.tls_files(), config.insecure, "the coordinator", TLS_STEM)
+    settings.check_token_settings(config.jwks, config.token_issuer, config.token_audience)
     if not 0 <= config.shutdown_grace_s <= 600:
         raise InvalidArgument(f"shutdown grace {config.shutdown_grace_s} s is out of range 0 to 600 s")
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from domicile.errors import InvalidArgument
-from domicile.identity import transport
+from domicile.identity import settings
 from domicile.identity.tls_files import TlsFiles
 from domicile.model import Limits, check_node_id
 
@@ -80,8 +80,8 @@ class NodeConfig:
             )
         if not isinstance(self.insecure, bool):
             raise InvalidArgument(f"insecure must be true or false, not {self.insecure!r}")
-        transport.check_choice(self.tls_files(), self.insecure, f"node {self.node_id}", self.tls_stem)
-        transport.check_token_settings(self.jwks, self.token_issuer, self.token_audience)
+        settings.check_choice(self.tls_files(), self.insecure, f"node {self.node_id}", self.tls_stem)
+        settings.check_token_settings(self.jwks, self.token_issuer, self.token_audience)
         if not 0 <= self.retention_sweep_interval_s <= 86_400:
             raise InvalidArgument(
                 "retention_sweep_interval_s must be 0 (off) to 86400 seconds, "
@@ -93,7 +93,7 @@ class NodeConfig:
         return f"node-{self.node_id}"
 
     def tls_files(self) -> TlsFiles | None:
-        return transport.tls_files(
+        return settings.tls_files(
             tls_dir=self.tls_dir, ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, stem=self.tls_stem
         )
 

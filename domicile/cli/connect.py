@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from domicile.errors import InvalidArgument
-from domicile.identity import transport
+from domicile.identity import settings, transport
 from domicile.identity.credentials import Dialer
 
 DEV_TLS_DIR = Path(".domicile") / "tls"
@@ -65,7 +65,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 def dialer(args: argparse.Namespace) -> Dialer:
     stem = f"client-{args.identity}"
-    files = transport.tls_files(
+    files = settings.tls_files(
         tls_dir=args.tls_dir,
         ca=args.tls_ca,
         cert=args.tls_cert,
@@ -74,7 +74,7 @@ def dialer(args: argparse.Namespace) -> Dialer:
         flags=("--tls-ca", "--tls-cert", "--tls-key"),
     )
     if files is None and not args.insecure and (DEV_TLS_DIR / "ca.crt").exists():
-        files = transport.tls_files(tls_dir=DEV_TLS_DIR, stem=stem)
+        files = settings.tls_files(tls_dir=DEV_TLS_DIR, stem=stem)
     return transport.client_dialer(files, args.insecure, "domicile", stem)
 
 
