@@ -10,6 +10,8 @@ import grpc
 from domicile import errors
 from domicile.authz.gate import Caller, refuse_wrong_peer
 from domicile.identity.principal import PrincipalKind
+from domicile.identity.spiffe import check_region
+from domicile.model import check_node_id
 from domicile.v1 import replication_pb2
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
@@ -21,6 +23,15 @@ from node.topology_view import TopologyView
 ACTION = "replication.Replicate"
 
 log = logging.getLogger("domicile.replication.inbound")
+
+
+def _check_hello(hello: replication_pb2.ReplicationHello) -> None:
+    """The hello's ids are well-formed before anything compares them or names them in a refusal:
+    they come from the peer, and the source's ends up in the log and the audit trail."""
+    check_node_id(hello.source_node_id)
+    check_node_id(hello.target_node_id)
+    if hello.source_region:
+        check_region(hello.source_region)
 
 
 class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
@@ -81,6 +92,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
                 raise errors.InvalidArgument("a replication stream must start with a hello")
             hello = first.hello
             caller = self.access.region(context, ACTION)
+            _check_hello(hello)
             self._check_source(caller, hello)
             if hello.target_node_id != self.receiver.node_id:
                 raise errors.FailedPrecondition(
