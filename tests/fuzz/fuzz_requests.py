@@ -28,12 +28,14 @@ with atheris.instrument_imports(include=["domicile", "node"]):
     import grpc
     from google.protobuf.message import DecodeError
 
+    from domicile.authz.gate import Gate
     from domicile.cluster import parse_cluster
     from domicile.errors import DomicileError
     from domicile.model import Classification, Limits
     from domicile.topology import Topology
     from domicile.v1 import storage_node_pb2 as spb
     from domicile.wire import requests
+    from node.api.access import NodeAccess
     from node.api.storage import StorageServicer
     from node.metrics import NodeMetrics
     from node.service import StorageService, decode_page_token
@@ -103,12 +105,13 @@ class CallContext:
 
 
 STORE = Store()
+VIEW = TopologyView(Topology(revision=1, cluster=CLUSTER))
 SERVICE = StorageService(
     node_id="n1",
     region="eu-west-1",
     engine=cast(Any, STORE),
     committer=cast(Any, None),
-    view=TopologyView(Topology(revision=1, cluster=CLUSTER)),
+    view=VIEW,
     enforcer=cast(Any, None),
     sealer=cast(Any, None),
     eraser=cast(Any, STORE),
@@ -116,7 +119,14 @@ SERVICE = StorageService(
     metrics=NodeMetrics("n1", "eu-west-1"),
     offload=cast(Any, InlineOffload()),
 )
-SERVICER = StorageServicer(SERVICE, cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None))
+# The servicer as the daemon builds it (node/daemon.py), with the gate of an --insecure port,
+# which lets every call through. Allowing everything is right here only: this harness fuzzes
+# request validation, which must hold for any caller the gate admits; authentication and
+# authorization have tests of their own, the policies a harness (tests/fuzz/fuzz_authz.py).
+ACCESS = NodeAccess(Gate(cluster=None), region="eu-west-1", view=VIEW)
+SERVICER = StorageServicer(
+    SERVICE, cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None), ACCESS
+)
 LOOP = asyncio.new_event_loop()
 # The servicer logs every unexpected exception; Reached is one, on every accepted request.
 logging.getLogger("domicile.node.api").disabled = True

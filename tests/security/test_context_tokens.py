@@ -11,7 +11,6 @@ import pytest
 
 from domicile.causality import CausalContext
 from domicile.cli.output import context_arg, context_json
-from domicile.client import AsyncClient
 from domicile.context_tokens import ContextTokens
 from domicile.errors import InvalidArgument
 from domicile.v1 import record_pb2 as pb
@@ -126,7 +125,7 @@ async def test_scan_items_carry_their_own_tokens(pair: LocalCluster) -> None:
 
 
 async def test_the_sdk_and_cli_pass_tokens_through_unchanged(pair: LocalCluster) -> None:
-    async with AsyncClient(pair.coordinator_address, region="eu-west-1") as client:
+    async with pair.async_client(region="eu-west-1") as client:
         first = await client.put(NS, "sdk", b"1")
         second = await client.put(NS, "sdk", b"2", context_token=first.context_token)
         got = await client.get(NS, "sdk")

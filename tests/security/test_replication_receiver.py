@@ -13,9 +13,9 @@ import pytest
 from domicile.hlc import pack, wall_ms
 from domicile.v1 import record_pb2 as pb
 from tests.support.cluster import LocalCluster, eventually
-from tests.support.rogue import RogueStream, audit_entries, mutation, rejected
+from tests.support.rogue import ROGUE, RogueStream, audit_entries, mutation, rejected
 
-SOURCE = "rogue-1"
+SOURCE = ROGUE
 
 
 async def assert_link_works(cluster: LocalCluster, key: str) -> None:
@@ -46,8 +46,9 @@ async def test_finding_position_claim_of_2_63_minus_1_does_not_stop_the_real_sou
     await eventually(caught_up, 10.0, "the first write replicated")
     position = target.engine.inbound_position("eu-west-1")
     seq = target.audit.size
-    # Claims to be the real source (which source may send is the authentication's to check).
-    async with RogueStream(target, "eu-west-1") as rogue:
+    # With the real source's own certificate (a stolen key): authentication lets the stream in,
+    # so the position rule alone must keep the real source's batches flowing.
+    async with RogueStream(pair, target, "eu-west-1") as rogue:
         ack = await rogue.send([], (1 << 63) - 1)
         assert ack.applied_through_lsn == position
         assert ack.refused_count == 0
@@ -62,11 +63,11 @@ async def test_finding_position_claim_of_2_63_minus_1_does_not_stop_the_real_sou
     await assert_link_works(pair, "after")
 
 
-async def test_finding_hlc_past_2_63_does_not_invalidate_the_audit_log(pair: LocalCluster) -> None:
+async def test_finding_hlc_past_2_63_does_not_invalidate_the_audit_log(pair_and_rogue: LocalCluster) -> None:
     """Regression: one replicated mutation with an HLC >= 2^63 was observed into the node's
     clock, every later audit entry was invalid, and the node refused all writes until restart."""
-    target = pair.nodes["eu-central-1"]
-    async with RogueStream(target, SOURCE) as rogue:
+    target = pair_and_rogue.nodes["eu-central-1"]
+    async with RogueStream(pair_and_rogue, target, SOURCE) as rogue:
         ack = await rogue.send([mutation(SOURCE, 1, "future", hlc=1 << 63)], 1)
         assert ack.refused_count == 1 and ack.applied_through_lsn == 1
         ack = await rogue.send([mutation(SOURCE, 2, "present")], 2)
@@ -75,11 +76,11 @@ async def test_finding_hlc_past_2_63_does_not_invalidate_the_audit_log(pair: Loc
     assert target.engine.get("instruments", "present") is not None
     assert target.clock.now() < 1 << 63
     assert rejected(target, SOURCE, "clock_drift") == 1
-    written = await pair.put("eu-central-1", "customers_eu", "still-writable", b"v")
+    written = await pair_and_rogue.put("eu-central-1", "customers_eu", "still-writable", b"v")
     assert written.lsn > 0
     report = target.audit.verify_local()
     assert report.ok, report.problems
-    await assert_link_works(pair, "after-hlc")
+    await assert_link_works(pair_and_rogue, "after-hlc")
 
 
 def _ctx(entries: int) -> pb.CausalContext:
@@ -194,12 +195,12 @@ def _with_context(msg: pb.Mutation, context: pb.CausalContext) -> pb.Mutation:
     ("name", "reason", "build", "detail"), MUTATION_CASES, ids=[c[0] for c in MUTATION_CASES]
 )
 async def test_a_bad_mutation_is_refused_alone_and_the_stream_keeps_working(
-    pair: LocalCluster, name: str, reason: str, build: Build, detail: str
+    pair_and_rogue: LocalCluster, name: str, reason: str, build: Build, detail: str
 ) -> None:
-    target = pair.nodes["eu-central-1"]
+    target = pair_and_rogue.nodes["eu-central-1"]
     before = (target.engine.last_lsn(), target.engine.counts())
     seq = target.audit.size
-    async with RogueStream(target, SOURCE) as rogue:
+    async with RogueStream(pair_and_rogue, target, SOURCE) as rogue:
         # The bad mutation between two honest ones: only it is refused, the batch acknowledged.
         ack = await rogue.send([mutation(SOURCE, 1, "ok-1"), build(2), mutation(SOURCE, 3, "ok-3")], 3)
         assert (ack.applied_through_lsn, ack.refused_count) == (3, 1)
@@ -214,7 +215,7 @@ async def test_a_bad_mutation_is_refused_alone_and_the_stream_keeps_working(
     assert len(entries) == 1, entries
     assert entries[0]["principal"] == f"node:{SOURCE}"
     assert detail in entries[0]["detail"], entries[0]["detail"]
-    await assert_link_works(pair, f"after-{reason}")
+    await assert_link_works(pair_and_rogue, f"after-{reason}")
 
 
 # name, the batch's mutations (lsns), its through_lsn, what the audit detail says.
@@ -229,12 +230,12 @@ BATCH_CASES: list[tuple[str, list[int], int, str]] = [
 
 @pytest.mark.parametrize(("name", "lsns", "through", "detail"), BATCH_CASES, ids=[c[0] for c in BATCH_CASES])
 async def test_a_batch_with_bad_positions_is_refused_whole_and_the_stream_keeps_working(
-    pair: LocalCluster, name: str, lsns: list[int], through: int, detail: str
+    pair_and_rogue: LocalCluster, name: str, lsns: list[int], through: int, detail: str
 ) -> None:
-    target = pair.nodes["eu-central-1"]
+    target = pair_and_rogue.nodes["eu-central-1"]
     before = (target.engine.last_lsn(), target.engine.counts())
     seq = target.audit.size
-    async with RogueStream(target, SOURCE) as rogue:
+    async with RogueStream(pair_and_rogue, target, SOURCE) as rogue:
         batch = [mutation(SOURCE, lsn, f"bad-{i}") for i, lsn in enumerate(lsns)]
         ack = await rogue.send(batch, through)
         # Nothing acknowledged: the position stays where it was.
@@ -249,14 +250,14 @@ async def test_a_batch_with_bad_positions_is_refused_whole_and_the_stream_keeps_
     entries = refusals(audit_entries(target, seq), "replication-position")
     assert len(entries) == 1 and entries[0]["principal"] == f"node:{SOURCE}"
     assert detail in entries[0]["detail"], entries[0]["detail"]
-    await assert_link_works(pair, "after-position")
+    await assert_link_works(pair_and_rogue, "after-position")
 
 
-async def test_a_batch_may_skip_filtered_entries_within_the_gap(pair: LocalCluster) -> None:
+async def test_a_batch_may_skip_filtered_entries_within_the_gap(pair_and_rogue: LocalCluster) -> None:
     """A source skips what the target may not hold: through_lsn past the last mutation is fine
     within replication_position_gap_max."""
-    target = pair.nodes["eu-central-1"]
-    async with RogueStream(target, SOURCE) as rogue:
+    target = pair_and_rogue.nodes["eu-central-1"]
+    async with RogueStream(pair_and_rogue, target, SOURCE) as rogue:
         ack = await rogue.send([mutation(SOURCE, 3, "skipped-ahead")], 500)
         assert (ack.applied_through_lsn, ack.refused_count) == (500, 0)
         ack = await rogue.send([], 10_500)
@@ -264,10 +265,15 @@ async def test_a_batch_may_skip_filtered_entries_within_the_gap(pair: LocalClust
     assert rejected(target, SOURCE, "position") == 0
 
 
-async def test_a_hello_with_an_invalid_source_id_is_refused(pair: LocalCluster) -> None:
-    target = pair.nodes["eu-central-1"]
+async def test_a_hello_with_an_invalid_source_id_is_refused(pair_and_rogue: LocalCluster) -> None:
+    """Regression: behind mutual TLS, the hello's source id was compared with the peer's before it
+    was validated, so an authenticated peer's malformed id went into the log and the audit trail
+    as a wrong-peer refusal (and never reached the check that names it invalid)."""
+    target = pair_and_rogue.nodes["eu-central-1"]
+    seq = target.audit.size
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async with RogueStream(target, "X" * 2000):
+        async with RogueStream(pair_and_rogue, target, "X" * 2000, sender=SOURCE):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "invalid node id" in (info.value.details() or "")
+    assert not [e for e in audit_entries(target, seq) if "XXXX" in e["detail"]]

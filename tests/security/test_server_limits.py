@@ -24,7 +24,7 @@ from domicile.wire.limits import (
 from node.api.limits import NODE_SERVER_OPTIONS
 from node.engine.base import StorageEngine
 from tests.support.cluster import LocalCluster
-from tests.support.rogue import RogueStream, mutation
+from tests.support.rogue import ROGUE, RogueStream, mutation
 
 NS = "customers_eu"
 MIB = 1024 * 1024
@@ -72,23 +72,26 @@ async def test_an_oversized_storage_request_is_refused_with_resource_exhausted(p
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_replication_takes_larger_messages_than_storage_up_to_its_own_bound(pair: LocalCluster) -> None:
-    target = pair.nodes["eu-central-1"]
+async def test_replication_takes_larger_messages_than_storage_up_to_its_own_bound(
+    pair_and_rogue: LocalCluster,
+) -> None:
+    target = pair_and_rogue.nodes["eu-central-1"]
     # Five values of 1 MiB: more than a storage request may weigh, within a replication batch.
-    async with RogueStream(target, "rogue-1") as rogue:
-        batch = [mutation("rogue-1", i, f"r{i}", b"v" * MIB) for i in range(1, 6)]
+    async with RogueStream(pair_and_rogue, target, ROGUE) as rogue:
+        batch = [mutation(ROGUE, i, f"r{i}", b"v" * MIB) for i in range(1, 6)]
         ack = await rogue.send(batch, 5)
         assert (ack.applied_through_lsn, ack.refused_count) == (5, 0)
     before = target.engine.last_lsn(), target.engine.counts()
+    position = target.engine.inbound_position(ROGUE)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async with RogueStream(target, "rogue-2") as rogue:
+        async with RogueStream(pair_and_rogue, target, ROGUE) as rogue:
             values = (REPLICATION_MESSAGE_BYTES_MAX // MIB) + 1
             await rogue.send(
-                [mutation("rogue-2", i, f"o{i}", b"v" * MIB) for i in range(1, values + 1)], values
+                [mutation(ROGUE, 5 + i, f"o{i}", b"v" * MIB) for i in range(1, values + 1)], 5 + values
             )
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (target.engine.last_lsn(), target.engine.counts()) == before
-    assert target.engine.inbound_position("rogue-2") == 0
+    assert position == 5 and target.engine.inbound_position(ROGUE) == position
 
 
 async def test_the_write_queue_refuses_values_past_its_byte_bound(node_with: LocalCluster) -> None:
@@ -177,7 +180,8 @@ async def test_an_oversized_coordinator_request_is_refused_with_resource_exhaust
     pair: LocalCluster,
 ) -> None:
     limits = CoordinatorLimits()
-    async with grpc.aio.insecure_channel(pair.coordinator_address) as channel:
+    # The certificate of the node the request names: had it been small, the call was allowed.
+    async with pair.channel_as_node("eu-west-1", pair.coordinator_address, node_id="n1") as channel:
         stub = cpb_grpc.CoordinatorServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.RegisterNode(

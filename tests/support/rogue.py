@@ -1,12 +1,15 @@
 """A replication source that says whatever a test wants: batches with forged positions, dots,
-clocks and sizes, sent on a raw stream to a node's ReplicationService."""
+clocks and sizes, sent on a raw stream to a node's ReplicationService.
+
+It dials over mutual TLS with the certificate of a node of the cluster that holds a link to the
+target (a stolen key, or a node that no longer follows the protocol): it passes authentication
+and the receiver's source check, so what it sends reaches every check the receiver makes of the
+stream's contents."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-import grpc
 
 from domicile.causality import sha256
 from domicile.hlc import pack, wall_ms
@@ -14,6 +17,13 @@ from domicile.v1 import record_pb2 as pb
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from node.daemon import Node
+from tests.support.cluster import LocalCluster
+
+# A node of the cluster whose key a rogue holds: it holds a link to both EU nodes (through the
+# global namespace) and writes nothing itself, so the positions of its streams at a target are
+# the test's alone.
+ROGUE = "rogue-1"
+ROGUE_REGION = "ap-northeast-1"
 
 
 def mutation(
@@ -41,27 +51,34 @@ def mutation(
 
 
 class RogueStream:
-    """One replication stream to `target`, claiming to come from `source`."""
+    """One replication stream to `target`, claiming to come from `source`, with the certificate
+    of `sender` (a running node of `cluster`; by default `source` itself)."""
 
-    def __init__(self, target: Node, source: str) -> None:
+    def __init__(self, cluster: LocalCluster, target: Node, source: str, *, sender: str = "") -> None:
         self.target = target
         self.source = source
-        self.channel = grpc.aio.insecure_channel(target.address)
+        node = node_named(cluster, sender or source)
+        self.region = node.config.region
+        self.channel = cluster.channel_as_node(self.region, target.address, node.config.node_id)
         self.call: Any = None
         self.position = 0
 
     async def __aenter__(self) -> RogueStream:
-        self.call = rpb_grpc.ReplicationServiceStub(self.channel).Replicate(timeout=30)
-        await self.call.write(
-            rpb.ReplicateRequest(
-                hello=rpb.ReplicationHello(
-                    source_node_id=self.source,
-                    source_region="eu-west-1",
-                    target_node_id=self.target.config.node_id,
+        try:
+            self.call = rpb_grpc.ReplicationServiceStub(self.channel).Replicate(timeout=30)
+            await self.call.write(
+                rpb.ReplicateRequest(
+                    hello=rpb.ReplicationHello(
+                        source_node_id=self.source,
+                        source_region=self.region,
+                        target_node_id=self.target.config.node_id,
+                    )
                 )
             )
-        )
-        ready = await self.call.read()
+            ready = await self.call.read()
+        except BaseException:
+            await self.channel.close()
+            raise
         self.position = ready.ready.resume_after_lsn
         return self
 
@@ -80,6 +97,14 @@ class RogueStream:
                 await self.call.done_writing()
         finally:
             await self.channel.close()
+
+
+def node_named(cluster: LocalCluster, node_id: str) -> Node:
+    """The running node of `cluster` with this id."""
+    for node in cluster.nodes.values():
+        if node.config.node_id == node_id:
+            return node
+    raise AssertionError(f"no running node {node_id!r} in the cluster")
 
 
 def audit_entries(node: Node, after_seq: int = 0) -> list[dict[str, Any]]:
