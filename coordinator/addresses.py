@@ -6,8 +6,8 @@ import re
 
 from domicile.errors import InvalidArgument
 
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]{0,252})$")
-_IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]{2,45}\]$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]{0,252})\Z")
+_IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]{2,45}\]\Z")
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from coordinator.addresses import split_host_port
 from domicile.errors import InvalidArgument
 from domicile.identity import settings
 from domicile.identity.tls_files import TlsFiles
+from domicile.yaml_text import load_yaml
 
 DEFAULT_LISTEN = "127.0.0.1:7400"
 DEFAULT_METRICS_PORT = 9400
@@ -196,11 +195,12 @@ _PATH_KEYS = (
 def load_config_file(path: Path) -> dict[str, Any]:
     """Reads a coordinator YAML; keys may use dashes or underscores."""
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidArgument(f"coordinator config {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"coordinator config {path} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"coordinator config {path} cannot be read as UTF-8 text: {exc}") from None
+    data = load_yaml(text, f"coordinator config {path}")
     if data is None:
         return {}
     if not isinstance(data, Mapping):

@@ -49,9 +49,9 @@ from domicile.wire.limits import SUBJECT_REQUESTS_LIMIT_DEFAULT, SUBJECT_REQUEST
 log = logging.getLogger(__name__)
 
 ID_HEX_DIGITS = 10
-REQUEST_ID_RE = re.compile(r"^req-[0-9a-f]{10}$")
-HOLD_ID_RE = re.compile(r"^hold-[0-9a-f]{10}$")
-_HEX_RE = re.compile(r"^[0-9a-f]{10}$")
+REQUEST_ID_RE = re.compile(r"^req-[0-9a-f]{10}\Z")
+HOLD_ID_RE = re.compile(r"^hold-[0-9a-f]{10}\Z")
+_HEX_RE = re.compile(r"^[0-9a-f]{10}\Z")
 # With 16**10 ids a collision is rare; this many in a row means a broken generator.
 ID_ATTEMPTS_MAX = 16
 # SQLite integers are signed 64-bit.

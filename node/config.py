@@ -8,12 +8,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from domicile.errors import InvalidArgument
 from domicile.identity import settings
 from domicile.identity.tls_files import TlsFiles
 from domicile.model import Limits, check_node_id
+from domicile.yaml_text import load_yaml
 
 
 @dataclass(frozen=True)
@@ -160,9 +159,12 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     values: dict[str, Any] = {}
     if args.config:
         try:
-            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            text = Path(args.config).read_text(encoding="utf-8")
+            loaded = load_yaml(text, f"--config {args.config}") or {}
+        except (OSError, UnicodeDecodeError) as exc:
             parser.error(f"cannot read --config {args.config}: {exc}")
+        except InvalidArgument as exc:
+            parser.error(exc.message)
         if not isinstance(loaded, dict):
             parser.error(f"--config {args.config}: expected a mapping")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})

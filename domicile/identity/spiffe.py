@@ -17,12 +17,12 @@ from domicile.identity.principal import Principal, PrincipalKind
 
 SCHEME = "spiffe://"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-CLUSTER_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+CLUSTER_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\Z")
 # Short enough that the longest server name stays within DNS's 253 characters.
 CLUSTER_MAX = 100
-REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
+NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 # Never resolves (RFC 2606), so a server name made from an identity cannot be confused with a
 # real host: it exists only to be matched against a certificate's DNS SANs.
 SERVER_NAME_SUFFIX = "domicile.invalid"
