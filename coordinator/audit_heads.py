@@ -55,6 +55,10 @@ class AuditHeadBook:
                 f"audit head names unknown region {head.region!r}; configured regions: "
                 f"{', '.join(sorted(self._regions))}"
             )
+        if not head.node_id:
+            # The head is taken only from the node it names; an unnamed one would be taken from
+            # any node of the region and pin that node's key for the region.
+            raise InvalidArgument(f"audit head of region {head.region} names no node; a head names its node")
         if not head.signature_valid():
             raise FailedPrecondition(
                 f"audit head of region {head.region} at size {head.size} has an invalid signature"

@@ -20,7 +20,7 @@ from domicile.authz import ClusterResource
 from domicile.authz.gate import Gate
 from domicile.authz.model import DEFAULT_CLUSTER_NAME
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
-from domicile.identity.principal import ExpectedPeer
+from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind, Role
 from domicile.subjects import HoldScope, LegalHold, SubjectRequest
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
@@ -91,7 +91,16 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         self, request: cpb.GetTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.GetTopologyResponse:
         topology = await self._unary("GetTopology", context, self._registry.topology)
-        return cpb.GetTopologyResponse(topology=self._to_pb(topology))
+        message = self._to_pb(topology)
+        # Erasure orders and legal holds name data subjects: only nodes (which carry them out) and
+        # DPOs see them. Every other client needs the topology only to route its calls.
+        caller = self._gate.check(context, "coordinator.GetTopology", self._cluster)
+        if caller.principal is not None and not sees_subjects(caller.principal):
+            message = cpb.Topology()
+            message.CopyFrom(self._to_pb(topology))
+            del message.erasures[:]
+            del message.holds[:]
+        return cpb.GetTopologyResponse(topology=message)
 
     async def WatchTopology(  # type: ignore[override]
         self, request: cpb.WatchTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -135,7 +144,10 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         # calls first, nor from another node of the region speaking for it.
         head = request.head if request.HasField("head") else None
         exporter = (
-            ExpectedPeer.node(head.region or None, head.node_id or None) if head else ExpectedPeer.node()
+            ExpectedPeer.node(head.region, head.node_id)
+            if head and head.region and head.node_id
+            # Without both, no node may export it: accept() refuses it with the reason.
+            else ExpectedPeer.node(region="\x00", node_id="\x00")
         )
         size = await self._unary("ExportAuditHead", context, accept, exporter)
         return cpb.ExportAuditHeadResponse(accepted_size=size)
@@ -285,3 +297,8 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             self._last_pb = topology_to_pb(topology)
             self._last_topology = topology
         return self._last_pb
+
+
+def sees_subjects(principal: Principal) -> bool:
+    """Whether a caller may see the data subjects named by erasure orders and legal holds."""
+    return principal.kind is PrincipalKind.NODE or Role.DPO in principal.roles

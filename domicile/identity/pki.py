@@ -35,8 +35,10 @@ DAYS_MAX = 36500
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 # Clocks of the hosts that check a new certificate may be behind the issuer's.
 BACKDATE = dt.timedelta(minutes=5)
+# Identity names end in this; no extra host may (see parse_hosts).
+RESERVED_DNS_SUFFIX = "." + spiffe.SERVER_NAME_SUFFIX
 _DNS_RE = re.compile(
-    r"^(?=.{1,253}$)(\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*$"
+    r"^(?=.{1,253}$)(\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\Z"
 )
 
 
@@ -180,10 +182,19 @@ def parse_hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            continue
         except ValueError:
-            if not _DNS_RE.match(host):
-                raise InvalidArgument(f"host {host!r} is neither an IP address nor a DNS name") from None
-            names.append(x509.DNSName(host.lower()))
+            pass
+        if not _DNS_RE.match(host):
+            raise InvalidArgument(f"host {host!r} is neither an IP address nor a DNS name")
+        if "*" in host or host.lower().rstrip(".").endswith(RESERVED_DNS_SUFFIX):
+            # Dialers check a server by a DNS name made from its identity (spiffe.server_name); a
+            # wildcard or one of those names as an extra host would let it pass as another.
+            raise InvalidArgument(
+                f"host {host!r} is a wildcard or a name reserved for identities "
+                f"(*{RESERVED_DNS_SUFFIX}); give the names or addresses the server is reached at"
+            )
+        names.append(x509.DNSName(host.lower()))
     return names
 
 

@@ -81,7 +81,7 @@ class TlsFiles:
         cert_pem = read_file(self.cert, "certificate")
         key_pem = read_file(self.key, "private key")
         check_owner_only(self.key)
-        ca = _certificate(ca_pem, self.ca)
+        ca = _only_certificate(ca_pem, self.ca)
         certificate = _certificate(cert_pem, self.cert)
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
@@ -112,6 +112,21 @@ class TlsFiles:
         except Unauthenticated as error:
             raise InvalidArgument(f"certificate {self.cert}: {error.message}") from None
         return TlsMaterial(ca_pem, cert_pem, key_pem, cluster, principal, certificate.not_valid_after_utc)
+
+
+def _only_certificate(pem: bytes, path: Path) -> x509.Certificate:
+    """The CA file's one certificate. gRPC trusts every certificate in the file, but the cluster
+    is read from the first: a second CA there could mint any identity under this cluster's name."""
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise InvalidArgument(f"{path} is not a PEM certificate") from None
+    if len(certificates) != 1:
+        raise InvalidArgument(
+            f"{path} holds {len(certificates)} certificates; a CA file holds the cluster CA only "
+            "(to rotate the CA, issue from the new one and replace the file)"
+        )
+    return certificates[0]
 
 
 def _certificate(pem: bytes, path: Path) -> x509.Certificate:

@@ -1,0 +1,102 @@
+"""Regressions for what a security review of the identity seams found: a CA file with a second
+CA, a server certificate with a wildcard or an identity name as an extra host, an audit head that
+names no node, and erasure orders and legal holds shown to every client in the topology."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import grpc
+import pytest
+
+from domicile.errors import InvalidArgument
+from domicile.identity import pki
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import Role
+from domicile.identity.tls_files import TlsFiles
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.wire.audit import head_to_pb
+from node.compliance.audit_log import load_or_create_keys
+from tests.support.cluster import LocalCluster
+
+
+def test_regression_a_ca_file_with_a_second_certificate_is_refused(tmp_path: Path) -> None:
+    """gRPC trusts every certificate of the CA file, but the cluster was read from the first: a
+    foreign CA appended to it could mint any identity under this cluster's name."""
+    ours = pki.init_ca(tmp_path / "ours", "prod")
+    pki.init_ca(tmp_path / "theirs", "prod")
+    pki.issue_client(ours, "app1", (Role.APP,)).write(tmp_path / "ours", "client-app1")
+    files = TlsFiles.in_directory(tmp_path / "ours", "client-app1")
+    files.load()  # one CA: fine
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_bytes(files.ca.read_bytes() + (tmp_path / "theirs" / "ca.crt").read_bytes())
+    with pytest.raises(InvalidArgument, match="holds 2 certificates"):
+        TlsFiles(bundle, files.cert, files.key).load()
+
+
+@pytest.mark.parametrize("host", ["*.example.com", "coordinator.prod.domicile.invalid", "x.DOMICILE.invalid"])
+def test_regression_a_wildcard_or_identity_name_is_no_extra_host(tmp_path: Path, host: str) -> None:
+    """Dialers check a server by the DNS name made from its identity; an extra host like that
+    would let a node's certificate pass as the coordinator or as another node."""
+    ca = pki.init_ca(tmp_path, "prod")
+    with pytest.raises(InvalidArgument, match="wildcard or a name reserved"):
+        pki.issue_node(ca, "eu-west-1", "n1", hosts=("localhost", host))
+    with pytest.raises(InvalidArgument, match="neither an IP address nor a DNS name"):
+        pki.parse_hosts(["localhost\n"])
+    assert pki.issue_node(ca, "eu-west-1", "n1", hosts=("localhost", "10.0.0.1", "db.example.com"))
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path):
+    cluster = LocalCluster(tmp_path, ["eu-west-1", "eu-central-1"])
+    await cluster.start_linked()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+async def test_regression_an_audit_head_naming_no_node_is_refused(cluster: LocalCluster) -> None:
+    """With an empty node id, any node of the region could export the region's first head and
+    pin its own key for the region."""
+    node = cluster.nodes["eu-central-1"]
+    # A head as a rogue node of the region would send it: validly signed, naming no node.
+    unnamed = dataclasses.replace(node.audit.head(), node_id="")
+    key = load_or_create_keys(Path(node.config.data_dir))[0]
+    unnamed = dataclasses.replace(unnamed, signature=key.sign(unnamed.signed_message()))
+    assert unnamed.signature_valid()
+    message = head_to_pb(unnamed)
+    channel = cluster.channel_as_node("eu-central-1", cluster.coordinator_address)
+    try:
+        stub = cpb_grpc.CoordinatorServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ExportAuditHead(cpb.ExportAuditHeadRequest(head=message), timeout=5)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await channel.close()
+
+
+async def test_regression_only_nodes_and_dpos_see_subjects_in_the_topology(cluster: LocalCluster) -> None:
+    """The topology carries erasure orders and legal holds, which name data subjects; an app
+    needs the topology only to route."""
+    async with cluster.async_client() as dpo:
+        await dpo.place_hold("subject", subject_id="s-held", reason="litigation 42")
+    assert cluster.pki is not None
+
+    async def topology_as(roles: tuple[Role, ...], name: str) -> cpb.Topology:
+        dialer = Dialer.mutual_tls(cluster.pki.client(name, roles))  # type: ignore[union-attr]
+        channel = dialer.channel(cluster.coordinator_address)
+        try:
+            stub = cpb_grpc.CoordinatorServiceStub(channel)
+            response = await stub.GetTopology(cpb.GetTopologyRequest(), timeout=5)
+            return response.topology
+        finally:
+            await channel.close()
+
+    assert [h.subject_id for h in (await topology_as((Role.DPO,), "dpo-1")).holds] == ["s-held"]
+    app_view = await topology_as((Role.APP,), "app-1")
+    assert list(app_view.holds) == [] and list(app_view.erasures) == []
+    assert [n.node_id for n in app_view.nodes]  # still enough to route
+    assert list((await topology_as((Role.OPERATOR, Role.AUDITOR), "ops-1")).holds) == []
