@@ -144,10 +144,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         # calls first, nor from another node of the region speaking for it.
         head = request.head if request.HasField("head") else None
         exporter = (
-            ExpectedPeer.node(head.region, head.node_id)
-            if head and head.region and head.node_id
-            # Without both, no node may export it: accept() refuses it with the reason.
-            else ExpectedPeer.node(region="\x00", node_id="\x00")
+            ExpectedPeer.node(head.region or None, head.node_id or None) if head else ExpectedPeer.node()
         )
         size = await self._unary("ExportAuditHead", context, accept, exporter)
         return cpb.ExportAuditHeadResponse(accepted_size=size)

@@ -73,7 +73,8 @@ async def test_regression_an_audit_head_naming_no_node_is_refused(cluster: Local
         stub = cpb_grpc.CoordinatorServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.ExportAuditHead(cpb.ExportAuditHeadRequest(head=message), timeout=5)
-        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "names no node" in (refused.value.details() or "")
     finally:
         await channel.close()
 
