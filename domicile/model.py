@@ -100,6 +100,11 @@ class Limits:
     # positions have no holes and it reads replication_batch_records_max entries per batch, so an
     # honest batch moves it at most that far; the rest is room for sources with larger batches.
     replication_position_gap_max: int = 10_000
+    # The newest change-log entries kept in memory, so that senders of targets close behind
+    # read no store and make no hop off the event loop; further behind, they read the store.
+    # Bytes count values, keys and text fields plus about 1 KiB per entry for its objects.
+    log_tail_records_max: int = 10_000
+    log_tail_bytes_max: int = 16 * 1024 * 1024
     request_deadline_default_s: float = 10.0
     rpc_deadline_s: float = 5.0
 

@@ -48,6 +48,7 @@ from node.crypto.keyring import Keyring, load_or_create_kek
 from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine, StoreCounts
 from node.engine.group_commit import GroupCommitter
+from node.engine.log_tail import LogTail
 from node.engine.sqlite import SQLiteEngine
 from node.keyfiles import load_context_key
 from node.lifecycle.erasure import Eraser
@@ -119,6 +120,13 @@ class Node:
         self.signal = LogSignal()
         self.engine = await offload.run(self._open_store)
         await offload.warm(self.engine.last_lsn)
+        # Started after the store's last position, read before the writer starts (nothing else
+        # writes), so that senders of targets already caught up read from it at once.
+        self.log_tail = LogTail(
+            records_max=cfg.limits.log_tail_records_max,
+            bytes_max=cfg.limits.log_tail_bytes_max,
+            after_lsn=await offload.run(self.engine.last_lsn),
+        )
         self.committer = GroupCommitter(
             self.engine,
             self.clock.now,
@@ -126,6 +134,7 @@ class Node:
             queue_records_max=cfg.limits.write_queue_records_max,
             queue_bytes_max=cfg.limits.write_queue_bytes_max,
             on_batch=self.metrics.commit_batch_records.observe,
+            log_tail=self.log_tail,
         )
         self.committer.start()
         self.view = TopologyView(await offload.run(self._initial_topology))
@@ -229,6 +238,7 @@ class Node:
             dialer=self.dialer,
             rng=random.Random(self.rng.random()),
             offload=offload,
+            log_tail=self.log_tail,
         )
 
         self.gate = Gate(

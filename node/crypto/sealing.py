@@ -48,6 +48,13 @@ def sealed_key_class(value: bytes) -> str | None:
     return value[start : start + size].decode("utf-8", "replace")
 
 
+def needs_opening(v: Version) -> bool:
+    """Whether Sealer.open_version has work to do (a key lookup and AES-GCM) rather than return
+    the version as it is: only a value with a subject, sealed here. Callers on the event loop
+    skip their hop off it when no version needs opening."""
+    return not v.tombstone and bool(v.subject_id) and sealed_key_class(v.value) is not None
+
+
 def _aad(namespace: str, key: str, klass: str) -> bytes:
     return record_aad(namespace, key, klass, 0)
 

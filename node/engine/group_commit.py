@@ -4,11 +4,15 @@ Concurrent Puts queue their writes; the writer takes whatever is waiting (up to
 batch_records_max) and commits it in one durable transaction, so one fsync serves many writers.
 Other write jobs (remote applies, acks) run on the same thread, in queue order, so the engine
 only ever sees one writer. The queue and the thread are a domicile.single_writer.SingleWriter.
+
+Local writes reach the engine only through submit(), never through a job: every change-log entry
+is then appended to the log tail (node.engine.log_tail) that the replication senders read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +21,9 @@ from typing import Any, TypeVar, cast
 from domicile.errors import DomicileError, InvalidArgument, ResourceExhausted, Unavailable
 from domicile.single_writer import NEW, RUNNING, LoopWaiter, SingleWriter
 from node.engine.base import Committed, LocalWrite, StorageEngine
+from node.engine.log_tail import LogTail
 
+log = logging.getLogger("domicile.group_commit")
 T = TypeVar("T")
 
 QUEUE_JOBS_MAX_DEFAULT = 1024
@@ -71,6 +77,7 @@ class GroupCommitter:
         queue_jobs_max: int = QUEUE_JOBS_MAX_DEFAULT,
         queue_bytes_max: int = QUEUE_BYTES_MAX_DEFAULT,
         on_batch: Callable[[int], None] | None = None,
+        log_tail: LogTail | None = None,
     ) -> None:
         for name, value in (
             ("batch_records_max", batch_records_max),
@@ -84,6 +91,8 @@ class GroupCommitter:
         self._stamp = stamp
         # Called on the writer thread with the size of every committed batch (metrics).
         self._on_batch = on_batch
+        # Gets every committed change-log entry, on the writer thread, in position order.
+        self.log_tail = log_tail
         self.batch_records_max = batch_records_max
         self.queue_records_max = queue_records_max
         self.queue_jobs_max = queue_jobs_max
@@ -210,6 +219,8 @@ class GroupCommitter:
         self._release(batch)
         if len(results) != len(batch):
             raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} writes")
+        if self.log_tail is not None:
+            self._extend_tail(self.log_tail, results)
         # Counters first, so that a caller who got its result sees them include its batch.
         self.batches_committed += 1
         self.records_committed += sum(not isinstance(r, DomicileError) for r in results)
@@ -218,3 +229,14 @@ class GroupCommitter:
             self._on_batch(len(batch))
         for item, result in zip(batch, results, strict=True):
             item.waiter.deliver(result)
+
+    @staticmethod
+    def _extend_tail(tail: LogTail, results: list[Committed | DomicileError]) -> None:
+        # After the commit and before any writer hears back, so that a sender woken by a write
+        # finds it in the tail. The batch is durable whatever happens here: a failure only
+        # empties the tail (senders read the store), it never fails the writes.
+        try:
+            tail.append([r.mutation for r in results if isinstance(r, Committed)])
+        except Exception:
+            log.exception("the change-log tail could not take a committed batch; senders read the store")
+            tail.forget()

@@ -16,6 +16,7 @@ from node.compliance.enforcer import Enforcer
 from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
 from node.engine.group_commit import GroupCommitter
+from node.engine.log_tail import LogTail
 from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication.outbound import LinkSender
@@ -44,6 +45,7 @@ class ReplicationManager:
         dialer: Dialer,
         rng: random.Random | None = None,
         offload: Offload | None = None,
+        log_tail: LogTail | None = None,
     ) -> None:
         self.dialer = dialer
         self.node_id = node_id
@@ -60,6 +62,8 @@ class ReplicationManager:
         self.ack_persist_interval_s = ack_persist_interval_s
         self.rng = rng or random.Random()
         self.offload = offload or Offload()
+        # Shared by every sender: the newest change-log entries, fed by the group committer.
+        self.log_tail = log_tail
         # Every target's acknowledged position as persisted (read at start, then kept up to
         # date here), so that starting a sender reads nothing on the event loop.
         self._stored_acks: dict[str, int] = {}
@@ -108,6 +112,7 @@ class ReplicationManager:
                     acked_lsn=self._stored_acks.get(target_id, 0),
                     rng=random.Random(self.rng.random()),
                     offload=self.offload,
+                    log_tail=self.log_tail,
                 )
                 self.senders[target_id] = sender
                 self._tasks[target_id] = asyncio.create_task(

@@ -1,8 +1,10 @@
 """The sending end of one replication link: stream this node's change log to one target.
 
 One long-lived bidirectional stream per link. The target says where to resume; the sender
-reads the change log from there, keeps at most `inflight_batches_max` batches unacknowledged,
-and on any failure reconnects with exponential back-off and jitter. Positions are the target's
+reads the change log from there (from the in-memory tail, node.engine.log_tail, when the target
+is close behind; otherwise from the store, off the event loop), keeps at most
+`inflight_batches_max` batches unacknowledged, and on any failure reconnects with exponential
+back-off and jitter. Positions are the target's
 to keep, so a reconnect re-sends at most the unacknowledged tail, which the target skips.
 """
 
@@ -31,8 +33,9 @@ from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.wire.limits import NODE_MESSAGE_BYTES_MAX
 from domicile.wire.records import mutation_to_pb
 from node.compliance.enforcer import Audit, Enforcer
-from node.crypto.sealing import Sealer
+from node.crypto.sealing import Sealer, needs_opening
 from node.engine.base import StorageEngine
+from node.engine.log_tail import LogTail
 from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication.signal import LogSignal
@@ -72,6 +75,7 @@ class LinkSender:
         acked_lsn: int = 0,
         rng: random.Random | None = None,
         offload: Offload | None = None,
+        log_tail: LogTail | None = None,
     ) -> None:
         self.enforcer = enforcer
         self.sealer = sealer
@@ -88,6 +92,9 @@ class LinkSender:
         self.backoff = backoff
         self.rng = rng or random.Random()
         self.offload = offload or Offload()
+        # The newest change-log entries in memory (the group committer appends them); without
+        # one, every batch is read from the store.
+        self.log_tail = log_tail
         # The position persisted for this target (the manager read it off the event loop).
         self.acked_lsn = acked_lsn
         self._log_end = 0
@@ -121,7 +128,18 @@ class LinkSender:
     async def next_batch(self, after_lsn: int) -> tuple[list[Mutation], int] | None:
         """The next batch after `after_lsn`: mutations the target may hold, and the position the
         batch carries the target to (past skipped entries too). None when the log has nothing."""
-        entries, opened, self._log_end = await self.offload.run(self._read_log, after_lsn, self.namespaces)
+        limit = self.limits.replication_batch_records_max
+        tail = self.log_tail.read(after_lsn, limit) if self.log_tail is not None else None
+        opened: dict[int, Version | Exception | None]
+        if tail is not None:
+            # The common case, a target close behind: the entries are in memory, so no store
+            # read and no hop; values to open are opened below, in a hop only if there are any.
+            entries, self._log_end = tail
+            opened = {}
+        else:
+            entries, opened, self._log_end = await self.offload.run(
+                self._read_log, after_lsn, self.namespaces
+            )
         if not entries:
             return None
         batch: list[Mutation] = []
@@ -133,11 +151,17 @@ class LinkSender:
                 break
             through = m.lsn
             if self._allowed(m):
-                if i not in opened:  # past what the first hop opened (many values were held back)
+                if i in opened:
+                    result = opened[i]
+                elif needs_opening(m.version):
+                    # Past what the read's hop opened (many values were held back), or read from
+                    # the tail: one hop opens about a batch's worth from here.
                     opened.update(await self.offload.run(self._open_from, entries, i, self.namespaces))
+                    result = opened[i]
+                else:
+                    result = m.version  # what open_version returns for it, without a hop
                 # Shipped in clear (the target seals it under its own key); a value whose key
                 # was destroyed is erased: its tombstone follows in the log.
-                result = opened[i]
                 if isinstance(result, Exception):
                     raise result
                 if result is None:
@@ -288,9 +312,13 @@ class LinkSender:
             self.acked_lsn = position
 
     def _update_backlog(self) -> None:
-        # Against the log's end as of the sender's last read (it reads again as soon as the log
-        # grows), so that neither the idle loop nor every ack costs another hop off the loop.
-        backlog = max(0, self._log_end - self.acked_lsn)
+        # Against the log's end as the tail knows it (it sees every commit), else as of the
+        # sender's last read (it reads again as soon as the log grows), so that neither the idle
+        # loop nor every ack costs another hop off the loop.
+        end = self._log_end
+        if self.log_tail is not None:
+            end = max(end, self.log_tail.last_lsn or 0)
+        backlog = max(0, end - self.acked_lsn)
         self.metrics.replication_backlog.labels(*self._labels).set(backlog)
 
     def _check_stalled(self, inflight: collections.deque[tuple[int, float]], deadline_s: float) -> None:
