@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from domicile.causality import CausalContext, Version
 from domicile.client import context_from_token, context_token
 from domicile.context_tokens import is_token
+from domicile.errors import InvalidArgument
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -51,22 +52,28 @@ def version_json(version: Version) -> dict[str, Any]:
 
 def context_json(context: CausalContext, token: bytes = b"") -> str:
     """The context as the CLI prints it: the node's opaque token (base64url), or the plain
-    context's compact form from a node that issues no tokens."""
+    context's compact form from a node that issues no tokens (to read only: --context refuses it)."""
     if token:
         return base64.urlsafe_b64encode(token).decode("ascii").rstrip("=")
     return context_token(context)
 
 
-def context_arg(text: str) -> tuple[CausalContext | None, bytes | None]:
-    """Parses --context: a token printed by this CLI (passed on unchanged), or the plain context
-    that older versions printed (deprecated, still accepted)."""
+def context_arg(text: str) -> bytes:
+    """Parses --context: a token printed by this CLI, passed on unchanged. A plain context that
+    older versions printed is refused (InvalidArgument, exit 2): nodes no longer accept a context
+    that is not authenticated."""
     try:
         data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         data = b""
     if is_token(data):
-        return None, data
-    return context_from_token(text), None
+        return data
+    context_from_token(text)  # malformed: says so
+    raise InvalidArgument(
+        "--context: this is a plain context printed by an older CLI, and it is no longer accepted "
+        "(it is not authenticated); pass the context printed by this CLI's get, put, delete or scan "
+        "of this key, unchanged"
+    )
 
 
 def print_json(obj: object, out: TextIO | None = None) -> None:

@@ -40,13 +40,12 @@ def _value(args: argparse.Namespace) -> bytes:
 
 
 def put(args: argparse.Namespace) -> int:
-    context, token = context_arg(args.context) if args.context else (None, None)
+    token = context_arg(args.context) if args.context else None
     with _client(args) as client:
         result = client.put(
             args.namespace,
             args.key,
             _value(args),
-            context=context,
             context_token=token,
             subject_id=args.subject_id,
             subject_jurisdiction=args.subject_jurisdiction,
@@ -111,12 +110,11 @@ def get(args: argparse.Namespace) -> int:
 
 
 def delete(args: argparse.Namespace) -> int:
-    context, token = context_arg(args.context) if args.context else (None, None)
+    token = context_arg(args.context) if args.context else None
     with _client(args) as client:
         result = client.delete(
             args.namespace,
             args.key,
-            context=context,
             context_token=token,
             region=args.region,
             subject_id=args.subject_id or None,

@@ -292,7 +292,8 @@ class Client:
         context_token: bytes | None = None,
     ) -> PutResult:
         """`context_token` (from an earlier result of this key, unchanged) names the versions this
-        write supersedes; `context` (a plain CausalContext) still works but is deprecated."""
+        write supersedes. `context` (a plain CausalContext) is refused with InvalidArgument: nodes
+        no longer accept a context that is not authenticated."""
         req = put_request(
             namespace,
             key,
@@ -330,7 +331,8 @@ class Client:
     ) -> DeleteResult:
         """Writes a tombstone. subject_id / subject_jurisdiction are used only when the node holds
         no version of the record (it then cannot tell where the tombstone belongs). Pass
-        `context_token` (or the deprecated `context`) to delete only the versions it names."""
+        `context_token` to delete only the versions it names (a plain `context` is refused, as in
+        put)."""
         req = delete_request(namespace, key, context, subject_id, subject_jurisdiction, context_token)
         resp, node = self._call(
             f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)

@@ -103,17 +103,18 @@ class PutRequest(_message.Message):
     classification: _record_pb2.Classification.ValueType
     """Classification; UNSPECIFIED takes the namespace default, a looser one is refused."""
     context_token: _builtins.bytes
-    """The context_token of an earlier Get, Put or Delete of this key, unchanged: the versions
-    this write supersedes. Opaque, authenticated by the cluster and bound to the namespace and
-    key; a forged, altered or other key's token is refused with INVALID_ARGUMENT. Set it or
-    context, not both.
+    """The context_token of an earlier Get, Put, Delete or Scan of this key, unchanged: the
+    versions this write supersedes. Opaque, authenticated by the cluster and bound to the
+    namespace and key; a forged, altered or other key's token is refused with INVALID_ARGUMENT.
+    Without a token the write supersedes nothing in a siblings namespace (it becomes a sibling
+    of what is there) and everything this node holds in an lww namespace.
     """
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
-        """Deprecated: pass context_token instead; still accepted for one release. A plain context
-        from an earlier Get: the versions this write supersedes. Without a context (or a token)
-        the write supersedes nothing in a siblings namespace (it becomes a sibling of what is
-        there) and everything this node holds in an lww namespace.
+        """Refused as an input: a Put that sets it fails with INVALID_ARGUMENT and writes nothing
+        (a malformed one is reported as malformed). Nothing authenticates a plain context, and one
+        naming another node's counters would make the cluster drop that node's later writes to the
+        key. Pass context_token instead. The field stays so that the message keeps its numbering.
         """
 
     def __init__(
@@ -160,7 +161,9 @@ class PutResponse(_message.Message):
 
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
-        """Causal context after the write, in the clear (deprecated as an input: pass context_token)."""
+        """Causal context after the write, in the clear, to read (refused as an input: pass
+        context_token).
+        """
 
     def __init__(
         self,
@@ -231,7 +234,7 @@ class GetResponse(_message.Message):
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
         """Causal context covering every version this node holds for the key, tombstones included
-        (in the clear; deprecated as an input: pass context_token).
+        (in the clear, to read; refused as an input: pass context_token).
         """
 
     def __init__(
@@ -275,12 +278,12 @@ class DeleteRequest(_message.Message):
     subject_jurisdiction: _builtins.str
     """ISO 3166-1 alpha-2 or ISO 3166-2 code, as in PutRequest."""
     context_token: _builtins.bytes
-    """The context_token of an earlier Get, Put or Delete of this key, as in PutRequest."""
+    """The context_token of an earlier Get, Put, Delete or Scan of this key, as in PutRequest:
+    the versions to delete; without a token, every version this node holds.
+    """
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
-        """Deprecated: pass context_token instead; still accepted for one release. Versions to
-        delete; without a context (or a token), every version this node holds.
-        """
+        """Refused as an input, as in PutRequest: pass context_token instead."""
 
     def __init__(
         self,
@@ -323,7 +326,7 @@ class DeleteResponse(_message.Message):
 
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
-        """Causal context after the delete, in the clear."""
+        """Causal context after the delete, in the clear, to read (refused as an input)."""
 
     def __init__(
         self,

@@ -15,10 +15,8 @@ from domicile.model import (
 )
 from domicile.subjects import HoldScope, RequestKind, check_reason, check_subject_id
 from domicile.v1 import coordinator_pb2 as cpb
-from domicile.v1 import record_pb2 as rpb
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.wire.limits import SUBJECT_REQUESTS_LIMIT_MAX, VIOLATIONS_MAX_LIMIT
-from domicile.wire.records import context_to_pb
 
 LIMITS = Limits()
 
@@ -52,18 +50,17 @@ def optional_text(value: str | None, name: str) -> str:
     return value
 
 
-def context_arg_to_pb(context: CausalContext | None, out: rpb.CausalContext) -> None:
+def refuse_plain_context(context: CausalContext | None) -> None:
+    """A plain CausalContext is no longer sent: nothing authenticates it, so nodes refuse it."""
     if context is None:
         return
-    if not isinstance(context, CausalContext):
-        raise InvalidArgument(
-            f"context must be the CausalContext of an earlier result; got {type(context).__name__}"
-        )
-    out.SetInParent()
-    context_to_pb(context, out)
+    raise InvalidArgument(
+        "a plain context is no longer accepted (it is not authenticated): pass context_token=, the "
+        "context_token of an earlier get, put, delete or scan of this key, unchanged"
+    )
 
 
-def context_token_arg(token: bytes | None, context: CausalContext | None) -> bytes:
+def context_token_arg(token: bytes | None) -> bytes:
     """A context token as given: opaque bytes from an earlier result, passed on unchanged."""
     if token is None:
         return b""
@@ -72,8 +69,6 @@ def context_token_arg(token: bytes | None, context: CausalContext | None) -> byt
             "context_token must be the bytes of an earlier result's context_token; "
             f"got {type(token).__name__}"
         )
-    if token and context is not None:
-        raise InvalidArgument("pass context_token or context, not both (context_token is preferred)")
     return bytes(token)
 
 
@@ -89,6 +84,7 @@ def put_request(
     context_token: bytes | None = None,
 ) -> spb.PutRequest:
     check_name(namespace, key)
+    refuse_plain_context(context)
     if not isinstance(value, bytes | bytearray | memoryview):
         raise InvalidArgument(f"value must be bytes; got {type(value).__name__} (encode text first)")
     req = spb.PutRequest(
@@ -99,9 +95,8 @@ def put_request(
         subject_id=optional_text(subject_id, "subject_id"),
         subject_jurisdiction=optional_text(subject_jurisdiction, "subject_jurisdiction"),
         classification=int(classification_arg(classification)),  # type: ignore[arg-type]
-        context_token=context_token_arg(context_token, context),
+        context_token=context_token_arg(context_token),
     )
-    context_arg_to_pb(context, req.context)
     return req
 
 
@@ -114,14 +109,14 @@ def delete_request(
     context_token: bytes | None = None,
 ) -> spb.DeleteRequest:
     check_name(namespace, key)
+    refuse_plain_context(context)
     req = spb.DeleteRequest(
         namespace=namespace,
         key=key,
-        context_token=context_token_arg(context_token, context),
+        context_token=context_token_arg(context_token),
         subject_id=optional_text(subject_id, "subject_id"),
         subject_jurisdiction=optional_text(subject_jurisdiction, "subject_jurisdiction"),
     )
-    context_arg_to_pb(context, req.context)
     return req
 
 

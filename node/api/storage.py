@@ -122,14 +122,20 @@ def _fill_read(result: ReadResult, versions: Any, context: Any) -> None:
 def _request_context(
     service: StorageService, request: spb.PutRequest | spb.DeleteRequest
 ) -> CausalContext | None:
-    """The context a write supersedes: from its token (checked against the cluster key, the
-    namespace and the key), or from the deprecated plain field; None when it has neither."""
-    plain = request.HasField("context")
+    """The context a write supersedes, from its token (checked against the cluster key, the
+    namespace and the key); None when it has none. The plain `context` field is refused: nothing
+    authenticates it, and a context naming another node's counters (which no receiver can check)
+    would make every node drop that node's later writes to the key."""
+    if request.HasField("context"):
+        # A malformed one is reported as such first; a well-formed one is still unsigned.
+        context_from_pb(request.context, service.limits)
+        raise errors.InvalidArgument(
+            "the plain context field is no longer accepted (it is not authenticated): pass the "
+            "context_token of an earlier Get, Put, Delete or Scan of this key, unchanged"
+        )
     if request.context_token:
-        if plain:
-            raise errors.InvalidArgument("pass context_token or the deprecated context, not both")
         return service.tokens.open(request.namespace, request.key, request.context_token, service.limits)
-    return context_from_pb(request.context, service.limits) if plain else None
+    return None
 
 
 def _scan_report_pb(report: ScanReport) -> spb.ScanComplianceResponse:

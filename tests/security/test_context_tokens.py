@@ -91,25 +91,42 @@ async def test_a_token_under_an_old_cluster_key_is_refused(pair: LocalCluster) -
     await refused_put(pair, "k", stale, "made under another cluster key")
 
 
-async def test_token_and_plain_context_together_are_refused(pair: LocalCluster) -> None:
-    put = await pair.put("eu-west-1", NS, "k", b"v")
+async def refused_plain(cluster: LocalCluster, request: spb.PutRequest | spb.DeleteRequest) -> str:
+    node = cluster.nodes["eu-west-1"]
+    before = (node.engine.get(NS, request.key), node.engine.last_lsn())
+    stub = cluster.stub("eu-west-1")
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await pair.stub("eu-west-1").Put(
-            spb.PutRequest(
-                namespace=NS, key="k", value=b"x", context_token=put.context_token, context=put.context
-            ),
-            timeout=5,
-        )
+        if isinstance(request, spb.PutRequest):
+            await stub.Put(request, timeout=5)
+        else:
+            await stub.Delete(request, timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "not both" in (info.value.details() or "")
+    assert (node.engine.get(NS, request.key), node.engine.last_lsn()) == before
+    return info.value.details() or ""
 
 
-async def test_the_deprecated_plain_context_still_works(pair: LocalCluster) -> None:
+async def test_the_plain_context_is_refused_and_writes_nothing(pair: LocalCluster) -> None:
+    """Nothing authenticates a plain context: Put and Delete refuse it, alone or with a token."""
     put = await pair.put("eu-west-1", NS, "k", b"v1")
-    await pair.stub("eu-west-1").Put(
-        spb.PutRequest(namespace=NS, key="k", value=b"v2", context=put.context), timeout=5
+    for request in (
+        spb.PutRequest(namespace=NS, key="k", value=b"v2", context=put.context),
+        spb.PutRequest(
+            namespace=NS, key="k", value=b"v2", context=put.context, context_token=put.context_token
+        ),
+        spb.DeleteRequest(namespace=NS, key="k", context=put.context),
+        spb.DeleteRequest(namespace=NS, key="k", context=put.context, context_token=put.context_token),
+        spb.PutRequest(namespace=NS, key="k", value=b"v2", context=pb.CausalContext()),
+    ):
+        details = await refused_plain(pair, request)
+        assert "plain context field is no longer accepted" in details, details
+        assert "pass the context_token of an earlier Get, Put, Delete or Scan of this key" in details, details
+    # A malformed plain context is still reported as malformed.
+    details = await refused_plain(
+        pair,
+        spb.PutRequest(namespace=NS, key="k", value=b"v2", context=pb.CausalContext(version_vector={"x": 0})),
     )
-    assert await pair.values("eu-west-1", NS, "k") == {b"v2"}
+    assert "malformed causal context" in details, details
+    assert await pair.values("eu-west-1", NS, "k") == {b"v1"}
 
 
 async def test_scan_items_carry_their_own_tokens(pair: LocalCluster) -> None:
@@ -134,9 +151,17 @@ async def test_the_sdk_and_cli_pass_tokens_through_unchanged(pair: LocalCluster)
         assert deleted.existed and deleted.context_token
         with pytest.raises(InvalidArgument, match="does not verify"):
             await client.put(NS, "sdk", b"3", context_token=first.context_token[:-1] + b"\x00")
-        with pytest.raises(InvalidArgument, match="not both"):
+        # A plain context is refused before anything is sent, alone or with a token.
+        lsn = pair.nodes["eu-west-1"].engine.last_lsn()
+        with pytest.raises(InvalidArgument, match="pass context_token="):
+            await client.put(NS, "sdk", b"3", context=got.context)
+        with pytest.raises(InvalidArgument, match="pass context_token="):
             await client.put(NS, "sdk", b"3", context=got.context, context_token=got.context_token)
+        with pytest.raises(InvalidArgument, match="pass context_token="):
+            await client.delete(NS, "sdk", context=got.context)
+        assert pair.nodes["eu-west-1"].engine.last_lsn() == lsn
     # The CLI prints the token and reads it back as the same bytes; a plain context printed by
-    # an older CLI still parses as one.
-    assert context_arg(context_json(got.context, got.context_token)) == (None, got.context_token)
-    assert context_arg(context_json(got.context)) == (got.context, None)
+    # an older CLI is refused.
+    assert context_arg(context_json(got.context, got.context_token)) == got.context_token
+    with pytest.raises(InvalidArgument, match="plain context printed by an older CLI"):
+        context_arg(context_json(got.context))

@@ -22,7 +22,6 @@ from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
-from domicile.wire.records import context_to_pb
 from node.config import NodeConfig
 from node.daemon import Node
 from tests.support.tcp_proxy import TcpProxy
@@ -271,9 +270,11 @@ class LocalCluster:
         context: CausalContext | None = None,
         **fields: Any,
     ) -> spb.PutResponse:
-        request = spb.PutRequest(namespace=namespace, key=key, value=value, **fields)
+        """`context`: the versions this write supersedes, sent as a context token signed with
+        the target node's key (nodes refuse a plain context)."""
         if context is not None:
-            context_to_pb(context, request.context)
+            fields["context_token"] = self.nodes[region].service.tokens.issue(namespace, key, context)
+        request = spb.PutRequest(namespace=namespace, key=key, value=value, **fields)
         response: spb.PutResponse = await self.stub(region).Put(request, timeout=5)
         return response
 

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from domicile.causality import CausalContext
 from domicile.cli.main import main
 from domicile.cli.output import table
+from domicile.client import context_token
 from domicile.v1 import coordinator_pb2 as cpb
 from tests.unit.test_client_wire import FakeCluster
 
@@ -65,6 +67,16 @@ def test_get_json_carries_versions_and_a_context_that_put_accepts(capsys, cluste
     )
     assert code == 0
     assert run(capsys, cluster, "get", "-n", "instruments", "-k", "k")[1] == "ab\n"
+
+
+def test_a_plain_context_from_an_older_cli_is_refused(capsys, cluster):
+    run(capsys, cluster, "put", "-n", "instruments", "-k", "k", "-v", "a")
+    plain = context_token(CausalContext.of({"us-east-1": 1}))
+    for command in ("put", "delete"):
+        args = [command, "-n", "instruments", "-k", "k", "--context", plain]
+        code, _, err = run(capsys, cluster, *args, *(["-v", "b"] if command == "put" else []))
+        assert code == 2 and "plain context" in err and "no longer accepted" in err, err
+    assert run(capsys, cluster, "get", "-n", "instruments", "-k", "k")[1] == "a\n"
 
 
 def test_binary_values_survive(capsys, tmp_path, cluster):

@@ -132,14 +132,13 @@ class FakeNode(sgrpc.StorageNodeServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key is empty")
         with self.lock:
             self.counter += 1
-            kept = (
-                [] if request.HasField("context") else self.records.get((request.namespace, request.key), [])
-            )
+            kept = [] if request.context_token else self.records.get((request.namespace, request.key), [])
             self.records[(request.namespace, request.key)] = [*kept, (self.counter, request.value)]
             counter = self.counter
         resp = spb.PutResponse(lsn=counter, region=self.region)
         self._version(counter, request.value, resp.version)
         resp.context.version_vector[self.region] = counter
+        resp.context_token = b"\x01" + f"fake-{self.region}-{counter}".encode()
         return resp
 
     def Get(self, request, context):
@@ -156,6 +155,7 @@ class FakeNode(sgrpc.StorageNodeServiceServicer):
                 if "subject_id" in self.redact:
                     version.subject_id = ""
             resp.context.version_vector[self.region] = counter
+            resp.context_token = b"\x01" + f"fake-{self.region}-{counter}".encode()
         resp.found = bool(resp.versions)
         return resp
 
@@ -528,7 +528,13 @@ def test_siblings_are_returned_and_must_be_resolved_explicitly(cluster, client):
     assert got.values == (b"a", b"b")
     with pytest.raises(FailedPrecondition, match="2 concurrent values"):
         _ = got.value
-    client.put("instruments", "k", b"ab", context=got.context)
+    # A plain context is refused before anything is sent; the token supersedes both.
+    with pytest.raises(InvalidArgument, match="context_token"):
+        client.put("instruments", "k", b"ab", context=got.context)
+    with pytest.raises(InvalidArgument, match="context_token"):
+        client.delete("instruments", "k", context=got.context)
+    assert client.get("instruments", "k").values == (b"a", b"b")
+    client.put("instruments", "k", b"ab", context_token=got.context_token)
     assert client.get("instruments", "k").value == b"ab"
 
 
