@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from domicile.errors import InvalidArgument, ResourceExhausted
+
+log = logging.getLogger("domicile.single_writer")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -212,18 +215,30 @@ class SingleWriter(Generic[T]):
     # -- the writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        # The batch being handled: answered if the writer ends inside it (a BaseException such
+        # as SystemExit or KeyboardInterrupt), so that no caller waits for ever.
+        unanswered: list[T] = []
         try:
             while (batch := self._take()) is not None:
+                unanswered = batch
                 started = time.perf_counter() if self._on_batch is not None else 0.0
                 try:
                     self._handle(batch)
                 except Exception as error:
+                    unanswered = []
                     self._reject(batch, error)
                     continue
+                unanswered = []
                 if self._on_batch is not None:
-                    self._on_batch(len(batch), time.perf_counter() - started)
+                    try:
+                        self._on_batch(len(batch), time.perf_counter() - started)
+                    except Exception:
+                        # A metrics hook must not stop the writer: the batch is done.
+                        log.exception("the %s batch hook failed", self.name)
         except BaseException as error:
             self.fail(f"the writer stopped: {error}")
+            if unanswered:
+                self._reject(unanswered, self._stopped(self._failure))
             raise
         finally:
             with self._cond:

@@ -226,7 +226,12 @@ class GroupCommitter:
         self.records_committed += sum(not isinstance(r, DomicileError) for r in results)
         self.last_batch_records = len(batch)
         if self._on_batch is not None:
-            self._on_batch(len(batch))
+            try:
+                self._on_batch(len(batch))
+            except Exception:
+                # The writes are committed: a failing metrics hook must not fail their callers
+                # (who would retry and write twice).
+                log.exception("the group commit batch hook failed")
         for item, result in zip(batch, results, strict=True):
             item.waiter.deliver(result)
 

@@ -232,7 +232,9 @@ class Eraser:
         # work runs off the event loop.
         held_classes = await self.offload.run(self.keyring.key_classes, subject)
         doomed = [c for c in held_classes if c not in kept_classes]
-        destroyed = await self.offload.run(self.keyring.destroy, subject, doomed) if doomed else 0
+        # Called even when nothing is doomed: a rerun after a destroy that deleted the keys but
+        # failed to truncate the WAL finds no key class left, and must still finish that step.
+        destroyed = await self.offload.run(self.keyring.destroy, subject, doomed)
         receipt = RegionReceipt(
             region=self.region,
             node_id=self.node_id,

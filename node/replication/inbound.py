@@ -127,7 +127,10 @@ class Receiver:
             raise errors.InvalidArgument(f"node {self.node_id} cannot replicate to itself")
         stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
         stats.connected = True
-        stats.position = await self.offload.run(self.engine.inbound_position, source_node_id)
+        stored = await self.offload.run(self.engine.inbound_position, source_node_id)
+        # An older stream of the same source may have applied a batch while the read was away:
+        # positions only move forward.
+        stats.position = max(stats.position, stored)
         return stats.position
 
     def close(self, source_node_id: str) -> None:

@@ -588,3 +588,15 @@ def test_a_key_read_just_before_its_destruction_is_not_cached(
         # ...but must not leave it cached after the destruction.
         assert ring.data_key("alice", "user_data", create=False) is None
         assert ring.data_key("bob", "user_data", create=False) == bob
+
+
+def test_regression_destroying_no_class_still_truncates_the_wal(store_dir: Path, keyring: Keyring) -> None:
+    """An erasure rerun after a destroy whose delete committed but whose WAL truncation failed
+    finds no key class left to destroy; it calls destroy with none, which must still leave the
+    WAL empty (the erasure now always calls it)."""
+    keyring.data_key("s-1", "user_data", create=True)
+    keyring.data_key("s-2", "user_data", create=True)
+    assert (store_dir / (KEYRING_FILE + "-wal")).stat().st_size > 0
+    assert keyring.destroy("s-1", []) == 0
+    assert (store_dir / (KEYRING_FILE + "-wal")).stat().st_size == 0
+    assert keyring.data_key("s-1", "user_data", create=False) is not None

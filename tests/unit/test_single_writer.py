@@ -260,3 +260,37 @@ async def test_put_before_start_and_start_twice_are_refused() -> None:
 def test_bad_limits_are_refused(batch: int, queue: int, solo: int) -> None:
     with pytest.raises(InvalidArgument, match="it must be at least"):
         Recorder(batch=batch, queue=queue, solo=solo)
+
+
+# The writer thread re-raises what ended it; pytest reports that as a warning.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_regression_a_batch_the_writer_dies_in_is_answered(started: Callable[..., Recorder]) -> None:
+    """A BaseException (SystemExit, KeyboardInterrupt) in the handler ended the writer without
+    answering the batch it was handling: its callers waited for ever."""
+    recorder = started()
+    original = recorder.handle
+
+    def dying(batch: list[Item]) -> None:
+        if any(item.value == "exit" for item in batch):
+            raise SystemExit("stop")
+        original(batch)
+
+    recorder.writer._handle = dying  # type: ignore[attr-defined]
+    future = await recorder.put("exit")
+    with pytest.raises(Unavailable, match="writer stopped"):
+        await asyncio.wait_for(future, 5)
+    assert recorder.writer.state == FAILED
+
+
+async def test_regression_a_failing_batch_hook_neither_fails_the_batch_nor_stops_the_writer(
+    started: Callable[..., Recorder],
+) -> None:
+    recorder = started()
+
+    def broken_hook(size: int, seconds: float) -> None:
+        raise ValueError("metrics backend gone")
+
+    recorder.writer._on_batch = broken_hook  # type: ignore[attr-defined]
+    assert await asyncio.wait_for(await recorder.put("a"), 5) == "A"
+    assert await asyncio.wait_for(await recorder.put("b"), 5) == "B"
+    assert recorder.writer.state == RUNNING
