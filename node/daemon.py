@@ -63,6 +63,9 @@ from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.node")
 
+# A scan and the audit chain check may run at once; more would only compete for the same disk.
+LONG_WORK_THREADS = 2
+
 TOPOLOGY_META = "topology"
 SERVICE_NAMES = (
     storage_node_pb2.DESCRIPTOR.services_by_name["StorageNodeService"].full_name,
@@ -117,6 +120,9 @@ class Node:
         # Every store read, key unwrap, sealing and file access from here on runs in these
         # threads; several nodes may share one event loop (the tests run whole clusters in one).
         self.offload = offload = Offload(THREADS_DEFAULT)
+        # Long jobs (compliance scans, the audit chain check) get threads of their own: they must
+        # not queue ahead of a Get, and stop() waits for them before it closes what they read.
+        self.long_work = Offload(LONG_WORK_THREADS)
         self.signal = LogSignal()
         self.engine = await offload.run(self._open_store)
         await offload.warm(self.engine.last_lsn)
@@ -418,7 +424,7 @@ class Node:
         self.exporter.offer(head)
 
     async def _verify_audit_log(self) -> None:
-        report = await asyncio.to_thread(self.audit.verify_local)
+        report = await self.long_work.run(self.audit.verify_local)
         self.metrics.audit_chain_valid.set(1 if report.ok else 0)
         if report.ok:
             log.info("audit log verified: %d entries", report.entries_checked)
@@ -430,7 +436,7 @@ class Node:
         """Judges every record copy here by the policy in force; one scan at a time."""
         async with self._scan_lock:
             policy, cluster = self.view.policy, self.view.topology.cluster
-            report = await asyncio.to_thread(
+            report = await self.long_work.run(
                 scan_store,
                 self.engine,
                 policy,
@@ -518,6 +524,8 @@ class Node:
         if self._server is not None:
             await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)
         await _bounded("writer stop", self.committer.stop(), 10.0)
+        # A scan or chain check still running reads the store and the audit log: it ends first.
+        await _bounded("long jobs", asyncio.to_thread(self.long_work.close), 10.0)
         await _bounded("audit log close", self.audit.close(), 10.0)
         # Reads still running finish before the key ring and the store they use are closed.
         await _bounded("blocking work", asyncio.to_thread(self.offload.close), 5.0)
