@@ -214,6 +214,11 @@ class Registry:
         self._on_register(region)
         return self._revision
 
+    def region_of(self, node_id: str) -> str | None:
+        """The region a registered node registered in; None for a node this registry does not know."""
+        node = self._nodes.get(node_id)
+        return node.region if node is not None else None
+
     def heartbeat(self, node_id: str, seen_revision: int = 0) -> int:
         """Records a sign of life; a down node comes back up. Returns the current revision."""
         self._check_open()

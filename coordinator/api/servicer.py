@@ -83,7 +83,9 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             "Heartbeat",
             context,
             lambda: self._registry.heartbeat(request.node_id, request.topology_revision),
-            ExpectedPeer.node(node_id=request.node_id),
+            # The region the node registered in, not just its id: a certificate for the same node
+            # id in another region must not keep this one marked up.
+            ExpectedPeer.node(self._registry.region_of(request.node_id), request.node_id),
         )
         return cpb.HeartbeatResponse(topology_revision=revision)
 

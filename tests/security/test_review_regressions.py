@@ -101,3 +101,27 @@ async def test_regression_only_nodes_and_dpos_see_subjects_in_the_topology(clust
     assert list(app_view.holds) == [] and list(app_view.erasures) == []
     assert [n.node_id for n in app_view.nodes]  # still enough to route
     assert list((await topology_as((Role.OPERATOR, Role.AUDITOR), "ops-1")).holds) == []
+
+
+async def test_regression_a_heartbeat_is_taken_only_from_the_region_the_node_registered_in(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Heartbeats were checked by node id only: a certificate for the same node id in another
+    region could keep a dead node marked up."""
+    assert cluster.pki is not None
+    # Issued directly: the session's certificate cache knows one certificate per node id.
+    pki.issue_node(cluster.pki.ca, "us-east-1", "eu-west-1").write(tmp_path, "node-impostor")
+    impostor = TlsFiles(
+        cluster.pki.directory / "ca.crt", tmp_path / "node-impostor.crt", tmp_path / "node-impostor.key"
+    )
+    other_region = Dialer.mutual_tls(impostor).channel(cluster.coordinator_address)
+    same = cluster.channel_as_node("eu-west-1", cluster.coordinator_address, node_id="eu-west-1")
+    try:
+        request = cpb.HeartbeatRequest(node_id="eu-west-1")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cpb_grpc.CoordinatorServiceStub(other_region).Heartbeat(request, timeout=5)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        await cpb_grpc.CoordinatorServiceStub(same).Heartbeat(request, timeout=5)
+    finally:
+        await other_region.close()
+        await same.close()
