@@ -21,7 +21,6 @@ from typing import Any
 
 from domicile.authz.authorizer import Authorizer
 from domicile.authz.model import Principal as AuthzPrincipal
-from domicile.authz.model import PrincipalKind as AuthzKind
 from domicile.authz.model import RequestContext, Resource, Role
 from domicile.errors import DomicileError, InvalidArgument, PermissionDenied, Unauthenticated
 from domicile.identity.certificate import principal_from_certificate
@@ -80,7 +79,7 @@ def authz_principal(principal: Principal) -> AuthzPrincipal:
     else:
         roles = frozenset(Role(r.value) for r in principal.roles)
     name = principal.name or principal.node_id or ""
-    return AuthzPrincipal(principal.uri, AuthzKind(principal.kind.value), roles, name)
+    return AuthzPrincipal(principal.uri, principal.kind, roles, name)
 
 
 class Gate:

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 from domicile.cluster import ClusterSpec, NamespaceSpec
 from domicile.errors import InvalidArgument
+
+# One principal kind for authentication and authorization: what a certificate names is what
+# the policies decide on.
+from domicile.identity.principal import PrincipalKind as PrincipalKind
 from domicile.model import check_purpose
 
 DEFAULT_CLUSTER_NAME = "domicile"
@@ -30,18 +34,13 @@ class Role(enum.Enum):
             raise InvalidArgument(f"unknown role {text!r}; roles: {allowed}") from None
 
 
-class PrincipalKind(enum.Enum):
-    CLIENT = "client"
-    NODE = "node"
-    COORDINATOR = "coordinator"
-
-    @classmethod
-    def parse(cls, text: str) -> PrincipalKind:
-        try:
-            return cls(text.strip().lower())
-        except ValueError:
-            allowed = ", ".join(k.value for k in cls)
-            raise InvalidArgument(f"unknown principal kind {text!r}; kinds: {allowed}") from None
+def parse_kind(text: str) -> PrincipalKind:
+    """A principal kind by name (node, coordinator, client), as the CLI and identities spell it."""
+    try:
+        return PrincipalKind(text.strip().lower())
+    except ValueError:
+        allowed = ", ".join(k.value for k in PrincipalKind)
+        raise InvalidArgument(f"unknown principal kind {text!r}; kinds: {allowed}") from None
 
 
 def name_of(identity: str) -> str:
@@ -56,7 +55,7 @@ def kind_of(identity: str) -> PrincipalKind:
     if identity.startswith("spiffe://"):
         segments = identity[len("spiffe://") :].strip("/").split("/")
         if len(segments) >= 3:
-            return PrincipalKind.parse(segments[1])
+            return parse_kind(segments[1])
     return PrincipalKind.CLIENT
 
 
@@ -78,7 +77,7 @@ class Principal:
     @classmethod
     def of(cls, identity: str, roles: Iterable[str], kind: str = "") -> Principal:
         """From text (a CLI, a token's claims): unknown roles and kinds are InvalidArgument."""
-        principal_kind = PrincipalKind.parse(kind) if kind else kind_of(identity)
+        principal_kind = parse_kind(kind) if kind else kind_of(identity)
         return cls(identity, principal_kind, frozenset(Role.parse(r) for r in roles))
 
     def role_names(self) -> list[str]:
