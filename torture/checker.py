@@ -64,12 +64,16 @@ def _lww_wins(a: tuple[Dot, int], b: tuple[Dot, int]) -> bool:
 def check(
     ops: Iterable[Op],
     final: FinalState,
+    regions: Iterable[str],
     lww_namespaces: Iterable[str] = (),
     placed_namespaces: Iterable[str] = (),
 ) -> Findings:
-    """`placed_namespaces` are placed record by record by the policy pack: which replicas hold
-    a record is the policy's business (the scanner checks it), so there an acknowledged write is
-    looked for only in the region that acknowledged it, and replicas are not compared."""
+    """`regions`: every region read; a key a region did not return is empty there (so a write
+    lost everywhere is still found). `placed_namespaces` are placed record by record by the
+    policy pack: which replicas hold a record is the policy's business (the scanner checks it),
+    so there an acknowledged write is looked for only in the region that acknowledged it, and
+    replicas are not compared."""
+    every_region = list(regions)
     lww = set(lww_namespaces)
     placed = set(placed_namespaces)
     findings = Findings()
@@ -80,7 +84,8 @@ def check(
     written_values = {op.value for ops_of_key in by_key.values() for op in ops_of_key if op.value}
 
     for (namespace, key), key_ops in sorted(by_key.items()):
-        replicas = final.get(namespace, {}).get(key, {})
+        held = final.get(namespace, {}).get(key, {})
+        replicas = {region: held.get(region, Seen()) for region in every_region}
         findings.keys_checked += 1
         acked = [op for op in key_ops if op.outcome == "ok" and op.dot is not None and op.f != "delete"]
         findings.acknowledged_writes += len(acked)
@@ -148,7 +153,7 @@ def check(
     return findings
 
 
-def load_final(path: Path) -> tuple[dict[str, dict[str, dict[str, Seen]]], list[str], list[str]]:
+def load_final(path: Path) -> tuple[dict[str, dict[str, dict[str, Seen]]], list[str], list[str], list[str]]:
     raw = json.loads(path.read_text())
     final: dict[str, dict[str, dict[str, Seen]]] = {}
     for namespace, keys in raw["state"].items():
@@ -159,7 +164,12 @@ def load_final(path: Path) -> tuple[dict[str, dict[str, dict[str, Seen]]], list[
                     dots=[(str(n), int(c)) for n, c in seen["dots"]],
                     live=[((str(d[0]), int(d[1])), str(v), int(h)) for d, v, h in seen["live"]],
                 )
-    return final, list(raw.get("lww_namespaces", [])), list(raw.get("placed_namespaces", []))
+    return (
+        final,
+        list(raw["regions"]),
+        list(raw.get("lww_namespaces", [])),
+        list(raw.get("placed_namespaces", [])),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("history", type=Path, help="history.jsonl of the run")
     parser.add_argument("final", type=Path, help="final.json of the run")
     args = parser.parse_args(argv)
-    final, lww, placed = load_final(args.final)
-    findings = check(load(args.history), final, lww, placed)
+    final, regions, lww, placed = load_final(args.final)
+    findings = check(load(args.history), final, regions, lww, placed)
     print(json.dumps(findings.to_json(), indent=2))
     return 0 if findings.ok else 1
 

@@ -157,7 +157,11 @@ class TortureCluster:
         ready = COORDINATOR_READY if daemon is self.coordinator else NODE_READY
         # Every channel the daemon opens goes through its port on the router.
         env = {"grpc_proxy": daemon.proxy_url, "no_grpc_proxy": "", **daemon.extra_env}
-        await self.children.start_daemon(daemon.child_name, daemon.argv, ready, env=env)
+        try:
+            await self.children.start_daemon(daemon.child_name, daemon.argv, ready, env=env)
+        except BaseException:
+            await self.children.kill(daemon.child_name)  # whatever is left of it
+            raise
         daemon.running = True
         daemon.paused = False
 
@@ -175,6 +179,12 @@ class TortureCluster:
         if daemon.running and daemon.paused:
             self.children.send_signal(daemon.child_name, signal.SIGCONT)
             daemon.paused = False
+
+    async def restart_with_env(self, daemon: Daemon, env: dict[str, str]) -> None:
+        """Kills the daemon and starts it again with `env` (a skewed clock, or none)."""
+        await self.kill(daemon)
+        daemon.extra_env = env
+        await self.start_daemon(daemon)
 
     async def snapshot(self, daemon: Daemon) -> None:
         """Copies the daemon's data directory while it is stopped (SIGSTOP), so that the copy is

@@ -54,7 +54,7 @@ class Op:
     id: int
     client: str
     region: str  # the node the client called
-    f: str  # rmw, write, delete, read, subject-write
+    f: str  # rmw, write, insert, delete, read, subject-write
     namespace: str
     key: str
     start_s: float
@@ -86,7 +86,7 @@ class Op:
 
     @property
     def writes(self) -> bool:
-        return self.f in ("rmw", "write", "delete", "subject-write")
+        return self.f in ("rmw", "write", "insert", "delete", "subject-write")
 
 
 class History:

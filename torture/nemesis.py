@@ -1,6 +1,6 @@
 """The torture run's faults, drawn from a seeded generator: partitions (symmetric, one-way, a
 bridge, one region isolated), latency, loss, connection resets, kill -9 and restart of nodes and
-of the coordinator, and pauses (SIGSTOP/SIGCONT).
+of the coordinator, pauses (SIGSTOP/SIGCONT), and a node restarted with its clock skewed.
 
 One fault is in force at a time, for a drawn duration, then healed, then a drawn quiet gap: a
 schedule that a seed replays (the cluster's reaction to it depends on timing, as in any such run).
@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
+from bench.procs import ChildError
+from torture.clocks import skewed_env
 from torture.cluster import COORDINATOR, TortureCluster
 from torture.router import cut_between
 
@@ -32,12 +34,19 @@ FAULT_KINDS = (
     "kill",
     "kill-coordinator",
     "pause",
+    "skew",
 )
 # Not in the default schedule: faults that the cluster is known not to survive yet. `rewind`
 # restarts a node from a copy of its store taken seconds earlier (a restore from an old backup),
 # after which the node hands out dots it already gave to other writes. The checker must catch
 # it: this is the run's negative control.
-UNSAFE_KINDS = ("rewind",)
+# `skew-large` restarts a node with its clock minutes to hours off: beyond the drift that peers
+# accept, so its writes are refused everywhere else (bounded clocks on the writing side are not
+# built yet).
+UNSAFE_KINDS = ("rewind", "skew-large")
+# A small skew stays within the drift peers accept (5 s by default).
+SMALL_SKEW_S = (0.2, 3.0)
+LARGE_SKEW_S = (60.0, 7200.0)
 FAULT_S = (1.0, 4.0)
 QUIET_S = (0.5, 2.0)
 
@@ -132,6 +141,22 @@ class Nemesis:
                 await cluster.start_daemon(daemon)
 
             return restart, daemon.name
+        if kind in ("skew", "skew-large"):
+            daemon = cluster.nodes[self.rng.choice(nodes)]
+            offset = self.rng.uniform(*(SMALL_SKEW_S if kind == "skew" else LARGE_SKEW_S))
+            offset *= self.rng.choice((-1, 1))
+            detail = f"{daemon.name} clock {offset:+.1f} s"
+            try:
+                await cluster.restart_with_env(daemon, skewed_env(offset))
+            except ChildError as error:
+                # A clock far enough behind makes the node's own certificate not yet valid:
+                # it refuses to start, which is the right answer. The heal restarts it.
+                detail += f"; it refused to start: {str(error).splitlines()[-1][:200]}"
+
+            async def unskew() -> None:
+                await cluster.restart_with_env(daemon, {})
+
+            return unskew, detail
         if kind == "rewind":
             daemon = cluster.nodes[self.rng.choice(nodes)]
             await cluster.snapshot(daemon)

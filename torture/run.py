@@ -38,11 +38,12 @@ from torture.cluster import LWW, PEOPLE, SIBLINGS, TortureCluster
 from torture.history import History, Op, Seen
 from torture.nemesis import FAULT_KINDS, UNSAFE_KINDS, Nemesis
 from torture.router import FaultRouter
-from torture.workload import KEYS_PER_NAMESPACE, SUBJECTS, Workload, seen_of
+from torture.workload import INSERT_PREFIX, KEYS_PER_NAMESPACE, SUBJECTS, Workload, seen_of
 
 LINK_TIMEOUT_S = 60.0
 POLL_S = 0.1
 READ_DEADLINE_S = 3.0
+SCAN_PAGE = 500
 DURATION_MAX_S = 24 * 3600
 
 
@@ -79,9 +80,26 @@ def all_keys() -> dict[str, list[str]]:
     return {SIBLINGS: plain, LWW: plain, PEOPLE: people}
 
 
+async def _scan(cluster: TortureCluster, region: str, namespace: str, prefix: str) -> dict[str, Seen]:
+    found: dict[str, Seen] = {}
+    token = ""
+    while True:
+        request = spb.ScanRequest(
+            namespace=namespace, key_prefix=prefix, page_size=SCAN_PAGE, page_token=token
+        )
+        page: spb.ScanResponse = await cluster.direct(region).Scan(request, timeout=READ_DEADLINE_S)
+        for item in page.items:
+            found[item.key] = seen_of(item)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
 async def read_state(
-    cluster: TortureCluster, namespaces: dict[str, list[str]]
+    cluster: TortureCluster, namespaces: dict[str, list[str]], inserts: bool
 ) -> dict[str, dict[str, dict[str, Seen]]]:
+    """What every node holds for `namespaces`' keys, and with `inserts`, for every inserted key
+    any node returns. A key a node does not return is empty there."""
     state: dict[str, dict[str, dict[str, Seen]]] = {}
     for namespace, keys in namespaces.items():
         for key in keys:
@@ -90,6 +108,10 @@ async def read_state(
                     spb.GetRequest(namespace=namespace, key=key), timeout=READ_DEADLINE_S
                 )
                 state.setdefault(namespace, {}).setdefault(key, {})[region] = seen_of(response)
+    if inserts:
+        scanned = {region: await _scan(cluster, region, SIBLINGS, INSERT_PREFIX) for region in cluster.nodes}
+        for key in set().union(*scanned.values()):
+            state.setdefault(SIBLINGS, {})[key] = {r: scanned[r].get(key, Seen()) for r in cluster.nodes}
     return state
 
 
@@ -107,7 +129,7 @@ async def await_convergence(cluster: TortureCluster, healed: float, timeout_s: f
     while True:
         now = time.monotonic()
         try:
-            state = await read_state(cluster, compared)
+            state = await read_state(cluster, compared, inserts=True)
         except grpc.aio.AioRpcError:
             state = {}  # a node is still starting
         if state:
@@ -118,7 +140,7 @@ async def await_convergence(cluster: TortureCluster, healed: float, timeout_s: f
                         agreed_since.setdefault(name, now - healed)
                     else:
                         agreed_since.pop(name, None)
-        everything = [f"{ns}/{k}" for ns, keys in compared.items() for k in keys]
+        everything = [f"{ns}/{k}" for ns, keys in state.items() for k in keys]
         missing = [name for name in everything if name not in agreed_since]
         if state and not missing:
             return Convergence(True, [agreed_since[n] for n in everything], [])
@@ -241,8 +263,9 @@ async def run(args: argparse.Namespace) -> int:
         written = time.monotonic()
         print(f"healed; {len(history.ops)} operations; waiting for convergence", flush=True)
         convergence = await await_convergence(cluster, written, args.convergence_timeout)
-        state = await read_state(cluster, all_keys())
+        state = await read_state(cluster, all_keys(), inserts=True)
         final = {
+            "regions": list(cluster.nodes),
             "lww_namespaces": [LWW],
             "placed_namespaces": [PEOPLE],
             "state": {
@@ -254,7 +277,7 @@ async def run(args: argparse.Namespace) -> int:
             },
         }
         (out / "final.json").write_text(json.dumps(final))
-        findings = checker.check(history.ops, state, [LWW], [PEOPLE])
+        findings = checker.check(history.ops, state, list(cluster.nodes), [LWW], [PEOPLE])
         print(
             f"converged in {time.monotonic() - written:.1f} s; scanning and verifying audit chains",
             flush=True,

@@ -27,7 +27,11 @@ OP_DEADLINE_S = 2.0
 # check says whether any copy ended up where it may not be.
 SUBJECTS = (("subject-de", "DE"), ("subject-us", "US-CA"), ("subject-jp", "JP"))
 # (operation, weight)
+# Inserts write keys of their own, never written again: each must be on every replica at the
+# end, which makes a lost write visible that contention would otherwise hide by superseding it.
+INSERT_PREFIX = "i-"
 MIX = (
+    ("insert", 12),
     ("rmw-siblings", 28),
     ("write-siblings", 10),
     ("delete-siblings", 8),
@@ -38,7 +42,7 @@ MIX = (
 )
 
 
-def seen_of(response: spb.GetResponse) -> Seen:
+def seen_of(response: spb.GetResponse | spb.ScanItem) -> Seen:
     return Seen(
         vv=dict(response.context.version_vector),
         dots=[(d.node_id, d.counter) for d in response.context.dots],
@@ -84,6 +88,11 @@ class Client:
                 self._finish(op, error)
                 return
             self._finish(op, None)
+            return
+        if kind == "insert":
+            op = self._op(op_id, "insert", SIBLINGS, f"{INSERT_PREFIX}{self.name}-{self.sequence + 1}")
+            op.value = self._value()
+            await self._write(op, spb.PutRequest(namespace=SIBLINGS, key=op.key, value=op.value.encode()))
             return
         if kind == "subject-write":
             subject, jurisdiction = rng.choice(SUBJECTS)

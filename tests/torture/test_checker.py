@@ -37,7 +37,7 @@ def replicas(*live: tuple[Dot, str, int], namespace: str = NS) -> dict[str, dict
 
 
 def findings(ops: list[Op], final: dict[str, dict[str, dict[str, Seen]]]) -> Findings:
-    return check(ops, final, lww_namespaces=[LWW])
+    return check(ops, final, REGIONS, lww_namespaces=[LWW])
 
 
 def test_concurrent_blind_writes_both_live_is_correct() -> None:
@@ -114,10 +114,17 @@ def test_lww_ties_on_the_clock_are_broken_by_node_id() -> None:
 def test_placed_namespaces_look_for_a_write_only_where_it_was_acknowledged() -> None:
     ops = [write(1, "a", ("eu-west-1", 1), namespace="t_people")]
     final = {"t_people": {"k": {"eu-west-1": Seen(live=[(("eu-west-1", 1), "a", 0)]), "us-east-1": Seen()}}}
-    assert check(ops, final, placed_namespaces=["t_people"]).ok
-    assert not check(ops, final).ok
-    moved = {"t_people": {"k": {"eu-west-1": Seen(), "us-east-1": Seen(live=[(("eu-west-1", 1), "a", 0)])}}}
-    assert check(ops, moved, placed_namespaces=["t_people"]).lost
+    regions = ("eu-west-1", "us-east-1")
+    assert check(ops, final, regions, placed_namespaces=["t_people"]).ok
+    assert not check(ops, final, regions).ok
+    moved = {"t_people": {"k": {"us-east-1": Seen(live=[(("eu-west-1", 1), "a", 0)])}}}
+    assert check(ops, moved, regions, placed_namespaces=["t_people"]).lost
+
+
+def test_a_key_no_replica_returned_is_empty_everywhere() -> None:
+    # A write lost on every replica leaves no key to read: the checker must still see it.
+    result = findings([write(1, "a", ("n1", 1))], {})
+    assert len(result.lost) == len(REGIONS)
 
 
 def test_failed_writes_are_not_expected_anywhere() -> None:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SHORT_RUN_S = "20"
 RUN_TIMEOUT_S = 300
@@ -32,6 +34,7 @@ def _run(out: Path, seed: int, *extra: str) -> tuple[int, dict[str, object], str
     return done.returncode, report, done.stdout + done.stderr[-3000:]
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
 def test_a_short_run_under_every_fault_loses_nothing(tmp_path: Path) -> None:
     seed = _seed()
     code, report, output = _run(tmp_path, seed, "--duration", SHORT_RUN_S)
@@ -42,6 +45,7 @@ def test_a_short_run_under_every_fault_loses_nothing(tmp_path: Path) -> None:
     assert isinstance(checker, dict) and checker["acknowledged_writes"] > 0
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
 def test_negative_control_a_node_restored_from_an_old_copy_is_caught(tmp_path: Path) -> None:
     # Without node incarnations a restored node hands out dots again; the checker must see the
     # dots reused and writes lost. A checker that passed this would prove nothing.
