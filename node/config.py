@@ -40,6 +40,9 @@ class NodeConfig:
     # How often records past their retention period are swept; 0 turns the sweeper off (a
     # sweep can still be run on demand).
     retention_sweep_interval_s: float = 300.0
+    # The most records one sweep deletes. A clock far ahead makes every short-lived record look
+    # expired; the cap bounds what one such sweep destroys, and hitting it raises an alert.
+    retention_expire_max: int = 10_000
     # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
     max_clock_drift_ms: int = 5000
     # The cluster's key for causal-context tokens (32 bytes, mode 0600), the same file content on
@@ -81,6 +84,11 @@ class NodeConfig:
             raise InvalidArgument(f"insecure must be true or false, not {self.insecure!r}")
         settings.check_choice(self.tls_files(), self.insecure, f"node {self.node_id}", self.tls_stem)
         settings.check_token_settings(self.jwks, self.token_issuer, self.token_audience)
+        if not 1 <= self.retention_expire_max <= 10_000_000:
+            raise InvalidArgument(
+                "retention_expire_max must be 1 to 10000000 records per sweep, "
+                f"not {self.retention_expire_max}"
+            )
         if not 0 <= self.retention_sweep_interval_s <= 86_400:
             raise InvalidArgument(
                 "retention_sweep_interval_s must be 0 (off) to 86400 seconds, "
@@ -126,6 +134,11 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         "--retention-sweep-interval-s",
         type=float,
         help="seconds between retention sweeps (default 300; 0 turns them off)",
+    )
+    parser.add_argument(
+        "--retention-expire-max",
+        type=int,
+        help="the most records one retention sweep deletes (default 10000; hitting it alerts)",
     )
     parser.add_argument(
         "--max-clock-drift-ms",

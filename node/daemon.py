@@ -193,6 +193,8 @@ class Node:
             on_expired=lambda ns, n: self.metrics.retention_expired.labels(ns).inc(n),
             now_ms=self.wall_ms,
             offload=offload,
+            expire_max=cfg.retention_expire_max,
+            on_capped=self.metrics.retention_capped.inc,
         )
         self._scan_lock = asyncio.Lock()
         self.last_scan: ScanReport | None = None

@@ -191,6 +191,12 @@ class NodeMetrics:
             ["namespace"],
             registry=r,
         )
+        self.retention_capped = Counter(
+            "domicile_retention_capped_total",
+            "Retention sweeps that stopped at retention_expire_max deletions (a clock ahead, or a "
+            "backlog larger than one sweep).",
+            registry=r,
+        )
         self.retention_last_sweep = Gauge(
             "domicile_retention_last_sweep_timestamp_seconds",
             "When the last retention sweep ended.",
