@@ -134,7 +134,9 @@ class Gate:
             else:
                 principal = self._peer(context)
         except Unauthenticated as error:
-            self.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, context.peer(), error.message))
+            self.on_refusal(
+                Refusal(action, Reason.UNAUTHENTICATED, self._refused_identity(context), error.message)
+            )
             raise
         return Caller(principal.uri, principal, purpose)
 
@@ -161,6 +163,15 @@ class Gate:
             self.on_refusal(Refusal(action, Reason.POLICY, caller.identity, error.message, namespace))
             raise
         return caller
+
+    def _refused_identity(self, context: Any) -> str:
+        """Who an unauthenticated call came from, as far as anything verified says: the
+        connection's certificate when it names a principal (a bad token over a good
+        certificate), the peer address when nothing does."""
+        try:
+            return self._peer(context).uri
+        except Unauthenticated:
+            return str(context.peer())
 
     def _peer(self, context: Any) -> Principal:
         """peer_principal, with the certificate's parse cached."""
