@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from domicile import errors
 from domicile.audit import SignedHead
-from domicile.authz.gate import Gate, load_checks
+from domicile.authz.gate import Gate, Reason, Refusal, load_checks
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
@@ -256,7 +256,14 @@ class Node:
             on_refusal=refusal_recorder(self.metrics, self.audit, lambda: self.view.policy.version),
         )
         access = NodeAccess(self.gate, region=cfg.region, view=self.view)
-        server = grpc.aio.server(options=NODE_SERVER_OPTIONS, interceptors=[MessageLimits()])
+        gate = self.gate
+
+        def too_large(context: grpc.aio.ServicerContext, action: str, message: str) -> None:
+            gate.on_refusal(Refusal(action, Reason.TOO_LARGE, gate.identity_of(context), message))
+
+        server = grpc.aio.server(
+            options=NODE_SERVER_OPTIONS, interceptors=[MessageLimits(on_too_large=too_large)]
+        )
         spb_grpc.add_StorageNodeServiceServicer_to_server(
             StorageServicer(self.service, self.status, self.audit, self.compliance_scan, self.sealer, access),
             server,
