@@ -84,3 +84,21 @@ async def secure(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loca
         yield cluster
     finally:
         await cluster.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def rogue_linked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalCluster]:
+    """pair_and_rogue, one per module: the cases that use it work after whatever position the
+    previous case left the rogue source at, on keys of their own."""
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("rogue-linked"), ["eu-west-1", "eu-central-1", ROGUE_REGION]
+    )
+    try:
+        await cluster.start_coordinator()
+        await cluster.start_node("eu-west-1")
+        await cluster.start_node("eu-central-1")
+        await cluster.start_node(ROGUE_REGION, node_id=ROGUE)
+        await cluster.wait_linked()
+        yield cluster
+    finally:
+        await cluster.stop()
