@@ -49,7 +49,6 @@ from node.offload import Offload
 
 log = logging.getLogger("domicile.erasure")
 
-BLOCKED_META = "erased_subjects"
 RECEIPTS_META = "erasure_receipts"
 ERASE_ACTION = "erase"
 RECEIPT_ACTION = "erasure_receipt"
@@ -111,9 +110,9 @@ class Eraser:
     async def load(self) -> None:
         """Reads the erased subjects and the receipts not yet reported from the store."""
         blocked, receipts = await self.offload.run(
-            lambda: (self.engine.get_meta(BLOCKED_META), self.engine.get_meta(RECEIPTS_META))
+            lambda: (self.engine.blocked_subjects(), self.engine.get_meta(RECEIPTS_META))
         )
-        self.blocked = json.loads(blocked or b"{}")
+        self.blocked = blocked
         self.receipts = {rid: _receipt_from_json(r) for rid, r in json.loads(receipts or b"{}").items()}
 
     # -- the block --------------------------------------------------------------------------
@@ -139,10 +138,9 @@ class Eraser:
         if self.blocked.get(digest) == request_id:
             return
         self.blocked[digest] = request_id
-        blob = json.dumps(self.blocked, sort_keys=True).encode()
 
         def persist(engine: StorageEngine) -> None:
-            engine.put_meta(BLOCKED_META, blob)
+            engine.block_subject(digest, request_id)
 
         await self.committer.run(persist)
 
