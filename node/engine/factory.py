@@ -22,5 +22,8 @@ def open_engine(settings: EngineSettings, data_dir: str, node_id: str, region: s
             str(Path(data_dir) / SQLITE_FILE), node_id, region, synchronous=settings.synchronous
         )
     if isinstance(settings, MongoSettings):
-        raise InvalidArgument("the mongodb engine is not available in this build")
+        # Imported here: a node on SQLite never loads the MongoDB driver.
+        from node.engine.mongo import MongoEngine
+
+        return MongoEngine(settings.uri, settings.database, node_id, region)
     raise InvalidArgument(f"unknown engine settings {settings!r}; allowed: {', '.join(ENGINES)}")
