@@ -29,6 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domicile.cli.output import table
+from domicile.cli.tiers import TierServers, mongodb_server
 from domicile.client import Client, NodeHealth
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import AlreadyExists, DomicileError, InvalidArgument
@@ -85,7 +86,9 @@ def plan_children(
     log_level: str,
     tls_dir: Path | None,
     python: str = sys.executable,
+    node_args: Sequence[str] = (),
 ) -> list[ChildSpec]:
+    """`node_args`: flags every node gets on top (the tier servers' with --tiers)."""
     """The command line of every child. Pure, so that tests can check the layout."""
     count = 1 + len(cluster.regions)
     if not cluster.regions:
@@ -163,6 +166,7 @@ def plan_children(
                     "--log-level",
                     log_level,
                     *security,
+                    *node_args,
                 ),
                 address=address,
                 peer=ExpectedPeer.node(region.name, region.name),
@@ -445,6 +449,10 @@ def up(args: argparse.Namespace) -> int:
     cluster = load_cluster(config_path)
     data_dir = Path(args.data_dir).resolve()
     dev_pki = None if args.insecure else make_dev_pki(cluster, data_dir / "tls", args.host)
+    tiers = TierServers([])
+    if args.tiers:
+        # After every daemon's port: the coordinator's, then one per region.
+        tiers = TierServers([mongodb_server(data_dir, args.host, args.base_port + 1 + len(cluster.regions))])
     specs = plan_children(
         cluster,
         config_path=config_path,
@@ -454,8 +462,9 @@ def up(args: argparse.Namespace) -> int:
         metrics_base_port=args.metrics_base_port,
         log_level=args.log_level,
         tls_dir=dev_pki.directory if dev_pki else None,
+        node_args=tiers.node_args(),
     )
-    ports = [args.base_port + i for i in range(len(specs))]
+    ports = [args.base_port + i for i in range(len(specs))] + [s.port for s in tiers.servers]
     if args.metrics_base_port:
         ports += [args.metrics_base_port + i for i in range(len(specs))]
     busy = busy_ports(args.host, ports)
@@ -474,6 +483,9 @@ def up(args: argparse.Namespace) -> int:
     supervisor = Supervisor(specs, stop, _say, dialer)
     code = 0
     try:
+        if tiers.servers:
+            _say(f"starting {', '.join(s.name for s in tiers.servers)}; logs in {data_dir / 'logs'}")
+            tiers.start(args.startup_timeout)
         _say(f"starting {len(specs)} processes; logs in {data_dir / 'logs'}")
         supervisor.start_all()
         supervisor.wait_healthy(args.startup_timeout)
@@ -482,6 +494,8 @@ def up(args: argparse.Namespace) -> int:
             _say(f"warning: the coordinator does not report these regions up yet: {', '.join(missing)}")
         _say("")
         _say(endpoints_table(supervisor.children))
+        for server in tiers.servers:
+            _say(f"{server.name}: {server.host}:{server.port} (every region's primary store)")
         _say("")
         _say(tls_text(dev_pki))
         _say("")
@@ -493,11 +507,15 @@ def up(args: argparse.Namespace) -> int:
     except StartupFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         code = 1
+    except DomicileError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        code = 1
     except KeyboardInterrupt:
         pass
     finally:
         _say("stopping")
         supervisor.stop_all(args.stop_timeout)
+        tiers.stop(args.stop_timeout)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _say("stopped" if code == 0 else "stopped after a failure")
