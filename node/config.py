@@ -55,6 +55,9 @@ class NodeConfig:
     metrics_port: int = 9401
     metrics_host: str = "127.0.0.1"
     data_dir: str = ""
+    # What the node shares with the other daemons of its region over one MongoDB database: the
+    # data keys (keys/) and the subject-hash key. Empty: the data directory (a node of its own).
+    region_dir: str = ""
     coordinator: str = "127.0.0.1:7400"
     cluster_config: str = ""
     # The storage engine: "sqlite" (embedded, one file in data_dir) or "mongodb" (the region's
@@ -153,6 +156,10 @@ class NodeConfig:
                 "digits, '_' and '-'"
             )
 
+    @property
+    def region_directory(self) -> Path:
+        return Path(self.region_dir or self.data_dir)
+
     def engine_settings(self) -> EngineSettings:
         if self.engine == "mongodb":
             return MongoSettings(uri=self.mongodb_uri, database=self.mongodb_database)
@@ -189,6 +196,11 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     )
     parser.add_argument("--metrics-host", help="address the metrics endpoint binds (default 127.0.0.1)")
     parser.add_argument("--data-dir", help="directory of the embedded store (default ./.domicile/NODE_ID)")
+    parser.add_argument(
+        "--region-dir",
+        help="directory shared with the region's other daemons over one MongoDB database: data keys "
+        "and the subject-hash key (default: --data-dir)",
+    )
     parser.add_argument("--coordinator", help="HOST:PORT of the coordinator (default 127.0.0.1:7400)")
     parser.add_argument("--cluster-config", help="cluster YAML, to serve before the coordinator is reached")
     parser.add_argument("--engine", choices=ENGINES, help="storage engine: sqlite (default) or mongodb")

@@ -155,7 +155,9 @@ class Node:
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
             rng=random.Random(self.rng.random()),
         )
-        signing_key, subject_key = await offload.run(load_or_create_keys, Path(cfg.data_dir))
+        signing_key, subject_key = await offload.run(
+            load_or_create_keys, Path(cfg.data_dir), cfg.region_directory
+        )
         self.audit = AuditLog(
             Path(cfg.data_dir) / "audit.sqlite3",
             region=cfg.region,
@@ -326,8 +328,10 @@ class Node:
     def _open_keyring(self) -> Keyring:
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of
         # the store must never carry them, or a restore would undo the destruction of erased keys.
-        key_dir = Path(self.config.data_dir) / "keys"
-        key_dir.mkdir(mode=0o700, exist_ok=True)
+        # The daemons of a region over one database share them (config region_dir): each must
+        # open what another sealed.
+        key_dir = self.config.region_directory / "keys"
+        key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return Keyring(key_dir / "keys.sqlite3", load_or_create_kek(key_dir))
 
     async def _adopt_topology(self, topology: Topology, raw: bytes) -> None:

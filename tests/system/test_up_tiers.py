@@ -1,5 +1,5 @@
-"""`domicile up --tiers`: the cluster on the MongoDB engine, over a SecantusDB it starts and
-stops itself."""
+"""`domicile up --tiers --nodes-per-region 2`: the cluster on the MongoDB engine, over a
+SecantusDB it starts and stops itself, with two daemons per region sharing the region's database."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pymongo
 import pytest
 
 from tests.system.test_up import (
-    CONFIG,
     ROOT,
     STARTUP_S,
     UpProcess,
@@ -27,15 +26,29 @@ from tests.system.test_up import (
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 
-def test_up_tiers_runs_every_region_on_mongodb_and_stops_its_server(tmp_path: Any) -> None:
+# Two regions keep it to seven processes on a two-core machine.
+CLUSTER = """
+policy_version: tiers-test-1
+regions:
+  - {name: eu-west-1, country: IE, jurisdiction: EU}
+  - {name: eu-central-1, country: DE, jurisdiction: EU}
+namespaces:
+  - {name: instruments, regions: global, conflict_mode: lww, classification: public, owner: market-data}
+"""
+
+
+def test_up_tiers_runs_two_daemons_per_region_on_mongodb_and_stops_its_server(tmp_path: Any) -> None:
     seed = random.randrange(1 << 30)
     print(f"port seed={seed}")
     rng = random.Random(seed)
-    base = free_port_range(8, set(), rng)  # the coordinator, six regions, then SecantusDB
+    base = free_port_range(6, set(), rng)  # the coordinator, 2 x two daemons, then SecantusDB
     data_dir = tmp_path / "up"
+    config = tmp_path / "cluster.yaml"
+    config.write_text(CLUSTER)
     process = subprocess.Popen(
-        [*domicile_command(), "up", "--tiers", "--config", str(CONFIG), "--data-dir", str(data_dir),
-         "--base-port", str(base), "--metrics-base-port", "0", "--startup-timeout", str(STARTUP_S)],
+        [*domicile_command(), "up", "--tiers", "--nodes-per-region", "2", "--config", str(config),
+         "--data-dir", str(data_dir), "--base-port", str(base), "--metrics-base-port", "0",
+         "--startup-timeout", str(STARTUP_S)],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -45,10 +58,14 @@ def test_up_tiers_runs_every_region_on_mongodb_and_stops_its_server(tmp_path: An
     )  # fmt: skip
     up = UpProcess(process, data_dir, f"127.0.0.1:{base}")
     threading.Thread(target=up.pump, daemon=True).start()
-    mongodb = f"mongodb://127.0.0.1:{base + 7}/"
+    mongodb = f"mongodb://127.0.0.1:{base + 5}/"
     try:
-        assert up.wait_for_line("mongodb: ", STARTUP_S + 30).startswith(f"mongodb: 127.0.0.1:{base + 7}")
+        assert up.wait_for_line("mongodb: ", STARTUP_S + 30).startswith(f"mongodb: 127.0.0.1:{base + 5}")
         up.wait_for_line("ready:", 30)
+        nodes = {n["node_id"]: n for n in up.status()["nodes"]}
+        assert {"eu-west-1", "eu-west-1-2"} <= set(nodes) and len(nodes) == 4
+        # Each command's client starts its turns among eu-west-1's daemons at random.
+        up.put("instruments", "tiers-0", "bob", "--region", "eu-west-1")
         up.put("instruments", "tiers-1", "ada", "--region", "eu-west-1")
         eventually(
             lambda: up.sees("instruments", "tiers-1", "ada", "eu-central-1"), "tiers-1 in eu-central-1"
