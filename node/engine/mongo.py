@@ -100,7 +100,8 @@ class _MongoTx:
         )
 
     def load_states(self, namespace: str, keys: Sequence[str]) -> dict[str, bytes]:
-        return self.b.load_states(namespace, keys, session=self.s)
+        # Driver errors stay as they are: write() retries the transient ones.
+        return self.b.find_states(namespace, keys, session=self.s)
 
     def store_states(self, rows: Sequence[StateRow]) -> None:
         if not rows:
@@ -300,9 +301,6 @@ class MongoBackend:
                         _pause(attempt)
                         continue
                     raise
-                except ConnectionFailure:
-                    _abort(session)
-                    raise
                 except BaseException:
                     _abort(session)
                     raise
@@ -337,28 +335,31 @@ class MongoBackend:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def load_states(
+    def load_states(self, namespace: str, keys: Sequence[str]) -> dict[str, bytes]:
+        with self._errors():
+            return self.find_states(namespace, keys)
+
+    def find_states(
         self, namespace: str, keys: Sequence[str], *, session: ClientSession | None = None
     ) -> dict[str, bytes]:
         states: dict[str, bytes] = {}
-        with self._errors():
-            for i in range(0, len(keys), _LOAD_CHUNK_KEYS):
-                chunk = keys[i : i + _LOAD_CHUNK_KEYS]
-                if len(chunk) == 1:
-                    doc = self.key_states.find_one(
-                        {"_id": _state_id(namespace, chunk[0])}, {"k": 1, "state": 1}, session=session
+        for i in range(0, len(keys), _LOAD_CHUNK_KEYS):
+            chunk = keys[i : i + _LOAD_CHUNK_KEYS]
+            if len(chunk) == 1:
+                doc = self.key_states.find_one(
+                    {"_id": _state_id(namespace, chunk[0])}, {"k": 1, "state": 1}, session=session
+                )
+                docs = [doc] if doc is not None else []
+            else:
+                docs = list(
+                    self.key_states.find(
+                        {"_id": {"$in": [_state_id(namespace, k) for k in chunk]}},
+                        {"k": 1, "state": 1},
+                        session=session,
                     )
-                    docs = [doc] if doc is not None else []
-                else:
-                    docs = list(
-                        self.key_states.find(
-                            {"_id": {"$in": [_state_id(namespace, k) for k in chunk]}},
-                            {"k": 1, "state": 1},
-                            session=session,
-                        )
-                    )
-                for doc in docs:
-                    states[str(doc["k"])] = bytes(doc["state"])
+                )
+            for doc in docs:
+                states[str(doc["k"])] = bytes(doc["state"])
         return states
 
     def scan(
