@@ -53,8 +53,13 @@ SUBJECTS = 40
 KEYS_PER_SUBJECT = 3
 OPS_PER_PHASE = int(os.environ.get("DOMICILE_PROPERTY_OPS", "300"))
 CONCURRENCY = 8
-# What a call to a node that is stopped, restarting or cut off may get.
-UNAVAILABLE_UNDER_FAULTS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# What a call to a node that is stopped, restarting or cut off may get (a node that stops
+# cancels the calls it is serving).
+UNAVAILABLE_UNDER_FAULTS = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
 DPF = ["destinations", "us-east-1", "recipient", "dpf_certified"]
 
 
