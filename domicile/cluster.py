@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from domicile.catalog import Controller, NamespaceCatalog, parse_catalog, parse_controller
 from domicile.errors import InvalidArgument, NotFound
 from domicile.model import Classification, ConflictMode, check_namespace_name, check_purpose
 from domicile.subjects import DEFAULT_RETENTION_CLASSES, RetentionClass, parse_retention_classes
@@ -37,6 +38,9 @@ class NamespaceSpec:
     # The purposes records of this namespace may be processed for (GDPR Art. 5(1)(b) purpose
     # limitation); empty means no limitation. Config-only for now: the topology does not carry it.
     purposes: tuple[str, ...] = ()
+    # Steward, lawful basis per law, categories, recipients, schema reference (domicile/catalog.py).
+    # Config-only: the topology does not carry it, so a node's copy from the coordinator is empty.
+    catalog: NamespaceCatalog = field(default_factory=NamespaceCatalog)
 
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
@@ -58,6 +62,8 @@ class ClusterSpec:
     retention_classes: tuple[RetentionClass, ...] = DEFAULT_RETENTION_CLASSES
     heartbeat_interval_ms: int = 1000
     missed_heartbeats_max: int = 3
+    # The controller of the processing (for the record of processing); config-only.
+    controller: Controller | None = None
     _by_name: Mapping[str, NamespaceSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -144,11 +150,19 @@ def _policy_pack(data: Mapping[str, Any], source: str, base_dir: Path | None) ->
     return text, str(path)
 
 
-def _pack_version(text: str, source: str) -> str:
+def _pack_version(text: str, source: str) -> tuple[str, list[str]]:
+    """The pack's version and its law ids (to check the namespaces' lawful_basis keys); the
+    policy package validates the rest."""
     data = load_yaml(text, f"policy pack {source}")
     if not isinstance(data, Mapping) or not data.get("version"):
         raise InvalidArgument(f"policy pack {source}: missing required field 'version'")
-    return str(data["version"])
+    laws = data.get("laws")
+    ids = (
+        [str(law["id"]) for law in laws if isinstance(law, Mapping) and "id" in law]
+        if isinstance(laws, list)
+        else []
+    )
+    return str(data["version"]), ids
 
 
 def parse_cluster(
@@ -172,6 +186,8 @@ def parse_cluster(
     region_names = {r.name for r in regions}
     if len(region_names) != len(regions):
         raise InvalidArgument(f"{source}: region names must be unique")
+    pack_yaml, pack_source = _policy_pack(data, source, base_dir)
+    pack_version, law_ids = _pack_version(pack_yaml, pack_source) if pack_yaml else ("", None)
     namespaces = []
     for i, raw in enumerate(_sequence(data, "namespaces", source)):
         where = f"{source}: namespaces[{i}]"
@@ -204,6 +220,7 @@ def parse_cluster(
                 retention_class=str(raw.get("retention_class", "")),
                 description=str(raw.get("description", "")),
                 purposes=_purposes(raw, f"{where} ({name})"),
+                catalog=parse_catalog(raw, f"{where} ({name})", law_ids),
             )
         )
     if len({n.name for n in namespaces}) != len(namespaces):
@@ -219,12 +236,10 @@ def parse_cluster(
     coordinator = data.get("coordinator") or {}
     if not isinstance(coordinator, Mapping):
         raise InvalidArgument(f"{source}: coordinator must be a mapping of settings")
-    pack_yaml, pack_source = _policy_pack(data, source, base_dir)
     # The version nodes report and the audit trail records: the pack's own version, prefixed
     # with the cluster's policy_version when both are given (the scopes are policy too).
     version = str(data.get("policy_version") or "")
     if pack_yaml:
-        pack_version = _pack_version(pack_yaml, pack_source)
         version = f"{version}/{pack_version}" if version else pack_version
     version = version or "scope-v1"
     return ClusterSpec(
@@ -240,6 +255,7 @@ def parse_cluster(
         missed_heartbeats_max=_whole_number(
             coordinator, "missed_heartbeats_max", 3, f"{source}: coordinator"
         ),
+        controller=parse_controller(data.get("controller"), f"{source}: controller"),
     )
 
 

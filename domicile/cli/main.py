@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from domicile.cli import authz, certs, connect
+from domicile.cli import authz, catalog, certs, connect
 from domicile.client import DEFAULT_COORDINATOR
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the status as JSON")
 
     _add_policy(sub, common)
+    catalog.add_parser(sub)
     authz.add_parser(sub)
     _add_audit(sub, common)
     _add_compliance(sub)
@@ -481,6 +482,8 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from domicile.cli import audit
 
         return audit.verify if command == "audit verify" else audit.tail
+    if command in ("catalog list", "catalog show", "catalog ropa"):
+        return catalog.catalog
     if command == "compliance scan":
         from domicile.cli.compliance import scan
 
