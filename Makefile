@@ -25,7 +25,7 @@ test-tools: ## install Node.js, npm and promtool with apt-get when missing
 	@command -v node >/dev/null && command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) nodejs npm; }
 	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) prometheus; }
 
-up: setup ## run a local cluster: a coordinator and six regional nodes (Ctrl-C stops it)
+up: setup ## run a local cluster: a coordinator and seven regional nodes (Ctrl-C stops it)
 	$(BIN)/domicile up --config deploy/cluster.yaml
 
 up-tiers: setup ## the same cluster with every region on MongoDB (a SecantusDB it starts itself)
