@@ -6,6 +6,7 @@ node directly so that it can serve before it has ever reached the coordinator.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from domicile.catalog import Controller, NamespaceCatalog, parse_catalog, parse_controller
 from domicile.errors import InvalidArgument, NotFound
 from domicile.model import Classification, ConflictMode, check_namespace_name, check_purpose
+from domicile.quality import canonical_schema
 from domicile.subjects import DEFAULT_RETENTION_CLASSES, RetentionClass, parse_retention_classes
 from domicile.yaml_text import load_yaml
 
@@ -41,6 +43,11 @@ class NamespaceSpec:
     # Steward, lawful basis per law, categories, recipients, schema reference (domicile/catalog.py).
     # Config-only: the topology does not carry it, so a node's copy from the coordinator is empty.
     catalog: NamespaceCatalog = field(default_factory=NamespaceCatalog)
+    # The JSON Schema (Draft 2020-12) its values must follow, as compact JSON text read from the
+    # catalog's schema reference; "" for none. Carried by the topology, so every node enforces it.
+    json_schema: str = ""
+    # Top-level fields the dataset wants present (domicile/quality.py: quality_score).
+    quality_fields: tuple[str, ...] = ()
 
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
@@ -133,6 +140,33 @@ def _purposes(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
     return tuple(purposes)
 
 
+def _schema(ref: str, where: str, base_dir: Path | None) -> str:
+    """Reads the JSON Schema file a namespace names (relative to the cluster config)."""
+    if not ref:
+        return ""
+    path = Path(ref)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidArgument(f"{where}.schema: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"{where}.schema: {path} is not JSON: {exc}") from None
+    return canonical_schema(document, f"{where}.schema ({ref})")
+
+
+def _quality_fields(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    value = raw.get("quality_fields")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(f, str) and f for f in value):
+        raise InvalidArgument(f"{where}.quality_fields: expected a list of top-level field names")
+    if len(set(value)) != len(value):
+        raise InvalidArgument(f"{where}.quality_fields: a field is listed twice")
+    return tuple(value)
+
+
 def _policy_pack(data: Mapping[str, Any], source: str, base_dir: Path | None) -> tuple[str, str]:
     """Reads the file named by `policy_pack` (relative to the cluster config's directory)."""
     ref = data.get("policy_pack")
@@ -209,6 +243,7 @@ def parse_cluster(
             raise InvalidArgument(
                 f"{where} ({name}): unknown regions {unknown}; configured: {sorted(region_names)}"
             )
+        catalog = parse_catalog(raw, f"{where} ({name})", law_ids)
         namespaces.append(
             NamespaceSpec(
                 name=name,
@@ -220,7 +255,9 @@ def parse_cluster(
                 retention_class=str(raw.get("retention_class", "")),
                 description=str(raw.get("description", "")),
                 purposes=_purposes(raw, f"{where} ({name})"),
-                catalog=parse_catalog(raw, f"{where} ({name})", law_ids),
+                catalog=catalog,
+                json_schema=_schema(catalog.schema, f"{where} ({name})", base_dir),
+                quality_fields=_quality_fields(raw, f"{where} ({name})"),
             )
         )
     if len({n.name for n in namespaces}) != len(namespaces):

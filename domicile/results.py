@@ -106,6 +106,27 @@ class NodeStatus:
     audit_exported_size: int = 0
     # Record copies the node's last compliance scan found outside what the policy allows.
     compliance_violations: int = 0
+    # Per namespace and classification, when asked for (node_status(namespace_stats=True)).
+    namespace_stats: tuple[NamespaceStats, ...] = ()
+    # Per namespace with a schema or quality fields, since the node started.
+    namespace_quality: tuple[NamespaceQuality, ...] = ()
+
+
+@dataclass(frozen=True)
+class NamespaceStats:
+    namespace: str
+    classification: Classification
+    records: int
+    # Stored live values that fail the candidate schema asked for (0 without one).
+    candidate_invalid: int = 0
+
+
+@dataclass(frozen=True)
+class NamespaceQuality:
+    namespace: str
+    validated: int
+    refused_by_rule: tuple[tuple[str, int], ...]
+    quality_score: float
 
 
 @dataclass(frozen=True)

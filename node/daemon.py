@@ -23,6 +23,7 @@ from domicile.hlc import HybridClock, wall_ms
 from domicile.identity.principal import ExpectedPeer
 from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
+from domicile.quality import schema_from_text
 from domicile.retry import Backoff, BackoffPolicy, retry
 from domicile.subjects import LegalHold, RegionReceipt
 from domicile.topology import Topology
@@ -42,6 +43,7 @@ from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
 from node.compliance.scanner import ScanReport, scan_store
+from node.compliance.stats import namespace_counts
 from node.config import NodeConfig, split_host_port
 from node.coordinator_link import CoordinatorLink
 from node.crypto.keyring import Keyring, load_or_create_kek
@@ -520,7 +522,7 @@ class Node:
 
     # -- status -------------------------------------------------------------------------------
 
-    async def status(self) -> spb.GetNodeStatusResponse:
+    async def status(self, request: spb.GetNodeStatusRequest | None = None) -> spb.GetNodeStatusResponse:
         counts, last = await self.offload.run(self._store_figures)
         response = spb.GetNodeStatusResponse(
             node_id=self.config.node_id,
@@ -553,6 +555,28 @@ class Node:
                 lag_ms_p99=self.metrics.lag_window(source, self.config.node_id).quantile(0.99),
                 applied_total=stats.applied_total,
             )
+        for namespace, figures in sorted(self.service.quality.by_namespace.items()):
+            response.namespace_quality.add(
+                namespace=namespace,
+                validated=figures.validated,
+                refused_by_rule=dict(figures.refused_by_rule or {}),
+                quality_score=figures.quality_score,
+            )
+        if request is not None and (request.namespace_stats or request.candidate_schemas):
+            candidates = {
+                ns: schema_from_text(text, f"candidate schema of namespace {ns}")
+                for ns, text in request.candidate_schemas.items()
+            }
+            found = await self.long_work.run(
+                namespace_counts, self.engine, candidates, self.sealer.open_version
+            )
+            for c in found:
+                response.namespace_stats.add(
+                    namespace=c.namespace,
+                    classification=int(c.classification),  # type: ignore[arg-type]
+                    records=c.records,
+                    candidate_invalid=c.candidate_invalid,
+                )
         return response
 
     # -- stop ---------------------------------------------------------------------------------

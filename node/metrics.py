@@ -132,6 +132,25 @@ class NodeMetrics:
             ["namespace", "rule"],
             registry=r,
         )
+        self.schema_validated = Counter(
+            "domicile_schema_validated_total",
+            "Written values that passed their namespace's JSON Schema.",
+            ["namespace"],
+            registry=r,
+        )
+        self.schema_refused = Counter(
+            "domicile_schema_refused_total",
+            "Writes refused by their namespace's JSON Schema, by the rule that failed.",
+            ["namespace", "rule"],
+            registry=r,
+        )
+        self.quality_score = Gauge(
+            "domicile_namespace_quality_score",
+            "Mean share of the namespace's declared quality fields present in accepted values "
+            "since the node started (1 when none were written).",
+            ["namespace"],
+            registry=r,
+        )
         self.policy_decisions = Counter(
             "domicile_policy_decisions_total",
             "Residency decisions by action (store, replicate, read), result (allow, redact, "

@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the status as JSON")
 
     _add_policy(sub, common)
-    catalog.add_parser(sub)
+    catalog.add_parser(sub, common)
     authz.add_parser(sub)
     _add_audit(sub, common)
     _add_compliance(sub)
@@ -482,7 +482,7 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from domicile.cli import audit
 
         return audit.verify if command == "audit verify" else audit.tail
-    if command in ("catalog list", "catalog show", "catalog ropa"):
+    if command in ("catalog list", "catalog show", "catalog ropa", "catalog check-schemas"):
         return catalog.catalog
     if command == "compliance scan":
         from domicile.cli.compliance import scan

@@ -11,7 +11,7 @@ import itertools
 import random
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -371,16 +371,28 @@ class AsyncClient:
             if not token:
                 return
 
-    async def node_status(self, region: str | None = None, *, node_id: str | None = None) -> NodeStatus:
-        """Status of the node serving `region`, or of the node `node_id`."""
+    async def node_status(
+        self,
+        region: str | None = None,
+        *,
+        node_id: str | None = None,
+        namespace_stats: bool = False,
+        candidate_schemas: Mapping[str, str] | None = None,
+    ) -> NodeStatus:
+        """Status of the node serving `region`, or of the node `node_id`. With namespace_stats
+        (or candidate_schemas: namespace -> JSON Schema text) the node also walks its store to
+        count records per namespace and classification (and values failing each candidate)."""
         if region is None and node_id is None:
             raise InvalidArgument("node_status needs a region or a node_id")
+        req = spb.GetNodeStatusRequest(
+            namespace_stats=namespace_stats, candidate_schemas=dict(candidate_schemas or {})
+        )
         resp, _ = await self._call(
             f"status of {node_id or region}",
             None,
             region,
             False,
-            lambda s, t: s.GetNodeStatus(spb.GetNodeStatusRequest(), timeout=t),
+            lambda s, t: s.GetNodeStatus(req, timeout=t),
             node_id=node_id,
         )
         return node_status_from_pb(resp)

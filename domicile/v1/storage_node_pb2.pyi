@@ -451,16 +451,143 @@ class GetNodeStatusRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CandidateSchemasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAMESPACE_STATS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_SCHEMAS_FIELD_NUMBER: _builtins.int
+    namespace_stats: _builtins.bool
+    """Also count the stored records per namespace and classification (walks the whole store:
+    ask for it only when needed, as `domicile catalog show` does).
+    """
+    @_builtins.property
+    def candidate_schemas(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Namespace -> a candidate JSON Schema (JSON text): also count the stored live values that
+        would fail it, to check a schema change before rolling it out. Implies namespace_stats.
+        """
+
     def __init__(
         self,
+        *,
+        namespace_stats: _builtins.bool = ...,
+        candidate_schemas: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_schemas", b"candidate_schemas", "namespace_stats", b"namespace_stats"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetNodeStatusRequest: _TypeAlias = GetNodeStatusRequest  # noqa: Y015
+
+@_typing.final
+class NamespaceStats(_message.Message):
+    """Records of one namespace and classification held by a node, and the namespace's quality
+    figures since the node started.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    CLASSIFICATION_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_INVALID_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace."""
+    classification: _record_pb2.Classification.ValueType
+    """Classification of the records counted."""
+    records: _builtins.int
+    """Keys with a live version of this classification."""
+    candidate_invalid: _builtins.int
+    """Live values that fail the candidate schema asked for (0 without one)."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        classification: _record_pb2.Classification.ValueType = ...,
+        records: _builtins.int = ...,
+        candidate_invalid: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_invalid", b"candidate_invalid", "classification", b"classification", "namespace", b"namespace", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceStats: _TypeAlias = NamespaceStats  # noqa: Y015
+
+@_typing.final
+class NamespaceQuality(_message.Message):
+    """Quality figures of one namespace on one node since it started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RefusedByRuleEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    VALIDATED_FIELD_NUMBER: _builtins.int
+    REFUSED_BY_RULE_FIELD_NUMBER: _builtins.int
+    QUALITY_SCORE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace."""
+    validated: _builtins.int
+    """Values that passed the namespace's schema on write."""
+    quality_score: _builtins.float
+    """Mean share of the declared quality fields present in accepted values; 1 without any."""
+    @_builtins.property
+    def refused_by_rule(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Writes refused by the schema, per JSON Schema rule (type, required, ...)."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        validated: _builtins.int = ...,
+        refused_by_rule: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        quality_score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "quality_score", b"quality_score", "refused_by_rule", b"refused_by_rule", "validated", b"validated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceQuality: _TypeAlias = NamespaceQuality  # noqa: Y015
 
 @_typing.final
 class LinkStatus(_message.Message):
@@ -528,6 +655,8 @@ class GetNodeStatusResponse(_message.Message):
     AUDIT_ENTRIES_FIELD_NUMBER: _builtins.int
     AUDIT_EXPORTED_SIZE_FIELD_NUMBER: _builtins.int
     COMPLIANCE_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_STATS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_QUALITY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id (the writer id in version vectors)."""
     region: _builtins.str
@@ -560,6 +689,14 @@ class GetNodeStatusResponse(_message.Message):
     def inbound(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkStatus]:
         """Links this node receives on."""
 
+    @_builtins.property
+    def namespace_stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceStats]:
+        """Per namespace and classification, when namespace_stats was asked for."""
+
+    @_builtins.property
+    def namespace_quality(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceQuality]:
+        """Per namespace with a schema or quality fields."""
+
     def __init__(
         self,
         *,
@@ -577,10 +714,12 @@ class GetNodeStatusResponse(_message.Message):
         audit_entries: _builtins.int = ...,
         audit_exported_size: _builtins.int = ...,
         compliance_violations: _builtins.int = ...,
+        namespace_stats: _abc.Iterable[Global___NamespaceStats] | None = ...,
+        namespace_quality: _abc.Iterable[Global___NamespaceQuality] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "audit_exported_size", b"audit_exported_size", "compliance_violations", b"compliance_violations", "conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "audit_exported_size", b"audit_exported_size", "compliance_violations", b"compliance_violations", "conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "namespace_quality", b"namespace_quality", "namespace_stats", b"namespace_stats", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -44,6 +44,8 @@ def namespace_from_pb(msg: cpb.Namespace) -> NamespaceSpec:
         retention_class=msg.retention_class,
         description=msg.description,
         purposes=tuple(msg.purposes),
+        json_schema=msg.json_schema,
+        quality_fields=tuple(msg.quality_fields),
     )
 
 
@@ -93,6 +95,8 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
             retention_class=n.retention_class,
             description=n.description,
             purposes=list(n.purposes),
+            json_schema=n.json_schema,
+            quality_fields=list(n.quality_fields),
         )
         setattr(msg, "global", n.is_global)
     out.policy_version = cluster.policy_version

@@ -155,7 +155,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     def __init__(
         self,
         service: StorageService,
-        status: Callable[[], Awaitable[spb.GetNodeStatusResponse]],
+        status: Callable[[spb.GetNodeStatusRequest], Awaitable[spb.GetNodeStatusResponse]],
         audit: AuditLog,
         scan: Callable[[int, str], Awaitable[ScanReport]],
         sealer: Sealer,
@@ -272,7 +272,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     ) -> spb.GetNodeStatusResponse:
         async def work() -> spb.GetNodeStatusResponse:
             self._access.region(context, "storage.GetNodeStatus")
-            return await self._status()
+            return await self._status(request)
 
         return await guarded(self.metrics, "GetNodeStatus", context, self.deadline_s, work)
 

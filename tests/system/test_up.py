@@ -41,6 +41,9 @@ REGIONS = [
 ]
 EU = ["eu-west-1", "eu-central-1"]
 NOT_EU = ["us-east-1", "us-west-2", "ap-northeast-1", "sa-east-1", "ap-northeast-2"]
+# Customer profiles must follow deploy/schemas/customer.schema.json.
+X = '{"name": "x"}'
+GRETA = '{"name": "Greta Example", "country": "DE"}'
 STARTUP_S = 120.0
 REPLICATION_S = 30.0
 CLI_S = 30.0
@@ -347,7 +350,7 @@ def test_a_put_at_a_region_that_may_not_hold_the_record_is_refused(up: UpProcess
     # in the US.
     jp = ("--subject-id", "cust-2002", "--subject-jurisdiction", "JP")
     done = up.cli(
-        "put", "--namespace", "customers", "--key", "cust-2002", "--value", "x", "--region", "us-east-1", *jp
+        "put", "--namespace", "customers", "--key", "cust-2002", "--value", X, "--region", "us-east-1", *jp
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ")
@@ -355,7 +358,7 @@ def test_a_put_at_a_region_that_may_not_hold_the_record_is_refused(up: UpProcess
     assert "allowed regions: eu-west-1, eu-central-1, ap-northeast-1" in done.stderr
     assert up.get("customers", "cust-2002", "us-east-1").returncode in (1, 2)
     # Without --region the client routes the same write to a region that may hold it.
-    routed = up.put("customers", "cust-2002", "x", *jp)
+    routed = up.put("customers", "cust-2002", X, *jp)
     assert any(f" region={r} " in routed.stdout for r in ("eu-west-1", "eu-central-1", "ap-northeast-1"))
 
 
@@ -364,14 +367,25 @@ def test_a_korean_customer_is_kept_in_seoul_and_the_eea(up: UpProcess):
     # the EU), not in Japan or the US without a recorded Art. 28-8 mechanism.
     kr = ("--subject-id", "cust-4004", "--subject-jurisdiction", "KR")
     done = up.cli(
-        "put", "--namespace", "customers", "--key", "cust-4004", "--value", "x",
+        "put", "--namespace", "customers", "--key", "cust-4004", "--value", X,
         "--region", "ap-northeast-1", *kr,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "PIPA" in done.stderr
     assert "allowed regions: eu-west-1, eu-central-1, ap-northeast-2" in done.stderr
-    stored = up.put("customers", "cust-4004", "x", "--region", "ap-northeast-2", *kr)
+    stored = up.put("customers", "cust-4004", X, "--region", "ap-northeast-2", *kr)
     assert " region=ap-northeast-2 " in stored.stdout, stored.stdout
+
+
+def test_a_customer_that_fails_the_schema_is_refused(up: UpProcess):
+    de = ("--subject-id", "cust-5005", "--subject-jurisdiction", "DE")
+    done = up.cli(
+        "put", "--namespace", "customers", "--key", "cust-5005",
+        "--value", '{"name": "E", "country": "Germany"}', "--region", "eu-west-1", *de,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "at $.country, rule 'pattern'" in done.stderr and "nothing was written" in done.stderr
+    assert up.get("customers", "cust-5005", "eu-west-1").returncode == 1
 
 
 def test_policy_explain_audit_verify_and_compliance_scan(up: UpProcess):
@@ -405,9 +419,9 @@ def test_policy_explain_audit_verify_and_compliance_scan(up: UpProcess):
 
 def test_export_then_erase_a_customer_through_the_cli(up: UpProcess):
     subject = ("--subject-id", "cust-3003", "--subject-jurisdiction", "DE")
-    up.put("customers", "cust-3003", "Greta Example", "--region", "eu-west-1", *subject)
+    up.put("customers", "cust-3003", GRETA, "--region", "eu-west-1", *subject)
     up.put("trades", "trade-3003-1", "BUY 10 SAP", "--region", "eu-west-1", *subject)
-    eventually(lambda: up.sees("customers", "cust-3003", "Greta Example", "eu-central-1"), "the EU replica")
+    eventually(lambda: up.sees("customers", "cust-3003", GRETA, "eu-central-1"), "the EU replica")
     exported = up.cli("export", "--subject", "cust-3003", "--subject-jurisdiction", "DE")
     assert exported.returncode == 0, exported.stderr
     document = json.loads(exported.stdout)
