@@ -352,6 +352,27 @@ def _add_compliance(sub: Any) -> None:
         help="violations to list per region; all are counted (default: %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p = actions.add_parser(
+        "remediate",
+        parents=[_common_options(deadline_s=300.0)],
+        help="plan the removal of the record copies the policy in force no longer allows",
+        description="Scans every region (or those of --region) like `compliance scan` and prints, "
+        "per region, the copies a remediation would remove and the regions the record stays in; "
+        "a copy no region may hold is flagged. --plan is required: applying a plan is not built. "
+        "Nothing is changed. Exit 0 nothing to remove, 1 removals planned, 2 a region could not "
+        "be scanned.",
+    )
+    p.add_argument("--plan", action="store_true", required=True, help="print the plan; change nothing")
+    p.add_argument(
+        "--region", "-r", action="append", metavar="REGION", help="plan for this region (repeatable)"
+    )
+    p.add_argument(
+        "--violations-max",
+        type=_bounded_int(1, VIOLATIONS_MAX_LIMIT),
+        default=VIOLATIONS_MAX_DEFAULT,
+        help="copies to list per region; all are counted (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
 
 def _add_subject_rights(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -488,6 +509,10 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from domicile.cli.compliance import scan
 
         return scan
+    if command == "compliance remediate":
+        from domicile.cli.remediate import remediate
+
+        return remediate
     if command == "erase":
         from domicile.cli.erase import erase
 
