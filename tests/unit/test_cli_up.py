@@ -70,17 +70,17 @@ def test_plan_with_two_daemons_per_region_shares_the_region_directory(tmp_path):
         metrics_base_port=0,
         log_level="info",
         tls_dir=None,
-        node_args=("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17413/"),
+        node_args=("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17499/"),
         nodes_per_region=2,
     )
     assert [s.name for s in specs] == ["coordinator", *regions, *(f"{r}-2" for r in regions)]
-    assert [s.address for s in specs] == [f"127.0.0.1:{17400 + i}" for i in range(13)]
+    assert [s.address for s in specs] == [f"127.0.0.1:{17400 + i}" for i in range(1 + 2 * len(regions))]
     second = specs[len(regions) + 3]  # eu-west-1-2
     flags = dict(zip(second.argv[3:-5:2], second.argv[4:-5:2], strict=True))
     assert flags["--node-id"] == "eu-west-1-2" and flags["--region"] == "eu-west-1"
     assert flags["--data-dir"] == str(tmp_path / "eu-west-1-2")
     assert flags["--region-dir"] == str(tmp_path / "eu-west-1")
-    assert second.argv[-4:] == ("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17413/")
+    assert second.argv[-4:] == ("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17499/")
     assert second.peer is not None and second.peer.node_id == "eu-west-1-2"
 
 
