@@ -204,7 +204,10 @@ async def nemesis(cluster: LocalCluster, rng: random.Random, stop: asyncio.Event
             cluster.proxies[region].heal()
             injected["partition"] += 1
         else:
-            await cluster.stop_node(region)
+            # Not cluster.stop_node: that also closes the test's channel to the node, which
+            # cancels the workload's calls on it; a client of a node that stops sees it fail.
+            node = cluster.nodes.pop(region)
+            await node.stop(grace_s=0.1)
             await asyncio.sleep(rng.uniform(0.1, 0.5))
             await cluster.start_node(region)
             injected["restart"] += 1
