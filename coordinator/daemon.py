@@ -22,6 +22,7 @@ from coordinator.registry import Registry
 from coordinator.store import CoordinatorStore
 from coordinator.subject_desk import SubjectDesk
 from coordinator.watch import WatchHub
+from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Refusal, load_checks
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -54,6 +55,16 @@ class Coordinator:
             raise InvalidArgument(f"cluster config {config.cluster_config} configures no regions")
         # Refuse to start with a policy pack the nodes could not enforce.
         policy_for_cluster(self.cluster)
+        # ... and with authorization policies they could not load (InvalidArgument naming the
+        # file, line and column). The coordinator enforces the same set it distributes.
+        if self.cluster.authz_policies_text:
+            if config.authz_policies:
+                raise InvalidArgument(
+                    f"two authorization policy sets: cluster config {config.cluster_config} names "
+                    f"{self.cluster.authz_policies_source} and --authz-policies names "
+                    f"{config.authz_policies}; give one (the cluster config's is distributed to the nodes)"
+                )
+            Authorizer.distributed(self.cluster.authz_policies_text, self.cluster.authz_policies_source)
         self.heartbeat_interval_ms = (
             self.cluster.heartbeat_interval_ms
             if config.heartbeat_interval_ms is None
@@ -124,6 +135,12 @@ class Coordinator:
         authorizer, tokens = load_checks(
             self.security.cluster, cfg.authz_policies, cfg.jwks, cfg.token_issuer, cfg.token_audience
         )
+        if self.security.cluster is not None and self.cluster.authz_policies_text:
+            authorizer = Authorizer.distributed(
+                self.cluster.authz_policies_text, self.cluster.authz_policies_source, self.security.cluster
+            )
+        if authorizer is not None:
+            log.info("authorization policies %s in force", authorizer.version)
         gate = Gate(
             cluster=self.security.cluster,
             authorizer=authorizer,

@@ -66,6 +66,11 @@ class ClusterSpec:
     # distribute exactly what it validated; domicile.policy.select parses it.
     policy_pack_yaml: str = ""
     policy_pack_source: str = ""
+    # The Cedar authorization policies (text) and where they were read from; empty when the
+    # cluster config names none, and each daemon then uses its own (`authz_policies`) or the
+    # packaged default set. Kept as text for the same reason as the pack; domicile.authz parses it.
+    authz_policies_text: str = ""
+    authz_policies_source: str = ""
     retention_classes: tuple[RetentionClass, ...] = DEFAULT_RETENTION_CLASSES
     heartbeat_interval_ms: int = 1000
     missed_heartbeats_max: int = 3
@@ -167,20 +172,24 @@ def _quality_fields(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _policy_pack(data: Mapping[str, Any], source: str, base_dir: Path | None) -> tuple[str, str]:
-    """Reads the file named by `policy_pack` (relative to the cluster config's directory)."""
-    ref = data.get("policy_pack")
+def _named_file(
+    data: Mapping[str, Any], key: str, what: str, source: str, base_dir: Path | None
+) -> tuple[str, str]:
+    """Reads the file named by `key` (relative to the cluster config's directory): its text and path."""
+    ref = data.get(key)
     if ref is None:
         return "", ""
     if not isinstance(ref, str) or not ref:
-        raise InvalidArgument(f"{source}: policy_pack must be the path of a policy pack YAML file")
+        raise InvalidArgument(f"{source}: {key} must be the path of a {what}")
     path = Path(ref)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidArgument(f"{source}: policy_pack {ref}: cannot read {path}: {exc.strerror}") from None
+        raise InvalidArgument(f"{source}: {key} {ref}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{source}: {key} {ref}: {path} is not UTF-8 text") from None
     return text, str(path)
 
 
@@ -220,7 +229,7 @@ def parse_cluster(
     region_names = {r.name for r in regions}
     if len(region_names) != len(regions):
         raise InvalidArgument(f"{source}: region names must be unique")
-    pack_yaml, pack_source = _policy_pack(data, source, base_dir)
+    pack_yaml, pack_source = _named_file(data, "policy_pack", "policy pack YAML file", source, base_dir)
     pack_version, law_ids = _pack_version(pack_yaml, pack_source) if pack_yaml else ("", None)
     namespaces = []
     for i, raw in enumerate(_sequence(data, "namespaces", source)):
@@ -273,6 +282,8 @@ def parse_cluster(
     coordinator = data.get("coordinator") or {}
     if not isinstance(coordinator, Mapping):
         raise InvalidArgument(f"{source}: coordinator must be a mapping of settings")
+    # Validated by the coordinator at start (domicile.authz), which this module does not import.
+    authz_text, authz_source = _named_file(data, "authz_policies", "Cedar policy file", source, base_dir)
     # The version nodes report and the audit trail records: the pack's own version, prefixed
     # with the cluster's policy_version when both are given (the scopes are policy too).
     version = str(data.get("policy_version") or "")
@@ -285,6 +296,8 @@ def parse_cluster(
         policy_version=version,
         policy_pack_yaml=pack_yaml,
         policy_pack_source=pack_source,
+        authz_policies_text=authz_text,
+        authz_policies_source=authz_source,
         retention_classes=retention,
         heartbeat_interval_ms=_whole_number(
             coordinator, "heartbeat_interval_ms", 1000, f"{source}: coordinator"

@@ -110,6 +110,8 @@ class NodeStatus:
     namespace_stats: tuple[NamespaceStats, ...] = ()
     # Per namespace with a schema or quality fields, since the node started.
     namespace_quality: tuple[NamespaceQuality, ...] = ()
+    # The authorization policy set the node enforces ("" from an insecure node or an older one).
+    authz_policy_version: str = ""
 
 
 @dataclass(frozen=True)

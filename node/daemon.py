@@ -16,7 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from domicile import errors
 from domicile.audit import SignedHead
+from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Reason, Refusal, load_checks
+from domicile.authz.loader import policy_set_version
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
@@ -71,6 +73,8 @@ LONG_WORK_THREADS = 2
 TOPOLOGY_META = "topology"
 # How often health checks that the store answers.
 STORE_WATCH_INTERVAL_S = 1.0
+# The audit action of a change of the authorization policies in force.
+AUTHZ_POLICY_CHANGE = "authz_policy_change"
 SERVICE_NAMES = (
     storage_node_pb2.DESCRIPTOR.services_by_name["StorageNodeService"].full_name,
     replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
@@ -261,6 +265,10 @@ class Node:
             tokens=tokens,
             on_refusal=refusal_recorder(self.metrics, self.audit, lambda: self.view.policy.version),
         )
+        # The node's own set (its authz_policies, else the packaged one) is the fallback until a
+        # topology carries the cluster's set, and again if a topology carries none.
+        self._local_authorizer = authorizer
+        self.adopt_authorization(self.view.topology.cluster)
         access = NodeAccess(self.gate, region=cfg.region, view=self.view)
         gate = self.gate
 
@@ -360,11 +368,56 @@ class Node:
                 if self.view.policy.version != before:
                     await self._policy_changed(before)
                 self._audit_holds(holds_before, topology.holds)
+                self.adopt_authorization(topology.cluster)
         finally:
             # Erasure orders do not depend on the policy: carry them out even from a revision
             # this node could not adopt, with the holds and cluster it acts on.
             current = self.view.topology
             self.eraser.apply(topology.erasures, current.cluster, current.holds)
+
+    def adopt_authorization(self, cluster: ClusterSpec) -> bool:
+        """Enforces the authorization policies `cluster` carries (the node's own set when it
+        carries none). A set that fails to load changes nothing: the node keeps enforcing the set
+        it has, logs an ERROR and counts it. Returns whether the set in force changed."""
+        if not self.gate.enforcing or self._local_authorizer is None:
+            return False
+        current = self.gate.authorizer
+        if not cluster.authz_policies_text:
+            wanted = self._local_authorizer
+        elif current is not None and current.bundle.version == policy_set_version(
+            cluster.authz_policies_text
+        ):
+            return False
+        else:
+            try:
+                wanted = Authorizer.distributed(
+                    cluster.authz_policies_text, cluster.authz_policies_source, self.gate.cluster or ""
+                )
+            except errors.InvalidArgument as error:
+                self.metrics.authz_policy_rejected.inc()
+                log.error(
+                    "authorization policies %s from %s REFUSED; still enforcing %s: %s",
+                    policy_set_version(cluster.authz_policies_text),
+                    cluster.authz_policies_source,
+                    self.gate.policy_version,
+                    error.message,
+                )
+                return False
+        if wanted is current:
+            return False
+        before = self.gate.policy_version
+        self.gate.replace_authorizer(wanted)
+        log.info("authorization policies %s in force (were %s)", wanted.version, before)
+        try:
+            self.audit.record(
+                principal="node:" + self.config.node_id,
+                action=AUTHZ_POLICY_CHANGE,
+                policy_version=wanted.version,
+                detail=f"from={before} to={wanted.version} source={wanted.bundle.policies_source}"[:1000],
+            )
+        except errors.DomicileError as error:
+            log.error("authorization policy change to %s not audited: %s", wanted.version, error.message)
+        return True
 
     def _audit_holds(self, before: tuple[LegalHold, ...], after: tuple[LegalHold, ...]) -> None:
         """Every region records the holds placed and released, since they change what it keeps."""
@@ -537,6 +590,7 @@ class Node:
             audit_entries=self.audit.size,
             audit_exported_size=self.exporter.exported_size,
             compliance_violations=self.last_scan.violations_total if self.last_scan else 0,
+            authz_policy_version=self.gate.policy_version,
         )
         for target, sender in sorted(self.replication.senders.items()):
             response.outbound.add(

@@ -67,6 +67,12 @@ class NodeMetrics:
             ["action", "reason"],
             registry=r,
         )
+        self.authz_policy_rejected = Counter(
+            "domicile_authz_policy_rejected_total",
+            "Authorization policy sets received (topology or cluster config) that failed to load; "
+            "the node kept enforcing the set it had.",
+            registry=r,
+        )
         self.replication_lag = Histogram(
             "domicile_replication_lag_seconds",
             "Apply time at the target minus commit HLC time at the source.",

@@ -103,8 +103,8 @@ class Gate:
         self.authorizer = authorizer
         self.tokens = tokens
         self.on_refusal = on_refusal
-        # Policies are fixed for the life of the process, so a decision for the same principal,
-        # action, resource and purpose is the same every time: one Cedar evaluation each.
+        # Between two policy sets (replace_authorizer) a decision for the same principal, action,
+        # resource and purpose is the same every time: one Cedar evaluation each.
         self._decide = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(self._decision)
         # Parsing the peer's certificate costs more than the cached decision (about 30 us against
         # 10): a connection presents the same bytes on every call, so each is parsed once. The
@@ -116,6 +116,19 @@ class Gate:
     @property
     def enforcing(self) -> bool:
         return self.cluster is not None
+
+    @property
+    def policy_version(self) -> str:
+        """The version of the authorization policies in force; "" on an insecure port."""
+        return self.authorizer.version if self.authorizer is not None else ""
+
+    def replace_authorizer(self, authorizer: Authorizer) -> None:
+        """Enforce another policy set from the next call on. The decision cache goes with the old
+        set (a new cache, not a cleared one, so a decision in flight cannot refill it)."""
+        if self.cluster is None:
+            raise InvalidArgument("an insecure port enforces no policies")
+        decide = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(functools.partial(_decision, authorizer))
+        self.authorizer, self._decide = authorizer, decide
 
     def authenticate(self, context: Any, action: str) -> Caller:
         """The caller, without deciding anything; Unauthenticated (counted) when there is none."""
@@ -193,9 +206,15 @@ class Gate:
 
     def _decision(self, principal: AuthzPrincipal, action: str, resource: Resource, purpose: str) -> None:
         assert self.authorizer is not None
-        # A refusal is not cached (lru_cache keeps no exceptions): refusals are rare and each one
-        # is worth its full explanation.
-        self.authorizer.require(principal, action, resource, RequestContext(purpose))
+        _decision(self.authorizer, principal, action, resource, purpose)
+
+
+def _decision(
+    authorizer: Authorizer, principal: AuthzPrincipal, action: str, resource: Resource, purpose: str
+) -> None:
+    # A refusal is not cached (lru_cache keeps no exceptions): refusals are rare and each one
+    # is worth its full explanation.
+    authorizer.require(principal, action, resource, RequestContext(purpose))
 
 
 def refuse_wrong_peer(gate: Gate, action: str, caller: Caller, message: str) -> DomicileError:

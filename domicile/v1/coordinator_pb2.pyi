@@ -235,6 +235,7 @@ class Topology(_message.Message):
     ERASURES_FIELD_NUMBER: _builtins.int
     HOLDS_FIELD_NUMBER: _builtins.int
     RETENTION_CLASSES_FIELD_NUMBER: _builtins.int
+    AUTHZ_POLICIES_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Monotonically increasing revision; persisted, so it keeps increasing across restarts."""
     policy_version: _builtins.str
@@ -242,6 +243,11 @@ class Topology(_message.Message):
     policy_pack_yaml: _builtins.str
     """The residency policy pack in force, as YAML (see deploy/policy/pack.yaml); empty when only
     the namespace scopes apply.
+    """
+    authz_policies: _builtins.str
+    """The Cedar authorization policies in force (the file the cluster config names in
+    `authz_policies`), validated by the coordinator; empty when it names none, and each node then
+    enforces its own or the packaged default set.
     """
     @_builtins.property
     def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Region]:
@@ -284,10 +290,11 @@ class Topology(_message.Message):
         erasures: _abc.Iterable[_subject_pb2.ErasureOrder] | None = ...,
         holds: _abc.Iterable[_subject_pb2.LegalHold] | None = ...,
         retention_classes: _abc.Iterable[_subject_pb2.RetentionClass] | None = ...,
+        authz_policies: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasures", b"erasures", "holds", b"holds", "links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_pack_yaml", b"policy_pack_yaml", "policy_version", b"policy_version", "regions", b"regions", "retention_classes", b"retention_classes", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authz_policies", b"authz_policies", "erasures", b"erasures", "holds", b"holds", "links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_pack_yaml", b"policy_pack_yaml", "policy_version", b"policy_version", "regions", b"regions", "retention_classes", b"retention_classes", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -657,6 +657,7 @@ class GetNodeStatusResponse(_message.Message):
     COMPLIANCE_VIOLATIONS_FIELD_NUMBER: _builtins.int
     NAMESPACE_STATS_FIELD_NUMBER: _builtins.int
     NAMESPACE_QUALITY_FIELD_NUMBER: _builtins.int
+    AUTHZ_POLICY_VERSION_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id (the writer id in version vectors)."""
     region: _builtins.str
@@ -681,6 +682,10 @@ class GetNodeStatusResponse(_message.Message):
     """Entries covered by the last signed head the coordinator accepted; 0 when none yet."""
     compliance_violations: _builtins.int
     """Record copies the last compliance scan found that the policy in force does not allow here."""
+    authz_policy_version: _builtins.str
+    """Version of the authorization (Cedar) policy set this node enforces: "sha256:" and the first
+    16 hex digits of the policy text's SHA-256; empty on an insecure port (nothing is checked).
+    """
     @_builtins.property
     def outbound(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkStatus]:
         """Links this node sends on."""
@@ -716,10 +721,11 @@ class GetNodeStatusResponse(_message.Message):
         compliance_violations: _builtins.int = ...,
         namespace_stats: _abc.Iterable[Global___NamespaceStats] | None = ...,
         namespace_quality: _abc.Iterable[Global___NamespaceQuality] | None = ...,
+        authz_policy_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "audit_exported_size", b"audit_exported_size", "compliance_violations", b"compliance_violations", "conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "namespace_quality", b"namespace_quality", "namespace_stats", b"namespace_stats", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "audit_exported_size", b"audit_exported_size", "authz_policy_version", b"authz_policy_version", "compliance_violations", b"compliance_violations", "conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "namespace_quality", b"namespace_quality", "namespace_stats", b"namespace_stats", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

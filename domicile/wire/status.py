@@ -58,6 +58,7 @@ def node_status_from_pb(msg: spb.GetNodeStatusResponse) -> NodeStatus:
             )
             for m in msg.namespace_quality
         ),
+        authz_policy_version=msg.authz_policy_version,
     )
 
 

@@ -56,6 +56,8 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
         policy_version=msg.policy_version,
         policy_pack_yaml=msg.policy_pack_yaml,
         policy_pack_source="coordinator" if msg.policy_pack_yaml else "",
+        authz_policies_text=msg.authz_policies,
+        authz_policies_source="the coordinator's topology" if msg.authz_policies else "",
         retention_classes=tuple(retention_from_pb(r) for r in msg.retention_classes)
         or DEFAULT_RETENTION_CLASSES,
     )
@@ -101,6 +103,7 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
         setattr(msg, "global", n.is_global)
     out.policy_version = cluster.policy_version
     out.policy_pack_yaml = cluster.policy_pack_yaml
+    out.authz_policies = cluster.authz_policies_text
     for retention in cluster.retention_classes:
         retention_to_pb(retention, out.retention_classes.add())
 
