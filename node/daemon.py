@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -22,6 +23,9 @@ from domicile.authz.loader import policy_set_version
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
+from domicile.identity import audit_key
+from domicile.identity.certificate import load_certificate
+from domicile.identity.files import read_file
 from domicile.identity.principal import ExpectedPeer
 from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
@@ -132,6 +136,9 @@ class Node:
         # not queue ahead of a Get, and stop() waits for them before it closes what they read.
         self.long_work = Offload(LONG_WORK_THREADS)
         self.signal = LogSignal()
+        # Before the store opens: a certificate that binds no audit-head key, or one the node
+        # does not hold, stops the node here (the coordinator would refuse every head it signs).
+        bound_signer = await offload.run(self._bound_audit_key)
         self.engine = await offload.run(self._open_store)
         await offload.warm(self.engine.last_lsn)
         # Started after the store's last position, read before the writer starts (nothing else
@@ -164,6 +171,7 @@ class Node:
         signing_key, subject_key = await offload.run(
             load_or_create_keys, Path(cfg.data_dir), cfg.region_directory
         )
+        signing_key = bound_signer or signing_key
         self.audit = AuditLog(
             Path(cfg.data_dir) / "audit.sqlite3",
             region=cfg.region,
@@ -338,6 +346,18 @@ class Node:
         self.metrics.topology_revision.set(self.view.revision)
         self._running = True
         log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
+
+    def _bound_audit_key(self) -> Ed25519PrivateKey | None:
+        """The audit-head key the node's certificate binds (domicile/identity/audit_key.py); None
+        on an insecure port, where the key in the data directory signs (and is pinned by the
+        coordinator on the first head)."""
+        files = self.config.tls_files()
+        if self.security.cluster is None or files is None:
+            return None
+        certificate = load_certificate(read_file(files.cert, "certificate"))
+        return audit_key.signing_key(
+            certificate, files.cert, [Path(self.config.data_dir) / audit_key.DATA_DIR_KEY_FILE]
+        )
 
     def _open_store(self) -> StorageEngine:
         cfg = self.config
