@@ -131,6 +131,7 @@ class Coordinator:
         self.security, _ = daemon_transport(
             self.config.tls_files(), self.config.insecure, "the coordinator", TLS_STEM
         )
+        self.security.on_identity_refused(self.metrics.tls_identity_changes_refused.inc)
         cfg = self.config
         authorizer, tokens = load_checks(
             self.security.cluster, cfg.authz_policies, cfg.jwks, cfg.token_issuer, cfg.token_audience

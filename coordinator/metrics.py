@@ -52,6 +52,11 @@ class CoordinatorMetrics:
             ["region"],
             registry=self.registry,
         )
+        self.tls_identity_changes_refused = Counter(
+            "domicile_coordinator_tls_identity_changes_refused_total",
+            "Replaced TLS files that named another identity than the coordinator's; it kept its certificate",
+            registry=self.registry,
+        )
         self.authz_refusals = Counter(
             "domicile_coordinator_authz_refusals_total",
             "Calls refused by authentication or authorization, by action and reason "

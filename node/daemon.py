@@ -126,6 +126,8 @@ class Node:
         self.security, self.dialer = daemon_transport(
             cfg.tls_files(), cfg.insecure, f"node {cfg.node_id}", cfg.tls_stem
         )
+        # Counted once, by the port (the dialer reads the same files and refuses them too).
+        self.security.on_identity_refused(self.metrics.tls_identity_changes_refused.inc)
         authorizer, tokens = load_checks(
             self.security.cluster, cfg.authz_policies, cfg.jwks, cfg.token_issuer, cfg.token_audience
         )

@@ -67,6 +67,12 @@ class NodeMetrics:
             ["action", "reason"],
             registry=r,
         )
+        self.tls_identity_changes_refused = Counter(
+            "domicile_tls_identity_changes_refused_total",
+            "Replaced TLS files that named another identity than the one the node runs as; the node "
+            "kept its certificate (an ERROR in the log names both).",
+            registry=r,
+        )
         self.authz_policy_rejected = Counter(
             "domicile_authz_policy_rejected_total",
             "Authorization policy sets received (topology or cluster config) that failed to load; "
