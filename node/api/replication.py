@@ -27,11 +27,15 @@ log = logging.getLogger("domicile.replication.inbound")
 
 def _check_hello(hello: replication_pb2.ReplicationHello) -> None:
     """The hello's ids are well-formed before anything compares them or names them in a refusal:
-    they come from the peer, and the source's ends up in the log and the audit trail."""
+    they come from the peer, and the source's ends up in the log and the audit trail. A hello
+    names its source's region (the receiver holds it against the certificate)."""
     check_node_id(hello.source_node_id)
     check_node_id(hello.target_node_id)
-    if hello.source_region:
-        check_region(hello.source_region)
+    if not hello.source_region:
+        raise errors.InvalidArgument(
+            "the replication hello names no source_region; it names the region of its source"
+        )
+    check_region(hello.source_region)
 
 
 class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
@@ -40,46 +44,54 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
         self.access = access
         self.view = view
 
-    def _check_source(self, caller: Caller, hello: replication_pb2.ReplicationHello) -> None:
-        """The authenticated peer must be the node the hello names, and that node must hold a
-        link to this one in the topology in force: a certificate of some node of the cluster
-        is not enough to push records here."""
+    def _refuse(self, caller: Caller, message: str) -> errors.DomicileError:
+        return refuse_wrong_peer(self.access.gate, ACTION, caller, message)
+
+    def _authorize_peer(self, caller: Caller) -> bool:
+        """Before the hello is read: the peer must be a node of the cluster. Returns whether it
+        holds a link to this node in the topology in force (the caller decides what an unlinked
+        peer is told once it knows which revision the peer acts on)."""
         peer = caller.principal
-        if peer is None:  # an --insecure port: nothing to check against
-            return
-        claimed = hello.source_node_id
-        if peer.kind is not PrincipalKind.NODE or peer.node_id != claimed:
-            raise refuse_wrong_peer(
-                self.access.gate,
-                ACTION,
-                caller,
-                f"peer {caller.identity} may not replicate as node {claimed!r}: a stream's source "
-                "must be the node its certificate names",
+        assert peer is not None
+        if peer.kind is not PrincipalKind.NODE or not peer.node_id:
+            raise self._refuse(caller, f"peer {caller.identity} is not a node; only nodes replicate")
+        target = self.receiver.node_id
+        return any(
+            li.source_node_id == peer.node_id and li.target_node_id == target
+            for li in self.view.topology.links
+        )
+
+    def _refuse_unlinked(self, caller: Caller, hello_revision: int) -> errors.DomicileError:
+        topology = self.view.topology
+        target = self.receiver.node_id
+        if hello_revision > topology.revision:
+            # The source acts on a newer topology this node has not adopted yet (at start, or
+            # right after a change): not a refusal, the source retries shortly.
+            return errors.FailedPrecondition(
+                f"node {target} is at topology revision {topology.revision}, behind the "
+                f"source's {hello_revision}; retry once it has caught up"
             )
-        if hello.source_region and peer.region != hello.source_region:
-            raise refuse_wrong_peer(
-                self.access.gate,
-                ACTION,
+        return self._refuse(
+            caller,
+            f"{caller.identity} holds no replication link to {target} in topology revision "
+            f"{topology.revision}; it may send only once the coordinator plans that link",
+        )
+
+    def _check_source(self, caller: Caller, hello: replication_pb2.ReplicationHello) -> None:
+        """The hello names the authenticated peer: its node id and region are the certificate's."""
+        peer = caller.principal
+        assert peer is not None
+        if peer.node_id != hello.source_node_id:
+            raise self._refuse(
+                caller,
+                f"peer {caller.identity} may not replicate as node {hello.source_node_id!r}: a "
+                "stream's source must be the node its certificate names",
+            )
+        if peer.region != hello.source_region:
+            raise self._refuse(
                 caller,
                 f"peer {caller.identity} claims region {hello.source_region!r}, "
                 f"but its certificate says {peer.region!r}",
-            )
-        topology = self.view.topology
-        target = self.receiver.node_id
-        if not any(li.source_node_id == claimed and li.target_node_id == target for li in topology.links):
-            if hello.topology_revision > topology.revision:
-                # The source acts on a newer topology this node has not adopted yet (at start,
-                # or right after a change): not a refusal, the source retries shortly.
-                raise errors.FailedPrecondition(
-                    f"node {target} is at topology revision {topology.revision}, behind the "
-                    f"source's {hello.topology_revision}; retry once it has caught up"
-                )
-            raise refuse_wrong_peer(
-                self.access.gate,
-                ACTION,
-                caller,
-                f"node {claimed} holds no replication link to {target} in topology revision "
-                f"{topology.revision}; it may send only once the coordinator plans that link",
             )
 
     async def Replicate(
@@ -87,13 +99,21 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
     ) -> AsyncIterator[rpb.ReplicateResponse]:
         source = ""
         try:
+            # Who is calling, and may it replicate at all, before a byte of its hello is read:
+            # what an unauthorised peer sends is never decoded or used.
+            caller = self.access.region(context, ACTION)
+            linked = True if caller.principal is None else self._authorize_peer(caller)
             first = await anext(request_iterator, None)
             if first is None or first.WhichOneof("kind") != "hello":
                 raise errors.InvalidArgument("a replication stream must start with a hello")
             hello = first.hello
-            caller = self.access.region(context, ACTION)
+            if not linked:
+                # Only the revision (a number) is looked at, to tell a source ahead of this node
+                # to retry; nothing of an unlinked peer's hello is validated, compared or logged.
+                raise self._refuse_unlinked(caller, hello.topology_revision)
             _check_hello(hello)
-            self._check_source(caller, hello)
+            if caller.principal is not None:
+                self._check_source(caller, hello)
             if hello.target_node_id != self.receiver.node_id:
                 raise errors.FailedPrecondition(
                     f"this is node {self.receiver.node_id}, not {hello.target_node_id!r}; "

@@ -195,7 +195,9 @@ async def test_replication_to_the_wrong_node_is_refused(single: LocalCluster) ->
         call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
         await call.write(
             rpb.ReplicateRequest(
-                hello=rpb.ReplicationHello(source_node_id="eu-west-1", target_node_id="someone-else")
+                hello=rpb.ReplicationHello(
+                    source_node_id="eu-west-1", source_region="eu-west-1", target_node_id="someone-else"
+                )
             )
         )
         with pytest.raises(grpc.aio.AioRpcError) as info:
