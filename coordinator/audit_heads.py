@@ -86,7 +86,7 @@ class AuditHeadBook:
             )
         if binding is not None and head.public_key != binding.key:
             # Checked before what is on record, so the first head is held to it too.
-            bound = f"the key {binding.key.hex()[:16]}... it binds" if binding.key else "no key"
+            bound = f"the key {binding.key.hex()[:16]}..." if binding.key else "no key"
             raise FailedPrecondition(
                 f"audit head of region {head.region} is signed with key {head.public_key.hex()[:16]}..., "
                 f"but the certificate of node {head.node_id} binds {bound}; a head is signed with the "

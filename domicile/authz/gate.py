@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from domicile.authz.authorizer import Authorizer
+from domicile.authz.model import NamespaceResource, RequestContext, Resource, Role
 from domicile.authz.model import Principal as AuthzPrincipal
-from domicile.authz.model import RequestContext, Resource, Role
 from domicile.errors import DomicileError, InvalidArgument, PermissionDenied, Unauthenticated
 from domicile.identity.certificate import principal_from_certificate
 from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind
@@ -165,7 +165,17 @@ class Gate:
     ) -> Caller:
         """Authenticate, insist on `expected` when given, then ask the policies; the caller if
         allowed, PermissionDenied naming the action and what would allow it otherwise."""
-        caller = self.authenticate(context, action)
+        return self.authorize(self.authenticate(context, action), action, resource, expected, namespace)
+
+    def authorize(
+        self,
+        caller: Caller,
+        action: str,
+        resource: Resource,
+        expected: ExpectedPeer | None = None,
+        namespace: str = "",
+    ) -> Caller:
+        """check, for a caller already authenticated."""
         if caller.principal is None:
             return caller
         if expected is not None and not expected.matches(caller.principal):
@@ -189,6 +199,20 @@ class Gate:
             return self._peer(context).uri
         except Unauthenticated:
             return str(context.peer())
+
+    def allows_with_some_purpose(self, caller: Caller, action: str, resource: NamespaceResource) -> bool:
+        """Whether the caller would be allowed `action` on `resource` for one of its purposes:
+        then a purpose refusal may tell it the namespace's purposes."""
+        if caller.principal is None:
+            return True
+        principal = authz_principal(caller.principal)
+        for purpose in resource.purposes:
+            try:
+                self._decide(principal, action, resource, purpose)
+            except PermissionDenied:
+                continue
+            return True
+        return False
 
     def _peer(self, context: Any) -> Principal:
         """peer_principal, with the certificate's parse cached."""

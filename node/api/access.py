@@ -12,7 +12,8 @@ from typing import Any
 
 from domicile.authz import NamespaceResource, RegionResource
 from domicile.authz.gate import Caller, Gate, Refusal
-from domicile.errors import DomicileError, NotFound
+from domicile.errors import DomicileError, PermissionDenied
+from domicile.model import Classification, check_namespace_name
 from node.compliance.enforcer import Audit, AuditSink
 from node.metrics import NodeMetrics
 from node.topology_view import TopologyView
@@ -31,14 +32,32 @@ class NodeAccess:
         self._resource = RegionResource(region)
 
     def namespace(self, context: Any, action: str, namespace: str) -> Caller:
+        """The caller, if the policies let it call `action` on `namespace` here.
+
+        Whether a namespace exists is told only to those allowed to use it: an unknown namespace
+        is decided as one that no one owns, with no purposes and an unspecified classification
+        (the service answers NotFound only when that is allowed), and every refusal on a
+        namespace says the same whether it exists or not, unless the caller would be allowed for
+        another of its purposes (then it is told which)."""
+        caller = self.gate.authenticate(context, action)
+        spec = self.view.topology.cluster.find_namespace(namespace)
+        if spec is None:
+            # A malformed name is InvalidArgument, which says nothing of what exists.
+            check_namespace_name(namespace)
+            resource = NamespaceResource(namespace, self.home, Classification.UNSPECIFIED.label)
+        else:
+            resource = NamespaceResource.of(spec, self.home)
         try:
-            spec = self.view.topology.cluster.namespace(namespace)
-        except NotFound:
-            # No such namespace: the call fails with NotFound (or InvalidArgument for a malformed
-            # name) and touches nothing, but only for a caller of this cluster.
-            return self.gate.authenticate(context, action)
-        resource = NamespaceResource.of(spec, self.home)
-        return self.gate.check(context, action, resource, namespace=namespace)
+            return self.gate.authorize(caller, action, resource, namespace=namespace)
+        except PermissionDenied:
+            if spec is not None and self.gate.allows_with_some_purpose(caller, action, resource):
+                raise
+            raise PermissionDenied(
+                f"{caller.identity} may not call {action} on namespace {namespace!r} at {self.home}: "
+                "no policy allows it for this caller (with the default policies an app may use the "
+                "namespaces it owns, for one of their declared purposes; `domicile authz explain` "
+                "shows what allows a call)"
+            ) from None
 
     def region(self, context: Any, action: str) -> Caller:
         return self.gate.check(context, action, self._resource)

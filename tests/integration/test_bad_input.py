@@ -40,10 +40,12 @@ def put_request(**fields: Any) -> spb.PutRequest:
 
 CASES = [
     (
+        # Refused like a namespace the caller may not use: NotFound (with the names that exist)
+        # only for callers the policies allow (test_namespace_disclosure.py).
         "unknown namespace",
         put_request(namespace="nope"),
-        grpc.StatusCode.NOT_FOUND,
-        "unknown namespace 'nope'",
+        grpc.StatusCode.PERMISSION_DENIED,
+        "may not call storage.Put on namespace 'nope'",
     ),
     (
         "bad namespace name",
