@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from domicile.authz.authorizer import Authorizer
 from domicile.authz.model import NamespaceResource, RequestContext, Resource, Role
 from domicile.authz.model import Principal as AuthzPrincipal
 from domicile.errors import DomicileError, InvalidArgument, PermissionDenied, Unauthenticated
-from domicile.identity.certificate import principal_from_certificate
+from domicile.identity.certificate import load_certificate, principal_from_certificate
 from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind
 from domicile.identity.tokens import TokenVerifier, bearer_token
 from domicile.model import check_purpose
@@ -52,6 +54,9 @@ class Caller:
     identity: str
     principal: Principal | None
     purpose: str = ""
+    # For a bearer token: the certificate identity it came over ("" otherwise). `identity` then
+    # names both: "<token subject> via <certificate>".
+    carrier: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,19 +146,21 @@ class Gate:
             return Caller(f"unauthenticated:{context.peer()}", None, purpose)
         try:
             token = bearer_token(metadata)
-            if token is not None:
-                if self.tokens is None:
-                    raise Unauthenticated(
-                        "this service accepts no bearer tokens (it has no --jwks); "
-                        "authenticate with the client certificate alone"
-                    )
-                principal = self.tokens.verify(token)
-            else:
-                principal = self._peer(context)
+            pem = self._peer_certificate(context)
+            carrier = self._certificate_principal(pem)
+            if token is None:
+                return Caller(carrier.uri, carrier, purpose)
+            if self.tokens is None:
+                raise Unauthenticated(
+                    "this service accepts no bearer tokens (it has no --jwks); "
+                    "authenticate with the client certificate alone"
+                )
+            principal = self.tokens.verify(token, _der(pem))
         except Unauthenticated as error:
             self.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, self.identity_of(context), error.message))
             raise
-        return Caller(principal.uri, principal, purpose)
+        # The token's subject is who acts; the certificate it came over is recorded beside it.
+        return Caller(f"{principal.uri} via {carrier.uri}", principal, purpose, carrier=carrier.uri)
 
     def check(
         self,
@@ -214,15 +221,15 @@ class Gate:
             return True
         return False
 
-    def _peer(self, context: Any) -> Principal:
-        """peer_principal, with the certificate's parse cached."""
+    def _peer_certificate(self, context: Any) -> bytes:
+        """The PEM of the verified client certificate of the connection."""
         auth: dict[str, list[bytes]] = context.auth_context() or {}
         if auth.get("transport_security_type") != [b"ssl"]:
             raise Unauthenticated("the connection is not TLS, so the peer is not authenticated")
         certificates = auth.get("x509_pem_cert")
         if not certificates:
             raise Unauthenticated("the peer presented no client certificate")
-        return self._certificate_principal(certificates[0])
+        return certificates[0]
 
     def _principal_of_certificate(self, pem: bytes) -> Principal:
         assert self.cluster is not None
@@ -239,6 +246,11 @@ def _decision(
     # A refusal is not cached (lru_cache keeps no exceptions): refusals are rare and each one
     # is worth its full explanation.
     authorizer.require(principal, action, resource, RequestContext(purpose))
+
+
+@functools.lru_cache(maxsize=PRINCIPAL_CACHE_SIZE)
+def _der(pem: bytes) -> bytes:
+    return load_certificate(pem).public_bytes(Encoding.DER)
 
 
 def refuse_wrong_peer(gate: Gate, action: str, caller: Caller, message: str) -> DomicileError:
