@@ -41,7 +41,7 @@ from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.subjects import receipt_to_pb
 from domicile.wire.topology import topology_from_pb
-from node.api.access import NodeAccess, refusal_recorder
+from node.api.access import NodeAccess, RefusalAudit
 from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
@@ -269,11 +269,12 @@ class Node:
             log_tail=self.log_tail,
         )
 
+        self.refusal_audit = RefusalAudit(self.metrics, self.audit, lambda: self.view.policy.version)
         self.gate = Gate(
             cluster=self.security.cluster,
             authorizer=authorizer,
             tokens=tokens,
-            on_refusal=refusal_recorder(self.metrics, self.audit, lambda: self.view.policy.version),
+            on_refusal=self.refusal_audit.record,
         )
         # The node's own set (its authz_policies, else the packaged one) is the fallback until a
         # topology carries the cluster's set, and again if a topology carries none.
@@ -341,6 +342,7 @@ class Node:
         )
         self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
         self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
+        self._tasks.append(asyncio.create_task(self._summarise_refusals(), name="refusal-summaries"))
         self.exporter.offer(await offload.run(self.audit.head))
         if cfg.retention_sweep_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="retention"))
@@ -514,6 +516,11 @@ class Node:
         self.metrics.audit_entries.set(head.size)
         self.exporter.offer(head)
 
+    async def _summarise_refusals(self) -> None:
+        while True:
+            await asyncio.sleep(self.refusal_audit.window_s / 4)
+            self.refusal_audit.flush()
+
     async def _verify_audit_log(self) -> None:
         report = await self.long_work.run(self.audit.verify_local)
         self.metrics.audit_chain_valid.set(1 if report.ok else 0)
@@ -669,6 +676,8 @@ class Node:
         await _bounded("replication stop", self.replication.stop(), 5.0)
         if self._server is not None:
             await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)
+        # The refusals counted but not yet summarised, while the audit log still takes entries.
+        self.refusal_audit.flush(everything=True)
         await _bounded("writer stop", self.committer.stop(), 10.0)
         # A scan or chain check still running reads the store and the audit log: it ends first.
         await _bounded("long jobs", asyncio.to_thread(self.long_work.close), 10.0)

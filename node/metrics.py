@@ -67,6 +67,12 @@ class NodeMetrics:
             ["action", "reason"],
             registry=r,
         )
+        self.authz_refusals_unaudited = Counter(
+            "domicile_authz_refusals_unaudited_total",
+            "Refusals beyond the per-principal audit rate, counted here and summarised in one "
+            "audit entry per principal and window instead of one entry each.",
+            registry=r,
+        )
         self.tls_identity_changes_refused = Counter(
             "domicile_tls_identity_changes_refused_total",
             "Replaced TLS files that named another identity than the one the node runs as; the node "
