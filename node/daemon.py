@@ -450,8 +450,9 @@ class Node:
         changes = [("hold_placed", new[i]) for i in sorted(new.keys() - old.keys())]
         changes += [("hold_released", old[i]) for i in sorted(old.keys() - new.keys())]
         for action, hold in changes:
+            # A placement is the DPO's who placed it; the topology does not say who released one.
             self.audit.record(
-                principal="coordinator",
+                principal=hold.placed_by if action == "hold_placed" and hold.placed_by else "coordinator",
                 action=action,
                 namespace=hold.namespace,
                 key=hold.key,

@@ -169,10 +169,13 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def EraseSubject(
         self, request: cpb.EraseSubjectRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.EraseSubjectResponse:
-        opened = await self._unary(
+        # The DPO's verified identity travels with the order: each region audits its steps as it.
+        opened = await self._unary_as(
             "EraseSubject",
             context,
-            lambda: self._desk.erase(request.subject_id, request.reason, request.subject_jurisdiction),
+            lambda caller: self._desk.erase(
+                request.subject_id, request.reason, request.subject_jurisdiction, caller.identity
+            ),
         )
         return cpb.EraseSubjectResponse(request=request_to_pb(opened))
 
@@ -242,24 +245,31 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def PlaceLegalHold(
         self, request: cpb.PlaceLegalHoldRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.PlaceLegalHoldResponse:
-        def place() -> LegalHold:
+        def place(caller: Caller) -> LegalHold:
             if int(request.scope) not in (HoldScope.SUBJECT, HoldScope.NAMESPACE, HoldScope.KEY):
                 raise InvalidArgument(
                     f"legal hold scope {request.scope} is not allowed; use LEGAL_HOLD_SCOPE_SUBJECT, "
                     "LEGAL_HOLD_SCOPE_NAMESPACE or LEGAL_HOLD_SCOPE_KEY"
                 )
             return self._desk.place_hold(
-                HoldScope(request.scope), request.subject_id, request.namespace, request.key, request.reason
+                HoldScope(request.scope),
+                request.subject_id,
+                request.namespace,
+                request.key,
+                request.reason,
+                caller.identity,
             )
 
-        hold = await self._unary("PlaceLegalHold", context, place)
+        hold = await self._unary_as("PlaceLegalHold", context, place)
         return cpb.PlaceLegalHoldResponse(hold=hold_to_pb(hold))
 
     async def ReleaseLegalHold(
         self, request: cpb.ReleaseLegalHoldRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.ReleaseLegalHoldResponse:
-        hold = await self._unary(
-            "ReleaseLegalHold", context, lambda: self._desk.release_hold(request.hold_id, request.reason)
+        hold = await self._unary_as(
+            "ReleaseLegalHold",
+            context,
+            lambda caller: self._desk.release_hold(request.hold_id, request.reason, caller.identity),
         )
         return cpb.ReleaseLegalHoldResponse(hold=hold_to_pb(hold))
 
