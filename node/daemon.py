@@ -138,11 +138,16 @@ class Node:
         # not queue ahead of a Get, and stop() waits for them before it closes what they read.
         self.long_work = Offload(LONG_WORK_THREADS)
         self.signal = LogSignal()
-        # Before the store opens: a certificate that binds no audit-head key, or one the node
-        # does not hold, stops the node here (the coordinator would refuse every head it signs).
-        bound_signer = await offload.run(self._bound_audit_key)
-        self.engine = await offload.run(self._open_store)
-        await offload.warm(self.engine.last_lsn)
+        try:
+            # Before the store opens: a certificate that binds no audit-head key, or one the
+            # node does not hold, stops the node here (the coordinator would refuse every head
+            # it signs).
+            bound_signer = await offload.run(self._bound_audit_key)
+            self.engine = await offload.run(self._open_store)
+            await offload.warm(self.engine.last_lsn)
+        except BaseException:
+            await self._abandon_start()
+            raise
         # Started after the store's last position, read before the writer starts (nothing else
         # writes), so that senders of targets already caught up read from it at once.
         self.log_tail = LogTail(
@@ -362,6 +367,15 @@ class Node:
         return audit_key.signing_key(
             certificate, files.cert, [Path(self.config.data_dir) / audit_key.DATA_DIR_KEY_FILE]
         )
+
+    async def _abandon_start(self) -> None:
+        """Undoes the start up to the store: a node that failed to start leaves no threads and
+        no open store behind (a supervisor may start another in the same process)."""
+        await asyncio.to_thread(self.offload.close)
+        await asyncio.to_thread(self.long_work.close)
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
 
     def _open_store(self) -> StorageEngine:
         cfg = self.config

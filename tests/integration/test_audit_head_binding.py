@@ -3,6 +3,7 @@ domicile/identity/audit_key.py), not whichever key the first exported head carri
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -87,3 +88,21 @@ async def test_a_node_whose_certificate_binds_a_key_it_does_not_hold_does_not_st
         await cluster.start_node(REGION, tls_dir=str(tls))
     assert f"node-{REGION}.audit.key" in refused.value.message
     assert "holds the audit-head key" in refused.value.message
+
+
+async def test_regression_a_node_that_fails_to_start_leaves_no_threads_behind(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, [REGION])
+    assert cluster.pki is not None
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    (tls / pki.CA_CERT).write_bytes(cluster.pki.ca.certificate_pem)
+    elsewhere = audit_key.public_bytes(Ed25519PrivateKey.generate())
+    pki.issue_node(cluster.pki.ca, REGION, REGION, audit_public_key=elsewhere).write(tls, f"node-{REGION}")
+
+    def offload_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("domicile-offload")}
+
+    before = offload_threads()
+    with pytest.raises(FailedPrecondition):
+        await cluster.start_node(REGION, tls_dir=str(tls))
+    assert offload_threads() - before == set()
