@@ -24,6 +24,7 @@ from coordinator.subject_desk import SubjectDesk
 from coordinator.watch import WatchHub
 from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Refusal, load_checks
+from domicile.authz.operational import OperationalServicesGuard
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
 from domicile.identity.transport import daemon_transport
@@ -180,6 +181,7 @@ class Coordinator:
                     *SERVER_KEEPALIVE_OPTIONS,
                 ],
                 maximum_concurrent_rpcs=limits.concurrent_rpcs_max,
+                interceptors=[OperationalServicesGuard(gate)],
             )
             self._server = server
             store = self._store

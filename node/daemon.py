@@ -20,6 +20,7 @@ from domicile.audit import SignedHead
 from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Reason, Refusal, load_checks
 from domicile.authz.loader import policy_set_version
+from domicile.authz.operational import OperationalServicesGuard
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
@@ -292,7 +293,8 @@ class Node:
             gate.on_refusal(Refusal(action, Reason.TOO_LARGE, gate.identity_of(context), message))
 
         server = grpc.aio.server(
-            options=NODE_SERVER_OPTIONS, interceptors=[MessageLimits(on_too_large=too_large)]
+            options=NODE_SERVER_OPTIONS,
+            interceptors=[OperationalServicesGuard(self.gate), MessageLimits(on_too_large=too_large)],
         )
         spb_grpc.add_StorageNodeServiceServicer_to_server(
             StorageServicer(self.service, self.status, self.audit, self.compliance_scan, self.sealer, access),
