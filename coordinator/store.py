@@ -39,7 +39,8 @@ from domicile.topology import NodeHealth, NodeInfo
 SCHEMA_VERSION = 3
 
 # Every statement is idempotent: upgrading from version 1 runs them all, and only the tables
-# version 1 lacked are created.
+# version 1 lacked are created (in their current shape, so the step from 2 to 3 adds only the
+# columns a table lacks).
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,

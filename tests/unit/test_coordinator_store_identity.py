@@ -46,3 +46,31 @@ def test_a_version_2_store_gains_the_identity_columns_and_keeps_its_holds(tmp_pa
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("SELECT released_by FROM legal_holds WHERE hold_id = 'hold-1'").fetchone()[0] == DPO
+
+
+def test_a_version_1_store_upgrades_through_the_current_creates_to_the_current_version(
+    tmp_path: Path,
+) -> None:
+    """Version 1 -> 2 runs the current CREATE statements (tables with version 3's columns), and
+    2 -> 3 then finds the columns there already."""
+    path = tmp_path / CoordinatorStore.DB_NAME
+    with sqlite3.connect(path) as db:  # what version 1 wrote: no subject tables at all
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE nodes (node_id TEXT PRIMARY KEY, region TEXT NOT NULL, address TEXT NOT NULL, "
+            "metrics_address TEXT NOT NULL, health INTEGER NOT NULL, last_heartbeat_unix_ms INTEGER NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE audit_heads (region TEXT PRIMARY KEY, head BLOB NOT NULL, "
+            "accepted_unix_ms INTEGER NOT NULL)"
+        )
+        db.execute("PRAGMA user_version = 1")
+    store = CoordinatorStore(tmp_path)
+    try:
+        placed = LegalHold("hold-1", HoldScope.SUBJECT, "s-1", reason="audit", placed_ms=6, placed_by=DPO)
+        store.save_subjects(SubjectChanges(placed=(placed,)))
+        assert store.holds_in_force() == (placed,)
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
