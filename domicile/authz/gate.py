@@ -203,7 +203,7 @@ class Gate:
         if self.cluster is None:
             return f"unauthenticated:{context.peer()}"
         try:
-            return self._peer(context).uri
+            return self._certificate_principal(self._peer_certificate(context)).uri
         except Unauthenticated:
             return str(context.peer())
 
