@@ -192,3 +192,27 @@ class ExportedCopy:
     @property
     def held(self) -> bool:
         return bool(self.hold_reason)
+
+
+@dataclass(frozen=True)
+class NamespaceConsistency:
+    """How two replicas of a namespace agree: `keys` is what either holds that both may hold,
+    `divergent` how many of those differ (or only one holds); `divergent_keys` lists the first."""
+
+    namespace: str
+    keys: int
+    divergent: int
+    divergent_keys: tuple[str, ...]
+
+    @property
+    def agreement(self) -> float:
+        return 1.0 if self.keys == 0 else (self.keys - self.divergent) / self.keys
+
+
+@dataclass(frozen=True)
+class PairConsistency:
+    """The consistency check of one pair of nodes, per namespace they both hold."""
+
+    node_id: str
+    peer_node_id: str
+    namespaces: tuple[NamespaceConsistency, ...]

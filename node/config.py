@@ -80,6 +80,10 @@ class NodeConfig:
     # How often records past their retention period are swept; 0 turns the sweeper off (a
     # sweep can still be run on demand).
     retention_sweep_interval_s: float = 300.0
+    # How often this node compares its digest trees with each peer it replicates with and pulls
+    # the keys that differ (anti-entropy); 0 turns the rounds off (the consistency check still
+    # compares on demand).
+    antientropy_interval_s: float = 60.0
     # The most records one sweep deletes. A clock far ahead makes every short-lived record look
     # expired; the cap bounds what one such sweep destroys, and hitting it raises an alert.
     retention_expire_max: int = 10_000
@@ -127,6 +131,10 @@ class NodeConfig:
             raise InvalidArgument(
                 "retention_expire_max must be 1 to 10000000 records per sweep, "
                 f"not {self.retention_expire_max}"
+            )
+        if not 0 <= self.antientropy_interval_s <= 86_400:
+            raise InvalidArgument(
+                f"antientropy_interval_s must be 0 (off) to 86400 seconds, not {self.antientropy_interval_s}"
             )
         if not 0 <= self.retention_sweep_interval_s <= 86_400:
             raise InvalidArgument(

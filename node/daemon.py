@@ -64,6 +64,8 @@ from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
 from node.metrics import NodeMetrics
 from node.offload import THREADS_DEFAULT, Offload
+from node.replication.digest_tree import DIGESTS_FILE, DigestTrees
+from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
 from node.replication.signal import LogSignal
@@ -256,6 +258,26 @@ class Node:
             limits=cfg.limits,
             max_clock_drift_ms=cfg.max_clock_drift_ms,
         )
+        # Digest trees of every namespace, kept up to date from the change log and every
+        # replicated or repaired apply; a cache rebuilt from the store at each start.
+        self.trees = DigestTrees(Path(cfg.data_dir) / DIGESTS_FILE)
+        self.receiver.on_applied = self.trees.mark
+        self.entropy = AntiEntropy(
+            node_id=cfg.node_id,
+            region=cfg.region,
+            engine=self.engine,
+            trees=self.trees,
+            receiver=self.receiver,
+            view=self.view,
+            enforcer=self.enforcer,
+            sealer=self.sealer,
+            dialer=self.dialer,
+            metrics=self.metrics,
+            offload=offload,
+            rpc_deadline_s=cfg.limits.rpc_deadline_s,
+            interval_s=cfg.antientropy_interval_s,
+            rng=random.Random(self.rng.random()),
+        )
         self.replication = ReplicationManager(
             node_id=cfg.node_id,
             region=cfg.region,
@@ -297,11 +319,19 @@ class Node:
             interceptors=[OperationalServicesGuard(self.gate), MessageLimits(on_too_large=too_large)],
         )
         spb_grpc.add_StorageNodeServiceServicer_to_server(
-            StorageServicer(self.service, self.status, self.audit, self.compliance_scan, self.sealer, access),
+            StorageServicer(
+                self.service,
+                self.status,
+                self.audit,
+                self.compliance_scan,
+                self.sealer,
+                access,
+                consistency=self.entropy.check,
+            ),
             server,
         )
         rpb_grpc.add_ReplicationServiceServicer_to_server(
-            ReplicationServicer(self.receiver, access, self.view), server
+            ReplicationServicer(self.receiver, access, self.view, self.entropy), server
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -348,6 +378,7 @@ class Node:
             asyncio.create_task(watch_loop_lag(self.metrics.event_loop_lag.set), name="event-loop-lag")
         )
         self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
+        self._tasks.append(asyncio.create_task(self.entropy.run(), name="anti-entropy"))
         self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
         self._tasks.append(asyncio.create_task(self._summarise_refusals(), name="refusal-summaries"))
         self.exporter.offer(await offload.run(self.audit.head))
@@ -691,6 +722,7 @@ class Node:
         await _cancel_all(self._tasks, "background tasks")
         await _bounded("erasures stop", self.eraser.stop(), 5.0)
         await _bounded("replication stop", self.replication.stop(), 5.0)
+        await _bounded("anti-entropy stop", self.entropy.close(), 3.0)
         if self._server is not None:
             await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)
         # The refusals counted but not yet summarised, while the audit log still takes entries.
@@ -713,6 +745,7 @@ class Node:
         await self.stop()
 
     def _close_stores(self) -> None:
+        self.trees.close()
         self.keyring.close()
         self.engine.close()
 

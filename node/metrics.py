@@ -138,6 +138,50 @@ class NodeMetrics:
             ["source", "target"],
             registry=r,
         )
+        # Anti-entropy (node.replication.entropy): each round compares this node's digest trees
+        # with one peer's and pulls the keys that differ.
+        self.entropy_keys_compared = Counter(
+            "domicile_antientropy_keys_compared_total",
+            "Keys whose digests an anti-entropy round compared (keys of buckets that differ).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
+        self.entropy_keys_repaired = Counter(
+            "domicile_antientropy_keys_repaired_total",
+            "Keys whose state an anti-entropy round changed here (merged from the peer).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
+        self.entropy_rounds = Counter(
+            "domicile_antientropy_rounds_total",
+            "Anti-entropy rounds with a peer, by outcome (ok, failed).",
+            ["node", "peer", "outcome"],
+            registry=r,
+        )
+        self.entropy_last_round = Gauge(
+            "domicile_antientropy_last_round_timestamp_seconds",
+            "When the last anti-entropy round with the peer completed (Unix time).",
+            ["node", "peer"],
+            registry=r,
+        )
+        self.consistency_keys = Gauge(
+            "domicile_consistency_keys",
+            "Keys this node or the peer holds in the namespace that both may hold (last comparison).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
+        self.consistency_divergent = Gauge(
+            "domicile_consistency_divergent_keys",
+            "Of those, keys on which the two replicas disagree (last comparison, before repair).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
+        self.consistency_agreement = Gauge(
+            "domicile_consistency_agreement_ratio",
+            "Share of those keys on which the two replicas agree (1 when there are none).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
         self.conflicts = Counter(
             "domicile_conflicts_total",
             "Writes that met a concurrent version (kept as siblings or resolved by lww).",

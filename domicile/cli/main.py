@@ -3,6 +3,7 @@
 Exit codes: 0 success; 1 `get` found nothing, `up` lost a child, `policy explain` or
 `authz explain` refused,
 `audit verify` found a problem or no exported head, `compliance scan` found a violation,
+`consistency check` found a divergent key,
 `erase --wait` ended with the erasure still open; 2 an error (printed as `error: <message>` on
 stderr) or a usage mistake, including an `export` that could not read every region.
 """
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     authz.add_parser(sub)
     _add_audit(sub, common)
     _add_compliance(sub)
+    _add_consistency(sub)
     _add_subject_rights(sub, common)
     _add_holds(sub, common)
     certs.add_parser(sub)
@@ -375,6 +377,34 @@ def _add_compliance(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
 
+def _add_consistency(sub: Any) -> None:
+    consistency = sub.add_parser("consistency", help="how far the replicas of each namespace agree")
+    actions = consistency.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = actions.add_parser(
+        "check",
+        parents=[_common_options(deadline_s=120.0)],
+        help="compare every pair of replicas' digest trees, moving no records",
+        description="Every pair of nodes that replicate a namespace compares its digest trees: "
+        "prints per pair and namespace the keys compared, the divergent keys and the share of "
+        "keys on which the two agree, then the overall figures. Nothing is moved. Exit 0 every "
+        "key agrees, 1 some key diverges, 2 a pair could not be checked.",
+    )
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        metavar="NS",
+        help="compare this namespace (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--divergent-max",
+        type=_bounded_int(1, 10_000),
+        default=100,
+        help="divergent keys to list per pair and namespace; all are counted (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
 def _add_subject_rights(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "erase",
@@ -513,6 +543,10 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from domicile.cli.remediate import remediate
 
         return remediate
+    if command == "consistency check":
+        from domicile.cli.consistency import check
+
+        return check
     if command == "erase":
         from domicile.cli.erase import erase
 

@@ -910,3 +910,103 @@ class ScanComplianceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScanComplianceResponse: _TypeAlias = ScanComplianceResponse  # noqa: Y015
+
+@_typing.final
+class CheckConsistencyRequest(_message.Message):
+    """Asks a node to compare its replicas with one peer's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_NODE_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    DIVERGENT_KEYS_MAX_FIELD_NUMBER: _builtins.int
+    peer_node_id: _builtins.str
+    """Node id of the peer; both nodes must be in scope of each namespace compared."""
+    divergent_keys_max: _builtins.int
+    """At most this many divergent keys are listed per namespace (0: 100; at most 10,000)."""
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Namespaces to compare; empty: every namespace both nodes are in scope of."""
+
+    def __init__(
+        self,
+        *,
+        peer_node_id: _builtins.str = ...,
+        namespaces: _abc.Iterable[_builtins.str] | None = ...,
+        divergent_keys_max: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergent_keys_max", b"divergent_keys_max", "namespaces", b"namespaces", "peer_node_id", b"peer_node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckConsistencyRequest: _TypeAlias = CheckConsistencyRequest  # noqa: Y015
+
+@_typing.final
+class NamespaceConsistency(_message.Message):
+    """How two replicas of one namespace agree."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    KEYS_COMPARED_FIELD_NUMBER: _builtins.int
+    KEYS_DIVERGENT_FIELD_NUMBER: _builtins.int
+    DIVERGENT_KEYS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace."""
+    keys_compared: _builtins.int
+    """Keys either replica holds that both may hold."""
+    keys_divergent: _builtins.int
+    """Of those, keys whose states differ or that only one replica holds."""
+    @_builtins.property
+    def divergent_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The first divergent keys, in key order (at most divergent_keys_max)."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        keys_compared: _builtins.int = ...,
+        keys_divergent: _builtins.int = ...,
+        divergent_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergent_keys", b"divergent_keys", "keys_compared", b"keys_compared", "keys_divergent", b"keys_divergent", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceConsistency: _TypeAlias = NamespaceConsistency  # noqa: Y015
+
+@_typing.final
+class CheckConsistencyResponse(_message.Message):
+    """The comparison of this node with the peer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PEER_NODE_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """Node id of this node."""
+    peer_node_id: _builtins.str
+    """Node id of the peer."""
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceConsistency]:
+        """One entry per namespace compared."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        peer_node_id: _builtins.str = ...,
+        namespaces: _abc.Iterable[Global___NamespaceConsistency] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespaces", b"namespaces", "node_id", b"node_id", "peer_node_id", b"peer_node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckConsistencyResponse: _TypeAlias = CheckConsistencyResponse  # noqa: Y015

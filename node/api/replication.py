@@ -11,12 +11,14 @@ from domicile import errors
 from domicile.authz.gate import Caller, refuse_wrong_peer
 from domicile.identity.principal import PrincipalKind
 from domicile.identity.spiffe import check_region
-from domicile.model import check_node_id
+from domicile.model import Limits, check_key, check_namespace_name, check_node_id
+from domicile.topology import NodeInfo
 from domicile.v1 import replication_pb2
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from node.api.access import NodeAccess
 from node.api.errors import abort_with
+from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
 from node.topology_view import TopologyView
 
@@ -39,10 +41,13 @@ def _check_hello(hello: replication_pb2.ReplicationHello) -> None:
 
 
 class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
-    def __init__(self, receiver: Receiver, access: NodeAccess, view: TopologyView) -> None:
+    def __init__(
+        self, receiver: Receiver, access: NodeAccess, view: TopologyView, entropy: AntiEntropy | None = None
+    ) -> None:
         self.receiver = receiver
         self.access = access
         self.view = view
+        self.entropy = entropy
 
     def _refuse(self, caller: Caller, message: str) -> errors.DomicileError:
         return refuse_wrong_peer(self.access.gate, ACTION, caller, message)
@@ -144,3 +149,65 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
         finally:
             if source:
                 self.receiver.close(source)
+
+    # -- anti-entropy (node.replication.entropy): the called side --------------------------
+
+    def _entropy_caller(
+        self, context: grpc.aio.ServicerContext, action: str, namespace: str, caller_node_id: str
+    ) -> tuple[AntiEntropy, NodeInfo]:
+        """Only a node may call, only as itself, only a node this one replicates the namespace
+        to; a refusal is counted and audited like any other."""
+        if self.entropy is None:
+            raise errors.FailedPrecondition("anti-entropy is not running on this node")
+        check_namespace_name(namespace)
+        check_node_id(caller_node_id)
+        caller = self.access.namespace(context, action, namespace)
+        checked = self.entropy.check_caller(caller.principal, caller_node_id, namespace)
+        if isinstance(checked, str):
+            raise refuse_wrong_peer(self.access.gate, action, caller, checked)
+        return self.entropy, checked
+
+    async def EntropyDigests(
+        self, request: rpb.EntropyDigestsRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.EntropyDigestsResponse:
+        try:
+            entropy, _ = self._entropy_caller(
+                context, "replication.EntropyDigests", request.namespace, request.caller_node_id
+            )
+            tree = await entropy.digests(request.namespace)
+            return rpb.EntropyDigestsResponse(root=tree.root, buckets=tree.buckets, key_count=tree.key_count)
+        except errors.DomicileError as exc:
+            await abort_with(context, exc)
+            raise
+
+    async def EntropyKeys(
+        self, request: rpb.EntropyKeysRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.EntropyKeysResponse:
+        try:
+            entropy, caller = self._entropy_caller(
+                context, "replication.EntropyKeys", request.namespace, request.caller_node_id
+            )
+            leaves, withheld = await entropy.key_digests(
+                request.namespace, list(request.buckets), caller.region
+            )
+            response = rpb.EntropyKeysResponse(withheld_count=withheld)
+            for leaf in leaves:
+                response.keys.add(key=leaf.key, digest=leaf.digest)
+            return response
+        except errors.DomicileError as exc:
+            await abort_with(context, exc)
+            raise
+
+    async def EntropyStates(
+        self, request: rpb.EntropyStatesRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.EntropyStatesResponse:
+        try:
+            entropy, caller = self._entropy_caller(
+                context, "replication.EntropyStates", request.namespace, request.caller_node_id
+            )
+            for key in request.keys:
+                check_key(key, Limits())
+            return await entropy.states(request.namespace, list(request.keys), caller)
+        except errors.DomicileError as exc:
+            await abort_with(context, exc)
+            raise
