@@ -5,6 +5,10 @@ peer, siblings merge as they do in streaming, and only nodes in scope may call."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +18,7 @@ import pytest
 
 from domicile.audit import AuditEntry
 from domicile.causality import CausalContext, Dot, Mutation, Version, sha256
+from domicile.cli.main import main
 from domicile.model import Classification
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
@@ -217,3 +222,47 @@ async def test_only_a_node_in_the_namespace_scope_may_call(cluster: LocalCluster
         assert len(answer.buckets) == 1024
     finally:
         await central_channel.close()
+
+
+async def test_the_consistency_check_command_reports_divergence_per_pair_and_overall(
+    cluster: LocalCluster,
+) -> None:
+    west, central = cluster.nodes["eu-west-1"], cluster.nodes["eu-central-1"]
+    eu = {"subject_id": "s-5", "subject_jurisdiction": "DE"}
+    await plant(west, [ghost_write(west, "customers", f"d{i}", b"v", **eu) for i in range(3)])
+    argv = ["consistency", "check", "--coordinator", cluster.coordinator_address, *cluster.cli_args()]
+
+    code, out = await cli([*argv, "--json", "--namespace", "customers"])
+    assert code == 1, out
+    report = json.loads(out)
+    pairs = {(p["node_id"], p["peer_node_id"]): p for p in report["pairs"]}
+    assert set(pairs) == {
+        ("eu-central-1", "eu-west-1"),
+        ("eu-central-1", "us-east-1"),
+        ("eu-west-1", "us-east-1"),
+    }
+    [eu_pair] = pairs[("eu-central-1", "eu-west-1")]["namespaces"]
+    assert (eu_pair["divergent"], eu_pair["divergent_keys"]) == (3, ["d0", "d1", "d2"])
+    # The US may not hold them: not a divergence of the pairs with us-east-1.
+    assert all(
+        n["divergent"] == 0 for p in report["pairs"] if "us-east-1" in p.values() for n in p["namespaces"]
+    )
+    assert report["divergent"] == 3 and report["agreement"] < 1.0
+
+    await central.entropy.round_with("eu-west-1")
+    code, out = await cli(argv)
+    assert code == 0, out
+    assert out.splitlines()[-1].startswith("overall: 3 pairs checked, ")
+    assert out.splitlines()[-1].endswith("0 divergent, agreement 100.0000%")
+
+
+async def cli(argv: list[str]) -> tuple[int, str]:
+    """Runs the `domicile` command in a thread (it runs an event loop of its own)."""
+    out = io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out):
+            return main(argv)
+
+    code = await asyncio.to_thread(run)
+    return code, out.getvalue()
