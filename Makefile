@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -69,6 +69,9 @@ fuzz: setup ## run every fuzz harness for FUZZ_SECONDS (300) each; new inputs an
 
 bench: setup ## benchmarks, each next to a baseline of the same run (a few minutes)
 	$(PY) bench/run.py
+
+bench-entropy: setup ## time one anti-entropy round repairing 10,000 divergent keys
+	$(PY) -m bench.antientropy
 
 # SEED replays a run; DURATION is the seconds of faults. The run's files go to a temp dir it prints.
 DURATION ?= 300

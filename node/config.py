@@ -234,6 +234,11 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         help="seconds between retention sweeps (default 300; 0 turns them off)",
     )
     parser.add_argument(
+        "--antientropy-interval-s",
+        type=float,
+        help="seconds between anti-entropy rounds with each peer (default 60; 0 turns them off)",
+    )
+    parser.add_argument(
         "--retention-expire-max",
         type=int,
         help="the most records one retention sweep deletes (default 10000; hitting it alerts)",
