@@ -274,6 +274,7 @@ class Node:
             dialer=self.dialer,
             metrics=self.metrics,
             offload=offload,
+            long_work=self.long_work,
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
             interval_s=cfg.antientropy_interval_s,
             rng=random.Random(self.rng.random()),

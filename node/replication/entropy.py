@@ -118,6 +118,7 @@ class AntiEntropy:
         dialer: Dialer,
         metrics: NodeMetrics,
         offload: Offload,
+        long_work: Offload,
         rpc_deadline_s: float,
         interval_s: float,
         rng: random.Random | None = None,
@@ -133,6 +134,9 @@ class AntiEntropy:
         self.dialer = dialer
         self.metrics = metrics
         self.offload = offload
+        # The trees' work (a rebuild reads the whole store) runs in the long-jobs pool, so that
+        # it never holds up a Get; the tree's lock serialises it.
+        self.long_work = long_work
         self.rpc_deadline_s = rpc_deadline_s
         self.interval_s = interval_s
         self.rng = rng or random.Random()
@@ -143,7 +147,7 @@ class AntiEntropy:
     # -- the trees ---------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        await self.offload.run(self.trees.refresh, self.engine)
+        await self.long_work.run(self.trees.refresh, self.engine)
 
     def may_hold(self, facts: Sequence[RecordFacts], region: str) -> bool:
         """Whether every version of a key may be held at region (asked, not audited: nothing
@@ -183,7 +187,7 @@ class AntiEntropy:
 
     async def digests(self, namespace: str) -> TreeView:
         await self.refresh()
-        return await self.offload.run(self.trees.tree, namespace)
+        return await self.long_work.run(self.trees.tree, namespace)
 
     async def key_digests(
         self, namespace: str, buckets: Sequence[int], region: str
@@ -194,7 +198,7 @@ class AntiEntropy:
         bad = [b for b in buckets if not 0 <= b < BUCKETS]
         if bad:
             raise errors.InvalidArgument(f"bucket {bad[0]} is out of range; buckets are 0 to {BUCKETS - 1}")
-        leaves = await self.offload.run(self.trees.leaves, namespace, buckets)
+        leaves = await self.long_work.run(self.trees.leaves, namespace, buckets)
         allowed = [leaf for leaf in leaves if self.may_hold(leaf.facts, region)]
         return allowed, len(leaves) - len(allowed)
 
@@ -213,6 +217,14 @@ class AntiEntropy:
         size = 0
         for key in keys:
             state = found.get(key)
+            if state is not None:
+                # Measured before anything is decided, so that a key left for the next call
+                # is not audited as sent. One key always goes, whatever its size (a message
+                # holds several values of the largest size, as a Get's siblings do).
+                key_bytes = sum(len(v.value) for v in state.versions)
+                if answered and size + key_bytes > STATES_BYTES_MAX:
+                    break
+                size += key_bytes
             answered += 1
             if state is None:
                 continue
@@ -234,11 +246,8 @@ class AntiEntropy:
                     entries.append(entry)
                 if decision.allowed:
                     wanted.append(m)
-                    size += len(m.version.value)
                 else:
                     response.withheld_count += 1
-            if size > STATES_BYTES_MAX:
-                break
         opened = await self.offload.run(self._open, wanted)
         for sent in opened:
             if sent is None:
@@ -295,7 +304,7 @@ class AntiEntropy:
         deadline = self.rpc_deadline_s
         result = Comparison(namespace, peer.node_id)
         await self.refresh()
-        own = await self.offload.run(self.trees.tree, namespace)
+        own = await self.long_work.run(self.trees.tree, namespace)
         theirs = await stub.EntropyDigests(
             rpb.EntropyDigestsRequest(namespace=namespace, caller_node_id=self.node_id), timeout=deadline
         )
@@ -317,7 +326,7 @@ class AntiEntropy:
                 timeout=deadline,
             )
             peer_leaves = {k.key: bytes(k.digest) for k in answer.keys}
-            own_leaves = await self.offload.run(self.trees.leaves, namespace, chunk)
+            own_leaves = await self.long_work.run(self.trees.leaves, namespace, chunk)
             mine = {leaf.key: leaf.digest for leaf in own_leaves if self.may_hold(leaf.facts, peer.region)}
             union = set(mine) | set(peer_leaves)
             result.keys += len(union)
@@ -349,9 +358,10 @@ class AntiEntropy:
         keys: list[str],
         result: Comparison,
     ) -> None:
-        pending = keys
-        while pending:
-            ask = pending[:STATES_KEYS_MAX]
+        """Pulls the keys' states in pages and merges them; the next page is fetched while the
+        previous one is checked and committed (two pages in memory at most)."""
+
+        async def fetch(ask: list[str]) -> tuple[list[str], rpb.EntropyStatesResponse]:
             answer = await stub.EntropyStates(
                 rpb.EntropyStatesRequest(namespace=namespace, caller_node_id=self.node_id, keys=ask),
                 timeout=self.rpc_deadline_s,
@@ -361,15 +371,30 @@ class AntiEntropy:
                     f"peer {peer.node_id} answered {answer.keys_answered} of {len(ask)} keys; "
                     "an answer covers at least one"
                 )
-            # Only mutations of the namespace and the keys asked for: a peer cannot push others.
-            asked = set(ask[: answer.keys_answered])
-            messages = [m for m in answer.mutations if m.namespace == namespace and m.key in asked]
-            result.refused += len(answer.mutations) - len(messages)
-            if messages:
-                repaired = await self.receiver.apply_repair(peer.node_id, messages)
-                result.repaired += len(repaired.repaired)
-                result.refused += repaired.refused
-            pending = pending[answer.keys_answered :]
+            return ask, answer
+
+        pending = keys
+        page: asyncio.Task[tuple[list[str], rpb.EntropyStatesResponse]] | None = (
+            asyncio.create_task(fetch(pending[:STATES_KEYS_MAX])) if pending else None
+        )
+        try:
+            while page is not None:
+                ask, answer = await page
+                pending = pending[answer.keys_answered :]
+                page = asyncio.create_task(fetch(pending[:STATES_KEYS_MAX])) if pending else None
+                # Only mutations of the namespace and the keys asked for: a peer cannot push others.
+                asked = set(ask[: answer.keys_answered])
+                messages = [m for m in answer.mutations if m.namespace == namespace and m.key in asked]
+                result.refused += len(answer.mutations) - len(messages)
+                if messages:
+                    repaired = await self.receiver.apply_repair(peer.node_id, messages)
+                    result.repaired += len(repaired.repaired)
+                    result.refused += repaired.refused
+        finally:
+            if page is not None and not page.done():
+                page.cancel()
+                with contextlib.suppress(BaseException):
+                    await page
 
     async def round_with(self, peer_node_id: str) -> list[Comparison]:
         """One anti-entropy round with a peer: every namespace it replicates to this node."""

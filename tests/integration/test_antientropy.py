@@ -12,6 +12,7 @@ import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +25,7 @@ from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.wire.records import mutation_to_pb
 from node.daemon import Node
+from node.replication import entropy
 from tests.support.cluster import NAMESPACES, LocalCluster, eventually
 from tests.support.packs import sample_pack, with_fact
 
@@ -266,3 +268,25 @@ async def cli(argv: list[str]) -> tuple[int, str]:
 
     code = await asyncio.to_thread(run)
     return code, out.getvalue()
+
+
+async def test_states_too_large_for_one_answer_come_in_several(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A byte budget of about two values per answer: the round asks again for the rest.
+    monkeypatch.setattr(entropy, "STATES_BYTES_MAX", 250)
+    west, central = cluster.nodes["eu-west-1"], cluster.nodes["eu-central-1"]
+    eu = {"subject_id": "s-6", "subject_jurisdiction": "DE"}
+    await plant(west, [ghost_write(west, "customers", f"p{i:02d}", bytes(100), **eu) for i in range(15)])
+    pages: list[int] = []
+    apply_repair = central.receiver.apply_repair
+
+    async def counted(peer: str, messages: Any) -> Any:
+        pages.append(len(messages))
+        return await apply_repair(peer, messages)
+
+    monkeypatch.setattr(central.receiver, "apply_repair", counted)
+    [result] = [c for c in await central.entropy.round_with("eu-west-1") if c.namespace == "customers"]
+    assert result.repaired == 15
+    assert len(pages) >= 5 and max(pages) <= 3, pages
+    assert all(central.engine.get("customers", f"p{i:02d}") is not None for i in range(15))
