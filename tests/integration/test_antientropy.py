@@ -290,3 +290,30 @@ async def test_states_too_large_for_one_answer_come_in_several(
     assert result.repaired == 15
     assert len(pages) >= 5 and max(pages) <= 3, pages
     assert all(central.engine.get("customers", f"p{i:02d}") is not None for i in range(15))
+
+
+async def test_a_write_whose_origin_died_after_reaching_one_replica_reaches_the_others(
+    tmp_path: Path,
+) -> None:
+    c = LocalCluster(tmp_path, REGIONS, proxies=True)
+    c.node_overrides["antientropy_interval_s"] = 0
+    await c.start_linked()
+    try:
+        # Streams into eu-central-1 are cut; us-east-1's write reaches eu-west-1 only.
+        c.proxies["eu-central-1"].partition()
+        await c.put("us-east-1", "instruments", "XS0000000001", b"written just before the crash")
+
+        async def at_west() -> bool:
+            return bool(await c.values("eu-west-1", "instruments", "XS0000000001"))
+
+        await eventually(at_west, 10, "the write at eu-west-1")
+        await c.stop_node("us-east-1")  # the origin is gone for good
+        c.proxies["eu-central-1"].heal()
+        central = c.nodes["eu-central-1"]
+        assert central.engine.get("instruments", "XS0000000001") is None
+        await central.entropy.round_with("eu-west-1")
+        assert await c.values("eu-central-1", "instruments", "XS0000000001") == {
+            b"written just before the crash"
+        }
+    finally:
+        await c.stop()
