@@ -299,7 +299,20 @@ class AntiEntropy:
         self, peer: NodeInfo, namespace: str, *, repair: bool, divergent_max: int = DIVERGENT_KEYS_MAX
     ) -> Comparison:
         """Compares this node's replica of the namespace with the peer's; with `repair`, pulls
-        and merges the peer's state of every key that differs."""
+        and merges the peer's state of every key that differs. A failed call to the peer is
+        Unavailable (it may answer later) or FailedPrecondition (it refused), naming the peer."""
+        try:
+            return await self._compare(peer, namespace, repair=repair, divergent_max=divergent_max)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            what = f"peer {peer.node_id} answered {code.name}: {exc.details()}"
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise errors.Unavailable(f"{what}; the comparison of {namespace} can be retried") from None
+            raise errors.FailedPrecondition(f"{what}; {namespace} was not compared") from None
+
+    async def _compare(
+        self, peer: NodeInfo, namespace: str, *, repair: bool, divergent_max: int
+    ) -> Comparison:
         stub = self._stub(peer)
         deadline = self.rpc_deadline_s
         result = Comparison(namespace, peer.node_id)
@@ -453,8 +466,12 @@ class AntiEntropy:
             for peer_id in sorted(self.peers(self.view.topology)):
                 try:
                     await self.round_with(peer_id)
-                except (errors.DomicileError, grpc.aio.AioRpcError, OSError) as exc:
-                    log.info("anti-entropy with %s failed: %s", peer_id, exc)
+                except errors.DomicileError as exc:
+                    log.info("anti-entropy with %s failed: %s", peer_id, exc.message)
+                except Exception:
+                    # A bug must not end the rounds for good (the stale alert would be the
+                    # only sign): logged with its trace, and the next peer's round goes on.
+                    log.exception("anti-entropy with %s failed unexpectedly", peer_id)
 
     async def close(self) -> None:
         channels = [c for _, c in self._channels.values()]

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from domicile import errors
 from domicile.audit import AuditEntry
 from domicile.causality import CausalContext, Dot, Mutation, Version, sha256
 from domicile.cli.main import main
@@ -311,7 +312,21 @@ async def test_a_write_whose_origin_died_after_reaching_one_replica_reaches_the_
         c.proxies["eu-central-1"].heal()
         central = c.nodes["eu-central-1"]
         assert central.engine.get("instruments", "XS0000000001") is None
-        await central.entropy.round_with("eu-west-1")
+        # A peer out of reach is a comparison to retry, named as such, not a bug.
+        c.proxies["eu-west-1"].partition()
+        with pytest.raises(errors.Unavailable, match="peer eu-west-1"):
+            await central.entropy.check("eu-west-1", ["instruments"], 10)
+        c.proxies["eu-west-1"].heal()
+
+        async def round_done() -> bool:
+            # The channel reconnects with its own back-off after the partition.
+            try:
+                await central.entropy.round_with("eu-west-1")
+            except errors.Unavailable:
+                return False
+            return True
+
+        await eventually(round_done, 15, "a round with eu-west-1 once it is reachable")
         assert await c.values("eu-central-1", "instruments", "XS0000000001") == {
             b"written just before the crash"
         }
