@@ -34,8 +34,12 @@ from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_to_bytes
 from domicile.wire.limits import SERVER_KEEPALIVE_OPTIONS
+from domicile.wire.peer_limits import PeerConcurrency
 
 log = logging.getLogger(__name__)
+# The most calls one peer may have in flight at the coordinator across its connections: a node
+# holds a topology watch and a few unary calls; an SDK client, its watch and its lookups.
+COORDINATOR_PEER_CALLS_MAX = 256
 
 
 class Coordinator:
@@ -181,7 +185,12 @@ class Coordinator:
                     *SERVER_KEEPALIVE_OPTIONS,
                 ],
                 maximum_concurrent_rpcs=limits.concurrent_rpcs_max,
-                interceptors=[OperationalServicesGuard(gate)],
+                interceptors=[
+                    PeerConcurrency(
+                        COORDINATOR_PEER_CALLS_MAX, lambda c, p, b: self.metrics.peer_calls_refused.inc()
+                    ),
+                    OperationalServicesGuard(gate),
+                ],
             )
             self._server = server
             store = self._store

@@ -89,6 +89,9 @@ class NodeConfig:
     retention_expire_max: int = 10_000
     # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
     max_clock_drift_ms: int = 5000
+    # The most calls one peer (a client certificate; a host on an insecure port) may have in
+    # flight at this node, across all its connections; past it, RESOURCE_EXHAUSTED.
+    peer_calls_max: int = 1024
     # The cluster's key for causal-context tokens (32 bytes, mode 0600), the same file content on
     # every node; empty: a key of this node's own in the data directory (single-node development).
     context_key_file: str = ""
@@ -119,6 +122,8 @@ class NodeConfig:
             object.__setattr__(self, "data_dir", str(Path(".domicile") / self.node_id))
         self._check_engine()
         split_host_port(self.listen)
+        if not 1 <= self.peer_calls_max <= 1_000_000:
+            raise InvalidArgument(f"peer_calls_max must be 1 to 1000000 calls, not {self.peer_calls_max}")
         if not 1 <= self.max_clock_drift_ms <= 3_600_000:
             raise InvalidArgument(
                 f"max_clock_drift_ms must be 1 to 3600000 milliseconds, not {self.max_clock_drift_ms}"
@@ -242,6 +247,11 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         "--retention-expire-max",
         type=int,
         help="the most records one retention sweep deletes (default 10000; hitting it alerts)",
+    )
+    parser.add_argument(
+        "--peer-calls-max",
+        type=int,
+        help="the most calls one peer may have in flight at this node (default 1024)",
     )
     parser.add_argument(
         "--max-clock-drift-ms",

@@ -40,6 +40,7 @@ from domicile.v1 import replication_pb2, storage_node_pb2
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+from domicile.wire.peer_limits import PeerConcurrency
 from domicile.wire.subjects import receipt_to_pb
 from domicile.wire.topology import topology_from_pb
 from node.api.access import NodeAccess, RefusalAudit
@@ -315,9 +316,16 @@ class Node:
         def too_large(context: grpc.aio.ServicerContext, action: str, message: str) -> None:
             gate.on_refusal(Refusal(action, Reason.TOO_LARGE, gate.identity_of(context), message))
 
+        def too_many(context: grpc.aio.ServicerContext, peer: str, bound: int) -> None:
+            self.metrics.peer_calls_refused.inc()
+
         server = grpc.aio.server(
             options=NODE_SERVER_OPTIONS,
-            interceptors=[OperationalServicesGuard(self.gate), MessageLimits(on_too_large=too_large)],
+            interceptors=[
+                PeerConcurrency(cfg.peer_calls_max, too_many),
+                OperationalServicesGuard(self.gate),
+                MessageLimits(on_too_large=too_large),
+            ],
         )
         spb_grpc.add_StorageNodeServiceServicer_to_server(
             StorageServicer(

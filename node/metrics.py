@@ -272,6 +272,11 @@ class NodeMetrics:
             ["namespace"],
             registry=r,
         )
+        self.peer_calls_refused = Counter(
+            "domicile_peer_calls_refused_total",
+            "Calls refused because their peer already had peer_calls_max calls in flight here.",
+            registry=r,
+        )
         self.retention_capped = Counter(
             "domicile_retention_capped_total",
             "Retention sweeps that stopped at retention_expire_max deletions (a clock ahead, or a "
