@@ -21,7 +21,9 @@ from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Reason, Refusal, load_checks
 from domicile.authz.loader import policy_set_version
 from domicile.authz.operational import OperationalServicesGuard
-from domicile.cluster import ClusterSpec, load_cluster
+from domicile.backup.bucket import Bucket
+from domicile.backup.residency import check_bucket_location
+from domicile.cluster import BackupSpec, ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
 from domicile.identity import audit_key
@@ -47,6 +49,7 @@ from node.api.access import NodeAccess, RefusalAudit
 from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
+from node.backup.shipper import BackupShipper
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
@@ -111,6 +114,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._running = False
+        self.backup: BackupShipper | None = None
 
     # -- start --------------------------------------------------------------------------------
 
@@ -147,6 +151,9 @@ class Node:
             # node does not hold, stops the node here (the coordinator would refuse every head
             # it signs).
             bound_signer = await offload.run(self._bound_audit_key)
+            # The backup bucket is checked before the store opens: a node whose backups would
+            # land where its records may not be does not start.
+            backup = await offload.run(self._backup_target)
             self.engine = await offload.run(self._open_store)
             await offload.warm(self.engine.last_lsn)
         except BaseException:
@@ -393,6 +400,13 @@ class Node:
         self.exporter.offer(await offload.run(self.audit.head))
         if cfg.retention_sweep_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="retention"))
+        if backup is not None:
+            self.backup = BackupShipper(
+                self.engine, Bucket(backup), backup, cfg.node_id, cfg.region, self.metrics,
+                interval_s=cfg.backup_interval_s,
+            )  # fmt: skip
+            self.backup.start()
+        self.metrics.backup_enabled.set(1 if backup is not None else 0)
         self.eraser.apply(self.view.topology.erasures, self.view.topology.cluster, self.view.topology.holds)
         self.metrics.topology_revision.set(self.view.revision)
         self._running = True
@@ -418,6 +432,15 @@ class Node:
         engine = getattr(self, "engine", None)
         if engine is not None:
             await asyncio.to_thread(engine.close)
+
+    def _backup_target(self) -> BackupSpec | None:
+        """The region's backup bucket from the cluster config, after the residency check."""
+        if not self.config.cluster_config:
+            return None
+        cluster = load_cluster(self.config.cluster_config)
+        check_bucket_location(cluster, self.config.region)
+        region = cluster.region(self.config.region)
+        return region.backup if region is not None else None
 
     def _open_store(self) -> StorageEngine:
         cfg = self.config
@@ -737,6 +760,8 @@ class Node:
         # The refusals counted but not yet summarised, while the audit log still takes entries.
         self.refusal_audit.flush(everything=True)
         await _bounded("writer stop", self.committer.stop(), 10.0)
+        if self.backup is not None:
+            await _bounded("backup stop", asyncio.to_thread(self.backup.stop), 15.0)
         # A scan or chain check still running reads the store and the audit log: it ends first.
         await _bounded("long jobs", asyncio.to_thread(self.long_work.close), 10.0)
         await _bounded("audit log close", self.audit.close(), 10.0)

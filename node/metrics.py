@@ -258,6 +258,33 @@ class NodeMetrics:
             "1 when the audit log verified at start-up, 0 when it did not.",
             registry=r,
         )
+        self.backup_enabled = Gauge(
+            "domicile_backup_enabled",
+            "1 when this node ships backups to its region's bucket, 0 when none is configured.",
+            registry=r,
+        )
+        self.backup_last_shipped = Gauge(
+            "domicile_backup_last_shipped_timestamp_seconds",
+            "When a backup round last left nothing of the change log unshipped (Unix time); its "
+            "age is the recovery point.",
+            registry=r,
+        )
+        self.backup_generation_started = Gauge(
+            "domicile_backup_generation_started_timestamp_seconds",
+            "When the current backup generation's base snapshot began (Unix time).",
+            registry=r,
+        )
+        self.backup_bytes = Counter(
+            "domicile_backup_shipped_bytes_total", "Bytes of backup objects stored.", registry=r
+        )
+        self.backup_objects = Counter(
+            "domicile_backup_shipped_objects_total", "Backup objects stored.", registry=r
+        )
+        self.backup_failures = Counter(
+            "domicile_backup_failures_total",
+            "Backup rounds that failed (the bucket unreachable or refusing); the next retries.",
+            registry=r,
+        )
         self.erasures_completed = Counter(
             "domicile_erasures_completed_total",
             "Erasure orders this node carried out (records tombstoned, data keys destroyed).",

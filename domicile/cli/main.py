@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from domicile.cli import authz, catalog, certs, connect
+from domicile.cli import authz, backup, catalog, certs, connect
 from domicile.client import DEFAULT_COORDINATOR
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_subject_rights(sub, common)
     _add_holds(sub, common)
     certs.add_parser(sub)
+    backup.add_parser(sub)
     return parser
 
 
@@ -567,6 +568,12 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         ]
     if command in ("certs init", "certs issue"):
         return certs.init if command == "certs init" else certs.issue
+    if command in ("backup status", "backup list", "backup verify"):
+        return {
+            "backup status": backup.status,
+            "backup list": backup.list_generations,
+            "backup verify": backup.verify,
+        }[command]
     if command == "up":
         from domicile.cli.up import up
 

@@ -68,11 +68,14 @@ class LocalCluster:
         pack: dict[str, Any] | None = None,
         namespaces: list[dict[str, Any]] | None = None,
         insecure: bool = False,
+        backups: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """`pack`: a policy pack (parsed YAML, see tests/support/packs.py) to enforce on top of
         the namespace scopes; without it only the scopes apply. Every port runs mutual TLS with
         the session's CA unless `insecure` (plaintext, no authentication: a deliberate choice)."""
         self.insecure = insecure
+        # region -> its backup settings in the cluster config (endpoint, bucket, bucket_region)
+        self.backups = backups or {}
         # Settings every node of this cluster starts with (before start_node's own overrides).
         self.node_overrides: dict[str, Any] = {}
         # Settings of one region's node (after node_overrides), e.g. another storage engine.
@@ -102,7 +105,9 @@ class LocalCluster:
         """(Re)writes the cluster config; a coordinator started after this distributes it."""
         self._pack = pack
         config: dict[str, Any] = {
-            "regions": REGIONS,
+            "regions": [
+                {**r, "backup": self.backups[r["name"]]} if r["name"] in self.backups else r for r in REGIONS
+            ],
             # The tests' client holds the app role; the default policies let an app use the
             # namespaces it owns, so a namespace without an owner is owned by it.
             "namespaces": [{"owner": TESTER, **ns} for ns in self.namespaces],
