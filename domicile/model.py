@@ -133,6 +133,24 @@ def check_purpose(purpose: str) -> None:
         )
 
 
+# A node's writer id (the node id in its dots and change-log entries) is its node id in its
+# first incarnation, and "<node id>.<epoch>" after a restore: a node id cannot contain a dot, so
+# no incarnation's writer id is ever another node's or another incarnation's.
+WRITER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}(\.[1-9][0-9]{0,18})?\Z")
+
+
+def writer_id(node_id: str, epoch: int) -> str:
+    return node_id if epoch == 0 else f"{node_id}.{epoch}"
+
+
+def check_writer_id(writer: str) -> None:
+    if not WRITER_ID_RE.match(writer):
+        raise InvalidArgument(
+            f"invalid writer id {writer!r}: a node id (1 to 63 lower-case letters, digits and "
+            "dashes), optionally followed by '.' and its incarnation epoch"
+        )
+
+
 def check_node_id(node_id: str) -> None:
     if not NODE_ID_RE.match(node_id):
         raise InvalidArgument(

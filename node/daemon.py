@@ -32,6 +32,7 @@ from domicile.identity.files import read_file
 from domicile.identity.principal import ExpectedPeer
 from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
+from domicile.model import writer_id
 from domicile.quality import schema_from_text
 from domicile.retry import Backoff, BackoffPolicy, retry
 from domicile.subjects import LegalHold, RegionReceipt
@@ -63,6 +64,7 @@ from node.engine.base import StorageEngine, StoreCounts
 from node.engine.factory import open_engine
 from node.engine.group_commit import GroupCommitter
 from node.engine.log_tail import LogTail
+from node.incarnation import read_epoch
 from node.keyfiles import load_context_key
 from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
@@ -115,6 +117,7 @@ class Node:
         self._server: grpc.aio.Server | None = None
         self._running = False
         self.backup: BackupShipper | None = None
+        self.epoch = 0
 
     # -- start --------------------------------------------------------------------------------
 
@@ -304,6 +307,7 @@ class Node:
             rng=random.Random(self.rng.random()),
             offload=offload,
             log_tail=self.log_tail,
+            epoch=self.epoch,
         )
 
         self.refusal_audit = RefusalAudit(self.metrics, self.audit, lambda: self.view.policy.version)
@@ -386,6 +390,7 @@ class Node:
             backoff=backoff,
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
             rng=random.Random(self.rng.random()),
+            on_erased=self._adopt_erased,
         )
         self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
@@ -403,7 +408,7 @@ class Node:
         if backup is not None:
             self.backup = BackupShipper(
                 self.engine, Bucket(backup), backup, cfg.node_id, cfg.region, self.metrics,
-                interval_s=cfg.backup_interval_s,
+                interval_s=cfg.backup_interval_s, epoch=self.epoch,
             )  # fmt: skip
             self.backup.start()
         self.metrics.backup_enabled.set(1 if backup is not None else 0)
@@ -442,10 +447,20 @@ class Node:
         region = cluster.region(self.config.region)
         return region.backup if region is not None else None
 
+    def _adopt_erased(self, key: bytes, erased: list[tuple[str, str]]) -> None:
+        topology = self.view.topology
+        self.eraser.adopt_erased(key, erased, topology.cluster, topology.holds)
+
     def _open_store(self) -> StorageEngine:
         cfg = self.config
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-        return open_engine(cfg.engine_settings(), cfg.data_dir, cfg.node_id, cfg.region)
+        # After a restore the store belongs to a new incarnation: its dots and change-log
+        # positions are those of writer id node_id.epoch, never reused from an older store.
+        self.epoch = read_epoch(cfg.data_dir)
+        writer = writer_id(cfg.node_id, self.epoch)
+        if self.epoch:
+            log.info("node %s runs incarnation %d (writer id %s)", cfg.node_id, self.epoch, writer)
+        return open_engine(cfg.engine_settings(), cfg.data_dir, writer, cfg.region)
 
     def _open_keyring(self) -> Keyring:
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of

@@ -72,8 +72,12 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             ),
             ExpectedPeer.node(request.region, request.node_id),
         )
+        key, erased = self._desk.erased_subjects()
         return cpb.RegisterNodeResponse(
-            topology_revision=revision, heartbeat_interval_ms=self._registry.heartbeat_interval_ms
+            topology_revision=revision,
+            heartbeat_interval_ms=self._registry.heartbeat_interval_ms,
+            erased_subjects_key=key,
+            erased_subjects=[cpb.ErasedSubject(subject_hash=h, request_id=r) for h, r in erased],
         )
 
     async def Heartbeat(

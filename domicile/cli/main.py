@@ -30,6 +30,8 @@ from domicile.wire.limits import (
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 DAEMONS = ("node", "coordinator")
+# Commands of the node package that run in a process of their own (the library imports no daemon).
+NODE_TOOLS = {"restore": "node.backup.restore"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -158,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"run the {daemon} daemon (the remaining arguments go to `python -m {daemon}`)",
             add_help=False,
         )
+
+    sub.add_parser(
+        "restore",
+        help="rebuild a node's store from its region's backup bucket, as a new incarnation "
+        "(`domicile restore --help`)",
+        add_help=False,
+    )
 
     p = sub.add_parser("put", parents=[record], help="write a record")
     p.add_argument("--key", "-k", required=True)
@@ -604,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Daemon flags belong to the daemon; argparse must not see (or reject) them.
     if args_in and args_in[0] in DAEMONS:
         exec_daemon(args_in[0], args_in[1:])
+    if args_in and args_in[0] in NODE_TOOLS:
+        exec_daemon(NODE_TOOLS[args_in[0]], args_in[1:])
     args = build_parser().parse_args(args_in)
     command = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
     try:

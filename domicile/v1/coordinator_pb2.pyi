@@ -342,23 +342,64 @@ class RegisterNodeResponse(_message.Message):
 
     TOPOLOGY_REVISION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    ERASED_SUBJECTS_KEY_FIELD_NUMBER: _builtins.int
+    ERASED_SUBJECTS_FIELD_NUMBER: _builtins.int
     topology_revision: _builtins.int
     """Topology revision after the registration."""
     heartbeat_interval_ms: _builtins.int
     """How often the node must send heartbeats, in milliseconds."""
+    erased_subjects_key: _builtins.bytes
+    """The key of the cluster's permanent list of erased subjects (32 bytes); empty before the
+    first erasure.
+    """
+    @_builtins.property
+    def erased_subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErasedSubject]:
+        """Every subject ever erased, as HMAC-SHA256(erased_subjects_key, subject id), with the request
+        that erased it: erasures win over backups, so a node restored from before an erasure
+        refuses the subject's writes and tombstones what it holds of the subject.
+        """
+
     def __init__(
         self,
         *,
         topology_revision: _builtins.int = ...,
         heartbeat_interval_ms: _builtins.int = ...,
+        erased_subjects_key: _builtins.bytes = ...,
+        erased_subjects: _abc.Iterable[Global___ErasedSubject] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "topology_revision", b"topology_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_subjects", b"erased_subjects", "erased_subjects_key", b"erased_subjects_key", "heartbeat_interval_ms", b"heartbeat_interval_ms", "topology_revision", b"topology_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterNodeResponse: _TypeAlias = RegisterNodeResponse  # noqa: Y015
+
+@_typing.final
+class ErasedSubject(_message.Message):
+    """One subject on the permanent erasure list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_HASH_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    subject_hash: _builtins.str
+    """HMAC-SHA256 (hex) of the subject id under RegisterNodeResponse.erased_subjects_key."""
+    request_id: _builtins.str
+    """The erasure request that erased the subject."""
+    def __init__(
+        self,
+        *,
+        subject_hash: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "subject_hash", b"subject_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasedSubject: _TypeAlias = ErasedSubject  # noqa: Y015
 
 @_typing.final
 class HeartbeatRequest(_message.Message):

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from domicile import causality
 from domicile.causality import Dot, KeyState, Mutation, Version
 from domicile.errors import DataCorruption, DomicileError, InvalidArgument
-from domicile.model import Classification, check_namespace_name, check_node_id
+from domicile.model import Classification, check_namespace_name, check_writer_id
 from domicile.wire.records import (
     key_state_from_bytes,
     key_state_to_bytes,
@@ -215,6 +215,29 @@ class EngineCore:
 
         return self.backend.write(apply)
 
+    def restore_states(self, rows: Sequence[SnapshotRow]) -> int:
+        """Merges key states read from a backup snapshot into the store, in one transaction;
+        returns how many keys changed. Merging (not overwriting) makes it idempotent, like
+        apply_remote; nothing enters the change log (this node ships only its own new writes)."""
+        decoded = [(ns, key, decode_state(ns, key, blob)) for ns, key, blob in rows]
+
+        def restore(tx: WriteTx) -> int:
+            totals = tx.totals()
+            work = _WorkingSet(tx, [(ns, key) for ns, key, _ in decoded])
+            changed = 0
+            for ns, key, state in decoded:
+                before = work.get(ns, key)
+                after = state if before is None else causality.merge(before, state)
+                if after != before:
+                    work.put(ns, key, after)
+                    changed += 1
+            if changed:
+                work.flush(tx, totals)
+                tx.store_totals(totals)
+            return changed
+
+        return self.backend.write(restore)
+
     def record_outbound_ack(self, target_node_id: str, lsn: int) -> None:
         if not target_node_id:
             raise InvalidArgument("target node id is empty; name the node that acknowledged")
@@ -315,7 +338,7 @@ class EngineCore:
 
 
 def check_identity(node_id: str, region: str) -> None:
-    check_node_id(node_id)
+    check_writer_id(node_id)
     if not region:
         raise InvalidArgument("region is empty; a storage engine belongs to one region")
 

@@ -19,8 +19,8 @@ from domicile.model import (
     check_jurisdiction,
     check_key,
     check_namespace_name,
-    check_node_id,
     check_value,
+    check_writer_id,
 )
 from domicile.policy import Action, RecordFacts
 from domicile.subjects import LegalHold
@@ -130,8 +130,9 @@ class Receiver:
 
     async def open(self, source_node_id: str) -> int:
         """Starts a stream from a source; returns the position to resume after."""
-        # The source's id is written into audit entries and version vectors: a valid node id only.
-        check_node_id(source_node_id)
+        # The source's id is written into audit entries and version vectors: a valid writer id
+        # only (its node id, with its incarnation epoch after a restore).
+        check_writer_id(source_node_id)
         if source_node_id == self.node_id:
             raise errors.InvalidArgument(f"node {self.node_id} cannot replicate to itself")
         stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))

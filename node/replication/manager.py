@@ -46,7 +46,9 @@ class ReplicationManager:
         rng: random.Random | None = None,
         offload: Offload | None = None,
         log_tail: LogTail | None = None,
+        epoch: int = 0,
     ) -> None:
+        self.epoch = epoch
         self.dialer = dialer
         self.node_id = node_id
         self.region = region
@@ -110,6 +112,7 @@ class ReplicationManager:
                     signal=self.signal,
                     backoff=self.backoff,
                     acked_lsn=self._stored_acks.get(target_id, 0),
+                    epoch=self.epoch,
                     rng=random.Random(self.rng.random()),
                     offload=self.offload,
                     log_tail=self.log_tail,

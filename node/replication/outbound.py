@@ -76,7 +76,10 @@ class LinkSender:
         rng: random.Random | None = None,
         offload: Offload | None = None,
         log_tail: LogTail | None = None,
+        epoch: int = 0,
     ) -> None:
+        # This node's incarnation, sent in the hello (its writes carry writer id node_id.epoch).
+        self.epoch = epoch
         self.enforcer = enforcer
         self.sealer = sealer
         self.node_id = node_id
@@ -244,6 +247,7 @@ class LinkSender:
                         source_region=self.region,
                         target_node_id=self.target.node_id,
                         topology_revision=self.view.revision,
+                        source_epoch=self.epoch,
                     )
                 )
             ),
