@@ -297,6 +297,18 @@ class CoordinatorStore:
         ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def changes(self) -> int:
+        """Rows changed through this store since it opened (a cheap "did anything change?")."""
+        return int(self._db.total_changes)
+
+    def copy_to(self, path: Path) -> None:
+        """A consistent copy of the whole state in a new SQLite file (the online backup API)."""
+        target = sqlite3.connect(path)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+
     def erased_subjects_key(self) -> bytes:
         """The key of the permanent erasure list's hashes, made on first use and kept with the
         rest of the state (so a restored coordinator hashes as before)."""

@@ -16,6 +16,7 @@ Generation names sort by creation time: <UTC yyyymmddThhmmss><milliseconds>Z-<8 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import re
@@ -24,6 +25,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from domicile.errors import InvalidArgument
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -170,3 +173,13 @@ class _Reader:
     def chunk(self) -> bytes:
         (size,) = _LEN.unpack(self._take(_LEN.size))
         return bytes(self._take(size))
+
+
+def parse_time(text: str) -> int:
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(f"--to {text!r} is not an RFC 3339 time, e.g. 2026-12-01T14:05:00Z") from None
+    if moment.tzinfo is None:
+        raise InvalidArgument(f"--to {text!r} has no time zone; add Z or an offset such as +01:00")
+    return int(moment.timestamp() * 1000)

@@ -30,6 +30,7 @@ from pathlib import Path
 from domicile.backup import format as fmt
 from domicile.backup.bucket import Bucket
 from domicile.backup.catalog import Catalog, Generation
+from domicile.backup.format import parse_time
 from domicile.cluster import BackupSpec, load_cluster
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, NotFound
 from domicile.hlc import physical_ms, wall_ms
@@ -157,16 +158,6 @@ def restore(
 
 def _when(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(timespec="milliseconds")
-
-
-def parse_time(text: str) -> int:
-    try:
-        moment = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidArgument(f"--to {text!r} is not an RFC 3339 time, e.g. 2026-12-01T14:05:00Z") from None
-    if moment.tzinfo is None:
-        raise InvalidArgument(f"--to {text!r} has no time zone; add Z or an offset such as +01:00")
-    return int(moment.timestamp() * 1000)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

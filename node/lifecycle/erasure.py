@@ -407,8 +407,8 @@ def _receipt_from_json(d: dict[str, Any]) -> RegionReceipt:
 
 
 def _subjects_hashing_to(engine: StorageEngine, key: bytes, wanted: dict[str, str]) -> dict[str, str]:
-    """Subject id -> request id of every subject of the store whose hash under key is wanted
-    (one pass over a snapshot; each subject id is hashed once)."""
+    """Subject id -> request id of every subject with a live version in the store whose hash
+    under key is wanted (one pass over a snapshot; each subject id is hashed once)."""
 
     seen: dict[str, str] = {}
     found: dict[str, str] = {}
@@ -416,7 +416,8 @@ def _subjects_hashing_to(engine: StorageEngine, key: bytes, wanted: dict[str, st
         for _, _, blob in rows:
             for version in key_state_from_bytes(blob).versions:
                 subject = version.subject_id
-                if not subject or subject in seen:
+                # A tombstone names its subject too, but holds nothing of it.
+                if version.tombstone or not subject or subject in seen:
                     continue
                 request_id = wanted.get(subject_hash(key, subject), "")
                 seen[subject] = request_id
