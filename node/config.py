@@ -89,7 +89,7 @@ class NodeConfig:
     retention_expire_max: int = 10_000
     # Seconds between backup rounds (when the cluster config names a bucket for the region): the
     # recovery point objective. Ignored without a backup bucket.
-    backup_interval_s: float = 1.0
+    backup_interval_s: float = 0.5
     # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
     max_clock_drift_ms: int = 5000
     # The most calls one peer (a client certificate; a host on an insecure port) may have in
@@ -263,7 +263,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     parser.add_argument(
         "--backup-interval-s",
         type=float,
-        help="seconds between backup rounds when the region has a backup bucket (default 1)",
+        help="seconds between backup rounds when the region has a backup bucket (default 0.5)",
     )
     parser.add_argument(
         "--max-clock-drift-ms",

@@ -57,7 +57,7 @@ class BackupShipper:
         metrics: NodeMetrics,
         *,
         epoch: int = 0,
-        interval_s: float = 1.0,
+        interval_s: float = 0.5,
         clock_ms: Callable[[], int] = wall_ms,
     ) -> None:
         self.engine = engine
