@@ -209,6 +209,7 @@ class Receiver:
 
     def _issued(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """This node's highest counter for each (namespace, key): the dots it has issued. Blocks."""
+        writer = self.engine.node_id
         by_namespace: dict[str, list[str]] = {}
         for namespace, key in wanted:
             by_namespace.setdefault(namespace, []).append(key)
@@ -218,7 +219,7 @@ class Receiver:
                 states = self.engine.get_many(namespace, keys[i : i + GET_MANY_KEYS_MAX])
                 for key in keys[i : i + GET_MANY_KEYS_MAX]:
                     state = states.get(key)
-                    issued[(namespace, key)] = state.context.max_counter(self.node_id) if state else 0
+                    issued[(namespace, key)] = state.context.max_counter(writer) if state else 0
         return issued
 
     async def _check_contexts(self, mutations: list[Mutation], slack: int = 0) -> dict[int, _Rejected]:
@@ -228,10 +229,13 @@ class Receiver:
         `slack`: how far past what it issued a repair may name this node's counters (a node
         restored from an old copy gets back its own later writes from its peers), still far
         below the counter limit. A repaired version's own dot counts as naming too."""
+        # This node's dots are its writer id's (its node id, with its epoch after a restore); an
+        # older incarnation's counters are another writer's, which this store cannot vouch for.
+        writer = self.engine.node_id
 
         def claimed_of(m: Mutation) -> int:
-            own = m.version.dot.counter if slack and m.version.dot.node_id == self.node_id else 0
-            return max(m.context.max_counter(self.node_id), own)
+            own = m.version.dot.counter if slack and m.version.dot.node_id == writer else 0
+            return max(m.context.max_counter(writer), own)
 
         naming = [i for i, m in enumerate(mutations) if claimed_of(m) > 0]
         if not naming:
@@ -248,7 +252,7 @@ class Receiver:
                 refused[i] = _Rejected(
                     Reject.CONTEXT,
                     f"mutation at lsn {m.lsn} has a context naming counter {claimed} of this node "
-                    f"{self.node_id!r} for the key; it has issued up to {allowed}",
+                    f"{writer!r} for the key; it has issued up to {allowed}",
                 )
         return refused
 

@@ -91,6 +91,15 @@ async def test_restore_to_a_point_in_time_comes_back_as_a_new_incarnation_peers_
             )
 
         await eventually(central_took_them, 15.0, "eu-central-1 applied the new incarnation's writes")
+        # Regression: a peer's write superseding the old incarnation's version names the old
+        # writer's counter, which the restored store never issued; only the new writer id's
+        # counters are this node's to vouch for, so the write is applied, not refused as forged.
+        await cluster.put(CENTRAL, "prefs_eu", "late-1", b"from-central")
+
+        async def west_took_it() -> bool:
+            return await cluster.values(WEST, "prefs_eu", "late-1") == {b"from-central"}
+
+        await eventually(west_took_it, 15.0, "the restored node applied a peer's superseding write")
         # The backup of the new incarnation starts a generation of its own.
         await _shipped(cluster, WEST)
         assert node.backup is not None and node.backup.epoch == epoch
