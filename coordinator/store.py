@@ -297,6 +297,19 @@ class CoordinatorStore:
         ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def node_epoch(self, node_id: str) -> int:
+        """The highest incarnation epoch node_id registered with; 0 if none."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"epoch:{node_id}",)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def save_node_epoch(self, node_id: str, epoch: int) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"epoch:{node_id}", str(epoch)),
+            )
+
     def changes(self) -> int:
         """Rows changed through this store since it opened (a cheap "did anything change?")."""
         return int(self._db.total_changes)

@@ -69,8 +69,9 @@ class SeaweedServer:
             weed_binary(), "server",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-dir={data}", "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            # Small volumes: the default 30 GB preallocation does not fit a test machine.
-            "-master.volumeSizeLimitMB=64", "-volume.max=16",
+            # Small volumes (the default 30 GB does not fit a test machine), and enough of them:
+            # each bucket is a collection that grows several volumes at its first write.
+            "-master.volumeSizeLimitMB=64", "-volume.max=200",
         ]  # fmt: skip
         args += [f"-{name}={port}" for name, port in ports.items()]
         with self.log_path.open("ab") as log:

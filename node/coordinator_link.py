@@ -45,7 +45,9 @@ class CoordinatorLink:
         rpc_deadline_s: float,
         rng: random.Random | None = None,
         on_erased: Callable[[bytes, list[tuple[str, str]]], None] | None = None,
+        epoch: int = 0,
     ) -> None:
+        self.epoch = epoch
         # Called with the cluster's permanent erasure list (its key and (subject hash, request
         # id) pairs) at every registration.
         self.on_erased = on_erased
@@ -96,6 +98,7 @@ class CoordinatorLink:
                     region=self.region,
                     address=self.address,
                     metrics_address=self.metrics_address,
+                    epoch=self.epoch,
                 ),
                 timeout=self.rpc_deadline_s,
             )

@@ -391,6 +391,7 @@ class Node:
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
             rng=random.Random(self.rng.random()),
             on_erased=self._adopt_erased,
+            epoch=self.epoch,
         )
         self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))

@@ -68,7 +68,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             "RegisterNode",
             context,
             lambda: self._registry.register(
-                request.node_id, request.region, request.address, request.metrics_address
+                request.node_id, request.region, request.address, request.metrics_address, request.epoch
             ),
             ExpectedPeer.node(request.region, request.node_id),
         )

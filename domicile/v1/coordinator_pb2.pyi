@@ -310,6 +310,7 @@ class RegisterNodeRequest(_message.Message):
     REGION_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id; 1 to 63 characters of lower-case letters, digits and dashes."""
     region: _builtins.str
@@ -318,6 +319,11 @@ class RegisterNodeRequest(_message.Message):
     """host:port of its gRPC services."""
     metrics_address: _builtins.str
     """host:port of its metrics endpoint; may be empty."""
+    epoch: _builtins.int
+    """The incarnation of the node's store: 0 for its first, then the epoch its restore gave it.
+    The coordinator records the highest epoch each node id registered with and refuses a
+    lower one: a store older than the node's last restore must not come back.
+    """
     def __init__(
         self,
         *,
@@ -325,10 +331,11 @@ class RegisterNodeRequest(_message.Message):
         region: _builtins.str = ...,
         address: _builtins.str = ...,
         metrics_address: _builtins.str = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "metrics_address", b"metrics_address", "node_id", b"node_id", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "epoch", b"epoch", "metrics_address", b"metrics_address", "node_id", b"node_id", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

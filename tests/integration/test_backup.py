@@ -77,7 +77,7 @@ async def test_a_node_ships_a_base_snapshot_then_segments_and_verify_accepts_the
         # What never leaves the node's store: the plaintext of sealed values, and, in object
         # names and metadata, any key, namespace or subject.
         bucket = catalog.bucket
-        for obj in bucket.objects(""):
+        for obj in bucket.objects(catalog.prefix):
             body, meta = bucket.get(obj.key)
             assert PLAINTEXT not in body, obj.key
             described = obj.key + repr(meta)

@@ -32,10 +32,12 @@ def s3_server(root: Path) -> Iterator[SeaweedServer]:
 
 
 def backup_settings(server: SeaweedServer, region: str, **extra: Any) -> dict[str, Any]:
-    """A cluster-config backup section in a bucket no other test uses."""
+    """A cluster-config backup section: the session's one bucket (each new bucket costs the
+    server volumes), under a prefix no other test uses."""
     return {
         "endpoint": server.endpoint,
-        "bucket": f"bk-{uuid.uuid4().hex[:16]}",
+        "bucket": "domicile-tests",
         "bucket_region": region,
+        "prefix": f"t-{uuid.uuid4().hex[:16]}/",
         **extra,
     }
