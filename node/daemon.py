@@ -19,7 +19,7 @@ from domicile.audit import SignedHead
 from domicile.authz.gate import Gate, Reason, Refusal, load_checks
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
-from domicile.hlc import HybridClock, wall_ms
+from domicile.hlc import HybridClock, physical_ms, wall_ms
 from domicile.identity.principal import ExpectedPeer
 from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
@@ -38,6 +38,7 @@ from node.api.access import NodeAccess, refusal_recorder
 from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
+from node.clock_file import RESERVE_STEP_MS, load_ceiling, save_ceiling
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
@@ -128,6 +129,8 @@ class Node:
         self.signal = LogSignal()
         self.engine = await offload.run(self._open_store)
         await offload.warm(self.engine.last_lsn)
+        # Before anything stamps a time: the clock resumes above every timestamp issued before.
+        await offload.run(self._persist_clock)
         # Started after the store's last position, read before the writer starts (nothing else
         # writes), so that senders of targets already caught up read from it at once.
         self.log_tail = LogTail(
@@ -333,6 +336,17 @@ class Node:
         cfg = self.config
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
         return open_engine(cfg.engine_settings(), cfg.data_dir, cfg.node_id, cfg.region)
+
+    def _persist_clock(self) -> None:
+        """Resumes the HLC above the stored ceiling and above the last local write (which covers
+        a data directory that lost its ceiling file while the store survived). Blocks."""
+        data_dir = Path(self.config.data_dir)
+        ceiling = load_ceiling(data_dir)
+        last_lsn = self.engine.last_lsn()
+        if last_lsn > 0:
+            for mutation in self.engine.read_log(last_lsn - 1, 1):
+                ceiling = max(ceiling, physical_ms(mutation.version.hlc))
+        self.clock.persist(ceiling, lambda ms: save_ceiling(data_dir, ms), RESERVE_STEP_MS)
 
     def _open_keyring(self) -> Keyring:
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of
