@@ -24,6 +24,11 @@ class RegionSpec:
     jurisdiction: str = ""
 
 
+SIBLINGS_MAX_DEFAULT = 16
+# A key state is read whole; past this many versions a read would near the read size limits.
+SIBLINGS_MAX_LIMIT = 1024
+
+
 @dataclass(frozen=True)
 class NamespaceSpec:
     name: str
@@ -37,6 +42,8 @@ class NamespaceSpec:
     # The purposes records of this namespace may be processed for (GDPR Art. 5(1)(b) purpose
     # limitation); empty means no limitation. Config-only for now: the topology does not carry it.
     purposes: tuple[str, ...] = ()
+    # The most versions (siblings, tombstones included) a client write may leave on one key.
+    siblings_max: int = SIBLINGS_MAX_DEFAULT
 
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
@@ -103,6 +110,16 @@ def _whole_number(section: Mapping[str, Any], key: str, default: int, where: str
         return int(value)
     except (TypeError, ValueError, OverflowError):
         raise InvalidArgument(f"{where}.{key} must be a whole number, not {value!r}") from None
+
+
+def _siblings_max(raw: Mapping[str, Any], where: str) -> int:
+    value = raw.get("siblings_max", SIBLINGS_MAX_DEFAULT)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= SIBLINGS_MAX_LIMIT:
+        raise InvalidArgument(
+            f"{where}: siblings_max must be a whole number from 1 to {SIBLINGS_MAX_LIMIT} (default "
+            f"{SIBLINGS_MAX_DEFAULT}), not {value!r}"
+        )
+    return value
 
 
 def _purposes(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
@@ -204,6 +221,7 @@ def parse_cluster(
                 retention_class=str(raw.get("retention_class", "")),
                 description=str(raw.get("description", "")),
                 purposes=_purposes(raw, f"{where} ({name})"),
+                siblings_max=_siblings_max(raw, f"{where} ({name})"),
             )
         )
     if len({n.name for n in namespaces}) != len(namespaces):

@@ -220,6 +220,7 @@ class StorageService:
                 subject_id=cmd.subject_id,
                 subject_jurisdiction=cmd.subject_jurisdiction,
                 classification=classification,
+                siblings_max=spec.siblings_max,
             ),
             entry,
         )
@@ -250,6 +251,7 @@ class StorageService:
                 subject_id=facts.subject_id,
                 subject_jurisdiction=facts.subject_jurisdiction,
                 classification=facts.classification,
+                siblings_max=spec.siblings_max,
             ),
             entry,
         )

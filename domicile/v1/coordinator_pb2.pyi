@@ -133,6 +133,7 @@ class Namespace(_message.Message):
     RETENTION_CLASS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PURPOSES_FIELD_NUMBER: _builtins.int
+    SIBLINGS_MAX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Namespace name."""
     conflict_mode: _record_pb2.ConflictMode.ValueType
@@ -145,6 +146,8 @@ class Namespace(_message.Message):
     """Retention class name (e.g. user_data, transaction_data)."""
     description: _builtins.str
     """Human description."""
+    siblings_max: _builtins.int
+    """The most versions (siblings) a client write may leave on one key; 0 means the default, 16."""
     @_builtins.property
     def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Regions that may hold its records; ignored when global is true."""
@@ -166,10 +169,11 @@ class Namespace(_message.Message):
         retention_class: _builtins.str = ...,
         description: _builtins.str = ...,
         purposes: _abc.Iterable[_builtins.str] | None = ...,
+        siblings_max: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "name", b"name", "owner", b"owner", "purposes", b"purposes", "regions", b"regions", "retention_class", b"retention_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "name", b"name", "owner", b"owner", "purposes", b"purposes", "regions", b"regions", "retention_class", b"retention_class", "siblings_max", b"siblings_max"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,7 +6,7 @@ becomes UNSPECIFIED, and each reader decides what UNSPECIFIED means for it (see 
 
 from __future__ import annotations
 
-from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
+from domicile.cluster import SIBLINGS_MAX_DEFAULT, SIBLINGS_MAX_LIMIT, ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.model import Classification, ConflictMode
 from domicile.subjects import DEFAULT_RETENTION_CLASSES
 from domicile.topology import Link, NodeHealth, NodeInfo, Topology
@@ -44,6 +44,8 @@ def namespace_from_pb(msg: cpb.Namespace) -> NamespaceSpec:
         retention_class=msg.retention_class,
         description=msg.description,
         purposes=tuple(msg.purposes),
+        # 0: a coordinator that does not send it; the nodes then apply the default.
+        siblings_max=min(msg.siblings_max or SIBLINGS_MAX_DEFAULT, SIBLINGS_MAX_LIMIT),
     )
 
 
@@ -93,6 +95,7 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
             retention_class=n.retention_class,
             description=n.description,
             purposes=list(n.purposes),
+            siblings_max=n.siblings_max,
         )
         setattr(msg, "global", n.is_global)
     out.policy_version = cluster.policy_version

@@ -36,6 +36,10 @@ class LocalWrite:
     subject_id: str = ""
     subject_jurisdiction: str = ""
     classification: Classification = Classification.UNSPECIFIED
+    # The most versions the write may leave on the key (0: no cap). A write that would leave
+    # more than the key holds now and more than this is refused; one that does not add (its
+    # context covers a version) is always accepted, so a key past the cap can be resolved.
+    siblings_max: int = 0
 
     @classmethod
     def deleting(
@@ -72,6 +76,8 @@ class ApplyOutcome:
     duplicates: int  # already known or superseded
     conflicts: int  # left concurrent versions standing
     position: int  # the source position now persisted
+    # Per applied mutation, the versions its key holds after it (the sibling cap's metric).
+    versions_after: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from domicile import causality
 from domicile.causality import Dot, KeyState, Mutation, Version
-from domicile.errors import DataCorruption, DomicileError, InvalidArgument
+from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, InvalidArgument
 from domicile.model import Classification, check_namespace_name, check_node_id
 from domicile.wire.records import (
     key_state_from_bytes,
@@ -162,6 +162,14 @@ class EngineCore:
             supersedes=write.supersedes,
             version=version,
         )
+        before = len(state.versions) if state else 0
+        after = len(applied.state.versions)
+        if write.siblings_max and after > write.siblings_max and after > before:
+            raise FailedPrecondition(
+                f"{write.namespace}/{write.key} holds {before} versions (siblings); this write would make "
+                f"{after}, past the namespace's siblings_max of {write.siblings_max}. Nothing was written: "
+                "read the key and write or delete with its context_token, which supersedes the siblings"
+            )
         if mutation.version.dot.counter > DOT_COUNTER_MAX:
             raise InvalidArgument(
                 f"causal context for {write.namespace}/{write.key} carries a counter past 2^62-1 for "
@@ -194,6 +202,7 @@ class EngineCore:
 
         def apply(tx: WriteTx) -> ApplyOutcome:
             applied: list[Mutation] = []
+            versions_after: list[int] = []
             duplicates = 0
             conflicts = 0
             totals = tx.totals()
@@ -205,13 +214,14 @@ class EngineCore:
                     continue
                 work.put(m.namespace, m.key, result.state)
                 applied.append(m)
+                versions_after.append(len(result.state.versions))
                 if result.conflict:
                     conflicts += 1
             if applied:
                 work.flush(tx, totals)
                 tx.store_totals(totals)
             position = tx.raise_inbound(source_node_id, through_lsn)
-            return ApplyOutcome(tuple(applied), duplicates, conflicts, position)
+            return ApplyOutcome(tuple(applied), duplicates, conflicts, position, tuple(versions_after))
 
         return self.backend.write(apply)
 

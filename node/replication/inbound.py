@@ -440,7 +440,18 @@ class Receiver:
             self.metrics.replication_refused.labels(*labels).inc(policy_refused)
         if outcome.conflicts:
             self.metrics.conflicts.labels("*", "replicated").inc(outcome.conflicts)
+        self._count_over_cap(outcome)
         stats.position = outcome.position
         stats.applied_total += len(outcome.applied)
         stats.refused_total += refused
         return BatchResult(outcome.position, refused, outcome.duplicates)
+
+    def _count_over_cap(self, outcome: ApplyOutcome) -> None:
+        # The sibling cap refuses client writes only. A peer's write is concurrent with what is
+        # here, and was acknowledged to its client: refusing it would lose it. It is kept, and
+        # counted, and the next client write with the key's context resolves the siblings.
+        cluster = self.view.topology.cluster
+        for m, versions in zip(outcome.applied, outcome.versions_after, strict=False):
+            spec = cluster.find_namespace(m.namespace)
+            if spec is not None and versions > spec.siblings_max:
+                self.metrics.siblings_over_cap.labels(m.namespace).inc()
