@@ -191,6 +191,7 @@ class Node:
             offload=offload,
         )
         await self.eraser.load()
+        self.committer.guard = self.eraser.refusal
         self.sweeper = RetentionSweeper(
             node_id=cfg.node_id,
             engine=self.engine,

@@ -421,10 +421,26 @@ class Receiver:
         if entries:
             await asyncio.gather(*entries)
 
+        late_refusals: list[int] = []
+
         def work(engine: StorageEngine) -> ApplyOutcome:
-            return engine.apply_remote(source_node_id, admitted, through_lsn)
+            # Again on the writer thread: an erasure that ran while the batch was sealed and
+            # audited has read the subject's keys already, and would miss what is applied now.
+            topology = self.view.topology
+            still = [
+                m
+                for m in admitted
+                if m.version.tombstone
+                or not self.eraser.blocks(
+                    topology.cluster, topology.holds, m.namespace, m.key, m.version.subject_id
+                )
+            ]
+            late_refusals.append(len(admitted) - len(still))
+            return engine.apply_remote(source_node_id, still, through_lsn)
 
         outcome = await self.committer.run(work)
+        refused += sum(late_refusals)
+        policy_refused += sum(late_refusals)
         if admitted:
             # Bounded by the drift check: a remote clock cannot carry this one past it.
             self.clock.observe(max(m.version.hlc for m in admitted))
