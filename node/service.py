@@ -23,6 +23,7 @@ from domicile.model import (
     check_jurisdiction,
     check_key,
     check_namespace_name,
+    check_request_id,
     check_value,
 )
 from domicile.policy import Action, Decision, RecordFacts
@@ -48,6 +49,8 @@ class PutCommand:
     subject_jurisdiction: str = ""
     classification: Classification = Classification.UNSPECIFIED
     principal: str = ""
+    # The client's id of the logical write; a retry with the same id is written once.
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class DeleteCommand:
     subject_id: str = ""
     subject_jurisdiction: str = ""
     principal: str = ""
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class StorageService:
                 f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
             )
         check_jurisdiction(cmd.subject_jurisdiction)
+        check_request_id(cmd.request_id)
         classification = self._classification(spec, cmd.classification)
         facts = RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction)
         self._check_not_erased(facts, cmd.key, cmd.principal)
@@ -221,6 +226,7 @@ class StorageService:
                 subject_jurisdiction=cmd.subject_jurisdiction,
                 classification=classification,
                 siblings_max=spec.siblings_max,
+                request_id=cmd.request_id,
             ),
             entry,
         )
@@ -239,6 +245,7 @@ class StorageService:
                 f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
             )
         check_jurisdiction(cmd.subject_jurisdiction)
+        check_request_id(cmd.request_id)
         facts = facts_for_delete(spec, await self.offload.run(self.engine.get, spec.name, cmd.key), cmd)
         entry = self._check_placement(spec, facts, cmd.key, Audit.DELETE, cmd.principal)
         supersedes = None if spec.conflict_mode is ConflictMode.LWW else cmd.context
@@ -252,6 +259,7 @@ class StorageService:
                 subject_jurisdiction=facts.subject_jurisdiction,
                 classification=facts.classification,
                 siblings_max=spec.siblings_max,
+                request_id=cmd.request_id,
             ),
             entry,
         )

@@ -27,7 +27,7 @@ from domicile.v1 import record_pb2 as domicile_dot_v1_dot_record__pb2
 from domicile.v1 import subject_pb2 as domicile_dot_v1_dot_subject__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64omicile/v1/storage_node.proto\x12\x0b\x64omicile.v1\x1a\x17\x64omicile/v1/audit.proto\x1a\x18\x64omicile/v1/record.proto\x1a\x19\x64omicile/v1/subject.proto\">\n\x14\x45xportSubjectRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"E\n\x15\x45xportSubjectResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.domicile.v1.ExportedRecord\"\xfc\x01\n\nPutRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12+\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x07 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x08 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\x15\n\rcontext_token\x18\t \x01(\x0c\"\x9b\x01\n\x0bPutResponse\x12+\n\x07version\x18\x01 \x01(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x0b\n\x03lsn\x18\x03 \x01(\x04\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rcontext_token\x18\x05 \x01(\x0c\",\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x9e\x01\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rcontext_token\x18\x05 \x01(\x0c\"\xa5\x01\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x05 \x01(\t\x12\x15\n\rcontext_token\x18\x06 \x01(\x0c\"\x9f\x01\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12+\n\x07version\x18\x02 \x01(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x0b\n\x03lsn\x18\x04 \x01(\x04\x12\x15\n\rcontext_token\x18\x05 \x01(\x0c\"[\n\x0bScanRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nkey_prefix\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x89\x01\n\x08ScanItem\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x15\n\rcontext_token\x18\x04 \x01(\x0c\"M\n\x0cScanResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.domicile.v1.ScanItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetNodeStatusRequest\"\x9e\x01\n\nLinkStatus\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\x12\x11\n\tacked_lsn\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\x04\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x12\n\nlag_ms_p99\x18\x06 \x01(\x01\x12\x15\n\rapplied_total\x18\x07 \x01(\x04\"\x89\x03\n\x15GetNodeStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x19\n\x11topology_revision\x18\x03 \x01(\x04\x12\x16\n\x0erecords_stored\x18\x04 \x01(\x04\x12\x10\n\x08last_lsn\x18\x05 \x01(\x04\x12)\n\x08outbound\x18\x06 \x03(\x0b\x32\x17.domicile.v1.LinkStatus\x12(\n\x07inbound\x18\x07 \x03(\x0b\x32\x17.domicile.v1.LinkStatus\x12\x17\n\x0f\x63onflicts_total\x18\x08 \x01(\x04\x12\x19\n\x11tombstones_stored\x18\t \x01(\x04\x12\x16\n\x0epolicy_version\x18\n \x01(\t\x12\x16\n\x0euptime_seconds\x18\x0b \x01(\x01\x12\x15\n\raudit_entries\x18\x0c \x01(\x04\x12\x1b\n\x13\x61udit_exported_size\x18\r \x01(\x04\x12\x1d\n\x15\x63ompliance_violations\x18\x0e \x01(\x04\"E\n\x13ReadAuditLogRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\x04\x12\x0c\n\x04tail\x18\x03 \x01(\x08\"m\n\x14ReadAuditLogResponse\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.domicile.v1.AuditRecord\x12*\n\x04head\x18\x02 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\"/\n\x15ScanComplianceRequest\x12\x16\n\x0eviolations_max\x18\x01 \x01(\r\"\xe6\x01\n\x13\x43omplianceViolation\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x15\n\rorigin_region\x18\x04 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x05 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\x1c\n\x14subject_jurisdiction\x18\x06 \x01(\t\x12\x0c\n\x04rule\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x17\n\x0f\x61llowed_regions\x18\t \x03(\t\"\xaa\x01\n\x16ScanComplianceResponse\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x18\n\x10versions_checked\x18\x03 \x01(\x04\x12\x18\n\x10violations_total\x18\x04 \x01(\x04\x12\x34\n\nviolations\x18\x05 \x03(\x0b\x32 .domicile.v1.ComplianceViolation2\xec\x04\n\x12StorageNodeService\x12\x38\n\x03Put\x12\x17.domicile.v1.PutRequest\x1a\x18.domicile.v1.PutResponse\x12\x38\n\x03Get\x12\x17.domicile.v1.GetRequest\x1a\x18.domicile.v1.GetResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.domicile.v1.DeleteRequest\x1a\x1b.domicile.v1.DeleteResponse\x12;\n\x04Scan\x12\x18.domicile.v1.ScanRequest\x1a\x19.domicile.v1.ScanResponse\x12V\n\rGetNodeStatus\x12!.domicile.v1.GetNodeStatusRequest\x1a\".domicile.v1.GetNodeStatusResponse\x12U\n\x0cReadAuditLog\x12 .domicile.v1.ReadAuditLogRequest\x1a!.domicile.v1.ReadAuditLogResponse0\x01\x12Y\n\x0eScanCompliance\x12\".domicile.v1.ScanComplianceRequest\x1a#.domicile.v1.ScanComplianceResponse\x12X\n\rExportSubject\x12!.domicile.v1.ExportSubjectRequest\x1a\".domicile.v1.ExportSubjectResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64omicile/v1/storage_node.proto\x12\x0b\x64omicile.v1\x1a\x17\x64omicile/v1/audit.proto\x1a\x18\x64omicile/v1/record.proto\x1a\x19\x64omicile/v1/subject.proto\">\n\x14\x45xportSubjectRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"E\n\x15\x45xportSubjectResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.domicile.v1.ExportedRecord\"\x90\x02\n\nPutRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12+\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x07 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x08 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\x15\n\rcontext_token\x18\t \x01(\x0c\x12\x12\n\nrequest_id\x18\n \x01(\t\"\x9b\x01\n\x0bPutResponse\x12+\n\x07version\x18\x01 \x01(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x0b\n\x03lsn\x18\x03 \x01(\x04\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rcontext_token\x18\x05 \x01(\x0c\",\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x9e\x01\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rcontext_token\x18\x05 \x01(\x0c\"\xb9\x01\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x05 \x01(\t\x12\x15\n\rcontext_token\x18\x06 \x01(\x0c\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x9f\x01\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12+\n\x07version\x18\x02 \x01(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x0b\n\x03lsn\x18\x04 \x01(\x04\x12\x15\n\rcontext_token\x18\x05 \x01(\x0c\"[\n\x0bScanRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nkey_prefix\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x89\x01\n\x08ScanItem\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12\x15\n\rcontext_token\x18\x04 \x01(\x0c\"M\n\x0cScanResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.domicile.v1.ScanItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetNodeStatusRequest\"\x9e\x01\n\nLinkStatus\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\x12\x11\n\tacked_lsn\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\x04\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x12\n\nlag_ms_p99\x18\x06 \x01(\x01\x12\x15\n\rapplied_total\x18\x07 \x01(\x04\"\x89\x03\n\x15GetNodeStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x19\n\x11topology_revision\x18\x03 \x01(\x04\x12\x16\n\x0erecords_stored\x18\x04 \x01(\x04\x12\x10\n\x08last_lsn\x18\x05 \x01(\x04\x12)\n\x08outbound\x18\x06 \x03(\x0b\x32\x17.domicile.v1.LinkStatus\x12(\n\x07inbound\x18\x07 \x03(\x0b\x32\x17.domicile.v1.LinkStatus\x12\x17\n\x0f\x63onflicts_total\x18\x08 \x01(\x04\x12\x19\n\x11tombstones_stored\x18\t \x01(\x04\x12\x16\n\x0epolicy_version\x18\n \x01(\t\x12\x16\n\x0euptime_seconds\x18\x0b \x01(\x01\x12\x15\n\raudit_entries\x18\x0c \x01(\x04\x12\x1b\n\x13\x61udit_exported_size\x18\r \x01(\x04\x12\x1d\n\x15\x63ompliance_violations\x18\x0e \x01(\x04\"E\n\x13ReadAuditLogRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\x04\x12\x0c\n\x04tail\x18\x03 \x01(\x08\"m\n\x14ReadAuditLogResponse\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.domicile.v1.AuditRecord\x12*\n\x04head\x18\x02 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\"/\n\x15ScanComplianceRequest\x12\x16\n\x0eviolations_max\x18\x01 \x01(\r\"\xe6\x01\n\x13\x43omplianceViolation\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x15\n\rorigin_region\x18\x04 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x05 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\x1c\n\x14subject_jurisdiction\x18\x06 \x01(\t\x12\x0c\n\x04rule\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x17\n\x0f\x61llowed_regions\x18\t \x03(\t\"\xaa\x01\n\x16ScanComplianceResponse\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x18\n\x10versions_checked\x18\x03 \x01(\x04\x12\x18\n\x10violations_total\x18\x04 \x01(\x04\x12\x34\n\nviolations\x18\x05 \x03(\x0b\x32 .domicile.v1.ComplianceViolation2\xec\x04\n\x12StorageNodeService\x12\x38\n\x03Put\x12\x17.domicile.v1.PutRequest\x1a\x18.domicile.v1.PutResponse\x12\x38\n\x03Get\x12\x17.domicile.v1.GetRequest\x1a\x18.domicile.v1.GetResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.domicile.v1.DeleteRequest\x1a\x1b.domicile.v1.DeleteResponse\x12;\n\x04Scan\x12\x18.domicile.v1.ScanRequest\x1a\x19.domicile.v1.ScanResponse\x12V\n\rGetNodeStatus\x12!.domicile.v1.GetNodeStatusRequest\x1a\".domicile.v1.GetNodeStatusResponse\x12U\n\x0cReadAuditLog\x12 .domicile.v1.ReadAuditLogRequest\x1a!.domicile.v1.ReadAuditLogResponse0\x01\x12Y\n\x0eScanCompliance\x12\".domicile.v1.ScanComplianceRequest\x1a#.domicile.v1.ScanComplianceResponse\x12X\n\rExportSubject\x12!.domicile.v1.ExportSubjectRequest\x1a\".domicile.v1.ExportSubjectResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,39 +39,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTSUBJECTRESPONSE']._serialized_start=189
   _globals['_EXPORTSUBJECTRESPONSE']._serialized_end=258
   _globals['_PUTREQUEST']._serialized_start=261
-  _globals['_PUTREQUEST']._serialized_end=513
-  _globals['_PUTRESPONSE']._serialized_start=516
-  _globals['_PUTRESPONSE']._serialized_end=671
-  _globals['_GETREQUEST']._serialized_start=673
-  _globals['_GETREQUEST']._serialized_end=717
-  _globals['_GETRESPONSE']._serialized_start=720
-  _globals['_GETRESPONSE']._serialized_end=878
-  _globals['_DELETEREQUEST']._serialized_start=881
-  _globals['_DELETEREQUEST']._serialized_end=1046
-  _globals['_DELETERESPONSE']._serialized_start=1049
-  _globals['_DELETERESPONSE']._serialized_end=1208
-  _globals['_SCANREQUEST']._serialized_start=1210
-  _globals['_SCANREQUEST']._serialized_end=1301
-  _globals['_SCANITEM']._serialized_start=1304
-  _globals['_SCANITEM']._serialized_end=1441
-  _globals['_SCANRESPONSE']._serialized_start=1443
-  _globals['_SCANRESPONSE']._serialized_end=1520
-  _globals['_GETNODESTATUSREQUEST']._serialized_start=1522
-  _globals['_GETNODESTATUSREQUEST']._serialized_end=1544
-  _globals['_LINKSTATUS']._serialized_start=1547
-  _globals['_LINKSTATUS']._serialized_end=1705
-  _globals['_GETNODESTATUSRESPONSE']._serialized_start=1708
-  _globals['_GETNODESTATUSRESPONSE']._serialized_end=2101
-  _globals['_READAUDITLOGREQUEST']._serialized_start=2103
-  _globals['_READAUDITLOGREQUEST']._serialized_end=2172
-  _globals['_READAUDITLOGRESPONSE']._serialized_start=2174
-  _globals['_READAUDITLOGRESPONSE']._serialized_end=2283
-  _globals['_SCANCOMPLIANCEREQUEST']._serialized_start=2285
-  _globals['_SCANCOMPLIANCEREQUEST']._serialized_end=2332
-  _globals['_COMPLIANCEVIOLATION']._serialized_start=2335
-  _globals['_COMPLIANCEVIOLATION']._serialized_end=2565
-  _globals['_SCANCOMPLIANCERESPONSE']._serialized_start=2568
-  _globals['_SCANCOMPLIANCERESPONSE']._serialized_end=2738
-  _globals['_STORAGENODESERVICE']._serialized_start=2741
-  _globals['_STORAGENODESERVICE']._serialized_end=3361
+  _globals['_PUTREQUEST']._serialized_end=533
+  _globals['_PUTRESPONSE']._serialized_start=536
+  _globals['_PUTRESPONSE']._serialized_end=691
+  _globals['_GETREQUEST']._serialized_start=693
+  _globals['_GETREQUEST']._serialized_end=737
+  _globals['_GETRESPONSE']._serialized_start=740
+  _globals['_GETRESPONSE']._serialized_end=898
+  _globals['_DELETEREQUEST']._serialized_start=901
+  _globals['_DELETEREQUEST']._serialized_end=1086
+  _globals['_DELETERESPONSE']._serialized_start=1089
+  _globals['_DELETERESPONSE']._serialized_end=1248
+  _globals['_SCANREQUEST']._serialized_start=1250
+  _globals['_SCANREQUEST']._serialized_end=1341
+  _globals['_SCANITEM']._serialized_start=1344
+  _globals['_SCANITEM']._serialized_end=1481
+  _globals['_SCANRESPONSE']._serialized_start=1483
+  _globals['_SCANRESPONSE']._serialized_end=1560
+  _globals['_GETNODESTATUSREQUEST']._serialized_start=1562
+  _globals['_GETNODESTATUSREQUEST']._serialized_end=1584
+  _globals['_LINKSTATUS']._serialized_start=1587
+  _globals['_LINKSTATUS']._serialized_end=1745
+  _globals['_GETNODESTATUSRESPONSE']._serialized_start=1748
+  _globals['_GETNODESTATUSRESPONSE']._serialized_end=2141
+  _globals['_READAUDITLOGREQUEST']._serialized_start=2143
+  _globals['_READAUDITLOGREQUEST']._serialized_end=2212
+  _globals['_READAUDITLOGRESPONSE']._serialized_start=2214
+  _globals['_READAUDITLOGRESPONSE']._serialized_end=2323
+  _globals['_SCANCOMPLIANCEREQUEST']._serialized_start=2325
+  _globals['_SCANCOMPLIANCEREQUEST']._serialized_end=2372
+  _globals['_COMPLIANCEVIOLATION']._serialized_start=2375
+  _globals['_COMPLIANCEVIOLATION']._serialized_end=2605
+  _globals['_SCANCOMPLIANCERESPONSE']._serialized_start=2608
+  _globals['_SCANCOMPLIANCERESPONSE']._serialized_end=2778
+  _globals['_STORAGENODESERVICE']._serialized_start=2781
+  _globals['_STORAGENODESERVICE']._serialized_end=3401
 # @@protoc_insertion_point(module_scope)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 
 from google.protobuf.message import DecodeError
 
 from domicile import causality
-from domicile.causality import Dot, KeyState, Mutation, Version
+from domicile.causality import CausalContext, Dot, KeyState, Mutation, RequestMark, Version
 from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, InvalidArgument
-from domicile.model import Classification, check_namespace_name, check_node_id
+from domicile.model import Classification, check_namespace_name, check_node_id, check_request_id
 from domicile.wire.records import (
     key_state_from_bytes,
     key_state_to_bytes,
@@ -115,11 +116,13 @@ class EngineCore:
                 except DomicileError as error:
                     results.append(error)
                     continue
+                results.append(committed)
+                if committed.replayed:
+                    continue
                 mutation = committed.mutation
                 work.put(write.namespace, write.key, committed.state)
                 log_rows.append(LogRow(mutation.lsn, write.namespace, write.key, mutation_to_bytes(mutation)))
                 totals.last_lsn = mutation.lsn
-                results.append(committed)
             if log_rows:
                 tx.append_log(log_rows)
                 work.flush(tx, totals)
@@ -134,6 +137,9 @@ class EngineCore:
         # This node's counters in a context can only be ones it issued for the key: a context
         # beyond them is forged, and would push the key's next dot toward the counter limit
         # (close enough, and every later write to the key fails).
+        mark = state.request(write.request_id) if state and write.request_id else None
+        if mark is not None:
+            return _replay(write, mark)
         issued = state.context.max_counter(self.node_id) if state else 0
         claimed = write.supersedes.max_counter(self.node_id) if write.supersedes is not None else 0
         if claimed > issued:
@@ -153,6 +159,7 @@ class EngineCore:
             classification=Classification(write.classification),
             checksum=causality.sha256(write.value),
             origin_region=self.region,
+            request_id=write.request_id,
         )
         mutation, applied = causality.local_write(
             state,
@@ -184,7 +191,18 @@ class EngineCore:
             origin_node_id=self.node_id,
         )
         had_live = state is not None and state.has_live()
-        return Committed(mutation=mutation, state=applied.state, had_live=had_live, conflict=applied.conflict)
+        new_state = applied.state
+        if write.request_id:
+            # Where the write was accepted, its mark also answers a retry with the position and
+            # with whether a live version existed before it.
+            new_state = replace(
+                new_state,
+                requests=tuple(
+                    replace(m, lsn=mutation.lsn, had_live=had_live) if m.request_id == write.request_id else m
+                    for m in new_state.requests
+                ),
+            )
+        return Committed(mutation=mutation, state=new_state, had_live=had_live, conflict=applied.conflict)
 
     def apply_remote(
         self, source_node_id: str, mutations: Sequence[Mutation], through_lsn: int
@@ -402,6 +420,33 @@ def check_meta_name(name: str) -> None:
     check_text("meta name", name)
 
 
+def _replay(write: LocalWrite, mark: RequestMark) -> Committed:
+    """The answer to a retry: the version the first attempt made (its dot, HLC and position),
+    with the value and fields of this attempt (a retry sends the same ones). Its context names
+    that version only, so a write passing it back supersedes exactly what the client wrote."""
+    version = Version(
+        dot=mark.dot,
+        value=bytes(write.value),
+        hlc=mark.hlc,
+        tombstone=write.tombstone,
+        content_type=write.content_type,
+        subject_id=write.subject_id,
+        subject_jurisdiction=write.subject_jurisdiction,
+        classification=Classification(write.classification),
+        checksum=causality.sha256(write.value),
+        request_id=write.request_id,
+    )
+    context = CausalContext.of(dots=[mark.dot])
+    mutation = Mutation(write.namespace, write.key, context, version, mark.lsn, mark.dot.node_id)
+    return Committed(
+        mutation=mutation,
+        state=KeyState((version,), context),
+        had_live=mark.had_live,
+        conflict=False,
+        replayed=True,
+    )
+
+
 def _local_write_error(write: LocalWrite) -> DomicileError | None:
     try:
         _check_local_write(write)
@@ -413,6 +458,7 @@ def _local_write_error(write: LocalWrite) -> DomicileError | None:
 def _check_local_write(write: LocalWrite) -> None:
     check_namespace_name(write.namespace)
     check_text("key", write.key)
+    check_request_id(write.request_id)
     if write.tombstone and write.value:
         raise InvalidArgument(
             f"delete of {write.namespace}/{write.key} carries a value; a tombstone has none"
@@ -429,6 +475,7 @@ def _check_local_write(write: LocalWrite) -> None:
 def _check_remote_mutation(source: str, m: Mutation) -> None:
     check_namespace_name(m.namespace)
     check_text("key", m.key)
+    check_request_id(m.version.request_id)
     dot = m.version.dot
     if not dot.node_id or not 1 <= dot.counter <= DOT_COUNTER_MAX:
         raise InvalidArgument(

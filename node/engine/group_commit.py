@@ -238,7 +238,7 @@ class GroupCommitter:
             self._extend_tail(self.log_tail, results)
         # Counters first, so that a caller who got its result sees them include its batch.
         self.batches_committed += 1
-        self.records_committed += sum(not isinstance(r, DomicileError) for r in results)
+        self.records_committed += sum(isinstance(r, Committed) and not r.replayed for r in results)
         self.last_batch_records = len(batch)
         if self._on_batch is not None:
             try:
@@ -256,7 +256,7 @@ class GroupCommitter:
         # finds it in the tail. The batch is durable whatever happens here: a failure only
         # empties the tail (senders read the store), it never fails the writes.
         try:
-            tail.append([r.mutation for r in results if isinstance(r, Committed)])
+            tail.append([r.mutation for r in results if isinstance(r, Committed) and not r.replayed])
         except Exception:
             log.exception("the change-log tail could not take a committed batch; senders read the store")
             tail.forget()
