@@ -30,6 +30,8 @@ FAR_REGION = "eu-north-1"
 SOLO_NAMESPACE = "bench_solo"
 PAIR_NAMESPACE = "bench_pair"
 FAR_NAMESPACE = "bench_far"
+# Acknowledged only once the distant region holds a write too (synchronous durability).
+FAR_SYNC_NAMESPACE = "bench_far_sync"
 
 # The client every figure's calls run as (the load workers too).
 CLIENT = "bench"
@@ -57,6 +59,13 @@ CLUSTER = {
             "regions": [SOURCE_REGION, FAR_REGION],
             "conflict_mode": "lww",
             "owner": CLIENT,
+        },
+        {
+            "name": FAR_SYNC_NAMESPACE,
+            "regions": [SOURCE_REGION, FAR_REGION],
+            "conflict_mode": "lww",
+            "owner": CLIENT,
+            "min_regions_acked": 2,
         },
     ],
     "coordinator": {"heartbeat_interval_ms": 500, "missed_heartbeats_max": 6},

@@ -44,6 +44,9 @@ class NamespaceSpec:
     purposes: tuple[str, ...] = ()
     # The most versions (siblings, tombstones included) a client write may leave on one key.
     siblings_max: int = SIBLINGS_MAX_DEFAULT
+    # How many in-scope regions must hold a write durably before it is acknowledged (1: the
+    # accepting region alone; the others follow asynchronously).
+    min_regions_acked: int = 1
 
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
@@ -118,6 +121,16 @@ def _siblings_max(raw: Mapping[str, Any], where: str) -> int:
         raise InvalidArgument(
             f"{where}: siblings_max must be a whole number from 1 to {SIBLINGS_MAX_LIMIT} (default "
             f"{SIBLINGS_MAX_DEFAULT}), not {value!r}"
+        )
+    return value
+
+
+def _min_regions_acked(raw: Mapping[str, Any], where: str, in_scope: int) -> int:
+    value = raw.get("min_regions_acked", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= in_scope:
+        raise InvalidArgument(
+            f"{where}: min_regions_acked must be a whole number from 1 to {in_scope} (the regions in "
+            f"its scope; default 1), not {value!r}"
         )
     return value
 
@@ -222,6 +235,9 @@ def parse_cluster(
                 description=str(raw.get("description", "")),
                 purposes=_purposes(raw, f"{where} ({name})"),
                 siblings_max=_siblings_max(raw, f"{where} ({name})"),
+                min_regions_acked=_min_regions_acked(
+                    raw, f"{where} ({name})", len(region_names) if is_global else len(set(scoped))
+                ),
             )
         )
     if len({n.name for n in namespaces}) != len(namespaces):

@@ -257,6 +257,7 @@ class Node:
             log_tail=self.log_tail,
         )
 
+        self.service.wait_regions = self.replication.wait_regions
         self.gate = Gate(
             cluster=self.security.cluster,
             authorizer=authorizer,

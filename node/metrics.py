@@ -133,6 +133,13 @@ class NodeMetrics:
             ["namespace"],
             registry=r,
         )
+        self.sync_ack_timeouts = Counter(
+            "domicile_sync_ack_timeouts_total",
+            "Writes committed here that fewer regions than min_regions_acked acknowledged in time "
+            "(answered UNAVAILABLE).",
+            ["namespace"],
+            registry=r,
+        )
         self.placement_refused = Counter(
             "domicile_placement_refused_total",
             "Writes refused because this region may not hold the record.",

@@ -9,7 +9,7 @@ import binascii
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from domicile import errors
@@ -36,6 +36,9 @@ from node.lifecycle.erasure import Eraser
 from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.topology_view import TopologyView
+
+# The share of the request deadline a write waits for other regions (the rest is for the answer).
+SYNC_WAIT_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,10 @@ class StorageService:
         self.tokens = tokens or ContextTokens(secrets.token_bytes(KEY_BYTES))
         self.started = time.monotonic()
         self.conflicts_total = 0
+        # Waits until a number of regions hold a change-log entry (namespace, lsn, regions,
+        # timeout_s) and returns how many do: replication's, set by the daemon. Without it only
+        # namespaces with min_regions_acked 1 can be written.
+        self.wait_regions: Callable[[str, int, int, float], Awaitable[int]] | None = None
 
     # -- checks -------------------------------------------------------------------------------
 
@@ -183,7 +190,33 @@ class StorageService:
             await entry
         committed = await self.committer.submit(write)
         self.on_committed()
+        spec = self.view.topology.cluster.find_namespace(write.namespace)
+        if spec is not None and spec.min_regions_acked > 1:
+            await self._wait_regions(spec, committed)
         return committed
+
+    async def _wait_regions(self, spec: NamespaceSpec, committed: Committed) -> None:
+        """Synchronous durability: the write is acknowledged once min_regions_acked regions hold
+        it. It is committed here whatever happens; when the regions do not acknowledge in time
+        the caller gets UNAVAILABLE (the outcome is then unknown to it, as after a timeout) and
+        a retry with the same request id waits again without writing twice."""
+        lsn = committed.mutation.lsn
+        if lsn == 0:
+            # A retry answered with a version first written on another node: this node holds it
+            # and replication carries it on; there is no entry of this node's log to wait for.
+            return
+        needed = spec.min_regions_acked
+        timeout_s = self.limits.request_deadline_default_s * SYNC_WAIT_SHARE
+        holding = (
+            await self.wait_regions(spec.name, lsn, needed, timeout_s) if self.wait_regions is not None else 1
+        )
+        if holding < needed:
+            self.metrics.sync_ack_timeouts.labels(spec.name).inc()
+            raise errors.Unavailable(
+                f"{spec.name} needs {needed} regions to hold a write (min_regions_acked); {holding} "
+                f"acknowledged it within {timeout_s:g} s. It is committed in {self.region} and will "
+                "still replicate; retry with the same request id to wait again"
+            )
 
     # -- operations ---------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ def namespace_from_pb(msg: cpb.Namespace) -> NamespaceSpec:
         purposes=tuple(msg.purposes),
         # 0: a coordinator that does not send it; the nodes then apply the default.
         siblings_max=min(msg.siblings_max or SIBLINGS_MAX_DEFAULT, SIBLINGS_MAX_LIMIT),
+        min_regions_acked=max(msg.min_regions_acked, 1),
     )
 
 
@@ -96,6 +97,7 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
             description=n.description,
             purposes=list(n.purposes),
             siblings_max=n.siblings_max,
+            min_regions_acked=n.min_regions_acked,
         )
         setattr(msg, "global", n.is_global)
     out.policy_version = cluster.policy_version
