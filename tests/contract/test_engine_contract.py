@@ -714,3 +714,28 @@ def test_a_write_that_does_not_add_a_version_is_accepted_on_a_key_past_the_cap(
         [replace(put("ns", "k", b"adds one", CausalContext.empty()), siblings_max=3)], stamp
     )
     assert isinstance(refused, FailedPrecondition)
+
+
+# -- request ids -----------------------------------------------------------------------------
+
+
+def test_a_write_whose_request_id_the_key_remembers_is_answered_and_not_written_again(
+    harness: EngineHarness, engine: StorageEngine, stamp: Stamp
+) -> None:
+    write = replace(put("ns", "k", b"once", CausalContext.empty()), request_id="req-1")
+    (first,) = commit_ok(engine, stamp, write)
+    last_lsn = engine.last_lsn()
+    (retry,) = commit_ok(engine, stamp, write)
+    assert retry.replayed and not first.replayed
+    assert (retry.mutation.version.dot, retry.mutation.version.hlc) == (
+        first.mutation.version.dot,
+        first.mutation.version.hlc,
+    )
+    assert retry.mutation.lsn == first.mutation.lsn
+    assert engine.last_lsn() == last_lsn
+    assert values(engine.get("ns", "k")) == [b"once"]
+    # Remembered in the stored state: a reopened engine answers the same.
+    reopened = harness.reopen(engine)
+    (again,) = commit_ok(reopened, stamp, write)
+    assert again.replayed and again.mutation.version.dot == first.mutation.version.dot
+    assert reopened.read_log(last_lsn, 10) == []
