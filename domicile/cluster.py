@@ -49,6 +49,11 @@ class RegionSpec:
     backup: BackupSpec | None = None
 
 
+SIBLINGS_MAX_DEFAULT = 16
+# A key state is read whole; past this many versions a read would near the read size limits.
+SIBLINGS_MAX_LIMIT = 1024
+
+
 @dataclass(frozen=True)
 class NamespaceSpec:
     name: str
@@ -70,6 +75,11 @@ class NamespaceSpec:
     json_schema: str = ""
     # Top-level fields the dataset wants present (domicile/quality.py: quality_score).
     quality_fields: tuple[str, ...] = ()
+    # The most versions (siblings, tombstones included) a client write may leave on one key.
+    siblings_max: int = SIBLINGS_MAX_DEFAULT
+    # How many in-scope regions must hold a write durably before it is acknowledged (1: the
+    # accepting region alone; the others follow asynchronously).
+    min_regions_acked: int = 1
 
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
@@ -143,6 +153,26 @@ def _whole_number(section: Mapping[str, Any], key: str, default: int, where: str
         return int(value)
     except (TypeError, ValueError, OverflowError):
         raise InvalidArgument(f"{where}.{key} must be a whole number, not {value!r}") from None
+
+
+def _siblings_max(raw: Mapping[str, Any], where: str) -> int:
+    value = raw.get("siblings_max", SIBLINGS_MAX_DEFAULT)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= SIBLINGS_MAX_LIMIT:
+        raise InvalidArgument(
+            f"{where}: siblings_max must be a whole number from 1 to {SIBLINGS_MAX_LIMIT} (default "
+            f"{SIBLINGS_MAX_DEFAULT}), not {value!r}"
+        )
+    return value
+
+
+def _min_regions_acked(raw: Mapping[str, Any], where: str, in_scope: int) -> int:
+    value = raw.get("min_regions_acked", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= in_scope:
+        raise InvalidArgument(
+            f"{where}: min_regions_acked must be a whole number from 1 to {in_scope} (the regions in "
+            f"its scope; default 1), not {value!r}"
+        )
+    return value
 
 
 def _purposes(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
@@ -339,6 +369,10 @@ def parse_cluster(
                 catalog=catalog,
                 json_schema=_schema(catalog.schema, f"{where} ({name})", base_dir),
                 quality_fields=_quality_fields(raw, f"{where} ({name})"),
+                siblings_max=_siblings_max(raw, f"{where} ({name})"),
+                min_regions_acked=_min_regions_acked(
+                    raw, f"{where} ({name})", len(region_names) if is_global else len(set(scoped))
+                ),
             )
         )
     if len({n.name for n in namespaces}) != len(namespaces):

@@ -180,6 +180,19 @@ def check_key(key: str, limits: Limits) -> None:
     check_text(key, "key")
 
 
+REQUEST_ID_CHARS_MAX = 64
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{REQUEST_ID_CHARS_MAX}}}")
+
+
+def check_request_id(request_id: str) -> None:
+    """A client's id of a logical write; "" (none given) is allowed."""
+    if request_id and not _REQUEST_ID.fullmatch(request_id):
+        raise InvalidArgument(
+            f"request id {request_id[:80]!r} is not allowed; use 1 to {REQUEST_ID_CHARS_MAX} letters, "
+            "digits, '-', '_', '.' or ':' (a UUID), the same for every retry of one write"
+        )
+
+
 def check_value(value: bytes, limits: Limits) -> None:
     if len(value) > limits.value_bytes_max:
         raise InvalidArgument(f"value is {len(value)} bytes; the limit is {limits.value_bytes_max} bytes")

@@ -25,7 +25,7 @@ from domicile.backup.bucket import Bucket
 from domicile.backup.residency import check_bucket_location
 from domicile.cluster import BackupSpec, ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
-from domicile.hlc import HybridClock, wall_ms
+from domicile.hlc import HybridClock, physical_ms, wall_ms
 from domicile.identity import audit_key
 from domicile.identity.certificate import load_certificate
 from domicile.identity.files import read_file
@@ -51,6 +51,7 @@ from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
 from node.backup.shipper import BackupShipper
+from node.clock_file import RESERVE_STEP_MS, load_ceiling, save_ceiling
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
@@ -159,6 +160,8 @@ class Node:
             backup = await offload.run(self._backup_target)
             self.engine = await offload.run(self._open_store)
             await offload.warm(self.engine.last_lsn)
+            # Before anything stamps a time: the clock resumes above every timestamp issued before.
+            await offload.run(self._persist_clock)
         except BaseException:
             await self._abandon_start()
             raise
@@ -223,6 +226,7 @@ class Node:
             offload=offload,
         )
         await self.eraser.load()
+        self.committer.guard = self.eraser.refusal
         self.sweeper = RetentionSweeper(
             node_id=cfg.node_id,
             engine=self.engine,
@@ -311,6 +315,7 @@ class Node:
         )
 
         self.refusal_audit = RefusalAudit(self.metrics, self.audit, lambda: self.view.policy.version)
+        self.service.wait_regions = self.replication.wait_regions
         self.gate = Gate(
             cluster=self.security.cluster,
             authorizer=authorizer,
@@ -462,6 +467,17 @@ class Node:
         if self.epoch:
             log.info("node %s runs incarnation %d (writer id %s)", cfg.node_id, self.epoch, writer)
         return open_engine(cfg.engine_settings(), cfg.data_dir, writer, cfg.region)
+
+    def _persist_clock(self) -> None:
+        """Resumes the HLC above the stored ceiling and above the last local write (which covers
+        a data directory that lost its ceiling file while the store survived). Blocks."""
+        data_dir = Path(self.config.data_dir)
+        ceiling = load_ceiling(data_dir)
+        last_lsn = self.engine.last_lsn()
+        if last_lsn > 0:
+            for mutation in self.engine.read_log(last_lsn - 1, 1):
+                ceiling = max(ceiling, physical_ms(mutation.version.hlc))
+        self.clock.persist(ceiling, lambda ms: save_ceiling(data_dir, ms), RESERVE_STEP_MS)
 
     def _open_keyring(self) -> Keyring:
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of

@@ -188,6 +188,20 @@ class NodeMetrics:
             ["namespace", "mode"],
             registry=r,
         )
+        self.siblings_over_cap = Counter(
+            "domicile_siblings_over_cap_total",
+            "Replicated writes kept although they left their key with more versions than the "
+            "namespace's siblings_max (client writes past it are refused; a peer's is never dropped).",
+            ["namespace"],
+            registry=r,
+        )
+        self.sync_ack_timeouts = Counter(
+            "domicile_sync_ack_timeouts_total",
+            "Writes committed here that fewer regions than min_regions_acked acknowledged in time "
+            "(answered UNAVAILABLE).",
+            ["namespace"],
+            registry=r,
+        )
         self.placement_refused = Counter(
             "domicile_placement_refused_total",
             "Writes refused because this region may not hold the record.",

@@ -135,6 +135,8 @@ class Namespace(_message.Message):
     PURPOSES_FIELD_NUMBER: _builtins.int
     JSON_SCHEMA_FIELD_NUMBER: _builtins.int
     QUALITY_FIELDS_FIELD_NUMBER: _builtins.int
+    SIBLINGS_MAX_FIELD_NUMBER: _builtins.int
+    MIN_REGIONS_ACKED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Namespace name."""
     conflict_mode: _record_pb2.ConflictMode.ValueType
@@ -151,6 +153,10 @@ class Namespace(_message.Message):
     """JSON Schema (Draft 2020-12) its JSON values must follow, as JSON text; empty for none.
     Nodes refuse a write that does not validate, so it travels with the topology.
     """
+    siblings_max: _builtins.int
+    """The most versions (siblings) a client write may leave on one key; 0 means the default, 16."""
+    min_regions_acked: _builtins.int
+    """How many in-scope regions hold a write durably before it is acknowledged; 0 means 1."""
     @_builtins.property
     def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Regions that may hold its records; ignored when global is true."""
@@ -178,10 +184,12 @@ class Namespace(_message.Message):
         purposes: _abc.Iterable[_builtins.str] | None = ...,
         json_schema: _builtins.str = ...,
         quality_fields: _abc.Iterable[_builtins.str] | None = ...,
+        siblings_max: _builtins.int = ...,
+        min_regions_acked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "json_schema", b"json_schema", "name", b"name", "owner", b"owner", "purposes", b"purposes", "quality_fields", b"quality_fields", "regions", b"regions", "retention_class", b"retention_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "json_schema", b"json_schema", "min_regions_acked", b"min_regions_acked", "name", b"name", "owner", b"owner", "purposes", b"purposes", "quality_fields", b"quality_fields", "regions", b"regions", "retention_class", b"retention_class", "siblings_max", b"siblings_max"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,7 @@ from typing import Any
 from domicile.audit import subject_hash
 from domicile.causality import CausalContext, KeyState, Version
 from domicile.cluster import ClusterSpec
+from domicile.errors import DomicileError, FailedPrecondition
 from domicile.hlc import wall_ms
 from domicile.subjects import (
     RECEIPT_KEPT_MAX,
@@ -113,6 +114,8 @@ class Eraser:
         # The coordinator's permanent list: subject hash (under erased_key) -> request id.
         self.erased_key = b""
         self.erased_list: dict[str, str] = {}
+        # Writes the writer refused because an erasure overtook them (see refusal()).
+        self.refused_in_writer = 0
 
     async def load(self) -> None:
         """Reads the erased subjects and the receipts not yet reported from the store."""
@@ -181,6 +184,22 @@ class Eraser:
             log.exception("sweep of erased subjects failed; it runs again at the next registration")
             for digest in wanted:
                 self.erased_list.pop(digest, None)
+
+    def refusal(self, write: LocalWrite) -> DomicileError | None:
+        """The group committer's last check of a local write, on the writer thread: a write about
+        an erased subject that passed the service's check before the block, and reaches the
+        writer after it, must not commit (the erasure's read of the subject's keys happens after
+        the block is stored, on the same thread, so it would miss this write). Tombstones pass."""
+        if write.tombstone:
+            return None
+        request_id = self.erased_by(write.subject_id)
+        if not request_id:
+            return None
+        self.refused_in_writer += 1
+        return FailedPrecondition(
+            f"this data subject was erased by request {request_id} while this write was in flight; "
+            "records about them are not accepted any more (a new relationship needs a new subject id)"
+        )
 
     def blocks(
         self, cluster: ClusterSpec, holds: tuple[LegalHold, ...], namespace: str, key: str, subject_id: str

@@ -452,10 +452,26 @@ class Receiver:
         if entries:
             await asyncio.gather(*entries)
 
+        late_refusals: list[int] = []
+
         def work(engine: StorageEngine) -> ApplyOutcome:
-            return engine.apply_remote(source_node_id, admitted, through_lsn)
+            # Again on the writer thread: an erasure that ran while the batch was sealed and
+            # audited has read the subject's keys already, and would miss what is applied now.
+            topology = self.view.topology
+            still = [
+                m
+                for m in admitted
+                if m.version.tombstone
+                or not self.eraser.blocks(
+                    topology.cluster, topology.holds, m.namespace, m.key, m.version.subject_id
+                )
+            ]
+            late_refusals.append(len(admitted) - len(still))
+            return engine.apply_remote(source_node_id, still, through_lsn)
 
         outcome = await self.committer.run(work)
+        refused += sum(late_refusals)
+        policy_refused += sum(late_refusals)
         if admitted:
             # Bounded by the drift check: a remote clock cannot carry this one past it.
             self.clock.observe(max(m.version.hlc for m in admitted))
@@ -473,10 +489,21 @@ class Receiver:
             self.metrics.replication_refused.labels(*labels).inc(policy_refused)
         if outcome.conflicts:
             self.metrics.conflicts.labels("*", "replicated").inc(outcome.conflicts)
+        self._count_over_cap(outcome)
         stats.position = outcome.position
         stats.applied_total += len(outcome.applied)
         stats.refused_total += refused
         return BatchResult(outcome.position, refused, outcome.duplicates)
+
+    def _count_over_cap(self, outcome: ApplyOutcome) -> None:
+        # The sibling cap refuses client writes only. A peer's write is concurrent with what is
+        # here, and was acknowledged to its client: refusing it would lose it. It is kept, and
+        # counted, and the next client write with the key's context resolves the siblings.
+        cluster = self.view.topology.cluster
+        for m, versions in zip(outcome.applied, outcome.versions_after, strict=False):
+            spec = cluster.find_namespace(m.namespace)
+            if spec is not None and versions > spec.siblings_max:
+                self.metrics.siblings_over_cap.labels(m.namespace).inc()
 
     async def apply_repair(self, peer_node_id: str, messages: Sequence[pb.Mutation]) -> RepairResult:
         """Merges key states a peer sent for anti-entropy (one mutation per version, any node's

@@ -18,6 +18,7 @@ from coordinator.daemon import Coordinator
 from domicile.causality import CausalContext
 from domicile.cli.up import ensure_context_key
 from domicile.client import AsyncClient, Client
+from domicile.hlc import HybridClock
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer
 from domicile.v1 import storage_node_pb2 as spb
@@ -205,8 +206,9 @@ class LocalCluster:
             values["tls_dir"] = str(self.pki.node(region, node_id).cert.parent)
         return NodeConfig(**values)
 
-    async def start_node(self, region: str, **overrides: Any) -> Node:
-        node = Node(self.node_config(region, **overrides))
+    async def start_node(self, region: str, *, hlc: HybridClock | None = None, **overrides: Any) -> Node:
+        """`hlc`: the node's clock (a test sets its wall time)."""
+        node = Node(self.node_config(region, **overrides), hlc=hlc)
         await node.start()
         self.nodes[region] = node
         return node
