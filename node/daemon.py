@@ -38,11 +38,12 @@ from node.api.access import NodeAccess, refusal_recorder
 from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
+from node.cache.read_cache import CacheSettings, ReadCache
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
 from node.compliance.scanner import ScanReport, scan_store
-from node.config import NodeConfig, split_host_port
+from node.config import CACHE_RULE, NodeConfig, split_host_port
 from node.coordinator_link import CoordinatorLink
 from node.crypto.keyring import Keyring, load_or_create_kek
 from node.crypto.sealing import Sealer
@@ -133,6 +134,7 @@ class Node:
             bytes_max=cfg.limits.log_tail_bytes_max,
             after_lsn=await offload.run(self.engine.last_lsn),
         )
+        self.cache = await self._open_cache() if cfg.cache_redis_url else None
         self.committer = GroupCommitter(
             self.engine,
             self.clock.now,
@@ -141,6 +143,8 @@ class Node:
             queue_bytes_max=cfg.limits.write_queue_bytes_max,
             on_batch=self.metrics.commit_batch_records.observe,
             log_tail=self.log_tail,
+            # Before any write or apply is acknowledged, the cache knows its keys changed.
+            on_keys_changed=self.cache.changed if self.cache is not None else None,
         )
         self.committer.start()
         self.view = TopologyView(await offload.run(self._initial_topology))
@@ -212,6 +216,7 @@ class Node:
             tokens=ContextTokens(
                 await offload.run(load_context_key, cfg.context_key_file, Path(cfg.data_dir))
             ),
+            cache=self.cache,
         )
         self.receiver = Receiver(
             node_id=cfg.node_id,
@@ -321,6 +326,35 @@ class Node:
         return SQLiteEngine(
             str(Path(cfg.data_dir) / "store.sqlite3"), cfg.node_id, cfg.region, synchronous=cfg.synchronous
         )
+
+    async def _open_cache(self) -> ReadCache:
+        """The region's read cache. A Redis that another region claimed is refused; one that
+        does not answer yet is used once it does (reads use the store meanwhile)."""
+        cfg = self.config
+        cache = ReadCache(
+            CacheSettings(
+                url=cfg.cache_redis_url,
+                region=cfg.cache_redis_region,
+                ttl_s=cfg.cache_ttl_s,
+                deadline_s=cfg.cache_deadline_ms / 1000,
+            ),
+            node_id=cfg.node_id,
+            counters=self.metrics.cache,
+        )
+        try:
+            claimed = await self.offload.run(cache.check_region)
+        except Exception as exc:
+            log.warning("the cache's Redis %s does not answer (%s); reads use the store until it does",
+                        cfg.cache_redis_url, exc)  # fmt: skip
+            claimed = cfg.region
+        if claimed != cfg.region:
+            await asyncio.to_thread(cache.close)
+            raise errors.FailedPrecondition(
+                f"the cache's Redis {cfg.cache_redis_url} serves region {claimed}, not {cfg.region}; "
+                f"rule {CACHE_RULE}: a node caches its records only in a Redis of its own region"
+            )
+        cache.start()
+        return cache
 
     def _open_keyring(self) -> Keyring:
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of
@@ -541,6 +575,8 @@ class Node:
         await self.stop()
 
     def _close_stores(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
         self.keyring.close()
         self.engine.close()
 
