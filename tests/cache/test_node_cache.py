@@ -299,3 +299,37 @@ async def test_get_answers_are_the_same_with_and_without_the_cache(pair: LocalCl
     assert counter(node, "domicile_cache_hits_total") >= 1
     assert isinstance(first, spb.GetResponse)
     assert list(first.versions) == list(second.versions) and first.context == second.context
+
+
+async def test_a_redis_that_comes_back_from_an_old_snapshot_is_not_trusted(
+    pair: LocalCluster, redis: RedisServer
+) -> None:
+    """Redis restored to before an invalidation (a restart from a snapshot, a failover to a
+    replica behind): its old entry would be served. The next heartbeat finds the mark of the
+    last change lower than this node landed, and the cache moves to a new generation."""
+    node = pair.nodes[CACHED]
+    client = redis_client(redis)
+    try:
+        await put(pair, CACHED, "instruments", "SAP", b"v1")
+        await values(pair, "instruments", "SAP")
+        [entry_key] = [k for k in client.scan_iter(match=b"domicile:eu-west-1:*:e:instruments:SAP")]
+        [hw_key] = list(client.scan_iter(match=b"domicile:eu-west-1:*:hw"))
+        old_entry, old_hw = client.dump(entry_key), client.dump(hw_key)
+        await put(pair, CACHED, "instruments", "SAP", b"v2")
+
+        async def invalidated() -> bool:
+            return client.exists(entry_key) == 0
+
+        await eventually(invalidated, 5.0, "the entry invalidated")
+        client.restore(entry_key, 0, old_entry, replace=True)
+        client.restore(hw_key, 0, old_hw, replace=True)
+
+        async def reset() -> bool:
+            return counter(node, "domicile_cache_resets_total", reason="redis_lost_writes") >= 1
+
+        await eventually(reset, 5.0, "the cache distrusting the restored Redis")
+        await cache_ready(node)
+        for _ in range(2):
+            assert await values(pair, "instruments", "SAP") == {b"v2"}
+    finally:
+        client.close()
