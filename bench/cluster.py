@@ -150,6 +150,7 @@ class BenchCluster:
         advertise: str = "",
         node_id: str = "",
         plaintext: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> NodeHandle:
         node_id = node_id or region
         data_dir = self.root / node_id
@@ -180,6 +181,7 @@ class BenchCluster:
             "--log-level",
             "WARNING",
             *security,
+            *extra_args,
         ]
         if advertise:
             argv += ["--advertise", advertise]
