@@ -179,11 +179,15 @@ class Coherence:
             self.suspect = False
             return True
 
-    def failed(self, batch: Batch) -> None:
-        """The batch's script may or may not have run: move to a new generation."""
+    def failed(self, batch: Batch) -> bool:
+        """The batch's script may or may not have run: move to a new generation. True when the
+        generation given up was in use (had landed a batch)."""
         with self._lock:
-            if batch.generation == self.generation:
-                self._rotate()
+            if batch.generation != self.generation:
+                return False
+            was_ready = self.ready
+            self._rotate()
+            return was_ready
 
     def abandon(self) -> None:
         """Gives up the generation from any thread (the state of a change is unknown)."""

@@ -221,8 +221,8 @@ class ReadCache:
             try:
                 hw_before = self.store.invalidate(batch.generation, batch.keys, batch.seq)
             except _FAILURES as exc:
-                coherence.failed(batch)
-                self.counters.reset("invalidation_failed")
+                if coherence.failed(batch):
+                    self.counters.reset("invalidation_failed")
                 if not down:
                     down = True
                     log.warning(
