@@ -1,5 +1,7 @@
-"""The cache's Redis: key names and the three Lua scripts (lookup, fill, invalidate), each one
-round trip under a deadline. The rules they keep are argued in node/cache/coherence.py.
+"""The cache's Redis: key names and the three Lua scripts (lookup, fill, invalidate), each call
+one round trip under a deadline. A hit is one plain GET; a miss is the GET, the lookup script
+(which leaves the fill's lease) and the fill. The rules they keep are argued in
+node/cache/coherence.py.
 
 Values: b"f" + the engine's key-state bytes (sealed values, never plaintext), b"a" for a key
 never written, b"m" + a sequence number for a marker (a fill's lease). Blocking: called from
@@ -75,6 +77,17 @@ class Found:
     lease: bool = False
 
 
+def _found(value: object) -> Found | None:
+    if not isinstance(value, bytes):
+        return None
+    tag = value[:1]
+    if tag == FULL:
+        return Found(hit=True, state=value[1:])
+    if tag == ABSENT:
+        return Found(hit=True, state=None)
+    return Found(hit=False, lease=tag == MARKER)
+
+
 class RedisStore:
     def __init__(self, url: str, *, node_id: str, deadline_s: float, ttl_s: float) -> None:
         # One attempt per call: a slow or absent Redis costs a read one deadline, then the
@@ -107,17 +120,17 @@ class RedisStore:
         return self.prefix(generation) + b"hw"
 
     def lookup(self, generation: str, namespace: str, key: str) -> Found:
-        value = self._lookup(
-            keys=[self.entry_key(generation, namespace, key), self.hw_key(generation)], args=[self.ttl_ms]
-        )
-        if not isinstance(value, bytes):
-            raise redis.ResponseError(f"cache lookup answered {type(value).__name__}")
-        tag = value[:1]
-        if tag == FULL:
-            return Found(hit=True, state=value[1:])
-        if tag == ABSENT:
-            return Found(hit=True, state=None)
-        return Found(hit=False, lease=tag == MARKER)
+        """A plain GET first (a hit costs no script), the lookup script on a miss."""
+        entry = self.entry_key(generation, namespace, key)
+        value = self.client.get(entry)
+        found = _found(value) if value is not None else None
+        if found is not None and found.hit:
+            return found
+        value = self._lookup(keys=[entry, self.hw_key(generation)], args=[self.ttl_ms])
+        found = _found(value)
+        if found is None:
+            raise redis.ResponseError(f"cache lookup answered {value!r:.40}")
+        return found
 
     def fill(self, generation: str, namespace: str, key: str, r: int, state: bytes | None) -> FillOutcome:
         value = ABSENT if state is None else FULL + state
