@@ -112,6 +112,16 @@ _CACHE_SCHEMES = ("redis", "rediss", "unix")
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
+def redis_url_for_logs(url: str) -> str:
+    """The URL without its password (messages and logs must not carry it)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
 def check_cache(cfg: NodeConfig) -> None:
     """The cache settings; a cache in another region is refused (rule cache-in-region): what it
     holds are the region's records, which must not leave it."""
@@ -120,14 +130,15 @@ def check_cache(cfg: NodeConfig) -> None:
             raise InvalidArgument("cache_redis_region is set without cache_redis_url; set both or neither")
         return
     url = urlsplit(cfg.cache_redis_url)
+    shown = redis_url_for_logs(cfg.cache_redis_url)
     if url.scheme not in _CACHE_SCHEMES:
         raise InvalidArgument(
-            f"cache_redis_url {cfg.cache_redis_url!r} is not a Redis URL; use "
+            f"cache_redis_url {shown!r} is not a Redis URL; use "
             "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"
         )
     if url.scheme == "redis" and url.hostname not in _LOOPBACK and not cfg.insecure:
         raise InvalidArgument(
-            f"cache_redis_url {cfg.cache_redis_url!r} is plaintext to another host; use rediss:// "
+            f"cache_redis_url {shown!r} is plaintext to another host; use rediss:// "
             "(TLS), a loopback address or a unix socket"
         )
     if not cfg.cache_redis_region:

@@ -43,7 +43,7 @@ from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
 from node.compliance.scanner import ScanReport, scan_store
-from node.config import CACHE_RULE, NodeConfig, split_host_port
+from node.config import CACHE_RULE, NodeConfig, redis_url_for_logs, split_host_port
 from node.coordinator_link import CoordinatorLink
 from node.crypto.keyring import Keyring, load_or_create_kek
 from node.crypto.sealing import Sealer
@@ -345,12 +345,13 @@ class Node:
             claimed = await self.offload.run(cache.check_region)
         except Exception as exc:
             log.warning("the cache's Redis %s does not answer (%s); reads use the store until it does",
-                        cfg.cache_redis_url, exc)  # fmt: skip
+                        redis_url_for_logs(cfg.cache_redis_url), exc)  # fmt: skip
             claimed = cfg.region
         if claimed != cfg.region:
             await asyncio.to_thread(cache.close)
             raise errors.FailedPrecondition(
-                f"the cache's Redis {cfg.cache_redis_url} serves region {claimed}, not {cfg.region}; "
+                f"the cache's Redis {redis_url_for_logs(cfg.cache_redis_url)} serves region {claimed}, "
+                f"not {cfg.region}; "
                 f"rule {CACHE_RULE}: a node caches its records only in a Redis of its own region"
             )
         cache.start()

@@ -25,7 +25,9 @@ async def test_a_tightened_policy_redacts_then_refuses_cached_records(
     await cluster.start_coordinator()
     try:
         await cluster.start_node("eu-west-1")
-        us = await cluster.start_node("us-east-1", cache_redis_url=redis.url, cache_redis_region="us-east-1")
+        us = await cluster.start_node(
+            "us-east-1", cache_redis_url=redis.url, cache_redis_region="us-east-1", cache_deadline_ms=1000
+        )
         await cluster.wait_linked()
         await cluster.put("eu-west-1", "customers", "de-3", b"profile of de-3", subject_id="s-3",
                           subject_jurisdiction="DE")  # fmt: skip

@@ -18,7 +18,7 @@ from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.wire.records import key_state_from_bytes
-from node.config import NodeConfig
+from node.config import NodeConfig, redis_url_for_logs
 from node.daemon import Node
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.packs import sample_pack
@@ -34,8 +34,18 @@ CACHED = "eu-west-1"
 DAY_MS = 86_400_000
 
 
+# Generous: a shared test machine can stall a call past the production default (50 ms), which
+# would make a read fall back where a test expects a hit. The slow-Redis test pays it once.
+DEADLINE_MS = 1000
+
+
 def cache_settings(server: RedisServer, **extra: Any) -> dict[str, Any]:
-    return {"cache_redis_url": server.url, "cache_redis_region": CACHED, **extra}
+    return {
+        "cache_redis_url": server.url,
+        "cache_redis_region": CACHED,
+        "cache_deadline_ms": DEADLINE_MS,
+        **extra,
+    }
 
 
 async def start_pair(root: Path, server: RedisServer, **cache: Any) -> LocalCluster:
@@ -271,6 +281,15 @@ def test_a_cache_in_another_region_is_refused_by_the_config() -> None:
     with pytest.raises(InvalidArgument, match="plaintext to another host"):
         NodeConfig(region="eu-west-1", cache_redis_url="redis://10.0.0.5:6379/0",
                    cache_redis_region="eu-west-1", tls_dir="/nonexistent")  # fmt: skip
+
+
+def test_finding_a_redis_password_is_not_repeated_in_messages() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        NodeConfig(region="eu-west-1", cache_redis_url="redis://:s3cret@10.0.0.5:6379/0",
+                   cache_redis_region="eu-west-1", tls_dir="/nonexistent")  # fmt: skip
+    assert "s3cret" not in refused.value.message and "***" in refused.value.message
+    assert redis_url_for_logs("rediss://app:pw@r.internal:6380/1") == "rediss://app:***@r.internal:6380/1"
+    assert redis_url_for_logs("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
 async def test_a_redis_another_region_claimed_is_refused_at_start(tmp_path: Path, redis: RedisServer) -> None:
