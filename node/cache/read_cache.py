@@ -177,7 +177,7 @@ class ReadCache:
             try:
                 self.store.delete(generation, namespace, key)
             except _FAILURES as failure:
-                self._failed("delete", failure)
+                self._failed("delete", failure, read_fell_back=False)
             return exc
         return state
 
@@ -188,7 +188,8 @@ class ReadCache:
         try:
             outcome = self.store.fill(generation, namespace, key, r, blob)
         except _FAILURES as exc:
-            self._failed("fill", exc)
+            # The read itself was answered by the store already.
+            self._failed("fill", exc, read_fell_back=False)
             return
         if outcome is FillOutcome.STALE:
             self.counters.fill_refused("stale")
@@ -197,9 +198,10 @@ class ReadCache:
         elif outcome is FillOutcome.PRESENT:
             self.counters.fill_refused("present")
 
-    def _failed(self, what: str, exc: BaseException) -> None:
-        reason = "timeout" if isinstance(exc, (redis.TimeoutError, TimeoutError)) else "error"
-        self.counters.fallback(reason)
+    def _failed(self, what: str, exc: BaseException, *, read_fell_back: bool = True) -> None:
+        if read_fell_back:
+            reason = "timeout" if isinstance(exc, (redis.TimeoutError, TimeoutError)) else "error"
+            self.counters.fallback(reason)
         if self.coherence.usable:
             log.warning(
                 "cache %s failed (%s: %s); reading the store until Redis answers",
