@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench clean
+.PHONY: help setup test-tools up test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -51,7 +51,7 @@ lint: setup ## ruff check, ruff format --check, import-linter
 	$(BIN)/lint-imports
 
 typecheck: setup ## mypy --strict
-	$(BIN)/mypy domicile node coordinator scripts bench
+	$(BIN)/mypy domicile node coordinator scripts bench torture
 
 test: setup test-tools protos-check sync-client-check lint typecheck ## set up, check everything and run every test
 	$(PY) -m pytest -q
@@ -68,6 +68,11 @@ fuzz: setup ## run every fuzz harness for FUZZ_SECONDS (300) each; new inputs an
 
 bench: setup ## benchmarks, each next to a baseline of the same run (a few minutes)
 	$(PY) bench/run.py
+
+# SEED replays a run; DURATION is the seconds of faults. The run's files go to a temp dir it prints.
+DURATION ?= 300
+torture: setup ## a Jepsen-style run under faults with a history checker (SEED=N DURATION=s, default 300)
+	$(PY) -m torture.run --duration $(DURATION) $(if $(SEED),--seed $(SEED))
 
 clean: ## remove .venv, local cluster data and caches
 	rm -rf $(VENV) .domicile .fuzz .pytest_cache .mypy_cache .ruff_cache

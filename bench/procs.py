@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import re
 import signal
@@ -30,14 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # Linux only: the child gets SIGTERM when the benchmark dies, even by SIGKILL, so that no
-    # node outlives a run.
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def child_env() -> dict[str, str]:
@@ -93,23 +84,27 @@ class Children:
         self.cwd = cwd
         self.children: dict[str, Child] = {}
 
-    async def _spawn(self, name: str, argv: list[str], *, pipes: bool) -> Child:
+    async def _spawn(
+        self, name: str, argv: list[str], *, pipes: bool, env: dict[str, str] | None = None
+    ) -> Child:
         if name in self.children:
             raise ChildError(f"a child named {name!r} is already running")
         out_path = self.log_dir / f"{name}.out"
         err_path = self.log_dir / f"{name}.err"
         out, err = _open_logs(out_path, err_path)
         with out, err:
+            # The child gets SIGTERM when we die (see bench.die_with_parent).
+            guard = [sys.executable, "-m", "bench.die_with_parent", str(os.getpid())]
             process = await asyncio.create_subprocess_exec(
+                *guard,
                 sys.executable,
                 *argv,
                 stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if pipes else out,
                 stderr=err,
                 cwd=self.cwd,
-                env=child_env(),
+                env={**child_env(), **(env or {})},
                 start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 limit=WORKER_LINE_BYTES_MAX,
             )
         child = Child(name, process, out_path, err_path)
@@ -117,10 +112,16 @@ class Children:
         return child
 
     async def start_daemon(
-        self, name: str, argv: list[str], ready: re.Pattern[str], timeout_s: float = READY_TIMEOUT_S
+        self,
+        name: str,
+        argv: list[str],
+        ready: re.Pattern[str],
+        timeout_s: float = READY_TIMEOUT_S,
+        env: dict[str, str] | None = None,
     ) -> re.Match[str]:
-        """Starts a daemon and waits until its stdout matches `ready`; returns the match."""
-        child = await self._spawn(name, argv, pipes=False)
+        """Starts a daemon (with `env` added to its environment) and waits until its stdout
+        matches `ready`; returns the match."""
+        child = await self._spawn(name, argv, pipes=False, env=env)
         deadline = time.monotonic() + timeout_s
         while True:
             text = child.out_path.read_text(errors="replace")
@@ -185,6 +186,23 @@ class Children:
                 await process.wait()
         if process.stdin is not None:
             process.stdin.close()
+
+    async def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would: no shutdown code runs (fault injection)."""
+        child = self.children.pop(name, None)
+        if child is None:
+            return
+        if child.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+        await child.process.wait()
+
+    def send_signal(self, name: str, sig: signal.Signals) -> None:
+        """SIGSTOP / SIGCONT and the like to a running child (fault injection)."""
+        child = self.children.get(name)
+        if child is not None and child.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(sig)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(name) for name in list(self.children)), return_exceptions=True)

@@ -1,0 +1,187 @@
+"""The torture run's checker: given the history and the final state every replica holds after the
+faults stopped and the cluster converged, it says what was lost, what came back, and what was
+never written. It knows nothing of the driver; `python -m torture.checker HISTORY FINAL` runs it
+on files.
+
+The rules, for each key of a namespace and each replica in scope:
+- **Lost write.** An acknowledged write whose version is neither live, nor superseded by a write
+  or delete that read it (its context covered the version's dot; that write may itself be
+  acknowledged or of unknown outcome, since a write that timed out may still have committed),
+  nor, in an lww namespace, ordered before the winner by (HLC, node id).
+- **Resurrection.** A live version that an acknowledged write or delete superseded: the writer
+  read it and replaced it, and it is back.
+- **Phantom.** A live value that no client ever wrote.
+- **Dot reuse.** Two acknowledged writes given the same dot, or a live version whose dot an
+  acknowledged write was given with another value: a node handed out an event id twice, which
+  makes replicas drop one of them as a duplicate.
+- **Divergence.** Replicas in scope that hold different live versions.
+Reads are not checked for freshness: Domicile promises eventual, causal consistency, not
+linearizable reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torture.history import Dot, Op, Seen, load
+
+# namespace -> key -> region -> what the replica holds
+FinalState = Mapping[str, Mapping[str, Mapping[str, Seen]]]
+
+
+@dataclass
+class Findings:
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    resurrected: list[dict[str, Any]] = field(default_factory=list)
+    phantoms: list[dict[str, Any]] = field(default_factory=list)
+    dot_reuse: list[dict[str, Any]] = field(default_factory=list)
+    divergent: list[dict[str, Any]] = field(default_factory=list)
+    acknowledged_writes: int = 0
+    keys_checked: int = 0
+    max_siblings: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.resurrected or self.phantoms or self.dot_reuse or self.divergent)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def _lww_wins(a: tuple[Dot, int], b: tuple[Dot, int]) -> bool:
+    """True when version a (dot, hlc) wins over b under lww: higher HLC, node id breaking ties."""
+    (a_dot, a_hlc), (b_dot, b_hlc) = a, b
+    return (a_hlc, a_dot[0]) > (b_hlc, b_dot[0])
+
+
+def check(
+    ops: Iterable[Op],
+    final: FinalState,
+    regions: Iterable[str],
+    lww_namespaces: Iterable[str] = (),
+    placed_namespaces: Iterable[str] = (),
+) -> Findings:
+    """`regions`: every region read; a key a region did not return is empty there (so a write
+    lost everywhere is still found). `placed_namespaces` are placed record by record by the
+    policy pack: which replicas hold a record is the policy's business (the scanner checks it),
+    so there an acknowledged write is looked for only in the region that acknowledged it, and
+    replicas are not compared."""
+    every_region = list(regions)
+    lww = set(lww_namespaces)
+    placed = set(placed_namespaces)
+    findings = Findings()
+    by_key: dict[tuple[str, str], list[Op]] = defaultdict(list)
+    for op in ops:
+        if op.writes:
+            by_key[(op.namespace, op.key)].append(op)
+    written_values = {op.value for ops_of_key in by_key.values() for op in ops_of_key if op.value}
+
+    for (namespace, key), key_ops in sorted(by_key.items()):
+        held = final.get(namespace, {}).get(key, {})
+        replicas = {region: held.get(region, Seen()) for region in every_region}
+        findings.keys_checked += 1
+        acked = [op for op in key_ops if op.outcome == "ok" and op.dot is not None and op.f != "delete"]
+        findings.acknowledged_writes += len(acked)
+        readers = [op for op in key_ops if op.read is not None and op.outcome in ("ok", "info")]
+        acked_readers = [op for op in readers if op.outcome == "ok"]
+
+        # Dot reuse among acknowledged writes (deletes included: a tombstone is an event too).
+        given: dict[Dot, Op] = {}
+        for op in key_ops:
+            if op.outcome != "ok" or op.dot is None:
+                continue
+            if op.dot in given:
+                findings.dot_reuse.append(
+                    {
+                        "namespace": namespace,
+                        "key": key,
+                        "dot": list(op.dot),
+                        "ops": [given[op.dot].id, op.id],
+                    }
+                )
+            given[op.dot] = op
+
+        for region, seen in sorted(replicas.items()):
+            live = {dot: (value, hlc) for dot, value, hlc in seen.live}
+            findings.max_siblings = max(findings.max_siblings, len(live))
+            where = {"namespace": namespace, "key": key, "region": region}
+            for dot, (value, _hlc) in live.items():
+                if value not in written_values:
+                    findings.phantoms.append({**where, "dot": list(dot), "value": value})
+                owner = given.get(dot)
+                if owner is not None and owner.value != value and owner.f != "delete":
+                    findings.dot_reuse.append(
+                        {
+                            **where,
+                            "dot": list(dot),
+                            "acknowledged": owner.value,
+                            "live": value,
+                            "op": owner.id,
+                        }
+                    )
+                superseder = next(
+                    (op for op in acked_readers if op.read is not None and op.read.covers(dot)), None
+                )
+                if superseder is not None:
+                    findings.resurrected.append(
+                        {**where, "dot": list(dot), "value": value, "superseded_by": superseder.id}
+                    )
+            for op in acked:
+                assert op.dot is not None
+                if namespace in placed and op.region != region:
+                    continue
+                if live.get(op.dot, ("",))[0] == op.value:
+                    continue
+                if any(r is not op and r.read is not None and r.read.covers(op.dot) for r in readers):
+                    continue
+                if namespace in lww and any(
+                    _lww_wins((dot, hlc), (op.dot, op.hlc)) for dot, (_v, hlc) in live.items()
+                ):
+                    continue
+                findings.lost.append({**where, "op": op.id, "dot": list(op.dot), "value": op.value})
+
+        views = {region: sorted((d, v) for d, v, _h in seen.live) for region, seen in replicas.items()}
+        if namespace not in placed and len({json.dumps(v) for v in views.values()}) > 1:
+            findings.divergent.append({"namespace": namespace, "key": key, "replicas": views})
+    return findings
+
+
+def load_final(path: Path) -> tuple[dict[str, dict[str, dict[str, Seen]]], list[str], list[str], list[str]]:
+    raw = json.loads(path.read_text())
+    final: dict[str, dict[str, dict[str, Seen]]] = {}
+    for namespace, keys in raw["state"].items():
+        for key, regions in keys.items():
+            for region, seen in regions.items():
+                final.setdefault(namespace, {}).setdefault(key, {})[region] = Seen(
+                    vv=dict(seen["vv"]),
+                    dots=[(str(n), int(c)) for n, c in seen["dots"]],
+                    live=[((str(d[0]), int(d[1])), str(v), int(h)) for d, v, h in seen["live"]],
+                )
+    return (
+        final,
+        list(raw["regions"]),
+        list(raw.get("lww_namespaces", [])),
+        list(raw.get("placed_namespaces", [])),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check a torture run's history against its final state.")
+    parser.add_argument("history", type=Path, help="history.jsonl of the run")
+    parser.add_argument("final", type=Path, help="final.json of the run")
+    args = parser.parse_args(argv)
+    final, regions, lww, placed = load_final(args.final)
+    findings = check(load(args.history), final, regions, lww, placed)
+    print(json.dumps(findings.to_json(), indent=2))
+    return 0 if findings.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
