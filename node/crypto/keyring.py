@@ -27,11 +27,19 @@ it: each destruction moves a generation under the cache lock once its delete has
 a reader caches what it read only when the generation has not moved since it began. The read
 connection finishes every statement it runs, so it never holds a snapshot that would keep
 destroy's checkpoint from truncating the WAL.
+
+A destroyed key is never created again. Destruction leaves a marker (a keyed hash of the
+subject, never the subject id itself, and the class, or `*` for every class) in the same
+transaction as the delete, and the writer refuses to create a key that a marker names. Without
+it, a write that was already past the erasure block when the erasure ran would create a fresh
+key and store the subject's data again, readable, after the erasure reported it gone.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import logging
 import secrets
 import sqlite3
@@ -65,7 +73,8 @@ KEY_CLASS_BYTES_MAX = 128
 # A subject has one key per retention class it has records in; a handful in practice.
 KEY_CLASSES_PER_SUBJECT_MAX = 64
 CACHE_ENTRIES_LIMIT = 1_000_000
-SCHEMA_VERSION = 1
+# 2: destroyed_keys, the markers that keep a destroyed key from being created again.
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 # Callers are the offload pool's few threads and erasures, so the queues stay short; the bounds
 # only keep a runaway caller from piling up work behind a stuck disk.
@@ -80,10 +89,18 @@ _PRAGMAS = sqlite_db.Pragmas(synchronous="FULL", busy_timeout_ms=BUSY_TIMEOUT_MS
 # another subject does not unwrap.
 _WRAP_AAD_PREFIX = b"domicile/data-key/v1\x00"
 
+_MARKER_KEY_LABEL = b"domicile/destroyed-key-marker/v1"
+# The class a marker names when every class of the subject was destroyed.
+ALL_CLASSES = "*"
+_DESTROYED_KEYS_TABLE = (
+    "CREATE TABLE destroyed_keys (subject_hash BLOB NOT NULL, key_class TEXT NOT NULL,"
+    " PRIMARY KEY (subject_hash, key_class)) WITHOUT ROWID"
+)
 _SCHEMA = (
     "CREATE TABLE data_keys ("
     " subject_id TEXT NOT NULL, key_class TEXT NOT NULL, wrapped BLOB NOT NULL,"
     " PRIMARY KEY (subject_id, key_class)) WITHOUT ROWID",
+    _DESTROYED_KEYS_TABLE,
 )
 
 
@@ -165,6 +182,7 @@ class Keyring:
         self.path = Path(path)
         self.cache_entries_max = cache_entries_max
         self._kek = AESGCM(bytes(kek))
+        self._marker_key = hmac.new(bytes(kek), _MARKER_KEY_LABEL, hashlib.sha256).digest()
         self._writer: SingleWriter[_Write] = SingleWriter(
             self._write,
             _reject,
@@ -215,8 +233,9 @@ class Keyring:
     # -- keys -----------------------------------------------------------------------------------
 
     def data_key(self, subject_id: str, key_class: str, *, create: bool) -> bytes | None:
-        """The subject's 32-byte data key for key_class. When there is none (never created, or
-        destroyed): a new one, committed durably before it is returned, if `create`; else None.
+        """The subject's 32-byte data key for key_class. When there is none: None, or with
+        `create` a new one, committed durably before it is returned; FailedPrecondition when
+        that key was destroyed (a destroyed key is never created again).
 
         Creating commits with an fsync (and waits for the writer thread): call it with
         create=True off the event loop."""
@@ -410,6 +429,15 @@ class Keyring:
                 if stored is not None:
                     outcomes.append((None, stored))
                     continue
+                if _was_destroyed(conn, self._subject_hash(ident[0]), ident[1]):
+                    outcomes.append(
+                        FailedPrecondition(
+                            f"the subject's data key of class {ident[1]!r} was destroyed by an "
+                            "erasure, and a destroyed key is never created again: this region "
+                            "refuses the subject's records of that class"
+                        )
+                    )
+                    continue
                 (count,) = conn.execute(
                     "SELECT COUNT(*) FROM data_keys WHERE subject_id = ?", (ident[0],)
                 ).fetchone()
@@ -443,7 +471,7 @@ class Keyring:
     def _destroy_now(self, item: _Destroy) -> None:
         conn = self._write_connection()
         try:
-            destroyed = _delete(conn, item.subject, item.classes)
+            destroyed = _delete(conn, item.subject, self._subject_hash(item.subject), item.classes)
         except sqlite3.Error as error:
             raise _unavailable("delete keys from", self.path, error) from error
         with self._cache_lock:
@@ -454,6 +482,9 @@ class Keyring:
             self._generation += 1
         self._clear_journal(conn)
         _answer(item.result, destroyed)
+
+    def _subject_hash(self, subject: str) -> bytes:
+        return hmac.new(self._marker_key, subject.encode("utf-8"), hashlib.sha256).digest()
 
     def _write_connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -506,6 +537,7 @@ class Keyring:
         return sqlite_db.Schema(
             version=SCHEMA_VERSION,
             create=_create_schema,
+            upgrades={1: _add_destroyed_keys},
             unsupported=lambda version: FailedPrecondition(
                 f"{self.path.name} has key store schema version {version}; this node reads "
                 f"version {SCHEMA_VERSION}"
@@ -518,6 +550,20 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _add_destroyed_keys(conn: sqlite3.Connection) -> None:
+    # A store from before the markers: keys destroyed then left none, so there is nothing to
+    # mark; from now on every destruction does.
+    conn.execute(_DESTROYED_KEYS_TABLE)
+
+
+def _was_destroyed(conn: sqlite3.Connection, subject_hash: bytes, key_class: str) -> bool:
+    rows = conn.execute(
+        "SELECT 1 FROM destroyed_keys WHERE subject_hash = ? AND key_class IN (?, ?)",
+        (subject_hash, key_class, ALL_CLASSES),
+    ).fetchall()
+    return bool(rows)
+
+
 def _select_wrapped(conn: sqlite3.Connection, ident: tuple[str, str]) -> object | None:
     # fetchall finishes the statement: a read connection left inside a statement would hold a
     # snapshot that keeps destroy's checkpoint from truncating the WAL.
@@ -527,9 +573,15 @@ def _select_wrapped(conn: sqlite3.Connection, ident: tuple[str, str]) -> object 
     return rows[0][0] if rows else None
 
 
-def _delete(conn: sqlite3.Connection, subject: str, classes: list[str] | None) -> int:
+def _delete(conn: sqlite3.Connection, subject: str, subject_hash: bytes, classes: list[str] | None) -> int:
+    """Deletes the keys and marks them destroyed, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        for name in [ALL_CLASSES] if classes is None else classes:
+            conn.execute(
+                "INSERT OR IGNORE INTO destroyed_keys (subject_hash, key_class) VALUES (?, ?)",
+                (subject_hash, name),
+            )
         if classes is None:
             cursor = conn.execute("DELETE FROM data_keys WHERE subject_id = ?", (subject,))
             destroyed = cursor.rowcount
@@ -579,6 +631,8 @@ def _check_subject(subject_id: str) -> str:
 
 def _check_key_class(key_class: str) -> str:
     size = _utf8_size(key_class, "key class")
+    if key_class == ALL_CLASSES:
+        raise InvalidArgument(f"key class {ALL_CLASSES!r} is reserved (it marks every class destroyed)")
     if not 1 <= size <= KEY_CLASS_BYTES_MAX or not key_class.isprintable():
         raise InvalidArgument(
             f"invalid key class {key_class!r}: use 1 to {KEY_CLASS_BYTES_MAX} bytes of printable text "

@@ -158,10 +158,57 @@ def test_destroy_returns_counts_and_the_keys_are_gone(keyring: Keyring) -> None:
         assert keyring.data_key("alice", c, create=False) is None
     assert keyring.destroy("alice") == 0
     assert keyring.data_key("bob", "a", create=False) == bob
-    # A key created after destruction is a new key: the old records stay unreadable.
-    fresh = keyring.data_key("alice", "a", create=True)
-    assert fresh is not None
-    assert fresh != alice["a"]
+    # A destroyed key is never created again (see the regression tests below).
+    with pytest.raises(FailedPrecondition, match="destroyed by an erasure"):
+        keyring.data_key("alice", "a", create=True)
+
+
+def test_regression_a_destroyed_key_is_never_created_again(store_dir: Path, kek: bytes) -> None:
+    # A write already past the erasure block when the erasure ran used to create a fresh key
+    # and store the subject's data again, readable, after the erasure reported it gone.
+    with Keyring(store_dir / KEYRING_FILE, kek) as ring:
+        ring.data_key("alice", "user_data", create=True)
+        ring.data_key("alice", "logs", create=True)
+        assert ring.destroy("alice", ["user_data", "cache"]) == 1
+        for klass in ("user_data", "cache"):  # "cache" had no key: it is marked all the same
+            with pytest.raises(FailedPrecondition, match=f"class '{klass}' was destroyed"):
+                ring.data_key("alice", klass, create=True)
+        assert ring.data_key("alice", "logs", create=True) is not None  # kept: not destroyed
+        assert ring.data_key("bob", "user_data", create=True) is not None
+    with Keyring(store_dir / KEYRING_FILE, kek) as again:  # the marker is durable
+        with pytest.raises(FailedPrecondition):
+            again.data_key("alice", "user_data", create=True)
+        assert again.destroy("alice") == 1
+        with pytest.raises(FailedPrecondition):
+            again.data_key("alice", "a-class-never-seen", create=True)
+
+
+def test_destroyed_key_markers_hold_no_subject_id(store_dir: Path, kek: bytes) -> None:
+    with Keyring(store_dir / KEYRING_FILE, kek) as ring:
+        ring.data_key("subject-8c1f", "user_data", create=True)
+        ring.destroy("subject-8c1f")
+    assert b"subject-8c1f" not in store_bytes(store_dir)
+
+
+def test_a_version_1_key_store_is_upgraded_and_keeps_its_keys(store_dir: Path, kek: bytes) -> None:
+    path = store_dir / KEYRING_FILE
+    with Keyring(path, kek) as ring:
+        key = ring.data_key("alice", "user_data", create=True)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE destroyed_keys")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with Keyring(path, kek) as ring:
+        assert ring.data_key("alice", "user_data", create=False) == key
+        ring.destroy("alice")
+        with pytest.raises(FailedPrecondition):
+            ring.data_key("alice", "user_data", create=True)
+
+
+def test_the_all_classes_marker_is_not_a_key_class(keyring: Keyring) -> None:
+    with pytest.raises(InvalidArgument, match="reserved"):
+        keyring.data_key("alice", "*", create=True)
 
 
 def test_destroyed_keys_are_in_no_file_of_the_key_store(store_dir: Path, kek: bytes) -> None:
@@ -440,18 +487,19 @@ def test_writes_run_in_queue_order_around_a_destruction(
     after = started(lambda: ring.data_key("alice", "user_data", create=True))
     wait_for(lambda: ring.queued_keys == 2)
     parked.release.set()
-    first, destroyed, second = before.outcome(), destroy.outcome(), after.outcome()
-    # The key created before the destruction is destroyed with it; the one after is a new key.
+    first, destroyed = before.outcome(), destroy.outcome()
+    # The key created before the destruction is destroyed with it; the one asked for after it
+    # is refused, never created again.
     assert destroyed == 1
     assert isinstance(first, bytes)
-    assert isinstance(second, bytes)
-    assert first != second
+    with pytest.raises(FailedPrecondition, match="never created again"):
+        after.outcome()
     wait_for(lambda: len(parked.sizes) == 4)
     assert parked.sizes == [1, 1, 1, 1]
-    assert ring.data_key("alice", "user_data", create=False) == second
+    assert ring.data_key("alice", "user_data", create=False) is None
     ring.close()
     with Keyring(store_dir / KEYRING_FILE, kek) as again:
-        assert again.data_key("alice", "user_data", create=False) == second
+        assert again.data_key("alice", "user_data", create=False) is None
 
 
 def test_reads_do_not_wait_for_the_writer(store_dir: Path, kek: bytes) -> None:
