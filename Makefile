@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -29,6 +29,9 @@ test-tools: ## install Node.js, npm, promtool and redis-server with apt-get when
 
 up: setup ## run a local cluster: a coordinator and six regional nodes (Ctrl-C stops it)
 	$(BIN)/domicile up --config deploy/cluster.yaml
+
+up-tiers: setup ## the same cluster with every region on MongoDB (a SecantusDB it starts itself)
+	$(BIN)/domicile up --tiers --config deploy/cluster.yaml
 
 protos: setup ## regenerate domicile/v1 from protos/
 	$(PY) scripts/gen_protos.py

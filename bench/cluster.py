@@ -150,8 +150,10 @@ class BenchCluster:
         advertise: str = "",
         node_id: str = "",
         plaintext: bool = False,
+        mongodb: tuple[str, str] | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> NodeHandle:
+        """`mongodb`: (URI, database) to run the node on the MongoDB engine instead of SQLite."""
         node_id = node_id or region
         data_dir = self.root / node_id
         if plaintext:
@@ -176,8 +178,11 @@ class BenchCluster:
             self.coordinator_address,
             "--cluster-config",
             str(self.config_path),
-            "--synchronous",
-            synchronous,
+            *(
+                ["--synchronous", synchronous]
+                if mongodb is None
+                else ["--engine", "mongodb", "--mongodb-uri", mongodb[0], "--mongodb-database", mongodb[1]]
+            ),
             "--log-level",
             "WARNING",
             *security,

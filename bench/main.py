@@ -61,6 +61,10 @@ GET_P99_RATIO_MAX = 1.5
 MTLS_P99_RATIO_MAX = 1.15
 # The plaintext twin of the solo node: same region and store settings, its own data directory.
 PLAIN_NODE_ID = f"{SOLO_REGION}-plain"
+# The same, on the MongoDB engine (SecantusDB, a child of the run); and the daemons of the
+# records/s figure, one then two over one database.
+MONGO_NODE_ID = f"{SOLO_REGION}-mongo"
+DAEMON_IDS = (f"{SOLO_REGION}-d1", f"{SOLO_REGION}-d2")
 BATCHED_RATE_MIN = 20_000.0
 LAG_P99_MS_MAX = 100.0
 DELAYED_LAG_SLACK_MS = 50.0
@@ -158,6 +162,10 @@ class Measured:
     plain_put_ms: list[float] | None = None
     sealed_put_ms: list[float] | None = None
     sealed_get_ms: list[float] | None = None
+    mongo_get_ms: list[float] | None = None
+    mongo_put_ms: list[float] | None = None
+    one_daemon: phases.LoadResult | None = None
+    two_daemons: tuple[phases.LoadResult, phases.LoadResult] | None = None
     echo_load: phases.LoadResult | None = None
     put_load: phases.LoadResult | None = None
     commit_batch_mean: float | None = None
@@ -186,21 +194,42 @@ class Run:
         self.value = b"v" * opts.value_bytes
         self.m = Measured()
 
-    async def start(self) -> tuple[str, NodeHandle, NodeHandle]:
+    async def start(self) -> tuple[str, NodeHandle, NodeHandle, NodeHandle]:
         phases.progress(
-            f"starting coordinator, echo server, node {SOLO_REGION} (mutual TLS) and its plaintext "
-            f"twin {PLAIN_NODE_ID} in {self.root}"
+            f"starting coordinator, echo server, SecantusDB, node {SOLO_REGION} (mutual TLS), its "
+            f"plaintext twin {PLAIN_NODE_ID} and a plaintext twin on MongoDB {MONGO_NODE_ID} in {self.root}"
         )
-        await self.cluster.start_coordinator()
-        echo, solo, plain = await asyncio.gather(
+        mongo_port = free_port()
+        self.mongodb_uri = f"mongodb://127.0.0.1:{mongo_port}/"
+        await asyncio.gather(
+            self.cluster.start_coordinator(),
+            self.children.start_listening(
+                "mongodb",
+                ["-m", "secantus", "--host", "127.0.0.1", "--port", str(mongo_port),
+                 "--storage-path", str(self.root / "mongodb"), "--log-level", "WARNING",
+                 # Journaled writes on disk when acknowledged (README, MongoDB engine).
+                 "--sync-on-commit"],
+                mongo_port,
+            ),
+        )  # fmt: skip
+        echo, solo, plain, mongo = await asyncio.gather(
             self.children.start_daemon("echo", ["-m", "bench.echo_server"], ECHO_READY),
             self.cluster.start_node(SOLO_REGION, synchronous="FULL"),
             # No coordinator for it (it serves on the cluster config): what differs is the transport.
             self.cluster.start_node(SOLO_REGION, synchronous="FULL", node_id=PLAIN_NODE_ID, plaintext=True),
+            # Plaintext as well: what differs from PLAIN_NODE_ID is the engine.
+            self.cluster.start_node(
+                SOLO_REGION,
+                node_id=MONGO_NODE_ID,
+                plaintext=True,
+                mongodb=(self.mongodb_uri, "bench_get_put"),
+            ),
         )
-        return echo.group(1), solo, plain
+        return echo.group(1), solo, plain, mongo
 
-    async def local_figures(self, echo_address: str, solo: NodeHandle, plain: NodeHandle) -> None:
+    async def local_figures(
+        self, echo_address: str, solo: NodeHandle, plain: NodeHandle, mongo: NodeHandle
+    ) -> None:
         opts, m = self.opts, self.m
         async with channel(echo_address, self.cluster.plain_dialer) as ch:
             m.echo_ms = await phases.sequential(
@@ -212,24 +241,33 @@ class Run:
         )
 
         keys = [f"get-{i}" for i in range(GET_KEYS)]
-        phases.progress(f"pre-loading {GET_KEYS} keys for Get on both nodes")
-        for node in (solo, plain):
+        phases.progress(f"pre-loading {GET_KEYS} keys for Get on every node")
+        for node in (solo, plain, mongo):
             await phases.preload(put_call(node.channel, SOLO_NAMESPACE, "get", self.value), GET_KEYS)
         rng = random.Random(self.opts.seed)
         # mTLS and plaintext in alternating halves, so that drift of a shared machine falls on both.
         m.get_ms, m.plain_get_ms, m.put_ms, m.plain_put_ms = [], [], [], []
+        m.mongo_get_ms, m.mongo_put_ms = [], []
         half = max(1, opts.samples // 2)
         for _ in range(2):
-            for node, out, how in ((plain, m.plain_get_ms, "plaintext"), (solo, m.get_ms, "mutual TLS")):
+            for node, out, how in (
+                (plain, m.plain_get_ms, "plaintext"),
+                (solo, m.get_ms, "mutual TLS"),
+                (mongo, m.mongo_get_ms, "plaintext, MongoDB engine"),
+            ):
                 out += await phases.sequential(
                     f"local Get, {how}",
                     get_call(node.channel, SOLO_NAMESPACE, keys, lambda: rng.randrange(GET_KEYS)),
                     half,
                 )
         for _ in range(2):
-            for node, out, how in ((plain, m.plain_put_ms, "plaintext"), (solo, m.put_ms, "mutual TLS")):
+            for node, out, how in (
+                (plain, m.plain_put_ms, "plaintext"),
+                (solo, m.put_ms, "mutual TLS"),
+                (mongo, m.mongo_put_ms, "plaintext, MongoDB engine (majority, journaled)"),
+            ):
                 out += await phases.sequential(
-                    f"durable Put (synchronous=FULL), {how}",
+                    f"durable Put (synchronous=FULL on SQLite), {how}",
                     put_call(node.channel, SOLO_NAMESPACE, "put", self.value),
                     half,
                 )
@@ -296,6 +334,42 @@ class Run:
         batches = after.minus(before) if after else None
         # None when the node does not observe the histogram: the figure then reads n/a, not 0.
         m.commit_batch_mean = batches.total / batches.count if batches and batches.count else None
+
+    async def daemons(self) -> None:
+        """Durable Puts per second into one region on MongoDB: one daemon, then two daemons over
+        the same database (each its own process), with the same load processes in all."""
+        opts = self.opts
+        database = (self.mongodb_uri, "bench_daemons")
+        first = await self.cluster.start_node(
+            SOLO_REGION, node_id=DAEMON_IDS[0], plaintext=True, mongodb=database
+        )
+
+        async def load(name: str, node: NodeHandle, procs: int) -> phases.LoadResult:
+            async def last_lsn() -> int:
+                return int((await node.status()).last_lsn)
+
+            return await phases.concurrent_load(
+                self.children,
+                name=name,
+                address=node.address,
+                method="put",
+                namespace=SOLO_NAMESPACE,
+                value_bytes=opts.value_bytes,
+                procs=procs,
+                inflight=opts.inflight,
+                seconds=opts.load_seconds,
+                server_counter=last_lsn,
+            )
+
+        self.m.one_daemon = await load("one-daemon", first, opts.load_procs)
+        second = await self.cluster.start_node(
+            SOLO_REGION, node_id=DAEMON_IDS[1], plaintext=True, mongodb=database
+        )
+        share = max(1, opts.load_procs // 2)
+        self.m.two_daemons = await asyncio.gather(
+            load("two-daemons-a", first, share), load("two-daemons-b", second, share)
+        )
+        await asyncio.gather(*(self.cluster.stop_node(n) for n in DAEMON_IDS))
 
     async def engine_only(self) -> None:
         opts = self.opts
@@ -367,14 +441,15 @@ class Run:
 
     async def execute(self) -> None:
         try:
-            echo_address, solo, plain = await self.start()
-            await self.local_figures(echo_address, solo, plain)
-            await self.cluster.stop_node(PLAIN_NODE_ID)
+            echo_address, solo, plain, mongo = await self.start()
+            await self.local_figures(echo_address, solo, plain, mongo)
+            await asyncio.gather(self.cluster.stop_node(PLAIN_NODE_ID), self.cluster.stop_node(MONGO_NODE_ID))
             await self.cache_figures(echo_address)
             await self.batched(echo_address, solo)
             # Free the CPU for what follows: the engine-only figure runs in this process.
             await asyncio.gather(self.children.stop("echo"), self.cluster.stop_node(SOLO_REGION))
             await self.engine_only()
+            await self.daemons()
             await self.replication()
         finally:
             phases.progress("stopping every process")
@@ -404,6 +479,10 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     _, plain_put99 = p50_p99(need(m.plain_put_ms, "plaintext Put"))
     sealed_put50, sealed_put99 = p50_p99(need(m.sealed_put_ms, "sealed Put"))
     sealed_get50, sealed_get99 = p50_p99(need(m.sealed_get_ms, "sealed Get"))
+    _, mongo_get99 = p50_p99(need(m.mongo_get_ms, "MongoDB Get"))
+    _, mongo_put99 = p50_p99(need(m.mongo_put_ms, "MongoDB Put"))
+    one_daemon = need(m.one_daemon, "one daemon").rate
+    two_daemons = sum(r.rate for r in need(m.two_daemons, "two daemons"))
     put_floor50, put_floor99 = echo50 + 2 * fs50, echo99 + 2 * fs99
     d = opts.delay_ms
     concurrency = f"{opts.load_procs} procs x {opts.inflight} in flight"
@@ -481,6 +560,44 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
             "sealed_get_p99_ms", "local Get p99, subject data (opened)", sealed_get99, "ms", get99, "Get p99"
         ),
         *cache_figures(need(m.cache, "cache"), get99),
+        Figure(
+            "mongodb_get_p99_ms",
+            "local Get p99, MongoDB engine (plaintext)",
+            mongo_get99,
+            "ms",
+            plain_get99,
+            "SQLite Get p99 (plaintext)",
+        ),
+        Figure(
+            "mongodb_get_p99_vs_echo_ms",
+            "local Get p99, MongoDB engine",
+            mongo_get99,
+            "ms",
+            echo99,
+            "echo p99",
+        ),
+        Figure(
+            "mongodb_put_p99_ms",
+            "durable Put p99, MongoDB engine (majority, journaled)",
+            mongo_put99,
+            "ms",
+            plain_put99,
+            "SQLite durable Put p99 (plaintext)",
+        ),
+        Figure(
+            "mongodb_one_daemon_rate_per_s",
+            f"durable Puts into one region on MongoDB, 1 daemon ({concurrency})",
+            one_daemon,
+            "records/s",
+        ),
+        Figure(
+            "mongodb_two_daemons_rate_per_s",
+            "the same, 2 daemons over one database (load split between them)",
+            two_daemons,
+            "records/s",
+            one_daemon,
+            "1 daemon",
+        ),
         Figure(
             "batched_put_rate_per_s",
             f"batched Puts over gRPC ({concurrency})",
@@ -611,6 +728,9 @@ def cpu_by_load(m: Measured) -> dict[str, dict[str, float]]:
     loads = {
         "concurrent echo": m.echo_load,
         "batched Puts": m.put_load,
+        "MongoDB, 1 daemon": m.one_daemon,
+        "MongoDB, 2 daemons (first)": m.two_daemons[0] if m.two_daemons else None,
+        "MongoDB, 2 daemons (second)": m.two_daemons[1] if m.two_daemons else None,
         "replication lag": m.lag.writes if m.lag else None,
         "delayed replication lag": m.far_lag.writes if m.far_lag else None,
     }
@@ -622,6 +742,9 @@ def meta(opts: Options, m: Measured, started: datetime, seconds: float) -> dict[
     loads = {
         "echo_load": m.echo_load,
         "put_load": m.put_load,
+        "mongodb_one_daemon": m.one_daemon,
+        "mongodb_two_daemons_first": m.two_daemons[0] if m.two_daemons else None,
+        "mongodb_two_daemons_second": m.two_daemons[1] if m.two_daemons else None,
         "lag_writes": m.lag.writes if m.lag else None,
         "delayed_lag_writes": m.far_lag.writes if m.far_lag else None,
     }

@@ -140,6 +140,31 @@ class Children:
                 )
             await asyncio.sleep(0.02)
 
+    async def start_listening(
+        self, name: str, argv: list[str], port: int, timeout_s: float = READY_TIMEOUT_S
+    ) -> Child:
+        """Starts a server that prints no ready line and waits until 127.0.0.1:port accepts."""
+        child = await self._spawn(name, argv, pipes=False)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                if child.process.returncode is not None:
+                    raise ChildError(
+                        f"{name} exited with code {child.process.returncode} before it listened; "
+                        f"stderr ends with:\n{log_tail(child.err_path)}"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise ChildError(
+                        f"{name} did not listen on port {port} within {timeout_s:.0f} s"
+                    ) from None
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return child
+
     async def start_worker(self, name: str, argv: list[str]) -> Child:
         return await self._spawn(name, argv, pipes=True)
 

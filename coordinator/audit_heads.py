@@ -1,9 +1,12 @@
-"""The coordinator's record of every region's signed audit head.
+"""The coordinator's record of every node's signed audit head.
 
-A region's audit log lives in the region; its signed heads live here, out of the region's
-control. The first head of a region pins the region's node and public key. After that a head is
-accepted only when it is validly signed by that key and extends what is on record: a smaller
-size means the log was truncated, the same size with another hash means it was rewritten.
+A node's audit log lives in its region; its signed heads live here, out of the region's
+control. A region usually has one node; several daemons of a region over one database each keep
+an audit chain of their own, so heads are kept per node. The first head of a node pins its
+region and public key (the servicer takes a head only from the node it names, by certificate).
+After that a head is accepted only when it is validly signed by that key and extends what is on
+record: a smaller size means the log was truncated, the same size with another hash means it
+was rewritten.
 (A hash chain cannot prove that a longer head extends the shorter one; `domicile audit verify`
 checks that by recomputing the chain against the head on record.)
 """
@@ -29,8 +32,16 @@ class AcceptedHead:
 
 
 def stored_heads(rows: dict[str, tuple[bytes, int]]) -> dict[str, AcceptedHead]:
-    """The accepted heads as the coordinator's store keeps them: serialized, with their time."""
-    return {region: AcceptedHead(head_from_bytes(raw), ms) for region, (raw, ms) in rows.items()}
+    """The accepted heads as the coordinator's store keeps them (serialized, with their time), by
+    node id. Stores written when heads were kept per region have rows keyed by region: each is
+    re-keyed by the node it names, and of two rows of one node the longer log wins."""
+    heads: dict[str, AcceptedHead] = {}
+    for raw, ms in rows.values():
+        accepted = AcceptedHead(head_from_bytes(raw), ms)
+        node_id = accepted.head.node_id
+        if node_id not in heads or heads[node_id].head.size < accepted.head.size:
+            heads[node_id] = accepted
+    return heads
 
 
 class AuditHeadBook:
@@ -49,7 +60,7 @@ class AuditHeadBook:
         self._on_accept = on_accept
 
     def accept(self, head: SignedHead) -> int:
-        """Records the head; returns the size now on record for its region."""
+        """Records the head; returns the size now on record for its node."""
         if head.region not in self._regions:
             raise InvalidArgument(
                 f"audit head names unknown region {head.region!r}; configured regions: "
@@ -63,13 +74,14 @@ class AuditHeadBook:
             raise FailedPrecondition(
                 f"audit head of region {head.region} at size {head.size} has an invalid signature"
             )
-        previous = self._heads.get(head.region)
+        previous = self._heads.get(head.node_id)
         if previous is not None:
             old = previous.head
-            if head.node_id != old.node_id or head.public_key != old.public_key:
+            if head.region != old.region or head.public_key != old.public_key:
                 raise FailedPrecondition(
-                    f"audit head of region {head.region} is signed by node {head.node_id} with a key "
-                    f"that is not the one on record (node {old.node_id}); a region's log keeps its key"
+                    f"audit head of node {head.node_id} (region {head.region}) is signed with a key or "
+                    f"names a region that is not the one on record (region {old.region}); a node's log "
+                    "keeps its key"
                 )
             if head.size < old.size:
                 raise FailedPrecondition(
@@ -85,19 +97,32 @@ class AuditHeadBook:
                 return old.size
         accepted = AcceptedHead(head, self._now_ms())
         self._save(accepted)
-        self._heads[head.region] = accepted
+        self._heads[head.node_id] = accepted
         self._on_accept(accepted)
         return head.size
 
-    def get(self, region: str) -> AcceptedHead:
-        accepted = self._heads.get(region)
-        if accepted is None:
-            if region not in self._regions:
-                raise NotFound(
-                    f"unknown region {region!r}; configured regions: {', '.join(sorted(self._regions))}"
-                )
+    def get(self, region: str, node_id: str = "") -> AcceptedHead:
+        """The head of `node_id` of `region`; without a node id, of the region's one node (or,
+        of several, the one named after the region)."""
+        if region not in self._regions:
+            raise NotFound(
+                f"unknown region {region!r}; configured regions: {', '.join(sorted(self._regions))}"
+            )
+        if node_id:
+            accepted = self._heads.get(node_id)
+            if accepted is None or accepted.head.region != region:
+                raise NotFound(f"node {node_id} of region {region} has not exported an audit head yet")
+            return accepted
+        of_region = {n: a for n, a in self._heads.items() if a.head.region == region}
+        if not of_region:
             raise NotFound(f"region {region} has not exported an audit head yet")
-        return accepted
+        if len(of_region) == 1:
+            return next(iter(of_region.values()))
+        if region in of_region:
+            return of_region[region]
+        raise NotFound(
+            f"region {region} has several nodes with audit logs ({', '.join(sorted(of_region))}); name one"
+        )
 
     def all(self) -> dict[str, AcceptedHead]:
         return dict(self._heads)

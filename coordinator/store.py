@@ -351,14 +351,16 @@ class CoordinatorStore:
                 [(n.last_heartbeat_unix_ms, n.node_id) for n in nodes],
             )
 
-    def save_audit_head(self, region: str, head: bytes, accepted_unix_ms: int) -> None:
-        """Stores a region's last accepted signed head (serialized SignedAuditHead)."""
+    def save_audit_head(self, key: str, head: bytes, accepted_unix_ms: int) -> None:
+        """Stores a node's last accepted signed head (serialized SignedAuditHead) under `key`, its
+        node id (the column is named region: a store of an older version keyed heads by region,
+        and coordinator.audit_heads.stored_heads reads both)."""
         with self._transaction():
             self._db.execute(
                 "INSERT INTO audit_heads (region, head, accepted_unix_ms) VALUES (?, ?, ?) "
                 "ON CONFLICT(region) DO UPDATE SET head = excluded.head, "
                 "accepted_unix_ms = excluded.accepted_unix_ms",
-                (region, head, accepted_unix_ms),
+                (key, head, accepted_unix_ms),
             )
 
     def load_audit_heads(self) -> dict[str, tuple[bytes, int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,6 +15,34 @@ from domicile.identity import settings
 from domicile.identity.tls_files import TlsFiles
 from domicile.model import Limits, check_node_id
 from domicile.yaml_text import load_yaml
+
+ENGINES = ("sqlite", "mongodb")
+_MONGO_DB_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
+
+
+@dataclass(frozen=True)
+class SQLiteSettings:
+    """The embedded engine: one file in the node's data directory."""
+
+    # FULL: a commit is on disk when it is acknowledged; NORMAL and OFF exist for benchmarks.
+    synchronous: str = "FULL"
+
+
+@dataclass(frozen=True)
+class MongoSettings:
+    """A database on a MongoDB server; every node of a region may share it."""
+
+    uri: str
+    database: str
+
+
+EngineSettings = SQLiteSettings | MongoSettings
+
+
+def default_mongodb_database(region: str) -> str:
+    """One database per region. Region names are lower-case letters, digits and dashes; MongoDB
+    database names may not hold '.', '/', ' ' and a few more."""
+    return "domicile_" + region.replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -27,9 +56,20 @@ class NodeConfig:
     metrics_port: int = 9401
     metrics_host: str = "127.0.0.1"
     data_dir: str = ""
+    # What the node shares with the other daemons of its region over one MongoDB database: the
+    # data keys (keys/) and the subject-hash key. Empty: the data directory (a node of its own).
+    region_dir: str = ""
     coordinator: str = "127.0.0.1:7400"
     cluster_config: str = ""
-    synchronous: str = "FULL"
+    # The storage engine: "sqlite" (embedded, one file in data_dir) or "mongodb" (the region's
+    # MongoDB database at mongodb_uri, which several nodes of the region may share).
+    engine: str = "sqlite"
+    # SQLite only: FULL (the default when empty) makes every acknowledged write durable; NORMAL
+    # and OFF exist for benchmarks.
+    synchronous: str = ""
+    mongodb_uri: str = ""
+    # Default: domicile_<region> (dashes become underscores).
+    mongodb_database: str = ""
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
     # Replication reconnect back-off: first delay and cap, in seconds.
@@ -41,6 +81,9 @@ class NodeConfig:
     # How often records past their retention period are swept; 0 turns the sweeper off (a
     # sweep can still be run on demand).
     retention_sweep_interval_s: float = 300.0
+    # The most records one sweep deletes. A clock far ahead makes every short-lived record look
+    # expired; the cap bounds what one such sweep destroys, and hitting it raises an alert.
+    retention_expire_max: int = 10_000
     # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
     max_clock_drift_ms: int = 5000
     # The cluster's key for causal-context tokens (32 bytes, mode 0600), the same file content on
@@ -79,8 +122,7 @@ class NodeConfig:
         check_node_id(self.node_id)
         if not self.data_dir:
             object.__setattr__(self, "data_dir", str(Path(".domicile") / self.node_id))
-        if self.synchronous.upper() not in {"FULL", "NORMAL", "OFF"}:
-            raise InvalidArgument(f"synchronous must be FULL, NORMAL or OFF, not {self.synchronous!r}")
+        self._check_engine()
         split_host_port(self.listen)
         if not 1 <= self.max_clock_drift_ms <= 3_600_000:
             raise InvalidArgument(
@@ -90,12 +132,56 @@ class NodeConfig:
             raise InvalidArgument(f"insecure must be true or false, not {self.insecure!r}")
         settings.check_choice(self.tls_files(), self.insecure, f"node {self.node_id}", self.tls_stem)
         settings.check_token_settings(self.jwks, self.token_issuer, self.token_audience)
+        if not 1 <= self.retention_expire_max <= 10_000_000:
+            raise InvalidArgument(
+                "retention_expire_max must be 1 to 10000000 records per sweep, "
+                f"not {self.retention_expire_max}"
+            )
         if not 0 <= self.retention_sweep_interval_s <= 86_400:
             raise InvalidArgument(
                 "retention_sweep_interval_s must be 0 (off) to 86400 seconds, "
                 f"not {self.retention_sweep_interval_s}"
             )
         check_cache(self)
+
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise InvalidArgument(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.engine == "sqlite":
+            if self.synchronous and self.synchronous.upper() not in {"FULL", "NORMAL", "OFF"}:
+                raise InvalidArgument(f"synchronous must be FULL, NORMAL or OFF, not {self.synchronous!r}")
+            if self.mongodb_uri or self.mongodb_database:
+                raise InvalidArgument(
+                    "mongodb_uri and mongodb_database are settings of the mongodb engine; "
+                    "set engine: mongodb to use them"
+                )
+            return
+        if self.synchronous:
+            raise InvalidArgument(
+                "synchronous is a setting of the sqlite engine; the mongodb engine commits with "
+                "write concern majority and journaling"
+            )
+        if not self.mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
+            raise InvalidArgument(
+                "engine mongodb needs mongodb_uri, a mongodb:// or mongodb+srv:// URI, "
+                f"not {self.mongodb_uri!r}"
+            )
+        if not self.mongodb_database:
+            object.__setattr__(self, "mongodb_database", default_mongodb_database(self.region))
+        if not _MONGO_DB_NAME.fullmatch(self.mongodb_database):
+            raise InvalidArgument(
+                f"mongodb_database {self.mongodb_database!r} is not allowed; use 1 to 63 letters, "
+                "digits, '_' and '-'"
+            )
+
+    @property
+    def region_directory(self) -> Path:
+        return Path(self.region_dir or self.data_dir)
+
+    def engine_settings(self) -> EngineSettings:
+        if self.engine == "mongodb":
+            return MongoSettings(uri=self.mongodb_uri, database=self.mongodb_database)
+        return SQLiteSettings(synchronous=(self.synchronous or "FULL").upper())
 
     @property
     def tls_stem(self) -> str:
@@ -151,6 +237,12 @@ def check_cache(cfg: NodeConfig) -> None:
             f"the cache's Redis is in {cfg.cache_redis_region} but this node serves {cfg.region}; "
             f"rule {CACHE_RULE}: a node caches its records only in a Redis of its own region"
         )
+    if cfg.engine != "sqlite":
+        raise InvalidArgument(
+            f"the read cache works with the sqlite engine only, not {cfg.engine}: other nodes of the "
+            "region write the same records in a shared database, and a node's cache hears only of its "
+            "own changes; unset cache_redis_url"
+        )
     if not 0.001 <= cfg.cache_ttl_s <= 86_400:
         raise InvalidArgument(f"cache_ttl_s must be 0.001 to 86400 seconds, not {cfg.cache_ttl_s}")
     if not 1 <= cfg.cache_deadline_ms <= 10_000:
@@ -180,14 +272,31 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     )
     parser.add_argument("--metrics-host", help="address the metrics endpoint binds (default 127.0.0.1)")
     parser.add_argument("--data-dir", help="directory of the embedded store (default ./.domicile/NODE_ID)")
+    parser.add_argument(
+        "--region-dir",
+        help="directory shared with the region's other daemons over one MongoDB database: data keys "
+        "and the subject-hash key (default: --data-dir)",
+    )
     parser.add_argument("--coordinator", help="HOST:PORT of the coordinator (default 127.0.0.1:7400)")
     parser.add_argument("--cluster-config", help="cluster YAML, to serve before the coordinator is reached")
+    parser.add_argument("--engine", choices=ENGINES, help="storage engine: sqlite (default) or mongodb")
     parser.add_argument("--synchronous", help="SQLite synchronous mode: FULL (default), NORMAL or OFF")
+    parser.add_argument(
+        "--mongodb-uri", help="the region's MongoDB, e.g. mongodb://host:27017 (engine mongodb)"
+    )
+    parser.add_argument(
+        "--mongodb-database", help="database of the region's records (default domicile_<region>)"
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     parser.add_argument(
         "--retention-sweep-interval-s",
         type=float,
         help="seconds between retention sweeps (default 300; 0 turns them off)",
+    )
+    parser.add_argument(
+        "--retention-expire-max",
+        type=int,
+        help="the most records one retention sweep deletes (default 10000; hitting it alerts)",
     )
     parser.add_argument(
         "--max-clock-drift-ms",

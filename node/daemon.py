@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from domicile import errors
 from domicile.audit import SignedHead
-from domicile.authz.gate import Gate, load_checks
+from domicile.authz.gate import Gate, Reason, Refusal, load_checks
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
@@ -48,9 +48,9 @@ from node.coordinator_link import CoordinatorLink
 from node.crypto.keyring import Keyring, load_or_create_kek
 from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine, StoreCounts
+from node.engine.factory import open_engine
 from node.engine.group_commit import GroupCommitter
 from node.engine.log_tail import LogTail
-from node.engine.sqlite import SQLiteEngine
 from node.keyfiles import load_context_key
 from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
@@ -68,6 +68,8 @@ log = logging.getLogger("domicile.node")
 LONG_WORK_THREADS = 2
 
 TOPOLOGY_META = "topology"
+# How often health checks that the store answers.
+STORE_WATCH_INTERVAL_S = 1.0
 SERVICE_NAMES = (
     storage_node_pb2.DESCRIPTOR.services_by_name["StorageNodeService"].full_name,
     replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
@@ -157,7 +159,9 @@ class Node:
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
             rng=random.Random(self.rng.random()),
         )
-        signing_key, subject_key = await offload.run(load_or_create_keys, Path(cfg.data_dir))
+        signing_key, subject_key = await offload.run(
+            load_or_create_keys, Path(cfg.data_dir), cfg.region_directory
+        )
         self.audit = AuditLog(
             Path(cfg.data_dir) / "audit.sqlite3",
             region=cfg.region,
@@ -197,6 +201,8 @@ class Node:
             on_expired=lambda ns, n: self.metrics.retention_expired.labels(ns).inc(n),
             now_ms=self.wall_ms,
             offload=offload,
+            expire_max=cfg.retention_expire_max,
+            on_capped=self.metrics.retention_capped.inc,
         )
         self._scan_lock = asyncio.Lock()
         self.last_scan: ScanReport | None = None
@@ -259,7 +265,14 @@ class Node:
             on_refusal=refusal_recorder(self.metrics, self.audit, lambda: self.view.policy.version),
         )
         access = NodeAccess(self.gate, region=cfg.region, view=self.view)
-        server = grpc.aio.server(options=NODE_SERVER_OPTIONS, interceptors=[MessageLimits()])
+        gate = self.gate
+
+        def too_large(context: grpc.aio.ServicerContext, action: str, message: str) -> None:
+            gate.on_refusal(Refusal(action, Reason.TOO_LARGE, gate.identity_of(context), message))
+
+        server = grpc.aio.server(
+            options=NODE_SERVER_OPTIONS, interceptors=[MessageLimits(on_too_large=too_large)]
+        )
         spb_grpc.add_StorageNodeServiceServicer_to_server(
             StorageServicer(self.service, self.status, self.audit, self.compliance_scan, self.sealer, access),
             server,
@@ -307,6 +320,7 @@ class Node:
         )
         self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
+        self._tasks.append(asyncio.create_task(self._watch_store(), name="store-watch"))
         self._tasks.append(
             asyncio.create_task(watch_loop_lag(self.metrics.event_loop_lag.set), name="event-loop-lag")
         )
@@ -320,12 +334,10 @@ class Node:
         self._running = True
         log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
 
-    def _open_store(self) -> SQLiteEngine:
+    def _open_store(self) -> StorageEngine:
         cfg = self.config
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-        return SQLiteEngine(
-            str(Path(cfg.data_dir) / "store.sqlite3"), cfg.node_id, cfg.region, synchronous=cfg.synchronous
-        )
+        return open_engine(cfg.engine_settings(), cfg.data_dir, cfg.node_id, cfg.region)
 
     async def _open_cache(self) -> ReadCache:
         """The region's read cache. A Redis that another region claimed is refused; one that
@@ -360,8 +372,10 @@ class Node:
     def _open_keyring(self) -> Keyring:
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of
         # the store must never carry them, or a restore would undo the destruction of erased keys.
-        key_dir = Path(self.config.data_dir) / "keys"
-        key_dir.mkdir(mode=0o700, exist_ok=True)
+        # The daemons of a region over one database share them (config region_dir): each must
+        # open what another sealed.
+        key_dir = self.config.region_directory / "keys"
+        key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return Keyring(key_dir / "keys.sqlite3", load_or_create_kek(key_dir))
 
     async def _adopt_topology(self, topology: Topology, raw: bytes) -> None:
@@ -501,11 +515,43 @@ class Node:
 
     async def _refresh_gauges(self) -> None:
         while True:
-            counts, last = await self.offload.run(self._store_figures)
-            self.metrics.records_stored.set(counts.records)
-            self.metrics.tombstones_stored.set(counts.tombstones)
-            self.metrics.last_lsn.set(last)
+            try:
+                counts, last = await self.offload.run(self._store_figures)
+            except errors.Unavailable:
+                pass  # the store watch reports it; the gauges keep their last figures
+            else:
+                self.metrics.records_stored.set(counts.records)
+                self.metrics.tombstones_stored.set(counts.tombstones)
+                self.metrics.last_lsn.set(last)
             await asyncio.sleep(2.0)
+
+    async def _watch_store(self) -> None:
+        """Health follows the store: a database server that stops answering makes the node
+        NOT_SERVING (its writes fail UNAVAILABLE meanwhile), and SERVING again once it answers."""
+        serving = True
+        while True:
+            await asyncio.sleep(STORE_WATCH_INTERVAL_S)
+            try:
+                await self.offload.run(self.engine.ping)
+                reachable, problem = True, ""
+            except errors.Unavailable as error:
+                reachable, problem = False, error.message
+            if reachable == serving:
+                continue
+            serving = reachable
+            if serving:
+                log.warning("node %s: the store answers again; serving", self.config.node_id)
+            else:
+                log.warning(
+                    "node %s: the store is unreachable (%s); not serving", self.config.node_id, problem
+                )
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *SERVICE_NAMES):
+                await self.health.set(name, status)
 
     # -- status -------------------------------------------------------------------------------
 

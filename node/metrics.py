@@ -63,7 +63,7 @@ class NodeMetrics:
         self.authz_refusals = Counter(
             "domicile_authz_refusals_total",
             "Calls refused by authentication or authorization, by action and reason "
-            "(unauthenticated, policy, wrong_peer).",
+            "(unauthenticated, policy, wrong_peer, context_token, too_large).",
             ["action", "reason"],
             registry=r,
         )
@@ -189,6 +189,12 @@ class NodeMetrics:
             "domicile_retention_expired_total",
             "Records deleted because their retention period ended.",
             ["namespace"],
+            registry=r,
+        )
+        self.retention_capped = Counter(
+            "domicile_retention_capped_total",
+            "Retention sweeps that stopped at retention_expire_max deletions (a clock ahead, or a "
+            "backlog larger than one sweep).",
             registry=r,
         )
         self.retention_last_sweep = Gauge(

@@ -154,7 +154,9 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def GetAuditHead(
         self, request: cpb.GetAuditHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.GetAuditHeadResponse:
-        accepted = await self._unary("GetAuditHead", context, lambda: self._heads.get(request.region))
+        accepted = await self._unary(
+            "GetAuditHead", context, lambda: self._heads.get(request.region, request.node_id)
+        )
         response = cpb.GetAuditHeadResponse(accepted_unix_ms=accepted.accepted_unix_ms)
         head_to_pb(accepted.head, response.head)
         return response

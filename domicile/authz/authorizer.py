@@ -70,7 +70,9 @@ class Authorizer:
         schema_source: str = "schema",
         cluster_name: str = DEFAULT_CLUSTER_NAME,
     ) -> Authorizer:
-        return cls(load_bundle(policies, schema, policies_source, schema_source), cluster_name)
+        authorizer = cls(load_bundle(policies, schema, policies_source, schema_source), cluster_name)
+        authorizer._check_entities(schema_source)
+        return authorizer
 
     @classmethod
     def from_files(
@@ -136,6 +138,26 @@ class Authorizer:
 
     def action_classes(self, action_name: str) -> tuple[str, ...]:
         return self.bundle.action_classes.get(action_name, ())
+
+    def _check_entities(self, schema_source: str) -> None:
+        """One decision on each kind of resource, so that a schema that validates the policies
+        but does not describe the entities and context every decision builds (an attribute
+        renamed or retyped, say) is refused when it is loaded, not by Cedar on every call."""
+        probe = Principal(f"spiffe://{self.cluster_name}/client/probe", PrincipalKind.CLIENT, frozenset(Role))
+        samples: tuple[tuple[str, Resource], ...] = (
+            ("storage.Get", NamespaceResource("probe", "probe", "public", "probe", ("probe",))),
+            ("storage.GetNodeStatus", RegionResource("probe")),
+            ("coordinator.GetTopology", ClusterResource()),
+        )
+        for action_name, resource in samples:
+            try:
+                self.authorize(probe, action_name, resource, RequestContext("probe"))
+            except ValueError as error:
+                raise InvalidArgument(
+                    f"{schema_source}: the schema does not describe what Domicile builds for a "
+                    f"decision on a {action(action_name).resource_kind.value} (a principal with "
+                    f"kind and name, the resource's attributes, the purpose): {error}"
+                ) from None
 
     def _build_entities(self, principal: Principal, resource: Resource) -> cedarpy.Entities:
         entities = [

@@ -39,6 +39,10 @@ class Reason(enum.StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     POLICY = "policy"  # the Cedar policies refuse (roles, ownership, purpose)
     WRONG_PEER = "wrong_peer"  # authenticated, but not the identity this call needs
+    # A context token that does not verify for the record (forged, altered, another record's or
+    # another cluster key's): an attempt to use a context the cluster never gave the caller.
+    CONTEXT_TOKEN = "context_token"
+    TOO_LARGE = "too_large"  # a request over its service's message bound, refused before decoding
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class Gate:
             else:
                 principal = self._peer(context)
         except Unauthenticated as error:
-            self.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, context.peer(), error.message))
+            self.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, self.identity_of(context), error.message))
             raise
         return Caller(principal.uri, principal, purpose)
 
@@ -161,6 +165,17 @@ class Gate:
             self.on_refusal(Refusal(action, Reason.POLICY, caller.identity, error.message, namespace))
             raise
         return caller
+
+    def identity_of(self, context: Any) -> str:
+        """Who a refused call came from, as far as anything verified says: the connection's
+        certificate when it names a principal (a bad token over a good certificate, say), the
+        peer address when nothing does."""
+        if self.cluster is None:
+            return f"unauthenticated:{context.peer()}"
+        try:
+            return self._peer(context).uri
+        except Unauthenticated:
+            return str(context.peer())
 
     def _peer(self, context: Any) -> Principal:
         """peer_principal, with the certificate's parse cached."""

@@ -60,7 +60,9 @@ class Verification:
 
 def run_verification(client: Client, region: str, problems_max: int, progress: TextIO) -> Verification:
     head, accepted_ms = client.audit_head(region)
-    node_head, entries = client.read_audit_log(region)
+    # The log of the node whose head is on record (a region may have several nodes, each with a
+    # log of its own); the head is taken first, so a head the node exports meanwhile is not it.
+    node_head, entries = client.read_audit_log(region, node_id=head.node_id if head is not None else None)
     report = verify_log(
         with_progress(entries, region, progress),
         head,

@@ -117,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
     p.add_argument(
+        "--tiers",
+        action="store_true",
+        help="run every region on the MongoDB engine, over a SecantusDB server started as a child "
+        "process on the port after the last region's (data in DATA_DIR/mongodb)",
+    )
+    p.add_argument(
+        "--nodes-per-region",
+        type=int,
+        default=1,
+        metavar="N",
+        help="daemons per region over the region's one MongoDB database (with --tiers); the first is "
+        "named after the region, the others REGION-2, REGION-3, ... (default: %(default)s)",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="run every process in plaintext, without authentication (development only); by default "

@@ -29,6 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domicile.cli.output import table
+from domicile.cli.tiers import TierServers, mongodb_server
 from domicile.client import Client, NodeHealth
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import AlreadyExists, DomicileError, InvalidArgument
@@ -85,9 +86,17 @@ def plan_children(
     log_level: str,
     tls_dir: Path | None,
     python: str = sys.executable,
+    node_args: Sequence[str] = (),
+    nodes_per_region: int = 1,
 ) -> list[ChildSpec]:
-    """The command line of every child. Pure, so that tests can check the layout."""
-    count = 1 + len(cluster.regions)
+    """The command line of every child. Pure, so that tests can check the layout.
+
+    `node_args`: flags every node gets on top (the tier servers' with --tiers).
+    `nodes_per_region` daemons per region: the first of each region as without it, the others
+    after every region's first (their ports follow in the same region order)."""
+    if nodes_per_region < 1:
+        raise InvalidArgument(f"--nodes-per-region {nodes_per_region}: at least 1")
+    count = 1 + nodes_per_region * len(cluster.regions)
     if not cluster.regions:
         raise InvalidArgument(f"cluster config {config_path} defines no regions; at least one is needed")
     for flag, first in (("--base-port", base_port), ("--metrics-base-port", metrics_base_port)):
@@ -133,43 +142,50 @@ def plan_children(
             log_path=logs / "coordinator.log",
         )
     ]
-    for i, region in enumerate(cluster.regions, start=1):
-        port_text, url = metrics(i)
-        address = f"{host}:{base_port + i}"
-        specs.append(
-            ChildSpec(
-                name=region.name,
-                role=f"node ({region.jurisdiction or region.country or '-'})",
-                argv=(
-                    python,
-                    "-m",
-                    "node",
-                    "--region",
-                    region.name,
-                    "--node-id",
-                    region.name,
-                    "--listen",
-                    address,
-                    "--metrics-port",
-                    port_text,
-                    "--data-dir",
-                    str(data_dir / region.name),
-                    "--coordinator",
-                    coordinator,
-                    "--cluster-config",
-                    str(config_path),
-                    "--context-key-file",
-                    str(data_dir / CONTEXT_KEY_FILE),
-                    "--log-level",
-                    log_level,
-                    *security,
-                ),
-                address=address,
-                peer=ExpectedPeer.node(region.name, region.name),
-                metrics_url=url,
-                log_path=logs / f"{region.name}.log",
+    regions = len(cluster.regions)
+    for j in range(nodes_per_region):
+        for i, region in enumerate(cluster.regions, start=1):
+            index = i + j * regions
+            port_text, url = metrics(index)
+            address = f"{host}:{base_port + index}"
+            node_id = region_node_id(region.name, j)
+            shared = ("--region-dir", str(data_dir / region.name)) if nodes_per_region > 1 else ()
+            specs.append(
+                ChildSpec(
+                    name=node_id,
+                    role=f"node ({region.jurisdiction or region.country or '-'})",
+                    argv=(
+                        python,
+                        "-m",
+                        "node",
+                        "--region",
+                        region.name,
+                        "--node-id",
+                        node_id,
+                        "--listen",
+                        address,
+                        "--metrics-port",
+                        port_text,
+                        "--data-dir",
+                        str(data_dir / node_id),
+                        *shared,
+                        "--coordinator",
+                        coordinator,
+                        "--cluster-config",
+                        str(config_path),
+                        "--context-key-file",
+                        str(data_dir / CONTEXT_KEY_FILE),
+                        "--log-level",
+                        log_level,
+                        *security,
+                        *node_args,
+                    ),
+                    address=address,
+                    peer=ExpectedPeer.node(region.name, node_id),
+                    metrics_url=url,
+                    log_path=logs / f"{node_id}.log",
+                )
             )
-        )
     return specs
 
 
@@ -191,7 +207,13 @@ class DevPki:
     clients: dict[str, tuple[Role, ...]]
 
 
-def make_dev_pki(cluster: ClusterSpec, directory: Path, host: str) -> DevPki:
+def region_node_id(region: str, index: int) -> str:
+    """The node id of a region's daemon number index (0: the region's name, as without
+    --nodes-per-region; then region-2, region-3, ...)."""
+    return region if index == 0 else f"{region}-{index + 1}"
+
+
+def make_dev_pki(cluster: ClusterSpec, directory: Path, host: str, nodes_per_region: int = 1) -> DevPki:
     """A development CA in `directory` (kept across runs, so certificates already handed out stay
     valid) and fresh certificates for the coordinator, one node per region, the CLI (every client
     role) and one app client per namespace owner (the role that owns its namespaces' records)."""
@@ -202,7 +224,9 @@ def make_dev_pki(cluster: ClusterSpec, directory: Path, host: str) -> DevPki:
     hosts = sorted({"localhost", "127.0.0.1", host})
     pki.issue_coordinator(ca, hosts=hosts).write(directory, "coordinator")
     for region in cluster.regions:
-        pki.issue_node(ca, region.name, region.name, hosts=hosts).write(directory, f"node-{region.name}")
+        for index in range(nodes_per_region):
+            node_id = region_node_id(region.name, index)
+            pki.issue_node(ca, region.name, node_id, hosts=hosts).write(directory, f"node-{node_id}")
     clients: dict[str, tuple[Role, ...]] = {CLI_IDENTITY: (Role.APP, Role.DPO, Role.AUDITOR, Role.OPERATOR)}
     for owner in sorted({n.owner for n in cluster.namespaces if n.owner}):
         clients.setdefault(owner, (Role.APP,))
@@ -444,7 +468,19 @@ def up(args: argparse.Namespace) -> int:
     config_path = Path(args.config).resolve()
     cluster = load_cluster(config_path)
     data_dir = Path(args.data_dir).resolve()
-    dev_pki = None if args.insecure else make_dev_pki(cluster, data_dir / "tls", args.host)
+    per_region = args.nodes_per_region
+    if per_region > 1 and not args.tiers:
+        raise InvalidArgument(
+            f"--nodes-per-region {per_region} needs --tiers: the daemons of a region share its "
+            "records in one MongoDB database (an embedded SQLite store has one daemon)"
+        )
+    dev_pki = None if args.insecure else make_dev_pki(cluster, data_dir / "tls", args.host, per_region)
+    tiers = TierServers([])
+    if args.tiers:
+        # After every daemon's port: the coordinator's, then the regions' daemons.
+        tiers = TierServers(
+            [mongodb_server(data_dir, args.host, args.base_port + 1 + per_region * len(cluster.regions))]
+        )
     specs = plan_children(
         cluster,
         config_path=config_path,
@@ -454,8 +490,10 @@ def up(args: argparse.Namespace) -> int:
         metrics_base_port=args.metrics_base_port,
         log_level=args.log_level,
         tls_dir=dev_pki.directory if dev_pki else None,
+        node_args=tiers.node_args(),
+        nodes_per_region=per_region,
     )
-    ports = [args.base_port + i for i in range(len(specs))]
+    ports = [args.base_port + i for i in range(len(specs))] + [s.port for s in tiers.servers]
     if args.metrics_base_port:
         ports += [args.metrics_base_port + i for i in range(len(specs))]
     busy = busy_ports(args.host, ports)
@@ -474,6 +512,9 @@ def up(args: argparse.Namespace) -> int:
     supervisor = Supervisor(specs, stop, _say, dialer)
     code = 0
     try:
+        if tiers.servers:
+            _say(f"starting {', '.join(s.name for s in tiers.servers)}; logs in {data_dir / 'logs'}")
+            tiers.start(args.startup_timeout)
         _say(f"starting {len(specs)} processes; logs in {data_dir / 'logs'}")
         supervisor.start_all()
         supervisor.wait_healthy(args.startup_timeout)
@@ -482,6 +523,8 @@ def up(args: argparse.Namespace) -> int:
             _say(f"warning: the coordinator does not report these regions up yet: {', '.join(missing)}")
         _say("")
         _say(endpoints_table(supervisor.children))
+        for server in tiers.servers:
+            _say(f"{server.name}: {server.host}:{server.port} (every region's primary store)")
         _say("")
         _say(tls_text(dev_pki))
         _say("")
@@ -493,11 +536,15 @@ def up(args: argparse.Namespace) -> int:
     except StartupFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         code = 1
+    except DomicileError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        code = 1
     except KeyboardInterrupt:
         pass
     finally:
         _say("stopping")
         supervisor.stop_all(args.stop_timeout)
+        tiers.stop(args.stop_timeout)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _say("stopped" if code == 0 else "stopped after a failure")

@@ -17,6 +17,7 @@ def route(
     allowed_regions: Sequence[str] | None = None,
     avoid: Collection[str] = (),
     node_id: str | None = None,
+    spread: int = 0,
 ) -> NodeInfo:
     """The node a call goes to.
 
@@ -25,7 +26,8 @@ def route(
     region for a global or unknown namespace). Among them: nodes not in `avoid` (node ids that
     just failed), then up nodes, then the preferred region, then scope order. Nodes the
     coordinator reports down stay as a last resort because its view can lag behind a restart.
-    `node_id` asks for one node by id.
+    Several nodes of one region that rank alike (daemons over the region's one database) take
+    turns: `spread` (a counter of the caller's) picks among them. `node_id` asks for one node by id.
     """
     if node_id is not None:
         found = next((n for n in topology.nodes if n.node_id == node_id), None)
@@ -56,16 +58,18 @@ def route(
     candidates = [n for n in topology.nodes if n.region in rank]
     if not candidates:
         raise Unavailable(f"no node is registered in {what}")
-    return min(
-        candidates,
-        key=lambda n: (
+
+    def preference(n: NodeInfo) -> tuple[bool, bool, bool, int]:
+        return (
             n.node_id in avoid,
             n.health is not NodeHealth.UP,
             n.region != preferred_region,
             rank[n.region],
-            n.node_id,
-        ),
-    )
+        )
+
+    best = min(preference(n) for n in candidates)
+    equals = sorted((n for n in candidates if preference(n) == best), key=lambda n: n.node_id)
+    return equals[spread % len(equals)]
 
 
 def check_known_region(topology: Topology, region: str) -> None:

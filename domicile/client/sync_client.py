@@ -9,6 +9,7 @@ what must differ), then run `make sync-client`.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections import OrderedDict
@@ -147,6 +148,9 @@ class Client:
         self._ttl_s = topology_ttl_s
         self._channels_max = max(1, channels_max)
         self._rng = rng or random.Random()
+        # Turns among the daemons of one region (routing.route), from a random first turn so that
+        # short-lived clients (a command run once) spread too.
+        self._spread = itertools.count(self._rng.randrange(1 << 16))
         self._lock = runtime.Lock()
         self._channels: OrderedDict[str, Any] = OrderedDict()
         self._topology: Topology | None = None
@@ -261,6 +265,7 @@ class Client:
                     allowed_regions=plan.allowed_regions,
                     avoid=plan.avoid,
                     node_id=plan.node_id,
+                    spread=next(self._spread),
                 )
                 stub = self._stub(sgrpc.StorageNodeServiceStub, self._channel(node.address, _node_peer(node)))
                 try:
@@ -385,16 +390,18 @@ class Client:
         limit: int = 0,
         tail: bool = False,
         page_entries: int = AUDIT_PAGE_ENTRIES,
+        node_id: str | None = None,
     ) -> tuple[SignedHead | None, Iterator[StoredEntry]]:
         """The audit log of `region` from after_seq (limit 0: to its end), or with tail=True its
-        last `limit` entries, and the node's signed head taken before the read.
+        last `limit` entries, and the node's signed head taken before the read. `node_id`: that
+        node's log, in a region with several nodes (each keeps a log of its own).
 
         The first page is read now (so the head is known); the rest as the iterator is consumed,
         one call of page_entries entries each, all from the node that answered the first page.
         Every read is itself recorded in the log.
         """
         cursor = AuditCursor(region, after_seq, limit, tail, page_entries)
-        head, entries, node = self._audit_page(cursor, None)
+        head, entries, node = self._audit_page(cursor, node_id)
         return head, self._audit_rest(cursor, entries, node)
 
     def _audit_page(
@@ -415,13 +422,14 @@ class Client:
             for item in entries:
                 yield item
 
-    def audit_head(self, region: str) -> tuple[SignedHead | None, int]:
+    def audit_head(self, region: str, node_id: str = "") -> tuple[SignedHead | None, int]:
         """The last signed head of `region`'s audit log that the coordinator accepted, and when
-        it accepted it (ms since the epoch); (None, 0) when the region has exported none yet."""
+        it accepted it (ms since the epoch); (None, 0) when the region has exported none yet.
+        `node_id`: the node's, in a region with several nodes (each keeps a log of its own)."""
         check_region_name(region)
         what = f"audit head of {region}"
         check_known_region(self._current_topology(Deadline(self.deadline_s, what), False), region)
-        req = cpb.GetAuditHeadRequest(region=region)
+        req = cpb.GetAuditHeadRequest(region=region, node_id=node_id)
         try:
             resp = self._coordinator_call(what, lambda s, t: s.GetAuditHead(req, timeout=t))
         except NotFound:

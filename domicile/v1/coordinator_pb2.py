@@ -27,15 +27,15 @@ from domicile.v1 import record_pb2 as domicile_dot_v1_dot_record__pb2
 from domicile.v1 import subject_pb2 as domicile_dot_v1_dot_subject__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64omicile/v1/coordinator.proto\x12\x0b\x64omicile.v1\x1a\x17\x64omicile/v1/audit.proto\x1a\x18\x64omicile/v1/record.proto\x1a\x19\x64omicile/v1/subject.proto\"=\n\x06Region\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x03 \x01(\t\"\x9a\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\x12\'\n\x06health\x18\x05 \x01(\x0e\x32\x17.domicile.v1.NodeHealth\x12\x1e\n\x16last_heartbeat_unix_ms\x18\x06 \x01(\x04\"\xf0\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07regions\x18\x02 \x03(\t\x12\x0e\n\x06global\x18\x03 \x01(\x08\x12\x30\n\rconflict_mode\x18\x04 \x01(\x0e\x32\x19.domicile.v1.ConflictMode\x12\x33\n\x0e\x63lassification\x18\x05 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x17\n\x0fretention_class\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x10\n\x08purposes\x18\t \x03(\t\"J\n\x04Link\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\x12\x12\n\nnamespaces\x18\x03 \x03(\t\"\xf0\x02\n\x08Topology\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12$\n\x07regions\x18\x02 \x03(\x0b\x32\x13.domicile.v1.Region\x12 \n\x05nodes\x18\x03 \x03(\x0b\x32\x11.domicile.v1.Node\x12*\n\nnamespaces\x18\x04 \x03(\x0b\x32\x16.domicile.v1.Namespace\x12 \n\x05links\x18\x05 \x03(\x0b\x32\x11.domicile.v1.Link\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x18\n\x10policy_pack_yaml\x18\x07 \x01(\t\x12+\n\x08\x65rasures\x18\x08 \x03(\x0b\x32\x19.domicile.v1.ErasureOrder\x12%\n\x05holds\x18\t \x03(\x0b\x32\x16.domicile.v1.LegalHold\x12\x36\n\x11retention_classes\x18\n \x03(\x0b\x32\x1b.domicile.v1.RetentionClass\"`\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\"P\n\x14RegisterNodeResponse\x12\x19\n\x11topology_revision\x18\x01 \x01(\x04\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\">\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x19\n\x11topology_revision\x18\x02 \x01(\x04\".\n\x11HeartbeatResponse\x12\x19\n\x11topology_revision\x18\x01 \x01(\x04\"\x14\n\x12GetTopologyRequest\">\n\x13GetTopologyResponse\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.domicile.v1.Topology\".\n\x14WatchTopologyRequest\x12\x16\n\x0e\x61\x66ter_revision\x18\x01 \x01(\x04\"@\n\x15WatchTopologyResponse\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.domicile.v1.Topology\"D\n\x16\x45xportAuditHeadRequest\x12*\n\x04head\x18\x01 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\"0\n\x17\x45xportAuditHeadResponse\x12\x15\n\raccepted_size\x18\x01 \x01(\x04\"%\n\x13GetAuditHeadRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\"\\\n\x14GetAuditHeadResponse\x12*\n\x04head\x18\x01 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\x12\x18\n\x10\x61\x63\x63\x65pted_unix_ms\x18\x02 \x01(\x04\"W\n\x13\x45raseSubjectRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x03 \x01(\t\"D\n\x14\x45raseSubjectResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\"\x8c\x01\n\x19OpenSubjectRequestRequest\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.domicile.v1.SubjectRequestKind\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"J\n\x1aOpenSubjectRequestResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\"M\n\x1d\x43ompleteSubjectRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10records_exported\x18\x02 \x01(\x04\"N\n\x1e\x43ompleteSubjectRequestResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\"^\n\x14ReportErasureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x07receipt\x18\x02 \x01(\x0b\x32!.domicile.v1.RegionErasureReceipt\"E\n\x15ReportErasureResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\".\n\x18GetSubjectRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"I\n\x19GetSubjectRequestResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\">\n\x1aListSubjectRequestsRequest\x12\x11\n\topen_only\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\r\"L\n\x1bListSubjectRequestsResponse\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.domicile.v1.SubjectRequest\"\x87\x01\n\x15PlaceLegalHoldRequest\x12*\n\x05scope\x18\x01 \x01(\x0e\x32\x1b.domicile.v1.LegalHoldScope\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\">\n\x16PlaceLegalHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.domicile.v1.LegalHold\":\n\x17ReleaseLegalHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x18ReleaseLegalHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.domicile.v1.LegalHold\"\x17\n\x15ListLegalHoldsRequest\"?\n\x16ListLegalHoldsResponse\x12%\n\x05holds\x18\x01 \x03(\x0b\x32\x16.domicile.v1.LegalHold*S\n\nNodeHealth\x12\x1b\n\x17NODE_HEALTH_UNSPECIFIED\x10\x00\x12\x12\n\x0eNODE_HEALTH_UP\x10\x01\x12\x14\n\x10NODE_HEALTH_DOWN\x10\x02\x32\x80\x0b\n\x12\x43oordinatorService\x12S\n\x0cRegisterNode\x12 .domicile.v1.RegisterNodeRequest\x1a!.domicile.v1.RegisterNodeResponse\x12J\n\tHeartbeat\x12\x1d.domicile.v1.HeartbeatRequest\x1a\x1e.domicile.v1.HeartbeatResponse\x12P\n\x0bGetTopology\x12\x1f.domicile.v1.GetTopologyRequest\x1a .domicile.v1.GetTopologyResponse\x12X\n\rWatchTopology\x12!.domicile.v1.WatchTopologyRequest\x1a\".domicile.v1.WatchTopologyResponse0\x01\x12\\\n\x0f\x45xportAuditHead\x12#.domicile.v1.ExportAuditHeadRequest\x1a$.domicile.v1.ExportAuditHeadResponse\x12S\n\x0cGetAuditHead\x12 .domicile.v1.GetAuditHeadRequest\x1a!.domicile.v1.GetAuditHeadResponse\x12S\n\x0c\x45raseSubject\x12 .domicile.v1.EraseSubjectRequest\x1a!.domicile.v1.EraseSubjectResponse\x12\x65\n\x12OpenSubjectRequest\x12&.domicile.v1.OpenSubjectRequestRequest\x1a\'.domicile.v1.OpenSubjectRequestResponse\x12q\n\x16\x43ompleteSubjectRequest\x12*.domicile.v1.CompleteSubjectRequestRequest\x1a+.domicile.v1.CompleteSubjectRequestResponse\x12V\n\rReportErasure\x12!.domicile.v1.ReportErasureRequest\x1a\".domicile.v1.ReportErasureResponse\x12\x62\n\x11GetSubjectRequest\x12%.domicile.v1.GetSubjectRequestRequest\x1a&.domicile.v1.GetSubjectRequestResponse\x12h\n\x13ListSubjectRequests\x12\'.domicile.v1.ListSubjectRequestsRequest\x1a(.domicile.v1.ListSubjectRequestsResponse\x12Y\n\x0ePlaceLegalHold\x12\".domicile.v1.PlaceLegalHoldRequest\x1a#.domicile.v1.PlaceLegalHoldResponse\x12_\n\x10ReleaseLegalHold\x12$.domicile.v1.ReleaseLegalHoldRequest\x1a%.domicile.v1.ReleaseLegalHoldResponse\x12Y\n\x0eListLegalHolds\x12\".domicile.v1.ListLegalHoldsRequest\x1a#.domicile.v1.ListLegalHoldsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64omicile/v1/coordinator.proto\x12\x0b\x64omicile.v1\x1a\x17\x64omicile/v1/audit.proto\x1a\x18\x64omicile/v1/record.proto\x1a\x19\x64omicile/v1/subject.proto\"=\n\x06Region\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x03 \x01(\t\"\x9a\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\x12\'\n\x06health\x18\x05 \x01(\x0e\x32\x17.domicile.v1.NodeHealth\x12\x1e\n\x16last_heartbeat_unix_ms\x18\x06 \x01(\x04\"\xf0\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07regions\x18\x02 \x03(\t\x12\x0e\n\x06global\x18\x03 \x01(\x08\x12\x30\n\rconflict_mode\x18\x04 \x01(\x0e\x32\x19.domicile.v1.ConflictMode\x12\x33\n\x0e\x63lassification\x18\x05 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x17\n\x0fretention_class\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x10\n\x08purposes\x18\t \x03(\t\"J\n\x04Link\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\x12\x12\n\nnamespaces\x18\x03 \x03(\t\"\xf0\x02\n\x08Topology\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12$\n\x07regions\x18\x02 \x03(\x0b\x32\x13.domicile.v1.Region\x12 \n\x05nodes\x18\x03 \x03(\x0b\x32\x11.domicile.v1.Node\x12*\n\nnamespaces\x18\x04 \x03(\x0b\x32\x16.domicile.v1.Namespace\x12 \n\x05links\x18\x05 \x03(\x0b\x32\x11.domicile.v1.Link\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\x12\x18\n\x10policy_pack_yaml\x18\x07 \x01(\t\x12+\n\x08\x65rasures\x18\x08 \x03(\x0b\x32\x19.domicile.v1.ErasureOrder\x12%\n\x05holds\x18\t \x03(\x0b\x32\x16.domicile.v1.LegalHold\x12\x36\n\x11retention_classes\x18\n \x03(\x0b\x32\x1b.domicile.v1.RetentionClass\"`\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\"P\n\x14RegisterNodeResponse\x12\x19\n\x11topology_revision\x18\x01 \x01(\x04\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\">\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x19\n\x11topology_revision\x18\x02 \x01(\x04\".\n\x11HeartbeatResponse\x12\x19\n\x11topology_revision\x18\x01 \x01(\x04\"\x14\n\x12GetTopologyRequest\">\n\x13GetTopologyResponse\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.domicile.v1.Topology\".\n\x14WatchTopologyRequest\x12\x16\n\x0e\x61\x66ter_revision\x18\x01 \x01(\x04\"@\n\x15WatchTopologyResponse\x12\'\n\x08topology\x18\x01 \x01(\x0b\x32\x15.domicile.v1.Topology\"D\n\x16\x45xportAuditHeadRequest\x12*\n\x04head\x18\x01 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\"0\n\x17\x45xportAuditHeadResponse\x12\x15\n\raccepted_size\x18\x01 \x01(\x04\"6\n\x13GetAuditHeadRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"\\\n\x14GetAuditHeadResponse\x12*\n\x04head\x18\x01 \x01(\x0b\x32\x1c.domicile.v1.SignedAuditHead\x12\x18\n\x10\x61\x63\x63\x65pted_unix_ms\x18\x02 \x01(\x04\"W\n\x13\x45raseSubjectRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x03 \x01(\t\"D\n\x14\x45raseSubjectResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\"\x8c\x01\n\x19OpenSubjectRequestRequest\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.domicile.v1.SubjectRequestKind\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"J\n\x1aOpenSubjectRequestResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\"M\n\x1d\x43ompleteSubjectRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10records_exported\x18\x02 \x01(\x04\"N\n\x1e\x43ompleteSubjectRequestResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\"^\n\x14ReportErasureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x07receipt\x18\x02 \x01(\x0b\x32!.domicile.v1.RegionErasureReceipt\"E\n\x15ReportErasureResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\".\n\x18GetSubjectRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"I\n\x19GetSubjectRequestResponse\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.domicile.v1.SubjectRequest\">\n\x1aListSubjectRequestsRequest\x12\x11\n\topen_only\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\r\"L\n\x1bListSubjectRequestsResponse\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.domicile.v1.SubjectRequest\"\x87\x01\n\x15PlaceLegalHoldRequest\x12*\n\x05scope\x18\x01 \x01(\x0e\x32\x1b.domicile.v1.LegalHoldScope\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\">\n\x16PlaceLegalHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.domicile.v1.LegalHold\":\n\x17ReleaseLegalHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x18ReleaseLegalHoldResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.domicile.v1.LegalHold\"\x17\n\x15ListLegalHoldsRequest\"?\n\x16ListLegalHoldsResponse\x12%\n\x05holds\x18\x01 \x03(\x0b\x32\x16.domicile.v1.LegalHold*S\n\nNodeHealth\x12\x1b\n\x17NODE_HEALTH_UNSPECIFIED\x10\x00\x12\x12\n\x0eNODE_HEALTH_UP\x10\x01\x12\x14\n\x10NODE_HEALTH_DOWN\x10\x02\x32\x80\x0b\n\x12\x43oordinatorService\x12S\n\x0cRegisterNode\x12 .domicile.v1.RegisterNodeRequest\x1a!.domicile.v1.RegisterNodeResponse\x12J\n\tHeartbeat\x12\x1d.domicile.v1.HeartbeatRequest\x1a\x1e.domicile.v1.HeartbeatResponse\x12P\n\x0bGetTopology\x12\x1f.domicile.v1.GetTopologyRequest\x1a .domicile.v1.GetTopologyResponse\x12X\n\rWatchTopology\x12!.domicile.v1.WatchTopologyRequest\x1a\".domicile.v1.WatchTopologyResponse0\x01\x12\\\n\x0f\x45xportAuditHead\x12#.domicile.v1.ExportAuditHeadRequest\x1a$.domicile.v1.ExportAuditHeadResponse\x12S\n\x0cGetAuditHead\x12 .domicile.v1.GetAuditHeadRequest\x1a!.domicile.v1.GetAuditHeadResponse\x12S\n\x0c\x45raseSubject\x12 .domicile.v1.EraseSubjectRequest\x1a!.domicile.v1.EraseSubjectResponse\x12\x65\n\x12OpenSubjectRequest\x12&.domicile.v1.OpenSubjectRequestRequest\x1a\'.domicile.v1.OpenSubjectRequestResponse\x12q\n\x16\x43ompleteSubjectRequest\x12*.domicile.v1.CompleteSubjectRequestRequest\x1a+.domicile.v1.CompleteSubjectRequestResponse\x12V\n\rReportErasure\x12!.domicile.v1.ReportErasureRequest\x1a\".domicile.v1.ReportErasureResponse\x12\x62\n\x11GetSubjectRequest\x12%.domicile.v1.GetSubjectRequestRequest\x1a&.domicile.v1.GetSubjectRequestResponse\x12h\n\x13ListSubjectRequests\x12\'.domicile.v1.ListSubjectRequestsRequest\x1a(.domicile.v1.ListSubjectRequestsResponse\x12Y\n\x0ePlaceLegalHold\x12\".domicile.v1.PlaceLegalHoldRequest\x1a#.domicile.v1.PlaceLegalHoldResponse\x12_\n\x10ReleaseLegalHold\x12$.domicile.v1.ReleaseLegalHoldRequest\x1a%.domicile.v1.ReleaseLegalHoldResponse\x12Y\n\x0eListLegalHolds\x12\".domicile.v1.ListLegalHoldsRequest\x1a#.domicile.v1.ListLegalHoldsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'domicile.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEHEALTH']._serialized_start=3166
-  _globals['_NODEHEALTH']._serialized_end=3249
+  _globals['_NODEHEALTH']._serialized_start=3183
+  _globals['_NODEHEALTH']._serialized_end=3266
   _globals['_REGION']._serialized_start=124
   _globals['_REGION']._serialized_end=185
   _globals['_NODE']._serialized_start=188
@@ -67,45 +67,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTAUDITHEADRESPONSE']._serialized_start=1596
   _globals['_EXPORTAUDITHEADRESPONSE']._serialized_end=1644
   _globals['_GETAUDITHEADREQUEST']._serialized_start=1646
-  _globals['_GETAUDITHEADREQUEST']._serialized_end=1683
-  _globals['_GETAUDITHEADRESPONSE']._serialized_start=1685
-  _globals['_GETAUDITHEADRESPONSE']._serialized_end=1777
-  _globals['_ERASESUBJECTREQUEST']._serialized_start=1779
-  _globals['_ERASESUBJECTREQUEST']._serialized_end=1866
-  _globals['_ERASESUBJECTRESPONSE']._serialized_start=1868
-  _globals['_ERASESUBJECTRESPONSE']._serialized_end=1936
-  _globals['_OPENSUBJECTREQUESTREQUEST']._serialized_start=1939
-  _globals['_OPENSUBJECTREQUESTREQUEST']._serialized_end=2079
-  _globals['_OPENSUBJECTREQUESTRESPONSE']._serialized_start=2081
-  _globals['_OPENSUBJECTREQUESTRESPONSE']._serialized_end=2155
-  _globals['_COMPLETESUBJECTREQUESTREQUEST']._serialized_start=2157
-  _globals['_COMPLETESUBJECTREQUESTREQUEST']._serialized_end=2234
-  _globals['_COMPLETESUBJECTREQUESTRESPONSE']._serialized_start=2236
-  _globals['_COMPLETESUBJECTREQUESTRESPONSE']._serialized_end=2314
-  _globals['_REPORTERASUREREQUEST']._serialized_start=2316
-  _globals['_REPORTERASUREREQUEST']._serialized_end=2410
-  _globals['_REPORTERASURERESPONSE']._serialized_start=2412
-  _globals['_REPORTERASURERESPONSE']._serialized_end=2481
-  _globals['_GETSUBJECTREQUESTREQUEST']._serialized_start=2483
-  _globals['_GETSUBJECTREQUESTREQUEST']._serialized_end=2529
-  _globals['_GETSUBJECTREQUESTRESPONSE']._serialized_start=2531
-  _globals['_GETSUBJECTREQUESTRESPONSE']._serialized_end=2604
-  _globals['_LISTSUBJECTREQUESTSREQUEST']._serialized_start=2606
-  _globals['_LISTSUBJECTREQUESTSREQUEST']._serialized_end=2668
-  _globals['_LISTSUBJECTREQUESTSRESPONSE']._serialized_start=2670
-  _globals['_LISTSUBJECTREQUESTSRESPONSE']._serialized_end=2746
-  _globals['_PLACELEGALHOLDREQUEST']._serialized_start=2749
-  _globals['_PLACELEGALHOLDREQUEST']._serialized_end=2884
-  _globals['_PLACELEGALHOLDRESPONSE']._serialized_start=2886
-  _globals['_PLACELEGALHOLDRESPONSE']._serialized_end=2948
-  _globals['_RELEASELEGALHOLDREQUEST']._serialized_start=2950
-  _globals['_RELEASELEGALHOLDREQUEST']._serialized_end=3008
-  _globals['_RELEASELEGALHOLDRESPONSE']._serialized_start=3010
-  _globals['_RELEASELEGALHOLDRESPONSE']._serialized_end=3074
-  _globals['_LISTLEGALHOLDSREQUEST']._serialized_start=3076
-  _globals['_LISTLEGALHOLDSREQUEST']._serialized_end=3099
-  _globals['_LISTLEGALHOLDSRESPONSE']._serialized_start=3101
-  _globals['_LISTLEGALHOLDSRESPONSE']._serialized_end=3164
-  _globals['_COORDINATORSERVICE']._serialized_start=3252
-  _globals['_COORDINATORSERVICE']._serialized_end=4660
+  _globals['_GETAUDITHEADREQUEST']._serialized_end=1700
+  _globals['_GETAUDITHEADRESPONSE']._serialized_start=1702
+  _globals['_GETAUDITHEADRESPONSE']._serialized_end=1794
+  _globals['_ERASESUBJECTREQUEST']._serialized_start=1796
+  _globals['_ERASESUBJECTREQUEST']._serialized_end=1883
+  _globals['_ERASESUBJECTRESPONSE']._serialized_start=1885
+  _globals['_ERASESUBJECTRESPONSE']._serialized_end=1953
+  _globals['_OPENSUBJECTREQUESTREQUEST']._serialized_start=1956
+  _globals['_OPENSUBJECTREQUESTREQUEST']._serialized_end=2096
+  _globals['_OPENSUBJECTREQUESTRESPONSE']._serialized_start=2098
+  _globals['_OPENSUBJECTREQUESTRESPONSE']._serialized_end=2172
+  _globals['_COMPLETESUBJECTREQUESTREQUEST']._serialized_start=2174
+  _globals['_COMPLETESUBJECTREQUESTREQUEST']._serialized_end=2251
+  _globals['_COMPLETESUBJECTREQUESTRESPONSE']._serialized_start=2253
+  _globals['_COMPLETESUBJECTREQUESTRESPONSE']._serialized_end=2331
+  _globals['_REPORTERASUREREQUEST']._serialized_start=2333
+  _globals['_REPORTERASUREREQUEST']._serialized_end=2427
+  _globals['_REPORTERASURERESPONSE']._serialized_start=2429
+  _globals['_REPORTERASURERESPONSE']._serialized_end=2498
+  _globals['_GETSUBJECTREQUESTREQUEST']._serialized_start=2500
+  _globals['_GETSUBJECTREQUESTREQUEST']._serialized_end=2546
+  _globals['_GETSUBJECTREQUESTRESPONSE']._serialized_start=2548
+  _globals['_GETSUBJECTREQUESTRESPONSE']._serialized_end=2621
+  _globals['_LISTSUBJECTREQUESTSREQUEST']._serialized_start=2623
+  _globals['_LISTSUBJECTREQUESTSREQUEST']._serialized_end=2685
+  _globals['_LISTSUBJECTREQUESTSRESPONSE']._serialized_start=2687
+  _globals['_LISTSUBJECTREQUESTSRESPONSE']._serialized_end=2763
+  _globals['_PLACELEGALHOLDREQUEST']._serialized_start=2766
+  _globals['_PLACELEGALHOLDREQUEST']._serialized_end=2901
+  _globals['_PLACELEGALHOLDRESPONSE']._serialized_start=2903
+  _globals['_PLACELEGALHOLDRESPONSE']._serialized_end=2965
+  _globals['_RELEASELEGALHOLDREQUEST']._serialized_start=2967
+  _globals['_RELEASELEGALHOLDREQUEST']._serialized_end=3025
+  _globals['_RELEASELEGALHOLDRESPONSE']._serialized_start=3027
+  _globals['_RELEASELEGALHOLDRESPONSE']._serialized_end=3091
+  _globals['_LISTLEGALHOLDSREQUEST']._serialized_start=3093
+  _globals['_LISTLEGALHOLDSREQUEST']._serialized_end=3116
+  _globals['_LISTLEGALHOLDSRESPONSE']._serialized_start=3118
+  _globals['_LISTLEGALHOLDSRESPONSE']._serialized_end=3181
+  _globals['_COORDINATORSERVICE']._serialized_start=3269
+  _globals['_COORDINATORSERVICE']._serialized_end=4677
 # @@protoc_insertion_point(module_scope)

@@ -4,7 +4,8 @@ gRPC sets one receive and one send bound per server, and the node's server carri
 storage service (single records) and the replication service (batches of up to 4 MiB of
 values). The server-wide bounds are the larger, replication's; this interceptor holds every
 unary storage call to the storage bounds, refusing a larger request before it is decoded and a
-larger answer before it is sent, with RESOURCE_EXHAUSTED and a message naming the bound."""
+larger answer before it is sent, with RESOURCE_EXHAUSTED and a message naming the bound. A
+refused request is handed to `on_too_large`, which the node counts and audits as a refusal."""
 
 from __future__ import annotations
 
@@ -46,13 +47,23 @@ class _TooLarge:
     size: int
 
 
+# What the node does with a request refused for its size: (the call's context, its action
+# such as storage.Put, the refusal's message).
+OnTooLarge = Callable[[grpc.aio.ServicerContext, str, str], None]
+
+
 class MessageLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, bounds: Mapping[str, MessageBounds] | None = None) -> None:
+    def __init__(
+        self,
+        bounds: Mapping[str, MessageBounds] | None = None,
+        on_too_large: OnTooLarge = lambda context, action, message: None,
+    ) -> None:
         self.bounds = dict(
             bounds
             if bounds is not None
             else {STORAGE_SERVICE: MessageBounds(STORAGE_REQUEST_BYTES_MAX, STORAGE_RESPONSE_BYTES_MAX)}
         )
+        self.on_too_large = on_too_large
 
     async def intercept_service(
         self,
@@ -65,10 +76,12 @@ class MessageLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or bounds is None or handler.unary_unary is None:
             # Streams stay within the server-wide bounds.
             return handler
-        return _bounded(handler, method.rsplit("/", 1)[-1], bounds)
+        return _bounded(handler, method.rsplit("/", 1)[-1], bounds, self.on_too_large)
 
 
-def _bounded(handler: grpc.RpcMethodHandler, name: str, bounds: MessageBounds) -> grpc.RpcMethodHandler:
+def _bounded(
+    handler: grpc.RpcMethodHandler, name: str, bounds: MessageBounds, on_too_large: OnTooLarge
+) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
     inner = handler.unary_unary
 
@@ -79,11 +92,12 @@ def _bounded(handler: grpc.RpcMethodHandler, name: str, bounds: MessageBounds) -
 
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, _TooLarge):
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            message = (
                 f"{name} request is {request.size} bytes; the storage service accepts at most "
-                f"{bounds.request_bytes_max} bytes per request",
+                f"{bounds.request_bytes_max} bytes per request"
             )
+            on_too_large(context, f"storage.{name}", message)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         response = await inner(request, context)
         size = response.ByteSize()
         if size > bounds.response_bytes_max:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from domicile import errors
+from domicile.authz.gate import Caller, Reason, Refusal
 from domicile.causality import CausalContext, Version
 from domicile.model import Classification
 from domicile.subjects import check_subject_id
@@ -169,6 +170,22 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         self._audit = audit
         self._scan = scan
 
+    def _superseded(
+        self, request: spb.PutRequest | spb.DeleteRequest, caller: Caller, action: str
+    ) -> CausalContext | None:
+        """The context a write supersedes. A context token that does not open is refused like
+        bad input (InvalidArgument), and also counted and audited as a refusal with the caller's
+        identity: it is a context the cluster never gave the caller for this record."""
+        try:
+            return _request_context(self.service, request)
+        except errors.InvalidArgument as error:
+            if request.context_token and not request.HasField("context"):
+                refusal = Refusal(
+                    action, Reason.CONTEXT_TOKEN, caller.identity, error.message, request.namespace
+                )
+                self._access.gate.on_refusal(refusal)
+            raise
+
     async def Put(self, request: spb.PutRequest, context: grpc.aio.ServicerContext) -> spb.PutResponse:
         async def work() -> spb.PutResponse:
             caller = self._access.namespace(context, "storage.Put", request.namespace)
@@ -177,7 +194,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 key=request.key,
                 value=request.value,
                 content_type=request.content_type,
-                context=_request_context(self.service, request),
+                context=self._superseded(request, caller, "storage.Put"),
                 subject_id=request.subject_id,
                 subject_jurisdiction=request.subject_jurisdiction,
                 classification=_classification(request.classification),
@@ -210,7 +227,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     ) -> spb.DeleteResponse:
         async def work() -> spb.DeleteResponse:
             caller = self._access.namespace(context, "storage.Delete", request.namespace)
-            ctx = _request_context(self.service, request)
+            ctx = self._superseded(request, caller, "storage.Delete")
             committed = await self.service.delete(
                 DeleteCommand(
                     namespace=request.namespace,

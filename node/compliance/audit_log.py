@@ -82,11 +82,15 @@ _SCHEMA = (
 # -- keys -----------------------------------------------------------------------------------
 
 
-def load_or_create_keys(data_dir: Path) -> tuple[Ed25519PrivateKey, bytes]:
-    """The node's audit signing key (audit-signing.key, PEM PKCS8) and the subject-hash key
-    (audit-subject.key, 32 random bytes), created on first use with mode 0600."""
+def load_or_create_keys(data_dir: Path, region_dir: Path | None = None) -> tuple[Ed25519PrivateKey, bytes]:
+    """The node's audit signing key (audit-signing.key, PEM PKCS8, in data_dir) and the
+    subject-hash key (audit-subject.key, 32 random bytes, in region_dir: the daemons of a region
+    that share one database hash subject ids alike, so one's erasure block is the other's),
+    created on first use with mode 0600."""
     directory = Path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
+    shared = Path(region_dir) if region_dir is not None else directory
+    shared.mkdir(parents=True, exist_ok=True)
     pem = read_or_create(
         directory / SIGNING_KEY_FILE,
         lambda: Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
@@ -102,7 +106,7 @@ def load_or_create_keys(data_dir: Path) -> tuple[Ed25519PrivateKey, bytes]:
         raise FailedPrecondition(
             f"{SIGNING_KEY_FILE} holds a {type(key).__name__}; the audit log signs with an Ed25519 key"
         )
-    subject_key = read_or_create(directory / SUBJECT_KEY_FILE, lambda: secrets.token_bytes(SUBJECT_KEY_BYTES))
+    subject_key = read_or_create(shared / SUBJECT_KEY_FILE, lambda: secrets.token_bytes(SUBJECT_KEY_BYTES))
     if len(subject_key) != SUBJECT_KEY_BYTES:
         raise FailedPrecondition(
             f"{SUBJECT_KEY_FILE} is {len(subject_key)} bytes; it must be {SUBJECT_KEY_BYTES} random bytes"

@@ -1,6 +1,7 @@
-"""The StorageEngine protocol. Every engine (SQLite by default, MongoDB later) implements it and
-passes tests/contract. Engines persist; the causal logic is domicile.causality and is shared, so
-two engines given the same calls hold the same states.
+"""The StorageEngine protocol. Every engine (SQLite by default, or MongoDB) implements it and
+passes tests/contract. Both are the engine core (node.engine.core) over a backend
+(node.engine.backend); the causal logic is domicile.causality and is shared, so two engines given
+the same calls hold the same states.
 
 Threading: commit_local and apply_remote are called from one writer thread at a time (see
 group_commit.GroupCommitter); the read methods may be called from any thread concurrently.
@@ -8,7 +9,8 @@ group_commit.GroupCommitter); the read methods may be called from any thread con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -152,5 +154,24 @@ class StorageEngine(Protocol):
         ...
 
     def put_meta(self, name: str, value: bytes) -> None: ...
+
+    def block_subject(self, digest: str, request_id: str) -> None:
+        """Records an erased data subject (the keyed hash of its id) and the erasure request
+        that erased it, for good. Each subject is a row of its own."""
+        ...
+
+    def blocked_subjects(self) -> dict[str, str]:
+        """Every erased subject's digest and the request that erased it."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[Iterator[tuple[str, str, bytes]]]:
+        """(namespace, key, stored state bytes) of every key as of one moment, in key order:
+        a consistent view for backups while writes go on."""
+        ...
+
+    def ping(self) -> None:
+        """Raises Unavailable when the store cannot be reached now (a database server that is
+        down); the node reports NOT_SERVING until it answers again."""
+        ...
 
     def close(self) -> None: ...

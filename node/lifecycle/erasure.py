@@ -49,7 +49,6 @@ from node.offload import Offload
 
 log = logging.getLogger("domicile.erasure")
 
-BLOCKED_META = "erased_subjects"
 RECEIPTS_META = "erasure_receipts"
 ERASE_ACTION = "erase"
 RECEIPT_ACTION = "erasure_receipt"
@@ -106,14 +105,15 @@ class Eraser:
         self.blocked: dict[str, str] = {}
         self.receipts: dict[str, RegionReceipt] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._refreshing: set[asyncio.Task[None]] = set()
         self.completed_total = 0
 
     async def load(self) -> None:
         """Reads the erased subjects and the receipts not yet reported from the store."""
         blocked, receipts = await self.offload.run(
-            lambda: (self.engine.get_meta(BLOCKED_META), self.engine.get_meta(RECEIPTS_META))
+            lambda: (self.engine.blocked_subjects(), self.engine.get_meta(RECEIPTS_META))
         )
-        self.blocked = json.loads(blocked or b"{}")
+        self.blocked = blocked
         self.receipts = {rid: _receipt_from_json(r) for rid, r in json.loads(receipts or b"{}").items()}
 
     # -- the block --------------------------------------------------------------------------
@@ -139,10 +139,9 @@ class Eraser:
         if self.blocked.get(digest) == request_id:
             return
         self.blocked[digest] = request_id
-        blob = json.dumps(self.blocked, sort_keys=True).encode()
 
         def persist(engine: StorageEngine) -> None:
-            engine.put_meta(BLOCKED_META, blob)
+            engine.block_subject(digest, request_id)
 
         await self.committer.run(persist)
 
@@ -152,6 +151,10 @@ class Eraser:
         self, orders: tuple[ErasureOrder, ...], cluster: ClusterSpec, holds: tuple[LegalHold, ...]
     ) -> None:
         """Starts every order this region has not reported yet (called with each topology)."""
+        # Another daemon of the region (over the same database) may have carried an order out and
+        # reported it before this one saw it (the order is then gone from the topology): its block
+        # is in the store, not in memory here. One read per topology revision.
+        self._track(asyncio.create_task(self._refresh_blocked(), name="erasure-blocks"))
         for order in orders:
             if self.region not in order.regions_pending or order.request_id in self._running:
                 continue
@@ -160,6 +163,18 @@ class Eraser:
             )
             self._running[order.request_id] = task
             task.add_done_callback(self._forget)
+
+    async def _refresh_blocked(self) -> None:
+        try:
+            stored = await self.offload.run(self.engine.blocked_subjects)
+        except Exception:
+            log.exception("could not read the erasure block list; it is read again with the next topology")
+            return
+        self.blocked.update(stored)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         for request_id, running in list(self._running.items()):
@@ -171,9 +186,10 @@ class Eraser:
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
     async def stop(self) -> None:
-        for task in list(self._running.values()):
+        tasks = [*self._running.values(), *self._refreshing]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _carry_out(
         self, order: ErasureOrder, cluster: ClusterSpec, holds: tuple[LegalHold, ...]

@@ -3,6 +3,11 @@ replicate like any delete, unless a legal hold covers them.
 
 A record's age is counted from its newest live version (the HLC physical time of the write).
 The clock is injected, so tests can sweep "years later" without waiting.
+
+One sweep deletes at most `expire_max` records. A node whose clock jumped ahead sees every
+short-lived record as expired, and its deletes are tombstones that win; the cap bounds what one
+such sweep destroys, and a capped sweep is counted and alerted on (DomicileRetentionCapped). An
+honest backlog larger than the cap is finished by the following sweeps.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class SweepReport:
     expired: collections.Counter[str] = field(default_factory=collections.Counter)
     held: collections.Counter[str] = field(default_factory=collections.Counter)
     checked: int = 0
+    capped: bool = False  # stopped at expire_max deletions
 
 
 class RetentionSweeper:
@@ -47,6 +53,8 @@ class RetentionSweeper:
         on_expired: Callable[[str, int], None] = lambda namespace, n: None,
         now_ms: Callable[[], int] = wall_ms,
         offload: Offload | None = None,
+        expire_max: int = 10_000,
+        on_capped: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_id = node_id
         self.engine = engine
@@ -56,6 +64,8 @@ class RetentionSweeper:
         self.on_expired = on_expired
         self.now_ms = now_ms
         self.offload = offload or Offload()
+        self.expire_max = expire_max
+        self.on_capped = on_capped
         self._lock = asyncio.Lock()
 
     async def sweep(
@@ -67,6 +77,8 @@ class RetentionSweeper:
             now = self.now_ms() if now_ms is None else now_ms
             report = SweepReport(now)
             for spec in cluster.namespaces:
+                if report.capped:
+                    break
                 retention = cluster.retention_class(spec.retention_class)
                 if retention is None or retention.period_s == 0:
                     continue
@@ -75,6 +87,9 @@ class RetentionSweeper:
                 while True:
                     rows = await self.offload.run(self.engine.scan, spec.name, "", start_after, PAGE_KEYS)
                     for key, state in rows:
+                        if sum(report.expired.values()) >= self.expire_max:
+                            report.capped = True
+                            break
                         report.checked += 1
                         live = state.live()
                         if not live:
@@ -97,12 +112,20 @@ class RetentionSweeper:
                             LocalWrite.deleting(spec.name, key, newest, state.context)
                         )
                         report.expired[spec.name] += 1
-                    if len(rows) < PAGE_KEYS:
+                    if len(rows) < PAGE_KEYS or report.capped:
                         break
                     start_after = rows[-1][0]
                     await asyncio.sleep(0)  # let requests through between pages
                 if report.expired[spec.name]:
                     self.on_expired(spec.name, report.expired[spec.name])
+            if report.capped:
+                self.on_capped()
+                log.warning(
+                    "retention sweep stopped at its cap of %d deletions (expired %s): a backlog, or "
+                    "this node's clock is ahead; check the clock before the next sweep",
+                    self.expire_max,
+                    dict(report.expired),
+                )
             if report.expired:
                 self.on_committed()
                 log.info(

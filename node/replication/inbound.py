@@ -29,8 +29,8 @@ from domicile.wire.records import context_from_pb, mutation_from_pb
 from node.compliance.enforcer import Audit, Enforcer
 from node.crypto.sealing import Sealer
 from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, StorageEngine
+from node.engine.core import DOT_COUNTER_MAX
 from node.engine.group_commit import GroupCommitter
-from node.engine.sqlite import DOT_COUNTER_MAX
 from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.topology_view import TopologyView

@@ -18,12 +18,13 @@ import pytest
 from domicile.hlc import HybridClock
 from node.engine.base import StorageEngine
 
-from .harness import EngineHarness, SQLiteHarness
+from .harness import EngineHarness, MongoHarness, SQLiteHarness
 
 # name -> factory(request, tmp_path). A factory may use request.getfixturevalue to reach a
 # server fixture (a database server started on a free port).
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest, Path], EngineHarness]] = {
     "sqlite": lambda request, tmp_path: SQLiteHarness(tmp_path),
+    "mongodb": lambda request, tmp_path: MongoHarness(request.getfixturevalue("mongo_server")),
 }
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from domicile.errors import DomicileError
 from node.engine.base import Committed, LocalWrite, StorageEngine
+from node.engine.mongo import MongoEngine
 from node.engine.sqlite import SQLiteEngine
+from tests.support.mongo import MongoServer
 
 NODE = "node-a"
 REGION = "eu-west-1"
@@ -51,6 +53,25 @@ class SQLiteHarness(EngineHarness):
 
     def _create(self, store: str, node_id: str, region: str) -> StorageEngine:
         return SQLiteEngine(self.path(store), node_id, region)
+
+
+class MongoHarness(EngineHarness):
+    """Each named store is a database of its own on the test server."""
+
+    name = "mongodb"
+
+    def __init__(self, server: MongoServer) -> None:
+        super().__init__()
+        self.server = server
+        self._databases: dict[str, str] = {}
+
+    def database(self, store: str = "main") -> str:
+        if store not in self._databases:
+            self._databases[store] = self.server.database_name(store)
+        return self._databases[store]
+
+    def _create(self, store: str, node_id: str, region: str) -> StorageEngine:
+        return MongoEngine(self.server.uri, self.database(store), node_id, region)
 
 
 def commit_ok(engine: StorageEngine, stamp: Callable[[], int], *writes: LocalWrite) -> list[Committed]:

@@ -4,6 +4,7 @@ bytes it stored (damaged here through raw SQL, as a failing disk would)."""
 from __future__ import annotations
 
 import gc
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from domicile.errors import DataCorruption, FailedPrecondition, InvalidArgument
 from node.engine.base import Committed, LocalWrite
-from node.engine.sqlite import META_VALUE_BYTES_MAX, SQLiteEngine, prefix_upper_bound
+from node.engine.sqlite import META_VALUE_BYTES_MAX, SCHEMA_VERSION, SQLiteEngine, prefix_upper_bound
 
 from .harness import NODE, REGION, commit_ok
 
@@ -223,4 +224,41 @@ def test_a_schema_1_store_is_migrated_with_its_subject_index_built(db: Path, sta
     finally:
         again.close()
     with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_a_schema_2_store_moves_its_erasure_block_list_to_a_table(db: Path, stamp: Stamp) -> None:
+    first = SQLiteEngine(str(db), NODE, REGION)
+    commit_ok(first, stamp, LocalWrite(namespace="c", key="k", value=b"v", subject_id="s-1"))
+    first.close()
+    blocked = {"digest-a": "req-1", "digest-b": "req-2"}
+    with sqlite3.connect(db) as conn:  # what a store of version 2 looks like: the list in one blob
+        conn.execute("DROP TABLE erased_subjects")
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('erased_subjects', ?)", (json.dumps(blocked).encode(),)
+        )
+        conn.execute("PRAGMA user_version = 2")
+    again = SQLiteEngine(str(db), NODE, REGION)
+    try:
+        assert again.blocked_subjects() == blocked
+        assert again.get_meta("erased_subjects") is None
+        again.block_subject("digest-c", "req-3")
+        assert again.blocked_subjects() == {**blocked, "digest-c": "req-3"}
+        assert again.get("c", "k") is not None
+    finally:
+        again.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+
+
+def test_a_schema_2_store_with_a_damaged_block_list_is_refused_and_left_as_it_was(db: Path) -> None:
+    SQLiteEngine(str(db), NODE, REGION).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE erased_subjects")
+        conn.execute("INSERT INTO meta (name, value) VALUES ('erased_subjects', x'7b7b')")
+        conn.execute("PRAGMA user_version = 2")
+    with pytest.raises(FailedPrecondition, match="not JSON"):
+        SQLiteEngine(str(db), NODE, REGION)
+    with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("SELECT value FROM meta WHERE name = 'erased_subjects'").fetchone() == (b"{{",)

@@ -15,7 +15,15 @@ from tests.fuzz import runner
 
 # Inputs per harness: chosen so that all of them together take well under a minute on two cores
 # (the YAML and Cedar harnesses run a few hundred inputs a second, the others tens of thousands).
-RUNS = {"authz": 600, "cluster": 600, "policy_pack": 1000, "records": 100_000, "requests": 50_000}
+RUNS = {
+    "authz": 600,
+    "authz_schema": 200,
+    "cluster": 600,
+    "context_tokens": 50_000,
+    "policy_pack": 1000,
+    "records": 100_000,
+    "requests": 50_000,
+}
 # A fixed seed: the same mutations on every run, so a failure here reproduces.
 SEED = 1
 

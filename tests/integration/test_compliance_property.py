@@ -12,6 +12,12 @@ After each phase, with replication caught up:
 Tightenings are covered by test_compliance.py (the scanner must report those copies, so "zero
 violations" only holds while the policy loosens). Prints its seed; DOMICILE_SEED=<n> replays the
 same operations (the interleaving of concurrent operations across regions still varies).
+
+The second run does the same under faults: while the operations run, nodes are cut off from
+their peers (a proxy in front of each node drops and refuses replication connections) and
+stopped and restarted; operations that meet a stopped node fail as unavailable, and the checks
+run once everything is healed. DOMICILE_PROPERTY_OPS sets the operations per phase (a long run:
+DOMICILE_PROPERTY_OPS=34000 gives three phases of 34,000).
 """
 
 from __future__ import annotations
@@ -47,6 +53,13 @@ SUBJECTS = 40
 KEYS_PER_SUBJECT = 3
 OPS_PER_PHASE = int(os.environ.get("DOMICILE_PROPERTY_OPS", "300"))
 CONCURRENCY = 8
+# What a call to a node that is stopped, restarting or cut off may get (a node that stops
+# cancels the calls it is serving).
+UNAVAILABLE_UNDER_FAULTS = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
 DPF = ["destinations", "us-east-1", "recipient", "dpf_certified"]
 
 
@@ -87,8 +100,9 @@ def make_ops(rng: random.Random, count: int, subjects: list[tuple[str, str]]) ->
 
 
 class Workload:
-    def __init__(self, cluster: LocalCluster) -> None:
+    def __init__(self, cluster: LocalCluster, faults: bool = False) -> None:
         self.cluster = cluster
+        self.faults = faults
         # (region, audited action, key) -> refusals a client saw
         self.refused: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.outcomes: collections.Counter[str] = collections.Counter()
@@ -120,6 +134,9 @@ class Workload:
                 await stub.Scan(spb.ScanRequest(namespace=op.namespace, page_size=1000), timeout=10)
             self.outcomes[f"{op.kind} ok"] += 1
         except grpc.aio.AioRpcError as exc:
+            if self.faults and exc.code() in UNAVAILABLE_UNDER_FAULTS:
+                self.outcomes[f"{op.kind} unavailable"] += 1
+                return
             if exc.code() is not grpc.StatusCode.FAILED_PRECONDITION:
                 raise AssertionError(f"{op} failed with {exc.code().name}: {exc.details()}") from None
             self.outcomes[f"{op.kind} refused"] += 1
@@ -156,7 +173,30 @@ def counted_refusals(node: Node) -> int:
     return int(total)
 
 
-async def check_phase(cluster: LocalCluster, workload: Workload, version: str) -> dict[str, int]:
+async def nemesis(cluster: LocalCluster, rng: random.Random, stop: asyncio.Event) -> collections.Counter[str]:
+    """Cuts a node off from its peers, or stops and restarts it, one fault at a time."""
+    injected: collections.Counter[str] = collections.Counter()
+    while not stop.is_set():
+        await asyncio.sleep(rng.uniform(0.1, 0.6))
+        region = rng.choice(REGIONS)
+        if rng.random() < 0.6:
+            cluster.proxies[region].partition()
+            await asyncio.sleep(rng.uniform(0.2, 1.0))
+            cluster.proxies[region].heal()
+            injected["partition"] += 1
+        else:
+            await cluster.stop_node(region)
+            await asyncio.sleep(rng.uniform(0.1, 0.5))
+            await cluster.start_node(region)
+            injected["restart"] += 1
+    return injected
+
+
+async def check_phase(
+    cluster: LocalCluster, workload: Workload, version: str, restarted: bool = False
+) -> dict[str, int]:
+    """`restarted`: nodes restarted during the phase, so their counters started again from zero
+    while their audit trails kept everything: the trail must hold at least what was counted."""
     await caught_up(cluster)
     summary: collections.Counter[str] = collections.Counter()
     for region, node in cluster.nodes.items():
@@ -174,7 +214,10 @@ async def check_phase(cluster: LocalCluster, workload: Workload, version: str) -
         for (where, action, key), seen in workload.refused.items():
             if where == region:
                 assert refusals[(action, key)] >= seen, (region, action, key, seen, refusals[(action, key)])
-        assert sum(refusals.values()) == counted_refusals(node), region
+        if restarted:
+            assert sum(refusals.values()) >= counted_refusals(node), region
+        else:
+            assert sum(refusals.values()) == counted_refusals(node), region
         # Sources filter by the same policy, and every node adopted each pack before the phase's
         # writes: a target never has to refuse what it is sent.
         refused_at_target = [e for e in log if e.action == "replicate_receive" and e.decision == "refuse"]
@@ -187,24 +230,47 @@ async def check_phase(cluster: LocalCluster, workload: Workload, version: str) -
 
 
 async def test_random_workloads_leave_no_violation_and_every_refusal_audited(tmp_path: Path) -> None:
+    await _property_run(tmp_path, faults=False, ops_per_phase=OPS_PER_PHASE)
+
+
+async def test_random_workloads_under_partitions_and_restarts_leave_no_violation(tmp_path: Path) -> None:
+    await _property_run(tmp_path, faults=True, ops_per_phase=max(1, OPS_PER_PHASE // 2))
+
+
+async def _property_run(tmp_path: Path, *, faults: bool, ops_per_phase: int) -> None:
     seed = int(os.environ.get("DOMICILE_SEED", random.SystemRandom().randrange(2**32)))
     print(f"DOMICILE_SEED={seed}")
     rng = random.Random(seed)
     subjects = [(f"s{i}", rng.choice(JURISDICTIONS)) for i in range(SUBJECTS)]
     packs = phases()
-    cluster = LocalCluster(tmp_path, REGIONS, pack=packs[0], namespaces=NAMESPACES)
+    cluster = LocalCluster(tmp_path, REGIONS, pack=packs[0], namespaces=NAMESPACES, proxies=faults)
     await cluster.start()
+    injected: collections.Counter[str] = collections.Counter()
     try:
         await cluster.wait_linked()
-        workload = Workload(cluster)
+        workload = Workload(cluster, faults)
         for i, pack in enumerate(packs):
             if i:
                 await cluster.change_policy(pack)
                 await cluster.wait_linked()
-            await workload.run_all(make_ops(rng, OPS_PER_PHASE, subjects))
-            summary = await check_phase(cluster, workload, pack["version"])
+            ops = make_ops(rng, ops_per_phase, subjects)
+            if faults:
+                stop = asyncio.Event()
+                faulting = asyncio.create_task(nemesis(cluster, random.Random(rng.getrandbits(64)), stop))
+                try:
+                    await workload.run_all(ops)
+                finally:
+                    stop.set()
+                    injected += await faulting
+                await cluster.wait_linked(30.0)
+            else:
+                await workload.run_all(ops)
+            summary = await check_phase(cluster, workload, pack["version"], restarted=faults)
             print(f"phase {i} policy {pack['version']}: {summary}")
         print(f"operations {sum(workload.outcomes.values())}: {dict(sorted(workload.outcomes.items()))}")
+        if faults:
+            print(f"faults injected: {dict(injected)}")
+            assert injected["partition"] > 0 and injected["restart"] > 0
         assert workload.outcomes["put refused"] > 0 and workload.outcomes["put ok"] > 0
     finally:
         await cluster.stop()

@@ -476,3 +476,27 @@ async def _race(cluster: LocalCluster, entry: Any, state: Any) -> int:
     # A concurrent write that did not see the state the sweep judged (no context).
     await put(cluster, "eu-west-1", "sessions", "live-1", "s-ivy", b"fresh token")
     return seq
+
+
+async def test_regression_a_retention_sweep_deletes_at_most_its_cap(tmp_path: Path) -> None:
+    # A clock that jumped ahead makes every short-lived record look expired; one sweep under it
+    # deleted them all. The cap bounds one sweep, counts it and logs it; the next sweeps finish
+    # an honest backlog.
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    cluster.node_overrides["retention_expire_max"] = 3
+    await cluster.start()
+    try:
+        node = cluster.nodes["eu-west-1"]
+        for i in range(5):
+            await put(cluster, "eu-west-1", "sessions", f"c-{i}", f"s-c{i}", b"token")
+        later = node.wall_ms() + 2 * DAY_MS
+        first = await node.sweep_retention(later)
+        assert sum(first.expired.values()) == 3 and first.capped
+        assert node.metrics.retention_capped._value.get() == 1
+        assert sum(live(cluster, "eu-west-1", "sessions", f"c-{i}") for i in range(5)) == 2
+        second = await node.sweep_retention(later)
+        assert sum(second.expired.values()) == 2 and not second.capped
+        assert node.metrics.retention_capped._value.get() == 1
+        assert not any(live(cluster, "eu-west-1", "sessions", f"c-{i}") for i in range(5))
+    finally:
+        await cluster.stop()

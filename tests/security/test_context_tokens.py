@@ -16,13 +16,17 @@ from domicile.errors import InvalidArgument
 from domicile.v1 import record_pb2 as pb
 from domicile.v1 import storage_node_pb2 as spb
 from tests.support.cluster import LocalCluster, eventually
+from tests.support.negatives import denial, refused
+from tests.support.tls import CLUSTER, TESTER
 
 NS = "customers_eu"
+TESTER_URI = f"spiffe://{CLUSTER}/client/{TESTER}"
 
 
 async def refused_put(cluster: LocalCluster, key: str, token: bytes, message: str) -> None:
+    """Refused as bad input, nothing written, and audited as a refusal with the caller's identity."""
     node = cluster.nodes["eu-west-1"]
-    before = (node.engine.get(NS, key), node.engine.last_lsn())
+    before, seq = (node.engine.get(NS, key), node.engine.last_lsn()), node.audit.size
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await cluster.stub("eu-west-1").Put(
             spb.PutRequest(namespace=NS, key=key, value=b"evil", context_token=token), timeout=5
@@ -31,6 +35,46 @@ async def refused_put(cluster: LocalCluster, key: str, token: bytes, message: st
     details = info.value.details() or ""
     assert message in details and "pass the context_token of an earlier" in details, details
     assert (node.engine.get(NS, key), node.engine.last_lsn()) == before
+    entry = await denial(node, seq, "storage.Put", TESTER_URI)
+    assert entry.rule == "context_token" and entry.namespace == NS and message in entry.detail
+
+
+async def test_regression_a_context_token_that_does_not_verify_is_counted_and_audited(
+    pair: LocalCluster,
+) -> None:
+    """A forged, altered or other record's token was refused with INVALID_ARGUMENT and left no
+    trace but a log line: an attempt to supersede versions with a context the cluster never gave
+    the caller went unaudited. Now it is counted and audited (Put and Delete alike) with the
+    caller's verified identity."""
+    node = pair.nodes["eu-west-1"]
+    other = await pair.put("eu-west-1", NS, "other", b"v")
+    await pair.put("eu-west-1", NS, "k", b"v")
+    before, seq = (node.engine.get(NS, "k"), node.engine.last_lsn()), node.audit.size
+    await refused(
+        pair.stub("eu-west-1").Delete(
+            spb.DeleteRequest(namespace=NS, key="k", context_token=other.context_token), timeout=5
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "does not verify for customers_eu/k",
+    )
+    assert (node.engine.get(NS, "k"), node.engine.last_lsn()) == before
+    entry = await denial(node, seq, "storage.Delete", TESTER_URI)
+    assert entry.rule == "context_token"
+    counted = node.metrics.registry.get_sample_value(
+        "domicile_authz_refusals_total", {"action": "storage.Delete", "reason": "context_token"}
+    )
+    assert counted == 1
+    # A plain context is refused as before, and is no token: nothing is audited for it.
+    seq = node.audit.size
+    await refused(
+        pair.stub("eu-west-1").Put(
+            spb.PutRequest(namespace=NS, key="k", value=b"x", context=pb.CausalContext()), timeout=5
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "plain context field is no longer accepted",
+    )
+    await node.audit.flush()
+    assert not [e for e in node.audit.read(seq, 100) if b"access_denied" in e.body]
 
 
 async def test_a_token_from_one_node_supersedes_at_another(pair: LocalCluster) -> None:

@@ -16,6 +16,9 @@ from tests.support.cluster import LocalCluster, eventually
 from tests.support.rogue import ROGUE, RogueStream, audit_entries, mutation, rejected
 
 SOURCE = ROGUE
+# One cluster for the module (rogue_linked): each case reads where the rogue source's position
+# stands and sends lsns after it, on keys of its own, and compares counters before and after.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def assert_link_works(cluster: LocalCluster, key: str) -> None:
@@ -33,22 +36,22 @@ def refusals(entries: list[dict[str, Any]], rule: str) -> list[dict[str, Any]]:
 
 
 async def test_finding_position_claim_of_2_63_minus_1_does_not_stop_the_real_source(
-    pair: LocalCluster,
+    rogue_linked: LocalCluster,
 ) -> None:
     """Regression: a batch claiming position 2^63-1 for a source used to become the target's
     position, and every later batch of the real source was dropped as a duplicate."""
-    target = pair.nodes["eu-central-1"]
-    before = await pair.put("eu-west-1", "instruments", "before", b"1")
+    target = rogue_linked.nodes["eu-central-1"]
+    before = await rogue_linked.put("eu-west-1", "instruments", "before", b"1")
 
     async def caught_up() -> bool:
         return target.receiver.stats["eu-west-1"].position >= before.lsn
 
     await eventually(caught_up, 10.0, "the first write replicated")
     position = target.engine.inbound_position("eu-west-1")
-    seq = target.audit.size
+    seq, refused_before = target.audit.size, rejected(target, "eu-west-1", "position")
     # With the real source's own certificate (a stolen key): authentication lets the stream in,
     # so the position rule alone must keep the real source's batches flowing.
-    async with RogueStream(pair, target, "eu-west-1") as rogue:
+    async with RogueStream(rogue_linked, target, "eu-west-1") as rogue:
         ack = await rogue.send([], (1 << 63) - 1)
         assert ack.applied_through_lsn == position
         assert ack.refused_count == 0
@@ -56,31 +59,33 @@ async def test_finding_position_claim_of_2_63_minus_1_does_not_stop_the_real_sou
         assert ack.applied_through_lsn == position and ack.refused_count == 1
     assert target.engine.inbound_position("eu-west-1") == position
     assert target.engine.get("instruments", "forged") is None
-    assert rejected(target, "eu-west-1", "position") == 2
+    assert rejected(target, "eu-west-1", "position") == refused_before + 2
     entries = refusals(audit_entries(target, seq), "replication-position")
     assert entries and entries[0]["principal"] == "node:eu-west-1"
     assert "replication_position_gap_max" in entries[0]["detail"]
-    await assert_link_works(pair, "after")
+    await assert_link_works(rogue_linked, "after")
 
 
-async def test_finding_hlc_past_2_63_does_not_invalidate_the_audit_log(pair_and_rogue: LocalCluster) -> None:
+async def test_finding_hlc_past_2_63_does_not_invalidate_the_audit_log(rogue_linked: LocalCluster) -> None:
     """Regression: one replicated mutation with an HLC >= 2^63 was observed into the node's
     clock, every later audit entry was invalid, and the node refused all writes until restart."""
-    target = pair_and_rogue.nodes["eu-central-1"]
-    async with RogueStream(pair_and_rogue, target, SOURCE) as rogue:
-        ack = await rogue.send([mutation(SOURCE, 1, "future", hlc=1 << 63)], 1)
-        assert ack.refused_count == 1 and ack.applied_through_lsn == 1
-        ack = await rogue.send([mutation(SOURCE, 2, "present")], 2)
-        assert ack.refused_count == 0 and ack.applied_through_lsn == 2
+    target = rogue_linked.nodes["eu-central-1"]
+    drift_before = rejected(target, SOURCE, "clock_drift")
+    async with RogueStream(rogue_linked, target, SOURCE) as rogue:
+        p = rogue.position
+        ack = await rogue.send([mutation(SOURCE, p + 1, "future", hlc=1 << 63)], p + 1)
+        assert ack.refused_count == 1 and ack.applied_through_lsn == p + 1
+        ack = await rogue.send([mutation(SOURCE, p + 2, "present")], p + 2)
+        assert ack.refused_count == 0 and ack.applied_through_lsn == p + 2
     assert target.engine.get("instruments", "future") is None
     assert target.engine.get("instruments", "present") is not None
     assert target.clock.now() < 1 << 63
-    assert rejected(target, SOURCE, "clock_drift") == 1
-    written = await pair_and_rogue.put("eu-central-1", "customers_eu", "still-writable", b"v")
+    assert rejected(target, SOURCE, "clock_drift") == drift_before + 1
+    written = await rogue_linked.put("eu-central-1", "customers_eu", "still-writable", b"v")
     assert written.lsn > 0
     report = target.audit.verify_local()
     assert report.ok, report.problems
-    await assert_link_works(pair_and_rogue, "after-hlc")
+    await assert_link_works(rogue_linked, "after-hlc")
 
 
 def _ctx(entries: int) -> pb.CausalContext:
@@ -195,84 +200,92 @@ def _with_context(msg: pb.Mutation, context: pb.CausalContext) -> pb.Mutation:
     ("name", "reason", "build", "detail"), MUTATION_CASES, ids=[c[0] for c in MUTATION_CASES]
 )
 async def test_a_bad_mutation_is_refused_alone_and_the_stream_keeps_working(
-    pair_and_rogue: LocalCluster, name: str, reason: str, build: Build, detail: str
+    rogue_linked: LocalCluster, name: str, reason: str, build: Build, detail: str
 ) -> None:
-    target = pair_and_rogue.nodes["eu-central-1"]
+    target = rogue_linked.nodes["eu-central-1"]
     before = (target.engine.last_lsn(), target.engine.counts())
-    seq = target.audit.size
-    async with RogueStream(pair_and_rogue, target, SOURCE) as rogue:
+    seq, refused_before = target.audit.size, rejected(target, SOURCE, reason)
+    ok = [f"{name}-ok-{i}" for i in (1, 3, 4)]
+    async with RogueStream(rogue_linked, target, SOURCE) as rogue:
+        p = rogue.position
         # The bad mutation between two honest ones: only it is refused, the batch acknowledged.
-        ack = await rogue.send([mutation(SOURCE, 1, "ok-1"), build(2), mutation(SOURCE, 3, "ok-3")], 3)
-        assert (ack.applied_through_lsn, ack.refused_count) == (3, 1)
-        ack = await rogue.send([mutation(SOURCE, 4, "ok-4")], 4)
-        assert (ack.applied_through_lsn, ack.refused_count) == (4, 0)
+        batch = [mutation(SOURCE, p + 1, ok[0]), build(p + 2), mutation(SOURCE, p + 3, ok[1])]
+        ack = await rogue.send(batch, p + 3)
+        assert (ack.applied_through_lsn, ack.refused_count) == (p + 3, 1)
+        ack = await rogue.send([mutation(SOURCE, p + 4, ok[2])], p + 4)
+        assert (ack.applied_through_lsn, ack.refused_count) == (p + 4, 0)
     assert target.engine.get("instruments", "bad") is None
-    assert all(target.engine.get("instruments", k) is not None for k in ("ok-1", "ok-3", "ok-4"))
+    assert all(target.engine.get("instruments", k) is not None for k in ok)
     assert target.engine.last_lsn() == before[0]
     assert target.engine.counts().records == before[1].records + 3
-    assert rejected(target, SOURCE, reason) == 1
+    assert rejected(target, SOURCE, reason) == refused_before + 1
     entries = refusals(audit_entries(target, seq), f"replication-{reason}")
     assert len(entries) == 1, entries
     assert entries[0]["principal"] == f"node:{SOURCE}"
     assert detail in entries[0]["detail"], entries[0]["detail"]
-    await assert_link_works(pair_and_rogue, f"after-{reason}")
+    await assert_link_works(rogue_linked, f"after-{name}")
 
 
-# name, the batch's mutations (lsns), its through_lsn, what the audit detail says.
+# name, the batch's mutations (lsns after the position; 0 is never a valid lsn), its through_lsn
+# after the position, and what the audit detail says ({through}: the absolute through_lsn).
 BATCH_CASES: list[tuple[str, list[int], int, str]] = [
     ("lsns not increasing", [2, 1], 2, "lsns in a batch start at 1 and increase"),
     ("a repeated lsn", [1, 1], 1, "lsns in a batch start at 1 and increase"),
     ("lsn zero", [0], 1, "lsns in a batch start at 1 and increase"),
-    ("a mutation past through_lsn", [1, 5], 4, "past the batch's through_lsn 4"),
+    ("a mutation past through_lsn", [1, 5], 4, "past the batch's through_lsn {through}"),
     ("through_lsn beyond the gap", [1], 10_001, "a batch may move it at most 10000"),
 ]
 
 
 @pytest.mark.parametrize(("name", "lsns", "through", "detail"), BATCH_CASES, ids=[c[0] for c in BATCH_CASES])
 async def test_a_batch_with_bad_positions_is_refused_whole_and_the_stream_keeps_working(
-    pair_and_rogue: LocalCluster, name: str, lsns: list[int], through: int, detail: str
+    rogue_linked: LocalCluster, name: str, lsns: list[int], through: int, detail: str
 ) -> None:
-    target = pair_and_rogue.nodes["eu-central-1"]
+    target = rogue_linked.nodes["eu-central-1"]
     before = (target.engine.last_lsn(), target.engine.counts())
-    seq = target.audit.size
-    async with RogueStream(pair_and_rogue, target, SOURCE) as rogue:
-        batch = [mutation(SOURCE, lsn, f"bad-{i}") for i, lsn in enumerate(lsns)]
-        ack = await rogue.send(batch, through)
+    seq, refused_before = target.audit.size, rejected(target, SOURCE, "position")
+    ok = f"{name}-ok"
+    async with RogueStream(rogue_linked, target, SOURCE) as rogue:
+        p = rogue.position
+        batch = [mutation(SOURCE, p + lsn if lsn else 0, f"bad-{i}") for i, lsn in enumerate(lsns)]
+        ack = await rogue.send(batch, p + through)
         # Nothing acknowledged: the position stays where it was.
-        assert (ack.applied_through_lsn, ack.refused_count) == (0, len(lsns))
-        assert target.engine.inbound_position(SOURCE) == 0
-        ack = await rogue.send([mutation(SOURCE, 1, "ok-1")], 1)
-        assert (ack.applied_through_lsn, ack.refused_count) == (1, 0)
+        assert (ack.applied_through_lsn, ack.refused_count) == (p, len(lsns))
+        assert target.engine.inbound_position(SOURCE) == p
+        ack = await rogue.send([mutation(SOURCE, p + 1, ok)], p + 1)
+        assert (ack.applied_through_lsn, ack.refused_count) == (p + 1, 0)
     assert all(target.engine.get("instruments", f"bad-{i}") is None for i in range(len(lsns)))
-    assert target.engine.get("instruments", "ok-1") is not None
+    assert target.engine.get("instruments", ok) is not None
     assert (target.engine.last_lsn(), target.engine.counts().records) == (before[0], before[1].records + 1)
-    assert rejected(target, SOURCE, "position") == 1
+    assert rejected(target, SOURCE, "position") == refused_before + 1
     entries = refusals(audit_entries(target, seq), "replication-position")
     assert len(entries) == 1 and entries[0]["principal"] == f"node:{SOURCE}"
-    assert detail in entries[0]["detail"], entries[0]["detail"]
-    await assert_link_works(pair_and_rogue, "after-position")
+    assert detail.format(through=p + through) in entries[0]["detail"], entries[0]["detail"]
+    await assert_link_works(rogue_linked, f"after-{name}")
 
 
-async def test_a_batch_may_skip_filtered_entries_within_the_gap(pair_and_rogue: LocalCluster) -> None:
+async def test_a_batch_may_skip_filtered_entries_within_the_gap(rogue_linked: LocalCluster) -> None:
     """A source skips what the target may not hold: through_lsn past the last mutation is fine
     within replication_position_gap_max."""
-    target = pair_and_rogue.nodes["eu-central-1"]
-    async with RogueStream(pair_and_rogue, target, SOURCE) as rogue:
-        ack = await rogue.send([mutation(SOURCE, 3, "skipped-ahead")], 500)
-        assert (ack.applied_through_lsn, ack.refused_count) == (500, 0)
-        ack = await rogue.send([], 10_500)
-        assert ack.applied_through_lsn == 10_500
-    assert rejected(target, SOURCE, "position") == 0
+    target = rogue_linked.nodes["eu-central-1"]
+    refused_before = rejected(target, SOURCE, "position")
+    async with RogueStream(rogue_linked, target, SOURCE) as rogue:
+        p = rogue.position
+        ack = await rogue.send([mutation(SOURCE, p + 3, "skipped-ahead")], p + 500)
+        assert (ack.applied_through_lsn, ack.refused_count) == (p + 500, 0)
+        ack = await rogue.send([], p + 10_500)
+        assert ack.applied_through_lsn == p + 10_500
+    assert rejected(target, SOURCE, "position") == refused_before
 
 
-async def test_a_hello_with_an_invalid_source_id_is_refused(pair_and_rogue: LocalCluster) -> None:
+async def test_a_hello_with_an_invalid_source_id_is_refused(rogue_linked: LocalCluster) -> None:
     """Regression: behind mutual TLS, the hello's source id was compared with the peer's before it
     was validated, so an authenticated peer's malformed id went into the log and the audit trail
     as a wrong-peer refusal (and never reached the check that names it invalid)."""
-    target = pair_and_rogue.nodes["eu-central-1"]
+    target = rogue_linked.nodes["eu-central-1"]
     seq = target.audit.size
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async with RogueStream(pair_and_rogue, target, "X" * 2000, sender=SOURCE):
+        async with RogueStream(rogue_linked, target, "X" * 2000, sender=SOURCE):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "invalid node id" in (info.value.details() or "")

@@ -24,7 +24,9 @@ from domicile.wire.limits import (
 from node.api.limits import NODE_SERVER_OPTIONS
 from node.engine.base import StorageEngine
 from tests.support.cluster import LocalCluster
+from tests.support.negatives import denial, entries_since, refused
 from tests.support.rogue import ROGUE, RogueStream, mutation
+from tests.support.tls import CLUSTER, TESTER
 
 NS = "customers_eu"
 MIB = 1024 * 1024
@@ -72,6 +74,27 @@ async def test_an_oversized_storage_request_is_refused_with_resource_exhausted(p
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_regression_an_oversized_storage_request_is_counted_and_audited(pair: LocalCluster) -> None:
+    """A storage request over the message bound was refused before it was decoded and left no
+    trace: neither counted nor audited, so a client probing the bound went unseen. Now it is a
+    refusal like any other, with the caller's verified identity."""
+    node = pair.nodes["eu-west-1"]
+    before, seq = (node.engine.last_lsn(), node.engine.counts()), node.audit.size
+    big = b"x" * (STORAGE_REQUEST_BYTES_MAX + 1)
+    await refused(
+        pair.stub("eu-west-1").Put(spb.PutRequest(namespace=NS, key="big", value=big), timeout=10),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"accepts at most {STORAGE_REQUEST_BYTES_MAX} bytes per request",
+    )
+    assert (node.engine.last_lsn(), node.engine.counts()) == before
+    entry = await denial(node, seq, "storage.Put", f"spiffe://{CLUSTER}/client/{TESTER}")
+    assert entry.rule == "too_large" and f"at most {STORAGE_REQUEST_BYTES_MAX} bytes" in entry.detail
+    counted = node.metrics.registry.get_sample_value(
+        "domicile_authz_refusals_total", {"action": "storage.Put", "reason": "too_large"}
+    )
+    assert counted == 1
+
+
 async def test_replication_takes_larger_messages_than_storage_up_to_its_own_bound(
     pair_and_rogue: LocalCluster,
 ) -> None:
@@ -83,6 +106,7 @@ async def test_replication_takes_larger_messages_than_storage_up_to_its_own_boun
         assert (ack.applied_through_lsn, ack.refused_count) == (5, 0)
     before = target.engine.last_lsn(), target.engine.counts()
     position = target.engine.inbound_position(ROGUE)
+    seq = target.audit.size
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async with RogueStream(pair_and_rogue, target, ROGUE) as rogue:
             values = (REPLICATION_MESSAGE_BYTES_MAX // MIB) + 1
@@ -92,6 +116,11 @@ async def test_replication_takes_larger_messages_than_storage_up_to_its_own_boun
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (target.engine.last_lsn(), target.engine.counts()) == before
     assert position == 5 and target.engine.inbound_position(ROGUE) == position
+    # gRPC refuses a stream message over the server's bound before any handler runs, so no
+    # entry can name the sender; none claims anything was received or refused for it either.
+    assert not [
+        e for e in await entries_since(target, seq) if e.decision == "refuse" or e.key.startswith("o")
+    ]
 
 
 async def test_the_write_queue_refuses_values_past_its_byte_bound(node_with: LocalCluster) -> None:

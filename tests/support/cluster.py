@@ -75,6 +75,8 @@ class LocalCluster:
         self.insecure = insecure
         # Settings every node of this cluster starts with (before start_node's own overrides).
         self.node_overrides: dict[str, Any] = {}
+        # Settings of one region's node (after node_overrides), e.g. another storage engine.
+        self.region_overrides: dict[str, dict[str, Any]] = {}
         self.coordinator_overrides: dict[str, Any] = {}
         self.pki: SessionPki | None = None if insecure else session_pki()
         # What the tests' own calls (stub(), client()) dial with: the session's all-roles client.
@@ -175,7 +177,10 @@ class LocalCluster:
         if region in self.proxies:
             values["advertise"] = self.proxies[region].address
         values.update(self.node_overrides)
+        values.update(self.region_overrides.get(region, {}))
         values.update(overrides)
+        if values.get("engine") == "mongodb":
+            values.pop("synchronous", None)  # a setting of the SQLite engine
         if self.pki is None:
             values.setdefault("insecure", True)
         elif not any(k in values for k in ("tls_dir", "tls_cert", "insecure")):

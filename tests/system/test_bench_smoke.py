@@ -31,6 +31,11 @@ FIGURES = {
     "sealed_put_p99_ms",
     "sealed_get_p50_ms",
     "sealed_get_p99_ms",
+    "mongodb_get_p99_ms",
+    "mongodb_get_p99_vs_echo_ms",
+    "mongodb_put_p99_ms",
+    "mongodb_one_daemon_rate_per_s",
+    "mongodb_two_daemons_rate_per_s",
     "batched_put_rate_per_s",
     "batched_put_lsn_rate_per_s",
     "commit_batch_records_mean",
@@ -75,7 +80,7 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         "--out",
         str(out),
     ]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=100, check=False)
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=150, check=False)
     assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stderr[-4000:]}"
     results = json.loads(out.read_text())
     figures = results["figures"]

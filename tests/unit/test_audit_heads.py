@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.audit_heads import AcceptedHead, AuditHeadBook
+from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_heads
 from domicile.audit import SignedHead, sign_head
 from domicile.cluster import ClusterSpec, RegionSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound
+from domicile.wire.audit import head_to_bytes
 
 CLUSTER = ClusterSpec(regions=(RegionSpec("eu-west-1", "IE", "EU"), RegionSpec("us-east-1", "US", "US")))
 KEY = Ed25519PrivateKey.generate()
@@ -45,9 +46,9 @@ def test_the_same_head_again_is_idempotent():
         (head(2), "shrank from 3 to 2 entries"),
         (head(3, b"\x09" * 32), "ends in a different hash"),
         (head(4, key=Ed25519PrivateKey.generate()), "not the one on record"),
-        (head(4, node="eu-west-1-b"), "not the one on record"),
+        (head(4, region="us-east-1"), "not the one on record"),
     ],
-    ids=["truncated", "rewritten", "other key", "other node"],
+    ids=["truncated", "rewritten", "other key", "other region"],
 )
 def test_a_head_that_contradicts_the_record_is_refused_and_changes_nothing(second: SignedHead, message: str):
     b, saved = book()
@@ -55,6 +56,21 @@ def test_a_head_that_contradicts_the_record_is_refused_and_changes_nothing(secon
     with pytest.raises(FailedPrecondition, match=message):
         b.accept(second)
     assert len(saved) == 1 and b.get("eu-west-1").head.size == 3
+
+
+def test_two_nodes_of_a_region_keep_logs_and_heads_of_their_own():
+    b, _ = book()
+    other_key = Ed25519PrivateKey.generate()
+    b.accept(head(3))
+    b.accept(head(9, b"\x07" * 32, key=other_key, node="eu-west-1-2"))
+    assert b.get("eu-west-1", "eu-west-1-2").head.size == 9
+    assert b.get("eu-west-1", "eu-west-1").head.size == 3
+    assert b.get("eu-west-1").head.node_id == "eu-west-1"  # the one named after the region
+    with pytest.raises(NotFound, match="has not exported"):
+        b.get("us-east-1", "eu-west-1-2")  # a node of another region
+    # The second node's key is pinned for it, as the first's is for the first.
+    with pytest.raises(FailedPrecondition, match="not the one on record"):
+        b.accept(head(10, node="eu-west-1-2"))
 
 
 def test_a_forged_signature_is_refused():
@@ -75,3 +91,12 @@ def test_an_unknown_region_is_invalid_and_a_missing_head_not_found():
         b.get("us-east-1")
     with pytest.raises(NotFound, match="unknown region"):
         b.get("mars-1")
+
+
+def test_heads_stored_by_region_are_read_back_by_node():
+    # An older coordinator store keyed each head by its region; a newer one by its node id.
+    legacy = head(3, node="eu-west-1-a")
+    newer = head(5, b"\x05" * 32, node="eu-west-1-a")
+    rows = {"eu-west-1": (head_to_bytes(legacy), 10), "eu-west-1-a": (head_to_bytes(newer), 20)}
+    heads = stored_heads(rows)
+    assert list(heads) == ["eu-west-1-a"] and heads["eu-west-1-a"].head.size == 5

@@ -58,6 +58,38 @@ def test_plan_puts_the_coordinator_on_the_base_port_and_regions_after_it(tmp_pat
     assert specs[3].role == "node (EU)"
 
 
+def test_plan_with_two_daemons_per_region_shares_the_region_directory(tmp_path):
+    cluster = load_cluster(SAMPLE)
+    regions = cluster.region_names()
+    specs = plan_children(
+        cluster,
+        config_path=SAMPLE,
+        data_dir=tmp_path,
+        host="127.0.0.1",
+        base_port=17400,
+        metrics_base_port=0,
+        log_level="info",
+        tls_dir=None,
+        node_args=("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17413/"),
+        nodes_per_region=2,
+    )
+    assert [s.name for s in specs] == ["coordinator", *regions, *(f"{r}-2" for r in regions)]
+    assert [s.address for s in specs] == [f"127.0.0.1:{17400 + i}" for i in range(13)]
+    second = specs[len(regions) + 3]  # eu-west-1-2
+    flags = dict(zip(second.argv[3:-5:2], second.argv[4:-5:2], strict=True))
+    assert flags["--node-id"] == "eu-west-1-2" and flags["--region"] == "eu-west-1"
+    assert flags["--data-dir"] == str(tmp_path / "eu-west-1-2")
+    assert flags["--region-dir"] == str(tmp_path / "eu-west-1")
+    assert second.argv[-4:] == ("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17413/")
+    assert second.peer is not None and second.peer.node_id == "eu-west-1-2"
+
+
+def test_up_refuses_several_daemons_per_region_without_a_shared_database(capsys, tmp_path):
+    code = main(["up", "--config", str(SAMPLE), "--data-dir", str(tmp_path), "--nodes-per-region", "2"])
+    assert code != 0
+    assert "--nodes-per-region 2 needs --tiers" in capsys.readouterr().err
+
+
 def test_plan_without_metrics_and_with_impossible_ports(tmp_path):
     cluster = load_cluster(SAMPLE)
     common = {

@@ -254,3 +254,22 @@ def test_context_tokens_round_trip():
 def test_malformed_context_tokens_are_invalid_arguments(token):
     with pytest.raises(InvalidArgument, match="context"):
         context_from_token(token)
+
+
+def test_the_daemons_of_a_region_take_turns_and_a_down_or_failed_one_is_passed_over():
+    daemons = (
+        node("eu-west-1", node_id="eu-west-1"),
+        node("eu-west-1", node_id="eu-west-1-2"),
+        node("eu-west-1", node_id="eu-west-1-3", health=NodeHealth.DOWN),
+        node("eu-central-1"),
+    )
+    t = topology(*daemons)
+    picked = [route(t, "customers_eu", region="eu-west-1", spread=i).node_id for i in range(4)]
+    assert picked == ["eu-west-1", "eu-west-1-2", "eu-west-1", "eu-west-1-2"]
+    assert {
+        route(t, "customers_eu", region="eu-west-1", avoid={"eu-west-1"}, spread=i).node_id for i in range(3)
+    } == {"eu-west-1-2"}
+    # Turns never leave the preferred region for another one.
+    assert {route(t, "customers_eu", preferred_region="eu-central-1", spread=i).region for i in range(3)} == {
+        "eu-central-1"
+    }

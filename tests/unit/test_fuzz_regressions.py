@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from domicile.authz import Authorizer
+from domicile.authz.loader import DEFAULT_POLICIES, DEFAULT_SCHEMA, default_text
 from domicile.cluster import load_cluster
 from domicile.errors import DataCorruption, InvalidArgument
 from domicile.model import check_jurisdiction, check_namespace_name, check_node_id, check_purpose
@@ -142,3 +144,21 @@ def test_sdk_key_with_a_lone_surrogate() -> None:
     # check_key measured the key with surrogatepass, so this one passed and then failed to encode.
     with pytest.raises(InvalidArgument, match="key is not valid Unicode text"):
         requests.put_request("trades", "t-\ud800", b"v", None, "", "", None, "")
+
+
+# -- the Cedar schema (fuzz_authz_schema) -------------------------------------------------------
+
+
+def test_a_schema_that_does_not_describe_the_built_entities_is_refused_at_load() -> None:
+    # Was cedarpy's ValueError("error during entity deserialization") from every decision: the
+    # default schema with Region's `name` attribute renamed still validates the default policies
+    # (none reads it), but the entities each decision builds carry `name`.
+    schema = default_text(DEFAULT_SCHEMA).replace(
+        "entity Region in [Cluster] = {\n    name: String",
+        "entity Region in [Cluster] = {\n    Cname: String",
+    )
+    assert schema != default_text(DEFAULT_SCHEMA)
+    with pytest.raises(InvalidArgument, match="the schema does not describe what Domicile builds"):
+        Authorizer.from_text(default_text(DEFAULT_POLICIES), schema, "policies.cedar", "schema.cedarschema")
+    # The unchanged schema loads and decides.
+    assert Authorizer.from_text(default_text(DEFAULT_POLICIES), default_text(DEFAULT_SCHEMA))

@@ -1,0 +1,129 @@
+"""`domicile up --tiers`: the regional tier servers a cluster on this machine runs on.
+
+Today that is one MongoDB wire-protocol server (SecantusDB, from PyPI) that every region's node
+uses as its primary store, each region in a database of its own. The servers start before the
+nodes, as child processes in their own process group, and stop after them.
+
+To add a tier (the regional cache), give TierServers another server: a TierServer with its
+command line and the node flags that point a node at it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from domicile.errors import FailedPrecondition
+
+_POLL_S = 0.1
+
+
+@dataclass
+class TierServer:
+    name: str
+    argv: tuple[str, ...]
+    host: str
+    port: int
+    log_path: Path
+    # Flags every node gets to use this server.
+    node_args: tuple[str, ...]
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = field(default=None, repr=False)
+
+
+def mongodb_server(data_dir: Path, host: str, port: int, python: str = sys.executable) -> TierServer:
+    """SecantusDB on host:port, its data in DATA_DIR/mongodb. --sync-on-commit: without it a
+    journaled write is acknowledged before it is on disk (README, MongoDB engine)."""
+    if importlib.util.find_spec("secantus") is None:
+        raise FailedPrecondition(
+            "--tiers runs SecantusDB, which is not installed: pip install secantusdb (make setup does)"
+        )
+    return TierServer(
+        name="mongodb",
+        argv=(
+            python,
+            "-m",
+            "secantus",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--storage-path",
+            str(data_dir / "mongodb"),
+            "--log-level",
+            "WARNING",
+            "--sync-on-commit",
+        ),
+        host=host,
+        port=port,
+        log_path=data_dir / "logs" / "mongodb.log",
+        node_args=("--engine", "mongodb", "--mongodb-uri", f"mongodb://{host}:{port}/"),
+    )
+
+
+class TierServers:
+    def __init__(self, servers: list[TierServer]) -> None:
+        self.servers = servers
+
+    def node_args(self) -> tuple[str, ...]:
+        return tuple(arg for server in self.servers for arg in server.node_args)
+
+    def start(self, timeout_s: float) -> None:
+        """Starts every server and waits until each accepts connections."""
+        for server in self.servers:
+            server.log_path.parent.mkdir(parents=True, exist_ok=True)
+            server.log = server.log_path.open("ab")
+            server.process = subprocess.Popen(
+                server.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=server.log,
+                stderr=server.log,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                process_group=0,
+            )
+        deadline = time.monotonic() + timeout_s
+        for server in self.servers:
+            while not _accepts(server.host, server.port):
+                if server.process is not None and server.process.poll() is not None:
+                    raise FailedPrecondition(
+                        f"{server.name} exited with code {server.process.returncode}; see {server.log_path}"
+                    )
+                if time.monotonic() > deadline:
+                    raise FailedPrecondition(
+                        f"{server.name} did not listen on {server.host}:{server.port} within "
+                        f"{timeout_s:g} s; see {server.log_path}"
+                    )
+                time.sleep(_POLL_S)
+
+    def exited(self) -> TierServer | None:
+        return next((s for s in self.servers if s.process is not None and s.process.poll() is not None), None)
+
+    def stop(self, timeout_s: float) -> None:
+        for server in reversed(self.servers):
+            process = server.process
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout_s)
+            if server.log is not None:
+                server.log.close()
+            server.process = None
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,143 @@
+"""The backend interface: what the engine core (node.engine.core) needs from a database.
+
+A backend stores bytes and numbers; it knows nothing of causality, dots or checksums. The core
+decides what to write, the backend makes it durable. Every write runs through `write(fn)`:
+the backend opens one durable transaction, hands `fn` a WriteTx to read and write through, and
+commits. A backend may run `fn` more than once (a transaction that hit a write conflict or a
+transient error is retried from the start), so `fn` keeps no state across attempts: positions and
+results are rebuilt on each attempt from what the transaction reads.
+
+Threading: `write` is called from one thread at a time per engine (the group committer); the
+read methods from any thread, concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from node.engine.base import StoreCounts
+
+T = TypeVar("T")
+
+
+@dataclass
+class Totals:
+    """One node's running totals, as the current write transaction moves them. records and
+    tombstones are what this node's transactions added (a backend shared by several nodes sums
+    them); last_lsn is this node's change-log position."""
+
+    records: int = 0
+    tombstones: int = 0
+    last_lsn: int = 0
+
+    def move(self, existed: bool, live_before: bool, live_after: bool) -> None:
+        if existed:
+            if live_before:
+                self.records -= 1
+            else:
+                self.tombstones -= 1
+        if live_after:
+            self.records += 1
+        else:
+            self.tombstones += 1
+
+
+@dataclass(frozen=True)
+class StateRow:
+    """A key state as stored: the protobuf bytes plus the fields indexes need."""
+
+    namespace: str
+    key: str
+    state: bytes
+    live: bool
+    # Every data subject a version of the state is about; the subject index keeps a subject
+    # once it was seen for the key, even after the versions about it are superseded.
+    subjects: tuple[str, ...]
+    # The classifications of its versions (a field a backend may index).
+    classifications: tuple[int, ...] = ()
+
+
+# (namespace, key, stored state bytes)
+SnapshotRow = tuple[str, str, bytes]
+
+
+@dataclass(frozen=True)
+class LogRow:
+    lsn: int
+    namespace: str
+    key: str
+    mutation: bytes
+
+
+class WriteTx(Protocol):
+    """One write transaction. Reads see the transaction's own earlier writes."""
+
+    def totals(self) -> Totals: ...
+
+    def load_states(self, namespace: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """The stored states of the keys that exist, by key (any number of keys)."""
+        ...
+
+    def store_states(self, rows: Sequence[StateRow]) -> None: ...
+
+    def append_log(self, rows: Sequence[LogRow]) -> None: ...
+
+    def store_totals(self, totals: Totals) -> None: ...
+
+    def raise_inbound(self, source: str, lsn: int) -> int:
+        """Moves the source's position up to lsn (never back); returns the position now stored."""
+        ...
+
+    def raise_outbound(self, target: str, lsn: int) -> None: ...
+
+    def put_meta(self, name: str, value: bytes) -> None: ...
+
+    def block_subject(self, digest: str, request_id: str) -> None: ...
+
+
+class Backend(Protocol):
+    def write(self, fn: Callable[[WriteTx], T]) -> T:
+        """Runs fn in one durable transaction (possibly more than once, see the module doc)."""
+        ...
+
+    def load_states(self, namespace: str, keys: Sequence[str]) -> dict[str, bytes]: ...
+
+    def scan(
+        self, namespace: str, lower: str, inclusive: bool, upper: str | None, limit: int
+    ) -> list[tuple[str, bytes]]:
+        """Live keys of the namespace from lower (inclusive or not) to upper (exclusive; None:
+        no bound), in key order (code point order), at most limit."""
+        ...
+
+    def read_log(self, after_lsn: int, limit: int) -> list[LogRow]: ...
+
+    def last_lsn(self) -> int: ...
+
+    def inbound_position(self, source: str) -> int: ...
+
+    def outbound_acks(self) -> dict[str, int]: ...
+
+    def subject_keys(self, subject_id: str) -> list[tuple[str, str]]: ...
+
+    def namespaces(self) -> list[str]: ...
+
+    def counts(self) -> StoreCounts: ...
+
+    def get_meta(self, name: str) -> bytes | None: ...
+
+    def blocked_subjects(self) -> dict[str, str]: ...
+
+    def snapshot(self) -> AbstractContextManager[Iterator[SnapshotRow]]:
+        """Every stored key state as of one moment (for backups), in (namespace, key) order.
+        The live flag and the subject index are derived from the states, so a restore rebuilds
+        them."""
+        ...
+
+    def ping(self) -> None:
+        """Raises Unavailable when the database cannot be reached now."""
+        ...
+
+    def close(self) -> None: ...

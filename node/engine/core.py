@@ -1,0 +1,437 @@
+"""The engine core: everything a storage engine does that does not depend on its database.
+
+It checks input, builds local writes (dots, HLCs, change-log positions) and merges replicated
+ones through domicile.causality, keeps the running totals, bounds prefix scans, and verifies
+every version's checksum when a state or log entry is read back. Below it a Backend
+(node.engine.backend) stores bytes: SQLite (node.engine.sqlite) or MongoDB (node.engine.mongo).
+Two engines given the same calls therefore hold the same states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+
+from google.protobuf.message import DecodeError
+
+from domicile import causality
+from domicile.causality import Dot, KeyState, Mutation, Version
+from domicile.errors import DataCorruption, DomicileError, InvalidArgument
+from domicile.model import Classification, check_namespace_name, check_node_id
+from domicile.wire.records import (
+    key_state_from_bytes,
+    key_state_to_bytes,
+    mutation_from_bytes,
+    mutation_to_bytes,
+)
+from node.engine.backend import Backend, LogRow, SnapshotRow, StateRow, Totals, WriteTx
+from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, Committed, LocalWrite, StoreCounts
+
+SCAN_RECORDS_MAX = 10_000
+LOG_READ_RECORDS_MAX = 10_000
+APPLY_BATCH_RECORDS_MAX = 10_000
+META_NAME_CHARS_MAX = 255
+META_VALUE_BYTES_MAX = 4 * 1024 * 1024
+# Counters are stored as protobuf uint64 and checked below 2^62 on the wire (domicile.wire.records).
+DOT_COUNTER_MAX = (1 << 62) - 1
+
+_Key = tuple[str, str]
+
+
+class _WorkingSet:
+    """The key states one write transaction touches: loaded in bulk, updated in memory (so a
+    write sees the earlier writes of its batch), written back once per key."""
+
+    def __init__(self, tx: WriteTx, keys: Sequence[_Key]) -> None:
+        self._loaded: dict[_Key, KeyState | DataCorruption] = {}
+        self._dirty: dict[_Key, KeyState] = {}
+        by_namespace: dict[str, list[str]] = {}
+        for namespace, key in dict.fromkeys(keys):
+            by_namespace.setdefault(namespace, []).append(key)
+        for namespace, names in by_namespace.items():
+            for key, blob in tx.load_states(namespace, names).items():
+                try:
+                    self._loaded[(namespace, key)] = decode_state(namespace, key, blob)
+                except DataCorruption as error:
+                    self._loaded[(namespace, key)] = error
+
+    def get(self, namespace: str, key: str) -> KeyState | None:
+        k = (namespace, key)
+        state = self._dirty.get(k)
+        if state is not None:
+            return state
+        loaded = self._loaded.get(k)
+        if isinstance(loaded, DataCorruption):
+            raise loaded
+        return loaded
+
+    def put(self, namespace: str, key: str, state: KeyState) -> None:
+        self._dirty[(namespace, key)] = state
+
+    def flush(self, tx: WriteTx, totals: Totals) -> None:
+        rows = []
+        for (namespace, key), state in self._dirty.items():
+            before = self._loaded.get((namespace, key))
+            live = state.has_live()
+            totals.move(before is not None, isinstance(before, KeyState) and before.has_live(), live)
+            subjects = tuple(sorted({v.subject_id for v in state.versions if v.subject_id}))
+            classes = tuple(sorted({int(v.classification) for v in state.versions}))
+            rows.append(StateRow(namespace, key, key_state_to_bytes(state), live, subjects, classes))
+        tx.store_states(rows)
+
+
+class EngineCore:
+    """A StorageEngine over a Backend."""
+
+    def __init__(self, backend: Backend, node_id: str, region: str) -> None:
+        self.backend = backend
+        self.node_id = node_id
+        self.region = region
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def commit_local(
+        self, writes: Sequence[LocalWrite], stamp: Callable[[], int]
+    ) -> list[Committed | DomicileError]:
+        if not writes:
+            return []
+        # Everything that can refuse a single write runs before anything is written, and a
+        # refused write leaves no trace in the working set, so it changes nothing while the
+        # others still commit.
+        refusals = [_local_write_error(w) for w in writes]
+        keys = [(w.namespace, w.key) for w, r in zip(writes, refusals, strict=True) if r is None]
+
+        def commit(tx: WriteTx) -> list[Committed | DomicileError]:
+            totals = tx.totals()
+            work = _WorkingSet(tx, keys)
+            results: list[Committed | DomicileError] = []
+            log_rows: list[LogRow] = []
+            for write, refusal in zip(writes, refusals, strict=True):
+                if refusal is not None:
+                    results.append(refusal)
+                    continue
+                try:
+                    committed = self._build_local(work.get(write.namespace, write.key), write, stamp, totals)
+                except DomicileError as error:
+                    results.append(error)
+                    continue
+                mutation = committed.mutation
+                work.put(write.namespace, write.key, committed.state)
+                log_rows.append(LogRow(mutation.lsn, write.namespace, write.key, mutation_to_bytes(mutation)))
+                totals.last_lsn = mutation.lsn
+                results.append(committed)
+            if log_rows:
+                tx.append_log(log_rows)
+                work.flush(tx, totals)
+                tx.store_totals(totals)
+            return results
+
+        return self.backend.write(commit)
+
+    def _build_local(
+        self, state: KeyState | None, write: LocalWrite, stamp: Callable[[], int], totals: Totals
+    ) -> Committed:
+        # This node's counters in a context can only be ones it issued for the key: a context
+        # beyond them is forged, and would push the key's next dot toward the counter limit
+        # (close enough, and every later write to the key fails).
+        issued = state.context.max_counter(self.node_id) if state else 0
+        claimed = write.supersedes.max_counter(self.node_id) if write.supersedes is not None else 0
+        if claimed > issued:
+            raise InvalidArgument(
+                f"causal context for {write.namespace}/{write.key} names counter {claimed} of this node "
+                f"{self.node_id!r}, which has issued only up to {issued} for the key; pass back a context "
+                "returned by a read, put or delete of this key"
+            )
+        version = Version(
+            dot=Dot(self.node_id, 0),
+            value=bytes(write.value),
+            hlc=stamp(),
+            tombstone=write.tombstone,
+            content_type=write.content_type,
+            subject_id=write.subject_id,
+            subject_jurisdiction=write.subject_jurisdiction,
+            classification=Classification(write.classification),
+            checksum=causality.sha256(write.value),
+            origin_region=self.region,
+        )
+        mutation, applied = causality.local_write(
+            state,
+            namespace=write.namespace,
+            key=write.key,
+            node_id=self.node_id,
+            supersedes=write.supersedes,
+            version=version,
+        )
+        if mutation.version.dot.counter > DOT_COUNTER_MAX:
+            raise InvalidArgument(
+                f"causal context for {write.namespace}/{write.key} carries a counter past 2^62-1 for "
+                f"node {self.node_id!r}; pass back a context returned by a read"
+            )
+        mutation = Mutation(
+            mutation.namespace,
+            mutation.key,
+            mutation.context,
+            mutation.version,
+            lsn=totals.last_lsn + 1,
+            origin_node_id=self.node_id,
+        )
+        had_live = state is not None and state.has_live()
+        return Committed(mutation=mutation, state=applied.state, had_live=had_live, conflict=applied.conflict)
+
+    def apply_remote(
+        self, source_node_id: str, mutations: Sequence[Mutation], through_lsn: int
+    ) -> ApplyOutcome:
+        if not source_node_id:
+            raise InvalidArgument("source node id is empty; name the node the mutations came from")
+        if through_lsn < 0:
+            raise InvalidArgument(f"source position {through_lsn} is negative; positions start at 0")
+        if len(mutations) > APPLY_BATCH_RECORDS_MAX:
+            raise InvalidArgument(
+                f"batch of {len(mutations)} mutations; at most {APPLY_BATCH_RECORDS_MAX} are applied at once"
+            )
+        for m in mutations:
+            _check_remote_mutation(source_node_id, m)
+
+        def apply(tx: WriteTx) -> ApplyOutcome:
+            applied: list[Mutation] = []
+            duplicates = 0
+            conflicts = 0
+            totals = tx.totals()
+            work = _WorkingSet(tx, [(m.namespace, m.key) for m in mutations])
+            for m in mutations:
+                result = causality.apply(work.get(m.namespace, m.key), m)
+                if not result.changed:
+                    duplicates += 1
+                    continue
+                work.put(m.namespace, m.key, result.state)
+                applied.append(m)
+                if result.conflict:
+                    conflicts += 1
+            if applied:
+                work.flush(tx, totals)
+                tx.store_totals(totals)
+            position = tx.raise_inbound(source_node_id, through_lsn)
+            return ApplyOutcome(tuple(applied), duplicates, conflicts, position)
+
+        return self.backend.write(apply)
+
+    def record_outbound_ack(self, target_node_id: str, lsn: int) -> None:
+        if not target_node_id:
+            raise InvalidArgument("target node id is empty; name the node that acknowledged")
+        if lsn < 0:
+            raise InvalidArgument(f"acknowledged position {lsn} is negative; positions start at 0")
+        self.backend.write(lambda tx: tx.raise_outbound(target_node_id, lsn))
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        check_meta_name(name)
+        if len(value) > META_VALUE_BYTES_MAX:
+            raise InvalidArgument(
+                f"meta value {name!r} is {len(value)} bytes; the limit is {META_VALUE_BYTES_MAX} bytes"
+            )
+        blob = bytes(value)
+        self.backend.write(lambda tx: tx.put_meta(name, blob))
+
+    def block_subject(self, digest: str, request_id: str) -> None:
+        """Keeps a data subject (by the keyed hash of its id) out of this region for good."""
+        check_text("subject digest", digest)
+        check_text("erasure request id", request_id)
+        self.backend.write(lambda tx: tx.block_subject(digest, request_id))
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, namespace: str, key: str) -> KeyState | None:
+        check_encodable("namespace", namespace)
+        check_encodable("key", key)
+        blob = self.backend.load_states(namespace, [key]).get(key)
+        return None if blob is None else decode_state(namespace, key, blob)
+
+    def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, KeyState]:
+        if len(keys) > GET_MANY_KEYS_MAX:
+            raise InvalidArgument(
+                f"get_many of {len(keys)} keys; read at most {GET_MANY_KEYS_MAX} keys at once"
+            )
+        check_encodable("namespace", namespace)
+        for key in keys:
+            check_encodable("key", key)
+        names = list(dict.fromkeys(keys))
+        return {
+            key: decode_state(namespace, key, blob)
+            for key, blob in self.backend.load_states(namespace, names).items()
+        }
+
+    def scan(self, namespace: str, prefix: str, start_after: str, limit: int) -> list[tuple[str, KeyState]]:
+        if not 1 <= limit <= SCAN_RECORDS_MAX:
+            raise InvalidArgument(f"scan limit {limit} is out of range; use 1 to {SCAN_RECORDS_MAX}")
+        check_encodable("namespace", namespace)
+        check_encodable("prefix", prefix)
+        check_encodable("start key", start_after)
+        inclusive = start_after < prefix
+        lower = prefix if inclusive else start_after
+        rows = self.backend.scan(namespace, lower, inclusive, prefix_upper_bound(prefix), limit)
+        return [(key, decode_state(namespace, key, blob)) for key, blob in rows]
+
+    def read_log(self, after_lsn: int, limit: int) -> list[Mutation]:
+        if after_lsn < 0:
+            raise InvalidArgument(f"log position {after_lsn} is negative; positions start at 0")
+        if not 1 <= limit <= LOG_READ_RECORDS_MAX:
+            raise InvalidArgument(f"log read limit {limit} is out of range; use 1 to {LOG_READ_RECORDS_MAX}")
+        return [decode_log_entry(row) for row in self.backend.read_log(after_lsn, limit)]
+
+    def last_lsn(self) -> int:
+        return self.backend.last_lsn()
+
+    def inbound_position(self, source_node_id: str) -> int:
+        return self.backend.inbound_position(source_node_id)
+
+    def outbound_acks(self) -> dict[str, int]:
+        return self.backend.outbound_acks()
+
+    def subject_keys(self, subject_id: str) -> list[tuple[str, str]]:
+        return self.backend.subject_keys(subject_id)
+
+    def namespaces(self) -> list[str]:
+        return self.backend.namespaces()
+
+    def counts(self) -> StoreCounts:
+        return self.backend.counts()
+
+    def get_meta(self, name: str) -> bytes | None:
+        check_meta_name(name)
+        return self.backend.get_meta(name)
+
+    def blocked_subjects(self) -> dict[str, str]:
+        """Every blocked subject digest and the erasure request that blocked it."""
+        return self.backend.blocked_subjects()
+
+    def snapshot(self) -> AbstractContextManager[Iterator[SnapshotRow]]:
+        """Every stored key state as of one moment, in (namespace, key) order (for backups)."""
+        return self.backend.snapshot()
+
+    def ping(self) -> None:
+        self.backend.ping()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def check_identity(node_id: str, region: str) -> None:
+    check_node_id(node_id)
+    if not region:
+        raise InvalidArgument("region is empty; a storage engine belongs to one region")
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string that starts with prefix (None when there is
+    none). Both backends compare text as UTF-8 bytes, which orders like code points, like Python."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code <= 0x10FFFF:
+            if 0xD800 <= code <= 0xDFFF:
+                code = 0xE000  # surrogates cannot be stored as UTF-8
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def decode_state(namespace: str, key: str, blob: bytes) -> KeyState:
+    try:
+        state = key_state_from_bytes(blob)
+    except (DecodeError, DomicileError) as error:
+        raise DataCorruption(f"stored state of {namespace}/{key} cannot be decoded ({error})") from None
+    for v in state.versions:
+        if not v.checksum_ok():
+            raise DataCorruption(
+                f"stored value of {namespace}/{key} (version {v.dot.node_id}:{v.dot.counter}) failed its "
+                "sha256 checksum; the node needs repair from a replica or backup"
+            )
+    return state
+
+
+def decode_log_entry(row: LogRow) -> Mutation:
+    try:
+        mutation = mutation_from_bytes(row.mutation)
+    except (DecodeError, DomicileError) as error:
+        raise DataCorruption(
+            f"change-log entry {row.lsn} ({row.namespace}/{row.key}) cannot be decoded ({error})"
+        ) from None
+    if not mutation.version.checksum_ok():
+        raise DataCorruption(
+            f"change-log entry {row.lsn} ({row.namespace}/{row.key}) failed its sha256 checksum; "
+            "the node needs repair from a replica or backup"
+        )
+    return mutation
+
+
+def check_encodable(what: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"a namespace, key or prefix is not valid Unicode text ({what} contains a lone surrogate)"
+        ) from None
+
+
+def check_text(what: str, text: str) -> None:
+    if not text:
+        raise InvalidArgument(f"{what} is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"{what} {text!r} is not valid Unicode text (it contains a lone surrogate)"
+        ) from None
+    if "\x00" in text:
+        raise InvalidArgument(f"{what} {text!r} contains a NUL character, which is not allowed")
+
+
+def check_meta_name(name: str) -> None:
+    if not name or len(name) > META_NAME_CHARS_MAX:
+        raise InvalidArgument(f"meta name {name!r} must be 1 to {META_NAME_CHARS_MAX} characters")
+    check_text("meta name", name)
+
+
+def _local_write_error(write: LocalWrite) -> DomicileError | None:
+    try:
+        _check_local_write(write)
+    except DomicileError as error:
+        return error
+    return None
+
+
+def _check_local_write(write: LocalWrite) -> None:
+    check_namespace_name(write.namespace)
+    check_text("key", write.key)
+    if write.tombstone and write.value:
+        raise InvalidArgument(
+            f"delete of {write.namespace}/{write.key} carries a value; a tombstone has none"
+        )
+    try:
+        Classification(write.classification)
+    except ValueError:
+        raise InvalidArgument(
+            f"unknown classification {write.classification!r} for {write.namespace}/{write.key}; "
+            f"allowed: {', '.join(str(int(c)) for c in Classification)}"
+        ) from None
+
+
+def _check_remote_mutation(source: str, m: Mutation) -> None:
+    check_namespace_name(m.namespace)
+    check_text("key", m.key)
+    dot = m.version.dot
+    if not dot.node_id or not 1 <= dot.counter <= DOT_COUNTER_MAX:
+        raise InvalidArgument(
+            f"mutation for {m.namespace}/{m.key} from {source} has dot {dot.node_id!r}:{dot.counter}; "
+            "a dot needs a node id and a counter from 1 to 2^62-1"
+        )
+    if m.context.covers(dot):
+        raise InvalidArgument(
+            f"mutation for {m.namespace}/{m.key} from {source} supersedes its own dot "
+            f"{dot.node_id}:{dot.counter}"
+        )
+    if not m.version.checksum_ok():
+        raise DataCorruption(
+            f"mutation for {m.namespace}/{m.key} from {source} (version {dot.node_id}:{dot.counter}) "
+            "failed its sha256 checksum; the batch was not applied"
+        )

@@ -1,0 +1,177 @@
+"""Nodes on the MongoDB engine, against a real MongoDB wire-protocol server: a mixed cluster
+(eu-west-1 on MongoDB, every other region on SQLite) runs the replication, conflict and erasure
+scenarios of the SQLite suites unchanged; an unreachable database stops a node cleanly and a
+returning one lets it serve again by itself."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from domicile import errors
+from node.daemon import Node
+from node.engine.mongo import MongoEngine
+from tests.integration import test_replication as replication
+from tests.integration import test_subject_rights as subject_rights
+from tests.support.cluster import LocalCluster, eventually, free_port
+from tests.support.mongo import MongoServer
+from tests.support.packs import sample_pack
+
+ON_MONGODB = "eu-west-1"
+
+
+def put_on_mongodb(cluster: LocalCluster, server: MongoServer, region: str = ON_MONGODB) -> None:
+    cluster.region_overrides[region] = {
+        "engine": "mongodb",
+        "mongodb_uri": server.uri,
+        "mongodb_database": server.database_name(region.replace("-", "_")),
+    }
+
+
+async def mixed(cluster: LocalCluster, server: MongoServer) -> LocalCluster:
+    put_on_mongodb(cluster, server)
+    await cluster.start_linked()
+    assert isinstance(cluster.nodes[ON_MONGODB].engine, MongoEngine)
+    others = [r for r in cluster.regions if r != ON_MONGODB]
+    assert others and all(not isinstance(cluster.nodes[r].engine, MongoEngine) for r in others)
+    return cluster
+
+
+@pytest.fixture
+async def eu_pair_mixed(tmp_path: Path, mongo_server: MongoServer) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path, ["eu-west-1", "eu-central-1", "us-east-1"], proxies=True)
+    try:
+        yield await mixed(cluster, mongo_server)
+    finally:
+        await cluster.stop()
+
+
+@pytest.fixture
+async def eu_us_mixed(tmp_path: Path, mongo_server: MongoServer) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(
+        tmp_path,
+        ["eu-west-1", "eu-central-1", "us-east-1"],
+        pack=sample_pack(),
+        namespaces=subject_rights.NAMESPACES,
+    )
+    try:
+        yield await mixed(cluster, mongo_server)
+    finally:
+        await cluster.stop()
+
+
+# -- a mixed cluster behaves as an all-SQLite one ------------------------------------------------
+
+
+async def test_mixed_concurrent_writes_become_siblings_and_a_context_supersedes_them(
+    eu_pair_mixed: LocalCluster,
+) -> None:
+    await replication.test_concurrent_writes_become_siblings_and_a_context_supersedes_them(eu_pair_mixed)
+
+
+async def test_mixed_lww_resolves_a_partitioned_conflict_and_counts_it(eu_pair_mixed: LocalCluster) -> None:
+    await replication.test_lww_resolves_a_partitioned_conflict_and_counts_it(eu_pair_mixed)
+
+
+async def test_mixed_target_restart_resumes_without_loss(eu_pair_mixed: LocalCluster) -> None:
+    await replication.test_target_restart_resumes_without_loss(eu_pair_mixed)
+
+
+async def test_mixed_erasure_reaches_every_region_and_keeps_what_the_law_keeps(
+    eu_us_mixed: LocalCluster,
+) -> None:
+    await subject_rights.test_an_erasure_reaches_every_region_keeps_what_the_law_keeps_and_leaves_a_receipt(
+        eu_us_mixed
+    )
+    # The block survives a restart of the MongoDB node (it is stored, one document per subject).
+    await eu_us_mixed.stop_node(ON_MONGODB)
+    await eu_us_mixed.start_node(ON_MONGODB)
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await subject_rights.put(eu_us_mixed, ON_MONGODB, "customers", "anna-3", "s-anna", b"back?")
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_mixed_compliance_scan_checks_the_same_copies_on_both_engines(
+    eu_us_mixed: LocalCluster,
+) -> None:
+    c = eu_us_mixed
+    for i in range(5):
+        await subject_rights.put(c, "eu-central-1", "customers", f"c-{i}", f"s-{i}", b"profile")
+        await subject_rights.put(c, ON_MONGODB, "trades", f"t-{i}", f"s-{i}", b"BUY 1")
+    for i in range(5):
+        await subject_rights.replicated(c, ["eu-west-1", "eu-central-1"], "customers", f"c-{i}")
+        await subject_rights.replicated(c, ["eu-west-1", "eu-central-1"], "trades", f"t-{i}")
+    on_mongo = await c.nodes[ON_MONGODB].compliance_scan(0, "test")
+    on_sqlite = await c.nodes["eu-central-1"].compliance_scan(0, "test")
+    assert on_mongo.versions_checked == on_sqlite.versions_checked == 10
+    assert on_mongo.violations_total == on_sqlite.violations_total == 0
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+async def test_a_node_whose_database_is_unreachable_at_start_names_it_and_does_not_start(
+    tmp_path: Path,
+) -> None:
+    cluster = LocalCluster(tmp_path, [ON_MONGODB])
+    await cluster.start_coordinator()
+    try:
+        port = free_port()  # nothing listens there
+        uri = f"mongodb://127.0.0.1:{port}/"
+        node = Node(cluster.node_config(ON_MONGODB, engine="mongodb", mongodb_uri=uri))
+        with pytest.raises(errors.Unavailable, match=f"127.0.0.1:{port}") as info:
+            await node.start()
+        assert "unreachable" in info.value.message
+        await node.stop(grace_s=0.1)
+    finally:
+        await cluster.stop()
+
+
+async def health_of(cluster: LocalCluster, region: str) -> int:
+    stub = health_pb2_grpc.HealthStub(cluster.channel(cluster.nodes[region].address))
+    response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    return int(response.status)
+
+
+async def test_a_database_outage_fails_writes_unavailable_and_the_node_recovers_by_itself(
+    tmp_path: Path,
+) -> None:
+    server = MongoServer(tmp_path / "mongodb")
+    if server.external:
+        pytest.fail("this test kills its own server; unset DOMICILE_TEST_MONGODB_URI to run it")
+    server.start()
+    cluster = LocalCluster(tmp_path / "cluster", [ON_MONGODB])
+    try:
+        put_on_mongodb(cluster, server)
+        await cluster.start_linked()
+        await cluster.put(ON_MONGODB, "instruments", "before", b"1")
+        assert await health_of(cluster, ON_MONGODB) == health_pb2.HealthCheckResponse.SERVING
+
+        server.kill()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await cluster.put(ON_MONGODB, "instruments", "during", b"2")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "MongoDB at" in (info.value.details() or "")
+
+        async def not_serving() -> bool:
+            return await health_of(cluster, ON_MONGODB) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await eventually(not_serving, 15, "health NOT_SERVING while the database is down")
+
+        server.start()  # the same port and storage: the server came back
+
+        async def serving() -> bool:
+            return await health_of(cluster, ON_MONGODB) == health_pb2.HealthCheckResponse.SERVING
+
+        await eventually(serving, 20, "health SERVING once the database answers")
+        await cluster.put(ON_MONGODB, "instruments", "after", b"3")
+        assert await cluster.values(ON_MONGODB, "instruments", "before") == {b"1"}
+        assert await cluster.values(ON_MONGODB, "instruments", "after") == {b"3"}
+        assert await cluster.values(ON_MONGODB, "instruments", "during") == set()
+    finally:
+        await cluster.stop()
+        server.stop()

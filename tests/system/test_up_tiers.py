@@ -1,0 +1,91 @@
+"""`domicile up --tiers --nodes-per-region 2`: the cluster on the MongoDB engine, over a
+SecantusDB it starts and stops itself, with two daemons per region sharing the region's database."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+from typing import Any
+
+import pymongo
+import pytest
+
+from tests.system.test_up import (
+    ROOT,
+    STARTUP_S,
+    UpProcess,
+    domicile_command,
+    eventually,
+    free_port_range,
+    pids_using,
+)
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
+
+
+# Two regions keep it to seven processes on a two-core machine.
+CLUSTER = """
+policy_version: tiers-test-1
+regions:
+  - {name: eu-west-1, country: IE, jurisdiction: EU}
+  - {name: eu-central-1, country: DE, jurisdiction: EU}
+namespaces:
+  - {name: instruments, regions: global, conflict_mode: lww, classification: public, owner: market-data}
+"""
+
+
+def test_up_tiers_runs_two_daemons_per_region_on_mongodb_and_stops_its_server(tmp_path: Any) -> None:
+    seed = random.randrange(1 << 30)
+    print(f"port seed={seed}")
+    rng = random.Random(seed)
+    base = free_port_range(6, set(), rng)  # the coordinator, 2 x two daemons, then SecantusDB
+    data_dir = tmp_path / "up"
+    config = tmp_path / "cluster.yaml"
+    config.write_text(CLUSTER)
+    process = subprocess.Popen(
+        [*domicile_command(), "up", "--tiers", "--nodes-per-region", "2", "--config", str(config),
+         "--data-dir", str(data_dir), "--base-port", str(base), "--metrics-base-port", "0",
+         "--startup-timeout", str(STARTUP_S)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    up = UpProcess(process, data_dir, f"127.0.0.1:{base}")
+    threading.Thread(target=up.pump, daemon=True).start()
+    mongodb = f"mongodb://127.0.0.1:{base + 5}/"
+    try:
+        assert up.wait_for_line("mongodb: ", STARTUP_S + 30).startswith(f"mongodb: 127.0.0.1:{base + 5}")
+        up.wait_for_line("ready:", 30)
+        nodes = {n["node_id"]: n for n in up.status()["nodes"]}
+        assert {"eu-west-1", "eu-west-1-2"} <= set(nodes) and len(nodes) == 4
+        # Each command's client starts its turns among eu-west-1's daemons at random.
+        up.put("instruments", "tiers-0", "bob", "--region", "eu-west-1")
+        up.put("instruments", "tiers-1", "ada", "--region", "eu-west-1")
+        eventually(
+            lambda: up.sees("instruments", "tiers-1", "ada", "eu-central-1"), "tiers-1 in eu-central-1"
+        )
+        client: pymongo.MongoClient[dict[str, Any]]
+        with pymongo.MongoClient(mongodb, serverSelectionTimeoutMS=5000) as client:
+            stored = client["domicile_eu_west_1"]["key_states"].find_one(
+                {"ns": "instruments", "k": "tiers-1"}
+            )
+            replicated = client["domicile_eu_central_1"]["key_states"].find_one({"k": "tiers-1"})
+        assert stored is not None and stored["live"] is True
+        assert replicated is not None
+        assert not (data_dir / "eu-west-1" / "store.sqlite3").exists()
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(90) == 0, "\n".join(up.output)
+        assert pids_using(data_dir) == []  # SecantusDB stopped with the rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in pids_using(data_dir):
+            os.kill(pid, signal.SIGKILL)
