@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -27,7 +27,7 @@ test-tools: ## install Node.js, npm, promtool and redis-server with apt-get when
 	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) prometheus; }
 	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { $(SUDO) apt-get update -q && $(APT_INSTALL) redis-server; }
 
-up: setup ## run a local cluster: a coordinator and six regional nodes (Ctrl-C stops it)
+up: setup ## run a local cluster: a coordinator and seven regional nodes (Ctrl-C stops it)
 	$(BIN)/domicile up --config deploy/cluster.yaml
 
 up-tiers: setup ## the same cluster with every region on MongoDB (a SecantusDB it starts itself)
@@ -71,6 +71,9 @@ fuzz: setup ## run every fuzz harness for FUZZ_SECONDS (300) each; new inputs an
 
 bench: setup ## benchmarks, each next to a baseline of the same run (a few minutes)
 	$(PY) bench/run.py
+
+bench-entropy: setup ## time one anti-entropy round repairing 10,000 divergent keys
+	$(PY) -m bench.antientropy
 
 # SEED replays a run; DURATION is the seconds of faults. The run's files go to a temp dir it prints.
 DURATION ?= 300

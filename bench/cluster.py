@@ -4,6 +4,7 @@ daemons started as `python -m coordinator` / `python -m node` exactly as an oper
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import urllib.request
@@ -30,6 +31,41 @@ FAR_REGION = "eu-north-1"
 SOLO_NAMESPACE = "bench_solo"
 PAIR_NAMESPACE = "bench_pair"
 FAR_NAMESPACE = "bench_far"
+# The same Puts as SOLO_NAMESPACE, into a namespace whose values must follow a 20-field schema.
+SCHEMA_NAMESPACE = "bench_schema"
+SCHEMA_FILE = "bench-schema.json"
+SCHEMA_FIELDS = 20
+
+
+def twenty_field_schema() -> dict[str, object]:
+    """A JSON Schema (Draft 2020-12) of 20 typed, constrained fields, all required: the shape of
+    a customer or order record, so that the check does the work a real schema makes it do."""
+    properties: dict[str, object] = {}
+    for i in range(SCHEMA_FIELDS):
+        kind = ("string", "integer", "number", "boolean")[i % 4]
+        rule: dict[str, object] = {"type": kind}
+        if kind == "string":
+            rule.update(minLength=1, maxLength=64, pattern="^[A-Za-z0-9 ._@-]+$")
+        elif kind in ("integer", "number"):
+            rule.update(minimum=0, maximum=1_000_000)
+        properties[f"field_{i:02d}"] = rule
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": sorted(properties),
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def twenty_field_value() -> bytes:
+    """A value that passes twenty_field_schema()."""
+    samples = {"string": "value 1.0@x", "integer": 42, "number": 3.5, "boolean": True}
+    schema = twenty_field_schema()
+    props = schema["properties"]
+    assert isinstance(props, dict)
+    return json.dumps({name: samples[rule["type"]] for name, rule in props.items()}).encode()
+
 
 # The client every figure's calls run as (the load workers too).
 CLIENT = "bench"
@@ -57,6 +93,13 @@ CLUSTER = {
             "regions": [SOURCE_REGION, FAR_REGION],
             "conflict_mode": "lww",
             "owner": CLIENT,
+        },
+        {
+            "name": SCHEMA_NAMESPACE,
+            "regions": [SOLO_REGION],
+            "conflict_mode": "lww",
+            "owner": CLIENT,
+            "schema": SCHEMA_FILE,
         },
     ],
     "coordinator": {"heartbeat_interval_ms": 500, "missed_heartbeats_max": 6},
@@ -108,6 +151,7 @@ class BenchCluster:
         self.root = root
         self.children = children
         self.config_path = root / "cluster.yaml"
+        (root / SCHEMA_FILE).write_text(json.dumps(twenty_field_schema()))
         self.config_path.write_text(yaml.safe_dump(CLUSTER, sort_keys=False))
         self.coordinator_address = ""
         self.nodes: dict[str, NodeHandle] = {}

@@ -31,12 +31,15 @@ from bench.cluster import (
     LAG_METRIC,
     NEAR_REGION,
     PAIR_NAMESPACE,
+    SCHEMA_FIELDS,
+    SCHEMA_NAMESPACE,
     SOLO_NAMESPACE,
     SOLO_REGION,
     SOURCE_REGION,
     BenchCluster,
     NodeHandle,
     inbound_lag_p99_ms,
+    twenty_field_value,
     wait_caught_up,
     wait_linked,
 )
@@ -166,6 +169,9 @@ class Measured:
     mongo_put_ms: list[float] | None = None
     one_daemon: phases.LoadResult | None = None
     two_daemons: tuple[phases.LoadResult, phases.LoadResult] | None = None
+    # The same 20-field JSON value put into a namespace without a schema and into one with.
+    unchecked_put_ms: list[float] | None = None
+    schema_put_ms: list[float] | None = None
     echo_load: phases.LoadResult | None = None
     put_load: phases.LoadResult | None = None
     commit_batch_mean: float | None = None
@@ -269,6 +275,20 @@ class Run:
                 out += await phases.sequential(
                     f"durable Put (synchronous=FULL on SQLite), {how}",
                     put_call(node.channel, SOLO_NAMESPACE, "put", self.value),
+                    half,
+                )
+        # The price of the quality gate: one 20-field value, into the same node with and without a
+        # schema to check, in alternating halves so that drift falls on both.
+        record = twenty_field_value()
+        m.unchecked_put_ms, m.schema_put_ms = [], []
+        for _ in range(2):
+            for ns, out, how in (
+                (SOLO_NAMESPACE, m.unchecked_put_ms, "no schema"),
+                (SCHEMA_NAMESPACE, m.schema_put_ms, f"{SCHEMA_FIELDS}-field schema"),
+            ):
+                out += await phases.sequential(
+                    f"durable Put of a {SCHEMA_FIELDS}-field JSON value, {how}",
+                    put_call(solo.channel, ns, "json", record),
                     half,
                 )
         # The same with subject data: encrypted under per-subject keys at rest, opened on read.
@@ -483,6 +503,8 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     _, mongo_put99 = p50_p99(need(m.mongo_put_ms, "MongoDB Put"))
     one_daemon = need(m.one_daemon, "one daemon").rate
     two_daemons = sum(r.rate for r in need(m.two_daemons, "two daemons"))
+    _, unchecked_put99 = p50_p99(need(m.unchecked_put_ms, "Put without a schema"))
+    _, schema_put99 = p50_p99(need(m.schema_put_ms, "Put with a schema"))
     put_floor50, put_floor99 = echo50 + 2 * fs50, echo99 + 2 * fs99
     d = opts.delay_ms
     concurrency = f"{opts.load_procs} procs x {opts.inflight} in flight"
@@ -536,6 +558,20 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
             "plaintext Put p99",
             f"<= {MTLS_P99_RATIO_MAX} x plaintext p99",
             put99 <= MTLS_P99_RATIO_MAX * plain_put99,
+        ),
+        Figure(
+            "unchecked_put_p99_ms",
+            f"baseline: durable Put p99, {SCHEMA_FIELDS}-field JSON, no schema",
+            unchecked_put99,
+            "ms",
+        ),
+        Figure(
+            "schema_put_p99_ms",
+            f"durable Put p99, {SCHEMA_FIELDS}-field JSON Schema checked",
+            schema_put99,
+            "ms",
+            unchecked_put99,
+            "the same Put without a schema",
         ),
         Figure(
             "sealed_put_p50_ms",

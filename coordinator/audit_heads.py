@@ -2,11 +2,12 @@
 
 A node's audit log lives in its region; its signed heads live here, out of the region's
 control. A region usually has one node; several daemons of a region over one database each keep
-an audit chain of their own, so heads are kept per node. The first head of a node pins its
-region and public key (the servicer takes a head only from the node it names, by certificate).
-After that a head is accepted only when it is validly signed by that key and extends what is on
-record: a smaller size means the log was truncated, the same size with another hash means it
-was rewritten.
+an audit chain of their own, so heads are kept per node. A head is accepted only when it is
+signed with the key the exporting node's certificate binds (domicile/identity/audit_key.py):
+the CA, not the first caller, decides a node's key. The first head of a node pins its region and
+public key. After that a head is accepted only when it is validly signed by that key and extends
+what is on record: a smaller size means the log was truncated, the same size with another hash
+means it was rewritten.
 (A hash chain cannot prove that a longer head extends the shorter one; `domicile audit verify`
 checks that by recomputing the chain against the head on record.)
 """
@@ -23,6 +24,13 @@ from domicile.errors import FailedPrecondition, InvalidArgument, NotFound
 from domicile.wire.audit import head_from_bytes
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KeyBinding:
+    """The audit-head key the certificate of the exporting node binds (b"": it binds none)."""
+
+    key: bytes
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,10 @@ class AuditHeadBook:
         self._now_ms = now_ms
         self._on_accept = on_accept
 
-    def accept(self, head: SignedHead) -> int:
-        """Records the head; returns the size now on record for its node."""
+    def accept(self, head: SignedHead, binding: KeyBinding | None = None) -> int:
+        """Records the head; returns the size now on record for its node. `binding`: the key
+        the exporting node's certificate binds (None on an insecure port, where nothing binds a
+        key and the first head pins it)."""
         if head.region not in self._regions:
             raise InvalidArgument(
                 f"audit head names unknown region {head.region!r}; configured regions: "
@@ -73,6 +83,14 @@ class AuditHeadBook:
         if not head.signature_valid():
             raise FailedPrecondition(
                 f"audit head of region {head.region} at size {head.size} has an invalid signature"
+            )
+        if binding is not None and head.public_key != binding.key:
+            # Checked before what is on record, so the first head is held to it too.
+            bound = f"the key {binding.key.hex()[:16]}..." if binding.key else "no key"
+            raise FailedPrecondition(
+                f"audit head of region {head.region} is signed with key {head.public_key.hex()[:16]}..., "
+                f"but the certificate of node {head.node_id} binds {bound}; a head is signed with the "
+                "key the node's certificate binds (domicile certs issue --node)"
             )
         previous = self._heads.get(head.node_id)
         if previous is not None:

@@ -22,7 +22,9 @@ from coordinator.registry import Registry
 from coordinator.store import CoordinatorStore
 from coordinator.subject_desk import SubjectDesk
 from coordinator.watch import WatchHub
+from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Refusal, load_checks
+from domicile.authz.operational import OperationalServicesGuard
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
 from domicile.identity.transport import daemon_transport
@@ -32,8 +34,12 @@ from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_to_bytes
 from domicile.wire.limits import SERVER_KEEPALIVE_OPTIONS
+from domicile.wire.peer_limits import PeerConcurrency
 
 log = logging.getLogger(__name__)
+# The most calls one peer may have in flight at the coordinator across its connections: a node
+# holds a topology watch and a few unary calls; an SDK client, its watch and its lookups.
+COORDINATOR_PEER_CALLS_MAX = 256
 
 
 class Coordinator:
@@ -54,6 +60,16 @@ class Coordinator:
             raise InvalidArgument(f"cluster config {config.cluster_config} configures no regions")
         # Refuse to start with a policy pack the nodes could not enforce.
         policy_for_cluster(self.cluster)
+        # ... and with authorization policies they could not load (InvalidArgument naming the
+        # file, line and column). The coordinator enforces the same set it distributes.
+        if self.cluster.authz_policies_text:
+            if config.authz_policies:
+                raise InvalidArgument(
+                    f"two authorization policy sets: cluster config {config.cluster_config} names "
+                    f"{self.cluster.authz_policies_source} and --authz-policies names "
+                    f"{config.authz_policies}; give one (the cluster config's is distributed to the nodes)"
+                )
+            Authorizer.distributed(self.cluster.authz_policies_text, self.cluster.authz_policies_source)
         self.heartbeat_interval_ms = (
             self.cluster.heartbeat_interval_ms
             if config.heartbeat_interval_ms is None
@@ -120,10 +136,17 @@ class Coordinator:
         self.security, _ = daemon_transport(
             self.config.tls_files(), self.config.insecure, "the coordinator", TLS_STEM
         )
+        self.security.on_identity_refused(self.metrics.tls_identity_changes_refused.inc)
         cfg = self.config
         authorizer, tokens = load_checks(
             self.security.cluster, cfg.authz_policies, cfg.jwks, cfg.token_issuer, cfg.token_audience
         )
+        if self.security.cluster is not None and self.cluster.authz_policies_text:
+            authorizer = Authorizer.distributed(
+                self.cluster.authz_policies_text, self.cluster.authz_policies_source, self.security.cluster
+            )
+        if authorizer is not None:
+            log.info("authorization policies %s in force", authorizer.version)
         gate = Gate(
             cluster=self.security.cluster,
             authorizer=authorizer,
@@ -162,6 +185,12 @@ class Coordinator:
                     *SERVER_KEEPALIVE_OPTIONS,
                 ],
                 maximum_concurrent_rpcs=limits.concurrent_rpcs_max,
+                interceptors=[
+                    PeerConcurrency(
+                        COORDINATOR_PEER_CALLS_MAX, lambda c, p, b: self.metrics.peer_calls_refused.inc()
+                    ),
+                    OperationalServicesGuard(gate),
+                ],
             )
             self._server = server
             store = self._store

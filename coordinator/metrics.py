@@ -52,6 +52,16 @@ class CoordinatorMetrics:
             ["region"],
             registry=self.registry,
         )
+        self.peer_calls_refused = Counter(
+            "domicile_coordinator_peer_calls_refused_total",
+            "Calls refused because their peer already had the most calls in flight one peer may have.",
+            registry=self.registry,
+        )
+        self.tls_identity_changes_refused = Counter(
+            "domicile_coordinator_tls_identity_changes_refused_total",
+            "Replaced TLS files that named another identity than the coordinator's; it kept its certificate",
+            registry=self.registry,
+        )
         self.authz_refusals = Counter(
             "domicile_coordinator_authz_refusals_total",
             "Calls refused by authentication or authorization, by action and reason "

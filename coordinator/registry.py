@@ -61,6 +61,9 @@ def cluster_fingerprint(cluster: ClusterSpec) -> str:
             for n in cluster.namespaces
         ],
     }
+    if cluster.authz_policies_text:
+        # Only when set, for the same reason as the purposes.
+        doc["authz_policies_sha256"] = hashlib.sha256(cluster.authz_policies_text.encode()).hexdigest()
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

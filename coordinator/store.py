@@ -35,10 +35,12 @@ from domicile.topology import NodeHealth, NodeInfo
 
 # 2: data-subject requests, erasure receipts and legal holds. A coordinator that predates them
 # would publish topologies without the erasures and holds in force, so it must refuse the data.
-SCHEMA_VERSION = 2
+# 3: who asked: the verified identity of an erasure's requester and a hold's placer and releaser.
+SCHEMA_VERSION = 3
 
 # Every statement is idempotent: upgrading from version 1 runs them all, and only the tables
-# version 1 lacked are created.
+# version 1 lacked are created (in their current shape, so the step from 2 to 3 adds only the
+# columns a table lacks).
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -69,7 +71,8 @@ _SCHEMA = (
     status INTEGER NOT NULL,
     regions_pending TEXT NOT NULL,
     completed_unix_ms INTEGER NOT NULL,
-    records_exported INTEGER NOT NULL
+    records_exported INTEGER NOT NULL,
+    requested_by TEXT NOT NULL DEFAULT ''
 )""",
     "CREATE INDEX IF NOT EXISTS subject_requests_by_status ON subject_requests (status, seq)",
     """CREATE TABLE IF NOT EXISTS erasure_receipts (
@@ -90,7 +93,9 @@ _SCHEMA = (
     placed_unix_ms INTEGER NOT NULL,
     -- 0 while the hold is in force; released holds stay on record.
     released_unix_ms INTEGER NOT NULL,
-    release_reason TEXT NOT NULL
+    release_reason TEXT NOT NULL,
+    placed_by TEXT NOT NULL DEFAULT '',
+    released_by TEXT NOT NULL DEFAULT ''
 )""",
     "CREATE INDEX IF NOT EXISTS legal_holds_by_release ON legal_holds (released_unix_ms, seq)",
 )
@@ -104,6 +109,22 @@ def _create_schema(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+# Columns version 3 added to tables that version 2 created without them.
+_IDENTITY_COLUMNS = (
+    ("subject_requests", "requested_by"),
+    ("legal_holds", "placed_by"),
+    ("legal_holds", "released_by"),
+)
+
+
+def _add_identity_columns(db: sqlite3.Connection) -> None:
+    """Version 2 -> 3. Idempotent: a table created by this version has the columns already."""
+    for table, column in _IDENTITY_COLUMNS:
+        present = {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+
+
 def _refuse_version(version: int) -> FailedPrecondition:
     return FailedPrecondition(
         f"coordinator data has schema version {version}; this coordinator supports up to "
@@ -112,14 +133,17 @@ def _refuse_version(version: int) -> FailedPrecondition:
 
 
 _STORE_SCHEMA = sqlite_db.Schema(
-    version=SCHEMA_VERSION, create=_create_schema, upgrades={1: _create_schema}, unsupported=_refuse_version
+    version=SCHEMA_VERSION,
+    create=_create_schema,
+    upgrades={1: _create_schema, 2: _add_identity_columns},
+    unsupported=_refuse_version,
 )
 
 _REQUEST_COLUMNS = (
     "request_id, kind, subject_id, subject_jurisdiction, reason, received_unix_ms, due_unix_ms, "
-    "status, regions_pending, completed_unix_ms, records_exported"
+    "status, regions_pending, completed_unix_ms, records_exported, requested_by"
 )
-_HOLD_COLUMNS = "hold_id, scope, subject_id, namespace, key, reason, placed_unix_ms"
+_HOLD_COLUMNS = "hold_id, scope, subject_id, namespace, key, reason, placed_unix_ms, placed_by"
 
 
 @dataclass(frozen=True)
@@ -127,6 +151,7 @@ class HoldRelease:
     hold_id: str
     released_ms: int
     reason: str
+    released_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -205,7 +230,7 @@ class CoordinatorStore:
                 raise DataCorruption(f"stored node {node_id!r} has unknown health {health!r}") from None
             nodes.append(NodeInfo(node_id, region, address, metrics_address, parsed_health, last_ms))
         erasures = tuple(
-            ErasureOrder(r.request_id, r.subject_id, r.received_ms, r.regions_pending)
+            ErasureOrder(r.request_id, r.subject_id, r.received_ms, r.regions_pending, r.requested_by)
             for r in self.open_requests()
             if r.kind is RequestKind.ERASURE
         )
@@ -306,7 +331,8 @@ class CoordinatorStore:
     def _write_subjects(self, changes: SubjectChanges) -> None:
         for r in changes.requests:
             self._db.execute(
-                f"INSERT INTO subject_requests ({_REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO subject_requests ({_REQUEST_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(request_id) DO UPDATE SET status = excluded.status, "
                 "regions_pending = excluded.regions_pending, "
                 "completed_unix_ms = excluded.completed_unix_ms, "
@@ -323,6 +349,7 @@ class CoordinatorStore:
                     json.dumps(list(r.regions_pending)),
                     r.completed_ms,
                     r.records_exported,
+                    r.requested_by,
                 ),
             )
             self._db.executemany(
@@ -332,16 +359,26 @@ class CoordinatorStore:
             )
         self._db.executemany(
             f"INSERT INTO legal_holds ({_HOLD_COLUMNS}, released_unix_ms, release_reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, '')",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, '')",
             [
-                (h.hold_id, int(h.scope), h.subject_id, h.namespace, h.key, h.reason, h.placed_ms)
+                (
+                    h.hold_id,
+                    int(h.scope),
+                    h.subject_id,
+                    h.namespace,
+                    h.key,
+                    h.reason,
+                    h.placed_ms,
+                    h.placed_by,
+                )
                 for h in changes.placed
             ],
         )
         # 0 marks a hold in force, so a release stamped at the epoch (a test clock) counts as 1 ms.
         self._db.executemany(
-            "UPDATE legal_holds SET released_unix_ms = ?, release_reason = ? WHERE hold_id = ?",
-            [(max(1, r.released_ms), r.reason, r.hold_id) for r in changes.released],
+            "UPDATE legal_holds SET released_unix_ms = ?, release_reason = ?, released_by = ? "
+            "WHERE hold_id = ?",
+            [(max(1, r.released_ms), r.reason, r.released_by, r.hold_id) for r in changes.released],
         )
 
     def save_heartbeats(self, nodes: Iterable[NodeInfo]) -> None:
@@ -424,6 +461,7 @@ def _request(row: Sequence[Any], receipts: tuple[RegionReceipt, ...]) -> Subject
         receipts=receipts,
         completed_ms=int(row[9]),
         records_exported=int(row[10]),
+        requested_by=str(row[11]),
     )
 
 
@@ -437,6 +475,7 @@ def _hold(row: Sequence[Any]) -> LegalHold:
         key=str(row[4]),
         reason=str(row[5]),
         placed_ms=int(row[6]),
+        placed_by=str(row[7]),
     )
 
 

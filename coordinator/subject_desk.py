@@ -111,7 +111,7 @@ def check_list_limit(limit: int) -> int:
 def erasure_orders(requests: dict[str, SubjectRequest]) -> tuple[ErasureOrder, ...]:
     """The orders the topology carries for the open requests (oldest first)."""
     return tuple(
-        ErasureOrder(r.request_id, r.subject_id, r.received_ms, r.regions_pending)
+        ErasureOrder(r.request_id, r.subject_id, r.received_ms, r.regions_pending, r.requested_by)
         for r in requests.values()
         if r.kind is RequestKind.ERASURE
     )
@@ -161,8 +161,11 @@ class SubjectDesk:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def erase(self, subject_id: str, reason: str, jurisdiction: str = "") -> SubjectRequest:
-        """Opens an erasure request and orders every region with a node to carry it out."""
+    def erase(
+        self, subject_id: str, reason: str, jurisdiction: str = "", requested_by: str = ""
+    ) -> SubjectRequest:
+        """Opens an erasure request and orders every region with a node to carry it out.
+        `requested_by`: the DPO's verified identity, which every region audits its steps as."""
         self._check_open()
         check_subject_id(subject_id)
         check_reason(reason, required=True)
@@ -177,7 +180,7 @@ class SubjectDesk:
                 f"{', '.join(existing.regions_pending) or 'none'}; follow it with GetSubjectRequest"
             )
         request = self._new_request(RequestKind.ERASURE, subject_id, jurisdiction, reason)
-        request = replace(request, regions_pending=self._ordered_regions())
+        request = replace(request, regions_pending=self._ordered_regions(), requested_by=requested_by)
         if not request.regions_pending:
             # No node has ever registered, so no region holds anything to erase.
             request = replace(request, status=RequestStatus.COMPLETED, completed_ms=request.received_ms)
@@ -326,7 +329,13 @@ class SubjectDesk:
     # --- legal holds -----------------------------------------------------------------------
 
     def place_hold(
-        self, scope: HoldScope, subject_id: str = "", namespace: str = "", key: str = "", reason: str = ""
+        self,
+        scope: HoldScope,
+        subject_id: str = "",
+        namespace: str = "",
+        key: str = "",
+        reason: str = "",
+        placed_by: str = "",
     ) -> LegalHold:
         self._check_open()
         if scope is HoldScope.SUBJECT:
@@ -356,7 +365,7 @@ class SubjectDesk:
                 f"{len(self._holds)} legal holds are in force, the limit; release one before placing another"
             )
         hold_id = self._new_id("hold-", lambda i: i in self._holds or self._store.hold_id_taken(i))
-        hold = LegalHold(hold_id, scope, subject_id, namespace, key, reason, self._now_ms())
+        hold = LegalHold(hold_id, scope, subject_id, namespace, key, reason, self._now_ms(), placed_by)
         holds = {**self._holds, hold_id: hold}
         self._registry.touch(
             SubjectChanges(placed=(hold,)), erasure_orders(self._open), tuple(holds.values())
@@ -366,7 +375,7 @@ class SubjectDesk:
         log.info("legal hold %s placed (scope %s)", hold_id, scope.label)
         return hold
 
-    def release_hold(self, hold_id: str, reason: str = "") -> LegalHold:
+    def release_hold(self, hold_id: str, reason: str = "", released_by: str = "") -> LegalHold:
         """Releases a hold in force; returns it as it was."""
         self._check_open()
         check_hold_id(hold_id)
@@ -380,11 +389,11 @@ class SubjectDesk:
                 )
             raise NotFound(f"no legal hold {hold_id}; ListLegalHolds lists the holds in force")
         holds = {k: v for k, v in self._holds.items() if k != hold_id}
-        changes = SubjectChanges(released=(HoldRelease(hold_id, self._now_ms(), reason),))
+        changes = SubjectChanges(released=(HoldRelease(hold_id, self._now_ms(), reason, released_by),))
         self._registry.touch(changes, erasure_orders(self._open), tuple(holds.values()))
         self._holds = holds
         self._on_change()
-        log.info("legal hold %s released", hold_id)
+        log.info("legal hold %s released by %s", hold_id, released_by or "-")
         return hold
 
     def holds(self) -> tuple[LegalHold, ...]:

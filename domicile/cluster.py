@@ -6,13 +6,16 @@ node directly so that it can serve before it has ever reached the coordinator.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from domicile.catalog import Controller, NamespaceCatalog, parse_catalog, parse_controller
 from domicile.errors import InvalidArgument, NotFound
 from domicile.model import Classification, ConflictMode, check_namespace_name, check_purpose
+from domicile.quality import canonical_schema
 from domicile.subjects import DEFAULT_RETENTION_CLASSES, RetentionClass, parse_retention_classes
 from domicile.yaml_text import load_yaml
 
@@ -37,6 +40,14 @@ class NamespaceSpec:
     # The purposes records of this namespace may be processed for (GDPR Art. 5(1)(b) purpose
     # limitation); empty means no limitation. Config-only for now: the topology does not carry it.
     purposes: tuple[str, ...] = ()
+    # Steward, lawful basis per law, categories, recipients, schema reference (domicile/catalog.py).
+    # Config-only: the topology does not carry it, so a node's copy from the coordinator is empty.
+    catalog: NamespaceCatalog = field(default_factory=NamespaceCatalog)
+    # The JSON Schema (Draft 2020-12) its values must follow, as compact JSON text read from the
+    # catalog's schema reference; "" for none. Carried by the topology, so every node enforces it.
+    json_schema: str = ""
+    # Top-level fields the dataset wants present (domicile/quality.py: quality_score).
+    quality_fields: tuple[str, ...] = ()
 
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
@@ -55,9 +66,16 @@ class ClusterSpec:
     # distribute exactly what it validated; domicile.policy.select parses it.
     policy_pack_yaml: str = ""
     policy_pack_source: str = ""
+    # The Cedar authorization policies (text) and where they were read from; empty when the
+    # cluster config names none, and each daemon then uses its own (`authz_policies`) or the
+    # packaged default set. Kept as text for the same reason as the pack; domicile.authz parses it.
+    authz_policies_text: str = ""
+    authz_policies_source: str = ""
     retention_classes: tuple[RetentionClass, ...] = DEFAULT_RETENTION_CLASSES
     heartbeat_interval_ms: int = 1000
     missed_heartbeats_max: int = 3
+    # The controller of the processing (for the record of processing); config-only.
+    controller: Controller | None = None
     _by_name: Mapping[str, NamespaceSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -127,28 +145,67 @@ def _purposes(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
     return tuple(purposes)
 
 
-def _policy_pack(data: Mapping[str, Any], source: str, base_dir: Path | None) -> tuple[str, str]:
-    """Reads the file named by `policy_pack` (relative to the cluster config's directory)."""
-    ref = data.get("policy_pack")
+def _schema(ref: str, where: str, base_dir: Path | None) -> str:
+    """Reads the JSON Schema file a namespace names (relative to the cluster config)."""
+    if not ref:
+        return ""
+    path = Path(ref)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidArgument(f"{where}.schema: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"{where}.schema: {path} is not JSON: {exc}") from None
+    return canonical_schema(document, f"{where}.schema ({ref})")
+
+
+def _quality_fields(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    value = raw.get("quality_fields")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(f, str) and f for f in value):
+        raise InvalidArgument(f"{where}.quality_fields: expected a list of top-level field names")
+    if len(set(value)) != len(value):
+        raise InvalidArgument(f"{where}.quality_fields: a field is listed twice")
+    return tuple(value)
+
+
+def _named_file(
+    data: Mapping[str, Any], key: str, what: str, source: str, base_dir: Path | None
+) -> tuple[str, str]:
+    """Reads the file named by `key` (relative to the cluster config's directory): its text and path."""
+    ref = data.get(key)
     if ref is None:
         return "", ""
     if not isinstance(ref, str) or not ref:
-        raise InvalidArgument(f"{source}: policy_pack must be the path of a policy pack YAML file")
+        raise InvalidArgument(f"{source}: {key} must be the path of a {what}")
     path = Path(ref)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidArgument(f"{source}: policy_pack {ref}: cannot read {path}: {exc.strerror}") from None
+        raise InvalidArgument(f"{source}: {key} {ref}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{source}: {key} {ref}: {path} is not UTF-8 text") from None
     return text, str(path)
 
 
-def _pack_version(text: str, source: str) -> str:
+def _pack_version(text: str, source: str) -> tuple[str, list[str]]:
+    """The pack's version and its law ids (to check the namespaces' lawful_basis keys); the
+    policy package validates the rest."""
     data = load_yaml(text, f"policy pack {source}")
     if not isinstance(data, Mapping) or not data.get("version"):
         raise InvalidArgument(f"policy pack {source}: missing required field 'version'")
-    return str(data["version"])
+    laws = data.get("laws")
+    ids = (
+        [str(law["id"]) for law in laws if isinstance(law, Mapping) and "id" in law]
+        if isinstance(laws, list)
+        else []
+    )
+    return str(data["version"]), ids
 
 
 def parse_cluster(
@@ -172,6 +229,8 @@ def parse_cluster(
     region_names = {r.name for r in regions}
     if len(region_names) != len(regions):
         raise InvalidArgument(f"{source}: region names must be unique")
+    pack_yaml, pack_source = _named_file(data, "policy_pack", "policy pack YAML file", source, base_dir)
+    pack_version, law_ids = _pack_version(pack_yaml, pack_source) if pack_yaml else ("", None)
     namespaces = []
     for i, raw in enumerate(_sequence(data, "namespaces", source)):
         where = f"{source}: namespaces[{i}]"
@@ -193,6 +252,7 @@ def parse_cluster(
             raise InvalidArgument(
                 f"{where} ({name}): unknown regions {unknown}; configured: {sorted(region_names)}"
             )
+        catalog = parse_catalog(raw, f"{where} ({name})", law_ids)
         namespaces.append(
             NamespaceSpec(
                 name=name,
@@ -204,6 +264,9 @@ def parse_cluster(
                 retention_class=str(raw.get("retention_class", "")),
                 description=str(raw.get("description", "")),
                 purposes=_purposes(raw, f"{where} ({name})"),
+                catalog=catalog,
+                json_schema=_schema(catalog.schema, f"{where} ({name})", base_dir),
+                quality_fields=_quality_fields(raw, f"{where} ({name})"),
             )
         )
     if len({n.name for n in namespaces}) != len(namespaces):
@@ -219,12 +282,12 @@ def parse_cluster(
     coordinator = data.get("coordinator") or {}
     if not isinstance(coordinator, Mapping):
         raise InvalidArgument(f"{source}: coordinator must be a mapping of settings")
-    pack_yaml, pack_source = _policy_pack(data, source, base_dir)
+    # Validated by the coordinator at start (domicile.authz), which this module does not import.
+    authz_text, authz_source = _named_file(data, "authz_policies", "Cedar policy file", source, base_dir)
     # The version nodes report and the audit trail records: the pack's own version, prefixed
     # with the cluster's policy_version when both are given (the scopes are policy too).
     version = str(data.get("policy_version") or "")
     if pack_yaml:
-        pack_version = _pack_version(pack_yaml, pack_source)
         version = f"{version}/{pack_version}" if version else pack_version
     version = version or "scope-v1"
     return ClusterSpec(
@@ -233,6 +296,8 @@ def parse_cluster(
         policy_version=version,
         policy_pack_yaml=pack_yaml,
         policy_pack_source=pack_source,
+        authz_policies_text=authz_text,
+        authz_policies_source=authz_source,
         retention_classes=retention,
         heartbeat_interval_ms=_whole_number(
             coordinator, "heartbeat_interval_ms", 1000, f"{source}: coordinator"
@@ -240,6 +305,7 @@ def parse_cluster(
         missed_heartbeats_max=_whole_number(
             coordinator, "missed_heartbeats_max", 3, f"{source}: coordinator"
         ),
+        controller=parse_controller(data.get("controller"), f"{source}: controller"),
     )
 
 

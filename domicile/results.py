@@ -106,6 +106,29 @@ class NodeStatus:
     audit_exported_size: int = 0
     # Record copies the node's last compliance scan found outside what the policy allows.
     compliance_violations: int = 0
+    # Per namespace and classification, when asked for (node_status(namespace_stats=True)).
+    namespace_stats: tuple[NamespaceStats, ...] = ()
+    # Per namespace with a schema or quality fields, since the node started.
+    namespace_quality: tuple[NamespaceQuality, ...] = ()
+    # The authorization policy set the node enforces ("" from an insecure node or an older one).
+    authz_policy_version: str = ""
+
+
+@dataclass(frozen=True)
+class NamespaceStats:
+    namespace: str
+    classification: Classification
+    records: int
+    # Stored live values that fail the candidate schema asked for (0 without one).
+    candidate_invalid: int = 0
+
+
+@dataclass(frozen=True)
+class NamespaceQuality:
+    namespace: str
+    validated: int
+    refused_by_rule: tuple[tuple[str, int], ...]
+    quality_score: float
 
 
 @dataclass(frozen=True)
@@ -169,3 +192,27 @@ class ExportedCopy:
     @property
     def held(self) -> bool:
         return bool(self.hold_reason)
+
+
+@dataclass(frozen=True)
+class NamespaceConsistency:
+    """How two replicas of a namespace agree: `keys` is what either holds that both may hold,
+    `divergent` how many of those differ (or only one holds); `divergent_keys` lists the first."""
+
+    namespace: str
+    keys: int
+    divergent: int
+    divergent_keys: tuple[str, ...]
+
+    @property
+    def agreement(self) -> float:
+        return 1.0 if self.keys == 0 else (self.keys - self.divergent) / self.keys
+
+
+@dataclass(frozen=True)
+class PairConsistency:
+    """The consistency check of one pair of nodes, per namespace they both hold."""
+
+    node_id: str
+    peer_node_id: str
+    namespaces: tuple[NamespaceConsistency, ...]

@@ -155,6 +155,8 @@ class LegalHold:
     key: str = ""
     reason: str = ""
     placed_ms: int = 0
+    # The verified identity of the DPO who placed it ("" when not known).
+    placed_by: str = ""
 
     def covers(self, namespace: str, key: str, subject_id: str) -> bool:
         if self.scope is HoldScope.SUBJECT:
@@ -186,6 +188,8 @@ class ErasureOrder:
     subject_id: str
     requested_ms: int
     regions_pending: tuple[str, ...] = ()
+    # The verified identity of the DPO who asked for it ("" when not known).
+    requested_by: str = ""
 
 
 def check_subject_id(subject_id: str) -> None:
@@ -260,6 +264,8 @@ class SubjectRequest:
     receipts: tuple[RegionReceipt, ...] = ()
     completed_ms: int = 0
     records_exported: int = 0
+    # The verified identity of whoever opened it ("" when not known).
+    requested_by: str = ""
 
     def overdue(self, now_ms: int) -> bool:
         return self.status is RequestStatus.OPEN and now_ms > self.due_ms

@@ -81,11 +81,18 @@ class NodeConfig:
     # How often records past their retention period are swept; 0 turns the sweeper off (a
     # sweep can still be run on demand).
     retention_sweep_interval_s: float = 300.0
+    # How often this node compares its digest trees with each peer it replicates with and pulls
+    # the keys that differ (anti-entropy); 0 turns the rounds off (the consistency check still
+    # compares on demand).
+    antientropy_interval_s: float = 60.0
     # The most records one sweep deletes. A clock far ahead makes every short-lived record look
     # expired; the cap bounds what one such sweep destroys, and hitting it raises an alert.
     retention_expire_max: int = 10_000
     # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
     max_clock_drift_ms: int = 5000
+    # The most calls one peer (a client certificate; a host on an insecure port) may have in
+    # flight at this node, across all its connections; past it, RESOURCE_EXHAUSTED.
+    peer_calls_max: int = 1024
     # The cluster's key for causal-context tokens (32 bytes, mode 0600), the same file content on
     # every node; empty: a key of this node's own in the data directory (single-node development).
     context_key_file: str = ""
@@ -124,6 +131,8 @@ class NodeConfig:
             object.__setattr__(self, "data_dir", str(Path(".domicile") / self.node_id))
         self._check_engine()
         split_host_port(self.listen)
+        if not 1 <= self.peer_calls_max <= 1_000_000:
+            raise InvalidArgument(f"peer_calls_max must be 1 to 1000000 calls, not {self.peer_calls_max}")
         if not 1 <= self.max_clock_drift_ms <= 3_600_000:
             raise InvalidArgument(
                 f"max_clock_drift_ms must be 1 to 3600000 milliseconds, not {self.max_clock_drift_ms}"
@@ -136,6 +145,10 @@ class NodeConfig:
             raise InvalidArgument(
                 "retention_expire_max must be 1 to 10000000 records per sweep, "
                 f"not {self.retention_expire_max}"
+            )
+        if not 0 <= self.antientropy_interval_s <= 86_400:
+            raise InvalidArgument(
+                f"antientropy_interval_s must be 0 (off) to 86400 seconds, not {self.antientropy_interval_s}"
             )
         if not 0 <= self.retention_sweep_interval_s <= 86_400:
             raise InvalidArgument(
@@ -294,9 +307,19 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         help="seconds between retention sweeps (default 300; 0 turns them off)",
     )
     parser.add_argument(
+        "--antientropy-interval-s",
+        type=float,
+        help="seconds between anti-entropy rounds with each peer (default 60; 0 turns them off)",
+    )
+    parser.add_argument(
         "--retention-expire-max",
         type=int,
         help="the most records one retention sweep deletes (default 10000; hitting it alerts)",
+    )
+    parser.add_argument(
+        "--peer-calls-max",
+        type=int,
+        help="the most calls one peer may have in flight at this node (default 1024)",
     )
     parser.add_argument(
         "--max-clock-drift-ms",

@@ -11,18 +11,26 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from domicile import errors
 from domicile.audit import SignedHead
+from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Reason, Refusal, load_checks
+from domicile.authz.loader import policy_set_version
+from domicile.authz.operational import OperationalServicesGuard
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
 from domicile.hlc import HybridClock, wall_ms
+from domicile.identity import audit_key
+from domicile.identity.certificate import load_certificate
+from domicile.identity.files import read_file
 from domicile.identity.principal import ExpectedPeer
 from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
+from domicile.quality import schema_from_text
 from domicile.retry import Backoff, BackoffPolicy, retry
 from domicile.subjects import LegalHold, RegionReceipt
 from domicile.topology import Topology
@@ -32,9 +40,10 @@ from domicile.v1 import replication_pb2, storage_node_pb2
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+from domicile.wire.peer_limits import PeerConcurrency
 from domicile.wire.subjects import receipt_to_pb
 from domicile.wire.topology import topology_from_pb
-from node.api.access import NodeAccess, refusal_recorder
+from node.api.access import NodeAccess, RefusalAudit
 from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
@@ -43,6 +52,7 @@ from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
 from node.compliance.scanner import ScanReport, scan_store
+from node.compliance.stats import namespace_counts
 from node.config import CACHE_RULE, NodeConfig, redis_url_for_logs, split_host_port
 from node.coordinator_link import CoordinatorLink
 from node.crypto.keyring import Keyring, load_or_create_kek
@@ -56,6 +66,8 @@ from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
 from node.metrics import NodeMetrics
 from node.offload import THREADS_DEFAULT, Offload
+from node.replication.digest_tree import DIGESTS_FILE, DigestTrees
+from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
 from node.replication.signal import LogSignal
@@ -70,6 +82,8 @@ LONG_WORK_THREADS = 2
 TOPOLOGY_META = "topology"
 # How often health checks that the store answers.
 STORE_WATCH_INTERVAL_S = 1.0
+# The audit action of a change of the authorization policies in force.
+AUTHZ_POLICY_CHANGE = "authz_policy_change"
 SERVICE_NAMES = (
     storage_node_pb2.DESCRIPTOR.services_by_name["StorageNodeService"].full_name,
     replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
@@ -117,6 +131,8 @@ class Node:
         self.security, self.dialer = daemon_transport(
             cfg.tls_files(), cfg.insecure, f"node {cfg.node_id}", cfg.tls_stem
         )
+        # Counted once, by the port (the dialer reads the same files and refuses them too).
+        self.security.on_identity_refused(self.metrics.tls_identity_changes_refused.inc)
         authorizer, tokens = load_checks(
             self.security.cluster, cfg.authz_policies, cfg.jwks, cfg.token_issuer, cfg.token_audience
         )
@@ -127,8 +143,16 @@ class Node:
         # not queue ahead of a Get, and stop() waits for them before it closes what they read.
         self.long_work = Offload(LONG_WORK_THREADS)
         self.signal = LogSignal()
-        self.engine = await offload.run(self._open_store)
-        await offload.warm(self.engine.last_lsn)
+        try:
+            # Before the store opens: a certificate that binds no audit-head key, or one the
+            # node does not hold, stops the node here (the coordinator would refuse every head
+            # it signs).
+            bound_signer = await offload.run(self._bound_audit_key)
+            self.engine = await offload.run(self._open_store)
+            await offload.warm(self.engine.last_lsn)
+        except BaseException:
+            await self._abandon_start()
+            raise
         # Started after the store's last position, read before the writer starts (nothing else
         # writes), so that senders of targets already caught up read from it at once.
         self.log_tail = LogTail(
@@ -136,7 +160,12 @@ class Node:
             bytes_max=cfg.limits.log_tail_bytes_max,
             after_lsn=await offload.run(self.engine.last_lsn),
         )
-        self.cache = await self._open_cache() if cfg.cache_redis_url else None
+        try:
+            self.cache = await self._open_cache() if cfg.cache_redis_url else None
+        except BaseException:
+            # A cache in another region's Redis: nothing of this start stays open.
+            await self._abandon_start()
+            raise
         self.committer = GroupCommitter(
             self.engine,
             self.clock.now,
@@ -162,6 +191,7 @@ class Node:
         signing_key, subject_key = await offload.run(
             load_or_create_keys, Path(cfg.data_dir), cfg.region_directory
         )
+        signing_key = bound_signer or signing_key
         self.audit = AuditLog(
             Path(cfg.data_dir) / "audit.sqlite3",
             region=cfg.region,
@@ -239,6 +269,27 @@ class Node:
             limits=cfg.limits,
             max_clock_drift_ms=cfg.max_clock_drift_ms,
         )
+        # Digest trees of every namespace, kept up to date from the change log and every
+        # replicated or repaired apply; a cache rebuilt from the store at each start.
+        self.trees = DigestTrees(Path(cfg.data_dir) / DIGESTS_FILE)
+        self.receiver.on_applied = self.trees.mark
+        self.entropy = AntiEntropy(
+            node_id=cfg.node_id,
+            region=cfg.region,
+            engine=self.engine,
+            trees=self.trees,
+            receiver=self.receiver,
+            view=self.view,
+            enforcer=self.enforcer,
+            sealer=self.sealer,
+            dialer=self.dialer,
+            metrics=self.metrics,
+            offload=offload,
+            long_work=self.long_work,
+            rpc_deadline_s=cfg.limits.rpc_deadline_s,
+            interval_s=cfg.antientropy_interval_s,
+            rng=random.Random(self.rng.random()),
+        )
         self.replication = ReplicationManager(
             node_id=cfg.node_id,
             region=cfg.region,
@@ -258,27 +309,48 @@ class Node:
             log_tail=self.log_tail,
         )
 
+        self.refusal_audit = RefusalAudit(self.metrics, self.audit, lambda: self.view.policy.version)
         self.gate = Gate(
             cluster=self.security.cluster,
             authorizer=authorizer,
             tokens=tokens,
-            on_refusal=refusal_recorder(self.metrics, self.audit, lambda: self.view.policy.version),
+            on_refusal=self.refusal_audit.record,
         )
+        # The node's own set (its authz_policies, else the packaged one) is the fallback until a
+        # topology carries the cluster's set, and again if a topology carries none.
+        self._local_authorizer = authorizer
+        self.adopt_authorization(self.view.topology.cluster)
         access = NodeAccess(self.gate, region=cfg.region, view=self.view)
         gate = self.gate
 
         def too_large(context: grpc.aio.ServicerContext, action: str, message: str) -> None:
             gate.on_refusal(Refusal(action, Reason.TOO_LARGE, gate.identity_of(context), message))
 
+        def too_many(context: grpc.aio.ServicerContext, peer: str, bound: int) -> None:
+            self.metrics.peer_calls_refused.inc()
+
         server = grpc.aio.server(
-            options=NODE_SERVER_OPTIONS, interceptors=[MessageLimits(on_too_large=too_large)]
+            options=NODE_SERVER_OPTIONS,
+            interceptors=[
+                PeerConcurrency(cfg.peer_calls_max, too_many),
+                OperationalServicesGuard(self.gate),
+                MessageLimits(on_too_large=too_large),
+            ],
         )
         spb_grpc.add_StorageNodeServiceServicer_to_server(
-            StorageServicer(self.service, self.status, self.audit, self.compliance_scan, self.sealer, access),
+            StorageServicer(
+                self.service,
+                self.status,
+                self.audit,
+                self.compliance_scan,
+                self.sealer,
+                access,
+                consistency=self.entropy.check,
+            ),
             server,
         )
         rpb_grpc.add_ReplicationServiceServicer_to_server(
-            ReplicationServicer(self.receiver, access, self.view), server
+            ReplicationServicer(self.receiver, access, self.view, self.entropy), server
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -325,7 +397,9 @@ class Node:
             asyncio.create_task(watch_loop_lag(self.metrics.event_loop_lag.set), name="event-loop-lag")
         )
         self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
+        self._tasks.append(asyncio.create_task(self.entropy.run(), name="anti-entropy"))
         self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
+        self._tasks.append(asyncio.create_task(self._summarise_refusals(), name="refusal-summaries"))
         self.exporter.offer(await offload.run(self.audit.head))
         if cfg.retention_sweep_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="retention"))
@@ -333,6 +407,27 @@ class Node:
         self.metrics.topology_revision.set(self.view.revision)
         self._running = True
         log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
+
+    def _bound_audit_key(self) -> Ed25519PrivateKey | None:
+        """The audit-head key the node's certificate binds (domicile/identity/audit_key.py); None
+        on an insecure port, where the key in the data directory signs (and is pinned by the
+        coordinator on the first head)."""
+        files = self.config.tls_files()
+        if self.security.cluster is None or files is None:
+            return None
+        certificate = load_certificate(read_file(files.cert, "certificate"))
+        return audit_key.signing_key(
+            certificate, files.cert, [Path(self.config.data_dir) / audit_key.DATA_DIR_KEY_FILE]
+        )
+
+    async def _abandon_start(self) -> None:
+        """Undoes the start up to the store: a node that failed to start leaves no threads and
+        no open store behind (a supervisor may start another in the same process)."""
+        await asyncio.to_thread(self.offload.close)
+        await asyncio.to_thread(self.long_work.close)
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
 
     def _open_store(self) -> StorageEngine:
         cfg = self.config
@@ -393,11 +488,56 @@ class Node:
                 if self.view.policy.version != before:
                     await self._policy_changed(before)
                 self._audit_holds(holds_before, topology.holds)
+                self.adopt_authorization(topology.cluster)
         finally:
             # Erasure orders do not depend on the policy: carry them out even from a revision
             # this node could not adopt, with the holds and cluster it acts on.
             current = self.view.topology
             self.eraser.apply(topology.erasures, current.cluster, current.holds)
+
+    def adopt_authorization(self, cluster: ClusterSpec) -> bool:
+        """Enforces the authorization policies `cluster` carries (the node's own set when it
+        carries none). A set that fails to load changes nothing: the node keeps enforcing the set
+        it has, logs an ERROR and counts it. Returns whether the set in force changed."""
+        if not self.gate.enforcing or self._local_authorizer is None:
+            return False
+        current = self.gate.authorizer
+        if not cluster.authz_policies_text:
+            wanted = self._local_authorizer
+        elif current is not None and current.bundle.version == policy_set_version(
+            cluster.authz_policies_text
+        ):
+            return False
+        else:
+            try:
+                wanted = Authorizer.distributed(
+                    cluster.authz_policies_text, cluster.authz_policies_source, self.gate.cluster or ""
+                )
+            except errors.InvalidArgument as error:
+                self.metrics.authz_policy_rejected.inc()
+                log.error(
+                    "authorization policies %s from %s REFUSED; still enforcing %s: %s",
+                    policy_set_version(cluster.authz_policies_text),
+                    cluster.authz_policies_source,
+                    self.gate.policy_version,
+                    error.message,
+                )
+                return False
+        if wanted is current:
+            return False
+        before = self.gate.policy_version
+        self.gate.replace_authorizer(wanted)
+        log.info("authorization policies %s in force (were %s)", wanted.version, before)
+        try:
+            self.audit.record(
+                principal="node:" + self.config.node_id,
+                action=AUTHZ_POLICY_CHANGE,
+                policy_version=wanted.version,
+                detail=f"from={before} to={wanted.version} source={wanted.bundle.policies_source}"[:1000],
+            )
+        except errors.DomicileError as error:
+            log.error("authorization policy change to %s not audited: %s", wanted.version, error.message)
+        return True
 
     def _audit_holds(self, before: tuple[LegalHold, ...], after: tuple[LegalHold, ...]) -> None:
         """Every region records the holds placed and released, since they change what it keeps."""
@@ -406,8 +546,9 @@ class Node:
         changes = [("hold_placed", new[i]) for i in sorted(new.keys() - old.keys())]
         changes += [("hold_released", old[i]) for i in sorted(old.keys() - new.keys())]
         for action, hold in changes:
+            # A placement is the DPO's who placed it; the topology does not say who released one.
             self.audit.record(
-                principal="coordinator",
+                principal=hold.placed_by if action == "hold_placed" and hold.placed_by else "coordinator",
                 action=action,
                 namespace=hold.namespace,
                 key=hold.key,
@@ -471,6 +612,11 @@ class Node:
     def _on_audit_head(self, head: SignedHead) -> None:
         self.metrics.audit_entries.set(head.size)
         self.exporter.offer(head)
+
+    async def _summarise_refusals(self) -> None:
+        while True:
+            await asyncio.sleep(self.refusal_audit.window_s / 4)
+            self.refusal_audit.flush()
 
     async def _verify_audit_log(self) -> None:
         report = await self.long_work.run(self.audit.verify_local)
@@ -555,7 +701,7 @@ class Node:
 
     # -- status -------------------------------------------------------------------------------
 
-    async def status(self) -> spb.GetNodeStatusResponse:
+    async def status(self, request: spb.GetNodeStatusRequest | None = None) -> spb.GetNodeStatusResponse:
         counts, last = await self.offload.run(self._store_figures)
         response = spb.GetNodeStatusResponse(
             node_id=self.config.node_id,
@@ -570,6 +716,7 @@ class Node:
             audit_entries=self.audit.size,
             audit_exported_size=self.exporter.exported_size,
             compliance_violations=self.last_scan.violations_total if self.last_scan else 0,
+            authz_policy_version=self.gate.policy_version,
         )
         for target, sender in sorted(self.replication.senders.items()):
             response.outbound.add(
@@ -588,6 +735,28 @@ class Node:
                 lag_ms_p99=self.metrics.lag_window(source, self.config.node_id).quantile(0.99),
                 applied_total=stats.applied_total,
             )
+        for namespace, figures in sorted(self.service.quality.by_namespace.items()):
+            response.namespace_quality.add(
+                namespace=namespace,
+                validated=figures.validated,
+                refused_by_rule=dict(figures.refused_by_rule or {}),
+                quality_score=figures.quality_score,
+            )
+        if request is not None and (request.namespace_stats or request.candidate_schemas):
+            candidates = {
+                ns: schema_from_text(text, f"candidate schema of namespace {ns}")
+                for ns, text in request.candidate_schemas.items()
+            }
+            found = await self.long_work.run(
+                namespace_counts, self.engine, candidates, self.sealer.open_version
+            )
+            for c in found:
+                response.namespace_stats.add(
+                    namespace=c.namespace,
+                    classification=int(c.classification),  # type: ignore[arg-type]
+                    records=c.records,
+                    candidate_invalid=c.candidate_invalid,
+                )
         return response
 
     # -- stop ---------------------------------------------------------------------------------
@@ -602,8 +771,11 @@ class Node:
         await _cancel_all(self._tasks, "background tasks")
         await _bounded("erasures stop", self.eraser.stop(), 5.0)
         await _bounded("replication stop", self.replication.stop(), 5.0)
+        await _bounded("anti-entropy stop", self.entropy.close(), 3.0)
         if self._server is not None:
             await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)
+        # The refusals counted but not yet summarised, while the audit log still takes entries.
+        self.refusal_audit.flush(everything=True)
         await _bounded("writer stop", self.committer.stop(), 10.0)
         # A scan or chain check still running reads the store and the audit log: it ends first.
         await _bounded("long jobs", asyncio.to_thread(self.long_work.close), 10.0)
@@ -624,6 +796,7 @@ class Node:
     def _close_stores(self) -> None:
         if self.cache is not None:
             self.cache.close()
+        self.trees.close()
         self.keyring.close()
         self.engine.close()
 

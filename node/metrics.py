@@ -67,6 +67,24 @@ class NodeMetrics:
             ["action", "reason"],
             registry=r,
         )
+        self.authz_refusals_unaudited = Counter(
+            "domicile_authz_refusals_unaudited_total",
+            "Refusals beyond the per-principal audit rate, counted here and summarised in one "
+            "audit entry per principal and window instead of one entry each.",
+            registry=r,
+        )
+        self.tls_identity_changes_refused = Counter(
+            "domicile_tls_identity_changes_refused_total",
+            "Replaced TLS files that named another identity than the one the node runs as; the node "
+            "kept its certificate (an ERROR in the log names both).",
+            registry=r,
+        )
+        self.authz_policy_rejected = Counter(
+            "domicile_authz_policy_rejected_total",
+            "Authorization policy sets received (topology or cluster config) that failed to load; "
+            "the node kept enforcing the set it had.",
+            registry=r,
+        )
         self.replication_lag = Histogram(
             "domicile_replication_lag_seconds",
             "Apply time at the target minus commit HLC time at the source.",
@@ -120,6 +138,50 @@ class NodeMetrics:
             ["source", "target"],
             registry=r,
         )
+        # Anti-entropy (node.replication.entropy): each round compares this node's digest trees
+        # with one peer's and pulls the keys that differ.
+        self.entropy_keys_compared = Counter(
+            "domicile_antientropy_keys_compared_total",
+            "Keys whose digests an anti-entropy round compared (keys of buckets that differ).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
+        self.entropy_keys_repaired = Counter(
+            "domicile_antientropy_keys_repaired_total",
+            "Keys whose state an anti-entropy round changed here (merged from the peer).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
+        self.entropy_rounds = Counter(
+            "domicile_antientropy_rounds_total",
+            "Anti-entropy rounds with a peer, by outcome (ok, failed).",
+            ["node", "peer", "outcome"],
+            registry=r,
+        )
+        self.entropy_last_round = Gauge(
+            "domicile_antientropy_last_round_timestamp_seconds",
+            "When the last anti-entropy round with the peer completed (Unix time).",
+            ["node", "peer"],
+            registry=r,
+        )
+        self.consistency_keys = Gauge(
+            "domicile_consistency_keys",
+            "Keys this node or the peer holds in the namespace that both may hold (last comparison).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
+        self.consistency_divergent = Gauge(
+            "domicile_consistency_divergent_keys",
+            "Of those, keys on which the two replicas disagree (last comparison, before repair).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
+        self.consistency_agreement = Gauge(
+            "domicile_consistency_agreement_ratio",
+            "Share of those keys on which the two replicas agree (1 when there are none).",
+            ["node", "peer", "namespace"],
+            registry=r,
+        )
         self.conflicts = Counter(
             "domicile_conflicts_total",
             "Writes that met a concurrent version (kept as siblings or resolved by lww).",
@@ -130,6 +192,25 @@ class NodeMetrics:
             "domicile_placement_refused_total",
             "Writes refused because this region may not hold the record.",
             ["namespace", "rule"],
+            registry=r,
+        )
+        self.schema_validated = Counter(
+            "domicile_schema_validated_total",
+            "Written values that passed their namespace's JSON Schema.",
+            ["namespace"],
+            registry=r,
+        )
+        self.schema_refused = Counter(
+            "domicile_schema_refused_total",
+            "Writes refused by their namespace's JSON Schema, by the rule that failed.",
+            ["namespace", "rule"],
+            registry=r,
+        )
+        self.quality_score = Gauge(
+            "domicile_namespace_quality_score",
+            "Mean share of the namespace's declared quality fields present in accepted values "
+            "since the node started (1 when none were written).",
+            ["namespace"],
             registry=r,
         )
         self.policy_decisions = Counter(
@@ -189,6 +270,11 @@ class NodeMetrics:
             "domicile_retention_expired_total",
             "Records deleted because their retention period ended.",
             ["namespace"],
+            registry=r,
+        )
+        self.peer_calls_refused = Counter(
+            "domicile_peer_calls_refused_total",
+            "Calls refused because their peer already had peer_calls_max calls in flight here.",
             registry=r,
         )
         self.retention_capped = Counter(

@@ -17,6 +17,7 @@ per request and do all of a request's blocking work in it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import Callable
@@ -49,10 +50,23 @@ class Offload:
         started = threading.Barrier(self.threads)
 
         def prepare_this_thread() -> None:
-            prepare()
-            started.wait(timeout=10.0)
+            try:
+                prepare()
+            except BaseException:
+                # The others stop waiting at once: a failed start must not hold threads for the
+                # barrier's timeout, nor leave them behind when the daemon tears down.
+                started.abort()
+                raise
+            with contextlib.suppress(threading.BrokenBarrierError):
+                started.wait(timeout=10.0)
 
-        await asyncio.gather(*(self.run(prepare_this_thread) for _ in range(self.threads)))
+        # Every job ends before warm returns or raises (the first failure, not a broken barrier).
+        results = await asyncio.gather(
+            *(self.run(prepare_this_thread) for _ in range(self.threads)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()

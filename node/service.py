@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from domicile import errors
+from domicile import errors, quality
 from domicile.causality import CausalContext, KeyState, Version, sha256, visible
 from domicile.cluster import NamespaceSpec
 from domicile.context_tokens import KEY_BYTES, ContextTokens
@@ -118,6 +118,7 @@ class StorageService:
         self.cache = cache
         self.started = time.monotonic()
         self.conflicts_total = 0
+        self.quality = quality.QualityFigures()
 
     # -- checks -------------------------------------------------------------------------------
 
@@ -201,6 +202,7 @@ class StorageService:
                 f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
             )
         check_jurisdiction(cmd.subject_jurisdiction)
+        self._check_schema(spec, cmd)
         classification = self._classification(spec, cmd.classification)
         facts = RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction)
         self._check_not_erased(facts, cmd.key, cmd.principal)
@@ -260,6 +262,21 @@ class StorageService:
         )
         self._count_conflict(spec, committed.conflict and committed.state.has_live())
         return committed
+
+    def _check_schema(self, spec: NamespaceSpec, cmd: PutCommand) -> None:
+        """The namespace's quality gate, before anything is audited or written."""
+        if not spec.json_schema and not spec.quality_fields:
+            return
+        if spec.json_schema:
+            found = quality.violation(spec.json_schema, cmd.value, cmd.content_type)
+            if found is not None:
+                self.quality.refused(spec.name, found.rule)
+                self.metrics.schema_refused.labels(spec.name, found.rule).inc()
+                raise errors.InvalidArgument(quality.refusal_message(spec.name, found))
+            self.metrics.schema_validated.labels(spec.name).inc()
+        score = quality.completeness(cmd.value, spec.quality_fields) if spec.quality_fields else None
+        figures = self.quality.accepted(spec.name, bool(spec.json_schema), score)
+        self.metrics.quality_score.labels(spec.name).set(figures.quality_score)
 
     def _count_conflict(self, spec: NamespaceSpec, conflict: bool) -> None:
         if conflict:

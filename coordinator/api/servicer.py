@@ -11,13 +11,13 @@ from typing import Any, TypeVar
 import grpc
 
 from coordinator.api.errors import status_for
-from coordinator.audit_heads import AuditHeadBook
+from coordinator.audit_heads import AuditHeadBook, KeyBinding
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.subject_desk import SubjectDesk, check_open_kind
 from coordinator.watch import WatchHub
 from domicile.authz import ClusterResource
-from domicile.authz.gate import Gate
+from domicile.authz.gate import Caller, Gate
 from domicile.authz.model import DEFAULT_CLUSTER_NAME
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
 from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind, Role
@@ -130,12 +130,15 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def ExportAuditHead(
         self, request: cpb.ExportAuditHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.ExportAuditHeadResponse:
-        def accept() -> int:
+        def accept(caller: Caller) -> int:
             if not request.HasField("head"):
                 raise InvalidArgument("an ExportAuditHead request needs a head")
             head = head_from_pb(request.head)
+            # On an authenticated port the key must be the one the node's certificate binds.
+            principal = caller.principal
+            binding = None if principal is None else KeyBinding(principal.audit_key or b"")
             try:
-                return self._heads.accept(head)
+                return self._heads.accept(head, binding)
             except FailedPrecondition:
                 self._metrics.audit_heads_refused.labels(region=head.region).inc()
                 log.error("refused audit head of region %s at size %d", head.region, head.size)
@@ -148,7 +151,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         exporter = (
             ExpectedPeer.node(head.region or None, head.node_id or None) if head else ExpectedPeer.node()
         )
-        size = await self._unary("ExportAuditHead", context, accept, exporter)
+        size = await self._unary_as("ExportAuditHead", context, accept, exporter)
         return cpb.ExportAuditHeadResponse(accepted_size=size)
 
     async def GetAuditHead(
@@ -166,10 +169,13 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def EraseSubject(
         self, request: cpb.EraseSubjectRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.EraseSubjectResponse:
-        opened = await self._unary(
+        # The DPO's verified identity travels with the order: each region audits its steps as it.
+        opened = await self._unary_as(
             "EraseSubject",
             context,
-            lambda: self._desk.erase(request.subject_id, request.reason, request.subject_jurisdiction),
+            lambda caller: self._desk.erase(
+                request.subject_id, request.reason, request.subject_jurisdiction, caller.identity
+            ),
         )
         return cpb.EraseSubjectResponse(request=request_to_pb(opened))
 
@@ -239,24 +245,31 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def PlaceLegalHold(
         self, request: cpb.PlaceLegalHoldRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.PlaceLegalHoldResponse:
-        def place() -> LegalHold:
+        def place(caller: Caller) -> LegalHold:
             if int(request.scope) not in (HoldScope.SUBJECT, HoldScope.NAMESPACE, HoldScope.KEY):
                 raise InvalidArgument(
                     f"legal hold scope {request.scope} is not allowed; use LEGAL_HOLD_SCOPE_SUBJECT, "
                     "LEGAL_HOLD_SCOPE_NAMESPACE or LEGAL_HOLD_SCOPE_KEY"
                 )
             return self._desk.place_hold(
-                HoldScope(request.scope), request.subject_id, request.namespace, request.key, request.reason
+                HoldScope(request.scope),
+                request.subject_id,
+                request.namespace,
+                request.key,
+                request.reason,
+                caller.identity,
             )
 
-        hold = await self._unary("PlaceLegalHold", context, place)
+        hold = await self._unary_as("PlaceLegalHold", context, place)
         return cpb.PlaceLegalHoldResponse(hold=hold_to_pb(hold))
 
     async def ReleaseLegalHold(
         self, request: cpb.ReleaseLegalHoldRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.ReleaseLegalHoldResponse:
-        hold = await self._unary(
-            "ReleaseLegalHold", context, lambda: self._desk.release_hold(request.hold_id, request.reason)
+        hold = await self._unary_as(
+            "ReleaseLegalHold",
+            context,
+            lambda caller: self._desk.release_hold(request.hold_id, request.reason, caller.identity),
         )
         return cpb.ReleaseLegalHoldResponse(hold=hold_to_pb(hold))
 
@@ -275,11 +288,21 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     ) -> T:
         """`expected`: the identity the call needs beyond what the policies decide (a node's
         own registration, heartbeat, audit head or receipt)."""
+        return await self._unary_as(method, context, lambda caller: call(), expected)
+
+    async def _unary_as(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call: Callable[[Caller], T],
+        expected: ExpectedPeer | None = None,
+    ) -> T:
+        """_unary, for a call that needs to know its verified caller."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            self._gate.check(context, f"coordinator.{method}", self._cluster, expected)
-            return call()
+            caller = self._gate.check(context, f"coordinator.{method}", self._cluster, expected)
+            return call(caller)
         except DomicileError as exc:
             code = status_for(exc)
             await context.abort(code, exc.message)

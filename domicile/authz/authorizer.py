@@ -99,6 +99,18 @@ class Authorizer:
             cluster_name,
         )
 
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @classmethod
+    def distributed(cls, policies: str, source: str, cluster_name: str = DEFAULT_CLUSTER_NAME) -> Authorizer:
+        """Policies as a cluster config names them (and the topology carries them), validated
+        against the packaged schema."""
+        return cls.from_text(
+            policies, default_text(DEFAULT_SCHEMA), source, f"the packaged {DEFAULT_SCHEMA}", cluster_name
+        )
+
     def authorize(
         self,
         principal: Principal,

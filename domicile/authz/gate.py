@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from domicile.authz.authorizer import Authorizer
+from domicile.authz.model import NamespaceResource, RequestContext, Resource, Role
 from domicile.authz.model import Principal as AuthzPrincipal
-from domicile.authz.model import RequestContext, Resource, Role
 from domicile.errors import DomicileError, InvalidArgument, PermissionDenied, Unauthenticated
-from domicile.identity.certificate import principal_from_certificate
+from domicile.identity.certificate import load_certificate, principal_from_certificate
 from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind
 from domicile.identity.tokens import TokenVerifier, bearer_token
 from domicile.model import check_purpose
@@ -52,6 +54,9 @@ class Caller:
     identity: str
     principal: Principal | None
     purpose: str = ""
+    # For a bearer token: the certificate identity it came over ("" otherwise). `identity` then
+    # names both: "<token subject> via <certificate>".
+    carrier: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,8 +108,8 @@ class Gate:
         self.authorizer = authorizer
         self.tokens = tokens
         self.on_refusal = on_refusal
-        # Policies are fixed for the life of the process, so a decision for the same principal,
-        # action, resource and purpose is the same every time: one Cedar evaluation each.
+        # Between two policy sets (replace_authorizer) a decision for the same principal, action,
+        # resource and purpose is the same every time: one Cedar evaluation each.
         self._decide = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(self._decision)
         # Parsing the peer's certificate costs more than the cached decision (about 30 us against
         # 10): a connection presents the same bytes on every call, so each is parsed once. The
@@ -117,6 +122,19 @@ class Gate:
     def enforcing(self) -> bool:
         return self.cluster is not None
 
+    @property
+    def policy_version(self) -> str:
+        """The version of the authorization policies in force; "" on an insecure port."""
+        return self.authorizer.version if self.authorizer is not None else ""
+
+    def replace_authorizer(self, authorizer: Authorizer) -> None:
+        """Enforce another policy set from the next call on. The decision cache goes with the old
+        set (a new cache, not a cleared one, so a decision in flight cannot refill it)."""
+        if self.cluster is None:
+            raise InvalidArgument("an insecure port enforces no policies")
+        decide = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(functools.partial(_decision, authorizer))
+        self.authorizer, self._decide = authorizer, decide
+
     def authenticate(self, context: Any, action: str) -> Caller:
         """The caller, without deciding anything; Unauthenticated (counted) when there is none."""
         metadata = _metadata(context)
@@ -128,19 +146,21 @@ class Gate:
             return Caller(f"unauthenticated:{context.peer()}", None, purpose)
         try:
             token = bearer_token(metadata)
-            if token is not None:
-                if self.tokens is None:
-                    raise Unauthenticated(
-                        "this service accepts no bearer tokens (it has no --jwks); "
-                        "authenticate with the client certificate alone"
-                    )
-                principal = self.tokens.verify(token)
-            else:
-                principal = self._peer(context)
+            pem = self._peer_certificate(context)
+            carrier = self._certificate_principal(pem)
+            if token is None:
+                return Caller(carrier.uri, carrier, purpose)
+            if self.tokens is None:
+                raise Unauthenticated(
+                    "this service accepts no bearer tokens (it has no --jwks); "
+                    "authenticate with the client certificate alone"
+                )
+            principal = self.tokens.verify(token, _der(pem))
         except Unauthenticated as error:
             self.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, self.identity_of(context), error.message))
             raise
-        return Caller(principal.uri, principal, purpose)
+        # The token's subject is who acts; the certificate it came over is recorded beside it.
+        return Caller(f"{principal.uri} via {carrier.uri}", principal, purpose, carrier=carrier.uri)
 
     def check(
         self,
@@ -152,7 +172,17 @@ class Gate:
     ) -> Caller:
         """Authenticate, insist on `expected` when given, then ask the policies; the caller if
         allowed, PermissionDenied naming the action and what would allow it otherwise."""
-        caller = self.authenticate(context, action)
+        return self.authorize(self.authenticate(context, action), action, resource, expected, namespace)
+
+    def authorize(
+        self,
+        caller: Caller,
+        action: str,
+        resource: Resource,
+        expected: ExpectedPeer | None = None,
+        namespace: str = "",
+    ) -> Caller:
+        """check, for a caller already authenticated."""
         if caller.principal is None:
             return caller
         if expected is not None and not expected.matches(caller.principal):
@@ -173,19 +203,33 @@ class Gate:
         if self.cluster is None:
             return f"unauthenticated:{context.peer()}"
         try:
-            return self._peer(context).uri
+            return self._certificate_principal(self._peer_certificate(context)).uri
         except Unauthenticated:
             return str(context.peer())
 
-    def _peer(self, context: Any) -> Principal:
-        """peer_principal, with the certificate's parse cached."""
+    def allows_with_some_purpose(self, caller: Caller, action: str, resource: NamespaceResource) -> bool:
+        """Whether the caller would be allowed `action` on `resource` for one of its purposes:
+        then a purpose refusal may tell it the namespace's purposes."""
+        if caller.principal is None:
+            return True
+        principal = authz_principal(caller.principal)
+        for purpose in resource.purposes:
+            try:
+                self._decide(principal, action, resource, purpose)
+            except PermissionDenied:
+                continue
+            return True
+        return False
+
+    def _peer_certificate(self, context: Any) -> bytes:
+        """The PEM of the verified client certificate of the connection."""
         auth: dict[str, list[bytes]] = context.auth_context() or {}
         if auth.get("transport_security_type") != [b"ssl"]:
             raise Unauthenticated("the connection is not TLS, so the peer is not authenticated")
         certificates = auth.get("x509_pem_cert")
         if not certificates:
             raise Unauthenticated("the peer presented no client certificate")
-        return self._certificate_principal(certificates[0])
+        return certificates[0]
 
     def _principal_of_certificate(self, pem: bytes) -> Principal:
         assert self.cluster is not None
@@ -193,9 +237,20 @@ class Gate:
 
     def _decision(self, principal: AuthzPrincipal, action: str, resource: Resource, purpose: str) -> None:
         assert self.authorizer is not None
-        # A refusal is not cached (lru_cache keeps no exceptions): refusals are rare and each one
-        # is worth its full explanation.
-        self.authorizer.require(principal, action, resource, RequestContext(purpose))
+        _decision(self.authorizer, principal, action, resource, purpose)
+
+
+def _decision(
+    authorizer: Authorizer, principal: AuthzPrincipal, action: str, resource: Resource, purpose: str
+) -> None:
+    # A refusal is not cached (lru_cache keeps no exceptions): refusals are rare and each one
+    # is worth its full explanation.
+    authorizer.require(principal, action, resource, RequestContext(purpose))
+
+
+@functools.lru_cache(maxsize=PRINCIPAL_CACHE_SIZE)
+def _der(pem: bytes) -> bytes:
+    return load_certificate(pem).public_bytes(Encoding.DER)
 
 
 def refuse_wrong_peer(gate: Gate, action: str, caller: Caller, message: str) -> DomicileError:

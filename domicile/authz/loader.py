@@ -8,6 +8,7 @@ some RPC (a new RPC must be decided on, not silently refused).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +36,14 @@ class PolicyBundle:
     action_classes: dict[str, tuple[str, ...]]
     policies_source: str
     schema_source: str
+    # What status and the audit trail name the policy set by (see policy_set_version).
+    version: str = ""
+
+
+def policy_set_version(policies_text: str) -> str:
+    """A policy set's version: its text's SHA-256, so that every daemon given the same file
+    reports the same version and any edit changes it."""
+    return "sha256:" + hashlib.sha256(policies_text.encode("utf-8")).hexdigest()[:16]
 
 
 def read_text(path: str | Path, what: str) -> str:
@@ -155,4 +164,12 @@ def load_bundle(
     policy_set = _parse_policies(policies_text, policies_source)
     ids = _policy_ids(policies_text, policies_source)
     _validate(policies_text, schema, policies_source, schema_source)
-    return PolicyBundle(policy_set, schema, ids, action_classes, policies_source, schema_source)
+    return PolicyBundle(
+        policy_set,
+        schema,
+        ids,
+        action_classes,
+        policies_source,
+        schema_source,
+        policy_set_version(policies_text),
+    )

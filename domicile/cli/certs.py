@@ -61,7 +61,8 @@ def add_parser(sub: Any) -> None:
         description="Issue a certificate signed by the CA in --dir and write <stem>.crt and <stem>.key "
         "(mode 0600) to --out-dir, replacing older ones: stems node-<ID>, coordinator, client-<NAME>. "
         "Nodes and the coordinator get serverAuth and clientAuth and DNS/IP names for --host; "
-        "clients get clientAuth only and their --roles. Exit 0 issued, 2 bad input.",
+        "clients get clientAuth only and their --roles. A node certificate also binds the node's "
+        "audit-head key, <stem>.audit.key beside it (--audit-key). Exit 0 issued, 2 bad input.",
     )
     p.add_argument("--dir", required=True, type=Path, help="directory of the CA (from certs init)")
     who = p.add_mutually_exclusive_group(required=True)
@@ -79,6 +80,13 @@ def add_parser(sub: Any) -> None:
         "(repeatable; default: localhost and 127.0.0.1)",
     )
     p.add_argument("--out-dir", type=Path, help="where to write (default: --dir); gets a copy of ca.crt")
+    p.add_argument(
+        "--audit-key",
+        type=Path,
+        metavar="FILE",
+        help="with --node: the Ed25519 key (PEM) the certificate binds for signing audit heads "
+        "(default: <stem>.audit.key in --out-dir, kept when re-issuing, made when missing)",
+    )
 
 
 def init(args: argparse.Namespace) -> int:
@@ -92,7 +100,7 @@ def init(args: argparse.Namespace) -> int:
 
 
 def issue(args: argparse.Namespace) -> int:
-    from domicile.identity import pki
+    from domicile.identity import audit_key, pki
     from domicile.identity.files import PUBLIC_MODE, write_atomically
     from domicile.identity.principal import parse_roles
 
@@ -104,19 +112,32 @@ def issue(args: argparse.Namespace) -> int:
         raise InvalidArgument("--host goes with --node or --coordinator only: clients do not serve")
     if args.node and not args.region:
         raise InvalidArgument("--node needs --region: the region the node serves")
+    if args.audit_key and not args.node:
+        raise InvalidArgument("--audit-key goes with --node only: only nodes sign audit heads")
     ca = pki.load_ca(args.dir)
     validity = pki.Validity.days(args.days)
     hosts = tuple(args.host or pki.DEFAULT_HOSTS)
+    out_dir: Path = args.out_dir or args.dir
+    audit_path: Path | None = None
     if args.node:
-        issued = pki.issue_node(ca, args.region, args.node, hosts=hosts, validity=validity)
         stem = f"node-{args.node}"
+        # The key stays when the certificate is re-issued: the coordinator keeps a region's key.
+        audit_path = args.audit_key or audit_key.key_path(out_dir / f"{stem}.crt")
+        signer = audit_key.load_or_create(audit_path)
+        issued = pki.issue_node(
+            ca,
+            args.region,
+            args.node,
+            hosts=hosts,
+            validity=validity,
+            audit_public_key=audit_key.public_bytes(signer),
+        )
     elif args.coordinator:
         issued = pki.issue_coordinator(ca, hosts=hosts, validity=validity)
         stem = "coordinator"
     else:
         issued = pki.issue_client(ca, args.client, parse_roles(args.roles or ()), validity=validity)
         stem = f"client-{args.client}"
-    out_dir: Path = args.out_dir or args.dir
     cert_path, key_path = issued.write(out_dir, stem)
     ca_path = args.dir / pki.CA_CERT
     if out_dir.resolve() != args.dir.resolve():
@@ -126,5 +147,7 @@ def issue(args: argparse.Namespace) -> int:
     print(f"issued {issued.uri}, valid until {validity.not_after:%Y-%m-%d %H:%M} UTC")
     print(f"  certificate  {cert_path}")
     print(f"  key          {key_path} (mode 0600)")
+    if audit_path is not None:
+        print(f"  audit key    {audit_path} (mode 0600; the key of the region's audit heads)")
     print(f"  CA           {ca_path}")
     return 0

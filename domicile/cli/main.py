@@ -3,6 +3,7 @@
 Exit codes: 0 success; 1 `get` found nothing, `up` lost a child, `policy explain` or
 `authz explain` refused,
 `audit verify` found a problem or no exported head, `compliance scan` found a violation,
+`consistency check` found a divergent key,
 `erase --wait` ended with the erasure still open; 2 an error (printed as `error: <message>` on
 stderr) or a usage mistake, including an `export` that could not read every region.
 """
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from domicile.cli import authz, certs, connect
+from domicile.cli import authz, catalog, certs, connect
 from domicile.client import DEFAULT_COORDINATOR
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
@@ -216,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the status as JSON")
 
     _add_policy(sub, common)
+    catalog.add_parser(sub, common)
     authz.add_parser(sub)
     _add_audit(sub, common)
     _add_compliance(sub)
+    _add_consistency(sub)
     _add_subject_rights(sub, common)
     _add_holds(sub, common)
     certs.add_parser(sub)
@@ -351,6 +354,55 @@ def _add_compliance(sub: Any) -> None:
         help="violations to list per region; all are counted (default: %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p = actions.add_parser(
+        "remediate",
+        parents=[_common_options(deadline_s=300.0)],
+        help="plan the removal of the record copies the policy in force no longer allows",
+        description="Scans every region (or those of --region) like `compliance scan` and prints, "
+        "per region, the copies a remediation would remove and the regions the record stays in; "
+        "a copy no region may hold is flagged. --plan is required: applying a plan is not built. "
+        "Nothing is changed. Exit 0 nothing to remove, 1 removals planned, 2 a region could not "
+        "be scanned.",
+    )
+    p.add_argument("--plan", action="store_true", required=True, help="print the plan; change nothing")
+    p.add_argument(
+        "--region", "-r", action="append", metavar="REGION", help="plan for this region (repeatable)"
+    )
+    p.add_argument(
+        "--violations-max",
+        type=_bounded_int(1, VIOLATIONS_MAX_LIMIT),
+        default=VIOLATIONS_MAX_DEFAULT,
+        help="copies to list per region; all are counted (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+
+
+def _add_consistency(sub: Any) -> None:
+    consistency = sub.add_parser("consistency", help="how far the replicas of each namespace agree")
+    actions = consistency.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = actions.add_parser(
+        "check",
+        parents=[_common_options(deadline_s=120.0)],
+        help="compare every pair of replicas' digest trees, moving no records",
+        description="Every pair of nodes that replicate a namespace compares its digest trees: "
+        "prints per pair and namespace the keys compared, the divergent keys and the share of "
+        "keys on which the two agree, then the overall figures. Nothing is moved. Exit 0 every "
+        "key agrees, 1 some key diverges, 2 a pair could not be checked.",
+    )
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        metavar="NS",
+        help="compare this namespace (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--divergent-max",
+        type=_bounded_int(1, 10_000),
+        default=100,
+        help="divergent keys to list per pair and namespace; all are counted (default: %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
 def _add_subject_rights(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -481,10 +533,20 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from domicile.cli import audit
 
         return audit.verify if command == "audit verify" else audit.tail
+    if command in ("catalog list", "catalog show", "catalog ropa", "catalog check-schemas"):
+        return catalog.catalog
     if command == "compliance scan":
         from domicile.cli.compliance import scan
 
         return scan
+    if command == "compliance remediate":
+        from domicile.cli.remediate import remediate
+
+        return remediate
+    if command == "consistency check":
+        from domicile.cli.consistency import check
+
+        return check
     if command == "erase":
         from domicile.cli.erase import erase
 

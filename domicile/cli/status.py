@@ -187,6 +187,7 @@ def render_json(
                 "audit_entries": s.audit_entries if s else None,
                 "audit_exported_size": s.audit_exported_size if s else None,
                 "compliance_violations": s.compliance_violations if s else None,
+                "authz_policy_version": s.authz_policy_version if s else None,
             }
         )
     return {

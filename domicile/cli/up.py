@@ -33,7 +33,7 @@ from domicile.cli.tiers import TierServers, mongodb_server
 from domicile.client import Client, NodeHealth
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import AlreadyExists, DomicileError, InvalidArgument
-from domicile.identity import pki
+from domicile.identity import audit_key, pki
 from domicile.identity.credentials import Dialer
 from domicile.identity.files import PRIVATE_MODE, write_atomically
 from domicile.identity.principal import ExpectedPeer, Role
@@ -226,7 +226,20 @@ def make_dev_pki(cluster: ClusterSpec, directory: Path, host: str, nodes_per_reg
     for region in cluster.regions:
         for index in range(nodes_per_region):
             node_id = region_node_id(region.name, index)
-            pki.issue_node(ca, region.name, node_id, hosts=hosts).write(directory, f"node-{node_id}")
+            stem = f"node-{node_id}"
+            signer = audit_key.key_path(directory / f"{stem}.crt")
+            # A node that has signed heads before (its data directory beside this one) keeps that
+            # key: the coordinator refuses a node's heads under another.
+            earlier = directory.parent / node_id / audit_key.DATA_DIR_KEY_FILE
+            key = (
+                audit_key.load_key(earlier)
+                if earlier.exists() and not signer.exists()
+                else audit_key.load_or_create(signer)
+            )
+            issued = pki.issue_node(
+                ca, region.name, node_id, hosts=hosts, audit_public_key=audit_key.public_bytes(key)
+            )
+            issued.write(directory, stem)
     clients: dict[str, tuple[Role, ...]] = {CLI_IDENTITY: (Role.APP, Role.DPO, Role.AUDITOR, Role.OPERATOR)}
     for owner in sorted({n.owner for n in cluster.namespaces if n.owner}):
         clients.setdefault(owner, (Role.APP,))

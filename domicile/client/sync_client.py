@@ -13,7 +13,7 @@ import itertools
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -37,6 +37,7 @@ from domicile.results import (
     ExportedCopy,
     GetResult,
     NodeStatus,
+    PairConsistency,
     PutResult,
     ScanItem,
 )
@@ -47,6 +48,7 @@ from domicile.v1 import coordinator_pb2_grpc as cgrpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as sgrpc
 from domicile.wire.audit import audit_page_from_pb, head_from_pb
+from domicile.wire.consistency import pair_consistency_from_pb
 from domicile.wire.errors import error_from_rpc
 from domicile.wire.limits import AUDIT_PAGE_ENTRIES, SUBJECT_REQUESTS_LIMIT_DEFAULT, VIOLATIONS_MAX_DEFAULT
 from domicile.wire.records import (
@@ -366,19 +368,57 @@ class Client:
             if not token:
                 return
 
-    def node_status(self, region: str | None = None, *, node_id: str | None = None) -> NodeStatus:
-        """Status of the node serving `region`, or of the node `node_id`."""
+    def node_status(
+        self,
+        region: str | None = None,
+        *,
+        node_id: str | None = None,
+        namespace_stats: bool = False,
+        candidate_schemas: Mapping[str, str] | None = None,
+    ) -> NodeStatus:
+        """Status of the node serving `region`, or of the node `node_id`. With namespace_stats
+        (or candidate_schemas: namespace -> JSON Schema text) the node also walks its store to
+        count records per namespace and classification (and values failing each candidate)."""
         if region is None and node_id is None:
             raise InvalidArgument("node_status needs a region or a node_id")
+        req = spb.GetNodeStatusRequest(
+            namespace_stats=namespace_stats, candidate_schemas=dict(candidate_schemas or {})
+        )
         resp, _ = self._call(
             f"status of {node_id or region}",
             None,
             region,
             False,
-            lambda s, t: s.GetNodeStatus(spb.GetNodeStatusRequest(), timeout=t),
+            lambda s, t: s.GetNodeStatus(req, timeout=t),
             node_id=node_id,
         )
         return node_status_from_pb(resp)
+
+    def check_consistency(
+        self,
+        node_id: str,
+        peer_node_id: str,
+        namespaces: tuple[str, ...] = (),
+        *,
+        divergent_keys_max: int = 0,
+        deadline_s: float | None = None,
+    ) -> PairConsistency:
+        """Has node `node_id` compare its replicas with node `peer_node_id`'s digest trees,
+        moving no records: per namespace both hold (or of `namespaces`), the keys compared and
+        the divergent ones (the first divergent_keys_max of them listed, 0: 100)."""
+        req = spb.CheckConsistencyRequest(
+            peer_node_id=peer_node_id, namespaces=namespaces, divergent_keys_max=divergent_keys_max
+        )
+        resp, _ = self._call(
+            f"consistency check of {node_id} with {peer_node_id}",
+            None,
+            None,
+            False,
+            lambda s, t: s.CheckConsistency(req, timeout=t),
+            node_id=node_id,
+            deadline_s=deadline_s,
+        )
+        return pair_consistency_from_pb(resp)
 
     # -- audit and compliance
 

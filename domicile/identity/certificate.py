@@ -12,11 +12,13 @@ certificate reaches this module. Use it on verified peers only.
 
 from __future__ import annotations
 
+import dataclasses
+
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from domicile.errors import InvalidArgument, Unauthenticated
-from domicile.identity import spiffe
+from domicile.identity import audit_key, spiffe
 from domicile.identity.principal import AuthMethod, Principal, PrincipalKind, parse_roles
 
 
@@ -52,6 +54,8 @@ def principal_from_certificate(data: bytes | str | x509.Certificate, cluster: st
     """The principal a (verified) certificate of `cluster` names; Unauthenticated when it names none."""
     certificate = data if isinstance(data, x509.Certificate) else load_certificate(data)
     principal = spiffe.parse_uri(spiffe_uri(certificate), cluster)
+    if principal.kind is PrincipalKind.NODE:
+        principal = dataclasses.replace(principal, audit_key=audit_key.bound_key(certificate))
     units = [
         str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     ]

@@ -9,7 +9,7 @@ Plaintext exists for development and logs a warning each time it is used.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -49,6 +49,12 @@ class ServerSecurity:
     @property
     def cluster(self) -> str | None:
         return self._material.current.cluster if self._material else None
+
+    def on_identity_refused(self, callback: Callable[[], None]) -> None:
+        """`callback` runs (on a gRPC thread) each time replaced files naming another identity
+        are refused (see reloading.py)."""
+        if self._material is not None:
+            self._material.on_identity_refused = callback
 
     def credentials(self) -> Any:
         """grpc.ServerCredentials that demand and verify a client certificate on every connection."""
@@ -96,6 +102,11 @@ class Dialer:
     @property
     def cluster(self) -> str | None:
         return self._material.current.cluster if self._material else None
+
+    def on_identity_refused(self, callback: Callable[[], None]) -> None:
+        """As ServerSecurity.on_identity_refused, for the files this dialer presents."""
+        if self._material is not None:
+            self._material.on_identity_refused = callback
 
     @staticmethod
     def _build(material: TlsMaterial) -> Any:

@@ -10,6 +10,7 @@ SPIFFE URI SAN; a client's roles are subject OUs (see `certificate.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import re
@@ -20,10 +21,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from domicile.errors import AlreadyExists, InvalidArgument
-from domicile.identity import spiffe
+from domicile.identity import audit_key, spiffe
 from domicile.identity.files import PRIVATE_MODE, PUBLIC_MODE, read_file, write_atomically
 from domicile.identity.principal import PrincipalKind, Role
 
@@ -79,14 +81,19 @@ class Issued:
     uri: str
     certificate_pem: bytes
     key_pem: bytes
+    # A node certificate's new audit-head key (see audit_key.py), when issuing made one.
+    audit_key_pem: bytes = b""
 
     def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
-        """Write `<stem>.crt` and `<stem>.key`, replacing older ones (re-issuing is how certificates rotate).
+        """Write `<stem>.crt` and `<stem>.key` (and `<stem>.audit.key` when issuing made that key),
+        replacing older ones (re-issuing is how certificates rotate).
 
-        The key goes first: a process that reloads on change then finds the new key before the
+        The keys go first: a process that reloads on change then finds the new key before the
         new certificate, and one that sees a mismatched pair keeps what it had until both are new.
         """
         cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+        if self.audit_key_pem:
+            write_atomically(audit_key.key_path(cert_path), self.audit_key_pem, PRIVATE_MODE, overwrite=True)
         write_atomically(key_path, self.key_pem, PRIVATE_MODE, overwrite=True)
         write_atomically(cert_path, self.certificate_pem, PUBLIC_MODE, overwrite=True)
         return cert_path, key_path
@@ -205,11 +212,19 @@ def issue_node(
     *,
     hosts: Sequence[str] = DEFAULT_HOSTS,
     validity: Validity | None = None,
+    audit_public_key: bytes | None = None,
 ) -> Issued:
-    """A node serves clients and nodes and dials nodes and the coordinator: serverAuth and clientAuth."""
+    """A node serves clients and nodes and dials nodes and the coordinator: serverAuth and clientAuth.
+
+    The certificate binds the node's audit-head key (audit_key.py): `audit_public_key` (raw
+    Ed25519) when given, else a new key that the result carries (`audit_key_pem`)."""
     uri = spiffe.node_id_uri(ca.cluster, region, node_id)
     server_name = spiffe.server_name(PrincipalKind.NODE, ca.cluster, region, node_id)
-    return _issue(
+    new_audit_key = b""
+    if audit_public_key is None:
+        generated = Ed25519PrivateKey.generate()
+        audit_public_key, new_audit_key = audit_key.public_bytes(generated), audit_key.private_pem(generated)
+    issued = _issue(
         ca,
         uri,
         common_name=node_id,
@@ -217,7 +232,9 @@ def issue_node(
         usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
         dns=[x509.DNSName(server_name), *parse_hosts(hosts)],
         validity=validity,
+        extensions=[audit_key.extension(audit_public_key)],
     )
+    return dataclasses.replace(issued, audit_key_pem=new_audit_key)
 
 
 def issue_coordinator(
@@ -276,6 +293,7 @@ def _issue(
     usages: Sequence[x509.ObjectIdentifier],
     dns: list[x509.GeneralName],
     validity: Validity | None,
+    extensions: Sequence[x509.ExtensionType] = (),
 ) -> Issued:
     validity = validity or Validity.days(LEAF_DAYS_DEFAULT)
     ca_expires = ca.certificate.not_valid_after_utc
@@ -291,7 +309,7 @@ def _issue(
         x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
     ]
     public = key.public_key()
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name(subject))
         .issuer_name(ca.certificate.subject)
@@ -310,6 +328,8 @@ def _issue(
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
         )
-        .sign(ca.key, hashes.SHA256())
     )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    certificate = builder.sign(ca.key, hashes.SHA256())
     return Issued(uri, certificate.public_bytes(serialization.Encoding.PEM), key_pem(key))

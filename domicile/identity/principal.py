@@ -53,6 +53,8 @@ class Principal:
     name: str | None = None
     roles: frozenset[Role] = field(default_factory=frozenset)
     authenticated_by: AuthMethod = AuthMethod.CERTIFICATE
+    # A node certificate's audit-head key (raw Ed25519, see audit_key.py); None when it binds none.
+    audit_key: bytes | None = None
 
     def __str__(self) -> str:
         return self.uri

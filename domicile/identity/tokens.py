@@ -5,11 +5,20 @@ the kid its header names, and its issuer, audience, expiry and not-before hold (
 leeway for clock skew). It names a client: `sub` is the client name and the optional `roles`
 claim a list of roles. Every refusal is Unauthenticated with a message that says what was
 wrong and never repeats the token.
+
+A token may be bound to the client certificate it is sent over (RFC 8705 certificate-bound
+access tokens): a `cnf` claim with `x5t#S256`, the base64url SHA-256 thumbprint of the
+certificate's DER. Such a token is accepted only over that certificate, so a stolen token is
+useless without the key of the certificate it was issued for. A `cnf` with no `x5t#S256` (a
+confirmation method this service cannot check) is refused.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,7 @@ DEFAULT_LEEWAY = dt.timedelta(seconds=30)
 LEEWAY_MAX = dt.timedelta(minutes=5)
 TOKEN_CHARS_MAX = 16 * 1024
 REQUIRED_CLAIMS = ("exp", "iss", "aud", "sub")
+CNF_X5T = "x5t#S256"
 
 
 def _shown(value: object) -> str:
@@ -53,9 +63,11 @@ class TokenVerifier:
         self.leeway = leeway
         self.jwks = JwksFile(jwks_path)
 
-    def verify(self, token: str) -> Principal:
-        """The client the token names; Unauthenticated saying why it is refused."""
+    def verify(self, token: str, certificate_der: bytes | None = None) -> Principal:
+        """The client the token names; Unauthenticated saying why it is refused.
+        `certificate_der`: the client certificate the token came over (for `cnf`)."""
         claims = self._claims(token)
+        _check_confirmation(claims, certificate_der)
         subject = claims["sub"]
         if not isinstance(subject, str) or not spiffe.CLIENT_NAME_RE.match(subject):
             raise Unauthenticated("token subject is not a client name (1 to 128 of A-Z a-z 0-9 '.' '_' '-')")
@@ -132,6 +144,29 @@ class TokenVerifier:
             raise Unauthenticated("malformed token: its payload or signature cannot be decoded") from None
         except jwt.PyJWTError as error:
             raise Unauthenticated(f"token refused: {type(error).__name__}") from None
+
+
+def thumbprint(certificate_der: bytes) -> str:
+    """RFC 8705's x5t#S256: base64url (no padding) of the SHA-256 of the certificate's DER."""
+    return base64.urlsafe_b64encode(hashlib.sha256(certificate_der).digest()).rstrip(b"=").decode("ascii")
+
+
+def _check_confirmation(claims: dict[str, Any], certificate_der: bytes | None) -> None:
+    if "cnf" not in claims:
+        return
+    confirmation = claims["cnf"]
+    if not isinstance(confirmation, dict) or not isinstance(confirmation.get(CNF_X5T), str):
+        raise Unauthenticated(
+            f'token claim "cnf" must carry "{CNF_X5T}" (the thumbprint of the client certificate it '
+            "is bound to); no other confirmation method is accepted"
+        )
+    if certificate_der is None:
+        raise Unauthenticated("token is bound to a client certificate (cnf), but none was presented")
+    if not hmac.compare_digest(confirmation[CNF_X5T], thumbprint(certificate_der)):
+        raise Unauthenticated(
+            "token is bound to another client certificate (cnf x5t#S256 does not match the "
+            "certificate it came over); send it over the certificate it was issued for"
+        )
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:

@@ -89,6 +89,7 @@ _LAW_KEYS = (
     "basis",
     "adequacy",
     "mechanisms",
+    "restrictions",
 )
 _ADEQUACY_KEYS = ("basis", "countries")
 _ADEQUATE_COUNTRY_KEYS = (
@@ -116,6 +117,7 @@ _REGIME_FIELDS: Mapping[Regime, Mapping[str, bool]] = {
     },
     Regime.NO_LOCALIZATION: {"basis": True},
     Regime.PRIMARY_IN_COUNTRY: {"home": True, "home_basis": True, "refusal_basis": True, "mechanisms": False},
+    Regime.TRANSFER_UNLESS_RESTRICTED: {"basis": True, "restrictions": True},
 }
 
 
@@ -355,7 +357,7 @@ def _law(
             f"{at}.regime", f"got {regime_text!r}; allowed: {', '.join(r.value for r in Regime)}"
         ) from None
     wanted = _REGIME_FIELDS[regime]
-    for key in ("home", "home_basis", "refusal_basis", "basis", "adequacy", "mechanisms"):
+    for key in ("home", "home_basis", "refusal_basis", "basis", "adequacy", "mechanisms", "restrictions"):
         if key in m and key not in wanted:
             raise f.fail(f"{at}.{key}", f"does not apply to regime {regime.value}")
         if wanted.get(key) and m.get(key) is None:
@@ -365,6 +367,10 @@ def _law(
     adequacy: tuple[Adequacy, ...] = ()
     if m.get("adequacy") is not None:
         adequacy_basis, adequacy = _adequacy(m["adequacy"], f"{at}.adequacy", expand(home), groups)
+    restriction_basis = ""
+    restrictions: tuple[Adequacy, ...] = ()
+    if m.get("restrictions") is not None:
+        restriction_basis, restrictions = _restrictions(m["restrictions"], f"{at}.restrictions", groups)
     return Law(
         id=law_id,
         name=f.text(m, "name", at, limit=80),
@@ -383,7 +389,21 @@ def _law(
         if m.get("mechanisms") is not None
         else {},
         note=f.text(m, "note", at, required=False),
+        restriction_basis=restriction_basis,
+        restrictions=restrictions,
     )
+
+
+def _restrictions(raw: Any, at: str, groups: Mapping[str, CountryGroup]) -> tuple[str, tuple[Adequacy, ...]]:
+    """The countries a government has restricted transfers to: entries shaped like adequacy
+    entries (country, name, decision = the notification, in_force, checked, source), read with
+    the same reader. The list may be empty (no restriction notified yet); a recipient condition
+    makes no sense for a restriction, so `requires` is refused."""
+    m = f.mapping(raw, at)
+    for i, item in enumerate(f.sequence(f.present(m, "countries", at), f"{at}.countries")):
+        if isinstance(item, Mapping) and item.get("requires") is not None:
+            raise f.fail(f"{at}.countries[{i}].requires", "does not apply to a restriction")
+    return _adequacy(raw, at, frozenset(), groups)
 
 
 def _destinations(raw: Any, at: str, regions: Iterable[str], laws: tuple[Law, ...]) -> dict[str, Destination]:

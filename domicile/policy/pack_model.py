@@ -30,6 +30,9 @@ class Regime(enum.StrEnum):
     # The primary database must be in the home area; copies elsewhere need a recorded
     # cross-border mechanism (Russia 152-FZ Art. 18(5)).
     PRIMARY_IN_COUNTRY = "primary_in_country"
+    # Allowed everywhere except to countries the government has restricted by notification
+    # (India's DPDP Act 2023, s. 16).
+    TRANSFER_UNLESS_RESTRICTED = "transfer_unless_restricted"
 
 
 class UnlistedJurisdictions(enum.StrEnum):
@@ -118,6 +121,10 @@ class Law:
     # mechanism kind -> the legal basis it rests on, in order of preference
     mechanisms: Mapping[str, str] = field(default_factory=dict)
     note: str = ""
+    # transfer_unless_restricted: the countries the government has restricted, each a dated
+    # fact like an adequacy entry (in force or not); `restriction_basis` is the power used.
+    restriction_basis: str = ""
+    restrictions: tuple[Adequacy, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -221,10 +221,44 @@ def primary_in_country(
     )
 
 
+def transfer_unless_restricted(
+    pack: PolicyPack, law: Law, subject: Jurisdiction, region: PackRegion, action: str
+) -> Verdict:
+    """India's DPDP Act s. 16: allowed anywhere except a country the government restricted."""
+    subject_text = f"personal data of a subject in {subject.code} ({law.name})"
+    entry = next((r for r in law.restrictions if r.covers(region.country)), None)
+    if entry is not None and entry.fact.value:
+        return Verdict(
+            False,
+            f"{law.id}.restricted-country",
+            f"{subject_text} may not be {verb(action)} {region.label}: {entry.name} is restricted "
+            f"({entry.decision})",
+            law.name,
+            f"{law.restriction_basis}: {entry.decision}",
+            (entry.fact.cite(f"{law.name} restriction of {entry.name} in force"),),
+        )
+    evidence = [
+        f"{law.name} restricts no transfer to {country_label(region.country)} "
+        f"(checked {law.checked.isoformat()}; source: {law.source})"
+    ]
+    if entry is not None:
+        evidence.append(entry.fact.cite(f"{law.name} restriction of {entry.name} in force"))
+    return Verdict(
+        True,
+        f"{law.id}.not-restricted",
+        f"{subject_text} may be {verb(action)} {region.label}: {law.name} restricts no transfer to "
+        f"{country_label(region.country)}",
+        law.name,
+        law.basis,
+        tuple(evidence),
+    )
+
+
 Rule = Callable[[PolicyPack, Law, Jurisdiction, PackRegion, str], Verdict]
 
 RULES: Mapping[Regime, Rule] = {
     Regime.TRANSFER_RESTRICTED: transfer_restricted,
     Regime.NO_LOCALIZATION: no_localization,
     Regime.PRIMARY_IN_COUNTRY: primary_in_country,
+    Regime.TRANSFER_UNLESS_RESTRICTED: transfer_unless_restricted,
 }

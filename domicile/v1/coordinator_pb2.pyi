@@ -133,6 +133,8 @@ class Namespace(_message.Message):
     RETENTION_CLASS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PURPOSES_FIELD_NUMBER: _builtins.int
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Namespace name."""
     conflict_mode: _record_pb2.ConflictMode.ValueType
@@ -145,6 +147,10 @@ class Namespace(_message.Message):
     """Retention class name (e.g. user_data, transaction_data)."""
     description: _builtins.str
     """Human description."""
+    json_schema: _builtins.str
+    """JSON Schema (Draft 2020-12) its JSON values must follow, as JSON text; empty for none.
+    Nodes refuse a write that does not validate, so it travels with the topology.
+    """
     @_builtins.property
     def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Regions that may hold its records; ignored when global is true."""
@@ -154,6 +160,10 @@ class Namespace(_message.Message):
         """Processing purposes its records may be read and written for (empty: not limited). Nodes
         decide every record call with them (purpose limitation), so they travel with the topology.
         """
+
+    @_builtins.property
+    def quality_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Top-level fields the dataset wants present; each accepted value scores the share it has."""
 
     def __init__(
         self,
@@ -166,10 +176,12 @@ class Namespace(_message.Message):
         retention_class: _builtins.str = ...,
         description: _builtins.str = ...,
         purposes: _abc.Iterable[_builtins.str] | None = ...,
+        json_schema: _builtins.str = ...,
+        quality_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "name", b"name", "owner", b"owner", "purposes", b"purposes", "regions", b"regions", "retention_class", b"retention_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "json_schema", b"json_schema", "name", b"name", "owner", b"owner", "purposes", b"purposes", "quality_fields", b"quality_fields", "regions", b"regions", "retention_class", b"retention_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,6 +235,7 @@ class Topology(_message.Message):
     ERASURES_FIELD_NUMBER: _builtins.int
     HOLDS_FIELD_NUMBER: _builtins.int
     RETENTION_CLASSES_FIELD_NUMBER: _builtins.int
+    AUTHZ_POLICIES_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Monotonically increasing revision; persisted, so it keeps increasing across restarts."""
     policy_version: _builtins.str
@@ -230,6 +243,11 @@ class Topology(_message.Message):
     policy_pack_yaml: _builtins.str
     """The residency policy pack in force, as YAML (see deploy/policy/pack.yaml); empty when only
     the namespace scopes apply.
+    """
+    authz_policies: _builtins.str
+    """The Cedar authorization policies in force (the file the cluster config names in
+    `authz_policies`), validated by the coordinator; empty when it names none, and each node then
+    enforces its own or the packaged default set.
     """
     @_builtins.property
     def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Region]:
@@ -272,10 +290,11 @@ class Topology(_message.Message):
         erasures: _abc.Iterable[_subject_pb2.ErasureOrder] | None = ...,
         holds: _abc.Iterable[_subject_pb2.LegalHold] | None = ...,
         retention_classes: _abc.Iterable[_subject_pb2.RetentionClass] | None = ...,
+        authz_policies: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasures", b"erasures", "holds", b"holds", "links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_pack_yaml", b"policy_pack_yaml", "policy_version", b"policy_version", "regions", b"regions", "retention_classes", b"retention_classes", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authz_policies", b"authz_policies", "erasures", b"erasures", "holds", b"holds", "links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_pack_yaml", b"policy_pack_yaml", "policy_version", b"policy_version", "regions", b"regions", "retention_classes", b"retention_classes", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -208,3 +208,217 @@ class ReplicationAck(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplicationAck: _TypeAlias = ReplicationAck  # noqa: Y015
+
+@_typing.final
+class EntropyDigestsRequest(_message.Message):
+    """Asks for the digest tree of one namespace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    CALLER_NODE_ID_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace; the caller and the called node must both be in its scope."""
+    caller_node_id: _builtins.str
+    """Node id of the caller; the called node refuses one its certificate does not name."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        caller_node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_node_id", b"caller_node_id", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntropyDigestsRequest: _TypeAlias = EntropyDigestsRequest  # noqa: Y015
+
+@_typing.final
+class EntropyDigestsResponse(_message.Message):
+    """A two-level digest tree: one digest per bucket (a key falls in the bucket its hash names) and
+    the root over them. Equal digests mean equal key states, whatever region sealed the values.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_FIELD_NUMBER: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    KEY_COUNT_FIELD_NUMBER: _builtins.int
+    root: _builtins.bytes
+    """The root: a hash of every bucket digest in order."""
+    key_count: _builtins.int
+    """Keys the called node holds in the namespace (live or tombstoned)."""
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """One digest per bucket, in bucket order (the XOR of the bucket's key digests)."""
+
+    def __init__(
+        self,
+        *,
+        root: _builtins.bytes = ...,
+        buckets: _abc.Iterable[_builtins.bytes] | None = ...,
+        key_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "key_count", b"key_count", "root", b"root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntropyDigestsResponse: _TypeAlias = EntropyDigestsResponse  # noqa: Y015
+
+@_typing.final
+class EntropyKeysRequest(_message.Message):
+    """Asks for the key digests of some buckets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    CALLER_NODE_ID_FIELD_NUMBER: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace."""
+    caller_node_id: _builtins.str
+    """Node id of the caller."""
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Bucket numbers, each below the number of buckets; at most 64 per call."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        caller_node_id: _builtins.str = ...,
+        buckets: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "caller_node_id", b"caller_node_id", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntropyKeysRequest: _TypeAlias = EntropyKeysRequest  # noqa: Y015
+
+@_typing.final
+class EntropyKeyDigest(_message.Message):
+    """One key's digest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key."""
+    digest: _builtins.bytes
+    """The digest of its state (16 bytes)."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntropyKeyDigest: _TypeAlias = EntropyKeyDigest  # noqa: Y015
+
+@_typing.final
+class EntropyKeysResponse(_message.Message):
+    """The key digests of the asked buckets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    WITHHELD_COUNT_FIELD_NUMBER: _builtins.int
+    withheld_count: _builtins.int
+    """Keys of those buckets left out because the caller's region may not hold them."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntropyKeyDigest]:
+        """Keys of those buckets whose every version the caller's region may hold."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___EntropyKeyDigest] | None = ...,
+        withheld_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "withheld_count", b"withheld_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntropyKeysResponse: _TypeAlias = EntropyKeysResponse  # noqa: Y015
+
+@_typing.final
+class EntropyStatesRequest(_message.Message):
+    """Asks for the states of some keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    CALLER_NODE_ID_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace."""
+    caller_node_id: _builtins.str
+    """Node id of the caller."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The keys; at most 500 per call."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        caller_node_id: _builtins.str = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_node_id", b"caller_node_id", "keys", b"keys", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntropyStatesRequest: _TypeAlias = EntropyStatesRequest  # noqa: Y015
+
+@_typing.final
+class EntropyStatesResponse(_message.Message):
+    """Key states as mutations: one per version, whose context is the state's context without the
+    dots of the state's versions, so that merging them is merging the state.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MUTATIONS_FIELD_NUMBER: _builtins.int
+    WITHHELD_COUNT_FIELD_NUMBER: _builtins.int
+    KEYS_ANSWERED_FIELD_NUMBER: _builtins.int
+    withheld_count: _builtins.int
+    """Versions left out: the caller's region may not hold them, or their value was erased."""
+    keys_answered: _builtins.int
+    """The first keys_answered keys of the request are answered; the caller asks again for the
+    rest (a response stops short of the message size limit).
+    """
+    @_builtins.property
+    def mutations(self) -> _containers.RepeatedCompositeFieldContainer[_record_pb2.Mutation]:
+        """The mutations; lsn is 0 and origin_node_id names the node that wrote the version."""
+
+    def __init__(
+        self,
+        *,
+        mutations: _abc.Iterable[_record_pb2.Mutation] | None = ...,
+        withheld_count: _builtins.int = ...,
+        keys_answered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys_answered", b"keys_answered", "mutations", b"mutations", "withheld_count", b"withheld_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntropyStatesResponse: _TypeAlias = EntropyStatesResponse  # noqa: Y015

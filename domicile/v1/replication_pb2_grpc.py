@@ -43,6 +43,21 @@ class ReplicationServiceStub:
                 request_serializer=domicile_dot_v1_dot_replication__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_replication__pb2.ReplicateResponse.FromString,
                 _registered_method=True)
+        self.EntropyDigests = channel.unary_unary(
+                '/domicile.v1.ReplicationService/EntropyDigests',
+                request_serializer=domicile_dot_v1_dot_replication__pb2.EntropyDigestsRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_replication__pb2.EntropyDigestsResponse.FromString,
+                _registered_method=True)
+        self.EntropyKeys = channel.unary_unary(
+                '/domicile.v1.ReplicationService/EntropyKeys',
+                request_serializer=domicile_dot_v1_dot_replication__pb2.EntropyKeysRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_replication__pb2.EntropyKeysResponse.FromString,
+                _registered_method=True)
+        self.EntropyStates = channel.unary_unary(
+                '/domicile.v1.ReplicationService/EntropyStates',
+                request_serializer=domicile_dot_v1_dot_replication__pb2.EntropyStatesRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_replication__pb2.EntropyStatesResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServiceServicer:
@@ -59,6 +74,28 @@ class ReplicationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EntropyDigests(self, request, context):
+        """Anti-entropy: the digest tree of one namespace as the called node holds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EntropyKeys(self, request, context):
+        """Anti-entropy: the key digests of some buckets, only keys the caller's region may hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EntropyStates(self, request, context):
+        """Anti-entropy: the key states of some keys, as mutations the caller merges; only versions
+        the caller's region may hold, with values in clear (the caller seals them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -66,6 +103,21 @@ def add_ReplicationServiceServicer_to_server(servicer, server):
                     servicer.Replicate,
                     request_deserializer=domicile_dot_v1_dot_replication__pb2.ReplicateRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_replication__pb2.ReplicateResponse.SerializeToString,
+            ),
+            'EntropyDigests': grpc.unary_unary_rpc_method_handler(
+                    servicer.EntropyDigests,
+                    request_deserializer=domicile_dot_v1_dot_replication__pb2.EntropyDigestsRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_replication__pb2.EntropyDigestsResponse.SerializeToString,
+            ),
+            'EntropyKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.EntropyKeys,
+                    request_deserializer=domicile_dot_v1_dot_replication__pb2.EntropyKeysRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_replication__pb2.EntropyKeysResponse.SerializeToString,
+            ),
+            'EntropyStates': grpc.unary_unary_rpc_method_handler(
+                    servicer.EntropyStates,
+                    request_deserializer=domicile_dot_v1_dot_replication__pb2.EntropyStatesRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_replication__pb2.EntropyStatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -99,6 +151,87 @@ class ReplicationService:
             '/domicile.v1.ReplicationService/Replicate',
             domicile_dot_v1_dot_replication__pb2.ReplicateRequest.SerializeToString,
             domicile_dot_v1_dot_replication__pb2.ReplicateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EntropyDigests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.ReplicationService/EntropyDigests',
+            domicile_dot_v1_dot_replication__pb2.EntropyDigestsRequest.SerializeToString,
+            domicile_dot_v1_dot_replication__pb2.EntropyDigestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EntropyKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.ReplicationService/EntropyKeys',
+            domicile_dot_v1_dot_replication__pb2.EntropyKeysRequest.SerializeToString,
+            domicile_dot_v1_dot_replication__pb2.EntropyKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EntropyStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.ReplicationService/EntropyStates',
+            domicile_dot_v1_dot_replication__pb2.EntropyStatesRequest.SerializeToString,
+            domicile_dot_v1_dot_replication__pb2.EntropyStatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,14 @@ class ReplicationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ReplicationServiceAsyncStub: ...
     Replicate: _grpc.StreamStreamMultiCallable[_replication_pb2.ReplicateRequest, _replication_pb2.ReplicateResponse]
     """Streams batches of mutations from a source to a target."""
+    EntropyDigests: _grpc.UnaryUnaryMultiCallable[_replication_pb2.EntropyDigestsRequest, _replication_pb2.EntropyDigestsResponse]
+    """Anti-entropy: the digest tree of one namespace as the called node holds it."""
+    EntropyKeys: _grpc.UnaryUnaryMultiCallable[_replication_pb2.EntropyKeysRequest, _replication_pb2.EntropyKeysResponse]
+    """Anti-entropy: the key digests of some buckets, only keys the caller's region may hold."""
+    EntropyStates: _grpc.UnaryUnaryMultiCallable[_replication_pb2.EntropyStatesRequest, _replication_pb2.EntropyStatesResponse]
+    """Anti-entropy: the key states of some keys, as mutations the caller merges; only versions
+    the caller's region may hold, with values in clear (the caller seals them).
+    """
 
 @_typing.type_check_only
 class ReplicationServiceAsyncStub(ReplicationServiceStub):
@@ -51,6 +59,14 @@ class ReplicationServiceAsyncStub(ReplicationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Replicate: _aio.StreamStreamMultiCallable[_replication_pb2.ReplicateRequest, _replication_pb2.ReplicateResponse]  # type: ignore[assignment]
     """Streams batches of mutations from a source to a target."""
+    EntropyDigests: _aio.UnaryUnaryMultiCallable[_replication_pb2.EntropyDigestsRequest, _replication_pb2.EntropyDigestsResponse]  # type: ignore[assignment]
+    """Anti-entropy: the digest tree of one namespace as the called node holds it."""
+    EntropyKeys: _aio.UnaryUnaryMultiCallable[_replication_pb2.EntropyKeysRequest, _replication_pb2.EntropyKeysResponse]  # type: ignore[assignment]
+    """Anti-entropy: the key digests of some buckets, only keys the caller's region may hold."""
+    EntropyStates: _aio.UnaryUnaryMultiCallable[_replication_pb2.EntropyStatesRequest, _replication_pb2.EntropyStatesResponse]  # type: ignore[assignment]
+    """Anti-entropy: the key states of some keys, as mutations the caller merges; only versions
+    the caller's region may hold, with values in clear (the caller seals them).
+    """
 
 class ReplicationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Node-to-node replication. The source node opens one long-lived stream per link to the target
@@ -66,5 +82,31 @@ class ReplicationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_replication_pb2.ReplicateResponse], _abc.AsyncIterator[_replication_pb2.ReplicateResponse]]:
         """Streams batches of mutations from a source to a target."""
+
+    @_abc_1.abstractmethod
+    def EntropyDigests(
+        self,
+        request: _replication_pb2.EntropyDigestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replication_pb2.EntropyDigestsResponse, _abc.Awaitable[_replication_pb2.EntropyDigestsResponse]]:
+        """Anti-entropy: the digest tree of one namespace as the called node holds it."""
+
+    @_abc_1.abstractmethod
+    def EntropyKeys(
+        self,
+        request: _replication_pb2.EntropyKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replication_pb2.EntropyKeysResponse, _abc.Awaitable[_replication_pb2.EntropyKeysResponse]]:
+        """Anti-entropy: the key digests of some buckets, only keys the caller's region may hold."""
+
+    @_abc_1.abstractmethod
+    def EntropyStates(
+        self,
+        request: _replication_pb2.EntropyStatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replication_pb2.EntropyStatesResponse, _abc.Awaitable[_replication_pb2.EntropyStatesResponse]]:
+        """Anti-entropy: the key states of some keys, as mutations the caller merges; only versions
+        the caller's region may hold, with values in clear (the caller seals them).
+        """
 
 def add_ReplicationServiceServicer_to_server(servicer: ReplicationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -451,16 +451,143 @@ class GetNodeStatusRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CandidateSchemasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAMESPACE_STATS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_SCHEMAS_FIELD_NUMBER: _builtins.int
+    namespace_stats: _builtins.bool
+    """Also count the stored records per namespace and classification (walks the whole store:
+    ask for it only when needed, as `domicile catalog show` does).
+    """
+    @_builtins.property
+    def candidate_schemas(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Namespace -> a candidate JSON Schema (JSON text): also count the stored live values that
+        would fail it, to check a schema change before rolling it out. Implies namespace_stats.
+        """
+
     def __init__(
         self,
+        *,
+        namespace_stats: _builtins.bool = ...,
+        candidate_schemas: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_schemas", b"candidate_schemas", "namespace_stats", b"namespace_stats"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetNodeStatusRequest: _TypeAlias = GetNodeStatusRequest  # noqa: Y015
+
+@_typing.final
+class NamespaceStats(_message.Message):
+    """Records of one namespace and classification held by a node, and the namespace's quality
+    figures since the node started.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    CLASSIFICATION_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_INVALID_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace."""
+    classification: _record_pb2.Classification.ValueType
+    """Classification of the records counted."""
+    records: _builtins.int
+    """Keys with a live version of this classification."""
+    candidate_invalid: _builtins.int
+    """Live values that fail the candidate schema asked for (0 without one)."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        classification: _record_pb2.Classification.ValueType = ...,
+        records: _builtins.int = ...,
+        candidate_invalid: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_invalid", b"candidate_invalid", "classification", b"classification", "namespace", b"namespace", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceStats: _TypeAlias = NamespaceStats  # noqa: Y015
+
+@_typing.final
+class NamespaceQuality(_message.Message):
+    """Quality figures of one namespace on one node since it started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RefusedByRuleEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    VALIDATED_FIELD_NUMBER: _builtins.int
+    REFUSED_BY_RULE_FIELD_NUMBER: _builtins.int
+    QUALITY_SCORE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace."""
+    validated: _builtins.int
+    """Values that passed the namespace's schema on write."""
+    quality_score: _builtins.float
+    """Mean share of the declared quality fields present in accepted values; 1 without any."""
+    @_builtins.property
+    def refused_by_rule(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Writes refused by the schema, per JSON Schema rule (type, required, ...)."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        validated: _builtins.int = ...,
+        refused_by_rule: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        quality_score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "quality_score", b"quality_score", "refused_by_rule", b"refused_by_rule", "validated", b"validated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceQuality: _TypeAlias = NamespaceQuality  # noqa: Y015
 
 @_typing.final
 class LinkStatus(_message.Message):
@@ -528,6 +655,9 @@ class GetNodeStatusResponse(_message.Message):
     AUDIT_ENTRIES_FIELD_NUMBER: _builtins.int
     AUDIT_EXPORTED_SIZE_FIELD_NUMBER: _builtins.int
     COMPLIANCE_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_STATS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_QUALITY_FIELD_NUMBER: _builtins.int
+    AUTHZ_POLICY_VERSION_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id (the writer id in version vectors)."""
     region: _builtins.str
@@ -552,6 +682,10 @@ class GetNodeStatusResponse(_message.Message):
     """Entries covered by the last signed head the coordinator accepted; 0 when none yet."""
     compliance_violations: _builtins.int
     """Record copies the last compliance scan found that the policy in force does not allow here."""
+    authz_policy_version: _builtins.str
+    """Version of the authorization (Cedar) policy set this node enforces: "sha256:" and the first
+    16 hex digits of the policy text's SHA-256; empty on an insecure port (nothing is checked).
+    """
     @_builtins.property
     def outbound(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkStatus]:
         """Links this node sends on."""
@@ -559,6 +693,14 @@ class GetNodeStatusResponse(_message.Message):
     @_builtins.property
     def inbound(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkStatus]:
         """Links this node receives on."""
+
+    @_builtins.property
+    def namespace_stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceStats]:
+        """Per namespace and classification, when namespace_stats was asked for."""
+
+    @_builtins.property
+    def namespace_quality(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceQuality]:
+        """Per namespace with a schema or quality fields."""
 
     def __init__(
         self,
@@ -577,10 +719,13 @@ class GetNodeStatusResponse(_message.Message):
         audit_entries: _builtins.int = ...,
         audit_exported_size: _builtins.int = ...,
         compliance_violations: _builtins.int = ...,
+        namespace_stats: _abc.Iterable[Global___NamespaceStats] | None = ...,
+        namespace_quality: _abc.Iterable[Global___NamespaceQuality] | None = ...,
+        authz_policy_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "audit_exported_size", b"audit_exported_size", "compliance_violations", b"compliance_violations", "conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "audit_exported_size", b"audit_exported_size", "authz_policy_version", b"authz_policy_version", "compliance_violations", b"compliance_violations", "conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "namespace_quality", b"namespace_quality", "namespace_stats", b"namespace_stats", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -765,3 +910,103 @@ class ScanComplianceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScanComplianceResponse: _TypeAlias = ScanComplianceResponse  # noqa: Y015
+
+@_typing.final
+class CheckConsistencyRequest(_message.Message):
+    """Asks a node to compare its replicas with one peer's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_NODE_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    DIVERGENT_KEYS_MAX_FIELD_NUMBER: _builtins.int
+    peer_node_id: _builtins.str
+    """Node id of the peer; both nodes must be in scope of each namespace compared."""
+    divergent_keys_max: _builtins.int
+    """At most this many divergent keys are listed per namespace (0: 100; at most 10,000)."""
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Namespaces to compare; empty: every namespace both nodes are in scope of."""
+
+    def __init__(
+        self,
+        *,
+        peer_node_id: _builtins.str = ...,
+        namespaces: _abc.Iterable[_builtins.str] | None = ...,
+        divergent_keys_max: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergent_keys_max", b"divergent_keys_max", "namespaces", b"namespaces", "peer_node_id", b"peer_node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckConsistencyRequest: _TypeAlias = CheckConsistencyRequest  # noqa: Y015
+
+@_typing.final
+class NamespaceConsistency(_message.Message):
+    """How two replicas of one namespace agree."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    KEYS_COMPARED_FIELD_NUMBER: _builtins.int
+    KEYS_DIVERGENT_FIELD_NUMBER: _builtins.int
+    DIVERGENT_KEYS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace."""
+    keys_compared: _builtins.int
+    """Keys either replica holds that both may hold."""
+    keys_divergent: _builtins.int
+    """Of those, keys whose states differ or that only one replica holds."""
+    @_builtins.property
+    def divergent_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The first divergent keys, in key order (at most divergent_keys_max)."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        keys_compared: _builtins.int = ...,
+        keys_divergent: _builtins.int = ...,
+        divergent_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergent_keys", b"divergent_keys", "keys_compared", b"keys_compared", "keys_divergent", b"keys_divergent", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceConsistency: _TypeAlias = NamespaceConsistency  # noqa: Y015
+
+@_typing.final
+class CheckConsistencyResponse(_message.Message):
+    """The comparison of this node with the peer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PEER_NODE_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """Node id of this node."""
+    peer_node_id: _builtins.str
+    """Node id of the peer."""
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceConsistency]:
+        """One entry per namespace compared."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        peer_node_id: _builtins.str = ...,
+        namespaces: _abc.Iterable[Global___NamespaceConsistency] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespaces", b"namespaces", "node_id", b"node_id", "peer_node_id", b"peer_node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckConsistencyResponse: _TypeAlias = CheckConsistencyResponse  # noqa: Y015

@@ -76,6 +76,11 @@ class StorageNodeServiceStub:
                 request_serializer=domicile_dot_v1_dot_storage__node__pb2.ExportSubjectRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_storage__node__pb2.ExportSubjectResponse.FromString,
                 _registered_method=True)
+        self.CheckConsistency = channel.unary_unary(
+                '/domicile.v1.StorageNodeService/CheckConsistency',
+                request_serializer=domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyResponse.FromString,
+                _registered_method=True)
 
 
 class StorageNodeServiceServicer:
@@ -151,6 +156,14 @@ class StorageNodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckConsistency(self, request, context):
+        """Compares this node's digest trees with a peer's, moving no records: the keys on which
+        the two replicas disagree and the share on which they agree, per namespace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageNodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +206,11 @@ def add_StorageNodeServiceServicer_to_server(servicer, server):
                     servicer.ExportSubject,
                     request_deserializer=domicile_dot_v1_dot_storage__node__pb2.ExportSubjectRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_storage__node__pb2.ExportSubjectResponse.SerializeToString,
+            ),
+            'CheckConsistency': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckConsistency,
+                    request_deserializer=domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -413,6 +431,33 @@ class StorageNodeService:
             '/domicile.v1.StorageNodeService/ExportSubject',
             domicile_dot_v1_dot_storage__node__pb2.ExportSubjectRequest.SerializeToString,
             domicile_dot_v1_dot_storage__node__pb2.ExportSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckConsistency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.StorageNodeService/CheckConsistency',
+            domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyRequest.SerializeToString,
+            domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,10 @@ class StorageNodeServiceStub:
     """Streams every live record of a data subject that this region holds and may serve, values
     decrypted, with retention and legal basis (GDPR Art. 15 and 20). Audited.
     """
+    CheckConsistency: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.CheckConsistencyRequest, _storage_node_pb2.CheckConsistencyResponse]
+    """Compares this node's digest trees with a peer's, moving no records: the keys on which
+    the two replicas disagree and the share on which they agree, per namespace.
+    """
 
 @_typing.type_check_only
 class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
@@ -110,6 +114,10 @@ class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
     ExportSubject: _aio.UnaryStreamMultiCallable[_storage_node_pb2.ExportSubjectRequest, _storage_node_pb2.ExportSubjectResponse]  # type: ignore[assignment]
     """Streams every live record of a data subject that this region holds and may serve, values
     decrypted, with retention and legal basis (GDPR Art. 15 and 20). Audited.
+    """
+    CheckConsistency: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.CheckConsistencyRequest, _storage_node_pb2.CheckConsistencyResponse]  # type: ignore[assignment]
+    """Compares this node's digest trees with a peer's, moving no records: the keys on which
+    the two replicas disagree and the share on which they agree, per namespace.
     """
 
 class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -197,6 +205,16 @@ class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_storage_node_pb2.ExportSubjectResponse], _abc.AsyncIterator[_storage_node_pb2.ExportSubjectResponse]]:
         """Streams every live record of a data subject that this region holds and may serve, values
         decrypted, with retention and legal basis (GDPR Art. 15 and 20). Audited.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckConsistency(
+        self,
+        request: _storage_node_pb2.CheckConsistencyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_node_pb2.CheckConsistencyResponse, _abc.Awaitable[_storage_node_pb2.CheckConsistencyResponse]]:
+        """Compares this node's digest trees with a peer's, moving no records: the keys on which
+        the two replicas disagree and the share on which they agree, per namespace.
         """
 
 def add_StorageNodeServiceServicer_to_server(servicer: StorageNodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -290,12 +290,17 @@ class ErasureOrder(_message.Message):
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     REQUESTED_UNIX_MS_FIELD_NUMBER: _builtins.int
     REGIONS_PENDING_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id."""
     subject_id: _builtins.str
     """The data subject."""
     requested_unix_ms: _builtins.int
     """When it was received."""
+    requested_by: _builtins.str
+    """The verified identity of the DPO who asked for the erasure (what each region's audit trail
+    records as the principal of its erasure steps); empty from an older coordinator.
+    """
     @_builtins.property
     def regions_pending(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Regions that have not reported completion."""
@@ -307,10 +312,11 @@ class ErasureOrder(_message.Message):
         subject_id: _builtins.str = ...,
         requested_unix_ms: _builtins.int = ...,
         regions_pending: _abc.Iterable[_builtins.str] | None = ...,
+        requested_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["regions_pending", b"regions_pending", "request_id", b"request_id", "requested_unix_ms", b"requested_unix_ms", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["regions_pending", b"regions_pending", "request_id", b"request_id", "requested_by", b"requested_by", "requested_unix_ms", b"requested_unix_ms", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -329,6 +335,7 @@ class LegalHold(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PLACED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    PLACED_BY_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """Hold id, e.g. hold-0001f3c2a9."""
     scope: Global___LegalHoldScope.ValueType
@@ -343,6 +350,10 @@ class LegalHold(_message.Message):
     """Why (a case or matter reference)."""
     placed_unix_ms: _builtins.int
     """When it was placed, milliseconds since the Unix epoch."""
+    placed_by: _builtins.str
+    """The verified identity of the DPO who placed it (what each region's audit trail records);
+    empty from an older coordinator.
+    """
     def __init__(
         self,
         *,
@@ -353,10 +364,11 @@ class LegalHold(_message.Message):
         key: _builtins.str = ...,
         reason: _builtins.str = ...,
         placed_unix_ms: _builtins.int = ...,
+        placed_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "key", b"key", "namespace", b"namespace", "placed_unix_ms", b"placed_unix_ms", "reason", b"reason", "scope", b"scope", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "key", b"key", "namespace", b"namespace", "placed_by", b"placed_by", "placed_unix_ms", b"placed_unix_ms", "reason", b"reason", "scope", b"scope", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from domicile.model import Classification
-from domicile.results import ComplianceReport, ComplianceViolation, LinkState, NodeStatus
+from domicile.results import (
+    ComplianceReport,
+    ComplianceViolation,
+    LinkState,
+    NamespaceQuality,
+    NamespaceStats,
+    NodeStatus,
+)
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.wire.enums import enum_or
 
@@ -36,6 +43,22 @@ def node_status_from_pb(msg: spb.GetNodeStatusResponse) -> NodeStatus:
         audit_entries=msg.audit_entries,
         audit_exported_size=msg.audit_exported_size,
         compliance_violations=msg.compliance_violations,
+        namespace_stats=tuple(
+            NamespaceStats(
+                m.namespace,
+                enum_or(Classification, m.classification, Classification.UNSPECIFIED),
+                m.records,
+                m.candidate_invalid,
+            )
+            for m in msg.namespace_stats
+        ),
+        namespace_quality=tuple(
+            NamespaceQuality(
+                m.namespace, m.validated, tuple(sorted(m.refused_by_rule.items())), m.quality_score
+            )
+            for m in msg.namespace_quality
+        ),
+        authz_policy_version=msg.authz_policy_version,
     )
 
 

@@ -34,6 +34,7 @@ def hold_to_pb(h: LegalHold, out: pb.LegalHold | None = None) -> pb.LegalHold:
     msg.key = h.key
     msg.reason = h.reason
     msg.placed_unix_ms = h.placed_ms
+    msg.placed_by = h.placed_by
     return msg
 
 
@@ -46,6 +47,7 @@ def hold_from_pb(msg: pb.LegalHold) -> LegalHold:
         key=msg.key,
         reason=msg.reason,
         placed_ms=msg.placed_unix_ms,
+        placed_by=msg.placed_by,
     )
 
 
@@ -55,11 +57,14 @@ def erasure_to_pb(e: ErasureOrder, out: pb.ErasureOrder | None = None) -> pb.Era
     msg.subject_id = e.subject_id
     msg.requested_unix_ms = e.requested_ms
     msg.regions_pending.extend(e.regions_pending)
+    msg.requested_by = e.requested_by
     return msg
 
 
 def erasure_from_pb(msg: pb.ErasureOrder) -> ErasureOrder:
-    return ErasureOrder(msg.request_id, msg.subject_id, msg.requested_unix_ms, tuple(msg.regions_pending))
+    return ErasureOrder(
+        msg.request_id, msg.subject_id, msg.requested_unix_ms, tuple(msg.regions_pending), msg.requested_by
+    )
 
 
 def retention_to_pb(r: RetentionClass, out: pb.RetentionClass | None = None) -> pb.RetentionClass:

@@ -13,7 +13,7 @@ import grpc
 from domicile import errors
 from domicile.authz.gate import Caller, Reason, Refusal
 from domicile.causality import CausalContext, Version
-from domicile.model import Classification
+from domicile.model import Classification, check_namespace_name, check_node_id
 from domicile.subjects import check_subject_id
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
@@ -29,7 +29,11 @@ from node.compliance.scanner import ScanReport
 from node.crypto.sealing import Sealer
 from node.lifecycle.export import export_subject
 from node.metrics import NodeMetrics
+from node.replication.entropy import DIVERGENT_KEYS_MAX, DIVERGENT_KEYS_MAX_DEFAULT, Comparison
 from node.service import DeleteCommand, PutCommand, ReadResult, StorageService
+
+# Compares this node with a peer: (peer node id, namespaces, divergent keys listed at most).
+ConsistencyCheck = Callable[[str, list[str], int], Awaitable[list[Comparison]]]
 
 T = TypeVar("T")
 log = logging.getLogger("domicile.node.api")
@@ -155,12 +159,14 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     def __init__(
         self,
         service: StorageService,
-        status: Callable[[], Awaitable[spb.GetNodeStatusResponse]],
+        status: Callable[[spb.GetNodeStatusRequest], Awaitable[spb.GetNodeStatusResponse]],
         audit: AuditLog,
         scan: Callable[[int, str], Awaitable[ScanReport]],
         sealer: Sealer,
         access: NodeAccess,
+        consistency: ConsistencyCheck | None = None,
     ) -> None:
+        self._consistency = consistency
         self._sealer = sealer
         self._access = access
         self.service = service
@@ -272,9 +278,40 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     ) -> spb.GetNodeStatusResponse:
         async def work() -> spb.GetNodeStatusResponse:
             self._access.region(context, "storage.GetNodeStatus")
-            return await self._status()
+            return await self._status(request)
 
         return await guarded(self.metrics, "GetNodeStatus", context, self.deadline_s, work)
+
+    async def CheckConsistency(
+        self, request: spb.CheckConsistencyRequest, context: grpc.aio.ServicerContext
+    ) -> spb.CheckConsistencyResponse:
+        async def work() -> spb.CheckConsistencyResponse:
+            self._access.region(context, "storage.CheckConsistency")
+            if self._consistency is None:
+                raise errors.FailedPrecondition("this node runs no anti-entropy, so it cannot compare")
+            check_node_id(request.peer_node_id)
+            for name in request.namespaces:
+                check_namespace_name(name)
+            limit = request.divergent_keys_max or DIVERGENT_KEYS_MAX_DEFAULT
+            if limit > DIVERGENT_KEYS_MAX:
+                raise errors.InvalidArgument(
+                    f"divergent_keys_max {limit} is too large; use 1 to {DIVERGENT_KEYS_MAX} (0: "
+                    f"{DIVERGENT_KEYS_MAX_DEFAULT})"
+                )
+            comparisons = await self._consistency(request.peer_node_id, list(request.namespaces), limit)
+            response = spb.CheckConsistencyResponse(
+                node_id=self.service.node_id, peer_node_id=request.peer_node_id
+            )
+            for c in comparisons:
+                response.namespaces.add(
+                    namespace=c.namespace,
+                    keys_compared=c.keys,
+                    keys_divergent=c.divergent_total,
+                    divergent_keys=c.divergent,
+                )
+            return response
+
+        return await guarded(self.metrics, "CheckConsistency", context, self.deadline_s, work)
 
     async def ScanCompliance(
         self, request: spb.ScanComplianceRequest, context: grpc.aio.ServicerContext

@@ -53,12 +53,13 @@ from domicile.errors import (
     Unavailable,
 )
 from domicile.hlc import wall_ms
+from domicile.identity import audit_key
 from domicile.model import check_node_id
 from node.keyfiles import read_or_create
 
 log = logging.getLogger("domicile.audit")
 
-SIGNING_KEY_FILE = "audit-signing.key"
+SIGNING_KEY_FILE = audit_key.DATA_DIR_KEY_FILE
 SUBJECT_KEY_FILE = "audit-subject.key"
 SUBJECT_KEY_BYTES = 32
 

@@ -216,7 +216,8 @@ class Eraser:
     ) -> RegionReceipt:
         started = self.now_ms()
         subject = order.subject_id
-        principal = f"request:{order.request_id}"
+        # The DPO who asked (verified by the coordinator); the request id is in each entry too.
+        principal = order.requested_by or f"request:{order.request_id}"
         await self._block(subject, order.request_id)
         erased: collections.Counter[str] = collections.Counter()
         kept: list[KeptRecord] = []

@@ -84,6 +84,13 @@ class BatchResult:
     duplicates: int
 
 
+@dataclass(frozen=True)
+class RepairResult:
+    repaired: tuple[tuple[str, str], ...]  # (namespace, key) whose state changed
+    refused: int
+    duplicates: int
+
+
 class Receiver:
     def __init__(
         self,
@@ -118,6 +125,8 @@ class Receiver:
         self.limits = limits or Limits()
         self.max_clock_drift_ms = max_clock_drift_ms
         self.stats: dict[str, InboundStats] = {}
+        # Told the keys every apply changed (the anti-entropy digest trees mark them).
+        self.on_applied: Callable[[list[tuple[str, str]]], None] | None = None
 
     async def open(self, source_node_id: str) -> int:
         """Starts a stream from a source; returns the position to resume after."""
@@ -138,11 +147,14 @@ class Receiver:
         if stats is not None:
             stats.connected = False
 
-    def _check(self, source_node_id: str, msg: pb.Mutation) -> Mutation | _Rejected:
+    def _check(
+        self, source_node_id: str, msg: pb.Mutation, *, own_writes: bool = True
+    ) -> Mutation | _Rejected:
         """Decodes a mutation and checks everything that does not need the store: that it is the
-        source's own write, the client limits, and its clock. An honest source never sends what
+        source's own write (a stream carries only those; anti-entropy repairs carry any node's,
+        `own_writes` False), the client limits, and its clock. An honest source never sends what
         fails here, so a failure refuses this mutation for good (it is not sent again)."""
-        if msg.origin_node_id != source_node_id or msg.version.dot.node_id != source_node_id:
+        if own_writes and (msg.origin_node_id != source_node_id or msg.version.dot.node_id != source_node_id):
             return _Rejected(
                 Reject.ORIGIN,
                 f"mutation at lsn {msg.lsn} names origin {msg.origin_node_id!r} and dot node "
@@ -208,11 +220,19 @@ class Receiver:
                     issued[(namespace, key)] = state.context.max_counter(self.node_id) if state else 0
         return issued
 
-    async def _check_contexts(self, mutations: list[Mutation]) -> dict[int, _Rejected]:
+    async def _check_contexts(self, mutations: list[Mutation], slack: int = 0) -> dict[int, _Rejected]:
         """Mutations whose context names this node's own counters beyond what it has issued for
         the key: applied, they would make this node's next dot for the key overflow (and the key
-        refuse every write). This node's counters only grow, so a read before the apply is safe."""
-        naming = [i for i, m in enumerate(mutations) if m.context.max_counter(self.node_id) > 0]
+        refuse every write). This node's counters only grow, so a read before the apply is safe.
+        `slack`: how far past what it issued a repair may name this node's counters (a node
+        restored from an old copy gets back its own later writes from its peers), still far
+        below the counter limit. A repaired version's own dot counts as naming too."""
+
+        def claimed_of(m: Mutation) -> int:
+            own = m.version.dot.counter if slack and m.version.dot.node_id == self.node_id else 0
+            return max(m.context.max_counter(self.node_id), own)
+
+        naming = [i for i, m in enumerate(mutations) if claimed_of(m) > 0]
         if not naming:
             return {}
         issued = await self.offload.run(
@@ -221,8 +241,8 @@ class Receiver:
         refused: dict[int, _Rejected] = {}
         for i in naming:
             m = mutations[i]
-            claimed = m.context.max_counter(self.node_id)
-            allowed = issued[(m.namespace, m.key)]
+            claimed = claimed_of(m)
+            allowed = issued[(m.namespace, m.key)] + slack
             if claimed > allowed:
                 refused[i] = _Rejected(
                     Reject.CONTEXT,
@@ -258,12 +278,18 @@ class Receiver:
             )
         )
 
-    def _admit(self, source_node_id: str, m: Mutation, entries: list[asyncio.Future[int]]) -> bool:
+    def _admit(
+        self, source_node_id: str, m: Mutation, entries: list[asyncio.Future[int]], *, repair: bool = False
+    ) -> bool:
         facts = RecordFacts(
             m.namespace, m.version.classification, m.version.subject_id, m.version.subject_jurisdiction
         )
         principal = f"node:{source_node_id}"
-        detail = f"from={source_node_id} lsn={m.lsn}"
+        if repair:
+            dot = m.version.dot
+            detail = f"from={source_node_id} antientropy dot={dot.node_id}:{dot.counter}"
+        else:
+            detail = f"from={source_node_id} lsn={m.lsn}"
         if self.view.topology.cluster.find_namespace(m.namespace) is None:
             log.warning("refused mutation from %s for unknown namespace %r", source_node_id, m.namespace)
             entries.append(
@@ -428,6 +454,8 @@ class Receiver:
         if admitted:
             # Bounded by the drift check: a remote clock cannot carry this one past it.
             self.clock.observe(max(m.version.hlc for m in admitted))
+        if self.on_applied is not None and outcome.applied:
+            self.on_applied([(m.namespace, m.key) for m in outcome.applied])
         now = self.now_ms()
         lags_ms = [max(0, now - physical_ms(m.version.hlc)) for m in outcome.applied]
         histogram = self.metrics.replication_lag.labels(*labels)
@@ -444,3 +472,51 @@ class Receiver:
         stats.applied_total += len(outcome.applied)
         stats.refused_total += refused
         return BatchResult(outcome.position, refused, outcome.duplicates)
+
+    async def apply_repair(self, peer_node_id: str, messages: Sequence[pb.Mutation]) -> RepairResult:
+        """Merges key states a peer sent for anti-entropy (one mutation per version, any node's
+        writes) with every check of a stream but the origin and the positions: the client limits,
+        the clock, this node's own counters (within replication_position_gap_max of what it
+        issued), the erasure block and the policy, each refusal counted and audited. Admitted
+        values are sealed, their audit entries made durable, then merged by the same apply as a
+        stream (no source position moves)."""
+        entries: list[asyncio.Future[int]] = []
+        checked: list[Mutation] = []
+        for msg in messages:
+            result = self._check(peer_node_id, msg, own_writes=False)
+            if isinstance(result, _Rejected):
+                self._reject(
+                    peer_node_id, result.reason, result.message, entries, namespace=msg.namespace, key=msg.key
+                )
+            else:
+                checked.append(result)
+        bad = await self._check_contexts(checked, slack=self.limits.replication_position_gap_max)
+        for i, rejected in bad.items():
+            m = checked[i]
+            self._reject(
+                peer_node_id, rejected.reason, rejected.message, entries, namespace=m.namespace, key=m.key
+            )
+        mutations = [m for i, m in enumerate(checked) if i not in bad]
+        admitted = await self.sealer.seal_mutations(
+            self.view.topology.cluster,
+            [m for m in mutations if self._admit(peer_node_id, m, entries, repair=True)],
+        )
+        if entries:
+            await asyncio.gather(*entries)
+        policy_refused = len(mutations) - len(admitted)
+        if policy_refused:
+            self.metrics.replication_refused.labels(peer_node_id, self.node_id).inc(policy_refused)
+        if not admitted:
+            return RepairResult((), len(messages), 0)
+
+        def work(engine: StorageEngine) -> ApplyOutcome:
+            return engine.apply_remote(peer_node_id, admitted, 0)
+
+        outcome = await self.committer.run(work)
+        self.clock.observe(max(m.version.hlc for m in admitted))
+        keys = tuple(dict.fromkeys((m.namespace, m.key) for m in outcome.applied))
+        if self.on_applied is not None and keys:
+            self.on_applied(list(keys))
+        if outcome.conflicts:
+            self.metrics.conflicts.labels("*", "repaired").inc(outcome.conflicts)
+        return RepairResult(keys, len(messages) - len(admitted), outcome.duplicates)

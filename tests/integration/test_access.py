@@ -99,7 +99,8 @@ async def test_a_bearer_token_names_the_caller(cluster: LocalCluster) -> None:
     async with app(cluster, "gateway", purpose="settlement", token=token("trading", ["app"])) as client:
         await client.put("trades", "t-3", b"1", region=REGION)
     (put,) = [e for e in await entries(node, "put") if e.key == "t-3"]
-    assert put.principal == "spiffe://domicile/client/trading"
+    # The token's subject acts; the certificate it came over is recorded beside it.
+    assert put.principal == "spiffe://domicile/client/trading via spiffe://domicile/client/gateway"
     expired = token("trading", ["app"], exp=int(time.time()) - 3600)
     async with app(cluster, "gateway", purpose="settlement", token=expired) as client:
         with pytest.raises(Unauthenticated, match="token expired"):

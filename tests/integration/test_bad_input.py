@@ -40,10 +40,12 @@ def put_request(**fields: Any) -> spb.PutRequest:
 
 CASES = [
     (
+        # Refused like a namespace the caller may not use: NotFound (with the names that exist)
+        # only for callers the policies allow (test_namespace_disclosure.py).
         "unknown namespace",
         put_request(namespace="nope"),
-        grpc.StatusCode.NOT_FOUND,
-        "unknown namespace 'nope'",
+        grpc.StatusCode.PERMISSION_DENIED,
+        "may not call storage.Put on namespace 'nope'",
     ),
     (
         "bad namespace name",
@@ -195,7 +197,9 @@ async def test_replication_to_the_wrong_node_is_refused(single: LocalCluster) ->
         call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
         await call.write(
             rpb.ReplicateRequest(
-                hello=rpb.ReplicationHello(source_node_id="eu-west-1", target_node_id="someone-else")
+                hello=rpb.ReplicationHello(
+                    source_node_id="eu-west-1", source_region="eu-west-1", target_node_id="someone-else"
+                )
             )
         )
         with pytest.raises(grpc.aio.AioRpcError) as info:

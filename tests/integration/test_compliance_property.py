@@ -46,9 +46,28 @@ NAMESPACES = [
     {"name": "records", "regions": "global", "classification": "public"},
     {"name": "records_eu", "regions": ["eu-west-1", "eu-central-1"], "classification": "internal"},
 ]
-# EEA, US with and without a state law, Japan, Brazil, China, Russia, and jurisdictions no law
-# in the pack covers (refused by `unlisted_jurisdictions: refuse`), and no jurisdiction at all.
-JURISDICTIONS = ["DE", "FR", "IE", "NO", "US", "US-CA", "US-NY", "JP", "BR", "CN", "RU", "GB", "CH", "IN", ""]
+# EEA, US with and without a state law, Japan, Brazil, China, Russia, the UK, Switzerland,
+# India, Korea, a jurisdiction no law in the pack covers (SG, refused by
+# `unlisted_jurisdictions: refuse`), and no jurisdiction at all.
+JURISDICTIONS = [
+    "DE",
+    "FR",
+    "IE",
+    "NO",
+    "US",
+    "US-CA",
+    "US-NY",
+    "JP",
+    "BR",
+    "CN",
+    "RU",
+    "GB",
+    "CH",
+    "IN",
+    "KR",
+    "SG",
+    "",
+]
 SUBJECTS = 40
 KEYS_PER_SUBJECT = 3
 OPS_PER_PHASE = int(os.environ.get("DOMICILE_PROPERTY_OPS", "300"))
@@ -185,7 +204,10 @@ async def nemesis(cluster: LocalCluster, rng: random.Random, stop: asyncio.Event
             cluster.proxies[region].heal()
             injected["partition"] += 1
         else:
-            await cluster.stop_node(region)
+            # Not cluster.stop_node: that also closes the test's channel to the node, which
+            # cancels the workload's calls on it; a client of a node that stops sees it fail.
+            node = cluster.nodes.pop(region)
+            await node.stop(grace_s=0.1)
             await asyncio.sleep(rng.uniform(0.1, 0.5))
             await cluster.start_node(region)
             injected["restart"] += 1

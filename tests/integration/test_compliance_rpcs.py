@@ -3,6 +3,7 @@ allowed, and changes nothing; accepted audit heads survive a coordinator restart
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,13 +12,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from domicile.audit import sign_head
+from domicile.identity import audit_key
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.wire.audit import head_to_pb
 from tests.support.cluster import LocalCluster
+from tests.support.tls import session_pki
 
-KEY = Ed25519PrivateKey.generate()
+
+@functools.cache
+def node_key(region: str) -> Ed25519PrivateKey:
+    """The audit-head key the node's certificate binds: the only key its heads may carry."""
+    return audit_key.load_key(audit_key.key_path(session_pki().node(region, region).cert))
 
 
 @pytest.fixture
@@ -33,7 +40,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
 def export_request(
     size: int, last: bytes = b"\x01" * 32, region: str = "us-east-1"
 ) -> cpb.ExportAuditHeadRequest:
-    head = sign_head(KEY, region=region, node_id=region, size=size, head=last, time_ms=5)
+    head = sign_head(node_key(region), region=region, node_id=region, size=size, head=last, time_ms=5)
     request = cpb.ExportAuditHeadRequest()
     head_to_pb(head, request.head)
     return request

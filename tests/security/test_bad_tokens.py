@@ -71,7 +71,8 @@ async def test_a_valid_token_is_accepted_so_each_refusal_below_is_the_tokens_fau
     await put_with_token(secure, token(OWNER, ["app"]), "token-control", "carrier-ok")
     await replicated(secure, NS, "token-control")
     (put,) = [e for e in await entries_since(node, seq) if e.action == "put"]
-    assert put.principal == f"spiffe://{CLUSTER}/client/{OWNER}"
+    # The token's subject acts; the certificate that carried it is recorded beside it.
+    assert put.principal == f"spiffe://{CLUSTER}/client/{OWNER} via spiffe://{CLUSTER}/client/carrier-ok"
 
 
 async def test_an_expired_token_is_refused(secure: LocalCluster) -> None:
@@ -176,6 +177,7 @@ async def test_regression_a_refused_token_is_audited_under_the_certificate_that_
             metadata=bearer("not.a-jwt"),
             timeout=5,
         )
-        await refused(call, grpc.StatusCode.UNAUTHENTICATED, "malformed token")
+        # The carrier is checked before the token (a token is bound to the certificate under it).
+        await refused(call, grpc.StatusCode.UNAUTHENTICATED, "has no subject alternative names")
     entry = await denial(node, seq, "storage.Put")
     assert entry.principal.startswith("ipv4:127.0.0.1:"), entry.principal

@@ -167,3 +167,62 @@ async def test_keepalive_ping_abuse_gets_goaway_and_the_node_serves_on(secure: L
         return await secure.values("eu-central-1", "instruments", "after-pings") == {b"XAU"}
 
     await eventually(arrived, 10.0, "the write after the ping flood replicated")
+
+
+async def test_a_peer_past_its_calls_in_flight_is_refused_while_others_are_served(tmp_path: Any) -> None:
+    """The per-connection bound does not stop a peer that opens more connections: the node
+    also bounds the calls one peer (one certificate) has in flight, across its connections.
+    eu-central-1's key holds replication streams over two connections until the node refuses
+    one with RESOURCE_EXHAUSTED; an honest client is served meanwhile, nothing changes, and a
+    stream let go makes room again."""
+    bound = 6
+    cluster = LocalCluster(tmp_path, [REGION, "eu-central-1"])
+    cluster.node_overrides["peer_calls_max"] = bound
+    await cluster.start_linked()
+    try:
+        node = cluster.nodes[REGION]
+        before = state(cluster)
+        channels = [cluster.channel_as_node("eu-central-1", node.address) for _ in range(2)]
+        held: list[Any] = []
+        try:
+            message = ""
+            for i in range(bound + 1):
+                call = rpb_grpc.ReplicationServiceStub(channels[i % 2]).Replicate(timeout=30)
+                try:
+                    await asyncio.wait_for(call.wait_for_connection(), 5)
+                    # A refused call ends at once; a held one is still waiting for its hello.
+                    done = await asyncio.wait_for(asyncio.shield(call.code()), 0.5)
+                except TimeoutError:
+                    held.append(call)
+                    continue
+                assert done == grpc.StatusCode.RESOURCE_EXHAUSTED, done
+                message = await call.details()
+                break
+            # The node's own sender to eu-west-1 holds one of the peer's places.
+            assert len(held) == bound - 1, len(held)
+            assert f"the most one peer may have ({bound})" in message, message
+            assert node.metrics.peer_calls_refused._value.get() == 1
+            await honest_status(cluster)
+            held.pop().cancel()
+
+            async def admitted() -> bool:
+                # Once the node has seen the cancel, a new stream is admitted: it waits for its
+                # hello instead of ending.
+                again = rpb_grpc.ReplicationServiceStub(channels[0]).Replicate(timeout=30)
+                held.append(again)
+                try:
+                    await asyncio.wait_for(asyncio.shield(again.code()), 0.5)
+                except TimeoutError:
+                    return True
+                held.remove(again)
+                return False
+
+            await eventually(admitted, 10.0, "a stream admitted once one was let go")
+        finally:
+            for call in held:
+                call.cancel()
+            for channel in channels:
+                await channel.close()
+        assert state(cluster) == before
+    finally:
+        await cluster.stop()

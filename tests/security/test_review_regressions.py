@@ -11,14 +11,13 @@ import grpc
 import pytest
 
 from domicile.errors import InvalidArgument
-from domicile.identity import pki
+from domicile.identity import audit_key, pki
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import Role
 from domicile.identity.tls_files import TlsFiles
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_to_pb
-from node.compliance.audit_log import load_or_create_keys
 from tests.support.cluster import LocalCluster
 
 
@@ -64,7 +63,8 @@ async def test_regression_an_audit_head_naming_no_node_is_refused(cluster: Local
     node = cluster.nodes["eu-central-1"]
     # A head as a rogue node of the region would send it: validly signed, naming no node.
     unnamed = dataclasses.replace(node.audit.head(), node_id="")
-    key = load_or_create_keys(Path(node.config.data_dir))[0]
+    assert cluster.pki is not None
+    key = audit_key.load_key(audit_key.key_path(cluster.pki.node("eu-central-1", "eu-central-1").cert))
     unnamed = dataclasses.replace(unnamed, signature=key.sign(unnamed.signed_message()))
     assert unnamed.signature_valid()
     message = head_to_pb(unnamed)

@@ -186,17 +186,18 @@ def hello(source: str, region: str) -> rpb.ReplicationHello:
 
 
 async def test_a_node_may_not_replicate_as_another_node(secure: LocalCluster) -> None:
-    channel = secure.channel_as_node("us-east-1", secure.nodes["eu-west-1"].address)
-    text = "may not replicate as node 'eu-central-1'"
+    # A linked node (an unlinked one is refused before its hello is read, below).
+    channel = secure.channel_as_node("eu-central-1", secure.nodes["eu-west-1"].address)
+    text = "may not replicate as node 'us-east-1'"
     await hello_refused(
-        secure, channel, hello("eu-central-1", "eu-central-1"), node_uri("us-east-1", "us-east-1"), text
+        secure, channel, hello("us-east-1", "eu-central-1"), node_uri("eu-central-1", "eu-central-1"), text
     )
 
 
 async def test_a_node_without_a_link_may_not_replicate(secure: LocalCluster) -> None:
     """A node of the cluster's CA that the topology links to nothing here (it is not even running)."""
     channel = secure.channel_as_node("us-east-1", secure.nodes["eu-west-1"].address)
-    text = "node us-east-1 holds no replication link to eu-west-1"
+    text = "us-east-1/node/us-east-1 holds no replication link to eu-west-1"
     await hello_refused(
         secure, channel, hello("us-east-1", "us-east-1"), node_uri("us-east-1", "us-east-1"), text
     )

@@ -88,6 +88,8 @@ class LocalCluster:
         self.config_path = root / "cluster.yaml"
         self.context_key_file = root / "context.key"
         ensure_context_key(self.context_key_file)
+        # Cedar policies the cluster config names (set_authz_policies); None: it names none.
+        self.authz_policies: str | None = None
         self.write_config(pack)
         self.coordinator: Coordinator | None = None
         self.coordinator_port = free_port()
@@ -98,6 +100,7 @@ class LocalCluster:
 
     def write_config(self, pack: dict[str, Any] | None) -> None:
         """(Re)writes the cluster config; a coordinator started after this distributes it."""
+        self._pack = pack
         config: dict[str, Any] = {
             "regions": REGIONS,
             # The tests' client holds the app role; the default policies let an app use the
@@ -111,7 +114,16 @@ class LocalCluster:
             pack_path = self.root / f"pack-{pack['version']}.yaml"
             pack_path.write_text(yaml.safe_dump(pack, sort_keys=False))
             config["policy_pack"] = pack_path.name
+        if self.authz_policies is not None:
+            (self.root / "authz.cedar").write_text(self.authz_policies)
+            config["authz_policies"] = "authz.cedar"
         self.config_path.write_text(yaml.safe_dump(config))
+
+    def set_authz_policies(self, text: str) -> None:
+        """Names a Cedar policy file (with this text) in the cluster config; a coordinator
+        started after this distributes it."""
+        self.authz_policies = text
+        self.write_config(self._pack)
 
     async def change_policy(self, pack: dict[str, Any]) -> None:
         """Rolls out a new policy pack the way an operator does: new config, coordinator restart;

@@ -29,6 +29,8 @@ FIGURES = {
     "mtls_put_p99_ms",
     "sealed_put_p50_ms",
     "sealed_put_p99_ms",
+    "unchecked_put_p99_ms",
+    "schema_put_p99_ms",
     "sealed_get_p50_ms",
     "sealed_get_p99_ms",
     "mongodb_get_p99_ms",

@@ -30,9 +30,20 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "cluster.yaml"
-REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-northeast-1", "sa-east-1"]
+REGIONS = [
+    "us-east-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-central-1",
+    "ap-northeast-1",
+    "sa-east-1",
+    "ap-northeast-2",
+]
 EU = ["eu-west-1", "eu-central-1"]
-NOT_EU = ["us-east-1", "us-west-2", "ap-northeast-1", "sa-east-1"]
+NOT_EU = ["us-east-1", "us-west-2", "ap-northeast-1", "sa-east-1", "ap-northeast-2"]
+# Customer profiles must follow deploy/schemas/customer.schema.json.
+X = '{"name": "x"}'
+GRETA = '{"name": "Greta Example", "country": "DE"}'
 STARTUP_S = 120.0
 REPLICATION_S = 30.0
 CLI_S = 30.0
@@ -182,8 +193,9 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     seed = random.randrange(1 << 30)
     print(f"port seed={seed}")
     rng = random.Random(seed)
-    base = free_port_range(7, set(), rng)
-    metrics = free_port_range(7, set(range(base, base + 7)), rng)
+    count = 1 + len(REGIONS)
+    base = free_port_range(count, set(), rng)
+    metrics = free_port_range(count, set(range(base, base + count)), rng)
     data_dir = tmp_path_factory.mktemp("domicile-up")
     process = subprocess.Popen(
         [
@@ -213,7 +225,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     try:
         header = cluster.wait_for_line("NAME ", STARTUP_S + 30)
         assert header.split()[:4] == ["NAME", "ROLE", "PID", "GRPC"]
-        for _ in range(7):
+        for _ in range(1 + len(REGIONS)):
             row = cluster.wait_for_line("", 5).split()
             cluster.pids[row[0]] = int(row[2 if row[1] == "coordinator" else 3])
         cluster.wait_for_line("ready:", 30)
@@ -259,13 +271,13 @@ def test_up_runs_mutual_tls_and_says_where_the_certificates_are(up: UpProcess):
     assert plain.returncode == 2 and "unavailable" in plain.stderr.lower(), plain.stderr
 
 
-def test_status_shows_six_regions_up(up: UpProcess):
-    def six_up() -> bool:
+def test_status_shows_every_region_up(up: UpProcess):
+    def all_up() -> bool:
         doc = up.status()
         healthy = {n["region"] for n in doc["nodes"] if n["health"] == "up" and n["reachable"]}
         return healthy == set(REGIONS)
 
-    eventually(six_up, "six regions up in `domicile status --json`")
+    eventually(all_up, "every region up in `domicile status --json`")
     doc = up.status()
     assert doc["regions"] == REGIONS
     assert all(n["policy_version"] == doc["policy_version"] for n in doc["nodes"])
@@ -338,7 +350,7 @@ def test_a_put_at_a_region_that_may_not_hold_the_record_is_refused(up: UpProcess
     # in the US.
     jp = ("--subject-id", "cust-2002", "--subject-jurisdiction", "JP")
     done = up.cli(
-        "put", "--namespace", "customers", "--key", "cust-2002", "--value", "x", "--region", "us-east-1", *jp
+        "put", "--namespace", "customers", "--key", "cust-2002", "--value", X, "--region", "us-east-1", *jp
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ")
@@ -346,8 +358,34 @@ def test_a_put_at_a_region_that_may_not_hold_the_record_is_refused(up: UpProcess
     assert "allowed regions: eu-west-1, eu-central-1, ap-northeast-1" in done.stderr
     assert up.get("customers", "cust-2002", "us-east-1").returncode in (1, 2)
     # Without --region the client routes the same write to a region that may hold it.
-    routed = up.put("customers", "cust-2002", "x", *jp)
+    routed = up.put("customers", "cust-2002", X, *jp)
     assert any(f" region={r} " in routed.stdout for r in ("eu-west-1", "eu-central-1", "ap-northeast-1"))
+
+
+def test_a_korean_customer_is_kept_in_seoul_and_the_eea(up: UpProcess):
+    # PIPA: a Korean customer's profile may be in Korea and the EEA (the PIPC's recognition of
+    # the EU), not in Japan or the US without a recorded Art. 28-8 mechanism.
+    kr = ("--subject-id", "cust-4004", "--subject-jurisdiction", "KR")
+    done = up.cli(
+        "put", "--namespace", "customers", "--key", "cust-4004", "--value", X,
+        "--region", "ap-northeast-1", *kr,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "PIPA" in done.stderr
+    assert "allowed regions: eu-west-1, eu-central-1, ap-northeast-2" in done.stderr
+    stored = up.put("customers", "cust-4004", X, "--region", "ap-northeast-2", *kr)
+    assert " region=ap-northeast-2 " in stored.stdout, stored.stdout
+
+
+def test_a_customer_that_fails_the_schema_is_refused(up: UpProcess):
+    de = ("--subject-id", "cust-5005", "--subject-jurisdiction", "DE")
+    done = up.cli(
+        "put", "--namespace", "customers", "--key", "cust-5005",
+        "--value", '{"name": "E", "country": "Germany"}', "--region", "eu-west-1", *de,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "at $.country, rule 'pattern'" in done.stderr and "nothing was written" in done.stderr
+    assert up.get("customers", "cust-5005", "eu-west-1").returncode == 1
 
 
 def test_policy_explain_audit_verify_and_compliance_scan(up: UpProcess):
@@ -381,9 +419,9 @@ def test_policy_explain_audit_verify_and_compliance_scan(up: UpProcess):
 
 def test_export_then_erase_a_customer_through_the_cli(up: UpProcess):
     subject = ("--subject-id", "cust-3003", "--subject-jurisdiction", "DE")
-    up.put("customers", "cust-3003", "Greta Example", "--region", "eu-west-1", *subject)
+    up.put("customers", "cust-3003", GRETA, "--region", "eu-west-1", *subject)
     up.put("trades", "trade-3003-1", "BUY 10 SAP", "--region", "eu-west-1", *subject)
-    eventually(lambda: up.sees("customers", "cust-3003", "Greta Example", "eu-central-1"), "the EU replica")
+    eventually(lambda: up.sees("customers", "cust-3003", GRETA, "eu-central-1"), "the EU replica")
     exported = up.cli("export", "--subject", "cust-3003", "--subject-jurisdiction", "DE")
     assert exported.returncode == 0, exported.stderr
     document = json.loads(exported.stdout)
@@ -410,7 +448,7 @@ def test_ctrl_c_stops_every_child_and_exits_0(up: UpProcess):
     while (line := up.lines.get(timeout=5)) is not None:
         up.output.append(line)
     stopped = [line for line in up.output if line.startswith("stopped ")]
-    assert len(stopped) == 7, up.output
+    assert len(stopped) == 1 + len(REGIONS), up.output
     assert all(line.endswith("(exit code 0)") for line in stopped), stopped
     assert up.output[-1] == "stopped"
     assert pids_using(up.data_dir) == []

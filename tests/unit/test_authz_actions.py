@@ -50,8 +50,12 @@ def test_record_rpcs_act_on_a_namespace_node_rpcs_on_a_region_and_the_coordinato
         "storage.Get",
         "storage.Delete",
         "storage.Scan",
+        "replication.EntropyDigests",
+        "replication.EntropyKeys",
+        "replication.EntropyStates",
     ]
     assert kinds["storage.ExportSubject"] is ResourceKind.REGION
+    assert kinds["storage.CheckConsistency"] is ResourceKind.REGION
     assert kinds["replication.Replicate"] is ResourceKind.REGION
     assert kinds["coordinator.PlaceLegalHold"] is ResourceKind.CLUSTER
 

@@ -58,7 +58,12 @@ def test_issue_a_node_certificate_with_hosts_into_an_out_dir(ca_dir, tmp_path, c
     assert out.startswith("issued spiffe://prod/region/eu-west-1/node/n1, valid until ")
     assert f"certificate  {out_dir / 'node-n1.crt'}" in out
     assert f"CA           {out_dir / 'ca.crt'}" in out
-    assert sorted(p.name for p in out_dir.iterdir()) == ["ca.crt", "node-n1.crt", "node-n1.key"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "ca.crt",
+        "node-n1.audit.key",
+        "node-n1.crt",
+        "node-n1.key",
+    ]
     assert (out_dir / "ca.crt").read_bytes() == (ca_dir / "ca.crt").read_bytes()
     cert = x509.load_pem_x509_certificate((out_dir / "node-n1.crt").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

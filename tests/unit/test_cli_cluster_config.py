@@ -13,7 +13,7 @@ from domicile.policy.select import LayeredPolicy, policy_for_cluster
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cluster.yaml"
 
 
-def test_the_sample_has_the_six_regions_with_their_jurisdictions():
+def test_the_sample_has_the_seven_regions_with_their_jurisdictions():
     cluster = load_cluster(SAMPLE)
     assert [(r.name, r.country, r.jurisdiction) for r in cluster.regions] == [
         ("us-east-1", "US", "US"),
@@ -22,6 +22,7 @@ def test_the_sample_has_the_six_regions_with_their_jurisdictions():
         ("eu-central-1", "DE", "EU"),
         ("ap-northeast-1", "JP", "JP"),
         ("sa-east-1", "BR", "BR"),
+        ("ap-northeast-2", "KR", "KR"),
     ]
     assert cluster.policy_version
     assert cluster.heartbeat_interval_ms > 0 and cluster.missed_heartbeats_max > 0
@@ -72,9 +73,16 @@ def test_a_customer_is_stored_where_the_law_of_their_jurisdiction_allows():
         "eu-central-1",
         "ap-northeast-1",
         "sa-east-1",
+        "ap-northeast-2",
     ]
     assert store_regions("customers", "CN") == []
     assert "us-east-1" not in store_regions("customers", "JP")
+
+
+def test_a_korean_customer_is_stored_in_seoul_and_the_eea():
+    # Regression: before PIPA was in the pack, KR was unlisted and refused in every region.
+    assert store_regions("customers", "KR") == ["eu-west-1", "eu-central-1", "ap-northeast-2"]
+    assert store_regions("trades", "KR") == ["eu-west-1", "eu-central-1", "ap-northeast-2"]
 
 
 def test_a_scope_narrows_what_the_law_allows():

@@ -35,7 +35,7 @@ def test_plan_puts_the_coordinator_on_the_base_port_and_regions_after_it(tmp_pat
         python="py",
     )
     assert [s.name for s in specs] == ["coordinator", *cluster.region_names()]
-    assert [s.address for s in specs] == [f"127.0.0.1:{17400 + i}" for i in range(7)]
+    assert [s.address for s in specs] == [f"127.0.0.1:{17400 + i}" for i in range(8)]
     assert specs[3].metrics_url == "http://127.0.0.1:19403/metrics"
     assert specs[0].argv[:3] == ("py", "-m", "coordinator")
     node = specs[3].argv
@@ -70,17 +70,17 @@ def test_plan_with_two_daemons_per_region_shares_the_region_directory(tmp_path):
         metrics_base_port=0,
         log_level="info",
         tls_dir=None,
-        node_args=("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17413/"),
+        node_args=("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17499/"),
         nodes_per_region=2,
     )
     assert [s.name for s in specs] == ["coordinator", *regions, *(f"{r}-2" for r in regions)]
-    assert [s.address for s in specs] == [f"127.0.0.1:{17400 + i}" for i in range(13)]
+    assert [s.address for s in specs] == [f"127.0.0.1:{17400 + i}" for i in range(1 + 2 * len(regions))]
     second = specs[len(regions) + 3]  # eu-west-1-2
     flags = dict(zip(second.argv[3:-5:2], second.argv[4:-5:2], strict=True))
     assert flags["--node-id"] == "eu-west-1-2" and flags["--region"] == "eu-west-1"
     assert flags["--data-dir"] == str(tmp_path / "eu-west-1-2")
     assert flags["--region-dir"] == str(tmp_path / "eu-west-1")
-    assert second.argv[-4:] == ("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17413/")
+    assert second.argv[-4:] == ("--engine", "mongodb", "--mongodb-uri", "mongodb://127.0.0.1:17499/")
     assert second.peer is not None and second.peer.node_id == "eu-west-1-2"
 
 
@@ -103,8 +103,8 @@ def test_plan_without_metrics_and_with_impossible_ports(tmp_path):
     assert all(s.metrics_url == "-" and "0" in s.argv for s in specs)
     # Without a TLS directory every child is told, explicitly, to run in plaintext.
     assert all(s.argv[-1] == "--insecure" for s in specs)
-    with pytest.raises(InvalidArgument, match=r"--base-port 65530: 7 ports from it must fit in 1\.\.65535"):
-        plan_children(cluster, base_port=65530, metrics_base_port=0, **common)
+    with pytest.raises(InvalidArgument, match=r"--base-port 65529: 8 ports from it must fit in 1\.\.65535"):
+        plan_children(cluster, base_port=65529, metrics_base_port=0, **common)
 
 
 def test_busy_ports_finds_a_listener():

@@ -135,7 +135,12 @@ def test_issued_files_replace_older_ones_and_keys_are_owner_only(ca, tmp_path):
     pki.issue_node(ca, "eu-west-1", "n1").write(tmp_path / "out", "node-n1")
     cert_path, key_path = first
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["node-n1.crt", "node-n1.key"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "node-n1.audit.key",
+        "node-n1.crt",
+        "node-n1.key",
+    ]
+    assert stat.S_IMODE((tmp_path / "out" / "node-n1.audit.key").stat().st_mode) == 0o600
     assert principal_from_certificate(cert_path.read_bytes(), "prod").node_id == "n1"
 
 

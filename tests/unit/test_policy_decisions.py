@@ -27,6 +27,17 @@ LGPD (BR): home sa-east-1; EEA regions by the ANPD adequacy decision (and refuse
 APPI (JP): home ap-northeast-1; EEA regions and a UK region by PPC designation (refused when
   switched off); us-east-1 and sa-east-1 refused until consent or equivalent measures are
   recorded (each switched on in turn)
+PIPA (KR): home ap-northeast-2; EEA regions by the PIPC's recognition of equivalence (refused
+  when switched off); other regions refused until one of the four Art. 28-8(1) mechanisms is
+  recorded (each switched on in turn; a consent recorded as no stays refused)
+UK GDPR (GB): EEA, Japan, Korea regions by UK adequacy regulations (each switched off in turn);
+  the US only for recipients in the UK Extension to the DPF (EU-US certification alone is not
+  enough); sa-east-1 (no UK decision for Brazil) refused until the IDTA, the Addendum or BCRs are
+  recorded; every adequacy entry of PIPA, UK GDPR and FADP switched on and off
+FADP (CH): EEA regions by DPO Annex 1; the US only for Swiss-US DPF recipients; Japan, Korea and
+  Brazil refused until SCCs or BCRs are recorded
+DPDP Act (IN): allowed in every region for every action; a country restricted by notification
+  is refused (switched on and off), and a restriction of the EEA covers its members
 PIPL (CN): refused in every region, for every action; a region in China allowed; a region
   abroad allowed once a CAC assessment, a filed standard contract or a certification is
   recorded (each in turn)
@@ -69,7 +80,15 @@ CLUSTER = ROOT / "deploy" / "cluster.yaml"
 
 STORE, REPLICATE, READ = Action.STORE, Action.REPLICATE, Action.READ
 ACTIONS = (STORE, REPLICATE, READ)
-REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-northeast-1", "sa-east-1")
+REGIONS = (
+    "us-east-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-central-1",
+    "ap-northeast-1",
+    "sa-east-1",
+    "ap-northeast-2",
+)
 P = Classification.PERSONAL
 
 
@@ -116,6 +135,18 @@ def apply_flip(data: dict[str, Any], flip: Flip) -> None:
         label, fields = args
         changes = {k: list(v) if isinstance(v, tuple) else v for k, v in fields}
         data["classifications"][label] = {**data["classifications"][label], **changes}
+    elif kind == "restriction":  # ("restriction", law, country, in_force)
+        law_id, country, in_force = args
+        _law(data, law_id)["restrictions"]["countries"].append(
+            {
+                "country": country,
+                "name": f"country {country}",
+                "decision": "test notification",
+                "in_force": in_force,
+                "checked": "2026-12-01",
+                "source": "test",
+            }
+        )
     elif kind == "top":  # ("top", key, value)
         key, value = args
         data[key] = value
@@ -160,6 +191,10 @@ def extra_region(name: str, country: str) -> Flip:
     return ("region", name, country)
 
 
+def restriction(law: str, country: str, in_force: bool) -> Flip:
+    return ("restriction", law, country, in_force)
+
+
 DPF_OFF = recipient("us-east-1", "dpf_certified", False)
 BR_ADEQUACY_OFF = adequacy("gdpr", "BR", False)
 SA_SCC_OFF = mech("sa-east-1", "gdpr", "scc", False)
@@ -171,6 +206,10 @@ LAW_NAMES = {
     "appi": "APPI",
     "pipl": "PIPL",
     "ru-152fz": "152-FZ",
+    "pipa": "PIPA",
+    "uk-gdpr": "UK GDPR",
+    "fadp": "FADP",
+    "dpdp": "DPDP Act",
     "classification": "",
 }
 
@@ -196,6 +235,9 @@ def R(c: Classification, j: str, region: str, action: str, expect: str, *flips: 
 
 
 GDPR_NO = "refuse gdpr.no-transfer-basis"
+PIPA_NO = "refuse pipa.no-transfer-basis"
+UK_NO = "refuse uk-gdpr.no-transfer-basis"
+FADP_NO = "refuse fadp.no-transfer-basis"
 TABLE: list[Row] = [
     # GDPR: inside the EEA
     R(P, "DE", "eu-west-1", STORE, "allow gdpr.home"),
@@ -323,11 +365,116 @@ TABLE: list[Row] = [
         mech("eu-west-1", "ru-152fz", "cross_border_notice"),
     ),
     R(P, "RU", "ru-central-1", STORE, "allow ru-152fz.home", extra_region("ru-central-1", "RU")),
+    # PIPA (KR): home in Seoul; the EEA by the PIPC's recognition; elsewhere one Art. 28-8(1)
+    # mechanism recorded for the destination
+    R(P, "KR", "ap-northeast-2", STORE, "allow pipa.home"),
+    R(Classification.FINANCIAL, "KR", "ap-northeast-2", READ, "allow pipa.home"),
+    R(P, "KR", "eu-west-1", REPLICATE, "allow pipa.adequacy"),
+    R(P, "KR", "eu-central-1", READ, "allow pipa.adequacy"),
+    R(P, "KR", "eu-west-1", REPLICATE, PIPA_NO, adequacy("pipa", "EEA", False)),
+    R(P, "KR", "ap-northeast-1", STORE, PIPA_NO),
+    R(P, "KR", "us-east-1", REPLICATE, PIPA_NO),
+    R(P, "KR", "us-west-2", READ, PIPA_NO),
+    R(P, "KR", "sa-east-1", REPLICATE, PIPA_NO),
+    *[
+        R(
+            P,
+            "KR",
+            "ap-northeast-1",
+            REPLICATE,
+            f"allow pipa.mechanism.{kind}",
+            mech("ap-northeast-1", "pipa", kind),
+        )
+        for kind in ("certification", "contract_disclosure", "consent", "treaty")
+    ],
+    R(P, "KR", "us-east-1", STORE, PIPA_NO, mech("us-east-1", "pipa", "consent", False)),
+    R(
+        P,
+        "KR",
+        "us-east-1",
+        STORE,
+        "allow pipa.mechanism.contract_disclosure",
+        mech("us-east-1", "pipa", "contract_disclosure"),
+    ),
+    # UK GDPR (GB): the UK's adequacy regulations ("data bridges"); the US only for recipients
+    # certified under the UK Extension to the EU-US DPF
+    R(P, "GB", "uk-south-1", STORE, "allow uk-gdpr.home", extra_region("uk-south-1", "GB")),
+    R(P, "GB", "eu-west-1", STORE, "allow uk-gdpr.adequacy"),
+    R(P, "GB", "eu-central-1", REPLICATE, "allow uk-gdpr.adequacy"),
+    R(P, "GB", "eu-central-1", REPLICATE, UK_NO, adequacy("uk-gdpr", "EEA", False)),
+    R(P, "GB", "ap-northeast-1", REPLICATE, "allow uk-gdpr.adequacy"),
+    R(P, "GB", "ap-northeast-1", REPLICATE, UK_NO, adequacy("uk-gdpr", "JP", False)),
+    R(P, "GB", "ap-northeast-2", READ, "allow uk-gdpr.adequacy"),
+    R(P, "GB", "ap-northeast-2", READ, UK_NO, adequacy("uk-gdpr", "KR", False)),
+    R(P, "GB", "us-east-1", REPLICATE, "allow uk-gdpr.adequacy"),
+    R(P, "GB", "us-east-1", REPLICATE, UK_NO, recipient("us-east-1", "dpf_uk_extension", False)),
+    R(P, "GB", "us-east-1", REPLICATE, UK_NO, recipient("us-east-1", "dpf_uk_extension", None)),
+    R(P, "GB", "us-east-1", REPLICATE, UK_NO, adequacy("uk-gdpr", "US", False)),
+    # the EU-US certification alone is not the UK Extension
+    R(P, "GB", "us-west-2", REPLICATE, UK_NO, recipient("us-west-2", "dpf_certified", True)),
+    R(
+        P,
+        "GB",
+        "us-west-2",
+        REPLICATE,
+        "allow uk-gdpr.adequacy",
+        recipient("us-west-2", "dpf_uk_extension", True),
+    ),
+    R(P, "GB", "sa-east-1", STORE, UK_NO),
+    *[
+        R(
+            P,
+            "GB",
+            "sa-east-1",
+            REPLICATE,
+            f"allow uk-gdpr.mechanism.{kind}",
+            mech("sa-east-1", "uk-gdpr", kind),
+        )
+        for kind in ("idta", "addendum", "bcr")
+    ],
+    # FADP (CH): the Federal Council's list (DPO Annex 1); the US only for Swiss-US DPF
+    # recipients; Japan, Korea and Brazil are not on the list
+    R(P, "CH", "ch-zurich-1", STORE, "allow fadp.home", extra_region("ch-zurich-1", "CH")),
+    R(P, "CH", "eu-central-1", STORE, "allow fadp.adequacy"),
+    R(P, "CH", "eu-west-1", REPLICATE, FADP_NO, adequacy("fadp", "EEA", False)),
+    R(P, "CH", "us-east-1", REPLICATE, "allow fadp.adequacy"),
+    R(P, "CH", "us-east-1", REPLICATE, FADP_NO, recipient("us-east-1", "swiss_dpf_certified", False)),
+    R(P, "CH", "us-east-1", REPLICATE, FADP_NO, adequacy("fadp", "US", False)),
+    R(P, "CH", "us-west-2", REPLICATE, FADP_NO, recipient("us-west-2", "dpf_certified", True)),
+    R(
+        P,
+        "CH",
+        "us-west-2",
+        REPLICATE,
+        "allow fadp.adequacy",
+        recipient("us-west-2", "swiss_dpf_certified", True),
+    ),
+    R(P, "CH", "ap-northeast-1", REPLICATE, FADP_NO),
+    R(P, "CH", "ap-northeast-2", READ, FADP_NO),
+    R(P, "CH", "sa-east-1", STORE, FADP_NO),
+    *[
+        R(
+            P,
+            "CH",
+            "ap-northeast-2",
+            REPLICATE,
+            f"allow fadp.mechanism.{kind}",
+            mech("ap-northeast-2", "fadp", kind),
+        )
+        for kind in ("scc", "bcr")
+    ],
+    # DPDP Act (IN): allowed everywhere until the Central Government restricts a country
+    *[R(P, "IN", region, action, "allow dpdp.not-restricted") for region in REGIONS for action in ACTIONS],
+    R(P, "IN", "us-east-1", REPLICATE, "refuse dpdp.restricted-country", restriction("dpdp", "US", True)),
+    R(P, "IN", "us-west-2", STORE, "refuse dpdp.restricted-country", restriction("dpdp", "US", True)),
+    R(P, "IN", "eu-west-1", STORE, "allow dpdp.not-restricted", restriction("dpdp", "US", True)),
+    R(P, "IN", "us-east-1", READ, "allow dpdp.not-restricted", restriction("dpdp", "US", False)),
+    R(P, "IN", "eu-central-1", STORE, "refuse dpdp.restricted-country", restriction("dpdp", "EEA", True)),
     # Public and internal reference data: everywhere, whatever the subject's jurisdiction
     *[
         R(c, j, region, action, f"allow classification.{c.label}")
         for c in (Classification.PUBLIC, Classification.INTERNAL, Classification.CONFIDENTIAL)
-        for j in ("", "DE", "CN", "RU")
+        for j in ("", "DE", "CN", "RU", "KR")
         for region in REGIONS
         for action in ACTIONS
     ],
@@ -432,6 +579,61 @@ def test_california_subjects_have_no_localization(region, action):
     assert d.allowed_regions == REGIONS
 
 
+def _adequacy_entries(law_id: str) -> list[tuple[str, str, str, str]]:
+    """(law, a country the entry covers, the recipient fact it requires) for each entry."""
+    law = policy().pack.law(law_id)
+    assert law is not None
+    return [(law_id, a.country, (a.members or (a.country,))[0], a.requires) for a in law.adequacy]
+
+
+NEW_LAW_ADEQUACY = [e for law_id in ("pipa", "uk-gdpr", "fadp") for e in _adequacy_entries(law_id)]
+SUBJECT_OF = {"pipa": "KR", "uk-gdpr": "GB", "fadp": "CH"}
+
+
+@pytest.mark.parametrize(("law_id", "entry", "country", "requires"), NEW_LAW_ADEQUACY)
+@pytest.mark.parametrize("in_force", [True, False])
+def test_each_new_law_adequacy_entry_switched_on_and_off(law_id, entry, country, requires, in_force):
+    region = "xx-test-1"
+    flips: tuple[Flip, ...] = (("region", region, country), ("adequacy", law_id, entry, in_force))
+    if requires:
+        flips += (("recipient", region, requires, True),)
+    d = decide(P, SUBJECT_OF[law_id], region, REPLICATE, flips)
+    expected = ("allow", f"{law_id}.adequacy") if in_force else ("refuse", f"{law_id}.no-transfer-basis")
+    assert (d.outcome, d.rule) == expected, d.reason
+    if in_force:
+        assert any("in force: yes (checked 2026-12-01" in e for e in d.evidence)
+    else:
+        assert "not in force" in d.reason
+
+
+def test_the_new_laws_record_what_could_be_confirmed():
+    pack = policy().pack
+    assert {a.country for a in pack.law("pipa").adequacy} == {"EEA"}  # type: ignore[union-attr]
+    uk = {a.country: a.requires for a in pack.law("uk-gdpr").adequacy}  # type: ignore[union-attr]
+    assert uk["US"] == "dpf_uk_extension" and uk["KR"] == "" and "BR" not in uk
+    ch = {a.country: a.requires for a in pack.law("fadp").adequacy}  # type: ignore[union-attr]
+    assert ch["US"] == "swiss_dpf_certified" and not {"JP", "KR", "BR"} & set(ch)
+    dpdp = pack.law("dpdp")
+    assert dpdp is not None and dpdp.restrictions == () and "s. 16(1)" in dpdp.basis
+    for law_id in ("pipa", "uk-gdpr", "fadp", "dpdp"):
+        law = pack.law(law_id)
+        assert (
+            law is not None and law.source.startswith("https://") and law.checked.isoformat() == "2026-12-01"
+        )
+
+
+def test_a_dpdp_restriction_names_the_notification_and_its_source():
+    d = decide(P, "IN", "us-east-1", STORE, (restriction("dpdp", "US", True),))
+    assert "country US is restricted (test notification)" in d.reason
+    assert d.basis.startswith("s. 16(1): notification")
+    assert d.evidence == (
+        "DPDP Act restriction of country US in force: yes (checked 2026-12-01; source: test)",
+    )
+    assert "us-east-1" not in d.allowed_regions and "eu-west-1" in d.allowed_regions
+    lifted = decide(P, "IN", "us-east-1", STORE, (restriction("dpdp", "US", False),))
+    assert lifted.allowed and any("restriction of country US in force: no" in e for e in lifted.evidence)
+
+
 # -- what the decision says -------------------------------------------------------------------
 
 
@@ -483,8 +685,20 @@ def test_the_russian_refusal_explains_the_primary_database_rule():
 @pytest.mark.parametrize(
     ("jurisdiction", "action", "expected"),
     [
-        ("DE", STORE, ("us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1", "sa-east-1")),
-        ("DE", READ, ("us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1", "sa-east-1")),
+        (
+            "DE",
+            STORE,
+            ("us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1", "sa-east-1", "ap-northeast-2"),
+        ),
+        (
+            "DE",
+            READ,
+            ("us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1", "sa-east-1", "ap-northeast-2"),
+        ),
+        ("KR", STORE, ("eu-west-1", "eu-central-1", "ap-northeast-2")),
+        ("GB", REPLICATE, ("us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1", "ap-northeast-2")),
+        ("CH", STORE, ("us-east-1", "eu-west-1", "eu-central-1")),
+        ("IN", STORE, REGIONS),
         ("BR", STORE, ("eu-west-1", "eu-central-1", "sa-east-1")),
         ("JP", REPLICATE, ("eu-west-1", "eu-central-1", "ap-northeast-1")),
         ("US-CA", STORE, REGIONS),
@@ -551,12 +765,21 @@ def test_check_facts_requires_a_classification():
 
 
 def test_an_unlisted_jurisdiction_follows_the_pack_switch():
-    d = decide(P, "GB", "eu-west-1", STORE)
+    d = decide(P, "SG", "eu-west-1", STORE)
     assert (d.outcome, d.rule) == ("refuse", "unlisted-jurisdiction")
-    assert "GB (United Kingdom)" in d.reason and "add one" in d.reason
-    d = decide(P, "GB", "eu-west-1", STORE, (("top", "unlisted_jurisdictions", "allow"),))
+    assert "SG (Singapore)" in d.reason and "add one" in d.reason
+    d = decide(P, "SG", "eu-west-1", STORE, (("top", "unlisted_jurisdictions", "allow"),))
     assert (d.outcome, d.rule) == ("allow", "unlisted-jurisdiction")
-    assert decide(Classification.PUBLIC, "GB", "eu-west-1", STORE).allowed
+    assert decide(Classification.PUBLIC, "SG", "eu-west-1", STORE).allowed
+
+
+@pytest.mark.parametrize("code", ["KR", "GB", "CH", "IN"])
+def test_the_four_new_jurisdictions_are_no_longer_unlisted(code):
+    # Regression: before PIPA, the UK GDPR, the FADP and the DPDP Act were in the pack, a
+    # customer in these countries was refused in every region as unlisted-jurisdiction.
+    d = decide(P, code, "eu-west-1", STORE)
+    assert d.rule != "unlisted-jurisdiction" and d.allowed, d.reason
+    assert policy().allowed_regions(RecordFacts("ns", P, "s", code), STORE)
 
 
 def test_a_region_the_pack_does_not_know_is_refused():
@@ -617,7 +840,7 @@ def test_a_small_cache_gives_the_same_answers():
     pack = policy().pack
     small = JurisdictionPolicy(pack, cache_entries_max=2)
     big = JurisdictionPolicy(pack)
-    for j in ("DE", "BR", "JP", "CN", "RU", "US-CA", ""):
+    for j in ("DE", "BR", "JP", "CN", "RU", "US-CA", "KR", "GB", "CH", "IN", ""):
         for region in REGIONS:
             for action in ACTIONS:
                 facts = RecordFacts("ns", P, "s", j)
@@ -632,7 +855,7 @@ def test_a_small_cache_gives_the_same_answers():
 
 def test_it_is_a_placement_policy_with_the_pack_version():
     pol: PlacementPolicy = policy()
-    assert pol.version == "2026-11-27.1"
+    assert pol.version == "2026-12-01.1"
 
 
 def test_decision_defaults_keep_existing_callers_working():
@@ -652,7 +875,7 @@ def test_for_cluster_rejects_regions_the_pack_does_not_know_or_places_elsewhere(
         {"regions": [{"name": "eu-west-1", "country": "IE"}, {"name": "me-south-1", "country": "BH"}]}
     )
     with pytest.raises(
-        InvalidArgument, match=r"cluster region me-south-1 is not in policy pack 2026-11-27\.1"
+        InvalidArgument, match=r"cluster region me-south-1 is not in policy pack 2026-12-01\.1"
     ):
         JurisdictionPolicy.for_cluster(pack, missing)
     moved = parse_cluster({"regions": [{"name": "eu-west-1", "country": "GB"}]})
@@ -673,7 +896,24 @@ def test_random_facts_get_consistent_decisions():
     rng = random.Random(seed)
     pol = JurisdictionPolicy(policy().pack, cache_entries_max=64)
     fresh = JurisdictionPolicy(policy().pack)
-    codes = ["DE", "FR", "NO", "US", "US-CA", "US-TX", "BR", "JP", "CN", "RU", "GB", "IN", ""]
+    codes = [
+        "DE",
+        "FR",
+        "NO",
+        "US",
+        "US-CA",
+        "US-TX",
+        "BR",
+        "JP",
+        "CN",
+        "RU",
+        "GB",
+        "IN",
+        "KR",
+        "CH",
+        "SG",
+        "",
+    ]
     junk = ["UK", "de", "D", "DEU", "US-", "US-CALI", "--", "\x00", "EU"]
     for _ in range(2000):
         c = rng.choice(list(Classification))

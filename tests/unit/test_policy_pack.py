@@ -44,7 +44,7 @@ def adequacy_entry(data: dict[str, Any], country: str) -> dict[str, Any]:
 
 def test_the_shipped_pack_loads_with_its_version_and_regions():
     pack = load_pack(PACK)
-    assert pack.version == "2026-11-27.1"
+    assert pack.version == "2026-12-01.1"
     assert [(r.name, r.country, r.jurisdiction) for r in pack.regions] == [
         ("us-east-1", "US", "US"),
         ("us-west-2", "US", "US"),
@@ -52,7 +52,9 @@ def test_the_shipped_pack_loads_with_its_version_and_regions():
         ("eu-central-1", "DE", "EU"),
         ("ap-northeast-1", "JP", "JP"),
         ("sa-east-1", "BR", "BR"),
+        ("ap-northeast-2", "KR", "KR"),
     ]
+    assert pack.region("ap-northeast-2").subdivision == "KR-11"  # type: ignore[union-attr]
     assert pack.region("us-east-1").location == "Northern Virginia"  # type: ignore[union-attr]
     assert pack.region("us-west-2").location == "Oregon"  # type: ignore[union-attr]
     assert pack.unlisted_jurisdictions is UnlistedJurisdictions.REFUSE
@@ -76,7 +78,14 @@ def test_the_shipped_laws_and_who_they_cover():
         "appi": ("APPI", Regime.TRANSFER_RESTRICTED, ("JP",)),
         "pipl": ("PIPL", Regime.TRANSFER_RESTRICTED, ("CN",)),
         "ru-152fz": ("152-FZ", Regime.PRIMARY_IN_COUNTRY, ("RU",)),
+        "pipa": ("PIPA", Regime.TRANSFER_RESTRICTED, ("KR",)),
+        "uk-gdpr": ("UK GDPR", Regime.TRANSFER_RESTRICTED, ("GB",)),
+        "fadp": ("FADP", Regime.TRANSFER_RESTRICTED, ("CH",)),
+        "dpdp": ("DPDP Act", Regime.TRANSFER_UNLESS_RESTRICTED, ("IN",)),
     }
+    assert list(pack.law("pipa").mechanisms) == ["certification", "contract_disclosure", "consent", "treaty"]  # type: ignore[union-attr]
+    assert list(pack.law("uk-gdpr").mechanisms) == ["idta", "addendum", "bcr"]  # type: ignore[union-attr]
+    assert list(pack.law("fadp").mechanisms) == ["scc", "bcr"]  # type: ignore[union-attr]
     assert list(pack.law("gdpr").mechanisms) == ["scc", "bcr"]  # type: ignore[union-attr]
     assert list(pack.law("appi").mechanisms) == ["equivalent_measures", "consent"]  # type: ignore[union-attr]
     assert list(pack.law("pipl").mechanisms) == ["cac_assessment", "standard_contract", "certification"]  # type: ignore[union-attr]
@@ -97,7 +106,7 @@ def test_the_shipped_mechanism_facts():
 
 def test_every_fact_in_the_shipped_pack_has_a_checked_date_and_a_source():
     pack = load_pack(PACK)
-    facts = [a.fact for x in pack.laws for a in x.adequacy]
+    facts = [a.fact for x in pack.laws for a in (*x.adequacy, *x.restrictions)]
     for dest in pack.destinations.values():
         facts += list(dest.recipient.values()) + list(dest.mechanisms.values())
     assert len(facts) > 20
@@ -127,7 +136,8 @@ def test_a_law_lookup_prefers_the_subdivision_then_the_country_then_the_group():
     assert law_id("DE") == "gdpr"
     assert law_id("DE-BY") == "gdpr"
     assert law_id("NO") == "gdpr"
-    assert law_id("GB") is None
+    assert law_id("GB") == "uk-gdpr"
+    assert law_id("SG") is None
 
 
 # -- validation errors ------------------------------------------------------------------------
@@ -378,6 +388,39 @@ ERRORS: list[tuple[str, Mutation, list[str]]] = [
         "fact-unknown-field",
         _set(["destinations", "sa-east-1", "mechanisms", "gdpr", "scc"], {**FACT, "signed": True}),
         ["unknown field 'signed'"],
+    ),
+    (
+        "restrictions-on-a-restricted-regime",
+        _law("gdpr", "restrictions", {"basis": "b", "countries": []}),
+        ["(gdpr).restrictions", "does not apply to regime transfer_restricted"],
+    ),
+    (
+        "restrictions-missing",
+        _law("dpdp", "restrictions", delete=True),
+        ["(dpdp)", "missing required field 'restrictions'"],
+    ),
+    (
+        "restriction-with-a-recipient-condition",
+        _law(
+            "dpdp",
+            "restrictions",
+            {"basis": "b", "countries": [{"country": "US", "requires": "dpf_certified"}]},
+        ),
+        ["(dpdp).restrictions.countries[0].requires", "does not apply to a restriction"],
+    ),
+    (
+        "restriction-without-a-date",
+        _law(
+            "dpdp",
+            "restrictions",
+            {
+                "basis": "b",
+                "countries": [
+                    {"country": "US", "name": "n", "decision": "d", "in_force": True, "source": "s"}
+                ],
+            },
+        ),
+        ["(US)", "missing required field 'checked'"],
     ),
     (
         "fact-as-text",

@@ -1,0 +1,126 @@
+"""A bound on the calls one peer has in flight at a daemon (a node or the coordinator),
+across all its connections.
+
+HTTP/2 bounds the streams of one connection (NODE_STREAMS_PER_CONNECTION_MAX), but a peer may
+open many connections, and each replication or export stream it holds open costs the daemon a
+task and buffers. This interceptor counts the calls in flight per peer, a peer being the client
+certificate it authenticated with (or, on an insecure port, its host), and refuses a call past
+the bound with RESOURCE_EXHAUSTED and a message naming it, before the handler runs. The count
+goes down when the call ends however it ends, so a peer that lets its calls go is served again.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+# Enough for the node's own peers (a sender holds one stream per link, a busy SDK client a few
+# hundred unary calls) and well under what would starve the node of tasks.
+PEER_CALLS_MAX_DEFAULT = 1024
+
+# What the node does with a refused call: (the call's context, the peer's key, the bound).
+OnRefused = Callable[[grpc.aio.ServicerContext, str, int], None]
+
+
+def peer_key(context: grpc.aio.ServicerContext) -> str:
+    """The certificate the peer authenticated with (a digest of it), else its host."""
+    auth: dict[str, list[bytes]] = context.auth_context() or {}
+    certificates = auth.get("x509_pem_cert")
+    if certificates:
+        return "cert:" + hashlib.sha256(certificates[0]).hexdigest()[:32]
+    peer = str(context.peer())  # ipv4:127.0.0.1:5555, ipv6:[::1]:5555
+    host, _, _ = peer.rpartition(":")
+    return "host:" + (host or peer)
+
+
+class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(
+        self,
+        calls_max: int = PEER_CALLS_MAX_DEFAULT,
+        on_refused: OnRefused = lambda context, peer, bound: None,
+    ) -> None:
+        if calls_max < 1:
+            raise ValueError(f"calls_max is {calls_max}; it must be at least 1")
+        self.calls_max = calls_max
+        self.on_refused = on_refused
+        self.in_flight: collections.Counter[str] = collections.Counter()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = str(details.method).rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._streaming(handler.stream_stream, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> str:
+        peer = peer_key(context)
+        if self.in_flight[peer] >= self.calls_max:
+            self.on_refused(context, peer, self.calls_max)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{method}: this peer has {self.in_flight[peer]} calls in flight at this node, the "
+                f"most one peer may have ({self.calls_max}); let some finish, then retry",
+            )
+        self.in_flight[peer] += 1
+        return peer
+
+    def _leave(self, peer: str) -> None:
+        self.in_flight[peer] -= 1
+        if self.in_flight[peer] <= 0:
+            del self.in_flight[peer]
+
+    def _unary(self, inner: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            peer = await self._enter(context, method)
+            try:
+                return await inner(request, context)
+            finally:
+                self._leave(peer)
+
+        return behavior
+
+    def _streaming(self, inner: Callable[..., Any], method: str) -> Callable[..., AsyncIterator[Any]]:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            peer = await self._enter(context, method)
+            try:
+                result = inner(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for response in result:
+                        yield response
+                else:
+                    # A handler that writes with context.write() and returns (a coroutine).
+                    await result
+            finally:
+                self._leave(peer)
+
+        return behavior

@@ -1,0 +1,296 @@
+"""Digest trees for anti-entropy: per namespace, a two-level tree over the key states.
+
+Shape. A key falls in one of BUCKETS buckets, named by the first bytes of a hash of the key
+(hash buckets, so every bucket holds about the same share of any key set). A key's digest is
+a 16-byte BLAKE2b of what makes its state: its causal context and the dot, HLC and tombstone
+flag of each version it keeps. The value is left out on purpose: a dot names one write, so two
+replicas holding the same dots hold the same values, while the stored bytes differ between
+regions (each seals under its own keys). A bucket's digest is the XOR of its keys' digests, and
+the root is a hash of the bucket digests in order. Two replicas compare roots, then buckets,
+then the key digests of the buckets that differ, and exchange only the keys that differ.
+
+Incremental. XOR lets one key's change move its bucket's digest without reading the bucket:
+old digest out, new digest in. The per-key digests (and the placement facts the policy needs:
+classification, subject, jurisdiction) live in a side SQLite file in the data directory, not in
+memory: memory holds only BUCKETS digests and counts per namespace, plus a bounded set of keys
+marked dirty. Every local commit (read back from the change log) and every replicated or
+repaired apply marks its keys; `refresh` re-reads the marked keys' states and moves their
+buckets. When more than `dirty_max` keys wait, the tree is rebuilt from the engine's snapshot
+instead. The side file is a cache: it is rebuilt from the store at every start, so it needs no
+durability of its own (and a restored store can never leave a stale tree behind).
+
+Threading: every method that reads the store or the side file blocks (call it off the event
+loop); `mark` is cheap and may be called from any thread. One lock serialises the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from domicile.causality import KeyState
+from domicile.model import Classification
+from domicile.policy import RecordFacts
+from domicile.wire.records import key_state_from_bytes
+from node.engine.base import GET_MANY_KEYS_MAX, StorageEngine
+
+BUCKETS = 1024
+DIGESTS_FILE = "digests.sqlite3"
+DIGEST_BYTES = 16
+DIRTY_KEYS_MAX_DEFAULT = 100_000
+_ZERO = bytes(DIGEST_BYTES)
+_INSERT_BATCH = 5_000
+
+
+def bucket_of(key: str) -> int:
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "big") % BUCKETS
+
+
+def key_digest(namespace: str, key: str, state: KeyState) -> bytes:
+    """The digest of a key's state: equal on two replicas exactly when they hold the same dots
+    in the same context (see the module doc for why the value is not hashed)."""
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    h.update(namespace.encode("utf-8") + b"\x00" + key.encode("utf-8") + b"\x00")
+    for node, counter in sorted(state.context.vv.items()):
+        h.update(f"v{node}\x00{counter}\x00".encode())
+    for dot in sorted(state.context.dots):
+        h.update(f"d{dot.node_id}\x00{dot.counter}\x00".encode())
+    for v in sorted(state.versions, key=lambda v: v.dot):
+        h.update(f"k{v.dot.node_id}\x00{v.dot.counter}\x00{v.hlc}\x00{int(v.tombstone)}\x00".encode())
+    return h.digest()
+
+
+def facts_of(namespace: str, state: KeyState) -> tuple[RecordFacts, ...]:
+    """What the policy decides a key's placement by, once per distinct version facts."""
+    seen = dict.fromkeys(
+        RecordFacts(namespace, v.classification, v.subject_id, v.subject_jurisdiction) for v in state.versions
+    )
+    return tuple(seen)
+
+
+def _facts_text(facts: Sequence[RecordFacts]) -> str:
+    return json.dumps([[int(f.classification), f.subject_id, f.subject_jurisdiction] for f in facts])
+
+
+def _facts_from_text(namespace: str, text: str) -> tuple[RecordFacts, ...]:
+    return tuple(
+        RecordFacts(namespace, Classification(c), subject, jurisdiction)
+        for c, subject, jurisdiction in json.loads(text)
+    )
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(DIGEST_BYTES, "big")
+
+
+@dataclass(frozen=True)
+class Leaf:
+    key: str
+    digest: bytes
+    facts: tuple[RecordFacts, ...]
+
+
+@dataclass(frozen=True)
+class TreeView:
+    """One namespace's tree as of one moment."""
+
+    root: bytes
+    buckets: tuple[bytes, ...]
+    counts: tuple[int, ...]  # keys per bucket
+
+    @property
+    def key_count(self) -> int:
+        return sum(self.counts)
+
+
+def root_of(buckets: Sequence[bytes]) -> bytes:
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    for b in buckets:
+        h.update(b)
+    return h.digest()
+
+
+class _Namespace:
+    def __init__(self) -> None:
+        self.digests = [_ZERO] * BUCKETS
+        self.counts = [0] * BUCKETS
+
+    def view(self) -> TreeView:
+        return TreeView(root_of(self.digests), tuple(self.digests), tuple(self.counts))
+
+
+class DigestTrees:
+    """The digest trees of every namespace this node holds."""
+
+    def __init__(self, path: Path, *, dirty_max: int = DIRTY_KEYS_MAX_DEFAULT) -> None:
+        self.path = path
+        self.dirty_max = dirty_max
+        self._lock = threading.Lock()
+        self._dirty_lock = threading.Lock()
+        self._dirty: set[tuple[str, str]] = set()
+        self._stale = True  # nothing built yet
+        self._trees: dict[str, _Namespace] = {}
+        # Local commits are read back from the change log after this position.
+        self.log_position = 0
+        self.rebuilds = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # A cache rebuilt at every start: no journal, no fsync.
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE leaf (ns TEXT NOT NULL, key TEXT NOT NULL, bucket INTEGER NOT NULL, "
+            "digest BLOB NOT NULL, facts TEXT NOT NULL, PRIMARY KEY (ns, key)) WITHOUT ROWID"
+        )
+        self._db.execute("CREATE INDEX leaf_bucket ON leaf (ns, bucket, key)")
+
+    # -- marking -----------------------------------------------------------------------------
+
+    def mark(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Keys whose state changed; their digests are recomputed at the next refresh."""
+        with self._dirty_lock:
+            if self._stale:
+                return
+            self._dirty.update(keys)
+            if len(self._dirty) > self.dirty_max:
+                # Cheaper to rebuild than to hold every marked key: memory stays bounded.
+                self._dirty.clear()
+                self._stale = True
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    # -- bringing up to date (blocking) ------------------------------------------------------
+
+    def refresh(self, engine: StorageEngine) -> None:
+        """Brings every tree up to date with the store: the local commits since the last
+        refresh, the marked keys, or a whole rebuild when the tree is stale. Blocks."""
+        with self._lock:
+            with self._dirty_lock:
+                stale = self._stale
+                self._stale = False
+                if stale:
+                    self._dirty.clear()
+            if stale:
+                self._rebuild(engine)
+                return
+            self._follow_log(engine)
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, set()
+            by_namespace: dict[str, list[str]] = {}
+            for namespace, key in dirty:
+                by_namespace.setdefault(namespace, []).append(key)
+            for namespace, keys in by_namespace.items():
+                for i in range(0, len(keys), GET_MANY_KEYS_MAX):
+                    page = keys[i : i + GET_MANY_KEYS_MAX]
+                    states = engine.get_many(namespace, page)
+                    self._update(namespace, [(k, states.get(k)) for k in page])
+
+    def invalidate(self) -> None:
+        """Rebuild from the store at the next refresh (another daemon writes the same store)."""
+        with self._dirty_lock:
+            self._dirty.clear()
+            self._stale = True
+
+    def _follow_log(self, engine: StorageEngine) -> None:
+        while True:
+            entries = engine.read_log(self.log_position, 10_000)
+            if not entries:
+                return
+            with self._dirty_lock:
+                self._dirty.update((m.namespace, m.key) for m in entries)
+            self.log_position = entries[-1].lsn
+
+    def _rebuild(self, engine: StorageEngine) -> None:
+        # The log position first: commits after it are marked and recomputed after the build,
+        # whatever moment the snapshot catches them at (recomputing is idempotent).
+        self.log_position = engine.last_lsn()
+        trees: dict[str, _Namespace] = {}
+        self._db.execute("DELETE FROM leaf")
+        rows: list[tuple[str, str, int, bytes, str]] = []
+        with engine.snapshot() as snapshot:
+            for namespace, key, blob in snapshot:
+                state = key_state_from_bytes(blob)
+                digest = key_digest(namespace, key, state)
+                bucket = bucket_of(key)
+                tree = trees.get(namespace)
+                if tree is None:
+                    tree = trees[namespace] = _Namespace()
+                tree.digests[bucket] = _xor(tree.digests[bucket], digest)
+                tree.counts[bucket] += 1
+                rows.append((namespace, key, bucket, digest, _facts_text(facts_of(namespace, state))))
+                if len(rows) >= _INSERT_BATCH:
+                    self._insert(rows)
+                    rows = []
+        self._insert(rows)
+        self._trees = trees
+        self.rebuilds += 1
+
+    def _insert(self, rows: list[tuple[str, str, int, bytes, str]]) -> None:
+        if rows:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO leaf VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+
+    def _update(self, namespace: str, states: Sequence[tuple[str, KeyState | None]]) -> None:
+        tree = self._trees.get(namespace)
+        if tree is None:
+            tree = self._trees[namespace] = _Namespace()
+        self._db.execute("BEGIN")
+        try:
+            for key, state in states:
+                bucket = bucket_of(key)
+                row = self._db.execute(
+                    "SELECT digest FROM leaf WHERE ns = ? AND key = ?", (namespace, key)
+                ).fetchone()
+                if row is not None:
+                    tree.digests[bucket] = _xor(tree.digests[bucket], bytes(row[0]))
+                    tree.counts[bucket] -= 1
+                if state is None:
+                    self._db.execute("DELETE FROM leaf WHERE ns = ? AND key = ?", (namespace, key))
+                    continue
+                digest = key_digest(namespace, key, state)
+                tree.digests[bucket] = _xor(tree.digests[bucket], digest)
+                tree.counts[bucket] += 1
+                self._db.execute(
+                    "INSERT OR REPLACE INTO leaf VALUES (?, ?, ?, ?, ?)",
+                    (namespace, key, bucket, digest, _facts_text(facts_of(namespace, state))),
+                )
+        finally:
+            self._db.execute("COMMIT")
+
+    # -- reading (blocking) ------------------------------------------------------------------
+
+    def tree(self, namespace: str) -> TreeView:
+        with self._lock:
+            tree = self._trees.get(namespace)
+            return (tree or _Namespace()).view()
+
+    def leaves(self, namespace: str, buckets: Sequence[int]) -> list[Leaf]:
+        """The key digests of the buckets, in key order within each bucket."""
+        with self._lock:
+            out: list[Leaf] = []
+            for bucket in sorted(set(buckets)):
+                for key, digest, facts in self._db.execute(
+                    "SELECT key, digest, facts FROM leaf WHERE ns = ? AND bucket = ? ORDER BY key",
+                    (namespace, bucket),
+                ):
+                    out.append(Leaf(key, bytes(digest), _facts_from_text(namespace, facts)))
+            return out
+
+    def iter_leaves(self, namespace: str) -> Iterator[Leaf]:
+        for bucket in range(BUCKETS):
+            yield from self.leaves(namespace, [bucket])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+        self.path.unlink(missing_ok=True)

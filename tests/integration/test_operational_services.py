@@ -1,0 +1,76 @@
+"""Health and reflection answer the cluster's nodes, its coordinator and clients that run or
+watch it (operator, auditor), not every holder of a cluster certificate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from domicile.identity.credentials import Dialer
+from domicile.identity.principal import Role
+from tests.support.cluster import LocalCluster
+
+REGION = "eu-west-1"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path, [REGION])
+    await cluster.start()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+def as_client(cluster: LocalCluster, name: str, roles: tuple[Role, ...], address: str) -> grpc.aio.Channel:
+    assert cluster.pki is not None
+    return Dialer.mutual_tls(cluster.pki.client(name, roles)).channel(address)
+
+
+async def health(channel: grpc.aio.Channel) -> int:
+    async with channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return int(response.status)
+
+
+async def reflect(channel: grpc.aio.Channel) -> list[str]:
+    async with channel:
+        call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=5)
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        response = await call.read()
+        await call.done_writing()
+        return [s.name for s in response.list_services_response.service]
+
+
+async def test_regression_an_app_may_not_probe_health_or_reflection(cluster: LocalCluster) -> None:
+    node = cluster.nodes[REGION]
+    for address in (node.address, cluster.coordinator_address):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health(as_client(cluster, "some-app", (Role.APP,), address))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "grpc.health.v1.Health.Check" in (refused.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await reflect(as_client(cluster, "some-app", (Role.APP,), node.address))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    counted = node.metrics.registry.get_sample_value(
+        "domicile_authz_refusals_total", {"action": "grpc.health.v1.Health.Check", "reason": "wrong_peer"}
+    )
+    assert counted == 1
+
+
+async def test_operators_auditors_and_nodes_may(cluster: LocalCluster) -> None:
+    node = cluster.nodes[REGION]
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert await health(as_client(cluster, "ops", (Role.OPERATOR,), node.address)) == serving
+    assert (
+        await health(as_client(cluster, "watcher", (Role.AUDITOR,), cluster.coordinator_address)) == serving
+    )
+    assert await health(cluster.channel_as_node(REGION, cluster.coordinator_address)) == serving
+    services = await reflect(as_client(cluster, "ops", (Role.OPERATOR,), node.address))
+    assert "domicile.v1.StorageNodeService" in services

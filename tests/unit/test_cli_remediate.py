@@ -1,0 +1,117 @@
+"""`domicile compliance remediate --plan` against the stand-in servers of test_client_wire: the
+copies a remediation would remove per region, the regions each record stays in, a copy no
+region may hold flagged, nothing applied, and the exit codes (0 nothing, 1 removals, 2 a region
+not scanned)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from domicile.cli.main import main
+from domicile.model import Classification
+from domicile.v1 import storage_node_pb2 as spb
+from tests.unit.test_client_wire import FakeCluster
+
+
+@pytest.fixture
+def cluster() -> Iterator[FakeCluster]:
+    fake = FakeCluster()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def run(capsys, fake: FakeCluster, *argv: str) -> tuple[int, str, str]:
+    code = main(
+        ["compliance", "remediate", *argv, "--coordinator", fake.coordinator_address, "--deadline", "5"]
+    )
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def report(
+    region: str, *copies: tuple[str, str, tuple[str, ...]], total: int | None = None
+) -> spb.ScanComplianceResponse:
+    resp = spb.ScanComplianceResponse(
+        region=region,
+        policy_version="p3",
+        versions_checked=20,
+        violations_total=len(copies) if total is None else total,
+    )
+    for key, jurisdiction, allowed in copies:
+        resp.violations.add(
+            namespace="customers",
+            key=key,
+            region=region,
+            origin_region="eu-west-1",
+            classification=Classification.PERSONAL,
+            subject_jurisdiction=jurisdiction,
+            rule=f"{'gdpr' if jurisdiction == 'DE' else 'pipl'}.no-transfer-basis",
+            reason="tightened",
+            allowed_regions=list(allowed),
+        )
+    return resp
+
+
+def test_nothing_to_remove_is_exit_0(capsys, cluster):
+    for region in cluster.nodes:
+        cluster.nodes[region].compliance = report(region)
+    code, out, _ = run(capsys, cluster, "--plan")
+    assert code == 0
+    assert out.splitlines()[-1].startswith("plan: 0 copies to remove; nothing was changed")
+
+
+def test_the_plan_lists_forbidden_copies_and_where_each_record_stays(capsys, cluster):
+    for region in cluster.nodes:
+        cluster.nodes[region].compliance = report(region)
+    cluster.nodes["us-east-1"].compliance = report(
+        "us-east-1", ("c-1", "DE", ("eu-west-1", "eu-central-1")), ("c-2", "CN", ()), total=3
+    )
+    code, out, _ = run(capsys, cluster, "--plan", "--json")
+    plan = json.loads(out)
+    assert code == 1 and plan["applied"] is False
+    assert plan["removals_total"] == 3 and plan["not_listed"] == 1
+    assert plan["removals"] == [
+        {
+            "region": "us-east-1",
+            "namespace": "customers",
+            "key": "c-1",
+            "rule": "gdpr.no-transfer-basis",
+            "stays_in": ["eu-west-1", "eu-central-1"],
+            "removes_the_record": False,
+        },
+        {
+            "region": "us-east-1",
+            "namespace": "customers",
+            "key": "c-2",
+            "rule": "pipl.no-transfer-basis",
+            "stays_in": [],
+            "removes_the_record": True,
+        },
+    ]
+    # no removal is planned in a region the record may stay in
+    assert all(r["region"] not in r["stays_in"] for r in plan["removals"])
+    code, out, _ = run(capsys, cluster, "--plan")
+    assert "us-east-1: would remove 3 copies" in out
+    assert "customers/c-1  rule=gdpr.no-transfer-basis  stays in: eu-west-1, eu-central-1" in out
+    assert "stays in: no region: this removes the record from the cluster" in out
+    assert "... and 1 more not listed" in out
+
+
+def test_a_region_that_cannot_be_scanned_is_exit_2(capsys, cluster):
+    for region in cluster.nodes:
+        cluster.nodes[region].compliance = report(region, ("c-1", "DE", ("eu-west-1",)))
+    cluster.coordinator.topology.regions.add(name="sa-east-1")  # a region without a node
+    code, out, _ = run(capsys, cluster, "--plan", "--json")
+    assert code == 2 and json.loads(out)["regions_failed"] == ["sa-east-1"]
+
+
+def test_plan_is_required(capsys, cluster):
+    with pytest.raises(SystemExit) as info:
+        main(["compliance", "remediate", "--coordinator", cluster.coordinator_address])
+    assert info.value.code == 2
+    assert "--plan" in capsys.readouterr().err
