@@ -37,6 +37,11 @@ async def test_a_tightened_policy_redacts_then_refuses_cached_records(
 
         await eventually(arrived, 10.0, "de-3 at us-east-1 (DPF)")
 
+        async def landed() -> bool:
+            return us.cache is not None and us.cache.coherence.dirty_count == 0
+
+        await eventually(landed, 10.0, "the apply's invalidation landed")
+
         def hits() -> float:
             return us.metrics.registry.get_sample_value("domicile_cache_hits_total") or 0.0
 

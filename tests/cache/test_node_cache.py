@@ -102,11 +102,23 @@ def entry_for(server: RedisServer, namespace: str, key: str) -> bytes | None:
     return next((v for k, v in entries(server).items() if k.endswith(suffix)), None)
 
 
+async def settled(node: Node) -> None:
+    """Until every change this node acknowledged has reached Redis: until then a read of a
+    changed key goes to the store without filling (so a test expecting a fill or a hit waits)."""
+
+    async def landed() -> bool:
+        return node.cache is not None and node.cache.coherence.dirty_count == 0
+
+    await eventually(landed, 10.0, "the cache's invalidations landed")
+
+
 async def put(cluster: LocalCluster, region: str, namespace: str, key: str, value: bytes, **kw: Any) -> None:
     """A record about a data subject in DE, except in the public namespace."""
     if namespace != "instruments":
         kw = {"subject_id": kw.pop("subject", "s-1"), "subject_jurisdiction": "DE", **kw}
     await cluster.put(region, namespace, key, value, **kw)
+    if region == CACHED:
+        await settled(cluster.nodes[CACHED])
 
 
 async def values(cluster: LocalCluster, namespace: str, key: str) -> set[bytes]:
@@ -150,6 +162,7 @@ async def test_local_writes_and_replicated_applies_replace_what_the_cache_answer
         return state is not None and any(v.value == b"v3" for v in state.live())
 
     await eventually(applied, 10.0, "the replicated write at eu-west-1")
+    await settled(node)
     assert await values(pair, "instruments", "SAP") == {b"v3"}
     hits = counter(node, "domicile_cache_hits_total")
     assert await values(pair, "instruments", "SAP") == {b"v3"}
