@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy bench-restore torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -74,6 +74,11 @@ bench: setup ## benchmarks, each next to a baseline of the same run (a few minut
 
 bench-entropy: setup ## time one anti-entropy round repairing 10,000 divergent keys
 	$(PY) -m bench.antientropy
+
+# RECORDS records of 1 KiB; the run prints each figure beside its baseline.
+RECORDS ?= 100000
+bench-restore: setup ## backup throughput, recovery point and restore time against a local S3 (RECORDS=N)
+	$(PY) bench/restore.py --records $(RECORDS)
 
 # SEED replays a run; DURATION is the seconds of faults. The run's files go to a temp dir it prints.
 DURATION ?= 300

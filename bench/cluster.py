@@ -31,6 +31,8 @@ FAR_REGION = "eu-north-1"
 SOLO_NAMESPACE = "bench_solo"
 PAIR_NAMESPACE = "bench_pair"
 FAR_NAMESPACE = "bench_far"
+# Acknowledged only once the distant region holds a write too (synchronous durability).
+FAR_SYNC_NAMESPACE = "bench_far_sync"
 # The same Puts as SOLO_NAMESPACE, into a namespace whose values must follow a 20-field schema.
 SCHEMA_NAMESPACE = "bench_schema"
 SCHEMA_FILE = "bench-schema.json"
@@ -100,6 +102,13 @@ CLUSTER = {
             "conflict_mode": "lww",
             "owner": CLIENT,
             "schema": SCHEMA_FILE,
+        },
+        {
+            "name": FAR_SYNC_NAMESPACE,
+            "regions": [SOURCE_REGION, FAR_REGION],
+            "conflict_mode": "lww",
+            "owner": CLIENT,
+            "min_regions_acked": 2,
         },
     ],
     "coordinator": {"heartbeat_interval_ms": 500, "missed_heartbeats_max": 6},

@@ -28,6 +28,7 @@ from bench.cluster import (
     BATCH_METRIC,
     FAR_NAMESPACE,
     FAR_REGION,
+    FAR_SYNC_NAMESPACE,
     LAG_METRIC,
     NEAR_REGION,
     PAIR_NAMESPACE,
@@ -71,6 +72,9 @@ DAEMON_IDS = (f"{SOLO_REGION}-d1", f"{SOLO_REGION}-d2")
 BATCHED_RATE_MIN = 20_000.0
 LAG_P99_MS_MAX = 100.0
 DELAYED_LAG_SLACK_MS = 50.0
+# Synchronous durability (min_regions_acked 2): the write's round trip to the other region.
+SYNC_PUT_SLACK_MS = 10.0
+SYNC_PUT_SAMPLES_MAX = 300
 PACED_RATE_SHARE_MIN = 0.95  # the lag figure is only valid if the writes kept their pace
 CACHE_HIT_P99_RATIO_MAX = 1.2
 CACHED_NODE_ID = f"{SOLO_REGION}-cached"
@@ -179,6 +183,7 @@ class Measured:
     lag: LagResult | None = None
     far_lag: LagResult | None = None
     cache: cache_phase.CacheResult | None = None
+    sync_put_ms: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -458,6 +463,12 @@ class Run:
         )
         far = await self.cluster.start_node(FAR_REGION, listen_port=far_port, advertise=match.group(1))
         self.m.far_lag = await self.lag("delayed replication lag", source, far, FAR_NAMESPACE)
+        # Each sample is a round trip over the delay: fewer of them than for the local figures.
+        self.m.sync_put_ms = await phases.sequential(
+            f"synchronous Put, 2 regions, {self.opts.delay_ms:.0f} ms one-way delay",
+            put_call(source.channel, FAR_SYNC_NAMESPACE, "sync", self.value),
+            min(self.opts.samples, SYNC_PUT_SAMPLES_MAX),
+        )
 
     async def execute(self) -> None:
         try:
@@ -495,6 +506,7 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     fs50, fs99 = p50_p99(fsync_ms)
     get50, get99 = p50_p99(get_ms)
     put50, put99 = p50_p99(put_ms)
+    sync50, sync99 = p50_p99(need(m.sync_put_ms, "synchronous Put"))
     _, plain_get99 = p50_p99(need(m.plain_get_ms, "plaintext Get"))
     _, plain_put99 = p50_p99(need(m.plain_put_ms, "plaintext Put"))
     sealed_put50, sealed_put99 = p50_p99(need(m.sealed_put_ms, "sealed Put"))
@@ -708,6 +720,24 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
         ),
         Figure(
             "delayed_lag_status_p99_ms", "delayed lag p99 (GetNodeStatus window)", far.status_p99_ms, "ms"
+        ),
+        Figure(
+            "sync_put_p50_ms",
+            f"synchronous Put p50, 2 regions, one-way delay {d:.0f} ms",
+            sync50,
+            "ms",
+            2 * d,
+            "2 x d",
+        ),
+        Figure(
+            "sync_put_p99_ms",
+            f"synchronous Put p99, 2 regions, one-way delay {d:.0f} ms",
+            sync99,
+            "ms",
+            2 * d,
+            "2 x d",
+            f"<= 2 d + {SYNC_PUT_SLACK_MS:.0f} ms = {2 * d + SYNC_PUT_SLACK_MS:.0f} ms",
+            sync99 <= 2 * d + SYNC_PUT_SLACK_MS,
         ),
         Figure(
             "delayed_write_rate_per_s",

@@ -35,8 +35,13 @@ async def serve(config: CoordinatorConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["restore"]:
+        from coordinator.state_backup import restore_main
+
+        return restore_main(args[1:])
     try:
-        config = config_from_args(argv)
+        config = config_from_args(args)
     except DomicileError as exc:
         print(f"coordinator: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG

@@ -77,6 +77,10 @@ class CoordinatorConfig:
     jwks: Path | None = None
     token_issuer: str = ""
     token_audience: str = ""
+    # The region the coordinator runs in: when the cluster config names a backup bucket for it,
+    # the coordinator's state is copied there every state_backup_interval_s it changed.
+    region: str = ""
+    state_backup_interval_s: float = 5.0
 
     def tls_files(self) -> TlsFiles | None:
         return settings.tls_files(
@@ -89,6 +93,10 @@ def validate(config: CoordinatorConfig) -> None:
     split_host_port(config.listen, "listen address")
     if not 0 <= config.metrics_port <= 65535:
         raise InvalidArgument(f"metrics port {config.metrics_port} is out of range 0 (disabled) to 65535")
+    if not 0.05 <= config.state_backup_interval_s <= 86_400:
+        raise InvalidArgument(
+            f"state_backup_interval_s must be 0.05 to 86400 seconds, not {config.state_backup_interval_s}"
+        )
     interval = config.heartbeat_interval_ms
     if interval is not None and not HEARTBEAT_INTERVAL_MS_MIN <= interval <= HEARTBEAT_INTERVAL_MS_MAX:
         raise InvalidArgument(
@@ -157,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--token-issuer", help="the iss a bearer token must carry (with --jwks)")
     parser.add_argument("--token-audience", help="the aud a bearer token must carry (with --jwks)")
+    parser.add_argument(
+        "--region", help="region the coordinator runs in; its state is backed up to that region's bucket"
+    )
+    parser.add_argument(
+        "--state-backup-interval-s",
+        type=float,
+        help="seconds between state backups when the state changed (default 5)",
+    )
     return parser
 
 
@@ -177,6 +193,8 @@ _FILE_KEYS = (
     "jwks",
     "token_issuer",
     "token_audience",
+    "region",
+    "state_backup_interval_s",
 )
 _BOOL_KEYS = ("insecure",)
 _INT_KEYS = ("metrics_port", "heartbeat_interval_ms", "missed_heartbeats_max")
@@ -222,6 +240,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
                 raise InvalidArgument(
                     f"coordinator config {path}: {raw_key} must be an integer, got {value!r}"
                 )
+        elif key == "state_backup_interval_s":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidArgument(f"coordinator config {path}: {raw_key} must be a number, got {value!r}")
         elif not isinstance(value, str):
             raise InvalidArgument(f"coordinator config {path}: {raw_key} must be a string, got {value!r}")
         if key in _PATH_KEYS:

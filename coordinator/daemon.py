@@ -19,6 +19,7 @@ from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_heads
 from coordinator.config import TLS_STEM, CoordinatorConfig, validate
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
+from coordinator.state_backup import StateBackup, backup_target
 from coordinator.store import CoordinatorStore
 from coordinator.subject_desk import SubjectDesk
 from coordinator.watch import WatchHub
@@ -26,7 +27,7 @@ from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Refusal, load_checks
 from domicile.authz.operational import OperationalServicesGuard
 from domicile.cluster import ClusterSpec, load_cluster
-from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
+from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, Unavailable
 from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
 from domicile.policy.select import policy_for_cluster
@@ -99,6 +100,8 @@ class Coordinator:
         self._health: health.aio.HealthServicer | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
+        self._backup_task: asyncio.Task[None] | None = None
+        self.state_backup: StateBackup | None = None
         self._address: str | None = None
         self._metrics_address: str | None = None
         self._stopped = False
@@ -241,6 +244,13 @@ class Coordinator:
                 metrics_port = self.metrics.serve(host.strip("[]"), self.config.metrics_port)
                 self._metrics_address = f"{host}:{metrics_port}"
             self._health_task = asyncio.create_task(self._health_loop(), name="coordinator-health")
+            target = backup_target(self.cluster, self.config.region)
+            if target is not None:
+                self.state_backup = StateBackup(self._store, target)
+                self._backup_task = asyncio.create_task(
+                    self.state_backup.run(self.config.state_backup_interval_s),
+                    name="coordinator-state-backup",
+                )
             self._lag_task = asyncio.create_task(
                 watch_loop_lag(self.metrics.event_loop_lag.set), name="coordinator-event-loop-lag"
             )
@@ -266,7 +276,7 @@ class Coordinator:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._health_task, self._lag_task):
+        for task in (self._health_task, self._lag_task, self._backup_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -279,6 +289,12 @@ class Coordinator:
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s)
         self.metrics.close()
+        if self.state_backup is not None:
+            # The last changes go up before the store closes (a crash loses at most an interval).
+            try:
+                await self.state_backup.ship()
+            except (DomicileError, OSError) as error:
+                log.warning("last coordinator state backup failed: %s", error)
         if self._store is not None:
             self._store.close()
         log.info("coordinator stopped")

@@ -167,10 +167,18 @@ class Registry:
         self._commit([], subjects=changes, erasures=erasures, holds=holds)
         return self._revision
 
-    def register(self, node_id: str, region: str, address: str, metrics_address: str) -> int:
-        """Registers or re-registers a node and marks it up; returns the revision after it."""
+    def register(self, node_id: str, region: str, address: str, metrics_address: str, epoch: int = 0) -> int:
+        """Registers or re-registers a node and marks it up; returns the revision after it.
+        `epoch` is the incarnation of the node's store (domicile.model.writer_id)."""
         self._check_open()
         check_node_id(node_id)
+        recorded = self._store.node_epoch(node_id)
+        if epoch < recorded:
+            raise FailedPrecondition(
+                f"node {node_id!r} registers with store incarnation {epoch}, but incarnation {recorded} "
+                "has registered: this store is older than the node's last restore, and its dots and "
+                "log positions may be reused; restore the node again (domicile restore)"
+            )
         if self.cluster.region(region) is None:
             known = ", ".join(self.cluster.region_names()) or "none"
             raise NotFound(f"unknown region {region!r}; configured regions: {known}")
@@ -213,6 +221,9 @@ class Registry:
         else:
             self._nodes[node_id] = node
             self._unsaved_heartbeats.add(node_id)
+        if epoch > recorded:
+            self._store.save_node_epoch(node_id, epoch)
+            log.info("node %s registered as incarnation %d", node_id, epoch)
         self._last_seen[node_id] = self._clock()
         self._on_register(region)
         return self._revision

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -285,6 +286,54 @@ class CoordinatorStore:
             f"SELECT {_REQUEST_COLUMNS} FROM subject_requests {where} ORDER BY seq DESC LIMIT ?", params
         ).fetchall()
         return self._requests(rows)
+
+    def erasure_subjects(self) -> list[tuple[str, str]]:
+        """(request id, subject id) of every completed erasure request, oldest first: the
+        permanent list of erased subjects nodes learn on registration (an open one reaches them
+        as an order in the topology)."""
+        rows = self._db.execute(
+            "SELECT request_id, subject_id FROM subject_requests WHERE kind = ? AND status != ? ORDER BY seq",
+            (int(RequestKind.ERASURE), int(RequestStatus.OPEN)),
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def node_epoch(self, node_id: str) -> int:
+        """The highest incarnation epoch node_id registered with; 0 if none."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"epoch:{node_id}",)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def save_node_epoch(self, node_id: str, epoch: int) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"epoch:{node_id}", str(epoch)),
+            )
+
+    def changes(self) -> int:
+        """Rows changed through this store since it opened (a cheap "did anything change?")."""
+        return int(self._db.total_changes)
+
+    def copy_to(self, path: Path) -> None:
+        """A consistent copy of the whole state in a new SQLite file (the online backup API)."""
+        target = sqlite3.connect(path)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+
+    def erased_subjects_key(self) -> bytes:
+        """The key of the permanent erasure list's hashes, made on first use and kept with the
+        rest of the state (so a restored coordinator hashes as before)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'erased_subjects_key'").fetchone()
+        if row is not None:
+            return bytes.fromhex(str(row[0]))
+        key = secrets.token_bytes(32)
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('erased_subjects_key', ?)", (key.hex(),)
+            )
+        return self.erased_subjects_key()
 
     def request_id_taken(self, request_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM subject_requests WHERE request_id = ?", (request_id,))

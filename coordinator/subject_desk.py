@@ -29,6 +29,7 @@ from dataclasses import replace
 from coordinator.config import CoordinatorLimits
 from coordinator.registry import Registry
 from coordinator.store import CoordinatorStore, HoldRelease, SubjectChanges
+from domicile.audit import subject_hash
 from domicile.cluster import ClusterSpec
 from domicile.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.model import Limits, check_jurisdiction, check_key, check_node_id
@@ -295,6 +296,15 @@ class SubjectDesk:
                 request.request_id,
                 ", ".join(request.regions_pending),
             )
+
+    def erased_subjects(self) -> tuple[bytes, list[tuple[str, str]]]:
+        """The permanent erasure list: its key, and (keyed hash of the subject, request id) of
+        every subject ever erased (the subject ids stay here)."""
+        erased = self._store.erasure_subjects()
+        if not erased:
+            return b"", []
+        key = self._store.erased_subjects_key()
+        return key, [(subject_hash(key, subject), request_id) for request_id, subject in erased]
 
     def get(self, request_id: str) -> SubjectRequest:
         return self._find(request_id)

@@ -106,6 +106,9 @@ class Version:
     classification: Classification = Classification.UNSPECIFIED
     checksum: bytes = b""
     origin_region: str = ""
+    # The client's id of the logical write (empty: the client gave none). A retry carries the
+    # same id, possibly to another node; see apply() for how duplicates are dropped.
+    request_id: str = ""
 
     def checksum_ok(self) -> bool:
         return self.checksum == sha256(self.value)
@@ -123,12 +126,42 @@ class Mutation:
     origin_node_id: str = ""
 
 
+# How many client request ids a key remembers, and for how long (by the HLC of the newest
+# write): long past any client's retries, which last seconds.
+REQUEST_MARKS_PER_KEY = 16
+REQUEST_WINDOW_MS = 10 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class RequestMark:
+    """A client write's request id and the version it made: a retry of the same id is answered
+    with it instead of writing again. `dots` are every version made with the id (a retry on
+    another node makes a second), smallest first: the first is the one kept, the others are its
+    twins, and a context that supersedes any of them supersedes it. lsn and had_live are known
+    where the kept version was written (0 and False elsewhere)."""
+
+    request_id: str
+    dots: tuple[Dot, ...]
+    hlc: int
+    lsn: int = 0
+    had_live: bool = False
+
+    @property
+    def dot(self) -> Dot:
+        return self.dots[0]
+
+
 @dataclass(frozen=True)
 class KeyState:
     """What a node holds for one key."""
 
     versions: tuple[Version, ...] = ()
     context: CausalContext = _EMPTY
+    # The request ids of recent writes to the key, newest last (bounded: see _remember).
+    requests: tuple[RequestMark, ...] = ()
+
+    def request(self, request_id: str) -> RequestMark | None:
+        return next((m for m in self.requests if m.request_id == request_id), None)
 
     def live(self) -> tuple[Version, ...]:
         return tuple(v for v in self.versions if not v.tombstone)
@@ -152,17 +185,57 @@ class Applied:
 
 
 def apply(state: KeyState | None, mutation: Mutation) -> Applied:
-    """Applies a write event. Idempotent; the result does not depend on arrival order."""
+    """Applies a write event. Idempotent; the result does not depend on arrival order.
+
+    A client that retried a write on another node makes two versions of one logical write, with
+    one request id and two dots. Of such a pair every node keeps the version with the smaller
+    dot and covers the other; a duplicate of a version already superseded is dropped. So each
+    node ends with the same one version whichever arrives first, as long as the key still
+    remembers the id (REQUEST_MARKS_PER_KEY, REQUEST_WINDOW_MS)."""
     state = state or KeyState()
-    dot = mutation.version.dot
+    version = mutation.version
+    dot = version.dot
     if state.context.covers(dot):
         # Already applied, or superseded by a write that has already arrived.
         return Applied(state, changed=False, conflict=False)
-    kept = [v for v in state.versions if not mutation.context.covers(v.dot)]
-    kept.append(mutation.version)
-    kept.sort(key=lambda v: v.dot)
+    kept = [v for v in state.versions if not _supersedes(mutation.context, v, state)]
     context = state.context.join(mutation.context).add(dot)
-    return Applied(KeyState(tuple(kept), context), changed=True, conflict=len(kept) > 1)
+    requests = state.requests
+    if version.request_id:
+        prior = state.request(version.request_id)
+        twin = next((v for v in kept if v.request_id == version.request_id), None)
+        dots = tuple(sorted({*(prior.dots if prior else ()), dot}))
+        if prior is not None and (twin is None or twin.dot < dot):
+            # A duplicate of a version kept here (smaller dot) or already superseded: dropped.
+            requests = _remember(requests, replace(prior, dots=dots))
+            kept.sort(key=lambda v: v.dot)
+            return Applied(KeyState(tuple(kept), context, requests), changed=True, conflict=len(kept) > 1)
+        if twin is not None:
+            kept.remove(twin)  # the incoming duplicate has the smaller dot
+        requests = _remember(requests, RequestMark(version.request_id, dots, version.hlc))
+    kept.append(version)
+    kept.sort(key=lambda v: v.dot)
+    return Applied(KeyState(tuple(kept), context, requests), changed=True, conflict=len(kept) > 1)
+
+
+def _supersedes(context: CausalContext, v: Version, state: KeyState) -> bool:
+    if context.covers(v.dot):
+        return True
+    # A context that supersedes a twin of v (the same request written on another node)
+    # supersedes v: its writer meant that logical write.
+    mark = state.request(v.request_id) if v.request_id else None
+    return mark is not None and any(context.covers(d) for d in mark.dots)
+
+
+def _remember(requests: tuple[RequestMark, ...], mark: RequestMark) -> tuple[RequestMark, ...]:
+    """The marks with `mark` in place of any of its id, without those older than the window
+    (by HLC, relative to the newest) and at most REQUEST_MARKS_PER_KEY of the newest."""
+    marks = [m for m in requests if m.request_id != mark.request_id]
+    marks.append(mark)
+    newest = max(m.hlc for m in marks)
+    horizon = newest - (REQUEST_WINDOW_MS << 16)
+    marks = sorted((m for m in marks if m.hlc >= horizon), key=lambda m: (m.hlc, m.dot))
+    return tuple(marks[-REQUEST_MARKS_PER_KEY:])
 
 
 def merge(a: KeyState, b: KeyState) -> KeyState:

@@ -7,6 +7,7 @@ node directly so that it can serve before it has ever reached the coordinator.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,38 @@ from domicile.quality import canonical_schema
 from domicile.subjects import DEFAULT_RETENTION_CLASSES, RetentionClass, parse_retention_classes
 from domicile.yaml_text import load_yaml
 
+BACKUP_RETENTION_DAYS_DEFAULT = 30
+BACKUP_GENERATION_HOURS_DEFAULT = 24
+
+
+@dataclass(frozen=True)
+class BackupSpec:
+    """Where a region's nodes back up their stores: an S3 endpoint and bucket, and the
+    configured region the bucket is located in (checked against the policy at node start,
+    domicile.backup.residency). Credentials come from the usual AWS sources (environment,
+    shared files, instance role), never from this file."""
+
+    endpoint: str
+    bucket: str
+    bucket_region: str
+    prefix: str = ""
+    retention_days: int = BACKUP_RETENTION_DAYS_DEFAULT
+    # A new generation (base snapshot) this often; older ones are deleted past retention.
+    generation_hours: float = BACKUP_GENERATION_HOURS_DEFAULT
+
 
 @dataclass(frozen=True)
 class RegionSpec:
     name: str
     country: str = ""
     jurisdiction: str = ""
+    # Read from the cluster config by the node itself; the topology does not carry it.
+    backup: BackupSpec | None = None
+
+
+SIBLINGS_MAX_DEFAULT = 16
+# A key state is read whole; past this many versions a read would near the read size limits.
+SIBLINGS_MAX_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +75,11 @@ class NamespaceSpec:
     json_schema: str = ""
     # Top-level fields the dataset wants present (domicile/quality.py: quality_score).
     quality_fields: tuple[str, ...] = ()
+    # The most versions (siblings, tombstones included) a client write may leave on one key.
+    siblings_max: int = SIBLINGS_MAX_DEFAULT
+    # How many in-scope regions must hold a write durably before it is acknowledged (1: the
+    # accepting region alone; the others follow asynchronously).
+    min_regions_acked: int = 1
 
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
@@ -121,6 +153,26 @@ def _whole_number(section: Mapping[str, Any], key: str, default: int, where: str
         return int(value)
     except (TypeError, ValueError, OverflowError):
         raise InvalidArgument(f"{where}.{key} must be a whole number, not {value!r}") from None
+
+
+def _siblings_max(raw: Mapping[str, Any], where: str) -> int:
+    value = raw.get("siblings_max", SIBLINGS_MAX_DEFAULT)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= SIBLINGS_MAX_LIMIT:
+        raise InvalidArgument(
+            f"{where}: siblings_max must be a whole number from 1 to {SIBLINGS_MAX_LIMIT} (default "
+            f"{SIBLINGS_MAX_DEFAULT}), not {value!r}"
+        )
+    return value
+
+
+def _min_regions_acked(raw: Mapping[str, Any], where: str, in_scope: int) -> int:
+    value = raw.get("min_regions_acked", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= in_scope:
+        raise InvalidArgument(
+            f"{where}: min_regions_acked must be a whole number from 1 to {in_scope} (the regions in "
+            f"its scope; default 1), not {value!r}"
+        )
+    return value
 
 
 def _purposes(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
@@ -208,6 +260,49 @@ def _pack_version(text: str, source: str) -> tuple[str, list[str]]:
     return str(data["version"]), ids
 
 
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _backup(raw: Any, where: str) -> BackupSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidArgument(f"{where}: expected a mapping with endpoint, bucket and bucket_region")
+    allowed = {"endpoint", "bucket", "bucket_region", "prefix", "retention_days", "generation_hours"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise InvalidArgument(f"{where}: unknown fields {unknown}; allowed: {sorted(allowed)}")
+    endpoint = str(_require(raw, "endpoint", where))
+    if not endpoint.startswith(("http://", "https://")):
+        raise InvalidArgument(f"{where}.endpoint must be an http:// or https:// URL, not {endpoint!r}")
+    bucket = str(_require(raw, "bucket", where))
+    if not _BUCKET_NAME.fullmatch(bucket):
+        raise InvalidArgument(
+            f"{where}.bucket {bucket!r} is not an S3 bucket name "
+            "(3 to 63 lower-case letters, digits, '.' and '-')"
+        )
+    prefix = str(raw.get("prefix", ""))
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    retention_days = _whole_number(raw, "retention_days", BACKUP_RETENTION_DAYS_DEFAULT, where)
+    if not 1 <= retention_days <= 36_500:
+        raise InvalidArgument(f"{where}.retention_days must be 1 to 36500, not {retention_days}")
+    try:
+        generation_hours = float(raw.get("generation_hours", BACKUP_GENERATION_HOURS_DEFAULT))
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{where}.generation_hours must be a number of hours") from None
+    if not 0.001 <= generation_hours <= 24 * 366:
+        raise InvalidArgument(f"{where}.generation_hours must be 0.001 to 8784, not {generation_hours}")
+    return BackupSpec(
+        endpoint=endpoint,
+        bucket=bucket,
+        bucket_region=str(_require(raw, "bucket_region", where)),
+        prefix=prefix,
+        retention_days=retention_days,
+        generation_hours=generation_hours,
+    )
+
+
 def parse_cluster(
     data: Mapping[str, Any], source: str = "cluster config", base_dir: Path | None = None
 ) -> ClusterSpec:
@@ -224,6 +319,7 @@ def parse_cluster(
                 name=str(_require(raw, "name", where)),
                 country=str(raw.get("country", "")),
                 jurisdiction=str(raw.get("jurisdiction", "")),
+                backup=_backup(raw.get("backup"), f"{where}.backup"),
             )
         )
     region_names = {r.name for r in regions}
@@ -231,6 +327,12 @@ def parse_cluster(
         raise InvalidArgument(f"{source}: region names must be unique")
     pack_yaml, pack_source = _named_file(data, "policy_pack", "policy pack YAML file", source, base_dir)
     pack_version, law_ids = _pack_version(pack_yaml, pack_source) if pack_yaml else ("", None)
+    for r in regions:
+        if r.backup is not None and r.backup.bucket_region not in region_names:
+            raise InvalidArgument(
+                f"{source}: region {r.name}: backup.bucket_region {r.backup.bucket_region!r} is not a "
+                f"configured region; name the region the bucket is located in: {sorted(region_names)}"
+            )
     namespaces = []
     for i, raw in enumerate(_sequence(data, "namespaces", source)):
         where = f"{source}: namespaces[{i}]"
@@ -267,6 +369,10 @@ def parse_cluster(
                 catalog=catalog,
                 json_schema=_schema(catalog.schema, f"{where} ({name})", base_dir),
                 quality_fields=_quality_fields(raw, f"{where} ({name})"),
+                siblings_max=_siblings_max(raw, f"{where} ({name})"),
+                min_regions_acked=_min_regions_acked(
+                    raw, f"{where} ({name})", len(region_names) if is_global else len(set(scoped))
+                ),
             )
         )
     if len({n.name for n in namespaces}) != len(namespaces):

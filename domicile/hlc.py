@@ -25,26 +25,55 @@ def pack(ms: int, logical: int) -> int:
 
 
 class HybridClock:
-    """Thread-safe HLC. `clock` returns wall time in milliseconds (injectable for tests)."""
+    """Thread-safe HLC. `clock` returns wall time in milliseconds (injectable for tests).
+
+    Without persistence (the default) the clock starts from the wall clock, so a restart with
+    the wall clock set back would issue timestamps below those issued before. `persist()`
+    closes that gap: the clock then never issues a timestamp past a reserved ceiling until the
+    ceiling is durably stored, and it restarts above the stored one."""
 
     def __init__(self, clock: Callable[[], int] = wall_ms) -> None:
         self._clock = clock
         self._last = 0
         self._lock = threading.Lock()
+        self._reserve: Callable[[int], None] | None = None
+        self._ceiling_ms = 0
+        self._step_ms = 0
+
+    def persist(self, ceiling_ms: int, reserve: Callable[[int], None], step_ms: int) -> None:
+        """Resumes above `ceiling_ms` (every timestamp issued before the restart had at most
+        that physical part) and from now on calls `reserve(ms)`, which must store ms durably,
+        before issuing a timestamp past the stored ceiling. The ceiling moves `step_ms` ahead of
+        the timestamp that needed it, so a busy clock stores once per step, not once per tick;
+        a restart therefore resumes at most one step ahead of the old wall time."""
+        if step_ms < 1:
+            raise ValueError(f"reserve step is {step_ms} ms; it must be at least 1")
+        with self._lock:
+            self._last = max(self._last, pack(ceiling_ms, LOGICAL_MASK))
+            self._ceiling_ms = max(ceiling_ms, physical_ms(self._last))
+            self._reserve = reserve
+            self._step_ms = step_ms
 
     def now(self) -> int:
         """A timestamp greater than every one this clock has issued or observed."""
         with self._lock:
             candidate = pack(self._clock(), 0)
-            self._last = candidate if candidate > self._last else self._advance(self._last)
-            return self._last
+            return self._issue(candidate if candidate > self._last else self._advance(self._last))
 
     def observe(self, remote: int) -> int:
         """Merges a timestamp received from another node (so later local events order after it)."""
         with self._lock:
             candidate = max(pack(self._clock(), 0), remote)
-            self._last = candidate if candidate > self._last else self._advance(self._last)
-            return self._last
+            return self._issue(candidate if candidate > self._last else self._advance(self._last))
+
+    def _issue(self, hlc: int) -> int:
+        # Called with the lock held. A failing reserve issues nothing (the error propagates).
+        if self._reserve is not None and physical_ms(hlc) > self._ceiling_ms:
+            ceiling = physical_ms(hlc) + self._step_ms
+            self._reserve(ceiling)
+            self._ceiling_ms = ceiling
+        self._last = hlc
+        return hlc
 
     @staticmethod
     def _advance(hlc: int) -> int:

@@ -133,6 +133,24 @@ def check_purpose(purpose: str) -> None:
         )
 
 
+# A node's writer id (the node id in its dots and change-log entries) is its node id in its
+# first incarnation, and "<node id>.<epoch>" after a restore: a node id cannot contain a dot, so
+# no incarnation's writer id is ever another node's or another incarnation's.
+WRITER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}(\.[1-9][0-9]{0,18})?\Z")
+
+
+def writer_id(node_id: str, epoch: int) -> str:
+    return node_id if epoch == 0 else f"{node_id}.{epoch}"
+
+
+def check_writer_id(writer: str) -> None:
+    if not WRITER_ID_RE.match(writer):
+        raise InvalidArgument(
+            f"invalid writer id {writer!r}: a node id (1 to 63 lower-case letters, digits and "
+            "dashes), optionally followed by '.' and its incarnation epoch"
+        )
+
+
 def check_node_id(node_id: str) -> None:
     if not NODE_ID_RE.match(node_id):
         raise InvalidArgument(
@@ -160,6 +178,19 @@ def check_key(key: str, limits: Limits) -> None:
     if "\x00" in key:
         raise InvalidArgument("key contains a NUL character, which is not allowed")
     check_text(key, "key")
+
+
+REQUEST_ID_CHARS_MAX = 64
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{REQUEST_ID_CHARS_MAX}}}")
+
+
+def check_request_id(request_id: str) -> None:
+    """A client's id of a logical write; "" (none given) is allowed."""
+    if request_id and not _REQUEST_ID.fullmatch(request_id):
+        raise InvalidArgument(
+            f"request id {request_id[:80]!r} is not allowed; use 1 to {REQUEST_ID_CHARS_MAX} letters, "
+            "digits, '-', '_', '.' or ':' (a UUID), the same for every retry of one write"
+        )
 
 
 def check_value(value: bytes, limits: Limits) -> None:

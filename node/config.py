@@ -88,6 +88,9 @@ class NodeConfig:
     # The most records one sweep deletes. A clock far ahead makes every short-lived record look
     # expired; the cap bounds what one such sweep destroys, and hitting it raises an alert.
     retention_expire_max: int = 10_000
+    # Seconds between backup rounds (when the cluster config names a bucket for the region): the
+    # recovery point objective. Ignored without a backup bucket.
+    backup_interval_s: float = 0.5
     # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
     max_clock_drift_ms: int = 5000
     # The most calls one peer (a client certificate; a host on an insecure port) may have in
@@ -149,6 +152,10 @@ class NodeConfig:
         if not 0 <= self.antientropy_interval_s <= 86_400:
             raise InvalidArgument(
                 f"antientropy_interval_s must be 0 (off) to 86400 seconds, not {self.antientropy_interval_s}"
+            )
+        if not 0.01 <= self.backup_interval_s <= 3600:
+            raise InvalidArgument(
+                f"backup_interval_s must be 0.01 to 3600 seconds, not {self.backup_interval_s}"
             )
         if not 0 <= self.retention_sweep_interval_s <= 86_400:
             raise InvalidArgument(
@@ -320,6 +327,11 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         "--peer-calls-max",
         type=int,
         help="the most calls one peer may have in flight at this node (default 1024)",
+    )
+    parser.add_argument(
+        "--backup-interval-s",
+        type=float,
+        help="seconds between backup rounds when the region has a backup bucket (default 0.5)",
     )
     parser.add_argument(
         "--max-clock-drift-ms",

@@ -44,7 +44,13 @@ class CoordinatorLink:
         backoff: BackoffPolicy,
         rpc_deadline_s: float,
         rng: random.Random | None = None,
+        on_erased: Callable[[bytes, list[tuple[str, str]]], None] | None = None,
+        epoch: int = 0,
     ) -> None:
+        self.epoch = epoch
+        # Called with the cluster's permanent erasure list (its key and (subject hash, request
+        # id) pairs) at every registration.
+        self.on_erased = on_erased
         self.coordinator = coordinator
         self.dialer = dialer
         self.node_id = node_id
@@ -92,9 +98,15 @@ class CoordinatorLink:
                     region=self.region,
                     address=self.address,
                     metrics_address=self.metrics_address,
+                    epoch=self.epoch,
                 ),
                 timeout=self.rpc_deadline_s,
             )
+            if self.on_erased is not None and registered.erased_subjects_key:
+                self.on_erased(
+                    bytes(registered.erased_subjects_key),
+                    [(e.subject_hash, e.request_id) for e in registered.erased_subjects],
+                )
             if registered.heartbeat_interval_ms:
                 self.heartbeat_interval_s = registered.heartbeat_interval_ms / 1000.0
             log.info(

@@ -21,15 +21,18 @@ from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Reason, Refusal, load_checks
 from domicile.authz.loader import policy_set_version
 from domicile.authz.operational import OperationalServicesGuard
-from domicile.cluster import ClusterSpec, load_cluster
+from domicile.backup.bucket import Bucket
+from domicile.backup.residency import check_bucket_location
+from domicile.cluster import BackupSpec, ClusterSpec, load_cluster
 from domicile.context_tokens import ContextTokens
-from domicile.hlc import HybridClock, wall_ms
+from domicile.hlc import HybridClock, physical_ms, wall_ms
 from domicile.identity import audit_key
 from domicile.identity.certificate import load_certificate
 from domicile.identity.files import read_file
 from domicile.identity.principal import ExpectedPeer
 from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
+from domicile.model import writer_id
 from domicile.quality import schema_from_text
 from domicile.retry import Backoff, BackoffPolicy, retry
 from domicile.subjects import LegalHold, RegionReceipt
@@ -47,7 +50,9 @@ from node.api.access import NodeAccess, RefusalAudit
 from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
+from node.backup.shipper import BackupShipper
 from node.cache.read_cache import CacheSettings, ReadCache
+from node.clock_file import RESERVE_STEP_MS, load_ceiling, save_ceiling
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
@@ -61,6 +66,7 @@ from node.engine.base import StorageEngine, StoreCounts
 from node.engine.factory import open_engine
 from node.engine.group_commit import GroupCommitter
 from node.engine.log_tail import LogTail
+from node.incarnation import read_epoch
 from node.keyfiles import load_context_key
 from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
@@ -112,6 +118,8 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._running = False
+        self.backup: BackupShipper | None = None
+        self.epoch = 0
 
     # -- start --------------------------------------------------------------------------------
 
@@ -148,8 +156,13 @@ class Node:
             # node does not hold, stops the node here (the coordinator would refuse every head
             # it signs).
             bound_signer = await offload.run(self._bound_audit_key)
+            # The backup bucket is checked before the store opens: a node whose backups would
+            # land where its records may not be does not start.
+            backup = await offload.run(self._backup_target)
             self.engine = await offload.run(self._open_store)
             await offload.warm(self.engine.last_lsn)
+            # Before anything stamps a time: the clock resumes above every timestamp issued before.
+            await offload.run(self._persist_clock)
         except BaseException:
             await self._abandon_start()
             raise
@@ -222,6 +235,7 @@ class Node:
             offload=offload,
         )
         await self.eraser.load()
+        self.committer.guard = self.eraser.refusal
         self.sweeper = RetentionSweeper(
             node_id=cfg.node_id,
             engine=self.engine,
@@ -307,9 +321,11 @@ class Node:
             rng=random.Random(self.rng.random()),
             offload=offload,
             log_tail=self.log_tail,
+            epoch=self.epoch,
         )
 
         self.refusal_audit = RefusalAudit(self.metrics, self.audit, lambda: self.view.policy.version)
+        self.service.wait_regions = self.replication.wait_regions
         self.gate = Gate(
             cluster=self.security.cluster,
             authorizer=authorizer,
@@ -389,6 +405,8 @@ class Node:
             backoff=backoff,
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
             rng=random.Random(self.rng.random()),
+            on_erased=self._adopt_erased,
+            epoch=self.epoch,
         )
         self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
@@ -403,6 +421,13 @@ class Node:
         self.exporter.offer(await offload.run(self.audit.head))
         if cfg.retention_sweep_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="retention"))
+        if backup is not None:
+            self.backup = BackupShipper(
+                self.engine, Bucket(backup), backup, cfg.node_id, cfg.region, self.metrics,
+                interval_s=cfg.backup_interval_s, epoch=self.epoch,
+            )  # fmt: skip
+            self.backup.start()
+        self.metrics.backup_enabled.set(1 if backup is not None else 0)
         self.eraser.apply(self.view.topology.erasures, self.view.topology.cluster, self.view.topology.holds)
         self.metrics.topology_revision.set(self.view.revision)
         self._running = True
@@ -429,10 +454,40 @@ class Node:
         if engine is not None:
             await asyncio.to_thread(engine.close)
 
+    def _backup_target(self) -> BackupSpec | None:
+        """The region's backup bucket from the cluster config, after the residency check."""
+        if not self.config.cluster_config:
+            return None
+        cluster = load_cluster(self.config.cluster_config)
+        check_bucket_location(cluster, self.config.region)
+        region = cluster.region(self.config.region)
+        return region.backup if region is not None else None
+
+    def _adopt_erased(self, key: bytes, erased: list[tuple[str, str]]) -> None:
+        topology = self.view.topology
+        self.eraser.adopt_erased(key, erased, topology.cluster, topology.holds)
+
     def _open_store(self) -> StorageEngine:
         cfg = self.config
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-        return open_engine(cfg.engine_settings(), cfg.data_dir, cfg.node_id, cfg.region)
+        # After a restore the store belongs to a new incarnation: its dots and change-log
+        # positions are those of writer id node_id.epoch, never reused from an older store.
+        self.epoch = read_epoch(cfg.data_dir)
+        writer = writer_id(cfg.node_id, self.epoch)
+        if self.epoch:
+            log.info("node %s runs incarnation %d (writer id %s)", cfg.node_id, self.epoch, writer)
+        return open_engine(cfg.engine_settings(), cfg.data_dir, writer, cfg.region)
+
+    def _persist_clock(self) -> None:
+        """Resumes the HLC above the stored ceiling and above the last local write (which covers
+        a data directory that lost its ceiling file while the store survived). Blocks."""
+        data_dir = Path(self.config.data_dir)
+        ceiling = load_ceiling(data_dir)
+        last_lsn = self.engine.last_lsn()
+        if last_lsn > 0:
+            for mutation in self.engine.read_log(last_lsn - 1, 1):
+                ceiling = max(ceiling, physical_ms(mutation.version.hlc))
+        self.clock.persist(ceiling, lambda ms: save_ceiling(data_dir, ms), RESERVE_STEP_MS)
 
     async def _open_cache(self) -> ReadCache:
         """The region's read cache. A Redis that another region claimed is refused; one that
@@ -777,6 +832,8 @@ class Node:
         # The refusals counted but not yet summarised, while the audit log still takes entries.
         self.refusal_audit.flush(everything=True)
         await _bounded("writer stop", self.committer.stop(), 10.0)
+        if self.backup is not None:
+            await _bounded("backup stop", asyncio.to_thread(self.backup.stop), 15.0)
         # A scan or chain check still running reads the store and the audit log: it ends first.
         await _bounded("long jobs", asyncio.to_thread(self.long_work.close), 10.0)
         await _bounded("audit log close", self.audit.close(), 10.0)

@@ -188,6 +188,20 @@ class NodeMetrics:
             ["namespace", "mode"],
             registry=r,
         )
+        self.siblings_over_cap = Counter(
+            "domicile_siblings_over_cap_total",
+            "Replicated writes kept although they left their key with more versions than the "
+            "namespace's siblings_max (client writes past it are refused; a peer's is never dropped).",
+            ["namespace"],
+            registry=r,
+        )
+        self.sync_ack_timeouts = Counter(
+            "domicile_sync_ack_timeouts_total",
+            "Writes committed here that fewer regions than min_regions_acked acknowledged in time "
+            "(answered UNAVAILABLE).",
+            ["namespace"],
+            registry=r,
+        )
         self.placement_refused = Counter(
             "domicile_placement_refused_total",
             "Writes refused because this region may not hold the record.",
@@ -256,6 +270,33 @@ class NodeMetrics:
         self.audit_chain_valid = Gauge(
             "domicile_audit_chain_valid",
             "1 when the audit log verified at start-up, 0 when it did not.",
+            registry=r,
+        )
+        self.backup_enabled = Gauge(
+            "domicile_backup_enabled",
+            "1 when this node ships backups to its region's bucket, 0 when none is configured.",
+            registry=r,
+        )
+        self.backup_last_shipped = Gauge(
+            "domicile_backup_last_shipped_timestamp_seconds",
+            "When a backup round last left nothing of the change log unshipped (Unix time); its "
+            "age is the recovery point.",
+            registry=r,
+        )
+        self.backup_generation_started = Gauge(
+            "domicile_backup_generation_started_timestamp_seconds",
+            "When the current backup generation's base snapshot began (Unix time).",
+            registry=r,
+        )
+        self.backup_bytes = Counter(
+            "domicile_backup_shipped_bytes_total", "Bytes of backup objects stored.", registry=r
+        )
+        self.backup_objects = Counter(
+            "domicile_backup_shipped_objects_total", "Backup objects stored.", registry=r
+        )
+        self.backup_failures = Counter(
+            "domicile_backup_failures_total",
+            "Backup rounds that failed (the bucket unreachable or refusing); the next retries.",
             registry=r,
         )
         self.erasures_completed = Counter(

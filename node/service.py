@@ -9,7 +9,7 @@ import binascii
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from domicile import errors, quality
@@ -23,6 +23,7 @@ from domicile.model import (
     check_jurisdiction,
     check_key,
     check_namespace_name,
+    check_request_id,
     check_value,
 )
 from domicile.policy import Action, Decision, RecordFacts
@@ -37,6 +38,9 @@ from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.topology_view import TopologyView
 
+# The share of the request deadline a write waits for other regions (the rest is for the answer).
+SYNC_WAIT_SHARE = 0.8
+
 
 @dataclass(frozen=True)
 class PutCommand:
@@ -49,6 +53,8 @@ class PutCommand:
     subject_jurisdiction: str = ""
     classification: Classification = Classification.UNSPECIFIED
     principal: str = ""
+    # The client's id of the logical write; a retry with the same id is written once.
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class DeleteCommand:
     subject_id: str = ""
     subject_jurisdiction: str = ""
     principal: str = ""
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,10 @@ class StorageService:
         self.started = time.monotonic()
         self.conflicts_total = 0
         self.quality = quality.QualityFigures()
+        # Waits until a number of regions hold a change-log entry (namespace, lsn, regions,
+        # timeout_s) and returns how many do: replication's, set by the daemon. Without it only
+        # namespaces with min_regions_acked 1 can be written.
+        self.wait_regions: Callable[[str, int, int, float], Awaitable[int]] | None = None
 
     # -- checks -------------------------------------------------------------------------------
 
@@ -185,7 +196,33 @@ class StorageService:
             await entry
         committed = await self.committer.submit(write)
         self.on_committed()
+        spec = self.view.topology.cluster.find_namespace(write.namespace)
+        if spec is not None and spec.min_regions_acked > 1:
+            await self._wait_regions(spec, committed)
         return committed
+
+    async def _wait_regions(self, spec: NamespaceSpec, committed: Committed) -> None:
+        """Synchronous durability: the write is acknowledged once min_regions_acked regions hold
+        it. It is committed here whatever happens; when the regions do not acknowledge in time
+        the caller gets UNAVAILABLE (the outcome is then unknown to it, as after a timeout) and
+        a retry with the same request id waits again without writing twice."""
+        lsn = committed.mutation.lsn
+        if lsn == 0:
+            # A retry answered with a version first written on another node: this node holds it
+            # and replication carries it on; there is no entry of this node's log to wait for.
+            return
+        needed = spec.min_regions_acked
+        timeout_s = self.limits.request_deadline_default_s * SYNC_WAIT_SHARE
+        holding = (
+            await self.wait_regions(spec.name, lsn, needed, timeout_s) if self.wait_regions is not None else 1
+        )
+        if holding < needed:
+            self.metrics.sync_ack_timeouts.labels(spec.name).inc()
+            raise errors.Unavailable(
+                f"{spec.name} needs {needed} regions to hold a write (min_regions_acked); {holding} "
+                f"acknowledged it within {timeout_s:g} s. It is committed in {self.region} and will "
+                "still replicate; retry with the same request id to wait again"
+            )
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -203,6 +240,7 @@ class StorageService:
             )
         check_jurisdiction(cmd.subject_jurisdiction)
         self._check_schema(spec, cmd)
+        check_request_id(cmd.request_id)
         classification = self._classification(spec, cmd.classification)
         facts = RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction)
         self._check_not_erased(facts, cmd.key, cmd.principal)
@@ -227,6 +265,8 @@ class StorageService:
                 subject_id=cmd.subject_id,
                 subject_jurisdiction=cmd.subject_jurisdiction,
                 classification=classification,
+                siblings_max=spec.siblings_max,
+                request_id=cmd.request_id,
             ),
             entry,
         )
@@ -245,6 +285,7 @@ class StorageService:
                 f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
             )
         check_jurisdiction(cmd.subject_jurisdiction)
+        check_request_id(cmd.request_id)
         facts = facts_for_delete(spec, await self.offload.run(self.engine.get, spec.name, cmd.key), cmd)
         entry = self._check_placement(spec, facts, cmd.key, Audit.DELETE, cmd.principal)
         supersedes = None if spec.conflict_mode is ConflictMode.LWW else cmd.context
@@ -257,6 +298,8 @@ class StorageService:
                 subject_id=facts.subject_id,
                 subject_jurisdiction=facts.subject_jurisdiction,
                 classification=facts.classification,
+                siblings_max=spec.siblings_max,
+                request_id=cmd.request_id,
             ),
             entry,
         )

@@ -18,6 +18,7 @@
 // 2 bad command-line arguments.
 "use strict";
 
+const crypto = require("node:crypto");
 const fs = require("node:fs");
 const path = require("node:path");
 const { parseArgs } = require("node:util");
@@ -44,6 +45,8 @@ const USAGE = `usage: node index.js --address HOST:PORT [options]
   --subject-id ID             data subject the record is about (optional)
   --subject-jurisdiction CODE jurisdiction of the subject, e.g. DE or US-CA (optional)
   --deadline-ms N             deadline of each call, 1 to ${DEADLINE_MS_MAX} ms (default: 5000)
+  --request-id ID             id of this write, the same for each retry (default: a new random UUID)
+  --attempts N                tries of the Put on UNAVAILABLE or DEADLINE_EXCEEDED, 1 to 10 (default: 3)
   --protos DIR                include directory of the .proto files (default: ../../protos)
   --help                      print this text`;
 
@@ -72,6 +75,8 @@ function parseOptions(argv) {
         "subject-id": { type: "string", default: "" },
         "subject-jurisdiction": { type: "string", default: "" },
         "deadline-ms": { type: "string", default: "5000" },
+        "request-id": { type: "string" },
+        attempts: { type: "string", default: "3" },
         protos: { type: "string", default: path.join(__dirname, "..", "..", "protos") },
         help: { type: "boolean", default: false },
       },
@@ -102,7 +107,15 @@ function parseOptions(argv) {
   if (!Number.isInteger(deadlineMs) || deadlineMs < 1 || deadlineMs > DEADLINE_MS_MAX) {
     usageError(`--deadline-ms must be an integer from 1 to ${DEADLINE_MS_MAX}, got ${parsed["deadline-ms"]}`);
   }
-  return { ...parsed, deadlineMs };
+  const requestId = parsed["request-id"] ?? crypto.randomUUID();
+  if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(requestId)) {
+    usageError(`--request-id must be 1 to 64 letters, digits, '-', '_', '.' or ':', got ${JSON.stringify(requestId)}`);
+  }
+  const attempts = Number(parsed.attempts);
+  if (!Number.isInteger(attempts) || attempts < 1 || attempts > 10) {
+    usageError(`--attempts must be an integer from 1 to 10, got ${parsed.attempts}`);
+  }
+  return { ...parsed, deadlineMs, requestId, attempts };
 }
 
 function loadService(protosDir) {
@@ -148,6 +161,24 @@ function call(client, method, request, deadlineMs, purpose) {
       }
     });
   });
+}
+
+// A write retried after UNAVAILABLE or DEADLINE_EXCEEDED may have committed already: every
+// attempt sends the same request id, so the node writes it once and answers a retry with the
+// version the first attempt made.
+const RETRIED_CODES = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]);
+
+async function callWithRetries(client, method, request, options) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call(client, method, request, options.deadlineMs, options.purpose);
+    } catch (err) {
+      if (attempt >= options.attempts || !RETRIED_CODES.has(err.code)) {
+        throw err;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50 * 2 ** attempt));
+    }
+  }
 }
 
 function versionJson(version) {
@@ -197,7 +228,7 @@ async function main() {
   const out = { address: options.address, namespace: options.namespace, key: options.key };
   let code = 0;
   try {
-    const put = await call(
+    const put = await callWithRetries(
       client,
       "Put",
       {
@@ -207,11 +238,16 @@ async function main() {
         content_type: options["content-type"],
         subject_id: options["subject-id"],
         subject_jurisdiction: options["subject-jurisdiction"],
+        request_id: options.requestId,
       },
-      options.deadlineMs,
-      options.purpose,
+      options,
     );
-    out.put = { region: put.region, lsn: put.lsn, version: versionJson(put.version) };
+    out.put = {
+      region: put.region,
+      lsn: put.lsn,
+      request_id: options.requestId,
+      version: versionJson(put.version),
+    };
     const got = await call(
       client,
       "Get",

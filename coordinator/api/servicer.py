@@ -68,12 +68,16 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             "RegisterNode",
             context,
             lambda: self._registry.register(
-                request.node_id, request.region, request.address, request.metrics_address
+                request.node_id, request.region, request.address, request.metrics_address, request.epoch
             ),
             ExpectedPeer.node(request.region, request.node_id),
         )
+        key, erased = self._desk.erased_subjects()
         return cpb.RegisterNodeResponse(
-            topology_revision=revision, heartbeat_interval_ms=self._registry.heartbeat_interval_ms
+            topology_revision=revision,
+            heartbeat_interval_ms=self._registry.heartbeat_interval_ms,
+            erased_subjects_key=key,
+            erased_subjects=[cpb.ErasedSubject(subject_hash=h, request_id=r) for h, r in erased],
         )
 
     async def Heartbeat(

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from domicile.cli import authz, catalog, certs, connect
+from domicile.cli import authz, backup, catalog, certs, connect
 from domicile.client import DEFAULT_COORDINATOR
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
@@ -30,6 +30,8 @@ from domicile.wire.limits import (
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 DAEMONS = ("node", "coordinator")
+# Commands of the node package that run in a process of their own (the library imports no daemon).
+NODE_TOOLS = {"restore": "node.backup.restore"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -159,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
             add_help=False,
         )
 
+    sub.add_parser(
+        "restore",
+        help="rebuild a node's store from its region's backup bucket, as a new incarnation "
+        "(`domicile restore --help`)",
+        add_help=False,
+    )
+
     p = sub.add_parser("put", parents=[record], help="write a record")
     p.add_argument("--key", "-k", required=True)
     value = p.add_mutually_exclusive_group(required=True)
@@ -225,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_subject_rights(sub, common)
     _add_holds(sub, common)
     certs.add_parser(sub)
+    backup.add_parser(sub)
     return parser
 
 
@@ -567,6 +577,12 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         ]
     if command in ("certs init", "certs issue"):
         return certs.init if command == "certs init" else certs.issue
+    if command in ("backup status", "backup list", "backup verify"):
+        return {
+            "backup status": backup.status,
+            "backup list": backup.list_generations,
+            "backup verify": backup.verify,
+        }[command]
     if command == "up":
         from domicile.cli.up import up
 
@@ -597,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Daemon flags belong to the daemon; argparse must not see (or reject) them.
     if args_in and args_in[0] in DAEMONS:
         exec_daemon(args_in[0], args_in[1:])
+    if args_in and args_in[0] in NODE_TOOLS:
+        exec_daemon(NODE_TOOLS[args_in[0]], args_in[1:])
     args = build_parser().parse_args(args_in)
     command = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
     try:

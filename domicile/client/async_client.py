@@ -299,10 +299,13 @@ class AsyncClient:
         content_type: str = "",
         region: str | None = None,
         context_token: bytes | None = None,
+        request_id: str | None = None,
     ) -> PutResult:
         """`context_token` (from an earlier result of this key, unchanged) names the versions this
         write supersedes. `context` (a plain CausalContext) is refused with InvalidArgument: nodes
-        no longer accept a context that is not authenticated."""
+        no longer accept a context that is not authenticated. `request_id` names this logical
+        write (by default a new random id): every retry of this call sends it, and so may a
+        caller that retries the call itself, so that the cluster writes it once."""
         req = put_request(
             namespace,
             key,
@@ -313,6 +316,7 @@ class AsyncClient:
             classification,
             content_type,
             context_token,
+            request_id,
         )
         resp, node = await self._call(
             f"put {namespace}/{key}", namespace, region, True, lambda s, t: s.Put(req, timeout=t)
@@ -337,12 +341,15 @@ class AsyncClient:
         subject_id: str | None = None,
         subject_jurisdiction: str | None = None,
         context_token: bytes | None = None,
+        request_id: str | None = None,
     ) -> DeleteResult:
         """Writes a tombstone. subject_id / subject_jurisdiction are used only when the node holds
         no version of the record (it then cannot tell where the tombstone belongs). Pass
         `context_token` to delete only the versions it names (a plain `context` is refused, as in
-        put)."""
-        req = delete_request(namespace, key, context, subject_id, subject_jurisdiction, context_token)
+        put). `request_id`: as in put."""
+        req = delete_request(
+            namespace, key, context, subject_id, subject_jurisdiction, context_token, request_id
+        )
         resp, node = await self._call(
             f"delete {namespace}/{key}", namespace, region, True, lambda s, t: s.Delete(req, timeout=t)
         )

@@ -135,6 +135,8 @@ class Namespace(_message.Message):
     PURPOSES_FIELD_NUMBER: _builtins.int
     JSON_SCHEMA_FIELD_NUMBER: _builtins.int
     QUALITY_FIELDS_FIELD_NUMBER: _builtins.int
+    SIBLINGS_MAX_FIELD_NUMBER: _builtins.int
+    MIN_REGIONS_ACKED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Namespace name."""
     conflict_mode: _record_pb2.ConflictMode.ValueType
@@ -151,6 +153,10 @@ class Namespace(_message.Message):
     """JSON Schema (Draft 2020-12) its JSON values must follow, as JSON text; empty for none.
     Nodes refuse a write that does not validate, so it travels with the topology.
     """
+    siblings_max: _builtins.int
+    """The most versions (siblings) a client write may leave on one key; 0 means the default, 16."""
+    min_regions_acked: _builtins.int
+    """How many in-scope regions hold a write durably before it is acknowledged; 0 means 1."""
     @_builtins.property
     def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Regions that may hold its records; ignored when global is true."""
@@ -178,10 +184,12 @@ class Namespace(_message.Message):
         purposes: _abc.Iterable[_builtins.str] | None = ...,
         json_schema: _builtins.str = ...,
         quality_fields: _abc.Iterable[_builtins.str] | None = ...,
+        siblings_max: _builtins.int = ...,
+        min_regions_acked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "json_schema", b"json_schema", "name", b"name", "owner", b"owner", "purposes", b"purposes", "quality_fields", b"quality_fields", "regions", b"regions", "retention_class", b"retention_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "json_schema", b"json_schema", "min_regions_acked", b"min_regions_acked", "name", b"name", "owner", b"owner", "purposes", b"purposes", "quality_fields", b"quality_fields", "regions", b"regions", "retention_class", b"retention_class", "siblings_max", b"siblings_max"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -310,6 +318,7 @@ class RegisterNodeRequest(_message.Message):
     REGION_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id; 1 to 63 characters of lower-case letters, digits and dashes."""
     region: _builtins.str
@@ -318,6 +327,11 @@ class RegisterNodeRequest(_message.Message):
     """host:port of its gRPC services."""
     metrics_address: _builtins.str
     """host:port of its metrics endpoint; may be empty."""
+    epoch: _builtins.int
+    """The incarnation of the node's store: 0 for its first, then the epoch its restore gave it.
+    The coordinator records the highest epoch each node id registered with and refuses a
+    lower one: a store older than the node's last restore must not come back.
+    """
     def __init__(
         self,
         *,
@@ -325,10 +339,11 @@ class RegisterNodeRequest(_message.Message):
         region: _builtins.str = ...,
         address: _builtins.str = ...,
         metrics_address: _builtins.str = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "metrics_address", b"metrics_address", "node_id", b"node_id", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "epoch", b"epoch", "metrics_address", b"metrics_address", "node_id", b"node_id", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,23 +357,64 @@ class RegisterNodeResponse(_message.Message):
 
     TOPOLOGY_REVISION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    ERASED_SUBJECTS_KEY_FIELD_NUMBER: _builtins.int
+    ERASED_SUBJECTS_FIELD_NUMBER: _builtins.int
     topology_revision: _builtins.int
     """Topology revision after the registration."""
     heartbeat_interval_ms: _builtins.int
     """How often the node must send heartbeats, in milliseconds."""
+    erased_subjects_key: _builtins.bytes
+    """The key of the cluster's permanent list of erased subjects (32 bytes); empty before the
+    first erasure.
+    """
+    @_builtins.property
+    def erased_subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErasedSubject]:
+        """Every subject ever erased, as HMAC-SHA256(erased_subjects_key, subject id), with the request
+        that erased it: erasures win over backups, so a node restored from before an erasure
+        refuses the subject's writes and tombstones what it holds of the subject.
+        """
+
     def __init__(
         self,
         *,
         topology_revision: _builtins.int = ...,
         heartbeat_interval_ms: _builtins.int = ...,
+        erased_subjects_key: _builtins.bytes = ...,
+        erased_subjects: _abc.Iterable[Global___ErasedSubject] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "topology_revision", b"topology_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_subjects", b"erased_subjects", "erased_subjects_key", b"erased_subjects_key", "heartbeat_interval_ms", b"heartbeat_interval_ms", "topology_revision", b"topology_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterNodeResponse: _TypeAlias = RegisterNodeResponse  # noqa: Y015
+
+@_typing.final
+class ErasedSubject(_message.Message):
+    """One subject on the permanent erasure list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_HASH_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    subject_hash: _builtins.str
+    """HMAC-SHA256 (hex) of the subject id under RegisterNodeResponse.erased_subjects_key."""
+    request_id: _builtins.str
+    """The erasure request that erased the subject."""
+    def __init__(
+        self,
+        *,
+        subject_hash: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "subject_hash", b"subject_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasedSubject: _TypeAlias = ErasedSubject  # noqa: Y015
 
 @_typing.final
 class HeartbeatRequest(_message.Message):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64omicile/v1/record.proto\x12\x0b\x64omicile.v1\"\'\n\x03\x44ot\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"\xac\x01\n\rCausalContext\x12\x45\n\x0eversion_vector\x18\x01 \x03(\x0b\x32-.domicile.v1.CausalContext.VersionVectorEntry\x12\x1e\n\x04\x64ots\x18\x02 \x03(\x0b\x32\x10.domicile.v1.Dot\x1a\x34\n\x12VersionVectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa3\x02\n\rRecordVersion\x12\x1d\n\x03\x64ot\x18\x01 \x01(\x0b\x32\x10.domicile.v1.Dot\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x11\n\ttombstone\x18\x04 \x01(\x08\x12\x0b\n\x03hlc\x18\x05 \x01(\x04\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x07 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x08 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\x17\n\x0f\x63hecksum_sha256\x18\t \x01(\x0c\x12\x15\n\rorigin_region\x18\n \x01(\t\x12\x17\n\x0fredacted_fields\x18\x0b \x03(\t\"\xa9\x01\n\x08Mutation\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12+\n\x07version\x18\x04 \x01(\x0b\x32\x1a.domicile.v1.RecordVersion\x12\x0b\n\x03lsn\x18\x05 \x01(\x04\x12\x16\n\x0eorigin_node_id\x18\x06 \x01(\t\"e\n\x08KeyState\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1a.domicile.v1.CausalContext*\xeb\x01\n\x0e\x43lassification\x12\x1e\n\x1a\x43LASSIFICATION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LASSIFICATION_PUBLIC\x10\x01\x12\x1b\n\x17\x43LASSIFICATION_INTERNAL\x10\x02\x12\x1f\n\x1b\x43LASSIFICATION_CONFIDENTIAL\x10\x03\x12\x1b\n\x17\x43LASSIFICATION_PERSONAL\x10\x04\x12%\n!CLASSIFICATION_SENSITIVE_PERSONAL\x10\x05\x12\x1c\n\x18\x43LASSIFICATION_FINANCIAL\x10\x06*`\n\x0c\x43onflictMode\x12\x1d\n\x19\x43ONFLICT_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONFLICT_MODE_SIBLINGS\x10\x01\x12\x15\n\x11\x43ONFLICT_MODE_LWW\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64omicile/v1/record.proto\x12\x0b\x64omicile.v1\"\'\n\x03\x44ot\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"\xac\x01\n\rCausalContext\x12\x45\n\x0eversion_vector\x18\x01 \x03(\x0b\x32-.domicile.v1.CausalContext.VersionVectorEntry\x12\x1e\n\x04\x64ots\x18\x02 \x03(\x0b\x32\x10.domicile.v1.Dot\x1a\x34\n\x12VersionVectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xb7\x02\n\rRecordVersion\x12\x1d\n\x03\x64ot\x18\x01 \x01(\x0b\x32\x10.domicile.v1.Dot\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x11\n\ttombstone\x18\x04 \x01(\x08\x12\x0b\n\x03hlc\x18\x05 \x01(\x04\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x07 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x08 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12\x17\n\x0f\x63hecksum_sha256\x18\t \x01(\x0c\x12\x15\n\rorigin_region\x18\n \x01(\t\x12\x17\n\x0fredacted_fields\x18\x0b \x03(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\t\"\xa9\x01\n\x08Mutation\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12+\n\x07version\x18\x04 \x01(\x0b\x32\x1a.domicile.v1.RecordVersion\x12\x0b\n\x03lsn\x18\x05 \x01(\x04\x12\x16\n\x0eorigin_node_id\x18\x06 \x01(\t\"\x91\x01\n\x08KeyState\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.domicile.v1.RecordVersion\x12+\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\x12*\n\x08requests\x18\x03 \x03(\x0b\x32\x18.domicile.v1.RequestMark\"m\n\x0bRequestMark\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1e\n\x04\x64ots\x18\x02 \x03(\x0b\x32\x10.domicile.v1.Dot\x12\x0b\n\x03hlc\x18\x03 \x01(\x04\x12\x0b\n\x03lsn\x18\x04 \x01(\x04\x12\x10\n\x08had_live\x18\x05 \x01(\x08*\xeb\x01\n\x0e\x43lassification\x12\x1e\n\x1a\x43LASSIFICATION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LASSIFICATION_PUBLIC\x10\x01\x12\x1b\n\x17\x43LASSIFICATION_INTERNAL\x10\x02\x12\x1f\n\x1b\x43LASSIFICATION_CONFIDENTIAL\x10\x03\x12\x1b\n\x17\x43LASSIFICATION_PERSONAL\x10\x04\x12%\n!CLASSIFICATION_SENSITIVE_PERSONAL\x10\x05\x12\x1c\n\x18\x43LASSIFICATION_FINANCIAL\x10\x06*`\n\x0c\x43onflictMode\x12\x1d\n\x19\x43ONFLICT_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONFLICT_MODE_SIBLINGS\x10\x01\x12\x15\n\x11\x43ONFLICT_MODE_LWW\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CAUSALCONTEXT_VERSIONVECTORENTRY']._loaded_options = None
   _globals['_CAUSALCONTEXT_VERSIONVECTORENTRY']._serialized_options = b'8\001'
-  _globals['_CLASSIFICATION']._serialized_start=827
-  _globals['_CLASSIFICATION']._serialized_end=1062
-  _globals['_CONFLICTMODE']._serialized_start=1064
-  _globals['_CONFLICTMODE']._serialized_end=1160
+  _globals['_CLASSIFICATION']._serialized_start=1003
+  _globals['_CLASSIFICATION']._serialized_end=1238
+  _globals['_CONFLICTMODE']._serialized_start=1240
+  _globals['_CONFLICTMODE']._serialized_end=1336
   _globals['_DOT']._serialized_start=41
   _globals['_DOT']._serialized_end=80
   _globals['_CAUSALCONTEXT']._serialized_start=83
@@ -44,9 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAUSALCONTEXT_VERSIONVECTORENTRY']._serialized_start=203
   _globals['_CAUSALCONTEXT_VERSIONVECTORENTRY']._serialized_end=255
   _globals['_RECORDVERSION']._serialized_start=258
-  _globals['_RECORDVERSION']._serialized_end=549
-  _globals['_MUTATION']._serialized_start=552
-  _globals['_MUTATION']._serialized_end=721
-  _globals['_KEYSTATE']._serialized_start=723
-  _globals['_KEYSTATE']._serialized_end=824
+  _globals['_RECORDVERSION']._serialized_end=569
+  _globals['_MUTATION']._serialized_start=572
+  _globals['_MUTATION']._serialized_end=741
+  _globals['_KEYSTATE']._serialized_start=744
+  _globals['_KEYSTATE']._serialized_end=889
+  _globals['_REQUESTMARK']._serialized_start=891
+  _globals['_REQUESTMARK']._serialized_end=1000
 # @@protoc_insertion_point(module_scope)

@@ -184,6 +184,7 @@ class RecordVersion(_message.Message):
     CHECKSUM_SHA256_FIELD_NUMBER: _builtins.int
     ORIGIN_REGION_FIELD_NUMBER: _builtins.int
     REDACTED_FIELDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     value: _builtins.bytes
     """The value; empty for a tombstone."""
     content_type: _builtins.str
@@ -204,6 +205,10 @@ class RecordVersion(_message.Message):
     """sha256 of value, checked before every write and after every read."""
     origin_region: _builtins.str
     """Region of the node that accepted the write."""
+    request_id: _builtins.str
+    """The client's id of the logical write (PutRequest.request_id), travelling with it so that a
+    retry accepted by another node is recognised as the same write; empty when none was given.
+    """
     @_builtins.property
     def dot(self) -> Global___Dot:
         """The write event that produced this version."""
@@ -228,10 +233,11 @@ class RecordVersion(_message.Message):
         checksum_sha256: _builtins.bytes = ...,
         origin_region: _builtins.str = ...,
         redacted_fields: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dot", b"dot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum_sha256", b"checksum_sha256", "classification", b"classification", "content_type", b"content_type", "dot", b"dot", "hlc", b"hlc", "origin_region", b"origin_region", "redacted_fields", b"redacted_fields", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction", "tombstone", b"tombstone", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum_sha256", b"checksum_sha256", "classification", b"classification", "content_type", b"content_type", "dot", b"dot", "hlc", b"hlc", "origin_region", b"origin_region", "redacted_fields", b"redacted_fields", "request_id", b"request_id", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction", "tombstone", b"tombstone", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +300,7 @@ class KeyState(_message.Message):
 
     VERSIONS_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordVersion]:
         """Versions not superseded by any event in context, ordered by dot."""
@@ -302,16 +309,65 @@ class KeyState(_message.Message):
     def context(self) -> Global___CausalContext:
         """Every write event seen for this key."""
 
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestMark]:
+        """The request ids of the key's recent client writes (a bounded number, for a bounded time):
+        a retry is answered with the version its first attempt made.
+        """
+
     def __init__(
         self,
         *,
         versions: _abc.Iterable[Global___RecordVersion] | None = ...,
         context: Global___CausalContext | None = ...,
+        requests: _abc.Iterable[Global___RequestMark] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "requests", b"requests", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyState: _TypeAlias = KeyState  # noqa: Y015
+
+@_typing.final
+class RequestMark(_message.Message):
+    """A recent client write of a key, remembered by its request id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DOTS_FIELD_NUMBER: _builtins.int
+    HLC_FIELD_NUMBER: _builtins.int
+    LSN_FIELD_NUMBER: _builtins.int
+    HAD_LIVE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The client's request id."""
+    hlc: _builtins.int
+    """HLC of the kept version."""
+    lsn: _builtins.int
+    """Change-log position of the kept version on the node that wrote it there (0 elsewhere)."""
+    had_live: _builtins.bool
+    """Whether a live version existed before it (a Delete answers with it)."""
+    @_builtins.property
+    def dots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dot]:
+        """Every version made with this id (a retry on another node makes another), smallest first:
+        the first is the one kept.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        dots: _abc.Iterable[Global___Dot] | None = ...,
+        hlc: _builtins.int = ...,
+        lsn: _builtins.int = ...,
+        had_live: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dots", b"dots", "had_live", b"had_live", "hlc", b"hlc", "lsn", b"lsn", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestMark: _TypeAlias = RequestMark  # noqa: Y015

@@ -61,6 +61,7 @@ class ReplicationHello(_message.Message):
     SOURCE_REGION_FIELD_NUMBER: _builtins.int
     TARGET_NODE_ID_FIELD_NUMBER: _builtins.int
     TOPOLOGY_REVISION_FIELD_NUMBER: _builtins.int
+    SOURCE_EPOCH_FIELD_NUMBER: _builtins.int
     source_node_id: _builtins.str
     """Node id of the source."""
     source_region: _builtins.str
@@ -69,6 +70,12 @@ class ReplicationHello(_message.Message):
     """Node id the source believes it is talking to; the target refuses a mismatch."""
     topology_revision: _builtins.int
     """Topology revision the source acts on."""
+    source_epoch: _builtins.int
+    """The source's incarnation: 0 for a node's first store, then the epoch its store was restored
+    as. The source's writes carry the writer id "<source_node_id>.<epoch>" (just the node id for
+    0), and the target keeps its position per writer id, so a restored node's new log positions
+    and dots are never mistaken for ones it had already sent.
+    """
     def __init__(
         self,
         *,
@@ -76,10 +83,11 @@ class ReplicationHello(_message.Message):
         source_region: _builtins.str = ...,
         target_node_id: _builtins.str = ...,
         topology_revision: _builtins.int = ...,
+        source_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["source_node_id", b"source_node_id", "source_region", b"source_region", "target_node_id", b"target_node_id", "topology_revision", b"topology_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source_epoch", b"source_epoch", "source_node_id", b"source_node_id", "source_region", b"source_region", "target_node_id", b"target_node_id", "topology_revision", b"topology_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -88,6 +88,7 @@ class PutRequest(_message.Message):
     SUBJECT_JURISDICTION_FIELD_NUMBER: _builtins.int
     CLASSIFICATION_FIELD_NUMBER: _builtins.int
     CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace (dataset) name: lower-case letters, digits and underscores, 1 to 63 characters."""
     key: _builtins.str
@@ -109,6 +110,12 @@ class PutRequest(_message.Message):
     Without a token the write supersedes nothing in a siblings namespace (it becomes a sibling
     of what is there) and everything this node holds in an lww namespace.
     """
+    request_id: _builtins.str
+    """The client's id of this logical write: 1 to 64 characters of letters, digits and - _ . :
+    (a UUID). Optional. A retry of the same write carries the same id, to this node or another;
+    the cluster then writes it once, and a retry is answered with the version the first attempt
+    made (as long as the key remembers the id: its 16 most recent, for 10 minutes).
+    """
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
         """Refused as an input: a Put that sets it fails with INVALID_ARGUMENT and writes nothing
@@ -129,10 +136,11 @@ class PutRequest(_message.Message):
         subject_jurisdiction: _builtins.str = ...,
         classification: _record_pb2.Classification.ValueType = ...,
         context_token: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "content_type", b"content_type", "context", b"context", "context_token", b"context_token", "key", b"key", "namespace", b"namespace", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "content_type", b"content_type", "context", b"context", "context_token", b"context_token", "key", b"key", "namespace", b"namespace", "request_id", b"request_id", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,6 +274,7 @@ class DeleteRequest(_message.Message):
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     SUBJECT_JURISDICTION_FIELD_NUMBER: _builtins.int
     CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace name."""
     key: _builtins.str
@@ -281,6 +290,12 @@ class DeleteRequest(_message.Message):
     """The context_token of an earlier Get, Put, Delete or Scan of this key, as in PutRequest:
     the versions to delete; without a token, every version this node holds.
     """
+    request_id: _builtins.str
+    """The client's id of this logical write: 1 to 64 characters of letters, digits and - _ . :
+    (a UUID). Optional. A retry of the same write carries the same id, to this node or another;
+    the cluster then writes it once, and a retry is answered with the version the first attempt
+    made (as long as the key remembers the id: its 16 most recent, for 10 minutes).
+    """
     @_builtins.property
     def context(self) -> _record_pb2.CausalContext:
         """Refused as an input, as in PutRequest: pass context_token instead."""
@@ -294,10 +309,11 @@ class DeleteRequest(_message.Message):
         subject_id: _builtins.str = ...,
         subject_jurisdiction: _builtins.str = ...,
         context_token: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_token", b"context_token", "key", b"key", "namespace", b"namespace", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_token", b"context_token", "key", b"key", "namespace", b"namespace", "request_id", b"request_id", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version
+from domicile.causality import CausalContext, Dot, KeyState, Mutation, RequestMark, Version
 from domicile.errors import DataCorruption, InvalidArgument
 from domicile.model import Classification, Limits
 from domicile.results import DeleteResult, GetResult, PutResult, ReadVersion, ScanItem
@@ -69,6 +69,7 @@ def version_to_pb(v: Version, out: pb.RecordVersion | None = None) -> pb.RecordV
     msg.classification = int(v.classification)  # type: ignore[assignment]
     msg.checksum_sha256 = v.checksum
     msg.origin_region = v.origin_region
+    msg.request_id = v.request_id
     return msg
 
 
@@ -88,6 +89,7 @@ def version_from_pb(msg: pb.RecordVersion) -> Version:
         classification=classification,
         checksum=msg.checksum_sha256,
         origin_region=msg.origin_region,
+        request_id=msg.request_id,
     )
 
 
@@ -118,6 +120,10 @@ def key_state_to_bytes(state: KeyState) -> bytes:
     for v in state.versions:
         version_to_pb(v, msg.versions.add())
     context_to_pb(state.context, msg.context)
+    for mark in state.requests:
+        out = msg.requests.add(request_id=mark.request_id, hlc=mark.hlc, lsn=mark.lsn, had_live=mark.had_live)
+        for dot in mark.dots:
+            out.dots.add(node_id=dot.node_id, counter=dot.counter)
     return msg.SerializeToString(deterministic=True)
 
 
@@ -131,7 +137,12 @@ def _parse_stored(cls: type[_Stored], data: bytes, what: str) -> _Stored:
 
 def key_state_from_bytes(data: bytes) -> KeyState:
     msg = _parse_stored(pb.KeyState, data, "key state")
-    return KeyState(tuple(version_from_pb(v) for v in msg.versions), context_from_pb(msg.context))
+    requests = tuple(
+        RequestMark(m.request_id, tuple(Dot(d.node_id, d.counter) for d in m.dots), m.hlc, m.lsn, m.had_live)
+        for m in msg.requests
+        if m.dots
+    )
+    return KeyState(tuple(version_from_pb(v) for v in msg.versions), context_from_pb(msg.context), requests)
 
 
 def mutation_to_bytes(m: Mutation) -> bytes:

@@ -3,6 +3,8 @@ caller's mistake is reported with what is allowed instead of as a remote refusal
 
 from __future__ import annotations
 
+import uuid
+
 from domicile.causality import CausalContext
 from domicile.errors import InvalidArgument
 from domicile.model import (
@@ -11,6 +13,7 @@ from domicile.model import (
     check_jurisdiction,
     check_key,
     check_namespace_name,
+    check_request_id,
     check_text,
 )
 from domicile.subjects import HoldScope, RequestKind, check_reason, check_subject_id
@@ -82,6 +85,7 @@ def put_request(
     classification: Classification | str | None,
     content_type: str,
     context_token: bytes | None = None,
+    request_id: str | None = None,
 ) -> spb.PutRequest:
     check_name(namespace, key)
     refuse_plain_context(context)
@@ -96,8 +100,19 @@ def put_request(
         subject_jurisdiction=optional_text(subject_jurisdiction, "subject_jurisdiction"),
         classification=int(classification_arg(classification)),  # type: ignore[arg-type]
         context_token=context_token_arg(context_token),
+        request_id=request_id_arg(request_id),
     )
     return req
+
+
+def request_id_arg(request_id: str | None) -> str:
+    """The id of one logical write: the caller's, or a new random one. The request is built once
+    per write and sent as is by every retry, so every attempt carries the same id and the
+    cluster writes it once (a retry after a timeout may reach a node that has it already)."""
+    if request_id is None:
+        return uuid.uuid4().hex
+    check_request_id(request_id)
+    return request_id
 
 
 def delete_request(
@@ -107,6 +122,7 @@ def delete_request(
     subject_id: str | None = None,
     subject_jurisdiction: str | None = None,
     context_token: bytes | None = None,
+    request_id: str | None = None,
 ) -> spb.DeleteRequest:
     check_name(namespace, key)
     refuse_plain_context(context)
@@ -116,6 +132,7 @@ def delete_request(
         context_token=context_token_arg(context_token),
         subject_id=optional_text(subject_id, "subject_id"),
         subject_jurisdiction=optional_text(subject_jurisdiction, "subject_jurisdiction"),
+        request_id=request_id_arg(request_id),
     )
     return req
 

@@ -6,7 +6,7 @@ becomes UNSPECIFIED, and each reader decides what UNSPECIFIED means for it (see 
 
 from __future__ import annotations
 
-from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
+from domicile.cluster import SIBLINGS_MAX_DEFAULT, SIBLINGS_MAX_LIMIT, ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.model import Classification, ConflictMode
 from domicile.subjects import DEFAULT_RETENTION_CLASSES
 from domicile.topology import Link, NodeHealth, NodeInfo, Topology
@@ -46,6 +46,9 @@ def namespace_from_pb(msg: cpb.Namespace) -> NamespaceSpec:
         purposes=tuple(msg.purposes),
         json_schema=msg.json_schema,
         quality_fields=tuple(msg.quality_fields),
+        # 0: a coordinator that does not send it; the nodes then apply the default.
+        siblings_max=min(msg.siblings_max or SIBLINGS_MAX_DEFAULT, SIBLINGS_MAX_LIMIT),
+        min_regions_acked=max(msg.min_regions_acked, 1),
     )
 
 
@@ -99,6 +102,8 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
             purposes=list(n.purposes),
             json_schema=n.json_schema,
             quality_fields=list(n.quality_fields),
+            siblings_max=n.siblings_max,
+            min_regions_acked=n.min_regions_acked,
         )
         setattr(msg, "global", n.is_global)
     out.policy_version = cluster.policy_version

@@ -11,7 +11,7 @@ from domicile import errors
 from domicile.authz.gate import Caller, refuse_wrong_peer
 from domicile.identity.principal import PrincipalKind
 from domicile.identity.spiffe import check_region
-from domicile.model import Limits, check_key, check_namespace_name, check_node_id
+from domicile.model import Limits, check_key, check_namespace_name, check_node_id, writer_id
 from domicile.topology import NodeInfo
 from domicile.v1 import replication_pb2
 from domicile.v1 import replication_pb2 as rpb
@@ -124,7 +124,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
                     f"this is node {self.receiver.node_id}, not {hello.target_node_id!r}; "
                     "refresh the topology"
                 )
-            source = hello.source_node_id
+            source = writer_id(hello.source_node_id, hello.source_epoch)
             position = await self.receiver.open(source)
             log.info("replication stream from %s opened at position %d", source, position)
             yield rpb.ReplicateResponse(

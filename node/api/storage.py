@@ -205,6 +205,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 subject_jurisdiction=request.subject_jurisdiction,
                 classification=_classification(request.classification),
                 principal=caller.identity,
+                request_id=request.request_id,
             )
             committed = await self.service.put(cmd)
             response = spb.PutResponse(lsn=committed.mutation.lsn, region=self.service.region)
@@ -242,6 +243,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                     subject_id=request.subject_id,
                     subject_jurisdiction=request.subject_jurisdiction,
                     principal=caller.identity,
+                    request_id=request.request_id,
                 )
             )
             response = spb.DeleteResponse(existed=committed.had_live, lsn=committed.mutation.lsn)

@@ -36,6 +36,13 @@ class LocalWrite:
     subject_id: str = ""
     subject_jurisdiction: str = ""
     classification: Classification = Classification.UNSPECIFIED
+    # The most versions the write may leave on the key (0: no cap). A write that would leave
+    # more than the key holds now and more than this is refused; one that does not add (its
+    # context covers a version) is always accepted, so a key past the cap can be resolved.
+    siblings_max: int = 0
+    # The client's id of the logical write ("": none). When the key remembers it, the write is
+    # not made again: the result is the version its first attempt made (Committed.replayed).
+    request_id: str = ""
 
     @classmethod
     def deleting(
@@ -62,6 +69,9 @@ class Committed:
     state: KeyState  # the key's state after the write
     had_live: bool  # a live version existed before the write (Delete reports it)
     conflict: bool  # the write left concurrent versions standing
+    # A retry answered with its first attempt's version: nothing was written (no log entry);
+    # `state` then holds that version alone and `mutation.lsn` is 0 unless it was written here.
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,8 @@ class ApplyOutcome:
     duplicates: int  # already known or superseded
     conflicts: int  # left concurrent versions standing
     position: int  # the source position now persisted
+    # Per applied mutation, the versions its key holds after it (the sibling cap's metric).
+    versions_after: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 
 from google.protobuf.message import DecodeError
 
 from domicile import causality
-from domicile.causality import Dot, KeyState, Mutation, Version
-from domicile.errors import DataCorruption, DomicileError, InvalidArgument
-from domicile.model import Classification, check_namespace_name, check_node_id
+from domicile.causality import CausalContext, Dot, KeyState, Mutation, RequestMark, Version
+from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, InvalidArgument
+from domicile.model import (
+    Classification,
+    check_namespace_name,
+    check_request_id,
+    check_writer_id,
+)
 from domicile.wire.records import (
     key_state_from_bytes,
     key_state_to_bytes,
@@ -115,11 +121,13 @@ class EngineCore:
                 except DomicileError as error:
                     results.append(error)
                     continue
+                results.append(committed)
+                if committed.replayed:
+                    continue
                 mutation = committed.mutation
                 work.put(write.namespace, write.key, committed.state)
                 log_rows.append(LogRow(mutation.lsn, write.namespace, write.key, mutation_to_bytes(mutation)))
                 totals.last_lsn = mutation.lsn
-                results.append(committed)
             if log_rows:
                 tx.append_log(log_rows)
                 work.flush(tx, totals)
@@ -134,6 +142,9 @@ class EngineCore:
         # This node's counters in a context can only be ones it issued for the key: a context
         # beyond them is forged, and would push the key's next dot toward the counter limit
         # (close enough, and every later write to the key fails).
+        mark = state.request(write.request_id) if state and write.request_id else None
+        if mark is not None:
+            return _replay(write, mark)
         issued = state.context.max_counter(self.node_id) if state else 0
         claimed = write.supersedes.max_counter(self.node_id) if write.supersedes is not None else 0
         if claimed > issued:
@@ -153,6 +164,7 @@ class EngineCore:
             classification=Classification(write.classification),
             checksum=causality.sha256(write.value),
             origin_region=self.region,
+            request_id=write.request_id,
         )
         mutation, applied = causality.local_write(
             state,
@@ -162,6 +174,14 @@ class EngineCore:
             supersedes=write.supersedes,
             version=version,
         )
+        before = len(state.versions) if state else 0
+        after = len(applied.state.versions)
+        if write.siblings_max and after > write.siblings_max and after > before:
+            raise FailedPrecondition(
+                f"{write.namespace}/{write.key} holds {before} versions (siblings); this write would make "
+                f"{after}, past the namespace's siblings_max of {write.siblings_max}. Nothing was written: "
+                "read the key and write or delete with its context_token, which supersedes the siblings"
+            )
         if mutation.version.dot.counter > DOT_COUNTER_MAX:
             raise InvalidArgument(
                 f"causal context for {write.namespace}/{write.key} carries a counter past 2^62-1 for "
@@ -176,7 +196,18 @@ class EngineCore:
             origin_node_id=self.node_id,
         )
         had_live = state is not None and state.has_live()
-        return Committed(mutation=mutation, state=applied.state, had_live=had_live, conflict=applied.conflict)
+        new_state = applied.state
+        if write.request_id:
+            # Where the write was accepted, its mark also answers a retry with the position and
+            # with whether a live version existed before it.
+            new_state = replace(
+                new_state,
+                requests=tuple(
+                    replace(m, lsn=mutation.lsn, had_live=had_live) if m.request_id == write.request_id else m
+                    for m in new_state.requests
+                ),
+            )
+        return Committed(mutation=mutation, state=new_state, had_live=had_live, conflict=applied.conflict)
 
     def apply_remote(
         self, source_node_id: str, mutations: Sequence[Mutation], through_lsn: int
@@ -194,6 +225,7 @@ class EngineCore:
 
         def apply(tx: WriteTx) -> ApplyOutcome:
             applied: list[Mutation] = []
+            versions_after: list[int] = []
             duplicates = 0
             conflicts = 0
             totals = tx.totals()
@@ -205,15 +237,39 @@ class EngineCore:
                     continue
                 work.put(m.namespace, m.key, result.state)
                 applied.append(m)
+                versions_after.append(len(result.state.versions))
                 if result.conflict:
                     conflicts += 1
             if applied:
                 work.flush(tx, totals)
                 tx.store_totals(totals)
             position = tx.raise_inbound(source_node_id, through_lsn)
-            return ApplyOutcome(tuple(applied), duplicates, conflicts, position)
+            return ApplyOutcome(tuple(applied), duplicates, conflicts, position, tuple(versions_after))
 
         return self.backend.write(apply)
+
+    def restore_states(self, rows: Sequence[SnapshotRow]) -> int:
+        """Merges key states read from a backup snapshot into the store, in one transaction;
+        returns how many keys changed. Merging (not overwriting) makes it idempotent, like
+        apply_remote; nothing enters the change log (this node ships only its own new writes)."""
+        decoded = [(ns, key, decode_state(ns, key, blob)) for ns, key, blob in rows]
+
+        def restore(tx: WriteTx) -> int:
+            totals = tx.totals()
+            work = _WorkingSet(tx, [(ns, key) for ns, key, _ in decoded])
+            changed = 0
+            for ns, key, state in decoded:
+                before = work.get(ns, key)
+                after = state if before is None else causality.merge(before, state)
+                if after != before:
+                    work.put(ns, key, after)
+                    changed += 1
+            if changed:
+                work.flush(tx, totals)
+                tx.store_totals(totals)
+            return changed
+
+        return self.backend.write(restore)
 
     def record_outbound_ack(self, target_node_id: str, lsn: int) -> None:
         if not target_node_id:
@@ -315,7 +371,7 @@ class EngineCore:
 
 
 def check_identity(node_id: str, region: str) -> None:
-    check_node_id(node_id)
+    check_writer_id(node_id)
     if not region:
         raise InvalidArgument("region is empty; a storage engine belongs to one region")
 
@@ -392,6 +448,33 @@ def check_meta_name(name: str) -> None:
     check_text("meta name", name)
 
 
+def _replay(write: LocalWrite, mark: RequestMark) -> Committed:
+    """The answer to a retry: the version the first attempt made (its dot, HLC and position),
+    with the value and fields of this attempt (a retry sends the same ones). Its context names
+    that version only, so a write passing it back supersedes exactly what the client wrote."""
+    version = Version(
+        dot=mark.dot,
+        value=bytes(write.value),
+        hlc=mark.hlc,
+        tombstone=write.tombstone,
+        content_type=write.content_type,
+        subject_id=write.subject_id,
+        subject_jurisdiction=write.subject_jurisdiction,
+        classification=Classification(write.classification),
+        checksum=causality.sha256(write.value),
+        request_id=write.request_id,
+    )
+    context = CausalContext.of(dots=[mark.dot])
+    mutation = Mutation(write.namespace, write.key, context, version, mark.lsn, mark.dot.node_id)
+    return Committed(
+        mutation=mutation,
+        state=KeyState((version,), context),
+        had_live=mark.had_live,
+        conflict=False,
+        replayed=True,
+    )
+
+
 def _local_write_error(write: LocalWrite) -> DomicileError | None:
     try:
         _check_local_write(write)
@@ -403,6 +486,7 @@ def _local_write_error(write: LocalWrite) -> DomicileError | None:
 def _check_local_write(write: LocalWrite) -> None:
     check_namespace_name(write.namespace)
     check_text("key", write.key)
+    check_request_id(write.request_id)
     if write.tombstone and write.value:
         raise InvalidArgument(
             f"delete of {write.namespace}/{write.key} carries a value; a tombstone has none"
@@ -419,6 +503,7 @@ def _check_local_write(write: LocalWrite) -> None:
 def _check_remote_mutation(source: str, m: Mutation) -> None:
     check_namespace_name(m.namespace)
     check_text("key", m.key)
+    check_request_id(m.version.request_id)
     dot = m.version.dot
     if not dot.node_id or not 1 <= dot.counter <= DOT_COUNTER_MAX:
         raise InvalidArgument(

@@ -84,6 +84,7 @@ class GroupCommitter:
         on_batch: Callable[[int], None] | None = None,
         log_tail: LogTail | None = None,
         on_keys_changed: Callable[[list[tuple[str, str]]], None] | None = None,
+        guard: Callable[[LocalWrite], DomicileError | None] | None = None,
     ) -> None:
         for name, value in (
             ("batch_records_max", batch_records_max),
@@ -95,6 +96,11 @@ class GroupCommitter:
                 raise InvalidArgument(f"{name} is {value}; it must be at least 1")
         self.engine = engine
         self._stamp = stamp
+        # Asked on the writer thread, just before a write commits, whether it may still commit:
+        # a check made earlier by the caller (the erasure block) can have been overtaken while
+        # the write waited (for sealing, the audit entry, the queue). Settable after start,
+        # since what it asks may be built after the committer.
+        self.guard = guard
         # Called on the writer thread with the size of every committed batch (metrics).
         self._on_batch = on_batch
         # Gets every committed change-log entry, on the writer thread, in position order.
@@ -225,11 +231,20 @@ class GroupCommitter:
         job.waiter.deliver(result)
 
     def _commit(self, batch: list[_WriteItem]) -> None:
-        results = self.engine.commit_local([item.write for item in batch], self._stamp)
+        guard = self.guard
+        refusals = [guard(item.write) if guard is not None else None for item in batch]
+        admitted = [item.write for item, refusal in zip(batch, refusals, strict=True) if refusal is None]
+        committed = iter(self.engine.commit_local(admitted, self._stamp) if admitted else [])
         # Out of the queue before anyone hears back, so a caller that saw its result sees room.
         self._release(batch)
-        if len(results) != len(batch):
-            raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} writes")
+        results: list[Committed | DomicileError] = []
+        for refusal in refusals:
+            result = refusal if refusal is not None else next(committed, None)
+            if result is None:
+                raise RuntimeError(f"engine returned fewer results than the {len(admitted)} writes given")
+            results.append(result)
+        if next(committed, None) is not None:
+            raise RuntimeError(f"engine returned more results than the {len(admitted)} writes given")
         if self.log_tail is not None:
             self._extend_tail(self.log_tail, results)
         self._keys_changed(
@@ -237,7 +252,7 @@ class GroupCommitter:
         )
         # Counters first, so that a caller who got its result sees them include its batch.
         self.batches_committed += 1
-        self.records_committed += sum(not isinstance(r, DomicileError) for r in results)
+        self.records_committed += sum(isinstance(r, Committed) and not r.replayed for r in results)
         self.last_batch_records = len(batch)
         if self._on_batch is not None:
             try:
@@ -265,7 +280,7 @@ class GroupCommitter:
         # finds it in the tail. The batch is durable whatever happens here: a failure only
         # empties the tail (senders read the store), it never fails the writes.
         try:
-            tail.append([r.mutation for r in results if isinstance(r, Committed)])
+            tail.append([r.mutation for r in results if isinstance(r, Committed) and not r.replayed])
         except Exception:
             log.exception("the change-log tail could not take a committed batch; senders read the store")
             tail.forget()

@@ -31,6 +31,7 @@ from typing import Any
 from domicile.audit import subject_hash
 from domicile.causality import CausalContext, KeyState, Version
 from domicile.cluster import ClusterSpec
+from domicile.errors import DomicileError, FailedPrecondition
 from domicile.hlc import wall_ms
 from domicile.subjects import (
     RECEIPT_KEPT_MAX,
@@ -40,6 +41,7 @@ from domicile.subjects import (
     RegionReceipt,
     hold_covering,
 )
+from domicile.wire.records import key_state_from_bytes
 from node.compliance.enforcer import AuditSink
 from node.crypto.keyring import Keyring
 from node.crypto.sealing import key_class, sealed_key_class
@@ -50,6 +52,8 @@ from node.offload import Offload
 log = logging.getLogger("domicile.erasure")
 
 RECEIPTS_META = "erasure_receipts"
+# The cluster's permanent erasure list as last learned from the coordinator (JSON).
+ERASED_LIST_META = "erased_subjects"
 ERASE_ACTION = "erase"
 RECEIPT_ACTION = "erasure_receipt"
 # Key states read per get_many while collecting a subject's keys.
@@ -107,22 +111,95 @@ class Eraser:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._refreshing: set[asyncio.Task[None]] = set()
         self.completed_total = 0
+        # The coordinator's permanent list: subject hash (under erased_key) -> request id.
+        self.erased_key = b""
+        self.erased_list: dict[str, str] = {}
+        # Writes the writer refused because an erasure overtook them (see refusal()).
+        self.refused_in_writer = 0
 
     async def load(self) -> None:
         """Reads the erased subjects and the receipts not yet reported from the store."""
-        blocked, receipts = await self.offload.run(
-            lambda: (self.engine.blocked_subjects(), self.engine.get_meta(RECEIPTS_META))
+        blocked, receipts, erased = await self.offload.run(
+            lambda: (
+                self.engine.blocked_subjects(),
+                self.engine.get_meta(RECEIPTS_META),
+                self.engine.get_meta(ERASED_LIST_META),
+            )
         )
+        if erased:
+            stored = json.loads(erased)
+            self.erased_key = bytes.fromhex(stored["key"])
+            self.erased_list = dict(stored["subjects"])
         self.blocked = blocked
         self.receipts = {rid: _receipt_from_json(r) for rid, r in json.loads(receipts or b"{}").items()}
 
     # -- the block --------------------------------------------------------------------------
 
     def erased_by(self, subject_id: str) -> str:
-        """The erasure request that erased this subject here, or ""."""
-        if not subject_id or not self.blocked:
+        """The erasure request that erased this subject here, or anywhere in the cluster
+        (the coordinator's permanent list), or ""."""
+        if not subject_id:
+            return ""
+        if self.erased_list:
+            found = self.erased_list.get(subject_hash(self.erased_key, subject_id))
+            if found:
+                return found
+        if not self.blocked:
             return ""
         return self.blocked.get(subject_hash(self.subject_key, subject_id), "")
+
+    # -- the permanent list: erasures win over backups -----------------------------------------
+
+    def adopt_erased(
+        self, key: bytes, erased: list[tuple[str, str]], cluster: ClusterSpec, holds: tuple[LegalHold, ...]
+    ) -> None:
+        """Adopts the coordinator's permanent erasure list (at every registration). A subject not
+        seen on it before is refused from now on, and a sweep tombstones what the store still
+        holds of it: a store restored from before the erasure must not bring it back."""
+        if key != self.erased_key:
+            self.erased_key, self.erased_list = key, {}
+        new = {digest: rid for digest, rid in erased if digest not in self.erased_list}
+        if not new:
+            return
+        self.erased_list.update(new)
+        self._track(asyncio.create_task(self._sweep_remnants(new, cluster, holds), name="erasure-remnants"))
+
+    async def _sweep_remnants(
+        self, wanted: dict[str, str], cluster: ClusterSpec, holds: tuple[LegalHold, ...]
+    ) -> None:
+        try:
+            found = await self.offload.run(_subjects_hashing_to, self.engine, self.erased_key, wanted)
+            for subject_id, request_id in found.items():
+                log.warning("erasing what the store still holds of a subject erased by %s", request_id)
+                await self.erase(ErasureOrder(request_id, subject_id, self.now_ms()), cluster, holds)
+            listed = {"key": self.erased_key.hex(), "subjects": sorted(self.erased_list.items())}
+            blob = json.dumps(listed).encode()
+
+            def persist(engine: StorageEngine) -> None:
+                engine.put_meta(ERASED_LIST_META, blob)
+
+            await self.committer.run(persist)
+        except Exception:
+            # Not persisted: the next registration sweeps again.
+            log.exception("sweep of erased subjects failed; it runs again at the next registration")
+            for digest in wanted:
+                self.erased_list.pop(digest, None)
+
+    def refusal(self, write: LocalWrite) -> DomicileError | None:
+        """The group committer's last check of a local write, on the writer thread: a write about
+        an erased subject that passed the service's check before the block, and reaches the
+        writer after it, must not commit (the erasure's read of the subject's keys happens after
+        the block is stored, on the same thread, so it would miss this write). Tombstones pass."""
+        if write.tombstone:
+            return None
+        request_id = self.erased_by(write.subject_id)
+        if not request_id:
+            return None
+        self.refused_in_writer += 1
+        return FailedPrecondition(
+            f"this data subject was erased by request {request_id} while this write was in flight; "
+            "records about them are not accepted any more (a new relationship needs a new subject id)"
+        )
 
     def blocks(
         self, cluster: ClusterSpec, holds: tuple[LegalHold, ...], namespace: str, key: str, subject_id: str
@@ -346,3 +423,23 @@ def _receipt_from_json(d: dict[str, Any]) -> RegionReceipt:
         audit_seq=int(d["audit_seq"]),
         kept_total=int(d.get("kept_total", len(d["kept"]))),
     )
+
+
+def _subjects_hashing_to(engine: StorageEngine, key: bytes, wanted: dict[str, str]) -> dict[str, str]:
+    """Subject id -> request id of every subject with a live version in the store whose hash
+    under key is wanted (one pass over a snapshot; each subject id is hashed once)."""
+
+    seen: dict[str, str] = {}
+    found: dict[str, str] = {}
+    with engine.snapshot() as rows:
+        for _, _, blob in rows:
+            for version in key_state_from_bytes(blob).versions:
+                subject = version.subject_id
+                # A tombstone names its subject too, but holds nothing of it.
+                if version.tombstone or not subject or subject in seen:
+                    continue
+                request_id = wanted.get(subject_hash(key, subject), "")
+                seen[subject] = request_id
+                if request_id:
+                    found[subject] = request_id
+    return found

@@ -19,8 +19,8 @@ from domicile.model import (
     check_jurisdiction,
     check_key,
     check_namespace_name,
-    check_node_id,
     check_value,
+    check_writer_id,
 )
 from domicile.policy import Action, RecordFacts
 from domicile.subjects import LegalHold
@@ -130,8 +130,9 @@ class Receiver:
 
     async def open(self, source_node_id: str) -> int:
         """Starts a stream from a source; returns the position to resume after."""
-        # The source's id is written into audit entries and version vectors: a valid node id only.
-        check_node_id(source_node_id)
+        # The source's id is written into audit entries and version vectors: a valid writer id
+        # only (its node id, with its incarnation epoch after a restore).
+        check_writer_id(source_node_id)
         if source_node_id == self.node_id:
             raise errors.InvalidArgument(f"node {self.node_id} cannot replicate to itself")
         stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
@@ -208,6 +209,7 @@ class Receiver:
 
     def _issued(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """This node's highest counter for each (namespace, key): the dots it has issued. Blocks."""
+        writer = self.engine.node_id
         by_namespace: dict[str, list[str]] = {}
         for namespace, key in wanted:
             by_namespace.setdefault(namespace, []).append(key)
@@ -217,7 +219,7 @@ class Receiver:
                 states = self.engine.get_many(namespace, keys[i : i + GET_MANY_KEYS_MAX])
                 for key in keys[i : i + GET_MANY_KEYS_MAX]:
                     state = states.get(key)
-                    issued[(namespace, key)] = state.context.max_counter(self.node_id) if state else 0
+                    issued[(namespace, key)] = state.context.max_counter(writer) if state else 0
         return issued
 
     async def _check_contexts(self, mutations: list[Mutation], slack: int = 0) -> dict[int, _Rejected]:
@@ -227,10 +229,13 @@ class Receiver:
         `slack`: how far past what it issued a repair may name this node's counters (a node
         restored from an old copy gets back its own later writes from its peers), still far
         below the counter limit. A repaired version's own dot counts as naming too."""
+        # This node's dots are its writer id's (its node id, with its epoch after a restore); an
+        # older incarnation's counters are another writer's, which this store cannot vouch for.
+        writer = self.engine.node_id
 
         def claimed_of(m: Mutation) -> int:
-            own = m.version.dot.counter if slack and m.version.dot.node_id == self.node_id else 0
-            return max(m.context.max_counter(self.node_id), own)
+            own = m.version.dot.counter if slack and m.version.dot.node_id == writer else 0
+            return max(m.context.max_counter(writer), own)
 
         naming = [i for i, m in enumerate(mutations) if claimed_of(m) > 0]
         if not naming:
@@ -247,7 +252,7 @@ class Receiver:
                 refused[i] = _Rejected(
                     Reject.CONTEXT,
                     f"mutation at lsn {m.lsn} has a context naming counter {claimed} of this node "
-                    f"{self.node_id!r} for the key; it has issued up to {allowed}",
+                    f"{writer!r} for the key; it has issued up to {allowed}",
                 )
         return refused
 
@@ -447,10 +452,26 @@ class Receiver:
         if entries:
             await asyncio.gather(*entries)
 
+        late_refusals: list[int] = []
+
         def work(engine: StorageEngine) -> ApplyOutcome:
-            return engine.apply_remote(source_node_id, admitted, through_lsn)
+            # Again on the writer thread: an erasure that ran while the batch was sealed and
+            # audited has read the subject's keys already, and would miss what is applied now.
+            topology = self.view.topology
+            still = [
+                m
+                for m in admitted
+                if m.version.tombstone
+                or not self.eraser.blocks(
+                    topology.cluster, topology.holds, m.namespace, m.key, m.version.subject_id
+                )
+            ]
+            late_refusals.append(len(admitted) - len(still))
+            return engine.apply_remote(source_node_id, still, through_lsn)
 
         outcome = await self.committer.run(work)
+        refused += sum(late_refusals)
+        policy_refused += sum(late_refusals)
         if admitted:
             # Bounded by the drift check: a remote clock cannot carry this one past it.
             self.clock.observe(max(m.version.hlc for m in admitted))
@@ -468,10 +489,21 @@ class Receiver:
             self.metrics.replication_refused.labels(*labels).inc(policy_refused)
         if outcome.conflicts:
             self.metrics.conflicts.labels("*", "replicated").inc(outcome.conflicts)
+        self._count_over_cap(outcome)
         stats.position = outcome.position
         stats.applied_total += len(outcome.applied)
         stats.refused_total += refused
         return BatchResult(outcome.position, refused, outcome.duplicates)
+
+    def _count_over_cap(self, outcome: ApplyOutcome) -> None:
+        # The sibling cap refuses client writes only. A peer's write is concurrent with what is
+        # here, and was acknowledged to its client: refusing it would lose it. It is kept, and
+        # counted, and the next client write with the key's context resolves the siblings.
+        cluster = self.view.topology.cluster
+        for m, versions in zip(outcome.applied, outcome.versions_after, strict=False):
+            spec = cluster.find_namespace(m.namespace)
+            if spec is not None and versions > spec.siblings_max:
+                self.metrics.siblings_over_cap.labels(m.namespace).inc()
 
     async def apply_repair(self, peer_node_id: str, messages: Sequence[pb.Mutation]) -> RepairResult:
         """Merges key states a peer sent for anti-entropy (one mutation per version, any node's

@@ -46,7 +46,9 @@ class ReplicationManager:
         rng: random.Random | None = None,
         offload: Offload | None = None,
         log_tail: LogTail | None = None,
+        epoch: int = 0,
     ) -> None:
+        self.epoch = epoch
         self.dialer = dialer
         self.node_id = node_id
         self.region = region
@@ -72,6 +74,8 @@ class ReplicationManager:
         self._persister: asyncio.Task[None] | None = None
         self._persisted: dict[str, int] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Set (and replaced) on every ack: writes waiting for regions look again.
+        self._acked = asyncio.Event()
 
     async def start(self) -> None:
         self._stored_acks = await self.offload.run(self.engine.outbound_acks)
@@ -110,9 +114,11 @@ class ReplicationManager:
                     signal=self.signal,
                     backoff=self.backoff,
                     acked_lsn=self._stored_acks.get(target_id, 0),
+                    epoch=self.epoch,
                     rng=random.Random(self.rng.random()),
                     offload=self.offload,
                     log_tail=self.log_tail,
+                    on_ack=self._pulse,
                 )
                 self.senders[target_id] = sender
                 self._tasks[target_id] = asyncio.create_task(
@@ -121,6 +127,32 @@ class ReplicationManager:
                 log.info(
                     "link %s -> %s started for %s", self.node_id, target_id, ", ".join(sorted(namespaces))
                 )
+
+    def _pulse(self) -> None:
+        acked, self._acked = self._acked, asyncio.Event()
+        acked.set()
+
+    def regions_holding(self, namespace: str, lsn: int) -> set[str]:
+        """The regions that hold this node's change-log entry `lsn` durably: this one, and those
+        of the targets that acknowledged it (a target acknowledges after its commit)."""
+        regions = {self.region}
+        for sender in self.senders.values():
+            if namespace in sender.namespaces and sender.acked_lsn >= lsn:
+                regions.add(sender.target.region)
+        return regions
+
+    async def wait_regions(self, namespace: str, lsn: int, needed: int, timeout_s: float) -> int:
+        """Waits until `needed` regions hold the entry, at most timeout_s; returns how many do."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            holding = len(self.regions_holding(namespace, lsn))
+            remaining = deadline - loop.time()
+            if holding >= needed or remaining <= 0:
+                return holding
+            # Wakes on the next ack of any link.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acked.wait(), remaining)
 
     def _stop_sender(self, target_id: str) -> None:
         sender = self.senders.pop(target_id, None)

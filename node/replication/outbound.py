@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -76,8 +76,15 @@ class LinkSender:
         rng: random.Random | None = None,
         offload: Offload | None = None,
         log_tail: LogTail | None = None,
+        epoch: int = 0,
+        on_ack: Callable[[], None] = lambda: None,
     ) -> None:
+        # This node's incarnation, sent in the hello (its writes carry writer id node_id.epoch).
+        self.epoch = epoch
         self.enforcer = enforcer
+        # Called after every ack that moves the position (writes waiting for regions, see
+        # ReplicationManager.wait_regions).
+        self.on_ack = on_ack
         self.sealer = sealer
         self.node_id = node_id
         self.region = region
@@ -244,6 +251,7 @@ class LinkSender:
                         source_region=self.region,
                         target_node_id=self.target.node_id,
                         topology_revision=self.view.revision,
+                        source_epoch=self.epoch,
                     )
                 )
             ),
@@ -310,6 +318,7 @@ class LinkSender:
     def _ack(self, position: int) -> None:
         if position > self.acked_lsn:
             self.acked_lsn = position
+            self.on_ack()
 
     def _update_backlog(self) -> None:
         # Against the log's end as the tail knows it (it sees every commit), else as of the

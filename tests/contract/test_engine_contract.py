@@ -11,7 +11,7 @@ import pytest
 
 from domicile import causality
 from domicile.causality import CausalContext, Dot, KeyState, Mutation
-from domicile.errors import DataCorruption, DomicileError, InvalidArgument, Unavailable
+from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, InvalidArgument, Unavailable
 from domicile.model import Classification
 from node.engine.base import GET_MANY_KEYS_MAX, Committed, LocalWrite, StorageEngine, StoreCounts
 
@@ -667,3 +667,75 @@ def test_reads_from_threads_run_while_writes_commit(engine: StorageEngine, stamp
     assert engine.last_lsn() == batches * per_batch
     assert engine.counts() == StoreCounts(records=300, tombstones=0)
     assert len(observed_lsns) == 3
+
+
+# -- the sibling cap -------------------------------------------------------------------------
+
+
+def test_a_write_past_the_sibling_cap_is_refused_naming_the_count_and_writes_nothing(
+    engine: StorageEngine, stamp: Stamp
+) -> None:
+    for i in range(3):
+        commit_ok(engine, stamp, replace(put("ns", "k", b"v%d" % i, CausalContext.empty()), siblings_max=3))
+    before = engine.get("ns", "k")
+    last_lsn = engine.last_lsn()
+    (result,) = engine.commit_local(
+        [replace(put("ns", "k", b"one too many", CausalContext.empty()), siblings_max=3)], stamp
+    )
+    assert isinstance(result, FailedPrecondition)
+    assert "holds 3 versions" in str(result) and "would make 4" in str(result)
+    assert "siblings_max of 3" in str(result)
+    assert engine.get("ns", "k") == before
+    assert engine.last_lsn() == last_lsn
+
+
+def test_a_write_carrying_the_context_resolves_a_key_at_the_cap(engine: StorageEngine, stamp: Stamp) -> None:
+    for i in range(3):
+        commit_ok(engine, stamp, replace(put("ns", "k", b"v%d" % i, CausalContext.empty()), siblings_max=3))
+    state = engine.get("ns", "k")
+    assert state is not None
+    (resolved,) = commit_ok(engine, stamp, replace(put("ns", "k", b"merged", state.context), siblings_max=3))
+    assert values(resolved.state) == [b"merged"]
+
+
+def test_a_write_that_does_not_add_a_version_is_accepted_on_a_key_past_the_cap(
+    engine: StorageEngine, stamp: Stamp
+) -> None:
+    # Past the cap already (replicated siblings are kept, or the cap was lowered): a write that
+    # supersedes one sibling leaves the count where it was, and is accepted.
+    for i in range(4):
+        commit_ok(engine, stamp, put("ns", "k", b"v%d" % i, CausalContext.empty()))
+    state = engine.get("ns", "k")
+    assert state is not None and len(state.versions) == 4
+    one = CausalContext.of(dots=[state.versions[0].dot])
+    (committed,) = commit_ok(engine, stamp, replace(put("ns", "k", b"replaces one", one), siblings_max=3))
+    assert len(committed.state.versions) == 4
+    (refused,) = engine.commit_local(
+        [replace(put("ns", "k", b"adds one", CausalContext.empty()), siblings_max=3)], stamp
+    )
+    assert isinstance(refused, FailedPrecondition)
+
+
+# -- request ids -----------------------------------------------------------------------------
+
+
+def test_a_write_whose_request_id_the_key_remembers_is_answered_and_not_written_again(
+    harness: EngineHarness, engine: StorageEngine, stamp: Stamp
+) -> None:
+    write = replace(put("ns", "k", b"once", CausalContext.empty()), request_id="req-1")
+    (first,) = commit_ok(engine, stamp, write)
+    last_lsn = engine.last_lsn()
+    (retry,) = commit_ok(engine, stamp, write)
+    assert retry.replayed and not first.replayed
+    assert (retry.mutation.version.dot, retry.mutation.version.hlc) == (
+        first.mutation.version.dot,
+        first.mutation.version.hlc,
+    )
+    assert retry.mutation.lsn == first.mutation.lsn
+    assert engine.last_lsn() == last_lsn
+    assert values(engine.get("ns", "k")) == [b"once"]
+    # Remembered in the stored state: a reopened engine answers the same.
+    reopened = harness.reopen(engine)
+    (again,) = commit_ok(reopened, stamp, write)
+    assert again.replayed and again.mutation.version.dot == first.mutation.version.dot
+    assert reopened.read_log(last_lsn, 10) == []

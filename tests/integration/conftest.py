@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from domicile.s3_server import SeaweedServer
 from tests.support.cluster import LocalCluster
+from tests.support.s3 import s3_server
 
 
 @pytest.fixture
@@ -27,3 +29,10 @@ async def four(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         yield cluster
     finally:
         await cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """One SeaweedFS for the session (it takes seconds to start); each test uses its own bucket."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server

@@ -192,6 +192,26 @@ async def next_message(call) -> cpb.WatchTopologyResponse:
 # --- registration and topology ----------------------------------------------------------------
 
 
+async def test_a_store_older_than_the_nodes_last_restore_cannot_register(stub, harness, coord):
+    def request(epoch: int) -> cpb.RegisterNodeRequest:
+        return cpb.RegisterNodeRequest(
+            node_id="eu-1", region="eu-west-1", address="10.0.0.1:7401", epoch=epoch
+        )
+
+    await stub.RegisterNode(request(0), timeout=RPC_TIMEOUT_S)
+    await stub.RegisterNode(request(1_796_000_000), timeout=RPC_TIMEOUT_S)  # restored
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.RegisterNode(request(0), timeout=RPC_TIMEOUT_S)  # the old store came back
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "older than the node's last restore" in (refused.value.details() or "")
+    await stub.RegisterNode(request(1_796_000_000), timeout=RPC_TIMEOUT_S)
+    # The record survives a restart.
+    await coord.stop()
+    restarted = harness.stub(await harness.start())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await restarted.RegisterNode(request(5), timeout=RPC_TIMEOUT_S)
+
+
 async def test_register_returns_revision_and_heartbeat_interval(stub, wall):
     before = (await topology(stub)).revision
     response = await stub.RegisterNode(

@@ -18,6 +18,7 @@ from coordinator.daemon import Coordinator
 from domicile.causality import CausalContext
 from domicile.cli.up import ensure_context_key
 from domicile.client import AsyncClient, Client
+from domicile.hlc import HybridClock
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer
 from domicile.v1 import storage_node_pb2 as spb
@@ -68,11 +69,14 @@ class LocalCluster:
         pack: dict[str, Any] | None = None,
         namespaces: list[dict[str, Any]] | None = None,
         insecure: bool = False,
+        backups: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """`pack`: a policy pack (parsed YAML, see tests/support/packs.py) to enforce on top of
         the namespace scopes; without it only the scopes apply. Every port runs mutual TLS with
         the session's CA unless `insecure` (plaintext, no authentication: a deliberate choice)."""
         self.insecure = insecure
+        # region -> its backup settings in the cluster config (endpoint, bucket, bucket_region)
+        self.backups = backups or {}
         # Settings every node of this cluster starts with (before start_node's own overrides).
         self.node_overrides: dict[str, Any] = {}
         # Settings of one region's node (after node_overrides), e.g. another storage engine.
@@ -102,7 +106,9 @@ class LocalCluster:
         """(Re)writes the cluster config; a coordinator started after this distributes it."""
         self._pack = pack
         config: dict[str, Any] = {
-            "regions": REGIONS,
+            "regions": [
+                {**r, "backup": self.backups[r["name"]]} if r["name"] in self.backups else r for r in REGIONS
+            ],
             # The tests' client holds the app role; the default policies let an app use the
             # namespaces it owns, so a namespace without an owner is owned by it.
             "namespaces": [{"owner": TESTER, **ns} for ns in self.namespaces],
@@ -200,8 +206,9 @@ class LocalCluster:
             values["tls_dir"] = str(self.pki.node(region, node_id).cert.parent)
         return NodeConfig(**values)
 
-    async def start_node(self, region: str, **overrides: Any) -> Node:
-        node = Node(self.node_config(region, **overrides))
+    async def start_node(self, region: str, *, hlc: HybridClock | None = None, **overrides: Any) -> Node:
+        """`hlc`: the node's clock (a test sets its wall time)."""
+        node = Node(self.node_config(region, **overrides), hlc=hlc)
         await node.start()
         self.nodes[region] = node
         return node

@@ -49,6 +49,8 @@ FIGURES = {
     "delayed_lag_p50_ms",
     "delayed_lag_p99_ms",
     "delayed_lag_status_p99_ms",
+    "sync_put_p50_ms",
+    "sync_put_p99_ms",
     "delayed_write_rate_per_s",
     "cache_echo_p99_ms",
     "cache_hit_get_p50_ms",

@@ -179,6 +179,29 @@ async def test_put_then_get_round_trips_from_nodejs(
     assert await eu_node.values("eu-west-1", "customers_eu", "c-node-1") == {value.encode("utf-8")}
 
 
+async def test_a_put_sent_again_with_its_request_id_is_written_once(
+    node_client: tuple[str, Path], eu_node: LocalCluster
+) -> None:
+    """What a retry after a lost answer does: the same write, with the same request id."""
+    address = f"127.0.0.1:{eu_node.ports['eu-west-1']}"
+    args = ["--address", address, "--namespace", "prefs_eu", "--key", "once", "--request-id", "node-req-1"]
+    first = await run_client(node_client, *args, tls=tls_args(eu_node))
+    again = await run_client(node_client, *args, tls=tls_args(eu_node))
+    for code, result, stderr in (first, again):
+        assert code == 0, f"exit code {code}; stderr: {stderr}; output: {result}"
+        assert result["put"]["request_id"] == "node-req-1"
+    assert again[1]["put"]["version"]["dot"] == first[1]["put"]["version"]["dot"]
+    assert again[1]["put"]["lsn"] == first[1]["put"]["lsn"]
+    state = eu_node.nodes["eu-west-1"].engine.get("prefs_eu", "once")
+    assert state is not None and len(state.versions) == 1
+    # Without --request-id each run is a new write with a new random id.
+    _, other, _ = await run_client(
+        node_client, "--address", address, "--namespace", "prefs_eu", "--key", "once", tls=tls_args(eu_node)
+    )
+    assert other["put"]["request_id"] not in ("", "node-req-1")
+    assert other["put"]["version"]["dot"] != first[1]["put"]["version"]["dot"]
+
+
 async def test_put_outside_scope_is_refused_with_allowed_regions(
     node_client: tuple[str, Path], eu_node: LocalCluster
 ) -> None:

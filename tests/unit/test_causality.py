@@ -11,12 +11,14 @@ deliver each other's mutations. The laws hold for every state a real cluster can
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domicile.causality import (
+    REQUEST_MARKS_PER_KEY,
     CausalContext,
     Dot,
     KeyState,
@@ -370,3 +372,60 @@ def test_a_local_write_removes_exactly_the_versions_its_context_covers(
     assert applied.conflict == bool(kept)
     assert mutation.context == supersedes
     assert applied.state.context == state.context.join(supersedes).add(mutation.version.dot)
+
+
+# -- request ids: a write retried on another node ----------------------------------------------
+
+
+def retried(node: str, counter: int, request_id: str, context: CausalContext | None = None) -> Mutation:
+    version = Version(Dot(node, counter), b"once", hlc=counter, request_id=request_id)
+    return Mutation("ns", "k", context or CausalContext.empty(), version)
+
+
+def per_origin_orders(mutations: list[Mutation]) -> list[list[Mutation]]:
+    """Every arrival order that keeps each origin's mutations in their order (as replication does)."""
+    orders = []
+    for perm in itertools.permutations(mutations):
+        positions = {m.version.dot: i for i, m in enumerate(perm)}
+        if all(
+            positions[a.version.dot] < positions[b.version.dot]
+            for a in mutations
+            for b in mutations
+            if a.version.dot.node_id == b.version.dot.node_id
+            and a.version.dot.counter < b.version.dot.counter
+        ):
+            orders.append(list(perm))
+    return orders
+
+
+def test_two_attempts_of_one_request_leave_one_version_whatever_the_order() -> None:
+    a, b = retried("a", 1, "r1"), retried("b", 1, "r1")
+    state, *others = [deliver(order) for order in ([a, b], [b, a])]
+    assert all(other == state for other in others)
+    assert [v.dot for v in state.versions] == [Dot("a", 1)]
+    assert state.context.covers(Dot("b", 1))
+
+
+def test_a_write_superseding_the_dropped_attempt_supersedes_the_kept_one() -> None:
+    # The client heard back from b (b:1), so it supersedes b:1; a:1 is the same logical write.
+    a, b = retried("a", 1, "r1"), retried("b", 1, "r1")
+    follow = Mutation("ns", "k", CausalContext.of(dots=[Dot("b", 1)]), Version(Dot("b", 2), b"next", hlc=5))
+    state, *others = [deliver(order) for order in per_origin_orders([a, b, follow])]
+    assert others and all(other.versions == state.versions for other in others)
+    assert [v.value for v in state.versions] == [b"next"]
+
+
+def test_negative_control_without_request_ids_both_attempts_stay() -> None:
+    state = deliver([retried("a", 1, ""), retried("b", 1, "")])
+    assert len(state.versions) == 2
+
+
+def test_a_key_remembers_a_bounded_number_of_request_ids() -> None:
+    state = deliver(
+        [
+            retried("a", i, f"r{i}", CausalContext.of({"a": i - 1}))
+            for i in range(1, REQUEST_MARKS_PER_KEY + 5)
+        ]
+    )
+    assert len(state.requests) == REQUEST_MARKS_PER_KEY
+    assert state.request("r1") is None and state.request(f"r{REQUEST_MARKS_PER_KEY + 4}") is not None

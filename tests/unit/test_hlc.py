@@ -146,3 +146,77 @@ def test_concurrent_callers_never_get_the_same_timestamp() -> None:
     stamps = [s for out in per_thread for s in out]
     assert len(set(stamps)) == len(stamps) == 8_000
     assert all(out == sorted(out) for out in per_thread)
+
+
+class Ceiling:
+    """A durable store of the clock's ceiling, as the node's ceiling file is."""
+
+    def __init__(self) -> None:
+        self.stored: list[int] = []
+
+    def __call__(self, ms: int) -> None:
+        self.stored.append(ms)
+
+
+def test_a_restarted_clock_resumes_above_its_stored_ceiling_with_the_wall_clock_set_back() -> None:
+    wall = FakeWall(10_000)
+    ceiling = Ceiling()
+    first = HybridClock(wall)
+    first.persist(0, ceiling, step_ms=1000)
+    issued = [first.now() for _ in range(5)]
+    wall.ms = 10_500
+    issued.append(first.now())
+    # The wall clock goes back an hour while the node is down.
+    wall.ms = 10_000 - 3_600_000
+    restarted = HybridClock(wall)
+    restarted.persist(ceiling.stored[-1], Ceiling(), step_ms=1000)
+    assert restarted.now() > max(issued)
+
+
+def test_negative_control_a_clock_without_persistence_goes_back_with_the_wall_clock() -> None:
+    wall = FakeWall(10_000)
+    before = HybridClock(wall).now()
+    wall.ms = 10_000 - 3_600_000
+    assert HybridClock(wall).now() < before
+
+
+def test_the_ceiling_is_stored_once_per_step_not_once_per_tick() -> None:
+    wall = FakeWall(10_000)
+    ceiling = Ceiling()
+    clock = HybridClock(wall)
+    clock.persist(0, ceiling, step_ms=1000)
+    for ms in range(10_000, 12_500, 10):
+        wall.ms = ms
+        clock.now()
+    # 250 ticks over 2.5 s store three times: at the first tick, then at the first tick past
+    # each stored ceiling (wall time moves in 10 ms ticks).
+    assert ceiling.stored == [11_000, 12_010, 13_020]
+    # Every timestamp issued is within the last stored ceiling.
+    assert physical_ms(clock.now()) <= ceiling.stored[-1]
+
+
+def test_an_observed_remote_time_past_the_ceiling_is_reserved_before_it_is_merged() -> None:
+    wall = FakeWall(10_000)
+    ceiling = Ceiling()
+    clock = HybridClock(wall)
+    clock.persist(0, ceiling, step_ms=1000)
+    merged = clock.observe(pack(14_000, 3))
+    assert merged >= pack(14_000, 3)
+    assert clock.now() > merged
+    assert ceiling.stored[-1] >= physical_ms(merged)
+
+
+def test_a_clock_that_cannot_store_its_ceiling_issues_nothing_past_it() -> None:
+    wall = FakeWall(10_000)
+
+    def broken(ms: int) -> None:
+        raise OSError("disk full")
+
+    clock = HybridClock(wall)
+    clock.persist(9_000, broken, step_ms=1000)
+    try:
+        clock.now()
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a timestamp past the stored ceiling was issued without storing it")

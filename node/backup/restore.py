@@ -1,0 +1,203 @@
+"""`domicile restore --region R [--to RFC3339] --data-dir D`: rebuilds a node's store from its
+region's backup bucket, as of the newest backed-up write or a point in time.
+
+The newest generation whose snapshot had finished by the point is read: its snapshot states,
+then its segments' log entries up to the point (entries are in HLC order, so the replay stops at
+the first one past it). The store is built as a NEW INCARNATION of the node: epoch E, above every
+epoch the bucket knows for the node and at least the restore time in seconds, recorded in the
+data directory's `incarnation` file; the node then writes with writer id "<node id>.E". Its dots
+and change-log positions are those of a writer that never wrote before, so no dot or position
+is reused and no peer mistakes its new writes for ones it had already received (peers keep
+their positions per writer id, which the replication hello carries). The old incarnation's
+writes are in the restored states under the old writer id, like any replica's.
+
+Writes the peers received from the node after the backup point come back from them only by
+anti-entropy; writes of other nodes come back by replication (the restored store has no
+inbound positions, so every peer resends its log). Values stay sealed; the data keys are not in
+the backup and the node opens them from its region's key store (--region-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from domicile.backup import format as fmt
+from domicile.backup.bucket import Bucket
+from domicile.backup.catalog import Catalog, Generation
+from domicile.backup.format import parse_time
+from domicile.cluster import BackupSpec, load_cluster
+from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, NotFound
+from domicile.hlc import physical_ms, wall_ms
+from domicile.model import check_node_id, writer_id
+from domicile.wire.records import mutation_from_bytes
+from node.config import SQLiteSettings
+from node.engine.core import EngineCore
+from node.engine.factory import SQLITE_FILE, open_engine
+from node.incarnation import INCARNATION_FILE, write_epoch
+
+BATCH_ROWS = 5_000
+
+
+@dataclass(frozen=True)
+class RestoreSummary:
+    node_id: str
+    generation: str
+    epoch: int
+    writer_id: str
+    states: int
+    log_entries: int
+    restored_lsn: int
+    restored_to_ms: int
+    seconds: float
+    objects: int
+    bytes: int
+
+
+def choose_generation(generations: Sequence[Generation], to_ms: int | None) -> Generation:
+    complete = [g for g in generations if g.manifest is not None]
+    if to_ms is not None:
+        complete = [g for g in complete if g.manifest is not None and g.manifest.finished_ms <= to_ms]
+    if not complete:
+        if to_ms is None:
+            raise NotFound("no complete backup generation (every one lacks its manifest)")
+        raise NotFound(
+            f"no backup generation had finished its snapshot by {_when(to_ms)}; "
+            "`domicile backup verify` reports the restorable window"
+        )
+    return complete[-1]
+
+
+def restore(
+    spec: BackupSpec,
+    node_id: str,
+    region: str,
+    data_dir: str | Path,
+    to_ms: int | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+    now_ms: Callable[[], int] = wall_ms,
+) -> RestoreSummary:
+    started = time.monotonic()
+    check_node_id(node_id)
+    data = Path(data_dir)
+    if (data / SQLITE_FILE).exists() or (data / INCARNATION_FILE).exists():
+        raise FailedPrecondition(
+            f"{data} already holds a store; restore into an empty directory (nothing was changed)"
+        )
+    catalog = Catalog(Bucket(spec), spec.prefix)
+    generations = catalog.generations(node_id)
+    if not generations:
+        raise NotFound(f"no backup of node {node_id} in bucket {spec.bucket}")
+    chosen = choose_generation(generations, to_ms)
+    manifest = chosen.manifest
+    assert manifest is not None
+    known = max((g.manifest.epoch for g in generations if g.manifest is not None), default=0)
+    epoch = max(known + 1, now_ms() // 1000)
+    writer = writer_id(node_id, epoch)
+    progress(
+        f"generation {chosen.name}: {len(manifest.parts)} snapshot parts, {len(chosen.segments)} segments"
+    )
+    data.mkdir(parents=True, exist_ok=True)
+    engine = open_engine(SQLiteSettings(synchronous="NORMAL"), str(data), writer, region)
+    assert isinstance(engine, EngineCore)
+    states = entries = 0
+    restored_lsn = manifest.base_lsn
+    restored_ms = manifest.finished_ms
+    try:
+        for i, part in enumerate(manifest.parts, 1):
+            body, _ = catalog.bucket.get(part.key, part.sha256)
+            rows = list(fmt.read_snapshot_rows(body))
+            for start in range(0, len(rows), BATCH_ROWS):
+                engine.restore_states(rows[start : start + BATCH_ROWS])
+            states += len(rows)
+            progress(f"snapshot part {i}/{len(manifest.parts)}: {states} states")
+        source = writer_id(node_id, manifest.epoch)
+        done = False
+        for i, segment in enumerate(chosen.segments, 1):
+            batch = []
+            for lsn, blob in catalog.log_entries(segment):
+                if lsn <= manifest.base_lsn:
+                    continue
+                mutation = mutation_from_bytes(blob)
+                written_ms = physical_ms(mutation.version.hlc)
+                if to_ms is not None and written_ms > to_ms:
+                    done = True
+                    break
+                batch.append(mutation)
+                restored_lsn = lsn
+                restored_ms = max(restored_ms, written_ms)
+            for start in range(0, len(batch), BATCH_ROWS):
+                engine.apply_remote(source, batch[start : start + BATCH_ROWS], 0)
+            entries += len(batch)
+            progress(f"segment {i}/{len(chosen.segments)}: {entries} log entries replayed")
+            if done:
+                break
+    finally:
+        engine.close()
+    # Last: a directory with a store but no incarnation file is not a restored node.
+    write_epoch(data, epoch)
+    return RestoreSummary(
+        node_id=node_id,
+        generation=chosen.name,
+        epoch=epoch,
+        writer_id=writer,
+        states=states,
+        log_entries=entries,
+        restored_lsn=restored_lsn,
+        restored_to_ms=restored_ms,
+        seconds=time.monotonic() - started,
+        objects=1 + len(manifest.parts) + len(chosen.segments),
+        bytes=chosen.bytes,
+    )
+
+
+def _when(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="domicile restore",
+        description="Rebuild a node's store from its region's backup bucket as a new incarnation.",
+    )
+    parser.add_argument("--region", "-r", required=True, help="the node's region")
+    parser.add_argument("--data-dir", required=True, help="an empty directory for the rebuilt store")
+    parser.add_argument("--node-id", help="the node to restore (default: the region)")
+    parser.add_argument("--to", help="restore as of this RFC 3339 time (default: the newest backed-up write)")
+    parser.add_argument(
+        "--config",
+        default="deploy/cluster.yaml",
+        help="cluster config naming the bucket (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        cluster = load_cluster(args.config)
+        region = cluster.region(args.region)
+        if region is None or region.backup is None:
+            raise InvalidArgument(f"region {args.region} has no backup bucket in {args.config}")
+        to_ms = parse_time(args.to) if args.to else None
+
+        def progress(line: str) -> None:
+            print(f"restore: {line}", file=sys.stderr, flush=True)
+
+        s = restore(region.backup, args.node_id or args.region, args.region, args.data_dir, to_ms, progress)
+    except DomicileError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    print(
+        f"restored node {s.node_id} from generation {s.generation}: {s.states} states, "
+        f"{s.log_entries} log entries, through position {s.restored_lsn} ({_when(s.restored_to_ms)}), "
+        f"{s.objects} objects ({s.bytes} bytes) in {s.seconds:.1f} s\n"
+        f"new incarnation {s.epoch}: the node writes as {s.writer_id}; start it with "
+        f"--data-dir {args.data_dir} and its region's key store (--region-dir)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Continuous backups to the region's bucket on a real S3 server (SeaweedFS): what goes up,
+what never does, that verify catches damage, and that a bucket outside the region's
+jurisdiction stops the node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from domicile.backup import format as fmt
+from domicile.backup.bucket import Bucket
+from domicile.backup.catalog import Catalog
+from domicile.backup.residency import BUCKET_RULE
+from domicile.cli.main import main
+from domicile.cluster import load_cluster
+from domicile.errors import InvalidArgument
+from domicile.s3_server import SeaweedServer
+from tests.support.cluster import LocalCluster, eventually
+from tests.support.s3 import backup_settings
+
+REGION = "eu-west-1"
+PLAINTEXT = b"backup-plaintext-marker-7f3a"
+SUBJECT = "subject-backup-marker-c41d"
+
+
+async def _cluster(tmp_path: Path, s3: SeaweedServer, **backup: object) -> LocalCluster:
+    cluster = LocalCluster(tmp_path, [REGION], backups={REGION: backup_settings(s3, REGION, **backup)})
+    cluster.node_overrides["backup_interval_s"] = 0.1
+    await cluster.start_linked()
+    return cluster
+
+
+def _catalog(cluster: LocalCluster) -> Catalog:
+    spec = load_cluster(cluster.config_path).region(REGION).backup  # type: ignore[union-attr]
+    assert spec is not None
+    return Catalog(Bucket(spec), spec.prefix)
+
+
+async def _shipped(cluster: LocalCluster) -> None:
+    node = cluster.nodes[REGION]
+
+    async def caught_up() -> bool:
+        shipper = node.backup
+        return (
+            shipper is not None
+            and bool(shipper.state.generation)
+            and (shipper.state.shipped_lsn == node.engine.last_lsn())
+        )
+
+    await eventually(caught_up, 20.0, "the backup caught up with the change log")
+
+
+async def test_a_node_ships_a_base_snapshot_then_segments_and_verify_accepts_them(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    cluster = await _cluster(tmp_path, s3)
+    try:
+        for i in range(20):
+            await cluster.put(REGION, "prefs_eu", f"before-{i}", b"v")
+        await _shipped(cluster)
+        for i in range(30):
+            await cluster.put(
+                REGION, "customers_eu", f"c-{i}", PLAINTEXT, subject_id=SUBJECT, subject_jurisdiction="IE"
+            )
+        await _shipped(cluster)
+        node = cluster.nodes[REGION]
+        assert node.metrics.backup_objects._value.get() >= 3  # manifest, a part, a segment
+        assert node.metrics.backup_last_shipped._value.get() > time.time() - 10
+        catalog = _catalog(cluster)
+        report = await asyncio.to_thread(catalog.verify, REGION)
+        assert report.ok, report.problems
+        assert report.log_entries >= 30
+        assert report.window_start_ms <= report.window_end_ms
+        # What never leaves the node's store: the plaintext of sealed values, and, in object
+        # names and metadata, any key, namespace or subject.
+        bucket = catalog.bucket
+        for obj in bucket.objects(catalog.prefix):
+            body, meta = bucket.get(obj.key)
+            assert PLAINTEXT not in body, obj.key
+            described = obj.key + repr(meta)
+            for personal in (SUBJECT, "customers_eu", "c-1", "before-"):
+                assert personal not in described
+            assert set(meta) <= {fmt.META_SHA256, fmt.META_FIRST_LSN, fmt.META_LAST_LSN, fmt.META_NEWEST_MS}
+    finally:
+        await cluster.stop()
+
+
+def _cli(cluster: LocalCluster, *args: str) -> int:
+    return main(["backup", *args, "--region", REGION, "--config", str(cluster.config_path)])
+
+
+async def test_verify_reports_a_damaged_object_and_a_missing_segment(
+    tmp_path: Path, s3: SeaweedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = await _cluster(tmp_path, s3)
+    try:
+        for round_ in range(3):
+            for i in range(5):
+                await cluster.put(REGION, "prefs_eu", f"k{round_}-{i}", b"v")
+            await _shipped(cluster)
+    finally:
+        await cluster.stop()
+    catalog = _catalog(cluster)
+    [generation] = catalog.generations(REGION)
+    assert len(generation.segments) >= 2
+    assert catalog.verify(REGION).ok
+    assert _cli(cluster, "verify") == 0
+    assert "eu-west-1: OK: 1 generations" in capsys.readouterr().out
+    assert _cli(cluster, "list") == 0 and generation.name in capsys.readouterr().out
+    assert _cli(cluster, "status", "--json") == 0
+    assert f'"last_lsn": {generation.last_lsn}' in capsys.readouterr().out
+    # A segment overwritten with other bytes under its old sha256: damage.
+    first, second = generation.segments[0], generation.segments[1]
+    body, meta = catalog.bucket.get(first.key)
+    catalog.bucket._s3.put_object(
+        Bucket=catalog.bucket.name, Key=first.key, Body=body[:-1] + b"X", Metadata=meta
+    )
+    report = catalog.verify(REGION)
+    assert not report.ok and any("does not match its sha256" in p for p in report.problems)
+    assert _cli(cluster, "verify") == 1 and "DAMAGED" in capsys.readouterr().out
+    # A segment gone: its positions are missing.
+    catalog.bucket.delete_prefix(second.key)
+    report = catalog.verify(REGION)
+    assert any(f"positions {second.first_lsn}..{second.last_lsn} are missing" in p for p in report.problems)
+
+
+async def test_a_generation_past_retention_is_deleted_and_the_newest_kept(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    cluster = await _cluster(tmp_path, s3, retention_days=1)
+    try:
+        await cluster.put(REGION, "prefs_eu", "k", b"v")
+        await _shipped(cluster)
+        shipper = cluster.nodes[REGION].backup
+        assert shipper is not None
+        await asyncio.to_thread(shipper.stop)  # the test drives the rounds from here
+        catalog = _catalog(cluster)
+        first = catalog.generations(REGION)[0].name
+        # Two more generations, the clock two days on: the first is no longer needed.
+        real = shipper.clock_ms
+        shipper.clock_ms = lambda: real() + 2 * 86_400_000
+        await asyncio.to_thread(shipper.start_generation)
+        shipper.clock_ms = lambda: real() + 4 * 86_400_000
+        await asyncio.to_thread(shipper.start_generation)
+        deleted = await asyncio.to_thread(shipper.expire)
+        names = [g.name for g in catalog.generations(REGION)]
+        assert first in deleted and first not in names
+        assert shipper.state.generation in names and len(names) == 2
+    finally:
+        await cluster.stop()
+
+
+@pytest.mark.parametrize(
+    ("bucket_region", "why"),
+    [
+        ("us-east-1", "a backup never leaves its region's country and jurisdiction"),
+        ("eu-central-1", "a backup never leaves its region's country and jurisdiction"),
+    ],
+)
+async def test_a_node_refuses_to_start_with_a_bucket_outside_its_jurisdiction(
+    tmp_path: Path, s3: SeaweedServer, bucket_region: str, why: str
+) -> None:
+    cluster = LocalCluster(
+        tmp_path, [REGION], backups={REGION: backup_settings(s3, REGION, bucket_region=bucket_region)}
+    )
+    await cluster.start_coordinator()
+    try:
+        with pytest.raises(InvalidArgument) as refused:
+            await cluster.start_node(REGION)
+        assert BUCKET_RULE in refused.value.message and why in refused.value.message
+        assert not (tmp_path / REGION / "store.sqlite3").exists()  # refused before the store opened
+    finally:
+        await cluster.stop()
