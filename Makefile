@@ -20,10 +20,12 @@ $(VENV)/.installed: pyproject.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-# Node.js + npm (the other-language client test) and promtool (the alerting rules test).
-test-tools: ## install Node.js, npm and promtool with apt-get when missing
+# Node.js + npm (the other-language client test), promtool (the alerting rules test) and
+# redis-server (the read cache's tests).
+test-tools: ## install Node.js, npm, promtool and redis-server with apt-get when missing
 	@command -v node >/dev/null && command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) nodejs npm; }
 	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) prometheus; }
+	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { $(SUDO) apt-get update -q && $(APT_INSTALL) redis-server; }
 
 up: setup ## run a local cluster: a coordinator and seven regional nodes (Ctrl-C stops it)
 	$(BIN)/domicile up --config deploy/cluster.yaml

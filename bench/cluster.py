@@ -204,6 +204,7 @@ class BenchCluster:
         node_id: str = "",
         plaintext: bool = False,
         mongodb: tuple[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> NodeHandle:
         """`mongodb`: (URI, database) to run the node on the MongoDB engine instead of SQLite."""
         node_id = node_id or region
@@ -238,6 +239,7 @@ class BenchCluster:
             "--log-level",
             "WARNING",
             *security,
+            *extra_args,
         ]
         if advertise:
             argv += ["--advertise", advertise]

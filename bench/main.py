@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from bench import phases
+from bench import cache_phase, phases
 from bench.client import channel, echo_call, get_call, put_call, sequential_ms
 from bench.cluster import (
     BATCH_METRIC,
@@ -47,6 +47,7 @@ from bench.cluster import (
 from bench.procs import REPO_ROOT, Children, free_port
 from bench.report import Figure, cpu_lines, table, write_json
 from bench.stats import percentile
+from domicile.redis_server import RedisServer
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.json"
 ECHO_READY = re.compile(r"echo listening on (\S+)")
@@ -75,6 +76,8 @@ DELAYED_LAG_SLACK_MS = 50.0
 SYNC_PUT_SLACK_MS = 10.0
 SYNC_PUT_SAMPLES_MAX = 300
 PACED_RATE_SHARE_MIN = 0.95  # the lag figure is only valid if the writes kept their pace
+CACHE_HIT_P99_RATIO_MAX = 1.2
+CACHED_NODE_ID = f"{SOLO_REGION}-cached"
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ class Measured:
     engine: phases.EngineResult | None = None
     lag: LagResult | None = None
     far_lag: LagResult | None = None
+    cache: cache_phase.CacheResult | None = None
     sync_put_ms: list[float] | None = None
 
 
@@ -304,6 +308,26 @@ class Run:
             get_call(solo.channel, SOLO_NAMESPACE, sealed_keys, lambda: rng.randrange(len(sealed_keys))),
             opts.samples,
         )
+
+    async def cache_figures(self, echo_address: str) -> None:
+        """A node of the same region whose Gets go through a Redis of its own (SQLite engine)."""
+        redis = RedisServer(self.root / "redis")
+        phases.progress(f"cache: starting redis-server and node {CACHED_NODE_ID} with the read cache")
+        await asyncio.to_thread(redis.start)
+        try:
+            cached = await self.cluster.start_node(
+                SOLO_REGION,
+                synchronous="FULL",
+                node_id=CACHED_NODE_ID,
+                extra_args=("--cache-redis-url", redis.url, "--cache-redis-region", SOLO_REGION),
+            )
+            async with channel(echo_address, self.cluster.plain_dialer) as echo:
+                self.m.cache = await cache_phase.measure(
+                    cached, echo, SOLO_NAMESPACE, self.value, self.opts.samples, self.opts.seed
+                )
+        finally:
+            await self.cluster.stop_node(CACHED_NODE_ID)
+            await asyncio.to_thread(redis.stop)
 
     async def batched(self, echo_address: str, solo: NodeHandle) -> None:
         opts, m = self.opts, self.m
@@ -451,6 +475,7 @@ class Run:
             echo_address, solo, plain, mongo = await self.start()
             await self.local_figures(echo_address, solo, plain, mongo)
             await asyncio.gather(self.cluster.stop_node(PLAIN_NODE_ID), self.cluster.stop_node(MONGO_NODE_ID))
+            await self.cache_figures(echo_address)
             await self.batched(echo_address, solo)
             # Free the CPU for what follows: the engine-only figure runs in this process.
             await asyncio.gather(self.children.stop("echo"), self.cluster.stop_node(SOLO_REGION))
@@ -582,6 +607,7 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
         Figure(
             "sealed_get_p99_ms", "local Get p99, subject data (opened)", sealed_get99, "ms", get99, "Get p99"
         ),
+        *cache_figures(need(m.cache, "cache"), get99),
         Figure(
             "mongodb_get_p99_ms",
             "local Get p99, MongoDB engine (plaintext)",
@@ -722,6 +748,44 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
             "",
             f">= {rate_floor:,.0f} writes/s (paced {opts.lag_rate:,.0f})",
             far.writes.rate >= rate_floor,
+        ),
+    ]
+
+
+def cache_figures(c: cache_phase.CacheResult, get99: float) -> list[Figure]:
+    """On the SQLite engine (the MongoDB engine is not built yet)."""
+    echo50, echo99 = p50_p99(c.echo_ms)
+    hit50, hit99 = p50_p99(c.hit_ms)
+    _, miss99 = p50_p99(c.miss_ms)
+    return [
+        Figure("cache_echo_p99_ms", "baseline: echo p99, alternating with cache hits", echo99, "ms"),
+        Figure(
+            "cache_hit_get_p50_ms", "Get p50, a Redis hit (SQLite engine)", hit50, "ms", echo50, "echo p50"
+        ),
+        Figure(
+            "cache_hit_get_p99_ms",
+            "Get p99, a Redis hit (SQLite engine)",
+            hit99,
+            "ms",
+            echo99,
+            "echo p99",
+            f"<= {CACHE_HIT_P99_RATIO_MAX} x echo p99",
+            hit99 <= CACHE_HIT_P99_RATIO_MAX * echo99,
+        ),
+        Figure(
+            "cache_miss_get_p99_ms",
+            "Get p99, a miss (lookup, store, fill)",
+            miss99,
+            "ms",
+            get99,
+            "uncached Get p99",
+        ),
+        Figure(
+            "cache_zipf_hit_ratio",
+            f"cache hit ratio, Zipf s={cache_phase.ZIPF_EXPONENT} reads of {cache_phase.ZIPF_KEYS} keys "
+            f"with {cache_phase.ZIPF_WRITE_SHARE:.0%} Puts",
+            c.zipf_hit_ratio,
+            "ratio",
         ),
     ]
 

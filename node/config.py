@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from domicile.errors import InvalidArgument
 from domicile.identity import settings
@@ -114,6 +115,14 @@ class NodeConfig:
     jwks: str = ""
     token_issuer: str = ""
     token_audience: str = ""
+    # The region's read cache (node/cache/): a Redis URL (redis://HOST:PORT/DB, rediss:// for
+    # TLS, unix:///PATH) and the region that Redis is in, which must be this node's. Empty: no cache.
+    cache_redis_url: str = ""
+    cache_redis_region: str = ""
+    # How long an entry may live (bounds staleness if an invalidation is ever lost), and the
+    # deadline of each cache call (past it, the read uses the store).
+    cache_ttl_s: float = 300.0
+    cache_deadline_ms: int = 50
 
     def __post_init__(self) -> None:
         if not self.region:
@@ -153,6 +162,7 @@ class NodeConfig:
                 "retention_sweep_interval_s must be 0 (off) to 86400 seconds, "
                 f"not {self.retention_sweep_interval_s}"
             )
+        check_cache(self)
 
     def _check_engine(self) -> None:
         if self.engine not in ENGINES:
@@ -200,6 +210,64 @@ class NodeConfig:
     def tls_files(self) -> TlsFiles | None:
         return settings.tls_files(
             tls_dir=self.tls_dir, ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, stem=self.tls_stem
+        )
+
+
+CACHE_RULE = "cache-in-region"
+_CACHE_SCHEMES = ("redis", "rediss", "unix")
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def redis_url_for_logs(url: str) -> str:
+    """The URL without its password (messages and logs must not carry it)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def check_cache(cfg: NodeConfig) -> None:
+    """The cache settings; a cache in another region is refused (rule cache-in-region): what it
+    holds are the region's records, which must not leave it."""
+    if not cfg.cache_redis_url:
+        if cfg.cache_redis_region:
+            raise InvalidArgument("cache_redis_region is set without cache_redis_url; set both or neither")
+        return
+    url = urlsplit(cfg.cache_redis_url)
+    shown = redis_url_for_logs(cfg.cache_redis_url)
+    if url.scheme not in _CACHE_SCHEMES:
+        raise InvalidArgument(
+            f"cache_redis_url {shown!r} is not a Redis URL; use "
+            "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"
+        )
+    if url.scheme == "redis" and url.hostname not in _LOOPBACK and not cfg.insecure:
+        raise InvalidArgument(
+            f"cache_redis_url {shown!r} is plaintext to another host; use rediss:// "
+            "(TLS), a loopback address or a unix socket"
+        )
+    if not cfg.cache_redis_region:
+        raise InvalidArgument(
+            f"cache_redis_region is required with cache_redis_url: name the region the Redis is in "
+            f"(it must be {cfg.region}, rule {CACHE_RULE})"
+        )
+    if cfg.cache_redis_region != cfg.region:
+        raise InvalidArgument(
+            f"the cache's Redis is in {cfg.cache_redis_region} but this node serves {cfg.region}; "
+            f"rule {CACHE_RULE}: a node caches its records only in a Redis of its own region"
+        )
+    if cfg.engine != "sqlite":
+        raise InvalidArgument(
+            f"the read cache works with the sqlite engine only, not {cfg.engine}: other nodes of the "
+            "region write the same records in a shared database, and a node's cache hears only of its "
+            "own changes; unset cache_redis_url"
+        )
+    if not 0.001 <= cfg.cache_ttl_s <= 86_400:
+        raise InvalidArgument(f"cache_ttl_s must be 0.001 to 86400 seconds, not {cfg.cache_ttl_s}")
+    if not 1 <= cfg.cache_deadline_ms <= 10_000:
+        raise InvalidArgument(
+            f"cache_deadline_ms must be 1 to 10000 milliseconds, not {cfg.cache_deadline_ms}"
         )
 
 
@@ -293,6 +361,15 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     parser.add_argument("--jwks", help="JWKS file of the public keys bearer tokens are signed with")
     parser.add_argument("--token-issuer", help="the iss a bearer token must carry (with --jwks)")
     parser.add_argument("--token-audience", help="the aud a bearer token must carry (with --jwks)")
+    parser.add_argument(
+        "--cache-redis-url",
+        help="the region's Redis for the read cache (redis://HOST:PORT/DB, rediss://, unix:///PATH)",
+    )
+    parser.add_argument(
+        "--cache-redis-region", help="the region that Redis is in; must be --region (rule cache-in-region)"
+    )
+    parser.add_argument("--cache-ttl-s", type=float, help="longest life of a cache entry (default 300)")
+    parser.add_argument("--cache-deadline-ms", type=int, help="deadline of each cache call (default 50)")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     if args.config:

@@ -51,13 +51,14 @@ from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
 from node.api.replication import ReplicationServicer
 from node.api.storage import StorageServicer
 from node.backup.shipper import BackupShipper
+from node.cache.read_cache import CacheSettings, ReadCache
 from node.clock_file import RESERVE_STEP_MS, load_ceiling, save_ceiling
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
 from node.compliance.scanner import ScanReport, scan_store
 from node.compliance.stats import namespace_counts
-from node.config import NodeConfig, split_host_port
+from node.config import CACHE_RULE, NodeConfig, redis_url_for_logs, split_host_port
 from node.coordinator_link import CoordinatorLink
 from node.crypto.keyring import Keyring, load_or_create_kek
 from node.crypto.sealing import Sealer
@@ -172,6 +173,12 @@ class Node:
             bytes_max=cfg.limits.log_tail_bytes_max,
             after_lsn=await offload.run(self.engine.last_lsn),
         )
+        try:
+            self.cache = await self._open_cache() if cfg.cache_redis_url else None
+        except BaseException:
+            # A cache in another region's Redis: nothing of this start stays open.
+            await self._abandon_start()
+            raise
         self.committer = GroupCommitter(
             self.engine,
             self.clock.now,
@@ -180,6 +187,8 @@ class Node:
             queue_bytes_max=cfg.limits.write_queue_bytes_max,
             on_batch=self.metrics.commit_batch_records.observe,
             log_tail=self.log_tail,
+            # Before any write or apply is acknowledged, the cache knows its keys changed.
+            on_keys_changed=self.cache.changed if self.cache is not None else None,
         )
         self.committer.start()
         self.view = TopologyView(await offload.run(self._initial_topology))
@@ -257,6 +266,7 @@ class Node:
             tokens=ContextTokens(
                 await offload.run(load_context_key, cfg.context_key_file, Path(cfg.data_dir))
             ),
+            cache=self.cache,
         )
         self.receiver = Receiver(
             node_id=cfg.node_id,
@@ -478,6 +488,36 @@ class Node:
             for mutation in self.engine.read_log(last_lsn - 1, 1):
                 ceiling = max(ceiling, physical_ms(mutation.version.hlc))
         self.clock.persist(ceiling, lambda ms: save_ceiling(data_dir, ms), RESERVE_STEP_MS)
+
+    async def _open_cache(self) -> ReadCache:
+        """The region's read cache. A Redis that another region claimed is refused; one that
+        does not answer yet is used once it does (reads use the store meanwhile)."""
+        cfg = self.config
+        cache = ReadCache(
+            CacheSettings(
+                url=cfg.cache_redis_url,
+                region=cfg.cache_redis_region,
+                ttl_s=cfg.cache_ttl_s,
+                deadline_s=cfg.cache_deadline_ms / 1000,
+            ),
+            node_id=cfg.node_id,
+            counters=self.metrics.cache,
+        )
+        try:
+            claimed = await self.offload.run(cache.check_region)
+        except Exception as exc:
+            log.warning("the cache's Redis %s does not answer (%s); reads use the store until it does",
+                        redis_url_for_logs(cfg.cache_redis_url), exc)  # fmt: skip
+            claimed = cfg.region
+        if claimed != cfg.region:
+            await asyncio.to_thread(cache.close)
+            raise errors.FailedPrecondition(
+                f"the cache's Redis {redis_url_for_logs(cfg.cache_redis_url)} serves region {claimed}, "
+                f"not {cfg.region}; "
+                f"rule {CACHE_RULE}: a node caches its records only in a Redis of its own region"
+            )
+        cache.start()
+        return cache
 
     def _open_keyring(self) -> Keyring:
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of
@@ -811,6 +851,8 @@ class Node:
         await self.stop()
 
     def _close_stores(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
         self.trees.close()
         self.keyring.close()
         self.engine.close()

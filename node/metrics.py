@@ -355,6 +355,7 @@ class NodeMetrics:
             "domicile_node_info", "Constant 1, labelled with identity.", ["node_id", "region"], registry=r
         )
         self.info.labels(node_id, region).set(1)
+        self.cache = CacheMetrics(r)
         self.lag_windows: dict[tuple[str, str], LagWindow] = {}
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -377,3 +378,56 @@ class NodeMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class CacheMetrics:
+    """The regional read cache's figures (node/cache/); the cache calls these methods."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.hits = Counter("domicile_cache_hits_total", "Gets answered from the cache.", registry=r)
+        self.misses = Counter(
+            "domicile_cache_misses_total",
+            "Gets the cache did not answer (no entry, or a change not yet in Redis); read from the store.",
+            registry=r,
+        )
+        self.fills_refused = Counter(
+            "domicile_cache_fills_refused_total",
+            "Fills not stored: stale (a newer change landed first), lease_lost (invalidated, expired "
+            "or evicted meanwhile), present (another read filled it).",
+            ["reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "domicile_cache_fallbacks_total",
+            "Gets read from the store because the cache failed (error, timeout, corrupt) or was known "
+            "to be unavailable.",
+            ["reason"],
+            registry=r,
+        )
+        self.resets = Counter(
+            "domicile_cache_resets_total",
+            "Times the cache moved to a new generation (an invalidation failed or Redis lost writes).",
+            ["reason"],
+            registry=r,
+        )
+        self.entry_count = Gauge(
+            "domicile_cache_entries", "Keys in the cache's Redis database (DBSIZE).", registry=r
+        )
+
+    def hit(self) -> None:
+        self.hits.inc()
+
+    def miss(self) -> None:
+        self.misses.inc()
+
+    def fill_refused(self, reason: str) -> None:
+        self.fills_refused.labels(reason).inc()
+
+    def fallback(self, reason: str) -> None:
+        self.fallbacks.labels(reason).inc()
+
+    def entries(self, count: int) -> None:
+        self.entry_count.set(count)
+
+    def reset(self, reason: str) -> None:
+        self.resets.labels(reason).inc()

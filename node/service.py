@@ -27,6 +27,7 @@ from domicile.model import (
     check_value,
 )
 from domicile.policy import Action, Decision, RecordFacts
+from node.cache.read_cache import ReadCache
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
 from node.crypto.sealing import Sealer
@@ -100,6 +101,7 @@ class StorageService:
         on_committed: Callable[[], None] = lambda: None,
         offload: Offload | None = None,
         tokens: ContextTokens | None = None,
+        cache: ReadCache | None = None,
     ) -> None:
         self.node_id = node_id
         self.region = region
@@ -118,6 +120,9 @@ class StorageService:
         # Causal contexts go to clients as tokens of the cluster key (without one: a key of this
         # process only, so that no token of it verifies anywhere else).
         self.tokens = tokens or ContextTokens(secrets.token_bytes(KEY_BYTES))
+        # The region's read cache of sealed key states (node/cache/), when configured: Get asks
+        # it before the engine; everything after the state is read (opening, policy) is the same.
+        self.cache = cache
         self.started = time.monotonic()
         self.conflicts_total = 0
         self.quality = quality.QualityFigures()
@@ -344,7 +349,10 @@ class StorageService:
         return tuple(v for v in opened if v is not None)
 
     def _read_now(self, spec: NamespaceSpec, key: str) -> tuple[KeyState | None, tuple[Version, ...]]:
-        state = self.engine.get(spec.name, key)
+        if self.cache is None:
+            state = self.engine.get(spec.name, key)
+        else:
+            state = self.cache.read(spec.name, key, lambda: self.engine.get(spec.name, key))
         return state, self._open_visible(spec, key, state)
 
     def _scan_now(

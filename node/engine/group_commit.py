@@ -7,6 +7,11 @@ only ever sees one writer. The queue and the thread are a domicile.single_writer
 
 Local writes reach the engine only through submit(), never through a job: every change-log entry
 is then appended to the log tail (node.engine.log_tail) that the replication senders read.
+
+`on_keys_changed` hears, on the writer thread, which keys every durable change touched (the
+writes of a committed batch; the applied mutations of a job that returns an ApplyOutcome, that
+is a replicated apply), before any caller hears back: the read cache (node/cache/) keeps those
+keys out of its answers until their entries are invalidated.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 from domicile.errors import DomicileError, InvalidArgument, ResourceExhausted, Unavailable
 from domicile.single_writer import NEW, RUNNING, LoopWaiter, SingleWriter
-from node.engine.base import Committed, LocalWrite, StorageEngine
+from node.engine.base import ApplyOutcome, Committed, LocalWrite, StorageEngine
 from node.engine.log_tail import LogTail
 
 log = logging.getLogger("domicile.group_commit")
@@ -78,6 +83,7 @@ class GroupCommitter:
         queue_bytes_max: int = QUEUE_BYTES_MAX_DEFAULT,
         on_batch: Callable[[int], None] | None = None,
         log_tail: LogTail | None = None,
+        on_keys_changed: Callable[[list[tuple[str, str]]], None] | None = None,
         guard: Callable[[LocalWrite], DomicileError | None] | None = None,
     ) -> None:
         for name, value in (
@@ -99,6 +105,9 @@ class GroupCommitter:
         self._on_batch = on_batch
         # Gets every committed change-log entry, on the writer thread, in position order.
         self.log_tail = log_tail
+        # Gets the (namespace, key) of every durable change, on the writer thread, before the
+        # change is acknowledged.
+        self.on_keys_changed = on_keys_changed
         self.batch_records_max = batch_records_max
         self.queue_records_max = queue_records_max
         self.queue_jobs_max = queue_jobs_max
@@ -217,6 +226,8 @@ class GroupCommitter:
             result = job.fn(self.engine)
         finally:
             self.jobs_run += 1
+        if isinstance(result, ApplyOutcome) and result.applied:
+            self._keys_changed([(m.namespace, m.key) for m in result.applied])
         job.waiter.deliver(result)
 
     def _commit(self, batch: list[_WriteItem]) -> None:
@@ -236,6 +247,9 @@ class GroupCommitter:
             raise RuntimeError(f"engine returned more results than the {len(admitted)} writes given")
         if self.log_tail is not None:
             self._extend_tail(self.log_tail, results)
+        self._keys_changed(
+            [(r.mutation.namespace, r.mutation.key) for r in results if isinstance(r, Committed)]
+        )
         # Counters first, so that a caller who got its result sees them include its batch.
         self.batches_committed += 1
         self.records_committed += sum(isinstance(r, Committed) and not r.replayed for r in results)
@@ -249,6 +263,16 @@ class GroupCommitter:
                 log.exception("the group commit batch hook failed")
         for item, result in zip(batch, results, strict=True):
             item.waiter.deliver(result)
+
+    def _keys_changed(self, keys: list[tuple[str, str]]) -> None:
+        if self.on_keys_changed is None or not keys:
+            return
+        try:
+            self.on_keys_changed(keys)
+        except Exception:
+            # The change is durable: failing its callers would make them retry and write twice.
+            # The listener keeps its own state safe (node/cache/ distrusts itself).
+            log.exception("the key-change listener failed")
 
     @staticmethod
     def _extend_tail(tail: LogTail, results: list[Committed | DomicileError]) -> None:

@@ -52,6 +52,11 @@ FIGURES = {
     "sync_put_p50_ms",
     "sync_put_p99_ms",
     "delayed_write_rate_per_s",
+    "cache_echo_p99_ms",
+    "cache_hit_get_p50_ms",
+    "cache_hit_get_p99_ms",
+    "cache_miss_get_p99_ms",
+    "cache_zipf_hit_ratio",
 }
 FIELDS = {"key", "label", "value", "unit", "baseline", "baseline_label", "ratio", "target", "met"}
 

@@ -1,0 +1,121 @@
+"""The read cache's figures: a node whose Gets go through the region's Redis (a managed
+redis-server child), measured on the SQLite engine.
+
+- hit: sequential Gets of keys already in the cache, in halves alternating with echo calls of
+  the same run, so that drift of a shared machine falls on both;
+- miss: sequential Gets of keys read for the first time (lookup, store read, fill);
+- Zipf: reads of keys drawn from a Zipf distribution with a share of Puts to the same keys
+  (each Put invalidates its key's entry), once to warm the cache and once measured; the hit
+  ratio is the growth of the node's own counters over the measured pass.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench import phases
+from bench.client import Call, echo_call, get_call, put_call, sequential_ms
+from bench.cluster import NodeHandle
+
+HIT_KEYS = 1000
+ZIPF_KEYS = 2000
+ZIPF_EXPONENT = 1.1
+ZIPF_WRITE_SHARE = 0.05
+MISS_WARMUP = 10
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    echo_ms: list[float]
+    hit_ms: list[float]
+    miss_ms: list[float]
+    zipf_ops: int
+    zipf_hits: float
+    zipf_misses: float
+
+    @property
+    def zipf_hit_ratio(self) -> float | None:
+        total = self.zipf_hits + self.zipf_misses
+        return self.zipf_hits / total if total else None
+
+
+def zipf_picker(n: int, exponent: float, rng: random.Random) -> Callable[[], int]:
+    """Index 0 is the most popular of n keys, with weight 1 / (rank ** exponent)."""
+    cumulative = list(itertools.accumulate(1.0 / (rank**exponent) for rank in range(1, n + 1)))
+    total = cumulative[-1]
+    return lambda: min(n - 1, bisect.bisect_left(cumulative, rng.random() * total))
+
+
+def counter_total(text: str, name: str) -> float:
+    """The sum of a counter's samples over its labels, from a /metrics page."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                total += sample.value
+    return total
+
+
+async def measure(
+    node: NodeHandle, echo_channel: grpc.aio.Channel, namespace: str, value: bytes, samples: int, seed: int
+) -> CacheResult:
+    rng = random.Random(seed)
+    hit_keys = [f"hit-{i}" for i in range(HIT_KEYS)]
+    phases.progress(f"cache: pre-loading {HIT_KEYS} keys and reading each once (fills)")
+    await phases.preload(put_call(node.channel, namespace, "hit", value), HIT_KEYS)
+    await phases.preload(
+        get_call(node.channel, namespace, hit_keys, iter(range(HIT_KEYS)).__next__), HIT_KEYS
+    )
+    echo: Call = echo_call(echo_channel, namespace, "echo", value)
+    hit: Call = get_call(node.channel, namespace, hit_keys, lambda: rng.randrange(HIT_KEYS))
+    echo_ms: list[float] = []
+    hit_ms: list[float] = []
+    half = max(1, samples // 2)
+    for _ in range(2):
+        echo_ms += await phases.sequential("cache: echo baseline", echo, half)
+        hit_ms += await phases.sequential("cache: Get, a cache hit", hit, half)
+
+    misses = max(MISS_WARMUP + 1, min(samples, 5000))
+    miss_keys = [f"miss-{i}" for i in range(misses)]
+    phases.progress(f"cache: pre-loading {misses} keys never read")
+    await phases.preload(put_call(node.channel, namespace, "miss", value), misses)
+    fresh = iter(range(misses))
+    phases.progress(f"cache: Get, a miss (each key read once): {misses} sequential calls")
+    miss_ms = await sequential_ms(
+        get_call(node.channel, namespace, miss_keys, fresh.__next__), misses - MISS_WARMUP, warmup=MISS_WARMUP
+    )
+
+    zipf_keys = [f"zipf-{i}" for i in range(ZIPF_KEYS)]
+    phases.progress(f"cache: pre-loading {ZIPF_KEYS} keys for the Zipf load")
+    await phases.preload(put_call(node.channel, namespace, "zipf", value), ZIPF_KEYS)
+    pick = zipf_picker(ZIPF_KEYS, ZIPF_EXPONENT, rng)
+    read = get_call(node.channel, namespace, zipf_keys, pick)
+    write_key = put_call(node.channel, namespace, "zipf", value)
+
+    async def op(i: int) -> object:
+        if rng.random() < ZIPF_WRITE_SHARE:
+            return await write_key(pick())
+        return await read(i)
+
+    ops = max(100, samples)
+    # The same load once unmeasured first: the ratio is of a warm cache, not of its filling.
+    phases.progress(f"cache: Zipf load, warming up: {ops} calls")
+    await sequential_ms(op, ops, warmup=0)
+    before = await node.scrape()
+    phases.progress(f"cache: Zipf load (s={ZIPF_EXPONENT}, {ZIPF_WRITE_SHARE:.0%} Puts): {ops} calls")
+    await sequential_ms(op, ops, warmup=0)
+    after = await node.scrape()
+    hits = counter_total(after, "domicile_cache_hits_total") - counter_total(
+        before, "domicile_cache_hits_total"
+    )
+    missed = counter_total(after, "domicile_cache_misses_total") - counter_total(
+        before, "domicile_cache_misses_total"
+    )
+    return CacheResult(echo_ms, hit_ms, miss_ms, ops, hits, missed)

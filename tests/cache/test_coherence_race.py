@@ -1,0 +1,228 @@
+"""Concurrent local writes, replicated applies and cache reads (with their fills) against a real
+redis-server: no read may return a state older than the last one acknowledged before the read
+began. Randomized: the seed is printed; DOMICILE_CACHE_RACE_SEED=N replays the same schedule
+(thread timing still varies). The negative control disables the version guard of the fill and
+shows that the checker then catches a stale read."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from domicile.causality import KeyState
+from domicile.hlc import HybridClock
+from domicile.redis_server import RedisServer
+from node.cache.read_cache import CacheSettings, ReadCache
+from node.cache.store import RedisStore
+from node.engine.base import ApplyOutcome, LocalWrite, StorageEngine
+from node.engine.group_commit import GroupCommitter
+from node.engine.sqlite import SQLiteEngine
+
+NAMESPACE = "ns"
+KEYS = [f"k{i}" for i in range(4)]
+READERS = 3
+
+
+def seed_of_run() -> int:
+    seed = int(os.environ.get("DOMICILE_CACHE_RACE_SEED", random.randrange(2**32)))
+    print(f"cache race seed: {seed} (replay: DOMICILE_CACHE_RACE_SEED={seed})")
+    return seed
+
+
+class UnguardedStore(RedisStore):
+    """A fill that ignores the lease's version and whether there is a lease at all."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._fill = self.client.register_script(
+            "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1"
+        )
+
+
+class Tally:
+    """The cache's counters, to show that the run raced (hits, refused fills) at all."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _add(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def hit(self) -> None:
+        self._add("hit")
+
+    def miss(self) -> None:
+        self._add("miss")
+
+    def fill_refused(self, reason: str) -> None:
+        self._add(f"refused_{reason}")
+
+    def fallback(self, reason: str) -> None:
+        self._add(f"fallback_{reason}")
+
+    def entries(self, count: int) -> None:
+        pass
+
+    def reset(self, reason: str) -> None:
+        self._add(f"reset_{reason}")
+
+
+@dataclass
+class Checker:
+    """The last acknowledged state of each key, and the reads that returned an older one."""
+
+    acked: dict[str, KeyState] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    reads: int = 0
+    tally: Tally = field(default_factory=Tally)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def acknowledged(self, key: str, state: KeyState) -> None:
+        with self.lock:
+            held = self.acked.get(key)
+            # One writer thread changes a key's state, so its contexts only grow.
+            if held is None or held.context.leq(state.context):
+                self.acked[key] = state
+
+    def before_read(self, key: str) -> KeyState | None:
+        with self.lock:
+            return self.acked.get(key)
+
+    def after_read(self, key: str, floor: KeyState | None, got: KeyState | None) -> None:
+        with self.lock:
+            self.reads += 1
+            if floor is not None and (got is None or not floor.context.leq(got.context)):
+                self.violations.append(
+                    f"read {self.reads} of {key}: got {got.context if got else None}, "
+                    f"older than the acknowledged {floor.context}"
+                )
+
+
+@dataclass
+class Run:
+    seed: int
+    writes: int
+    applies: int
+    store_class: type[RedisStore] = RedisStore
+    stop_at_first_violation: bool = False
+
+
+async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
+    rng = random.Random(run.seed)
+    engine = SQLiteEngine(tmp_path / "node.sqlite3", "n1", "eu-west-1", synchronous="OFF")
+    peer = SQLiteEngine(tmp_path / "peer.sqlite3", "n2", "eu-west-1", synchronous="OFF")
+    settings = CacheSettings(url=server.url, region="eu-west-1", ttl_s=30, deadline_s=1.0, heartbeat_s=0.05)
+    store = run.store_class(server.url, node_id="n1", deadline_s=1.0, ttl_s=30)
+    checker = Checker()
+    cache = ReadCache(settings, node_id="n1", store=store, counters=checker.tally)
+    committer = GroupCommitter(
+        engine, HybridClock().now, batch_records_max=16, queue_records_max=1000, on_keys_changed=cache.changed
+    )
+    done = threading.Event()
+    committer.start()
+    cache.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not cache.coherence.usable:
+            assert time.monotonic() < deadline, "the cache never became ready"
+            await asyncio.sleep(0.01)
+
+        def reader(n: int) -> None:
+            local = random.Random(run.seed * 31 + n)
+
+            def load(key: str) -> Callable[[], KeyState | None]:
+                def read() -> KeyState | None:
+                    state = engine.get(NAMESPACE, key)
+                    # Widens the window between the engine read and the fill.
+                    time.sleep(local.random() * 0.002)
+                    return state
+
+                return read
+
+            while not done.is_set():
+                key = local.choice(KEYS)
+                floor = checker.before_read(key)
+                got = cache.read(NAMESPACE, key, load(key))
+                checker.after_read(key, floor, got)
+                if run.stop_at_first_violation and checker.violations:
+                    done.set()
+
+        readers = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(READERS)]
+        for t in readers:
+            t.start()
+
+        async def writes() -> None:
+            for i in range(run.writes):
+                key = rng.choice(KEYS)
+                committed = await committer.submit(LocalWrite(NAMESPACE, key, value=f"w{i}".encode()))
+                checker.acknowledged(key, committed.state)
+                await asyncio.sleep(rng.random() * 0.002)
+                if done.is_set():
+                    return
+
+        async def applies() -> None:
+            for i in range(run.applies):
+                key = rng.choice(KEYS)
+                [made] = peer.commit_local(
+                    [LocalWrite(NAMESPACE, key, value=f"r{i}".encode())], HybridClock().now
+                )
+                assert not isinstance(made, Exception)
+                mutation = made.mutation
+                seen: dict[str, KeyState | None] = {}
+
+                def apply(e: StorageEngine, m=mutation, seen=seen) -> ApplyOutcome:
+                    outcome = e.apply_remote("n2", [m], m.lsn)
+                    # The state as of the acknowledgement, read on the writer thread.
+                    seen[m.key] = e.get(NAMESPACE, m.key)
+                    return outcome
+
+                await committer.run(apply)
+                state = seen[mutation.key]
+                assert state is not None
+                checker.acknowledged(mutation.key, state)
+                await asyncio.sleep(rng.random() * 0.004)
+                if done.is_set():
+                    return
+
+        await asyncio.gather(writes(), applies())
+        done.set()
+        for t in readers:
+            await asyncio.to_thread(t.join, 10)
+        return checker
+    finally:
+        done.set()
+        await committer.stop()
+        await asyncio.to_thread(cache.close)
+        engine.close()
+        peer.close()
+
+
+async def test_no_read_returns_a_state_older_than_the_last_acknowledged(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    checker = await race(tmp_path, redis, Run(seed_of_run(), writes=400, applies=150))
+    print(f"{checker.reads} reads: {checker.tally.counts}")
+    assert checker.reads > 200 and checker.tally.counts.get("hit", 0) > 0, checker.tally.counts
+    assert not checker.violations, "\n".join(checker.violations[:5])
+
+
+async def test_negative_control_without_the_version_guard_the_checker_catches_a_stale_read(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    checker = await race(
+        tmp_path,
+        redis,
+        Run(
+            seed_of_run(), writes=3000, applies=1000, store_class=UnguardedStore, stop_at_first_violation=True
+        ),
+    )
+    print(f"{checker.reads} reads: {checker.tally.counts}; first violation: {checker.violations[:1]}")
+    assert checker.violations, f"no stale read caught in {checker.reads} reads"
