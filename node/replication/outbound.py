@@ -98,6 +98,8 @@ class LinkSender:
         self.signal = signal
         self.backoff = backoff
         self.rng = rng or random.Random()
+        # The delays between reconnects of this link.
+        self.reconnects = Backoff(backoff, self.rng)
         self.offload = offload or Offload()
         # The newest change-log entries in memory (the group committer appends them); without
         # one, every batch is read from the store.
@@ -214,7 +216,7 @@ class LinkSender:
     async def run(self) -> None:
         await retry_forever(
             self._connected_session,
-            Backoff(self.backoff, self.rng),
+            self.reconnects,
             on_error=self._session_failed,
             before_wait=self.metrics.replication_reconnects.labels(*self._labels).inc,
         )
@@ -262,6 +264,10 @@ class LinkSender:
             raise ConnectionError("target did not answer the hello with ready")
         sent = first.ready.resume_after_lsn
         self._ack(sent)
+        # The target answered: the delays start over. A session never ends without an error
+        # (it streams until the link breaks), so retry_forever alone would never reset them, and
+        # after a few failures every later reconnect would wait the longest delay.
+        self.reconnects.reset()
         self.connected = True
         self.metrics.replication_connected.labels(*self._labels).set(1)
         inflight: collections.deque[tuple[int, float]] = collections.deque()
