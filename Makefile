@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy bench-restore torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy bench-replication bench-restore torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -71,6 +71,9 @@ fuzz: setup ## run every fuzz harness for FUZZ_SECONDS (300) each; new inputs an
 
 bench: setup ## benchmarks, each next to a baseline of the same run (a few minutes)
 	$(PY) bench/run.py
+
+bench-replication: setup ## replication lag and CPU per replicated record: one replica, batches, six regions, a delayed link (ARGS=--profile DIR)
+	$(PY) -m bench.replication $(ARGS)
 
 bench-entropy: setup ## time one anti-entropy round repairing 10,000 divergent keys
 	$(PY) -m bench.antientropy

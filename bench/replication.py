@@ -1,0 +1,502 @@
+"""Replication figures: what a replicated record costs at each end and how far behind the
+replicas are, under paced load (`python -m bench.replication [--quick] [--profile DIR]`).
+
+One cluster of seven regions, every daemon on mutual TLS as deployed; one source node writes
+and the figures are measured at its targets:
+- local baseline: the source alone, 1,000 Puts/s into a namespace without replicas, so that
+  the source's CPU per write without replication is known from the same run;
+- one replica: 1,000 Puts/s into a namespace the source shares with one target;
+- batches: 5,000 records/s in batches of 50 to the same target (PutBatch when the node offers
+  it, otherwise 50 concurrent Puts per batch; the JSON says which);
+- global: 1,000 Puts/s into a namespace held in six regions (five links from the source);
+- delayed: 1,000 Puts/s to a seventh region behind a proxy that delays each byte by d.
+Lag quantiles come from the targets' domicile_replication_lag_seconds histograms (scraped
+before and after, subtracted). CPU per record is each process's CPU time over the load,
+counted until the targets have caught up, divided by the records written.
+
+With --profile DIR, py-spy samples the source and the target during the one-replica phase
+(and the target of the batch phase) and the top functions by share of samples go to the
+table and to DIR (collapsed stacks, for a flame graph).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import phases
+from bench.client import RPC_DEADLINE_S, Call, put_call, put_request, sequential_ms
+from bench.cluster import LAG_METRIC, BenchCluster, NodeHandle, wait_caught_up, wait_linked
+from bench.procs import REPO_ROOT, Children, free_port
+from bench.report import Figure, table, write_json
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import storage_node_pb2_grpc as spb_grpc
+
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "replication.json"
+CLIENT = "bench"
+SOURCE = "eu-west-1"
+NEAR = "eu-central-1"
+FAR = "eu-north-1"  # behind the delay proxy
+# With SOURCE and NEAR, the six regions of the global namespace.
+OTHERS = ("eu-south-1", "eu-west-3", "eu-south-2", "eu-central-2")
+COUNTRIES = {
+    SOURCE: "IE",
+    NEAR: "DE",
+    FAR: "SE",
+    "eu-south-1": "IT",
+    "eu-west-3": "FR",
+    "eu-south-2": "ES",
+    "eu-central-2": "AT",
+}
+GLOBAL_REGIONS = (SOURCE, NEAR, *OTHERS)
+LOCAL_NS, PAIR_NS, GLOBAL_NS, FAR_NS = "repl_local", "repl_pair", "repl_global", "repl_far"
+PROXY_READY = "proxy listening on "
+WARMUP_WRITES = 50
+BATCH_RECORDS = 50
+PROFILE_RATE_HZ = 199
+PROFILE_TOP = 12
+# Frames where a thread waits rather than works (py-spy's idle detection misses some of them):
+# left out of the shares, which are of the samples where the process was doing something.
+IDLE_FRAMES = frozenset({"select", "wait", "_worker", "run", "_wait_for_tstate_lock", "sleep", "get", "poll"})
+
+# Targets (issue text of the write path work, section 3).
+LAG_P99_MS_MAX = 100.0
+BATCH_LAG_P99_MS_MAX = 150.0
+GLOBAL_LAG_P99_MS_MAX = 150.0
+DELAYED_SLACK_MS = 50.0
+PACED_SHARE_MIN = 0.995
+
+
+def cluster_config() -> dict[str, Any]:
+    def ns(name: str, regions: tuple[str, ...]) -> dict[str, Any]:
+        return {"name": name, "regions": list(regions), "conflict_mode": "lww", "owner": CLIENT}
+
+    return {
+        "policy_version": "bench-replication-1",
+        "regions": [{"name": r, "country": c, "jurisdiction": "EU"} for r, c in COUNTRIES.items()],
+        "namespaces": [
+            ns(LOCAL_NS, (SOURCE,)),
+            ns(PAIR_NS, (SOURCE, NEAR)),
+            ns(GLOBAL_NS, GLOBAL_REGIONS),
+            ns(FAR_NS, (SOURCE, FAR)),
+        ],
+        "coordinator": {"heartbeat_interval_ms": 500, "missed_heartbeats_max": 6},
+    }
+
+
+@dataclass(frozen=True)
+class Options:
+    quick: bool
+    out: Path
+    seconds: float
+    rate: float
+    batch_rate: float
+    delay_ms: float
+    value_bytes: int
+    profile: Path | None
+    keep_tmp: bool
+    skip: frozenset[str]
+
+
+PHASES = ("local", "pair", "batch", "global", "delayed")
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m bench.replication", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="3 s per phase instead of 10")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    p.add_argument("--seconds", type=float, help="paced writing per phase (10 s; quick 3 s)")
+    p.add_argument("--rate", type=float, default=1000.0, help="paced single-record writes/s (1000)")
+    p.add_argument("--batch-rate", type=float, default=5000.0, help="paced records/s in batches (5000)")
+    p.add_argument("--delay-ms", type=float, default=50.0, help="one-way delay of the delayed link (50)")
+    p.add_argument("--value-bytes", type=int, default=256, help="value size (256)")
+    p.add_argument("--profile", type=Path, help="py-spy the source and target into this directory")
+    p.add_argument("--skip", action="append", default=[], choices=PHASES, help="leave a phase out")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (data and logs)")
+    a = p.parse_args(argv)
+    seconds = a.seconds if a.seconds is not None else (3.0 if a.quick else 10.0)
+    if not 0 < seconds <= 600 or not 1 <= a.rate <= 100_000 or not 1 <= a.batch_rate <= 1_000_000:
+        p.error("--seconds must be in (0, 600], --rate in [1, 100000], --batch-rate in [1, 1000000]")
+    if not 0 <= a.delay_ms <= 10_000 or not 1 <= a.value_bytes <= 1 << 20:
+        p.error("--delay-ms must be 0 to 10000 and --value-bytes 1 to 1 MiB")
+    return Options(
+        a.quick, a.out, seconds, a.rate, a.batch_rate, a.delay_ms, a.value_bytes, a.profile,
+        a.keep_tmp, frozenset(a.skip),
+    )  # fmt: skip
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    requested_rate: float
+    records: int
+    errors: int
+    achieved_rate: float
+    # Lag p50/p99 in ms per target node id.
+    lag_ms: dict[str, tuple[float, float]]
+    # CPU microseconds per record written, per process name (source, each target, client).
+    cpu_us_per_record: dict[str, float]
+    cores: dict[str, float]
+    writes_as: str = "Put"
+    profile_top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+
+def _proxy_ready_pattern() -> Any:
+    import re
+
+    return re.compile(re.escape(PROXY_READY) + r"(\S+)")
+
+
+class ReplicationBench:
+    def __init__(self, opts: Options, root: Path) -> None:
+        self.opts = opts
+        self.root = root
+        (root / "logs").mkdir()
+        self.children = Children(root / "logs", cwd=root)
+        self.cluster = BenchCluster(root, self.children)
+        # The cluster of these figures, not the main benchmark's.
+        self.cluster.config_path.write_text(yaml.safe_dump(cluster_config(), sort_keys=False))
+        self.value = b"v" * opts.value_bytes
+        self.nodes: dict[str, NodeHandle] = {}
+        self.results: list[PhaseResult] = []
+
+    async def start(self) -> None:
+        await self.cluster.start_coordinator()
+        far_port = free_port()
+        proxy = await self.children.start_daemon(
+            "proxy",
+            ["-m", "bench.delay_proxy", "--target", f"127.0.0.1:{far_port}",
+             "--delay-ms", str(self.opts.delay_ms)],
+            _proxy_ready_pattern(),
+        )  # fmt: skip
+        phases.progress(f"starting {len(COUNTRIES)} nodes in {self.root}")
+        handles = await asyncio.gather(
+            *(self.cluster.start_node(r) for r in (SOURCE, NEAR, *OTHERS)),
+            self.cluster.start_node(FAR, listen_port=far_port, advertise=proxy.group(1)),
+        )
+        self.nodes = {h.node_id: h for h in handles}
+
+    def _pid(self, node_id: str) -> int:
+        return self.children.children[f"node-{node_id}"].process.pid
+
+    async def phase(
+        self,
+        name: str,
+        namespace: str,
+        targets: tuple[str, ...],
+        call: Call,
+        calls_per_s: float,
+        records_per_call: int,
+        writes_as: str = "Put",
+        profile: tuple[str, ...] = (),
+    ) -> PhaseResult:
+        opts = self.opts
+        source = self.nodes[SOURCE]
+        for t in targets:
+            await wait_linked(source, self.nodes[t])
+        await sequential_ms(
+            put_call(source.channel, namespace, f"{name}-warmup", self.value), WARMUP_WRITES, 0
+        )
+        for t in targets:
+            await wait_caught_up(source, self.nodes[t])
+        labels = {t: {"source": SOURCE, "target": t} for t in targets}
+        before = {t: await self.nodes[t].histogram(LAG_METRIC, labels[t]) for t in targets}
+        cpu_before = self.children.cpu_snapshot()
+        wall_started = time.perf_counter()
+        spies = await self._start_profiles(name, profile)
+        writes = await phases.paced(self.children, name, call, calls_per_s, opts.seconds)
+        for t in targets:
+            await wait_caught_up(source, self.nodes[t])
+        cpu_after = self.children.cpu_snapshot()
+        wall = time.perf_counter() - wall_started
+        tops = await self._finish_profiles(name, spies)
+        records = writes.completed * records_per_call
+        lag: dict[str, tuple[float, float]] = {}
+        for t in targets:
+            after = await self.nodes[t].histogram(LAG_METRIC, labels[t])
+            if after is None:
+                raise RuntimeError(f"{t} exports no {LAG_METRIC} series for {labels[t]}")
+            delta = after.minus(before[t])
+            lag[t] = (delta.quantile(0.50) * 1000, delta.quantile(0.99) * 1000)
+        names = {f"node-{n}": n for n in (SOURCE, *targets)} | {"bench client": "client"}
+        cpu_us = {
+            short: (cpu_after[proc] - cpu_before[proc]) * 1e6 / max(records, 1)
+            for proc, short in names.items()
+            if proc in cpu_after and proc in cpu_before
+        }
+        cores = {
+            short: round((cpu_after[proc] - cpu_before[proc]) / wall, 2)
+            for proc, short in names.items()
+            if proc in cpu_after and proc in cpu_before
+        }
+        result = PhaseResult(
+            name,
+            calls_per_s * records_per_call,
+            records,
+            writes.errors,
+            writes.rate * records_per_call,
+            lag,
+            cpu_us,
+            cores,
+            writes_as,
+            tops,
+        )
+        if writes.errors:
+            phases.progress(f"{name}: {writes.errors} failed writes; first: {writes.first_error}")
+        self.results.append(result)
+        return result
+
+    async def _start_profiles(self, name: str, node_ids: tuple[str, ...]) -> dict[str, tuple[Any, Path]]:
+        if self.opts.profile is None or not node_ids:
+            return {}
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.opts.profile.mkdir(parents=True, exist_ok=True)
+        spies: dict[str, tuple[Any, Path]] = {}
+        for node_id in node_ids:
+            out = self.opts.profile / f"{name}-{node_id}.txt"
+            process = await asyncio.create_subprocess_exec(
+                spy, "record", "--pid", str(self._pid(node_id)), "--rate", str(PROFILE_RATE_HZ),
+                "--format", "raw", "--output", str(out), "--nonblocking",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            spies[node_id] = (process, out)
+        return spies
+
+    async def _finish_profiles(
+        self, name: str, spies: dict[str, tuple[Any, Path]]
+    ) -> dict[str, list[tuple[str, float]]]:
+        tops: dict[str, list[tuple[str, float]]] = {}
+        for node_id, (process, out) in spies.items():
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(process.wait(), 30)
+            if out.exists():
+                tops[node_id] = top_functions(out.read_text())
+        return tops
+
+    async def execute(self) -> None:
+        opts = self.opts
+        source = self.nodes[SOURCE].channel
+        pair = (SOURCE, NEAR)
+        if "local" not in opts.skip:
+            await self.phase(
+                "local", LOCAL_NS, (), put_call(source, LOCAL_NS, "local", self.value), opts.rate, 1
+            )
+        if "pair" not in opts.skip:
+            await self.phase(
+                "pair", PAIR_NS, (NEAR,), put_call(source, PAIR_NS, "pair", self.value), opts.rate, 1,
+                profile=pair,
+            )  # fmt: skip
+        if "batch" not in opts.skip:
+            call, how = batch_call(self.nodes[SOURCE], PAIR_NS, "batch", self.value)
+            await self.phase(
+                "batch", PAIR_NS, (NEAR,), call, opts.batch_rate / BATCH_RECORDS, BATCH_RECORDS, how,
+                profile=(NEAR,),
+            )  # fmt: skip
+        if "global" not in opts.skip:
+            await self.phase(
+                "global",
+                GLOBAL_NS,
+                GLOBAL_REGIONS[1:],
+                put_call(source, GLOBAL_NS, "global", self.value),
+                opts.rate,
+                1,
+                profile=(SOURCE,),
+            )
+        if "delayed" not in opts.skip:
+            await self.phase(
+                "delayed", FAR_NS, (FAR,), put_call(source, FAR_NS, "far", self.value), opts.rate, 1
+            )
+
+
+def batch_call(node: NodeHandle, namespace: str, prefix: str, value: bytes) -> tuple[Call, str]:
+    """One call writes BATCH_RECORDS records: with PutBatch where the node's API has it,
+    otherwise as that many concurrent Puts."""
+    stub = spb_grpc.StorageNodeServiceStub(node.channel)
+    request_type = getattr(spb, "PutBatchRequest", None)
+    put_batch = getattr(stub, "PutBatch", None)
+    if request_type is not None and put_batch is not None:
+
+        async def batched(i: int) -> object:
+            request = request_type()
+            for j in range(BATCH_RECORDS):
+                request.puts.append(put_request(namespace, f"{prefix}-{i}-{j}", value))
+            return await put_batch(request, timeout=RPC_DEADLINE_S)
+
+        return batched, "PutBatch"
+
+    async def concurrent(i: int) -> object:
+        return await asyncio.gather(
+            *(
+                stub.Put(put_request(namespace, f"{prefix}-{i}-{j}", value), timeout=RPC_DEADLINE_S)
+                for j in range(BATCH_RECORDS)
+            )
+        )
+
+    return concurrent, f"{BATCH_RECORDS} concurrent Puts"
+
+
+def top_functions(collapsed: str, top: int = PROFILE_TOP) -> list[tuple[str, float]]:
+    """The functions with the largest share of samples in py-spy's collapsed stacks, by time
+    spent in the function itself (its own frame on top of the stack)."""
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frame = stack.rsplit(";", 1)[-1]
+        # "function (file.py:line)": per function, not per line.
+        name, _, where = frame.partition(" (")
+        if name.rsplit(".", 1)[-1] in IDLE_FRAMES:
+            continue
+        path = where.rsplit(":", 1)[0]
+        for marker in ("/site-packages/", "/lib/python3"):
+            if marker in path:
+                path = path.split(marker, 1)[1]
+        path = path.removeprefix(str(REPO_ROOT) + "/")
+        own[f"{name} ({path})"] += count
+        total += count
+    if not total:
+        return []
+    return [(name, 100.0 * n / total) for name, n in own.most_common(top)]
+
+
+def figures(results: list[PhaseResult], opts: Options) -> list[Figure]:
+    by = {r.name: r for r in results}
+    out: list[Figure] = []
+    local = by.get("local")
+    base_us = local.cpu_us_per_record.get(SOURCE) if local else None
+    if local:
+        out.append(
+            Figure("local_rate", "local: achieved (Put, no replica)", local.achieved_rate, "records/s")
+        )
+        out.append(Figure("local_source_cpu_us", "source CPU per Put, no replica (baseline)", base_us, "us"))
+    for r in results:
+        if r.name == "local":
+            continue
+        floor = PACED_SHARE_MIN * r.requested_rate
+        out.append(
+            Figure(
+                f"{r.name}_rate", f"{r.name}: achieved ({r.writes_as})", r.achieved_rate, "records/s",
+                target=f">= {floor:,.0f} (paced {r.requested_rate:,.0f})", met=r.achieved_rate >= floor,
+            )
+        )  # fmt: skip
+        slowest = max(r.lag_ms, key=lambda t: r.lag_ms[t][1])
+        limit = {
+            "pair": LAG_P99_MS_MAX,
+            "batch": BATCH_LAG_P99_MS_MAX,
+            "global": GLOBAL_LAG_P99_MS_MAX,
+            "delayed": opts.delay_ms + DELAYED_SLACK_MS,
+        }[r.name]
+        where = f" (slowest link, to {slowest})" if len(r.lag_ms) > 1 else ""
+        out.append(Figure(f"{r.name}_lag_p50_ms", f"{r.name}: lag p50{where}", r.lag_ms[slowest][0], "ms"))
+        out.append(
+            Figure(
+                f"{r.name}_lag_p99_ms", f"{r.name}: lag p99{where}", r.lag_ms[slowest][1], "ms",
+                target=f"<= {limit:.0f} ms", met=r.lag_ms[slowest][1] <= limit,
+            )
+        )  # fmt: skip
+        src = r.cpu_us_per_record.get(SOURCE)
+        out.append(
+            Figure(
+                f"{r.name}_source_cpu_us", f"{r.name}: source CPU per record", src, "us",
+                baseline=base_us if r.writes_as == "Put" else None,
+                baseline_label="no replica",
+            )
+        )  # fmt: skip
+        if src is not None and base_us is not None and r.writes_as == "Put":
+            links = len(r.lag_ms)
+            out.append(
+                Figure(
+                    f"{r.name}_source_replication_cpu_us",
+                    f"{r.name}: source CPU per record per link for replication",
+                    (src - base_us) / links,
+                    "us",
+                )
+            )
+        targets = [t for t in r.lag_ms if t in r.cpu_us_per_record]
+        if targets:
+            mean = sum(r.cpu_us_per_record[t] for t in targets) / len(targets)
+            out.append(Figure(f"{r.name}_target_cpu_us", f"{r.name}: target CPU per record", mean, "us"))
+    return out
+
+
+def profile_lines(results: list[PhaseResult]) -> str:
+    lines: list[str] = []
+    for r in results:
+        for node_id, top in r.profile_top.items():
+            role = "source" if node_id == SOURCE else "target"
+            lines.append(f"py-spy, {r.name}, {role} {node_id} (share of busy samples, own frame):")
+            lines += [f"  {share:5.1f}%  {name}" for name, share in top]
+    return "\n".join(lines)
+
+
+async def run(opts: Options) -> int:
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="domicile-bench-repl-"))
+    bench = ReplicationBench(opts, root)
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await bench.start()
+        await bench.execute()
+    except BaseException:
+        print(f"benchmark stopped; process logs are in {root / 'logs'}", file=sys.stderr)
+        bench.children.kill_all_now()
+        raise
+    finally:
+        await bench.cluster.close()
+        await bench.children.stop_all()
+    if not opts.keep_tmp:
+        shutil.rmtree(root, ignore_errors=True)
+    results = figures(bench.results, opts)
+    meta = {
+        "started": started_at.isoformat(),
+        "seconds": round(time.monotonic() - started, 1),
+        "options": {k: str(v) for k, v in asdict(opts).items()},
+        "cpus": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0],
+        "phases": [asdict(r) for r in bench.results],
+    }
+    write_json(opts.out, results, meta)
+    print(table(results))
+    print()
+    for r in bench.results:
+        cores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.cores.items()))
+        print(f"cores during {r.name}: {cores}")
+        if len(r.lag_ms) > 1:
+            links = ", ".join(f"{t} {p99:.1f}" for t, (_, p99) in sorted(r.lag_ms.items()))
+            print(f"  lag p99 per link (ms): {links}")
+    print(profile_lines(bench.results))
+    print(f"results written to {opts.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    opts = parse_args(argv)
+    try:
+        return asyncio.run(run(opts))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; every child process was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
