@@ -18,6 +18,7 @@ from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from node.api.access import NodeAccess
 from node.api.errors import abort_with
+from node.replication import coalesce
 from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
 from node.topology_view import TopologyView
@@ -130,12 +131,11 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
             yield rpb.ReplicateResponse(
                 ready=rpb.ReplicationReady(resume_after_lsn=position, target_node_id=self.receiver.node_id)
             )
-            async for request in request_iterator:
-                if request.WhichOneof("kind") != "batch":
-                    raise errors.InvalidArgument("after the hello, a replication stream carries only batches")
-                batch = request.batch
-                # Decoded and checked one by one by the receiver: a bad mutation is refused alone.
-                result = await self.receiver.apply_batch(source, batch.mutations, batch.through_lsn)
+            # The batches that arrived while the one before was applied are applied together
+            # (node.replication.coalesce), and acknowledged by one cumulative ack. Decoded and
+            # checked one by one by the receiver: a bad mutation is refused alone.
+            async for batches in coalesce.received_together(request_iterator):
+                result = await self.receiver.apply_batches(source, batches)
                 yield rpb.ReplicateResponse(
                     ack=rpb.ReplicationAck(
                         applied_through_lsn=result.through_lsn,

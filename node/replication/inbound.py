@@ -33,6 +33,7 @@ from node.engine.core import DOT_COUNTER_MAX
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
 from node.offload import Offload
+from node.replication import coalesce
 from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.replication.inbound")
@@ -403,13 +404,43 @@ class Receiver:
             # A batch from before our position (a duplicate after reconnect): nothing to do.
             return BatchResult(stats.position, 0, len(messages))
         entries: list[asyncio.Future[int]] = []
-        labels = (source_node_id, self.node_id)
         problem = self._check_positions(stats.position, messages, through_lsn)
         if problem:
             self._reject(source_node_id, Reject.POSITION, problem, entries, lsn=through_lsn)
             stats.refused_total += len(messages)
             await asyncio.gather(*entries)
             return BatchResult(stats.position, len(messages), 0)
+        return await self._apply_positioned(source_node_id, messages, through_lsn)
+
+    async def apply_batches(
+        self, source_node_id: str, batches: Sequence[tuple[Sequence[pb.Mutation], int]]
+    ) -> BatchResult:
+        """Applies consecutive batches of a stream as apply_batch would one after another, but
+        each run of them that follows on cleanly in one commit (node.replication.coalesce);
+        returns the position reached and the counts of them all."""
+        stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
+        refused = duplicates = 0
+        start = 0
+        while start < len(batches):
+            # From the position as it is now: each run starts where the one before left it.
+            run = coalesce.next_run(stats.position, batches, start, self._check_positions)
+            if run.merged is None:
+                result = await self.apply_batch(source_node_id, *batches[run.start])
+            else:
+                result = await self._apply_positioned(source_node_id, *run.merged)
+            refused += result.refused
+            duplicates += result.duplicates
+            start = run.end
+        return BatchResult(stats.position, refused, duplicates)
+
+    async def _apply_positioned(
+        self, source_node_id: str, messages: Sequence[pb.Mutation], through_lsn: int
+    ) -> BatchResult:
+        """apply_batch past its position checks: `messages` passed them (as one batch or as a run
+        of batches, each after the one before) and through_lsn is past the position."""
+        stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
+        entries: list[asyncio.Future[int]] = []
+        labels = (source_node_id, self.node_id)
         checked: list[Mutation] = []
         for msg in messages:
             result = self._check(source_node_id, msg)

@@ -11,7 +11,6 @@ to keep, so a reconnect re-sends at most the unacknowledged tail, which the targ
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import random
@@ -39,6 +38,7 @@ from node.engine.log_tail import LogTail
 from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication.signal import LogSignal
+from node.replication.window import SendWindow
 from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.replication.outbound")
@@ -270,9 +270,14 @@ class LinkSender:
         self.reconnects.reset()
         self.connected = True
         self.metrics.replication_connected.labels(*self._labels).set(1)
-        inflight: collections.deque[tuple[int, float]] = collections.deque()
-        window = asyncio.Semaphore(self.limits.replication_inflight_batches_max)
-        reader = asyncio.create_task(self._read_acks(call, inflight, window))
+        # Acks are pipelined: up to replication_inflight_batches_max full batches' worth of
+        # records may be unacknowledged (node.replication.window), however small the batches.
+        window = SendWindow.of_batches(
+            self.limits.replication_inflight_batches_max,
+            self.limits.replication_batch_records_max,
+            self.limits.replication_batch_bytes_max,
+        )
+        reader = asyncio.create_task(self._read_acks(call, window))
         try:
             while True:
                 if reader.done():
@@ -282,14 +287,15 @@ class LinkSender:
                 batch = await self.next_batch(sent)
                 if batch is None:
                     self._update_backlog()
-                    await self._wait_for_log_or(reader, inflight, deadline_s, grown)
+                    await self._wait_for_log_or(reader, window, deadline_s, grown)
                     continue
                 mutations, through = batch
-                await self._acquire(window, reader, inflight, deadline_s)
+                size = sum(_batch_bytes(m) for m in mutations)
+                await self._acquire(window, reader, len(mutations), size, deadline_s)
                 request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
                 for m in mutations:
                     mutation_to_pb(m, request.batch.mutations.add())
-                inflight.append((through, time.monotonic()))
+                window.sent(through, len(mutations), size, time.monotonic())
                 await _within(call, call.write(request), deadline_s)
                 self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))
                 sent = through
@@ -305,8 +311,7 @@ class LinkSender:
     async def _read_acks(
         self,
         call: grpc.aio.StreamStreamCall,
-        inflight: collections.deque[tuple[int, float]],
-        window: asyncio.Semaphore,
+        window: SendWindow,
     ) -> None:
         while True:
             response = await call.read()
@@ -315,9 +320,7 @@ class LinkSender:
             if response.WhichOneof("kind") != "ack":
                 raise ConnectionError("target sent something other than an ack")
             position = response.ack.applied_through_lsn
-            while inflight and inflight[0][0] <= position:
-                inflight.popleft()
-                window.release()
+            window.acked(position)
             self._ack(position)
             self._update_backlog()
 
@@ -336,14 +339,15 @@ class LinkSender:
         backlog = max(0, end - self.acked_lsn)
         self.metrics.replication_backlog.labels(*self._labels).set(backlog)
 
-    def _check_stalled(self, inflight: collections.deque[tuple[int, float]], deadline_s: float) -> None:
-        if inflight and time.monotonic() - inflight[0][1] > deadline_s:
+    def _check_stalled(self, window: SendWindow, deadline_s: float) -> None:
+        oldest = window.oldest_sent_at()
+        if oldest is not None and time.monotonic() - oldest > deadline_s:
             raise TimeoutError(f"no acknowledgement within {deadline_s} s")
 
     async def _wait_for_log_or(
         self,
         reader: asyncio.Task[None],
-        inflight: collections.deque[tuple[int, float]],
+        window: SendWindow,
         deadline_s: float,
         grown: asyncio.Event,
     ) -> None:
@@ -352,17 +356,15 @@ class LinkSender:
             await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-        self._check_stalled(inflight, deadline_s)
+        self._check_stalled(window, deadline_s)
 
     async def _acquire(
-        self,
-        window: asyncio.Semaphore,
-        reader: asyncio.Task[None],
-        inflight: collections.deque[tuple[int, float]],
-        deadline_s: float,
+        self, window: SendWindow, reader: asyncio.Task[None], records: int, bytes_: int, deadline_s: float
     ) -> None:
         while True:
-            acquire = asyncio.ensure_future(window.acquire())
+            if window.fits(records, bytes_):
+                return
+            acquire = asyncio.ensure_future(window.wait_fits(records, bytes_))
             done, _ = await asyncio.wait(
                 {acquire, reader}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED
             )
@@ -372,7 +374,7 @@ class LinkSender:
             if reader in done:
                 reader.result()
                 raise ConnectionError("target closed the stream")
-            self._check_stalled(inflight, deadline_s)
+            self._check_stalled(window, deadline_s)
 
 
 async def _within(call: grpc.aio.Call, step: Awaitable[T], timeout_s: float) -> T:
