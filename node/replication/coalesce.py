@@ -28,9 +28,12 @@ from domicile.v1 import replication_pb2 as rpb
 
 # At most this many mutations in one coalesced commit (node.engine.core applies at most 10,000).
 COALESCE_RECORDS_MAX = 2000
-# Batches received but not yet applied, per stream. Past this the stream is not read, and
-# HTTP/2 flow control holds the source back.
+# Batches received but not yet applied, per stream, and their bytes. Past either the stream is
+# not read, and HTTP/2 flow control holds the source back: a source that ignores its window
+# cannot make the target hold more. An honest source has at most its window in flight
+# (node.replication.window), 32 full batches' bytes by default.
 RECEIVED_BATCHES_MAX = 1024
+RECEIVED_BYTES_MAX = 64 * 1024 * 1024
 
 Batch = tuple[Sequence[pb.Mutation], int]
 # _check_positions of the receiver: (position, mutations, through_lsn) -> problem or "".
@@ -81,10 +84,19 @@ async def received_together(
     fit in records_max mutations unless a single one is larger). A message other than a batch
     fails the stream, in order: the batches before it are handed over first."""
     queue: asyncio.Queue[rpb.ReplicateRequest | BaseException | None] = asyncio.Queue(RECEIVED_BATCHES_MAX)
+    queued_bytes = 0
+    drained = asyncio.Event()
 
     async def pump() -> None:
+        nonlocal queued_bytes
         try:
             async for request in requests:
+                size = request.ByteSize()
+                # One message is always let in, however large (the message size limit bounds it).
+                while queued_bytes and queued_bytes + size > RECEIVED_BYTES_MAX:
+                    drained.clear()
+                    await drained.wait()
+                queued_bytes += size
                 await queue.put(request)
             await queue.put(None)
         except asyncio.CancelledError:
@@ -92,11 +104,20 @@ async def received_together(
         except BaseException as exc:
             await queue.put(exc)
 
+    def take(
+        item: rpb.ReplicateRequest | BaseException | None,
+    ) -> rpb.ReplicateRequest | BaseException | None:
+        nonlocal queued_bytes
+        if isinstance(item, rpb.ReplicateRequest):
+            queued_bytes -= item.ByteSize()
+            drained.set()
+        return item
+
     reader = asyncio.create_task(pump())
     held: rpb.ReplicateRequest | BaseException | None = None
     try:
         while True:
-            item = held if held is not None else await queue.get()
+            item = held if held is not None else take(await queue.get())
             held = None
             group: list[Batch] = []
             records = 0
@@ -123,7 +144,7 @@ async def received_together(
                 records += size
                 if queue.empty():
                     break
-                item = queue.get_nowait()
+                item = take(queue.get_nowait())
             if group:
                 yield group
     finally:

@@ -112,3 +112,25 @@ async def test_a_group_holds_at_most_the_records_bound() -> None:
     feed.queue.put_nowait(None)
     groups = [g async for g in coalesce.received_together(feed.__aiter__(), records_max=4)]
     assert [[through for _, through in g] for g in groups] == [[3], [6]]
+
+
+async def test_the_stream_is_not_read_past_the_bytes_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    one = batch(1, 1).ByteSize()
+    monkeypatch.setattr(coalesce, "RECEIVED_BYTES_MAX", 3 * one)
+    pulled = 0
+
+    async def eager() -> AsyncIterator[rpb.ReplicateRequest]:
+        nonlocal pulled
+        for i in range(1, 21):
+            pulled += 1
+            yield batch(i, i)
+
+    groups = coalesce.received_together(eager())
+    handed = [through for _, through in await anext(groups)]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # A source that sends without waiting for acks is read only as far as the bound past what
+    # was handed over (and the one message the pump holds while it waits for room).
+    assert len(handed) < pulled <= len(handed) + 3 + 1
+    handed += [through for group in [g async for g in groups] for _, through in group]
+    assert handed == list(range(1, 21))
