@@ -1,0 +1,58 @@
+"""The replication benchmark's arithmetic: shares of py-spy's collapsed stacks, and figures
+(slowest link, CPU per record for replication) from phase results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.replication import NEAR, SOURCE, Options, PhaseResult, figures, top_functions
+
+
+def test_shares_count_a_functions_own_frames_and_leave_idle_waits_out() -> None:
+    collapsed = "\n".join(
+        [
+            "main (node/__main__.py:10);apply (node/engine/core.py:5) 30",
+            "main (node/__main__.py:10);apply (node/engine/core.py:9) 10",
+            "main (node/__main__.py:10);encode (domicile/audit.py:100) 20",
+            "_bootstrap (threading.py:1);select (selectors.py:468) 500",
+            "not a sample line",
+        ]
+    )
+    top = dict(top_functions(collapsed))
+    # Per function, not per line; the idle select is not a share of the work.
+    assert top == pytest.approx(
+        {"apply (node/engine/core.py)": 200 / 3, "encode (domicile/audit.py)": 100 / 3}
+    )
+
+
+def test_no_busy_sample_gives_no_shares() -> None:
+    assert top_functions("_bootstrap (threading.py:1);wait (threading.py:327) 7\n") == []
+
+
+def phase(name: str, lag: dict[str, tuple[float, float]], cpu: dict[str, float], rate: float) -> PhaseResult:
+    return PhaseResult(name, 1000.0, int(rate * 10), 0, rate, lag, cpu, {})
+
+
+def options() -> Options:
+    return Options(False, Path("x.json"), 10.0, 1000.0, 5000.0, 50.0, 256, None, False, frozenset())
+
+
+def test_figures_report_the_slowest_link_and_the_replication_cpu_per_link() -> None:
+    results = [
+        phase("local", {}, {SOURCE: 500.0}, 1000.0),
+        phase(
+            "global", {NEAR: (10.0, 80.0), "eu-south-1": (20.0, 160.0)}, {SOURCE: 700.0, NEAR: 90.0}, 999.0
+        ),
+        phase("delayed", {"eu-north-1": (60.0, 99.0)}, {SOURCE: 560.0}, 990.0),
+    ]
+    by_key = {f.key: f for f in figures(results, options())}
+    slowest = by_key["global_lag_p99_ms"]
+    assert slowest.value == 160.0 and "eu-south-1" in slowest.label and slowest.met is False
+    # (700 - 500) over two links.
+    assert by_key["global_source_replication_cpu_us"].value == pytest.approx(100.0)
+    assert by_key["global_rate"].met is True
+    # d + 50 ms with d = 50; and 990/s is below 99.5% of the paced 1,000.
+    assert by_key["delayed_lag_p99_ms"].met is True
+    assert by_key["delayed_rate"].met is False
