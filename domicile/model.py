@@ -94,7 +94,8 @@ class Limits:
     commit_batch_records_max: int = 1000
     replication_batch_records_max: int = 500
     replication_batch_bytes_max: int = 4 * 1024 * 1024
-    # Enough unacknowledged batches to keep a 100 ms round trip busy at thousands of writes/s.
+    # Unacknowledged per link: this many full batches' worth of records and bytes, however small
+    # the batches are (node.replication.window); enough to keep a long round trip busy.
     replication_inflight_batches_max: int = 32
     # How far one replication batch may move a target's position for its source. A source's log
     # positions have no holes and it reads replication_batch_records_max entries per batch, so an
