@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy bench-replication bench-restore torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy bench-replication bench-restore profile torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -74,6 +74,12 @@ bench: setup ## benchmarks, each next to a baseline of the same run (a few minut
 
 bench-replication: setup ## replication lag and CPU per replicated record: one replica, batches, six regions, a delayed link (ARGS=--profile DIR)
 	$(PY) -m bench.replication $(ARGS)
+
+# METHOD is the load (put: single-record Puts); SECONDS the sampling time.
+METHOD ?= put
+SECONDS ?= 10
+profile: setup ## py-spy profile of a node under a write load: the top functions by CPU share (METHOD=put SECONDS=10)
+	$(PY) -m bench.profile --method $(METHOD) --seconds $(SECONDS)
 
 bench-entropy: setup ## time one anti-entropy round repairing 10,000 divergent keys
 	$(PY) -m bench.antientropy

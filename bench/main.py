@@ -78,6 +78,11 @@ SYNC_PUT_SAMPLES_MAX = 300
 PACED_RATE_SHARE_MIN = 0.95  # the lag figure is only valid if the writes kept their pace
 CACHE_HIT_P99_RATIO_MAX = 1.2
 CACHED_NODE_ID = f"{SOLO_REGION}-cached"
+# CPU per single-record durable Put: at most the echo server's CPU per call plus this.
+PUT_CPU_SLACK_US = 200.0
+LOOP_LAG_METRIC = "domicile_event_loop_lag_seconds"
+# The node samples its loop lag every 0.5 s (domicile/loop_lag.py); scraping as often sees each.
+LOOP_LAG_SCRAPE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,8 @@ class Measured:
     echo_load: phases.LoadResult | None = None
     put_load: phases.LoadResult | None = None
     commit_batch_mean: float | None = None
+    # The node's event-loop lag gauge, scraped every LOOP_LAG_SCRAPE_S during the Put load.
+    put_loop_lag_s: list[float] | None = None
     engine: phases.EngineResult | None = None
     lag: LagResult | None = None
     far_lag: LagResult | None = None
@@ -354,7 +361,12 @@ class Run:
 
         m.echo_load = await load("echo-load", echo_address, "echo", None)
         before = await solo.histogram(BATCH_METRIC, {})
-        m.put_load = await load("put-load", solo.address, "put", last_lsn)
+        m.put_loop_lag_s = []
+        sampler = asyncio.create_task(sample_gauge(solo, LOOP_LAG_METRIC, m.put_loop_lag_s))
+        try:
+            m.put_load = await load("put-load", solo.address, "put", last_lsn)
+        finally:
+            sampler.cancel()
         after = await solo.histogram(BATCH_METRIC, {})
         batches = after.minus(before) if after else None
         # None when the node does not observe the histogram: the figure then reads n/a, not 0.
@@ -491,6 +503,25 @@ class Run:
 T = TypeVar("T")
 
 
+async def sample_gauge(node: NodeHandle, name: str, into: list[float]) -> None:
+    """Appends the node's unlabelled gauge `name` every LOOP_LAG_SCRAPE_S until cancelled."""
+    pattern = re.compile(rf"^{re.escape(name)} (\S+)$", re.MULTILINE)
+    while True:
+        await asyncio.sleep(LOOP_LAG_SCRAPE_S)
+        found = pattern.search(await node.scrape())
+        if found:
+            into.append(float(found.group(1)))
+
+
+def cpu_us_per_call(load: phases.LoadResult, process: str) -> float | None:
+    """CPU microseconds `process` spent per completed call of `load` (its cores over the load's
+    window times the window, over the calls)."""
+    cores = load.cpu_cores.get(process)
+    if cores is None or not load.completed:
+        return None
+    return cores * load.seconds / load.completed * 1e6
+
+
 def need(value: T | None, what: str) -> T:
     if value is None:
         raise RuntimeError(f"the {what} phase produced no measurement")
@@ -520,6 +551,11 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     put_floor50, put_floor99 = echo50 + 2 * fs50, echo99 + 2 * fs99
     d = opts.delay_ms
     concurrency = f"{opts.load_procs} procs x {opts.inflight} in flight"
+    echo_cpu_us = cpu_us_per_call(echo_load, "echo")
+    put_cpu_us = cpu_us_per_call(put_load, f"node-{SOLO_REGION}")
+    put_cpu_floor = echo_cpu_us + PUT_CPU_SLACK_US if echo_cpu_us is not None else None
+    loop_lags = need(m.put_loop_lag_s, "loop lag")
+    loop_lag_max_ms = max(loop_lags) * 1e3 if loop_lags else None
     rate_floor = PACED_RATE_SHARE_MIN * opts.lag_rate
     return [
         Figure("echo_p50_ms", "baseline: grpc.aio echo p50", echo50, "ms"),
@@ -655,6 +691,27 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
             "concurrent echo",
             f">= {BATCHED_RATE_MIN:,.0f} records/s",
             put_load.rate >= BATCHED_RATE_MIN,
+        ),
+        Figure(
+            "echo_cpu_us_per_call", "baseline: echo server CPU per call (concurrent echo)", echo_cpu_us, "us"
+        ),
+        Figure(
+            "put_cpu_us_per_write",
+            "node CPU per single-record durable Put (batched Puts load)",
+            put_cpu_us,
+            "us",
+            put_cpu_floor,
+            f"echo CPU per call + {PUT_CPU_SLACK_US:.0f} us",
+            f"<= echo CPU per call + {PUT_CPU_SLACK_US:.0f} us",
+            put_cpu_us <= put_cpu_floor if put_cpu_us is not None and put_cpu_floor is not None else None,
+        ),
+        Figure(
+            "put_loop_lag_max_ms",
+            f"node event-loop lag under the Put load, max of {len(loop_lags)} samples",
+            loop_lag_max_ms,
+            "ms",
+            echo99,
+            "echo p99",
         ),
         Figure(
             "batched_put_lsn_rate_per_s",
