@@ -111,8 +111,26 @@ class AuditEntry:
         return _canonical_json(fields_)
 
     @classmethod
+    def decode_unnumbered(cls, body: bytes) -> AuditEntry:
+        """Parses the canonical encoding of an entry not yet numbered (seq 0), as a store's
+        commit carries it (node.compliance.audit_log); anything else is corrupt."""
+        entry = cls._parse(body)
+        if entry.seq != 0:
+            raise DataCorruption(
+                f"carried audit entry has seq {entry.seq}; a carried entry is unnumbered (0)"
+            )
+        return entry
+
+    @classmethod
     def decode(cls, body: bytes) -> AuditEntry:
         """Parses a stored body; anything but a canonical encoding of a numbered entry is corrupt."""
+        entry = cls._parse(body)
+        if entry.seq < 1:
+            raise DataCorruption(f"audit entry body has seq {entry.seq}; stored entries are numbered from 1")
+        return entry
+
+    @classmethod
+    def _parse(cls, body: bytes) -> AuditEntry:
         if len(body) > BODY_BYTES_MAX:
             raise DataCorruption(
                 f"audit entry body is {len(body)} bytes; at most {BODY_BYTES_MAX} are allowed"
@@ -131,8 +149,6 @@ class AuditEntry:
             entry = cls(**obj)
         except InvalidArgument as error:
             raise DataCorruption(error.message) from None
-        if entry.seq < 1:
-            raise DataCorruption(f"audit entry body has seq {entry.seq}; stored entries are numbered from 1")
         if entry.encode() != body:
             raise DataCorruption("audit entry body is valid JSON but not in canonical form")
         return entry

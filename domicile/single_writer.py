@@ -147,12 +147,14 @@ class SingleWriter(Generic[T]):
             self._state = RUNNING
             self._thread.start()
 
-    def put(self, item: T) -> None:
-        """Queues an item to be handled in a batch; raises instead when not running or full."""
+    def put(self, item: T, *, bounded: bool = True) -> None:
+        """Queues an item to be handled in a batch; raises instead when not running or full.
+        `bounded=False` skips the queue bound, for a producer whose own queue bounds it and
+        which must not lose the item."""
         with self._cond:
             if self._state != RUNNING:
                 raise self._refused(self._state, self._failure)
-            if self._queued >= self.queue_max:
+            if bounded and self._queued >= self.queue_max:
                 raise ResourceExhausted(self._full_message)
             # The writer only waits when the queue is empty; waking it for every item would
             # hand it the GIL once per item while the callers are busy producing them.

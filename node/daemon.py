@@ -214,7 +214,11 @@ class Node:
             hlc=self.clock.now,
             on_head=self._on_audit_head,
         )
-        self.audit.start()
+        # Entries the store's commits carried but the audit log lacks (a crash came between the
+        # two commits) are appended before anything else is recorded.
+        self.audit.start(self.engine.audit_outbox if self.engine.carries_audit else None)
+        self.engine.audit_settled = lambda: self.audit.carried_through
+        self.committer.on_audit = self.audit.carry
         self.metrics.audit_entries.set(self.audit.size)
         self.enforcer = Enforcer(region=cfg.region, view=self.view, metrics=self.metrics, audit=self.audit)
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of the
@@ -267,6 +271,7 @@ class Node:
                 await offload.run(load_context_key, cfg.context_key_file, Path(cfg.data_dir))
             ),
             cache=self.cache,
+            carry_audit=self.engine.carries_audit,
         )
         self.receiver = Receiver(
             node_id=cfg.node_id,

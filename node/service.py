@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from domicile import errors, quality
+from domicile.audit import AuditEntry
 from domicile.causality import CausalContext, KeyState, Version, sha256, visible
 from domicile.cluster import NamespaceSpec
 from domicile.context_tokens import KEY_BYTES, ContextTokens
@@ -102,6 +103,7 @@ class StorageService:
         offload: Offload | None = None,
         tokens: ContextTokens | None = None,
         cache: ReadCache | None = None,
+        carry_audit: bool = False,
     ) -> None:
         self.node_id = node_id
         self.region = region
@@ -123,6 +125,9 @@ class StorageService:
         # The region's read cache of sealed key states (node/cache/), when configured: Get asks
         # it before the engine; everything after the state is read (opening, policy) is the same.
         self.cache = cache
+        # The engine commits a write's audit entry with the write (one fsync per write); else
+        # the write waits until its entry is durable in the audit log first.
+        self.carry_audit = carry_audit
         self.started = time.monotonic()
         self.conflicts_total = 0
         self.quality = quality.QualityFigures()
@@ -156,12 +161,20 @@ class StorageService:
 
     def _check_placement(
         self, spec: NamespaceSpec, facts: RecordFacts, key: str, audit_action: str, principal: str
-    ) -> asyncio.Future[int] | None:
+    ) -> asyncio.Future[int] | AuditEntry | None:
         """Refuses (audited) when this region may not hold the record; returns the audit entry
-        of the allowed decision, which the caller awaits with the commit."""
-        decision, entry = self.enforcer.decide(
-            facts, Action.STORE, audit_action=audit_action, principal=principal, key=key
-        )
+        of the allowed decision: the entry the commit carries, or (when the engine does not
+        carry entries) the recorded entry's future, which the caller awaits before the commit."""
+        decision: Decision
+        entry: asyncio.Future[int] | AuditEntry | None
+        if self.carry_audit:
+            decision, entry = self.enforcer.decide_write(
+                facts, audit_action=audit_action, principal=principal, key=key
+            )
+        else:
+            decision, entry = self.enforcer.decide(
+                facts, Action.STORE, audit_action=audit_action, principal=principal, key=key
+            )
         if not decision.allowed:
             self.metrics.placement_refused.labels(spec.name, decision.rule).inc()
             raise errors.PlacementRefused(
@@ -188,11 +201,14 @@ class StorageService:
                 "accepted any more (a new relationship needs a new subject id)"
             )
 
-    async def _commit(self, write: LocalWrite, entry: asyncio.Future[int] | None) -> Committed:
-        # The audit entry is durable before the write is committed (write-ahead): a write the
-        # trail cannot record does not happen. A decision recorded for a write that then fails
-        # is still a true record of the decision.
-        if entry is not None:
+    async def _commit(self, write: LocalWrite, entry: asyncio.Future[int] | AuditEntry | None) -> Committed:
+        # No write without its audit entry. Carried: the entry commits with the write, in the
+        # same transaction (one fsync), and reaches the audit log from there. Otherwise the
+        # entry is durable before the write is committed (write-ahead). A decision recorded for
+        # a write that then fails is still a true record of the decision.
+        if isinstance(entry, AuditEntry):
+            write = dataclasses.replace(write, audit=entry)
+        elif entry is not None:
             await entry
         committed = await self.committer.submit(write)
         self.on_committed()

@@ -73,6 +73,9 @@ CLOSE_TIMEOUT_S = 10.0
 # Failed batches remembered for flush(); older ones were reported to their own callers.
 FAILURES_REMEMBERED_MAX = 64
 
+# audit_info row: the highest change-log position whose carried entry the log holds.
+_CARRIED_THROUGH = "carried_through"
+
 _SCHEMA = (
     "CREATE TABLE audit (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, hash BLOB NOT NULL)",
     # Who owns this file: a node must not continue another node's chain under its own name.
@@ -120,9 +123,11 @@ def load_or_create_keys(data_dir: Path, region_dir: Path | None = None) -> tuple
 
 @dataclass
 class _Pending:
-    index: int  # position in record() order, from 1
+    index: int  # position in record() order, from 1; 0 for an entry handed over by carry()
     entry: AuditEntry  # seq 0: numbered by the writer
-    future: asyncio.Future[int]
+    future: asyncio.Future[int] | None
+    # The change-log position of the write whose commit carried this entry (0: not carried).
+    carried_lsn: int = 0
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,9 @@ class AuditLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
 
+        # The highest change-log position whose carried entry the log holds (see carry()).
+        # Written by the writer thread only, read by the store's writer.
+        self._carried_through = 0
         # Written by the writer thread only.
         self._next_seq = 1
         self._last_hash = GENESIS
@@ -237,8 +245,11 @@ class AuditLog:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Opens the file, resumes the chain from its last entry and starts the writer thread."""
+    def start(self, carried: Callable[[int], list[tuple[int, bytes]]] | None = None) -> None:
+        """Opens the file, resumes the chain from its last entry and starts the writer thread.
+        `carried(after_lsn)` gives the entries the store's commits carried for positions after
+        `after_lsn` (node.engine: the audit outbox); those this file does not hold yet (a crash
+        came between the store's commit and this log's) are appended first, in order."""
         state = self._writer.state
         if state != single_writer.NEW:
             raise Unavailable(f"the audit log is {state}; create a new AuditLog to start again")
@@ -248,12 +259,22 @@ class AuditLog:
         try:
             self._check_owner(conn)
             size, last_hash = _tail(conn)
+            through = _carried_through(conn)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
         self._next_seq = size + 1
         self._last_hash = last_hash
+        self._carried_through = through
+        if carried is not None:
+            try:
+                self._recover_carried(carried(through))
+            except BaseException:
+                self._conn = None
+                conn.close()
+                raise
+            size, last_hash = self._next_seq - 1, self._last_hash
         with self._head_lock:
             self._durable_size, self._durable_hash = size, last_hash
         self._writer.start()
@@ -280,7 +301,79 @@ class AuditLog:
                 waiter.set_exception(Unavailable("the audit log closed before every entry was written"))
         self._flush_waiters.clear()
 
+    def _recover_carried(self, rows: list[tuple[int, bytes]]) -> None:
+        """Appends carried entries the file lacks, on the starting thread, before the writer runs."""
+        pending: list[_Pending] = []
+        for lsn, body in sorted(rows):
+            if lsn <= self._carried_through:
+                continue
+            pending.append(_Pending(0, AuditEntry.decode_unnumbered(body), None, lsn))
+        if not pending:
+            return
+        self._commit(pending)
+        log.warning(
+            "audit log %s appended %d entries its store's commits carried (positions %d..%d)",
+            self.path.name,
+            len(pending),
+            pending[0].carried_lsn,
+            pending[-1].carried_lsn,
+        )
+
     # -- writing --------------------------------------------------------------------------------
+
+    def entry(
+        self,
+        *,
+        principal: str,
+        action: str,
+        namespace: str = "",
+        key: str = "",
+        subject_id: str = "",
+        decision: str = "",
+        rule: str = "",
+        policy_version: str = "",
+        detail: str = "",
+    ) -> AuditEntry:
+        """An entry not yet numbered, for a store commit to carry (see carry()). Raises
+        Unavailable when the log cannot write: what the trail cannot record does not happen."""
+        state = self._writer.state
+        if state != single_writer.RUNNING:
+            raise _refused(state, self._writer.failure)
+        return AuditEntry(
+            seq=0,
+            time_ms=self._now_ms(),
+            hlc=self._hlc(),
+            region=self.region,
+            node_id=self.node_id,
+            principal=principal,
+            action=action,
+            namespace=namespace,
+            key=key,
+            subject=subject_hash(self._subject_key, subject_id),
+            decision=decision,
+            rule=rule,
+            policy_version=policy_version,
+            detail=detail,
+        )
+
+    def carry(self, carried: list[tuple[int, AuditEntry]], direct: list[AuditEntry]) -> None:
+        """Takes the entries of a committed batch of local writes, from the store's writer
+        thread, in commit order. `carried` are (change-log position, entry) of the writes whose
+        commit carried their entry in the store (node.engine audit outbox): the write is
+        durable with its entry, and the log appends them here and remembers the highest
+        position it holds, in the same transaction, so that a start after a crash appends only
+        what it lacks. `direct` are entries of writes that did not commit (refused at commit,
+        or answered as a retry): a true record of the decision, appended here only.
+        Never refused for a full queue (the store's write queue bounds what comes here)."""
+        for lsn, entry in carried:
+            self._writer.put(_Pending(0, entry, None, lsn), bounded=False)
+        for entry in direct:
+            self._writer.put(_Pending(0, entry, None), bounded=False)
+
+    @property
+    def carried_through(self) -> int:
+        """The highest change-log position whose carried entry this log holds durably."""
+        return self._carried_through
 
     def record(
         self,
@@ -369,15 +462,25 @@ class AuditLog:
             body = pending.entry.encode(seq=first + offset)
             prev = chain_hash(prev, body)
             rows.append((first + offset, body, prev))
+        carried_through = max((p.carried_lsn for p in batch), default=0)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)", rows)
+            if carried_through > self._carried_through:
+                conn.execute(
+                    "INSERT OR REPLACE INTO audit_info (name, value) VALUES (?, ?)",
+                    (_CARRIED_THROUGH, str(carried_through)),
+                )
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             log.error("audit batch of %d entries from seq %d failed: %s", len(batch), first, error)
+            if carried_through:
+                # Carried entries are durable in the store, not lost; but a later batch would
+                # move the position past them. Stop: the next start appends them from the store.
+                raise Unavailable(f"the audit log could not append carried entries ({error})") from error
             failure = Unavailable(
                 f"the audit log could not write ({error}); the operation was not performed; retry"
             )
@@ -395,11 +498,14 @@ class AuditLog:
             return
         size = first + len(batch) - 1
         self._next_seq, self._last_hash = size + 1, prev
+        self._carried_through = max(self._carried_through, carried_through)
         self.batches_committed += 1
         self.entries_committed += len(batch)
         with self._head_lock:
             self._durable_size, self._durable_hash = size, prev
-        head = self.head() if self._on_head is not None else None
+        # Not while start() appends carried entries: the head is offered once the log runs.
+        running = self._writer.state == single_writer.RUNNING
+        head = self.head() if self._on_head is not None and running else None
         self._deliver(batch, first, head, None)
 
     def _deliver(
@@ -421,15 +527,18 @@ class AuditLog:
             except Exception:
                 log.exception("on_head failed for audit head of size %d", head.size)
         for offset, pending in enumerate(batch):
-            if pending.future.done():
-                continue  # the caller gave up waiting; the entry is written all the same
+            if pending.future is None or pending.future.done():
+                continue  # carried, or the caller gave up waiting; the entry is written all the same
             if error is None:
                 pending.future.set_result(first + offset)
             else:
                 pending.future.set_exception(error)
+        indexes = [p.index for p in batch if p.index]
+        if not indexes:
+            return
         if error is not None:
-            self._failures.append(_Failure(batch[0].index, batch[-1].index, error))
-        self._settled = max(self._settled, batch[-1].index)
+            self._failures.append(_Failure(min(indexes), max(indexes), error))
+        self._settled = max(self._settled, max(indexes))
         still: list[tuple[int, asyncio.Future[None]]] = []
         for target, waiter in self._flush_waiters:
             if target <= self._settled:
@@ -558,6 +667,18 @@ def _refused(state: str, failure: str) -> Unavailable:
         return Unavailable(f"the audit log cannot write ({failure}); the operation was not performed")
     shown = "not started" if state == single_writer.NEW else "stopped"
     return Unavailable(f"the audit log is {shown}; the operation was not performed")
+
+
+def _carried_through(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM audit_info WHERE name = ?", (_CARRIED_THROUGH,)).fetchone()
+    if row is None:
+        return 0
+    try:
+        return int(row[0])
+    except ValueError:
+        raise DataCorruption(
+            f"audit_info {_CARRIED_THROUGH} is {row[0]!r}, not a change-log position"
+        ) from None
 
 
 def _tail(conn: sqlite3.Connection) -> tuple[int, bytes]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from domicile.audit import AuditEntry
 from domicile.model import Classification
-from domicile.policy import Decision, RecordFacts
+from domicile.policy import Action, Decision, RecordFacts
 from node.metrics import NodeMetrics
 from node.topology_view import TopologyView
 
@@ -44,6 +45,20 @@ class AuditSink(Protocol):
         policy_version: str = "",
         detail: str = "",
     ) -> asyncio.Future[int]: ...
+
+    def entry(
+        self,
+        *,
+        principal: str,
+        action: str,
+        namespace: str = "",
+        key: str = "",
+        subject_id: str = "",
+        decision: str = "",
+        rule: str = "",
+        policy_version: str = "",
+        detail: str = "",
+    ) -> AuditEntry: ...
 
 
 class Audit:
@@ -107,6 +122,29 @@ class Enforcer:
                 detail=detail,
             )
         return decision, entry
+
+    def decide_write(
+        self, facts: RecordFacts, *, audit_action: str, principal: str, key: str
+    ) -> tuple[Decision, AuditEntry | None]:
+        """Decides whether this region may store a local write whose commit carries its audit
+        entry: a refusal is audited at once; an allowed decision's entry is returned, not yet
+        recorded, for the commit to carry (it reaches the audit log with the write)."""
+        decision = self.view.policy.decide(facts, self.region, Action.STORE)
+        self.metrics.policy_decisions.labels(Action.STORE, decision.outcome, decision.rule).inc()
+        fields = {
+            "principal": principal,
+            "action": audit_action,
+            "namespace": facts.namespace,
+            "key": key,
+            "subject_id": facts.subject_id,
+            "decision": decision.outcome,
+            "rule": decision.rule,
+            "policy_version": self.view.policy.version,
+        }
+        if not decision.allowed:
+            self.audit.record(**fields)
+            return decision, None
+        return decision, self.audit.entry(**fields)
 
     def refusal(
         self,

@@ -97,8 +97,21 @@ class WriteTx(Protocol):
 
     def block_subject(self, digest: str, request_id: str) -> None: ...
 
+    def carry_audit(self, rows: Sequence[tuple[int, bytes]], settled_through: int) -> None:
+        """Stores (change-log position, unnumbered audit entry) of this transaction's writes in
+        the audit outbox, and drops the rows the audit log already holds (position <=
+        settled_through). Only on a backend whose carries_audit is True."""
+        ...
+
 
 class Backend(Protocol):
+    # Whether write transactions can carry audit entries (carry_audit, read_audit_outbox).
+    carries_audit: bool
+
+    def read_audit_outbox(self, after_lsn: int) -> list[tuple[int, bytes]]:
+        """The carried audit entries of positions after after_lsn, in position order."""
+        ...
+
     def write(self, fn: Callable[[WriteTx], T]) -> T:
         """Runs fn in one durable transaction (possibly more than once, see the module doc)."""
         ...

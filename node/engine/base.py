@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from domicile.audit import AuditEntry
 from domicile.causality import CausalContext, KeyState, Mutation, Version
 from domicile.errors import DomicileError
 from domicile.model import Classification
@@ -43,6 +44,9 @@ class LocalWrite:
     # The client's id of the logical write ("": none). When the key remembers it, the write is
     # not made again: the result is the version its first attempt made (Committed.replayed).
     request_id: str = ""
+    # The write's audit entry (unnumbered), committed with the write in the store's audit outbox
+    # when the engine carries_audit; None when the caller waited for it in the audit log.
+    audit: AuditEntry | None = None
 
     @classmethod
     def deleting(
@@ -95,6 +99,18 @@ class StoreCounts:
 class StorageEngine(Protocol):
     node_id: str
     region: str
+    # The highest change-log position whose carried audit entry the audit log holds: commits
+    # drop outbox rows up to it (set by the daemon; 0 keeps every row).
+    audit_settled: Callable[[], int]
+
+    @property
+    def carries_audit(self) -> bool:
+        """Whether a commit can carry its writes' audit entries (LocalWrite.audit)."""
+        ...
+
+    def audit_outbox(self, after_lsn: int) -> list[tuple[int, bytes]]:
+        """(position, unnumbered entry) carried by commits after after_lsn, in position order."""
+        ...
 
     def commit_local(
         self, writes: Sequence[LocalWrite], stamp: Callable[[], int]

@@ -93,6 +93,14 @@ class EngineCore:
         self.backend = backend
         self.node_id = node_id
         self.region = region
+        self.audit_settled: Callable[[], int] = lambda: 0
+
+    @property
+    def carries_audit(self) -> bool:
+        return self.backend.carries_audit
+
+    def audit_outbox(self, after_lsn: int) -> list[tuple[int, bytes]]:
+        return self.backend.read_audit_outbox(after_lsn)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -104,7 +112,7 @@ class EngineCore:
         # Everything that can refuse a single write runs before anything is written, and a
         # refused write leaves no trace in the working set, so it changes nothing while the
         # others still commit.
-        refusals = [_local_write_error(w) for w in writes]
+        refusals = [_local_write_error(w) or self._audit_error(w) for w in writes]
         keys = [(w.namespace, w.key) for w, r in zip(writes, refusals, strict=True) if r is None]
 
         def commit(tx: WriteTx) -> list[Committed | DomicileError]:
@@ -112,6 +120,7 @@ class EngineCore:
             work = _WorkingSet(tx, keys)
             results: list[Committed | DomicileError] = []
             log_rows: list[LogRow] = []
+            audit_rows: list[tuple[int, bytes]] = []
             for write, refusal in zip(writes, refusals, strict=True):
                 if refusal is not None:
                     results.append(refusal)
@@ -127,14 +136,27 @@ class EngineCore:
                 mutation = committed.mutation
                 work.put(write.namespace, write.key, committed.state)
                 log_rows.append(LogRow(mutation.lsn, write.namespace, write.key, mutation_to_bytes(mutation)))
+                if write.audit is not None:
+                    audit_rows.append((mutation.lsn, write.audit.encode()))
                 totals.last_lsn = mutation.lsn
             if log_rows:
                 tx.append_log(log_rows)
+                if audit_rows:
+                    # The entries commit with their writes: a write is never durable without
+                    # its entry (node/compliance/audit_log.py carry()).
+                    tx.carry_audit(audit_rows, self.audit_settled())
                 work.flush(tx, totals)
                 tx.store_totals(totals)
             return results
 
         return self.backend.write(commit)
+
+    def _audit_error(self, write: LocalWrite) -> DomicileError | None:
+        if write.audit is not None and not self.backend.carries_audit:
+            return FailedPrecondition(
+                "this engine does not carry audit entries in its commits; the write was not made"
+            )
+        return None
 
     def _build_local(
         self, state: KeyState | None, write: LocalWrite, stamp: Callable[[], int], totals: Totals

@@ -8,6 +8,10 @@ only ever sees one writer. The queue and the thread are a domicile.single_writer
 Local writes reach the engine only through submit(), never through a job: every change-log entry
 is then appended to the log tail (node.engine.log_tail) that the replication senders read.
 
+`on_audit` hears, on the writer thread, the audit entries of every committed batch of local
+writes (LocalWrite.audit): those the commit carried, with their change-log positions, and those
+of writes that did not commit. The audit log appends them (node/compliance/audit_log.py carry()).
+
 `on_keys_changed` hears, on the writer thread, which keys every durable change touched (the
 writes of a committed batch; the applied mutations of a job that returns an ApplyOutcome, that
 is a replicated apply), before any caller hears back: the read cache (node/cache/) keeps those
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from domicile.audit import AuditEntry
 from domicile.errors import DomicileError, InvalidArgument, ResourceExhausted, Unavailable
 from domicile.single_writer import NEW, RUNNING, LoopWaiter, SingleWriter
 from node.engine.base import ApplyOutcome, Committed, LocalWrite, StorageEngine
@@ -85,6 +90,7 @@ class GroupCommitter:
         log_tail: LogTail | None = None,
         on_keys_changed: Callable[[list[tuple[str, str]]], None] | None = None,
         guard: Callable[[LocalWrite], DomicileError | None] | None = None,
+        on_audit: Callable[[list[tuple[int, AuditEntry]], list[AuditEntry]], None] | None = None,
     ) -> None:
         for name, value in (
             ("batch_records_max", batch_records_max),
@@ -108,6 +114,9 @@ class GroupCommitter:
         # Gets the (namespace, key) of every durable change, on the writer thread, before the
         # change is acknowledged.
         self.on_keys_changed = on_keys_changed
+        # Gets the audit entries of each committed batch (carried, with positions; and those of
+        # writes that did not commit), on the writer thread, before anyone hears back.
+        self.on_audit = on_audit
         self.batch_records_max = batch_records_max
         self.queue_records_max = queue_records_max
         self.queue_jobs_max = queue_jobs_max
@@ -247,6 +256,7 @@ class GroupCommitter:
             raise RuntimeError(f"engine returned more results than the {len(admitted)} writes given")
         if self.log_tail is not None:
             self._extend_tail(self.log_tail, results)
+        self._hand_audit(batch, results)
         self._keys_changed(
             [(r.mutation.namespace, r.mutation.key) for r in results if isinstance(r, Committed)]
         )
@@ -263,6 +273,26 @@ class GroupCommitter:
                 log.exception("the group commit batch hook failed")
         for item, result in zip(batch, results, strict=True):
             item.waiter.deliver(result)
+
+    def _hand_audit(self, batch: list[_WriteItem], results: list[Committed | DomicileError]) -> None:
+        carried: list[tuple[int, AuditEntry]] = []
+        direct: list[AuditEntry] = []
+        for item, result in zip(batch, results, strict=True):
+            entry = item.write.audit
+            if entry is None:
+                continue
+            if isinstance(result, Committed) and not result.replayed:
+                carried.append((result.mutation.lsn, entry))
+            else:
+                direct.append(entry)
+        if self.on_audit is None or not (carried or direct):
+            return
+        try:
+            self.on_audit(carried, direct)
+        except Exception:
+            # The writes are durable with their entries in the store's outbox; the audit log
+            # appends them when it starts again (it refuses new writes until then).
+            log.exception("the audit log could not take the entries of a committed batch")
 
     def _keys_changed(self, keys: list[tuple[str, str]]) -> None:
         if self.on_keys_changed is None or not keys:

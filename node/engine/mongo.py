@@ -177,9 +177,18 @@ class _MongoTx:
             [ReplaceOne({"_id": digest}, {"request_id": request_id}, upsert=True)], session=self.s
         )
 
+    def carry_audit(self, rows: Sequence[tuple[int, bytes]], settled_through: int) -> None:
+        raise FailedPrecondition(
+            "the MongoDB engine does not carry audit entries in its commits; a write waits for its "
+            "entry in the audit log instead"
+        )
+
 
 class MongoBackend:
     """The Backend on one MongoDB database, for one node of the region."""
+
+    # Writes wait for their audit entry in the audit log before they commit (write-ahead).
+    carries_audit = False
 
     def __init__(self, uri: str, database: str, node_id: str, region: str) -> None:
         self.uri = uri
@@ -426,6 +435,9 @@ class MongoBackend:
     def blocked_subjects(self) -> dict[str, str]:
         with self._errors():
             return {str(d["_id"]): str(d["request_id"]) for d in self.erased.find({})}
+
+    def read_audit_outbox(self, after_lsn: int) -> list[tuple[int, bytes]]:
+        return []
 
     @contextmanager
     def snapshot(self) -> Iterator[Iterator[SnapshotRow]]:

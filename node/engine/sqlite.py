@@ -41,7 +41,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL")
 BUSY_TIMEOUT_MS = 10_000
 # Where schema 2 kept the erasure block list: one JSON blob in meta (moved to its own table in 3).
@@ -59,6 +59,10 @@ _SUBJECT_KEYS = (
 _ERASED_SUBJECTS = (
     "CREATE TABLE erased_subjects (digest TEXT PRIMARY KEY, request_id TEXT NOT NULL) WITHOUT ROWID"
 )
+
+# The audit entries of local writes, committed with the writes themselves (one fsync per write,
+# node/compliance/audit_log.py carry()): a row stays until the audit log holds its entry.
+_AUDIT_OUTBOX = "CREATE TABLE audit_outbox (lsn INTEGER PRIMARY KEY, body BLOB NOT NULL)"
 
 _SCHEMA = (
     """CREATE TABLE kv (
@@ -87,6 +91,7 @@ _SCHEMA = (
     "CREATE TABLE engine_info (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     _SUBJECT_KEYS,
     _ERASED_SUBJECTS,
+    _AUDIT_OUTBOX,
 )
 
 _SCAN_SQL = {
@@ -185,10 +190,16 @@ class _SQLiteTx:
             (digest, request_id),
         )
 
+    def carry_audit(self, rows: Sequence[tuple[int, bytes]], settled_through: int) -> None:
+        self.conn.execute("DELETE FROM audit_outbox WHERE lsn <= ?", (settled_through,))
+        self.conn.executemany("INSERT INTO audit_outbox (lsn, body) VALUES (?, ?)", rows)
+
 
 class SQLiteBackend:
     """The Backend on one SQLite file. `synchronous` is FULL by default (a commit is on disk
     when write() returns); NORMAL and OFF exist for benchmarks."""
+
+    carries_audit = True
 
     def __init__(
         self, path: str | os.PathLike[str], node_id: str, region: str, *, synchronous: str = "FULL"
@@ -242,7 +253,7 @@ class SQLiteBackend:
         return sqlite_db.Schema(
             version=SCHEMA_VERSION,
             create=self._create_schema,
-            upgrades={1: _index_subjects, 2: _move_erased_subjects},
+            upgrades={1: _index_subjects, 2: _move_erased_subjects, 3: _add_audit_outbox},
             unsupported=lambda version: FailedPrecondition(
                 f"{self.path} has schema version {version}; this engine reads version {SCHEMA_VERSION}"
             ),
@@ -378,6 +389,14 @@ class SQLiteBackend:
         rows = self.reader().execute("SELECT digest, request_id FROM erased_subjects").fetchall()
         return {str(d): str(r) for d, r in rows}
 
+    def read_audit_outbox(self, after_lsn: int) -> list[tuple[int, bytes]]:
+        rows = (
+            self.reader()
+            .execute("SELECT lsn, body FROM audit_outbox WHERE lsn > ? ORDER BY lsn", (after_lsn,))
+            .fetchall()
+        )
+        return [(int(lsn), bytes(body)) for lsn, body in rows]
+
     @contextmanager
     def snapshot(self) -> Iterator[Iterator[SnapshotRow]]:
         # A connection of its own, in one read transaction: WAL keeps its snapshot for as long
@@ -443,6 +462,11 @@ def _index_subjects(tx: sqlite3.Connection) -> None:
             "INSERT OR IGNORE INTO subject_keys (subject, namespace, key) VALUES (?, ?, ?)",
             [(v.subject_id, namespace, key) for v in state.versions if v.subject_id],
         )
+
+
+def _add_audit_outbox(tx: sqlite3.Connection) -> None:
+    """Version 4 commits the audit entries of local writes with the writes (the outbox)."""
+    tx.execute(_AUDIT_OUTBOX.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
 
 
 def _move_erased_subjects(tx: sqlite3.Connection) -> None:

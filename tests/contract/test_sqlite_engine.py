@@ -248,7 +248,7 @@ def test_a_schema_2_store_moves_its_erasure_block_list_to_a_table(db: Path, stam
     finally:
         again.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_a_schema_2_store_with_a_damaged_block_list_is_refused_and_left_as_it_was(db: Path) -> None:
