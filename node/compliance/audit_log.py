@@ -220,6 +220,11 @@ class AuditLog:
         # The highest change-log position whose carried entry the log holds (see carry()).
         # Written by the writer thread only, read by the store's writer.
         self._carried_through = 0
+        # Entries handed over by carry() (written by the store's writer thread) and appended
+        # (written by the writer thread): flush() waits for those handed before it.
+        self._carried_handed = 0
+        self._carried_appended = 0
+        self._carry_waiters: list[tuple[int, asyncio.Future[None]]] = []
         # Written by the writer thread only.
         self._next_seq = 1
         self._last_hash = GENESIS
@@ -275,6 +280,7 @@ class AuditLog:
                 conn.close()
                 raise
             size, last_hash = self._next_seq - 1, self._last_hash
+            self._carried_appended = 0  # counts only what carry() hands over from here on
         with self._head_lock:
             self._durable_size, self._durable_hash = size, last_hash
         self._writer.start()
@@ -296,10 +302,17 @@ class AuditLog:
                 )
             )
         self._close_readers()
+        self._fail_carry_waiters(Unavailable("the audit log closed before every entry was written"))
         for _, waiter in self._flush_waiters:
             if not waiter.done():
                 waiter.set_exception(Unavailable("the audit log closed before every entry was written"))
         self._flush_waiters.clear()
+
+    def _fail_carry_waiters(self, error: Exception) -> None:
+        for _, waiter in self._carry_waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._carry_waiters.clear()
 
     def _recover_carried(self, rows: list[tuple[int, bytes]]) -> None:
         """Appends carried entries the file lacks, on the starting thread, before the writer runs."""
@@ -367,8 +380,10 @@ class AuditLog:
         Never refused for a full queue (the store's write queue bounds what comes here)."""
         for lsn, entry in carried:
             self._writer.put(_Pending(0, entry, None, lsn), bounded=False)
+            self._carried_handed += 1
         for entry in direct:
             self._writer.put(_Pending(0, entry, None), bounded=False)
+            self._carried_handed += 1
 
     @property
     def carried_through(self) -> int:
@@ -419,8 +434,16 @@ class AuditLog:
         return future
 
     async def flush(self) -> None:
-        """Waits until every entry recorded so far is durable. Raises Unavailable when one of
-        them (not reported by an earlier flush) could not be written."""
+        """Waits until every entry recorded so far, and every entry handed over by carry()
+        so far, is durable here. Raises Unavailable when one of them (not reported by an
+        earlier flush) could not be written."""
+        carried = self._carried_handed
+        if self._carried_appended < carried:
+            if self._writer.state != single_writer.RUNNING:
+                raise _refused(self._writer.state, self._writer.failure)
+            carry_waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._carry_waiters.append((carried, carry_waiter))
+            await carry_waiter
         target = self._recorded
         if self._settled < target:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -480,6 +503,12 @@ class AuditLog:
             if carried_through:
                 # Carried entries are durable in the store, not lost; but a later batch would
                 # move the position past them. Stop: the next start appends them from the store.
+                if self._loop is not None:
+                    with contextlib.suppress(RuntimeError):
+                        self._loop.call_soon_threadsafe(
+                            self._fail_carry_waiters,
+                            Unavailable(f"the audit log could not append carried entries ({error})"),
+                        )
                 raise Unavailable(f"the audit log could not append carried entries ({error})") from error
             failure = Unavailable(
                 f"the audit log could not write ({error}); the operation was not performed; retry"
@@ -499,6 +528,7 @@ class AuditLog:
         size = first + len(batch) - 1
         self._next_seq, self._last_hash = size + 1, prev
         self._carried_through = max(self._carried_through, carried_through)
+        self._carried_appended += sum(1 for p in batch if not p.index)
         self.batches_committed += 1
         self.entries_committed += len(batch)
         with self._head_lock:
@@ -533,6 +563,16 @@ class AuditLog:
                 pending.future.set_result(first + offset)
             else:
                 pending.future.set_exception(error)
+        if self._carry_waiters:
+            appended = self._carried_appended
+            waiting = []
+            for count, waiter in self._carry_waiters:
+                if count <= appended:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    waiting.append((count, waiter))
+            self._carry_waiters = waiting
         indexes = [p.index for p in batch if p.index]
         if not indexes:
             return
