@@ -35,6 +35,21 @@ class PutResult:
 
 
 @dataclass(frozen=True)
+class BatchRecord:
+    """One record of a put_batch call: the arguments of a put of it alone."""
+
+    key: str
+    value: bytes
+    subject_id: str = ""
+    subject_jurisdiction: str = ""
+    classification: Classification | str | None = None
+    content_type: str = ""
+    context_token: bytes | None = None
+    # Every retry of the batch resends each record's id, so that the cluster writes it once.
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
 class GetResult:
     found: bool
     versions: tuple[ReadVersion, ...]

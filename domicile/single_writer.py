@@ -163,6 +163,20 @@ class SingleWriter(Generic[T]):
             self._queue.append(item)
             self._queued += 1
 
+    def put_many(self, items: list[T]) -> None:
+        """Queues items together (the writer sees all of them or none), so that they land in
+        one batch unless they pass batch_max; raises instead when not running, or when they do
+        not all fit (nothing is queued then)."""
+        with self._cond:
+            if self._state != RUNNING:
+                raise self._refused(self._state, self._failure)
+            if self._queued and self._queued + len(items) > self.queue_max:
+                raise ResourceExhausted(self._full_message)
+            if not self._queue and items:
+                self._cond.notify()
+            self._queue.extend(items)
+            self._queued += len(items)
+
     def put_solo(self, item: T) -> None:
         """Queues an item to be handled alone, in queue order."""
         with self._cond:

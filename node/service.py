@@ -28,6 +28,7 @@ from domicile.model import (
     check_value,
 )
 from domicile.policy import Action, Decision, RecordFacts
+from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
 from node.cache.read_cache import ReadCache
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
@@ -243,6 +244,71 @@ class StorageService:
     # -- operations ---------------------------------------------------------------------------
 
     async def put(self, cmd: PutCommand) -> Committed:
+        spec, write, entry = await self._prepare_put(cmd)
+        committed = await self._commit(write, entry)
+        return self._put_answer(spec, cmd, committed)
+
+    async def put_batch(self, cmds: list[PutCommand]) -> list[Committed | errors.DomicileError]:
+        """Each command as put() does it (checks, policy decision, audit entry, sealing), and
+        every accepted write committed in one group. A refused command gets its error in its
+        slot; the others are still written."""
+        if not 1 <= len(cmds) <= PUT_BATCH_RECORDS_MAX:
+            raise errors.InvalidArgument(
+                f"a batch holds {len(cmds)} records; PutBatch takes 1 to {PUT_BATCH_RECORDS_MAX}"
+            )
+        prepared = await asyncio.gather(*(self._prepare_or_error(cmd) for cmd in cmds))
+        results: list[Committed | errors.DomicileError | None] = [
+            p if isinstance(p, errors.DomicileError) else None for p in prepared
+        ]
+        accepted: list[tuple[int, NamespaceSpec]] = []
+        writes: list[LocalWrite] = []
+        for i, p in enumerate(prepared):
+            if isinstance(p, errors.DomicileError):
+                continue
+            spec, write, entry = p
+            if isinstance(entry, AuditEntry):
+                write = dataclasses.replace(write, audit=entry)
+            elif entry is not None:
+                await entry  # write-ahead, where the engine does not carry entries
+            accepted.append((i, spec))
+            writes.append(write)
+        if writes:
+            committed = await self.committer.submit_many(writes)
+            self.on_committed()
+            for (i, spec), outcome in zip(accepted, committed, strict=True):
+                results[i] = await self._batch_answer(spec, cmds[i], outcome)
+        answered: list[Committed | errors.DomicileError] = []
+        for r in results:
+            if r is None:
+                raise RuntimeError("PutBatch left a record without a result")
+            answered.append(r)
+        return answered
+
+    async def _batch_answer(
+        self, spec: NamespaceSpec, cmd: PutCommand, outcome: Committed | errors.DomicileError
+    ) -> Committed | errors.DomicileError:
+        if isinstance(outcome, errors.DomicileError):
+            return outcome
+        try:
+            if spec.min_regions_acked > 1:
+                await self._wait_regions(spec, outcome)
+            return self._put_answer(spec, cmd, outcome)
+        except errors.DomicileError as error:
+            return error
+
+    async def _prepare_or_error(
+        self, cmd: PutCommand
+    ) -> tuple[NamespaceSpec, LocalWrite, asyncio.Future[int] | AuditEntry | None] | errors.DomicileError:
+        try:
+            return await self._prepare_put(cmd)
+        except errors.DomicileError as error:
+            return error
+
+    async def _prepare_put(
+        self, cmd: PutCommand
+    ) -> tuple[NamespaceSpec, LocalWrite, asyncio.Future[int] | AuditEntry | None]:
+        """Everything of a Put before its commit: checks, the placement decision and its audit
+        entry, sealing. Raises the refusal of a record that may not be written."""
         spec = self._namespace(cmd.namespace)
         check_key(cmd.key, self.limits)
         check_value(cmd.value, self.limits)
@@ -270,22 +336,22 @@ class StorageService:
         supersedes = (
             None if spec.conflict_mode is ConflictMode.LWW else (cmd.context or CausalContext.empty())
         )
-        committed = await self._commit(
-            LocalWrite(
-                namespace=spec.name,
-                key=cmd.key,
-                # Encrypted at rest under the subject's data key (crypto-shredding).
-                value=sealed,
-                content_type=cmd.content_type,
-                supersedes=supersedes,
-                subject_id=cmd.subject_id,
-                subject_jurisdiction=cmd.subject_jurisdiction,
-                classification=classification,
-                siblings_max=spec.siblings_max,
-                request_id=cmd.request_id,
-            ),
-            entry,
+        write = LocalWrite(
+            namespace=spec.name,
+            key=cmd.key,
+            # Encrypted at rest under the subject's data key (crypto-shredding).
+            value=sealed,
+            content_type=cmd.content_type,
+            supersedes=supersedes,
+            subject_id=cmd.subject_id,
+            subject_jurisdiction=cmd.subject_jurisdiction,
+            classification=classification,
+            siblings_max=spec.siblings_max,
+            request_id=cmd.request_id,
         )
+        return spec, write, entry
+
+    def _put_answer(self, spec: NamespaceSpec, cmd: PutCommand, committed: Committed) -> Committed:
         self._count_conflict(spec, committed.conflict)
         # Answer with the version as the client wrote it, not as it is stored (sealed).
         version = dataclasses.replace(committed.mutation.version, value=cmd.value, checksum=sha256(cmd.value))

@@ -22,6 +22,7 @@ from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
 from domicile.wire.limits import (
     AUDIT_TAIL_ENTRIES_MAX,
+    PUT_BATCH_RECORDS_MAX,
     SUBJECT_REQUESTS_LIMIT_MAX,
     VIOLATIONS_MAX_DEFAULT,
     VIOLATIONS_MAX_LIMIT,
@@ -181,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content-type", default="", help="MIME type of the value")
     p.add_argument("--context", help="context printed by an earlier get: the versions this write supersedes")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser(
+        "load",
+        parents=[record],
+        help="write the records of a JSON Lines file in batches (PutBatch)",
+        description="Each line: a JSON object with key and value (text) or value_base64, and "
+        "optionally subject_id, subject_jurisdiction, classification, content_type, request_id. "
+        "Bad lines and refused records are reported with their line numbers; the others are "
+        "written. Exit 0 when every line was written, 1 when some were not, 2 on error.",
+    )
+    p.add_argument("file", metavar="FILE.jsonl")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=PUT_BATCH_RECORDS_MAX,
+        help="records per PutBatch call (1 to %(default)s)",
+    )
 
     p = sub.add_parser(
         "get",
@@ -591,6 +609,10 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from domicile.cli.status import status
 
         return status
+    if command == "load":
+        from domicile.cli.load import load
+
+        return load
     from domicile.cli import records
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {

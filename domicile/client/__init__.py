@@ -27,6 +27,7 @@ from domicile.client.retries import RetryPolicy
 from domicile.client.routing import route
 from domicile.client.sync_client import Client
 from domicile.results import (
+    BatchRecord,
     ComplianceReport,
     ComplianceViolation,
     DeleteResult,
@@ -64,6 +65,7 @@ __all__ = [
     "VIOLATIONS_MAX_DEFAULT",
     "VIOLATIONS_MAX_LIMIT",
     "AsyncClient",
+    "BatchRecord",
     "Client",
     "ComplianceReport",
     "ComplianceViolation",

@@ -30,6 +30,7 @@ from domicile.identity.tls_files import TlsFiles
 from domicile.identity.transport import client_dialer
 from domicile.model import Classification
 from domicile.results import (
+    BatchRecord,
     ComplianceReport,
     DeleteResult,
     ExportedCopy,
@@ -48,10 +49,16 @@ from domicile.v1 import storage_node_pb2_grpc as sgrpc
 from domicile.wire.audit import audit_page_from_pb, head_from_pb
 from domicile.wire.consistency import pair_consistency_from_pb
 from domicile.wire.errors import error_from_rpc
-from domicile.wire.limits import AUDIT_PAGE_ENTRIES, SUBJECT_REQUESTS_LIMIT_DEFAULT, VIOLATIONS_MAX_DEFAULT
+from domicile.wire.limits import (
+    AUDIT_PAGE_ENTRIES,
+    PUT_BATCH_RECORDS_MAX,
+    SUBJECT_REQUESTS_LIMIT_DEFAULT,
+    VIOLATIONS_MAX_DEFAULT,
+)
 from domicile.wire.records import (
     delete_result_from_pb,
     get_result_from_pb,
+    put_batch_results_from_pb,
     put_result_from_pb,
     scan_items_from_pb,
 )
@@ -322,6 +329,45 @@ class AsyncClient:
             f"put {namespace}/{key}", namespace, region, True, lambda s, t: s.Put(req, timeout=t)
         )
         return put_result_from_pb(resp, node.region)
+
+    async def put_batch(
+        self, namespace: str, records: list[BatchRecord], *, region: str | None = None
+    ) -> list[PutResult | DomicileError]:
+        """Writes up to PUT_BATCH_RECORDS_MAX (1,000) records of one namespace in one call: each
+        is checked, decided and audited as a put of its own, and the accepted ones are committed
+        together. Returns one result per record, in order: its PutResult, or the error a put of
+        it alone would have raised (a refused record does not fail the others). Raises only
+        when the batch as a whole fails (nothing is then known to be written; a retry with the
+        same records writes each of them once, by their request ids)."""
+        if not 1 <= len(records) <= PUT_BATCH_RECORDS_MAX:
+            raise InvalidArgument(
+                f"a batch holds {len(records)} records; put_batch takes 1 to {PUT_BATCH_RECORDS_MAX}"
+            )
+        req = spb.PutBatchRequest(
+            puts=[
+                put_request(
+                    namespace,
+                    r.key,
+                    r.value,
+                    None,
+                    r.subject_id,
+                    r.subject_jurisdiction,
+                    r.classification,
+                    r.content_type,
+                    r.context_token,
+                    r.request_id,
+                )
+                for r in records
+            ]
+        )
+        resp, node = await self._call(
+            f"put_batch {namespace} ({len(records)} records)",
+            namespace,
+            region,
+            True,
+            lambda s, t: s.PutBatch(req, timeout=t),
+        )
+        return put_batch_results_from_pb(resp, node.region, len(records), node.describe())
 
     async def get(self, namespace: str, key: str, *, region: str | None = None) -> GetResult:
         check_name(namespace, key)

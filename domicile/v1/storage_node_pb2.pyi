@@ -191,6 +191,94 @@ class PutResponse(_message.Message):
 Global___PutResponse: _TypeAlias = PutResponse  # noqa: Y015
 
 @_typing.final
+class PutBatchRequest(_message.Message):
+    """Request of StorageNodeService.PutBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def puts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PutRequest]:
+        """The records: 1 to 1,000 Puts, each as StorageNodeService.Put takes it."""
+
+    def __init__(
+        self,
+        *,
+        puts: _abc.Iterable[Global___PutRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["puts", b"puts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutBatchRequest: _TypeAlias = PutBatchRequest  # noqa: Y015
+
+@_typing.final
+class PutResult(_message.Message):
+    """One record's outcome in StorageNodeService.PutBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PUT_FIELD_NUMBER: _builtins.int
+    ALLOWED_REGIONS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The status code of this record (google.rpc.Code numbers: 0 OK, 3 INVALID_ARGUMENT, 9
+    FAILED_PRECONDITION, ...), as a Put of it alone would have ended.
+    """
+    message: _builtins.str
+    """Why the record was refused (empty when code is 0)."""
+    @_builtins.property
+    def put(self) -> Global___PutResponse:
+        """The answer a Put would have given (set when code is 0)."""
+
+    @_builtins.property
+    def allowed_regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """When the residency policy refused the record: the regions that may hold it."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        put: Global___PutResponse | None = ...,
+        allowed_regions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["put", b"put"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_regions", b"allowed_regions", "code", b"code", "message", b"message", "put", b"put"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutResult: _TypeAlias = PutResult  # noqa: Y015
+
+@_typing.final
+class PutBatchResponse(_message.Message):
+    """Response of StorageNodeService.PutBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PutResult]:
+        """One result per record of the request, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PutResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutBatchResponse: _TypeAlias = PutBatchResponse  # noqa: Y015
+
+@_typing.final
 class GetRequest(_message.Message):
     """Request of StorageNodeService.Get."""
 

@@ -41,6 +41,11 @@ class StorageNodeServiceStub:
                 request_serializer=domicile_dot_v1_dot_storage__node__pb2.PutRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_storage__node__pb2.PutResponse.FromString,
                 _registered_method=True)
+        self.PutBatch = channel.unary_unary(
+                '/domicile.v1.StorageNodeService/PutBatch',
+                request_serializer=domicile_dot_v1_dot_storage__node__pb2.PutBatchRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_storage__node__pb2.PutBatchResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/domicile.v1.StorageNodeService/Get',
                 request_serializer=domicile_dot_v1_dot_storage__node__pb2.GetRequest.SerializeToString,
@@ -93,6 +98,17 @@ class StorageNodeServiceServicer:
         region may not hold the record (the message and the "domicile-allowed-regions" trailer name the
         regions that may), INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown
         namespace. Nothing is written when a call fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutBatch(self, request, context):
+        """Writes up to 1,000 records (and at most 4 MiB) in one call, for bulk loads. Each record is
+        checked, decided by the residency policy and audited as a Put of its own, and every
+        accepted record is committed in one group; the answer holds one result per record, in
+        order: a refused record does not fail its neighbours. The call itself fails only when the
+        batch is malformed as a whole (no records, or more than 1,000: INVALID_ARGUMENT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,6 +188,11 @@ def add_StorageNodeServiceServicer_to_server(servicer, server):
                     request_deserializer=domicile_dot_v1_dot_storage__node__pb2.PutRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_storage__node__pb2.PutResponse.SerializeToString,
             ),
+            'PutBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutBatch,
+                    request_deserializer=domicile_dot_v1_dot_storage__node__pb2.PutBatchRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_storage__node__pb2.PutBatchResponse.SerializeToString,
+            ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
                     request_deserializer=domicile_dot_v1_dot_storage__node__pb2.GetRequest.FromString,
@@ -242,6 +263,33 @@ class StorageNodeService:
             '/domicile.v1.StorageNodeService/Put',
             domicile_dot_v1_dot_storage__node__pb2.PutRequest.SerializeToString,
             domicile_dot_v1_dot_storage__node__pb2.PutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.StorageNodeService/PutBatch',
+            domicile_dot_v1_dot_storage__node__pb2.PutBatchRequest.SerializeToString,
+            domicile_dot_v1_dot_storage__node__pb2.PutBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,13 @@ class StorageNodeServiceStub:
     regions that may), INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown
     namespace. Nothing is written when a call fails.
     """
+    PutBatch: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.PutBatchRequest, _storage_node_pb2.PutBatchResponse]
+    """Writes up to 1,000 records (and at most 4 MiB) in one call, for bulk loads. Each record is
+    checked, decided by the residency policy and audited as a Put of its own, and every
+    accepted record is committed in one group; the answer holds one result per record, in
+    order: a refused record does not fail its neighbours. The call itself fails only when the
+    batch is malformed as a whole (no records, or more than 1,000: INVALID_ARGUMENT).
+    """
     Get: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.GetRequest, _storage_node_pb2.GetResponse]
     """Reads every live version of a record (several when writes were concurrent) and the causal
     context that a later Put or Delete passes to supersede them. Refused with
@@ -86,6 +93,13 @@ class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
     region may not hold the record (the message and the "domicile-allowed-regions" trailer name the
     regions that may), INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown
     namespace. Nothing is written when a call fails.
+    """
+    PutBatch: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.PutBatchRequest, _storage_node_pb2.PutBatchResponse]  # type: ignore[assignment]
+    """Writes up to 1,000 records (and at most 4 MiB) in one call, for bulk loads. Each record is
+    checked, decided by the residency policy and audited as a Put of its own, and every
+    accepted record is committed in one group; the answer holds one result per record, in
+    order: a refused record does not fail its neighbours. The call itself fails only when the
+    batch is malformed as a whole (no records, or more than 1,000: INVALID_ARGUMENT).
     """
     Get: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.GetRequest, _storage_node_pb2.GetResponse]  # type: ignore[assignment]
     """Reads every live version of a record (several when writes were concurrent) and the causal
@@ -135,6 +149,19 @@ class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
         region may not hold the record (the message and the "domicile-allowed-regions" trailer name the
         regions that may), INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown
         namespace. Nothing is written when a call fails.
+        """
+
+    @_abc_1.abstractmethod
+    def PutBatch(
+        self,
+        request: _storage_node_pb2.PutBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_node_pb2.PutBatchResponse, _abc.Awaitable[_storage_node_pb2.PutBatchResponse]]:
+        """Writes up to 1,000 records (and at most 4 MiB) in one call, for bulk loads. Each record is
+        checked, decided by the residency policy and audited as a Put of its own, and every
+        accepted record is committed in one group; the answer holds one result per record, in
+        order: a refused record does not fail its neighbours. The call itself fails only when the
+        batch is malformed as a whole (no records, or more than 1,000: INVALID_ARGUMENT).
         """
 
     @_abc_1.abstractmethod

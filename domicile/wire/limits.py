@@ -19,6 +19,9 @@ NODE_MESSAGE_BYTES_MAX = 32 * 1024 * 1024
 STORAGE_REQUEST_BYTES_MAX = 4 * 1024 * 1024
 STORAGE_RESPONSE_BYTES_MAX = 32 * 1024 * 1024
 REPLICATION_MESSAGE_BYTES_MAX = NODE_MESSAGE_BYTES_MAX
+# Records one PutBatch call may carry (its request also stays under STORAGE_REQUEST_BYTES_MAX):
+# as many as one group commit takes by default (Limits.commit_batch_records_max).
+PUT_BATCH_RECORDS_MAX = 1000
 # Concurrent calls (HTTP/2 streams) one connection may have open at a node; more wait on the
 # client's side. One replication link uses one, an SDK channel as many as its caller runs.
 NODE_STREAMS_PER_CONNECTION_MAX = 256

@@ -18,7 +18,7 @@ from domicile.subjects import check_subject_id
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.audit import entry_to_pb, head_to_pb
-from domicile.wire.limits import VIOLATIONS_MAX_DEFAULT, VIOLATIONS_MAX_LIMIT
+from domicile.wire.limits import PUT_BATCH_RECORDS_MAX, VIOLATIONS_MAX_DEFAULT, VIOLATIONS_MAX_LIMIT
 from domicile.wire.records import context_from_pb, context_to_pb, version_to_pb
 from domicile.wire.status import violation_to_pb
 from node.api.access import NodeAccess
@@ -27,6 +27,7 @@ from node.compliance.audit_log import AuditLog
 from node.compliance.enforcer import Audit
 from node.compliance.scanner import ScanReport
 from node.crypto.sealing import Sealer
+from node.engine.base import Committed
 from node.lifecycle.export import export_subject
 from node.metrics import NodeMetrics
 from node.replication.entropy import DIVERGENT_KEYS_MAX, DIVERGENT_KEYS_MAX_DEFAULT, Comparison
@@ -192,31 +193,83 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 self._access.gate.on_refusal(refusal)
             raise
 
+    def _put_command(self, request: spb.PutRequest, caller: Caller) -> PutCommand:
+        return PutCommand(
+            namespace=request.namespace,
+            key=request.key,
+            value=request.value,
+            content_type=request.content_type,
+            context=self._superseded(request, caller, "storage.Put"),
+            subject_id=request.subject_id,
+            subject_jurisdiction=request.subject_jurisdiction,
+            classification=_classification(request.classification),
+            principal=caller.identity,
+            request_id=request.request_id,
+        )
+
+    def _put_response(self, request: spb.PutRequest, committed: Committed, out: spb.PutResponse) -> None:
+        out.lsn = committed.mutation.lsn
+        out.region = self.service.region
+        version_to_pb(committed.mutation.version, out.version)
+        context_to_pb(committed.state.context, out.context)
+        out.context_token = self.service.tokens.issue(request.namespace, request.key, committed.state.context)
+
     async def Put(self, request: spb.PutRequest, context: grpc.aio.ServicerContext) -> spb.PutResponse:
         async def work() -> spb.PutResponse:
             caller = self._access.namespace(context, "storage.Put", request.namespace)
-            cmd = PutCommand(
-                namespace=request.namespace,
-                key=request.key,
-                value=request.value,
-                content_type=request.content_type,
-                context=self._superseded(request, caller, "storage.Put"),
-                subject_id=request.subject_id,
-                subject_jurisdiction=request.subject_jurisdiction,
-                classification=_classification(request.classification),
-                principal=caller.identity,
-                request_id=request.request_id,
-            )
-            committed = await self.service.put(cmd)
-            response = spb.PutResponse(lsn=committed.mutation.lsn, region=self.service.region)
-            version_to_pb(committed.mutation.version, response.version)
-            context_to_pb(committed.state.context, response.context)
-            response.context_token = self.service.tokens.issue(
-                request.namespace, request.key, committed.state.context
-            )
+            committed = await self.service.put(self._put_command(request, caller))
+            response = spb.PutResponse()
+            self._put_response(request, committed, response)
             return response
 
         return await guarded(self.metrics, "Put", context, self.deadline_s, work)
+
+    async def PutBatch(
+        self, request: spb.PutBatchRequest, context: grpc.aio.ServicerContext
+    ) -> spb.PutBatchResponse:
+        async def work() -> spb.PutBatchResponse:
+            puts = request.puts
+            if not 1 <= len(puts) <= PUT_BATCH_RECORDS_MAX:
+                raise errors.InvalidArgument(
+                    f"PutBatch carries {len(puts)} records; it takes 1 to {PUT_BATCH_RECORDS_MAX} "
+                    "(split larger loads into several calls)"
+                )
+            # The call is authorized at this region; each record is then authorized, checked
+            # and decided as a Put of its own: a refusal is that record's result, not the call's.
+            self._access.region(context, "storage.PutBatch")
+            callers: dict[str, Caller | errors.DomicileError] = {}
+            commands: list[PutCommand | errors.DomicileError] = []
+            for put in puts:
+                caller = callers.get(put.namespace)
+                if caller is None:
+                    try:
+                        caller = self._access.namespace(context, "storage.Put", put.namespace)
+                    except errors.DomicileError as error:
+                        caller = error
+                    callers[put.namespace] = caller
+                if isinstance(caller, errors.DomicileError):
+                    commands.append(caller)
+                    continue
+                try:
+                    commands.append(self._put_command(put, caller))
+                except errors.DomicileError as error:
+                    commands.append(error)
+            valid = [c for c in commands if isinstance(c, PutCommand)]
+            outcomes = iter(await self.service.put_batch(valid) if valid else [])
+            response = spb.PutBatchResponse()
+            for put, command in zip(puts, commands, strict=True):
+                result = response.results.add()
+                outcome = command if isinstance(command, errors.DomicileError) else next(outcomes)
+                if isinstance(outcome, errors.DomicileError):
+                    result.code = status_for(outcome).value[0]
+                    result.message = outcome.message
+                    if isinstance(outcome, errors.PlacementRefused):
+                        result.allowed_regions.extend(outcome.allowed_regions)
+                else:
+                    self._put_response(put, outcome, result.put)
+            return response
+
+        return await guarded(self.metrics, "PutBatch", context, self.deadline_s, work)
 
     async def Get(self, request: spb.GetRequest, context: grpc.aio.ServicerContext) -> spb.GetResponse:
         async def work() -> spb.GetResponse:

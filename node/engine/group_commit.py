@@ -182,6 +182,28 @@ class GroupCommitter:
             raise
         return await waiter.future
 
+    async def submit_many(self, writes: list[LocalWrite]) -> list[Committed | DomicileError]:
+        """Commits the writes durably, queued together so that one commit takes them all (unless
+        the queue ahead of them or batch_records_max splits them). A write refused by the
+        engine gets its error in its slot; the others still commit. Raises (queuing nothing)
+        when they do not fit the queue."""
+        loop = asyncio.get_running_loop()
+        items = [_WriteItem(w, LoopWaiter(loop, loop.create_future()), len(w.value)) for w in writes]
+        self._admit_bytes(sum(item.size for item in items))
+        try:
+            queued: list[_Item] = list(items)
+            self._writer.put_many(queued)
+        except BaseException:
+            self._release(items)
+            raise
+        results: list[Committed | DomicileError] = []
+        for item in items:
+            try:
+                results.append(await item.waiter.future)
+            except DomicileError as error:
+                results.append(error)
+        return results
+
     def _admit_bytes(self, size: int) -> None:
         with self._bytes_lock:
             # An empty queue takes any write, so that one value at the limit always fits.

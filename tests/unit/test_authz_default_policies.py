@@ -28,7 +28,7 @@ CLUSTER = load_cluster(ROOT / "deploy" / "cluster.yaml")
 RECORD_RPCS = {"storage.Put", "storage.Get", "storage.Delete", "storage.Scan"}
 # What each role may call (record RPCs: on a namespace it owns, for one of its purposes).
 ALLOWED = {
-    "app": RECORD_RPCS | {"storage.GetNodeStatus", "coordinator.GetTopology"},
+    "app": RECORD_RPCS | {"storage.PutBatch", "storage.GetNodeStatus", "coordinator.GetTopology"},
     "dpo": {
         "storage.ExportSubject",
         "coordinator.EraseSubject",
