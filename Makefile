@@ -75,10 +75,10 @@ bench: setup ## benchmarks, each next to a baseline of the same run (a few minut
 bench-replication: setup ## replication lag and CPU per replicated record: one replica, batches, six regions, a delayed link (ARGS=--profile DIR)
 	$(PY) -m bench.replication $(ARGS)
 
-# METHOD is the load (put: single-record Puts); SECONDS the sampling time.
+# METHOD is the load (put: single-record Puts, put_batch: PutBatch calls); SECONDS the sampling time.
 METHOD ?= put
 SECONDS ?= 10
-profile: setup ## py-spy profile of a node under a write load: the top functions by CPU share (METHOD=put SECONDS=10)
+profile: setup ## py-spy profile of a node under a write load: the top functions by CPU share (METHOD=put|put_batch SECONDS=10)
 	$(PY) -m bench.profile --method $(METHOD) --seconds $(SECONDS)
 
 bench-entropy: setup ## time one anti-entropy round repairing 10,000 divergent keys

@@ -57,6 +57,24 @@ def put_call(ch: grpc.aio.Channel, namespace: str, key_prefix: str, value: bytes
     return call
 
 
+def put_batch_call(ch: grpc.aio.Channel, namespace: str, key_prefix: str, value: bytes, records: int) -> Call:
+    """PutBatch of `records` keys key_prefix-i-0 .. key_prefix-i-(records-1); a refused record
+    fails the call's figure like a failed Put would."""
+    stub = spb_grpc.StorageNodeServiceStub(ch)
+
+    async def call(i: int) -> object:
+        request = spb.PutBatchRequest(
+            puts=[put_request(namespace, f"{key_prefix}-{i}-{j}", value) for j in range(records)]
+        )
+        response: spb.PutBatchResponse = await stub.PutBatch(request, timeout=RPC_DEADLINE_S)
+        refused = [r for r in response.results if r.code != 0]
+        if refused:
+            raise RuntimeError(f"{len(refused)} of {records} records refused: {refused[0].message}")
+        return response
+
+    return call
+
+
 def get_call(ch: grpc.aio.Channel, namespace: str, keys: list[str], pick: Callable[[], int]) -> Call:
     stub = spb_grpc.StorageNodeServiceStub(ch)
 

@@ -3,7 +3,8 @@ echo server, for a fixed time. Several of these run side by side so that the cli
 the bottleneck of a single Python process.
 
 Protocol: prints `ready` once connected and warmed up, waits for `go` on stdin, runs for
---seconds, then prints one JSON line: completed, errors, elapsed_s, first_error."""
+--seconds, then prints one JSON line: completed (records written: a PutBatch call counts its
+records), errors (calls), elapsed_s, first_error."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.client import channel, echo_call, put_call
+from bench.client import channel, echo_call, put_batch_call, put_call
 from domicile.identity.credentials import Dialer
 from domicile.identity.tls_files import TlsFiles
 
@@ -31,8 +32,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     else:
         dialer = Dialer.plaintext()
     async with channel(args.address, dialer) as ch:
-        make = put_call if args.method == "put" else echo_call
-        call = make(ch, args.namespace, args.key_prefix, value)
+        if args.method == "put_batch":
+            call = put_batch_call(ch, args.namespace, args.key_prefix, value, args.batch_records)
+        else:
+            make = put_call if args.method == "put" else echo_call
+            call = make(ch, args.namespace, args.key_prefix, value)
         counter = iter(range(1 << 62))
         await asyncio.gather(*(call(next(counter)) for _ in range(args.inflight)))
         print("ready", flush=True)
@@ -40,6 +44,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         command = await loop.run_in_executor(None, sys.stdin.readline)
         if command.strip() != "go":
             raise SystemExit(f"expected 'go' on stdin, got {command!r}")
+        records_per_call = args.batch_records if args.method == "put_batch" else 1
         completed = 0
         errors = 0
         first_error = ""
@@ -54,8 +59,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 except grpc.aio.AioRpcError as exc:
                     errors += 1
                     first_error = first_error or f"{exc.code().name}: {exc.details()}"
+                except RuntimeError as exc:
+                    errors += 1
+                    first_error = first_error or str(exc)
                 else:
-                    completed += 1
+                    completed += records_per_call
 
         await asyncio.gather(*(lane() for _ in range(args.inflight)))
         return {
@@ -69,7 +77,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Concurrent Put or echo load for a fixed time.")
     parser.add_argument("--address", required=True)
-    parser.add_argument("--method", choices=("put", "echo"), required=True)
+    parser.add_argument("--method", choices=("put", "put_batch", "echo"), required=True)
+    parser.add_argument("--batch-records", type=int, default=100, help="records per PutBatch call")
     parser.add_argument("--namespace", default="bench")
     parser.add_argument("--key-prefix", required=True)
     parser.add_argument("--value-bytes", type=int, default=256)

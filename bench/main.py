@@ -48,6 +48,7 @@ from bench.procs import REPO_ROOT, Children, free_port
 from bench.report import Figure, cpu_lines, table, write_json
 from bench.stats import percentile
 from domicile.redis_server import RedisServer
+from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.json"
 ECHO_READY = re.compile(r"echo listening on (\S+)")
@@ -78,6 +79,11 @@ SYNC_PUT_SAMPLES_MAX = 300
 PACED_RATE_SHARE_MIN = 0.95  # the lag figure is only valid if the writes kept their pace
 CACHE_HIT_P99_RATIO_MAX = 1.2
 CACHED_NODE_ID = f"{SOLO_REGION}-cached"
+# PutBatch load: calls in flight per process are --inflight divided by this (records in flight
+# stay of the same order as the single-Put load's).
+PUT_BATCH_INFLIGHT_DIVISOR = 16
+PUT_BATCH_ENGINE_SHARE_MIN = 0.8
+PUT_BATCH_CPU_US_MAX = 100.0
 # CPU per single-record durable Put: at most the echo server's CPU per call plus this.
 PUT_CPU_SLACK_US = 200.0
 LOOP_LAG_METRIC = "domicile_event_loop_lag_seconds"
@@ -98,6 +104,7 @@ class Options:
     lag_rate: float
     delay_ms: float
     engine_batches: int
+    batch_records: int
     seed: int
     keep_tmp: bool
 
@@ -120,6 +127,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--lag-rate", type=float, default=1000.0, help="paced writes per second (1000)")
     parser.add_argument("--delay-ms", type=float, default=50.0, help="injected one-way delay d (50 ms)")
     parser.add_argument("--engine-batches", type=int, help="engine-only batches of 1000 (30; quick 5)")
+    parser.add_argument("--batch-records", type=int, default=100, help="records per PutBatch call (100)")
     parser.add_argument("--seed", type=int, help="seed of the Get key order (random by default)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (data and logs)")
     a = parser.parse_args(argv)
@@ -135,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         lag_rate=a.lag_rate,
         delay_ms=a.delay_ms,
         engine_batches=a.engine_batches if a.engine_batches is not None else (5 if a.quick else 30),
+        batch_records=a.batch_records,
         seed=a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 32),
         keep_tmp=a.keep_tmp,
     )
@@ -151,6 +160,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
         (1 <= opts.lag_rate <= 100_000, "--lag-rate must be 1 to 100000 writes/s"),
         (0 <= opts.delay_ms <= 10_000, "--delay-ms must be 0 to 10000"),
         (1 <= opts.engine_batches <= 1000, "--engine-batches must be 1 to 1000"),
+        (
+            1 <= opts.batch_records <= PUT_BATCH_RECORDS_MAX,
+            f"--batch-records must be 1 to {PUT_BATCH_RECORDS_MAX}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -184,6 +197,7 @@ class Measured:
     echo_load: phases.LoadResult | None = None
     put_load: phases.LoadResult | None = None
     commit_batch_mean: float | None = None
+    put_batch_load: phases.LoadResult | None = None
     # The node's event-loop lag gauge, scraped every LOOP_LAG_SCRAPE_S during the Put load.
     put_loop_lag_s: list[float] | None = None
     engine: phases.EngineResult | None = None
@@ -368,6 +382,21 @@ class Run:
         finally:
             sampler.cancel()
         after = await solo.histogram(BATCH_METRIC, {})
+        # The same node, records sent PutBatch calls at a time: fewer calls in flight per
+        # process, as many records.
+        m.put_batch_load = await phases.concurrent_load(
+            self.children,
+            name="put-batch-load",
+            address=solo.address,
+            method="put_batch",
+            namespace=SOLO_NAMESPACE,
+            value_bytes=opts.value_bytes,
+            procs=opts.load_procs,
+            inflight=max(1, opts.inflight // PUT_BATCH_INFLIGHT_DIVISOR),
+            seconds=opts.load_seconds,
+            tls_dir=self.cluster.tls_dir,
+            batch_records=opts.batch_records,
+        )
         batches = after.minus(before) if after else None
         # None when the node does not observe the histogram: the figure then reads n/a, not 0.
         m.commit_batch_mean = batches.total / batches.count if batches and batches.count else None
@@ -555,6 +584,9 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     put_cpu_us = cpu_us_per_call(put_load, f"node-{SOLO_REGION}")
     put_cpu_floor = echo_cpu_us + PUT_CPU_SLACK_US if echo_cpu_us is not None else None
     loop_lags = need(m.put_loop_lag_s, "loop lag")
+    batch_load = need(m.put_batch_load, "PutBatch load")
+    batch_cpu_us = cpu_us_per_call(batch_load, f"node-{SOLO_REGION}")
+    batch_floor = max(BATCHED_RATE_MIN, PUT_BATCH_ENGINE_SHARE_MIN * engine.rate)
     loop_lag_max_ms = max(loop_lags) * 1e3 if loop_lags else None
     rate_floor = PACED_RATE_SHARE_MIN * opts.lag_rate
     return [
@@ -714,6 +746,27 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
             "echo p99",
         ),
         Figure(
+            "put_batch_rate_per_s",
+            f"PutBatch records/s ({opts.batch_records} per call, {opts.load_procs} procs x "
+            f"{max(1, opts.inflight // PUT_BATCH_INFLIGHT_DIVISOR)} calls in flight)",
+            batch_load.rate,
+            "records/s",
+            engine.rate,
+            "engine only",
+            f">= {BATCHED_RATE_MIN:,.0f} records/s and >= {PUT_BATCH_ENGINE_SHARE_MIN} x engine only",
+            batch_load.rate >= batch_floor,
+        ),
+        Figure(
+            "put_batch_cpu_us_per_record",
+            "node CPU per record written by PutBatch",
+            batch_cpu_us,
+            "us",
+            put_cpu_us,
+            "CPU per single-record Put",
+            f"<= {PUT_BATCH_CPU_US_MAX:.0f} us",
+            batch_cpu_us <= PUT_BATCH_CPU_US_MAX if batch_cpu_us is not None else None,
+        ),
+        Figure(
             "batched_put_lsn_rate_per_s",
             "batched Puts, node's change-log growth",
             put_load.server_rate,
@@ -851,6 +904,7 @@ def cpu_by_load(m: Measured) -> dict[str, dict[str, float]]:
     loads = {
         "concurrent echo": m.echo_load,
         "batched Puts": m.put_load,
+        "PutBatch": m.put_batch_load,
         "MongoDB, 1 daemon": m.one_daemon,
         "MongoDB, 2 daemons (first)": m.two_daemons[0] if m.two_daemons else None,
         "MongoDB, 2 daemons (second)": m.two_daemons[1] if m.two_daemons else None,
@@ -865,6 +919,7 @@ def meta(opts: Options, m: Measured, started: datetime, seconds: float) -> dict[
     loads = {
         "echo_load": m.echo_load,
         "put_load": m.put_load,
+        "put_batch_load": m.put_batch_load,
         "mongodb_one_daemon": m.one_daemon,
         "mongodb_two_daemons_first": m.two_daemons[0] if m.two_daemons else None,
         "mongodb_two_daemons_second": m.two_daemons[1] if m.two_daemons else None,

@@ -127,6 +127,7 @@ async def concurrent_load(
     seconds: float,
     server_counter: Callable[[], Awaitable[int]] | None = None,
     tls_dir: Path | None = None,
+    batch_records: int = 0,
 ) -> LoadResult:
     """`procs` worker processes with `inflight` calls outstanding each, started together.
     `server_counter` (e.g. the node's last LSN) is read when they start and when all are done."""
@@ -153,6 +154,7 @@ async def concurrent_load(
                     "--seconds",
                     str(seconds),
                     *(("--tls-dir", str(tls_dir)) if tls_dir else ()),
+                    *(("--batch-records", str(batch_records)) if batch_records else ()),
                 ],
             )
             workers.append(worker)

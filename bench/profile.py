@@ -4,7 +4,8 @@ samples (own time, and time including callees).
 
 `make profile` (or `python -m bench.profile [--method put] [--seconds 10]`). The node runs with
 synchronous=FULL and mutual TLS, as in `make bench`; the load is the bench's concurrent Put load
-(`--method put`: single-record Puts, 2 processes x 128 in flight). The raw samples (collapsed
+(`--method put`: single-record Puts, 2 processes x 128 in flight; `--method put_batch`: PutBatch
+calls of --batch-records records, 2 processes x 8 in flight). The raw samples (collapsed
 stacks, one line per distinct stack with its count) are kept beside the printed table.
 """
 
@@ -59,7 +60,7 @@ def print_top(title: str, rows: list[tuple[str, float]]) -> None:
 
 
 async def profile(
-    method: str, seconds: float, out_dir: Path, top: int, value_bytes: int, native: bool
+    method: str, seconds: float, out_dir: Path, top: int, value_bytes: int, native: bool, batch_records: int
 ) -> int:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     root = Path(tempfile.mkdtemp(prefix="domicile-profile-"))
@@ -87,9 +88,10 @@ async def profile(
             namespace=SOLO_NAMESPACE,
             value_bytes=value_bytes,
             procs=2,
-            inflight=128,
+            inflight=128 if method == "put" else 8,
             seconds=seconds,
             tls_dir=cluster.tls_dir,
+            batch_records=batch_records if method == "put_batch" else 0,
         )
         _, err = await spy.communicate()
         if spy.returncode != 0 or not await asyncio.to_thread(raw.exists):
@@ -115,7 +117,13 @@ async def profile(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--method", choices=("put",), default="put", help="the load (put)")
+    parser.add_argument(
+        "--method",
+        choices=("put", "put_batch"),
+        default="put",
+        help="the load: single Puts or PutBatch (put)",
+    )
+    parser.add_argument("--batch-records", type=int, default=100, help="records per PutBatch call (100)")
     parser.add_argument("--seconds", type=float, default=10.0, help="load and sampling time (10 s)")
     parser.add_argument("--value-bytes", type=int, default=256, help="value size (256)")
     parser.add_argument("--native", action="store_true", help="sample C frames too (gRPC core, SQLite)")
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory of the raw samples")
     a = parser.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(profile(a.method, a.seconds, a.out, a.top, a.value_bytes, a.native))
+    return asyncio.run(profile(a.method, a.seconds, a.out, a.top, a.value_bytes, a.native, a.batch_records))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ FIGURES = {
     "mongodb_one_daemon_rate_per_s",
     "mongodb_two_daemons_rate_per_s",
     "batched_put_rate_per_s",
+    "put_batch_rate_per_s",
+    "put_batch_cpu_us_per_record",
     "batched_put_lsn_rate_per_s",
     "commit_batch_records_mean",
     "engine_commit_rate_per_s",
