@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy bench-replication bench-restore profile torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy bench-replication bench-restore bench-scale profile torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -80,6 +80,11 @@ METHOD ?= put
 SECONDS ?= 10
 profile: setup ## py-spy profile of a node under a write load: the top functions by CPU share (METHOD=put|put_batch SECONDS=10)
 	$(PY) -m bench.profile --method $(METHOD) --seconds $(SECONDS)
+
+# RECORDS records of 1 KiB through PutBatch into one node (1,000,000 unless RECORDS=N is given).
+bench-scale: RECORDS = 1000000
+bench-scale: setup ## one node at RECORDS records (1,000,000): load, disk, RSS, start-up, Get p99, scans
+	$(PY) -m bench.scale --records $(RECORDS) --out bench/results/scale.json
 
 bench-entropy: setup ## time one anti-entropy round repairing 10,000 divergent keys
 	$(PY) -m bench.antientropy

@@ -171,6 +171,12 @@ class BenchCluster:
         self.dialer = Dialer.mutual_tls(TlsFiles.in_directory(self.tls_dir, f"client-{CLIENT}"))
         self.plain_dialer = Dialer.plaintext()
 
+    def node_channel(self, node: NodeHandle, client: str, roles: tuple[Role, ...]) -> grpc.aio.Channel:
+        """A channel to `node` as another client of the run's CA, with `roles`."""
+        pki.issue_client(self._ca, client, roles).write(self.tls_dir, f"client-{client}")
+        dialer = Dialer.mutual_tls(TlsFiles.in_directory(self.tls_dir, f"client-{client}"))
+        return channel(node.address, dialer, ExpectedPeer.node(node.region, node.node_id))
+
     async def start_coordinator(self) -> None:
         match = await self.children.start_daemon(
             "coordinator",

@@ -450,17 +450,27 @@ def verify_log(
     *,
     trusted_public_key: bytes | None = None,
     problems_max: int = 100,
+    resume_from: tuple[int, bytes] | None = None,
 ) -> VerifyReport:
     """Checks a log, read once in stored order, and optionally its signed head.
 
     Every damaged place is named, up to problems_max entry problems: after one, checking goes on
     from the stored hash. Entries after head.size are checked but not anchored. Memory stays
     bounded (VERIFY_WINDOW_ENTRIES) whatever the length of the log.
+
+    `resume_from` (seq, hash) checks only the entries after an entry checked before, which
+    must have that hash: `entries` then starts after it (a node's bounded check at start).
     """
     if problems_max < 1:
         raise InvalidArgument(f"problems_max is {problems_max}; it must be at least 1")
     anchor: SignedHead | None = None
     verifier = _Verifier(None, problems_max)
+    if resume_from is not None:
+        seq, last_hash = resume_from
+        if seq < 0 or len(last_hash) != HASH_BYTES:
+            raise InvalidArgument(f"resume_from is entry {seq} with a {len(last_hash)}-byte hash")
+        verifier.recent = collections.OrderedDict({seq: (last_hash,)})
+        verifier.last_row = seq
     if head is not None:
         trusted = True
         if not head.signature_valid():

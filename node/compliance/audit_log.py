@@ -75,6 +75,8 @@ FAILURES_REMEMBERED_MAX = 64
 
 # audit_info row: the highest change-log position whose carried entry the log holds.
 _CARRIED_THROUGH = "carried_through"
+# audit_info row: "seq:hash" of the last entry a check at start found sound.
+_CHECKPOINT = "verified_through"
 
 _SCHEMA = (
     "CREATE TABLE audit (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, hash BLOB NOT NULL)",
@@ -626,12 +628,11 @@ class AuditLog:
             ).fetchall()
         return [StoredEntry(int(seq), _as_bytes(body), _as_bytes(h)) for seq, body, h in rows]
 
-    def iter_all(self) -> Iterator[StoredEntry]:
-        """Every stored entry in seq order, page by page (the log may not fit in memory); stops
-        at the last entry that existed when iteration began."""
+    def iter_all(self, after: int = 0) -> Iterator[StoredEntry]:
+        """Every stored entry (after seq `after`) in seq order, page by page (the log may not
+        fit in memory); stops at the last entry that existed when iteration began."""
         with self._reader() as conn:
             (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()
-        after = 0
         while after < last:
             page = self.read(after, ITER_PAGE_ENTRIES)
             if not page:
@@ -645,6 +646,59 @@ class AuditLog:
     def verify_local(self) -> VerifyReport:
         """Checks the whole file's chain (no head: damage inside the log, not a rewrite)."""
         return verify_log(self.iter_all(), None)
+
+    def verify_since_checkpoint(self) -> tuple[VerifyReport, int]:
+        """The check at start, bounded by what was added since the last one: checks the chain
+        after the last entry an earlier check found sound (the checkpoint, in audit_info), as
+        long as that entry still has the hash it had; otherwise the whole file. When sound, the
+        checkpoint moves to the last entry checked. Returns the report and the seq it started
+        after (0: the whole file). Damage before the checkpoint is the full verifier's to find
+        (`domicile audit verify`, against the head the coordinator holds)."""
+        start = self._checkpoint()
+        if start is not None:
+            found = self.read(start[0] - 1, 1) if start[0] >= 1 else []
+            if not found or found[0].seq != start[0] or found[0].hash != start[1]:
+                log.warning(
+                    "audit checkpoint at entry %d no longer matches: checking the whole log", start[0]
+                )
+                start = None
+        last: list[StoredEntry] = []
+
+        def remembered(entries: Iterator[StoredEntry]) -> Iterator[StoredEntry]:
+            for entry in entries:
+                last[:] = [entry]
+                yield entry
+
+        after = start[0] if start is not None else 0
+        report = verify_log(remembered(self.iter_all(after)), None, resume_from=start)
+        if report.ok and last:
+            self._store_checkpoint(last[0].seq, last[0].hash)
+        return report, after
+
+    def _checkpoint(self) -> tuple[int, bytes] | None:
+        with self._reader() as conn:
+            row = conn.execute("SELECT value FROM audit_info WHERE name = ?", (_CHECKPOINT,)).fetchone()
+        if row is None:
+            return None
+        seq_text, _, hash_hex = str(row[0]).partition(":")
+        try:
+            seq, checked_hash = int(seq_text), bytes.fromhex(hash_hex)
+        except ValueError:
+            return None  # not ours to trust: the whole file is checked
+        return (seq, checked_hash) if seq >= 1 and len(checked_hash) == HASH_BYTES else None
+
+    def _store_checkpoint(self, seq: int, checked_hash: bytes) -> None:
+        # Its own connection: the writer thread owns the other; WAL and the busy timeout let
+        # this one wait for a commit in progress.
+        conn = sqlite_db.connect(self.path, _PRAGMAS, label=self.path.name)
+        try:
+            with conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO audit_info (name, value) VALUES (?, ?)",
+                    (_CHECKPOINT, f"{seq}:{checked_hash.hex()}"),
+                )
+        finally:
+            conn.close()
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:

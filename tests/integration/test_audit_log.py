@@ -394,3 +394,45 @@ async def test_a_truncated_log_reopens_and_the_head_check_still_fails(opener: Op
     assert [(p.kind, p.seq) for p in verify_log(again.iter_all(), exported).problems] == [("truncated", 5)]
     await fill(again, 8)
     assert [p.kind for p in verify_log(again.iter_all(), exported).problems] == ["rewritten"]
+
+
+# -- the bounded check at start --------------------------------------------------------------
+
+
+async def test_the_check_at_start_resumes_after_its_checkpoint(opener: Opener) -> None:
+    log = opener.open()
+    await fill(log, 5)
+    report, after = log.verify_since_checkpoint()
+    assert (report.ok, report.entries_checked, after) == (True, 5, 0)
+    await fill(log, 3)
+    report, after = log.verify_since_checkpoint()
+    assert (report.ok, report.entries_checked, after) == (True, 3, 5)
+    report, after = log.verify_since_checkpoint()
+    assert (report.ok, report.entries_checked, after) == (True, 0, 8)
+
+    # Damage after the checkpoint is found by the bounded check.
+    await fill(log, 2)
+    audit_tamper.flip_body_byte(opener.path, 10)
+    report, after = log.verify_since_checkpoint()
+    assert not report.ok and after == 8
+    assert [p.seq for p in report.problems] == [10]
+
+
+async def test_a_changed_checkpoint_entry_makes_the_check_read_the_whole_log(opener: Opener) -> None:
+    log = opener.open()
+    await fill(log, 6)
+    assert log.verify_since_checkpoint()[0].ok
+    audit_tamper.flip_hash_byte(opener.path, 6)
+    report, after = log.verify_since_checkpoint()
+    assert after == 0 and report.entries_checked == 6 and not report.ok
+
+
+async def test_damage_before_the_checkpoint_is_left_to_the_full_check(opener: Opener) -> None:
+    """The bound is a choice: the full verifier (verify_local, `domicile audit verify`) still
+    finds what the check at start no longer reads."""
+    log = opener.open()
+    await fill(log, 6)
+    assert log.verify_since_checkpoint()[0].ok
+    audit_tamper.flip_body_byte(opener.path, 2)
+    assert log.verify_since_checkpoint()[0].ok
+    assert not log.verify_local().ok
