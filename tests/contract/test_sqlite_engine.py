@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from domicile.errors import DataCorruption, FailedPrecondition, InvalidArgument
 from node.engine.base import Committed, LocalWrite
-from node.engine.sqlite import META_VALUE_BYTES_MAX, SCHEMA_VERSION, SQLiteEngine, prefix_upper_bound
+from node.engine.sqlite import (
+    META_VALUE_BYTES_MAX,
+    PAGE_BYTES,
+    SCHEMA_VERSION,
+    SQLiteEngine,
+    prefix_upper_bound,
+)
 
 from .harness import NODE, REGION, commit_ok
 
@@ -262,3 +268,47 @@ def test_a_schema_2_store_with_a_damaged_block_list_is_refused_and_left_as_it_wa
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         assert conn.execute("SELECT value FROM meta WHERE name = 'erased_subjects'").fetchone() == (b"{{",)
+
+
+def overflow_pages(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM dbstat WHERE name = 'kv' AND pagetype = 'overflow'"
+        ).fetchone()
+    return int(count)
+
+
+def fill_1k(engine: SQLiteEngine, stamp: Stamp) -> None:
+    value = bytes(range(256)) * 4
+    for start in range(0, 200, 50):
+        commit_ok(engine, stamp, *(LocalWrite("c", f"k{i:05d}", value) for i in range(start, start + 50)))
+
+
+def test_a_new_store_keeps_a_1_kib_record_in_its_leaf_page(db: Path, stamp: Stamp) -> None:
+    """Regression: on 4 KiB pages each such record's state spilled into an overflow page of
+    its own, mostly empty (a store six times its raw size)."""
+    engine = SQLiteEngine(str(db), NODE, REGION)
+    try:
+        fill_1k(engine, stamp)
+    finally:
+        engine.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone() == (PAGE_BYTES,)
+    assert overflow_pages(db) == 0
+
+
+def test_the_overflow_check_sees_a_store_of_4_kib_pages(tmp_path: Path, stamp: Stamp) -> None:
+    """Negative control of the test above: an existing store keeps its page size, and there
+    the same records spill."""
+    db = tmp_path / "old.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("VACUUM")
+    engine = SQLiteEngine(str(db), NODE, REGION)
+    try:
+        fill_1k(engine, stamp)
+    finally:
+        engine.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone() == (4096,)
+    assert overflow_pages(db) == 200
