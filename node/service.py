@@ -40,6 +40,10 @@ from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.topology_view import TopologyView
 
+# A Put ready to commit: its namespace, its write, and its audit entry (carried by the commit)
+# or the recorded entry's future (awaited before the commit).
+_Prepared = tuple[NamespaceSpec, LocalWrite, "asyncio.Future[int] | AuditEntry | None"]
+
 # The share of the request deadline a write waits for other regions (the rest is for the answer).
 SYNC_WAIT_SHARE = 0.8
 
@@ -208,7 +212,8 @@ class StorageService:
         # entry is durable before the write is committed (write-ahead). A decision recorded for
         # a write that then fails is still a true record of the decision.
         if isinstance(entry, AuditEntry):
-            write = dataclasses.replace(write, audit=entry)
+            if write.audit is None:
+                write = dataclasses.replace(write, audit=entry)
         elif entry is not None:
             await entry
         committed = await self.committer.submit(write)
@@ -256,19 +261,28 @@ class StorageService:
             raise errors.InvalidArgument(
                 f"a batch holds {len(cmds)} records; PutBatch takes 1 to {PUT_BATCH_RECORDS_MAX}"
             )
-        prepared = await asyncio.gather(*(self._prepare_or_error(cmd) for cmd in cmds))
+        # A record without a subject is prepared without leaving the loop (nothing to seal), so
+        # it needs no task of its own; those with one are sealed concurrently in the offload pool.
+        prepared: dict[int, _Prepared | errors.DomicileError] = {}
+        for i, cmd in enumerate(cmds):
+            if not cmd.subject_id:
+                prepared[i] = await self._prepare_or_error(cmd)
+        sealing = [i for i, cmd in enumerate(cmds) if cmd.subject_id]
+        if sealing:
+            outcomes = await asyncio.gather(*(self._prepare_or_error(cmds[i]) for i in sealing))
+            prepared.update(zip(sealing, outcomes, strict=True))
         results: list[Committed | errors.DomicileError | None] = [
-            p if isinstance(p, errors.DomicileError) else None for p in prepared
+            p if isinstance(p, errors.DomicileError) else None
+            for p in (prepared[i] for i in range(len(cmds)))
         ]
         accepted: list[tuple[int, NamespaceSpec]] = []
         writes: list[LocalWrite] = []
-        for i, p in enumerate(prepared):
+        for i in range(len(cmds)):
+            p = prepared[i]
             if isinstance(p, errors.DomicileError):
                 continue
             spec, write, entry = p
-            if isinstance(entry, AuditEntry):
-                write = dataclasses.replace(write, audit=entry)
-            elif entry is not None:
+            if entry is not None and not isinstance(entry, AuditEntry):
                 await entry  # write-ahead, where the engine does not carry entries
             accepted.append((i, spec))
             writes.append(write)
@@ -296,17 +310,13 @@ class StorageService:
         except errors.DomicileError as error:
             return error
 
-    async def _prepare_or_error(
-        self, cmd: PutCommand
-    ) -> tuple[NamespaceSpec, LocalWrite, asyncio.Future[int] | AuditEntry | None] | errors.DomicileError:
+    async def _prepare_or_error(self, cmd: PutCommand) -> _Prepared | errors.DomicileError:
         try:
             return await self._prepare_put(cmd)
         except errors.DomicileError as error:
             return error
 
-    async def _prepare_put(
-        self, cmd: PutCommand
-    ) -> tuple[NamespaceSpec, LocalWrite, asyncio.Future[int] | AuditEntry | None]:
+    async def _prepare_put(self, cmd: PutCommand) -> _Prepared:
         """Everything of a Put before its commit: checks, the placement decision and its audit
         entry, sealing. Raises the refusal of a record that may not be written."""
         spec = self._namespace(cmd.namespace)
@@ -348,6 +358,8 @@ class StorageService:
             classification=classification,
             siblings_max=spec.siblings_max,
             request_id=cmd.request_id,
+            # Carried by the commit (the engine's audit outbox) when the engine carries entries.
+            audit=entry if isinstance(entry, AuditEntry) else None,
         )
         return spec, write, entry
 

@@ -173,3 +173,27 @@ async def test_load_of_a_missing_file_is_an_error(tmp_path: Path, capsys: pytest
     code = await asyncio.to_thread(main, ["load", str(tmp_path / "none.jsonl"), "-n", NS, "--insecure"])
     assert code == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+async def test_records_about_a_subject_are_sealed_at_rest_and_read_back(cluster: LocalCluster) -> None:
+    puts = [
+        spb.PutRequest(
+            namespace=NS,
+            key=f"p-{i}",
+            value=f"secret {i}".encode(),
+            subject_id=f"c-{i % 3}",
+            subject_jurisdiction="DE",
+        )
+        for i in range(6)
+    ]
+    puts.append(spb.PutRequest(namespace=NS, key="p-plain", value=b"plain"))
+    response = await cluster.stub(REGION).PutBatch(spb.PutBatchRequest(puts=puts), timeout=30)
+    assert [r.code for r in response.results] == [0] * len(puts)
+    node = cluster.nodes[REGION]
+    for i in range(6):
+        state = node.engine.get(NS, f"p-{i}")
+        assert state is not None and state.versions[0].value != f"secret {i}".encode()  # sealed
+        got = await cluster.stub(REGION).Get(spb.GetRequest(namespace=NS, key=f"p-{i}"), timeout=5)
+        assert [v.value for v in got.versions] == [f"secret {i}".encode()]
+    plain = node.engine.get(NS, "p-plain")
+    assert plain is not None and plain.versions[0].value == b"plain"
