@@ -49,6 +49,7 @@ from domicile.v1 import coordinator_pb2_grpc as cgrpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as sgrpc
 from domicile.wire.audit import audit_page_from_pb, head_from_pb
+from domicile.wire.batch import put_batch_results_from_pb
 from domicile.wire.consistency import pair_consistency_from_pb
 from domicile.wire.errors import error_from_rpc
 from domicile.wire.limits import (
@@ -60,7 +61,6 @@ from domicile.wire.limits import (
 from domicile.wire.records import (
     delete_result_from_pb,
     get_result_from_pb,
-    put_batch_results_from_pb,
     put_result_from_pb,
     scan_items_from_pb,
 )

@@ -13,16 +13,14 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import TypeVar
 
-import grpc
 from google.protobuf.message import DecodeError, Message
 
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, RequestMark, Version
-from domicile.errors import DataCorruption, DomicileError, InvalidArgument, PlacementRefused
+from domicile.errors import DataCorruption, InvalidArgument
 from domicile.model import Classification, Limits
 from domicile.results import DeleteResult, GetResult, PutResult, ReadVersion, ScanItem
 from domicile.v1 import record_pb2 as pb
 from domicile.v1 import storage_node_pb2 as spb
-from domicile.wire.errors import error_from_status
 
 _Stored = TypeVar("_Stored", bound=Message)
 
@@ -207,26 +205,6 @@ def put_result_from_pb(msg: spb.PutResponse, region: str) -> PutResult:
         region=msg.region or region,
         context_token=msg.context_token,
     )
-
-
-def put_batch_results_from_pb(
-    msg: spb.PutBatchResponse, region: str, count: int, where: str = ""
-) -> list[PutResult | DomicileError]:
-    """One result per record: its PutResult, or the error a Put of it alone would have raised."""
-    if len(msg.results) != count:
-        raise DataCorruption(
-            f"{where or 'the node'} answered a batch of {count} records with {len(msg.results)} results"
-        )
-    results: list[PutResult | DomicileError] = []
-    for r in msg.results:
-        if r.code == 0:
-            results.append(put_result_from_pb(r.put, region))
-        elif r.allowed_regions:
-            results.append(PlacementRefused(r.message, tuple(r.allowed_regions)))
-        else:
-            code = next((c for c in grpc.StatusCode if c.value[0] == r.code), grpc.StatusCode.UNKNOWN)
-            results.append(error_from_status(code, r.message, None, where))
-    return results
 
 
 def get_result_from_pb(msg: spb.GetResponse, region: str, where: str) -> GetResult:
