@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from prometheus_client import Counter
+
 from domicile.audit import AuditEntry
 from domicile.model import Classification
 from domicile.policy import Action, Decision, RecordFacts
@@ -86,6 +88,16 @@ class Enforcer:
         self.view = view
         self.metrics = metrics
         self.audit = audit
+        # The labelled counter of each (action, outcome, rule) seen: labels() costs more than
+        # the increment, and every record of a write or a replicated batch is counted.
+        self._counts: dict[tuple[str, str, str], Counter] = {}
+
+    def _count(self, action: str, outcome: str, rule: str) -> None:
+        key = (action, outcome, rule)
+        counter = self._counts.get(key)
+        if counter is None:
+            counter = self._counts[key] = self.metrics.policy_decisions.labels(action, outcome, rule)
+        counter.inc()
 
     @property
     def policy_version(self) -> str:
@@ -107,7 +119,7 @@ class Enforcer:
         audits it. Returns the decision and the audit entry's future (None when not logged):
         await it where the caller promises durability of the trail (writes, replication)."""
         decision = self.view.policy.decide(facts, region or self.region, action)
-        self.metrics.policy_decisions.labels(action, decision.outcome, decision.rule).inc()
+        self._count(action, decision.outcome, decision.rule)
         entry: asyncio.Future[int] | None = None
         if always_audit or not decision.allowed or decision.redacted_fields or is_personal(facts):
             entry = self.audit.record(
@@ -130,7 +142,7 @@ class Enforcer:
         entry: a refusal is audited at once; an allowed decision's entry is returned, not yet
         recorded, for the commit to carry (it reaches the audit log with the write)."""
         decision = self.view.policy.decide(facts, self.region, Action.STORE)
-        self.metrics.policy_decisions.labels(Action.STORE, decision.outcome, decision.rule).inc()
+        self._count(Action.STORE, decision.outcome, decision.rule)
         fields = {
             "principal": principal,
             "action": audit_action,
@@ -159,7 +171,7 @@ class Enforcer:
     ) -> asyncio.Future[int]:
         """Audits a refusal that no policy decision made (a record of an unknown namespace, a
         record of an erased subject)."""
-        self.metrics.policy_decisions.labels(action, "refuse", rule).inc()
+        self._count(action, "refuse", rule)
         return self.audit.record(
             principal=principal,
             action=audit_action,
