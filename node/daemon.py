@@ -216,7 +216,10 @@ class Node:
         )
         # Entries the store's commits carried but the audit log lacks (a crash came between the
         # two commits) are appended before anything else is recorded.
-        self.audit.start(self.engine.audit_outbox if self.engine.carries_audit else None)
+        if self.engine.carries_audit:
+            self.audit.start(self.engine.audit_outbox, await offload.run(self.engine.last_lsn))
+        else:
+            self.audit.start()
         self.engine.audit_settled = lambda: self.audit.carried_through
         self.committer.on_audit = self.audit.carry
         self.metrics.audit_entries.set(self.audit.size)

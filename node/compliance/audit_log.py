@@ -252,11 +252,18 @@ class AuditLog:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, carried: Callable[[int], list[tuple[int, bytes]]] | None = None) -> None:
+    def start(
+        self,
+        carried: Callable[[int], list[tuple[int, bytes]]] | None = None,
+        store_last_lsn: int | None = None,
+    ) -> None:
         """Opens the file, resumes the chain from its last entry and starts the writer thread.
         `carried(after_lsn)` gives the entries the store's commits carried for positions after
         `after_lsn` (node.engine: the audit outbox); those this file does not hold yet (a crash
-        came between the store's commit and this log's) are appended first, in order."""
+        came between the store's commit and this log's) are appended first, in order.
+        `store_last_lsn` is the store's last position: a store behind the position this log
+        holds (rebuilt from a backup) will number its writes again from there, so the position
+        moves back to it (the rebuilt store carries no entry of its own yet)."""
         state = self._writer.state
         if state != single_writer.NEW:
             raise Unavailable(f"the audit log is {state}; create a new AuditLog to start again")
@@ -273,6 +280,21 @@ class AuditLog:
         self._conn = conn
         self._next_seq = size + 1
         self._last_hash = last_hash
+        if store_last_lsn is not None and through > store_last_lsn:
+            log.warning(
+                "audit log %s holds carried entries through position %d but the store ends at %d "
+                "(rebuilt?): positions after %d are the store's again",
+                self.path.name,
+                through,
+                store_last_lsn,
+                store_last_lsn,
+            )
+            with conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO audit_info (name, value) VALUES (?, ?)",
+                    (_CARRIED_THROUGH, str(store_last_lsn)),
+                )
+            through = store_last_lsn
         self._carried_through = through
         if carried is not None:
             try:
