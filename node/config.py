@@ -257,12 +257,6 @@ def check_cache(cfg: NodeConfig) -> None:
             f"the cache's Redis is in {cfg.cache_redis_region} but this node serves {cfg.region}; "
             f"rule {CACHE_RULE}: a node caches its records only in a Redis of its own region"
         )
-    if cfg.engine != "sqlite":
-        raise InvalidArgument(
-            f"the read cache works with the sqlite engine only, not {cfg.engine}: other nodes of the "
-            "region write the same records in a shared database, and a node's cache hears only of its "
-            "own changes; unset cache_redis_url"
-        )
     if not 0.001 <= cfg.cache_ttl_s <= 86_400:
         raise InvalidArgument(f"cache_ttl_s must be 0.001 to 86400 seconds, not {cfg.cache_ttl_s}")
     if not 1 <= cfg.cache_deadline_ms <= 10_000:

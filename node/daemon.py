@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -80,6 +81,9 @@ from node.replication.signal import LogSignal
 from node.service import StorageService
 from node.topology_view import TopologyView
 
+if TYPE_CHECKING:
+    from node.engine.mongo_changes import RegionChanges
+
 log = logging.getLogger("domicile.node")
 
 # A scan and the audit chain check may run at once; more would only compete for the same disk.
@@ -119,6 +123,8 @@ class Node:
         self._server: grpc.aio.Server | None = None
         self._running = False
         self.backup: BackupShipper | None = None
+        # The other daemons' changes to the region's database, for the cache (MongoDB engine).
+        self.region_changes: RegionChanges | None = None
         self.epoch = 0
 
     # -- start --------------------------------------------------------------------------------
@@ -510,6 +516,8 @@ class Node:
             ),
             node_id=cfg.node_id,
             counters=self.metrics.cache,
+            # Other daemons of the region may write the same database.
+            shared_store=cfg.engine == "mongodb",
         )
         try:
             claimed = await self.offload.run(cache.check_region)
@@ -525,6 +533,14 @@ class Node:
                 f"rule {CACHE_RULE}: a node caches its records only in a Redis of its own region"
             )
         cache.start()
+        if cache.others is not None:
+            # Imported here: a node on SQLite never loads the MongoDB driver.
+            from node.engine.mongo import MongoEngine
+            from node.engine.mongo_changes import RegionChanges
+
+            assert isinstance(self.engine, MongoEngine)
+            self.region_changes = RegionChanges(self.engine.mongo, cache.others)
+            self.region_changes.start()
         return cache
 
     def _open_keyring(self) -> Keyring:
@@ -861,6 +877,8 @@ class Node:
         await self.stop()
 
     def _close_stores(self) -> None:
+        if self.region_changes is not None:
+            self.region_changes.close()
         if self.cache is not None:
             self.cache.close()
         self.trees.close()

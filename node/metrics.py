@@ -399,14 +399,16 @@ class CacheMetrics:
         )
         self.fallbacks = Counter(
             "domicile_cache_fallbacks_total",
-            "Gets read from the store because the cache failed (error, timeout, corrupt) or was known "
-            "to be unavailable.",
+            "Gets read from the store because the cache failed (error, timeout, corrupt), was known "
+            "to be unavailable, or (over a shared store) had no recent news of the other nodes' "
+            "changes (others_behind).",
             ["reason"],
             registry=r,
         )
         self.resets = Counter(
             "domicile_cache_resets_total",
-            "Times the cache moved to a new generation (an invalidation failed or Redis lost writes).",
+            "Times the cache moved to a new generation (an invalidation failed, Redis lost writes, or "
+            "the shared store's change stream could not resume: others_lost).",
             ["reason"],
             registry=r,
         )

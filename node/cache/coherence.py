@@ -48,9 +48,9 @@ sequence order, each as one Lua script that deletes the changed keys' entries an
    (at most `heartbeat_s`); run the cache without persistence (the managed server does).
 
 A restarted node starts in a new generation, so nothing the previous process cached is read.
-Several daemons over one shared store (not built yet) would each see only their own changes:
-each keeps its own prefix, and a region's daemons must not share entries until changes reach
-every daemon.
+Several daemons over one shared store (MongoDB) each keep their own prefix; the changes the
+others make come from the store's change stream and are published here like this node's own,
+before a read can see them through the cache (node/cache/others.py says when that is).
 """
 
 from __future__ import annotations

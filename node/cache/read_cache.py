@@ -10,7 +10,10 @@ policy and redaction still run on every read. It sits beside the engine, not in 
   durable and before it is acknowledged; an invalidator thread then deletes the entries in
   Redis, in order, and sends a heartbeat every `heartbeat_s`.
 
-Why that is coherent is argued in node/cache/coherence.py. A Redis that is down, slow (each
+Why that is coherent is argued in node/cache/coherence.py. Over a store other nodes write too
+(`shared_store`), their changes reach `others` (node/cache/others.py) from the store's change
+stream and are published like this node's own; reads use the cache only while that news is
+recent enough. A Redis that is down, slow (each
 call has a deadline) or answers nonsense never fails a read: the read falls back to the engine
 and the failure is counted.
 """
@@ -32,6 +35,7 @@ from domicile.causality import KeyState
 from domicile.errors import DataCorruption, DomicileError
 from domicile.wire.records import key_state_from_bytes, key_state_to_bytes
 from node.cache.coherence import Coherence, Key
+from node.cache.others import OtherWriters
 from node.cache.store import FillOutcome, RedisStore
 
 log = logging.getLogger("domicile.cache")
@@ -49,6 +53,9 @@ class CacheSettings:
     deadline_s: float = 0.05
     heartbeat_s: float = 1.0
     entry_bytes_max: int = 1 << 20
+    # Over a shared store: how old the last confirmation that every change of the other nodes
+    # has come through may be for reads to use the cache (the staleness bound, others.py).
+    others_lag_max_s: float = 0.5
 
 
 class CacheCounters(Protocol):
@@ -90,6 +97,7 @@ class ReadCache:
         node_id: str,
         counters: CacheCounters | None = None,
         store: RedisStore | None = None,
+        shared_store: bool = False,
     ) -> None:
         self.settings = settings
         self.counters: CacheCounters = counters or NoCounters()
@@ -97,6 +105,12 @@ class ReadCache:
             settings.url, node_id=node_id, deadline_s=settings.deadline_s, ttl_s=settings.ttl_s
         )
         self.coherence = Coherence()
+        # Other nodes write the same store: their changes come through here.
+        self.others = (
+            OtherWriters(self.coherence.changed, self._others_lost, lag_max_s=settings.others_lag_max_s)
+            if shared_store
+            else None
+        )
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -128,6 +142,10 @@ class ReadCache:
             self.coherence.abandon()
             raise
 
+    def _others_lost(self) -> None:
+        self.coherence.abandon()
+        self.counters.reset("others_lost")
+
     # -- reads (offload threads) ----------------------------------------------------------------
 
     def read(self, namespace: str, key: str, load: Callable[[], KeyState | None]) -> KeyState | None:
@@ -135,6 +153,10 @@ class ReadCache:
         coherence = self.coherence
         if not coherence.usable:
             self.counters.fallback("unavailable")
+            return load()
+        others = self.others
+        if others is not None and not others.trusted():
+            self.counters.fallback("others_behind")
             return load()
         k = (namespace, key)
         ticket = coherence.ticket(k)

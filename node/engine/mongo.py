@@ -4,7 +4,9 @@ Collections (one database per region, shared by every node of the region):
 - key_states: one document per (namespace, key): `_id` "<namespace>/<key>" (a namespace holds no
   '/'), `ns`, `k`, `state` (the protobuf KeyState, binary), `live`, `subjects` (every data
   subject a version was ever about, kept after a tombstone like SQLite's subject index) and
-  `classifications`. Indexes: (ns, live, k) for prefix scans, subjects for the subject index.
+  `classifications`, and `by` (a stamp of the node and transaction that wrote it last, so a node
+  tailing the region's changes can tell its own from the others', node/engine/mongo_changes.py).
+  Indexes: (ns, live, k) for prefix scans, subjects for the subject index.
 - changelog: one document per local write of a node: `node`, `lsn`, `ns`, `k`, `mutation`;
   unique index (node, lsn). Each node has its own log and positions.
 - counters: one document per node: its last_lsn and the records/tombstones its transactions
@@ -13,6 +15,7 @@ Collections (one database per region, shared by every node of the region):
 - meta: small named blobs of a node (its cached topology, erasure receipts).
 - erased_subjects: the region's erasure block list, one document per subject.
 - engine_info: the region the database belongs to.
+- change_marks: one document per node that tails the region's changes (its fences).
 
 Every write of the core runs as one multi-document transaction (write concern majority, journaled,
 snapshot reads). A transaction that hits a write conflict (another node of the region wrote the
@@ -25,8 +28,10 @@ their versions (siblings or last-writer-wins), never lose one. Transactions need
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import random
+import secrets
 import threading
 import time
 import urllib.parse
@@ -106,6 +111,7 @@ class _MongoTx:
     def store_states(self, rows: Sequence[StateRow]) -> None:
         if not rows:
             return
+        stamp = self.b.next_stamp()
         ops = []
         for r in rows:
             update: dict[str, Any] = {
@@ -115,6 +121,7 @@ class _MongoTx:
                     "state": Binary(r.state),
                     "live": r.live,
                     "classifications": list(r.classifications),
+                    "by": stamp,
                 },
                 "$addToSet": {"subjects": {"$each": list(r.subjects)}},
             }
@@ -197,6 +204,10 @@ class MongoBackend:
         self.region = region
         self._closed = False
         self._lock = threading.Lock()
+        # Stamps of this process's transactions: "<node>/<random>/<n>". A stamp differs at every
+        # transaction, so a change stream shows it among a document's updated fields each time.
+        self.stamp_origin = f"{node_id}/{secrets.token_hex(4)}"
+        self._stamps = itertools.count(1)
         try:
             self.client: MongoClient[dict[str, Any]] = MongoClient(
                 uri,
@@ -221,6 +232,7 @@ class MongoBackend:
         self.meta: Collection[dict[str, Any]] = self.db["meta"]
         self.erased: Collection[dict[str, Any]] = self.db["erased_subjects"]
         self.info: Collection[dict[str, Any]] = self.db["engine_info"]
+        self.marks: Collection[dict[str, Any]] = self.db["change_marks"]
         try:
             self._prepare()
         except BaseException:
@@ -244,6 +256,7 @@ class MongoBackend:
                 "meta",
                 "erased_subjects",
                 "engine_info",
+                "change_marks",
             ):
                 if name not in existing:
                     # Collections are created before any transaction: creating one inside a
@@ -283,6 +296,9 @@ class MongoBackend:
             if self._closed:
                 raise Unavailable("storage engine is closed") from None
             raise Unavailable(f"{self.label} failed: {_first_line(error)}") from None
+
+    def next_stamp(self) -> str:
+        return f"{self.stamp_origin}/{next(self._stamps)}"
 
     def ping(self) -> None:
         """Raises Unavailable when the database cannot be reached now."""

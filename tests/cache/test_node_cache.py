@@ -296,12 +296,6 @@ def test_a_cache_in_another_region_is_refused_by_the_config() -> None:
                    cache_redis_region="eu-west-1", tls_dir="/nonexistent")  # fmt: skip
 
 
-def test_the_cache_is_refused_over_a_store_other_nodes_write() -> None:
-    with pytest.raises(InvalidArgument, match="sqlite engine only"):
-        NodeConfig(region="eu-west-1", insecure=True, engine="mongodb", mongodb_uri="mongodb://127.0.0.1:1/",
-                   cache_redis_url="redis://127.0.0.1:6379/0", cache_redis_region="eu-west-1")  # fmt: skip
-
-
 def test_finding_a_redis_password_is_not_repeated_in_messages() -> None:
     with pytest.raises(InvalidArgument) as refused:
         NodeConfig(region="eu-west-1", cache_redis_url="redis://:s3cret@10.0.0.5:6379/0",

@@ -1,0 +1,169 @@
+"""The key-state changes other nodes of the region commit to the shared MongoDB database, as they
+happen: what a node's read cache needs to stay coherent when it is not the only writer.
+
+A thread follows a change stream on the region's database (key_states and change_marks):
+
+- Every change of a key state whose `by` stamp is not this process's (another daemon's local
+  write or replicated apply, a restore, anything else that touched the document) is handed to
+  the listener's `changed` as the key it touched, in commit order. Own changes are left out: the
+  group committer already reported them before they were acknowledged.
+- Fences measure how far behind the stream is. Every `fence_interval_s` the thread writes a new
+  stamp into its own change_marks document, noting the time it started the write. When the
+  stream brings that write back, every change committed before it has come through the stream
+  first (one ordered log), and so has every change another node acknowledged before the fence
+  was started: the listener hears `confirmed(started_at)`.
+- The stream's resume token survives a connection that breaks: when the database answers again,
+  the stream resumes after the last change it delivered, so nothing is missed (`unreachable`
+  meanwhile). A stream that cannot resume (its history is gone, the collection was dropped) is
+  `lost`: what happened in between is unknown.
+
+Blocking: runs on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+from node.engine.mongo import MongoBackend
+
+log = logging.getLogger("domicile.engine.mongo_changes")
+
+FENCE_INTERVAL_S = 0.1
+# How long one wait for the next change lasts on the server (a fence is due meanwhile).
+AWAIT_MS = 50
+RETRY_S = 0.5
+
+_WATCHED = ("key_states", "change_marks")
+_PIPELINE: list[Mapping[str, Any]] = [
+    {"$match": {"ns.coll": {"$in": list(_WATCHED)}}},
+    {
+        "$project": {
+            "operationType": 1,
+            "ns": 1,
+            "documentKey": 1,
+            "inserted_by": "$fullDocument.by",
+            "updated_by": "$updateDescription.updatedFields.by",
+        }
+    },
+]
+
+
+class ChangeListener(Protocol):
+    """What hears of the other nodes' changes (node/cache/others.py)."""
+
+    def changed(self, keys: list[tuple[str, str]]) -> None: ...
+
+    def confirmed(self, started_at: float) -> None:
+        """Every change another node acknowledged before this monotonic time has been handed
+        to `changed`."""
+        ...
+
+    def unreachable(self, since: float) -> None:
+        """The database did not answer a call started at this monotonic time; the stream
+        resumes where it was when it does."""
+        ...
+
+    def reconnected(self) -> None: ...
+
+    def lost(self) -> None:
+        """Changes may have been missed: what was learned from the stream is no longer enough."""
+        ...
+
+
+class RegionChanges:
+    def __init__(
+        self, backend: MongoBackend, listener: ChangeListener, *, fence_interval_s: float = FENCE_INTERVAL_S
+    ) -> None:
+        self.backend = backend
+        self.listener = listener
+        self.fence_interval_s = fence_interval_s
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.events = 0
+        # When the call now in progress started (what an outage is dated from).
+        self._call_started = 0.0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="domicile-region-changes", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        token: Mapping[str, Any] | None = None
+        down = False
+        while not self._stopped.is_set():
+            try:
+                token = self._follow(token)
+            except ConnectionFailure as error:
+                # Includes a server that cannot be selected: the database is unreachable.
+                if not down:
+                    down = True
+                    log.warning("region changes: %s does not answer (%s)", self.backend.label, error)
+                self.listener.unreachable(self._call_started)
+            except (OperationFailure, PyMongoError) as error:
+                # The stream cannot resume (history gone, invalidated) or failed otherwise.
+                log.warning("region changes: the change stream ended (%s); starting over", error)
+                token = None
+                self.listener.lost()
+            else:
+                continue
+            self._stopped.wait(RETRY_S)
+        log.debug("region changes stopped")
+
+    def _follow(self, token: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """Follows the stream from `token` (None: from now) until stopped; returns the token to
+        resume from. Raises what the driver raises."""
+        b = self.backend
+        self._call_started = time.monotonic()
+        with b.db.watch(_PIPELINE, resume_after=token, max_await_time_ms=AWAIT_MS) as stream:
+            token = stream.resume_token
+            self.listener.reconnected()
+            fence: tuple[str, float] | None = None
+            next_fence = 0.0
+            while not self._stopped.is_set():
+                if not stream.alive:
+                    raise OperationFailure("the change stream was closed by the server")
+                now = self._call_started = time.monotonic()
+                if fence is None and now >= next_fence:
+                    stamp = b.next_stamp()
+                    b.marks.update_one({"_id": b.node_id}, {"$set": {"by": stamp}}, upsert=True)
+                    fence = (stamp, now)
+                event = stream.try_next()
+                token = stream.resume_token
+                if event is None:
+                    continue
+                self.events += 1
+                by = event.get("inserted_by") or event.get("updated_by")
+                coll = event.get("ns", {}).get("coll")
+                if coll == "change_marks":
+                    if fence is not None and by == fence[0]:
+                        self.listener.confirmed(fence[1])
+                        fence = None
+                        next_fence = now + self.fence_interval_s
+                    continue
+                if isinstance(by, str) and by.rsplit("/", 1)[0] == b.stamp_origin:
+                    continue  # this process's own change: reported by the committer already
+                key = _key_of(event)
+                if key is not None:
+                    self.listener.changed([key])
+                elif event.get("operationType") in ("drop", "dropDatabase", "rename", "invalidate"):
+                    raise OperationFailure(f"the change stream saw {event.get('operationType')}")
+        return token
+
+
+def _key_of(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    doc_id = event.get("documentKey", {}).get("_id")
+    if not isinstance(doc_id, str) or "/" not in doc_id:
+        return None
+    namespace, key = doc_id.split("/", 1)  # a namespace holds no '/'
+    return namespace, key
