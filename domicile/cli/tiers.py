@@ -1,11 +1,14 @@
 """`domicile up --tiers`: the regional tier servers a cluster on this machine runs on.
 
-Today that is one MongoDB wire-protocol server (SecantusDB, from PyPI) that every region's node
-uses as its primary store, each region in a database of its own. The servers start before the
-nodes, as child processes in their own process group, and stop after them.
+One MongoDB wire-protocol server (SecantusDB, from PyPI) that every region's nodes use as their
+primary store, each region in a database of its own; and one redis-server that every region's
+nodes use as their read cache, each region in a Redis database (number) of its own. Both listen
+on loopback, on the machine the regions' nodes run on: that is what puts them "in the region"
+here (rule cache-in-region). The servers start before the nodes, as child processes in their
+own process group, and stop after them.
 
-To add a tier (the regional cache), give TierServers another server: a TierServer with its
-command line and the node flags that point a node at it.
+To add a tier, give TierServers another server: a TierServer with its command line and the node
+flags that point a node (or a region's nodes) at it.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from domicile.errors import FailedPrecondition
+from domicile.redis_server import redis_server_binary
 
 _POLL_S = 0.1
 
@@ -35,6 +40,8 @@ class TierServer:
     log_path: Path
     # Flags every node gets to use this server.
     node_args: tuple[str, ...]
+    # Flags the nodes of one region get on top (region name -> flags).
+    region_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = field(default=None, repr=False)
 
@@ -69,12 +76,59 @@ def mongodb_server(data_dir: Path, host: str, port: int, python: str = sys.execu
     )
 
 
+def redis_cache_server(data_dir: Path, host: str, port: int, regions: Sequence[str]) -> TierServer:
+    """redis-server on host:port, keeping nothing on disk and evicting only keys with a TTL (what
+    node/cache/ expects, domicile/redis_server.py); region i of `regions` caches in database i."""
+    binary = redis_server_binary()  # FailedPrecondition saying how to install it
+    directory = data_dir / "redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    return TierServer(
+        name="redis",
+        argv=(
+            binary,
+            "--bind",
+            host,
+            "--port",
+            str(port),
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            "256mb",
+            "--maxmemory-policy",
+            "volatile-lru",
+            "--daemonize",
+            "no",
+            "--databases",
+            str(max(16, len(regions))),
+        ),
+        host=host,
+        port=port,
+        log_path=data_dir / "logs" / "redis.log",
+        node_args=(),
+        region_args={
+            region: ("--cache-redis-url", f"redis://{host}:{port}/{i}", "--cache-redis-region", region)
+            for i, region in enumerate(regions)
+        },
+    )
+
+
 class TierServers:
     def __init__(self, servers: list[TierServer]) -> None:
         self.servers = servers
 
     def node_args(self) -> tuple[str, ...]:
         return tuple(arg for server in self.servers for arg in server.node_args)
+
+    def region_args(self) -> dict[str, tuple[str, ...]]:
+        found: dict[str, tuple[str, ...]] = {}
+        for server in self.servers:
+            for region, args in server.region_args.items():
+                found[region] = found.get(region, ()) + args
+        return found
 
     def start(self, timeout_s: float) -> None:
         """Starts every server and waits until each accepts connections."""

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -29,7 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domicile.cli.output import table
-from domicile.cli.tiers import TierServers, mongodb_server
+from domicile.cli.tiers import TierServers, mongodb_server, redis_cache_server
 from domicile.client import Client, NodeHealth
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import AlreadyExists, DomicileError, InvalidArgument
@@ -88,10 +88,12 @@ def plan_children(
     python: str = sys.executable,
     node_args: Sequence[str] = (),
     nodes_per_region: int = 1,
+    region_args: Mapping[str, Sequence[str]] | None = None,
 ) -> list[ChildSpec]:
     """The command line of every child. Pure, so that tests can check the layout.
 
-    `node_args`: flags every node gets on top (the tier servers' with --tiers).
+    `node_args`: flags every node gets on top (the tier servers' with --tiers); `region_args`:
+    flags the nodes of one region get after those (by region name).
     `nodes_per_region` daemons per region: the first of each region as without it, the others
     after every region's first (their ports follow in the same region order)."""
     if nodes_per_region < 1:
@@ -179,6 +181,7 @@ def plan_children(
                         log_level,
                         *security,
                         *node_args,
+                        *(region_args or {}).get(region.name, ()),
                     ),
                     address=address,
                     peer=ExpectedPeer.node(region.name, node_id),
@@ -195,6 +198,12 @@ def ensure_context_key(path: Path) -> None:
     with contextlib.suppress(AlreadyExists):
         write_atomically(path, secrets.token_bytes(32), PRIVATE_MODE, overwrite=False)
 
+
+# What each tier server is, in the table `domicile up --tiers` prints.
+TIER_ROLES = {
+    "mongodb": "every region's primary store, a database per region",
+    "redis": "every region's read cache, a Redis database per region in region order",
+}
 
 DEV_CLUSTER = "domicile"
 CLI_IDENTITY = "cli"
@@ -491,8 +500,12 @@ def up(args: argparse.Namespace) -> int:
     tiers = TierServers([])
     if args.tiers:
         # After every daemon's port: the coordinator's, then the regions' daemons.
+        first = args.base_port + 1 + per_region * len(cluster.regions)
         tiers = TierServers(
-            [mongodb_server(data_dir, args.host, args.base_port + 1 + per_region * len(cluster.regions))]
+            [
+                mongodb_server(data_dir, args.host, first),
+                redis_cache_server(data_dir, args.host, first + 1, cluster.region_names()),
+            ]
         )
     specs = plan_children(
         cluster,
@@ -505,6 +518,7 @@ def up(args: argparse.Namespace) -> int:
         tls_dir=dev_pki.directory if dev_pki else None,
         node_args=tiers.node_args(),
         nodes_per_region=per_region,
+        region_args=tiers.region_args(),
     )
     ports = [args.base_port + i for i in range(len(specs))] + [s.port for s in tiers.servers]
     if args.metrics_base_port:
@@ -537,7 +551,9 @@ def up(args: argparse.Namespace) -> int:
         _say("")
         _say(endpoints_table(supervisor.children))
         for server in tiers.servers:
-            _say(f"{server.name}: {server.host}:{server.port} (every region's primary store)")
+            _say(
+                f"{server.name}: {server.host}:{server.port} ({TIER_ROLES.get(server.name, 'a tier server')})"
+            )
         _say("")
         _say(tls_text(dev_pki))
         _say("")

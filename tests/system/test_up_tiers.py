@@ -1,5 +1,6 @@
 """`domicile up --tiers --nodes-per-region 2`: the cluster on the MongoDB engine, over a
-SecantusDB it starts and stops itself, with two daemons per region sharing the region's database."""
+SecantusDB it starts and stops itself, with two daemons per region sharing the region's database,
+and every region's read cache in a database of its own of one redis-server it also starts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pymongo
 import pytest
+import redis
 
 from tests.system.test_up import (
     ROOT,
@@ -41,7 +43,8 @@ def test_up_tiers_runs_two_daemons_per_region_on_mongodb_and_stops_its_server(tm
     seed = random.randrange(1 << 30)
     print(f"port seed={seed}")
     rng = random.Random(seed)
-    base = free_port_range(6, set(), rng)  # the coordinator, 2 x two daemons, then SecantusDB
+    # The coordinator, 2 x two daemons, then SecantusDB and redis-server.
+    base = free_port_range(7, set(), rng)
     data_dir = tmp_path / "up"
     config = tmp_path / "cluster.yaml"
     config.write_text(CLUSTER)
@@ -61,6 +64,7 @@ def test_up_tiers_runs_two_daemons_per_region_on_mongodb_and_stops_its_server(tm
     mongodb = f"mongodb://127.0.0.1:{base + 5}/"
     try:
         assert up.wait_for_line("mongodb: ", STARTUP_S + 30).startswith(f"mongodb: 127.0.0.1:{base + 5}")
+        assert up.wait_for_line("redis: ", 5).startswith(f"redis: 127.0.0.1:{base + 6}")
         up.wait_for_line("ready:", 30)
         nodes = {n["node_id"]: n for n in up.status()["nodes"]}
         assert {"eu-west-1", "eu-west-1-2"} <= set(nodes) and len(nodes) == 4
@@ -79,6 +83,15 @@ def test_up_tiers_runs_two_daemons_per_region_on_mongodb_and_stops_its_server(tm
         assert stored is not None and stored["live"] is True
         assert replicated is not None
         assert not (data_dir / "eu-west-1" / "store.sqlite3").exists()
+        # Each region's daemons cache in the region's own Redis database, which they claimed.
+        for number, region in enumerate(("eu-west-1", "eu-central-1")):
+            cache = redis.Redis(host="127.0.0.1", port=base + 6, db=number)
+            try:
+                assert cache.get(b"domicile:region") == region.encode()
+                nodes_caching = {k.split(b":")[1] for k in cache.scan_iter(match=b"domicile:*:*:hw")}
+                assert nodes_caching == {region.encode(), f"{region}-2".encode()}, nodes_caching
+            finally:
+                cache.close()
 
         process.send_signal(signal.SIGINT)
         assert process.wait(90) == 0, "\n".join(up.output)
