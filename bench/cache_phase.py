@@ -1,5 +1,6 @@
 """The read cache's figures: a node whose Gets go through the region's Redis (a managed
-redis-server child), measured on the SQLite engine.
+redis-server child), measured on the SQLite engine; and the hit figure again on a node of the
+MongoDB engine (`measure_hits`), whose cache also follows the database's change stream.
 
 - hit: sequential Gets of keys already in the cache, in halves alternating with echo calls of
   the same run, so that drift of a shared machine falls on both;
@@ -63,12 +64,18 @@ def counter_total(text: str, name: str) -> float:
     return total
 
 
-async def measure(
-    node: NodeHandle, echo_channel: grpc.aio.Channel, namespace: str, value: bytes, samples: int, seed: int
-) -> CacheResult:
-    rng = random.Random(seed)
+async def measure_hits(
+    node: NodeHandle,
+    echo_channel: grpc.aio.Channel,
+    namespace: str,
+    value: bytes,
+    samples: int,
+    rng: random.Random,
+    engine: str,
+) -> tuple[list[float], list[float]]:
+    """Echo and cache-hit latencies (ms), in halves alternating."""
     hit_keys = [f"hit-{i}" for i in range(HIT_KEYS)]
-    phases.progress(f"cache: pre-loading {HIT_KEYS} keys and reading each once (fills)")
+    phases.progress(f"cache ({engine}): pre-loading {HIT_KEYS} keys and reading each once (fills)")
     await phases.preload(put_call(node.channel, namespace, "hit", value), HIT_KEYS)
     await phases.preload(
         get_call(node.channel, namespace, hit_keys, iter(range(HIT_KEYS)).__next__), HIT_KEYS
@@ -79,8 +86,16 @@ async def measure(
     hit_ms: list[float] = []
     half = max(1, samples // 2)
     for _ in range(2):
-        echo_ms += await phases.sequential("cache: echo baseline", echo, half)
-        hit_ms += await phases.sequential("cache: Get, a cache hit", hit, half)
+        echo_ms += await phases.sequential(f"cache ({engine}): echo baseline", echo, half)
+        hit_ms += await phases.sequential(f"cache ({engine}): Get, a cache hit", hit, half)
+    return echo_ms, hit_ms
+
+
+async def measure(
+    node: NodeHandle, echo_channel: grpc.aio.Channel, namespace: str, value: bytes, samples: int, seed: int
+) -> CacheResult:
+    rng = random.Random(seed)
+    echo_ms, hit_ms = await measure_hits(node, echo_channel, namespace, value, samples, rng, "SQLite")
 
     misses = max(MISS_WARMUP + 1, min(samples, 5000))
     miss_keys = [f"miss-{i}" for i in range(misses)]
