@@ -30,7 +30,7 @@ test-tools: ## install Node.js, npm, promtool and redis-server with apt-get when
 up: setup ## run a local cluster: a coordinator and seven regional nodes (Ctrl-C stops it)
 	$(BIN)/domicile up --config deploy/cluster.yaml
 
-up-tiers: setup ## the same cluster on MongoDB and a Redis read cache (SecantusDB, redis-server it starts)
+up-tiers: setup ## the full tiers: MongoDB, a Redis cache, S3 backups (SecantusDB, redis-server, SeaweedFS)
 	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { $(SUDO) apt-get update -q && $(APT_INSTALL) redis-server; }
 	$(BIN)/domicile up --tiers --config deploy/cluster.yaml
 

@@ -1,11 +1,13 @@
 """`domicile up --tiers`: the regional tier servers a cluster on this machine runs on.
 
 One MongoDB wire-protocol server (SecantusDB, from PyPI) that every region's nodes use as their
-primary store, each region in a database of its own; and one redis-server that every region's
-nodes use as their read cache, each region in a Redis database (number) of its own. Both listen
-on loopback, on the machine the regions' nodes run on: that is what puts them "in the region"
-here (rule cache-in-region). The servers start before the nodes, as child processes in their
-own process group, and stop after them.
+primary store, each region in a database of its own; one redis-server that every region's nodes
+use as their read cache, each region in a Redis database (number) of its own; and one S3 server
+(SeaweedFS, from PyPI) that holds every region's backups, each region in a bucket of its own
+(`backup_config` writes the cluster config that names them). All listen on loopback, on the
+machine the regions' nodes run on: that is what puts them "in the region" here (rules
+cache-in-region and the backup bucket's location). The servers start before the nodes, as child
+processes in their own process group, and stop after them.
 
 To add a tier, give TierServers another server: a TierServer with its command line and the node
 flags that point a node (or a region's nodes) at it.
@@ -25,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from domicile.errors import FailedPrecondition
+import yaml
+
+from domicile.errors import FailedPrecondition, InvalidArgument
 from domicile.redis_server import redis_server_binary
+from domicile.s3_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, weed_binary
 
 _POLL_S = 0.1
 
@@ -116,6 +121,81 @@ def redis_cache_server(data_dir: Path, host: str, port: int, regions: Sequence[s
     )
 
 
+BACKUP_BUCKET_PREFIX = "domicile-backup-"
+# The credentials the nodes sign S3 requests with (the local server checks none).
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY}
+
+
+def s3_backup_server(data_dir: Path, host: str, port: int) -> TierServer:
+    """SeaweedFS (`weed server`: master, volume, filer and the S3 gateway in one process) with
+    its S3 gateway on host:port, its data in DATA_DIR/s3; its inner servers on free ports."""
+    try:
+        weed = weed_binary()
+    except RuntimeError as error:
+        raise FailedPrecondition(str(error)) from None
+    data = data_dir / "s3"
+    data.mkdir(parents=True, exist_ok=True)
+    inner = {
+        name: _free_port(host)
+        for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+            "filer.port", "filer.port.grpc", "s3.port.grpc",
+        )
+    }  # fmt: skip
+    return TierServer(
+        name="s3",
+        argv=(
+            weed,
+            "server",
+            f"-ip={host}",
+            f"-ip.bind={host}",
+            f"-dir={data}",
+            "-s3",
+            f"-s3.port={port}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            # Small volumes and enough of them (domicile/s3_server.py says why).
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=200",
+            *(f"-{name}={p}" for name, p in inner.items()),
+        ),
+        host=host,
+        port=port,
+        log_path=data_dir / "logs" / "s3.log",
+        node_args=(),
+    )
+
+
+def backup_config(config_path: Path, endpoint: str) -> Path:
+    """The cluster config with a `backup` section for every region that has none: the bucket
+    `domicile-backup-REGION` on `endpoint`, located in the region. Written beside the original
+    (as `.NAME.tiers.yaml`), so that the files it names relative to its directory still resolve."""
+    try:
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise InvalidArgument(f"cluster config {config_path}: {error}") from None
+    for region in data.get("regions") or []:
+        if isinstance(region, dict) and "backup" not in region:
+            region["backup"] = {
+                "endpoint": endpoint,
+                "bucket": BACKUP_BUCKET_PREFIX + str(region["name"]),
+                "bucket_region": str(region["name"]),
+            }
+    derived = config_path.with_name(f".{config_path.stem}.tiers.yaml")
+    try:
+        derived.write_text(
+            "# Written by `domicile up --tiers` from "
+            f"{config_path.name}: every region's backups in the local S3 server.\n"
+            + yaml.safe_dump(data, sort_keys=False),
+            encoding="utf-8",
+        )
+    except OSError as error:
+        raise FailedPrecondition(
+            f"cannot write {derived} (the cluster config with the regions' backup buckets): {error}"
+        ) from None
+    return derived
+
+
 class TierServers:
     def __init__(self, servers: list[TierServer]) -> None:
         self.servers = servers
@@ -173,6 +253,12 @@ class TierServers:
             if server.log is not None:
                 server.log.close()
             server.process = None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def _accepts(host: str, port: int) -> bool:

@@ -29,7 +29,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domicile.cli.output import table
-from domicile.cli.tiers import TierServers, mongodb_server, redis_cache_server
+from domicile.cli.tiers import (
+    S3_CREDENTIALS,
+    TierServers,
+    backup_config,
+    mongodb_server,
+    redis_cache_server,
+    s3_backup_server,
+)
 from domicile.client import Client, NodeHealth
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import AlreadyExists, DomicileError, InvalidArgument
@@ -203,6 +210,7 @@ def ensure_context_key(path: Path) -> None:
 TIER_ROLES = {
     "mongodb": "every region's primary store, a database per region",
     "redis": "every region's read cache, a Redis database per region in region order",
+    "s3": "every region's backups, a bucket domicile-backup-REGION per region",
 }
 
 DEV_CLUSTER = "domicile"
@@ -501,12 +509,20 @@ def up(args: argparse.Namespace) -> int:
     if args.tiers:
         # After every daemon's port: the coordinator's, then the regions' daemons.
         first = args.base_port + 1 + per_region * len(cluster.regions)
+        s3 = s3_backup_server(data_dir, args.host, first + 2)
         tiers = TierServers(
             [
                 mongodb_server(data_dir, args.host, first),
                 redis_cache_server(data_dir, args.host, first + 1, cluster.region_names()),
+                s3,
             ]
         )
+        # Every child reads the config that names the regions' buckets; they sign with the
+        # local server's credentials unless the environment has others.
+        config_path = backup_config(config_path, f"http://{s3.host}:{s3.port}")
+        cluster = load_cluster(config_path)
+        for name, value in S3_CREDENTIALS.items():
+            os.environ.setdefault(name, value)
     specs = plan_children(
         cluster,
         config_path=config_path,

@@ -1,6 +1,7 @@
 """`domicile up --tiers --nodes-per-region 2`: the cluster on the MongoDB engine, over a
 SecantusDB it starts and stops itself, with two daemons per region sharing the region's database,
-and every region's read cache in a database of its own of one redis-server it also starts."""
+every region's read cache in a database of its own of one redis-server it also starts, and every
+region's backups in a bucket of its own of one S3 server (SeaweedFS) it starts as well."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import subprocess
 import threading
 from typing import Any
 
+import boto3
 import pymongo
 import pytest
 import redis
 
+from domicile.s3_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
 from tests.system.test_up import (
     ROOT,
     STARTUP_S,
@@ -43,8 +46,8 @@ def test_up_tiers_runs_two_daemons_per_region_on_mongodb_and_stops_its_server(tm
     seed = random.randrange(1 << 30)
     print(f"port seed={seed}")
     rng = random.Random(seed)
-    # The coordinator, 2 x two daemons, then SecantusDB and redis-server.
-    base = free_port_range(7, set(), rng)
+    # The coordinator, 2 x two daemons, then SecantusDB, redis-server and the S3 gateway.
+    base = free_port_range(8, set(), rng)
     data_dir = tmp_path / "up"
     config = tmp_path / "cluster.yaml"
     config.write_text(CLUSTER)
@@ -65,6 +68,7 @@ def test_up_tiers_runs_two_daemons_per_region_on_mongodb_and_stops_its_server(tm
     try:
         assert up.wait_for_line("mongodb: ", STARTUP_S + 30).startswith(f"mongodb: 127.0.0.1:{base + 5}")
         assert up.wait_for_line("redis: ", 5).startswith(f"redis: 127.0.0.1:{base + 6}")
+        assert up.wait_for_line("s3: ", 5).startswith(f"s3: 127.0.0.1:{base + 7}")
         up.wait_for_line("ready:", 30)
         nodes = {n["node_id"]: n for n in up.status()["nodes"]}
         assert {"eu-west-1", "eu-west-1-2"} <= set(nodes) and len(nodes) == 4
@@ -92,6 +96,21 @@ def test_up_tiers_runs_two_daemons_per_region_on_mongodb_and_stops_its_server(tm
                 assert nodes_caching == {region.encode(), f"{region}-2".encode()}, nodes_caching
             finally:
                 cache.close()
+        # Each region's daemons back the region up into its own bucket.
+        s3 = boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{base + 7}", region_name="us-east-1",
+            aws_access_key_id=LOCAL_ACCESS_KEY, aws_secret_access_key=LOCAL_SECRET_KEY,
+        )  # fmt: skip
+        for region in ("eu-west-1", "eu-central-1"):
+
+            def backed_up(region: str = region) -> bool:
+                try:
+                    listed = s3.list_objects_v2(Bucket=f"domicile-backup-{region}")
+                except s3.exceptions.NoSuchBucket:
+                    return False
+                return any("manifest" in o["Key"] for o in listed.get("Contents", []))
+
+            eventually(backed_up, f"a backup manifest in {region}'s bucket")
 
         process.send_signal(signal.SIGINT)
         assert process.wait(90) == 0, "\n".join(up.output)
