@@ -241,10 +241,15 @@ class TierServers:
         return next((s for s in self.servers if s.process is not None and s.process.poll() is not None), None)
 
     def stop(self, timeout_s: float) -> None:
-        for server in reversed(self.servers):
+        """Asks every server to stop at once (they are independent; some take seconds to shut
+        down), then waits for each, killing one that outlasts timeout_s."""
+        running = [s for s in reversed(self.servers) if s.process is not None and s.process.poll() is None]
+        for server in running:
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+        for server in self.servers:
             process = server.process
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+            if process is not None:
                 try:
                     process.wait(timeout_s)
                 except subprocess.TimeoutExpired:
