@@ -7,11 +7,14 @@ A thread follows a change stream on the region's database (key_states and change
   write or replicated apply, a restore, anything else that touched the document) is handed to
   the listener's `changed` as the key it touched, in commit order. Own changes are left out: the
   group committer already reported them before they were acknowledged.
-- Fences measure how far behind the stream is. Every `fence_interval_s` the thread writes a new
-  stamp into its own change_marks document, noting the time it started the write. When the
-  stream brings that write back, every change committed before it has come through the stream
-  first (one ordered log), and so has every change another node acknowledged before the fence
-  was started: the listener hears `confirmed(started_at)`.
+- Confirmations say how far behind the stream is. A wait for the next change that the server
+  answers with nothing new was asked after the moment T the thread noted before asking: every
+  change committed before T has come through (the stream is one ordered log), and the listener
+  hears `confirmed(T)`. A stream that always has something new (a steady write load) is never
+  empty; then, once `fence_interval_s` has passed without a confirmation, the thread writes a
+  fence (a new stamp in its own change_marks document), noting when it started the write; when
+  the stream brings the fence back, every change another node acknowledged before it started
+  has come through first.
 - The stream's resume token survives a connection that breaks: when the database answers again,
   the stream resumes after the last change it delivered, so nothing is missed (`unreachable`
   meanwhile). A stream that cannot resume (its history is gone, the collection was dropped) is
@@ -34,7 +37,8 @@ from node.engine.mongo import MongoBackend
 
 log = logging.getLogger("domicile.engine.mongo_changes")
 
-FENCE_INTERVAL_S = 0.1
+# A fence is written only when this long has passed without a confirmation (a busy stream).
+FENCE_INTERVAL_S = 0.2
 # How long one wait for the next change lasts on the server (a fence is due meanwhile).
 AWAIT_MS = 50
 RETRY_S = 0.5
@@ -129,7 +133,7 @@ class RegionChanges:
             token = stream.resume_token
             self.listener.reconnected()
             fence: tuple[str, float] | None = None
-            next_fence = 0.0
+            next_fence = time.monotonic() + self.fence_interval_s
             while not self._stopped.is_set():
                 if not stream.alive:
                     raise OperationFailure("the change stream was closed by the server")
@@ -138,9 +142,16 @@ class RegionChanges:
                     stamp = b.next_stamp()
                     b.marks.update_one({"_id": b.node_id}, {"$set": {"by": stamp}}, upsert=True)
                     fence = (stamp, now)
+                cursor = stream._cursor  # a resume replaces it (see below)
                 event = stream.try_next()
                 token = stream.resume_token
                 if event is None:
+                    # Nothing new in an answer to a request sent after `now` (on the same
+                    # cursor: after a resume the driver may answer from the new cursor's first
+                    # batch without asking again, which proves nothing).
+                    if stream._cursor is cursor:
+                        self.listener.confirmed(now)
+                        next_fence = now + self.fence_interval_s
                     continue
                 self.events += 1
                 by = event.get("inserted_by") or event.get("updated_by")
