@@ -64,6 +64,16 @@ def counter_total(text: str, name: str) -> float:
     return total
 
 
+@dataclass(frozen=True)
+class HitResult:
+    echo_ms: list[float]
+    hit_ms: list[float]
+    # Growth of the node's hit counter over the measured Gets, and how many Gets there were:
+    # the figure is of hits only if they match.
+    hits: float
+    gets: int
+
+
 async def measure_hits(
     node: NodeHandle,
     echo_channel: grpc.aio.Channel,
@@ -72,7 +82,7 @@ async def measure_hits(
     samples: int,
     rng: random.Random,
     engine: str,
-) -> tuple[list[float], list[float]]:
+) -> HitResult:
     """Echo and cache-hit latencies (ms), in halves alternating."""
     hit_keys = [f"hit-{i}" for i in range(HIT_KEYS)]
     phases.progress(f"cache ({engine}): pre-loading {HIT_KEYS} keys and reading each once (fills)")
@@ -85,17 +95,20 @@ async def measure_hits(
     echo_ms: list[float] = []
     hit_ms: list[float] = []
     half = max(1, samples // 2)
+    before = counter_total(await node.scrape(), "domicile_cache_hits_total")
     for _ in range(2):
         echo_ms += await phases.sequential(f"cache ({engine}): echo baseline", echo, half)
         hit_ms += await phases.sequential(f"cache ({engine}): Get, a cache hit", hit, half)
-    return echo_ms, hit_ms
+    hits = counter_total(await node.scrape(), "domicile_cache_hits_total") - before
+    return HitResult(echo_ms, hit_ms, hits, len(hit_ms))
 
 
 async def measure(
     node: NodeHandle, echo_channel: grpc.aio.Channel, namespace: str, value: bytes, samples: int, seed: int
 ) -> CacheResult:
     rng = random.Random(seed)
-    echo_ms, hit_ms = await measure_hits(node, echo_channel, namespace, value, samples, rng, "SQLite")
+    hit = await measure_hits(node, echo_channel, namespace, value, samples, rng, "SQLite")
+    echo_ms, hit_ms = hit.echo_ms, hit.hit_ms
 
     misses = max(MISS_WARMUP + 1, min(samples, 5000))
     miss_keys = [f"miss-{i}" for i in range(misses)]

@@ -206,7 +206,7 @@ class Measured:
     far_lag: LagResult | None = None
     cache: cache_phase.CacheResult | None = None
     # Echo and cache-hit latencies of a cached node on the MongoDB engine.
-    cache_mongo: tuple[list[float], list[float]] | None = None
+    cache_mongo: cache_phase.HitResult | None = None
     sync_put_ms: list[float] | None = None
 
 
@@ -882,10 +882,9 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     ]
 
 
-def cache_mongo_figures(c: tuple[list[float], list[float]]) -> list[Figure]:
-    echo_ms, hit_ms = c
-    _, echo99 = p50_p99(echo_ms)
-    _, hit99 = p50_p99(hit_ms)
+def cache_mongo_figures(c: cache_phase.HitResult) -> list[Figure]:
+    _, echo99 = p50_p99(c.echo_ms)
+    _, hit99 = p50_p99(c.hit_ms)
     return [
         Figure(
             "cache_hit_mongo_get_p99_ms",
@@ -896,7 +895,13 @@ def cache_mongo_figures(c: tuple[list[float], list[float]]) -> list[Figure]:
             "echo p99 (alternating)",
             f"<= {CACHE_HIT_P99_RATIO_MAX} x echo p99",
             hit99 <= CACHE_HIT_P99_RATIO_MAX * echo99,
-        )
+        ),
+        Figure(
+            "cache_hit_mongo_hit_share",
+            "share of those Gets answered from the cache (MongoDB engine)",
+            c.hits / c.gets if c.gets else None,
+            "ratio",
+        ),
     ]
 
 
