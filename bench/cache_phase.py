@@ -82,16 +82,15 @@ async def measure_hits(
     samples: int,
     rng: random.Random,
     engine: str,
+    keys: int = HIT_KEYS,
 ) -> HitResult:
-    """Echo and cache-hit latencies (ms), in halves alternating."""
-    hit_keys = [f"hit-{i}" for i in range(HIT_KEYS)]
-    phases.progress(f"cache ({engine}): pre-loading {HIT_KEYS} keys and reading each once (fills)")
-    await phases.preload(put_call(node.channel, namespace, "hit", value), HIT_KEYS)
-    await phases.preload(
-        get_call(node.channel, namespace, hit_keys, iter(range(HIT_KEYS)).__next__), HIT_KEYS
-    )
+    """Echo and cache-hit latencies (ms), in halves alternating, over `keys` keys."""
+    hit_keys = [f"hit-{i}" for i in range(keys)]
+    phases.progress(f"cache ({engine}): pre-loading {keys} keys and reading each once (fills)")
+    await phases.preload(put_call(node.channel, namespace, "hit", value), keys)
+    await phases.preload(get_call(node.channel, namespace, hit_keys, iter(range(keys)).__next__), keys)
     echo: Call = echo_call(echo_channel, namespace, "echo", value)
-    hit: Call = get_call(node.channel, namespace, hit_keys, lambda: rng.randrange(HIT_KEYS))
+    hit: Call = get_call(node.channel, namespace, hit_keys, lambda: rng.randrange(keys))
     echo_ms: list[float] = []
     hit_ms: list[float] = []
     half = max(1, samples // 2)
