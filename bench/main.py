@@ -366,7 +366,8 @@ class Run:
             async with channel(echo_address, self.cluster.plain_dialer) as echo:
                 self.m.cache_mongo = await cache_phase.measure_hits(
                     cached, echo, SOLO_NAMESPACE, self.value, self.opts.samples,
-                    random.Random(self.opts.seed), "MongoDB", keys=MONGO_HIT_KEYS,
+                    random.Random(self.opts.seed), "MongoDB",
+                    keys=min(MONGO_HIT_KEYS, max(10, self.opts.samples)),
                 )  # fmt: skip
         finally:
             await self.cluster.stop_node(CACHED_MONGO_NODE_ID)

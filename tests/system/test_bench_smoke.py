@@ -62,6 +62,8 @@ FIGURES = {
     "cache_hit_get_p99_ms",
     "cache_miss_get_p99_ms",
     "cache_zipf_hit_ratio",
+    "cache_hit_mongo_get_p99_ms",
+    "cache_hit_mongo_hit_share",
 }
 FIELDS = {"key", "label", "value", "unit", "baseline", "baseline_label", "ratio", "target", "met"}
 
