@@ -68,10 +68,16 @@ def counter_total(text: str, name: str) -> float:
 class HitResult:
     echo_ms: list[float]
     hit_ms: list[float]
-    # Growth of the node's hit counter over the measured Gets, and how many Gets there were:
-    # the figure is of hits only if they match.
+    # Growth of the node's counters over the measured Gets (warm-up calls included): hits, and
+    # reads the cache did not answer (misses and fallbacks). The figure is of hits if the
+    # second is 0.
     hits: float
-    gets: int
+    not_hits: float
+
+    @property
+    def hit_share(self) -> float | None:
+        total = self.hits + self.not_hits
+        return self.hits / total if total else None
 
 
 async def measure_hits(
@@ -94,12 +100,18 @@ async def measure_hits(
     echo_ms: list[float] = []
     hit_ms: list[float] = []
     half = max(1, samples // 2)
-    before = counter_total(await node.scrape(), "domicile_cache_hits_total")
+    before = await node.scrape()
     for _ in range(2):
         echo_ms += await phases.sequential(f"cache ({engine}): echo baseline", echo, half)
         hit_ms += await phases.sequential(f"cache ({engine}): Get, a cache hit", hit, half)
-    hits = counter_total(await node.scrape(), "domicile_cache_hits_total") - before
-    return HitResult(echo_ms, hit_ms, hits, len(hit_ms))
+    after = await node.scrape()
+
+    def grown(name: str) -> float:
+        return counter_total(after, name) - counter_total(before, name)
+
+    hits = grown("domicile_cache_hits_total")
+    not_hits = grown("domicile_cache_misses_total") + grown("domicile_cache_fallbacks_total")
+    return HitResult(echo_ms, hit_ms, hits, not_hits)
 
 
 async def measure(

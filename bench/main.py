@@ -903,7 +903,7 @@ def cache_mongo_figures(c: cache_phase.HitResult) -> list[Figure]:
         Figure(
             "cache_hit_mongo_hit_share",
             "share of those Gets answered from the cache (MongoDB engine)",
-            c.hits / c.gets if c.gets else None,
+            c.hit_share,
             "ratio",
         ),
     ]
