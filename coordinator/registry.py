@@ -102,6 +102,10 @@ class Registry:
         self._holds: tuple[LegalHold, ...] = ()
         self._revision = 0
         self._closed = False
+        # node id -> (incarnation epoch, highest change-log position it reported under it). Kept
+        # in memory: after a coordinator restart it is rebuilt from the registrations, so a store
+        # rewound across a coordinator restart is caught only if it falls behind a later report.
+        self._log_heads: dict[str, tuple[int, int]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -167,9 +171,35 @@ class Registry:
         self._commit([], subjects=changes, erasures=erasures, holds=holds)
         return self._revision
 
-    def register(self, node_id: str, region: str, address: str, metrics_address: str, epoch: int = 0) -> int:
+    def log_head(self, node_id: str, epoch: int) -> int:
+        """The highest change-log position `node_id` reported under incarnation `epoch`; 0 when
+        none (or under another incarnation). A store behind it was copied back from an older
+        copy: its node must take a new incarnation before it writes (node.rewind)."""
+        recorded = self._log_heads.get(node_id)
+        return recorded[1] if recorded is not None and recorded[0] == epoch else 0
+
+    def _report_log_head(self, node_id: str, epoch: int, last_lsn: int) -> None:
+        # Never lowered within an incarnation: a rewound store must keep looking rewound until
+        # its node has moved to a new incarnation, even if its first restart is interrupted.
+        recorded = self._log_heads.get(node_id)
+        if recorded is None or recorded[0] != epoch:
+            if recorded is None or epoch > recorded[0]:
+                self._log_heads[node_id] = (epoch, last_lsn)
+            return
+        self._log_heads[node_id] = (epoch, max(recorded[1], last_lsn))
+
+    def register(
+        self,
+        node_id: str,
+        region: str,
+        address: str,
+        metrics_address: str,
+        epoch: int = 0,
+        last_lsn: int = 0,
+    ) -> int:
         """Registers or re-registers a node and marks it up; returns the revision after it.
-        `epoch` is the incarnation of the node's store (domicile.model.writer_id)."""
+        `epoch` is the incarnation of the node's store (domicile.model.writer_id), `last_lsn` the
+        last position of its change log."""
         self._check_open()
         check_node_id(node_id)
         recorded = self._store.node_epoch(node_id)
@@ -224,6 +254,7 @@ class Registry:
         if epoch > recorded:
             self._store.save_node_epoch(node_id, epoch)
             log.info("node %s registered as incarnation %d", node_id, epoch)
+        self._report_log_head(node_id, epoch, last_lsn)
         self._last_seen[node_id] = self._clock()
         self._on_register(region)
         return self._revision
@@ -233,14 +264,16 @@ class Registry:
         node = self._nodes.get(node_id)
         return node.region if node is not None else None
 
-    def heartbeat(self, node_id: str, seen_revision: int = 0) -> int:
-        """Records a sign of life; a down node comes back up. Returns the current revision."""
+    def heartbeat(self, node_id: str, seen_revision: int = 0, last_lsn: int = 0, epoch: int = 0) -> int:
+        """Records a sign of life (and the node's change-log position); a down node comes back
+        up. Returns the current revision."""
         self._check_open()
         check_node_id(node_id)
         existing = self._nodes.get(node_id)
         if existing is None:
             raise NotFound(f"node {node_id!r} is not registered; register first with RegisterNode")
         self.catch_up(seen_revision)
+        self._report_log_head(node_id, epoch, last_lsn)
         node = replace(existing, health=NodeHealth.UP, last_heartbeat_unix_ms=self._wall_ms())
         if existing.health is not NodeHealth.UP:
             self._commit([node])
@@ -345,3 +378,7 @@ class Registry:
 
     def _wall_ms(self) -> int:
         return int(self._wall_clock() * 1000)
+
+    def wall_ms(self) -> int:
+        """The coordinator's wall clock (Unix ms), which nodes compare their own clocks with."""
+        return self._wall_ms()

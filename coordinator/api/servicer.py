@@ -68,7 +68,12 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             "RegisterNode",
             context,
             lambda: self._registry.register(
-                request.node_id, request.region, request.address, request.metrics_address, request.epoch
+                request.node_id,
+                request.region,
+                request.address,
+                request.metrics_address,
+                request.epoch,
+                request.last_lsn,
             ),
             ExpectedPeer.node(request.region, request.node_id),
         )
@@ -78,20 +83,26 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             heartbeat_interval_ms=self._registry.heartbeat_interval_ms,
             erased_subjects_key=key,
             erased_subjects=[cpb.ErasedSubject(subject_hash=h, request_id=r) for h, r in erased],
+            coordinator_unix_ms=self._registry.wall_ms(),
         )
 
     async def Heartbeat(
         self, request: cpb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.HeartbeatResponse:
+        seen = self._registry.log_head(request.node_id, request.epoch)
         revision = await self._unary(
             "Heartbeat",
             context,
-            lambda: self._registry.heartbeat(request.node_id, request.topology_revision),
+            lambda: self._registry.heartbeat(
+                request.node_id, request.topology_revision, request.last_lsn, request.epoch
+            ),
             # The region the node registered in, not just its id: a certificate for the same node
             # id in another region must not keep this one marked up.
             ExpectedPeer.node(self._registry.region_of(request.node_id), request.node_id),
         )
-        return cpb.HeartbeatResponse(topology_revision=revision)
+        return cpb.HeartbeatResponse(
+            topology_revision=revision, coordinator_unix_ms=self._registry.wall_ms(), last_lsn_seen=seen
+        )
 
     async def GetTopology(
         self, request: cpb.GetTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -319,6 +319,7 @@ class RegisterNodeRequest(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    LAST_LSN_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id; 1 to 63 characters of lower-case letters, digits and dashes."""
     region: _builtins.str
@@ -332,6 +333,8 @@ class RegisterNodeRequest(_message.Message):
     The coordinator records the highest epoch each node id registered with and refuses a
     lower one: a store older than the node's last restore must not come back.
     """
+    last_lsn: _builtins.int
+    """The last position of the node's change log (0 when empty); see HeartbeatRequest.last_lsn."""
     def __init__(
         self,
         *,
@@ -340,10 +343,11 @@ class RegisterNodeRequest(_message.Message):
         address: _builtins.str = ...,
         metrics_address: _builtins.str = ...,
         epoch: _builtins.int = ...,
+        last_lsn: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "epoch", b"epoch", "metrics_address", b"metrics_address", "node_id", b"node_id", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "epoch", b"epoch", "last_lsn", b"last_lsn", "metrics_address", b"metrics_address", "node_id", b"node_id", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -359,6 +363,7 @@ class RegisterNodeResponse(_message.Message):
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     ERASED_SUBJECTS_KEY_FIELD_NUMBER: _builtins.int
     ERASED_SUBJECTS_FIELD_NUMBER: _builtins.int
+    COORDINATOR_UNIX_MS_FIELD_NUMBER: _builtins.int
     topology_revision: _builtins.int
     """Topology revision after the registration."""
     heartbeat_interval_ms: _builtins.int
@@ -366,6 +371,10 @@ class RegisterNodeResponse(_message.Message):
     erased_subjects_key: _builtins.bytes
     """The key of the cluster's permanent list of erased subjects (32 bytes); empty before the
     first erasure.
+    """
+    coordinator_unix_ms: _builtins.int
+    """The coordinator's wall clock when it answered (Unix ms): a node compares its own clock with
+    it and refuses writes while it runs further ahead than its max_clock_drift_ms.
     """
     @_builtins.property
     def erased_subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErasedSubject]:
@@ -381,10 +390,11 @@ class RegisterNodeResponse(_message.Message):
         heartbeat_interval_ms: _builtins.int = ...,
         erased_subjects_key: _builtins.bytes = ...,
         erased_subjects: _abc.Iterable[Global___ErasedSubject] | None = ...,
+        coordinator_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_subjects", b"erased_subjects", "erased_subjects_key", b"erased_subjects_key", "heartbeat_interval_ms", b"heartbeat_interval_ms", "topology_revision", b"topology_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_unix_ms", b"coordinator_unix_ms", "erased_subjects", b"erased_subjects", "erased_subjects_key", b"erased_subjects_key", "heartbeat_interval_ms", b"heartbeat_interval_ms", "topology_revision", b"topology_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -424,19 +434,29 @@ class HeartbeatRequest(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     TOPOLOGY_REVISION_FIELD_NUMBER: _builtins.int
+    LAST_LSN_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id as registered."""
     topology_revision: _builtins.int
     """Topology revision the node acts on."""
+    last_lsn: _builtins.int
+    """The last position of the node's change log (0 when empty). The coordinator remembers the
+    highest reported per incarnation: a store copied back from an older copy is behind it.
+    """
+    epoch: _builtins.int
+    """The incarnation of the node's store (see RegisterNodeRequest.epoch)."""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         topology_revision: _builtins.int = ...,
+        last_lsn: _builtins.int = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "topology_revision", b"topology_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "last_lsn", b"last_lsn", "node_id", b"node_id", "topology_revision", b"topology_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -449,16 +469,27 @@ class HeartbeatResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOPOLOGY_REVISION_FIELD_NUMBER: _builtins.int
+    COORDINATOR_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LAST_LSN_SEEN_FIELD_NUMBER: _builtins.int
     topology_revision: _builtins.int
     """Current topology revision; a node behind it should fetch the topology."""
+    coordinator_unix_ms: _builtins.int
+    """The coordinator's wall clock when it answered (Unix ms; see RegisterNodeResponse)."""
+    last_lsn_seen: _builtins.int
+    """The highest change-log position this node reported under this incarnation before this
+    heartbeat (0 when unknown, e.g. after a coordinator restart). A node that starts with a
+    last_lsn below it was copied back from an older store: it takes a new incarnation.
+    """
     def __init__(
         self,
         *,
         topology_revision: _builtins.int = ...,
+        coordinator_unix_ms: _builtins.int = ...,
+        last_lsn_seen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["topology_revision", b"topology_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_unix_ms", b"coordinator_unix_ms", "last_lsn_seen", b"last_lsn_seen", "topology_revision", b"topology_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
