@@ -60,6 +60,15 @@ class HybridClock:
             candidate = pack(self._clock(), 0)
             return self._issue(candidate if candidate > self._last else self._advance(self._last))
 
+    def wall_ms(self) -> int:
+        """The wall clock this HLC reads (ms)."""
+        return self._clock()
+
+    def last_physical_ms(self) -> int:
+        """The physical part (ms) of the latest timestamp issued or observed; 0 before any."""
+        with self._lock:
+            return physical_ms(self._last)
+
     def observe(self, remote: int) -> int:
         """Merges a timestamp received from another node (so later local events order after it)."""
         with self._lock:

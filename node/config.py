@@ -93,6 +93,10 @@ class NodeConfig:
     backup_interval_s: float = 0.5
     # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
     max_clock_drift_ms: int = 5000
+    # At start, ask the coordinator whether the store is behind the log position this node
+    # already reported (a store copied back by hand) and take a new incarnation if so
+    # (node.rewind). Off only to show what the check prevents (the torture run's negative control).
+    rewind_check: bool = True
     # The most calls one peer (a client certificate; a host on an insecure port) may have in
     # flight at this node, across all its connections; past it, RESOURCE_EXHAUSTED.
     peer_calls_max: int = 1024
@@ -140,6 +144,8 @@ class NodeConfig:
             raise InvalidArgument(
                 f"max_clock_drift_ms must be 1 to 3600000 milliseconds, not {self.max_clock_drift_ms}"
             )
+        if not isinstance(self.rewind_check, bool):
+            raise InvalidArgument(f"rewind_check must be true or false, not {self.rewind_check!r}")
         if not isinstance(self.insecure, bool):
             raise InvalidArgument(f"insecure must be true or false, not {self.insecure!r}")
         settings.check_choice(self.tls_files(), self.insecure, f"node {self.node_id}", self.tls_stem)
@@ -348,6 +354,14 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         action="store_true",
         default=None,
         help="plaintext, no authentication or authorization (development only; logged at WARNING)",
+    )
+    parser.add_argument(
+        "--unsafe-no-rewind-check",
+        dest="rewind_check",
+        action="store_false",
+        default=None,
+        help="do not check at start whether the store was copied back from an older copy (a rewound "
+        "store then hands out dots again and loses writes; for tests of that failure only)",
     )
     parser.add_argument(
         "--authz-policies", help="Cedar policy file (default: the packaged deploy/authz/policies.cedar)"

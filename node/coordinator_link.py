@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -22,6 +23,7 @@ from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.topology import topology_from_pb
+from node.clock_guard import ClockGuard
 from node.metrics import NodeMetrics
 from node.topology_view import TopologyView
 
@@ -46,8 +48,15 @@ class CoordinatorLink:
         rng: random.Random | None = None,
         on_erased: Callable[[bytes, list[tuple[str, str]]], None] | None = None,
         epoch: int = 0,
+        last_lsn: Callable[[], int] = lambda: 0,
+        clock_guard: ClockGuard | None = None,
     ) -> None:
         self.epoch = epoch
+        # Reported at registration and in every heartbeat: the coordinator remembers the highest,
+        # and a store copied back from an older copy is found behind it (node.rewind).
+        self.last_lsn = last_lsn
+        # Every answer carries the coordinator's clock; the guard compares this node's with it.
+        self.clock_guard = clock_guard
         # Called with the cluster's permanent erasure list (its key and (subject hash, request
         # id) pairs) at every registration.
         self.on_erased = on_erased
@@ -92,6 +101,7 @@ class CoordinatorLink:
     async def _session(self) -> None:
         async with self.dialer.channel(self.coordinator, ExpectedPeer.coordinator()) as channel:
             stub = cpb_grpc.CoordinatorServiceStub(channel)
+            sent = time.monotonic()
             registered = await stub.RegisterNode(
                 cpb.RegisterNodeRequest(
                     node_id=self.node_id,
@@ -99,9 +109,11 @@ class CoordinatorLink:
                     address=self.address,
                     metrics_address=self.metrics_address,
                     epoch=self.epoch,
+                    last_lsn=self.last_lsn(),
                 ),
                 timeout=self.rpc_deadline_s,
             )
+            self._clock_sample(sent, registered.coordinator_unix_ms)
             if self.on_erased is not None and registered.erased_subjects_key:
                 self.on_erased(
                     bytes(registered.erased_subjects_key),
@@ -138,7 +150,18 @@ class CoordinatorLink:
     async def _heartbeats(self, stub: cpb_grpc.CoordinatorServiceStub) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
-            await stub.Heartbeat(
-                cpb.HeartbeatRequest(node_id=self.node_id, topology_revision=self.view.revision),
+            sent = time.monotonic()
+            answer = await stub.Heartbeat(
+                cpb.HeartbeatRequest(
+                    node_id=self.node_id,
+                    topology_revision=self.view.revision,
+                    last_lsn=self.last_lsn(),
+                    epoch=self.epoch,
+                ),
                 timeout=self.rpc_deadline_s,
             )
+            self._clock_sample(sent, answer.coordinator_unix_ms)
+
+    def _clock_sample(self, sent_monotonic_s: float, coordinator_unix_ms: int) -> None:
+        if self.clock_guard is not None:
+            self.clock_guard.sample(sent_monotonic_s, coordinator_unix_ms, time.monotonic())

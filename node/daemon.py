@@ -37,7 +37,7 @@ from domicile.model import writer_id
 from domicile.quality import schema_from_text
 from domicile.retry import Backoff, BackoffPolicy, retry
 from domicile.subjects import LegalHold, RegionReceipt
-from domicile.topology import Topology
+from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import replication_pb2, storage_node_pb2
@@ -54,6 +54,7 @@ from node.api.storage import StorageServicer
 from node.backup.shipper import BackupShipper
 from node.cache.read_cache import CacheSettings, ReadCache
 from node.clock_file import RESERVE_STEP_MS, load_ceiling, save_ceiling
+from node.clock_guard import ClockGuard
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
@@ -78,6 +79,7 @@ from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
 from node.replication.signal import LogSignal
+from node.rewind import StartCheck, check_with_coordinator, reincarnate
 from node.service import StorageService
 from node.topology_view import TopologyView
 
@@ -126,6 +128,9 @@ class Node:
         # The other daemons' changes to the region's database, for the cache (MongoDB engine).
         self.region_changes: RegionChanges | None = None
         self.epoch = 0
+        self._clock_refusing = False
+        self._start_check: StartCheck | None = None
+        self.rewound = False
 
     # -- start --------------------------------------------------------------------------------
 
@@ -166,6 +171,9 @@ class Node:
             # land where its records may not be does not start.
             backup = await offload.run(self._backup_target)
             self.engine = await offload.run(self._open_store)
+            # Before the first write: a store copied back from an older copy becomes a new
+            # incarnation here, so that it never hands out a dot or position a second time.
+            await self._check_rewind()
             await offload.warm(self.engine.last_lsn)
             # Before anything stamps a time: the clock resumes above every timestamp issued before.
             await offload.run(self._persist_clock)
@@ -263,6 +271,19 @@ class Node:
         )
         self._scan_lock = asyncio.Lock()
         self.last_scan: ScanReport | None = None
+        self.clock_guard = ClockGuard(
+            cfg.max_clock_drift_ms,
+            self.clock.last_physical_ms,
+            wall=self.clock.wall_ms,
+            on_change=self._clock_sampled,
+        )
+        if self._start_check is not None:
+            # The coordinator's clock as the check at start read it: the guard is in force from
+            # the first write, not from the first registration.
+            check = self._start_check
+            self.clock_guard.sample(
+                check.sent_monotonic_s, check.coordinator_unix_ms, check.received_monotonic_s
+            )
         self.service = StorageService(
             node_id=cfg.node_id,
             region=cfg.region,
@@ -281,6 +302,7 @@ class Node:
             ),
             cache=self.cache,
             carry_audit=self.engine.carries_audit,
+            clock_guard=self.clock_guard,
         )
         self.receiver = Receiver(
             node_id=cfg.node_id,
@@ -421,6 +443,8 @@ class Node:
             rng=random.Random(self.rng.random()),
             on_erased=self._adopt_erased,
             epoch=self.epoch,
+            last_lsn=lambda: self.log_tail.last_lsn or 0,
+            clock_guard=self.clock_guard,
         )
         self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
@@ -430,6 +454,9 @@ class Node:
         )
         self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
         self._tasks.append(asyncio.create_task(self.entropy.run(), name="anti-entropy"))
+        if self.rewound:
+            # The peers hold this node's writes from after the copy it was put back from.
+            self.entropy.rounds_now("this store was rewound; pulling back what the peers hold")
         self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
         self._tasks.append(asyncio.create_task(self._summarise_refusals(), name="refusal-summaries"))
         self.exporter.offer(await offload.run(self.audit.head))
@@ -491,6 +518,37 @@ class Node:
         if self.epoch:
             log.info("node %s runs incarnation %d (writer id %s)", cfg.node_id, self.epoch, writer)
         return open_engine(cfg.engine_settings(), cfg.data_dir, writer, cfg.region)
+
+    async def _check_rewind(self) -> None:
+        cfg = self.config
+        if not cfg.coordinator or not cfg.rewind_check:
+            return
+        last_lsn = await self.offload.run(self.engine.last_lsn)
+        checked = await check_with_coordinator(
+            self.dialer, cfg.coordinator, cfg.node_id, self.epoch, last_lsn, cfg.limits.rpc_deadline_s
+        )
+        self._start_check = checked
+        if checked is None or last_lsn >= checked.last_lsn_seen:
+            return
+        if cfg.engine == "mongodb":
+            raise errors.FailedPrecondition(
+                f"this node's store ends at log position {last_lsn}, but it had reported "
+                f"{checked.last_lsn_seen} to the coordinator: the database was put back from an older "
+                "copy and would hand out its dots again; restore it as a new incarnation (domicile restore)"
+            )
+        epoch = max(self.epoch + 1, wall_ms() // 1000)
+        log.error(
+            "this node's store ends at log position %d, but it had reported %d: it was copied back "
+            "from an older copy; becoming incarnation %d",
+            last_lsn,
+            checked.last_lsn_seen,
+            epoch,
+        )
+        await self.offload.run(
+            reincarnate, self.engine, Path(cfg.data_dir), cfg.node_id, cfg.region, epoch, TOPOLOGY_META
+        )
+        self.engine = await self.offload.run(self._open_store)
+        self.rewound = True
 
     def _persist_clock(self) -> None:
         """Resumes the HLC above the stored ceiling and above the last local write (which covers
@@ -559,6 +617,7 @@ class Node:
         await self.committer.run(persist)
         before = self.view.policy.version
         holds_before = self.view.topology.holds
+        nodes_before = self.view.topology
         try:
             if self.view.replace(topology):
                 self.metrics.topology_revision.set(topology.revision)
@@ -568,11 +627,29 @@ class Node:
                     await self._policy_changed(before)
                 self._audit_holds(holds_before, topology.holds)
                 self.adopt_authorization(topology.cluster)
+                self._relay_for_down_peers(nodes_before, topology)
         finally:
             # Erasure orders do not depend on the policy: carry them out even from a revision
             # this node could not adopt, with the holds and cluster it acts on.
             current = self.view.topology
             self.eraser.apply(topology.erasures, current.cluster, current.holds)
+
+    def _relay_for_down_peers(self, before: Topology, after: Topology) -> None:
+        """Writes a peer shipped to some replicas only before it went down reach the others
+        through anti-entropy among the replicas still up. Run at once rather than at the
+        interval: the origin cannot ship them again, and until then they live on fewer copies."""
+        went_down = [
+            node.node_id
+            for node in after.nodes
+            if node.node_id != self.config.node_id
+            and node.health is NodeHealth.DOWN
+            and (was := before.node(node.node_id)) is not None
+            and was.health is NodeHealth.UP
+        ]
+        if went_down:
+            self.entropy.rounds_now(
+                f"{', '.join(went_down)} went down; relaying what only some replicas hold"
+            )
 
     def adopt_authorization(self, cluster: ClusterSpec) -> bool:
         """Enforces the authorization policies `cluster` carries (the node's own set when it
@@ -657,9 +734,28 @@ class Node:
         for namespace, records in receipt.erased:
             self.metrics.erased_records.labels(namespace).inc(records)
 
+    def _clock_sampled(self, ahead_ms: int, refusing: bool) -> None:
+        node = self.config.node_id
+        self.metrics.clock_ahead.labels(node).set(ahead_ms / 1000)
+        was_refusing, self._clock_refusing = self._clock_refusing, refusing
+        self.metrics.clock_refusing_writes.labels(node).set(1 if refusing else 0)
+        if refusing and not was_refusing:
+            log.error(
+                "this node's clock is %.1f s ahead of the coordinator's (at most %d ms allowed): "
+                "writes and retention sweeps are refused until it is right; fix NTP on this host",
+                ahead_ms / 1000,
+                self.config.max_clock_drift_ms,
+            )
+        elif was_refusing and not refusing:
+            log.warning("this node's clock is back within %d ms of the coordinator's; writes resume",
+                        self.config.max_clock_drift_ms)  # fmt: skip
+
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.retention_sweep_interval_s)
+            if self.clock_guard.refusal() is not None:
+                # Expiry is decided by this node's clock: one running ahead would delete early.
+                continue
             try:
                 await self.sweep_retention()
             except Exception:

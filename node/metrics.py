@@ -158,6 +158,20 @@ class NodeMetrics:
             ["node", "peer", "outcome"],
             registry=r,
         )
+        self.clock_ahead = Gauge(
+            "domicile_clock_ahead_seconds",
+            "How far this node's next timestamp is ahead of the coordinator's clock at the last "
+            "sample (negative when behind).",
+            ["node"],
+            registry=r,
+        )
+        self.clock_refusing_writes = Gauge(
+            "domicile_clock_refusing_writes",
+            "1 while this node refuses writes because its clock runs further ahead of the "
+            "coordinator's than max_clock_drift_ms (peers would refuse its timestamps).",
+            ["node"],
+            registry=r,
+        )
         self.entropy_last_round = Gauge(
             "domicile_antientropy_last_round_timestamp_seconds",
             "When the last anti-entropy round with the peer completed (Unix time).",

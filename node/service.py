@@ -30,6 +30,7 @@ from domicile.model import (
 from domicile.policy import Action, Decision, RecordFacts
 from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
 from node.cache.read_cache import ReadCache
+from node.clock_guard import ClockGuard
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
 from node.crypto.sealing import Sealer
@@ -109,8 +110,11 @@ class StorageService:
         tokens: ContextTokens | None = None,
         cache: ReadCache | None = None,
         carry_audit: bool = False,
+        clock_guard: ClockGuard | None = None,
     ) -> None:
         self.node_id = node_id
+        # Refuses writes while this node's clock runs further ahead than peers accept.
+        self.clock_guard = clock_guard
         self.region = region
         self.engine = engine
         self.committer = committer
@@ -248,6 +252,10 @@ class StorageService:
 
     # -- operations ---------------------------------------------------------------------------
 
+    def _check_clock(self) -> None:
+        if self.clock_guard is not None:
+            self.clock_guard.check()
+
     async def put(self, cmd: PutCommand) -> Committed:
         spec, write, entry = await self._prepare_put(cmd)
         committed = await self._commit(write, entry)
@@ -333,6 +341,7 @@ class StorageService:
         check_jurisdiction(cmd.subject_jurisdiction)
         self._check_schema(spec, cmd)
         check_request_id(cmd.request_id)
+        self._check_clock()
         classification = self._classification(spec, cmd.classification)
         facts = RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction)
         self._check_not_erased(facts, cmd.key, cmd.principal)
@@ -380,6 +389,7 @@ class StorageService:
             )
         check_jurisdiction(cmd.subject_jurisdiction)
         check_request_id(cmd.request_id)
+        self._check_clock()
         facts = facts_for_delete(spec, await self.offload.run(self.engine.get, spec.name, cmd.key), cmd)
         entry = self._check_placement(spec, facts, cmd.key, Audit.DELETE, cmd.principal)
         supersedes = None if spec.conflict_mode is ConflictMode.LWW else cmd.context

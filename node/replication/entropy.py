@@ -33,7 +33,7 @@ from domicile.causality import CausalContext, Dot, KeyState, Mutation
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind
 from domicile.policy import Action, RecordFacts
-from domicile.topology import NodeInfo, Topology
+from domicile.topology import NodeHealth, NodeInfo, Topology
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.wire.limits import NODE_MESSAGE_BYTES_MAX
@@ -54,6 +54,10 @@ KEYS_BUCKETS_MAX = 64
 STATES_KEYS_MAX = 500
 # An EntropyStates answer stops adding keys past this many value bytes (under the 4 MiB limit).
 STATES_BYTES_MAX = 3 * 1024 * 1024
+# Rounds asked for at once (rounds_now) that fail are tried again this often, this many times,
+# before the node falls back to its regular interval.
+URGENT_RETRY_S = 2.0
+URGENT_RETRIES = 15
 DIVERGENT_KEYS_MAX_DEFAULT = 100
 DIVERGENT_KEYS_MAX = 10_000
 CHANNEL_OPTIONS = [
@@ -143,6 +147,9 @@ class AntiEntropy:
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
         # One round per peer at a time.
         self._round_locks: dict[str, asyncio.Lock] = {}
+        # Set to run the next rounds now rather than at the interval (rounds_now).
+        self._urgent = asyncio.Event()
+        self._urgent_retries = 0
 
     # -- the trees ---------------------------------------------------------------------------
 
@@ -455,23 +462,51 @@ class AntiEntropy:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def rounds_now(self, reason: str) -> None:
+        """Runs a round with every peer now, not at the next interval, and retries the peers
+        whose round fails every URGENT_RETRY_S for a while. Called when writes this node lacks
+        may be held only by some of its peers: their origin went down (the relay of a dead
+        origin's writes), or this node's store was found rewound."""
+        if self.interval_s <= 0:
+            return
+        log.info("anti-entropy rounds now: %s", reason)
+        self._urgent_retries = URGENT_RETRIES
+        self._urgent.set()
+
     async def run(self) -> None:
-        """Builds the trees, then every interval runs a round with each peer."""
+        """Builds the trees, then every interval (or at once, see rounds_now) runs a round with
+        each peer."""
         await self.refresh()
         if self.interval_s <= 0:
             return
         while True:
             # Jittered, so that the nodes of a cluster do not all compare at once.
-            await asyncio.sleep(self.interval_s * (0.5 + self.rng.random()))
-            for peer_id in sorted(self.peers(self.view.topology)):
-                try:
-                    await self.round_with(peer_id)
-                except errors.DomicileError as exc:
-                    log.info("anti-entropy with %s failed: %s", peer_id, exc.message)
-                except Exception:
-                    # A bug must not end the rounds for good (the stale alert would be the
-                    # only sign): logged with its trace, and the next peer's round goes on.
-                    log.exception("anti-entropy with %s failed unexpectedly", peer_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent.wait(), self.interval_s * (0.5 + self.rng.random()))
+            self._urgent.clear()
+            failed = await self._round_with_every_peer()
+            if failed and self._urgent_retries > 0:
+                self._urgent_retries -= 1
+                asyncio.get_running_loop().call_later(URGENT_RETRY_S, self._urgent.set)
+            else:
+                self._urgent_retries = 0
+
+    async def _round_with_every_peer(self) -> int:
+        """One round with each peer; returns how many of those the coordinator has up failed
+        (one that is down is expected to fail, and retrying it soon helps nobody)."""
+        failed = 0
+        for peer_id, (peer, _namespaces) in sorted(self.peers(self.view.topology).items()):
+            try:
+                await self.round_with(peer_id)
+            except errors.DomicileError as exc:
+                failed += peer.health is NodeHealth.UP
+                log.info("anti-entropy with %s failed: %s", peer_id, exc.message)
+            except Exception:
+                # A bug must not end the rounds for good (the stale alert would be the
+                # only sign): logged with its trace, and the next peer's round goes on.
+                failed += peer.health is NodeHealth.UP
+                log.exception("anti-entropy with %s failed unexpectedly", peer_id)
+        return failed
 
     async def close(self) -> None:
         channels = [c for _, c in self._channels.values()]
