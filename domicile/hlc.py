@@ -39,6 +39,9 @@ class HybridClock:
         self._reserve: Callable[[int], None] | None = None
         self._ceiling_ms = 0
         self._step_ms = 0
+        # True while the wall clock is known to run too far ahead (node.clock_guard): the clock
+        # then issues nothing from it, so that no timestamp of that time is kept or persisted.
+        self.wall_distrusted: Callable[[], bool] = lambda: False
 
     def persist(self, ceiling_ms: int, reserve: Callable[[int], None], step_ms: int) -> None:
         """Resumes above `ceiling_ms` (every timestamp issued before the restart had at most
@@ -55,7 +58,12 @@ class HybridClock:
             self._step_ms = step_ms
 
     def now(self) -> int:
-        """A timestamp greater than every one this clock has issued or observed."""
+        """A timestamp greater than every one this clock has issued or observed. While the wall
+        clock is distrusted, the answer is not recorded: the next one may be lower (only the
+        audit trail stamps times then; writes are refused)."""
+        if self.wall_distrusted():
+            with self._lock:
+                return max(pack(self._clock(), 0), self._advance(self._last))
         with self._lock:
             candidate = pack(self._clock(), 0)
             return self._issue(candidate if candidate > self._last else self._advance(self._last))
@@ -71,8 +79,9 @@ class HybridClock:
 
     def observe(self, remote: int) -> int:
         """Merges a timestamp received from another node (so later local events order after it)."""
+        distrusted = self.wall_distrusted()
         with self._lock:
-            candidate = max(pack(self._clock(), 0), remote)
+            candidate = max(0 if distrusted else pack(self._clock(), 0), remote)
             return self._issue(candidate if candidate > self._last else self._advance(self._last))
 
     def _issue(self, hlc: int) -> int:

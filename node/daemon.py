@@ -177,6 +177,7 @@ class Node:
             await offload.warm(self.engine.last_lsn)
             # Before anything stamps a time: the clock resumes above every timestamp issued before.
             await offload.run(self._persist_clock)
+            self._guard_clock()
         except BaseException:
             await self._abandon_start()
             raise
@@ -271,19 +272,6 @@ class Node:
         )
         self._scan_lock = asyncio.Lock()
         self.last_scan: ScanReport | None = None
-        self.clock_guard = ClockGuard(
-            cfg.max_clock_drift_ms,
-            self.clock.last_physical_ms,
-            wall=self.clock.wall_ms,
-            on_change=self._clock_sampled,
-        )
-        if self._start_check is not None:
-            # The coordinator's clock as the check at start read it: the guard is in force from
-            # the first write, not from the first registration.
-            check = self._start_check
-            self.clock_guard.sample(
-                check.sent_monotonic_s, check.coordinator_unix_ms, check.received_monotonic_s
-            )
         self.service = StorageService(
             node_id=cfg.node_id,
             region=cfg.region,
@@ -518,6 +506,24 @@ class Node:
         if self.epoch:
             log.info("node %s runs incarnation %d (writer id %s)", cfg.node_id, self.epoch, writer)
         return open_engine(cfg.engine_settings(), cfg.data_dir, writer, cfg.region)
+
+    def _guard_clock(self) -> None:
+        """Starts the writer-side clock bound, from the coordinator's clock as the check at
+        start read it: in force from the first write and the first audit entry."""
+        cfg = self.config
+        self.clock_guard = ClockGuard(
+            cfg.max_clock_drift_ms,
+            self.clock.last_physical_ms,
+            wall=self.clock.wall_ms,
+            on_change=self._clock_sampled,
+        )
+        # While the clock runs too far ahead, nothing it stamps may be kept: a ceiling persisted
+        # that far ahead would keep the node refusing writes long after its clock is fixed.
+        guard = self.clock_guard
+        self.clock.wall_distrusted = lambda: guard.refusal() is not None
+        check = self._start_check
+        if check is not None:
+            guard.sample(check.sent_monotonic_s, check.coordinator_unix_ms, check.received_monotonic_s)
 
     async def _check_rewind(self) -> None:
         cfg = self.config

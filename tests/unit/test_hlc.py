@@ -220,3 +220,20 @@ def test_a_clock_that_cannot_store_its_ceiling_issues_nothing_past_it() -> None:
         pass
     else:
         raise AssertionError("a timestamp past the stored ceiling was issued without storing it")
+
+
+def test_a_distrusted_wall_clock_leaves_no_timestamp_behind() -> None:
+    wall = [1_000_000]
+    clock = HybridClock(lambda: wall[0])
+    before = clock.now()
+    clock.wall_distrusted = lambda: True
+    wall[0] += 3_600_000  # an hour ahead, known to be wrong
+    stamped = clock.now()
+    assert physical_ms(stamped) == wall[0]  # what an audit entry says meanwhile
+    # A peer's timestamp still orders later events after it, without the wrong wall time.
+    observed = clock.observe(pack(1_000_500, 0))
+    assert physical_ms(observed) == 1_000_500
+    clock.wall_distrusted = lambda: False
+    wall[0] -= 3_600_000 - 1_000  # the clock is fixed
+    after = clock.now()
+    assert before < observed < after and physical_ms(after) == 1_001_000
