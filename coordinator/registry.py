@@ -259,6 +259,32 @@ class Registry:
         self._on_register(region)
         return self._revision
 
+    def remove(self, node_id: str) -> int:
+        """Decommissions a node that is down: it leaves the topology and its links drop.
+        Returns the revision without it."""
+        self._check_open()
+        check_node_id(node_id)
+        node = self._nodes.get(node_id)
+        if node is None:
+            known = ", ".join(sorted(self._nodes)) or "none"
+            raise NotFound(f"node {node_id!r} is not registered; registered nodes: {known}")
+        if node.health is NodeHealth.UP:
+            raise FailedPrecondition(
+                f"node {node_id!r} is up; only a node that is down can be removed (stop it first, "
+                f"then wait {self.missed_heartbeats_max} missed heartbeats)"
+            )
+        revision = self._revision + 1
+        self._store.remove_node(revision, node_id)
+        self._revision = revision
+        del self._nodes[node_id]
+        self._last_seen.pop(node_id, None)
+        self._unsaved_heartbeats.discard(node_id)
+        self._log_heads.pop(node_id, None)
+        self._links = plan_links(self._nodes.values(), self.cluster)
+        log.warning("node %s (%s) removed from the cluster at revision %d", node_id, node.region, revision)
+        self._publish(self.topology())
+        return revision
+
     def region_of(self, node_id: str) -> str | None:
         """The region a registered node registered in; None for a node this registry does not know."""
         node = self._nodes.get(node_id)

@@ -297,6 +297,13 @@ class CoordinatorStore:
         ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def remove_node(self, revision: int, node_id: str) -> None:
+        """Deletes a node with the revision that no longer has it, atomically. Its incarnation
+        epoch stays: a node id that comes back must still not bring an older store."""
+        with self._transaction():
+            self._put_meta("revision", str(revision))
+            self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+
     def node_epoch(self, node_id: str) -> int:
         """The highest incarnation epoch node_id registered with; 0 if none."""
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"epoch:{node_id}",)).fetchone()

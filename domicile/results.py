@@ -218,6 +218,8 @@ class NamespaceConsistency:
     keys: int
     divergent: int
     divergent_keys: tuple[str, ...]
+    # Keys the comparing node pulled from its peer (a repair only).
+    repaired: int = 0
 
     @property
     def agreement(self) -> float:

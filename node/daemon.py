@@ -386,6 +386,7 @@ class Node:
                 self.sealer,
                 access,
                 consistency=self.entropy.check,
+                repair=self.entropy.round_with,
             ),
             server,
         )

@@ -104,6 +104,12 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             topology_revision=revision, coordinator_unix_ms=self._registry.wall_ms(), last_lsn_seen=seen
         )
 
+    async def RemoveNode(
+        self, request: cpb.RemoveNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.RemoveNodeResponse:
+        revision = await self._unary("RemoveNode", context, lambda: self._registry.remove(request.node_id))
+        return cpb.RemoveNodeResponse(topology_revision=revision)
+
     async def GetTopology(
         self, request: cpb.GetTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.GetTopologyResponse:

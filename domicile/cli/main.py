@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from domicile.cli import authz, backup, catalog, certs, connect
+from domicile.cli import authz, backup, catalog, certs, connect, nodes
 from domicile.client import DEFAULT_COORDINATOR
 from domicile.errors import DomicileError, PlacementRefused
 from domicile.model import Classification
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit(sub, common)
     _add_compliance(sub)
     _add_consistency(sub)
+    # Each repair round walks the digest trees of a pair: a longer default deadline.
+    nodes.add_parser(sub, _common_options(deadline_s=120.0))
     _add_subject_rights(sub, common)
     _add_holds(sub, common)
     certs.add_parser(sub)
@@ -571,6 +573,10 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from domicile.cli.remediate import remediate
 
         return remediate
+    if command == "nodes remove":
+        from domicile.cli.nodes import remove
+
+        return remove
     if command == "consistency check":
         from domicile.cli.consistency import check
 

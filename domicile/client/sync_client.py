@@ -30,7 +30,7 @@ from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer
 from domicile.identity.tls_files import TlsFiles
 from domicile.identity.transport import client_dialer
-from domicile.model import Classification
+from domicile.model import Classification, check_node_id
 from domicile.results import (
     BatchRecord,
     ComplianceReport,
@@ -455,12 +455,17 @@ class Client:
         *,
         divergent_keys_max: int = 0,
         deadline_s: float | None = None,
+        repair: bool = False,
     ) -> PairConsistency:
         """Has node `node_id` compare its replicas with node `peer_node_id`'s digest trees,
         moving no records: per namespace both hold (or of `namespaces`), the keys compared and
-        the divergent ones (the first divergent_keys_max of them listed, 0: 100)."""
+        the divergent ones (the first divergent_keys_max of them listed, 0: 100). With `repair`
+        (operator role), the node also pulls every key that differs, as an anti-entropy round."""
         req = spb.CheckConsistencyRequest(
-            peer_node_id=peer_node_id, namespaces=namespaces, divergent_keys_max=divergent_keys_max
+            peer_node_id=peer_node_id,
+            namespaces=namespaces,
+            divergent_keys_max=divergent_keys_max,
+            repair=repair,
         )
         resp, _ = self._call(
             f"consistency check of {node_id} with {peer_node_id}",
@@ -554,6 +559,15 @@ class Client:
         return compliance_report_from_pb(resp, node.node_id, node.region)
 
     # -- data-subject requests and legal holds (coordinator)
+
+    def remove_node(self, node_id: str) -> int:
+        """Decommissions a node that is down (operator role): it leaves the topology and its
+        links drop. Returns the topology revision without it. `domicile nodes remove` first
+        has the remaining replicas exchange what they hold."""
+        check_node_id(node_id)
+        req = cpb.RemoveNodeRequest(node_id=node_id)
+        answer = self._coordinator_call(f"remove node {node_id}", lambda s, t: s.RemoveNode(req, timeout=t))
+        return int(answer.topology_revision)
 
     def erase_subject(
         self, subject_id: str, reason: str, subject_jurisdiction: str | None = None

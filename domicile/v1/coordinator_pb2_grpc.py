@@ -112,6 +112,11 @@ class CoordinatorServiceStub:
                 request_serializer=domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsResponse.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/RemoveNode',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -233,6 +238,16 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveNode(self, request, context):
+        """Decommissions a node that is down: it leaves the topology and every link to or from it
+        drops. FAILED_PRECONDITION while the node is up. `domicile nodes remove` first has the
+        remaining replicas exchange what they hold, so that writes the node shipped to some of
+        them only reach the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -310,6 +325,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ListLegalHolds,
                     request_deserializer=domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.RemoveNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -720,6 +740,33 @@ class CoordinatorService:
             '/domicile.v1.CoordinatorService/ListLegalHolds',
             domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsRequest.SerializeToString,
             domicile_dot_v1_dot_coordinator__pb2.ListLegalHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/RemoveNode',
+            domicile_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.RemoveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

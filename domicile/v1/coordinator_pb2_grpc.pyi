@@ -79,6 +79,12 @@ class CoordinatorServiceStub:
     """Releases a legal hold."""
     ListLegalHolds: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListLegalHoldsRequest, _coordinator_pb2.ListLegalHoldsResponse]
     """Holds in force."""
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RemoveNodeRequest, _coordinator_pb2.RemoveNodeResponse]
+    """Decommissions a node that is down: it leaves the topology and every link to or from it
+    drops. FAILED_PRECONDITION while the node is up. `domicile nodes remove` first has the
+    remaining replicas exchange what they hold, so that writes the node shipped to some of
+    them only reach the others.
+    """
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -131,6 +137,12 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     """Releases a legal hold."""
     ListLegalHolds: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListLegalHoldsRequest, _coordinator_pb2.ListLegalHoldsResponse]  # type: ignore[assignment]
     """Holds in force."""
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RemoveNodeRequest, _coordinator_pb2.RemoveNodeResponse]  # type: ignore[assignment]
+    """Decommissions a node that is down: it leaves the topology and every link to or from it
+    drops. FAILED_PRECONDITION while the node is up. `domicile nodes remove` first has the
+    remaining replicas exchange what they hold, so that writes the node shipped to some of
+    them only reach the others.
+    """
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The control plane: regions, nodes, their health and the replication links between them.
@@ -270,5 +282,17 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.ListLegalHoldsResponse, _abc.Awaitable[_coordinator_pb2.ListLegalHoldsResponse]]:
         """Holds in force."""
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _coordinator_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RemoveNodeResponse, _abc.Awaitable[_coordinator_pb2.RemoveNodeResponse]]:
+        """Decommissions a node that is down: it leaves the topology and every link to or from it
+        drops. FAILED_PRECONDITION while the node is up. `domicile nodes remove` first has the
+        remaining replicas exchange what they hold, so that writes the node shipped to some of
+        them only reach the others.
+        """
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1024,10 +1024,15 @@ class CheckConsistencyRequest(_message.Message):
     PEER_NODE_ID_FIELD_NUMBER: _builtins.int
     NAMESPACES_FIELD_NUMBER: _builtins.int
     DIVERGENT_KEYS_MAX_FIELD_NUMBER: _builtins.int
+    REPAIR_FIELD_NUMBER: _builtins.int
     peer_node_id: _builtins.str
     """Node id of the peer; both nodes must be in scope of each namespace compared."""
     divergent_keys_max: _builtins.int
     """At most this many divergent keys are listed per namespace (0: 100; at most 10,000)."""
+    repair: _builtins.bool
+    """Also repair: this node pulls every key the peer holds in a different state, as an
+    anti-entropy round does (every namespace both are in scope of). Operator role only.
+    """
     @_builtins.property
     def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Namespaces to compare; empty: every namespace both nodes are in scope of."""
@@ -1038,10 +1043,11 @@ class CheckConsistencyRequest(_message.Message):
         peer_node_id: _builtins.str = ...,
         namespaces: _abc.Iterable[_builtins.str] | None = ...,
         divergent_keys_max: _builtins.int = ...,
+        repair: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergent_keys_max", b"divergent_keys_max", "namespaces", b"namespaces", "peer_node_id", b"peer_node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergent_keys_max", b"divergent_keys_max", "namespaces", b"namespaces", "peer_node_id", b"peer_node_id", "repair", b"repair"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1057,12 +1063,15 @@ class NamespaceConsistency(_message.Message):
     KEYS_COMPARED_FIELD_NUMBER: _builtins.int
     KEYS_DIVERGENT_FIELD_NUMBER: _builtins.int
     DIVERGENT_KEYS_FIELD_NUMBER: _builtins.int
+    KEYS_REPAIRED_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace."""
     keys_compared: _builtins.int
     """Keys either replica holds that both may hold."""
     keys_divergent: _builtins.int
     """Of those, keys whose states differ or that only one replica holds."""
+    keys_repaired: _builtins.int
+    """Keys this node repaired from the peer (with repair only)."""
     @_builtins.property
     def divergent_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The first divergent keys, in key order (at most divergent_keys_max)."""
@@ -1074,10 +1083,11 @@ class NamespaceConsistency(_message.Message):
         keys_compared: _builtins.int = ...,
         keys_divergent: _builtins.int = ...,
         divergent_keys: _abc.Iterable[_builtins.str] | None = ...,
+        keys_repaired: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergent_keys", b"divergent_keys", "keys_compared", b"keys_compared", "keys_divergent", b"keys_divergent", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["divergent_keys", b"divergent_keys", "keys_compared", b"keys_compared", "keys_divergent", b"keys_divergent", "keys_repaired", b"keys_repaired", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,6 +16,7 @@ def pair_consistency_from_pb(msg: spb.CheckConsistencyResponse) -> PairConsisten
                 keys=n.keys_compared,
                 divergent=n.keys_divergent,
                 divergent_keys=tuple(n.divergent_keys),
+                repaired=n.keys_repaired,
             )
             for n in msg.namespaces
         ),

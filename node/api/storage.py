@@ -13,6 +13,7 @@ import grpc
 from domicile import errors
 from domicile.authz.gate import Caller, Reason, Refusal
 from domicile.causality import CausalContext, Version
+from domicile.identity.principal import Role
 from domicile.model import Classification, check_namespace_name, check_node_id
 from domicile.subjects import check_subject_id
 from domicile.v1 import storage_node_pb2 as spb
@@ -35,6 +36,8 @@ from node.service import DeleteCommand, PutCommand, ReadResult, StorageService
 
 # Compares this node with a peer: (peer node id, namespaces, divergent keys listed at most).
 ConsistencyCheck = Callable[[str, list[str], int], Awaitable[list[Comparison]]]
+# An anti-entropy round with a peer (pulls what differs): peer node id -> comparisons.
+RepairRound = Callable[[str], Awaitable[list[Comparison]]]
 
 T = TypeVar("T")
 log = logging.getLogger("domicile.node.api")
@@ -166,8 +169,10 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         sealer: Sealer,
         access: NodeAccess,
         consistency: ConsistencyCheck | None = None,
+        repair: RepairRound | None = None,
     ) -> None:
         self._consistency = consistency
+        self._repair = repair
         self._sealer = sealer
         self._access = access
         self.service = service
@@ -341,7 +346,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         self, request: spb.CheckConsistencyRequest, context: grpc.aio.ServicerContext
     ) -> spb.CheckConsistencyResponse:
         async def work() -> spb.CheckConsistencyResponse:
-            self._access.region(context, "storage.CheckConsistency")
+            caller = self._access.region(context, "storage.CheckConsistency")
             if self._consistency is None:
                 raise errors.FailedPrecondition("this node runs no anti-entropy, so it cannot compare")
             check_node_id(request.peer_node_id)
@@ -353,7 +358,10 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                     f"divergent_keys_max {limit} is too large; use 1 to {DIVERGENT_KEYS_MAX} (0: "
                     f"{DIVERGENT_KEYS_MAX_DEFAULT})"
                 )
-            comparisons = await self._consistency(request.peer_node_id, list(request.namespaces), limit)
+            if request.repair:
+                comparisons = await self._repair_with(caller, request.peer_node_id, request.namespaces)
+            else:
+                comparisons = await self._consistency(request.peer_node_id, list(request.namespaces), limit)
             response = spb.CheckConsistencyResponse(
                 node_id=self.service.node_id, peer_node_id=request.peer_node_id
             )
@@ -362,11 +370,26 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                     namespace=c.namespace,
                     keys_compared=c.keys,
                     keys_divergent=c.divergent_total,
-                    divergent_keys=c.divergent,
+                    divergent_keys=c.divergent[:limit],
+                    keys_repaired=c.repaired,
                 )
             return response
 
         return await guarded(self.metrics, "CheckConsistency", context, self.deadline_s, work)
+
+    async def _repair_with(
+        self, caller: Caller, peer_node_id: str, namespaces: Sequence[str]
+    ) -> list[Comparison]:
+        # A repair moves records: operators only (an auditor may compare, not change).
+        principal = caller.principal
+        if principal is not None and Role.OPERATOR not in principal.roles:
+            raise errors.PermissionDenied(
+                f"{caller.identity} may compare replicas but not repair them; repair needs the operator role"
+            )
+        if self._repair is None:
+            raise errors.FailedPrecondition("this node runs no anti-entropy, so it cannot repair")
+        comparisons = await self._repair(peer_node_id)
+        return [c for c in comparisons if not namespaces or c.namespace in namespaces]
 
     async def ScanCompliance(
         self, request: spb.ScanComplianceRequest, context: grpc.aio.ServicerContext

@@ -52,6 +52,7 @@ ALLOWED = {
     "operator": {
         "coordinator.GetTopology",
         "coordinator.WatchTopology",
+        "coordinator.RemoveNode",
         "storage.GetNodeStatus",
         "storage.CheckConsistency",
     },
