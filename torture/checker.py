@@ -15,6 +15,8 @@ The rules, for each key of a namespace and each replica in scope:
   acknowledged write was given with another value: a node handed out an event id twice, which
   makes replicas drop one of them as a duplicate.
 - **Divergence.** Replicas in scope that hold different live versions.
+- **Over the sibling cap.** A key read (by a client during the run, or from a replica at the
+  end) with more live versions than its namespace's siblings_max.
 Reads are not checked for freshness: Domicile promises eventual, causal consistency, not
 linearizable reads.
 """
@@ -43,13 +45,21 @@ class Findings:
     phantoms: list[dict[str, Any]] = field(default_factory=list)
     dot_reuse: list[dict[str, Any]] = field(default_factory=list)
     divergent: list[dict[str, Any]] = field(default_factory=list)
+    over_cap: list[dict[str, Any]] = field(default_factory=list)
     acknowledged_writes: int = 0
     keys_checked: int = 0
     max_siblings: int = 0
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.resurrected or self.phantoms or self.dot_reuse or self.divergent)
+        return not (
+            self.lost
+            or self.resurrected
+            or self.phantoms
+            or self.dot_reuse
+            or self.divergent
+            or self.over_cap
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -67,18 +77,32 @@ def check(
     regions: Iterable[str],
     lww_namespaces: Iterable[str] = (),
     placed_namespaces: Iterable[str] = (),
+    siblings_max: Mapping[str, int] | None = None,
 ) -> Findings:
     """`regions`: every region read; a key a region did not return is empty there (so a write
     lost everywhere is still found). `placed_namespaces` are placed record by record by the
     policy pack: which replicas hold a record is the policy's business (the scanner checks it),
     so there an acknowledged write is looked for only in the region that acknowledged it, and
-    replicas are not compared."""
+    replicas are not compared. `siblings_max`: each namespace's cap on live versions per key
+    (a namespace not named has none)."""
+    caps = dict(siblings_max or {})
     every_region = list(regions)
     lww = set(lww_namespaces)
     placed = set(placed_namespaces)
     findings = Findings()
     by_key: dict[tuple[str, str], list[Op]] = defaultdict(list)
     for op in ops:
+        cap = caps.get(op.namespace)
+        if cap is not None and op.outcome == "ok" and op.read is not None and len(op.read.live) > cap:
+            findings.over_cap.append(
+                {
+                    "namespace": op.namespace,
+                    "key": op.key,
+                    "op": op.id,
+                    "siblings": len(op.read.live),
+                    "cap": cap,
+                }
+            )
         if op.writes:
             by_key[(op.namespace, op.key)].append(op)
     written_values = {op.value for ops_of_key in by_key.values() for op in ops_of_key if op.value}
@@ -91,6 +115,7 @@ def check(
         findings.acknowledged_writes += len(acked)
         readers = [op for op in key_ops if op.read is not None and op.outcome in ("ok", "info")]
         acked_readers = [op for op in readers if op.outcome == "ok"]
+        cap = caps.get(namespace)
 
         # Dot reuse among acknowledged writes (deletes included: a tombstone is an event too).
         given: dict[Dot, Op] = {}
@@ -112,6 +137,8 @@ def check(
             live = {dot: (value, hlc) for dot, value, hlc in seen.live}
             findings.max_siblings = max(findings.max_siblings, len(live))
             where = {"namespace": namespace, "key": key, "region": region}
+            if cap is not None and len(live) > cap:
+                findings.over_cap.append({**where, "siblings": len(live), "cap": cap})
             for dot, (value, _hlc) in live.items():
                 if value not in written_values:
                     findings.phantoms.append({**where, "dot": list(dot), "value": value})
@@ -153,7 +180,9 @@ def check(
     return findings
 
 
-def load_final(path: Path) -> tuple[dict[str, dict[str, dict[str, Seen]]], list[str], list[str], list[str]]:
+def load_final(
+    path: Path,
+) -> tuple[dict[str, dict[str, dict[str, Seen]]], list[str], list[str], list[str], dict[str, int]]:
     raw = json.loads(path.read_text())
     final: dict[str, dict[str, dict[str, Seen]]] = {}
     for namespace, keys in raw["state"].items():
@@ -169,6 +198,7 @@ def load_final(path: Path) -> tuple[dict[str, dict[str, dict[str, Seen]]], list[
         list(raw["regions"]),
         list(raw.get("lww_namespaces", [])),
         list(raw.get("placed_namespaces", [])),
+        {str(ns): int(cap) for ns, cap in raw.get("siblings_max", {}).items()},
     )
 
 
@@ -177,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("history", type=Path, help="history.jsonl of the run")
     parser.add_argument("final", type=Path, help="final.json of the run")
     args = parser.parse_args(argv)
-    final, regions, lww, placed = load_final(args.final)
-    findings = check(load(args.history), final, regions, lww, placed)
+    final, regions, lww, placed, caps = load_final(args.final)
+    findings = check(load(args.history), final, regions, lww, placed, caps)
     print(json.dumps(findings.to_json(), indent=2))
     return 0 if findings.ok else 1
 

@@ -12,6 +12,7 @@ import asyncio
 import re
 import shutil
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ REGIONS = (
 COORDINATOR_READY = re.compile(r"coordinator listening on (\S+) metrics (\S+)")
 NODE_READY = re.compile(r"node (\S+) region (\S+) listening on (\S+) metrics (\S+)")
 STATUS_DEADLINE_S = 3.0
+HEARTBEAT_S = 0.5
+DRAIN_TIMEOUT_S = 10.0
 
 
 def cluster_config(pack: str) -> dict[str, Any]:
@@ -63,7 +66,7 @@ def cluster_config(pack: str) -> dict[str, Any]:
                 "owner": CLIENT,
             },
         ],
-        "coordinator": {"heartbeat_interval_ms": 500, "missed_heartbeats_max": 4},
+        "coordinator": {"heartbeat_interval_ms": int(HEARTBEAT_S * 1000), "missed_heartbeats_max": 4},
     }
 
 
@@ -107,6 +110,8 @@ class TortureCluster:
         self.coordinator = self._coordinator()
         self.nodes = {r["name"]: self._node(r["name"]) for r in REGIONS}
         self._direct: dict[str, grpc.aio.Channel] = {}
+        # The names the clients have on the router (set by the workload).
+        self.clients: list[str] = []
 
     @property
     def daemons(self) -> list[Daemon]:
@@ -150,15 +155,17 @@ class TortureCluster:
         for node in self.nodes.values():
             await self.start_daemon(node)
 
-    async def start_daemon(self, daemon: Daemon) -> None:
+    async def start_daemon(self, daemon: Daemon, extra_argv: list[str] | None = None) -> None:
+        """Starts the daemon; `extra_argv` are flags for this start only."""
         if daemon.running:
             return
         daemon.incarnation += 1
         ready = COORDINATOR_READY if daemon is self.coordinator else NODE_READY
         # Every channel the daemon opens goes through its port on the router.
         env = {"grpc_proxy": daemon.proxy_url, "no_grpc_proxy": "", **daemon.extra_env}
+        argv = [*daemon.argv, *(extra_argv or [])]
         try:
-            await self.children.start_daemon(daemon.child_name, daemon.argv, ready, env=env)
+            await self.children.start_daemon(daemon.child_name, argv, ready, env=env)
         except BaseException:
             await self.children.kill(daemon.child_name)  # whatever is left of it
             raise
@@ -196,6 +203,27 @@ class TortureCluster:
         await asyncio.to_thread(shutil.copytree, daemon.data_dir, copy)
         if not was_paused:
             self.resume(daemon)
+
+    def client_links(self, daemon: Daemon) -> set[tuple[str, str]]:
+        return {(client, daemon.name) for client in self.clients}
+
+    async def drain(self, daemon: Daemon, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Cuts the clients off the node (the caller heals that), then waits until every peer
+        has acknowledged its whole change log and one more heartbeat has told the coordinator
+        its position. False when that did not happen within the timeout."""
+        self.router.rules.cut.update(self.client_links(daemon))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = await self.status(daemon.region)
+            if (
+                status is not None
+                and len(status.outbound) >= len(self.nodes) - 1
+                and all(link.acked_lsn >= status.last_lsn for link in status.outbound)
+            ):
+                await asyncio.sleep(HEARTBEAT_S * 2)
+                return True
+            await asyncio.sleep(0.1)
+        return False
 
     def restore_snapshot(self, daemon: Daemon) -> None:
         """Replaces a stopped daemon's data directory with its snapshot."""

@@ -35,15 +35,18 @@ FAULT_KINDS = (
     "kill-coordinator",
     "pause",
     "skew",
+    "skew-large",
+    "rewind",
 )
-# Not in the default schedule: faults that the cluster is known not to survive yet. `rewind`
-# restarts a node from a copy of its store taken seconds earlier (a restore from an old backup),
-# after which the node hands out dots it already gave to other writes. The checker must catch
-# it: this is the run's negative control.
 # `skew-large` restarts a node with its clock minutes to hours off: beyond the drift that peers
-# accept, so its writes are refused everywhere else (bounded clocks on the writing side are not
-# built yet).
-UNSAFE_KINDS = ("rewind", "skew-large")
+# accept, so the node must refuse writes until its clock is right (node.clock_guard).
+# `rewind` restarts a node from a copy of its store taken seconds earlier, once its peers hold
+# everything it wrote since: the node must find its store behind what it reported and become a
+# new incarnation (node.rewind), or it hands out dots again.
+# Not in the default schedule: the negative control, a fault the checker must catch.
+# `rewind-unchecked` is `rewind` with that check turned off: the node then reuses dots and
+# writes are lost.
+UNSAFE_KINDS = ("rewind-unchecked",)
 # A small skew stays within the drift peers accept (5 s by default).
 SMALL_SKEW_S = (0.2, 3.0)
 LARGE_SKEW_S = (60.0, 7200.0)
@@ -157,14 +160,20 @@ class Nemesis:
                 await cluster.restart_with_env(daemon, {})
 
             return unskew, detail
-        if kind == "rewind":
+        if kind in ("rewind", "rewind-unchecked"):
             daemon = cluster.nodes[self.rng.choice(nodes)]
             await cluster.snapshot(daemon)
+            checked = kind == "rewind"
 
             async def rewind() -> None:
+                if checked:
+                    # A copy put back loses what only this node held since (no check can bring
+                    # that back); what the check must handle is a store behind its peers.
+                    await cluster.drain(daemon)
                 await cluster.kill(daemon)
                 cluster.restore_snapshot(daemon)
-                await cluster.start_daemon(daemon)
+                await cluster.start_daemon(daemon, [] if checked else ["--unsafe-no-rewind-check"])
+                cluster.router.rules.cut.difference_update(cluster.client_links(daemon))
 
             return rewind, f"{daemon.name} restarts from a copy of its store taken now"
         raise ValueError(f"unknown fault kind {kind!r}")

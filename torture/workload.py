@@ -174,6 +174,7 @@ class Workload:
             region = regions[i % len(regions)]
             node = self.cluster.nodes[region]
             proxy = await self.cluster.router.listen(f"client-{i}")
+            self.cluster.clients.append(f"client-{i}")
             channel = self.cluster.dialer.channel(
                 node.address, ExpectedPeer.node(region, region), options=[("grpc.http_proxy", proxy)]
             )

@@ -129,3 +129,22 @@ def test_a_key_no_replica_returned_is_empty_everywhere() -> None:
 
 def test_failed_writes_are_not_expected_anywhere() -> None:
     assert findings([write(1, "a", ("n1", 1), outcome="fail")], replicas()).ok
+
+
+def test_siblings_within_the_cap_pass_and_one_over_it_is_reported() -> None:
+    writes = [write(i, f"v{i}", (f"n{i}", 1)) for i in range(1, 4)]
+    live = [((f"n{i}", 1), f"v{i}", 0) for i in range(1, 4)]
+    at_cap = check(writes, replicas(*live), REGIONS, siblings_max={NS: 3})
+    assert at_cap.ok, at_cap
+    over = check(writes, replicas(*live), REGIONS, siblings_max={NS: 2})
+    assert not over.ok
+    assert sorted(x["region"] for x in over.over_cap) == sorted(REGIONS)
+    assert all(x["siblings"] == 3 and x["cap"] == 2 for x in over.over_cap)
+
+
+def test_a_read_with_more_siblings_than_the_cap_is_reported() -> None:
+    crowded = Seen(live=[((f"n{i}", 1), f"v{i}", 0) for i in range(1, 4)])
+    writes = [write(i, f"v{i}", (f"n{i}", 1)) for i in range(1, 4)]
+    rmw = write(4, "w", ("n1", 2), read=crowded)
+    result = check([*writes, rmw], replicas((("n1", 2), "w", 0)), REGIONS, siblings_max={NS: 2})
+    assert [x["op"] for x in result.over_cap] == [4]
