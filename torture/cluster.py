@@ -91,8 +91,12 @@ class Daemon:
 
 
 class TortureCluster:
-    def __init__(self, root: Path, router: FaultRouter, children: Children) -> None:
+    def __init__(self, root: Path, router: FaultRouter, children: Children, engine: str = "sqlite") -> None:
+        """`engine`: the nodes' store, "sqlite" (embedded) or "mongodb" (a SecantusDB the run
+        starts, one database per region; it is not behind the router and not faulted)."""
         self.root = root
+        self.engine = engine
+        self.mongodb_port = free_port() if engine == "mongodb" else 0
         self.router = router
         self.children = children
         self.tls_dir = root / "tls"
@@ -145,9 +149,20 @@ class TortureCluster:
             "--log-level", "WARNING",
             "--tls-dir", str(self.tls_dir),
         ]  # fmt: skip
+        if self.engine == "mongodb":
+            argv += ["--engine", "mongodb", "--mongodb-uri", f"mongodb://127.0.0.1:{self.mongodb_port}/"]
         return Daemon(region, region, address, data_dir, argv)
 
     async def start(self) -> None:
+        if self.engine == "mongodb":
+            await self.children.start_listening(
+                "mongodb",
+                ["-m", "secantus", "--host", "127.0.0.1", "--port", str(self.mongodb_port),
+                 "--storage-path", str(self.root / "mongodb"), "--log-level", "WARNING",
+                 # Journaled writes on disk when acknowledged (README, MongoDB engine).
+                 "--sync-on-commit"],
+                self.mongodb_port,
+            )  # fmt: skip
         for daemon in self.daemons:
             self.router.name(daemon.address, daemon.name)
             daemon.proxy_url = await self.router.listen(daemon.name)

@@ -202,7 +202,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"# Torture run, seed {report['seed']}",
         "",
         f"{report['duration_s']:.0f} s of faults then {report['quiet_s']:.0f} s healed, "
-        f"{report['clients']} clients, {report['operations']} operations.",
+        f"{report['clients']} clients, {report['operations']} operations, engine {report['engine']}.",
         "",
         "| fault | injected |",
         "| --- | --- |",
@@ -240,7 +240,7 @@ async def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     router = FaultRouter(args.seed)
     children = Children(out / "logs", cwd=Path.cwd())
-    cluster = TortureCluster(out, router, children)
+    cluster = TortureCluster(out, router, children, args.engine)
     history = History(out / "history.jsonl")
     nemesis = Nemesis(cluster, args.seed, out / "faults.jsonl", tuple(args.faults))
     workload = Workload(cluster, history, args.seed, args.clients)
@@ -298,6 +298,7 @@ async def run(args: argparse.Namespace) -> int:
         await router.close()
     report: dict[str, Any] = {
         "seed": args.seed,
+        "engine": args.engine,
         "duration_s": args.duration,
         "quiet_s": args.quiet,
         "clients": args.clients,
@@ -342,6 +343,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"{','.join(UNSAFE_KINDS)} is the negative control: a fault the checker must catch",
     )
     parser.add_argument(
+        "--engine",
+        choices=("sqlite", "mongodb"),
+        default="sqlite",
+        help="the nodes' store: sqlite (embedded, default) or mongodb (a SecantusDB the run starts)",
+    )
+    parser.add_argument(
         "--quiet", type=float, default=5.0, help="seconds the clients go on after the heal (default 5)"
     )
     parser.add_argument("--convergence-timeout", type=float, default=60.0, help="seconds (default 60)")
@@ -365,6 +372,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.faults) - set(FAULT_KINDS) - set(UNSAFE_KINDS))
     if unknown or not args.faults:
         parser.error(f"--faults: unknown {unknown}; known: {', '.join(FAULT_KINDS + UNSAFE_KINDS)}")
+    if args.engine == "mongodb":
+        # A node's store is then its MongoDB database, not a directory the run can copy back.
+        args.faults = [f for f in args.faults if not f.startswith("rewind")]
+        if not args.faults:
+            parser.error("--faults: the rewind faults copy a node's data directory back; with --engine "
+                         "mongodb its store is a database: choose other kinds")  # fmt: skip
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**31)
     if args.out is None:
