@@ -95,10 +95,12 @@ RECORDS ?= 100000
 bench-restore: setup ## backup throughput, recovery point and restore time against a local S3 (RECORDS=N)
 	$(PY) bench/restore.py --records $(RECORDS)
 
-# SEED replays a run; DURATION is the seconds of faults. The run's files go to a temp dir it prints.
+# SEED replays a run; DURATION is the seconds of faults; ENGINE=mongodb runs the nodes on MongoDB
+# (a SecantusDB the run starts). The run's files go to a temp dir it prints.
 DURATION ?= 300
-torture: setup ## a Jepsen-style run under faults with a history checker (SEED=N DURATION=s, default 300)
-	$(PY) -m torture.run --duration $(DURATION) $(if $(SEED),--seed $(SEED))
+ENGINE ?= sqlite
+torture: setup ## a Jepsen-style run under faults with a history checker (SEED=N DURATION=s ENGINE=sqlite|mongodb)
+	$(PY) -m torture.run --duration $(DURATION) --engine $(ENGINE) $(if $(SEED),--seed $(SEED))
 
 clean: ## remove .venv, local cluster data and caches
 	rm -rf $(VENV) .domicile .fuzz .pytest_cache .mypy_cache .ruff_cache

@@ -244,6 +244,25 @@ async def test_an_operator_may_not_erase_a_subject(
     )
 
 
+async def test_an_auditor_may_not_remove_a_node(
+    secure: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = as_client(secure, "auditor-remove", Role.AUDITOR)
+    await coordinator_call(
+        secure,
+        caplog,
+        channel,
+        uri("auditor-remove"),
+        "RemoveNode",
+        cpb.RemoveNodeRequest(node_id=REGION),
+        "policy",
+        "allowed for roles: operator",
+    )
+    # Nothing changed: the node is still in the topology.
+    assert secure.coordinator is not None
+    assert secure.coordinator.registry.topology().node(REGION) is not None
+
+
 async def test_a_dpo_may_not_write(secure: LocalCluster) -> None:
     """The default policies give a DPO the data-subject rights, not the records themselves."""
     request = spb.PutRequest(namespace="customers_eu", key="dpo-w", value=b"x")
