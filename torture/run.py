@@ -229,7 +229,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| residency violations (scanner) | {sum(report['residency'].values())} |",
         f"| audit chains verified | {verified} of {len(audit)} |",
         f"| most siblings on a key (final state) | {report['checker']['max_siblings']} |",
-        f"| reads or replicas over the sibling cap | {len(report['checker']['over_cap'])} |",
+        f"| reads or replicas over the sibling cap, one writer's versions | "
+        f"{len(report['checker']['over_cap'])} |",
+        f"| reads or replicas over the cap, several writers' versions merged (allowed) | "
+        f"{report['checker']['over_namespace_cap']} |",
         "",
         f"Result: **{'PASS' if report['ok'] else 'FAIL'}**",
     ]

@@ -131,20 +131,29 @@ def test_failed_writes_are_not_expected_anywhere() -> None:
     assert findings([write(1, "a", ("n1", 1), outcome="fail")], replicas()).ok
 
 
-def test_siblings_within_the_cap_pass_and_one_over_it_is_reported() -> None:
-    writes = [write(i, f"v{i}", (f"n{i}", 1)) for i in range(1, 4)]
-    live = [((f"n{i}", 1), f"v{i}", 0) for i in range(1, 4)]
+def test_siblings_of_one_writer_over_the_cap_are_reported() -> None:
+    writes = [write(i, f"v{i}", ("n1", i)) for i in range(1, 4)]
+    live = [(("n1", i), f"v{i}", 0) for i in range(1, 4)]
     at_cap = check(writes, replicas(*live), REGIONS, siblings_max={NS: 3})
-    assert at_cap.ok, at_cap
+    assert at_cap.ok and at_cap.over_namespace_cap == 0, at_cap
     over = check(writes, replicas(*live), REGIONS, siblings_max={NS: 2})
     assert not over.ok
     assert sorted(x["region"] for x in over.over_cap) == sorted(REGIONS)
-    assert all(x["siblings"] == 3 and x["cap"] == 2 for x in over.over_cap)
+    assert all(x["writer"] == "n1" and x["siblings"] == 3 and x["cap"] == 2 for x in over.over_cap)
 
 
-def test_a_read_with_more_siblings_than_the_cap_is_reported() -> None:
-    crowded = Seen(live=[((f"n{i}", 1), f"v{i}", 0) for i in range(1, 4)])
+def test_siblings_of_several_writers_may_add_up_past_the_cap_and_are_counted() -> None:
+    # Each origin accepted its write under the cap; replicas merging them must keep them all.
     writes = [write(i, f"v{i}", (f"n{i}", 1)) for i in range(1, 4)]
-    rmw = write(4, "w", ("n1", 2), read=crowded)
-    result = check([*writes, rmw], replicas((("n1", 2), "w", 0)), REGIONS, siblings_max={NS: 2})
+    live = [((f"n{i}", 1), f"v{i}", 0) for i in range(1, 4)]
+    result = check(writes, replicas(*live), REGIONS, siblings_max={NS: 2})
+    assert result.ok, result
+    assert result.over_namespace_cap == len(REGIONS)
+
+
+def test_a_read_with_more_siblings_of_one_writer_than_the_cap_is_reported() -> None:
+    crowded = Seen(live=[(("n1", i), f"v{i}", 0) for i in range(1, 4)])
+    writes = [write(i, f"v{i}", ("n1", i)) for i in range(1, 4)]
+    rmw = write(4, "w", ("n1", 4), read=crowded)
+    result = check([*writes, rmw], replicas((("n1", 4), "w", 0)), REGIONS, siblings_max={NS: 2})
     assert [x["op"] for x in result.over_cap] == [4]
