@@ -33,6 +33,7 @@ from domicile.hlc import wall_ms
 class _Sample:
     reference_ms: int  # the coordinator's clock at the midpoint of the round trip
     monotonic_s: float  # this node's monotonic clock at that midpoint
+    uncertainty_ms: int  # half the round trip: how far off the midpoint may be
 
 
 class ClockGuard:
@@ -57,15 +58,16 @@ class ClockGuard:
     def sample(self, sent_monotonic_s: float, reference_ms: int, received_monotonic_s: float) -> None:
         """Records the coordinator's clock `reference_ms`, read by a call sent and answered at
         these monotonic times (the answer is taken as read halfway: the error is at most half
-        the round trip, far below any drift bound)."""
+        the round trip, which the refusal gives the node the benefit of)."""
         if reference_ms <= 0:
             return  # a coordinator that does not send its time
         midpoint = (sent_monotonic_s + received_monotonic_s) / 2
+        uncertainty_ms = int((received_monotonic_s - sent_monotonic_s) * 500)
         with self._lock:
-            self._sample = _Sample(reference_ms, midpoint)
+            self._sample = _Sample(reference_ms, midpoint, uncertainty_ms)
         ahead = self.ahead_ms()
         assert ahead is not None
-        self._on_change(ahead, ahead > self.max_drift_ms)
+        self._on_change(ahead, self.refusal() is not None)
 
     def ahead_ms(self) -> int | None:
         """How far this node's next timestamp is ahead of the coordinator's clock now (negative
@@ -80,7 +82,11 @@ class ClockGuard:
     def refusal(self) -> errors.Unavailable | None:
         """The error a write gets while this node's clock runs too far ahead; None when it may write."""
         ahead = self.ahead_ms()
-        if ahead is None or ahead <= self.max_drift_ms:
+        with self._lock:
+            sample = self._sample
+        # A slow round trip must not make an honest clock look ahead: only what is certainly
+        # beyond the bound is refused.
+        if ahead is None or sample is None or ahead - sample.uncertainty_ms <= self.max_drift_ms:
             return None
         return errors.Unavailable(
             f"this node's clock is {ahead / 1000:.1f} s ahead of the coordinator's; peers refuse "

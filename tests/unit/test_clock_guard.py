@@ -76,3 +76,18 @@ def test_within_the_drift_nothing_is_refused() -> None:
     g = guard(clocks)
     g.sample(100.0, clocks.wall_ms - DRIFT_MS, 100.0)
     assert g.refusal() is None
+
+
+def test_a_slow_round_trip_gives_the_node_the_benefit_of_the_doubt() -> None:
+    clocks = Clocks()
+    g = guard(clocks)
+    # Sent at monotonic 100, answered at 104: taken as read at 102, when this wall clock said
+    # wall + 2 s, and the answer was 6.5 s behind that. It may have been read up to 2 s off.
+    g.sample(100.0, clocks.wall_ms + 2_000 - 6_500, 104.0)
+    clocks.monotonic_s = 104.0
+    clocks.wall_ms += 4_000
+    assert g.ahead_ms() == 6_500
+    assert g.refusal() is None
+    # A prompt answer that says the same is certain: refused.
+    g.sample(104.0, clocks.wall_ms - 6_500, 104.0)
+    assert g.refusal() is not None
