@@ -252,6 +252,24 @@ def merge(a: KeyState, b: KeyState) -> KeyState:
     return KeyState(tuple(kept[d] for d in sorted(kept)), a.context.join(b.context))
 
 
+def context_without(context: CausalContext, dots: Iterable[Dot]) -> CausalContext:
+    """The context minus some dots: what a state's versions supersede, so that sending each
+    version with it merges exactly the state (merge) and supersedes none of its siblings; also
+    what a state has seen once some of its versions are dropped."""
+    dots = list(dots)
+    vv = dict(context.vv)
+    extra = set(context.dots)
+    for dot in dots:
+        if dot in extra:
+            extra.discard(dot)
+            continue
+        top = vv.get(dot.node_id, 0)
+        if dot.counter <= top:
+            vv[dot.node_id] = dot.counter - 1
+            extra.update(Dot(dot.node_id, i) for i in range(dot.counter + 1, top + 1))
+    return CausalContext.of(vv, extra - set(dots))
+
+
 def next_dot(state: KeyState | None, node_id: str, supersedes: CausalContext) -> Dot:
     """The dot for a new write at node_id: past every counter of node_id seen anywhere, so a
     dot is never reused even when a client's context is ahead of this node's state."""

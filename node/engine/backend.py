@@ -13,7 +13,7 @@ read methods from any thread, concurrently.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -103,6 +103,15 @@ class WriteTx(Protocol):
         settled_through). Only on a backend whose carries_audit is True."""
         ...
 
+    def delete_log(self, through_lsn: int) -> None:
+        """Deletes this node's change-log entries at or before through_lsn (truncation)."""
+        ...
+
+    def delete_states(self, namespace: str, keys: Mapping[str, Sequence[str]]) -> None:
+        """Deletes the key states (tombstone garbage collection, a bootstrap's pruning), each
+        key with the data subjects its versions were about (their rows of the subject index)."""
+        ...
+
 
 class Backend(Protocol):
     # Whether write transactions can carry audit entries (carry_audit, read_audit_outbox).
@@ -147,6 +156,20 @@ class Backend(Protocol):
         """Every stored key state as of one moment (for backups), in (namespace, key) order.
         The live flag and the subject index are derived from the states, so a restore rebuilds
         them."""
+        ...
+
+    def snapshot_at(self) -> AbstractContextManager[tuple[int, Iterator[SnapshotRow]]]:
+        """Like snapshot, with this node's last change-log position read in the same read
+        transaction: the states hold exactly the effects of the log up to that position (and
+        whatever replicated applies had committed by then)."""
+        ...
+
+    def states_after(self, namespace: str, after_key: str, limit: int) -> list[tuple[str, bytes]]:
+        """Keys of the namespace after after_key, tombstoned ones included, in key order, at most limit."""
+        ...
+
+    def dead_states(self, after: tuple[str, str], limit: int) -> list[SnapshotRow]:
+        """Key states with no live version after (namespace, key), in that order, at most limit."""
         ...
 
     def ping(self) -> None:

@@ -9,13 +9,13 @@ group_commit.GroupCommitter); the read methods may be called from any thread con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from domicile.audit import AuditEntry
-from domicile.causality import CausalContext, KeyState, Mutation, Version
+from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version
 from domicile.errors import DomicileError
 from domicile.model import Classification
 
@@ -94,6 +94,15 @@ class ApplyOutcome:
 class StoreCounts:
     records: int  # keys with at least one live version
     tombstones: int  # keys whose versions are all tombstones
+
+
+@dataclass(frozen=True)
+class LogStart:
+    """Every change-log entry at or before `lsn` is truncated; `hlc` is that entry's HLC (every
+    write this node made up to it carries an HLC at most this, the log being in HLC order)."""
+
+    lsn: int = 0
+    hlc: int = 0
 
 
 class StorageEngine(Protocol):
@@ -195,6 +204,42 @@ class StorageEngine(Protocol):
     def snapshot(self) -> AbstractContextManager[Iterator[tuple[str, str, bytes]]]:
         """(namespace, key, stored state bytes) of every key as of one moment, in key order:
         a consistent view for backups while writes go on."""
+        ...
+
+    # -- bounded growth (node.replication.truncation, tombstone_gc, bootstrap) -----------------
+
+    def log_start(self) -> LogStart:
+        """Where the change log starts: the last truncated position and its entry's HLC."""
+        ...
+
+    def truncate_log(self, through_lsn: int, limit: int) -> LogStart:
+        """Deletes change-log entries up to through_lsn, at most limit of them; returns the new start."""
+        ...
+
+    def snapshot_at(self) -> AbstractContextManager[tuple[int, Iterator[tuple[str, str, bytes]]]]:
+        """Like snapshot, with this node's change-log position the states are consistent with."""
+        ...
+
+    def states_after(self, namespace: str, after_key: str, limit: int) -> list[tuple[str, KeyState]]:
+        """Keys of the namespace after after_key, tombstoned ones included, in key order."""
+        ...
+
+    def dead_states(self, after: tuple[str, str], limit: int) -> list[tuple[str, str, KeyState]]:
+        """Key states with no live version after (namespace, key), in that order."""
+        ...
+
+    def purged_before(self) -> int:
+        """The HLC before which tombstones may have been purged here (0: none)."""
+        ...
+
+    def purge_tombstones(
+        self, namespace: str, keys: Sequence[str], purgeable: Callable[[KeyState], bool], cutoff_hlc: int
+    ) -> int:
+        """Deletes the keys' states that still have no live version and pass purgeable."""
+        ...
+
+    def prune_versions(self, namespace: str, drops: Mapping[str, Collection[Dot]]) -> int:
+        """Removes the given versions (and their dots from the contexts); empty keys go."""
         ...
 
     def ping(self) -> None:

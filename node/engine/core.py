@@ -9,8 +9,9 @@ Two engines given the same calls therefore hold the same states.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+import json
 from dataclasses import replace
 
 from google.protobuf.message import DecodeError
@@ -31,7 +32,7 @@ from domicile.wire.records import (
     mutation_to_bytes,
 )
 from node.engine.backend import Backend, LogRow, SnapshotRow, StateRow, Totals, WriteTx
-from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, Committed, LocalWrite, StoreCounts
+from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, Committed, LocalWrite, LogStart, StoreCounts
 
 SCAN_RECORDS_MAX = 10_000
 LOG_READ_RECORDS_MAX = 10_000
@@ -42,6 +43,11 @@ META_VALUE_BYTES_MAX = 4 * 1024 * 1024
 DOT_COUNTER_MAX = (1 << 62) - 1
 
 _Key = tuple[str, str]
+
+# Meta names of bounded growth: where the change log now starts (the last truncated position
+# and its entry's HLC) and the HLC before which tombstones may have been purged.
+META_LOG_START = "changelog_start"
+META_PURGED_BEFORE = "tombstones_purged_before_hlc"
 
 
 class _WorkingSet:
@@ -292,6 +298,137 @@ class EngineCore:
             return changed
 
         return self.backend.write(restore)
+
+    # -- bounded growth ------------------------------------------------------------------------
+
+    def log_start(self) -> LogStart:
+        """Where the change log starts: what truncation has removed (nothing: LogStart())."""
+        blob = self.backend.get_meta(META_LOG_START)
+        if blob is None:
+            return LogStart()
+        doc = json.loads(blob)
+        return LogStart(int(doc["lsn"]), int(doc["hlc"]))
+
+    def truncate_log(self, through_lsn: int, limit: int) -> LogStart:
+        """Deletes change-log entries up to through_lsn, at most `limit` of them (bounded work:
+        call again for more); returns where the log starts now. Positions are never reused: the
+        last position is a counter of its own."""
+        if not 1 <= limit <= LOG_READ_RECORDS_MAX:
+            raise InvalidArgument(
+                f"truncation limit {limit} is out of range; use 1 to {LOG_READ_RECORDS_MAX}"
+            )
+        start = self.log_start()
+        through = min(through_lsn, start.lsn + limit, self.backend.last_lsn())
+        if through <= start.lsn:
+            return start
+        # The entry at the new start gives its HLC; the log is immutable below the last position.
+        rows = self.backend.read_log(through - 1, 1)
+        if not rows or rows[0].lsn != through:
+            raise DataCorruption(f"change-log entry {through} is missing; positions have no holes")
+        new = LogStart(through, decode_log_entry(rows[0]).version.hlc)
+        blob = json.dumps({"lsn": new.lsn, "hlc": new.hlc}).encode()
+
+        def truncate(tx: WriteTx) -> None:
+            tx.delete_log(new.lsn)
+            tx.put_meta(META_LOG_START, blob)
+
+        self.backend.write(truncate)
+        return new
+
+    def snapshot_at(self) -> AbstractContextManager[tuple[int, Iterator[SnapshotRow]]]:
+        """Every stored key state as of one moment and this node's change-log position then."""
+        return self.backend.snapshot_at()
+
+    def states_after(self, namespace: str, after_key: str, limit: int) -> list[tuple[str, KeyState]]:
+        """Keys of the namespace after after_key, tombstoned ones included, in key order."""
+        if not 1 <= limit <= SCAN_RECORDS_MAX:
+            raise InvalidArgument(f"limit {limit} is out of range; use 1 to {SCAN_RECORDS_MAX}")
+        rows = self.backend.states_after(namespace, after_key, limit)
+        return [(key, decode_state(namespace, key, blob)) for key, blob in rows]
+
+    def dead_states(self, after: tuple[str, str], limit: int) -> list[tuple[str, str, KeyState]]:
+        """Key states with no live version after (namespace, key), in that order."""
+        if not 1 <= limit <= SCAN_RECORDS_MAX:
+            raise InvalidArgument(f"limit {limit} is out of range; use 1 to {SCAN_RECORDS_MAX}")
+        return [
+            (ns, key, decode_state(ns, key, blob)) for ns, key, blob in self.backend.dead_states(after, limit)
+        ]
+
+    def purged_before(self) -> int:
+        """The HLC before which tombstones may have been purged here (0: none purged)."""
+        blob = self.backend.get_meta(META_PURGED_BEFORE)
+        return int(blob.decode()) if blob else 0
+
+    def purge_tombstones(
+        self, namespace: str, keys: Sequence[str], purgeable: Callable[[KeyState], bool], cutoff_hlc: int
+    ) -> int:
+        """Deletes the key states that, read again in the write transaction, still have no live
+        version and pass `purgeable`; records cutoff_hlc as purged_before. Returns how many."""
+
+        def purge(tx: WriteTx) -> int:
+            totals = tx.totals()
+            states = tx.load_states(namespace, keys)
+            doomed: dict[str, tuple[str, ...]] = {}
+            for key, blob in states.items():
+                state = decode_state(namespace, key, blob)
+                if state.has_live() or not purgeable(state):
+                    continue
+                doomed[key] = tuple(sorted({v.subject_id for v in state.versions if v.subject_id}))
+            if doomed:
+                tx.delete_states(namespace, doomed)
+                totals.tombstones -= len(doomed)
+                tx.store_totals(totals)
+            # Only this engine's writer thread writes this meta, so reading it here is exact.
+            if cutoff_hlc > self.purged_before():
+                tx.put_meta(META_PURGED_BEFORE, str(cutoff_hlc).encode())
+            return len(doomed)
+
+        return self.backend.write(purge)
+
+    def prune_versions(self, namespace: str, drops: Mapping[str, Collection[Dot]]) -> int:
+        """Removes the given versions of the keys (a bootstrap drops what its source purged);
+        a key left without versions is deleted. The dots leave the key's context too, so that the
+        same write arriving again later is applied, not taken for a duplicate. Returns how many
+        keys changed."""
+        if not drops:
+            return 0
+
+        def prune(tx: WriteTx) -> int:
+            totals = tx.totals()
+            work = _WorkingSet(tx, [(namespace, key) for key in drops])
+            gone: dict[str, tuple[str, ...]] = {}
+            changed = 0
+            for key, dots in drops.items():
+                state = work.get(namespace, key)
+                if state is None:
+                    continue
+                kept = tuple(v for v in state.versions if v.dot not in dots)
+                if len(kept) == len(state.versions):
+                    continue
+                changed += 1
+                if kept:
+                    removed = [v.dot for v in state.versions if v.dot in dots]
+                    work.put(
+                        namespace,
+                        key,
+                        replace(
+                            state, versions=kept, context=causality.context_without(state.context, removed)
+                        ),
+                    )
+                else:
+                    gone[key] = tuple(sorted({v.subject_id for v in state.versions if v.subject_id}))
+                    if state.has_live():
+                        totals.records -= 1
+                    else:
+                        totals.tombstones -= 1
+            work.flush(tx, totals)
+            if gone:
+                tx.delete_states(namespace, gone)
+            if changed:
+                tx.store_totals(totals)
+            return changed
+
+        return self.backend.write(prune)
 
     def record_outbound_ack(self, target_node_id: str, lsn: int) -> None:
         if not target_node_id:

@@ -35,7 +35,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -190,6 +190,15 @@ class _MongoTx:
             "entry in the audit log instead"
         )
 
+    def delete_log(self, through_lsn: int) -> None:
+        self.b.changelog.delete_many({"node": self.b.node_id, "lsn": {"$lte": through_lsn}}, session=self.s)
+
+    def delete_states(self, namespace: str, keys: Mapping[str, Sequence[str]]) -> None:
+        if keys:
+            self.b.key_states.delete_many(
+                {"_id": {"$in": [_state_id(namespace, k) for k in keys]}}, session=self.s
+            )
+
 
 class MongoBackend:
     """The Backend on one MongoDB database, for one node of the region."""
@@ -264,6 +273,8 @@ class MongoBackend:
                     self.db.create_collection(name, check_exists=False)
             self.key_states.create_index([("ns", ASCENDING), ("live", ASCENDING), ("k", ASCENDING)])
             self.key_states.create_index([("subjects", ASCENDING)])
+            # Tombstone garbage collection walks the keys with no live version.
+            self.key_states.create_index([("live", ASCENDING), ("ns", ASCENDING), ("k", ASCENDING)])
             self.changelog.create_index([("node", ASCENDING), ("lsn", ASCENDING)], unique=True)
             self.info.update_one({"_id": "region"}, {"$setOnInsert": {"value": self.region}}, upsert=True)
             doc = self.info.find_one({"_id": "region"})
@@ -454,6 +465,45 @@ class MongoBackend:
 
     def read_audit_outbox(self, after_lsn: int) -> list[tuple[int, bytes]]:
         return []
+
+    def states_after(self, namespace: str, after_key: str, limit: int) -> list[tuple[str, bytes]]:
+        with self._errors():
+            cursor = (
+                self.key_states.find({"ns": namespace, "k": {"$gt": after_key}}, {"k": 1, "state": 1})
+                .sort([("k", ASCENDING)])
+                .limit(limit)
+            )
+            return [(str(doc["k"]), bytes(doc["state"])) for doc in cursor]
+
+    def dead_states(self, after: tuple[str, str], limit: int) -> list[SnapshotRow]:
+        query = {
+            "live": False,
+            "$or": [{"ns": {"$gt": after[0]}}, {"ns": after[0], "k": {"$gt": after[1]}}],
+        }
+        with self._errors():
+            cursor = (
+                self.key_states.find(query, {"ns": 1, "k": 1, "state": 1})
+                .sort([("live", ASCENDING), ("ns", ASCENDING), ("k", ASCENDING)])
+                .limit(limit)
+            )
+            return [(str(d["ns"]), str(d["k"]), bytes(d["state"])) for d in cursor]
+
+    @contextmanager
+    def snapshot_at(self) -> Iterator[tuple[int, Iterator[SnapshotRow]]]:
+        # This node's counter and every state read in one snapshot transaction.
+        with self._errors(), self.client.start_session() as session:
+            session.start_transaction(
+                read_concern=ReadConcern("snapshot"), read_preference=ReadPreference.PRIMARY
+            )
+            try:
+                doc = self.counters.find_one({"_id": self.node_id}, session=session)
+                last = int(doc["last_lsn"]) if doc else 0
+                cursor = self.key_states.find({}, {"ns": 1, "k": 1, "state": 1}, session=session).sort(
+                    [("ns", ASCENDING), ("k", ASCENDING)]
+                )
+                yield last, ((str(d["ns"]), str(d["k"]), bytes(d["state"])) for d in cursor)
+            finally:
+                _abort(session)
 
     @contextmanager
     def snapshot(self) -> Iterator[Iterator[SnapshotRow]]:

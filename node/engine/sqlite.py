@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -41,7 +41,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL")
 # Page size of a new store. A key state is stored in kv, a WITHOUT ROWID table, whose cells
 # hold at most about a quarter of a page: on 4 KiB pages a record of a 1 KiB value spilled the
@@ -70,6 +70,9 @@ _ERASED_SUBJECTS = (
 # node/compliance/audit_log.py carry()): a row stays until the audit log holds its entry.
 _AUDIT_OUTBOX = "CREATE TABLE audit_outbox (lsn INTEGER PRIMARY KEY, body BLOB NOT NULL)"
 
+# Tombstone garbage collection walks the keys with no live version without reading the others.
+_KV_DEAD = "CREATE INDEX kv_dead ON kv (namespace, key) WHERE live = 0"
+
 _SCHEMA = (
     """CREATE TABLE kv (
         namespace TEXT NOT NULL,
@@ -80,6 +83,7 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
     # Scans skip tombstoned keys without reading them.
     "CREATE INDEX kv_live ON kv (namespace, key) WHERE live = 1",
+    _KV_DEAD,
     """CREATE TABLE changelog (
         lsn INTEGER PRIMARY KEY,
         namespace TEXT NOT NULL,
@@ -200,6 +204,18 @@ class _SQLiteTx:
         self.conn.execute("DELETE FROM audit_outbox WHERE lsn <= ?", (settled_through,))
         self.conn.executemany("INSERT INTO audit_outbox (lsn, body) VALUES (?, ?)", rows)
 
+    def delete_log(self, through_lsn: int) -> None:
+        self.conn.execute("DELETE FROM changelog WHERE lsn <= ?", (through_lsn,))
+
+    def delete_states(self, namespace: str, keys: Mapping[str, Sequence[str]]) -> None:
+        self.conn.executemany(
+            "DELETE FROM kv WHERE namespace = ? AND key = ?", [(namespace, key) for key in keys]
+        )
+        self.conn.executemany(
+            "DELETE FROM subject_keys WHERE subject = ? AND namespace = ? AND key = ?",
+            [(subject, namespace, key) for key, subjects in keys.items() for subject in subjects],
+        )
+
 
 class SQLiteBackend:
     """The Backend on one SQLite file. `synchronous` is FULL by default (a commit is on disk
@@ -260,7 +276,7 @@ class SQLiteBackend:
         return sqlite_db.Schema(
             version=SCHEMA_VERSION,
             create=self._create_schema,
-            upgrades={1: _index_subjects, 2: _move_erased_subjects, 3: _add_audit_outbox},
+            upgrades={1: _index_subjects, 2: _move_erased_subjects, 3: _add_audit_outbox, 4: _index_dead},
             unsupported=lambda version: FailedPrecondition(
                 f"{self.path} has schema version {version}; this engine reads version {SCHEMA_VERSION}"
             ),
@@ -404,6 +420,33 @@ class SQLiteBackend:
         )
         return [(int(lsn), bytes(body)) for lsn, body in rows]
 
+    def states_after(self, namespace: str, after_key: str, limit: int) -> list[tuple[str, bytes]]:
+        rows = self.reader().execute(
+            "SELECT key, state FROM kv WHERE namespace = ? AND key > ? ORDER BY key LIMIT ?",
+            (namespace, after_key, limit),
+        )
+        return [(str(key), bytes(blob)) for key, blob in rows]
+
+    def dead_states(self, after: tuple[str, str], limit: int) -> list[SnapshotRow]:
+        rows = self.reader().execute(
+            "SELECT namespace, key, state FROM kv INDEXED BY kv_dead WHERE live = 0 "
+            "AND (namespace > ? OR (namespace = ? AND key > ?)) ORDER BY namespace, key LIMIT ?",
+            (after[0], after[0], after[1], limit),
+        )
+        return [(str(n), str(k), bytes(s)) for n, k, s in rows]
+
+    @contextmanager
+    def snapshot_at(self) -> Iterator[tuple[int, Iterator[SnapshotRow]]]:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            # The first read starts the WAL snapshot; the states below are read in it too.
+            (last,) = conn.execute("SELECT value FROM counters WHERE name = 'last_lsn'").fetchone()
+            rows = conn.execute("SELECT namespace, key, state FROM kv ORDER BY namespace, key")
+            yield int(last), ((str(n), str(k), bytes(s)) for n, k, s in rows)
+        finally:
+            conn.close()
+
     @contextmanager
     def snapshot(self) -> Iterator[Iterator[SnapshotRow]]:
         # A connection of its own, in one read transaction: WAL keeps its snapshot for as long
@@ -474,6 +517,11 @@ def _index_subjects(tx: sqlite3.Connection) -> None:
 def _add_audit_outbox(tx: sqlite3.Connection) -> None:
     """Version 4 commits the audit entries of local writes with the writes (the outbox)."""
     tx.execute(_AUDIT_OUTBOX.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+
+
+def _index_dead(tx: sqlite3.Connection) -> None:
+    """Version 5 indexes the keys with no live version (tombstone garbage collection)."""
+    tx.execute(_KV_DEAD.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))
 
 
 def _move_erased_subjects(tx: sqlite3.Connection) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from domicile import errors
-from domicile.causality import CausalContext, Dot, KeyState, Mutation
+from domicile.causality import KeyState, Mutation, context_without
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind
 from domicile.policy import Action, RecordFacts
@@ -82,23 +82,6 @@ class Comparison:
     @property
     def agreement(self) -> float:
         return 1.0 if self.keys == 0 else (self.keys - self.divergent_total) / self.keys
-
-
-def context_without(context: CausalContext, dots: Sequence[Dot]) -> CausalContext:
-    """The context minus some dots: what a state's versions supersede, so that sending each
-    version with it merges exactly the state (causality.merge) and supersedes none of its
-    siblings."""
-    vv = dict(context.vv)
-    extra = set(context.dots)
-    for dot in dots:
-        if dot in extra:
-            extra.discard(dot)
-            continue
-        top = vv.get(dot.node_id, 0)
-        if dot.counter <= top:
-            vv[dot.node_id] = dot.counter - 1
-            extra.update(Dot(dot.node_id, i) for i in range(dot.counter + 1, top + 1))
-    return CausalContext.of(vv, extra - set(dots))
 
 
 def state_mutations(namespace: str, key: str, state: KeyState) -> list[Mutation]:

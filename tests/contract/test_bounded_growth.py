@@ -1,0 +1,94 @@
+"""The engine operations of bounded growth, on every engine: change-log truncation (bounded per
+call, positions never reused, kept across a reopen), the position-consistent snapshot a bootstrap
+streams, tombstone purging and the pruning of versions a bootstrap's source purged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from domicile.causality import CausalContext, Dot
+from node.engine.base import LocalWrite, LogStart, StorageEngine
+
+from .harness import EngineHarness, commit_ok
+
+Stamp = Callable[[], int]
+
+
+def test_truncation_removes_entries_up_to_the_point_in_bounded_steps(
+    harness: EngineHarness, stamp: Stamp
+) -> None:
+    engine = harness.open()
+    commit_ok(engine, stamp, *(LocalWrite("ns", f"k{i}", b"v") for i in range(10)))
+    assert engine.log_start() == LogStart()
+    first = engine.truncate_log(7, limit=4)
+    assert first.lsn == 4 and first.hlc > 0  # bounded: four entries per call
+    assert [m.lsn for m in engine.read_log(0, 100)] == list(range(5, 11))
+    second = engine.truncate_log(7, limit=4)
+    assert second.lsn == 7 and second.hlc > first.hlc
+    assert engine.truncate_log(7, limit=4) == second  # nothing more to do
+    assert [m.lsn for m in engine.read_log(0, 100)] == [8, 9, 10]
+    # Positions go on from the counter, never from what the log still holds.
+    engine = harness.reopen(engine)
+    assert engine.log_start() == second
+    [done] = commit_ok(engine, stamp, LocalWrite("ns", "k0", b"again"))
+    assert done.mutation.lsn == 11
+    # Truncating to the end leaves an empty log whose next position is still the counter's.
+    assert engine.truncate_log(100, limit=100).lsn == 11
+    assert engine.read_log(0, 100) == [] and engine.last_lsn() == 11
+    [later] = commit_ok(engine, stamp, LocalWrite("ns", "k1", b"later"))
+    assert later.mutation.lsn == 12
+
+
+def test_the_snapshot_position_is_the_log_position_its_states_hold(
+    engine: StorageEngine, stamp: Stamp
+) -> None:
+    commit_ok(engine, stamp, *(LocalWrite("ns", f"k{i}", b"v") for i in range(5)))
+    with engine.snapshot_at() as (position, rows):
+        first = next(rows)
+        # Committed while the snapshot is read: neither in its states nor its position.
+        commit_ok(engine, stamp, LocalWrite("ns", "k9", b"after"))
+        seen = [first, *rows]
+    assert position == 5
+    assert [key for _, key, _ in seen] == [f"k{i}" for i in range(5)]
+    assert engine.last_lsn() == 6
+
+
+def test_tombstones_are_purged_only_when_still_dead_and_allowed(engine: StorageEngine, stamp: Stamp) -> None:
+    commit_ok(engine, stamp, *(LocalWrite("ns", f"k{i}", b"v") for i in range(4)))
+    commit_ok(engine, stamp, *(LocalWrite("ns", f"k{i}", tombstone=True) for i in range(3)))
+    dead = engine.dead_states(("", ""), 100)
+    assert [(ns, key) for ns, key, _ in dead] == [("ns", "k0"), ("ns", "k1"), ("ns", "k2")]
+    assert engine.counts().tombstones == 3
+    # k1 is written again before the purge: it is live, and stays.
+    commit_ok(engine, stamp, LocalWrite("ns", "k1", b"back"))
+    purged = engine.purge_tombstones(
+        "ns", ["k0", "k1", "k2", "k3"], lambda state: all(v.dot.counter == 2 for v in state.versions), 1234
+    )
+    assert purged == 2
+    assert engine.get("ns", "k0") is None and engine.get("ns", "k2") is None
+    assert engine.get("ns", "k1") is not None and engine.get("ns", "k3") is not None
+    assert engine.counts().tombstones == 0 and engine.counts().records == 2
+    assert engine.purged_before() == 1234
+    # A refusing predicate purges nothing, and the cutoff never moves back.
+    commit_ok(engine, stamp, LocalWrite("ns", "k3", tombstone=True))
+    assert engine.purge_tombstones("ns", ["k3"], lambda state: False, 99) == 0
+    assert engine.get("ns", "k3") is not None and engine.purged_before() == 1234
+    assert engine.dead_states(("ns", "k2"), 10)[0][1] == "k3"
+
+
+def test_pruning_drops_versions_and_their_dots_and_deletes_empty_keys(
+    engine: StorageEngine, stamp: Stamp
+) -> None:
+    commit_ok(engine, stamp, LocalWrite("ns", "a", b"one"), LocalWrite("ns", "b", b"two"))
+    # Two concurrent versions on "a" (a write with an empty context keeps the first).
+    commit_ok(engine, stamp, LocalWrite("ns", "a", b"sibling", supersedes=CausalContext.empty()))
+    state = engine.get("ns", "a")
+    assert state is not None and len(state.versions) == 2
+    first = state.versions[0].dot
+    changed = engine.prune_versions("ns", {"a": {first}, "b": {Dot("node-a", 1)}, "missing": {first}})
+    assert changed == 2
+    pruned = engine.get("ns", "a")
+    assert pruned is not None and [v.value for v in pruned.versions] == [b"sibling"]
+    assert not pruned.context.covers(first)  # the same write arriving again is applied
+    assert engine.get("ns", "b") is None
+    assert engine.counts().records == 1
