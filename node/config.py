@@ -91,6 +91,12 @@ class NodeConfig:
     # Seconds between backup rounds (when the cluster config names a bucket for the region): the
     # recovery point objective. Ignored without a backup bucket.
     backup_interval_s: float = 0.5
+    # How often the change log is truncated up to what every link acknowledged (and a backup
+    # shipped), and tombstones past the horizon are collected; 0 turns both off.
+    changelog_truncate_interval_s: float = 5.0
+    # How old a tombstone must be (by its HLC) before it may be purged, once every replica in
+    # scope has acknowledged its delete.
+    tombstone_gc_horizon_s: float = 7 * 86_400.0
     # How far ahead of this node's clock a replicated write's HLC may be; further is refused.
     max_clock_drift_ms: int = 5000
     # At start, ask the coordinator whether the store is behind the log position this node
@@ -158,6 +164,16 @@ class NodeConfig:
         if not 0 <= self.antientropy_interval_s <= 86_400:
             raise InvalidArgument(
                 f"antientropy_interval_s must be 0 (off) to 86400 seconds, not {self.antientropy_interval_s}"
+            )
+        if not 0 <= self.changelog_truncate_interval_s <= 86_400:
+            raise InvalidArgument(
+                "changelog_truncate_interval_s must be 0 (off) to 86400 seconds, "
+                f"not {self.changelog_truncate_interval_s}"
+            )
+        if not 1 <= self.tombstone_gc_horizon_s <= 10 * 365 * 86_400:
+            raise InvalidArgument(
+                "tombstone_gc_horizon_s must be 1 second to 10 years (in seconds), "
+                f"not {self.tombstone_gc_horizon_s}"
             )
         if not 0.01 <= self.backup_interval_s <= 3600:
             raise InvalidArgument(

@@ -4,6 +4,7 @@ link together, and owns their start and stop order."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -74,12 +75,15 @@ from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
 from node.metrics import NodeMetrics
 from node.offload import THREADS_DEFAULT, Offload
+from node.replication.bootstrap import SnapshotSource, SnapshotTarget, bootstrap_if_behind
 from node.replication.digest_tree import DIGESTS_FILE, DigestTrees
 from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
 from node.replication.signal import LogSignal
 from node.rewind import StartCheck, check_with_coordinator, reincarnate
+from node.replication.tombstone_gc import TombstoneCollector
+from node.replication.truncation import Truncator
 from node.service import StorageService
 from node.topology_view import TopologyView
 
@@ -346,7 +350,19 @@ class Node:
             offload=offload,
             log_tail=self.log_tail,
             epoch=self.epoch,
-        )
+            bootstrap=functools.partial(
+                bootstrap_if_behind,
+                SnapshotSource(
+                    node_id=cfg.node_id, engine=self.engine, enforcer=self.enforcer, sealer=self.sealer,
+                    offload=offload, metrics=self.metrics,
+                ),
+            ),
+        )  # fmt: skip
+        self.bootstrap_target = SnapshotTarget(
+            receiver=self.receiver, engine=self.engine, committer=self.committer, view=self.view,
+            metrics=self.metrics, offload=offload, now_ms=self.wall_ms, limits=cfg.limits,
+            tombstone_horizon_ms=int(cfg.tombstone_gc_horizon_s * 1000),
+        )  # fmt: skip
 
         self.refusal_audit = RefusalAudit(self.metrics, self.audit, lambda: self.view.policy.version)
         self.service.wait_regions = self.replication.wait_regions
@@ -391,7 +407,7 @@ class Node:
             server,
         )
         rpb_grpc.add_ReplicationServiceServicer_to_server(
-            ReplicationServicer(self.receiver, access, self.view, self.entropy), server
+            ReplicationServicer(self.receiver, access, self.view, self.entropy, self.bootstrap_target), server
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -458,10 +474,33 @@ class Node:
             )  # fmt: skip
             self.backup.start()
         self.metrics.backup_enabled.set(1 if backup is not None else 0)
+        self.truncator = self._truncator(backup is not None)
+        if cfg.changelog_truncate_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self.truncator.run(), name="changelog-truncation"))
         self.eraser.apply(self.view.topology.erasures, self.view.topology.cluster, self.view.topology.holds)
         self.metrics.topology_revision.set(self.view.revision)
         self._running = True
         log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
+
+    def _truncator(self, backed_up: bool) -> Truncator:
+        """Change-log truncation and tombstone collection (node.replication.truncation): up to
+        what every link acknowledged and, with a backup, what it shipped."""
+        cfg = self.config
+
+        def shipped() -> int:
+            shipper = self.backup
+            return shipper.state.shipped_lsn if shipper is not None and shipper.state.generation else 0
+
+        collector = TombstoneCollector(
+            engine=self.engine, committer=self.committer, view=self.view, metrics=self.metrics,
+            offload=self.offload, horizon_s=cfg.tombstone_gc_horizon_s, now_ms=self.wall_ms,
+            on_purged=self.trees.mark,
+        )  # fmt: skip
+        return Truncator(
+            engine=self.engine, committer=self.committer, metrics=self.metrics, offload=self.offload,
+            link_acks=self.replication.link_acks, backup_shipped=shipped if backed_up else None,
+            collector=collector, interval_s=cfg.changelog_truncate_interval_s,
+        )  # fmt: skip
 
     def _bound_audit_key(self) -> Ed25519PrivateKey | None:
         """The audit-head key the node's certificate binds (domicile/identity/audit_key.py); None

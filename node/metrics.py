@@ -308,6 +308,44 @@ class NodeMetrics:
         self.backup_objects = Counter(
             "domicile_backup_shipped_objects_total", "Backup objects stored.", registry=r
         )
+        # Bounded growth: change-log truncation, snapshot bootstraps, tombstone collection.
+        self.changelog_rows = Gauge(
+            "domicile_changelog_rows",
+            "Change-log entries this node holds (its last position minus where truncation left it).",
+            registry=r,
+        )
+        self.changelog_truncated_lsn = Gauge(
+            "domicile_changelog_truncated_lsn",
+            "The position through which this node's change log is truncated (acknowledged by every "
+            "link and, with a backup, shipped).",
+            registry=r,
+        )
+        self.changelog_truncated = Counter(
+            "domicile_changelog_truncated_total", "Change-log entries truncated.", registry=r
+        )
+        self.bootstraps = Counter(
+            "domicile_replication_bootstraps_total",
+            "Snapshot bootstraps of a target behind the truncated log, completed (end: source or target).",
+            ["source", "target", "end"],
+            registry=r,
+        )
+        self.bootstrap_keys = Counter(
+            "domicile_replication_bootstrap_keys_total",
+            "Key states a target received in bootstraps.",
+            ["source", "target"],
+            registry=r,
+        )
+        self.bootstrap_pruned = Counter(
+            "domicile_replication_bootstrap_pruned_total",
+            "Keys whose versions a bootstrapping target dropped because the source had purged them.",
+            ["source", "target"],
+            registry=r,
+        )
+        self.tombstones_purged = Counter(
+            "domicile_tombstones_purged_total",
+            "Key states whose tombstones were purged (older than the horizon, acknowledged everywhere).",
+            registry=r,
+        )
         self.backup_failures = Counter(
             "domicile_backup_failures_total",
             "Backup rounds that failed (the bucket unreachable or refusing); the next retries.",

@@ -25,39 +25,43 @@ _sym_db = _symbol_database.Default()
 from domicile.v1 import record_pb2 as domicile_dot_v1_dot_record__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64omicile/v1/replication.proto\x12\x0b\x64omicile.v1\x1a\x18\x64omicile/v1/record.proto\"z\n\x10ReplicateRequest\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.domicile.v1.ReplicationHelloH\x00\x12.\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1d.domicile.v1.ReplicationBatchH\x00\x42\x06\n\x04kind\"\x8a\x01\n\x10ReplicationHello\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x15\n\rsource_region\x18\x02 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x03 \x01(\t\x12\x19\n\x11topology_revision\x18\x04 \x01(\x04\x12\x14\n\x0csource_epoch\x18\x05 \x01(\x04\"Q\n\x10ReplicationBatch\x12(\n\tmutations\x18\x01 \x03(\x0b\x32\x15.domicile.v1.Mutation\x12\x13\n\x0bthrough_lsn\x18\x02 \x01(\x04\"w\n\x11ReplicateResponse\x12.\n\x05ready\x18\x01 \x01(\x0b\x32\x1d.domicile.v1.ReplicationReadyH\x00\x12*\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1b.domicile.v1.ReplicationAckH\x00\x42\x06\n\x04kind\"D\n\x10ReplicationReady\x12\x18\n\x10resume_after_lsn\x18\x01 \x01(\x04\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\"]\n\x0eReplicationAck\x12\x1b\n\x13\x61pplied_through_lsn\x18\x01 \x01(\x04\x12\x15\n\rrefused_count\x18\x02 \x01(\r\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\r\"B\n\x15\x45ntropyDigestsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61ller_node_id\x18\x02 \x01(\t\"J\n\x16\x45ntropyDigestsResponse\x12\x0c\n\x04root\x18\x01 \x01(\x0c\x12\x0f\n\x07\x62uckets\x18\x02 \x03(\x0c\x12\x11\n\tkey_count\x18\x03 \x01(\x04\"P\n\x12\x45ntropyKeysRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61ller_node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62uckets\x18\x03 \x03(\r\"/\n\x10\x45ntropyKeyDigest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"Z\n\x13\x45ntropyKeysResponse\x12+\n\x04keys\x18\x01 \x03(\x0b\x32\x1d.domicile.v1.EntropyKeyDigest\x12\x16\n\x0ewithheld_count\x18\x02 \x01(\r\"O\n\x14\x45ntropyStatesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61ller_node_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\"p\n\x15\x45ntropyStatesResponse\x12(\n\tmutations\x18\x01 \x03(\x0b\x32\x15.domicile.v1.Mutation\x12\x16\n\x0ewithheld_count\x18\x02 \x01(\r\x12\x15\n\rkeys_answered\x18\x03 \x01(\r2\xe9\x02\n\x12ReplicationService\x12N\n\tReplicate\x12\x1d.domicile.v1.ReplicateRequest\x1a\x1e.domicile.v1.ReplicateResponse(\x01\x30\x01\x12Y\n\x0e\x45ntropyDigests\x12\".domicile.v1.EntropyDigestsRequest\x1a#.domicile.v1.EntropyDigestsResponse\x12P\n\x0b\x45ntropyKeys\x12\x1f.domicile.v1.EntropyKeysRequest\x1a .domicile.v1.EntropyKeysResponse\x12V\n\rEntropyStates\x12!.domicile.v1.EntropyStatesRequest\x1a\".domicile.v1.EntropyStatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64omicile/v1/replication.proto\x12\x0b\x64omicile.v1\x1a\x18\x64omicile/v1/record.proto\"\xb0\x01\n\x10ReplicateRequest\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.domicile.v1.ReplicationHelloH\x00\x12.\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1d.domicile.v1.ReplicationBatchH\x00\x12\x34\n\x08snapshot\x18\x03 \x01(\x0b\x32 .domicile.v1.ReplicationSnapshotH\x00\x42\x06\n\x04kind\"\xfc\x01\n\x13ReplicationSnapshot\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tafter_key\x18\x02 \x01(\t\x12\x13\n\x0bthrough_key\x18\x03 \x01(\t\x12\x0e\n\x06to_end\x18\x04 \x01(\x08\x12(\n\tmutations\x18\x05 \x03(\x0b\x32\x15.domicile.v1.Mutation\x12\x31\n\x08\x63ontexts\x18\x06 \x03(\x0b\x32\x1f.domicile.v1.SnapshotKeyContext\x12\x14\n\x0csnapshot_lsn\x18\x07 \x01(\x04\x12\x0c\n\x04last\x18\x08 \x01(\x08\x12\x19\n\x11purged_before_hlc\x18\t \x01(\x04\"N\n\x12SnapshotKeyContext\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1a.domicile.v1.CausalContext\"\x8a\x01\n\x10ReplicationHello\x12\x16\n\x0esource_node_id\x18\x01 \x01(\t\x12\x15\n\rsource_region\x18\x02 \x01(\t\x12\x16\n\x0etarget_node_id\x18\x03 \x01(\t\x12\x19\n\x11topology_revision\x18\x04 \x01(\x04\x12\x14\n\x0csource_epoch\x18\x05 \x01(\x04\"Q\n\x10ReplicationBatch\x12(\n\tmutations\x18\x01 \x03(\x0b\x32\x15.domicile.v1.Mutation\x12\x13\n\x0bthrough_lsn\x18\x02 \x01(\x04\"w\n\x11ReplicateResponse\x12.\n\x05ready\x18\x01 \x01(\x0b\x32\x1d.domicile.v1.ReplicationReadyH\x00\x12*\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1b.domicile.v1.ReplicationAckH\x00\x42\x06\n\x04kind\"D\n\x10ReplicationReady\x12\x18\n\x10resume_after_lsn\x18\x01 \x01(\x04\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\t\"]\n\x0eReplicationAck\x12\x1b\n\x13\x61pplied_through_lsn\x18\x01 \x01(\x04\x12\x15\n\rrefused_count\x18\x02 \x01(\r\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\r\"B\n\x15\x45ntropyDigestsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61ller_node_id\x18\x02 \x01(\t\"J\n\x16\x45ntropyDigestsResponse\x12\x0c\n\x04root\x18\x01 \x01(\x0c\x12\x0f\n\x07\x62uckets\x18\x02 \x03(\x0c\x12\x11\n\tkey_count\x18\x03 \x01(\x04\"P\n\x12\x45ntropyKeysRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61ller_node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62uckets\x18\x03 \x03(\r\"/\n\x10\x45ntropyKeyDigest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"Z\n\x13\x45ntropyKeysResponse\x12+\n\x04keys\x18\x01 \x03(\x0b\x32\x1d.domicile.v1.EntropyKeyDigest\x12\x16\n\x0ewithheld_count\x18\x02 \x01(\r\"O\n\x14\x45ntropyStatesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61ller_node_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\"p\n\x15\x45ntropyStatesResponse\x12(\n\tmutations\x18\x01 \x03(\x0b\x32\x15.domicile.v1.Mutation\x12\x16\n\x0ewithheld_count\x18\x02 \x01(\r\x12\x15\n\rkeys_answered\x18\x03 \x01(\r2\xe9\x02\n\x12ReplicationService\x12N\n\tReplicate\x12\x1d.domicile.v1.ReplicateRequest\x1a\x1e.domicile.v1.ReplicateResponse(\x01\x30\x01\x12Y\n\x0e\x45ntropyDigests\x12\".domicile.v1.EntropyDigestsRequest\x1a#.domicile.v1.EntropyDigestsResponse\x12P\n\x0b\x45ntropyKeys\x12\x1f.domicile.v1.EntropyKeysRequest\x1a .domicile.v1.EntropyKeysResponse\x12V\n\rEntropyStates\x12!.domicile.v1.EntropyStatesRequest\x1a\".domicile.v1.EntropyStatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'domicile.v1.replication_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICATEREQUEST']._serialized_start=72
-  _globals['_REPLICATEREQUEST']._serialized_end=194
-  _globals['_REPLICATIONHELLO']._serialized_start=197
-  _globals['_REPLICATIONHELLO']._serialized_end=335
-  _globals['_REPLICATIONBATCH']._serialized_start=337
-  _globals['_REPLICATIONBATCH']._serialized_end=418
-  _globals['_REPLICATERESPONSE']._serialized_start=420
-  _globals['_REPLICATERESPONSE']._serialized_end=539
-  _globals['_REPLICATIONREADY']._serialized_start=541
-  _globals['_REPLICATIONREADY']._serialized_end=609
-  _globals['_REPLICATIONACK']._serialized_start=611
-  _globals['_REPLICATIONACK']._serialized_end=704
-  _globals['_ENTROPYDIGESTSREQUEST']._serialized_start=706
-  _globals['_ENTROPYDIGESTSREQUEST']._serialized_end=772
-  _globals['_ENTROPYDIGESTSRESPONSE']._serialized_start=774
-  _globals['_ENTROPYDIGESTSRESPONSE']._serialized_end=848
-  _globals['_ENTROPYKEYSREQUEST']._serialized_start=850
-  _globals['_ENTROPYKEYSREQUEST']._serialized_end=930
-  _globals['_ENTROPYKEYDIGEST']._serialized_start=932
-  _globals['_ENTROPYKEYDIGEST']._serialized_end=979
-  _globals['_ENTROPYKEYSRESPONSE']._serialized_start=981
-  _globals['_ENTROPYKEYSRESPONSE']._serialized_end=1071
-  _globals['_ENTROPYSTATESREQUEST']._serialized_start=1073
-  _globals['_ENTROPYSTATESREQUEST']._serialized_end=1152
-  _globals['_ENTROPYSTATESRESPONSE']._serialized_start=1154
-  _globals['_ENTROPYSTATESRESPONSE']._serialized_end=1266
-  _globals['_REPLICATIONSERVICE']._serialized_start=1269
-  _globals['_REPLICATIONSERVICE']._serialized_end=1630
+  _globals['_REPLICATEREQUEST']._serialized_start=73
+  _globals['_REPLICATEREQUEST']._serialized_end=249
+  _globals['_REPLICATIONSNAPSHOT']._serialized_start=252
+  _globals['_REPLICATIONSNAPSHOT']._serialized_end=504
+  _globals['_SNAPSHOTKEYCONTEXT']._serialized_start=506
+  _globals['_SNAPSHOTKEYCONTEXT']._serialized_end=584
+  _globals['_REPLICATIONHELLO']._serialized_start=587
+  _globals['_REPLICATIONHELLO']._serialized_end=725
+  _globals['_REPLICATIONBATCH']._serialized_start=727
+  _globals['_REPLICATIONBATCH']._serialized_end=808
+  _globals['_REPLICATERESPONSE']._serialized_start=810
+  _globals['_REPLICATERESPONSE']._serialized_end=929
+  _globals['_REPLICATIONREADY']._serialized_start=931
+  _globals['_REPLICATIONREADY']._serialized_end=999
+  _globals['_REPLICATIONACK']._serialized_start=1001
+  _globals['_REPLICATIONACK']._serialized_end=1094
+  _globals['_ENTROPYDIGESTSREQUEST']._serialized_start=1096
+  _globals['_ENTROPYDIGESTSREQUEST']._serialized_end=1162
+  _globals['_ENTROPYDIGESTSRESPONSE']._serialized_start=1164
+  _globals['_ENTROPYDIGESTSRESPONSE']._serialized_end=1238
+  _globals['_ENTROPYKEYSREQUEST']._serialized_start=1240
+  _globals['_ENTROPYKEYSREQUEST']._serialized_end=1320
+  _globals['_ENTROPYKEYDIGEST']._serialized_start=1322
+  _globals['_ENTROPYKEYDIGEST']._serialized_end=1369
+  _globals['_ENTROPYKEYSRESPONSE']._serialized_start=1371
+  _globals['_ENTROPYKEYSRESPONSE']._serialized_end=1461
+  _globals['_ENTROPYSTATESREQUEST']._serialized_start=1463
+  _globals['_ENTROPYSTATESREQUEST']._serialized_end=1542
+  _globals['_ENTROPYSTATESRESPONSE']._serialized_start=1544
+  _globals['_ENTROPYSTATESRESPONSE']._serialized_end=1656
+  _globals['_REPLICATIONSERVICE']._serialized_start=1659
+  _globals['_REPLICATIONSERVICE']._serialized_end=2020
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,7 @@ class ReplicateRequest(_message.Message):
 
     HELLO_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___ReplicationHello:
         """The first message of a stream: who is sending."""
@@ -35,21 +36,125 @@ class ReplicateRequest(_message.Message):
     def batch(self) -> Global___ReplicationBatch:
         """Mutations in log order."""
 
+    @_builtins.property
+    def snapshot(self) -> Global___ReplicationSnapshot:
+        """A part of a bootstrap: the source's log no longer holds what follows the target's position
+        (it was truncated), so the source sends its key states instead, then streams from the
+        position they are consistent with.
+        """
+
     def __init__(
         self,
         *,
         hello: Global___ReplicationHello | None = ...,
         batch: Global___ReplicationBatch | None = ...,
+        snapshot: Global___ReplicationSnapshot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "batch", "snapshot"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ReplicateRequest: _TypeAlias = ReplicateRequest  # noqa: Y015
+
+@_typing.final
+class ReplicationSnapshot(_message.Message):
+    """One part of a bootstrap. A source whose change log starts after the position the target
+    resumes from sends its key states of the link's namespaces (read in one consistent snapshot),
+    namespace by namespace in key order, each part acknowledged before the next; the last part
+    carries the target to snapshot_lsn, and batches follow from there. Applying a part merges its
+    states (causality.merge, so it is idempotent and a part sent again changes nothing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    AFTER_KEY_FIELD_NUMBER: _builtins.int
+    THROUGH_KEY_FIELD_NUMBER: _builtins.int
+    TO_END_FIELD_NUMBER: _builtins.int
+    MUTATIONS_FIELD_NUMBER: _builtins.int
+    CONTEXTS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_LSN_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    PURGED_BEFORE_HLC_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of this part (one of the link's)."""
+    after_key: _builtins.str
+    """The part covers the source's keys of the namespace after this one ("" from the first)."""
+    through_key: _builtins.str
+    """Up to and including this key (ignored when to_end)."""
+    to_end: _builtins.bool
+    """The part runs to the end of the namespace."""
+    snapshot_lsn: _builtins.int
+    """The source's change-log position the states are consistent with."""
+    last: _builtins.bool
+    """The last part: the target's position becomes snapshot_lsn once it is applied."""
+    purged_before_hlc: _builtins.int
+    """Tombstones older than this HLC may have been purged at the source (0: none)."""
+    @_builtins.property
+    def mutations(self) -> _containers.RepeatedCompositeFieldContainer[_record_pb2.Mutation]:
+        """The versions the target's region may hold, as anti-entropy sends them: one mutation per
+        version whose context is the state's context without its versions' dots; lsn 0.
+        """
+
+    @_builtins.property
+    def contexts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SnapshotKeyContext]:
+        """Each key the source holds in the range with its whole causal context (versions held back
+        included): a version the target holds that no context here covers, older than
+        purged_before_hlc, is one the source deleted and purged, and the target drops it.
+        """
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        after_key: _builtins.str = ...,
+        through_key: _builtins.str = ...,
+        to_end: _builtins.bool = ...,
+        mutations: _abc.Iterable[_record_pb2.Mutation] | None = ...,
+        contexts: _abc.Iterable[Global___SnapshotKeyContext] | None = ...,
+        snapshot_lsn: _builtins.int = ...,
+        last: _builtins.bool = ...,
+        purged_before_hlc: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_key", b"after_key", "contexts", b"contexts", "last", b"last", "mutations", b"mutations", "namespace", b"namespace", "purged_before_hlc", b"purged_before_hlc", "snapshot_lsn", b"snapshot_lsn", "through_key", b"through_key", "to_end", b"to_end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicationSnapshot: _TypeAlias = ReplicationSnapshot  # noqa: Y015
+
+@_typing.final
+class SnapshotKeyContext(_message.Message):
+    """A key and the causal context of the state the source holds for it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key."""
+    @_builtins.property
+    def context(self) -> _record_pb2.CausalContext:
+        """Every event the source's state of the key has seen."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        context: _record_pb2.CausalContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotKeyContext: _TypeAlias = SnapshotKeyContext  # noqa: Y015
 
 @_typing.final
 class ReplicationHello(_message.Message):

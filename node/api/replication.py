@@ -19,6 +19,7 @@ from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from node.api.access import NodeAccess
 from node.api.errors import abort_with
 from node.replication import coalesce
+from node.replication.bootstrap import SnapshotTarget
 from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
 from node.topology_view import TopologyView
@@ -43,8 +44,14 @@ def _check_hello(hello: replication_pb2.ReplicationHello) -> None:
 
 class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
     def __init__(
-        self, receiver: Receiver, access: NodeAccess, view: TopologyView, entropy: AntiEntropy | None = None
+        self,
+        receiver: Receiver,
+        access: NodeAccess,
+        view: TopologyView,
+        entropy: AntiEntropy | None = None,
+        bootstrap: SnapshotTarget | None = None,
     ) -> None:
+        self.bootstrap = bootstrap
         self.receiver = receiver
         self.access = access
         self.view = view
@@ -134,8 +141,19 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
             # The batches that arrived while the one before was applied are applied together
             # (node.replication.coalesce), and acknowledged by one cumulative ack. Decoded and
             # checked one by one by the receiver: a bad mutation is refused alone.
-            async for batches in coalesce.received_together(request_iterator):
-                result = await self.receiver.apply_batches(source, batches)
+            async for received in coalesce.received_together(request_iterator):
+                if isinstance(received, rpb.ReplicationSnapshot):
+                    # A bootstrap part (node.replication.bootstrap): the source's log was
+                    # truncated past this node's position.
+                    if self.bootstrap is None:
+                        raise errors.InvalidArgument("this node takes no bootstrap parts")
+                    source_node = self.view.topology.node(hello.source_node_id)
+                    if source_node is None:
+                        raise errors.FailedPrecondition(f"node {hello.source_node_id} is not in the topology")
+                    position = await self.bootstrap.apply(source, source_node, received)
+                    yield rpb.ReplicateResponse(ack=rpb.ReplicationAck(applied_through_lsn=position))
+                    continue
+                result = await self.receiver.apply_batches(source, received)
                 yield rpb.ReplicateResponse(
                     ack=rpb.ReplicationAck(
                         applied_through_lsn=result.through_lsn,

@@ -233,7 +233,7 @@ class StorageEngine(Protocol):
         ...
 
     def purge_tombstones(
-        self, namespace: str, keys: Sequence[str], purgeable: Callable[[KeyState], bool], cutoff_hlc: int
+        self, namespace: str, keys: Sequence[str], purgeable: Callable[[str, KeyState], bool], cutoff_hlc: int
     ) -> int:
         """Deletes the keys' states that still have no live version and pass purgeable."""
         ...

@@ -9,9 +9,9 @@ Two engines given the same calls therefore hold the same states.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-import json
 from dataclasses import replace
 
 from google.protobuf.message import DecodeError
@@ -360,10 +360,10 @@ class EngineCore:
         return int(blob.decode()) if blob else 0
 
     def purge_tombstones(
-        self, namespace: str, keys: Sequence[str], purgeable: Callable[[KeyState], bool], cutoff_hlc: int
+        self, namespace: str, keys: Sequence[str], purgeable: Callable[[str, KeyState], bool], cutoff_hlc: int
     ) -> int:
         """Deletes the key states that, read again in the write transaction, still have no live
-        version and pass `purgeable`; records cutoff_hlc as purged_before. Returns how many."""
+        version and pass `purgeable(key, state)`; records cutoff_hlc as purged_before. Returns how many."""
 
         def purge(tx: WriteTx) -> int:
             totals = tx.totals()
@@ -371,7 +371,7 @@ class EngineCore:
             doomed: dict[str, tuple[str, ...]] = {}
             for key, blob in states.items():
                 state = decode_state(namespace, key, blob)
-                if state.has_live() or not purgeable(state):
+                if state.has_live() or not purgeable(key, state):
                     continue
                 doomed[key] = tuple(sorted({v.subject_id for v in state.versions if v.subject_id}))
             if doomed:
@@ -379,7 +379,7 @@ class EngineCore:
                 totals.tombstones -= len(doomed)
                 tx.store_totals(totals)
             # Only this engine's writer thread writes this meta, so reading it here is exact.
-            if cutoff_hlc > self.purged_before():
+            if doomed and cutoff_hlc > self.purged_before():
                 tx.put_meta(META_PURGED_BEFORE, str(cutoff_hlc).encode())
             return len(doomed)
 

@@ -78,11 +78,12 @@ def next_run(
 
 async def received_together(
     requests: AsyncIterator[rpb.ReplicateRequest], records_max: int = COALESCE_RECORDS_MAX
-) -> AsyncIterator[list[Batch]]:
+) -> AsyncIterator[list[Batch] | rpb.ReplicationSnapshot]:
     """The stream's batches, in order, grouped as they arrived: each group is every batch that
     was waiting when the one before was handed over (at least one, and no more batches than
-    fit in records_max mutations unless a single one is larger). A message other than a batch
-    fails the stream, in order: the batches before it are handed over first."""
+    fit in records_max mutations unless a single one is larger). A bootstrap part
+    (node.replication.bootstrap) is handed over alone, in its place in the stream. Any other
+    message fails the stream, in order: the batches before it are handed over first."""
     queue: asyncio.Queue[rpb.ReplicateRequest | BaseException | None] = asyncio.Queue(RECEIVED_BATCHES_MAX)
     queued_bytes = 0
     drained = asyncio.Event()
@@ -135,7 +136,12 @@ async def received_together(
                     if group:
                         held = item
                         break
-                    raise errors.InvalidArgument("after the hello, a replication stream carries only batches")
+                    if item.WhichOneof("kind") == "snapshot":
+                        yield item.snapshot
+                        break
+                    raise errors.InvalidArgument(
+                        "after the hello, a replication stream carries only batches and bootstrap parts"
+                    )
                 size = len(item.batch.mutations)
                 if group and records + size > records_max:
                     held = item

@@ -205,6 +205,10 @@ class DigestTrees:
             entries = engine.read_log(self.log_position, 10_000)
             if not entries:
                 return
+            if entries[0].lsn != self.log_position + 1:
+                # Truncated past this tree's position: what it missed is only in the store.
+                self._rebuild(engine)
+                return
             with self._dirty_lock:
                 self._dirty.update((m.namespace, m.key) for m in entries)
             self.log_position = entries[-1].lsn

@@ -285,7 +285,7 @@ class Receiver:
         )
 
     def _admit(
-        self, source_node_id: str, m: Mutation, entries: list[asyncio.Future[int]], *, repair: bool = False
+        self, source_node_id: str, m: Mutation, entries: list[asyncio.Future[int]], *, repair: str = ""
     ) -> bool:
         facts = RecordFacts(
             m.namespace, m.version.classification, m.version.subject_id, m.version.subject_jurisdiction
@@ -293,7 +293,7 @@ class Receiver:
         principal = f"node:{source_node_id}"
         if repair:
             dot = m.version.dot
-            detail = f"from={source_node_id} antientropy dot={dot.node_id}:{dot.counter}"
+            detail = f"from={source_node_id} {repair} dot={dot.node_id}:{dot.counter}"
         else:
             detail = f"from={source_node_id} lsn={m.lsn}"
         if self.view.topology.cluster.find_namespace(m.namespace) is None:
@@ -536,7 +536,12 @@ class Receiver:
             if spec is not None and versions > spec.siblings_max:
                 self.metrics.siblings_over_cap.labels(m.namespace).inc()
 
-    async def apply_repair(self, peer_node_id: str, messages: Sequence[pb.Mutation]) -> RepairResult:
+    def stats_for(self, source_node_id: str) -> InboundStats:
+        return self.stats.setdefault(source_node_id, InboundStats(source_node_id))
+
+    async def apply_repair(
+        self, peer_node_id: str, messages: Sequence[pb.Mutation], *, via: str = "antientropy"
+    ) -> RepairResult:
         """Merges key states a peer sent for anti-entropy (one mutation per version, any node's
         writes) with every check of a stream but the origin and the positions: the client limits,
         the clock, this node's own counters (within replication_position_gap_max of what it
@@ -562,7 +567,7 @@ class Receiver:
         mutations = [m for i, m in enumerate(checked) if i not in bad]
         admitted = await self.sealer.seal_mutations(
             self.view.topology.cluster,
-            [m for m in mutations if self._admit(peer_node_id, m, entries, repair=True)],
+            [m for m in mutations if self._admit(peer_node_id, m, entries, repair=via)],
         )
         if entries:
             await asyncio.gather(*entries)

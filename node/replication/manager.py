@@ -19,7 +19,7 @@ from node.engine.group_commit import GroupCommitter
 from node.engine.log_tail import LogTail
 from node.metrics import NodeMetrics
 from node.offload import Offload
-from node.replication.outbound import LinkSender
+from node.replication.outbound import Bootstrap, LinkSender
 from node.replication.signal import LogSignal
 from node.topology_view import TopologyView
 
@@ -47,8 +47,11 @@ class ReplicationManager:
         offload: Offload | None = None,
         log_tail: LogTail | None = None,
         epoch: int = 0,
+        bootstrap: Bootstrap | None = None,
     ) -> None:
         self.epoch = epoch
+        # Given to every sender: a target behind the truncated log is bootstrapped.
+        self.bootstrap = bootstrap
         self.dialer = dialer
         self.node_id = node_id
         self.region = region
@@ -119,6 +122,7 @@ class ReplicationManager:
                     offload=self.offload,
                     log_tail=self.log_tail,
                     on_ack=self._pulse,
+                    bootstrap=self.bootstrap,
                 )
                 self.senders[target_id] = sender
                 self._tasks[target_id] = asyncio.create_task(
@@ -131,6 +135,19 @@ class ReplicationManager:
     def _pulse(self) -> None:
         acked, self._acked = self._acked, asyncio.Event()
         acked.set()
+
+    def link_acks(self) -> dict[str, int] | None:
+        """Each outbound link's acknowledged position, by target; None while some link of the
+        topology in force has no sender yet (change-log truncation then waits)."""
+        acks = {}
+        for link in self.view.topology.outbound(self.node_id):
+            if not link.namespaces:
+                continue
+            sender = self.senders.get(link.target_node_id)
+            if sender is None:
+                return None
+            acks[link.target_node_id] = sender.acked_lsn
+        return acks
 
     def regions_holding(self, namespace: str, lsn: int) -> set[str]:
         """The regions that hold this node's change-log entry `lsn` durably: this one, and those

@@ -44,6 +44,11 @@ from node.topology_view import TopologyView
 log = logging.getLogger("domicile.replication.outbound")
 T = TypeVar("T")
 
+# Bootstraps a target behind the truncated log (node.replication.bootstrap.bootstrap_if_behind
+# bound to its source): given the call, the target's position, the target, the link's
+# namespaces and the step deadline, returns the position to stream after.
+Bootstrap = Callable[[grpc.aio.StreamStreamCall, int, NodeInfo, frozenset[str], float], Awaitable[int]]
+
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", NODE_MESSAGE_BYTES_MAX),
     ("grpc.max_receive_message_length", NODE_MESSAGE_BYTES_MAX),
@@ -78,7 +83,9 @@ class LinkSender:
         log_tail: LogTail | None = None,
         epoch: int = 0,
         on_ack: Callable[[], None] = lambda: None,
+        bootstrap: Bootstrap | None = None,
     ) -> None:
+        self.bootstrap = bootstrap
         # This node's incarnation, sent in the hello (its writes carry writer id node_id.epoch).
         self.epoch = epoch
         self.enforcer = enforcer
@@ -186,6 +193,10 @@ class LinkSender:
         position (for the backlog). Blocks."""
         last = self.engine.last_lsn()
         entries = self.engine.read_log(after_lsn, self.limits.replication_batch_records_max)
+        if entries[0].lsn != after_lsn + 1 if entries else last > after_lsn:
+            # Truncated past the target's position (node.replication.truncation): a new session
+            # bootstraps it.
+            raise ConnectionError(f"the change log no longer holds position {after_lsn + 1}; reconnecting")
         end = max(last, entries[-1].lsn) if entries else last
         return entries, self._open_from(entries, 0, namespaces), end
 
@@ -263,6 +274,10 @@ class LinkSender:
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "ready":
             raise ConnectionError("target did not answer the hello with ready")
         sent = first.ready.resume_after_lsn
+        # The target's own word on its position (lower than acknowledged after it lost state).
+        self.acked_lsn = min(self.acked_lsn, sent)
+        if self.bootstrap is not None:
+            sent = await self.bootstrap(call, sent, self.target, self.namespaces, deadline_s)
         self._ack(sent)
         # The target answered: the delays start over. A session never ends without an error
         # (it streams until the link breaks), so retry_forever alone would never reset them, and

@@ -62,7 +62,10 @@ def test_tombstones_are_purged_only_when_still_dead_and_allowed(engine: StorageE
     # k1 is written again before the purge: it is live, and stays.
     commit_ok(engine, stamp, LocalWrite("ns", "k1", b"back"))
     purged = engine.purge_tombstones(
-        "ns", ["k0", "k1", "k2", "k3"], lambda state: all(v.dot.counter == 2 for v in state.versions), 1234
+        "ns",
+        ["k0", "k1", "k2", "k3"],
+        lambda _key, state: all(v.dot.counter == 2 for v in state.versions),
+        1234,
     )
     assert purged == 2
     assert engine.get("ns", "k0") is None and engine.get("ns", "k2") is None
@@ -71,7 +74,7 @@ def test_tombstones_are_purged_only_when_still_dead_and_allowed(engine: StorageE
     assert engine.purged_before() == 1234
     # A refusing predicate purges nothing, and the cutoff never moves back.
     commit_ok(engine, stamp, LocalWrite("ns", "k3", tombstone=True))
-    assert engine.purge_tombstones("ns", ["k3"], lambda state: False, 99) == 0
+    assert engine.purge_tombstones("ns", ["k3"], lambda key, state: False, 99) == 0
     assert engine.get("ns", "k3") is not None and engine.purged_before() == 1234
     assert engine.dead_states(("ns", "k2"), 10)[0][1] == "k3"
 

@@ -1,0 +1,182 @@
+"""Bounded growth between in-process nodes on real sockets: the source's change log is truncated
+only up to what every link acknowledged; a replica behind the truncation point is bootstrapped
+from a snapshot and converges; a purged tombstone does not come back through a replica that
+heals after the horizon. The source runs on SQLite and on MongoDB (SecantusDB); the replica on
+SQLite, so that the tests can put an old copy of its store back (what a replica that was away
+since then holds)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from domicile.v1 import storage_node_pb2 as spb
+from node.daemon import Node
+from node.replication.bootstrap import SnapshotTarget
+from tests.support.cluster import LocalCluster, eventually
+from tests.support.mongo import MongoServer
+
+SOURCE = "eu-west-1"
+REPLICA = "eu-central-1"
+NS = "prefs_eu"
+HORIZON_S = 1.0
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """Two EU nodes; truncation and rounds run only when a test asks; a one-second horizon."""
+    cluster = LocalCluster(tmp_path, [SOURCE, REPLICA])
+    cluster.node_overrides.update(
+        antientropy_interval_s=0, changelog_truncate_interval_s=0, tombstone_gc_horizon_s=HORIZON_S
+    )
+    if request.param == "mongodb":
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        cluster.region_overrides[SOURCE] = {
+            "engine": "mongodb",
+            "mongodb_uri": server.uri,
+            "mongodb_database": server.database_name("bounded_growth"),
+        }
+    await cluster.start_linked()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+async def put_many(cluster: LocalCluster, prefix: str, n: int) -> None:
+    for i in range(n):
+        await cluster.put(SOURCE, NS, f"{prefix}{i}", f"{prefix}-{i}".encode())
+
+
+async def acked_all(cluster: LocalCluster) -> None:
+    source = cluster.nodes[SOURCE]
+    last = await asyncio.to_thread(source.engine.last_lsn)
+
+    async def done() -> bool:
+        return source.replication.senders[REPLICA].acked_lsn >= last
+
+    await eventually(done, 10, "the replica acknowledged everything")
+
+
+async def has_all(cluster: LocalCluster, keys: list[str]) -> bool:
+    node = cluster.nodes[REPLICA]
+    states = await asyncio.to_thread(node.engine.get_many, NS, keys)
+    return all(k in states and states[k].has_live() for k in keys)
+
+
+async def replace_with_copy(cluster: LocalCluster, copy: Path) -> Node:
+    """The replica comes back with the store it had when the copy was taken."""
+    await cluster.stop_node(REPLICA)
+    shutil.rmtree(cluster.root / REPLICA)
+    shutil.copytree(copy, cluster.root / REPLICA)
+    return await cluster.start_node(REPLICA)
+
+
+async def take_copy(cluster: LocalCluster, where: Path) -> None:
+    await cluster.stop_node(REPLICA)
+    shutil.copytree(cluster.root / REPLICA, where)
+    await cluster.start_node(REPLICA)
+    await cluster.wait_linked()
+
+
+async def test_truncation_waits_for_every_link_and_a_replica_behind_it_is_bootstrapped(
+    pair: LocalCluster, tmp_path: Path
+) -> None:
+    source = pair.nodes[SOURCE]
+    await put_many(pair, "a", 20)
+    await acked_all(pair)
+    await take_copy(pair, tmp_path / "copy")
+    acked = source.replication.senders[REPLICA].acked_lsn
+
+    # The replica is away: truncation stops at what it acknowledged, whatever else is written.
+    await pair.stop_node(REPLICA)
+    await put_many(pair, "b", 20)
+    start = await source.truncator.pass_once()
+    last = await asyncio.to_thread(source.engine.last_lsn)
+    assert start.lsn == acked < last
+    kept = await asyncio.to_thread(source.engine.read_log, 0, 100)
+    assert kept[0].lsn == acked + 1
+
+    # Back, and acknowledged: everything goes.
+    await pair.start_node(REPLICA)
+    await pair.wait_linked()
+    await acked_all(pair)
+    start = await source.truncator.pass_once()
+    assert start.lsn == last
+    assert await asyncio.to_thread(source.engine.read_log, 0, 100) == []
+    assert source.metrics.changelog_rows._value.get() == 0
+
+    # Negative control: the replica comes back from its old copy, behind the truncation point;
+    # without the bootstrap it cannot be streamed to and never gets the later writes (once the
+    # in-memory tail no longer holds them either: it covers a replica only a little behind).
+    assert source.log_tail is not None
+    source.log_tail.forget()
+    sender_bootstrap = source.replication.bootstrap
+    source.replication.bootstrap = None
+    for sender in source.replication.senders.values():
+        sender.bootstrap = None
+    await replace_with_copy(pair, tmp_path / "copy")
+    await asyncio.sleep(2.0)
+    assert not await has_all(pair, [f"b{i}" for i in range(20)])
+
+    # With it, the replica converges and streaming resumes after the snapshot's position.
+    for sender in source.replication.senders.values():
+        sender.bootstrap = sender_bootstrap
+    await eventually(lambda: has_all(pair, [f"b{i}" for i in range(20)]), 15, "the replica bootstrapped")
+    replica = pair.nodes[REPLICA]
+    await pair.put(SOURCE, NS, "after", b"streamed")
+    await eventually(lambda: has_all(pair, ["after", *(f"a{i}" for i in range(20))]), 10, "streaming resumed")
+    assert replica.metrics.bootstraps.labels(SOURCE, REPLICA, "target")._value.get() >= 1
+    position = await asyncio.to_thread(replica.engine.inbound_position, SOURCE)
+    assert position == await asyncio.to_thread(source.engine.last_lsn)
+
+
+@pytest.mark.parametrize("prune", [True, False], ids=["bootstrap", "negative-control-merge-only"])
+async def test_a_replica_healing_after_the_horizon_does_not_bring_a_purged_record_back(
+    pair: LocalCluster, tmp_path: Path, prune: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = pair.nodes[SOURCE]
+    await put_many(pair, "k", 5)
+    await pair.put(SOURCE, NS, "doomed", b"deleted later")
+    await acked_all(pair)
+    # The replica's old copy holds "doomed" alive.
+    await take_copy(pair, tmp_path / "copy")
+
+    await pair.stub(SOURCE).Delete(spb.DeleteRequest(namespace=NS, key="doomed"), timeout=5)
+    await acked_all(pair)
+    # Not yet past the horizon: the tombstone stays although everyone acknowledged it.
+    await source.truncator.pass_once()
+    assert await asyncio.to_thread(source.engine.get, NS, "doomed") is not None
+    await asyncio.sleep(HORIZON_S + 0.2)
+    await source.truncator.pass_once()
+    assert await asyncio.to_thread(source.engine.get, NS, "doomed") is None
+    assert source.metrics.tombstones_purged._value.get() == 1
+
+    if not prune:
+        # What a bootstrap that only merged would do.
+        async def no_prune(*_: object) -> list[str]:
+            return []
+
+        monkeypatch.setattr(SnapshotTarget, "_prune", no_prune)
+    replica = await replace_with_copy(pair, tmp_path / "copy")
+    await pair.wait_linked()
+
+    async def bootstrapped() -> bool:
+        return replica.metrics.bootstraps.labels(SOURCE, REPLICA, "target")._value.get() >= 1
+
+    await eventually(bootstrapped, 15, "the replica bootstrapped")
+    # Anti-entropy both ways, as the rounds would run.
+    await replica.entropy.round_with(SOURCE)
+    await source.entropy.round_with(REPLICA)
+    alive = [bool(await pair.values(region, NS, "doomed")) for region in (SOURCE, REPLICA)]
+    if prune:
+        assert alive == [False, False]
+        assert await asyncio.to_thread(replica.engine.get, NS, "doomed") is None
+        assert await has_all(pair, [f"k{i}" for i in range(5)])
+    else:
+        # The checker above fails on this run: the purged record is back at both.
+        assert alive == [True, True]
