@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy bench-replication bench-restore bench-scale profile torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-entropy bench-replication bench-restore bench-scale bench-growth profile torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -94,6 +94,11 @@ bench-entropy: setup ## time one anti-entropy round repairing 10,000 divergent k
 RECORDS ?= 100000
 bench-restore: setup ## backup throughput, recovery point and restore time against a local S3 (RECORDS=N)
 	$(PY) bench/restore.py --records $(RECORDS)
+
+# RECORDS writes (1,000,000 here unless given) into one store; truncation passes as a node runs them.
+bench-growth: RECORDS = 1000000
+bench-growth: setup ## change-log rows after N writes with truncation: bounded, beside the rows without (RECORDS=N)
+	$(PY) bench/growth.py --records $(RECORDS)
 
 # SEED replays a run; DURATION is the seconds of faults; ENGINE=mongodb runs the nodes on MongoDB
 # (a SecantusDB the run starts). The run's files go to a temp dir it prints.
