@@ -335,6 +335,16 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         help="seconds between anti-entropy rounds with each peer (default 60; 0 turns them off)",
     )
     parser.add_argument(
+        "--changelog-truncate-interval-s",
+        type=float,
+        help="seconds between change-log truncation and tombstone collection passes (default 5; 0: off)",
+    )
+    parser.add_argument(
+        "--tombstone-gc-horizon-s",
+        type=float,
+        help="age (by HLC) past which a tombstone every replica acknowledged is purged (default 604800)",
+    )
+    parser.add_argument(
         "--retention-expire-max",
         type=int,
         help="the most records one retention sweep deletes (default 10000; hitting it alerts)",
