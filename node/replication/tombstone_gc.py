@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 
 from domicile.causality import KeyState
 from domicile.hlc import pack, wall_ms
-from domicile.subjects import hold_covering
+from domicile.subjects import LegalHold, hold_covering
 from node.engine.base import LogStart, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
@@ -43,7 +43,7 @@ DEFAULT_HORIZON_S = 7 * 86_400
 
 def purgeable(
     state: KeyState, *, namespace: str, key: str, writer_id: str, log_start: LogStart, cutoff_hlc: int,
-    view: TopologyView,
+    holds: tuple[LegalHold, ...],
 ) -> bool:  # fmt: skip
     """Whether a key state with no live version may be purged now (the module doc's rule)."""
     if not state.versions or state.has_live():
@@ -53,7 +53,7 @@ def purgeable(
     for v in state.versions:
         if v.dot.node_id == writer_id and v.hlc > log_start.hlc:
             return False  # a replica may not have applied this delete yet
-        if hold_covering(view.topology.holds, namespace, key, v.subject_id) is not None:
+        if hold_covering(holds, namespace, key, v.subject_id) is not None:
             return False
     return True
 
@@ -92,7 +92,7 @@ class TombstoneCollector:
         for namespace, key, state in dead:
             if purgeable(
                 state, namespace=namespace, key=key, writer_id=writer, log_start=log_start,
-                cutoff_hlc=cutoff_hlc, view=self.view,
+                cutoff_hlc=cutoff_hlc, holds=self.view.topology.holds,
             ):  # fmt: skip
                 by_namespace.setdefault(namespace, []).append(key)
         purged = 0
@@ -102,7 +102,7 @@ class TombstoneCollector:
                 # Read again in the transaction: a write may have landed since the scan.
                 return purgeable(
                     state, namespace=ns, key=key, writer_id=writer, log_start=log_start,
-                    cutoff_hlc=cutoff_hlc, view=self.view,
+                    cutoff_hlc=cutoff_hlc, holds=self.view.topology.holds,
                 )  # fmt: skip
 
             def purge(engine: StorageEngine, ns: str = namespace, ks: list[str] = keys) -> int:
