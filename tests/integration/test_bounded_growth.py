@@ -14,16 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from domicile.audit import AuditEntry
 from domicile.v1 import storage_node_pb2 as spb
 from node.daemon import Node
 from node.replication.bootstrap import SnapshotTarget
-from tests.support.cluster import LocalCluster, eventually
+from tests.support.cluster import NAMESPACES, LocalCluster, eventually
 from tests.support.mongo import MongoServer
+from tests.support.packs import sample_pack, with_fact
 
 SOURCE = "eu-west-1"
 REPLICA = "eu-central-1"
 NS = "prefs_eu"
 HORIZON_S = 1.0
+CUSTOMERS = {"name": "customers", "regions": "global", "classification": "personal"}
+DPF = ["destinations", "us-east-1", "recipient", "dpf_certified"]
 
 
 @pytest.fixture(params=["sqlite", "mongodb"])
@@ -180,3 +184,67 @@ async def test_a_replica_healing_after_the_horizon_does_not_bring_a_purged_recor
     else:
         # The checker above fails on this run: the purged record is back at both.
         assert alive == [True, True]
+
+
+@pytest.fixture
+async def eu_us(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """eu-west-1 and us-east-1 under the sample pack without the US's DPF certification: EU
+    personal data may never be in us-east-1."""
+    pack = with_fact(sample_pack(), "2026-11-27.no-dpf", DPF, False)
+    cluster = LocalCluster(tmp_path, [SOURCE, "us-east-1"], pack=pack, namespaces=[*NAMESPACES, CUSTOMERS])
+    cluster.node_overrides.update(antientropy_interval_s=0, changelog_truncate_interval_s=0)
+    await cluster.start_linked()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+def transfers(node: Node, action: str, decision: str) -> list[AuditEntry]:
+    entries = (AuditEntry.decode(e.body) for e in node.audit.iter_all())
+    return [e for e in entries if e.action == action and e.decision == decision and "bootstrap" in e.detail]
+
+
+async def test_a_bootstrap_sends_only_what_the_target_may_hold_and_audits_both_ends(
+    eu_us: LocalCluster, tmp_path: Path
+) -> None:
+    source = eu_us.nodes[SOURCE]
+    await eu_us.put(SOURCE, "instruments", "early", b"public")
+    await acked_us(eu_us)
+    await eu_us.stop_node("us-east-1")
+    copy = tmp_path / "us-copy"
+    shutil.copytree(eu_us.root / "us-east-1", copy)
+    await eu_us.start_node("us-east-1")
+    await eu_us.wait_linked()
+    await eu_us.put(SOURCE, "instruments", "late", b"public too")
+    await eu_us.put(SOURCE, "customers", "eu-person", b"profile", subject_id="s-1", subject_jurisdiction="DE")
+    await acked_us(eu_us)
+    assert (await source.truncator.pass_once()).lsn == await asyncio.to_thread(source.engine.last_lsn)
+    assert source.log_tail is not None
+    source.log_tail.forget()
+
+    await eu_us.stop_node("us-east-1")
+    shutil.rmtree(eu_us.root / "us-east-1")
+    shutil.copytree(copy, eu_us.root / "us-east-1")
+    us = await eu_us.start_node("us-east-1")
+
+    async def bootstrapped() -> bool:
+        return us.metrics.bootstraps.labels(SOURCE, "us-east-1", "target")._value.get() >= 1
+
+    await eventually(bootstrapped, 15, "us-east-1 bootstrapped")
+    assert await eu_us.values("us-east-1", "instruments", "late") == {b"public too"}
+    assert await asyncio.to_thread(us.engine.get, "customers", "eu-person") is None
+    # Each version decided at the source (the EU profile withheld) and again at the target.
+    assert any(e.key == "eu-person" for e in transfers(source, "replicate_send", "refuse"))
+    assert {e.key for e in transfers(source, "replicate_send", "allow")} >= {"early", "late"}
+    assert {e.key for e in transfers(us, "replicate_receive", "allow")} >= {"early", "late"}
+
+
+async def acked_us(cluster: LocalCluster) -> None:
+    source = cluster.nodes[SOURCE]
+    last = await asyncio.to_thread(source.engine.last_lsn)
+
+    async def done() -> bool:
+        return source.replication.senders["us-east-1"].acked_lsn >= last
+
+    await eventually(done, 10, "us-east-1 acknowledged everything")
