@@ -12,15 +12,19 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from domicile.audit import AuditEntry
+from domicile.hlc import pack, wall_ms
+from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import storage_node_pb2 as spb
 from node.daemon import Node
 from node.replication.bootstrap import SnapshotTarget
 from tests.support.cluster import NAMESPACES, LocalCluster, eventually
 from tests.support.mongo import MongoServer
 from tests.support.packs import sample_pack, with_fact
+from tests.support.rogue import RogueStream, mutation
 
 SOURCE = "eu-west-1"
 REPLICA = "eu-central-1"
@@ -248,3 +252,42 @@ async def acked_us(cluster: LocalCluster) -> None:
         return source.replication.senders["us-east-1"].acked_lsn >= last
 
     await eventually(done, 10, "us-east-1 acknowledged everything")
+
+
+async def test_a_bootstrap_part_outside_the_link_its_range_or_the_horizon_is_refused(
+    eu_us: LocalCluster,
+) -> None:
+    """A source (or whoever holds its key) cannot use a bootstrap to push another namespace,
+    keys outside the part it names, or a purge point that would make the target drop recent
+    writes: the stream fails INVALID_ARGUMENT and nothing is stored or dropped."""
+    us = eu_us.nodes["us-east-1"]
+    await eu_us.put(SOURCE, "instruments", "kept", b"public")
+    await acked_us(eu_us)
+    before = await asyncio.to_thread(us.engine.inbound_position, SOURCE)
+    now = wall_ms()
+    bad = [
+        rpb.ReplicationSnapshot(namespace="prefs_eu", to_end=True, last=True, snapshot_lsn=before + 5),
+        rpb.ReplicationSnapshot(
+            namespace="instruments",
+            after_key="m",
+            through_key="p",
+            snapshot_lsn=before + 5,
+            mutations=[mutation(SOURCE, 0, "zzz-outside")],
+        ),
+        rpb.ReplicationSnapshot(
+            namespace="instruments",
+            to_end=True,
+            last=True,
+            snapshot_lsn=before + 5,
+            purged_before_hlc=pack(now + 60_000, 0),
+        ),
+    ]
+    for part in bad:
+        async with RogueStream(eu_us, us, SOURCE) as stream:
+            await stream.call.write(rpb.ReplicateRequest(snapshot=part))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stream.call.read()
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await asyncio.to_thread(us.engine.inbound_position, SOURCE) == before
+    assert await asyncio.to_thread(us.engine.get, "instruments", "zzz-outside") is None
+    assert await eu_us.values("us-east-1", "instruments", "kept") == {b"public"}
