@@ -81,9 +81,9 @@ from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
 from node.replication.signal import LogSignal
-from node.rewind import StartCheck, check_with_coordinator, reincarnate
 from node.replication.tombstone_gc import TombstoneCollector
 from node.replication.truncation import Truncator
+from node.rewind import StartCheck, check_with_coordinator, reincarnate
 from node.service import StorageService
 from node.topology_view import TopologyView
 
