@@ -605,6 +605,12 @@ class Node:
         if last_lsn > 0:
             for mutation in self.engine.read_log(last_lsn - 1, 1):
                 ceiling = max(ceiling, physical_ms(mutation.version.hlc))
+        if self.rewound:
+            # The ceiling file came back with the old copy: the writes the copy lost were stamped
+            # up to the lost ceiling, which ran at most one reserve step ahead of the wall clock
+            # of the time. Resuming one step ahead of now stays above them, so an lww write made
+            # right after the rewind is not ordered before a write it follows.
+            ceiling = max(ceiling, self.clock.wall_ms() + RESERVE_STEP_MS)
         self.clock.persist(ceiling, lambda ms: save_ceiling(data_dir, ms), RESERVE_STEP_MS)
 
     async def _open_cache(self) -> ReadCache:

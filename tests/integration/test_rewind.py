@@ -64,9 +64,13 @@ async def test_a_store_copied_back_becomes_a_new_incarnation_and_reuses_no_dot(
     old_dot = await rewind_west(pair, tmp_path)
     west = pair.nodes[WEST]
     assert west.rewound and west.epoch > 0
+    (lost,) = (await pair.get(CENTRAL, NS, "later")).versions
     again = await pair.put(WEST, NS, "later", b"written after the rewind")
     new_dot = (again.version.dot.node_id, again.version.dot.counter)
     assert new_dot != old_dot and new_dot[0] == f"{WEST}.{west.epoch}", new_dot
+    # Regression: the clock resumed from the copied ceiling file and stamped this write below
+    # the write the copy lost (made within the same second), so under lww the lost write won.
+    assert again.version.hlc > lost.hlc, (again.version.hlc, lost.hlc)
 
     # The peer takes the new write (not a duplicate of the old one), and west gets back, by the
     # anti-entropy it starts at once, the write it lost with the copy.
