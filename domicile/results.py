@@ -127,6 +127,19 @@ class NodeStatus:
     namespace_quality: tuple[NamespaceQuality, ...] = ()
     # The authorization policy set the node enforces ("" from an insecure node or an older one).
     authz_policy_version: str = ""
+    # The backfill after the last policy change that let the region hold more (None: none yet).
+    backfill: BackfillState | None = None
+
+
+@dataclass(frozen=True)
+class BackfillState:
+    state: str  # running or done
+    topology_revision: int
+    policy_version: str
+    pairs_total: int
+    pairs_done: int
+    keys_pulled: int
+    rate_keys_per_second: float
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,9 @@ class NodeConfig:
     # the keys that differ (anti-entropy); 0 turns the rounds off (the consistency check still
     # compares on demand).
     antientropy_interval_s: float = 60.0
+    # After a policy change lets this region hold records it was refused before, the most key
+    # states per second its backfill pulls from its peers (node.replication.backfill).
+    backfill_rate_keys_s: float = 500.0
     # The most records one sweep deletes. A clock far ahead makes every short-lived record look
     # expired; the cap bounds what one such sweep destroys, and hitting it raises an alert.
     retention_expire_max: int = 10_000
@@ -174,6 +177,10 @@ class NodeConfig:
             raise InvalidArgument(
                 "tombstone_gc_horizon_s must be 1 second to 10 years (in seconds), "
                 f"not {self.tombstone_gc_horizon_s}"
+            )
+        if not 1 <= self.backfill_rate_keys_s <= 1_000_000:
+            raise InvalidArgument(
+                f"backfill_rate_keys_s must be 1 to 1000000 keys per second, not {self.backfill_rate_keys_s}"
             )
         if not 0.01 <= self.backup_interval_s <= 3600:
             raise InvalidArgument(
@@ -343,6 +350,11 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         "--tombstone-gc-horizon-s",
         type=float,
         help="age (by HLC) past which a tombstone every replica acknowledged is purged (default 604800)",
+    )
+    parser.add_argument(
+        "--backfill-rate-keys-s",
+        type=float,
+        help="key states per second a backfill pulls after the policy loosens (default 500)",
     )
     parser.add_argument(
         "--retention-expire-max",

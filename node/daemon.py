@@ -76,6 +76,7 @@ from node.lifecycle.retention import RetentionSweeper, SweepReport
 from node.metrics import NodeMetrics
 from node.offload import THREADS_DEFAULT, Offload
 from node.replication.bootstrap import SnapshotSource, SnapshotTarget, bootstrap_if_behind
+from node.replication.backfill import Backfill
 from node.replication.digest_tree import DIGESTS_FILE, DigestTrees
 from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
@@ -331,6 +332,14 @@ class Node:
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
             interval_s=cfg.antientropy_interval_s,
             rng=random.Random(self.rng.random()),
+        )
+        # What a loosened policy now lets this region hold is pulled from the peers.
+        self.backfill = Backfill(
+            node_id=cfg.node_id,
+            entropy=self.entropy,
+            view=self.view,
+            metrics=self.metrics,
+            rate_keys_s=cfg.backfill_rate_keys_s,
         )
         self.replication = ReplicationManager(
             node_id=cfg.node_id,
@@ -668,6 +677,7 @@ class Node:
 
         await self.committer.run(persist)
         before = self.view.policy.version
+        topology_before = self.view.topology
         holds_before = self.view.topology.holds
         nodes_before = self.view.topology
         try:
@@ -675,6 +685,7 @@ class Node:
                 self.metrics.topology_revision.set(topology.revision)
                 self.replication.apply(topology)
                 log.info("topology revision %d adopted", topology.revision)
+                self.backfill.topology_changed(topology_before, before)
                 if self.view.policy.version != before:
                     await self._policy_changed(before)
                 self._audit_holds(holds_before, topology.holds)
@@ -947,6 +958,21 @@ class Node:
             compliance_violations=self.last_scan.violations_total if self.last_scan else 0,
             authz_policy_version=self.gate.policy_version,
         )
+        fill = self.backfill.progress
+        response.backfill.CopyFrom(
+            spb.BackfillStatus(
+                state=fill.state,
+                topology_revision=fill.topology_revision,
+                policy_version=fill.policy_version,
+                pairs_total=fill.pairs_total,
+                pairs_done=fill.pairs_done,
+                keys_pulled=fill.keys_pulled,
+                keys_compared=fill.keys_compared,
+                rate_keys_per_second=self.backfill.bucket.rate,
+                started_at=fill.started_at,
+                finished_at=fill.finished_at,
+            )
+        )
         for target, sender in sorted(self.replication.senders.items()):
             response.outbound.add(
                 source_node_id=self.config.node_id,
@@ -1000,6 +1026,7 @@ class Node:
         await _cancel_all(self._tasks, "background tasks")
         await _bounded("erasures stop", self.eraser.stop(), 5.0)
         await _bounded("replication stop", self.replication.stop(), 5.0)
+        await _bounded("backfill stop", self.backfill.close(), 3.0)
         await _bounded("anti-entropy stop", self.entropy.close(), 3.0)
         if self._server is not None:
             await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)

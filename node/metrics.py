@@ -178,6 +178,26 @@ class NodeMetrics:
             ["node", "peer"],
             registry=r,
         )
+        # The backfill after a policy change (node.replication.backfill).
+        self.backfill_running = Gauge(
+            "domicile_backfill_running", "1 while a backfill after a policy change runs.", registry=r
+        )
+        self.backfill_pairs_pending = Gauge(
+            "domicile_backfill_pairs_pending",
+            "Peer and namespace pairs the running backfill has still to compare and pull.",
+            registry=r,
+        )
+        self.backfill_keys = Counter(
+            "domicile_backfill_keys_pulled_total",
+            "Key states a backfill changed here, pulled from the peer.",
+            ["peer", "namespace"],
+            registry=r,
+        )
+        self.backfill_rate = Gauge(
+            "domicile_backfill_rate_keys_per_second",
+            "The most key states per second a backfill pulls (its configured rate).",
+            registry=r,
+        )
         self.consistency_keys = Gauge(
             "domicile_consistency_keys",
             "Keys this node or the peer holds in the namespace that both may hold (last comparison).",

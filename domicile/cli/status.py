@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from domicile.cli import connect
@@ -139,6 +139,15 @@ def render_text(
             rows,
         ),
     ]
+    fills = [r for r in reports if r.status is not None and r.status.backfill is not None]
+    if fills:
+        parts.append("")
+        parts.append(
+            table(
+                ["backfill", "state", "policy", "pairs done", "keys pulled", "rate keys/s"],
+                [_backfill_row(r) for r in fills],
+            )
+        )
     unreachable = [r for r in reports if r.status is None]
     if unreachable:
         parts.append("")
@@ -159,6 +168,20 @@ def render_text(
     else:
         parts.append("no replication links")
     return "\n".join(parts)
+
+
+def _backfill_row(r: NodeReport) -> list[object]:
+    """A node's backfill after the policy loosened: records it was refused before, pulled."""
+    assert r.status is not None and r.status.backfill is not None
+    b = r.status.backfill
+    return [
+        r.node.node_id,
+        b.state,
+        f"{b.policy_version} (rev {b.topology_revision})",
+        f"{b.pairs_done}/{b.pairs_total}",
+        b.keys_pulled,
+        f"{b.rate_keys_per_second:g}",
+    ]
 
 
 def render_json(
@@ -188,6 +211,7 @@ def render_json(
                 "audit_exported_size": s.audit_exported_size if s else None,
                 "compliance_violations": s.compliance_violations if s else None,
                 "authz_policy_version": s.authz_policy_version if s else None,
+                "backfill": asdict(s.backfill) if s and s.backfill else None,
             }
         )
     return {

@@ -359,10 +359,15 @@ class EntropyDigestsResponse(_message.Message):
     ROOT_FIELD_NUMBER: _builtins.int
     BUCKETS_FIELD_NUMBER: _builtins.int
     KEY_COUNT_FIELD_NUMBER: _builtins.int
+    TOPOLOGY_REVISION_FIELD_NUMBER: _builtins.int
     root: _builtins.bytes
     """The root: a hash of every bucket digest in order."""
     key_count: _builtins.int
     """Keys the called node holds in the namespace (live or tombstoned)."""
+    topology_revision: _builtins.int
+    """The topology revision (and so the residency policy) the called node decides by. A backfill
+    after a policy change waits until its peers are on the revision that changed it.
+    """
     @_builtins.property
     def buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """One digest per bucket, in bucket order (the XOR of the bucket's key digests)."""
@@ -373,10 +378,11 @@ class EntropyDigestsResponse(_message.Message):
         root: _builtins.bytes = ...,
         buckets: _abc.Iterable[_builtins.bytes] | None = ...,
         key_count: _builtins.int = ...,
+        topology_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "key_count", b"key_count", "root", b"root"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "key_count", b"key_count", "root", b"root", "topology_revision", b"topology_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

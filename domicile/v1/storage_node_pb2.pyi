@@ -762,6 +762,7 @@ class GetNodeStatusResponse(_message.Message):
     NAMESPACE_STATS_FIELD_NUMBER: _builtins.int
     NAMESPACE_QUALITY_FIELD_NUMBER: _builtins.int
     AUTHZ_POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    BACKFILL_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id (the writer id in version vectors)."""
     region: _builtins.str
@@ -806,6 +807,10 @@ class GetNodeStatusResponse(_message.Message):
     def namespace_quality(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceQuality]:
         """Per namespace with a schema or quality fields."""
 
+    @_builtins.property
+    def backfill(self) -> Global___BackfillStatus:
+        """The backfill after the last policy change that let this region hold more."""
+
     def __init__(
         self,
         *,
@@ -826,14 +831,71 @@ class GetNodeStatusResponse(_message.Message):
         namespace_stats: _abc.Iterable[Global___NamespaceStats] | None = ...,
         namespace_quality: _abc.Iterable[Global___NamespaceQuality] | None = ...,
         authz_policy_version: _builtins.str = ...,
+        backfill: Global___BackfillStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backfill", b"backfill"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "audit_exported_size", b"audit_exported_size", "authz_policy_version", b"authz_policy_version", "compliance_violations", b"compliance_violations", "conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "namespace_quality", b"namespace_quality", "namespace_stats", b"namespace_stats", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_entries", b"audit_entries", "audit_exported_size", b"audit_exported_size", "authz_policy_version", b"authz_policy_version", "backfill", b"backfill", "compliance_violations", b"compliance_violations", "conflicts_total", b"conflicts_total", "inbound", b"inbound", "last_lsn", b"last_lsn", "namespace_quality", b"namespace_quality", "namespace_stats", b"namespace_stats", "node_id", b"node_id", "outbound", b"outbound", "policy_version", b"policy_version", "records_stored", b"records_stored", "region", b"region", "tombstones_stored", b"tombstones_stored", "topology_revision", b"topology_revision", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetNodeStatusResponse: _TypeAlias = GetNodeStatusResponse  # noqa: Y015
+
+@_typing.final
+class BackfillStatus(_message.Message):
+    """After a policy change lets a region hold records it was refused before, its node pulls them
+    from its peers, rate-limited (anti-entropy comparisons with the pull).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    TOPOLOGY_REVISION_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    PAIRS_TOTAL_FIELD_NUMBER: _builtins.int
+    PAIRS_DONE_FIELD_NUMBER: _builtins.int
+    KEYS_PULLED_FIELD_NUMBER: _builtins.int
+    KEYS_COMPARED_FIELD_NUMBER: _builtins.int
+    RATE_KEYS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """"idle" (none since the node started), "running" or "done"."""
+    topology_revision: _builtins.int
+    """The topology revision and policy version that started it."""
+    policy_version: _builtins.str
+    pairs_total: _builtins.int
+    """Peer and namespace pairs to compare, and those done."""
+    pairs_done: _builtins.int
+    keys_pulled: _builtins.int
+    """Key states the pull changed here, and keys whose digests were compared."""
+    keys_compared: _builtins.int
+    rate_keys_per_second: _builtins.float
+    """The configured rate: key states pulled per second at most."""
+    started_at: _builtins.float
+    """Unix times it started and finished (0 while running)."""
+    finished_at: _builtins.float
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        topology_revision: _builtins.int = ...,
+        policy_version: _builtins.str = ...,
+        pairs_total: _builtins.int = ...,
+        pairs_done: _builtins.int = ...,
+        keys_pulled: _builtins.int = ...,
+        keys_compared: _builtins.int = ...,
+        rate_keys_per_second: _builtins.float = ...,
+        started_at: _builtins.float = ...,
+        finished_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "keys_compared", b"keys_compared", "keys_pulled", b"keys_pulled", "pairs_done", b"pairs_done", "pairs_total", b"pairs_total", "policy_version", b"policy_version", "rate_keys_per_second", b"rate_keys_per_second", "started_at", b"started_at", "state", b"state", "topology_revision", b"topology_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackfillStatus: _TypeAlias = BackfillStatus  # noqa: Y015
 
 @_typing.final
 class ReadAuditLogRequest(_message.Message):

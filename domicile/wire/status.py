@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from domicile.model import Classification
 from domicile.results import (
+    BackfillState,
     ComplianceReport,
     ComplianceViolation,
     LinkState,
@@ -59,6 +60,21 @@ def node_status_from_pb(msg: spb.GetNodeStatusResponse) -> NodeStatus:
             for m in msg.namespace_quality
         ),
         authz_policy_version=msg.authz_policy_version,
+        backfill=_backfill_from_pb(msg.backfill),
+    )
+
+
+def _backfill_from_pb(msg: spb.BackfillStatus) -> BackfillState | None:
+    if msg.state in ("", "idle"):
+        return None
+    return BackfillState(
+        state=msg.state,
+        topology_revision=msg.topology_revision,
+        policy_version=msg.policy_version,
+        pairs_total=msg.pairs_total,
+        pairs_done=msg.pairs_done,
+        keys_pulled=msg.keys_pulled,
+        rate_keys_per_second=msg.rate_keys_per_second,
     )
 
 

@@ -193,7 +193,12 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
                 context, "replication.EntropyDigests", request.namespace, request.caller_node_id
             )
             tree = await entropy.digests(request.namespace)
-            return rpb.EntropyDigestsResponse(root=tree.root, buckets=tree.buckets, key_count=tree.key_count)
+            return rpb.EntropyDigestsResponse(
+                root=tree.root,
+                buckets=tree.buckets,
+                key_count=tree.key_count,
+                topology_revision=entropy.view.revision,
+            )
         except errors.DomicileError as exc:
             await abort_with(context, exc)
             raise

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -78,10 +78,17 @@ class Comparison:
     repaired: int = 0  # keys whose state changed here
     refused: int = 0  # versions this node's checks or policy refused
     divergent_total: int = 0  # all divergent keys (`divergent` may list only the first ones)
+    # The topology revision the peer decided by (0 from a peer that does not say): a backfill
+    # (node.replication.backfill) trusts a comparison only once the peer is on its policy.
+    peer_revision: int = 0
 
     @property
     def agreement(self) -> float:
         return 1.0 if self.keys == 0 else (self.keys - self.divergent_total) / self.keys
+
+
+# Awaited with a page's key count before the page is pulled (a backfill's rate limit).
+Pace = Callable[[int], Awaitable[None]]
 
 
 def state_mutations(namespace: str, key: str, state: KeyState) -> list[Mutation]:
@@ -286,13 +293,21 @@ class AntiEntropy:
         return out
 
     async def compare(
-        self, peer: NodeInfo, namespace: str, *, repair: bool, divergent_max: int = DIVERGENT_KEYS_MAX
+        self,
+        peer: NodeInfo,
+        namespace: str,
+        *,
+        repair: bool,
+        divergent_max: int = DIVERGENT_KEYS_MAX,
+        pace: Pace | None = None,
     ) -> Comparison:
         """Compares this node's replica of the namespace with the peer's; with `repair`, pulls
-        and merges the peer's state of every key that differs. A failed call to the peer is
-        Unavailable (it may answer later) or FailedPrecondition (it refused), naming the peer."""
+        and merges the peer's state of every key that differs (`pace`, if given, is awaited
+        with each page's key count before the page is asked for: a backfill's rate limit). A
+        failed call to the peer is Unavailable (it may answer later) or FailedPrecondition (it
+        refused), naming the peer."""
         try:
-            return await self._compare(peer, namespace, repair=repair, divergent_max=divergent_max)
+            return await self._compare(peer, namespace, repair=repair, divergent_max=divergent_max, pace=pace)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             what = f"peer {peer.node_id} answered {code.name}: {exc.details()}"
@@ -301,7 +316,7 @@ class AntiEntropy:
             raise errors.FailedPrecondition(f"{what}; {namespace} was not compared") from None
 
     async def _compare(
-        self, peer: NodeInfo, namespace: str, *, repair: bool, divergent_max: int
+        self, peer: NodeInfo, namespace: str, *, repair: bool, divergent_max: int, pace: Pace | None
     ) -> Comparison:
         stub = self._stub(peer)
         deadline = self.rpc_deadline_s
@@ -315,6 +330,7 @@ class AntiEntropy:
             raise errors.Unavailable(
                 f"peer {peer.node_id} answered {len(theirs.buckets)} bucket digests; this node uses {BUCKETS}"
             )
+        result.peer_revision = theirs.topology_revision
         differing = [b for b in range(BUCKETS) if bytes(theirs.buckets[b]) != own.buckets[b]]
         if theirs.root == own.root:
             differing = []
@@ -348,7 +364,7 @@ class AntiEntropy:
         self.metrics.consistency_agreement.labels(*labels).set(result.agreement)
         if repair:
             self.metrics.entropy_keys_compared.labels(*labels).inc(result.compared)
-            await self._pull(stub, peer, namespace, sorted(to_pull), result)
+            await self._pull(stub, peer, namespace, sorted(to_pull), result, pace)
             self.metrics.entropy_keys_repaired.labels(*labels).inc(result.repaired)
         del result.divergent[divergent_max:]
         return result
@@ -360,11 +376,14 @@ class AntiEntropy:
         namespace: str,
         keys: list[str],
         result: Comparison,
+        pace: Pace | None = None,
     ) -> None:
         """Pulls the keys' states in pages and merges them; the next page is fetched while the
         previous one is checked and committed (two pages in memory at most)."""
 
         async def fetch(ask: list[str]) -> tuple[list[str], rpb.EntropyStatesResponse]:
+            if pace is not None:
+                await pace(len(ask))
             answer = await stub.EntropyStates(
                 rpb.EntropyStatesRequest(namespace=namespace, caller_node_id=self.node_id, keys=ask),
                 timeout=self.rpc_deadline_s,
