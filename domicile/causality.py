@@ -318,3 +318,39 @@ def visible(state: KeyState | None, mode: ConflictMode) -> tuple[Version, ...]:
         winner = lww_winner(state.versions)
         return (winner,) if winner is not None and not winner.tombstone else ()
     return state.live()
+
+
+def context_without(context: CausalContext, dots: Iterable[Dot]) -> CausalContext:
+    """The context minus some dots: what a state's versions supersede, so that sending each
+    version with it merges exactly the state (merge) and supersedes none of its siblings."""
+    dots = list(dots)
+    vv = dict(context.vv)
+    extra = set(context.dots)
+    for dot in dots:
+        if dot in extra:
+            extra.discard(dot)
+            continue
+        top = vv.get(dot.node_id, 0)
+        if dot.counter <= top:
+            vv[dot.node_id] = dot.counter - 1
+            extra.update(Dot(dot.node_id, i) for i in range(dot.counter + 1, top + 1))
+    return CausalContext.of(vv, extra - set(dots))
+
+
+def withdraw(state: KeyState, dots: Iterable[Dot], node_id: str) -> KeyState:
+    """The state without some of its versions, as if node_id had never received them (a copy
+    the residency policy no longer lets its region hold). Their dots leave the context too:
+    a context naming them would supersede them wherever it travels (a client's next write, an
+    anti-entropy pull of the key's other versions), and the copies elsewhere are allowed ones;
+    and a later copy, once the region may hold it again, is taken back by merge instead of
+    being treated as deleted. node_id's own counter for the key does not go back: when one of
+    its own versions leaves and the counter would fall, the context keeps a dot one past the
+    highest it issued, which no version carries, so the key's next dot is never reused."""
+    gone = {v.dot for v in state.versions} & set(dots)
+    if not gone:
+        return state
+    issued = state.context.max_counter(node_id)
+    context = context_without(state.context, sorted(gone))
+    if context.max_counter(node_id) < issued:
+        context = context.join(CausalContext.of({}, [Dot(node_id, issued + 1)]))
+    return KeyState(tuple(v for v in state.versions if v.dot not in gone), context, state.requests)

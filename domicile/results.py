@@ -175,6 +175,24 @@ class ComplianceViolation:
 
 
 @dataclass(frozen=True)
+class RemediationReceipt:
+    """What one region's node removed for a remediation: the copies the policy in force does
+    not allow there, and only there (nothing replicates the removal). `removed` lists at most
+    the removed_max asked for; `copies_removed` counts them all."""
+
+    request_id: str
+    region: str
+    node_id: str
+    policy_version: str
+    copies_removed: int
+    versions_removed: int
+    kept_last_copies: int
+    removed: tuple[ComplianceViolation, ...]
+    receipt_audit_seq: int
+    violations_after: int
+
+
+@dataclass(frozen=True)
 class ComplianceReport:
     """What one region's compliance scan found. `violations` lists at most the violations_max
     asked for; `violations_total` counts them all."""

@@ -8,7 +8,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,14 @@ from node.clock_guard import ClockGuard
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.head_export import HeadExporter
+from node.compliance.remediation import (
+    Copy,
+    Receipt,
+    Remediator,
+    forbidden_here,
+    plan_withdrawals,
+    withdraw_copies,
+)
 from node.compliance.scanner import ScanReport, scan_store
 from node.compliance.stats import namespace_counts
 from node.config import CACHE_RULE, NodeConfig, redis_url_for_logs, split_host_port
@@ -333,6 +341,9 @@ class Node:
             interval_s=cfg.antientropy_interval_s,
             rng=random.Random(self.rng.random()),
         )
+        self.remediator = Remediator(
+            node_id=cfg.node_id, region=cfg.region, audit=self.audit, on_withdrawn=self._withdrawn
+        )
         # What a loosened policy now lets this region hold is pulled from the peers.
         self.backfill = Backfill(
             node_id=cfg.node_id,
@@ -412,6 +423,7 @@ class Node:
                 access,
                 consistency=self.entropy.check,
                 repair=self.entropy.round_with,
+                remediate=self.compliance_remediate,
             ),
             server,
         )
@@ -895,6 +907,50 @@ class Node:
                     report.policy_version,
                 )
             return report
+
+    async def compliance_remediate(
+        self, request_id: str, principal: str, *, remove_last_copies: bool = False
+    ) -> Receipt:
+        """Removes from this store, and only here, the copies the policy in force does not
+        allow here (node/compliance/remediation.py), then scans again; returns the receipt."""
+        request_id = Remediator.request_id(request_id)
+        async with self._scan_lock:
+            policy, cluster, region = self.view.policy, self.view.topology.cluster, self.config.region
+            plan = await self.long_work.run(
+                functools.partial(
+                    plan_withdrawals,
+                    self.engine,
+                    policy,
+                    cluster,
+                    region,
+                    remove_last_copies=remove_last_copies,
+                )
+            )
+
+            def withdraw(copies: Sequence[Copy]) -> Awaitable[list[tuple[str, str, int]]]:
+                # Judged again by the policy in force on the writer thread.
+                current = self.view
+                check = forbidden_here(current.policy, current.topology.cluster, region)
+                return self.committer.run(lambda engine: withdraw_copies(engine, copies, check))
+
+            receipt = await self.remediator.apply(
+                plan,
+                request_id=request_id,
+                principal=principal,
+                policy_version=policy.version,
+                withdraw=withdraw,
+            )
+        log.info(
+            "remediation %s by %s removed %d record copies here (%d kept: no region may hold them)",
+            request_id, principal, len(receipt.removed), receipt.kept_last_copies,
+        )  # fmt: skip
+        receipt.violations_after = (await self.compliance_scan(0, principal)).violations_total
+        return receipt
+
+    def _withdrawn(self, keys: list[tuple[str, str]]) -> None:
+        self.trees.mark(keys)
+        if self.cache is not None:
+            self.cache.changed(keys)
 
     def _store_figures(self) -> tuple[StoreCounts, int]:
         return self.engine.counts(), self.engine.last_lsn()

@@ -387,14 +387,19 @@ def _add_compliance(sub: Any) -> None:
     p = actions.add_parser(
         "remediate",
         parents=[_common_options(deadline_s=300.0)],
-        help="plan the removal of the record copies the policy in force no longer allows",
-        description="Scans every region (or those of --region) like `compliance scan` and prints, "
-        "per region, the copies a remediation would remove and the regions the record stays in; "
-        "a copy no region may hold is flagged. --plan is required: applying a plan is not built. "
-        "Nothing is changed. Exit 0 nothing to remove, 1 removals planned, 2 a region could not "
-        "be scanned.",
+        help="plan or apply the removal of the record copies the policy in force no longer allows",
+        description="--plan scans every region (or those of --region) like `compliance scan` and "
+        "prints, per region, the copies a remediation would remove and the regions the record "
+        "stays in; a copy no region may hold is flagged; nothing is changed (exit 0 nothing to "
+        "remove, 1 removals planned). --apply (the dpo role) has each region's node remove those "
+        "copies from its own store only: nothing replicates the removal, so the allowed copies "
+        "elsewhere stay; each removal is audited and each region returns a receipt (exit 0 no "
+        "violation left, 1 some left: copies no region may hold are kept without "
+        "--remove-last-copies). Exit 2: a region could not be scanned or remediated.",
     )
-    p.add_argument("--plan", action="store_true", required=True, help="print the plan; change nothing")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--plan", action="store_true", help="print the plan; change nothing")
+    mode.add_argument("--apply", action="store_true", help="remove the copies (dpo role); print the receipts")
     p.add_argument(
         "--region", "-r", action="append", metavar="REGION", help="plan for this region (repeatable)"
     )
@@ -404,7 +409,15 @@ def _add_compliance(sub: Any) -> None:
         default=VIOLATIONS_MAX_DEFAULT,
         help="copies to list per region; all are counted (default: %(default)s)",
     )
-    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument(
+        "--remove-last-copies",
+        action="store_true",
+        help="with --apply: also remove copies no region may hold (the record leaves the cluster)",
+    )
+    p.add_argument(
+        "--request-id", default="", help="with --apply: the id the audit entries and receipts carry"
+    )
+    p.add_argument("--json", action="store_true", help="print the plan or the receipts as one JSON object")
 
 
 def _add_consistency(sub: Any) -> None:

@@ -37,6 +37,7 @@ from domicile.results import (
     NodeStatus,
     PutResult,
     ReadVersion,
+    RemediationReceipt,
     ScanItem,
 )
 from domicile.topology import Link, NodeHealth, NodeInfo, Topology
@@ -79,6 +80,7 @@ __all__ = [
     "NodeStatus",
     "PutResult",
     "ReadVersion",
+    "RemediationReceipt",
     "RetryPolicy",
     "ScanItem",
     "Topology",

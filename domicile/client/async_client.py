@@ -38,6 +38,7 @@ from domicile.results import (
     NodeStatus,
     PairConsistency,
     PutResult,
+    RemediationReceipt,
     ScanItem,
 )
 from domicile.subjects import HoldScope, LegalHold, SubjectRequest
@@ -78,7 +79,7 @@ from domicile.wire.requests import (
     put_request,
     release_hold_request,
 )
-from domicile.wire.status import compliance_report_from_pb, node_status_from_pb
+from domicile.wire.status import compliance_report_from_pb, node_status_from_pb, receipt_from_pb
 from domicile.wire.subjects import exported_copies_from_pb, hold_from_pb, hold_of, request_from_pb, request_of
 from domicile.wire.topology import topology_from_pb
 
@@ -564,6 +565,34 @@ class AsyncClient:
             deadline_s=deadline_s,
         )
         return compliance_report_from_pb(resp, node.node_id, node.region)
+
+    async def remediate_compliance(
+        self,
+        region: str,
+        request_id: str = "",
+        *,
+        remove_last_copies: bool = False,
+        removed_max: int = VIOLATIONS_MAX_DEFAULT,
+        deadline_s: float | None = None,
+    ) -> RemediationReceipt:
+        """Has the node of `region` remove the record copies the policy in force does not allow
+        there, and only there (the dpo role); returns its receipt. Like a scan it walks the whole
+        store: pass a deadline_s that fits its size. A second run finds nothing more to remove
+        (and records a receipt of nothing)."""
+        check_region_name(region)
+        check_violations_max(removed_max)
+        req = spb.RemediateComplianceRequest(
+            request_id=request_id, remove_last_copies=remove_last_copies, removed_max=removed_max
+        )
+        resp, node = await self._call(
+            f"compliance remediation of {region}",
+            None,
+            region,
+            False,
+            lambda s, t: s.RemediateCompliance(req, timeout=t),
+            deadline_s=deadline_s,
+        )
+        return receipt_from_pb(resp, node.region)
 
     # -- data-subject requests and legal holds (coordinator)
 

@@ -1186,3 +1186,95 @@ class CheckConsistencyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckConsistencyResponse: _TypeAlias = CheckConsistencyResponse  # noqa: Y015
+
+@_typing.final
+class RemediateComplianceRequest(_message.Message):
+    """Request of StorageNodeService.RemediateCompliance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REMOVE_LAST_COPIES_FIELD_NUMBER: _builtins.int
+    REMOVED_MAX_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The caller's id for this remediation, named in every audit entry and the receipt; empty:
+    the node makes one.
+    """
+    remove_last_copies: _builtins.bool
+    """Also remove copies that no region may hold (the record leaves the cluster); without it
+    they are kept and counted in kept_last_copies.
+    """
+    removed_max: _builtins.int
+    """Removed copies to list in the response: 1 to 10000; 0 means 1000. All are counted."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        remove_last_copies: _builtins.bool = ...,
+        removed_max: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["remove_last_copies", b"remove_last_copies", "removed_max", b"removed_max", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemediateComplianceRequest: _TypeAlias = RemediateComplianceRequest  # noqa: Y015
+
+@_typing.final
+class RemediateComplianceResponse(_message.Message):
+    """The receipt of a remediation at one node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    COPIES_REMOVED_FIELD_NUMBER: _builtins.int
+    VERSIONS_REMOVED_FIELD_NUMBER: _builtins.int
+    KEPT_LAST_COPIES_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    RECEIPT_AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_AFTER_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    region: _builtins.str
+    node_id: _builtins.str
+    policy_version: _builtins.str
+    """The residency policy the copies were judged by."""
+    copies_removed: _builtins.int
+    """Key copies removed here, and their versions."""
+    versions_removed: _builtins.int
+    kept_last_copies: _builtins.int
+    """Copies no region may hold, kept (remove_last_copies was not set)."""
+    receipt_audit_seq: _builtins.int
+    """Sequence number of the receipt's entry in this region's audit trail."""
+    violations_after: _builtins.int
+    """Violations the scan after the remediation still finds here (the kept last copies, and
+    copies written while it ran).
+    """
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComplianceViolation]:
+        """The removed copies (the first removed_max), each with the regions the record stays in."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
+        copies_removed: _builtins.int = ...,
+        versions_removed: _builtins.int = ...,
+        kept_last_copies: _builtins.int = ...,
+        removed: _abc.Iterable[Global___ComplianceViolation] | None = ...,
+        receipt_audit_seq: _builtins.int = ...,
+        violations_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copies_removed", b"copies_removed", "kept_last_copies", b"kept_last_copies", "node_id", b"node_id", "policy_version", b"policy_version", "receipt_audit_seq", b"receipt_audit_seq", "region", b"region", "removed", b"removed", "request_id", b"request_id", "versions_removed", b"versions_removed", "violations_after", b"violations_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemediateComplianceResponse: _TypeAlias = RemediateComplianceResponse  # noqa: Y015

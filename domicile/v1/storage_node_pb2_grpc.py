@@ -86,6 +86,11 @@ class StorageNodeServiceStub:
                 request_serializer=domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyResponse.FromString,
                 _registered_method=True)
+        self.RemediateCompliance = channel.unary_unary(
+                '/domicile.v1.StorageNodeService/RemediateCompliance',
+                request_serializer=domicile_dot_v1_dot_storage__node__pb2.RemediateComplianceRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_storage__node__pb2.RemediateComplianceResponse.FromString,
+                _registered_method=True)
 
 
 class StorageNodeServiceServicer:
@@ -180,6 +185,16 @@ class StorageNodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemediateCompliance(self, request, context):
+        """Removes from this node's store the record copies the residency policy in force no longer
+        allows here, and only those: no tombstone and no change-log entry, so nothing replicates
+        and the allowed copies elsewhere stay. Each removal is audited before it happens; the
+        response is the receipt, which the audit trail also records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageNodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +247,11 @@ def add_StorageNodeServiceServicer_to_server(servicer, server):
                     servicer.CheckConsistency,
                     request_deserializer=domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyResponse.SerializeToString,
+            ),
+            'RemediateCompliance': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemediateCompliance,
+                    request_deserializer=domicile_dot_v1_dot_storage__node__pb2.RemediateComplianceRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_storage__node__pb2.RemediateComplianceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -506,6 +526,33 @@ class StorageNodeService:
             '/domicile.v1.StorageNodeService/CheckConsistency',
             domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyRequest.SerializeToString,
             domicile_dot_v1_dot_storage__node__pb2.CheckConsistencyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemediateCompliance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.StorageNodeService/RemediateCompliance',
+            domicile_dot_v1_dot_storage__node__pb2.RemediateComplianceRequest.SerializeToString,
+            domicile_dot_v1_dot_storage__node__pb2.RemediateComplianceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,12 @@ class StorageNodeServiceStub:
     """Compares this node's digest trees with a peer's, moving no records: the keys on which
     the two replicas disagree and the share on which they agree, per namespace.
     """
+    RemediateCompliance: _grpc.UnaryUnaryMultiCallable[_storage_node_pb2.RemediateComplianceRequest, _storage_node_pb2.RemediateComplianceResponse]
+    """Removes from this node's store the record copies the residency policy in force no longer
+    allows here, and only those: no tombstone and no change-log entry, so nothing replicates
+    and the allowed copies elsewhere stay. Each removal is audited before it happens; the
+    response is the receipt, which the audit trail also records.
+    """
 
 @_typing.type_check_only
 class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
@@ -132,6 +138,12 @@ class StorageNodeServiceAsyncStub(StorageNodeServiceStub):
     CheckConsistency: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.CheckConsistencyRequest, _storage_node_pb2.CheckConsistencyResponse]  # type: ignore[assignment]
     """Compares this node's digest trees with a peer's, moving no records: the keys on which
     the two replicas disagree and the share on which they agree, per namespace.
+    """
+    RemediateCompliance: _aio.UnaryUnaryMultiCallable[_storage_node_pb2.RemediateComplianceRequest, _storage_node_pb2.RemediateComplianceResponse]  # type: ignore[assignment]
+    """Removes from this node's store the record copies the residency policy in force no longer
+    allows here, and only those: no tombstone and no change-log entry, so nothing replicates
+    and the allowed copies elsewhere stay. Each removal is audited before it happens; the
+    response is the receipt, which the audit trail also records.
     """
 
 class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -242,6 +254,18 @@ class StorageNodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_storage_node_pb2.CheckConsistencyResponse, _abc.Awaitable[_storage_node_pb2.CheckConsistencyResponse]]:
         """Compares this node's digest trees with a peer's, moving no records: the keys on which
         the two replicas disagree and the share on which they agree, per namespace.
+        """
+
+    @_abc_1.abstractmethod
+    def RemediateCompliance(
+        self,
+        request: _storage_node_pb2.RemediateComplianceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_node_pb2.RemediateComplianceResponse, _abc.Awaitable[_storage_node_pb2.RemediateComplianceResponse]]:
+        """Removes from this node's store the record copies the residency policy in force no longer
+        allows here, and only those: no tombstone and no change-log entry, so nothing replicates
+        and the allowed copies elsewhere stay. Each removal is audited before it happens; the
+        response is the receipt, which the audit trail also records.
         """
 
 def add_StorageNodeServiceServicer_to_server(servicer: StorageNodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

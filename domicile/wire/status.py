@@ -11,6 +11,7 @@ from domicile.results import (
     NamespaceQuality,
     NamespaceStats,
     NodeStatus,
+    RemediationReceipt,
 )
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.wire.enums import enum_or
@@ -115,4 +116,19 @@ def violation_from_pb(msg: spb.ComplianceViolation, region: str) -> ComplianceVi
         rule=msg.rule,
         reason=msg.reason,
         allowed_regions=tuple(msg.allowed_regions),
+    )
+
+
+def receipt_from_pb(msg: spb.RemediateComplianceResponse, region: str) -> RemediationReceipt:
+    return RemediationReceipt(
+        request_id=msg.request_id,
+        region=msg.region or region,
+        node_id=msg.node_id,
+        policy_version=msg.policy_version,
+        copies_removed=msg.copies_removed,
+        versions_removed=msg.versions_removed,
+        kept_last_copies=msg.kept_last_copies,
+        removed=tuple(violation_from_pb(v, region) for v in msg.removed),
+        receipt_audit_seq=msg.receipt_audit_seq,
+        violations_after=msg.violations_after,
     )

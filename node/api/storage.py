@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -26,6 +26,7 @@ from node.api.access import NodeAccess
 from node.api.errors import abort_with, status_for
 from node.compliance.audit_log import AuditLog
 from node.compliance.enforcer import Audit
+from node.compliance.remediation import Receipt
 from node.compliance.scanner import ScanReport
 from node.crypto.sealing import Sealer
 from node.engine.base import Committed
@@ -38,6 +39,17 @@ from node.service import DeleteCommand, PutCommand, ReadResult, StorageService
 ConsistencyCheck = Callable[[str, list[str], int], Awaitable[list[Comparison]]]
 # An anti-entropy round with a peer (pulls what differs): peer node id -> comparisons.
 RepairRound = Callable[[str], Awaitable[list[Comparison]]]
+
+
+# The longest request id a remediation takes (it is written into every audit entry of the run).
+REQUEST_ID_MAX = 128
+
+
+class Remediate(Protocol):
+    def __call__(
+        self, request_id: str, principal: str, *, remove_last_copies: bool = False
+    ) -> Awaitable[Receipt]: ...
+
 
 T = TypeVar("T")
 log = logging.getLogger("domicile.node.api")
@@ -159,6 +171,23 @@ def _scan_report_pb(report: ScanReport) -> spb.ScanComplianceResponse:
     return response
 
 
+def _receipt_pb(receipt: Receipt, removed_max: int) -> spb.RemediateComplianceResponse:
+    response = spb.RemediateComplianceResponse(
+        request_id=receipt.request_id,
+        region=receipt.region,
+        node_id=receipt.node_id,
+        policy_version=receipt.policy_version,
+        copies_removed=len(receipt.removed),
+        versions_removed=receipt.versions_removed,
+        kept_last_copies=receipt.kept_last_copies,
+        receipt_audit_seq=receipt.receipt_seq,
+        violations_after=receipt.violations_after,
+    )
+    for copy in receipt.removed[:removed_max]:
+        violation_to_pb(copy.violation, response.removed.add())
+    return response
+
+
 class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     def __init__(
         self,
@@ -170,7 +199,9 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         access: NodeAccess,
         consistency: ConsistencyCheck | None = None,
         repair: RepairRound | None = None,
+        remediate: Remediate | None = None,
     ) -> None:
+        self._remediate = remediate
         self._consistency = consistency
         self._repair = repair
         self._sealer = sealer
@@ -409,6 +440,35 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         remaining = context.time_remaining()
         deadline_s = 3600.0 if remaining is None else remaining
         return await guarded(self.metrics, "ScanCompliance", context, deadline_s, work)
+
+    async def RemediateCompliance(
+        self, request: spb.RemediateComplianceRequest, context: grpc.aio.ServicerContext
+    ) -> spb.RemediateComplianceResponse:
+        async def work() -> spb.RemediateComplianceResponse:
+            caller = self._access.region(context, "storage.RemediateCompliance")
+            limit = request.removed_max or VIOLATIONS_MAX_DEFAULT
+            if limit > VIOLATIONS_MAX_LIMIT:
+                raise errors.InvalidArgument(
+                    f"removed_max {limit} is too large; use 1 to {VIOLATIONS_MAX_LIMIT} "
+                    "(0 for the default); the total is counted either way"
+                )
+            rid = request.request_id
+            if len(rid) > REQUEST_ID_MAX or not all(33 <= ord(c) < 127 for c in rid):
+                raise errors.InvalidArgument(
+                    f"request_id {rid[:40]!r} is not allowed: at most {REQUEST_ID_MAX} printable ASCII "
+                    "characters without spaces (empty: the node makes one); nothing was removed"
+                )
+            if self._remediate is None:
+                raise errors.FailedPrecondition("this node does not remediate")
+            receipt = await self._remediate(
+                request.request_id, caller.identity, remove_last_copies=request.remove_last_copies
+            )
+            return _receipt_pb(receipt, limit)
+
+        # A remediation walks the whole store, as a scan does.
+        remaining = context.time_remaining()
+        deadline_s = 3600.0 if remaining is None else remaining
+        return await guarded(self.metrics, "RemediateCompliance", context, deadline_s, work)
 
     async def ReadAuditLog(
         self, request: spb.ReadAuditLogRequest, context: grpc.aio.ServicerContext

@@ -139,6 +139,11 @@ class StorageEngine(Protocol):
         writes it accepted itself)."""
         ...
 
+    def withdraw(self, namespace: str, key: str, dots: Sequence[Dot]) -> KeyState | None:
+        """Removes those versions from this store only, nothing logged or replicated (a copy the
+        policy no longer allows here); the new state, or None when none was there."""
+        ...
+
     def get(self, namespace: str, key: str) -> KeyState | None:
         """The stored state of a key (tombstones included), or None when never written."""
         ...

@@ -430,6 +430,29 @@ class EngineCore:
 
         return self.backend.write(prune)
 
+    def withdraw(self, namespace: str, key: str, dots: Sequence[Dot]) -> KeyState | None:
+        """Removes those versions of the key from this store only (causality.withdraw): no
+        change-log entry, so no stream ships the removal, and no tombstone, so no anti-entropy
+        pull can carry it to a replica. Returns the new state, or None when none of the
+        versions was there any more."""
+        check_encodable("namespace", namespace)
+        check_encodable("key", key)
+        wanted = frozenset(dots)
+
+        def work(tx: WriteTx) -> KeyState | None:
+            totals = tx.totals()
+            working = _WorkingSet(tx, [(namespace, key)])
+            state = working.get(namespace, key)
+            if state is None or not any(v.dot in wanted for v in state.versions):
+                return None
+            after = causality.withdraw(state, wanted, self.node_id)
+            working.put(namespace, key, after)
+            working.flush(tx, totals)
+            tx.store_totals(totals)
+            return after
+
+        return self.backend.write(work)
+
     def record_outbound_ack(self, target_node_id: str, lsn: int) -> None:
         if not target_node_id:
             raise InvalidArgument("target node id is empty; name the node that acknowledged")

@@ -739,3 +739,30 @@ def test_a_write_whose_request_id_the_key_remembers_is_answered_and_not_written_
     (again,) = commit_ok(reopened, stamp, write)
     assert again.replayed and again.mutation.version.dot == first.mutation.version.dot
     assert reopened.read_log(last_lsn, 10) == []
+
+
+# -- withdrawing a copy (compliance remediation) ---------------------------------------------
+
+
+def test_withdraw_removes_versions_here_only_without_logging_them(
+    harness: EngineHarness, engine: StorageEngine, stamp: Stamp
+) -> None:
+    _, log = _remote_log(harness, stamp, put("o", "a", b"remote"))
+    engine.apply_remote("node-b", log, log[-1].lsn)
+    (mine,) = commit_ok(engine, stamp, put("o", "b", b"mine"))
+    last = engine.last_lsn()
+    remote_dot = log[0].version.dot
+    after = engine.withdraw("o", "a", [remote_dot])
+    assert after is not None and after.versions == ()
+    assert engine.get("o", "a") == after and not after.context.covers(remote_dot)
+    assert engine.withdraw("o", "b", [mine.mutation.version.dot]) is not None
+    # Nothing entered the change log: no stream ships a withdrawal.
+    assert engine.last_lsn() == last and len(engine.read_log(0, 10)) == last
+    # The keys stay, with no live version (their contexts keep this node's counters).
+    assert engine.counts().records == 0
+    # The key's next local dot is past the withdrawn one of this node.
+    (again,) = commit_ok(engine, stamp, put("o", "b", b"again"))
+    assert again.mutation.version.dot.counter > mine.mutation.version.dot.counter
+    # Withdrawing what is not there changes nothing.
+    assert engine.withdraw("o", "a", [remote_dot]) is None
+    assert engine.withdraw("o", "never", [remote_dot]) is None

@@ -31,6 +31,7 @@ ALLOWED = {
     "app": RECORD_RPCS | {"storage.PutBatch", "storage.GetNodeStatus", "coordinator.GetTopology"},
     "dpo": {
         "storage.ExportSubject",
+        "storage.RemediateCompliance",
         "coordinator.EraseSubject",
         "coordinator.OpenSubjectRequest",
         "coordinator.CompleteSubjectRequest",
