@@ -18,6 +18,7 @@ from domicile.errors import InvalidArgument, NotFound
 from domicile.model import Classification, ConflictMode, check_namespace_name, check_purpose
 from domicile.quality import canonical_schema
 from domicile.subjects import DEFAULT_RETENTION_CLASSES, RetentionClass, parse_retention_classes
+from domicile.sync_modes import REALTIME, REALTIME_SPEC, SyncSpec, parse_sync
 from domicile.yaml_text import load_yaml
 
 BACKUP_RETENTION_DAYS_DEFAULT = 30
@@ -80,6 +81,8 @@ class NamespaceSpec:
     # How many in-scope regions must hold a write durably before it is acknowledged (1: the
     # accepting region alone; the others follow asynchronously).
     min_regions_acked: int = 1
+    # How often its records are shipped to the regions of its scope (domicile/sync_modes.py).
+    sync: SyncSpec = REALTIME_SPEC
 
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
@@ -173,6 +176,17 @@ def _min_regions_acked(raw: Mapping[str, Any], where: str, in_scope: int) -> int
             f"its scope; default 1), not {value!r}"
         )
     return value
+
+
+def _sync(raw: Mapping[str, Any], where: str, scope: list[str]) -> SyncSpec:
+    spec = parse_sync(raw.get("sync"), where, scope)
+    if spec.mode != REALTIME and raw.get("min_regions_acked", 1) != 1:
+        # A write waiting for other regions would wait for the next batch or window.
+        raise InvalidArgument(
+            f"{where}: min_regions_acked above 1 needs sync: realtime (a {spec.mode} link makes a "
+            "write wait for the next shipment)"
+        )
+    return spec
 
 
 def _purposes(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
@@ -373,6 +387,7 @@ def parse_cluster(
                 min_regions_acked=_min_regions_acked(
                     raw, f"{where} ({name})", len(region_names) if is_global else len(set(scoped))
                 ),
+                sync=_sync(raw, f"{where} ({name})", sorted(region_names) if is_global else list(scoped)),
             )
         )
     if len({n.name for n in namespaces}) != len(namespaces):

@@ -138,6 +138,21 @@ class NodeMetrics:
             ["source", "target"],
             registry=r,
         )
+        # Sync modes (domicile/sync_modes.py): the lag a link's mode expects, which the lag
+        # alerts add to the promise, and when it last had nothing left to send.
+        self.replication_sync_allowance = Gauge(
+            "domicile_replication_sync_allowance_seconds",
+            "Lag the link's sync mode expects at most: 0 realtime, the interval for batch, the gap "
+            "between windows plus a window for scheduled.",
+            ["source", "target"],
+            registry=r,
+        )
+        self.replication_drained = Gauge(
+            "domicile_replication_drained_timestamp_seconds",
+            "When the link last had nothing left to send to its target (Unix time).",
+            ["source", "target"],
+            registry=r,
+        )
         # Anti-entropy (node.replication.entropy): each round compares this node's digest trees
         # with one peer's and pulls the keys that differ.
         self.entropy_keys_compared = Counter(

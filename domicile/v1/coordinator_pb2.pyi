@@ -137,6 +137,7 @@ class Namespace(_message.Message):
     QUALITY_FIELDS_FIELD_NUMBER: _builtins.int
     SIBLINGS_MAX_FIELD_NUMBER: _builtins.int
     MIN_REGIONS_ACKED_FIELD_NUMBER: _builtins.int
+    SYNC_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Namespace name."""
     conflict_mode: _record_pb2.ConflictMode.ValueType
@@ -171,6 +172,10 @@ class Namespace(_message.Message):
     def quality_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Top-level fields the dataset wants present; each accepted value scores the share it has."""
 
+    @_builtins.property
+    def sync(self) -> Global___SyncMode:
+        """How often its records are shipped to other regions; absent: realtime."""
+
     def __init__(
         self,
         *,
@@ -186,14 +191,57 @@ class Namespace(_message.Message):
         quality_fields: _abc.Iterable[_builtins.str] | None = ...,
         siblings_max: _builtins.int = ...,
         min_regions_acked: _builtins.int = ...,
+        sync: Global___SyncMode | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sync", b"sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "json_schema", b"json_schema", "min_regions_acked", b"min_regions_acked", "name", b"name", "owner", b"owner", "purposes", b"purposes", "quality_fields", b"quality_fields", "regions", b"regions", "retention_class", b"retention_class", "siblings_max", b"siblings_max"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "conflict_mode", b"conflict_mode", "description", b"description", "global", b"global", "json_schema", b"json_schema", "min_regions_acked", b"min_regions_acked", "name", b"name", "owner", b"owner", "purposes", b"purposes", "quality_fields", b"quality_fields", "regions", b"regions", "retention_class", b"retention_class", "siblings_max", b"siblings_max", "sync", b"sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Namespace: _TypeAlias = Namespace  # noqa: Y015
+
+@_typing.final
+class SyncMode(_message.Message):
+    """A namespace's sync mode toward some regions (the specification's real-time, batch and
+    scheduled sync).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    INTERVAL_S_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    mode: _builtins.str
+    """"realtime", "batch" or "scheduled"; empty means realtime."""
+    interval_s: _builtins.float
+    """batch: ship at most every this many seconds, in bulk."""
+    window: _builtins.str
+    """scheduled: a cron expression (UTC, five fields) of when the window opens."""
+    window_s: _builtins.float
+    """scheduled: seconds the window stays open."""
+    @_builtins.property
+    def to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Target regions the mode applies to; empty: every region of the scope."""
+
+    def __init__(
+        self,
+        *,
+        mode: _builtins.str = ...,
+        interval_s: _builtins.float = ...,
+        window: _builtins.str = ...,
+        window_s: _builtins.float = ...,
+        to: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_s", b"interval_s", "mode", b"mode", "to", b"to", "window", b"window", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncMode: _TypeAlias = SyncMode  # noqa: Y015
 
 @_typing.final
 class Link(_message.Message):

@@ -7,8 +7,10 @@ becomes UNSPECIFIED, and each reader decides what UNSPECIFIED means for it (see 
 from __future__ import annotations
 
 from domicile.cluster import SIBLINGS_MAX_DEFAULT, SIBLINGS_MAX_LIMIT, ClusterSpec, NamespaceSpec, RegionSpec
+from domicile.errors import InvalidArgument
 from domicile.model import Classification, ConflictMode
 from domicile.subjects import DEFAULT_RETENTION_CLASSES
+from domicile.sync_modes import BATCH, REALTIME, REALTIME_SPEC, SCHEDULED, Cron, SyncSpec
 from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.wire.enums import enum_or
@@ -49,7 +51,31 @@ def namespace_from_pb(msg: cpb.Namespace) -> NamespaceSpec:
         # 0: a coordinator that does not send it; the nodes then apply the default.
         siblings_max=min(msg.siblings_max or SIBLINGS_MAX_DEFAULT, SIBLINGS_MAX_LIMIT),
         min_regions_acked=max(msg.min_regions_acked, 1),
+        sync=sync_from_pb(msg.sync),
     )
+
+
+def sync_from_pb(msg: cpb.SyncMode) -> SyncSpec:
+    """A sync mode the node cannot read is taken as realtime: shipping sooner than configured
+    costs money, never data or residency."""
+    try:
+        if msg.mode == BATCH:
+            return SyncSpec(BATCH, interval_s=msg.interval_s, to=tuple(msg.to))
+        if msg.mode == SCHEDULED:
+            return SyncSpec(SCHEDULED, window=Cron.parse(msg.window), window_s=msg.window_s, to=tuple(msg.to))
+    except InvalidArgument:
+        pass
+    return REALTIME_SPEC
+
+
+def sync_to_pb(spec: SyncSpec, out: cpb.SyncMode) -> None:
+    if spec.mode == REALTIME:
+        return
+    out.mode = spec.mode
+    out.interval_s = spec.interval_s
+    out.window = spec.window.text if spec.window is not None else ""
+    out.window_s = spec.window_s
+    out.to.extend(spec.to)
 
 
 def topology_from_pb(msg: cpb.Topology) -> Topology:
@@ -105,6 +131,7 @@ def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:
             siblings_max=n.siblings_max,
             min_regions_acked=n.min_regions_acked,
         )
+        sync_to_pb(n.sync, msg.sync)
         setattr(msg, "global", n.is_global)
     out.policy_version = cluster.policy_version
     out.policy_pack_yaml = cluster.policy_pack_yaml

@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 
 from domicile.identity.credentials import Dialer
 from domicile.model import Limits
 from domicile.retry import BackoffPolicy
+from domicile.sync_modes import LinkCadence, link_cadence
 from domicile.topology import Topology
 from node.compliance.enforcer import Enforcer
 from node.crypto.sealing import Sealer
@@ -19,6 +21,7 @@ from node.engine.group_commit import GroupCommitter
 from node.engine.log_tail import LogTail
 from node.metrics import NodeMetrics
 from node.offload import Offload
+from node.replication.cadence import Cadence
 from node.replication.outbound import Bootstrap, LinkSender
 from node.replication.signal import LogSignal
 from node.topology_view import TopologyView
@@ -96,10 +99,12 @@ class ReplicationManager:
             spec = wanted.get(target_id)
             if spec is None or spec[0].address != sender.target.address:
                 self._stop_sender(target_id)
-            elif spec[1] != sender.namespaces:
+                continue
+            if spec[1] != sender.namespaces:
                 sender.namespaces = spec[1]
             else:
                 sender.target = spec[0]
+            sender.cadence.replace(self._cadence_of(topology, spec[1], spec[0].region))
         for target_id, (target, namespaces) in wanted.items():
             if target_id not in self.senders:
                 sender = LinkSender(
@@ -123,6 +128,9 @@ class ReplicationManager:
                     log_tail=self.log_tail,
                     on_ack=self._pulse,
                     bootstrap=self.bootstrap,
+                    cadence=self._new_cadence(
+                        target_id, self._cadence_of(topology, namespaces, target.region)
+                    ),
                 )
                 self.senders[target_id] = sender
                 self._tasks[target_id] = asyncio.create_task(
@@ -131,6 +139,20 @@ class ReplicationManager:
                 log.info(
                     "link %s -> %s started for %s", self.node_id, target_id, ", ".join(sorted(namespaces))
                 )
+
+    @staticmethod
+    def _cadence_of(topology: Topology, namespaces: frozenset[str], target_region: str) -> LinkCadence:
+        specs = [ns.sync for ns in topology.cluster.namespaces if ns.name in namespaces]
+        return link_cadence(specs, target_region)
+
+    def _new_cadence(self, target_id: str, spec: LinkCadence) -> Cadence:
+        labels = (self.node_id, target_id)
+        allowance = self.metrics.replication_sync_allowance.labels(*labels)
+        return Cadence(
+            spec,
+            on_drained=self.metrics.replication_drained.labels(*labels).set,
+            on_change=lambda s: allowance.set(s.allowance_s(time.time())),
+        )
 
     def _pulse(self) -> None:
         acked, self._acked = self._acked, asyncio.Event()

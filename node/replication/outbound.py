@@ -37,6 +37,7 @@ from node.engine.base import StorageEngine
 from node.engine.log_tail import LogTail
 from node.metrics import NodeMetrics
 from node.offload import Offload
+from node.replication.cadence import Cadence
 from node.replication.signal import LogSignal
 from node.replication.window import SendWindow
 from node.topology_view import TopologyView
@@ -84,8 +85,11 @@ class LinkSender:
         epoch: int = 0,
         on_ack: Callable[[], None] = lambda: None,
         bootstrap: Bootstrap | None = None,
+        cadence: Cadence | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        # When the link may ship: its namespaces' sync mode (realtime unless configured).
+        self.cadence = cadence or Cadence()
         # This node's incarnation, sent in the hello (its writes carry writer id node_id.epoch).
         self.epoch = epoch
         self.enforcer = enforcer
@@ -301,9 +305,12 @@ class LinkSender:
                 grown = self.signal.mark()
                 batch = await self.next_batch(sent)
                 if batch is None:
+                    self.cadence.drained()
                     self._update_backlog()
                     await self._wait_for_log_or(reader, window, deadline_s, grown)
                     continue
+                # A batch or scheduled link waits for its turn here.
+                await self.cadence.ready(reader)
                 mutations, through = batch
                 size = sum(_batch_bytes(m) for m in mutations)
                 await self._acquire(window, reader, len(mutations), size, deadline_s)
