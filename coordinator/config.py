@@ -71,6 +71,9 @@ class CoordinatorConfig:
     tls_key: Path | None = None
     # Plaintext, no authentication, no authorization: development only, never a fallback.
     insecure: bool = False
+    # Roll out changed schemas even when a registered node could not be asked whether its
+    # stored values still validate (coordinator/schema_gate.py).
+    allow_unchecked_schemas: bool = False
     # Cedar policies every call is decided by; None: the packaged default set.
     authz_policies: Path | None = None
     # Bearer tokens: the issuer's public keys (JWKS) and the iss and aud a token must carry.
@@ -156,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="plaintext, no authentication or authorization (development only; logged at WARNING)",
     )
     parser.add_argument(
+        "--allow-unchecked-schemas",
+        action="store_true",
+        default=None,
+        help="roll out changed schemas even when a node cannot be asked whether its stored values "
+        "still validate (a node that answers with invalid values still refuses the config)",
+    )
+    parser.add_argument(
         "--authz-policies",
         type=Path,
         help="Cedar policy file (default: the packaged deploy/authz/policies.cedar)",
@@ -189,6 +199,7 @@ _FILE_KEYS = (
     "tls_cert",
     "tls_key",
     "insecure",
+    "allow_unchecked_schemas",
     "authz_policies",
     "jwks",
     "token_issuer",
@@ -196,7 +207,7 @@ _FILE_KEYS = (
     "region",
     "state_backup_interval_s",
 )
-_BOOL_KEYS = ("insecure",)
+_BOOL_KEYS = ("insecure", "allow_unchecked_schemas")
 _INT_KEYS = ("metrics_port", "heartbeat_interval_ms", "missed_heartbeats_max")
 _PATH_KEYS = (
     "data_dir",

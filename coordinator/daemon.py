@@ -19,6 +19,7 @@ from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_heads
 from coordinator.config import TLS_STEM, CoordinatorConfig, validate
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
+from coordinator.schema_gate import SCHEMAS_DIGEST_META, refuse_invalidating_schemas
 from coordinator.state_backup import StateBackup, backup_target
 from coordinator.store import CoordinatorStore
 from coordinator.subject_desk import SubjectDesk
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 # The most calls one peer may have in flight at the coordinator across its connections: a node
 # holds a topology watch and a few unary calls; an SDK client, its watch and its lookups.
 COORDINATOR_PEER_CALLS_MAX = 256
+# How long a node may take to count the stored values a changed schema would make invalid (it
+# walks its store).
+SCHEMA_CHECK_DEADLINE_S = 300.0
 
 
 class Coordinator:
@@ -136,7 +140,7 @@ class Coordinator:
         host, port = split_host_port(self.config.listen, "listen address")
         limits = self.config.limits
         # First, so that missing or bad certificates stop the coordinator before it opens its store.
-        self.security, _ = daemon_transport(
+        self.security, dialer = daemon_transport(
             self.config.tls_files(), self.config.insecure, "the coordinator", TLS_STEM
         )
         self.security.on_identity_refused(self.metrics.tls_identity_changes_refused.inc)
@@ -158,6 +162,17 @@ class Coordinator:
         )
         try:
             self._store = CoordinatorStore(self.config.data_dir)
+            # Before anything of this config is published: schemas that would make stored values
+            # invalid refuse it (coordinator/schema_gate.py).
+            schemas_digest = await refuse_invalidating_schemas(
+                self.cluster,
+                str(cfg.cluster_config),
+                self._store.load().nodes,
+                self._store.get_meta(SCHEMAS_DIGEST_META),
+                dialer,
+                deadline_s=SCHEMA_CHECK_DEADLINE_S,
+                allow_unchecked=cfg.allow_unchecked_schemas,
+            )
             self._registry = Registry(
                 self.cluster,
                 self._store,
@@ -170,6 +185,7 @@ class Coordinator:
                 on_register=self._on_register,
             )
             self._on_revision(self._registry.topology())
+            self._store.put_meta(SCHEMAS_DIGEST_META, schemas_digest)
             self._desk = SubjectDesk(
                 self.cluster,
                 self._store,

@@ -23,10 +23,11 @@ from coordinator.addresses import check_address
 from coordinator.config import CoordinatorLimits
 from coordinator.planner import plan_links
 from coordinator.store import CoordinatorStore, SubjectChanges
-from domicile.cluster import ClusterSpec
+from domicile.cluster import SIBLINGS_MAX_DEFAULT, ClusterSpec, NamespaceSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.model import check_node_id
 from domicile.subjects import ErasureOrder, LegalHold
+from domicile.sync_modes import REALTIME
 from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ REVISION_MAX = 2**62
 
 def cluster_fingerprint(cluster: ClusterSpec) -> str:
     """A digest of everything in the cluster config that the Topology message carries."""
-    doc = {
+    doc: dict[str, object] = {
         "policy_version": cluster.policy_version,
         "policy_pack_sha256": hashlib.sha256(cluster.policy_pack_yaml.encode()).hexdigest(),
         "retention_classes": [
@@ -64,7 +65,27 @@ def cluster_fingerprint(cluster: ClusterSpec) -> str:
     if cluster.authz_policies_text:
         # Only when set, for the same reason as the purposes.
         doc["authz_policies_sha256"] = hashlib.sha256(cluster.authz_policies_text.encode()).hexdigest()
+    # The namespace settings that travelled later, also only when set: a config that changed
+    # only a schema (or these) was not published to the nodes before they were here.
+    later = {n.name: _later_settings(n) for n in cluster.namespaces}
+    if any(later.values()):
+        doc["namespace_settings"] = {name: s for name, s in later.items() if s}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _later_settings(n: NamespaceSpec) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if n.json_schema:
+        out["json_schema_sha256"] = hashlib.sha256(n.json_schema.encode()).hexdigest()
+    if n.quality_fields:
+        out["quality_fields"] = list(n.quality_fields)
+    if n.siblings_max != SIBLINGS_MAX_DEFAULT:
+        out["siblings_max"] = n.siblings_max
+    if n.min_regions_acked != 1:
+        out["min_regions_acked"] = n.min_regions_acked
+    if n.sync.mode != REALTIME or n.sync.to:
+        out["sync"] = [n.sync.describe(), list(n.sync.to)]
+    return out
 
 
 class Registry:

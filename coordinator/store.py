@@ -460,6 +460,15 @@ class CoordinatorStore:
         rows = self._db.execute("SELECT region, head, accepted_unix_ms FROM audit_heads").fetchall()
         return {str(r): (bytes(h), int(t)) for r, h, t in rows}
 
+    def get_meta(self, key: str) -> str:
+        """A value of the meta table ("" when absent)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else ""
+
+    def put_meta(self, key: str, value: str) -> None:
+        with self._transaction():
+            self._put_meta(key, value)
+
     def _put_meta(self, key: str, value: str) -> None:
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
