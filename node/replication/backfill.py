@@ -16,8 +16,9 @@ A stream pass would re-read whole change logs, have no idea what the target lack
 source would have to know which of its past hold-backs the old policy made.
 
 The peer decides by its own copy of the policy. A peer that has not adopted the revision that
-loosened the policy yet still withholds; a comparison counts only once the peer answers from
-that revision or a later one, and is repeated until then. A peer that does not answer is tried
+changed the policy yet would withhold what is now allowed (or send what is now refused here),
+so nothing is pulled from it until it answers from that revision or a later one (a peer that
+does not say its revision, 0, is taken as it is). A peer that does not answer is tried
 again with back-off. A newer change restarts the job over every pair still pending and the new
 ones.
 """
@@ -184,15 +185,22 @@ class Backfill:
             progress.pairs_done += 1  # the link is gone: nothing to pull from it
             return True
         try:
-            comparison = await self.entropy.compare(known[0], namespace, repair=True, pace=self.bucket.take)
+            comparison = await self.entropy.compare(
+                known[0],
+                namespace,
+                repair=True,
+                pace=self.bucket.take,
+                min_peer_revision=progress.topology_revision,
+            )
         except errors.DomicileError as exc:
             log.info("backfill from %s of %s: %s; trying again", peer_id, namespace, exc.message)
             return False
         progress.keys_pulled += comparison.repaired
         progress.keys_compared += comparison.compared
         self.metrics.backfill_keys.labels(peer_id, namespace).inc(comparison.repaired)
-        if comparison.peer_revision < progress.topology_revision:
-            # The peer still decides by an older policy: what it withheld may be allowed now.
+        if 0 < comparison.peer_revision < progress.topology_revision:
+            # The peer still decides by an older policy: nothing was pulled (what it sent could
+            # be refused here, what it withholds may be allowed now). Again later.
             return False
         progress.pairs_done += 1
         return True

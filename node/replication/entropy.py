@@ -300,14 +300,24 @@ class AntiEntropy:
         repair: bool,
         divergent_max: int = DIVERGENT_KEYS_MAX,
         pace: Pace | None = None,
+        min_peer_revision: int = 0,
     ) -> Comparison:
         """Compares this node's replica of the namespace with the peer's; with `repair`, pulls
         and merges the peer's state of every key that differs (`pace`, if given, is awaited
         with each page's key count before the page is asked for: a backfill's rate limit). A
         failed call to the peer is Unavailable (it may answer later) or FailedPrecondition (it
-        refused), naming the peer."""
+        refused), naming the peer. A peer on a topology revision below `min_peer_revision` (it
+        decides by an older policy) is compared with no further call: the result says its
+        revision."""
         try:
-            return await self._compare(peer, namespace, repair=repair, divergent_max=divergent_max, pace=pace)
+            return await self._compare(
+                peer,
+                namespace,
+                repair=repair,
+                divergent_max=divergent_max,
+                pace=pace,
+                min_peer_revision=min_peer_revision,
+            )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             what = f"peer {peer.node_id} answered {code.name}: {exc.details()}"
@@ -316,7 +326,14 @@ class AntiEntropy:
             raise errors.FailedPrecondition(f"{what}; {namespace} was not compared") from None
 
     async def _compare(
-        self, peer: NodeInfo, namespace: str, *, repair: bool, divergent_max: int, pace: Pace | None
+        self,
+        peer: NodeInfo,
+        namespace: str,
+        *,
+        repair: bool,
+        divergent_max: int,
+        pace: Pace | None,
+        min_peer_revision: int,
     ) -> Comparison:
         stub = self._stub(peer)
         deadline = self.rpc_deadline_s
@@ -331,6 +348,8 @@ class AntiEntropy:
                 f"peer {peer.node_id} answered {len(theirs.buckets)} bucket digests; this node uses {BUCKETS}"
             )
         result.peer_revision = theirs.topology_revision
+        if 0 < theirs.topology_revision < min_peer_revision:
+            return result
         differing = [b for b in range(BUCKETS) if bytes(theirs.buckets[b]) != own.buckets[b]]
         if theirs.root == own.root:
             differing = []

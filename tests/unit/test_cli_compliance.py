@@ -178,6 +178,23 @@ def test_status_shows_audit_and_compliance_counters(capsys, cluster):
     assert (node["audit_entries"], node["audit_exported_size"], node["compliance_violations"]) == (12, 10, 3)
 
 
+def test_status_shows_a_backfill_in_progress_and_none_where_none_ran(capsys, cluster):
+    cluster.nodes["us-east-1"].backfill = spb.BackfillStatus(
+        state="running", topology_revision=7, policy_version="p2", pairs_total=6, pairs_done=2,
+        keys_pulled=1500, rate_keys_per_second=500,
+    )  # fmt: skip
+    code, out, _ = run(capsys, cluster, "status")
+    assert code == 0
+    rows = [
+        line.split() for line in out.splitlines() if line.startswith(("BACKFILL", "us-east-1 ", "eu-west-1 "))
+    ]
+    assert ["us-east-1", "running", "p2", "(rev", "7)", "2/6", "1500", "500"] in rows
+    assert not any(r[0] == "eu-west-1" and "running" in r for r in rows)
+    code, out, _ = run(capsys, cluster, "status", "--json")
+    nodes = {n["node_id"]: n for n in json.loads(out)["nodes"]}
+    assert nodes["us-east-1"]["backfill"]["keys_pulled"] == 1500 and nodes["eu-west-1"]["backfill"] is None
+
+
 def test_delete_passes_the_subject(capsys, cluster):
     code, _, _ = run(
         capsys,

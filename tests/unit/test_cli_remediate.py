@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from domicile.cli.main import main
@@ -110,8 +111,59 @@ def test_a_region_that_cannot_be_scanned_is_exit_2(capsys, cluster):
     assert code == 2 and json.loads(out)["regions_failed"] == ["sa-east-1"]
 
 
-def test_plan_is_required(capsys, cluster):
+def test_plan_or_apply_is_required(capsys, cluster):
     with pytest.raises(SystemExit) as info:
         main(["compliance", "remediate", "--coordinator", cluster.coordinator_address])
     assert info.value.code == 2
-    assert "--plan" in capsys.readouterr().err
+    assert "one of the arguments --plan --apply is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["compliance", "remediate", "--plan", "--apply", "--coordinator", cluster.coordinator_address])
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_apply_options_with_plan_are_refused_and_nothing_is_asked(capsys, cluster):
+    code, _, err = run(capsys, cluster, "--plan", "--remove-last-copies")
+    assert code == 2 and "go with --apply" in err
+    assert all(not n.remediate_requests and not n.compliance_requests for n in cluster.nodes.values())
+
+
+def receipt(region: str, removed: int, left: int = 0, kept: int = 0) -> spb.RemediateComplianceResponse:
+    resp = spb.RemediateComplianceResponse(
+        request_id="r-1",
+        region=region,
+        node_id=region,
+        policy_version="p3",
+        copies_removed=removed,
+        versions_removed=removed,
+        kept_last_copies=kept,
+        receipt_audit_seq=41,
+        violations_after=left,
+    )
+    for i in range(removed):
+        resp.removed.add(
+            namespace="customers", key=f"c-{i}", region=region, rule="gdpr.no-transfer-basis",
+            allowed_regions=["eu-west-1"],
+        )  # fmt: skip
+    return resp
+
+
+def test_apply_asks_every_region_and_prints_each_receipt(capsys, cluster):
+    cluster.nodes["us-east-1"].receipt = receipt("us-east-1", 2)
+    code, out, _ = run(capsys, cluster, "--apply", "--request-id", "r-1")
+    assert code == 0
+    assert all(n.remediate_requests[0].request_id == "r-1" for n in cluster.nodes.values())
+    assert not any(n.remediate_requests[0].remove_last_copies for n in cluster.nodes.values())
+    assert "us-east-1: removed 2 copies (2 versions) under policy p3; receipt r-1 at audit entry 41" in out
+    assert "customers/c-0  rule=gdpr.no-transfer-basis  stays in: eu-west-1" in out
+    assert out.splitlines()[-1] == "applied: 2 copies removed; 0 violations left"
+
+
+def test_apply_with_violations_left_is_exit_1_and_a_failed_region_exit_2(capsys, cluster):
+    cluster.nodes["us-east-1"].receipt = receipt("us-east-1", 1, left=1, kept=1)
+    code, out, _ = run(capsys, cluster, "--apply", "--remove-last-copies", "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["violations_after"] == 1 and doc["copies_removed"] == 1
+    assert all(n.remediate_requests[0].remove_last_copies for n in cluster.nodes.values())
+    cluster.nodes["us-east-1"].failures.append(grpc.StatusCode.PERMISSION_DENIED)
+    code, out, _ = run(capsys, cluster, "--apply", "--json")
+    assert code == 2 and json.loads(out)["regions_failed"] == ["us-east-1"]

@@ -97,6 +97,9 @@ class FakeNode(sgrpc.StorageNodeServiceServicer):
     audit_exported_size: int = 0
     compliance: spb.ScanComplianceResponse | None = None
     compliance_requests: list[spb.ScanComplianceRequest] = field(default_factory=list)
+    receipt: spb.RemediateComplianceResponse | None = None
+    backfill: spb.BackfillStatus | None = None
+    remediate_requests: list[spb.RemediateComplianceRequest] = field(default_factory=list)
 
     def _enter(self, method: str, context: grpc.ServicerContext, namespace: str = "") -> None:
         with self.lock:
@@ -193,6 +196,7 @@ class FakeNode(sgrpc.StorageNodeServiceServicer):
             audit_entries=len(self.audit_log),
             audit_exported_size=self.audit_exported_size,
             compliance_violations=self.compliance.violations_total if self.compliance else 0,
+            backfill=self.backfill,
         )
 
     def ReadAuditLog(self, request, context):
@@ -231,6 +235,13 @@ class FakeNode(sgrpc.StorageNodeServiceServicer):
         resp.CopyFrom(found)
         del resp.violations[request.violations_max or 1000 :]
         return resp
+
+    def RemediateCompliance(self, request, context):
+        self._enter("RemediateCompliance", context)
+        self.remediate_requests.append(request)
+        return self.receipt or spb.RemediateComplianceResponse(
+            request_id=request.request_id, region=self.region, node_id=self.region, policy_version="p1"
+        )
 
 
 class FakeCoordinator(cgrpc.CoordinatorServiceServicer):
