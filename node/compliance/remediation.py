@@ -37,6 +37,8 @@ COPIES_PER_RUN_MAX = 100_000
 WITHDRAW = "compliance_withdraw"
 RECEIPT = "compliance_remediation_receipt"
 RULE_UNKNOWN_NAMESPACE = "namespace-unknown"
+# What an audit entry's detail holds.
+RECEIPT_BYTES_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -77,21 +79,24 @@ class Receipt:
         per_namespace: dict[str, int] = {}
         for copy in self.removed:
             per_namespace[copy.namespace] = per_namespace.get(copy.namespace, 0) + 1
-        return json.dumps(
-            {
-                "request_id": self.request_id,
-                "region": self.region,
-                "node_id": self.node_id,
-                "policy_version": self.policy_version,
-                "copies_removed": len(self.removed),
-                "versions_removed": self.versions_removed,
-                "removed_per_namespace": dict(sorted(per_namespace.items())),
-                "kept_last_copies": self.kept_last_copies,
-                "completed_at": time.time(),
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        doc: dict[str, object] = {
+            "request_id": self.request_id,
+            "region": self.region,
+            "node_id": self.node_id,
+            "policy_version": self.policy_version,
+            "copies_removed": len(self.removed),
+            "versions_removed": self.versions_removed,
+            "removed_per_namespace": dict(sorted(per_namespace.items())),
+            "kept_last_copies": self.kept_last_copies,
+            "completed_at": time.time(),
+        }
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        if len(text) > RECEIPT_BYTES_MAX:
+            # An audit detail holds 1,000 characters: the per-namespace figures are in the
+            # withdrawal entries, the totals stay whole JSON.
+            doc["removed_per_namespace"] = {"namespaces": len(per_namespace)}
+            text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return text
 
 
 def plan_withdrawals(
@@ -221,7 +226,7 @@ class Remediator:
             action=RECEIPT,
             decision="remove",
             policy_version=policy_version,
-            detail=receipt.body()[:1000],
+            detail=receipt.body(),
         )
         return receipt
 
