@@ -97,6 +97,16 @@ def inbound_pairs(topology: Topology, node_id: str) -> set[Pair]:
     }
 
 
+def rescoped(before: Topology, after: Topology) -> set[str]:
+    """Namespaces whose scope (the regions that may hold them) changed between two revisions."""
+    old = {n.name: (n.is_global, tuple(sorted(n.regions))) for n in before.cluster.namespaces}
+    return {
+        n.name
+        for n in after.cluster.namespaces
+        if n.name in old and old[n.name] != (n.is_global, tuple(sorted(n.regions)))
+    }
+
+
 class Backfill:
     def __init__(
         self,
@@ -118,15 +128,17 @@ class Backfill:
 
     def topology_changed(self, before: Topology, policy_before: str) -> None:
         """Called after a revision is adopted. A new policy version may allow anything anywhere,
-        so every pair is compared; a scope change alone adds pairs, and only those are."""
+        so every pair is compared; a namespace whose scope changed, only its pairs. Links that
+        appear because a node (re)registered are not a reason: their streams resume from the
+        target's position, and nothing was held back on them."""
         if before.revision == 0:
             # The first topology from the coordinator after a fresh start: the streams send
             # the whole change log to a target that holds nothing yet.
             return
-        after = self.view.topology
-        pairs = inbound_pairs(after, self.node_id)
+        pairs = inbound_pairs(self.view.topology, self.node_id)
         if self.view.policy.version == policy_before:
-            pairs -= inbound_pairs(before, self.node_id)
+            widened = rescoped(before, self.view.topology)
+            pairs = {(peer, ns) for peer, ns in pairs if ns in widened}
         if not pairs:
             return
         self.start(pairs | set(self.progress.pending))

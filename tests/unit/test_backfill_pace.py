@@ -1,10 +1,13 @@
-"""The backfill's token bucket: the average rate holds, whatever the page sizes."""
+"""The backfill's token bucket (the average rate holds, whatever the page sizes) and what
+starts a backfill."""
 
 from __future__ import annotations
 
 import pytest
 
-from node.replication.backfill import TokenBucket
+from domicile.cluster import ClusterSpec, NamespaceSpec
+from domicile.topology import Link, Topology
+from node.replication.backfill import TokenBucket, inbound_pairs, rescoped
 
 
 class Clock:
@@ -42,3 +45,23 @@ def test_the_average_over_many_pages_is_the_rate() -> None:
     elapsed = clock.now - 100.0
     # The first second's burst is free; past it, exactly the rate.
     assert (taken - 20) / elapsed == pytest.approx(20.0)
+
+
+# -- what starts a backfill -----------------------------------------------------------------
+
+
+def topology(revision: int, scope: tuple[str, ...], *links: Link) -> Topology:
+    cluster = ClusterSpec(
+        namespaces=(NamespaceSpec("reports", regions=scope), NamespaceSpec("refs", is_global=True))
+    )
+    return Topology(revision, cluster, links=links)
+
+
+def test_a_new_link_of_a_registering_node_is_no_scope_change_but_a_wider_scope_is() -> None:
+    before = topology(3, ("eu-west-1",), Link("a", "me", ("refs",)))
+    registered = topology(4, ("eu-west-1",), Link("a", "me", ("refs",)), Link("b", "me", ("refs",)))
+    assert rescoped(before, registered) == set()
+    widened = topology(5, ("eu-west-1", "us-east-1"), Link("a", "me", ("reports", "refs")))
+    assert rescoped(before, widened) == {"reports"}
+    assert inbound_pairs(widened, "me") == {("a", "reports"), ("a", "refs")}
+    assert inbound_pairs(widened, "a") == set()
