@@ -320,23 +320,6 @@ def visible(state: KeyState | None, mode: ConflictMode) -> tuple[Version, ...]:
     return state.live()
 
 
-def context_without(context: CausalContext, dots: Iterable[Dot]) -> CausalContext:
-    """The context minus some dots: what a state's versions supersede, so that sending each
-    version with it merges exactly the state (merge) and supersedes none of its siblings."""
-    dots = list(dots)
-    vv = dict(context.vv)
-    extra = set(context.dots)
-    for dot in dots:
-        if dot in extra:
-            extra.discard(dot)
-            continue
-        top = vv.get(dot.node_id, 0)
-        if dot.counter <= top:
-            vv[dot.node_id] = dot.counter - 1
-            extra.update(Dot(dot.node_id, i) for i in range(dot.counter + 1, top + 1))
-    return CausalContext.of(vv, extra - set(dots))
-
-
 def withdraw(state: KeyState, dots: Iterable[Dot], node_id: str) -> KeyState:
     """The state without some of its versions, as if node_id had never received them (a copy
     the residency policy no longer lets its region hold). Their dots leave the context too:

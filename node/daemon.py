@@ -83,8 +83,8 @@ from node.lifecycle.erasure import Eraser
 from node.lifecycle.retention import RetentionSweeper, SweepReport
 from node.metrics import NodeMetrics
 from node.offload import THREADS_DEFAULT, Offload
-from node.replication.bootstrap import SnapshotSource, SnapshotTarget, bootstrap_if_behind
 from node.replication.backfill import Backfill
+from node.replication.bootstrap import SnapshotSource, SnapshotTarget, bootstrap_if_behind
 from node.replication.digest_tree import DIGESTS_FILE, DigestTrees
 from node.replication.entropy import AntiEntropy
 from node.replication.inbound import Receiver
