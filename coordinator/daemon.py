@@ -32,6 +32,7 @@ from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, 
 from domicile.identity.transport import daemon_transport
 from domicile.loop_lag import watch_loop_lag
 from domicile.policy.select import policy_for_cluster
+from domicile.subjects import SubjectOrders
 from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_to_bytes
@@ -96,7 +97,11 @@ class Coordinator:
         self._clock = clock
         self._wall_clock = wall_clock
         self.metrics = CoordinatorMetrics()
-        self._hub = WatchHub(config.limits.watchers_max, on_count=self.metrics.watchers.set)
+        self._hub: WatchHub[Topology] = WatchHub(
+            config.limits.watchers_max, on_count=self.metrics.watchers.set
+        )
+        # Erasure orders and holds travel on a stream of their own (WatchSubjectOrders).
+        self._orders_hub: WatchHub[SubjectOrders] = WatchHub(config.limits.watchers_max)
         self._store: CoordinatorStore | None = None
         self._registry: Registry | None = None
         self._desk: SubjectDesk | None = None
@@ -183,6 +188,7 @@ class Coordinator:
                 wall_clock=self._wall_clock,
                 publish=self._on_revision,
                 on_register=self._on_register,
+                publish_orders=self._orders_hub.publish,
             )
             self._on_revision(self._registry.topology())
             self._store.put_meta(SCHEMAS_DIGEST_META, schemas_digest)
@@ -238,6 +244,7 @@ class Coordinator:
                     self.audit_heads,
                     gate,
                     limits.response_bytes_max,
+                    self._orders_hub,
                 ),
                 server,
             )
@@ -298,6 +305,7 @@ class Coordinator:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._hub.close()
+        self._orders_hub.close()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._registry is not None:

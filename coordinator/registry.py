@@ -26,7 +26,7 @@ from coordinator.store import CoordinatorStore, SubjectChanges
 from domicile.cluster import SIBLINGS_MAX_DEFAULT, ClusterSpec, NamespaceSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.model import check_node_id
-from domicile.subjects import ErasureOrder, LegalHold
+from domicile.subjects import ErasureOrder, LegalHold, SubjectOrders
 from domicile.sync_modes import REALTIME
 from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 
@@ -101,9 +101,12 @@ class Registry:
         wall_clock: Callable[[], float],
         publish: Callable[[Topology], None],
         on_register: Callable[[str], None] = lambda region: None,
+        publish_orders: Callable[[SubjectOrders], None] = lambda orders: None,
     ) -> None:
         """`on_register(region)` runs after every successful registration (the subject desk
-        orders open erasures to a region that gains its first node)."""
+        orders open erasures to a region that gains its first node). `publish_orders` gets the
+        erasure orders and holds in force whenever they change (they travel apart from the
+        topology, on WatchSubjectOrders)."""
         self.cluster = cluster
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.missed_heartbeats_max = missed_heartbeats_max
@@ -112,6 +115,7 @@ class Registry:
         self._clock = clock
         self._wall_clock = wall_clock
         self._publish = publish
+        self._publish_orders = publish_orders
         self._on_register = on_register
         self._nodes: dict[str, NodeInfo] = {}
         # Monotonic time of the last sign of life, for expiry; never persisted because a
@@ -121,6 +125,9 @@ class Registry:
         self._links: tuple[Link, ...] = ()
         self._erasures: tuple[ErasureOrder, ...] = ()
         self._holds: tuple[LegalHold, ...] = ()
+        # The revision at which the erasure orders and holds were last published: a revision of
+        # the topology's counter, so that it keeps increasing across restarts too.
+        self._orders_revision = 0
         self._revision = 0
         self._closed = False
         # node id -> (incarnation epoch, highest change-log position it reported under it). Kept
@@ -154,6 +161,9 @@ class Registry:
             if state.cluster_fingerprint:
                 log.info("cluster config changed since the last run; publishing a new revision")
             self._commit([], cluster_fingerprint=fingerprint)
+        # At least 1 (a fresh store commits its first revision above), so that a watcher asking
+        # for everything after 0 gets the current set, empty or not.
+        self._orders_revision = self._revision
 
     @property
     def revision(self) -> int:
@@ -168,9 +178,11 @@ class Registry:
             cluster=self.cluster,
             nodes=tuple(self._nodes[k] for k in sorted(self._nodes)),
             links=self._links,
-            erasures=self._erasures,
-            holds=self._holds,
         )
+
+    def orders(self) -> SubjectOrders:
+        """The erasure orders and legal holds in force, with the revision they were published at."""
+        return SubjectOrders(self._orders_revision, self._erasures, self._holds)
 
     def regions_with_nodes(self) -> set[str]:
         """Regions with a registered node, up or down: the regions that may hold records."""
@@ -190,6 +202,7 @@ class Registry:
         erasure orders and holds now in force, and publishes it; returns the revision."""
         self._check_open()
         self._commit([], subjects=changes, erasures=erasures, holds=holds)
+        self._publish_orders_now()
         return self._revision
 
     def log_head(self, node_id: str, epoch: int) -> int:
@@ -392,6 +405,12 @@ class Registry:
             seen_revision + 1,
         )
         self._commit([], revision=seen_revision + 1)
+        # The node may be ahead on the orders too: republish them at a revision it will take.
+        self._publish_orders_now()
+
+    def _publish_orders_now(self) -> None:
+        self._orders_revision = self._revision
+        self._publish_orders(self.orders())
 
     def _commit(
         self,

@@ -1,29 +1,31 @@
 """The data-subject request desk: erasure and access requests, and legal holds.
 
 An erasure request orders every region that has a node to erase a subject's records (any of
-them may hold copies, whatever the policy says now); the order rides in every topology revision
-until each of those regions has reported what it did, and then the request is completed. A
+them may hold copies, whatever the policy says now); the order rides in the subject orders
+every node watches (WatchSubjectOrders, apart from the topology) until each of those regions has
+reported what it did, and then the request is completed. A
 region without a node holds nothing and is not waited for; when it gains its first node while
 the request is open, it is added (reconcile), so that node erases and blocks the subject too.
 An access request is only recorded here: the exporter reads the regions and completes it. A
-legal hold rides in the topology while in force.
+legal hold rides in the subject orders while in force.
 
 Like the registry, the desk runs on the daemon's event loop (no locks) and commits every change
 to the store before memory changes and before anything is published. A change that nodes must
 see (an erasure opened, a region reporting, a hold placed or released) is written in the same
-transaction as the topology revision that carries it (Registry.touch), so a crash can never
-leave an erasure stored but unpublished. Access requests are not in the topology and do not
-bump the revision.
+transaction as the topology revision it is published at (Registry.touch), so a crash can never
+leave an erasure stored but unpublished. Access requests are not published and do not bump the
+revision. batch() makes many changes in one revision.
 
 Subject ids are personal data: log lines name request ids only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from coordinator.config import CoordinatorLimits
@@ -118,6 +120,11 @@ def erasure_orders(requests: dict[str, SubjectRequest]) -> tuple[ErasureOrder, .
     )
 
 
+def _erasing(requests: dict[str, SubjectRequest]) -> dict[str, str]:
+    """Subject id -> the open erasure request of the subject."""
+    return {r.subject_id: r.request_id for r in requests.values() if r.kind is RequestKind.ERASURE}
+
+
 def _regions_of(request: SubjectRequest) -> list[str]:
     return sorted({*request.regions_pending, *(r.region for r in request.receipts)})
 
@@ -149,6 +156,11 @@ class SubjectDesk:
         # requests and released holds stay in the store only, so memory does not grow with time.
         self._open: dict[str, SubjectRequest] = {r.request_id: r for r in store.open_requests()}
         self._holds: dict[str, LegalHold] = {h.hold_id: h for h in store.holds_in_force()}
+        # The open erasure of each subject: one lookup per new request, not a scan of all.
+        self._erasing = _erasing(self._open)
+        # Inside batch(): the changes made so far, written in one revision when the block ends.
+        self._batched: list[SubjectChanges] | None = None
+        self._batched_orders = False
         configured = set(cluster.region_names())
         for request in self._open.values():
             gone = sorted(set(request.regions_pending) - configured)
@@ -171,10 +183,8 @@ class SubjectDesk:
         check_subject_id(subject_id)
         check_reason(reason, required=True)
         check_jurisdiction(jurisdiction)
-        existing = next(
-            (r for r in self._open.values() if r.kind is RequestKind.ERASURE and r.subject_id == subject_id),
-            None,
-        )
+        existing_id = self._erasing.get(subject_id)
+        existing = self._open.get(existing_id) if existing_id is not None else None
         if existing is not None:
             raise AlreadyExists(
                 f"an erasure of this subject is already open: {existing.request_id}, regions pending: "
@@ -377,11 +387,9 @@ class SubjectDesk:
         hold_id = self._new_id("hold-", lambda i: i in self._holds or self._store.hold_id_taken(i))
         hold = LegalHold(hold_id, scope, subject_id, namespace, key, reason, self._now_ms(), placed_by)
         holds = {**self._holds, hold_id: hold}
-        self._registry.touch(
-            SubjectChanges(placed=(hold,)), erasure_orders(self._open), tuple(holds.values())
-        )
+        self._write(SubjectChanges(placed=(hold,)), self._open, holds, orders=True)
         self._holds = holds
-        self._on_change()
+        self._changed()
         log.info("legal hold %s placed (scope %s)", hold_id, scope.label)
         return hold
 
@@ -400,9 +408,9 @@ class SubjectDesk:
             raise NotFound(f"no legal hold {hold_id}; ListLegalHolds lists the holds in force")
         holds = {k: v for k, v in self._holds.items() if k != hold_id}
         changes = SubjectChanges(released=(HoldRelease(hold_id, self._now_ms(), reason, released_by),))
-        self._registry.touch(changes, erasure_orders(self._open), tuple(holds.values()))
+        self._write(changes, self._open, holds, orders=True)
         self._holds = holds
-        self._on_change()
+        self._changed()
         log.info("legal hold %s released by %s", hold_id, released_by or "-")
         return hold
 
@@ -449,19 +457,78 @@ class SubjectDesk:
 
     def _commit_requests(self, *requests: SubjectRequest) -> None:
         """Stores `requests` (new or changed) and, for erasures, publishes the new orders."""
-        opened = dict(self._open)
+        # A batch changes the open requests in place (its failure reloads them from the store).
+        opened = self._open if self._batched is not None else dict(self._open)
         for request in requests:
             if request.status is RequestStatus.OPEN:
                 opened[request.request_id] = request
             else:
                 opened.pop(request.request_id, None)
         changes = SubjectChanges(requests=requests)
-        if any(r.kind is RequestKind.ERASURE for r in requests):
-            self._registry.touch(changes, erasure_orders(opened), tuple(self._holds.values()))
+        self._write(changes, opened, self._holds, orders=any(r.kind is RequestKind.ERASURE for r in requests))
+        self._open = opened
+        for request in requests:
+            if request.kind is not RequestKind.ERASURE:
+                continue
+            if request.status is RequestStatus.OPEN:
+                self._erasing[request.subject_id] = request.request_id
+            elif self._erasing.get(request.subject_id) == request.request_id:
+                del self._erasing[request.subject_id]
+        self._changed()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Makes every change of the block in one revision: they are written in one transaction,
+        and the orders and holds published once, when the block ends (many requests or holds
+        at once: an import, a test at the limits). Each change is checked as it is made, against
+        the limits too. When the block raises or the write fails, nothing is written and the
+        desk reloads its state from the store."""
+        self._check_open()
+        if self._batched is not None:
+            raise FailedPrecondition("subject desk batches do not nest")
+        self._batched, self._batched_orders = [], False
+        try:
+            yield
+            batched, orders = self._batched, self._batched_orders
+            self._batched = None
+            if batched:
+                changes = SubjectChanges(
+                    requests=tuple(r for c in batched for r in c.requests),
+                    placed=tuple(h for c in batched for h in c.placed),
+                    released=tuple(h for c in batched for h in c.released),
+                )
+                self._write(changes, self._open, self._holds, orders=orders)
+        except BaseException:
+            self._batched = None
+            self._open = {r.request_id: r for r in self._store.open_requests()}
+            self._holds = {h.hold_id: h for h in self._store.holds_in_force()}
+            self._erasing = _erasing(self._open)
+            raise
+        finally:
+            self._on_change()
+
+    def _write(
+        self,
+        changes: SubjectChanges,
+        opened: dict[str, SubjectRequest],
+        holds: dict[str, LegalHold],
+        *,
+        orders: bool,
+    ) -> None:
+        """Stores `changes`; when they change the orders or holds (`orders`), in a new revision
+        that publishes those now in force. Inside batch(), only gathers them."""
+        if self._batched is not None:
+            self._batched.append(changes)
+            self._batched_orders = self._batched_orders or orders
+        elif orders:
+            self._registry.touch(changes, erasure_orders(opened), tuple(holds.values()))
         else:
             self._store.save_subjects(changes)
-        self._open = opened
-        self._on_change()
+
+    def _changed(self) -> None:
+        # Inside a batch the metrics are refreshed once, at its end.
+        if self._batched is None:
+            self._on_change()
 
     def _find(self, request_id: str) -> SubjectRequest:
         check_request_id(request_id)

@@ -192,6 +192,17 @@ class ErasureOrder:
     requested_by: str = ""
 
 
+@dataclass(frozen=True)
+class SubjectOrders:
+    """The erasure orders some region has not completed yet and the legal holds in force,
+    oldest first, as of a topology revision. Nodes receive them on a stream of their own
+    (WatchSubjectOrders), not in the topology, so that their number never weighs on it."""
+
+    revision: int = 0
+    erasures: tuple[ErasureOrder, ...] = ()
+    holds: tuple[LegalHold, ...] = ()
+
+
 def check_subject_id(subject_id: str) -> None:
     if not subject_id:
         raise InvalidArgument("a subject id is required (1 to 256 bytes)")

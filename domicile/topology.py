@@ -58,8 +58,9 @@ class Topology:
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     nodes: tuple[NodeInfo, ...] = ()
     links: tuple[Link, ...] = ()
-    # Erasures some region has not completed yet and the legal holds in force, oldest first:
-    # nodes learn of both only from the topology.
+    # Erasures some region has not completed yet and the legal holds in force, oldest first.
+    # They do not travel in the Topology message: a node gets them on WatchSubjectOrders and its
+    # TopologyView folds the last set in here, where every reader finds them.
     erasures: tuple[ErasureOrder, ...] = ()
     holds: tuple[LegalHold, ...] = ()
     _nodes_by_id: dict[str, NodeInfo] = field(default_factory=dict, compare=False, repr=False)

@@ -1,4 +1,5 @@
-"""The node's connection to the coordinator: register, heartbeat, and watch the topology.
+"""The node's connection to the coordinator: register, heartbeat, watch the topology, and watch
+the erasure orders and legal holds in force (a stream of their own, in pages).
 
 The coordinator is the control plane only. While it is unreachable the node keeps serving and
 replicating on its last topology (persisted, so a restart does too) and keeps retrying; when
@@ -19,9 +20,11 @@ import grpc
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer
 from domicile.retry import Backoff, BackoffPolicy, retry_forever
+from domicile.subjects import SubjectOrders
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.wire.subject_orders import OrdersGatherer
 from domicile.wire.topology import topology_from_pb
 from node.clock_guard import ClockGuard
 from node.metrics import NodeMetrics
@@ -50,6 +53,7 @@ class CoordinatorLink:
         epoch: int = 0,
         last_lsn: Callable[[], int] = lambda: 0,
         clock_guard: ClockGuard | None = None,
+        on_orders: Callable[[SubjectOrders], Awaitable[None]] | None = None,
     ) -> None:
         self.epoch = epoch
         # Reported at registration and in every heartbeat: the coordinator remembers the highest,
@@ -57,6 +61,8 @@ class CoordinatorLink:
         self.last_lsn = last_lsn
         # Every answer carries the coordinator's clock; the guard compares this node's with it.
         self.clock_guard = clock_guard
+        # Called with every complete set of erasure orders and holds in force.
+        self.on_orders = on_orders
         # Called with the cluster's permanent erasure list (its key and (subject hash, request
         # id) pairs) at every registration.
         self.on_erased = on_erased
@@ -128,20 +134,45 @@ class CoordinatorLink:
             )
             self.connected = True
             self.metrics.coordinator_connected.set(1)
-            heartbeat = asyncio.create_task(self._heartbeats(stub))
+            tasks = [
+                asyncio.create_task(self._heartbeats(stub), name="coordinator-heartbeats"),
+                asyncio.create_task(self._watch_topology(stub), name="topology-watch"),
+            ]
+            if self.on_orders is not None:
+                tasks.append(asyncio.create_task(self._watch_orders(stub), name="subject-orders-watch"))
             try:
-                watch = stub.WatchTopology(cpb.WatchTopologyRequest(after_revision=self._resume_revision()))
-                async for message in watch:
-                    topology = topology_from_pb(message.topology)
-                    if topology.revision > self.view.revision or self.view.revision == 0:
-                        await self.on_topology(topology, message.topology.SerializeToString())
-                    if heartbeat.done():
-                        heartbeat.result()
-                raise ConnectionError("topology watch ended")
+                # The first of them to end (an error, or a stream the coordinator closed) ends the
+                # session; run() reconnects.
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                raise ConnectionError("a coordinator stream ended")
             finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await heartbeat
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+    async def _watch_topology(self, stub: cpb_grpc.CoordinatorServiceStub) -> None:
+        watch = stub.WatchTopology(
+            cpb.WatchTopologyRequest(after_revision=self._resume_revision(), region=self.region)
+        )
+        async for message in watch:
+            topology = topology_from_pb(message.topology)
+            if topology.revision > self.view.revision or self.view.revision == 0:
+                await self.on_topology(topology, message.topology.SerializeToString())
+
+    async def _watch_orders(self, stub: cpb_grpc.CoordinatorServiceStub) -> None:
+        assert self.on_orders is not None
+        gatherer = OrdersGatherer()
+        watch = stub.WatchSubjectOrders(
+            cpb.WatchSubjectOrdersRequest(after_revision=self.view.orders.revision)
+        )
+        async for page in watch:
+            orders = gatherer.add(page)
+            if orders is not None:
+                await self.on_orders(orders)
 
     def _resume_revision(self) -> int:
         # A topology built from local configuration has revision 0: ask for everything.

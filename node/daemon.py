@@ -37,7 +37,7 @@ from domicile.loop_lag import watch_loop_lag
 from domicile.model import writer_id
 from domicile.quality import schema_from_text
 from domicile.retry import Backoff, BackoffPolicy, retry
-from domicile.subjects import LegalHold, RegionReceipt
+from domicile.subjects import LegalHold, RegionReceipt, SubjectOrders
 from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -80,6 +80,7 @@ from node.engine.log_tail import LogTail
 from node.incarnation import read_epoch
 from node.keyfiles import load_context_key
 from node.lifecycle.erasure import Eraser
+from node.lifecycle.orders_store import load_orders, save_orders
 from node.lifecycle.retention import RetentionSweeper, SweepReport
 from node.metrics import NodeMetrics
 from node.offload import THREADS_DEFAULT, Offload
@@ -220,6 +221,9 @@ class Node:
         )
         self.committer.start()
         self.view = TopologyView(await offload.run(self._initial_topology))
+        stored_orders = await offload.run(load_orders, self.engine)
+        if stored_orders is not None:
+            self.view.adopt_orders(stored_orders)
         backoff = self.backoff
         self.exporter = HeadExporter(
             coordinator=cfg.coordinator,
@@ -471,6 +475,7 @@ class Node:
             epoch=self.epoch,
             last_lsn=lambda: self.log_tail.last_lsn or 0,
             clock_guard=self.clock_guard,
+            on_orders=self._adopt_orders,
         )
         self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
@@ -690,7 +695,6 @@ class Node:
         await self.committer.run(persist)
         before = self.view.policy.version
         topology_before = self.view.topology
-        holds_before = self.view.topology.holds
         nodes_before = self.view.topology
         try:
             if self.view.replace(topology):
@@ -700,14 +704,31 @@ class Node:
                 self.backfill.topology_changed(topology_before, before)
                 if self.view.policy.version != before:
                     await self._policy_changed(before)
-                self._audit_holds(holds_before, topology.holds)
                 self.adopt_authorization(topology.cluster)
                 self._relay_for_down_peers(nodes_before, topology)
         finally:
             # Erasure orders do not depend on the policy: carry them out even from a revision
             # this node could not adopt, with the holds and cluster it acts on.
             current = self.view.topology
-            self.eraser.apply(topology.erasures, current.cluster, current.holds)
+            self.eraser.apply(current.erasures, current.cluster, current.holds)
+
+    async def _adopt_orders(self, orders: SubjectOrders) -> None:
+        """Adopts a complete set of erasure orders and holds (WatchSubjectOrders): stored first,
+        so that a restart acts on it too, then the holds placed and released are audited and
+        the orders carried out."""
+        await self.committer.run(lambda engine: save_orders(engine, orders))
+        holds_before = self.view.topology.holds
+        self.view.adopt_orders(orders)
+        self.metrics.subject_orders_revision.set(orders.revision)
+        log.info(
+            "subject orders of revision %d adopted: %d erasures, %d holds",
+            orders.revision,
+            len(orders.erasures),
+            len(orders.holds),
+        )
+        self._audit_holds(holds_before, orders.holds)
+        current = self.view.topology
+        self.eraser.apply(current.erasures, current.cluster, current.holds)
 
     def _relay_for_down_peers(self, before: Topology, after: Topology) -> None:
         """Writes a peer shipped to some replicas only before it went down reach the others

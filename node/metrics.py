@@ -430,6 +430,11 @@ class NodeMetrics:
         self.topology_revision = Gauge(
             "domicile_topology_revision", "Topology revision this node acts on.", registry=r
         )
+        self.subject_orders_revision = Gauge(
+            "domicile_subject_orders_revision",
+            "Revision of the erasure orders and legal holds in force this node acts on.",
+            registry=r,
+        )
         self.coordinator_connected = Gauge(
             "domicile_coordinator_connected", "1 while the topology watch stream is open.", registry=r
         )

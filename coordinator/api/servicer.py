@@ -20,12 +20,13 @@ from domicile.authz import ClusterResource
 from domicile.authz.gate import Caller, Gate
 from domicile.authz.model import DEFAULT_CLUSTER_NAME
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
-from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind, Role
-from domicile.subjects import HoldScope, LegalHold, SubjectRequest
+from domicile.identity.principal import ExpectedPeer
+from domicile.subjects import HoldScope, LegalHold, SubjectOrders, SubjectRequest
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_from_pb, head_to_pb
+from domicile.wire.subject_orders import orders_to_pages
 from domicile.wire.subjects import hold_to_pb, receipt_from_pb, request_to_pb
 from domicile.wire.topology import topology_to_pb
 
@@ -41,11 +42,12 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         self,
         registry: Registry,
         desk: SubjectDesk,
-        hub: WatchHub,
+        hub: WatchHub[Topology],
         metrics: CoordinatorMetrics,
         heads: AuditHeadBook,
         gate: Gate,
         response_bytes_max: int = 64 * 1024 * 1024,
+        orders_hub: WatchHub[SubjectOrders] | None = None,
     ) -> None:
         self._gate = gate
         self._cluster = ClusterResource(gate.cluster or DEFAULT_CLUSTER_NAME)
@@ -58,6 +60,13 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         # Every watcher is sent the same Topology object per revision; convert it once.
         self._last_topology: Topology | None = None
         self._last_pb = cpb.Topology()
+        # (A hub with no watcher is falsy: compare with None.)
+        self._orders_hub: WatchHub[SubjectOrders] = (
+            orders_hub if orders_hub is not None else WatchHub(hub.watchers_max)
+        )
+        # Likewise the pages of the orders set in force, cut once per set.
+        self._last_orders: SubjectOrders | None = None
+        self._last_pages: list[cpb.WatchSubjectOrdersResponse] = []
 
     async def RegisterNode(
         self, request: cpb.RegisterNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -114,15 +123,9 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         self, request: cpb.GetTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.GetTopologyResponse:
         topology = await self._unary("GetTopology", context, self._registry.topology)
+        # Erasure orders and legal holds name data subjects; the topology no longer carries them
+        # (nodes get them on WatchSubjectOrders, DPOs list them), so every caller sees the same.
         message = self._to_pb(topology)
-        # Erasure orders and legal holds name data subjects: only nodes (which carry them out) and
-        # DPOs see them. Every other client needs the topology only to route its calls.
-        caller = self._gate.check(context, "coordinator.GetTopology", self._cluster)
-        if caller.principal is not None and not sees_subjects(caller.principal):
-            message = cpb.Topology()
-            message.CopyFrom(self._to_pb(topology))
-            del message.erasures[:]
-            del message.holds[:]
         return cpb.GetTopologyResponse(topology=message)
 
     async def WatchTopology(  # type: ignore[override]
@@ -147,6 +150,30 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
                 pending = await watcher.next()
         finally:
             self._hub.unsubscribe(watcher)
+
+    async def WatchSubjectOrders(  # type: ignore[override]
+        self, request: cpb.WatchSubjectOrdersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[cpb.WatchSubjectOrdersResponse]:
+        try:
+            # Orders and holds name data subjects: only nodes, which carry them out.
+            self._gate.check(context, "coordinator.WatchSubjectOrders", self._cluster)
+            self._registry.catch_up(request.after_revision)
+            watcher = self._orders_hub.subscribe()
+        except DomicileError as exc:
+            await context.abort(status_for(exc), exc.message)
+            return
+        try:
+            sent = request.after_revision
+            pending: SubjectOrders | None = self._registry.orders()
+            # As in WatchTopology: no suspension point between subscribing and reading the set.
+            while pending is not None:
+                if pending.revision > sent:
+                    for page in self._pages(pending):
+                        yield page
+                    sent = pending.revision
+                pending = await watcher.next()
+        finally:
+            self._orders_hub.unsubscribe(watcher)
 
     async def ExportAuditHead(
         self, request: cpb.ExportAuditHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -343,7 +370,8 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             self._last_topology = topology
         return self._last_pb
 
-
-def sees_subjects(principal: Principal) -> bool:
-    """Whether a caller may see the data subjects named by erasure orders and legal holds."""
-    return principal.kind is PrincipalKind.NODE or Role.DPO in principal.roles
+    def _pages(self, orders: SubjectOrders) -> list[cpb.WatchSubjectOrdersResponse]:
+        if orders is not self._last_orders:
+            self._last_pages = orders_to_pages(orders)
+            self._last_orders = orders
+        return self._last_pages

@@ -292,6 +292,7 @@ class Topology(_message.Message):
     HOLDS_FIELD_NUMBER: _builtins.int
     RETENTION_CLASSES_FIELD_NUMBER: _builtins.int
     AUTHZ_POLICIES_FIELD_NUMBER: _builtins.int
+    BACKUP_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Monotonically increasing revision; persisted, so it keeps increasing across restarts."""
     policy_version: _builtins.str
@@ -323,15 +324,23 @@ class Topology(_message.Message):
 
     @_builtins.property
     def erasures(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.ErasureOrder]:
-        """Erasures not yet completed by every region."""
+        """No longer filled: erasure orders travel on WatchSubjectOrders. (Erasures not yet completed
+        by every region.)
+        """
 
     @_builtins.property
     def holds(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.LegalHold]:
-        """Legal holds in force."""
+        """No longer filled: legal holds travel on WatchSubjectOrders. (Legal holds in force.)"""
 
     @_builtins.property
     def retention_classes(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.RetentionClass]:
         """Retention classes of the cluster config."""
+
+    @_builtins.property
+    def backup(self) -> Global___RegionBackup:
+        """The backup section of the cluster config for the region of the node this topology is sent
+        to (WatchTopology from a node); absent for every other caller and when the region has none.
+        """
 
     def __init__(
         self,
@@ -347,14 +356,59 @@ class Topology(_message.Message):
         holds: _abc.Iterable[_subject_pb2.LegalHold] | None = ...,
         retention_classes: _abc.Iterable[_subject_pb2.RetentionClass] | None = ...,
         authz_policies: _builtins.str = ...,
+        backup: Global___RegionBackup | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authz_policies", b"authz_policies", "erasures", b"erasures", "holds", b"holds", "links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_pack_yaml", b"policy_pack_yaml", "policy_version", b"policy_version", "regions", b"regions", "retention_classes", b"retention_classes", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authz_policies", b"authz_policies", "backup", b"backup", "erasures", b"erasures", "holds", b"holds", "links", b"links", "namespaces", b"namespaces", "nodes", b"nodes", "policy_pack_yaml", b"policy_pack_yaml", "policy_version", b"policy_version", "regions", b"regions", "retention_classes", b"retention_classes", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Topology: _TypeAlias = Topology  # noqa: Y015
+
+@_typing.final
+class RegionBackup(_message.Message):
+    """Where a region's nodes back their stores up: the `backup` section of the region in the
+    cluster config. Credentials never travel; they come from the node's own environment.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    BUCKET_REGION_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    GENERATION_HOURS_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    """S3 endpoint URL."""
+    bucket: _builtins.str
+    """Bucket name."""
+    bucket_region: _builtins.str
+    """The configured region the bucket is located in."""
+    prefix: _builtins.str
+    """Key prefix before nodes/<node id>/...; may be empty."""
+    retention_days: _builtins.int
+    """Generations no point of this window needs are deleted, in days."""
+    generation_hours: _builtins.float
+    """A new base snapshot this often, in hours."""
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        bucket: _builtins.str = ...,
+        bucket_region: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        retention_days: _builtins.int = ...,
+        generation_hours: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "bucket_region", b"bucket_region", "endpoint", b"endpoint", "generation_hours", b"generation_hours", "prefix", b"prefix", "retention_days", b"retention_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionBackup: _TypeAlias = RegionBackup  # noqa: Y015
 
 @_typing.final
 class RegisterNodeRequest(_message.Message):
@@ -591,16 +645,22 @@ class WatchTopologyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AFTER_REVISION_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     after_revision: _builtins.int
     """Send only revisions greater than this; 0 for the current one and all later ones."""
+    region: _builtins.str
+    """The region of the calling node, whose backup section each topology then carries (a node
+    certificate must name the same region); empty for callers that are not nodes.
+    """
     def __init__(
         self,
         *,
         after_revision: _builtins.int = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_revision", b"after_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_revision", b"after_revision", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -629,6 +689,72 @@ class WatchTopologyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTopologyResponse: _TypeAlias = WatchTopologyResponse  # noqa: Y015
+
+@_typing.final
+class WatchSubjectOrdersRequest(_message.Message):
+    """Request of CoordinatorService.WatchSubjectOrders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_REVISION_FIELD_NUMBER: _builtins.int
+    after_revision: _builtins.int
+    """Send only sets of a greater revision; 0 for the current one and all later ones."""
+    def __init__(
+        self,
+        *,
+        after_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_revision", b"after_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSubjectOrdersRequest: _TypeAlias = WatchSubjectOrdersRequest  # noqa: Y015
+
+@_typing.final
+class WatchSubjectOrdersResponse(_message.Message):
+    """One message of CoordinatorService.WatchSubjectOrders: a page of the erasure orders and legal
+    holds in force at a revision.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    ERASURES_FIELD_NUMBER: _builtins.int
+    HOLDS_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The topology revision at which this set was in force; pages of one set share it."""
+    page: _builtins.int
+    """Position of this page in its set, from 0."""
+    last: _builtins.bool
+    """True on the set's last page: the node adopts the set it has gathered."""
+    @_builtins.property
+    def erasures(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.ErasureOrder]:
+        """Erasures not yet completed by every region (part of the set)."""
+
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.LegalHold]:
+        """Legal holds in force (part of the set)."""
+
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        page: _builtins.int = ...,
+        last: _builtins.bool = ...,
+        erasures: _abc.Iterable[_subject_pb2.ErasureOrder] | None = ...,
+        holds: _abc.Iterable[_subject_pb2.LegalHold] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasures", b"erasures", "holds", b"holds", "last", b"last", "page", b"page", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSubjectOrdersResponse: _TypeAlias = WatchSubjectOrdersResponse  # noqa: Y015
 
 @_typing.final
 class ExportAuditHeadRequest(_message.Message):

@@ -117,6 +117,11 @@ class CoordinatorServiceStub:
                 request_serializer=domicile_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_coordinator__pb2.RemoveNodeResponse.FromString,
                 _registered_method=True)
+        self.WatchSubjectOrders = channel.unary_stream(
+                '/domicile.v1.CoordinatorService/WatchSubjectOrders',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -248,6 +253,17 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSubjectOrders(self, request, context):
+        """Streams the erasure orders and legal holds in force to a node, apart from the topology so
+        that their number never weighs on it: first the current set when its revision is greater
+        than after_revision (or whenever the caller is ahead), then the set at every later revision
+        that changed it. Each set travels as one or more pages of at most 1 MiB; the node adopts a
+        set whole, at its last page. Only nodes call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -330,6 +346,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=domicile_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_coordinator__pb2.RemoveNodeResponse.SerializeToString,
+            ),
+            'WatchSubjectOrders': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSubjectOrders,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -767,6 +788,33 @@ class CoordinatorService:
             '/domicile.v1.CoordinatorService/RemoveNode',
             domicile_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
             domicile_dot_v1_dot_coordinator__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSubjectOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/WatchSubjectOrders',
+            domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,

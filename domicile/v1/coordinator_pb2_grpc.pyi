@@ -85,6 +85,13 @@ class CoordinatorServiceStub:
     remaining replicas exchange what they hold, so that writes the node shipped to some of
     them only reach the others.
     """
+    WatchSubjectOrders: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.WatchSubjectOrdersRequest, _coordinator_pb2.WatchSubjectOrdersResponse]
+    """Streams the erasure orders and legal holds in force to a node, apart from the topology so
+    that their number never weighs on it: first the current set when its revision is greater
+    than after_revision (or whenever the caller is ahead), then the set at every later revision
+    that changed it. Each set travels as one or more pages of at most 1 MiB; the node adopts a
+    set whole, at its last page. Only nodes call it.
+    """
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -142,6 +149,13 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     drops. FAILED_PRECONDITION while the node is up. `domicile nodes remove` first has the
     remaining replicas exchange what they hold, so that writes the node shipped to some of
     them only reach the others.
+    """
+    WatchSubjectOrders: _aio.UnaryStreamMultiCallable[_coordinator_pb2.WatchSubjectOrdersRequest, _coordinator_pb2.WatchSubjectOrdersResponse]  # type: ignore[assignment]
+    """Streams the erasure orders and legal holds in force to a node, apart from the topology so
+    that their number never weighs on it: first the current set when its revision is greater
+    than after_revision (or whenever the caller is ahead), then the set at every later revision
+    that changed it. Each set travels as one or more pages of at most 1 MiB; the node adopts a
+    set whole, at its last page. Only nodes call it.
     """
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -293,6 +307,19 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         drops. FAILED_PRECONDITION while the node is up. `domicile nodes remove` first has the
         remaining replicas exchange what they hold, so that writes the node shipped to some of
         them only reach the others.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSubjectOrders(
+        self,
+        request: _coordinator_pb2.WatchSubjectOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.WatchSubjectOrdersResponse], _abc.AsyncIterator[_coordinator_pb2.WatchSubjectOrdersResponse]]:
+        """Streams the erasure orders and legal holds in force to a node, apart from the topology so
+        that their number never weighs on it: first the current set when its revision is greater
+        than after_revision (or whenever the caller is ahead), then the set at every later revision
+        that changed it. Each set travels as one or more pages of at most 1 MiB; the node adopts a
+        set whole, at its last page. Only nodes call it.
         """
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

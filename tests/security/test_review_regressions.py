@@ -79,28 +79,50 @@ async def test_regression_an_audit_head_naming_no_node_is_refused(cluster: Local
         await channel.close()
 
 
-async def test_regression_only_nodes_and_dpos_see_subjects_in_the_topology(cluster: LocalCluster) -> None:
-    """The topology carries erasure orders and legal holds, which name data subjects; an app
-    needs the topology only to route."""
+async def test_regression_only_nodes_see_subject_orders_and_the_topology_names_no_subject(
+    cluster: LocalCluster,
+) -> None:
+    """The topology carried erasure orders and legal holds, which name data subjects; an app
+    needs the topology only to route. They now travel on WatchSubjectOrders, which only nodes
+    may call; the topology carries them for no one (a DPO lists holds and requests)."""
     async with cluster.async_client() as dpo:
         await dpo.place_hold("subject", subject_id="s-held", reason="litigation 42")
     assert cluster.pki is not None
+    pki_ = cluster.pki
 
-    async def topology_as(roles: tuple[Role, ...], name: str) -> cpb.Topology:
-        dialer = Dialer.mutual_tls(cluster.pki.client(name, roles))  # type: ignore[union-attr]
-        channel = dialer.channel(cluster.coordinator_address)
+    async def as_peer(files: TlsFiles) -> tuple[cpb.Topology, list[str] | grpc.StatusCode]:
+        channel = Dialer.mutual_tls(files).channel(cluster.coordinator_address)
         try:
             stub = cpb_grpc.CoordinatorServiceStub(channel)
-            response = await stub.GetTopology(cpb.GetTopologyRequest(), timeout=5)
-            return response.topology
+            if files.cert.name.startswith("node-"):
+                # A node does not read the topology, it watches it.
+                async for first in stub.WatchTopology(cpb.WatchTopologyRequest(), timeout=5):
+                    topology = first.topology
+                    break
+            else:
+                topology = (await stub.GetTopology(cpb.GetTopologyRequest(), timeout=5)).topology
+            try:
+                async for page in stub.WatchSubjectOrders(cpb.WatchSubjectOrdersRequest(), timeout=5):
+                    if page.last:
+                        return topology, [h.subject_id for h in page.holds]
+            except grpc.aio.AioRpcError as exc:
+                return topology, exc.code()
+            raise AssertionError("the orders stream ended before a whole set")
         finally:
             await channel.close()
 
-    assert [h.subject_id for h in (await topology_as((Role.DPO,), "dpo-1")).holds] == ["s-held"]
-    app_view = await topology_as((Role.APP,), "app-1")
-    assert list(app_view.holds) == [] and list(app_view.erasures) == []
-    assert [n.node_id for n in app_view.nodes]  # still enough to route
-    assert list((await topology_as((Role.OPERATOR, Role.AUDITOR), "ops-1")).holds) == []
+    node_topology, node_orders = await as_peer(pki_.node("eu-central-1", "eu-central-1"))
+    assert node_orders == ["s-held"]
+    assert list(node_topology.holds) == [] and list(node_topology.erasures) == []
+    for roles, name in [
+        ((Role.DPO,), "dpo-1"),
+        ((Role.APP,), "app-1"),
+        ((Role.OPERATOR, Role.AUDITOR), "ops-1"),
+    ]:
+        topology, refused = await as_peer(pki_.client(name, roles))
+        assert refused == grpc.StatusCode.PERMISSION_DENIED, name
+        assert list(topology.holds) == [] and list(topology.erasures) == []
+        assert [n.node_id for n in topology.nodes]  # still enough to route
 
 
 async def test_regression_a_heartbeat_is_taken_only_from_the_region_the_node_registered_in(

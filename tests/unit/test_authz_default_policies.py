@@ -67,6 +67,7 @@ ALLOWED = {
         "coordinator.WatchTopology",
         "coordinator.ExportAuditHead",
         "coordinator.ReportErasure",
+        "coordinator.WatchSubjectOrders",
     },
 }
 

@@ -22,6 +22,7 @@ from domicile.subjects import (
     RegionReceipt,
     RequestKind,
     RequestStatus,
+    SubjectOrders,
 )
 from domicile.topology import Topology
 
@@ -69,6 +70,8 @@ class Harness:
         self.limits = limits
         self.random_hex: Callable[[], str] = counting_hex()
         self.published: list[Topology] = []
+        # The erasure orders and holds travel apart from the topology.
+        self.orders: list[SubjectOrders] = []
         self.changes = 0
         self.store: CoordinatorStore | None = None
         self.open()
@@ -85,6 +88,7 @@ class Harness:
             wall_clock=lambda: self.wall() / 1000,
             publish=self.published.append,
             on_register=lambda region: self.desk.reconcile(),
+            publish_orders=self.orders.append,
         )
         self.desk = SubjectDesk(
             CLUSTER,
@@ -174,12 +178,14 @@ def test_erasure_orders_every_region_and_is_published(h: Harness, wall: WallCloc
         "customer asked by email",
     )
     assert h.revision == before + 1
-    published = h.published[-1]
+    assert h.published[-1].revision == h.revision
+    published = h.orders[-1]
     assert published.revision == h.revision
     assert [(e.request_id, e.subject_id, e.requested_ms, e.regions_pending) for e in published.erasures] == [
         (request.request_id, "cust-1", wall(), REGIONS)
     ]
-    assert h.registry.topology().erasures == published.erasures
+    assert h.registry.orders() == published
+    assert h.registry.topology().erasures == ()
     assert h.changes == 1
 
 
@@ -195,7 +201,7 @@ def test_only_regions_with_a_node_are_ordered_and_a_region_that_gains_one_is_add
     h.register("eu-west-1")
     # One revision for the node, one for the order it now has to carry out.
     assert h.revision == revision + 2
-    assert h.published[-1].erasures[0].regions_pending == ("ap-northeast-1", "eu-west-1")
+    assert h.orders[-1].erasures[0].regions_pending == ("ap-northeast-1", "eu-west-1")
     assert h.desk.get(request.request_id).regions_pending == ("ap-northeast-1", "eu-west-1")
     # Re-registering changes nothing; a region that reported is not asked again.
     h.register("eu-west-1")
@@ -216,7 +222,7 @@ def test_an_erasure_with_no_node_anywhere_completes_at_once(
         (),
         wall(),
     )
-    assert h.published[-1].erasures == ()
+    assert h.orders[-1].erasures == ()
 
 
 def test_due_dates_gdpr_one_calendar_month_ccpa_45_days(h: Harness, wall: WallClock) -> None:
@@ -276,7 +282,7 @@ def test_request_completes_when_the_last_region_reports(h: Harness, wall: WallCl
     assert first.regions_pending == ("us-east-1", "ap-northeast-1")
     assert [r.region for r in first.receipts] == ["eu-west-1"]
     assert h.revision == revision + 1
-    assert h.published[-1].erasures[0].regions_pending == ("us-east-1", "ap-northeast-1")
+    assert h.orders[-1].erasures[0].regions_pending == ("us-east-1", "ap-northeast-1")
 
     h.desk.report_erasure(request.request_id, receipt("us-east-1", 0))
     wall.advance_days(1)
@@ -288,7 +294,7 @@ def test_request_completes_when_the_last_region_reports(h: Harness, wall: WallCl
     assert [r.region for r in done.receipts] == ["eu-west-1", "us-east-1", "ap-northeast-1"]
     assert done.receipts[-1].kept == kept
     assert h.revision == revision + 3
-    assert h.published[-1].erasures == ()
+    assert h.orders[-1].erasures == ()
     assert h.desk.get(request.request_id) == done
     assert h.desk.open_counts()[RequestKind.ERASURE] == 0
 
@@ -465,13 +471,13 @@ def test_holds_of_each_scope_are_placed_and_published(h: Harness, wall: WallCloc
         "litigation",
     )
     assert h.revision == revision + 3
-    assert h.published[-1].holds == (subject, namespace, key)
+    assert h.orders[-1].holds == (subject, namespace, key)
     assert h.desk.holds() == (subject, namespace, key)
 
     released = h.desk.release_hold(namespace.hold_id, "inquiry closed")
     assert released == namespace
     assert h.revision == revision + 4
-    assert h.published[-1].holds == (subject, key)
+    assert h.orders[-1].holds == (subject, key)
     assert h.desk.holds() == (subject, key)
 
 
@@ -538,11 +544,11 @@ def test_hold_limit(make: Callable[..., Harness]) -> None:
 def test_erasures_and_holds_ride_together_in_each_revision(h: Harness) -> None:
     hold = h.desk.place_hold(HoldScope.SUBJECT, subject_id="cust-1", reason="case 1")
     request = h.desk.erase("cust-1", "asked")
-    assert h.published[-1].holds == (hold,)
-    assert [e.request_id for e in h.published[-1].erasures] == [request.request_id]
+    assert h.orders[-1].holds == (hold,)
+    assert [e.request_id for e in h.orders[-1].erasures] == [request.request_id]
     h.desk.release_hold(hold.hold_id)
-    assert h.published[-1].holds == ()
-    assert [e.request_id for e in h.published[-1].erasures] == [request.request_id]
+    assert h.orders[-1].holds == ()
+    assert [e.request_id for e in h.orders[-1].erasures] == [request.request_id]
 
 
 # --- persistence --------------------------------------------------------------------------------
@@ -564,7 +570,7 @@ def test_state_survives_reopening_the_store(h: Harness, wall: WallClock) -> None
     h.desk.release_hold(gone.hold_id, "closed")
     wall.advance_days(40)
     before = {r.request_id: r for r in h.desk.list()}
-    topology = h.registry.topology()
+    orders = h.registry.orders()
     revision = h.revision
 
     h.reopen()
@@ -573,8 +579,8 @@ def test_state_survives_reopening_the_store(h: Harness, wall: WallClock) -> None
     assert h.desk.get(open_erasure.request_id) == before[open_erasure.request_id]
     assert h.desk.get(open_erasure.request_id).receipts[0].kept == (KeptRecord("trades", "t-1", "MiFID II"),)
     assert h.desk.holds() == (hold,)
-    assert h.registry.topology().erasures == topology.erasures
-    assert h.registry.topology().holds == (hold,)
+    assert h.registry.orders().erasures == orders.erasures
+    assert h.registry.orders().holds == (hold,)
     assert h.desk.open_counts() == {RequestKind.ERASURE: 1, RequestKind.ACCESS: 1}
     assert h.desk.overdue_counts() == {RequestKind.ERASURE: 1, RequestKind.ACCESS: 0}
     assert h.desk.get(access.request_id).reason == "portal"
@@ -596,3 +602,46 @@ def test_closed_desk_refuses_changes(h: Harness) -> None:
         h.desk.erase("cust-1", "asked")
     with pytest.raises(Unavailable, match="shutting down"):
         h.desk.open_access("cust-1")
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+def test_a_batch_writes_every_change_in_one_revision_and_publishes_the_orders_once(h: Harness) -> None:
+    before, published, changes = h.revision, len(h.orders), h.changes
+    with h.desk.batch():
+        erasures = [h.desk.erase(f"cust-{n}", "bulk import") for n in range(3)]
+        hold = h.desk.place_hold(HoldScope.SUBJECT, subject_id="cust-9", reason="case 9")
+        gone = h.desk.place_hold(HoldScope.NAMESPACE, namespace="trades", reason="case 10")
+        h.desk.release_hold(gone.hold_id, "closed")
+        h.desk.report_erasure(erasures[0].request_id, receipt("us-east-1"))
+        # Nothing is published before the block ends.
+        assert (h.revision, len(h.orders)) == (before, published)
+    assert h.revision == before + 1
+    assert len(h.orders) == published + 1
+    assert h.changes == changes + 1
+    assert [e.request_id for e in h.orders[-1].erasures] == [e.request_id for e in erasures]
+    assert h.orders[-1].erasures[0].regions_pending == ("eu-west-1", "ap-northeast-1")
+    assert h.orders[-1].holds == (hold,)
+    h.reopen()
+    assert h.registry.orders().erasures == h.orders[-1].erasures
+    assert h.desk.holds() == (hold,)
+
+
+def test_a_batch_that_fails_writes_nothing_and_leaves_the_desk_as_it_was(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(CoordinatorLimits(open_subject_requests_max=2))
+    kept = h.desk.erase("cust-0", "before the batch")
+    before, published = h.revision, len(h.orders)
+    with pytest.raises(FailedPrecondition, match="the limit"), h.desk.batch():
+        h.desk.erase("cust-1", "fits")
+        h.desk.place_hold(HoldScope.SUBJECT, subject_id="cust-9", reason="case 9")
+        h.desk.erase("cust-2", "one too many")
+    assert (h.revision, len(h.orders)) == (before, published)
+    assert [r.request_id for r in h.desk.list(open_only=True)] == [kept.request_id]
+    assert h.desk.holds() == ()
+    # The desk goes on from the stored state: the erasure that fitted was never made.
+    h.desk.erase("cust-1", "again")
+    with pytest.raises(FailedPrecondition, match="do not nest"), h.desk.batch(), h.desk.batch():
+        pass

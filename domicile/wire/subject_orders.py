@@ -1,0 +1,67 @@
+"""The erasure orders and legal holds in force on the wire: a set split into pages of bounded
+size (CoordinatorService.WatchSubjectOrders) and gathered back whole on the node (which also
+keeps the set it acts on as these pages, node/lifecycle/orders_store.py)."""
+
+from __future__ import annotations
+
+from domicile.errors import InvalidArgument
+from domicile.subjects import ErasureOrder, LegalHold, SubjectOrders
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.wire.subjects import erasure_from_pb, erasure_to_pb, hold_from_pb, hold_to_pb
+
+# Far below the 4 MiB a gRPC client takes by default, whatever the number of orders and holds:
+# a page closes once it holds this much (an order or a hold is at most a few KiB).
+ORDERS_PAGE_BYTES_MAX = 1024 * 1024
+
+
+def orders_to_pages(
+    orders: SubjectOrders, page_bytes_max: int = ORDERS_PAGE_BYTES_MAX
+) -> list[cpb.WatchSubjectOrdersResponse]:
+    """The set as pages of at most about `page_bytes_max` each; an empty set is one empty page."""
+    pages = [cpb.WatchSubjectOrdersResponse(revision=orders.revision, page=0)]
+    size = 0
+
+    def room(item_bytes: int) -> cpb.WatchSubjectOrdersResponse:
+        nonlocal size
+        if size and size + item_bytes > page_bytes_max:
+            pages.append(cpb.WatchSubjectOrdersResponse(revision=orders.revision, page=len(pages)))
+            size = 0
+        size += item_bytes
+        return pages[-1]
+
+    for erasure in orders.erasures:
+        order = erasure_to_pb(erasure)
+        room(order.ByteSize()).erasures.append(order)
+    for hold in orders.holds:
+        held = hold_to_pb(hold)
+        room(held.ByteSize()).holds.append(held)
+    pages[-1].last = True
+    return pages
+
+
+class OrdersGatherer:
+    """Gathers the pages of one set, in order; `add` returns the set at its last page."""
+
+    def __init__(self) -> None:
+        self._revision = 0
+        self._next_page = 0
+        self._erasures: list[ErasureOrder] = []
+        self._holds: list[LegalHold] = []
+
+    def add(self, page: cpb.WatchSubjectOrdersResponse) -> SubjectOrders | None:
+        if page.page == 0:
+            self._revision, self._next_page = page.revision, 0
+            self._erasures, self._holds = [], []
+        if page.page != self._next_page or page.revision != self._revision:
+            raise InvalidArgument(
+                f"subject orders page {page.page} of revision {page.revision} arrived where page "
+                f"{self._next_page} of revision {self._revision} was due; pages of a set arrive in order"
+            )
+        self._next_page += 1
+        self._erasures.extend(erasure_from_pb(e) for e in page.erasures)
+        self._holds.extend(hold_from_pb(h) for h in page.holds)
+        if not page.last:
+            return None
+        orders = SubjectOrders(self._revision, tuple(self._erasures), tuple(self._holds))
+        self._erasures, self._holds, self._next_page = [], [], 0
+        return orders
