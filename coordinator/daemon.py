@@ -27,6 +27,7 @@ from coordinator.watch import WatchHub
 from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Refusal, load_checks
 from domicile.authz.operational import OperationalServicesGuard
+from domicile.backup.residency import check_bucket_location
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, Unavailable
 from domicile.identity.transport import daemon_transport
@@ -150,6 +151,11 @@ class Coordinator:
         )
         self.security.on_identity_refused(self.metrics.tls_identity_changes_refused.inc)
         cfg = self.config
+        # Each node gets its region's backup section with the topology: a bucket where the
+        # policy does not allow every record of its region stops the coordinator, not the nodes
+        # one by one (they check it again at start and at every change).
+        for region in self.cluster.region_names():
+            check_bucket_location(self.cluster, region)
         authorizer, tokens = load_checks(
             self.security.cluster, cfg.authz_policies, cfg.jwks, cfg.token_issuer, cfg.token_audience
         )

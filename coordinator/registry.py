@@ -62,6 +62,21 @@ def cluster_fingerprint(cluster: ClusterSpec) -> str:
             for n in cluster.namespaces
         ],
     }
+    backups = {
+        r.name: [
+            r.backup.endpoint,
+            r.backup.bucket,
+            r.backup.bucket_region,
+            r.backup.prefix,
+            r.backup.retention_days,
+            r.backup.generation_hours,
+        ]
+        for r in cluster.regions
+        if r.backup is not None
+    }
+    if backups:
+        # Each node gets its region's section with the topology; only when set, as below.
+        doc["backups"] = backups
     if cluster.authz_policies_text:
         # Only when set, for the same reason as the purposes.
         doc["authz_policies_sha256"] = hashlib.sha256(cluster.authz_policies_text.encode()).hexdigest()

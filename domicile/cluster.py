@@ -46,7 +46,7 @@ class RegionSpec:
     name: str
     country: str = ""
     jurisdiction: str = ""
-    # Read from the cluster config by the node itself; the topology does not carry it.
+    # The coordinator sends each node its own region's section with the topology.
     backup: BackupSpec | None = None
 
 

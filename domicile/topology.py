@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
+from domicile.cluster import BackupSpec, ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.subjects import ErasureOrder, LegalHold
 
 
@@ -63,6 +63,9 @@ class Topology:
     # TopologyView folds the last set in here, where every reader finds them.
     erasures: tuple[ErasureOrder, ...] = ()
     holds: tuple[LegalHold, ...] = ()
+    # The backup section of the receiving node's region, as the coordinator sends it to that
+    # node alone (WatchTopology); None elsewhere and when the region has none.
+    backup: BackupSpec | None = None
     _nodes_by_id: dict[str, NodeInfo] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -181,13 +181,15 @@ class Node:
             # node does not hold, stops the node here (the coordinator would refuse every head
             # it signs).
             bound_signer = await offload.run(self._bound_audit_key)
-            # The backup bucket is checked before the store opens: a node whose backups would
-            # land where its records may not be does not start.
-            backup = await offload.run(self._backup_target)
             self.engine = await offload.run(self._open_store)
             # Before the first write: a store copied back from an older copy becomes a new
             # incarnation here, so that it never hands out a dot or position a second time.
             await self._check_rewind()
+            initial_topology = await offload.run(self._initial_topology)
+            # The backup section comes with the topology (the coordinator sends each node its
+            # region's); the one last received is checked before anything is served: a node
+            # whose backups would land where its records may not be does not start.
+            backup = self._checked_backup(initial_topology)
             await offload.warm(self.engine.last_lsn)
             # Before anything stamps a time: the clock resumes above every timestamp issued before.
             await offload.run(self._persist_clock)
@@ -220,7 +222,7 @@ class Node:
             on_keys_changed=self.cache.changed if self.cache is not None else None,
         )
         self.committer.start()
-        self.view = TopologyView(await offload.run(self._initial_topology))
+        self.view = TopologyView(initial_topology)
         stored_orders = await offload.run(load_orders, self.engine)
         if stored_orders is not None:
             self.view.adopt_orders(stored_orders)
@@ -493,14 +495,8 @@ class Node:
         self.exporter.offer(await offload.run(self.audit.head))
         if cfg.retention_sweep_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="retention"))
-        if backup is not None:
-            self.backup = BackupShipper(
-                self.engine, Bucket(backup), backup, cfg.node_id, cfg.region, self.metrics,
-                interval_s=cfg.backup_interval_s, epoch=self.epoch,
-            )  # fmt: skip
-            self.backup.start()
-        self.metrics.backup_enabled.set(1 if backup is not None else 0)
-        self.truncator = self._truncator(backup is not None)
+        self._start_backup(backup)
+        self.truncator = self._truncator()
         if cfg.changelog_truncate_interval_s > 0:
             self._tasks.append(asyncio.create_task(self.truncator.run(), name="changelog-truncation"))
         self.eraser.apply(self.view.topology.erasures, self.view.topology.cluster, self.view.topology.holds)
@@ -508,14 +504,17 @@ class Node:
         self._running = True
         log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
 
-    def _truncator(self, backed_up: bool) -> Truncator:
+    def _truncator(self) -> Truncator:
         """Change-log truncation and tombstone collection (node.replication.truncation): up to
-        what every link acknowledged and, with a backup, what it shipped."""
+        what every link acknowledged and, while a backup runs, what it shipped. The backup
+        section may come and go with the topology, so the shipper is looked up at every pass."""
         cfg = self.config
 
-        def shipped() -> int:
+        def shipped() -> int | None:
             shipper = self.backup
-            return shipper.state.shipped_lsn if shipper is not None and shipper.state.generation else 0
+            if shipper is None:
+                return None
+            return shipper.state.shipped_lsn if shipper.state.generation else 0
 
         collector = TombstoneCollector(
             engine=self.engine, committer=self.committer, view=self.view, metrics=self.metrics,
@@ -524,7 +523,7 @@ class Node:
         )  # fmt: skip
         return Truncator(
             engine=self.engine, committer=self.committer, metrics=self.metrics, offload=self.offload,
-            link_acks=self.replication.link_acks, backup_shipped=shipped if backed_up else None,
+            link_acks=self.replication.link_acks, backup_shipped=shipped,
             collector=collector, interval_s=cfg.changelog_truncate_interval_s,
         )  # fmt: skip
 
@@ -549,14 +548,41 @@ class Node:
         if engine is not None:
             await asyncio.to_thread(engine.close)
 
-    def _backup_target(self) -> BackupSpec | None:
-        """The region's backup bucket from the cluster config, after the residency check."""
-        if not self.config.cluster_config:
-            return None
-        cluster = load_cluster(self.config.cluster_config)
-        check_bucket_location(cluster, self.config.region)
-        region = cluster.region(self.config.region)
-        return region.backup if region is not None else None
+    def _checked_backup(self, topology: Topology) -> BackupSpec | None:
+        """The region's backup bucket the topology carries, after the residency check (which
+        raises InvalidArgument naming the rule)."""
+        if topology.backup is not None:
+            check_bucket_location(topology.cluster, self.config.region, topology.backup)
+        return topology.backup
+
+    def _start_backup(self, spec: BackupSpec | None) -> None:
+        cfg = self.config
+        if spec is not None:
+            self.backup = BackupShipper(
+                self.engine, Bucket(spec), spec, cfg.node_id, cfg.region, self.metrics,
+                interval_s=cfg.backup_interval_s, epoch=self.epoch,
+            )  # fmt: skip
+            self.backup.start()
+            log.info("backing up to bucket %s at %s", spec.bucket, spec.endpoint)
+        self.metrics.backup_enabled.set(1 if spec is not None else 0)
+
+    async def _follow_backup(self, topology: Topology) -> None:
+        """Follows a change of the backup section: the old shipper stops (its last round ships
+        what is pending), and a new one starts on a bucket that passes the residency check. A
+        bucket that does not is refused: nothing is shipped there, and the node says so."""
+        current = self.backup.spec if self.backup is not None else None
+        if topology.backup == current:
+            return
+        try:
+            spec = self._checked_backup(topology)
+        except errors.InvalidArgument as refused:
+            log.error("backup section of topology revision %d REFUSED; backups stop: %s",
+                      topology.revision, refused.message)  # fmt: skip
+            spec = None
+        if self.backup is not None:
+            shipper, self.backup = self.backup, None
+            await asyncio.to_thread(shipper.stop)
+        self._start_backup(spec)
 
     def _adopt_erased(self, key: bytes, erased: list[tuple[str, str]]) -> None:
         topology = self.view.topology
@@ -700,6 +726,7 @@ class Node:
             if self.view.replace(topology):
                 self.metrics.topology_revision.set(topology.revision)
                 self.replication.apply(topology)
+                await self._follow_backup(topology)
                 log.info("topology revision %d adopted", topology.revision)
                 self.backfill.topology_changed(topology_before, before)
                 if self.view.policy.version != before:

@@ -19,8 +19,8 @@ from coordinator.watch import WatchHub
 from domicile.authz import ClusterResource
 from domicile.authz.gate import Caller, Gate
 from domicile.authz.model import DEFAULT_CLUSTER_NAME
-from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
-from domicile.identity.principal import ExpectedPeer
+from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, PermissionDenied
+from domicile.identity.principal import ExpectedPeer, PrincipalKind
 from domicile.subjects import HoldScope, LegalHold, SubjectOrders, SubjectRequest
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
@@ -28,7 +28,7 @@ from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_from_pb, head_to_pb
 from domicile.wire.subject_orders import orders_to_pages
 from domicile.wire.subjects import hold_to_pb, receipt_from_pb, request_to_pb
-from domicile.wire.topology import topology_to_pb
+from domicile.wire.topology import topology_to_pb, with_backup
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         # Every watcher is sent the same Topology object per revision; convert it once.
         self._last_topology: Topology | None = None
         self._last_pb = cpb.Topology()
+        # The same with a region's backup section, for that region's nodes.
+        self._region_pb_of: Topology | None = None
+        self._region_pb: dict[str, cpb.Topology] = {}
         # (A hub with no watcher is falsy: compare with None.)
         self._orders_hub: WatchHub[SubjectOrders] = (
             orders_hub if orders_hub is not None else WatchHub(hub.watchers_max)
@@ -132,7 +135,8 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         self, request: cpb.WatchTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[cpb.WatchTopologyResponse]:
         try:
-            self._gate.check(context, "coordinator.WatchTopology", self._cluster)
+            caller = self._gate.check(context, "coordinator.WatchTopology", self._cluster)
+            backup_region = self._backup_region(caller, request.region)
             self._registry.catch_up(request.after_revision)
             watcher = self._hub.subscribe()
         except DomicileError as exc:
@@ -145,7 +149,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             # in between, so no revision can slip past this watcher.
             while pending is not None:
                 if pending.revision > sent:
-                    yield cpb.WatchTopologyResponse(topology=self._to_pb(pending))
+                    yield cpb.WatchTopologyResponse(topology=self._for_region(pending, backup_region))
                     sent = pending.revision
                 pending = await watcher.next()
         finally:
@@ -369,6 +373,33 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             self._last_pb = topology_to_pb(topology)
             self._last_topology = topology
         return self._last_pb
+
+    def _backup_region(self, caller: Caller, region: str) -> str:
+        """The region whose backup section the watcher is sent: only a node's own (on an
+        insecure port, where nothing is verified, the region the request names)."""
+        if not region:
+            return ""
+        principal = caller.principal
+        if principal is not None and (principal.kind is not PrincipalKind.NODE or principal.region != region):
+            raise PermissionDenied(
+                f"only a node of region {region} may watch the topology with its backup section; "
+                "watch without a region"
+            )
+        return region
+
+    def _for_region(self, topology: Topology, region: str) -> cpb.Topology:
+        """The topology message with the backup section of `region`, converted once per revision
+        and region."""
+        message = self._to_pb(topology)
+        spec = self._registry.cluster.region(region) if region else None
+        if spec is None or spec.backup is None:
+            return message
+        if self._region_pb_of is not topology:
+            self._region_pb.clear()
+            self._region_pb_of = topology
+        if region not in self._region_pb:
+            self._region_pb[region] = with_backup(message, spec.backup)
+        return self._region_pb[region]
 
     def _pages(self, orders: SubjectOrders) -> list[cpb.WatchSubjectOrdersResponse]:
         if orders is not self._last_orders:

@@ -1,8 +1,9 @@
 """May a region's backup bucket hold what the region's nodes hold?
 
 A backup is a copy of every record a node holds, so its bucket must be a place the policy
-allows for each of them. The rule (BUCKET_RULE) is checked when a node starts and refuses the
-start on failure:
+allows for each of them. The rule (BUCKET_RULE) is checked for every region when the coordinator
+starts (it refuses to start), and by a node for the section the topology brings it, at start
+(it refuses to start) and at every change (it refuses the section and stops its backups):
 
 - the bucket's location is a configured region (a location the policy knows nothing of is
   refused);
@@ -15,18 +16,25 @@ start on failure:
 
 from __future__ import annotations
 
-from domicile.cluster import ClusterSpec
+import dataclasses
+
+from domicile.cluster import BackupSpec, ClusterSpec
 from domicile.errors import InvalidArgument
 from domicile.policy.select import pack_of
 
 BUCKET_RULE = "backup-bucket-in-jurisdiction"
 
 
-def check_bucket_location(cluster: ClusterSpec, region: str) -> None:
-    """Raises InvalidArgument naming BUCKET_RULE when region's backup bucket is somewhere the
-    policy does not allow every record the region may hold."""
+def check_bucket_location(cluster: ClusterSpec, region: str, backup: BackupSpec | None = None) -> None:
+    """Raises InvalidArgument naming BUCKET_RULE when region's backup bucket (`backup`, else the
+    one the cluster config names) is somewhere the policy does not allow every record the
+    region may hold."""
     spec = cluster.region(region)
-    if spec is None or spec.backup is None:
+    if spec is None:
+        return
+    if backup is not None:
+        spec = dataclasses.replace(spec, backup=backup)
+    if spec.backup is None:
         return
     where = spec.backup.bucket_region
     bucket = f"backup bucket {spec.backup.bucket} of region {region} (located in {where!r})"

@@ -6,7 +6,14 @@ becomes UNSPECIFIED, and each reader decides what UNSPECIFIED means for it (see 
 
 from __future__ import annotations
 
-from domicile.cluster import SIBLINGS_MAX_DEFAULT, SIBLINGS_MAX_LIMIT, ClusterSpec, NamespaceSpec, RegionSpec
+from domicile.cluster import (
+    SIBLINGS_MAX_DEFAULT,
+    SIBLINGS_MAX_LIMIT,
+    BackupSpec,
+    ClusterSpec,
+    NamespaceSpec,
+    RegionSpec,
+)
 from domicile.errors import InvalidArgument
 from domicile.model import Classification, ConflictMode
 from domicile.subjects import DEFAULT_RETENTION_CLASSES
@@ -109,7 +116,36 @@ def topology_from_pb(msg: cpb.Topology) -> Topology:
         links,
         erasures=tuple(erasure_from_pb(e) for e in msg.erasures),
         holds=tuple(hold_from_pb(h) for h in msg.holds),
+        backup=backup_from_pb(msg.backup) if msg.HasField("backup") else None,
     )
+
+
+def backup_to_pb(spec: BackupSpec, out: cpb.RegionBackup) -> None:
+    out.endpoint = spec.endpoint
+    out.bucket = spec.bucket
+    out.bucket_region = spec.bucket_region
+    out.prefix = spec.prefix
+    out.retention_days = spec.retention_days
+    out.generation_hours = spec.generation_hours
+
+
+def backup_from_pb(msg: cpb.RegionBackup) -> BackupSpec:
+    return BackupSpec(
+        endpoint=msg.endpoint,
+        bucket=msg.bucket,
+        bucket_region=msg.bucket_region,
+        prefix=msg.prefix,
+        retention_days=msg.retention_days,
+        generation_hours=msg.generation_hours,
+    )
+
+
+def with_backup(message: cpb.Topology, spec: BackupSpec) -> cpb.Topology:
+    """A copy of `message` carrying `spec`, the backup section of the node it is sent to."""
+    out = cpb.Topology()
+    out.CopyFrom(message)
+    backup_to_pb(spec, out.backup)
+    return out
 
 
 def cluster_to_pb(cluster: ClusterSpec, out: cpb.Topology) -> None:

@@ -52,7 +52,8 @@ class Truncator:
         metrics: NodeMetrics,
         offload: Offload,
         link_acks: Callable[[], Mapping[str, int] | None],
-        backup_shipped: Callable[[], int] | None = None,
+        # What the backup shipped; None (or a callable answering None): no backup runs.
+        backup_shipped: Callable[[], int | None] | None = None,
         collector: TombstoneCollector | None = None,
         interval_s: float = 5.0,
     ) -> None:

@@ -5,6 +5,7 @@ jurisdiction stops the node."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from domicile.cli.main import main
 from domicile.cluster import load_cluster
 from domicile.errors import InvalidArgument
 from domicile.s3_server import SeaweedServer
+from domicile.wire.topology import topology_to_pb, with_backup
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.s3 import backup_settings
 
@@ -160,17 +162,41 @@ async def test_a_generation_past_retention_is_deleted_and_the_newest_kept(
         ("eu-central-1", "a backup never leaves its region's country and jurisdiction"),
     ],
 )
-async def test_a_node_refuses_to_start_with_a_bucket_outside_its_jurisdiction(
+async def test_the_coordinator_refuses_to_start_with_a_bucket_outside_its_regions_jurisdiction(
     tmp_path: Path, s3: SeaweedServer, bucket_region: str, why: str
 ) -> None:
     cluster = LocalCluster(
         tmp_path, [REGION], backups={REGION: backup_settings(s3, REGION, bucket_region=bucket_region)}
     )
-    await cluster.start_coordinator()
     try:
         with pytest.raises(InvalidArgument) as refused:
-            await cluster.start_node(REGION)
+            await cluster.start_coordinator()
         assert BUCKET_RULE in refused.value.message and why in refused.value.message
-        assert not (tmp_path / REGION / "store.sqlite3").exists()  # refused before the store opened
+    finally:
+        await cluster.stop()
+
+
+async def test_the_backup_section_comes_with_the_topology_and_a_bucket_outside_stops_backups_and_the_node(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """The node reads no backup section of its own: the coordinator sends its region's. One
+    that names a bucket outside the jurisdiction (a coordinator of another version, say) stops
+    the backups at once and the node at its next start."""
+    cluster = await _cluster(tmp_path, s3)
+    try:
+        node = cluster.nodes[REGION]
+        await _shipped(cluster)
+        topology = node.view.topology
+        assert topology.backup == load_cluster(cluster.config_path).region(REGION).backup  # type: ignore[union-attr]
+        outside = dataclasses.replace(topology.backup, bucket_region="us-east-1")  # type: ignore[type-var]
+        changed = dataclasses.replace(topology, revision=topology.revision + 1, backup=outside)
+        await node._adopt_topology(changed, with_backup(topology_to_pb(changed), outside).SerializeToString())
+        assert node.view.revision == changed.revision
+        assert node.backup is None
+        assert node.metrics.registry.get_sample_value("domicile_backup_enabled") == 0
+        await cluster.stop_node(REGION)
+        with pytest.raises(InvalidArgument) as refused:
+            await cluster.start_node(REGION)
+        assert BUCKET_RULE in refused.value.message and "us-east-1" in refused.value.message
     finally:
         await cluster.stop()

@@ -147,3 +147,23 @@ async def test_regression_a_heartbeat_is_taken_only_from_the_region_the_node_reg
     finally:
         await other_region.close()
         await same.close()
+
+
+async def test_a_node_is_sent_only_its_own_regions_backup_section(cluster: LocalCluster) -> None:
+    """The topology carries the backup section of the watching node's region; a node (or any
+    client) asking for another region's is refused."""
+    assert cluster.pki is not None
+    for files, region in [
+        (cluster.pki.node("eu-central-1", "eu-central-1"), "eu-west-1"),
+        (cluster.pki.client("ops-1", (Role.OPERATOR,)), "eu-west-1"),
+    ]:
+        channel = Dialer.mutual_tls(files).channel(cluster.coordinator_address)
+        try:
+            stub = cpb_grpc.CoordinatorServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in stub.WatchTopology(cpb.WatchTopologyRequest(region=region), timeout=5):
+                    break
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "only a node of region eu-west-1" in (refused.value.details() or "")
+        finally:
+            await channel.close()
