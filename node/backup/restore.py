@@ -1,5 +1,7 @@
-"""`domicile restore --region R [--to RFC3339] --data-dir D`: rebuilds a node's store from its
-region's backup bucket, as of the newest backed-up write or a point in time.
+"""`domicile restore --region R [--to RFC3339] --data-dir D [--mongodb-uri U [--mongodb-database
+DB]]`: rebuilds a node's store from its region's backup bucket, as of the newest backed-up write
+or a point in time, into a SQLite store in D or into the region's MongoDB database (D then holds
+only the incarnation file, as a node on MongoDB keeps it in its data directory).
 
 The newest generation whose snapshot had finished by the point is read: its snapshot states,
 then its segments' log entries up to the point (entries are in HLC order, so the replay stops at
@@ -36,7 +38,7 @@ from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, 
 from domicile.hlc import physical_ms, wall_ms
 from domicile.model import check_node_id, writer_id
 from domicile.wire.records import mutation_from_bytes
-from node.config import SQLiteSettings
+from node.config import EngineSettings, MongoSettings, SQLiteSettings, default_mongodb_database
 from node.engine.core import EngineCore
 from node.engine.factory import SQLITE_FILE, open_engine
 from node.incarnation import INCARNATION_FILE, write_epoch
@@ -81,9 +83,13 @@ def restore(
     to_ms: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
     now_ms: Callable[[], int] = wall_ms,
+    engine_settings: EngineSettings | None = None,
 ) -> RestoreSummary:
+    """Rebuilds the store (SQLite in `data_dir` unless `engine_settings` names a MongoDB
+    database) and writes the incarnation file into `data_dir`."""
     started = time.monotonic()
     check_node_id(node_id)
+    settings = engine_settings or SQLiteSettings(synchronous="NORMAL")
     data = Path(data_dir)
     if (data / SQLITE_FILE).exists() or (data / INCARNATION_FILE).exists():
         raise FailedPrecondition(
@@ -103,8 +109,10 @@ def restore(
         f"generation {chosen.name}: {len(manifest.parts)} snapshot parts, {len(chosen.segments)} segments"
     )
     data.mkdir(parents=True, exist_ok=True)
-    engine = open_engine(SQLiteSettings(synchronous="NORMAL"), str(data), writer, region)
+    engine = open_engine(settings, str(data), writer, region)
     assert isinstance(engine, EngineCore)
+    if isinstance(settings, MongoSettings):
+        _refuse_existing_store(engine, node_id, settings)
     states = entries = 0
     restored_lsn = manifest.base_lsn
     restored_ms = manifest.finished_ms
@@ -156,6 +164,22 @@ def restore(
     )
 
 
+def _refuse_existing_store(engine: EngineCore, node_id: str, settings: MongoSettings) -> None:
+    """A region's database may hold the records of its other nodes (a restore merges into them),
+    but not a store of this node: its old incarnation would come back beside the new one."""
+    from node.engine.mongo import MongoEngine  # only a restore into MongoDB loads the driver
+
+    assert isinstance(engine, MongoEngine)
+    existing = [w for w in engine.writer_ids_of(node_id) if w != engine.node_id]
+    if existing:
+        engine.close()
+        raise FailedPrecondition(
+            f"database {settings.database} already holds a store of node {node_id} (writer ids "
+            f"{', '.join(existing)}); restore into a database without one, e.g. after dropping "
+            "it (nothing was changed)"
+        )
+
+
 def _when(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(timespec="milliseconds")
 
@@ -170,6 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--node-id", help="the node to restore (default: the region)")
     parser.add_argument("--to", help="restore as of this RFC 3339 time (default: the newest backed-up write)")
     parser.add_argument(
+        "--mongodb-uri",
+        help="restore into this MongoDB server (a replica set) instead of a SQLite store in --data-dir, "
+        "which then holds the incarnation file only",
+    )
+    parser.add_argument(
+        "--mongodb-database", help="the region's database (default: domicile_<region, dashes as underscores>)"
+    )
+    parser.add_argument(
         "--config",
         default="deploy/cluster.yaml",
         help="cluster config naming the bucket (default: %(default)s)",
@@ -181,11 +213,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if region is None or region.backup is None:
             raise InvalidArgument(f"region {args.region} has no backup bucket in {args.config}")
         to_ms = parse_time(args.to) if args.to else None
+        if args.mongodb_database and not args.mongodb_uri:
+            raise InvalidArgument("--mongodb-database needs --mongodb-uri (the server to restore into)")
+        settings: EngineSettings | None = None
+        if args.mongodb_uri:
+            database = args.mongodb_database or default_mongodb_database(args.region)
+            settings = MongoSettings(uri=args.mongodb_uri, database=database)
+        target = f"database {settings.database}" if isinstance(settings, MongoSettings) else args.data_dir
 
         def progress(line: str) -> None:
             print(f"restore: {line}", file=sys.stderr, flush=True)
 
-        s = restore(region.backup, args.node_id or args.region, args.region, args.data_dir, to_ms, progress)
+        s = restore(
+            region.backup, args.node_id or args.region, args.region, args.data_dir, to_ms, progress,
+            engine_settings=settings,
+        )  # fmt: skip
     except DomicileError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1
@@ -193,8 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"restored node {s.node_id} from generation {s.generation}: {s.states} states, "
         f"{s.log_entries} log entries, through position {s.restored_lsn} ({_when(s.restored_to_ms)}), "
         f"{s.objects} objects ({s.bytes} bytes) in {s.seconds:.1f} s\n"
+        f"into {target}\n"
         f"new incarnation {s.epoch}: the node writes as {s.writer_id}; start it with "
-        f"--data-dir {args.data_dir} and its region's key store (--region-dir)"
+        f"--data-dir {args.data_dir}{' and that database' if settings is not None else ''} "
+        "and its region's key store (--region-dir)"
     )
     return 0
 

@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -529,6 +530,19 @@ class MongoEngine(EngineCore):
         check_identity(node_id, region)
         self.mongo = MongoBackend(uri, database, node_id, region)
         super().__init__(self.mongo, node_id, region)
+
+    def writer_ids_of(self, node_id: str) -> list[str]:
+        """The writer ids of every store of `node_id` this database holds (the node id itself
+        and "<node id>.<epoch>" for each restored incarnation), from any document a store of
+        its own writes: the regions' shared records are nobody's. A restore refuses a database
+        that holds one (domicile restore)."""
+        pattern = {"$regex": f"^{re.escape(node_id)}(\\.[0-9]+)?$"}
+        b = self.mongo
+        with b._errors():
+            found = {str(d["_id"]) for d in b.counters.find({"_id": pattern}, {"_id": 1})}
+            for collection in (b.meta, b.positions, b.changelog):
+                found.update(str(v) for v in collection.distinct("node", {"node": pattern}))
+        return sorted(found)
 
 
 def _state_id(namespace: str, key: str) -> str:

@@ -9,13 +9,16 @@ import time
 from pathlib import Path
 
 import grpc
+import pymongo
 import pytest
 
 from domicile.s3_server import SeaweedServer
 from domicile.subjects import RequestStatus
 from node.backup import restore
+from node.engine.mongo import MongoEngine
 from node.incarnation import read_epoch
 from tests.support.cluster import LocalCluster, eventually
+from tests.support.mongo import MongoServer
 from tests.support.s3 import backup_settings
 
 WEST, CENTRAL = "eu-west-1", "eu-central-1"
@@ -168,3 +171,66 @@ async def test_an_erasure_after_the_backup_point_wins_over_the_restore(
         assert await cluster.values(WEST, "customers_eu", "other") == {b"kept"}
     finally:
         await cluster.stop()
+
+
+async def test_restore_into_a_mongodb_database_with_progress_and_summary(
+    tmp_path: Path, s3: SeaweedServer, mongo_server: MongoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node on MongoDB whose database is lost is rebuilt into a new database from its bucket
+    (real SecantusDB and SeaweedFS); a database that already holds a store of the node is
+    refused and left as it was."""
+    cluster = LocalCluster(tmp_path, [WEST], backups={WEST: backup_settings(s3, WEST)})
+    cluster.node_overrides["backup_interval_s"] = 0.1
+    lost = mongo_server.database_name("lost")
+    cluster.region_overrides[WEST] = {
+        "engine": "mongodb",
+        "mongodb_uri": mongo_server.uri,
+        "mongodb_database": lost,
+    }
+    await cluster.start_linked()
+    try:
+        for i in range(12):
+            await cluster.put(WEST, "prefs_eu", f"k-{i}", f"v-{i}".encode())
+        await _shipped(cluster, WEST)
+        await cluster.stop_node(WEST)
+        rebuilt, incarnation_dir = mongo_server.database_name("rebuilt"), tmp_path / "restored"
+        mongo = ["--mongodb-uri", mongo_server.uri, "--mongodb-database", rebuilt]
+        assert _restore(cluster, incarnation_dir, *mongo) == 0
+        out, err = capsys.readouterr()
+        assert "12 log entries" in out and f"into database {rebuilt}" in out and "new incarnation" in out
+        assert "restore: generation" in err and "restore: segment" in err  # the progress lines
+        assert not (incarnation_dir / "store.sqlite3").exists()
+        epoch = read_epoch(incarnation_dir)
+
+        node = await cluster.start_node(
+            WEST, data_dir=str(incarnation_dir), region_dir=str(tmp_path / WEST), mongodb_database=rebuilt
+        )
+        assert isinstance(node.engine, MongoEngine) and node.engine.node_id == f"{WEST}.{epoch}"
+        for i in range(12):
+            assert await cluster.values(WEST, "prefs_eu", f"k-{i}") == {f"v-{i}".encode()}
+        await cluster.put(WEST, "prefs_eu", "after", b"restored")
+        await cluster.stop_node(WEST)
+
+        # The old database still holds the node's first store, the new one its restored one:
+        # both are refused, with nothing written.
+        for database in (lost, rebuilt):
+            before = node_documents(mongo_server, database)
+            again = tmp_path / f"again-{database}"
+            assert (
+                _restore(cluster, again, "--mongodb-uri", mongo_server.uri, "--mongodb-database", database)
+                == 1
+            )
+            assert f"already holds a store of node {WEST}" in capsys.readouterr().err
+            assert node_documents(mongo_server, database) == before
+            assert not (again / "incarnation").exists()
+    finally:
+        await cluster.stop()
+
+
+def node_documents(server: MongoServer, database: str) -> dict[str, int]:
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(server.uri)
+    try:
+        db = client[database]
+        return {name: db[name].count_documents({}) for name in sorted(db.list_collection_names())}
+    finally:
+        client.close()
