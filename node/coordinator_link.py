@@ -120,7 +120,8 @@ class CoordinatorLink:
                 timeout=self.rpc_deadline_s,
             )
             self._clock_sample(sent, registered.coordinator_unix_ms)
-            if self.on_erased is not None and registered.erased_subjects_key:
+            # Also when nothing was ever erased (no key): a restored node waits for the list.
+            if self.on_erased is not None:
                 self.on_erased(
                     bytes(registered.erased_subjects_key),
                     [(e.subject_hash, e.request_id) for e in registered.erased_subjects],

@@ -275,7 +275,7 @@ class Node:
             now_ms=self.wall_ms,
             offload=offload,
         )
-        await self.eraser.load()
+        await self.eraser.load(restored=self.epoch > 0)
         self.committer.guard = self.eraser.refusal
         self.sweeper = RetentionSweeper(
             node_id=cfg.node_id,

@@ -194,6 +194,9 @@ class StorageService:
         return entry
 
     def _check_not_erased(self, facts: RecordFacts, key: str, principal: str) -> None:
+        waiting = self.eraser.waiting_refusal(facts.subject_id)
+        if waiting is not None:
+            raise waiting
         request_id = self.eraser.erased_by(facts.subject_id)
         if request_id:
             self.enforcer.refusal(

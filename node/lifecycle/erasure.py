@@ -31,7 +31,7 @@ from typing import Any
 from domicile.audit import subject_hash
 from domicile.causality import CausalContext, KeyState, Version
 from domicile.cluster import ClusterSpec
-from domicile.errors import DomicileError, FailedPrecondition
+from domicile.errors import DomicileError, FailedPrecondition, Unavailable
 from domicile.hlc import wall_ms
 from domicile.subjects import (
     RECEIPT_KEPT_MAX,
@@ -116,9 +116,14 @@ class Eraser:
         self.erased_list: dict[str, str] = {}
         # Writes the writer refused because an erasure overtook them (see refusal()).
         self.refused_in_writer = 0
+        # A restored store that has not yet received the permanent list (see load()).
+        self.awaiting_list = False
 
-    async def load(self) -> None:
-        """Reads the erased subjects and the receipts not yet reported from the store."""
+    async def load(self, restored: bool = False) -> None:
+        """Reads the erased subjects and the receipts not yet reported from the store. A
+        `restored` store (a new incarnation) that holds no permanent list yet may hold, and be
+        sent writes about, subjects erased after its backup point: until the coordinator's list
+        has arrived and is stored, writes about any data subject are refused (waiting_refusal)."""
         blocked, receipts, erased = await self.offload.run(
             lambda: (
                 self.engine.blocked_subjects(),
@@ -132,6 +137,22 @@ class Eraser:
             self.erased_list = dict(stored["subjects"])
         self.blocked = blocked
         self.receipts = {rid: _receipt_from_json(r) for rid, r in json.loads(receipts or b"{}").items()}
+        self.awaiting_list = restored and not erased
+        if self.awaiting_list:
+            log.warning(
+                "restored store without the cluster's list of erased subjects: writes about data "
+                "subjects are refused until the coordinator has sent it"
+            )
+
+    def waiting_refusal(self, subject_id: str) -> DomicileError | None:
+        """Why a write about `subject_id` is refused while a restored store waits for the list."""
+        if not self.awaiting_list or not subject_id:
+            return None
+        return Unavailable(
+            "this node was restored from a backup and has not yet received the cluster's list of "
+            "erased subjects from the coordinator; writes about a data subject are refused until it "
+            "has (retry later; writes without a subject id are accepted)"
+        )
 
     # -- the block --------------------------------------------------------------------------
 
@@ -160,6 +181,10 @@ class Eraser:
             self.erased_key, self.erased_list = key, {}
         new = {digest: rid for digest, rid in erased if digest not in self.erased_list}
         if not new:
+            if self.awaiting_list:
+                # Nothing to sweep, but the list (perhaps empty) must be stored before subject
+                # writes are let in: a restart before that waits for it again.
+                self._track(asyncio.create_task(self._sweep_remnants({}, cluster, holds), name="erased-list"))
             return
         self.erased_list.update(new)
         self._track(asyncio.create_task(self._sweep_remnants(new, cluster, holds), name="erasure-remnants"))
@@ -168,7 +193,11 @@ class Eraser:
         self, wanted: dict[str, str], cluster: ClusterSpec, holds: tuple[LegalHold, ...]
     ) -> None:
         try:
-            found = await self.offload.run(_subjects_hashing_to, self.engine, self.erased_key, wanted)
+            found = (
+                await self.offload.run(_subjects_hashing_to, self.engine, self.erased_key, wanted)
+                if wanted
+                else {}
+            )
             for subject_id, request_id in found.items():
                 log.warning("erasing what the store still holds of a subject erased by %s", request_id)
                 await self.erase(ErasureOrder(request_id, subject_id, self.now_ms()), cluster, holds)
@@ -179,6 +208,11 @@ class Eraser:
                 engine.put_meta(ERASED_LIST_META, blob)
 
             await self.committer.run(persist)
+            if self.awaiting_list:
+                self.awaiting_list = False
+                log.info(
+                    "the cluster's list of erased subjects is stored; writes about data subjects are accepted"
+                )
         except Exception:
             # Not persisted: the next registration sweeps again.
             log.exception("sweep of erased subjects failed; it runs again at the next registration")

@@ -234,3 +234,66 @@ def node_documents(server: MongoServer, database: str) -> dict[str, int]:
         return {name: db[name].count_documents({}) for name in sorted(db.list_collection_names())}
     finally:
         client.close()
+
+
+async def test_a_restored_node_refuses_subject_writes_until_it_has_the_erased_list(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """Regression: a restored node learned the erased subjects only at its registration, so
+    between its start and then it accepted an erased subject's writes. It now refuses every
+    write about a data subject (UNAVAILABLE, retriable) until the list is stored. The node starts
+    on a key store that does not know of the erasure (a new one here; a copy taken before the
+    erasure is the same), so nothing but the list refuses the subject."""
+    cluster = LocalCluster(tmp_path, [WEST], backups={WEST: backup_settings(s3, WEST)})
+    cluster.node_overrides["backup_interval_s"] = 0.1
+    await cluster.start_linked()
+    try:
+        await cluster.put(
+            WEST, "customers_eu", "c-0", b"personal", subject_id=SUBJECT, subject_jurisdiction="IE"
+        )
+        async with cluster.async_client(deadline_s=5.0) as client:
+            request = await client.erase_subject(SUBJECT, "the customer asked", "IE")
+
+            async def completed() -> bool:
+                return (await client.subject_request(request.request_id)).status is RequestStatus.COMPLETED
+
+            await eventually(completed, 20.0, "the erasure completed")
+        await _shipped(cluster, WEST)
+        await cluster.stop_node(WEST)
+        await cluster.stop_coordinator()
+        restored = tmp_path / "restored"
+        assert _restore(cluster, restored) == 0
+        await cluster.start_node(WEST, data_dir=str(restored), region_dir=str(tmp_path / "new-key-store"))
+
+        for subject in (SUBJECT, "cust-2"):
+            with pytest.raises(grpc.aio.AioRpcError) as waiting:
+                await cluster.put(
+                    WEST, "customers_eu", f"w-{subject}", b"x", subject_id=subject, subject_jurisdiction="IE"
+                )
+            assert waiting.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "list of erased subjects" in (waiting.value.details() or "")
+        assert (await cluster.get(WEST, "customers_eu", f"w-{SUBJECT}")).versions == []
+        await cluster.put(WEST, "prefs_eu", "no-subject", b"accepted")
+
+        await cluster.start_coordinator()
+
+        async def list_arrived() -> bool:
+            try:
+                await cluster.put(
+                    WEST, "customers_eu", "c-2", b"x", subject_id="cust-2", subject_jurisdiction="IE"
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    return False
+                raise
+            return True
+
+        await eventually(list_arrived, 20.0, "the restored node received the erased-subject list")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cluster.put(
+                WEST, "customers_eu", "c-new", b"again", subject_id=SUBJECT, subject_jurisdiction="IE"
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert request.request_id in (refused.value.details() or "")
+    finally:
+        await cluster.stop()
