@@ -46,7 +46,8 @@ class CoordinatorLimits:
     request_bytes_max: int = 4 * 1024 * 1024
     response_bytes_max: int = 64 * 1024 * 1024
     concurrent_rpcs_max: int = 4096
-    # Open erasures and holds ride in every Topology message: these keep it a few megabytes.
+    # Open erasures and holds travel to every node as a set of 1 MiB pages at every change
+    # (WatchSubjectOrders): these keep a set a few megabytes.
     open_subject_requests_max: int = 5000
     legal_holds_max: int = 1000
 

@@ -1,6 +1,7 @@
 """Carries out erasure orders in this region, and keeps erased subjects out afterwards.
 
-An order arrives with the topology (the coordinator keeps it until every region reports).
+An order arrives with the subject orders (WatchSubjectOrders; the coordinator keeps it until
+every region reports).
 For each key that holds the subject's data, the node either keeps it, because a legal hold
 covers it or its retention class is a legal obligation (GDPR Art. 17(3)(b)), or writes a
 tombstone that supersedes every version the node holds. It then destroys the subject's data
