@@ -6,8 +6,9 @@ write leaves both unchanged and a published revision is never reissued.
 
 Revision bumps: a node registers for the first time, a node's addresses change, a node's health
 changes, the cluster config (regions, namespaces, policy version) differs from the one the
-last revision was built from, the erasure orders or legal holds change (see touch), or a node
-reports a revision ahead of ours (see catch_up). A heartbeat or a re-registration that changes
+last revision was built from, the erasure orders or legal holds change (see touch; they are
+published apart from the topology, with the revision they changed at), or a node reports a
+revision ahead of ours (see catch_up). A heartbeat or a re-registration that changes
 none of these does not bump it.
 """
 
@@ -213,8 +214,9 @@ class Registry:
         erasures: tuple[ErasureOrder, ...],
         holds: tuple[LegalHold, ...],
     ) -> int:
-        """Commits `changes` of the data-subject state with a new revision that carries the
-        erasure orders and holds now in force, and publishes it; returns the revision."""
+        """Commits `changes` of the data-subject state with a new revision, and publishes the
+        erasure orders and holds now in force at that revision (publish_orders; the topology
+        of the revision carries none); returns the revision."""
         self._check_open()
         self._commit([], subjects=changes, erasures=erasures, holds=holds)
         self._publish_orders_now()

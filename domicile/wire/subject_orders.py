@@ -10,23 +10,34 @@ from domicile.v1 import coordinator_pb2 as cpb
 from domicile.wire.subjects import erasure_from_pb, erasure_to_pb, hold_from_pb, hold_to_pb
 
 # Far below the 4 MiB a gRPC client takes by default, whatever the number of orders and holds:
-# a page closes once it holds this much (an order or a hold is at most a few KiB).
+# no page is larger (an order or a hold is at most a few KiB).
 ORDERS_PAGE_BYTES_MAX = 1024 * 1024
+
+
+# The revision, page number and last flag of a page: three tagged varints at most.
+PAGE_HEADER_BYTES_MAX = 3 * 11
+
+
+def _varint_bytes(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
 
 
 def orders_to_pages(
     orders: SubjectOrders, page_bytes_max: int = ORDERS_PAGE_BYTES_MAX
 ) -> list[cpb.WatchSubjectOrdersResponse]:
-    """The set as pages of at most about `page_bytes_max` each; an empty set is one empty page."""
+    """The set as pages of at most `page_bytes_max` each (an item larger than that alone in its
+    page); an empty set is one empty page."""
     pages = [cpb.WatchSubjectOrdersResponse(revision=orders.revision, page=0)]
-    size = 0
+    size = PAGE_HEADER_BYTES_MAX
 
     def room(item_bytes: int) -> cpb.WatchSubjectOrdersResponse:
         nonlocal size
-        if size and size + item_bytes > page_bytes_max:
+        # An item costs its bytes, its field tag (1 byte) and its length (a varint).
+        cost = item_bytes + 1 + _varint_bytes(item_bytes)
+        if size > PAGE_HEADER_BYTES_MAX and size + cost > page_bytes_max:
             pages.append(cpb.WatchSubjectOrdersResponse(revision=orders.revision, page=len(pages)))
-            size = 0
-        size += item_bytes
+            size = PAGE_HEADER_BYTES_MAX
+        size += cost
         return pages[-1]
 
     for erasure in orders.erasures:

@@ -76,6 +76,9 @@ class Store:
     def scan(self, namespace: str, prefix: str, start_after: str, limit: int) -> None:
         raise Reached
 
+    def waiting_refusal(self, subject_id: str) -> None:
+        raise Reached
+
     def erased_by(self, subject_id: str) -> str:
         raise Reached
 

@@ -72,7 +72,7 @@ async def test_at_the_limits_the_topology_stays_small_and_every_node_adopts_ever
         assert whole.ByteSize() > GRPC_RECEIVE_BYTES_DEFAULT
         pages = orders_to_pages(orders)
         assert len(pages) > 1
-        assert max(p.ByteSize() for p in pages) < 2 * ORDERS_PAGE_BYTES_MAX < GRPC_RECEIVE_BYTES_DEFAULT
+        assert max(p.ByteSize() for p in pages) <= ORDERS_PAGE_BYTES_MAX < GRPC_RECEIVE_BYTES_DEFAULT
         topology = topology_to_pb(registry.topology())
         assert not topology.erasures and not topology.holds
         assert topology.ByteSize() * 64 < GRPC_RECEIVE_BYTES_DEFAULT
