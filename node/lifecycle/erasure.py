@@ -124,7 +124,7 @@ class Eraser:
         """Reads the erased subjects and the receipts not yet reported from the store. A
         `restored` store (a new incarnation) that holds no permanent list yet may hold, and be
         sent writes about, subjects erased after its backup point: until the coordinator's list
-        has arrived and is stored, writes about any data subject are refused (waiting_refusal)."""
+        has arrived, writes about any data subject are refused (waiting_refusal)."""
         blocked, receipts, erased = await self.offload.run(
             lambda: (
                 self.engine.blocked_subjects(),
@@ -181,17 +181,26 @@ class Eraser:
         if key != self.erased_key:
             self.erased_key, self.erased_list = key, {}
         new = {digest: rid for digest, rid in erased if digest not in self.erased_list}
-        if not new:
-            if self.awaiting_list:
-                # Nothing to sweep, but the list (perhaps empty) must be stored before subject
-                # writes are let in: a restart before that waits for it again.
-                self._track(asyncio.create_task(self._sweep_remnants({}, cluster, holds), name="erased-list"))
-            return
         self.erased_list.update(new)
-        self._track(asyncio.create_task(self._sweep_remnants(new, cluster, holds), name="erasure-remnants"))
+        # The list is in memory: erased_by refuses its subjects from now on, so a restored node
+        # lets other subjects' writes in. Its sweep stores the list (perhaps empty); should that
+        # fail, the node waits for the list again.
+        reopened = self.awaiting_list
+        if reopened:
+            self.awaiting_list = False
+            log.info(
+                "the cluster's list of erased subjects has arrived; writes about data subjects are accepted"
+            )
+        if new or reopened:
+            sweep = self._sweep_remnants(new, cluster, holds, reopened)
+            self._track(asyncio.create_task(sweep, name="erasure-remnants"))
 
     async def _sweep_remnants(
-        self, wanted: dict[str, str], cluster: ClusterSpec, holds: tuple[LegalHold, ...]
+        self,
+        wanted: dict[str, str],
+        cluster: ClusterSpec,
+        holds: tuple[LegalHold, ...],
+        reopened: bool = False,
     ) -> None:
         try:
             found = (
@@ -209,16 +218,13 @@ class Eraser:
                 engine.put_meta(ERASED_LIST_META, blob)
 
             await self.committer.run(persist)
-            if self.awaiting_list:
-                self.awaiting_list = False
-                log.info(
-                    "the cluster's list of erased subjects is stored; writes about data subjects are accepted"
-                )
         except Exception:
             # Not persisted: the next registration sweeps again.
             log.exception("sweep of erased subjects failed; it runs again at the next registration")
             for digest in wanted:
                 self.erased_list.pop(digest, None)
+            if reopened:
+                self.awaiting_list = True
 
     def refusal(self, write: LocalWrite) -> DomicileError | None:
         """The group committer's last check of a local write, on the writer thread: a write about
