@@ -376,6 +376,23 @@ class AuditLog:
         state = self._writer.state
         if state != single_writer.RUNNING:
             raise _refused(state, self._writer.failure)
+        return self._unnumbered(
+            principal, action, namespace, key, subject_id, decision, rule, policy_version, detail
+        )
+
+    def _unnumbered(
+        self,
+        principal: str,
+        action: str,
+        namespace: str,
+        key: str,
+        subject_id: str,
+        decision: str,
+        rule: str,
+        policy_version: str,
+        detail: str,
+    ) -> AuditEntry:
+        """An entry stamped now, its subject as a keyed hash; the writer numbers it."""
         return AuditEntry(
             seq=0,
             time_ms=self._now_ms(),
@@ -434,21 +451,8 @@ class AuditLog:
             self._loop = loop
         elif loop is not self._loop:
             raise RuntimeError("AuditLog.record() must be called on the event loop that started the log")
-        entry = AuditEntry(
-            seq=0,
-            time_ms=self._now_ms(),
-            hlc=self._hlc(),
-            region=self.region,
-            node_id=self.node_id,
-            principal=principal,
-            action=action,
-            namespace=namespace,
-            key=key,
-            subject=subject_hash(self._subject_key, subject_id),
-            decision=decision,
-            rule=rule,
-            policy_version=policy_version,
-            detail=detail,
+        entry = self._unnumbered(
+            principal, action, namespace, key, subject_id, decision, rule, policy_version, detail
         )
         future: asyncio.Future[int] = loop.create_future()
         future.add_done_callback(_consume)
