@@ -42,14 +42,14 @@ from domicile.subjects import hold_covering
 from domicile.topology import NodeInfo
 from domicile.v1 import replication_pb2 as rpb
 from domicile.wire.records import context_from_pb, context_to_pb, mutation_to_pb
-from node.compliance.enforcer import Audit, Enforcer
+from node.compliance.enforcer import Enforcer
 from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
 from node.engine.core import decode_state
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
 from node.offload import Offload
-from node.replication.entropy import state_mutations
+from node.replication.entropy import decide_send, state_mutations
 from node.replication.inbound import Receiver
 from node.replication.outbound import _within as within
 from node.topology_view import TopologyView
@@ -177,25 +177,7 @@ class SnapshotSource:
         for key, state in raw.states:
             context_to_pb(state.context, part.contexts.add(key=key).context)
             for m in state_mutations(raw.namespace, key, state):
-                facts = RecordFacts(
-                    m.namespace,
-                    m.version.classification,
-                    m.version.subject_id,
-                    m.version.subject_jurisdiction,
-                )
-                dot = m.version.dot
-                decision, entry = self.enforcer.decide(
-                    facts,
-                    Action.REPLICATE,
-                    audit_action=Audit.REPLICATE_SEND,
-                    principal=f"node:{self.node_id}",
-                    key=key,
-                    region=target.region,
-                    detail=f"to={target.node_id} bootstrap dot={dot.node_id}:{dot.counter}",
-                )
-                if entry is not None:
-                    entries.append(entry)
-                if decision.allowed:
+                if decide_send(self.enforcer, self.node_id, target, key, m, "bootstrap", entries):
                     wanted.append(m)
         opened = await self.offload.run(self._open, wanted)
         for m in opened:

@@ -91,6 +91,35 @@ class Comparison:
 Pace = Callable[[int], Awaitable[None]]
 
 
+def decide_send(
+    enforcer: Enforcer,
+    node_id: str,
+    target: NodeInfo,
+    key: str,
+    m: Mutation,
+    via: str,
+    entries: list[asyncio.Future[int]],
+) -> bool:
+    """The policy decision, at this end, on sending one version of a key state to `target`
+    (an anti-entropy answer or a bootstrap part), audited as a send: its entry, if any, is
+    appended to `entries` for the caller to make durable before anything is sent."""
+    v = m.version
+    facts = RecordFacts(m.namespace, v.classification, v.subject_id, v.subject_jurisdiction)
+    dot = m.version.dot
+    decision, entry = enforcer.decide(
+        facts,
+        Action.REPLICATE,
+        audit_action=Audit.REPLICATE_SEND,
+        principal=f"node:{node_id}",
+        key=key,
+        region=target.region,
+        detail=f"to={target.node_id} {via} dot={dot.node_id}:{dot.counter}",
+    )
+    if entry is not None:
+        entries.append(entry)
+    return decision.allowed
+
+
 def state_mutations(namespace: str, key: str, state: KeyState) -> list[Mutation]:
     """A key state as mutations, one per version (see context_without)."""
     context = context_without(state.context, [v.dot for v in state.versions])
@@ -226,22 +255,7 @@ class AntiEntropy:
             if state is None:
                 continue
             for m in state_mutations(namespace, key, state):
-                facts = RecordFacts(
-                    namespace, m.version.classification, m.version.subject_id, m.version.subject_jurisdiction
-                )
-                dot = m.version.dot
-                decision, entry = self.enforcer.decide(
-                    facts,
-                    Action.REPLICATE,
-                    audit_action=Audit.REPLICATE_SEND,
-                    principal=f"node:{self.node_id}",
-                    key=key,
-                    region=caller.region,
-                    detail=f"to={caller.node_id} antientropy dot={dot.node_id}:{dot.counter}",
-                )
-                if entry is not None:
-                    entries.append(entry)
-                if decision.allowed:
+                if decide_send(self.enforcer, self.node_id, caller, key, m, "antientropy", entries):
                     wanted.append(m)
                 else:
                     response.withheld_count += 1
