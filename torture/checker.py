@@ -24,6 +24,10 @@ The rules, for each key of a namespace and each replica in scope:
   acknowledged write): those reads are counted (`over_namespace_cap`), not failed.
 Reads are not checked for freshness: Domicile promises eventual, causal consistency, not
 linearizable reads.
+
+Whether some read covered a version is answered by an index of each key's reads
+(`torture/coverage.py`), not by asking every read: a long run has tens of thousands of
+operations on each contended key, and the scan was quadratic in them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torture.coverage import CoverIndex
 from torture.history import Dot, Op, Seen, load
 
 # namespace -> key -> region -> what the replica holds
@@ -121,8 +126,10 @@ def check(
         findings.keys_checked += 1
         acked = [op for op in key_ops if op.outcome == "ok" and op.dot is not None and op.f != "delete"]
         findings.acknowledged_writes += len(acked)
-        readers = [op for op in key_ops if op.read is not None and op.outcome in ("ok", "info")]
-        acked_readers = [op for op in readers if op.outcome == "ok"]
+        # Every read that may have superseded a version (a write that timed out may have
+        # committed), and those that certainly did (acknowledged), indexed by what they cover.
+        readers = CoverIndex([op for op in key_ops if op.read is not None and op.outcome in ("ok", "info")])
+        acked_readers = CoverIndex([op for op in readers.readers if op.outcome == "ok"])
         cap = caps.get(namespace)
 
         # Dot reuse among acknowledged writes (deletes included: a tombstone is an event too).
@@ -161,9 +168,7 @@ def check(
                             "op": owner.id,
                         }
                     )
-                superseder = next(
-                    (op for op in acked_readers if op.read is not None and op.read.covers(dot)), None
-                )
+                superseder = acked_readers.first_covering(dot)
                 if superseder is not None:
                     findings.resurrected.append(
                         {**where, "dot": list(dot), "value": value, "superseded_by": superseder.id}
@@ -174,7 +179,7 @@ def check(
                     continue
                 if live.get(op.dot, ("",))[0] == op.value:
                     continue
-                if any(r is not op and r.read is not None and r.read.covers(op.dot) for r in readers):
+                if readers.covered_by_another(op.dot, op):
                     continue
                 if namespace in lww and any(
                     _lww_wins((dot, hlc), (op.dot, op.hlc)) for dot, (_v, hlc) in live.items()
