@@ -91,31 +91,45 @@ class Daemon:
 
 
 class TortureCluster:
-    def __init__(self, root: Path, router: FaultRouter, children: Children, engine: str = "sqlite") -> None:
+    def __init__(
+        self,
+        root: Path,
+        router: FaultRouter,
+        children: Children,
+        engine: str = "sqlite",
+        reopen: bool = False,
+    ) -> None:
         """`engine`: the nodes' store, "sqlite" (embedded) or "mongodb" (a SecantusDB the run
-        starts, one database per region; it is not behind the router and not faulted)."""
+        starts, one database per region; it is not behind the router and not faulted).
+        `reopen`: `root` holds a finished run (its certificates, configuration and stores): start
+        that cluster again as it was left, instead of a new one. New certificates would not do:
+        the coordinator anchors each region's audit heads to the key it first saw."""
         self.root = root
         self.engine = engine
         self.mongodb_port = free_port() if engine == "mongodb" else 0
         self.router = router
         self.children = children
         self.tls_dir = root / "tls"
+        self.config_path = root / "cluster.yaml"
+        if not reopen:
+            self._make_tls_and_config()
+        self.dialer = Dialer.mutual_tls(TlsFiles.in_directory(self.tls_dir, f"client-{CLIENT}"))
+        self.coordinator = self._coordinator()
+        self.nodes = {r["name"]: self._node(r["name"]) for r in REGIONS}
+        self._direct: dict[str, grpc.aio.Channel] = {}
+        # The names the clients have on the router (set by the workload).
+        self.clients: list[str] = []
+
+    def _make_tls_and_config(self) -> None:
         ca = pki.init_ca(self.tls_dir, "domicile")
         pki.issue_coordinator(ca).write(self.tls_dir, "coordinator")
         roles = (Role.APP, Role.OPERATOR, Role.AUDITOR, Role.DPO)
         pki.issue_client(ca, CLIENT, roles).write(self.tls_dir, f"client-{CLIENT}")
         for region in REGIONS:
             pki.issue_node(ca, region["name"], region["name"]).write(self.tls_dir, f"node-{region['name']}")
-        self.dialer = Dialer.mutual_tls(TlsFiles.in_directory(self.tls_dir, f"client-{CLIENT}"))
-        pack = root / "pack.yaml"
+        pack = self.root / "pack.yaml"
         shutil.copyfile(REPO_ROOT / "deploy" / "policy" / "pack.yaml", pack)
-        self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(cluster_config(pack.name), sort_keys=False))
-        self.coordinator = self._coordinator()
-        self.nodes = {r["name"]: self._node(r["name"]) for r in REGIONS}
-        self._direct: dict[str, grpc.aio.Channel] = {}
-        # The names the clients have on the router (set by the workload).
-        self.clients: list[str] = []
 
     @property
     def daemons(self) -> list[Daemon]:

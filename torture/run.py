@@ -194,10 +194,26 @@ def outcomes(ops: list[Op]) -> dict[str, dict[str, int]]:
     return {f: dict(counts) for f, counts in sorted(table.items())}
 
 
+def convergence_summary(convergence: Convergence) -> dict[str, Any]:
+    return {
+        "converged": convergence.converged,
+        "p50_s": percentile(convergence.seconds, 0.5),
+        "p99_s": percentile(convergence.seconds, 0.99),
+        "divergent": convergence.divergent,
+    }
+
+
 def report_markdown(report: dict[str, Any]) -> str:
-    audit: dict[str, str] = report["audit"]
-    verified = sum(v == "ok" for v in audit.values())
-    convergence = report["convergence"]
+    """The report's table. A check the run did not get to (a report remade from a run's files
+    by `torture.recheck`) reads "not measured"."""
+    missing = "not measured"
+    audit: dict[str, str] | None = report["audit"]
+    residency: dict[str, int] | None = report["residency"]
+    convergence: dict[str, Any] | None = report["convergence"]
+    timing = (
+        f"{convergence['p50_s']:.2f} s / {convergence['p99_s']:.2f} s" if convergence is not None else missing
+    )
+    verified = f"{sum(v == 'ok' for v in audit.values())} of {len(audit)}" if audit is not None else missing
     lines = [
         f"# Torture run, seed {report['seed']}",
         "",
@@ -223,11 +239,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| phantom values | {len(report['checker']['phantoms'])} |",
         f"| dot reuse | {len(report['checker']['dot_reuse'])} |",
         f"| divergent keys | {len(report['checker']['divergent'])} |",
-        f"| converged after heal | {convergence['converged']} |",
-        f"| convergence after the last write, p50 / p99 | {convergence['p50_s']:.2f} s / "
-        f"{convergence['p99_s']:.2f} s |",
-        f"| residency violations (scanner) | {sum(report['residency'].values())} |",
-        f"| audit chains verified | {verified} of {len(audit)} |",
+        f"| converged after heal | {convergence['converged'] if convergence is not None else missing} |",
+        f"| convergence after the last write, p50 / p99 | {timing} |",
+        f"| residency violations (scanner) | "
+        f"{sum(residency.values()) if residency is not None else missing} |",
+        f"| audit chains verified | {verified} |",
         f"| most siblings on a key (final state) | {report['checker']['max_siblings']} |",
         f"| reads or replicas over the sibling cap, one writer's versions | "
         f"{len(report['checker']['over_cap'])} |",
@@ -239,6 +255,17 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """What a report says of the run besides its results (`run.json`, read by `torture.recheck`)."""
+    return {
+        "seed": args.seed,
+        "engine": args.engine,
+        "duration_s": args.duration,
+        "quiet_s": args.quiet,
+        "clients": args.clients,
+    }
+
+
 async def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     router = FaultRouter(args.seed)
@@ -247,6 +274,7 @@ async def run(args: argparse.Namespace) -> int:
     history = History(out / "history.jsonl")
     nemesis = Nemesis(cluster, args.seed, out / "faults.jsonl", tuple(args.faults))
     workload = Workload(cluster, history, args.seed, args.clients)
+    (out / "run.json").write_text(json.dumps(run_parameters(args), indent=2))
     started = time.monotonic()
     try:
         await cluster.start()
@@ -276,6 +304,8 @@ async def run(args: argparse.Namespace) -> int:
             "lww_namespaces": [LWW],
             "placed_namespaces": [PEOPLE],
             "siblings_max": SIBLINGS_MAX,
+            # Not the checker's input: kept so that `torture.recheck` can remake the report.
+            "convergence": convergence_summary(convergence),
             "state": {
                 ns: {
                     k: {r: {"vv": s.vv, "dots": s.dots, "live": s.live} for r, s in regions.items()}
@@ -285,13 +315,13 @@ async def run(args: argparse.Namespace) -> int:
             },
         }
         (out / "final.json").write_text(json.dumps(final))
-        findings = checker.check(history.ops, state, list(cluster.nodes), [LWW], [PEOPLE], SIBLINGS_MAX)
         print(
             f"converged in {time.monotonic() - written:.1f} s; scanning and verifying audit chains",
             flush=True,
         )
         residency = await scan_compliance(cluster)
         audit = await verify_audit(cluster, args.audit_timeout)
+        findings = checker.check(history.ops, state, list(cluster.nodes), [LWW], [PEOPLE], SIBLINGS_MAX)
         print(f"checks done {time.monotonic() - written:.1f} s after the last write", flush=True)
     finally:
         history.close()
@@ -300,21 +330,12 @@ async def run(args: argparse.Namespace) -> int:
         await cluster.close()
         await router.close()
     report: dict[str, Any] = {
-        "seed": args.seed,
-        "engine": args.engine,
-        "duration_s": args.duration,
-        "quiet_s": args.quiet,
-        "clients": args.clients,
+        **run_parameters(args),
         "operations": len(history.ops),
         "faults": dict(sorted(nemesis.injected.items())),
         "outcomes": outcomes(history.ops),
         "checker": findings.to_json(),
-        "convergence": {
-            "converged": convergence.converged,
-            "p50_s": percentile(convergence.seconds, 0.5),
-            "p99_s": percentile(convergence.seconds, 0.99),
-            "divergent": convergence.divergent,
-        },
+        "convergence": convergence_summary(convergence),
         "residency": residency,
         "audit": audit,
     }

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from torture import recheck
+
 REPO = Path(__file__).resolve().parents[2]
 SHORT_RUN_S = "20"
 RUN_TIMEOUT_S = 300
@@ -44,6 +46,11 @@ def test_a_short_run_under_every_fault_loses_nothing(tmp_path: Path) -> None:
     assert report["ok"] is True
     checker = report["checker"]
     assert isinstance(checker, dict) and checker["acknowledged_writes"] > 0
+    # The report made again from the run's files says the same.
+    assert recheck.main([str(tmp_path), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["checker"] == checker and again["faults"] == report["faults"]
+    assert again["outcomes"] == report["outcomes"] and again["convergence"] == report["convergence"]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 30)
