@@ -129,7 +129,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="start the run's cluster again from a copy of its stores to run the compliance "
         "scanner and verify the audit chains",
     )
-    parser.add_argument("--audit-timeout", type=float, default=30.0, help="seconds per region (default 30)")
+    parser.add_argument(
+        "--audit-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds per region (default 1800: a 30-minute run's audit log is about 0.5 GB a region)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="where report.json and report.md go")
     # For runs made before the run wrote run.json: what the report says of the run.
     parser.add_argument("--seed", type=int, default=None, help="the run's seed, when it has no run.json")

@@ -45,6 +45,7 @@ LINK_TIMEOUT_S = 60.0
 POLL_S = 0.1
 READ_DEADLINE_S = 3.0
 SCAN_PAGE = 500
+VERIFY_CALL_S = 60.0  # the least time one `domicile audit verify` is given
 DURATION_MAX_S = 24 * 3600
 # The torture namespaces keep the default cap on live versions per key.
 SIBLINGS_MAX = {SIBLINGS: SIBLINGS_MAX_DEFAULT, PEOPLE: SIBLINGS_MAX_DEFAULT}
@@ -162,6 +163,16 @@ async def scan_compliance(cluster: TortureCluster) -> dict[str, int]:
     return found
 
 
+def run_check(argv: list[str], timeout_s: float) -> tuple[int | None, str]:
+    """Runs a check's command: its exit code and output, or no code and a message saying so
+    when it did not finish within `timeout_s` (a failed check, not the end of the run)."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None, f"{' '.join(argv[1:4])} did not finish within {timeout_s:g} s"
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
 async def verify_audit(cluster: TortureCluster, timeout_s: float) -> dict[str, str]:
     """`domicile audit verify` of every region, retried until the head covers the log (a head is
     exported a moment after the last entries)."""
@@ -179,9 +190,10 @@ async def verify_audit(cluster: TortureCluster, timeout_s: float) -> dict[str, s
                 region,
                 *cluster.cli_args(),
             ]
-            done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)
-            if done.returncode == 0 or time.monotonic() > deadline:
-                results[region] = "ok" if done.returncode == 0 else (done.stdout + done.stderr).strip()[-400:]
+            # A long run's audit log is hundreds of megabytes: one check may take minutes.
+            code, output = await asyncio.to_thread(run_check, argv, max(VERIFY_CALL_S, timeout_s))
+            if code is None or code == 0 or time.monotonic() > deadline:
+                results[region] = "ok" if code == 0 else output[-400:]
                 break
             await asyncio.sleep(1.0)
     return results
