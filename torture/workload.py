@@ -95,11 +95,16 @@ class Client:
             await self._write(op, spb.PutRequest(namespace=SIBLINGS, key=op.key, value=op.value.encode()))
             return
         if kind == "subject-write":
+            # With the context it read: blind writes would pile up siblings on the few subject
+            # keys until the cap refused every one of them (nothing else resolves those keys).
             subject, jurisdiction = rng.choice(SUBJECTS)
             op = self._op(op_id, "subject-write", PEOPLE, f"{subject}-{key}")
+            token = await self._read_first(op)
+            if token is None:
+                return
             op.value = self._value()
             request = spb.PutRequest(
-                namespace=PEOPLE, key=op.key, value=op.value.encode(),
+                namespace=PEOPLE, key=op.key, value=op.value.encode(), context_token=token,
                 subject_id=subject, subject_jurisdiction=jurisdiction,
             )  # fmt: skip
             await self._write(op, request)
@@ -109,17 +114,10 @@ class Client:
         op = self._op(op_id, f, namespace, key)
         token = b""
         if f in ("rmw", "delete"):
-            try:
-                response = await self._get(namespace, key)
-            except grpc.aio.AioRpcError as error:
-                op.error = "read failed: "
-                op.outcome = "fail"  # nothing was written
-                op.end_s = time.monotonic() - self.t0
-                op.error += f"{error.code().name}"
-                self.history.record(op)
+            read_token = await self._read_first(op)
+            if read_token is None:
                 return
-            op.read = seen_of(response)
-            token = response.context_token
+            token = read_token
         if f == "delete":
             await self._delete(op, token)
             return
@@ -127,6 +125,21 @@ class Client:
         await self._write(
             op, spb.PutRequest(namespace=namespace, key=key, value=op.value.encode(), context_token=token)
         )
+
+    async def _read_first(self, op: Op) -> bytes | None:
+        """Reads the op's key into `op.read` and returns the context token a write carries; None
+        (and the op recorded as failed: nothing was written) when the read failed."""
+        try:
+            response = await self._get(op.namespace, op.key)
+        except grpc.aio.AioRpcError as error:
+            op.outcome = "fail"
+            op.end_s = time.monotonic() - self.t0
+            op.error = f"read failed: {error.code().name}"
+            self.history.record(op)
+            return None
+        op.read = seen_of(response)
+        token: bytes = response.context_token
+        return token
 
     async def _get(self, namespace: str, key: str) -> spb.GetResponse:
         response: spb.GetResponse = await self.stub.Get(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from torture import recheck
+from torture.history import load
 
 REPO = Path(__file__).resolve().parents[2]
 SHORT_RUN_S = "20"
@@ -46,6 +47,10 @@ def test_a_short_run_under_every_fault_loses_nothing(tmp_path: Path) -> None:
     assert report["ok"] is True
     checker = report["checker"]
     assert isinstance(checker, dict) and checker["acknowledged_writes"] > 0
+    # Subject writes carry the context they read: written blind, they piled up siblings on the
+    # few subject keys until the cap refused every one (after about 50 s of a 30-minute run).
+    subject_writes = [op for op in load(tmp_path / "history.jsonl") if op.f == "subject-write"]
+    assert subject_writes and all(op.read is not None for op in subject_writes if op.outcome == "ok")
     # The report made again from the run's files says the same.
     assert recheck.main([str(tmp_path), "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "report.json").read_text())
