@@ -29,6 +29,17 @@ class BackoffPolicy:
             delay = min(delay * 2, self.max_s)
 
 
+def grpc_reconnect_options(policy: BackoffPolicy) -> list[tuple[str, int]]:
+    """Channel options under which gRPC redials a lost connection on the policy's delays. A
+    channel kept across reconnects dials by its own back-off otherwise (1 s, growing 1.6 times
+    to 120 s): a peer that was away for a few seconds is then dialled again only seconds after
+    it is back, however short the caller's own delays between attempts."""
+    return [
+        ("grpc.initial_reconnect_backoff_ms", max(1, round(policy.initial_s * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(1, round(policy.max_s * 1000))),
+    ]
+
+
 class Backoff:
     """The delays of one retry loop: wait() sleeps the next one, reset() starts over."""
 

@@ -25,7 +25,7 @@ from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer
 from domicile.model import Limits
 from domicile.policy import Action, RecordFacts
-from domicile.retry import Backoff, BackoffPolicy, retry_forever
+from domicile.retry import Backoff, BackoffPolicy, grpc_reconnect_options, retry_forever
 from domicile.topology import NodeInfo
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
@@ -254,7 +254,9 @@ class LinkSender:
             # The handshake itself insists on the target's node certificate, so a record is never
             # sent to whoever happens to answer at the address.
             expected = ExpectedPeer.node(self.target.region, self.target.node_id)
-            self._channel = self.dialer.channel(self.target.address, expected, options=CHANNEL_OPTIONS)
+            # gRPC redials on the link's delays, so a target that comes back is reached promptly.
+            options = [*CHANNEL_OPTIONS, *grpc_reconnect_options(self.backoff)]
+            self._channel = self.dialer.channel(self.target.address, expected, options=options)
         stub = rpb_grpc.ReplicationServiceStub(self._channel)
         # A replication stream lives as long as the link: no overall deadline. Each step that
         # waits on the peer (ready, acks) has its own deadline below instead.

@@ -14,7 +14,7 @@ from domicile.cluster import parse_cluster
 from domicile.errors import InvalidArgument
 from domicile.model import Limits
 from domicile.v1 import storage_node_pb2 as spb
-from tests.support.cluster import LocalCluster
+from tests.support.cluster import LocalCluster, eventually
 
 EU = ["eu-west-1", "eu-central-1"]
 NAMESPACES = [
@@ -57,6 +57,13 @@ async def test_a_write_the_second_region_cannot_acknowledge_fails_unavailable_th
     await pair.put("eu-west-1", "async_eu", "cut", b"v")
     for proxy in pair.proxies.values():
         proxy.heal()
+    # The retry is made once eu-central-1 is back: its link from eu-west-1 has reconnected.
+    link = pair.nodes["eu-west-1"].replication.senders["eu-central-1"]
+
+    async def relinked() -> bool:
+        return link.connected
+
+    await eventually(relinked, 15.0, "the link to eu-central-1 reconnected")
     retry = await pair.stub("eu-west-1").Put(request, timeout=10)
     assert pair.nodes["eu-central-1"].engine.get("sync_eu", "cut") is not None
     state = pair.nodes["eu-west-1"].engine.get("sync_eu", "cut")

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from domicile.retry import Backoff, BackoffPolicy, retry, retry_forever
+from domicile.retry import Backoff, BackoffPolicy, grpc_reconnect_options, retry, retry_forever
 
 
 def test_delays_double_to_the_cap_with_jitter():
@@ -23,6 +23,15 @@ def test_a_capped_backoff_never_waits_longer_than_its_cap_and_reset_starts_over(
     assert all(backoff.next_delay() <= 2.0 for _ in range(20))
     backoff.reset()
     assert backoff.next_delay() < 0.075
+
+
+def test_regression_grpc_redials_on_the_policys_delays_not_its_own():
+    # A replication link keeps its channel across reconnects; under gRPC's default back-off
+    # (1 s growing to 120 s) a target back from a partition of a few seconds was dialled again
+    # only seconds later, and a synchronous write retried meanwhile found one region.
+    options = dict(grpc_reconnect_options(BackoffPolicy(0.02, 0.3)))
+    assert options == {"grpc.initial_reconnect_backoff_ms": 20, "grpc.max_reconnect_backoff_ms": 300}
+    assert dict(grpc_reconnect_options(BackoffPolicy(0.0001, 5.0)))["grpc.initial_reconnect_backoff_ms"] == 1
 
 
 async def test_retry_returns_the_first_success_and_raises_what_is_not_retriable():
