@@ -4,7 +4,9 @@ An order arrives with the subject orders (WatchSubjectOrders; the coordinator ke
 every region reports).
 For each key that holds the subject's data, the node either keeps it, because a legal hold
 covers it or its retention class is a legal obligation (GDPR Art. 17(3)(b)), or writes a
-tombstone that supersedes every version the node holds. It then destroys the subject's data
+tombstone that supersedes every version the node holds; a key whose record of the subject is
+already tombstoned (another region's erasure arrived by replication first) counts as erased
+too, so every region's receipt counts what the region no longer holds. It then destroys the subject's data
 keys of every class that kept nothing, so every copy sealed under them (old database files,
 backups) is unreadable, writes a receipt to the audit trail, and reports to the coordinator.
 
@@ -346,6 +348,17 @@ class Eraser:
             # Only the subject's own live versions: the key may since hold another subject's.
             mine = [v for v in state.live() if v.subject_id == subject]
             if not mine:
+                if _tombstoned(state, subject) and not keep_reason(cluster, holds, namespace, key, subject):
+                    # Erased before this node came to it: another region's erasure of the subject
+                    # (or a delete) reached it by replication first. The region holds none of it
+                    # either way, so its receipt counts it: what a receipt says of a region does
+                    # not depend on whose tombstone arrived first.
+                    await self.audit.record(
+                        principal=principal, action=ERASE_ACTION, namespace=namespace, key=key,
+                        subject_id=subject, decision="erase",
+                        detail=f"request={order.request_id} already tombstoned here",
+                    )  # fmt: skip
+                    erased[namespace] += 1
                 continue
             classes = {sealed_key_class(v.value) or key_class(cluster, namespace) for v in mine}
             reason = keep_reason(cluster, holds, namespace, key, subject)
@@ -424,6 +437,11 @@ class Eraser:
             LocalWrite.deleting(namespace, key, newest, CausalContext.of(dots=[v.dot for v in versions]))
         )
         self.on_committed()
+
+
+def _tombstoned(state: KeyState, subject_id: str) -> bool:
+    """Whether a tombstone about the subject supersedes what the key held of them."""
+    return any(v.tombstone and v.subject_id == subject_id for v in state.versions)
 
 
 def _subject_states(engine: StorageEngine, subject_id: str) -> list[tuple[str, str, KeyState]]:

@@ -222,6 +222,41 @@ async def test_an_erasure_completes_after_a_partition_and_nothing_comes_back(tmp
         await control.stop()
 
 
+async def test_regression_a_region_the_tombstone_reaches_before_its_order_counts_the_record_erased(
+    tmp_path: Path,
+) -> None:
+    # eu-central-1 hears of the erasure only after eu-west-1's tombstone reached it by
+    # replication: its receipt once counted nothing, though it held the record until then.
+    late = "eu-central-1"
+    cluster = LocalCluster(tmp_path, EU, pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_coordinator()
+    control = TcpProxy(cluster.coordinator_address)
+    await control.start()
+    try:
+        for region in EU:
+            await cluster.start_node(region, **({"coordinator": control.address} if region == late else {}))
+        await cluster.wait_linked()
+        await put(cluster, "eu-west-1", "customers", "erin", "s-erin", b"Erin, Munich")
+        await replicated(cluster, EU, "customers", "erin")
+
+        control.partition()
+        opened = await erase(cluster, "s-erin")
+
+        async def tombstone_arrived() -> bool:
+            return not live(cluster, late, "customers", "erin")
+
+        await eventually(tombstone_arrived, 20.0, f"eu-west-1's tombstone at {late}")
+        assert late in (await request(cluster, opened.request_id)).regions_pending
+        control.heal()
+        done = await completed(cluster, opened.request_id, 30.0)
+        receipts = {r.region: r for r in done.receipts}
+        assert dict(receipts["eu-west-1"].erased) == {"customers": 1}
+        assert dict(receipts[late].erased) == {"customers": 1}
+    finally:
+        await cluster.stop()
+        await control.stop()
+
+
 async def test_a_database_copy_taken_before_an_erasure_yields_no_readable_value(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
     await cluster.start()
