@@ -90,8 +90,11 @@ def get_call(ch: grpc.aio.Channel, namespace: str, keys: list[str], pick: Callab
     return call
 
 
-async def sequential_ms(call: Call, samples: int, warmup: int = WARMUP_CALLS) -> list[float]:
-    """Latency of `samples` calls made one after another (after `warmup` unmeasured ones)."""
+async def sequential_ms(call: Call, samples: int, warmup: int | None = None) -> list[float]:
+    """Latency of `samples` calls made one after another (after `warmup` unmeasured ones: by
+    default WARMUP_CALLS, but never more than are measured, so that a short run stays short)."""
+    if warmup is None:
+        warmup = min(WARMUP_CALLS, samples)
     for i in range(warmup):
         await call(-1 - i)
     latencies: list[float] = []
