@@ -6,9 +6,10 @@ For each key that holds the subject's data, the node either keeps it, because a 
 covers it or its retention class is a legal obligation (GDPR Art. 17(3)(b)), or writes a
 tombstone that supersedes every version the node holds; a key whose record of the subject is
 already tombstoned (another region's erasure arrived by replication first) counts as erased
-too, so every region's receipt counts what the region no longer holds. It then destroys the subject's data
-keys of every class that kept nothing, so every copy sealed under them (old database files,
-backups) is unreadable, writes a receipt to the audit trail, and reports to the coordinator.
+too, so every region's receipt counts what the region no longer holds. It then destroys the
+subject's data keys of every class that kept nothing, so every copy sealed under them (old
+database files, backups) is unreadable, writes a receipt to the audit trail, and reports to
+the coordinator.
 
 The subject is blocked before anything is erased, and the block persists: later writes about
 the subject are refused, and a replicated record of the subject that a partitioned region
