@@ -126,6 +126,8 @@ class Receiver:
         self.limits = limits or Limits()
         self.max_clock_drift_ms = max_clock_drift_ms
         self.stats: dict[str, InboundStats] = {}
+        # Per source: held while its batches are applied and while a stream of it opens.
+        self._applying: dict[str, asyncio.Lock] = {}
         # Told the keys every apply changed (the anti-entropy digest trees mark them).
         self.on_applied: Callable[[list[tuple[str, str]]], None] | None = None
 
@@ -138,7 +140,9 @@ class Receiver:
             raise errors.InvalidArgument(f"node {self.node_id} cannot replicate to itself")
         stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
         stats.connected = True
-        stored = await self.offload.run(self.engine.inbound_position, source_node_id)
+        # After any apply of an older stream of the source still under way (apply_batches).
+        async with self._applying.setdefault(source_node_id, asyncio.Lock()):
+            stored = await self.offload.run(self.engine.inbound_position, source_node_id)
         # An older stream of the same source may have applied a batch while the read was away:
         # positions only move forward.
         stats.position = max(stats.position, stored)
@@ -413,6 +417,22 @@ class Receiver:
         return await self._apply_positioned(source_node_id, messages, through_lsn)
 
     async def apply_batches(
+        self, source_node_id: str, batches: Sequence[tuple[Sequence[pb.Mutation], int]]
+    ) -> BatchResult:
+        """_apply_batches, run to its end once begun, one at a time per source. A stream cut while
+        its batches are applied (the source gave up waiting for the ack) cannot call the commit
+        back: the apply finishes, so what it audited and committed is also counted, and a stream
+        the source reopens meanwhile starts from the position it leaves, not below it (which
+        would apply and audit those records a second time)."""
+        return await asyncio.shield(self._apply_batches_in_turn(source_node_id, batches))
+
+    async def _apply_batches_in_turn(
+        self, source_node_id: str, batches: Sequence[tuple[Sequence[pb.Mutation], int]]
+    ) -> BatchResult:
+        async with self._applying.setdefault(source_node_id, asyncio.Lock()):
+            return await self._apply_batches(source_node_id, batches)
+
+    async def _apply_batches(
         self, source_node_id: str, batches: Sequence[tuple[Sequence[pb.Mutation], int]]
     ) -> BatchResult:
         """Applies consecutive batches of a stream as apply_batch would one after another, but

@@ -210,3 +210,39 @@ async def test_batches_received_together_apply_as_one_and_a_bad_one_alone(tmp_pa
         assert target.engine.inbound_position(source) == start + 6
     finally:
         await cluster.stop()
+
+
+async def test_regression_a_stream_cut_while_its_batch_commits_still_counts_it(tmp_path: Path) -> None:
+    # A source that waits too long for an ack cancels its stream; the target's commit of the
+    # batch in hand cannot be called back. It used to go uncounted (applied_total fell short of
+    # what the store holds), and a stream reopened meanwhile could start below it.
+    cluster = await start_pair(tmp_path)
+    try:
+        receiver = cluster.nodes[TARGET].receiver
+        source = "eu-west-1.9"  # a writer id no node uses
+        start = await receiver.open(source)
+        committed = asyncio.Event()
+        resume = asyncio.Event()
+        committer_run = receiver.committer.run
+
+        async def commit_then_wait(fn: Any) -> Any:
+            outcome = await committer_run(fn)
+            committed.set()
+            await resume.wait()  # the stream is cut here, after the commit, before the count
+            return outcome
+
+        receiver.committer.run = commit_then_wait  # type: ignore[method-assign]
+        applying = asyncio.create_task(
+            receiver.apply_batches(source, [([mutation(source, start + 1, "cut-mid-commit")], start + 1)])
+        )
+        await committed.wait()
+        applying.cancel()
+        reopening = asyncio.create_task(receiver.open(source))
+        resume.set()
+        assert await reopening == start + 1
+        with pytest.raises(asyncio.CancelledError):
+            await applying
+        assert receiver.stats[source].applied_total == 1
+        assert cluster.nodes[TARGET].engine.get("instruments", "cut-mid-commit") is not None
+    finally:
+        await cluster.stop()
