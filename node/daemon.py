@@ -698,10 +698,12 @@ class Node:
         if cache.others is not None:
             # Imported here: a node on SQLite never loads the MongoDB driver.
             from node.engine.mongo import MongoEngine
-            from node.engine.mongo_changes import RegionChanges
+            from node.engine.mongo_changes import RegionChanges, await_for_bound
 
             assert isinstance(self.engine, MongoEngine)
-            self.region_changes = RegionChanges(self.engine.mongo, cache.others)
+            self.region_changes = RegionChanges(
+                self.engine.mongo, cache.others, await_s=await_for_bound(cache.others.lag_max_s)
+            )
             self.region_changes.start()
         return cache
 

@@ -17,7 +17,7 @@ last lag_max_s may be hidden for at most that long.
 While the store is unreachable, nothing can change in it, and the cache keeps answering (that is
 what it is for) if it was within the bound when the call that found the store gone started; a
 write another node acknowledged after the last confirmation before the outage (normally less
-than one wait of the stream or one fence interval, 0.05-0.2 s) may then stay hidden until the store
+than one wait of the stream or one fence interval, 0.125-0.2 s) may then stay hidden until the store
 answers again and its change comes through. With one node per region nothing can be hidden.
 
 When the stream cannot resume, what happened is unknown: the cache starts a new generation

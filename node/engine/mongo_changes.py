@@ -39,9 +39,24 @@ log = logging.getLogger("domicile.engine.mongo_changes")
 
 # A fence is written only when this long has passed without a confirmation (a busy stream).
 FENCE_INTERVAL_S = 0.2
-# How long one wait for the next change lasts on the server (a fence is due meanwhile).
-AWAIT_MS = 50
+# How long one wait for the next change lasts on the server, as a share of the staleness bound
+# the confirmations serve (node/cache/others.py, lag_max_s). Each answer costs this process about
+# half a millisecond of Python under the GIL (the driver's getMore) and the database a query; at
+# 50 ms, twenty a second, the Gets that met one were slowed by it and by the thread switches
+# around it, enough of them to set the p99 of a cache hit. A confirmation is dated when its
+# wait was asked, so it is up to two waits old when the next one lands: a quarter of the bound
+# (0.125 s for 0.5 s) leaves half of it for a slow answer before reads stop using the cache,
+# and stays under the fence interval, so an idle stream writes no fences.
+AWAIT_SHARE_OF_BOUND = 0.25
+AWAIT_S_MIN = 0.01
+AWAIT_S_MAX = 1.0
 RETRY_S = 0.5
+
+
+def await_for_bound(lag_max_s: float) -> float:
+    """The server-side wait of one request of the stream for a staleness bound (seconds)."""
+    return min(AWAIT_S_MAX, max(AWAIT_S_MIN, lag_max_s * AWAIT_SHARE_OF_BOUND))
+
 
 _WATCHED = ("key_states", "change_marks")
 _PIPELINE: list[Mapping[str, Any]] = [
@@ -82,14 +97,22 @@ class ChangeListener(Protocol):
 
 class RegionChanges:
     def __init__(
-        self, backend: MongoBackend, listener: ChangeListener, *, fence_interval_s: float = FENCE_INTERVAL_S
+        self,
+        backend: MongoBackend,
+        listener: ChangeListener,
+        *,
+        await_s: float,
+        fence_interval_s: float = FENCE_INTERVAL_S,
     ) -> None:
         self.backend = backend
         self.listener = listener
+        self.await_ms = max(1, round(await_s * 1000))
         self.fence_interval_s = fence_interval_s
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.events = 0
+        # Answers of the server with nothing new (each one a confirmation).
+        self.empty_answers = 0
         # When the call now in progress started (what an outage is dated from).
         self._call_started = 0.0
 
@@ -129,7 +152,7 @@ class RegionChanges:
         resume from. Raises what the driver raises."""
         b = self.backend
         self._call_started = time.monotonic()
-        with b.db.watch(_PIPELINE, resume_after=token, max_await_time_ms=AWAIT_MS) as stream:
+        with b.db.watch(_PIPELINE, resume_after=token, max_await_time_ms=self.await_ms) as stream:
             token = stream.resume_token
             self.listener.reconnected()
             fence: tuple[str, float] | None = None
@@ -150,6 +173,7 @@ class RegionChanges:
                     # cursor: after a resume the driver may answer from the new cursor's first
                     # batch without asking again, which proves nothing).
                     if stream._cursor is cursor:
+                        self.empty_answers += 1
                         self.listener.confirmed(now)
                         next_fence = now + self.fence_interval_s
                     continue

@@ -25,7 +25,7 @@ from node.cache.read_cache import CacheSettings, ReadCache
 from node.engine.base import LocalWrite
 from node.engine.group_commit import GroupCommitter
 from node.engine.mongo import MongoEngine
-from node.engine.mongo_changes import RegionChanges
+from node.engine.mongo_changes import RegionChanges, await_for_bound
 from tests.cache.test_coherence_race import Tally, seed_of_run
 from tests.support.mongo import MongoServer
 
@@ -113,7 +113,7 @@ async def race(
             committer.start()
             cache.start()
             if cache.others is not None:
-                daemon.changes = RegionChanges(engine.mongo, cache.others)
+                daemon.changes = RegionChanges(engine.mongo, cache.others, await_s=await_for_bound(LAG_MAX_S))
                 daemon.changes.start()
         deadline = time.monotonic() + 20
         for d in daemons.values():
