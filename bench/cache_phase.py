@@ -30,6 +30,8 @@ ZIPF_KEYS = 2000
 ZIPF_EXPONENT = 1.1
 ZIPF_WRITE_SHARE = 0.05
 MISS_WARMUP = 10
+# Passes over the hit keys before giving up on a warm cache (the share figure then says so).
+WARM_PASSES_MAX = 10
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,37 @@ class HitResult:
         return self.hits / total if total else None
 
 
+async def not_hits_total(node: NodeHandle) -> tuple[float, float]:
+    """The node's hits, and its reads the cache did not answer (misses and fallbacks)."""
+    text = await node.scrape()
+    return counter_total(text, "domicile_cache_hits_total"), counter_total(
+        text, "domicile_cache_misses_total"
+    ) + counter_total(text, "domicile_cache_fallbacks_total")
+
+
+async def warm(node: NodeHandle, namespace: str, hit_keys: list[str], engine: str) -> int:
+    """Reads every key in turn until one pass is all hits; the passes it took.
+
+    A read of the pre-load can find its key's change not yet deleted in Redis (the invalidator
+    runs behind the commit) and then neither uses nor fills the entry; measured, such a key's
+    first Get is a miss that reads the store. A few misses among thousands of hits are enough
+    to set a p99 (on the MongoDB engine a miss costs several times a hit), so the figure would
+    not be one of hits.
+    """
+    passes = 0
+    for passes in range(1, WARM_PASSES_MAX + 1):
+        _, missed_before = await not_hits_total(node)
+        await sequential_ms(get_call(node.channel, namespace, hit_keys, iter(range(len(hit_keys))).__next__),
+                            len(hit_keys), warmup=0)  # fmt: skip
+        _, missed_after = await not_hits_total(node)
+        if missed_after == missed_before:
+            return passes
+        phases.progress(
+            f"cache ({engine}): {missed_after - missed_before:.0f} reads not answered by the cache; again"
+        )
+    return passes
+
+
 async def measure_hits(
     node: NodeHandle,
     echo_channel: grpc.aio.Channel,
@@ -95,6 +128,7 @@ async def measure_hits(
     phases.progress(f"cache ({engine}): pre-loading {keys} keys and reading each once (fills)")
     await phases.preload(put_call(node.channel, namespace, "hit", value), keys)
     await phases.preload(get_call(node.channel, namespace, hit_keys, iter(range(keys)).__next__), keys)
+    await warm(node, namespace, hit_keys, engine)
     echo: Call = echo_call(echo_channel, namespace, "echo", value)
     hit: Call = get_call(node.channel, namespace, hit_keys, lambda: rng.randrange(keys))
     echo_ms: list[float] = []

@@ -1,0 +1,129 @@
+"""Only the cache-hit figures of `make bench`, in a run of a minute or two: a node with the read
+cache on the SQLite engine, then one on the MongoDB engine (whose cache also follows the
+database's change stream), each measured by `cache_phase.measure_hits` against echo calls of the
+same phase in alternating halves. `--rounds N` measures each N times in one run, so that the
+spread a shared machine adds shows beside the figures.
+
+Run as `python -m bench.cache_hits [--samples N] [--rounds N] [--seed N]` (`make bench-cache`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import cache_phase, phases
+from bench.client import channel
+from bench.cluster import SOLO_NAMESPACE, SOLO_REGION, BenchCluster
+from bench.main import (
+    CACHE_HIT_P99_RATIO_MAX,
+    CACHED_MONGO_NODE_ID,
+    CACHED_NODE_ID,
+    ECHO_READY,
+    MONGO_HIT_KEYS,
+    p50_p99,
+)
+from bench.procs import Children, free_port
+from bench.report import Figure, table
+from domicile.redis_server import RedisServer
+
+ENGINES = ("SQLite", "MongoDB")
+
+
+def hit_figures(engine: str, round_no: int, hit: cache_phase.HitResult) -> list[Figure]:
+    _, echo99 = p50_p99(hit.echo_ms)
+    hit50, hit99 = p50_p99(hit.hit_ms)
+    label = f"Get, a Redis hit ({engine} engine, round {round_no})"
+    return [
+        Figure(f"cache_hit_{engine.lower()}_p50_ms_{round_no}", f"{label} p50", hit50, "ms"),
+        Figure(
+            f"cache_hit_{engine.lower()}_p99_ms_{round_no}",
+            f"{label} p99",
+            hit99,
+            "ms",
+            echo99,
+            "echo p99 (alternating)",
+            f"<= {CACHE_HIT_P99_RATIO_MAX} x echo p99",
+            hit99 <= CACHE_HIT_P99_RATIO_MAX * echo99,
+        ),
+        Figure(f"cache_hit_{engine.lower()}_share_{round_no}", f"{label}: share answered by the cache",
+               hit.hit_share, "ratio"),
+    ]  # fmt: skip
+
+
+async def run(samples: int, rounds: int, seed: int, root: Path) -> list[Figure]:
+    (root / "logs").mkdir()
+    children = Children(root / "logs", cwd=root)
+    cluster = BenchCluster(root, children)
+    redis = RedisServer(root / "redis")
+    value = b"v" * 256
+    figures: list[Figure] = []
+    try:
+        mongo_port = free_port()
+        phases.progress(f"starting coordinator, echo server, SecantusDB and redis-server in {root}")
+        await asyncio.gather(
+            cluster.start_coordinator(),
+            children.start_listening(
+                "mongodb",
+                ["-m", "secantus", "--host", "127.0.0.1", "--port", str(mongo_port),
+                 "--storage-path", str(root / "mongodb"), "--log-level", "WARNING", "--sync-on-commit"],
+                mongo_port,
+            ),
+            asyncio.to_thread(redis.start),
+        )  # fmt: skip
+        echo = await children.start_daemon("echo", ["-m", "bench.echo_server"], ECHO_READY)
+        cache_args = ("--cache-redis-url", redis.url, "--cache-redis-region", SOLO_REGION)
+        for engine in ENGINES:
+            node_id = CACHED_NODE_ID if engine == "SQLite" else CACHED_MONGO_NODE_ID
+            mongodb = None if engine == "SQLite" else (f"mongodb://127.0.0.1:{mongo_port}/", "bench_cache")
+            node = await cluster.start_node(
+                SOLO_REGION, node_id=node_id, mongodb=mongodb, extra_args=cache_args
+            )
+            try:
+                async with channel(echo.group(1), cluster.plain_dialer) as echo_channel:
+                    for round_no in range(1, rounds + 1):
+                        hit = await cache_phase.measure_hits(
+                            node, echo_channel, SOLO_NAMESPACE, value, samples,
+                            random.Random(seed + round_no), engine, keys=MONGO_HIT_KEYS,
+                        )  # fmt: skip
+                        figures += hit_figures(engine, round_no, hit)
+            finally:
+                await cluster.stop_node(node_id)
+    finally:
+        await cluster.close()
+        await children.stop_all()
+        await asyncio.to_thread(redis.stop)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The read cache's hit figures of `make bench`, alone.")
+    parser.add_argument("--samples", type=int, default=5000, help="Gets (and echo calls) per round (5000)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per engine (2)")
+    parser.add_argument("--seed", type=int, help="seed of the key order (random by default)")
+    a = parser.parse_args(argv)
+    # The children are forked while gRPC threads run; they exec a new interpreter at once.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    if not 1 <= a.samples <= 1_000_000 or not 1 <= a.rounds <= 20:
+        parser.error("--samples must be 1 to 1000000 and --rounds 1 to 20")
+    seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 32)
+    root = Path(tempfile.mkdtemp(prefix="domicile-bench-cache-"))
+    try:
+        figures = asyncio.run(run(a.samples, a.rounds, seed, root))
+    except BaseException:
+        print(f"benchmark failed; process logs are in {root / 'logs'}", file=sys.stderr)
+        raise
+    shutil.rmtree(root, ignore_errors=True)
+    print(table(figures))
+    print(f"seed {seed}; {os.cpu_count()} CPUs", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
