@@ -39,6 +39,9 @@ def _number(value: float | None, unit: str) -> str:
         return f"{value:.3f} ms"
     if unit.endswith("/s"):
         return f"{value:,.0f} {unit}"
+    if unit == "ratio":
+        # A share of 0.96 is not one of 1.0: 4% of misses among hits set a p99.
+        return f"{value:.4f}"
     return f"{value:,.1f} {unit}".rstrip()
 
 
