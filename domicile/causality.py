@@ -59,12 +59,16 @@ class CausalContext:
         return dot.counter <= self.vv.get(dot.node_id, 0) or dot in self.dots
 
     def max_counter(self, node_id: str) -> int:
-        extra = [d.counter for d in self.dots if d.node_id == node_id]
-        return max([self.vv.get(node_id, 0), *extra])
+        top = self.vv.get(node_id, 0)
+        if not self.dots:
+            return top
+        return max(top, max((d.counter for d in self.dots if d.node_id == node_id), default=0))
 
     def join(self, other: CausalContext) -> CausalContext:
         if not other.vv and not other.dots:
             return self
+        if not self.vv and not self.dots:
+            return other  # contexts are kept compact: the join with nothing is the other
         vv = dict(self.vv)
         for node, counter in other.vv.items():
             if counter > vv.get(node, 0):
@@ -72,6 +76,15 @@ class CausalContext:
         return CausalContext._compact(vv, set(self.dots) | set(other.dots))
 
     def add(self, dot: Dot) -> CausalContext:
+        top = self.vv.get(dot.node_id, 0)
+        if dot.counter <= top:
+            return self  # already covered: a compact context stays as it is
+        if not self.dots and dot.counter == top + 1:
+            # The common case, a node's next event with nothing out of order to fold: the
+            # vector just grows, without building and compacting a context of the one dot.
+            vv = dict(self.vv)
+            vv[dot.node_id] = dot.counter
+            return CausalContext(vv if top else dict(sorted(vv.items())), frozenset())
         return self.join(CausalContext(dots=frozenset([dot])))
 
     def leq(self, other: CausalContext) -> bool:
@@ -192,9 +205,13 @@ def apply(state: KeyState | None, mutation: Mutation) -> Applied:
     dot and covers the other; a duplicate of a version already superseded is dropped. So each
     node ends with the same one version whichever arrives first, as long as the key still
     remembers the id (REQUEST_MARKS_PER_KEY, REQUEST_WINDOW_MS)."""
-    state = state or KeyState()
     version = mutation.version
     dot = version.dot
+    if state is None:
+        # A key this node never held (most writes of a bulk load): the version is all there is,
+        # so the general merge below reduces to this without its intermediate objects.
+        marks = (RequestMark(version.request_id, (dot,), version.hlc),) if version.request_id else ()
+        return Applied(KeyState((version,), mutation.context.add(dot), marks), changed=True, conflict=False)
     if state.context.covers(dot):
         # Already applied, or superseded by a write that has already arrived.
         return Applied(state, changed=False, conflict=False)

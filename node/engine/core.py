@@ -181,8 +181,14 @@ class EngineCore:
                 f"{self.node_id!r}, which has issued only up to {issued} for the key; pass back a context "
                 "returned by a read, put or delete of this key"
             )
+        # The mutation is built once, with its dot and change-log position (what
+        # causality.local_write does, without the copies of the version and mutation it makes).
+        supersedes = write.supersedes
+        if supersedes is None:
+            supersedes = state.context if state is not None else CausalContext.empty()
+        dot = causality.next_dot(state, self.node_id, supersedes)
         version = Version(
-            dot=Dot(self.node_id, 0),
+            dot=dot,
             value=bytes(write.value),
             hlc=stamp(),
             tombstone=write.tombstone,
@@ -194,14 +200,15 @@ class EngineCore:
             origin_region=self.region,
             request_id=write.request_id,
         )
-        mutation, applied = causality.local_write(
-            state,
-            namespace=write.namespace,
-            key=write.key,
-            node_id=self.node_id,
-            supersedes=write.supersedes,
-            version=version,
+        mutation = Mutation(
+            write.namespace,
+            write.key,
+            supersedes,
+            version,
+            lsn=totals.last_lsn + 1,
+            origin_node_id=self.node_id,
         )
+        applied = causality.apply(state, mutation)
         before = len(state.versions) if state else 0
         after = len(applied.state.versions)
         if write.siblings_max and after > write.siblings_max and after > before:
@@ -210,19 +217,11 @@ class EngineCore:
                 f"{after}, past the namespace's siblings_max of {write.siblings_max}. Nothing was written: "
                 "read the key and write or delete with its context_token, which supersedes the siblings"
             )
-        if mutation.version.dot.counter > DOT_COUNTER_MAX:
+        if dot.counter > DOT_COUNTER_MAX:
             raise InvalidArgument(
                 f"causal context for {write.namespace}/{write.key} carries a counter past 2^62-1 for "
                 f"node {self.node_id!r}; pass back a context returned by a read"
             )
-        mutation = Mutation(
-            mutation.namespace,
-            mutation.key,
-            mutation.context,
-            mutation.version,
-            lsn=totals.last_lsn + 1,
-            origin_node_id=self.node_id,
-        )
         had_live = state is not None and state.has_live()
         new_state = applied.state
         if write.request_id:
