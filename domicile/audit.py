@@ -59,6 +59,10 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
+# The string escaping of _ENCODER (ASCII, total): what AuditEntry uses to write its fields.
+_quote = json.encoder.encode_basestring_ascii
+
+
 def _canonical_json(obj: object) -> bytes:
     return _ENCODER.encode(obj).encode("ascii")
 
@@ -83,13 +87,16 @@ class AuditEntry:
     detail: str = ""
 
     def __post_init__(self) -> None:
+        # Every audited decision builds one: the checks read the fields straight from the
+        # instance dict (a frozen dataclass's fields live there), one pass each.
+        values = self.__dict__
         for name in _INT_FIELDS:
-            value = getattr(self, name)
+            value = values[name]
             # bool is an int in Python but not in the encoding.
             if type(value) is not int or not 0 <= value <= INT_MAX:
                 raise InvalidArgument(f"audit entry {name} is {value!r}; it must be an integer 0..2^63-1")
         for name in _TEXT_FIELDS:
-            value = getattr(self, name)
+            value = values[name]
             if type(value) is not str:
                 raise InvalidArgument(f"audit entry {name} is {type(value).__name__}; it must be a string")
             if len(value) > TEXT_CHARS_MAX:
@@ -97,18 +104,42 @@ class AuditEntry:
                     f"audit entry {name} is {len(value)} characters; at most {TEXT_CHARS_MAX} are allowed"
                 )
         for name in _REQUIRED_FIELDS:
-            if not getattr(self, name):
+            if not values[name]:
                 raise InvalidArgument(f"audit entry {name} is empty; every entry names its {name}")
+
+    def _body(self) -> bytes:
+        # Encoded once per entry: a carried entry is encoded for the store's commit and again,
+        # numbered, for the log; the numbered body is this one with its seq replaced. Written
+        # out field by field in sorted key order with the encoder's own string escaping (the
+        # fields are checked to be exactly str and int): the bytes _canonical_json gives for
+        # the fields' dict, without building the dict and sorting its keys at every entry.
+        q = _quote
+        return (
+            f'{{"action":{q(self.action)},"decision":{q(self.decision)},"detail":{q(self.detail)},'
+            f'"hlc":{self.hlc},"key":{q(self.key)},"namespace":{q(self.namespace)},'
+            f'"node_id":{q(self.node_id)},"policy_version":{q(self.policy_version)},'
+            f'"principal":{q(self.principal)},"region":{q(self.region)},"rule":{q(self.rule)},'
+            f'"seq":{self.seq},"subject":{q(self.subject)},"time_ms":{self.time_ms}}}'
+        ).encode("ascii")
 
     def encode(self, seq: int | None = None) -> bytes:
         """Canonical JSON: sorted keys, no spaces, ASCII (hence UTF-8). Equal entries, equal bytes.
         `seq` numbers an entry as it is appended (cheaper than building a numbered copy)."""
-        fields_ = {name: getattr(self, name) for name in _FIELD_NAMES}
-        if seq is not None:
-            if type(seq) is not int or not 1 <= seq <= INT_MAX:
-                raise InvalidArgument(f"audit entry seq is {seq!r}; it must be an integer 1..2^63-1")
-            fields_["seq"] = seq
-        return _canonical_json(fields_)
+        # Kept in the instance dict (not a field: equality and hashing ignore it).
+        body: bytes | None = self.__dict__.get("_encoded")
+        if body is None:
+            body = self.__dict__["_encoded"] = self._body()
+        if seq is None:
+            return body
+        if type(seq) is not int or not 1 <= seq <= INT_MAX:
+            raise InvalidArgument(f"audit entry seq is {seq!r}; it must be an integer 1..2^63-1")
+        if seq == self.seq:
+            return body
+        # In the canonical form every quote inside a string is escaped, so `,"seq":` occurs
+        # once, as the key ("seq" is neither the first nor the last key in sorted order).
+        field_ = b',"seq":%d,' % self.seq
+        at = body.index(field_)
+        return body[:at] + b',"seq":%d,' % seq + body[at + len(field_) :]
 
     @classmethod
     def decode_unnumbered(cls, body: bytes) -> AuditEntry:

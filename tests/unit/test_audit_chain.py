@@ -4,6 +4,7 @@ built in memory."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 from collections.abc import Iterator
@@ -142,6 +143,66 @@ def test_the_encoding_is_canonical_and_stable() -> None:
 def test_a_body_that_is_not_a_canonical_entry_is_corrupt(body: bytes) -> None:
     with pytest.raises(DataCorruption):
         AuditEntry.decode(body)
+
+
+def reference_encoding(e: AuditEntry) -> bytes:
+    """The canonical form from its definition: the fields as a JSON object, keys sorted, no
+    spaces, ASCII escapes."""
+    fields_ = {f.name: getattr(e, f.name) for f in dataclasses.fields(e)}
+    return json.dumps(fields_, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def test_the_encoding_and_its_numbering_match_the_canonical_form() -> None:
+    # An entry is written out field by field, and encode(seq) splices the seq into that one
+    # encoding instead of encoding again: the bytes must be the canonical form of the entry (and
+    # of the numbered entry), whatever its strings hold (quotes, backslashes, commas, text that
+    # looks like the seq field, characters outside ASCII, lone surrogates).
+    seed = int(os.environ.get("AUDIT_SEED", random.randrange(1 << 32)))
+    print(f"AUDIT_SEED={seed}")
+    rng = random.Random(seed)
+    alphabet = [
+        '"',
+        "\\",
+        ",",
+        ":",
+        "seq",
+        '"seq":0,',
+        ',"seq":',
+        "0",
+        "1",
+        "é",
+        "\U0001f600",
+        "\ud800",
+        "a",
+        "{",
+        "}",
+    ]
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+    for _ in range(500):
+        unnumbered = entry(
+            0,
+            key=text(),
+            detail=text(),
+            rule=text(),
+            principal=text() or "p",
+            time_ms=rng.randrange(1 << 62),
+            hlc=rng.randrange(1 << 62),
+        )
+        seq = rng.choice([1, 9, 10, rng.randrange(1, 1 << 63)])
+        numbered = unnumbered.encode(seq)
+        fresh = dataclasses.replace(unnumbered, seq=seq)
+        assert numbered == fresh.encode() == fresh.encode(seq) == reference_encoding(fresh), (
+            seed,
+            unnumbered,
+        )
+        assert unnumbered.encode() == reference_encoding(unnumbered), (seed, unnumbered)
+        assert AuditEntry.decode(numbered) == fresh
+        assert unnumbered.encode() == AuditEntry.decode_unnumbered(unnumbered.encode()).encode()
+    with pytest.raises(InvalidArgument, match="seq"):
+        entry(0).encode(True)
 
 
 def test_entries_refuse_bad_fields_with_invalid_argument() -> None:
