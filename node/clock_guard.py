@@ -94,7 +94,20 @@ class ClockGuard:
             "no writes until its clock is right (check NTP on its host); write through another node"
         )
 
+    def distrusted(self) -> bool:
+        """Whether refusal() would refuse now, without building its error: the clock asks this
+        at every timestamp it issues, so it reads the sample once (samples are immutable and
+        replaced whole, so one read needs no lock)."""
+        sample = self._sample
+        if sample is None:
+            return False
+        reference_now = sample.reference_ms + int((self._monotonic() - sample.monotonic_s) * 1000)
+        ahead = max(self._wall(), self._last_issued_ms()) - reference_now
+        return ahead - sample.uncertainty_ms > self.max_drift_ms
+
     def check(self) -> None:
+        if not self.distrusted():
+            return
         refused = self.refusal()
         if refused is not None:
             raise refused

@@ -612,7 +612,7 @@ class Node:
         # While the clock runs too far ahead, nothing it stamps may be kept: a ceiling persisted
         # that far ahead would keep the node refusing writes long after its clock is fixed.
         guard = self.clock_guard
-        self.clock.wall_distrusted = lambda: guard.refusal() is not None
+        self.clock.wall_distrusted = guard.distrusted
         check = self._start_check
         if check is not None:
             guard.sample(check.sent_monotonic_s, check.coordinator_unix_ms, check.received_monotonic_s)

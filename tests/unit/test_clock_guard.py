@@ -91,3 +91,22 @@ def test_a_slow_round_trip_gives_the_node_the_benefit_of_the_doubt() -> None:
     # A prompt answer that says the same is certain: refused.
     g.sample(104.0, clocks.wall_ms - 6_500, 104.0)
     assert g.refusal() is not None
+
+
+def test_distrusted_says_what_refusal_says_at_every_offset_around_the_bound() -> None:
+    # The clock asks distrusted() at every timestamp (without building an error): it must agree
+    # with refusal() on either side of the bound, uncertainty included, and before any sample.
+    clocks = Clocks()
+    g = guard(clocks)
+    assert g.distrusted() is False and g.refusal() is None
+    g.sample(100.0, clocks.wall_ms, 100.01)  # 5 ms of uncertainty
+    start = clocks.wall_ms
+    seen = set()
+    for offset_ms in range(DRIFT_MS - 20, DRIFT_MS + 20):
+        clocks.wall_ms = start + offset_ms
+        seen.add(g.distrusted())
+        assert g.distrusted() is (g.refusal() is not None), offset_ms
+    assert seen == {True, False}
+    clocks.wall_ms = start
+    clocks.last_issued_ms = start + DRIFT_MS + 1000  # an HLC issued far ahead keeps it refusing
+    assert g.distrusted() is True and g.refusal() is not None
