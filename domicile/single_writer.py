@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
@@ -52,6 +52,23 @@ class LoopWaiter(Generic[R]):
         # A closed loop raises RuntimeError: nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_settle, self.future, result)
+
+
+def deliver_all(deliveries: Sequence[tuple[LoopWaiter[Any], object]]) -> None:
+    """Hands many results at once: one wake-up of each caller's loop for the lot, not one per
+    result (a batch of a thousand writes would otherwise queue a thousand callbacks, each with
+    its own write to the loop's wake-up pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+    for waiter, result in deliveries:
+        by_loop.setdefault(waiter.loop, []).append((waiter.future, result))
+    for loop, settles in by_loop.items():
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_all, settles)
+
+
+def _settle_all(settles: list[tuple[asyncio.Future[Any], object]]) -> None:
+    for future, result in settles:
+        _settle(future, result)
 
 
 def _settle(future: asyncio.Future[Any], result: object) -> None:

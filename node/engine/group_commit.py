@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 
 from domicile.audit import AuditEntry
 from domicile.errors import DomicileError, InvalidArgument, ResourceExhausted, Unavailable
-from domicile.single_writer import NEW, RUNNING, LoopWaiter, SingleWriter
+from domicile.single_writer import NEW, RUNNING, LoopWaiter, SingleWriter, deliver_all
 from node.engine.base import ApplyOutcome, Committed, LocalWrite, StorageEngine
 from node.engine.log_tail import LogTail
 
@@ -293,8 +293,7 @@ class GroupCommitter:
                 # The writes are committed: a failing metrics hook must not fail their callers
                 # (who would retry and write twice).
                 log.exception("the group commit batch hook failed")
-        for item, result in zip(batch, results, strict=True):
-            item.waiter.deliver(result)
+        deliver_all([(item.waiter, result) for item, result in zip(batch, results, strict=True)])
 
     def _hand_audit(self, batch: list[_WriteItem], results: list[Committed | DomicileError]) -> None:
         carried: list[tuple[int, AuditEntry]] = []

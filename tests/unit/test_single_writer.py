@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 import pytest
 
 from domicile.errors import InvalidArgument, ResourceExhausted, Unavailable
-from domicile.single_writer import CLOSED, CLOSING, FAILED, NEW, RUNNING, LoopWaiter, SingleWriter
+from domicile.single_writer import (
+    CLOSED,
+    CLOSING,
+    FAILED,
+    NEW,
+    RUNNING,
+    LoopWaiter,
+    SingleWriter,
+    deliver_all,
+)
 
 
 @dataclass
@@ -294,3 +303,29 @@ async def test_regression_a_failing_batch_hook_neither_fails_the_batch_nor_stops
     assert await asyncio.wait_for(await recorder.put("a"), 5) == "A"
     assert await asyncio.wait_for(await recorder.put("b"), 5) == "B"
     assert recorder.writer.state == RUNNING
+
+
+async def test_deliver_all_settles_each_callers_future_from_another_thread() -> None:
+    # The group committer hands a batch's results at once: each future gets its own result or
+    # error, a cancelled one is skipped, and callers on another loop get theirs on that loop.
+    here = [waiter_here() for _ in range(3)]
+    here[1].future.cancel()
+    other_loop = asyncio.new_event_loop()
+    other_waiter: LoopWaiter[str] = LoopWaiter(other_loop, other_loop.create_future())
+    error = Unavailable("refused")
+    thread = threading.Thread(
+        target=deliver_all,
+        args=([(here[0], "a"), (here[1], "b"), (here[2], error), (other_waiter, "d")],),
+    )
+    thread.start()
+    thread.join()
+    assert await here[0].future == "a"
+    with pytest.raises(Unavailable):
+        await here[2].future
+    assert here[1].future.cancelled()
+    assert not other_waiter.future.done()  # settled by its own loop, not this one
+    runner = threading.Thread(target=other_loop.run_until_complete, args=(other_waiter.future,))
+    runner.start()
+    runner.join()
+    assert other_waiter.future.result() == "d"
+    other_loop.close()
