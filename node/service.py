@@ -277,7 +277,7 @@ class StorageService:
         prepared: dict[int, _Prepared | errors.DomicileError] = {}
         for i, cmd in enumerate(cmds):
             if not cmd.subject_id:
-                prepared[i] = await self._prepare_or_error(cmd)
+                prepared[i] = self._prepare_unsealed(cmd)
         sealing = [i for i, cmd in enumerate(cmds) if cmd.subject_id]
         if sealing:
             outcomes = await asyncio.gather(*(self._prepare_or_error(cmds[i]) for i in sealing))
@@ -301,7 +301,12 @@ class StorageService:
             committed = await self.committer.submit_many(writes)
             self.on_committed()
             for (i, spec), outcome in zip(accepted, committed, strict=True):
-                results[i] = await self._batch_answer(spec, cmds[i], outcome)
+                if isinstance(outcome, errors.DomicileError):
+                    results[i] = outcome
+                elif spec.min_regions_acked > 1:
+                    results[i] = await self._answer_when_held(spec, cmds[i], outcome)
+                else:
+                    results[i] = self._put_answer(spec, cmds[i], outcome)
         answered: list[Committed | errors.DomicileError] = []
         for r in results:
             if r is None:
@@ -309,14 +314,12 @@ class StorageService:
             answered.append(r)
         return answered
 
-    async def _batch_answer(
-        self, spec: NamespaceSpec, cmd: PutCommand, outcome: Committed | errors.DomicileError
+    async def _answer_when_held(
+        self, spec: NamespaceSpec, cmd: PutCommand, outcome: Committed
     ) -> Committed | errors.DomicileError:
-        if isinstance(outcome, errors.DomicileError):
-            return outcome
+        """A batch record's answer once min_regions_acked regions hold it, or its error."""
         try:
-            if spec.min_regions_acked > 1:
-                await self._wait_regions(spec, outcome)
+            await self._wait_regions(spec, outcome)
             return self._put_answer(spec, cmd, outcome)
         except errors.DomicileError as error:
             return error
@@ -330,6 +333,25 @@ class StorageService:
     async def _prepare_put(self, cmd: PutCommand) -> _Prepared:
         """Everything of a Put before its commit: checks, the placement decision and its audit
         entry, sealing. Raises the refusal of a record that may not be written."""
+        spec, classification, entry = self._admit_put(cmd)
+        # Encrypted at rest under the subject's data key (crypto-shredding).
+        sealed = await self.sealer.seal_value(
+            self.view.topology.cluster, spec.name, cmd.key, cmd.subject_id, cmd.value
+        )
+        return spec, self._local_put(spec, cmd, classification, sealed, entry), entry
+
+    def _prepare_unsealed(self, cmd: PutCommand) -> _Prepared | errors.DomicileError:
+        """_prepare_put of a record without a subject (nothing to seal), without leaving the loop."""
+        try:
+            spec, classification, entry = self._admit_put(cmd)
+        except errors.DomicileError as error:
+            return error
+        return spec, self._local_put(spec, cmd, classification, cmd.value, entry), entry
+
+    def _admit_put(
+        self, cmd: PutCommand
+    ) -> tuple[NamespaceSpec, Classification, asyncio.Future[int] | AuditEntry | None]:
+        """The checks of a Put and its placement decision, with the decision's audit entry."""
         spec = self._namespace(cmd.namespace)
         check_key(cmd.key, self.limits)
         check_value(cmd.value, self.limits)
@@ -349,16 +371,22 @@ class StorageService:
         facts = RecordFacts(spec.name, classification, cmd.subject_id, cmd.subject_jurisdiction)
         self._check_not_erased(facts, cmd.key, cmd.principal)
         entry = self._check_placement(spec, facts, cmd.key, Audit.PUT, cmd.principal)
-        # Encrypted at rest under the subject's data key (crypto-shredding).
-        sealed = await self.sealer.seal_value(
-            self.view.topology.cluster, spec.name, cmd.key, cmd.subject_id, cmd.value
-        )
+        return spec, classification, entry
+
+    @staticmethod
+    def _local_put(
+        spec: NamespaceSpec,
+        cmd: PutCommand,
+        classification: Classification,
+        sealed: bytes,
+        entry: asyncio.Future[int] | AuditEntry | None,
+    ) -> LocalWrite:
         # In lww mode a write always supersedes everything this node holds: the winner is
         # decided by HLC, and keeping losers would only grow the state.
         supersedes = (
             None if spec.conflict_mode is ConflictMode.LWW else (cmd.context or CausalContext.empty())
         )
-        write = LocalWrite(
+        return LocalWrite(
             namespace=spec.name,
             key=cmd.key,
             # Encrypted at rest under the subject's data key (crypto-shredding).
@@ -373,10 +401,11 @@ class StorageService:
             # Carried by the commit (the engine's audit outbox) when the engine carries entries.
             audit=entry if isinstance(entry, AuditEntry) else None,
         )
-        return spec, write, entry
 
     def _put_answer(self, spec: NamespaceSpec, cmd: PutCommand, committed: Committed) -> Committed:
         self._count_conflict(spec, committed.conflict)
+        if committed.mutation.version.value is cmd.value:
+            return committed  # stored as written (nothing to seal): the answer is the stored version
         # Answer with the version as the client wrote it, not as it is stored (sealed).
         version = dataclasses.replace(committed.mutation.version, value=cmd.value, checksum=sha256(cmd.value))
         return dataclasses.replace(
