@@ -13,6 +13,7 @@ from typing import NoReturn
 from domicile.errors import DomicileError
 from node.config import parse_args
 from node.daemon import Node
+from node.gc_tuning import tune_for_serving
 
 
 async def serve(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +29,7 @@ async def serve(argv: Sequence[str] | None = None) -> int:
     except DomicileError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    tune_for_serving()
     metrics = f"http://{node.metrics_address}/metrics" if node.metrics_address else "disabled"
     print(
         f"node {config.node_id} region {config.region} listening on {node.address} metrics {metrics}",
