@@ -64,7 +64,10 @@ class PlacementPolicy(Protocol):
     version: str
 
     def decide(self, facts: RecordFacts, region: str, action: str) -> Decision:
-        """May `region` hold (store / receive by replication / serve a read of) this record?"""
+        """May `region` hold (store / receive by replication / serve a read of) this record?
+        The answer depends on the namespace, classification and subject jurisdiction, never on
+        the subject id itself: a node reuses a decision for every record with the same three
+        (node.compliance.enforcer)."""
         ...
 
 

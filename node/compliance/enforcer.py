@@ -15,7 +15,7 @@ from prometheus_client import Counter
 
 from domicile.audit import AuditEntry
 from domicile.model import Classification
-from domicile.policy import Action, Decision, RecordFacts
+from domicile.policy import Action, Decision, PlacementPolicy, RecordFacts
 from node.metrics import NodeMetrics
 from node.topology_view import TopologyView
 
@@ -29,6 +29,12 @@ PERSONAL = frozenset(
         Classification.FINANCIAL,
     }
 )
+
+
+# (namespace, classification, subject jurisdiction, region, action): all a decision depends on.
+_DecisionKey = tuple[str, Classification, str, str, str]
+# Bounds the map whatever the jurisdictions records claim; it starts again when full.
+DECISIONS_CACHED_MAX = 4096
 
 
 class AuditSink(Protocol):
@@ -91,6 +97,11 @@ class Enforcer:
         # The labelled counter of each (action, outcome, rule) seen: labels() costs more than
         # the increment, and every record of a write or a replicated batch is counted.
         self._counts: dict[tuple[str, str, str], Counter] = {}
+        # The decisions of the policy in force, by what they depend on (PlacementPolicy): a
+        # batch asks the same question for each of its records. A new policy (a topology with
+        # a new revision) starts an empty map; the pair is replaced whole, so a decision of
+        # the old policy can only land in the old map.
+        self._decisions: tuple[PlacementPolicy | None, dict[_DecisionKey, Decision]] = (None, {})
 
     def _count(self, action: str, outcome: str, rule: str) -> None:
         key = (action, outcome, rule)
@@ -98,6 +109,21 @@ class Enforcer:
         if counter is None:
             counter = self._counts[key] = self.metrics.policy_decisions.labels(action, outcome, rule)
         counter.inc()
+
+    def _decide(self, facts: RecordFacts, region: str, action: str) -> Decision:
+        policy = self.view.policy
+        cached_for, decisions = self._decisions
+        if cached_for is not policy:
+            decisions = {}
+            self._decisions = (policy, decisions)
+        key = (facts.namespace, facts.classification, facts.subject_jurisdiction, region, action)
+        decision = decisions.get(key)
+        if decision is None:
+            decision = policy.decide(facts, region, action)
+            if len(decisions) >= DECISIONS_CACHED_MAX:
+                decisions.clear()
+            decisions[key] = decision
+        return decision
 
     @property
     def policy_version(self) -> str:
@@ -118,7 +144,7 @@ class Enforcer:
         """Decides `action` for this record at `region` (this node's by default), counts it and
         audits it. Returns the decision and the audit entry's future (None when not logged):
         await it where the caller promises durability of the trail (writes, replication)."""
-        decision = self.view.policy.decide(facts, region or self.region, action)
+        decision = self._decide(facts, region or self.region, action)
         self._count(action, decision.outcome, decision.rule)
         entry: asyncio.Future[int] | None = None
         if always_audit or not decision.allowed or decision.redacted_fields or is_personal(facts):
@@ -141,22 +167,20 @@ class Enforcer:
         """Decides whether this region may store a local write whose commit carries its audit
         entry: a refusal is audited at once; an allowed decision's entry is returned, not yet
         recorded, for the commit to carry (it reaches the audit log with the write)."""
-        decision = self.view.policy.decide(facts, self.region, Action.STORE)
+        decision = self._decide(facts, self.region, Action.STORE)
         self._count(Action.STORE, decision.outcome, decision.rule)
-        fields = {
-            "principal": principal,
-            "action": audit_action,
-            "namespace": facts.namespace,
-            "key": key,
-            "subject_id": facts.subject_id,
-            "decision": decision.outcome,
-            "rule": decision.rule,
-            "policy_version": self.view.policy.version,
-        }
-        if not decision.allowed:
-            self.audit.record(**fields)
-            return decision, None
-        return decision, self.audit.entry(**fields)
+        make = self.audit.entry if decision.allowed else self.audit.record
+        made = make(
+            principal=principal,
+            action=audit_action,
+            namespace=facts.namespace,
+            key=key,
+            subject_id=facts.subject_id,
+            decision=decision.outcome,
+            rule=decision.rule,
+            policy_version=self.view.policy.version,
+        )
+        return decision, made if isinstance(made, AuditEntry) else None
 
     def refusal(
         self,
