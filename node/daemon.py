@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
 from domicile import errors
 from domicile.audit import SignedHead
@@ -42,15 +41,14 @@ from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import replication_pb2, storage_node_pb2
-from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
-from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.peer_limits import PeerConcurrency
 from domicile.wire.subjects import receipt_to_pb
 from domicile.wire.topology import topology_from_pb
 from node.api.access import NodeAccess, RefusalAudit
-from node.api.limits import NODE_SERVER_OPTIONS, MessageLimits
+from node.api.limits import MessageLimits
 from node.api.replication import ReplicationServicer
+from node.api.server import node_server
 from node.api.storage import StorageServicer
 from node.backup.shipper import BackupShipper
 from node.cache.read_cache import CacheSettings, ReadCache
@@ -411,35 +409,31 @@ class Node:
         def too_many(context: grpc.aio.ServicerContext, peer: str, bound: int) -> None:
             self.metrics.peer_calls_refused.inc()
 
-        server = grpc.aio.server(
-            options=NODE_SERVER_OPTIONS,
-            interceptors=[
-                PeerConcurrency(cfg.peer_calls_max, too_many),
-                OperationalServicesGuard(self.gate),
-                MessageLimits(on_too_large=too_large),
-            ],
-        )
-        spb_grpc.add_StorageNodeServiceServicer_to_server(
-            StorageServicer(
-                self.service,
-                self.status,
-                self.audit,
-                self.compliance_scan,
-                self.sealer,
-                access,
-                consistency=self.entropy.check,
-                repair=self.entropy.round_with,
-                remediate=self.compliance_remediate,
-            ),
-            server,
-        )
-        rpb_grpc.add_ReplicationServiceServicer_to_server(
-            ReplicationServicer(self.receiver, access, self.view, self.entropy, self.bootstrap_target), server
-        )
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        storage = StorageServicer(
+            self.service,
+            self.status,
+            self.audit,
+            self.compliance_scan,
+            self.sealer,
+            access,
+            consistency=self.entropy.check,
+            repair=self.entropy.round_with,
+            remediate=self.compliance_remediate,
+        )
+        replication = ReplicationServicer(
+            self.receiver, access, self.view, self.entropy, self.bootstrap_target
+        )
+        server, _ = node_server(
+            storage,
+            replication,
+            self.health,
+            SERVICE_NAMES,
+            [
+                PeerConcurrency(cfg.peer_calls_max, too_many).wrap,
+                OperationalServicesGuard(self.gate).wrap,
+                MessageLimits(on_too_large=too_large).wrap,
+            ],
         )
         host, port = split_host_port(cfg.listen)
         try:

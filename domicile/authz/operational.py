@@ -40,9 +40,13 @@ class OperationalServicesGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method or ""
+        return None if handler is None else self.wrap(handler_call_details.method or "", handler)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler of `method` (a full path), guarded if its service is one of
+        GUARDED_SERVICES (domicile.wire.call_layer applies this once per method)."""
         service = method.split("/")[1] if method.count("/") == 2 else ""
-        if handler is None or service not in GUARDED_SERVICES or not self.gate.enforcing:
+        if service not in GUARDED_SERVICES or not self.gate.enforcing:
             return handler
         return _guarded(handler, method.strip("/").replace("/", "."), self._check)
 

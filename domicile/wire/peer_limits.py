@@ -12,6 +12,7 @@ goes down when the call ends however it ends, so a peer that lets its calls go i
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,6 +22,7 @@ import grpc
 # Enough for the node's own peers (a sender holds one stream per link, a busy SDK client a few
 # hundred unary calls) and well under what would starve the node of tasks.
 PEER_CALLS_MAX_DEFAULT = 1024
+PEER_KEYS_CACHED = 1024
 
 # What the node does with a refused call: (the call's context, the peer's key, the bound).
 OnRefused = Callable[[grpc.aio.ServicerContext, str, int], None]
@@ -31,10 +33,16 @@ def peer_key(context: grpc.aio.ServicerContext) -> str:
     auth: dict[str, list[bytes]] = context.auth_context() or {}
     certificates = auth.get("x509_pem_cert")
     if certificates:
-        return "cert:" + hashlib.sha256(certificates[0]).hexdigest()[:32]
+        return _certificate_key(certificates[0])
     peer = str(context.peer())  # ipv4:127.0.0.1:5555, ipv6:[::1]:5555
     host, _, _ = peer.rpartition(":")
     return "host:" + (host or peer)
+
+
+@functools.lru_cache(maxsize=PEER_KEYS_CACHED)
+def _certificate_key(pem: bytes) -> str:
+    # A connection presents the same certificate on every call: digest each one once.
+    return "cert:" + hashlib.sha256(pem).hexdigest()[:32]
 
 
 class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -55,9 +63,12 @@ class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = str(details.method).rsplit("/", 1)[-1]
+        return None if handler is None else self.wrap(str(details.method), handler)
+
+    def wrap(self, method_path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler of `method_path`, counted against its peer's bound (domicile.wire.call_layer
+        applies this once per method; intercept_service on every call)."""
+        method = method_path.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method),

@@ -71,9 +71,13 @@ class MessageLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method or ""
+        return None if handler is None else self.wrap(handler_call_details.method or "", handler)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler of `method` (a full path) held to its service's bounds, if it has any
+        (domicile.wire.call_layer applies this once per method)."""
         bounds = self.bounds.get(method.split("/")[1] if method.count("/") == 2 else "")
-        if handler is None or bounds is None or handler.unary_unary is None:
+        if bounds is None or handler.unary_unary is None:
             # Streams stay within the server-wide bounds.
             return handler
         return _bounded(handler, method.rsplit("/", 1)[-1], bounds, self.on_too_large)

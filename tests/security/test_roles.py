@@ -290,8 +290,14 @@ async def hello_refused(
     before, seq = state(cluster), target.audit.size
     async with channel:
         call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
-        await call.write(rpb.ReplicateRequest(hello=hello))
-        await refused(call.read(), PERMISSION_DENIED, text)
+
+        async def hello_then_answer() -> Any:
+            # The node refuses the stream as it opens: the refusal may end the call before the
+            # hello is written, and then the write is what reports it.
+            await call.write(rpb.ReplicateRequest(hello=hello))
+            return await call.read()
+
+        await refused(hello_then_answer(), PERMISSION_DENIED, text)
     assert state(cluster) == before
     entry = await denial(target, seq, "replication.Replicate", identity)
     assert entry.rule == reason and text in entry.detail

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from domicile.wire.call_layer import CallLayer
 from domicile.wire.peer_limits import PeerConcurrency
 
 SERVICE = "test.Slow"
@@ -33,17 +34,26 @@ class Slow:
             yield request
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[Slow, PeerConcurrency, grpc.aio.Channel]]:
+@pytest.fixture(params=["interceptor", "call_layer"])
+async def served(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[Slow, PeerConcurrency, grpc.aio.Channel]]:
+    """The bound as the coordinator applies it (an interceptor) and as the node does (each
+    handler wrapped once, domicile.wire.call_layer)."""
     slow = Slow()
     refused: list[str] = []
     limit = PeerConcurrency(BOUND, lambda context, peer, bound: refused.append(peer))
-    server = grpc.aio.server(interceptors=[limit])
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(slow.unary),
         "Stream": grpc.stream_stream_rpc_method_handler(slow.stream),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    if request.param == "interceptor":
+        server = grpc.aio.server(interceptors=[limit])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    else:
+        layer = CallLayer([limit.wrap])
+        layer.add_registered_method_handlers(SERVICE, handlers)
+        server = grpc.aio.server(handlers=[layer])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
