@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from domicile.errors import DomicileError
+from node import runtime
 from node.config import parse_args
 from node.daemon import Node
 from node.gc_tuning import tune_for_serving
@@ -45,7 +46,7 @@ async def serve(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return asyncio.run(serve(argv))
+    return runtime.run(serve(argv))
 
 
 def exit_now(code: int) -> NoReturn:
