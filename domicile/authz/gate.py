@@ -111,6 +111,8 @@ class Gate:
         # Between two policy sets (replace_authorizer) a decision for the same principal, action,
         # resource and purpose is the same every time: one Cedar evaluation each.
         self._decide = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(self._decision)
+        # Allowed decisions by the identity of their principal and resource objects (authorize).
+        self._allowed: dict[tuple[int, str, int, str], tuple[Principal, Resource]] = {}
         # Parsing the peer's certificate costs more than the cached decision (about 30 us against
         # 10): a connection presents the same bytes on every call, so each is parsed once. The
         # handshake verified them; a refusal (Unauthenticated) is not cached.
@@ -128,12 +130,12 @@ class Gate:
         return self.authorizer.version if self.authorizer is not None else ""
 
     def replace_authorizer(self, authorizer: Authorizer) -> None:
-        """Enforce another policy set from the next call on. The decision cache goes with the old
-        set (a new cache, not a cleared one, so a decision in flight cannot refill it)."""
+        """Enforce another policy set from the next call on. The decision caches go with the old
+        set (new caches, not cleared ones, so a decision in flight cannot refill them)."""
         if self.cluster is None:
             raise InvalidArgument("an insecure port enforces no policies")
         decide = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(functools.partial(_decision, authorizer))
-        self.authorizer, self._decide = authorizer, decide
+        self.authorizer, self._decide, self._allowed = authorizer, decide, {}
 
     def authenticate(self, context: Any, action: str) -> Caller:
         """The caller, without deciding anything; Unauthenticated (counted) when there is none."""
@@ -183,17 +185,30 @@ class Gate:
         namespace: str = "",
     ) -> Caller:
         """check, for a caller already authenticated."""
-        if caller.principal is None:
+        principal = caller.principal
+        if principal is None:
             return caller
-        if expected is not None and not expected.matches(caller.principal):
+        if expected is not None and not expected.matches(principal):
             message = f"{action} may be called only by {expected.describe()}, not by {caller.identity}"
             self.on_refusal(Refusal(action, Reason.WRONG_PEER, caller.identity, message, namespace))
             raise PermissionDenied(message)
+        # The same principal and resource objects come back call after call (the certificate's
+        # principal and the served namespace are each built once): an allowed decision is kept
+        # by their identity, which costs less than hashing their fields. Each entry holds both
+        # objects, so an id cannot be reused while its entry lives.
+        allowed, decide = self._allowed, self._decide
+        key = (id(principal), action, id(resource), caller.purpose)
+        known = allowed.get(key)
+        if known is not None and known[0] is principal and known[1] is resource:
+            return caller
         try:
-            self._decide(authz_principal(caller.principal), action, resource, caller.purpose)
+            decide(authz_principal(principal), action, resource, caller.purpose)
         except PermissionDenied as error:
             self.on_refusal(Refusal(action, Reason.POLICY, caller.identity, error.message, namespace))
             raise
+        if len(allowed) >= DECISION_CACHE_SIZE:
+            allowed.clear()
+        allowed[key] = (principal, resource)
         return caller
 
     def identity_of(self, context: Any) -> str:

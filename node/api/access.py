@@ -14,6 +14,7 @@ from typing import Any
 
 from domicile.authz import NamespaceResource, RegionResource
 from domicile.authz.gate import Caller, Gate, Reason, Refusal
+from domicile.cluster import NamespaceSpec
 from domicile.errors import DomicileError, PermissionDenied
 from domicile.model import Classification, check_namespace_name
 from node.compliance.enforcer import Audit, AuditSink
@@ -38,6 +39,8 @@ class NodeAccess:
         self.home = region
         self.view = view
         self._resource = RegionResource(region)
+        # Namespace name -> (its definition in the topology in force, its resource).
+        self._resources: dict[str, tuple[NamespaceSpec, NamespaceResource]] = {}
 
     def namespace(self, context: Any, action: str, namespace: str) -> Caller:
         """The caller, if the policies let it call `action` on `namespace` here.
@@ -54,7 +57,7 @@ class NodeAccess:
             check_namespace_name(namespace)
             resource = NamespaceResource(namespace, self.home, Classification.UNSPECIFIED.label)
         else:
-            resource = NamespaceResource.of(spec, self.home)
+            resource = self._served(spec)
         try:
             return self.gate.authorize(caller, action, resource, namespace=namespace)
         except PermissionDenied:
@@ -66,6 +69,14 @@ class NodeAccess:
                 "namespaces it owns, for one of their declared purposes; `domicile authz explain` "
                 "shows what allows a call)"
             ) from None
+
+    def _served(self, spec: NamespaceSpec) -> NamespaceResource:
+        """The resource of a namespace as the topology in force defines it, built once per
+        definition: the gate keeps allowed decisions by the resource object (Gate.authorize)."""
+        known = self._resources.get(spec.name)
+        if known is None or known[0] is not spec:
+            known = self._resources[spec.name] = (spec, NamespaceResource.of(spec, self.home))
+        return known[1]
 
     def region(self, context: Any, action: str) -> Caller:
         return self.gate.check(context, action, self._resource)
