@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-entropy bench-replication bench-restore bench-scale bench-growth profile torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-call bench-entropy bench-replication bench-restore bench-scale bench-growth profile torture clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -75,6 +75,8 @@ bench: setup ## benchmarks, each next to a baseline of the same run (a few minut
 
 bench-cache: setup ## only the read cache's hit figures (SQLite and MongoDB engines), two rounds each (ARGS=--samples N --rounds N)
 	$(PY) -m bench.cache_hits $(ARGS)
+bench-call: setup ## node CPU per single Put vs echo CPU per call, Put p99 vs echo + 2 fdatasync (a minute)
+	$(PY) -m bench.call_cost $(ARGS)
 
 bench-replication: setup ## replication lag and CPU per replicated record: one replica, batches, six regions, a delayed link (ARGS=--profile DIR)
 	$(PY) -m bench.replication $(ARGS)
