@@ -8,7 +8,9 @@ real S3 server (SeaweedFS on free ports), each figure beside a baseline of the s
 4. Recovery point: a writer at --rate writes/s while the shipper runs a round every
    --interval seconds (the node's default, 0.5);
    per write, the time from its commit to the end of the round that stored it in the bucket.
-5. Restore: `domicile restore`'s code path rebuilds the store from the bucket.
+5. Restore: `domicile restore`'s code path rebuilds the store from the bucket; the wall time,
+   and the CPU seconds of the restore (every thread of this process) and of the S3 server, so
+   that a figure taken on a shared, loaded machine can be read for what the restore costs.
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ def _mb_per_s(size: int, seconds: float) -> float:
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def _cpu_seconds(server: SeaweedServer) -> float:
+    """User and system CPU seconds the S3 server's process has used (Linux /proc)."""
+    assert server.process is not None
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _baseline(spec: BackupSpec, total: int) -> float:
@@ -170,13 +179,16 @@ def main() -> int:
                 f"max {max(samples, default=0) * 1000:.0f} ms"
             )
             engine.close()
-            started = time.monotonic()
+            started, cpu, server_cpu = time.monotonic(), time.process_time(), _cpu_seconds(server)
             summary = restore(spec, NODE, REGION, root / "restored")
             restore_s = time.monotonic() - started
+            cpu = time.process_time() - cpu
+            server_cpu = _cpu_seconds(server) - server_cpu
             print(
                 f"restore: {summary.states} states and {summary.log_entries} log entries from "
                 f"{summary.objects} objects ({summary.bytes / 1e6:.1f} MB) in {restore_s:.1f} s, "
-                f"{summary.states / restore_s:.0f} records/s"
+                f"{summary.states / restore_s:.0f} records/s; CPU {cpu:.1f} s in the restore "
+                f"(every thread), {server_cpu:.1f} s in the S3 server"
             )
         finally:
             server.stop()

@@ -22,7 +22,10 @@ the backup and the node opens them from its region's key store (--region-dir).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,19 +34,27 @@ from pathlib import Path
 
 from domicile.backup import format as fmt
 from domicile.backup.bucket import Bucket
-from domicile.backup.catalog import Catalog, Generation
+from domicile.backup.catalog import Catalog, Generation, Segment
 from domicile.backup.format import parse_time
+from domicile.backup.state_check import checked_index_fields
+from domicile.causality import Mutation
 from domicile.cluster import BackupSpec, load_cluster
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, NotFound
 from domicile.hlc import physical_ms, wall_ms
 from domicile.model import check_node_id, writer_id
 from domicile.wire.records import mutation_from_bytes
+from node.backup.prefetch import prepared_in_order
 from node.config import EngineSettings, MongoSettings, SQLiteSettings, default_mongodb_database
+from node.engine.backend import StateRow
 from node.engine.core import EngineCore
 from node.engine.factory import SQLITE_FILE, open_engine
 from node.incarnation import INCARNATION_FILE, write_epoch
 
-BATCH_ROWS = 5_000
+# Log entries replayed per transaction (at most what apply_remote takes at once).
+REPLAY_BATCH = 5_000
+# Where a SQLite store is built before it is put in place, inside the data directory (the
+# same file system, so that the final rename is atomic).
+STAGING_DIR = ".restore-staging"
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,9 @@ def restore(
     database) and writes the incarnation file into `data_dir`."""
     started = time.monotonic()
     check_node_id(node_id)
-    settings = engine_settings or SQLiteSettings(synchronous="NORMAL")
+    # A SQLite store is a new file no one reads until it is complete: nothing needs to be on
+    # disk before the end, when the whole file is fsynced and renamed into place (_put_in_place).
+    settings = engine_settings or SQLiteSettings(synchronous="OFF")
     data = Path(data_dir)
     if (data / SQLITE_FILE).exists() or (data / INCARNATION_FILE).exists():
         raise FailedPrecondition(
@@ -109,46 +122,28 @@ def restore(
         f"generation {chosen.name}: {len(manifest.parts)} snapshot parts, {len(chosen.segments)} segments"
     )
     data.mkdir(parents=True, exist_ok=True)
-    engine = open_engine(settings, str(data), writer, region)
+    fresh_file = isinstance(settings, SQLiteSettings)
+    build_dir = data / STAGING_DIR if fresh_file else data
+    if fresh_file:
+        shutil.rmtree(build_dir, ignore_errors=True)  # what a restore cut short left
+        settings = SQLiteSettings(synchronous="OFF")
+    engine = open_engine(settings, str(build_dir), writer, region)
     assert isinstance(engine, EngineCore)
     if isinstance(settings, MongoSettings):
         _refuse_existing_store(engine, node_id, settings)
-    states = entries = 0
-    restored_lsn = manifest.base_lsn
-    restored_ms = manifest.finished_ms
     try:
-        for i, part in enumerate(manifest.parts, 1):
-            body, _ = catalog.bucket.get(part.key, part.sha256)
-            rows = list(fmt.read_snapshot_rows(body))
-            for start in range(0, len(rows), BATCH_ROWS):
-                engine.restore_states(rows[start : start + BATCH_ROWS])
-            states += len(rows)
-            progress(f"snapshot part {i}/{len(manifest.parts)}: {states} states")
-        source = writer_id(node_id, manifest.epoch)
-        done = False
-        for i, segment in enumerate(chosen.segments, 1):
-            batch = []
-            for lsn, blob in catalog.log_entries(segment):
-                if lsn <= manifest.base_lsn:
-                    continue
-                mutation = mutation_from_bytes(blob)
-                written_ms = physical_ms(mutation.version.hlc)
-                if to_ms is not None and written_ms > to_ms:
-                    done = True
-                    break
-                batch.append(mutation)
-                restored_lsn = lsn
-                restored_ms = max(restored_ms, written_ms)
-            for start in range(0, len(batch), BATCH_ROWS):
-                engine.apply_remote(source, batch[start : start + BATCH_ROWS], 0)
-            entries += len(batch)
-            progress(f"segment {i}/{len(chosen.segments)}: {entries} log entries replayed")
-            if done:
-                break
+        states = _load_snapshot(catalog, manifest, engine, progress)
+        entries, restored_lsn, restored_ms = _replay_segments(
+            catalog, chosen, writer_id(node_id, manifest.epoch), engine, to_ms, progress
+        )
     finally:
         engine.close()
+    if fresh_file:
+        _put_in_place(build_dir, data)
     # Last: a directory with a store but no incarnation file is not a restored node.
     write_epoch(data, epoch)
+    _fsync(data / INCARNATION_FILE)
+    _fsync(data)
     return RestoreSummary(
         node_id=node_id,
         generation=chosen.name,
@@ -162,6 +157,101 @@ def restore(
         objects=1 + len(manifest.parts) + len(chosen.segments),
         bytes=chosen.bytes,
     )
+
+
+def _load_snapshot(
+    catalog: Catalog, manifest: fmt.Manifest, engine: EngineCore, progress: Callable[[str], None]
+) -> int:
+    """Stores every state of the generation's snapshot; returns how many. Each part is
+    downloaded, checked against its sha256 and checked state by state in the prefetch threads
+    while the part before it is written, one transaction per part."""
+
+    def checked_rows(part: fmt.SnapshotPart) -> list[StateRow]:
+        body, _ = catalog.bucket.get(part.key, part.sha256)
+        rows = []
+        for namespace, key, blob in fmt.read_snapshot_rows(body):
+            index = checked_index_fields(namespace, key, blob)
+            rows.append(StateRow(namespace, key, blob, index.live, index.subjects, index.classifications))
+        return rows
+
+    states = 0
+    with contextlib.closing(prepared_in_order(checked_rows, manifest.parts)) as parts:
+        for i, (_, rows) in enumerate(parts, 1):
+            engine.restore_checked_states(rows)
+            states += len(rows)
+            progress(f"snapshot part {i}/{len(manifest.parts)}: {states} states")
+    return states
+
+
+def _replay_segments(
+    catalog: Catalog,
+    generation: Generation,
+    source: str,
+    engine: EngineCore,
+    to_ms: int | None,
+    progress: Callable[[str], None],
+) -> tuple[int, int, int]:
+    """Replays the generation's log entries after its base position, up to to_ms (entries are in
+    HLC order, so the replay stops at the first one past it); returns (entries replayed, the
+    position and the time restored to)."""
+    manifest = generation.manifest
+    assert manifest is not None
+
+    def decoded(segment: Segment) -> list[tuple[int, Mutation]]:
+        return [
+            (lsn, mutation_from_bytes(blob))
+            for lsn, blob in catalog.log_entries(segment)
+            if lsn > manifest.base_lsn
+        ]
+
+    entries = 0
+    restored_lsn, restored_ms = manifest.base_lsn, manifest.finished_ms
+    with contextlib.closing(prepared_in_order(decoded, generation.segments)) as segments:
+        for i, (_, logged) in enumerate(segments, 1):
+            batch: list[Mutation] = []
+            done = False
+            for lsn, mutation in logged:
+                written_ms = physical_ms(mutation.version.hlc)
+                if to_ms is not None and written_ms > to_ms:
+                    done = True
+                    break
+                batch.append(mutation)
+                restored_lsn = lsn
+                restored_ms = max(restored_ms, written_ms)
+            for start in range(0, len(batch), REPLAY_BATCH):
+                engine.apply_remote(source, batch[start : start + REPLAY_BATCH], 0)
+            entries += len(batch)
+            progress(f"segment {i}/{len(generation.segments)}: {entries} log entries replayed")
+            if done:
+                break
+    return entries, restored_lsn, restored_ms
+
+
+def _put_in_place(staging: Path, data: Path) -> None:
+    """The store was built with synchronous=OFF: its whole file is fsynced now, then renamed
+    into the data directory and the directory fsynced, so the store appears complete and on
+    disk, or not at all."""
+    built = staging / SQLITE_FILE
+    # Closing the last connection checkpoints the WAL into the file and deletes it: anything
+    # left beside the file would hold writes the file lacks.
+    leftovers = sorted(p.name for p in staging.iterdir() if p.name != SQLITE_FILE)
+    if leftovers:
+        raise FailedPrecondition(
+            f"the restored store in {staging} was not closed cleanly ({', '.join(leftovers)} left "
+            "beside it); nothing was put in place: run the restore again"
+        )
+    _fsync(built)
+    os.replace(built, data / SQLITE_FILE)
+    _fsync(data)
+    staging.rmdir()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _refuse_existing_store(engine: EngineCore, node_id: str, settings: MongoSettings) -> None:
