@@ -97,6 +97,10 @@ class NodeConfig:
     # How often the change log is truncated up to what every link acknowledged (and a backup
     # shipped), and tombstones past the horizon are collected; 0 turns both off.
     changelog_truncate_interval_s: float = 5.0
+    # How long a link whose target acknowledges nothing (a peer that is down) may hold change-log
+    # truncation back; past it the log is truncated without it and the target is bootstrapped
+    # from a snapshot when it returns. 0: such a link holds truncation back for ever.
+    changelog_hold_max_s: float = 86_400.0
     # How old a tombstone must be (by its HLC) before it may be purged, once every replica in
     # scope has acknowledged its delete.
     tombstone_gc_horizon_s: float = 7 * 86_400.0
@@ -172,6 +176,11 @@ class NodeConfig:
             raise InvalidArgument(
                 "changelog_truncate_interval_s must be 0 (off) to 86400 seconds, "
                 f"not {self.changelog_truncate_interval_s}"
+            )
+        if not 0 <= self.changelog_hold_max_s <= 10 * 365 * 86_400:
+            raise InvalidArgument(
+                "changelog_hold_max_s must be 0 (a down peer holds truncation for ever) to 10 years "
+                f"(in seconds), not {self.changelog_hold_max_s}"
             )
         if not 1 <= self.tombstone_gc_horizon_s <= 10 * 365 * 86_400:
             raise InvalidArgument(
@@ -345,6 +354,12 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         "--changelog-truncate-interval-s",
         type=float,
         help="seconds between change-log truncation and tombstone collection passes (default 5; 0: off)",
+    )
+    parser.add_argument(
+        "--changelog-hold-max-s",
+        type=float,
+        help="seconds a link whose target acknowledges nothing may hold change-log truncation back; "
+        "then it is bootstrapped when it returns (default 86400; 0: for ever)",
     )
     parser.add_argument(
         "--tombstone-gc-horizon-s",

@@ -90,7 +90,7 @@ from node.replication.inbound import Receiver
 from node.replication.manager import ReplicationManager
 from node.replication.signal import LogSignal
 from node.replication.tombstone_gc import TombstoneCollector
-from node.replication.truncation import Truncator
+from node.replication.truncation import HoldLimit, Truncator
 from node.rewind import StartCheck, check_with_coordinator, reincarnate
 from node.service import StorageService
 from node.topology_view import TopologyView
@@ -519,6 +519,7 @@ class Node:
             engine=self.engine, committer=self.committer, metrics=self.metrics, offload=self.offload,
             link_acks=self.replication.link_acks, backup_shipped=shipped,
             collector=collector, interval_s=cfg.changelog_truncate_interval_s,
+            hold_limit=HoldLimit(cfg.changelog_hold_max_s, self.metrics, cfg.node_id),
         )  # fmt: skip
 
     def _bound_audit_key(self) -> Ed25519PrivateKey | None:

@@ -9,15 +9,20 @@ depends on where the log now starts.
 
 A target whose position is behind the start of the log (a new link, a store rebuilt or restored,
 a node removed and added back) is bootstrapped from a snapshot (node.replication.bootstrap). A
-target that is down holds truncation back at its acknowledged position until it returns or is
-removed from the topology.
+target that is down holds truncation back at its acknowledged position, but not for ever: once
+it has acknowledged nothing new for `changelog_hold_max_s` (HoldLimit) while the log holds
+entries it lacks, its link is left out of the truncation point, the log is truncated past it,
+and the target is bootstrapped when it returns (the link's next session finds its position
+behind the log's start). The link holds again as soon as its target acknowledges.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from domicile.errors import DomicileError
 from node.engine.base import LogStart, StorageEngine
@@ -43,6 +48,81 @@ def truncation_point(last_lsn: int, link_acks: Mapping[str, int] | None, backup_
     return max(point, 0)
 
 
+@dataclass
+class _Stall:
+    acked: int
+    since: float
+    released: bool = False
+
+
+class HoldLimit:
+    """Which links may hold truncation back. A link whose target's acknowledged position has
+    not moved for hold_max_s while the log has entries past it (its target is down, or stuck)
+    is released: left out of the truncation point until its target acknowledges again. The
+    time counts from when a pass first saw the position still and behind, by this process's
+    monotonic clock, so a restart of the node starts it over (it holds longer, never less).
+    hold_max_s 0: no link is ever released."""
+
+    def __init__(
+        self,
+        hold_max_s: float,
+        metrics: NodeMetrics,
+        node_id: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.hold_max_s = hold_max_s
+        self.metrics = metrics
+        self.node_id = node_id
+        self.clock = clock
+        self._stalls: dict[str, _Stall] = {}
+
+    @property
+    def released(self) -> frozenset[str]:
+        return frozenset(t for t, s in self._stalls.items() if s.released)
+
+    def holding(self, link_acks: Mapping[str, int], last_lsn: int) -> dict[str, int]:
+        """The links (target: acknowledged position) that still hold truncation back."""
+        now = self.clock()
+        for gone in self._stalls.keys() - link_acks.keys():
+            # Out of the topology: the link no longer exists, nor does its hold.
+            self._set_released(gone, self._stalls.pop(gone), False)
+        kept: dict[str, int] = {}
+        for target, acked in link_acks.items():
+            stall = self._stalls.get(target)
+            if acked >= last_lsn:
+                # Caught up: it holds nothing back, and its silence means nothing.
+                if stall is not None:
+                    self._set_released(target, self._stalls.pop(target), False)
+                kept[target] = acked
+                continue
+            if stall is None or stall.acked != acked:
+                # Behind, and first seen so (or it acknowledged something since): it holds.
+                if stall is not None:
+                    self._set_released(target, stall, False)
+                stall = self._stalls[target] = _Stall(acked, now)
+            if stall.released or (self.hold_max_s > 0 and now - stall.since >= self.hold_max_s):
+                if not stall.released:
+                    log.warning(
+                        "link %s -> %s: the target has acknowledged nothing past position %d for "
+                        "%.0f s (changelog_hold_max_s); the change log is truncated without it, and "
+                        "it is bootstrapped from a snapshot when it returns",
+                        self.node_id, target, acked, now - stall.since,
+                    )  # fmt: skip
+                    self.metrics.changelog_hold_releases.labels(self.node_id, target).inc()
+                self._set_released(target, stall, True)
+                continue
+            kept[target] = acked
+        return kept
+
+    def _set_released(self, target: str, stall: _Stall, released: bool) -> None:
+        if stall.released and not released:
+            log.info(
+                "link %s -> %s: the target acknowledges again; it holds truncation", self.node_id, target
+            )
+        stall.released = released
+        self.metrics.changelog_link_released.labels(self.node_id, target).set(int(released))
+
+
 class Truncator:
     def __init__(
         self,
@@ -56,6 +136,8 @@ class Truncator:
         backup_shipped: Callable[[], int | None] | None = None,
         collector: TombstoneCollector | None = None,
         interval_s: float = 5.0,
+        # Links whose target acknowledges nothing may hold truncation this long (0: for ever).
+        hold_limit: HoldLimit | None = None,
     ) -> None:
         self.engine = engine
         self.committer = committer
@@ -65,12 +147,16 @@ class Truncator:
         self.backup_shipped = backup_shipped
         self.collector = collector
         self.interval_s = interval_s
+        self.hold_limit = hold_limit
 
     async def pass_once(self) -> LogStart:
         """Truncates what it may (bounded), then collects tombstones; returns the log's start."""
         last = await self.offload.run(self.engine.last_lsn)
+        acks = self.link_acks()
+        if acks is not None and self.hold_limit is not None:
+            acks = self.hold_limit.holding(acks, last)
         point = truncation_point(
-            last, self.link_acks(), self.backup_shipped() if self.backup_shipped is not None else None
+            last, acks, self.backup_shipped() if self.backup_shipped is not None else None
         )
         start = await self.offload.run(self.engine.log_start)
         budget = PASS_ENTRIES_MAX

@@ -291,3 +291,68 @@ async def test_a_bootstrap_part_outside_the_link_its_range_or_the_horizon_is_ref
     assert await asyncio.to_thread(us.engine.inbound_position, SOURCE) == before
     assert await asyncio.to_thread(us.engine.get, "instruments", "zzz-outside") is None
     assert await eu_us.values("us-east-1", "instruments", "kept") == {b"public"}
+
+
+HOLD_MAX_S = 1.0
+
+
+@pytest.fixture
+async def pair_with_hold_limit(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """Two EU nodes on SQLite whose links may hold truncation back for one second only."""
+    cluster = LocalCluster(tmp_path, [SOURCE, REPLICA])
+    cluster.node_overrides.update(
+        antientropy_interval_s=0, changelog_truncate_interval_s=0, changelog_hold_max_s=HOLD_MAX_S
+    )
+    await cluster.start_linked()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+async def test_a_replica_down_past_the_hold_limit_no_longer_holds_truncation_and_is_bootstrapped(
+    pair_with_hold_limit: LocalCluster,
+) -> None:
+    pair = pair_with_hold_limit
+    source = pair.nodes[SOURCE]
+    hold = source.truncator.hold_limit
+    assert hold is not None and hold.hold_max_s == HOLD_MAX_S
+    released = source.metrics.changelog_link_released.labels(SOURCE, REPLICA)
+    await put_many(pair, "a", 10)
+    await acked_all(pair)
+    acked = source.replication.senders[REPLICA].acked_lsn
+
+    await pair.stop_node(REPLICA)
+    await put_many(pair, "b", 10)
+    last = await asyncio.to_thread(source.engine.last_lsn)
+    assert (await source.truncator.pass_once()).lsn == acked < last
+
+    # Negative control: with no limit (0), a replica silent for longer still holds the log.
+    hold.hold_max_s = 0
+    await asyncio.sleep(HOLD_MAX_S + 0.2)
+    assert (await source.truncator.pass_once()).lsn == acked
+    assert released._value.get() == 0
+
+    # With it, the silent link is let go: the log is truncated past what the replica has.
+    hold.hold_max_s = HOLD_MAX_S
+    assert (await source.truncator.pass_once()).lsn == last
+    assert await asyncio.to_thread(source.engine.read_log, 0, 100) == []
+    assert released._value.get() == 1
+    assert source.metrics.changelog_hold_releases.labels(SOURCE, REPLICA)._value.get() == 1
+
+    # Back: the log cannot serve it (nor the in-memory tail), so it is bootstrapped, converges,
+    # and its link holds truncation again.
+    assert source.log_tail is not None
+    source.log_tail.forget()
+    replica = await pair.start_node(REPLICA)
+
+    async def bootstrapped() -> bool:
+        return replica.metrics.bootstraps.labels(SOURCE, REPLICA, "target")._value.get() >= 1
+
+    await eventually(bootstrapped, 15, "the replica bootstrapped")
+    assert await has_all(pair, [f"b{i}" for i in range(10)])
+    await pair.put(SOURCE, NS, "after", b"streamed")
+    await eventually(lambda: has_all(pair, ["after"]), 10, "streaming resumed")
+    await acked_all(pair)
+    await source.truncator.pass_once()
+    assert released._value.get() == 0 and hold.released == frozenset()

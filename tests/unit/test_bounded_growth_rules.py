@@ -7,8 +7,9 @@ from domicile.causality import CausalContext, Dot, KeyState, Version
 from domicile.hlc import pack
 from domicile.subjects import HoldScope, LegalHold
 from node.engine.base import LogStart
+from node.metrics import NodeMetrics
 from node.replication.tombstone_gc import purgeable
-from node.replication.truncation import truncation_point
+from node.replication.truncation import HoldLimit, truncation_point
 
 ME = "eu-west-1"
 
@@ -20,6 +21,67 @@ def test_truncation_stops_at_the_least_acknowledged_link_and_the_backup() -> Non
     assert truncation_point(100, {}, None) == 100
     # A link without a sender yet: nothing goes, whatever the others acknowledged.
     assert truncation_point(100, None, 100) == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def released_gauge(metrics: NodeMetrics, target: str) -> float:
+    return float(metrics.changelog_link_released.labels(ME, target)._value.get())
+
+
+def test_a_link_silent_past_the_hold_limit_stops_holding_truncation_until_it_acknowledges() -> None:
+    clock, metrics = Clock(), NodeMetrics(ME, ME)
+    limit = HoldLimit(60.0, metrics, ME, clock)
+    assert limit.holding({"down": 40, "up": 90}, 100) == {"down": 40, "up": 90}
+    clock.now += 59
+    # "up" acknowledges as it goes, "down" has not moved: it holds for the whole limit...
+    assert limit.holding({"down": 40, "up": 100}, 120) == {"down": 40, "up": 100}
+    clock.now += 1
+    # ...and not a moment longer; a link that keeps acknowledging is never released.
+    assert limit.holding({"down": 40, "up": 110}, 130) == {"up": 110}
+    assert limit.released == {"down"}
+    assert released_gauge(metrics, "down") == 1 and released_gauge(metrics, "up") == 0
+    assert metrics.changelog_hold_releases.labels(ME, "down")._value.get() == 1
+    clock.now += 3600
+    assert limit.holding({"down": 40, "up": 130}, 130) == {"up": 130}
+    assert metrics.changelog_hold_releases.labels(ME, "down")._value.get() == 1
+    # Back (bootstrapped): it acknowledges, and holds truncation again from there.
+    assert limit.holding({"down": 130, "up": 130}, 140) == {"down": 130, "up": 130}
+    assert limit.released == frozenset() and released_gauge(metrics, "down") == 0
+
+
+def test_a_caught_up_link_holds_nothing_and_is_never_released() -> None:
+    clock = Clock()
+    limit = HoldLimit(10.0, NodeMetrics(ME, ME), ME, clock)
+    for _ in range(5):
+        assert limit.holding({"idle": 100}, 100) == {"idle": 100}
+        clock.now += 100
+    # The stall counts from the first pass that sees it behind, not from its last ack.
+    assert limit.holding({"idle": 100}, 101) == {"idle": 100}
+
+
+def test_a_hold_limit_of_zero_lets_a_down_link_hold_truncation_for_ever() -> None:
+    clock = Clock()
+    limit = HoldLimit(0.0, NodeMetrics(ME, ME), ME, clock)
+    limit.holding({"down": 40}, 100)
+    clock.now += 10 * 365 * 86_400
+    assert limit.holding({"down": 40}, 100) == {"down": 40}
+
+
+def test_a_link_removed_from_the_topology_is_forgotten() -> None:
+    clock, metrics = Clock(), NodeMetrics(ME, ME)
+    limit = HoldLimit(1.0, metrics, ME, clock)
+    limit.holding({"gone": 5}, 100)
+    clock.now += 2
+    assert limit.holding({"gone": 5}, 100) == {}
+    assert limit.holding({}, 100) == {}
+    assert limit.released == frozenset() and released_gauge(metrics, "gone") == 0
 
 
 def tombstone(node: str, counter: int, ms: int, subject: str = "") -> Version:
