@@ -42,6 +42,7 @@ from bench.client import RPC_DEADLINE_S, Call, put_call, put_request, sequential
 from bench.cluster import LAG_METRIC, BenchCluster, NodeHandle, wait_caught_up, wait_linked
 from bench.procs import REPO_ROOT, Children, free_port
 from bench.report import Figure, table, write_json
+from bench.stats import Histogram
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 
@@ -64,6 +65,8 @@ COUNTRIES = {
 GLOBAL_REGIONS = (SOURCE, NEAR, *OTHERS)
 LOCAL_NS, PAIR_NS, GLOBAL_NS, FAR_NS = "repl_local", "repl_pair", "repl_global", "repl_far"
 PROXY_READY = "proxy listening on "
+STAGE_METRIC = "domicile_replication_stage_seconds"
+STAGES = ("ship", "arrive", "check", "seal", "audit", "commit")
 WARMUP_WRITES = 50
 BATCH_RECORDS = 50
 PROFILE_RATE_HZ = 199
@@ -151,6 +154,8 @@ class PhaseResult:
     cpu_us_per_record: dict[str, float]
     cores: dict[str, float]
     writes_as: str = "Put"
+    # Where the lag went (node.replication.stages): per slowest link, stage -> (p50, p99) ms.
+    stages_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
     profile_top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
 
@@ -214,6 +219,7 @@ class ReplicationBench:
             await wait_caught_up(source, self.nodes[t])
         labels = {t: {"source": SOURCE, "target": t} for t in targets}
         before = {t: await self.nodes[t].histogram(LAG_METRIC, labels[t]) for t in targets}
+        stages_before = {t: await self._stage_histograms(t) for t in targets}
         cpu_before = self.children.cpu_snapshot()
         wall_started = time.perf_counter()
         spies = await self._start_profiles(name, profile)
@@ -231,6 +237,15 @@ class ReplicationBench:
                 raise RuntimeError(f"{t} exports no {LAG_METRIC} series for {labels[t]}")
             delta = after.minus(before[t])
             lag[t] = (delta.quantile(0.50) * 1000, delta.quantile(0.99) * 1000)
+        stages_ms: dict[str, tuple[float, float]] = {}
+        if targets:
+            slowest = max(targets, key=lambda t: lag[t][1])
+            after_stages = await self._stage_histograms(slowest)
+            for stage, hist in after_stages.items():
+                was = stages_before[slowest].get(stage)
+                delta = hist.minus(was) if was is not None else hist
+                if delta.count > 0:
+                    stages_ms[stage] = (delta.quantile(0.50) * 1000, delta.quantile(0.99) * 1000)
         names = {f"node-{n}": n for n in (SOURCE, *targets)} | {"bench client": "client"}
         cpu_us = {
             short: (cpu_after[proc] - cpu_before[proc]) * 1e6 / max(records, 1)
@@ -252,12 +267,25 @@ class ReplicationBench:
             cpu_us,
             cores,
             writes_as,
+            stages_ms,
             tops,
         )
         if writes.errors:
             phases.progress(f"{name}: {writes.errors} failed writes; first: {writes.first_error}")
         self.results.append(result)
         return result
+
+    async def _stage_histograms(self, target: str) -> dict[str, Histogram]:
+        """The stage histograms of the link SOURCE -> target: `ship` from the source, the apply
+        stages from the target (node.replication.stages)."""
+        link = f"{SOURCE}->{target}"
+        found: dict[str, Histogram] = {}
+        for stage in STAGES:
+            node = self.nodes[SOURCE if stage == "ship" else target]
+            hist = await node.histogram(STAGE_METRIC, {"link": link, "stage": stage})
+            if hist is not None:
+                found[stage] = hist
+        return found
 
     async def _start_profiles(self, name: str, node_ids: tuple[str, ...]) -> dict[str, tuple[Any, Path]]:
         if self.opts.profile is None or not node_ids:
@@ -483,6 +511,9 @@ async def run(opts: Options) -> int:
         if len(r.lag_ms) > 1:
             links = ", ".join(f"{t} {p99:.1f}" for t, (_, p99) in sorted(r.lag_ms.items()))
             print(f"  lag p99 per link (ms): {links}")
+        if r.stages_ms:
+            parts = ", ".join(f"{k} {p50:.1f}/{p99:.1f}" for k, (p50, p99) in r.stages_ms.items())
+            print(f"  stages p50/p99 (ms, slowest link): {parts}")
     print(profile_lines(bench.results))
     print(f"results written to {opts.out}", file=sys.stderr)
     return 0

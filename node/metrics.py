@@ -92,6 +92,17 @@ class NodeMetrics:
             buckets=LAG_BUCKETS_S,
             registry=r,
         )
+        # Where the lag goes (node.replication.stages): each batch's time in each stage.
+        self.replication_stage = Histogram(
+            "domicile_replication_stage_seconds",
+            "Time a replicated batch spends in each stage: at the source, commit (HLC) to shipped "
+            "(ship); at the target, commit to the start of its apply (arrive), the receiver's "
+            "checks (check), sealing (seal), waiting for audit entries (audit), the apply commit "
+            "(commit).",
+            ["link", "stage"],
+            buckets=LAG_BUCKETS_S,
+            registry=r,
+        )
         self.replication_backlog = Gauge(
             "domicile_replication_backlog",
             "Source change-log positions not yet acknowledged by the target.",

@@ -39,6 +39,7 @@ from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication.cadence import Cadence
 from node.replication.signal import LogSignal
+from node.replication.stages import Stages
 from node.replication.window import SendWindow
 from node.topology_view import TopologyView
 
@@ -121,6 +122,7 @@ class LinkSender:
         self.connected = False
         self.last_error = ""
         self._labels = (node_id, target.node_id)
+        self._stages = Stages(metrics, node_id, target.node_id)
         # One channel for the life of the sender: gRPC reconnects it underneath. Closing a
         # channel while cancelling a task can block in grpc.aio, so it is closed only in close().
         self._channel: grpc.aio.Channel | None = None
@@ -321,6 +323,8 @@ class LinkSender:
                     mutation_to_pb(m, request.batch.mutations.add())
                 window.sent(through, len(mutations), size, time.monotonic())
                 await _within(call, call.write(request), deadline_s)
+                if mutations:
+                    self._stages.since_commit("ship", mutations[0].version.hlc)
                 self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))
                 sent = through
         finally:
