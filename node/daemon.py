@@ -249,10 +249,16 @@ class Node:
         # Entries the store's commits carried but the audit log lacks (a crash came between the
         # two commits) are appended before anything else is recorded.
         if self.engine.carries_audit:
-            self.audit.start(self.engine.audit_outbox, await offload.run(self.engine.last_lsn))
+            self.audit.start(
+                self.engine.audit_outbox,
+                await offload.run(self.engine.last_lsn),
+                received=self.engine.audit_received,
+                store_last_received=await offload.run(self.engine.last_audit_received),
+            )
         else:
             self.audit.start()
         self.engine.audit_settled = lambda: self.audit.carried_through
+        self.engine.audit_received_settled = lambda: self.audit.received_through
         self.committer.on_audit = self.audit.carry
         self.metrics.audit_entries.set(self.audit.size)
         self.enforcer = Enforcer(region=cfg.region, view=self.view, metrics=self.metrics, audit=self.audit)
@@ -323,6 +329,8 @@ class Node:
             offload=offload,
             limits=cfg.limits,
             max_clock_drift_ms=cfg.max_clock_drift_ms,
+            # A replicated apply commits its audit entries with it where the engine carries them.
+            carry_audit=self.audit.carry_received if self.engine.carries_audit else None,
         )
         # Digest trees of every namespace, kept up to date from the change log and every
         # replicated or repaired apply; a cache rebuilt from the store at each start.

@@ -19,7 +19,7 @@ import logging
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,8 @@ FAILURES_REMEMBERED_MAX = 64
 
 # audit_info row: the highest change-log position whose carried entry the log holds.
 _CARRIED_THROUGH = "carried_through"
+# audit_info row: the highest received number (a replicated apply's carried entry) the log holds.
+_RECEIVED_THROUGH = "received_through"
 # audit_info row: "seq:hash" of the last entry a check at start found sound.
 _CHECKPOINT = "verified_through"
 
@@ -130,6 +132,8 @@ class _Pending:
     future: asyncio.Future[int] | None
     # The change-log position of the write whose commit carried this entry (0: not carried).
     carried_lsn: int = 0
+    # The received number of a replicated apply's entry its commit carried (0: not one).
+    received_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,8 @@ class AuditLog:
         # The highest change-log position whose carried entry the log holds (see carry()).
         # Written by the writer thread only, read by the store's writer.
         self._carried_through = 0
+        # The same for the entries replicated applies carried (see carry_received()).
+        self._received_through = 0
         # Entries handed over by carry() (written by the store's writer thread) and appended
         # (written by the writer thread): flush() waits for those handed before it.
         self._carried_handed = 0
@@ -256,6 +262,8 @@ class AuditLog:
         self,
         carried: Callable[[int], list[tuple[int, bytes]]] | None = None,
         store_last_lsn: int | None = None,
+        received: Callable[[int], list[tuple[int, bytes]]] | None = None,
+        store_last_received: int | None = None,
     ) -> None:
         """Opens the file, resumes the chain from its last entry and starts the writer thread.
         `carried(after_lsn)` gives the entries the store's commits carried for positions after
@@ -263,7 +271,9 @@ class AuditLog:
         came between the store's commit and this log's) are appended first, in order.
         `store_last_lsn` is the store's last position: a store behind the position this log
         holds (rebuilt from a backup) will number its writes again from there, so the position
-        moves back to it (the rebuilt store carries no entry of its own yet)."""
+        moves back to it (the rebuilt store carries no entry of its own yet). `received` and
+        `store_last_received` are the same for the entries of replicated applies, by received
+        number (carry_received())."""
         state = self._writer.state
         if state != single_writer.NEW:
             raise Unavailable(f"the audit log is {state}; create a new AuditLog to start again")
@@ -274,6 +284,7 @@ class AuditLog:
             self._check_owner(conn)
             size, last_hash = _tail(conn)
             through = _carried_through(conn)
+            received_through = _carried_through(conn, _RECEIVED_THROUGH)
         except BaseException:
             conn.close()
             raise
@@ -295,10 +306,29 @@ class AuditLog:
                     (_CARRIED_THROUGH, str(store_last_lsn)),
                 )
             through = store_last_lsn
+        if store_last_received is not None and received_through > store_last_received:
+            log.warning(
+                "audit log %s holds received entries through number %d but the store ends at %d "
+                "(rebuilt?): numbers after %d are the store's again",
+                self.path.name,
+                received_through,
+                store_last_received,
+                store_last_received,
+            )
+            with conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO audit_info (name, value) VALUES (?, ?)",
+                    (_RECEIVED_THROUGH, str(store_last_received)),
+                )
+            received_through = store_last_received
         self._carried_through = through
-        if carried is not None:
+        self._received_through = received_through
+        if carried is not None or received is not None:
             try:
-                self._recover_carried(carried(through))
+                if carried is not None:
+                    self._recover_carried(carried(through))
+                if received is not None:
+                    self._recover_received(received(received_through))
             except BaseException:
                 self._conn = None
                 conn.close()
@@ -354,6 +384,24 @@ class AuditLog:
             len(pending),
             pending[0].carried_lsn,
             pending[-1].carried_lsn,
+        )
+
+    def _recover_received(self, rows: list[tuple[int, bytes]]) -> None:
+        """Appends the entries of replicated applies the file lacks, like _recover_carried."""
+        pending = [
+            _Pending(0, AuditEntry.decode_unnumbered(body), None, received_seq=seq)
+            for seq, body in sorted(rows)
+            if seq > self._received_through
+        ]
+        if not pending:
+            return
+        self._commit(pending)
+        log.warning(
+            "audit log %s appended %d entries its store's replicated applies carried (numbers %d..%d)",
+            self.path.name,
+            len(pending),
+            pending[0].received_seq,
+            pending[-1].received_seq,
         )
 
     # -- writing --------------------------------------------------------------------------------
@@ -425,6 +473,20 @@ class AuditLog:
         for entry in direct:
             self._writer.put(_Pending(0, entry, None), bounded=False)
             self._carried_handed += 1
+
+    def carry_received(self, received: Sequence[tuple[int, AuditEntry]]) -> None:
+        """Takes the entries of a committed replicated apply, from the store's writer thread, in
+        commit order: (received number, entry) of the entries its commit carried (node.engine
+        audit_received). As carry(): the apply is durable with its entries, the log appends them
+        and remembers the highest number it holds in the same transaction."""
+        for seq, entry in received:
+            self._writer.put(_Pending(0, entry, None, received_seq=seq), bounded=False)
+            self._carried_handed += 1
+
+    @property
+    def received_through(self) -> int:
+        """The highest received number whose entry this log holds durably."""
+        return self._received_through
 
     @property
     def carried_through(self) -> int:
@@ -514,6 +576,7 @@ class AuditLog:
             prev = chain_hash(prev, body)
             rows.append((first + offset, body, prev))
         carried_through = max((p.carried_lsn for p in batch), default=0)
+        received_through = max((p.received_seq for p in batch), default=0)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)", rows)
@@ -522,13 +585,18 @@ class AuditLog:
                     "INSERT OR REPLACE INTO audit_info (name, value) VALUES (?, ?)",
                     (_CARRIED_THROUGH, str(carried_through)),
                 )
+            if received_through > self._received_through:
+                conn.execute(
+                    "INSERT OR REPLACE INTO audit_info (name, value) VALUES (?, ?)",
+                    (_RECEIVED_THROUGH, str(received_through)),
+                )
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             log.error("audit batch of %d entries from seq %d failed: %s", len(batch), first, error)
-            if carried_through:
+            if carried_through or received_through:
                 # Carried entries are durable in the store, not lost; but a later batch would
                 # move the position past them. Stop: the next start appends them from the store.
                 if self._loop is not None:
@@ -556,6 +624,7 @@ class AuditLog:
         size = first + len(batch) - 1
         self._next_seq, self._last_hash = size + 1, prev
         self._carried_through = max(self._carried_through, carried_through)
+        self._received_through = max(self._received_through, received_through)
         self._carried_appended += sum(1 for p in batch if not p.index)
         self.batches_committed += 1
         self.entries_committed += len(batch)
@@ -789,16 +858,14 @@ def _refused(state: str, failure: str) -> Unavailable:
     return Unavailable(f"the audit log is {shown}; the operation was not performed")
 
 
-def _carried_through(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM audit_info WHERE name = ?", (_CARRIED_THROUGH,)).fetchone()
+def _carried_through(conn: sqlite3.Connection, name: str = _CARRIED_THROUGH) -> int:
+    row = conn.execute("SELECT value FROM audit_info WHERE name = ?", (name,)).fetchone()
     if row is None:
         return 0
     try:
         return int(row[0])
     except ValueError:
-        raise DataCorruption(
-            f"audit_info {_CARRIED_THROUGH} is {row[0]!r}, not a change-log position"
-        ) from None
+        raise DataCorruption(f"audit_info {name} is {row[0]!r}, not a position") from None
 
 
 def _tail(conn: sqlite3.Connection) -> tuple[int, bytes]:

@@ -182,6 +182,37 @@ class Enforcer:
         )
         return decision, made if isinstance(made, AuditEntry) else None
 
+    def decide_carried(
+        self,
+        facts: RecordFacts,
+        action: str,
+        *,
+        audit_action: str,
+        principal: str,
+        key: str,
+        detail: str = "",
+    ) -> tuple[Decision, AuditEntry | asyncio.Future[int]]:
+        """decide() for a record whose commit carries its audit entry (a replicated apply on an
+        engine that carries entries): a refusal is audited at once (its entry's future is
+        returned, to await); an allowed decision's entry is returned, not yet recorded, for the
+        commit to carry."""
+        decision = self.view.policy.decide(facts, self.region, action)
+        self._count(action, decision.outcome, decision.rule)
+        fields = {
+            "principal": principal,
+            "action": audit_action,
+            "namespace": facts.namespace,
+            "key": key,
+            "subject_id": facts.subject_id,
+            "decision": decision.outcome,
+            "rule": decision.rule,
+            "policy_version": self.view.policy.version,
+            "detail": detail,
+        }
+        if not decision.allowed:
+            return decision, self.audit.record(**fields)
+        return decision, self.audit.entry(**fields)
+
     def refusal(
         self,
         facts: RecordFacts,

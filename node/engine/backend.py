@@ -103,6 +103,13 @@ class WriteTx(Protocol):
         settled_through). Only on a backend whose carries_audit is True."""
         ...
 
+    def carry_received(self, bodies: Sequence[bytes], settled_through: int) -> list[int]:
+        """Stores the unnumbered audit entries of this transaction's replicated apply, each
+        under the next received number (never one given before), and drops the rows the audit
+        log already holds (number <= settled_through). Returns the numbers, in order. Only on a
+        backend whose carries_audit is True."""
+        ...
+
     def delete_log(self, through_lsn: int) -> None:
         """Deletes this node's change-log entries at or before through_lsn (truncation)."""
         ...
@@ -119,6 +126,14 @@ class Backend(Protocol):
 
     def read_audit_outbox(self, after_lsn: int) -> list[tuple[int, bytes]]:
         """The carried audit entries of positions after after_lsn, in position order."""
+        ...
+
+    def read_audit_received(self, after_seq: int) -> list[tuple[int, bytes]]:
+        """The carried audit entries of replicated applies numbered after after_seq, in order."""
+        ...
+
+    def last_audit_received(self) -> int:
+        """The highest number carry_received ever gave (0: none)."""
         ...
 
     def write(self, fn: Callable[[WriteTx], T]) -> T:

@@ -88,6 +88,8 @@ class ApplyOutcome:
     position: int  # the source position now persisted
     # Per applied mutation, the versions its key holds after it (the sibling cap's metric).
     versions_after: tuple[int, ...] = ()
+    # The apply's audit entries the commit carried, with their received numbers (in order).
+    received: tuple[tuple[int, AuditEntry], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class StorageEngine(Protocol):
     # The highest change-log position whose carried audit entry the audit log holds: commits
     # drop outbox rows up to it (set by the daemon; 0 keeps every row).
     audit_settled: Callable[[], int]
+    # The highest received number (carry_received) whose entry the audit log holds.
+    audit_received_settled: Callable[[], int]
 
     @property
     def carries_audit(self) -> bool:
@@ -131,12 +135,25 @@ class StorageEngine(Protocol):
         ...
 
     def apply_remote(
-        self, source_node_id: str, mutations: Sequence[Mutation], through_lsn: int
+        self,
+        source_node_id: str,
+        mutations: Sequence[Mutation],
+        through_lsn: int,
+        audit: Sequence[AuditEntry] = (),
     ) -> ApplyOutcome:
         """Merges mutations received from source_node_id and persists the source position
         `through_lsn`, in one durable transaction. Applying a mutation twice changes nothing.
         Remote mutations are not appended to this node's change log (each node ships only the
-        writes it accepted itself)."""
+        writes it accepted itself). `audit`: unnumbered entries the transaction carries (only
+        when carries_audit), returned numbered in ApplyOutcome.received."""
+        ...
+
+    def audit_received(self, after_seq: int) -> list[tuple[int, bytes]]:
+        """(received number, unnumbered entry) carried by applies after after_seq, in order."""
+        ...
+
+    def last_audit_received(self) -> int:
+        """The highest received number ever given (0: none)."""
         ...
 
     def withdraw(self, namespace: str, key: str, dots: Sequence[Dot]) -> KeyState | None:

@@ -17,6 +17,7 @@ from dataclasses import replace
 from google.protobuf.message import DecodeError
 
 from domicile import causality
+from domicile.audit import AuditEntry
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, RequestMark, Version
 from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, InvalidArgument
 from domicile.model import (
@@ -100,6 +101,7 @@ class EngineCore:
         self.node_id = node_id
         self.region = region
         self.audit_settled: Callable[[], int] = lambda: 0
+        self.audit_received_settled: Callable[[], int] = lambda: 0
 
     @property
     def carries_audit(self) -> bool:
@@ -107,6 +109,12 @@ class EngineCore:
 
     def audit_outbox(self, after_lsn: int) -> list[tuple[int, bytes]]:
         return self.backend.read_audit_outbox(after_lsn)
+
+    def audit_received(self, after_seq: int) -> list[tuple[int, bytes]]:
+        return self.backend.read_audit_received(after_seq)
+
+    def last_audit_received(self) -> int:
+        return self.backend.last_audit_received()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -237,7 +245,11 @@ class EngineCore:
         return Committed(mutation=mutation, state=new_state, had_live=had_live, conflict=applied.conflict)
 
     def apply_remote(
-        self, source_node_id: str, mutations: Sequence[Mutation], through_lsn: int
+        self,
+        source_node_id: str,
+        mutations: Sequence[Mutation],
+        through_lsn: int,
+        audit: Sequence[AuditEntry] = (),
     ) -> ApplyOutcome:
         if not source_node_id:
             raise InvalidArgument("source node id is empty; name the node the mutations came from")
@@ -249,6 +261,11 @@ class EngineCore:
             )
         for m in mutations:
             _check_remote_mutation(source_node_id, m)
+        if audit and not self.backend.carries_audit:
+            raise FailedPrecondition(
+                "this engine does not carry audit entries in its commits; the batch was not applied"
+            )
+        bodies = [entry.encode() for entry in audit]
 
         def apply(tx: WriteTx) -> ApplyOutcome:
             applied: list[Mutation] = []
@@ -271,7 +288,17 @@ class EngineCore:
                 work.flush(tx, totals)
                 tx.store_totals(totals)
             position = tx.raise_inbound(source_node_id, through_lsn)
-            return ApplyOutcome(tuple(applied), duplicates, conflicts, position, tuple(versions_after))
+            # The entries commit with the apply: it is never durable without them
+            # (node/compliance/audit_log.py carry_received()).
+            numbers = tx.carry_received(bodies, self.audit_received_settled()) if bodies else []
+            return ApplyOutcome(
+                tuple(applied),
+                duplicates,
+                conflicts,
+                position,
+                tuple(versions_after),
+                tuple(zip(numbers, audit, strict=True)),
+            )
 
         return self.backend.write(apply)
 

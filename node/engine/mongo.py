@@ -191,6 +191,12 @@ class _MongoTx:
             "entry in the audit log instead"
         )
 
+    def carry_received(self, bodies: Sequence[bytes], settled_through: int) -> list[int]:
+        raise FailedPrecondition(
+            "the MongoDB engine does not carry audit entries in its commits; a replicated apply "
+            "waits for its entries in the audit log instead"
+        )
+
     def delete_log(self, through_lsn: int) -> None:
         self.b.changelog.delete_many({"node": self.b.node_id, "lsn": {"$lte": through_lsn}}, session=self.s)
 
@@ -466,6 +472,12 @@ class MongoBackend:
 
     def read_audit_outbox(self, after_lsn: int) -> list[tuple[int, bytes]]:
         return []
+
+    def read_audit_received(self, after_seq: int) -> list[tuple[int, bytes]]:
+        return []
+
+    def last_audit_received(self) -> int:
+        return 0
 
     def states_after(self, namespace: str, after_key: str, limit: int) -> list[tuple[str, bytes]]:
         with self._errors():

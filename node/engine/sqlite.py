@@ -41,7 +41,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL")
 # Page size of a new store. A key state is stored in kv, a WITHOUT ROWID table, whose cells
 # hold at most about a quarter of a page: on 4 KiB pages a record of a 1 KiB value spilled the
@@ -69,6 +69,10 @@ _ERASED_SUBJECTS = (
 # The audit entries of local writes, committed with the writes themselves (one fsync per write,
 # node/compliance/audit_log.py carry()): a row stays until the audit log holds its entry.
 _AUDIT_OUTBOX = "CREATE TABLE audit_outbox (lsn INTEGER PRIMARY KEY, body BLOB NOT NULL)"
+# The audit entries of replicated applies (replicate_receive), committed with the apply. An apply
+# has no change-log position, so its entries are numbered apart: AUTOINCREMENT never reuses a
+# number, even after every row was dropped, so a number the audit log holds is never given again.
+_AUDIT_RECEIVED = "CREATE TABLE audit_received (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"
 
 # Tombstone garbage collection walks the keys with no live version without reading the others.
 _KV_DEAD = "CREATE INDEX kv_dead ON kv (namespace, key) WHERE live = 0"
@@ -102,6 +106,7 @@ _SCHEMA = (
     _SUBJECT_KEYS,
     _ERASED_SUBJECTS,
     _AUDIT_OUTBOX,
+    _AUDIT_RECEIVED,
 )
 
 _SCAN_SQL = {
@@ -204,6 +209,17 @@ class _SQLiteTx:
         self.conn.execute("DELETE FROM audit_outbox WHERE lsn <= ?", (settled_through,))
         self.conn.executemany("INSERT INTO audit_outbox (lsn, body) VALUES (?, ?)", rows)
 
+    def carry_received(self, bodies: Sequence[bytes], settled_through: int) -> list[int]:
+        self.conn.execute("DELETE FROM audit_received WHERE seq <= ?", (settled_through,))
+        return [
+            int(
+                self.conn.execute(
+                    "INSERT INTO audit_received (body) VALUES (?) RETURNING seq", (body,)
+                ).fetchone()[0]
+            )
+            for body in bodies
+        ]
+
     def delete_log(self, through_lsn: int) -> None:
         self.conn.execute("DELETE FROM changelog WHERE lsn <= ?", (through_lsn,))
 
@@ -276,7 +292,13 @@ class SQLiteBackend:
         return sqlite_db.Schema(
             version=SCHEMA_VERSION,
             create=self._create_schema,
-            upgrades={1: _index_subjects, 2: _move_erased_subjects, 3: _add_audit_outbox, 4: _index_dead},
+            upgrades={
+                1: _index_subjects,
+                2: _move_erased_subjects,
+                3: _add_audit_outbox,
+                4: _index_dead,
+                5: _add_audit_received,
+            },
             unsupported=lambda version: FailedPrecondition(
                 f"{self.path} has schema version {version}; this engine reads version {SCHEMA_VERSION}"
             ),
@@ -420,6 +442,20 @@ class SQLiteBackend:
         )
         return [(int(lsn), bytes(body)) for lsn, body in rows]
 
+    def read_audit_received(self, after_seq: int) -> list[tuple[int, bytes]]:
+        rows = (
+            self.reader()
+            .execute("SELECT seq, body FROM audit_received WHERE seq > ? ORDER BY seq", (after_seq,))
+            .fetchall()
+        )
+        return [(int(seq), bytes(body)) for seq, body in rows]
+
+    def last_audit_received(self) -> int:
+        row = (
+            self.reader().execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_received'").fetchone()
+        )
+        return int(row[0]) if row else 0
+
     def states_after(self, namespace: str, after_key: str, limit: int) -> list[tuple[str, bytes]]:
         rows = self.reader().execute(
             "SELECT key, state FROM kv WHERE namespace = ? AND key > ? ORDER BY key LIMIT ?",
@@ -522,6 +558,11 @@ def _add_audit_outbox(tx: sqlite3.Connection) -> None:
 def _index_dead(tx: sqlite3.Connection) -> None:
     """Version 5 indexes the keys with no live version (tombstone garbage collection)."""
     tx.execute(_KV_DEAD.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))
+
+
+def _add_audit_received(tx: sqlite3.Connection) -> None:
+    """Version 6 commits the audit entries of replicated applies with the applies."""
+    tx.execute(_AUDIT_RECEIVED.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
 
 
 def _move_erased_subjects(tx: sqlite3.Connection) -> None:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from domicile import errors
 from domicile.audit import TEXT_CHARS_MAX as AUDIT_TEXT_CHARS
+from domicile.audit import AuditEntry
 from domicile.causality import Mutation
 from domicile.cluster import ClusterSpec
 from domicile.hlc import HybridClock, physical_ms, wall_ms
@@ -34,6 +35,7 @@ from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication import coalesce
+from node.replication.stages import Stages
 from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.replication.inbound")
@@ -110,6 +112,7 @@ class Receiver:
         offload: Offload | None = None,
         limits: Limits | None = None,
         max_clock_drift_ms: int = 5000,
+        carry_audit: Callable[[Sequence[tuple[int, AuditEntry]]], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.region = region
@@ -125,9 +128,15 @@ class Receiver:
         self.offload = offload or Offload()
         self.limits = limits or Limits()
         self.max_clock_drift_ms = max_clock_drift_ms
+        # Where the engine carries audit entries in its commits: takes the entries a stream's
+        # apply carried, on the store's writer thread (node.compliance.audit_log
+        # carry_received). Then a batch costs one fsync, and its entries are durable with it.
+        # None: the entries are made durable in the audit log before the apply.
+        self.carry_audit = carry_audit
         self.stats: dict[str, InboundStats] = {}
         # Per source: held while its batches are applied and while a stream of it opens.
         self._applying: dict[str, asyncio.Lock] = {}
+        self._stages: dict[str, Stages] = {}
         # Told the keys every apply changed (the anti-entropy digest trees mark them).
         self.on_applied: Callable[[list[tuple[str, str]]], None] | None = None
 
@@ -289,8 +298,17 @@ class Receiver:
         )
 
     def _admit(
-        self, source_node_id: str, m: Mutation, entries: list[asyncio.Future[int]], *, repair: str = ""
+        self,
+        source_node_id: str,
+        m: Mutation,
+        entries: list[asyncio.Future[int]],
+        *,
+        repair: str = "",
+        carried: list[AuditEntry] | None = None,
     ) -> bool:
+        """Whether the policy and the erasures let this mutation be applied here, audited: a
+        refusal's entry goes to `entries` (to await); an allowed one's too, or, with `carried`,
+        to it, unrecorded, for the apply's commit to carry."""
         facts = RecordFacts(
             m.namespace, m.version.classification, m.version.subject_id, m.version.subject_jurisdiction
         )
@@ -341,16 +359,30 @@ class Receiver:
                     erased_by,
                 )
                 return False
-        decision, entry = self.enforcer.decide(
-            facts,
-            Action.REPLICATE,
-            audit_action=Audit.REPLICATE_RECEIVE,
-            principal=principal,
-            key=m.key,
-            detail=detail,
-        )
-        if entry is not None:
-            entries.append(entry)
+        if carried is not None:
+            decision, made = self.enforcer.decide_carried(
+                facts,
+                Action.REPLICATE,
+                audit_action=Audit.REPLICATE_RECEIVE,
+                principal=principal,
+                key=m.key,
+                detail=detail,
+            )
+            if isinstance(made, AuditEntry):
+                carried.append(made)
+            else:
+                entries.append(made)
+        else:
+            decision, entry = self.enforcer.decide(
+                facts,
+                Action.REPLICATE,
+                audit_action=Audit.REPLICATE_RECEIVE,
+                principal=principal,
+                key=m.key,
+                detail=detail,
+            )
+            if entry is not None:
+                entries.append(entry)
         if not decision.allowed:
             # A correct source never sends this: it is a misconfigured or rogue node.
             log.warning(
@@ -459,6 +491,10 @@ class Receiver:
         """apply_batch past its position checks: `messages` passed them (as one batch or as a run
         of batches, each after the one before) and through_lsn is past the position."""
         stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
+        stages = self._stages_of(source_node_id)
+        timer = stages.timer()
+        if messages:
+            stages.since_commit("arrive", messages[0].version.hlc, self.now_ms)
         entries: list[asyncio.Future[int]] = []
         labels = (source_node_id, self.node_id)
         checked: list[Mutation] = []
@@ -489,19 +525,25 @@ class Receiver:
                 lsn=m.lsn,
             )
         mutations = [m for i, m in enumerate(checked) if i not in bad_contexts]
+        timer.mark("check")
         cluster = self.view.topology.cluster
+        carried: list[AuditEntry] | None = [] if self.carry_audit is not None else None
         # Stored encrypted under this region's key for the subject; data keys never travel. The
         # whole batch is sealed in one hop, after every mutation was admitted.
         admitted = await self.sealer.seal_mutations(
-            cluster, [m for m in mutations if self._admit(source_node_id, m, entries)]
+            cluster, [m for m in mutations if self._admit(source_node_id, m, entries, carried=carried)]
         )
         refused = len(messages) - len(admitted)
         # domicile_replication_refused_total counts the policy's refusals; the checks above
         # count theirs in domicile_replication_rejected_total.
         policy_refused = len(mutations) - len(admitted)
-        # The batch's audit entries are durable before it is applied (and acknowledged).
+        timer.mark("seal")
+        # The batch's audit entries are durable before it is applied (and acknowledged): those
+        # recorded (refusals; every entry where the engine does not carry them) here, the
+        # carried ones in the apply's own commit.
         if entries:
             await asyncio.gather(*entries)
+        timer.mark("audit")
 
         late_refusals: list[int] = []
 
@@ -518,9 +560,18 @@ class Receiver:
                 )
             ]
             late_refusals.append(len(admitted) - len(still))
-            return engine.apply_remote(source_node_id, still, through_lsn)
+            outcome = engine.apply_remote(source_node_id, still, through_lsn, carried or ())
+            if outcome.received and self.carry_audit is not None:
+                try:
+                    self.carry_audit(outcome.received)
+                except Exception:
+                    # The apply is durable with its entries in the store: the audit log appends
+                    # them at its next start.
+                    log.exception("the audit log could not take the entries of a replicated apply")
+            return outcome
 
         outcome = await self.committer.run(work)
+        timer.mark("commit")
         refused += sum(late_refusals)
         policy_refused += sum(late_refusals)
         if admitted:
@@ -555,6 +606,12 @@ class Receiver:
             spec = cluster.find_namespace(m.namespace)
             if spec is not None and versions > spec.siblings_max:
                 self.metrics.siblings_over_cap.labels(m.namespace).inc()
+
+    def _stages_of(self, source_node_id: str) -> Stages:
+        stages = self._stages.get(source_node_id)
+        if stages is None:
+            stages = self._stages[source_node_id] = Stages(self.metrics, source_node_id, self.node_id)
+        return stages
 
     def stats_for(self, source_node_id: str) -> InboundStats:
         return self.stats.setdefault(source_node_id, InboundStats(source_node_id))
