@@ -22,6 +22,7 @@ from node.engine.log_tail import LogTail
 from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication.cadence import Cadence
+from node.replication.encoded import EncodedLog
 from node.replication.outbound import Bootstrap, LinkSender
 from node.replication.signal import LogSignal
 from node.topology_view import TopologyView
@@ -72,6 +73,8 @@ class ReplicationManager:
         self.offload = offload or Offload()
         # Shared by every sender: the newest change-log entries, fed by the group committer.
         self.log_tail = log_tail
+        # The links' shared wire messages: a record going to several regions is encoded once.
+        self.encoded = EncodedLog()
         # Every target's acknowledged position as persisted (read at start, then kept up to
         # date here), so that starting a sender reads nothing on the event loop.
         self._stored_acks: dict[str, int] = {}
@@ -128,6 +131,7 @@ class ReplicationManager:
                     log_tail=self.log_tail,
                     on_ack=self._pulse,
                     bootstrap=self.bootstrap,
+                    encoded=self.encoded,
                     cadence=self._new_cadence(
                         target_id, self._cadence_of(topology, namespaces, target.region)
                     ),

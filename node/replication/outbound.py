@@ -27,6 +27,7 @@ from domicile.model import Limits
 from domicile.policy import Action, RecordFacts
 from domicile.retry import Backoff, BackoffPolicy, grpc_reconnect_options, retry_forever
 from domicile.topology import NodeInfo
+from domicile.v1 import record_pb2 as pb
 from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.wire.limits import NODE_MESSAGE_BYTES_MAX
@@ -38,6 +39,7 @@ from node.engine.log_tail import LogTail
 from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication.cadence import Cadence
+from node.replication.encoded import EncodedLog
 from node.replication.signal import LogSignal
 from node.replication.stages import Stages
 from node.replication.window import SendWindow
@@ -87,8 +89,11 @@ class LinkSender:
         on_ack: Callable[[], None] = lambda: None,
         bootstrap: Bootstrap | None = None,
         cadence: Cadence | None = None,
+        encoded: EncodedLog | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        # Wire messages shared by every link of this node (None: each batch encodes its own).
+        self.encoded = encoded
         # When the link may ship: its namespaces' sync mode (realtime unless configured).
         self.cadence = cadence or Cadence()
         # This node's incarnation, sent in the hello (its writes carry writer id node_id.epoch).
@@ -319,8 +324,7 @@ class LinkSender:
                 size = sum(_batch_bytes(m) for m in mutations)
                 await self._acquire(window, reader, len(mutations), size, deadline_s)
                 request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
-                for m in mutations:
-                    mutation_to_pb(m, request.batch.mutations.add())
+                request.batch.mutations.extend(self._messages(mutations))
                 window.sent(through, len(mutations), size, time.monotonic())
                 await _within(call, call.write(request), deadline_s)
                 if mutations:
@@ -330,6 +334,15 @@ class LinkSender:
         finally:
             reader.cancel()
             call.cancel()
+
+    def _messages(self, mutations: list[Mutation]) -> list[pb.Mutation]:
+        """The batch's wire messages. A record without a subject is shipped as stored (only a
+        subject's value is sealed, and opened to ship), so its message is the one every link
+        shares (node.replication.encoded); a subject's record is encoded for this batch alone."""
+        encoded = self.encoded
+        if encoded is None:
+            return [mutation_to_pb(m) for m in mutations]
+        return [mutation_to_pb(m) if m.version.subject_id else encoded.message(m) for m in mutations]
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
