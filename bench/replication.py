@@ -10,6 +10,9 @@ and the figures are measured at its targets:
   it, otherwise 50 concurrent Puts per batch; the JSON says which);
 - global: 1,000 Puts/s into a namespace held in six regions (five links from the source);
 - delayed: 1,000 Puts/s to a seventh region behind a proxy that delays each byte by d.
+- sync: sequential Puts into a namespace with min_regions_acked 2 held at the source and the
+  delayed region: each is acknowledged once both hold it, a round trip over the delay (target
+  2 d + 10 ms at p99).
 Lag quantiles come from the targets' domicile_replication_lag_seconds histograms (scraped
 before and after, subtracted). CPU per record is each process's CPU time over the load,
 counted until the targets have caught up, divided by the records written.
@@ -42,7 +45,7 @@ from bench.client import RPC_DEADLINE_S, Call, put_call, put_request, sequential
 from bench.cluster import LAG_METRIC, BenchCluster, NodeHandle, wait_caught_up, wait_linked
 from bench.procs import REPO_ROOT, Children, free_port
 from bench.report import Figure, table, write_json
-from bench.stats import Histogram
+from bench.stats import Histogram, percentile
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 
@@ -64,6 +67,8 @@ COUNTRIES = {
 }
 GLOBAL_REGIONS = (SOURCE, NEAR, *OTHERS)
 LOCAL_NS, PAIR_NS, GLOBAL_NS, FAR_NS = "repl_local", "repl_pair", "repl_global", "repl_far"
+FAR_SYNC_NS = "repl_far_sync"  # min_regions_acked 2, at the source and behind the delay
+SYNC_SAMPLES = 300
 PROXY_READY = "proxy listening on "
 STAGE_METRIC = "domicile_replication_stage_seconds"
 STAGES = ("ship", "arrive", "check", "seal", "audit", "commit")
@@ -80,6 +85,7 @@ LAG_P99_MS_MAX = 100.0
 BATCH_LAG_P99_MS_MAX = 150.0
 GLOBAL_LAG_P99_MS_MAX = 150.0
 DELAYED_SLACK_MS = 50.0
+SYNC_SLACK_MS = 10.0  # synchronous Put p99 <= 2 d + this
 PACED_SHARE_MIN = 0.995
 
 
@@ -95,6 +101,7 @@ def cluster_config() -> dict[str, Any]:
             ns(PAIR_NS, (SOURCE, NEAR)),
             ns(GLOBAL_NS, GLOBAL_REGIONS),
             ns(FAR_NS, (SOURCE, FAR)),
+            ns(FAR_SYNC_NS, (SOURCE, FAR)) | {"min_regions_acked": 2},
         ],
         "coordinator": {"heartbeat_interval_ms": 500, "missed_heartbeats_max": 6},
     }
@@ -114,7 +121,7 @@ class Options:
     skip: frozenset[str]
 
 
-PHASES = ("local", "pair", "batch", "global", "delayed")
+PHASES = ("local", "pair", "batch", "global", "delayed", "sync")
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -177,6 +184,9 @@ class ReplicationBench:
         self.value = b"v" * opts.value_bytes
         self.nodes: dict[str, NodeHandle] = {}
         self.results: list[PhaseResult] = []
+        # Latencies of the synchronous Puts (ms), when the sync phase ran.
+        self.sync_ms: list[float] | None = None
+        self.sync_stages_ms: dict[str, tuple[float, float]] = {}
 
     async def start(self) -> None:
         await self.cluster.start_coordinator()
@@ -240,12 +250,7 @@ class ReplicationBench:
         stages_ms: dict[str, tuple[float, float]] = {}
         if targets:
             slowest = max(targets, key=lambda t: lag[t][1])
-            after_stages = await self._stage_histograms(slowest)
-            for stage, hist in after_stages.items():
-                was = stages_before[slowest].get(stage)
-                delta = hist.minus(was) if was is not None else hist
-                if delta.count > 0:
-                    stages_ms[stage] = (delta.quantile(0.50) * 1000, delta.quantile(0.99) * 1000)
+            stages_ms = stage_quantiles(stages_before[slowest], await self._stage_histograms(slowest))
         names = {f"node-{n}": n for n in (SOURCE, *targets)} | {"bench client": "client"}
         cpu_us = {
             short: (cpu_after[proc] - cpu_before[proc]) * 1e6 / max(records, 1)
@@ -347,6 +352,27 @@ class ReplicationBench:
             await self.phase(
                 "delayed", FAR_NS, (FAR,), put_call(source, FAR_NS, "far", self.value), opts.rate, 1
             )
+        if "sync" not in opts.skip:
+            await wait_linked(self.nodes[SOURCE], self.nodes[FAR])
+            before = await self._stage_histograms(FAR)
+            self.sync_ms = await phases.sequential(
+                f"sync: Puts acknowledged by 2 regions over a {opts.delay_ms:.0f} ms one-way delay",
+                put_call(source, FAR_SYNC_NS, "sync", self.value),
+                SYNC_SAMPLES,
+            )
+            self.sync_stages_ms = stage_quantiles(before, await self._stage_histograms(FAR))
+
+
+def stage_quantiles(
+    before: dict[str, Histogram], after: dict[str, Histogram]
+) -> dict[str, tuple[float, float]]:
+    """Per stage, (p50, p99) in ms of what was observed between the two scrapes."""
+    out: dict[str, tuple[float, float]] = {}
+    for stage, hist in after.items():
+        delta = hist.minus(before.get(stage))
+        if delta.count > 0:
+            out[stage] = (delta.quantile(0.50) * 1000, delta.quantile(0.99) * 1000)
+    return out
 
 
 def batch_call(node: NodeHandle, namespace: str, prefix: str, value: bytes) -> tuple[Call, str]:
@@ -403,9 +429,21 @@ def top_functions(collapsed: str, top: int = PROFILE_TOP) -> list[tuple[str, flo
     return [(name, 100.0 * n / total) for name, n in own.most_common(top)]
 
 
-def figures(results: list[PhaseResult], opts: Options) -> list[Figure]:
+def figures(results: list[PhaseResult], opts: Options, sync_ms: list[float] | None = None) -> list[Figure]:
     by = {r.name: r for r in results}
     out: list[Figure] = []
+    if sync_ms:
+        limit = 2 * opts.delay_ms + SYNC_SLACK_MS
+        p99 = percentile(sync_ms, 0.99)
+        out.append(
+            Figure("sync_put_p50_ms", "sync: Put p50 (min_regions_acked 2)", percentile(sync_ms, 0.5), "ms")
+        )
+        out.append(
+            Figure(
+                "sync_put_p99_ms", f"sync: Put p99 (one-way delay {opts.delay_ms:.0f} ms)", p99, "ms",
+                target=f"<= {limit:.0f} ms (2 d + {SYNC_SLACK_MS:.0f})", met=p99 <= limit,
+            )
+        )  # fmt: skip
     local = by.get("local")
     base_us = local.cpu_us_per_record.get(SOURCE) if local else None
     if local:
@@ -493,7 +531,7 @@ async def run(opts: Options) -> int:
         await bench.children.stop_all()
     if not opts.keep_tmp:
         shutil.rmtree(root, ignore_errors=True)
-    results = figures(bench.results, opts)
+    results = figures(bench.results, opts, bench.sync_ms)
     meta = {
         "started": started_at.isoformat(),
         "seconds": round(time.monotonic() - started, 1),
@@ -501,6 +539,8 @@ async def run(opts: Options) -> int:
         "cpus": os.cpu_count(),
         "loadavg_1m": os.getloadavg()[0],
         "phases": [asdict(r) for r in bench.results],
+        "sync_put_ms": bench.sync_ms,
+        "sync_stages_ms": bench.sync_stages_ms,
     }
     write_json(opts.out, results, meta)
     print(table(results))
@@ -514,6 +554,9 @@ async def run(opts: Options) -> int:
         if r.stages_ms:
             parts = ", ".join(f"{k} {p50:.1f}/{p99:.1f}" for k, (p50, p99) in r.stages_ms.items())
             print(f"  stages p50/p99 (ms, slowest link): {parts}")
+    if bench.sync_stages_ms:
+        parts = ", ".join(f"{k} {p50:.1f}/{p99:.1f}" for k, (p50, p99) in bench.sync_stages_ms.items())
+        print(f"sync: stages p50/p99 (ms): {parts}")
     print(profile_lines(bench.results))
     print(f"results written to {opts.out}", file=sys.stderr)
     return 0

@@ -56,3 +56,12 @@ def test_figures_report_the_slowest_link_and_the_replication_cpu_per_link() -> N
     # d + 50 ms with d = 50; and 990/s is below 99.5% of the paced 1,000.
     assert by_key["delayed_lag_p99_ms"].met is True
     assert by_key["delayed_rate"].met is False
+
+
+def test_the_synchronous_put_is_held_to_twice_the_delay_plus_10_ms() -> None:
+    opts = options()  # one-way delay 50 ms: the target is 110 ms
+    fast = {f.key: f for f in figures([], opts, [90.0] * 99 + [100.0])}
+    assert fast["sync_put_p99_ms"].met
+    slow = {f.key: f for f in figures([], opts, [90.0] * 90 + [150.0] * 10)}
+    assert slow["sync_put_p99_ms"].met is False
+    assert "sync_put_p99_ms" not in {f.key for f in figures([], opts)}
