@@ -6,6 +6,7 @@ again, even once it is empty."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from domicile.errors import FailedPrecondition
 from domicile.hlc import HybridClock
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.engine.base import ApplyOutcome
-from node.engine.sqlite import SQLiteEngine
+from node.engine.sqlite import SCHEMA_VERSION, SQLiteEngine
 
 REGION = "eu-west-1"
 NODE = "eu-west-1-a"
@@ -159,3 +160,18 @@ def test_an_engine_that_does_not_carry_entries_refuses_them_and_applies_nothing(
         assert engine.inbound_position(SOURCE) == 0
     finally:
         engine.close()
+
+
+def test_a_schema_5_store_gets_the_received_table(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    SQLiteEngine(path, NODE, REGION).close()
+    with sqlite3.connect(path) as conn:  # what a store of version 5 looks like
+        conn.execute("DROP TABLE audit_received")
+        conn.execute("PRAGMA user_version = 5")
+    again = SQLiteEngine(path, NODE, REGION)
+    try:
+        assert [n for n, _ in apply(again, 1, "a").received] == [1]
+    finally:
+        again.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
