@@ -196,7 +196,7 @@ class Enforcer:
         engine that carries entries): a refusal is audited at once (its entry's future is
         returned, to await); an allowed decision's entry is returned, not yet recorded, for the
         commit to carry."""
-        decision = self.view.policy.decide(facts, self.region, action)
+        decision = self._decide(facts, self.region, action)
         self._count(action, decision.outcome, decision.rule)
         fields = {
             "principal": principal,
