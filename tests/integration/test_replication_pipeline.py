@@ -198,10 +198,10 @@ async def test_batches_received_together_apply_as_one_and_a_bad_one_alone(tmp_pa
         engine = target.engine
         apply_remote = engine.apply_remote
 
-        def counted(source_node_id: str, mutations: Any, through_lsn: int) -> Any:
+        def counted(source_node_id: str, mutations: Any, through_lsn: int, audit: Any = ()) -> Any:
             nonlocal commits
             commits += source_node_id == source
-            return apply_remote(source_node_id, mutations, through_lsn)
+            return apply_remote(source_node_id, mutations, through_lsn, audit)
 
         engine.apply_remote = counted  # type: ignore[method-assign]
         result = await receiver.apply_batches(source, batches)
