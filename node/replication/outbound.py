@@ -40,6 +40,7 @@ from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication.cadence import Cadence
 from node.replication.encoded import EncodedLog
+from node.replication.session_channel import SessionChannels
 from node.replication.signal import LogSignal
 from node.replication.stages import Stages
 from node.replication.window import SendWindow
@@ -128,9 +129,9 @@ class LinkSender:
         self.last_error = ""
         self._labels = (node_id, target.node_id)
         self._stages = Stages(metrics, node_id, target.node_id)
-        # One channel for the life of the sender: gRPC reconnects it underneath. Closing a
-        # channel while cancelling a task can block in grpc.aio, so it is closed only in close().
-        self._channel: grpc.aio.Channel | None = None
+        # Each session opens its stream on a channel of its own (node.replication.session_channel:
+        # a channel's later calls inherit the memory its earlier calls grew to).
+        self._channels = SessionChannels(self._open_channel)
 
     # -- batching (testable without sockets) ---------------------------------------------------
 
@@ -257,14 +258,7 @@ class LinkSender:
 
     async def _session(self) -> None:
         deadline_s = self.limits.rpc_deadline_s
-        if self._channel is None:
-            # The handshake itself insists on the target's node certificate, so a record is never
-            # sent to whoever happens to answer at the address.
-            expected = ExpectedPeer.node(self.target.region, self.target.node_id)
-            # gRPC redials on the link's delays, so a target that comes back is reached promptly.
-            options = [*CHANNEL_OPTIONS, *grpc_reconnect_options(self.backoff)]
-            self._channel = self.dialer.channel(self.target.address, expected, options=options)
-        stub = rpb_grpc.ReplicationServiceStub(self._channel)
+        stub = rpb_grpc.ReplicationServiceStub(await self._channels.for_new_session())
         # A replication stream lives as long as the link: no overall deadline. Each step that
         # waits on the peer (ready, acks) has its own deadline below instead.
         call = stub.Replicate()
@@ -344,10 +338,16 @@ class LinkSender:
             return [mutation_to_pb(m) for m in mutations]
         return [mutation_to_pb(m) if m.version.subject_id else encoded.message(m) for m in mutations]
 
+    def _open_channel(self) -> grpc.aio.Channel:
+        # The handshake itself insists on the target's node certificate, so a record is never
+        # sent to whoever happens to answer at the address.
+        expected = ExpectedPeer.node(self.target.region, self.target.node_id)
+        # gRPC redials on the link's delays, so a target that comes back is reached promptly.
+        options = [*CHANNEL_OPTIONS, *grpc_reconnect_options(self.backoff)]
+        return self.dialer.channel(self.target.address, expected, options=options)
+
     async def close(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await channel.close()
+        await self._channels.close()
 
     async def _read_acks(
         self,
