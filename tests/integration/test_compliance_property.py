@@ -16,8 +16,10 @@ same operations (the interleaving of concurrent operations across regions still 
 The second run does the same under faults: while the operations run, nodes are cut off from
 their peers (a proxy in front of each node drops and refuses replication connections) and
 stopped and restarted; operations that meet a stopped node fail as unavailable, and the checks
-run once everything is healed. DOMICILE_PROPERTY_OPS sets the operations per phase (a long run:
-DOMICILE_PROPERTY_OPS=34000 gives three phases of 34,000).
+run once everything is healed. DOMICILE_PROPERTY_OPS sets the operations per phase of the first
+run; the run under faults does half as many per phase (a long run under faults:
+DOMICILE_PROPERTY_OPS=66668 -k partitions gives three phases of 33,334, 100,002 operations).
+Long runs print their progress every 2,000 operations.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import collections
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,8 @@ SUBJECTS = 40
 KEYS_PER_SUBJECT = 3
 OPS_PER_PHASE = int(os.environ.get("DOMICILE_PROPERTY_OPS", "300"))
 CONCURRENCY = 8
+# Progress lines every this many rounds of CONCURRENCY operations (2,000 operations).
+PROGRESS_EVERY = 250
 # What a put refused for the namespace's siblings_max says (node/engine/core.py).
 SIBLING_CAP = "past the namespace's siblings_max"
 # What a call to a node that is stopped, restarting or cut off may get (a node that stops
@@ -172,6 +177,9 @@ class Workload:
     async def run_all(self, ops: list[Op]) -> None:
         for i in range(0, len(ops), CONCURRENCY):
             await asyncio.gather(*(self.run(op) for op in ops[i : i + CONCURRENCY]))
+            if (i // CONCURRENCY + 1) % PROGRESS_EVERY == 0:
+                # A long run says how far it got (and at what pace) while it runs.
+                print(f"{time.strftime('%H:%M:%S')} operations {sum(self.outcomes.values())}", flush=True)
 
 
 async def caught_up(cluster: LocalCluster) -> None:
