@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-call bench-entropy bench-replication bench-restore bench-scale bench-growth profile torture clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-call bench-entropy bench-replication bench-restore bench-scale bench-growth profile torture property-long clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -111,6 +111,11 @@ DURATION ?= 300
 ENGINE ?= sqlite
 torture: setup ## a Jepsen-style run under faults with a history checker (SEED=N DURATION=s ENGINE=sqlite|mongodb)
 	$(PY) -m torture.run --duration $(DURATION) --engine $(ENGINE) $(if $(SEED),--seed $(SEED))
+
+property-long: OPS = 66668
+property-long: setup ## the compliance property test under faults, 3 x OPS/2 operations (66668: 100,002; about an hour) (SEED=N)
+	$(if $(SEED),DOMICILE_SEED=$(SEED)) DOMICILE_PROPERTY_OPS=$(OPS) $(PY) -m pytest -q -s --timeout 0 \
+		tests/integration/test_compliance_property.py -k partitions
 
 clean: ## remove .venv, local cluster data and caches
 	rm -rf $(VENV) .domicile .fuzz .pytest_cache .mypy_cache .ruff_cache
