@@ -82,8 +82,10 @@ async def run(samples: int, rounds: int, seed: int, root: Path) -> list[Figure]:
         for engine in ENGINES:
             node_id = CACHED_NODE_ID if engine == "SQLite" else CACHED_MONGO_NODE_ID
             mongodb = None if engine == "SQLite" else (f"mongodb://127.0.0.1:{mongo_port}/", "bench_cache")
+            # Plaintext, as the echo server is: the figure prices the node's work, not TLS
+            # (`make bench` prices mutual TLS against plaintext on its own).
             node = await cluster.start_node(
-                SOLO_REGION, node_id=node_id, mongodb=mongodb, extra_args=cache_args
+                SOLO_REGION, node_id=node_id, mongodb=mongodb, plaintext=True, extra_args=cache_args
             )
             try:
                 async with channel(echo.group(1), cluster.plain_dialer) as echo_channel:

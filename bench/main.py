@@ -348,6 +348,9 @@ class Run:
                 SOLO_REGION,
                 synchronous="FULL",
                 node_id=CACHED_NODE_ID,
+                # Plaintext, as the echo server is: the hit figures price the node's work, not
+                # TLS (the mutual-TLS figure above prices that).
+                plaintext=True,
                 extra_args=("--cache-redis-url", redis.url, "--cache-redis-region", SOLO_REGION),
             )
             async with channel(echo_address, self.cluster.plain_dialer) as echo:
@@ -363,6 +366,7 @@ class Run:
                 SOLO_REGION,
                 node_id=CACHED_MONGO_NODE_ID,
                 mongodb=(self.mongodb_uri, "bench_cache"),
+                plaintext=True,
                 extra_args=("--cache-redis-url", redis.url, "--cache-redis-region", SOLO_REGION),
             )
             async with channel(echo_address, self.cluster.plain_dialer) as echo:
