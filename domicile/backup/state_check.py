@@ -7,7 +7,7 @@ protobuf parser (C) reads them; converting each state to domicile.causality type
 which cost a restore most of its time, is not needed for that. A state that does not parse or
 whose value does not match its sha256 is damaged: the restore stops there. The same shapes
 are refused as when the store reads a state (node.engine.core.decode_state): an unknown
-classification, a causal context with an empty node id or a counter out of range.
+classification, a causal context with a node id empty or too long, or a counter out of range.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from domicile.v1 import record_pb2 as pb
 
 _CLASSIFICATIONS = frozenset(int(c) for c in Classification)
 _COUNTER_LIMIT = 1 << 62
+# A version vector's node ids are at most this long (domicile.wire.records context_from_pb).
+_NODE_ID_CHARS_MAX = 63
 
 
 class IndexFields(NamedTuple):
@@ -43,7 +45,7 @@ def checked_index_fields(namespace: str, key: str, blob: bytes) -> IndexFields:
         raise DataCorruption(f"backed-up state of {namespace}/{key} cannot be decoded ({error})") from None
     vv = state.context.version_vector
     for node in vv:
-        if not node or not 0 < vv[node] < _COUNTER_LIMIT:
+        if not node or len(node) > _NODE_ID_CHARS_MAX or not 0 < vv[node] < _COUNTER_LIMIT:
             raise _malformed_context(namespace, key)
     for dot in state.context.dots:
         if not dot.node_id or not 0 < dot.counter < _COUNTER_LIMIT:
@@ -73,6 +75,6 @@ def checked_index_fields(namespace: str, key: str, blob: bytes) -> IndexFields:
 
 def _malformed_context(namespace: str, key: str) -> DataCorruption:
     return DataCorruption(
-        f"backed-up state of {namespace}/{key} has a malformed causal context (an empty node id "
-        "or a counter outside 1 to 2^62-1)"
+        f"backed-up state of {namespace}/{key} has a malformed causal context (a node id empty or "
+        f"longer than {_NODE_ID_CHARS_MAX} characters, or a counter outside 1 to 2^62-1)"
     )

@@ -9,6 +9,7 @@ import dataclasses
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from domicile.v1 import record_pb2 as pb
 from domicile.wire.records import key_state_from_bytes, key_state_to_bytes
 from node.backup.prefetch import prepared_in_order
 from node.engine.backend import StateRow
+from node.engine.core import decode_state
 from node.engine.sqlite import SQLiteEngine
 
 
@@ -73,6 +75,53 @@ def test_a_damaged_state_is_refused_by_name() -> None:
     with pytest.raises(DataCorruption, match="ns/k4 has a malformed causal context"):
         checked_index_fields("ns", "k4", msg.SerializeToString())
     assert checked_index_fields("ns", "k5", state_bytes(good)).live
+
+
+def malformed_states() -> dict[str, bytes]:
+    """A state of each shape the store refuses to read, and the good one they are made from."""
+    good = version("a", 1, b"value")
+    shapes: dict[str, bytes] = {"good": state_bytes(good)}
+    shapes["bad checksum"] = state_bytes(dataclasses.replace(good, value=b"other"))
+    shapes["not a state"] = b"\xff\xff\xff"
+    edits: dict[str, Callable[[pb.KeyState], object]] = {
+        "unknown classification": lambda m: setattr(m.versions[0], "classification", 77),
+        "empty vector node": lambda m: m.context.version_vector.__setitem__("", 1),
+        "vector node of 64 characters": lambda m: m.context.version_vector.__setitem__("n" * 64, 1),
+        "vector counter 0": lambda m: m.context.version_vector.__setitem__("b", 0),
+        "vector counter 2^62": lambda m: m.context.version_vector.__setitem__("b", 1 << 62),
+        "dot without node": lambda m: m.context.dots.add(counter=5),
+        "dot counter 0": lambda m: m.context.dots.add(node_id="b", counter=0),
+    }
+    for name, edit in edits.items():
+        msg = pb.KeyState.FromString(state_bytes(good))
+        edit(msg)
+        shapes[name] = msg.SerializeToString()
+    msg = pb.KeyState.FromString(state_bytes(good))
+    msg.context.version_vector["n" * 63] = 1
+    shapes["vector node of 63 characters"] = msg.SerializeToString()
+    return shapes
+
+
+def test_the_restore_check_refuses_exactly_what_the_store_refuses_to_read() -> None:
+    """A state the check lets in is stored as it is: one the store then refuses to decode would
+    fail every later read of its key, where the restore should have stopped at it."""
+    verdicts = {}
+    for name, blob in malformed_states().items():
+        try:
+            decode_state("ns", name, blob)
+            by_store = "read"
+        except DataCorruption:
+            by_store = "refused"
+        try:
+            checked_index_fields("ns", name, blob)
+            by_check = "read"
+        except DataCorruption:
+            by_check = "refused"
+        verdicts[name] = (by_store, by_check)
+    # Negative control: the store does refuse a 64-character node id, and reads the others.
+    assert verdicts["vector node of 64 characters"][0] == "refused"
+    assert verdicts["good"] == verdicts["vector node of 63 characters"] == ("read", "read")
+    assert {name for name, (store, check) in verdicts.items() if store != check} == set()
 
 
 def test_restored_bytes_are_stored_as_they_are_and_merged_where_the_store_holds_the_key(
