@@ -97,9 +97,10 @@ class NodeConfig:
     # How often the change log is truncated up to what every link acknowledged (and a backup
     # shipped), and tombstones past the horizon are collected; 0 turns both off.
     changelog_truncate_interval_s: float = 5.0
-    # How long a link whose target acknowledges nothing (a peer that is down) may hold change-log
-    # truncation back; past it the log is truncated without it and the target is bootstrapped
-    # from a snapshot when it returns. 0: such a link holds truncation back for ever.
+    # How long a link whose target acknowledges nothing and has no session (a peer that is down)
+    # may hold change-log truncation back; past it the log is truncated without it and the
+    # target is bootstrapped from a snapshot when it returns. 0: such a link holds truncation
+    # back for ever.
     changelog_hold_max_s: float = 86_400.0
     # How old a tombstone must be (by its HLC) before it may be purged, once every replica in
     # scope has acknowledged its delete.
@@ -358,8 +359,9 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     parser.add_argument(
         "--changelog-hold-max-s",
         type=float,
-        help="seconds a link whose target acknowledges nothing may hold change-log truncation back; "
-        "then it is bootstrapped when it returns (default 86400; 0: for ever)",
+        help="seconds a link whose target acknowledges nothing, with no session open, may hold "
+        "change-log truncation back; then it is bootstrapped when it returns (default 86400; "
+        "0: for ever)",
     )
     parser.add_argument(
         "--tombstone-gc-horizon-s",

@@ -371,15 +371,16 @@ class NodeMetrics:
         )
         self.changelog_link_released = Gauge(
             "domicile_changelog_link_released",
-            "1 while a link's target has acknowledged nothing for changelog_hold_max_s and the change "
-            "log is truncated without it (it is bootstrapped from a snapshot when it returns), else 0.",
+            "1 while a link's target has acknowledged nothing, with no session open, for "
+            "changelog_hold_max_s and the change log is truncated without it (it is bootstrapped "
+            "from a snapshot when it returns), else 0.",
             ["source", "target"],
             registry=r,
         )
         self.changelog_hold_releases = Counter(
             "domicile_changelog_hold_releases_total",
             "Times a link stopped holding change-log truncation back because its target acknowledged "
-            "nothing for changelog_hold_max_s.",
+            "nothing, with no session open, for changelog_hold_max_s.",
             ["source", "target"],
             registry=r,
         )

@@ -175,6 +175,10 @@ class ReplicationManager:
             acks[link.target_node_id] = sender.acked_lsn
         return acks
 
+    def connected_links(self) -> frozenset[str]:
+        """The targets whose link has a session open now (their sender is connected)."""
+        return frozenset(target for target, sender in self.senders.items() if sender.connected)
+
     def regions_holding(self, namespace: str, lsn: int) -> set[str]:
         """The regions that hold this node's change-log entry `lsn` durably: this one, and those
         of the targets that acknowledged it (a target acknowledges after its commit)."""

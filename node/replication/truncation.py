@@ -11,9 +11,10 @@ A target whose position is behind the start of the log (a new link, a store rebu
 a node removed and added back) is bootstrapped from a snapshot (node.replication.bootstrap). A
 target that is down holds truncation back at its acknowledged position, but not for ever: once
 it has acknowledged nothing new for `changelog_hold_max_s` (HoldLimit) while the log holds
-entries it lacks, its link is left out of the truncation point, the log is truncated past it,
-and the target is bootstrapped when it returns (the link's next session finds its position
-behind the log's start). The link holds again as soon as its target acknowledges.
+entries it lacks and its link has no session, its link is left out of the truncation point, the
+log is truncated past it, and the target is bootstrapped when it returns (the link's next
+session finds its position behind the log's start). The link holds again as soon as its target
+connects or acknowledges.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from domicile.errors import DomicileError
@@ -57,11 +58,14 @@ class _Stall:
 
 class HoldLimit:
     """Which links may hold truncation back. A link whose target's acknowledged position has
-    not moved for hold_max_s while the log has entries past it (its target is down, or stuck)
-    is released: left out of the truncation point until its target acknowledges again. The
-    time counts from when a pass first saw the position still and behind, by this process's
-    monotonic clock, so a restart of the node starts it over (it holds longer, never less).
-    hold_max_s 0: no link is ever released."""
+    not moved for hold_max_s while the log has entries past it, and whose sender has had no
+    session with the target all that time (the target is down, or unreachable), is released:
+    left out of the truncation point until its target connects or acknowledges again. The time
+    counts from the last pass that saw the position move or the link connected, by this
+    process's monotonic clock, so a restart of the node starts it over (it holds longer, never
+    less). A connected link is never released: its target is there, and a position that stays
+    still is its cadence's doing (a scheduled link waits days between windows) or a slow apply,
+    not an absence. hold_max_s 0: no link is ever released."""
 
     def __init__(
         self,
@@ -80,8 +84,11 @@ class HoldLimit:
     def released(self) -> frozenset[str]:
         return frozenset(t for t, s in self._stalls.items() if s.released)
 
-    def holding(self, link_acks: Mapping[str, int], last_lsn: int) -> dict[str, int]:
-        """The links (target: acknowledged position) that still hold truncation back."""
+    def holding(
+        self, link_acks: Mapping[str, int], last_lsn: int, connected: Collection[str] = ()
+    ) -> dict[str, int]:
+        """The links (target: acknowledged position) that still hold truncation back.
+        `connected`: the targets whose link has a session open now."""
         now = self.clock()
         for gone in self._stalls.keys() - link_acks.keys():
             # Out of the topology: the link no longer exists, nor does its hold.
@@ -95,8 +102,9 @@ class HoldLimit:
                     self._set_released(target, self._stalls.pop(target), False)
                 kept[target] = acked
                 continue
-            if stall is None or stall.acked != acked:
-                # Behind, and first seen so (or it acknowledged something since): it holds.
+            if stall is None or stall.acked != acked or target in connected:
+                # Behind, and first seen so (or it acknowledged something since, or its target
+                # is connected): it holds, and its time starts again.
                 if stall is not None:
                     self._set_released(target, stall, False)
                 stall = self._stalls[target] = _Stall(acked, now)
@@ -138,6 +146,8 @@ class Truncator:
         interval_s: float = 5.0,
         # Links whose target acknowledges nothing may hold truncation this long (0: for ever).
         hold_limit: HoldLimit | None = None,
+        # The targets whose link has a session open now (HoldLimit never releases those).
+        link_connected: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.engine = engine
         self.committer = committer
@@ -148,13 +158,14 @@ class Truncator:
         self.collector = collector
         self.interval_s = interval_s
         self.hold_limit = hold_limit
+        self.link_connected = link_connected
 
     async def pass_once(self) -> LogStart:
         """Truncates what it may (bounded), then collects tombstones; returns the log's start."""
         last = await self.offload.run(self.engine.last_lsn)
         acks = self.link_acks()
         if acks is not None and self.hold_limit is not None:
-            acks = self.hold_limit.holding(acks, last)
+            acks = self.hold_limit.holding(acks, last, self.link_connected())
         point = truncation_point(
             last, acks, self.backup_shipped() if self.backup_shipped is not None else None
         )

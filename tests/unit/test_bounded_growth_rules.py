@@ -84,6 +84,28 @@ def test_a_link_removed_from_the_topology_is_forgotten() -> None:
     assert limit.released == frozenset() and released_gauge(metrics, "gone") == 0
 
 
+def test_a_connected_link_behind_past_the_hold_limit_keeps_holding_truncation() -> None:
+    """A scheduled link waits days between windows with its session open: its position stays
+    still while the log grows, yet its target is there. Released, it would be truncated past
+    and sent a whole snapshot instead of what accumulated, at each window."""
+    clock, metrics = Clock(), NodeMetrics(ME, ME)
+    limit = HoldLimit(60.0, metrics, ME, clock)
+    assert limit.holding({"weekly": 40}, 100, connected={"weekly"}) == {"weekly": 40}
+    clock.now += 7 * 86_400
+    assert limit.holding({"weekly": 40}, 200, connected={"weekly"}) == {"weekly": 40}
+    assert limit.released == frozenset() and released_gauge(metrics, "weekly") == 0
+    # Its session lost: the limit counts from the last pass that saw it connected.
+    clock.now += 59
+    assert limit.holding({"weekly": 40}, 200) == {"weekly": 40}
+    # Negative control: the same silence with no session for the whole limit releases it.
+    clock.now += 1
+    assert limit.holding({"weekly": 40}, 200) == {}
+    assert limit.released == {"weekly"} and released_gauge(metrics, "weekly") == 1
+    # Connected again (bootstrapping): it holds truncation again at once.
+    assert limit.holding({"weekly": 40}, 200, connected={"weekly"}) == {"weekly": 40}
+    assert limit.released == frozenset() and released_gauge(metrics, "weekly") == 0
+
+
 def tombstone(node: str, counter: int, ms: int, subject: str = "") -> Version:
     return Version(dot=Dot(node, counter), value=b"", hlc=pack(ms, 0), tombstone=True, subject_id=subject)
 
