@@ -14,7 +14,9 @@ it has acknowledged nothing new for `changelog_hold_max_s` (HoldLimit) while the
 entries it lacks and its link has no session, its link is left out of the truncation point, the
 log is truncated past it, and the target is bootstrapped when it returns (the link's next
 session finds its position behind the log's start). The link holds again as soon as its target
-connects or acknowledges.
+connects or acknowledges. While a link is behind the log's start, this node's own tombstones
+are not purged (collection_start): the bootstrap, not an anti-entropy round, must meet what
+that target still holds of the records they deleted.
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ def truncation_point(last_lsn: int, link_acks: Mapping[str, int] | None, backup_
     if backup_shipped is not None:
         point = min(point, backup_shipped)
     return max(point, 0)
+
+
+def collection_start(start: LogStart, link_acks: Mapping[str, int] | None) -> LogStart:
+    """Where the log starts, as the tombstone collector may count it (tombstone_gc purges this
+    node's own tombstones only at or before it, as every replica in scope has applied them).
+    That holds while every link's acknowledged position is at or past the log's start. A link
+    behind it (released by HoldLimit, or a new or restored target not bootstrapped yet) may
+    still hold what those tombstones deleted, and an anti-entropy round with it before its
+    bootstrap would merge that back into a node that purged the tombstone, for good: then no
+    tombstone of this node's is purged (LogStart()), nor while a link's position is unknown."""
+    if link_acks is None or any(acked < start.lsn for acked in link_acks.values()):
+        return LogStart()
+    return start
 
 
 @dataclass
@@ -163,7 +178,7 @@ class Truncator:
     async def pass_once(self) -> LogStart:
         """Truncates what it may (bounded), then collects tombstones; returns the log's start."""
         last = await self.offload.run(self.engine.last_lsn)
-        acks = self.link_acks()
+        every_link = acks = self.link_acks()
         if acks is not None and self.hold_limit is not None:
             acks = self.hold_limit.holding(acks, last, self.link_connected())
         point = truncation_point(
@@ -186,7 +201,7 @@ class Truncator:
         self.metrics.changelog_truncated_lsn.set(start.lsn)
         self.metrics.changelog_rows.set(max(0, last - start.lsn))
         if self.collector is not None:
-            await self.collector.pass_once(start)
+            await self.collector.pass_once(collection_start(start, every_link))
         return start
 
     async def run(self) -> None:

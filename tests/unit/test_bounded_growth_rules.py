@@ -9,7 +9,7 @@ from domicile.subjects import HoldScope, LegalHold
 from node.engine.base import LogStart
 from node.metrics import NodeMetrics
 from node.replication.tombstone_gc import purgeable
-from node.replication.truncation import HoldLimit, truncation_point
+from node.replication.truncation import HoldLimit, collection_start, truncation_point
 
 ME = "eu-west-1"
 
@@ -104,6 +104,33 @@ def test_a_connected_link_behind_past_the_hold_limit_keeps_holding_truncation() 
     # Connected again (bootstrapping): it holds truncation again at once.
     assert limit.holding({"weekly": 40}, 200, connected={"weekly"}) == {"weekly": 40}
     assert limit.released == frozenset() and released_gauge(metrics, "weekly") == 0
+
+
+def test_own_tombstones_are_not_collected_while_a_link_is_behind_the_log_start() -> None:
+    """A released target (or one not bootstrapped yet) may still hold what this node's old
+    tombstones deleted: purged here, an anti-entropy round with it would bring the record back."""
+    start = LogStart(100, pack(5_000, 0))
+    assert collection_start(start, {"a": 100, "b": 150}) == start
+    assert collection_start(start, {}) == start
+    assert collection_start(start, {"a": 99, "b": 150}) == LogStart()
+    assert collection_start(start, None) == LogStart()
+    old = state(tombstone(ME, 1, 4_000))
+
+    def purged_with(link_acks: dict[str, int] | None) -> bool:
+        return purgeable(
+            old, namespace="ns", key="k", writer_id=ME, log_start=collection_start(start, link_acks),
+            cutoff_hlc=pack(10_000, 0), holds=(),
+        )  # fmt: skip
+
+    # Negative control: every link at or past the start, the old tombstone goes.
+    assert purged_with({"a": 100})
+    assert not purged_with({"a": 40})
+    assert not purged_with(None)
+    # Another writer's tombstone is purged on its horizon alone, as before.
+    assert purgeable(
+        state(tombstone("other", 1, 4_000)), namespace="ns", key="k", writer_id=ME,
+        log_start=collection_start(start, {"a": 40}), cutoff_hlc=pack(10_000, 0), holds=(),
+    )  # fmt: skip
 
 
 def tombstone(node: str, counter: int, ms: int, subject: str = "") -> Version:
