@@ -167,18 +167,8 @@ class Enforcer:
         """Decides whether this region may store a local write whose commit carries its audit
         entry: a refusal is audited at once; an allowed decision's entry is returned, not yet
         recorded, for the commit to carry (it reaches the audit log with the write)."""
-        decision = self._decide(facts, self.region, Action.STORE)
-        self._count(Action.STORE, decision.outcome, decision.rule)
-        make = self.audit.entry if decision.allowed else self.audit.record
-        made = make(
-            principal=principal,
-            action=audit_action,
-            namespace=facts.namespace,
-            key=key,
-            subject_id=facts.subject_id,
-            decision=decision.outcome,
-            rule=decision.rule,
-            policy_version=self.view.policy.version,
+        decision, made = self.decide_carried(
+            facts, Action.STORE, audit_action=audit_action, principal=principal, key=key
         )
         return decision, made if isinstance(made, AuditEntry) else None
 
