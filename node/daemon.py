@@ -1140,6 +1140,9 @@ class Node:
         await _bounded("anti-entropy stop", self.entropy.close(), 3.0)
         if self._server is not None:
             await _bounded("gRPC server stop", self._server.stop(grace_s), grace_s + 2.0)
+        if self.cache is not None:
+            # No Get runs any more: the cache's lookups on this loop are over.
+            await _bounded("cache lookups close", self.cache.close_loop_client(), 2.0)
         # The refusals counted but not yet summarised, while the audit log still takes entries.
         self.refusal_audit.flush(everything=True)
         await _bounded("writer stop", self.committer.stop(), 10.0)

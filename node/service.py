@@ -29,7 +29,7 @@ from domicile.model import (
 )
 from domicile.policy import Action, Decision, RecordFacts
 from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
-from node.cache.read_cache import ReadCache
+from node.cache.read_cache import Hit, Pending, ReadCache
 from node.clock_guard import ClockGuard
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
@@ -484,12 +484,28 @@ class StorageService:
         opened = (self.sealer.open_version(spec.name, key, v) for v in visible(state, spec.conflict_mode))
         return tuple(v for v in opened if v is not None)
 
-    def _read_now(self, spec: NamespaceSpec, key: str) -> tuple[KeyState | None, tuple[Version, ...]]:
-        if self.cache is None:
+    def _read_now(
+        self, spec: NamespaceSpec, key: str, cached: Hit | Pending | None
+    ) -> tuple[KeyState | None, tuple[Version, ...]]:
+        if cached is None:
             state = self.engine.get(spec.name, key)
+        elif isinstance(cached, Hit):
+            state = cached.state
         else:
-            state = self.cache.read(spec.name, key, lambda: self.engine.get(spec.name, key))
+            state = cached.read(lambda: self.engine.get(spec.name, key))
         return state, self._open_visible(spec, key, state)
+
+    def _open_on_loop(
+        self, spec: NamespaceSpec, key: str, state: KeyState | None
+    ) -> tuple[Version, ...] | None:
+        """The versions a read answers when opening them cannot block: no visible version is
+        sealed under a subject's data key (the sealer returns those as they are, with no key
+        lookup and no AES-GCM). None when one is: it is opened on an offload thread."""
+        shown = visible(state, spec.conflict_mode)
+        if any(not v.tombstone and v.subject_id for v in shown):
+            return None
+        opened = (self.sealer.open_version(spec.name, key, v) for v in shown)
+        return tuple(v for v in opened if v is not None)
 
     def _scan_now(
         self, spec: NamespaceSpec, prefix: str, start_after: str, page_size: int
@@ -539,8 +555,13 @@ class StorageService:
     async def get(self, namespace: str, key: str, principal: str = "") -> ReadResult:
         spec = self._namespace(namespace)
         check_key(key, self.limits)
-        # The hot path: the read and the opening of its versions share one hop.
-        state, versions = await self.offload.run(self._read_now, spec, key)
+        # The hot path. A cache hit whose versions open without blocking is answered on the event
+        # loop; otherwise the read and the opening of its versions share one hop.
+        cached = None if self.cache is None else await self.cache.lookup(spec.name, key)
+        if isinstance(cached, Hit) and (on_loop := self._open_on_loop(spec, key, cached.state)) is not None:
+            state, versions = cached.state, on_loop
+        else:
+            state, versions = await self.offload.run(self._read_now, spec, key, cached)
         weight = answer_bytes(key, state, versions)
         if weight > self.limits.read_record_bytes_max:
             # Refused before any version is judged or audited as read: nothing is served.

@@ -4,8 +4,10 @@ The cache holds what the engine stores (key states with sealed values), so every
 opens values with the region's keys (an erased subject's values stay unreadable), and the read
 policy and redaction still run on every read. It sits beside the engine, not in it:
 
-- `read(namespace, key, load)` runs on an offload thread: a hit answers from Redis; otherwise
-  `load()` (the engine read) answers and, when the lookup left a lease, fills the entry.
+- `lookup(namespace, key)` runs on the event loop: a hit answers from Redis there, with no
+  hop to a thread; otherwise it hands back the rest of the read (`Pending.read(load)`) for an
+  offload thread, where `load()` (the engine read) answers and, when the lookup left a lease,
+  fills the entry.
 - `changed(keys)` runs on the writer thread after a local commit or a replicated apply is
   durable and before it is acknowledged; an invalidator thread then deletes the entries in
   Redis, in order, and sends a heartbeat every `heartbeat_s`.
@@ -34,11 +36,15 @@ from google.protobuf.message import DecodeError
 from domicile.causality import KeyState
 from domicile.errors import DataCorruption, DomicileError
 from domicile.wire.records import key_state_from_bytes, key_state_to_bytes
-from node.cache.coherence import Coherence, Key
+from node.cache.coherence import Coherence, Key, Ticket
 from node.cache.others import OtherWriters
 from node.cache.store import FillOutcome, RedisStore
 
 log = logging.getLogger("domicile.cache")
+
+# Entries larger than this are decoded (protobuf, a sha256 of each value) on an offload thread,
+# not on the event loop, where they would hold up every other call.
+LOOP_DECODE_BYTES_MAX = 64 * 1024
 
 # Failures of a call: Redis errors (refused, reset, timed out, script errors) and an answer
 # that is not what the scripts return.
@@ -89,6 +95,57 @@ class NoCounters:
         pass
 
 
+@dataclass(frozen=True)
+class Hit:
+    """A state the cache answered (None: the key was never written)."""
+
+    state: KeyState | None
+
+
+class Pending:
+    """A read the cache did not answer on the event loop. `read(load)` finishes it on an
+    offload thread (it blocks): the engine read, and the fill when the lookup left a lease; or
+    the decoding of an entry too large to decode on the loop; or the drop of a damaged entry."""
+
+    __slots__ = ("_cache", "_damaged", "_entry", "_lease")
+
+    def __init__(
+        self,
+        cache: ReadCache,
+        lease: tuple[str, str, str] | None = None,
+        *,
+        entry: tuple[str, str, str, bytes] | None = None,
+        damaged: tuple[str, str, str] | None = None,
+    ) -> None:
+        self._cache = cache
+        self._lease = lease  # generation, namespace, key
+        self._entry = entry  # generation, namespace, key, state bytes
+        self._damaged = damaged  # generation, namespace, key
+
+    def read(self, load: Callable[[], KeyState | None]) -> KeyState | None:
+        cache = self._cache
+        if self._damaged is not None:
+            cache._drop(*self._damaged)
+            return load()
+        if self._entry is not None:
+            generation, namespace, key, blob = self._entry
+            state = cache._decode(namespace, key, blob)
+            if isinstance(state, Exception):
+                cache._drop(generation, namespace, key)
+                return load()
+            if cache.coherence.still_valid(Ticket(generation), (namespace, key)):
+                cache.counters.hit()
+                return state
+            cache.counters.miss()
+            return load()
+        if self._lease is None:
+            return load()
+        r = cache.coherence.seq  # before the engine read: what it reads contains every change up to r
+        state = load()
+        cache._fill(*self._lease, r, state)
+        return state
+
+
 class ReadCache:
     def __init__(
         self,
@@ -124,6 +181,10 @@ class ReadCache:
         self._thread = threading.Thread(target=self._invalidate_loop, name="domicile-cache", daemon=True)
         self._thread.start()
 
+    async def close_loop_client(self) -> None:
+        """Drops the lookups' connections; on the event loop that used them, before `close`."""
+        await self.store.close_loop_client()
+
     def close(self) -> None:
         """Stops the invalidator after a last round, then drops the connections. Blocks."""
         self._stopped.set()
@@ -146,45 +207,48 @@ class ReadCache:
         self.coherence.abandon()
         self.counters.reset("others_lost")
 
-    # -- reads (offload threads) ----------------------------------------------------------------
+    # -- reads ----------------------------------------------------------------------------------
 
-    def read(self, namespace: str, key: str, load: Callable[[], KeyState | None]) -> KeyState | None:
-        """The key's state, from the cache when it has it, else from load()."""
+    async def lookup(self, namespace: str, key: str) -> Hit | Pending:
+        """On the event loop: the key's state when Redis has it (a hit needs no thread), or the
+        rest of the read for an offload thread (`Pending.read`). Counts hits, misses and
+        fallbacks; a failure of Redis is never raised."""
         coherence = self.coherence
         if not coherence.usable:
             self.counters.fallback("unavailable")
-            return load()
+            return Pending(self)
         others = self.others
         if others is not None and not others.trusted():
             self.counters.fallback("others_behind")
-            return load()
+            return Pending(self)
         k = (namespace, key)
         ticket = coherence.ticket(k)
         if ticket is None:  # a change of the key has not reached Redis yet
             self.counters.miss()
-            return load()
+            return Pending(self)
         try:
-            found = self.store.lookup(ticket.generation, namespace, key)
+            found = await self.store.lookup(ticket.generation, namespace, key)
         except UnicodeEncodeError:
-            return load()  # not a key the engine takes either; it says why
+            return Pending(self)  # not a key the engine takes either; it says why
         except _FAILURES as exc:
             self._failed("lookup", exc)
-            return load()
-        if found.hit:
-            state = self._decode(ticket.generation, namespace, key, found.state)
-            if not isinstance(state, Exception) and coherence.still_valid(ticket, k):
-                self.counters.hit()
-                return state
-        self.counters.miss()
-        r = coherence.seq  # before the engine read: what it reads contains every change up to r
-        state = load()
-        if found.lease:
-            self._fill(ticket.generation, namespace, key, r, state)
-        return state
+            return Pending(self)
+        if not found.hit:
+            self.counters.miss()
+            return Pending(self, (ticket.generation, namespace, key) if found.lease else None)
+        if found.state is not None and len(found.state) > LOOP_DECODE_BYTES_MAX:
+            return Pending(self, entry=(ticket.generation, namespace, key, found.state))
+        state = self._decode(namespace, key, found.state)
+        if isinstance(state, Exception):
+            return Pending(self, damaged=(ticket.generation, namespace, key))
+        if not coherence.still_valid(ticket, k):
+            self.counters.miss()
+            return Pending(self)
+        self.counters.hit()
+        return Hit(state)
 
-    def _decode(
-        self, generation: str, namespace: str, key: str, blob: bytes | None
-    ) -> KeyState | Exception | None:
+    def _decode(self, namespace: str, key: str, blob: bytes | None) -> KeyState | Exception | None:
+        """The state of an entry, or why it cannot be used (counted as a fallback)."""
         if blob is None:
             return None
         try:
@@ -193,15 +257,17 @@ class ReadCache:
                 if not v.checksum_ok():
                     raise DataCorruption(f"cached value of {namespace}/{key} failed its sha256 checksum")
         except (DecodeError, DomicileError) as exc:
-            # Damaged in the cache, not in the store: drop the entry and read the store.
+            # Damaged in the cache, not in the store: the entry is dropped and the store read.
             log.warning("cache entry %s/%s cannot be used (%s); reading the store", namespace, key, exc)
             self.counters.fallback("corrupt")
-            try:
-                self.store.delete(generation, namespace, key)
-            except _FAILURES as failure:
-                self._failed("delete", failure, read_fell_back=False)
             return exc
         return state
+
+    def _drop(self, generation: str, namespace: str, key: str) -> None:
+        try:
+            self.store.delete(generation, namespace, key)
+        except _FAILURES as failure:
+            self._failed("delete", failure, read_fell_back=False)
 
     def _fill(self, generation: str, namespace: str, key: str, r: int, state: KeyState | None) -> None:
         blob = None if state is None else key_state_to_bytes(state)

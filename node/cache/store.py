@@ -4,8 +4,11 @@ one round trip under a deadline. A hit is one plain GET; a miss is the GET, the 
 node/cache/coherence.py.
 
 Values: b"f" + the engine's key-state bytes (sealed values, never plaintext), b"a" for a key
-never written, b"m" + a sequence number for a marker (a fill's lease). Blocking: called from
-the node's offload threads and the invalidator thread, never from the event loop.
+never written, b"m" + a sequence number for a marker (a fill's lease).
+
+Two clients: the lookup runs on the event loop (redis.asyncio), so that a hit costs the Get no
+hop to a thread; the rest (fill, invalidate, delete, region claim, entry count) blocks and is
+called from the node's offload threads and the invalidator thread, never from the event loop.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import enum
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -100,11 +105,20 @@ class RedisStore:
             health_check_interval=0,
             decode_responses=False,
         )
+        # The same settings for the lookups on the event loop (a deadline, one attempt).
+        self.loop_client = redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=deadline_s,
+            socket_connect_timeout=deadline_s,
+            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            decode_responses=False,
+        )
         self.node_id = node_id
         self.ttl_ms = max(1, int(ttl_s * 1000))
         # hw outlives the entries it guards, and is refreshed by every heartbeat.
         self.hw_ttl_ms = max(60_000, 10 * self.ttl_ms)
-        self._lookup = self.client.register_script(_LOOKUP)
+        self._lookup = self.loop_client.register_script(_LOOKUP)
         self._fill = self.client.register_script(_FILL)
         self._invalidate = self.client.register_script(_INVALIDATE)
 
@@ -119,14 +133,15 @@ class RedisStore:
     def hw_key(self, generation: str) -> bytes:
         return self.prefix(generation) + b"hw"
 
-    def lookup(self, generation: str, namespace: str, key: str) -> Found:
-        """A plain GET first (a hit costs no script), the lookup script on a miss."""
+    async def lookup(self, generation: str, namespace: str, key: str) -> Found:
+        """A plain GET first (a hit costs no script), the lookup script on a miss. On the
+        event loop."""
         entry = self.entry_key(generation, namespace, key)
-        value = self.client.get(entry)
+        value = await self.loop_client.get(entry)
         found = _found(value) if value is not None else None
         if found is not None and found.hit:
             return found
-        value = self._lookup(keys=[entry, self.hw_key(generation)], args=[self.ttl_ms])
+        value = await self._lookup(keys=[entry, self.hw_key(generation)], args=[self.ttl_ms])
         found = _found(value)
         if found is None:
             raise redis.ResponseError(f"cache lookup answered {value!r:.40}")
@@ -168,6 +183,10 @@ class RedisStore:
         self.client.set(b"domicile:region", region.encode(), nx=True)
         claimed = self.client.get(b"domicile:region")
         return claimed.decode() if isinstance(claimed, bytes) else region
+
+    async def close_loop_client(self) -> None:
+        """Drops the event loop's connections; on the loop that used them."""
+        await self.loop_client.aclose()
 
     def close(self) -> None:
         self.client.close()

@@ -23,6 +23,7 @@ from node.cache.store import RedisStore
 from node.engine.base import ApplyOutcome, LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.engine.sqlite import SQLiteEngine
+from tests.cache.reads import read_through
 
 NAMESPACE = "ns"
 KEYS = [f"k{i}" for i in range(4)]
@@ -127,6 +128,7 @@ async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
         engine, HybridClock().now, batch_records_max=16, queue_records_max=1000, on_keys_changed=cache.changed
     )
     done = threading.Event()
+    readers: list[asyncio.Task[None]] = []
     committer.start()
     cache.start()
     try:
@@ -135,7 +137,7 @@ async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
             assert time.monotonic() < deadline, "the cache never became ready"
             await asyncio.sleep(0.01)
 
-        def reader(n: int) -> None:
+        async def reader(n: int) -> None:
             local = random.Random(run.seed * 31 + n)
 
             def load(key: str) -> Callable[[], KeyState | None]:
@@ -150,14 +152,13 @@ async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
             while not done.is_set():
                 key = local.choice(KEYS)
                 floor = checker.before_read(key)
-                got = cache.read(NAMESPACE, key, load(key))
+                got = await read_through(cache, NAMESPACE, key, load(key))
                 checker.after_read(key, floor, got)
                 if run.stop_at_first_violation and checker.violations:
                     done.set()
 
-        readers = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(READERS)]
-        for t in readers:
-            t.start()
+        # Each reader looks up on this event loop and reads the engine and fills on a thread.
+        readers = [asyncio.create_task(reader(n)) for n in range(READERS)]
 
         async def writes() -> None:
             for i in range(run.writes):
@@ -194,12 +195,16 @@ async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
 
         await asyncio.gather(writes(), applies())
         done.set()
-        for t in readers:
-            await asyncio.to_thread(t.join, 10)
+        async with asyncio.timeout(10):
+            await asyncio.gather(*readers)
         return checker
     finally:
         done.set()
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
         await committer.stop()
+        await cache.close_loop_client()
         await asyncio.to_thread(cache.close)
         engine.close()
         peer.close()

@@ -26,6 +26,7 @@ from node.engine.base import LocalWrite
 from node.engine.group_commit import GroupCommitter
 from node.engine.mongo import MongoEngine
 from node.engine.mongo_changes import RegionChanges, await_for_bound
+from tests.cache.reads import read_through
 from tests.cache.test_coherence_race import Tally, seed_of_run
 from tests.support.mongo import MongoServer
 
@@ -92,6 +93,7 @@ async def race(
     daemons: dict[str, Daemon] = {}
     acks = Acks()
     done = threading.Event()
+    readers: list[asyncio.Task[None]] = []
     try:
         for name in DAEMONS:
             engine = MongoEngine(mongo.uri, database, name, REGION)
@@ -121,7 +123,7 @@ async def race(
                 assert time.monotonic() < deadline, f"the cache of {d.name} never became ready"
                 await asyncio.sleep(0.01)
 
-        def reader(d: Daemon, n: int) -> None:
+        async def reader(d: Daemon, n: int) -> None:
             local = random.Random(seed * 31 + n)
 
             def load(key: str) -> Callable[[], KeyState | None]:
@@ -136,19 +138,18 @@ async def race(
                 key = local.choice(KEYS)
                 started = time.monotonic()
                 floors = acks.floors(key, started)
-                got = d.cache.read(NAMESPACE, key, load(key))
+                got = await read_through(d.cache, NAMESPACE, key, load(key))
                 acks.check(d.name, key, floors, got)
                 if acks.violations and not watch:
                     done.set()
-                time.sleep(local.random() * 0.002)
+                await asyncio.sleep(local.random() * 0.002)
 
+        # Each reader looks up on this event loop and reads the store and fills on a thread.
         readers = [
-            threading.Thread(target=reader, args=(d, i * 10 + n), daemon=True)
+            asyncio.create_task(reader(d, i * 10 + n))
             for i, d in enumerate(daemons.values())
             for n in range(2)
         ]
-        for t in readers:
-            t.start()
 
         async def write(i: int) -> None:
             d = daemons[rng.choice(DAEMONS)]
@@ -164,15 +165,19 @@ async def race(
                 break
         await asyncio.sleep(LAG_MAX_S * 2)  # reads after the last write, past the bound
         done.set()
-        for t in readers:
-            await asyncio.to_thread(t.join, 10)
+        async with asyncio.timeout(10):
+            await asyncio.gather(*readers)
         return acks, daemons
     finally:
         done.set()
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
         for d in daemons.values():
             if d.changes is not None:
                 await asyncio.to_thread(d.changes.close)
             await d.committer.stop()
+            await d.cache.close_loop_client()
             await asyncio.to_thread(d.cache.close)
             d.engine.close()
 
