@@ -5,6 +5,8 @@ entries, and how a node reads through a Redis that is down or slow."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.wire.records import key_state_from_bytes
+from node.cache.read_cache import LOOP_DECODE_BYTES_MAX
 from node.config import NodeConfig, redis_url_for_logs
 from node.daemon import Node
 from tests.support.cluster import LocalCluster, eventually
@@ -363,5 +366,87 @@ async def test_a_redis_that_comes_back_from_an_old_snapshot_is_not_trusted(
         await cache_ready(node)
         for _ in range(2):
             assert await values(pair, "instruments", "SAP") == {b"v2"}
+    finally:
+        client.close()
+
+
+@contextlib.asynccontextmanager
+async def offload_held(node: Node) -> AsyncIterator[None]:
+    """Every offload thread of the node busy until the block ends: a read that needs one waits."""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hold() -> None:
+        started.release()
+        release.wait(10.0)
+
+    holders = [asyncio.create_task(node.offload.run(hold)) for _ in range(node.offload.threads)]
+    try:
+        for _ in holders:
+            assert await asyncio.to_thread(started.acquire, True, 10.0), "an offload thread never started"
+        yield
+    finally:
+        release.set()
+        await asyncio.gather(*holders)
+
+
+async def test_a_hit_of_a_record_without_a_subject_is_answered_on_the_event_loop(
+    pair: LocalCluster,
+) -> None:
+    """No thread is needed for it; a hit of a sealed record still opens on an offload thread."""
+    node = pair.nodes[CACHED]
+    assert node.offload.threads > 0
+    await put(pair, CACHED, "instruments", "ibm", b"IBM 191.2")
+    await put(pair, CACHED, "customers", "c-2", b"Dora")
+    first = await pair.get(CACHED, "instruments", "ibm")
+    await pair.get(CACHED, "customers", "c-2")
+    hits = counter(node, "domicile_cache_hits_total")
+    async with offload_held(node):
+        second = await pair.get(CACHED, "instruments", "ibm")
+        assert counter(node, "domicile_cache_hits_total") == hits + 1
+        assert list(first.versions) == list(second.versions) and first.context == second.context
+        # Negative control: the sealed record's hit needs a thread, so it cannot finish meanwhile.
+        sealed = asyncio.create_task(pair.values(CACHED, "customers", "c-2"))
+        await asyncio.sleep(0.3)
+        assert not sealed.done()
+    assert await sealed == {b"Dora"}
+    assert counter(node, "domicile_cache_hits_total") == hits + 2
+
+
+async def test_an_entry_too_large_to_decode_on_the_loop_is_a_hit_decoded_on_a_thread(
+    pair: LocalCluster,
+) -> None:
+    node = pair.nodes[CACHED]
+    value = b"q" * (LOOP_DECODE_BYTES_MAX + 1)
+    await put(pair, CACHED, "instruments", "big", value)
+    assert await pair.values(CACHED, "instruments", "big") == {value}
+    hits = counter(node, "domicile_cache_hits_total")
+    async with offload_held(node):
+        read = asyncio.create_task(pair.values(CACHED, "instruments", "big"))
+        await asyncio.sleep(0.3)
+        assert not read.done()
+    assert await read == {value}
+    assert counter(node, "domicile_cache_hits_total") == hits + 1
+
+
+async def test_a_damaged_entry_is_dropped_and_the_store_answers(
+    pair: LocalCluster, redis: RedisServer
+) -> None:
+    node = pair.nodes[CACHED]
+    await put(pair, CACHED, "instruments", "sap", b"SAP 230.5")
+    assert await pair.values(CACHED, "instruments", "sap") == {b"SAP 230.5"}
+    [(name, blob)] = [(k, v) for k, v in entries(redis).items() if k.endswith(b":e:instruments:sap")]
+    client = redis_client(redis)
+    try:
+        client.set(name, b"f" + b"\xff not a key state")
+        assert await pair.values(CACHED, "instruments", "sap") == {b"SAP 230.5"}
+        assert counter(node, "domicile_cache_fallbacks_total", reason="corrupt") == 1
+        assert client.get(name) is None
+        # The next read fills the entry again, and the one after is a hit.
+        hits = counter(node, "domicile_cache_hits_total")
+        for _ in range(2):
+            assert await pair.values(CACHED, "instruments", "sap") == {b"SAP 230.5"}
+        assert client.get(name) == blob
+        assert counter(node, "domicile_cache_hits_total") == hits + 1
     finally:
         client.close()
