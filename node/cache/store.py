@@ -6,8 +6,8 @@ node/cache/coherence.py.
 Values: b"f" + the engine's key-state bytes (sealed values, never plaintext), b"a" for a key
 never written, b"m" + a sequence number for a marker (a fill's lease).
 
-Two clients: the lookup runs on the event loop (redis.asyncio), so that a hit costs the Get no
-hop to a thread; the rest (fill, invalidate, delete, region claim, entry count) blocks and is
+Two clients: the lookup runs on the event loop (node/cache/resp.py), so that a hit costs the Get
+no hop to a thread; the rest (fill, invalidate, delete, region claim, entry count) blocks and is
 called from the node's offload threads and the invalidator thread, never from the event loop.
 """
 
@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.retry import Retry
+
+from node.cache.resp import LoopRedis
 
 FULL = b"f"
 ABSENT = b"a"
@@ -65,6 +69,45 @@ return before
 """
 
 
+_LOOKUP_SCRIPT = _LOOKUP.encode()
+
+
+class LoopClient(Protocol):
+    """The lookup's commands on the event loop, each under the deadline."""
+
+    async def get(self, key: bytes) -> object: ...
+    async def run_script(self, script: bytes, keys: list[bytes], args: list[bytes]) -> object: ...
+    async def aclose(self) -> None: ...
+
+
+class TlsLoopRedis:
+    """The lookup's commands over TLS (rediss://), with redis.asyncio, which brings the TLS
+    settings a URL may carry."""
+
+    def __init__(self, url: str, *, deadline_s: float) -> None:
+        self._client = redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=deadline_s,
+            socket_connect_timeout=deadline_s,
+            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            decode_responses=False,
+        )
+        self._scripts: dict[bytes, AsyncScript] = {}
+
+    async def get(self, key: bytes) -> object:
+        return await self._client.get(key)
+
+    async def run_script(self, script: bytes, keys: list[bytes], args: list[bytes]) -> object:
+        registered = self._scripts.get(script)
+        if registered is None:
+            registered = self._scripts[script] = self._client.register_script(script)
+        return await registered(keys=keys, args=args)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
 class FillOutcome(enum.Enum):
     FILLED = 1
     LEASE_LOST = 0
@@ -105,20 +148,16 @@ class RedisStore:
             health_check_interval=0,
             decode_responses=False,
         )
-        # The same settings for the lookups on the event loop (a deadline, one attempt).
-        self.loop_client = redis.asyncio.Redis.from_url(
-            url,
-            socket_timeout=deadline_s,
-            socket_connect_timeout=deadline_s,
-            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            decode_responses=False,
+        # The lookups run on the event loop, under the same deadline.
+        self.loop_client: LoopClient = (
+            TlsLoopRedis(url, deadline_s=deadline_s)
+            if url.startswith("rediss:")
+            else LoopRedis(url, deadline_s=deadline_s)
         )
         self.node_id = node_id
         self.ttl_ms = max(1, int(ttl_s * 1000))
         # hw outlives the entries it guards, and is refreshed by every heartbeat.
         self.hw_ttl_ms = max(60_000, 10 * self.ttl_ms)
-        self._lookup = self.loop_client.register_script(_LOOKUP)
         self._fill = self.client.register_script(_FILL)
         self._invalidate = self.client.register_script(_INVALIDATE)
 
@@ -141,7 +180,9 @@ class RedisStore:
         found = _found(value) if value is not None else None
         if found is not None and found.hit:
             return found
-        value = await self._lookup(keys=[entry, self.hw_key(generation)], args=[self.ttl_ms])
+        value = await self.loop_client.run_script(
+            _LOOKUP_SCRIPT, [entry, self.hw_key(generation)], [str(self.ttl_ms).encode()]
+        )
         found = _found(value)
         if found is None:
             raise redis.ResponseError(f"cache lookup answered {value!r:.40}")

@@ -1,0 +1,197 @@
+"""A small Redis client for the event loop: the two commands of a cache lookup (GET, and the
+lookup script) over one connection, pipelined, each reply matched to its call in order.
+
+Why not redis.asyncio: a hit is one GET, and redis.asyncio spends about 55 us of CPU on it (a
+connection taken from a pool under a lock, a retry wrapper, a parser in Python over a stream
+reader); this client spends about 15 us, on the event loop that serves the Get. It speaks RESP2
+over TCP or a unix socket (redis:// and unix:// URLs, with AUTH and SELECT from the URL); a
+rediss:// (TLS) URL uses redis.asyncio (store.py).
+
+Failure handling: every call has a deadline; a call that fails or times out drops the
+connection (its other calls fail too, and their reads fall back), so a reply can never be
+matched to the wrong call. The next call connects again, under the same deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+from typing import Any
+
+import redis
+from redis.connection import parse_url
+
+Reply = bytes | int | None
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._waiting: collections.deque[asyncio.Future[Reply]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail(redis.ConnectionError(f"the connection to the cache's Redis was lost ({exc or 'closed'})"))
+
+    def _fail(self, error: Exception) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    def send(self, command: bytes) -> asyncio.Future[Reply]:
+        if self.lost or self._transport is None:
+            raise redis.ConnectionError("the connection to the cache's Redis is closed")
+        waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._transport.write(command)
+        self._waiting.append(waiter)
+        return waiter
+
+    def close(self) -> None:
+        if self._transport is not None and not self.lost:
+            self._transport.abort()  # connection_lost fails what is still waiting
+        self.lost = True
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while self._waiting:
+            try:
+                parsed = _parse(self._buffer)
+            except ValueError as exc:
+                self._fail(redis.ConnectionError(f"the cache's Redis answered nonsense ({exc})"))
+                self.close()
+                return
+            if parsed is None:
+                return  # the rest of the reply has not come yet
+            reply, end = parsed
+            del self._buffer[:end]
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # not given up at its deadline
+                if isinstance(reply, redis.ResponseError):
+                    waiter.set_exception(reply)
+                else:
+                    waiter.set_result(reply)
+        if self._buffer:
+            self._fail(redis.ConnectionError("the cache's Redis answered what no call asked for"))
+            self.close()
+
+
+def _parse(buffer: bytearray) -> tuple[Reply | redis.ResponseError, int] | None:
+    """One reply from the buffer's start and where it ends; None when it is not complete. Only
+    the types the lookup's commands answer: bulk strings, simple strings, errors, integers."""
+    line_end = buffer.find(b"\r\n")
+    if line_end < 0:
+        return None
+    tag = buffer[:1]
+    head = bytes(buffer[1:line_end])
+    if tag == b"$":
+        length = int(head)
+        if length < 0:
+            return None, line_end + 2
+        end = line_end + 2 + length + 2
+        if len(buffer) < end:
+            return None
+        return bytes(buffer[line_end + 2 : end - 2]), end
+    if tag == b"+":
+        return head, line_end + 2
+    if tag == b"-":
+        return redis.ResponseError(head.decode(errors="replace")), line_end + 2
+    if tag == b":":
+        return int(head), line_end + 2
+    raise ValueError(f"reply type {bytes(tag)!r}")
+
+
+def _command(*args: bytes) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+class LoopRedis:
+    """GET and EVALSHA (EVAL when the script is not loaded) under a deadline, on one event loop."""
+
+    def __init__(self, url: str, *, deadline_s: float) -> None:
+        settings: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        self._path: str | None = settings.get("path")
+        self._host: str = settings.get("host", "localhost")
+        self._port: int = int(settings.get("port", 6379))
+        self.deadline_s = deadline_s
+        setup = []
+        password = settings.get("password")
+        if password is not None:
+            username = settings.get("username")
+            credentials = [username, password] if username else [password]
+            setup.append(_command(b"AUTH", *(str(c).encode() for c in credentials)))
+        if int(settings.get("db", 0)):
+            setup.append(_command(b"SELECT", str(int(settings["db"])).encode()))
+        self._setup = setup
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None
+
+    async def get(self, key: bytes) -> Reply:
+        return await self._call(_command(b"GET", key))
+
+    async def run_script(self, script: bytes, keys: list[bytes], args: list[bytes]) -> Reply:
+        sha = hashlib.sha1(script).hexdigest().encode()
+        counts = str(len(keys)).encode()
+        try:
+            return await self._call(_command(b"EVALSHA", sha, counts, *keys, *args))
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self._call(_command(b"EVAL", script, counts, *keys, *args))
+
+    async def _call(self, command: bytes) -> Reply:
+        connection = None
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                connection = await self._connected()
+                return await connection.send(command)
+        except (TimeoutError, OSError, redis.ConnectionError):
+            # A Redis that is slow or gone: start afresh on a new connection. (A call cancelled
+            # by its caller leaves the connection as it is: its reply is read and dropped.)
+            if connection is not None:
+                connection.close()
+            raise
+
+    async def _connected(self) -> _Connection:
+        connection = self._connection
+        if connection is not None and not connection.lost:
+            return connection
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        # Shielded: a caller that gives up does not cancel the connection others wait for.
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.deadline_s):
+            if self._path is not None:
+                _, connection = await loop.create_unix_connection(_Connection, self._path)
+            else:
+                _, connection = await loop.create_connection(_Connection, self._host, self._port)
+            try:
+                for command in self._setup:
+                    reply = await connection.send(command)
+                    if reply != b"OK":
+                        raise redis.ConnectionError(f"the cache's Redis refused the setup: {reply!r:.80}")
+            except BaseException:
+                connection.close()
+                raise
+        self._connection = connection
+        return connection
+
+    async def aclose(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

@@ -1,0 +1,131 @@
+"""The cache's client on the event loop (node/cache/resp.py) against a real redis-server: GET and
+the lookup script, AUTH and SELECT from the URL, a unix socket, a deadline on a paused server,
+a caller that gives up, and a server that goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+
+from domicile.redis_server import RedisServer
+from node.cache.resp import LoopRedis
+from tests.support.redis import paused
+
+SCRIPT = b"return redis.call('GET', KEYS[1]) or ARGV[1]"
+
+
+async def test_get_and_a_script_even_after_the_scripts_are_flushed(redis: RedisServer) -> None:
+    sync = redis_client(redis)
+    client = LoopRedis(redis.url, deadline_s=1.0)
+    try:
+        sync.set(b"k", b"\x00value\r\n")
+        assert await client.get(b"k") == b"\x00value\r\n"
+        assert await client.get(b"missing") is None
+        big = bytes(range(256)) * 1000  # arrives in several reads
+        sync.set(b"big", big)
+        assert await client.get(b"big") == big
+        assert await client.run_script(SCRIPT, [b"missing"], [b"fallback"]) == b"fallback"
+        sync.script_flush()
+        assert await client.run_script(SCRIPT, [b"k"], [b"x"]) == b"\x00value\r\n"
+        # Many calls in flight on one connection get their own replies.
+        keys = [f"n{i}".encode() for i in range(200)]
+        for i, key in enumerate(keys):
+            sync.set(key, str(i).encode())
+        assert await asyncio.gather(*(client.get(k) for k in keys)) == [str(i).encode() for i in range(200)]
+        with pytest.raises(redis_py.ResponseError, match="ERR"):
+            await client.run_script(b"return redis.error_reply('ERR no')", [], [])
+        assert await client.get(b"k") == b"\x00value\r\n"  # an error answer leaves it usable
+    finally:
+        await client.aclose()
+        sync.close()
+
+
+async def test_password_database_and_unix_socket_come_from_the_url(tmp_path: Path) -> None:
+    socket = tmp_path / "redis.sock"
+    extra = ("--unixsocket", str(socket), "--unixsocketperm", "700")
+    with RedisServer(tmp_path / "redis", extra_args=extra) as server:
+        sync = redis_py.Redis(host=server.host, port=server.port, db=3)
+        sync.set(b"k", b"in db 3")
+        sync.config_set("requirepass", "s3cret")  # after start: the start waits for a PING
+        for url in (
+            f"redis://:s3cret@{server.host}:{server.port}/3",
+            f"redis://default:s3cret@{server.host}:{server.port}/3",
+            f"unix://:s3cret@{socket}?db=3",
+        ):
+            client = LoopRedis(url, deadline_s=1.0)
+            try:
+                assert await client.get(b"k") == b"in db 3", url
+            finally:
+                await client.aclose()
+        wrong = LoopRedis(f"redis://:wrong@{server.host}:{server.port}/3", deadline_s=1.0)
+        try:
+            with pytest.raises(redis_py.RedisError):
+                await wrong.get(b"k")
+        finally:
+            await wrong.aclose()
+        sync.close()
+
+
+async def test_a_paused_server_times_out_at_the_deadline_and_the_next_call_reconnects(
+    redis: RedisServer,
+) -> None:
+    sync = redis_client(redis)
+    sync.set(b"k", b"v")
+    client = LoopRedis(redis.url, deadline_s=0.2)
+    try:
+        assert await client.get(b"k") == b"v"
+        loop = asyncio.get_running_loop()
+        with paused(redis):
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                await client.get(b"k")
+            assert loop.time() - started < 2.0
+        assert await client.get(b"k") == b"v"
+    finally:
+        await client.aclose()
+        sync.close()
+
+
+async def test_a_caller_that_gives_up_leaves_the_others_their_replies(redis: RedisServer) -> None:
+    sync = redis_client(redis)
+    sync.set(b"a", b"A")
+    sync.set(b"b", b"B")
+    client = LoopRedis(redis.url, deadline_s=1.0)
+    try:
+        await client.get(b"a")
+        first = asyncio.create_task(client.get(b"a"))
+        second = asyncio.create_task(client.get(b"b"))
+        await asyncio.sleep(0)  # both sent
+        first.cancel()
+        assert await second == b"B"
+        assert await client.get(b"a") == b"A"
+    finally:
+        await client.aclose()
+        sync.close()
+
+
+async def test_a_server_that_goes_away_fails_the_call_and_one_that_returns_is_used_again(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    port = server.port
+    client = LoopRedis(server.url, deadline_s=1.0)
+    try:
+        redis_client(server).set(b"k", b"v")
+        assert await client.get(b"k") == b"v"
+        server.stop()
+        with pytest.raises((redis_py.ConnectionError, OSError)):
+            await client.get(b"k")
+        server = RedisServer(tmp_path / "redis2", port=port).start()
+        redis_client(server).set(b"k", b"again")
+        assert await client.get(b"k") == b"again"
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+def redis_client(server: RedisServer) -> redis_py.Redis:
+    return redis_py.Redis.from_url(server.url)
