@@ -12,7 +12,10 @@ import redis as redis_py
 
 from domicile.redis_server import RedisServer
 from node.cache.resp import LoopRedis
+from node.cache.store import FillOutcome, Found, RedisStore
+from tests.support.cluster import free_port
 from tests.support.redis import paused
+from tests.support.tls import session_pki
 
 SCRIPT = b"return redis.call('GET', KEYS[1]) or ARGV[1]"
 
@@ -129,3 +132,28 @@ async def test_a_server_that_goes_away_fails_the_call_and_one_that_returns_is_us
 
 def redis_client(server: RedisServer) -> redis_py.Redis:
     return redis_py.Redis.from_url(server.url)
+
+
+async def test_a_tls_url_looks_up_over_tls(tmp_path: Path) -> None:
+    """rediss:// lookups go through redis.asyncio with the URL's TLS settings."""
+    files = session_pki().node("eu-west-1", "tls-redis")
+    tls_port = free_port()
+    extra = (
+        "--tls-port", str(tls_port), "--tls-cert-file", str(files.cert), "--tls-key-file", str(files.key),
+        "--tls-ca-cert-file", str(files.ca), "--tls-auth-clients", "no",
+    )  # fmt: skip
+    with RedisServer(tmp_path / "redis", extra_args=extra) as server:
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={files.ca}"
+        store = RedisStore(url, node_id="n1", deadline_s=1.0, ttl_s=30)
+        try:
+            store.invalidate("g1", [], 1)  # sets hw: a miss leaves a lease
+            missed = await store.lookup("g1", "ns", "k")
+            assert not missed.hit and missed.lease
+            assert store.fill("g1", "ns", "k", 1, b"state") is FillOutcome.FILLED
+            assert await store.lookup("g1", "ns", "k") == Found(hit=True, state=b"state")
+            plain = redis_client(server)
+            assert plain.get(store.entry_key("g1", "ns", "k")) == b"fstate"
+            plain.close()
+        finally:
+            await store.close_loop_client()
+            store.close()
