@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.connection import parse_url
@@ -33,8 +33,8 @@ class _Connection(asyncio.Protocol):
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's do not derive from asyncio.Transport, so no isinstance).
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

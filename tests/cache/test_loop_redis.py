@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis as redis_py
+import uvloop
 
 from domicile.redis_server import RedisServer
 from node.cache.resp import LoopRedis
@@ -157,3 +158,22 @@ async def test_a_tls_url_looks_up_over_tls(tmp_path: Path) -> None:
         finally:
             await store.close_loop_client()
             store.close()
+
+
+def test_on_uvloop_as_the_node_runs(redis: RedisServer) -> None:
+    """The node's loop is uvloop, whose transports are not asyncio's classes."""
+    sync = redis_client(redis)
+    sync.set(b"k", b"v")
+
+    async def calls() -> list[object]:
+        client = LoopRedis(redis.url, deadline_s=1.0)
+        try:
+            return [await client.get(b"k"), await client.run_script(SCRIPT, [b"none"], [b"x"])]
+        finally:
+            await client.aclose()
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            assert runner.run(calls()) == [b"v", b"x"]
+    finally:
+        sync.close()
