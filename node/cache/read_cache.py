@@ -46,6 +46,11 @@ log = logging.getLogger("domicile.cache")
 # not on the event loop, where they would hold up every other call.
 LOOP_DECODE_BYTES_MAX = 64 * 1024
 
+# States decoded on the loop that are kept for the next hit of the same bytes (at most about
+# 4 MiB of entries, with their states).
+DECODED_ENTRIES_MAX = 1024
+DECODED_ENTRY_BYTES_MAX = 4096
+
 # Failures of a call: Redis errors (refused, reset, timed out, script errors) and an answer
 # that is not what the scripts return.
 _FAILURES = (redis.RedisError, OSError, ValueError)
@@ -168,6 +173,8 @@ class ReadCache:
             if shared_store
             else None
         )
+        # Entry bytes -> their state, decoded and checked; only on the event loop.
+        self._decoded: dict[bytes, KeyState] = {}
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -238,7 +245,7 @@ class ReadCache:
             return Pending(self, (ticket.generation, namespace, key) if found.lease else None)
         if found.state is not None and len(found.state) > LOOP_DECODE_BYTES_MAX:
             return Pending(self, entry=(ticket.generation, namespace, key, found.state))
-        state = self._decode(namespace, key, found.state)
+        state = self._decode_on_loop(namespace, key, found.state)
         if isinstance(state, Exception):
             return Pending(self, damaged=(ticket.generation, namespace, key))
         if not coherence.still_valid(ticket, k):
@@ -246,6 +253,24 @@ class ReadCache:
             return Pending(self)
         self.counters.hit()
         return Hit(state)
+
+    def _decode_on_loop(self, namespace: str, key: str, blob: bytes | None) -> KeyState | Exception | None:
+        """`_decode`, remembering the last few states decoded: a key read again and again is
+        answered from the same bytes each time, and decoding them (protobuf, a sha256 of each
+        value) is most of a hit's own work. Keyed by the entry's bytes: the same bytes are the
+        same state, so the ticket and still_valid decide as before whether it may be served."""
+        if blob is None:
+            return None
+        memo = self._decoded
+        state = memo.get(blob)
+        if state is not None:
+            return state
+        decoded = self._decode(namespace, key, blob)
+        if isinstance(decoded, KeyState) and len(blob) <= DECODED_ENTRY_BYTES_MAX:
+            if len(memo) >= DECODED_ENTRIES_MAX:
+                del memo[next(iter(memo))]  # the oldest
+            memo[blob] = decoded
+        return decoded
 
     def _decode(self, namespace: str, key: str, blob: bytes | None) -> KeyState | Exception | None:
         """The state of an entry, or why it cannot be used (counted as a fallback)."""

@@ -14,13 +14,20 @@ from typing import Any
 import pytest
 import redis
 
+from domicile.causality import CausalContext, KeyState
 from domicile.errors import FailedPrecondition, InvalidArgument
 from domicile.redis_server import RedisServer
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
-from domicile.wire.records import key_state_from_bytes
-from node.cache.read_cache import LOOP_DECODE_BYTES_MAX
+from domicile.wire.records import key_state_from_bytes, key_state_to_bytes
+from node.cache.read_cache import (
+    DECODED_ENTRIES_MAX,
+    DECODED_ENTRY_BYTES_MAX,
+    LOOP_DECODE_BYTES_MAX,
+    CacheSettings,
+    ReadCache,
+)
 from node.config import NodeConfig, redis_url_for_logs
 from node.daemon import Node
 from tests.support.cluster import LocalCluster, eventually
@@ -450,3 +457,40 @@ async def test_a_damaged_entry_is_dropped_and_the_store_answers(
         assert counter(node, "domicile_cache_hits_total") == hits + 1
     finally:
         client.close()
+
+
+async def test_states_kept_decoded_follow_the_entry_bytes(pair: LocalCluster, redis: RedisServer) -> None:
+    """A hit reuses the state decoded from the same bytes, and never one decoded from others."""
+    node = pair.nodes[CACHED]
+    assert node.cache is not None
+    await put(pair, CACHED, "instruments", "bmw", b"BMW 81.0")
+    await put(pair, CACHED, "instruments", "vw", b"VW 95.5")
+    for key in ("bmw", "vw"):
+        for _ in range(2):
+            await pair.get(CACHED, "instruments", key)
+    name = next(k for k in entries(redis) if k.endswith(b":e:instruments:bmw"))
+    other = entry_for(redis, "instruments", "vw")
+    assert other is not None and len(node.cache._decoded) == 2
+    client = redis_client(redis)
+    try:
+        # The entry now holds other bytes (as a later fill would): they are what is answered.
+        client.set(name, other, keepttl=True)
+        assert await pair.values(CACHED, "instruments", "bmw") == {b"VW 95.5"}
+    finally:
+        client.close()
+
+
+def test_the_decoded_states_kept_are_bounded() -> None:
+    cache = ReadCache(CacheSettings(url="redis://127.0.0.1:1/0", region=CACHED), node_id="n1")
+    try:
+        for i in range(1, DECODED_ENTRIES_MAX + 11):
+            blob = key_state_to_bytes(KeyState(context=CausalContext.of({"n1": i})))
+            assert cache._decode_on_loop("ns", "k", blob) == KeyState(context=CausalContext.of({"n1": i}))
+        assert len(cache._decoded) == DECODED_ENTRIES_MAX
+        wide = KeyState(context=CausalContext.of({f"node-{i:04}": 1 for i in range(400)}))
+        blob = key_state_to_bytes(wide)
+        assert len(blob) > DECODED_ENTRY_BYTES_MAX
+        assert cache._decode_on_loop("ns", "k", blob) == wide
+        assert blob not in cache._decoded
+    finally:
+        cache.close()
