@@ -259,14 +259,14 @@ class ReadCache:
         answered from the same bytes each time, and decoding them (protobuf, a sha256 of each
         value) is most of a hit's own work. Keyed by the entry's bytes: the same bytes are the
         same state, so the ticket and still_valid decide as before whether it may be served."""
-        if blob is None:
-            return None
+        if blob is None or len(blob) > DECODED_ENTRY_BYTES_MAX:
+            return self._decode(namespace, key, blob)
         memo = self._decoded
         state = memo.get(blob)
         if state is not None:
             return state
         decoded = self._decode(namespace, key, blob)
-        if isinstance(decoded, KeyState) and len(blob) <= DECODED_ENTRY_BYTES_MAX:
+        if isinstance(decoded, KeyState):
             if len(memo) >= DECODED_ENTRIES_MAX:
                 del memo[next(iter(memo))]  # the oldest
             memo[blob] = decoded
