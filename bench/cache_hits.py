@@ -1,8 +1,10 @@
 """Only the cache-hit figures of `make bench`, in a run of a minute or two: a node with the read
 cache on the SQLite engine, then one on the MongoDB engine (whose cache also follows the
 database's change stream), each measured by `cache_phase.measure_hits` against echo calls of the
-same phase in alternating halves. `--rounds N` measures each N times in one run, so that the
-spread a shared machine adds shows beside the figures.
+same phase in alternating halves. Beside each p99: the node's CPU per Get over the hit halves
+against the echo server's CPU per call over the echo halves (a figure a busy machine moves less
+than a p99). `--rounds N` measures each N times in one run, so that the spread a shared machine
+adds shows beside the figures.
 
 Run as `python -m bench.cache_hits [--samples N] [--rounds N] [--seed N]` (`make bench-cache`).
 """
@@ -54,6 +56,8 @@ def hit_figures(engine: str, round_no: int, hit: cache_phase.HitResult) -> list[
         ),
         Figure(f"cache_hit_{engine.lower()}_share_{round_no}", f"{label}: share answered by the cache",
                hit.hit_share, "ratio"),
+        Figure(f"cache_hit_{engine.lower()}_cpu_us_{round_no}", f"{label}: node CPU per Get",
+               hit.hit_cpu_us, "us", hit.echo_cpu_us, "echo server CPU per call"),
     ]  # fmt: skip
 
 
@@ -93,6 +97,7 @@ async def run(samples: int, rounds: int, seed: int, root: Path) -> list[Figure]:
                         hit = await cache_phase.measure_hits(
                             node, echo_channel, SOLO_NAMESPACE, value, samples,
                             random.Random(seed + round_no), engine, keys=MONGO_HIT_KEYS,
+                            cpu=children.cpu_snapshot, processes=("echo", f"node-{node_id}"),
                         )  # fmt: skip
                         figures += hit_figures(engine, round_no, hit)
             finally:

@@ -75,6 +75,10 @@ class HitResult:
     # second is 0.
     hits: float
     not_hits: float
+    # CPU microseconds per call of the echo server over the echo halves and of the node over
+    # the hit halves (None when not asked for, or where /proc is missing).
+    echo_cpu_us: float | None = None
+    hit_cpu_us: float | None = None
 
     @property
     def hit_share(self) -> float | None:
@@ -122,8 +126,12 @@ async def measure_hits(
     rng: random.Random,
     engine: str,
     keys: int = HIT_KEYS,
+    cpu: Callable[[], dict[str, float]] | None = None,
+    processes: tuple[str, str] = ("echo", ""),
 ) -> HitResult:
-    """Echo and cache-hit latencies (ms), in halves alternating, over `keys` keys."""
+    """Echo and cache-hit latencies (ms), in halves alternating, over `keys` keys. With `cpu`
+    (a snapshot of CPU seconds by process name), also the CPU per call of `processes` (the
+    echo server's, the node's), each over its own halves."""
     hit_keys = [f"hit-{i}" for i in range(keys)]
     phases.progress(f"cache ({engine}): pre-loading {keys} keys and reading each once (fills)")
     await phases.preload(put_call(node.channel, namespace, "hit", value), keys)
@@ -134,10 +142,20 @@ async def measure_hits(
     echo_ms: list[float] = []
     hit_ms: list[float] = []
     half = max(1, samples // 2)
+    cpu_used = {name: 0.0 for name in processes}
+
+    async def timed(name: str, what: str, call: Call) -> list[float]:
+        started = cpu() if cpu is not None else {}
+        latencies = await phases.sequential(what, call, half)
+        ended = cpu() if cpu is not None else {}
+        if name in started and name in ended:
+            cpu_used[name] += ended[name] - started[name]
+        return latencies
+
     before = await node.scrape()
     for _ in range(2):
-        echo_ms += await phases.sequential(f"cache ({engine}): echo baseline", echo, half)
-        hit_ms += await phases.sequential(f"cache ({engine}): Get, a cache hit", hit, half)
+        echo_ms += await timed(processes[0], f"cache ({engine}): echo baseline", echo)
+        hit_ms += await timed(processes[1], f"cache ({engine}): Get, a cache hit", hit)
     after = await node.scrape()
 
     def grown(name: str) -> float:
@@ -145,7 +163,8 @@ async def measure_hits(
 
     hits = grown("domicile_cache_hits_total")
     not_hits = grown("domicile_cache_misses_total") + grown("domicile_cache_fallbacks_total")
-    return HitResult(echo_ms, hit_ms, hits, not_hits)
+    echo_cpu, hit_cpu = (cpu_used[name] / (2 * half) * 1e6 if cpu is not None else None for name in processes)
+    return HitResult(echo_ms, hit_ms, hits, not_hits, echo_cpu, hit_cpu)
 
 
 async def measure(
