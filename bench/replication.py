@@ -70,6 +70,7 @@ LOCAL_NS, PAIR_NS, GLOBAL_NS, FAR_NS = "repl_local", "repl_pair", "repl_global",
 FAR_SYNC_NS = "repl_far_sync"  # min_regions_acked 2, at the source and behind the delay
 SYNC_SAMPLES = 300
 PROXY_READY = "proxy listening on "
+PROXY_LATENESS = "proxy lateness ms:"
 STAGE_METRIC = "domicile_replication_stage_seconds"
 STAGES = ("ship", "arrive", "check", "seal", "audit", "commit")
 WARMUP_WRITES = 50
@@ -529,6 +530,7 @@ async def run(opts: Options) -> int:
     finally:
         await bench.cluster.close()
         await bench.children.stop_all()
+    proxy_lateness = last_proxy_lateness(root / "logs" / "proxy.out")
     if not opts.keep_tmp:
         shutil.rmtree(root, ignore_errors=True)
     results = figures(bench.results, opts, bench.sync_ms)
@@ -541,6 +543,7 @@ async def run(opts: Options) -> int:
         "phases": [asdict(r) for r in bench.results],
         "sync_put_ms": bench.sync_ms,
         "sync_stages_ms": bench.sync_stages_ms,
+        "proxy_lateness": proxy_lateness,
     }
     write_json(opts.out, results, meta)
     print(table(results))
@@ -557,9 +560,22 @@ async def run(opts: Options) -> int:
     if bench.sync_stages_ms:
         parts = ", ".join(f"{k} {p50:.1f}/{p99:.1f}" for k, (p50, p99) in bench.sync_stages_ms.items())
         print(f"sync: stages p50/p99 (ms): {parts}")
+    if proxy_lateness:
+        # What the delay proxy added past its delay (bench.delay_proxy), over the whole run.
+        print(proxy_lateness)
     print(profile_lines(bench.results))
     print(f"results written to {opts.out}", file=sys.stderr)
     return 0
+
+
+def last_proxy_lateness(out: Path) -> str:
+    """The delay proxy's last lateness report (cumulative), or "" when it wrote none."""
+    try:
+        lines = out.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    reports = [line for line in lines if line.startswith(PROXY_LATENESS)]
+    return reports[-1] if reports else ""
 
 
 def main(argv: list[str] | None = None) -> int:
