@@ -40,6 +40,7 @@ from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication.cadence import Cadence
 from node.replication.encoded import EncodedLog
+from node.replication.send_audit import SentBatch
 from node.replication.session_channel import SessionChannels
 from node.replication.signal import LogSignal
 from node.replication.stages import Stages
@@ -135,14 +136,19 @@ class LinkSender:
 
     # -- batching (testable without sockets) ---------------------------------------------------
 
-    def _allowed(self, m: Mutation) -> bool:
+    def _allowed(self, m: Mutation) -> tuple[bool, tuple[str, str] | None]:
+        """Whether the target may hold this record, decided and audited; the second item is
+        the decision's rule and policy version when the record needs no audit entry of its own
+        (allowed, not personal, not redacted: its batch's entry covers it,
+        node.replication.send_audit), else None (its own entry was recorded, "sent" or
+        "withheld")."""
         if m.namespace not in self.namespaces:
-            return False
+            return False, None
         facts = RecordFacts(
             m.namespace, m.version.classification, m.version.subject_id, m.version.subject_jurisdiction
         )
         # Audited either way: "sent" or "withheld" is the copy's provenance.
-        decision, _ = self.enforcer.decide(
+        decision, entry = self.enforcer.decide(
             facts,
             Action.REPLICATE,
             audit_action=Audit.REPLICATE_SEND,
@@ -150,8 +156,26 @@ class LinkSender:
             key=m.key,
             region=self.target.region,
             detail=f"to={self.target.node_id} lsn={m.lsn}",
+            always_audit=False,
         )
-        return decision.allowed
+        if entry is None and decision.allowed:
+            return True, (decision.rule, self.enforcer.policy_version)
+        return decision.allowed, None
+
+    def _record_batch_entries(self, sent: SentBatch) -> None:
+        """One entry per (namespace, rule, policy version) for the batch's records that have
+        none of their own; like theirs, recorded before the batch is written to the stream."""
+        audit = self.enforcer.audit
+        for namespace, rule, policy_version, detail in sent.entries():
+            audit.record(
+                principal=f"node:{self.node_id}",
+                action=Audit.REPLICATE_SEND,
+                namespace=namespace,
+                decision="allow",
+                rule=rule,
+                policy_version=policy_version,
+                detail=detail,
+            )
 
     async def next_batch(self, after_lsn: int) -> tuple[list[Mutation], int] | None:
         """The next batch after `after_lsn`: mutations the target may hold, and the position the
@@ -173,12 +197,14 @@ class LinkSender:
         batch: list[Mutation] = []
         through = after_lsn
         size = 0
+        sent = SentBatch(self.target.node_id)
         for i, m in enumerate(entries):
             bytes_ = _batch_bytes(m)
             if batch and size + bytes_ > self.limits.replication_batch_bytes_max:
                 break
             through = m.lsn
-            if self._allowed(m):
+            allowed, batched = self._allowed(m)
+            if allowed:
                 if i in opened:
                     result = opened[i]
                 elif needs_opening(m.version):
@@ -196,6 +222,10 @@ class LinkSender:
                     continue
                 batch.append(m if result is m.version else dataclasses.replace(m, version=result))
                 size += bytes_
+                if batched is not None:
+                    sent.add(m.namespace, *batched, m.lsn, m.key)
+        if sent:
+            self._record_batch_entries(sent)
         return batch, through
 
     def _read_log(

@@ -6,7 +6,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from domicile.audit import AuditEntry
 from domicile.wire.records import context_from_pb
+from node.replication import send_audit
 from tests.support.cluster import LocalCluster, eventually
 
 
@@ -181,3 +183,42 @@ async def test_nodes_keep_replicating_while_the_coordinator_is_down(four: LocalC
 
     await eventually(resynced, 15, "every node reconnected to the coordinator")
     assert c.nodes["eu-west-1"].view.revision >= revision_before
+
+
+async def test_a_batch_send_entry_covers_its_records_and_matches_both_ends(eu_pair: LocalCluster) -> None:
+    # Public records need no replicate_send entry each: one per batch names their positions and
+    # digest. Derived from the source's change log, and from the target's receive entries, they
+    # match it; a personal record keeps its own entry.
+    source, central = eu_pair.nodes["eu-west-1"], eu_pair.nodes["eu-central-1"]
+    keys = [f"bond-{i}" for i in range(20)]
+    for key in keys:
+        await eu_pair.put("eu-west-1", "instruments", key, b"coupon")
+    await eu_pair.put("eu-west-1", "customers_eu", "ada", b"lovelace")
+    await barrier(eu_pair, "eu-west-1", "after-bonds")
+    await source.audit.flush()
+    await central.audit.flush()
+    sent = [AuditEntry.decode(e.body) for e in source.audit.iter_all()]
+    sent = [e for e in sent if e.action == "replicate_send" and e.decision == "allow"]
+    log = {m.lsn: m for m in source.engine.read_log(0, 10_000)}
+    written = {m.lsn for m in log.values() if m.namespace == "instruments" and m.key in keys}
+    received = {
+        int(e.detail.split("lsn=")[1].split()[0]): e.key
+        for e in (AuditEntry.decode(s.body) for s in central.audit.iter_all())
+        if e.action == "replicate_receive" and e.principal == "node:eu-west-1" and "lsn=" in e.detail
+    }
+    for target in ("eu-central-1", "us-east-1"):
+        covered: list[int] = []
+        for entry in sent:
+            batch = send_audit.parse(entry.detail)
+            if batch is None or batch.target != target:
+                continue
+            assert entry.key == "" and entry.namespace == "instruments" and entry.rule
+            assert send_audit.verify(batch, [(lsn, log[lsn].key) for lsn in batch.lsns()]) == ""
+            if target == "eu-central-1":
+                assert send_audit.verify(batch, [(lsn, received[lsn]) for lsn in batch.lsns()]) == ""
+            covered.extend(batch.lsns())
+        assert sorted(covered) == sorted(set(covered)), "a record covered twice"
+        assert written <= set(covered), f"records sent to {target} without a batch entry"
+    assert not [e for e in sent if e.key in keys], "a public record got an entry of its own"
+    (personal,) = [e for e in sent if e.key == "ada"]
+    assert personal.detail.startswith("to=eu-central-1 lsn=")
