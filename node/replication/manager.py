@@ -83,8 +83,10 @@ class ReplicationManager:
         self._persister: asyncio.Task[None] | None = None
         self._persisted: dict[str, int] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        # Set (and replaced) on every ack: writes waiting for regions look again.
-        self._acked = asyncio.Event()
+        # Resolved (and dropped) on every ack while writes wait for regions: they look again.
+        # A future, not an Event: a wait on it needs no task, and an ack with no waiter costs
+        # nothing.
+        self._acked: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         self._stored_acks = await self.offload.run(self.engine.outbound_acks)
@@ -159,8 +161,9 @@ class ReplicationManager:
         )
 
     def _pulse(self) -> None:
-        acked, self._acked = self._acked, asyncio.Event()
-        acked.set()
+        acked, self._acked = self._acked, None
+        if acked is not None and not acked.done():
+            acked.set_result(None)
 
     def link_acks(self) -> dict[str, int] | None:
         """Each outbound link's acknowledged position, by target; None while some link of the
@@ -197,9 +200,10 @@ class ReplicationManager:
             remaining = deadline - loop.time()
             if holding >= needed or remaining <= 0:
                 return holding
-            # Wakes on the next ack of any link.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._acked.wait(), remaining)
+            # Wakes on the next ack of any link (shared by every waiting write: never cancelled).
+            if self._acked is None or self._acked.done():
+                self._acked = loop.create_future()
+            await asyncio.wait({self._acked}, timeout=remaining)
 
     def _stop_sender(self, target_id: str) -> None:
         sender = self.senders.pop(target_id, None)

@@ -350,7 +350,7 @@ class LinkSender:
                 request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
                 request.batch.mutations.extend(self._messages(mutations))
                 window.sent(through, len(mutations), size, time.monotonic())
-                await _within(call, call.write(request), deadline_s)
+                await _write_within(call, request, deadline_s)
                 if mutations:
                     self._stages.since_commit("ship", mutations[0].version.hlc)
                 self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))
@@ -420,13 +420,10 @@ class LinkSender:
         reader: asyncio.Task[None],
         window: SendWindow,
         deadline_s: float,
-        grown: asyncio.Event,
+        grown: asyncio.Future[None],
     ) -> None:
-        waiter = asyncio.ensure_future(self.signal.wait(1.0, grown))
-        try:
-            await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
+        # On the signal's shared future itself: no task per wait (asyncio.wait never cancels it).
+        await asyncio.wait({grown, reader}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
         self._check_stalled(window, deadline_s)
 
     async def _acquire(
@@ -464,6 +461,37 @@ async def _within(call: grpc.aio.Call, step: Awaitable[T], timeout_s: float) -> 
         task.cancel()
         raise TimeoutError(f"no answer from the peer within {timeout_s} s")
     return task.result()
+
+
+async def _write_within(
+    call: grpc.aio.StreamStreamCall, request: rpb.ReplicateRequest, timeout_s: float
+) -> None:
+    """_within for a batch write, the step taken for every batch on every link: a timer that
+    cancels the call, instead of a task and a wait. grpc.aio's write cancels the call itself
+    when the writer is cancelled (a cut session), and fails when the call is cancelled (the
+    timer)."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        call.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        await call.write(request)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not expired or (task is not None and task.cancelling()):
+            call.cancel()
+            raise
+        raise TimeoutError(f"no answer from the peer within {timeout_s} s") from None
+    except Exception as exc:
+        if expired:
+            raise TimeoutError(f"no answer from the peer within {timeout_s} s") from exc
+        raise
+    finally:
+        timer.cancel()
 
 
 def _batch_bytes(m: Mutation) -> int:
