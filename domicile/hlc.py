@@ -39,16 +39,37 @@ class HybridClock:
         self._reserve: Callable[[int], None] | None = None
         self._ceiling_ms = 0
         self._step_ms = 0
+        # Reservations store one at a time, so the stored ceiling only grows; _stored_ms is the
+        # highest stored (written under _reserve_lock). The clock's _lock may be held while
+        # waiting for _reserve_lock, never the other way round.
+        self._reserve_lock = threading.Lock()
+        self._stored_ms = 0
+        # Runs an early reservation off the clock's lock (persist(early=...)); None: none.
+        self._early: Callable[[Callable[[], None]], None] | None = None
+        self._early_running = False
         # True while the wall clock is known to run too far ahead (node.clock_guard): the clock
         # then issues nothing from it, so that no timestamp of that time is kept or persisted.
         self.wall_distrusted: Callable[[], bool] = lambda: False
 
-    def persist(self, ceiling_ms: int, reserve: Callable[[int], None], step_ms: int) -> None:
+    def persist(
+        self,
+        ceiling_ms: int,
+        reserve: Callable[[int], None],
+        step_ms: int,
+        *,
+        early: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
         """Resumes above `ceiling_ms` (every timestamp issued before the restart had at most
         that physical part) and from now on calls `reserve(ms)`, which must store ms durably,
         before issuing a timestamp past the stored ceiling. The ceiling moves `step_ms` ahead of
         the timestamp that needed it, so a busy clock stores once per step, not once per tick;
-        a restart therefore resumes at most one step ahead of the old wall time."""
+        a restart therefore resumes at most one step ahead of the old wall time.
+
+        With `early` (given a function, runs it in the background, e.g. on a thread), the next
+        step is stored ahead, once a timestamp comes within half a step of the ceiling: the
+        caller that would have waited for the store (a write on the writer thread, an audit
+        entry or a replicated apply on the event loop, once a step) finds it done. A timestamp
+        past the stored ceiling still waits for its store, whatever the early one is doing."""
         if step_ms < 1:
             raise ValueError(f"reserve step is {step_ms} ms; it must be at least 1")
         with self._lock:
@@ -56,6 +77,9 @@ class HybridClock:
             self._ceiling_ms = max(ceiling_ms, physical_ms(self._last))
             self._reserve = reserve
             self._step_ms = step_ms
+            self._early = early
+            with self._reserve_lock:
+                self._stored_ms = max(self._stored_ms, ceiling_ms)
 
     def now(self) -> int:
         """A timestamp greater than every one this clock has issued or observed. While the wall
@@ -86,12 +110,46 @@ class HybridClock:
 
     def _issue(self, hlc: int) -> int:
         # Called with the lock held. A failing reserve issues nothing (the error propagates).
-        if self._reserve is not None and physical_ms(hlc) > self._ceiling_ms:
-            ceiling = physical_ms(hlc) + self._step_ms
-            self._reserve(ceiling)
-            self._ceiling_ms = ceiling
+        reserve = self._reserve
+        if reserve is not None:
+            ms = physical_ms(hlc)
+            if ms > self._ceiling_ms:
+                with self._reserve_lock:
+                    # An early reservation may have stored past it meanwhile.
+                    if ms > self._stored_ms:
+                        reserve(ms + self._step_ms)
+                        self._stored_ms = ms + self._step_ms
+                    self._ceiling_ms = self._stored_ms
+            elif (
+                self._early is not None
+                and not self._early_running
+                and ms > self._ceiling_ms - self._step_ms // 2
+            ):
+                self._early_running = True
+                try:
+                    self._early(self._reserve_early)
+                except Exception:
+                    # Nothing started: the timestamp past the ceiling stores it as without.
+                    self._early_running = False
         self._last = hlc
         return hlc
+
+    def _reserve_early(self) -> None:
+        """Stores the next step ahead of the ceiling; runs off the clock's lock. A failure is
+        left to the timestamp that needs the step: it stores it itself (and fails if it cannot)."""
+        try:
+            with self._reserve_lock:
+                reserve = self._reserve
+                ceiling = self._ceiling_ms + self._step_ms
+                if reserve is not None and ceiling > self._stored_ms:
+                    reserve(ceiling)
+                    self._stored_ms = ceiling
+        except Exception:
+            pass
+        finally:
+            with self._lock:
+                self._ceiling_ms = max(self._ceiling_ms, self._stored_ms)
+                self._early_running = False
 
     @staticmethod
     def _advance(hlc: int) -> int:

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -667,7 +668,15 @@ class Node:
             # of the time. Resuming one step ahead of now stays above them, so an lww write made
             # right after the rewind is not ordered before a write it follows.
             ceiling = max(ceiling, self.clock.wall_ms() + RESERVE_STEP_MS)
-        self.clock.persist(ceiling, lambda ms: save_ceiling(data_dir, ms), RESERVE_STEP_MS)
+        # The next step is stored ahead on a thread of its own, so that the timestamp which
+        # reaches the ceiling (on the writer thread, or on the event loop for an audit entry or
+        # a replicated apply) does not wait for the file's fsyncs, once a second.
+        self.clock.persist(
+            ceiling,
+            lambda ms: save_ceiling(data_dir, ms),
+            RESERVE_STEP_MS,
+            early=lambda store: threading.Thread(target=store, name="hlc-ceiling", daemon=True).start(),
+        )
 
     async def _open_cache(self) -> ReadCache:
         """The region's read cache. A Redis that another region claimed is refused; one that

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -237,3 +238,84 @@ def test_a_distrusted_wall_clock_leaves_no_timestamp_behind() -> None:
     wall[0] -= 3_600_000 - 1_000  # the clock is fixed
     after = clock.now()
     assert before < observed < after and physical_ms(after) == 1_001_000
+
+
+def test_an_early_reservation_stores_the_next_step_before_a_timestamp_needs_it() -> None:
+    wall = FakeWall(10_000)
+    ceiling = Ceiling()
+    started: list[Callable[[], None]] = []
+    clock = HybridClock(wall)
+    clock.persist(0, ceiling, step_ms=1000, early=started.append)
+    clock.now()  # past the restored ceiling: stored at once, as without early reservations
+    assert ceiling.stored == [11_000] and started == []
+    wall.ms = 10_400
+    clock.now()
+    assert started == []  # more than half a step below the ceiling: nothing early yet
+    wall.ms = 10_600
+    clock.now()
+    assert len(started) == 1 and ceiling.stored == [11_000]
+    wall.ms = 10_700
+    clock.now()
+    assert len(started) == 1  # one early reservation at a time
+    started.pop()()  # the background store runs, off the clock's lock
+    assert ceiling.stored == [11_000, 12_000]
+    wall.ms = 11_500
+    stored_before = list(ceiling.stored)
+    stamp = clock.now()  # past the old ceiling: the early store covers it, no wait
+    assert ceiling.stored == stored_before
+    assert physical_ms(stamp) <= ceiling.stored[-1]
+
+
+def test_a_timestamp_past_the_ceiling_still_waits_for_its_store_when_the_early_one_has_not_run() -> None:
+    wall = FakeWall(10_000)
+    ceiling = Ceiling()
+    started: list[Callable[[], None]] = []
+    clock = HybridClock(wall)
+    clock.persist(0, ceiling, step_ms=1000, early=started.append)
+    clock.now()
+    wall.ms = 10_600
+    clock.now()
+    assert len(started) == 1 and ceiling.stored == [11_000]
+    wall.ms = 11_200  # the early store has not run yet
+    stamp = clock.now()
+    assert ceiling.stored == [11_000, 12_200] and physical_ms(stamp) <= 12_200
+    started.pop()()  # late: it stores the step after what is stored now, never below it
+    assert ceiling.stored == [11_000, 12_200, 13_200]
+    # Every stored value only grows, and no timestamp passes the last one.
+    for ms in range(11_200, 15_000, 50):
+        wall.ms = ms
+        stamp = clock.now()
+        while started:
+            started.pop()()
+        assert physical_ms(stamp) <= ceiling.stored[-1]
+    assert ceiling.stored == sorted(set(ceiling.stored))
+
+
+def test_an_early_reservation_that_fails_leaves_the_store_to_the_timestamp_that_needs_it() -> None:
+    wall = FakeWall(10_000)
+    stored: list[int] = []
+    failing = [False]
+
+    def reserve(ms: int) -> None:
+        if failing[0]:
+            raise OSError("disk full")
+        stored.append(ms)
+
+    started: list[Callable[[], None]] = []
+    clock = HybridClock(wall)
+    clock.persist(0, reserve, step_ms=1000, early=started.append)
+    clock.now()
+    failing[0] = True
+    wall.ms = 10_600
+    clock.now()
+    started.pop()()  # fails quietly
+    assert stored == [11_000]
+    wall.ms = 11_100
+    try:
+        clock.now()
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a timestamp past the stored ceiling was issued without storing it")
+    failing[0] = False
+    assert physical_ms(clock.now()) <= stored[-1]
