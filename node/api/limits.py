@@ -4,8 +4,9 @@ gRPC sets one receive and one send bound per server, and the node's server carri
 storage service (single records) and the replication service (batches of up to 4 MiB of
 values). The server-wide bounds are the larger, replication's; this interceptor holds every
 unary storage call to the storage bounds, refusing a larger request before it is decoded and a
-larger answer before it is sent, with RESOURCE_EXHAUSTED and a message naming the bound. A
-refused request is handed to `on_too_large`, which the node counts and audits as a refusal."""
+larger answer before it is sent (it encodes the answer itself, once, to measure it), with
+RESOURCE_EXHAUSTED and a message naming the bound. A refused request is handed to
+`on_too_large`, which the node counts and audits as a refusal."""
 
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def _bounded(
     handler: grpc.RpcMethodHandler, name: str, bounds: MessageBounds, on_too_large: OnTooLarge
 ) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
+    encode = handler.response_serializer
     inner = handler.unary_unary
 
     def deserialize(data: bytes) -> Any:
@@ -103,17 +105,19 @@ def _bounded(
             on_too_large(context, f"storage.{name}", message)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         response = await inner(request, context)
-        size = response.ByteSize()
-        if size > bounds.response_bytes_max:
+        # Encoded here, once, and handed to gRPC as bytes: a message's ByteSize() encodes it
+        # too (protobuf's upb backend keeps no cached size), so measuring it and then letting
+        # gRPC serialize it would encode every answer twice.
+        data: bytes = encode(response) if encode is not None else response
+        if len(data) > bounds.response_bytes_max:
             # The reads bound their answers below this; reaching it is a bug, said clearly rather
             # than left to the transport.
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{name} answer would be {size} bytes; the storage service sends at most "
+                f"{name} answer would be {len(data)} bytes; the storage service sends at most "
                 f"{bounds.response_bytes_max} bytes per answer",
             )
-        return response
+        return data
 
-    return grpc.unary_unary_rpc_method_handler(
-        behavior, request_deserializer=deserialize, response_serializer=handler.response_serializer
-    )
+    # No response serializer: gRPC sends the bytes `behavior` returns as they are.
+    return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=deserialize)
