@@ -26,6 +26,7 @@ from domicile.authz.model import NamespaceResource, RequestContext, Resource, Ro
 from domicile.authz.model import Principal as AuthzPrincipal
 from domicile.errors import DomicileError, InvalidArgument, PermissionDenied, Unauthenticated
 from domicile.identity.certificate import load_certificate, principal_from_certificate
+from domicile.identity.peer import auth_context
 from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind
 from domicile.identity.tokens import TokenVerifier, bearer_token
 from domicile.model import check_purpose
@@ -238,7 +239,7 @@ class Gate:
 
     def _peer_certificate(self, context: Any) -> bytes:
         """The PEM of the verified client certificate of the connection."""
-        auth: dict[str, list[bytes]] = context.auth_context() or {}
+        auth = auth_context(context)
         if auth.get("transport_security_type") != [b"ssl"]:
             raise Unauthenticated("the connection is not TLS, so the peer is not authenticated")
         certificates = auth.get("x509_pem_cert")

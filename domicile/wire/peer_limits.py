@@ -19,6 +19,8 @@ from typing import Any
 
 import grpc
 
+from domicile.identity.peer import auth_context
+
 # Enough for the node's own peers (a sender holds one stream per link, a busy SDK client a few
 # hundred unary calls) and well under what would starve the node of tasks.
 PEER_CALLS_MAX_DEFAULT = 1024
@@ -30,8 +32,7 @@ OnRefused = Callable[[grpc.aio.ServicerContext, str, int], None]
 
 def peer_key(context: grpc.aio.ServicerContext) -> str:
     """The certificate the peer authenticated with (a digest of it), else its host."""
-    auth: dict[str, list[bytes]] = context.auth_context() or {}
-    certificates = auth.get("x509_pem_cert")
+    certificates = auth_context(context).get("x509_pem_cert")
     if certificates:
         return _certificate_key(certificates[0])
     peer = str(context.peer())  # ipv4:127.0.0.1:5555, ipv6:[::1]:5555
