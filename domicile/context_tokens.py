@@ -12,7 +12,6 @@ Layout: version (1 byte, 1) | MAC (32 bytes) | CausalContext protobuf (determini
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 
@@ -25,6 +24,7 @@ from domicile.v1 import record_pb2 as pb
 from domicile.wire.records import context_from_pb, context_to_pb
 
 TOKEN_VERSION = 1
+_VERSION_BYTE = bytes([TOKEN_VERSION])
 KEY_BYTES = 32
 MAC_BYTES = 32
 # Far above any context a node hands out (256 entries of a 63-character node id and a counter).
@@ -52,11 +52,17 @@ class ContextTokens:
         k = key.encode("utf-8", "surrogatepass")
         # Length prefixes keep (namespace, key) pairs apart: ("a", "bc") never signs as ("ab", "c").
         message = _DOMAIN + struct.pack(">I", len(ns)) + ns + struct.pack(">I", len(k)) + k + payload
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        # The one-shot form: OpenSSL in one call, without building an HMAC object in Python.
+        return hmac.digest(self._key, message, "sha256")
 
     def issue(self, namespace: str, key: str, context: CausalContext) -> bytes:
-        payload = context_to_pb(context).SerializeToString(deterministic=True)
-        return bytes([TOKEN_VERSION]) + self._mac(namespace, key, payload) + payload
+        return self.issue_pb(namespace, key, context_to_pb(context))
+
+    def issue_pb(self, namespace: str, key: str, context: pb.CausalContext) -> bytes:
+        """issue() for a context already in its protobuf form (an answer that carries the
+        context beside its token builds that form once, for both)."""
+        payload = context.SerializeToString(deterministic=True)
+        return _VERSION_BYTE + self._mac(namespace, key, payload) + payload
 
     def open(self, namespace: str, key: str, token: bytes, limits: Limits) -> CausalContext:
         """The context of a token issued for (namespace, key) under this key; InvalidArgument

@@ -68,3 +68,20 @@ def test_the_context_key_is_made_once_private_or_read_from_the_configured_file(t
     os.chmod(shared, 0o644)
     with pytest.raises(FailedPrecondition, match="mode 0600"):
         load_context_key(str(shared), tmp_path)
+
+
+def test_a_token_issued_from_the_protobuf_form_is_the_same_token() -> None:
+    """An answer builds the context's protobuf form once, for its context field and its token:
+    the token must be byte for byte the one issue() makes, whatever order the form was filled
+    in (the payload is encoded deterministically)."""
+    tokens = ContextTokens(secrets.token_bytes(32))
+    many = CausalContext.of({f"node-{i}": i + 1 for i in range(20)}, [Dot("z", 9), Dot("y", 2)])
+    for ctx in (CTX, many, CausalContext.empty()):
+        form = pb.CausalContext()
+        for node in sorted(ctx.vv, reverse=True):
+            form.version_vector[node] = ctx.vv[node]
+        for dot in sorted(ctx.dots):
+            form.dots.add(node_id=dot.node_id, counter=dot.counter)
+        token = tokens.issue_pb("ns", "k", form)
+        assert token == tokens.issue("ns", "k", ctx)
+        assert tokens.open("ns", "k", token, Limits()) == ctx
