@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from node.engine.base import StoreCounts
 
@@ -45,8 +45,7 @@ class Totals:
             self.tombstones += 1
 
 
-@dataclass(frozen=True)
-class StateRow:
+class StateRow(NamedTuple):
     """A key state as stored: the protobuf bytes plus the fields indexes need."""
 
     namespace: str
@@ -64,8 +63,10 @@ class StateRow:
 SnapshotRow = tuple[str, str, bytes]
 
 
-@dataclass(frozen=True)
-class LogRow:
+class LogRow(NamedTuple):
+    """A change-log entry as stored. Named tuples (not dataclasses), like StateRow: a write
+    makes one of each per record, and a tuple is what a database driver takes as the row."""
+
     lsn: int
     namespace: str
     key: str

@@ -85,10 +85,19 @@ class _WorkingSet:
         rows = []
         for (namespace, key), state in self._dirty.items():
             before = self._loaded.get((namespace, key))
-            live = state.has_live()
+            versions = state.versions
+            if len(versions) == 1:
+                # The common case (a new key, or a write that superseded every version): the
+                # sets and sorts below of one version, without building them.
+                only = versions[0]
+                live = not only.tombstone
+                subjects: tuple[str, ...] = (only.subject_id,) if only.subject_id else ()
+                classes: tuple[int, ...] = (int(only.classification),)
+            else:
+                live = state.has_live()
+                subjects = tuple(sorted({v.subject_id for v in versions if v.subject_id}))
+                classes = tuple(sorted({int(v.classification) for v in versions}))
             totals.move(before is not None, isinstance(before, KeyState) and before.has_live(), live)
-            subjects = tuple(sorted({v.subject_id for v in state.versions if v.subject_id}))
-            classes = tuple(sorted({int(v.classification) for v in state.versions}))
             rows.append(StateRow(namespace, key, key_state_to_bytes(state), live, subjects, classes))
         tx.store_states(rows)
 
@@ -216,6 +225,16 @@ class EngineCore:
             lsn=totals.last_lsn + 1,
             origin_node_id=self.node_id,
         )
+        if state is None and dot.counter <= DOT_COUNTER_MAX and write.siblings_max >= 0:
+            # A key this node never held (most writes of a bulk load): the state causality.apply
+            # makes of its first version, with the request mark holding the write's position at
+            # once instead of being replaced below (tests/unit/test_engine_new_key.py compares the two).
+            marks = (
+                (RequestMark(write.request_id, (dot,), version.hlc, mutation.lsn, False),)
+                if write.request_id
+                else ()
+            )
+            return Committed(mutation, KeyState((version,), supersedes.add(dot), marks), False, False)
         applied = causality.apply(state, mutation)
         before = len(state.versions) if state else 0
         after = len(applied.state.versions)

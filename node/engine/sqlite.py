@@ -163,8 +163,7 @@ class _SQLiteTx:
 
     def append_log(self, rows: Sequence[LogRow]) -> None:
         self.conn.executemany(
-            "INSERT INTO changelog (lsn, namespace, key, mutation) VALUES (?, ?, ?, ?)",
-            [(r.lsn, r.namespace, r.key, r.mutation) for r in rows],
+            "INSERT INTO changelog (lsn, namespace, key, mutation) VALUES (?, ?, ?, ?)", rows
         )
 
     def store_totals(self, totals: Totals) -> None:

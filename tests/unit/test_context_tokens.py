@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -12,6 +14,7 @@ from domicile.context_tokens import ContextTokens, is_token
 from domicile.errors import FailedPrecondition, InvalidArgument
 from domicile.model import Limits
 from domicile.v1 import record_pb2 as pb
+from domicile.wire.records import context_to_pb
 from node.keyfiles import load_context_key
 
 CTX = CausalContext.of({"a": 3, "b": 1}, [Dot("c", 5)])
@@ -28,6 +31,21 @@ def test_a_token_opens_to_its_context_for_its_record_only() -> None:
             tokens.open(namespace, key, token, Limits())
     with pytest.raises(InvalidArgument, match="another cluster key"):
         ContextTokens(secrets.token_bytes(32)).open("ns", "k", token, Limits())
+
+
+def test_a_token_is_the_documented_layout_whichever_way_it_is_issued() -> None:
+    # The layout of the module docstring, computed here from its parts: a token issued from an
+    # context already in its protobuf form (an answer) is the same token, and opens the same way.
+    key = secrets.token_bytes(32)
+    tokens = ContextTokens(key)
+    payload = context_to_pb(CTX).SerializeToString(deterministic=True)
+    message = b"domicile-context-token\x00" + b"\x00\x00\x00\x02ns" + b"\x00\x00\x00\x01k" + payload
+    expected = b"\x01" + hmac.new(key, message, hashlib.sha256).digest() + payload
+    assert tokens.issue("ns", "k", CTX) == expected
+    assert tokens.issue_pb("ns", "k", context_to_pb(CTX)) == expected
+    assert tokens.open("ns", "k", expected, Limits()) == CTX
+    # Negative control: the same check on a token of another key fails.
+    assert ContextTokens(secrets.token_bytes(32)).issue("ns", "k", CTX) != expected
 
 
 def test_malformed_oversized_and_wrong_keys_are_refused() -> None:
