@@ -188,20 +188,21 @@ class Enforcer:
         commit to carry."""
         decision = self._decide(facts, self.region, action)
         self._count(action, decision.outcome, decision.rule)
-        fields = {
-            "principal": principal,
-            "action": audit_action,
-            "namespace": facts.namespace,
-            "key": key,
-            "subject_id": facts.subject_id,
-            "decision": decision.outcome,
-            "rule": decision.rule,
-            "policy_version": self.view.policy.version,
-            "detail": detail,
-        }
-        if not decision.allowed:
-            return decision, self.audit.record(**fields)
-        return decision, self.audit.entry(**fields)
+        # Both ways take the same fields; passed as they are (no dict): every record of a
+        # batch makes one.
+        make = self.audit.entry if decision.allowed else self.audit.record
+        made = make(
+            principal=principal,
+            action=audit_action,
+            namespace=facts.namespace,
+            key=key,
+            subject_id=facts.subject_id,
+            decision=decision.outcome,
+            rule=decision.rule,
+            policy_version=self.view.policy.version,
+            detail=detail,
+        )
+        return decision, made
 
     def refusal(
         self,
