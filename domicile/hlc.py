@@ -92,6 +92,22 @@ class HybridClock:
             candidate = pack(self._clock(), 0)
             return self._issue(candidate if candidate > self._last else self._advance(self._last))
 
+    def block(self, n: int) -> range:
+        """n timestamps at once, for a batch of writes: what n calls of now() in a row give
+        while the wall clock stays in one millisecond (each greater than every timestamp issued
+        or observed before, later ones greater still), for one lock and one wall-clock read.
+        Empty while the wall clock is distrusted: the caller then asks now() for each, whose
+        answers are not recorded."""
+        if n < 1:
+            raise ValueError(f"a block of {n} timestamps; ask for at least 1")
+        if self.wall_distrusted():
+            return range(0)
+        with self._lock:
+            candidate = pack(self._clock(), 0)
+            first = candidate if candidate > self._last else self._advance(self._last)
+            # Past the logical counter, the block borrows milliseconds as _advance does.
+            return range(first, self._issue(first + n - 1) + 1)
+
     def wall_ms(self) -> int:
         """The wall clock this HLC reads (ms)."""
         return self._clock()

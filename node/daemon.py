@@ -212,6 +212,7 @@ class Node:
         self.committer = GroupCommitter(
             self.engine,
             self.clock.now,
+            stamp_block=self.clock.block,
             batch_records_max=cfg.limits.commit_batch_records_max,
             queue_records_max=cfg.limits.write_queue_records_max,
             queue_bytes_max=cfg.limits.write_queue_bytes_max,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -319,3 +320,39 @@ def test_an_early_reservation_that_fails_leaves_the_store_to_the_timestamp_that_
         raise AssertionError("a timestamp past the stored ceiling was issued without storing it")
     failing[0] = False
     assert physical_ms(clock.now()) <= stored[-1]
+
+
+@settings(max_examples=100, deadline=None, print_blob=True)
+@given(
+    st.integers(1, 3 * (1 << LOGICAL_BITS)),
+    st.integers(0, LOGICAL_MASK),
+    st.integers(-5, 5),
+)
+def test_a_block_is_the_timestamps_of_as_many_calls_in_a_row(n: int, counter: int, wall_step: int) -> None:
+    # Two clocks in the same state (a last timestamp with some logical counter, the wall clock
+    # then moved by wall_step ms, possibly back): a block of n is the n calls of now() in a row.
+    walls = FakeWall(1_000_000), FakeWall(1_000_000)
+    called, blocked = HybridClock(walls[0]), HybridClock(walls[1])
+    for clock in (called, blocked):
+        clock.observe(pack(1_000_000, counter))
+    for wall in walls:
+        wall.ms += wall_step
+    block = blocked.block(n)
+    assert list(block) == [called.now() for _ in range(n)]
+    assert blocked.now() == called.now() > block[-1]
+
+
+def test_a_block_past_the_ceiling_is_stored_first_and_a_distrusted_clock_gives_none() -> None:
+    wall = FakeWall(10_000)
+    ceiling = Ceiling()
+    clock = HybridClock(wall)
+    clock.persist(0, ceiling, step_ms=1000)
+    block = clock.block(1000)
+    assert len(block) == 1000 and physical_ms(block[-1]) <= ceiling.stored[-1]
+    clock.wall_distrusted = lambda: True
+    assert len(clock.block(10)) == 0  # the caller then asks now() for each (not recorded)
+    clock.wall_distrusted = lambda: False
+    assert clock.now() > block[-1]
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="at least 1"):
+            clock.block(bad)
