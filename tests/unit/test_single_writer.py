@@ -47,6 +47,7 @@ class Recorder:
     def __init__(self, *, batch: int = 4, queue: int = 8, solo: int = 2) -> None:
         self.batches: list[list[str]] = []
         self.observed: list[tuple[int, float]] = []
+        self._reported = threading.Condition()
         self.exits = 0
         self.fail_values: set[str] = set()
         self.fatal_values: set[str] = set()
@@ -61,9 +62,23 @@ class Recorder:
             solo_full_message=f"solo queue is full ({solo} items waiting)",
             refused=lambda state, failure: Unavailable(f"writer is {state} ({failure})"),
             stopped=lambda failure: Unavailable(f"writer stopped before this item ({failure or 'closed'})"),
-            on_batch=lambda size, seconds: self.observed.append((size, seconds)),
+            on_batch=self.observe,
             on_exit=self.exit,
         )
+
+    def observe(self, size: int, seconds: float) -> None:
+        with self._reported:
+            self.observed.append((size, seconds))
+            self._reported.notify_all()
+
+    async def observed_batches(self, count: int, timeout_s: float = 10.0) -> None:
+        """Waits until the writer thread has reported `count` batches."""
+
+        def wait() -> bool:
+            with self._reported:
+                return self._reported.wait_for(lambda: len(self.observed) >= count, timeout_s)
+
+        assert await asyncio.to_thread(wait), f"{len(self.observed)} of {count} batches reported"
 
     def handle(self, batch: list[Item]) -> None:
         self.batches.append([item.value for item in batch])
@@ -129,6 +144,8 @@ async def test_waiting_items_are_handled_in_batches_in_queue_order(recorder: Rec
     release.set()
     assert await asyncio.gather(*futures) == [f"V{i}" for i in range(8)]
     assert recorder.batches == [["park"], ["v0", "v1", "v2", "v3"], ["v4", "v5", "v6", "v7"]]
+    # The writer reports a batch after handling it, so the answers can arrive first.
+    await recorder.observed_batches(3)
     assert [size for size, _ in recorder.observed] == [1, 4, 4]
     assert all(seconds >= 0 for _, seconds in recorder.observed)
     assert recorder.writer.queued == 0
