@@ -297,6 +297,34 @@ class CoordinatorStore:
         ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def erasure_subjects_after(self, after_request_id: str, limit: int) -> list[tuple[str, str]] | None:
+        """Up to `limit` (request id, subject id) of the permanent list (erasure_subjects), from the
+        entry after `after_request_id` ("" for the first); None when that request is not on the
+        list."""
+        after_seq = 0
+        if after_request_id:
+            row = self._db.execute(
+                "SELECT seq FROM subject_requests WHERE request_id = ? AND kind = ? AND status != ?",
+                (after_request_id, int(RequestKind.ERASURE), int(RequestStatus.OPEN)),
+            ).fetchone()
+            if row is None:
+                return None
+            after_seq = int(row[0])
+        rows = self._db.execute(
+            "SELECT request_id, subject_id FROM subject_requests "
+            "WHERE seq > ? AND kind = ? AND status != ? ORDER BY seq LIMIT ?",
+            (after_seq, int(RequestKind.ERASURE), int(RequestStatus.OPEN), limit),
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def erasure_subjects_count(self) -> int:
+        """How many entries the permanent list has."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM subject_requests WHERE kind = ? AND status != ?",
+            (int(RequestKind.ERASURE), int(RequestStatus.OPEN)),
+        ).fetchone()
+        return int(row[0])
+
     def remove_node(self, revision: int, node_id: str) -> None:
         """Deletes a node with the revision that no longer has it, atomically. Its incarnation
         epoch stays: a node id that comes back must still not bring an older store."""

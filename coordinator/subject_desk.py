@@ -26,7 +26,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from coordinator.config import CoordinatorLimits
 from coordinator.registry import Registry
@@ -47,7 +47,13 @@ from domicile.subjects import (
     check_subject_id,
     due_ms,
 )
-from domicile.wire.limits import SUBJECT_REQUESTS_LIMIT_DEFAULT, SUBJECT_REQUESTS_LIMIT_MAX
+from domicile.wire.limits import (
+    ERASED_SUBJECTS_IN_REGISTRATION_MAX,
+    ERASED_SUBJECTS_PAGE_DEFAULT,
+    ERASED_SUBJECTS_PAGE_MAX,
+    SUBJECT_REQUESTS_LIMIT_DEFAULT,
+    SUBJECT_REQUESTS_LIMIT_MAX,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,37 @@ def check_list_limit(limit: int) -> int:
             f"or 0 for {SUBJECT_REQUESTS_LIMIT_DEFAULT}"
         )
     return limit
+
+
+def check_erased_page_limit(limit: int) -> int:
+    """The size of a page of the erased-subject list: 1 to 10,000, 0 meaning 5,000."""
+    if limit == 0:
+        return ERASED_SUBJECTS_PAGE_DEFAULT
+    if not 1 <= limit <= ERASED_SUBJECTS_PAGE_MAX:
+        raise InvalidArgument(
+            f"limit {limit} is out of range: 1 to {ERASED_SUBJECTS_PAGE_MAX} erased subjects a page, "
+            f"or 0 for {ERASED_SUBJECTS_PAGE_DEFAULT}"
+        )
+    return limit
+
+
+def check_erased_cursor(after_request_id: str) -> None:
+    if not REQUEST_ID_RE.match(after_request_id):
+        raise InvalidArgument(
+            f"invalid after_request_id {after_request_id[:64]!r}: it is empty for the first page, else "
+            "the next_after_request_id of the previous page (req- followed by 10 lower-case hex digits)"
+        )
+
+
+@dataclass(frozen=True)
+class ErasedPage:
+    """A page of the permanent erasure list: the list's key, (subject hash, request id) pairs,
+    the cursor of the next page ("" on the last) and how many entries the list had."""
+
+    key: bytes
+    entries: tuple[tuple[str, str], ...]
+    next_after_request_id: str
+    total: int
 
 
 def erasure_orders(requests: dict[str, SubjectRequest]) -> tuple[ErasureOrder, ...]:
@@ -308,13 +345,54 @@ class SubjectDesk:
             )
 
     def erased_subjects(self) -> tuple[bytes, list[tuple[str, str]]]:
-        """The permanent erasure list: its key, and (keyed hash of the subject, request id) of
-        every subject ever erased (the subject ids stay here)."""
+        """The permanent erasure list whole, for a registration answer to a node that does not
+        page it: its key, and (keyed hash of the subject, request id) of every subject ever
+        erased (the subject ids stay here). FailedPrecondition past
+        ERASED_SUBJECTS_IN_REGISTRATION_MAX entries: such a node must not join knowing only part
+        of the list (erasures win over backups), and the whole would not reach it."""
+        total = self._store.erasure_subjects_count()
+        if total > ERASED_SUBJECTS_IN_REGISTRATION_MAX:
+            raise FailedPrecondition(
+                f"the list of erased subjects has {total} entries, more than the "
+                f"{ERASED_SUBJECTS_IN_REGISTRATION_MAX} a registration answer carries; this node reads it "
+                "only from that answer: upgrade it to a version that sets lists_erased_subjects and "
+                "pages the list with ListErasedSubjects"
+            )
         erased = self._store.erasure_subjects()
         if not erased:
             return b"", []
         key = self._store.erased_subjects_key()
         return key, [(subject_hash(key, subject), request_id) for request_id, subject in erased]
+
+    def erased_key(self) -> bytes:
+        """The key of the permanent erasure list; b"" while the list is empty."""
+        return self._store.erased_subjects_key() if self._store.erasure_subjects_count() else b""
+
+    def erased_page(self, after_request_id: str, limit: int) -> ErasedPage:
+        """A page of the permanent erasure list (ListErasedSubjects): up to `limit` (1 to
+        ERASED_SUBJECTS_PAGE_MAX, 0 for the default) entries after `after_request_id` ("" for the
+        first page), with the list's size as of this read."""
+        limit = check_erased_page_limit(limit)
+        if after_request_id:
+            check_erased_cursor(after_request_id)
+        # One more than asked says whether another page follows.
+        found = self._store.erasure_subjects_after(after_request_id, limit + 1)
+        if found is None:
+            raise InvalidArgument(
+                f"after_request_id {after_request_id} is not on the list of erased subjects; pass the "
+                "next_after_request_id of the previous page, or an empty one for the first page"
+            )
+        total = self._store.erasure_subjects_count()
+        if not total:
+            return ErasedPage(b"", (), "", 0)
+        key = self._store.erased_subjects_key()
+        page = found[:limit]
+        return ErasedPage(
+            key,
+            tuple((subject_hash(key, subject), request_id) for request_id, subject in page),
+            page[-1][0] if len(found) > limit else "",
+            total,
+        )
 
     def get(self, request_id: str) -> SubjectRequest:
         return self._find(request_id)

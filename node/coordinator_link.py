@@ -24,6 +24,7 @@ from domicile.subjects import SubjectOrders
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.wire.erased_subjects import ErasedListRead
 from domicile.wire.subject_orders import OrdersGatherer
 from domicile.wire.topology import topology_from_pb
 from node.clock_guard import ClockGuard
@@ -31,6 +32,10 @@ from node.metrics import NodeMetrics
 from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.coordinator_link")
+
+# Reads of the erased-subject list in one session before it gives up and registers again: a read
+# is repeated only when an erasure completed behind its position, which takes all regions.
+ERASED_LIST_READS_MAX = 5
 
 
 class CoordinatorLink:
@@ -116,16 +121,15 @@ class CoordinatorLink:
                     metrics_address=self.metrics_address,
                     epoch=self.epoch,
                     last_lsn=self.last_lsn(),
+                    lists_erased_subjects=True,
                 ),
                 timeout=self.rpc_deadline_s,
             )
             self._clock_sample(sent, registered.coordinator_unix_ms)
-            # Also when nothing was ever erased (no key): a restored node waits for the list.
+            # Also when nothing was ever erased (no key): a restored node waits for the list. It
+            # is adopted only whole, before the session counts as connected.
             if self.on_erased is not None:
-                self.on_erased(
-                    bytes(registered.erased_subjects_key),
-                    [(e.subject_hash, e.request_id) for e in registered.erased_subjects],
-                )
+                self.on_erased(*await self._read_erased_list(stub, registered))
             if registered.heartbeat_interval_ms:
                 self.heartbeat_interval_s = registered.heartbeat_interval_ms / 1000.0
             log.info(
@@ -154,6 +158,36 @@ class CoordinatorLink:
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+
+    async def _read_erased_list(
+        self, stub: cpb_grpc.CoordinatorServiceStub, registered: cpb.RegisterNodeResponse
+    ) -> tuple[bytes, list[tuple[str, str]]]:
+        """The cluster's permanent erasure list, whole: its key and (subject hash, request id)
+        pairs, read page by page (ListErasedSubjects), each page a call with its own deadline."""
+        for _ in range(ERASED_LIST_READS_MAX):
+            read = ErasedListRead()
+            after = ""
+            while True:
+                try:
+                    page = await stub.ListErasedSubjects(
+                        cpb.ListErasedSubjectsRequest(after_request_id=after), timeout=self.rpc_deadline_s
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() is grpc.StatusCode.UNIMPLEMENTED and not after:
+                        # A coordinator that predates the RPC sent the list whole at registration.
+                        erased = [(e.subject_hash, e.request_id) for e in registered.erased_subjects]
+                        return bytes(registered.erased_subjects_key), erased
+                    raise
+                after = read.add(page)
+                if not after:
+                    break
+            if read.whole():
+                return read.key, read.entries()
+            log.info("an erasure completed while the list of erased subjects was read; reading it again")
+        raise ConnectionError(
+            f"the list of erased subjects changed under each of {ERASED_LIST_READS_MAX} reads; "
+            "registering again"
+        )
 
     async def _watch_topology(self, stub: cpb_grpc.CoordinatorServiceStub) -> None:
         watch = stub.WatchTopology(

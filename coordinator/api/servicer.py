@@ -74,28 +74,54 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def RegisterNode(
         self, request: cpb.RegisterNodeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.RegisterNodeResponse:
-        # Only the node itself registers (and so changes its addresses): its certificate must
-        # name the node id and region of the request.
-        revision = await self._unary(
-            "RegisterNode",
-            context,
-            lambda: self._registry.register(
+        def register() -> tuple[int, bytes, list[tuple[str, str]]]:
+            # A node that pages the erased-subject list gets only its key here. One that does not
+            # gets the list whole, or is refused before it is registered when the list is too
+            # long to send whole (never a part of it).
+            erased: list[tuple[str, str]] = []
+            if request.lists_erased_subjects:
+                key = self._desk.erased_key()
+            else:
+                key, erased = self._desk.erased_subjects()
+            revision = self._registry.register(
                 request.node_id,
                 request.region,
                 request.address,
                 request.metrics_address,
                 request.epoch,
                 request.last_lsn,
-            ),
-            ExpectedPeer.node(request.region, request.node_id),
+            )
+            return revision, key, erased
+
+        # Only the node itself registers (and so changes its addresses): its certificate must
+        # name the node id and region of the request.
+        revision, key, erased = await self._unary(
+            "RegisterNode", context, register, ExpectedPeer.node(request.region, request.node_id)
         )
-        key, erased = self._desk.erased_subjects()
         return cpb.RegisterNodeResponse(
             topology_revision=revision,
             heartbeat_interval_ms=self._registry.heartbeat_interval_ms,
             erased_subjects_key=key,
             erased_subjects=[cpb.ErasedSubject(subject_hash=h, request_id=r) for h, r in erased],
             coordinator_unix_ms=self._registry.wall_ms(),
+        )
+
+    async def ListErasedSubjects(
+        self, request: cpb.ListErasedSubjectsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.ListErasedSubjectsResponse:
+        # The hashes and request ids say who was erased to anyone who can guess a subject id and
+        # holds the key, which comes with them: only nodes, whatever the policies allow.
+        page = await self._unary(
+            "ListErasedSubjects",
+            context,
+            lambda: self._desk.erased_page(request.after_request_id, request.limit),
+            ExpectedPeer.node(),
+        )
+        return cpb.ListErasedSubjectsResponse(
+            erased_subjects_key=page.key,
+            erased_subjects=[cpb.ErasedSubject(subject_hash=h, request_id=r) for h, r in page.entries],
+            next_after_request_id=page.next_after_request_id,
+            erased_total=page.total,
         )
 
     async def Heartbeat(

@@ -422,6 +422,7 @@ class RegisterNodeRequest(_message.Message):
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     LAST_LSN_FIELD_NUMBER: _builtins.int
+    LISTS_ERASED_SUBJECTS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id; 1 to 63 characters of lower-case letters, digits and dashes."""
     region: _builtins.str
@@ -437,6 +438,13 @@ class RegisterNodeRequest(_message.Message):
     """
     last_lsn: _builtins.int
     """The last position of the node's change log (0 when empty); see HeartbeatRequest.last_lsn."""
+    lists_erased_subjects: _builtins.bool
+    """True: the node reads the permanent list of erased subjects with ListErasedSubjects, so the
+    answer's erased_subjects stays empty (the list can outgrow any one message). A node that
+    predates that RPC leaves it false and is sent the whole list in the answer while it has at
+    most 30,000 entries; past that its registration is refused with FAILED_PRECONDITION (it
+    must not join knowing only part of the list).
+    """
     def __init__(
         self,
         *,
@@ -446,10 +454,11 @@ class RegisterNodeRequest(_message.Message):
         metrics_address: _builtins.str = ...,
         epoch: _builtins.int = ...,
         last_lsn: _builtins.int = ...,
+        lists_erased_subjects: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "epoch", b"epoch", "last_lsn", b"last_lsn", "metrics_address", b"metrics_address", "node_id", b"node_id", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "epoch", b"epoch", "last_lsn", b"last_lsn", "lists_erased_subjects", b"lists_erased_subjects", "metrics_address", b"metrics_address", "node_id", b"node_id", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -482,7 +491,9 @@ class RegisterNodeResponse(_message.Message):
     def erased_subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErasedSubject]:
         """Every subject ever erased, as HMAC-SHA256(erased_subjects_key, subject id), with the request
         that erased it: erasures win over backups, so a node restored from before an erasure
-        refuses the subject's writes and tombstones what it holds of the subject.
+        refuses the subject's writes and tombstones what it holds of the subject. Filled only for a
+        node that does not set RegisterNodeRequest.lists_erased_subjects; current nodes page through
+        ListErasedSubjects instead.
         """
 
     def __init__(
@@ -511,7 +522,7 @@ class ErasedSubject(_message.Message):
     SUBJECT_HASH_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     subject_hash: _builtins.str
-    """HMAC-SHA256 (hex) of the subject id under RegisterNodeResponse.erased_subjects_key."""
+    """HMAC-SHA256 (hex) of the subject id under the list's erased_subjects_key."""
     request_id: _builtins.str
     """The erasure request that erased the subject."""
     def __init__(
@@ -755,6 +766,76 @@ class WatchSubjectOrdersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchSubjectOrdersResponse: _TypeAlias = WatchSubjectOrdersResponse  # noqa: Y015
+
+@_typing.final
+class ListErasedSubjectsRequest(_message.Message):
+    """Request of CoordinatorService.ListErasedSubjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_request_id: _builtins.str
+    """Where the page starts: empty for the first page, else the previous page's
+    next_after_request_id.
+    """
+    limit: _builtins.int
+    """At most this many subjects in the page: 1 to 10,000; 0 means 5,000."""
+    def __init__(
+        self,
+        *,
+        after_request_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_request_id", b"after_request_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListErasedSubjectsRequest: _TypeAlias = ListErasedSubjectsRequest  # noqa: Y015
+
+@_typing.final
+class ListErasedSubjectsResponse(_message.Message):
+    """Response of CoordinatorService.ListErasedSubjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERASED_SUBJECTS_KEY_FIELD_NUMBER: _builtins.int
+    ERASED_SUBJECTS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ERASED_TOTAL_FIELD_NUMBER: _builtins.int
+    erased_subjects_key: _builtins.bytes
+    """The key of the list's hashes (32 bytes); empty while nothing was ever erased."""
+    next_after_request_id: _builtins.str
+    """The after_request_id of the next page; empty on the last page."""
+    erased_total: _builtins.int
+    """How many entries (erasure requests) the whole list had when this page was read. The list is
+    in the order requests were opened, and an older request can complete while a reader pages,
+    behind its position: a reader that has gathered fewer entries than its last page's total
+    reads the list again.
+    """
+    @_builtins.property
+    def erased_subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErasedSubject]:
+        """The subjects erased by the requests after after_request_id, in the order the requests were
+        opened.
+        """
+
+    def __init__(
+        self,
+        *,
+        erased_subjects_key: _builtins.bytes = ...,
+        erased_subjects: _abc.Iterable[Global___ErasedSubject] | None = ...,
+        next_after_request_id: _builtins.str = ...,
+        erased_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_subjects", b"erased_subjects", "erased_subjects_key", b"erased_subjects_key", "erased_total", b"erased_total", "next_after_request_id", b"next_after_request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListErasedSubjectsResponse: _TypeAlias = ListErasedSubjectsResponse  # noqa: Y015
 
 @_typing.final
 class ExportAuditHeadRequest(_message.Message):

@@ -122,6 +122,11 @@ class CoordinatorServiceStub:
                 request_serializer=domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersRequest.SerializeToString,
                 response_deserializer=domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersResponse.FromString,
                 _registered_method=True)
+        self.ListErasedSubjects = channel.unary_unary(
+                '/domicile.v1.CoordinatorService/ListErasedSubjects',
+                request_serializer=domicile_dot_v1_dot_coordinator__pb2.ListErasedSubjectsRequest.SerializeToString,
+                response_deserializer=domicile_dot_v1_dot_coordinator__pb2.ListErasedSubjectsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -264,6 +269,15 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListErasedSubjects(self, request, context):
+        """Lists the cluster's permanent list of erased subjects (every completed erasure request) in
+        pages, oldest erasure request first. A node reads every page after each registration and
+        adopts the list only whole: erasures win over backups. Only nodes call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -351,6 +365,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.WatchSubjectOrders,
                     request_deserializer=domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersRequest.FromString,
                     response_serializer=domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersResponse.SerializeToString,
+            ),
+            'ListErasedSubjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListErasedSubjects,
+                    request_deserializer=domicile_dot_v1_dot_coordinator__pb2.ListErasedSubjectsRequest.FromString,
+                    response_serializer=domicile_dot_v1_dot_coordinator__pb2.ListErasedSubjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -815,6 +834,33 @@ class CoordinatorService:
             '/domicile.v1.CoordinatorService/WatchSubjectOrders',
             domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersRequest.SerializeToString,
             domicile_dot_v1_dot_coordinator__pb2.WatchSubjectOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListErasedSubjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/domicile.v1.CoordinatorService/ListErasedSubjects',
+            domicile_dot_v1_dot_coordinator__pb2.ListErasedSubjectsRequest.SerializeToString,
+            domicile_dot_v1_dot_coordinator__pb2.ListErasedSubjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

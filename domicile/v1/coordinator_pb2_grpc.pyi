@@ -92,6 +92,11 @@ class CoordinatorServiceStub:
     that changed it. Each set travels as one or more pages of at most 1 MiB; the node adopts a
     set whole, at its last page. Only nodes call it.
     """
+    ListErasedSubjects: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListErasedSubjectsRequest, _coordinator_pb2.ListErasedSubjectsResponse]
+    """Lists the cluster's permanent list of erased subjects (every completed erasure request) in
+    pages, oldest erasure request first. A node reads every page after each registration and
+    adopts the list only whole: erasures win over backups. Only nodes call it.
+    """
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -156,6 +161,11 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     than after_revision (or whenever the caller is ahead), then the set at every later revision
     that changed it. Each set travels as one or more pages of at most 1 MiB; the node adopts a
     set whole, at its last page. Only nodes call it.
+    """
+    ListErasedSubjects: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListErasedSubjectsRequest, _coordinator_pb2.ListErasedSubjectsResponse]  # type: ignore[assignment]
+    """Lists the cluster's permanent list of erased subjects (every completed erasure request) in
+    pages, oldest erasure request first. A node reads every page after each registration and
+    adopts the list only whole: erasures win over backups. Only nodes call it.
     """
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -320,6 +330,17 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         than after_revision (or whenever the caller is ahead), then the set at every later revision
         that changed it. Each set travels as one or more pages of at most 1 MiB; the node adopts a
         set whole, at its last page. Only nodes call it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListErasedSubjects(
+        self,
+        request: _coordinator_pb2.ListErasedSubjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListErasedSubjectsResponse, _abc.Awaitable[_coordinator_pb2.ListErasedSubjectsResponse]]:
+        """Lists the cluster's permanent list of erased subjects (every completed erasure request) in
+        pages, oldest erasure request first. A node reads every page after each registration and
+        adopts the list only whole: erasures win over backups. Only nodes call it.
         """
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -48,3 +48,12 @@ VIOLATIONS_MAX_LIMIT = 10_000
 # Bounds of ListSubjectRequestsRequest.limit (0 asks for the default).
 SUBJECT_REQUESTS_LIMIT_DEFAULT = 100
 SUBJECT_REQUESTS_LIMIT_MAX = 1000
+
+# Bounds of ListErasedSubjectsRequest.limit (0 asks for the default). An entry of the erased-subject
+# list is 84 bytes on the wire, so the largest page is under 1 MiB.
+ERASED_SUBJECTS_PAGE_DEFAULT = 5_000
+ERASED_SUBJECTS_PAGE_MAX = 10_000
+# The most entries a registration answer carries for a node that does not page the list
+# (RegisterNodeRequest.lists_erased_subjects false): about 2.5 MiB, well under the 4 MiB such a node
+# receives by default. Past it that node is refused rather than sent part of the list.
+ERASED_SUBJECTS_IN_REGISTRATION_MAX = 30_000

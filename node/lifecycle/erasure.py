@@ -51,13 +51,12 @@ from node.crypto.keyring import Keyring
 from node.crypto.sealing import key_class, sealed_key_class
 from node.engine.base import LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
+from node.lifecycle.erased_list_store import load_erased_list, store_erased_list
 from node.offload import Offload
 
 log = logging.getLogger("domicile.erasure")
 
 RECEIPTS_META = "erasure_receipts"
-# The cluster's permanent erasure list as last learned from the coordinator (JSON).
-ERASED_LIST_META = "erased_subjects"
 ERASE_ACTION = "erase"
 RECEIPT_ACTION = "erasure_receipt"
 # Key states read per get_many while collecting a subject's keys.
@@ -132,13 +131,11 @@ class Eraser:
             lambda: (
                 self.engine.blocked_subjects(),
                 self.engine.get_meta(RECEIPTS_META),
-                self.engine.get_meta(ERASED_LIST_META),
+                load_erased_list(self.engine),
             )
         )
         if erased:
-            stored = json.loads(erased)
-            self.erased_key = bytes.fromhex(stored["key"])
-            self.erased_list = dict(stored["subjects"])
+            self.erased_key, self.erased_list = erased
         self.blocked = blocked
         self.receipts = {rid: _receipt_from_json(r) for rid, r in json.loads(receipts or b"{}").items()}
         self.awaiting_list = restored and not erased
@@ -214,11 +211,10 @@ class Eraser:
             for subject_id, request_id in found.items():
                 log.warning("erasing what the store still holds of a subject erased by %s", request_id)
                 await self.erase(ErasureOrder(request_id, subject_id, self.now_ms()), cluster, holds)
-            listed = {"key": self.erased_key.hex(), "subjects": sorted(self.erased_list.items())}
-            blob = json.dumps(listed).encode()
+            key, listed = self.erased_key, sorted(self.erased_list.items())
 
             def persist(engine: StorageEngine) -> None:
-                engine.put_meta(ERASED_LIST_META, blob)
+                store_erased_list(engine, key, listed)
 
             await self.committer.run(persist)
         except Exception:

@@ -68,6 +68,7 @@ ALLOWED = {
         "coordinator.ExportAuditHead",
         "coordinator.ReportErasure",
         "coordinator.WatchSubjectOrders",
+        "coordinator.ListErasedSubjects",
     },
 }
 
