@@ -34,7 +34,7 @@ from node.engine.core import DOT_COUNTER_MAX
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
 from node.offload import Offload
-from node.replication import coalesce
+from node.replication import coalesce, late_refusals
 from node.replication.stages import Stages
 from node.topology_view import TopologyView
 
@@ -545,22 +545,19 @@ class Receiver:
             await asyncio.gather(*entries)
         timer.mark("audit")
 
-        late_refusals: list[int] = []
+        late: list[late_refusals.LateRefusal] = []
 
         def work(engine: StorageEngine) -> ApplyOutcome:
             # Again on the writer thread: an erasure that ran while the batch was sealed and
             # audited has read the subject's keys already, and would miss what is applied now.
-            topology = self.view.topology
-            still = [
-                m
-                for m in admitted
-                if m.version.tombstone
-                or not self.eraser.blocks(
-                    topology.cluster, topology.holds, m.namespace, m.key, m.version.subject_id
+            still, refused_now = late_refusals.recheck(self.eraser.blocks, self.view.topology, admitted)
+            late.extend(refused_now)
+            audit = carried or ()
+            if refused_now and carried is not None:
+                audit = late_refusals.carried_with_refusals(
+                    self.enforcer, source_node_id, admitted, carried, refused_now
                 )
-            ]
-            late_refusals.append(len(admitted) - len(still))
-            outcome = engine.apply_remote(source_node_id, still, through_lsn, carried or ())
+            outcome = engine.apply_remote(source_node_id, still, through_lsn, audit)
             if outcome.received and self.carry_audit is not None:
                 try:
                     self.carry_audit(outcome.received)
@@ -572,8 +569,14 @@ class Receiver:
 
         outcome = await self.committer.run(work)
         timer.mark("commit")
-        refused += sum(late_refusals)
-        policy_refused += sum(late_refusals)
+        if late:
+            # The refused records' entries, durable before the batch is acknowledged.
+            if carried is None:
+                await asyncio.gather(*late_refusals.record_refusals(self.enforcer, source_node_id, late))
+            else:
+                late_refusals.count_carried(self.enforcer, late)
+        refused += len(late)
+        policy_refused += len(late)
         if admitted:
             # Bounded by the drift check: a remote clock cannot carry this one past it.
             self.clock.observe(max(m.version.hlc for m in admitted))
