@@ -26,6 +26,9 @@ REGIONS = ["us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1"]
 CUSTOMERS = {"name": "customers", "regions": "global", "classification": "personal"}
 NAMESPACES_WITH_CUSTOMERS = [*NAMESPACES, CUSTOMERS]
 DPF = ["destinations", "us-east-1", "recipient", "dpf_certified"]
+# How long four nodes may take to link, a replicated record to reach a region, or a link to
+# move past it.
+REPLICATED_S = 30.0
 
 
 def audit_entries(node: Node) -> list[AuditEntry]:
@@ -47,7 +50,7 @@ def metric(node: Node, name: str, labels: dict[str, str] | None = None) -> float
 async def lawful(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """Four regions enforcing the sample policy pack."""
     cluster = LocalCluster(tmp_path, REGIONS, pack=sample_pack(), namespaces=NAMESPACES_WITH_CUSTOMERS)
-    await cluster.start_linked()
+    await cluster.start_linked(REPLICATED_S)
     try:
         yield cluster
     finally:
@@ -104,21 +107,27 @@ async def test_personal_data_without_a_jurisdiction_is_refused_everywhere(lawful
 
 
 async def test_the_source_sends_a_record_only_where_the_law_allows(lawful: LocalCluster) -> None:
+    # Each wait is on a condition and ends as soon as it holds; its bound is for a CI machine
+    # running far past its cores, where four nodes with mutual TLS take seconds per hop.
     # A German customer: the EEA, Japan (adequacy) and us-east-1 (DPF-certified recipient).
     await put(lawful, "eu-west-1", "de-1", "DE")
     for region in ("eu-central-1", "ap-northeast-1", "us-east-1"):
-        await eventually(lambda r=region: _holds(lawful, r, "de-1"), what=f"de-1 replicated to {region}")
+        await eventually(
+            lambda r=region: _holds(lawful, r, "de-1"), REPLICATED_S, f"de-1 replicated to {region}"
+        )
     # A Japanese customer: Japan and the EU, never the US.
     written = await put(lawful, "ap-northeast-1", "jp-2", "JP")
     for region in ("eu-west-1", "eu-central-1"):
-        await eventually(lambda r=region: _holds(lawful, r, "jp-2"), what=f"jp-2 replicated to {region}")
+        await eventually(
+            lambda r=region: _holds(lawful, r, "jp-2"), REPLICATED_S, f"jp-2 replicated to {region}"
+        )
     source = lawful.nodes["ap-northeast-1"]
 
     async def passed_us() -> bool:
         sender = source.replication.senders.get("us-east-1")
         return sender is not None and sender.acked_lsn >= written.lsn
 
-    await eventually(passed_us, what="the us-east-1 link past jp-2")
+    await eventually(passed_us, REPLICATED_S, "the us-east-1 link past jp-2")
     assert lawful.nodes["us-east-1"].engine.get("customers", "jp-2") is None
     withheld = await audited(source, action="replicate_send", key="jp-2", decision="refuse")
     assert len(withheld) >= 1 and all("to=us-east-1" in e.detail for e in withheld)

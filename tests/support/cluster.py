@@ -112,7 +112,12 @@ class LocalCluster:
             # The tests' client holds the app role; the default policies let an app use the
             # namespaces it owns, so a namespace without an owner is owned by it.
             "namespaces": [{"owner": TESTER, **ns} for ns in self.namespaces],
-            "coordinator": {"heartbeat_interval_ms": 100, "missed_heartbeats_max": 3},
+            # Heartbeats every 100 ms, a node marked down after 2 s without one. Every change of
+            # health is a topology revision every node adopts, and a node going down has every
+            # other node run anti-entropy rounds at once: on a loaded machine a bound of a few
+            # hundred milliseconds marked nodes down and up again many times a test, and the work
+            # that set off slowed replication past the tests' waits.
+            "coordinator": {"heartbeat_interval_ms": 100, "missed_heartbeats_max": 20},
         }
         if pack is None:
             config["policy_version"] = "test-scope-1"
