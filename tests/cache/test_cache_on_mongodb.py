@@ -101,6 +101,13 @@ async def test_while_the_database_is_down_cached_reads_serve_and_the_rest_fail_u
         hits = counter(node, "domicile_cache_hits_total")
         assert await cluster.values(REGION, "instruments", "cached") == {b"1"}
         assert counter(node, "domicile_cache_hits_total") == hits + 1
+        # The cache answers through an outage only if the store's last confirmation was within
+        # its bound (0.5 s) when the outage was noticed; on a loaded machine the change thread
+        # can miss that. The bound has tests of its own (test_shared_store_race.py); here a
+        # wider one keeps this test about the outage.
+        assert node.cache is not None and node.cache.others is not None
+        node.cache.others.lag_max_s = 10.0
+        assert node.cache.others.trusted()
 
         server.kill()
 
