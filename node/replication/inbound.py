@@ -627,7 +627,7 @@ class Receiver:
         the clock, this node's own counters (within replication_position_gap_max of what it
         issued), the erasure block and the policy, each refusal counted and audited. Admitted
         values are sealed, their audit entries made durable, then merged by the same apply as a
-        stream (no source position moves)."""
+        stream (no source position moves), the erasure block checked again at its commit."""
         entries: list[asyncio.Future[int]] = []
         checked: list[Mutation] = []
         for msg in messages:
@@ -657,14 +657,27 @@ class Receiver:
         if not admitted:
             return RepairResult((), len(messages), 0)
 
+        late: list[late_refusals.LateRefusal] = []
+
         def work(engine: StorageEngine) -> ApplyOutcome:
-            return engine.apply_remote(peer_node_id, admitted, 0)
+            # Again on the writer thread, as for a stream: an erasure that ran while the repair
+            # was sealed and audited has read the subject's keys already.
+            still, refused_now = late_refusals.recheck(
+                self.eraser.blocks, self.view.topology, admitted, via=via
+            )
+            late.extend(refused_now)
+            return engine.apply_remote(peer_node_id, still, 0)
 
         outcome = await self.committer.run(work)
+        if late:
+            # Their allow entries were durable before the apply: the refusals follow them,
+            # durable before the repair is reported.
+            await asyncio.gather(*late_refusals.record_refusals(self.enforcer, peer_node_id, late))
+            self.metrics.replication_refused.labels(peer_node_id, self.node_id).inc(len(late))
         self.clock.observe(max(m.version.hlc for m in admitted))
         keys = tuple(dict.fromkeys((m.namespace, m.key) for m in outcome.applied))
         if self.on_applied is not None and keys:
             self.on_applied(list(keys))
         if outcome.conflicts:
             self.metrics.conflicts.labels("*", "repaired").inc(outcome.conflicts)
-        return RepairResult(keys, len(messages) - len(admitted), outcome.duplicates)
+        return RepairResult(keys, len(messages) - len(admitted) + len(late), outcome.duplicates)

@@ -1,7 +1,8 @@
 """Replicated records the erasure recheck refuses at commit, and their audit entries.
 
-A replicated record is admitted (policy decided, erasure block checked, its replicate_receive
-allow entry made) before it is sealed and committed. An erasure that runs in between has read
+A replicated record (streamed, or an anti-entropy or bootstrap repair) is admitted (policy
+decided, erasure block checked, its replicate_receive allow entry made) before it is sealed and
+committed. An erasure that runs in between has read
 the subject's keys already, so the apply checks the block again on the writer thread and leaves
 out what it now blocks. The audit trail must then say that the record was refused, not only
 that it was allowed, since an allow entry of replicate_receive means the record was applied:
@@ -37,13 +38,15 @@ Blocks = Callable[[ClusterSpec, tuple[LegalHold, ...], str, str, str], str]
 class LateRefusal:
     mutation: Mutation
     request_id: str
+    # How the record came when not by a stream (a repair: "antientropy", "bootstrap"); "": a stream.
+    via: str = ""
 
 
 def recheck(
-    blocks: Blocks, topology: Topology, admitted: Sequence[Mutation]
+    blocks: Blocks, topology: Topology, admitted: Sequence[Mutation], *, via: str = ""
 ) -> tuple[list[Mutation], list[LateRefusal]]:
     """The admitted mutations the erasure block still lets in, and those it now refuses (with
-    the erasure request). Tombstones always pass."""
+    the erasure request). Tombstones always pass. `via`: how a repair came ("" for a stream)."""
     still: list[Mutation] = []
     late: list[LateRefusal] = []
     for m in admitted:
@@ -53,18 +56,30 @@ def recheck(
             else blocks(topology.cluster, topology.holds, m.namespace, m.key, m.version.subject_id)
         )
         if erased_by:
-            late.append(LateRefusal(m, erased_by))
+            late.append(LateRefusal(m, erased_by, via))
         else:
             still.append(m)
     return still, late
 
 
 def _detail(source_node_id: str, refused: LateRefusal) -> str:
+    m = refused.mutation
+    # As the record's admission entry names it (Receiver._admit).
+    if refused.via:
+        where = f"{refused.via} dot={m.version.dot.node_id}:{m.version.dot.counter}"
+    else:
+        where = f"lsn={m.lsn}"
+    return detail(f"from={source_node_id} {where}", refused.request_id)
+
+
+def detail(where: str, request_id: str) -> str:
+    """The detail of a refusal entry of a record refused at commit (a replicated one here, a
+    local write in node.service), after what names the record in its allow entry (`where`)."""
     text = (
-        f"from={source_node_id} lsn={refused.mutation.lsn} request={refused.request_id} refused at "
-        "commit: the subject was erased after the record was admitted"
+        f"{where} request={request_id} refused at commit: the subject was erased after the record "
+        "was admitted"
     )
-    return text[:TEXT_CHARS_MAX]
+    return text.strip()[:TEXT_CHARS_MAX]
 
 
 def carried_with_refusals(

@@ -1,5 +1,5 @@
-"""A replicated record refused at commit by the erasure recheck, and what the audit trail says of
-it (node/replication/late_refusals.py).
+"""A replicated record (streamed or repaired) refused at commit by the erasure recheck, and what
+the audit trail says of it (node/replication/late_refusals.py).
 
 The target admits a record (its replicate_receive allow entry is made), then seals, audits and
 commits it; an erasure of the record's subject that runs in between is caught by the recheck on
@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from domicile.audit import AuditEntry
-from domicile.causality import Mutation
+from domicile.causality import CausalContext, Dot, Mutation, Version, sha256
 from domicile.cluster import ClusterSpec
+from domicile.model import Classification
 from domicile.subjects import ErasureOrder
+from domicile.wire.records import mutation_to_pb
 from node.daemon import Node
 from tests.support.cluster import LocalCluster, eventually
 
@@ -105,3 +107,50 @@ async def test_regression_a_record_refused_at_commit_is_audited_as_refused(
         # The allow entry was durable before the apply; the refusal follows and supersedes it.
         assert [e.decision for e in entries] == ["allow", "refuse"]
     assert refusals_counted(target) == 1.0
+
+
+def ghost_repair(node: Node, key: str, subject_id: str) -> Mutation:
+    """A version of another node's write, as a peer sends it in an anti-entropy or bootstrap
+    repair (any node's writes)."""
+    value = b"repaired personal"
+    version = Version(
+        dot=Dot("ghost", 1),
+        value=value,
+        hlc=node.clock.now(),
+        subject_id=subject_id,
+        subject_jurisdiction="DE",
+        classification=Classification.PERSONAL,
+        checksum=sha256(value),
+        origin_region=SOURCE,
+    )
+    return Mutation("customers_eu", key, CausalContext.empty(), version, lsn=0, origin_node_id="ghost")
+
+
+@pytest.mark.parametrize("via", ["antientropy", "bootstrap"])
+async def test_regression_a_repair_overtaken_by_an_erasure_is_refused_at_commit_and_audited(
+    eu: LocalCluster, via: str
+) -> None:
+    # A repair's records are admitted, sealed and audited before their commit, like a stream's;
+    # the repair used to commit them without checking the erasure block again.
+    target = eu.nodes[TARGET]
+    erased = erase_once_admitted(target, SUBJECT)
+    key = f"c-repair-{via}"
+    result = await target.receiver.apply_repair(
+        SOURCE, [mutation_to_pb(ghost_repair(target, key, SUBJECT))], via=via
+    )
+    assert erased.is_set()
+    assert result.repaired == () and result.refused == 1
+    state = target.engine.get("customers_eu", key)
+    assert state is None or not state.live(), "the erasure recheck let the repaired record in"
+    await target.audit.flush()
+    entries = received_entries(target, key)
+    # The allow entry was durable before the apply; the refusal follows and supersedes it.
+    assert [(e.decision, e.rule) for e in entries][-1] == ("refuse", "subject-erased")
+    assert [e.decision for e in entries] == ["allow", "refuse"]
+    assert f"{via} dot=ghost:1 request={REQUEST} refused at commit" in entries[-1].detail
+    assert entries[-1].subject and entries[-1].subject == entries[0].subject
+    assert refusals_counted(target) == 1.0
+    refused = target.metrics.registry.get_sample_value(
+        "domicile_replication_refused_total", {"source": SOURCE, "target": TARGET}
+    )
+    assert refused == 1.0
