@@ -36,9 +36,10 @@ from node.compliance.redaction import redact
 from node.crypto.sealing import Sealer
 from node.engine.base import Committed, LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
-from node.lifecycle.erasure import Eraser
+from node.lifecycle.erasure import ErasedInFlight, Eraser
 from node.metrics import NodeMetrics
 from node.offload import Offload
+from node.replication import late_refusals
 from node.topology_view import TopologyView
 
 # A Put ready to commit: its namespace, its write, and its audit entry (carried by the commit)
@@ -213,7 +214,9 @@ class StorageService:
                 "accepted any more (a new relationship needs a new subject id)"
             )
 
-    async def _commit(self, write: LocalWrite, entry: asyncio.Future[int] | AuditEntry | None) -> Committed:
+    async def _commit(
+        self, write: LocalWrite, entry: asyncio.Future[int] | AuditEntry | None, principal: str
+    ) -> Committed:
         # No write without its audit entry. Carried: the entry commits with the write, in the
         # same transaction (one fsync), and reaches the audit log from there. Otherwise the
         # entry is durable before the write is committed (write-ahead). A decision recorded for
@@ -223,12 +226,37 @@ class StorageService:
                 write = dataclasses.replace(write, audit=entry)
         elif entry is not None:
             await entry
-        committed = await self.committer.submit(write)
+        try:
+            committed = await self.committer.submit(write)
+        except ErasedInFlight as refused:
+            await self._refused_at_commit(write, refused, principal)
+            raise
         self.on_committed()
         spec = self.view.topology.cluster.find_namespace(write.namespace)
         if spec is not None and spec.min_regions_acked > 1:
             await self._wait_regions(spec, committed)
         return committed
+
+    def _refused_at_commit(
+        self, write: LocalWrite, refused: ErasedInFlight, principal: str
+    ) -> asyncio.Future[int]:
+        """Audits a write the writer refused at commit because its subject was erased meanwhile
+        (as node.replication.late_refusals does for replicated records): where the commit would
+        have carried its allow entry, the entry was not written and this refusal takes its
+        place; where the allow entry was durable before the commit (write-ahead), this refusal
+        follows and supersedes it. Await it before answering the caller."""
+        facts = RecordFacts(
+            write.namespace, write.classification, write.subject_id, write.subject_jurisdiction
+        )
+        return self.enforcer.refusal(
+            facts,
+            action=Action.STORE,
+            audit_action=Audit.PUT,
+            principal=principal,
+            key=write.key,
+            rule=late_refusals.RULE,
+            detail=late_refusals.detail("", refused.request_id),
+        )
 
     async def _wait_regions(self, spec: NamespaceSpec, committed: Committed) -> None:
         """Synchronous durability: the write is acknowledged once min_regions_acked regions hold
@@ -261,7 +289,7 @@ class StorageService:
 
     async def put(self, cmd: PutCommand) -> Committed:
         spec, write, entry = await self._prepare_put(cmd)
-        committed = await self._commit(write, entry)
+        committed = await self._commit(write, entry, cmd.principal)
         return self._put_answer(spec, cmd, committed)
 
     async def put_batch(self, cmds: list[PutCommand]) -> list[Committed | errors.DomicileError]:
@@ -299,6 +327,13 @@ class StorageService:
             writes.append(write)
         if writes:
             committed = await self.committer.submit_many(writes)
+            refusals = [
+                self._refused_at_commit(write, outcome, cmds[i].principal)
+                for (i, _), write, outcome in zip(accepted, writes, committed, strict=True)
+                if isinstance(outcome, ErasedInFlight)
+            ]
+            if refusals:
+                await asyncio.gather(*refusals)
             self.on_committed()
             for (i, spec), outcome in zip(accepted, committed, strict=True):
                 if isinstance(outcome, errors.DomicileError):
@@ -438,6 +473,7 @@ class StorageService:
                 request_id=cmd.request_id,
             ),
             entry,
+            cmd.principal,
         )
         self._count_conflict(spec, committed.conflict and committed.state.has_live())
         return committed

@@ -125,7 +125,8 @@ class GroupCommitter:
         # Asked on the writer thread, just before a write commits, whether it may still commit:
         # a check made earlier by the caller (the erasure block) can have been overtaken while
         # the write waited (for sealing, the audit entry, the queue). Settable after start,
-        # since what it asks may be built after the committer.
+        # since what it asks may be built after the committer. A refused write's audit entry is
+        # not handed on: its caller audits the refusal.
         self.guard = guard
         # Called on the writer thread with the size of every committed batch (metrics).
         self._on_batch = on_batch
@@ -301,7 +302,7 @@ class GroupCommitter:
             raise RuntimeError(f"engine returned more results than the {len(admitted)} writes given")
         if self.log_tail is not None:
             self._extend_tail(self.log_tail, results)
-        self._hand_audit(batch, results)
+        self._hand_audit(batch, results, refusals)
         self._keys_changed(
             [(r.mutation.namespace, r.mutation.key) for r in results if isinstance(r, Committed)]
         )
@@ -318,12 +319,19 @@ class GroupCommitter:
                 log.exception("the group commit batch hook failed")
         deliver_all([(item.waiter, result) for item, result in zip(batch, results, strict=True)])
 
-    def _hand_audit(self, batch: list[_WriteItem], results: list[Committed | DomicileError]) -> None:
+    def _hand_audit(
+        self,
+        batch: list[_WriteItem],
+        results: list[Committed | DomicileError],
+        refusals: list[DomicileError | None],
+    ) -> None:
         carried: list[tuple[int, AuditEntry]] = []
         direct: list[AuditEntry] = []
-        for item, result in zip(batch, results, strict=True):
+        for item, result, refusal in zip(batch, results, refusals, strict=True):
             entry = item.write.audit
-            if entry is None:
+            if entry is None or refusal is not None:
+                # A write the guard refused: its allow entry would say it was written. Its caller
+                # records the refusal in its place (node.service), durable before it answers.
                 continue
             if isinstance(result, Committed) and not result.replayed:
                 carried.append((result.mutation.lsn, entry))

@@ -81,6 +81,19 @@ def keep_reason(
     return ""
 
 
+class ErasedInFlight(FailedPrecondition):
+    """A local write the writer refused at commit: its subject was erased after the write's
+    decision was made (Eraser.refusal). Its caller audits the refusal (the write's allow entry
+    was made already)."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"this data subject was erased by request {request_id} while this write was in flight; "
+            "records about them are not accepted any more (a new relationship needs a new subject id)"
+        )
+        self.request_id = request_id
+
+
 class Eraser:
     def __init__(
         self,
@@ -236,10 +249,7 @@ class Eraser:
         if not request_id:
             return None
         self.refused_in_writer += 1
-        return FailedPrecondition(
-            f"this data subject was erased by request {request_id} while this write was in flight; "
-            "records about them are not accepted any more (a new relationship needs a new subject id)"
-        )
+        return ErasedInFlight(request_id)
 
     def blocks(
         self, cluster: ClusterSpec, holds: tuple[LegalHold, ...], namespace: str, key: str, subject_id: str

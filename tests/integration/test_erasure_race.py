@@ -13,7 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from domicile.audit import AuditEntry
+from domicile.errors import DomicileError
 from domicile.subjects import ErasureOrder
+from domicile.v1 import storage_node_pb2 as spb
 from node.daemon import Node
 from node.engine.base import Committed, LocalWrite
 from tests.support.cluster import LocalCluster
@@ -89,3 +92,69 @@ async def test_negative_control_without_the_writer_check_the_record_outlives_its
     late = await erase_while_a_write_is_in_flight(eu)
     assert late.exception() is None, "without the check in the writer the write commits"
     assert live_versions_of(node, SUBJECT) == ["c-2"]
+
+
+def put_entries(node: Node, key: str) -> list[AuditEntry]:
+    found = (AuditEntry.decode(e.body) for e in node.audit.iter_all())
+    return [e for e in found if e.action == "put" and e.key == key]
+
+
+@pytest.mark.parametrize("carried", [True, False], ids=["commit-carries-entries", "entries-before-commit"])
+async def test_regression_a_write_refused_in_the_writer_is_audited_as_refused(
+    eu: LocalCluster, carried: bool
+) -> None:
+    # The write's allow entry used to reach the audit log alone (where the commit would have
+    # carried it) or stand alone (where it was durable before the commit): both say it was written.
+    node = eu.nodes["eu-west-1"]
+    if not carried:
+        # As on an engine whose commits carry no audit entries (MongoDB): the entry is made
+        # durable in the audit log before the commit.
+        node.service.carry_audit = False
+    late = await erase_while_a_write_is_in_flight(eu)
+    assert isinstance(late.exception(), grpc.aio.AioRpcError)
+    # Durable before the caller was answered: no flush, no wait.
+    assert [e.decision for e in put_entries(node, "c-2")][-1:] == ["refuse"]
+    await node.audit.flush()
+    entries = put_entries(node, "c-2")
+    if carried:
+        assert [e.decision for e in entries] == ["refuse"]
+    else:
+        assert [e.decision for e in entries] == ["allow", "refuse"]
+    refusal = entries[-1]
+    assert refusal.rule == "subject-erased"
+    assert "request=erase-race-1 refused at commit" in refusal.detail
+    assert refusal.subject and refusal.subject == put_entries(node, "c-1")[0].subject
+
+
+async def test_regression_a_batch_record_refused_in_the_writer_is_audited_as_refused(
+    eu: LocalCluster,
+) -> None:
+    node = eu.nodes["eu-west-1"]
+    put = {"subject_id": SUBJECT, "subject_jurisdiction": "DE"}
+    submit_many = node.committer.submit_many
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def held(writes: list[LocalWrite]) -> list[Committed | DomicileError]:
+        reached.set()
+        await release.wait()
+        return await submit_many(writes)
+
+    node.committer.submit_many = held  # type: ignore[method-assign]
+    puts = [
+        spb.PutRequest(namespace="customers_eu", key="c-3", value=b"in flight", **put),
+        spb.PutRequest(namespace="customers_eu", key="c-4", value=b"no subject"),
+    ]
+    call = eu.stub("eu-west-1").PutBatch(spb.PutBatchRequest(puts=puts), timeout=10)
+    batch: asyncio.Future[spb.PutBatchResponse] = asyncio.ensure_future(call)
+    await asyncio.wait_for(reached.wait(), 5)
+    topology = node.view.topology
+    await node.eraser.erase(
+        ErasureOrder("erase-race-2", SUBJECT, 0, ("eu-west-1",)), topology.cluster, topology.holds
+    )
+    release.set()
+    response = await batch
+    await node.audit.flush()
+    assert [r.code for r in response.results] == [grpc.StatusCode.FAILED_PRECONDITION.value[0], 0]
+    entries = put_entries(node, "c-3")
+    assert [(e.decision, e.rule) for e in entries] == [("refuse", "subject-erased")]
+    assert "request=erase-race-2 refused at commit" in entries[0].detail
