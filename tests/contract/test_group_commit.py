@@ -7,12 +7,14 @@ on a threading.Event), queue the writes, then open the gate: batching is then de
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 
 import pytest
 
-from domicile.causality import Mutation
+from domicile.audit import AuditEntry
+from domicile.causality import CausalContext, Mutation
 from domicile.errors import DomicileError, InvalidArgument, ResourceExhausted, Unavailable
 from node.engine.base import ApplyOutcome, Committed, LocalWrite, StorageEngine, StoreCounts
 from node.engine.group_commit import GroupCommitter
@@ -363,3 +365,26 @@ def test_bad_limits_are_refused(
 async def test_start_twice_is_refused(committer: GroupCommitter) -> None:
     with pytest.raises(Unavailable):
         committer.start()
+
+
+async def test_regression_a_write_the_guard_refuses_hands_on_no_audit_entry(
+    committer: GroupCommitter,
+) -> None:
+    # Its allow entry would say the write was made; the caller audits the refusal instead
+    # (node.service). A write the engine refuses still hands its entry on: the decision was made.
+    def entry(key: str) -> AuditEntry:
+        return AuditEntry(0, 1, 1, "r", "n", "client", "put", "o", key, decision="allow")
+
+    handed: list[AuditEntry] = []
+    committer.on_audit = lambda carried, direct: handed.extend([*(e for _, e in carried), *direct])
+    refused = InvalidArgument("erased while in flight")
+    committer.guard = lambda write: refused if write.key == "erased" else None
+    # A context naming counters of this node it never issued for the key: the engine refuses it.
+    forged = CausalContext.of({committer.engine.node_id: 5})
+    over_limit = LocalWrite(namespace="o", key="forged", supersedes=forged, audit=entry("forged"))
+    results = await committer.submit_many(
+        [dataclasses.replace(put("erased"), audit=entry("erased")), over_limit]
+    )
+    assert results[0] is refused
+    assert isinstance(results[1], DomicileError)
+    assert [e.key for e in handed] == ["forged"]
