@@ -15,8 +15,9 @@ same operations (the interleaving of concurrent operations across regions still 
 
 The second run does the same under faults: while the operations run, nodes are cut off from
 their peers (a proxy in front of each node drops and refuses replication connections) and
-stopped and restarted; operations that meet a stopped node fail as unavailable, and the checks
-run once everything is healed. DOMICILE_PROPERTY_OPS sets the operations per phase of the first
+stopped and restarted (every phase gets both, while its operations run: they wait at drawn
+points for the faults to start); operations that meet a stopped node fail as unavailable, and
+the checks run once everything is healed. DOMICILE_PROPERTY_OPS sets the operations per phase of the first
 run; the run under faults does half as many per phase (a long run under faults:
 DOMICILE_PROPERTY_OPS=66668 -k partitions gives three phases of 33,334, 100,002 operations).
 Long runs print their progress every 2,000 operations.
@@ -29,6 +30,7 @@ import collections
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,8 +176,11 @@ class Workload:
             action = {"put": "put", "delete": "delete", "get": "read"}[op.kind]
             self.refused[(op.region, action, op.key)] += 1
 
-    async def run_all(self, ops: list[Op]) -> None:
+    async def run_all(self, ops: list[Op], hold: Callable[[int], Awaitable[None]] | None = None) -> None:
+        """`hold(i)` is awaited before the operations from the i-th on are started."""
         for i in range(0, len(ops), CONCURRENCY):
+            if hold is not None:
+                await hold(i)
             await asyncio.gather(*(self.run(op) for op in ops[i : i + CONCURRENCY]))
             if (i // CONCURRENCY + 1) % PROGRESS_EVERY == 0:
                 # A long run says how far it got (and at what pace) while it runs.
@@ -207,26 +212,60 @@ def counted_refusals(node: Node) -> int:
     return int(total)
 
 
-async def nemesis(cluster: LocalCluster, rng: random.Random, stop: asyncio.Event) -> collections.Counter[str]:
-    """Cuts a node off from its peers, or stops and restarts it, one fault at a time."""
-    injected: collections.Counter[str] = collections.Counter()
-    while not stop.is_set():
-        await asyncio.sleep(rng.uniform(0.1, 0.6))
-        region = rng.choice(REGIONS)
-        if rng.random() < 0.6:
-            cluster.proxies[region].partition()
-            await asyncio.sleep(rng.uniform(0.2, 1.0))
-            cluster.proxies[region].heal()
-            injected["partition"] += 1
-        else:
-            # Not cluster.stop_node: that also closes the test's channel to the node, which
-            # cancels the workload's calls on it; a client of a node that stops sees it fail.
-            node = cluster.nodes.pop(region)
-            await node.stop(grace_s=0.1)
-            await asyncio.sleep(rng.uniform(0.1, 0.5))
-            await cluster.start_node(region)
-            injected["restart"] += 1
-    return injected
+class Nemesis:
+    """Cuts a node off from its peers, or stops and restarts it, one fault at a time, at drawn
+    moments while a phase's operations run. The first two faults of a phase are one of each
+    kind, in drawn order, and the operations wait at drawn points for them to have started: a
+    phase injects both kinds while its operations run however fast or slow the machine is (on
+    timing alone a short phase often got no restart)."""
+
+    FORCED = ("partition", "restart")
+
+    def __init__(self, cluster: LocalCluster, rng: random.Random, ops: int) -> None:
+        self.cluster = cluster
+        self.rng = rng
+        self.injected: collections.Counter[str] = collections.Counter()
+        self.forced = rng.sample(self.FORCED, len(self.FORCED))
+        # Where the workload waits for the j-th forced fault to have started: before the round
+        # of CONCURRENCY operations that starts at this index.
+        self.hold_at = sorted(rng.randrange(0, ops, CONCURRENCY) for _ in self.forced)
+        self.started = 0
+        self._started_changed = asyncio.Event()
+
+    async def hold(self, next_op: int) -> None:
+        for j, at in enumerate(self.hold_at):
+            while next_op >= at and self.started <= j:
+                self._started_changed.clear()
+                await self._started_changed.wait()
+
+    def _start(self) -> None:
+        self.started += 1
+        self._started_changed.set()
+
+    async def run(self, stop: asyncio.Event) -> collections.Counter[str]:
+        while not stop.is_set() or self.started < len(self.forced):
+            await asyncio.sleep(self.rng.uniform(0.1, 0.6))
+            region = self.rng.choice(REGIONS)
+            if self.started < len(self.forced):
+                kind = self.forced[self.started]
+            else:
+                kind = "partition" if self.rng.random() < 0.6 else "restart"
+            if kind == "partition":
+                self.cluster.proxies[region].partition()
+                self._start()
+                await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+                self.cluster.proxies[region].heal()
+            else:
+                # Not cluster.stop_node: that also closes the test's channel to the node, which
+                # cancels the workload's calls on it; a client of a node that stops sees it fail.
+                node = self.cluster.nodes.pop(region)
+                # Started before the stop: the operations it let go on meet the node stopping.
+                self._start()
+                await node.stop(grace_s=0.1)
+                await asyncio.sleep(self.rng.uniform(0.1, 0.5))
+                await self.cluster.start_node(region)
+            self.injected[kind] += 1
+        return self.injected
 
 
 async def check_phase(
@@ -293,12 +332,16 @@ async def _property_run(tmp_path: Path, *, faults: bool, ops_per_phase: int) -> 
             ops = make_ops(rng, ops_per_phase, subjects)
             if faults:
                 stop = asyncio.Event()
-                faulting = asyncio.create_task(nemesis(cluster, random.Random(rng.getrandbits(64)), stop))
+                faults_of_phase = Nemesis(cluster, random.Random(rng.getrandbits(64)), len(ops))
+                faulting = asyncio.create_task(faults_of_phase.run(stop))
                 try:
-                    await workload.run_all(ops)
+                    await workload.run_all(ops, faults_of_phase.hold)
                 finally:
                     stop.set()
-                    injected += await faulting
+                    phase_faults = await faulting
+                # Both kinds in every phase, started while its operations ran (they waited).
+                assert phase_faults["partition"] > 0 and phase_faults["restart"] > 0, phase_faults
+                injected += phase_faults
                 await cluster.wait_linked(30.0)
             else:
                 await workload.run_all(ops)
