@@ -21,6 +21,8 @@ from typing import IO
 from bench.procs import ChildError
 from torture.clocks import skewed_env
 from torture.cluster import COORDINATOR, TortureCluster
+from torture.history import History
+from torture.rewinds import Rewind, provoked, wait_until, written_since_copy
 from torture.router import cut_between
 
 FAULT_KINDS = (
@@ -52,12 +54,23 @@ SMALL_SKEW_S = (0.2, 3.0)
 LARGE_SKEW_S = (60.0, 7200.0)
 FAULT_S = (1.0, 4.0)
 QUIET_S = (0.5, 2.0)
+# How long an unchecked rewind waits for the node to acknowledge a write after its copy, and
+# after its restart for it to write again a key it wrote since the copy (torture.rewinds).
+REWIND_WINDOW_WAIT_S = 30.0
 
 
 class Nemesis:
     def __init__(
-        self, cluster: TortureCluster, seed: int, log_path: Path, kinds: tuple[str, ...] = FAULT_KINDS
+        self,
+        cluster: TortureCluster,
+        seed: int,
+        log_path: Path,
+        kinds: tuple[str, ...] = FAULT_KINDS,
+        history: History | None = None,
+        t0: float = 0.0,
     ) -> None:
+        """`history` and `t0` (the monotonic start its times count from): what an unchecked
+        rewind reads to take back a write for certain (torture.rewinds)."""
         unknown = set(kinds) - set(FAULT_KINDS) - set(UNSAFE_KINDS)
         if unknown:
             known = ", ".join(FAULT_KINDS + UNSAFE_KINDS)
@@ -66,6 +79,9 @@ class Nemesis:
         self.rng = random.Random(seed)
         self.kinds = kinds
         self.injected: Counter[str] = Counter()
+        self.history = history
+        self.history_t0 = t0
+        self.unchecked_rewinds: list[Rewind] = []
         self._log: IO[str] = log_path.open("w")
         self._t0 = time.monotonic()
 
@@ -161,19 +177,47 @@ class Nemesis:
 
             return unskew, detail
         if kind in ("rewind", "rewind-unchecked"):
-            daemon = cluster.nodes[self.rng.choice(nodes)]
+            region = self.rng.choice(nodes)
+            daemon = cluster.nodes[region]
             await cluster.snapshot(daemon)
             checked = kind == "rewind"
+            record = Rewind(region, copied=time.monotonic())
 
             async def rewind() -> None:
                 if checked:
                     # A copy put back loses what only this node held since (no check can bring
                     # that back); what the check must handle is a store behind its peers.
                     await cluster.drain(daemon)
+                elif self.history is not None:
+                    # The negative control must take back at least one acknowledged write,
+                    # however slowly the clients got through on a loaded machine.
+                    history = self.history
+                    await wait_until(
+                        lambda: written_since_copy(history.ops, record, self.history_t0),
+                        REWIND_WINDOW_WAIT_S,
+                    )
+                record.killed = time.monotonic()
                 await cluster.kill(daemon)
                 cluster.restore_snapshot(daemon)
+                peers = [(region, peer) for peer in nodes if peer != region]
+                peer_links = {*peers, *((b, a) for a, b in peers)}
+                if not checked:
+                    # The copy comes up heard by its clients but not yet by its peers, as a
+                    # node restored from a backup may: what its peers hold would otherwise
+                    # soon tell it the counters it lost, and whether it hands a dot out again
+                    # would be a race against its clients' reconnecting (torture.rewinds).
+                    rules.cut.update(peer_links)
                 await cluster.start_daemon(daemon, [] if checked else ["--unsafe-no-rewind-check"])
+                record.restarted = time.monotonic()
                 cluster.router.rules.cut.difference_update(cluster.client_links(daemon))
+                if not checked:
+                    self.unchecked_rewinds.append(record)
+                    if self.history is not None:
+                        history = self.history
+                        record.provoked = await wait_until(
+                            lambda: provoked(history.ops, record, self.history_t0), REWIND_WINDOW_WAIT_S
+                        )
+                    rules.cut.difference_update(peer_links)
 
             return rewind, f"{daemon.name} restarts from a copy of its store taken now"
         raise ValueError(f"unknown fault kind {kind!r}")

@@ -284,8 +284,8 @@ async def run(args: argparse.Namespace) -> int:
     children = Children(out / "logs", cwd=Path.cwd())
     cluster = TortureCluster(out, router, children, args.engine)
     history = History(out / "history.jsonl")
-    nemesis = Nemesis(cluster, args.seed, out / "faults.jsonl", tuple(args.faults))
     workload = Workload(cluster, history, args.seed, args.clients)
+    nemesis = Nemesis(cluster, args.seed, out / "faults.jsonl", tuple(args.faults), history, workload.t0)
     (out / "run.json").write_text(json.dumps(run_parameters(args), indent=2))
     started = time.monotonic()
     try:
@@ -305,6 +305,13 @@ async def run(args: argparse.Namespace) -> int:
         # The clients go on for a while on the healed cluster: writes made after a fault (after a
         # restart, above all) are where some bugs show.
         await asyncio.sleep(args.quiet)
+        if nemesis.unchecked_rewinds:
+            shown = sum(r.provoked for r in nemesis.unchecked_rewinds)
+            print(
+                f"unchecked rewinds: {len(nemesis.unchecked_rewinds)}, after which the node wrote "
+                f"again a key it wrote since its copy: {shown}",
+                flush=True,
+            )
         stop_clients.set()
         await clients
         written = time.monotonic()
