@@ -230,11 +230,12 @@ class Nemesis:
         # of CONCURRENCY operations that starts at this index.
         self.hold_at = sorted(rng.randrange(0, ops, CONCURRENCY) for _ in self.forced)
         self.started = 0
+        self.ended = False  # run() returned or raised: nothing more to wait for
         self._started_changed = asyncio.Event()
 
     async def hold(self, next_op: int) -> None:
         for j, at in enumerate(self.hold_at):
-            while next_op >= at and self.started <= j:
+            while next_op >= at and self.started <= j and not self.ended:
                 self._started_changed.clear()
                 await self._started_changed.wait()
 
@@ -243,6 +244,15 @@ class Nemesis:
         self._started_changed.set()
 
     async def run(self, stop: asyncio.Event) -> collections.Counter[str]:
+        try:
+            return await self._faults(stop)
+        finally:
+            # A nemesis that failed must not leave the workload waiting (its error is raised
+            # where the phase awaits it).
+            self.ended = True
+            self._started_changed.set()
+
+    async def _faults(self, stop: asyncio.Event) -> collections.Counter[str]:
         while not stop.is_set() or self.started < len(self.forced):
             await asyncio.sleep(self.rng.uniform(0.1, 0.6))
             region = self.rng.choice(REGIONS)
