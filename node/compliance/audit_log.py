@@ -42,6 +42,7 @@ from domicile.audit import (
     StoredEntry,
     VerifyReport,
     chain_hash,
+    public_key_bytes,
     sign_head,
     subject_hash,
     verify_log,
@@ -198,6 +199,8 @@ class AuditLog:
         self.batch_entries_max = batch_entries_max
         self.queue_entries_max = queue_entries_max
         self._signing_key = signing_key
+        # Derived once: every head carries it, and deriving it per head cost a third of a signature.
+        self._public_key = public_key_bytes(signing_key)
         self._subject_key = bytes(subject_key)
         self._hlc = hlc
         self._now_ms = now_ms
@@ -707,6 +710,7 @@ class AuditLog:
                     size=self._durable_size,
                     head=self._durable_hash,
                     time_ms=self._now_ms(),
+                    public_key=self._public_key,
                 )
                 self._signed = signed
             return signed

@@ -257,6 +257,27 @@ def test_a_signed_head_verifies_and_any_changed_field_breaks_it() -> None:
     assert not dataclasses.replace(head, signature=b"").signature_valid()
 
 
+def test_a_head_signed_with_the_public_key_given_is_the_head_signed_without_it() -> None:
+    last = chain(3)[-1].hash
+
+    def signed(public_key: bytes | None) -> SignedHead:
+        return sign_head(
+            KEY,
+            region="eu-west-1",
+            node_id="eu-west-1-a",
+            size=3,
+            head=last,
+            time_ms=7,
+            public_key=public_key,
+        )
+
+    given = signed(public_key_bytes(KEY))
+    assert given == signed(None)  # Ed25519 signatures are deterministic
+    assert given.signature_valid()
+    # Negative control: another key's bytes make a head that does not verify.
+    assert not signed(public_key_bytes(OTHER_KEY)).signature_valid()
+
+
 def test_sign_head_refuses_impossible_heads() -> None:
     with pytest.raises(InvalidArgument, match="GENESIS"):
         sign_head(KEY, region="r", node_id="n", size=0, head=b"\x01" * 32, time_ms=1)
