@@ -180,14 +180,14 @@ class SingleWriter(Generic[T]):
             self._queue.append(item)
             self._queued += 1
 
-    def put_many(self, items: list[T]) -> None:
+    def put_many(self, items: list[T], *, bounded: bool = True) -> None:
         """Queues items together (the writer sees all of them or none), so that they land in
         one batch unless they pass batch_max; raises instead when not running, or when they do
-        not all fit (nothing is queued then)."""
+        not all fit (nothing is queued then). `bounded=False` as for put()."""
         with self._cond:
             if self._state != RUNNING:
                 raise self._refused(self._state, self._failure)
-            if self._queued and self._queued + len(items) > self.queue_max:
+            if bounded and self._queued and self._queued + len(items) > self.queue_max:
                 raise ResourceExhausted(self._full_message)
             if not self._queue and items:
                 self._cond.notify()

@@ -3,7 +3,9 @@
 One writer thread (a domicile.single_writer.SingleWriter) owns the write connection and commits
 whatever is queued in one durable transaction (group commit), so one fsync serves many audited
 operations. After each batch it signs the new head and hands it to `on_head` (which exports it
-to the coordinator), then tells the callers their entries are durable. Readers use their own
+to the coordinator; called on the writer thread, so it must be quick and thread-safe), then
+tells the callers their entries are durable. The event loop is woken only when someone waits:
+a batch of entries carried by the store's commits has nobody to answer. Readers use their own
 connections; WAL lets them read while the writer commits.
 
 The log fails closed: when the queue is full, or the writer cannot write, record() refuses,
@@ -208,7 +210,7 @@ class AuditLog:
 
         self._writer: single_writer.SingleWriter[_Pending] = single_writer.SingleWriter(
             self._write,
-            lambda batch, error: self._deliver(batch, 0, None, error),
+            lambda batch, error: self._deliver(batch, 0, error),
             name="domicile-audit-writer",
             batch_max=batch_entries_max,
             queue_max=queue_entries_max,
@@ -236,9 +238,14 @@ class AuditLog:
         self._carried_handed = 0
         self._carried_appended = 0
         self._carry_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # Guards _carried_appended and _carry_waiters together: the writer wakes the loop for
+        # carried entries only when a flush() waits, so a waiter must not slip in unseen.
+        self._carry_lock = threading.Lock()
         # Written by the writer thread only.
         self._next_seq = 1
         self._last_hash = GENESIS
+        # A committed batch whose head was not offered yet (see _offer_head()).
+        self._head_owed = False
         self.batches_committed = 0
         self.entries_committed = 0
 
@@ -366,10 +373,11 @@ class AuditLog:
         self._flush_waiters.clear()
 
     def _fail_carry_waiters(self, error: Exception) -> None:
-        for _, waiter in self._carry_waiters:
+        with self._carry_lock:
+            waiters, self._carry_waiters = self._carry_waiters, []
+        for _, waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
-        self._carry_waiters.clear()
 
     def _recover_carried(self, rows: list[tuple[int, bytes]]) -> None:
         """Appends carried entries the file lacks, on the starting thread, before the writer runs."""
@@ -470,21 +478,20 @@ class AuditLog:
         what it lacks. `direct` are entries of writes that did not commit (refused at commit,
         or answered as a retry): a true record of the decision, appended here only.
         Never refused for a full queue (the store's write queue bounds what comes here)."""
-        for lsn, entry in carried:
-            self._writer.put(_Pending(0, entry, None, lsn), bounded=False)
-            self._carried_handed += 1
-        for entry in direct:
-            self._writer.put(_Pending(0, entry, None), bounded=False)
-            self._carried_handed += 1
+        pending = [_Pending(0, entry, None, lsn) for lsn, entry in carried]
+        pending.extend(_Pending(0, entry, None) for entry in direct)
+        # One queue operation for the group commit's entries, not one per entry.
+        self._writer.put_many(pending, bounded=False)
+        self._carried_handed += len(pending)
 
     def carry_received(self, received: Sequence[tuple[int, AuditEntry]]) -> None:
         """Takes the entries of a committed replicated apply, from the store's writer thread, in
         commit order: (received number, entry) of the entries its commit carried (node.engine
         audit_received). As carry(): the apply is durable with its entries, the log appends them
         and remembers the highest number it holds in the same transaction."""
-        for seq, entry in received:
-            self._writer.put(_Pending(0, entry, None, received_seq=seq), bounded=False)
-            self._carried_handed += 1
+        pending = [_Pending(0, entry, None, received_seq=seq) for seq, entry in received]
+        self._writer.put_many(pending, bounded=False)
+        self._carried_handed += len(pending)
 
     @property
     def received_through(self) -> int:
@@ -531,11 +538,14 @@ class AuditLog:
         so far, is durable here. Raises Unavailable when one of them (not reported by an
         earlier flush) could not be written."""
         carried = self._carried_handed
-        if self._carried_appended < carried:
-            if self._writer.state != single_writer.RUNNING:
-                raise _refused(self._writer.state, self._writer.failure)
-            carry_waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._carry_waiters.append((carried, carry_waiter))
+        carry_waiter: asyncio.Future[None] | None = None
+        with self._carry_lock:
+            if self._carried_appended < carried:
+                if self._writer.state != single_writer.RUNNING:
+                    raise _refused(self._writer.state, self._writer.failure)
+                carry_waiter = asyncio.get_running_loop().create_future()
+                self._carry_waiters.append((carried, carry_waiter))
+        if carry_waiter is not None:
             await carry_waiter
         target = self._recorded
         if self._settled < target:
@@ -622,40 +632,52 @@ class AuditLog:
             self._next_seq, self._last_hash = size + 1, last_hash
             with self._head_lock:
                 self._durable_size, self._durable_hash = size, last_hash
-            self._deliver(batch, first, None, failure)
+            self._deliver(batch, first, failure)
             return
         size = first + len(batch) - 1
         self._next_seq, self._last_hash = size + 1, prev
         self._carried_through = max(self._carried_through, carried_through)
         self._received_through = max(self._received_through, received_through)
-        self._carried_appended += sum(1 for p in batch if not p.index)
         self.batches_committed += 1
         self.entries_committed += len(batch)
         with self._head_lock:
             self._durable_size, self._durable_hash = size, prev
         # Not while start() appends carried entries: the head is offered once the log runs.
-        running = self._writer.state == single_writer.RUNNING
-        head = self.head() if self._on_head is not None and running else None
-        self._deliver(batch, first, head, None)
+        self._head_owed = True
+        self._offer_head()
+        with self._carry_lock:
+            self._carried_appended += sum(1 for p in batch if not p.index)
+        self._deliver(batch, first, None)
 
-    def _deliver(
-        self, batch: list[_Pending], first: int, head: SignedHead | None, error: Exception | None
-    ) -> None:
+    def _offer_head(self) -> None:
+        """Signs the durable head and hands it to on_head, when a committed batch is not yet
+        covered by a head offered (not while start() appends carried entries: the head is
+        offered once the log runs)."""
+        if not self._head_owed or self._on_head is None or self._writer.state != single_writer.RUNNING:
+            return
+        self._head_owed = False
+        head = self.head()
+        try:
+            self._on_head(head)
+        except Exception:
+            log.exception("on_head failed for audit head of size %d", head.size)
+
+    def _deliver(self, batch: list[_Pending], first: int, error: Exception | None) -> None:
         loop = self._loop
         if loop is None:
             return
+        # Wake the loop only for someone waiting: a caller of record() (and its flush()), or a
+        # flush() waiting for carried entries. A batch of carried entries alone (the common
+        # case: a group commit's writes) has nobody to answer.
+        with self._carry_lock:
+            carry_waiting = bool(self._carry_waiters)
+        if not carry_waiting and not any(p.index for p in batch):
+            return
         # A closed loop raises RuntimeError: nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._settle, batch, first, head, error)
+            loop.call_soon_threadsafe(self._settle, batch, first, error)
 
-    def _settle(
-        self, batch: list[_Pending], first: int, head: SignedHead | None, error: Exception | None
-    ) -> None:
-        if head is not None and self._on_head is not None:
-            try:
-                self._on_head(head)
-            except Exception:
-                log.exception("on_head failed for audit head of size %d", head.size)
+    def _settle(self, batch: list[_Pending], first: int, error: Exception | None) -> None:
         for offset, pending in enumerate(batch):
             if pending.future is None or pending.future.done():
                 continue  # carried, or the caller gave up waiting; the entry is written all the same
@@ -663,16 +685,13 @@ class AuditLog:
                 pending.future.set_result(first + offset)
             else:
                 pending.future.set_exception(error)
-        if self._carry_waiters:
+        with self._carry_lock:
             appended = self._carried_appended
-            waiting = []
-            for count, waiter in self._carry_waiters:
-                if count <= appended:
-                    if not waiter.done():
-                        waiter.set_result(None)
-                else:
-                    waiting.append((count, waiter))
-            self._carry_waiters = waiting
+            ready = [waiter for count, waiter in self._carry_waiters if count <= appended]
+            self._carry_waiters = [(c, w) for c, w in self._carry_waiters if c > appended]
+        for waiter in ready:
+            if not waiter.done():
+                waiter.set_result(None)
         indexes = [p.index for p in batch if p.index]
         if not indexes:
             return

@@ -2,7 +2,9 @@
 of the log contradicts a head kept outside the region's control.
 
 Heads are coalesced: only the newest one waiting is sent (each covers all before it), at most
-one every `interval_s` (so a busy node sends a few heads a second, not one per batch). While the
+one every `interval_s` (so a busy node sends a few heads a second, not one per batch). Heads
+are offered from the audit writer's thread; the event loop is woken only while the exporter
+waits for a head, not for each head offered while it sleeps between exports. While the
 coordinator is unreachable the exporter retries with back-off; a head the coordinator refuses
 (the log shrank, forked or changed key) is logged and counted, and the next head is tried.
 """
@@ -10,8 +12,10 @@ coordinator is unreachable the exporter retries with back-off; a head the coordi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import threading
 import time
 
 import grpc
@@ -50,12 +54,33 @@ class HeadExporter:
         self.exported_size = 0
         self._pending: SignedHead | None = None
         self._wake = asyncio.Event()
+        # Guards _pending and _waiting: offer() runs on the audit writer's thread.
+        self._lock = threading.Lock()
+        self._waiting: asyncio.AbstractEventLoop | None = None
 
     def offer(self, head: SignedHead) -> None:
-        """Queues a head (newest wins); never blocks the audit writer."""
-        if self._pending is None or head.size >= self._pending.size:
+        """Queues a head (newest wins), from any thread; never blocks the audit writer."""
+        with self._lock:
+            if self._pending is not None and head.size < self._pending.size:
+                return
             self._pending = head
-            self._wake.set()
+            loop, self._waiting = self._waiting, None
+        if loop is not None:
+            # A closed loop raises RuntimeError: the exporter is gone.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake.set)
+
+    async def _next(self) -> SignedHead:
+        """The newest head offered, waiting for one when none is."""
+        while True:
+            with self._lock:
+                head, self._pending = self._pending, None
+                if head is None:
+                    self._wake.clear()
+                    self._waiting = asyncio.get_running_loop()
+            if head is not None:
+                return head
+            await self._wake.wait()
 
     async def run(self) -> None:
         async with self.dialer.channel(self.coordinator, ExpectedPeer.coordinator()) as channel:
@@ -64,10 +89,8 @@ class HeadExporter:
             # log is not anchored outside the region.
             backoff = Backoff(self.backoff, self.rng, cap_s=2.0)
             while True:
-                await self._wake.wait()
-                self._wake.clear()
-                head, self._pending = self._pending, None
-                if head is None or head.size <= self.exported_size:
+                head = await self._next()
+                if head.size <= self.exported_size:
                     continue
                 try:
                     await self._send(stub, head)

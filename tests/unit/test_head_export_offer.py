@@ -1,0 +1,59 @@
+"""HeadExporter.offer from the audit writer's thread: the newest head wins, and the event loop
+is woken only while the exporter waits for a head."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from domicile.audit import GENESIS, SignedHead, sign_head
+from domicile.identity.credentials import Dialer
+from domicile.retry import BackoffPolicy
+from node.compliance.head_export import HeadExporter
+from node.metrics import NodeMetrics
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+REGION = "eu-west-1"
+NODE = "eu-west-1-a"
+
+
+def head(size: int) -> SignedHead:
+    last = GENESIS if size == 0 else bytes([size % 256]) * 32
+    return sign_head(KEY, region=REGION, node_id=NODE, size=size, head=last, time_ms=size)
+
+
+def exporter() -> HeadExporter:
+    return HeadExporter(
+        coordinator="localhost:1",
+        dialer=Dialer.plaintext(),
+        metrics=NodeMetrics(NODE, REGION),
+        backoff=BackoffPolicy(),
+        rpc_deadline_s=1.0,
+    )
+
+
+def offer_from_a_thread(ex: HeadExporter, *heads: SignedHead) -> None:
+    thread = threading.Thread(target=lambda: [ex.offer(h) for h in heads])
+    thread.start()
+    thread.join()
+
+
+async def test_heads_offered_while_nobody_waits_leave_the_newest_without_waking() -> None:
+    ex = exporter()
+    offer_from_a_thread(ex, head(3), head(5), head(4))  # an older head never replaces a newer one
+    assert not ex._wake.is_set()
+    assert (await asyncio.wait_for(ex._next(), 5)).size == 5
+
+
+async def test_a_head_offered_from_another_thread_wakes_a_waiting_exporter() -> None:
+    ex = exporter()
+    waiting = asyncio.create_task(ex._next())
+    await asyncio.sleep(0)  # the exporter waits now
+    assert not waiting.done()
+    offer_from_a_thread(ex, head(7))
+    assert (await asyncio.wait_for(waiting, 5)).size == 7
+    # Offered from the loop itself (a retry) it is taken the same way.
+    ex.offer(head(8))
+    assert (await asyncio.wait_for(ex._next(), 5)).size == 8
