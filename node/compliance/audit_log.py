@@ -618,6 +618,7 @@ class AuditLog:
                             self._fail_carry_waiters,
                             Unavailable(f"the audit log could not append carried entries ({error})"),
                         )
+                self._offer_head()  # the entries before this batch are signed all the same
                 raise Unavailable(f"the audit log could not append carried entries ({error})") from error
             failure = Unavailable(
                 f"the audit log could not write ({error}); the operation was not performed; retry"
@@ -632,6 +633,7 @@ class AuditLog:
             self._next_seq, self._last_hash = size + 1, last_hash
             with self._head_lock:
                 self._durable_size, self._durable_hash = size, last_hash
+            self._offer_head()
             self._deliver(batch, first, failure)
             return
         size = first + len(batch) - 1
@@ -643,8 +645,12 @@ class AuditLog:
         with self._head_lock:
             self._durable_size, self._durable_hash = size, prev
         # Not while start() appends carried entries: the head is offered once the log runs.
+        # While entries wait, the next batch follows at once and its head covers this one's:
+        # several group commits' entries then share one signature (and the exporter sends
+        # only the newest head anyway). The head is owed until then, even if that batch fails.
         self._head_owed = True
-        self._offer_head()
+        if self._writer.queued == 0:
+            self._offer_head()
         with self._carry_lock:
             self._carried_appended += sum(1 for p in batch if not p.index)
         self._deliver(batch, first, None)

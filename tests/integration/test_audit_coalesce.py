@@ -1,16 +1,18 @@
 """What a group commit's audit entries cost the audit log: a batch of carried entries wakes the
-event loop only when someone waits for it."""
+event loop only when someone waits for it, and group commits that queue up while the audit
+writer is busy share one audit transaction and one signed head, which covers every entry."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
-from domicile.audit import AuditEntry, SignedHead
+from domicile.audit import AuditEntry, SignedHead, public_key_bytes, verify_log
 from domicile.hlc import HybridClock
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 
@@ -83,6 +85,37 @@ async def test_carried_entries_nobody_waits_for_do_not_wake_the_loop(logged: Log
     await log.record(principal="client:peer", action="get")
     assert logged.wakeups >= 1
     assert log.size == 12
+
+
+async def test_group_commits_queued_while_the_writer_is_busy_share_a_transaction_and_a_head(
+    logged: Logged,
+) -> None:
+    log = logged.log
+    # Another connection holds the file's write lock: the writer takes the first group commit
+    # and waits inside its transaction, as behind a slow fsync.
+    blocker = sqlite3.connect(logged.path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        log.carry(group(1, 3), [])
+        await until(lambda: log.queued_entries == 0, "the writer took the first group")
+        for first in (4, 7, 10, 13):
+            log.carry(group(first, 3), [])
+        await asyncio.sleep(0.05)
+        assert log.size == 0 and log.queued_entries == 12
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await until(lambda: log.size == 15, "15 carried entries durable")
+    await until(lambda: bool(logged.heads), "a head offered")
+    # Two transactions for five group commits; one head for all of them (the first batch's
+    # head is owed to the next batch, which followed at once).
+    assert log.batches_committed == 2
+    assert [head.size for head in logged.heads] == [15]
+    head = logged.heads[-1]
+    assert head.signature_valid()
+    report = verify_log(log.iter_all(), head, trusted_public_key=public_key_bytes(logged.signing))
+    assert report.ok and report.anchored_size == 15
+    assert [AuditEntry.decode(e.body).key for e in log.iter_all()] == [f"k{n}" for n in range(1, 16)]
 
 
 async def test_a_flush_waiting_for_carried_entries_from_another_thread_is_always_woken(
