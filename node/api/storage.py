@@ -327,7 +327,10 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             result = await self.service.get(request.namespace, request.key, caller.identity)
             response = spb.GetResponse(found=result.found, region=self.service.region)
             _fill_read(result, response.versions, response.context)
-            response.context_token = self.service.tokens.issue(request.namespace, request.key, result.context)
+            # From the context as answered: its protobuf form is built once, for both.
+            response.context_token = self.service.tokens.issue_pb(
+                request.namespace, request.key, response.context
+            )
             return response
 
         return await guarded(self.metrics, "Get", context, self.deadline_s, work)
@@ -373,7 +376,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             for key, result in page.items:
                 item = response.items.add(key=key)
                 _fill_read(result, item.versions, item.context)
-                item.context_token = self.service.tokens.issue(request.namespace, key, result.context)
+                item.context_token = self.service.tokens.issue_pb(request.namespace, key, item.context)
             return response
 
         return await guarded(self.metrics, "Scan", context, self.deadline_s, work)
