@@ -108,6 +108,11 @@ def _parse(buffer: bytearray) -> tuple[Reply | redis.ResponseError, int] | None:
     raise ValueError(f"reply type {bytes(tag)!r}")
 
 
+def _give_up(waiter: asyncio.Future[Reply], deadline_s: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"the cache's Redis did not answer within {deadline_s:.3f} s"))
+
+
 def _command(*args: bytes) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
@@ -150,6 +155,25 @@ class LoopRedis:
         return await self._call(_command(b"EVAL", script, counts, *keys, *args))
 
     async def _call(self, command: bytes) -> Reply:
+        connection = self._connection
+        if connection is None or connection.lost:
+            return await self._connect_and_call(command)
+        # The usual case, a connection that is up: its deadline is a timer that fails the reply's
+        # future, which costs less per call than a timeout scope (no task to cancel and uncancel)
+        # and ends the same way (the reply that comes later finds its future done and is dropped).
+        try:
+            waiter = connection.send(command)
+            timer = asyncio.get_running_loop().call_later(self.deadline_s, _give_up, waiter, self.deadline_s)
+            try:
+                return await waiter
+            finally:
+                timer.cancel()
+        except (TimeoutError, OSError, redis.ConnectionError):
+            connection.close()
+            raise
+
+    async def _connect_and_call(self, command: bytes) -> Reply:
+        """_call when there is no connection: connecting and the call share one deadline."""
         connection = None
         try:
             async with asyncio.timeout(self.deadline_s):
