@@ -93,6 +93,23 @@ async def test_a_paused_server_times_out_at_the_deadline_and_the_next_call_recon
         sync.close()
 
 
+async def test_a_reply_after_its_deadline_is_never_taken_for_a_later_call(redis: RedisServer) -> None:
+    # A call on an open connection times out while the server is paused; the server then
+    # answers it. That late reply must not be matched to the next call, for another key.
+    sync = redis_client(redis)
+    sync.set(b"a", b"A")
+    sync.set(b"b", b"B")
+    client = LoopRedis(redis.url, deadline_s=0.2)
+    try:
+        assert await client.get(b"a") == b"A"  # the connection is open
+        with paused(redis), pytest.raises(TimeoutError, match="did not answer within"):
+            await client.get(b"a")
+        assert await client.get(b"b") == b"B"
+    finally:
+        await client.aclose()
+        sync.close()
+
+
 async def test_a_caller_that_gives_up_leaves_the_others_their_replies(redis: RedisServer) -> None:
     sync = redis_client(redis)
     sync.set(b"a", b"A")
