@@ -105,28 +105,25 @@ def check_open_kind(kind: int) -> RequestKind:
     return RequestKind.ACCESS
 
 
+def _check_limit(limit: int, default: int, maximum: int, unit: str = "") -> int:
+    """A page size from a request: 1 to `maximum`, 0 meaning `default`."""
+    if limit == 0:
+        return default
+    if not 1 <= limit <= maximum:
+        raise InvalidArgument(f"limit {limit} is out of range: 1 to {maximum}{unit}, or 0 for {default}")
+    return limit
+
+
 def check_list_limit(limit: int) -> int:
     """The number of requests to list: 1 to 1000, 0 meaning the default of 100."""
-    if limit == 0:
-        return SUBJECT_REQUESTS_LIMIT_DEFAULT
-    if not 1 <= limit <= SUBJECT_REQUESTS_LIMIT_MAX:
-        raise InvalidArgument(
-            f"limit {limit} is out of range: 1 to {SUBJECT_REQUESTS_LIMIT_MAX}, "
-            f"or 0 for {SUBJECT_REQUESTS_LIMIT_DEFAULT}"
-        )
-    return limit
+    return _check_limit(limit, SUBJECT_REQUESTS_LIMIT_DEFAULT, SUBJECT_REQUESTS_LIMIT_MAX)
 
 
 def check_erased_page_limit(limit: int) -> int:
     """The size of a page of the erased-subject list: 1 to 10,000, 0 meaning 5,000."""
-    if limit == 0:
-        return ERASED_SUBJECTS_PAGE_DEFAULT
-    if not 1 <= limit <= ERASED_SUBJECTS_PAGE_MAX:
-        raise InvalidArgument(
-            f"limit {limit} is out of range: 1 to {ERASED_SUBJECTS_PAGE_MAX} erased subjects a page, "
-            f"or 0 for {ERASED_SUBJECTS_PAGE_DEFAULT}"
-        )
-    return limit
+    return _check_limit(
+        limit, ERASED_SUBJECTS_PAGE_DEFAULT, ERASED_SUBJECTS_PAGE_MAX, " erased subjects a page"
+    )
 
 
 def check_erased_cursor(after_request_id: str) -> None:
