@@ -333,7 +333,7 @@ class LinkSender:
         try:
             while True:
                 if reader.done():
-                    reader.result()
+                    _reader_result(reader)
                     raise ConnectionError("target closed the stream")
                 grown = self.signal.mark()
                 batch = await self.next_batch(sent)
@@ -440,7 +440,7 @@ class LinkSender:
                 return
             acquire.cancel()
             if reader in done:
-                reader.result()
+                _reader_result(reader)
                 raise ConnectionError("target closed the stream")
             self._check_stalled(window, deadline_s)
 
@@ -463,6 +463,15 @@ async def _within(call: grpc.aio.Call, step: Awaitable[T], timeout_s: float) -> 
     return task.result()
 
 
+def _reader_result(reader: asyncio.Task[None]) -> None:
+    """Raises what ended the ack reader. A reader cancelled with its call (a call cancelled
+    locally, e.g. by a write's deadline) ends the session as an error: a CancelledError escaping
+    here would end the link's sender task, which nothing restarts."""
+    if reader.cancelled():
+        raise ConnectionError("the stream's call was cancelled")
+    reader.result()
+
+
 async def _write_within(
     call: grpc.aio.StreamStreamCall, request: rpb.ReplicateRequest, timeout_s: float
 ) -> None:
@@ -480,6 +489,10 @@ async def _write_within(
     timer = asyncio.get_running_loop().call_later(timeout_s, expire)
     try:
         await call.write(request)
+        if expired:
+            # The timer fired in the same turn as the write's completion: the call is cancelled
+            # all the same, so the session must end as a timeout, not go on over a dead call.
+            raise TimeoutError(f"no answer from the peer within {timeout_s} s")
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if not expired or (task is not None and task.cancelling()):
