@@ -21,6 +21,7 @@ import logging
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,9 @@ _PRAGMAS = sqlite_db.Pragmas(synchronous="FULL", busy_timeout_ms=BUSY_TIMEOUT_MS
 READ_ENTRIES_MAX = 10_000
 ITER_PAGE_ENTRIES = 1000
 READERS_IDLE_MAX = 4
+# The longest a committed batch waits for a signed head to be offered while entries keep
+# arriving behind it (each batch's head is otherwise left to the next, which covers it).
+HEAD_OFFER_MAX_S = 0.25
 CLOSE_TIMEOUT_S = 10.0
 # Failed batches remembered for flush(); older ones were reported to their own callers.
 FAILURES_REMEMBERED_MAX = 64
@@ -246,6 +250,9 @@ class AuditLog:
         self._last_hash = GENESIS
         # A committed batch whose head was not offered yet (see _offer_head()).
         self._head_owed = False
+        # When a head was last offered: under a steady load the queue may never be empty after
+        # a batch, so a head is also offered once this is HEAD_OFFER_MAX_S old.
+        self._head_offered_at = time.monotonic()
         self.batches_committed = 0
         self.entries_committed = 0
 
@@ -649,7 +656,7 @@ class AuditLog:
         # several group commits' entries then share one signature (and the exporter sends
         # only the newest head anyway). The head is owed until then, even if that batch fails.
         self._head_owed = True
-        if self._writer.queued == 0:
+        if self._writer.queued == 0 or time.monotonic() - self._head_offered_at >= HEAD_OFFER_MAX_S:
             self._offer_head()
         with self._carry_lock:
             self._carried_appended += sum(1 for p in batch if not p.index)
@@ -662,6 +669,7 @@ class AuditLog:
         if not self._head_owed or self._on_head is None or self._writer.state != single_writer.RUNNING:
             return
         self._head_owed = False
+        self._head_offered_at = time.monotonic()
         head = self.head()
         try:
             self._on_head(head)

@@ -14,7 +14,8 @@ import pytest
 
 from domicile.audit import AuditEntry, SignedHead, public_key_bytes, verify_log
 from domicile.hlc import HybridClock
-from node.compliance.audit_log import AuditLog, load_or_create_keys
+from domicile.single_writer import SingleWriter
+from node.compliance.audit_log import HEAD_OFFER_MAX_S, AuditLog, load_or_create_keys
 
 REGION = "eu-west-1"
 NODE = "eu-west-1-a"
@@ -131,3 +132,23 @@ async def test_a_flush_waiting_for_carried_entries_from_another_thread_is_always
         thread.join()
         await asyncio.wait_for(log.flush(), WAIT_S)
         assert log.carried_through == first + 1, f"round {round_}"
+
+
+async def test_regression_a_head_is_offered_while_entries_keep_arriving(
+    logged: Logged, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under a steady load the audit writer may find entries waiting after every batch; each
+    # batch's head was then left to the next, without end, and no head reached the exporter.
+    # The queue is held non-empty here (as such a load would), so only the time bound offers.
+    monkeypatch.setattr(SingleWriter, "queued", property(lambda self: 1))
+    log = logged.log
+    offered = len(logged.heads)
+    for first in range(1, 61, 3):
+        log.carry(group(first, 3), [])
+        await asyncio.sleep(HEAD_OFFER_MAX_S / 5)
+    await until(lambda: log.size == 60, "60 carried entries durable")
+    late = [head for head in logged.heads[offered:] if head.size > 0]
+    assert len(late) >= 2, f"{len(late)} heads offered over {log.size} entries while entries kept arriving"
+    assert all(
+        head.signature_valid() and head.public_key == public_key_bytes(logged.signing) for head in late
+    )
