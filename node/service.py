@@ -226,15 +226,33 @@ class StorageService:
                 write = dataclasses.replace(write, audit=entry)
         elif entry is not None:
             await entry
-        try:
-            committed = await self.committer.submit(write)
-        except ErasedInFlight as refused:
-            await self._refused_at_commit(write, refused, principal)
-            raise
+        # Shielded: a caller that goes away (a deadline, a cancelled call) does not stop the
+        # write on its way to the writer, nor the audit of a refusal at commit.
+        committed = await asyncio.shield(self._submit_audited(write, principal))
         self.on_committed()
         spec = self.view.topology.cluster.find_namespace(write.namespace)
         if spec is not None and spec.min_regions_acked > 1:
             await self._wait_regions(spec, committed)
+        return committed
+
+    async def _submit_audited(self, write: LocalWrite, principal: str) -> Committed:
+        try:
+            return await self.committer.submit(write)
+        except ErasedInFlight as refused:
+            await self._refused_at_commit(write, refused, principal)
+            raise
+
+    async def _submit_many_audited(
+        self, writes: list[LocalWrite], principals: list[str]
+    ) -> list[Committed | errors.DomicileError]:
+        committed = await self.committer.submit_many(writes)
+        refusals = [
+            self._refused_at_commit(write, outcome, principal)
+            for write, outcome, principal in zip(writes, committed, principals, strict=True)
+            if isinstance(outcome, ErasedInFlight)
+        ]
+        if refusals:
+            await asyncio.gather(*refusals)
         return committed
 
     def _refused_at_commit(
@@ -326,14 +344,9 @@ class StorageService:
             accepted.append((i, spec))
             writes.append(write)
         if writes:
-            committed = await self.committer.submit_many(writes)
-            refusals = [
-                self._refused_at_commit(write, outcome, cmds[i].principal)
-                for (i, _), write, outcome in zip(accepted, writes, committed, strict=True)
-                if isinstance(outcome, ErasedInFlight)
-            ]
-            if refusals:
-                await asyncio.gather(*refusals)
+            # Shielded, as a single write's commit is (see _commit).
+            principals = [cmds[i].principal for i, _ in accepted]
+            committed = await asyncio.shield(self._submit_many_audited(writes, principals))
             self.on_committed()
             for (i, spec), outcome in zip(accepted, committed, strict=True):
                 if isinstance(outcome, errors.DomicileError):

@@ -668,12 +668,17 @@ class Receiver:
             late.extend(refused_now)
             return engine.apply_remote(peer_node_id, still, 0)
 
-        outcome = await self.committer.run(work)
-        if late:
-            # Their allow entries were durable before the apply: the refusals follow them,
-            # durable before the repair is reported.
-            await asyncio.gather(*late_refusals.record_refusals(self.enforcer, peer_node_id, late))
-            self.metrics.replication_refused.labels(peer_node_id, self.node_id).inc(len(late))
+        async def commit_and_audit() -> ApplyOutcome:
+            outcome = await self.committer.run(work)
+            if late:
+                # Their allow entries were durable before the apply: the refusals follow them,
+                # durable before the repair is reported.
+                await asyncio.gather(*late_refusals.record_refusals(self.enforcer, peer_node_id, late))
+                self.metrics.replication_refused.labels(peer_node_id, self.node_id).inc(len(late))
+            return outcome
+
+        # Shielded, as a streamed apply is: a round cut short does not leave a refusal unaudited.
+        outcome = await asyncio.shield(commit_and_audit())
         self.clock.observe(max(m.version.hlc for m in admitted))
         keys = tuple(dict.fromkeys((m.namespace, m.key) for m in outcome.applied))
         if self.on_applied is not None and keys:

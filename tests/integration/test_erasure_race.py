@@ -158,3 +158,30 @@ async def test_regression_a_batch_record_refused_in_the_writer_is_audited_as_ref
     entries = put_entries(node, "c-3")
     assert [(e.decision, e.rule) for e in entries] == [("refuse", "subject-erased")]
     assert "request=erase-race-2 refused at commit" in entries[0].detail
+
+
+async def test_regression_a_refusal_at_commit_is_audited_when_the_caller_has_gone(eu: LocalCluster) -> None:
+    # The write's caller goes away (a deadline, a cancelled call) while its write is on the way to
+    # the writer. The write goes on, and the writer's refusal (its subject was erased meanwhile)
+    # is audited all the same: on an engine whose entries precede the commit, its allow entry
+    # would otherwise stand alone.
+    node = eu.nodes["eu-west-1"]
+    put = {"subject_id": SUBJECT, "subject_jurisdiction": "DE"}
+    await eu.put("eu-west-1", "customers_eu", "c-1", b"before", **put)
+    reached, release = hold_writes_of(node, SUBJECT)
+    late = asyncio.create_task(eu.put("eu-west-1", "customers_eu", "c-2", b"in flight", **put))
+    await asyncio.wait_for(reached.wait(), 5)
+    late.cancel()
+    await asyncio.wait([late], timeout=5)
+    await asyncio.sleep(0.5)  # the cancellation reaches the node's handler
+    topology = node.view.topology
+    await node.eraser.erase(
+        ErasureOrder("erase-race-1", SUBJECT, 0, ("eu-west-1",)), topology.cluster, topology.holds
+    )
+    release.set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while [e.decision for e in put_entries(node, "c-2")] != ["refuse"]:
+        assert loop.time() < deadline, f"no refusal audited for c-2: {put_entries(node, 'c-2')}"
+        await asyncio.sleep(0.05)
+    assert live_versions_of(node, SUBJECT) == []
