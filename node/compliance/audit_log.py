@@ -214,7 +214,7 @@ class AuditLog:
 
         self._writer: single_writer.SingleWriter[_Pending] = single_writer.SingleWriter(
             self._write,
-            lambda batch, error: self._deliver(batch, 0, error),
+            self._rejected,
             name="domicile-audit-writer",
             batch_max=batch_entries_max,
             queue_max=queue_entries_max,
@@ -675,6 +675,19 @@ class AuditLog:
             self._on_head(head)
         except Exception:
             log.exception("on_head failed for audit head of size %d", head.size)
+
+    def _rejected(self, batch: list[_Pending], error: Exception) -> None:
+        """The writer answers a batch with an error only as it stops (failed or closed): the
+        entries carried by later commits will not be appended by this writer either, so a
+        flush() waiting for them is failed now rather than left waiting for ever. The next
+        start appends them from the store."""
+        loop = self._loop
+        if loop is not None:
+            # The reason the writer gives, as a refusal: never the raw error of a disk or a bug.
+            refusal = _refused(self._writer.state, self._writer.failure)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._fail_carry_waiters, refusal)
+        self._deliver(batch, 0, error)
 
     def _deliver(self, batch: list[_Pending], first: int, error: Exception | None) -> None:
         loop = self._loop

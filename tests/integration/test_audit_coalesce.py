@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from domicile.audit import AuditEntry, SignedHead, public_key_bytes, verify_log
+from domicile.errors import Unavailable
 from domicile.hlc import HybridClock
 from domicile.single_writer import SingleWriter
 from node.compliance.audit_log import HEAD_OFFER_MAX_S, AuditLog, load_or_create_keys
@@ -152,3 +153,29 @@ async def test_regression_a_head_is_offered_while_entries_keep_arriving(
     assert all(
         head.signature_valid() and head.public_key == public_key_bytes(logged.signing) for head in late
     )
+
+
+async def test_regression_a_flush_waiting_for_carried_entries_fails_when_the_writer_stops(
+    logged: Logged, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer that stopped for a reason other than a failed append of carried entries (here an
+    # error no handler expects) never appended them; a flush() waiting for them hung for ever.
+    log = logged.log
+    gate = threading.Event()
+
+    def broken(batch: object) -> None:
+        gate.wait(WAIT_S)
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(log, "_commit", broken)
+    log.carry(group(1, 2), [])
+    flush = asyncio.create_task(log.flush())
+    await until(lambda: bool(log._carry_waiters), "the flush waits for the carried entries")
+    gate.set()
+    with pytest.raises(Unavailable, match="the disk went away"):
+        await asyncio.wait_for(flush, WAIT_S)
+    # After the stop, more carried entries and a flush are refused at once.
+    with pytest.raises(Unavailable, match="cannot write"):
+        log.carry(group(3, 1), [])
+    with pytest.raises(Unavailable, match="cannot write"):
+        await asyncio.wait_for(log.flush(), WAIT_S)
