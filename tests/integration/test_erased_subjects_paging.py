@@ -27,6 +27,7 @@ from domicile.wire.limits import (
     ERASED_SUBJECTS_PAGE_DEFAULT,
     ERASED_SUBJECTS_PAGE_MAX,
 )
+from node.coordinator_link import CoordinatorLink
 from node.lifecycle.erased_list_store import CHUNK_ENTRIES, load_erased_list
 from tests.support.cluster import LocalCluster, eventually
 
@@ -280,3 +281,29 @@ def test_a_registration_answer_at_its_bound_stays_far_under_what_a_node_receives
         erased_total=2**63,
     )
     assert page.ByteSize() < GRPC_RECEIVE_BYTES_DEFAULT / 4
+
+
+class _OlderCoordinator(cpb_grpc.CoordinatorServiceServicer):
+    """A coordinator from before ListErasedSubjects: the base servicer answers UNIMPLEMENTED."""
+
+
+async def test_a_node_takes_the_list_from_registration_when_the_coordinator_predates_paging() -> None:
+    # A coordinator that predates ListErasedSubjects sent the list whole in its registration
+    # answer; the node then takes it from there.
+    server = grpc.aio.server()
+    cpb_grpc.add_CoordinatorServiceServicer_to_server(_OlderCoordinator(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = cpb_grpc.CoordinatorServiceStub(channel)
+            link = CoordinatorLink.__new__(CoordinatorLink)
+            link.rpc_deadline_s = RPC_TIMEOUT_S
+            registered = cpb.RegisterNodeResponse(
+                erased_subjects_key=b"k" * 32,
+                erased_subjects=[cpb.ErasedSubject(subject_hash="ab" * 32, request_id="req-1")],
+            )
+            key, erased = await link._read_erased_list(stub, registered)
+            assert (key, erased) == (b"k" * 32, [("ab" * 32, "req-1")])
+    finally:
+        await server.stop(None)
