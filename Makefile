@@ -73,7 +73,7 @@ fuzz: setup ## run every fuzz harness for FUZZ_SECONDS (300) each; new inputs an
 bench: setup ## benchmarks, each next to a baseline of the same run (a few minutes)
 	$(PY) bench/run.py
 
-bench-cache: setup ## only the read cache's hit figures (SQLite and MongoDB engines), two rounds each (ARGS=--samples N --rounds N)
+bench-cache: setup ## only the read cache's hit figures (SQLite and MongoDB engines; SQLite with Redis on a unix socket too), two rounds each (ARGS=--samples N --rounds N)
 	$(PY) -m bench.cache_hits $(ARGS)
 bench-call: setup ## node CPU per single Put vs echo CPU per call, Put p99 vs echo + 2 fdatasync (a minute)
 	$(PY) -m bench.call_cost $(ARGS)

@@ -6,6 +6,14 @@ against the echo server's CPU per call over the echo halves (a figure a busy mac
 than a p99). `--rounds N` measures each N times in one run, so that the spread a shared machine
 adds shows beside the figures.
 
+Redis is reached over loopback TCP, as a Redis on another host of the region would be. A third
+node (SQLite engine) reaches the same redis-server over a unix socket, the deployment of a Redis
+on the node's own host; its figures are labelled so and never stand in for the TCP ones.
+
+Every node here is plaintext, as the echo server is, and so is the coordinator: a plaintext node
+speaks plaintext to its coordinator, and against a mutual-TLS one it would retry its link all
+through the run, background work a deployed node does not do.
+
 Run as `python -m bench.cache_hits [--samples N] [--rounds N] [--seed N]` (`make bench-cache`).
 """
 
@@ -18,6 +26,7 @@ import random
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import cache_phase, phases
@@ -35,17 +44,34 @@ from bench.procs import Children, free_port
 from bench.report import Figure, table
 from domicile.redis_server import RedisServer
 
-ENGINES = ("SQLite", "MongoDB")
+
+@dataclass(frozen=True)
+class Setup:
+    engine: str
+    node_id: str
+    # The figures' name part and what their label says of the setup.
+    name: str
+    label: str
+    unix_socket: bool = False
 
 
-def hit_figures(engine: str, round_no: int, hit: cache_phase.HitResult) -> list[Figure]:
+SETUPS = (
+    Setup("SQLite", CACHED_NODE_ID, "sqlite", "SQLite engine"),
+    Setup("SQLite", f"{CACHED_NODE_ID}-unix", "sqlite_unix", "SQLite engine, Redis on a unix socket",
+          unix_socket=True),
+    Setup("MongoDB", CACHED_MONGO_NODE_ID, "mongodb", "MongoDB engine"),
+)  # fmt: skip
+
+
+def hit_figures(setup: Setup, round_no: int, hit: cache_phase.HitResult) -> list[Figure]:
     _, echo99 = p50_p99(hit.echo_ms)
     hit50, hit99 = p50_p99(hit.hit_ms)
-    label = f"Get, a Redis hit ({engine} engine, round {round_no})"
+    label = f"Get, a Redis hit ({setup.label}, round {round_no})"
+    name = setup.name
     return [
-        Figure(f"cache_hit_{engine.lower()}_p50_ms_{round_no}", f"{label} p50", hit50, "ms"),
+        Figure(f"cache_hit_{name}_p50_ms_{round_no}", f"{label} p50", hit50, "ms"),
         Figure(
-            f"cache_hit_{engine.lower()}_p99_ms_{round_no}",
+            f"cache_hit_{name}_p99_ms_{round_no}",
             f"{label} p99",
             hit99,
             "ms",
@@ -54,9 +80,9 @@ def hit_figures(engine: str, round_no: int, hit: cache_phase.HitResult) -> list[
             f"<= {CACHE_HIT_P99_RATIO_MAX} x echo p99",
             hit99 <= CACHE_HIT_P99_RATIO_MAX * echo99,
         ),
-        Figure(f"cache_hit_{engine.lower()}_share_{round_no}", f"{label}: share answered by the cache",
+        Figure(f"cache_hit_{name}_share_{round_no}", f"{label}: share answered by the cache",
                hit.hit_share, "ratio"),
-        Figure(f"cache_hit_{engine.lower()}_cpu_us_{round_no}", f"{label}: node CPU per Get",
+        Figure(f"cache_hit_{name}_cpu_us_{round_no}", f"{label}: node CPU per Get",
                hit.hit_cpu_us, "us", hit.echo_cpu_us, "echo server CPU per call"),
     ]  # fmt: skip
 
@@ -65,14 +91,16 @@ async def run(samples: int, rounds: int, seed: int, root: Path) -> list[Figure]:
     (root / "logs").mkdir()
     children = Children(root / "logs", cwd=root)
     cluster = BenchCluster(root, children)
-    redis = RedisServer(root / "redis")
+    socket_path = root / "redis.sock"
+    unix_args = ("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    redis = RedisServer(root / "redis", extra_args=unix_args)
     value = b"v" * 256
     figures: list[Figure] = []
     try:
         mongo_port = free_port()
         phases.progress(f"starting coordinator, echo server, SecantusDB and redis-server in {root}")
         await asyncio.gather(
-            cluster.start_coordinator(),
+            cluster.start_coordinator(plaintext=True),
             children.start_listening(
                 "mongodb",
                 ["-m", "secantus", "--host", "127.0.0.1", "--port", str(mongo_port),
@@ -82,26 +110,27 @@ async def run(samples: int, rounds: int, seed: int, root: Path) -> list[Figure]:
             asyncio.to_thread(redis.start),
         )  # fmt: skip
         echo = await children.start_daemon("echo", ["-m", "bench.echo_server"], ECHO_READY)
-        cache_args = ("--cache-redis-url", redis.url, "--cache-redis-region", SOLO_REGION)
-        for engine in ENGINES:
-            node_id = CACHED_NODE_ID if engine == "SQLite" else CACHED_MONGO_NODE_ID
-            mongodb = None if engine == "SQLite" else (f"mongodb://127.0.0.1:{mongo_port}/", "bench_cache")
+        for setup in SETUPS:
+            url = f"unix://{socket_path}" if setup.unix_socket else redis.url
+            cache_args = ("--cache-redis-url", url, "--cache-redis-region", SOLO_REGION)
+            mongo_uri = f"mongodb://127.0.0.1:{mongo_port}/"
+            mongodb = (mongo_uri, "bench_cache") if setup.engine == "MongoDB" else None
             # Plaintext, as the echo server is: the figure prices the node's work, not TLS
             # (`make bench` prices mutual TLS against plaintext on its own).
             node = await cluster.start_node(
-                SOLO_REGION, node_id=node_id, mongodb=mongodb, plaintext=True, extra_args=cache_args
+                SOLO_REGION, node_id=setup.node_id, mongodb=mongodb, plaintext=True, extra_args=cache_args
             )
             try:
                 async with channel(echo.group(1), cluster.plain_dialer) as echo_channel:
                     for round_no in range(1, rounds + 1):
                         hit = await cache_phase.measure_hits(
                             node, echo_channel, SOLO_NAMESPACE, value, samples,
-                            random.Random(seed + round_no), engine, keys=MONGO_HIT_KEYS,
-                            cpu=children.cpu_snapshot, processes=("echo", f"node-{node_id}"),
+                            random.Random(seed + round_no), setup.label, keys=MONGO_HIT_KEYS,
+                            cpu=children.cpu_snapshot, processes=("echo", f"node-{setup.node_id}"),
                         )  # fmt: skip
-                        figures += hit_figures(engine, round_no, hit)
+                        figures += hit_figures(setup, round_no, hit)
             finally:
-                await cluster.stop_node(node_id)
+                await cluster.stop_node(setup.node_id)
     finally:
         await cluster.close()
         await children.stop_all()

@@ -177,7 +177,11 @@ class BenchCluster:
         dialer = Dialer.mutual_tls(TlsFiles.in_directory(self.tls_dir, f"client-{client}"))
         return channel(node.address, dialer, ExpectedPeer.node(node.region, node.node_id))
 
-    async def start_coordinator(self) -> None:
+    async def start_coordinator(self, *, plaintext: bool = False) -> None:
+        """`plaintext`: for a run whose nodes are all plaintext (a node started with
+        `plaintext=True` speaks plaintext to the coordinator too, and could not reach a mutual-TLS
+        one: it would retry its link all through the run, work a deployed node does not do)."""
+        security = ["--insecure"] if plaintext else ["--tls-dir", str(self.tls_dir)]
         match = await self.children.start_daemon(
             "coordinator",
             [
@@ -193,8 +197,7 @@ class BenchCluster:
                 str(self.config_path),
                 "--log-level",
                 "WARNING",
-                "--tls-dir",
-                str(self.tls_dir),
+                *security,
             ],
             COORDINATOR_READY,
         )
