@@ -45,15 +45,19 @@ class ContextTokens:
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
             raise InvalidArgument(f"a context key is {KEY_BYTES} bytes, not {len(key)}")
-        self._key = key
+        # Keyed once: each MAC copies this state. The one-shot hmac.digest() looks the digest up
+        # in OpenSSL and keys it again on every call, which in a serving node (its caches cold
+        # between calls) cost 20-35 us a token, against 1-2 us for a copy.
+        self._keyed = hmac.new(key, digestmod="sha256")
 
     def _mac(self, namespace: str, key: str, payload: bytes) -> bytes:
         ns = namespace.encode("utf-8", "surrogatepass")
         k = key.encode("utf-8", "surrogatepass")
         # Length prefixes keep (namespace, key) pairs apart: ("a", "bc") never signs as ("ab", "c").
         message = _DOMAIN + struct.pack(">I", len(ns)) + ns + struct.pack(">I", len(k)) + k + payload
-        # The one-shot form: OpenSSL in one call, without building an HMAC object in Python.
-        return hmac.digest(self._key, message, "sha256")
+        mac = self._keyed.copy()
+        mac.update(message)
+        return mac.digest()
 
     def issue(self, namespace: str, key: str, context: CausalContext) -> bytes:
         return self.issue_pb(namespace, key, context_to_pb(context))

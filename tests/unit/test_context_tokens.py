@@ -103,3 +103,20 @@ def test_a_token_issued_from_the_protobuf_form_is_the_same_token() -> None:
         token = tokens.issue_pb("ns", "k", form)
         assert token == tokens.issue("ns", "k", ctx)
         assert tokens.open("ns", "k", token, Limits()) == ctx
+
+
+def test_each_token_is_signed_afresh_from_the_keyed_state() -> None:
+    # The key is set up once and each MAC starts from a copy of it: a MAC computed before must
+    # leave nothing behind in the next, in any order.
+    key = secrets.token_bytes(32)
+    tokens = ContextTokens(key)
+    records = [("ns", f"k{i}", CausalContext.of({"a": i + 1}, [])) for i in range(3)]
+    for namespace, record_key, ctx in records * 2:
+        payload = context_to_pb(ctx).SerializeToString(deterministic=True)
+        ns, k = namespace.encode(), record_key.encode()
+        message = (
+            b"domicile-context-token\x00"
+            + len(ns).to_bytes(4, "big") + ns + len(k).to_bytes(4, "big") + k + payload
+        )  # fmt: skip
+        expected = b"\x01" + hmac.digest(key, message, "sha256") + payload
+        assert tokens.issue(namespace, record_key, ctx) == expected
