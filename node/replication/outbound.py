@@ -40,6 +40,7 @@ from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication.cadence import Cadence
 from node.replication.encoded import EncodedLog
+from node.replication.held_position import HeldPosition
 from node.replication.send_audit import SentBatch
 from node.replication.session_channel import SessionChannels
 from node.replication.signal import LogSignal
@@ -330,6 +331,8 @@ class LinkSender:
             self.limits.replication_batch_bytes_max,
         )
         reader = asyncio.create_task(self._read_acks(call, window))
+        # Positions past entries the target does not hold wait a moment (node.replication.held_position).
+        held = HeldPosition(sent, span_max=self.limits.replication_batch_records_max)
         try:
             while True:
                 if reader.done():
@@ -338,26 +341,52 @@ class LinkSender:
                 grown = self.signal.mark()
                 batch = await self.next_batch(sent)
                 if batch is None:
+                    due_in = held.due_in(time.monotonic())
+                    if due_in == 0.0:
+                        await self._send(call, window, reader, [], held.take(), deadline_s)
+                        continue
                     self.cadence.drained()
                     self._update_backlog()
-                    await self._wait_for_log_or(reader, window, deadline_s, grown)
+                    await self._wait_for_log_or(reader, window, deadline_s, grown, due_in)
                     continue
-                # A batch or scheduled link waits for its turn here.
-                await self.cadence.ready(reader)
                 mutations, through = batch
-                size = sum(_batch_bytes(m) for m in mutations)
-                await self._acquire(window, reader, len(mutations), size, deadline_s)
-                request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
-                request.batch.mutations.extend(self._messages(mutations))
-                window.sent(through, len(mutations), size, time.monotonic())
-                await _write_within(call, request, deadline_s)
-                if mutations:
-                    self._stages.since_commit("ship", mutations[0].version.hlc)
-                self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))
                 sent = through
+                if not mutations:
+                    if not held.fits(through):
+                        await self._send(call, window, reader, [], held.take(), deadline_s)
+                    held.hold(through, time.monotonic())
+                    continue
+                if held.through is not None:
+                    # Before the records, so that neither message moves the target further
+                    # than a batch read would.
+                    await self._send(call, window, reader, [], held.take(), deadline_s)
+                await self._send(call, window, reader, mutations, through, deadline_s)
+                held.sent(through)
         finally:
             reader.cancel()
             call.cancel()
+
+    async def _send(
+        self,
+        call: grpc.aio.StreamStreamCall,
+        window: SendWindow,
+        reader: asyncio.Task[None],
+        mutations: list[Mutation],
+        through: int,
+        deadline_s: float,
+    ) -> None:
+        """Writes one batch to the stream, once the link's turn has come and the window has room."""
+        # A batch or scheduled link waits for its turn here.
+        await self.cadence.ready(reader)
+        size = sum(_batch_bytes(m) for m in mutations)
+        await self._acquire(window, reader, len(mutations), size, deadline_s)
+        request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
+        request.batch.mutations.extend(self._messages(mutations))
+        window.sent(through, len(mutations), size, time.monotonic())
+        await _write_within(call, request, deadline_s)
+        if mutations:
+            self._stages.since_commit("ship", mutations[0].version.hlc)
+        self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))
 
     def _messages(self, mutations: list[Mutation]) -> list[pb.Mutation]:
         """The batch's wire messages. A record without a subject is shipped as stored (only a
@@ -421,9 +450,11 @@ class LinkSender:
         window: SendWindow,
         deadline_s: float,
         grown: asyncio.Future[None],
+        timeout_s: float | None = None,
     ) -> None:
         # On the signal's shared future itself: no task per wait (asyncio.wait never cancels it).
-        await asyncio.wait({grown, reader}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        timeout = 1.0 if timeout_s is None else min(1.0, timeout_s)
+        await asyncio.wait({grown, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         self._check_stalled(window, deadline_s)
 
     async def _acquire(

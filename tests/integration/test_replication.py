@@ -8,6 +8,7 @@ import pytest
 
 from domicile.audit import AuditEntry
 from domicile.wire.records import context_from_pb
+from node.daemon import Node
 from node.replication import send_audit
 from tests.support.cluster import LocalCluster, eventually
 
@@ -222,3 +223,49 @@ async def test_a_batch_send_entry_covers_its_records_and_matches_both_ends(eu_pa
     assert not [e for e in sent if e.key in keys], "a public record got an entry of its own"
     (personal,) = [e for e in sent if e.key == "ada"]
     assert personal.detail.startswith("to=eu-central-1 lsn=")
+
+
+def _applies(node: Node, source: str) -> float:
+    """How many applies the node ran for streams from `source` (the count of its check stage)."""
+    total = 0.0
+    for family in node.metrics.registry.collect():
+        for sample in family.samples:
+            if (
+                sample.name == "domicile_replication_stage_seconds_count"
+                and sample.labels["stage"] == "check"
+                and sample.labels["link"].startswith(f"{source}->")
+            ):
+                total += sample.value
+    return total
+
+
+async def test_a_link_without_records_to_carry_holds_its_position_instead_of_a_message_per_write(
+    four: LocalCluster,
+) -> None:
+    # customers_eu is held in eu-west-1 and eu-central-1 only: its writes carry records to
+    # eu-central-1, and only positions to us-east-1 (which shares the global namespaces).
+    source = four.nodes["eu-west-1"]
+    source_id = source.config.node_id
+    near, far = four.nodes["eu-central-1"], four.nodes["us-east-1"]
+    await barrier(four, "eu-west-1", "before")
+    near_before, far_before = _applies(near, source_id), _applies(far, source_id)
+    writes = 30
+    for i in range(writes):
+        await four.put("eu-west-1", "customers_eu", f"held-{i}", b"x")
+    last = source.engine.last_lsn()
+
+    async def told() -> bool:
+        return far.receiver.stats_for(source_id).position >= last
+
+    # The position still arrives (within the hold), with no record.
+    await eventually(told, 10, "us-east-1 told the source's position")
+    assert far.engine.get("customers_eu", "held-0") is None
+    far_applies = _applies(far, source_id) - far_before
+    assert 1 <= far_applies <= writes / 3, far_applies
+
+    async def near_has_all() -> bool:
+        return near.receiver.stats_for(source_id).position >= last
+
+    await eventually(near_has_all, 10, "eu-central-1 has every record")
+    # The control: the link with records ships each sequential write as it commits.
+    assert _applies(near, source_id) - near_before >= writes / 2
