@@ -352,9 +352,12 @@ class LinkSender:
                 mutations, through = batch
                 sent = through
                 if not mutations:
-                    if not held.fits(through):
+                    if held.through is not None and not held.fits(through):
                         await self._send(call, window, reader, [], held.take(), deadline_s)
                     held.hold(through, time.monotonic())
+                    if held.due_in(time.monotonic()) == 0.0:
+                        # Held long enough while the log kept growing, or far enough.
+                        await self._send(call, window, reader, [], held.take(), deadline_s)
                     continue
                 if held.through is not None:
                     # Before the records, so that neither message moves the target further
