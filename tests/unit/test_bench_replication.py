@@ -65,3 +65,15 @@ def test_the_synchronous_put_is_held_to_twice_the_delay_plus_10_ms() -> None:
     slow = {f.key: f for f in figures([], opts, [90.0] * 90 + [150.0] * 10)}
     assert slow["sync_put_p99_ms"].met is False
     assert "sync_put_p99_ms" not in {f.key for f in figures([], opts)}
+
+
+def test_the_synchronous_put_is_also_read_against_the_measured_round_trip() -> None:
+    opts = options()
+    rtt = [101.0] * 90 + [104.0] * 10  # the emulated network's own round trip, p99 104 ms
+    within = {f.key: f for f in figures([], opts, [110.0] * 90 + [113.0] * 10, rtt)}
+    assert within["sync_put_p99_vs_rtt_ms"].met
+    assert within["sync_put_p99_vs_rtt_ms"].baseline == 104.0
+    # Negative control: 10 ms past the round trip p99 is already too much.
+    beyond = {f.key: f for f in figures([], opts, [110.0] * 90 + [115.0] * 10, rtt)}
+    assert beyond["sync_put_p99_vs_rtt_ms"].met is False
+    assert "sync_put_p99_vs_rtt_ms" not in {f.key for f in figures([], opts, [90.0] * 100)}
