@@ -29,7 +29,7 @@ from domicile.model import (
 )
 from domicile.policy import Action, Decision, RecordFacts
 from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
-from node.cache.read_cache import Hit, Pending, ReadCache
+from node.cache.read_cache import Hit, Pending, ReadAhead, ReadCache
 from node.clock_guard import ClockGuard
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
@@ -606,12 +606,24 @@ class StorageService:
             "every version, and a later Put starts afresh"
         )
 
-    async def get(self, namespace: str, key: str, principal: str = "") -> ReadResult:
+    def read_ahead(self, namespace: str, key: str) -> ReadAhead | None:
+        """Sends the cache lookup of a Get now, before the call is authenticated and authorized,
+        so that its Redis round trip overlaps that work; `get(..., ahead)` uses its reply and the
+        caller drops it otherwise (ReadAhead.drop). Never raises. Nothing is read from it unless
+        `get` runs, which checks the request first; a key longer than any valid key (in
+        characters, each at least a byte) is not sent at all."""
+        if self.cache is None or not key or len(key) > self.limits.key_bytes_max:
+            return None
+        return self.cache.read_ahead(namespace, key)
+
+    async def get(
+        self, namespace: str, key: str, principal: str = "", ahead: ReadAhead | None = None
+    ) -> ReadResult:
         spec = self._namespace(namespace)
         check_key(key, self.limits)
         # The hot path. A cache hit whose versions open without blocking is answered on the event
         # loop; otherwise the read and the opening of its versions share one hop.
-        cached = None if self.cache is None else await self.cache.lookup(spec.name, key)
+        cached = None if self.cache is None else await self.cache.lookup(spec.name, key, ahead)
         if isinstance(cached, Hit) and (on_loop := self._open_on_loop(spec, key, cached.state)) is not None:
             state, versions = cached.state, on_loop
         else:

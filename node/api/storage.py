@@ -322,9 +322,14 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         return await guarded(self.metrics, "PutBatch", context, self.deadline_s, work)
 
     async def Get(self, request: spb.GetRequest, context: grpc.aio.ServicerContext) -> spb.GetResponse:
+        # The cache lookup is sent first, so that Redis answers while the call's deadline scope,
+        # authentication and authorization run; its reply is used only once they passed (and
+        # the request was checked), and dropped unseen otherwise.
+        ahead = self.service.read_ahead(request.namespace, request.key)
+
         async def work() -> spb.GetResponse:
             caller = self._access.namespace(context, "storage.Get", request.namespace)
-            result = await self.service.get(request.namespace, request.key, caller.identity)
+            result = await self.service.get(request.namespace, request.key, caller.identity, ahead)
             response = spb.GetResponse(found=result.found, region=self.service.region)
             _fill_read(result, response.versions, response.context)
             # From the context as answered: its protobuf form is built once, for both.
@@ -333,7 +338,12 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             )
             return response
 
-        return await guarded(self.metrics, "Get", context, self.deadline_s, work)
+        if ahead is None:
+            return await guarded(self.metrics, "Get", context, self.deadline_s, work)
+        try:
+            return await guarded(self.metrics, "Get", context, self.deadline_s, work)
+        finally:
+            ahead.drop()  # a no-op when the lookup took its reply
 
     async def Delete(
         self, request: spb.DeleteRequest, context: grpc.aio.ServicerContext

@@ -38,6 +38,7 @@ from domicile.errors import DataCorruption, DomicileError
 from domicile.wire.records import key_state_from_bytes, key_state_to_bytes
 from node.cache.coherence import Coherence, Key, Ticket
 from node.cache.others import OtherWriters
+from node.cache.resp import SentGet
 from node.cache.store import FillOutcome, RedisStore
 
 log = logging.getLogger("domicile.cache")
@@ -151,6 +152,22 @@ class Pending:
         return state
 
 
+class ReadAhead:
+    """A lookup's GET sent ahead (`ReadCache.read_ahead`), with the ticket taken just before it.
+    Either `ReadCache.lookup` takes its reply, or `drop` gives it up: nothing is counted for a
+    read-ahead that is dropped, and its reply is never seen."""
+
+    __slots__ = ("key", "sent", "ticket")
+
+    def __init__(self, key: Key, ticket: Ticket, sent: SentGet) -> None:
+        self.key = key
+        self.ticket = ticket
+        self.sent = sent
+
+    def drop(self) -> None:
+        self.sent.drop()
+
+
 class ReadCache:
     def __init__(
         self,
@@ -216,25 +233,68 @@ class ReadCache:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def lookup(self, namespace: str, key: str) -> Hit | Pending:
-        """On the event loop: the key's state when Redis has it (a hit needs no thread), or the
-        rest of the read for an offload thread (`Pending.read`). Counts hits, misses and
-        fallbacks; a failure of Redis is never raised."""
+    def read_ahead(self, namespace: str, key: str) -> ReadAhead | None:
+        """On the event loop, before the read is authorized: sends the lookup's GET now so that
+        its round trip overlaps the call's own work, and returns without waiting. Counts nothing
+        and never raises; None when the lookup would not ask Redis (or cannot send at once).
+
+        Coherent like `lookup`: the ticket is taken before the GET is sent and `still_valid` is
+        checked after its reply, so the sequence ticket, GET, check is the same; only more of the
+        read happens in between, and a change acknowledged in between was acknowledged after
+        this read began."""
         coherence = self.coherence
         if not coherence.usable:
+            return None
+        others = self.others
+        if others is not None and not others.trusted():
+            return None
+        k = (namespace, key)
+        ticket = coherence.ticket(k)
+        if ticket is None:
+            return None
+        try:
+            sent = self.store.send_lookup(ticket.generation, namespace, key)
+        except UnicodeEncodeError:
+            return None
+        return None if sent is None else ReadAhead(k, ticket, sent)
+
+    async def lookup(self, namespace: str, key: str, ahead: ReadAhead | None = None) -> Hit | Pending:
+        """On the event loop: the key's state when Redis has it (a hit needs no thread), or the
+        rest of the read for an offload thread (`Pending.read`). Counts hits, misses and
+        fallbacks; a failure of Redis is never raised. `ahead`: this key's GET, sent by
+        `read_ahead` (it is used or dropped here)."""
+        coherence = self.coherence
+        k = (namespace, key)
+        if ahead is not None and ahead.key != k:
+            ahead.drop()
+            ahead = None
+        if not coherence.usable:
+            if ahead is not None:
+                ahead.drop()
             self.counters.fallback("unavailable")
             return Pending(self)
         others = self.others
         if others is not None and not others.trusted():
+            if ahead is not None:
+                ahead.drop()
             self.counters.fallback("others_behind")
             return Pending(self)
-        k = (namespace, key)
         ticket = coherence.ticket(k)
         if ticket is None:  # a change of the key has not reached Redis yet
+            if ahead is not None:
+                ahead.drop()
             self.counters.miss()
             return Pending(self)
+        if ahead is not None:
+            if ahead.ticket.generation == ticket.generation:
+                ticket = ahead.ticket  # the one taken before its GET was sent
+            else:
+                ahead.drop()
+                ahead = None
         try:
-            found = await self.store.lookup(ticket.generation, namespace, key)
+            found = await self.store.lookup(
+                ticket.generation, namespace, key, None if ahead is None else ahead.sent
+            )
         except UnicodeEncodeError:
             return Pending(self)  # not a key the engine takes either; it says why
         except _FAILURES as exc:

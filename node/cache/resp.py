@@ -120,6 +120,40 @@ def _command(*args: bytes) -> bytes:
     return b"".join(parts)
 
 
+class SentGet:
+    """A GET already written to Redis whose reply is awaited later (`reply`) or never (`drop`):
+    the lookup's round trip then overlaps whatever the caller does in between. Its deadline runs
+    from the send, as a timer on the reply's future, like a call's (`LoopRedis._call`)."""
+
+    __slots__ = ("_connection", "_timer", "_waiter")
+
+    def __init__(
+        self, connection: _Connection, waiter: asyncio.Future[Reply], timer: asyncio.TimerHandle
+    ) -> None:
+        self._connection = connection
+        self._waiter = waiter
+        self._timer = timer
+
+    async def reply(self) -> Reply:
+        try:
+            return await self._waiter
+        except (TimeoutError, OSError, redis.ConnectionError):
+            self._connection.close()
+            raise
+        finally:
+            self._timer.cancel()
+
+    def drop(self) -> None:
+        """Gives the reply up (the connection reads it and throws it away, as after a deadline).
+        Idempotent, and a no-op once the reply was taken."""
+        self._timer.cancel()
+        waiter = self._waiter
+        if not waiter.done():
+            waiter.cancel()
+        elif not waiter.cancelled():
+            waiter.exception()  # retrieved: a failure nobody waits for is not logged as lost
+
+
 class LoopRedis:
     """GET and EVALSHA (EVAL when the script is not loaded) under a deadline, on one event loop."""
 
@@ -143,6 +177,23 @@ class LoopRedis:
 
     async def get(self, key: bytes) -> Reply:
         return await self._call(_command(b"GET", key))
+
+    def send_get(self, key: bytes) -> SentGet | None:
+        """Writes a GET now and returns at once; None when there is no connection up (connecting
+        takes a wait: the caller then calls `get` when it needs the reply)."""
+        connection = self._connection
+        if connection is None or connection.lost:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            waiter = connection.send(_command(b"GET", key))
+        except (OSError, redis.ConnectionError) as exc:
+            # As a call that failed: the connection is dropped and the reply raises the failure.
+            connection.close()
+            waiter = loop.create_future()
+            waiter.set_exception(exc)
+        timer = loop.call_later(self.deadline_s, _give_up, waiter, self.deadline_s)
+        return SentGet(connection, waiter, timer)
 
     async def run_script(self, script: bytes, keys: list[bytes], args: list[bytes]) -> Reply:
         sha = hashlib.sha1(script).hexdigest().encode()

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.retry import Retry
 
-from node.cache.resp import LoopRedis
+from node.cache.resp import LoopRedis, SentGet
 
 FULL = b"f"
 ABSENT = b"a"
@@ -76,6 +76,7 @@ class LoopClient(Protocol):
     """The lookup's commands on the event loop, each under the deadline."""
 
     async def get(self, key: bytes) -> object: ...
+    def send_get(self, key: bytes) -> SentGet | None: ...
     async def run_script(self, script: bytes, keys: list[bytes], args: list[bytes]) -> object: ...
     async def aclose(self) -> None: ...
 
@@ -97,6 +98,9 @@ class TlsLoopRedis:
 
     async def get(self, key: bytes) -> object:
         return await self._client.get(key)
+
+    def send_get(self, key: bytes) -> SentGet | None:
+        return None  # redis.asyncio cannot write a command without awaiting its reply
 
     async def run_script(self, script: bytes, keys: list[bytes], args: list[bytes]) -> object:
         registered = self._scripts.get(script)
@@ -172,11 +176,15 @@ class RedisStore:
     def hw_key(self, generation: str) -> bytes:
         return self.prefix(generation) + b"hw"
 
-    async def lookup(self, generation: str, namespace: str, key: str) -> Found:
+    def send_lookup(self, generation: str, namespace: str, key: str) -> SentGet | None:
+        """The GET of `lookup`, written now; None when it cannot be sent without waiting."""
+        return self.loop_client.send_get(self.entry_key(generation, namespace, key))
+
+    async def lookup(self, generation: str, namespace: str, key: str, sent: SentGet | None = None) -> Found:
         """A plain GET first (a hit costs no script), the lookup script on a miss. On the
-        event loop."""
+        event loop. `sent`: that GET, sent earlier by `send_lookup` for the same entry."""
         entry = self.entry_key(generation, namespace, key)
-        value = await self.loop_client.get(entry)
+        value = await (self.loop_client.get(entry) if sent is None else sent.reply())
         found = _found(value) if value is not None else None
         if found is not None and found.hit:
             return found

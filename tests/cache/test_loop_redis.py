@@ -14,7 +14,7 @@ import uvloop
 from domicile.redis_server import RedisServer
 from node.cache.resp import LoopRedis
 from node.cache.store import FillOutcome, Found, RedisStore
-from tests.support.cluster import free_port
+from tests.support.cluster import eventually, free_port
 from tests.support.redis import paused
 from tests.support.tls import session_pki
 
@@ -194,3 +194,70 @@ def test_on_uvloop_as_the_node_runs(redis: RedisServer) -> None:
             assert runner.run(calls()) == [b"v", b"x"]
     finally:
         sync.close()
+
+
+async def test_a_get_sent_ahead_is_answered_later_and_one_dropped_is_never_seen(redis: RedisServer) -> None:
+    sync = redis_client(redis)
+    sync.set(b"a", b"A")
+    sync.set(b"b", b"B")
+    client = LoopRedis(redis.url, deadline_s=1.0)
+    try:
+        assert client.send_get(b"a") is None  # no connection yet: sending would wait for one
+        assert await client.get(b"a") == b"A"
+        ahead = client.send_get(b"a")
+        assert ahead is not None
+        assert await client.get(b"b") == b"B"  # calls in between get their own replies
+        assert await ahead.reply() == b"A"
+        ahead.drop()  # after its reply: nothing happens
+        dropped = client.send_get(b"a")
+        assert dropped is not None
+        dropped.drop()
+        dropped.drop()
+        # The dropped reply arrives and is thrown away, not taken for the next call's.
+        assert await client.get(b"b") == b"B"
+        assert await asyncio.gather(*(client.get(k) for k in (b"a", b"b"))) == [b"A", b"B"]
+    finally:
+        await client.aclose()
+        sync.close()
+
+
+async def test_a_get_sent_ahead_keeps_its_deadline_and_the_next_call_reconnects(redis: RedisServer) -> None:
+    sync = redis_client(redis)
+    sync.set(b"k", b"v")
+    client = LoopRedis(redis.url, deadline_s=0.2)
+    try:
+        assert await client.get(b"k") == b"v"
+        loop = asyncio.get_running_loop()
+        with paused(redis):
+            ahead = client.send_get(b"k")
+            assert ahead is not None
+            started = loop.time()
+            with pytest.raises(TimeoutError, match="did not answer within"):
+                await ahead.reply()
+            assert loop.time() - started < 2.0
+        assert await client.get(b"k") == b"v"
+    finally:
+        await client.aclose()
+        sync.close()
+
+
+async def test_no_get_is_sent_ahead_on_a_connection_that_was_lost(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    client = LoopRedis(server.url, deadline_s=1.0)
+    try:
+        redis_client(server).set(b"k", b"v")
+        assert await client.get(b"k") == b"v"
+        server.stop()
+
+        async def lost() -> bool:
+            sent = client.send_get(b"k")
+            if sent is not None:
+                sent.drop()
+            return sent is None
+
+        await eventually(lost, 5.0, "the lost connection noticed")
+        with pytest.raises((redis_py.ConnectionError, OSError)):
+            await client.get(b"k")  # the call that needs the reply connects, and fails
+    finally:
+        await client.aclose()
+        server.stop()
