@@ -84,6 +84,11 @@ class ReadResult:
     context: CausalContext
     # Per version, the fields the policy removed from this answer (empty when none).
     redacted: tuple[tuple[str, ...], ...] = ()
+    # What the state and the versions answered follow from, when that is small and exact: the
+    # cache entry's bytes a hit was decoded from and the namespace's conflict mode (which picks
+    # the visible versions); None otherwise. With the redaction, the namespace and the key it
+    # determines the whole answer (node/api/read_answers.py).
+    source: tuple[bytes, ConflictMode] | None = None
 
 
 @dataclass(frozen=True)
@@ -582,6 +587,7 @@ class StorageService:
         state: KeyState | None,
         versions: tuple[Version, ...],
         principal: str,
+        source: tuple[bytes, ConflictMode] | None = None,
     ) -> ReadResult | Decision:
         """The answer to a read of the opened `versions`, or the first refusing decision."""
         decisions = self._read_decisions(spec, key, versions, principal)
@@ -594,6 +600,7 @@ class StorageService:
             tuple(redact(v, d.redacted_fields) for v, d in zip(versions, decisions, strict=True)),
             context,
             tuple(d.redacted_fields for d in decisions),
+            source,
         )
 
     def _too_large(
@@ -624,15 +631,20 @@ class StorageService:
         # The hot path. A cache hit whose versions open without blocking is answered on the event
         # loop; otherwise the read and the opening of its versions share one hop.
         cached = None if self.cache is None else await self.cache.lookup(spec.name, key, ahead)
+        source = None
         if isinstance(cached, Hit) and (on_loop := self._open_on_loop(spec, key, cached.state)) is not None:
+            # Opened on the loop: no version is sealed under a subject's key, so the versions
+            # follow from the entry and the conflict mode alone (no key that erasure destroys).
             state, versions = cached.state, on_loop
+            if cached.entry is not None:
+                source = (cached.entry, spec.conflict_mode)
         else:
             state, versions = await self.offload.run(self._read_now, spec, key, cached)
         weight = answer_bytes(key, state, versions)
         if weight > self.limits.read_record_bytes_max:
             # Refused before any version is judged or audited as read: nothing is served.
             raise self._too_large(spec, key, versions, weight)
-        result = self._read_result(spec, key, state, versions, principal)
+        result = self._read_result(spec, key, state, versions, principal, source)
         if isinstance(result, Decision):
             raise errors.PlacementRefused(
                 f"region {self.region} may not serve this record: {result.reason}",

@@ -108,7 +108,8 @@ def _bounded(
         # Encoded here, once, and handed to gRPC as bytes: a message's ByteSize() encodes it
         # too (protobuf's upb backend keeps no cached size), so measuring it and then letting
         # gRPC serialize it would encode every answer twice.
-        data: bytes = encode(response) if encode is not None else response
+        # A handler may answer with bytes already encoded (a Get answer kept for its next hit).
+        data: bytes = response if isinstance(response, bytes) or encode is None else encode(response)
         if len(data) > bounds.response_bytes_max:
             # The reads bound their answers below this; reaching it is a bug, said clearly rather
             # than left to the transport.

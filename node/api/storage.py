@@ -25,6 +25,7 @@ from domicile.wire.records import context_from_pb, context_to_pb, version_to_pb
 from domicile.wire.status import violation_to_pb
 from node.api.access import NodeAccess
 from node.api.errors import abort_with, status_for
+from node.api.read_answers import EncodedAnswers
 from node.compliance.audit_log import AuditLog
 from node.compliance.enforcer import Audit
 from node.compliance.remediation import Receipt
@@ -226,6 +227,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         self._status = status
         self._audit = audit
         self._scan = scan
+        self.answers = EncodedAnswers()
 
     def _superseded(
         self, request: spb.PutRequest | spb.DeleteRequest, caller: Caller, action: str
@@ -321,22 +323,28 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
 
         return await guarded(self.metrics, "PutBatch", context, self.deadline_s, work)
 
-    async def Get(self, request: spb.GetRequest, context: grpc.aio.ServicerContext) -> spb.GetResponse:
+    # The generated base class knows only the message; the bytes are sent as they are.
+    async def Get(  # type: ignore[override]
+        self, request: spb.GetRequest, context: grpc.aio.ServicerContext
+    ) -> spb.GetResponse | bytes:
+        """The answer, or its bytes when they are the same as an earlier hit's: storage calls are
+        always served through node.api.limits.MessageLimits, which sends bytes as they are."""
         # The cache lookup is sent first, so that Redis answers while the call's deadline scope,
         # authentication and authorization run; its reply is used only once they passed (and
         # the request was checked), and dropped unseen otherwise.
         ahead = self.service.read_ahead(request.namespace, request.key)
 
-        async def work() -> spb.GetResponse:
+        async def work() -> spb.GetResponse | bytes:
             caller = self._access.namespace(context, "storage.Get", request.namespace)
             result = await self.service.get(request.namespace, request.key, caller.identity, ahead)
-            response = spb.GetResponse(found=result.found, region=self.service.region)
-            _fill_read(result, response.versions, response.context)
-            # From the context as answered: its protobuf form is built once, for both.
-            response.context_token = self.service.tokens.issue_pb(
-                request.namespace, request.key, response.context
-            )
-            return response
+            if result.source is None:
+                return self._get_response(request, result)
+            # Everything the answer's bytes depend on (node/api/read_answers.py).
+            key = (request.namespace, request.key, result.source, result.redacted)
+            kept = self.answers.get(key)
+            if kept is not None:
+                return kept
+            return self.answers.keep(key, self._get_response(request, result).SerializeToString())
 
         if ahead is None:
             return await guarded(self.metrics, "Get", context, self.deadline_s, work)
@@ -344,6 +352,15 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             return await guarded(self.metrics, "Get", context, self.deadline_s, work)
         finally:
             ahead.drop()  # a no-op when the lookup took its reply
+
+    def _get_response(self, request: spb.GetRequest, result: ReadResult) -> spb.GetResponse:
+        response = spb.GetResponse(found=result.found, region=self.service.region)
+        _fill_read(result, response.versions, response.context)
+        # From the context as answered: its protobuf form is built once, for both.
+        response.context_token = self.service.tokens.issue_pb(
+            request.namespace, request.key, response.context
+        )
+        return response
 
     async def Delete(
         self, request: spb.DeleteRequest, context: grpc.aio.ServicerContext

@@ -103,9 +103,12 @@ class NoCounters:
 
 @dataclass(frozen=True)
 class Hit:
-    """A state the cache answered (None: the key was never written)."""
+    """A state the cache answered (None: the key was never written). `entry`: the entry's bytes
+    the state was decoded from, when it was decoded on the event loop (the same bytes are the
+    same state)."""
 
     state: KeyState | None
+    entry: bytes | None = None
 
 
 class Pending:
@@ -312,7 +315,7 @@ class ReadCache:
             self.counters.miss()
             return Pending(self)
         self.counters.hit()
-        return Hit(state)
+        return Hit(state, found.state)
 
     def _decode_on_loop(self, namespace: str, key: str, blob: bytes | None) -> KeyState | Exception | None:
         """`_decode`, remembering the last few states decoded: a key read again and again is

@@ -1,0 +1,50 @@
+"""Encoded Get answers of cache hits, kept for the next Get that would encode the same bytes.
+
+A hit's answer is a function of what it is keyed by here, and of nothing else:
+- the cache entry's bytes (the key state, versions and context, sealed as stored) and the
+  namespace's conflict mode, which picks the versions shown (ReadResult.source). Only hits
+  whose versions open on the event loop carry a source: none is sealed under a subject's data
+  key, so no erasure (which destroys such keys) can change them while the bytes stay the same;
+- the namespace and the key (the context token is signed over them);
+- the read policy's outcome: the fields removed from each version (ReadResult.redacted). A
+  refusal never gets here, so the policy still decides, and audits, every read;
+- the node's region and its context-token key, which do not change while the node runs (the
+  memo belongs to one servicer of one node).
+The token is an HMAC over the namespace, the key and the context only: nothing in an answer
+depends on the caller or on the time. Bounded in count and in the size of what it keeps.
+"""
+
+from __future__ import annotations
+
+from domicile.model import ConflictMode
+
+# How many answers are kept (the oldest goes first), and the largest kept: with entries of at
+# most 4 KiB (read_cache.DECODED_ENTRY_BYTES_MAX), about 12 MiB at most.
+ANSWERS_MAX = 1024
+ANSWER_BYTES_MAX = 8192
+
+AnswerKey = tuple[str, str, tuple[bytes, ConflictMode], tuple[tuple[str, ...], ...]]
+
+
+class EncodedAnswers:
+    """Answer bytes by (namespace, key, source, redaction). On the event loop only."""
+
+    def __init__(self, answers_max: int = ANSWERS_MAX, answer_bytes_max: int = ANSWER_BYTES_MAX) -> None:
+        self.answers_max = answers_max
+        self.answer_bytes_max = answer_bytes_max
+        self._answers: dict[AnswerKey, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: AnswerKey) -> bytes | None:
+        return self._answers.get(key)
+
+    def keep(self, key: AnswerKey, answer: bytes) -> bytes:
+        """Keeps `answer` (unless it is too large to) and returns it."""
+        if len(answer) <= self.answer_bytes_max:
+            answers = self._answers
+            if len(answers) >= self.answers_max:
+                del answers[next(iter(answers))]  # the oldest
+            answers[key] = answer
+        return answer

@@ -1,0 +1,145 @@
+"""A Get hit whose answer would be the same bytes as an earlier hit's sends those bytes
+(node/api/read_answers.py), against a real redis-server: kept only for what it was built from.
+A changed entry, another key, another redaction by the read policy, or a record sealed under a
+subject's key (which an erasure can make unreadable) each get an answer built for them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from domicile.errors import InvalidArgument
+from domicile.policy import Decision
+from domicile.redis_server import RedisServer
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.wire.records import context_from_pb
+from node.api.storage import StorageServicer
+from node.daemon import Node
+from node.service import ReadResult
+from tests.cache.test_node_cache import CACHED, cache_ready, counter, put, start_pair
+from tests.support.cluster import LocalCluster
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, redis: RedisServer) -> AsyncIterator[LocalCluster]:
+    cluster = await start_pair(tmp_path, redis)
+    try:
+        await cache_ready(cluster.nodes[CACHED])
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+@pytest.fixture
+def redis_server(redis: RedisServer) -> RedisServer:
+    return redis
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys whose Get answers were built (not sent as kept bytes), in call order."""
+    keys: list[str] = []
+    build = StorageServicer._get_response
+
+    def counted(servicer: StorageServicer, request: spb.GetRequest, result: ReadResult) -> spb.GetResponse:
+        keys.append(request.key)
+        return build(servicer, request, result)
+
+    monkeypatch.setattr(StorageServicer, "_get_response", counted)
+    return keys
+
+
+async def hit(cluster: LocalCluster, namespace: str, key: str) -> spb.GetResponse:
+    node = cluster.nodes[CACHED]
+    hits = counter(node, "domicile_cache_hits_total")
+    answer = await cluster.get(CACHED, namespace, key)
+    assert counter(node, "domicile_cache_hits_total") == hits + 1, "a cache hit"
+    return answer
+
+
+def token_names(node: Node, namespace: str, key: str, answer: spb.GetResponse) -> bool:
+    """The answer's context token verifies for this key and carries the answer's context."""
+    try:
+        opened = node.service.tokens.open(namespace, key, answer.context_token, node.service.limits)
+    except InvalidArgument:
+        return False
+    return opened == context_from_pb(answer.context, node.service.limits)
+
+
+async def test_a_repeated_hit_sends_the_kept_bytes_and_a_changed_entry_or_key_does_not(
+    pair: LocalCluster, built: list[str], redis_server: RedisServer
+) -> None:
+    node = pair.nodes[CACHED]
+    await put(pair, CACHED, "instruments", "eurusd", b"1.0842")
+    await pair.get(CACHED, "instruments", "eurusd")  # the miss that fills the entry
+    first = await hit(pair, "instruments", "eurusd")
+    assert built == ["eurusd", "eurusd"]
+    again = await hit(pair, "instruments", "eurusd")
+    assert built == ["eurusd", "eurusd"], "the second hit sent the kept bytes"
+    assert again == first and [v.value for v in again.versions] == [b"1.0842"]
+    assert token_names(node, "instruments", "eurusd", again)
+
+    # Another key whose entry holds the very same bytes (copied in Redis): its own token.
+    assert node.cache is not None
+    store, generation = node.cache.store, node.cache.coherence.generation
+    plain = redis.Redis.from_url(redis_server.url)
+    try:
+        entry = plain.get(store.entry_key(generation, "instruments", "eurusd"))
+        assert entry is not None
+        plain.set(store.entry_key(generation, "instruments", "copy"), entry)
+    finally:
+        plain.close()
+    copy = await hit(pair, "instruments", "copy")
+    assert copy.versions == first.versions
+    assert token_names(node, "instruments", "copy", copy)
+    assert not token_names(node, "instruments", "eurusd", copy)
+
+    await put(pair, CACHED, "instruments", "eurusd", b"1.0851")  # a new entry
+    await pair.get(CACHED, "instruments", "eurusd")
+    changed = await hit(pair, "instruments", "eurusd")
+    assert [v.value for v in changed.versions] == [b"1.0851"]
+    assert changed.context != first.context and token_names(node, "instruments", "eurusd", changed)
+
+    await put(pair, CACHED, "instruments", "gbpusd", b"1.0851")  # the same value, another key
+    await pair.get(CACHED, "instruments", "gbpusd")
+    other = await hit(pair, "instruments", "gbpusd")
+    assert built[-1] == "gbpusd"
+    assert token_names(node, "instruments", "gbpusd", other)
+    assert not token_names(node, "instruments", "eurusd", other)
+
+
+async def test_another_redaction_gets_its_own_answer(
+    pair: LocalCluster, built: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = pair.nodes[CACHED]
+    await put(pair, CACHED, "instruments", "eurusd", b"1.0842")
+    await pair.get(CACHED, "instruments", "eurusd")
+    plain = await hit(pair, "instruments", "eurusd")
+    decide = node.service._read_decisions
+
+    def redacting(*args: Any) -> list[Decision]:
+        # The policy's outcome for a caller it shows less: the value removed.
+        return [dataclasses.replace(d, redacted_fields=("value",)) for d in decide(*args)]
+
+    monkeypatch.setattr(node.service, "_read_decisions", redacting)
+    redacted = await hit(pair, "instruments", "eurusd")
+    (version,) = redacted.versions
+    assert version.value == b"" and list(version.redacted_fields) == ["value"]
+    monkeypatch.setattr(node.service, "_read_decisions", decide)
+    assert await hit(pair, "instruments", "eurusd") == plain
+    assert built == ["eurusd"] * 3  # the fill, the plain hit, the redacted one; then kept
+
+
+async def test_a_record_sealed_under_a_subjects_key_is_built_for_every_hit(
+    pair: LocalCluster, built: list[str]
+) -> None:
+    await put(pair, CACHED, "customers", "anna", b"Anna Schmidt, Berlin")
+    await pair.get(CACHED, "customers", "anna")
+    for _ in range(2):
+        assert [v.value for v in (await hit(pair, "customers", "anna")).versions] == [b"Anna Schmidt, Berlin"]
+    assert built == ["anna"] * 3

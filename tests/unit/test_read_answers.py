@@ -1,0 +1,27 @@
+"""The kept Get answers are bounded in count (the oldest goes first) and in size."""
+
+from __future__ import annotations
+
+from domicile.model import ConflictMode
+from node.api.read_answers import AnswerKey, EncodedAnswers
+
+
+def key(n: int) -> AnswerKey:
+    return ("ns", f"k{n}", (b"entry", ConflictMode.LWW), ((),))
+
+
+def test_the_oldest_answer_goes_first_when_the_memo_is_full() -> None:
+    answers = EncodedAnswers(answers_max=3, answer_bytes_max=16)
+    for n in range(4):
+        assert answers.keep(key(n), b"answer %d" % n) == b"answer %d" % n
+    assert len(answers) == 3
+    assert answers.get(key(0)) is None
+    assert [answers.get(key(n)) for n in (1, 2, 3)] == [b"answer 1", b"answer 2", b"answer 3"]
+
+
+def test_an_answer_larger_than_the_bound_is_sent_but_not_kept() -> None:
+    answers = EncodedAnswers(answers_max=3, answer_bytes_max=16)
+    large = b"x" * 17
+    assert answers.keep(key(0), large) == large
+    assert answers.get(key(0)) is None and len(answers) == 0
+    assert answers.keep(key(1), b"x" * 16) and answers.get(key(1)) == b"x" * 16
