@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from domicile.model import ConflictMode
 
-# How many answers are kept (the oldest goes first), and the largest kept: with entries of at
-# most 4 KiB (read_cache.DECODED_ENTRY_BYTES_MAX), about 12 MiB at most.
+# How many answers are kept (the oldest goes first), the largest answer kept and the largest
+# entry one is kept for (its bytes are part of the key): about 12 MiB at most.
 ANSWERS_MAX = 1024
 ANSWER_BYTES_MAX = 8192
+ENTRY_BYTES_MAX = 4096
 
 AnswerKey = tuple[str, str, tuple[bytes, ConflictMode], tuple[tuple[str, ...], ...]]
 
@@ -29,9 +30,15 @@ AnswerKey = tuple[str, str, tuple[bytes, ConflictMode], tuple[tuple[str, ...], .
 class EncodedAnswers:
     """Answer bytes by (namespace, key, source, redaction). On the event loop only."""
 
-    def __init__(self, answers_max: int = ANSWERS_MAX, answer_bytes_max: int = ANSWER_BYTES_MAX) -> None:
+    def __init__(
+        self,
+        answers_max: int = ANSWERS_MAX,
+        answer_bytes_max: int = ANSWER_BYTES_MAX,
+        entry_bytes_max: int = ENTRY_BYTES_MAX,
+    ) -> None:
         self.answers_max = answers_max
         self.answer_bytes_max = answer_bytes_max
+        self.entry_bytes_max = entry_bytes_max
         self._answers: dict[AnswerKey, bytes] = {}
 
     def __len__(self) -> int:
@@ -41,8 +48,8 @@ class EncodedAnswers:
         return self._answers.get(key)
 
     def keep(self, key: AnswerKey, answer: bytes) -> bytes:
-        """Keeps `answer` (unless it is too large to) and returns it."""
-        if len(answer) <= self.answer_bytes_max:
+        """Keeps `answer` (unless it or its entry is too large to) and returns it."""
+        if len(answer) <= self.answer_bytes_max and len(key[2][0]) <= self.entry_bytes_max:
             answers = self._answers
             if len(answers) >= self.answers_max:
                 del answers[next(iter(answers))]  # the oldest

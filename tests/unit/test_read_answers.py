@@ -1,4 +1,5 @@
-"""The kept Get answers are bounded in count (the oldest goes first) and in size."""
+"""The kept Get answers are bounded in count (the oldest goes first), in size, and in the size of
+the entry they are kept for."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def test_an_answer_larger_than_the_bound_is_sent_but_not_kept() -> None:
     assert answers.keep(key(0), large) == large
     assert answers.get(key(0)) is None and len(answers) == 0
     assert answers.keep(key(1), b"x" * 16) and answers.get(key(1)) == b"x" * 16
+
+
+def test_an_answer_of_an_entry_larger_than_the_bound_is_not_kept() -> None:
+    answers = EncodedAnswers(answers_max=3, answer_bytes_max=16, entry_bytes_max=8)
+    large: AnswerKey = ("ns", "k", (b"e" * 9, ConflictMode.LWW), ((),))
+    assert answers.keep(large, b"small") == b"small"
+    assert answers.get(large) is None
+    fits: AnswerKey = ("ns", "k", (b"e" * 8, ConflictMode.LWW), ((),))
+    answers.keep(fits, b"small")
+    assert answers.get(fits) == b"small"
