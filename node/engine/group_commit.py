@@ -41,12 +41,57 @@ QUEUE_JOBS_MAX_DEFAULT = 1024
 QUEUE_BYTES_MAX_DEFAULT = 1 << 62
 
 
-@dataclass
+class _Batch:
+    """The one future of a submit_many call: each of its writes fills its slot as it is
+    answered, and the future gets the slots once all are, so that a call of a thousand writes
+    makes one future and one loop callback, not a thousand. Its writes can be answered in two
+    commits (batch_records_max, or a queue ahead of them), or on two threads (the writer, and
+    reject_queued on a writer that did not stop): slots are filled under a lock."""
+
+    __slots__ = ("_lock", "_remaining", "results", "waiter")
+
+    def __init__(self, waiter: LoopWaiter[list[object]], size: int) -> None:
+        self.waiter = waiter
+        # Committed, or the exception that answered the write.
+        self.results: list[object] = [None] * size
+        self._remaining = size
+        self._lock = threading.Lock()
+
+    def fill(self, slot: int, result: object) -> bool:
+        """Fills a slot; True when it was the last one (the caller delivers the results)."""
+        with self._lock:
+            self.results[slot] = result
+            self._remaining -= 1
+            return self._remaining == 0
+
+
 class _WriteItem:
-    write: LocalWrite
-    waiter: LoopWaiter[Committed]
-    # Value bytes this write holds in the queue, until it is committed or refused.
-    size: int = 0
+    """A queued local write and how its result reaches its caller: a waiter of its own
+    (submit), or a slot of its call's _Batch (submit_many)."""
+
+    __slots__ = ("batch", "size", "slot", "waiter", "write")
+
+    def __init__(
+        self,
+        write: LocalWrite,
+        waiter: LoopWaiter[Committed] | None,
+        batch: _Batch | None = None,
+        slot: int = 0,
+    ) -> None:
+        self.write = write
+        self.waiter = waiter
+        self.batch = batch
+        self.slot = slot
+        # Value bytes this write holds in the queue, until it is committed or refused.
+        self.size = len(write.value)
+
+    def answer(self, result: object) -> tuple[LoopWaiter[Any], object] | None:
+        """What to deliver for this write's result: to its own waiter, or its batch's results
+        once this was the last of them; None while its batch still waits for others."""
+        if self.waiter is not None:
+            return self.waiter, result
+        batch = cast("_Batch", self.batch)
+        return (batch.waiter, batch.results) if batch.fill(self.slot, result) else None
 
 
 @dataclass
@@ -86,8 +131,12 @@ def _stopped(failure: str) -> Unavailable:
 
 def _reject(items: list[_Item], error: Exception) -> None:
     # A batch the engine failed as a whole, or items left when the writer ended: each gets the error.
+    deliveries: list[tuple[LoopWaiter[Any], object]] = []
     for item in items:
-        item.waiter.deliver(error)
+        delivery = item.answer(error) if isinstance(item, _WriteItem) else (item.waiter, error)
+        if delivery is not None:
+            deliveries.append(delivery)
+    deliver_all(deliveries)
 
 
 class GroupCommitter:
@@ -194,7 +243,7 @@ class GroupCommitter:
         """Commits one local write durably, together with whatever else is queued."""
         loop = asyncio.get_running_loop()
         waiter: LoopWaiter[Committed] = LoopWaiter(loop, loop.create_future())
-        item = _WriteItem(write, waiter, len(write.value))
+        item = _WriteItem(write, waiter)
         self._admit_bytes(item.size)
         try:
             self._writer.put(item)
@@ -208,8 +257,11 @@ class GroupCommitter:
         the queue ahead of them or batch_records_max splits them). A write refused by the
         engine gets its error in its slot; the others still commit. Raises (queuing nothing)
         when they do not fit the queue."""
+        if not writes:
+            return []
         loop = asyncio.get_running_loop()
-        items = [_WriteItem(w, LoopWaiter(loop, loop.create_future()), len(w.value)) for w in writes]
+        batch = _Batch(LoopWaiter(loop, loop.create_future()), len(writes))
+        items = [_WriteItem(w, None, batch, slot) for slot, w in enumerate(writes)]
         self._admit_bytes(sum(item.size for item in items))
         try:
             queued: list[_Item] = list(items)
@@ -218,11 +270,15 @@ class GroupCommitter:
             self._release(items)
             raise
         results: list[Committed | DomicileError] = []
-        for item in items:
-            try:
-                results.append(await item.waiter.future)
-            except DomicileError as error:
-                results.append(error)
+        for result in await batch.waiter.future:
+            if isinstance(result, (Committed, DomicileError)):
+                results.append(result)
+            elif isinstance(result, BaseException):
+                # Not a refusal of one write (a bug, or the engine failing the batch): the
+                # call fails, as it did when each write had a future of its own.
+                raise result
+            else:
+                raise RuntimeError(f"the writer answered a write with {result!r}")
         return results
 
     def _admit_bytes(self, size: int) -> None:
@@ -317,7 +373,8 @@ class GroupCommitter:
                 # The writes are committed: a failing metrics hook must not fail their callers
                 # (who would retry and write twice).
                 log.exception("the group commit batch hook failed")
-        deliver_all([(item.waiter, result) for item, result in zip(batch, results, strict=True)])
+        deliveries = [item.answer(result) for item, result in zip(batch, results, strict=True)]
+        deliver_all([d for d in deliveries if d is not None])
 
     def _hand_audit(
         self,

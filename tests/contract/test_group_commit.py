@@ -388,3 +388,53 @@ async def test_regression_a_write_the_guard_refuses_hands_on_no_audit_entry(
     assert results[0] is refused
     assert isinstance(results[1], DomicileError)
     assert [e.key for e in handed] == ["forged"]
+
+
+async def test_a_submit_many_split_over_several_commits_answers_every_write_in_order(
+    writers: Writers, engine: StorageEngine
+) -> None:
+    # One future serves the whole call: it must wait for the writes of every commit it spans.
+    committer = writers.start(batch=4)
+    gate = await writers.hold(committer)
+    ahead = asyncio.ensure_future(committer.submit(put("ahead")))
+    await queued(committer, 1)
+    call = asyncio.ensure_future(
+        committer.submit_many(
+            [put("m0"), put("m1"), LocalWrite(namespace="Bad Namespace", key="k"), put("m3"), put("m4")]
+        )
+    )
+    await queued(committer, 6)
+    await gate.open()
+    results = await call
+    assert [type(r) for r in results] == [Committed, Committed, InvalidArgument, Committed, Committed]
+    assert [r.mutation.key for r in results if isinstance(r, Committed)] == ["m0", "m1", "m3", "m4"]
+    assert [r.mutation.lsn for r in results if isinstance(r, Committed)] == [2, 3, 4, 5]
+    assert (await ahead).mutation.lsn == 1
+    assert committer.batches_committed == 2  # ahead, m0, m1, bad; then m3, m4
+    assert engine.counts() == StoreCounts(records=5, tombstones=0)
+
+
+async def test_an_engine_failure_fails_a_submit_many_call(writers: Writers, engine: StorageEngine) -> None:
+    committer = writers.start(engine=_EngineFailingOnce(engine))  # type: ignore[arg-type]
+    gate = await writers.hold(committer)
+    call = asyncio.ensure_future(committer.submit_many([put("k0"), put("k1")]))
+    await queued(committer, 2)
+    await gate.open()
+    with pytest.raises(OSError, match="disk full"):
+        await call
+    assert committer.queued_bytes == 0
+    assert [r.mutation.lsn for r in await committer.submit_many([put("k0"), put("k1")])] == [1, 2]  # type: ignore[union-attr]
+
+
+async def test_a_submit_many_left_in_the_queue_at_stop_gets_unavailable_in_every_slot(
+    writers: Writers, engine: StorageEngine
+) -> None:
+    committer = writers.start()
+    gate = await writers.hold(committer)
+    call = asyncio.ensure_future(committer.submit_many([put("late-0"), put("late-1")]))
+    await queued(committer, 2)
+    committer._writer.reject_queued(Unavailable("stopped before this write ran"))
+    results = await call
+    assert [type(r) for r in results] == [Unavailable, Unavailable]
+    await gate.open()
+    assert engine.get("o", "late-0") is None
