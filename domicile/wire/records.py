@@ -115,10 +115,15 @@ def mutation_from_pb(msg: pb.Mutation) -> Mutation:
     )
 
 
-def key_state_to_bytes(state: KeyState) -> bytes:
+def key_state_to_bytes(state: KeyState, known: tuple[Version, pb.RecordVersion] | None = None) -> bytes:
+    """`known`: a version of the state already in its protobuf form (the version a write just
+    made, encoded for its change-log entry), copied instead of encoded again."""
     msg = pb.KeyState()
     for v in state.versions:
-        version_to_pb(v, msg.versions.add())
+        if known is not None and v is known[0]:
+            msg.versions.add().CopyFrom(known[1])
+        else:
+            version_to_pb(v, msg.versions.add())
     context_to_pb(state.context, msg.context)
     for mark in state.requests:
         out = msg.requests.add(request_id=mark.request_id, hlc=mark.hlc, lsn=mark.lsn, had_live=mark.had_live)

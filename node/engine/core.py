@@ -26,11 +26,12 @@ from domicile.model import (
     check_request_id,
     check_writer_id,
 )
+from domicile.v1 import record_pb2
 from domicile.wire.records import (
     key_state_from_bytes,
     key_state_to_bytes,
     mutation_from_bytes,
-    mutation_to_bytes,
+    mutation_to_pb,
 )
 from node.engine.backend import Backend, LogRow, SnapshotRow, StateRow, Totals, WriteTx
 from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, Committed, LocalWrite, LogStart, StoreCounts
@@ -58,6 +59,9 @@ class _WorkingSet:
     def __init__(self, tx: WriteTx, keys: Sequence[_Key]) -> None:
         self._loaded: dict[_Key, KeyState | DataCorruption] = {}
         self._dirty: dict[_Key, KeyState] = {}
+        # Per key, the version its last write made in the protobuf form its change-log entry
+        # was encoded in: flush copies it into the state instead of encoding it again.
+        self._encoded: dict[_Key, tuple[Version, record_pb2.RecordVersion]] = {}
         by_namespace: dict[str, list[str]] = {}
         for namespace, key in dict.fromkeys(keys):
             by_namespace.setdefault(namespace, []).append(key)
@@ -78,8 +82,19 @@ class _WorkingSet:
             raise loaded
         return loaded
 
-    def put(self, namespace: str, key: str, state: KeyState) -> None:
-        self._dirty[(namespace, key)] = state
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        state: KeyState,
+        encoded: tuple[Version, record_pb2.RecordVersion] | None = None,
+    ) -> None:
+        k = (namespace, key)
+        self._dirty[k] = state
+        if encoded is not None:
+            self._encoded[k] = encoded
+        else:
+            self._encoded.pop(k, None)
 
     def flush(self, tx: WriteTx, totals: Totals) -> None:
         rows = []
@@ -98,7 +113,8 @@ class _WorkingSet:
                 subjects = tuple(sorted({v.subject_id for v in versions if v.subject_id}))
                 classes = tuple(sorted({int(v.classification) for v in versions}))
             totals.move(before is not None, isinstance(before, KeyState) and before.has_live(), live)
-            rows.append(StateRow(namespace, key, key_state_to_bytes(state), live, subjects, classes))
+            encoded = key_state_to_bytes(state, self._encoded.get((namespace, key)))
+            rows.append(StateRow(namespace, key, encoded, live, subjects, classes))
         tx.store_states(rows)
 
 
@@ -157,8 +173,11 @@ class EngineCore:
                 if committed.replayed:
                     continue
                 mutation = committed.mutation
-                work.put(write.namespace, write.key, committed.state)
-                log_rows.append(LogRow(mutation.lsn, write.namespace, write.key, mutation_to_bytes(mutation)))
+                # Encoded once: the log entry's bytes, and its version for the key state.
+                encoded = mutation_to_pb(mutation)
+                work.put(write.namespace, write.key, committed.state, (mutation.version, encoded.version))
+                body = encoded.SerializeToString(deterministic=True)
+                log_rows.append(LogRow(mutation.lsn, write.namespace, write.key, body))
                 if write.audit is not None:
                     audit_rows.append((mutation.lsn, write.audit.encode()))
                 totals.last_lsn = mutation.lsn
