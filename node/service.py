@@ -50,7 +50,8 @@ _Prepared = tuple[NamespaceSpec, LocalWrite, "asyncio.Future[int] | AuditEntry |
 SYNC_WAIT_SHARE = 0.8
 
 
-@dataclass(frozen=True)
+# Not frozen, as LocalWrite (node.engine.base): built once per record; treat it as immutable.
+@dataclass(slots=True)
 class PutCommand:
     namespace: str
     key: str

@@ -23,7 +23,10 @@ from domicile.model import Classification
 GET_MANY_KEYS_MAX = 10_000
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and a write (like
+# its Committed) is built once per record on the hot path. Treat them as immutable all the same:
+# dataclasses.replace makes a changed copy.
+@dataclass(slots=True)
 class LocalWrite:
     """A write accepted by this node (policy and input already checked by the caller)."""
 
@@ -65,7 +68,7 @@ class LocalWrite:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Committed:
     """A durably committed local write."""
 

@@ -156,10 +156,11 @@ class _SQLiteTx:
             "ON CONFLICT (namespace, key) DO UPDATE SET state = excluded.state, live = excluded.live",
             [(r.namespace, r.key, r.state, int(r.live)) for r in rows],
         )
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO subject_keys (subject, namespace, key) VALUES (?, ?, ?)",
-            [(subject, r.namespace, r.key) for r in rows for subject in r.subjects],
-        )
+        subjects = [(subject, r.namespace, r.key) for r in rows for subject in r.subjects]
+        if subjects:  # most records are about no data subject: no statement for nothing
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO subject_keys (subject, namespace, key) VALUES (?, ?, ?)", subjects
+            )
 
     def append_log(self, rows: Sequence[LogRow]) -> None:
         self.conn.executemany(
