@@ -132,7 +132,7 @@ def load_or_create_keys(data_dir: Path, region_dir: Path | None = None) -> tuple
 # -- the log --------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     index: int  # position in record() order, from 1; 0 for an entry handed over by carry()
     entry: AuditEntry  # seq 0: numbered by the writer

@@ -127,6 +127,11 @@ class EngineCore:
         self.region = region
         self.audit_settled: Callable[[], int] = lambda: 0
         self.audit_received_settled: Callable[[], int] = lambda: 0
+        # The dot and context of a first write to a key that supersedes nothing (most writes of
+        # a bulk load): always the same, so made once. Shared like CausalContext.empty(): both
+        # are immutable.
+        self._first_dot = Dot(node_id, 1)
+        self._first_context = CausalContext.empty().add(self._first_dot)
 
     @property
     def carries_audit(self) -> bool:
@@ -222,7 +227,9 @@ class EngineCore:
         supersedes = write.supersedes
         if supersedes is None:
             supersedes = state.context if state is not None else CausalContext.empty()
-        dot = causality.next_dot(state, self.node_id, supersedes)
+        first = state is None and not supersedes.vv and not supersedes.dots
+        dot = self._first_dot if first else causality.next_dot(state, self.node_id, supersedes)
+        classification = write.classification
         version = Version(
             dot=dot,
             value=bytes(write.value),
@@ -231,7 +238,9 @@ class EngineCore:
             content_type=write.content_type,
             subject_id=write.subject_id,
             subject_jurisdiction=write.subject_jurisdiction,
-            classification=Classification(write.classification),
+            classification=(
+                classification if type(classification) is Classification else Classification(classification)
+            ),
             checksum=causality.sha256(write.value),
             origin_region=self.region,
             request_id=write.request_id,
@@ -253,7 +262,8 @@ class EngineCore:
                 if write.request_id
                 else ()
             )
-            return Committed(mutation, KeyState((version,), supersedes.add(dot), marks), False, False)
+            context = self._first_context if first else supersedes.add(dot)
+            return Committed(mutation, KeyState((version,), context, marks), False, False)
         applied = causality.apply(state, mutation)
         before = len(state.versions) if state else 0
         after = len(applied.state.versions)
