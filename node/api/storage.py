@@ -17,6 +17,7 @@ from domicile.causality import CausalContext, Version
 from domicile.identity.principal import Role
 from domicile.model import Classification, check_namespace_name, check_node_id
 from domicile.subjects import check_subject_id
+from domicile.v1 import record_pb2 as pb
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.audit import entry_to_pb, head_to_pb
@@ -62,6 +63,18 @@ def _child(metric: Any, label: str) -> Any:
     """The child of a one-label metric: looked up once, not on every call (labels() takes a
     lock and builds a key each time)."""
     return metric.labels(label)
+
+
+def answer_version(committed: Committed, out: pb.RecordVersion) -> None:
+    """The written version into an answer: copied from the form the engine encoded it in for
+    the change-log entry when the answer's version is that one (a record stored as written),
+    else encoded (a sealed record is answered with the value the client wrote)."""
+    version = committed.mutation.version
+    known = committed.encoded
+    if known is not None and known[0] is version:
+        out.CopyFrom(known[1])
+    else:
+        version_to_pb(version, out)
 
 
 async def guarded(
@@ -262,7 +275,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     def _put_response(self, request: spb.PutRequest, committed: Committed, out: spb.PutResponse) -> None:
         out.lsn = committed.mutation.lsn
         out.region = self.service.region
-        version_to_pb(committed.mutation.version, out.version)
+        answer_version(committed, out.version)
         context_to_pb(committed.state.context, out.context)
         out.context_token = self.service.tokens.issue_pb(request.namespace, request.key, out.context)
 
@@ -380,7 +393,7 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
                 )
             )
             response = spb.DeleteResponse(existed=committed.had_live, lsn=committed.mutation.lsn)
-            version_to_pb(committed.mutation.version, response.version)
+            answer_version(committed, response.version)
             context_to_pb(committed.state.context, response.context)
             response.context_token = self.service.tokens.issue_pb(
                 request.namespace, request.key, response.context

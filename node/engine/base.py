@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from domicile.audit import AuditEntry
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version
 from domicile.errors import DomicileError
 from domicile.model import Classification
+from domicile.v1 import record_pb2
 
 # The most keys one get_many reads; callers with more read them in pages.
 GET_MANY_KEYS_MAX = 10_000
@@ -79,6 +80,11 @@ class Committed:
     # A retry answered with its first attempt's version: nothing was written (no log entry);
     # `state` then holds that version alone and `mutation.lsn` is 0 unless it was written here.
     replayed: bool = False
+    # The protobuf form the engine encoded `mutation.version` in for its change-log entry, with
+    # the version it was made from: an answer whose version is that very object copies it
+    # instead of encoding it again (an answer with another version, such as the unsealed value
+    # of a sealed write, encodes its own).
+    encoded: tuple[Version, record_pb2.RecordVersion] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

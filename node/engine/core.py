@@ -180,7 +180,9 @@ class EngineCore:
                 mutation = committed.mutation
                 # Encoded once: the log entry's bytes, and its version for the key state.
                 encoded = mutation_to_pb(mutation)
-                work.put(write.namespace, write.key, committed.state, (mutation.version, encoded.version))
+                known = (mutation.version, encoded.version)
+                work.put(write.namespace, write.key, committed.state, known)
+                committed.encoded = known  # before anyone sees it: the answer copies it too
                 body = encoded.SerializeToString(deterministic=True)
                 log_rows.append(LogRow(mutation.lsn, write.namespace, write.key, body))
                 if write.audit is not None:

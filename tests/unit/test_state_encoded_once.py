@@ -1,14 +1,17 @@
 """A write's version is encoded once, for its change-log entry, and copied into its key's stored
-state: the stored bytes must be exactly those of encoding the state afresh."""
+state and into the write's answer: the bytes must be exactly those of encoding afresh."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from domicile.causality import CausalContext, Dot, KeyState, Version
 from domicile.hlc import HybridClock
 from domicile.model import Classification
+from domicile.v1 import record_pb2 as pb
 from domicile.wire.records import key_state_to_bytes, version_to_pb
+from node.api.storage import answer_version
 from node.engine.base import Committed, LocalWrite
 from node.engine.sqlite import SQLiteEngine
 
@@ -57,5 +60,27 @@ def test_a_batch_that_writes_a_key_twice_stores_the_state_of_both_writes(tmp_pat
         assert [v.value for v in stored.versions] == [b"one", b"two"]  # concurrent siblings
         fresh = engine.get("ns", "fresh")
         assert fresh is not None and [v.value for v in fresh.versions] == [b"three"]
+    finally:
+        engine.close()
+
+
+def test_an_answer_copies_the_encoded_version_only_when_it_answers_that_version(tmp_path: Path) -> None:
+    engine = SQLiteEngine(tmp_path / "store.sqlite3", "n1", "eu")
+    try:
+        (committed,) = engine.commit_local([LocalWrite("ns", "k", b"stored")], HybridClock().now)
+        assert isinstance(committed, Committed) and committed.encoded is not None
+        assert committed.encoded[0] is committed.mutation.version
+        out = pb.RecordVersion()
+        answer_version(committed, out)
+        assert out == version_to_pb(committed.mutation.version)
+        # An answer with another version (a sealed record is answered with the value the
+        # client wrote) must not take the stored one's encoded form.
+        plain = dataclasses.replace(committed.mutation.version, value=b"as written")
+        answered = dataclasses.replace(
+            committed, mutation=dataclasses.replace(committed.mutation, version=plain)
+        )
+        out = pb.RecordVersion()
+        answer_version(answered, out)
+        assert out.value == b"as written" and out == version_to_pb(plain)
     finally:
         engine.close()
