@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health, health_pb2
 
 from domicile import errors
-from domicile.audit import SignedHead
 from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Reason, Refusal, load_checks
 from domicile.authz.loader import policy_set_version
@@ -234,6 +233,8 @@ class Node:
             backoff=backoff,
             rpc_deadline_s=cfg.limits.rpc_deadline_s,
             rng=random.Random(self.rng.random()),
+            # Signed when sent (a few a second), not per audit batch: see _on_audit_grown.
+            sign=lambda: self.audit.head(),
         )
         signing_key, subject_key = await offload.run(
             load_or_create_keys, Path(cfg.data_dir), cfg.region_directory
@@ -246,7 +247,7 @@ class Node:
             signing_key=signing_key,
             subject_key=subject_key,
             hlc=self.clock.now,
-            on_head=self._on_audit_head,
+            on_grown=self._on_audit_grown,
         )
         # Entries the store's commits carried but the audit log lacks (a crash came between the
         # two commits) are appended before anything else is recorded.
@@ -923,9 +924,9 @@ class Node:
         except Exception:
             log.exception("compliance scan after the policy change failed")
 
-    def _on_audit_head(self, head: SignedHead) -> None:
-        self.metrics.audit_entries.set(head.size)
-        self.exporter.offer(head)
+    def _on_audit_grown(self, size: int) -> None:
+        self.metrics.audit_entries.set(size)
+        self.exporter.offer_grown(size)
 
     async def _summarise_refusals(self) -> None:
         while True:

@@ -2,9 +2,11 @@
 
 One writer thread (a domicile.single_writer.SingleWriter) owns the write connection and commits
 whatever is queued in one durable transaction (group commit), so one fsync serves many audited
-operations. After each batch it signs the new head and hands it to `on_head` (which exports it
-to the coordinator; called on the writer thread, so it must be quick and thread-safe), then
-tells the callers their entries are durable. The event loop is woken only when someone waits:
+operations. After each batch it tells `on_grown` the log's new durable size (the node's head
+exporter, which signs the head only when it sends one: at most a few a second, where a batch
+comes every few milliseconds), or signs the new head and hands it to `on_head`; both are called
+on the writer thread, so they must be quick and thread-safe. Then it tells the callers their
+entries are durable. The event loop is woken only when someone waits:
 a batch of entries carried by the store's commits has nobody to answer. Readers use their own
 connections; WAL lets them read while the writer commits.
 
@@ -183,6 +185,7 @@ class AuditLog:
         batch_entries_max: int = 1024,
         queue_entries_max: int = 65536,
         on_head: Callable[[SignedHead], None] | None = None,
+        on_grown: Callable[[int], None] | None = None,
     ) -> None:
         if not region:
             raise InvalidArgument("region is empty; an audit log belongs to one region")
@@ -211,6 +214,7 @@ class AuditLog:
         self._hlc = hlc
         self._now_ms = now_ms
         self._on_head = on_head
+        self._on_grown = on_grown
 
         self._writer: single_writer.SingleWriter[_Pending] = single_writer.SingleWriter(
             self._write,
@@ -663,18 +667,27 @@ class AuditLog:
         self._deliver(batch, first, None)
 
     def _offer_head(self) -> None:
-        """Signs the durable head and hands it to on_head, when a committed batch is not yet
-        covered by a head offered (not while start() appends carried entries: the head is
-        offered once the log runs)."""
-        if not self._head_owed or self._on_head is None or self._writer.state != single_writer.RUNNING:
+        """Tells on_grown the durable size, and signs the durable head for on_head, when a
+        committed batch is not yet covered by an offer (not while start() appends carried
+        entries: the head is offered once the log runs)."""
+        listening = self._on_head is not None or self._on_grown is not None
+        if not self._head_owed or not listening or self._writer.state != single_writer.RUNNING:
             return
         self._head_owed = False
         self._head_offered_at = time.monotonic()
-        head = self.head()
-        try:
-            self._on_head(head)
-        except Exception:
-            log.exception("on_head failed for audit head of size %d", head.size)
+        if self._on_grown is not None:
+            with self._head_lock:
+                size = self._durable_size
+            try:
+                self._on_grown(size)
+            except Exception:
+                log.exception("on_grown failed for audit log size %d", size)
+        if self._on_head is not None:
+            head = self.head()
+            try:
+                self._on_head(head)
+            except Exception:
+                log.exception("on_head failed for audit head of size %d", head.size)
 
     def _rejected(self, batch: list[_Pending], error: Exception) -> None:
         """The writer answers a batch with an error only as it stops (failed or closed): the

@@ -2,7 +2,10 @@
 of the log contradicts a head kept outside the region's control.
 
 Heads are coalesced: only the newest one waiting is sent (each covers all before it), at most
-one every `interval_s` (so a busy node sends a few heads a second, not one per batch). Heads
+one every `interval_s` (so a busy node sends a few heads a second, not one per batch). The
+audit writer's thread offers the log's new size after each batch (offer_grown), and the head
+is signed (`sign`) only when the exporter takes it to send: signing each batch's head cost an
+Ed25519 signature per group commit, nearly all of them for heads never sent. Heads and sizes
 are offered from the audit writer's thread; the event loop is woken only while the exporter
 waits for a head, not for each head offered while it sleeps between exports. While the
 coordinator is unreachable the exporter retries with back-off; a head the coordinator refuses
@@ -17,6 +20,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -43,6 +47,7 @@ class HeadExporter:
         rpc_deadline_s: float,
         interval_s: float = 0.2,
         rng: random.Random | None = None,
+        sign: Callable[[], SignedHead] | None = None,
     ) -> None:
         self.interval_s = interval_s
         self.coordinator = coordinator
@@ -52,7 +57,10 @@ class HeadExporter:
         self.rpc_deadline_s = rpc_deadline_s
         self.rng = rng or random.Random()
         self.exported_size = 0
-        self._pending: SignedHead | None = None
+        # The signed head of the durable log now (the audit log's head()): for a size offered.
+        self.sign = sign
+        # The newest size offered, with its signed head when it came signed.
+        self._pending: tuple[int, SignedHead | None] | None = None
         self._wake = asyncio.Event()
         # Guards _pending and _waiting: offer() runs on the audit writer's thread.
         self._lock = threading.Lock()
@@ -60,10 +68,18 @@ class HeadExporter:
 
     def offer(self, head: SignedHead) -> None:
         """Queues a head (newest wins), from any thread; never blocks the audit writer."""
+        self._offer(head.size, head)
+
+    def offer_grown(self, size: int) -> None:
+        """The log is durable up to `size`: its head is signed (by `sign`) when the exporter
+        takes it to send. From any thread; never blocks the audit writer."""
+        self._offer(size, None)
+
+    def _offer(self, size: int, head: SignedHead | None) -> None:
         with self._lock:
-            if self._pending is not None and head.size < self._pending.size:
+            if self._pending is not None and size < self._pending[0]:
                 return
-            self._pending = head
+            self._pending = (size, head)
             loop, self._waiting = self._waiting, None
         if loop is not None:
             # A closed loop raises RuntimeError: the exporter is gone.
@@ -71,15 +87,28 @@ class HeadExporter:
                 loop.call_soon_threadsafe(self._wake.set)
 
     async def _next(self) -> SignedHead:
-        """The newest head offered, waiting for one when none is."""
+        """The newest head offered, waiting for one when none is; a size offered is signed now
+        (the head of the durable log now, which covers it: the log only grows)."""
         while True:
             with self._lock:
-                head, self._pending = self._pending, None
-                if head is None:
+                pending, self._pending = self._pending, None
+                if pending is None:
                     self._wake.clear()
                     self._waiting = asyncio.get_running_loop()
-            if head is not None:
-                return head
+            if pending is not None:
+                size, head = pending
+                if head is not None:
+                    return head
+                if self.sign is None:
+                    raise RuntimeError(f"audit log size {size} offered to an exporter that cannot sign")
+                try:
+                    return self.sign()
+                except Exception:
+                    # Never end the exporter: an unexported head leaves the log unanchored.
+                    log.exception("signing the audit head of size %d failed; retrying", size)
+                    await asyncio.sleep(self.interval_s)
+                    self._offer(size, None)
+                    continue
             await self._wake.wait()
 
     async def run(self) -> None:

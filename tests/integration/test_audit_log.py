@@ -436,3 +436,44 @@ async def test_damage_before_the_checkpoint_is_left_to_the_full_check(opener: Op
     audit_tamper.flip_body_byte(opener.path, 2)
     assert log.verify_since_checkpoint()[0].ok
     assert not log.verify_local().ok
+
+
+async def test_on_grown_hears_every_size_and_no_head_is_signed_for_it(tmp_path: Path) -> None:
+    # The node's exporter signs a head only when it sends one: the writer tells it the size.
+    signing_key, subject_key = load_or_create_keys(tmp_path / "keys")
+    grown: list[int] = []
+
+    def opened(**callbacks: object) -> AuditLog:
+        log = AuditLog(
+            tmp_path / f"audit-{len(callbacks)}-{sorted(callbacks)}.db",
+            region=REGION,
+            node_id=NODE,
+            signing_key=signing_key,
+            subject_key=subject_key,
+            hlc=HybridClock().now,
+            **callbacks,  # type: ignore[arg-type]
+        )
+        log.start()
+        return log
+
+    log = opened(on_grown=grown.append)
+    try:
+        for i in range(5):
+            await log.record(principal="client:peer", action="put", detail=str(i))
+        assert grown and grown == sorted(grown) and grown[-1] == log.size == 5
+        assert log._signed is None
+        # Signed on demand, it covers every entry.
+        assert (
+            verify_log(log.iter_all(), log.head(), trusted_public_key=log.head().public_key).anchored_size
+            == 5
+        )
+    finally:
+        await log.close()
+    # Negative control: a listener for signed heads gets them signed by the writer.
+    heads: list[SignedHead] = []
+    signed = opened(on_head=heads.append)
+    try:
+        await signed.record(principal="client:peer", action="put")
+        assert signed._signed is not None and heads[-1].size == 1
+    finally:
+        await signed.close()

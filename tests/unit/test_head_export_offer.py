@@ -57,3 +57,43 @@ async def test_a_head_offered_from_another_thread_wakes_a_waiting_exporter() -> 
     # Offered from the loop itself (a retry) it is taken the same way.
     ex.offer(head(8))
     assert (await asyncio.wait_for(ex._next(), 5)).size == 8
+
+
+async def test_a_size_offered_is_signed_only_when_the_exporter_takes_it() -> None:
+    signed: list[int] = []
+    durable = [5]
+
+    def sign() -> SignedHead:
+        signed.append(durable[0])
+        return head(durable[0])
+
+    ex = exporter()
+    ex.sign = sign
+    thread = threading.Thread(target=lambda: [ex.offer_grown(n) for n in (1, 2, 3, 5)])
+    thread.start()
+    thread.join()
+    assert signed == []  # four batches, no signature yet
+    taken = await asyncio.wait_for(ex._next(), 5)
+    assert (taken.size, signed) == (5, [5])
+    # An older size never replaces a newer head, signed or not.
+    ex.offer(head(9))
+    ex.offer_grown(7)
+    assert (await asyncio.wait_for(ex._next(), 5)).size == 9
+    assert signed == [5]
+
+
+async def test_a_failed_signature_is_retried_and_never_ends_the_exporter() -> None:
+    calls: list[int] = []
+
+    def sign() -> SignedHead:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the key is busy")
+        return head(4)
+
+    ex = exporter()
+    ex.sign = sign
+    ex.interval_s = 0.01
+    ex.offer_grown(4)
+    assert (await asyncio.wait_for(ex._next(), 5)).size == 4
+    assert len(calls) == 2
