@@ -6,8 +6,6 @@ subject's key (which an erasure can make unreadable) each get an answer built fo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,18 +19,8 @@ from domicile.wire.records import context_from_pb
 from node.api.storage import StorageServicer
 from node.daemon import Node
 from node.service import ReadResult
-from tests.cache.test_node_cache import CACHED, cache_ready, counter, put, start_pair
+from tests.cache.test_node_cache import CACHED, counter, put
 from tests.support.cluster import LocalCluster
-
-
-@pytest.fixture
-async def pair(tmp_path: Path, redis: RedisServer) -> AsyncIterator[LocalCluster]:
-    cluster = await start_pair(tmp_path, redis)
-    try:
-        await cache_ready(cluster.nodes[CACHED])
-        yield cluster
-    finally:
-        await cluster.stop()
 
 
 @pytest.fixture

@@ -71,16 +71,6 @@ async def start_pair(root: Path, server: RedisServer, **cache: Any) -> LocalClus
     return cluster
 
 
-@pytest.fixture
-async def pair(tmp_path: Path, redis: RedisServer) -> AsyncIterator[LocalCluster]:
-    cluster = await start_pair(tmp_path, redis)
-    try:
-        await cache_ready(cluster.nodes[CACHED])
-        yield cluster
-    finally:
-        await cluster.stop()
-
-
 async def cache_ready(node: Node) -> None:
     async def ready() -> bool:
         return node.cache is not None and node.cache.coherence.usable

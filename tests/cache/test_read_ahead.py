@@ -5,8 +5,6 @@ exactly the answer it got without the read-ahead, with nothing counted and no re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +20,7 @@ from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.api.access import NodeAccess
 from node.cache.read_cache import ReadAhead
 from node.daemon import Node
-from tests.cache.test_node_cache import CACHED, cache_ready, counter, put, start_pair
+from tests.cache.test_node_cache import CACHED, counter, put
 from tests.support.cluster import LocalCluster
 
 CACHE_COUNTERS = (
@@ -32,16 +30,6 @@ CACHE_COUNTERS = (
     ("domicile_cache_fallbacks_total", {"reason": "timeout"}),
     ("domicile_cache_fallbacks_total", {"reason": "error"}),
 )
-
-
-@pytest.fixture
-async def pair(tmp_path: Path, redis: RedisServer) -> AsyncIterator[LocalCluster]:
-    cluster = await start_pair(tmp_path, redis)
-    try:
-        await cache_ready(cluster.nodes[CACHED])
-        yield cluster
-    finally:
-        await cluster.stop()
 
 
 def gets_served(server: RedisServer) -> int:
