@@ -5,6 +5,8 @@ a caller that gives up, and a server that goes away and comes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -76,10 +78,7 @@ async def test_password_database_and_unix_socket_come_from_the_url(tmp_path: Pat
 async def test_a_paused_server_times_out_at_the_deadline_and_the_next_call_reconnects(
     redis: RedisServer,
 ) -> None:
-    sync = redis_client(redis)
-    sync.set(b"k", b"v")
-    client = LoopRedis(redis.url, deadline_s=0.2)
-    try:
+    async with seeded_client(redis, {b"k": b"v"}, 0.2) as client:
         assert await client.get(b"k") == b"v"
         loop = asyncio.get_running_loop()
         with paused(redis):
@@ -88,34 +87,20 @@ async def test_a_paused_server_times_out_at_the_deadline_and_the_next_call_recon
                 await client.get(b"k")
             assert loop.time() - started < 2.0
         assert await client.get(b"k") == b"v"
-    finally:
-        await client.aclose()
-        sync.close()
 
 
 async def test_a_reply_after_its_deadline_is_never_taken_for_a_later_call(redis: RedisServer) -> None:
     # A call on an open connection times out while the server is paused; the server then
     # answers it. That late reply must not be matched to the next call, for another key.
-    sync = redis_client(redis)
-    sync.set(b"a", b"A")
-    sync.set(b"b", b"B")
-    client = LoopRedis(redis.url, deadline_s=0.2)
-    try:
+    async with seeded_client(redis, {b"a": b"A", b"b": b"B"}, 0.2) as client:
         assert await client.get(b"a") == b"A"  # the connection is open
         with paused(redis), pytest.raises(TimeoutError, match="did not answer within"):
             await client.get(b"a")
         assert await client.get(b"b") == b"B"
-    finally:
-        await client.aclose()
-        sync.close()
 
 
 async def test_a_caller_that_gives_up_leaves_the_others_their_replies(redis: RedisServer) -> None:
-    sync = redis_client(redis)
-    sync.set(b"a", b"A")
-    sync.set(b"b", b"B")
-    client = LoopRedis(redis.url, deadline_s=1.0)
-    try:
+    async with seeded_client(redis, {b"a": b"A", b"b": b"B"}, 1.0) as client:
         await client.get(b"a")
         first = asyncio.create_task(client.get(b"a"))
         second = asyncio.create_task(client.get(b"b"))
@@ -123,9 +108,6 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_replies(redis: Red
         first.cancel()
         assert await second == b"B"
         assert await client.get(b"a") == b"A"
-    finally:
-        await client.aclose()
-        sync.close()
 
 
 async def test_a_server_that_goes_away_fails_the_call_and_one_that_returns_is_used_again(
@@ -150,6 +132,24 @@ async def test_a_server_that_goes_away_fails_the_call_and_one_that_returns_is_us
 
 def redis_client(server: RedisServer) -> redis_py.Redis:
     return redis_py.Redis.from_url(server.url)
+
+
+@contextlib.asynccontextmanager
+async def seeded_client(
+    server: RedisServer, values: dict[bytes, bytes], deadline_s: float
+) -> AsyncIterator[LoopRedis]:
+    """A loop client of `server`, once `values` are set there; closed after."""
+    sync = redis_client(server)
+    try:
+        for key, value in values.items():
+            sync.set(key, value)
+    finally:
+        sync.close()
+    client = LoopRedis(server.url, deadline_s=deadline_s)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 async def test_a_tls_url_looks_up_over_tls(tmp_path: Path) -> None:
@@ -197,11 +197,7 @@ def test_on_uvloop_as_the_node_runs(redis: RedisServer) -> None:
 
 
 async def test_a_get_sent_ahead_is_answered_later_and_one_dropped_is_never_seen(redis: RedisServer) -> None:
-    sync = redis_client(redis)
-    sync.set(b"a", b"A")
-    sync.set(b"b", b"B")
-    client = LoopRedis(redis.url, deadline_s=1.0)
-    try:
+    async with seeded_client(redis, {b"a": b"A", b"b": b"B"}, 1.0) as client:
         assert client.send_get(b"a") is None  # no connection yet: sending would wait for one
         assert await client.get(b"a") == b"A"
         ahead = client.send_get(b"a")
@@ -216,16 +212,10 @@ async def test_a_get_sent_ahead_is_answered_later_and_one_dropped_is_never_seen(
         # The dropped reply arrives and is thrown away, not taken for the next call's.
         assert await client.get(b"b") == b"B"
         assert await asyncio.gather(*(client.get(k) for k in (b"a", b"b"))) == [b"A", b"B"]
-    finally:
-        await client.aclose()
-        sync.close()
 
 
 async def test_a_get_sent_ahead_keeps_its_deadline_and_the_next_call_reconnects(redis: RedisServer) -> None:
-    sync = redis_client(redis)
-    sync.set(b"k", b"v")
-    client = LoopRedis(redis.url, deadline_s=0.2)
-    try:
+    async with seeded_client(redis, {b"k": b"v"}, 0.2) as client:
         assert await client.get(b"k") == b"v"
         loop = asyncio.get_running_loop()
         with paused(redis):
@@ -236,9 +226,6 @@ async def test_a_get_sent_ahead_keeps_its_deadline_and_the_next_call_reconnects(
                 await ahead.reply()
             assert loop.time() - started < 2.0
         assert await client.get(b"k") == b"v"
-    finally:
-        await client.aclose()
-        sync.close()
 
 
 async def test_no_get_is_sent_ahead_on_a_connection_that_was_lost(tmp_path: Path) -> None:
