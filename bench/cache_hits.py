@@ -31,12 +31,11 @@ from pathlib import Path
 
 from bench import cache_phase, phases
 from bench.client import channel
-from bench.cluster import SOLO_NAMESPACE, SOLO_REGION, BenchCluster
+from bench.cluster import ECHO_READY, SOLO_NAMESPACE, SOLO_REGION, BenchCluster
 from bench.main import (
     CACHE_HIT_P99_RATIO_MAX,
     CACHED_MONGO_NODE_ID,
     CACHED_NODE_ID,
-    ECHO_READY,
     MONGO_HIT_KEYS,
     p50_p99,
 )

@@ -4,7 +4,9 @@ measured in the same run. These are two figures of `make bench`, without the res
 that a change to the call layer can be measured in a minute.
 
 `make bench-call` (or `python -m bench.call_cost [--samples 2000] [--load-seconds 8] [--rounds 2]`).
-The node runs with synchronous=FULL and mutual TLS, as in `make bench`; the loads are the bench's
+The node runs with synchronous=FULL and mutual TLS, as in `make bench`, and so does the echo
+server (a node's certificate of the run's CA, the client's demanded): the difference is the
+node's work, not the transport's. The loads are the bench's
 concurrent loads (2 processes x 128 in flight). Echo and Put loads alternate `--rounds` times, so
 that the drift of a shared machine falls on both; each round prints its own pair.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 from bench import phases
 from bench.client import channel, echo_call, put_call
 from bench.cluster import BATCH_METRIC, SOLO_NAMESPACE, SOLO_REGION, BenchCluster
-from bench.main import ECHO_READY, PUT_CPU_SLACK_US, cpu_us_per_call, p50_p99
+from bench.main import PUT_CPU_SLACK_US, cpu_us_per_call, p50_p99
 from bench.procs import Children
 
 LOAD_PROCS = 2
@@ -33,7 +35,7 @@ async def load(
     name: str,
     address: str,
     method: str,
-    tls_dir: Path | None,
+    tls_dir: Path,
     seconds: float,
     value_bytes: int,
 ) -> phases.LoadResult:
@@ -59,17 +61,15 @@ async def measure(samples: int, load_seconds: float, rounds: int, value_bytes: i
     value = b"v" * value_bytes
     try:
         await cluster.start_coordinator()
-        echo, node = await asyncio.gather(
-            children.start_daemon("echo", ["-m", "bench.echo_server"], ECHO_READY),
-            cluster.start_node(SOLO_REGION, synchronous="FULL"),
+        echo_address, node = await asyncio.gather(
+            cluster.start_echo("echo"), cluster.start_node(SOLO_REGION, synchronous="FULL")
         )
-        echo_address = echo.group(1)
         echo_ms: list[float] = []
         put_ms: list[float] = []
-        async with channel(echo_address, cluster.plain_dialer) as ch:
+        async with channel(echo_address, cluster.dialer) as ch:
             for half in range(2):
                 echo_ms += await phases.sequential(
-                    "echo baseline", echo_call(ch, SOLO_NAMESPACE, "echo", value), samples // 2
+                    "echo baseline (mutual TLS)", echo_call(ch, SOLO_NAMESPACE, "echo", value), samples // 2
                 )
                 put_ms += await phases.sequential(
                     "durable Put (synchronous=FULL), mutual TLS",
@@ -83,7 +83,7 @@ async def measure(samples: int, load_seconds: float, rounds: int, value_bytes: i
         group: list[float | None] = []
         for i in range(rounds):
             echo_load = await load(
-                children, f"echo-load-{i}", echo_address, "echo", None, load_seconds, value_bytes
+                children, f"echo-load-{i}", echo_address, "echo", cluster.tls_dir, load_seconds, value_bytes
             )
             before = await node.histogram(BATCH_METRIC, {})
             put_load = await load(

@@ -71,6 +71,9 @@ def twenty_field_value() -> bytes:
 
 # The client every figure's calls run as (the load workers too).
 CLIENT = "bench"
+# The echo server's certificate, a node's of the run's CA: the bench's clients dial it as they dial a node.
+ECHO_NODE_ID = "bench-echo"
+ECHO_READY = re.compile(r"echo listening on (\S+)")
 CLUSTER = {
     "policy_version": "bench-1",
     "regions": [
@@ -176,6 +179,17 @@ class BenchCluster:
         pki.issue_client(self._ca, client, roles).write(self.tls_dir, f"client-{client}")
         dialer = Dialer.mutual_tls(TlsFiles.in_directory(self.tls_dir, f"client-{client}"))
         return channel(node.address, dialer, ExpectedPeer.node(node.region, node.node_id))
+
+    async def start_echo(self, name: str, *, plaintext: bool = False) -> str:
+        """The bare echo server (bench.echo_server), child `name`; its address. Mutual TLS with a
+        node's certificate, the baseline of a node serving mutual TLS; `plaintext` for the
+        baseline of an `--insecure` node. Dial it with `dialer` or `plain_dialer` to match."""
+        security: list[str] = []
+        if not plaintext:
+            pki.issue_node(self._ca, SOLO_REGION, ECHO_NODE_ID).write(self.tls_dir, f"node-{ECHO_NODE_ID}")
+            security = ["--tls-dir", str(self.tls_dir), "--tls-stem", f"node-{ECHO_NODE_ID}"]
+        match = await self.children.start_daemon(name, ["-m", "bench.echo_server", *security], ECHO_READY)
+        return match.group(1)
 
     async def start_coordinator(self, *, plaintext: bool = False) -> None:
         """`plaintext`: for a run whose nodes are all plaintext (a node started with

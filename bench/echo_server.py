@@ -2,18 +2,24 @@
 options and its Put message, so that a client call costs what a Put costs minus the node's work.
 It runs on the node's event loop (uvloop when installed, node/runtime.py): on the standard loop
 the echo itself would cost about a fifth more CPU per call, a share of every ratio to it that
-is not the node's work.
+is not the node's work. With `--tls-dir` it serves mutual TLS as a node does (a server
+certificate, the client's demanded and checked), the baseline of a node serving mutual TLS;
+without, plaintext, the baseline of a node run with `--insecure`.
 
-Run as `python -m bench.echo_server`; it prints `echo listening on HOST:PORT` when ready."""
+Run as `python -m bench.echo_server [--tls-dir DIR --tls-stem STEM]`; it prints
+`echo listening on HOST:PORT` when ready."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import signal
+from pathlib import Path
 
 import grpc
 
+from domicile.identity.credentials import ServerSecurity
+from domicile.identity.tls_files import TlsFiles
 from domicile.v1 import storage_node_pb2 as spb
 from node import runtime
 from node.replication.outbound import CHANNEL_OPTIONS
@@ -26,7 +32,7 @@ async def echo(request: spb.PutRequest, context: grpc.aio.ServicerContext) -> sp
     return request
 
 
-async def serve(listen: str) -> None:
+async def serve(listen: str, tls: TlsFiles | None) -> None:
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
@@ -40,7 +46,10 @@ async def serve(listen: str) -> None:
     )
     server.add_generic_rpc_handlers((handler,))
     host = listen.rpartition(":")[0]
-    port = server.add_insecure_port(listen)
+    # Through the seam every daemon uses for its ports (TLS material checked before it binds).
+    port = (
+        ServerSecurity.mutual_tls(tls).add_port(server, listen) if tls else server.add_insecure_port(listen)
+    )
     if port == 0:
         raise SystemExit(f"echo server cannot listen on {listen}")
     await server.start()
@@ -56,7 +65,13 @@ async def serve(listen: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Bare grpc.aio echo server (benchmark baseline).")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0 picks a free one)")
-    runtime.run(serve(parser.parse_args().listen))
+    parser.add_argument(
+        "--tls-dir", type=Path, help="serve mutual TLS with ca.crt, STEM.crt, STEM.key of DIR"
+    )
+    parser.add_argument("--tls-stem", default="echo", help="the certificate's file stem in --tls-dir (echo)")
+    args = parser.parse_args()
+    tls = TlsFiles.in_directory(args.tls_dir, args.tls_stem) if args.tls_dir else None
+    runtime.run(serve(args.listen, tls))
 
 
 if __name__ == "__main__":

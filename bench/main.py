@@ -51,7 +51,6 @@ from domicile.redis_server import RedisServer
 from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.json"
-ECHO_READY = re.compile(r"echo listening on (\S+)")
 PROXY_READY = re.compile(r"proxy listening on (\S+)")
 GET_KEYS = 1000
 # Subjects the sealed Put phase writes about in turn (each one's data key is created once).
@@ -184,6 +183,8 @@ class Measured:
     """Raw results, filled phase by phase."""
 
     echo_ms: list[float] | None = None
+    # The same echo in plaintext: the baseline of the plaintext nodes' figures.
+    plain_echo_ms: list[float] | None = None
     fsync_ms: list[float] | None = None
     get_ms: list[float] | None = None
     put_ms: list[float] | None = None
@@ -231,10 +232,12 @@ class Run:
         self.cluster = BenchCluster(root, self.children)
         self.value = b"v" * opts.value_bytes
         self.m = Measured()
+        self.plain_echo_address = ""
 
     async def start(self) -> tuple[str, NodeHandle, NodeHandle, NodeHandle]:
         phases.progress(
-            f"starting coordinator, echo server, SecantusDB, node {SOLO_REGION} (mutual TLS), its "
+            f"starting coordinator, echo servers (mutual TLS and plaintext), SecantusDB, node {SOLO_REGION} "
+            "(mutual TLS), its "
             f"plaintext twin {PLAIN_NODE_ID} and a plaintext twin on MongoDB {MONGO_NODE_ID} in {self.root}"
         )
         mongo_port = free_port()
@@ -250,8 +253,9 @@ class Run:
                 mongo_port,
             ),
         )  # fmt: skip
-        echo, solo, plain, mongo = await asyncio.gather(
-            self.children.start_daemon("echo", ["-m", "bench.echo_server"], ECHO_READY),
+        echo, self.plain_echo_address, solo, plain, mongo = await asyncio.gather(
+            self.cluster.start_echo("echo"),
+            self.cluster.start_echo("echo-plain", plaintext=True),
             self.cluster.start_node(SOLO_REGION, synchronous="FULL"),
             # No coordinator for it (it serves on the cluster config): what differs is the transport.
             self.cluster.start_node(SOLO_REGION, synchronous="FULL", node_id=PLAIN_NODE_ID, plaintext=True),
@@ -263,15 +267,19 @@ class Run:
                 mongodb=(self.mongodb_uri, "bench_get_put"),
             ),
         )
-        return echo.group(1), solo, plain, mongo
+        return echo, solo, plain, mongo
 
     async def local_figures(
         self, echo_address: str, solo: NodeHandle, plain: NodeHandle, mongo: NodeHandle
     ) -> None:
         opts, m = self.opts, self.m
-        async with channel(echo_address, self.cluster.plain_dialer) as ch:
+        async with channel(echo_address, self.cluster.dialer) as ch:
             m.echo_ms = await phases.sequential(
-                "echo baseline", echo_call(ch, SOLO_NAMESPACE, "echo", self.value), opts.samples
+                "echo baseline (mutual TLS)", echo_call(ch, SOLO_NAMESPACE, "echo", self.value), opts.samples
+            )
+        async with channel(self.plain_echo_address, self.cluster.plain_dialer) as ch:
+            m.plain_echo_ms = await phases.sequential(
+                "echo baseline (plaintext)", echo_call(ch, SOLO_NAMESPACE, "echo", self.value), opts.samples
             )
         phases.progress(f"fdatasync baseline: {opts.samples} appends in {solo.data_dir}")
         m.fsync_ms = await asyncio.to_thread(
@@ -399,7 +407,7 @@ class Run:
                 inflight=opts.inflight,
                 seconds=opts.load_seconds,
                 server_counter=counter,
-                tls_dir=None if address == echo_address else self.cluster.tls_dir,
+                tls_dir=self.cluster.tls_dir,
             )
 
         m.echo_load = await load("echo-load", echo_address, "echo", None)
@@ -545,10 +553,14 @@ class Run:
             echo_address, solo, plain, mongo = await self.start()
             await self.local_figures(echo_address, solo, plain, mongo)
             await asyncio.gather(self.cluster.stop_node(PLAIN_NODE_ID), self.cluster.stop_node(MONGO_NODE_ID))
-            await self.cache_figures(echo_address)
+            await self.cache_figures(self.plain_echo_address)
             await self.batched(echo_address, solo)
             # Free the CPU for what follows: the engine-only figure runs in this process.
-            await asyncio.gather(self.children.stop("echo"), self.cluster.stop_node(SOLO_REGION))
+            await asyncio.gather(
+                self.children.stop("echo"),
+                self.children.stop("echo-plain"),
+                self.cluster.stop_node(SOLO_REGION),
+            )
             await self.engine_only()
             await self.daemons()
             await self.replication()
@@ -592,6 +604,7 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     echo_load, put_load = need(m.echo_load, "echo load"), need(m.put_load, "Put load")
     engine, lag, far = need(m.engine, "engine"), need(m.lag, "lag"), need(m.far_lag, "delayed lag")
     echo50, echo99 = p50_p99(echo_ms)
+    plain_echo50, plain_echo99 = p50_p99(need(m.plain_echo_ms, "plaintext echo"))
     fs50, fs99 = p50_p99(fsync_ms)
     get50, get99 = p50_p99(get_ms)
     put50, put99 = p50_p99(put_ms)
@@ -619,8 +632,10 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
     loop_lag_max_ms = max(loop_lags) * 1e3 if loop_lags else None
     rate_floor = PACED_RATE_SHARE_MIN * opts.lag_rate
     return [
-        Figure("echo_p50_ms", "baseline: grpc.aio echo p50", echo50, "ms"),
-        Figure("echo_p99_ms", "baseline: grpc.aio echo p99", echo99, "ms"),
+        Figure("echo_p50_ms", "baseline: grpc.aio echo p50 (mutual TLS)", echo50, "ms"),
+        Figure("echo_p99_ms", "baseline: grpc.aio echo p99 (mutual TLS)", echo99, "ms"),
+        Figure("plain_echo_p50_ms", "baseline: grpc.aio echo p50 (plaintext)", plain_echo50, "ms"),
+        Figure("plain_echo_p99_ms", "baseline: grpc.aio echo p99 (plaintext)", plain_echo99, "ms"),
         Figure("fdatasync_p50_ms", "baseline: append + fdatasync p50", fs50, "ms"),
         Figure("fdatasync_p99_ms", "baseline: append + fdatasync p99", fs99, "ms"),
         Figure("echo_rate_per_s", f"baseline: concurrent echo ({concurrency})", echo_load.rate, "calls/s"),
@@ -716,11 +731,11 @@ def figures(m: Measured, opts: Options) -> list[Figure]:
         ),
         Figure(
             "mongodb_get_p99_vs_echo_ms",
-            "local Get p99, MongoDB engine",
+            "local Get p99, MongoDB engine (plaintext)",
             mongo_get99,
             "ms",
-            echo99,
-            "echo p99",
+            plain_echo99,
+            "plaintext echo p99",
         ),
         Figure(
             "mongodb_put_p99_ms",
