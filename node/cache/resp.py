@@ -7,9 +7,10 @@ reader); this client spends about 15 us, on the event loop that serves the Get. 
 over TCP or a unix socket (redis:// and unix:// URLs, with AUTH and SELECT from the URL); a
 rediss:// (TLS) URL uses redis.asyncio (store.py).
 
-Failure handling: every call has a deadline; a call that fails or times out drops the
-connection (its other calls fail too, and their reads fall back), so a reply can never be
-matched to the wrong call. The next call connects again, under the same deadline.
+Failure handling: every call has a deadline (one timer per connection serves them all); a call
+that fails or times out drops the connection (its other calls fail too, and their reads fall
+back), so a reply can never be matched to the wrong call. The next call connects again, under
+the same deadline.
 """
 
 from __future__ import annotations
@@ -26,10 +27,20 @@ Reply = bytes | int | None
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    """One connection's calls, in the order sent, each with the loop time its deadline passes.
+
+    The deadlines share one timer: it fires at the oldest call's deadline (fails it if it has
+    not been answered; its caller then drops the connection) and is set again for the oldest
+    call left, if any. A sequential stream of calls, each answered within its deadline, costs
+    a read of the loop's clock per call, where a timer of its own would be set and cancelled
+    every call (a timer handle and a heap push and removal, on the hit's path)."""
+
+    def __init__(self, deadline_s: float) -> None:
         self._buffer = bytearray()
-        self._waiting: collections.deque[asyncio.Future[Reply]] = collections.deque()
+        self._waiting: collections.deque[tuple[asyncio.Future[Reply], float]] = collections.deque()
         self._transport: asyncio.Transport | None = None
+        self._deadline_s = deadline_s
+        self._timer: asyncio.TimerHandle | None = None
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -41,18 +52,41 @@ class _Connection(asyncio.Protocol):
         self._fail(redis.ConnectionError(f"the connection to the cache's Redis was lost ({exc or 'closed'})"))
 
     def _fail(self, error: Exception) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiting:
-            waiter = self._waiting.popleft()
+            waiter, _ = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
 
     def send(self, command: bytes) -> asyncio.Future[Reply]:
+        """Writes `command`; its reply's future, failed with TimeoutError at its deadline."""
         if self.lost or self._transport is None:
             raise redis.ConnectionError("the connection to the cache's Redis is closed")
-        waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Reply] = loop.create_future()
         self._transport.write(command)
-        self._waiting.append(waiter)
+        due = loop.time() + self._deadline_s
+        self._waiting.append((waiter, due))
+        if self._timer is None:
+            self._timer = loop.call_at(due, self._expire)
         return waiter
+
+    def _expire(self) -> None:
+        """The deadline timer: fails every call past its deadline and not yet answered, then
+        waits for the oldest call still within its own."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for waiter, due in self._waiting:  # callbacks of a failed future run later: no mutation
+            if due > now:
+                self._timer = loop.call_at(due, self._expire)
+                return
+            if not waiter.done():
+                waiter.set_exception(
+                    TimeoutError(f"the cache's Redis did not answer within {self._deadline_s:.3f} s")
+                )
 
     def close(self) -> None:
         if self._transport is not None and not self.lost:
@@ -72,7 +106,7 @@ class _Connection(asyncio.Protocol):
                 return  # the rest of the reply has not come yet
             reply, end = parsed
             del self._buffer[:end]
-            waiter = self._waiting.popleft()
+            waiter, _ = self._waiting.popleft()
             if not waiter.done():  # not given up at its deadline
                 if isinstance(reply, redis.ResponseError):
                     waiter.set_exception(reply)
@@ -108,11 +142,6 @@ def _parse(buffer: bytearray) -> tuple[Reply | redis.ResponseError, int] | None:
     raise ValueError(f"reply type {bytes(tag)!r}")
 
 
-def _give_up(waiter: asyncio.Future[Reply], deadline_s: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError(f"the cache's Redis did not answer within {deadline_s:.3f} s"))
-
-
 def _command(*args: bytes) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
@@ -120,19 +149,21 @@ def _command(*args: bytes) -> bytes:
     return b"".join(parts)
 
 
+def _get_command(key: bytes) -> bytes:
+    """`_command(b"GET", key)` in one formatting step: a hit sends one."""
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+
+
 class SentGet:
     """A GET already written to Redis whose reply is awaited later (`reply`) or never (`drop`):
     the lookup's round trip then overlaps whatever the caller does in between. Its deadline runs
-    from the send, as a timer on the reply's future, like a call's (`LoopRedis._call`)."""
+    from the send, like a call's (`_Connection`)."""
 
-    __slots__ = ("_connection", "_timer", "_waiter")
+    __slots__ = ("_connection", "_waiter")
 
-    def __init__(
-        self, connection: _Connection, waiter: asyncio.Future[Reply], timer: asyncio.TimerHandle
-    ) -> None:
+    def __init__(self, connection: _Connection, waiter: asyncio.Future[Reply]) -> None:
         self._connection = connection
         self._waiter = waiter
-        self._timer = timer
 
     async def reply(self) -> Reply:
         try:
@@ -140,13 +171,10 @@ class SentGet:
         except (TimeoutError, OSError, redis.ConnectionError):
             self._connection.close()
             raise
-        finally:
-            self._timer.cancel()
 
     def drop(self) -> None:
         """Gives the reply up (the connection reads it and throws it away, as after a deadline).
         Idempotent, and a no-op once the reply was taken."""
-        self._timer.cancel()
         waiter = self._waiter
         if not waiter.done():
             waiter.cancel()
@@ -176,7 +204,7 @@ class LoopRedis:
         self._connecting: asyncio.Task[_Connection] | None = None
 
     async def get(self, key: bytes) -> Reply:
-        return await self._call(_command(b"GET", key))
+        return await self._call(_get_command(key))
 
     def send_get(self, key: bytes) -> SentGet | None:
         """Writes a GET now and returns at once; None when there is no connection up (connecting
@@ -184,16 +212,14 @@ class LoopRedis:
         connection = self._connection
         if connection is None or connection.lost:
             return None
-        loop = asyncio.get_running_loop()
         try:
-            waiter = connection.send(_command(b"GET", key))
+            waiter = connection.send(_get_command(key))
         except (OSError, redis.ConnectionError) as exc:
             # As a call that failed: the connection is dropped and the reply raises the failure.
             connection.close()
-            waiter = loop.create_future()
+            waiter = asyncio.get_running_loop().create_future()
             waiter.set_exception(exc)
-        timer = loop.call_later(self.deadline_s, _give_up, waiter, self.deadline_s)
-        return SentGet(connection, waiter, timer)
+        return SentGet(connection, waiter)
 
     async def run_script(self, script: bytes, keys: list[bytes], args: list[bytes]) -> Reply:
         sha = hashlib.sha1(script).hexdigest().encode()
@@ -209,16 +235,12 @@ class LoopRedis:
         connection = self._connection
         if connection is None or connection.lost:
             return await self._connect_and_call(command)
-        # The usual case, a connection that is up: its deadline is a timer that fails the reply's
-        # future, which costs less per call than a timeout scope (no task to cancel and uncancel)
-        # and ends the same way (the reply that comes later finds its future done and is dropped).
+        # The usual case, a connection that is up: the connection fails the reply's future at its
+        # deadline, which costs less per call than a timeout scope (no task to cancel and
+        # uncancel) and ends the same way (the reply that comes later finds its future done and
+        # is dropped).
         try:
-            waiter = connection.send(command)
-            timer = asyncio.get_running_loop().call_later(self.deadline_s, _give_up, waiter, self.deadline_s)
-            try:
-                return await waiter
-            finally:
-                timer.cancel()
+            return await connection.send(command)
         except (TimeoutError, OSError, redis.ConnectionError):
             connection.close()
             raise
@@ -250,9 +272,9 @@ class LoopRedis:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.deadline_s):
             if self._path is not None:
-                _, connection = await loop.create_unix_connection(_Connection, self._path)
+                _, connection = await loop.create_unix_connection(self._new_connection, self._path)
             else:
-                _, connection = await loop.create_connection(_Connection, self._host, self._port)
+                _, connection = await loop.create_connection(self._new_connection, self._host, self._port)
             try:
                 for command in self._setup:
                     reply = await connection.send(command)
@@ -263,6 +285,9 @@ class LoopRedis:
                 raise
         self._connection = connection
         return connection
+
+    def _new_connection(self) -> _Connection:
+        return _Connection(self.deadline_s)
 
     async def aclose(self) -> None:
         if self._connecting is not None and not self._connecting.done():

@@ -164,6 +164,10 @@ class RedisStore:
         self.hw_ttl_ms = max(60_000, 10 * self.ttl_ms)
         self._fill = self.client.register_script(_FILL)
         self._invalidate = self.client.register_script(_INVALIDATE)
+        # The entries' prefix of the last generation asked for (a generation lasts until Redis
+        # fails or loses writes): built once, not on every lookup. Replaced whole, so the
+        # threads that share it never see a prefix of another generation.
+        self._entries_prefix = ("", b"")
 
     def prefix(self, generation: str) -> bytes:
         return f"domicile:{self.node_id}:{generation}:".encode()
@@ -171,7 +175,11 @@ class RedisStore:
     def entry_key(self, generation: str, namespace: str, key: str) -> bytes:
         # Namespace names have no ':'; keys may hold anything but a lone surrogate, which
         # raises UnicodeEncodeError here (the caller reads the engine, which refuses it).
-        return self.prefix(generation) + b"e:" + namespace.encode() + b":" + key.encode("utf-8")
+        known, prefix = self._entries_prefix
+        if known != generation or not prefix:
+            prefix = self.prefix(generation) + b"e:"
+            self._entries_prefix = (generation, prefix)
+        return prefix + namespace.encode() + b":" + key.encode("utf-8")
 
     def hw_key(self, generation: str) -> bytes:
         return self.prefix(generation) + b"hw"

@@ -248,3 +248,23 @@ async def test_no_get_is_sent_ahead_on_a_connection_that_was_lost(tmp_path: Path
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_a_call_after_an_answered_one_times_out_at_its_own_deadline_not_the_first_calls(
+    redis: RedisServer,
+) -> None:
+    # The connection's calls share one deadline timer, set at the first call's deadline: when it
+    # fires with that call answered, a later call must be given the rest of its own deadline.
+    deadline_s = 0.4
+    async with seeded_client(redis, {b"k": b"v"}, deadline_s) as client:
+        assert await client.get(b"k") == b"v"  # connected; its timer may still be set
+        loop = asyncio.get_running_loop()
+        assert await client.get(b"k") == b"v"  # sets the timer if the connect's call did not
+        await asyncio.sleep(deadline_s / 2)
+        with paused(redis):
+            started = loop.time()
+            with pytest.raises(TimeoutError, match="did not answer within"):
+                await client.get(b"k")
+            waited = loop.time() - started
+        assert deadline_s * 0.9 <= waited < 2.0, f"timed out after {waited:.3f} s"
+        assert await client.get(b"k") == b"v"
