@@ -11,7 +11,6 @@ goes down when the call ends however it ends, so a peer that lets its calls go i
 
 from __future__ import annotations
 
-import collections
 import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,7 +55,9 @@ class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise ValueError(f"calls_max is {calls_max}; it must be at least 1")
         self.calls_max = calls_max
         self.on_refused = on_refused
-        self.in_flight: collections.Counter[str] = collections.Counter()
+        # A plain dict: a Counter's missing key and its del run Python code, and a peer that
+        # makes one call at a time adds and removes its key on every call.
+        self.in_flight: dict[str, int] = {}
 
     async def intercept_service(
         self,
@@ -96,20 +97,23 @@ class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> str:
         peer = peer_key(context)
-        if self.in_flight[peer] >= self.calls_max:
+        calls = self.in_flight.get(peer, 0)
+        if calls >= self.calls_max:
             self.on_refused(context, peer, self.calls_max)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{method}: this peer has {self.in_flight[peer]} calls in flight at this node, the "
+                f"{method}: this peer has {calls} calls in flight at this node, the "
                 f"most one peer may have ({self.calls_max}); let some finish, then retry",
             )
-        self.in_flight[peer] += 1
+        self.in_flight[peer] = calls + 1
         return peer
 
     def _leave(self, peer: str) -> None:
-        self.in_flight[peer] -= 1
-        if self.in_flight[peer] <= 0:
-            del self.in_flight[peer]
+        calls = self.in_flight.get(peer, 0) - 1
+        if calls > 0:
+            self.in_flight[peer] = calls
+        else:
+            self.in_flight.pop(peer, None)
 
     def _unary(self, inner: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
