@@ -29,6 +29,7 @@ from domicile.model import (
 )
 from domicile.policy import Action, Decision, RecordFacts
 from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
+from node.cache.hit_plans import HitPlan, HitPlans
 from node.cache.read_cache import Hit, Pending, ReadAhead, ReadCache
 from node.clock_guard import ClockGuard
 from node.compliance.enforcer import Audit, Enforcer
@@ -141,6 +142,8 @@ class StorageService:
         # The region's read cache of sealed key states (node/cache/), when configured: Get asks
         # it before the engine; everything after the state is read (opening, policy) is the same.
         self.cache = cache
+        # What a hit answers, by its entry's bytes (node/cache/hit_plans.py).
+        self.hit_plans = HitPlans()
         # The engine commits a write's audit entry with the write (one fsync per write); else
         # the write waits until its entry is durable in the audit log first.
         self.carry_audit = carry_audit
@@ -523,12 +526,19 @@ class StorageService:
             self.metrics.conflicts.labels(spec.name, spec.conflict_mode.name.lower()).inc()
 
     def _read_decisions(
-        self, spec: NamespaceSpec, key: str, versions: tuple[Version, ...], principal: str
+        self,
+        spec: NamespaceSpec,
+        key: str,
+        versions: tuple[Version, ...],
+        principal: str,
+        facts: tuple[RecordFacts, ...] | None = None,
     ) -> list[Decision]:
+        """Each version's read decision (counted, and audited where the policy says); `facts`:
+        the versions' facts when they were built before (a planned hit)."""
         decisions = []
-        for v in versions:
+        for f in facts if facts is not None else (_version_facts(spec, v) for v in versions):
             decision, _ = self.enforcer.decide(
-                RecordFacts(spec.name, v.classification, v.subject_id, v.subject_jurisdiction),
+                f,
                 Action.READ,
                 audit_action=Audit.READ,
                 principal=principal,
@@ -554,6 +564,23 @@ class StorageService:
         else:
             state = cached.read(lambda: self.engine.get(spec.name, key))
         return state, self._open_visible(spec, key, state)
+
+    def _hit_plan(self, spec: NamespaceSpec, key: str, hit: Hit) -> HitPlan | None:
+        """What a hit answers when its versions open on the event loop (None: they do not),
+        kept by the entry's bytes for the next hit of the same ones."""
+        entry = hit.entry
+        if entry is not None:
+            plan = self.hit_plans.get(entry, spec, key)
+            if plan is not None:
+                return plan
+        versions = self._open_on_loop(spec, key, hit.state)
+        if versions is None:
+            return None
+        facts = tuple(_version_facts(spec, v) for v in versions)
+        plan = HitPlan(spec, key, versions, answer_bytes(key, hit.state, versions), facts)
+        if entry is not None:
+            self.hit_plans.keep(entry, plan)
+        return plan
 
     def _open_on_loop(
         self, spec: NamespaceSpec, key: str, state: KeyState | None
@@ -589,9 +616,10 @@ class StorageService:
         versions: tuple[Version, ...],
         principal: str,
         source: tuple[bytes, ConflictMode] | None = None,
+        facts: tuple[RecordFacts, ...] | None = None,
     ) -> ReadResult | Decision:
         """The answer to a read of the opened `versions`, or the first refusing decision."""
-        decisions = self._read_decisions(spec, key, versions, principal)
+        decisions = self._read_decisions(spec, key, versions, principal, facts)
         refused = next((d for d in decisions if not d.allowed), None)
         if refused is not None:
             return refused
@@ -633,19 +661,20 @@ class StorageService:
         # loop; otherwise the read and the opening of its versions share one hop.
         cached = None if self.cache is None else await self.cache.lookup(spec.name, key, ahead)
         source = None
-        if isinstance(cached, Hit) and (on_loop := self._open_on_loop(spec, key, cached.state)) is not None:
+        facts = None
+        if isinstance(cached, Hit) and (plan := self._hit_plan(spec, key, cached)) is not None:
             # Opened on the loop: no version is sealed under a subject's key, so the versions
             # follow from the entry and the conflict mode alone (no key that erasure destroys).
-            state, versions = cached.state, on_loop
+            state, versions, weight, facts = cached.state, plan.versions, plan.weight, plan.facts
             if cached.entry is not None:
                 source = (cached.entry, spec.conflict_mode)
         else:
             state, versions = await self.offload.run(self._read_now, spec, key, cached)
-        weight = answer_bytes(key, state, versions)
+            weight = answer_bytes(key, state, versions)
         if weight > self.limits.read_record_bytes_max:
             # Refused before any version is judged or audited as read: nothing is served.
             raise self._too_large(spec, key, versions, weight)
-        result = self._read_result(spec, key, state, versions, principal, source)
+        result = self._read_result(spec, key, state, versions, principal, source, facts)
         if isinstance(result, Decision):
             raise errors.PlacementRefused(
                 f"region {self.region} may not serve this record: {result.reason}",
@@ -715,6 +744,11 @@ def facts_for_delete(spec: NamespaceSpec, state: KeyState | None, cmd: DeleteCom
 VERSION_OVERHEAD_BYTES = 96
 CONTEXT_ENTRY_BYTES = 2 * (12 + 63)
 ANSWER_OVERHEAD_BYTES = 256
+
+
+def _version_facts(spec: NamespaceSpec, v: Version) -> RecordFacts:
+    """What the read policy decides a version's read on."""
+    return RecordFacts(spec.name, v.classification, v.subject_id, v.subject_jurisdiction)
 
 
 def answer_bytes(key: str, state: KeyState | None, versions: tuple[Version, ...]) -> int:

@@ -131,3 +131,54 @@ async def test_a_record_sealed_under_a_subjects_key_is_built_for_every_hit(
     for _ in range(2):
         assert [v.value for v in (await hit(pair, "customers", "anna")).versions] == [b"Anna Schmidt, Berlin"]
     assert built == ["anna"] * 3
+
+
+async def test_a_hit_is_planned_once_per_entry_and_the_policy_still_decides_every_read(
+    pair: LocalCluster, monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    node = pair.nodes[CACHED]
+    service = node.service
+    opened: list[str] = []
+    open_on_loop = service._open_on_loop
+
+    def counted(spec: Any, key: str, state: Any) -> Any:
+        opened.append(key)
+        return open_on_loop(spec, key, state)
+
+    monkeypatch.setattr(service, "_open_on_loop", counted)
+    await put(pair, CACHED, "instruments", "eurusd", b"1.0842")
+    await pair.get(CACHED, "instruments", "eurusd")  # the miss that fills the entry
+    decided = reads_decided(node)
+    for _ in range(3):
+        answer = await hit(pair, "instruments", "eurusd")
+        assert [v.value for v in answer.versions] == [b"1.0842"]
+    assert opened == ["eurusd"], "planned at the first hit, then kept"
+    assert reads_decided(node) == decided + 3, "every hit is still decided and counted by the read policy"
+
+    # The same bytes under another key are planned for that key.
+    assert node.cache is not None
+    store, generation = node.cache.store, node.cache.coherence.generation
+    plain = redis.Redis.from_url(redis_server.url)
+    try:
+        entry = plain.get(store.entry_key(generation, "instruments", "eurusd"))
+        assert entry is not None
+        plain.set(store.entry_key(generation, "instruments", "copy"), entry)
+    finally:
+        plain.close()
+    await hit(pair, "instruments", "copy")
+    assert opened == ["eurusd", "copy"]
+
+    await put(pair, CACHED, "instruments", "eurusd", b"1.0851")  # a new entry: a new plan
+    await pair.get(CACHED, "instruments", "eurusd")
+    assert [v.value for v in (await hit(pair, "instruments", "eurusd")).versions] == [b"1.0851"]
+    assert opened == ["eurusd", "copy", "eurusd"]
+
+
+def reads_decided(node: Node) -> float:
+    """The read decisions the node's policy made, whatever their outcome and rule."""
+    return sum(
+        sample.value
+        for family in node.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "domicile_policy_decisions_total" and sample.labels.get("action") == "read"
+    )
