@@ -108,6 +108,16 @@ class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.in_flight[peer] = calls + 1
         return peer
 
+    def _admit(self, context: grpc.aio.ServicerContext) -> str | None:
+        """`_enter` without a coroutine for the usual case: the peer's key, counted in, or None
+        when the peer is at its bound (nothing counted; `_enter` then refuses the call)."""
+        peer = peer_key(context)
+        calls = self.in_flight.get(peer, 0)
+        if calls >= self.calls_max:
+            return None
+        self.in_flight[peer] = calls + 1
+        return peer
+
     def _leave(self, peer: str) -> None:
         calls = self.in_flight.get(peer, 0) - 1
         if calls > 0:
@@ -117,7 +127,9 @@ class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _unary(self, inner: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            peer = await self._enter(context, method)
+            peer = self._admit(context)
+            if peer is None:
+                peer = await self._enter(context, method)
             try:
                 return await inner(request, context)
             finally:
