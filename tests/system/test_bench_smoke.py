@@ -18,6 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "echo_p50_ms",
     "echo_p99_ms",
+    "plain_echo_p50_ms",
+    "plain_echo_p99_ms",
     "fdatasync_p50_ms",
     "fdatasync_p99_ms",
     "echo_rate_per_s",
