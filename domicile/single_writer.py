@@ -5,6 +5,12 @@ waiting, up to batch_max items, and hands the batch to `handle`, so that one dur
 serves many callers. An item put with put_solo() is handed over alone, after everything queued
 before it and before everything queued after it (a job that needs the store to itself).
 
+With `linger_s`, the writer holds a batch open for more items while none of those queued is
+urgent: items put with urgent=False (nobody waits on them, such as the audit entries a store's
+commit already carries) then share one commit with those of the next linger_s seconds instead
+of paying a commit each. An urgent item, a full batch, hurry(), a stop or a failure ends the
+wait at once.
+
 The queue is bounded and fails closed: a put over the bound raises ResourceExhausted at once
 and queues nothing. `handle` answers each item of its batch; when it raises, `reject` answers
 every item of the batch with that error and the writer goes on, unless fail() was called. When
@@ -39,6 +45,8 @@ RUNNING = "running"
 CLOSING = "closing"
 CLOSED = "closed"
 FAILED = "failed"
+# The longest a writer may hold a batch open for more items (linger_s).
+LINGER_MAX_S = 1.0
 
 
 @dataclass
@@ -105,11 +113,13 @@ class SingleWriter(Generic[T]):
         solo_full_message: str = "",
         on_batch: Callable[[int, float], None] | None = None,
         on_exit: Callable[[], None] | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         """`refused(state, failure)` builds the error of a put while not running;
         `stopped(failure)` the error of items left when the writer ends; `on_batch(size,
         seconds)` observes each batch handled without error; `on_exit` runs last on the
-        writer thread (to close what the writer owns)."""
+        writer thread (to close what the writer owns); `linger_s` how long a batch of items
+        nobody waits on may wait for more (0: handed over at once)."""
         for what, value, least in (
             ("batch_max", batch_max, 1),
             ("queue_max", queue_max, 1),
@@ -117,6 +127,8 @@ class SingleWriter(Generic[T]):
         ):
             if value < least:
                 raise InvalidArgument(f"{what} is {value}; it must be at least {least}")
+        if not 0.0 <= linger_s <= LINGER_MAX_S:
+            raise InvalidArgument(f"linger_s is {linger_s}; it must be 0 to {LINGER_MAX_S} seconds")
         self.name = name
         self.batch_max = batch_max
         self.queue_max = queue_max
@@ -136,6 +148,12 @@ class SingleWriter(Generic[T]):
         self._state = NEW
         self._failure = ""
         self._thread: threading.Thread | None = None
+        self.linger_s = linger_s
+        # While lingering: when the oldest queued item arrived, whether an item someone waits
+        # on is queued (or hurry() was called), and whether the writer waits for more now.
+        self._since = 0.0
+        self._urgent = False
+        self._lingering = False
 
     @property
     def state(self) -> str:
@@ -164,35 +182,57 @@ class SingleWriter(Generic[T]):
             self._state = RUNNING
             self._thread.start()
 
-    def put(self, item: T, *, bounded: bool = True) -> None:
+    def put(self, item: T, *, bounded: bool = True, urgent: bool = True) -> None:
         """Queues an item to be handled in a batch; raises instead when not running or full.
         `bounded=False` skips the queue bound, for a producer whose own queue bounds it and
-        which must not lose the item."""
+        which must not lose the item. `urgent=False`: nobody waits on the item, so a lingering
+        writer may hold it (see linger_s)."""
         with self._cond:
             if self._state != RUNNING:
                 raise self._refused(self._state, self._failure)
             if bounded and self._queued >= self.queue_max:
                 raise ResourceExhausted(self._full_message)
-            # The writer only waits when the queue is empty; waking it for every item would
-            # hand it the GIL once per item while the callers are busy producing them.
-            if not self._queue:
-                self._cond.notify()
+            self._wake_for(1, urgent)
             self._queue.append(item)
             self._queued += 1
 
-    def put_many(self, items: list[T], *, bounded: bool = True) -> None:
+    def put_many(self, items: list[T], *, bounded: bool = True, urgent: bool = True) -> None:
         """Queues items together (the writer sees all of them or none), so that they land in
         one batch unless they pass batch_max; raises instead when not running, or when they do
-        not all fit (nothing is queued then). `bounded=False` as for put()."""
+        not all fit (nothing is queued then). `bounded=False` and `urgent` as for put()."""
         with self._cond:
             if self._state != RUNNING:
                 raise self._refused(self._state, self._failure)
             if bounded and self._queued and self._queued + len(items) > self.queue_max:
                 raise ResourceExhausted(self._full_message)
-            if not self._queue and items:
-                self._cond.notify()
+            if items:
+                self._wake_for(len(items), urgent)
             self._queue.extend(items)
             self._queued += len(items)
+
+    def _wake_for(self, count: int, urgent: bool) -> None:
+        """Wakes the writer, under the lock, for `count` items about to be queued when it waits
+        for them. It only waits when the queue is empty, or while it lingers: waking it for
+        every item would hand it the GIL once per item while the callers are busy producing them."""
+        if not self._queue:
+            if self.linger_s:
+                self._since = time.monotonic()
+                self._urgent = urgent
+            self._cond.notify()
+        elif self.linger_s:
+            if urgent:
+                self._urgent = True
+            if self._lingering and (urgent or self._queued + count >= self.batch_max):
+                self._cond.notify()
+
+    def hurry(self) -> None:
+        """Ends a linger now: what is queued is handed over without waiting for more (someone
+        waits for it, such as a flush)."""
+        with self._cond:
+            if self._queue:
+                self._urgent = True
+                if self._lingering:
+                    self._cond.notify()
 
     def put_solo(self, item: T) -> None:
         """Queues an item to be handled alone, in queue order."""
@@ -201,8 +241,7 @@ class SingleWriter(Generic[T]):
                 raise self._refused(self._state, self._failure)
             if self._queued_solo >= self.solo_max:
                 raise ResourceExhausted(self._solo_full_message)
-            if not self._queue:
-                self._cond.notify()
+            self._wake_for(1, True)
             self._queue.append(_Solo(item))
             self._queued_solo += 1
 
@@ -284,12 +323,21 @@ class SingleWriter(Generic[T]):
     def _take(self) -> list[T] | None:
         with self._cond:
             queue = self._queue
-            while not queue:
-                if self._state != RUNNING:
+            while True:
+                while not queue:
+                    if self._state != RUNNING:
+                        return None
+                    self._cond.wait()
+                if self._failure:
                     return None
-                self._cond.wait()
-            if self._failure:
-                return None
+                if not self.linger_s:
+                    break
+                self._linger()
+                if self._failure:
+                    return None
+                if queue:
+                    break
+                # Emptied while lingering (reject_queued): wait for the next item again.
             if not self._queued_solo:
                 batch = cast("list[T]", [queue.popleft() for _ in range(min(len(queue), self.batch_max))])
             else:
@@ -306,7 +354,27 @@ class SingleWriter(Generic[T]):
                     queue.popleft()
                     batch.append(item)
             self._queued -= len(batch)
+            if not queue:
+                self._urgent = False
             return batch
+
+    def _linger(self) -> None:
+        """Waits, under the lock, until the oldest queued item is linger_s old, unless one
+        queued is urgent, a batch is full, a solo item waits, or the writer stops or fails."""
+        try:
+            while (
+                not self._urgent
+                and not self._queued_solo
+                and self._queued < self.batch_max
+                and self._state == RUNNING
+            ):
+                remaining = self._since + self.linger_s - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._lingering = True
+                self._cond.wait(remaining)
+        finally:
+            self._lingering = False
 
     def _take_all(self) -> list[T]:
         items = [item.item if isinstance(item, _Solo) else item for item in self._queue]

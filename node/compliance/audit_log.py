@@ -79,6 +79,11 @@ READERS_IDLE_MAX = 4
 # arriving behind it (each batch's head is otherwise left to the next, which covers it).
 HEAD_OFFER_MAX_S = 0.25
 CLOSE_TIMEOUT_S = 10.0
+# How long the writer holds entries nobody waits on (those a store's commit carried, durable in
+# its outbox already) open for more, so that the group commits of that time share one audit
+# transaction and fsync: a sequential writer's every Put otherwise paid one of its own. A
+# record() or a flush() ends the wait at once; heads and readers see carried entries this late.
+CARRY_LINGER_S = 0.1
 # Failed batches remembered for flush(); older ones were reported to their own callers.
 FAILURES_REMEMBERED_MAX = 64
 
@@ -186,6 +191,7 @@ class AuditLog:
         queue_entries_max: int = 65536,
         on_head: Callable[[SignedHead], None] | None = None,
         on_grown: Callable[[int], None] | None = None,
+        carry_linger_s: float = CARRY_LINGER_S,
     ) -> None:
         if not region:
             raise InvalidArgument("region is empty; an audit log belongs to one region")
@@ -232,6 +238,7 @@ class AuditLog:
                 "the operation was not performed"
             ),
             on_exit=self._close_writer_connection,
+            linger_s=carry_linger_s,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
@@ -491,8 +498,10 @@ class AuditLog:
         Never refused for a full queue (the store's write queue bounds what comes here)."""
         pending = [_Pending(0, entry, None, lsn) for lsn, entry in carried]
         pending.extend(_Pending(0, entry, None) for entry in direct)
-        # One queue operation for the group commit's entries, not one per entry.
-        self._writer.put_many(pending, bounded=False)
+        # One queue operation for the group commit's entries, not one per entry. Carried
+        # entries are durable in the store already, so they may linger for the next ones; a
+        # direct entry is held nowhere else and is written at once.
+        self._writer.put_many(pending, bounded=False, urgent=bool(direct))
         self._carried_handed += len(pending)
 
     def carry_received(self, received: Sequence[tuple[int, AuditEntry]]) -> None:
@@ -501,7 +510,7 @@ class AuditLog:
         audit_received). As carry(): the apply is durable with its entries, the log appends them
         and remembers the highest number it holds in the same transaction."""
         pending = [_Pending(0, entry, None, received_seq=seq) for seq, entry in received]
-        self._writer.put_many(pending, bounded=False)
+        self._writer.put_many(pending, bounded=False, urgent=False)
         self._carried_handed += len(pending)
 
     @property
@@ -557,6 +566,7 @@ class AuditLog:
                 carry_waiter = asyncio.get_running_loop().create_future()
                 self._carry_waiters.append((carried, carry_waiter))
         if carry_waiter is not None:
+            self._writer.hurry()  # the carried entries may be lingering: this caller waits for them
             await carry_waiter
         target = self._recorded
         if self._settled < target:
