@@ -85,26 +85,35 @@ async def guarded(
     work: Callable[[], Awaitable[T]],
 ) -> T:
     """Runs `work` under the call's deadline (or the default one when the caller set none),
-    records latency, and turns domain errors into statuses."""
+    records latency, and turns domain errors into statuses.
+
+    gRPC enforces a deadline the caller set: when it passes, gRPC cancels the call's task, and
+    that cancellation is counted as DEADLINE_EXCEEDED (the caller hears it from its own side).
+    Only a call without one gets a timer here, for the default deadline: a timer per call cost
+    a measurable share of a Put, for a deadline gRPC already keeps."""
     started = time.perf_counter()
     remaining = context.time_remaining()
-    timeout = default_deadline_s if remaining is None else max(remaining, 0.0)
     try:
-        # A timeout scope, not wait_for: on Python 3.11 wait_for runs the work in a task of its own.
-        async with asyncio.timeout(timeout):
-            return await work()
+        if remaining is None:
+            # A timeout scope, not wait_for: on Python 3.11 wait_for runs the work in a task of its own.
+            async with asyncio.timeout(default_deadline_s):
+                return await work()
+        if remaining <= 0:
+            raise TimeoutError  # expired on arrival: nothing is done
+        return await work()
     except errors.DomicileError as exc:
         metrics.rpc_errors.labels(method, status_for(exc).name).inc()
         await abort_with(context, exc)
         raise  # abort raises; this keeps type checkers aware
     except TimeoutError:
+        timeout = default_deadline_s if remaining is None else max(remaining, 0.0)
         metrics.rpc_errors.labels(method, "DEADLINE_EXCEEDED").inc()
         await abort_with(
             context, errors.DeadlineExceeded(f"{method} did not complete within {timeout:.3f} s")
         )
         raise
     except asyncio.CancelledError:
-        metrics.rpc_errors.labels(method, "CANCELLED").inc()
+        metrics.rpc_errors.labels(method, _cancelled_code(context, remaining)).inc()
         raise
     except grpc.aio.AbortError:
         raise
@@ -115,6 +124,15 @@ async def guarded(
         raise
     finally:
         _child(metrics.rpc_latency, method).observe(time.perf_counter() - started)
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext, remaining: float | None) -> str:
+    """What a cancelled call is counted as: DEADLINE_EXCEEDED when gRPC cancelled it because the
+    caller's deadline passed, CANCELLED when the caller went away (or the node is stopping)."""
+    if remaining is None:
+        return "CANCELLED"
+    left = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
 
 
 async def guarded_stream(
