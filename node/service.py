@@ -238,9 +238,11 @@ class StorageService:
         # Only a write about a subject can be refused at commit (an erasure overtook it): it is
         # shielded, so that a caller that goes away (a deadline, a cancelled call) stops neither
         # the write on its way to the writer nor the audit of such a refusal. Other writes skip
-        # the shield's task, a measured cost per Put.
-        submitted = self._submit_audited(write, principal)
-        committed = await (asyncio.shield(submitted) if write.subject_id else submitted)
+        # the shield's task and the refusal's handler, a measured cost per Put.
+        if write.subject_id:
+            committed = await asyncio.shield(self._submit_audited(write, principal))
+        else:
+            committed = await self.committer.submit(write)
         self.on_committed()
         spec = self.view.topology.cluster.find_namespace(write.namespace)
         if spec is not None and spec.min_regions_acked > 1:
@@ -318,7 +320,12 @@ class StorageService:
             self.clock_guard.check()
 
     async def put(self, cmd: PutCommand) -> Committed:
-        spec, write, entry = await self._prepare_put(cmd)
+        if cmd.subject_id:
+            spec, write, entry = await self._prepare_put(cmd)
+        else:
+            # Nothing to seal: prepared in line, without the sealer's coroutine.
+            spec, classification, entry = self._admit_put(cmd)
+            write = self._local_put(spec, cmd, classification, cmd.value, entry)
         committed = await self._commit(write, entry, cmd.principal)
         return self._put_answer(spec, cmd, committed)
 
