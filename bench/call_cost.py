@@ -8,7 +8,9 @@ The node runs with synchronous=FULL and mutual TLS, as in `make bench`, and so d
 server (a node's certificate of the run's CA, the client's demanded): the difference is the
 node's work, not the transport's. The loads are the bench's
 concurrent loads (2 processes x 128 in flight). Echo and Put loads alternate `--rounds` times, so
-that the drift of a shared machine falls on both; each round prints its own pair.
+that the drift of a shared machine falls on both; each round prints its own pair. The sequential
+calls of the latency figures also give each server's CPU per call one call at a time, where a
+Put pays a whole group commit alone.
 """
 
 from __future__ import annotations
@@ -18,16 +20,45 @@ import asyncio
 import shutil
 import sys
 import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
 
 from bench import phases
 from bench.client import channel, echo_call, put_call
 from bench.cluster import BATCH_METRIC, SOLO_NAMESPACE, SOLO_REGION, BenchCluster
 from bench.main import PUT_CPU_SLACK_US, cpu_us_per_call, p50_p99
-from bench.procs import Children
+from bench.procs import Children, cpu_seconds
 
 LOAD_PROCS = 2
 LOAD_INFLIGHT = 128
+
+
+def pid_of(children: Children, name: str) -> int | None:
+    child = children.children.get(name)
+    return child.process.pid if child is not None else None
+
+
+class CpuTally:
+    """One process's CPU time over some phases, and the calls made in them."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.seconds: float | None = 0.0
+        self.calls = 0
+
+    async def over(self, phase: Awaitable[list[float]]) -> list[float]:
+        before = cpu_seconds(self.pid) if self.pid is not None else None
+        latencies = await phase
+        after = cpu_seconds(self.pid) if self.pid is not None else None
+        if before is None or after is None or self.seconds is None:
+            self.seconds = None  # not measured (no /proc): no figure
+        else:
+            self.seconds += after - before
+        self.calls += len(latencies)
+        return latencies
+
+    def us_per_call(self) -> float | None:
+        return self.seconds / self.calls * 1e6 if self.seconds is not None and self.calls else None
 
 
 async def load(
@@ -66,15 +97,23 @@ async def measure(samples: int, load_seconds: float, rounds: int, value_bytes: i
         )
         echo_ms: list[float] = []
         put_ms: list[float] = []
+        echo_seq = CpuTally(pid_of(children, "echo"))
+        put_seq = CpuTally(pid_of(children, f"node-{SOLO_REGION}"))
         async with channel(echo_address, cluster.dialer) as ch:
             for half in range(2):
-                echo_ms += await phases.sequential(
-                    "echo baseline (mutual TLS)", echo_call(ch, SOLO_NAMESPACE, "echo", value), samples // 2
+                echo_ms += await echo_seq.over(
+                    phases.sequential(
+                        "echo baseline (mutual TLS)",
+                        echo_call(ch, SOLO_NAMESPACE, "echo", value),
+                        samples // 2,
+                    )
                 )
-                put_ms += await phases.sequential(
-                    "durable Put (synchronous=FULL), mutual TLS",
-                    put_call(node.channel, SOLO_NAMESPACE, f"put{half}", value),
-                    samples // 2,
+                put_ms += await put_seq.over(
+                    phases.sequential(
+                        "durable Put (synchronous=FULL), mutual TLS",
+                        put_call(node.channel, SOLO_NAMESPACE, f"put{half}", value),
+                        samples // 2,
+                    )
                 )
         fsync_ms = await asyncio.to_thread(phases.fdatasync_ms, node.data_dir, samples, value_bytes)
         cpu: list[tuple[float | None, float | None]] = []
@@ -107,6 +146,12 @@ async def measure(samples: int, load_seconds: float, rounds: int, value_bytes: i
     floor99 = echo99 + 2 * fs99
     print(f"echo p99 {echo99:.3f} ms, fdatasync p99 {fs99:.3f} ms, Put p50 {put50:.3f} ms p99 {put99:.3f} ms")
     print(f"durable Put p99 / (echo p99 + 2 x fdatasync p99) = {put99 / floor99:.2f} (target <= 1.0)")
+    seq_put, seq_echo = put_seq.us_per_call(), echo_seq.us_per_call()
+    if seq_put is not None and seq_echo is not None:
+        print(
+            f"one call at a time: node CPU per Put {seq_put:.0f} us, echo CPU per call {seq_echo:.0f} us, "
+            f"difference {seq_put - seq_echo:.0f} us (each Put a group commit of its own)"
+        )
     for i, ((echo_us, put_us), mean_group) in enumerate(zip(cpu, group, strict=True)):
         if echo_us is None or put_us is None:
             print(f"round {i + 1}: no CPU figure (a process was not measured)")
