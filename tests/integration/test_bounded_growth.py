@@ -238,7 +238,10 @@ async def test_a_bootstrap_sends_only_what_the_target_may_hold_and_audits_both_e
     await eventually(bootstrapped, 15, "us-east-1 bootstrapped")
     assert await eu_us.values("us-east-1", "instruments", "late") == {b"public too"}
     assert await asyncio.to_thread(us.engine.get, "customers", "eu-person") is None
-    # Each version decided at the source (the EU profile withheld) and again at the target.
+    # Each version decided at the source (the EU profile withheld) and again at the target
+    # (once the audit logs hold what the commits carried).
+    await source.audit.flush()
+    await us.audit.flush()
     assert any(e.key == "eu-person" for e in transfers(source, "replicate_send", "refuse"))
     assert {e.key for e in transfers(source, "replicate_send", "allow")} >= {"early", "late"}
     assert {e.key for e in transfers(us, "replicate_receive", "allow")} >= {"early", "late"}
