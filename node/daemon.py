@@ -202,6 +202,8 @@ class Node:
             bytes_max=cfg.limits.log_tail_bytes_max,
             after_lsn=await offload.run(self.engine.last_lsn),
         )
+        # Senders are woken only for commits to namespaces their links carry (node.replication.signal).
+        self.signal.log_tail = self.log_tail
         try:
             self.cache = await self._open_cache() if cfg.cache_redis_url else None
         except BaseException:

@@ -338,7 +338,11 @@ class LinkSender:
                 if reader.done():
                     _reader_result(reader)
                     raise ConnectionError("target closed the stream")
-                grown = self.signal.mark()
+                # Woken by a commit to a namespace of the link, or once the log is a batch read
+                # past what the link has read (node.replication.signal).
+                grown = self.signal.mark_for(
+                    self, self.namespaces, sent + self.limits.replication_batch_records_max
+                )
                 batch = await self.next_batch(sent)
                 if batch is None:
                     due_in = held.due_in(time.monotonic())
@@ -366,6 +370,7 @@ class LinkSender:
                 await self._send(call, window, reader, mutations, through, deadline_s)
                 held.sent(through)
         finally:
+            self.signal.forget(self)
             reader.cancel()
             call.cancel()
 
@@ -452,12 +457,13 @@ class LinkSender:
         reader: asyncio.Task[None],
         window: SendWindow,
         deadline_s: float,
-        grown: asyncio.Future[None],
+        grown: list[asyncio.Future[None]],
         timeout_s: float | None = None,
     ) -> None:
-        # On the signal's shared future itself: no task per wait (asyncio.wait never cancels it).
+        # On the signal's shared futures themselves: no task per wait (asyncio.wait never cancels
+        # them).
         timeout = 1.0 if timeout_s is None else min(1.0, timeout_s)
-        await asyncio.wait({grown, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({*grown, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         self._check_stalled(window, deadline_s)
 
     async def _acquire(
