@@ -42,7 +42,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import phases, tcp_echo
 from bench.client import RPC_DEADLINE_S, Call, put_call, put_request, sequential_ms
@@ -78,6 +80,9 @@ PING_BYTES = 512
 PROXY_READY = "proxy listening on "
 PROXY_LATENESS = "proxy lateness ms:"
 STAGE_METRIC = "domicile_replication_stage_seconds"
+RECONNECTS_METRIC = "domicile_replication_reconnects_total"
+ENTROPY_ROUNDS_METRIC = "domicile_antientropy_rounds_total"
+ENTROPY_COMPARED_METRIC = "domicile_antientropy_keys_compared_total"
 STAGES = ("ship", "arrive", "check", "seal", "audit", "commit")
 WARMUP_WRITES = 50
 BATCH_RECORDS = 50
@@ -171,6 +176,19 @@ class PhaseResult:
     # Where the lag went (node.replication.stages): per slowest link, stage -> (p50, p99) ms.
     stages_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
     profile_top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    # Failed writes by gRPC status code (a source that falls behind refuses streams, and calls
+    # past their deadline may still commit).
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+    # Change-log entries the source committed over the phase (writes whose caller gave up
+    # included), and its links' reconnects meanwhile.
+    source_committed: int = 0
+    source_reconnects: int = 0
+    # Anti-entropy rounds the phase's nodes ran meanwhile and the keys they compared.
+    entropy_rounds: int = 0
+    entropy_keys_compared: int = 0
+    # On the slowest link: the batches with records the source wrote (`ship`) and the applies
+    # the target ran (`arrive`): records per message and per commit.
+    stage_counts: dict[str, int] = field(default_factory=dict)
 
 
 def _proxy_ready_pattern() -> Any:
@@ -250,15 +268,24 @@ class ReplicationBench:
         labels = {t: {"source": SOURCE, "target": t} for t in targets}
         before = {t: await self.nodes[t].histogram(LAG_METRIC, labels[t]) for t in targets}
         stages_before = {t: await self._stage_histograms(t) for t in targets}
+        lsn_before = (await source.status()).last_lsn
+        reconnects_before = counter_total(await source.scrape(), RECONNECTS_METRIC)
+        entropy_before = await self._entropy_counts((SOURCE, *targets))
+        errors_by_code: collections.Counter[str] = collections.Counter()
         cpu_before = self.children.cpu_snapshot()
         wall_started = time.perf_counter()
         spies = await self._start_profiles(name, profile)
-        writes = await phases.paced(self.children, name, call, calls_per_s, opts.seconds)
+        writes = await phases.paced(
+            self.children, name, counting_errors(call, errors_by_code), calls_per_s, opts.seconds
+        )
         for t in targets:
             await wait_caught_up(source, self.nodes[t])
         cpu_after = self.children.cpu_snapshot()
         wall = time.perf_counter() - wall_started
         tops = await self._finish_profiles(name, spies)
+        source_committed = (await source.status()).last_lsn - lsn_before
+        reconnects = counter_total(await source.scrape(), RECONNECTS_METRIC) - reconnects_before
+        entropy_after = await self._entropy_counts((SOURCE, *targets))
         records = writes.completed * records_per_call
         lag: dict[str, tuple[float, float]] = {}
         for t in targets:
@@ -268,9 +295,16 @@ class ReplicationBench:
             delta = after.minus(before[t])
             lag[t] = (delta.quantile(0.50) * 1000, delta.quantile(0.99) * 1000)
         stages_ms: dict[str, tuple[float, float]] = {}
+        stage_counts: dict[str, int] = {}
         if targets:
             slowest = max(targets, key=lambda t: lag[t][1])
-            stages_ms = stage_quantiles(stages_before[slowest], await self._stage_histograms(slowest))
+            stages_after = await self._stage_histograms(slowest)
+            stages_ms = stage_quantiles(stages_before[slowest], stages_after)
+            stage_counts = {
+                stage: round(stages_after[stage].minus(stages_before[slowest].get(stage)).count)
+                for stage in ("ship", "arrive")
+                if stage in stages_after
+            }
         names = {f"node-{n}": n for n in (SOURCE, *targets)} | {"bench client": "client"}
         cpu_us = {
             short: (cpu_after[proc] - cpu_before[proc]) * 1e6 / max(records, 1)
@@ -294,11 +328,26 @@ class ReplicationBench:
             writes_as,
             stages_ms,
             tops,
+            errors_by_code=dict(errors_by_code),
+            source_committed=source_committed,
+            source_reconnects=round(reconnects),
+            entropy_rounds=round(entropy_after[0] - entropy_before[0]),
+            entropy_keys_compared=round(entropy_after[1] - entropy_before[1]),
+            stage_counts=stage_counts,
         )
         if writes.errors:
             phases.progress(f"{name}: {writes.errors} failed writes; first: {writes.first_error}")
         self.results.append(result)
         return result
+
+    async def _entropy_counts(self, node_ids: tuple[str, ...]) -> tuple[float, float]:
+        """Anti-entropy rounds run and keys compared so far, summed over these nodes."""
+        rounds = compared = 0.0
+        for node_id in node_ids:
+            text = await self.nodes[node_id].scrape()
+            rounds += counter_total(text, ENTROPY_ROUNDS_METRIC)
+            compared += counter_total(text, ENTROPY_COMPARED_METRIC)
+        return rounds, compared
 
     async def _stage_histograms(self, target: str) -> dict[str, Histogram]:
         """The stage histograms of the link SOURCE -> target: `ship` from the source, the apply
@@ -370,8 +419,9 @@ class ReplicationBench:
             )
         if "delayed" not in opts.skip:
             await self.phase(
-                "delayed", FAR_NS, (FAR,), put_call(source, FAR_NS, "far", self.value), opts.rate, 1
-            )
+                "delayed", FAR_NS, (FAR,), put_call(source, FAR_NS, "far", self.value), opts.rate, 1,
+                profile=(SOURCE, FAR),
+            )  # fmt: skip
         if "sync" not in opts.skip:
             await wait_linked(self.nodes[SOURCE], self.nodes[FAR])
             before = await self._stage_histograms(FAR)
@@ -400,6 +450,29 @@ class ReplicationBench:
             finally:
                 writer.close()
             self.sync_stages_ms = stage_quantiles(before, await self._stage_histograms(FAR))
+
+
+def counting_errors(call: Call, by_code: collections.Counter[str]) -> Call:
+    """`call`, counting its failures by status code into `by_code`."""
+
+    async def counted(i: int) -> object:
+        try:
+            return await call(i)
+        except grpc.aio.AioRpcError as exc:
+            by_code[exc.code().name] += 1
+            raise
+
+    return counted
+
+
+def counter_total(text: str, name: str) -> float:
+    """The sum of a counter's samples over all its labels, from a /metrics page."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def stage_quantiles(
@@ -608,12 +681,21 @@ async def run(opts: Options) -> int:
     for r in bench.results:
         cores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.cores.items()))
         print(f"cores during {r.name}: {cores}")
+        failed = ", ".join(f"{code} {n}" for code, n in sorted(r.errors_by_code.items())) or "none"
+        print(
+            f"  source committed {r.source_committed} entries for {r.records} acknowledged records; "
+            f"failed writes: {failed}; link reconnects: {r.source_reconnects}; anti-entropy rounds "
+            f"{r.entropy_rounds} ({r.entropy_keys_compared} keys compared)"
+        )
         if len(r.lag_ms) > 1:
             links = ", ".join(f"{t} {p99:.1f}" for t, (_, p99) in sorted(r.lag_ms.items()))
             print(f"  lag p99 per link (ms): {links}")
         if r.stages_ms:
             parts = ", ".join(f"{k} {p50:.1f}/{p99:.1f}" for k, (p50, p99) in r.stages_ms.items())
             print(f"  stages p50/p99 (ms, slowest link): {parts}")
+        if r.stage_counts:
+            per = ", ".join(f"{r.records / n:.1f} per {s}" for s, n in r.stage_counts.items() if n)
+            print(f"  records per batch (slowest link): {per}")
     if bench.sync_stages_ms:
         parts = ", ".join(f"{k} {p50:.1f}/{p99:.1f}" for k, (p50, p99) in bench.sync_stages_ms.items())
         print(f"sync: stages p50/p99 (ms): {parts}")
