@@ -183,7 +183,7 @@ class PhaseResult:
     # included), and its links' reconnects meanwhile.
     source_committed: int = 0
     source_reconnects: int = 0
-    # Anti-entropy rounds the phase's nodes ran meanwhile and the keys they compared.
+    # Anti-entropy rounds the cluster's nodes ran meanwhile and the keys they compared.
     entropy_rounds: int = 0
     entropy_keys_compared: int = 0
     # On the slowest link: the batches with records the source wrote (`ship`) and the applies
@@ -270,7 +270,7 @@ class ReplicationBench:
         stages_before = {t: await self._stage_histograms(t) for t in targets}
         lsn_before = (await source.status()).last_lsn
         reconnects_before = counter_total(await source.scrape(), RECONNECTS_METRIC)
-        entropy_before = await self._entropy_counts((SOURCE, *targets))
+        entropy_before = await self._entropy_counts()
         errors_by_code: collections.Counter[str] = collections.Counter()
         cpu_before = self.children.cpu_snapshot()
         wall_started = time.perf_counter()
@@ -285,7 +285,7 @@ class ReplicationBench:
         tops = await self._finish_profiles(name, spies)
         source_committed = (await source.status()).last_lsn - lsn_before
         reconnects = counter_total(await source.scrape(), RECONNECTS_METRIC) - reconnects_before
-        entropy_after = await self._entropy_counts((SOURCE, *targets))
+        entropy_after = await self._entropy_counts()
         records = writes.completed * records_per_call
         lag: dict[str, tuple[float, float]] = {}
         for t in targets:
@@ -340,11 +340,12 @@ class ReplicationBench:
         self.results.append(result)
         return result
 
-    async def _entropy_counts(self, node_ids: tuple[str, ...]) -> tuple[float, float]:
-        """Anti-entropy rounds run and keys compared so far, summed over these nodes."""
+    async def _entropy_counts(self) -> tuple[float, float]:
+        """Anti-entropy rounds run and keys compared so far, summed over every node (a round
+        costs the peer it is run with too, the source among them)."""
         rounds = compared = 0.0
-        for node_id in node_ids:
-            text = await self.nodes[node_id].scrape()
+        for node in self.nodes.values():
+            text = await node.scrape()
             rounds += counter_total(text, ENTROPY_ROUNDS_METRIC)
             compared += counter_total(text, ENTROPY_COMPARED_METRIC)
         return rounds, compared

@@ -533,7 +533,7 @@ class Node:
             link_acks=self.replication.link_acks, backup_shipped=shipped,
             collector=collector, interval_s=cfg.changelog_truncate_interval_s,
             hold_limit=HoldLimit(cfg.changelog_hold_max_s, self.metrics, cfg.node_id),
-            link_connected=self.replication.connected_links,
+            link_connected=self.replication.connected_links, before_truncating=self.entropy.follow,
         )  # fmt: skip
 
     def _bound_audit_key(self) -> Ed25519PrivateKey | None:

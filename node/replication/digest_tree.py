@@ -15,9 +15,11 @@ classification, subject, jurisdiction) live in a side SQLite file in the data di
 memory: memory holds only BUCKETS digests and counts per namespace, plus a bounded set of keys
 marked dirty. Every local commit (read back from the change log) and every replicated or
 repaired apply marks its keys; `refresh` re-reads the marked keys' states and moves their
-buckets. When more than `dirty_max` keys wait, the tree is rebuilt from the engine's snapshot
-instead. The side file is a cache: it is rebuilt from the store at every start, so it needs no
-durability of its own (and a restored store can never leave a stale tree behind).
+buckets. When more than `dirty_max` keys wait, or the change log was truncated past what the
+tree has read, the tree is rebuilt from the engine's snapshot instead; the truncator lets the
+tree read what it is about to delete first (`follow`), so the latter does not happen. The side
+file is a cache: it is rebuilt from the store at every start, so it needs no durability of its
+own (and a restored store can never leave a stale tree behind).
 
 Threading: every method that reads the store or the side file blocks (call it off the event
 loop); `mark` is cheap and may be called from any thread. One lock serialises the rest.
@@ -194,15 +196,31 @@ class DigestTrees:
                     states = engine.get_many(namespace, page)
                     self._update(namespace, [(k, states.get(k)) for k in page])
 
+    def follow(self, engine: StorageEngine, through: int) -> None:
+        """Marks the keys of the local commits up to position `through`, so that the change log
+        may be truncated up to there without costing the next refresh a rebuild. Blocks.
+
+        The log is truncated every few seconds, the trees are refreshed at each anti-entropy
+        round (a minute apart): a refresh that found the log truncated past its position read
+        the whole store again, holding the interpreter for seconds on a large store (each round
+        stalled the node's event loop). Marking is all the following does; the digests are
+        still recomputed at the next refresh."""
+        with self._lock:
+            with self._dirty_lock:
+                if self._stale:
+                    return  # rebuilt at the next refresh anyway
+            self._follow_log(engine, through)
+
     def invalidate(self) -> None:
         """Rebuild from the store at the next refresh (another daemon writes the same store)."""
         with self._dirty_lock:
             self._dirty.clear()
             self._stale = True
 
-    def _follow_log(self, engine: StorageEngine) -> None:
-        while True:
-            entries = engine.read_log(self.log_position, 10_000)
+    def _follow_log(self, engine: StorageEngine, through: int | None = None) -> None:
+        while through is None or self.log_position < through:
+            limit = 10_000 if through is None else min(10_000, through - self.log_position)
+            entries = engine.read_log(self.log_position, limit)
             if not entries:
                 return
             if entries[0].lsn != self.log_position + 1:

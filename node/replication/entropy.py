@@ -175,6 +175,11 @@ class AntiEntropy:
     async def refresh(self) -> None:
         await self.long_work.run(self.trees.refresh, self.engine)
 
+    async def follow(self, through: int) -> None:
+        """Before the change log is truncated up to `through`: the trees take note of what
+        they have not read of it yet (DigestTrees.follow)."""
+        await self.long_work.run(self.trees.follow, self.engine, through)
+
     def may_hold(self, facts: Sequence[RecordFacts], region: str) -> bool:
         """Whether every version of a key may be held at region (asked, not audited: nothing
         moves on this answer)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from domicile.errors import DomicileError
@@ -163,6 +163,9 @@ class Truncator:
         hold_limit: HoldLimit | None = None,
         # The targets whose link has a session open now (HoldLimit never releases those).
         link_connected: Callable[[], Collection[str]] = frozenset,
+        # Awaited with the truncation point before entries up to it are deleted, by whoever
+        # reads the log after its senders (the anti-entropy digest trees).
+        before_truncating: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.engine = engine
         self.committer = committer
@@ -174,6 +177,7 @@ class Truncator:
         self.interval_s = interval_s
         self.hold_limit = hold_limit
         self.link_connected = link_connected
+        self.before_truncating = before_truncating
 
     async def pass_once(self) -> LogStart:
         """Truncates what it may (bounded), then collects tombstones; returns the log's start."""
@@ -186,6 +190,8 @@ class Truncator:
         )
         start = await self.offload.run(self.engine.log_start)
         budget = PASS_ENTRIES_MAX
+        if self.before_truncating is not None and start.lsn < point:
+            await self.before_truncating(min(point, start.lsn + budget))
         while start.lsn < point and budget > 0:
             step = min(TRUNCATE_STEP, budget)
             before = start.lsn

@@ -359,3 +359,18 @@ async def test_a_replica_down_past_the_hold_limit_no_longer_holds_truncation_and
     await acked_all(pair)
     await source.truncator.pass_once()
     assert released._value.get() == 0 and hold.released == frozenset()
+
+
+async def test_truncation_lets_the_digest_trees_read_what_it_deletes_so_a_round_needs_no_rebuild(
+    pair: LocalCluster,
+) -> None:
+    source = pair.nodes[SOURCE]
+    await source.entropy.refresh()
+    built = source.trees.rebuilds
+    await put_many(pair, "t", 20)
+    await acked_all(pair)
+    start = await source.truncator.pass_once()
+    assert start.lsn == await asyncio.to_thread(source.engine.last_lsn)  # all of it went
+    await source.entropy.refresh()
+    assert source.trees.rebuilds == built  # the round's refresh followed, incrementally
+    assert (await asyncio.to_thread(source.trees.tree, NS)).key_count == 20

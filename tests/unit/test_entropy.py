@@ -107,3 +107,32 @@ def test_equal_states_in_two_regions_have_equal_trees_whatever_their_sealed_byte
     a, b = (KeyState((Version(Dot("n1", 1), v, 7, checksum=sha256(v)),), CausalContext.of({"n1": 1})) for v in
             (b"sealed-in-eu-west-1", b"sealed-in-eu-central-1"))  # fmt: skip
     assert key_digest("ns", "k", a) == key_digest("ns", "k", b)
+
+
+def test_finding_a_log_truncated_between_two_refreshes_rebuilds_the_tree_unless_it_was_followed(
+    engine: SQLiteEngine, tmp_path: Path
+) -> None:
+    # Found under load: the log is truncated every few seconds and the trees refreshed at each
+    # anti-entropy round, so every round found the log truncated past the trees' position and
+    # rebuilt them from the whole store, stalling the node's event loop for seconds.
+    clock = itertools.count(1)
+    followed = DigestTrees(tmp_path / "followed.sqlite3")
+    control = DigestTrees(tmp_path / "control.sqlite3")
+    for trees in (followed, control):
+        trees.refresh(engine)
+    engine.commit_local([LocalWrite("ns", f"k{i}", b"v%d" % i) for i in range(40)], lambda: next(clock))
+    engine.commit_local([LocalWrite("ns", "k3", tombstone=True)], lambda: next(clock))
+    point = engine.last_lsn() - 5
+    followed.follow(engine, point)  # what the truncator does before it truncates
+    engine.truncate_log(point, 1_000)
+    for trees in (followed, control):
+        trees.refresh(engine)
+    assert followed.rebuilds == 1  # all of it incremental
+    assert control.rebuilds == 2  # the control: not followed, it had to read the whole store
+    fresh = DigestTrees(tmp_path / "fresh.sqlite3")
+    fresh.refresh(engine)
+    assert trees_equal(followed, fresh, ["ns"]) and trees_equal(control, fresh, ["ns"])
+    # Following a stale tree (never built) does nothing: its refresh builds it from the store.
+    stale = DigestTrees(tmp_path / "stale.sqlite3")
+    stale.follow(engine, engine.last_lsn())
+    assert stale.log_position == 0
