@@ -339,7 +339,7 @@ class Node:
         )
         # Digest trees of every namespace, kept up to date from the change log and every
         # replicated or repaired apply; a cache rebuilt from the store at each start.
-        self.trees = DigestTrees(Path(cfg.data_dir) / DIGESTS_FILE)
+        self.trees = DigestTrees(Path(cfg.data_dir) / DIGESTS_FILE, log_tail=self.log_tail)
         self.receiver.on_applied = self.trees.mark
         self.entropy = AntiEntropy(
             node_id=cfg.node_id,

@@ -40,6 +40,7 @@ from domicile.model import Classification
 from domicile.policy import RecordFacts
 from domicile.wire.records import key_state_from_bytes
 from node.engine.base import GET_MANY_KEYS_MAX, StorageEngine
+from node.engine.log_tail import LogTail
 
 BUCKETS = 1024
 DIGESTS_FILE = "digests.sqlite3"
@@ -130,9 +131,14 @@ class _Namespace:
 class DigestTrees:
     """The digest trees of every namespace this node holds."""
 
-    def __init__(self, path: Path, *, dirty_max: int = DIRTY_KEYS_MAX_DEFAULT) -> None:
+    def __init__(
+        self, path: Path, *, dirty_max: int = DIRTY_KEYS_MAX_DEFAULT, log_tail: LogTail | None = None
+    ) -> None:
         self.path = path
         self.dirty_max = dirty_max
+        # The newest change-log entries in memory: following the log reads them there when it
+        # holds them, instead of reading and decoding them from the store again.
+        self.log_tail = log_tail
         self._lock = threading.Lock()
         self._dirty_lock = threading.Lock()
         self._dirty: set[tuple[str, str]] = set()
@@ -220,7 +226,17 @@ class DigestTrees:
     def _follow_log(self, engine: StorageEngine, through: int | None = None) -> None:
         while through is None or self.log_position < through:
             limit = 10_000 if through is None else min(10_000, through - self.log_position)
-            entries = engine.read_log(self.log_position, limit)
+            held = self.log_tail.read(self.log_position, limit) if self.log_tail is not None else None
+            if held is not None:
+                entries = held[0]
+            else:
+                # The last position first: entries after this tree's position that the read
+                # then does not find were truncated (positions have no holes).
+                last = engine.last_lsn()
+                entries = engine.read_log(self.log_position, limit)
+                if not entries and last > self.log_position:
+                    self._rebuild(engine)
+                    return
             if not entries:
                 return
             if entries[0].lsn != self.log_position + 1:

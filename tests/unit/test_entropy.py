@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version, merge, sha256
 from node.engine.base import LocalWrite
+from node.engine.log_tail import LogTail
 from node.engine.sqlite import SQLiteEngine
 from node.replication.digest_tree import BUCKETS, DigestTrees, key_digest
 from node.replication.entropy import context_without, state_mutations
@@ -136,3 +137,30 @@ def test_finding_a_log_truncated_between_two_refreshes_rebuilds_the_tree_unless_
     stale = DigestTrees(tmp_path / "stale.sqlite3")
     stale.follow(engine, engine.last_lsn())
     assert stale.log_position == 0
+
+
+def test_finding_a_log_truncated_to_its_end_is_seen_and_the_tail_is_read_instead_of_the_store(
+    engine: SQLiteEngine, tmp_path: Path
+) -> None:
+    # Found with the test of the tail: a log truncated up to its last entry read as empty, so a
+    # tree that had not read those entries took them as never written and kept stale digests
+    # (until a later commit showed the gap). Now the tree rebuilds; and where the in-memory
+    # tail holds the entries it reads them there, without a rebuild.
+    clock = itertools.count(1)
+    tail = LogTail(records_max=1_000, bytes_max=1 << 20, after_lsn=engine.last_lsn())
+    with_tail = DigestTrees(tmp_path / "tail.sqlite3", log_tail=tail)
+    without = DigestTrees(tmp_path / "plain.sqlite3")
+    for trees in (with_tail, without):
+        trees.refresh(engine)
+    committed = engine.commit_local([LocalWrite("ns", f"k{i}", b"v") for i in range(30)], lambda: next(clock))
+    tail.append([c.mutation for c in committed])  # what the group committer does after a commit
+    # The store's log no longer has them: only a reader of the tail can follow without a rebuild.
+    engine.truncate_log(engine.last_lsn(), 1_000)
+    for trees in (with_tail, without):
+        trees.refresh(engine)
+    assert with_tail.rebuilds == 1
+    assert without.rebuilds == 2  # without the tail it had to read the whole store
+    fresh = DigestTrees(tmp_path / "fresh.sqlite3")
+    fresh.refresh(engine)
+    assert with_tail.tree("ns").key_count == 30
+    assert trees_equal(with_tail, fresh, ["ns"]) and trees_equal(without, fresh, ["ns"])
