@@ -494,6 +494,7 @@ class Node:
         )
         self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
         self._tasks.append(asyncio.create_task(self.entropy.run(), name="anti-entropy"))
+        self._tasks.append(asyncio.create_task(self.entropy.follow_tail(), name="digest-trees-follow"))
         if self.rewound:
             # The peers hold this node's writes from after the copy it was put back from.
             self.entropy.rounds_now("this store was rewound; pulling back what the peers hold")

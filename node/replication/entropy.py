@@ -57,6 +57,10 @@ STATES_BYTES_MAX = 3 * 1024 * 1024
 # Rounds asked for at once (rounds_now) that fail are tried again this often, this many times,
 # before the node falls back to its regular interval.
 URGENT_RETRY_S = 2.0
+# How often the digest trees take the local commits from the in-memory log tail (follow_tail).
+# The tail holds the last 10,000 entries by default, so a node writing fewer than that a second
+# keeps its trees within it.
+FOLLOW_EVERY_S = 1.0
 URGENT_RETRIES = 15
 DIVERGENT_KEYS_MAX_DEFAULT = 100
 DIVERGENT_KEYS_MAX = 10_000
@@ -179,6 +183,10 @@ class AntiEntropy:
         """Before the change log is truncated up to `through`: the trees take note of what
         they have not read of it yet (DigestTrees.follow)."""
         await self.long_work.run(self.trees.follow, self.engine, through)
+
+    async def follow_tail(self, every_s: float = FOLLOW_EVERY_S) -> None:
+        """Runs until cancelled: see the module function follow_tail."""
+        await follow_tail(self.trees, self.follow, every_s)
 
     def may_hold(self, facts: Sequence[RecordFacts], region: str) -> bool:
         """Whether every version of a key may be held at region (asked, not audited: nothing
@@ -554,3 +562,29 @@ class AntiEntropy:
         for channel in channels:
             with contextlib.suppress(Exception):
                 await channel.close()
+
+
+async def follow_tail(
+    trees: DigestTrees, follow: Callable[[int], Awaitable[None]], every_s: float = FOLLOW_EVERY_S
+) -> None:
+    """Every every_s, until cancelled: the trees mark the keys of the local commits past their
+    position, up to the last one the in-memory log tail has seen (`follow`, DigestTrees.follow
+    off the event loop), so that they stay within the tail. Without it they read the log only
+    when the truncator was about to delete it (every few seconds): at thousands of writes a
+    second that was tens of thousands of entries, most already out of the tail, decoded from the
+    store at once, holding the interpreter long enough to stall the event loop (replication lag
+    p99 from about 30 to over 200 ms at 5,000 records/s)."""
+    tail = trees.log_tail
+    if tail is None:
+        return
+    while True:
+        await asyncio.sleep(every_s)
+        last = tail.last_lsn
+        if last is None or last <= trees.log_position:
+            continue
+        try:
+            await follow(last)
+        except Exception:
+            # The truncator follows the log again before it deletes any of it; a refresh that
+            # finds it gone rebuilds. Nothing is lost here, so the loop goes on.
+            log.exception("the digest trees could not follow the change log's tail")
