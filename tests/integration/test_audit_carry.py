@@ -15,25 +15,11 @@ from domicile.hlc import HybridClock
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.engine.base import Committed, LocalWrite
 from node.engine.sqlite import SQLiteEngine
-
-REGION = "eu-west-1"
-NODE = "eu-west-1-a"
-
-
-def entry(key: str) -> AuditEntry:
-    return AuditEntry(0, 1, 1, REGION, NODE, "client:peer", "put", "orders", key, decision="allow")
+from tests.support.audit_logs import NODE, REGION, entry, new_audit_log
 
 
 def open_log(tmp_path: Path, engine: SQLiteEngine | None) -> AuditLog:
-    signing, subject = load_or_create_keys(tmp_path / "keys")
-    log = AuditLog(
-        tmp_path / "audit.sqlite3",
-        region=REGION,
-        node_id=NODE,
-        signing_key=signing,
-        subject_key=subject,
-        hlc=HybridClock().now,
-    )
+    log = new_audit_log(tmp_path)
     log.start(engine.audit_outbox if engine is not None else None)
     return log
 

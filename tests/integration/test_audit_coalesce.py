@@ -14,37 +14,19 @@ import pytest
 
 from domicile.audit import AuditEntry, SignedHead, public_key_bytes, verify_log
 from domicile.errors import Unavailable
-from domicile.hlc import HybridClock
 from domicile.single_writer import SingleWriter
-from node.compliance.audit_log import HEAD_OFFER_MAX_S, AuditLog, load_or_create_keys
+from node.compliance.audit_log import HEAD_OFFER_MAX_S, load_or_create_keys
+from tests.support.audit_logs import group, new_audit_log
 
-REGION = "eu-west-1"
-NODE = "eu-west-1-a"
 WAIT_S = 20.0
-
-
-def entry(key: str) -> AuditEntry:
-    return AuditEntry(0, 1, 1, REGION, NODE, "client:peer", "put", "orders", key, decision="allow")
-
-
-def group(first_lsn: int, count: int) -> list[tuple[int, AuditEntry]]:
-    return [(lsn, entry(f"k{lsn}")) for lsn in range(first_lsn, first_lsn + count)]
 
 
 class Logged:
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "audit.sqlite3"
-        self.signing, subject = load_or_create_keys(tmp_path / "keys")
         self.heads: list[SignedHead] = []
-        self.log = AuditLog(
-            self.path,
-            region=REGION,
-            node_id=NODE,
-            signing_key=self.signing,
-            subject_key=subject,
-            hlc=HybridClock().now,
-            on_head=self.heads.append,
-        )
+        self.log = new_audit_log(tmp_path, on_head=self.heads.append)
+        self.signing, _ = load_or_create_keys(tmp_path / "keys")  # the keys the log signs with
         self.log.start()
         # Counts the event-loop wake-ups the writer asks for (each runs _settle).
         self.wakeups = 0

@@ -13,34 +13,15 @@ from pathlib import Path
 import pytest
 
 from domicile.audit import AuditEntry, verify_log
-from domicile.hlc import HybridClock
 from domicile.single_writer import LINGER_MAX_S
-from node.compliance.audit_log import CARRY_LINGER_S, AuditLog, load_or_create_keys
+from node.compliance.audit_log import CARRY_LINGER_S, AuditLog
+from tests.support.audit_logs import entry, group, new_audit_log
 
-REGION = "eu-west-1"
-NODE = "eu-west-1-a"
 WAIT_S = 20.0
 
 
-def entry(key: str) -> AuditEntry:
-    return AuditEntry(0, 1, 1, REGION, NODE, "client:peer", "put", "orders", key, decision="allow")
-
-
-def group(first_lsn: int, count: int) -> list[tuple[int, AuditEntry]]:
-    return [(lsn, entry(f"k{lsn}")) for lsn in range(first_lsn, first_lsn + count)]
-
-
 def open_log(tmp_path: Path, linger_s: float) -> AuditLog:
-    signing, subject = load_or_create_keys(tmp_path / "keys")
-    log = AuditLog(
-        tmp_path / "audit.sqlite3",
-        region=REGION,
-        node_id=NODE,
-        signing_key=signing,
-        subject_key=subject,
-        hlc=HybridClock().now,
-        carry_linger_s=linger_s,
-    )
+    log = new_audit_log(tmp_path, carry_linger_s=linger_s)
     log.start()
     return log
 

@@ -15,12 +15,11 @@ from domicile.audit import AuditEntry, verify_log
 from domicile.causality import CausalContext, Dot, Mutation, Version, sha256
 from domicile.errors import FailedPrecondition
 from domicile.hlc import HybridClock
-from node.compliance.audit_log import AuditLog, load_or_create_keys
+from node.compliance.audit_log import AuditLog
 from node.engine.base import ApplyOutcome
 from node.engine.sqlite import SCHEMA_VERSION, SQLiteEngine
+from tests.support.audit_logs import NODE, REGION, new_audit_log
 
-REGION = "eu-west-1"
-NODE = "eu-west-1-a"
 SOURCE = "eu-central-1-a"
 
 
@@ -46,15 +45,7 @@ def apply(engine: SQLiteEngine, lsn: int, *keys: str) -> ApplyOutcome:
 
 
 def open_log(tmp_path: Path, engine: SQLiteEngine | None, told_last: bool = True) -> AuditLog:
-    signing, subject = load_or_create_keys(tmp_path / "keys")
-    log = AuditLog(
-        tmp_path / "audit.sqlite3",
-        region=REGION,
-        node_id=NODE,
-        signing_key=signing,
-        subject_key=subject,
-        hlc=HybridClock().now,
-    )
+    log = new_audit_log(tmp_path)
     if engine is None:
         log.start()
     else:
