@@ -50,6 +50,19 @@ async def hit(cluster: LocalCluster, namespace: str, key: str) -> spb.GetRespons
     return answer
 
 
+def copy_entry(node: Node, redis_server: RedisServer, key: str, to: str) -> None:
+    """Copies the cache entry of instruments/`key`, byte for byte, to instruments/`to` in Redis."""
+    assert node.cache is not None
+    store, generation = node.cache.store, node.cache.coherence.generation
+    plain = redis.Redis.from_url(redis_server.url)
+    try:
+        entry = plain.get(store.entry_key(generation, "instruments", key))
+        assert entry is not None
+        plain.set(store.entry_key(generation, "instruments", to), entry)
+    finally:
+        plain.close()
+
+
 def token_names(node: Node, namespace: str, key: str, answer: spb.GetResponse) -> bool:
     """The answer's context token verifies for this key and carries the answer's context."""
     try:
@@ -73,15 +86,7 @@ async def test_a_repeated_hit_sends_the_kept_bytes_and_a_changed_entry_or_key_do
     assert token_names(node, "instruments", "eurusd", again)
 
     # Another key whose entry holds the very same bytes (copied in Redis): its own token.
-    assert node.cache is not None
-    store, generation = node.cache.store, node.cache.coherence.generation
-    plain = redis.Redis.from_url(redis_server.url)
-    try:
-        entry = plain.get(store.entry_key(generation, "instruments", "eurusd"))
-        assert entry is not None
-        plain.set(store.entry_key(generation, "instruments", "copy"), entry)
-    finally:
-        plain.close()
+    copy_entry(node, redis_server, "eurusd", "copy")
     copy = await hit(pair, "instruments", "copy")
     assert copy.versions == first.versions
     assert token_names(node, "instruments", "copy", copy)
@@ -156,15 +161,7 @@ async def test_a_hit_is_planned_once_per_entry_and_the_policy_still_decides_ever
     assert reads_decided(node) == decided + 3, "every hit is still decided and counted by the read policy"
 
     # The same bytes under another key are planned for that key.
-    assert node.cache is not None
-    store, generation = node.cache.store, node.cache.coherence.generation
-    plain = redis.Redis.from_url(redis_server.url)
-    try:
-        entry = plain.get(store.entry_key(generation, "instruments", "eurusd"))
-        assert entry is not None
-        plain.set(store.entry_key(generation, "instruments", "copy"), entry)
-    finally:
-        plain.close()
+    copy_entry(node, redis_server, "eurusd", "copy")
     await hit(pair, "instruments", "copy")
     assert opened == ["eurusd", "copy"]
 

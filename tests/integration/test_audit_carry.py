@@ -12,7 +12,7 @@ import pytest
 from domicile.audit import AuditEntry, verify_log
 from domicile.errors import DataCorruption
 from domicile.hlc import HybridClock
-from node.compliance.audit_log import AuditLog, load_or_create_keys
+from node.compliance.audit_log import AuditLog
 from node.engine.base import Committed, LocalWrite
 from node.engine.sqlite import SQLiteEngine
 from tests.support.audit_logs import NODE, REGION, entry, new_audit_log
@@ -80,15 +80,7 @@ async def test_carried_entries_reach_the_log_from_another_thread(tmp_path: Path)
 async def test_a_carried_entry_that_is_not_an_unnumbered_entry_stops_the_start(tmp_path: Path) -> None:
     engine = SQLiteEngine(tmp_path / "store.sqlite3", NODE, REGION)
     try:
-        signing, subject = load_or_create_keys(tmp_path / "keys")
-        log = AuditLog(
-            tmp_path / "audit.sqlite3",
-            region=REGION,
-            node_id=NODE,
-            signing_key=signing,
-            subject_key=subject,
-            hlc=HybridClock().now,
-        )
+        log = new_audit_log(tmp_path)
         with pytest.raises(DataCorruption, match="unnumbered"):
             log.start(lambda after: [(1, entry("a").encode(seq=5))])
     finally:
@@ -114,17 +106,9 @@ async def test_a_rebuilt_store_numbering_again_keeps_its_entries_recoverable(
         first.close()
     rebuilt = SQLiteEngine(tmp_path / "rebuilt.sqlite3", NODE, REGION)
     try:
-        signing, subject = load_or_create_keys(tmp_path / "keys")
 
         def start(last_lsn: int | None) -> AuditLog:
-            log = AuditLog(
-                tmp_path / "audit.sqlite3",
-                region=REGION,
-                node_id=NODE,
-                signing_key=signing,
-                subject_key=subject,
-                hlc=HybridClock().now,
-            )
+            log = new_audit_log(tmp_path)
             log.start(rebuilt.audit_outbox, last_lsn)
             return log
 
