@@ -4,7 +4,6 @@ without one is bounded by the node's default deadline, which answers DEADLINE_EX
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import pytest
 from domicile.model import Limits
 from domicile.v1 import storage_node_pb2 as spb
 from node.daemon import Node
-from node.engine.base import Committed, LocalWrite
-from tests.support.cluster import LocalCluster, eventually
+from tests.support.cluster import LocalCluster, answer_late, eventually
 
 REGION = "eu-west-1"
 NAMESPACES = [{"name": "notes_eu", "regions": [REGION]}]
@@ -32,18 +30,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         yield it
     finally:
         await it.stop()
-
-
-def answer_late(node: Node) -> None:
-    """Commits every write, then holds its answer back for LATE_S."""
-    submit = node.committer.submit
-
-    async def late(write: LocalWrite) -> Committed:
-        committed = await submit(write)
-        await asyncio.sleep(LATE_S)
-        return committed
-
-    node.committer.submit = late  # type: ignore[method-assign]
 
 
 def put_errors(node: Node, code: str) -> float:
@@ -66,7 +52,7 @@ async def test_a_call_past_the_callers_deadline_is_counted_as_deadline_exceeded(
     cluster: LocalCluster,
 ) -> None:
     node = cluster.nodes[REGION]
-    answer_late(node)
+    answer_late(node, LATE_S)
     before = put_errors(node, "DEADLINE_EXCEEDED"), put_errors(node, "CANCELLED")
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await cluster.stub(REGION).Put(put("late"), timeout=0.3)
@@ -79,7 +65,7 @@ async def test_negative_control_a_caller_that_goes_away_is_counted_as_cancelled(
     cluster: LocalCluster,
 ) -> None:
     node = cluster.nodes[REGION]
-    answer_late(node)
+    answer_late(node, LATE_S)
     before = put_errors(node, "DEADLINE_EXCEEDED"), put_errors(node, "CANCELLED")
     call = cluster.stub(REGION).Put(put("gone"), timeout=30)
     await until(lambda: node.engine.get("notes_eu", "gone") is not None, "the write committed")
@@ -90,7 +76,7 @@ async def test_negative_control_a_caller_that_goes_away_is_counted_as_cancelled(
 
 async def test_a_call_without_a_deadline_is_bounded_by_the_default_one(cluster: LocalCluster) -> None:
     node = cluster.nodes[REGION]
-    answer_late(node)
+    answer_late(node, LATE_S)
     before = put_errors(node, "DEADLINE_EXCEEDED")
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await cluster.stub(REGION).Put(put("unbounded"))

@@ -15,7 +15,7 @@ from domicile.v1 import storage_node_pb2 as spb
 from domicile.wire.requests import delete_request, put_request
 from node.daemon import Node
 from node.engine.base import Committed, LocalWrite
-from tests.support.cluster import LocalCluster, eventually
+from tests.support.cluster import LocalCluster, answer_late, eventually
 
 EU = ["eu-west-1", "eu-central-1"]
 NAMESPACES = [{"name": "notes_eu", "regions": EU}]
@@ -29,18 +29,6 @@ async def pair(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         yield cluster
     finally:
         await cluster.stop()
-
-
-def answer_late(node: Node, delay_s: float) -> None:
-    """Commits every write, then holds the answer back past the client's deadline."""
-    submit = node.committer.submit
-
-    async def late(write: LocalWrite) -> Committed:
-        committed = await submit(write)
-        await asyncio.sleep(delay_s)
-        return committed
-
-    node.committer.submit = late  # type: ignore[method-assign]
 
 
 def on_time(node: Node) -> None:

@@ -25,6 +25,7 @@ from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.config import NodeConfig
 from node.daemon import Node
+from node.engine.base import Committed, LocalWrite
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.tls import TESTER, SessionPki, session_pki
 
@@ -326,3 +327,16 @@ class LocalCluster:
         for proxy in self.proxies.values():
             await proxy.stop()
         await self.stop_coordinator()
+
+
+def answer_late(node: Node, delay_s: float) -> None:
+    """Makes `node` commit every write, then hold its answer back for delay_s (past a client's
+    deadline, say): the write is made whatever the caller sees."""
+    submit = node.committer.submit
+
+    async def late(write: LocalWrite) -> Committed:
+        committed = await submit(write)
+        await asyncio.sleep(delay_s)
+        return committed
+
+    node.committer.submit = late  # type: ignore[method-assign]
