@@ -16,6 +16,7 @@ depends on the caller or on the time. Bounded in count and in the size of what i
 
 from __future__ import annotations
 
+from domicile.memo import remember
 from domicile.model import ConflictMode
 
 # How many answers are kept (the oldest goes first), the largest answer kept and the largest
@@ -50,8 +51,5 @@ class EncodedAnswers:
     def keep(self, key: AnswerKey, answer: bytes) -> bytes:
         """Keeps `answer` (unless it or its entry is too large to) and returns it."""
         if len(answer) <= self.answer_bytes_max and len(key[2][0]) <= self.entry_bytes_max:
-            answers = self._answers
-            if len(answers) >= self.answers_max:
-                del answers[next(iter(answers))]  # the oldest
-            answers[key] = answer
+            remember(self._answers, key, answer, self.answers_max)
         return answer

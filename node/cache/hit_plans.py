@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from domicile.causality import Version
 from domicile.cluster import NamespaceSpec
+from domicile.memo import remember
 from domicile.policy import RecordFacts
 
 # How many plans are kept (the oldest goes first), and the largest entry one is kept for (its
@@ -52,7 +53,4 @@ class HitPlans:
     def keep(self, entry: bytes, plan: HitPlan) -> None:
         if len(entry) > self.entry_bytes_max:
             return
-        plans = self._plans
-        if len(plans) >= self.plans_max and entry not in plans:
-            del plans[next(iter(plans))]  # the oldest
-        plans[entry] = plan
+        remember(self._plans, entry, plan, self.plans_max)

@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 
 from domicile.causality import KeyState
 from domicile.errors import DataCorruption, DomicileError
+from domicile.memo import remember
 from domicile.wire.records import key_state_from_bytes, key_state_to_bytes
 from node.cache.coherence import Coherence, Key, Ticket
 from node.cache.others import OtherWriters
@@ -330,9 +331,7 @@ class ReadCache:
             return state
         decoded = self._decode(namespace, key, blob)
         if isinstance(decoded, KeyState):
-            if len(memo) >= DECODED_ENTRIES_MAX:
-                del memo[next(iter(memo))]  # the oldest
-            memo[blob] = decoded
+            remember(memo, blob, decoded, DECODED_ENTRIES_MAX)
         return decoded
 
     def _decode(self, namespace: str, key: str, blob: bytes | None) -> KeyState | Exception | None:
