@@ -320,12 +320,8 @@ class StorageService:
             self.clock_guard.check()
 
     async def put(self, cmd: PutCommand) -> Committed:
-        if cmd.subject_id:
-            spec, write, entry = await self._prepare_put(cmd)
-        else:
-            # Nothing to seal: prepared in line, without the sealer's coroutine.
-            spec, classification, entry = self._admit_put(cmd)
-            write = self._local_put(spec, cmd, classification, cmd.value, entry)
+        # Nothing to seal without a subject: prepared in line, without the sealer's coroutine.
+        spec, write, entry = await self._prepare_put(cmd) if cmd.subject_id else self._prepare_in_line(cmd)
         committed = await self._commit(write, entry, cmd.principal)
         return self._put_answer(spec, cmd, committed)
 
@@ -409,13 +405,17 @@ class StorageService:
         )
         return spec, self._local_put(spec, cmd, classification, sealed, entry), entry
 
-    def _prepare_unsealed(self, cmd: PutCommand) -> _Prepared | errors.DomicileError:
+    def _prepare_in_line(self, cmd: PutCommand) -> _Prepared:
         """_prepare_put of a record without a subject (nothing to seal), without leaving the loop."""
+        spec, classification, entry = self._admit_put(cmd)
+        return spec, self._local_put(spec, cmd, classification, cmd.value, entry), entry
+
+    def _prepare_unsealed(self, cmd: PutCommand) -> _Prepared | errors.DomicileError:
+        """_prepare_in_line, its refusal returned rather than raised (a batch's slot)."""
         try:
-            spec, classification, entry = self._admit_put(cmd)
+            return self._prepare_in_line(cmd)
         except errors.DomicileError as error:
             return error
-        return spec, self._local_put(spec, cmd, classification, cmd.value, entry), entry
 
     def _admit_put(
         self, cmd: PutCommand

@@ -96,21 +96,22 @@ class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
     async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> str:
-        peer = peer_key(context)
-        calls = self.in_flight.get(peer, 0)
-        if calls >= self.calls_max:
+        """The peer's key, counted in; a peer at its bound is refused (the call is aborted)."""
+        peer = self._admit(context)
+        if peer is None:
+            peer = peer_key(context)
             self.on_refused(context, peer, self.calls_max)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{method}: this peer has {calls} calls in flight at this node, the "
-                f"most one peer may have ({self.calls_max}); let some finish, then retry",
+                f"{method}: this peer has {self.in_flight.get(peer, 0)} calls in flight at this "
+                f"node, the most one peer may have ({self.calls_max}); let some finish, then retry",
             )
-        self.in_flight[peer] = calls + 1
+            raise AssertionError("context.abort returned")  # it raises; this keeps the type exact
         return peer
 
     def _admit(self, context: grpc.aio.ServicerContext) -> str | None:
-        """`_enter` without a coroutine for the usual case: the peer's key, counted in, or None
-        when the peer is at its bound (nothing counted; `_enter` then refuses the call)."""
+        """The peer's key, counted in, or None when the peer is at its bound (nothing counted;
+        `_enter` then refuses the call). No coroutine: the usual case of a unary call."""
         peer = peer_key(context)
         calls = self.in_flight.get(peer, 0)
         if calls >= self.calls_max:
