@@ -192,7 +192,12 @@ class DigestTrees:
                 return
             self._follow_log(engine)
             with self._dirty_lock:
+                stale, self._stale = self._stale, False
                 dirty, self._dirty = self._dirty, set()
+            if stale:
+                # The log held more keys than dirty_max: cheaper to rebuild.
+                self._rebuild(engine)
+                return
             by_namespace: dict[str, list[str]] = {}
             for namespace, key in dirty:
                 by_namespace.setdefault(namespace, []).append(key)
@@ -243,9 +248,12 @@ class DigestTrees:
                 # Truncated past this tree's position: what it missed is only in the store.
                 self._rebuild(engine)
                 return
-            with self._dirty_lock:
-                self._dirty.update((m.namespace, m.key) for m in entries)
+            # Through mark(), so that past dirty_max the keys give way to a rebuild: followed
+            # between refreshes (a minute apart), a busy node's keys would otherwise pile up.
+            self.mark((m.namespace, m.key) for m in entries)
             self.log_position = entries[-1].lsn
+            if self._stale:
+                return  # the next refresh rebuilds: reading on would mark nothing
 
     def _rebuild(self, engine: StorageEngine) -> None:
         # The log position first: commits after it are marked and recomputed after the build,

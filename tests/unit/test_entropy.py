@@ -216,3 +216,23 @@ async def test_finding_trees_that_follow_the_tail_as_the_node_writes_never_read_
     for following in (True, False):
         trees[following].refresh(engine)
         assert trees_equal(trees[following], fresh, ["ns"])
+
+
+def test_finding_keys_followed_between_refreshes_stay_within_the_dirty_bound(
+    engine: SQLiteEngine, tmp_path: Path
+) -> None:
+    # Found in review: following the log between refreshes added its keys to the dirty set
+    # without the bound that mark() keeps, so a busy node's set grew for a whole round.
+    clock = itertools.count(1)
+    tail = LogTail(records_max=1_000, bytes_max=1 << 20, after_lsn=engine.last_lsn())
+    trees = DigestTrees(tmp_path / "trees.sqlite3", dirty_max=10, log_tail=tail)
+    trees.refresh(engine)
+    committed = engine.commit_local([LocalWrite("ns", f"k{i}", b"v") for i in range(30)], lambda: next(clock))
+    tail.append([c.mutation for c in committed])
+    trees.follow(engine, engine.last_lsn())
+    assert trees.dirty_count <= 10  # past the bound the keys gave way to a rebuild
+    trees.refresh(engine)
+    assert trees.rebuilds == 2
+    fresh = DigestTrees(tmp_path / "fresh.sqlite3")
+    fresh.refresh(engine)
+    assert trees_equal(trees, fresh, ["ns"])
