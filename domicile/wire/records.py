@@ -104,11 +104,12 @@ def mutation_to_pb(m: Mutation, out: pb.Mutation | None = None) -> pb.Mutation:
     return msg
 
 
-def mutation_from_pb(msg: pb.Mutation) -> Mutation:
+def mutation_from_pb(msg: pb.Mutation, limits: Limits | None = None) -> Mutation:
+    """`limits`: refuse a context with more entries than a client's may have (context_from_pb)."""
     return Mutation(
         namespace=msg.namespace,
         key=msg.key,
-        context=context_from_pb(msg.context),
+        context=context_from_pb(msg.context, limits),
         version=version_from_pb(msg.version),
         lsn=msg.lsn,
         origin_node_id=msg.origin_node_id,
