@@ -7,7 +7,6 @@ import asyncio
 import functools
 import logging
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -52,7 +51,7 @@ from node.api.server import node_server
 from node.api.storage import StorageServicer
 from node.backup.shipper import BackupShipper
 from node.cache.read_cache import CacheSettings, ReadCache
-from node.clock_file import RESERVE_STEP_MS, load_ceiling, save_ceiling
+from node.clock_file import RESERVE_STEP_MS, CeilingStorer, load_ceiling, save_ceiling
 from node.clock_guard import ClockGuard
 from node.compliance.audit_log import AuditLog, load_or_create_keys
 from node.compliance.enforcer import Audit, Enforcer
@@ -143,6 +142,8 @@ class Node:
         self._clock_refusing = False
         self._start_check: StartCheck | None = None
         self.rewound = False
+        # Stores the HLC's next ceiling ahead of need (started with the clock's persistence).
+        self.ceiling_storer: CeilingStorer | None = None
 
     # -- start --------------------------------------------------------------------------------
 
@@ -676,11 +677,10 @@ class Node:
         # The next step is stored ahead on a thread of its own, so that the timestamp which
         # reaches the ceiling (on the writer thread, or on the event loop for an audit entry or
         # a replicated apply) does not wait for the file's fsyncs, once a second.
+        if self.ceiling_storer is None:
+            self.ceiling_storer = CeilingStorer()
         self.clock.persist(
-            ceiling,
-            lambda ms: save_ceiling(data_dir, ms),
-            RESERVE_STEP_MS,
-            early=lambda store: threading.Thread(target=store, name="hlc-ceiling", daemon=True).start(),
+            ceiling, lambda ms: save_ceiling(data_dir, ms), RESERVE_STEP_MS, early=self.ceiling_storer.run
         )
 
     async def _open_cache(self) -> ReadCache:
@@ -1165,6 +1165,9 @@ class Node:
         # A scan or chain check still running reads the store and the audit log: it ends first.
         await _bounded("long jobs", asyncio.to_thread(self.long_work.close), 10.0)
         await _bounded("audit log close", self.audit.close(), 10.0)
+        if self.ceiling_storer is not None:
+            # Early reservations only: a timestamp past the stored ceiling stores it itself.
+            self.ceiling_storer.close()
         # Reads still running finish before the key ring and the store they use are closed.
         await _bounded("blocking work", asyncio.to_thread(self.offload.close), 5.0)
         await _bounded("stores close", asyncio.to_thread(self._close_stores), 10.0)
