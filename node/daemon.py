@@ -105,6 +105,8 @@ LONG_WORK_THREADS = 2
 TOPOLOGY_META = "topology"
 # How often health checks that the store answers.
 STORE_WATCH_INTERVAL_S = 1.0
+# How long a stopping node tries to anchor its audit log's last head at the coordinator.
+CLOSING_HEAD_EXPORT_S = 3.0
 # The audit action of a change of the authorization policies in force.
 AUTHZ_POLICY_CHANGE = "authz_policy_change"
 SERVICE_NAMES = (
@@ -1165,6 +1167,9 @@ class Node:
         # A scan or chain check still running reads the store and the audit log: it ends first.
         await _bounded("long jobs", asyncio.to_thread(self.long_work.close), 10.0)
         await _bounded("audit log close", self.audit.close(), 10.0)
+        # The entries of the last moments (this stop's among them) are anchored now, not at the
+        # next start: a node that is stopped for good (removed) has no next start.
+        await _bounded("closing audit head export", self._export_closing_head(), CLOSING_HEAD_EXPORT_S)
         if self.ceiling_storer is not None:
             # Early reservations only: a timestamp past the stored ceiling stores it itself.
             self.ceiling_storer.close()
@@ -1173,6 +1178,11 @@ class Node:
         await _bounded("stores close", asyncio.to_thread(self._close_stores), 10.0)
         self.metrics.close()
         log.info("node %s stopped", self.config.node_id)
+
+    async def _export_closing_head(self) -> None:
+        """Sends the closed audit log's head to the coordinator (the exporter's task has stopped;
+        export_last logs what went wrong)."""
+        await self.exporter.export_last(self.audit.head())
 
     async def __aenter__(self) -> Node:
         await self.start()

@@ -140,6 +140,31 @@ class HeadExporter:
                     self.offer(head)
                     await backoff.wait()
 
+    async def export_last(self, head: SignedHead) -> bool:
+        """Sends `head` once, on a channel of its own, unless a head as long was exported; for the
+        head of a log that has closed (the node is stopping), which run() is no longer there to
+        send. Returns whether the coordinator holds a head this long now. Never raises: a node
+        whose coordinator is unreachable still stops, and its next start offers the head."""
+        if head.size <= self.exported_size:
+            return True
+        try:
+            async with self.dialer.channel(self.coordinator, ExpectedPeer.coordinator()) as channel:
+                await self._send(cpb_grpc.CoordinatorServiceStub(channel), head)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                self.metrics.audit_export_refused.inc()
+                log.error(
+                    "coordinator refused the closing audit head at size %d: %s", head.size, exc.details()
+                )
+            else:
+                log.warning(
+                    "the closing audit head (size %d) was not exported (%s); the next start offers it",
+                    head.size,
+                    exc.code().name,
+                )
+            return False
+        return self.exported_size >= head.size
+
     async def _send(self, stub: cpb_grpc.CoordinatorServiceStub, head: SignedHead) -> None:
         request = cpb.ExportAuditHeadRequest()
         head_to_pb(head, request.head)

@@ -97,3 +97,17 @@ async def test_a_failed_signature_is_retried_and_never_ends_the_exporter() -> No
     ex.offer_grown(4)
     assert (await asyncio.wait_for(ex._next(), 5)).size == 4
     assert len(calls) == 2
+
+
+async def test_a_closing_head_the_coordinator_cannot_take_is_reported_not_raised() -> None:
+    # Nothing listens on the exporter's coordinator address: the stop goes on.
+    ex = exporter()
+    assert await asyncio.wait_for(ex.export_last(head(3)), 10) is False
+    assert ex.exported_size == 0
+
+
+async def test_a_closing_head_already_exported_is_not_sent_again() -> None:
+    ex = exporter()
+    ex.exported_size = 5
+    # Nothing listens: a send would fail, so True means nothing was sent.
+    assert await ex.export_last(head(5)) is True
