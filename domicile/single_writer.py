@@ -141,7 +141,13 @@ class SingleWriter(Generic[T]):
         self._stopped = stopped
         self._on_batch = on_batch
         self._on_exit = on_exit
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        # Producers waiting for the queue to fall below a mark (wait_room), woken when the
+        # writer takes a batch. A condition of its own on the same lock, so that a put's
+        # notify() for the writer never lands on one of them instead.
+        self._room = threading.Condition(lock)
+        self._room_waiters = 0
         self._queue: collections.deque[T | _Solo[T]] = collections.deque()
         self._queued = 0
         self._queued_solo = 0
@@ -245,6 +251,29 @@ class SingleWriter(Generic[T]):
             self._queue.append(_Solo(item))
             self._queued_solo += 1
 
+    def wait_room(self, below: int, timeout_s: float) -> bool:
+        """Waits until fewer than `below` items are queued, at most timeout_s; True when they
+        are, or when the writer takes no more puts (nothing more can queue). For a producer of
+        unbounded puts (bounded=False) that must not run ahead of the writer: it waits here
+        first. Someone waits, so a linger ends at once."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            if self._queued < below or self._state != RUNNING:
+                return True
+            self._urgent = True
+            if self._lingering:
+                self._cond.notify()
+            self._room_waiters += 1
+            try:
+                while self._queued >= below and self._state == RUNNING:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._room.wait(remaining)
+                return True
+            finally:
+                self._room_waiters -= 1
+
     def fail(self, reason: str) -> None:
         """Stops accepting and makes the writer stop after its current batch (call it from
         `handle` before answering, so that the next put already refuses)."""
@@ -254,6 +283,7 @@ class SingleWriter(Generic[T]):
             if self._state == RUNNING:
                 self._state = FAILED
             self._cond.notify_all()
+            self._room.notify_all()
 
     def stop_accepting(self) -> None:
         """Refuses further puts; the writer goes on until the queue is empty."""
@@ -263,6 +293,7 @@ class SingleWriter(Generic[T]):
             elif self._state == RUNNING:
                 self._state = CLOSING
             self._cond.notify_all()
+            self._room.notify_all()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stops accepting, waits (at most `timeout` seconds) for the writer to handle what is
@@ -356,6 +387,8 @@ class SingleWriter(Generic[T]):
             self._queued -= len(batch)
             if not queue:
                 self._urgent = False
+            if self._room_waiters:
+                self._room.notify_all()
             return batch
 
     def _linger(self) -> None:
@@ -381,4 +414,5 @@ class SingleWriter(Generic[T]):
         self._queue.clear()
         self._queued = 0
         self._queued_solo = 0
+        self._room.notify_all()
         return items

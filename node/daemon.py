@@ -268,6 +268,7 @@ class Node:
         self.engine.audit_settled = lambda: self.audit.carried_through
         self.engine.audit_received_settled = lambda: self.audit.received_through
         self.committer.on_audit = self.audit.carry
+        self.committer.audit_room = self.audit.wait_carry_room
         self.metrics.audit_entries.set(self.audit.size)
         self.enforcer = Enforcer(region=cfg.region, view=self.view, metrics=self.metrics, audit=self.audit)
         # Data keys and the key-encryption key live apart from the store, in keys/: a backup of the
@@ -339,6 +340,7 @@ class Node:
             max_clock_drift_ms=cfg.max_clock_drift_ms,
             # A replicated apply commits its audit entries with it where the engine carries them.
             carry_audit=self.audit.carry_received if self.engine.carries_audit else None,
+            carry_room=self.audit.wait_carry_room if self.engine.carries_audit else None,
         )
         # Digest trees of every namespace, kept up to date from the change log and every
         # replicated or repaired apply; a cache rebuilt from the store at each start.

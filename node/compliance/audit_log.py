@@ -84,6 +84,13 @@ CLOSE_TIMEOUT_S = 10.0
 # transaction and fsync: a sequential writer's every Put otherwise paid one of its own. A
 # record() or a flush() ends the wait at once; heads and readers see carried entries this late.
 CARRY_LINGER_S = 0.1
+# The store's writer waits before a commit whose entries this log would carry while this many
+# of queue_entries_max wait here (half: record() keeps the other half), at most
+# CARRY_ROOM_WAIT_S; then the commit is refused. The carried entries are durable in the store
+# already, but the copies queued here are memory, and a writer of the store that ran on ahead of
+# a slow log (its own fsync, a stalled disk) would grow them without bound.
+CARRY_ROOM_SHARE = 0.5
+CARRY_ROOM_WAIT_S = 5.0
 # Failed batches remembered for flush(); older ones were reported to their own callers.
 FAILURES_REMEMBERED_MAX = 64
 
@@ -495,7 +502,8 @@ class AuditLog:
         position it holds, in the same transaction, so that a start after a crash appends only
         what it lacks. `direct` are entries of writes that did not commit (refused at commit,
         or answered as a retry): a true record of the decision, appended here only.
-        Never refused for a full queue (the store's write queue bounds what comes here)."""
+        Never refused for a full queue: the store's writer waits for room before such a commit
+        (wait_carry_room)."""
         pending = [_Pending(0, entry, None, lsn) for lsn, entry in carried]
         pending.extend(_Pending(0, entry, None) for entry in direct)
         # One queue operation for the group commit's entries, not one per entry. Carried
@@ -503,6 +511,18 @@ class AuditLog:
         # direct entry is held nowhere else and is written at once.
         self._writer.put_many(pending, bounded=False, urgent=bool(direct))
         self._carried_handed += len(pending)
+
+    def wait_carry_room(self, timeout_s: float = CARRY_ROOM_WAIT_S) -> None:
+        """Blocks (on the store's writer thread, before a commit that carries entries) while
+        the entries queued here are at CARRY_ROOM_SHARE of queue_entries_max; raises
+        Unavailable when they stay there for timeout_s: the commit is then not made."""
+        below = max(1, int(self.queue_entries_max * CARRY_ROOM_SHARE))
+        if not self._writer.wait_room(below, timeout_s):
+            raise Unavailable(
+                f"the audit log has {self._writer.queued} entries waiting to be written (the store "
+                f"waits below {below}) and made no room within {timeout_s:g} s; the write was not "
+                "made, retry after a back-off"
+            )
 
     def carry_received(self, received: Sequence[tuple[int, AuditEntry]]) -> None:
         """Takes the entries of a committed replicated apply, from the store's writer thread, in

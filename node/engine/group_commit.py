@@ -11,6 +11,7 @@ is then appended to the log tail (node.engine.log_tail) that the replication sen
 `on_audit` hears, on the writer thread, the audit entries of every committed batch of local
 writes (LocalWrite.audit): those the commit carried, with their change-log positions, and those
 of writes that did not commit. The audit log appends them (node/compliance/audit_log.py carry()).
+`audit_room` is asked first, and holds the batch back while the audit log is behind.
 
 `on_keys_changed` hears, on the writer thread, which keys every durable change touched (the
 writes of a committed batch; the applied mutations of a job that returns an ApplyOutcome, that
@@ -156,6 +157,7 @@ class GroupCommitter:
         on_keys_changed: Callable[[list[tuple[str, str]]], None] | None = None,
         guard: Callable[[LocalWrite], DomicileError | None] | None = None,
         on_audit: Callable[[list[tuple[int, AuditEntry]], list[AuditEntry]], None] | None = None,
+        audit_room: Callable[[], None] | None = None,
         stamp_block: Callable[[int], range] | None = None,
     ) -> None:
         for name, value in (
@@ -187,6 +189,10 @@ class GroupCommitter:
         # Gets the audit entries of each committed batch (carried, with positions; and those of
         # writes that did not commit), on the writer thread, before anyone hears back.
         self.on_audit = on_audit
+        # Called on the writer thread before a batch whose writes carry audit entries commits;
+        # blocks while the audit log is behind, and raises to refuse the batch (every write of
+        # it is answered with the error, nothing is committed): the audit log's backpressure.
+        self.audit_room = audit_room
         self.batch_records_max = batch_records_max
         self.queue_records_max = queue_records_max
         self.queue_jobs_max = queue_jobs_max
@@ -339,6 +345,8 @@ class GroupCommitter:
         job.waiter.deliver(result)
 
     def _commit(self, batch: list[_WriteItem]) -> None:
+        if self.audit_room is not None and any(item.write.audit is not None for item in batch):
+            self.audit_room()
         guard = self.guard
         refusals = [guard(item.write) if guard is not None else None for item in batch]
         admitted = [item.write for item, refusal in zip(batch, refusals, strict=True) if refusal is None]

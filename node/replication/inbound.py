@@ -113,6 +113,7 @@ class Receiver:
         limits: Limits | None = None,
         max_clock_drift_ms: int = 5000,
         carry_audit: Callable[[Sequence[tuple[int, AuditEntry]]], None] | None = None,
+        carry_room: Callable[[], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.region = region
@@ -133,6 +134,10 @@ class Receiver:
         # carry_received). Then a batch costs one fsync, and its entries are durable with it.
         # None: the entries are made durable in the audit log before the apply.
         self.carry_audit = carry_audit
+        # With carry_audit: asked on the writer thread before an apply that carries entries;
+        # blocks while the audit log is behind and raises to refuse the apply (the source sends
+        # the batch again), so that its queue of carried entries stays bounded.
+        self.carry_room = carry_room
         self.stats: dict[str, InboundStats] = {}
         # Per source: held while its batches are applied and while a stream of it opens.
         self._applying: dict[str, asyncio.Lock] = {}
@@ -547,6 +552,8 @@ class Receiver:
         late: list[late_refusals.LateRefusal] = []
 
         def work(engine: StorageEngine) -> ApplyOutcome:
+            if carried and self.carry_room is not None:
+                self.carry_room()
             # Again on the writer thread: an erasure that ran while the batch was sealed and
             # audited has read the subject's keys already, and would miss what is applied now.
             still, refused_now = late_refusals.recheck(self.eraser.blocks, self.view.topology, admitted)
