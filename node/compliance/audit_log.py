@@ -555,9 +555,13 @@ class AuditLog:
         rule: str = "",
         policy_version: str = "",
         detail: str = "",
+        urgent: bool = True,
     ) -> asyncio.Future[int]:
         """Queues one entry; the future gives its seq once it is durable. Raises
-        ResourceExhausted when queue_entries_max entries wait (nothing is queued then)."""
+        ResourceExhausted when queue_entries_max entries wait (nothing is queued then).
+        `urgent=False` for an entry nobody waits for (a replication send's, which the send does
+        not wait on): it may then linger with carried entries (CARRY_LINGER_S) instead of
+        making the writer commit it at once; a flush() still ends the linger."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -569,7 +573,7 @@ class AuditLog:
         future: asyncio.Future[int] = loop.create_future()
         future.add_done_callback(_consume)
         index = self._recorded + 1
-        self._writer.put(_Pending(index, entry, future))
+        self._writer.put(_Pending(index, entry, future), urgent=urgent)
         self._recorded = index
         return future
 
@@ -592,6 +596,7 @@ class AuditLog:
         if self._settled < target:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._flush_waiters.append((target, waiter))
+            self._writer.hurry()  # an entry recorded with urgent=False may be lingering
             await waiter
         since = self._flushed_through
         self._flushed_through = max(since, target)

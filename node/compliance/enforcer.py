@@ -52,6 +52,7 @@ class AuditSink(Protocol):
         rule: str = "",
         policy_version: str = "",
         detail: str = "",
+        urgent: bool = True,
     ) -> asyncio.Future[int]: ...
 
     def entry(

@@ -121,3 +121,49 @@ async def test_close_writes_the_lingering_entries(tmp_path: Path) -> None:
         assert keys(again) == ["k1", "k2", "k3", "k4"]
     finally:
         await again.close()
+
+
+def record_sends(log: AuditLog, count: int, *, urgent: bool) -> list[asyncio.Future[int]]:
+    """Entries like a replication send's batch entries, which the send does not wait for."""
+    return [
+        log.record(
+            principal="node:n", action="replicate_send", namespace="orders", detail=f"b{i}", urgent=urgent
+        )
+        for i in range(count)
+    ]
+
+
+async def test_entries_recorded_without_urgency_linger_with_the_carried_ones(
+    opened: Callable[[float], AuditLog],
+) -> None:
+    log = opened(LINGER_MAX_S)
+    log.carry(group(1, 3), [])
+    sends = record_sends(log, 3, urgent=False)
+    log.carry(group(4, 3), [])
+    await asyncio.wait_for(asyncio.gather(*sends), WAIT_S)
+    await until(lambda: log.size == 9, "9 entries durable")
+    assert log.batches_committed == 1
+    assert [await s for s in sends] == [4, 5, 6]
+
+
+async def test_negative_control_urgent_recorded_entries_end_the_linger(
+    opened: Callable[[float], AuditLog],
+) -> None:
+    log = opened(LINGER_MAX_S)
+    log.carry(group(1, 3), [])
+    sends = record_sends(log, 3, urgent=True)
+    await asyncio.wait_for(asyncio.gather(*sends), WAIT_S)
+    log.carry(group(4, 3), [])
+    await until(lambda: log.size == 9, "9 entries durable")
+    assert log.batches_committed == 2
+
+
+async def test_a_flush_does_not_wait_for_a_lingering_recorded_entry(
+    opened: Callable[[float], AuditLog],
+) -> None:
+    log = opened(LINGER_MAX_S)
+    since = time.monotonic()
+    [send] = record_sends(log, 1, urgent=False)
+    await asyncio.wait_for(log.flush(), WAIT_S)
+    assert send.done() and send.result() == 1
+    assert time.monotonic() - since < LINGER_MAX_S, "flush() waited for the linger to end"
