@@ -1175,6 +1175,7 @@ class Node:
         if self.ceiling_storer is not None:
             # Early reservations only: a timestamp past the stored ceiling stores it itself.
             self.ceiling_storer.close()
+            self.ceiling_storer = None
         # Reads still running finish before the key ring and the store they use are closed.
         await _bounded("blocking work", asyncio.to_thread(self.offload.close), 5.0)
         await _bounded("stores close", asyncio.to_thread(self._close_stores), 10.0)
