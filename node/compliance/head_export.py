@@ -143,8 +143,9 @@ class HeadExporter:
     async def export_last(self, head: SignedHead) -> bool:
         """Sends `head` once, on a channel of its own, unless a head as long was exported; for the
         head of a log that has closed (the node is stopping), which run() is no longer there to
-        send. Returns whether the coordinator holds a head this long now. Never raises: a node
-        whose coordinator is unreachable still stops, and its next start offers the head."""
+        send. Returns whether the coordinator holds a head this long now. A refused or failed
+        send is logged and returns False, so that a node whose coordinator is unreachable still
+        stops (its next start offers the head)."""
         if head.size <= self.exported_size:
             return True
         try:
