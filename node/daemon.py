@@ -46,6 +46,7 @@ from domicile.wire.subjects import receipt_to_pb
 from domicile.wire.topology import topology_from_pb
 from node.api.access import NodeAccess, RefusalAudit
 from node.api.limits import MessageLimits
+from node.api.read_ahead import GetReadAhead
 from node.api.replication import ReplicationServicer
 from node.api.server import node_server
 from node.api.storage import StorageServicer
@@ -448,6 +449,9 @@ class Node:
             self.health,
             SERVICE_NAMES,
             [
+                # Outermost: it sends a Get's cache lookup as the request is decoded, and drops
+                # it when an inner wrapper refuses the call.
+                GetReadAhead(self.service).wrap,
                 PeerConcurrency(cfg.peer_calls_max, too_many).wrap,
                 OperationalServicesGuard(self.gate).wrap,
                 MessageLimits(on_too_large=too_large).wrap,

@@ -26,7 +26,9 @@ from domicile.wire.records import context_from_pb, context_to_pb, version_to_pb
 from domicile.wire.status import violation_to_pb
 from node.api.access import NodeAccess
 from node.api.errors import abort_with, status_for
+from node.api.read_ahead import AheadGet
 from node.api.read_answers import EncodedAnswers
+from node.cache.read_cache import ReadAhead
 from node.compliance.audit_log import AuditLog
 from node.compliance.enforcer import Audit
 from node.compliance.remediation import Receipt
@@ -356,28 +358,34 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
 
     # The generated base class knows only the message; the bytes are sent as they are.
     async def Get(  # type: ignore[override]
-        self, request: spb.GetRequest, context: grpc.aio.ServicerContext
+        self, request: spb.GetRequest | AheadGet, context: grpc.aio.ServicerContext
     ) -> spb.GetResponse | bytes:
         """The answer, or its bytes when they are the same as an earlier hit's: storage calls are
         always served through node.api.limits.MessageLimits, which sends bytes as they are."""
         # The cache lookup is sent first, so that Redis answers while the call's deadline scope,
         # authentication and authorization run; its reply is used only once they passed (and
-        # the request was checked), and dropped unseen otherwise.
-        ahead = self.service.read_ahead(request.namespace, request.key)
+        # the request was checked), and dropped unseen otherwise. The node's call layer sends it
+        # earlier still, as the request is decoded, and drops it itself (node/api/read_ahead.py).
+        get: spb.GetRequest
+        ahead: ReadAhead | None
+        if isinstance(request, AheadGet):
+            get, ahead, own = request.request, request.ahead, False
+        else:
+            get, ahead, own = request, self.service.read_ahead(request.namespace, request.key), True
 
         async def work() -> spb.GetResponse | bytes:
-            caller = self._access.namespace(context, "storage.Get", request.namespace)
-            result = await self.service.get(request.namespace, request.key, caller.identity, ahead)
+            caller = self._access.namespace(context, "storage.Get", get.namespace)
+            result = await self.service.get(get.namespace, get.key, caller.identity, ahead)
             if result.source is None:
-                return self._get_response(request, result)
+                return self._get_response(get, result)
             # Everything the answer's bytes depend on (node/api/read_answers.py).
-            key = (request.namespace, request.key, result.source, result.redacted)
+            key = (get.namespace, get.key, result.source, result.redacted)
             kept = self.answers.get(key)
             if kept is not None:
                 return kept
-            return self.answers.keep(key, self._get_response(request, result).SerializeToString())
+            return self.answers.keep(key, self._get_response(get, result).SerializeToString())
 
-        if ahead is None:
+        if ahead is None or not own:
             return await guarded(self.metrics, "Get", context, self.deadline_s, work)
         try:
             return await guarded(self.metrics, "Get", context, self.deadline_s, work)
