@@ -91,6 +91,7 @@ class Coherence:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self.generation = generation or new_generation()
+        self._ticket = Ticket(self.generation)  # the generation's one ticket (replaced with it)
         self._seq = 0
         self._dirty: dict[Key, int] = {}
         self._pending: dict[Key, None] = {}
@@ -121,20 +122,30 @@ class Coherence:
         return self._seq
 
     def ticket(self, key: Key) -> Ticket | None:
-        """None when this read must not use the cache: the key has a change not landed yet."""
-        with self._lock:
-            if key in self._dirty:
-                return None
-            return Ticket(self.generation)
+        """None when this read must not use the cache: the key has a change not landed yet.
+
+        Without the lock (a read of each hit takes a ticket and checks it): the generation's
+        ticket is read before the key's dirty mark, each read atomic. A rotation between the two
+        can only hand out the old generation's ticket, and `still_valid` refuses that one."""
+        ticket = self._ticket
+        if key in self._dirty:
+            return None
+        return ticket
 
     @property
     def usable(self) -> bool:
         return self.ready and not self.suspect
 
     def still_valid(self, ticket: Ticket, key: Key) -> bool:
-        """An entry found with this ticket may be served: same generation, no change since."""
-        with self._lock:
-            return ticket.generation == self.generation and key not in self._dirty
+        """An entry found with this ticket may be served: same generation, no change since.
+
+        Without the lock, the dirty mark is read first, then the generation: a generation is
+        never used again once left, so finding the ticket's one second means it was in force
+        at the first read too, and the key was not dirty in it then. That is the answer the
+        lock would give at that moment (a change marked later was acknowledged after it)."""
+        if key in self._dirty:
+            return False
+        return ticket.generation == self.generation
 
     def distrust(self) -> None:
         """A cache call failed: reads skip the cache until a heartbeat lands."""
@@ -198,6 +209,7 @@ class Coherence:
 
     def _rotate(self) -> None:
         self.generation = new_generation()
+        self._ticket = Ticket(self.generation)
         self.rotations += 1
         self._dirty.clear()
         self._pending.clear()
