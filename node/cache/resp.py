@@ -74,19 +74,28 @@ class _Connection(asyncio.Protocol):
         return waiter
 
     def _expire(self) -> None:
-        """The deadline timer: fails every call past its deadline and not yet answered, then
-        waits for the oldest call still within its own."""
+        """The deadline timer: fails every call past its deadline and not yet answered, and then
+        drops the connection (its other calls fail with it), or else waits for the oldest call
+        still within its own. Dropped here, not by each caller: a call sent ahead is then awaited
+        as its bare future (SentGet.reply)."""
         self._timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
+        expired = False
         for waiter, due in self._waiting:  # callbacks of a failed future run later: no mutation
             if due > now:
-                self._timer = loop.call_at(due, self._expire)
-                return
+                break
             if not waiter.done():
                 waiter.set_exception(
                     TimeoutError(f"the cache's Redis did not answer within {self._deadline_s:.3f} s")
                 )
+                expired = True
+        else:
+            due = None
+        if expired:
+            self.close()
+        elif due is not None:
+            self._timer = loop.call_at(due, self._expire)
 
     def close(self) -> None:
         if self._transport is not None and not self.lost:
@@ -159,18 +168,16 @@ class SentGet:
     the lookup's round trip then overlaps whatever the caller does in between. Its deadline runs
     from the send, like a call's (`_Connection`)."""
 
-    __slots__ = ("_connection", "_waiter")
+    __slots__ = ("_waiter",)
 
-    def __init__(self, connection: _Connection, waiter: asyncio.Future[Reply]) -> None:
-        self._connection = connection
+    def __init__(self, waiter: asyncio.Future[Reply]) -> None:
         self._waiter = waiter
 
-    async def reply(self) -> Reply:
-        try:
-            return await self._waiter
-        except (TimeoutError, OSError, redis.ConnectionError):
-            self._connection.close()
-            raise
+    def reply(self) -> asyncio.Future[Reply]:
+        """The reply's future, to await: it fails at the deadline (TimeoutError) or with the
+        connection, which is dropped by then either way (`_Connection`), as after any call
+        that fails. A future, not a coroutine: a hit awaits one thing fewer."""
+        return self._waiter
 
     def drop(self) -> None:
         """Gives the reply up (the connection reads it and throws it away, as after a deadline).
@@ -219,7 +226,7 @@ class LoopRedis:
             connection.close()
             waiter = asyncio.get_running_loop().create_future()
             waiter.set_exception(exc)
-        return SentGet(connection, waiter)
+        return SentGet(waiter)
 
     async def run_script(self, script: bytes, keys: list[bytes], args: list[bytes]) -> Reply:
         sha = hashlib.sha1(script).hexdigest().encode()

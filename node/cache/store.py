@@ -191,11 +191,16 @@ class RedisStore:
     async def lookup(self, generation: str, namespace: str, key: str, sent: SentGet | None = None) -> Found:
         """A plain GET first (a hit costs no script), the lookup script on a miss. On the
         event loop. `sent`: that GET, sent earlier by `send_lookup` for the same entry."""
-        entry = self.entry_key(generation, namespace, key)
-        value = await (self.loop_client.get(entry) if sent is None else sent.reply())
+        if sent is None:
+            entry = self.entry_key(generation, namespace, key)
+            value = await self.loop_client.get(entry)
+        else:
+            value = await sent.reply()
         found = _found(value) if value is not None else None
         if found is not None and found.hit:
             return found
+        if sent is not None:  # the key built only for a miss's script
+            entry = self.entry_key(generation, namespace, key)
         value = await self.loop_client.run_script(
             _LOOKUP_SCRIPT, [entry, self.hw_key(generation)], [str(self.ttl_ms).encode()]
         )

@@ -228,6 +228,27 @@ async def test_a_get_sent_ahead_keeps_its_deadline_and_the_next_call_reconnects(
         assert await client.get(b"k") == b"v"
 
 
+async def test_a_deadline_that_passes_drops_the_connection_before_anyone_awaits(
+    redis: RedisServer,
+) -> None:
+    """The connection drops itself when a call's deadline passes, so that a GET sent ahead can
+    be awaited as its bare future: the calls sent after it fail with it, and are never matched
+    to the late replies."""
+    async with seeded_client(redis, {b"k": b"v"}, 0.2) as client:
+        assert await client.get(b"k") == b"v"
+        with paused(redis):
+            ahead = client.send_get(b"k")
+            behind = client.send_get(b"k")
+            assert ahead is not None and behind is not None
+            await asyncio.sleep(0.4)  # past the deadline, with nobody awaiting either reply
+            assert client.send_get(b"k") is None  # the connection is gone
+            with pytest.raises(TimeoutError, match="did not answer within"):
+                await ahead.reply()
+            with pytest.raises((TimeoutError, redis_py.ConnectionError)):
+                await behind.reply()
+        assert await client.get(b"k") == b"v"  # a new connection
+
+
 async def test_no_get_is_sent_ahead_on_a_connection_that_was_lost(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis").start()
     client = LoopRedis(server.url, deadline_s=1.0)

@@ -40,7 +40,7 @@ class Sender:
         if not self.send:
             return None
         waiter = asyncio.get_running_loop().create_future()
-        ahead = ReadAhead((namespace, key), Ticket("g"), SentGet(None, waiter))  # type: ignore[arg-type]
+        ahead = ReadAhead((namespace, key), Ticket("g"), SentGet(waiter))
         self.sent.append(ahead)
         return ahead
 
