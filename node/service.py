@@ -9,7 +9,7 @@ import binascii
 import dataclasses
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from domicile import errors, quality
@@ -17,6 +17,7 @@ from domicile.audit import AuditEntry
 from domicile.causality import CausalContext, KeyState, Version, sha256, visible
 from domicile.cluster import NamespaceSpec
 from domicile.context_tokens import KEY_BYTES, ContextTokens
+from domicile.memo import remember
 from domicile.model import (
     Classification,
     ConflictMode,
@@ -29,7 +30,7 @@ from domicile.model import (
 )
 from domicile.policy import Action, Decision, RecordFacts
 from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
-from node.cache.hit_plans import HitPlan, HitPlans
+from node.cache.hit_plans import PLANS_MAX, HitPlan, HitPlans
 from node.cache.read_cache import Hit, Pending, ReadAhead, ReadCache
 from node.clock_guard import ClockGuard
 from node.compliance.enforcer import Audit, Enforcer
@@ -144,6 +145,8 @@ class StorageService:
         self.cache = cache
         # What a hit answers, by its entry's bytes (node/cache/hit_plans.py).
         self.hit_plans = HitPlans()
+        # A planned hit's last answer, by its plan's id: (the plan, the decisions, the answer).
+        self._planned_answers: dict[int, tuple[HitPlan, tuple[Decision, ...], ReadResult]] = {}
         # The engine commits a write's audit entry with the write (one fsync per write); else
         # the write waits until its entry is durable in the audit log first.
         self.carry_audit = carry_audit
@@ -622,14 +625,47 @@ class StorageService:
         state: KeyState | None,
         versions: tuple[Version, ...],
         principal: str,
-        source: tuple[bytes, ConflictMode] | None = None,
-        facts: tuple[RecordFacts, ...] | None = None,
     ) -> ReadResult | Decision:
         """The answer to a read of the opened `versions`, or the first refusing decision."""
-        decisions = self._read_decisions(spec, key, versions, principal, facts)
+        decisions = self._read_decisions(spec, key, versions, principal)
         refused = next((d for d in decisions if not d.allowed), None)
         if refused is not None:
             return refused
+        return self._answer(state, versions, decisions, None)
+
+    def _planned_result(
+        self,
+        spec: NamespaceSpec,
+        key: str,
+        state: KeyState | None,
+        plan: HitPlan,
+        principal: str,
+        source: tuple[bytes, ConflictMode] | None,
+    ) -> ReadResult | Decision:
+        """`_read_result` of a planned hit. The policy decides (counts, and audits where it
+        says) every version of every read, as for any read; the answer itself follows from the
+        plan (its entry's bytes, hence the state and versions) and the decisions' redactions
+        alone, so the one built last for the same plan and the same decisions is used again."""
+        decisions = tuple(self._read_decisions(spec, key, plan.versions, principal, plan.facts))
+        for decision in decisions:
+            if not decision.allowed:
+                return decision
+        kept = self._planned_answers.get(id(plan))
+        # The plan itself is kept in the entry, so its id cannot name another plan meanwhile.
+        if kept is not None and kept[0] is plan and kept[1] == decisions:
+            return kept[2]
+        result = self._answer(state, plan.versions, decisions, source)
+        if source is not None:  # a plan that is kept (by its entry's bytes)
+            remember(self._planned_answers, id(plan), (plan, decisions, result), PLANS_MAX)
+        return result
+
+    @staticmethod
+    def _answer(
+        state: KeyState | None,
+        versions: tuple[Version, ...],
+        decisions: Sequence[Decision],
+        source: tuple[bytes, ConflictMode] | None,
+    ) -> ReadResult:
         context = state.context if state else CausalContext.empty()
         return ReadResult(
             bool(versions),
@@ -668,11 +704,11 @@ class StorageService:
         # loop; otherwise the read and the opening of its versions share one hop.
         cached = None if self.cache is None else await self.cache.lookup(spec.name, key, ahead)
         source = None
-        facts = None
+        plan = None
         if isinstance(cached, Hit) and (plan := self._hit_plan(spec, key, cached)) is not None:
             # Opened on the loop: no version is sealed under a subject's key, so the versions
             # follow from the entry and the conflict mode alone (no key that erasure destroys).
-            state, versions, weight, facts = cached.state, plan.versions, plan.weight, plan.facts
+            state, versions, weight = cached.state, plan.versions, plan.weight
             if cached.entry is not None:
                 source = (cached.entry, spec.conflict_mode)
         else:
@@ -681,7 +717,10 @@ class StorageService:
         if weight > self.limits.read_record_bytes_max:
             # Refused before any version is judged or audited as read: nothing is served.
             raise self._too_large(spec, key, versions, weight)
-        result = self._read_result(spec, key, state, versions, principal, source, facts)
+        if plan is None:
+            result = self._read_result(spec, key, state, versions, principal)
+        else:
+            result = self._planned_result(spec, key, state, plan, principal, source)
         if isinstance(result, Decision):
             raise errors.PlacementRefused(
                 f"region {self.region} may not serve this record: {result.reason}",
