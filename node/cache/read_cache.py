@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import redis
 from google.protobuf.message import DecodeError
@@ -102,11 +102,10 @@ class NoCounters:
         pass
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     """A state the cache answered (None: the key was never written). `entry`: the entry's bytes
     the state was decoded from, when it was decoded on the event loop (the same bytes are the
-    same state)."""
+    same state). A tuple: one is made on every hit."""
 
     state: KeyState | None
     entry: bytes | None = None

@@ -14,8 +14,7 @@ called from the node's offload threads and the invalidator thread, never from th
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import redis
 import redis.asyncio
@@ -119,10 +118,9 @@ class FillOutcome(enum.Enum):
     STALE = 3
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """What a lookup found: a state's bytes (hit), a key never written (hit, state None), or a
-    miss that may be filled (`lease`) or not."""
+    miss that may be filled (`lease`) or not. A tuple: one is made on every hit."""
 
     hit: bool
     state: bytes | None = None
