@@ -12,6 +12,11 @@ A hit's answer is a function of what it is keyed by here, and of nothing else:
   memo belongs to one servicer of one node).
 The token is an HMAC over the namespace, the key and the context only: nothing in an answer
 depends on the caller or on the time. Bounded in count and in the size of what it keeps.
+
+The service hands out the same result object again for a hit of the same plan with the same
+decisions (StorageService._planned_result), and such a result is only ever for one namespace,
+key, source and redaction: its answer is also found by the object itself (`of_result`), without
+building and hashing the key above.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ class EncodedAnswers:
         self.answer_bytes_max = answer_bytes_max
         self.entry_bytes_max = entry_bytes_max
         self._answers: dict[AnswerKey, bytes] = {}
+        # id(result) -> (the result, its answer): each entry holds its result, so that the id
+        # cannot name another object while it is kept.
+        self._by_result: dict[int, tuple[object, bytes]] = {}
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -53,3 +61,13 @@ class EncodedAnswers:
         if len(answer) <= self.answer_bytes_max and len(key[2][0]) <= self.entry_bytes_max:
             remember(self._answers, key, answer, self.answers_max)
         return answer
+
+    def of_result(self, result: object) -> bytes | None:
+        """The answer kept for this very result object (`keep_for_result`), if any."""
+        kept = self._by_result.get(id(result))
+        return kept[1] if kept is not None and kept[0] is result else None
+
+    def keep_for_result(self, result: object, answer: bytes) -> None:
+        """Keeps `answer` for `result`, an object whose answer is always this one."""
+        if len(answer) <= self.answer_bytes_max:
+            remember(self._by_result, id(result), (result, answer), self.answers_max)

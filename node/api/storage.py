@@ -378,12 +378,17 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             result = await self.service.get(get.namespace, get.key, caller.identity, ahead)
             if result.source is None:
                 return self._get_response(get, result)
-            # Everything the answer's bytes depend on (node/api/read_answers.py).
-            key = (get.namespace, get.key, result.source, result.redacted)
-            kept = self.answers.get(key)
+            answers = self.answers
+            kept = answers.of_result(result)
             if kept is not None:
                 return kept
-            return self.answers.keep(key, self._get_response(get, result).SerializeToString())
+            # Everything the answer's bytes depend on (node/api/read_answers.py).
+            key = (get.namespace, get.key, result.source, result.redacted)
+            kept = answers.get(key)
+            if kept is None:
+                kept = answers.keep(key, self._get_response(get, result).SerializeToString())
+            answers.keep_for_result(result, kept)
+            return kept
 
         if ahead is None or not own:
             return await guarded(self.metrics, "Get", context, self.deadline_s, work)

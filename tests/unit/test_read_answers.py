@@ -36,3 +36,30 @@ def test_an_answer_of_an_entry_larger_than_the_bound_is_not_kept() -> None:
     fits: AnswerKey = ("ns", "k", (b"e" * 8, ConflictMode.LWW), ((),))
     answers.keep(fits, b"small")
     assert answers.get(fits) == b"small"
+
+
+class Result:
+    """Stands in for a read result: compared by identity, as `of_result` finds them."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Result)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+def test_an_answer_kept_for_a_result_is_found_by_that_object_only() -> None:
+    answers = EncodedAnswers(answers_max=2, answer_bytes_max=16)
+    first, equal = Result(), Result()
+    answers.keep_for_result(first, b"first")
+    assert answers.of_result(first) == b"first"
+    assert answers.of_result(equal) is None  # equal, but another object
+    # Bounded, the oldest first; and an answer over the size bound is not kept.
+    second, third = Result(), Result()
+    answers.keep_for_result(second, b"second")
+    answers.keep_for_result(third, b"third")
+    assert answers.of_result(first) is None
+    assert [answers.of_result(r) for r in (second, third)] == [b"second", b"third"]
+    large = Result()
+    answers.keep_for_result(large, b"x" * 17)
+    assert answers.of_result(large) is None
