@@ -268,32 +268,30 @@ class ReadCache:
         `read_ahead` (it is used or dropped here)."""
         coherence = self.coherence
         k = (namespace, key)
-        if ahead is not None and ahead.key != k:
-            ahead.drop()
+        if ahead is not None and (ahead.key != k or ahead.ticket.generation != coherence.generation):
+            ahead.drop()  # another key's, or a generation given up since
             ahead = None
         if not coherence.usable:
             if ahead is not None:
                 ahead.drop()
             self.counters.fallback("unavailable")
             return Pending(self)
-        others = self.others
-        if others is not None and not others.trusted():
-            if ahead is not None:
-                ahead.drop()
-            self.counters.fallback("others_behind")
-            return Pending(self)
-        ticket = coherence.ticket(k)
-        if ticket is None:  # a change of the key has not reached Redis yet
-            if ahead is not None:
-                ahead.drop()
-            self.counters.miss()
-            return Pending(self)
         if ahead is not None:
-            if ahead.ticket.generation == ticket.generation:
-                ticket = ahead.ticket  # the one taken before its GET was sent
-            else:
-                ahead.drop()
-                ahead = None
+            # Its checks were made when it was sent, at the start of this read: the other
+            # writers' news was recent enough then (the bound is counted from a read's start,
+            # others.py), and the ticket, taken then, is checked after the reply (a change of
+            # the key since then makes still_valid refuse the entry).
+            ticket = ahead.ticket
+        else:
+            others = self.others
+            if others is not None and not others.trusted():
+                self.counters.fallback("others_behind")
+                return Pending(self)
+            found_ticket = coherence.ticket(k)
+            if found_ticket is None:  # a change of the key has not reached Redis yet
+                self.counters.miss()
+                return Pending(self)
+            ticket = found_ticket
         try:
             found = await self.store.lookup(
                 ticket.generation, namespace, key, None if ahead is None else ahead.sent
