@@ -17,8 +17,10 @@ and the figures are measured at its targets:
   run (the proxy's lateness and the wake-ups of the processes on the way included), which the
   Put p99 is also read against (round trip p99 + 10 ms).
 Lag quantiles come from the targets' domicile_replication_lag_seconds histograms (scraped
-before and after, subtracted). CPU per record is each process's CPU time over the load,
-counted until the targets have caught up, divided by the records written.
+before and after, subtracted); the source's event-loop lag per phase likewise, from its
+domicile_event_loop_lag_sampled_seconds (a timer checked twenty times a second). CPU per
+record is each process's CPU time over the load, counted until the targets have caught up,
+divided by the records written.
 
 With --profile DIR, py-spy samples the source and the target during the one-replica phase
 (and the target of the batch phase) and the top functions by share of samples go to the
@@ -80,6 +82,8 @@ PING_BYTES = 512
 PROXY_READY = "proxy listening on "
 PROXY_LATENESS = "proxy lateness ms:"
 STAGE_METRIC = "domicile_replication_stage_seconds"
+LOOP_LAG_METRIC = "domicile_event_loop_lag_sampled_seconds"
+RPC_LATENCY_METRIC = "domicile_rpc_latency_seconds"
 RECONNECTS_METRIC = "domicile_replication_reconnects_total"
 ENTROPY_ROUNDS_METRIC = "domicile_antientropy_rounds_total"
 ENTROPY_COMPARED_METRIC = "domicile_antientropy_keys_compared_total"
@@ -189,6 +193,13 @@ class PhaseResult:
     # On the slowest link: the batches with records the source wrote (`ship`) and the applies
     # the target ran (`arrive`): records per message and per commit.
     stage_counts: dict[str, int] = field(default_factory=dict)
+    # The source's event-loop lag over the phase, (p50, p99) ms: a stall there holds back every
+    # Put the client has sent meanwhile.
+    source_loop_lag_ms: tuple[float, float] | None = None
+    # The source's own time per call of the writes (p50, p99) ms: past HTTP/2's 256 streams of
+    # one connection in flight (a quarter second at 1,000/s), the client's further calls are
+    # refused.
+    source_call_ms: tuple[float, float] | None = None
 
 
 def _proxy_ready_pattern() -> Any:
@@ -271,6 +282,8 @@ class ReplicationBench:
         lsn_before = (await source.status()).last_lsn
         reconnects_before = counter_total(await source.scrape(), RECONNECTS_METRIC)
         entropy_before = await self._entropy_counts()
+        source_series = {LOOP_LAG_METRIC: {}, RPC_LATENCY_METRIC: {"method": writes_as}}
+        source_before = {m: await source.histogram(m, labels) for m, labels in source_series.items()}
         errors_by_code: collections.Counter[str] = collections.Counter()
         cpu_before = self.children.cpu_snapshot()
         wall_started = time.perf_counter()
@@ -286,6 +299,10 @@ class ReplicationBench:
         source_committed = (await source.status()).last_lsn - lsn_before
         reconnects = counter_total(await source.scrape(), RECONNECTS_METRIC) - reconnects_before
         entropy_after = await self._entropy_counts()
+        source_ms = {
+            m: quantiles_ms(source_before[m], await source.histogram(m, labels))
+            for m, labels in source_series.items()
+        }
         records = writes.completed * records_per_call
         lag: dict[str, tuple[float, float]] = {}
         for t in targets:
@@ -305,7 +322,8 @@ class ReplicationBench:
                 for stage in ("ship", "arrive")
                 if stage in stages_after
             }
-        names = {f"node-{n}": n for n in (SOURCE, *targets)} | {"bench client": "client"}
+        # The delay proxy too: it forwards every byte of the delayed link on the same cores.
+        names = {f"node-{n}": n for n in (SOURCE, *targets)} | {"bench client": "client", "proxy": "proxy"}
         cpu_us = {
             short: (cpu_after[proc] - cpu_before[proc]) * 1e6 / max(records, 1)
             for proc, short in names.items()
@@ -334,6 +352,8 @@ class ReplicationBench:
             entropy_rounds=round(entropy_after[0] - entropy_before[0]),
             entropy_keys_compared=round(entropy_after[1] - entropy_before[1]),
             stage_counts=stage_counts,
+            source_loop_lag_ms=source_ms[LOOP_LAG_METRIC],
+            source_call_ms=source_ms[RPC_LATENCY_METRIC],
         )
         if writes.errors:
             phases.progress(f"{name}: {writes.errors} failed writes; first: {writes.first_error}")
@@ -474,6 +494,16 @@ def counter_total(text: str, name: str) -> float:
         for sample in family.samples
         if sample.name == name
     )
+
+
+def quantiles_ms(before: Histogram | None, after: Histogram | None) -> tuple[float, float] | None:
+    """(p50, p99) in ms of what a histogram observed between two scrapes; None when nothing."""
+    if after is None:
+        return None
+    delta = after.minus(before)
+    if delta.count <= 0:
+        return None
+    return delta.quantile(0.50) * 1000, delta.quantile(0.99) * 1000
 
 
 def stage_quantiles(
@@ -629,6 +659,15 @@ def figures(
         if targets:
             mean = sum(r.cpu_us_per_record[t] for t in targets) / len(targets)
             out.append(Figure(f"{r.name}_target_cpu_us", f"{r.name}: target CPU per record", mean, "us"))
+    for r in results:
+        loop_p50: float | None = r.source_loop_lag_ms[0] if r.source_loop_lag_ms else None
+        loop_p99: float | None = r.source_loop_lag_ms[1] if r.source_loop_lag_ms else None
+        out.append(
+            Figure(f"{r.name}_source_loop_lag_p50_ms", f"{r.name}: source event-loop lag p50", loop_p50, "ms")
+        )
+        out.append(
+            Figure(f"{r.name}_source_loop_lag_p99_ms", f"{r.name}: source event-loop lag p99", loop_p99, "ms")
+        )
     return out
 
 
@@ -688,6 +727,9 @@ async def run(opts: Options) -> int:
             f"failed writes: {failed}; link reconnects: {r.source_reconnects}; anti-entropy rounds "
             f"{r.entropy_rounds} ({r.entropy_keys_compared} keys compared)"
         )
+        for what, ms in (("event-loop lag", r.source_loop_lag_ms), (f"{r.writes_as} call", r.source_call_ms)):
+            if ms is not None:
+                print(f"  source {what} p50/p99 (ms): {ms[0]:.1f}/{ms[1]:.1f}")
         if len(r.lag_ms) > 1:
             links = ", ".join(f"{t} {p99:.1f}" for t, (_, p99) in sorted(r.lag_ms.items()))
             print(f"  lag p99 per link (ms): {links}")

@@ -31,7 +31,7 @@ from domicile.identity.certificate import load_certificate
 from domicile.identity.files import read_file
 from domicile.identity.principal import ExpectedPeer
 from domicile.identity.transport import daemon_transport
-from domicile.loop_lag import watch_loop_lag
+from domicile.loop_lag import SAMPLED_INTERVAL_S, watch_loop_lag
 from domicile.model import writer_id
 from domicile.quality import schema_from_text
 from domicile.retry import Backoff, BackoffPolicy, retry
@@ -500,6 +500,12 @@ class Node:
         self._tasks.append(asyncio.create_task(self._watch_store(), name="store-watch"))
         self._tasks.append(
             asyncio.create_task(watch_loop_lag(self.metrics.event_loop_lag.set), name="event-loop-lag")
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                watch_loop_lag(self.metrics.event_loop_lag_sampled.observe, interval_s=SAMPLED_INTERVAL_S),
+                name="event-loop-lag-sampled",
+            )
         )
         self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
         self._tasks.append(asyncio.create_task(self.entropy.run(), name="anti-entropy"))

@@ -21,6 +21,11 @@ LAG_BUCKETS_S = (
     0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Event-loop lag, 0.5 ms to 5 s: a healthy loop sits in the first buckets, a stall that holds
+# calls back long enough to matter (a client's streams piling up) in the hundreds of ms.
+LOOP_LAG_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
 
 
 class LagWindow:
@@ -467,6 +472,13 @@ class NodeMetrics:
         self.event_loop_lag = Gauge(
             "domicile_event_loop_lag_seconds",
             "How late the event loop ran a timer, as of the last check (twice a second).",
+            registry=r,
+        )
+        self.event_loop_lag_sampled = Histogram(
+            "domicile_event_loop_lag_sampled_seconds",
+            "How late the event loop ran a timer, every check (twenty a second), so that a "
+            "stall shows whenever it falls.",
+            buckets=LOOP_LAG_BUCKETS_S,
             registry=r,
         )
         self.info = Gauge(

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.replication import NEAR, SOURCE, Options, PhaseResult, figures, top_functions
+from bench.replication import NEAR, SOURCE, Options, PhaseResult, figures, quantiles_ms, top_functions
+from bench.stats import Histogram
 
 
 def test_shares_count_a_functions_own_frames_and_leave_idle_waits_out() -> None:
@@ -77,3 +78,31 @@ def test_the_synchronous_put_is_also_read_against_the_measured_round_trip() -> N
     beyond = {f.key: f for f in figures([], opts, [110.0] * 90 + [115.0] * 10, rtt)}
     assert beyond["sync_put_p99_vs_rtt_ms"].met is False
     assert "sync_put_p99_vs_rtt_ms" not in {f.key for f in figures([], opts, [90.0] * 100)}
+
+
+def test_every_phase_reports_the_sources_event_loop_lag() -> None:
+    local = phase("local", {}, {SOURCE: 500.0}, 1000.0)
+    local.source_loop_lag_ms = (0.4, 9.0)
+    delayed = phase("delayed", {"eu-north-1": (60.0, 99.0)}, {SOURCE: 560.0}, 990.0)
+    delayed.source_loop_lag_ms = (0.5, 160.0)
+    by_key = {f.key: f for f in figures([local, delayed], options())}
+    assert by_key["local_source_loop_lag_p99_ms"].value == 9.0
+    assert by_key["delayed_source_loop_lag_p50_ms"].value == 0.5
+    assert by_key["delayed_source_loop_lag_p99_ms"].value == 160.0
+    # A node that exported no samples: the figure is there, without a value.
+    silent = phase("pair", {NEAR: (10.0, 30.0)}, {SOURCE: 520.0}, 999.0)
+    assert {f.key: f for f in figures([silent], options())}["pair_source_loop_lag_p99_ms"].value is None
+
+
+def test_quantiles_are_of_what_was_observed_between_the_scrapes() -> None:
+    bounds = (0.01, 0.1, 1.0, float("inf"))
+    before = Histogram(bounds, (100.0, 100.0, 100.0, 100.0), 0.5)
+    # Since: 99 observations under 10 ms and one between 100 ms and 1 s.
+    after = Histogram(bounds, (199.0, 199.0, 200.0, 200.0), 1.5)
+    p50, p99 = quantiles_ms(before, after) or (0.0, 0.0)
+    assert p50 < 10.0 and p99 <= 10.0
+    # Negative control: with half of them slow since the first scrape, the p99 is slow.
+    slow = Histogram(bounds, (150.0, 150.0, 200.0, 200.0), 30.0)
+    assert (quantiles_ms(before, slow) or (0.0, 0.0))[1] > 100.0
+    assert quantiles_ms(before, before) is None
+    assert quantiles_ms(before, None) is None
