@@ -15,9 +15,11 @@ classification, subject, jurisdiction) live in a side SQLite file in the data di
 memory: memory holds only BUCKETS digests and counts per namespace, plus a bounded set of keys
 marked dirty. Every local commit (read back from the change log) and every replicated or
 repaired apply marks its keys; `refresh` re-reads the marked keys' states and moves their
-buckets. When more than `dirty_max` keys wait, or the change log was truncated past what the
-tree has read, the tree is rebuilt from the engine's snapshot instead; the truncator lets the
-tree read what it is about to delete first (`follow`), so the latter does not happen. The side
+buckets (`refresh_step` does it a bounded number of keys at a time, so that a caller on an
+event loop can pace a large refresh, node.replication.entropy). When more than `dirty_max` keys
+wait, or the change log was truncated past what the tree has read, the tree is rebuilt from the
+engine's snapshot instead; the truncator lets the tree read what it is about to delete first
+(`follow`), so the latter does not happen. The side
 file is a cache: it is rebuilt from the store at every start, so it needs no durability of its
 own (and a restored store can never leave a stale tree behind).
 
@@ -28,6 +30,7 @@ loop); `mark` is cheap and may be called from any thread. One lock serialises th
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -181,6 +184,15 @@ class DigestTrees:
     def refresh(self, engine: StorageEngine) -> None:
         """Brings every tree up to date with the store: the local commits since the last
         refresh, the marked keys, or a whole rebuild when the tree is stale. Blocks."""
+        self.refresh_step(engine, None)
+
+    def refresh_step(self, engine: StorageEngine, keys_max: int | None) -> int:
+        """`refresh`, recomputing at most `keys_max` of the marked keys (None: all of them);
+        returns how many stay marked. Recomputing tens of thousands of keys at once (60 us of
+        interpreter each) held the interpreter for seconds, and the event loop with it: a node
+        that had taken a large batch stalled at its next anti-entropy round. Keys taken by a
+        step are recomputed from the store's state as of that step, so the steps of one refresh
+        give the trees one refresh would. Blocks."""
         with self._lock:
             with self._dirty_lock:
                 stale = self._stale
@@ -189,23 +201,36 @@ class DigestTrees:
                     self._dirty.clear()
             if stale:
                 self._rebuild(engine)
-                return
+                return self.dirty_count
             self._follow_log(engine)
             with self._dirty_lock:
                 stale, self._stale = self._stale, False
-                dirty, self._dirty = self._dirty, set()
+                if stale:
+                    self._dirty.clear()
+                if keys_max is None or len(self._dirty) <= keys_max:
+                    dirty, self._dirty = self._dirty, set()
+                else:
+                    dirty = set(itertools.islice(self._dirty, keys_max))
+                    self._dirty -= dirty
             if stale:
                 # The log held more keys than dirty_max: cheaper to rebuild.
                 self._rebuild(engine)
-                return
+                return self.dirty_count
             by_namespace: dict[str, list[str]] = {}
             for namespace, key in dirty:
                 by_namespace.setdefault(namespace, []).append(key)
-            for namespace, keys in by_namespace.items():
-                for i in range(0, len(keys), GET_MANY_KEYS_MAX):
-                    page = keys[i : i + GET_MANY_KEYS_MAX]
-                    states = engine.get_many(namespace, page)
-                    self._update(namespace, [(k, states.get(k)) for k in page])
+            try:
+                for namespace, keys in by_namespace.items():
+                    for i in range(0, len(keys), GET_MANY_KEYS_MAX):
+                        page = keys[i : i + GET_MANY_KEYS_MAX]
+                        states = engine.get_many(namespace, page)
+                        self._update(namespace, [(k, states.get(k)) for k in page])
+            except BaseException:
+                # The store failed mid-way: the keys stay marked for the next refresh (those
+                # recomputed already are recomputed again, to the same digests).
+                self.mark(dirty)
+                raise
+            return self.dirty_count
 
     def follow(self, engine: StorageEngine, through: int) -> None:
         """Marks the keys of the local commits up to position `through`, so that the change log

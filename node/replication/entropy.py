@@ -61,6 +61,12 @@ URGENT_RETRY_S = 2.0
 # The tail holds the last 10,000 entries by default, so a node writing fewer than that a second
 # keeps its trees within it.
 FOLLOW_EVERY_S = 1.0
+# A refresh of the trees recomputes this many marked keys per step (about 15 ms of interpreter at
+# 60 us a key), then leaves the interpreter to the node's own work for REFRESH_PAUSE_RATIO times
+# as long as the step took: a large refresh (a batch load's keys) takes a third of a core while
+# it lasts, instead of holding the interpreter for seconds while the node's calls pile up.
+REFRESH_STEP_KEYS = 256
+REFRESH_PAUSE_RATIO = 2.0
 URGENT_RETRIES = 15
 DIVERGENT_KEYS_MAX_DEFAULT = 100
 DIVERGENT_KEYS_MAX = 10_000
@@ -177,7 +183,20 @@ class AntiEntropy:
     # -- the trees ---------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        await self.long_work.run(self.trees.refresh, self.engine)
+        """Brings the trees up to date in paced steps (REFRESH_STEP_KEYS, REFRESH_PAUSE_RATIO):
+        the keys marked when it starts, and those marked meanwhile as long as twice as many
+        steps allow, so that a node written faster than it refreshes still ends each refresh
+        (what is left waits for the next). Cancelled between steps, it leaves the keys it did
+        not reach marked."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        left = await self.long_work.run(self.trees.refresh_step, self.engine, REFRESH_STEP_KEYS)
+        steps = 2 * -(-left // REFRESH_STEP_KEYS)
+        while left and steps > 0:
+            steps -= 1
+            await asyncio.sleep((loop.time() - started) * REFRESH_PAUSE_RATIO)
+            started = loop.time()
+            left = await self.long_work.run(self.trees.refresh_step, self.engine, REFRESH_STEP_KEYS)
 
     async def follow(self, through: int) -> None:
         """Before the change log is truncated up to `through`: the trees take note of what
