@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-call bench-entropy bench-replication bench-restore bench-scale bench-growth profile torture property-long clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-call bench-entropy bench-tree-refresh bench-replication bench-restore bench-scale bench-growth profile torture property-long clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -94,6 +94,9 @@ bench-scale: setup ## one node at RECORDS records (1,000,000): load, disk, RSS, 
 
 bench-entropy: setup ## time one anti-entropy round repairing 10,000 divergent keys
 	$(PY) -m bench.antientropy
+
+bench-tree-refresh: setup ## the event loop while the digest trees refresh 50,000 marked keys, in one go and paced
+	$(PY) -m bench.tree_refresh
 
 # RECORDS records of 1 KiB; the run prints each figure beside its baseline.
 RECORDS ?= 100000

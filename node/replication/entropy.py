@@ -183,20 +183,7 @@ class AntiEntropy:
     # -- the trees ---------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Brings the trees up to date in paced steps (REFRESH_STEP_KEYS, REFRESH_PAUSE_RATIO):
-        the keys marked when it starts, and those marked meanwhile as long as twice as many
-        steps allow, so that a node written faster than it refreshes still ends each refresh
-        (what is left waits for the next). Cancelled between steps, it leaves the keys it did
-        not reach marked."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        left = await self.long_work.run(self.trees.refresh_step, self.engine, REFRESH_STEP_KEYS)
-        steps = 2 * -(-left // REFRESH_STEP_KEYS)
-        while left and steps > 0:
-            steps -= 1
-            await asyncio.sleep((loop.time() - started) * REFRESH_PAUSE_RATIO)
-            started = loop.time()
-            left = await self.long_work.run(self.trees.refresh_step, self.engine, REFRESH_STEP_KEYS)
+        await refresh_paced(self.trees, self.engine, self.long_work)
 
     async def follow(self, through: int) -> None:
         """Before the change log is truncated up to `through`: the trees take note of what
@@ -581,6 +568,22 @@ class AntiEntropy:
         for channel in channels:
             with contextlib.suppress(Exception):
                 await channel.close()
+
+
+async def refresh_paced(trees: DigestTrees, engine: StorageEngine, offload: Offload) -> None:
+    """Brings the trees up to date in paced steps (REFRESH_STEP_KEYS, REFRESH_PAUSE_RATIO): the
+    keys marked when it starts, and those marked meanwhile as long as twice as many steps allow,
+    so that a node written faster than it refreshes still ends each refresh (what is left waits
+    for the next). Cancelled between steps, it leaves the keys it did not reach marked."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    left = await offload.run(trees.refresh_step, engine, REFRESH_STEP_KEYS)
+    steps = 2 * -(-left // REFRESH_STEP_KEYS)
+    while left and steps > 0:
+        steps -= 1
+        await asyncio.sleep((loop.time() - started) * REFRESH_PAUSE_RATIO)
+        started = loop.time()
+        left = await offload.run(trees.refresh_step, engine, REFRESH_STEP_KEYS)
 
 
 async def follow_tail(

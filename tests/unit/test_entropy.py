@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -313,8 +312,7 @@ async def test_the_rounds_refresh_leaves_the_event_loop_turns_between_its_steps(
             await asyncio.sleep(0)
 
     ticker = asyncio.create_task(ticking())
-    node = SimpleNamespace(long_work=Offload(), trees=trees, engine=engine)
-    await entropy.AntiEntropy.refresh(node)  # type: ignore[arg-type]
+    await entropy.refresh_paced(trees, engine, Offload())
     done = True
     await ticker
     # Five steps of at most ten keys, and the loop ran other work between each two.
