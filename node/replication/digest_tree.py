@@ -188,7 +188,7 @@ class DigestTrees:
 
     def refresh_step(self, engine: StorageEngine, keys_max: int | None) -> int:
         """`refresh`, recomputing at most `keys_max` of the marked keys (None: all of them);
-        returns how many stay marked. Recomputing tens of thousands of keys at once (60 us of
+        returns how many stay marked. Recomputing tens of thousands of keys at once (50 us of
         interpreter each) held the interpreter for seconds, and the event loop with it: a node
         that had taken a large batch stalled at its next anti-entropy round. Keys taken by a
         step are recomputed from the store's state as of that step, so the steps of one refresh

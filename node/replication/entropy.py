@@ -61,8 +61,8 @@ URGENT_RETRY_S = 2.0
 # The tail holds the last 10,000 entries by default, so a node writing fewer than that a second
 # keeps its trees within it.
 FOLLOW_EVERY_S = 1.0
-# A refresh of the trees recomputes this many marked keys per step (about 15 ms of interpreter at
-# 60 us a key), then leaves the interpreter to the node's own work for REFRESH_PAUSE_RATIO times
+# A refresh of the trees recomputes this many marked keys per step (about 13 ms of interpreter at
+# 50 us a key), then leaves the interpreter to the node's own work for REFRESH_PAUSE_RATIO times
 # as long as the step took: a large refresh (a batch load's keys) takes a third of a core while
 # it lasts, instead of holding the interpreter for seconds while the node's calls pile up.
 REFRESH_STEP_KEYS = 256
