@@ -192,7 +192,7 @@ class AntiEntropy:
 
     async def follow_tail(self, every_s: float = FOLLOW_EVERY_S) -> None:
         """Runs until cancelled: see the module function follow_tail."""
-        await follow_tail(self.trees, self.follow, every_s)
+        await follow_tail(self.trees, self.follow, every_s, self.refresh)
 
     def may_hold(self, facts: Sequence[RecordFacts], region: str) -> bool:
         """Whether every version of a key may be held at region (asked, not audited: nothing
@@ -587,7 +587,10 @@ async def refresh_paced(trees: DigestTrees, engine: StorageEngine, offload: Offl
 
 
 async def follow_tail(
-    trees: DigestTrees, follow: Callable[[int], Awaitable[None]], every_s: float = FOLLOW_EVERY_S
+    trees: DigestTrees,
+    follow: Callable[[int], Awaitable[None]],
+    every_s: float = FOLLOW_EVERY_S,
+    refresh: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Every every_s, until cancelled: the trees mark the keys of the local commits past their
     position, up to the last one the in-memory log tail has seen (`follow`, DigestTrees.follow
@@ -595,18 +598,25 @@ async def follow_tail(
     when the truncator was about to delete it (every few seconds): at thousands of writes a
     second that was tens of thousands of entries, most already out of the tail, decoded from the
     store at once, holding the interpreter long enough to stall the event loop (replication lag
-    p99 from about 30 to over 200 ms at 5,000 records/s)."""
+    p99 from about 30 to over 200 ms at 5,000 records/s).
+
+    With `refresh` (AntiEntropy.refresh, paced), the keys marked meanwhile (by the commits
+    followed, and by replicated applies) are then recomputed too, a second's worth at a time:
+    left to the next anti-entropy round they were a minute's writes, whose paced refresh took
+    long enough for a peer's EntropyDigests call (which refreshes first) to run out of time."""
     tail = trees.log_tail
     if tail is None:
         return
     while True:
         await asyncio.sleep(every_s)
         last = tail.last_lsn
-        if last is None or last <= trees.log_position:
-            continue
         try:
-            await follow(last)
+            if last is not None and last > trees.log_position:
+                await follow(last)
+            if refresh is not None and trees.dirty_count:
+                await refresh()
         except Exception:
             # The truncator follows the log again before it deletes any of it; a refresh that
-            # finds it gone rebuilds. Nothing is lost here, so the loop goes on.
+            # finds it gone rebuilds, and marked keys stay marked for the next one. Nothing is
+            # lost here, so the loop goes on.
             log.exception("the digest trees could not follow the change log's tail")

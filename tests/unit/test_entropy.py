@@ -321,3 +321,47 @@ async def test_the_rounds_refresh_leaves_the_event_loop_turns_between_its_steps(
     fresh = DigestTrees(tmp_path / "fresh.sqlite3")
     fresh.refresh(engine)
     assert trees_equal(trees, fresh, ["ns"])
+
+
+@pytest.mark.parametrize("refreshing", [True, False])
+async def test_trees_that_follow_the_tail_also_recompute_what_was_marked_meanwhile(
+    engine: SQLiteEngine, tmp_path: Path, refreshing: bool
+) -> None:
+    # Left to the next anti-entropy round, a minute's marked keys made that round's paced
+    # refresh outlast a peer's EntropyDigests deadline. Following the tail, the trees also
+    # recompute the keys marked since (the commits followed, and replicated applies' keys).
+    clock = itertools.count(1)
+    tail = LogTail(records_max=1000, bytes_max=1 << 20, after_lsn=engine.last_lsn())
+    trees = DigestTrees(tmp_path / "trees.sqlite3", log_tail=tail)
+    trees.refresh(engine)
+    offload = Offload()
+
+    async def follow(through: int) -> None:
+        trees.follow(engine, through)
+
+    async def refresh() -> None:
+        await entropy.refresh_paced(trees, engine, offload)
+
+    follower = asyncio.create_task(
+        follow_tail(trees, follow, every_s=0.01, refresh=refresh if refreshing else None)
+    )
+    try:
+        committed = engine.commit_local(
+            [LocalWrite("ns", f"k{i}", b"v") for i in range(10)], lambda: next(clock)
+        )
+        tail.append([c.mutation for c in committed])
+        trees.mark([("ns", "replicated")])  # a replicated apply's key, not in the local log
+        for _ in range(300):
+            if trees.log_position == engine.last_lsn() and (trees.dirty_count == 0) == refreshing:
+                break
+            await asyncio.sleep(0.01)
+        assert trees.log_position == engine.last_lsn()
+        if refreshing:
+            assert trees.dirty_count == 0
+            assert trees.tree("ns").key_count == 10
+        else:
+            # Negative control: following alone leaves them marked until a round.
+            assert trees.dirty_count == 11
+    finally:
+        follower.cancel()
+        offload.close()
