@@ -18,6 +18,7 @@ from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.wire.audit import head_to_pb
 from tests.support.cluster import LocalCluster
+from tests.support.negatives import audit_mark
 from tests.support.tls import session_pki
 
 
@@ -115,7 +116,7 @@ async def test_scan_compliance_limits_its_answer(cluster: LocalCluster) -> None:
 async def test_reading_the_audit_log_is_audited(cluster: LocalCluster) -> None:
     node = await cluster.start_node("eu-west-1")
     stub = cluster.stub("eu-west-1")
-    before = node.audit.size
+    before = await audit_mark(node)
     responses = [r async for r in stub.ReadAuditLog(spb.ReadAuditLogRequest(), timeout=5)]
     assert responses[0].head.size == before + 1
     records = [rec for r in responses for rec in r.records]

@@ -26,7 +26,7 @@ from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.daemon import Node
 from tests.support.cluster import LocalCluster, free_port
-from tests.support.negatives import coordinator_refusals, denial, nothing_names, refused, state
+from tests.support.negatives import audit_mark, coordinator_refusals, denial, nothing_names, refused, state
 from tests.support.pki import odd_certificate
 from tests.support.tls import CLUSTER
 
@@ -62,7 +62,7 @@ async def assert_refused_at_the_handshake(
     cluster: LocalCluster, issued: pki.Issued | None, identity: str, key: str
 ) -> None:
     node = cluster.nodes[REGION]
-    before, seq = state(cluster), node.audit.size
+    before, seq = state(cluster), await audit_mark(node)
     error = await put_with(cluster, issued, key)
     assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
     assert state(cluster) == before
@@ -144,7 +144,7 @@ async def test_a_foreign_ca_bundled_into_the_callers_ca_file_gains_nothing(
     issued = pki.issue_client(other, "bundled")
     bundle = ca_pem(secure) + other.certificate_pem
     node = secure.nodes[REGION]
-    before, seq = state(secure), node.audit.size
+    before, seq = state(secure), await audit_mark(node)
     async with raw_channel(node.address, bundle, issued) as channel:
         request = spb.PutRequest(namespace="customers_eu", key="cert-bundled", value=b"x")
         await refused(
@@ -181,7 +181,7 @@ async def assert_unauthenticated(cluster: LocalCluster, issued: pki.Issued, key:
     """Through the handshake (the CA signed it), refused at the first call; counted and audited
     under the peer address, the only identity there is."""
     node = cluster.nodes[REGION]
-    before, seq = state(cluster), node.audit.size
+    before, seq = state(cluster), await audit_mark(node)
     error = await put_with(cluster, issued, key)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (error.code(), error.details())
     for text in texts:

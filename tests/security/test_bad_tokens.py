@@ -25,7 +25,15 @@ from tests.support.bearer import (
     unsigned_token,
 )
 from tests.support.cluster import LocalCluster
-from tests.support.negatives import coordinator_refusals, denial, entries_since, refused, replicated, state
+from tests.support.negatives import (
+    audit_mark,
+    coordinator_refusals,
+    denial,
+    entries_since,
+    refused,
+    replicated,
+    state,
+)
 from tests.support.pki import odd_certificate
 from tests.support.tls import CLUSTER
 
@@ -49,7 +57,7 @@ async def put_with_token(cluster: LocalCluster, value: str, key: str, name: str)
 
 async def assert_token_refused(cluster: LocalCluster, value: str, name: str, *texts: str) -> None:
     node = cluster.nodes[REGION]
-    before, seq = state(cluster), node.audit.size
+    before, seq = state(cluster), await audit_mark(node)
     key = f"token-{name}"
     details = await refused(
         put_with_token(cluster, value, key, name), grpc.StatusCode.UNAUTHENTICATED, *texts
@@ -67,7 +75,7 @@ async def test_a_valid_token_is_accepted_so_each_refusal_below_is_the_tokens_fau
 ) -> None:
     """The control: the same call with a good token stores the record under the token's subject."""
     node = secure.nodes[REGION]
-    seq = node.audit.size
+    seq = await audit_mark(node)
     await put_with_token(secure, token(OWNER, ["app"]), "token-control", "carrier-ok")
     await replicated(secure, NS, "token-control")
     (put,) = [e for e in await entries_since(node, seq) if e.action == "put"]
@@ -130,7 +138,7 @@ async def test_a_token_with_an_unknown_role_is_refused(secure: LocalCluster) -> 
 
 async def test_an_authorization_that_is_not_bearer_is_refused(secure: LocalCluster) -> None:
     node = secure.nodes[REGION]
-    before, seq = state(secure), node.audit.size
+    before, seq = state(secure), await audit_mark(node)
     assert secure.pki is not None
     async with secure.pki.dialer("carrier-basic", ()).channel(node.address) as channel:
         request = spb.PutRequest(namespace=NS, key="token-basic", value=b"x")
@@ -166,7 +174,7 @@ async def test_regression_a_refused_token_is_audited_under_the_certificate_that_
     await assert_token_refused(secure, "not.a-jwt", "carrier-regression", "malformed token")
     assert secure.pki is not None
     node = secure.nodes[REGION]
-    seq = node.audit.size
+    seq = await audit_mark(node)
     anonymous = odd_certificate(secure.pki.ca, uri=None, dns=())
     credentials = grpc.ssl_channel_credentials(
         (secure.pki.directory / "ca.crt").read_bytes(), anonymous.key_pem, anonymous.certificate_pem

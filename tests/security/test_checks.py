@@ -11,7 +11,7 @@ from domicile.identity.principal import Role
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from tests.support.cluster import LocalCluster
-from tests.support.negatives import denial, nothing_names, refused, replicated, state
+from tests.support.negatives import audit_mark, denial, nothing_names, refused, replicated, state
 from tests.support.tls import CLUSTER, TESTER
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -27,7 +27,7 @@ async def test_the_state_comparison_notices_a_write(secure: LocalCluster) -> Non
 
 async def test_the_audit_checks_notice_an_allowed_call_and_a_named_identity(secure: LocalCluster) -> None:
     node = secure.nodes[REGION]
-    seq = node.audit.size
+    seq = await audit_mark(node)
     await secure.put(REGION, "customers_eu", "checks-2", b"x")
     await replicated(secure, "customers_eu", "checks-2")
     with pytest.raises(AssertionError):
@@ -38,7 +38,7 @@ async def test_the_audit_checks_notice_an_allowed_call_and_a_named_identity(secu
 
 async def test_the_audit_check_notices_another_principal_and_a_second_refusal(secure: LocalCluster) -> None:
     node = secure.nodes[REGION]
-    seq = node.audit.size
+    seq = await audit_mark(node)
     assert secure.pki is not None
     async with secure.pki.dialer("checks-dpo", (Role.DPO,)).channel(node.address) as channel:
         request = spb.PutRequest(namespace="customers_eu", key="checks-3", value=b"x")
@@ -49,7 +49,7 @@ async def test_the_audit_check_notices_another_principal_and_a_second_refusal(se
             )
     with pytest.raises(AssertionError):
         await denial(node, seq, "storage.Put")
-    seq = node.audit.size
+    seq = await audit_mark(node)
     async with secure.pki.dialer("checks-dpo", (Role.DPO,)).channel(node.address) as channel:
         await refused(
             spb_grpc.StorageNodeServiceStub(channel).Put(request, timeout=5),

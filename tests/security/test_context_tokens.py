@@ -16,7 +16,7 @@ from domicile.errors import InvalidArgument
 from domicile.v1 import record_pb2 as pb
 from domicile.v1 import storage_node_pb2 as spb
 from tests.support.cluster import LocalCluster, eventually
-from tests.support.negatives import denial, refused
+from tests.support.negatives import audit_mark, denial, refused
 from tests.support.tls import CLUSTER, TESTER
 
 NS = "customers_eu"
@@ -26,7 +26,7 @@ TESTER_URI = f"spiffe://{CLUSTER}/client/{TESTER}"
 async def refused_put(cluster: LocalCluster, key: str, token: bytes, message: str) -> None:
     """Refused as bad input, nothing written, and audited as a refusal with the caller's identity."""
     node = cluster.nodes["eu-west-1"]
-    before, seq = (node.engine.get(NS, key), node.engine.last_lsn()), node.audit.size
+    before, seq = (node.engine.get(NS, key), node.engine.last_lsn()), await audit_mark(node)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await cluster.stub("eu-west-1").Put(
             spb.PutRequest(namespace=NS, key=key, value=b"evil", context_token=token), timeout=5
@@ -49,7 +49,7 @@ async def test_regression_a_context_token_that_does_not_verify_is_counted_and_au
     node = pair.nodes["eu-west-1"]
     other = await pair.put("eu-west-1", NS, "other", b"v")
     await pair.put("eu-west-1", NS, "k", b"v")
-    before, seq = (node.engine.get(NS, "k"), node.engine.last_lsn()), node.audit.size
+    before, seq = (node.engine.get(NS, "k"), node.engine.last_lsn()), await audit_mark(node)
     await refused(
         pair.stub("eu-west-1").Delete(
             spb.DeleteRequest(namespace=NS, key="k", context_token=other.context_token), timeout=5
@@ -65,7 +65,7 @@ async def test_regression_a_context_token_that_does_not_verify_is_counted_and_au
     )
     assert counted == 1
     # A plain context is refused as before, and is no token: nothing is audited for it.
-    seq = node.audit.size
+    seq = await audit_mark(node)
     await refused(
         pair.stub("eu-west-1").Put(
             spb.PutRequest(namespace=NS, key="k", value=b"x", context=pb.CausalContext()), timeout=5

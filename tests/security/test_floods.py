@@ -24,7 +24,7 @@ from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.limits import NODE_STREAMS_PER_CONNECTION_MAX
 from tests.support.cluster import LocalCluster, eventually
-from tests.support.negatives import ACCESS_DENIED, denial, entries_since, refused, state
+from tests.support.negatives import ACCESS_DENIED, audit_mark, denial, entries_since, refused, state
 from tests.support.tls import CLUSTER
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -52,7 +52,7 @@ async def test_streams_past_the_per_connection_limit_wait_while_other_connection
     another connection is served meanwhile, and once one stream ends the held-back call is
     served. The only audit entry is the refusal of that one call once it reached the node."""
     node = secure.nodes[REGION]
-    before, seq = state(secure), node.audit.size
+    before, seq = state(secure), await audit_mark(node)
     identity = f"spiffe://{CLUSTER}/region/eu-central-1/node/eu-central-1"
     async with secure.channel_as_node("eu-central-1", node.address) as channel:
         replication = rpb_grpc.ReplicationServiceStub(channel)
@@ -147,7 +147,7 @@ async def test_keepalive_ping_abuse_gets_goaway_and_the_node_serves_on(secure: L
     assert secure.pki is not None
     node = secure.nodes[REGION]
     files = secure.pki.client("pinger", (Role.APP,))
-    before, seq = state(secure), node.audit.size
+    before, seq = state(secure), await audit_mark(node)
     # Within ten pings (the node allows a first one and max_ping_strikes more; how gRPC counts
     # the first few is its own), or ping_until_goaway fails.
     error, debug, _ = await asyncio.to_thread(

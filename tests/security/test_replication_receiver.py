@@ -13,6 +13,7 @@ import pytest
 from domicile.hlc import pack, wall_ms
 from domicile.v1 import record_pb2 as pb
 from tests.support.cluster import LocalCluster, eventually
+from tests.support.negatives import audit_mark
 from tests.support.rogue import ROGUE, RogueStream, audit_entries, mutation, rejected
 
 SOURCE = ROGUE
@@ -48,7 +49,7 @@ async def test_finding_position_claim_of_2_63_minus_1_does_not_stop_the_real_sou
 
     await eventually(caught_up, 10.0, "the first write replicated")
     position = target.engine.inbound_position("eu-west-1")
-    seq, refused_before = target.audit.size, rejected(target, "eu-west-1", "position")
+    seq, refused_before = await audit_mark(target), rejected(target, "eu-west-1", "position")
     # With the real source's own certificate (a stolen key): authentication lets the stream in,
     # so the position rule alone must keep the real source's batches flowing.
     async with RogueStream(rogue_linked, target, "eu-west-1") as rogue:
@@ -204,7 +205,7 @@ async def test_a_bad_mutation_is_refused_alone_and_the_stream_keeps_working(
 ) -> None:
     target = rogue_linked.nodes["eu-central-1"]
     before = (target.engine.last_lsn(), target.engine.counts())
-    seq, refused_before = target.audit.size, rejected(target, SOURCE, reason)
+    seq, refused_before = await audit_mark(target), rejected(target, SOURCE, reason)
     ok = [f"{name}-ok-{i}" for i in (1, 3, 4)]
     async with RogueStream(rogue_linked, target, SOURCE) as rogue:
         p = rogue.position
@@ -243,7 +244,7 @@ async def test_a_batch_with_bad_positions_is_refused_whole_and_the_stream_keeps_
 ) -> None:
     target = rogue_linked.nodes["eu-central-1"]
     before = (target.engine.last_lsn(), target.engine.counts())
-    seq, refused_before = target.audit.size, rejected(target, SOURCE, "position")
+    seq, refused_before = await audit_mark(target), rejected(target, SOURCE, "position")
     ok = f"{name}-ok"
     async with RogueStream(rogue_linked, target, SOURCE) as rogue:
         p = rogue.position
@@ -283,7 +284,7 @@ async def test_a_hello_with_an_invalid_source_id_is_refused(rogue_linked: LocalC
     was validated, so an authenticated peer's malformed id went into the log and the audit trail
     as a wrong-peer refusal (and never reached the check that names it invalid)."""
     target = rogue_linked.nodes["eu-central-1"]
-    seq = target.audit.size
+    seq = await audit_mark(target)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async with RogueStream(rogue_linked, target, "X" * 2000, sender=SOURCE):
             pass

@@ -26,7 +26,14 @@ from domicile.v1 import replication_pb2 as rpb
 from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.wire.audit import head_to_pb
 from tests.support.cluster import LocalCluster
-from tests.support.negatives import coordinator_logged, coordinator_refusals, denial, refused, state
+from tests.support.negatives import (
+    audit_mark,
+    coordinator_logged,
+    coordinator_refusals,
+    denial,
+    refused,
+    state,
+)
 from tests.support.tls import CLUSTER
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -171,7 +178,7 @@ async def hello_refused(
     cluster: LocalCluster, channel: grpc.aio.Channel, hello: rpb.ReplicationHello, identity: str, text: str
 ) -> None:
     target = cluster.nodes["eu-west-1"]
-    before, seq = state(cluster), target.audit.size
+    before, seq = state(cluster), await audit_mark(target)
     async with channel:
         call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
         await call.write(rpb.ReplicateRequest(hello=hello))

@@ -28,6 +28,7 @@ from domicile.wire.audit import head_to_pb
 from tests.security.conftest import SUBJECT
 from tests.support.cluster import LocalCluster
 from tests.support.negatives import (
+    audit_mark,
     coordinator_logged,
     coordinator_refusals,
     denial,
@@ -65,7 +66,7 @@ async def node_call(
     refused, change nothing, and be audited under that client's identity. `hidden`: what the
     refusal must not tell the caller."""
     node = cluster.nodes[REGION]
-    before, seq = state(cluster), node.audit.size
+    before, seq = state(cluster), await audit_mark(node)
     metadata = (("domicile-purpose", purpose),) if purpose else ()
     async with dialer(cluster, name, *roles).channel(node.address) as channel:
         method = getattr(spb_grpc.StorageNodeServiceStub(channel), rpc)
@@ -287,7 +288,7 @@ async def hello_refused(
     text: str,
 ) -> None:
     target = cluster.nodes[REGION]
-    before, seq = state(cluster), target.audit.size
+    before, seq = state(cluster), await audit_mark(target)
     async with channel:
         call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=5)
 
@@ -370,7 +371,7 @@ async def test_a_client_may_not_export_an_audit_head(
 async def test_a_node_may_not_read_records(secure: LocalCluster) -> None:
     """Replication is how a node gets records; the storage API is for clients."""
     node = secure.nodes[REGION]
-    before, seq = state(secure), node.audit.size
+    before, seq = state(secure), await audit_mark(node)
     async with secure.channel_as_node("eu-central-1", node.address) as channel:
         call = spb_grpc.StorageNodeServiceStub(channel).Get(
             spb.GetRequest(namespace="customers_eu", key="c-eu-west-1"), timeout=5

@@ -24,7 +24,7 @@ from domicile.wire.limits import (
 from node.api.limits import NODE_SERVER_OPTIONS
 from node.engine.base import StorageEngine
 from tests.support.cluster import LocalCluster
-from tests.support.negatives import denial, entries_since, refused
+from tests.support.negatives import audit_mark, denial, entries_since, refused
 from tests.support.rogue import ROGUE, RogueStream, mutation
 from tests.support.tls import CLUSTER, TESTER
 
@@ -79,7 +79,7 @@ async def test_regression_an_oversized_storage_request_is_counted_and_audited(pa
     trace: neither counted nor audited, so a client probing the bound went unseen. Now it is a
     refusal like any other, with the caller's verified identity."""
     node = pair.nodes["eu-west-1"]
-    before, seq = (node.engine.last_lsn(), node.engine.counts()), node.audit.size
+    before, seq = (node.engine.last_lsn(), node.engine.counts()), await audit_mark(node)
     big = b"x" * (STORAGE_REQUEST_BYTES_MAX + 1)
     await refused(
         pair.stub("eu-west-1").Put(spb.PutRequest(namespace=NS, key="big", value=big), timeout=10),
@@ -106,7 +106,7 @@ async def test_replication_takes_larger_messages_than_storage_up_to_its_own_boun
         assert (ack.applied_through_lsn, ack.refused_count) == (5, 0)
     before = target.engine.last_lsn(), target.engine.counts()
     position = target.engine.inbound_position(ROGUE)
-    seq = target.audit.size
+    seq = await audit_mark(target)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async with RogueStream(pair_and_rogue, target, ROGUE) as rogue:
             values = (REPLICATION_MESSAGE_BYTES_MAX // MIB) + 1

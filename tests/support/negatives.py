@@ -61,6 +61,14 @@ async def refused(call: Awaitable[Any], code: grpc.StatusCode, *texts: str) -> s
     return details
 
 
+async def audit_mark(node: Node) -> int:
+    """The audit log's size once every entry recorded or carried so far is durable: the `seq`
+    to read a test's own entries after. The size alone may leave an earlier write's carried
+    entry (they linger, CARRY_LINGER_S) to be appended after it and counted as the test's."""
+    await node.audit.flush()
+    return node.audit.size
+
+
 async def entries_since(node: Node, seq: int) -> list[AuditEntry]:
     """The node's audit entries after `seq`, once every entry recorded so far is durable."""
     await node.audit.flush()
