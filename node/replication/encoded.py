@@ -1,10 +1,12 @@
 """Change-log entries encoded for the wire once, for every link of this node.
 
 A record of a namespace held in six regions goes out on five links; each link used to build
-its protobuf message field by field in Python. The links read the same entries of the same
-log, close together in time, so the first link to ship an entry encodes it and the others copy
-the message (a copy in C). Only entries shipped as stored are kept: an opened value (a
-subject's record, sealed at rest) is never kept in clear here.
+its protobuf message field by field in Python and serialize it again in its own request. The
+links read the same entries of the same log, close together in time, so the first link to ship
+an entry encodes and serializes it, framed as an element of a batch
+(node.replication.batch_wire), and the others join those bytes into their requests. Only
+entries shipped as stored are kept: an opened value (a subject's record, sealed at rest) is
+never kept in clear here.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import collections
 
 from domicile.causality import Mutation
-from domicile.v1 import record_pb2 as pb
 from domicile.wire.records import mutation_to_pb
+from node.replication.batch_wire import framed_mutation
 
 # Entries kept: several seconds of the log at a few thousand writes/s, so that a link a little
 # behind the others still finds what they encoded.
@@ -27,24 +29,24 @@ _Key = tuple[int, int, int]
 class EncodedLog:
     def __init__(self, entries_max: int = ENTRIES_MAX) -> None:
         self.entries_max = entries_max
-        self._messages: collections.OrderedDict[_Key, pb.Mutation] = collections.OrderedDict()
+        self._framed: collections.OrderedDict[_Key, bytes] = collections.OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._messages)
+        return len(self._framed)
 
-    def message(self, m: Mutation) -> pb.Mutation:
-        """The wire message of a change-log entry shipped as stored. Do not modify it: it is
-        shared (copy it into a request)."""
+    def framed(self, m: Mutation) -> bytes:
+        """A change-log entry shipped as stored, serialized and framed as an element of a
+        batch (batch_wire.framed_mutation)."""
         key = (m.lsn, m.version.hlc, m.version.dot.counter)
-        msg = self._messages.get(key)
-        if msg is not None:
+        framed = self._framed.get(key)
+        if framed is not None:
             self.hits += 1
-            return msg
+            return framed
         self.misses += 1
-        msg = mutation_to_pb(m)
-        self._messages[key] = msg
-        if len(self._messages) > self.entries_max:
-            self._messages.popitem(last=False)
-        return msg
+        framed = framed_mutation(mutation_to_pb(m))
+        self._framed[key] = framed
+        if len(self._framed) > self.entries_max:
+            self._framed.popitem(last=False)
+        return framed

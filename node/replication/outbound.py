@@ -27,9 +27,7 @@ from domicile.model import Limits
 from domicile.policy import Action, RecordFacts
 from domicile.retry import Backoff, BackoffPolicy, grpc_reconnect_options, retry_forever
 from domicile.topology import NodeInfo
-from domicile.v1 import record_pb2 as pb
 from domicile.v1 import replication_pb2 as rpb
-from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.wire.limits import NODE_MESSAGE_BYTES_MAX
 from domicile.wire.records import mutation_to_pb
 from node.compliance.enforcer import Audit, Enforcer
@@ -38,6 +36,7 @@ from node.engine.base import StorageEngine
 from node.engine.log_tail import LogTail
 from node.metrics import NodeMetrics
 from node.offload import Offload
+from node.replication.batch_wire import batch_request, framed_mutation, serialize_request
 from node.replication.cadence import Cadence
 from node.replication.encoded import EncodedLog
 from node.replication.held_position import HeldPosition
@@ -50,6 +49,8 @@ from node.topology_view import TopologyView
 
 log = logging.getLogger("domicile.replication.outbound")
 T = TypeVar("T")
+
+REPLICATE_METHOD = "/domicile.v1.ReplicationService/Replicate"
 
 # Bootstraps a target behind the truncated log (node.replication.bootstrap.bootstrap_if_behind
 # bound to its source): given the call, the target's position, the target, the link's
@@ -130,6 +131,9 @@ class LinkSender:
         self.connected = False
         self.last_error = ""
         self._labels = (node_id, target.node_id)
+        # The series this link updates per batch and per ack, looked up once.
+        self._sent_counter = metrics.replication_sent.labels(*self._labels)
+        self._backlog_gauge = metrics.replication_backlog.labels(*self._labels)
         self._stages = Stages(metrics, node_id, target.node_id)
         # Each session opens its stream on a channel of its own (node.replication.session_channel:
         # a channel's later calls inherit the memory its earlier calls grew to).
@@ -293,10 +297,16 @@ class LinkSender:
 
     async def _session(self) -> None:
         deadline_s = self.limits.rpc_deadline_s
-        stub = rpb_grpc.ReplicationServiceStub(await self._channels.for_new_session())
+        channel = await self._channels.for_new_session()
         # A replication stream lives as long as the link: no overall deadline. Each step that
-        # waits on the peer (ready, acks) has its own deadline below instead.
-        call = stub.Replicate()
+        # waits on the peer (ready, acks) has its own deadline below instead. Batches are
+        # written as bytes built from records serialized once (node.replication.batch_wire).
+        replicate = channel.stream_stream(
+            REPLICATE_METHOD,
+            request_serializer=serialize_request,
+            response_deserializer=rpb.ReplicateResponse.FromString,
+        )
+        call = replicate()
         await _within(
             call,
             call.write(
@@ -392,22 +402,25 @@ class LinkSender:
         await self.cadence.ready(reader)
         size = sum(_batch_bytes(m) for m in mutations)
         await self._acquire(window, reader, len(mutations), size, deadline_s)
-        request = rpb.ReplicateRequest(batch=rpb.ReplicationBatch(through_lsn=through))
-        request.batch.mutations.extend(self._messages(mutations))
+        request = batch_request(self._framed(mutations), through)
         window.sent(through, len(mutations), size, time.monotonic())
         await _write_within(call, request, deadline_s)
         if mutations:
             self._stages.since_commit("ship", mutations[0].version.hlc)
-        self.metrics.replication_sent.labels(*self._labels).inc(len(mutations))
+        self._sent_counter.inc(len(mutations))
 
-    def _messages(self, mutations: list[Mutation]) -> list[pb.Mutation]:
-        """The batch's wire messages. A record without a subject is shipped as stored (only a
-        subject's value is sealed, and opened to ship), so its message is the one every link
-        shares (node.replication.encoded); a subject's record is encoded for this batch alone."""
+    def _framed(self, mutations: list[Mutation]) -> list[bytes]:
+        """The batch's records on the wire (node.replication.batch_wire). A record without a
+        subject is shipped as stored (only a subject's value is sealed, and opened to ship), so
+        its bytes are the ones every link shares (node.replication.encoded); a subject's record
+        is encoded for this batch alone."""
         encoded = self.encoded
         if encoded is None:
-            return [mutation_to_pb(m) for m in mutations]
-        return [mutation_to_pb(m) if m.version.subject_id else encoded.message(m) for m in mutations]
+            return [framed_mutation(mutation_to_pb(m)) for m in mutations]
+        return [
+            framed_mutation(mutation_to_pb(m)) if m.version.subject_id else encoded.framed(m)
+            for m in mutations
+        ]
 
     def _open_channel(self) -> grpc.aio.Channel:
         # The handshake itself insists on the target's node certificate, so a record is never
@@ -449,7 +462,7 @@ class LinkSender:
         if self.log_tail is not None:
             end = max(end, self.log_tail.last_lsn or 0)
         backlog = max(0, end - self.acked_lsn)
-        self.metrics.replication_backlog.labels(*self._labels).set(backlog)
+        self._backlog_gauge.set(backlog)
 
     def _check_stalled(self, window: SendWindow, deadline_s: float) -> None:
         oldest = window.oldest_sent_at()
@@ -517,7 +530,7 @@ def _reader_result(reader: asyncio.Task[None]) -> None:
 
 
 async def _write_within(
-    call: grpc.aio.StreamStreamCall, request: rpb.ReplicateRequest, timeout_s: float
+    call: grpc.aio.StreamStreamCall, request: rpb.ReplicateRequest | bytes, timeout_s: float
 ) -> None:
     """_within for a batch write, the step taken for every batch on every link: a timer that
     cancels the call, instead of a task and a wait. grpc.aio's write cancels the call itself
