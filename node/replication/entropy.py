@@ -61,6 +61,11 @@ URGENT_RETRY_S = 2.0
 # The tail holds the last 10,000 entries by default, so a node writing fewer than that a second
 # keeps its trees within it.
 FOLLOW_EVERY_S = 1.0
+# Following the tail, the trees also recompute the marked keys once this many are marked: a
+# round's (or a peer's EntropyDigests') paced refresh then has at most about this many to do,
+# about 1.5 s at a third of a core, well inside the caller's 5 s deadline. Fewer wait for the
+# round, so that a key written many times between rounds is recomputed once.
+REFRESH_AHEAD_KEYS = 10_000
 # A refresh of the trees recomputes this many marked keys per step (about 13 ms of interpreter at
 # 50 us a key), then leaves the interpreter to the node's own work for REFRESH_PAUSE_RATIO times
 # as long as the step took: a large refresh (a batch load's keys) takes a third of a core while
@@ -591,6 +596,7 @@ async def follow_tail(
     follow: Callable[[int], Awaitable[None]],
     every_s: float = FOLLOW_EVERY_S,
     refresh: Callable[[], Awaitable[None]] | None = None,
+    refresh_ahead_keys: int = REFRESH_AHEAD_KEYS,
 ) -> None:
     """Every every_s, until cancelled: the trees mark the keys of the local commits past their
     position, up to the last one the in-memory log tail has seen (`follow`, DigestTrees.follow
@@ -601,9 +607,11 @@ async def follow_tail(
     p99 from about 30 to over 200 ms at 5,000 records/s).
 
     With `refresh` (AntiEntropy.refresh, paced), the keys marked meanwhile (by the commits
-    followed, and by replicated applies) are then recomputed too, a second's worth at a time:
-    left to the next anti-entropy round they were a minute's writes, whose paced refresh took
-    long enough for a peer's EntropyDigests call (which refreshes first) to run out of time."""
+    followed, and by replicated applies) are recomputed too once refresh_ahead_keys are marked:
+    left to the next anti-entropy round, a busy node's were a minute's writes, whose paced
+    refresh took long enough for a peer's EntropyDigests call (which refreshes first) to run out
+    of time. The same work as at the round, done earlier; fewer keys wait for the round, where
+    a key written many times is recomputed once."""
     tail = trees.log_tail
     if tail is None:
         return
@@ -613,7 +621,7 @@ async def follow_tail(
         try:
             if last is not None and last > trees.log_position:
                 await follow(last)
-            if refresh is not None and trees.dirty_count:
+            if refresh is not None and trees.dirty_count >= refresh_ahead_keys:
                 await refresh()
         except Exception:
             # The truncator follows the log again before it deletes any of it; a refresh that

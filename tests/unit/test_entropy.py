@@ -323,9 +323,9 @@ async def test_the_rounds_refresh_leaves_the_event_loop_turns_between_its_steps(
     assert trees_equal(trees, fresh, ["ns"])
 
 
-@pytest.mark.parametrize("refreshing", [True, False])
+@pytest.mark.parametrize(("refreshing", "ahead_keys"), [(True, 11), (False, 11), (True, 12)])
 async def test_trees_that_follow_the_tail_also_recompute_what_was_marked_meanwhile(
-    engine: SQLiteEngine, tmp_path: Path, refreshing: bool
+    engine: SQLiteEngine, tmp_path: Path, refreshing: bool, ahead_keys: int
 ) -> None:
     # Left to the next anti-entropy round, a minute's marked keys made that round's paced
     # refresh outlast a peer's EntropyDigests deadline. Following the tail, the trees also
@@ -343,8 +343,15 @@ async def test_trees_that_follow_the_tail_also_recompute_what_was_marked_meanwhi
         await entropy.refresh_paced(trees, engine, offload)
 
     follower = asyncio.create_task(
-        follow_tail(trees, follow, every_s=0.01, refresh=refresh if refreshing else None)
+        follow_tail(
+            trees,
+            follow,
+            every_s=0.01,
+            refresh=refresh if refreshing else None,
+            refresh_ahead_keys=ahead_keys,
+        )
     )
+    recomputed = refreshing and ahead_keys <= 11
     try:
         committed = engine.commit_local(
             [LocalWrite("ns", f"k{i}", b"v") for i in range(10)], lambda: next(clock)
@@ -352,15 +359,16 @@ async def test_trees_that_follow_the_tail_also_recompute_what_was_marked_meanwhi
         tail.append([c.mutation for c in committed])
         trees.mark([("ns", "replicated")])  # a replicated apply's key, not in the local log
         for _ in range(300):
-            if trees.log_position == engine.last_lsn() and (trees.dirty_count == 0) == refreshing:
+            if trees.log_position == engine.last_lsn() and (trees.dirty_count == 0) == recomputed:
                 break
             await asyncio.sleep(0.01)
         assert trees.log_position == engine.last_lsn()
-        if refreshing:
+        if recomputed:
             assert trees.dirty_count == 0
             assert trees.tree("ns").key_count == 10
         else:
-            # Negative control: following alone leaves them marked until a round.
+            # Negative control: following alone leaves them marked until a round; so do fewer
+            # marked keys than the refresh ahead waits for.
             assert trees.dirty_count == 11
     finally:
         follower.cancel()
