@@ -24,6 +24,7 @@ from node.engine.base import ApplyOutcome, LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.engine.sqlite import SQLiteEngine
 from tests.cache.reads import read_through
+from tests.support.cache_counters import CountedCache
 
 NAMESPACE = "ns"
 KEYS = [f"k{i}" for i in range(4)]
@@ -46,36 +47,6 @@ class UnguardedStore(RedisStore):
         )
 
 
-class Tally:
-    """The cache's counters, to show that the run raced (hits, refused fills) at all."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def _add(self, name: str) -> None:
-        with self._lock:
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def hit(self) -> None:
-        self._add("hit")
-
-    def miss(self) -> None:
-        self._add("miss")
-
-    def fill_refused(self, reason: str) -> None:
-        self._add(f"refused_{reason}")
-
-    def fallback(self, reason: str) -> None:
-        self._add(f"fallback_{reason}")
-
-    def entries(self, count: int) -> None:
-        pass
-
-    def reset(self, reason: str) -> None:
-        self._add(f"reset_{reason}")
-
-
 @dataclass
 class Checker:
     """The last acknowledged state of each key, and the reads that returned an older one."""
@@ -83,7 +54,7 @@ class Checker:
     acked: dict[str, KeyState] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     reads: int = 0
-    tally: Tally = field(default_factory=Tally)
+    tally: CountedCache = field(default_factory=CountedCache)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def acknowledged(self, key: str, state: KeyState) -> None:

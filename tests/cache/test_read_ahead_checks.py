@@ -15,6 +15,7 @@ import pytest
 from domicile.causality import KeyState
 from domicile.redis_server import RedisServer
 from node.cache.read_cache import CacheSettings, Hit, Pending, ReadCache
+from tests.support.cache_counters import CountedCache
 from tests.support.cluster import eventually
 from tests.support.redis import redis_server
 
@@ -29,40 +30,14 @@ class Clock:
         return self.now
 
 
-class Counted:
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def _add(self, name: str) -> None:
-        self.counts[name] = self.counts.get(name, 0) + 1
-
-    def hit(self) -> None:
-        self._add("hit")
-
-    def miss(self) -> None:
-        self._add("miss")
-
-    def fill_refused(self, reason: str) -> None:
-        self._add(f"fill_refused:{reason}")
-
-    def fallback(self, reason: str) -> None:
-        self._add(f"fallback:{reason}")
-
-    def entries(self, count: int) -> None:
-        pass
-
-    def reset(self, reason: str) -> None:
-        self._add(f"reset:{reason}")
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
     with redis_server(tmp_path / "redis") as s:
         yield s
 
 
-async def started(server: RedisServer, *, shared: bool) -> tuple[ReadCache, Counted, Clock]:
-    counted, clock = Counted(), Clock()
+async def started(server: RedisServer, *, shared: bool) -> tuple[ReadCache, CountedCache, Clock]:
+    counted, clock = CountedCache(), Clock()
     settings = CacheSettings(
         url=server.url, region="eu-west-1", deadline_s=1.0, heartbeat_s=0.05, others_lag_max_s=LAG_S
     )
