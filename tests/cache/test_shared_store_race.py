@@ -27,7 +27,8 @@ from node.engine.group_commit import GroupCommitter
 from node.engine.mongo import MongoEngine
 from node.engine.mongo_changes import RegionChanges, await_for_bound
 from tests.cache.reads import read_through
-from tests.cache.test_coherence_race import Tally, seed_of_run
+from tests.cache.test_coherence_race import seed_of_run
+from tests.support.cache_counters import CountedCache
 from tests.support.mongo import MongoServer
 
 REGION = "eu-west-1"
@@ -81,7 +82,7 @@ class Daemon:
     engine: MongoEngine
     cache: ReadCache
     committer: GroupCommitter
-    tally: Tally
+    tally: CountedCache
     changes: RegionChanges | None = None
 
 
@@ -97,7 +98,7 @@ async def race(
     try:
         for name in DAEMONS:
             engine = MongoEngine(mongo.uri, database, name, REGION)
-            tally = Tally()
+            tally = CountedCache()
             cache = ReadCache(
                 CacheSettings(
                     url=server.url, region=REGION, ttl_s=30, deadline_s=1.0, heartbeat_s=0.05,
