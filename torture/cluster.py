@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import yaml
 
-from bench.procs import Children, free_port
+from bench.procs import Children, free_port, stable_port
 from domicile.identity import pki
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer, Role
@@ -136,7 +136,8 @@ class TortureCluster:
         return [self.coordinator, *self.nodes.values()]
 
     def _coordinator(self) -> Daemon:
-        address = f"127.0.0.1:{free_port()}"
+        # Daemons are killed and started again on their address (restarts, rewinds).
+        address = f"127.0.0.1:{stable_port()}"
         argv = [
             "-m", "coordinator",
             "--listen", address,
@@ -149,7 +150,7 @@ class TortureCluster:
         return Daemon(COORDINATOR, "", address, self.root / "coordinator", argv)
 
     def _node(self, region: str) -> Daemon:
-        address = f"127.0.0.1:{free_port()}"
+        address = f"127.0.0.1:{stable_port()}"
         data_dir = self.root / "nodes" / region
         argv = [
             "-m", "node",
