@@ -29,24 +29,34 @@ def storing_threads(tmp_path: Path, early: Callable[[Callable[[], None]], None],
     """Drives a persisted clock through `steps` reserve steps, each reserved early through
     `early`, and returns the threads the early stores ran on."""
     threads: set[int] = set()
-    stored = threading.Event()
+    done = threading.Event()
 
     def reserve(ms: int) -> None:
         save_ceiling(tmp_path, ms)
         if threading.current_thread() is not threading.main_thread():
             threads.add(threading.get_ident())
-            stored.set()
+
+    def early_then_done(store: Callable[[], None]) -> None:
+        # Signalled once the clock's whole early reservation has returned (it moves the clock's
+        # ceiling and ends its "running" mark last): the next step must not race it.
+        def run() -> None:
+            try:
+                store()
+            finally:
+                done.set()
+
+        early(run)
 
     wall = FakeWall(10_000)
     clock = HybridClock(wall)
-    clock.persist(0, reserve, STEP_MS, early=early)
+    clock.persist(0, reserve, STEP_MS, early=early_then_done)
     clock.now()  # past the restored ceiling: stored at once, on this thread
     for _ in range(steps):
-        stored.clear()
+        done.clear()
         # Within half a step of the ceiling: the next step is reserved early.
         wall.ms = load_ceiling(tmp_path) - STEP_MS // 4
         clock.now()
-        assert stored.wait(10), "the early reservation did not run"
+        assert done.wait(10), "the early reservation did not run"
     return threads
 
 
