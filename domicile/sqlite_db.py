@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from domicile.errors import FailedPrecondition
 
 Step = Callable[[sqlite3.Connection], None]
+
+# How long a switch to WAL waits for another connection's write transaction on the same file.
+WAL_SWITCH_WAIT_S = 5.0
+_WAL_SWITCH_POLL_MAX_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,36 @@ def connect(
 def use_wal(conn: sqlite3.Connection, label: str) -> None:
     """Puts the file in WAL mode (readers do not wait for the writer); refuses a file that
     cannot be (WAL needs shared memory, which network file systems may not offer)."""
-    (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-    if str(journal).lower() != "wal":
+    journal = switch_to_wal(conn)
+    if journal.lower() != "wal":
         raise FailedPrecondition(f"cannot put {label} in WAL mode (got {journal}); use a local file")
+
+
+def switch_to_wal(conn: sqlite3.Connection) -> str:
+    """`PRAGMA journal_mode = WAL`, retried while another connection writes to the file; returns
+    the journal mode the file is in afterwards.
+
+    The switch needs the file to itself. While another connection holds a write lock on a file
+    still in rollback mode (two processes opening one new store at once: the first one is
+    creating the schema), SQLite refuses the switch at once with SQLITE_BUSY rather than wait
+    on the busy timeout, because waiting could deadlock. The writer finishes soon, so waiting
+    here is safe."""
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    pause = 0.001
+    while True:
+        try:
+            (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            return str(journal)
+        except sqlite3.OperationalError as error:
+            if not _busy(error) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, _WAL_SWITCH_POLL_MAX_S)
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def migrate(conn: sqlite3.Connection, schema: Schema) -> int:
@@ -115,7 +147,7 @@ def open_database(
         if require_wal:
             use_wal(conn, label)
         else:
-            conn.execute("PRAGMA journal_mode = WAL")
+            switch_to_wal(conn)
         migrate(conn, schema)
     except BaseException:
         conn.close()

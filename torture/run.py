@@ -262,9 +262,20 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| reads or replicas over the cap, several writers' versions merged (allowed) | "
         f"{report['checker']['over_namespace_cap']} |",
         "",
+        *audit_failures(audit),
         f"Result: **{'PASS' if report['ok'] else 'FAIL'}**",
     ]
     return "\n".join(lines) + "\n"
+
+
+def audit_failures(audit: dict[str, str] | None) -> list[str]:
+    """What each region's failed audit check printed (its last lines), so that a failed run in
+    CI says why without its files."""
+    failed = {region: output for region, output in (audit or {}).items() if output != "ok"}
+    lines = []
+    for region, output in failed.items():
+        lines += [f"Audit check of {region} failed:", "", "```", output, "```", ""]
+    return lines
 
 
 def run_parameters(args: argparse.Namespace) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from domicile import sqlite_db
 from domicile.errors import FailedPrecondition
 from domicile.sqlite_db import Pragmas, Schema, connect, migrate, open_database
 
@@ -139,3 +142,46 @@ def test_a_file_that_cannot_use_wal_is_refused_unless_allowed() -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     finally:
         conn.close()
+
+
+def _held_by_a_writer(path: Path, seconds: float) -> threading.Thread:
+    """Another connection writes to `path`, still in rollback mode, for `seconds`: what a second
+    process sees while the first creates the schema of a store they share."""
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE IF NOT EXISTS early (x INTEGER)")
+
+    def finish() -> None:
+        time.sleep(seconds)
+        writer.execute("COMMIT")
+        writer.close()
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return thread
+
+
+def test_regression_opening_waits_for_another_process_creating_the_same_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two daemons of one region opened their shared key store at once; SQLite refuses the switch
+    # to WAL at once (no busy timeout) while the other holds its write lock, and one daemon
+    # failed to start with "database is locked".
+    path = tmp_path / "shared.sqlite3"
+    writer = _held_by_a_writer(path, 0.3)
+    conn = open_database(path, Pragmas(), SCHEMA, label=path.name)
+    writer.join()
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        conn.close()
+    # Negative control: without the wait, the same open fails.
+    monkeypatch.setattr(sqlite_db, "WAL_SWITCH_WAIT_S", 0.0)
+    again = tmp_path / "again.sqlite3"
+    writer = _held_by_a_writer(again, 0.3)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            open_database(again, Pragmas(), SCHEMA, label=again.name)
+    finally:
+        writer.join()
