@@ -103,6 +103,11 @@ GLOBAL_LAG_P99_MS_MAX = 150.0
 DELAYED_SLACK_MS = 50.0
 SYNC_SLACK_MS = 10.0  # synchronous Put p99 <= 2 d + this
 PACED_SHARE_MIN = 0.995
+# Before a phase is measured, the cluster settles: every node's CPU over a window stays under
+# this many cores (an idle node takes about 0.02: heartbeats, the digest trees' follow loop).
+SETTLE_WINDOW_S = 1.0
+SETTLE_CORES_MAX = 0.05
+SETTLE_TIMEOUT_S = 120.0
 
 
 def cluster_config() -> dict[str, Any]:
@@ -200,6 +205,11 @@ class PhaseResult:
     # one connection in flight (a quarter second at 1,000/s), the client's further calls are
     # refused.
     source_call_ms: tuple[float, float] | None = None
+    # Seconds the cluster took to settle before the phase (work left by the phases before it),
+    # and the cores the nodes outside the phase used during it (on a machine of its own, a node
+    # does not share the phase's cores).
+    settle_s: float = 0.0
+    others_cores: float = 0.0
 
 
 def _proxy_ready_pattern() -> Any:
@@ -276,6 +286,7 @@ class ReplicationBench:
         )
         for t in targets:
             await wait_caught_up(source, self.nodes[t])
+        settle_s = await self._settle(name)
         labels = {t: {"source": SOURCE, "target": t} for t in targets}
         before = {t: await self.nodes[t].histogram(LAG_METRIC, labels[t]) for t in targets}
         stages_before = {t: await self._stage_histograms(t) for t in targets}
@@ -334,6 +345,8 @@ class ReplicationBench:
             for proc, short in names.items()
             if proc in cpu_after and proc in cpu_before
         }
+        others = [p for p in self._node_processes() if p not in names and p in cpu_after and p in cpu_before]
+        others_cores = sum(cpu_after[p] - cpu_before[p] for p in others) / wall
         result = PhaseResult(
             name,
             calls_per_s * records_per_call,
@@ -354,11 +367,42 @@ class ReplicationBench:
             stage_counts=stage_counts,
             source_loop_lag_ms=source_ms[LOOP_LAG_METRIC],
             source_call_ms=source_ms[RPC_LATENCY_METRIC],
+            settle_s=settle_s,
+            others_cores=round(others_cores, 2),
         )
         if writes.errors:
             phases.progress(f"{name}: {writes.errors} failed writes; first: {writes.first_error}")
         self.results.append(result)
         return result
+
+    def _node_processes(self) -> list[str]:
+        return [f"node-{n}" for n in self.nodes]
+
+    async def _settle(self, name: str) -> float:
+        """Waits until no node works any more on what the phases before this one left (the
+        digest trees recomputing a batch phase's keys): until each
+        node's CPU over SETTLE_WINDOW_S is under SETTLE_CORES_MAX, at most SETTLE_TIMEOUT_S.
+        Seven nodes share the bench's cores, where each region has machines of its own: the
+        batch phase's target, still recomputing its 50,000 keys' digests two phases later, took
+        0.15 cores from the delayed phase, whose lag p99 read 141-160 ms after the other phases
+        against 99-107 ms alone. Returns the seconds waited."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        processes = self._node_processes()
+        while True:
+            before = self.children.cpu_snapshot()
+            await asyncio.sleep(SETTLE_WINDOW_S)
+            after = self.children.cpu_snapshot()
+            busy = busy_processes(before, after, processes, SETTLE_WINDOW_S)
+            waited = loop.time() - started
+            if not busy:
+                return waited
+            if waited >= SETTLE_TIMEOUT_S:
+                cores = ", ".join(f"{p} {c:.2f}" for p, c in sorted(busy.items()))
+                phases.progress(
+                    f"{name}: measured although nodes are still busy after {waited:.0f} s ({cores})"
+                )
+                return waited
 
     async def _entropy_counts(self) -> tuple[float, float]:
         """Anti-entropy rounds run and keys compared so far, summed over every node (a round
@@ -445,6 +489,7 @@ class ReplicationBench:
             )  # fmt: skip
         if "sync" not in opts.skip:
             await wait_linked(self.nodes[SOURCE], self.nodes[FAR])
+            await self._settle("sync")
             before = await self._stage_histograms(FAR)
             host, _, port = self.ping_address.rpartition(":")
             reader, writer = await asyncio.open_connection(host, int(port))
@@ -471,6 +516,15 @@ class ReplicationBench:
             finally:
                 writer.close()
             self.sync_stages_ms = stage_quantiles(before, await self._stage_histograms(FAR))
+
+
+def busy_processes(
+    before: dict[str, float], after: dict[str, float], processes: list[str], window_s: float
+) -> dict[str, float]:
+    """The cores each of `processes` used between two CPU snapshots `window_s` apart, for those
+    that used more than SETTLE_CORES_MAX (a process missing from either snapshot is left out)."""
+    cores = {p: (after[p] - before[p]) / window_s for p in processes if p in after and p in before}
+    return {p: c for p, c in cores.items() if c > SETTLE_CORES_MAX}
 
 
 def counting_errors(call: Call, by_code: collections.Counter[str]) -> Call:
@@ -720,7 +774,10 @@ async def run(opts: Options) -> int:
     print()
     for r in bench.results:
         cores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.cores.items()))
-        print(f"cores during {r.name}: {cores}")
+        print(
+            f"cores during {r.name}: {cores}; other nodes {r.others_cores:.2f} "
+            f"(settled in {r.settle_s:.0f} s)"
+        )
         failed = ", ".join(f"{code} {n}" for code, n in sorted(r.errors_by_code.items())) or "none"
         print(
             f"  source committed {r.source_committed} entries for {r.records} acknowledged records; "

@@ -1,5 +1,6 @@
-"""The replication benchmark's arithmetic: shares of py-spy's collapsed stacks, and figures
-(slowest link, CPU per record for replication) from phase results."""
+"""The replication benchmark's arithmetic: shares of py-spy's collapsed stacks, figures
+(slowest link, CPU per record for replication) from phase results, and which nodes are still
+busy before a phase."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.replication import NEAR, SOURCE, Options, PhaseResult, figures, quantiles_ms, top_functions
+from bench.replication import (
+    NEAR,
+    SOURCE,
+    Options,
+    PhaseResult,
+    busy_processes,
+    figures,
+    quantiles_ms,
+    top_functions,
+)
 from bench.stats import Histogram
 
 
@@ -106,3 +116,18 @@ def test_quantiles_are_of_what_was_observed_between_the_scrapes() -> None:
     assert (quantiles_ms(before, slow) or (0.0, 0.0))[1] > 100.0
     assert quantiles_ms(before, before) is None
     assert quantiles_ms(before, None) is None
+
+
+def test_a_node_still_working_on_an_earlier_phase_keeps_the_cluster_unsettled() -> None:
+    before = {"node-a": 10.0, "node-b": 20.0, "node-c": 30.0, "bench client": 1.0}
+    # Over 2 s: a used 0.02 cores (idle), b 0.15 (recomputing digests), c is gone, and the
+    # client's own work is not a node's.
+    after = {"node-a": 10.04, "node-b": 20.3, "bench client": 5.0}
+    busy = busy_processes(before, after, ["node-a", "node-b", "node-c"], 2.0)
+    assert busy == pytest.approx({"node-b": 0.15})
+
+
+def test_idle_nodes_are_settled() -> None:
+    before = {"node-a": 1.0, "node-b": 2.0}
+    after = {"node-a": 1.04, "node-b": 2.02}
+    assert busy_processes(before, after, ["node-a", "node-b"], 1.0) == {}
