@@ -198,6 +198,9 @@ class PhaseResult:
     # On the slowest link: the batches with records the source wrote (`ship`) and the applies
     # the target ran (`arrive`): records per message and per commit.
     stage_counts: dict[str, int] = field(default_factory=dict)
+    # With several links: per target, stage -> p99 ms, to tell a stall at the source (every
+    # link's `ship`) from one target's (its `commit`, or its `arrive` alone).
+    link_stages_p99: dict[str, dict[str, float]] = field(default_factory=dict)
     # The source's event-loop lag over the phase, (p50, p99) ms: a stall there holds back every
     # Put the client has sent meanwhile.
     source_loop_lag_ms: tuple[float, float] | None = None
@@ -324,6 +327,11 @@ class ReplicationBench:
             lag[t] = (delta.quantile(0.50) * 1000, delta.quantile(0.99) * 1000)
         stages_ms: dict[str, tuple[float, float]] = {}
         stage_counts: dict[str, int] = {}
+        link_stages_p99: dict[str, dict[str, float]] = {}
+        if len(targets) > 1:
+            for t in targets:
+                per_link = stage_quantiles(stages_before[t], await self._stage_histograms(t))
+                link_stages_p99[t] = {stage: p99 for stage, (_, p99) in per_link.items()}
         if targets:
             slowest = max(targets, key=lambda t: lag[t][1])
             stages_after = await self._stage_histograms(slowest)
@@ -365,6 +373,7 @@ class ReplicationBench:
             entropy_rounds=round(entropy_after[0] - entropy_before[0]),
             entropy_keys_compared=round(entropy_after[1] - entropy_before[1]),
             stage_counts=stage_counts,
+            link_stages_p99=link_stages_p99,
             source_loop_lag_ms=source_ms[LOOP_LAG_METRIC],
             source_call_ms=source_ms[RPC_LATENCY_METRIC],
             settle_s=settle_s,
@@ -790,6 +799,9 @@ async def run(opts: Options) -> int:
         if len(r.lag_ms) > 1:
             links = ", ".join(f"{t} {p99:.1f}" for t, (_, p99) in sorted(r.lag_ms.items()))
             print(f"  lag p99 per link (ms): {links}")
+        for t, per_link in sorted(r.link_stages_p99.items()):
+            parts = ", ".join(f"{k} {p99:.1f}" for k, p99 in per_link.items())
+            print(f"  stages p99 (ms) to {t}: {parts}")
         if r.stages_ms:
             parts = ", ".join(f"{k} {p50:.1f}/{p99:.1f}" for k, (p50, p99) in r.stages_ms.items())
             print(f"  stages p50/p99 (ms, slowest link): {parts}")
