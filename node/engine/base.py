@@ -180,6 +180,12 @@ class StorageEngine(Protocol):
         loop over keys. At most GET_MANY_KEYS_MAX keys."""
         ...
 
+    def get_many_stored(self, namespace: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """get_many's states in their stored form (a protobuf KeyState), neither decoded nor
+        checked: for a caller that reads a part of each state, and checks what it reads
+        (node.replication.digest_tree). At most GET_MANY_KEYS_MAX keys."""
+        ...
+
     def scan(self, namespace: str, prefix: str, start_after: str, limit: int) -> list[tuple[str, KeyState]]:
         """Keys of the namespace with a live version, starting with prefix, after start_after,
         in key order, at most limit."""

@@ -599,6 +599,12 @@ class EngineCore:
         return None if blob is None else decode_state(namespace, key, blob)
 
     def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, KeyState]:
+        return {
+            key: decode_state(namespace, key, blob)
+            for key, blob in self.get_many_stored(namespace, keys).items()
+        }
+
+    def get_many_stored(self, namespace: str, keys: Sequence[str]) -> dict[str, bytes]:
         if len(keys) > GET_MANY_KEYS_MAX:
             raise InvalidArgument(
                 f"get_many of {len(keys)} keys; read at most {GET_MANY_KEYS_MAX} keys at once"
@@ -606,11 +612,7 @@ class EngineCore:
         check_encodable("namespace", namespace)
         for key in keys:
             check_encodable("key", key)
-        names = list(dict.fromkeys(keys))
-        return {
-            key: decode_state(namespace, key, blob)
-            for key, blob in self.backend.load_states(namespace, names).items()
-        }
+        return self.backend.load_states(namespace, list(dict.fromkeys(keys)))
 
     def scan(self, namespace: str, prefix: str, start_after: str, limit: int) -> list[tuple[str, KeyState]]:
         if not 1 <= limit <= SCAN_RECORDS_MAX:

@@ -38,11 +38,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from domicile.causality import KeyState
+from google.protobuf.message import DecodeError
+
+from domicile.causality import Dot, KeyState, Version, sha256
 from domicile.model import Classification
 from domicile.policy import RecordFacts
+from domicile.v1 import record_pb2
 from domicile.wire.records import key_state_from_bytes
 from node.engine.base import GET_MANY_KEYS_MAX, StorageEngine
+from node.engine.core import decode_state
 from node.engine.log_tail import LogTail
 
 BUCKETS = 1024
@@ -51,6 +55,16 @@ DIGEST_BYTES = 16
 DIRTY_KEYS_MAX_DEFAULT = 100_000
 _ZERO = bytes(DIGEST_BYTES)
 _INSERT_BATCH = 5_000
+# Keys per query when a refresh reads the digests its keys had (SQLite allows 32,766 variables).
+_SELECT_KEYS = 500
+# Distinct facts texts remembered (most keys share a few facts; keys about data subjects each
+# have their own, so the memo is bounded).
+_FACTS_TEXTS_MAX = 4_096
+_COUNTER_LIMIT = 1 << 62
+_CLASSIFICATIONS = frozenset(int(c) for c in Classification)
+
+# A version's placement facts as stored: classification, subject id, subject jurisdiction.
+FactsKey = tuple[int, str, str]
 
 
 def bucket_of(key: str) -> int:
@@ -61,15 +75,83 @@ def bucket_of(key: str) -> int:
 def key_digest(namespace: str, key: str, state: KeyState) -> bytes:
     """The digest of a key's state: equal on two replicas exactly when they hold the same dots
     in the same context (see the module doc for why the value is not hashed)."""
-    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
-    h.update(namespace.encode("utf-8") + b"\x00" + key.encode("utf-8") + b"\x00")
-    for node, counter in sorted(state.context.vv.items()):
-        h.update(f"v{node}\x00{counter}\x00".encode())
-    for dot in sorted(state.context.dots):
-        h.update(f"d{dot.node_id}\x00{dot.counter}\x00".encode())
-    for v in sorted(state.versions, key=lambda v: v.dot):
-        h.update(f"k{v.dot.node_id}\x00{v.dot.counter}\x00{v.hlc}\x00{int(v.tombstone)}\x00".encode())
-    return h.digest()
+    return _digest(
+        namespace,
+        key,
+        sorted(state.context.vv.items()),
+        [(d.node_id, d.counter) for d in sorted(state.context.dots)],
+        [(v.dot.node_id, v.dot.counter, v.hlc, v.tombstone) for v in sorted(state.versions, key=_dot_of)],
+    )
+
+
+def _digest(
+    namespace: str,
+    key: str,
+    vv: Iterable[tuple[str, int]],
+    dots: Iterable[tuple[str, int]],
+    versions: Iterable[tuple[str, int, int, bool]],
+) -> bytes:
+    # One text hashed at once: the same bytes, in the same order, as one update per part.
+    parts = [namespace, "\x00", key, "\x00"]
+    parts += [f"v{node}\x00{counter}\x00" for node, counter in vv]
+    parts += [f"d{node}\x00{counter}\x00" for node, counter in dots]
+    parts += [
+        f"k{node}\x00{counter}\x00{hlc}\x00{int(tombstone)}\x00" for node, counter, hlc, tombstone in versions
+    ]
+    return hashlib.blake2b("".join(parts).encode("utf-8"), digest_size=DIGEST_BYTES).digest()
+
+
+def stored_leaf(namespace: str, key: str, blob: bytes) -> tuple[bytes, tuple[FactsKey, ...]]:
+    """A stored key state's digest and facts (key_digest and facts_of of the decoded state),
+    read from its protobuf form without building the state: a refresh reads tens of thousands
+    of states, and building each one's versions and context cost more than the rest of its
+    upkeep. Checked as the engine's get_many checks a state (its context, classifications and
+    checksums); a state that is not plain (out-of-order dots in its context, which decoding
+    compacts) or fails a check is decoded by the engine's get_many path instead, which compacts
+    it or raises what get_many raises."""
+    try:
+        msg = record_pb2.KeyState.FromString(blob)
+    except DecodeError:
+        msg = None
+    if msg is None or not _plain(msg):
+        state = decode_state(namespace, key, blob)
+        return key_digest(namespace, key, state), _facts_keys(namespace, state)
+    versions = msg.versions
+    ordered = sorted(((v.dot.node_id, v.dot.counter, v.hlc, v.tombstone) for v in versions), key=_by_dot)
+    digest = _digest(namespace, key, sorted(msg.context.version_vector.items()), (), ordered)
+    facts = dict.fromkeys((v.classification, v.subject_id, v.subject_jurisdiction) for v in versions)
+    return digest, tuple(facts)
+
+
+def _page_leaves(
+    engine: StorageEngine, namespace: str, page: Sequence[str]
+) -> list[tuple[str, tuple[bytes, tuple[FactsKey, ...]] | None]]:
+    """The leaves of a page of keys (None: the key is gone), every one of them before the tree
+    changes: a state that fails its checks leaves the tree as it was."""
+    stored = engine.get_many_stored(namespace, page)
+    return [(key, None if (b := stored.get(key)) is None else stored_leaf(namespace, key, b)) for key in page]
+
+
+def _dot_of(version: Version) -> Dot:
+    return version.dot
+
+
+def _by_dot(version: tuple[str, int, int, bool]) -> tuple[str, int]:
+    return version[0], version[1]
+
+
+def _plain(msg: record_pb2.KeyState) -> bool:
+    """Whether decoding the state would succeed and leave its context as stored: no dots
+    beyond the version vector, valid vector entries, known classifications, checksums that
+    match (what context_from_pb, version_from_pb and the engine's decode_state check)."""
+    if msg.context.dots:
+        return False
+    for node, counter in msg.context.version_vector.items():
+        if not node or len(node) > 63 or counter == 0 or counter >= _COUNTER_LIMIT:
+            return False
+    return all(
+        v.classification in _CLASSIFICATIONS and sha256(v.value) == v.checksum_sha256 for v in msg.versions
+    )
 
 
 def facts_of(namespace: str, state: KeyState) -> tuple[RecordFacts, ...]:
@@ -80,8 +162,13 @@ def facts_of(namespace: str, state: KeyState) -> tuple[RecordFacts, ...]:
     return tuple(seen)
 
 
-def _facts_text(facts: Sequence[RecordFacts]) -> str:
-    return json.dumps([[int(f.classification), f.subject_id, f.subject_jurisdiction] for f in facts])
+def _facts_keys(namespace: str, state: KeyState) -> tuple[FactsKey, ...]:
+    facts = facts_of(namespace, state)
+    return tuple((int(f.classification), f.subject_id, f.subject_jurisdiction) for f in facts)
+
+
+def _facts_text(facts: Sequence[FactsKey]) -> str:
+    return json.dumps([list(f) for f in facts])
 
 
 def _facts_from_text(namespace: str, text: str) -> tuple[RecordFacts, ...]:
@@ -150,6 +237,7 @@ class DigestTrees:
         # Local commits are read back from the change log after this position.
         self.log_position = 0
         self.rebuilds = 0
+        self._facts_texts: dict[tuple[FactsKey, ...], str] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -223,8 +311,7 @@ class DigestTrees:
                 for namespace, keys in by_namespace.items():
                     for i in range(0, len(keys), GET_MANY_KEYS_MAX):
                         page = keys[i : i + GET_MANY_KEYS_MAX]
-                        states = engine.get_many(namespace, page)
-                        self._update(namespace, [(k, states.get(k)) for k in page])
+                        self._update(namespace, _page_leaves(engine, namespace, page))
             except BaseException:
                 # The store failed mid-way: the keys stay marked for the next refresh (those
                 # recomputed already are recomputed again, to the same digests).
@@ -297,7 +384,7 @@ class DigestTrees:
                     tree = trees[namespace] = _Namespace()
                 tree.digests[bucket] = _xor(tree.digests[bucket], digest)
                 tree.counts[bucket] += 1
-                rows.append((namespace, key, bucket, digest, _facts_text(facts_of(namespace, state))))
+                rows.append((namespace, key, bucket, digest, _facts_text(_facts_keys(namespace, state))))
                 if len(rows) >= _INSERT_BATCH:
                     self._insert(rows)
                     rows = []
@@ -311,32 +398,54 @@ class DigestTrees:
             self._db.executemany("INSERT OR REPLACE INTO leaf VALUES (?, ?, ?, ?, ?)", rows)
             self._db.execute("COMMIT")
 
-    def _update(self, namespace: str, states: Sequence[tuple[str, KeyState | None]]) -> None:
+    def _update(
+        self, namespace: str, leaves: Sequence[tuple[str, tuple[bytes, tuple[FactsKey, ...]] | None]]
+    ) -> None:
+        """Moves the keys' buckets from the digests the keys had to `leaves` (None: the key is
+        gone); the keys are distinct. One query per _SELECT_KEYS keys reads the digests they had,
+        and one statement writes them all."""
         tree = self._trees.get(namespace)
         if tree is None:
             tree = self._trees[namespace] = _Namespace()
+        keys = [key for key, _ in leaves]
+        had: dict[str, bytes] = {}
+        for i in range(0, len(keys), _SELECT_KEYS):
+            chunk = keys[i : i + _SELECT_KEYS]
+            marks = ", ".join("?" * len(chunk))
+            for key, digest in self._db.execute(
+                f"SELECT key, digest FROM leaf WHERE ns = ? AND key IN ({marks})", (namespace, *chunk)
+            ):
+                had[key] = bytes(digest)
+        gone: list[tuple[str, str]] = []
+        rows: list[tuple[str, str, int, bytes, str]] = []
+        for key, leaf in leaves:
+            bucket = bucket_of(key)
+            old = had.get(key)
+            if old is not None:
+                tree.digests[bucket] = _xor(tree.digests[bucket], old)
+                tree.counts[bucket] -= 1
+            if leaf is None:
+                if old is not None:
+                    gone.append((namespace, key))
+                continue
+            digest, facts = leaf
+            tree.digests[bucket] = _xor(tree.digests[bucket], digest)
+            tree.counts[bucket] += 1
+            rows.append((namespace, key, bucket, digest, self._facts_text(facts)))
         self._db.execute("BEGIN")
         try:
-            for key, state in states:
-                bucket = bucket_of(key)
-                row = self._db.execute(
-                    "SELECT digest FROM leaf WHERE ns = ? AND key = ?", (namespace, key)
-                ).fetchone()
-                if row is not None:
-                    tree.digests[bucket] = _xor(tree.digests[bucket], bytes(row[0]))
-                    tree.counts[bucket] -= 1
-                if state is None:
-                    self._db.execute("DELETE FROM leaf WHERE ns = ? AND key = ?", (namespace, key))
-                    continue
-                digest = key_digest(namespace, key, state)
-                tree.digests[bucket] = _xor(tree.digests[bucket], digest)
-                tree.counts[bucket] += 1
-                self._db.execute(
-                    "INSERT OR REPLACE INTO leaf VALUES (?, ?, ?, ?, ?)",
-                    (namespace, key, bucket, digest, _facts_text(facts_of(namespace, state))),
-                )
+            self._db.executemany("DELETE FROM leaf WHERE ns = ? AND key = ?", gone)
+            self._db.executemany("INSERT OR REPLACE INTO leaf VALUES (?, ?, ?, ?, ?)", rows)
         finally:
             self._db.execute("COMMIT")
+
+    def _facts_text(self, facts: tuple[FactsKey, ...]) -> str:
+        text = self._facts_texts.get(facts)
+        if text is None:
+            if len(self._facts_texts) >= _FACTS_TEXTS_MAX:
+                self._facts_texts.clear()
+            text = self._facts_texts[facts] = _facts_text(facts)
+        return text
 
     # -- reading (blocking) ------------------------------------------------------------------
 

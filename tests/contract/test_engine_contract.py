@@ -13,6 +13,7 @@ from domicile import causality
 from domicile.causality import CausalContext, Dot, KeyState, Mutation
 from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, InvalidArgument, Unavailable
 from domicile.model import Classification
+from domicile.wire.records import key_state_from_bytes
 from node.engine.base import GET_MANY_KEYS_MAX, Committed, LocalWrite, StorageEngine, StoreCounts
 
 from .harness import NODE, REGION, EngineHarness, commit_ok
@@ -80,6 +81,15 @@ def test_get_many_answers_like_get_for_every_key_written(engine: StorageEngine, 
     assert values(got["b"]) == []  # a tombstoned key is still answered
     assert engine.get_many("o", []) == {}
     assert engine.get_many("other", ["a"]) == {}
+
+
+def test_get_many_stored_holds_the_states_get_many_answers(engine: StorageEngine, stamp: Stamp) -> None:
+    commit_ok(engine, stamp, put("o", "a", b"1"), put("o", "b", b"2"), delete("o", "b"), put("p", "a", b"3"))
+    stored = engine.get_many_stored("o", ["b", "a", "never", "a"])
+    decoded = {key: key_state_from_bytes(blob) for key, blob in stored.items()}
+    assert decoded == engine.get_many("o", ["a", "b"])
+    with pytest.raises(InvalidArgument):
+        engine.get_many_stored("o", [f"k{i}" for i in range(GET_MANY_KEYS_MAX + 1)])
 
 
 def test_get_many_reads_more_keys_than_one_query_holds(engine: StorageEngine, stamp: Stamp) -> None:
