@@ -65,6 +65,10 @@ _CLASSIFICATIONS = frozenset(int(c) for c in Classification)
 
 # A version's placement facts as stored: classification, subject id, subject jurisdiction.
 FactsKey = tuple[int, str, str]
+# What a key's digest takes of a version: its dot's node and counter, HLC, tombstone flag.
+_DigestVersion = tuple[str, int, int, bool]
+# A plain stored state as a digest reads it: version vector, versions, facts.
+_PlainState = tuple[list[tuple[str, int]], list[_DigestVersion], tuple[FactsKey, ...]]
 
 
 def bucket_of(key: str) -> int:
@@ -89,7 +93,7 @@ def _digest(
     key: str,
     vv: Iterable[tuple[str, int]],
     dots: Iterable[tuple[str, int]],
-    versions: Iterable[tuple[str, int, int, bool]],
+    versions: Iterable[_DigestVersion],
 ) -> bytes:
     # One text hashed at once: the same bytes, in the same order, as one update per part.
     parts = [namespace, "\x00", key, "\x00"]
@@ -109,18 +113,42 @@ def stored_leaf(namespace: str, key: str, blob: bytes) -> tuple[bytes, tuple[Fac
     checksums); a state that is not plain (out-of-order dots in its context, which decoding
     compacts) or fails a check is decoded by the engine's get_many path instead, which compacts
     it or raises what get_many raises."""
+    read = _read_plain(blob)
+    if read is None:
+        state = decode_state(namespace, key, blob)
+        return key_digest(namespace, key, state), _facts_keys(namespace, state)
+    vv, versions, facts = read
+    return _digest(namespace, key, vv, (), versions), facts
+
+
+def _read_plain(blob: bytes) -> _PlainState | None:
+    """A plain state's version vector and versions (both in digest order) and facts, or None
+    when decoding it would fail or change its context: dots beyond the version vector (which
+    decoding compacts), invalid vector entries, unknown classifications or checksums that do
+    not match (what context_from_pb, version_from_pb and the engine's decode_state check)."""
     try:
         msg = record_pb2.KeyState.FromString(blob)
     except DecodeError:
-        msg = None
-    if msg is None or not _plain(msg):
-        state = decode_state(namespace, key, blob)
-        return key_digest(namespace, key, state), _facts_keys(namespace, state)
-    versions = msg.versions
-    ordered = sorted(((v.dot.node_id, v.dot.counter, v.hlc, v.tombstone) for v in versions), key=_by_dot)
-    digest = _digest(namespace, key, sorted(msg.context.version_vector.items()), (), ordered)
-    facts = dict.fromkeys((v.classification, v.subject_id, v.subject_jurisdiction) for v in versions)
-    return digest, tuple(facts)
+        return None
+    context = msg.context
+    if context.dots:
+        return None
+    vv = sorted(context.version_vector.items())
+    for node, counter in vv:
+        if not node or len(node) > 63 or counter == 0 or counter >= _COUNTER_LIMIT:
+            return None
+    versions: list[_DigestVersion] = []
+    facts: dict[FactsKey, None] = {}
+    for v in msg.versions:
+        classification = v.classification
+        if classification not in _CLASSIFICATIONS or sha256(v.value) != v.checksum_sha256:
+            return None
+        dot = v.dot
+        versions.append((dot.node_id, dot.counter, v.hlc, v.tombstone))
+        facts[(classification, v.subject_id, v.subject_jurisdiction)] = None
+    if len(versions) > 1:
+        versions.sort(key=_by_dot)
+    return vv, versions, tuple(facts)
 
 
 def _page_leaves(
@@ -136,22 +164,8 @@ def _dot_of(version: Version) -> Dot:
     return version.dot
 
 
-def _by_dot(version: tuple[str, int, int, bool]) -> tuple[str, int]:
+def _by_dot(version: _DigestVersion) -> tuple[str, int]:
     return version[0], version[1]
-
-
-def _plain(msg: record_pb2.KeyState) -> bool:
-    """Whether decoding the state would succeed and leave its context as stored: no dots
-    beyond the version vector, valid vector entries, known classifications, checksums that
-    match (what context_from_pb, version_from_pb and the engine's decode_state check)."""
-    if msg.context.dots:
-        return False
-    for node, counter in msg.context.version_vector.items():
-        if not node or len(node) > 63 or counter == 0 or counter >= _COUNTER_LIMIT:
-            return False
-    return all(
-        v.classification in _CLASSIFICATIONS and sha256(v.value) == v.checksum_sha256 for v in msg.versions
-    )
 
 
 def facts_of(namespace: str, state: KeyState) -> tuple[RecordFacts, ...]:
