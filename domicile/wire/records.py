@@ -119,6 +119,16 @@ def mutation_from_pb(msg: pb.Mutation, limits: Limits | None = None) -> Mutation
 def key_state_to_bytes(state: KeyState, known: tuple[Version, pb.RecordVersion] | None = None) -> bytes:
     """`known`: a version of the state already in its protobuf form (the version a write just
     made, encoded for its change-log entry), copied instead of encoded again."""
+    versions = state.versions
+    if known is not None and len(versions) == 1 and versions[0] is known[0] and not state.requests:
+        # The state most writes leave (a new key, or one write superseding every version):
+        # its encoding put together from its two fields' (tag, length, bytes), as protobuf's
+        # deterministic encoding writes them (in field order; an empty context is absent),
+        # without copying the version into a KeyState message to encode it again.
+        version = known[1].SerializeToString(deterministic=True)
+        context = _context_bytes(state.context)
+        head = _KEY_STATE_VERSION_TAG + _varint(len(version)) + version
+        return head + _KEY_STATE_CONTEXT_TAG + _varint(len(context)) + context if context else head
     msg = pb.KeyState()
     for v in state.versions:
         if known is not None and v is known[0]:
@@ -131,6 +141,33 @@ def key_state_to_bytes(state: KeyState, known: tuple[Version, pb.RecordVersion] 
         for dot in mark.dots:
             out.dots.add(node_id=dot.node_id, counter=dot.counter)
     return msg.SerializeToString(deterministic=True)
+
+
+# KeyState's fields 1 (versions) and 2 (context), each length-delimited (wire type 2).
+_KEY_STATE_VERSION_TAG = bytes([1 << 3 | 2])
+_KEY_STATE_CONTEXT_TAG = bytes([2 << 3 | 2])
+# The last context encoded by _context_bytes: the engine gives every first write of a key the
+# same context object, so a bulk load encodes it once.
+_last_context: tuple[CausalContext, bytes] = (CausalContext.empty(), b"")
+
+
+def _context_bytes(ctx: CausalContext) -> bytes:
+    global _last_context
+    last = _last_context
+    if last[0] is ctx:
+        return last[1]
+    encoded = context_to_pb(ctx).SerializeToString(deterministic=True)
+    _last_context = (ctx, encoded)
+    return encoded
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _parse_stored(cls: type[_Stored], data: bytes, what: str) -> _Stored:

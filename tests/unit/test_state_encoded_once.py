@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from domicile.causality import CausalContext, Dot, KeyState, Version
 from domicile.hlc import HybridClock
 from domicile.model import Classification
@@ -32,6 +35,28 @@ def test_a_known_version_is_copied_into_the_same_bytes() -> None:
     older, newer = version(1, b"old"), version(2, b"new")
     state = KeyState((older, newer), CausalContext.of({"n1": 2}, []), ())
     assert key_state_to_bytes(state, (newer, version_to_pb(newer))) == key_state_to_bytes(state)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["n1", "n2", "a-long-node-id"]), st.integers(0, 2**40)),
+    st.frozensets(st.builds(Dot, st.sampled_from(["n1", "n3"]), st.integers(1, 2**20)), max_size=3),
+    st.sampled_from([0, 1, 127, 128, 16_383, 16_384, 70_000]),
+    st.booleans(),
+)
+def test_a_state_of_one_known_version_has_the_bytes_of_encoding_afresh(
+    vv: dict[str, int], dots: frozenset[Dot], value_bytes: int, tombstone: bool
+) -> None:
+    # Put together from its fields' encodings (lengths of one to three varint bytes, an empty
+    # context left out): the bytes protobuf's own encoding gives.
+    written = dataclasses.replace(version(3, b"v" * value_bytes), tombstone=tombstone)
+    for context in (CausalContext.of(vv, dots), CausalContext.of(vv, dots), CausalContext.empty()):
+        state = KeyState((written,), context, ())
+        assert key_state_to_bytes(state, (written, version_to_pb(written))) == key_state_to_bytes(state)
+    shared = CausalContext.of({"n1": 1})
+    for context in (shared, CausalContext.of(vv, dots), shared):  # the last context, remembered
+        state = KeyState((written,), context, ())
+        assert key_state_to_bytes(state, (written, version_to_pb(written))) == key_state_to_bytes(state)
 
 
 def test_a_known_form_is_used_only_for_that_very_version() -> None:
