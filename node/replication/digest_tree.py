@@ -258,11 +258,13 @@ class DigestTrees:
         # A cache rebuilt at every start: no journal, no fsync.
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
+        # Keyed by bucket before key: a bucket's leaves are read in key order from the table
+        # itself, and since a key's bucket follows from the key, a key is found by both; no
+        # second index to keep up at every leaf written.
         self._db.execute(
             "CREATE TABLE leaf (ns TEXT NOT NULL, key TEXT NOT NULL, bucket INTEGER NOT NULL, "
-            "digest BLOB NOT NULL, facts TEXT NOT NULL, PRIMARY KEY (ns, key)) WITHOUT ROWID"
+            "digest BLOB NOT NULL, facts TEXT NOT NULL, PRIMARY KEY (ns, bucket, key)) WITHOUT ROWID"
         )
-        self._db.execute("CREATE INDEX leaf_bucket ON leaf (ns, bucket, key)")
 
     # -- marking -----------------------------------------------------------------------------
 
@@ -421,26 +423,18 @@ class DigestTrees:
         tree = self._trees.get(namespace)
         if tree is None:
             tree = self._trees[namespace] = _Namespace()
-        keys = [key for key, _ in leaves]
-        had: dict[str, bytes] = {}
-        for i in range(0, len(keys), _SELECT_KEYS):
-            chunk = keys[i : i + _SELECT_KEYS]
-            marks = ", ".join("?" * len(chunk))
-            for key, digest in self._db.execute(
-                f"SELECT key, digest FROM leaf WHERE ns = ? AND key IN ({marks})", (namespace, *chunk)
-            ):
-                had[key] = bytes(digest)
-        gone: list[tuple[str, str]] = []
+        placed = [(key, bucket_of(key), leaf) for key, leaf in leaves]
+        had = self._had(namespace, [(bucket, key) for key, bucket, _ in placed])
+        gone: list[tuple[str, int, str]] = []
         rows: list[tuple[str, str, int, bytes, str]] = []
-        for key, leaf in leaves:
-            bucket = bucket_of(key)
+        for key, bucket, leaf in placed:
             old = had.get(key)
             if old is not None:
                 tree.digests[bucket] = _xor(tree.digests[bucket], old)
                 tree.counts[bucket] -= 1
             if leaf is None:
                 if old is not None:
-                    gone.append((namespace, key))
+                    gone.append((namespace, bucket, key))
                 continue
             digest, facts = leaf
             tree.digests[bucket] = _xor(tree.digests[bucket], digest)
@@ -448,10 +442,26 @@ class DigestTrees:
             rows.append((namespace, key, bucket, digest, self._facts_text(facts)))
         self._db.execute("BEGIN")
         try:
-            self._db.executemany("DELETE FROM leaf WHERE ns = ? AND key = ?", gone)
+            self._db.executemany("DELETE FROM leaf WHERE ns = ? AND bucket = ? AND key = ?", gone)
             self._db.executemany("INSERT OR REPLACE INTO leaf VALUES (?, ?, ?, ?, ?)", rows)
         finally:
             self._db.execute("COMMIT")
+
+    def _had(self, namespace: str, placed: Sequence[tuple[int, str]]) -> dict[str, bytes]:
+        """The digests the keys (with their buckets) have in the side file, by key: one query
+        per _SELECT_KEYS keys, each a search of the primary key (the page of keys drives the
+        join; a row-value IN would scan the namespace)."""
+        had: dict[str, bytes] = {}
+        for i in range(0, len(placed), _SELECT_KEYS):
+            chunk = placed[i : i + _SELECT_KEYS]
+            pairs = ", ".join("(?, ?)" for _ in chunk)
+            for key, digest in self._db.execute(
+                f"SELECT leaf.key, leaf.digest FROM (VALUES {pairs}) AS page CROSS JOIN leaf "
+                "ON leaf.ns = ? AND leaf.bucket = page.column1 AND leaf.key = page.column2",
+                (*itertools.chain.from_iterable(chunk), namespace),
+            ):
+                had[key] = bytes(digest)
+        return had
 
     def _facts_text(self, facts: tuple[FactsKey, ...]) -> str:
         text = self._facts_texts.get(facts)
