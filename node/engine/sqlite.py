@@ -122,6 +122,14 @@ _SCAN_SQL = {
 
 _LOAD_CHUNK_KEYS = 500
 
+# The running totals in one row, where a row per counter took three steps of the statement.
+_TOTALS = ("records", "tombstones", "last_lsn")
+_READ_TOTALS = (
+    "SELECT (SELECT value FROM counters WHERE name = 'records'), "
+    "(SELECT value FROM counters WHERE name = 'tombstones'), "
+    "(SELECT value FROM counters WHERE name = 'last_lsn')"
+)
+
 
 class _ReaderSlot:
     """Holds a thread's read connection; when the thread ends, the slot is collected and a
@@ -138,14 +146,25 @@ def _drop_reader(conn: sqlite3.Connection, readers: set[sqlite3.Connection]) -> 
 
 
 class _SQLiteTx:
-    """A WriteTx on the write connection, inside BEGIN IMMEDIATE."""
+    """A WriteTx on the write connection, inside BEGIN IMMEDIATE.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    A lone write is a commit of its own, so the statements of a commit are paid per write;
+    each step of one also releases the GIL, which a busy event loop then takes, and the writer
+    waits to get it back. So a transaction runs no statement that changes nothing."""
+
+    def __init__(self, conn: sqlite3.Connection, outbox_pruned_through: int) -> None:
         self.conn = conn
+        # The totals as stored now (read, or written since), so that store_totals writes only
+        # the counters that moved.
+        self._stored: tuple[int, int, int] | None = None
+        # The audit outbox holds no row at or below this position (as of the transaction's
+        # start); the transaction's own prune moves it, for the backend to keep once committed.
+        self.outbox_pruned_through = outbox_pruned_through
 
     def totals(self) -> Totals:
-        values = dict(self.conn.execute("SELECT name, value FROM counters").fetchall())
-        return Totals(records=values["records"], tombstones=values["tombstones"], last_lsn=values["last_lsn"])
+        records, tombstones, last_lsn = self.conn.execute(_READ_TOTALS).fetchone()
+        self._stored = (records, tombstones, last_lsn)
+        return Totals(records=records, tombstones=tombstones, last_lsn=last_lsn)
 
     def load_states(self, namespace: str, keys: Sequence[str]) -> dict[str, bytes]:
         return _load_states(self.conn, namespace, keys)
@@ -168,10 +187,14 @@ class _SQLiteTx:
         )
 
     def store_totals(self, totals: Totals) -> None:
-        self.conn.executemany(
-            "UPDATE counters SET value = ? WHERE name = ?",
-            [(totals.records, "records"), (totals.tombstones, "tombstones"), (totals.last_lsn, "last_lsn")],
-        )
+        values = (totals.records, totals.tombstones, totals.last_lsn)
+        stored = self._stored or (None, None, None)
+        moved = [
+            (value, name) for name, value, now in zip(_TOTALS, values, stored, strict=True) if value != now
+        ]
+        if moved:
+            self.conn.executemany("UPDATE counters SET value = ? WHERE name = ?", moved)
+        self._stored = values
 
     def raise_inbound(self, source: str, lsn: int) -> int:
         self.conn.execute(
@@ -206,7 +229,12 @@ class _SQLiteTx:
         )
 
     def carry_audit(self, rows: Sequence[tuple[int, bytes]], settled_through: int) -> None:
-        self.conn.execute("DELETE FROM audit_outbox WHERE lsn <= ?", (settled_through,))
+        # The audit log appends carried entries in groups: most commits find the same settled
+        # position as the last prune, with nothing at or below it left to delete (a row carried
+        # since then has a later position).
+        if settled_through > self.outbox_pruned_through:
+            self.conn.execute("DELETE FROM audit_outbox WHERE lsn <= ?", (settled_through,))
+            self.outbox_pruned_through = settled_through
         self.conn.executemany("INSERT INTO audit_outbox (lsn, body) VALUES (?, ?)", rows)
 
     def carry_received(self, bodies: Sequence[bytes], settled_through: int) -> list[int]:
@@ -258,6 +286,10 @@ class SQLiteBackend:
         self.synchronous = mode
         self._closed = False
         self._write_lock = threading.Lock()
+        # The position through which the write connection's committed prunes emptied the audit
+        # outbox (_SQLiteTx.carry_audit). 0 at the start: the first commit to find a settled
+        # position prunes, whatever rows an earlier run left.
+        self._outbox_pruned_through = 0
         self._local = threading.local()
         self.readers: set[sqlite3.Connection] = set()
         self._readers_lock = threading.Lock()
@@ -336,13 +368,16 @@ class SQLiteBackend:
                 raise Unavailable("storage engine is closed")
             conn = self.writer
             conn.execute("BEGIN IMMEDIATE")
+            tx = _SQLiteTx(conn, self._outbox_pruned_through)
             try:
-                result = fn(_SQLiteTx(conn))
+                result = fn(tx)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            # Only a committed prune empties the outbox: a rolled back one leaves the rows.
+            self._outbox_pruned_through = tx.outbox_pruned_through
             return result
 
     def close(self) -> None:

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from domicile.audit import AuditEntry
 from domicile.errors import DataCorruption, FailedPrecondition, InvalidArgument
+from node.engine.backend import WriteTx
 from node.engine.base import Committed, LocalWrite
 from node.engine.sqlite import (
     META_VALUE_BYTES_MAX,
@@ -312,3 +314,66 @@ def test_the_overflow_check_sees_a_store_of_4_kib_pages(tmp_path: Path, stamp: S
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA page_size").fetchone() == (4096,)
     assert overflow_pages(db) == 200
+
+
+def _entry(key: str) -> AuditEntry:
+    return AuditEntry(0, 1, 1, REGION, NODE, "alice", "put", "ns", key, "", "allow", "r", "1", "")
+
+
+def _statements(engine: SQLiteEngine, run: Callable[[], object]) -> list[str]:
+    """The statements the write connection runs during run(), in order."""
+    seen: list[str] = []
+    engine._writer.set_trace_callback(seen.append)
+    try:
+        run()
+    finally:
+        engine._writer.set_trace_callback(None)
+    return seen
+
+
+def test_a_lone_write_runs_no_statement_that_changes_nothing(engine: SQLiteEngine, stamp: Stamp) -> None:
+    """Every statement step of a commit can hand the GIL to the event loop and back: the
+    totals are read in one row, only the counters a commit moved are written, and the audit
+    outbox is pruned only when the audit log has settled a later position."""
+    engine.audit_settled = lambda: 0
+    commit_ok(engine, stamp, LocalWrite("ns", "k0", VALUE, audit=_entry("k0")))
+
+    new_key = _statements(
+        engine, lambda: commit_ok(engine, stamp, LocalWrite("ns", "k1", VALUE, audit=_entry("k1")))
+    )
+    counters = [s for s in new_key if s.startswith("UPDATE counters")]
+    assert len(counters) == 2  # records and last_lsn; tombstones did not move
+    assert sum(s.startswith("SELECT") and "counters" in s for s in new_key) == 1
+    assert not any(s.startswith("DELETE FROM audit_outbox") for s in new_key)
+
+    engine.audit_settled = lambda: 1
+    overwrite = _statements(
+        engine, lambda: commit_ok(engine, stamp, LocalWrite("ns", "k1", b"new", audit=_entry("k1")))
+    )
+    assert [s for s in overwrite if s.startswith("UPDATE counters")] == [
+        "UPDATE counters SET value = 3 WHERE name = 'last_lsn'"
+    ]
+    assert sum(s.startswith("DELETE FROM audit_outbox") for s in overwrite) == 1
+    assert [lsn for lsn, _ in engine.audit_outbox(0)] == [2, 3]
+    assert engine.counts().records == 2
+    assert engine.last_lsn() == 3
+
+
+def test_a_prune_of_the_audit_outbox_that_rolled_back_runs_again(engine: SQLiteEngine, stamp: Stamp) -> None:
+    """The outbox prune is skipped only below a position a committed prune reached: a prune
+    in a transaction that failed deleted nothing, and the next commit makes it."""
+    engine.audit_settled = lambda: 0
+    commit_ok(engine, stamp, LocalWrite("ns", "a", VALUE, audit=_entry("a")))
+    commit_ok(engine, stamp, LocalWrite("ns", "b", VALUE, audit=_entry("b")))
+
+    def prune_then_fail(tx: WriteTx) -> None:
+        tx.carry_audit([], 1)
+        raise RuntimeError("the transaction fails after its prune")
+
+    with pytest.raises(RuntimeError):
+        engine.backend.write(prune_then_fail)
+    assert [lsn for lsn, _ in engine.audit_outbox(0)] == [1, 2]
+
+    engine.audit_settled = lambda: 1
+    commit_ok(engine, stamp, LocalWrite("ns", "c", VALUE, audit=_entry("c")))
+    assert [lsn for lsn, _ in engine.audit_outbox(0)] == [2, 3]
