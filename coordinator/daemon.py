@@ -37,7 +37,7 @@ from domicile.subjects import SubjectOrders
 from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.wire.audit import head_to_bytes
-from domicile.wire.limits import SERVER_KEEPALIVE_OPTIONS
+from domicile.wire.limits import SERVER_EXCLUSIVE_PORT_OPTIONS, SERVER_KEEPALIVE_OPTIONS
 from domicile.wire.peer_limits import PeerConcurrency
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ class Coordinator:
                     ("grpc.max_send_message_length", limits.response_bytes_max),
                     ("grpc.max_concurrent_streams", limits.concurrent_rpcs_max),
                     *SERVER_KEEPALIVE_OPTIONS,
+                    *SERVER_EXCLUSIVE_PORT_OPTIONS,
                 ],
                 maximum_concurrent_rpcs=limits.concurrent_rpcs_max,
                 interceptors=[
