@@ -127,8 +127,8 @@ class Children:
         err_path = self.log_dir / f"{name}.err"
         out, err = _open_logs(out_path, err_path)
         with out, err:
-            # The child gets SIGTERM when we die (see bench.die_with_parent).
-            guard = [sys.executable, "-m", "bench.die_with_parent", str(os.getpid())]
+            # The child gets SIGTERM when we die (see domicile.die_with_parent).
+            guard = [sys.executable, "-m", "domicile.die_with_parent", str(os.getpid())]
             process = await asyncio.create_subprocess_exec(
                 *guard,
                 sys.executable,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import secrets
 import signal
@@ -50,7 +49,6 @@ _POLL_S = 0.2
 # The cluster's context-token key, in the cluster's data directory (see ensure_context_key).
 CONTEXT_KEY_FILE = "context.key"
 _HEALTH_RPC_S = 1.0
-_PR_SET_PDEATHSIG = 1
 # A child's port opens a moment after it starts: retry connecting at the poll's pace, not with
 # gRPC's default back-off, which grows to minutes.
 _HEALTH_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 500))
@@ -279,23 +277,6 @@ def busy_ports(host: str, ports: Sequence[int]) -> list[int]:
     return busy
 
 
-def parent_death_signal() -> Callable[[], None] | None:
-    """A function for a child to run before exec (Linux only): if the supervisor is killed
-    outright, its children get SIGTERM instead of living on as orphans that hold the ports.
-    The C function is looked up here, in the parent, so the child does nothing but call it."""
-    if sys.platform != "linux":
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-    return arm
-
-
 class StopRequest:
     """Counts SIGINT / SIGTERM: the first asks for a clean stop, a second for an immediate one."""
 
@@ -326,10 +307,13 @@ class Supervisor:
         self.children: list[Child] = []
 
     def start_all(self) -> None:
-        """Starts every child. Done before this process opens any gRPC channel: forking after
-        gRPC has started its threads is not safe."""
+        """Starts every child. No code of ours runs between fork and exec (the death signal is
+        armed by the wrapper after exec): in a process with gRPC's threads, a preexec_fn could
+        crash the child before it started."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        before_exec = parent_death_signal()
+        # Each child gets SIGTERM if this process is killed outright, instead of living on as an
+        # orphan that holds its ports (see domicile.die_with_parent).
+        guard = [sys.executable, "-m", "domicile.die_with_parent", str(os.getpid())]
         for spec in self.specs:
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             log = spec.log_path.open("ab")
@@ -337,13 +321,12 @@ class Supervisor:
             log.flush()
             try:
                 process = subprocess.Popen(
-                    spec.argv,
+                    [*guard, *spec.argv],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
                     env=env,
                     process_group=0,
-                    preexec_fn=before_exec,
                 )
             except OSError as exc:
                 log.close()

@@ -1,5 +1,6 @@
-"""`python -m bench.die_with_parent PARENT_PID PROGRAM ARGS...`: runs PROGRAM so that it gets
-SIGTERM when the process that started it dies, even by SIGKILL, so that no daemon outlives a run.
+"""`python -m domicile.die_with_parent PARENT_PID PROGRAM ARGS...`: runs PROGRAM so that it
+gets SIGTERM when the process that started it dies, even by SIGKILL, so that no daemon outlives
+its supervisor (`domicile up`, the benchmarks).
 
 This replaces a `preexec_fn`: that runs Python between fork and exec, which in a parent with
 threads (gRPC's, once a run has clients) can crash the child before it starts. The death signal
