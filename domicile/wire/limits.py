@@ -25,14 +25,14 @@ PUT_BATCH_RECORDS_MAX = 1000
 # Concurrent calls (HTTP/2 streams) one connection may have open at a node; more wait on the
 # client's side. One replication link uses one, an SDK channel as many as its caller runs.
 NODE_STREAMS_PER_CONNECTION_MAX = 256
-# Keepalive enforcement of both daemons: pings without calls are allowed (replication streams
-# idle between batches, and their senders ping every 10 s), but at most one per 5 s; a peer
-# that pings faster twice more is sent GOAWAY (too_many_pings) instead of costing CPU.
 # A server refuses a port another process listens on. gRPC sets SO_REUSEPORT by default: a second
 # daemon started on a port in use then binds it too, and the kernel splits the connections between
 # the two, so calls meant for one node reach another. Without it the second daemon fails to start.
 SERVER_EXCLUSIVE_PORT_OPTIONS = (("grpc.so_reuseport", 0),)
 
+# Keepalive enforcement of both daemons: pings without calls are allowed (replication streams
+# idle between batches, and their senders ping every 10 s), but at most one per 5 s; a peer
+# that pings faster twice more is sent GOAWAY (too_many_pings) instead of costing CPU.
 SERVER_KEEPALIVE_OPTIONS = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),

@@ -21,6 +21,7 @@ from domicile.model import Classification, Limits
 from domicile.results import DeleteResult, GetResult, PutResult, ReadVersion, ScanItem
 from domicile.v1 import record_pb2 as pb
 from domicile.v1 import storage_node_pb2 as spb
+from domicile.wire.framing import frame, message_field_tag
 
 _Stored = TypeVar("_Stored", bound=Message)
 
@@ -127,8 +128,8 @@ def key_state_to_bytes(state: KeyState, known: tuple[Version, pb.RecordVersion] 
         # without copying the version into a KeyState message to encode it again.
         version = known[1].SerializeToString(deterministic=True)
         context = _context_bytes(state.context)
-        head = _KEY_STATE_VERSION_TAG + _varint(len(version)) + version
-        return head + _KEY_STATE_CONTEXT_TAG + _varint(len(context)) + context if context else head
+        head = frame(_KEY_STATE_VERSION_TAG, version)
+        return head + frame(_KEY_STATE_CONTEXT_TAG, context) if context else head
     msg = pb.KeyState()
     for v in state.versions:
         if known is not None and v is known[0]:
@@ -143,9 +144,8 @@ def key_state_to_bytes(state: KeyState, known: tuple[Version, pb.RecordVersion] 
     return msg.SerializeToString(deterministic=True)
 
 
-# KeyState's fields 1 (versions) and 2 (context), each length-delimited (wire type 2).
-_KEY_STATE_VERSION_TAG = bytes([1 << 3 | 2])
-_KEY_STATE_CONTEXT_TAG = bytes([2 << 3 | 2])
+_KEY_STATE_VERSION_TAG = message_field_tag(pb.KeyState.DESCRIPTOR, "versions")
+_KEY_STATE_CONTEXT_TAG = message_field_tag(pb.KeyState.DESCRIPTOR, "context")
 # The last context encoded by _context_bytes: the engine gives every first write of a key the
 # same context object, so a bulk load encodes it once.
 _last_context: tuple[CausalContext, bytes] = (CausalContext.empty(), b"")
@@ -159,15 +159,6 @@ def _context_bytes(ctx: CausalContext) -> bytes:
     encoded = context_to_pb(ctx).SerializeToString(deterministic=True)
     _last_context = (ctx, encoded)
     return encoded
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _parse_stored(cls: type[_Stored], data: bytes, what: str) -> _Stored:

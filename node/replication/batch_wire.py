@@ -22,40 +22,24 @@ from google.protobuf.message import Message
 
 from domicile.v1 import record_pb2 as pb
 from domicile.v1 import replication_pb2 as rpb
-
-# Length-delimited: the wire type of an embedded message.
-_LEN = 2
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _tag(field_number: int) -> bytes:
-    return _varint(field_number << 3 | _LEN)
-
+from domicile.wire.framing import frame, message_field_tag
 
 # Taken from the descriptors, so that the framing follows the protos.
-_MUTATION_TAG = _tag(rpb.ReplicationBatch.DESCRIPTOR.fields_by_name["mutations"].number)
-_BATCH_TAG = _tag(rpb.ReplicateRequest.DESCRIPTOR.fields_by_name["batch"].number)
+_MUTATION_TAG = message_field_tag(rpb.ReplicationBatch.DESCRIPTOR, "mutations")
+_BATCH_TAG = message_field_tag(rpb.ReplicateRequest.DESCRIPTOR, "batch")
 
 
 def framed_mutation(message: pb.Mutation) -> bytes:
     """A mutation as one element of ReplicationBatch.mutations: its tag, length and bytes."""
     body = message.SerializeToString()
-    return _MUTATION_TAG + _varint(len(body)) + body
+    return frame(_MUTATION_TAG, body)
 
 
 def batch_request(framed: Iterable[bytes], through_lsn: int) -> bytes:
     """The serialized ReplicateRequest of a batch of framed mutations (framed_mutation), in
     order, through `through_lsn`."""
     body = b"".join(framed) + rpb.ReplicationBatch(through_lsn=through_lsn).SerializeToString()
-    return _BATCH_TAG + _varint(len(body)) + body
+    return frame(_BATCH_TAG, body)
 
 
 def serialize_request(request: bytes | Message) -> bytes:
