@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import logging
-import socket
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.daemon import Coordinator
 from domicile.causality import CausalContext, Dot, Mutation, Version, sha256
 from domicile.hlc import HybridClock
+from domicile.ports import free_port
 from node.config import NodeConfig
 from node.daemon import Node
 from node.engine.sqlite import SQLiteEngine
@@ -40,12 +40,6 @@ from node.engine.sqlite import SQLiteEngine
 NAMESPACE = "bench_entropy"
 SOURCE, TARGET = "eu-west-1", "eu-central-1"
 APPLY_BATCH = 500
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ghost_writes(keys: int, value_bytes: int, clock: HybridClock) -> list[Mutation]:

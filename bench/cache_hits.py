@@ -39,8 +39,9 @@ from bench.main import (
     MONGO_HIT_KEYS,
     p50_p99,
 )
-from bench.procs import Children, free_port
+from bench.procs import Children
 from bench.report import Figure, table
+from domicile.ports import free_port
 from domicile.redis_server import RedisServer
 
 

@@ -44,9 +44,10 @@ from bench.cluster import (
     wait_caught_up,
     wait_linked,
 )
-from bench.procs import REPO_ROOT, Children, free_port
+from bench.procs import REPO_ROOT, Children
 from bench.report import Figure, cpu_lines, table, write_json
 from bench.stats import percentile
+from domicile.ports import free_port
 from domicile.redis_server import RedisServer
 from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import re
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -22,47 +20,6 @@ STOP_GRACE_S = 5.0
 LOG_TAIL_CHARS = 2000
 # Lines a worker may print before its result; a worker is small, so this is generous.
 WORKER_LINE_BYTES_MAX = 1024 * 1024
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (used where a child's address must be known before
-    it starts, e.g. a node that advertises the proxy in front of it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# Where restartable daemons listen: below the kernel's ephemeral range, read at run time.
-_STABLE_PORT_LOW = 10_000
-_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-
-
-def ephemeral_range() -> tuple[int, int]:
-    """The ports the kernel hands to outgoing connections and to bind(port 0)."""
-    try:
-        low, high = (int(x) for x in _EPHEMERAL_RANGE.read_text().split())
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-    return low, high
-
-
-def stable_port(rng: random.Random | None = None) -> int:
-    """A port free a moment ago and outside the ephemeral range, for a daemon that is stopped
-    and started again on the same address: a free_port() number, once its daemon is down, may
-    be taken as the local port of any outgoing connection meanwhile, and the restart then fails
-    with "address already in use"."""
-    rng = rng or random.Random()
-    low, _ = ephemeral_range()
-    high = max(_STABLE_PORT_LOW + 1, low)
-    for _ in range(200):
-        port = rng.randrange(_STABLE_PORT_LOW, high)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise OSError(f"no free port between {_STABLE_PORT_LOW} and {high} after 200 tries")
 
 
 def child_env() -> dict[str, str]:

@@ -51,9 +51,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench import phases, tcp_echo
 from bench.client import RPC_DEADLINE_S, Call, put_call, put_request, sequential_ms
 from bench.cluster import LAG_METRIC, BenchCluster, NodeHandle, wait_caught_up, wait_linked
-from bench.procs import REPO_ROOT, Children, free_port
+from bench.procs import REPO_ROOT, Children
 from bench.report import Figure, table, write_json
 from bench.stats import Histogram, percentile
+from domicile.ports import free_port
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from domicile.errors import FailedPrecondition, Unavailable
+from domicile.ports import free_port
 
 INSTALL_HINT = "install it with `apt-get install redis-server` (Debian package redis-server)"
 READY_TIMEOUT_S = 10.0
@@ -34,12 +35,6 @@ def redis_server_binary() -> str:
     if found is None:
         raise FailedPrecondition(f"redis-server is not installed; {INSTALL_HINT}")
     return found
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _ping(host: str, port: int, timeout_s: float) -> bool:
@@ -99,7 +94,7 @@ class RedisServer:
             raise FailedPrecondition("this redis-server was already started; create a new one")
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.port == 0:
-            self.port = _free_port(self.host)
+            self.port = free_port(self.host)
         self.process = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -10,7 +10,6 @@ Without an IAM configuration the gateway accepts any credentials: local use only
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from domicile.ports import free_port
+
 START_TIMEOUT_S = 90.0
 # Credentials the server accepts (it checks none); boto3 needs some to sign requests.
 LOCAL_ACCESS_KEY = "domicile-local"
 LOCAL_SECRET_KEY = "domicile-local-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def weed_binary() -> str:
@@ -58,7 +53,7 @@ class SeaweedServer:
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
         ports = {
-            name: _free_port()
+            name: free_port()
             for name in (
                 "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
                 "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",

@@ -20,11 +20,12 @@ from typing import Any
 import grpc
 import yaml
 
-from bench.procs import Children, free_port, stable_port
+from bench.procs import Children
 from domicile.identity import pki
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer, Role
 from domicile.identity.tls_files import TlsFiles
+from domicile.ports import free_port
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from torture.router import FaultRouter
@@ -137,7 +138,7 @@ class TortureCluster:
 
     def _coordinator(self) -> Daemon:
         # Daemons are killed and started again on their address (restarts, rewinds).
-        address = f"127.0.0.1:{stable_port()}"
+        address = f"127.0.0.1:{free_port()}"
         argv = [
             "-m", "coordinator",
             "--listen", address,
@@ -150,7 +151,7 @@ class TortureCluster:
         return Daemon(COORDINATOR, "", address, self.root / "coordinator", argv)
 
     def _node(self, region: str) -> Daemon:
-        address = f"127.0.0.1:{stable_port()}"
+        address = f"127.0.0.1:{free_port()}"
         data_dir = self.root / "nodes" / region
         argv = [
             "-m", "node",

@@ -30,6 +30,7 @@ from typing import IO
 import yaml
 
 from domicile.errors import FailedPrecondition, InvalidArgument
+from domicile.ports import free_port
 from domicile.redis_server import redis_server_binary
 from domicile.s3_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, weed_binary
 
@@ -136,7 +137,7 @@ def s3_backup_server(data_dir: Path, host: str, port: int) -> TierServer:
     data = data_dir / "s3"
     data.mkdir(parents=True, exist_ok=True)
     inner = {
-        name: _free_port(host)
+        name: free_port(host)
         for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
             "filer.port", "filer.port.grpc", "s3.port.grpc",
@@ -258,12 +259,6 @@ class TierServers:
             if server.log is not None:
                 server.log.close()
             server.process = None
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _accepts(host: str, port: int) -> bool:

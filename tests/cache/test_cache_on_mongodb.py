@@ -12,13 +12,14 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from domicile.identity.principal import ExpectedPeer
+from domicile.ports import free_port
 from domicile.redis_server import RedisServer
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.daemon import Node
 from tests.cache.test_node_cache import cache_ready, counter, settled
 from tests.integration.test_mongodb_engine import health_of, put_on_mongodb
-from tests.support.cluster import LocalCluster, eventually, free_port
+from tests.support.cluster import LocalCluster, eventually
 from tests.support.mongo import MongoServer
 
 REGION = "eu-west-1"

@@ -13,10 +13,11 @@ import pytest
 import redis as redis_py
 import uvloop
 
+from domicile.ports import free_port
 from domicile.redis_server import RedisServer
 from node.cache.resp import LoopRedis
 from node.cache.store import FillOutcome, Found, RedisStore
-from tests.support.cluster import eventually, free_port
+from tests.support.cluster import eventually
 from tests.support.redis import paused
 from tests.support.tls import session_pki
 

@@ -11,9 +11,9 @@ import pytest
 
 from domicile.causality import CausalContext
 from domicile.errors import FailedPrecondition, Unavailable
+from domicile.ports import free_port
 from node.engine.base import LocalWrite, StoreCounts
 from node.engine.mongo import MongoEngine, redact_uri
-from tests.support.cluster import free_port
 from tests.support.mongo import MongoServer
 
 from .harness import REGION, commit_ok

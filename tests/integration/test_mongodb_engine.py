@@ -13,11 +13,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domicile import errors
+from domicile.ports import free_port
 from node.daemon import Node
 from node.engine.mongo import MongoEngine
 from tests.integration import test_replication as replication
 from tests.integration import test_subject_rights as subject_rights
-from tests.support.cluster import LocalCluster, eventually, free_port
+from tests.support.cluster import LocalCluster, eventually
 from tests.support.mongo import MongoServer
 from tests.support.packs import sample_pack
 

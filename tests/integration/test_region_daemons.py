@@ -13,12 +13,13 @@ import grpc
 import pytest
 
 from domicile.identity.principal import ExpectedPeer
+from domicile.ports import free_port
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.records import context_from_pb
 from node.daemon import Node
 from tests.integration import test_subject_rights as subject_rights
-from tests.support.cluster import LocalCluster, eventually, free_port
+from tests.support.cluster import LocalCluster, eventually
 from tests.support.mongo import MongoServer
 from tests.support.packs import sample_pack
 

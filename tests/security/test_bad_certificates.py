@@ -20,12 +20,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from domicile.errors import InvalidArgument
 from domicile.identity import pki
+from domicile.ports import free_port
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.daemon import Node
-from tests.support.cluster import LocalCluster, free_port
+from tests.support.cluster import LocalCluster
 from tests.support.negatives import audit_mark, coordinator_refusals, denial, nothing_names, refused, state
 from tests.support.pki import odd_certificate
 from tests.support.tls import CLUSTER

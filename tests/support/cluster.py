@@ -4,7 +4,6 @@ ports, each node optionally behind a TcpProxy so that tests can cut and heal lin
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from domicile.client import AsyncClient, Client
 from domicile.hlc import HybridClock
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer
+from domicile.ports import free_port
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from node.config import NodeConfig
@@ -41,12 +41,6 @@ NAMESPACES = [
     {"name": "prefs_eu", "regions": ["eu-west-1", "eu-central-1"], "conflict_mode": "lww"},
     {"name": "customers_jp", "regions": ["ap-northeast-1"], "classification": "personal"},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "") -> None:

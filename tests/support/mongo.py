@@ -15,7 +15,7 @@ from typing import Any
 
 import pymongo
 
-from tests.support.cluster import free_port
+from domicile.ports import free_port
 
 START_TIMEOUT_S = 60.0
 URI_VARIABLE = "DOMICILE_TEST_MONGODB_URI"

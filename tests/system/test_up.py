@@ -12,7 +12,6 @@ import os
 import queue
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pytest
 
 from domicile.cluster import load_cluster
 from domicile.errors import NotFound
+from domicile.ports import free_port_run
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
@@ -65,35 +65,6 @@ def domicile_command() -> list[str]:
     """The installed `domicile` script next to this interpreter, else the module."""
     script = Path(sys.executable).parent / "domicile"
     return [str(script)] if script.exists() else [sys.executable, "-m", "domicile.cli"]
-
-
-def candidate_ports() -> tuple[int, int]:
-    """Ports below the kernel's ephemeral range, so that no outgoing connection or port-0
-    listener of a concurrent test takes one between the check and the daemon's bind."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    return (10000, low) if low > 12000 else (low + 1, 65000)
-
-
-def free_port_range(count: int, avoid: set[int], rng: random.Random) -> int:
-    """First port of `count` consecutive ports that can all be bound now."""
-    lowest, highest = candidate_ports()
-    for _ in range(200):
-        first = rng.randrange(lowest, highest - count)
-        ports = range(first, first + count)
-        if avoid.intersection(ports):
-            continue
-        try:
-            for port in ports:
-                with socket.socket() as sock:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 def eventually(check: Callable[[], bool], what: str, timeout_s: float = REPLICATION_S) -> None:
@@ -194,8 +165,8 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     print(f"port seed={seed}")
     rng = random.Random(seed)
     count = 1 + len(REGIONS)
-    base = free_port_range(count, set(), rng)
-    metrics = free_port_range(count, set(range(base, base + count)), rng)
+    base = free_port_run(count, rng=rng)
+    metrics = free_port_run(count, rng=rng)
     data_dir = tmp_path_factory.mktemp("domicile-up")
     process = subprocess.Popen(
         [

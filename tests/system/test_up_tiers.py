@@ -17,6 +17,7 @@ import pymongo
 import pytest
 import redis
 
+from domicile.ports import free_port_run
 from domicile.s3_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
 from tests.system.test_up import (
     ROOT,
@@ -24,7 +25,6 @@ from tests.system.test_up import (
     UpProcess,
     domicile_command,
     eventually,
-    free_port_range,
     pids_using,
 )
 
@@ -47,7 +47,7 @@ def test_up_tiers_runs_two_daemons_per_region_on_mongodb_and_stops_its_server(tm
     print(f"port seed={seed}")
     rng = random.Random(seed)
     # The coordinator, 2 x two daemons, then SecantusDB, redis-server and the S3 gateway.
-    base = free_port_range(8, set(), rng)
+    base = free_port_run(8, rng=rng)
     data_dir = tmp_path / "up"
     config = tmp_path / "cluster.yaml"
     config.write_text(CLUSTER)
