@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 # The lowest port handed out; below it sit well-known and registered services.
@@ -54,6 +55,13 @@ def bindable(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def reserve(ports: Iterable[int]) -> None:
+    """Ports this process's free_port must never hand out: ones its servers will listen on by
+    number (a command given a base port) but have not bound yet."""
+    with _lock:
+        _handed_out.update(ports)
 
 
 def free_port(host: str = "127.0.0.1", rng: random.Random | None = None) -> int:

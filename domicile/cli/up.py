@@ -44,6 +44,7 @@ from domicile.identity.credentials import Dialer
 from domicile.identity.files import PRIVATE_MODE, write_atomically
 from domicile.identity.principal import ExpectedPeer, Role
 from domicile.identity.tls_files import TlsFiles
+from domicile.ports import reserve
 
 _POLL_S = 0.2
 # The cluster's context-token key, in the cluster's data directory (see ensure_context_key).
@@ -492,6 +493,11 @@ def up(args: argparse.Namespace) -> int:
     if args.tiers:
         # After every daemon's port: the coordinator's, then the regions' daemons.
         first = args.base_port + 1 + per_region * len(cluster.regions)
+        # The S3 server's inner servers take free ports: never one of the daemons' numbers,
+        # which they bind only later.
+        reserve(range(args.base_port, first + 3))
+        if args.metrics_base_port:
+            reserve(range(args.metrics_base_port, args.metrics_base_port + first - args.base_port))
         s3 = s3_backup_server(data_dir, args.host, first + 2)
         tiers = TierServers(
             [
