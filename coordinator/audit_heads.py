@@ -7,9 +7,11 @@ signed with the key the exporting node's certificate binds (domicile/identity/au
 the CA, not the first caller, decides a node's key. The first head of a node pins its region and
 public key. After that a head is accepted only when it is validly signed by that key and extends
 what is on record: a smaller size means the log was truncated, the same size with another hash
-means it was rewritten.
-(A hash chain cannot prove that a longer head extends the shorter one; `domicile audit verify`
-checks that by recomputing the chain against the head on record.)
+means it was rewritten. A longer head is taken only with the exporter's proof that its log
+extends the one on record: the chain hash of its own entry at the recorded size, which must be
+the recorded head's. (Two heads alone cannot show that; without the proof, a log put back from
+an older copy that grew again past the recorded size would replace the head that proves its
+lost entries, and `domicile audit verify` would then find nothing wrong.)
 """
 
 from __future__ import annotations
@@ -67,10 +69,14 @@ class AuditHeadBook:
         self._now_ms = now_ms
         self._on_accept = on_accept
 
-    def accept(self, head: SignedHead, binding: KeyBinding | None = None) -> int:
+    def accept(
+        self, head: SignedHead, binding: KeyBinding | None = None, extends: tuple[int, bytes] = (0, b"")
+    ) -> int:
         """Records the head; returns the size now on record for its node. `binding`: the key
         the exporting node's certificate binds (None on an insecure port, where nothing binds a
-        key and the first head pins it)."""
+        key and the first head pins it). `extends`: (size, hash) of the exporter's log entry at
+        the size it believes on record. A longer head whose proof is for another size is not
+        recorded: the size returned, smaller than the head's, is the one to prove."""
         if head.region not in self._regions:
             raise InvalidArgument(
                 f"audit head names unknown region {head.region!r}; configured regions: "
@@ -113,6 +119,15 @@ class AuditHeadBook:
                         "different hash than the head on record: it was rewritten"
                     )
                 return old.size
+            if extends != (old.size, old.head):
+                if extends[0] != old.size:
+                    return old.size
+                raise FailedPrecondition(
+                    f"audit log of node {head.node_id} (region {head.region}) does not extend the head "
+                    f"on record: its entry {old.size} hashes to {extends[1].hex()[:16]}..., the head on "
+                    f"record of {old.size} entries to {old.head.hex()[:16]}.... The log was put back from "
+                    "an older copy or rewritten: entries the head on record covers are lost or changed"
+                )
         accepted = AcceptedHead(head, self._now_ms())
         self._save(accepted)
         self._heads[head.node_id] = accepted

@@ -241,6 +241,7 @@ class Node:
             rng=random.Random(self.rng.random()),
             # Signed when sent (a few a second), not per audit batch: see _on_audit_grown.
             sign=lambda: self.audit.head(),
+            hash_at=lambda seq: offload.run(self.audit.hash_at, seq),
         )
         signing_key, subject_key = await offload.run(
             load_or_create_keys, Path(cfg.data_dir), cfg.region_directory

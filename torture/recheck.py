@@ -29,7 +29,15 @@ from torture import checker
 from torture.cluster import TortureCluster
 from torture.history import load
 from torture.router import FaultRouter
-from torture.run import outcomes, report_markdown, scan_compliance, verify_audit, wait_linked
+from torture.run import (
+    audit_passed,
+    outcomes,
+    report_markdown,
+    rewound_regions,
+    scan_compliance,
+    verify_audit,
+    wait_linked,
+)
 
 # What a restart copies from the run's directory: everything a daemon reads at start.
 RESTART_FILES = ("tls", "cluster.yaml", "pack.yaml", "coordinator", "nodes", "mongodb")
@@ -48,7 +56,7 @@ def faults_injected(path: Path) -> dict[str, int]:
 
 
 async def restart_checks(
-    run_dir: Path, engine: str, audit_timeout_s: float
+    run_dir: Path, engine: str, audit_timeout_s: float, rewound: frozenset[str] = frozenset()
 ) -> tuple[dict[str, int], dict[str, str]]:
     """The compliance scanner and the audit chain checks, on the run's cluster started again
     from a copy of its stores, with its own certificates (the audit heads are anchored to the
@@ -69,7 +77,7 @@ async def restart_checks(
             await cluster.start()
             await wait_linked(cluster)
             residency = await scan_compliance(cluster)
-            audit = await verify_audit(cluster, audit_timeout_s)
+            audit = await verify_audit(cluster, audit_timeout_s, rewound)
         finally:
             await cluster.close()
             await router.close()
@@ -94,7 +102,8 @@ def recheck(args: argparse.Namespace) -> dict[str, Any]:
     residency: dict[str, int] | None = None
     audit: dict[str, str] | None = None
     if args.restart:
-        residency, audit = asyncio.run(restart_checks(run_dir, engine, args.audit_timeout))
+        rewound = rewound_regions(run_dir / "faults.jsonl")
+        residency, audit = asyncio.run(restart_checks(run_dir, engine, args.audit_timeout, rewound))
     convergence = json.loads((run_dir / "final.json").read_text()).get("convergence")
     report: dict[str, Any] = {
         "seed": parameters.get("seed", args.seed),
@@ -115,7 +124,7 @@ def recheck(args: argparse.Namespace) -> dict[str, Any]:
         findings.ok
         and (convergence is None or bool(convergence["converged"]))
         and (residency is None or not any(residency.values()))
-        and (audit is None or all(v == "ok" for v in audit.values()))
+        and (audit is None or audit_passed(audit, rewound_regions(run_dir / "faults.jsonl")))
     )
     return report
 

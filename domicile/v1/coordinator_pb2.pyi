@@ -844,6 +844,16 @@ class ExportAuditHeadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEAD_FIELD_NUMBER: _builtins.int
+    EXTENDS_SIZE_FIELD_NUMBER: _builtins.int
+    EXTENDS_HASH_FIELD_NUMBER: _builtins.int
+    extends_size: _builtins.int
+    """The proof that the log extends the head on record for this node: extends_hash is the
+    chain hash of the log's entry extends_size, where extends_size is the size of the head on
+    record (0 with none). A head longer than the one on record is taken only with this proof;
+    without it (or with another size) the answer's accepted_size names the size to prove. A
+    log put back from an older copy, or rewritten, cannot prove it: its head is refused.
+    """
+    extends_hash: _builtins.bytes
     @_builtins.property
     def head(self) -> _audit_pb2.SignedAuditHead:
         """The head, signed by the node that keeps the log."""
@@ -852,10 +862,12 @@ class ExportAuditHeadRequest(_message.Message):
         self,
         *,
         head: _audit_pb2.SignedAuditHead | None = ...,
+        extends_size: _builtins.int = ...,
+        extends_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extends_hash", b"extends_hash", "extends_size", b"extends_size", "head", b"head"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -869,7 +881,9 @@ class ExportAuditHeadResponse(_message.Message):
 
     ACCEPTED_SIZE_FIELD_NUMBER: _builtins.int
     accepted_size: _builtins.int
-    """Entries covered by the head now on record for the region."""
+    """Entries covered by the head now on record for the node. Less than the head sent: the head
+    was not taken for want of proof that the log extends the one on record (see extends_size).
+    """
     def __init__(
         self,
         *,

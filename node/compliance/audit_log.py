@@ -821,6 +821,13 @@ class AuditLog:
             ).fetchall()
         return [StoredEntry(int(seq), _as_bytes(body), _as_bytes(h)) for seq, body, h in rows]
 
+    def hash_at(self, seq: int) -> bytes:
+        """The chain hash of entry `seq` (b"" when the log holds no such entry): the proof, sent
+        with a head, that the log extends the head the coordinator holds (node.compliance.head_export)."""
+        with self._reader() as conn:
+            row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+        return b"" if row is None else _as_bytes(row[0])
+
     def iter_all(self, after: int = 0) -> Iterator[StoredEntry]:
         """Every stored entry (after seq `after`) in seq order, page by page (the log may not
         fit in memory); stops at the last entry that existed when iteration began."""

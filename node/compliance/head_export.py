@@ -10,6 +10,11 @@ are offered from the audit writer's thread; the event loop is woken only while t
 waits for a head, not for each head offered while it sleeps between exports. While the
 coordinator is unreachable the exporter retries with back-off; a head the coordinator refuses
 (the log shrank, forked or changed key) is logged and counted, and the next head is tried.
+
+A head longer than the one on record goes with the proof that the log extends it: the hash of
+the log's entry at the recorded size (coordinator/audit_heads.py). The exporter knows it for the
+head it last had accepted; at start, or when the coordinator holds another size, the answer
+names the size and the exporter reads that entry's hash from the log and sends again.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -36,6 +41,10 @@ from node.metrics import NodeMetrics
 log = logging.getLogger("domicile.audit.export")
 
 
+class HeadNotTaken(Exception):
+    """The coordinator answered without taking the head (it wants a proof the exporter cannot give)."""
+
+
 class HeadExporter:
     def __init__(
         self,
@@ -48,6 +57,7 @@ class HeadExporter:
         interval_s: float = 0.2,
         rng: random.Random | None = None,
         sign: Callable[[], SignedHead] | None = None,
+        hash_at: Callable[[int], Awaitable[bytes]] | None = None,
     ) -> None:
         self.interval_s = interval_s
         self.coordinator = coordinator
@@ -59,6 +69,11 @@ class HeadExporter:
         self.exported_size = 0
         # The signed head of the durable log now (the audit log's head()): for a size offered.
         self.sign = sign
+        # The chain hash of the log's entry at a size (b"": none), for the proof of extension.
+        self.hash_at = hash_at
+        # (size, hash) of the head the coordinator last took from this exporter: the proof the
+        # next head goes with.
+        self._extends: tuple[int, bytes] = (0, b"")
         # The newest size offered, with its signed head when it came signed.
         self._pending: tuple[int, SignedHead | None] | None = None
         self._wake = asyncio.Event()
@@ -125,6 +140,10 @@ class HeadExporter:
                     await self._send(stub, head)
                     backoff.reset()
                     await asyncio.sleep(self.interval_s)
+                except HeadNotTaken as exc:
+                    self.metrics.audit_export_refused.inc()
+                    log.error("coordinator did not take audit head at size %d: %s", head.size, exc)
+                    await asyncio.sleep(self.interval_s)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         self.metrics.audit_export_refused.inc()
@@ -151,6 +170,10 @@ class HeadExporter:
         try:
             async with self.dialer.channel(self.coordinator, ExpectedPeer.coordinator()) as channel:
                 await self._send(cpb_grpc.CoordinatorServiceStub(channel), head)
+        except HeadNotTaken as exc:
+            self.metrics.audit_export_refused.inc()
+            log.error("coordinator did not take the closing audit head at size %d: %s", head.size, exc)
+            return False
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 self.metrics.audit_export_refused.inc()
@@ -169,7 +192,24 @@ class HeadExporter:
     async def _send(self, stub: cpb_grpc.CoordinatorServiceStub, head: SignedHead) -> None:
         request = cpb.ExportAuditHeadRequest()
         head_to_pb(head, request.head)
+        request.extends_size, request.extends_hash = self._extends
         response = await stub.ExportAuditHead(request, timeout=self.rpc_deadline_s)
-        self.exported_size = max(self.exported_size, response.accepted_size)
+        recorded = response.accepted_size
+        if recorded < head.size and recorded != request.extends_size and self.hash_at is not None:
+            # The coordinator holds a head of another size than this exporter last had taken
+            # (this is its first head since start, or the coordinator's record is older): the
+            # proof is this log's entry at that size. A log without it, or with another entry
+            # there, is refused.
+            request.extends_size, request.extends_hash = recorded, await self.hash_at(recorded)
+            response = await stub.ExportAuditHead(request, timeout=self.rpc_deadline_s)
+            recorded = response.accepted_size
+        if recorded < head.size:
+            raise HeadNotTaken(
+                f"the coordinator holds {recorded} entries and took no proof that this log "
+                f"({head.size} entries) extends them"
+            )
+        if recorded == head.size:
+            self._extends = (head.size, head.head)
+        self.exported_size = max(self.exported_size, recorded)
         self.metrics.audit_exported_size.set(self.exported_size)
         self.metrics.audit_exported_time.set(time.time())

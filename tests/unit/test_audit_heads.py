@@ -28,7 +28,7 @@ def book() -> tuple[AuditHeadBook, list[AcceptedHead]]:
 def test_heads_that_extend_the_log_are_accepted_and_saved():
     b, saved = book()
     assert b.accept(head(3)) == 3
-    assert b.accept(head(7, b"\x02" * 32)) == 7
+    assert b.accept(head(7, b"\x02" * 32), extends=(3, b"\x01" * 32)) == 7
     assert [a.head.size for a in saved] == [3, 7]
     assert b.get("eu-west-1").head.size == 7 and b.get("eu-west-1").accepted_unix_ms == 42
 
@@ -100,3 +100,25 @@ def test_heads_stored_by_region_are_read_back_by_node():
     rows = {"eu-west-1": (head_to_bytes(legacy), 10), "eu-west-1-a": (head_to_bytes(newer), 20)}
     heads = stored_heads(rows)
     assert list(heads) == ["eu-west-1-a"] and heads["eu-west-1-a"].head.size == 5
+
+
+def test_a_longer_head_without_proof_is_not_recorded_and_the_size_to_prove_is_answered():
+    b, saved = book()
+    b.accept(head(3))
+    # No proof, or one for another size (a coordinator restored from an older copy holds less
+    # than the exporter last heard): the answer names the size on record, nothing is recorded.
+    assert b.accept(head(7, b"\x02" * 32)) == 3
+    assert b.accept(head(7, b"\x02" * 32), extends=(5, b"\x09" * 32)) == 3
+    assert [a.head.size for a in saved] == [3] and b.get("eu-west-1").head.size == 3
+
+
+def test_regression_a_log_that_grew_again_after_a_rewind_does_not_replace_the_head_on_record():
+    # Found in a torture run: a node put back on an older copy of its data directory lost
+    # anchored audit entries; once its log grew past the recorded size, its new head replaced
+    # the one that proved the loss, and the audit check passed or failed by timing alone.
+    b, saved = book()
+    b.accept(head(6, b"\x06" * 32))
+    with pytest.raises(FailedPrecondition, match="does not extend the head on record") as info:
+        b.accept(head(85, b"\x55" * 32), extends=(6, b"\x0a" * 32))  # its entry 6 is another
+    assert "06060606" in info.value.message and "0a0a0a0a" in info.value.message
+    assert [a.head.size for a in saved] == [6]
