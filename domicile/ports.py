@@ -38,11 +38,14 @@ def ephemeral_range() -> tuple[int, int]:
 
 def candidate_range() -> tuple[int, int]:
     """[low, high) of the ports free_port draws from: below the ephemeral range, or above it
-    where a system has moved that range down to PORT_LOW."""
+    where a system has moved that range down to PORT_LOW; where it leaves no room on either
+    side, every port from PORT_LOW (the race with outgoing connections is then back)."""
     low, high = ephemeral_range()
     if low - PORT_LOW >= 1000:
         return PORT_LOW, low
-    return high + 1, 65536
+    if 65535 - high >= 1000:
+        return high + 1, 65536
+    return PORT_LOW, 65536
 
 
 def bindable(host: str, port: int) -> bool:

@@ -89,3 +89,13 @@ def test_regression_a_reserved_port_is_not_handed_out() -> None:
     ports._handed_out.discard(wanted)
     ports.reserve([wanted])
     assert free_port(rng=Scripted(wanted)) != wanted
+
+
+def test_the_candidate_range_follows_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    for ephemeral, expected in (
+        ((32768, 60999), (10_000, 32768)),
+        ((1024, 50000), (50001, 65536)),  # moved down: above it
+        ((1024, 65535), (10_000, 65536)),  # no room either side: anywhere
+    ):
+        monkeypatch.setattr(ports, "ephemeral_range", lambda e=ephemeral: e)
+        assert ports.candidate_range() == expected
