@@ -178,6 +178,8 @@ def run_check(argv: list[str], timeout_s: float) -> tuple[int | None, str]:
 # the head that proves it). Any other problem is a failure like in any region.
 REWIND_LOSS_KINDS = frozenset({"truncated", "rewritten"})
 REWIND_LOSS = "entries lost to a rewind"
+# How much of a failed check's output (its JSON report) the report quotes.
+AUDIT_OUTPUT_CHARS = 2000
 
 
 async def verify_audit(
@@ -209,7 +211,7 @@ async def verify_audit(
                 results[region] = lost  # what the copy lacks stays lost: no use waiting
                 break
             if code is None or code == 0 or time.monotonic() > deadline:
-                results[region] = "ok" if code == 0 else output[-400:]
+                results[region] = "ok" if code == 0 else output[-AUDIT_OUTPUT_CHARS:]
                 break
             await asyncio.sleep(1.0)
     return results
