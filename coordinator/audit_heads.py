@@ -12,6 +12,12 @@ extends the one on record: the chain hash of its own entry at the recorded size,
 the recorded head's. (Two heads alone cannot show that; without the proof, a log put back from
 an older copy that grew again past the recorded size would replace the head that proves its
 lost entries, and `domicile audit verify` would then find nothing wrong.)
+
+A node that became a new incarnation (its store restored from a backup, or found put back from
+an older copy at start: node/rewind.py) starts a new chain: the head of its previous
+incarnation is closed (kept for good, with the time the new chain began) and the new one is
+taken as a first head, its key still the one on record. A head from an older incarnation than
+the one on record is refused.
 """
 
 from __future__ import annotations
@@ -39,17 +45,21 @@ class KeyBinding:
 class AcceptedHead:
     head: SignedHead
     accepted_unix_ms: int
+    # The exporting node's incarnation (0 until its store was first restored or found rewound).
+    incarnation: int = 0
 
 
-def stored_heads(rows: dict[str, tuple[bytes, int]]) -> dict[str, AcceptedHead]:
-    """The accepted heads as the coordinator's store keeps them (serialized, with their time), by
-    node id. Stores written when heads were kept per region have rows keyed by region: each is
-    re-keyed by the node it names, and of two rows of one node the longer log wins."""
+def stored_heads(rows: dict[str, tuple[bytes, int, int]]) -> dict[str, AcceptedHead]:
+    """The accepted heads as the coordinator's store keeps them (serialized, with their time and
+    incarnation), by node id. Stores written when heads were kept per region have rows keyed by
+    region: each is re-keyed by the node it names, and of two rows of one node the later
+    incarnation, then the longer log, wins."""
     heads: dict[str, AcceptedHead] = {}
-    for raw, ms in rows.values():
-        accepted = AcceptedHead(head_from_bytes(raw), ms)
+    for raw, ms, incarnation in rows.values():
+        accepted = AcceptedHead(head_from_bytes(raw), ms, incarnation)
         node_id = accepted.head.node_id
-        if node_id not in heads or heads[node_id].head.size < accepted.head.size:
+        held = heads.get(node_id)
+        if held is None or (held.incarnation, held.head.size) < (incarnation, accepted.head.size):
             heads[node_id] = accepted
     return heads
 
@@ -59,7 +69,7 @@ class AuditHeadBook:
         self,
         cluster: ClusterSpec,
         stored: dict[str, AcceptedHead],
-        save: Callable[[AcceptedHead], None],
+        save: Callable[[AcceptedHead, bool], None],
         now_ms: Callable[[], int],
         on_accept: Callable[[AcceptedHead], None] = lambda h: None,
     ) -> None:
@@ -70,13 +80,18 @@ class AuditHeadBook:
         self._on_accept = on_accept
 
     def accept(
-        self, head: SignedHead, binding: KeyBinding | None = None, extends: tuple[int, bytes] = (0, b"")
+        self,
+        head: SignedHead,
+        binding: KeyBinding | None = None,
+        extends: tuple[int, bytes] = (0, b""),
+        incarnation: int = 0,
     ) -> int:
         """Records the head; returns the size now on record for its node. `binding`: the key
         the exporting node's certificate binds (None on an insecure port, where nothing binds a
         key and the first head pins it). `extends`: (size, hash) of the exporter's log entry at
         the size it believes on record. A longer head whose proof is for another size is not
-        recorded: the size returned, smaller than the head's, is the one to prove."""
+        recorded: the size returned, smaller than the head's, is the one to prove. `incarnation`:
+        the exporting node's; a later one than on record starts a new chain (see above)."""
         if head.region not in self._regions:
             raise InvalidArgument(
                 f"audit head names unknown region {head.region!r}; configured regions: "
@@ -99,6 +114,7 @@ class AuditHeadBook:
                 "key the node's certificate binds (domicile certs issue --node)"
             )
         previous = self._heads.get(head.node_id)
+        closes = False
         if previous is not None:
             old = previous.head
             if head.region != old.region or head.public_key != old.public_key:
@@ -107,6 +123,15 @@ class AuditHeadBook:
                     f"names a region that is not the one on record (region {old.region}); a node's log "
                     "keeps its key"
                 )
+            if incarnation < previous.incarnation:
+                raise FailedPrecondition(
+                    f"audit head of node {head.node_id} (region {head.region}) comes from its incarnation "
+                    f"{incarnation}, older than the incarnation {previous.incarnation} on record: a copy "
+                    "of the node's store from before its restore is running"
+                )
+            closes = incarnation > previous.incarnation
+        if previous is not None and not closes:
+            old = previous.head
             if head.size < old.size:
                 raise FailedPrecondition(
                     f"audit log of region {head.region} shrank from {old.size} to {head.size} "
@@ -128,8 +153,14 @@ class AuditHeadBook:
                     f"record of {old.size} entries to {old.head.hex()[:16]}.... The log was put back from "
                     "an older copy or rewritten: entries the head on record covers are lost or changed"
                 )
-        accepted = AcceptedHead(head, self._now_ms())
-        self._save(accepted)
+        accepted = AcceptedHead(head, self._now_ms(), incarnation)
+        if closes and previous is not None:
+            log.warning(
+                "node %s (region %s) is incarnation %d: its audit chain starts again; the chain of "
+                "incarnation %d is closed at %d entries and kept on record",
+                head.node_id, head.region, incarnation, previous.incarnation, previous.head.size,
+            )  # fmt: skip
+        self._save(accepted, closes)
         self._heads[head.node_id] = accepted
         self._on_accept(accepted)
         return head.size

@@ -230,8 +230,12 @@ class Coordinator:
                 self.cluster,
                 stored_heads(store.load_audit_heads()),
                 # Rows keyed by node id (the store's column is named region: it held one node each).
-                save=lambda a: store.save_audit_head(
-                    a.head.node_id, head_to_bytes(a.head), a.accepted_unix_ms
+                save=lambda a, closes: store.save_audit_head(
+                    a.head.node_id,
+                    head_to_bytes(a.head),
+                    a.accepted_unix_ms,
+                    a.incarnation,
+                    closed=a.head.node_id if closes else "",
                 ),
                 now_ms=lambda: int(self._wall_clock() * 1000),
                 on_accept=self._on_audit_head,

@@ -37,7 +37,9 @@ from domicile.topology import NodeHealth, NodeInfo
 # 2: data-subject requests, erasure receipts and legal holds. A coordinator that predates them
 # would publish topologies without the erasures and holds in force, so it must refuse the data.
 # 3: who asked: the verified identity of an erasure's requester and a hold's placer and releaser.
-SCHEMA_VERSION = 3
+# 4: the incarnation of the node each audit head came from, and the heads of chains a later
+# incarnation closed (coordinator/audit_heads.py).
+SCHEMA_VERSION = 4
 
 # Every statement is idempotent: upgrading from version 1 runs them all, and only the tables
 # version 1 lacked are created (in their current shape, so the step from 2 to 3 adds only the
@@ -58,7 +60,18 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS audit_heads (
     region TEXT PRIMARY KEY,
     head BLOB NOT NULL,
-    accepted_unix_ms INTEGER NOT NULL
+    accepted_unix_ms INTEGER NOT NULL,
+    incarnation INTEGER NOT NULL DEFAULT 0
+)""",
+    # The last head of each audit chain a node's later incarnation closed: kept for good, the
+    # proof of what that chain held.
+    """CREATE TABLE IF NOT EXISTS audit_heads_closed (
+    node_id TEXT NOT NULL,
+    incarnation INTEGER NOT NULL,
+    head BLOB NOT NULL,
+    accepted_unix_ms INTEGER NOT NULL,
+    closed_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (node_id, incarnation)
 )""",
     """CREATE TABLE IF NOT EXISTS subject_requests (
     seq INTEGER PRIMARY KEY,
@@ -126,6 +139,14 @@ def _add_identity_columns(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
 
 
+def _add_incarnations(db: sqlite3.Connection) -> None:
+    """Version 3 -> 4. Idempotent: a store created by this version has them already."""
+    present = {str(row[1]) for row in db.execute("PRAGMA table_info(audit_heads)")}
+    if "incarnation" not in present:
+        db.execute("ALTER TABLE audit_heads ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0")
+    _create_schema(db)
+
+
 def _refuse_version(version: int) -> FailedPrecondition:
     return FailedPrecondition(
         f"coordinator data has schema version {version}; this coordinator supports up to "
@@ -136,7 +157,7 @@ def _refuse_version(version: int) -> FailedPrecondition:
 _STORE_SCHEMA = sqlite_db.Schema(
     version=SCHEMA_VERSION,
     create=_create_schema,
-    upgrades={1: _create_schema, 2: _add_identity_columns},
+    upgrades={1: _create_schema, 2: _add_identity_columns, 3: _add_incarnations},
     unsupported=_refuse_version,
 )
 
@@ -472,21 +493,42 @@ class CoordinatorStore:
                 [(n.last_heartbeat_unix_ms, n.node_id) for n in nodes],
             )
 
-    def save_audit_head(self, key: str, head: bytes, accepted_unix_ms: int) -> None:
+    def save_audit_head(
+        self, key: str, head: bytes, accepted_unix_ms: int, incarnation: int = 0, closed: str = ""
+    ) -> None:
         """Stores a node's last accepted signed head (serialized SignedAuditHead) under `key`, its
         node id (the column is named region: a store of an older version keyed heads by region,
-        and coordinator.audit_heads.stored_heads reads both)."""
+        and coordinator.audit_heads.stored_heads reads both), with the node's incarnation. The
+        head it replaces is kept as a closed chain's first when `closed` is that head's node id:
+        in the same transaction, so the proof of the old chain is never lost."""
         with self._transaction():
+            if closed:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO audit_heads_closed "
+                    "(node_id, incarnation, head, accepted_unix_ms, closed_unix_ms) "
+                    "SELECT ?, incarnation, head, accepted_unix_ms, ? FROM audit_heads WHERE region = ?",
+                    (closed, accepted_unix_ms, key),
+                )
             self._db.execute(
-                "INSERT INTO audit_heads (region, head, accepted_unix_ms) VALUES (?, ?, ?) "
+                "INSERT INTO audit_heads (region, head, accepted_unix_ms, incarnation) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(region) DO UPDATE SET head = excluded.head, "
-                "accepted_unix_ms = excluded.accepted_unix_ms",
-                (key, head, accepted_unix_ms),
+                "accepted_unix_ms = excluded.accepted_unix_ms, incarnation = excluded.incarnation",
+                (key, head, accepted_unix_ms, incarnation),
             )
 
-    def load_audit_heads(self) -> dict[str, tuple[bytes, int]]:
-        rows = self._db.execute("SELECT region, head, accepted_unix_ms FROM audit_heads").fetchall()
-        return {str(r): (bytes(h), int(t)) for r, h, t in rows}
+    def load_audit_heads(self) -> dict[str, tuple[bytes, int, int]]:
+        rows = self._db.execute(
+            "SELECT region, head, accepted_unix_ms, incarnation FROM audit_heads"
+        ).fetchall()
+        return {str(r): (bytes(h), int(t), int(i)) for r, h, t, i in rows}
+
+    def closed_audit_heads(self) -> list[tuple[str, int, bytes, int, int]]:
+        """(node id, incarnation, head, accepted, closed) of every closed chain, oldest first."""
+        rows = self._db.execute(
+            "SELECT node_id, incarnation, head, accepted_unix_ms, closed_unix_ms FROM audit_heads_closed "
+            "ORDER BY closed_unix_ms, node_id"
+        ).fetchall()
+        return [(str(n), int(i), bytes(h), int(a), int(c)) for n, i, h, a, c in rows]
 
     def get_meta(self, key: str) -> str:
         """A value of the meta table ("" when absent)."""

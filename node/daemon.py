@@ -242,6 +242,7 @@ class Node:
             # Signed when sent (a few a second), not per audit batch: see _on_audit_grown.
             sign=lambda: self.audit.head(),
             hash_at=lambda seq: offload.run(self.audit.hash_at, seq),
+            incarnation=self.epoch,
         )
         signing_key, subject_key = await offload.run(
             load_or_create_keys, Path(cfg.data_dir), cfg.region_directory

@@ -173,9 +173,11 @@ def run_check(argv: list[str], timeout_s: float) -> tuple[int | None, str]:
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
-# What a rewound node's audit check finds: the copy put back lacks entries its head on record
-# covers, and the entries it wrote since take their places (coordinator/audit_heads.py keeps
-# the head that proves it). Any other problem is a failure like in any region.
+# What the audit check of a node put back on an older copy finds when the node did not know it
+# (a node that finds it at start starts a new chain and verifies as any other): the copy lacks
+# entries its head on record covers, and the entries written since take their places
+# (coordinator/audit_heads.py keeps the head that proves it). Any other problem is a failure
+# like in any region.
 REWIND_LOSS_KINDS = frozenset({"truncated", "rewritten"})
 REWIND_LOSS = "entries lost to a rewind"
 # How much of a failed check's output (its JSON report) the report quotes.

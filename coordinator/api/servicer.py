@@ -216,7 +216,9 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             principal = caller.principal
             binding = None if principal is None else KeyBinding(principal.audit_key or b"")
             try:
-                return self._heads.accept(head, binding, (request.extends_size, request.extends_hash))
+                return self._heads.accept(
+                    head, binding, (request.extends_size, request.extends_hash), request.incarnation
+                )
             except FailedPrecondition:
                 self._metrics.audit_heads_refused.labels(region=head.region).inc()
                 log.error("refused audit head of region %s at size %d", head.region, head.size)

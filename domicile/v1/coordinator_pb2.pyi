@@ -846,6 +846,7 @@ class ExportAuditHeadRequest(_message.Message):
     HEAD_FIELD_NUMBER: _builtins.int
     EXTENDS_SIZE_FIELD_NUMBER: _builtins.int
     EXTENDS_HASH_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     extends_size: _builtins.int
     """The proof that the log extends the head on record for this node: extends_hash is the
     chain hash of the log's entry extends_size, where extends_size is the size of the head on
@@ -854,6 +855,12 @@ class ExportAuditHeadRequest(_message.Message):
     log put back from an older copy, or rewritten, cannot prove it: its head is refused.
     """
     extends_hash: _builtins.bytes
+    incarnation: _builtins.int
+    """The exporting node's incarnation: 0 until its store is first restored (domicile restore) or
+    found put back from an older copy at start. A later incarnation than the head on record
+    starts a new chain: the head on record is closed (kept for good) and this one is taken as a
+    first head. An earlier one is refused.
+    """
     @_builtins.property
     def head(self) -> _audit_pb2.SignedAuditHead:
         """The head, signed by the node that keeps the log."""
@@ -864,10 +871,11 @@ class ExportAuditHeadRequest(_message.Message):
         head: _audit_pb2.SignedAuditHead | None = ...,
         extends_size: _builtins.int = ...,
         extends_hash: _builtins.bytes = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["extends_hash", b"extends_hash", "extends_size", b"extends_size", "head", b"head"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extends_hash", b"extends_hash", "extends_size", b"extends_size", "head", b"head", "incarnation", b"incarnation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

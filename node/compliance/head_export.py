@@ -14,7 +14,9 @@ coordinator is unreachable the exporter retries with back-off; a head the coordi
 A head longer than the one on record goes with the proof that the log extends it: the hash of
 the log's entry at the recorded size (coordinator/audit_heads.py). The exporter knows it for the
 head it last had accepted; at start, or when the coordinator holds another size, the answer
-names the size and the exporter reads that entry's hash from the log and sends again.
+names the size and the exporter reads that entry's hash from the log and sends again. A node
+that became a new incarnation (restored, or found rewound at start) says so, and its chain
+starts again at the coordinator, the old one kept there as closed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class HeadExporter:
         rng: random.Random | None = None,
         sign: Callable[[], SignedHead] | None = None,
         hash_at: Callable[[int], Awaitable[bytes]] | None = None,
+        incarnation: int = 0,
     ) -> None:
         self.interval_s = interval_s
         self.coordinator = coordinator
@@ -71,6 +74,8 @@ class HeadExporter:
         self.sign = sign
         # The chain hash of the log's entry at a size (b"": none), for the proof of extension.
         self.hash_at = hash_at
+        # The node's incarnation: a later one than on record starts a new chain at the coordinator.
+        self.incarnation = incarnation
         # (size, hash) of the head the coordinator last took from this exporter: the proof the
         # next head goes with.
         self._extends: tuple[int, bytes] = (0, b"")
@@ -193,6 +198,7 @@ class HeadExporter:
         request = cpb.ExportAuditHeadRequest()
         head_to_pb(head, request.head)
         request.extends_size, request.extends_hash = self._extends
+        request.incarnation = self.incarnation
         response = await stub.ExportAuditHead(request, timeout=self.rpc_deadline_s)
         recorded = response.accepted_size
         if recorded < head.size and recorded != request.extends_size and self.hash_at is not None:

@@ -1,11 +1,14 @@
 """A node's audit log put back from an older copy of its data directory has lost entries its
-head on record covers. The coordinator keeps that head: a later, longer head is taken only with
-the proof that the log extends it (the hash of the log's entry at the recorded size), which a
-rewound log cannot give, so `domicile audit verify` keeps reporting the loss.
+head on record covers. A longer head is taken only with the proof that the log extends the one
+on record (the hash of the log's entry at the recorded size), which such a log cannot give; so
+a copy the node does not know it runs keeps its loss on record, and `domicile audit verify`
+keeps reporting it. A node that finds at start it was put back (node/rewind.py) is a new
+incarnation and says so: its chain starts again at the coordinator, and the old chain's head is
+kept there, closed.
 
-Found in a torture run: the rewound node's next heads were refused while its log was shorter,
-then, once it grew past the recorded size, one replaced the head that proved the loss and the
-check passed: whether a run's audit check failed depended on how much the node wrote after."""
+Found in a torture run: a rewound node's heads were refused while its log was shorter, then,
+once it grew past the recorded size, one replaced the head that proved the loss and the check
+passed: whether a run's audit check failed depended on how much the node wrote after."""
 
 from __future__ import annotations
 
@@ -60,8 +63,11 @@ async def test_regression_a_rewound_log_never_replaces_the_head_that_proves_its_
     try:
         coordinator = cluster.coordinator
         assert coordinator is not None
-        await rewind_west(cluster, tmp_path)
+        # Unchecked: the node does not know it runs an older copy (what the check at start
+        # would find; tampering with the files would look the same).
+        await rewind_west(cluster, tmp_path, rewind_check=False)
         west = cluster.nodes[WEST]
+        assert west.epoch == 0
         on_record = coordinator.audit_heads.get(WEST).head
         assert west.audit.size < on_record.size  # the copy lost entries the head covers
         # The log grows well past the recorded size (before the fix, its head then replaced it).
@@ -84,5 +90,31 @@ async def test_regression_a_rewound_log_never_replaces_the_head_that_proves_its_
         # And the check says so: the log does not match the head on record.
         report = verify_log(west.audit.iter_all(), on_record, trusted_public_key=on_record.public_key)
         assert not report.ok and report.anchored_size == 0, report
+    finally:
+        await cluster.stop()
+
+
+async def test_a_node_found_rewound_starts_a_new_chain_and_the_old_one_stays_on_record(
+    tmp_path: Path,
+) -> None:
+    cluster = LocalCluster(tmp_path, [WEST, CENTRAL])
+    await cluster.start_linked()
+    try:
+        coordinator = cluster.coordinator
+        assert coordinator is not None
+        await rewind_west(cluster, tmp_path)
+        west = cluster.nodes[WEST]
+        assert west.rewound and west.epoch > 0
+        await cluster.put(WEST, NS, "after-rewind", b"v")
+
+        async def new_chain() -> bool:
+            return coordinator.audit_heads.get(WEST).incarnation == west.epoch
+
+        await eventually(new_chain, 10, "west's new incarnation's chain on record")
+        ((node_id, incarnation, _, _, _),) = coordinator._store.closed_audit_heads()
+        assert (node_id, incarnation) == (WEST, 0)
+        head = coordinator.audit_heads.get(WEST).head
+        report = verify_log(west.audit.iter_all(), head, trusted_public_key=head.public_key)
+        assert report.ok and report.anchored_size == head.size, report
     finally:
         await cluster.stop()

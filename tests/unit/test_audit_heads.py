@@ -22,7 +22,7 @@ def head(size: int, last: bytes = b"\x01" * 32, *, key: Ed25519PrivateKey = KEY,
 
 def book() -> tuple[AuditHeadBook, list[AcceptedHead]]:
     saved: list[AcceptedHead] = []
-    return AuditHeadBook(CLUSTER, {}, save=saved.append, now_ms=lambda: 42), saved
+    return AuditHeadBook(CLUSTER, {}, save=lambda a, closes: saved.append(a), now_ms=lambda: 42), saved
 
 
 def test_heads_that_extend_the_log_are_accepted_and_saved():
@@ -97,7 +97,7 @@ def test_heads_stored_by_region_are_read_back_by_node():
     # An older coordinator store keyed each head by its region; a newer one by its node id.
     legacy = head(3, node="eu-west-1-a")
     newer = head(5, b"\x05" * 32, node="eu-west-1-a")
-    rows = {"eu-west-1": (head_to_bytes(legacy), 10), "eu-west-1-a": (head_to_bytes(newer), 20)}
+    rows = {"eu-west-1": (head_to_bytes(legacy), 10, 0), "eu-west-1-a": (head_to_bytes(newer), 20, 0)}
     heads = stored_heads(rows)
     assert list(heads) == ["eu-west-1-a"] and heads["eu-west-1-a"].head.size == 5
 
@@ -122,3 +122,36 @@ def test_regression_a_log_that_grew_again_after_a_rewind_does_not_replace_the_he
         b.accept(head(85, b"\x55" * 32), extends=(6, b"\x0a" * 32))  # its entry 6 is another
     assert "06060606" in info.value.message and "0a0a0a0a" in info.value.message
     assert [a.head.size for a in saved] == [6]
+
+
+def test_a_later_incarnation_closes_the_chain_on_record_and_starts_a_new_one():
+    # A node restored from a backup, or found put back from an older copy, is a new incarnation:
+    # its log does not extend the head on record, and its chain starts again (the old head is
+    # closed, kept by the store: save is told).
+    closing: list[bool] = []
+    b = AuditHeadBook(CLUSTER, {}, save=lambda a, closes: closing.append(closes), now_ms=lambda: 42)
+    b.accept(head(6, b"\x06" * 32))
+    assert b.accept(head(2, b"\x02" * 32), incarnation=1700000000) == 2
+    assert closing == [False, True]
+    assert b.get("eu-west-1").incarnation == 1700000000 and b.get("eu-west-1").head.size == 2
+    # Within the new incarnation the rules are as before: no shrinking, proof to grow.
+    with pytest.raises(FailedPrecondition, match="shrank"):
+        b.accept(head(1), incarnation=1700000000)
+    assert b.accept(head(5, b"\x05" * 32), extends=(2, b"\x02" * 32), incarnation=1700000000) == 5
+
+
+def test_an_older_incarnation_is_refused_and_a_new_one_keeps_the_key():
+    b, _ = book()
+    b.accept(head(6), incarnation=5)
+    with pytest.raises(FailedPrecondition, match="incarnation 4, older than the incarnation 5"):
+        b.accept(head(9, b"\x09" * 32), extends=(6, b"\x01" * 32), incarnation=4)
+    with pytest.raises(FailedPrecondition, match="keeps its key"):
+        b.accept(head(1, key=Ed25519PrivateKey.generate()), incarnation=6)
+    assert b.get("eu-west-1").head.size == 6
+
+
+def test_stored_heads_prefer_the_later_incarnation():
+    old = head(9, b"\x09" * 32)
+    new = head(2, b"\x02" * 32)
+    rows = {"eu-west-1": (head_to_bytes(old), 1, 0), "eu-west-1-legacy": (head_to_bytes(new), 2, 7)}
+    assert stored_heads(rows)["eu-west-1"].incarnation == 7
