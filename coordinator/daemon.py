@@ -235,7 +235,7 @@ class Coordinator:
                     head_to_bytes(a.head),
                     a.accepted_unix_ms,
                     a.incarnation,
-                    closed=a.head.node_id if closes else "",
+                    closes,
                 ),
                 now_ms=lambda: int(self._wall_clock() * 1000),
                 on_accept=self._on_audit_head,

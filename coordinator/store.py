@@ -494,20 +494,20 @@ class CoordinatorStore:
             )
 
     def save_audit_head(
-        self, key: str, head: bytes, accepted_unix_ms: int, incarnation: int = 0, closed: str = ""
+        self, key: str, head: bytes, accepted_unix_ms: int, incarnation: int = 0, closes: bool = False
     ) -> None:
         """Stores a node's last accepted signed head (serialized SignedAuditHead) under `key`, its
         node id (the column is named region: a store of an older version keyed heads by region,
-        and coordinator.audit_heads.stored_heads reads both), with the node's incarnation. The
-        head it replaces is kept as a closed chain's first when `closed` is that head's node id:
-        in the same transaction, so the proof of the old chain is never lost."""
+        and coordinator.audit_heads.stored_heads reads both), with the node's incarnation. With
+        `closes` (a new incarnation's first head), the head it replaces is kept as its chain's
+        last, in the same transaction, so that the proof of the old chain is never lost."""
         with self._transaction():
-            if closed:
+            if closes:
                 self._db.execute(
                     "INSERT OR IGNORE INTO audit_heads_closed "
                     "(node_id, incarnation, head, accepted_unix_ms, closed_unix_ms) "
                     "SELECT ?, incarnation, head, accepted_unix_ms, ? FROM audit_heads WHERE region = ?",
-                    (closed, accepted_unix_ms, key),
+                    (key, accepted_unix_ms, key),
                 )
             self._db.execute(
                 "INSERT INTO audit_heads (region, head, accepted_unix_ms, incarnation) VALUES (?, ?, ?, ?) "

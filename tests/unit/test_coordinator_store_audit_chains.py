@@ -35,7 +35,7 @@ def test_a_new_incarnations_head_keeps_the_closed_chains_head(tmp_path: Path) ->
         store.save_audit_head("eu-west-1", b"head-6", 10)
         store.save_audit_head("eu-west-1", b"head-9", 20)  # the same chain grows: nothing closed
         assert store.closed_audit_heads() == []
-        store.save_audit_head("eu-west-1", b"head-2", 30, incarnation=1700000000, closed="eu-west-1")
+        store.save_audit_head("eu-west-1", b"head-2", 30, incarnation=1700000000, closes=True)
         assert store.load_audit_heads() == {"eu-west-1": (b"head-2", 30, 1700000000)}
         assert store.closed_audit_heads() == [("eu-west-1", 0, b"head-9", 20, 30)]
     finally:
