@@ -72,12 +72,15 @@ class AuditHeadBook:
         save: Callable[[AcceptedHead, bool], None],
         now_ms: Callable[[], int],
         on_accept: Callable[[AcceptedHead], None] = lambda h: None,
+        on_close: Callable[[AcceptedHead, AcceptedHead], None] = lambda old, new: None,
     ) -> None:
         self._regions = set(cluster.region_names())
         self._heads = dict(stored)
         self._save = save
         self._now_ms = now_ms
         self._on_accept = on_accept
+        # (the closed chain's last head, the new chain's first), once the new one is saved.
+        self._on_close = on_close
 
     def accept(
         self,
@@ -161,6 +164,8 @@ class AuditHeadBook:
                 head.node_id, head.region, incarnation, previous.incarnation, previous.head.size,
             )  # fmt: skip
         self._save(accepted, closes)
+        if closes and previous is not None:
+            self._on_close(previous, accepted)
         self._heads[head.node_id] = accepted
         self._on_accept(accepted)
         return head.size

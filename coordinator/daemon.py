@@ -239,6 +239,7 @@ class Coordinator:
                 ),
                 now_ms=lambda: int(self._wall_clock() * 1000),
                 on_accept=self._on_audit_head,
+                on_close=self._on_audit_chain_closed,
             )
             for accepted in self.audit_heads.all().values():
                 self._on_audit_head(accepted)
@@ -246,6 +247,7 @@ class Coordinator:
             # an increase that rate() and increase() can see.
             for region in self.cluster.region_names():
                 self.metrics.audit_heads_refused.labels(region=region)
+                self.metrics.audit_chains_closed.labels(region=region)
             cpb_grpc.add_CoordinatorServiceServicer_to_server(
                 CoordinatorServicer(
                     self._registry,
@@ -371,6 +373,9 @@ class Coordinator:
         region = accepted.head.region
         self.metrics.audit_head_size.labels(region=region).set(accepted.head.size)
         self.metrics.audit_head_time.labels(region=region).set(accepted.accepted_unix_ms / 1000.0)
+
+    def _on_audit_chain_closed(self, closed: AcceptedHead, first: AcceptedHead) -> None:
+        self.metrics.audit_chains_closed.labels(region=first.head.region).inc()
 
     def _on_revision(self, topology: Topology) -> None:
         self._hub.publish(topology)

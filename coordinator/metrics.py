@@ -71,7 +71,15 @@ class CoordinatorMetrics:
         )
         self.audit_heads_refused = Counter(
             "domicile_coordinator_audit_heads_refused_total",
-            "Signed audit heads refused (bad signature, other key, shrunk or rewritten log)",
+            "Signed audit heads refused (bad signature, other key, shrunk or rewritten log, a log "
+            "that does not extend the head on record)",
+            ["region"],
+            registry=self.registry,
+        )
+        self.audit_chains_closed = Counter(
+            "domicile_coordinator_audit_chains_closed_total",
+            "Audit chains closed by a node's new incarnation (restored, or found put back from an "
+            "older copy); the closed chain's last head is kept in the coordinator's store",
             ["region"],
             registry=self.registry,
         )

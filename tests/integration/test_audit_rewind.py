@@ -113,6 +113,7 @@ async def test_a_node_found_rewound_starts_a_new_chain_and_the_old_one_stays_on_
         await eventually(new_chain, 10, "west's new incarnation's chain on record")
         ((node_id, incarnation, _, _, _),) = coordinator._store.closed_audit_heads()
         assert (node_id, incarnation) == (WEST, 0)
+        assert coordinator.metrics.audit_chains_closed.labels(region=WEST)._value.get() == 1
         head = coordinator.audit_heads.get(WEST).head
         report = verify_log(west.audit.iter_all(), head, trusted_public_key=head.public_key)
         assert report.ok and report.anchored_size == head.size, report

@@ -129,10 +129,17 @@ def test_a_later_incarnation_closes_the_chain_on_record_and_starts_a_new_one():
     # its log does not extend the head on record, and its chain starts again (the old head is
     # closed, kept by the store: save is told).
     closing: list[bool] = []
-    b = AuditHeadBook(CLUSTER, {}, save=lambda a, closes: closing.append(closes), now_ms=lambda: 42)
+    closed: list[tuple[int, int]] = []
+    b = AuditHeadBook(
+        CLUSTER,
+        {},
+        save=lambda a, closes: closing.append(closes),
+        now_ms=lambda: 42,
+        on_close=lambda old, new: closed.append((old.head.size, new.head.size)),
+    )
     b.accept(head(6, b"\x06" * 32))
     assert b.accept(head(2, b"\x02" * 32), incarnation=1700000000) == 2
-    assert closing == [False, True]
+    assert closing == [False, True] and closed == [(6, 2)]
     assert b.get("eu-west-1").incarnation == 1700000000 and b.get("eu-west-1").head.size == 2
     # Within the new incarnation the rules are as before: no shrinking, proof to grow.
     with pytest.raises(FailedPrecondition, match="shrank"):
