@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from domicile.audit import SignedHead
+from domicile.audit import ClosedChain, SignedHead
 from domicile.cluster import ClusterSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound
 from domicile.wire.audit import head_from_bytes
@@ -64,6 +64,14 @@ def stored_heads(rows: dict[str, tuple[bytes, int, int]]) -> dict[str, AcceptedH
     return heads
 
 
+def stored_closed_chains(rows: list[tuple[str, int, bytes, int, int]]) -> list[ClosedChain]:
+    """The closed chains as the coordinator's store keeps them ((node id, incarnation, head,
+    accepted, closed) rows, oldest first)."""
+    return [
+        ClosedChain(head_from_bytes(raw), inc, accepted, closed) for _, inc, raw, accepted, closed in rows
+    ]
+
+
 class AuditHeadBook:
     def __init__(
         self,
@@ -73,9 +81,14 @@ class AuditHeadBook:
         now_ms: Callable[[], int],
         on_accept: Callable[[AcceptedHead], None] = lambda h: None,
         on_close: Callable[[AcceptedHead, AcceptedHead], None] = lambda old, new: None,
+        closed: list[ClosedChain] | None = None,
     ) -> None:
         self._regions = set(cluster.region_names())
         self._heads = dict(stored)
+        # node id -> its closed chains, oldest first (a node closes one per restore: few).
+        self._closed: dict[str, list[ClosedChain]] = {}
+        for chain in closed or ():
+            self._closed.setdefault(chain.head.node_id, []).append(chain)
         self._save = save
         self._now_ms = now_ms
         self._on_accept = on_accept
@@ -165,6 +178,11 @@ class AuditHeadBook:
             )  # fmt: skip
         self._save(accepted, closes)
         if closes and previous is not None:
+            self._closed.setdefault(head.node_id, []).append(
+                ClosedChain(
+                    previous.head, previous.incarnation, previous.accepted_unix_ms, accepted.accepted_unix_ms
+                )
+            )
             self._on_close(previous, accepted)
         self._heads[head.node_id] = accepted
         self._on_accept(accepted)
@@ -192,6 +210,10 @@ class AuditHeadBook:
         raise NotFound(
             f"region {region} has several nodes with audit logs ({', '.join(sorted(of_region))}); name one"
         )
+
+    def closed(self, node_id: str) -> list[ClosedChain]:
+        """The audit chains of `node_id` that its later incarnations closed, oldest first."""
+        return list(self._closed.get(node_id, ()))
 
     def all(self) -> dict[str, AcceptedHead]:
         return dict(self._heads)

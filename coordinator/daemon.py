@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.addresses import split_host_port
 from coordinator.api.servicer import SERVICE_NAME, CoordinatorServicer
-from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_heads
+from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_closed_chains, stored_heads
 from coordinator.config import TLS_STEM, CoordinatorConfig, validate
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
@@ -240,6 +240,7 @@ class Coordinator:
                 now_ms=lambda: int(self._wall_clock() * 1000),
                 on_accept=self._on_audit_head,
                 on_close=self._on_audit_chain_closed,
+                closed=stored_closed_chains(store.closed_audit_heads()),
             )
             for accepted in self.audit_heads.all().values():
                 self._on_audit_head(accepted)

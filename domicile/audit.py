@@ -256,6 +256,30 @@ class SignedHead:
         return True
 
 
+@dataclass(frozen=True)
+class ClosedChain:
+    """A node's audit chain that a later incarnation of the node (restored, or found put back
+    from an older copy) closed by starting a new one: its last head the coordinator accepted,
+    kept for good. The entries it covers may be gone from the node's log; the head says how many
+    there were and what they hashed to."""
+
+    head: SignedHead
+    incarnation: int
+    accepted_unix_ms: int
+    closed_unix_ms: int
+
+
+@dataclass(frozen=True)
+class HeadOnRecord:
+    """What the coordinator holds of one node's audit chains: the last head it accepted of the
+    current chain, when, the incarnation that exported it, and the chains closed before it."""
+
+    head: SignedHead
+    accepted_unix_ms: int
+    incarnation: int = 0
+    closed: tuple[ClosedChain, ...] = ()
+
+
 def public_key_bytes(key: Ed25519PrivateKey) -> bytes:
     """The raw 32-byte public key that heads carry and the coordinator pins."""
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

@@ -11,11 +11,12 @@ from typing import Any, TypeVar
 import grpc
 
 from coordinator.api.errors import status_for
-from coordinator.audit_heads import AuditHeadBook, KeyBinding
+from coordinator.audit_heads import AcceptedHead, AuditHeadBook, KeyBinding
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.subject_desk import SubjectDesk, check_open_kind
 from coordinator.watch import WatchHub
+from domicile.audit import ClosedChain
 from domicile.authz import ClusterResource
 from domicile.authz.gate import Caller, Gate
 from domicile.authz.model import DEFAULT_CLUSTER_NAME
@@ -25,7 +26,7 @@ from domicile.subjects import HoldScope, LegalHold, SubjectOrders, SubjectReques
 from domicile.topology import Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
-from domicile.wire.audit import head_from_pb, head_to_pb
+from domicile.wire.audit import closed_chain_to_pb, head_from_pb, head_to_pb
 from domicile.wire.subject_orders import orders_to_pages
 from domicile.wire.subjects import hold_to_pb, receipt_from_pb, request_to_pb
 from domicile.wire.topology import topology_to_pb, with_backup
@@ -237,11 +238,17 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def GetAuditHead(
         self, request: cpb.GetAuditHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.GetAuditHeadResponse:
-        accepted = await self._unary(
-            "GetAuditHead", context, lambda: self._heads.get(request.region, request.node_id)
+        def get() -> tuple[AcceptedHead, list[ClosedChain]]:
+            accepted = self._heads.get(request.region, request.node_id)
+            return accepted, self._heads.closed(accepted.head.node_id)
+
+        accepted, closed = await self._unary("GetAuditHead", context, get)
+        response = cpb.GetAuditHeadResponse(
+            accepted_unix_ms=accepted.accepted_unix_ms, incarnation=accepted.incarnation
         )
-        response = cpb.GetAuditHeadResponse(accepted_unix_ms=accepted.accepted_unix_ms)
         head_to_pb(accepted.head, response.head)
+        for chain in closed:
+            closed_chain_to_pb(chain, response.closed_chains.add())
         return response
 
     # --- data-subject requests and legal holds ------------------------------------------------

@@ -9,6 +9,13 @@ Exit codes of verify: 0 the log is intact and anchored by a valid exported head;
 was found, or no head was exported yet ("not anchored": the chain may be internally consistent,
 but nothing outside the node vouches for it, so nothing proves it complete or unaltered);
 2 the check could not be made (unknown region, a node or the coordinator unreachable).
+
+A node restored from a backup, or found put back from an older copy at start, is a new
+incarnation and starts a new chain; the coordinator keeps the last head of each chain closed so.
+verify checks the current chain and lists the closed ones: their entries after the copy the
+node was put back from are not in its log any more, and the closed heads say how many there
+were. A closed chain does not change the exit code (a restore is an operator's act, recorded
+and alerted on at the coordinator); it is there for the auditor to see.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from domicile.audit import AuditEntry, SignedHead, StoredEntry, VerifyReport, verify_log
+from domicile.audit import AuditEntry, ClosedChain, SignedHead, StoredEntry, VerifyReport, verify_log
 from domicile.cli import connect
 from domicile.cli.output import iso_ms, plural, print_json, table
 from domicile.client import Client
@@ -48,6 +55,9 @@ class Verification:
     accepted_unix_ms: int
     node_head: SignedHead | None
     report: VerifyReport
+    # The incarnation that exported `head`, and the node's chains its earlier ones closed.
+    incarnation: int = 0
+    closed: tuple[ClosedChain, ...] = ()
 
     @property
     def anchored(self) -> bool:
@@ -59,7 +69,8 @@ class Verification:
 
 
 def run_verification(client: Client, region: str, problems_max: int, progress: TextIO) -> Verification:
-    head, accepted_ms = client.audit_head(region)
+    record = client.audit_record(region)
+    head = record.head if record is not None else None
     # The log of the node whose head is on record (a region may have several nodes, each with a
     # log of its own); the head is taken first, so a head the node exports meanwhile is not it.
     node_head, entries = client.read_audit_log(region, node_id=head.node_id if head is not None else None)
@@ -69,7 +80,11 @@ def run_verification(client: Client, region: str, problems_max: int, progress: T
         trusted_public_key=head.public_key if head is not None else None,
         problems_max=problems_max,
     )
-    return Verification(region, head, accepted_ms, node_head, report)
+    if record is None:
+        return Verification(region, None, 0, node_head, report)
+    return Verification(
+        region, head, record.accepted_unix_ms, node_head, report, record.incarnation, record.closed
+    )
 
 
 def head_json(head: SignedHead | None, accepted_unix_ms: int = 0) -> dict[str, Any] | None:
@@ -101,9 +116,27 @@ def verification_json(v: Verification) -> dict[str, Any]:
         "anchored_size": r.anchored_size,
         "head": head_json(v.head, v.accepted_unix_ms),
         "node_head_size": v.node_head.size if v.node_head is not None else None,
+        "incarnation": v.incarnation,
+        "closed_chains": [closed_chain_json(c) for c in v.closed],
         "problems": [{"kind": p.kind, "seq": p.seq, "message": p.message} for p in r.problems],
         "problems_omitted": r.problems_omitted,
     }
+
+
+def closed_chain_json(chain: ClosedChain) -> dict[str, Any]:
+    return {
+        "incarnation": chain.incarnation,
+        "head": head_json(chain.head, chain.accepted_unix_ms),
+        "closed_unix_ms": chain.closed_unix_ms,
+        "closed": iso_ms(chain.closed_unix_ms),
+    }
+
+
+def closed_chain_text(chain: ClosedChain) -> str:
+    return (
+        f"incarnation {chain.incarnation}: {plural(chain.head.size, 'entry', 'entries')}, last head "
+        f"signed at {iso_ms(chain.head.time_ms)}, closed at {iso_ms(chain.closed_unix_ms)}"
+    )
 
 
 def verification_text(v: Verification) -> str:
@@ -125,6 +158,14 @@ def verification_text(v: Verification) -> str:
         )
     if v.node_head is not None:
         lines.append(f"node reports:     {plural(v.node_head.size, 'entry', 'entries')}")
+    if v.closed:
+        lines.append(
+            f"incarnation:      {v.incarnation}; {plural(len(v.closed), 'earlier chain')} closed by a "
+            "restore or a store put back from an older copy (their later entries are not in this log):"
+        )
+        lines.extend(f"  {closed_chain_text(c)}" for c in v.closed)
+    elif v.incarnation:
+        lines.append(f"incarnation:      {v.incarnation}")
     if r.problems:
         lines.append(f"problems ({len(r.problems) + r.problems_omitted}):")
         lines.append(table(["kind", "seq", "message"], [[p.kind, p.seq, p.message] for p in r.problems]))

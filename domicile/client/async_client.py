@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from domicile.audit import SignedHead, StoredEntry
+from domicile.audit import HeadOnRecord, SignedHead, StoredEntry
 from domicile.causality import CausalContext
 from domicile.client import async_runtime as runtime
 from domicile.client.audit_pages import AuditCursor
@@ -47,7 +47,7 @@ from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cgrpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as sgrpc
-from domicile.wire.audit import audit_page_from_pb, head_from_pb
+from domicile.wire.audit import audit_page_from_pb, closed_chain_from_pb, head_from_pb
 from domicile.wire.batch import put_batch_results_from_pb
 from domicile.wire.consistency import pair_consistency_from_pb
 from domicile.wire.errors import error_from_rpc
@@ -532,6 +532,15 @@ class AsyncClient:
         """The last signed head of `region`'s audit log that the coordinator accepted, and when
         it accepted it (ms since the epoch); (None, 0) when the region has exported none yet.
         `node_id`: the node's, in a region with several nodes (each keeps a log of its own)."""
+        record = await self.audit_record(region, node_id)
+        return (None, 0) if record is None else (record.head, record.accepted_unix_ms)
+
+    async def audit_record(self, region: str, node_id: str = "") -> HeadOnRecord | None:
+        """What the coordinator holds of the audit chains of `region`'s node (`node_id` in a
+        region with several): the current chain's last accepted head, the incarnation that
+        exported it, and the chains the node's earlier incarnations closed (a restore, or a
+        store found put back from an older copy, starts a new chain). None when the region has
+        exported no head yet."""
         check_region_name(region)
         what = f"audit head of {region}"
         check_known_region(await self._current_topology(Deadline(self.deadline_s, what), False), region)
@@ -539,10 +548,15 @@ class AsyncClient:
         try:
             resp = await self._coordinator_call(what, lambda s, t: s.GetAuditHead(req, timeout=t))
         except NotFound:
-            return None, 0
+            return None
         if not resp.HasField("head"):
-            return None, 0
-        return head_from_pb(resp.head), resp.accepted_unix_ms
+            return None
+        return HeadOnRecord(
+            head_from_pb(resp.head),
+            resp.accepted_unix_ms,
+            resp.incarnation,
+            tuple(closed_chain_from_pb(c) for c in resp.closed_chains),
+        )
 
     async def scan_compliance(
         self,

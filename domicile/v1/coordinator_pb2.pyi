@@ -941,25 +941,74 @@ class GetAuditHeadResponse(_message.Message):
 
     HEAD_FIELD_NUMBER: _builtins.int
     ACCEPTED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    CLOSED_CHAINS_FIELD_NUMBER: _builtins.int
     accepted_unix_ms: _builtins.int
     """When the coordinator accepted it, milliseconds since the Unix epoch."""
+    incarnation: _builtins.int
+    """The incarnation of the node that exported it (see ExportAuditHeadRequest.incarnation)."""
     @_builtins.property
     def head(self) -> _audit_pb2.SignedAuditHead:
         """The last head accepted for the region."""
+
+    @_builtins.property
+    def closed_chains(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClosedAuditChain]:
+        """The node's earlier audit chains, oldest first: each was closed when a later incarnation of
+        the node (restored, or found put back from an older copy) began a new chain. Their last
+        heads are kept for good; the entries they cover may be gone from the node's log (a restore
+        starts an empty one), and these heads say how many there were and what they hashed to.
+        """
 
     def __init__(
         self,
         *,
         head: _audit_pb2.SignedAuditHead | None = ...,
         accepted_unix_ms: _builtins.int = ...,
+        incarnation: _builtins.int = ...,
+        closed_chains: _abc.Iterable[Global___ClosedAuditChain] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_unix_ms", b"accepted_unix_ms", "head", b"head"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_unix_ms", b"accepted_unix_ms", "closed_chains", b"closed_chains", "head", b"head", "incarnation", b"incarnation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAuditHeadResponse: _TypeAlias = GetAuditHeadResponse  # noqa: Y015
+
+@_typing.final
+class ClosedAuditChain(_message.Message):
+    """A node's audit chain closed by its later incarnation: the last head accepted of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    ACCEPTED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CLOSED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    incarnation: _builtins.int
+    """The incarnation that exported it."""
+    accepted_unix_ms: _builtins.int
+    """When the coordinator accepted the head, and when the chain was closed (the new chain's first
+    head accepted), milliseconds since the Unix epoch.
+    """
+    closed_unix_ms: _builtins.int
+    @_builtins.property
+    def head(self) -> _audit_pb2.SignedAuditHead: ...
+    def __init__(
+        self,
+        *,
+        head: _audit_pb2.SignedAuditHead | None = ...,
+        incarnation: _builtins.int = ...,
+        accepted_unix_ms: _builtins.int = ...,
+        closed_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_unix_ms", b"accepted_unix_ms", "closed_unix_ms", b"closed_unix_ms", "head", b"head", "incarnation", b"incarnation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClosedAuditChain: _TypeAlias = ClosedAuditChain  # noqa: Y015
 
 @_typing.final
 class EraseSubjectRequest(_message.Message):

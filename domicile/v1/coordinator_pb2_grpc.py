@@ -176,7 +176,8 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAuditHead(self, request, context):
-        """Returns the last signed audit head accepted for a region.
+        """Returns the last signed audit head accepted for a region, with its node's incarnation and
+        the audit chains that node's earlier incarnations closed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,7 +55,9 @@ class CoordinatorServiceStub:
     same size with a different hash.
     """
     GetAuditHead: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetAuditHeadRequest, _coordinator_pb2.GetAuditHeadResponse]
-    """Returns the last signed audit head accepted for a region."""
+    """Returns the last signed audit head accepted for a region, with its node's incarnation and
+    the audit chains that node's earlier incarnations closed.
+    """
     EraseSubject: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.EraseSubjectRequest, _coordinator_pb2.EraseSubjectResponse]
     """Opens an erasure request for a data subject and orders every region to erase the
     subject's records (except those under a legal hold or a legal retention obligation).
@@ -125,7 +127,9 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     same size with a different hash.
     """
     GetAuditHead: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetAuditHeadRequest, _coordinator_pb2.GetAuditHeadResponse]  # type: ignore[assignment]
-    """Returns the last signed audit head accepted for a region."""
+    """Returns the last signed audit head accepted for a region, with its node's incarnation and
+    the audit chains that node's earlier incarnations closed.
+    """
     EraseSubject: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.EraseSubjectRequest, _coordinator_pb2.EraseSubjectResponse]  # type: ignore[assignment]
     """Opens an erasure request for a data subject and orders every region to erase the
     subject's records (except those under a legal hold or a legal retention obligation).
@@ -228,7 +232,9 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.GetAuditHeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.GetAuditHeadResponse, _abc.Awaitable[_coordinator_pb2.GetAuditHeadResponse]]:
-        """Returns the last signed audit head accepted for a region."""
+        """Returns the last signed audit head accepted for a region, with its node's incarnation and
+        the audit chains that node's earlier incarnations closed.
+        """
 
     @_abc_1.abstractmethod
     def EraseSubject(

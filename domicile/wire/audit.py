@@ -1,4 +1,5 @@
-"""Audit log types on the wire: domicile.audit <-> domicile.v1 AuditRecord / SignedAuditHead.
+"""Audit log types on the wire: domicile.audit <-> domicile.v1 AuditRecord / SignedAuditHead /
+ClosedAuditChain.
 
 Used by the node (ReadAuditLog), the coordinator (ExportAuditHead / GetAuditHead) and the SDK,
 so that every side encodes a head the same way. Nothing is checked here beyond the shape of the
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from domicile.audit import SignedHead, StoredEntry
+from domicile.audit import ClosedChain, SignedHead, StoredEntry
 from domicile.v1 import audit_pb2 as apb
+from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import storage_node_pb2 as spb
 
 
@@ -49,6 +51,18 @@ def head_from_pb(msg: apb.SignedAuditHead) -> SignedHead:
         public_key=msg.public_key,
         signature=msg.signature,
     )
+
+
+def closed_chain_to_pb(chain: ClosedChain, out: cpb.ClosedAuditChain) -> cpb.ClosedAuditChain:
+    head_to_pb(chain.head, out.head)
+    out.incarnation = chain.incarnation
+    out.accepted_unix_ms = chain.accepted_unix_ms
+    out.closed_unix_ms = chain.closed_unix_ms
+    return out
+
+
+def closed_chain_from_pb(msg: cpb.ClosedAuditChain) -> ClosedChain:
+    return ClosedChain(head_from_pb(msg.head), msg.incarnation, msg.accepted_unix_ms, msg.closed_unix_ms)
 
 
 def head_to_bytes(head: SignedHead) -> bytes:

@@ -121,3 +121,15 @@ async def test_a_node_found_rewound_starts_a_new_chain_and_the_old_one_stays_on_
     head = coordinator.audit_heads.get(WEST).head
     report = verify_log(west.audit.iter_all(), head, trusted_public_key=head.public_key)
     assert report.ok and report.anchored_size == head.size, report
+    # What `domicile audit verify` shows: the current chain's incarnation and the closed one,
+    # read back from the coordinator's store after a restart as well.
+    for restart in (False, True):
+        if restart:
+            await cluster.stop_coordinator()
+            await cluster.start_coordinator()
+        async with cluster.async_client() as client:
+            record = await client.audit_record(WEST)
+        assert record is not None and record.incarnation == west.epoch, restart
+        ((closed),) = record.closed
+        assert (closed.incarnation, closed.head.node_id) == (0, WEST)
+        assert closed.closed_unix_ms >= closed.accepted_unix_ms > 0

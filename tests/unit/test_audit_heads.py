@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_heads
+from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_closed_chains, stored_heads
 from domicile.audit import SignedHead, sign_head
 from domicile.cluster import ClusterSpec, RegionSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -162,3 +162,28 @@ def test_stored_heads_prefer_the_later_incarnation():
     new = head(2, b"\x02" * 32)
     rows = {"eu-west-1": (head_to_bytes(old), 1, 0), "eu-west-1-legacy": (head_to_bytes(new), 2, 7)}
     assert stored_heads(rows)["eu-west-1"].incarnation == 7
+
+
+def test_closed_chains_are_kept_per_node_in_order_and_read_back_from_the_store():
+    clock = iter(range(100, 1000, 100))
+    b = AuditHeadBook(CLUSTER, {}, save=lambda a, closes: None, now_ms=lambda: next(clock))
+    b.accept(head(6, b"\x06" * 32))  # accepted at 100
+    b.accept(head(2, b"\x02" * 32), incarnation=5)  # closes incarnation 0 at 200
+    b.accept(head(4, b"\x04" * 32), extends=(2, b"\x02" * 32), incarnation=5)  # the chain grows: 300
+    b.accept(head(1, b"\x01" * 32), incarnation=9)  # closes incarnation 5 at 400
+    b.accept(head(3, node="us-east-1", region="us-east-1"))
+    closed = b.closed("eu-west-1")
+    assert [(c.incarnation, c.head.size, c.accepted_unix_ms, c.closed_unix_ms) for c in closed] == [
+        (0, 6, 100, 200),
+        (5, 4, 300, 400),
+    ]
+    assert b.closed("us-east-1") == [] and b.closed("nobody") == []
+    # The store's rows, oldest first, give the book the same chains after a restart.
+    rows = [
+        ("eu-west-1", c.incarnation, head_to_bytes(c.head), c.accepted_unix_ms, c.closed_unix_ms)
+        for c in closed
+    ]
+    again = AuditHeadBook(
+        CLUSTER, {}, save=lambda a, closes: None, now_ms=lambda: 0, closed=stored_closed_chains(rows)
+    )
+    assert again.closed("eu-west-1") == closed

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from domicile.audit import StoredEntry
+from domicile.audit import ClosedChain, StoredEntry
 from domicile.cli import audit as audit_cli
 from domicile.cli.main import main
 from domicile.cli.output import iso_ms
@@ -150,6 +150,48 @@ def test_a_forged_head_signature_is_reported(capsys, cluster):
     cluster.coordinator.audit_heads[REGION] = (forged, accepted)
     code, doc = verify_json(capsys, cluster)
     assert code == 1 and kinds(doc) == ["bad-signature"] and doc["anchored_size"] == 0
+
+
+def test_closed_chains_are_listed_and_leave_the_result_as_the_current_chain_gives_it(capsys, cluster):
+    # The node was restored twice: two chains closed, the current one (incarnation 2) intact.
+    _, key = cluster.give_audit_log(REGION, 12, exported=12, accepted_unix_ms=1_790_000_300_000)
+    _, first = audit_chain(REGION, 40, key, time_ms=1_790_000_000_000)
+    _, second = audit_chain(REGION, 7, key, time_ms=1_790_000_100_000)
+    closed = [
+        ClosedChain(first, 0, 1_790_000_050_000, 1_790_000_090_000),
+        ClosedChain(second, 1, 1_790_000_150_000, 1_790_000_200_000),
+    ]
+    cluster.coordinator.audit_chains[REGION] = (2, closed)
+    code, out, _ = run(capsys, cluster, "verify", "--region", REGION)
+    assert code == 0
+    lines = out.splitlines()
+    start = lines.index(
+        "incarnation:      2; 2 earlier chains closed by a restore or a store put back from an older "
+        "copy (their later entries are not in this log):"
+    )
+    assert lines[start + 1 : start + 3] == [
+        f"  incarnation 0: 40 entries, last head signed at {iso_ms(1_790_000_000_040)}, "
+        f"closed at {iso_ms(1_790_000_090_000)}",
+        f"  incarnation 1: 7 entries, last head signed at {iso_ms(1_790_000_100_007)}, "
+        f"closed at {iso_ms(1_790_000_200_000)}",
+    ]
+    assert lines[-1] == "result:           ok"
+    code, doc = verify_json(capsys, cluster)
+    assert code == 0 and doc["verified"] and doc["incarnation"] == 2
+    assert [(c["incarnation"], c["head"]["size"], c["closed_unix_ms"]) for c in doc["closed_chains"]] == [
+        (0, 40, 1_790_000_090_000),
+        (1, 7, 1_790_000_200_000),
+    ]
+    assert doc["closed_chains"][0]["head"]["head"] == first.head.hex()
+    assert doc["closed_chains"][1]["head"]["accepted_unix_ms"] == 1_790_000_150_000
+
+
+def test_a_first_chain_shows_no_incarnation_line(capsys, cluster):
+    cluster.give_audit_log(REGION, 5, exported=5)
+    code, out, _ = run(capsys, cluster, "verify", "--region", REGION)
+    assert code == 0 and not [line for line in out.splitlines() if line.startswith("incarnation:")]
+    code, doc = verify_json(capsys, cluster)
+    assert (doc["incarnation"], doc["closed_chains"]) == (0, [])
 
 
 def test_problems_beyond_the_maximum_are_counted(capsys, cluster):

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from domicile.audit import GENESIS, AuditEntry, SignedHead, StoredEntry, chain_hash, sign_head
+from domicile.audit import GENESIS, AuditEntry, ClosedChain, SignedHead, StoredEntry, chain_hash, sign_head
 from domicile.causality import CausalContext
 from domicile.client import AsyncClient, Client, NodeHealth, RetryPolicy
 from domicile.errors import (
@@ -37,7 +37,7 @@ from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cgrpc
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as sgrpc
-from domicile.wire.audit import entry_to_pb, head_to_pb
+from domicile.wire.audit import closed_chain_to_pb, entry_to_pb, head_to_pb
 
 SCOPES = {
     "instruments": None,  # global
@@ -250,6 +250,8 @@ class FakeCoordinator(cgrpc.CoordinatorServiceServicer):
         self.calls = 0
         # Region -> the last exported head and when it was accepted.
         self.audit_heads: dict[str, tuple[SignedHead, int]] = {}
+        # region -> (the exporting node's incarnation, its closed chains), when given.
+        self.audit_chains: dict[str, tuple[int, list[ClosedChain]]] = {}
         self.failures: list[grpc.StatusCode] = []
 
     def GetTopology(self, request, context):
@@ -264,8 +266,11 @@ class FakeCoordinator(cgrpc.CoordinatorServiceServicer):
         found = self.audit_heads.get(request.region)
         if found is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no audit head exported for region {request.region}")
-        resp = cpb.GetAuditHeadResponse(accepted_unix_ms=found[1])
+        incarnation, closed = self.audit_chains.get(request.region, (0, []))
+        resp = cpb.GetAuditHeadResponse(accepted_unix_ms=found[1], incarnation=incarnation)
         head_to_pb(found[0], resp.head)
+        for chain in closed:
+            closed_chain_to_pb(chain, resp.closed_chains.add())
         return resp
 
 
