@@ -53,7 +53,7 @@ from bench.client import RPC_DEADLINE_S, Call, put_call, put_request, sequential
 from bench.cluster import LAG_METRIC, BenchCluster, NodeHandle, wait_caught_up, wait_linked
 from bench.procs import REPO_ROOT, Children
 from bench.report import Figure, table, write_json
-from bench.stats import Histogram, percentile
+from bench.stats import Histogram, p99_within, percentile
 from domicile.ports import free_port
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
@@ -177,7 +177,7 @@ class PhaseResult:
     records: int
     errors: int
     achieved_rate: float
-    # Lag p50/p99 in ms per target node id.
+    # Lag p50/p99 in ms per target node id (the p99 interpolated inside its bucket).
     lag_ms: dict[str, tuple[float, float]]
     # CPU microseconds per record written, per process name (source, each target, client).
     cpu_us_per_record: dict[str, float]
@@ -213,6 +213,9 @@ class PhaseResult:
     # and the cores the nodes outside the phase used during it (on a machine of its own, a node
     # does not share the phase's cores).
     settle_s: float = 0.0
+    # The lag histogram's observations over the phase, per target node id: whether the p99 is
+    # within a target on a bucket edge is counted from it exactly (bench.stats.p99_within).
+    lag_hist: dict[str, Histogram] = field(default_factory=dict)
     others_cores: float = 0.0
 
 
@@ -320,11 +323,12 @@ class ReplicationBench:
         }
         records = writes.completed * records_per_call
         lag: dict[str, tuple[float, float]] = {}
+        lag_hist: dict[str, Histogram] = {}
         for t in targets:
             after = await self.nodes[t].histogram(LAG_METRIC, labels[t])
             if after is None:
                 raise RuntimeError(f"{t} exports no {LAG_METRIC} series for {labels[t]}")
-            delta = after.minus(before[t])
+            delta = lag_hist[t] = after.minus(before[t])
             lag[t] = (delta.quantile(0.50) * 1000, delta.quantile(0.99) * 1000)
         stages_ms: dict[str, tuple[float, float]] = {}
         stage_counts: dict[str, int] = {}
@@ -378,6 +382,7 @@ class ReplicationBench:
             source_loop_lag_ms=source_ms[LOOP_LAG_METRIC],
             source_call_ms=source_ms[RPC_LATENCY_METRIC],
             settle_s=settle_s,
+            lag_hist=lag_hist,
             others_cores=round(others_cores, 2),
         )
         if writes.errors:
@@ -636,6 +641,32 @@ def top_functions(collapsed: str, top: int = PROFILE_TOP) -> list[tuple[str, flo
     return [(name, 100.0 * n / total) for name, n in own.most_common(top)]
 
 
+def lag_p99_figures(r: PhaseResult, slowest: str, limit: float, where: str) -> list[Figure]:
+    """The phase's lag p99 on its slowest link against `limit` ms; when the limit is a bucket
+    edge of the lag histogram, whether it is met is counted exactly, on the link with the
+    fewest records within it, and that share is a figure of its own."""
+    judged = {t: p99_within(h, limit) for t, h in r.lag_hist.items()}
+    shares = {t: share for t, (_, share) in judged.items() if share is not None}
+    met = all(ok for ok, _ in judged.values()) if judged else r.lag_ms[slowest][1] <= limit
+    label = f"{r.name}: lag p99{where}" + (" (interpolated in its bucket)" if shares else "")
+    out = [
+        Figure(
+            f"{r.name}_lag_p99_ms", label, r.lag_ms[slowest][1], "ms",
+            target=f"<= {limit:.0f} ms", met=met,
+        )
+    ]  # fmt: skip
+    if shares:
+        worst = min(shares, key=lambda t: shares[t])
+        link = f" (link to {worst})" if len(shares) > 1 else ""
+        out.append(
+            Figure(
+                f"{r.name}_lag_within_pct", f"{r.name}: records applied within {limit:.0f} ms{link}",
+                100 * shares[worst], "%", target=">= 99% (p99 within)", met=shares[worst] >= 0.99,
+            )
+        )  # fmt: skip
+    return out
+
+
 def figures(
     results: list[PhaseResult],
     opts: Options,
@@ -695,12 +726,7 @@ def figures(
         }[r.name]
         where = f" (slowest link, to {slowest})" if len(r.lag_ms) > 1 else ""
         out.append(Figure(f"{r.name}_lag_p50_ms", f"{r.name}: lag p50{where}", r.lag_ms[slowest][0], "ms"))
-        out.append(
-            Figure(
-                f"{r.name}_lag_p99_ms", f"{r.name}: lag p99{where}", r.lag_ms[slowest][1], "ms",
-                target=f"<= {limit:.0f} ms", met=r.lag_ms[slowest][1] <= limit,
-            )
-        )  # fmt: skip
+        out.extend(lag_p99_figures(r, slowest, limit, where))
         src = r.cpu_us_per_record.get(SOURCE)
         out.append(
             Figure(
@@ -773,7 +799,8 @@ async def run(opts: Options) -> int:
         "options": {k: str(v) for k, v in asdict(opts).items()},
         "cpus": os.cpu_count(),
         "loadavg_1m": os.getloadavg()[0],
-        "phases": [asdict(r) for r in bench.results],
+        # The histograms' +Inf edge is not JSON; the figures carry what was read from them.
+        "phases": [{k: v for k, v in asdict(r).items() if k != "lag_hist"} for r in bench.results],
         "sync_put_ms": bench.sync_ms,
         "sync_rtt_ms": bench.sync_rtt_ms,
         "sync_stages_ms": bench.sync_stages_ms,

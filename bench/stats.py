@@ -64,6 +64,28 @@ class Histogram:
             lower_bound, lower_count = bound, cumulative
         return lower_bound
 
+    def share_within(self, bound: float) -> float | None:
+        """The share of the observations at or below `bound`, exact when `bound` is one of the
+        bucket edges, None when it is not. A p99 target on an edge is met exactly when this is
+        at least 0.99, whatever interpolating inside the next bucket makes of the p99 (between
+        edges 100 and 150 ms, a p99 of 101 ms and one of 140 ms can read alike)."""
+        if self.count <= 0:
+            raise ValueError("the histogram has no observations in this interval")
+        for edge, cumulative in zip(self.bounds, self.counts, strict=True):
+            if math.isclose(edge, bound, rel_tol=1e-9):
+                return cumulative / self.count
+        return None
+
+
+def p99_within(hist: Histogram, limit_ms: float) -> tuple[bool, float | None]:
+    """Whether the p99 of `hist` (seconds) is at most `limit_ms`, and the share of observations
+    within it: counted exactly when the limit is a bucket edge, otherwise read from the
+    interpolated p99 (share None)."""
+    share = hist.share_within(limit_ms / 1000)
+    if share is not None:
+        return share >= 0.99, share
+    return hist.quantile(0.99) * 1000 <= limit_ms, None
+
 
 def histogram_from_text(text: str, name: str, labels: dict[str, str]) -> Histogram | None:
     """The series of histogram `name` whose labels include `labels`, from /metrics text; None

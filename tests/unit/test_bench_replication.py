@@ -18,7 +18,7 @@ from bench.replication import (
     quantiles_ms,
     top_functions,
 )
-from bench.stats import Histogram
+from bench.stats import Histogram, p99_within
 
 
 def test_shares_count_a_functions_own_frames_and_leave_idle_waits_out() -> None:
@@ -131,3 +131,42 @@ def test_idle_nodes_are_settled() -> None:
     before = {"node-a": 1.0, "node-b": 2.0}
     after = {"node-a": 1.04, "node-b": 2.02}
     assert busy_processes(before, after, ["node-a", "node-b"], 1.0) == {}
+
+
+LAG_BOUNDS = (0.05, 0.075, 0.1, 0.15, 0.2, float("inf"))
+
+
+def test_a_p99_target_on_a_bucket_edge_is_judged_by_the_exact_share_within_it() -> None:
+    # 1.2% of the records between 100 and 150 ms, all of them just past 100: the interpolated
+    # p99 reads about 108 ms, and the exact count says the target is missed all the same.
+    missed = Histogram(LAG_BOUNDS, (500.0, 900.0, 988.0, 1000.0, 1000.0, 1000.0), 70.0)
+    assert missed.share_within(0.1) == pytest.approx(0.988)
+    assert p99_within(missed, 100.0) == (False, pytest.approx(0.988))
+    # 99.5% within 100 ms: met, even though the rest spread to 150 ms.
+    met = Histogram(LAG_BOUNDS, (500.0, 900.0, 995.0, 1000.0, 1000.0, 1000.0), 70.0)
+    assert p99_within(met, 100.0) == (True, pytest.approx(0.995))
+    # A target between edges falls back on the interpolated p99 (no exact share).
+    assert met.share_within(0.09) is None
+    assert p99_within(met, 90.0) == (False, None)
+    assert p99_within(met, 140.0) == (True, None)
+
+
+def test_a_phase_with_histograms_reports_the_share_within_target_on_its_worst_link() -> None:
+    delayed = phase("delayed", {"eu-north-1": (60.0, 99.0)}, {SOURCE: 560.0}, 1000.0)
+    delayed.lag_hist = {
+        "eu-north-1": Histogram(LAG_BOUNDS, (10.0, 500.0, 985.0, 1000.0, 1000.0, 1000.0), 70.0)
+    }
+    by_key = {f.key: f for f in figures([delayed], options())}
+    # The interpolated p99 alone (99 ms) would pass; 98.5% within 100 ms does not.
+    assert by_key["delayed_lag_p99_ms"].met is False and "interpolated" in by_key["delayed_lag_p99_ms"].label
+    assert by_key["delayed_lag_within_pct"].value == pytest.approx(98.5)
+    assert by_key["delayed_lag_within_pct"].met is False
+    both = phase("global", {NEAR: (10.0, 80.0), "eu-south-1": (20.0, 140.0)}, {SOURCE: 700.0}, 1000.0)
+    both.lag_hist = {
+        NEAR: Histogram(LAG_BOUNDS, (990.0, 1000.0, 1000.0, 1000.0, 1000.0, 1000.0), 10.0),
+        "eu-south-1": Histogram(LAG_BOUNDS, (100.0, 500.0, 900.0, 995.0, 1000.0, 1000.0), 90.0),
+    }
+    by_key = {f.key: f for f in figures([both], options())}
+    assert by_key["global_lag_p99_ms"].met is True
+    within = by_key["global_lag_within_pct"]
+    assert within.value == pytest.approx(99.5) and "eu-south-1" in within.label and within.met is True
