@@ -16,8 +16,10 @@ lost entries, and `domicile audit verify` would then find nothing wrong.)
 A node that became a new incarnation (its store restored from a backup, or found put back from
 an older copy at start: node/rewind.py) starts a new chain: the head of its previous
 incarnation is closed (kept for good, with the time the new chain began) and the new one is
-taken as a first head, its key still the one on record. A head from an older incarnation than
-the one on record is refused.
+taken as a first head, its key still the one on record (on an insecure port, where nothing binds
+the key and the restored data directory has a new one, the new chain's first head pins its
+key, as the first chain's did). A head from an older incarnation than the one on record is
+refused.
 """
 
 from __future__ import annotations
@@ -133,12 +135,6 @@ class AuditHeadBook:
         closes = False
         if previous is not None:
             old = previous.head
-            if head.region != old.region or head.public_key != old.public_key:
-                raise FailedPrecondition(
-                    f"audit head of node {head.node_id} (region {head.region}) is signed with a key or "
-                    f"names a region that is not the one on record (region {old.region}); a node's log "
-                    "keeps its key"
-                )
             if incarnation < previous.incarnation:
                 raise FailedPrecondition(
                     f"audit head of node {head.node_id} (region {head.region}) comes from its incarnation "
@@ -146,6 +142,22 @@ class AuditHeadBook:
                     "of the node's store from before its restore is running"
                 )
             closes = incarnation > previous.incarnation
+            # On an insecure port nothing binds a key and a chain's first head pins it: the key
+            # is in the node's data directory, which a restore starts anew, so a new chain may
+            # pin a new one. Wherever a certificate binds the key, it was checked above.
+            repins = closes and binding is None
+            if head.region != old.region or (head.public_key != old.public_key and not repins):
+                raise FailedPrecondition(
+                    f"audit head of node {head.node_id} (region {head.region}) is signed with a key or "
+                    f"names a region that is not the one on record (region {old.region}); a node's log "
+                    "keeps its key"
+                )
+            if head.public_key != old.public_key:
+                log.warning(
+                    "node %s (region %s) signs the audit chain of its incarnation %d with a new key "
+                    "%s...; nothing binds it on an insecure port",
+                    head.node_id, head.region, incarnation, head.public_key.hex()[:16],
+                )  # fmt: skip
         if previous is not None and not closes:
             old = previous.head
             if head.size < old.size:

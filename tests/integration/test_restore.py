@@ -38,6 +38,14 @@ async def _shipped(cluster: LocalCluster, region: str) -> None:
     await eventually(caught_up, 20.0, "the backup caught up with the change log")
 
 
+async def new_chain_anchored(cluster: LocalCluster, epoch: int) -> None:
+    async def anchored() -> bool:
+        held = cluster.audit_heads().get(WEST)
+        return held.incarnation == epoch and held.head.size > 0
+
+    await eventually(anchored, 10.0, "the new incarnation's audit chain on record")
+
+
 def _restore(cluster: LocalCluster, data_dir: Path, *extra: str) -> int:
     args = ["--region", WEST, "--config", str(cluster.config_path), "--data-dir", str(data_dir), *extra]
     return restore.main(args)
@@ -94,6 +102,14 @@ async def test_restore_to_a_point_in_time_comes_back_as_a_new_incarnation_peers_
             )
 
         await eventually(central_took_them, 15.0, "eu-central-1 applied the new incarnation's writes")
+        # The new incarnation's audit chain is anchored, signed with the key the node's
+        # certificate binds, and the old incarnation's is closed and kept.
+        await new_chain_anchored(cluster, epoch)
+        ((closed),) = cluster.audit_heads().closed(WEST)
+        assert (
+            closed.incarnation == 0
+            and closed.head.public_key == cluster.audit_heads().get(WEST).head.public_key
+        )
         # Regression: a peer's write superseding the old incarnation's version names the old
         # writer's counter, which the restored store never issued; only the new writer id's
         # counters are this node's to vouch for, so the write is applied, not refused as forged.
@@ -106,6 +122,37 @@ async def test_restore_to_a_point_in_time_comes_back_as_a_new_incarnation_peers_
         # The backup of the new incarnation starts a generation of its own.
         await _shipped(cluster, WEST)
         assert node.backup is not None and node.backup.epoch == epoch
+    finally:
+        await cluster.stop()
+
+
+async def test_regression_a_node_restored_on_an_insecure_port_anchors_its_new_chain(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    # On an insecure port the audit-head key is audit-signing.key in the data directory, which
+    # the restore starts anew: the new chain's first head, signed with a new key, was refused
+    # for good ("a node's log keeps its key"), and the restored node was never anchored again.
+    cluster = LocalCluster(
+        tmp_path, [WEST, CENTRAL], backups={WEST: backup_settings(s3, WEST)}, insecure=True
+    )
+    cluster.node_overrides["backup_interval_s"] = 0.1
+    await cluster.start_linked()
+    try:
+        for i in range(5):
+            await cluster.put(WEST, "prefs_eu", f"k-{i}", b"v")
+        await _shipped(cluster, WEST)
+        old_key = cluster.nodes[WEST].audit.head().public_key
+        await cluster.stop_node(WEST)
+        restored = tmp_path / "restored"
+        assert _restore(cluster, restored) == 0
+        node = await cluster.start_node(WEST, data_dir=str(restored), region_dir=str(tmp_path / WEST))
+        assert node.audit.head().public_key != old_key
+        await cluster.put(WEST, "prefs_eu", "after-restore", b"v")
+        await new_chain_anchored(cluster, read_epoch(restored))
+        ((closed),) = cluster.audit_heads().closed(WEST)
+        assert closed.head.public_key == old_key
+        assert cluster.audit_heads().get(WEST).head.public_key == node.audit.head().public_key
+        assert node.metrics.audit_export_refused._value.get() == 0
     finally:
         await cluster.stop()
 

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import yaml
 
+from coordinator.audit_heads import AuditHeadBook
 from coordinator.config import CoordinatorConfig
 from coordinator.daemon import Coordinator
 from domicile.causality import CausalContext
@@ -265,6 +266,11 @@ class LocalCluster:
         attacker holding a node's key, dials with."""
         assert self.pki is not None, "an insecure cluster has no node certificates"
         return Dialer.mutual_tls(self.pki.node(region, node_id or region)).channel(address)
+
+    def audit_heads(self) -> AuditHeadBook:
+        """The running coordinator's record of the nodes' signed audit heads."""
+        assert self.coordinator is not None, "the coordinator is not running"
+        return self.coordinator.audit_heads
 
     def coordinator_channel(self) -> grpc.aio.Channel:
         return self.channel(self.coordinator_address, ExpectedPeer.coordinator())

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.audit_heads import AcceptedHead, AuditHeadBook, stored_closed_chains, stored_heads
-from domicile.audit import SignedHead, sign_head
+from coordinator.audit_heads import (
+    AcceptedHead,
+    AuditHeadBook,
+    KeyBinding,
+    stored_closed_chains,
+    stored_heads,
+)
+from domicile.audit import SignedHead, public_key_bytes, sign_head
 from domicile.cluster import ClusterSpec, RegionSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound
 from domicile.wire.audit import head_to_bytes
@@ -147,14 +153,35 @@ def test_a_later_incarnation_closes_the_chain_on_record_and_starts_a_new_one():
     assert b.accept(head(5, b"\x05" * 32), extends=(2, b"\x02" * 32), incarnation=1700000000) == 5
 
 
-def test_an_older_incarnation_is_refused_and_a_new_one_keeps_the_key():
+def test_an_older_incarnation_is_refused_and_a_new_one_keeps_the_key_its_certificate_binds():
     b, _ = book()
-    b.accept(head(6), incarnation=5)
+    bound = KeyBinding(public_key_bytes(KEY))
+    b.accept(head(6), bound, incarnation=5)
     with pytest.raises(FailedPrecondition, match="incarnation 4, older than the incarnation 5"):
-        b.accept(head(9, b"\x09" * 32), extends=(6, b"\x01" * 32), incarnation=4)
+        b.accept(head(9, b"\x09" * 32), bound, extends=(6, b"\x01" * 32), incarnation=4)
+    # A certificate reissued with another audit key does not start a chain with it.
+    other = Ed25519PrivateKey.generate()
     with pytest.raises(FailedPrecondition, match="keeps its key"):
-        b.accept(head(1, key=Ed25519PrivateKey.generate()), incarnation=6)
+        b.accept(head(1, key=other), KeyBinding(public_key_bytes(other)), incarnation=6)
     assert b.get("eu-west-1").head.size == 6
+
+
+def test_regression_on_an_insecure_port_a_new_incarnation_pins_the_key_of_its_restored_data_dir():
+    # Nothing binds the key on an insecure port: it is audit-signing.key in the node's data
+    # directory, which a restore starts anew. Its new chain was refused for good ("keeps its
+    # key"), and the restored node's audit log was never anchored again.
+    b, _ = book()
+    b.accept(head(6))
+    restored = Ed25519PrivateKey.generate()
+    # Within a chain the key stays pinned (the negative control).
+    with pytest.raises(FailedPrecondition, match="keeps its key"):
+        b.accept(head(7, b"\x07" * 32, key=restored), extends=(6, b"\x01" * 32))
+    assert b.accept(head(2, b"\x02" * 32, key=restored), incarnation=3) == 2
+    assert b.get("eu-west-1").head.public_key == public_key_bytes(restored)
+    ((closed),) = b.closed("eu-west-1")
+    assert closed.head.public_key == public_key_bytes(KEY) and closed.head.size == 6
+    with pytest.raises(FailedPrecondition, match="keeps its key"):
+        b.accept(head(4, b"\x04" * 32), extends=(2, b"\x02" * 32), incarnation=3)
 
 
 def test_stored_heads_prefer_the_later_incarnation():
