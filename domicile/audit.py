@@ -277,7 +277,9 @@ class HeadOnRecord:
     head: SignedHead
     accepted_unix_ms: int
     incarnation: int = 0
+    # The newest closed chains, oldest first, and how many older ones the answer left out.
     closed: tuple[ClosedChain, ...] = ()
+    closed_omitted: int = 0
 
 
 def public_key_bytes(key: Ed25519PrivateKey) -> bytes:

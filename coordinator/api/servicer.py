@@ -31,6 +31,10 @@ from domicile.wire.subject_orders import orders_to_pages
 from domicile.wire.subjects import hold_to_pb, receipt_from_pb, request_to_pb
 from domicile.wire.topology import topology_to_pb, with_backup
 
+# GetAuditHead lists at most this many closed audit chains of a node, the newest (a node closes
+# one per restore; the count of the rest is in the answer).
+CLOSED_CHAINS_LISTED_MAX = 100
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -247,8 +251,10 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             accepted_unix_ms=accepted.accepted_unix_ms, incarnation=accepted.incarnation
         )
         head_to_pb(accepted.head, response.head)
-        for chain in closed:
+        listed = closed[max(0, len(closed) - CLOSED_CHAINS_LISTED_MAX) :]
+        for chain in listed:
             closed_chain_to_pb(chain, response.closed_chains.add())
+        response.closed_chains_omitted = len(closed) - len(listed)
         return response
 
     # --- data-subject requests and legal holds ------------------------------------------------

@@ -58,6 +58,7 @@ class Verification:
     # The incarnation that exported `head`, and the node's chains its earlier ones closed.
     incarnation: int = 0
     closed: tuple[ClosedChain, ...] = ()
+    closed_omitted: int = 0
 
     @property
     def anchored(self) -> bool:
@@ -83,7 +84,14 @@ def run_verification(client: Client, region: str, problems_max: int, progress: T
     if record is None:
         return Verification(region, None, 0, node_head, report)
     return Verification(
-        region, head, record.accepted_unix_ms, node_head, report, record.incarnation, record.closed
+        region,
+        head,
+        record.accepted_unix_ms,
+        node_head,
+        report,
+        record.incarnation,
+        record.closed,
+        record.closed_omitted,
     )
 
 
@@ -118,6 +126,7 @@ def verification_json(v: Verification) -> dict[str, Any]:
         "node_head_size": v.node_head.size if v.node_head is not None else None,
         "incarnation": v.incarnation,
         "closed_chains": [closed_chain_json(c) for c in v.closed],
+        "closed_chains_omitted": v.closed_omitted,
         "problems": [{"kind": p.kind, "seq": p.seq, "message": p.message} for p in r.problems],
         "problems_omitted": r.problems_omitted,
     }
@@ -159,10 +168,13 @@ def verification_text(v: Verification) -> str:
     if v.node_head is not None:
         lines.append(f"node reports:     {plural(v.node_head.size, 'entry', 'entries')}")
     if v.closed:
+        closed = len(v.closed) + v.closed_omitted
         lines.append(
-            f"incarnation:      {v.incarnation}; {plural(len(v.closed), 'earlier chain')} closed by a "
+            f"incarnation:      {v.incarnation}; {plural(closed, 'earlier chain')} closed by a "
             "restore or a store put back from an older copy (their later entries are not in this log):"
         )
+        if v.closed_omitted:
+            lines.append(f"  ... {plural(v.closed_omitted, 'older chain')} not listed")
         lines.extend(f"  {closed_chain_text(c)}" for c in v.closed)
     elif v.incarnation:
         lines.append(f"incarnation:      {v.incarnation}")

@@ -556,6 +556,7 @@ class AsyncClient:
             resp.accepted_unix_ms,
             resp.incarnation,
             tuple(closed_chain_from_pb(c) for c in resp.closed_chains),
+            resp.closed_chains_omitted,
         )
 
     async def scan_compliance(

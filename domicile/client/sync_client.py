@@ -549,6 +549,7 @@ class Client:
             resp.accepted_unix_ms,
             resp.incarnation,
             tuple(closed_chain_from_pb(c) for c in resp.closed_chains),
+            resp.closed_chains_omitted,
         )
 
     def scan_compliance(

@@ -943,10 +943,12 @@ class GetAuditHeadResponse(_message.Message):
     ACCEPTED_UNIX_MS_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
     CLOSED_CHAINS_FIELD_NUMBER: _builtins.int
+    CLOSED_CHAINS_OMITTED_FIELD_NUMBER: _builtins.int
     accepted_unix_ms: _builtins.int
     """When the coordinator accepted it, milliseconds since the Unix epoch."""
     incarnation: _builtins.int
     """The incarnation of the node that exported it (see ExportAuditHeadRequest.incarnation)."""
+    closed_chains_omitted: _builtins.int
     @_builtins.property
     def head(self) -> _audit_pb2.SignedAuditHead:
         """The last head accepted for the region."""
@@ -957,6 +959,7 @@ class GetAuditHeadResponse(_message.Message):
         the node (restored, or found put back from an older copy) began a new chain. Their last
         heads are kept for good; the entries they cover may be gone from the node's log (a restore
         starts an empty one), and these heads say how many there were and what they hashed to.
+        At most the 100 newest; closed_chains_omitted counts the older ones not listed.
         """
 
     def __init__(
@@ -966,10 +969,11 @@ class GetAuditHeadResponse(_message.Message):
         accepted_unix_ms: _builtins.int = ...,
         incarnation: _builtins.int = ...,
         closed_chains: _abc.Iterable[Global___ClosedAuditChain] | None = ...,
+        closed_chains_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_unix_ms", b"accepted_unix_ms", "closed_chains", b"closed_chains", "head", b"head", "incarnation", b"incarnation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_unix_ms", b"accepted_unix_ms", "closed_chains", b"closed_chains", "closed_chains_omitted", b"closed_chains_omitted", "head", b"head", "incarnation", b"incarnation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

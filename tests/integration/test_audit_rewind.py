@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.api import servicer
 from coordinator.daemon import Coordinator
 from domicile.audit import verify_log
 from domicile.errors import NotFound
@@ -103,7 +104,7 @@ async def test_regression_a_rewound_log_never_replaces_the_head_that_proves_its_
 
 
 async def test_a_node_found_rewound_starts_a_new_chain_and_the_old_one_stays_on_record(
-    pair: tuple[LocalCluster, Coordinator], tmp_path: Path
+    pair: tuple[LocalCluster, Coordinator], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cluster, coordinator = pair
     await rewind_west(cluster, tmp_path)
@@ -131,5 +132,10 @@ async def test_a_node_found_rewound_starts_a_new_chain_and_the_old_one_stays_on_
             record = await client.audit_record(WEST)
         assert record is not None and record.incarnation == west.epoch, restart
         ((closed),) = record.closed
-        assert (closed.incarnation, closed.head.node_id) == (0, WEST)
+        assert (closed.incarnation, closed.head.node_id, record.closed_omitted) == (0, WEST, 0)
         assert closed.closed_unix_ms >= closed.accepted_unix_ms > 0
+    # The answer lists the newest closed chains only, and counts the rest.
+    monkeypatch.setattr(servicer, "CLOSED_CHAINS_LISTED_MAX", 0)
+    async with cluster.async_client() as client:
+        record = await client.audit_record(WEST)
+    assert record is not None and (record.closed, record.closed_omitted) == ((), 1)

@@ -186,6 +186,19 @@ def test_closed_chains_are_listed_and_leave_the_result_as_the_current_chain_give
     assert doc["closed_chains"][1]["head"]["accepted_unix_ms"] == 1_790_000_150_000
 
 
+def test_closed_chains_beyond_those_listed_are_counted(capsys, cluster):
+    _, key = cluster.give_audit_log(REGION, 3, exported=3)
+    _, last = audit_chain(REGION, 9, key)
+    cluster.coordinator.audit_chains[REGION] = (120, [ClosedChain(last, 119, 1, 2)])
+    cluster.coordinator.audit_chains_omitted[REGION] = 119
+    code, out, _ = run(capsys, cluster, "verify", "--region", REGION)
+    assert code == 0
+    assert "incarnation:      120; 120 earlier chains closed by a restore" in out
+    assert "  ... 119 older chains not listed" in out.splitlines()
+    code, doc = verify_json(capsys, cluster)
+    assert len(doc["closed_chains"]) == 1 and doc["closed_chains_omitted"] == 119
+
+
 def test_a_first_chain_shows_no_incarnation_line(capsys, cluster):
     cluster.give_audit_log(REGION, 5, exported=5)
     code, out, _ = run(capsys, cluster, "verify", "--region", REGION)

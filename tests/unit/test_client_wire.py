@@ -252,6 +252,7 @@ class FakeCoordinator(cgrpc.CoordinatorServiceServicer):
         self.audit_heads: dict[str, tuple[SignedHead, int]] = {}
         # region -> (the exporting node's incarnation, its closed chains), when given.
         self.audit_chains: dict[str, tuple[int, list[ClosedChain]]] = {}
+        self.audit_chains_omitted: dict[str, int] = {}
         self.failures: list[grpc.StatusCode] = []
 
     def GetTopology(self, request, context):
@@ -271,6 +272,7 @@ class FakeCoordinator(cgrpc.CoordinatorServiceServicer):
         head_to_pb(found[0], resp.head)
         for chain in closed:
             closed_chain_to_pb(chain, resp.closed_chains.add())
+        resp.closed_chains_omitted = self.audit_chains_omitted.get(request.region, 0)
         return resp
 
 
