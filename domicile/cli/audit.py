@@ -167,7 +167,7 @@ def verification_text(v: Verification) -> str:
         )
     if v.node_head is not None:
         lines.append(f"node reports:     {plural(v.node_head.size, 'entry', 'entries')}")
-    if v.closed:
+    if v.closed or v.closed_omitted:
         closed = len(v.closed) + v.closed_omitted
         lines.append(
             f"incarnation:      {v.incarnation}; {plural(closed, 'earlier chain')} closed by a "
