@@ -53,10 +53,12 @@ FIGURES = {
     "engine_commit_rate_per_s",
     "lag_p50_ms",
     "lag_p99_ms",
+    "lag_within_pct",
     "lag_status_p99_ms",
     "lag_write_rate_per_s",
     "delayed_lag_p50_ms",
     "delayed_lag_p99_ms",
+    "delayed_lag_within_pct",
     "delayed_lag_status_p99_ms",
     "sync_put_p50_ms",
     "sync_put_p99_ms",
@@ -105,7 +107,8 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         assert figure["key"] == key
     for key in ("echo_p99_ms", "fdatasync_p99_ms", "get_p99_ms", "put_p99_ms", "lag_p99_ms"):
         assert isinstance(figures[key]["value"], float), f"{key} was not measured"
-    for key in ("get_p99_ms", "put_p99_ms", "batched_put_rate_per_s", "lag_p99_ms", "delayed_lag_p99_ms"):
+    verdicts = ("get_p99_ms", "put_p99_ms", "batched_put_rate_per_s", "lag_p99_ms", "delayed_lag_p99_ms")
+    for key in (*verdicts, "lag_within_pct", "delayed_lag_within_pct"):
         assert isinstance(figures[key]["met"], bool), f"{key} has no verdict against its target"
     assert results["parameters"]["samples"] == 50
     # A node whose cache never answers (every lookup failing over to the store) still reports
