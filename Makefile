@@ -24,7 +24,7 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 # redis-server (the read cache's tests).
 test-tools: ## install Node.js, npm, promtool and redis-server with apt-get when missing
 	@command -v node >/dev/null && command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) nodejs npm; }
-	@command -v promtool >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) prometheus; }
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) prometheus; }
 	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { $(SUDO) apt-get update -q && $(APT_INSTALL) redis-server; }
 
 up: setup ## run a local cluster: a coordinator and seven regional nodes (Ctrl-C stops it)

@@ -7,7 +7,6 @@ import asyncio
 import json
 import re
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import yaml
 from bench.client import RPC_DEADLINE_S, channel
 from bench.procs import Children
 from bench.stats import Histogram, histogram_from_text
+from domicile import metrics_endpoint
 from domicile.identity import pki
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer, Role
@@ -71,6 +71,8 @@ def twenty_field_value() -> bytes:
 
 # The client every figure's calls run as (the load workers too).
 CLIENT = "bench"
+# Reads the nodes' /metrics (role monitor), as Prometheus does.
+SCRAPER = "bench-prometheus"
 # The echo server's certificate, a node's of the run's CA: the bench's clients dial it as they dial a node.
 ECHO_NODE_ID = "bench-echo"
 ECHO_READY = re.compile(r"echo listening on (\S+)")
@@ -132,6 +134,8 @@ class NodeHandle:
     metrics_url: str
     data_dir: Path
     channel: grpc.aio.Channel
+    # The client certificate its https /metrics is read with (role monitor); None for http.
+    scraper: TlsFiles | None = None
 
     @property
     def stub(self) -> spb_grpc.StorageNodeServiceStub:
@@ -144,12 +148,9 @@ class NodeHandle:
         return response
 
     async def scrape(self) -> str:
-        def fetch() -> str:
-            with urllib.request.urlopen(self.metrics_url, timeout=SCRAPE_TIMEOUT_S) as reply:
-                body: bytes = reply.read()
-            return body.decode()
-
-        return await asyncio.to_thread(fetch)
+        return await asyncio.to_thread(
+            metrics_endpoint.scrape, self.metrics_url, self.scraper, SCRAPE_TIMEOUT_S
+        )
 
     async def histogram(self, name: str, labels: dict[str, str]) -> Histogram | None:
         return histogram_from_text(await self.scrape(), name, labels)
@@ -173,6 +174,8 @@ class BenchCluster:
         pki.issue_client(self._ca, CLIENT, (Role.APP, Role.OPERATOR)).write(self.tls_dir, f"client-{CLIENT}")
         self.dialer = Dialer.mutual_tls(TlsFiles.in_directory(self.tls_dir, f"client-{CLIENT}"))
         self.plain_dialer = Dialer.plaintext()
+        pki.issue_client(self._ca, SCRAPER, (Role.MONITOR,)).write(self.tls_dir, f"client-{SCRAPER}")
+        self.scraper = TlsFiles.in_directory(self.tls_dir, f"client-{SCRAPER}")
 
     def node_channel(self, node: NodeHandle, client: str, roles: tuple[Role, ...]) -> grpc.aio.Channel:
         """A channel to `node` as another client of the run's CA, with `roles`."""
@@ -274,7 +277,8 @@ class BenchCluster:
             node_channel = channel(address, self.plain_dialer)
         else:
             node_channel = channel(address, self.dialer, ExpectedPeer.node(region, node_id))
-        handle = NodeHandle(node_id, region, address, metrics_url, data_dir, node_channel)
+        scraper = self.scraper if metrics_url.startswith("https://") else None
+        handle = NodeHandle(node_id, region, address, metrics_url, data_dir, node_channel, scraper)
         self.nodes[node_id] = handle
         return handle
 

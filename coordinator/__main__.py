@@ -25,7 +25,7 @@ async def serve(config: CoordinatorConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    metrics = f"http://{coordinator.metrics_address}/metrics" if coordinator.metrics_address else "disabled"
+    metrics = coordinator.metrics_url or "disabled"
     print(f"coordinator listening on {coordinator.address} metrics {metrics}", flush=True)
     try:
         await stopping.wait()

@@ -114,6 +114,7 @@ class Coordinator:
         self.state_backup: StateBackup | None = None
         self._address: str | None = None
         self._metrics_address: str | None = None
+        self._metrics_url = ""
         self._stopped = False
 
     @property
@@ -127,6 +128,11 @@ class Coordinator:
     def metrics_address(self) -> str | None:
         """host:port of /metrics, or None when metrics are disabled (port 0) or not started."""
         return self._metrics_address
+
+    @property
+    def metrics_url(self) -> str:
+        """https://HOST:PORT/metrics (http:// when insecure); "" when metrics are disabled."""
+        return self._metrics_url
 
     @property
     def registry(self) -> Registry:
@@ -278,8 +284,11 @@ class Coordinator:
             await server.start()
             self._address = f"{host}:{bound}"
             if self.config.metrics_port:
-                metrics_port = self.metrics.serve(host.strip("[]"), self.config.metrics_port)
-                self._metrics_address = f"{host}:{metrics_port}"
+                endpoint = self.metrics.serve(
+                    host.strip("[]"), self.config.metrics_port, self.security.material
+                )
+                self._metrics_address = f"{host}:{endpoint.port}"
+                self._metrics_url = f"{endpoint.scheme}://{self._metrics_address}/metrics"
             self._health_task = asyncio.create_task(self._health_loop(), name="coordinator-health")
             target = backup_target(self.cluster, self.config.region)
             if target is not None:

@@ -3,12 +3,12 @@ can live in one process (tests)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from domicile import metrics_endpoint
+from domicile.identity.reloading import ReloadingMaterial
 from domicile.topology import NodeHealth
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -111,8 +111,7 @@ class CoordinatorMetrics:
             "How late the event loop ran a timer, as of the last check (twice a second)",
             registry=self.registry,
         )
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._endpoint: metrics_endpoint.MetricsEndpoint | None = None
 
     def set_topology(self, revision: int, up: int, down: int) -> None:
         self.revision.set(revision)
@@ -134,16 +133,13 @@ class CoordinatorMetrics:
             self.subject_requests_overdue.labels(kind=kind).set(count)
         self.legal_holds.set(holds)
 
-    def serve(self, host: str, port: int) -> int:
-        """Starts the /metrics HTTP server; returns the port it bound."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._server.server_address[1])
+    def serve(self, host: str, port: int, tls: ReloadingMaterial | None) -> metrics_endpoint.MetricsEndpoint:
+        """Starts /metrics (mutual TLS with `tls`, the coordinator's own files; plaintext
+        without); its port is the bound one."""
+        self._endpoint = metrics_endpoint.serve(self.registry, host, port, tls)
+        return self._endpoint
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None

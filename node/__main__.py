@@ -31,7 +31,7 @@ async def serve(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     tune_for_serving()
-    metrics = f"http://{node.metrics_address}/metrics" if node.metrics_address else "disabled"
+    metrics = node.metrics_url or "disabled"
     print(
         f"node {config.node_id} region {config.region} listening on {node.address} metrics {metrics}",
         flush=True,

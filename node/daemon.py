@@ -134,6 +134,8 @@ class Node:
         self.backoff = BackoffPolicy(config.reconnect_delay_s, config.reconnect_delay_max_s)
         self.address = config.listen
         self.metrics_port = 0
+        # https://HOST:PORT/metrics (http:// on an insecure node); "" when disabled.
+        self.metrics_url = ""
         self._started = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
@@ -472,8 +474,10 @@ class Node:
         metrics_address = ""
         if cfg.metrics_port != 0:
             # -1 asks for any free port (tests); 0 disables the endpoint.
-            self.metrics_port = self.metrics.serve(cfg.metrics_host, max(cfg.metrics_port, 0))
+            endpoint = self.metrics.serve(cfg.metrics_host, max(cfg.metrics_port, 0), self.security.material)
+            self.metrics_port = endpoint.port
             metrics_address = f"{cfg.metrics_host}:{self.metrics_port}"
+            self.metrics_url = f"{endpoint.scheme}://{metrics_address}/metrics"
         self.metrics_address = metrics_address
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

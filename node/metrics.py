@@ -6,9 +6,11 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Iterable
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from domicile import metrics_endpoint
+from domicile.identity.reloading import ReloadingMaterial
 
 # 100 us to 10 s: local calls sit in the sub-millisecond buckets, slow disks in the tens of ms.
 RPC_BUCKETS_S = (
@@ -487,8 +489,7 @@ class NodeMetrics:
         self.info.labels(node_id, region).set(1)
         self.cache = CacheMetrics(r)
         self.lag_windows: dict[tuple[str, str], LagWindow] = {}
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._endpoint: metrics_endpoint.MetricsEndpoint | None = None
 
     def lag_window(self, source: str, target: str) -> LagWindow:
         key = (source, target)
@@ -497,17 +498,16 @@ class NodeMetrics:
             window = self.lag_windows[key] = LagWindow()
         return window
 
-    def serve(self, host: str, port: int) -> int:
-        """Starts the /metrics endpoint; returns the bound port (useful with port 0)."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server, self._thread = server, thread
-        return int(server.server_port)
+    def serve(self, host: str, port: int, tls: ReloadingMaterial | None) -> metrics_endpoint.MetricsEndpoint:
+        """Starts the /metrics endpoint (mutual TLS with `tls`, the node's own files; plaintext
+        without); its port is the bound one (useful with port 0)."""
+        self._endpoint = metrics_endpoint.serve(self.registry, host, port, tls)
+        return self._endpoint
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
 
 
 class CacheMetrics:

@@ -23,6 +23,8 @@ class Role(enum.Enum):
     DPO = "dpo"
     AUDITOR = "auditor"
     OPERATOR = "operator"
+    # No policy grants it anything: Prometheus' role, for /metrics and health (not RPCs).
+    MONITOR = "monitor"
     NODE = "node"
 
     @classmethod

@@ -1,9 +1,10 @@
-"""Health and reflection are for the cluster's own processes and its operators, not for any
-holder of a cluster certificate: they tell what runs where and what it serves.
+"""Health, reflection and /metrics are for the cluster's own processes and its operators, not
+for any holder of a cluster certificate: they tell what runs where and what it serves.
 
-A server interceptor wraps their handlers so that each call first passes the gate: the caller
-must be authenticated and be a node, the coordinator, or a client with a role that watches or
-runs the cluster (operator, auditor). Everyone else is refused with PERMISSION_DENIED (counted
+A server interceptor wraps the handlers of health and reflection so that each call first passes
+the gate: the caller must be authenticated and be a node, the coordinator, or a client with a
+role that watches or runs the cluster (monitor, operator, auditor); domicile.metrics_endpoint
+applies the same rule to /metrics. Everyone else is refused with PERMISSION_DENIED (counted
 and audited like every refusal). On an insecure port nothing is checked.
 """
 
@@ -16,14 +17,14 @@ import grpc
 
 from domicile.authz.gate import Gate, refuse_wrong_peer
 from domicile.errors import DomicileError, PermissionDenied, Unauthenticated
-from domicile.identity.principal import PrincipalKind, Role
+from domicile.identity.principal import WATCHING_ROLES, PrincipalKind
 
 GUARDED_SERVICES = (
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
 )
-ROLES = frozenset({Role.OPERATOR, Role.AUDITOR})
+ROLES = WATCHING_ROLES
 _CODES = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

@@ -48,7 +48,7 @@ def add_parser(sub: Any) -> None:
         action="append",
         required=True,
         metavar="ROLE",
-        help="app, dpo, auditor, operator or node (repeatable)",
+        help="app, dpo, auditor, operator, monitor or node (repeatable)",
     )
     p.add_argument("--kind", help="client, node or coordinator (default: from the SPIFFE id, else client)")
     p.add_argument("--action", required=True, help="an RPC as <service>.<Rpc>, e.g. storage.Put")

@@ -13,7 +13,7 @@ from domicile.errors import InvalidArgument
 
 # Kept in step with domicile.identity.principal.ROLE_NAMES; importing it here would load the
 # identity package (and cryptography) for every `domicile` command, since parsers are built first.
-ROLES = ("app", "dpo", "auditor", "operator")
+ROLES = ("app", "dpo", "auditor", "operator", "monitor")
 DAYS_MAX = 36500
 
 

@@ -119,7 +119,9 @@ def plan_children(
         if metrics_base_port == 0:
             return "0", "-"
         port = metrics_base_port + i
-        return str(port), f"http://{host}:{port}/metrics"
+        # Served with the daemons' own TLS files, so https unless the cluster is insecure.
+        scheme = "https" if tls_dir is not None else "http"
+        return str(port), f"{scheme}://{host}:{port}/metrics"
 
     # Every child gets the same directory; each finds its own files in it by its identity.
     security = ("--tls-dir", str(tls_dir)) if tls_dir is not None else ("--insecure",)
@@ -214,6 +216,7 @@ TIER_ROLES = {
 
 DEV_CLUSTER = "domicile"
 CLI_IDENTITY = "cli"
+PROMETHEUS_IDENTITY = "prometheus"
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,8 @@ def region_node_id(region: str, index: int) -> str:
 def make_dev_pki(cluster: ClusterSpec, directory: Path, host: str, nodes_per_region: int = 1) -> DevPki:
     """A development CA in `directory` (kept across runs, so certificates already handed out stay
     valid) and fresh certificates for the coordinator, one node per region, the CLI (every client
-    role) and one app client per namespace owner (the role that owns its namespaces' records)."""
+    role but monitor), Prometheus (monitor: /metrics only) and one app client per namespace owner
+    (the role that owns its namespaces' records)."""
     try:
         ca = pki.init_ca(directory, DEV_CLUSTER)
     except AlreadyExists:
@@ -256,7 +260,11 @@ def make_dev_pki(cluster: ClusterSpec, directory: Path, host: str, nodes_per_reg
                 ca, region.name, node_id, hosts=hosts, audit_public_key=audit_key.public_bytes(key)
             )
             issued.write(directory, stem)
-    clients: dict[str, tuple[Role, ...]] = {CLI_IDENTITY: (Role.APP, Role.DPO, Role.AUDITOR, Role.OPERATOR)}
+    clients: dict[str, tuple[Role, ...]] = {
+        CLI_IDENTITY: (Role.APP, Role.DPO, Role.AUDITOR, Role.OPERATOR),
+        # What deploy/prometheus/prometheus.yml scrapes /metrics with: it may call no RPC.
+        PROMETHEUS_IDENTITY: (Role.MONITOR,),
+    }
     for owner in sorted({n.owner for n in cluster.namespaces if n.owner}):
         clients.setdefault(owner, (Role.APP,))
     for name, roles in clients.items():

@@ -50,6 +50,11 @@ class ServerSecurity:
     def cluster(self) -> str | None:
         return self._material.current.cluster if self._material else None
 
+    @property
+    def material(self) -> ReloadingMaterial | None:
+        """The files the ports serve (None in plaintext): the /metrics port serves them too."""
+        return self._material
+
     def on_identity_refused(self, callback: Callable[[], None]) -> None:
         """`callback` runs (on a gRPC thread) each time replaced files naming another identity
         are refused (see reloading.py)."""

@@ -22,9 +22,15 @@ class Role(enum.StrEnum):
     DPO = "dpo"
     AUDITOR = "auditor"
     OPERATOR = "operator"
+    # Reads /metrics and health, and may call no RPC: what a Prometheus server is given.
+    MONITOR = "monitor"
 
 
 ROLE_NAMES = tuple(r.value for r in Role)
+# The client roles that watch or run the cluster: besides its own nodes and coordinator, only
+# they may call health and reflection (domicile.authz.operational) and read /metrics
+# (domicile.metrics_endpoint), which tell what runs where and what it serves.
+WATCHING_ROLES = frozenset({Role.MONITOR, Role.OPERATOR, Role.AUDITOR})
 
 
 def parse_roles(names: Iterable[str]) -> frozenset[Role]:

@@ -1,5 +1,5 @@
 """Health and reflection answer the cluster's nodes, its coordinator and clients that run or
-watch it (operator, auditor), not every holder of a cluster certificate."""
+watch it (monitor, operator, auditor), not every holder of a cluster certificate."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import Role
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
+from domicile.v1 import storage_node_pb2 as spb
+from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from tests.support.cluster import LocalCluster
 
 REGION = "eu-west-1"
@@ -72,5 +76,24 @@ async def test_operators_auditors_and_nodes_may(cluster: LocalCluster) -> None:
         await health(as_client(cluster, "watcher", (Role.AUDITOR,), cluster.coordinator_address)) == serving
     )
     assert await health(cluster.channel_as_node(REGION, cluster.coordinator_address)) == serving
+    assert await health(as_client(cluster, "prometheus", (Role.MONITOR,), node.address)) == serving
     services = await reflect(as_client(cluster, "ops", (Role.OPERATOR,), node.address))
     assert "domicile.v1.StorageNodeService" in services
+
+
+async def test_regression_a_monitor_calls_no_rpc_and_is_told_so(cluster: LocalCluster) -> None:
+    """The monitor role reads /metrics and health only. Its refusals are PERMISSION_DENIED with the
+    policy's reason, not a failure of the gate: the gate maps each certificate role to a policy role,
+    and a role missing there failed the call with INTERNAL."""
+    node = cluster.nodes[REGION]
+    async with as_client(cluster, "prometheus", (Role.MONITOR,), cluster.coordinator_address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cpb_grpc.CoordinatorServiceStub(channel).GetTopology(cpb.GetTopologyRequest(), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "with roles [monitor] may not call coordinator.GetTopology" in (refused.value.details() or "")
+    async with as_client(cluster, "prometheus", (Role.MONITOR,), node.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            stub = spb_grpc.StorageNodeServiceStub(channel)
+            await stub.GetNodeStatus(spb.GetNodeStatusRequest(), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "with roles [monitor] may not call storage.GetNodeStatus" in (refused.value.details() or "")

@@ -5,9 +5,14 @@ metrics that the node and coordinator really export)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +20,9 @@ import pytest
 import yaml
 
 from coordinator.metrics import CoordinatorMetrics
-from domicile.cli.up import plan_children
+from domicile.cli.up import PROMETHEUS_IDENTITY, make_dev_pki, plan_children
 from domicile.cluster import load_cluster
+from domicile.ports import free_port
 from node.metrics import NodeMetrics
 
 pytestmark = pytest.mark.system
@@ -112,9 +118,26 @@ def test_rules_unit_tests_pass(promtool: str) -> None:
     assert "SUCCESS" in output
 
 
-def test_scrape_config_passes_promtool_check(promtool: str) -> None:
-    output = run_promtool(promtool, "check", "config", str(SCRAPE_CONFIG))
+def test_scrape_config_passes_promtool_check(promtool: str, tmp_path: Path) -> None:
+    """Checked where its relative paths lead to what `domicile up` writes: the rules beside it and
+    the development CA and Prometheus' client certificate in .domicile/tls (promtool reads them)."""
+    copy = tmp_path / "deploy" / "prometheus"
+    copy.mkdir(parents=True)
+    shutil.copy(SCRAPE_CONFIG, copy / SCRAPE_CONFIG.name)
+    shutil.copy(RULES, copy / RULES.name)
+    make_dev_pki(load_cluster(CLUSTER), tmp_path / ".domicile" / "tls", "127.0.0.1")
+    output = run_promtool(promtool, "check", "config", str(copy / SCRAPE_CONFIG.name))
     assert "SUCCESS" in output
+    # Negative control: without the certificates the same config fails the check.
+    shutil.rmtree(tmp_path / ".domicile")
+    missing = subprocess.run(
+        [promtool, "check", "config", str(copy / SCRAPE_CONFIG.name)],
+        capture_output=True,
+        text=True,
+        timeout=PROMTOOL_TIMEOUT_S,
+        check=False,
+    )
+    assert missing.returncode != 0 and "client-prometheus" in missing.stdout + missing.stderr
 
 
 def test_every_alert_has_a_firing_test_case() -> None:
@@ -157,8 +180,18 @@ def test_scrape_targets_follow_the_ports_of_domicile_up() -> None:
         tls_dir=REPO / ".domicile" / "tls",
     )
     expected = {
-        child.metrics_url.removeprefix("http://").removesuffix("/metrics"): child.name for child in children
+        child.metrics_url.removeprefix("https://").removesuffix("/metrics"): child.name for child in children
     }
+    # Every port serves mutual TLS: Prometheus presents the certificate `domicile up` issues it.
+    tls_dir = Path("../../.domicile/tls")
+    for job in jobs.values():
+        assert job["scheme"] == "https"
+        assert job["tls_config"] == {
+            "ca_file": str(tls_dir / "ca.crt"),
+            "cert_file": str(tls_dir / f"client-{PROMETHEUS_IDENTITY}.crt"),
+            "key_file": str(tls_dir / f"client-{PROMETHEUS_IDENTITY}.key"),
+        }
+    assert (PROMETHEUS_DIR / tls_dir).resolve() == (REPO / ".domicile" / "tls").resolve()
     coordinator_targets = [t for c in jobs["domicile-coordinator"]["static_configs"] for t in c["targets"]]
     assert coordinator_targets == [next(t for t, name in expected.items() if name == "coordinator")]
     node_targets = {
@@ -268,3 +301,116 @@ def test_lag_panel_shows_the_one_second_promise() -> None:
     assert defaults["custom"]["thresholdsStyle"]["mode"] == "line"
     quantiles = {m.group(1) for m in re.finditer(r"histogram_quantile\((0\.\d+)", json.dumps(panel))}
     assert quantiles == {"0.50", "0.99"}
+
+
+# --- a real Prometheus scraping over mutual TLS -------------------------------------------------
+
+SCRAPE_WAIT_S = 60.0
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        pytest.fail(
+            "`prometheus` is not on PATH: this test runs it against a daemon. Install it with "
+            "`apt-get install -y prometheus` (`make test` does this when it is missing).",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture
+def tls_coordinator(tmp_path: Path) -> Iterator[str]:
+    """A coordinator with the development PKI of `domicile up` in tmp/.domicile/tls; yields its
+    metrics address."""
+    tls = tmp_path / ".domicile" / "tls"
+    make_dev_pki(load_cluster(CLUSTER), tls, "127.0.0.1")
+    metrics_port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-port",
+            str(metrics_port),
+            "--cluster-config",
+            str(CLUSTER),
+            "--data-dir",
+            str(tmp_path / "coordinator"),
+            "--tls-dir",
+            str(tls),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.endswith(f" metrics https://127.0.0.1:{metrics_port}/metrics"), line
+        yield f"127.0.0.1:{metrics_port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_prometheus_scrapes_a_daemon_over_mutual_tls_with_the_config_in_deploy(
+    prometheus_binary: str, tls_coordinator: str, tmp_path: Path
+) -> None:
+    """deploy/prometheus/prometheus.yml's TLS settings, as they are, against a daemon of a cluster
+    `domicile up` would run; and its negative control, the same scrape with an app's certificate,
+    which the daemon refuses."""
+    config = yaml.safe_load(SCRAPE_CONFIG.read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config["global"]["scrape_timeout"] = "1s"
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "domicile-coordinator")
+    job["static_configs"] = [{"targets": [tls_coordinator]}]
+    app = dict(job, job_name="as-an-app", tls_config=dict(job["tls_config"]))
+    app["tls_config"]["cert_file"] = "../../.domicile/tls/client-trading.crt"
+    app["tls_config"]["key_file"] = "../../.domicile/tls/client-trading.key"
+    config["scrape_configs"] = [job, app]
+    copy = tmp_path / "deploy" / "prometheus"
+    copy.mkdir(parents=True)
+    (copy / "prometheus.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(RULES, copy / RULES.name)
+    web = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [
+            prometheus_binary,
+            f"--config.file={copy / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address={web}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        health = wait_for_targets(web, {"domicile-coordinator", "as-an-app"})
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert health["domicile-coordinator"] == ("up", ""), health
+    state, error = health["as-an-app"]
+    assert state == "down" and "403" in error, health
+
+
+def wait_for_targets(web: str, jobs: set[str]) -> dict[str, tuple[str, str]]:
+    """(health, last error) of each job's target once every one has been scraped."""
+    deadline = time.monotonic() + SCRAPE_WAIT_S
+    seen: dict[str, tuple[str, str]] = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{web}/api/v1/targets", timeout=5) as reply:
+                targets = json.loads(reply.read())["data"]["activeTargets"]
+        except OSError:
+            time.sleep(0.2)  # not listening yet
+            continue
+        seen = {t["labels"]["job"]: (t["health"], t["lastError"]) for t in targets}
+        if set(seen) == jobs and all(h != "unknown" for h, _ in seen.values()):
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"Prometheus did not scrape every target within {SCRAPE_WAIT_S} s: {seen}")

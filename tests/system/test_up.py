@@ -16,14 +16,17 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from domicile import metrics_endpoint
 from domicile.cluster import load_cluster
 from domicile.errors import NotFound
+from domicile.identity.tls_files import TlsFiles
 from domicile.ports import free_port_run
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
@@ -240,6 +243,22 @@ def test_up_runs_mutual_tls_and_says_where_the_certificates_are(up: UpProcess):
         "get", "--namespace", "instruments", "--key", "k", "--region", "eu-west-1", tls=("--insecure",)
     )
     assert plain.returncode == 2 and "unavailable" in plain.stderr.lower(), plain.stderr
+
+
+def test_every_metrics_port_serves_mutual_tls_to_the_prometheus_certificate_only(up: UpProcess):
+    tls = up.data_dir / "tls"
+    assert "client prometheus" in "\n".join(up.output) and "roles monitor" in "\n".join(up.output)
+    urls = [line.split()[-2] for line in up.output if "/metrics" in line]
+    assert len(urls) == 1 + len(REGIONS) and all(u.startswith("https://127.0.0.1:") for u in urls), urls
+    prometheus = TlsFiles.in_directory(tls, "client-prometheus")
+    for url in (urls[0], urls[3]):  # the coordinator and a node
+        page = metrics_endpoint.scrape(url, prometheus, 10.0)
+        assert "domicile_" in page
+    with pytest.raises(urllib.error.HTTPError) as forbidden:
+        metrics_endpoint.scrape(urls[3], TlsFiles.in_directory(tls, "client-trading"), 10.0)
+    assert forbidden.value.code == 403
+    with pytest.raises(OSError):
+        metrics_endpoint.scrape(urls[3].replace("https://", "http://"), None, 10.0)
 
 
 def test_status_shows_every_region_up(up: UpProcess):

@@ -21,6 +21,7 @@ from domicile.authz import (
 )
 from domicile.cluster import load_cluster
 from domicile.errors import InvalidArgument, PermissionDenied
+from domicile.identity.principal import Role as CertificateRole
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = load_cluster(ROOT / "deploy" / "cluster.yaml")
@@ -50,6 +51,8 @@ ALLOWED = {
         "storage.CheckConsistency",
         "coordinator.GetTopology",
     },
+    # Prometheus: /metrics and health only, no RPC (not even the topology).
+    "monitor": set(),
     "operator": {
         "coordinator.GetTopology",
         "coordinator.WatchTopology",
@@ -93,6 +96,12 @@ def resource_for(action: str, namespace: str = "trades", region: str = "eu-west-
 
 
 TRADE = RequestContext("trade_execution")
+
+
+def test_regression_every_role_a_certificate_carries_is_a_role_the_policies_know():
+    """The gate maps a certificate's roles to the policies' by value; one missing there failed
+    every call of its holder with INTERNAL."""
+    assert {r.value for r in CertificateRole} <= {r.value for r in Role}
 
 
 def test_the_table_covers_every_role_and_each_action_is_allowed_to_some_role():
@@ -232,7 +241,7 @@ def test_roles_accumulate(authz):
 def test_an_unknown_role_is_invalid_and_names_the_roles(role):
     with pytest.raises(InvalidArgument) as exc:
         Principal.of("spiffe://domicile/client/trading", [role])
-    assert "roles: app, dpo, auditor, operator, node" in exc.value.message
+    assert "roles: app, dpo, auditor, operator, monitor, node" in exc.value.message
 
 
 def test_an_unknown_kind_in_a_spiffe_id_is_invalid():

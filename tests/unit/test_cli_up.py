@@ -36,7 +36,7 @@ def test_plan_puts_the_coordinator_on_the_base_port_and_regions_after_it(tmp_pat
     )
     assert [s.name for s in specs] == ["coordinator", *cluster.region_names()]
     assert [s.address for s in specs] == [f"127.0.0.1:{17400 + i}" for i in range(8)]
-    assert specs[3].metrics_url == "http://127.0.0.1:19403/metrics"
+    assert specs[3].metrics_url == "https://127.0.0.1:19403/metrics"
     assert specs[0].argv[:3] == ("py", "-m", "coordinator")
     node = specs[3].argv
     assert node[:3] == ("py", "-m", "node")
