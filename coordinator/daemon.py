@@ -176,6 +176,7 @@ class Coordinator:
             authorizer=authorizer,
             tokens=tokens,
             on_refusal=self._on_refusal,
+            revoked=self.security.revoked,
         )
         try:
             self._store = CoordinatorStore(self.config.data_dir)

@@ -65,7 +65,7 @@ class CoordinatorMetrics:
         self.authz_refusals = Counter(
             "domicile_coordinator_authz_refusals_total",
             "Calls refused by authentication or authorization, by action and reason "
-            "(unauthenticated, policy, wrong_peer)",
+            "(unauthenticated, revoked, policy, wrong_peer)",
             ["action", "reason"],
             registry=self.registry,
         )

@@ -33,6 +33,7 @@ from domicile.errors import DomicileError
 from domicile.identity.certificate import principal_from_certificate
 from domicile.identity.principal import WATCHING_ROLES, PrincipalKind
 from domicile.identity.reloading import ReloadingMaterial
+from domicile.identity.revocation import serial_text
 from domicile.identity.tls_files import TlsFiles, TlsMaterial
 
 log = logging.getLogger("domicile.metrics")
@@ -75,6 +76,10 @@ class _Tls:
     @property
     def cluster(self) -> str:
         return self._material.current.cluster
+
+    @property
+    def revoked(self) -> frozenset[int]:
+        return self._material.current.revoked
 
     def context(self) -> ssl.SSLContext:
         # The gRPC ports share the material and may be the ones to notice new files (refresh()
@@ -151,33 +156,41 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
             return
         try:
             secured.settimeout(REQUEST_TIMEOUT_S)
-            refusal = self._refusal(secured, tls.cluster)
+            refusal = self._refusal(secured, tls.cluster, tls.revoked)
             if refusal is None:
                 super().finish_request(secured, client_address)
             else:
-                self.refused.labels("role").inc()
-                _forbidden(secured, refusal)
+                reason, message = refusal
+                self.refused.labels(reason).inc()
+                _forbidden(secured, message)
         except OSError:
             pass  # the scraper went away
         finally:
             secured.close()
 
     @staticmethod
-    def _refusal(secured: ssl.SSLSocket, cluster: str) -> str | None:
-        """Why the verified peer may not read /metrics, or None when it may."""
+    def _refusal(secured: ssl.SSLSocket, cluster: str, revoked: frozenset[int]) -> tuple[str, str] | None:
+        """Why the verified peer may not read /metrics (the counter's reason, the message), or
+        None when it may."""
         der = secured.getpeercert(binary_form=True)
         if der is None:
-            return "no client certificate"
+            return "handshake", "no client certificate"
         try:
-            principal = principal_from_certificate(x509.load_der_x509_certificate(der), cluster)
+            certificate = x509.load_der_x509_certificate(der)
+            principal = principal_from_certificate(certificate, cluster)
         except (DomicileError, ValueError) as error:
-            return f"the client certificate names no identity of this cluster: {error}"
+            return "identity", f"the client certificate names no identity of this cluster: {error}"
+        if certificate.serial_number in revoked:
+            return "revoked", (
+                f"the certificate of {principal.uri} (serial {serial_text(certificate.serial_number)}) "
+                "is revoked by the cluster's revocation list"
+            )
         if (
             principal.kind in (PrincipalKind.NODE, PrincipalKind.COORDINATOR)
             or principal.roles & WATCHING_ROLES
         ):
             return None
-        return (
+        return "role", (
             f"principal {principal.uri} may not read /metrics: it is for the cluster's nodes, its "
             f"coordinator and clients with role {' or '.join(sorted(WATCHING_ROLES))}"
         )
@@ -230,7 +243,9 @@ def serve(
     refused = Counter(
         "domicile_metrics_refused_total",
         "Connections to /metrics refused: handshake (no or a foreign client certificate, or none "
-        "in time), role (a client without a role that may read), busy (too many at once).",
+        "in time), identity (a certificate that names no identity of the cluster), revoked (by "
+        "the cluster's revocation list), role (a client without a role that may read), busy (too "
+        "many at once).",
         ["reason"],
         registry=registry,
     )

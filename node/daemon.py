@@ -418,6 +418,7 @@ class Node:
             authorizer=authorizer,
             tokens=tokens,
             on_refusal=self.refusal_audit.record,
+            revoked=self.security.revoked,
         )
         # The node's own set (its authz_policies, else the packaged one) is the fallback until a
         # topology carries the cluster's set, and again if a topology carries none.

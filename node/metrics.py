@@ -70,7 +70,7 @@ class NodeMetrics:
         self.authz_refusals = Counter(
             "domicile_authz_refusals_total",
             "Calls refused by authentication or authorization, by action and reason "
-            "(unauthenticated, policy, wrong_peer, context_token, too_large).",
+            "(unauthenticated, revoked, policy, wrong_peer, context_token, too_large).",
             ["action", "reason"],
             registry=r,
         )

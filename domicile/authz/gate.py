@@ -28,6 +28,7 @@ from domicile.errors import DomicileError, InvalidArgument, PermissionDenied, Un
 from domicile.identity.certificate import load_certificate, principal_from_certificate
 from domicile.identity.peer import auth_context
 from domicile.identity.principal import ExpectedPeer, Principal, PrincipalKind
+from domicile.identity.revocation import serial_text
 from domicile.identity.tokens import TokenVerifier, bearer_token
 from domicile.model import check_purpose
 
@@ -40,6 +41,8 @@ class Reason(enum.StrEnum):
     """The `reason` label of the refusal counter."""
 
     UNAUTHENTICATED = "unauthenticated"
+    # A certificate the cluster's revocation list revokes: its holder (a stolen key?) still calls.
+    REVOKED = "revoked"
     POLICY = "policy"  # the Cedar policies refuse (roles, ownership, purpose)
     WRONG_PEER = "wrong_peer"  # authenticated, but not the identity this call needs
     # A context token that does not verify for the record (forged, altered, another record's or
@@ -58,6 +61,10 @@ class Caller:
     # For a bearer token: the certificate identity it came over ("" otherwise). `identity` then
     # names both: "<token subject> via <certificate>".
     carrier: str = ""
+
+
+class _Revoked(Unauthenticated):
+    """A certificate the cluster's revocation list revokes (counted apart)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class Gate:
         authorizer: Authorizer | None = None,
         tokens: TokenVerifier | None = None,
         on_refusal: Callable[[Refusal], None] = lambda refusal: None,
+        revoked: Callable[[], frozenset[int]] = frozenset,
     ) -> None:
         if cluster is not None and authorizer is None:
             raise InvalidArgument("an authenticated port needs an authorizer")
@@ -109,6 +117,8 @@ class Gate:
         self.authorizer = authorizer
         self.tokens = tokens
         self.on_refusal = on_refusal
+        # The serial numbers the cluster's revocation list revokes now (ServerSecurity.revoked).
+        self.revoked = revoked
         # Between two policy sets (replace_authorizer) a decision for the same principal, action,
         # resource and purpose is the same every time: one Cedar evaluation each.
         self._decide = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(self._decision)
@@ -150,7 +160,13 @@ class Gate:
         try:
             token = bearer_token(metadata)
             pem = self._peer_certificate(context)
-            carrier = self._certificate_principal(pem)
+            carrier, serial = self._certificate_principal(pem)
+            revoked = self.revoked()
+            if revoked and serial in revoked:
+                raise _Revoked(
+                    f"the certificate of {carrier.uri} (serial {serial_text(serial)}) is revoked by the "
+                    "cluster's revocation list; ask for a new one"
+                )
             if token is None:
                 return Caller(carrier.uri, carrier, purpose)
             if self.tokens is None:
@@ -160,7 +176,8 @@ class Gate:
                 )
             principal = self.tokens.verify(token, _der(pem))
         except Unauthenticated as error:
-            self.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, self.identity_of(context), error.message))
+            reason = Reason.REVOKED if isinstance(error, _Revoked) else Reason.UNAUTHENTICATED
+            self.on_refusal(Refusal(action, reason, self.identity_of(context), error.message))
             raise
         # The token's subject is who acts; the certificate it came over is recorded beside it.
         return Caller(f"{principal.uri} via {carrier.uri}", principal, purpose, carrier=carrier.uri)
@@ -219,7 +236,7 @@ class Gate:
         if self.cluster is None:
             return f"unauthenticated:{context.peer()}"
         try:
-            return self._certificate_principal(self._peer_certificate(context)).uri
+            return self._certificate_principal(self._peer_certificate(context))[0].uri
         except Unauthenticated:
             return str(context.peer())
 
@@ -247,9 +264,12 @@ class Gate:
             raise Unauthenticated("the peer presented no client certificate")
         return certificates[0]
 
-    def _principal_of_certificate(self, pem: bytes) -> Principal:
+    def _principal_of_certificate(self, pem: bytes) -> tuple[Principal, int]:
+        """The principal a certificate names, and its serial number (checked against the
+        revocation list at every call: the list may change while the certificate is cached)."""
         assert self.cluster is not None
-        return principal_from_certificate(pem, self.cluster)
+        certificate = load_certificate(pem)
+        return principal_from_certificate(certificate, self.cluster), certificate.serial_number
 
     def _decision(self, principal: AuthzPrincipal, action: str, resource: Resource, purpose: str) -> None:
         assert self.authorizer is not None

@@ -79,13 +79,32 @@ def add_parser(sub: Any) -> None:
         help="with --node or --coordinator: a DNS name or IP address the server is reached at "
         "(repeatable; default: localhost and 127.0.0.1)",
     )
-    p.add_argument("--out-dir", type=Path, help="where to write (default: --dir); gets a copy of ca.crt")
+    p.add_argument(
+        "--out-dir", type=Path, help="where to write (default: --dir); gets a copy of ca.crt (and of ca.crl)"
+    )
     p.add_argument(
         "--audit-key",
         type=Path,
         metavar="FILE",
         help="with --node: the Ed25519 key (PEM) the certificate binds for signing audit heads "
         "(default: <stem>.audit.key in --out-dir, kept when re-issuing, made when missing)",
+    )
+
+    p = actions.add_parser(
+        "revoke",
+        help="revoke certificates: add them to the cluster's revocation list (ca.crl)",
+        description="Add certificates to the revocation list of the CA in --dir (ca.crl, signed by "
+        "the CA; made when missing) by their file (--cert) or serial number (--serial, as `certs "
+        "issue` prints it). Copy ca.crl wherever ca.crt is: every daemon reads it beside its CA "
+        "file and refuses a revoked certificate from the next call, within a second, without a "
+        "restart. Revocations are permanent. Exit 0 written, 2 bad input.",
+    )
+    p.add_argument("--dir", required=True, type=Path, help="directory of the CA (from certs init)")
+    p.add_argument(
+        "--cert", action="append", type=Path, metavar="FILE", help="a certificate to revoke (repeatable)"
+    )
+    p.add_argument(
+        "--serial", action="append", metavar="HEX", help="the serial number of one to revoke (repeatable)"
     )
 
 
@@ -100,7 +119,9 @@ def init(args: argparse.Namespace) -> int:
 
 
 def issue(args: argparse.Namespace) -> int:
-    from domicile.identity import audit_key, pki
+    from cryptography import x509
+
+    from domicile.identity import audit_key, pki, revocation
     from domicile.identity.files import PUBLIC_MODE, write_atomically
     from domicile.identity.principal import parse_roles
 
@@ -144,10 +165,52 @@ def issue(args: argparse.Namespace) -> int:
         # A directory that holds everything one host needs, to copy there as a whole.
         ca_path = out_dir / pki.CA_CERT
         write_atomically(ca_path, ca.certificate_pem, PUBLIC_MODE, overwrite=True)
+        crl = args.dir / revocation.CA_CRL
+        if crl.exists():
+            write_atomically(out_dir / revocation.CA_CRL, crl.read_bytes(), PUBLIC_MODE, overwrite=True)
+    serial = x509.load_pem_x509_certificate(issued.certificate_pem).serial_number
     print(f"issued {issued.uri}, valid until {validity.not_after:%Y-%m-%d %H:%M} UTC")
+    print(f"  serial       {revocation.serial_text(serial)}")
     print(f"  certificate  {cert_path}")
     print(f"  key          {key_path} (mode 0600)")
     if audit_path is not None:
         print(f"  audit key    {audit_path} (mode 0600; the key of the region's audit heads)")
     print(f"  CA           {ca_path}")
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    from domicile.identity import pki, revocation
+    from domicile.identity.files import read_file
+
+    if not args.cert and not args.serial:
+        raise InvalidArgument("name what to revoke: --cert FILE or --serial HEX (each repeatable)")
+    ca = pki.load_ca(args.dir)
+    serials: dict[int, str] = {}
+    for path in args.cert or ():
+        try:
+            certificate = x509.load_pem_x509_certificate(read_file(path, "certificate"))
+        except ValueError:
+            raise InvalidArgument(f"{path} is not a PEM certificate") from None
+        try:
+            certificate.verify_directly_issued_by(ca.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise InvalidArgument(
+                f"{path} is not issued by the CA in {args.dir}: revoking it there would change nothing"
+            ) from None
+        serials[certificate.serial_number] = str(path)
+    for text in args.serial or ():
+        serials.setdefault(revocation.parse_serial(text), "")
+    added, listed = revocation.revoke(ca.certificate, ca.key, args.dir, serials)
+    for serial, what in serials.items():
+        state = "revoked" if serial in added else "already revoked"
+        named = f" ({what})" if what else ""
+        print(f"{state} {revocation.serial_text(serial)}{named}")
+    print(
+        f"revocation list {args.dir / revocation.CA_CRL}: {listed} revoked certificate{'s' * (listed != 1)}"
+    )
+    print("copy it beside ca.crt on every host; daemons refuse these certificates within a second")
     return 0

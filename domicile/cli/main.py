@@ -612,8 +612,8 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         return {"hold place": holds.place, "hold release": holds.release, "hold list": holds.list_holds}[
             command
         ]
-    if command in ("certs init", "certs issue"):
-        return certs.init if command == "certs init" else certs.issue
+    if command in ("certs init", "certs issue", "certs revoke"):
+        return {"certs init": certs.init, "certs issue": certs.issue, "certs revoke": certs.revoke}[command]
     if command in ("backup status", "backup list", "backup verify"):
         return {
             "backup status": backup.status,

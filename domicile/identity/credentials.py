@@ -9,6 +9,7 @@ Plaintext exists for development and logs a warning each time it is used.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from domicile.errors import InvalidArgument
 from domicile.identity import spiffe
 from domicile.identity.principal import ExpectedPeer, PrincipalKind
 from domicile.identity.reloading import ReloadingMaterial
+from domicile.identity.revocation import REVOCATION_LOOK_S
 from domicile.identity.tls_files import TlsFiles, TlsMaterial, Usage
 
 log = logging.getLogger("domicile.identity")
@@ -36,6 +38,7 @@ class ServerSecurity:
 
     def __init__(self, material: ReloadingMaterial | None) -> None:
         self._material = material
+        self._next_look = 0.0
 
     @classmethod
     def mutual_tls(cls, files: TlsFiles) -> ServerSecurity:
@@ -54,6 +57,22 @@ class ServerSecurity:
     def material(self) -> ReloadingMaterial | None:
         """The files the ports serve (None in plaintext): the /metrics port serves them too."""
         return self._material
+
+    def revoked(self) -> frozenset[int]:
+        """The serial numbers the cluster's revocation list revokes, as of at most
+        REVOCATION_LOOK_S ago: asked on every call, it looks at the files that often (a new
+        connection looks at once), so a long-lived connection sees a new list too."""
+        material = self._material
+        if material is None:
+            return frozenset()
+        now = time.monotonic()
+        if now >= self._next_look:
+            self._next_look = now + REVOCATION_LOOK_S
+            try:
+                material.refresh()
+            except Exception:  # the revocations in force stay; the next look tries again
+                log.exception("checking the TLS files for changes failed")
+        return material.current.revoked
 
     def on_identity_refused(self, callback: Callable[[], None]) -> None:
         """`callback` runs (on a gRPC thread) each time replaced files naming another identity

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from domicile.errors import InvalidArgument, Unauthenticated
-from domicile.identity import spiffe
+from domicile.identity import revocation, spiffe
 from domicile.identity.certificate import principal_from_certificate
 from domicile.identity.files import check_owner_only, read_file
 from domicile.identity.pki import CA_CERT
@@ -48,6 +48,8 @@ class TlsMaterial:
     cluster: str
     principal: Principal
     not_after: dt.datetime
+    # Serial numbers the cluster's revocation list (ca.crl beside the CA file) revokes.
+    revoked: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,12 @@ class TlsFiles:
                 return None
             return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-        return (one(self.ca), one(self.cert), one(self.key))
+        return (one(self.ca), one(self.cert), one(self.key), one(self.crl))
+
+    @property
+    def crl(self) -> Path:
+        """The cluster's revocation list, beside the CA file (optional)."""
+        return revocation.crl_path(self.ca)
 
     def load(self, usage: Usage | None = None, now: dt.datetime | None = None) -> TlsMaterial:
         """Read and check the three files; InvalidArgument naming the file and the fault otherwise.
@@ -111,7 +118,10 @@ class TlsFiles:
             principal = principal_from_certificate(certificate, cluster)
         except Unauthenticated as error:
             raise InvalidArgument(f"certificate {self.cert}: {error.message}") from None
-        return TlsMaterial(ca_pem, cert_pem, key_pem, cluster, principal, certificate.not_valid_after_utc)
+        revoked = revocation.load_revoked(self.crl, ca)
+        return TlsMaterial(
+            ca_pem, cert_pem, key_pem, cluster, principal, certificate.not_valid_after_utc, revoked
+        )
 
 
 def _only_certificate(pem: bytes, path: Path) -> x509.Certificate:

@@ -17,7 +17,7 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry, Gauge
 
 from domicile import metrics_endpoint
-from domicile.identity import pki
+from domicile.identity import pki, revocation
 from domicile.identity.principal import Role
 from domicile.identity.reloading import ReloadingMaterial
 from domicile.identity.tls_files import TlsFiles, Usage
@@ -197,6 +197,22 @@ def test_regression_a_rotation_another_port_noticed_first_is_served_too(
         assert _served_serial(served.port, tls_dir) != before
     finally:
         served.close()
+
+
+def test_a_revoked_certificate_is_forbidden_from_the_next_connection(
+    endpoint: metrics_endpoint.MetricsEndpoint, tls_dir: Path, registry: CollectorRegistry
+) -> None:
+    prometheus = client(tls_dir, "prometheus")
+    assert "domicile_test_up 7.0" in metrics_endpoint.scrape(url(endpoint), prometheus, TIMEOUT_S)
+    ca = pki.load_ca(tls_dir)
+    serial = x509.load_pem_x509_certificate(prometheus.cert.read_bytes()).serial_number
+    revocation.revoke(ca.certificate, ca.key, tls_dir, [serial])
+    with pytest.raises(urllib.error.HTTPError) as forbidden:
+        metrics_endpoint.scrape(url(endpoint), prometheus, TIMEOUT_S)
+    assert forbidden.value.code == 403
+    assert f"(serial 0x{serial:x}) is revoked" in forbidden.value.read().decode()
+    assert refused(registry, "revoked") == 1
+    assert "domicile_test_up 7.0" in metrics_endpoint.scrape(url(endpoint), client(tls_dir, "ops"), TIMEOUT_S)
 
 
 def test_an_insecure_daemon_serves_plaintext_and_says_so(

@@ -66,10 +66,13 @@ class LocalCluster:
         namespaces: list[dict[str, Any]] | None = None,
         insecure: bool = False,
         backups: dict[str, dict[str, Any]] | None = None,
+        pki: SessionPki | None = None,
     ) -> None:
-        """`pack`: a policy pack (parsed YAML, see tests/support/packs.py) to enforce on top of
-        the namespace scopes; without it only the scopes apply. Every port runs mutual TLS with
-        the session's CA unless `insecure` (plaintext, no authentication: a deliberate choice)."""
+        """`pki`: a CA of the cluster's own instead of the session's (a test that changes what
+        the CA's files say, such as its revocation list). `pack`: a policy pack (parsed YAML, see
+        tests/support/packs.py) to enforce on top of the namespace scopes; without it only the
+        scopes apply. Every port runs mutual TLS with the session's CA unless `insecure`
+        (plaintext, no authentication: a deliberate choice)."""
         self.insecure = insecure
         # region -> its backup settings in the cluster config (endpoint, bucket, bucket_region)
         self.backups = backups or {}
@@ -78,7 +81,7 @@ class LocalCluster:
         # Settings of one region's node (after node_overrides), e.g. another storage engine.
         self.region_overrides: dict[str, dict[str, Any]] = {}
         self.coordinator_overrides: dict[str, Any] = {}
-        self.pki: SessionPki | None = None if insecure else session_pki()
+        self.pki: SessionPki | None = None if insecure else (pki or session_pki())
         # What the tests' own calls (stub(), client()) dial with: the session's all-roles client.
         self.dialer = Dialer.plaintext() if self.pki is None else self.pki.dialer()
         self.root = root

@@ -118,3 +118,78 @@ def test_bad_cluster_name_and_missing_ca(tmp_path, capsys):
     assert code == 2 and "cluster name 'Prod_1' is not allowed" in err
     code, _, err = run(capsys, "certs", "issue", "--dir", str(tmp_path / "none"), "--coordinator")
     assert code == 2 and "CA certificate" in err and "does not exist" in err
+
+
+def test_issue_prints_the_serial_and_copies_the_revocation_list_to_an_out_dir(ca_dir, tmp_path, capsys):
+    code, out, _ = run(capsys, "certs", "issue", "--dir", str(ca_dir), "--client", "old", "--roles", "app")
+    assert code == 0
+    serial = x509.load_pem_x509_certificate((ca_dir / "client-old.crt").read_bytes()).serial_number
+    assert f"  serial       0x{serial:x}\n" in out
+    assert run(capsys, "certs", "revoke", "--dir", str(ca_dir), "--serial", f"0x{serial:x}")[0] == 0
+    out_dir = tmp_path / "host-b"
+    argv = (
+        "certs",
+        "issue",
+        "--dir",
+        str(ca_dir),
+        "--client",
+        "new",
+        "--roles",
+        "app",
+        "--out-dir",
+        str(out_dir),
+    )
+    assert run(capsys, *argv)[0] == 0
+    assert (out_dir / "ca.crl").read_bytes() == (ca_dir / "ca.crl").read_bytes()
+
+
+def test_revoke_by_file_and_by_serial_says_what_changed(ca_dir, capsys):
+    for name in ("a", "b"):
+        assert run(capsys, "certs", "issue", "--dir", str(ca_dir), "--client", name, "--roles", "app")[0] == 0
+    a = x509.load_pem_x509_certificate((ca_dir / "client-a.crt").read_bytes()).serial_number
+    b = x509.load_pem_x509_certificate((ca_dir / "client-b.crt").read_bytes()).serial_number
+    code, out, _ = run(
+        capsys, "certs", "revoke", "--dir", str(ca_dir), "--cert", str(ca_dir / "client-a.crt")
+    )
+    assert code == 0
+    assert f"revoked 0x{a:x} ({ca_dir / 'client-a.crt'})" in out
+    assert "1 revoked certificate\n" in out
+    code, out, _ = run(
+        capsys,
+        "certs",
+        "revoke",
+        "--dir",
+        str(ca_dir),
+        "--cert",
+        str(ca_dir / "client-a.crt"),
+        "--serial",
+        f"{b:x}",
+    )
+    assert code == 0
+    assert f"already revoked 0x{a:x}" in out and f"revoked 0x{b:x}\n" in out
+    assert "2 revoked certificates" in out
+    crl = x509.load_pem_x509_crl((ca_dir / "ca.crl").read_bytes())
+    assert {entry.serial_number for entry in crl} == {a, b}
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ((), "name what to revoke: --cert FILE or --serial HEX"),
+        (("--serial", "xyz"), "serial 'xyz' is not a hexadecimal number"),
+        (("--cert", "/nonexistent/x.crt"), "/nonexistent/x.crt"),
+    ],
+)
+def test_revoke_refuses_bad_input_and_writes_nothing(ca_dir, capsys, argv, says):
+    code, _, err = run(capsys, "certs", "revoke", "--dir", str(ca_dir), *argv)
+    assert code == 2 and says in err
+    assert not (ca_dir / "ca.crl").exists()
+
+
+def test_revoke_refuses_a_certificate_of_another_ca(ca_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert run(capsys, "certs", "init", "--dir", str(other), "--cluster", "prod")[0] == 0
+    assert run(capsys, "certs", "issue", "--dir", str(other), "--client", "x", "--roles", "app")[0] == 0
+    code, _, err = run(capsys, "certs", "revoke", "--dir", str(ca_dir), "--cert", str(other / "client-x.crt"))
+    assert code == 2 and "is not issued by the CA in" in err
+    assert not (ca_dir / "ca.crl").exists()

@@ -1,0 +1,133 @@
+"""The cluster's revocation list: written by the CA, read only when the CA signed it, carried
+with a daemon's TLS material and picked up again when it changes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from domicile.errors import InvalidArgument
+from domicile.identity import pki, revocation
+from domicile.identity.credentials import ServerSecurity
+from domicile.identity.principal import Role
+from domicile.identity.tls_files import TlsFiles, Usage
+
+
+@pytest.fixture
+def ca_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    ca = pki.init_ca(directory, "prod")
+    pki.issue_node(ca, "eu-west-1", "eu-west-1").write(directory, "node-eu-west-1")
+    pki.issue_client(ca, "trading", (Role.APP,)).write(directory, "client-trading")
+    return directory
+
+
+def serial_of(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+def crl_number(path: Path) -> int:
+    crl = x509.load_pem_x509_crl(path.read_bytes())
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def test_no_list_revokes_nothing(ca_dir: Path) -> None:
+    ca = pki.load_ca(ca_dir)
+    assert revocation.load_revoked(ca_dir / revocation.CA_CRL, ca.certificate) == frozenset()
+
+
+def test_revoking_adds_to_the_list_and_keeps_what_it_held(ca_dir: Path) -> None:
+    ca = pki.load_ca(ca_dir)
+    trading = serial_of(ca_dir / "client-trading.crt")
+    added, listed = revocation.revoke(ca.certificate, ca.key, ca_dir, [trading])
+    assert (added, listed) == ([trading], 1)
+    path = ca_dir / revocation.CA_CRL
+    assert revocation.load_revoked(path, ca.certificate) == {trading}
+    assert crl_number(path) == 1
+    added, listed = revocation.revoke(ca.certificate, ca.key, ca_dir, [trading, 0x1234, 0x1234])
+    assert (added, listed) == ([0x1234], 2)
+    assert revocation.load_revoked(path, ca.certificate) == {trading, 0x1234}
+    assert crl_number(path) == 2
+    # The list stays in force as long as the CA.
+    crl = x509.load_pem_x509_crl(path.read_bytes())
+    assert crl.next_update_utc is not None and crl.next_update_utc >= ca.certificate.not_valid_after_utc
+
+
+def test_a_list_another_ca_signed_is_refused_even_under_the_same_name(ca_dir: Path, tmp_path: Path) -> None:
+    """Negative control of the signature check: a CA of the same cluster name has the same
+    subject, so only the signature tells the forged list (which would un-revoke by omission)."""
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = pki.init_ca(other_dir, "prod")
+    assert other.certificate.subject == pki.load_ca(ca_dir).certificate.subject
+    revocation.revoke(other.certificate, other.key, other_dir, [0x99])
+    (ca_dir / revocation.CA_CRL).write_bytes((other_dir / revocation.CA_CRL).read_bytes())
+    with pytest.raises(InvalidArgument, match="is not signed by the cluster CA"):
+        revocation.load_revoked(ca_dir / revocation.CA_CRL, pki.load_ca(ca_dir).certificate)
+    with pytest.raises(InvalidArgument, match="is not signed by the cluster CA"):
+        TlsFiles.in_directory(ca_dir, "node-eu-west-1").load(Usage.SERVER)
+
+
+def test_a_list_that_is_not_a_crl_is_refused(ca_dir: Path) -> None:
+    (ca_dir / revocation.CA_CRL).write_text("not a CRL\n")
+    with pytest.raises(InvalidArgument, match=r"ca\.crl is not a PEM CRL"):
+        revocation.load_revoked(ca_dir / revocation.CA_CRL, pki.load_ca(ca_dir).certificate)
+    with pytest.raises(InvalidArgument, match="is not a PEM CRL"):
+        ca = pki.load_ca(ca_dir)
+        revocation.revoke(ca.certificate, ca.key, ca_dir, [1])
+
+
+@pytest.mark.parametrize(
+    ("text", "serial"), [("0x1f", 0x1F), ("1F", 0x1F), ("1f:00", 0x1F00), ("  0X0a ", 0x0A)]
+)
+def test_serials_are_read_as_certs_issue_prints_them(text: str, serial: int) -> None:
+    assert revocation.parse_serial(text) == serial
+    assert revocation.parse_serial(revocation.serial_text(serial)) == serial
+
+
+@pytest.mark.parametrize("text", ["", "zz", "0x", "0", "-1"])
+def test_a_serial_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="serial"):
+        revocation.parse_serial(text)
+
+
+def test_the_material_carries_the_list_and_a_new_list_is_picked_up(ca_dir: Path) -> None:
+    files = TlsFiles.in_directory(ca_dir, "node-eu-west-1")
+    before = files.fingerprint()
+    security = ServerSecurity.mutual_tls(files)
+    assert security.revoked() == frozenset()
+    ca = pki.load_ca(ca_dir)
+    trading = serial_of(ca_dir / "client-trading.crt")
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [trading])
+    assert files.fingerprint() != before
+    # Looked at again after REVOCATION_LOOK_S (not on every call).
+    security._next_look = 0.0
+    assert security.revoked() == {trading}
+
+
+def test_a_forged_list_leaves_the_revocations_in_force(ca_dir: Path, tmp_path: Path) -> None:
+    files = TlsFiles.in_directory(ca_dir, "node-eu-west-1")
+    ca = pki.load_ca(ca_dir)
+    trading = serial_of(ca_dir / "client-trading.crt")
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [trading])
+    security = ServerSecurity.mutual_tls(files)
+    assert security.revoked() == {trading}
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = pki.init_ca(other_dir, "prod")
+    revocation.revoke(other.certificate, other.key, other_dir, [0x99])  # leaves trading out
+    (ca_dir / revocation.CA_CRL).write_bytes((other_dir / revocation.CA_CRL).read_bytes())
+    security._next_look = 0.0
+    assert security.revoked() == {trading}
+
+
+def test_the_revocation_date_is_when_it_was_revoked(ca_dir: Path) -> None:
+    ca = pki.load_ca(ca_dir)
+    now = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [7], now=now)
+    entry = next(iter(x509.load_pem_x509_crl((ca_dir / revocation.CA_CRL).read_bytes())))
+    assert now - dt.timedelta(minutes=10) < entry.revocation_date_utc <= now
