@@ -44,11 +44,18 @@ def crl_path(ca_file: Path) -> Path:
 
 
 def load_revoked(path: Path, ca: x509.Certificate) -> frozenset[int]:
-    """The serial numbers the CRL at `path` revokes (none when there is no file). Refuses, naming
-    the file, a CRL that does not parse, that another CA issued, or whose signature is not the
-    CA's: a forged list could otherwise un-revoke a certificate by leaving it out."""
+    """The serial numbers the CRL at `path` revokes (none when there is no file)."""
+    return load_list(path, ca)[0]
+
+
+def load_list(path: Path, ca: x509.Certificate) -> tuple[frozenset[int], int]:
+    """The serial numbers the CRL at `path` revokes and its CRL number (none and 0 when there is
+    no file). Refuses, naming the file, a CRL that does not parse, that another CA issued, or
+    whose signature is not the CA's: a forged list could otherwise un-revoke a certificate by
+    leaving it out. (An older list of the same CA is refused by the process that holds a newer
+    one: domicile.identity.reloading.)"""
     if not path.exists():
-        return frozenset()
+        return frozenset(), 0
     crl = _read(path)
     if crl.issuer != ca.subject:
         raise InvalidArgument(
@@ -57,7 +64,7 @@ def load_revoked(path: Path, ca: x509.Certificate) -> frozenset[int]:
     key = ca.public_key()
     if not isinstance(key, _SIGNING_KEYS) or not crl.is_signature_valid(key):
         raise InvalidArgument(f"revocation list {path} is not signed by the cluster CA")
-    return frozenset(entry.serial_number for entry in crl)
+    return frozenset(entry.serial_number for entry in crl), _number(crl)
 
 
 def revoke(
@@ -78,10 +85,7 @@ def revoke(
         load_revoked(path, ca_certificate)  # checked before anything is added to it
         crl = _read(path)
         listed = list(crl)
-        try:
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        except x509.ExtensionNotFound:
-            number = 0
+        number = _number(crl)
     known = {entry.serial_number for entry in listed}
     added = [s for s in dict.fromkeys(serials) if s not in known]
     for serial in added:
@@ -118,6 +122,13 @@ def parse_serial(text: str) -> int:
 
 def serial_text(serial: int) -> str:
     return f"0x{serial:x}"
+
+
+def _number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0
 
 
 def _read(path: Path) -> x509.CertificateRevocationList:

@@ -48,8 +48,10 @@ class TlsMaterial:
     cluster: str
     principal: Principal
     not_after: dt.datetime
-    # Serial numbers the cluster's revocation list (ca.crl beside the CA file) revokes.
+    # Serial numbers the cluster's revocation list (ca.crl beside the CA file) revokes, and the
+    # list's CRL number (it grows with every revocation; 0 without a list).
     revoked: frozenset[int] = frozenset()
+    revocation_number: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,9 @@ class TlsFiles:
             principal = principal_from_certificate(certificate, cluster)
         except Unauthenticated as error:
             raise InvalidArgument(f"certificate {self.cert}: {error.message}") from None
-        revoked = revocation.load_revoked(self.crl, ca)
+        revoked, number = revocation.load_list(self.crl, ca)
         return TlsMaterial(
-            ca_pem, cert_pem, key_pem, cluster, principal, certificate.not_valid_after_utc, revoked
+            ca_pem, cert_pem, key_pem, cluster, principal, certificate.not_valid_after_utc, revoked, number
         )
 
 

@@ -131,3 +131,27 @@ def test_the_revocation_date_is_when_it_was_revoked(ca_dir: Path) -> None:
     revocation.revoke(ca.certificate, ca.key, ca_dir, [7], now=now)
     entry = next(iter(x509.load_pem_x509_crl((ca_dir / revocation.CA_CRL).read_bytes())))
     assert now - dt.timedelta(minutes=10) < entry.revocation_date_utc <= now
+
+
+def test_an_older_list_or_its_removal_does_not_lift_revocations(ca_dir: Path) -> None:
+    """A stale copy of ca.crl (a lower CRL number, still signed by the CA) put back on a host
+    would un-revoke what was revoked since; the daemon keeps the newer list it holds."""
+    files = TlsFiles.in_directory(ca_dir, "node-eu-west-1")
+    ca = pki.load_ca(ca_dir)
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [1])
+    older = (ca_dir / revocation.CA_CRL).read_bytes()
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [2])
+    security = ServerSecurity.mutual_tls(files)
+    assert security.revoked() == {1, 2}
+    (ca_dir / revocation.CA_CRL).write_bytes(older)
+    security._next_look = 0.0
+    assert security.revoked() == {1, 2}
+    (ca_dir / revocation.CA_CRL).unlink()
+    security._next_look = 0.0
+    assert security.revoked() == {1, 2}
+    # Negative control: a newer list is taken.
+    (ca_dir / revocation.CA_CRL).write_bytes(older)
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [3])  # number 2, from the older list's 1
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [4])  # number 3
+    security._next_look = 0.0
+    assert security.revoked() == {1, 3, 4}
