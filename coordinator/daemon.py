@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +28,7 @@ from coordinator.watch import WatchHub
 from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Refusal, load_checks
 from domicile.authz.operational import OperationalServicesGuard
+from domicile.authz.revoked_streams import RevokedStreamsGuard
 from domicile.backup.residency import check_bucket_location
 from domicile.cluster import ClusterSpec, load_cluster
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, Unavailable
@@ -153,7 +155,11 @@ class Coordinator:
         limits = self.config.limits
         # First, so that missing or bad certificates stop the coordinator before it opens its store.
         self.security, dialer = daemon_transport(
-            self.config.tls_files(), self.config.insecure, "the coordinator", TLS_STEM
+            self.config.tls_files(),
+            self.config.insecure,
+            "the coordinator",
+            TLS_STEM,
+            Path(self.config.data_dir),
         )
         self.security.on_identity_refused(self.metrics.tls_identity_changes_refused.inc)
         cfg = self.config
@@ -229,6 +235,7 @@ class Coordinator:
                         COORDINATOR_PEER_CALLS_MAX, lambda c, p, b: self.metrics.peer_calls_refused.inc()
                     ),
                     OperationalServicesGuard(gate),
+                    RevokedStreamsGuard(gate),
                 ],
             )
             self._server = server
@@ -286,7 +293,7 @@ class Coordinator:
             self._address = f"{host}:{bound}"
             if self.config.metrics_port:
                 endpoint = self.metrics.serve(
-                    host.strip("[]"), self.config.metrics_port, self.security.material
+                    host.strip("[]"), self.config.metrics_port, self.security.material, self.security.revoked
                 )
                 self._metrics_address = f"{host}:{endpoint.port}"
                 self._metrics_url = f"{endpoint.scheme}://{self._metrics_address}/metrics"

@@ -3,7 +3,7 @@ can live in one process (tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -17,6 +17,12 @@ _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 class CoordinatorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.metrics_refused = Counter(
+            "domicile_metrics_refused_total",
+            metrics_endpoint.REFUSED_HELP,
+            ["reason"],
+            registry=self.registry,
+        )
         self.rpc_latency = Histogram(
             "domicile_coordinator_rpc_duration_seconds",
             "Time to serve a unary CoordinatorService RPC, by method and status code",
@@ -133,10 +139,18 @@ class CoordinatorMetrics:
             self.subject_requests_overdue.labels(kind=kind).set(count)
         self.legal_holds.set(holds)
 
-    def serve(self, host: str, port: int, tls: ReloadingMaterial | None) -> metrics_endpoint.MetricsEndpoint:
+    def serve(
+        self,
+        host: str,
+        port: int,
+        tls: ReloadingMaterial | None,
+        revoked: Callable[[], frozenset[int]] = frozenset,
+    ) -> metrics_endpoint.MetricsEndpoint:
         """Starts /metrics (mutual TLS with `tls`, the coordinator's own files; plaintext
         without); its port is the bound one."""
-        self._endpoint = metrics_endpoint.serve(self.registry, host, port, tls)
+        self._endpoint = metrics_endpoint.serve(
+            self.registry, host, port, tls, revoked=revoked, refused=self.metrics_refused
+        )
         return self._endpoint
 
     def close(self) -> None:

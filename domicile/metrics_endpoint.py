@@ -8,20 +8,29 @@ watch or run the cluster may read (`monitor`, `operator`, `auditor`: the rule of
 reflection, domicile.authz.operational). `domicile up` issues a `prometheus` client certificate
 with the `monitor` role, which may call no RPC at all.
 
-The handshake runs on the connection's own thread with a timeout, not on the accepting one, so a
-client that connects and stays silent holds one of at most CONNECTIONS_MAX threads and never
-stops the others. Certificates rotate without a restart: each connection looks at the files
-first (a stat each) and a valid replacement is used from then on (domicile.identity.reloading).
+Bounds, so that no client holds up a scrape. The handshake runs on the connection's own thread,
+not on the accepting one. A connection has CONNECTION_DEADLINE_S in all, handshake and request
+together, then it is closed whatever it is doing. Connections still shaking hands (nobody
+authenticated yet) are bounded apart: HANDSHAKES_MAX in all and HANDSHAKES_PER_HOST_MAX from one
+address, so silent or slow clients from one host cannot take the slots of a scraper. Requests of
+authenticated peers are bounded by REQUESTS_MAX. A connection past a bound is closed at once and
+counted (`busy`).
+
+Certificates rotate without a restart: each connection looks at the files first (a stat each)
+and a valid replacement is used from then on (domicile.identity.reloading). A certificate the
+cluster's revocation list revokes is refused (403, logged at WARNING with its serial number).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import socketserver
 import ssl
 import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -38,12 +47,14 @@ from domicile.identity.tls_files import TlsFiles, TlsMaterial
 
 log = logging.getLogger("domicile.metrics")
 
-# A scrape is one small request: a connection that takes longer to shake hands or to send it is
-# dropped. Prometheus' own scrape timeout is 10 s by default.
-HANDSHAKE_TIMEOUT_S = 5.0
-REQUEST_TIMEOUT_S = 10.0
-# Connections served at once; more are closed at once (Prometheus opens one per target).
-CONNECTIONS_MAX = 16
+# A scrape is one small request: a connection that takes longer in all (handshake, request and
+# answer) is closed. Prometheus' own scrape timeout is 10 s by default.
+CONNECTION_DEADLINE_S = 10.0
+# Connections still shaking hands, in all and from one address; requests of authenticated peers
+# served at once (Prometheus opens one connection per target and scrape).
+HANDSHAKES_MAX = 64
+HANDSHAKES_PER_HOST_MAX = 8
+REQUESTS_MAX = 16
 # A refused scraper's request is read up to this many bytes before the answer.
 REQUEST_BYTES_MAX = 8192
 SCHEME_TLS = "https"
@@ -67,8 +78,9 @@ def _context(material: TlsMaterial, files: TlsFiles) -> ssl.SSLContext:
 class _Tls:
     """The server context, rebuilt when the material in force changes."""
 
-    def __init__(self, material: ReloadingMaterial) -> None:
+    def __init__(self, material: ReloadingMaterial, revoked: Callable[[], frozenset[int]]) -> None:
         self._material = material
+        self.revoked = revoked
         self._lock = threading.Lock()
         self._built_from = material.current
         self._context = _context(material.current, material.files)
@@ -76,10 +88,6 @@ class _Tls:
     @property
     def cluster(self) -> str:
         return self._material.current.cluster
-
-    @property
-    def revoked(self) -> frozenset[int]:
-        return self._material.current.revoked
 
     def context(self) -> ssl.SSLContext:
         # The gRPC ports share the material and may be the ones to notice new files (refresh()
@@ -120,53 +128,100 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         self.address_family = family
         self.tls = tls
         self.refused = refused
-        self._slots = threading.BoundedSemaphore(CONNECTIONS_MAX)
+        self._lock = threading.Lock()
+        self._handshakes = 0
+        self._handshakes_by_host: dict[str, int] = {}
+        self._requests = threading.BoundedSemaphore(REQUESTS_MAX)
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        """On the accepting thread: admits the connection to a handshake slot, or closes it."""
+        host = str(client_address[0])
+        with self._lock:
+            admitted = (
+                self._handshakes < HANDSHAKES_MAX
+                and self._handshakes_by_host.get(host, 0) < HANDSHAKES_PER_HOST_MAX
+            )
+            if admitted:
+                self._handshakes += 1
+                self._handshakes_by_host[host] = self._handshakes_by_host.get(host, 0) + 1
+        if not admitted:
             self.refused.labels("busy").inc()
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._handshake_done(host)
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)  # type: ignore[misc]
-        finally:
-            self._slots.release()
+    def _handshake_done(self, host: str) -> None:
+        with self._lock:
+            self._handshakes -= 1
+            left = self._handshakes_by_host[host] - 1
+            if left:
+                self._handshakes_by_host[host] = left
+            else:
+                del self._handshakes_by_host[host]
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        tls = self.tls
-        if tls is None:
-            request.settimeout(REQUEST_TIMEOUT_S)
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        # One deadline for the whole connection: a peer that trickles bytes cannot hold it.
+        # (The TLS socket takes over the connection's descriptor: the one to cut is the last.)
+        current: list[socket.socket] = [request]
+        deadline = threading.Timer(CONNECTION_DEADLINE_S, lambda: _cut(current[-1]))
+        deadline.daemon = True
+        deadline.start()
         try:
-            secured = tls.context().wrap_socket(request, server_side=True)
+            self._serve(request, client_address, current)
+        finally:
+            deadline.cancel()
+
+    def _serve(self, request: Any, client_address: Any, current: list[socket.socket]) -> None:
+        host = str(client_address[0])
+        tls = self.tls
+        request.settimeout(CONNECTION_DEADLINE_S)
+        secured: ssl.SSLSocket | None = None
+        try:
+            if tls is not None:
+                context = tls.context()
+                secured = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+                current.append(secured)
+                secured.do_handshake()
         except (OSError, ssl.SSLError) as error:
             # No client certificate, one of another CA, a plaintext client, or silence.
             self.refused.labels("handshake").inc()
             log.debug("refused a /metrics connection from %s: %s", client_address, error)
+            if secured is not None:
+                secured.close()
+            return
+        finally:
+            self._handshake_done(host)
+        if not self._requests.acquire(blocking=False):
+            self.refused.labels("busy").inc()
+            if secured is not None:
+                secured.close()
             return
         try:
-            secured.settimeout(REQUEST_TIMEOUT_S)
-            refusal = self._refusal(secured, tls.cluster, tls.revoked)
+            if secured is None:
+                super().finish_request(request, client_address)
+                return
+            assert tls is not None
+            refusal = self._refusal(secured, tls.cluster, tls.revoked())
             if refusal is None:
                 super().finish_request(secured, client_address)
             else:
                 reason, message = refusal
                 self.refused.labels(reason).inc()
+                if reason == "revoked":
+                    # Whoever holds a revoked key is still trying: an operator must hear of it.
+                    log.warning("refused a /metrics scrape from %s: %s", client_address[0], message)
                 _forbidden(secured, message)
         except OSError:
-            pass  # the scraper went away
+            pass  # the scraper went away, or its deadline cut the connection
         finally:
-            secured.close()
+            self._requests.release()
+            if secured is not None:
+                secured.close()
 
     @staticmethod
     def _refusal(secured: ssl.SSLSocket, cluster: str, revoked: frozenset[int]) -> tuple[str, str] | None:
@@ -213,6 +268,12 @@ def _forbidden(secured: ssl.SSLSocket, message: str) -> None:
     )
 
 
+def _cut(sock: socket.socket) -> None:
+    """Ends a connection past its deadline: what its thread waits on returns at once."""
+    with contextlib.suppress(OSError):  # closed already
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class MetricsEndpoint:
     """A running /metrics server; `close()` stops it."""
 
@@ -235,22 +296,19 @@ class MetricsEndpoint:
 
 
 def serve(
-    registry: CollectorRegistry, host: str, port: int, tls: ReloadingMaterial | None
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    tls: ReloadingMaterial | None,
+    *,
+    revoked: Callable[[], frozenset[int]] = frozenset,
+    refused: Counter,
 ) -> MetricsEndpoint:
-    """Starts /metrics on host:port (port 0 picks one): mutual TLS with `tls`, else plaintext
-    (logged at WARNING, like every plaintext port). Counts the connections it refuses in
-    `domicile_metrics_refused_total` of `registry`."""
-    refused = Counter(
-        "domicile_metrics_refused_total",
-        "Connections to /metrics refused: handshake (no or a foreign client certificate, or none "
-        "in time), identity (a certificate that names no identity of the cluster), revoked (by "
-        "the cluster's revocation list), role (a client without a role that may read), busy (too "
-        "many at once).",
-        ["reason"],
-        registry=registry,
-    )
+    """Starts /metrics of `registry` on host:port (port 0 picks one): mutual TLS with `tls` (the
+    serial numbers `revoked()` names are refused), else plaintext (logged at WARNING, like every
+    plaintext port). `refused` counts the connections it refuses, by reason (label `reason`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server = _Server((host, port), family, _Tls(tls) if tls is not None else None, refused)
+    server = _Server((host, port), family, _Tls(tls, revoked) if tls is not None else None, refused)
     app = make_wsgi_app(registry)
     server.set_app(app)
     # A short poll: close() waits for the loop to see the stop.
@@ -262,6 +320,14 @@ def serve(
     if tls is None:
         log.warning(PLAINTEXT_WARNING, f"{host}:{endpoint.port}")
     return endpoint
+
+
+REFUSED_HELP = (
+    "Connections to /metrics refused: handshake (no or a foreign client certificate, or none in "
+    "time), identity (a certificate that names no identity of the cluster), revoked (by the "
+    "cluster's revocation list), role (a client without a role that may read), busy (past a "
+    "bound on connections)."
+)
 
 
 def scrape(url: str, files: TlsFiles | None, timeout_s: float) -> str:

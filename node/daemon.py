@@ -21,6 +21,7 @@ from domicile.authz.authorizer import Authorizer
 from domicile.authz.gate import Gate, Reason, Refusal, load_checks
 from domicile.authz.loader import policy_set_version
 from domicile.authz.operational import OperationalServicesGuard
+from domicile.authz.revoked_streams import RevokedStreamsGuard
 from domicile.backup.bucket import Bucket
 from domicile.backup.residency import check_bucket_location
 from domicile.cluster import BackupSpec, ClusterSpec, load_cluster
@@ -166,7 +167,7 @@ class Node:
         cfg = self.config
         # First, so that missing or bad certificates stop the node before it opens anything.
         self.security, self.dialer = daemon_transport(
-            cfg.tls_files(), cfg.insecure, f"node {cfg.node_id}", cfg.tls_stem
+            cfg.tls_files(), cfg.insecure, f"node {cfg.node_id}", cfg.tls_stem, Path(cfg.data_dir)
         )
         # Counted once, by the port (the dialer reads the same files and refuses them too).
         self.security.on_identity_refused(self.metrics.tls_identity_changes_refused.inc)
@@ -459,6 +460,7 @@ class Node:
                 GetReadAhead(self.service).wrap,
                 PeerConcurrency(cfg.peer_calls_max, too_many).wrap,
                 OperationalServicesGuard(self.gate).wrap,
+                RevokedStreamsGuard(self.gate).wrap,
                 MessageLimits(on_too_large=too_large).wrap,
             ],
         )
@@ -475,7 +477,9 @@ class Node:
         metrics_address = ""
         if cfg.metrics_port != 0:
             # -1 asks for any free port (tests); 0 disables the endpoint.
-            endpoint = self.metrics.serve(cfg.metrics_host, max(cfg.metrics_port, 0), self.security.material)
+            endpoint = self.metrics.serve(
+                cfg.metrics_host, max(cfg.metrics_port, 0), self.security.material, self.security.revoked
+            )
             self.metrics_port = endpoint.port
             metrics_address = f"{cfg.metrics_host}:{self.metrics_port}"
             self.metrics_url = f"{endpoint.scheme}://{metrics_address}/metrics"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -488,6 +488,9 @@ class NodeMetrics:
         )
         self.info.labels(node_id, region).set(1)
         self.cache = CacheMetrics(r)
+        self.metrics_refused = Counter(
+            "domicile_metrics_refused_total", metrics_endpoint.REFUSED_HELP, ["reason"], registry=r
+        )
         self.lag_windows: dict[tuple[str, str], LagWindow] = {}
         self._endpoint: metrics_endpoint.MetricsEndpoint | None = None
 
@@ -498,10 +501,19 @@ class NodeMetrics:
             window = self.lag_windows[key] = LagWindow()
         return window
 
-    def serve(self, host: str, port: int, tls: ReloadingMaterial | None) -> metrics_endpoint.MetricsEndpoint:
-        """Starts the /metrics endpoint (mutual TLS with `tls`, the node's own files; plaintext
-        without); its port is the bound one (useful with port 0)."""
-        self._endpoint = metrics_endpoint.serve(self.registry, host, port, tls)
+    def serve(
+        self,
+        host: str,
+        port: int,
+        tls: ReloadingMaterial | None,
+        revoked: Callable[[], frozenset[int]] = frozenset,
+    ) -> metrics_endpoint.MetricsEndpoint:
+        """Starts the /metrics endpoint (mutual TLS with `tls`, the node's own files, refusing
+        the serial numbers `revoked()` names; plaintext without); its port is the bound one
+        (useful with port 0)."""
+        self._endpoint = metrics_endpoint.serve(
+            self.registry, host, port, tls, revoked=revoked, refused=self.metrics_refused
+        )
         return self._endpoint
 
     def close(self) -> None:

@@ -254,6 +254,12 @@ class Gate:
             return True
         return False
 
+    def certificate_serial(self, context: Any) -> tuple[int, str]:
+        """The serial number and identity of the connection's verified client certificate
+        (Unauthenticated when there is none)."""
+        principal, serial = self._certificate_principal(self._peer_certificate(context))
+        return serial, principal.uri
+
     def _peer_certificate(self, context: Any) -> bytes:
         """The PEM of the verified client certificate of the connection."""
         auth = auth_context(context)

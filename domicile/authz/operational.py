@@ -68,7 +68,11 @@ class OperationalServicesGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
 
 async def _abort(context: Any, error: DomicileError) -> None:
-    await context.abort(_CODES.get(type(error), grpc.StatusCode.PERMISSION_DENIED), error.message)
+    # By class, not exact type: a revoked certificate's refusal is a kind of Unauthenticated.
+    code = next(
+        (c for kind, c in _CODES.items() if isinstance(error, kind)), grpc.StatusCode.PERMISSION_DENIED
+    )
+    await context.abort(code, error.message)
 
 
 def _guarded(

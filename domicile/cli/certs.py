@@ -195,6 +195,11 @@ def revoke(args: argparse.Namespace) -> int:
             certificate = x509.load_pem_x509_certificate(read_file(path, "certificate"))
         except ValueError:
             raise InvalidArgument(f"{path} is not a PEM certificate") from None
+        if certificate == ca.certificate:
+            raise InvalidArgument(
+                f"{path} is the CA's own certificate: a CA cannot revoke itself. To retire it, make a "
+                "new CA (certs init --force in another directory) and issue every certificate again"
+            )
         try:
             certificate.verify_directly_issued_by(ca.certificate)
         except (ValueError, TypeError, InvalidSignature):

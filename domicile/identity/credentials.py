@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from domicile.errors import InvalidArgument
 from domicile.identity import spiffe
 from domicile.identity.principal import ExpectedPeer, PrincipalKind
 from domicile.identity.reloading import ReloadingMaterial
-from domicile.identity.revocation import REVOCATION_LOOK_S
+from domicile.identity.revocation import REVOCATION_LOOK_S, REVOKED_STATE, Revocations
 from domicile.identity.tls_files import TlsFiles, TlsMaterial, Usage
 
 log = logging.getLogger("domicile.identity")
@@ -36,14 +37,18 @@ def _server_configuration(material: TlsMaterial) -> Any:
 class ServerSecurity:
     """How a server's ports are secured: `mutual_tls(files)` or, for development, `plaintext()`."""
 
-    def __init__(self, material: ReloadingMaterial | None) -> None:
+    def __init__(self, material: ReloadingMaterial | None, revocations: Revocations | None = None) -> None:
         self._material = material
+        self._revocations = revocations
         self._next_look = 0.0
 
     @classmethod
-    def mutual_tls(cls, files: TlsFiles) -> ServerSecurity:
-        """Checks the files now (InvalidArgument naming the fault) so a bad setup fails at start."""
-        return cls(ReloadingMaterial(files, Usage.SERVER))
+    def mutual_tls(cls, files: TlsFiles, state_dir: Path | None = None) -> ServerSecurity:
+        """Checks the files now (InvalidArgument naming the fault) so a bad setup fails at start.
+        The revocations in force are kept in `state_dir` (the daemon's data directory) when given."""
+        material = ReloadingMaterial(files, Usage.SERVER)
+        state = state_dir / REVOKED_STATE if state_dir is not None else None
+        return cls(material, Revocations(files.crl, material.current.ca_pem, state))
 
     @classmethod
     def plaintext(cls) -> ServerSecurity:
@@ -59,20 +64,20 @@ class ServerSecurity:
         return self._material
 
     def revoked(self) -> frozenset[int]:
-        """The serial numbers the cluster's revocation list revokes, as of at most
-        REVOCATION_LOOK_S ago: asked on every call, it looks at the files that often (a new
-        connection looks at once), so a long-lived connection sees a new list too."""
-        material = self._material
-        if material is None:
+        """The serial numbers revoked in force, as of at most REVOCATION_LOOK_S ago: asked on
+        every call and stream message, it looks at the list that often (a stat), so a
+        long-lived connection sees a new list too."""
+        material, revocations = self._material, self._revocations
+        if material is None or revocations is None:
             return frozenset()
         now = time.monotonic()
         if now >= self._next_look:
             self._next_look = now + REVOCATION_LOOK_S
             try:
-                material.refresh()
+                revocations.refresh(material.current.ca_pem)
             except Exception:  # the revocations in force stay; the next look tries again
-                log.exception("checking the TLS files for changes failed")
-        return material.current.revoked
+                log.exception("checking the revocation list for changes failed")
+        return revocations.serials
 
     def on_identity_refused(self, callback: Callable[[], None]) -> None:
         """`callback` runs (on a gRPC thread) each time replaced files naming another identity

@@ -8,10 +8,6 @@ Replacement files must name the identity they replace (the same SPIFFE ID of the
 a process is started as one identity, and its peers, its audit trail and its audit-head key
 are bound to it. Files that name another are refused (ERROR, counted in
 `identity_changes_refused` and reported to `on_identity_refused`) and the old ones stay.
-
-The CA's revocation list (ca.crl) only grows: a list of the same CA with a lower CRL number than
-the one in force (a stale copy), or its removal, is refused the same way (ERROR), so that it
-cannot lift revocations made since.
 """
 
 from __future__ import annotations
@@ -59,17 +55,6 @@ class ReloadingMaterial:
                 )
                 return None
             current = self._current
-            if material.ca_pem == current.ca_pem and material.revocation_number < current.revocation_number:
-                # An older list of the same CA (a stale copy, or the file removed) would lift
-                # revocations made since: the list in force stays.
-                log.error(
-                    "revocation list %s is older (CRL number %d) than the one in force (%d), or gone; "
-                    "keeping the TLS files in force: copy the newest ca.crl there",
-                    self.files.crl,
-                    material.revocation_number,
-                    current.revocation_number,
-                )
-                return None
             if (material.cluster, material.principal.uri) != (current.cluster, current.principal.uri):
                 self.identity_changes_refused += 1
                 log.error(

@@ -2,15 +2,20 @@
 
 A certificate is valid until it expires; a stolen key, or a person who leaves, must stop working
 before that. `domicile certs revoke` adds certificates to the CRL, signed by the cluster CA, and
-the file goes wherever `ca.crt` goes. Every daemon reads it with its TLS files (a CRL that the CA
-did not sign, or that does not parse, is refused like a bad certificate) and picks up a new one
-within REVOCATION_LOOK_S, without a restart. A revoked certificate then authenticates no call and
-no scrape of /metrics.
+the file goes wherever `ca.crt` goes. Every daemon reads it beside its CA file (a CRL that the CA
+did not sign, or that does not parse, is refused) and looks again at each new connection and at
+least every REVOCATION_LOOK_S, without a restart.
+
+Revocations are permanent: what a daemon holds in force is the union of every valid list of its
+CA it has read, kept in its data directory (REVOKED_STATE) across restarts. A stale copy of the
+list put back on a host, the file removed, or a list forked from an old copy therefore lifts
+nothing; the daemon says so at ERROR. The list is read apart from the certificate and key, so a
+fault in those (say a key file's mode) never keeps a new list out.
 
 The daemons check at the application layer, after the handshake (gRPC's Python API takes no
-CRL): every call's certificate is looked up by serial number. A connection open before the
-revocation stays open, but each call on it is refused, and so is a long-lived stream when it is
-next opened. What a daemon dials is not checked against the CRL: a revoked node key could still
+CRL): every call's certificate is looked up by serial number (domicile.authz.gate), so is every
+message of a stream open before the revocation (domicile.authz.revoked_streams), and every scrape
+of /metrics. What a daemon dials is not checked against the list: a revoked node key could still
 serve as that node to a peer that reaches it (only with a position in the network); revoke and
 replace its certificate, and remove the node (`domicile nodes remove`) if it is gone.
 """
@@ -18,6 +23,11 @@ replace its certificate, and remove the node (`domicile nodes remove`) if it is 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,10 +36,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from domicile.errors import InvalidArgument
+from domicile.errors import DomicileError, InvalidArgument
 from domicile.identity.files import PUBLIC_MODE, read_file, write_atomically
 
+log = logging.getLogger("domicile.identity")
+
 CA_CRL = "ca.crl"
+# In a daemon's data directory: the revocations it holds in force, for the CA they belong to.
+REVOKED_STATE = "revoked-certificates.json"
 # How often a daemon looks at its TLS files for a new CRL between connections (a stat each).
 REVOCATION_LOOK_S = 1.0
 # Revocations are never dropped, so the list stays in force for the CA's whole life.
@@ -137,3 +151,128 @@ def _read(path: Path) -> x509.CertificateRevocationList:
         return x509.load_pem_x509_crl(data)
     except ValueError:
         raise InvalidArgument(f"revocation list {path} is not a PEM CRL") from None
+
+
+Fingerprint = tuple[int, int, int] | None
+
+
+def _fingerprint(path: Path) -> Fingerprint:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Revocations:
+    """The serial numbers a daemon refuses: the union of every valid revocation list of its CA
+    it has read, kept in `state` (a file in its data directory) when given. Thread-safe."""
+
+    def __init__(self, crl: Path, ca_pem: bytes, state: Path | None = None) -> None:
+        """Reads the persisted revocations and the list; raises InvalidArgument (naming the
+        file) when either cannot be used, so that a bad setup stops the daemon at start."""
+        self.crl = crl
+        self.state = state
+        self._lock = threading.Lock()
+        self._ca_pem = b""
+        self._ca_id = ""
+        self._ca: x509.Certificate | None = None
+        self._serials: frozenset[int] = frozenset()
+        self.number = 0
+        self._adopt_ca(ca_pem)
+        self._seen = _fingerprint(crl)
+        serials, number = load_list(crl, self._certificate())
+        self._merge(serials, number)
+        if self._serials or self.crl.exists():
+            log.info(
+                "revocation list %s: %d revoked certificates in force (CRL number %d)",
+                crl,
+                len(self._serials),
+                self.number,
+            )
+
+    @property
+    def serials(self) -> frozenset[int]:
+        return self._serials
+
+    def refresh(self, ca_pem: bytes) -> None:
+        """Reads the list again when it changed (a stat otherwise), for the CA in force now. A
+        list that cannot be used changes nothing (logged at ERROR)."""
+        with self._lock:
+            if ca_pem != self._ca_pem:
+                self._adopt_ca(ca_pem)
+                self._seen = None
+            seen = _fingerprint(self.crl)
+            if seen == self._seen:
+                return
+            self._seen = seen
+            try:
+                serials, number = load_list(self.crl, self._certificate())
+            except DomicileError as error:
+                log.error("revocation list not taken; the revocations in force stay: %s", error.message)
+                return
+            self._merge(serials, number)
+
+    def _certificate(self) -> x509.Certificate:
+        assert self._ca is not None
+        return self._ca
+
+    def _adopt_ca(self, ca_pem: bytes) -> None:
+        """The CA whose lists count (by its DER: the same certificate written out again is the
+        same CA), with what was persisted for it."""
+        try:
+            ca = x509.load_pem_x509_certificate(ca_pem)
+        except ValueError:
+            raise InvalidArgument("the CA certificate in force cannot be read") from None
+        ca_id = hashlib.sha256(ca.public_bytes(Encoding.DER)).hexdigest()
+        self._ca_pem, self._ca = ca_pem, ca
+        if ca_id == self._ca_id:
+            return
+        self._ca_id = ca_id
+        self._serials, self.number = self._persisted()
+
+    def _merge(self, serials: frozenset[int], number: int) -> None:
+        missing = self._serials - serials
+        if missing or number < self.number:
+            log.error(
+                "revocation list %s (CRL number %d) lacks %d revocations in force (CRL number %d): "
+                "a stale copy, a list made from one, or the file removed. They stay in force; copy "
+                "the newest ca.crl there",
+                self.crl,
+                number,
+                len(missing),
+                self.number,
+            )
+        merged = self._serials | serials
+        highest = max(self.number, number)
+        if merged == self._serials and highest == self.number:
+            return
+        if merged != self._serials:
+            log.info("revocation list %s: %d revoked certificates now in force", self.crl, len(merged))
+        self._serials, self.number = merged, highest
+        self._persist()
+
+    def _persisted(self) -> tuple[frozenset[int], int]:
+        if self.state is None or not self.state.exists():
+            return frozenset(), 0
+        try:
+            doc = json.loads(read_file(self.state, "revocation state"))
+            if doc.get("ca_sha256") != self._ca_id:
+                return frozenset(), 0  # another CA's (the CA was replaced)
+            return frozenset(int(s, 16) for s in doc["revoked"]), int(doc["crl_number"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise InvalidArgument(
+                f"{self.state} is not a readable revocation state; it holds the revocations this "
+                "daemon has in force. Put back a good copy, or remove it to start from ca.crl alone"
+            ) from None
+
+    def _persist(self) -> None:
+        if self.state is None:
+            return
+        doc = {
+            "ca_sha256": self._ca_id,
+            "crl_number": self.number,
+            "revoked": sorted(serial_text(s) for s in self._serials),
+        }
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.state, json.dumps(doc, indent=1).encode(), PUBLIC_MODE, overwrite=True)

@@ -48,10 +48,6 @@ class TlsMaterial:
     cluster: str
     principal: Principal
     not_after: dt.datetime
-    # Serial numbers the cluster's revocation list (ca.crl beside the CA file) revokes, and the
-    # list's CRL number (it grows with every revocation; 0 without a list).
-    revoked: frozenset[int] = frozenset()
-    revocation_number: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,11 +69,12 @@ class TlsFiles:
                 return None
             return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-        return (one(self.ca), one(self.cert), one(self.key), one(self.crl))
+        return (one(self.ca), one(self.cert), one(self.key))
 
     @property
     def crl(self) -> Path:
-        """The cluster's revocation list, beside the CA file (optional)."""
+        """The cluster's revocation list, beside the CA file (optional; a server reads it,
+        domicile.identity.revocation)."""
         return revocation.crl_path(self.ca)
 
     def load(self, usage: Usage | None = None, now: dt.datetime | None = None) -> TlsMaterial:
@@ -120,10 +117,7 @@ class TlsFiles:
             principal = principal_from_certificate(certificate, cluster)
         except Unauthenticated as error:
             raise InvalidArgument(f"certificate {self.cert}: {error.message}") from None
-        revoked, number = revocation.load_list(self.crl, ca)
-        return TlsMaterial(
-            ca_pem, cert_pem, key_pem, cluster, principal, certificate.not_valid_after_utc, revoked, number
-        )
+        return TlsMaterial(ca_pem, cert_pem, key_pem, cluster, principal, certificate.not_valid_after_utc)
 
 
 def _only_certificate(pem: bytes, path: Path) -> x509.Certificate:

@@ -8,6 +8,7 @@ files are missing. Asking for neither, or for both, is an error that says what t
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from domicile.identity.credentials import Dialer, ServerSecurity
 from domicile.identity.settings import check_choice
@@ -22,13 +23,14 @@ INSECURE_WARNING = (
 
 
 def daemon_transport(
-    files: TlsFiles | None, insecure: bool, what: str, stem: str
+    files: TlsFiles | None, insecure: bool, what: str, stem: str, state_dir: Path | None = None
 ) -> tuple[ServerSecurity, Dialer]:
     """A daemon's port security and the dialer it reaches other daemons with. The files are
-    checked now, so a bad setup fails at start; plaintext is logged at WARNING on every start."""
+    checked now, so a bad setup fails at start; plaintext is logged at WARNING on every start.
+    `state_dir`: where the port keeps the revocations it holds in force (its data directory)."""
     if check_choice(files, insecure, what, stem):
         assert files is not None
-        return ServerSecurity.mutual_tls(files), Dialer.mutual_tls(files)
+        return ServerSecurity.mutual_tls(files, state_dir), Dialer.mutual_tls(files)
     log.warning(INSECURE_WARNING, what)
     return ServerSecurity.plaintext(), Dialer.plaintext()
 

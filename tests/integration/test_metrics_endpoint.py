@@ -4,6 +4,8 @@ rotated certificates; plaintext only when the daemon is insecure, and then said 
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import logging
 import socket
 import ssl
@@ -14,16 +16,18 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from domicile import metrics_endpoint
 from domicile.identity import pki, revocation
+from domicile.identity.credentials import ServerSecurity
 from domicile.identity.principal import Role
-from domicile.identity.reloading import ReloadingMaterial
-from domicile.identity.tls_files import TlsFiles, Usage
+from domicile.identity.tls_files import TlsFiles
 
 CLUSTER = "metrics-test"
 TIMEOUT_S = 10.0
+# Well under a connection's deadline: what a scrape that waited on another connection misses.
+QUICK_S = 2.0
 
 
 @pytest.fixture
@@ -51,9 +55,27 @@ def registry() -> CollectorRegistry:
 
 
 @pytest.fixture
-def endpoint(tls_dir: Path, registry: CollectorRegistry) -> Iterator[metrics_endpoint.MetricsEndpoint]:
-    material = ReloadingMaterial(TlsFiles.in_directory(tls_dir, "node-eu-west-1"), Usage.SERVER)
-    served = metrics_endpoint.serve(registry, "127.0.0.1", 0, material)
+def security(tls_dir: Path) -> ServerSecurity:
+    """What a daemon's ports share: its files, and the revocations in force."""
+    return ServerSecurity.mutual_tls(TlsFiles.in_directory(tls_dir, "node-eu-west-1"))
+
+
+def start(registry: CollectorRegistry, security: ServerSecurity | None) -> metrics_endpoint.MetricsEndpoint:
+    refused = Counter(
+        "domicile_metrics_refused_total", metrics_endpoint.REFUSED_HELP, ["reason"], registry=registry
+    )
+    if security is None:
+        return metrics_endpoint.serve(registry, "127.0.0.1", 0, None, refused=refused)
+    return metrics_endpoint.serve(
+        registry, "127.0.0.1", 0, security.material, revoked=security.revoked, refused=refused
+    )
+
+
+@pytest.fixture
+def endpoint(
+    security: ServerSecurity, registry: CollectorRegistry
+) -> Iterator[metrics_endpoint.MetricsEndpoint]:
+    served = start(registry, security)
     yield served
     served.close()
 
@@ -147,27 +169,54 @@ def test_a_silent_connection_does_not_hold_up_a_scrape(
     endpoint: metrics_endpoint.MetricsEndpoint, tls_dir: Path
 ) -> None:
     with socket.create_connection(("127.0.0.1", endpoint.port), timeout=TIMEOUT_S):
-        # Connected, says nothing: its handshake waits on its own thread.
-        page = metrics_endpoint.scrape(url(endpoint), client(tls_dir, "prometheus"), TIMEOUT_S)
+        # Connected, says nothing: its handshake waits on its own thread. Were it on the
+        # accepting thread, this scrape would wait for the connection's whole deadline.
+        started = time.monotonic()
+        page = metrics_endpoint.scrape(url(endpoint), client(tls_dir, "prometheus"), QUICK_S)
     assert "domicile_test_up 7.0" in page
+    assert time.monotonic() - started < QUICK_S
 
 
-def test_past_the_connection_bound_a_connection_is_closed_and_counted(
+def test_silent_connections_from_one_host_leave_room_for_a_scraper_of_another(
     endpoint: metrics_endpoint.MetricsEndpoint, tls_dir: Path, registry: CollectorRegistry
 ) -> None:
+    """Connections still shaking hands are bounded per address: a host holding its share is
+    refused more (counted as busy), and a scraper from another address is served at once."""
     silent = [
-        socket.create_connection(("127.0.0.1", endpoint.port), timeout=TIMEOUT_S)
-        for _ in range(metrics_endpoint.CONNECTIONS_MAX)
+        _connect_from("127.0.0.3", endpoint.port) for _ in range(metrics_endpoint.HANDSHAKES_PER_HOST_MAX)
     ]
     try:
-        # Each silent connection holds a slot once the server has accepted it.
-        _wait_for(lambda: _one_more_is_closed(endpoint.port))
+        # Each silent connection holds a handshake slot of its host once the server accepted it.
+        _wait_for(lambda: _one_more_is_closed(endpoint.port, "127.0.0.3"))
         assert refused(registry, "busy") >= 1
+        page = _scrape_from("127.0.0.2", endpoint.port, client(tls_dir, "prometheus"))
+        assert "domicile_test_up 7.0" in page
     finally:
         for sock in silent:
             sock.close()
-    # Their handshakes end when they close, and the slots come back.
-    _wait_for(lambda: _scrapes(endpoint, tls_dir))
+    # Their handshakes end when they close, and the host's slots come back.
+    _wait_for(lambda: not _one_more_is_closed(endpoint.port, "127.0.0.3"))
+
+
+def test_a_peer_that_trickles_its_request_is_cut_at_the_connection_deadline(
+    endpoint: metrics_endpoint.MetricsEndpoint, tls_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline is the connection's, not each read's: a byte every half second (each read
+    well within any per-read timeout) does not keep it open."""
+    monkeypatch.setattr(metrics_endpoint, "CONNECTION_DEADLINE_S", 1.0)
+    context = metrics_endpoint.client_context(client(tls_dir, "trading"))
+    started = time.monotonic()
+    with (
+        socket.create_connection(("127.0.0.1", endpoint.port), timeout=TIMEOUT_S) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        contextlib.suppress(OSError),
+    ):
+        for byte in b"GET /metrics HTTP/1.0\r\nX-Slow: " + b"a" * 40:
+            tls.sendall(bytes([byte]))
+            time.sleep(0.5)
+            if time.monotonic() - started > 8:
+                break
+    assert time.monotonic() - started < 5, "the connection outlived its deadline"
 
 
 def test_a_rotated_server_certificate_is_served_from_the_next_connection(
@@ -184,12 +233,13 @@ def test_a_rotated_server_certificate_is_served_from_the_next_connection(
 
 
 def test_regression_a_rotation_another_port_noticed_first_is_served_too(
-    tls_dir: Path, registry: CollectorRegistry
+    security: ServerSecurity, tls_dir: Path, registry: CollectorRegistry
 ) -> None:
     """The gRPC ports share the endpoint's reloading material, and the first to look after new
     files are written is handed them; the endpoint must serve them all the same."""
-    material = ReloadingMaterial(TlsFiles.in_directory(tls_dir, "node-eu-west-1"), Usage.SERVER)
-    served = metrics_endpoint.serve(registry, "127.0.0.1", 0, material)
+    material = security.material
+    assert material is not None
+    served = start(registry, security)
     try:
         before = _served_serial(served.port, tls_dir)
         pki.issue_node(pki.load_ca(tls_dir), "eu-west-1", "eu-west-1").write(tls_dir, "node-eu-west-1")
@@ -199,19 +249,31 @@ def test_regression_a_rotation_another_port_noticed_first_is_served_too(
         served.close()
 
 
-def test_a_revoked_certificate_is_forbidden_from_the_next_connection(
-    endpoint: metrics_endpoint.MetricsEndpoint, tls_dir: Path, registry: CollectorRegistry
+def test_a_revoked_certificate_is_forbidden_and_said_so(
+    endpoint: metrics_endpoint.MetricsEndpoint,
+    security: ServerSecurity,
+    tls_dir: Path,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     prometheus = client(tls_dir, "prometheus")
     assert "domicile_test_up 7.0" in metrics_endpoint.scrape(url(endpoint), prometheus, TIMEOUT_S)
     ca = pki.load_ca(tls_dir)
     serial = x509.load_pem_x509_certificate(prometheus.cert.read_bytes()).serial_number
     revocation.revoke(ca.certificate, ca.key, tls_dir, [serial])
-    with pytest.raises(urllib.error.HTTPError) as forbidden:
+    security._next_look = 0.0  # the list is looked at once a second
+    with (
+        caplog.at_level(logging.WARNING, logger="domicile.metrics"),
+        pytest.raises(urllib.error.HTTPError) as forbidden,
+    ):
         metrics_endpoint.scrape(url(endpoint), prometheus, TIMEOUT_S)
     assert forbidden.value.code == 403
     assert f"(serial 0x{serial:x}) is revoked" in forbidden.value.read().decode()
     assert refused(registry, "revoked") == 1
+    assert (
+        f"refused a /metrics scrape from 127.0.0.1: the certificate of spiffe://{CLUSTER}/client/prometheus"
+        in (caplog.text)
+    )
     assert "domicile_test_up 7.0" in metrics_endpoint.scrape(url(endpoint), client(tls_dir, "ops"), TIMEOUT_S)
 
 
@@ -219,7 +281,7 @@ def test_an_insecure_daemon_serves_plaintext_and_says_so(
     registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="domicile.metrics"):
-        plain = metrics_endpoint.serve(registry, "127.0.0.1", 0, None)
+        plain = start(registry, None)
     try:
         assert plain.scheme == "http"
         assert "domicile_test_up 7.0" in metrics_endpoint.scrape(url(plain), None, TIMEOUT_S)
@@ -239,8 +301,27 @@ def _served_serial(port: int, tls_dir: Path) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def _one_more_is_closed(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as extra:
+def _connect_from(source: str, port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S, source_address=(source, 0))
+
+
+def _scrape_from(source: str, port: int, files: TlsFiles) -> str:
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1",
+        port,
+        context=metrics_endpoint.client_context(files),
+        timeout=QUICK_S,
+        source_address=(source, 0),
+    )
+    try:
+        connection.request("GET", "/metrics")
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
+
+
+def _one_more_is_closed(port: int, source: str = "127.0.0.1") -> bool:
+    with _connect_from(source, port) as extra:
         extra.settimeout(1.0)
         try:
             return extra.recv(1) == b""

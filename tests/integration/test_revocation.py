@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domicile.identity import revocation
 from domicile.identity.credentials import Dialer
@@ -126,6 +127,55 @@ async def test_a_revoked_node_certificate_is_refused_as_a_caller(cluster: LocalC
     assert "is revoked by the cluster's revocation list" in (error.details() or "")
 
 
+async def test_a_watch_opened_before_the_revocation_ends_at_its_next_message(cluster: LocalCluster) -> None:
+    """A stream outlives the check at its start: a topology watch of a leaked node key must not
+    go on receiving topologies (nor a subject-orders watch the orders that name subjects)."""
+    assert cluster.pki is not None
+    ghost = cluster.pki.node(REGION, "ghost")
+    channel = Dialer.mutual_tls(ghost).channel(cluster.coordinator_address, ExpectedPeer.coordinator())
+    try:
+        call = cpb_grpc.CoordinatorServiceStub(channel).WatchTopology(cpb.WatchTopologyRequest())
+        first = await asyncio.wait_for(call.read(), WAIT_S)
+        revoke(cluster, serial_of(ghost))
+        await refused_within(erased_subjects, channel)  # the list is in force
+        # A new revision: another node registers.
+        other = cluster.channel_as_node(REGION, cluster.coordinator_address, "other")
+        async with other:
+            await cpb_grpc.CoordinatorServiceStub(other).RegisterNode(
+                cpb.RegisterNodeRequest(node_id="other", region=REGION, address="10.0.0.9:7401"), timeout=5
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            message = await asyncio.wait_for(call.read(), WAIT_S)
+            raise AssertionError(f"the revoked watch got revision {message.topology.revision}")
+        assert first.topology.revision >= 1
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "was revoked by the cluster's revocation list while this stream was open" in (
+            ended.value.details() or ""
+        )
+    finally:
+        await channel.close()
+
+
+async def test_health_answers_a_revoked_operator_unauthenticated(cluster: LocalCluster) -> None:
+    assert cluster.pki is not None
+    files = cluster.pki.client("ops", (Role.OPERATOR,))
+    channel = Dialer.mutual_tls(files).channel(
+        cluster.nodes[REGION].address, ExpectedPeer.node(REGION, REGION)
+    )
+
+    async def health(channel: grpc.aio.Channel) -> None:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+    try:
+        await health(channel)
+        revoke(cluster, serial_of(files))
+        error = await refused_within(health, channel)
+    finally:
+        await channel.close()
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "is revoked" in (error.details() or "")
+
+
 async def test_a_forged_list_changes_nothing(cluster: LocalCluster, tmp_path: Path) -> None:
     """A list the CA did not sign is not read: what was revoked stays revoked, and what was not
     stays allowed (the daemons log the fault and keep the list in force)."""
@@ -147,3 +197,5 @@ async def test_a_forged_list_changes_nothing(cluster: LocalCluster, tmp_path: Pa
         assert still.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await channel.close()
+    # And what was not revoked stays allowed.
+    assert (await cluster.stub(REGION).GetNodeStatus(spb.GetNodeStatusRequest(), timeout=5)).node_id == REGION

@@ -178,9 +178,11 @@ def test_revoke_by_file_and_by_serial_says_what_changed(ca_dir, capsys):
         ((), "name what to revoke: --cert FILE or --serial HEX"),
         (("--serial", "xyz"), "serial 'xyz' is not a hexadecimal number"),
         (("--cert", "/nonexistent/x.crt"), "/nonexistent/x.crt"),
+        (("--cert", "CA"), "is the CA's own certificate: a CA cannot revoke itself"),
     ],
 )
 def test_revoke_refuses_bad_input_and_writes_nothing(ca_dir, capsys, argv, says):
+    argv = tuple(str(ca_dir / "ca.crt") if a == "CA" else a for a in argv)
     code, _, err = run(capsys, "certs", "revoke", "--dir", str(ca_dir), *argv)
     assert code == 2 and says in err
     assert not (ca_dir / "ca.crl").exists()

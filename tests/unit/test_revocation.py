@@ -13,7 +13,7 @@ from domicile.errors import InvalidArgument
 from domicile.identity import pki, revocation
 from domicile.identity.credentials import ServerSecurity
 from domicile.identity.principal import Role
-from domicile.identity.tls_files import TlsFiles, Usage
+from domicile.identity.tls_files import TlsFiles
 
 
 @pytest.fixture
@@ -68,8 +68,9 @@ def test_a_list_another_ca_signed_is_refused_even_under_the_same_name(ca_dir: Pa
     (ca_dir / revocation.CA_CRL).write_bytes((other_dir / revocation.CA_CRL).read_bytes())
     with pytest.raises(InvalidArgument, match="is not signed by the cluster CA"):
         revocation.load_revoked(ca_dir / revocation.CA_CRL, pki.load_ca(ca_dir).certificate)
+    # A daemon does not start on it.
     with pytest.raises(InvalidArgument, match="is not signed by the cluster CA"):
-        TlsFiles.in_directory(ca_dir, "node-eu-west-1").load(Usage.SERVER)
+        ServerSecurity.mutual_tls(TlsFiles.in_directory(ca_dir, "node-eu-west-1"))
 
 
 def test_a_list_that_is_not_a_crl_is_refused(ca_dir: Path) -> None:
@@ -95,16 +96,16 @@ def test_a_serial_that_is_not_one_is_refused(text: str) -> None:
         revocation.parse_serial(text)
 
 
-def test_the_material_carries_the_list_and_a_new_list_is_picked_up(ca_dir: Path) -> None:
+def test_a_new_list_is_picked_up_at_the_next_look(ca_dir: Path) -> None:
     files = TlsFiles.in_directory(ca_dir, "node-eu-west-1")
-    before = files.fingerprint()
     security = ServerSecurity.mutual_tls(files)
     assert security.revoked() == frozenset()
     ca = pki.load_ca(ca_dir)
     trading = serial_of(ca_dir / "client-trading.crt")
     revocation.revoke(ca.certificate, ca.key, ca_dir, [trading])
-    assert files.fingerprint() != before
-    # Looked at again after REVOCATION_LOOK_S (not on every call).
+    # Not on every call: once per REVOCATION_LOOK_S (here: not yet due).
+    security._next_look = float("inf")
+    assert security.revoked() == frozenset()
     security._next_look = 0.0
     assert security.revoked() == {trading}
 
@@ -133,9 +134,9 @@ def test_the_revocation_date_is_when_it_was_revoked(ca_dir: Path) -> None:
     assert now - dt.timedelta(minutes=10) < entry.revocation_date_utc <= now
 
 
-def test_an_older_list_or_its_removal_does_not_lift_revocations(ca_dir: Path) -> None:
-    """A stale copy of ca.crl (a lower CRL number, still signed by the CA) put back on a host
-    would un-revoke what was revoked since; the daemon keeps the newer list it holds."""
+def test_an_older_list_a_forked_one_or_its_removal_lifts_nothing(ca_dir: Path) -> None:
+    """Revocations are permanent: a stale copy of ca.crl put back on a host, the file removed, or
+    a list made from a stale copy (a higher number without the later entries) lifts nothing."""
     files = TlsFiles.in_directory(ca_dir, "node-eu-west-1")
     ca = pki.load_ca(ca_dir)
     revocation.revoke(ca.certificate, ca.key, ca_dir, [1])
@@ -149,9 +150,65 @@ def test_an_older_list_or_its_removal_does_not_lift_revocations(ca_dir: Path) ->
     (ca_dir / revocation.CA_CRL).unlink()
     security._next_look = 0.0
     assert security.revoked() == {1, 2}
-    # Negative control: a newer list is taken.
+    # Forked from the stale copy: numbers 2 and 3, without serial 2. Its new entries count.
     (ca_dir / revocation.CA_CRL).write_bytes(older)
-    revocation.revoke(ca.certificate, ca.key, ca_dir, [3])  # number 2, from the older list's 1
-    revocation.revoke(ca.certificate, ca.key, ca_dir, [4])  # number 3
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [3])
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [4])
     security._next_look = 0.0
-    assert security.revoked() == {1, 3, 4}
+    assert security.revoked() == {1, 2, 3, 4}
+
+
+def test_the_revocations_in_force_survive_a_restart_on_a_stale_list(ca_dir: Path, tmp_path: Path) -> None:
+    files = TlsFiles.in_directory(ca_dir, "node-eu-west-1")
+    state_dir = tmp_path / "data"
+    ca = pki.load_ca(ca_dir)
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [1])
+    older = (ca_dir / revocation.CA_CRL).read_bytes()
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [2])
+    assert ServerSecurity.mutual_tls(files, state_dir).revoked() == {1, 2}
+    assert (state_dir / revocation.REVOKED_STATE).exists()
+    # Restarted on the stale copy: what it held stays in force.
+    (ca_dir / revocation.CA_CRL).write_bytes(older)
+    assert ServerSecurity.mutual_tls(files, state_dir).revoked() == {1, 2}
+    # Negative control: without its state, a daemon knows only the list on disk.
+    assert ServerSecurity.mutual_tls(files, tmp_path / "elsewhere").revoked() == {1}
+
+
+def test_a_new_ca_starts_from_its_own_list(ca_dir: Path, tmp_path: Path) -> None:
+    """The state belongs to the CA it was read for: a daemon moved to a new CA (every certificate
+    re-issued) does not carry the old CA's serials over."""
+    state_dir = tmp_path / "data"
+    ca = pki.load_ca(ca_dir)
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [1])
+    assert ServerSecurity.mutual_tls(
+        TlsFiles.in_directory(ca_dir, "node-eu-west-1"), state_dir
+    ).revoked() == {1}
+    new_dir = tmp_path / "new-ca"
+    new_dir.mkdir()
+    new = pki.init_ca(new_dir, "prod")
+    pki.issue_node(new, "eu-west-1", "eu-west-1").write(new_dir, "node-eu-west-1")
+    assert (
+        ServerSecurity.mutual_tls(TlsFiles.in_directory(new_dir, "node-eu-west-1"), state_dir).revoked()
+        == set()
+    )
+
+
+def test_an_unreadable_state_stops_the_daemon_and_says_what_to_do(ca_dir: Path, tmp_path: Path) -> None:
+    state_dir = tmp_path / "data"
+    state_dir.mkdir()
+    (state_dir / revocation.REVOKED_STATE).write_text("{not json")
+    with pytest.raises(InvalidArgument, match="is not a readable revocation state") as refused:
+        ServerSecurity.mutual_tls(TlsFiles.in_directory(ca_dir, "node-eu-west-1"), state_dir)
+    assert "remove it to start from ca.crl alone" in refused.value.message
+
+
+def test_a_fault_in_the_certificate_files_does_not_keep_a_new_list_out(ca_dir: Path) -> None:
+    """The list is read apart from the certificate and key: a key file whose mode drifted (which
+    stops a certificate reload) does not stop a revocation."""
+    files = TlsFiles.in_directory(ca_dir, "node-eu-west-1")
+    security = ServerSecurity.mutual_tls(files)
+    files.key.chmod(0o640)
+    ca = pki.load_ca(ca_dir)
+    revocation.revoke(ca.certificate, ca.key, ca_dir, [5])
+    security._next_look = 0.0
+    assert security.revoked() == {5}

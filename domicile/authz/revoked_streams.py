@@ -1,0 +1,91 @@
+"""Streams whose caller's certificate is revoked while they are open end at their next message.
+
+The gate checks a certificate when a call starts. A stream lives on: a replication stream for
+the life of the link, a topology or subject-orders watch for the life of the node. Revoking a
+stolen node key must stop the writes it replicates and the orders (which name data subjects) it
+receives, not only its next call. This wrapper reads the caller's certificate serial once, when
+the stream opens, and before each message it lets through, either way, checks it against the
+revocations in force (ServerSecurity.revoked: a set lookup, the list looked at once a second).
+A revoked stream ends with UNAUTHENTICATED, counted and audited like every refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from domicile.authz.gate import Gate, Reason, Refusal
+from domicile.identity.revocation import serial_text
+
+
+class RevokedStreamsGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        return None if handler is None else self.wrap(handler_call_details.method or "", handler)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler of `method`, guarded when it streams (unary calls are the gate's)."""
+        if not self.gate.enforcing:
+            return handler
+        action = method.strip("/").replace("/", ".")
+        decode, encode = handler.request_deserializer, handler.response_serializer
+        if handler.unary_stream is not None:
+            replies = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                check = self._checker(context, action)
+                async for response in replies(request, context):
+                    await check()
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, decode, encode)
+        if handler.stream_stream is not None:
+            both = handler.stream_stream
+
+            async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                check = self._checker(context, action)
+
+                async def checked() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        await check()
+                        yield request
+
+                async for response in both(checked(), context):
+                    await check()
+                    yield response
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, decode, encode)
+        return handler
+
+    def _checker(self, context: Any, action: str) -> Callable[[], Awaitable[None]]:
+        """What a stream runs before each message: nothing for a caller without a certificate the
+        gate knows (the handler's own check refuses it), else the revocation check."""
+        try:
+            serial, identity = self.gate.certificate_serial(context)
+        except Exception:  # no certificate: the handler's gate check refuses the call
+            return _nothing
+        gate = self.gate
+
+        async def check() -> None:
+            if serial in gate.revoked():
+                message = (
+                    f"the certificate of {identity} (serial {serial_text(serial)}) was revoked by the "
+                    "cluster's revocation list while this stream was open"
+                )
+                gate.on_refusal(Refusal(action, Reason.REVOKED, identity, message))
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        return check
+
+
+async def _nothing() -> None:
+    return None
