@@ -225,11 +225,11 @@ class Revocations:
         except ValueError:
             raise InvalidArgument("the CA certificate in force cannot be read") from None
         ca_id = hashlib.sha256(ca.public_bytes(Encoding.DER)).hexdigest()
+        if ca_id != self._ca_id:
+            # Read first: a state that cannot be read leaves everything as it was.
+            self._serials, self.number = self._persisted(ca_id)
+            self._ca_id = ca_id
         self._ca_pem, self._ca = ca_pem, ca
-        if ca_id == self._ca_id:
-            return
-        self._ca_id = ca_id
-        self._serials, self.number = self._persisted()
 
     def _merge(self, serials: frozenset[int], number: int) -> None:
         missing = self._serials - serials
@@ -252,12 +252,13 @@ class Revocations:
         self._serials, self.number = merged, highest
         self._persist()
 
-    def _persisted(self) -> tuple[frozenset[int], int]:
+    def _persisted(self, ca_id: str) -> tuple[frozenset[int], int]:
+        """What the state holds for the CA `ca_id` (nothing for another CA's state)."""
         if self.state is None or not self.state.exists():
             return frozenset(), 0
         try:
             doc = json.loads(read_file(self.state, "revocation state"))
-            if doc.get("ca_sha256") != self._ca_id:
+            if doc.get("ca_sha256") != ca_id:
                 return frozenset(), 0  # another CA's (the CA was replaced)
             return frozenset(int(s, 16) for s in doc["revoked"]), int(doc["crl_number"])
         except (ValueError, KeyError, TypeError, AttributeError):
