@@ -27,7 +27,7 @@ from coordinator.store import CoordinatorStore, SubjectChanges
 from domicile.cluster import SIBLINGS_MAX_DEFAULT, ClusterSpec, NamespaceSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.model import check_node_id
-from domicile.subjects import ErasureOrder, LegalHold, SubjectOrders
+from domicile.subjects import RELEASES_CARRIED, ErasureOrder, HoldRelease, LegalHold, SubjectOrders
 from domicile.sync_modes import REALTIME
 from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 
@@ -141,6 +141,7 @@ class Registry:
         self._links: tuple[Link, ...] = ()
         self._erasures: tuple[ErasureOrder, ...] = ()
         self._holds: tuple[LegalHold, ...] = ()
+        self._released: tuple[HoldRelease, ...] = ()
         # The revision at which the erasure orders and holds were last published: a revision of
         # the topology's counter, so that it keeps increasing across restarts too.
         self._orders_revision = 0
@@ -159,6 +160,7 @@ class Registry:
         self._nodes = {n.node_id: n for n in state.nodes}
         self._erasures = state.erasures
         self._holds = state.holds
+        self._released = state.released
         # Every node gets a full grace period after a restart: the coordinator was not
         # listening, so silence before now says nothing about the node.
         self._last_seen = dict.fromkeys(self._nodes, now)
@@ -198,7 +200,7 @@ class Registry:
 
     def orders(self) -> SubjectOrders:
         """The erasure orders and legal holds in force, with the revision they were published at."""
-        return SubjectOrders(self._orders_revision, self._erasures, self._holds)
+        return SubjectOrders(self._orders_revision, self._erasures, self._holds, self._released)
 
     def regions_with_nodes(self) -> set[str]:
         """Regions with a registered node, up or down: the regions that may hold records."""
@@ -219,6 +221,9 @@ class Registry:
         of the revision carries none); returns the revision."""
         self._check_open()
         self._commit([], subjects=changes, erasures=erasures, holds=holds)
+        if changes.released:
+            newest_first = tuple(sorted(changes.released, key=lambda r: r.released_ms, reverse=True))
+            self._released = (newest_first + self._released)[:RELEASES_CARRIED]
         self._publish_orders_now()
         return self._revision
 

@@ -23,7 +23,9 @@ from typing import Any
 from domicile import sqlite_db
 from domicile.errors import DataCorruption, FailedPrecondition, Unavailable
 from domicile.subjects import (
+    RELEASES_CARRIED,
     ErasureOrder,
+    HoldRelease,
     HoldScope,
     KeptRecord,
     LegalHold,
@@ -169,14 +171,6 @@ _HOLD_COLUMNS = "hold_id, scope, subject_id, namespace, key, reason, placed_unix
 
 
 @dataclass(frozen=True)
-class HoldRelease:
-    hold_id: str
-    released_ms: int
-    reason: str
-    released_by: str = ""
-
-
-@dataclass(frozen=True)
 class SubjectChanges:
     """Data-subject state to write in one transaction. A request is written whole; its receipts
     are append-only (a receipt on record is never replaced)."""
@@ -194,6 +188,8 @@ class StoredState:
     # What the topology at `revision` carries besides nodes and the cluster config.
     erasures: tuple[ErasureOrder, ...] = ()
     holds: tuple[LegalHold, ...] = ()
+    # The latest hold releases, newest first (RELEASES_CARRIED of them at most).
+    released: tuple[HoldRelease, ...] = ()
 
 
 class CoordinatorStore:
@@ -257,7 +253,12 @@ class CoordinatorStore:
             if r.kind is RequestKind.ERASURE
         )
         return StoredState(
-            revision, meta.get("cluster_fingerprint", ""), tuple(nodes), erasures, self.holds_in_force()
+            revision,
+            meta.get("cluster_fingerprint", ""),
+            tuple(nodes),
+            erasures,
+            self.holds_in_force(),
+            self.recent_releases(),
         )
 
     def commit(
@@ -405,11 +406,20 @@ class CoordinatorStore:
     def hold_release(self, hold_id: str) -> HoldRelease | None:
         """How a hold was released; None when it is in force or was never placed."""
         row = self._db.execute(
-            "SELECT released_unix_ms, release_reason FROM legal_holds "
+            "SELECT released_unix_ms, release_reason, released_by FROM legal_holds "
             "WHERE hold_id = ? AND released_unix_ms != 0",
             (hold_id,),
         ).fetchone()
-        return None if row is None else HoldRelease(hold_id, int(row[0]), str(row[1]))
+        return None if row is None else HoldRelease(hold_id, int(row[0]), str(row[1]), str(row[2]))
+
+    def recent_releases(self, limit: int = RELEASES_CARRIED) -> tuple[HoldRelease, ...]:
+        """The latest hold releases, newest first (the index on the release time serves it)."""
+        rows = self._db.execute(
+            "SELECT hold_id, released_unix_ms, release_reason, released_by FROM legal_holds "
+            "WHERE released_unix_ms != 0 ORDER BY released_unix_ms DESC, seq DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return tuple(HoldRelease(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows)
 
     def hold_id_taken(self, hold_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM legal_holds WHERE hold_id = ?", (hold_id,))

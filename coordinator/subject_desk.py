@@ -30,13 +30,14 @@ from dataclasses import dataclass, replace
 
 from coordinator.config import CoordinatorLimits
 from coordinator.registry import Registry
-from coordinator.store import CoordinatorStore, HoldRelease, SubjectChanges
+from coordinator.store import CoordinatorStore, SubjectChanges
 from domicile.audit import subject_hash
 from domicile.cluster import ClusterSpec
 from domicile.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.model import Limits, check_jurisdiction, check_key, check_node_id
 from domicile.subjects import (
     ErasureOrder,
+    HoldRelease,
     HoldScope,
     LegalHold,
     RegionReceipt,

@@ -193,14 +193,33 @@ class ErasureOrder:
 
 
 @dataclass(frozen=True)
+class HoldRelease:
+    """How a legal hold was released: when, why and by whom (the verified identity of the DPO;
+    "" when not known)."""
+
+    hold_id: str
+    released_ms: int
+    reason: str
+    released_by: str = ""
+
+
+# The releases a set of subject orders carries: the newest, so that each region audits a hold's
+# release as the DPO who released it. A node that was away for more releases than this audits
+# the older ones as the coordinator's.
+RELEASES_CARRIED = 256
+
+
+@dataclass(frozen=True)
 class SubjectOrders:
     """The erasure orders some region has not completed yet and the legal holds in force,
-    oldest first, as of a topology revision. Nodes receive them on a stream of their own
-    (WatchSubjectOrders), not in the topology, so that their number never weighs on it."""
+    oldest first, as of a topology revision, with the RELEASES_CARRIED latest hold releases,
+    newest first. Nodes receive them on a stream of their own (WatchSubjectOrders), not in the
+    topology, so that their number never weighs on it."""
 
     revision: int = 0
     erasures: tuple[ErasureOrder, ...] = ()
     holds: tuple[LegalHold, ...] = ()
+    released: tuple[HoldRelease, ...] = ()
 
 
 def check_subject_id(subject_id: str) -> None:

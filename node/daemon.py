@@ -36,7 +36,7 @@ from domicile.loop_lag import SAMPLED_INTERVAL_S, watch_loop_lag
 from domicile.model import writer_id
 from domicile.quality import schema_from_text
 from domicile.retry import Backoff, BackoffPolicy, retry
-from domicile.subjects import LegalHold, RegionReceipt, SubjectOrders
+from domicile.subjects import HoldRelease, LegalHold, RegionReceipt, SubjectOrders
 from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -798,7 +798,7 @@ class Node:
             len(orders.erasures),
             len(orders.holds),
         )
-        self._audit_holds(holds_before, orders.holds)
+        self._audit_holds(holds_before, orders.holds, orders.released)
         current = self.view.topology
         self.eraser.apply(current.erasures, current.cluster, current.holds)
 
@@ -863,21 +863,37 @@ class Node:
             log.error("authorization policy change to %s not audited: %s", wanted.version, error.message)
         return True
 
-    def _audit_holds(self, before: tuple[LegalHold, ...], after: tuple[LegalHold, ...]) -> None:
-        """Every region records the holds placed and released, since they change what it keeps."""
+    def _audit_holds(
+        self, before: tuple[LegalHold, ...], after: tuple[LegalHold, ...], released: tuple[HoldRelease, ...]
+    ) -> None:
+        """Every region records the holds placed and released, since they change what it keeps,
+        each as the DPO who placed or released it. A release the orders no longer carry (the
+        node was away for more than RELEASES_CARRIED of them) is recorded as the coordinator's."""
         old = {h.hold_id: h for h in before}
         new = {h.hold_id: h for h in after}
-        changes = [("hold_placed", new[i]) for i in sorted(new.keys() - old.keys())]
-        changes += [("hold_released", old[i]) for i in sorted(old.keys() - new.keys())]
-        for action, hold in changes:
-            # A placement is the DPO's who placed it; the topology does not say who released one.
+        releases = {r.hold_id: r for r in released}
+        for hold_id in sorted(new.keys() - old.keys()):
+            hold = new[hold_id]
             self.audit.record(
-                principal=hold.placed_by if action == "hold_placed" and hold.placed_by else "coordinator",
-                action=action,
+                principal=hold.placed_by or "coordinator",
+                action="hold_placed",
                 namespace=hold.namespace,
                 key=hold.key,
                 subject_id=hold.subject_id,
                 detail=hold.describe()[:1000],
+            )
+        for hold_id in sorted(old.keys() - new.keys()):
+            hold, release = old[hold_id], releases.get(hold_id)
+            detail = hold.describe()
+            if release is not None and release.reason:
+                detail += f"; released: {release.reason}"
+            self.audit.record(
+                principal=(release.released_by if release is not None else "") or "coordinator",
+                action="hold_released",
+                namespace=hold.namespace,
+                key=hold.key,
+                subject_id=hold.subject_id,
+                detail=detail[:1000],
             )
 
     async def _report_erasure(self, request_id: str, receipt: RegionReceipt) -> None:

@@ -736,6 +736,7 @@ class WatchSubjectOrdersResponse(_message.Message):
     LAST_FIELD_NUMBER: _builtins.int
     ERASURES_FIELD_NUMBER: _builtins.int
     HOLDS_FIELD_NUMBER: _builtins.int
+    RELEASED_HOLDS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The topology revision at which this set was in force; pages of one set share it."""
     page: _builtins.int
@@ -750,6 +751,10 @@ class WatchSubjectOrdersResponse(_message.Message):
     def holds(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.LegalHold]:
         """Legal holds in force (part of the set)."""
 
+    @_builtins.property
+    def released_holds(self) -> _containers.RepeatedCompositeFieldContainer[_subject_pb2.LegalHoldRelease]:
+        """The latest releases of legal holds, newest first (part of the set; a few hundred at most)."""
+
     def __init__(
         self,
         *,
@@ -758,10 +763,11 @@ class WatchSubjectOrdersResponse(_message.Message):
         last: _builtins.bool = ...,
         erasures: _abc.Iterable[_subject_pb2.ErasureOrder] | None = ...,
         holds: _abc.Iterable[_subject_pb2.LegalHold] | None = ...,
+        released_holds: _abc.Iterable[_subject_pb2.LegalHoldRelease] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasures", b"erasures", "holds", b"holds", "last", b"last", "page", b"page", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasures", b"erasures", "holds", b"holds", "last", b"last", "page", b"page", "released_holds", b"released_holds", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

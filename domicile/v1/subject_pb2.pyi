@@ -375,6 +375,42 @@ class LegalHold(_message.Message):
 Global___LegalHold: _TypeAlias = LegalHold  # noqa: Y015
 
 @_typing.final
+class LegalHoldRelease(_message.Message):
+    """How a legal hold was released (WatchSubjectOrdersResponse.released_holds), so that each
+    region audits the release as the DPO who made it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    RELEASED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RELEASED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold released."""
+    released_unix_ms: _builtins.int
+    """When, milliseconds since the Unix epoch."""
+    released_by: _builtins.str
+    """The verified identity of the DPO who released it; empty when not known."""
+    reason: _builtins.str
+    """Why it was released."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        released_unix_ms: _builtins.int = ...,
+        released_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "reason", b"reason", "released_by", b"released_by", "released_unix_ms", b"released_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegalHoldRelease: _TypeAlias = LegalHoldRelease  # noqa: Y015
+
+@_typing.final
 class RetentionClass(_message.Message):
     """A retention class: how long records of the namespaces that declare it are kept."""
 

@@ -1,13 +1,20 @@
-"""The erasure orders and legal holds in force on the wire: a set split into pages of bounded
-size (CoordinatorService.WatchSubjectOrders) and gathered back whole on the node (which also
-keeps the set it acts on as these pages, node/lifecycle/orders_store.py)."""
+"""The erasure orders, the legal holds in force and the latest hold releases on the wire: a set
+split into pages of bounded size (CoordinatorService.WatchSubjectOrders) and gathered back whole
+on the node (which also keeps the set it acts on as these pages, node/lifecycle/orders_store.py)."""
 
 from __future__ import annotations
 
 from domicile.errors import InvalidArgument
-from domicile.subjects import ErasureOrder, LegalHold, SubjectOrders
+from domicile.subjects import ErasureOrder, HoldRelease, LegalHold, SubjectOrders
 from domicile.v1 import coordinator_pb2 as cpb
-from domicile.wire.subjects import erasure_from_pb, erasure_to_pb, hold_from_pb, hold_to_pb
+from domicile.wire.subjects import (
+    erasure_from_pb,
+    erasure_to_pb,
+    hold_from_pb,
+    hold_to_pb,
+    release_from_pb,
+    release_to_pb,
+)
 
 # Far below the 4 MiB a gRPC client takes by default, whatever the number of orders and holds:
 # no page is larger (an order or a hold is at most a few KiB).
@@ -46,6 +53,9 @@ def orders_to_pages(
     for hold in orders.holds:
         held = hold_to_pb(hold)
         room(held.ByteSize()).holds.append(held)
+    for release in orders.released:
+        released = release_to_pb(release)
+        room(released.ByteSize()).released_holds.append(released)
     pages[-1].last = True
     return pages
 
@@ -58,11 +68,12 @@ class OrdersGatherer:
         self._next_page = 0
         self._erasures: list[ErasureOrder] = []
         self._holds: list[LegalHold] = []
+        self._released: list[HoldRelease] = []
 
     def add(self, page: cpb.WatchSubjectOrdersResponse) -> SubjectOrders | None:
         if page.page == 0:
             self._revision, self._next_page = page.revision, 0
-            self._erasures, self._holds = [], []
+            self._erasures, self._holds, self._released = [], [], []
         if page.page != self._next_page or page.revision != self._revision:
             raise InvalidArgument(
                 f"subject orders page {page.page} of revision {page.revision} arrived where page "
@@ -71,8 +82,11 @@ class OrdersGatherer:
         self._next_page += 1
         self._erasures.extend(erasure_from_pb(e) for e in page.erasures)
         self._holds.extend(hold_from_pb(h) for h in page.holds)
+        self._released.extend(release_from_pb(r) for r in page.released_holds)
         if not page.last:
             return None
-        orders = SubjectOrders(self._revision, tuple(self._erasures), tuple(self._holds))
-        self._erasures, self._holds, self._next_page = [], [], 0
+        orders = SubjectOrders(
+            self._revision, tuple(self._erasures), tuple(self._holds), tuple(self._released)
+        )
+        self._erasures, self._holds, self._released, self._next_page = [], [], [], 0
         return orders

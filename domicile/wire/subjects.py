@@ -10,6 +10,7 @@ from domicile.model import Classification
 from domicile.results import ExportedCopy
 from domicile.subjects import (
     ErasureOrder,
+    HoldRelease,
     HoldScope,
     KeptRecord,
     LegalHold,
@@ -49,6 +50,16 @@ def hold_from_pb(msg: pb.LegalHold) -> LegalHold:
         placed_ms=msg.placed_unix_ms,
         placed_by=msg.placed_by,
     )
+
+
+def release_to_pb(r: HoldRelease) -> pb.LegalHoldRelease:
+    return pb.LegalHoldRelease(
+        hold_id=r.hold_id, released_unix_ms=r.released_ms, released_by=r.released_by, reason=r.reason
+    )
+
+
+def release_from_pb(msg: pb.LegalHoldRelease) -> HoldRelease:
+    return HoldRelease(msg.hold_id, msg.released_unix_ms, msg.reason, msg.released_by)
 
 
 def erasure_to_pb(e: ErasureOrder, out: pb.ErasureOrder | None = None) -> pb.ErasureOrder:

@@ -61,3 +61,25 @@ async def test_regression_erasure_and_hold_are_audited_as_the_dpo(cluster: Local
     assert [e.principal for e in await entries(node, "hold_placed")] == [DPO]
     erased = [e for e in await entries(node, "erase") if e.key == "c-1"]
     assert erased and {e.principal for e in erased} == {DPO}
+
+
+async def test_regression_a_hold_release_is_audited_as_the_dpo_who_released_it(cluster: LocalCluster) -> None:
+    """The release used to be recorded as the coordinator's: the set of holds in force says that a
+    hold is gone, not who released it. The orders now carry the latest releases."""
+    node = cluster.nodes[REGION]
+    async with dpo(cluster) as client:
+        hold = await client.place_hold("subject", subject_id="s-erik", reason="litigation 7")
+
+        async def placed() -> bool:
+            return bool(await entries(node, "hold_placed"))
+
+        await eventually(placed, 10.0, "the hold audited at the node")
+        await client.release_hold(hold.hold_id, "case settled")
+
+    async def released() -> bool:
+        return bool(await entries(node, "hold_released"))
+
+    await eventually(released, 10.0, "the release audited at the node")
+    [entry] = await entries(node, "hold_released")
+    assert entry.principal == DPO
+    assert entry.detail == f"legal hold {hold.hold_id} on the subject: litigation 7; released: case settled"

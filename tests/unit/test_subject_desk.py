@@ -17,6 +17,8 @@ from domicile.cluster import ClusterSpec, NamespaceSpec, RegionSpec
 from domicile.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.subjects import (
     DAY_S,
+    RELEASES_CARRIED,
+    HoldRelease,
     HoldScope,
     KeptRecord,
     RegionReceipt,
@@ -474,11 +476,34 @@ def test_holds_of_each_scope_are_placed_and_published(h: Harness, wall: WallCloc
     assert h.orders[-1].holds == (subject, namespace, key)
     assert h.desk.holds() == (subject, namespace, key)
 
-    released = h.desk.release_hold(namespace.hold_id, "inquiry closed")
+    released = h.desk.release_hold(namespace.hold_id, "inquiry closed", "spiffe://domicile/client/dpo-anna")
     assert released == namespace
     assert h.revision == revision + 4
     assert h.orders[-1].holds == (subject, key)
     assert h.desk.holds() == (subject, key)
+    # The release rides with the set, so that each region audits it as the DPO who made it.
+    assert h.orders[-1].released == (
+        HoldRelease(namespace.hold_id, wall(), "inquiry closed", "spiffe://domicile/client/dpo-anna"),
+    )
+
+
+def test_the_orders_carry_the_latest_releases_newest_first_also_after_a_restart(
+    make: Callable[..., Harness], wall: WallClock
+) -> None:
+    h = make()
+    placed = [
+        h.desk.place_hold(HoldScope.SUBJECT, subject_id=f"cust-{i}", reason="case")
+        for i in range(RELEASES_CARRIED + 2)
+    ]
+    for i, hold in enumerate(placed):
+        wall.now_ms += 1
+        h.desk.release_hold(hold.hold_id, f"closed {i}", f"spiffe://domicile/client/dpo-{i}")
+    carried = h.orders[-1].released
+    assert len(carried) == RELEASES_CARRIED
+    assert [r.hold_id for r in carried] == [hold.hold_id for hold in reversed(placed)][:RELEASES_CARRIED]
+    assert carried[0].released_by == f"spiffe://domicile/client/dpo-{RELEASES_CARRIED + 1}"
+    h.reopen()
+    assert h.registry.orders().released == carried
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The erasure orders and holds in force cut into pages and gathered back (WatchSubjectOrders)."""
+"""The erasure orders, the holds in force and the latest releases cut into pages and gathered back
+(WatchSubjectOrders)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import pytest
 
 from domicile.errors import InvalidArgument
-from domicile.subjects import ErasureOrder, HoldScope, LegalHold, SubjectOrders
+from domicile.subjects import RELEASES_CARRIED, ErasureOrder, HoldRelease, HoldScope, LegalHold, SubjectOrders
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.wire.subject_orders import OrdersGatherer, orders_to_pages
 
@@ -35,7 +36,16 @@ def random_orders(rng: random.Random) -> SubjectOrders:
         )
         for n in range(rng.randint(0, 200))
     )
-    return SubjectOrders(rng.randint(1, 2**40), erasures, holds)
+    released = tuple(
+        HoldRelease(
+            f"hold-{n:010x}",
+            rng.randint(1, 2**41),
+            "r" * rng.randint(0, 1024),
+            "spiffe://domicile/client/dpo",
+        )
+        for n in range(rng.randint(0, RELEASES_CARRIED))
+    )
+    return SubjectOrders(rng.randint(1, 2**40), erasures, holds, released)
 
 
 def gather(pages: list[cpb.WatchSubjectOrdersResponse]) -> SubjectOrders | None:
