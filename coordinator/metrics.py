@@ -3,26 +3,20 @@ can live in one process (tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from domicile import metrics_endpoint
-from domicile.identity.reloading import ReloadingMaterial
 from domicile.topology import NodeHealth
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class CoordinatorMetrics:
+class CoordinatorMetrics(metrics_endpoint.MetricsServing):
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.metrics_refused = Counter(
-            "domicile_metrics_refused_total",
-            metrics_endpoint.REFUSED_HELP,
-            ["reason"],
-            registry=self.registry,
-        )
+        self.metrics_refused = metrics_endpoint.refused_counter(self.registry)
         self.rpc_latency = Histogram(
             "domicile_coordinator_rpc_duration_seconds",
             "Time to serve a unary CoordinatorService RPC, by method and status code",
@@ -117,7 +111,6 @@ class CoordinatorMetrics:
             "How late the event loop ran a timer, as of the last check (twice a second)",
             registry=self.registry,
         )
-        self._endpoint: metrics_endpoint.MetricsEndpoint | None = None
 
     def set_topology(self, revision: int, up: int, down: int) -> None:
         self.revision.set(revision)
@@ -138,22 +131,3 @@ class CoordinatorMetrics:
         for kind, count in overdue_by_kind.items():
             self.subject_requests_overdue.labels(kind=kind).set(count)
         self.legal_holds.set(holds)
-
-    def serve(
-        self,
-        host: str,
-        port: int,
-        tls: ReloadingMaterial | None,
-        revoked: Callable[[], frozenset[int]] = frozenset,
-    ) -> metrics_endpoint.MetricsEndpoint:
-        """Starts /metrics (mutual TLS with `tls`, the coordinator's own files; plaintext
-        without); its port is the bound one."""
-        self._endpoint = metrics_endpoint.serve(
-            self.registry, host, port, tls, revoked=revoked, refused=self.metrics_refused
-        )
-        return self._endpoint
-
-    def close(self) -> None:
-        if self._endpoint is not None:
-            self._endpoint.close()
-            self._endpoint = None

@@ -322,6 +322,38 @@ def serve(
     return endpoint
 
 
+class MetricsServing:
+    """Serving a daemon's registry on /metrics, for its metrics object (node.metrics,
+    coordinator.metrics), which sets `registry` and makes `metrics_refused` with refused_counter."""
+
+    registry: CollectorRegistry
+    metrics_refused: Counter
+    _endpoint: MetricsEndpoint | None = None
+
+    def serve(
+        self,
+        host: str,
+        port: int,
+        tls: ReloadingMaterial | None,
+        revoked: Callable[[], frozenset[int]] = frozenset,
+    ) -> MetricsEndpoint:
+        """Starts /metrics (mutual TLS with `tls`, the daemon's own files, refusing the serial
+        numbers `revoked()` names; plaintext without); its port is the bound one (useful with
+        port 0)."""
+        self._endpoint = serve(self.registry, host, port, tls, revoked=revoked, refused=self.metrics_refused)
+        return self._endpoint
+
+    def close(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+
+
+def refused_counter(registry: CollectorRegistry) -> Counter:
+    """domicile_metrics_refused_total of a daemon's registry (by reason)."""
+    return Counter("domicile_metrics_refused_total", REFUSED_HELP, ["reason"], registry=registry)
+
+
 REFUSED_HELP = (
     "Connections to /metrics refused: handshake (no or a foreign client certificate, or none in "
     "time), identity (a certificate that names no identity of the cluster), revoked (by the "

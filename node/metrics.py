@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from domicile import metrics_endpoint
-from domicile.identity.reloading import ReloadingMaterial
 
 # 100 us to 10 s: local calls sit in the sub-millisecond buckets, slow disks in the tens of ms.
 RPC_BUCKETS_S = (
@@ -50,7 +49,7 @@ class LagWindow:
         return data[min(len(data) - 1, int(q * len(data)))]
 
 
-class NodeMetrics:
+class NodeMetrics(metrics_endpoint.MetricsServing):
     def __init__(self, node_id: str, region: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -488,11 +487,8 @@ class NodeMetrics:
         )
         self.info.labels(node_id, region).set(1)
         self.cache = CacheMetrics(r)
-        self.metrics_refused = Counter(
-            "domicile_metrics_refused_total", metrics_endpoint.REFUSED_HELP, ["reason"], registry=r
-        )
+        self.metrics_refused = metrics_endpoint.refused_counter(r)
         self.lag_windows: dict[tuple[str, str], LagWindow] = {}
-        self._endpoint: metrics_endpoint.MetricsEndpoint | None = None
 
     def lag_window(self, source: str, target: str) -> LagWindow:
         key = (source, target)
@@ -500,26 +496,6 @@ class NodeMetrics:
         if window is None:
             window = self.lag_windows[key] = LagWindow()
         return window
-
-    def serve(
-        self,
-        host: str,
-        port: int,
-        tls: ReloadingMaterial | None,
-        revoked: Callable[[], frozenset[int]] = frozenset,
-    ) -> metrics_endpoint.MetricsEndpoint:
-        """Starts the /metrics endpoint (mutual TLS with `tls`, the node's own files, refusing
-        the serial numbers `revoked()` names; plaintext without); its port is the bound one
-        (useful with port 0)."""
-        self._endpoint = metrics_endpoint.serve(
-            self.registry, host, port, tls, revoked=revoked, refused=self.metrics_refused
-        )
-        return self._endpoint
-
-    def close(self) -> None:
-        if self._endpoint is not None:
-            self._endpoint.close()
-            self._endpoint = None
 
 
 class CacheMetrics:

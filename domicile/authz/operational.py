@@ -10,7 +10,7 @@ and audited like every refusal). On an insecure port nothing is checked.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ import grpc
 from domicile.authz.gate import Gate, refuse_wrong_peer
 from domicile.errors import DomicileError, PermissionDenied, Unauthenticated
 from domicile.identity.principal import WATCHING_ROLES, PrincipalKind
+from domicile.wire.call_layer import WrappingInterceptor
 
 GUARDED_SERVICES = (
     "grpc.health.v1.Health",
@@ -31,17 +32,9 @@ _CODES = {
 }
 
 
-class OperationalServicesGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class OperationalServicesGuard(WrappingInterceptor):
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        return None if handler is None else self.wrap(handler_call_details.method or "", handler)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler of `method` (a full path), guarded if its service is one of

@@ -18,19 +18,12 @@ import grpc
 
 from domicile.authz.gate import Gate, Reason, Refusal
 from domicile.identity.revocation import serial_text
+from domicile.wire.call_layer import WrappingInterceptor
 
 
-class RevokedStreamsGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class RevokedStreamsGuard(WrappingInterceptor):
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        return None if handler is None else self.wrap(handler_call_details.method or "", handler)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler of `method`, guarded when it streams (unary calls are the gate's)."""

@@ -15,11 +15,27 @@ as the first interceptor of a server is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 
 Wrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A wrapper (`wrap`, for a CallLayer) that also serves as a server interceptor, for a
+    server without a CallLayer (the coordinator's): it wraps each call's handler the same way."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        return None if handler is None else self.wrap(handler_call_details.method or "", handler)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
 
 
 class CallLayer(grpc.GenericRpcHandler):  # type: ignore[misc]

@@ -10,13 +10,14 @@ RESOURCE_EXHAUSTED and a message naming the bound. A refused request is handed t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from domicile.v1 import storage_node_pb2
+from domicile.wire.call_layer import WrappingInterceptor
 from domicile.wire.limits import (
     NODE_STREAMS_PER_CONNECTION_MAX,
     REPLICATION_MESSAGE_BYTES_MAX,
@@ -55,7 +56,7 @@ class _TooLarge:
 OnTooLarge = Callable[[grpc.aio.ServicerContext, str, str], None]
 
 
-class MessageLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class MessageLimits(WrappingInterceptor):
     def __init__(
         self,
         bounds: Mapping[str, MessageBounds] | None = None,
@@ -67,14 +68,6 @@ class MessageLimits(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             else {STORAGE_SERVICE: MessageBounds(STORAGE_REQUEST_BYTES_MAX, STORAGE_RESPONSE_BYTES_MAX)}
         )
         self.on_too_large = on_too_large
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        return None if handler is None else self.wrap(handler_call_details.method or "", handler)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler of `method` (a full path) held to its service's bounds, if it has any

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
 
 from domicile import metrics_endpoint
 from domicile.identity import pki, revocation
@@ -61,9 +61,7 @@ def security(tls_dir: Path) -> ServerSecurity:
 
 
 def start(registry: CollectorRegistry, security: ServerSecurity | None) -> metrics_endpoint.MetricsEndpoint:
-    refused = Counter(
-        "domicile_metrics_refused_total", metrics_endpoint.REFUSED_HELP, ["reason"], registry=registry
-    )
+    refused = metrics_endpoint.refused_counter(registry)
     if security is None:
         return metrics_endpoint.serve(registry, "127.0.0.1", 0, None, refused=refused)
     return metrics_endpoint.serve(
