@@ -3,8 +3,9 @@
 A certificate is valid until it expires; a stolen key, or a person who leaves, must stop working
 before that. `domicile certs revoke` adds certificates to the CRL, signed by the cluster CA, and
 the file goes wherever `ca.crt` goes. Every daemon reads it beside its CA file (a CRL that the CA
-did not sign, or that does not parse, is refused) and looks again at each new connection and at
-least every REVOCATION_LOOK_S, without a restart.
+did not sign, or that does not parse, is refused) and looks at it again, a stat, at most every
+REVOCATION_LOOK_S when a call, a stream message or a scrape asks (ServerSecurity.revoked),
+without a restart.
 
 Revocations are permanent: what a daemon holds in force is the union of every valid list of its
 CA it has read, kept in its data directory (REVOKED_STATE) across restarts. A stale copy of the
