@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from domicile.identity.peer import auth_context
+from domicile.wire.call_layer import WrappingInterceptor
 
 # Enough for the node's own peers (a sender holds one stream per link, a busy SDK client a few
 # hundred unary calls) and well under what would starve the node of tasks.
@@ -45,7 +46,7 @@ def _certificate_key(pem: bytes) -> str:
     return "cert:" + hashlib.sha256(pem).hexdigest()[:32]
 
 
-class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class PeerConcurrency(WrappingInterceptor):
     def __init__(
         self,
         calls_max: int = PEER_CALLS_MAX_DEFAULT,
@@ -58,14 +59,6 @@ class PeerConcurrency(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # A plain dict: a Counter's missing key and its del run Python code, and a peer that
         # makes one call at a time adds and removes its key on every call.
         self.in_flight: dict[str, int] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        return None if handler is None else self.wrap(str(details.method), handler)
 
     def wrap(self, method_path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler of `method_path`, counted against its peer's bound (domicile.wire.call_layer
