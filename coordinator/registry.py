@@ -27,7 +27,7 @@ from coordinator.store import CoordinatorStore, SubjectChanges
 from domicile.cluster import SIBLINGS_MAX_DEFAULT, ClusterSpec, NamespaceSpec
 from domicile.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from domicile.model import check_node_id
-from domicile.subjects import RELEASES_CARRIED, ErasureOrder, HoldRelease, LegalHold, SubjectOrders
+from domicile.subjects import ErasureOrder, HoldRelease, LegalHold, SubjectOrders
 from domicile.sync_modes import REALTIME
 from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 
@@ -222,8 +222,9 @@ class Registry:
         self._check_open()
         self._commit([], subjects=changes, erasures=erasures, holds=holds)
         if changes.released:
-            newest_first = tuple(sorted(changes.released, key=lambda r: r.released_ms, reverse=True))
-            self._released = (newest_first + self._released)[:RELEASES_CARRIED]
+            # From the store, as a restart reads them: every coordinator that publishes this set
+            # carries the same releases, in the same order.
+            self._released = self._store.recent_releases()
         self._publish_orders_now()
         return self._revision
 

@@ -10,6 +10,7 @@ and audited like every refusal). On an insecure port nothing is checked.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -86,6 +87,17 @@ def _guarded(
         return grpc.unary_unary_rpc_method_handler(unary_unary, decode, encode)
     if handler.unary_stream is not None:
         streaming = handler.unary_stream
+
+        if not inspect.isasyncgenfunction(streaming):
+            # It writes its answers itself with context.write (grpc's health Watch).
+            async def writes(request: Any, context: Any) -> None:
+                try:
+                    check(context, action)
+                except (PermissionDenied, Unauthenticated) as error:
+                    await _abort(context, error)
+                await streaming(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(writes, decode, encode)
 
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             try:

@@ -5,12 +5,15 @@ the life of the link, a topology or subject-orders watch for the life of the nod
 stolen node key must stop the writes it replicates and the orders (which name data subjects) it
 receives, not only its next call. This wrapper reads the caller's certificate serial once, when
 the stream opens, and before each message it lets through, either way, checks it against the
-revocations in force (ServerSecurity.revoked: a set lookup, the list looked at once a second).
-A revoked stream ends with UNAUTHENTICATED, counted and audited like every refusal.
+revocations in force (ServerSecurity.revoked: a set lookup; the list is looked at again at most
+once a second). A handler that answers with context.write() instead of yielding (grpc's health
+Watch) gets a context whose writes are checked the same way. A revoked stream ends with
+UNAUTHENTICATED, counted and audited like every refusal.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -33,6 +36,13 @@ class RevokedStreamsGuard(WrappingInterceptor):
         decode, encode = handler.request_deserializer, handler.response_serializer
         if handler.unary_stream is not None:
             replies = handler.unary_stream
+
+            if not inspect.isasyncgenfunction(replies):
+                # It writes its answers itself (context.write): each write is checked.
+                async def writes(request: Any, context: Any) -> None:
+                    await replies(request, _CheckedWrites(context, self._checker(context, action)))
+
+                return grpc.unary_stream_rpc_method_handler(writes, decode, encode)
 
             async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 check = self._checker(context, action)
@@ -82,3 +92,18 @@ class RevokedStreamsGuard(WrappingInterceptor):
 
 async def _nothing() -> None:
     return None
+
+
+class _CheckedWrites:
+    """A call's context whose write() runs the check first; everything else is the context's."""
+
+    def __init__(self, context: Any, check: Callable[[], Awaitable[None]]) -> None:
+        self._context = context
+        self._check = check
+
+    async def write(self, message: Any) -> None:
+        await self._check()
+        await self._context.write(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)

@@ -45,7 +45,7 @@ log = logging.getLogger("domicile.identity")
 CA_CRL = "ca.crl"
 # In a daemon's data directory: the revocations it holds in force, for the CA they belong to.
 REVOKED_STATE = "revoked-certificates.json"
-# How often a daemon looks at its TLS files for a new CRL between connections (a stat each).
+# How often, at most, a daemon looks at the list for a change (a stat), when asked.
 REVOCATION_LOOK_S = 1.0
 # Revocations are never dropped, so the list stays in force for the CA's whole life.
 _BACKDATE = dt.timedelta(minutes=5)
@@ -180,7 +180,7 @@ class Revocations:
         self._ca: x509.Certificate | None = None
         self._serials: frozenset[int] = frozenset()
         self.number = 0
-        self._adopt_ca(ca_pem)
+        self._adopt_ca(ca_pem, at_start=True)
         self._seen = _fingerprint(crl)
         serials, number = load_list(crl, self._certificate())
         self._merge(serials, number)
@@ -201,7 +201,7 @@ class Revocations:
         list that cannot be used changes nothing (logged at ERROR)."""
         with self._lock:
             if ca_pem != self._ca_pem:
-                self._adopt_ca(ca_pem)
+                self._adopt_ca(ca_pem, at_start=False)
                 self._seen = None
             seen = _fingerprint(self.crl)
             if seen == self._seen:
@@ -218,17 +218,26 @@ class Revocations:
         assert self._ca is not None
         return self._ca
 
-    def _adopt_ca(self, ca_pem: bytes) -> None:
+    def _adopt_ca(self, ca_pem: bytes, *, at_start: bool) -> None:
         """The CA whose lists count (by its DER: the same certificate written out again is the
-        same CA), with what was persisted for it."""
+        same CA), with what was persisted for it. A state that cannot be read stops the daemon
+        at start; met for a CA that replaced another while running, it is logged, and the new
+        CA starts from its own list (its state is written anew at the next change), so that its
+        revocations are still read."""
         try:
             ca = x509.load_pem_x509_certificate(ca_pem)
         except ValueError:
             raise InvalidArgument("the CA certificate in force cannot be read") from None
         ca_id = hashlib.sha256(ca.public_bytes(Encoding.DER)).hexdigest()
         if ca_id != self._ca_id:
-            # Read first: a state that cannot be read leaves everything as it was.
-            self._serials, self.number = self._persisted(ca_id)
+            try:
+                persisted = self._persisted(ca_id)
+            except InvalidArgument as error:
+                if at_start:
+                    raise
+                log.error("%s; the new CA starts from its revocation list alone", error.message)
+                persisted = (frozenset(), 0)
+            self._serials, self.number = persisted
             self._ca_id = ca_id
         self._ca_pem, self._ca = ca_pem, ca
 

@@ -97,3 +97,15 @@ async def test_regression_a_monitor_calls_no_rpc_and_is_told_so(cluster: LocalCl
             await stub.GetNodeStatus(spb.GetNodeStatusRequest(), timeout=5)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "with roles [monitor] may not call storage.GetNodeStatus" in (refused.value.details() or "")
+
+
+@pytest.mark.parametrize("where", ["node", "coordinator"])
+async def test_regression_health_watch_answers_through_the_guards(cluster: LocalCluster, where: str) -> None:
+    """grpc's health Watch writes its answers (context.write) rather than yielding them; the
+    guards iterated over it and failed every Watch of a daemon that enforces identity."""
+    address = cluster.nodes[REGION].address if where == "node" else cluster.coordinator_address
+    async with as_client(cluster, "ops", (Role.OPERATOR,), address) as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=5)
+        first = await call.read()
+        call.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING

@@ -212,3 +212,26 @@ def test_a_fault_in_the_certificate_files_does_not_keep_a_new_list_out(ca_dir: P
     revocation.revoke(ca.certificate, ca.key, ca_dir, [5])
     security._next_look = 0.0
     assert security.revoked() == {5}
+
+
+def test_a_new_ca_met_while_running_is_read_even_when_the_state_is_unreadable(
+    ca_dir: Path, tmp_path: Path
+) -> None:
+    """The state stops a daemon at start; met for a CA that replaced another while running, it
+    must not keep that CA's revocations out (it is logged, and the CA starts from its list)."""
+    files = TlsFiles.in_directory(ca_dir, "node-eu-west-1")
+    state_dir = tmp_path / "data"
+    security = ServerSecurity.mutual_tls(files, state_dir)
+    (state_dir / revocation.REVOKED_STATE).parent.mkdir(parents=True, exist_ok=True)
+    (state_dir / revocation.REVOKED_STATE).write_text("{not json")
+    # The CA is replaced under the running daemon (every certificate issued again), and the new
+    # CA revokes one.
+    for name in ("ca.crt", "ca.key", "node-eu-west-1.crt", "node-eu-west-1.key"):
+        (ca_dir / name).unlink()
+    new = pki.init_ca(ca_dir, "prod")
+    pki.issue_node(new, "eu-west-1", "eu-west-1").write(ca_dir, "node-eu-west-1")
+    revocation.revoke(new.certificate, new.key, ca_dir, [9])
+    material = security.material
+    assert material is not None and material.refresh() is not None
+    security._next_look = 0.0
+    assert security.revoked() == {9}

@@ -108,3 +108,26 @@ async def test_a_stream_of_another_certificate_goes_on() -> None:
     wrapped = RevokedStreamsGuard(gate).wrap("/domicile.v1.CoordinatorService/WatchTopology", method)  # type: ignore[arg-type]
     assert [r async for r in wrapped.unary_stream(0, FakeContext())] == [0, 1, 2]
     assert gate.refusals == []
+
+
+async def test_a_handler_that_writes_its_answers_is_checked_at_each_write() -> None:
+    """grpc's health Watch answers with context.write(), not by yielding."""
+    gate = FakeGate()
+    written: list[int] = []
+
+    class WritingContext(FakeContext):
+        async def write(self, message: int) -> None:
+            written.append(message)
+
+    async def handler(request: int, context: Any) -> None:
+        await context.write(1)
+        gate.revoked_now = frozenset({SERIAL})
+        await context.write(2)
+
+    method = grpc.unary_stream_rpc_method_handler(handler)
+    wrapped = RevokedStreamsGuard(gate).wrap("/grpc.health.v1.Health/Watch", method)  # type: ignore[arg-type]
+    context = WritingContext()
+    with pytest.raises(Aborted):
+        await wrapped.unary_stream(0, context)
+    assert written == [1]
+    assert context.code == grpc.StatusCode.UNAUTHENTICATED

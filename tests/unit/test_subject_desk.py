@@ -506,6 +506,19 @@ def test_the_orders_carry_the_latest_releases_newest_first_also_after_a_restart(
     assert h.registry.orders().released == carried
 
 
+def test_releases_made_together_are_carried_alike_before_and_after_a_restart(h: Harness) -> None:
+    """Releases in one batch share a millisecond: the set published at once and the set a
+    restarted coordinator publishes carry them in the same order."""
+    holds = [h.desk.place_hold(HoldScope.SUBJECT, subject_id=f"cust-{i}", reason="case") for i in range(5)]
+    with h.desk.batch():
+        for hold in reversed(holds):
+            h.desk.release_hold(hold.hold_id, "closed", "spiffe://domicile/client/dpo")
+    published = h.orders[-1].released
+    assert {r.hold_id for r in published} == {hold.hold_id for hold in holds}
+    h.reopen()
+    assert h.registry.orders().released == published
+
+
 @pytest.mark.parametrize(
     ("scope", "fields", "error", "message"),
     [
