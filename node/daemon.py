@@ -785,11 +785,13 @@ class Node:
             self.eraser.apply(current.erasures, current.cluster, current.holds)
 
     async def _adopt_orders(self, orders: SubjectOrders) -> None:
-        """Adopts a complete set of erasure orders and holds (WatchSubjectOrders): stored first,
-        so that a restart acts on it too, then the holds placed and released are audited and
-        the orders carried out."""
-        await self.committer.run(lambda engine: save_orders(engine, orders))
+        """Adopts a complete set of erasure orders and holds (WatchSubjectOrders). The holds
+        placed and released are audited first, durably; then the set is stored, so that a
+        restart acts on it too, and carried out. A failure or a crash between the two audits
+        them again when the set comes again (at least once); storing first lost them."""
         holds_before = self.view.topology.holds
+        await asyncio.gather(*self._audit_holds(holds_before, orders.holds, orders.released))
+        await self.committer.run(lambda engine: save_orders(engine, orders))
         self.view.adopt_orders(orders)
         self.metrics.subject_orders_revision.set(orders.revision)
         log.info(
@@ -798,7 +800,6 @@ class Node:
             len(orders.erasures),
             len(orders.holds),
         )
-        self._audit_holds(holds_before, orders.holds, orders.released)
         current = self.view.topology
         self.eraser.apply(current.erasures, current.cluster, current.holds)
 
@@ -865,16 +866,17 @@ class Node:
 
     def _audit_holds(
         self, before: tuple[LegalHold, ...], after: tuple[LegalHold, ...], released: tuple[HoldRelease, ...]
-    ) -> None:
+    ) -> list[asyncio.Future[int]]:
         """Every region records the holds placed and released, since they change what it keeps,
         each as the DPO who placed or released it. A release the orders no longer carry (the
         node was away for more than RELEASES_CARRIED of them) is recorded as the coordinator's."""
         old = {h.hold_id: h for h in before}
         new = {h.hold_id: h for h in after}
         releases = {r.hold_id: r for r in released}
+        durable: list[asyncio.Future[int]] = []
         for hold_id in sorted(new.keys() - old.keys()):
             hold = new[hold_id]
-            self.audit.record(
+            entry = self.audit.record(
                 principal=hold.placed_by or "coordinator",
                 action="hold_placed",
                 namespace=hold.namespace,
@@ -882,12 +884,13 @@ class Node:
                 subject_id=hold.subject_id,
                 detail=hold.describe()[:1000],
             )
+            durable.append(entry)
         for hold_id in sorted(old.keys() - new.keys()):
             hold, release = old[hold_id], releases.get(hold_id)
             detail = hold.describe()
             if release is not None and release.reason:
                 detail += f"; released: {release.reason}"
-            self.audit.record(
+            entry = self.audit.record(
                 principal=(release.released_by if release is not None else "") or "coordinator",
                 action="hold_released",
                 namespace=hold.namespace,
@@ -895,6 +898,8 @@ class Node:
                 subject_id=hold.subject_id,
                 detail=detail[:1000],
             )
+            durable.append(entry)
+        return durable
 
     async def _report_erasure(self, request_id: str, receipt: RegionReceipt) -> None:
         """Tells the coordinator, retrying until it answers (the order stays pending until then)."""

@@ -12,8 +12,10 @@ from domicile.audit import AuditEntry
 from domicile.client import AsyncClient
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import Role
-from domicile.subjects import RequestStatus
+from domicile.subjects import RequestStatus, SubjectOrders
+from node import daemon as node_daemon
 from node.daemon import Node
+from node.lifecycle.orders_store import save_orders
 from tests.support.cluster import LocalCluster, eventually
 
 REGION = "eu-west-1"
@@ -83,3 +85,34 @@ async def test_regression_a_hold_release_is_audited_as_the_dpo_who_released_it(c
     [entry] = await entries(node, "hold_released")
     assert entry.principal == DPO
     assert entry.detail == f"legal hold {hold.hold_id} on the subject: litigation 7; released: case settled"
+
+
+async def test_regression_a_failure_between_auditing_and_storing_orders_loses_no_entry(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node stored a new set of orders, then audited the holds placed and released: a crash
+    between the two lost those entries for good, since the restarted node compares against the
+    set it stored. They are audited first now (and again if the set comes again unstored)."""
+    node = cluster.nodes[REGION]
+    failures: list[str] = []
+
+    def crash_once(engine: object, orders: SubjectOrders) -> None:
+        save_orders(engine, orders)  # type: ignore[arg-type]
+        if not failures:
+            # The node dies right after storing the set, and a restart reads it back: what it
+            # acts on is the stored set, with nothing left to tell it what changed.
+            failures.append("crash")
+            node.view.adopt_orders(orders)
+            raise RuntimeError("the node died after storing the orders")
+
+    monkeypatch.setattr(node_daemon, "save_orders", crash_once)
+    async with dpo(cluster) as client:
+        await client.place_hold("subject", subject_id="s-erik", reason="litigation 7")
+
+        async def crashed() -> bool:
+            return failures == ["crash"]
+
+        await eventually(crashed, 10.0, "the node storing the set, then dying")
+    # Stored and "restarted" on the new set, the node has nothing left to compare: the entry
+    # must have been written before.
+    assert {e.principal for e in await entries(node, "hold_placed")} == {DPO}
