@@ -8,11 +8,13 @@ bytes, cumulative since start. That is what the proxy itself adds to the delay, 
 measured through it can be read against it.
 
 The proxy must add the delay and nothing else. Each direction keeps its chunks in arrival order
-with their due times and one timer for the earliest: when it fires, every chunk already due is
+with their due times and asks for one wake-up at the earliest: then every chunk already due is
 written in one go (no timer, task or drain per chunk), so a busy link costs the proxy a wake-up
-per due time, not per chunk. It runs on uvloop when installed, like the nodes. Reading pauses
-while the other side's socket buffer is full (flow control, as a slow link would), never to
-space chunks out.
+per due time, not per chunk. Arrivals and due times are read from the monotonic clock, and the
+wake-ups come from a timerfd (`bench.wakeups`), not from the loop's timers, which fire up to a
+millisecond late. It runs on uvloop when installed, like the nodes. Reading pauses while the
+other side's socket buffer is full (flow control, as a slow link would), never to space chunks
+out.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import contextlib
 import signal
 import time
 from typing import cast
+
+from bench.wakeups import Wakeups
 
 DELAY_MS_MAX = 10_000
 # Lateness histogram buckets (ms): fine below a few ms, where a healthy proxy stays.
@@ -71,15 +75,15 @@ class _Direction(asyncio.Protocol):
     """One direction of a proxied connection: what its transport receives is written to `peer`
     `delay_s` later."""
 
-    def __init__(self, delay_s: float, lateness: Lateness) -> None:
+    def __init__(self, delay_s: float, lateness: Lateness, wakeups: Wakeups) -> None:
         self.delay_s = delay_s
         self.lateness = lateness
         self.transport: asyncio.Transport | None = None
         self.peer: _Direction | None = None
         self._pending: collections.deque[tuple[float, bytes]] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
+        self._wakeups = wakeups
+        self._wakeup_asked = False
         self._closing = False
-        self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's does not subclass asyncio.Transport, hence no check).
@@ -87,31 +91,25 @@ class _Direction(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         # Due times grow with arrival, so the deque stays in due order.
-        due = self._loop.time() + self.delay_s
-        self._pending.append((due, data))
-        if self._timer is None:
-            self._timer = self._loop.call_at(due, self._flush)
+        self._pending.append((time.monotonic() + self.delay_s, data))
+        self.reschedule()
 
     def eof_received(self) -> bool | None:
-        self._pending.append((self._loop.time() + self.delay_s, b""))
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._pending[0][0], self._flush)
+        self._pending.append((time.monotonic() + self.delay_s, b""))
+        self.reschedule()
         return True  # keep our side open until the EOF is forwarded
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._closing = True  # a wake-up already asked for finds nothing to do
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
 
     def _flush(self) -> None:
-        self._timer = None
+        self._wakeup_asked = False
         peer = self.peer.transport if self.peer is not None else None
         if self._closing or peer is None or peer.is_closing():
             return
-        now = self._loop.time()
+        now = time.monotonic()
         pending = self._pending
         if pending:
             self.lateness.observe(max(0.0, now - pending[0][0]) * 1000.0)
@@ -131,12 +129,12 @@ class _Direction(asyncio.Protocol):
             else:
                 peer.close()
             return
-        if pending:
-            self._timer = self._loop.call_at(pending[0][0], self._flush)
+        self.reschedule()
 
     def reschedule(self) -> None:
-        if self._pending and self._timer is None:
-            self._timer = self._loop.call_at(self._pending[0][0], self._flush)
+        if self._pending and not self._wakeup_asked:
+            self._wakeup_asked = True
+            self._wakeups.at(self._pending[0][0], self._flush)
 
     # Flow control: the peer's socket buffer is full, so stop reading what would go there.
     def pause_writing(self) -> None:
@@ -157,18 +155,27 @@ class DelayProxy:
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
         self._connecting: set[asyncio.Task[None]] = set()
+        self._wakeups: Wakeups | None = None
 
     async def start(self) -> str:
         loop = asyncio.get_running_loop()
+        self._wakeups = Wakeups(loop)
         self._server = await loop.create_server(self._client_side, "127.0.0.1", 0)
         return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
+    @property
+    def precise(self) -> bool:
+        """Whether the wake-ups come from the kernel's timerfd (else the loop's timers)."""
+        return self._wakeups is not None and self._wakeups.precise
+
     def _client_side(self) -> asyncio.Protocol:
-        client = _Direction(self.delay_s, self.lateness)
+        assert self._wakeups is not None, "start() first"
+        wakeups = self._wakeups
+        client = _Direction(self.delay_s, self.lateness, wakeups)
         loop = asyncio.get_running_loop()
 
         async def connect() -> None:
-            upstream = _Direction(self.delay_s, self.lateness)
+            upstream = _Direction(self.delay_s, self.lateness, wakeups)
             try:
                 await loop.create_connection(lambda: upstream, self.target_host, self.target_port)
             except OSError:
@@ -195,12 +202,16 @@ class DelayProxy:
                 transport.close()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._wakeups is not None:
+            self._wakeups.close()
 
 
 async def serve(target: str, delay_ms: float) -> None:
     proxy = DelayProxy(target, delay_ms / 1000.0)
     address = await proxy.start()
     print(f"proxy listening on {address}", flush=True)
+    wakeups = "a timerfd" if proxy.precise else "the event loop's timers (1 ms resolution)"
+    print(f"proxy wake-ups from {wakeups}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
