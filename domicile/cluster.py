@@ -87,6 +87,15 @@ class NamespaceSpec:
     def allows(self, region: str) -> bool:
         return self.is_global or region in self.regions
 
+    @property
+    def classification_floor(self) -> Classification:
+        """The loosest classification a record of this namespace is written with and judged by:
+        the namespace's own, or personal when it is one this version does not know (sent by a
+        newer coordinator). A record may be stricter, never looser."""
+        if self.classification is Classification.UNSPECIFIED:
+            return Classification.PERSONAL
+        return self.classification
+
     def scope_text(self) -> str:
         return "global" if self.is_global else ", ".join(self.regions)
 

@@ -167,11 +167,7 @@ class StorageService:
     def _classification(self, spec: NamespaceSpec, requested: Classification) -> Classification:
         if requested is Classification.UNSPECIFIED:
             return spec.classification
-        # A namespace classification this version does not know (sent by a newer coordinator)
-        # is judged as personal data by the policy, so no record in it may claim to be looser.
-        floor = spec.classification
-        if floor is Classification.UNSPECIFIED:
-            floor = Classification.PERSONAL
+        floor = spec.classification_floor
         if requested.strictness < floor.strictness:
             raise errors.InvalidArgument(
                 f"classification {requested.label} is looser than the namespace default "

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 
 from domicile.cluster import ClusterSpec
+from domicile.model import Classification
 from domicile.policy import Decision, PlacementPolicy, RecordFacts, ScopePolicy
 from domicile.policy.engine import JurisdictionPolicy
 from domicile.policy.pack import parse_pack
@@ -30,11 +31,30 @@ class LayeredPolicy:
 
     def decide(self, facts: RecordFacts, region: str, action: str) -> Decision:
         scoped = self.scope.decide(facts, region, action)
-        lawful = self.law.decide(facts, region, action)
+        lawful = self.law.decide(judged_facts(self.scope.cluster, facts), region, action)
         both = tuple(r for r in lawful.allowed_regions if r in scoped.allowed_regions)
         if not scoped.allowed:
             return dataclasses.replace(scoped, allowed_regions=both)
         return dataclasses.replace(lawful, allowed_regions=both)
+
+
+def judged_facts(cluster: ClusterSpec, facts: RecordFacts) -> RecordFacts:
+    """The facts the law judges: a record labelled looser than its namespace's classification
+    is judged by the namespace's. A local write cannot carry such a label (it is refused), but
+    a replicated version can (from a misconfigured or rogue node), and so can every record
+    written before the operator made the namespace stricter. Judging the label as written would
+    let those be stored, served and scanned as what they are not."""
+    spec = cluster.find_namespace(facts.namespace)
+    if spec is None:
+        return facts
+    floor = spec.classification_floor
+    # A version without a label is judged as personal data (JurisdictionPolicy), never looser.
+    label = facts.classification
+    if label is Classification.UNSPECIFIED:
+        label = Classification.PERSONAL
+    if label.strictness >= floor.strictness:
+        return facts
+    return dataclasses.replace(facts, classification=floor)
 
 
 @functools.lru_cache(maxsize=8)

@@ -113,9 +113,16 @@ def test_under_a_pack_an_unknown_classification_is_judged_as_personal_data():
         for region in ("eu-west-1", "eu-central-1"):
             assert view.policy.decide(unknown, region, Action.STORE).allowed is allowed
             assert view.policy.decide(personal, region, Action.STORE).allowed is allowed
-    # Public data without a jurisdiction may be anywhere; an unknown classification may not.
+    # A record labelled public in it is judged as personal data too, as a local write could not
+    # label it looser than the namespace: without a jurisdiction it may be nowhere. Public data
+    # of a namespace this version classifies may be anywhere.
     public = RecordFacts("customers_eu", Classification.PUBLIC, "", "")
-    assert view.policy.decide(public, "eu-west-1", Action.STORE).allowed
+    assert not view.policy.decide(public, "eu-west-1", Action.STORE).allowed
+    msg = future_topology(revision=3, pack_yaml=pack_yaml)
+    msg.namespaces.add(name="instruments", classification=rpb.CLASSIFICATION_PUBLIC, **{"global": True})
+    assert view.replace(topology_from_pb(msg))
+    instruments = RecordFacts("instruments", Classification.PUBLIC, "", "")
+    assert view.policy.decide(instruments, "eu-west-1", Action.STORE).allowed
 
 
 def test_the_client_routes_with_unknown_health():
