@@ -29,6 +29,7 @@ from domicile.model import (
     check_value,
 )
 from domicile.policy import Action, Decision, RecordFacts
+from domicile.subjects import check_subject_text
 from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
 from node.cache.hit_plans import PLANS_MAX, HitPlan, HitPlans
 from node.cache.read_cache import Hit, Pending, ReadAhead, ReadCache
@@ -431,6 +432,7 @@ class StorageService:
             raise errors.InvalidArgument(
                 f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
             )
+        check_subject_text(cmd.subject_id)
         check_jurisdiction(cmd.subject_jurisdiction)
         self._check_schema(spec, cmd)
         check_request_id(cmd.request_id)
@@ -487,6 +489,7 @@ class StorageService:
             raise errors.InvalidArgument(
                 f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
             )
+        check_subject_text(cmd.subject_id)
         check_jurisdiction(cmd.subject_jurisdiction)
         check_request_id(cmd.request_id)
         self._check_clock()

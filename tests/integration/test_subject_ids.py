@@ -1,0 +1,138 @@
+"""One rule for subject ids where a subject's records are written and where their rights are
+exercised (domicile/subjects.py check_subject_text), so that every id a record carries can be
+exported and erased. Regression: a Put accepted "Jane\\u00a0Doe" (a no-break space, as a name
+pasted from a form carries), and the erasure and the export of that subject were then refused
+as not printable: the records could never be erased."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from domicile.causality import sha256
+from domicile.hlc import pack as hlc_pack
+from domicile.hlc import wall_ms
+from domicile.v1 import record_pb2 as pb
+from domicile.v1 import replication_pb2 as rpb
+from domicile.v1 import replication_pb2_grpc as rpb_grpc
+from domicile.v1 import storage_node_pb2 as spb
+from tests.integration.test_subject_rights import NAMESPACES, completed, erase, live
+from tests.support.cluster import LocalCluster
+from tests.support.packs import sample_pack
+
+REGION = "eu-west-1"
+# A no-break space; a zero-width non-joiner, as Persian names write it.
+NAMES = ["Jane\u00a0Doe", "\u0645\u06cc\u200c\u0646\u0627"]
+NOT_IDS = ["Jane\nDoe", "Jane\u2028Doe", "Jane\x7fDoe", "Jane\x00Doe"]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path, [REGION, "eu-central-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+async def test_a_name_with_a_no_break_space_is_written_exported_and_erased(cluster: LocalCluster) -> None:
+    for i, subject in enumerate(NAMES):
+        await cluster.put(
+            REGION, "customers", f"k{i}", b"profile", subject_id=subject, subject_jurisdiction="DE"
+        )
+        exported = [
+            item
+            async for item in cluster.stub(REGION).ExportSubject(
+                spb.ExportSubjectRequest(subject_id=subject), timeout=10
+            )
+        ]
+        assert exported, f"nothing exported for {subject!r}"
+        order = await erase(cluster, subject)
+        await completed(cluster, order.request_id)
+        assert not live(cluster, REGION, "customers", f"k{i}")
+
+
+@pytest.mark.parametrize("subject", NOT_IDS, ids=["newline", "line-separator", "delete", "nul"])
+async def test_a_write_with_a_control_character_in_its_subject_id_is_refused(
+    cluster: LocalCluster, subject: str
+) -> None:
+    stub = cluster.stub(REGION)
+    for call in (
+        stub.Put(
+            spb.PutRequest(
+                namespace="customers", key="k", value=b"v", subject_id=subject, subject_jurisdiction="DE"
+            ),
+            timeout=5,
+        ),
+        stub.Delete(
+            spb.DeleteRequest(namespace="customers", key="k", subject_id=subject, subject_jurisdiction="DE"),
+            timeout=5,
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "control characters" in (refused.value.details() or "")
+    batch = await stub.PutBatch(
+        spb.PutBatchRequest(
+            puts=[
+                spb.PutRequest(
+                    namespace="customers",
+                    key="bad",
+                    value=b"v",
+                    subject_id=subject,
+                    subject_jurisdiction="DE",
+                ),
+                spb.PutRequest(
+                    namespace="customers", key="good", value=b"v", subject_id="s-1", subject_jurisdiction="DE"
+                ),
+            ]
+        ),
+        timeout=5,
+    )
+    assert batch.results[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "control characters" in batch.results[0].message
+    assert batch.results[1].code == 0
+    engine = cluster.nodes[REGION].engine
+    assert engine.get("customers", "k") is None and engine.get("customers", "bad") is None
+
+
+async def test_a_replicated_record_with_a_control_character_in_its_subject_id_is_refused(
+    cluster: LocalCluster,
+) -> None:
+    target = cluster.nodes[REGION]
+    channel = cluster.channel_as_node("eu-central-1", target.address)
+    try:
+        call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=10)
+        hello = rpb.ReplicationHello(
+            source_node_id="eu-central-1", source_region="eu-central-1", target_node_id=REGION
+        )
+        await call.write(rpb.ReplicateRequest(hello=hello))
+        start = (await call.read()).ready.resume_after_lsn
+        mutations = []
+        for n, subject in ((1, "Jane\nDoe"), (2, "Jane\u00a0Doe")):
+            m = pb.Mutation(namespace="customers", key=f"r{n}", lsn=start + n, origin_node_id="eu-central-1")
+            m.version.dot.node_id = "eu-central-1"
+            m.version.dot.counter = n
+            m.version.value = b"profile"
+            m.version.checksum_sha256 = sha256(b"profile")
+            m.version.hlc = hlc_pack(wall_ms(), n)
+            m.version.classification = pb.CLASSIFICATION_PERSONAL
+            m.version.subject_id = subject
+            m.version.subject_jurisdiction = "DE"
+            m.version.origin_region = "eu-central-1"
+            mutations.append(m)
+        await call.write(
+            rpb.ReplicateRequest(batch=rpb.ReplicationBatch(mutations=mutations, through_lsn=start + 2))
+        )
+        ack = await call.read()
+        await call.done_writing()
+    finally:
+        await channel.close()
+    assert ack.ack.applied_through_lsn == start + 2
+    assert target.engine.get("customers", "r1") is None  # refused: the link goes on
+    assert target.engine.get("customers", "r2") is not None
