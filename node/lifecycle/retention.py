@@ -97,8 +97,10 @@ class RetentionSweeper:
                         newest = max(live, key=lambda v: v.hlc)
                         if physical_ms(newest.hlc) > cutoff_ms:
                             continue
-                        hold = hold_covering(holds(), spec.name, key, newest.subject_id)
-                        if hold is not None:
+                        # The tombstone supersedes every live version: a hold on any of their
+                        # subjects (siblings may be about different people) keeps the key.
+                        in_force = holds()
+                        if any(hold_covering(in_force, spec.name, key, v.subject_id) for v in live):
                             report.held[spec.name] += 1
                             continue
                         # Audited first (a deletion the trail cannot record does not happen),

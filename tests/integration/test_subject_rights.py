@@ -374,6 +374,37 @@ async def test_retention_expires_records_unless_a_hold_keeps_them(tmp_path: Path
         await cluster.stop()
 
 
+async def test_regression_retention_keeps_a_key_whose_sibling_is_about_a_held_subject(tmp_path: Path) -> None:
+    # Two concurrent writes about two people leave two siblings; the expiry tombstone would
+    # supersede both, so a hold on either subject keeps the key (it deleted the held one).
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start()
+    try:
+        node = cluster.nodes["eu-west-1"]
+        await put(cluster, "eu-west-1", "sessions", "k", "s-other", b"other value")
+        await put(cluster, "eu-west-1", "sessions", "k", "s-held", b"held value")  # no context
+        await put(cluster, "eu-west-1", "sessions", "unheld", "s-other", b"other value")
+        state = node.engine.get("sessions", "k")
+        assert state is not None and len(state.live()) == 2
+        await coordinator(cluster).PlaceLegalHold(
+            cpb.PlaceLegalHoldRequest(
+                scope=subpb.LEGAL_HOLD_SCOPE_SUBJECT, subject_id="s-other", reason="litigation"
+            ),
+            timeout=5,
+        )
+
+        async def adopted() -> bool:
+            return len(node.view.topology.holds) == 1
+
+        await eventually(adopted, 10.0, "the hold at eu-west-1")
+        report = await node.sweep_retention(node.wall_ms() + 2 * DAY_MS)
+        # Both keys hold a version about s-other; the held subject's sibling is not the newest.
+        assert dict(report.held) == {"sessions": 2} and not report.expired
+        assert set(await cluster.values("eu-west-1", "sessions", "k")) == {b"other value", b"held value"}
+    finally:
+        await cluster.stop()
+
+
 async def test_an_erasure_waits_for_a_region_that_is_down_and_completes_when_it_returns(
     tmp_path: Path,
 ) -> None:
