@@ -285,6 +285,18 @@ class Keyring:
         self._writer.put_solo(_Destroy(subject, classes, future))
         return future.result()
 
+    def was_destroyed(self, subject_id: str, key_class: str) -> bool:
+        """Whether the subject's key of key_class was destroyed here (so it is never created
+        again, and nothing of that class about the subject can be sealed here). Blocks on a
+        read of the key store."""
+        ident = _check_ident(subject_id, key_class)
+        with self._read_lock:
+            conn = self._read_connection()
+            try:
+                return _was_destroyed(conn, self._subject_hash(ident[0]), ident[1])
+            except sqlite3.Error as error:
+                raise _unavailable("read", self.path, error) from error
+
     def key_classes(self, subject_id: str) -> list[str]:
         """The key classes the subject has a data key of, sorted."""
         subject = _check_subject(subject_id)

@@ -255,9 +255,17 @@ class Eraser:
         self, cluster: ClusterSpec, holds: tuple[LegalHold, ...], namespace: str, key: str, subject_id: str
     ) -> str:
         """The erasure request that keeps this record of another region out, or "" when it may
-        come in: its subject was erased here and nothing (a hold, a legal obligation) keeps it."""
+        come in: its subject was erased here and nothing (a hold, a legal obligation) keeps it,
+        or something keeps it but this region can no longer hold it: the erasure destroyed the
+        subject's key of the record's class before the hold was placed, and a destroyed key is
+        never created again, so the record could not be sealed here (the regions that still
+        have it keep it)."""
         erased_by = self.erased_by(subject_id)
-        if erased_by and not keep_reason(cluster, holds, namespace, key, subject_id):
+        if not erased_by:
+            return ""
+        if not keep_reason(cluster, holds, namespace, key, subject_id):
+            return erased_by
+        if self.keyring.was_destroyed(subject_id, key_class(cluster, namespace)):
             return erased_by
         return ""
 

@@ -405,6 +405,56 @@ async def test_regression_retention_keeps_a_key_whose_sibling_is_about_a_held_su
         await cluster.stop()
 
 
+async def test_regression_a_held_record_a_region_cannot_seal_is_refused_alone_not_its_batch(
+    tmp_path: Path,
+) -> None:
+    # eu-central-1 erases s-x (destroying its key there) while eu-west-1, which holds a record
+    # of s-x eu-central-1 never saw, is down; then a hold on s-x is placed. When eu-west-1
+    # returns, the held record may not be sealed at eu-central-1 (a destroyed key is never
+    # created again): it is refused there alone. It failed the whole batch, every time, and
+    # replication between the two regions stopped for every namespace.
+    public = {"name": "instruments", "regions": "global", "conflict_mode": "lww", "classification": "public"}
+    cluster = LocalCluster(tmp_path, EU, pack=sample_pack(), namespaces=[*NAMESPACES, public])
+    await cluster.start()
+    try:
+        await cluster.wait_linked()
+        await put(cluster, "eu-west-1", "customers", "k1", "s-x", b"one")
+        await replicated(cluster, ["eu-central-1"], "customers", "k1")
+        await cluster.stop_node("eu-central-1")
+        await put(cluster, "eu-west-1", "customers", "k2", "s-x", b"two")
+        await cluster.stop_node("eu-west-1")
+        await cluster.start_node("eu-central-1")
+        central = cluster.nodes["eu-central-1"]
+        order = await erase(cluster, "s-x")
+
+        async def erased_at_central() -> bool:
+            return central.eraser.completed_total >= 1 and not central.keyring.key_classes("s-x")
+
+        await eventually(erased_at_central, 20.0, f"erasure {order.request_id} at eu-central-1")
+        await coordinator(cluster).PlaceLegalHold(
+            cpb.PlaceLegalHoldRequest(
+                scope=subpb.LEGAL_HOLD_SCOPE_SUBJECT, subject_id="s-x", reason="litigation"
+            ),
+            timeout=5,
+        )
+
+        async def held_at_central() -> bool:
+            return len(central.view.topology.holds) == 1
+
+        await eventually(held_at_central, 10.0, "the hold at eu-central-1")
+        await cluster.start_node("eu-west-1")
+        await cluster.put("eu-west-1", "instruments", "after", b"public")
+
+        async def unrelated_arrived() -> bool:
+            return central.engine.get("instruments", "after") is not None
+
+        await eventually(unrelated_arrived, 20.0, "a record written after the hold at eu-central-1")
+        assert live(cluster, "eu-west-1", "customers", "k2")  # the hold keeps it where it is
+        assert central.engine.get("customers", "k2") is None
+    finally:
+        await cluster.stop()
+
+
 async def test_an_erasure_waits_for_a_region_that_is_down_and_completes_when_it_returns(
     tmp_path: Path,
 ) -> None:
