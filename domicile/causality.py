@@ -349,8 +349,27 @@ def withdraw(state: KeyState, dots: Iterable[Dot], node_id: str) -> KeyState:
     gone = {v.dot for v in state.versions} & set(dots)
     if not gone:
         return state
-    issued = state.context.max_counter(node_id)
-    context = context_without(state.context, sorted(gone))
-    if context.max_counter(node_id) < issued:
-        context = context.join(CausalContext.of({}, [Dot(node_id, issued + 1)]))
+    context = keep_issued(state.context, context_without(state.context, sorted(gone)), (node_id,))
     return KeyState(tuple(v for v in state.versions if v.dot not in gone), context, state.requests)
+
+
+def keep_issued(before: CausalContext, after: CausalContext, node_ids: Iterable[str]) -> CausalContext:
+    """`after` (a context some dots left) with the counters of `node_ids` as high as they were
+    in `before`: where one would fall, a dot one past the highest that node issued, which no
+    version carries, so the key's next dot of that node is never reused. Only for the nodes
+    that issue dots from this very store (this node, the other daemons of its region over one
+    database): a placeholder of another region's node would cover its next real write."""
+    for node_id in node_ids:
+        issued = before.max_counter(node_id)
+        if after.max_counter(node_id) < issued:
+            after = after.join(CausalContext.of({}, [Dot(node_id, issued + 1)]))
+    return after
+
+
+def issued_counters(context: CausalContext) -> dict[str, int]:
+    """The highest counter of each node the context names."""
+    counters = dict(context.vv)
+    for dot in context.dots:
+        if dot.counter > counters.get(dot.node_id, 0):
+            counters[dot.node_id] = dot.counter
+    return counters

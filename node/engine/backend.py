@@ -96,6 +96,15 @@ class WriteTx(Protocol):
 
     def put_meta(self, name: str, value: bytes) -> None: ...
 
+    def dot_floor(self, node_id: str) -> int:
+        """The highest counter of node_id's dots in any key state this store has deleted (0:
+        none), shared by every node writing to the store."""
+        ...
+
+    def raise_dot_floor(self, node_id: str, counter: int) -> None:
+        """Moves node_id's dot floor up to counter (never back)."""
+        ...
+
     def block_subject(self, digest: str, request_id: str) -> None: ...
 
     def carry_audit(self, rows: Sequence[tuple[int, bytes]], settled_through: int) -> None:

@@ -118,6 +118,25 @@ class _WorkingSet:
         tx.store_states(rows)
 
 
+class _Floors:
+    """The counters of the key states a transaction deletes, by node: each node's dot floor is
+    raised to them (WriteTx.dot_floor), so no node reuses a dot of a deleted key. Every node
+    the contexts name is raised: which of them write to this store the context cannot tell,
+    and a floor no writer reads costs a row."""
+
+    def __init__(self) -> None:
+        self._counters: dict[str, int] = {}
+
+    def add(self, context: CausalContext) -> None:
+        for node_id, counter in causality.issued_counters(context).items():
+            if counter > self._counters.get(node_id, 0):
+                self._counters[node_id] = counter
+
+    def raise_in(self, tx: WriteTx) -> None:
+        for node_id, counter in sorted(self._counters.items()):
+            tx.raise_dot_floor(node_id, counter)
+
+
 class EngineCore:
     """A StorageEngine over a Backend."""
 
@@ -162,6 +181,15 @@ class EngineCore:
         def commit(tx: WriteTx) -> list[Committed | DomicileError]:
             totals = tx.totals()
             work = _WorkingSet(tx, keys)
+            floor: list[int] = []
+
+            def dot_floor() -> int:
+                # Read in the transaction, at most once, and only for a key the store does not
+                # hold: another node writing to the same store may have raised it.
+                if not floor:
+                    floor.append(tx.dot_floor(self.node_id))
+                return floor[0]
+
             results: list[Committed | DomicileError] = []
             log_rows: list[LogRow] = []
             audit_rows: list[tuple[int, bytes]] = []
@@ -170,7 +198,8 @@ class EngineCore:
                     results.append(refusal)
                     continue
                 try:
-                    committed = self._build_local(work.get(write.namespace, write.key), write, stamp, totals)
+                    state = work.get(write.namespace, write.key)
+                    committed = self._build_local(state, write, stamp, totals, dot_floor)
                 except DomicileError as error:
                     results.append(error)
                     continue
@@ -208,7 +237,12 @@ class EngineCore:
         return None
 
     def _build_local(
-        self, state: KeyState | None, write: LocalWrite, stamp: Callable[[], int], totals: Totals
+        self,
+        state: KeyState | None,
+        write: LocalWrite,
+        stamp: Callable[[], int],
+        totals: Totals,
+        dot_floor: Callable[[], int],
     ) -> Committed:
         # This node's counters in a context can only be ones it issued for the key: a context
         # beyond them is forged, and would push the key's next dot toward the counter limit
@@ -216,7 +250,10 @@ class EngineCore:
         mark = state.request(write.request_id) if state and write.request_id else None
         if mark is not None:
             return _replay(write, mark)
-        issued = state.context.max_counter(self.node_id) if state else 0
+        # A key the store does not hold may have been held and deleted (tombstone GC, a
+        # bootstrap's prune), taking the counters issued for it along: the dot floor is above
+        # all of those, so the key's next dot is never one a replica still holds.
+        issued = state.context.max_counter(self.node_id) if state else dot_floor()
         claimed = write.supersedes.max_counter(self.node_id) if write.supersedes is not None else 0
         if claimed > issued:
             raise InvalidArgument(
@@ -229,8 +266,13 @@ class EngineCore:
         supersedes = write.supersedes
         if supersedes is None:
             supersedes = state.context if state is not None else CausalContext.empty()
-        first = state is None and not supersedes.vv and not supersedes.dots
-        dot = self._first_dot if first else causality.next_dot(state, self.node_id, supersedes)
+        first = state is None and not supersedes.vv and not supersedes.dots and issued == 0
+        if state is not None:
+            dot = causality.next_dot(state, self.node_id, supersedes)
+        elif first:
+            dot = self._first_dot
+        else:
+            dot = Dot(self.node_id, max(issued, claimed) + 1)
         classification = write.classification
         version = Version(
             dot=dot,
@@ -264,7 +306,13 @@ class EngineCore:
                 if write.request_id
                 else ()
             )
-            context = self._first_context if first else supersedes.add(dot)
+            # Every counter of this node up to the new one is covered: those below it are of
+            # versions deleted here (the floor's), and a compact context stays one entry long.
+            context = (
+                self._first_context
+                if first
+                else supersedes.join(CausalContext.of({self.node_id: dot.counter}))
+            )
             return Committed(mutation, KeyState((version,), context, marks), False, False)
         applied = causality.apply(state, mutation)
         before = len(state.versions) if state else 0
@@ -484,13 +532,16 @@ class EngineCore:
             totals = tx.totals()
             states = tx.load_states(namespace, keys)
             doomed: dict[str, tuple[str, ...]] = {}
+            floors = _Floors()
             for key, blob in states.items():
                 state = decode_state(namespace, key, blob)
                 if state.has_live() or not purgeable(key, state):
                     continue
                 doomed[key] = tuple(sorted({v.subject_id for v in state.versions if v.subject_id}))
+                floors.add(state.context)
             if doomed:
                 tx.delete_states(namespace, doomed)
+                floors.raise_in(tx)
                 totals.tombstones -= len(doomed)
                 tx.store_totals(totals)
             # Only this engine's writer thread writes this meta, so reading it here is exact.
@@ -512,6 +563,7 @@ class EngineCore:
             totals = tx.totals()
             work = _WorkingSet(tx, [(namespace, key) for key in drops])
             gone: dict[str, tuple[str, ...]] = {}
+            floors = _Floors()
             changed = 0
             for key, dots in drops.items():
                 state = work.get(namespace, key)
@@ -522,16 +574,17 @@ class EngineCore:
                     continue
                 changed += 1
                 if kept:
-                    removed = [v.dot for v in state.versions if v.dot in dots]
-                    work.put(
-                        namespace,
-                        key,
-                        replace(
-                            state, versions=kept, context=causality.context_without(state.context, removed)
-                        ),
-                    )
+                    removed = [v for v in state.versions if v.dot in dots]
+                    context = causality.context_without(state.context, [v.dot for v in removed])
+                    # The counters of the nodes writing to this store stay where they were.
+                    writers = {self.node_id} | {
+                        v.dot.node_id for v in removed if v.origin_region == self.region
+                    }
+                    context = causality.keep_issued(state.context, context, sorted(writers))
+                    work.put(namespace, key, replace(state, versions=kept, context=context))
                 else:
                     gone[key] = tuple(sorted({v.subject_id for v in state.versions if v.subject_id}))
+                    floors.add(state.context)
                     if state.has_live():
                         totals.records -= 1
                     else:
@@ -539,6 +592,7 @@ class EngineCore:
             work.flush(tx, totals)
             if gone:
                 tx.delete_states(namespace, gone)
+                floors.raise_in(tx)
             if changed:
                 tx.store_totals(totals)
             return changed

@@ -180,6 +180,18 @@ class _MongoTx:
             session=self.s,
         )
 
+    def dot_floor(self, node_id: str) -> int:
+        doc = self.b.info.find_one({"_id": _DOT_FLOOR + node_id}, session=self.s)
+        return int(doc["value"]) if doc else 0
+
+    def raise_dot_floor(self, node_id: str, counter: int) -> None:
+        # In engine_info, the region's own records: a floor is kept for every node whose dots a
+        # deleted state named, remote ones included, and none of them is a store of that node
+        # (writer_ids_of reads the per-node collections).
+        self.b.info.update_one(
+            {"_id": _DOT_FLOOR + node_id}, {"$max": {"value": counter}}, upsert=True, session=self.s
+        )
+
     def block_subject(self, digest: str, request_id: str) -> None:
         self.b.erased.bulk_write(
             [ReplaceOne({"_id": digest}, {"request_id": request_id}, upsert=True)], session=self.s
@@ -555,6 +567,10 @@ class MongoEngine(EngineCore):
             for collection in (b.meta, b.positions, b.changelog):
                 found.update(str(v) for v in collection.distinct("node", {"node": pattern}))
         return sorted(found)
+
+
+# The engine_info document of a node's dot floor (WriteTx.dot_floor) is this and the node id.
+_DOT_FLOOR = "dot-floor:"
 
 
 def _state_id(namespace: str, key: str) -> str:

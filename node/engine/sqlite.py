@@ -50,6 +50,8 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL")
 # file still empty (before WAL mode): existing stores keep theirs.
 PAGE_BYTES = 8192
 BUSY_TIMEOUT_MS = 10_000
+# The meta row of a node's dot floor (WriteTx.dot_floor) is this and the node id.
+_DOT_FLOOR = "dot-floor:"
 # Where schema 2 kept the erasure block list: one JSON blob in meta (moved to its own table in 3).
 _BLOCKED_META_V2 = "erased_subjects"
 
@@ -220,6 +222,14 @@ class _SQLiteTx:
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             (name, value),
         )
+
+    def dot_floor(self, node_id: str) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (_DOT_FLOOR + node_id,)).fetchone()
+        return int(bytes(row[0]).decode()) if row else 0
+
+    def raise_dot_floor(self, node_id: str, counter: int) -> None:
+        if counter > self.dot_floor(node_id):
+            self.put_meta(_DOT_FLOOR + node_id, str(counter).encode())
 
     def block_subject(self, digest: str, request_id: str) -> None:
         self.conn.execute(

@@ -95,3 +95,55 @@ def test_pruning_drops_versions_and_their_dots_and_deletes_empty_keys(
     assert not pruned.context.covers(first)  # the same write arriving again is applied
     assert engine.get("ns", "b") is None
     assert engine.counts().records == 1
+
+
+def test_regression_a_key_written_again_after_its_purge_never_reuses_a_dot(
+    harness: EngineHarness, stamp: Stamp
+) -> None:
+    # a writes k (a:1); b deletes it (b:1 over {a:1}); a purges the tombstone, b keeps its own.
+    # a's next write to k took a:1 again: b dropped it as a duplicate, and b's tombstone, pulled
+    # back by anti-entropy, deleted the acknowledged write at a.
+    a = harness.open("a", node_id="a")
+    b = harness.open("b", node_id="b")
+    [w] = commit_ok(a, stamp, LocalWrite("ns", "k", b"old"))
+    b.apply_remote("a", [w.mutation], w.mutation.lsn)
+    [d] = commit_ok(b, stamp, LocalWrite("ns", "k", tombstone=True))
+    a.apply_remote("b", [d.mutation], d.mutation.lsn)
+    read = a.get("ns", "k")
+    assert read is not None
+    assert a.purge_tombstones("ns", ["k"], lambda _key, _state: True, 1) == 1
+    assert a.get("ns", "k") is None
+    # The context of a read before the purge names counters this node issued: accepted.
+    [n] = commit_ok(a, stamp, LocalWrite("ns", "k", b"new", supersedes=read.context))
+    assert n.mutation.version.dot == Dot("a", 2)
+    outcome = b.apply_remote("a", [n.mutation], n.mutation.lsn)
+    held = b.get("ns", "k")
+    assert outcome.duplicates == 0 and held is not None and [v.value for v in held.live()] == [b"new"]
+    # A first write with no context starts above the floor too, in a compact context.
+    [fresh] = commit_ok(a, stamp, LocalWrite("ns", "k2", b"x"))
+    assert fresh.mutation.version.dot == Dot("a", 2)
+    assert fresh.state.context == CausalContext.of({"a": 2})
+    # The floor survives a reopen.
+    a = harness.reopen(a, "a")
+    [later] = commit_ok(a, stamp, LocalWrite("ns", "k3", b"y"))
+    assert later.mutation.version.dot == Dot("a", 2)
+
+
+def test_regression_a_prune_of_this_nodes_newest_version_never_reuses_its_dot(
+    engine: StorageEngine, stamp: Stamp
+) -> None:
+    [one] = commit_ok(engine, stamp, LocalWrite("ns", "k", b"one"))
+    [two] = commit_ok(engine, stamp, LocalWrite("ns", "k", b"two", supersedes=CausalContext.empty()))
+    assert two.mutation.version.dot.counter == 2
+    # A bootstrap from a source that purged the second version drops it here.
+    assert engine.prune_versions("ns", {"k": {two.mutation.version.dot}}) == 1
+    [three] = commit_ok(engine, stamp, LocalWrite("ns", "k", b"three", supersedes=CausalContext.empty()))
+    assert three.mutation.version.dot.counter > 2
+    # Pruned to nothing, the key's counters are kept by the floor.
+    state = engine.get("ns", "k")
+    assert state is not None
+    assert engine.prune_versions("ns", {"k": {v.dot for v in state.versions}}) == 1
+    assert engine.get("ns", "k") is None
+    [four] = commit_ok(engine, stamp, LocalWrite("ns", "k", b"four"))
+    assert four.mutation.version.dot.counter > three.mutation.version.dot.counter
+    assert one.mutation.version.dot.counter == 1

@@ -85,6 +85,21 @@ def test_concurrent_writes_of_two_nodes_to_one_key_are_never_lost(
     assert a.counts() == StoreCounts(records=len({*order["a"], *order["b"]}), tombstones=0)
 
 
+def test_regression_a_key_another_node_purged_never_makes_this_node_reuse_a_dot(
+    shared: tuple[MongoEngine, MongoEngine], stamp: Stamp
+) -> None:
+    # b purges the key a wrote and deleted: a's counters for it are gone from the shared record,
+    # so a's next write to it must start above what a issued, read from the floor b raised.
+    a, b = shared
+    commit_ok(a, stamp, LocalWrite("o", "k", b"one"))
+    [two] = commit_ok(a, stamp, LocalWrite("o", "k", b"two"))
+    commit_ok(a, stamp, LocalWrite("o", "k", tombstone=True))
+    assert b.purge_tombstones("o", ["k"], lambda _key, _state: True, 1) == 1
+    [again] = commit_ok(a, stamp, LocalWrite("o", "k", b"again"))
+    assert again.mutation.version.dot.counter > two.mutation.version.dot.counter + 1
+    assert a.writer_ids_of("node-a") == ["node-a"]  # a floor is no store of a node
+
+
 def test_a_database_of_another_region_is_refused(mongo_server: MongoServer) -> None:
     database = mongo_server.database_name("owned")
     MongoEngine(mongo_server.uri, database, "node-a", REGION).close()
