@@ -19,9 +19,10 @@ buckets (`refresh_step` does it a bounded number of keys at a time, so that a ca
 event loop can pace a large refresh, node.replication.entropy). When more than `dirty_max` keys
 wait, or the change log was truncated past what the tree has read, the tree is rebuilt from the
 engine's snapshot instead; the truncator lets the tree read what it is about to delete first
-(`follow`), so the latter does not happen. The side
-file is a cache: it is rebuilt from the store at every start, so it needs no durability of its
-own (and a restored store can never leave a stale tree behind).
+(`follow`), so the latter does not happen. A rebuild replaces the trees in use only once it has
+read the whole snapshot; one the store fails leaves them as they were, marked for a rebuild at
+the next refresh. The side file is a cache: it is rebuilt from the store at every start, so it
+needs no durability of its own (and a restored store can never leave a stale tree behind).
 
 Threading: every method that reads the store or the side file blocks (call it off the event
 loop); `mark` is cheap and may be called from any thread. One lock serialises the rest.
@@ -55,6 +56,13 @@ DIGEST_BYTES = 16
 DIRTY_KEYS_MAX_DEFAULT = 100_000
 _ZERO = bytes(DIGEST_BYTES)
 _INSERT_BATCH = 5_000
+# Keyed by bucket before key: a bucket's leaves are read in key order from the table itself, and
+# since a key's bucket follows from the key, a key is found by both; no second index to keep up
+# at every leaf written.
+_LEAF_COLUMNS = (
+    "(ns TEXT NOT NULL, key TEXT NOT NULL, bucket INTEGER NOT NULL, digest BLOB NOT NULL, "
+    "facts TEXT NOT NULL, PRIMARY KEY (ns, bucket, key)) WITHOUT ROWID"
+)
 # Keys per query when a refresh reads the digests its keys had (SQLite allows 32,766 variables).
 _SELECT_KEYS = 500
 # Distinct facts texts remembered (most keys share a few facts; keys about data subjects each
@@ -258,13 +266,7 @@ class DigestTrees:
         # A cache rebuilt at every start: no journal, no fsync.
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
-        # Keyed by bucket before key: a bucket's leaves are read in key order from the table
-        # itself, and since a key's bucket follows from the key, a key is found by both; no
-        # second index to keep up at every leaf written.
-        self._db.execute(
-            "CREATE TABLE leaf (ns TEXT NOT NULL, key TEXT NOT NULL, bucket INTEGER NOT NULL, "
-            "digest BLOB NOT NULL, facts TEXT NOT NULL, PRIMARY KEY (ns, bucket, key)) WITHOUT ROWID"
-        )
+        self._db.execute(f"CREATE TABLE leaf {_LEAF_COLUMNS}")
 
     # -- marking -----------------------------------------------------------------------------
 
@@ -299,6 +301,8 @@ class DigestTrees:
         give the trees one refresh would. Blocks."""
         with self._lock:
             with self._dirty_lock:
+                # Cleared before the rebuild, so that keys marked while it reads the snapshot
+                # are kept; a rebuild that fails marks the trees stale again (_rebuild).
                 stale = self._stale
                 self._stale = False
                 if stale:
@@ -384,11 +388,35 @@ class DigestTrees:
                 return  # the next refresh rebuilds: reading on would mark nothing
 
     def _rebuild(self, engine: StorageEngine) -> None:
+        """Builds every tree again from the store's snapshot, beside the trees in use: those
+        (bucket digests, side file, log position) are replaced only once the whole snapshot has
+        been read. A rebuild that fails (a store error mid-snapshot: a transient one, or
+        MongoDB's limit on a transaction's lifetime on a large store) leaves them as they were,
+        consistent with one another, and marks them stale so that the next refresh rebuilds.
+        Written in place, a failed rebuild had left a half-filled side file under the old bucket
+        digests and a moved log position, all trusted until the process restarted: keys held
+        here alone were never offered, and differing buckets were pulled again every round."""
+        try:
+            position, trees = self._build(engine)
+            self._db.execute("DROP TABLE IF EXISTS leaf")
+            self._db.execute("ALTER TABLE leaf_build RENAME TO leaf")
+        except BaseException:
+            self.invalidate()
+            raise
+        self.log_position = position
+        self._trees = trees
+        self.rebuilds += 1
+
+    def _build(self, engine: StorageEngine) -> tuple[int, dict[str, _Namespace]]:
+        """The log position and bucket digests of the store's snapshot, its leaves written to
+        the side file's `leaf_build` table (a rebuild's own, so that the trees in use stay whole
+        until it ends)."""
         # The log position first: commits after it are marked and recomputed after the build,
         # whatever moment the snapshot catches them at (recomputing is idempotent).
-        self.log_position = engine.last_lsn()
+        position = engine.last_lsn()
         trees: dict[str, _Namespace] = {}
-        self._db.execute("DELETE FROM leaf")
+        self._db.execute("DROP TABLE IF EXISTS leaf_build")
+        self._db.execute(f"CREATE TABLE leaf_build {_LEAF_COLUMNS}")
         rows: list[tuple[str, str, int, bytes, str]] = []
         with engine.snapshot() as snapshot:
             for namespace, key, blob in snapshot:
@@ -402,17 +430,18 @@ class DigestTrees:
                 tree.counts[bucket] += 1
                 rows.append((namespace, key, bucket, digest, _facts_text(_facts_keys(namespace, state))))
                 if len(rows) >= _INSERT_BATCH:
-                    self._insert(rows)
+                    self._insert_built(rows)
                     rows = []
-        self._insert(rows)
-        self._trees = trees
-        self.rebuilds += 1
+        self._insert_built(rows)
+        return position, trees
 
-    def _insert(self, rows: list[tuple[str, str, int, bytes, str]]) -> None:
+    def _insert_built(self, rows: list[tuple[str, str, int, bytes, str]]) -> None:
         if rows:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO leaf VALUES (?, ?, ?, ?, ?)", rows)
-            self._db.execute("COMMIT")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO leaf_build VALUES (?, ?, ?, ?, ?)", rows)
+            finally:
+                self._db.execute("COMMIT")
 
     def _update(
         self, namespace: str, leaves: Sequence[tuple[str, tuple[bytes, tuple[FactsKey, ...]] | None]]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version, merge, sha256
-from domicile.errors import DataCorruption
+from domicile.errors import DataCorruption, Unavailable
 from domicile.model import Classification
 from domicile.v1 import record_pb2
 from domicile.wire.records import key_state_to_bytes
@@ -398,6 +400,67 @@ def test_a_store_failing_in_a_refresh_step_leaves_its_keys_marked(
     trees.refresh(engine)
     fresh = DigestTrees(tmp_path / "fresh.sqlite3")
     fresh.refresh(engine)
+    assert trees_equal(trees, fresh, ["ns"])
+
+
+def fail_next_snapshot(engine: SQLiteEngine, rows_ok: int) -> None:
+    """The engine's next snapshot raises Unavailable after rows_ok rows, as a store that goes
+    away mid-read does (a transient error, MongoDB's limit on a transaction's lifetime on a
+    large store); later snapshots read as usual."""
+    real = engine.snapshot
+
+    def rows_then_failure(rows: Iterator[tuple[str, str, bytes]]) -> Iterator[tuple[str, str, bytes]]:
+        yield from itertools.islice(rows, rows_ok)
+        raise Unavailable("the store went away mid-snapshot")
+
+    @contextmanager
+    def failing_once() -> Iterator[Iterator[tuple[str, str, bytes]]]:
+        engine.snapshot = real  # type: ignore[method-assign]
+        with real() as rows:
+            yield rows_then_failure(rows)
+
+    def snapshot() -> AbstractContextManager[Iterator[tuple[str, str, bytes]]]:
+        return failing_once()
+
+    engine.snapshot = snapshot  # type: ignore[method-assign,assignment]
+
+
+@pytest.mark.parametrize(
+    "rebuilt_by", ["first refresh", "refresh past dirty_max", "follow of a truncated log"]
+)
+def test_a_rebuild_the_store_fails_midway_leaves_the_trees_whole_and_the_next_refresh_rebuilds(
+    engine: SQLiteEngine, tmp_path: Path, rebuilt_by: str
+) -> None:
+    # Found in review: a rebuild cleared the stale flag, then moved the log position and
+    # emptied the side file before it read the snapshot. A store error mid-snapshot left a
+    # half-filled side file under the old bucket digests, trusted until the process restarted:
+    # keys held here alone were never offered, differing buckets were pulled every round.
+    clock = itertools.count(1)
+    engine.commit_local([LocalWrite("ns", f"k{i}", b"v%d" % i) for i in range(20)], lambda: next(clock))
+    trees = DigestTrees(tmp_path / "trees.sqlite3", dirty_max=5)
+    if rebuilt_by != "first refresh":
+        trees.refresh(engine)
+        engine.commit_local(
+            [LocalWrite("ns", f"k{i}", b"w%d" % i) for i in range(15, 30)], lambda: next(clock)
+        )
+    before = (trees.tree("ns"), trees.leaves("ns", range(BUCKETS)), trees.rebuilds)
+    fail_next_snapshot(engine, rows_ok=7)
+    with pytest.raises(Unavailable):
+        if rebuilt_by == "follow of a truncated log":
+            # What the truncator awaits before it deletes: the log is found truncated past the
+            # trees' position (a pass another daemon ran), so the following rebuilds.
+            engine.truncate_log(engine.last_lsn(), 1_000)
+            trees.follow(engine, engine.last_lsn())
+        else:
+            trees.refresh(engine)  # 15 keys followed from the log, past dirty_max: a rebuild
+    # The trees in use are as they were, their buckets and side file still one another's.
+    assert (trees.tree("ns"), trees.leaves("ns", range(BUCKETS)), trees.rebuilds) == before
+    engine.commit_local([LocalWrite("ns", "later", b"v")], lambda: next(clock))
+    trees.refresh(engine)  # the store is back: they were left stale, so this rebuilds
+    fresh = DigestTrees(tmp_path / "fresh.sqlite3")
+    fresh.refresh(engine)
+    assert trees.rebuilds == before[2] + 1
+    assert trees.log_position == engine.last_lsn()
     assert trees_equal(trees, fresh, ["ns"])
 
 
