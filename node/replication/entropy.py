@@ -534,10 +534,16 @@ class AntiEntropy:
 
     async def run(self) -> None:
         """Builds the trees, then every interval (or at once, see rounds_now) runs a round with
-        each peer."""
-        await self.refresh()
+        each peer. Neither a build nor a round that fails ends the loop: it runs for the life
+        of the process, and nothing starts it again."""
+        failed = await self._build_trees()
         if self.interval_s <= 0:
             return
+        if failed and self._urgent_retries > 0:
+            # Rounds asked for at once wait for the store as after a failed round, rather than
+            # run straight into the same error.
+            self._urgent.clear()
+            self._retry_soon()
         while True:
             # Jittered, so that the nodes of a cluster do not all compare at once.
             with contextlib.suppress(TimeoutError):
@@ -545,10 +551,34 @@ class AntiEntropy:
             self._urgent.clear()
             failed = await self._round_with_every_peer()
             if failed and self._urgent_retries > 0:
-                self._urgent_retries -= 1
-                asyncio.get_running_loop().call_later(URGENT_RETRY_S, self._urgent.set)
+                self._retry_soon()
             else:
                 self._urgent_retries = 0
+
+    def _retry_soon(self) -> None:
+        self._urgent_retries -= 1
+        asyncio.get_running_loop().call_later(URGENT_RETRY_S, self._urgent.set)
+
+    async def _build_trees(self) -> int:
+        """The first refresh, which builds the trees from the whole store. A store error then (a
+        MongoDB election at start, a rebuild cut short) used to end the task, and with it every
+        round in this process, the urgent ones after a rewind included. Now it is logged and
+        counted as a failed round with each peer (none can run without the trees), and the trees
+        stay stale: each round refreshes them first, so the next one builds them. Returns how
+        many of those peers the coordinator has up, as _round_with_every_peer does."""
+        try:
+            await self.refresh()
+        except errors.DomicileError as exc:
+            log.warning("anti-entropy could not build the digest trees: %s", exc.message)
+        except Exception:
+            log.exception("anti-entropy could not build the digest trees")
+        else:
+            return 0
+        failed = 0
+        for peer_id, (peer, _namespaces) in self.peers(self.view.topology).items():
+            self.metrics.entropy_rounds.labels(self.node_id, peer_id, "failed").inc()
+            failed += peer.health is NodeHealth.UP
+        return failed
 
     async def _round_with_every_peer(self) -> int:
         """One round with each peer; returns how many of those the coordinator has up failed

@@ -5,11 +5,15 @@ tree kept up to date incrementally equals one rebuilt from the store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import random
+import socket
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,17 +21,21 @@ from hypothesis import strategies as st
 
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version, merge, sha256
 from domicile.errors import DataCorruption, Unavailable
+from domicile.identity.credentials import Dialer
 from domicile.model import Classification
+from domicile.topology import Link, NodeHealth, NodeInfo, Topology
 from domicile.v1 import record_pb2
 from domicile.wire.records import key_state_to_bytes
 from node.engine.base import LocalWrite
 from node.engine.core import decode_state
 from node.engine.log_tail import LogTail
 from node.engine.sqlite import SQLiteEngine
+from node.metrics import NodeMetrics
 from node.offload import Offload
 from node.replication import entropy
 from node.replication.digest_tree import BUCKETS, DigestTrees, facts_of, key_digest, stored_leaf
-from node.replication.entropy import context_without, follow_tail, state_mutations
+from node.replication.entropy import AntiEntropy, context_without, follow_tail, state_mutations
+from node.topology_view import TopologyView
 from tests.unit.test_causality import HISTORY_LAWS, History, deliver, histories, reachable_state
 
 
@@ -461,6 +469,84 @@ def test_a_rebuild_the_store_fails_midway_leaves_the_trees_whole_and_the_next_re
     fresh.refresh(engine)
     assert trees.rebuilds == before[2] + 1
     assert trees.log_position == engine.last_lsn()
+    assert trees_equal(trees, fresh, ["ns"])
+
+
+def unused_address() -> str:
+    """An address nothing listens on: a call to it fails at once, as to a peer that is down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("asked_at_once", [False, True], ids=["at the interval", "asked for after a rewind"])
+async def test_a_first_build_of_the_trees_the_store_fails_is_counted_and_the_rounds_go_on(
+    engine: SQLiteEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    asked_at_once: bool,
+) -> None:
+    # Found in review: the loop awaited its first refresh outside any error handling, so a
+    # store error at start (a MongoDB election, a rebuild cut short) ended the task, and with it
+    # every anti-entropy round in the process, the urgent ones after a rewind included.
+    seed = 20260301
+    print("seed", seed)
+    monkeypatch.setattr(entropy, "URGENT_RETRY_S", 0.05)
+    clock = itertools.count(1)
+    engine.commit_local([LocalWrite("ns", f"k{i}", b"v") for i in range(20)], lambda: next(clock))
+    fail_next_snapshot(engine, rows_ok=7)
+    me = NodeInfo("n1", "eu-west-1", "127.0.0.1:1", health=NodeHealth.UP)
+    peer = NodeInfo("n2", "eu-central-1", unused_address(), health=NodeHealth.UP)
+    view = TopologyView(Topology(revision=1, nodes=(me, peer), links=(Link("n2", "n1", ("ns",)),)))
+    trees = DigestTrees(tmp_path / "trees.sqlite3")
+    metrics = NodeMetrics("n1", "eu-west-1")
+    offload = Offload()
+    unused: Any = None  # the receiving end's parts: no round gets as far as a pull
+    anti_entropy = AntiEntropy(
+        node_id="n1",
+        region="eu-west-1",
+        engine=engine,
+        trees=trees,
+        receiver=unused,
+        view=view,
+        enforcer=unused,
+        sealer=unused,
+        dialer=Dialer.plaintext(),
+        metrics=metrics,
+        offload=offload,
+        long_work=offload,
+        rpc_deadline_s=1.0,
+        # Asked for at once, only the urgent rounds run within the test.
+        interval_s=3600.0 if asked_at_once else 0.05,
+        rng=random.Random(seed),
+    )
+
+    def failed_rounds() -> float:
+        labels = {"node": "n1", "peer": "n2", "outcome": "failed"}
+        return metrics.registry.get_sample_value("domicile_antientropy_rounds_total", labels) or 0.0
+
+    task = asyncio.create_task(anti_entropy.run())
+    if asked_at_once:
+        anti_entropy.rounds_now("this store was rewound")  # as the node does right after
+    try:
+        for _ in range(500):
+            if (trees.rebuilds and failed_rounds() >= 3) or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done(), task.exception() if task.done() else None
+        # The failed build, logged and counted; then rounds, the first of which built the trees
+        # (the peer is down: each round fails after that).
+        assert "could not build the digest trees" in caplog.text
+        assert trees.rebuilds == 1 and failed_rounds() >= 3
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await anti_entropy.close()
+        offload.close()
+    fresh = DigestTrees(tmp_path / "fresh.sqlite3")
+    fresh.refresh(engine)
     assert trees_equal(trees, fresh, ["ns"])
 
 
