@@ -115,6 +115,12 @@ class RegionChanges:
         self.empty_answers = 0
         # When the call now in progress started (what an outage is dated from).
         self._call_started = 0.0
+        # Where the stream resumes after a broken connection: the token of the last answer it
+        # handled, kept here (not returned by _follow, which leaves only by raising while the
+        # thread runs) so that the changes other nodes commit while this one cannot reach the
+        # database are delivered when it can again. None: from now (at the start, and after
+        # the stream was lost, when the listener abandons what it knew).
+        self._token: Mapping[str, Any] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="domicile-region-changes", daemon=True)
@@ -126,13 +132,13 @@ class RegionChanges:
             self._thread.join(5.0)
 
     def _run(self) -> None:
-        token: Mapping[str, Any] | None = None
         down = False
         while not self._stopped.is_set():
             try:
-                token = self._follow(token)
+                self._follow()
             except ConnectionFailure as error:
-                # Includes a server that cannot be selected: the database is unreachable.
+                # Includes a server that cannot be selected: the database is unreachable. The
+                # token stays: the next attempt resumes after the last change handled.
                 if not down:
                     down = True
                     log.warning("region changes: %s does not answer (%s)", self.backend.label, error)
@@ -140,20 +146,20 @@ class RegionChanges:
             except (OperationFailure, PyMongoError) as error:
                 # The stream cannot resume (history gone, invalidated) or failed otherwise.
                 log.warning("region changes: the change stream ended (%s); starting over", error)
-                token = None
+                self._token = None
                 self.listener.lost()
             else:
                 continue
             self._stopped.wait(RETRY_S)
         log.debug("region changes stopped")
 
-    def _follow(self, token: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-        """Follows the stream from `token` (None: from now) until stopped; returns the token to
-        resume from. Raises what the driver raises."""
+    def _follow(self) -> None:
+        """Follows the stream from the kept token (None: from now) until stopped, keeping the
+        token of every answer handled. Raises what the driver raises."""
         b = self.backend
         self._call_started = time.monotonic()
-        with b.db.watch(_PIPELINE, resume_after=token, max_await_time_ms=self.await_ms) as stream:
-            token = stream.resume_token
+        with b.db.watch(_PIPELINE, resume_after=self._token, max_await_time_ms=self.await_ms) as stream:
+            self._token = stream.resume_token
             self.listener.reconnected()
             fence: tuple[str, float] | None = None
             next_fence = time.monotonic() + self.fence_interval_s
@@ -167,7 +173,9 @@ class RegionChanges:
                     fence = (stamp, now)
                 cursor = stream._cursor  # a resume replaces it (see below)
                 event = stream.try_next()
-                token = stream.resume_token
+                # Nothing below can fail on the connection: the event is handled before the
+                # next call, so a resume from this token misses nothing and repeats nothing.
+                self._token = stream.resume_token
                 if event is None:
                     # Nothing new in an answer to a request sent after `now` (on the same
                     # cursor: after a resume the driver may answer from the new cursor's first
@@ -193,7 +201,6 @@ class RegionChanges:
                     self.listener.changed([key])
                 elif event.get("operationType") in ("drop", "dropDatabase", "rename", "invalidate"):
                     raise OperationFailure(f"the change stream saw {event.get('operationType')}")
-        return token
 
 
 def _key_of(event: Mapping[str, Any]) -> tuple[str, str] | None:
