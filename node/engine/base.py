@@ -9,14 +9,14 @@ group_commit.GroupCommitter); the read methods may be called from any thread con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from domicile.audit import AuditEntry
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version
-from domicile.errors import DomicileError
+from domicile.errors import DomicileError, Unavailable
 from domicile.model import Classification
 from domicile.v1 import record_pb2
 
@@ -99,6 +99,16 @@ class ApplyOutcome:
     versions_after: tuple[int, ...] = ()
     # The apply's audit entries the commit carried, with their received numbers (in order).
     received: tuple[tuple[int, AuditEntry], ...] = ()
+
+
+class CommitOutcomeUnknown(Unavailable):
+    """A write transaction whose commit was sent but never answered: it may be durable. `keys`
+    are the (namespace, key) states it wrote, which whoever keeps copies of key states (the read
+    cache) must take as changed, since the engine cannot say whether they did."""
+
+    def __init__(self, message: str, keys: Iterable[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.keys = tuple(dict.fromkeys(keys))
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,12 @@ of writes that did not commit. The audit log appends them (node/compliance/audit
 
 `on_keys_changed` hears, on the writer thread, which keys every durable change touched (the
 writes of a committed batch; the applied mutations of a job that returns an ApplyOutcome, that
-is a replicated apply), before any caller hears back: the read cache (node/cache/) keeps those
-keys out of its answers until their entries are invalidated.
+is a replicated apply; the keys a job declares it may change, such as a bootstrap's prune or a
+tombstone purge), before any caller hears back: the read cache (node/cache/) keeps those keys out
+of its answers until their entries are invalidated. A batch or a job the engine fails is
+reported too, before it is rejected: a commit whose answer was lost may be durable all the same
+(node.engine.base.CommitOutcomeUnknown, which names the keys it wrote), and reporting a key that
+did not change costs only a cache miss.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from domicile.audit import AuditEntry
 from domicile.errors import DomicileError, InvalidArgument, ResourceExhausted, Unavailable
 from domicile.single_writer import NEW, RUNNING, LoopWaiter, SingleWriter, deliver_all
-from node.engine.base import ApplyOutcome, Committed, LocalWrite, StorageEngine
+from node.engine.base import ApplyOutcome, CommitOutcomeUnknown, Committed, LocalWrite, StorageEngine
 from node.engine.log_tail import LogTail
 
 log = logging.getLogger("domicile.group_commit")
@@ -99,6 +103,8 @@ class _WriteItem:
 class _JobItem:
     fn: Callable[[StorageEngine], Any]
     waiter: LoopWaiter[Any]
+    # The key states the job may change, reported whether it returns or raises.
+    keys: tuple[tuple[str, str], ...] = ()
 
 
 _Item = _WriteItem | _JobItem
@@ -128,6 +134,11 @@ def _refused(state: str, failure: str) -> Unavailable:
 
 def _stopped(failure: str) -> Unavailable:
     return Unavailable("the write path stopped before this write ran; retry")
+
+
+def _maybe_written(error: BaseException) -> tuple[tuple[str, str], ...]:
+    """The keys a failed engine call may have changed all the same."""
+    return error.keys if isinstance(error, CommitOutcomeUnknown) else ()
 
 
 def _reject(items: list[_Item], error: Exception) -> None:
@@ -304,11 +315,13 @@ class GroupCommitter:
                 self._queued_bytes -= item.size
                 item.size = 0
 
-    async def run(self, fn: Callable[[StorageEngine], T]) -> T:
-        """Runs fn(engine) on the writer thread, after every write queued before it."""
+    async def run(self, fn: Callable[[StorageEngine], T], *, keys: Collection[tuple[str, str]] = ()) -> T:
+        """Runs fn(engine) on the writer thread, after every write queued before it. `keys`: the
+        (namespace, key) states fn may change, told to on_keys_changed once it ran, before its
+        caller hears back (the changes of an ApplyOutcome it returns are told without them)."""
         loop = asyncio.get_running_loop()
         waiter: LoopWaiter[T] = LoopWaiter(loop, loop.create_future())
-        self._writer.put_solo(_JobItem(fn, waiter))
+        self._writer.put_solo(_JobItem(fn, waiter, tuple(keys)))
         return await waiter.future
 
     async def stop(self) -> None:
@@ -338,10 +351,15 @@ class GroupCommitter:
         # A failing job is answered by _reject, like a failed batch of one.
         try:
             result = job.fn(self.engine)
+        except BaseException as error:
+            self._keys_changed([*job.keys, *_maybe_written(error)])
+            raise
         finally:
             self.jobs_run += 1
-        if isinstance(result, ApplyOutcome) and result.applied:
-            self._keys_changed([(m.namespace, m.key) for m in result.applied])
+        changed = list(job.keys)
+        if isinstance(result, ApplyOutcome):
+            changed.extend((m.namespace, m.key) for m in result.applied)
+        self._keys_changed(changed)
         job.waiter.deliver(result)
 
     def _commit(self, batch: list[_WriteItem]) -> None:
@@ -353,7 +371,7 @@ class GroupCommitter:
         stamp = self._stamp
         if admitted and self._stamp_block is not None:
             stamp = _Stamps(self._stamp_block(len(admitted)), self._stamp)
-        committed = iter(self.engine.commit_local(admitted, stamp) if admitted else [])
+        committed = iter(self._commit_local(admitted, stamp) if admitted else [])
         # Out of the queue before anyone hears back, so a caller that saw its result sees room.
         self._release(batch)
         results: list[Committed | DomicileError] = []
@@ -383,6 +401,17 @@ class GroupCommitter:
                 log.exception("the group commit batch hook failed")
         deliveries = [item.answer(result) for item, result in zip(batch, results, strict=True)]
         deliver_all([d for d in deliveries if d is not None])
+
+    def _commit_local(
+        self, writes: list[LocalWrite], stamp: Callable[[], int]
+    ) -> list[Committed | DomicileError]:
+        try:
+            return self.engine.commit_local(writes, stamp)
+        except BaseException:
+            # The batch is rejected as a whole, yet it may have committed (an answer lost with
+            # the connection): its keys are told first, so no cache keeps serving what they held.
+            self._keys_changed([(w.namespace, w.key) for w in writes])
+            raise
 
     def _hand_audit(
         self,

@@ -57,7 +57,7 @@ from pymongo.write_concern import WriteConcern
 
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, Unavailable
 from node.engine.backend import LogRow, SnapshotRow, StateRow, Totals
-from node.engine.base import StoreCounts
+from node.engine.base import CommitOutcomeUnknown, StoreCounts
 from node.engine.core import EngineCore, check_identity
 
 log = logging.getLogger("domicile.engine.mongo")
@@ -96,6 +96,8 @@ class _MongoTx:
     def __init__(self, backend: MongoBackend, session: ClientSession) -> None:
         self.b = backend
         self.s = session
+        # The key states this transaction wrote: what a commit of unknown outcome may have changed.
+        self.keys: list[tuple[str, str]] = []
 
     def totals(self) -> Totals:
         doc = self.b.counters.find_one({"_id": self.b.node_id}, session=self.s)
@@ -114,6 +116,7 @@ class _MongoTx:
             return
         stamp = self.b.next_stamp()
         ops = []
+        self.keys.extend((r.namespace, r.key) for r in rows)
         for r in rows:
             update: dict[str, Any] = {
                 "$set": {
@@ -214,6 +217,7 @@ class _MongoTx:
 
     def delete_states(self, namespace: str, keys: Mapping[str, Sequence[str]]) -> None:
         if keys:
+            self.keys.extend((namespace, k) for k in keys)
             self.b.key_states.delete_many(
                 {"_id": {"$in": [_state_id(namespace, k) for k in keys]}}, session=self.s
             )
@@ -348,8 +352,9 @@ class MongoBackend:
                     write_concern=_WRITE_CONCERN,
                     read_preference=ReadPreference.PRIMARY,
                 )
+                tx = _MongoTx(self, session)
                 try:
-                    result = fn(_MongoTx(self, session))
+                    result = fn(tx)
                 except OperationFailure as error:
                     _abort(session)
                     if error.has_error_label(_TRANSIENT) and _may_retry(attempt, deadline):
@@ -360,7 +365,7 @@ class MongoBackend:
                     _abort(session)
                     raise
                 try:
-                    self._commit(session)
+                    self._commit(session, tx)
                 except OperationFailure as error:
                     if error.has_error_label(_TRANSIENT) and _may_retry(attempt, deadline):
                         _pause(attempt)
@@ -368,7 +373,7 @@ class MongoBackend:
                     raise
                 return result
 
-    def _commit(self, session: ClientSession) -> None:
+    def _commit(self, session: ClientSession, tx: _MongoTx) -> None:
         # Committing again is safe (the server answers for the transaction it already knows),
         # so an unknown outcome is retried a few times before the write is reported as failed.
         for attempt in range(1, COMMIT_ATTEMPTS_MAX + 1):
@@ -377,8 +382,16 @@ class MongoBackend:
                 return
             except (ConnectionFailure, OperationFailure) as error:
                 unknown = isinstance(error, ConnectionFailure) or error.has_error_label(_UNKNOWN_COMMIT)
-                if not unknown or attempt == COMMIT_ATTEMPTS_MAX:
+                if not unknown:
                     raise
+                if attempt == COMMIT_ATTEMPTS_MAX:
+                    # It may have committed: the keys go with the error, so the cache drops them
+                    # (the change stream skips this process's own changes).
+                    raise CommitOutcomeUnknown(
+                        f"{self.label} did not answer whether a commit took effect "
+                        f"({_first_line(error)}); retry",
+                        tx.keys,
+                    ) from None
                 _pause(attempt)
 
     def close(self) -> None:

@@ -7,9 +7,20 @@ import asyncio
 import contextlib
 
 
+class _Exchange:
+    """One proxied connection: whether a request whose answer is to be lost went through it."""
+
+    __slots__ = ("losing",)
+
+    def __init__(self) -> None:
+        self.losing = False
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to `target`. `partition()` cuts every connection and refuses
-    new ones until `heal()`; `delay_s` delays each chunk in each direction (one-way delay)."""
+    new ones until `heal()`; `delay_s` delays each chunk in each direction (one-way delay);
+    `lose_answer_to(marker)` lets the next request holding `marker` through and partitions
+    when the target answers it, the answer dropped (the client never learns the outcome)."""
 
     def __init__(self, target: str, *, delay_s: float = 0.0) -> None:
         self.target_host, _, port = target.rpartition(":")
@@ -20,6 +31,9 @@ class TcpProxy:
         self._conns: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.address = ""
+        self._lose_marker: bytes | None = None
+        # Answers dropped by lose_answer_to.
+        self.answers_lost = 0
 
     def retarget(self, target: str) -> None:
         self.target_host, _, port = target.rpartition(":")
@@ -41,12 +55,32 @@ class TcpProxy:
             writer.close()
             return
         self._conns.update((writer, up_writer))
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        exchange = _Exchange()
+        for src, dst, upstream in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.create_task(self._pipe(src, dst, exchange, upstream))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    def lose_answer_to(self, marker: bytes) -> None:
+        self._lose_marker = marker
+
+    def _loses(self, chunk: bytes, exchange: _Exchange, upstream: bool) -> bool:
+        """Whether this chunk is the answer to lose (then the proxy is partitioned)."""
+        if upstream:
+            if self._lose_marker is not None and self._lose_marker in chunk:
+                self._lose_marker = None
+                exchange.losing = True
+            return False
+        if not exchange.losing:
+            return False
+        # The target answered: it has done what was asked, and nobody will hear it.
+        self.answers_lost += 1
+        self.partition()
+        return True
+
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, exchange: _Exchange, upstream: bool
+    ) -> None:
         # Reading and writing are decoupled by a queue of (due time, chunk), so a delay shifts
         # every byte by delay_s without limiting throughput (a link with latency, not a slow one).
         loop = asyncio.get_running_loop()
@@ -55,7 +89,7 @@ class TcpProxy:
         try:
             while not self.partitioned:
                 chunk = await src.read(65536)
-                if not chunk:
+                if not chunk or self._loses(chunk, exchange, upstream):
                     break
                 queue.put_nowait((loop.time() + self.delay_s, chunk))
         except (OSError, asyncio.IncompleteReadError):
