@@ -297,7 +297,11 @@ class SnapshotTarget:
         if not drops:
             return []
         namespace = part.namespace
-        await self.committer.run(lambda engine: engine.prune_versions(namespace, drops))
+        # The pruned versions can be live ones: the read cache hears of their keys like of any
+        # other change, before this part is acknowledged.
+        await self.committer.run(
+            lambda engine: engine.prune_versions(namespace, drops), keys=[(namespace, key) for key in drops]
+        )
         return sorted(drops)
 
     def _purged_here(
