@@ -108,7 +108,10 @@ class TombstoneCollector:
             def purge(engine: StorageEngine, ns: str = namespace, ks: list[str] = keys) -> int:
                 return engine.purge_tombstones(ns, ks, check, cutoff_hlc)
 
-            count = await self.committer.run(purge)
+            # The read cache hears of the keys (those rechecked and kept too: a needless miss),
+            # or it would keep answering a purged tombstone, whose context names counters the
+            # store no longer holds for the key, so a write with it would be refused.
+            count = await self.committer.run(purge, keys=[(namespace, k) for k in keys])
             purged += count
             if count and self.on_purged is not None:
                 self.on_purged((namespace, k) for k in keys)

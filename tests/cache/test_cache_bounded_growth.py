@@ -29,6 +29,11 @@ from tests.integration.test_bounded_growth import (
 )
 from tests.support.cluster import LocalCluster, eventually
 
+# A namespace of both nodes that keeps siblings, so a write's context is checked (an lww one
+# supersedes everything whatever the context).
+SIBLINGS = "customers_eu"
+SUBJECT_ID, JURISDICTION = "s-1", "DE"
+
 
 async def linked_pair(root: Path, redis: RedisServer, cached: str) -> LocalCluster:
     """The two nodes, `cached` with a read cache; truncation and rounds run only when asked."""
@@ -43,6 +48,15 @@ async def linked_pair(root: Path, redis: RedisServer, cached: str) -> LocalClust
     }
     await cluster.start_linked()
     return cluster
+
+
+@pytest.fixture
+async def source_cached(tmp_path: Path, redis: RedisServer) -> AsyncIterator[LocalCluster]:
+    cluster = await linked_pair(tmp_path, redis, SOURCE)
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
 
 
 @pytest.fixture
@@ -73,6 +87,35 @@ async def purge_past_horizon(cluster: LocalCluster, key: str, namespace: str = N
     await asyncio.sleep(HORIZON_S + 0.2)  # the horizon is on the HLC: it has to pass
     await source.truncator.pass_once()
     assert await asyncio.to_thread(source.engine.get, namespace, key) is None, "the tombstone was purged"
+
+
+async def test_a_purged_tombstone_leaves_the_cache_and_a_write_with_the_new_context_succeeds(
+    source_cached: LocalCluster,
+) -> None:
+    pair = source_cached
+    source = pair.nodes[SOURCE]
+    await cache_ready(source)
+    await pair.put(SOURCE, SIBLINGS, "y", b"v1", subject_id=SUBJECT_ID, subject_jurisdiction=JURISDICTION)
+    await pair.stub(SOURCE).Delete(spb.DeleteRequest(namespace=SIBLINGS, key="y"), timeout=5)
+    tombstone = await get_twice(pair, source, SOURCE, "y", SIBLINGS)
+    assert not tombstone.found
+    await purge_past_horizon(pair, "y", SIBLINGS)
+    await settled(source)
+    # A client reads the key (no record) and writes it with the context it was given. From a
+    # cache still holding the purged tombstone, that context names a counter of this node the
+    # store no longer has for the key, and the write is refused INVALID_ARGUMENT.
+    got = await pair.get(SOURCE, SIBLINGS, "y")
+    assert not got.found
+    put = spb.PutRequest(
+        namespace=SIBLINGS,
+        key="y",
+        value=b"v2",
+        context_token=got.context_token,
+        subject_id=SUBJECT_ID,
+        subject_jurisdiction=JURISDICTION,
+    )
+    await pair.stub(SOURCE).Put(put, timeout=5)
+    assert await pair.values(SOURCE, SIBLINGS, "y") == {b"v2"}
 
 
 async def test_a_version_a_bootstrap_prunes_leaves_the_replicas_cache(
