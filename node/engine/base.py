@@ -16,7 +16,7 @@ from typing import Protocol
 
 from domicile.audit import AuditEntry
 from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version
-from domicile.errors import DomicileError, Unavailable
+from domicile.errors import DomicileError, FailedPrecondition, Unavailable
 from domicile.model import Classification
 from domicile.v1 import record_pb2
 
@@ -109,6 +109,16 @@ class CommitOutcomeUnknown(Unavailable):
     def __init__(self, message: str, keys: Iterable[tuple[str, str]]) -> None:
         super().__init__(message)
         self.keys = tuple(dict.fromkeys(keys))
+
+
+class StateTooLarge(FailedPrecondition):
+    """A key state the backend cannot store, whatever it is asked again: past MongoDB's document
+    limit (16 MiB), which siblings of large values reach. Names the key, refused alone."""
+
+    def __init__(self, message: str, namespace: str, key: str) -> None:
+        super().__init__(message)
+        self.namespace = namespace
+        self.key = key
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,15 @@ from domicile.wire.records import (
     mutation_to_pb,
 )
 from node.engine.backend import Backend, LogRow, SnapshotRow, StateRow, Totals, WriteTx
-from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, Committed, LocalWrite, LogStart, StoreCounts
+from node.engine.base import (
+    GET_MANY_KEYS_MAX,
+    ApplyOutcome,
+    Committed,
+    LocalWrite,
+    LogStart,
+    StateTooLarge,
+    StoreCounts,
+)
 
 SCAN_RECORDS_MAX = 10_000
 LOG_READ_RECORDS_MAX = 10_000
@@ -50,6 +58,18 @@ _Key = tuple[str, str]
 # and its entry's HLC) and the HLC before which tombstones may have been purged.
 META_LOG_START = "changelog_start"
 META_PURGED_BEFORE = "tombstones_purged_before_hlc"
+
+
+def _refuse_key(
+    writes: Sequence[LocalWrite], refusals: list[DomicileError | None], error: StateTooLarge
+) -> bool:
+    """Refuses, with `error`, the writes of the key it names not refused yet; whether any was."""
+    refused = False
+    for i, write in enumerate(writes):
+        if refusals[i] is None and (write.namespace, write.key) == (error.namespace, error.key):
+            refusals[i] = error
+            refused = True
+    return refused
 
 
 class _WorkingSet:
@@ -175,11 +195,11 @@ class EngineCore:
         # Everything that can refuse a single write runs before anything is written, and a
         # refused write leaves no trace in the working set, so it changes nothing while the
         # others still commit.
-        refusals = [_local_write_error(w) or self._audit_error(w) for w in writes]
-        keys = [(w.namespace, w.key) for w, r in zip(writes, refusals, strict=True) if r is None]
+        refusals: list[DomicileError | None] = [_local_write_error(w) or self._audit_error(w) for w in writes]
 
         def commit(tx: WriteTx) -> list[Committed | DomicileError]:
             totals = tx.totals()
+            keys = [(w.namespace, w.key) for w, r in zip(writes, refusals, strict=True) if r is None]
             work = _WorkingSet(tx, keys)
             floor: list[int] = []
 
@@ -227,7 +247,14 @@ class EngineCore:
                 tx.store_totals(totals)
             return results
 
-        return self.backend.write(commit)
+        while True:
+            try:
+                return self.backend.write(commit)
+            except StateTooLarge as error:
+                # A key state the backend can never store: its writes are refused, and the rest
+                # of the batch (other callers' writes) is committed without them.
+                if not _refuse_key(writes, refusals, error):
+                    raise
 
     def _audit_error(self, write: LocalWrite) -> DomicileError | None:
         if write.audit is not None and not self.backend.carries_audit:

@@ -46,7 +46,9 @@ from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
+    DocumentTooLarge,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
@@ -57,7 +59,7 @@ from pymongo.write_concern import WriteConcern
 
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, Unavailable
 from node.engine.backend import LogRow, SnapshotRow, StateRow, Totals
-from node.engine.base import CommitOutcomeUnknown, StoreCounts
+from node.engine.base import CommitOutcomeUnknown, StateTooLarge, StoreCounts
 from node.engine.core import EngineCore, check_identity
 
 log = logging.getLogger("domicile.engine.mongo")
@@ -75,6 +77,11 @@ TRANSACTION_DEADLINE_S = 10.0
 COMMIT_ATTEMPTS_MAX = 5
 _LOAD_CHUNK_KEYS = 1_000
 
+# MongoDB's limit on one document (a key state with every sibling), and the server's codes for
+# a write past it (BSONObjectTooLarge; an update's or an upsert's result too large, on older
+# servers): refusals that no retry changes.
+DOCUMENT_BYTES_MAX = 16 * 1024 * 1024
+_TOO_LARGE_CODES = frozenset({10334, 17419, 17420})
 _WRITE_CONCERN = WriteConcern("majority", j=True)
 _TRANSIENT = "TransientTransactionError"
 _UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
@@ -130,7 +137,16 @@ class _MongoTx:
                 "$addToSet": {"subjects": {"$each": list(r.subjects)}},
             }
             ops.append(UpdateOne({"_id": _state_id(r.namespace, r.key)}, update, upsert=True))
-        self.b.key_states.bulk_write(ops, ordered=True, session=self.s)
+        try:
+            self.b.key_states.bulk_write(ops, ordered=True, session=self.s)
+        except BulkWriteError as error:
+            row = _too_large_row(error, rows)
+            if row is None:
+                raise
+            raise _state_too_large(row) from None
+        except DocumentTooLarge:
+            # Refused by the driver before sending: the largest state is the one.
+            raise _state_too_large(max(rows, key=lambda r: len(r.state))) from None
 
     def append_log(self, rows: Sequence[LogRow]) -> None:
         self.b.changelog.insert_many(
@@ -588,6 +604,26 @@ _DOT_FLOOR = "dot-floor:"
 
 def _state_id(namespace: str, key: str) -> str:
     return f"{namespace}/{key}"
+
+
+def _too_large_row(error: BulkWriteError, rows: Sequence[StateRow]) -> StateRow | None:
+    """The row of an ordered bulk write the server refused as too large, if that is why."""
+    for write_error in error.details.get("writeErrors", []):
+        index = write_error.get("index")
+        if write_error.get("code") in _TOO_LARGE_CODES and isinstance(index, int) and 0 <= index < len(rows):
+            return rows[index]
+    return None
+
+
+def _state_too_large(row: StateRow) -> StateTooLarge:
+    return StateTooLarge(
+        f"{row.namespace}/{row.key} would hold a key state of {len(row.state)} bytes with every "
+        f"sibling, past MongoDB's document limit of {DOCUMENT_BYTES_MAX} bytes (16 MiB); the write "
+        "was not made. Resolve the siblings (a Delete without a context supersedes every version) "
+        "or write a smaller value",
+        row.namespace,
+        row.key,
+    )
 
 
 def _abort(session: ClientSession) -> None:

@@ -5,6 +5,7 @@ returning one lets it serve again by itself."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,8 +14,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domicile import errors
+from domicile.causality import CausalContext
+from domicile.hlc import HybridClock
 from domicile.ports import free_port
+from domicile.wire.errors import status_for
 from node.daemon import Node
+from node.engine.base import Committed, LocalWrite
 from node.engine.mongo import MongoEngine
 from tests.integration import test_replication as replication
 from tests.integration import test_subject_rights as subject_rights
@@ -176,3 +181,35 @@ async def test_a_database_outage_fails_writes_unavailable_and_the_node_recovers_
     finally:
         await cluster.stop()
         server.stop()
+
+
+def test_a_key_state_past_the_document_limit_is_refused_alone_and_not_as_retriable(
+    mongo_server: MongoServer,
+) -> None:
+    """Siblings of 1 MiB values grow a key state past MongoDB's 16 MiB document limit: the write
+    that would pass it is refused FAILED_PRECONDITION (no retry changes it) naming the key, the
+    size and the limit, while a write of another key in the same commit is made."""
+    engine = MongoEngine(mongo_server.uri, mongo_server.database_name("big"), "n1", ON_MONGODB)
+    clock = HybridClock()
+    try:
+        refused: errors.DomicileError | None = None
+        for i in range(20):
+            big = LocalWrite("ns", "big", value=bytes([i]) * (1 << 20), supersedes=CausalContext.empty())
+            small = LocalWrite("ns", f"small-{i}", value=b"fine")
+            before = engine.get("ns", "big")
+            result, other = engine.commit_local([big, small], clock.now)
+            assert isinstance(other, Committed), f"the other key's write failed with the big one: {other}"
+            if isinstance(result, errors.DomicileError):
+                refused = result
+                break
+        assert refused is not None, "20 siblings of 1 MiB never reached the 16 MiB limit"
+        print("refused:", refused)
+        assert isinstance(refused, errors.FailedPrecondition) and not refused.retriable
+        assert status_for(refused) == grpc.StatusCode.FAILED_PRECONDITION
+        assert "ns/big" in refused.message and "16 MiB" in refused.message
+        assert re.search(r"state of \d{8,} bytes", refused.message), refused.message
+        # Nothing of the refused write was stored; the other write of its commit was.
+        assert engine.get("ns", "big") == before
+        assert engine.get("ns", f"small-{i}") is not None
+    finally:
+        engine.close()
