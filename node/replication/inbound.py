@@ -29,7 +29,7 @@ from domicile.v1 import record_pb2 as pb
 from domicile.wire.records import mutation_from_pb
 from node.compliance.enforcer import Audit, Enforcer
 from node.crypto.sealing import Sealer
-from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, StorageEngine
+from node.engine.base import GET_MANY_KEYS_MAX, ApplyOutcome, StateTooLarge, StorageEngine
 from node.engine.core import DOT_COUNTER_MAX
 from node.engine.group_commit import GroupCommitter
 from node.metrics import NodeMetrics
@@ -558,13 +558,29 @@ class Receiver:
             # Again on the writer thread: an erasure that ran while the batch was sealed and
             # audited has read the subject's keys already, and would miss what is applied now.
             still, refused_now = late_refusals.recheck(self.eraser.blocks, self.view.topology, admitted)
+            while True:
+                audit = carried or ()
+                if refused_now and carried is not None:
+                    audit = late_refusals.carried_with_refusals(
+                        self.enforcer, source_node_id, admitted, carried, refused_now
+                    )
+                try:
+                    outcome = engine.apply_remote(source_node_id, still, through_lsn, audit)
+                    break
+                except StateTooLarge as error:
+                    # A state the engine can never store: refused alone, audited, and the rest
+                    # of the batch applied; failing the batch would send it again for ever.
+                    still, refused = late_refusals.too_large(still, error.namespace, error.key, error.message)
+                    if not refused:
+                        raise
+                    log.warning(
+                        "refused %d replicated records from %s: %s",
+                        len(refused),
+                        source_node_id,
+                        error.message,
+                    )
+                    refused_now = [*refused_now, *refused]
             late.extend(refused_now)
-            audit = carried or ()
-            if refused_now and carried is not None:
-                audit = late_refusals.carried_with_refusals(
-                    self.enforcer, source_node_id, admitted, carried, refused_now
-                )
-            outcome = engine.apply_remote(source_node_id, still, through_lsn, audit)
             if outcome.received and self.carry_audit is not None:
                 try:
                     self.carry_audit(outcome.received)

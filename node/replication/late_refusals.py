@@ -1,4 +1,5 @@
-"""Replicated records the erasure recheck refuses at commit, and their audit entries.
+"""Replicated records refused at commit, and their audit entries: those the erasure recheck
+refuses, and those the engine cannot store (a key state past MongoDB's document limit).
 
 A replicated record (streamed, or an anti-entropy or bootstrap repair) is admitted (policy
 decided, erasure block checked, its replicate_receive allow entry made) before it is sealed and
@@ -30,6 +31,8 @@ from domicile.topology import Topology
 from node.compliance.enforcer import Audit, Enforcer
 
 RULE = "subject-erased"
+# A key state the engine refused as too large to store (node.engine.base.StateTooLarge).
+RULE_TOO_LARGE = "state-too-large"
 
 Blocks = Callable[[ClusterSpec, tuple[LegalHold, ...], str, str, str], str]
 
@@ -37,9 +40,26 @@ Blocks = Callable[[ClusterSpec, tuple[LegalHold, ...], str, str, str], str]
 @dataclass(frozen=True)
 class LateRefusal:
     mutation: Mutation
-    request_id: str
+    request_id: str  # the erasure's; "" for another rule
     # How the record came when not by a stream (a repair: "antientropy", "bootstrap"); "": a stream.
     via: str = ""
+    rule: str = RULE
+    why: str = ""  # for a rule other than RULE: what was refused, as the engine said it
+
+
+def too_large(
+    mutations: Sequence[Mutation], namespace: str, key: str, why: str, *, via: str = ""
+) -> tuple[list[Mutation], list[LateRefusal]]:
+    """The mutations of other keys, and the refusals of the key whose state the engine cannot
+    store: refused alone, so that the rest of the batch is applied and the link goes on."""
+    kept: list[Mutation] = []
+    refused: list[LateRefusal] = []
+    for m in mutations:
+        if (m.namespace, m.key) == (namespace, key):
+            refused.append(LateRefusal(m, "", via, RULE_TOO_LARGE, why))
+        else:
+            kept.append(m)
+    return kept, refused
 
 
 def recheck(
@@ -69,6 +89,8 @@ def _detail(source_node_id: str, refused: LateRefusal) -> str:
         where = f"{refused.via} dot={m.version.dot.node_id}:{m.version.dot.counter}"
     else:
         where = f"lsn={m.lsn}"
+    if refused.rule != RULE:
+        return f"from={source_node_id} {where} refused at commit: {refused.why}".strip()[:TEXT_CHARS_MAX]
     return detail(f"from={source_node_id} {where}", refused.request_id)
 
 
@@ -100,7 +122,7 @@ def carried_with_refusals(
             key=r.mutation.key,
             subject_id=r.mutation.version.subject_id,
             decision="refuse",
-            rule=RULE,
+            rule=r.rule,
             policy_version=enforcer.policy_version,
             detail=_detail(source_node_id, r),
         )
@@ -116,8 +138,8 @@ def carried_with_refusals(
 def count_carried(enforcer: Enforcer, late: Sequence[LateRefusal]) -> None:
     """Counts the carried refusals among the policy decisions, as Enforcer.refusal counts those
     it records. On the event loop."""
-    if late:
-        enforcer.metrics.policy_decisions.labels(Action.REPLICATE, "refuse", RULE).inc(len(late))
+    for r in late:
+        enforcer.metrics.policy_decisions.labels(Action.REPLICATE, "refuse", r.rule).inc()
 
 
 def record_refusals(
@@ -137,7 +159,7 @@ def record_refusals(
             audit_action=Audit.REPLICATE_RECEIVE,
             principal=f"node:{source_node_id}",
             key=r.mutation.key,
-            rule=RULE,
+            rule=r.rule,
             detail=_detail(source_node_id, r),
         )
         for r in late

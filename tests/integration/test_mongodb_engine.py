@@ -14,9 +14,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domicile import errors
-from domicile.causality import CausalContext
-from domicile.hlc import HybridClock
+from domicile.audit import AuditEntry
+from domicile.causality import CausalContext, sha256
+from domicile.hlc import HybridClock, wall_ms
+from domicile.hlc import pack as hlc_pack
 from domicile.ports import free_port
+from domicile.v1 import record_pb2 as rpb_record
+from domicile.v1 import replication_pb2 as rpb
+from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.wire.errors import status_for
 from node.daemon import Node
 from node.engine.base import Committed, LocalWrite
@@ -213,3 +218,65 @@ def test_a_key_state_past_the_document_limit_is_refused_alone_and_not_as_retriab
         assert engine.get("ns", f"small-{i}") is not None
     finally:
         engine.close()
+
+
+async def test_regression_a_replicated_state_past_the_document_limit_is_refused_alone_and_the_link_goes_on(
+    tmp_path: Path, mongo_server: MongoServer
+) -> None:
+    """Concurrent 1 MiB siblings from a peer grow a key state past MongoDB's 16 MiB limit at the
+    receiver: those records are refused (audited) alone and the rest of their batch applied.
+    The whole batch failed, and the source sent it again for ever: the link stood still."""
+    cluster = LocalCluster(tmp_path, [ON_MONGODB, "eu-central-1"])
+    put_on_mongodb(cluster, mongo_server)
+    await cluster.start_linked()
+    try:
+        await _past_the_limit_by_replication(cluster)
+    finally:
+        await cluster.stop()
+
+
+async def _past_the_limit_by_replication(cluster: LocalCluster) -> None:
+    target = cluster.nodes[ON_MONGODB]
+    channel = cluster.channel_as_node("eu-central-1", target.address)
+    try:
+        call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=60)
+        hello = rpb.ReplicationHello(
+            source_node_id="eu-central-1", source_region="eu-central-1", target_node_id=ON_MONGODB
+        )
+        await call.write(rpb.ReplicateRequest(hello=hello))
+        lsn = (await call.read()).ready.resume_after_lsn
+        now = wall_ms()
+
+        def mutation(key: str, value: bytes) -> rpb_record.Mutation:
+            nonlocal lsn
+            lsn += 1
+            m = rpb_record.Mutation(namespace="instruments", key=key, lsn=lsn, origin_node_id="eu-central-1")
+            m.version.dot.node_id = "eu-central-1"
+            m.version.dot.counter = lsn
+            m.version.value = value
+            m.version.checksum_sha256 = sha256(value)
+            m.version.hlc = hlc_pack(now, lsn)
+            m.version.classification = rpb_record.CLASSIFICATION_PUBLIC
+            m.version.origin_region = "eu-central-1"
+            return m  # no context: concurrent with every other version of the key
+
+        acks = []
+        for batch in range(7):  # 3 siblings of 1 MiB a batch: past 16 MiB in the sixth
+            mutations = [mutation("big", bytes([batch * 3 + i]) * (1 << 20)) for i in range(3)]
+            mutations.append(mutation(f"small-{batch}", b"fine"))
+            await call.write(
+                rpb.ReplicateRequest(batch=rpb.ReplicationBatch(mutations=mutations, through_lsn=lsn))
+            )
+            acks.append((await call.read()).ack.applied_through_lsn)
+        await call.done_writing()
+    finally:
+        await channel.close()
+    assert acks[-1] == lsn  # every batch acknowledged: the link went on
+    engine = target.engine
+    for batch in range(7):
+        assert engine.get("instruments", f"small-{batch}") is not None
+    big = engine.get("instruments", "big")
+    assert big is not None and 5 * 3 <= len(big.versions) < 7 * 3
+    await target.audit.flush()
+    rules = [AuditEntry.decode(e.body).rule for e in target.audit.iter_all()]
+    assert "state-too-large" in rules
