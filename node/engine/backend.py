@@ -96,13 +96,13 @@ class WriteTx(Protocol):
 
     def put_meta(self, name: str, value: bytes) -> None: ...
 
-    def dot_floor(self, node_id: str) -> int:
-        """The highest counter of node_id's dots in any key state this store has deleted (0:
-        none), shared by every node writing to the store."""
+    def store_max(self, name: str) -> int:
+        """A number of the store that only grows (0 until raised), one for every node writing to
+        the store: a dot floor, the purge point of tombstones (node.engine.core)."""
         ...
 
-    def raise_dot_floor(self, node_id: str, counter: int) -> None:
-        """Moves node_id's dot floor up to counter (never back)."""
+    def raise_store_max(self, name: str, value: int) -> None:
+        """Moves the named number up to value (never back)."""
         ...
 
     def block_subject(self, digest: str, request_id: str) -> None: ...
@@ -174,6 +174,10 @@ class Backend(Protocol):
     def counts(self) -> StoreCounts: ...
 
     def get_meta(self, name: str) -> bytes | None: ...
+
+    def store_max(self, name: str) -> int:
+        """WriteTx.store_max, read outside a write."""
+        ...
 
     def blocked_subjects(self) -> dict[str, str]: ...
 

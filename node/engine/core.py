@@ -58,6 +58,16 @@ _Key = tuple[str, str]
 # and its entry's HLC) and the HLC before which tombstones may have been purged.
 META_LOG_START = "changelog_start"
 META_PURGED_BEFORE = "tombstones_purged_before_hlc"
+# The store's number (WriteTx.store_max) of the HLC before which tombstones may have been purged:
+# one for the store, whichever of the nodes writing to it purged (a bootstrap any of them serves
+# must carry it). META_PURGED_BEFORE is where a node kept its own before.
+PURGED_BEFORE = "tombstones-purged-before-hlc"
+
+
+def dot_floor_name(node_id: str) -> str:
+    """The store's number (WriteTx.store_max) above which node_id's next dot for a key the store
+    does not hold is issued: the highest counter of the node in any key state the store deleted."""
+    return f"dot-floor:{node_id}"
 
 
 def _refuse_key(
@@ -140,7 +150,7 @@ class _WorkingSet:
 
 class _Floors:
     """The counters of the key states a transaction deletes, by node: each node's dot floor is
-    raised to them (WriteTx.dot_floor), so no node reuses a dot of a deleted key. Every node
+    raised to them (dot_floor_name), so no node reuses a dot of a deleted key. Every node
     the contexts name is raised: which of them write to this store the context cannot tell,
     and a floor no writer reads costs a row."""
 
@@ -154,7 +164,7 @@ class _Floors:
 
     def raise_in(self, tx: WriteTx) -> None:
         for node_id, counter in sorted(self._counters.items()):
-            tx.raise_dot_floor(node_id, counter)
+            tx.raise_store_max(dot_floor_name(node_id), counter)
 
 
 class EngineCore:
@@ -170,6 +180,7 @@ class EngineCore:
         # a bulk load): always the same, so made once. Shared like CausalContext.empty(): both
         # are immutable.
         self._first_dot = Dot(node_id, 1)
+        self._dot_floor = dot_floor_name(node_id)
         self._first_context = CausalContext.empty().add(self._first_dot)
 
     @property
@@ -207,7 +218,7 @@ class EngineCore:
                 # Read in the transaction, at most once, and only for a key the store does not
                 # hold: another node writing to the same store may have raised it.
                 if not floor:
-                    floor.append(tx.dot_floor(self.node_id))
+                    floor.append(tx.store_max(self._dot_floor))
                 return floor[0]
 
             results: list[Committed | DomicileError] = []
@@ -545,9 +556,10 @@ class EngineCore:
         ]
 
     def purged_before(self) -> int:
-        """The HLC before which tombstones may have been purged here (0: none purged)."""
+        """The HLC before which tombstones may have been purged in this store, by any node
+        writing to it (0: none purged)."""
         blob = self.backend.get_meta(META_PURGED_BEFORE)
-        return int(blob.decode()) if blob else 0
+        return max(self.backend.store_max(PURGED_BEFORE), int(blob.decode()) if blob else 0)
 
     def purge_tombstones(
         self, namespace: str, keys: Sequence[str], purgeable: Callable[[str, KeyState], bool], cutoff_hlc: int
@@ -571,9 +583,8 @@ class EngineCore:
                 floors.raise_in(tx)
                 totals.tombstones -= len(doomed)
                 tx.store_totals(totals)
-            # Only this engine's writer thread writes this meta, so reading it here is exact.
-            if doomed and cutoff_hlc > self.purged_before():
-                tx.put_meta(META_PURGED_BEFORE, str(cutoff_hlc).encode())
+            if doomed:
+                tx.raise_store_max(PURGED_BEFORE, cutoff_hlc)
             return len(doomed)
 
         return self.backend.write(purge)

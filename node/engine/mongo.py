@@ -199,17 +199,15 @@ class _MongoTx:
             session=self.s,
         )
 
-    def dot_floor(self, node_id: str) -> int:
-        doc = self.b.info.find_one({"_id": _DOT_FLOOR + node_id}, session=self.s)
+    def store_max(self, name: str) -> int:
+        doc = self.b.info.find_one({"_id": _MAX + name}, session=self.s)
         return int(doc["value"]) if doc else 0
 
-    def raise_dot_floor(self, node_id: str, counter: int) -> None:
-        # In engine_info, the region's own records: a floor is kept for every node whose dots a
-        # deleted state named, remote ones included, and none of them is a store of that node
-        # (writer_ids_of reads the per-node collections).
-        self.b.info.update_one(
-            {"_id": _DOT_FLOOR + node_id}, {"$max": {"value": counter}}, upsert=True, session=self.s
-        )
+    def raise_store_max(self, name: str, value: int) -> None:
+        # In engine_info, the region's own records, shared by its daemons: none of them is a
+        # store of one node (writer_ids_of reads the per-node collections), though a dot floor
+        # is named after a node.
+        self.b.info.update_one({"_id": _MAX + name}, {"$max": {"value": value}}, upsert=True, session=self.s)
 
     def block_subject(self, digest: str, request_id: str) -> None:
         self.b.erased.bulk_write(
@@ -507,6 +505,11 @@ class MongoBackend:
             doc = self.meta.find_one({"_id": f"{self.node_id}:{name}"})
         return bytes(doc["value"]) if doc else None
 
+    def store_max(self, name: str) -> int:
+        with self._errors():
+            doc = self.info.find_one({"_id": _MAX + name})
+        return int(doc["value"]) if doc else 0
+
     def blocked_subjects(self) -> dict[str, str]:
         with self._errors():
             return {str(d["_id"]): str(d["request_id"]) for d in self.erased.find({})}
@@ -598,8 +601,9 @@ class MongoEngine(EngineCore):
         return sorted(found)
 
 
-# The engine_info document of a node's dot floor (WriteTx.dot_floor) is this and the node id.
-_DOT_FLOOR = "dot-floor:"
+# The engine_info documents of the store's growing numbers (WriteTx.store_max) are named this
+# and the name.
+_MAX = "max:"
 
 
 def _state_id(namespace: str, key: str) -> str:

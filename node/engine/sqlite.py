@@ -50,8 +50,14 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL")
 # file still empty (before WAL mode): existing stores keep theirs.
 PAGE_BYTES = 8192
 BUSY_TIMEOUT_MS = 10_000
-# The meta row of a node's dot floor (WriteTx.dot_floor) is this and the node id.
-_DOT_FLOOR = "dot-floor:"
+# The meta rows of the store's growing numbers (WriteTx.store_max) are named this and the name.
+_MAX = "max:"
+
+
+def _number(row: tuple[bytes] | None) -> int:
+    return int(bytes(row[0]).decode()) if row else 0
+
+
 # Where schema 2 kept the erasure block list: one JSON blob in meta (moved to its own table in 3).
 _BLOCKED_META_V2 = "erased_subjects"
 
@@ -223,13 +229,13 @@ class _SQLiteTx:
             (name, value),
         )
 
-    def dot_floor(self, node_id: str) -> int:
-        row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (_DOT_FLOOR + node_id,)).fetchone()
-        return int(bytes(row[0]).decode()) if row else 0
+    def store_max(self, name: str) -> int:
+        return _number(self.conn.execute("SELECT value FROM meta WHERE name = ?", (_MAX + name,)).fetchone())
 
-    def raise_dot_floor(self, node_id: str, counter: int) -> None:
-        if counter > self.dot_floor(node_id):
-            self.put_meta(_DOT_FLOOR + node_id, str(counter).encode())
+    def raise_store_max(self, name: str, value: int) -> None:
+        # One writer per SQLite store: the store's numbers are its node's meta.
+        if value > self.store_max(name):
+            self.put_meta(_MAX + name, str(value).encode())
 
     def block_subject(self, digest: str, request_id: str) -> None:
         self.conn.execute(
@@ -474,6 +480,11 @@ class SQLiteBackend:
     def get_meta(self, name: str) -> bytes | None:
         row = self.reader().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return bytes(row[0]) if row else None
+
+    def store_max(self, name: str) -> int:
+        return _number(
+            self.reader().execute("SELECT value FROM meta WHERE name = ?", (_MAX + name,)).fetchone()
+        )
 
     def blocked_subjects(self) -> dict[str, str]:
         rows = self.reader().execute("SELECT digest, request_id FROM erased_subjects").fetchall()

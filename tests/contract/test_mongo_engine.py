@@ -100,6 +100,21 @@ def test_regression_a_key_another_node_purged_never_makes_this_node_reuse_a_dot(
     assert a.writer_ids_of("node-a") == ["node-a"]  # a floor is no store of a node
 
 
+def test_regression_a_purge_by_one_node_is_the_purge_point_of_every_node_of_the_store(
+    shared: tuple[MongoEngine, MongoEngine], stamp: Stamp
+) -> None:
+    # A bootstrap any daemon of the region serves carries the point before which the region's
+    # tombstones may be gone; it was kept per daemon, so one that purged nothing sent 0 and its
+    # target kept versions whose tombstones were purged by the other.
+    a, b = shared
+    commit_ok(a, stamp, LocalWrite("o", "k", b"one"))
+    commit_ok(a, stamp, LocalWrite("o", "k", tombstone=True))
+    assert b.purge_tombstones("o", ["k"], lambda _key, _state: True, 4242) == 1
+    assert a.purged_before() == b.purged_before() == 4242
+    assert b.purge_tombstones("o", ["k"], lambda _key, _state: True, 99) == 0
+    assert a.purged_before() == 4242  # never back
+
+
 def test_a_database_of_another_region_is_refused(mongo_server: MongoServer) -> None:
     database = mongo_server.database_name("owned")
     MongoEngine(mongo_server.uri, database, "node-a", REGION).close()
