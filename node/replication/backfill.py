@@ -207,6 +207,11 @@ class Backfill:
         except errors.DomicileError as exc:
             log.info("backfill from %s of %s: %s; trying again", peer_id, namespace, exc.message)
             return False
+        except Exception:
+            # Anything else (a transport error the comparison did not name) must not end the
+            # job with its state left "running": the pair is tried again, like any failure.
+            log.exception("backfill from %s of %s failed; trying again", peer_id, namespace)
+            return False
         progress.keys_pulled += comparison.repaired
         progress.keys_compared += comparison.compared
         self.metrics.backfill_keys.labels(peer_id, namespace).inc(comparison.repaired)
