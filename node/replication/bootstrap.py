@@ -61,6 +61,10 @@ PART_KEYS_MAX = 500
 PART_BYTES_MAX = 3 * 1024 * 1024
 # Keys of the target's own store read per page when it looks for what the source purged.
 _RANGE_PAGE = 1_000
+# The audit entry of a version a bootstrap drops because its source purged it (deleted it, then
+# purged the tombstone): a deletion here like any other, so on the trail.
+PRUNE_ACTION = "bootstrap_prune"
+PRUNE_RULE = "bootstrap.source-purged"
 
 
 @dataclass
@@ -297,21 +301,42 @@ class SnapshotTarget:
         if not drops:
             return []
         namespace = part.namespace
+        # Audited first, like every deletion (a deletion the trail cannot record does not happen):
+        # one entry per key, as the source's purge deleted nothing it recorded here.
+        audit = self.receiver.enforcer.audit
+        source = source_node.node_id
+        await asyncio.gather(
+            *(
+                audit.record(
+                    principal=f"node:{source}",
+                    action=PRUNE_ACTION,
+                    namespace=namespace,
+                    key=key,
+                    subject_id=subject,
+                    decision="delete",
+                    rule=PRUNE_RULE,
+                    detail=f"from={source} versions={len(dots)} purged_before_hlc={part.purged_before_hlc}",
+                )
+                for key, (dots, subject) in drops.items()
+            )
+        )
         # The pruned versions can be live ones: the read cache hears of their keys like of any
         # other change, before this part is acknowledged.
+        dropped = {key: dots for key, (dots, _subject) in drops.items()}
         await self.committer.run(
-            lambda engine: engine.prune_versions(namespace, drops), keys=[(namespace, key) for key in drops]
+            lambda engine: engine.prune_versions(namespace, dropped), keys=[(namespace, key) for key in drops]
         )
         return sorted(drops)
 
     def _purged_here(
         self, source_node: NodeInfo, part: rpb.ReplicationSnapshot, contexts: dict[str, CausalContext]
-    ) -> dict[str, set[Dot]]:
-        """Versions held here in the part's range that the source deleted and purged. Blocks."""
+    ) -> dict[str, tuple[set[Dot], str]]:
+        """Versions held here in the part's range that the source deleted and purged, by key,
+        with a subject they are about (for the audit entry; "" for none). Blocks."""
         policy = self.view.policy
         holds = self.view.topology.holds
         empty = CausalContext.empty()
-        drops: dict[str, set[Dot]] = {}
+        drops: dict[str, tuple[set[Dot], str]] = {}
         after = part.after_key
         while True:
             page = self.engine.states_after(part.namespace, after, _RANGE_PAGE)
@@ -331,7 +356,10 @@ class SnapshotTarget:
                         continue
                     if hold_covering(holds, part.namespace, key, v.subject_id) is not None:
                         continue
-                    drops.setdefault(key, set()).add(v.dot)
+                    dots, subject = drops.setdefault(key, (set(), v.subject_id))
+                    dots.add(v.dot)
+                    if not subject and v.subject_id:
+                        drops[key] = (dots, v.subject_id)
             if len(page) < _RANGE_PAGE:
                 return drops
             after = page[-1][0]

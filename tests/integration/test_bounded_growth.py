@@ -185,6 +185,17 @@ async def test_a_replica_healing_after_the_horizon_does_not_bring_a_purged_recor
         assert alive == [False, False]
         assert await asyncio.to_thread(replica.engine.get, NS, "doomed") is None
         assert await has_all(pair, [f"k{i}" for i in range(5)])
+        # The drop is a deletion like any other, on the replica's trail (regression: it was not).
+        await replica.audit.flush()
+        pruned = [
+            e
+            for e in (AuditEntry.decode(x.body) for x in replica.audit.iter_all())
+            if e.action == "bootstrap_prune"
+        ]
+        assert [(e.key, e.decision, e.rule) for e in pruned] == [
+            ("doomed", "delete", "bootstrap.source-purged")
+        ]
+        assert f"from={SOURCE}" in pruned[0].detail
     else:
         # The checker above fails on this run: the purged record is back at both.
         assert alive == [True, True]
