@@ -616,8 +616,10 @@ class Node:
                       topology.revision, refused.message)  # fmt: skip
             spec = None
         if self.backup is not None:
-            shipper, self.backup = self.backup, None
-            await asyncio.to_thread(shipper.stop)
+            # The old shipper stays self.backup until it has stopped: its last round ships from
+            # its position, so the truncator must not cut the log past that position meanwhile.
+            await asyncio.to_thread(self.backup.stop)
+            self.backup = None
         self._start_backup(spec)
 
     def _adopt_erased(self, key: bytes, erased: list[tuple[str, str]]) -> None:

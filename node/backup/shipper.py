@@ -25,7 +25,7 @@ from domicile.backup import format as fmt
 from domicile.backup.bucket import Bucket
 from domicile.backup.catalog import Catalog
 from domicile.cluster import BackupSpec
-from domicile.errors import DomicileError
+from domicile.errors import DomicileError, FailedPrecondition
 from domicile.hlc import physical_ms, wall_ms
 from domicile.wire.records import mutation_to_bytes
 from node.engine.base import StorageEngine
@@ -37,6 +37,11 @@ PART_BYTES = 8 * 1024 * 1024
 SEGMENT_ENTRIES_MAX = 10_000
 SEGMENT_BYTES_MAX = 8 * 1024 * 1024
 _DAY_MS = 86_400_000
+
+
+class LogGap(FailedPrecondition):
+    """The change log does not continue from the position the generation's segments reached
+    (it was truncated past it): the generation cannot go on without a hole."""
 
 
 @dataclass
@@ -103,6 +108,7 @@ class BackupShipper:
                 self.ship_pending()
                 self.metrics.backup_last_shipped.set(self.clock_ms() / 1000)
             except (DomicileError, OSError, ValueError) as error:
+                self.metrics.backup_failures.inc()
                 log.warning("last backup round at stop failed (%s)", error)
 
     def round(self) -> None:
@@ -112,8 +118,20 @@ class BackupShipper:
         if not self.state.generation or due:
             self.start_generation()
             self.expire()
-        self.ship_pending()
+        try:
+            self.ship_pending()
+        except LogGap as gap:
+            # The generation cannot continue without a hole: a new one starts from the log as
+            # it is, and the positions in between are in no segment (a restore says so).
+            self._end_generation(gap)
+            self.start_generation()
+            self.ship_pending()
         self.metrics.backup_last_shipped.set(self.clock_ms() / 1000)
+
+    def _end_generation(self, gap: LogGap) -> None:
+        self.metrics.backup_failures.inc()
+        log.error("backup generation %s ends: %s; starting a new one", self.state.generation, gap.message)
+        self.state = ShipperState()
 
     # -- generations ---------------------------------------------------------------------------
 
@@ -179,8 +197,11 @@ class BackupShipper:
             while len(frames) < SEGMENT_ENTRIES_MAX and size < SEGMENT_BYTES_MAX:
                 batch = self.engine.read_log(last, min(1000, SEGMENT_ENTRIES_MAX - len(frames)))
                 if not batch:
+                    # Nothing after `last`: nothing written since, or all of it truncated.
+                    self._check_continues(last, max(last, self.engine.log_start().lsn) + 1)
                     break
                 for m in batch:
+                    self._check_continues(last, m.lsn)
                     framed = fmt.frame_log_entry(m.lsn, mutation_to_bytes(m))
                     frames.append(framed)
                     size += len(framed)
@@ -202,6 +223,18 @@ class BackupShipper:
             self._count(len(body))
             self.state.shipped_lsn = last
             shipped += len(frames)
+
+    def _check_continues(self, last: int, lsn: int) -> None:
+        """A segment is named after the positions it holds, and restore and verify trust that
+        name: an entry that does not follow the one before (the log truncated past what was
+        shipped) must not go into one, or the segment would claim positions it lacks. `lsn`:
+        the position the log continues at."""
+        if lsn != last + 1:
+            raise LogGap(
+                f"the change log continues at position {lsn}, not {last + 1}: positions "
+                f"{last + 1}..{lsn - 1} were truncated before generation {self.state.generation} "
+                "shipped them; no segment was written"
+            )
 
     def expire(self) -> list[str]:
         """Deletes the generations no point of the retention window needs; returns their names."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,17 @@ from domicile.backup.bucket import Bucket
 from domicile.backup.catalog import Catalog
 from domicile.backup.residency import BUCKET_RULE
 from domicile.cli.main import main
-from domicile.cluster import load_cluster
+from domicile.cluster import BackupSpec, load_cluster
 from domicile.errors import InvalidArgument
+from domicile.hlc import pack, wall_ms
 from domicile.s3_server import SeaweedServer
 from domicile.wire.topology import topology_to_pb, with_backup
+from node.backup import restore
+from node.backup.shipper import BackupShipper, LogGap
+from node.engine.base import LocalWrite
+from node.engine.factory import SQLITE_FILE
+from node.engine.sqlite import SQLiteEngine
+from node.metrics import NodeMetrics
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.s3 import backup_settings
 
@@ -198,5 +206,122 @@ async def test_the_backup_section_comes_with_the_topology_and_a_bucket_outside_s
         with pytest.raises(InvalidArgument) as refused:
             await cluster.start_node(REGION)
         assert BUCKET_RULE in refused.value.message and "us-east-1" in refused.value.message
+    finally:
+        await cluster.stop()
+
+
+# -- a log truncated past what was shipped --------------------------------------------------------
+
+T0 = 1_800_000_000_000
+
+
+def _spec(s3: SeaweedServer) -> BackupSpec:
+    return BackupSpec(**backup_settings(s3, REGION, generation_hours=1))
+
+
+def _shipper(engine: SQLiteEngine, spec: BackupSpec, clock_ms: Callable[[], int] = wall_ms) -> BackupShipper:
+    return BackupShipper(
+        engine, Bucket(spec), spec, REGION, REGION, NodeMetrics(REGION, REGION), clock_ms=clock_ms
+    )
+
+
+def _write(engine: SQLiteEngine, key: str, ms: int) -> None:
+    (committed,) = engine.commit_local([LocalWrite("prefs_eu", key, b"v")], lambda: pack(ms, 0))
+    assert not isinstance(committed, Exception), committed
+
+
+def test_regression_a_log_truncated_past_the_shipped_position_ends_the_generation_without_a_segment(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """A segment is named after the positions it holds; one shipped from a log truncated past
+    the shipped position held fewer (4..8 named, 7..8 inside), and restore and verify failed on it."""
+    engine = SQLiteEngine(str(tmp_path / "s.sqlite3"), REGION, REGION, synchronous="OFF")
+    spec = _spec(s3)
+    shipper = _shipper(engine, spec)
+    try:
+        for i in range(3):
+            _write(engine, f"k{i}", T0 + i)
+        shipper.round()  # a generation with base position 3
+        first = shipper.state.generation
+        for i in range(3, 8):
+            _write(engine, f"k{i}", T0 + i)
+        engine.truncate_log(6, 1000)  # past the shipped position: 4..6 are gone
+        with pytest.raises(LogGap, match="continues at position 7, not 4"):
+            shipper.ship_pending()
+        catalog = Catalog(Bucket(spec), spec.prefix)
+        [generation] = catalog.generations(REGION)
+        assert generation.segments == [] and shipper.state.shipped_lsn == 3
+        # A round starts a new generation from the log as it is, and counts the failure.
+        shipper.round()
+        assert shipper.state.generation != first and shipper.state.shipped_lsn == 8
+        assert shipper.metrics.backup_failures._value.get() == 1
+        report = catalog.verify(REGION)
+        assert report.ok, report.problems
+        # A log truncated through its last entry: nothing to read, and still a gap.
+        _write(engine, "k8", T0 + 8)
+        engine.truncate_log(9, 1000)
+        with pytest.raises(LogGap, match="continues at position 10, not 9"):
+            shipper.ship_pending()
+    finally:
+        engine.close()
+
+
+async def test_regression_the_old_shipper_holds_truncation_until_it_has_stopped(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """When the backup section changes, the old shipper's last round ships what is pending from
+    its position: the truncator, running meanwhile, must not cut the log past that position."""
+    cluster = LocalCluster(tmp_path, [REGION], backups={REGION: backup_settings(s3, REGION)})
+    cluster.node_overrides["backup_interval_s"] = 0.1
+    cluster.node_overrides["changelog_truncate_interval_s"] = 0  # passes run when the test says
+    await cluster.start_linked()
+    try:
+        node = cluster.nodes[REGION]
+        old = node.backup
+        assert old is not None
+        await cluster.put(REGION, "prefs_eu", "shipped", b"v")
+        await _shipped(cluster)
+        # The shipper's next round is an hour away: what is written now stays pending.
+        old.interval_s = 3600
+        await cluster.put(REGION, "prefs_eu", "after-interval-change", b"v")
+        await _shipped(cluster)
+        for i in range(5):
+            await cluster.put(REGION, "prefs_eu", f"pending-{i}", b"v")
+        loop = asyncio.get_running_loop()
+        real_stop = old.stop
+
+        def stop_with_a_truncation_pass_and_writes_meanwhile(timeout_s: float = 10.0) -> None:
+            # What may happen while the daemon waits for the old shipper to stop.
+            asyncio.run_coroutine_threadsafe(node.truncator.pass_once(), loop).result(10)
+            for i in range(3):
+                put = cluster.put(REGION, "prefs_eu", f"during-stop-{i}", b"v")
+                asyncio.run_coroutine_threadsafe(put, loop).result(10)
+            real_stop(timeout_s)
+
+        old.stop = stop_with_a_truncation_pass_and_writes_meanwhile  # type: ignore[method-assign]
+        topology = node.view.topology
+        assert topology.backup is not None
+        moved = dataclasses.replace(topology.backup, prefix=topology.backup.prefix + "moved/")
+        changed = dataclasses.replace(topology, revision=topology.revision + 1, backup=moved)
+        await node._adopt_topology(changed, with_backup(topology_to_pb(changed), moved).SerializeToString())
+        assert node.backup is not None and node.backup is not old
+        # The old prefix holds every write up to the change, in segments that continue.
+        catalog = Catalog(old.bucket, old.spec.prefix)
+        report = await asyncio.to_thread(catalog.verify, REGION)
+        assert report.ok, report.problems
+        generations = catalog.generations(REGION)
+        assert generations[-1].last_lsn == old.state.shipped_lsn
+        restored = tmp_path / "restored"
+        summary = await asyncio.to_thread(restore.restore, old.spec, REGION, REGION, restored)
+        engine = SQLiteEngine(str(restored / SQLITE_FILE), f"{REGION}.{summary.epoch}", REGION)
+        try:
+            for key in [
+                "shipped",
+                *(f"pending-{i}" for i in range(5)),
+                *(f"during-stop-{i}" for i in range(3)),
+            ]:
+                assert engine.get("prefs_eu", key) is not None, key
+        finally:
+            engine.close()
     finally:
         await cluster.stop()
