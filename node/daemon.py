@@ -546,9 +546,7 @@ class Node:
 
         def shipped() -> int | None:
             shipper = self.backup
-            if shipper is None:
-                return None
-            return shipper.state.shipped_lsn if shipper.state.generation else 0
+            return None if shipper is None else shipper.truncatable_lsn()
 
         collector = TombstoneCollector(
             engine=self.engine, committer=self.committer, view=self.view, metrics=self.metrics,

@@ -9,7 +9,8 @@ age of the newest backed-up write.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import datetime
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from domicile.backup import format as fmt
@@ -44,6 +45,27 @@ class Generation:
         if self.segments:
             return self.segments[-1].last_lsn
         return self.manifest.base_lsn if self.manifest else 0
+
+
+@dataclass
+class Chain:
+    """What a restore from one generation replays: its snapshot, then its segments and those of
+    the later generations of the same incarnation that continue them without a hole (each later
+    generation's base position within what the chain reached). Positions are one incarnation's
+    change log, in HLC order, so a chain holds every write up to its last position.
+
+    `gap` is the first run of positions it lacks before a later segment or generation of the
+    incarnation (None: it runs to the incarnation's newest segment). Past a gap the chain holds
+    no write, so a point from its newest write on is not covered."""
+
+    start: Generation
+    generations: list[Generation]
+    segments: list[Segment]
+    last_lsn: int
+    gap: tuple[int, int] | None = None
+    # The generation the gap is before: one of `generations` (a segment of it missing) or the
+    # next one of the incarnation, whose base position the chain does not reach.
+    past_gap: Generation | None = None
 
 
 @dataclass
@@ -109,6 +131,64 @@ class Catalog:
             return int(meta.get(fmt.META_NEWEST_MS, "0"))
         return generation.manifest.finished_ms if generation.manifest else 0
 
+    def chain(self, generations: Sequence[Generation], start: Generation) -> Chain:
+        """The chain a restore from `start` replays (generations: the node's, oldest first)."""
+        assert start.manifest is not None
+        chain = Chain(start, [], [], start.manifest.base_lsn)
+        if not self._extend(chain, start):
+            return chain
+        later = [g for g in generations if g.name > start.name and g.manifest is not None]
+        for g in later:
+            assert g.manifest is not None
+            if g.manifest.epoch != start.manifest.epoch:
+                break  # another incarnation: its positions are another log's
+            if g.manifest.base_lsn > chain.last_lsn:
+                chain.gap, chain.past_gap = (chain.last_lsn + 1, g.manifest.base_lsn), g
+                break
+            if not self._extend(chain, g):
+                break
+        return chain
+
+    @staticmethod
+    def _extend(chain: Chain, generation: Generation) -> bool:
+        """Adds the generation's segments past what the chain reached; False at a gap."""
+        chain.generations.append(generation)
+        for segment in generation.segments:
+            if segment.last_lsn <= chain.last_lsn:
+                continue
+            if segment.first_lsn > chain.last_lsn + 1:
+                chain.gap, chain.past_gap = (chain.last_lsn + 1, segment.first_lsn - 1), generation
+                return False
+            chain.segments.append(segment)
+            chain.last_lsn = segment.last_lsn
+        return True
+
+    def chain_end_ms(self, chain: Chain) -> int:
+        """Wall time of the newest write the chain holds (its snapshot's end when no segment)."""
+        if chain.segments:
+            meta = self.bucket.head(chain.segments[-1].key)
+            return int(meta.get(fmt.META_NEWEST_MS, "0"))
+        assert chain.start.manifest is not None
+        return chain.start.manifest.finished_ms
+
+    def restorable(self, generations: Sequence[Generation]) -> list[tuple[int, int | None]]:
+        """The ranges of points a restore covers, oldest first: from a generation's snapshot end
+        to the newest write of its chain, or (None) on without end when no gap stops the chain
+        (past the newest backed-up write a restore gives that write's state)."""
+        ranges: list[tuple[int, int | None]] = []
+        covered: set[str] = set()
+        for g in generations:
+            if g.manifest is None or g.name in covered:
+                continue
+            chain = self.chain(generations, g)
+            covered.update(c.name for c in chain.generations)
+            end = self.chain_end_ms(chain) if chain.gap is not None else None
+            if ranges and ranges[-1][1] is None:
+                # The previous chain ran on (another incarnation's followed): it covers up to here.
+                ranges[-1] = (ranges[-1][0], g.manifest.finished_ms)
+            ranges.append((g.manifest.finished_ms, end))
+        return ranges
+
     def expired(self, node_id: str, horizon_ms: int, keep: str) -> list[str]:
         """Generations not needed to restore any point after horizon_ms: every generation older
         than the newest complete one whose snapshot finished at or before the horizon."""
@@ -160,11 +240,33 @@ class Catalog:
             progress(f"{g.name}: checked {g.objects} objects")
             if not report.window_start_ms:
                 report.window_start_ms = g.manifest.finished_ms
+        self._verify_chains(generations, report)
         complete = [g for g in generations if g.manifest is not None]
         if complete:
             newest = complete[-1]
             report.window_end_ms = max(self.newest_write_ms(newest), newest.manifest.finished_ms)  # type: ignore[union-attr]
         return report
+
+    def _verify_chains(self, generations: Sequence[Generation], report: VerifyReport) -> None:
+        """A generation whose base position is past what the segments before it (of the same
+        incarnation) hold leaves a hole in the window: a restore to a point between the newest
+        write before the hole and that generation's snapshot end is refused. (A hole inside a
+        generation's segments is reported with them.)"""
+        covered: set[str] = set()
+        for g in generations:
+            if g.manifest is None or g.name in covered:
+                continue
+            chain = self.chain(generations, g)
+            covered.update(c.name for c in chain.generations)
+            past = chain.past_gap
+            if chain.gap is None or past is None or past.name in covered or past.manifest is None:
+                continue
+            first, last = chain.gap
+            report.problems.append(
+                f"{past.name}: positions {first}..{last} before its base position are in no segment: "
+                f"no point from {_when(self.chain_end_ms(chain))} to {_when(past.manifest.finished_ms)} "
+                "can be restored"
+            )
 
     def _verify_generation(self, g: Generation, report: VerifyReport) -> None:
         assert g.manifest is not None
@@ -196,3 +298,7 @@ class Catalog:
                     report.log_entries += 1
             except (DomicileError, ValueError) as error:
                 report.problems.append(f"{g.name}: segment {segment.key}: {error}")
+
+
+def _when(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(timespec="milliseconds")

@@ -5,7 +5,12 @@ only the incarnation file, as a node on MongoDB keeps it in its data directory).
 
 The newest generation whose snapshot had finished by the point is read: its snapshot states,
 then its segments' log entries up to the point (entries are in HLC order, so the replay stops at
-the first one past it). The store is built as a NEW INCARNATION of the node: epoch E, above every
+the first one past it), continuing with the segments of the incarnation's later generations
+(a point before the next snapshot finished may lie past the chosen generation's last segment;
+the next generation's segments start at or before where it ends: Catalog.chain). A point the
+segments do not cover (a hole in the log positions they hold before it) is refused, naming
+the ranges that are covered: a restore never gives less than what was acknowledged before the
+point without saying so. The store is built as a NEW INCARNATION of the node: epoch E, above every
 epoch the bucket knows for the node and at least the restore time in seconds, recorded in the
 data directory's `incarnation` file; the node then writes with writer id "<node id>.E". Its dots
 and change-log positions are those of a writer that never wrote before, so no dot or position
@@ -34,7 +39,7 @@ from pathlib import Path
 
 from domicile.backup import format as fmt
 from domicile.backup.bucket import Bucket
-from domicile.backup.catalog import Catalog, Generation, Segment
+from domicile.backup.catalog import Catalog, Chain, Generation, Segment
 from domicile.backup.format import parse_time
 from domicile.backup.state_check import checked_index_fields
 from domicile.causality import Mutation
@@ -115,11 +120,15 @@ def restore(
     chosen = choose_generation(generations, to_ms)
     manifest = chosen.manifest
     assert manifest is not None
+    chain = catalog.chain(generations, chosen)
+    _check_covered(catalog, generations, chain, to_ms)
     known = max((g.manifest.epoch for g in generations if g.manifest is not None), default=0)
     epoch = max(known + 1, now_ms() // 1000)
     writer = writer_id(node_id, epoch)
+    continued = ", ".join(g.name for g in chain.generations[1:])
     progress(
-        f"generation {chosen.name}: {len(manifest.parts)} snapshot parts, {len(chosen.segments)} segments"
+        f"generation {chosen.name}: {len(manifest.parts)} snapshot parts, {len(chain.segments)} segments"
+        + (f" (continued in {continued})" if continued else "")
     )
     data.mkdir(parents=True, exist_ok=True)
     fresh_file = isinstance(settings, SQLiteSettings)
@@ -134,7 +143,7 @@ def restore(
     try:
         states = _load_snapshot(catalog, manifest, engine, progress)
         entries, restored_lsn, restored_ms = _replay_segments(
-            catalog, chosen, writer_id(node_id, manifest.epoch), engine, to_ms, progress
+            catalog, chain, writer_id(node_id, manifest.epoch), engine, to_ms, progress
         )
     finally:
         engine.close()
@@ -154,9 +163,40 @@ def restore(
         restored_lsn=restored_lsn,
         restored_to_ms=restored_ms,
         seconds=time.monotonic() - started,
-        objects=1 + len(manifest.parts) + len(chosen.segments),
-        bytes=chosen.bytes,
+        objects=1 + len(manifest.parts) + len(chain.segments),
+        bytes=chosen.bytes + sum(s.size for s in chain.segments if s not in chosen.segments),
     )
+
+
+def _check_covered(
+    catalog: Catalog, generations: Sequence[Generation], chain: Chain, to_ms: int | None
+) -> None:
+    """Refuses a point the chain does not cover: past a gap in its positions the segments hold no
+    write, so a point from the chain's newest write on may miss writes acknowledged before it.
+    Before that write every entry up to the point is in the chain (HLC order), and with no gap
+    the chain runs to the incarnation's newest backed-up write."""
+    if chain.gap is None:
+        return
+    end_ms = catalog.chain_end_ms(chain)
+    if to_ms is not None and to_ms < end_ms:
+        return
+    first, last = chain.gap
+    where = "the newest backed-up write" if to_ms is None else _when(to_ms)
+    before = f" (before generation {chain.past_gap.name})" if chain.past_gap is not None else ""
+    raise FailedPrecondition(
+        f"cannot restore to {where}: log positions {first}..{last} are in no segment{before}, so "
+        f"writes acknowledged before that point would be missing; restorable: "
+        f"{_ranges(catalog.restorable(generations))} (nothing was changed)"
+    )
+
+
+def _ranges(ranges: Sequence[tuple[int, int | None]]) -> str:
+    shown = [
+        f"{_when(start)} to {_when(end)}" if end is not None else f"from {_when(start)} on"
+        for start, end in ranges
+        if end is None or end > start
+    ]
+    return "; ".join(shown) or "none"
 
 
 def _load_snapshot(
@@ -185,16 +225,16 @@ def _load_snapshot(
 
 def _replay_segments(
     catalog: Catalog,
-    generation: Generation,
+    chain: Chain,
     source: str,
     engine: EngineCore,
     to_ms: int | None,
     progress: Callable[[str], None],
 ) -> tuple[int, int, int]:
-    """Replays the generation's log entries after its base position, up to to_ms (entries are in
+    """Replays the chain's log entries after its base position, up to to_ms (entries are in
     HLC order, so the replay stops at the first one past it); returns (entries replayed, the
     position and the time restored to)."""
-    manifest = generation.manifest
+    manifest = chain.start.manifest
     assert manifest is not None
 
     def decoded(segment: Segment) -> list[tuple[int, Mutation]]:
@@ -206,11 +246,13 @@ def _replay_segments(
 
     entries = 0
     restored_lsn, restored_ms = manifest.base_lsn, manifest.finished_ms
-    with contextlib.closing(prepared_in_order(decoded, generation.segments)) as segments:
+    with contextlib.closing(prepared_in_order(decoded, chain.segments)) as segments:
         for i, (_, logged) in enumerate(segments, 1):
             batch: list[Mutation] = []
             done = False
             for lsn, mutation in logged:
+                if lsn <= restored_lsn:
+                    continue  # a later generation's segment starts before the chain's end
                 written_ms = physical_ms(mutation.version.hlc)
                 if to_ms is not None and written_ms > to_ms:
                     done = True
@@ -221,7 +263,7 @@ def _replay_segments(
             for start in range(0, len(batch), REPLAY_BATCH):
                 engine.apply_remote(source, batch[start : start + REPLAY_BATCH], 0)
             entries += len(batch)
-            progress(f"segment {i}/{len(generation.segments)}: {entries} log entries replayed")
+            progress(f"segment {i}/{len(chain.segments)}: {entries} log entries replayed")
             if done:
                 break
     return entries, restored_lsn, restored_ms

@@ -4,8 +4,16 @@ A generation starts with a base snapshot (the engine's consistent snapshot itera
 parts of about PART_BYTES), then its manifest; from then on, every interval (1 s by default,
 so that at most about a second of acknowledged writes is not yet in the bucket) the change-log
 entries written since the last round go up as one segment. A new generation starts every
-generation_hours, and generations no longer needed to restore any point of the retention
-window are deleted.
+generation_hours and at every start, and generations no longer needed to restore any point of
+the retention window are deleted.
+
+Generations of one incarnation chain: a restore to a point before the next generation's
+snapshot finished replays the chosen generation's segments and then the next ones', which
+continue them without a hole. That holds because the generation before a new one is shipped
+through the new one's base position before its snapshot starts (and, so that writes reach the
+bucket during a long snapshot too, after every snapshot part); because the log is not truncated
+past that base until the new generation ships from it; and because a shipper starting after a
+crash first ships what its incarnation's newest generation had not shipped (`resume`).
 
 What goes up is what the store holds: key states and log entries whose values are sealed under
 their subjects' data keys. The data keys and the key-encryption key live outside the store
@@ -25,7 +33,7 @@ from domicile.backup import format as fmt
 from domicile.backup.bucket import Bucket
 from domicile.backup.catalog import Catalog
 from domicile.cluster import BackupSpec
-from domicile.errors import DomicileError, FailedPrecondition
+from domicile.errors import DataCorruption, DomicileError, FailedPrecondition
 from domicile.hlc import physical_ms, wall_ms
 from domicile.wire.records import mutation_to_bytes
 from node.engine.base import StorageEngine
@@ -75,6 +83,13 @@ class BackupShipper:
         self.interval_s = interval_s
         self.clock_ms = clock_ms
         self.state = ShipperState()
+        # The base position of the generation whose snapshot is going up: the log must be kept
+        # from there on, although the generation before it ships (and releases) past it.
+        self._building_base: int | None = None
+        # Guards the state switch at a new generation against truncatable_lsn's reads.
+        self._lock = threading.Lock()
+        # A new generation starts at every start, after the one this incarnation left is resumed.
+        self._started_one = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -111,12 +126,25 @@ class BackupShipper:
                 self.metrics.backup_failures.inc()
                 log.warning("last backup round at stop failed (%s)", error)
 
+    def truncatable_lsn(self) -> int:
+        """The position up to which the change log may be truncated: what every generation that
+        is still to ship from the log has shipped (0 while none exists)."""
+        with self._lock:
+            if not self.state.generation:
+                return 0
+            if self._building_base is None:
+                return self.state.shipped_lsn
+            return min(self.state.shipped_lsn, self._building_base)
+
     def round(self) -> None:
         """One shipping round: a new generation when one is due, then the pending segment."""
+        if not self._started_one and not self.state.generation:
+            self.resume()
         now = self.clock_ms()
         due = now - self.state.generation_started_ms >= self.spec.generation_hours * 3_600_000
-        if not self.state.generation or due:
+        if not self._started_one or not self.state.generation or due:
             self.start_generation()
+            self._started_one = True
             self.expire()
         try:
             self.ship_pending()
@@ -131,16 +159,76 @@ class BackupShipper:
     def _end_generation(self, gap: LogGap) -> None:
         self.metrics.backup_failures.inc()
         log.error("backup generation %s ends: %s; starting a new one", self.state.generation, gap.message)
-        self.state = ShipperState()
+        with self._lock:
+            self.state = ShipperState()
 
     # -- generations ---------------------------------------------------------------------------
 
+    def resume(self) -> bool:
+        """Continues the newest complete generation this incarnation left in the bucket (a node
+        that stopped without its last round, or crashed), when the log still continues from its
+        last segment: what it had not shipped then goes into it, so its segments reach the next
+        generation's base position and a restore between the two misses nothing. Returns whether
+        it resumed one."""
+        self.bucket.ensure()
+        try:
+            generations = Catalog(self.bucket, self.spec.prefix).generations(self.node_id)
+        except DataCorruption as error:
+            log.warning("backup: the previous generation cannot be resumed (%s)", error.message)
+            return False
+        complete = [(g, g.manifest) for g in generations if g.manifest is not None]
+        if not complete or complete[-1][1].epoch != self.epoch:
+            return False  # none, or another incarnation's: its positions are not this log's
+        previous, manifest = complete[-1]
+        shipped = previous.last_lsn
+        if shipped > self.engine.last_lsn() or not self._log_continues(shipped):
+            log.warning(
+                "backup generation %s cannot be resumed: the change log no longer continues from its "
+                "position %d; a restore to a point before the next generation's snapshot is refused",
+                previous.name, shipped,
+            )  # fmt: skip
+            return False
+        with self._lock:
+            self.state = ShipperState(previous.name, manifest.started_ms, shipped)
+        log.info("backup generation %s resumed from position %d", previous.name, shipped)
+        return True
+
+    def _log_continues(self, shipped: int) -> bool:
+        return self.engine.log_start().lsn <= shipped
+
+    def _ship_previous(self) -> None:
+        """Ships the generation going out while a new one is built; one whose log was truncated
+        past it ends there (the new one starts without it)."""
+        if not self.state.generation:
+            return
+        try:
+            self.ship_pending()
+        except LogGap as gap:
+            self._end_generation(gap)
+
     def start_generation(self) -> fmt.Manifest:
-        """A base snapshot and its manifest; segments then continue from its base position."""
+        """A base snapshot and its manifest; segments then continue from its base position.
+
+        The generation before it is shipped through the base position first: a restore to a
+        point before this snapshot finishes uses that generation and continues with this one's
+        segments, which start right after the base. It is shipped again after every part, so
+        that a long snapshot does not hold writes out of the bucket, and the log is kept from
+        the base on (truncatable_lsn) until this generation ships from it."""
         self.bucket.ensure()
         started = self.clock_ms()
         generation = fmt.generation_name(started, secrets.token_hex(4))
         base_lsn = self.engine.last_lsn()
+        with self._lock:
+            self._building_base = base_lsn
+        try:
+            self._ship_previous()
+            manifest = self._snapshot(generation, started, base_lsn)
+        finally:
+            with self._lock:
+                self._building_base = None
+        return manifest
+
+    def _snapshot(self, generation: str, started: int, base_lsn: int) -> fmt.Manifest:
         parts: list[fmt.SnapshotPart] = []
         chunk: list[bytes] = []
         size = rows = 0
@@ -153,6 +241,7 @@ class BackupShipper:
             self._count(len(body))
             parts.append(fmt.SnapshotPart(key=key, sha256=digest, bytes=len(body), rows=rows))
             chunk, size, rows = [], 0, 0
+            self._ship_previous()
 
         with self.engine.snapshot() as states:
             for namespace, key, state in states:
@@ -175,10 +264,15 @@ class BackupShipper:
             end_lsn=self.engine.last_lsn(),
             parts=tuple(parts),
         )
+        # What was written during the last part goes up too before the switch (from now on it
+        # would wait for this generation's first segment).
+        self._ship_previous()
         body = manifest.to_json()
         self.bucket.put(fmt.manifest_key(self.spec.prefix, self.node_id, generation), body)
         self._count(len(body))
-        self.state = ShipperState(generation, started, base_lsn)
+        with self._lock:
+            self.state = ShipperState(generation, started, base_lsn)
+            self._building_base = None
         self.metrics.backup_generation_started.set(started / 1000)
         log.info(
             "backup generation %s: %d states in %d parts, base position %d",

@@ -6,20 +6,31 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
 import pymongo
 import pytest
 
+from domicile.backup.bucket import Bucket
+from domicile.backup.catalog import Catalog
+from domicile.cluster import BackupSpec
+from domicile.errors import FailedPrecondition
+from domicile.hlc import pack
 from domicile.s3_server import SeaweedServer
 from domicile.subjects import RequestStatus
 from node.backup import restore
+from node.backup.shipper import BackupShipper
+from node.engine.base import LocalWrite
+from node.engine.factory import SQLITE_FILE
 from node.engine.mongo import MongoEngine
+from node.engine.sqlite import SQLiteEngine
 from node.incarnation import read_epoch
+from node.metrics import NodeMetrics
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.mongo import MongoServer
-from tests.support.s3 import backup_settings
+from tests.support.s3 import backup_settings, backup_spec
 
 WEST, CENTRAL = "eu-west-1", "eu-central-1"
 
@@ -344,3 +355,189 @@ async def test_a_restored_node_refuses_subject_writes_until_it_has_the_erased_li
         assert request.request_id in (refused.value.details() or "")
     finally:
         await cluster.stop()
+
+
+# -- points between generations ------------------------------------------------------------------
+#
+# The shipper is driven alone on a store and a clock the test controls (no seed: nothing is
+# random but the generation names' suffixes). A restore to a point must hold every write
+# acknowledged before it, or refuse the point naming what it can restore.
+
+T0 = 1_800_000_000_000
+HOUR_MS = 3_600_000
+
+
+class _WritesDuringSnapshot(Bucket):
+    """The real bucket; when a generation's first snapshot part has gone up, `during` runs (a
+    write acknowledged while the snapshot is still going up), and after every object `watch`'s
+    answer is kept."""
+
+    def __init__(self, spec: BackupSpec) -> None:
+        super().__init__(spec)
+        self.during: Callable[[], None] | None = None
+        self.watch: Callable[[], int] | None = None
+        self.watched: list[int] = []
+
+    def put(self, key: str, body: bytes, metadata: Mapping[str, str] | None = None) -> str:
+        digest = super().put(key, body, metadata)
+        if self.watch is not None:
+            self.watched.append(self.watch())
+        if "/snapshot/" in key and self.during is not None:
+            during, self.during = self.during, None
+            during()
+        return digest
+
+
+class _Store:
+    """A node's store, a shipper on the session's S3 server, and the clock both read."""
+
+    def __init__(self, tmp_path: Path, s3: SeaweedServer) -> None:
+        self.now = T0
+        self.spec = backup_spec(s3, WEST, generation_hours=1)
+        self.engine = SQLiteEngine(str(tmp_path / "store.sqlite3"), WEST, WEST, synchronous="OFF")
+        self.bucket = _WritesDuringSnapshot(self.spec)
+        self.shipper = self.new_shipper()
+
+    def new_shipper(self) -> BackupShipper:
+        return BackupShipper(
+            self.engine,
+            self.bucket,
+            self.spec,
+            WEST,
+            WEST,
+            NodeMetrics(WEST, WEST),
+            clock_ms=lambda: self.now,
+        )
+
+    def write(self, key: str, ms: int) -> None:
+        (committed,) = self.engine.commit_local([LocalWrite("prefs_eu", key, b"v")], lambda: pack(ms, 0))
+        assert not isinstance(committed, Exception), committed
+
+    def catalog(self) -> Catalog:
+        return Catalog(Bucket(self.spec), self.spec.prefix)
+
+    def restored_keys(self, out: Path, to_ms: int | None) -> set[str]:
+        summary = restore.restore(self.spec, WEST, WEST, out, to_ms=to_ms, progress=print)
+        print(summary)
+        engine = SQLiteEngine(str(out / SQLITE_FILE), f"{WEST}.{summary.epoch}", WEST)
+        try:
+            return {key for key, _ in engine.states_after("prefs_eu", "", 1000)}
+        finally:
+            engine.close()
+
+
+def test_regression_a_point_before_the_new_snapshot_finished_gets_every_write_before_it(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """At a rotation the old generation's pending entries, and those written while the new
+    snapshot goes up, reach the bucket before the new generation can be chosen."""
+    store = _Store(tmp_path, s3)
+    shipper = store.shipper
+    try:
+        store.write("a", T0 + 10)
+        store.now = T0 + 100
+        shipper.round()  # generation 1, snapshot finished at T0+100
+        store.write("b", T0 + 200)
+        shipper.round()  # a segment with b
+        store.write("c", T0 + HOUR_MS)  # not shipped when the rotation is due
+        store.now = T0 + HOUR_MS + 500
+        store.bucket.during = lambda: store.write("d", T0 + HOUR_MS + 300)
+        store.bucket.watch = shipper.truncatable_lsn
+        shipper.round()  # generation 2, whose snapshot "finishes" at T0+1h+500
+        keys = store.restored_keys(tmp_path / "r1", T0 + HOUR_MS + 400)
+        assert keys == {"a", "b", "c", "d"}, keys
+        # Generation 1 went on shipping while the snapshot went up (c before, d after its
+        # part), but the log was kept from generation 2's base position (3) on meanwhile.
+        first, second = store.catalog().generations(WEST)
+        assert first.last_lsn == 4 and second.manifest is not None and second.manifest.base_lsn == 3
+        assert max(store.bucket.watched) == 3, store.bucket.watched
+        report = store.catalog().verify(WEST)
+        assert report.ok, report.problems
+    finally:
+        store.engine.close()
+
+
+def test_regression_a_node_started_after_a_crash_ships_what_its_last_generation_lacked(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    store = _Store(tmp_path, s3)
+    try:
+        store.write("a", T0 + 10)
+        store.now = T0 + 100
+        store.shipper.round()
+        store.write("b", T0 + 200)
+        store.shipper.round()
+        store.write("c", T0 + 300)  # acknowledged; the node dies before the next round
+        store.now = T0 + 60_000
+        restarted = store.new_shipper()  # the same incarnation, on the same store
+        restarted.round()
+        keys = store.restored_keys(tmp_path / "r1", T0 + 30_000)
+        assert keys == {"a", "b", "c"}, keys
+        [first, second] = store.catalog().generations(WEST)
+        assert restarted.state.generation == second.name and first.last_lsn == 3
+        report = store.catalog().verify(WEST)
+        assert report.ok, report.problems
+    finally:
+        store.engine.close()
+
+
+def test_regression_a_restore_continues_with_the_next_generations_segments(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """A generation whose segments end at the next one's base position: the next one's segments
+    hold what was written while its snapshot went up, before it could be chosen."""
+    store = _Store(tmp_path, s3)
+    try:
+        store.write("a", T0 + 10)
+        store.now = T0 + 100
+        store.shipper.round()
+        store.write("b", T0 + 200)
+        store.shipper.round()
+        # A generation started without the one before shipping on during its snapshot (as
+        # buckets written by earlier versions hold): its base is the old one's end, and d is
+        # only in its own segments.
+        fresh = store.new_shipper()
+        store.bucket.during = lambda: store.write("d", T0 + HOUR_MS + 300)
+        store.now = T0 + HOUR_MS + 500
+        fresh.start_generation()
+        fresh.ship_pending()
+        generations = store.catalog().generations(WEST)
+        assert [g.last_lsn for g in generations] == [2, 3]
+        keys = store.restored_keys(tmp_path / "r1", T0 + HOUR_MS + 400)
+        assert keys == {"a", "b", "d"}, keys
+    finally:
+        store.engine.close()
+
+
+def test_regression_a_point_in_a_hole_of_the_backup_is_refused_with_the_restorable_ranges(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    store = _Store(tmp_path, s3)
+    try:
+        store.write("a", T0 + 10)
+        store.now = T0 + 100
+        store.shipper.round()
+        store.write("b", T0 + 200)
+        store.shipper.round()
+        # Backups stop; the log is truncated by the links alone; then they start again.
+        store.write("c", T0 + 300)
+        store.write("e", T0 + 400)
+        store.engine.truncate_log(4, 1000)
+        store.now = T0 + 60_000
+        restarted = store.new_shipper()
+        restarted.round()  # cannot resume: a new generation, with c and e only in its snapshot
+        with pytest.raises(FailedPrecondition) as refused:
+            store.restored_keys(tmp_path / "r1", T0 + 30_000)
+        message = refused.value.message
+        print(message)
+        assert "log positions 3..4 are in no segment" in message
+        assert "restorable: 2027-01-15T08:00:00.100+00:00 to 2027-01-15T08:00:00.200+00:00" in message
+        assert "; from 2027-01-15T08:01:00.000+00:00 on" in message
+        assert not (tmp_path / "r1" / SQLITE_FILE).exists()
+        # Points the backup covers still restore, and verify reports the hole.
+        assert store.restored_keys(tmp_path / "r2", T0 + 150) == {"a"}
+        assert store.restored_keys(tmp_path / "r3", None) == {"a", "b", "c", "e"}
+        report = store.catalog().verify(WEST)
+        assert any("positions 3..4 before its base position are in no segment" in p for p in report.problems)
+    finally:
+        store.engine.close()

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from domicile.cluster import BackupSpec
 from domicile.s3_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, SeaweedServer
 
 _CREDENTIALS = {"AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY}
@@ -41,3 +42,8 @@ def backup_settings(server: SeaweedServer, region: str, **extra: Any) -> dict[st
         "prefix": f"t-{uuid.uuid4().hex[:16]}/",
         **extra,
     }
+
+
+def backup_spec(server: SeaweedServer, region: str, **extra: Any) -> BackupSpec:
+    """A region's backup section as a node receives it, for tests that drive a shipper alone."""
+    return BackupSpec(**backup_settings(server, region, **extra))
