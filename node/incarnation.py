@@ -6,6 +6,7 @@ together never start."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from domicile.errors import InvalidArgument
@@ -25,7 +26,23 @@ def read_epoch(data_dir: str | Path) -> int:
 
 
 def write_epoch(data_dir: str | Path, epoch: int) -> None:
+    """Durably: the file's bytes are on disk before the rename, and the rename before this
+    returns. Otherwise a crash could leave an empty file under the name (the rename persisted,
+    not the data), and the node would not start."""
     path = Path(data_dir) / INCARNATION_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{epoch}\n", encoding="ascii")
+    with tmp.open("w", encoding="ascii") as out:
+        out.write(f"{epoch}\n")
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
+    fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync of a file or a directory (a directory's, so that a rename in it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

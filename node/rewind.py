@@ -37,7 +37,7 @@ from node.config import SQLiteSettings
 from node.engine.base import StorageEngine
 from node.engine.core import EngineCore
 from node.engine.factory import SQLITE_FILE, open_engine
-from node.incarnation import write_epoch
+from node.incarnation import fsync_path, write_epoch
 
 log = logging.getLogger("domicile.rewind")
 
@@ -120,7 +120,10 @@ def reincarnate(
         (data_dir / (SQLITE_FILE + suffix)).unlink(missing_ok=True)
     # The store, then the epoch that names its writer id: a crash between the two leaves a store
     # that the engine refuses to open under the old writer id, never one that reuses dots.
+    # Each durable before the next: the rebuilt store's bytes, its rename, then the epoch.
+    fsync_path(work / SQLITE_FILE)
     (work / SQLITE_FILE).replace(data_dir / SQLITE_FILE)
+    fsync_path(data_dir)
     write_epoch(data_dir, epoch)
     shutil.rmtree(work, ignore_errors=True)
     log.warning(

@@ -53,7 +53,7 @@ from node.config import EngineSettings, MongoSettings, SQLiteSettings, default_m
 from node.engine.backend import StateRow
 from node.engine.core import EngineCore
 from node.engine.factory import SQLITE_FILE, open_engine
-from node.incarnation import INCARNATION_FILE, write_epoch
+from node.incarnation import INCARNATION_FILE, fsync_path, write_epoch
 
 # Log entries replayed per transaction (at most what apply_remote takes at once).
 REPLAY_BATCH = 5_000
@@ -151,8 +151,6 @@ def restore(
         _put_in_place(build_dir, data)
     # Last: a directory with a store but no incarnation file is not a restored node.
     write_epoch(data, epoch)
-    _fsync(data / INCARNATION_FILE)
-    _fsync(data)
     return RestoreSummary(
         node_id=node_id,
         generation=chosen.name,
@@ -282,18 +280,10 @@ def _put_in_place(staging: Path, data: Path) -> None:
             f"the restored store in {staging} was not closed cleanly ({', '.join(leftovers)} left "
             "beside it); nothing was put in place: run the restore again"
         )
-    _fsync(built)
+    fsync_path(built)
     os.replace(built, data / SQLITE_FILE)
-    _fsync(data)
+    fsync_path(data)
     staging.rmdir()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _refuse_existing_store(engine: EngineCore, node_id: str, settings: MongoSettings) -> None:
