@@ -288,10 +288,15 @@ class EngineCore:
         mark = state.request(write.request_id) if state and write.request_id else None
         if mark is not None:
             return _replay(write, mark)
-        # A key the store does not hold may have been held and deleted (tombstone GC, a
-        # bootstrap's prune), taking the counters issued for it along: the dot floor is above
-        # all of those, so the key's next dot is never one a replica still holds.
-        issued = state.context.max_counter(self.node_id) if state else dot_floor()
+        # A key state naming none of this node's counters may be one deleted here (tombstone GC,
+        # a bootstrap's prune) and written again, here or by another node: the counters this
+        # node had issued for it went with the deleted state. The dot floor is above all of those
+        # (and a node that never deleted a state has none), so such a key's next dot starts
+        # above it, and a replica that still holds the deleted state never takes it for one
+        # of those. A state that names some of them keeps them, as the contexts it merged hold.
+        own = state.context.max_counter(self.node_id) if state else 0
+        floor = dot_floor() if own == 0 else 0
+        issued = own or floor
         claimed = write.supersedes.max_counter(self.node_id) if write.supersedes is not None else 0
         if claimed > issued:
             raise InvalidArgument(
@@ -305,12 +310,16 @@ class EngineCore:
         if supersedes is None:
             supersedes = state.context if state is not None else CausalContext.empty()
         first = state is None and not supersedes.vv and not supersedes.dots and issued == 0
-        if state is not None:
-            dot = causality.next_dot(state, self.node_id, supersedes)
-        elif first:
+        if first:
             dot = self._first_dot
+        elif floor:
+            # Every counter of this node up to the floor is of a deleted version or of none, so
+            # the write covers them all: its context stays one entry for this node, the same
+            # at every replica (the mutation carries it), and its dot is the next one.
+            supersedes = supersedes.join(CausalContext.of({self.node_id: floor}))
+            dot = Dot(self.node_id, floor + 1)
         else:
-            dot = Dot(self.node_id, max(issued, claimed) + 1)
+            dot = causality.next_dot(state, self.node_id, supersedes)
         classification = write.classification
         version = Version(
             dot=dot,
@@ -344,13 +353,7 @@ class EngineCore:
                 if write.request_id
                 else ()
             )
-            # Every counter of this node up to the new one is covered: those below it are of
-            # versions deleted here (the floor's), and a compact context stays one entry long.
-            context = (
-                self._first_context
-                if first
-                else supersedes.join(CausalContext.of({self.node_id: dot.counter}))
-            )
+            context = self._first_context if first else supersedes.add(dot)
             return Committed(mutation, KeyState((version,), context, marks), False, False)
         applied = causality.apply(state, mutation)
         before = len(state.versions) if state else 0

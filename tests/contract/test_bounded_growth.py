@@ -123,6 +123,9 @@ def test_regression_a_key_written_again_after_its_purge_never_reuses_a_dot(
     [fresh] = commit_ok(a, stamp, LocalWrite("ns", "k2", b"x"))
     assert fresh.mutation.version.dot == Dot("a", 2)
     assert fresh.state.context == CausalContext.of({"a": 2})
+    b.apply_remote("a", [fresh.mutation], fresh.mutation.lsn)
+    replica = b.get("ns", "k2")
+    assert replica is not None and replica.context == fresh.state.context  # digests agree
     # The floor survives a reopen.
     a = harness.reopen(a, "a")
     [later] = commit_ok(a, stamp, LocalWrite("ns", "k3", b"y"))
@@ -147,3 +150,36 @@ def test_regression_a_prune_of_this_nodes_newest_version_never_reuses_its_dot(
     [four] = commit_ok(engine, stamp, LocalWrite("ns", "k", b"four"))
     assert four.mutation.version.dot.counter > three.mutation.version.dot.counter
     assert one.mutation.version.dot.counter == 1
+
+
+def test_regression_a_key_purged_here_and_written_again_by_another_node_never_reuses_a_dot(
+    harness: EngineHarness, stamp: Stamp
+) -> None:
+    # a and c purge k's tombstone, b has not yet; c writes k again and a receives it: a's state
+    # for k names no counter of a's. a's next write to k took a:1 again (the dot floor was read
+    # only for a key the store did not hold): b dropped it as a duplicate, and b's tombstone
+    # deleted it at a by anti-entropy.
+    a = harness.open("a", node_id="a")
+    b = harness.open("b", node_id="b")
+    c = harness.open("c", node_id="c")
+    [w] = commit_ok(a, stamp, LocalWrite("ns", "k", b"old"))
+    for replica in (b, c):
+        replica.apply_remote("a", [w.mutation], w.mutation.lsn)
+    [d] = commit_ok(b, stamp, LocalWrite("ns", "k", tombstone=True))
+    for replica in (a, c):
+        replica.apply_remote("b", [d.mutation], d.mutation.lsn)
+    for purging in (a, c):
+        assert purging.purge_tombstones("ns", ["k"], lambda _key, _state: True, 1) == 1
+    [again] = commit_ok(c, stamp, LocalWrite("ns", "k", b"from c"))
+    a.apply_remote("c", [again.mutation], again.mutation.lsn)
+    [n] = commit_ok(a, stamp, LocalWrite("ns", "k", b"new at a", supersedes=CausalContext.empty()))
+    assert n.mutation.version.dot == Dot("a", 2)
+    outcome = b.apply_remote("a", [n.mutation], n.mutation.lsn)
+    assert outcome.duplicates == 0
+    held = b.get("ns", "k")
+    assert held is not None and b"new at a" in [v.value for v in held.live()]
+    # The writer's context for the key is the one its replicas build from the mutation, so
+    # their digests agree (no anti-entropy repair for every key written after a purge).
+    c.apply_remote("a", [n.mutation], n.mutation.lsn)
+    at_a, at_c = a.get("ns", "k"), c.get("ns", "k")
+    assert at_a is not None and at_c is not None and at_a.context == at_c.context
