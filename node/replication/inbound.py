@@ -689,7 +689,19 @@ class Receiver:
                 self.eraser.blocks, self.view.topology, admitted, via=via
             )
             late.extend(refused_now)
-            return engine.apply_remote(peer_node_id, still, 0)
+            while True:
+                try:
+                    return engine.apply_remote(peer_node_id, still, 0)
+                except StateTooLarge as error:
+                    # As for a stream: refused alone, or every round (and a bootstrap part)
+                    # would fail on it for ever.
+                    still, refused = late_refusals.too_large(
+                        still, error.namespace, error.key, error.message, via=via
+                    )
+                    if not refused:
+                        raise
+                    log.warning("refused %d records from %s: %s", len(refused), peer_node_id, error.message)
+                    late.extend(refused)
 
         async def commit_and_audit() -> ApplyOutcome:
             outcome = await self.committer.run(work)

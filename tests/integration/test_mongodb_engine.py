@@ -280,3 +280,9 @@ async def _past_the_limit_by_replication(cluster: LocalCluster) -> None:
     await target.audit.flush()
     rules = [AuditEntry.decode(e.body).rule for e in target.audit.iter_all()]
     assert "state-too-large" in rules
+    # An anti-entropy repair (and a bootstrap part) carrying such records refuses them alone
+    # too: it failed whole, in every round.
+    repair = [mutation("big", bytes([99 + i]) * (1 << 20)) for i in range(3)]
+    repair.append(mutation("small-repaired", b"fine"))
+    result = await target.receiver.apply_repair("eu-central-1", repair)
+    assert result.refused >= 1 and ("instruments", "small-repaired") in result.repaired
