@@ -4,6 +4,7 @@ link together, and owns their start and stop order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -142,6 +143,9 @@ class Node:
         self._server: grpc.aio.Server | None = None
         self._running = False
         self.backup: BackupShipper | None = None
+        # The backup section the latest topology asked for, and the switch to it under way.
+        self._backup_wanted: BackupSpec | None = None
+        self._backup_switch: asyncio.Task[None] | None = None
         # The other daemons' changes to the region's database, for the cache (MongoDB engine).
         self.region_changes: RegionChanges | None = None
         self.epoch = 0
@@ -195,6 +199,7 @@ class Node:
             # region's); the one last received is checked before anything is served: a node
             # whose backups would land where its records may not be does not start.
             backup = self._checked_backup(initial_topology)
+            self._backup_wanted = initial_topology.backup
             await offload.warm(self.engine.last_lsn)
             # Before anything stamps a time: the clock resumes above every timestamp issued before.
             await offload.run(self._persist_clock)
@@ -604,19 +609,31 @@ class Node:
         """Follows a change of the backup section: the old shipper stops (its last round ships
         what is pending), and a new one starts on a bucket that passes the residency check. A
         bucket that does not is refused: nothing is shipped there, and the node says so."""
-        current = self.backup.spec if self.backup is not None else None
-        if topology.backup == current:
+        if topology.backup == self._backup_wanted:
             return
+        self._backup_wanted = topology.backup
         try:
             spec = self._checked_backup(topology)
         except errors.InvalidArgument as refused:
             log.error("backup section of topology revision %d REFUSED; backups stop: %s",
                       topology.revision, refused.message)  # fmt: skip
             spec = None
+        # In the background, after any switch still under way: the old shipper's last round can
+        # take minutes (a snapshot, a slow bucket), and the topology's other changes (erasure
+        # orders, holds, policy) must not wait for it.
+        self._backup_switch = asyncio.create_task(self._switch_backup(self._backup_switch, spec))
+
+    async def _switch_backup(self, before: asyncio.Task[None] | None, spec: BackupSpec | None) -> None:
+        if before is not None:
+            with contextlib.suppress(Exception):
+                await before
         if self.backup is not None:
             # The old shipper stays self.backup until it has stopped: its last round ships from
-            # its position, so the truncator must not cut the log past that position meanwhile.
-            await asyncio.to_thread(self.backup.stop)
+            # its position, so the truncator must not cut the log past that position meanwhile;
+            # and a new shipper of the same bucket could otherwise resume the generation this
+            # one still ships.
+            while not await asyncio.to_thread(self.backup.stop):
+                log.warning("backup: the previous shipper is still finishing its round; waiting for it")
             self.backup = None
         self._start_backup(spec)
 
@@ -1206,6 +1223,8 @@ class Node:
         # The refusals counted but not yet summarised, while the audit log still takes entries.
         self.refusal_audit.flush(everything=True)
         await _bounded("writer stop", self.committer.stop(), 10.0)
+        if self._backup_switch is not None:
+            await _bounded("backup switch", self._backup_switch, 15.0)
         if self.backup is not None:
             await _bounded("backup stop", asyncio.to_thread(self.backup.stop), 15.0)
         # A scan or chain check still running reads the store and the audit log: it ends first.

@@ -99,10 +99,14 @@ class BackupShipper:
         self._thread = threading.Thread(target=self._run, name=f"backup-{self.node_id}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Asks the thread to end after its last round and waits up to timeout_s; whether it has
+        ended (a snapshot or a slow upload can outlast the wait: call it again)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
 
     def _run(self) -> None:
         delay = self.interval_s

@@ -200,6 +200,8 @@ async def test_the_backup_section_comes_with_the_topology_and_a_bucket_outside_s
         changed = dataclasses.replace(topology, revision=topology.revision + 1, backup=outside)
         await node._adopt_topology(changed, with_backup(topology_to_pb(changed), outside).SerializeToString())
         assert node.view.revision == changed.revision
+        assert node._backup_switch is not None
+        await node._backup_switch
         assert node.backup is None
         assert node.metrics.registry.get_sample_value("domicile_backup_enabled") == 0
         await cluster.stop_node(REGION)
@@ -287,13 +289,13 @@ async def test_regression_the_old_shipper_holds_truncation_until_it_has_stopped(
         loop = asyncio.get_running_loop()
         real_stop = old.stop
 
-        def stop_with_a_truncation_pass_and_writes_meanwhile(timeout_s: float = 10.0) -> None:
+        def stop_with_a_truncation_pass_and_writes_meanwhile(timeout_s: float = 10.0) -> bool:
             # What may happen while the daemon waits for the old shipper to stop.
             asyncio.run_coroutine_threadsafe(node.truncator.pass_once(), loop).result(10)
             for i in range(3):
                 put = cluster.put(REGION, "prefs_eu", f"during-stop-{i}", b"v")
                 asyncio.run_coroutine_threadsafe(put, loop).result(10)
-            real_stop(timeout_s)
+            return real_stop(timeout_s)
 
         old.stop = stop_with_a_truncation_pass_and_writes_meanwhile  # type: ignore[method-assign]
         topology = node.view.topology
@@ -301,6 +303,8 @@ async def test_regression_the_old_shipper_holds_truncation_until_it_has_stopped(
         moved = dataclasses.replace(topology.backup, prefix=topology.backup.prefix + "moved/")
         changed = dataclasses.replace(topology, revision=topology.revision + 1, backup=moved)
         await node._adopt_topology(changed, with_backup(topology_to_pb(changed), moved).SerializeToString())
+        assert node._backup_switch is not None
+        await node._backup_switch  # in the background: the topology's other changes go on
         assert node.backup is not None and node.backup is not old
         # The old prefix holds every write up to the change, in segments that continue.
         catalog = Catalog(old.bucket, old.spec.prefix)
