@@ -222,29 +222,31 @@ class SubjectOrders:
     released: tuple[HoldRelease, ...] = ()
 
 
-# What a subject id may not hold: control characters (Unicode Cc) and the line and paragraph
-# separators, which garble the logs, listings and receipts an id appears in. Anything else a
-# name may hold is allowed: a no-break space, a zero-width non-joiner (Persian and Indic names),
-# any script. Writes and the subject's rights apply this same rule, so that every id a record
-# carries can be exported, erased and held.
-_NOT_IN_SUBJECT_IDS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# What a subject id written from now on may not hold: control characters (Unicode Cc), the line
+# and paragraph separators and the bidirectional overrides and isolates, which garble the logs,
+# listings and receipts an id appears in. Anything else a name may hold is allowed: a no-break
+# space, a zero-width non-joiner (Persian and Indic names), any script.
+_NOT_IN_SUBJECT_IDS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def check_subject_text(subject_id: str) -> None:
-    """Raises InvalidArgument when the id holds a character no subject id may hold."""
+    """Raises InvalidArgument when a write's subject id holds a character a new id may not."""
     if _NOT_IN_SUBJECT_IDS.search(subject_id):
         raise InvalidArgument(
-            "subject id must be text without control characters (U+0000-U+001F, U+007F-U+009F) "
-            "or line separators (U+2028, U+2029)"
+            "subject id must be text without control characters (U+0000-U+001F, U+007F-U+009F), "
+            "line separators (U+2028, U+2029) or bidirectional controls (U+202A-U+202E, "
+            "U+2066-U+2069)"
         )
 
 
 def check_subject_id(subject_id: str) -> None:
+    """The id of a data subject's request or hold: any id a record may carry, so that every
+    record can be exported, erased and held, those written before check_subject_text (which
+    checked only the length) or replicated from a node that did included."""
     if not subject_id:
         raise InvalidArgument("a subject id is required (1 to 256 bytes)")
     if len(subject_id.encode("utf-8", "surrogatepass")) > SUBJECT_ID_BYTES_MAX:
         raise InvalidArgument(f"subject id is longer than {SUBJECT_ID_BYTES_MAX} bytes")
-    check_subject_text(subject_id)
 
 
 def check_reason(reason: str, *, required: bool) -> None:

@@ -24,7 +24,7 @@ from domicile.model import (
     check_writer_id,
 )
 from domicile.policy import Action, RecordFacts
-from domicile.subjects import LegalHold, check_subject_text
+from domicile.subjects import LegalHold
 from domicile.v1 import record_pb2 as pb
 from domicile.wire.records import mutation_from_pb
 from node.compliance.enforcer import Audit, Enforcer
@@ -201,7 +201,6 @@ class Receiver:
                 raise errors.InvalidArgument(
                     f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
                 )
-            check_subject_text(m.version.subject_id)
             check_jurisdiction(m.version.subject_jurisdiction)
         except errors.InvalidArgument as exc:
             return _Rejected(Reject.LIMITS, f"mutation at lsn {msg.lsn}: {exc.message}")
