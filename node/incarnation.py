@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from domicile.errors import InvalidArgument
+from domicile.fsync import fsync_path
 
 INCARNATION_FILE = "incarnation"
 
@@ -37,12 +38,3 @@ def write_epoch(data_dir: str | Path, epoch: int) -> None:
         os.fsync(out.fileno())
     tmp.replace(path)
     fsync_path(path.parent)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync of a file or a directory (a directory's, so that a rename in it is durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from domicile.errors import FailedPrecondition
+from domicile.fsync import fsync_path
 
 KEY_FILE_BYTES_MAX = 64 * 1024
 CONTEXT_KEY_BYTES = 32
@@ -41,7 +42,7 @@ def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     return read_private(path)
 
 
@@ -93,7 +94,7 @@ def ensure_private_file(path: Path) -> None:
         pass
     else:
         os.close(fd)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     check_private_mode(path, path.stat().st_mode)
 
 
@@ -103,11 +104,3 @@ def check_private_mode(path: Path, mode: int) -> None:
             f"{path.name} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
             "a key file must be mode 0600 (chmod 600)"
         )
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 
+from domicile.fsync import fsync_path
 from domicile.identity.credentials import Dialer
 from domicile.identity.principal import ExpectedPeer
 from domicile.model import writer_id
@@ -37,7 +38,7 @@ from node.config import SQLiteSettings
 from node.engine.base import StorageEngine
 from node.engine.core import EngineCore
 from node.engine.factory import SQLITE_FILE, open_engine
-from node.incarnation import fsync_path, write_epoch
+from node.incarnation import write_epoch
 
 log = logging.getLogger("domicile.rewind")
 

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from domicile.errors import AlreadyExists, InvalidArgument
+from domicile.fsync import fsync_path
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -40,15 +41,7 @@ def write_atomically(path: Path, data: bytes, mode: int, *, overwrite: bool) -> 
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 def check_owner_only(path: Path) -> None:

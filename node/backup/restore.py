@@ -45,6 +45,7 @@ from domicile.backup.state_check import checked_index_fields
 from domicile.causality import Mutation
 from domicile.cluster import BackupSpec, load_cluster
 from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, NotFound
+from domicile.fsync import fsync_path
 from domicile.hlc import physical_ms, wall_ms
 from domicile.model import check_node_id, writer_id
 from domicile.wire.records import mutation_from_bytes
@@ -53,7 +54,7 @@ from node.config import EngineSettings, MongoSettings, SQLiteSettings, default_m
 from node.engine.backend import StateRow
 from node.engine.core import EngineCore
 from node.engine.factory import SQLITE_FILE, open_engine
-from node.incarnation import INCARNATION_FILE, fsync_path, write_epoch
+from node.incarnation import INCARNATION_FILE, write_epoch
 
 # Log entries replayed per transaction (at most what apply_remote takes at once).
 REPLAY_BATCH = 5_000
