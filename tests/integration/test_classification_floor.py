@@ -7,13 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domicile.causality import sha256
-from domicile.hlc import pack as hlc_pack
-from domicile.hlc import wall_ms
 from domicile.v1 import record_pb2 as pb
-from domicile.v1 import replication_pb2 as rpb
-from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from tests.support.cluster import NAMESPACES, LocalCluster
+from tests.support.node_stream import node_stream
 from tests.support.packs import sample_pack, with_fact
 
 CUSTOMERS = {"name": "customers", "regions": "global", "classification": "personal"}
@@ -30,43 +26,18 @@ async def test_a_replicated_record_labelled_public_in_a_personal_namespace_is_re
     try:
         await cluster.wait_linked()
         target = cluster.nodes["us-east-1"]
-        channel = cluster.channel_as_node("eu-west-1", target.address)
-        try:
-            call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=10)
-            hello = rpb.ReplicationHello(
-                source_node_id="eu-west-1", source_region="eu-west-1", target_node_id="us-east-1"
-            )
-            await call.write(rpb.ReplicateRequest(hello=hello))
-            start = (await call.read()).ready.resume_after_lsn
-            now = wall_ms()
-
-            def public(namespace: str, key: str, value: bytes, n: int) -> pb.Mutation:
-                m = pb.Mutation(namespace=namespace, key=key, lsn=start + n, origin_node_id="eu-west-1")
-                m.version.dot.node_id = "eu-west-1"
-                m.version.dot.counter = n
-                m.version.value = value
-                m.version.checksum_sha256 = sha256(value)
-                m.version.hlc = hlc_pack(now, n)
-                m.version.classification = pb.CLASSIFICATION_PUBLIC
-                m.version.subject_id = "c-77"
-                m.version.subject_jurisdiction = "FR"
-                m.version.origin_region = "eu-west-1"
-                return m
-
+        async with node_stream(cluster, "eu-west-1", "us-east-1") as stream:
+            about_a_customer = {"subject_id": "c-77", "subject_jurisdiction": "FR"}
             mutations = [
                 # The namespace says personal: an EU customer's profile, labelled public.
-                public("customers", "c-77", b"an EU customer's profile", 1),
+                stream.mutation("customers", "c-77", b"an EU customer's profile", **about_a_customer),
                 # Control: the same label in a public namespace is stored.
-                public("instruments", "FR0000120271", b"TotalEnergies", 2),
+                stream.mutation("instruments", "FR0000120271", b"TotalEnergies", **about_a_customer),
             ]
-            batch = rpb.ReplicationBatch(mutations=mutations, through_lsn=start + 2)
-            await call.write(rpb.ReplicateRequest(batch=batch))
-            ack = await call.read()
-            await call.done_writing()
-        finally:
-            await channel.close()
+            assert all(m.version.classification == pb.CLASSIFICATION_PUBLIC for m in mutations)
+            acked = await stream.send(mutations)
         # The batch is acknowledged (the stream goes on) with the record refused, not stored.
-        assert ack.ack.applied_through_lsn == start + 2
+        assert acked == stream.lsn
         assert target.engine.get("instruments", "FR0000120271") is not None
         assert target.engine.get("customers", "c-77") is None
         got = await cluster.get("us-east-1", "customers", "c-77")

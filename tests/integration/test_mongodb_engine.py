@@ -15,13 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domicile import errors
 from domicile.audit import AuditEntry
-from domicile.causality import CausalContext, sha256
-from domicile.hlc import HybridClock, wall_ms
-from domicile.hlc import pack as hlc_pack
+from domicile.causality import CausalContext
+from domicile.hlc import HybridClock
 from domicile.ports import free_port
-from domicile.v1 import record_pb2 as rpb_record
-from domicile.v1 import replication_pb2 as rpb
-from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.wire.errors import status_for
 from node.daemon import Node
 from node.engine.base import Committed, LocalWrite
@@ -30,6 +26,7 @@ from tests.integration import test_replication as replication
 from tests.integration import test_subject_rights as subject_rights
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.mongo import MongoServer
+from tests.support.node_stream import node_stream
 from tests.support.packs import sample_pack
 
 ON_MONGODB = "eu-west-1"
@@ -237,41 +234,19 @@ async def test_regression_a_replicated_state_past_the_document_limit_is_refused_
 
 async def _past_the_limit_by_replication(cluster: LocalCluster) -> None:
     target = cluster.nodes[ON_MONGODB]
-    channel = cluster.channel_as_node("eu-central-1", target.address)
-    try:
-        call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=60)
-        hello = rpb.ReplicationHello(
-            source_node_id="eu-central-1", source_region="eu-central-1", target_node_id=ON_MONGODB
-        )
-        await call.write(rpb.ReplicateRequest(hello=hello))
-        lsn = (await call.read()).ready.resume_after_lsn
-        now = wall_ms()
-
-        def mutation(key: str, value: bytes) -> rpb_record.Mutation:
-            nonlocal lsn
-            lsn += 1
-            m = rpb_record.Mutation(namespace="instruments", key=key, lsn=lsn, origin_node_id="eu-central-1")
-            m.version.dot.node_id = "eu-central-1"
-            m.version.dot.counter = lsn
-            m.version.value = value
-            m.version.checksum_sha256 = sha256(value)
-            m.version.hlc = hlc_pack(now, lsn)
-            m.version.classification = rpb_record.CLASSIFICATION_PUBLIC
-            m.version.origin_region = "eu-central-1"
-            return m  # no context: concurrent with every other version of the key
-
-        acks = []
+    acks = []
+    async with node_stream(cluster, "eu-central-1", ON_MONGODB, timeout_s=60) as stream:
         for batch in range(7):  # 3 siblings of 1 MiB a batch: past 16 MiB in the sixth
-            mutations = [mutation("big", bytes([batch * 3 + i]) * (1 << 20)) for i in range(3)]
-            mutations.append(mutation(f"small-{batch}", b"fine"))
-            await call.write(
-                rpb.ReplicateRequest(batch=rpb.ReplicationBatch(mutations=mutations, through_lsn=lsn))
-            )
-            acks.append((await call.read()).ack.applied_through_lsn)
-        await call.done_writing()
-    finally:
-        await channel.close()
-    assert acks[-1] == lsn  # every batch acknowledged: the link went on
+            mutations = [
+                stream.mutation("instruments", "big", bytes([batch * 3 + i]) * (1 << 20)) for i in range(3)
+            ]
+            mutations.append(stream.mutation("instruments", f"small-{batch}", b"fine"))
+            acks.append(await stream.send(mutations))
+        # An anti-entropy repair (and a bootstrap part) carrying such records refuses them
+        # alone too: it failed whole, in every round.
+        repair = [stream.mutation("instruments", "big", bytes([99 + i]) * (1 << 20)) for i in range(3)]
+        repair.append(stream.mutation("instruments", "small-repaired", b"fine"))
+    assert acks[-1] == stream.lsn - len(repair)  # every batch acknowledged: the link went on
     engine = target.engine
     for batch in range(7):
         assert engine.get("instruments", f"small-{batch}") is not None
@@ -280,9 +255,5 @@ async def _past_the_limit_by_replication(cluster: LocalCluster) -> None:
     await target.audit.flush()
     rules = [AuditEntry.decode(e.body).rule for e in target.audit.iter_all()]
     assert "state-too-large" in rules
-    # An anti-entropy repair (and a bootstrap part) carrying such records refuses them alone
-    # too: it failed whole, in every round.
-    repair = [mutation("big", bytes([99 + i]) * (1 << 20)) for i in range(3)]
-    repair.append(mutation("small-repaired", b"fine"))
     result = await target.receiver.apply_repair("eu-central-1", repair)
     assert result.refused >= 1 and ("instruments", "small-repaired") in result.repaired

@@ -12,15 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from domicile.causality import sha256
-from domicile.hlc import pack as hlc_pack
-from domicile.hlc import wall_ms
 from domicile.v1 import record_pb2 as pb
-from domicile.v1 import replication_pb2 as rpb
-from domicile.v1 import replication_pb2_grpc as rpb_grpc
 from domicile.v1 import storage_node_pb2 as spb
 from tests.integration.test_subject_rights import NAMESPACES, completed, erase, live
 from tests.support.cluster import LocalCluster
+from tests.support.node_stream import node_stream
 from tests.support.packs import sample_pack
 
 REGION = "eu-west-1"
@@ -109,34 +105,17 @@ async def test_a_replicated_record_with_a_subject_id_no_write_may_carry_now_is_k
     # Written before the rule, when only the length was checked, at a node that replicates it:
     # refusing it would leave the replicas apart for good, so it is applied, and erased on
     # request like any other record.
-    target = cluster.nodes[REGION]
-    channel = cluster.channel_as_node("eu-central-1", target.address)
     subject = "Jane\nDoe"
-    try:
-        call = rpb_grpc.ReplicationServiceStub(channel).Replicate(timeout=10)
-        hello = rpb.ReplicationHello(
-            source_node_id="eu-central-1", source_region="eu-central-1", target_node_id=REGION
+    async with node_stream(cluster, "eu-central-1", REGION) as stream:
+        legacy = stream.mutation(
+            "customers",
+            "legacy",
+            b"profile",
+            classification=pb.CLASSIFICATION_PERSONAL,
+            subject_id=subject,
+            subject_jurisdiction="DE",
         )
-        await call.write(rpb.ReplicateRequest(hello=hello))
-        start = (await call.read()).ready.resume_after_lsn
-        m = pb.Mutation(namespace="customers", key="legacy", lsn=start + 1, origin_node_id="eu-central-1")
-        m.version.dot.node_id = "eu-central-1"
-        m.version.dot.counter = 1
-        m.version.value = b"profile"
-        m.version.checksum_sha256 = sha256(b"profile")
-        m.version.hlc = hlc_pack(wall_ms(), 1)
-        m.version.classification = pb.CLASSIFICATION_PERSONAL
-        m.version.subject_id = subject
-        m.version.subject_jurisdiction = "DE"
-        m.version.origin_region = "eu-central-1"
-        await call.write(
-            rpb.ReplicateRequest(batch=rpb.ReplicationBatch(mutations=[m], through_lsn=start + 1))
-        )
-        ack = await call.read()
-        await call.done_writing()
-    finally:
-        await channel.close()
-    assert ack.ack.applied_through_lsn == start + 1
+        assert await stream.send([legacy]) == stream.lsn
     assert live(cluster, REGION, "customers", "legacy")
     order = await erase(cluster, subject)
     await completed(cluster, order.request_id)
