@@ -111,6 +111,7 @@ def reincarnate(
                 states += len(batch)
         for digest, request_id in engine.blocked_subjects().items():
             fresh.block_subject(digest, request_id)
+        fresh.carry_purge_point(engine.purged_before())
         cached = engine.get_meta(topology_meta)
         if cached:
             fresh.put_meta(topology_meta, cached)

@@ -110,6 +110,9 @@ class Manifest:
     end_lsn: int
     parts: tuple[SnapshotPart, ...] = field(default=())
     format: int = FORMAT_VERSION
+    # The HLC before which the node had purged tombstones, read once the snapshot was read
+    # through (so it covers every purge the snapshot reflects; 0 in a manifest from before it).
+    purged_before_hlc: int = 0
 
     def to_json(self) -> bytes:
         data = asdict(self)

@@ -143,6 +143,7 @@ def restore(
         _refuse_existing_store(engine, node_id, settings)
     try:
         states = _load_snapshot(catalog, manifest, engine, progress)
+        engine.carry_purge_point(manifest.purged_before_hlc)
         entries, restored_lsn, restored_ms = _replay_segments(
             catalog, chain, writer_id(node_id, manifest.epoch), engine, to_ms, progress
         )

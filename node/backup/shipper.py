@@ -267,6 +267,7 @@ class BackupShipper:
             base_lsn=base_lsn,
             end_lsn=self.engine.last_lsn(),
             parts=tuple(parts),
+            purged_before_hlc=self.engine.purged_before(),
         )
         # What was written during the last part goes up too before the switch (from now on it
         # would wait for this generation's first segment).

@@ -441,6 +441,13 @@ class EngineCore:
 
         return self.backend.write(apply)
 
+    def carry_purge_point(self, hlc: int) -> None:
+        """Records that tombstones before `hlc` may be gone from this store: one rebuilt from a
+        store (a backup's snapshot, a rewound store) that had purged them, and holds none of
+        them. The bootstraps it serves carry it, so their targets drop what those deleted."""
+        if hlc > 0:
+            self.backend.write(lambda tx: tx.raise_store_max(PURGED_BEFORE, hlc))
+
     def restore_states(self, rows: Sequence[SnapshotRow]) -> int:
         """Merges key states read from a backup snapshot into the store, in one transaction;
         returns how many keys changed. Merging (not overwriting) makes it idempotent, like

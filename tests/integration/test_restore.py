@@ -541,3 +541,34 @@ def test_regression_a_point_in_a_hole_of_the_backup_is_refused_with_the_restorab
         assert any("positions 3..4 before its base position are in no segment" in p for p in report.problems)
     finally:
         store.engine.close()
+
+
+def test_regression_a_restored_store_keeps_the_point_before_which_tombstones_were_purged(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    # The bootstraps a restored node serves carry its purge point, so that their targets drop
+    # what the purged tombstones deleted. A restored store started without one (0): targets
+    # kept such records, and anti-entropy could bring them back.
+    store = _Store(tmp_path, s3)
+    try:
+        store.write("gone", T0 + 10)
+        (deleted,) = store.engine.commit_local(
+            [LocalWrite("prefs_eu", "gone", tombstone=True)], lambda: pack(T0 + 20, 0)
+        )
+        assert not isinstance(deleted, Exception), deleted
+        cutoff = pack(T0 + 30, 0)
+        assert store.engine.purge_tombstones("prefs_eu", ["gone"], lambda _key, _state: True, cutoff) == 1
+        store.write("kept", T0 + 40)
+        store.now = T0 + 100
+        store.shipper.round()
+        [generation] = store.catalog().generations(WEST)
+        assert generation.manifest is not None and generation.manifest.purged_before_hlc == cutoff
+        summary = restore.restore(store.spec, WEST, WEST, tmp_path / "r", progress=print)
+        restored = SQLiteEngine(str(tmp_path / "r" / SQLITE_FILE), f"{WEST}.{summary.epoch}", WEST)
+        try:
+            assert restored.purged_before() == cutoff
+            assert restored.get("prefs_eu", "gone") is None
+        finally:
+            restored.close()
+    finally:
+        store.engine.close()
