@@ -149,6 +149,17 @@ class Catalog:
                 break
         return chain
 
+    def _chains(self, generations: Sequence[Generation]) -> Iterator[tuple[Generation, Chain, set[str]]]:
+        """Each chain of complete generations once, from its oldest generation, with the names of
+        the generations in it and in the chains before it."""
+        covered: set[str] = set()
+        for g in generations:
+            if g.manifest is None or g.name in covered:
+                continue
+            chain = self.chain(generations, g)
+            covered.update(c.name for c in chain.generations)
+            yield g, chain, covered
+
     @staticmethod
     def _extend(chain: Chain, generation: Generation) -> bool:
         """Adds the generation's segments past what the chain reached; False at a gap."""
@@ -176,12 +187,8 @@ class Catalog:
         to the newest write of its chain, or (None) on without end when no gap stops the chain
         (past the newest backed-up write a restore gives that write's state)."""
         ranges: list[tuple[int, int | None]] = []
-        covered: set[str] = set()
-        for g in generations:
-            if g.manifest is None or g.name in covered:
-                continue
-            chain = self.chain(generations, g)
-            covered.update(c.name for c in chain.generations)
+        for g, chain, _ in self._chains(generations):
+            assert g.manifest is not None
             end = self.chain_end_ms(chain) if chain.gap is not None else None
             if ranges and ranges[-1][1] is None:
                 # The previous chain ran on (another incarnation's followed): it covers up to here.
@@ -252,12 +259,7 @@ class Catalog:
         incarnation) hold leaves a hole in the window: a restore to a point between the newest
         write before the hole and that generation's snapshot end is refused. (A hole inside a
         generation's segments is reported with them.)"""
-        covered: set[str] = set()
-        for g in generations:
-            if g.manifest is None or g.name in covered:
-                continue
-            chain = self.chain(generations, g)
-            covered.update(c.name for c in chain.generations)
+        for _, chain, covered in self._chains(generations):
             past = chain.past_gap
             if chain.gap is None or past is None or past.name in covered or past.manifest is None:
                 continue
