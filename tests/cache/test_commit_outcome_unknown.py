@@ -11,10 +11,9 @@ that lets the commit through and drops the database's answer to it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from pymongo.uri_parser import parse_uri
@@ -31,7 +30,6 @@ from node.engine.mongo_changes import RegionChanges, await_for_bound
 from tests.cache.reads import read_through
 from tests.support.cluster import eventually
 from tests.support.mongo import MongoServer
-from tests.support.redis import redis_server
 from tests.support.tcp_proxy import TcpProxy
 
 REGION = "eu-west-1"
@@ -42,12 +40,6 @@ LAG_MAX_S = 0.5
 COMMIT_COMMAND = b"commitTransaction\x00"
 # Far longer than an invalidation takes, far shorter than the entries' life (300 s).
 CATCH_UP_S = 10.0
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as server:
-        yield server
 
 
 @dataclass

@@ -7,11 +7,8 @@ to the database is cut (a TCP proxy between them); the other daemon keeps writin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
 from pymongo.uri_parser import parse_uri
 
 from domicile.hlc import HybridClock
@@ -25,7 +22,6 @@ from node.engine.mongo_changes import RegionChanges, await_for_bound
 from tests.cache.reads import read_through
 from tests.support.cluster import eventually
 from tests.support.mongo import MongoServer
-from tests.support.redis import redis_server
 from tests.support.tcp_proxy import TcpProxy
 
 REGION = "eu-west-1"
@@ -35,12 +31,6 @@ LAG_MAX_S = 0.5
 # Far longer than the stream needs to catch up, far shorter than the entries' life: a stale
 # entry still answered after this is one the stream never reported.
 CATCH_UP_S = 10.0
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as server:
-        yield server
 
 
 @dataclass
