@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.client import Call, sequential_ms
 from bench.procs import Children
+from domicile.errors import DomicileError
 from domicile.hlc import HybridClock
-from node.engine.base import LocalWrite
+from node.compliance.audit_log import AuditLog
+from node.compliance.enforcer import Audit
+from node.engine.base import Committed, LocalWrite
 from node.engine.sqlite import SQLiteEngine
 
 PROGRESS_EVERY_S = 2.0
@@ -245,30 +249,109 @@ async def paced(children: Children, what: str, call: Call, rate: float, seconds:
 class EngineResult:
     records: int
     seconds: float
+    # This process's CPU time over the same span (every thread: the audit log's writer too).
+    cpu_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.records / self.seconds
 
+    @property
+    def cpu_us_per_record(self) -> float:
+        return self.cpu_seconds / self.records * 1e6
+
 
 def engine_commit_rate(directory: Path, batches: int, batch_records: int, value_bytes: int) -> EngineResult:
     """commit_local in this process, no RPC, no group-commit queue: `batches` durable
     transactions of `batch_records` new keys each (synchronous=FULL)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    engine = SQLiteEngine(directory / "store.sqlite3", "bench-engine", "bench", synchronous="FULL")
+    engine = _bench_engine(directory)
     clock = HybridClock()
     value = b"v" * value_bytes
     try:
         engine.commit_local([LocalWrite("bench_solo", "warmup", value)], clock.now)
-        elapsed = 0.0
+        elapsed = cpu = 0.0
         for b in range(batches):
             writes = [LocalWrite("bench_solo", f"e-{b}-{i}", value) for i in range(batch_records)]
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             results = engine.commit_local(writes, clock.now)
             elapsed += time.perf_counter() - started
-            failed = [r for r in results if isinstance(r, Exception)]
-            if failed:
-                raise RuntimeError(f"engine refused {len(failed)} benchmark writes: {failed[0]}")
-        return EngineResult(batches * batch_records, elapsed)
+            cpu += time.process_time() - cpu_started
+            _committed(results)
+        return EngineResult(batches * batch_records, elapsed, cpu)
     finally:
+        engine.close()
+
+
+def _bench_engine(directory: Path) -> SQLiteEngine:
+    directory.mkdir(parents=True, exist_ok=True)
+    return SQLiteEngine(directory / "store.sqlite3", "bench-engine", "bench", synchronous="FULL")
+
+
+def _committed(results: list[Committed | DomicileError]) -> list[Committed]:
+    failed = [r for r in results if not isinstance(r, Committed)]
+    if failed:
+        raise RuntimeError(f"engine refused {len(failed)} benchmark writes: {failed[0]}")
+    return [r for r in results if isinstance(r, Committed)]
+
+
+async def engine_audit_commit_rate(
+    directory: Path, batches: int, batch_records: int, value_bytes: int
+) -> EngineResult:
+    """engine_commit_rate with the audit trail every local write has: each write carries its
+    audit entry, built as the enforcer builds an allowed write's (AuditLog.entry), in the
+    store's commit, and the audit log then appends the committed entries to its own file, as a
+    node's group committer hands them over (AuditLog.carry). The span ends when the log holds
+    every entry durably. Still no RPC, no input checks, no policy decision and no answer: what
+    a PutBatch record costs at least, since no write may be durable without its entry."""
+    engine = await asyncio.to_thread(_bench_engine, directory)
+    clock = HybridClock()
+    audit = AuditLog(
+        directory / "audit.sqlite3",
+        region="bench",
+        node_id="bench-engine",
+        signing_key=Ed25519PrivateKey.generate(),
+        subject_key=os.urandom(32),
+        hlc=clock.now,
+    )
+    value = b"v" * value_bytes
+
+    def commit(batch: int) -> None:
+        keys = [f"e-{batch}-{i}" for i in range(batch_records)]
+        writes = [
+            LocalWrite(
+                "bench_solo",
+                key,
+                value,
+                audit=audit.entry(
+                    principal="bench",
+                    action=Audit.PUT,
+                    namespace="bench_solo",
+                    key=key,
+                    decision="allow",
+                    rule="namespace-scope",
+                    policy_version="bench",
+                ),
+            )
+            for key in keys
+        ]
+        audit.wait_carry_room()
+        committed = _committed(engine.commit_local(writes, clock.now))
+        audit.carry(
+            [(c.mutation.lsn, w.audit) for c, w in zip(committed, writes, strict=True) if w.audit], []
+        )
+
+    try:
+        audit.start(engine.audit_outbox, engine.last_lsn())
+        engine.audit_settled = lambda: audit.carried_through
+        await asyncio.to_thread(commit, -1)  # warm-up
+        await audit.flush()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for b in range(batches):
+            await asyncio.to_thread(commit, b)
+        await audit.flush()
+        return EngineResult(
+            batches * batch_records, time.perf_counter() - started, time.process_time() - cpu_started
+        )
+    finally:
+        await audit.close()
         engine.close()
