@@ -172,13 +172,21 @@ class ComplianceViolation:
     rule: str
     reason: str
     allowed_regions: tuple[str, ...]
+    # The legal hold that covers the copy, for people; "" when none does. A held copy is still
+    # a violation, but no remediation removes it until the hold is released.
+    hold_reason: str = ""
+
+    @property
+    def held(self) -> bool:
+        return bool(self.hold_reason)
 
 
 @dataclass(frozen=True)
 class RemediationReceipt:
     """What one region's node removed for a remediation: the copies the policy in force does
     not allow there, and only there (nothing replicates the removal). `removed` lists at most
-    the removed_max asked for; `copies_removed` counts them all."""
+    the removed_max asked for; `copies_removed` counts them all. `held` lists, the same way,
+    the forbidden copies a legal hold kept (each naming its hold); `kept_held` counts them."""
 
     request_id: str
     region: str
@@ -190,12 +198,15 @@ class RemediationReceipt:
     removed: tuple[ComplianceViolation, ...]
     receipt_audit_seq: int
     violations_after: int
+    kept_held: int = 0
+    held: tuple[ComplianceViolation, ...] = ()
 
 
 @dataclass(frozen=True)
 class ComplianceReport:
     """What one region's compliance scan found. `violations` lists at most the violations_max
-    asked for; `violations_total` counts them all."""
+    asked for; `violations_total` counts them all, `violations_held` those of them a legal hold
+    covers (a remediation keeps them)."""
 
     region: str
     node_id: str
@@ -203,6 +214,7 @@ class ComplianceReport:
     versions_checked: int
     violations_total: int
     violations: tuple[ComplianceViolation, ...]
+    violations_held: int = 0
 
     @property
     def compliant(self) -> bool:

@@ -63,9 +63,9 @@ from node.compliance.remediation import (
     Copy,
     Receipt,
     Remediator,
-    forbidden_here,
     plan_withdrawals,
     withdraw_copies,
+    withdrawable,
 )
 from node.compliance.scanner import ScanReport, scan_store
 from node.compliance.stats import namespace_counts
@@ -1013,29 +1013,36 @@ class Node:
     async def compliance_scan(self, violations_max: int, principal: str) -> ScanReport:
         """Judges every record copy here by the policy in force; one scan at a time."""
         async with self._scan_lock:
-            policy, cluster = self.view.policy, self.view.topology.cluster
+            policy, topology = self.view.policy, self.view.topology
             report = await self.long_work.run(
                 scan_store,
                 self.engine,
                 policy,
-                cluster,
+                topology.cluster,
                 self.config.region,
+                holds=topology.holds,
                 violations_max=violations_max or 1000,
             )
             self.last_scan = report
             self.metrics.compliance_violations.set(report.violations_total)
+            self.metrics.compliance_violations_held.set(report.violations_held)
             self.metrics.compliance_scanned_versions.set(report.versions_checked)
             self.metrics.compliance_scan_time.set(time.time())
             await self.enforcer.event(
                 Audit.COMPLIANCE_SCAN,
                 principal=principal,
-                detail=f"checked={report.versions_checked} violations={report.violations_total}",
+                detail=(
+                    f"checked={report.versions_checked} violations={report.violations_total} "
+                    f"held={report.violations_held}"
+                ),
             )
             if report.violations_total:
                 log.warning(
-                    "compliance scan: %d record copies here are not allowed by policy %s",
+                    "compliance scan: %d record copies here are not allowed by policy %s "
+                    "(%d of them kept under a legal hold)",
                     report.violations_total,
                     report.policy_version,
+                    report.violations_held,
                 )
             return report
 
@@ -1046,22 +1053,24 @@ class Node:
         allow here (node/compliance/remediation.py), then scans again; returns the receipt."""
         request_id = Remediator.request_id(request_id)
         async with self._scan_lock:
-            policy, cluster, region = self.view.policy, self.view.topology.cluster, self.config.region
+            policy, topology, region = self.view.policy, self.view.topology, self.config.region
             plan = await self.long_work.run(
                 functools.partial(
                     plan_withdrawals,
                     self.engine,
                     policy,
-                    cluster,
+                    topology.cluster,
                     region,
                     remove_last_copies=remove_last_copies,
+                    holds=topology.holds,
                 )
             )
 
             def withdraw(copies: Sequence[Copy]) -> Awaitable[list[tuple[str, str, int]]]:
-                # Judged again by the policy in force on the writer thread.
+                # Judged again by the policy and the holds in force on the writer thread: a
+                # hold placed while the plan ran keeps its copies.
                 current = self.view
-                check = forbidden_here(current.policy, current.topology.cluster, region)
+                check = withdrawable(current.policy, current.topology.cluster, region, current.topology.holds)
                 return self.committer.run(lambda engine: withdraw_copies(engine, copies, check))
 
             receipt = await self.remediator.apply(
@@ -1072,8 +1081,9 @@ class Node:
                 withdraw=withdraw,
             )
         log.info(
-            "remediation %s by %s removed %d record copies here (%d kept: no region may hold them)",
-            request_id, principal, len(receipt.removed), receipt.kept_last_copies,
+            "remediation %s by %s removed %d record copies here (%d kept: no region may hold them; "
+            "%d kept: under a legal hold)",
+            request_id, principal, len(receipt.removed), receipt.kept_last_copies, receipt.kept_held,
         )  # fmt: skip
         receipt.violations_after = (await self.compliance_scan(0, principal)).violations_total
         return receipt

@@ -305,6 +305,12 @@ class NodeMetrics(metrics_endpoint.MetricsServing):
             "Record copies here that the policy in force does not allow, as of the last scan.",
             registry=r,
         )
+        self.compliance_violations_held = Gauge(
+            "domicile_compliance_violations_held",
+            "Of the compliance violations, the record copies a legal hold covers: a remediation "
+            "keeps them until the hold is released.",
+            registry=r,
+        )
         self.compliance_scanned_versions = Gauge(
             "domicile_compliance_scanned_versions",
             "Live record versions the last compliance scan checked.",

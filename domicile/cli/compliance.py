@@ -1,5 +1,7 @@
 """compliance scan: every region's node checks the record copies it holds against the policy in
-force and reports those the policy does not allow there. Nothing is moved or deleted.
+force and reports those the policy does not allow there. Nothing is moved or deleted. A copy a
+legal hold covers is still a violation; it is shown with its hold, which keeps a remediation
+from removing it.
 
 Exit codes: 0 no violation; 1 violations found; 2 a region could not be scanned (what could be
 scanned is still printed) or bad input.
@@ -76,6 +78,14 @@ def _totals(scans: Sequence[RegionScan]) -> tuple[int, int, int]:
     )
 
 
+def held_total(scans: Sequence[RegionScan]) -> int:
+    return sum(s.report.violations_held for s in scans if s.report is not None)
+
+
+def held_note(held: int) -> str:
+    return f" ({held} under a legal hold)" if held else ""
+
+
 def violation_lines(v: ComplianceViolation) -> list[str]:
     allowed = ", ".join(v.allowed_regions) or "no region"
     return [
@@ -84,6 +94,7 @@ def violation_lines(v: ComplianceViolation) -> list[str]:
         f"rule={v.rule or '-'}",
         f"    reason: {v.reason}",
         f"    allowed regions: {allowed}",
+        *([f"    held: {v.hold_reason} (no remediation removes it while the hold stands)"] if v.held else []),
     ]
 
 
@@ -96,7 +107,8 @@ def scan_text(scans: Sequence[RegionScan]) -> str:
             continue
         lines.append(
             f"{scan.region}: {plural(r.versions_checked, 'version')} checked, "
-            f"{plural(r.violations_total, 'violation')} (policy {r.policy_version or '-'}, node {r.node_id})"
+            f"{plural(r.violations_total, 'violation')}{held_note(r.violations_held)} "
+            f"(policy {r.policy_version or '-'}, node {r.node_id})"
         )
         for v in r.violations:
             lines.extend(violation_lines(v))
@@ -105,7 +117,7 @@ def scan_text(scans: Sequence[RegionScan]) -> str:
     checked, violations, failed = _totals(scans)
     total = (
         f"total: {plural(len(scans) - failed, 'region')} scanned, {plural(checked, 'version')} checked, "
-        f"{plural(violations, 'violation')}"
+        f"{plural(violations, 'violation')}{held_note(held_total(scans))}"
     )
     if failed:
         total += f"; {plural(failed, 'region')} could not be scanned"
@@ -124,6 +136,7 @@ def violation_json(v: ComplianceViolation) -> dict[str, Any]:
         "rule": v.rule,
         "reason": v.reason,
         "allowed_regions": list(v.allowed_regions),
+        "hold_reason": v.hold_reason,
     }
 
 
@@ -140,6 +153,7 @@ def scan_json(scans: Sequence[RegionScan]) -> dict[str, Any]:
                 "policy_version": r.policy_version if r else None,
                 "versions_checked": r.versions_checked if r else None,
                 "violations_total": r.violations_total if r else None,
+                "violations_held": r.violations_held if r else None,
                 "violations": [violation_json(v) for v in r.violations] if r else [],
             }
         )
@@ -148,6 +162,7 @@ def scan_json(scans: Sequence[RegionScan]) -> dict[str, Any]:
         "regions": regions,
         "versions_checked": checked,
         "violations_total": violations,
+        "violations_held": held_total(scans),
         "regions_failed": [s.region for s in scans if s.report is None],
         "compliant": failed == 0 and violations == 0,
     }

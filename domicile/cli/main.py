@@ -390,12 +390,13 @@ def _add_compliance(sub: Any) -> None:
         help="plan or apply the removal of the record copies the policy in force no longer allows",
         description="--plan scans every region (or those of --region) like `compliance scan` and "
         "prints, per region, the copies a remediation would remove and the regions the record "
-        "stays in; a copy no region may hold is flagged; nothing is changed (exit 0 nothing to "
-        "remove, 1 removals planned). --apply (the dpo role) has each region's node remove those "
-        "copies from its own store only: nothing replicates the removal, so the allowed copies "
-        "elsewhere stay; each removal is audited and each region returns a receipt (exit 0 no "
-        "violation left, 1 some left: copies no region may hold are kept without "
-        "--remove-last-copies). Exit 2: a region could not be scanned or remediated.",
+        "stays in; a copy no region may hold is flagged; a copy a legal hold covers is listed as "
+        "kept, with its hold; nothing is changed (exit 0 nothing to remove, 1 removals planned). "
+        "--apply (the dpo role) has each region's node remove those copies from its own store "
+        "only: nothing replicates the removal, so the allowed copies elsewhere stay; each removal "
+        "is audited and each region returns a receipt (exit 0 no violation left, 1 some left: "
+        "copies no region may hold are kept without --remove-last-copies, and copies a legal "
+        "hold covers are always kept). Exit 2: a region could not be scanned or remediated.",
     )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--plan", action="store_true", help="print the plan; change nothing")
@@ -412,7 +413,8 @@ def _add_compliance(sub: Any) -> None:
     p.add_argument(
         "--remove-last-copies",
         action="store_true",
-        help="with --apply: also remove copies no region may hold (the record leaves the cluster)",
+        help="with --apply: also remove copies no region may hold (the record leaves the cluster); "
+        "a copy a legal hold covers is kept even so",
     )
     p.add_argument(
         "--request-id", default="", help="with --apply: the id the audit entries and receipts carry"

@@ -996,6 +996,7 @@ class ComplianceViolation(_message.Message):
     RULE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     ALLOWED_REGIONS_FIELD_NUMBER: _builtins.int
+    HOLD_REASON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace."""
     key: _builtins.str
@@ -1012,6 +1013,10 @@ class ComplianceViolation(_message.Message):
     """Rule that refuses it, and why."""
     reason: _builtins.str
     """The reason, for people."""
+    hold_reason: _builtins.str
+    """The legal hold that covers the copy, for people (its id, what it covers and why); empty
+    when none does. A held copy is still a violation, but no remediation removes it.
+    """
     @_builtins.property
     def allowed_regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Regions that may hold it."""
@@ -1028,10 +1033,11 @@ class ComplianceViolation(_message.Message):
         rule: _builtins.str = ...,
         reason: _builtins.str = ...,
         allowed_regions: _abc.Iterable[_builtins.str] | None = ...,
+        hold_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_regions", b"allowed_regions", "classification", b"classification", "key", b"key", "namespace", b"namespace", "origin_region", b"origin_region", "reason", b"reason", "region", b"region", "rule", b"rule", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_regions", b"allowed_regions", "classification", b"classification", "hold_reason", b"hold_reason", "key", b"key", "namespace", b"namespace", "origin_region", b"origin_region", "reason", b"reason", "region", b"region", "rule", b"rule", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1048,6 +1054,7 @@ class ScanComplianceResponse(_message.Message):
     VERSIONS_CHECKED_FIELD_NUMBER: _builtins.int
     VIOLATIONS_TOTAL_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_HELD_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     """Region scanned."""
     policy_version: _builtins.str
@@ -1056,6 +1063,10 @@ class ScanComplianceResponse(_message.Message):
     """Live record versions checked."""
     violations_total: _builtins.int
     """Violations found (all of them, even beyond violations_max)."""
+    violations_held: _builtins.int
+    """Of violations_total, those a legal hold covers (each listed one names its hold in
+    hold_reason): a remediation keeps them until the hold is released.
+    """
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComplianceViolation]:
         """The first violations_max violations."""
@@ -1068,10 +1079,11 @@ class ScanComplianceResponse(_message.Message):
         versions_checked: _builtins.int = ...,
         violations_total: _builtins.int = ...,
         violations: _abc.Iterable[Global___ComplianceViolation] | None = ...,
+        violations_held: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_version", b"policy_version", "region", b"region", "versions_checked", b"versions_checked", "violations", b"violations", "violations_total", b"violations_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_version", b"policy_version", "region", b"region", "versions_checked", b"versions_checked", "violations", b"violations", "violations_held", b"violations_held", "violations_total", b"violations_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1202,7 +1214,8 @@ class RemediateComplianceRequest(_message.Message):
     """
     remove_last_copies: _builtins.bool
     """Also remove copies that no region may hold (the record leaves the cluster); without it
-    they are kept and counted in kept_last_copies.
+    they are kept and counted in kept_last_copies. A copy a legal hold covers is kept either
+    way (kept_held).
     """
     removed_max: _builtins.int
     """Removed copies to list in the response: 1 to 10000; 0 means 1000. All are counted."""
@@ -1237,6 +1250,8 @@ class RemediateComplianceResponse(_message.Message):
     REMOVED_FIELD_NUMBER: _builtins.int
     RECEIPT_AUDIT_SEQ_FIELD_NUMBER: _builtins.int
     VIOLATIONS_AFTER_FIELD_NUMBER: _builtins.int
+    KEPT_HELD_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     region: _builtins.str
     node_id: _builtins.str
@@ -1250,12 +1265,20 @@ class RemediateComplianceResponse(_message.Message):
     receipt_audit_seq: _builtins.int
     """Sequence number of the receipt's entry in this region's audit trail."""
     violations_after: _builtins.int
-    """Violations the scan after the remediation still finds here (the kept last copies, and
-    copies written while it ran).
+    """Violations the scan after the remediation still finds here (the kept last copies, the
+    held copies, and copies written while it ran).
+    """
+    kept_held: _builtins.int
+    """Forbidden copies kept because a legal hold covers them (with or without
+    remove_last_copies): a hold means the data must be preserved.
     """
     @_builtins.property
     def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComplianceViolation]:
         """The removed copies (the first removed_max), each with the regions the record stays in."""
+
+    @_builtins.property
+    def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComplianceViolation]:
+        """The held copies (the first removed_max), each naming its hold in hold_reason."""
 
     def __init__(
         self,
@@ -1270,10 +1293,12 @@ class RemediateComplianceResponse(_message.Message):
         removed: _abc.Iterable[Global___ComplianceViolation] | None = ...,
         receipt_audit_seq: _builtins.int = ...,
         violations_after: _builtins.int = ...,
+        kept_held: _builtins.int = ...,
+        held: _abc.Iterable[Global___ComplianceViolation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["copies_removed", b"copies_removed", "kept_last_copies", b"kept_last_copies", "node_id", b"node_id", "policy_version", b"policy_version", "receipt_audit_seq", b"receipt_audit_seq", "region", b"region", "removed", b"removed", "request_id", b"request_id", "versions_removed", b"versions_removed", "violations_after", b"violations_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copies_removed", b"copies_removed", "held", b"held", "kept_held", b"kept_held", "kept_last_copies", b"kept_last_copies", "node_id", b"node_id", "policy_version", b"policy_version", "receipt_audit_seq", b"receipt_audit_seq", "region", b"region", "removed", b"removed", "request_id", b"request_id", "versions_removed", b"versions_removed", "violations_after", b"violations_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

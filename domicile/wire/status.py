@@ -88,6 +88,7 @@ def compliance_report_from_pb(msg: spb.ScanComplianceResponse, node_id: str, reg
         versions_checked=msg.versions_checked,
         violations_total=msg.violations_total,
         violations=tuple(violation_from_pb(v, region) for v in msg.violations),
+        violations_held=msg.violations_held,
     )
 
 
@@ -101,6 +102,7 @@ def violation_to_pb(v: ComplianceViolation, out: spb.ComplianceViolation) -> spb
     out.rule = v.rule
     out.reason = v.reason
     out.allowed_regions.extend(v.allowed_regions)
+    out.hold_reason = v.hold_reason
     return out
 
 
@@ -116,6 +118,7 @@ def violation_from_pb(msg: spb.ComplianceViolation, region: str) -> ComplianceVi
         rule=msg.rule,
         reason=msg.reason,
         allowed_regions=tuple(msg.allowed_regions),
+        hold_reason=msg.hold_reason,
     )
 
 
@@ -131,4 +134,6 @@ def receipt_from_pb(msg: spb.RemediateComplianceResponse, region: str) -> Remedi
         removed=tuple(violation_from_pb(v, region) for v in msg.removed),
         receipt_audit_seq=msg.receipt_audit_seq,
         violations_after=msg.violations_after,
+        kept_held=msg.kept_held,
+        held=tuple(violation_from_pb(v, region) for v in msg.held),
     )

@@ -213,6 +213,7 @@ def _scan_report_pb(report: ScanReport) -> spb.ScanComplianceResponse:
         policy_version=report.policy_version,
         versions_checked=report.versions_checked,
         violations_total=report.violations_total,
+        violations_held=report.violations_held,
     )
     for v in report.violations:
         violation_to_pb(v, response.violations.add())
@@ -230,9 +231,12 @@ def _receipt_pb(receipt: Receipt, removed_max: int) -> spb.RemediateComplianceRe
         kept_last_copies=receipt.kept_last_copies,
         receipt_audit_seq=receipt.receipt_seq,
         violations_after=receipt.violations_after,
+        kept_held=receipt.kept_held,
     )
     for copy in receipt.removed[:removed_max]:
         violation_to_pb(copy.violation, response.removed.add())
+    for copy in receipt.held[:removed_max]:
+        violation_to_pb(copy.violation, response.held.add())
     return response
 
 

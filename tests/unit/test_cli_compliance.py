@@ -118,10 +118,37 @@ def test_json_shape(capsys, cluster):
             "rule": "gdpr.no-transfer-basis",
             "reason": "personal data of a subject in DE (GDPR) may not be stored in eu-central-1",
             "allowed_regions": ["eu-west-1", "eu-central-1"],
+            "hold_reason": "",
         }
     ]
+    assert central["violations_held"] == 0
     assert (doc["versions_checked"], doc["violations_total"], doc["regions_failed"]) == (7, 1, [])
-    assert doc["compliant"] is False
+    assert doc["compliant"] is False and doc["violations_held"] == 0
+
+
+def test_a_held_violation_says_which_hold_keeps_it(capsys, cluster):
+    """Still a violation (the copy is where the policy forbids it), and still exit 1."""
+    report = violations("us-east-1", 2)
+    report.violations[1].hold_reason = "legal hold hold-1 on the subject: litigation 7"
+    report.violations_held = 1
+    cluster.nodes["us-east-1"].compliance = report
+    code, out, _ = run(capsys, cluster, "compliance", "scan")
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0] == (
+        "us-east-1: 50 versions checked, 2 violations (1 under a legal hold) (policy p2, node us-east-1)"
+    )
+    held = "legal hold hold-1 on the subject: litigation 7"
+    assert f"    held: {held} (no remediation removes it while the hold stands)" in lines
+    assert sum(line.startswith("    held: ") for line in lines) == 1
+    assert lines[-1] == "total: 3 regions scanned, 50 versions checked, 2 violations (1 under a legal hold)"
+    code, out, _ = run(capsys, cluster, "compliance", "scan", "--json")
+    doc = json.loads(out)
+    assert doc["violations_held"] == 1 and doc["regions"][0]["violations_held"] == 1
+    assert [v["hold_reason"] for v in doc["regions"][0]["violations"]] == [
+        "",
+        "legal hold hold-1 on the subject: litigation 7",
+    ]
 
 
 def test_a_region_that_cannot_be_scanned_is_exit_2_and_the_rest_is_printed(capsys, cluster):

@@ -167,3 +167,51 @@ def test_apply_with_violations_left_is_exit_1_and_a_failed_region_exit_2(capsys,
     cluster.nodes["us-east-1"].failures.append(grpc.StatusCode.PERMISSION_DENIED)
     code, out, _ = run(capsys, cluster, "--apply", "--json")
     assert code == 2 and json.loads(out)["regions_failed"] == ["us-east-1"]
+
+
+HOLD = "legal hold hold-1 on the subject: litigation 7"
+
+
+def test_the_plan_lists_held_copies_apart_and_does_not_count_them_as_removals(capsys, cluster):
+    for region in cluster.nodes:
+        cluster.nodes[region].compliance = report(region)
+    held = report("us-east-1", ("c-1", "DE", ("eu-west-1",)), ("c-2", "CN", ()))
+    held.violations[1].hold_reason = HOLD
+    held.violations_held = 1
+    cluster.nodes["us-east-1"].compliance = held
+    code, out, _ = run(capsys, cluster, "--plan", "--json")
+    plan = json.loads(out)
+    assert code == 1 and plan["removals_total"] == 1 and plan["kept_held_total"] == 1
+    assert [r["key"] for r in plan["removals"]] == ["c-1"]
+    assert plan["kept_held"] == [
+        {
+            "region": "us-east-1",
+            "namespace": "customers",
+            "key": "c-2",
+            "rule": "pipl.no-transfer-basis",
+            "hold_reason": HOLD,
+        }
+    ]
+    code, out, _ = run(capsys, cluster, "--plan")
+    assert "us-east-1: would remove 1 copy" in out
+    assert "  would keep 1 copy under a legal hold (never removed while the hold stands):" in out
+    assert f"    customers/c-2  rule=pipl.no-transfer-basis  {HOLD}" in out
+    assert out.splitlines()[-1].startswith("plan: 1 copy to remove, 1 copy kept under a legal hold;")
+
+
+def test_apply_prints_the_copies_a_hold_kept(capsys, cluster):
+    kept = receipt("us-east-1", 1, left=1)
+    kept.kept_held = 1
+    kept.held.add(
+        namespace="customers", key="c-9", region="us-east-1", rule="pipl.no-transfer-basis", hold_reason=HOLD
+    )
+    cluster.nodes["us-east-1"].receipt = kept
+    code, out, _ = run(capsys, cluster, "--apply", "--remove-last-copies")
+    assert code == 1
+    assert "  kept 1 copy under a legal hold (never removed while the hold stands):" in out
+    assert f"    customers/c-9  rule=pipl.no-transfer-basis  {HOLD}" in out
+    code, out, _ = run(capsys, cluster, "--apply", "--remove-last-copies", "--json")
+    doc = json.loads(out)
+    (region,) = [r for r in doc["regions"] if r["region"] == "us-east-1"]
+    assert doc["kept_held"] == 1 and region["kept_held"] == 1
+    assert [(v["key"], v["hold_reason"]) for v in region["held"]] == [("c-9", HOLD)]

@@ -35,3 +35,11 @@ def test_a_receipt_of_many_namespaces_stays_whole_json_within_the_limit() -> Non
     assert len(body) <= RECEIPT_BYTES_MAX
     doc = json.loads(body)
     assert doc["copies_removed"] == 100 and doc["removed_per_namespace"] == {"namespaces": 100}
+
+
+def test_the_receipt_counts_the_copies_a_hold_kept() -> None:
+    receipt = Receipt("r-3", "us-east-1", "us-east-1", "p2", "dpo")
+    receipt.removed = [copy("customers", "a")]
+    receipt.kept_held = 2
+    doc = json.loads(receipt.body())
+    assert (doc["copies_removed"], doc["kept_held"]) == (1, 2)
