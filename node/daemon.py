@@ -81,6 +81,7 @@ from node.incarnation import read_epoch
 from node.keyfiles import load_context_key
 from node.lifecycle.erasure import Eraser
 from node.lifecycle.orders_store import load_orders, save_orders
+from node.lifecycle.released_holds import released_holds
 from node.lifecycle.retention import RetentionSweeper, SweepReport
 from node.metrics import NodeMetrics
 from node.offload import THREADS_DEFAULT, Offload
@@ -808,6 +809,9 @@ class Node:
         them again when the set comes again (at least once); storing first lost them."""
         holds_before = self.view.topology.holds
         await asyncio.gather(*self._audit_holds(holds_before, orders.holds, orders.released))
+        # A released hold no longer defers the erasures it stopped: noted before the set without
+        # it is stored, and carried out by apply() below (and at the next start if need be).
+        await self.eraser.note_released(released_holds(holds_before, orders.holds, orders.released))
         await self.committer.run(lambda engine: save_orders(engine, orders))
         self.view.adopt_orders(orders)
         self.metrics.subject_orders_revision.set(orders.revision)

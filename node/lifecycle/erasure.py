@@ -19,6 +19,11 @@ the subject id, not the id.
 
 Every step is idempotent, so an interrupted erasure simply runs again; a finished one is
 remembered (its receipt) until the coordinator has it, then forgotten (the audit trail keeps it).
+
+A legal hold only defers an erasure (GDPR Art. 17(3)(e)): when it is released, the node erases
+what it kept of every subject erased before, unless another hold or a legal obligation still
+keeps it, and destroys the subject's keys of every class that then keeps nothing
+(carry_out_release). The release is noted in the store first, so a restart finishes it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,13 @@ from node.crypto.sealing import key_class, sealed_key_class
 from node.engine.base import LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.lifecycle.erased_list_store import load_erased_list, store_erased_list
+from node.lifecycle.released_holds import (
+    RELEASES_META,
+    PendingRelease,
+    erased_subjects_held_by,
+    releases_from_bytes,
+    releases_to_bytes,
+)
 from node.offload import Offload
 
 log = logging.getLogger("domicile.erasure")
@@ -134,19 +146,31 @@ class Eraser:
         self.refused_in_writer = 0
         # A restored store that has not yet received the permanent list (see load()).
         self.awaiting_list = False
+        # Released holds whose kept records are still to be erased here (carry_out_release).
+        self.releases: dict[str, PendingRelease] = {}
+        self._releasing: dict[str, asyncio.Task[None]] = {}
+        # The erasure passes under way: a release waits for those that began before it, since
+        # they act on the holds of then and may keep a record under the hold just released.
+        self._passes: set[asyncio.Future[None]] = set()
+        self.release_erased_total = 0
+        # The holds of the last apply(): a release reads them at each subject, so a hold placed
+        # while it runs keeps what it covers.
+        self._holds: tuple[LegalHold, ...] = ()
 
     async def load(self, restored: bool = False) -> None:
         """Reads the erased subjects and the receipts not yet reported from the store. A
         `restored` store (a new incarnation) that holds no permanent list yet may hold, and be
         sent writes about, subjects erased after its backup point: until the coordinator's list
         has arrived, writes about any data subject are refused (waiting_refusal)."""
-        blocked, receipts, erased = await self.offload.run(
+        blocked, receipts, erased, releases = await self.offload.run(
             lambda: (
                 self.engine.blocked_subjects(),
                 self.engine.get_meta(RECEIPTS_META),
                 load_erased_list(self.engine),
+                self.engine.get_meta(RELEASES_META),
             )
         )
+        self.releases = releases_from_bytes(releases)
         if erased:
             self.erased_key, self.erased_list = erased
         self.blocked = blocked
@@ -298,6 +322,12 @@ class Eraser:
             )
             self._running[order.request_id] = task
             task.add_done_callback(self._forget)
+        # Releases not yet carried out (just noted, noted before a crash, or one that failed).
+        self._holds = holds
+        for hold_id in sorted(self.releases.keys() - self._releasing.keys()):
+            task = asyncio.create_task(self.carry_out_release(hold_id, cluster), name=f"release-{hold_id}")
+            self._releasing[hold_id] = task
+            task.add_done_callback(self._forget)
 
     async def _refresh_blocked(self) -> None:
         try:
@@ -312,16 +342,18 @@ class Eraser:
         task.add_done_callback(self._refreshing.discard)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
-        for request_id, running in list(self._running.items()):
-            if running is task:
-                del self._running[request_id]
+        for tasks in (self._running, self._releasing):
+            for name, running in list(tasks.items()):
+                if running is task:
+                    del tasks[name]
 
     async def wait_idle(self) -> None:
-        while self._running:
-            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+        while self._running or self._releasing:
+            tasks = [*self._running.values(), *self._releasing.values()]
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
-        tasks = [*self._running.values(), *self._refreshing]
+        tasks = [*self._running.values(), *self._releasing.values(), *self._refreshing]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -347,6 +379,17 @@ class Eraser:
             log.exception("erasure %s failed in %s; it will be retried", order.request_id, self.region)
 
     async def erase(
+        self, order: ErasureOrder, cluster: ClusterSpec, holds: tuple[LegalHold, ...]
+    ) -> RegionReceipt:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._passes.add(done)
+        try:
+            return await self._erase(order, cluster, holds)
+        finally:
+            self._passes.discard(done)
+            done.set_result(None)
+
+    async def _erase(
         self, order: ErasureOrder, cluster: ClusterSpec, holds: tuple[LegalHold, ...]
     ) -> RegionReceipt:
         started = self.now_ms()
@@ -433,6 +476,111 @@ class Eraser:
             order.request_id, self.region, receipt.erased_total, len(kept), destroyed,
         )  # fmt: skip
         return receipt
+
+    # -- released holds ----------------------------------------------------------------------
+
+    async def note_released(self, released: list[PendingRelease]) -> None:
+        """Notes holds just released, durably, before the set of holds without them is stored:
+        a crash in between must not lose a release (the stored set would no longer show it).
+        The next apply() carries them out."""
+        fresh = {p.hold.hold_id: p for p in released if p.hold.hold_id not in self.releases}
+        if not fresh:
+            return
+        self.releases.update(fresh)
+        await self._save_releases()
+
+    async def _save_releases(self) -> None:
+        blob = releases_to_bytes(dict(self.releases))
+
+        def persist(engine: StorageEngine) -> None:
+            engine.put_meta(RELEASES_META, blob)
+
+        await self.committer.run(persist)
+
+    async def carry_out_release(self, hold_id: str, cluster: ClusterSpec) -> None:
+        """Erases what the noted release of `hold_id` let go of, then clears the note (apply()
+        starts it; a failure leaves the note for the next apply() or start)."""
+        try:
+            pending = self.releases[hold_id]
+            # Erasures that began before the release act on the holds of then: one of them may
+            # still keep a record under this hold, after this pass has looked.
+            await asyncio.gather(*list(self._passes), return_exceptions=True)
+            found = await self.offload.run(erased_subjects_held_by, self.engine, pending.hold, self.erased_by)
+            for subject_id, request_id in sorted(found.items()):
+                await self.erase_released(subject_id, request_id, pending, cluster, self._in_force())
+            self.releases.pop(hold_id, None)
+            await self._save_releases()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Still noted: the next subject orders, topology revision or restart run it again
+            # (every step is idempotent).
+            log.exception(
+                "erasing what released hold %s kept failed in %s; it will be retried", hold_id, self.region
+            )
+
+    def _in_force(self) -> tuple[LegalHold, ...]:
+        """The holds in force: a release noted before a crash may be in the set stored then."""
+        return tuple(h for h in self._holds if h.hold_id not in self.releases)
+
+    async def erase_released(
+        self,
+        subject: str,
+        request_id: str,
+        release: PendingRelease,
+        cluster: ClusterSpec,
+        holds: tuple[LegalHold, ...],
+    ) -> int:
+        """Erases what the subject, erased by `request_id`, still has here that nothing keeps
+        any more now that `release` ended its hold; then destroys the subject's keys of every
+        class that keeps nothing. Audited like the erasure (an entry per record and a receipt),
+        as the DPO who released the hold. Returns the records erased; a rerun finds none and
+        records nothing."""
+        principal = release.released_by or "coordinator"
+        hold = release.hold
+        erased: collections.Counter[str] = collections.Counter()
+        kept_classes: set[str] = set()
+        kept = 0
+        for namespace, key, state in await self.offload.run(_subject_states, self.engine, subject):
+            mine = [v for v in state.live() if v.subject_id == subject]
+            if not mine:
+                continue
+            if keep_reason(cluster, holds, namespace, key, subject):
+                # Another hold or a legal obligation still keeps it (audited when it was kept).
+                kept += 1
+                kept_classes.update(sealed_key_class(v.value) or key_class(cluster, namespace) for v in mine)
+                continue
+            detail = f"request={request_id} kept under {hold.describe()}; erased at its release"
+            await self.audit.record(
+                principal=principal, action=ERASE_ACTION, namespace=namespace, key=key,
+                subject_id=subject, decision="erase", detail=detail[:1000],
+            )  # fmt: skip
+            await self._tombstone(namespace, key, mine)
+            erased[namespace] += 1
+        held_classes = await self.offload.run(self.keyring.key_classes, subject)
+        doomed = [c for c in held_classes if c not in kept_classes]
+        destroyed = await self.offload.run(self.keyring.destroy, subject, doomed)
+        if not erased and not destroyed:
+            return 0
+        summary = {
+            "request": request_id,
+            "released_hold": hold.hold_id,
+            "erased": dict(sorted(erased.items())),
+            "kept_total": kept,
+            "keys_destroyed": destroyed,
+            "completed_ms": self.now_ms(),
+        }
+        await self.audit.record(
+            principal=principal, action=RECEIPT_ACTION, subject_id=subject, decision="erase",
+            detail=json.dumps(summary, sort_keys=True, separators=(",", ":")),
+        )  # fmt: skip
+        total = sum(erased.values())
+        self.release_erased_total += total
+        log.info(
+            "erasure %s in %s at the release of hold %s: %d erased, %d still kept, %d keys destroyed",
+            request_id, self.region, hold.hold_id, total, kept, destroyed,
+        )  # fmt: skip
+        return total
 
     async def _save_receipts(self) -> None:
         blob = json.dumps(

@@ -1,0 +1,235 @@
+"""An erasure a legal hold deferred is carried out when the hold is released: in every region
+that kept records under it, one that was down at the release included, and after a restart;
+audited like the erasure, and sparing what another hold or a legal obligation still keeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from domicile.audit import AuditEntry
+from domicile.subjects import HoldScope, LegalHold
+from domicile.v1 import coordinator_pb2 as cpb
+from domicile.v1 import subject_pb2 as subpb
+from node.daemon import Node
+from node.lifecycle.released_holds import released_holds
+from tests.integration.test_subject_rights import (
+    EU,
+    NAMESPACES,
+    completed,
+    coordinator,
+    erase,
+    live,
+    put,
+    replicated,
+)
+from tests.support.cluster import LocalCluster, eventually
+from tests.support.packs import sample_pack
+
+
+async def place(cluster: LocalCluster, reason: str, **target: str) -> str:
+    scope = {
+        "subject_id": subpb.LEGAL_HOLD_SCOPE_SUBJECT,
+        "key": subpb.LEGAL_HOLD_SCOPE_KEY,
+        "namespace": subpb.LEGAL_HOLD_SCOPE_NAMESPACE,
+    }
+    kind = "subject_id" if "subject_id" in target else "key" if "key" in target else "namespace"
+    placed = await coordinator(cluster).PlaceLegalHold(
+        cpb.PlaceLegalHoldRequest(scope=scope[kind], reason=reason, **target), timeout=5
+    )
+    return str(placed.hold.hold_id)
+
+
+async def release(cluster: LocalCluster, hold_id: str) -> None:
+    await coordinator(cluster).ReleaseLegalHold(
+        cpb.ReleaseLegalHoldRequest(hold_id=hold_id, reason="case closed"), timeout=5
+    )
+
+
+async def holds_at(cluster: LocalCluster, regions: list[str], hold_ids: set[str]) -> None:
+    async def adopted() -> bool:
+        return all({h.hold_id for h in cluster.nodes[r].view.topology.holds} == hold_ids for r in regions)
+
+    await eventually(adopted, 10.0, f"holds {sorted(hold_ids)} in {regions}")
+
+
+async def gone(cluster: LocalCluster, region: str, namespace: str, key: str, timeout_s: float = 15.0) -> None:
+    async def erased() -> bool:
+        return not live(cluster, region, namespace, key)
+
+    await eventually(erased, timeout_s, f"{namespace}/{key} erased at {region}")
+
+
+async def audit_entries(node: Node) -> list[AuditEntry]:
+    await node.audit.flush()
+    return [AuditEntry.decode(e.body) for e in node.audit.iter_all()]
+
+
+def erased_at_release(entries: list[AuditEntry], hold_id: str) -> list[tuple[str, str]]:
+    return [
+        (e.namespace, e.key)
+        for e in entries
+        if e.action == "erase" and e.decision == "erase" and "erased at its release" in e.detail
+        if f"legal hold {hold_id} " in e.detail
+    ]
+
+
+def release_receipts(entries: list[AuditEntry], hold_id: str) -> list[dict[str, object]]:
+    receipts = [json.loads(e.detail) for e in entries if e.action == "erasure_receipt"]
+    return [r for r in receipts if r.get("released_hold") == hold_id]
+
+
+async def test_regression_records_an_erasure_kept_under_a_hold_are_erased_when_it_is_released(
+    tmp_path: Path,
+) -> None:
+    # A hold stopped the erasure of what it covered, and its release left those records in
+    # place for good: the erasure GDPR Art. 17 asks for was deferred, never carried out.
+    cluster = LocalCluster(tmp_path, EU, pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        records = [
+            ("customers", "anna", "s-anna"),
+            ("sessions", "anna-web", "s-anna"),
+            ("customers", "anna-case", "s-anna"),  # under a second hold too
+            ("trades", "t-1", "s-anna"),  # a legal obligation keeps it
+            ("customers", "bob", "s-bob"),  # not erased
+        ]
+        for namespace, key, subject in records:
+            await put(cluster, "eu-west-1", namespace, key, subject, f"{key} value".encode())
+        for namespace, key, _ in records:
+            await replicated(cluster, EU, namespace, key)
+        subject_hold = await place(cluster, "litigation 7", subject_id="s-anna")
+        case_hold = await place(cluster, "case 42", namespace="customers", key="anna-case")
+        await holds_at(cluster, EU, {subject_hold, case_hold})
+
+        done = await completed(cluster, (await erase(cluster, "s-anna")).request_id)
+        for receipt in done.receipts:
+            assert receipt.erased_total == 0 and receipt.kept_total == 4, receipt
+        for region in EU:
+            assert cluster.nodes[region].keyring.key_classes("s-anna") == [
+                "cache",
+                "transaction_data",
+                "user_data",
+            ]
+
+        await release(cluster, subject_hold)
+        for region in EU:
+            await gone(cluster, region, "customers", "anna")
+            await gone(cluster, region, "sessions", "anna-web")
+        for region in EU:
+            node = cluster.nodes[region]
+
+            async def finished(n: Node = node) -> bool:
+                return not n.eraser.releases and not n.eraser._releasing
+
+            await eventually(finished, 10.0, f"the release carried out at {region}")
+            # The second hold and the legal obligation still keep theirs, and their keys.
+            assert live(cluster, region, "customers", "anna-case") and live(cluster, region, "trades", "t-1")
+            assert live(cluster, region, "customers", "bob")
+            assert (await cluster.get(region, "customers", "anna-case")).versions[
+                0
+            ].value == b"anna-case value"
+            assert node.keyring.key_classes("s-anna") == ["transaction_data", "user_data"]
+        # Each region erased what it kept itself (or found it tombstoned by the other's first);
+        # the one that did audited each record and a receipt, as the DPO who released the hold.
+        erasers = []
+        for region in EU:
+            entries = await audit_entries(cluster.nodes[region])
+            erased = erased_at_release(entries, subject_hold)
+            receipts = release_receipts(entries, subject_hold)
+            if erased:
+                erasers.append(region)
+                assert set(erased) <= {("customers", "anna"), ("sessions", "anna-web")}, erased
+                (receipt,) = receipts
+                assert receipt["request"] == done.request_id and receipt["kept_total"] == 2
+                assert receipt["keys_destroyed"] == 1  # cache: nothing of that class is kept
+                (released,) = [
+                    e
+                    for e in entries
+                    if e.action == "hold_released" and e.detail.startswith(f"legal hold {subject_hold} ")
+                ]
+                principals = {e.principal for e in entries if "erased at its release" in e.detail}
+                assert principals == {released.principal}, principals
+        assert erasers, "no region audited the erasure at the release"
+
+        # Idempotent: carried out again, it finds nothing and records nothing.
+        node = cluster.nodes["eu-west-1"]
+        before = len(await audit_entries(node))
+        held = LegalHold(subject_hold, HoldScope.SUBJECT, subject_id="s-anna", reason="litigation 7")
+        (pending,) = released_holds((held,), (), ())
+        again = await node.eraser.erase_released(
+            "s-anna", done.request_id, pending, node.view.topology.cluster, node.view.topology.holds
+        )
+        assert again == 0 and len(await audit_entries(node)) == before
+
+        # The second hold's release erases what it kept; the obligation still keeps the trade.
+        await release(cluster, case_hold)
+        for region in EU:
+            await gone(cluster, region, "customers", "anna-case")
+
+            async def user_key_destroyed(r: str = region) -> bool:
+                return cluster.nodes[r].keyring.key_classes("s-anna") == ["transaction_data"]
+
+            await eventually(user_key_destroyed, 10.0, f"the user_data key destroyed at {region}")
+            assert live(cluster, region, "trades", "t-1") and live(cluster, region, "customers", "bob")
+    finally:
+        await cluster.stop()
+
+
+async def test_a_region_down_at_the_release_erases_what_the_hold_kept_when_it_returns(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, EU, pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        await put(cluster, "eu-west-1", "customers", "cara", "s-cara", b"Cara")
+        await put(cluster, "eu-west-1", "customers", "dan", "s-dan", b"Dan")
+        for key in ("cara", "dan"):
+            await replicated(cluster, EU, "customers", key)
+        hold = await place(cluster, "audit of 2026", namespace="customers")
+        await holds_at(cluster, EU, {hold})
+        done = await completed(cluster, (await erase(cluster, "s-cara")).request_id)
+        assert all(r.kept_total == 1 for r in done.receipts)
+
+        await cluster.stop_node("eu-central-1")
+        await release(cluster, hold)
+        await gone(cluster, "eu-west-1", "customers", "cara")
+        # eu-central-1 returns alone: what it kept can only go by its own erasure.
+        await cluster.stop_node("eu-west-1")
+        await cluster.start_node("eu-central-1")
+        await gone(cluster, "eu-central-1", "customers", "cara")
+        assert live(cluster, "eu-central-1", "customers", "dan")  # never erased
+        entries = await audit_entries(cluster.nodes["eu-central-1"])
+        assert erased_at_release(entries, hold) == [("customers", "cara")]
+        assert [e.action for e in entries].count("hold_released") == 1
+    finally:
+        await cluster.stop()
+
+
+async def test_a_release_noted_before_a_restart_is_carried_out_after_it(tmp_path: Path) -> None:
+    # The node notes a release before it stores the holds without it; a crash in between leaves
+    # the stored holds naming the released one. Started again (here without the coordinator, so
+    # nothing but the note can tell it), it erases what the hold kept all the same.
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        await put(cluster, "eu-west-1", "customers", "eve", "s-eve", b"Eve")
+        hold = await place(cluster, "litigation 9", subject_id="s-eve")
+        await holds_at(cluster, ["eu-west-1"], {hold})
+        await completed(cluster, (await erase(cluster, "s-eve")).request_id)
+        assert live(cluster, "eu-west-1", "customers", "eve")
+
+        await cluster.stop_coordinator()
+        node = cluster.nodes["eu-west-1"]
+        await node.eraser.note_released(released_holds(node.view.topology.holds, (), ()))
+        await cluster.stop_node("eu-west-1")
+        node = await cluster.start_node("eu-west-1")
+        assert {h.hold_id for h in node.view.topology.holds} == {hold}  # the stored set
+        await gone(cluster, "eu-west-1", "customers", "eve")
+
+        async def cleared() -> bool:
+            return not node.eraser.releases and not node.eraser._releasing
+
+        await eventually(cleared, 10.0, "the noted release cleared")
+        assert erased_at_release(await audit_entries(node), hold) == [("customers", "eve")]
+        assert node.keyring.key_classes("s-eve") == []
+    finally:
+        await cluster.stop()
