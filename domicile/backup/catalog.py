@@ -2,15 +2,20 @@
 
 `verify` downloads every object, checks its sha256 (the metadata's, and the manifest's for
 snapshot parts), decodes every state and log entry and checks their checksums, and checks that
-each generation's segments continue its base position without a gap. It reports the restorable
-window (from the oldest complete generation's snapshot to the newest backed-up write) and the
-age of the newest backed-up write.
+each generation's segments continue its base position without a gap. Segments may overlap: a
+shipping round that failed after its upload landed (a reply lost to a timeout) is retried from
+the same position with what was written since, and a shipper resuming a generation can ship
+positions again; a position in several segments must hold the same entry in each. It reports
+the restorable window (from the oldest complete generation's snapshot to the newest backed-up
+write) and the age of the newest backed-up write.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from domicile.backup import format as fmt
@@ -42,9 +47,15 @@ class Generation:
 
     @property
     def last_lsn(self) -> int:
+        # Not the last segment's: one ordered after another may end before it (an overlap).
         if self.segments:
-            return self.segments[-1].last_lsn
+            return self.newest_segment.last_lsn
         return self.manifest.base_lsn if self.manifest else 0
+
+    @property
+    def newest_segment(self) -> Segment:
+        """The segment reaching furthest (the generation has one)."""
+        return max(self.segments, key=lambda s: s.last_lsn)
 
 
 @dataclass
@@ -95,7 +106,8 @@ class Catalog:
 
     def generations(self, node_id: str) -> list[Generation]:
         """The node's generations, oldest first, each with its manifest (None while incomplete)
-        and its segments in position order."""
+        and its segments in position order (by first position, then last: of two overlapping
+        segments that start together the shorter comes first)."""
         out: dict[str, Generation] = {}
         base = fmt.node_prefix(self.prefix, node_id)
         manifests: list[str] = []
@@ -121,13 +133,13 @@ class Catalog:
                     f"manifest of backup generation {name} cannot be read: {error}"
                 ) from None
         for generation in out.values():
-            generation.segments.sort(key=lambda s: s.first_lsn)
+            generation.segments.sort(key=lambda s: (s.first_lsn, s.last_lsn))
         return [out[name] for name in sorted(out)]
 
     def newest_write_ms(self, generation: Generation) -> int:
         """Wall time of the newest write the generation holds (its snapshot's end when no segment)."""
         if generation.segments:
-            meta = self.bucket.head(generation.segments[-1].key)
+            meta = self.bucket.head(generation.newest_segment.key)
             return int(meta.get(fmt.META_NEWEST_MS, "0"))
         return generation.manifest.finished_ms if generation.manifest else 0
 
@@ -284,22 +296,79 @@ class Catalog:
                     report.states += 1
             except (DomicileError, ValueError) as error:
                 report.problems.append(f"{g.name}: snapshot part {part.key}: {error}")
-        expected = g.manifest.base_lsn + 1
-        for segment in g.segments:
-            if segment.first_lsn != expected:
+        self._verify_segments(g, report)
+
+    def _verify_segments(self, g: Generation, report: VerifyReport) -> None:
+        """Checks the segments continue the base position without a hole, overlapping or not
+        (a position already held is no hole, and counts once), and hold the same entry wherever
+        they overlap."""
+        assert g.manifest is not None
+        reached = g.manifest.base_lsn
+        same = SameEntries(g.segments)
+        for index, segment in enumerate(g.segments):
+            if segment.first_lsn > reached + 1:
                 report.problems.append(
-                    f"{g.name}: positions {expected}..{segment.first_lsn - 1} are missing "
+                    f"{g.name}: positions {reached + 1}..{segment.first_lsn - 1} are missing "
                     f"(segment {segment.key} starts at {segment.first_lsn})"
                 )
-            expected = segment.last_lsn + 1
             try:
-                for _, blob in self.log_entries(segment):
+                entries = self.log_entries(segment)
+                for lsn, blob in entries:
                     mutation = mutation_from_bytes(blob)
                     if not mutation.version.checksum_ok():
                         raise DataCorruption(f"a log entry in {segment.key} fails its checksum")
-                    report.log_entries += 1
+                    if lsn > reached:
+                        report.log_entries += 1
+                same.check(index, entries)
+            except SegmentsDisagree as error:
+                report.problems.append(f"{g.name}: {error.message}")
             except (DomicileError, ValueError) as error:
                 report.problems.append(f"{g.name}: segment {segment.key}: {error}")
+            reached = max(reached, segment.last_lsn)
+
+
+class SegmentsDisagree(DataCorruption):
+    """Two segments hold different entries at one position."""
+
+
+class SameEntries:
+    """Checks that a position held by more than one segment holds the same entry in each. Such
+    segments are copies of one change log (a retried upload whose first attempt landed, a
+    shipper resuming a generation, a generation's segments and the next one's after its base),
+    so different bytes mean one copy is damaged, and which one cannot be told. Fed each
+    segment's entries in the order of `segments` (by first position); keeps a digest only of
+    the positions a later segment starts at or before."""
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self._segments = list(segments)
+        # Per segment: the lowest first position of the segments after it.
+        self._later_first: list[int] = []
+        lowest = sys.maxsize
+        for segment in reversed(self._segments):
+            self._later_first.append(lowest)
+            lowest = min(lowest, segment.first_lsn)
+        self._later_first.reverse()
+        self._held: dict[int, tuple[bytes, str]] = {}
+
+    def check(self, index: int, entries: Iterable[tuple[int, bytes]]) -> None:
+        """Raises SegmentsDisagree naming both segments at the first position they disagree on."""
+        key, keep_from = self._segments[index].key, self._later_first[index]
+        for lsn, blob in entries:
+            held = self._held.get(lsn)
+            if held is None and lsn < keep_from:
+                continue  # in no other segment
+            digest = hashlib.sha256(blob).digest()
+            if held is None:
+                self._held[lsn] = (digest, key)
+            elif held[0] != digest:
+                raise SegmentsDisagree(
+                    f"segments {held[1]} and {key} both hold log position {lsn} but with different "
+                    "entries: one of them is damaged and which one cannot be told, so no restore "
+                    "replays them"
+                )
+        if self._held:
+            # The segments after this one start at keep_from or later.
+            self._held = {lsn: held for lsn, held in self._held.items() if lsn >= keep_from}
 
 
 def _when(ms: int) -> str:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from domicile.backup import format as fmt
 from domicile.backup.bucket import Bucket
-from domicile.backup.catalog import Catalog, Chain, Generation, Segment
+from domicile.backup.catalog import Catalog, Chain, Generation, SameEntries, Segment
 from domicile.backup.format import parse_time
 from domicile.backup.state_check import checked_index_fields
 from domicile.causality import Mutation
@@ -233,40 +233,58 @@ def _replay_segments(
 ) -> tuple[int, int, int]:
     """Replays the chain's log entries after its base position, up to to_ms (entries are in
     HLC order, so the replay stops at the first one past it); returns (entries replayed, the
-    position and the time restored to)."""
+    position and the time restored to).
+
+    Segments may overlap (a retried upload whose first attempt landed, a resumed generation, a
+    later generation's segments starting before the chain's end): each position is replayed
+    once, from the first segment holding it, and a segment holding another entry at a position
+    already read refuses the restore before any of its entries is replayed."""
     manifest = chain.start.manifest
     assert manifest is not None
 
-    def decoded(segment: Segment) -> list[tuple[int, Mutation]]:
-        return [
-            (lsn, mutation_from_bytes(blob))
-            for lsn, blob in catalog.log_entries(segment)
-            if lsn > manifest.base_lsn
-        ]
+    def decoded(segment: Segment) -> tuple[list[tuple[int, bytes]], list[tuple[int, Mutation]]]:
+        entries = [(lsn, blob) for lsn, blob in catalog.log_entries(segment) if lsn > manifest.base_lsn]
+        return entries, [(lsn, mutation_from_bytes(blob)) for lsn, blob in entries]
 
+    same = SameEntries(chain.segments)
     entries = 0
     restored_lsn, restored_ms = manifest.base_lsn, manifest.finished_ms
+    read_to = manifest.base_lsn  # the furthest position of the segments read
+    done = False
     with contextlib.closing(prepared_in_order(decoded, chain.segments)) as segments:
-        for i, (_, logged) in enumerate(segments, 1):
-            batch: list[Mutation] = []
-            done = False
-            for lsn, mutation in logged:
-                if lsn <= restored_lsn:
-                    continue  # a later generation's segment starts before the chain's end
-                written_ms = physical_ms(mutation.version.hlc)
-                if to_ms is not None and written_ms > to_ms:
-                    done = True
-                    break
-                batch.append(mutation)
-                restored_lsn = lsn
-                restored_ms = max(restored_ms, written_ms)
+        for i, (segment, (raw, logged)) in enumerate(segments, 1):
+            if done and segment.first_lsn > read_to:
+                break
+            # Past the point, a segment overlapping what was read is still compared: a position
+            # the replay took (or stopped at) must not have two answers.
+            same.check(i - 1, raw)
+            read_to = max(read_to, segment.last_lsn)
+            if done:
+                continue
+            batch, done = _to_replay(logged, restored_lsn, to_ms)
             for start in range(0, len(batch), REPLAY_BATCH):
-                engine.apply_remote(source, batch[start : start + REPLAY_BATCH], 0)
+                engine.apply_remote(source, [m for _, m in batch[start : start + REPLAY_BATCH]], 0)
+            if batch:
+                restored_lsn = batch[-1][0]
+                restored_ms = max(restored_ms, *(physical_ms(m.version.hlc) for _, m in batch))
             entries += len(batch)
             progress(f"segment {i}/{len(chain.segments)}: {entries} log entries replayed")
-            if done:
-                break
     return entries, restored_lsn, restored_ms
+
+
+def _to_replay(
+    logged: Sequence[tuple[int, Mutation]], restored_lsn: int, to_ms: int | None
+) -> tuple[list[tuple[int, Mutation]], bool]:
+    """A segment's entries past restored_lsn (those before it were replayed from an earlier
+    segment this one overlaps) up to the first one written after to_ms; and whether it came."""
+    batch: list[tuple[int, Mutation]] = []
+    for lsn, mutation in logged:
+        if lsn <= restored_lsn:
+            continue
+        if to_ms is not None and physical_ms(mutation.version.hlc) > to_ms:
+            return batch, True
+        batch.append((lsn, mutation))
+    return batch, False
 
 
 def _put_in_place(staging: Path, data: Path) -> None:

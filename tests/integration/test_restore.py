@@ -13,10 +13,11 @@ import grpc
 import pymongo
 import pytest
 
+from domicile.backup import format as fmt
 from domicile.backup.bucket import Bucket
 from domicile.backup.catalog import Catalog
 from domicile.cluster import BackupSpec
-from domicile.errors import FailedPrecondition
+from domicile.errors import DataCorruption, FailedPrecondition, Unavailable
 from domicile.hlc import pack
 from domicile.s3_server import SeaweedServer
 from domicile.subjects import RequestStatus
@@ -370,16 +371,21 @@ HOUR_MS = 3_600_000
 class _WritesDuringSnapshot(Bucket):
     """The real bucket; when a generation's first snapshot part has gone up, `during` runs (a
     write acknowledged while the snapshot is still going up), and after every object `watch`'s
-    answer is kept."""
+    answer is kept. With `lose_reply` set, the next segment is stored but its put fails as if
+    the reply had timed out."""
 
     def __init__(self, spec: BackupSpec) -> None:
         super().__init__(spec)
         self.during: Callable[[], None] | None = None
         self.watch: Callable[[], int] | None = None
         self.watched: list[int] = []
+        self.lose_reply = False
 
     def put(self, key: str, body: bytes, metadata: Mapping[str, str] | None = None) -> str:
         digest = super().put(key, body, metadata)
+        if "/segments/" in key and self.lose_reply:
+            self.lose_reply = False
+            raise Unavailable(f"backup bucket {self.name}: put {key} failed: read timeout")
         if self.watch is not None:
             self.watched.append(self.watch())
         if "/snapshot/" in key and self.during is not None:
@@ -570,5 +576,118 @@ def test_regression_a_restored_store_keeps_the_point_before_which_tombstones_wer
             assert restored.get("prefs_eu", "gone") is None
         finally:
             restored.close()
+    finally:
+        store.engine.close()
+
+
+# -- overlapping segments ------------------------------------------------------------------------
+#
+# A segment's upload can land although its put failed (the reply lost to a timeout): the next
+# round ships again from the same position, with what was written since, and the two segments
+# overlap. So can the segments of a generation resumed while a shipper of it still ran.
+
+
+def _segment_ranges(store: _Store) -> list[tuple[int, int]]:
+    [generation] = store.catalog().generations(WEST)
+    return [(s.first_lsn, s.last_lsn) for s in generation.segments]
+
+
+def _retried_upload(store: _Store) -> None:
+    """Positions 2..3 in a segment whose put failed after it landed, then 2..4 in its retry."""
+    store.write("a", T0 + 10)
+    store.now = T0 + 100
+    store.shipper.round()  # base position 1
+    store.write("b", T0 + 200)
+    store.write("c", T0 + 300)
+    store.bucket.lose_reply = True
+    with pytest.raises(Unavailable, match="read timeout"):
+        store.shipper.round()
+    assert store.shipper.state.shipped_lsn == 1
+    store.write("d", T0 + 400)
+    store.shipper.round()
+    assert _segment_ranges(store) == [(2, 3), (2, 4)]
+
+
+def test_regression_verify_and_restore_accept_a_retried_upload_that_overlaps_a_segment(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """verify reported positions "5..2" missing when a segment started before the end of the
+    one before it, although every position was in the bucket."""
+    store = _Store(tmp_path, s3)
+    try:
+        _retried_upload(store)
+        report = store.catalog().verify(WEST)
+        assert report.ok, report.problems
+        assert report.log_entries == 3  # each position once
+        # Each position is replayed once, and the point in the middle of the overlap restores.
+        summary = restore.restore(store.spec, WEST, WEST, tmp_path / "r1", progress=print)
+        assert (summary.log_entries, summary.restored_lsn) == (3, 4)
+        assert store.restored_keys(tmp_path / "r2", T0 + 250) == {"a", "b"}
+        assert store.restored_keys(tmp_path / "r3", None) == {"a", "b", "c", "d"}
+    finally:
+        store.engine.close()
+
+
+def test_regression_segments_of_a_resumed_generation_that_overlap_in_any_way_verify_and_restore(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    store = _Store(tmp_path, s3)
+    stale = store.shipper
+    try:
+        store.write("a", T0 + 10)
+        store.now = T0 + 100
+        stale.round()  # base position 1
+        store.write("b", T0 + 200)
+        store.bucket.lose_reply = True
+        with pytest.raises(Unavailable):
+            stale.ship_pending()  # 2..2 landed; this shipper still stands at 1
+        resumed = store.new_shipper()  # the node restarted while the old shipper ran on
+        assert resumed.resume() and resumed.state.shipped_lsn == 2
+        store.write("c", T0 + 300)
+        resumed.ship_pending()  # 3..3
+        store.write("d", T0 + 400)
+        stale.ship_pending()  # 2..4: over both
+        store.write("e", T0 + 500)
+        resumed.ship_pending()  # 4..5: starts inside 2..4
+        assert _segment_ranges(store) == [(2, 2), (2, 4), (3, 3), (4, 5)]
+        [generation] = store.catalog().generations(WEST)
+        assert generation.last_lsn == 5
+        report = store.catalog().verify(WEST)
+        assert report.ok, report.problems
+        assert report.log_entries == 4
+        summary = restore.restore(store.spec, WEST, WEST, tmp_path / "r1", progress=print)
+        assert (summary.log_entries, summary.restored_lsn) == (4, 5)
+        assert store.restored_keys(tmp_path / "r2", None) == {"a", "b", "c", "d", "e"}
+    finally:
+        store.engine.close()
+
+
+def test_regression_overlapping_segments_that_disagree_are_reported_and_refuse_a_restore(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    store = _Store(tmp_path, s3)
+    try:
+        _retried_upload(store)
+        [generation] = store.catalog().generations(WEST)
+        shorter, longer = generation.segments
+        # The shorter copy holds, at position 3, the entry of position 4: each entry is sound
+        # and the object matches its sha256, but the two copies of position 3 differ.
+        entries = dict(store.catalog().log_entries(longer))
+        body = fmt.frame_log_entry(2, entries[2]) + fmt.frame_log_entry(3, entries[4])
+        _, meta = store.bucket.get(shorter.key)
+        store.bucket.put(shorter.key, body, {k: v for k, v in meta.items() if k != fmt.META_SHA256})
+        disagree = (
+            f"segments {shorter.key} and {longer.key} both hold log position 3 but with different entries"
+        )
+        report = store.catalog().verify(WEST)
+        assert not report.ok
+        assert [p for p in report.problems if disagree in p] == report.problems, report.problems
+        with pytest.raises(DataCorruption, match=disagree):
+            restore.restore(store.spec, WEST, WEST, tmp_path / "r1", progress=print)
+        assert not (tmp_path / "r1" / SQLITE_FILE).exists()
+        # A point before the overlap needs neither copy of position 3, but the restore still
+        # reads both segments: it is refused too rather than trusting either copy.
+        with pytest.raises(DataCorruption, match=disagree):
+            restore.restore(store.spec, WEST, WEST, tmp_path / "r2", to_ms=T0 + 250, progress=print)
     finally:
         store.engine.close()
