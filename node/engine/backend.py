@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeVar
 
-from node.engine.base import StoreCounts
+from node.engine.base import StateTooLarge, StoreCounts
 
 T = TypeVar("T")
 
@@ -151,6 +151,12 @@ class Backend(Protocol):
         ...
 
     def load_states(self, namespace: str, keys: Sequence[str]) -> dict[str, bytes]: ...
+
+    def state_too_large(self, row: StateRow) -> StateTooLarge | None:
+        """The refusal store_states gives this row for its size (None: a row of its size is
+        stored). The core asks it only of a key whose state the backend refused, to tell which
+        of the key's writes in a commit fit (EngineCore.commit_local)."""
+        ...
 
     def scan(
         self, namespace: str, lower: str, inclusive: bool, upper: str | None, limit: int

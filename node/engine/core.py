@@ -130,21 +130,9 @@ class _WorkingSet:
         rows = []
         for (namespace, key), state in self._dirty.items():
             before = self._loaded.get((namespace, key))
-            versions = state.versions
-            if len(versions) == 1:
-                # The common case (a new key, or a write that superseded every version): the
-                # sets and sorts below of one version, without building them.
-                only = versions[0]
-                live = not only.tombstone
-                subjects: tuple[str, ...] = (only.subject_id,) if only.subject_id else ()
-                classes: tuple[int, ...] = (int(only.classification),)
-            else:
-                live = state.has_live()
-                subjects = tuple(sorted({v.subject_id for v in versions if v.subject_id}))
-                classes = tuple(sorted({int(v.classification) for v in versions}))
-            totals.move(before is not None, isinstance(before, KeyState) and before.has_live(), live)
-            encoded = key_state_to_bytes(state, self._encoded.get((namespace, key)))
-            rows.append(StateRow(namespace, key, encoded, live, subjects, classes))
+            row = _state_row(namespace, key, state, self._encoded.get((namespace, key)))
+            totals.move(before is not None, isinstance(before, KeyState) and before.has_live(), row.live)
+            rows.append(row)
         tx.store_states(rows)
 
 
@@ -207,6 +195,9 @@ class EngineCore:
         # refused write leaves no trace in the working set, so it changes nothing while the
         # others still commit.
         refusals: list[DomicileError | None] = [_local_write_error(w) or self._audit_error(w) for w in writes]
+        # Keys whose state the backend refused as too large: on the next attempt each of their
+        # writes is judged on the state the writes before it left, as if committed alone.
+        judged: set[_Key] = set()
 
         def commit(tx: WriteTx) -> list[Committed | DomicileError]:
             totals = tx.totals()
@@ -234,13 +225,20 @@ class EngineCore:
                 except DomicileError as error:
                     results.append(error)
                     continue
-                results.append(committed)
                 if committed.replayed:
+                    results.append(committed)
                     continue
                 mutation = committed.mutation
                 # Encoded once: the log entry's bytes, and its version for the key state.
                 encoded = mutation_to_pb(mutation)
                 known = (mutation.version, encoded.version)
+                too_large = self._too_large(judged, write, committed.state, known) if judged else None
+                if too_large is not None:
+                    # Refused before it is put anywhere: its position, dot and request mark go
+                    # to the key's next write, and no log entry or replica ever sees them.
+                    results.append(too_large)
+                    continue
+                results.append(committed)
                 work.put(write.namespace, write.key, committed.state, known)
                 committed.encoded = known  # before anyone sees it: the answer copies it too
                 body = encoded.SerializeToString(deterministic=True)
@@ -262,10 +260,27 @@ class EngineCore:
             try:
                 return self.backend.write(commit)
             except StateTooLarge as error:
-                # A key state the backend can never store: its writes are refused, and the rest
-                # of the batch (other callers' writes) is committed without them.
-                if not _refuse_key(writes, refusals, error):
+                # A key state the backend can never store. The attempt again, the key's writes
+                # judged one by one: those that fit are made, one that would pass the limit is
+                # refused alone, and the rest of the batch (other callers' writes) is committed.
+                # Refused though judged (the backend measured otherwise): all its writes are.
+                key = (error.namespace, error.key)
+                if key not in judged:
+                    judged.add(key)
+                elif not _refuse_key(writes, refusals, error):
                     raise
+
+    def _too_large(
+        self,
+        judged: Collection[_Key],
+        write: LocalWrite,
+        state: KeyState,
+        encoded: tuple[Version, record_pb2.RecordVersion],
+    ) -> StateTooLarge | None:
+        """The backend's refusal of the state a write of a judged key makes, if too large."""
+        if (write.namespace, write.key) not in judged:
+            return None
+        return self.backend.state_too_large(_state_row(write.namespace, write.key, state, encoded))
 
     def _audit_error(self, write: LocalWrite) -> DomicileError | None:
         if write.audit is not None and not self.backend.carries_audit:
@@ -806,10 +821,23 @@ def decode_state(namespace: str, key: str, blob: bytes) -> KeyState:
     return state
 
 
-def _state_row(namespace: str, key: str, state: KeyState) -> StateRow:
-    subjects = tuple(sorted({v.subject_id for v in state.versions if v.subject_id}))
-    classes = tuple(sorted({int(v.classification) for v in state.versions}))
-    return StateRow(namespace, key, key_state_to_bytes(state), state.has_live(), subjects, classes)
+def _state_row(
+    namespace: str, key: str, state: KeyState, encoded: tuple[Version, record_pb2.RecordVersion] | None = None
+) -> StateRow:
+    """The row a key state is stored as (encoded: a version's protobuf form already made)."""
+    versions = state.versions
+    if len(versions) == 1:
+        # The common case (a new key, or a write that superseded every version): the sets and
+        # sorts below of one version, without building them.
+        only = versions[0]
+        live = not only.tombstone
+        subjects: tuple[str, ...] = (only.subject_id,) if only.subject_id else ()
+        classes: tuple[int, ...] = (int(only.classification),)
+    else:
+        live = state.has_live()
+        subjects = tuple(sorted({v.subject_id for v in versions if v.subject_id}))
+        classes = tuple(sorted({int(v.classification) for v in versions}))
+    return StateRow(namespace, key, key_state_to_bytes(state, encoded), live, subjects, classes)
 
 
 def decode_log_entry(row: LogRow) -> Mutation:

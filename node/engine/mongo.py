@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import bson
 from bson.binary import Binary
 from pymongo import ASCENDING, MongoClient, ReplaceOne, UpdateOne
 from pymongo.client_session import ClientSession
@@ -126,14 +127,7 @@ class _MongoTx:
         self.keys.extend((r.namespace, r.key) for r in rows)
         for r in rows:
             update: dict[str, Any] = {
-                "$set": {
-                    "ns": r.namespace,
-                    "k": r.key,
-                    "state": Binary(r.state),
-                    "live": r.live,
-                    "classifications": list(r.classifications),
-                    "by": stamp,
-                },
+                "$set": _state_fields(r, stamp),
                 "$addToSet": {"subjects": {"$each": list(r.subjects)}},
             }
             ops.append(UpdateOne({"_id": _state_id(r.namespace, r.key)}, update, upsert=True))
@@ -347,6 +341,16 @@ class MongoBackend:
 
     def next_stamp(self) -> str:
         return f"{self.stamp_origin}/{next(self._stamps)}"
+
+    def state_too_large(self, row: StateRow) -> StateTooLarge | None:
+        # The document store_states makes of the row, measured as the server measures it. A
+        # stamp of the longest form stands in for the transaction's; subjects the stored
+        # document already had (kept by $addToSet) are not counted: a state refused anyway is
+        # refused with every write of its key (EngineCore.commit_local).
+        stamp = f"{self.stamp_origin}/{'9' * 20}"
+        document = {"_id": _state_id(row.namespace, row.key), **_state_fields(row, stamp)}
+        document["subjects"] = list(row.subjects)
+        return _state_too_large(row) if len(bson.encode(document)) > DOCUMENT_BYTES_MAX else None
 
     def ping(self) -> None:
         """Raises Unavailable when the database cannot be reached now."""
@@ -608,6 +612,18 @@ _MAX = "max:"
 
 def _state_id(namespace: str, key: str) -> str:
     return f"{namespace}/{key}"
+
+
+def _state_fields(row: StateRow, stamp: str) -> dict[str, Any]:
+    """The fields of a key state's document store_states sets (the subjects are added to)."""
+    return {
+        "ns": row.namespace,
+        "k": row.key,
+        "state": Binary(row.state),
+        "live": row.live,
+        "classifications": list(row.classifications),
+        "by": stamp,
+    }
 
 
 def _too_large_row(error: BulkWriteError, rows: Sequence[StateRow]) -> StateRow | None:

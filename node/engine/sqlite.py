@@ -20,7 +20,7 @@ from typing import TypeVar
 from domicile import sqlite_db
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
 from node.engine.backend import LogRow, SnapshotRow, StateRow, Totals
-from node.engine.base import StoreCounts
+from node.engine.base import StateTooLarge, StoreCounts
 from node.engine.core import (
     DOT_COUNTER_MAX,
     META_VALUE_BYTES_MAX,
@@ -377,6 +377,11 @@ class SQLiteBackend:
         weakref.finalize(slot, _drop_reader, conn, self.readers)
         self._local.slot = slot
         return conn
+
+    def state_too_large(self, row: StateRow) -> StateTooLarge | None:
+        # SQLite stores a blob up to 1 GB (its default length limit): store_states refuses no
+        # state for its size.
+        return None
 
     def write(self, fn: Callable[[_SQLiteTx], T]) -> T:
         with self._write_lock:

@@ -13,6 +13,7 @@ from domicile import causality
 from domicile.causality import CausalContext, Dot, KeyState, Mutation
 from domicile.errors import DataCorruption, DomicileError, FailedPrecondition, InvalidArgument, Unavailable
 from domicile.model import Classification
+from domicile.wire.errors import status_for
 from domicile.wire.records import key_state_from_bytes
 from node.engine.base import GET_MANY_KEYS_MAX, Committed, LocalWrite, StorageEngine, StoreCounts
 
@@ -408,6 +409,70 @@ def test_an_all_refused_batch_and_an_empty_batch_change_nothing(engine: StorageE
     assert all(isinstance(r, DomicileError) for r in results)
     assert engine.last_lsn() == 0
     assert engine.counts() == StoreCounts(records=0, tombstones=0)
+
+
+MIB = 1 << 20
+
+
+def sibling(key: str, fill: int, size: int) -> LocalWrite:
+    """A write that supersedes nothing: its version stands beside every one the key holds."""
+    return LocalWrite(namespace="o", key=key, value=bytes([fill]) * size, supersedes=CausalContext.empty())
+
+
+def test_regression_a_key_state_too_large_refuses_only_the_write_that_makes_it(
+    harness: EngineHarness, stamp: Stamp
+) -> None:
+    """Writes of one key in one commit are judged as if committed one after another: one whose
+    state would be past what the store can hold (MongoDB's 16 MiB document) is refused, and the
+    others of its key, before and after it, are made. Every write of the key was refused, those
+    that fitted too. An engine without such a limit makes them all."""
+    siblings = [sibling("k", i, MIB) for i in range(14)]  # 14 MiB, in one commit
+    writes = [
+        sibling("k", 20, MIB),  # 15 MiB: fits
+        sibling("k", 21, MIB),  # 16 MiB and the rest of the state: past the limit
+        put("o", "other", b"fine"),
+        sibling("k", 22, MIB // 2),  # 15.5 MiB: fits
+        sibling("k", 23, MIB),  # 16.5 MiB: past it
+        sibling("k", 24, 1024),  # a small one still fits
+    ]
+    alone = harness.open("alone")
+    commit_ok(alone, stamp, *siblings)
+    expected = [alone.commit_local([write], stamp)[0] for write in writes]
+    grouped = harness.open("grouped")
+    commit_ok(grouped, stamp, *siblings)
+    results = grouped.commit_local(writes, stamp)
+
+    def outcome(result: Committed | DomicileError) -> object:
+        if isinstance(result, Committed):
+            version = result.mutation.version
+            return result.mutation.lsn, version.dot, version.value[:1], len(version.value)
+        return type(result), status_for(result)
+
+    assert [outcome(r) for r in results] == [outcome(e) for e in expected]
+    for result in results:
+        if isinstance(result, DomicileError):
+            assert result.message.startswith("o/k would hold a key state of"), result.message
+            assert "16 MiB" in result.message, result.message
+    # The refused writes took no position and no dot: the log holds the others, numbered on.
+    made = [r for r in results if isinstance(r, Committed)]
+    logged = grouped.read_log(len(siblings), 100)
+    assert [(m.lsn, m.key, m.version.dot) for m in logged] == [
+        (c.mutation.lsn, c.mutation.key, c.mutation.version.dot) for c in made
+    ]
+    assert [m.lsn for m in logged] == list(range(len(siblings) + 1, len(siblings) + len(made) + 1))
+    assert grouped.last_lsn() == len(siblings) + len(made)
+    for key in ("k", "other"):
+        state, want = grouped.get("o", key), alone.get("o", key)
+        assert state is not None and want is not None
+        assert sorted((v.dot, len(v.value)) for v in state.versions) == sorted(
+            (v.dot, len(v.value)) for v in want.versions
+        )
+    assert grouped.counts() == alone.counts()
+    # The next write of the key takes the dot after the last one made.
+    state = grouped.get("o", "k")
+    assert state is not None
+    (after,) = commit_ok(grouped, stamp, put("o", "k", b"resolved", supersedes=state.context))
+    assert after.mutation.version.dot.counter == max(v.dot.counter for v in state.versions) + 1
 
 
 def test_lone_surrogate_keys_are_refused(engine: StorageEngine, stamp: Stamp) -> None:
