@@ -428,19 +428,9 @@ class Eraser:
                     subject_id=subject, decision="keep", detail=reason[:1000],
                 )  # fmt: skip
                 continue
-            await self.audit.record(
-                principal=principal, action=ERASE_ACTION, namespace=namespace, key=key,
-                subject_id=subject, decision="erase", detail=f"request={order.request_id}",
-            )  # fmt: skip
-            await self._tombstone(namespace, key, mine)
+            await self._erase_record(principal, namespace, key, subject, mine, f"request={order.request_id}")
             erased[namespace] += 1
-        # Keys of every class that kept nothing; the key store commits and checkpoints, so the
-        # work runs off the event loop.
-        held_classes = await self.offload.run(self.keyring.key_classes, subject)
-        doomed = [c for c in held_classes if c not in kept_classes]
-        # Called even when nothing is doomed: a rerun after a destroy that deleted the keys but
-        # failed to truncate the WAL finds no key class left, and must still finish that step.
-        destroyed = await self.offload.run(self.keyring.destroy, subject, doomed)
+        destroyed = await self._destroy_unkept(subject, kept_classes)
         receipt = RegionReceipt(
             region=self.region,
             node_id=self.node_id,
@@ -476,6 +466,26 @@ class Eraser:
             order.request_id, self.region, receipt.erased_total, len(kept), destroyed,
         )  # fmt: skip
         return receipt
+
+    async def _erase_record(
+        self, principal: str, namespace: str, key: str, subject: str, mine: list[Version], detail: str
+    ) -> None:
+        """Audits the erasure of the subject's versions of one record, then writes their
+        tombstones (write-ahead: what the trail cannot record does not happen)."""
+        await self.audit.record(
+            principal=principal, action=ERASE_ACTION, namespace=namespace, key=key,
+            subject_id=subject, decision="erase", detail=detail[:1000],
+        )  # fmt: skip
+        await self._tombstone(namespace, key, mine)
+
+    async def _destroy_unkept(self, subject: str, kept_classes: set[str]) -> int:
+        """Destroys the subject's keys of every class that kept nothing; the number destroyed.
+        The key store commits and checkpoints, so the work runs off the event loop. Called even
+        when nothing is doomed: a rerun after a destroy that deleted the keys but failed to
+        truncate the WAL finds no key class left, and must still finish that step."""
+        held_classes = await self.offload.run(self.keyring.key_classes, subject)
+        doomed = [c for c in held_classes if c not in kept_classes]
+        return await self.offload.run(self.keyring.destroy, subject, doomed)
 
     # -- released holds ----------------------------------------------------------------------
 
@@ -551,15 +561,9 @@ class Eraser:
                 kept_classes.update(sealed_key_class(v.value) or key_class(cluster, namespace) for v in mine)
                 continue
             detail = f"request={request_id} kept under {hold.describe()}; erased at its release"
-            await self.audit.record(
-                principal=principal, action=ERASE_ACTION, namespace=namespace, key=key,
-                subject_id=subject, decision="erase", detail=detail[:1000],
-            )  # fmt: skip
-            await self._tombstone(namespace, key, mine)
+            await self._erase_record(principal, namespace, key, subject, mine, detail)
             erased[namespace] += 1
-        held_classes = await self.offload.run(self.keyring.key_classes, subject)
-        doomed = [c for c in held_classes if c not in kept_classes]
-        destroyed = await self.offload.run(self.keyring.destroy, subject, doomed)
+        destroyed = await self._destroy_unkept(subject, kept_classes)
         if not erased and not destroyed:
             return 0
         summary = {
