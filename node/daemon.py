@@ -811,7 +811,16 @@ class Node:
         await asyncio.gather(*self._audit_holds(holds_before, orders.holds, orders.released))
         # A released hold no longer defers the erasures it stopped: noted before the set without
         # it is stored, and carried out by apply() below (and at the next start if need be).
-        await self.eraser.note_released(released_holds(holds_before, orders.holds, orders.released))
+        released, vanished = released_holds(holds_before, orders.holds, orders.released)
+        for hold in vanished:
+            log.warning(
+                "legal hold %s is no longer in force but the orders name no release of it (a "
+                "coordinator restored to an earlier point, or more releases since than the orders "
+                "carry): what it kept of erased subjects stays until they are erased again",
+                hold.hold_id,
+            )
+        await self.eraser.reinstated(orders.holds)
+        await self.eraser.note_released(released)
         await self.committer.run(lambda engine: save_orders(engine, orders))
         self.view.adopt_orders(orders)
         self.metrics.subject_orders_revision.set(orders.revision)

@@ -14,8 +14,9 @@ A version a legal hold covers is never removed, with or without remove_last_copi
 means the data must be preserved (litigation), and removing the copy would destroy evidence.
 The copy stays a violation (the scanner reports it, naming the hold) until the hold is released
 and a later remediation removes it. Holds are matched per version, as an erasure matches them
-(domicile.subjects.hold_covering), and once more on the writer thread, so a hold placed while
-the run plans counts.
+(domicile.subjects.hold_covering), and once more, with the holds in force when the removal
+starts, so a hold placed while the run plans counts (its copy's "remove" entry was written
+ahead, as for a copy a loosened policy keeps: the receipt says what was removed).
 
 Each removal is audited before it happens (write-ahead, as a write is), and so is each copy a
 hold keeps (decision "keep", naming the hold); the run ends with a receipt entry in the trail:

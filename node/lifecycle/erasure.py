@@ -496,11 +496,35 @@ class Eraser:
         fresh = {p.hold.hold_id: p for p in released if p.hold.hold_id not in self.releases}
         if not fresh:
             return
+        # Durable first: noted in memory only, a failed write would make the same set, when it
+        # comes again, look as if it had been noted, and then be stored without the hold.
+        await self._save_releases({**self.releases, **fresh})
         self.releases.update(fresh)
-        await self._save_releases()
 
-    async def _save_releases(self) -> None:
-        blob = releases_to_bytes(dict(self.releases))
+    async def reinstated(self, holds: tuple[LegalHold, ...]) -> None:
+        """Drops the notes of releases whose hold the coordinator's set has again (restored to a
+        point before the release): in force, it keeps what it covers. A pass under way for it
+        stops. Only for a set from the coordinator: at a start, the stored set may still name a
+        hold noted just before a crash."""
+        back = [hold_id for hold_id in self.releases if hold_id in {h.hold_id for h in holds}]
+        if not back:
+            return
+        for hold_id in back:
+            task = self._releasing.pop(hold_id, None)
+            if task is not None:
+                task.cancel()
+            log.warning(
+                "hold %s is in force again in %s: what it keeps of erased subjects is no longer "
+                "erased at its release",
+                hold_id,
+                self.region,
+            )
+        remaining = {k: v for k, v in self.releases.items() if k not in back}
+        await self._save_releases(remaining)
+        self.releases = remaining
+
+    async def _save_releases(self, releases: dict[str, PendingRelease] | None = None) -> None:
+        blob = releases_to_bytes(dict(self.releases if releases is None else releases))
 
         def persist(engine: StorageEngine) -> None:
             engine.put_meta(RELEASES_META, blob)

@@ -35,15 +35,17 @@ class PendingRelease:
 
 def released_holds(
     before: tuple[LegalHold, ...], after: tuple[LegalHold, ...], released: tuple[HoldRelease, ...]
-) -> list[PendingRelease]:
-    """The holds in `before` that `after` no longer has, each with who released it. A node away
-    for more releases than the orders carry learns of them this way too (released by
-    "coordinator", as its audit trail records them)."""
+) -> tuple[list[PendingRelease], list[LegalHold]]:
+    """The holds in `before` that `after` no longer has: those the orders name as released,
+    each with who released it, and those they do not. Only an explicit release lets an erasure
+    go on: a hold can also vanish from a set without one (a coordinator restored to a point
+    before it was placed, a node away for more releases than the orders carry), and destroying
+    what it kept cannot be undone, so such a hold's records stay kept (the caller logs it)."""
     kept = {h.hold_id for h in after}
     by = {r.hold_id: r.released_by for r in released}
-    return [
-        PendingRelease(h, by.get(h.hold_id, "") or "coordinator") for h in before if h.hold_id not in kept
-    ]
+    gone = [h for h in before if h.hold_id not in kept]
+    explicit = [PendingRelease(h, by[h.hold_id] or "coordinator") for h in gone if h.hold_id in by]
+    return explicit, [h for h in gone if h.hold_id not in by]
 
 
 def releases_to_bytes(pending: dict[str, PendingRelease]) -> bytes:
@@ -89,9 +91,10 @@ def releases_from_bytes(raw: bytes | None) -> dict[str, PendingRelease]:
 def erased_subjects_held_by(
     engine: StorageEngine, hold: LegalHold, erased_by: Callable[[str], str]
 ) -> dict[str, str]:
-    """Subject id -> erasure request of every erased subject with a live record the hold
-    covered. Reads only what the hold covered: the subject's keys, the key, or the namespace
-    (a scope this version does not know covered everything). Blocks (store reads)."""
+    """Subject id -> erasure request of every erased subject with a record the hold covered
+    (live, or tombstoned since). Reads only what the hold covered: the subject's keys, the key,
+    or the namespace (a scope this version does not know covered everything). Blocks (store
+    reads)."""
     if hold.scope is HoldScope.SUBJECT:
         request_id = erased_by(hold.subject_id)
         return {hold.subject_id: request_id} if request_id else {}
@@ -99,7 +102,9 @@ def erased_subjects_held_by(
     seen: set[str] = set()
 
     def note(namespace: str, key: str, state: KeyState) -> None:
-        for version in state.live():
+        # Tombstones too: another region's pass (or this node's, cut short before the keys were
+        # destroyed) may have erased the records already; the subject's keys still have to go.
+        for version in state.versions:
             subject = version.subject_id
             if not subject or subject in seen or not hold.covers(namespace, key, subject):
                 continue

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 from domicile.audit import AuditEntry
-from domicile.subjects import HoldScope, LegalHold
+from domicile.subjects import HoldRelease, HoldScope, LegalHold, SubjectOrders
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import subject_pb2 as subpb
 from node.daemon import Node
-from node.lifecycle.released_holds import released_holds
+from node.lifecycle.released_holds import PendingRelease, released_holds
 from tests.integration.test_subject_rights import (
     EU,
     NAMESPACES,
@@ -156,7 +156,7 @@ async def test_regression_records_an_erasure_kept_under_a_hold_are_erased_when_i
         node = cluster.nodes["eu-west-1"]
         before = len(await audit_entries(node))
         held = LegalHold(subject_hold, HoldScope.SUBJECT, subject_id="s-anna", reason="litigation 7")
-        (pending,) = released_holds((held,), (), ())
+        (pending,), _ = released_holds((held,), (), (HoldRelease(subject_hold, 1, "case closed"),))
         again = await node.eraser.erase_released(
             "s-anna", done.request_id, pending, node.view.topology.cluster, node.view.topology.holds
         )
@@ -219,7 +219,7 @@ async def test_a_release_noted_before_a_restart_is_carried_out_after_it(tmp_path
 
         await cluster.stop_coordinator()
         node = cluster.nodes["eu-west-1"]
-        await node.eraser.note_released(released_holds(node.view.topology.holds, (), ()))
+        await node.eraser.note_released([PendingRelease(h, "coordinator") for h in node.view.topology.holds])
         await cluster.stop_node("eu-west-1")
         node = await cluster.start_node("eu-west-1")
         assert {h.hold_id for h in node.view.topology.holds} == {hold}  # the stored set
@@ -231,5 +231,87 @@ async def test_a_release_noted_before_a_restart_is_carried_out_after_it(tmp_path
         await eventually(cleared, 10.0, "the noted release cleared")
         assert erased_at_release(await audit_entries(node), hold) == [("customers", "eve")]
         assert node.keyring.key_classes("s-eve") == []
+    finally:
+        await cluster.stop()
+
+
+async def _kept_under_a_hold(cluster: LocalCluster, key: str, subject: str, **target: str) -> str:
+    """One region: the subject's record kept by a hold from the subject's erasure; the hold id."""
+    await put(cluster, "eu-west-1", "customers", key, subject, key.title().encode())
+    hold = await place(cluster, "litigation 11", **target)
+    await holds_at(cluster, ["eu-west-1"], {hold})
+    await completed(cluster, (await erase(cluster, subject)).request_id)
+    assert live(cluster, "eu-west-1", "customers", key)
+    return hold
+
+
+async def test_regression_a_hold_gone_from_the_orders_without_a_release_keeps_what_it_kept(
+    tmp_path: Path,
+) -> None:
+    # A coordinator restored to a point before a hold was placed sends a set without it, and
+    # no release of it: nobody released it, and what it kept must not be destroyed.
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        await _kept_under_a_hold(cluster, "fay", "s-fay", subject_id="s-fay")
+        await cluster.stop_coordinator()
+        node = cluster.nodes["eu-west-1"]
+        orders = node.view.orders
+        await node._adopt_orders(SubjectOrders(orders.revision + 1, orders.erasures, (), ()))
+        await node.eraser.wait_idle()
+        assert not node.eraser.releases
+        assert live(cluster, "eu-west-1", "customers", "fay")
+        assert node.keyring.key_classes("s-fay") == ["user_data"]
+    finally:
+        await cluster.stop()
+
+
+async def test_regression_a_noted_release_whose_hold_is_in_force_again_is_dropped(tmp_path: Path) -> None:
+    # A release noted, then a set from the coordinator that has the hold again (restored to a
+    # point before the release): the hold is in force, and keeps what it covers, restart or not.
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        await _kept_under_a_hold(cluster, "gus", "s-gus", subject_id="s-gus")
+        await cluster.stop_coordinator()
+        node = cluster.nodes["eu-west-1"]
+        orders = node.view.orders
+        await node.eraser.note_released([PendingRelease(h, "coordinator") for h in orders.holds])
+        await node._adopt_orders(SubjectOrders(orders.revision + 1, orders.erasures, orders.holds, ()))
+        await node.eraser.wait_idle()
+        assert not node.eraser.releases
+        assert live(cluster, "eu-west-1", "customers", "gus")
+        await cluster.stop_node("eu-west-1")
+        node = await cluster.start_node("eu-west-1")
+        await node.eraser.wait_idle()
+        assert not node.eraser.releases
+        assert live(cluster, "eu-west-1", "customers", "gus")
+    finally:
+        await cluster.stop()
+
+
+async def test_regression_a_release_destroys_the_keys_of_a_subject_whose_kept_records_are_erased_already(
+    tmp_path: Path,
+) -> None:
+    # Another region's pass at the release (or this node's, cut short before the keys went)
+    # tombstoned the kept record already: the subject's keys here must still be destroyed.
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        hold = await _kept_under_a_hold(cluster, "hal", "s-hal", namespace="customers")
+        node = cluster.nodes["eu-west-1"]
+        state = node.engine.get("customers", "hal")
+        assert state is not None
+        await node.eraser._tombstone("customers", "hal", list(state.live()))
+        assert not live(cluster, "eu-west-1", "customers", "hal")
+        assert node.keyring.key_classes("s-hal") == ["user_data"]
+        await release(cluster, hold)
+
+        async def destroyed() -> bool:
+            return node.keyring.key_classes("s-hal") == [] and not node.eraser.releases
+
+        await eventually(destroyed, 10.0, "the s-hal keys destroyed at the release")
+        receipts = release_receipts(await audit_entries(node), hold)
+        assert [r["keys_destroyed"] for r in receipts] == [1], receipts
     finally:
         await cluster.stop()
