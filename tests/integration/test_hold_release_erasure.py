@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from domicile.audit import AuditEntry
+from domicile.errors import Unavailable
 from domicile.subjects import HoldRelease, HoldScope, LegalHold, SubjectOrders
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import subject_pb2 as subpb
@@ -313,5 +316,39 @@ async def test_regression_a_release_destroys_the_keys_of_a_subject_whose_kept_re
         await eventually(destroyed, 10.0, "the s-hal keys destroyed at the release")
         receipts = release_receipts(await audit_entries(node), hold)
         assert [r["keys_destroyed"] for r in receipts] == [1], receipts
+    finally:
+        await cluster.stop()
+
+
+async def test_regression_a_release_whose_note_could_not_be_written_is_noted_when_the_set_comes_again(
+    tmp_path: Path,
+) -> None:
+    # The note is durable before it counts: had it gone into memory first, the same set coming
+    # again would look noted, be stored without the hold, and a crash would lose the release.
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        hold = await _kept_under_a_hold(cluster, "ida", "s-ida", subject_id="s-ida")
+        await cluster.stop_coordinator()
+        node = cluster.nodes["eu-west-1"]
+        orders = node.view.orders
+        released = SubjectOrders(
+            orders.revision + 1, orders.erasures, (), (HoldRelease(hold, 1, "case closed", "dpo-1"),)
+        )
+        save = node.eraser._save_releases
+
+        async def failing(releases: object = None) -> None:
+            raise Unavailable("the store did not take the write")
+
+        node.eraser._save_releases = failing  # type: ignore[method-assign]
+        with pytest.raises(Unavailable):
+            await node._adopt_orders(released)
+        assert not node.eraser.releases
+        assert {h.hold_id for h in node.view.topology.holds} == {hold}  # nothing adopted
+        node.eraser._save_releases = save  # type: ignore[method-assign]
+        await node._adopt_orders(released)
+        await gone(cluster, "eu-west-1", "customers", "ida")
+        await node.eraser.wait_idle()
+        assert erased_at_release(await audit_entries(node), hold) == [("customers", "ida")]
     finally:
         await cluster.stop()
