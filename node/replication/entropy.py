@@ -136,8 +136,15 @@ def decide_send(
 
 
 def state_mutations(namespace: str, key: str, state: KeyState) -> list[Mutation]:
-    """A key state as mutations, one per version (see context_without)."""
-    context = context_without(state.context, [v.dot for v in state.versions])
+    """A key state as mutations, one per version (see context_without). The twins of a version
+    the state holds (the same request written on another node, domicile.causality.apply) stay
+    out of the context too: a context covering one supersedes the held version wherever the
+    request is remembered (causality._supersedes), so a receiver applying a sibling's mutation
+    first dropped the held version, and then ignored its own mutation as already seen."""
+    held = [v.dot for v in state.versions]
+    marks = (state.request(v.request_id) for v in state.versions if v.request_id)
+    twins = [d for mark in marks if mark is not None for d in mark.dots]
+    context = context_without(state.context, [*held, *twins])
     return [Mutation(namespace, key, context, v, lsn=0, origin_node_id=v.dot.node_id) for v in state.versions]
 
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version, merge, sha256
+from domicile.causality import CausalContext, Dot, KeyState, Mutation, Version, apply, merge, sha256
 from domicile.errors import DataCorruption, Unavailable
 from domicile.identity.credentials import Dialer
 from domicile.model import Classification
@@ -637,3 +637,25 @@ async def test_trees_that_follow_the_tail_also_recompute_what_was_marked_meanwhi
     finally:
         follower.cancel()
         offload.close()
+
+
+def test_regression_a_repair_keeps_the_version_a_retried_write_left_beside_a_missing_sibling() -> None:
+    # A write retried under one request id landed on a (a:1, kept) and b (b:1, covered); a
+    # concurrent write c:1 reached the peer but not this node. The peer's state as mutations
+    # carried b:1 in every context, and c:1's then superseded a:1 here by the twin rule; a:1's
+    # own mutation was ignored as seen. This node lost the acknowledged write the peer still held.
+    def attempt(node: str) -> Mutation:
+        version = Version(Dot(node, 1), b"once", hlc=1, request_id="r1")
+        return Mutation("ns", "k", CausalContext.empty(), version)
+
+    concurrent = Mutation("ns", "k", CausalContext.empty(), Version(Dot("c", 1), b"other", hlc=3))
+    peer = here = None
+    for m in (attempt("a"), attempt("b"), concurrent):
+        peer = apply(peer, m).state
+    for m in (attempt("a"), attempt("b")):
+        here = apply(here, m).state
+    assert peer is not None and here is not None
+    for m in state_mutations("ns", "k", peer):
+        here = apply(here, m).state
+    assert [v.dot for v in here.versions] == [Dot("a", 1), Dot("c", 1)] == [v.dot for v in peer.versions]
+    assert here.versions == merge(here, peer).versions
