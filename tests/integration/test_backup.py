@@ -288,7 +288,11 @@ async def test_regression_the_old_shipper_holds_truncation_until_it_has_stopped(
         # The shipper's next round is an hour away: what is written now stays pending.
         old.interval_s = 3600
         await cluster.put(REGION, "prefs_eu", "after-interval-change", b"v")
-        await _shipped(cluster)
+        # The round under way (0.1 s apart) may ship this write or not: had the shipper already
+        # begun its hour-long wait, waiting to see it shipped would wait an hour. Half a second
+        # lets that round end; the write is pending or shipped, and the old shipper's last
+        # round below ships whatever is pending either way.
+        await asyncio.sleep(0.5)
         for i in range(5):
             await cluster.put(REGION, "prefs_eu", f"pending-{i}", b"v")
         loop = asyncio.get_running_loop()
