@@ -5,9 +5,10 @@ snapshot parts), decodes every state and log entry and checks their checksums, a
 each generation's segments continue its base position without a gap. Segments may overlap: a
 shipping round that failed after its upload landed (a reply lost to a timeout) is retried from
 the same position with what was written since, and a shipper resuming a generation can ship
-positions again; a position in several segments must hold the same entry in each. It reports
-the restorable window (from the oldest complete generation's snapshot to the newest backed-up
-write) and the age of the newest backed-up write.
+positions again; a position in several segments of one incarnation, whichever generations they
+are of, must hold the same entry in each. It reports the restorable window (from the oldest
+complete generation's snapshot to the newest backed-up write) and the age of the newest
+backed-up write.
 """
 
 from __future__ import annotations
@@ -256,11 +257,15 @@ class Catalog:
                 continue
             report.generations += 1
             self._verify_generation(g, report)
-            progress(f"{g.name}: checked {g.objects} objects")
+            progress(f"{g.name}: checked {1 + len(g.manifest.parts)} snapshot objects")
             if not report.window_start_ms:
                 report.window_start_ms = g.manifest.finished_ms
-        self._verify_chains(generations, report)
         complete = [g for g in generations if g.manifest is not None]
+        for incarnation in _incarnations(complete):
+            self._verify_segments(incarnation, report)
+            segments = sum(len(g.segments) for g in incarnation)
+            progress(f"{incarnation[0].name}..{incarnation[-1].name}: checked {segments} log segments")
+        self._verify_chains(generations, report)
         if complete:
             newest = complete[-1]
             report.window_end_ms = max(self.newest_write_ms(newest), newest.manifest.finished_ms)  # type: ignore[union-attr]
@@ -283,6 +288,9 @@ class Catalog:
             )
 
     def _verify_generation(self, g: Generation, report: VerifyReport) -> None:
+        """The snapshot, state by state, and the generation's segments as spans: that they
+        continue its base position without a hole (overlapping or not: a position already held
+        is no hole). Their entries are checked per incarnation (_verify_segments)."""
         assert g.manifest is not None
         report.objects += 1 + len(g.manifest.parts) + len(g.segments)
         report.bytes += g.bytes
@@ -296,21 +304,28 @@ class Catalog:
                     report.states += 1
             except (DomicileError, ValueError) as error:
                 report.problems.append(f"{g.name}: snapshot part {part.key}: {error}")
-        self._verify_segments(g, report)
-
-    def _verify_segments(self, g: Generation, report: VerifyReport) -> None:
-        """Checks the segments continue the base position without a hole, overlapping or not
-        (a position already held is no hole, and counts once), and hold the same entry wherever
-        they overlap."""
-        assert g.manifest is not None
         reached = g.manifest.base_lsn
-        same = SameEntries(g.segments)
-        for index, segment in enumerate(g.segments):
+        for segment in g.segments:
             if segment.first_lsn > reached + 1:
                 report.problems.append(
                     f"{g.name}: positions {reached + 1}..{segment.first_lsn - 1} are missing "
                     f"(segment {segment.key} starts at {segment.first_lsn})"
                 )
+            reached = max(reached, segment.last_lsn)
+
+    def _verify_segments(self, incarnation: Sequence[Generation], report: VerifyReport) -> None:
+        """Checks every log entry of one incarnation's generations, and that a position held by
+        more than one segment holds the same entry in each, whichever generations they are of:
+        they are copies of one change log. A restore compares the copies of the chain it
+        replays, which is never more than these, so a bucket that verifies is never refused by a
+        restore for two copies that differ. Each position counts once in report.log_entries."""
+        owner = {s.key: g.name for g in incarnation for s in g.segments}
+        segments = sorted(
+            (s for g in incarnation for s in g.segments), key=lambda s: (s.first_lsn, s.last_lsn)
+        )
+        same = SameEntries(segments)
+        reached = incarnation[0].manifest.base_lsn if incarnation[0].manifest else 0
+        for index, segment in enumerate(segments):
             try:
                 entries = self.log_entries(segment)
                 for lsn, blob in entries:
@@ -321,9 +336,9 @@ class Catalog:
                         report.log_entries += 1
                 same.check(index, entries)
             except SegmentsDisagree as error:
-                report.problems.append(f"{g.name}: {error.message}")
+                report.problems.append(f"{owner[segment.key]}: {error.message}")
             except (DomicileError, ValueError) as error:
-                report.problems.append(f"{g.name}: segment {segment.key}: {error}")
+                report.problems.append(f"{owner[segment.key]}: segment {segment.key}: {error}")
             reached = max(reached, segment.last_lsn)
 
 
@@ -369,6 +384,18 @@ class SameEntries:
         if self._held:
             # The segments after this one start at keep_from or later.
             self._held = {lsn: held for lsn, held in self._held.items() if lsn >= keep_from}
+
+
+def _incarnations(complete: Sequence[Generation]) -> list[list[Generation]]:
+    """Complete generations (oldest first) in runs of one incarnation (one change log)."""
+    runs: list[list[Generation]] = []
+    for g in complete:
+        assert g.manifest is not None
+        if runs and runs[-1][-1].manifest.epoch == g.manifest.epoch:  # type: ignore[union-attr]
+            runs[-1].append(g)
+        else:
+            runs.append([g])
+    return runs
 
 
 def _when(ms: int) -> str:

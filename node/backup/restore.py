@@ -238,7 +238,9 @@ def _replay_segments(
     Segments may overlap (a retried upload whose first attempt landed, a resumed generation, a
     later generation's segments starting before the chain's end): each position is replayed
     once, from the first segment holding it, and a segment holding another entry at a position
-    already read refuses the restore before any of its entries is replayed."""
+    the replay takes or stops at refuses the restore before any of its entries is replayed.
+    Positions past the one it stops at are never replayed, so their copies are not compared:
+    a damaged copy of a later write does not refuse a point before it."""
     manifest = chain.start.manifest
     assert manifest is not None
 
@@ -249,19 +251,15 @@ def _replay_segments(
     same = SameEntries(chain.segments)
     entries = 0
     restored_lsn, restored_ms = manifest.base_lsn, manifest.finished_ms
-    read_to = manifest.base_lsn  # the furthest position of the segments read
-    done = False
+    stop: int | None = None  # the position of the first entry written after to_ms, once read
     with contextlib.closing(prepared_in_order(decoded, chain.segments)) as segments:
         for i, (segment, (raw, logged)) in enumerate(segments, 1):
-            if done and segment.first_lsn > read_to:
+            if stop is not None and segment.first_lsn > stop:
                 break
-            # Past the point, a segment overlapping what was read is still compared: a position
-            # the replay took (or stopped at) must not have two answers.
-            same.check(i - 1, raw)
-            read_to = max(read_to, segment.last_lsn)
-            if done:
-                continue
-            batch, done = _to_replay(logged, restored_lsn, to_ms)
+            batch: list[tuple[int, Mutation]] = []
+            if stop is None:
+                batch, stop = _to_replay(logged, restored_lsn, to_ms)
+            same.check(i - 1, raw if stop is None else [(lsn, blob) for lsn, blob in raw if lsn <= stop])
             for start in range(0, len(batch), REPLAY_BATCH):
                 engine.apply_remote(source, [m for _, m in batch[start : start + REPLAY_BATCH]], 0)
             if batch:
@@ -274,17 +272,18 @@ def _replay_segments(
 
 def _to_replay(
     logged: Sequence[tuple[int, Mutation]], restored_lsn: int, to_ms: int | None
-) -> tuple[list[tuple[int, Mutation]], bool]:
+) -> tuple[list[tuple[int, Mutation]], int | None]:
     """A segment's entries past restored_lsn (those before it were replayed from an earlier
-    segment this one overlaps) up to the first one written after to_ms; and whether it came."""
+    segment this one overlaps) up to the first one written after to_ms; and that one's
+    position, when it came (None: the replay goes on)."""
     batch: list[tuple[int, Mutation]] = []
     for lsn, mutation in logged:
         if lsn <= restored_lsn:
             continue
         if to_ms is not None and physical_ms(mutation.version.hlc) > to_ms:
-            return batch, True
+            return batch, lsn
         batch.append((lsn, mutation))
-    return batch, False
+    return batch, None
 
 
 def _put_in_place(staging: Path, data: Path) -> None:

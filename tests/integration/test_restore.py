@@ -15,7 +15,7 @@ import pytest
 
 from domicile.backup import format as fmt
 from domicile.backup.bucket import Bucket
-from domicile.backup.catalog import Catalog
+from domicile.backup.catalog import Catalog, Segment
 from domicile.cluster import BackupSpec
 from domicile.errors import DataCorruption, FailedPrecondition, Unavailable
 from domicile.hlc import pack
@@ -685,9 +685,87 @@ def test_regression_overlapping_segments_that_disagree_are_reported_and_refuse_a
         with pytest.raises(DataCorruption, match=disagree):
             restore.restore(store.spec, WEST, WEST, tmp_path / "r1", progress=print)
         assert not (tmp_path / "r1" / SQLITE_FILE).exists()
-        # A point before the overlap needs neither copy of position 3, but the restore still
-        # reads both segments: it is refused too rather than trusting either copy.
+        # A point before c needs neither copy of position 3, but the replay stops at it, and
+        # where it stops depends on which copy is read: it is refused rather than trusting
+        # either (a point before b, whose copies agree, restores: the test below).
         with pytest.raises(DataCorruption, match=disagree):
             restore.restore(store.spec, WEST, WEST, tmp_path / "r2", to_ms=T0 + 250, progress=print)
+    finally:
+        store.engine.close()
+
+
+def _damage(store: _Store, segment: Segment, entries: list[tuple[int, bytes]]) -> None:
+    """Puts other entries in a segment's object: each sound, and the object matching its sha256."""
+    body = b"".join(fmt.frame_log_entry(lsn, blob) for lsn, blob in entries)
+    _, meta = store.bucket.get(segment.key)
+    store.bucket.put(segment.key, body, {k: v for k, v in meta.items() if k != fmt.META_SHA256})
+
+
+def test_regression_verify_compares_the_copies_of_a_position_in_two_generations(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """verify compared the copies of a position only within one generation, but the generations
+    of one incarnation copy one change log: at a rotation the old generation ships what is
+    written while the new snapshot goes up, and the new one ships it too. Two generations
+    holding different entries at one position verified, and a restore from the older one then
+    replayed its copy unchecked."""
+    store = _Store(tmp_path, s3)
+    try:
+        store.write("a", T0 + 10)
+        store.now = T0 + 100
+        store.shipper.round()  # generation 1, base position 1
+        store.write("b", T0 + 200)
+        store.shipper.round()
+        store.write("c", T0 + HOUR_MS)
+        store.now = T0 + HOUR_MS + 500
+        store.bucket.during = lambda: store.write("d", T0 + HOUR_MS + 300)
+        store.shipper.round()  # generation 2, base position 3; d (position 4) is in both
+        store.write("e", T0 + HOUR_MS + 600)
+        store.now = T0 + HOUR_MS + 700
+        store.shipper.round()
+        first, second = store.catalog().generations(WEST)
+        assert [(s.first_lsn, s.last_lsn) for s in first.segments] == [(2, 2), (3, 3), (4, 4)]
+        assert [(s.first_lsn, s.last_lsn) for s in second.segments] == [(4, 4), (5, 5)]
+        assert store.catalog().verify(WEST).ok
+        # The older generation's copy of position 4 holds the entry of position 3.
+        [(_, entry_3)] = store.catalog().log_entries(first.segments[1])
+        _damage(store, first.segments[2], [(4, entry_3)])
+        report = store.catalog().verify(WEST)
+        disagree = (
+            f"segments {first.segments[2].key} and {second.segments[0].key} both hold log position 4 "
+            "but with different entries"
+        )
+        assert not report.ok
+        assert [p for p in report.problems if disagree in p] == report.problems, report.problems
+        assert report.log_entries == 4  # positions 2..5, each once
+    finally:
+        store.engine.close()
+
+
+def test_regression_a_point_before_a_damaged_copy_of_a_later_write_restores(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """A point-in-time restore compared overlapping copies over whole segments, past the
+    position it stops at: a damaged copy of a write after the point refused the restore of a
+    point that needs neither copy."""
+    store = _Store(tmp_path, s3)
+    try:
+        _retried_upload(store)  # a (snapshot), then b, c, d at positions 2, 3, 4
+        [generation] = store.catalog().generations(WEST)
+        shorter, longer = generation.segments
+        entries = dict(store.catalog().log_entries(longer))
+        _damage(store, shorter, [(2, entries[2]), (3, entries[4])])
+        disagree = (
+            f"segments {shorter.key} and {longer.key} both hold log position 3 but with different entries"
+        )
+        # Before b (position 2, the first replayed): the replay stops at 2, both copies of
+        # which agree.
+        assert store.restored_keys(tmp_path / "r1", T0 + 150) == {"a"}
+        # Past b, the replay stops at position 3 or takes it: it is refused, as is verify.
+        for out, to_ms in (("r2", T0 + 250), ("r3", None)):
+            with pytest.raises(DataCorruption, match=disagree):
+                restore.restore(store.spec, WEST, WEST, tmp_path / out, to_ms=to_ms, progress=print)
+            assert not (tmp_path / out / SQLITE_FILE).exists()
+        assert any(disagree in p for p in store.catalog().verify(WEST).problems)
     finally:
         store.engine.close()
