@@ -344,12 +344,19 @@ class MongoBackend:
 
     def state_too_large(self, row: StateRow) -> StateTooLarge | None:
         # The document store_states makes of the row, measured as the server measures it. A
-        # stamp of the longest form stands in for the transaction's; subjects the stored
-        # document already had (kept by $addToSet) are not counted: a state refused anyway is
-        # refused with every write of its key (EngineCore.commit_local).
+        # stamp of the longest form stands in for the transaction's. The subjects are those the
+        # stored document keeps ($addToSet keeps a subject after the versions about it are
+        # superseded) and the row's: without the kept ones, a state within their bytes of the
+        # limit was judged to fit, the server refused it, and every write of its key was refused
+        # with it (EngineCore.commit_local). Read outside the transaction: only judged keys
+        # come here, and a document's subjects only grow.
+        state_id = _state_id(row.namespace, row.key)
         stamp = f"{self.stamp_origin}/{'9' * 20}"
-        document = {"_id": _state_id(row.namespace, row.key), **_state_fields(row, stamp)}
-        document["subjects"] = list(row.subjects)
+        document = {"_id": state_id, **_state_fields(row, stamp)}
+        stored = self.key_states.find_one({"_id": state_id}, {"subjects": 1})
+        kept = list(stored.get("subjects", [])) if stored is not None else []
+        known = set(kept)
+        document["subjects"] = [*kept, *(s for s in row.subjects if s not in known)]
         return _state_too_large(row) if len(bson.encode(document)) > DOCUMENT_BYTES_MAX else None
 
     def ping(self) -> None:

@@ -7,13 +7,14 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 
+import bson
 import pytest
 
 from domicile.causality import CausalContext
-from domicile.errors import FailedPrecondition, Unavailable
+from domicile.errors import DomicileError, FailedPrecondition, Unavailable
 from domicile.ports import free_port
-from node.engine.base import LocalWrite, StoreCounts
-from node.engine.mongo import MongoEngine, redact_uri
+from node.engine.base import Committed, LocalWrite, StoreCounts
+from node.engine.mongo import DOCUMENT_BYTES_MAX, MongoEngine, redact_uri
 from tests.support.mongo import MongoServer
 
 from .harness import REGION, commit_ok
@@ -128,3 +129,47 @@ def test_an_unreachable_server_is_named_without_its_password() -> None:
         MongoEngine(uri, "db", "node-a", REGION)
     assert "s3cret" not in info.value.message and "app:***@127.0.0.1" in info.value.message
     assert redact_uri("mongodb://h:1/") == "mongodb://h:1/"
+
+
+MIB = 1 << 20
+
+
+def test_regression_a_state_within_its_kept_subjects_of_the_limit_refuses_only_its_write(
+    mongo_server: MongoServer, stamp: Stamp
+) -> None:
+    """A key state's document keeps every subject it was about ($addToSet), after the versions
+    about them are superseded. When a commit passes the 16 MiB document limit, the key's writes
+    are judged one by one against the limit; the judgement counted only the state's own
+    subjects, so a write within the kept subjects' bytes of the limit was judged to fit, the
+    server refused it again, and every write of the key in the commit was refused, the ones that
+    fit too."""
+    engine = MongoEngine(mongo_server.uri, mongo_server.database_name("kept_subjects"), "node-a", REGION)
+    try:
+        # 400 subjects of 250 bytes, each a sibling; then one write that supersedes them all.
+        subjects = [f"{i:03d}" + "s" * 247 for i in range(400)]
+        commit_ok(
+            engine, stamp, *(LocalWrite("o", "k", b"v", subject_id=s, supersedes=NOTHING) for s in subjects)
+        )
+        commit_ok(engine, stamp, LocalWrite("o", "k", b"only"))
+        commit_ok(
+            engine, stamp, *(LocalWrite("o", "k", bytes([i]) * MIB, supersedes=NOTHING) for i in range(15))
+        )
+        document = engine.backend.key_states.find_one({"k": "k"})  # type: ignore[attr-defined]
+        assert document is not None and len(document["subjects"]) == 400
+        kept_bytes = len(bson.encode({"subjects": document["subjects"]}))
+        # A sibling that passes the limit by half the kept subjects' bytes: without them, it
+        # would be as far under it.
+        over = DOCUMENT_BYTES_MAX - len(bson.encode(document)) + kept_bytes // 2
+        writes = [
+            LocalWrite("o", "k", b"\x20" * over, supersedes=NOTHING),
+            LocalWrite("o", "k", b"small", supersedes=NOTHING),
+            LocalWrite("o", "other", b"fine"),
+        ]
+        results = engine.commit_local(writes, stamp)
+        assert isinstance(results[0], DomicileError), results[0]
+        assert "16 MiB" in results[0].message, results[0].message
+        assert [type(r) for r in results[1:]] == [Committed, Committed], results
+        state = engine.get("o", "k")
+        assert state is not None and b"small" in {v.value for v in state.versions}
+    finally:
+        engine.close()
