@@ -337,19 +337,21 @@ def visible(state: KeyState | None, mode: ConflictMode) -> tuple[Version, ...]:
     return state.live()
 
 
-def withdraw(state: KeyState, dots: Iterable[Dot], node_id: str) -> KeyState:
+def withdraw(state: KeyState, dots: Iterable[Dot], node_id: str, others: Iterable[str] = ()) -> KeyState:
     """The state without some of its versions, as if node_id had never received them (a copy
     the residency policy no longer lets its region hold). Their dots leave the context too:
     a context naming them would supersede them wherever it travels (a client's next write, an
     anti-entropy pull of the key's other versions), and the copies elsewhere are allowed ones;
     and a later copy, once the region may hold it again, is taken back by merge instead of
-    being treated as deleted. node_id's own counter for the key does not go back: when one of
-    its own versions leaves and the counter would fall, the context keeps a dot one past the
-    highest it issued, which no version carries, so the key's next dot is never reused."""
+    being treated as deleted. node_id's own counter for the key does not go back, nor do those
+    of `others`, the other nodes issuing dots from the same store (the other daemons of a
+    region over one database): when one of their versions leaves and the counter would fall,
+    the context keeps a dot one past the highest it issued, which no version carries, so the
+    key's next dot is never reused."""
     gone = {v.dot for v in state.versions} & set(dots)
     if not gone:
         return state
-    context = keep_issued(state.context, context_without(state.context, sorted(gone)), (node_id,))
+    context = keep_issued(state.context, context_without(state.context, sorted(gone)), (node_id, *others))
     return KeyState(tuple(v for v in state.versions if v.dot not in gone), context, state.requests)
 
 

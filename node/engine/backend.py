@@ -107,6 +107,12 @@ class WriteTx(Protocol):
 
     def block_subject(self, digest: str, request_id: str) -> None: ...
 
+    def other_writers(self) -> list[str]:
+        """The ids of the other nodes that issue dots from this store (the other daemons of a
+        region over one MongoDB database; none over SQLite): a key's counters of theirs must
+        not fall either when versions leave it."""
+        ...
+
     def carry_audit(self, rows: Sequence[tuple[int, bytes]], settled_through: int) -> None:
         """Stores (change-log position, unnumbered audit entry) of this transaction's writes in
         the audit outbox, and drops the rows the audit log already holds (position <=

@@ -677,7 +677,7 @@ class EngineCore:
             state = working.get(namespace, key)
             if state is None or not any(v.dot in wanted for v in state.versions):
                 return None
-            after = causality.withdraw(state, wanted, self.node_id)
+            after = causality.withdraw(state, wanted, self.node_id, tx.other_writers())
             working.put(namespace, key, after)
             working.flush(tx, totals)
             tx.store_totals(totals)

@@ -203,6 +203,12 @@ class _MongoTx:
         # is named after a node.
         self.b.info.update_one({"_id": _MAX + name}, {"$max": {"value": value}}, upsert=True, session=self.s)
 
+    def other_writers(self) -> list[str]:
+        # Every node that has committed to the database has its counters document; one that
+        # has not issued no dot here.
+        found = self.b.counters.find({"_id": {"$ne": self.b.node_id}}, {"_id": 1}, session=self.s)
+        return sorted(str(d["_id"]) for d in found)
+
     def block_subject(self, digest: str, request_id: str) -> None:
         self.b.erased.bulk_write(
             [ReplaceOne({"_id": digest}, {"request_id": request_id}, upsert=True)], session=self.s

@@ -237,6 +237,9 @@ class _SQLiteTx:
         if value > self.store_max(name):
             self.put_meta(_MAX + name, str(value).encode())
 
+    def other_writers(self) -> list[str]:
+        return []  # one writer per SQLite store
+
     def block_subject(self, digest: str, request_id: str) -> None:
         self.conn.execute(
             "INSERT INTO erased_subjects (digest, request_id) VALUES (?, ?) "

@@ -173,3 +173,17 @@ def test_regression_a_state_within_its_kept_subjects_of_the_limit_refuses_only_i
         assert state is not None and b"small" in {v.value for v in state.versions}
     finally:
         engine.close()
+
+
+def test_regression_a_withdrawal_never_makes_another_node_of_the_store_reuse_a_dot(
+    shared: tuple[MongoEngine, MongoEngine], stamp: Stamp
+) -> None:
+    # a withdraws, from the region's shared record, a version b wrote: its dot leaves the key's
+    # context, and b's counter for the key fell with it, so b's next write reused a dot that
+    # other regions had already seen, and they would have ignored it.
+    a, b = shared
+    (own,) = commit_ok(b, stamp, LocalWrite("o", "own", b"b's"))
+    state = a.withdraw("o", "own", [own.mutation.version.dot])
+    assert state is not None and state.versions == ()
+    (next_write,) = commit_ok(b, stamp, LocalWrite("o", "own", b"next"))
+    assert next_write.mutation.version.dot.counter > own.mutation.version.dot.counter
