@@ -342,17 +342,35 @@ def withdraw(state: KeyState, dots: Iterable[Dot], node_id: str, others: Iterabl
     the residency policy no longer lets its region hold). Their dots leave the context too:
     a context naming them would supersede them wherever it travels (a client's next write, an
     anti-entropy pull of the key's other versions), and the copies elsewhere are allowed ones;
-    and a later copy, once the region may hold it again, is taken back by merge instead of
-    being treated as deleted. node_id's own counter for the key does not go back, nor do those
-    of `others`, the other nodes issuing dots from the same store (the other daemons of a
-    region over one database): when one of their versions leaves and the counter would fall,
-    the context keeps a dot one past the highest it issued, which no version carries, so the
-    key's next dot is never reused."""
+    and a later copy, once the region may hold it again, is taken back instead of being
+    treated as deleted.
+
+    A withdrawn version's twins (its client write retried on other nodes, see apply) leave the
+    context with it, and so does its request mark: wherever the version is kept, a context
+    covering a twin supersedes it (_supersedes), so a client here that never saw it would
+    overwrite it everywhere; and the mark would make apply drop the version when it comes back,
+    as a duplicate of one already superseded. Without the mark a retry of the request here is
+    written again: one more twin, which meets the others as any twins do, so every node ends
+    with the attempt of the smallest dot (the nodes that remember the request drop the new one
+    as a duplicate, unless its dot is the smaller).
+
+    node_id's own counter for the key does not go back, nor do those of `others`, the other
+    nodes issuing dots from the same store (the other daemons of a region over one database):
+    when one of their dots leaves and the counter would fall, the context keeps a dot one past
+    the highest it issued, which no version carries, so the key's next dot is never reused."""
     gone = {v.dot for v in state.versions} & set(dots)
     if not gone:
         return state
-    context = keep_issued(state.context, context_without(state.context, sorted(gone)), (node_id, *others))
-    return KeyState(tuple(v for v in state.versions if v.dot not in gone), context, state.requests)
+    versions = tuple(v for v in state.versions if v.dot not in gone)
+    # A request a version still held here carries (twins both kept, possible once the key had
+    # forgotten the request) keeps its mark and its dots.
+    staying = {v.request_id for v in versions}
+    requests = {v.request_id for v in state.versions if v.dot in gone and v.request_id} - staying
+    twins = {d for m in state.requests if m.request_id in requests for d in m.dots}
+    context = keep_issued(
+        state.context, context_without(state.context, sorted(gone | twins)), (node_id, *others)
+    )
+    return KeyState(versions, context, tuple(m for m in state.requests if m.request_id not in requests))
 
 
 def keep_issued(before: CausalContext, after: CausalContext, node_ids: Iterable[str]) -> CausalContext:

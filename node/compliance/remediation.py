@@ -5,10 +5,11 @@ The dangerous part is not removing: it is removing only here. A Delete would wri
 that replicates like any write, and the regions that may still hold the record would delete
 their allowed copies. So a remediation writes no tombstone and no change-log entry: it takes
 the forbidden versions out of the key's state in this store (engine `withdraw`,
-domicile.causality.withdraw), their dots out of its causal context too, so that nothing this
-node sends later (a stream, an anti-entropy answer, a context token a client writes back)
-names them and supersedes them elsewhere. If the policy loosens again, the backfill brings them
-back, because the context no longer claims to have seen them.
+domicile.causality.withdraw), their dots out of its causal context too, and those of their
+twins (a client write retried on other nodes), so that nothing this node sends later (a stream,
+an anti-entropy answer, a context token a client writes back) names them and supersedes them
+elsewhere. If the policy loosens again, the backfill brings them back, because the context no
+longer claims to have seen them.
 
 A version a legal hold covers is never removed, with or without remove_last_copies: a hold
 means the data must be preserved (litigation), and removing the copy would destroy evidence.

@@ -841,3 +841,37 @@ def test_withdraw_removes_versions_here_only_without_logging_them(
     # Withdrawing what is not there changes nothing.
     assert engine.withdraw("o", "a", [remote_dot]) is None
     assert engine.withdraw("o", "never", [remote_dot]) is None
+
+
+def test_regression_a_withdrawn_twin_is_not_superseded_elsewhere_by_a_write_here(
+    harness: EngineHarness, engine: StorageEngine, stamp: Stamp
+) -> None:
+    # A client write retried under one request id here and in another region: twins, of which
+    # both stores keep the other region's (the smaller dot). This region then withdraws it. The
+    # twin of this node stayed in the key's context, so a client's next write here, which never
+    # saw the withdrawn version, superseded it in the other region too.
+    remote = harness.open("remote", node_id="node-0", region="us-east-1")
+    retried = LocalWrite("o", "k", b"once", request_id="r1")
+    (mine,) = commit_ok(engine, stamp, retried)
+    (theirs,) = commit_ok(remote, stamp, retried)
+    kept = theirs.mutation.version.dot
+    engine.apply_remote("node-0", remote.read_log(0, 10), 1)
+    remote.apply_remote(NODE, engine.read_log(0, 10), 1)
+    assert [v.dot for v in remote.get("o", "k").versions] == [kept]  # type: ignore[union-attr]
+    assert engine.withdraw("o", "k", [kept]) is not None
+    read = engine.get("o", "k")
+    assert read is not None and read.versions == ()
+    (later,) = commit_ok(engine, stamp, put("o", "k", b"later", supersedes=read.context))
+    assert later.mutation.version.dot.counter > mine.mutation.version.dot.counter
+    remote.apply_remote(NODE, [later.mutation], later.mutation.lsn)
+    assert values(remote.get("o", "k")) == [b"later", b"once"]
+    # A retry here is written again (the key forgot the request with the version), a blind
+    # write superseding `later`; the other region takes it for the version it keeps.
+    (again,) = commit_ok(engine, stamp, retried)
+    assert not again.replayed and again.mutation.version.dot.counter > later.mutation.version.dot.counter
+    remote.apply_remote(NODE, [again.mutation], again.mutation.lsn)
+    assert [v.dot for v in remote.get("o", "k").versions] == [kept]  # type: ignore[union-attr]
+    # Allowed again, the withdrawn version comes back here (the stream sent again) and takes
+    # the place of the retry: both stores hold the same.
+    engine.apply_remote("node-0", remote.read_log(0, 10), 1)
+    assert engine.get("o", "k").versions == remote.get("o", "k").versions  # type: ignore[union-attr]

@@ -176,14 +176,24 @@ def test_regression_a_state_within_its_kept_subjects_of_the_limit_refuses_only_i
 
 
 def test_regression_a_withdrawal_never_makes_another_node_of_the_store_reuse_a_dot(
-    shared: tuple[MongoEngine, MongoEngine], stamp: Stamp
+    shared: tuple[MongoEngine, MongoEngine], mongo_server: MongoServer, stamp: Stamp
 ) -> None:
-    # a withdraws, from the region's shared record, a version b wrote: its dot leaves the key's
-    # context, and b's counter for the key fell with it, so b's next write reused a dot that
-    # other regions had already seen, and they would have ignored it.
+    # a withdraws, from the region's shared record, a version b wrote, and a version whose twin
+    # b wrote (a request retried in another region, whose smaller dot is kept). Their dots, the
+    # twin's too, leave the key's context; b's counter for the key fell with them, so b's next
+    # write reused a dot that other regions had already seen, and they would have ignored it.
     a, b = shared
-    (own,) = commit_ok(b, stamp, LocalWrite("o", "own", b"b's"))
-    state = a.withdraw("o", "own", [own.mutation.version.dot])
-    assert state is not None and state.versions == ()
-    (next_write,) = commit_ok(b, stamp, LocalWrite("o", "own", b"next"))
-    assert next_write.mutation.version.dot.counter > own.mutation.version.dot.counter
+    remote = MongoEngine(mongo_server.uri, mongo_server.database_name("remote"), "node-0", "us-east-1")
+    try:
+        retried = LocalWrite("o", "twin", b"once", request_id="r1")
+        commit_ok(b, stamp, retried)
+        (theirs,) = commit_ok(remote, stamp, retried)
+        a.apply_remote("node-0", [theirs.mutation], theirs.mutation.lsn)
+        (own,) = commit_ok(b, stamp, LocalWrite("o", "own", b"b's"))
+        for key, dot in (("twin", theirs.mutation.version.dot), ("own", own.mutation.version.dot)):
+            state = a.withdraw("o", key, [dot])
+            assert state is not None and state.versions == ()
+            (next_write,) = commit_ok(b, stamp, LocalWrite("o", key, b"next"))
+            assert next_write.mutation.version.dot.counter > 1, key
+    finally:
+        remote.close()

@@ -269,3 +269,71 @@ async def test_the_lost_copy_check_catches_a_tombstone_that_replicates(cluster: 
     assert lost(before_allowed, live_copies(cluster)), (
         "the check missed allowed copies deleted by a tombstone"
     )
+
+
+@pytest.fixture
+async def partitionable(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    cluster = LocalCluster(
+        tmp_path, REGIONS, proxies=True, pack=loose(), namespaces=NAMESPACES_WITH_CUSTOMERS
+    )
+    cluster.node_overrides = {"antientropy_interval_s": 0, "backfill_rate_keys_s": 2000}
+    await cluster.start_linked()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+async def test_regression_a_removed_retried_write_is_not_lost_elsewhere_and_comes_back(
+    partitionable: LocalCluster,
+) -> None:
+    """A Put retried under its request id in another region while the regions were cut off
+    makes two versions; every region keeps eu-west-1's (the smaller dot) and knows the US one
+    as its twin. The US removes its copy when the policy tightens. Its own twin stayed in the
+    key's context: a US write of the key then superseded the removed version in the EU too, an
+    acknowledged write lost everywhere; and when the policy loosened, the US dropped the copy
+    the backfill brought as a duplicate of the request, so it never got it back."""
+    cluster = partitionable
+    for proxy in cluster.proxies.values():
+        proxy.partition()
+    fields = {"subject_id": "s1", "subject_jurisdiction": "DE", "request_id": "req-twin"}
+    await cluster.put("eu-west-1", "customers", "de-1", b"p", **fields)
+    await cluster.put("us-east-1", "customers", "de-1", b"p", **fields)
+    for proxy in cluster.proxies.values():
+        proxy.heal()
+    kept = Dot("eu-west-1", 1)
+
+    async def one_version() -> bool:
+        states = [n.engine.get("customers", "de-1") for n in cluster.nodes.values()]
+        return all(s is not None and [v.dot for v in s.versions] == [kept] for s in states)
+
+    await eventually(one_version, 20.0, "eu-west-1's attempt kept in every region")
+    await cluster.change_policy(tight())
+    us = cluster.nodes["us-east-1"]
+    (receipt,) = [r for r in await remediate_everywhere(cluster, "twin") if r.region == "us-east-1"]
+    assert receipt.copies_removed == 1
+    # A US client reads the key and writes it, having never seen the removed version.
+    read = await cluster.get("us-east-1", "customers", "de-1")
+    assert not read.versions
+    await cluster.put(
+        "us-east-1",
+        "customers",
+        "de-1",
+        b"r",
+        subject_id="s3",
+        subject_jurisdiction="US-CA",
+        context_token=read.context_token,
+    )
+    await settled(cluster)
+    await anti_entropy_everywhere(cluster)
+    await settled(cluster)
+    for region in ("eu-west-1", "eu-central-1"):
+        live = {v.dot for v in cluster.nodes[region].engine.get("customers", "de-1").live()}  # type: ignore[union-attr]
+        assert kept in live, f"{region} lost the acknowledged write"
+    await cluster.change_policy(loose())
+
+    async def back() -> bool:
+        return kept in {v.dot for v in us.engine.get("customers", "de-1").live()}  # type: ignore[union-attr]
+
+    await eventually(back, 20.0, "the removed copy backfilled to us-east-1")
+    assert await violations(cluster) == 0
