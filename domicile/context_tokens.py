@@ -7,6 +7,10 @@ key, so a client cannot forge a context (one naming counters a node never issued
 them), alter one, or use one key's context for another. Every node of a cluster holds the same
 key, so a token from one node verifies at any other.
 
+A cluster may hold up to KEYS_MAX keys at once, so that its key can be replaced without
+refusing the tokens clients hold: the first key issues every token, and a token verifies under
+any of them (README "Rotating the context key").
+
 Layout: version (1 byte, 1) | MAC (32 bytes) | CausalContext protobuf (deterministic).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import struct
+from collections.abc import Callable, Sequence
 
 from google.protobuf.message import DecodeError
 
@@ -27,6 +32,9 @@ TOKEN_VERSION = 1
 _VERSION_BYTE = bytes([TOKEN_VERSION])
 KEY_BYTES = 32
 MAC_BYTES = 32
+# Keys a node accepts at once: the issuing one and those of a rotation still under way. More
+# would only make a token that verifies under none cost more MACs to refuse.
+KEYS_MAX = 4
 # Far above any context a node hands out (256 entries of a 63-character node id and a counter).
 TOKEN_BYTES_MAX = 64 * 1024
 _DOMAIN = b"domicile-context-token\x00"
@@ -40,24 +48,35 @@ def is_token(data: bytes) -> bool:
 
 
 class ContextTokens:
-    """Issues and opens the tokens of one cluster key."""
+    """Issues tokens under one cluster key and opens those of any of the cluster's keys."""
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != KEY_BYTES:
-            raise InvalidArgument(f"a context key is {KEY_BYTES} bytes, not {len(key)}")
+    def __init__(
+        self,
+        key: bytes,
+        accepted: Sequence[bytes] = (),
+        on_accepted: Callable[[int], None] | None = None,
+    ) -> None:
+        """`key` issues and verifies; `accepted` only verify (a rotation's other keys).
+        on_accepted(position) is told of each token that verified under accepted[position - 2],
+        position being the key's place in the key file (2 for the first accepted key): it tells
+        an operator whether clients still present tokens of a key about to be removed."""
+        keys = (key, *accepted)
+        if len(keys) > KEYS_MAX:
+            raise InvalidArgument(f"{len(keys)} context keys; at most {KEYS_MAX} are allowed")
+        for each in keys:
+            if len(each) != KEY_BYTES:
+                raise InvalidArgument(f"a context key is {KEY_BYTES} bytes, not {len(each)}")
+        if len(set(keys)) != len(keys):
+            raise InvalidArgument("the context keys repeat a key; each must be different")
         # Keyed once: each MAC copies this state. The one-shot hmac.digest() looks the digest up
         # in OpenSSL and keys it again on every call, which in a serving node (its caches cold
         # between calls) cost 20-35 us a token, against 1-2 us for a copy.
         self._keyed = hmac.new(key, digestmod="sha256")
+        self._accepted = tuple(hmac.new(each, digestmod="sha256") for each in accepted)
+        self._on_accepted = on_accepted
 
     def _mac(self, namespace: str, key: str, payload: bytes) -> bytes:
-        ns = namespace.encode("utf-8", "surrogatepass")
-        k = key.encode("utf-8", "surrogatepass")
-        # Length prefixes keep (namespace, key) pairs apart: ("a", "bc") never signs as ("ab", "c").
-        message = _DOMAIN + struct.pack(">I", len(ns)) + ns + struct.pack(">I", len(k)) + k + payload
-        mac = self._keyed.copy()
-        mac.update(message)
-        return mac.digest()
+        return _sign(self._keyed, _message(namespace, key, payload))
 
     def issue(self, namespace: str, key: str, context: CausalContext) -> bytes:
         return self.issue_pb(namespace, key, context_to_pb(context))
@@ -78,7 +97,7 @@ class ContextTokens:
         if len(token) < 1 + MAC_BYTES or token[0] != TOKEN_VERSION:
             raise InvalidArgument(f"malformed context token: {_HOW}")
         mac, payload = token[1 : 1 + MAC_BYTES], token[1 + MAC_BYTES :]
-        if not hmac.compare_digest(mac, self._mac(namespace, key, payload)):
+        if not self._verifies(mac, _message(namespace, key, payload)):
             raise InvalidArgument(
                 f"context token does not verify for {namespace}/{key}: it was altered, made for "
                 f"another key, or made under another cluster key; {_HOW}"
@@ -88,3 +107,28 @@ class ContextTokens:
         except DecodeError:
             raise InvalidArgument(f"malformed context token: {_HOW}") from None
         return context_from_pb(msg, limits)
+
+    def _verifies(self, mac: bytes, message: bytes) -> bool:
+        # The issuing key first: outside a rotation it is the only one, and during one it made
+        # every token but those clients kept from before.
+        if hmac.compare_digest(mac, _sign(self._keyed, message)):
+            return True
+        for position, keyed in enumerate(self._accepted, start=2):
+            if hmac.compare_digest(mac, _sign(keyed, message)):
+                if self._on_accepted is not None:
+                    self._on_accepted(position)
+                return True
+        return False
+
+
+def _message(namespace: str, key: str, payload: bytes) -> bytes:
+    ns = namespace.encode("utf-8", "surrogatepass")
+    k = key.encode("utf-8", "surrogatepass")
+    # Length prefixes keep (namespace, key) pairs apart: ("a", "bc") never signs as ("ab", "c").
+    return _DOMAIN + struct.pack(">I", len(ns)) + ns + struct.pack(">I", len(k)) + k + payload
+
+
+def _sign(keyed: hmac.HMAC, message: bytes) -> bytes:
+    mac = keyed.copy()
+    mac.update(message)
+    return mac.digest()

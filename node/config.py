@@ -114,8 +114,9 @@ class NodeConfig:
     # The most calls one peer (a client certificate; a host on an insecure port) may have in
     # flight at this node, across all its connections; past it, RESOURCE_EXHAUSTED.
     peer_calls_max: int = 1024
-    # The cluster's key for causal-context tokens (32 bytes, mode 0600), the same file content on
-    # every node; empty: a key of this node's own in the data directory (single-node development).
+    # The cluster's keys for causal-context tokens (1 to 4 keys of 32 bytes one after the other,
+    # mode 0600; the first issues, all verify), the same file content on every node; empty: a key
+    # of this node's own in the data directory (single-node development).
     context_key_file: str = ""
     # Mutual TLS: a directory with ca.crt, node-<node_id>.crt and node-<node_id>.key (what
     # `domicile certs issue --node` writes), and/or single files that override its files.
@@ -395,7 +396,8 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     )
     parser.add_argument(
         "--context-key-file",
-        help="the cluster's context-token key (32 bytes, mode 0600, the same on every node); "
+        help="the cluster's context-token keys (mode 0600, the same on every node): one to four "
+        "32-byte keys one after the other, the first issuing tokens and every one verifying them; "
         "default: a key of this node's own in the data directory",
     )
     parser.add_argument(

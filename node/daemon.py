@@ -191,6 +191,9 @@ class Node:
             # node does not hold, stops the node here (the coordinator would refuse every head
             # it signs).
             bound_signer = await offload.run(self._bound_audit_key)
+            # Before the store opens too: a context key file left wrong by a rotation step stops
+            # the node here, with nothing to undo.
+            context_tokens = await self._context_tokens(offload)
             self.engine = await offload.run(self._open_store)
             # Before the first write: a store copied back from an older copy becomes a new
             # incarnation here, so that it never hands out a dot or position a second time.
@@ -329,9 +332,7 @@ class Node:
             metrics=self.metrics,
             on_committed=self.signal.notify,
             offload=offload,
-            tokens=ContextTokens(
-                await offload.run(load_context_key, cfg.context_key_file, Path(cfg.data_dir))
-            ),
+            tokens=context_tokens,
             cache=self.cache,
             carry_audit=self.engine.carries_audit,
             clock_guard=self.clock_guard,
@@ -566,6 +567,18 @@ class Node:
             hold_limit=HoldLimit(cfg.changelog_hold_max_s, self.metrics, cfg.node_id),
             link_connected=self.replication.connected_links, before_truncating=self.entropy.follow,
         )  # fmt: skip
+
+    async def _context_tokens(self, offload: Offload) -> ContextTokens:
+        """The tokens of the cluster's context keys: the key file's first key issues, every key
+        verifies, and a token verified under a later one is counted (the operator removes an old
+        key once its count stops growing)."""
+        first, *accepted = await offload.run(
+            load_context_key, self.config.context_key_file, Path(self.config.data_dir)
+        )
+        counter = self.metrics.context_tokens_later_key
+        if accepted:
+            log.info("context key file holds %d keys: the first issues tokens, all verify", 1 + len(accepted))
+        return ContextTokens(first, accepted, lambda position: counter.labels(str(position)).inc())
 
     def _bound_audit_key(self) -> Ed25519PrivateKey | None:
         """The audit-head key the node's certificate binds (domicile/identity/audit_key.py); None

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from domicile.context_tokens import KEYS_MAX
 from domicile.errors import FailedPrecondition
 from domicile.fsync import fsync_path
 
@@ -46,13 +47,15 @@ def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
     return read_private(path)
 
 
-def load_context_key(configured: str, data_dir: Path) -> bytes:
-    """The cluster's context-token key: the configured file (which must exist: a node that made
-    its own would refuse every other node's tokens), else one made once in the data directory."""
+def load_context_key(configured: str, data_dir: Path) -> tuple[bytes, ...]:
+    """The cluster's context-token keys: the configured file (which must exist: a node that made
+    its own would refuse every other node's tokens), else one key made once in the data
+    directory. The file holds 1 to KEYS_MAX keys of CONTEXT_KEY_BYTES, one after the other: the
+    first issues tokens, every one verifies them (a rotation's old or next key)."""
     if configured:
         path = Path(configured)
         try:
-            key = read_private(path)
+            data = read_private(path)
         except FileNotFoundError:
             raise FailedPrecondition(
                 f"context key file {configured} does not exist; create it once for the cluster "
@@ -61,17 +64,38 @@ def load_context_key(configured: str, data_dir: Path) -> bytes:
             ) from None
     else:
         path = data_dir / CONTEXT_KEY_FILE
-        key = read_or_create(path, lambda: secrets.token_bytes(CONTEXT_KEY_BYTES))
+        # Read before the store opens (which makes the directory of a new node).
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data = read_or_create(path, lambda: secrets.token_bytes(CONTEXT_KEY_BYTES))
         log.warning(
             "no --context-key-file: using this node's own context key %s; context tokens from other "
             "nodes will not verify here (fine for a single development node)",
             path.name,
         )
-    if len(key) != CONTEXT_KEY_BYTES:
+    return split_context_keys(configured or path.name, data)
+
+
+def split_context_keys(name: str, data: bytes) -> tuple[bytes, ...]:
+    """The keys of a context key file's contents; FailedPrecondition naming the file when they
+    are not 1 to KEYS_MAX distinct keys of CONTEXT_KEY_BYTES."""
+    count, rest = divmod(len(data), CONTEXT_KEY_BYTES)
+    if rest or not 1 <= count <= KEYS_MAX:
+        sizes = ", ".join(str(CONTEXT_KEY_BYTES * n) for n in range(1, KEYS_MAX + 1))
         raise FailedPrecondition(
-            f"context key file {path.name} holds {len(key)} bytes; it must hold exactly {CONTEXT_KEY_BYTES}"
+            f"context key file {name} holds {len(data)} bytes; it must hold 1 to {KEYS_MAX} keys of "
+            f"exactly {CONTEXT_KEY_BYTES} bytes each, one after the other ({sizes} bytes): the first "
+            "issues context tokens and every one verifies them"
         )
-    return key
+    keys = tuple(data[i : i + CONTEXT_KEY_BYTES] for i in range(0, len(data), CONTEXT_KEY_BYTES))
+    for later, key in enumerate(keys):
+        if key in keys[:later]:
+            # Harmless to tokens, but not what a rotation step writes: most likely the old key
+            # was appended again instead of the new one.
+            raise FailedPrecondition(
+                f"context key file {name} holds key {keys.index(key) + 1} again as key {later + 1}; "
+                "each key must be different (a new key is 32 fresh random bytes)"
+            )
+    return keys
 
 
 def read_private(path: Path) -> bytes:

@@ -438,6 +438,14 @@ class NodeMetrics(metrics_endpoint.MetricsServing):
             ["namespace"],
             registry=r,
         )
+        # Counted only off the issuing key, so that the common token costs no metric call.
+        self.context_tokens_later_key = Counter(
+            "domicile_context_tokens_later_key_total",
+            "Context tokens that verified under a key after the first of the context key file, "
+            "by the key's position in it (2 to 4); the first key's tokens are not counted.",
+            ["position"],
+            registry=r,
+        )
         self.peer_calls_refused = Counter(
             "domicile_peer_calls_refused_total",
             "Calls refused because their peer already had peer_calls_max calls in flight here.",
