@@ -634,6 +634,7 @@ def _receipt_to_json(r: RegionReceipt) -> str:
             "kept": [[k.namespace, k.key, k.reason] for k in r.kept],
             "keys_destroyed": r.keys_destroyed,
             "audit_seq": r.audit_seq,
+            "kept_total": r.kept_total,
         },
         sort_keys=True,
     )
@@ -651,6 +652,8 @@ def _receipt_from_json(region: str, text: str) -> RegionReceipt:
             kept=tuple(KeptRecord(str(ns), str(key), str(why)) for ns, key, why in doc["kept"]),
             keys_destroyed=int(doc["keys_destroyed"]),
             audit_seq=int(doc["audit_seq"]),
+            # Receipts stored before it was kept: what they list.
+            kept_total=int(doc.get("kept_total", len(doc["kept"]))),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise DataCorruption(f"stored erasure receipt of region {region} is unreadable: {exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -337,6 +338,17 @@ def test_bad_reports_are_refused(h: Harness) -> None:
         h.desk.report_erasure(access.request_id, receipt("eu-west-1"))
     assert h.revision == revision
     assert h.desk.get(request.request_id) == request
+
+
+def test_regression_an_erasure_receipt_keeps_its_kept_total_across_a_coordinator_restart(h: Harness) -> None:
+    # The store kept a receipt's listed records but not how many were kept in all, so after a
+    # restart a receipt of more kept records than it lists claimed only those it listed.
+    request = h.desk.erase("cust-1", "asked")
+    listed = (KeptRecord("trades", "t-1", "MiFID II record keeping"),)
+    reported = replace(receipt("eu-west-1", 0, listed), kept_total=1500)
+    h.desk.report_erasure(request.request_id, reported)
+    h.reopen()
+    assert h.desk.get(request.request_id).receipts == (reported,)
 
 
 # --- access requests ----------------------------------------------------------------------------
