@@ -41,7 +41,9 @@ from domicile.topology import NodeHealth, NodeInfo
 # 3: who asked: the verified identity of an erasure's requester and a hold's placer and releaser.
 # 4: the incarnation of the node each audit head came from, and the heads of chains a later
 # incarnation closed (coordinator/audit_heads.py).
-SCHEMA_VERSION = 4
+# 5: the receipts of what regions erased at the release of a legal hold that kept records of an
+# erased subject (erasure_release_receipts).
+SCHEMA_VERSION = 5
 
 # Every statement is idempotent: upgrading from version 1 runs them all, and only the tables
 # version 1 lacked are created (in their current shape, so the step from 2 to 3 adds only the
@@ -97,6 +99,17 @@ _SCHEMA = (
     region TEXT NOT NULL,
     receipt TEXT NOT NULL,
     UNIQUE (request_id, region)
+)""",
+    # What a node erased of a request's subject at a hold's release: beside the erasure's own
+    # receipts, one per node and hold (a report retried is kept once).
+    """CREATE TABLE IF NOT EXISTS erasure_release_receipts (
+    seq INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    hold_id TEXT NOT NULL,
+    region TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    UNIQUE (request_id, node_id, hold_id)
 )""",
     """CREATE TABLE IF NOT EXISTS legal_holds (
     seq INTEGER PRIMARY KEY,
@@ -159,7 +172,7 @@ def _refuse_version(version: int) -> FailedPrecondition:
 _STORE_SCHEMA = sqlite_db.Schema(
     version=SCHEMA_VERSION,
     create=_create_schema,
-    upgrades={1: _create_schema, 2: _add_identity_columns, 3: _add_incarnations},
+    upgrades={1: _create_schema, 2: _add_identity_columns, 3: _add_incarnations, 4: _create_schema},
     unsupported=_refuse_version,
 )
 
@@ -426,18 +439,23 @@ class CoordinatorStore:
         return row.fetchone() is not None
 
     def _requests(self, rows: Sequence[Any]) -> tuple[SubjectRequest, ...]:
-        receipts = self._receipts([str(row[0]) for row in rows])
-        return tuple(_request(row, receipts.get(str(row[0]), ())) for row in rows)
+        ids = [str(row[0]) for row in rows]
+        receipts = self._receipts(ids, "erasure_receipts")
+        released = self._receipts(ids, "erasure_release_receipts")
+        return tuple(
+            _request(row, receipts.get(str(row[0]), ()), released.get(str(row[0]), ())) for row in rows
+        )
 
-    def _receipts(self, request_ids: list[str]) -> dict[str, tuple[RegionReceipt, ...]]:
+    def _receipts(self, request_ids: list[str], table: str) -> dict[str, tuple[RegionReceipt, ...]]:
+        """The receipts in `table` (erasure_receipts or erasure_release_receipts) of each request,
+        in the order they were reported."""
         found: dict[str, list[RegionReceipt]] = {}
         # Chunks keep each statement under SQLite's bound-parameter limit.
         for start in range(0, len(request_ids), 500):
             chunk = request_ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             for request_id, region, text in self._db.execute(
-                f"SELECT request_id, region, receipt FROM erasure_receipts "
-                f"WHERE request_id IN ({marks}) ORDER BY seq",
+                f"SELECT request_id, region, receipt FROM {table} WHERE request_id IN ({marks}) ORDER BY seq",
                 chunk,
             ):
                 found.setdefault(str(request_id), []).append(_receipt_from_json(str(region), str(text)))
@@ -471,6 +489,14 @@ class CoordinatorStore:
                 "INSERT INTO erasure_receipts (request_id, region, receipt) VALUES (?, ?, ?) "
                 "ON CONFLICT(request_id, region) DO NOTHING",
                 [(r.request_id, receipt.region, _receipt_to_json(receipt)) for receipt in r.receipts],
+            )
+            self._db.executemany(
+                "INSERT INTO erasure_release_receipts (request_id, node_id, hold_id, region, receipt) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(request_id, node_id, hold_id) DO NOTHING",
+                [
+                    (r.request_id, x.node_id, x.released_hold_id, x.region, _receipt_to_json(x))
+                    for x in r.release_receipts
+                ],
             )
         self._db.executemany(
             f"INSERT INTO legal_holds ({_HOLD_COLUMNS}, released_unix_ms, release_reason) "
@@ -585,7 +611,9 @@ def _enum(cls: Any, value: Any, what: str) -> Any:
         raise DataCorruption(f"stored {what} {value!r} is not one this coordinator knows") from None
 
 
-def _request(row: Sequence[Any], receipts: tuple[RegionReceipt, ...]) -> SubjectRequest:
+def _request(
+    row: Sequence[Any], receipts: tuple[RegionReceipt, ...], release_receipts: tuple[RegionReceipt, ...]
+) -> SubjectRequest:
     request_id = str(row[0])
     try:
         pending = json.loads(row[8])
@@ -607,6 +635,7 @@ def _request(row: Sequence[Any], receipts: tuple[RegionReceipt, ...]) -> Subject
         completed_ms=int(row[9]),
         records_exported=int(row[10]),
         requested_by=str(row[11]),
+        release_receipts=release_receipts,
     )
 
 
@@ -635,6 +664,7 @@ def _receipt_to_json(r: RegionReceipt) -> str:
             "keys_destroyed": r.keys_destroyed,
             "audit_seq": r.audit_seq,
             "kept_total": r.kept_total,
+            "released_hold_id": r.released_hold_id,
         },
         sort_keys=True,
     )
@@ -652,8 +682,9 @@ def _receipt_from_json(region: str, text: str) -> RegionReceipt:
             kept=tuple(KeptRecord(str(ns), str(key), str(why)) for ns, key, why in doc["kept"]),
             keys_destroyed=int(doc["keys_destroyed"]),
             audit_seq=int(doc["audit_seq"]),
-            # Receipts stored before it was kept: what they list.
+            # Receipts stored before version 5 have neither: what they list, and no release.
             kept_total=int(doc.get("kept_total", len(doc["kept"]))),
+            released_hold_id=str(doc.get("released_hold_id", "")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise DataCorruption(f"stored erasure receipt of region {region} is unreadable: {exc}") from None

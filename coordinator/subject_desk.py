@@ -277,7 +277,9 @@ class SubjectDesk:
 
     def report_erasure(self, request_id: str, receipt: RegionReceipt) -> SubjectRequest:
         """Records what one region did; the request completes when the last region reports.
-        A second report of a region changes nothing and returns the request as it is."""
+        A second report of a region changes nothing and returns the request as it is. A receipt
+        naming a released hold is what the region erased later, at that hold's release
+        (report_release)."""
         self._check_open()
         request = self._find(request_id)
         if request.kind is not RequestKind.ERASURE:
@@ -290,6 +292,8 @@ class SubjectDesk:
                 f"the receipt names no region; it must name the region that carried out {request_id}, "
                 f"one of: {', '.join(_regions_of(request))}"
             )
+        if receipt.released_hold_id:
+            return self._report_release(request, receipt)
         if any(r.region == receipt.region for r in request.receipts):
             return request
         if receipt.region not in request.regions_pending:
@@ -317,6 +321,50 @@ class SubjectDesk:
             receipt.erased_total,
             len(receipt.kept),
             "; completed" if not pending else f"; {len(pending)} regions pending",
+        )
+        return updated
+
+    def _report_release(self, request: SubjectRequest, receipt: RegionReceipt) -> SubjectRequest:
+        """Records, beside the erasure's own receipts, what a node erased of the request's subject
+        at the release of a hold that had kept it. Neither the request's status nor the orders
+        change, so no revision is published. A node's second report of the same hold (a retry)
+        changes nothing and returns the request as it is."""
+        hold_id = receipt.released_hold_id
+        check_hold_id(hold_id)
+        if receipt.region not in _regions_of(request):
+            raise InvalidArgument(
+                f"region {receipt.region!r} was not asked to carry out {request.request_id}; its regions: "
+                f"{', '.join(_regions_of(request)) or 'none'}"
+            )
+        if not receipt.node_id:
+            raise InvalidArgument("the receipt names no node; it must name the node that erased")
+        check_node_id(receipt.node_id)
+        if hold_id in self._holds:
+            raise FailedPrecondition(
+                f"legal hold {hold_id} is in force; what it keeps is erased, and reported, only "
+                "after its release"
+            )
+        if self._store.hold_release(hold_id) is None:
+            raise NotFound(f"no legal hold {hold_id} was released; a release receipt names a released hold")
+        if any(
+            r.node_id == receipt.node_id and r.released_hold_id == hold_id for r in request.release_receipts
+        ):
+            return request
+        updated = replace(request, release_receipts=(*request.release_receipts, receipt))
+        # A batch changes the open requests in place (its failure reloads them from the store).
+        opened = self._open if self._batched is not None else dict(self._open)
+        if updated.request_id in opened:
+            opened[updated.request_id] = updated
+        self._write(SubjectChanges(requests=(updated,)), opened, self._holds, orders=False)
+        self._open = opened
+        self._changed()
+        log.info(
+            "erasure request %s: region %s erased %d records at the release of legal hold %s; %d still kept",
+            request.request_id,
+            receipt.region,
+            receipt.erased_total,
+            hold_id,
+            receipt.kept_total,
         )
         return updated
 

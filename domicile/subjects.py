@@ -292,6 +292,10 @@ class RegionReceipt:
     keys_destroyed: int = 0
     audit_seq: int = 0
     kept_total: int = 0  # `kept` lists at most RECEIPT_KEPT_MAX of them
+    # Set on a receipt of what the region erased at the release of this hold, which had kept
+    # records of the subject from the erasure (SubjectRequest.release_receipts); kept_total then
+    # counts what other holds or legal obligations still keep, and `kept` is empty.
+    released_hold_id: str = ""
 
     @property
     def erased_total(self) -> int:
@@ -314,6 +318,9 @@ class SubjectRequest:
     records_exported: int = 0
     # The verified identity of whoever opened it ("" when not known).
     requested_by: str = ""
+    # Erasures: what regions erased later, at the release of holds that had kept records of the
+    # subject (one receipt per node and hold, as reported); `receipts` keeps the erasure's own.
+    release_receipts: tuple[RegionReceipt, ...] = ()
 
     def overdue(self, now_ms: int) -> bool:
         return self.status is RequestStatus.OPEN and now_ms > self.due_ms

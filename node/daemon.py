@@ -945,7 +945,8 @@ class Node:
         return durable
 
     async def _report_erasure(self, request_id: str, receipt: RegionReceipt) -> None:
-        """Tells the coordinator, retrying until it answers (the order stays pending until then)."""
+        """Tells the coordinator, retrying until it answers (the order stays pending until then).
+        Also what a release erased (receipt.released_hold_id; the eraser keeps it until then)."""
 
         async def send() -> None:
             async with self.dialer.channel(self.config.coordinator, ExpectedPeer.coordinator()) as channel:
@@ -961,6 +962,9 @@ class Node:
             # Retrying the same receipt cannot help; the order stays pending and the next start
             # of the node carries it out again.
             log.error("coordinator refused the receipt of erasure %s: %s", request_id, exc.details())
+            return
+        if receipt.released_hold_id:
+            # The order was counted when it was carried out; the counters count orders' work.
             return
         self.metrics.erasures_completed.inc()
         for namespace, records in receipt.erased:

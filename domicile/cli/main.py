@@ -528,7 +528,9 @@ def _add_subject_rights(sub: Any, common: argparse.ArgumentParser) -> None:
         help="one request with every region's erasure receipt",
         description="Print the request and, per region that completed it, what it erased per "
         "namespace, the records it kept and why, the data keys destroyed, the audit seq of the "
-        "receipt and its times.",
+        "receipt and its times; then what regions erased later, when a legal hold that kept "
+        "records of the subject was released (per node and hold: records erased, keys destroyed, "
+        "records still kept, when).",
     )
     p.add_argument("request_id", metavar="ID", help="request id, e.g. req-0001f3c2a9")
     p.add_argument("--json", action="store_true", help="print the request as one JSON object")

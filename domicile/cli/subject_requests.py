@@ -1,5 +1,7 @@
 """requests list and requests show: data-subject requests (erasure, access) as the coordinator
-keeps them, with every region's erasure receipt. The renderings here are shared with `erase`.
+keeps them, with every region's erasure receipt, and the receipts of what regions erased later,
+at the release of a legal hold that had kept records of the subject. The renderings here are
+shared with `erase`.
 
 A request is overdue when it is still open past its due time by this machine's clock.
 """
@@ -40,8 +42,10 @@ def receipt_json(r: RegionReceipt) -> dict[str, Any]:
         "erased": dict(r.erased),
         "erased_total": r.erased_total,
         "kept": [{"namespace": k.namespace, "key": k.key, "reason": k.reason} for k in r.kept],
+        "kept_total": r.kept_total,
         "keys_destroyed": r.keys_destroyed,
         "audit_seq": r.audit_seq,
+        "released_hold_id": r.released_hold_id,
     }
 
 
@@ -62,6 +66,7 @@ def request_json(r: SubjectRequest, at_ms: int) -> dict[str, Any]:
         "completed": _time_or_none(r.completed_ms),
         "regions_pending": list(r.regions_pending),
         "receipts": [receipt_json(receipt) for receipt in r.receipts],
+        "release_receipts": [receipt_json(receipt) for receipt in r.release_receipts],
         "records_exported": r.records_exported,
     }
 
@@ -90,6 +95,18 @@ def receipt_lines(r: RegionReceipt) -> list[str]:
     ]
     lines.extend(f"      {k.namespace}/{k.key}: {k.reason}" for k in r.kept)
     return lines
+
+
+def release_receipt_lines(r: RegionReceipt) -> list[str]:
+    """What a region erased at a hold's release; `kept` there counts what other holds or legal
+    obligations still keep."""
+    return [
+        f"  {r.region}  node {r.node_id or '-'}  at the release of {r.released_hold_id}  "
+        f"completed {_time_or_none(r.completed_ms) or '-'}  audit seq {r.audit_seq}",
+        f"    erased:         {erased_text(r)}",
+        f"    keys destroyed: {r.keys_destroyed}",
+        f"    still kept:     {plural(r.kept_total, 'record')}",
+    ]
 
 
 def status_text(r: SubjectRequest, at_ms: int) -> str:
@@ -122,6 +139,10 @@ def request_text(r: SubjectRequest, at_ms: int) -> str:
                 lines.extend(receipt_lines(receipt))
         else:
             lines.append(f"{'receipts:':<{_LABEL_WIDTH}}none yet")
+    if r.release_receipts:
+        lines.append(f"erased at hold releases ({plural(len(r.release_receipts), 'receipt')}):")
+        for receipt in r.release_receipts:
+            lines.extend(release_receipt_lines(receipt))
     return "\n".join(lines)
 
 

@@ -1194,7 +1194,7 @@ class ReportErasureRequest(_message.Message):
     """The erasure request."""
     @_builtins.property
     def receipt(self) -> _subject_pb2.RegionErasureReceipt:
-        """What the region did."""
+        """What the region did (at the release of a legal hold when receipt.released_hold_id is set)."""
 
     def __init__(
         self,

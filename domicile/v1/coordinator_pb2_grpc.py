@@ -208,7 +208,8 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportErasure(self, request, context):
-        """A node reports that it carried out an erasure order.
+        """A node reports that it carried out an erasure order, or (a receipt with released_hold_id)
+        what it erased of the request's subject at the release of a hold that had kept it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

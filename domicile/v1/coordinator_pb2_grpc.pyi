@@ -70,7 +70,9 @@ class CoordinatorServiceStub:
     CompleteSubjectRequest: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CompleteSubjectRequestRequest, _coordinator_pb2.CompleteSubjectRequestResponse]
     """Completes an access request."""
     ReportErasure: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ReportErasureRequest, _coordinator_pb2.ReportErasureResponse]
-    """A node reports that it carried out an erasure order."""
+    """A node reports that it carried out an erasure order, or (a receipt with released_hold_id)
+    what it erased of the request's subject at the release of a hold that had kept it.
+    """
     GetSubjectRequest: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetSubjectRequestRequest, _coordinator_pb2.GetSubjectRequestResponse]
     """One request."""
     ListSubjectRequests: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListSubjectRequestsRequest, _coordinator_pb2.ListSubjectRequestsResponse]
@@ -142,7 +144,9 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     CompleteSubjectRequest: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CompleteSubjectRequestRequest, _coordinator_pb2.CompleteSubjectRequestResponse]  # type: ignore[assignment]
     """Completes an access request."""
     ReportErasure: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ReportErasureRequest, _coordinator_pb2.ReportErasureResponse]  # type: ignore[assignment]
-    """A node reports that it carried out an erasure order."""
+    """A node reports that it carried out an erasure order, or (a receipt with released_hold_id)
+    what it erased of the request's subject at the release of a hold that had kept it.
+    """
     GetSubjectRequest: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetSubjectRequestRequest, _coordinator_pb2.GetSubjectRequestResponse]  # type: ignore[assignment]
     """One request."""
     ListSubjectRequests: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListSubjectRequestsRequest, _coordinator_pb2.ListSubjectRequestsResponse]  # type: ignore[assignment]
@@ -271,7 +275,9 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.ReportErasureRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.ReportErasureResponse, _abc.Awaitable[_coordinator_pb2.ReportErasureResponse]]:
-        """A node reports that it carried out an erasure order."""
+        """A node reports that it carried out an erasure order, or (a receipt with released_hold_id)
+        what it erased of the request's subject at the release of a hold that had kept it.
+        """
 
     @_abc_1.abstractmethod
     def GetSubjectRequest(

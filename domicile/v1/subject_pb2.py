@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from domicile.v1 import record_pb2 as domicile_dot_v1_dot_record__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64omicile/v1/subject.proto\x12\x0b\x64omicile.v1\x1a\x18\x64omicile/v1/record.proto\"4\n\x0eNamespaceCount\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x04\"<\n\nKeptRecord\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xfe\x01\n\x14RegionErasureReceipt\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0fstarted_unix_ms\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompleted_unix_ms\x18\x04 \x01(\x04\x12+\n\x06\x65rased\x18\x05 \x03(\x0b\x32\x1b.domicile.v1.NamespaceCount\x12%\n\x04kept\x18\x06 \x03(\x0b\x32\x17.domicile.v1.KeptRecord\x12\x16\n\x0ekeys_destroyed\x18\x07 \x01(\x04\x12\x11\n\taudit_seq\x18\x08 \x01(\x04\x12\x12\n\nkept_total\x18\t \x01(\x04\"\xfa\x02\n\x0eSubjectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.domicile.v1.SubjectRequestKind\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x18\n\x10received_unix_ms\x18\x06 \x01(\x04\x12\x13\n\x0b\x64ue_unix_ms\x18\x07 \x01(\x04\x12\x31\n\x06status\x18\x08 \x01(\x0e\x32!.domicile.v1.SubjectRequestStatus\x12\x17\n\x0fregions_pending\x18\t \x03(\t\x12\x33\n\x08receipts\x18\n \x03(\x0b\x32!.domicile.v1.RegionErasureReceipt\x12\x19\n\x11\x63ompleted_unix_ms\x18\x0b \x01(\x04\x12\x18\n\x10records_exported\x18\x0c \x01(\x04\"\x80\x01\n\x0c\x45rasureOrder\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x19\n\x11requested_unix_ms\x18\x03 \x01(\x04\x12\x17\n\x0fregions_pending\x18\x04 \x03(\t\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\"\xb7\x01\n\tLegalHold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12*\n\x05scope\x18\x02 \x01(\x0e\x32\x1b.domicile.v1.LegalHoldScope\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x16\n\x0eplaced_unix_ms\x18\x07 \x01(\x04\x12\x11\n\tplaced_by\x18\x08 \x01(\t\"b\n\x10LegalHoldRelease\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x18\n\x10released_unix_ms\x18\x02 \x01(\x04\x12\x13\n\x0breleased_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"_\n\x0eRetentionClass\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0eperiod_seconds\x18\x02 \x01(\x04\x12\x18\n\x10legal_obligation\x18\x03 \x01(\x08\x12\r\n\x05\x62\x61sis\x18\x04 \x01(\t\"\x88\x02\n\x0e\x45xportedRecord\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x03 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12,\n\x08versions\x18\x04 \x03(\x0b\x32\x1a.domicile.v1.RecordVersion\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x17\n\x0fretention_class\x18\x06 \x01(\t\x12 \n\x18retention_period_seconds\x18\x07 \x01(\x04\x12\x13\n\x0blegal_basis\x18\x08 \x01(\t\x12\x13\n\x0bhold_reason\x18\t \x01(\t*}\n\x12SubjectRequestKind\x12$\n SUBJECT_REQUEST_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cSUBJECT_REQUEST_KIND_ERASURE\x10\x01\x12\x1f\n\x1bSUBJECT_REQUEST_KIND_ACCESS\x10\x02*\x85\x01\n\x14SubjectRequestStatus\x12&\n\"SUBJECT_REQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSUBJECT_REQUEST_STATUS_OPEN\x10\x01\x12$\n SUBJECT_REQUEST_STATUS_COMPLETED\x10\x02*\x8a\x01\n\x0eLegalHoldScope\x12 \n\x1cLEGAL_HOLD_SCOPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEGAL_HOLD_SCOPE_SUBJECT\x10\x01\x12\x1e\n\x1aLEGAL_HOLD_SCOPE_NAMESPACE\x10\x02\x12\x18\n\x14LEGAL_HOLD_SCOPE_KEY\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64omicile/v1/subject.proto\x12\x0b\x64omicile.v1\x1a\x18\x64omicile/v1/record.proto\"4\n\x0eNamespaceCount\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x04\"<\n\nKeptRecord\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x98\x02\n\x14RegionErasureReceipt\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0fstarted_unix_ms\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompleted_unix_ms\x18\x04 \x01(\x04\x12+\n\x06\x65rased\x18\x05 \x03(\x0b\x32\x1b.domicile.v1.NamespaceCount\x12%\n\x04kept\x18\x06 \x03(\x0b\x32\x17.domicile.v1.KeptRecord\x12\x16\n\x0ekeys_destroyed\x18\x07 \x01(\x04\x12\x11\n\taudit_seq\x18\x08 \x01(\x04\x12\x12\n\nkept_total\x18\t \x01(\x04\x12\x18\n\x10released_hold_id\x18\n \x01(\t\"\xb7\x03\n\x0eSubjectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.domicile.v1.SubjectRequestKind\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x1c\n\x14subject_jurisdiction\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x18\n\x10received_unix_ms\x18\x06 \x01(\x04\x12\x13\n\x0b\x64ue_unix_ms\x18\x07 \x01(\x04\x12\x31\n\x06status\x18\x08 \x01(\x0e\x32!.domicile.v1.SubjectRequestStatus\x12\x17\n\x0fregions_pending\x18\t \x03(\t\x12\x33\n\x08receipts\x18\n \x03(\x0b\x32!.domicile.v1.RegionErasureReceipt\x12\x19\n\x11\x63ompleted_unix_ms\x18\x0b \x01(\x04\x12\x18\n\x10records_exported\x18\x0c \x01(\x04\x12;\n\x10release_receipts\x18\r \x03(\x0b\x32!.domicile.v1.RegionErasureReceipt\"\x80\x01\n\x0c\x45rasureOrder\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x19\n\x11requested_unix_ms\x18\x03 \x01(\x04\x12\x17\n\x0fregions_pending\x18\x04 \x03(\t\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\"\xb7\x01\n\tLegalHold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12*\n\x05scope\x18\x02 \x01(\x0e\x32\x1b.domicile.v1.LegalHoldScope\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x16\n\x0eplaced_unix_ms\x18\x07 \x01(\x04\x12\x11\n\tplaced_by\x18\x08 \x01(\t\"b\n\x10LegalHoldRelease\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x18\n\x10released_unix_ms\x18\x02 \x01(\x04\x12\x13\n\x0breleased_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"_\n\x0eRetentionClass\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0eperiod_seconds\x18\x02 \x01(\x04\x12\x18\n\x10legal_obligation\x18\x03 \x01(\x08\x12\r\n\x05\x62\x61sis\x18\x04 \x01(\t\"\x88\x02\n\x0e\x45xportedRecord\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x33\n\x0e\x63lassification\x18\x03 \x01(\x0e\x32\x1b.domicile.v1.Classification\x12,\n\x08versions\x18\x04 \x03(\x0b\x32\x1a.domicile.v1.RecordVersion\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x17\n\x0fretention_class\x18\x06 \x01(\t\x12 \n\x18retention_period_seconds\x18\x07 \x01(\x04\x12\x13\n\x0blegal_basis\x18\x08 \x01(\t\x12\x13\n\x0bhold_reason\x18\t \x01(\t*}\n\x12SubjectRequestKind\x12$\n SUBJECT_REQUEST_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cSUBJECT_REQUEST_KIND_ERASURE\x10\x01\x12\x1f\n\x1bSUBJECT_REQUEST_KIND_ACCESS\x10\x02*\x85\x01\n\x14SubjectRequestStatus\x12&\n\"SUBJECT_REQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSUBJECT_REQUEST_STATUS_OPEN\x10\x01\x12$\n SUBJECT_REQUEST_STATUS_COMPLETED\x10\x02*\x8a\x01\n\x0eLegalHoldScope\x12 \n\x1cLEGAL_HOLD_SCOPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEGAL_HOLD_SCOPE_SUBJECT\x10\x01\x12\x1e\n\x1aLEGAL_HOLD_SCOPE_NAMESPACE\x10\x02\x12\x18\n\x14LEGAL_HOLD_SCOPE_KEY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'domicile.v1.subject_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBJECTREQUESTKIND']._serialized_start=1603
-  _globals['_SUBJECTREQUESTKIND']._serialized_end=1728
-  _globals['_SUBJECTREQUESTSTATUS']._serialized_start=1731
-  _globals['_SUBJECTREQUESTSTATUS']._serialized_end=1864
-  _globals['_LEGALHOLDSCOPE']._serialized_start=1867
-  _globals['_LEGALHOLDSCOPE']._serialized_end=2005
+  _globals['_SUBJECTREQUESTKIND']._serialized_start=1690
+  _globals['_SUBJECTREQUESTKIND']._serialized_end=1815
+  _globals['_SUBJECTREQUESTSTATUS']._serialized_start=1818
+  _globals['_SUBJECTREQUESTSTATUS']._serialized_end=1951
+  _globals['_LEGALHOLDSCOPE']._serialized_start=1954
+  _globals['_LEGALHOLDSCOPE']._serialized_end=2092
   _globals['_NAMESPACECOUNT']._serialized_start=68
   _globals['_NAMESPACECOUNT']._serialized_end=120
   _globals['_KEPTRECORD']._serialized_start=122
   _globals['_KEPTRECORD']._serialized_end=182
   _globals['_REGIONERASURERECEIPT']._serialized_start=185
-  _globals['_REGIONERASURERECEIPT']._serialized_end=439
-  _globals['_SUBJECTREQUEST']._serialized_start=442
-  _globals['_SUBJECTREQUEST']._serialized_end=820
-  _globals['_ERASUREORDER']._serialized_start=823
-  _globals['_ERASUREORDER']._serialized_end=951
-  _globals['_LEGALHOLD']._serialized_start=954
-  _globals['_LEGALHOLD']._serialized_end=1137
-  _globals['_LEGALHOLDRELEASE']._serialized_start=1139
-  _globals['_LEGALHOLDRELEASE']._serialized_end=1237
-  _globals['_RETENTIONCLASS']._serialized_start=1239
-  _globals['_RETENTIONCLASS']._serialized_end=1334
-  _globals['_EXPORTEDRECORD']._serialized_start=1337
-  _globals['_EXPORTEDRECORD']._serialized_end=1601
+  _globals['_REGIONERASURERECEIPT']._serialized_end=465
+  _globals['_SUBJECTREQUEST']._serialized_start=468
+  _globals['_SUBJECTREQUEST']._serialized_end=907
+  _globals['_ERASUREORDER']._serialized_start=910
+  _globals['_ERASUREORDER']._serialized_end=1038
+  _globals['_LEGALHOLD']._serialized_start=1041
+  _globals['_LEGALHOLD']._serialized_end=1224
+  _globals['_LEGALHOLDRELEASE']._serialized_start=1226
+  _globals['_LEGALHOLDRELEASE']._serialized_end=1324
+  _globals['_RETENTIONCLASS']._serialized_start=1326
+  _globals['_RETENTIONCLASS']._serialized_end=1421
+  _globals['_EXPORTEDRECORD']._serialized_start=1424
+  _globals['_EXPORTEDRECORD']._serialized_end=1688
 # @@protoc_insertion_point(module_scope)

@@ -167,6 +167,7 @@ class RegionErasureReceipt(_message.Message):
     KEYS_DESTROYED_FIELD_NUMBER: _builtins.int
     AUDIT_SEQ_FIELD_NUMBER: _builtins.int
     KEPT_TOTAL_FIELD_NUMBER: _builtins.int
+    RELEASED_HOLD_ID_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     """Region."""
     node_id: _builtins.str
@@ -181,6 +182,12 @@ class RegionErasureReceipt(_message.Message):
     """Position of the receipt in the region's audit log (covered by its signed head)."""
     kept_total: _builtins.int
     """Records kept in all; `kept` lists at most the first 1000 (the audit trail has every one)."""
+    released_hold_id: _builtins.str
+    """Empty for the receipt of the erasure itself. Set on a receipt of what the region erased when
+    this legal hold, which had kept records of the subject from the erasure, was released
+    (SubjectRequest.release_receipts): `erased` counts the records erased at the release,
+    `kept_total` those another hold or a legal obligation still keeps, and `kept` is empty.
+    """
     @_builtins.property
     def erased(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceCount]:
         """Records erased (tombstoned, their data keys destroyed), per namespace."""
@@ -201,10 +208,11 @@ class RegionErasureReceipt(_message.Message):
         keys_destroyed: _builtins.int = ...,
         audit_seq: _builtins.int = ...,
         kept_total: _builtins.int = ...,
+        released_hold_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq", "completed_unix_ms", b"completed_unix_ms", "erased", b"erased", "kept", b"kept", "kept_total", b"kept_total", "keys_destroyed", b"keys_destroyed", "node_id", b"node_id", "region", b"region", "started_unix_ms", b"started_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq", "completed_unix_ms", b"completed_unix_ms", "erased", b"erased", "kept", b"kept", "kept_total", b"kept_total", "keys_destroyed", b"keys_destroyed", "node_id", b"node_id", "region", b"region", "released_hold_id", b"released_hold_id", "started_unix_ms", b"started_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -228,6 +236,7 @@ class SubjectRequest(_message.Message):
     RECEIPTS_FIELD_NUMBER: _builtins.int
     COMPLETED_UNIX_MS_FIELD_NUMBER: _builtins.int
     RECORDS_EXPORTED_FIELD_NUMBER: _builtins.int
+    RELEASE_RECEIPTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id, e.g. req-0001f3c2a9."""
     kind: Global___SubjectRequestKind.ValueType
@@ -256,6 +265,13 @@ class SubjectRequest(_message.Message):
     def receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegionErasureReceipt]:
         """What each region that completed it did (erasure requests)."""
 
+    @_builtins.property
+    def release_receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegionErasureReceipt]:
+        """What regions erased later, at the release of legal holds that had kept records of the
+        subject (erasure requests): one receipt per node and released hold, each naming its hold in
+        released_hold_id, in the order they were reported. `receipts` keeps the erasure's own.
+        """
+
     def __init__(
         self,
         *,
@@ -271,10 +287,11 @@ class SubjectRequest(_message.Message):
         receipts: _abc.Iterable[Global___RegionErasureReceipt] | None = ...,
         completed_unix_ms: _builtins.int = ...,
         records_exported: _builtins.int = ...,
+        release_receipts: _abc.Iterable[Global___RegionErasureReceipt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_unix_ms", b"completed_unix_ms", "due_unix_ms", b"due_unix_ms", "kind", b"kind", "reason", b"reason", "receipts", b"receipts", "received_unix_ms", b"received_unix_ms", "records_exported", b"records_exported", "regions_pending", b"regions_pending", "request_id", b"request_id", "status", b"status", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_unix_ms", b"completed_unix_ms", "due_unix_ms", b"due_unix_ms", "kind", b"kind", "reason", b"reason", "receipts", b"receipts", "received_unix_ms", b"received_unix_ms", "records_exported", b"records_exported", "regions_pending", b"regions_pending", "release_receipts", b"release_receipts", "request_id", b"request_id", "status", b"status", "subject_id", b"subject_id", "subject_jurisdiction", b"subject_jurisdiction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

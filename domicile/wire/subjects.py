@@ -104,6 +104,7 @@ def receipt_to_pb(r: RegionReceipt, out: pb.RegionErasureReceipt | None = None) 
     msg.keys_destroyed = r.keys_destroyed
     msg.audit_seq = r.audit_seq
     msg.kept_total = r.kept_total
+    msg.released_hold_id = r.released_hold_id
     return msg
 
 
@@ -118,6 +119,7 @@ def receipt_from_pb(msg: pb.RegionErasureReceipt) -> RegionReceipt:
         keys_destroyed=msg.keys_destroyed,
         audit_seq=msg.audit_seq,
         kept_total=msg.kept_total or len(msg.kept),
+        released_hold_id=msg.released_hold_id,
     )
 
 
@@ -134,6 +136,8 @@ def request_to_pb(r: SubjectRequest, out: pb.SubjectRequest | None = None) -> pb
     msg.regions_pending.extend(r.regions_pending)
     for receipt in r.receipts:
         receipt_to_pb(receipt, msg.receipts.add())
+    for receipt in r.release_receipts:
+        receipt_to_pb(receipt, msg.release_receipts.add())
     msg.completed_unix_ms = r.completed_ms
     msg.records_exported = r.records_exported
     return msg
@@ -151,6 +155,7 @@ def request_from_pb(msg: pb.SubjectRequest) -> SubjectRequest:
         status=enum_or(RequestStatus, msg.status, RequestStatus.UNSPECIFIED),
         regions_pending=tuple(msg.regions_pending),
         receipts=tuple(receipt_from_pb(r) for r in msg.receipts),
+        release_receipts=tuple(receipt_from_pb(r) for r in msg.release_receipts),
         completed_ms=msg.completed_unix_ms,
         records_exported=msg.records_exported,
     )

@@ -23,7 +23,9 @@ remembered (its receipt) until the coordinator has it, then forgotten (the audit
 A legal hold only defers an erasure (GDPR Art. 17(3)(e)): when it is released, the node erases
 what it kept of every subject erased before, unless another hold or a legal obligation still
 keeps it, and destroys the subject's keys of every class that then keeps nothing
-(carry_out_release). The release is noted in the store first, so a restart finishes it.
+(carry_out_release). The release is noted in the store first, so a restart finishes it. What
+it erased is reported to the coordinator as a receipt of the subject's erasure request naming the
+released hold, kept in the store until the coordinator has it, like the erasure's own receipt.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ from node.offload import Offload
 log = logging.getLogger("domicile.erasure")
 
 RECEIPTS_META = "erasure_receipts"
+# Receipts of erasures at a hold's release not yet reported: "request_id hold_id" -> receipt.
+RELEASE_RECEIPTS_META = "erasure_release_receipts"
 ERASE_ACTION = "erase"
 RECEIPT_ACTION = "erasure_receipt"
 # Key states read per get_many while collecting a subject's keys.
@@ -153,6 +157,10 @@ class Eraser:
         # they act on the holds of then and may keep a record under the hold just released.
         self._passes: set[asyncio.Future[None]] = set()
         self.release_erased_total = 0
+        # Receipts of erasures at a release the coordinator does not have yet, by
+        # release_receipt_key(), and the reports under way.
+        self.release_receipts: dict[str, tuple[str, RegionReceipt]] = {}
+        self._reporting: dict[str, asyncio.Task[None]] = {}
         # The holds of the last apply(): a release reads them at each subject, so a hold placed
         # while it runs keeps what it covers.
         self._holds: tuple[LegalHold, ...] = ()
@@ -162,15 +170,20 @@ class Eraser:
         `restored` store (a new incarnation) that holds no permanent list yet may hold, and be
         sent writes about, subjects erased after its backup point: until the coordinator's list
         has arrived, writes about any data subject are refused (waiting_refusal)."""
-        blocked, receipts, erased, releases = await self.offload.run(
+        blocked, receipts, erased, releases, release_receipts = await self.offload.run(
             lambda: (
                 self.engine.blocked_subjects(),
                 self.engine.get_meta(RECEIPTS_META),
                 load_erased_list(self.engine),
                 self.engine.get_meta(RELEASES_META),
+                self.engine.get_meta(RELEASE_RECEIPTS_META),
             )
         )
         self.releases = releases_from_bytes(releases)
+        self.release_receipts = {
+            key: (str(row["request"]), _receipt_from_json(row["receipt"]))
+            for key, row in json.loads(release_receipts or b"{}").items()
+        }
         if erased:
             self.erased_key, self.erased_list = erased
         self.blocked = blocked
@@ -328,6 +341,9 @@ class Eraser:
             task = asyncio.create_task(self.carry_out_release(hold_id, cluster), name=f"release-{hold_id}")
             self._releasing[hold_id] = task
             task.add_done_callback(self._forget)
+        # Receipts of releases carried out that the coordinator does not have yet (it was
+        # unreachable, or the node restarted before it answered).
+        self._report_releases()
 
     async def _refresh_blocked(self) -> None:
         try:
@@ -342,18 +358,23 @@ class Eraser:
         task.add_done_callback(self._refreshing.discard)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
-        for tasks in (self._running, self._releasing):
+        for tasks in (self._running, self._releasing, self._reporting):
             for name, running in list(tasks.items()):
                 if running is task:
                     del tasks[name]
 
     async def wait_idle(self) -> None:
-        while self._running or self._releasing:
-            tasks = [*self._running.values(), *self._releasing.values()]
+        while self._running or self._releasing or self._reporting:
+            tasks = [*self._running.values(), *self._releasing.values(), *self._reporting.values()]
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
-        tasks = [*self._running.values(), *self._releasing.values(), *self._refreshing]
+        tasks = [
+            *self._running.values(),
+            *self._releasing.values(),
+            *self._reporting.values(),
+            *self._refreshing,
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -544,6 +565,7 @@ class Eraser:
                 await self.erase_released(subject_id, request_id, pending, cluster, self._in_force())
             self.releases.pop(hold_id, None)
             await self._save_releases()
+            self._report_releases()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -568,8 +590,10 @@ class Eraser:
         """Erases what the subject, erased by `request_id`, still has here that nothing keeps
         any more now that `release` ended its hold; then destroys the subject's keys of every
         class that keeps nothing. Audited like the erasure (an entry per record and a receipt),
-        as the DPO who released the hold. Returns the records erased; a rerun finds none and
-        records nothing."""
+        as the DPO who released the hold, and kept as a receipt for the coordinator (stored
+        before the release's note is cleared; reported by _report_releases). Returns the records
+        erased; a rerun finds none and records nothing."""
+        started = self.now_ms()
         principal = release.released_by or "coordinator"
         hold = release.hold
         erased: collections.Counter[str] = collections.Counter()
@@ -590,18 +614,31 @@ class Eraser:
         destroyed = await self._destroy_unkept(subject, kept_classes)
         if not erased and not destroyed:
             return 0
+        receipt = RegionReceipt(
+            region=self.region,
+            node_id=self.node_id,
+            started_ms=started,
+            completed_ms=self.now_ms(),
+            erased=tuple(sorted(erased.items())),
+            keys_destroyed=destroyed,
+            kept_total=kept,
+            released_hold_id=hold.hold_id,
+        )
         summary = {
             "request": request_id,
             "released_hold": hold.hold_id,
-            "erased": dict(sorted(erased.items())),
+            "erased": dict(receipt.erased),
             "kept_total": kept,
             "keys_destroyed": destroyed,
-            "completed_ms": self.now_ms(),
+            "completed_ms": receipt.completed_ms,
         }
-        await self.audit.record(
+        seq = await self.audit.record(
             principal=principal, action=RECEIPT_ACTION, subject_id=subject, decision="erase",
             detail=json.dumps(summary, sort_keys=True, separators=(",", ":")),
         )  # fmt: skip
+        key = release_receipt_key(request_id, hold.hold_id)
+        self.release_receipts[key] = (request_id, dataclasses.replace(receipt, audit_seq=seq))
+        await self._save_release_receipts()
         total = sum(erased.values())
         self.release_erased_total += total
         log.info(
@@ -609,6 +646,49 @@ class Eraser:
             request_id, self.region, hold.hold_id, total, kept, destroyed,
         )  # fmt: skip
         return total
+
+    def _report_releases(self) -> None:
+        """Starts a report of every stored release receipt not being reported already."""
+        for key in sorted(self.release_receipts.keys() - self._reporting.keys()):
+            task = asyncio.create_task(self._report_release(key), name=f"release-receipt-{key}")
+            self._reporting[key] = task
+            task.add_done_callback(self._forget)
+
+    async def _report_release(self, key: str) -> None:
+        try:
+            while (current := self.release_receipts.get(key)) is not None:
+                request_id, receipt = current
+                # Retries until the coordinator answers (self.report); one that refuses the
+                # receipt is logged there and not asked again: retrying it cannot help.
+                await self.report(request_id, receipt)
+                log.info(
+                    "erasure %s at the release of hold %s reported by %s",
+                    request_id, receipt.released_hold_id, self.region,
+                )  # fmt: skip
+                # The coordinator has it (the audit trail has it for good). A rerun of the
+                # release may have stored another receipt meanwhile: the loop reports that one.
+                if self.release_receipts.get(key) == current:
+                    del self.release_receipts[key]
+                    await self._save_release_receipts()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "reporting the erasure receipt %s of a released hold failed in %s; it will be retried",
+                key, self.region,
+            )  # fmt: skip
+
+    async def _save_release_receipts(self) -> None:
+        rows = {
+            key: {"request": request_id, "receipt": _receipt_to_json(receipt)}
+            for key, (request_id, receipt) in self.release_receipts.items()
+        }
+        blob = json.dumps(rows, sort_keys=True).encode()
+
+        def persist(engine: StorageEngine) -> None:
+            engine.put_meta(RELEASE_RECEIPTS_META, blob)
+
+        await self.committer.run(persist)
 
     async def _save_receipts(self) -> None:
         blob = json.dumps(
@@ -628,6 +708,12 @@ class Eraser:
             LocalWrite.deleting(namespace, key, newest, CausalContext.of(dots=[v.dot for v in versions]))
         )
         self.on_committed()
+
+
+def release_receipt_key(request_id: str, hold_id: str) -> str:
+    """The key of the receipt of what a release of `hold_id` erased for `request_id`: one per
+    pair (a rerun of the release replaces it)."""
+    return f"{request_id} {hold_id}"
 
 
 def _tombstoned(state: KeyState, subject_id: str) -> bool:
@@ -658,6 +744,7 @@ def _receipt_to_json(r: RegionReceipt) -> dict[str, object]:
         "keys_destroyed": r.keys_destroyed,
         "audit_seq": r.audit_seq,
         "kept_total": r.kept_total,
+        "released_hold_id": r.released_hold_id,
     }
 
 
@@ -672,6 +759,7 @@ def _receipt_from_json(d: dict[str, Any]) -> RegionReceipt:
         keys_destroyed=int(d["keys_destroyed"]),
         audit_seq=int(d["audit_seq"]),
         kept_total=int(d.get("kept_total", len(d["kept"]))),
+        released_hold_id=str(d.get("released_hold_id", "")),
     )
 
 

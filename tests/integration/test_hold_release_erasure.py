@@ -1,20 +1,27 @@
 """An erasure a legal hold deferred is carried out when the hold is released: in every region
 that kept records under it, one that was down at the release included, and after a restart;
-audited like the erasure, and sparing what another hold or a legal obligation still keeps."""
+audited like the erasure, sparing what another hold or a legal obligation still keeps, and
+reported to the erasure request as a receipt naming the released hold."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import pytest
 
 from domicile.audit import AuditEntry
+from domicile.cli.main import main
 from domicile.errors import Unavailable
-from domicile.subjects import HoldRelease, HoldScope, LegalHold, SubjectOrders
+from domicile.hlc import wall_ms
+from domicile.subjects import HoldRelease, HoldScope, LegalHold, RegionReceipt, SubjectOrders, SubjectRequest
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import subject_pb2 as subpb
 from node.daemon import Node
+from node.lifecycle.erasure import RELEASE_RECEIPTS_META
 from node.lifecycle.released_holds import PendingRelease, released_holds
 from tests.integration.test_subject_rights import (
     EU,
@@ -25,6 +32,7 @@ from tests.integration.test_subject_rights import (
     live,
     put,
     replicated,
+    request,
 )
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.packs import sample_pack
@@ -360,5 +368,142 @@ async def test_regression_a_release_whose_note_could_not_be_written_is_noted_whe
         await gone(cluster, "eu-west-1", "customers", "ida")
         await no_release_running(node)
         assert erased_at_release(await audit_entries(node), hold) == [("customers", "ida")]
+    finally:
+        await cluster.stop()
+
+
+async def with_release_receipts(cluster: LocalCluster, request_id: str, count: int) -> SubjectRequest:
+    """The request once it shows `count` receipts of erasures at a hold's release."""
+
+    async def shown() -> bool:
+        return len((await request(cluster, request_id)).release_receipts) >= count
+
+    await eventually(shown, 15.0, f"{count} release receipts on {request_id}")
+    return await request(cluster, request_id)
+
+
+async def nothing_left_to_report(node: Node) -> None:
+    async def reported() -> bool:
+        return not node.eraser.release_receipts and not node.eraser._reporting
+
+    await eventually(reported, 15.0, "the release receipts reported and forgotten")
+    assert json.loads(node.engine.get_meta(RELEASE_RECEIPTS_META) or b"{}") == {}
+
+
+async def requests_show(cluster: LocalCluster, *argv: str) -> tuple[int, str]:
+    """`domicile requests show`, in a thread (the command runs an event loop of its own)."""
+    out = io.StringIO()
+    args = ["requests", "show", *argv, "--coordinator", cluster.coordinator_address, *cluster.cli_args()]
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out):
+            return main(args)
+
+    code = await asyncio.to_thread(run)
+    return code, out.getvalue()
+
+
+async def test_the_erasure_request_shows_what_was_erased_at_the_release_of_a_hold(tmp_path: Path) -> None:
+    # The request answered the data subject with "kept under a hold" for good: what the region
+    # erased at the release was only in its audit trail.
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        for namespace, key in (("customers", "kim"), ("sessions", "kim-web"), ("trades", "t-9")):
+            await put(cluster, "eu-west-1", namespace, key, "s-kim", f"{key} value".encode())
+        hold = await place(cluster, "litigation 12", subject_id="s-kim")
+        await holds_at(cluster, ["eu-west-1"], {hold})
+        done = await completed(cluster, (await erase(cluster, "s-kim")).request_id)
+        (own,) = done.receipts
+        assert own.erased_total == 0 and own.kept_total == 3 and not own.released_hold_id
+        assert done.release_receipts == ()
+
+        released_at = wall_ms()
+        await release(cluster, hold)
+        shown = await with_release_receipts(cluster, done.request_id, 1)
+        # The erasure's own receipt stays as it was; the release's is beside it.
+        assert shown.receipts == done.receipts and shown.completed_ms == done.completed_ms
+        (at_release,) = shown.release_receipts
+        assert (at_release.region, at_release.node_id, at_release.released_hold_id) == (
+            "eu-west-1",
+            "eu-west-1",
+            hold,
+        )
+        assert at_release.erased == (("customers", 1), ("sessions", 1))
+        assert at_release.kept_total == 1 and at_release.kept == ()  # the trade: a legal obligation
+        assert at_release.keys_destroyed == 2  # user_data and cache; transaction_data is kept
+        assert released_at <= at_release.started_ms <= at_release.completed_ms <= wall_ms()
+        node = cluster.nodes["eu-west-1"]
+        (entry,) = [
+            e
+            for e in await audit_entries(node)
+            if e.action == "erasure_receipt" and json.loads(e.detail).get("released_hold") == hold
+        ]
+        assert at_release.audit_seq == entry.seq
+        await nothing_left_to_report(node)
+
+        # Reported again (a retry whose answer was lost): the request keeps the first.
+        retried = RegionReceipt("eu-west-1", "eu-west-1", 1, 2, (("customers", 7),), released_hold_id=hold)
+        await node._report_erasure(done.request_id, retried)
+        assert (await request(cluster, done.request_id)).release_receipts == (at_release,)
+
+        code, out = await requests_show(cluster, done.request_id)
+        assert code == 0
+        lines = out.splitlines()
+        at = lines.index("erased at hold releases (1 receipt):")
+        assert lines[at + 1].startswith(f"  eu-west-1  node eu-west-1  at the release of {hold}  completed ")
+        assert lines[at + 2 :] == [
+            "    erased:         2 records (customers 1, sessions 1)",
+            "    keys destroyed: 2",
+            "    still kept:     1 record",
+        ]
+        code, out = await requests_show(cluster, done.request_id, "--json")
+        doc = json.loads(out)
+        (shown_json,) = doc["release_receipts"]
+        assert (shown_json["released_hold_id"], shown_json["erased_total"], shown_json["kept_total"]) == (
+            hold,
+            2,
+            1,
+        )
+        assert [r["released_hold_id"] for r in doc["receipts"]] == [""]
+    finally:
+        await cluster.stop()
+
+
+async def test_a_release_receipt_waits_in_the_store_while_the_coordinator_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    # The node hears of the release, then loses the coordinator: the receipt of what it erased
+    # must outlive retries and a restart of the node, and reach the request once it can.
+    cluster = LocalCluster(tmp_path, ["eu-west-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        await put(cluster, "eu-west-1", "customers", "lea", "s-lea", b"Lea")
+        hold = await place(cluster, "litigation 13", subject_id="s-lea")
+        await holds_at(cluster, ["eu-west-1"], {hold})
+        done = await completed(cluster, (await erase(cluster, "s-lea")).request_id)
+        await cluster.stop_coordinator()
+        node = cluster.nodes["eu-west-1"]
+        orders = node.view.orders
+        await node._adopt_orders(
+            SubjectOrders(orders.revision + 1, (), (), (HoldRelease(hold, 1, "case closed", "dpo-1"),))
+        )
+        await gone(cluster, "eu-west-1", "customers", "lea")
+        await no_release_running(node)
+        ((request_id, waiting),) = node.eraser.release_receipts.values()
+        assert request_id == done.request_id and waiting.erased == (("customers", 1),)
+        assert waiting.released_hold_id == hold
+        assert node.eraser._reporting  # retrying
+
+        await cluster.stop_node("eu-west-1")
+        # The coordinator comes back and the hold is released there (what the node heard of)
+        # before the node returns: the node's first act is to report what waited in its store.
+        await cluster.start_coordinator()
+        await release(cluster, hold)
+        node = await cluster.start_node("eu-west-1")
+        assert list(node.eraser.release_receipts.values()) == [(done.request_id, waiting)]
+        shown = await with_release_receipts(cluster, done.request_id, 1)
+        assert shown.release_receipts == (waiting,) and shown.receipts == done.receipts
+        await nothing_left_to_report(node)
     finally:
         await cluster.stop()

@@ -549,6 +549,54 @@ async def test_bad_reports_and_completions_of_existing_requests(stub) -> None:
     assert await topology(stub) == before
 
 
+async def get(stub, request_id: str) -> spb.SubjectRequest:
+    return (
+        await call(stub, "GetSubjectRequest", cpb.GetSubjectRequestRequest(request_id=request_id))
+    ).request
+
+
+async def test_a_release_receipt_is_kept_beside_the_erasure_receipts_once(harness: Harness, stub) -> None:
+    erasure = await erase(stub, "cust-1")
+    for region in REGION_NAMES:
+        done = await report(stub, erasure.request_id, region, erased=0)
+    assert done.status == COMPLETED
+    hold = await place(stub, scope=spb.LEGAL_HOLD_SCOPE_SUBJECT, subject_id="cust-1", reason="case 5")
+    await call(stub, "ReleaseLegalHold", cpb.ReleaseLegalHoldRequest(hold_id=hold.hold_id, reason="closed"))
+    before = await topology(stub)
+    once = await report(stub, erasure.request_id, "eu-west-1", erased=4, released_hold_id=hold.hold_id)
+    # A retry of the same node's report of the same release is kept once, whatever it says.
+    twice = await report(stub, erasure.request_id, "eu-west-1", erased=9, released_hold_id=hold.hold_id)
+    assert twice == once
+    assert list(once.receipts) == list(done.receipts) and once.status == COMPLETED
+    (receipt,) = once.release_receipts
+    assert (receipt.region, receipt.node_id, receipt.released_hold_id) == (
+        "eu-west-1",
+        "eu-west-1-a",
+        hold.hold_id,
+    )
+    assert [(c.namespace, c.records) for c in receipt.erased] == [("customers_eu", 4)]
+    assert await topology(stub) == before  # nothing the nodes act on changed
+    stub = await harness.restart()
+    assert await get(stub, erasure.request_id) == once
+
+
+async def test_bad_release_receipts_are_refused_and_change_nothing(stub) -> None:
+    erasure = await erase(stub, "cust-1")
+    done = await report(stub, erasure.request_id, "eu-west-1", erased=0)
+    in_force = await place(stub, scope=spb.LEGAL_HOLD_SCOPE_SUBJECT, subject_id="cust-1", reason="case 6")
+    cases = [
+        ("case-6", "INVALID_ARGUMENT", "invalid hold id 'case-6': hold ids are hold- followed by 10"),
+        ("hold-00000000ff", "NOT_FOUND", "no legal hold hold-00000000ff was released"),
+        (in_force.hold_id, "FAILED_PRECONDITION", f"legal hold {in_force.hold_id} is in force"),
+    ]
+    for hold_id, code, text in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await report(stub, erasure.request_id, "eu-west-1", released_hold_id=hold_id)
+        assert err.value.code() == getattr(grpc.StatusCode, code), hold_id
+        assert text in err.value.details()
+    assert await get(stub, erasure.request_id) == done
+
+
 # --- restart and metrics ----------------------------------------------------------------------
 
 

@@ -574,11 +574,52 @@ def test_requests_show_prints_every_receipt(capsys, cluster, client):
         "erased": {"customers": 1},
         "erased_total": 1,
         "kept": [{"namespace": "trades", "key": "t-1", "reason": "MiFID II record keeping"}],
+        "kept_total": 1,
         "keys_destroyed": 1,
         "audit_seq": 12,
+        "released_hold_id": "",
     }
+    assert doc["release_receipts"] == []
     code, out, _ = run(capsys, cluster, "requests", "show", request.request_id)
     assert f"status:            open, OVERDUE (was due {iso_ms(LONG_AGO_MS)})" in out.splitlines()
+
+
+def test_requests_show_lists_what_was_erased_at_a_hold_release(capsys, cluster, client):
+    request = client.erase_subject("s-1", "asked by email", "DE")
+    kept = [("customers", "c-1", "legal hold hold-00000000a1 (subject s-1): case 7")]
+    west = cluster.receipt("eu-west-1", {}, kept=kept, keys_destroyed=0, audit_seq=41)
+    state = cluster.progress(request.request_id, west)
+    at_release = cluster.receipt("eu-west-1", {"customers": 1}, keys_destroyed=1, audit_seq=57)
+    at_release.released_hold_id = "hold-00000000a1"
+    at_release.kept_total = 2
+    at_release.completed_unix_ms = RECEIVED_MS + 9_000
+    state.release_receipts.append(at_release)
+    cluster.coordinator.requests[request.request_id] = state
+    code, out, err = run(capsys, cluster, "requests", "show", request.request_id)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    # The erasure's own receipt stays as it was; the release's follows it.
+    at = lines.index("erased at hold releases (1 receipt):")
+    assert lines[at - 2 : at] == ["    kept:           1 record", f"      customers/c-1: {kept[0][2]}"]
+    assert lines[at + 1 :] == [
+        f"  eu-west-1  node eu-west-1  at the release of hold-00000000a1  "
+        f"completed {iso_ms(RECEIVED_MS + 9_000)}  audit seq 57",
+        "    erased:         1 record (customers 1)",
+        "    keys destroyed: 1",
+        "    still kept:     2 records",
+    ]
+    code, out, _ = run(capsys, cluster, "requests", "show", request.request_id, "--json")
+    doc = json.loads(out)
+    assert [r["released_hold_id"] for r in doc["receipts"]] == [""]
+    (released,) = doc["release_receipts"]
+    assert {k: released[k] for k in ("region", "released_hold_id", "erased", "kept_total", "audit_seq")} == {
+        "region": "eu-west-1",
+        "released_hold_id": "hold-00000000a1",
+        "erased": {"customers": 1},
+        "kept_total": 2,
+        "audit_seq": 57,
+    }
+    assert released["completed"] == iso_ms(RECEIVED_MS + 9_000)
 
 
 def test_requests_show_of_a_completed_access_request(capsys, cluster, client):

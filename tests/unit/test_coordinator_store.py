@@ -4,12 +4,14 @@ from a newer coordinator is refused and left as it was."""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from coordinator.store import SCHEMA_VERSION, CoordinatorStore
+from coordinator.store import SCHEMA_VERSION, CoordinatorStore, SubjectChanges
 from domicile.errors import FailedPrecondition
+from domicile.subjects import KeptRecord, RegionReceipt, RequestKind, RequestStatus, SubjectRequest
 
 # What a version 1 coordinator wrote: nodes, meta and audit heads, no data-subject tables.
 _VERSION_1 = (
@@ -64,3 +66,44 @@ def test_a_store_from_a_newer_coordinator_is_refused(tmp_path: Path) -> None:
     # The refusal released the data directory's lock.
     _write(tmp_path / CoordinatorStore.DB_NAME, f"PRAGMA user_version = {SCHEMA_VERSION}")
     CoordinatorStore(tmp_path).close()
+
+
+def test_a_version_4_store_gains_the_release_receipts_and_reads_its_receipts_as_before(
+    tmp_path: Path,
+) -> None:
+    listed = (KeptRecord("customers_eu", "c-1", "legal hold hold-00000000a1"),)
+    own = RegionReceipt("eu-west-1", "eu-west-1-a", 1, 2, kept=listed, kept_total=1)
+    request = SubjectRequest(
+        "req-00000000a1",
+        RequestKind.ERASURE,
+        "s-1",
+        "",
+        "asked",
+        1,
+        2,
+        RequestStatus.COMPLETED,
+        receipts=(own,),
+    )
+    store = CoordinatorStore(tmp_path)
+    store.save_subjects(SubjectChanges(requests=(request,)))
+    store.close()
+    path = tmp_path / CoordinatorStore.DB_NAME
+    with sqlite3.connect(path) as db:  # what version 4 wrote: no release receipts, nor their fields
+        db.execute("DROP TABLE erasure_release_receipts")
+        db.execute(
+            "UPDATE erasure_receipts SET receipt = json_remove(receipt, '$.kept_total', '$.released_hold_id')"
+        )
+        db.execute("PRAGMA user_version = 4")
+    store = CoordinatorStore(tmp_path)
+    try:
+        assert store.request(request.request_id) == request
+        released = RegionReceipt(
+            "eu-west-1", "eu-west-1-a", 3, 4, (("customers_eu", 1),), released_hold_id="hold-00000000a1"
+        )
+        store.save_subjects(SubjectChanges(requests=(replace(request, release_receipts=(released,)),)))
+        stored = store.request(request.request_id)
+        assert stored is not None and stored.release_receipts == (released,)
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

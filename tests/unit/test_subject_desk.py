@@ -340,6 +340,56 @@ def test_bad_reports_are_refused(h: Harness) -> None:
     assert h.desk.get(request.request_id) == request
 
 
+def release_receipt(region: str, hold_id: str, erased: int = 1, kept_total: int = 0) -> RegionReceipt:
+    return replace(
+        receipt(region, erased),
+        kept=(),
+        kept_total=kept_total,
+        completed_ms=utc_ms(2025, 4, 1),
+        released_hold_id=hold_id,
+    )
+
+
+def _erased_under_a_released_hold(h: Harness) -> tuple[str, str]:
+    """An erasure every region reported with a record kept under a hold since released: the
+    request id and the hold id."""
+    hold = h.desk.place_hold(HoldScope.SUBJECT, subject_id="cust-1", reason="case 7")
+    request = h.desk.erase("cust-1", "asked")
+    kept = (KeptRecord("customers_eu", "c-1", hold.describe()),)
+    for region in REGIONS:
+        h.desk.report_erasure(request.request_id, receipt(region, 0, kept if region == "eu-west-1" else ()))
+    h.desk.release_hold(hold.hold_id, "case closed")
+    return request.request_id, hold.hold_id
+
+
+def test_a_release_receipt_is_kept_beside_the_erasure_receipts_once_per_node_and_hold(h: Harness) -> None:
+    request_id, hold_id = _erased_under_a_released_hold(h)
+    done = h.desk.get(request_id)
+    revision, changes = h.revision, h.changes
+    first = release_receipt("eu-west-1", hold_id, erased=1, kept_total=2)
+    after = h.desk.report_erasure(request_id, first)
+    # The erasure's own receipts, status and completion time are untouched; no revision either.
+    assert (after.receipts, after.status, after.completed_ms) == (
+        done.receipts,
+        done.status,
+        done.completed_ms,
+    )
+    assert after.release_receipts == (first,)
+    assert h.revision == revision and h.changes == changes + 1
+    # A retry (the node did not hear the answer) changes nothing, even with other counts.
+    again = h.desk.report_erasure(request_id, release_receipt("eu-west-1", hold_id, erased=9))
+    assert again == after and h.changes == changes + 1
+    # Another node's receipt of the same release is its own.
+    other = replace(release_receipt("eu-west-1", hold_id), node_id="eu-west-1-b")
+    assert h.desk.report_erasure(request_id, other).release_receipts == (first, other)
+    # Kept across a restart of the coordinator, with what is still kept.
+    h.reopen()
+    stored = h.desk.get(request_id)
+    assert stored.release_receipts == (first, other) and stored.receipts == done.receipts
+    assert stored.release_receipts[0].kept_total == 2
+    assert h.desk.report_erasure(request_id, first) == stored
+
+
 def test_regression_an_erasure_receipt_keeps_its_kept_total_across_a_coordinator_restart(h: Harness) -> None:
     # The store kept a receipt's listed records but not how many were kept in all, so after a
     # restart a receipt of more kept records than it lists claimed only those it listed.
@@ -349,6 +399,32 @@ def test_regression_an_erasure_receipt_keeps_its_kept_total_across_a_coordinator
     h.desk.report_erasure(request.request_id, reported)
     h.reopen()
     assert h.desk.get(request.request_id).receipts == (reported,)
+
+
+def test_bad_release_receipts_are_refused_and_change_nothing(h: Harness) -> None:
+    request_id, hold_id = _erased_under_a_released_hold(h)
+    in_force = h.desk.place_hold(HoldScope.NAMESPACE, namespace="trades", reason="inquiry")
+    access = h.desk.open_access("cust-1")
+    before = h.desk.get(request_id)
+    with pytest.raises(InvalidArgument, match="invalid hold id 'case-7': hold ids are hold- followed by 10"):
+        h.desk.report_erasure(request_id, release_receipt("eu-west-1", "case-7"))
+    with pytest.raises(InvalidArgument, match=r"region 'mars-1' was not asked to carry out .*its regions: "):
+        h.desk.report_erasure(request_id, release_receipt("mars-1", hold_id))
+    with pytest.raises(InvalidArgument, match="names no region"):
+        h.desk.report_erasure(request_id, release_receipt("", hold_id))
+    with pytest.raises(InvalidArgument, match="names no node"):
+        h.desk.report_erasure(request_id, replace(release_receipt("eu-west-1", hold_id), node_id=""))
+    with pytest.raises(InvalidArgument, match="invalid node id"):
+        h.desk.report_erasure(request_id, replace(release_receipt("eu-west-1", hold_id), node_id="Node_1"))
+    with pytest.raises(FailedPrecondition, match=f"legal hold {in_force.hold_id} is in force"):
+        h.desk.report_erasure(request_id, release_receipt("eu-west-1", in_force.hold_id))
+    with pytest.raises(NotFound, match="no legal hold hold-00000000ff was released"):
+        h.desk.report_erasure(request_id, release_receipt("eu-west-1", "hold-00000000ff"))
+    with pytest.raises(FailedPrecondition, match="access request"):
+        h.desk.report_erasure(access.request_id, release_receipt("eu-west-1", hold_id))
+    assert h.desk.get(request_id) == before
+    h.reopen()
+    assert h.desk.get(request_id) == before
 
 
 # --- access requests ----------------------------------------------------------------------------
