@@ -14,7 +14,8 @@ it has acknowledged nothing new for `changelog_hold_max_s` (HoldLimit) while the
 entries it lacks and its link has no session, its link is left out of the truncation point, the
 log is truncated past it, and the target is bootstrapped when it returns (the link's next
 session finds its position behind the log's start). The link holds again as soon as its target
-connects or acknowledges. While a link is behind the log's start, this node's own tombstones
+connects or acknowledges. The time a link's target has been away counts across restarts of this
+node (STALLS_META). While a link is behind the log's start, this node's own tombstones
 are not purged (collection_start): the bootstrap, not an anti-entropy round, must meet what
 that target still holds of the records they deleted.
 """
@@ -22,6 +23,7 @@ that target still holds of the records they deleted.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -38,6 +40,9 @@ log = logging.getLogger("domicile.replication.truncation")
 
 TRUNCATE_STEP = 5_000
 PASS_ENTRIES_MAX = 100_000
+# The stalls of links whose target is away (HoldLimit.away), kept in the engine's metadata so
+# that a restart of this node does not start their time over.
+STALLS_META = "changelog_link_stalls"
 
 
 def truncation_point(last_lsn: int, link_acks: Mapping[str, int] | None, backup_shipped: int | None) -> int:
@@ -68,7 +73,28 @@ def collection_start(start: LogStart, link_acks: Mapping[str, int] | None) -> Lo
 class _Stall:
     acked: int
     since: float
+    # The same moment by the wall clock: what a restart resumes the count from.
+    since_wall: float
     released: bool = False
+
+
+# target -> (acknowledged position, wall-clock time its stall began)
+Stalls = dict[str, tuple[int, float]]
+
+
+def stalls_to_bytes(stalls: Stalls) -> bytes:
+    return json.dumps({t: [acked, since] for t, (acked, since) in stalls.items()}, sort_keys=True).encode()
+
+
+def stalls_from_bytes(raw: bytes | None) -> Stalls:
+    """What stalls_to_bytes wrote; {} for nothing or anything else (the links then count their
+    time from now: they hold truncation longer, never less)."""
+    try:
+        rows = json.loads(raw or b"{}")
+        return {str(t): (int(acked), float(since)) for t, (acked, since) in rows.items()}
+    except (ValueError, TypeError, AttributeError):
+        log.warning("the stored stalls of the change-log links cannot be read; their time counts from now")
+        return {}
 
 
 class HoldLimit:
@@ -77,10 +103,11 @@ class HoldLimit:
     session with the target all that time (the target is down, or unreachable), is released:
     left out of the truncation point until its target connects or acknowledges again. The time
     counts from the last pass that saw the position move or the link connected, by this
-    process's monotonic clock, so a restart of the node starts it over (it holds longer, never
-    less). A connected link is never released: its target is there, and a position that stays
-    still is its cadence's doing (a scheduled link waits days between windows) or a slow apply,
-    not an absence. hold_max_s 0: no link is ever released."""
+    process's monotonic clock; a restart resumes it from the wall-clock time of that pass
+    (resume(), with what away() gave before: a node that restarts, or crash-loops, would
+    otherwise never let a down target go). A connected link is never released: its target is
+    there, and a position that stays still is its cadence's doing (a scheduled link waits days
+    between windows) or a slow apply, not an absence. hold_max_s 0: no link is ever released."""
 
     def __init__(
         self,
@@ -88,12 +115,28 @@ class HoldLimit:
         metrics: NodeMetrics,
         node_id: str,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.hold_max_s = hold_max_s
         self.metrics = metrics
         self.node_id = node_id
         self.clock = clock
+        self.wall = wall
         self._stalls: dict[str, _Stall] = {}
+        self._connected: frozenset[str] = frozenset()
+
+    def away(self) -> Stalls:
+        """The stalls of the links whose target had no session at the last holding(): what a
+        restart resumes. A connected link's count starts over at every pass anyway."""
+        return {t: (s.acked, s.since_wall) for t, s in self._stalls.items() if t not in self._connected}
+
+    def resume(self, stalls: Stalls) -> None:
+        """Takes up the stalls away() gave before a restart: a link still at that position with
+        no session counts its time from then (by the wall clock; never from the future)."""
+        now, wall = self.clock(), self.wall()
+        for target, (acked, since_wall) in stalls.items():
+            if target not in self._stalls:
+                self._stalls[target] = _Stall(acked, now - max(0.0, wall - since_wall), since_wall)
 
     @property
     def released(self) -> frozenset[str]:
@@ -105,6 +148,7 @@ class HoldLimit:
         """The links (target: acknowledged position) that still hold truncation back.
         `connected`: the targets whose link has a session open now."""
         now = self.clock()
+        self._connected = frozenset(connected)
         for gone in self._stalls.keys() - link_acks.keys():
             # Out of the topology: the link no longer exists, nor does its hold.
             self._set_released(gone, self._stalls.pop(gone), False)
@@ -122,7 +166,7 @@ class HoldLimit:
                 # is connected): it holds, and its time starts again.
                 if stall is not None:
                     self._set_released(target, stall, False)
-                stall = self._stalls[target] = _Stall(acked, now)
+                stall = self._stalls[target] = _Stall(acked, now, self.wall())
             if stall.released or (self.hold_max_s > 0 and now - stall.since >= self.hold_max_s):
                 if not stall.released:
                     log.warning(
@@ -178,13 +222,15 @@ class Truncator:
         self.hold_limit = hold_limit
         self.link_connected = link_connected
         self.before_truncating = before_truncating
+        # The stalls as stored (None: not read yet).
+        self._stored_stalls: Stalls | None = None
 
     async def pass_once(self) -> LogStart:
         """Truncates what it may (bounded), then collects tombstones; returns the log's start."""
         last = await self.offload.run(self.engine.last_lsn)
         every_link = acks = self.link_acks()
         if acks is not None and self.hold_limit is not None:
-            acks = self.hold_limit.holding(acks, last, self.link_connected())
+            acks = await self._holding(self.hold_limit, acks, last)
         point = truncation_point(
             last, acks, self.backup_shipped() if self.backup_shipped is not None else None
         )
@@ -209,6 +255,23 @@ class Truncator:
         if self.collector is not None:
             await self.collector.pass_once(collection_start(start, every_link))
         return start
+
+    async def _holding(self, hold_limit: HoldLimit, acks: Mapping[str, int], last: int) -> dict[str, int]:
+        """hold_limit.holding, with the stalls of away targets kept across restarts: read at the
+        first pass, written when they change (a target goes away or comes back: rare)."""
+        if self._stored_stalls is None:
+            self._stored_stalls = stalls_from_bytes(await self.offload.run(self.engine.get_meta, STALLS_META))
+            hold_limit.resume(self._stored_stalls)
+        kept = hold_limit.holding(acks, last, self.link_connected())
+        away = hold_limit.away()
+        if away != self._stored_stalls:
+
+            def store(engine: StorageEngine) -> None:
+                engine.put_meta(STALLS_META, stalls_to_bytes(away))
+
+            await self.committer.run(store)
+            self._stored_stalls = away
+        return kept
 
     async def run(self) -> None:
         while True:

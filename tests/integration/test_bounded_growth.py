@@ -385,3 +385,28 @@ async def test_truncation_lets_the_digest_trees_read_what_it_deletes_so_a_round_
     await source.entropy.refresh()
     assert source.trees.rebuilds == built  # the round's refresh followed, incrementally
     assert (await asyncio.to_thread(source.trees.tree, NS)).key_count == 20
+
+
+async def test_regression_a_restarted_node_resumes_the_time_a_replica_has_been_down(
+    pair_with_hold_limit: LocalCluster,
+) -> None:
+    """The time a down replica held truncation back was counted from the node's start: a node
+    restarted more often than the hold limit never let the replica go, and its log grew."""
+    pair = pair_with_hold_limit
+    await put_many(pair, "a", 10)
+    await acked_all(pair)
+    acked = pair.nodes[SOURCE].replication.senders[REPLICA].acked_lsn
+    await pair.stop_node(REPLICA)
+    await put_many(pair, "b", 10)
+    assert (await pair.nodes[SOURCE].truncator.pass_once()).lsn == acked  # holds, and stores when it began
+    await pair.stop_node(SOURCE)
+    await asyncio.sleep(HOLD_MAX_S + 0.2)
+    source = await pair.start_node(SOURCE)
+    await eventually(lambda: _links_known(source), 10, "the restarted node's links")
+    last = await asyncio.to_thread(source.engine.last_lsn)
+    assert (await source.truncator.pass_once()).lsn == last
+    assert source.metrics.changelog_link_released.labels(SOURCE, REPLICA)._value.get() == 1
+
+
+async def _links_known(node: Node) -> bool:
+    return node.replication.link_acks() is not None

@@ -9,7 +9,13 @@ from domicile.subjects import HoldScope, LegalHold
 from node.engine.base import LogStart
 from node.metrics import NodeMetrics
 from node.replication.tombstone_gc import purgeable
-from node.replication.truncation import HoldLimit, collection_start, truncation_point
+from node.replication.truncation import (
+    HoldLimit,
+    collection_start,
+    stalls_from_bytes,
+    stalls_to_bytes,
+    truncation_point,
+)
 
 ME = "eu-west-1"
 
@@ -171,3 +177,56 @@ def test_live_versions_and_holds_keep_a_state() -> None:
     hold = LegalHold("h1", HoldScope.SUBJECT, subject_id="s-1")
     assert not may_purge(state(tombstone(ME, 1, 1_000, subject="s-1")), holds=(hold,))
     assert may_purge(state(tombstone(ME, 1, 1_000, subject="s-2")), holds=(hold,))
+
+
+def test_regression_a_restart_resumes_the_time_a_down_target_has_been_away() -> None:
+    """The time counted by the process's monotonic clock only: a node restarted while a target
+    was down started it over, so a node that restarts more often than the hold limit (or
+    crash-loops) never let that target go, and its change log grew without bound."""
+    clock, wall = Clock(), Clock()
+    wall.now = 1_800_000_000.0
+    before = HoldLimit(60.0, NodeMetrics(ME, ME), ME, clock, wall)
+    before.holding({"down": 40, "up": 90}, 100, connected={"up"})
+    assert before.away() == {"down": (40, wall.now)}
+    clock.now += 59
+    wall.now += 59
+    assert before.holding({"down": 40, "up": 100}, 120, connected={"up"}) == {"down": 40, "up": 100}
+    saved = stalls_from_bytes(stalls_to_bytes(before.away()))
+    # A new process: its monotonic clock starts elsewhere; the wall clock goes on.
+    restarted_clock = Clock()
+    restarted_clock.now = 5.0
+    wall.now += 1
+    after = HoldLimit(60.0, NodeMetrics(ME, ME), ME, restarted_clock, wall)
+    after.resume(saved)
+    assert after.holding({"down": 40, "up": 120}, 130, connected={"up"}) == {"up": 120}
+    assert after.released == {"down"}
+    # Negative control: the same pass without what was saved counts from now.
+    fresh = HoldLimit(60.0, NodeMetrics(ME, ME), ME, restarted_clock, wall)
+    assert fresh.holding({"down": 40, "up": 120}, 130, connected={"up"}) == {"down": 40, "up": 120}
+
+
+def test_a_resumed_stall_counts_only_while_its_target_stays_where_it_was() -> None:
+    clock, wall = Clock(), Clock()
+    saved = {
+        "moved": (40, wall.now - 3600),
+        "ahead": (40, wall.now + 3600),
+        "connected": (40, wall.now - 3600),
+    }
+    limit = HoldLimit(60.0, NodeMetrics(ME, ME), ME, clock, wall)
+    limit.resume(saved)
+    # "moved" acknowledged something since; "ahead" was saved by a clock now behind (it counts
+    # from now, never from the future); "connected" has its session back.
+    kept = limit.holding({"moved": 50, "ahead": 40, "connected": 40}, 100, connected={"connected"})
+    assert kept == {"moved": 50, "ahead": 40, "connected": 40}
+    assert limit.away() == {"moved": (50, wall.now), "ahead": (40, wall.now + 3600)}
+    clock.now += 60
+    assert limit.holding({"moved": 50, "ahead": 40, "connected": 40}, 100, connected={"connected"}) == {
+        "connected": 40
+    }
+
+
+def test_stored_stalls_that_cannot_be_read_count_from_now() -> None:
+    assert stalls_from_bytes(None) == {}
+    assert stalls_from_bytes(b"not json") == {}
+    assert stalls_from_bytes(b'{"t": "x"}') == {}
+    assert stalls_from_bytes(stalls_to_bytes({"t": (3, 1.5)})) == {"t": (3, 1.5)}
