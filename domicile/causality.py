@@ -214,7 +214,7 @@ def apply(state: KeyState | None, mutation: Mutation) -> Applied:
         return Applied(KeyState((version,), mutation.context.add(dot), marks), changed=True, conflict=False)
     if state.context.covers(dot):
         # Already applied, or superseded by a write that has already arrived.
-        return Applied(state, changed=False, conflict=False)
+        return _arrived_superseded(state, mutation)
     kept = [v for v in state.versions if not _supersedes(mutation.context, v, state)]
     context = state.context.join(mutation.context).add(dot)
     requests = state.requests
@@ -233,6 +233,47 @@ def apply(state: KeyState | None, mutation: Mutation) -> Applied:
     kept.append(version)
     kept.sort(key=lambda v: v.dot)
     return Applied(KeyState(tuple(kept), context, requests), changed=True, conflict=len(kept) > 1)
+
+
+def _arrived_superseded(state: KeyState, mutation: Mutation) -> Applied:
+    """A mutation whose dot the state has seen already: a duplicate, or a version superseded by
+    a write that arrived first. Its context still counts (as merge() counts it): a context
+    from a retry's answer names the kept version alone, not what that version superseded, so
+    a write passing it back could reach a node ahead of the version, which then brought nothing.
+
+    And a version of a client request that the key's marks do not name was never applied
+    here while the key remembered the request: a context covering it arrived first (a write
+    that superseded it, or an anti-entropy pull of a state that had). The mark names the dot
+    from now on, so that a twin arriving later is dropped as one of a superseded request. Where
+    the key remembers the request, the version it keeps of it goes too: nothing here knew the
+    dot for a twin when that context came, so it could not supersede it then. Without a mark the
+    key holds no version of the request, unless it forgot the id (REQUEST_MARKS_PER_KEY,
+    REQUEST_WINDOW_MS), and then the dot may be one applied long ago: such a version stays.
+    Each node ends as where the versions arrived in the other order."""
+    version = mutation.version
+    rid = version.request_id
+    prior = state.request(rid) if rid else None
+    unmarked = (
+        bool(rid)
+        and (prior is None or version.dot not in prior.dots)
+        and all(v.dot != version.dot for v in state.versions)
+    )
+    if not unmarked and mutation.context.leq(state.context):
+        return Applied(state, changed=False, conflict=False)
+    requests = state.requests
+    if unmarked:
+        dots = tuple(sorted({*(prior.dots if prior else ()), version.dot}))
+        mark = replace(prior, dots=dots) if prior else RequestMark(rid, dots, version.hlc)
+        requests = _remember(requests, mark)
+    marked = KeyState(state.versions, state.context, requests)
+    twin_superseded = unmarked and prior is not None
+    kept = tuple(
+        v
+        for v in state.versions
+        if not (twin_superseded and v.request_id == rid) and not _supersedes(mutation.context, v, marked)
+    )
+    context = state.context.join(mutation.context)
+    return Applied(KeyState(kept, context, requests), changed=True, conflict=len(kept) > 1)
 
 
 def _supersedes(context: CausalContext, v: Version, state: KeyState) -> bool:

@@ -445,3 +445,53 @@ def test_a_key_remembers_a_bounded_number_of_request_ids() -> None:
     )
     assert len(state.requests) == REQUEST_MARKS_PER_KEY
     assert state.request("r1") is None and state.request(f"r{REQUEST_MARKS_PER_KEY + 4}") is not None
+
+
+def test_regression_a_twin_arriving_after_a_write_that_superseded_it_takes_the_kept_attempt_along() -> None:
+    # r1 was written on a (a:1) and retried on b (b:1); the client heard back from b and wrote
+    # again through a, superseding b:1 (a:2). Where a:2 arrived before b:1 (at a itself, which
+    # wrote it), nothing told a:2 that b:1 was a:1's twin, so a:1 stayed; b:1 then came already
+    # covered and was ignored. That node held a:1 beside a:2 for good, the others a:2 alone,
+    # and anti-entropy could not bring them together (each side's mutations were seen).
+    a, b = retried("a", 1, "r1"), retried("b", 1, "r1")
+    follow = Mutation("ns", "k", CausalContext.of(dots=[Dot("b", 1)]), Version(Dot("a", 2), b"next", hlc=5))
+    states = [deliver(order) for order in per_origin_orders([a, b, follow])]
+    assert len(states) == 3
+    for state in states:
+        assert [v.dot for v in state.versions] == [Dot("a", 2)]
+        assert state.context == CausalContext.of({"a": 2, "b": 1})
+        mark = state.request("r1")
+        assert mark is not None and mark.dots == (Dot("a", 1), Dot("b", 1))
+
+
+def test_regression_a_write_past_a_retry_answer_supersedes_what_the_answered_version_did() -> None:
+    # r1 (a:2) superseded a:1 at a; its retry there was answered from the mark, with a context
+    # naming a:2 alone, and the client's next write went through b with it (b:1). A node that
+    # got b:1 before a:2 took a:2 as seen and ignored it, its context with it: a:1 stayed
+    # beside b:1 there for good, where the others held b:1 alone.
+    first = retried("a", 1, "r0")
+    second = Mutation(
+        "ns", "k", CausalContext.of({"a": 1}), Version(Dot("a", 2), b"v2", hlc=2, request_id="r1")
+    )
+    after_replay = Mutation(
+        "ns", "k", CausalContext.of(dots=[Dot("a", 2)]), Version(Dot("b", 1), b"v3", hlc=3)
+    )
+    states = [deliver(order) for order in per_origin_orders([first, second, after_replay])]
+    assert len(states) == 3
+    for state in states:
+        assert [v.dot for v in state.versions] == [Dot("b", 1)]
+        assert state.context == CausalContext.of({"a": 2, "b": 1})
+
+
+def test_regression_an_attempt_arriving_superseded_supersedes_its_twin_arriving_later() -> None:
+    # r1 was written on a (a:1) and retried on b (b:1); a client that read a:1 wrote c:1 over
+    # it. A node that got c:1 first took a:1 as seen and ignored it, so knew of no request r1:
+    # b:1 then stood beside c:1 there for good, where the others dropped it as a:1's twin.
+    a, b = retried("a", 1, "r1"), retried("b", 1, "r1")
+    over = Mutation("ns", "k", CausalContext.of({"a": 1}), Version(Dot("c", 1), b"over", hlc=5))
+    states = [deliver(order) for order in per_origin_orders([a, b, over])]
+    assert len(states) == 6
+    for state in states:
+        assert [v.dot for v in state.versions] == [Dot("c", 1)]
+        mark = state.request("r1")
+        assert mark is not None and mark.dots == (Dot("a", 1), Dot("b", 1))
