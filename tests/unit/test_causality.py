@@ -6,6 +6,8 @@ saved failures first; `pytest --hypothesis-seed=N` replays a whole run.
 Key states are not arbitrary: they are produced by simulating nodes that write (with contexts
 taken from states someone has seen, as clients pass back what a read returned, or none) and
 deliver each other's mutations. The laws hold for every state a real cluster can reach.
+histories(request_ids=True) adds client request ids: retries of a write on the node that made
+it (answered from the key's request mark) and on others (a second version, a twin).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from domicile.causality import (
     visible,
 )
 from domicile.model import ConflictMode
+from node.replication.entropy import state_mutations
 
 LAWS = settings(max_examples=200, deadline=None, print_blob=True)
 # Each history example simulates a small cluster: fewer examples keep the file at a few seconds.
@@ -149,12 +152,43 @@ class History:
     nodes: dict[str, KeyState | None]  # each node's state at the end
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a client sends for one logical write: a retry sends it again, unchanged."""
+
+    request_id: str
+    supersedes: CausalContext | None
+    tombstone: bool
+    value: bytes
+
+
+def sync_by_merge(state: KeyState | None, other: KeyState) -> KeyState:
+    return merge(state or KeyState(), other)
+
+
+def sync_by_state_mutations(state: KeyState | None, other: KeyState) -> KeyState:
+    """A node's anti-entropy pull: the peer's state as mutations (EntropyStates), applied as
+    replicated writes are (the receiver's apply_repair)."""
+    return deliver(state_mutations("ns", "k", other), state)
+
+
 @st.composite
-def histories(draw: st.DrawFn, steps_max: int = 14) -> History:
+def histories(draw: st.DrawFn, steps_max: int = 14, request_ids: bool = False) -> History:
+    """Writes, deliveries and anti-entropy across NODES. With request_ids every write carries a
+    client request id, and some are retries of an earlier request on any node: where the node
+    remembers the id the retry is answered from its mark (no write, as the engine's _replay);
+    elsewhere it is a second version of the request, a twin. The answer's context (which names
+    the first attempt's version alone) joins the contexts later writes may pass. Anti-entropy is
+    then the node's (state_mutations applied), since merge() knows nothing of request marks.
+    A history makes fewer requests than REQUEST_MARKS_PER_KEY, and its HLCs stay far inside
+    REQUEST_WINDOW_MS: no key forgets an id."""
+    assert steps_max < REQUEST_MARKS_PER_KEY
     nodes: dict[str, KeyState | None] = dict.fromkeys(NODES)
     seen = [CausalContext.empty()]
     reachable: list[KeyState] = []
     mutations: list[Mutation] = []
+    requests: list[Request] = []
+    sync = sync_by_state_mutations if request_ids else sync_by_merge
     for _ in range(draw(st.integers(1, steps_max))):
         node = draw(node_ids)
         action = draw(st.sampled_from(("write", "write", "deliver", "deliver", "sync")))
@@ -164,21 +198,25 @@ def histories(draw: st.DrawFn, steps_max: int = 14) -> History:
             # Anti-entropy with another node.
             other = nodes[draw(node_ids)]
             if other is not None:
-                nodes[node] = merge(nodes[node] or KeyState(), other)
+                nodes[node] = sync(nodes[node], other)
         else:
-            pick = draw(st.integers(-1, len(seen) - 1))
-            supersedes = None if pick < 0 else seen[pick]
-            tombstone = draw(st.integers(0, 3)) == 0
-            value = b"" if tombstone else f"{node}#{len(mutations)}".encode()
+            request = draw_request(draw, node, seen, requests, len(mutations), request_ids)
+            state = nodes[node]
+            mark = state.request(request.request_id) if state and request.request_id else None
+            if mark is not None:
+                # The node's answer to a retry: the first attempt's version, nothing written.
+                seen.append(CausalContext.of(dots=[mark.dot]))
+                continue
             version = Version(
                 dot=Dot(node, 0),
-                value=value,
+                value=request.value,
                 hlc=draw(st.integers(0, 20)),  # a small range: equal timestamps do happen
-                tombstone=tombstone,
-                checksum=sha256(value),
+                tombstone=request.tombstone,
+                checksum=sha256(request.value),
+                request_id=request.request_id,
             )
             mutation, applied = local_write(
-                nodes[node], namespace="ns", key="k", node_id=node, supersedes=supersedes, version=version
+                state, namespace="ns", key="k", node_id=node, supersedes=request.supersedes, version=version
             )
             nodes[node] = applied.state
             mutations.append(mutation)
@@ -189,6 +227,22 @@ def histories(draw: st.DrawFn, steps_max: int = 14) -> History:
     return History(mutations, reachable, nodes)
 
 
+def draw_request(
+    draw: st.DrawFn, node: str, seen: list[CausalContext], requests: list[Request], n: int, request_ids: bool
+) -> Request:
+    if request_ids and requests and draw(st.integers(0, 2)) == 0:
+        return draw(st.sampled_from(requests))  # a retry, on this node or another
+    pick = draw(st.integers(-1, len(seen) - 1))
+    tombstone = draw(st.integers(0, 3)) == 0
+    value = b"" if tombstone else f"{node}#{n}".encode()
+    request = Request(
+        f"r{len(requests)}" if request_ids else "", None if pick < 0 else seen[pick], tombstone, value
+    )
+    if request_ids:
+        requests.append(request)
+    return request
+
+
 def deliver(mutations: list[Mutation], start: KeyState | None = None) -> KeyState:
     state = start
     for m in mutations:
@@ -197,9 +251,13 @@ def deliver(mutations: list[Mutation], start: KeyState | None = None) -> KeyStat
 
 
 @st.composite
-def history_and_deliveries(draw: st.DrawFn, replicas: int = 2) -> tuple[History, list[list[Mutation]]]:
-    """A history and, per replica, every mutation in some order with some duplicates."""
-    history = draw(histories())
+def history_and_deliveries(
+    draw: st.DrawFn, replicas: int = 2, request_ids: bool | None = False
+) -> tuple[History, list[list[Mutation]]]:
+    """A history and, per replica, every mutation in some order with some duplicates (request
+    ids None: histories with and without them)."""
+    with_ids = draw(st.booleans()) if request_ids is None else request_ids
+    history = draw(histories(request_ids=with_ids))
     orders = []
     for _ in range(replicas):
         order = list(draw(st.permutations(history.mutations)))
@@ -211,8 +269,46 @@ def history_and_deliveries(draw: st.DrawFn, replicas: int = 2) -> tuple[History,
     return history, orders
 
 
+# Histories with request ids (retries, twins) or without: for the laws that hold for both.
+any_histories = st.booleans().flatmap(lambda with_ids: histories(request_ids=with_ids))
+
+
 def reachable_state(history: History, i: int) -> KeyState:
     return history.reachable[i % len(history.reachable)] if history.reachable else KeyState()
+
+
+def attempts(mutations: list[Mutation], version: Version) -> set[Dot]:
+    """The dots of every version of the version's client write: its own and its twins'."""
+    if not version.request_id:
+        return {version.dot}
+    return {m.version.dot for m in mutations if m.version.request_id == version.request_id}
+
+
+def marked_dots(state: KeyState, version: Version) -> set[Dot]:
+    """The version's dot and those of the twins the state's mark for its request names."""
+    mark = state.request(version.request_id) if version.request_id else None
+    return {version.dot, *(mark.dots if mark else ())}
+
+
+def expected_versions(mutations: list[Mutation]) -> tuple[Version, ...]:
+    """What a replica holding exactly these mutations keeps, from the set alone: one version per
+    client write (its attempts share a request id; a version without one is a write of its
+    own), the attempt with the smallest dot, unless some mutation's context covers any of its
+    attempts: that writer saw the write, under one dot or the other."""
+    superseded = set().union(*(events(m.context) for m in mutations))
+    writes: dict[str | Dot, list[Version]] = {}
+    for m in mutations:
+        writes.setdefault(m.version.request_id or m.version.dot, []).append(m.version)
+    kept = [min(vs, key=lambda v: v.dot) for vs in writes.values() if not {v.dot for v in vs} & superseded]
+    return tuple(sorted(kept, key=lambda v: v.dot))
+
+
+def converged(a: KeyState, b: KeyState) -> bool:
+    """The same versions and context (what the anti-entropy digest compares) and the same dots
+    in each request mark. A mark's HLC and place in the list are those of the attempt a node
+    met first, which differ with the arrival order and move nothing."""
+    marks = (dict((m.request_id, m.dots) for m in s.requests) for s in (a, b))
+    return a.versions == b.versions and a.context == b.context and next(marks) == next(marks)
 
 
 @HISTORY_LAWS
@@ -236,7 +332,7 @@ def test_replicas_that_receive_the_same_mutations_converge(
 
 
 @HISTORY_LAWS
-@given(histories(), st.integers(0, 1000), st.integers(0, 1000))
+@given(any_histories, st.integers(0, 1000), st.integers(0, 1000))
 def test_apply_is_idempotent(history: History, i: int, j: int) -> None:
     state = reachable_state(history, i)
     m = history.mutations[j % len(history.mutations)] if history.mutations else None
@@ -249,7 +345,7 @@ def test_apply_is_idempotent(history: History, i: int, j: int) -> None:
 
 
 @HISTORY_LAWS
-@given(histories(), st.integers(0, 1000), st.sampled_from(["", "req-1"]))
+@given(any_histories, st.integers(0, 1000), st.sampled_from(["", "req-1"]))
 def test_applying_to_no_state_is_applying_to_the_empty_state(
     history: History, j: int, request_id: str
 ) -> None:
@@ -284,17 +380,19 @@ def test_merge_is_commutative_associative_and_idempotent(history: History, i: in
 
 
 @HISTORY_LAWS
-@given(histories())
+@given(any_histories)
 def test_superseded_versions_never_come_back(history: History) -> None:
     final = deliver(history.mutations)
     superseded = set().union(*(events(m.context) for m in history.mutations)) if history.mutations else set()
     assert not {v.dot for v in final.versions} & superseded
+    # Nor does a version whose twin (its request's version made on another node) was superseded.
+    assert not {d for v in final.versions for d in attempts(history.mutations, v)} & superseded
     assert {v.dot for v in final.versions} <= {m.version.dot for m in history.mutations}
     assert events(final.context) >= {m.version.dot for m in history.mutations}
 
 
 @HISTORY_LAWS
-@given(history_and_deliveries(replicas=1), node_ids, st.integers(0, 20))
+@given(history_and_deliveries(replicas=1, request_ids=None), node_ids, st.integers(0, 20))
 def test_a_delete_with_the_full_context_dominates_what_it_deletes(
     case: tuple[History, list[list[Mutation]]], node: str, hlc: int
 ) -> None:
@@ -312,7 +410,7 @@ def test_a_delete_with_the_full_context_dominates_what_it_deletes(
 
 
 @HISTORY_LAWS
-@given(history_and_deliveries(replicas=2))
+@given(history_and_deliveries(replicas=2, request_ids=None))
 def test_lww_visibility_is_the_same_whatever_the_arrival_order(
     case: tuple[History, list[list[Mutation]]],
 ) -> None:
@@ -353,7 +451,7 @@ def test_lww_ties_on_hlc_break_by_node_id_then_counter() -> None:
 
 
 @HISTORY_LAWS
-@given(histories())
+@given(any_histories)
 def test_no_dot_is_ever_issued_twice(history: History) -> None:
     issued = [m.version.dot for m in history.mutations]
     assert len(issued) == len(set(issued))
@@ -373,7 +471,7 @@ def test_next_dot_is_past_everything_seen_and_supplied(
 
 
 @HISTORY_LAWS
-@given(histories(), st.integers(0, 1000), contexts, node_ids)
+@given(any_histories, st.integers(0, 1000), contexts, node_ids)
 def test_a_local_write_removes_exactly_the_versions_its_context_covers(
     history: History, i: int, supersedes: CausalContext, node: str
 ) -> None:
@@ -382,7 +480,9 @@ def test_a_local_write_removes_exactly_the_versions_its_context_covers(
     mutation, applied = local_write(
         state, namespace="ns", key="k", node_id=node, supersedes=supersedes, version=version
     )
-    kept = [v for v in state.versions if not supersedes.covers(v.dot)]
+    # A version goes when the context covers its dot or one of its twins' (the key's mark for
+    # its request names them).
+    kept = [v for v in state.versions if not any(supersedes.covers(d) for d in marked_dots(state, v))]
     assert applied.changed
     assert list(applied.state.versions) == sorted([*kept, mutation.version], key=lambda v: v.dot)
     assert applied.conflict == bool(kept)
@@ -495,3 +595,64 @@ def test_regression_an_attempt_arriving_superseded_supersedes_its_twin_arriving_
         assert [v.dot for v in state.versions] == [Dot("c", 1)]
         mark = state.request("r1")
         assert mark is not None and mark.dots == (Dot("a", 1), Dot("b", 1))
+
+
+# -- request ids in simulated histories --------------------------------------------------------
+
+
+@HISTORY_LAWS
+@given(history_and_deliveries(replicas=3, request_ids=True), st.data())
+def test_replicas_converge_with_retried_writes(
+    case: tuple[History, list[list[Mutation]]], data: st.DataObject
+) -> None:
+    history, orders = case
+    reference = deliver(history.mutations)
+    for order in orders:
+        assert converged(deliver(order), reference)
+    # The nodes of the history answered retries from their marks and pulled each other's
+    # states; once every mutation reaches them, they hold the same.
+    for state in history.nodes.values():
+        assert converged(deliver(orders[0], state), reference)
+    # Parts delivered to separate replicas, then pulled into one by anti-entropy as a node runs
+    # it (state_mutations applied; merge() keeps no request marks, so it would keep both
+    # attempts of a request that met only there). A pull carries no mark, so it may keep an
+    # attempt whose request a context superseded elsewhere, and it leaves twin dots out of its
+    # contexts: it loses nothing, and the mutations, when they come, settle the rest.
+    order = orders[1]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(order)), max_size=3)))
+    parts = [deliver(order[a:b]) for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True)]
+    for pulls in (parts, parts[::-1]):
+        pulled = functools.reduce(sync_by_state_mutations, pulls, KeyState())
+        assert set(reference.versions) <= set(pulled.versions)
+        assert events(pulled.context) <= events(reference.context)
+        assert converged(deliver(order, pulled), reference)
+
+
+@HISTORY_LAWS
+@given(history_and_deliveries(replicas=2, request_ids=True))
+def test_a_write_is_dropped_only_by_a_context_that_saw_it_or_one_of_its_twins(
+    case: tuple[History, list[list[Mutation]]],
+) -> None:
+    # After every arrival, in any order with duplicates, a replica holds what the set of
+    # mutations it has received determines (expected_versions): an acknowledged write stays
+    # until a write whose context covered one of its dots arrives, and its attempts count as
+    # one version.
+    _, orders = case
+    for order in orders:
+        state: KeyState | None = None
+        for i, m in enumerate(order):
+            state = apply(state, m).state
+            assert state.versions == expected_versions(order[: i + 1])
+
+
+@HISTORY_LAWS
+@given(histories(request_ids=True))
+def test_a_node_answers_a_retry_it_made_from_its_mark(history: History) -> None:
+    # A node keeps the mark of every request it wrote (within REQUEST_MARKS_PER_KEY), through
+    # deliveries and anti-entropy: a retry there never makes a second version.
+    made = [(m.version.request_id, m.version.dot.node_id) for m in history.mutations]
+    assert len(made) == len(set(made))
+    for node, state in history.nodes.items():
+        for request_id, writer in made:
+            if writer == node:
+                assert state is not None and state.request(request_id) is not None
