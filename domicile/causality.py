@@ -204,7 +204,8 @@ def apply(state: KeyState | None, mutation: Mutation) -> Applied:
     one request id and two dots. Of such a pair every node keeps the version with the smaller
     dot and covers the other; a duplicate of a version already superseded is dropped. So each
     node ends with the same one version whichever arrives first, as long as the key still
-    remembers the id (REQUEST_MARKS_PER_KEY, REQUEST_WINDOW_MS)."""
+    remembers the id (REQUEST_MARKS_PER_KEY, REQUEST_WINDOW_MS; a key never forgets the id of
+    a version it holds, see _remember)."""
     version = mutation.version
     dot = version.dot
     if state is None:
@@ -219,18 +220,25 @@ def apply(state: KeyState | None, mutation: Mutation) -> Applied:
     context = state.context.join(mutation.context).add(dot)
     requests = state.requests
     if version.request_id:
-        prior = state.request(version.request_id)
-        twin = next((v for v in kept if v.request_id == version.request_id), None)
-        dots = tuple(sorted({*(prior.dots if prior else ()), dot}))
-        if prior is not None and (twin is None or twin.dot < dot):
-            # A duplicate of a version kept here (smaller dot) or already superseded: dropped.
-            requests = _remember(requests, replace(prior, dots=dots))
+        rid = version.request_id
+        prior = state.request(rid)
+        twin = next((v for v in kept if v.request_id == rid), None)
+        dots = tuple(sorted({*(prior.dots if prior else ()), *((twin.dot,) if twin else ()), dot}))
+        if (twin is None and prior is not None) or (twin is not None and twin.dot < dot):
+            # A duplicate of a version kept here (smaller dot) or already superseded: dropped. A
+            # kept twin without a mark (a state merged from elsewhere, or stored before a key
+            # kept the ids of the versions it holds) is taken for what its mark would say: the
+            # key forgot the id, not the write, and every node keeps the smaller dot.
+            mark = replace(prior, dots=dots) if prior else RequestMark(rid, dots, twin.hlc if twin else 0)
             kept.sort(key=lambda v: v.dot)
+            requests = _remember(requests, mark, _held_requests(kept))
             return Applied(KeyState(tuple(kept), context, requests), changed=True, conflict=len(kept) > 1)
         if twin is not None:
             kept.remove(twin)  # the incoming duplicate has the smaller dot
-        requests = _remember(requests, RequestMark(version.request_id, dots, version.hlc))
-    kept.append(version)
+        kept.append(version)
+        requests = _remember(requests, RequestMark(rid, dots, version.hlc), _held_requests(kept))
+    else:
+        kept.append(version)
     kept.sort(key=lambda v: v.dot)
     return Applied(KeyState(tuple(kept), context, requests), changed=True, conflict=len(kept) > 1)
 
@@ -246,10 +254,12 @@ def _arrived_superseded(state: KeyState, mutation: Mutation) -> Applied:
     that superseded it, or an anti-entropy pull of a state that had). The mark names the dot
     from now on, so that a twin arriving later is dropped as one of a superseded request. Where
     the key remembers the request, the version it keeps of it goes too: nothing here knew the
-    dot for a twin when that context came, so it could not supersede it then. Without a mark the
-    key holds no version of the request, unless it forgot the id (REQUEST_MARKS_PER_KEY,
-    REQUEST_WINDOW_MS), and then the dot may be one applied long ago: such a version stays.
-    Each node ends as where the versions arrived in the other order."""
+    dot for a twin when that context came, so it could not supersede it then. That holds because a
+    key never forgets the id of a version it holds (_remember): the mark of such a request names
+    every attempt this node met since it held one. Without a mark the key holds no version of
+    the request, unless the state was merged from elsewhere or stored before that rule (the mark
+    was forgotten, and the dot may be one applied long ago): such a version stays, and the mark
+    made now names it too. Each node ends as where the versions arrived in the other order."""
     version = mutation.version
     rid = version.request_id
     prior = state.request(rid) if rid else None
@@ -261,10 +271,15 @@ def _arrived_superseded(state: KeyState, mutation: Mutation) -> Applied:
     if not unmarked and mutation.context.leq(state.context):
         return Applied(state, changed=False, conflict=False)
     requests = state.requests
+    mark: RequestMark | None = None
     if unmarked:
-        dots = tuple(sorted({*(prior.dots if prior else ()), version.dot}))
-        mark = replace(prior, dots=dots) if prior else RequestMark(rid, dots, version.hlc)
-        requests = _remember(requests, mark)
+        held = next((v for v in state.versions if v.request_id == rid), None)
+        forgot = (held.dot,) if prior is None and held is not None else ()
+        dots = tuple(sorted({*(prior.dots if prior else ()), *forgot, version.dot}))
+        mark = (
+            replace(prior, dots=dots) if prior else RequestMark(rid, dots, held.hlc if held else version.hlc)
+        )
+        requests = _with_mark(requests, mark)
     marked = KeyState(state.versions, state.context, requests)
     twin_superseded = unmarked and prior is not None
     kept = tuple(
@@ -272,6 +287,8 @@ def _arrived_superseded(state: KeyState, mutation: Mutation) -> Applied:
         for v in state.versions
         if not (twin_superseded and v.request_id == rid) and not _supersedes(mutation.context, v, marked)
     )
+    if mark is not None:
+        requests = _remember(state.requests, mark, _held_requests(kept))
     context = state.context.join(mutation.context)
     return Applied(KeyState(kept, context, requests), changed=True, conflict=len(kept) > 1)
 
@@ -285,15 +302,34 @@ def _supersedes(context: CausalContext, v: Version, state: KeyState) -> bool:
     return mark is not None and any(context.covers(d) for d in mark.dots)
 
 
-def _remember(requests: tuple[RequestMark, ...], mark: RequestMark) -> tuple[RequestMark, ...]:
+def _remember(
+    requests: tuple[RequestMark, ...], mark: RequestMark, held: frozenset[str]
+) -> tuple[RequestMark, ...]:
     """The marks with `mark` in place of any of its id, without those older than the window
-    (by HLC, relative to the newest) and at most REQUEST_MARKS_PER_KEY of the newest."""
-    marks = [m for m in requests if m.request_id != mark.request_id]
-    marks.append(mark)
+    (by HLC, relative to the newest) and with at most REQUEST_MARKS_PER_KEY of the newest; but
+    the marks of the requests in `held` (those the key holds a version of) always stay, however
+    old or many (the versions themselves bound them). A key that forgot the id of a version it
+    holds could no longer tell that version's twins from new writes: an attempt arriving later
+    would stand beside it or replace it, and a twin met long ago and forgotten would, arriving
+    again, take it for one of a superseded request and remove it (_arrived_superseded)."""
+    marks = _with_mark(requests, mark)
     newest = max(m.hlc for m in marks)
     horizon = newest - (REQUEST_WINDOW_MS << 16)
-    marks = sorted((m for m in marks if m.hlc >= horizon), key=lambda m: (m.hlc, m.dot))
-    return tuple(marks[-REQUEST_MARKS_PER_KEY:])
+    recent = sorted((m for m in marks if m.request_id not in held and m.hlc >= horizon), key=_mark_order)
+    kept = [m for m in marks if m.request_id in held]
+    return tuple(sorted([*kept, *recent[-REQUEST_MARKS_PER_KEY:]], key=_mark_order))
+
+
+def _with_mark(requests: tuple[RequestMark, ...], mark: RequestMark) -> tuple[RequestMark, ...]:
+    return (*(m for m in requests if m.request_id != mark.request_id), mark)
+
+
+def _mark_order(m: RequestMark) -> tuple[int, Dot]:
+    return (m.hlc, m.dot)
+
+
+def _held_requests(versions: Iterable[Version]) -> frozenset[str]:
+    return frozenset(v.request_id for v in versions if v.request_id)
 
 
 def merge(a: KeyState, b: KeyState) -> KeyState:
