@@ -151,13 +151,16 @@ class RequestMark:
     with it instead of writing again. `dots` are every version made with the id (a retry on
     another node makes a second), smallest first: the first is the one kept, the others are its
     twins, and a context that supersedes any of them supersedes it. lsn and had_live are known
-    where the kept version was written (0 and False elsewhere)."""
+    where the kept version was written (0 and False elsewhere). `partial`: made for a version
+    the key held without a mark (a state stored before a key kept the ids of the versions it
+    holds), so it may lack attempts this node met before (see _arrived_superseded)."""
 
     request_id: str
     dots: tuple[Dot, ...]
     hlc: int
     lsn: int = 0
     had_live: bool = False
+    partial: bool = False
 
     @property
     def dot(self) -> Dot:
@@ -229,14 +232,22 @@ def apply(state: KeyState | None, mutation: Mutation) -> Applied:
             # kept twin without a mark (a state merged from elsewhere, or stored before a key
             # kept the ids of the versions it holds) is taken for what its mark would say: the
             # key forgot the id, not the write, and every node keeps the smaller dot.
-            mark = replace(prior, dots=dots) if prior else RequestMark(rid, dots, twin.hlc if twin else 0)
+            mark = (
+                replace(prior, dots=dots)
+                if prior
+                else RequestMark(rid, dots, twin.hlc if twin else version.hlc, partial=True)
+            )
             kept.sort(key=lambda v: v.dot)
             requests = _remember(requests, mark, _held_requests(kept))
             return Applied(KeyState(tuple(kept), context, requests), changed=True, conflict=len(kept) > 1)
         if twin is not None:
             kept.remove(twin)  # the incoming duplicate has the smaller dot
         kept.append(version)
-        requests = _remember(requests, RequestMark(rid, dots, version.hlc), _held_requests(kept))
+        # A twin held without a mark: what the key met of the request before is not known.
+        partial = prior.partial if prior else twin is not None
+        requests = _remember(
+            requests, RequestMark(rid, dots, version.hlc, partial=partial), _held_requests(kept)
+        )
     else:
         kept.append(version)
     kept.sort(key=lambda v: v.dot)
@@ -255,42 +266,54 @@ def _arrived_superseded(state: KeyState, mutation: Mutation) -> Applied:
     from now on, so that a twin arriving later is dropped as one of a superseded request. Where
     the key remembers the request, the version it keeps of it goes too: nothing here knew the
     dot for a twin when that context came, so it could not supersede it then. That holds because a
-    key never forgets the id of a version it holds (_remember): the mark of such a request names
-    every attempt this node met since it held one. Without a mark the key holds no version of
-    the request, unless the state was merged from elsewhere or stored before that rule (the mark
-    was forgotten, and the dot may be one applied long ago): such a version stays, and the mark
-    made now names it too. Each node ends as where the versions arrived in the other order."""
+    key never forgets the id of a version it holds (_remember, and merge keeps the marks of both
+    sides): the mark of such a request names every attempt this node met since it held one.
+    Without a mark the key holds no version of the request, unless the state was stored before
+    that rule (the mark was forgotten, and the dot may be one applied long ago): such a version
+    stays, and the mark made now names it too but is partial: the attempts it lacks may have
+    been applied here, so none arriving later removes the version either. Each node ends as
+    where the versions arrived in the other order."""
     version = mutation.version
     rid = version.request_id
-    prior = state.request(rid) if rid else None
-    unmarked = (
-        bool(rid)
-        and (prior is None or version.dot not in prior.dots)
-        and all(v.dot != version.dot for v in state.versions)
-    )
-    if not unmarked and mutation.context.leq(state.context):
-        return Applied(state, changed=False, conflict=False)
-    requests = state.requests
-    mark: RequestMark | None = None
-    if unmarked:
-        held = next((v for v in state.versions if v.request_id == rid), None)
-        forgot = (held.dot,) if prior is None and held is not None else ()
-        dots = tuple(sorted({*(prior.dots if prior else ()), *forgot, version.dot}))
-        mark = (
-            replace(prior, dots=dots) if prior else RequestMark(rid, dots, held.hlc if held else version.hlc)
-        )
-        requests = _with_mark(requests, mark)
+    if not rid:
+        if mutation.context.leq(state.context):
+            return Applied(state, changed=False, conflict=False)
+        return _superseded_by(state, mutation.context, None, twin_superseded="")
+    prior = state.request(rid)
+    if (prior is not None and version.dot in prior.dots) or any(v.dot == version.dot for v in state.versions):
+        # A duplicate, or an attempt the mark names already: only its context may count.
+        if mutation.context.leq(state.context):
+            return Applied(state, changed=False, conflict=False)
+        return _superseded_by(state, mutation.context, None, twin_superseded="")
+    held = next((v for v in state.versions if v.request_id == rid), None)
+    forgot = (held.dot,) if prior is None and held is not None else ()
+    dots = tuple(sorted({*(prior.dots if prior else ()), *forgot, version.dot}))
+    if prior is not None:
+        mark = replace(prior, dots=dots)
+    else:
+        mark = RequestMark(rid, dots, held.hlc if held else version.hlc, partial=held is not None)
+    complete = prior is not None and not prior.partial
+    return _superseded_by(state, mutation.context, mark, rid if complete else "")
+
+
+def _superseded_by(
+    state: KeyState, context: CausalContext, mark: RequestMark | None, twin_superseded: str
+) -> Applied:
+    """The state once `context` has arrived, with `mark` new or extended (if any), and without
+    the versions of request `twin_superseded` (if any); unchanged when nothing of it changes."""
+    requests = state.requests if mark is None else _with_mark(state.requests, mark)
     marked = KeyState(state.versions, state.context, requests)
-    twin_superseded = unmarked and prior is not None
     kept = tuple(
         v
         for v in state.versions
-        if not (twin_superseded and v.request_id == rid) and not _supersedes(mutation.context, v, marked)
+        if not (twin_superseded and v.request_id == twin_superseded) and not _supersedes(context, v, marked)
     )
     if mark is not None:
         requests = _remember(state.requests, mark, _held_requests(kept))
-    context = state.context.join(mutation.context)
-    return Applied(KeyState(kept, context, requests), changed=True, conflict=len(kept) > 1)
+    after = KeyState(kept, state.context.join(context), requests)
+    if after == state:
+        return Applied(state, changed=False, conflict=False)
+    return Applied(after, changed=True, conflict=len(kept) > 1)
 
 
 def _supersedes(context: CausalContext, v: Version, state: KeyState) -> bool:
@@ -333,17 +356,81 @@ def _held_requests(versions: Iterable[Version]) -> frozenset[str]:
 
 
 def merge(a: KeyState, b: KeyState) -> KeyState:
-    """Joins two key states (anti-entropy). Commutative, associative and idempotent."""
-    b_dots = {v.dot for v in b.versions}
-    a_dots = {v.dot for v in a.versions}
+    """Joins two key states (a bootstrap part, a restore into a key the store holds), as apply
+    would join their writes. Commutative, associative and idempotent. The request marks of both
+    sides are joined (_joined_marks): a key that lost the mark of a version it holds could no
+    longer tell that version's twins from new writes (see _remember). A version goes when the
+    other side's context covers it, or when either side shows its request superseded
+    (_superseded_requests); of the attempts of one request that stay, the smallest dot does,
+    as apply keeps it."""
+    marks = _joined_marks(a.requests, b.requests)
+    superseded = _superseded_requests((a, b), marks)
     kept: dict[Dot, Version] = {}
-    for v in a.versions:
-        if v.dot in b_dots or not b.context.covers(v.dot):
-            kept[v.dot] = v
-    for v in b.versions:
-        if v.dot in a_dots or not a.context.covers(v.dot):
+    for side, other in ((a, b), (b, a)):
+        other_dots = {v.dot for v in other.versions}
+        for v in side.versions:
+            if v.request_id in superseded or (v.dot not in other_dots and other.context.covers(v.dot)):
+                continue
             kept.setdefault(v.dot, v)
-    return KeyState(tuple(kept[d] for d in sorted(kept)), a.context.join(b.context))
+    versions: list[Version] = []
+    requests_kept: set[str] = set()
+    for dot in sorted(kept):
+        v = kept[dot]
+        if v.request_id:
+            if v.request_id in requests_kept:
+                continue  # a twin of a smaller dot kept already
+            requests_kept.add(v.request_id)
+        versions.append(v)
+    return KeyState(tuple(versions), a.context.join(b.context), marks)
+
+
+def _superseded_requests(sides: Iterable[KeyState], marks: tuple[RequestMark, ...]) -> set[str]:
+    """The requests some side shows superseded: its context covers an attempt (the joined
+    marks tell attempts of a request apart) that it does not hold, while it holds no attempt of
+    the request, or holds one under a complete mark of its own that does not name that attempt
+    (so the attempt was never applied there: it came covered, in the context of a write that
+    saw it, as in _arrived_superseded). A side holding an attempt under a mark naming the other
+    one met it and dropped it as a twin."""
+    out: set[str] = set()
+    for side in sides:
+        held_dots = {v.dot for v in side.versions}
+        held = _held_requests(side.versions)
+        for m in marks:
+            own = side.request(m.request_id) if m.request_id in held else None
+            if m.request_id in held and (own is None or own.partial):
+                continue  # which attempts it met cannot be told
+            for d in m.dots:
+                if d in held_dots or not side.context.covers(d):
+                    continue
+                if own is None or d not in own.dots:
+                    out.add(m.request_id)
+                    break
+    return out
+
+
+def _joined_marks(a: tuple[RequestMark, ...], b: tuple[RequestMark, ...]) -> tuple[RequestMark, ...]:
+    """Both sides' marks, one per request id: every attempt either met, the earliest HLC, the
+    log position and earlier-live flag where known, partial if either is."""
+    if not b:
+        return a
+    if not a:
+        return b
+    joined = {m.request_id: m for m in a}
+    for m in b:
+        other = joined.get(m.request_id)
+        joined[m.request_id] = (
+            m
+            if other is None
+            else RequestMark(
+                m.request_id,
+                tuple(sorted({*other.dots, *m.dots})),
+                min(other.hlc, m.hlc),
+                max(other.lsn, m.lsn),
+                other.had_live or m.had_live,
+                other.partial or m.partial,
+            )
+        )
+    return tuple(sorted(joined.values(), key=_mark_order))
 
 
 def context_without(context: CausalContext, dots: Iterable[Dot]) -> CausalContext:

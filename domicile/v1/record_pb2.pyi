@@ -341,6 +341,7 @@ class RequestMark(_message.Message):
     HLC_FIELD_NUMBER: _builtins.int
     LSN_FIELD_NUMBER: _builtins.int
     HAD_LIVE_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The client's request id."""
     hlc: _builtins.int
@@ -349,6 +350,11 @@ class RequestMark(_message.Message):
     """Change-log position of the kept version on the node that wrote it there (0 elsewhere)."""
     had_live: _builtins.bool
     """Whether a live version existed before it (a Delete answers with it)."""
+    partial: _builtins.bool
+    """Made for a version the key held without a mark (a state stored before a key kept the ids
+    of the versions it holds): it may lack attempts met before, so an attempt arriving already
+    covered is not taken for proof that a write superseded the request.
+    """
     @_builtins.property
     def dots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dot]:
         """Every version made with this id (a retry on another node makes another), smallest first:
@@ -363,10 +369,11 @@ class RequestMark(_message.Message):
         hlc: _builtins.int = ...,
         lsn: _builtins.int = ...,
         had_live: _builtins.bool = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dots", b"dots", "had_live", b"had_live", "hlc", b"hlc", "lsn", b"lsn", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dots", b"dots", "had_live", b"had_live", "hlc", b"hlc", "lsn", b"lsn", "partial", b"partial", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

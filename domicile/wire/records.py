@@ -138,7 +138,13 @@ def key_state_to_bytes(state: KeyState, known: tuple[Version, pb.RecordVersion] 
             version_to_pb(v, msg.versions.add())
     context_to_pb(state.context, msg.context)
     for mark in state.requests:
-        out = msg.requests.add(request_id=mark.request_id, hlc=mark.hlc, lsn=mark.lsn, had_live=mark.had_live)
+        out = msg.requests.add(
+            request_id=mark.request_id,
+            hlc=mark.hlc,
+            lsn=mark.lsn,
+            had_live=mark.had_live,
+            partial=mark.partial,
+        )
         for dot in mark.dots:
             out.dots.add(node_id=dot.node_id, counter=dot.counter)
     return msg.SerializeToString(deterministic=True)
@@ -172,7 +178,14 @@ def _parse_stored(cls: type[_Stored], data: bytes, what: str) -> _Stored:
 def key_state_from_bytes(data: bytes) -> KeyState:
     msg = _parse_stored(pb.KeyState, data, "key state")
     requests = tuple(
-        RequestMark(m.request_id, tuple(Dot(d.node_id, d.counter) for d in m.dots), m.hlc, m.lsn, m.had_live)
+        RequestMark(
+            m.request_id,
+            tuple(Dot(d.node_id, d.counter) for d in m.dots),
+            m.hlc,
+            m.lsn,
+            m.had_live,
+            m.partial,
+        )
         for m in msg.requests
         if m.dots
     )

@@ -27,6 +27,7 @@ from domicile.causality import (
     Dot,
     KeyState,
     Mutation,
+    RequestMark,
     Version,
     apply,
     local_write,
@@ -35,6 +36,7 @@ from domicile.causality import (
     next_dot,
     sha256,
     visible,
+    withdraw,
 )
 from domicile.model import ConflictMode
 from node.replication.entropy import state_mutations
@@ -690,11 +692,10 @@ def test_regression_a_key_never_forgets_the_request_of_a_version_it_holds() -> N
 
 
 def test_regression_a_twin_of_a_version_held_without_its_mark_keeps_the_smaller_dot() -> None:
-    # A state merged from elsewhere (a restore into a store that held the key) has no marks.
-    # An attempt with a larger dot replaced the kept one there, whatever the order: that node
-    # held b:1 for good, every other a:1.
-    held = merge(KeyState(), deliver([retried("a", 1, "r1")]))
-    assert held.requests == ()
+    # A state stored before keys kept the ids of the versions they hold may have no mark for
+    # one. An attempt with a larger dot replaced the kept one there, whatever the order: that
+    # node held b:1 for good, every other a:1.
+    held = replace(deliver([retried("a", 1, "r1")]), requests=())
     state = apply(held, retried("b", 1, "r1")).state
     assert [v.dot for v in state.versions] == [Dot("a", 1)]
     assert state == deliver([retried("b", 1, "r1")], apply(held, retried("b", 1, "r1")).state)
@@ -725,3 +726,90 @@ def test_a_key_that_forgets_request_ids_never_drops_a_write_nothing_saw(
                     write = r.version.request_id or r.version.dot
                     if not attempts(order, r.version) & superseded:
                         assert write in held, (write, state)
+
+
+# -- marks through merge (a bootstrap part, a restore into a key the store holds) -------------
+
+
+def test_regression_a_merge_keeps_the_marks_of_both_sides() -> None:
+    # merge() kept no request marks: after a bootstrap or a restore into a key the store held,
+    # a third attempt of r1 found a:1 without a mark and made one of a:1 and c:1 alone; b:1,
+    # met before and sent again, was then taken for an attempt of a superseded request and
+    # removed a:1: the write was gone from the node, and every peer kept it.
+    a1, b1, c1 = retried("a", 1, "r1"), retried("b", 1, "r1"), retried("c", 1, "r1")
+    merged = merge(deliver([a1, b1]), KeyState())
+    mark = merged.request("r1")
+    assert mark is not None and mark.dots == (Dot("a", 1), Dot("b", 1))
+    state = deliver([c1, b1], merged)
+    assert [v.dot for v in state.versions] == [Dot("a", 1)]
+    assert converged(state, deliver([a1, b1, c1]))
+
+
+def test_regression_a_withdrawal_from_a_merged_state_takes_the_twins_along() -> None:
+    # Without the marks a merge dropped, withdraw() could not know b:1 for a:1's twin: b:1 stayed
+    # in the context, and a client write there superseded a:1 everywhere else.
+    a1, b1 = retried("a", 1, "r1"), retried("b", 1, "r1")
+    elsewhere = deliver([a1, b1])
+    here = withdraw(merge(KeyState(), deliver([a1, b1])), [Dot("a", 1)], "eu")
+    write, _ = local_write(
+        here,
+        namespace="ns",
+        key="k",
+        node_id="eu",
+        supersedes=here.context,
+        version=Version(Dot("eu", 0), b"new", hlc=5),
+    )
+    assert Dot("a", 1) in {v.dot for v in apply(elsewhere, write).state.versions}
+
+
+def test_regression_a_version_held_without_a_mark_is_never_removed_by_an_attempt_arriving_covered() -> None:
+    # A state stored before keys kept the ids of the versions they hold may hold a:1 without its
+    # mark, after b:1 was met and dropped as its twin. The mark a later attempt makes is partial:
+    # b:1 sent again may have been applied here, so it does not prove r1 superseded.
+    a1, b1, c1 = retried("a", 1, "r1"), retried("b", 1, "r1"), retried("c", 1, "r1")
+    stored = replace(deliver([a1, b1]), requests=())
+    state = deliver([c1, b1], stored)
+    assert [v.dot for v in state.versions] == [Dot("a", 1)]
+    mark = state.request("r1")
+    assert mark is not None and mark.partial
+    assert set(mark.dots) == {Dot("a", 1), Dot("b", 1), Dot("c", 1)}
+    # Negative control: the same with a complete mark naming a:1 alone (b:1 never met here)
+    # is a write superseded elsewhere (a context covered b:1): the kept twin goes.
+    superseded = KeyState(stored.versions, stored.context, (RequestMark("r1", (Dot("a", 1),), 1),))
+    assert deliver([b1], superseded).versions == ()
+
+
+@LAWS
+@given(st.lists(st.tuples(node_ids, st.sampled_from(["", "r1", "r2"])), max_size=6), st.data())
+def test_merge_joins_marks_commutatively_associatively_and_idempotently(
+    writes: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    mutations = [retried(node, i + 1, rid) for i, (node, rid) in enumerate(writes)]
+    parts = [
+        deliver(data.draw(st.lists(st.sampled_from(mutations), max_size=4))) if mutations else KeyState()
+        for _ in range(3)
+    ]
+    a, b, c = parts
+    assert merge(a, b) == merge(b, a)
+    assert merge(merge(a, b), c) == merge(a, merge(b, c))
+    assert merge(a, a) == a
+    for part in parts:
+        for mark in part.requests:
+            joined = merge(a, merge(b, c)).request(mark.request_id)
+            assert joined is not None and set(mark.dots) <= set(joined.dots)
+
+
+@HISTORY_LAWS
+@given(history_and_deliveries(replicas=2, request_ids=True), st.data())
+def test_states_merged_from_parts_then_sent_every_mutation_converge_with_retried_writes(
+    case: tuple[History, list[list[Mutation]]], data: st.DataObject
+) -> None:
+    # A bootstrap or a restore merges states; the mutations may then arrive again, in any order.
+    history, orders = case
+    reference = deliver(history.mutations)
+    order = orders[0]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(order)), max_size=3)))
+    parts = [deliver(order[a:b]) for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True)]
+    merged = functools.reduce(merge, parts, KeyState())
+    assert set(merged.versions) <= set(reference.versions) | {v for p in parts for v in p.versions}
+    assert converged(deliver(orders[1], merged), reference)
