@@ -351,8 +351,9 @@ class SameEntries:
     segments are copies of one change log (a retried upload whose first attempt landed, a
     shipper resuming a generation, a generation's segments and the next one's after its base),
     so different bytes mean one copy is damaged, and which one cannot be told. Fed each
-    segment's entries in the order of `segments` (by first position); keeps a digest only of
-    the positions a later segment starts at or before."""
+    segment's entries in the order of `segments` (a chain's order: by generation, then by first
+    position, so a later segment may start before an earlier one); keeps a digest only of the
+    positions a later segment starts at or before."""
 
     def __init__(self, segments: Sequence[Segment]) -> None:
         self._segments = list(segments)
@@ -364,6 +365,10 @@ class SameEntries:
             lowest = min(lowest, segment.first_lsn)
         self._later_first.reverse()
         self._held: dict[int, tuple[bytes, str]] = {}
+
+    def lowest_first(self, index: int) -> int:
+        """The lowest first position of the segments from `index` on."""
+        return min(self._segments[index].first_lsn, self._later_first[index])
 
     def check(self, index: int, entries: Iterable[tuple[int, bytes]]) -> None:
         """Raises SegmentsDisagree naming both segments at the first position they disagree on."""

@@ -240,7 +240,9 @@ def _replay_segments(
     once, from the first segment holding it, and a segment holding another entry at a position
     the replay takes or stops at refuses the restore before any of its entries is replayed.
     Positions past the one it stops at are never replayed, so their copies are not compared:
-    a damaged copy of a later write does not refuse a point before it."""
+    a damaged copy of a later write does not refuse a point before it. The segments are in
+    chain order, not by first position, so reading goes on while any segment left starts at or
+    before that position."""
     manifest = chain.start.manifest
     assert manifest is not None
 
@@ -253,8 +255,10 @@ def _replay_segments(
     restored_lsn, restored_ms = manifest.base_lsn, manifest.finished_ms
     stop: int | None = None  # the position of the first entry written after to_ms, once read
     with contextlib.closing(prepared_in_order(decoded, chain.segments)) as segments:
-        for i, (segment, (raw, logged)) in enumerate(segments, 1):
-            if stop is not None and segment.first_lsn > stop:
+        for i, (_, (raw, logged)) in enumerate(segments, 1):
+            # Not this segment's first position alone: a later generation's segments may start
+            # before it, and their copies of the stop position are compared too.
+            if stop is not None and same.lowest_first(i - 1) > stop:
                 break
             batch: list[tuple[int, Mutation]] = []
             if stop is None:

@@ -22,6 +22,7 @@ from domicile.hlc import pack
 from domicile.s3_server import SeaweedServer
 from domicile.subjects import RequestStatus
 from node.backup import restore
+from node.backup import shipper as shipper_module
 from node.backup.shipper import BackupShipper
 from node.engine.base import LocalWrite
 from node.engine.factory import SQLITE_FILE
@@ -767,5 +768,50 @@ def test_regression_a_point_before_a_damaged_copy_of_a_later_write_restores(
                 restore.restore(store.spec, WEST, WEST, tmp_path / out, to_ms=to_ms, progress=print)
             assert not (tmp_path / out / SQLITE_FILE).exists()
         assert any(disagree in p for p in store.catalog().verify(WEST).problems)
+    finally:
+        store.engine.close()
+
+
+def test_regression_a_point_compares_a_later_generations_copy_of_the_position_it_stops_at(
+    tmp_path: Path, s3: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay stopped reading segments at the first one starting past the position it stops
+    at, but a chain's segments are in generation order, not by first position: a later
+    generation's segment starting before it was never read, so a damaged copy of the position
+    the replay stops at restored silently instead of being refused."""
+    store = _Store(tmp_path, s3)
+    try:
+        store.write("a", T0 + 10)
+        store.now = T0 + 100
+        store.shipper.round()  # generation 1, base position 1
+        monkeypatch.setattr(shipper_module, "SEGMENT_ENTRIES_MAX", 1)
+
+        def written_during_the_snapshot() -> None:
+            for i, key in enumerate("bcd"):
+                store.write(key, T0 + HOUR_MS + 300 + 10 * i)
+
+        store.bucket.during = written_during_the_snapshot
+        store.now = T0 + HOUR_MS + 500
+        store.shipper.start_generation()  # base position 1; generation 1 ships 2, 3, 4 one by one
+        monkeypatch.setattr(shipper_module, "SEGMENT_ENTRIES_MAX", 10_000)
+        store.write("e", T0 + HOUR_MS + 600)
+        store.now = T0 + HOUR_MS + 700
+        store.shipper.round()
+        first, second = store.catalog().generations(WEST)
+        assert [(s.first_lsn, s.last_lsn) for s in first.segments] == [(2, 2), (3, 3), (4, 4)]
+        assert [(s.first_lsn, s.last_lsn) for s in second.segments] == [(2, 5)]
+        to_ms = T0 + HOUR_MS + 305  # after b (position 2), before c: the replay stops at 3
+        assert store.restored_keys(tmp_path / "r0", to_ms) == {"a", "b"}
+        # Generation 1's copy of position 2 holds the entry of position 3.
+        [(_, entry_c)] = store.catalog().log_entries(first.segments[1])
+        _damage(store, first.segments[0], [(2, entry_c)])
+        disagree = (
+            f"segments {first.segments[0].key} and {second.segments[0].key} both hold log position 2 "
+            "but with different entries"
+        )
+        assert any(disagree in p for p in store.catalog().verify(WEST).problems)
+        with pytest.raises(DataCorruption, match=disagree):
+            store.restored_keys(tmp_path / "r1", to_ms)
+        assert not (tmp_path / "r1" / SQLITE_FILE).exists()
     finally:
         store.engine.close()
