@@ -350,10 +350,11 @@ class SameEntries:
     """Checks that a position held by more than one segment holds the same entry in each. Such
     segments are copies of one change log (a retried upload whose first attempt landed, a
     shipper resuming a generation, a generation's segments and the next one's after its base),
-    so different bytes mean one copy is damaged, and which one cannot be told. Fed each
-    segment's entries in the order of `segments` (a chain's order: by generation, then by first
-    position, so a later segment may start before an earlier one); keeps a digest only of the
-    positions a later segment starts at or before."""
+    so different bytes mean one copy is damaged, or the log was rewound under one incarnation
+    without the rewind check noticing and wrote the position again; which entry belongs there
+    cannot be told. Fed each segment's entries in the order of `segments` (a chain's order: by
+    generation, then by first position, so a later segment may start before an earlier one);
+    keeps a digest only of the positions a later segment starts at or before."""
 
     def __init__(self, segments: Sequence[Segment]) -> None:
         self._segments = list(segments)
@@ -383,8 +384,10 @@ class SameEntries:
             elif held[0] != digest:
                 raise SegmentsDisagree(
                     f"segments {held[1]} and {key} both hold log position {lsn} but with different "
-                    "entries: one of them is damaged and which one cannot be told, so no restore "
-                    "replays them"
+                    "entries: either one copy is damaged, or the node's store was put back from an "
+                    "older copy under the same incarnation without the rewind check noticing (see "
+                    "README, Backups and restore: a store copied back by hand); which entry belongs "
+                    "at the position cannot be told, so no restore replays them"
                 )
         if self._held:
             # The segments after this one start at keep_from or later.
