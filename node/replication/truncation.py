@@ -15,9 +15,10 @@ entries it lacks and its link has no session, its link is left out of the trunca
 log is truncated past it, and the target is bootstrapped when it returns (the link's next
 session finds its position behind the log's start). The link holds again as soon as its target
 connects or acknowledges. The time a link's target has been away counts across restarts of this
-node (STALLS_META). While a link is behind the log's start, this node's own tombstones
-are not purged (collection_start): the bootstrap, not an anti-entropy round, must meet what
-that target still holds of the records they deleted.
+node (STALLS_META), but only the time this node was running: its own downtime does not. While a
+link is behind the log's start, this node's own tombstones are not purged (collection_start):
+the bootstrap, not an anti-entropy round, must meet what that target still holds of the records
+they deleted.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domicile.errors import DomicileError
 from node.engine.base import LogStart, StorageEngine
@@ -43,6 +44,10 @@ PASS_ENTRIES_MAX = 100_000
 # The stalls of links whose target is away (HoldLimit.away), kept in the engine's metadata so
 # that a restart of this node does not start their time over.
 STALLS_META = "changelog_link_stalls"
+# While a target is away, how often at most the stored stalls' last-running time is refreshed
+# (a tiny metadata write); a restart loses at most this much of the time counted, so the link
+# holds a little longer, never less. A tenth of the hold limit when that is shorter.
+RUNNING_REFRESH_S = 60.0
 
 
 def truncation_point(last_lsn: int, link_acks: Mapping[str, int] | None, backup_shipped: int | None) -> int:
@@ -82,19 +87,33 @@ class _Stall:
 Stalls = dict[str, tuple[int, float]]
 
 
-def stalls_to_bytes(stalls: Stalls) -> bytes:
-    return json.dumps({t: [acked, since] for t, (acked, since) in stalls.items()}, sort_keys=True).encode()
+@dataclass(frozen=True)
+class Away:
+    """What a restart resumes (HoldLimit.away): the stalls of the links whose target is away,
+    and the last wall-clock time this node was seen running with them. A stall's time counts
+    from its start up to `running`: the node's downtime after it does not count."""
+
+    stalls: Stalls = field(default_factory=dict)
+    running: float = 0.0
 
 
-def stalls_from_bytes(raw: bytes | None) -> Stalls:
-    """What stalls_to_bytes wrote; {} for nothing or anything else (the links then count their
-    time from now: they hold truncation longer, never less)."""
+def stalls_to_bytes(away: Away) -> bytes:
+    stalls = {t: [acked, since] for t, (acked, since) in away.stalls.items()}
+    return json.dumps({"running": away.running, "stalls": stalls}, sort_keys=True).encode()
+
+
+def stalls_from_bytes(raw: bytes | None) -> Away:
+    """What stalls_to_bytes wrote; no stalls for nothing or anything else (the links then count
+    their time from now: they hold truncation longer, never less)."""
+    if raw is None:
+        return Away()
     try:
-        rows = json.loads(raw or b"{}")
-        return {str(t): (int(acked), float(since)) for t, (acked, since) in rows.items()}
-    except (ValueError, TypeError, AttributeError):
+        stored = json.loads(raw)
+        stalls = {str(t): (int(acked), float(since)) for t, (acked, since) in stored["stalls"].items()}
+        return Away(stalls, float(stored["running"]))
+    except (ValueError, TypeError, AttributeError, KeyError):
         log.warning("the stored stalls of the change-log links cannot be read; their time counts from now")
-        return {}
+        return Away()
 
 
 class HoldLimit:
@@ -103,11 +122,13 @@ class HoldLimit:
     session with the target all that time (the target is down, or unreachable), is released:
     left out of the truncation point until its target connects or acknowledges again. The time
     counts from the last pass that saw the position move or the link connected, by this
-    process's monotonic clock; a restart resumes it from the wall-clock time of that pass
-    (resume(), with what away() gave before: a node that restarts, or crash-loops, would
-    otherwise never let a down target go). A connected link is never released: its target is
-    there, and a position that stays still is its cadence's doing (a scheduled link waits days
-    between windows) or a slow apply, not an absence. hold_max_s 0: no link is ever released."""
+    process's monotonic clock; a restart resumes it with the time counted up to the last pass
+    before the restart (resume(), with what away() gave before: a node that restarts, or
+    crash-loops, would otherwise never let a down target go), and the time this node was down
+    does not count (a peer that went away just before this node stopped has had no chance to
+    reconnect). A connected link is never released: its target is there, and a position that
+    stays still is its cadence's doing (a scheduled link waits days between windows) or a slow
+    apply, not an absence. hold_max_s 0: no link is ever released."""
 
     def __init__(
         self,
@@ -124,19 +145,28 @@ class HoldLimit:
         self.wall = wall
         self._stalls: dict[str, _Stall] = {}
         self._connected: frozenset[str] = frozenset()
+        # The wall-clock time of the last pass (or resume): this node was running then.
+        self._running = wall()
 
-    def away(self) -> Stalls:
-        """The stalls of the links whose target had no session at the last holding(): what a
-        restart resumes. A connected link's count starts over at every pass anyway."""
-        return {t: (s.acked, s.since_wall) for t, s in self._stalls.items() if t not in self._connected}
+    def away(self) -> Away:
+        """The stalls of the links whose target had no session at the last holding(), and when
+        that was: what a restart resumes. A connected link's count starts over at every pass
+        anyway."""
+        stalls = {t: (s.acked, s.since_wall) for t, s in self._stalls.items() if t not in self._connected}
+        return Away(stalls, self._running)
 
-    def resume(self, stalls: Stalls) -> None:
+    def resume(self, away: Away) -> None:
         """Takes up the stalls away() gave before a restart: a link still at that position with
-        no session counts its time from then (by the wall clock; never from the future)."""
+        no session goes on counting from the time it had counted when this node was last seen
+        running (by the wall clock, never below 0): the downtime between does not count."""
         now, wall = self.clock(), self.wall()
-        for target, (acked, since_wall) in stalls.items():
+        self._running = wall
+        for target, (acked, since_wall) in away.stalls.items():
             if target not in self._stalls:
-                self._stalls[target] = _Stall(acked, now - max(0.0, wall - since_wall), since_wall)
+                counted = max(0.0, away.running - since_wall)
+                # As if it had begun `counted` ago: what the next away() stores, so that the next
+                # restart leaves this downtime out too.
+                self._stalls[target] = _Stall(acked, now - counted, wall - counted)
 
     @property
     def released(self) -> frozenset[str]:
@@ -148,6 +178,7 @@ class HoldLimit:
         """The links (target: acknowledged position) that still hold truncation back.
         `connected`: the targets whose link has a session open now."""
         now = self.clock()
+        self._running = self.wall()
         self._connected = frozenset(connected)
         for gone in self._stalls.keys() - link_acks.keys():
             # Out of the topology: the link no longer exists, nor does its hold.
@@ -223,7 +254,7 @@ class Truncator:
         self.link_connected = link_connected
         self.before_truncating = before_truncating
         # The stalls as stored (None: not read yet).
-        self._stored_stalls: Stalls | None = None
+        self._stored_stalls: Away | None = None
 
     async def pass_once(self) -> LogStart:
         """Truncates what it may (bounded), then collects tombstones; returns the log's start."""
@@ -258,13 +289,15 @@ class Truncator:
 
     async def _holding(self, hold_limit: HoldLimit, acks: Mapping[str, int], last: int) -> dict[str, int]:
         """hold_limit.holding, with the stalls of away targets kept across restarts: read at the
-        first pass, written when they change (a target goes away or comes back: rare)."""
+        first pass, written when they change (a target goes away or comes back: rare) and, while
+        some target is away, when the time this node was last seen running is RUNNING_REFRESH_S
+        old (or a tenth of the hold limit): a restart counts a stall only up to that time."""
         if self._stored_stalls is None:
             self._stored_stalls = stalls_from_bytes(await self.offload.run(self.engine.get_meta, STALLS_META))
             hold_limit.resume(self._stored_stalls)
         kept = hold_limit.holding(acks, last, self.link_connected())
-        away = hold_limit.away()
-        if away != self._stored_stalls:
+        away, stored = hold_limit.away(), self._stored_stalls
+        if away.stalls != stored.stalls or (away.stalls and self._running_due(hold_limit, away, stored)):
 
             def store(engine: StorageEngine) -> None:
                 engine.put_meta(STALLS_META, stalls_to_bytes(away))
@@ -272,6 +305,13 @@ class Truncator:
             await self.committer.run(store)
             self._stored_stalls = away
         return kept
+
+    @staticmethod
+    def _running_due(hold_limit: HoldLimit, away: Away, stored: Away) -> bool:
+        """Whether the stored last-running time is old enough to refresh (never while no link
+        is ever released: the time counted does not matter then)."""
+        refresh_s = min(RUNNING_REFRESH_S, hold_limit.hold_max_s / 10)
+        return hold_limit.hold_max_s > 0 and away.running - stored.running >= refresh_s
 
     async def run(self) -> None:
         while True:

@@ -10,6 +10,7 @@ from node.engine.base import LogStart
 from node.metrics import NodeMetrics
 from node.replication.tombstone_gc import purgeable
 from node.replication.truncation import (
+    Away,
     HoldLimit,
     collection_start,
     stalls_from_bytes,
@@ -187,7 +188,7 @@ def test_regression_a_restart_resumes_the_time_a_down_target_has_been_away() -> 
     wall.now = 1_800_000_000.0
     before = HoldLimit(60.0, NodeMetrics(ME, ME), ME, clock, wall)
     before.holding({"down": 40, "up": 90}, 100, connected={"up"})
-    assert before.away() == {"down": (40, wall.now)}
+    assert before.away() == Away({"down": (40, wall.now)}, wall.now)
     clock.now += 59
     wall.now += 59
     assert before.holding({"down": 40, "up": 100}, 120, connected={"up"}) == {"down": 40, "up": 100}
@@ -198,6 +199,9 @@ def test_regression_a_restart_resumes_the_time_a_down_target_has_been_away() -> 
     wall.now += 1
     after = HoldLimit(60.0, NodeMetrics(ME, ME), ME, restarted_clock, wall)
     after.resume(saved)
+    # The second it was down does not count; the one it runs after the restart does.
+    restarted_clock.now += 1
+    wall.now += 1
     assert after.holding({"down": 40, "up": 120}, 130, connected={"up"}) == {"up": 120}
     assert after.released == {"down"}
     # Negative control: the same pass without what was saved counts from now.
@@ -213,12 +217,12 @@ def test_a_resumed_stall_counts_only_while_its_target_stays_where_it_was() -> No
         "connected": (40, wall.now - 3600),
     }
     limit = HoldLimit(60.0, NodeMetrics(ME, ME), ME, clock, wall)
-    limit.resume(saved)
+    limit.resume(Away(saved, wall.now))
     # "moved" acknowledged something since; "ahead" was saved by a clock now behind (it counts
     # from now, never from the future); "connected" has its session back.
     kept = limit.holding({"moved": 50, "ahead": 40, "connected": 40}, 100, connected={"connected"})
     assert kept == {"moved": 50, "ahead": 40, "connected": 40}
-    assert limit.away() == {"moved": (50, wall.now), "ahead": (40, wall.now + 3600)}
+    assert limit.away() == Away({"moved": (50, wall.now), "ahead": (40, wall.now)}, wall.now)
     clock.now += 60
     assert limit.holding({"moved": 50, "ahead": 40, "connected": 40}, 100, connected={"connected"}) == {
         "connected": 40
@@ -226,7 +230,27 @@ def test_a_resumed_stall_counts_only_while_its_target_stays_where_it_was() -> No
 
 
 def test_stored_stalls_that_cannot_be_read_count_from_now() -> None:
-    assert stalls_from_bytes(None) == {}
-    assert stalls_from_bytes(b"not json") == {}
-    assert stalls_from_bytes(b'{"t": "x"}') == {}
-    assert stalls_from_bytes(stalls_to_bytes({"t": (3, 1.5)})) == {"t": (3, 1.5)}
+    assert stalls_from_bytes(None) == Away()
+    assert stalls_from_bytes(b"not json") == Away()
+    assert stalls_from_bytes(b'{"t": "x"}') == Away()
+    assert stalls_from_bytes(b'{"running": 2.0, "stalls": {"t": "x"}}') == Away()
+    assert stalls_from_bytes(stalls_to_bytes(Away({"t": (3, 1.5)}, 2.0))) == Away({"t": (3, 1.5)}, 2.0)
+
+
+def test_regression_a_resumed_stall_does_not_count_the_time_this_node_was_down() -> None:
+    """A restart resumed a stall by the wall clock from its start, this node's own downtime
+    included: a target seen away 10 s before this node stopped for 2 h (hold limit 1 h) was
+    released at the first pass after the restart, before any session could reconnect, and the
+    log truncated past a live replica, which then needed a bootstrap."""
+    clock, wall = Clock(), Clock()
+    wall.now = 1_800_000_000.0
+    before = HoldLimit(3600.0, NodeMetrics(ME, ME), ME, clock, wall)
+    before.holding({"peer": 40}, 100, connected={"peer"})
+    clock.now += 10
+    wall.now += 10
+    before.holding({"peer": 40}, 100, connected=())
+    saved = before.away()
+    wall.now += 7200
+    after = HoldLimit(3600.0, NodeMetrics(ME, ME), ME, Clock(), wall)
+    after.resume(saved)
+    assert after.holding({"peer": 40}, 100, connected=()) == {"peer": 40}
