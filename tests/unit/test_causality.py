@@ -183,7 +183,7 @@ def histories(draw: st.DrawFn, steps_max: int = 14, request_ids: bool = False) -
     remembers the id the retry is answered from its mark (no write, as the engine's _replay);
     elsewhere it is a second version of the request, a twin. The answer's context (which names
     the first attempt's version alone) joins the contexts later writes may pass. Anti-entropy is
-    then the node's (state_mutations applied), since merge() knows nothing of request marks.
+    then the node's pull (state_mutations applied: a pull carries no request marks).
     A history makes fewer requests than REQUEST_MARKS_PER_KEY, and its HLCs stay far inside
     REQUEST_WINDOW_MS: no key forgets an id."""
     assert steps_max < REQUEST_MARKS_PER_KEY
@@ -621,8 +621,8 @@ def test_replicas_converge_with_retried_writes(
     for state in history.nodes.values():
         assert converged(deliver(orders[0], state), reference)
     # Parts delivered to separate replicas, then pulled into one by anti-entropy as a node runs
-    # it (state_mutations applied; merge() keeps no request marks, so it would keep both
-    # attempts of a request that met only there). A pull carries no mark, so it may keep an
+    # it (state_mutations applied; merge() is for bootstraps and restores, and has a law of its
+    # own below). A pull carries no mark, so it may keep an
     # attempt whose request a context superseded elsewhere, and it leaves twin dots out of its
     # contexts: it loses nothing, and the mutations, when they come, settle the rest.
     order = orders[1]
