@@ -356,7 +356,7 @@ def _held_requests(versions: Iterable[Version]) -> frozenset[str]:
 
 
 def merge(a: KeyState, b: KeyState) -> KeyState:
-    """Joins two key states (a bootstrap part, a restore into a key the store holds), as apply
+    """Joins two key states (a restore into a key the store holds already), as apply
     would join their writes. Commutative, associative and idempotent. The request marks of both
     sides are joined (_joined_marks): a key that lost the mark of a version it holds could no
     longer tell that version's twins from new writes (see _remember). A version goes when the

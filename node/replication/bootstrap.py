@@ -12,7 +12,8 @@ position. The source then sends its key states instead:
   own keys) and sends the states namespace by namespace in key order, in parts acknowledged one
   at a time. Then it streams batches after L.
 - **The target** (SnapshotTarget) merges each part through the receiver's repair path (its checks,
-  the erasure block, the policy again, audited; causality.merge, so a part applied twice changes
+  the erasure block, the policy again, audited; each state as its mutations, entropy's
+  state_mutations, through the same apply as a stream, so a part applied twice changes
   nothing), then drops what the source purged: a version it holds that no context of the source's
   covers, whose HLC is older than the source's purge point, in a range the part covers, is one
   the source deleted and whose tombstone it has since purged (tombstone_gc); merging would bring

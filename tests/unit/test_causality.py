@@ -621,8 +621,8 @@ def test_replicas_converge_with_retried_writes(
     for state in history.nodes.values():
         assert converged(deliver(orders[0], state), reference)
     # Parts delivered to separate replicas, then pulled into one by anti-entropy as a node runs
-    # it (state_mutations applied; merge() is for bootstraps and restores, and has a law of its
-    # own below). A pull carries no mark, so it may keep an
+    # it (state_mutations applied, as bootstraps are too; merge() is for restores, and has a law
+    # of its own below). A pull carries no mark, so it may keep an
     # attempt whose request a context superseded elsewhere, and it leaves twin dots out of its
     # contexts: it loses nothing, and the mutations, when they come, settle the rest.
     order = orders[1]
@@ -728,14 +728,15 @@ def test_a_key_that_forgets_request_ids_never_drops_a_write_nothing_saw(
                         assert write in held, (write, state)
 
 
-# -- marks through merge (a bootstrap part, a restore into a key the store holds) -------------
+# -- marks through merge (a restore into a key the store holds) ---------------------------------
 
 
 def test_regression_a_merge_keeps_the_marks_of_both_sides() -> None:
-    # merge() kept no request marks: after a bootstrap or a restore into a key the store held,
-    # a third attempt of r1 found a:1 without a mark and made one of a:1 and c:1 alone; b:1,
-    # met before and sent again, was then taken for an attempt of a superseded request and
-    # removed a:1: the write was gone from the node, and every peer kept it.
+    # merge() kept no request marks: after a restore into a key the store held (a region's
+    # MongoDB database holding its other daemons' records), a third attempt of r1 found a:1
+    # without a mark and made one of a:1 and c:1 alone; b:1, met before and sent again, was then
+    # taken for an attempt of a superseded request and removed a:1: the write was gone from the
+    # node, and every peer kept it.
     a1, b1, c1 = retried("a", 1, "r1"), retried("b", 1, "r1"), retried("c", 1, "r1")
     merged = merge(deliver([a1, b1]), KeyState())
     mark = merged.request("r1")
@@ -804,7 +805,7 @@ def test_merge_joins_marks_commutatively_associatively_and_idempotently(
 def test_states_merged_from_parts_then_sent_every_mutation_converge_with_retried_writes(
     case: tuple[History, list[list[Mutation]]], data: st.DataObject
 ) -> None:
-    # A bootstrap or a restore merges states; the mutations may then arrive again, in any order.
+    # A restore merges states; the mutations may then arrive again, in any order.
     history, orders = case
     reference = deliver(history.mutations)
     order = orders[0]
