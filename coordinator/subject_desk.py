@@ -306,9 +306,7 @@ class SubjectDesk:
                 f"region {receipt.region} was not asked to carry out {request_id}; its regions: "
                 f"{', '.join(_regions_of(request))}"
             )
-        if not receipt.node_id:
-            raise InvalidArgument("the receipt names no node; it must name the node that erased")
-        check_node_id(receipt.node_id)
+        _check_receipt_node(receipt)
         pending = tuple(r for r in request.regions_pending if r != receipt.region)
         updated = replace(request, regions_pending=pending, receipts=(*request.receipts, receipt))
         if not pending:
@@ -336,9 +334,7 @@ class SubjectDesk:
                 f"region {receipt.region!r} was not asked to carry out {request.request_id}; its regions: "
                 f"{', '.join(_regions_of(request)) or 'none'}"
             )
-        if not receipt.node_id:
-            raise InvalidArgument("the receipt names no node; it must name the node that erased")
-        check_node_id(receipt.node_id)
+        _check_receipt_node(receipt)
         if hold_id in self._holds:
             raise FailedPrecondition(
                 f"legal hold {hold_id} is in force; what it keeps is erased, and reported, only "
@@ -664,3 +660,10 @@ class SubjectDesk:
     def _check_open(self) -> None:
         if self._registry.closed:
             raise Unavailable("coordinator is shutting down; retry against the restarted coordinator")
+
+
+def _check_receipt_node(receipt: RegionReceipt) -> None:
+    """A receipt names the node that erased, by a valid node id."""
+    if not receipt.node_id:
+        raise InvalidArgument("the receipt names no node; it must name the node that erased")
+    check_node_id(receipt.node_id)
