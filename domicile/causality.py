@@ -338,9 +338,10 @@ def _remember(
     marks = _with_mark(requests, mark)
     newest = max(m.hlc for m in marks)
     horizon = newest - (REQUEST_WINDOW_MS << 16)
-    recent = sorted((m for m in marks if m.request_id not in held and m.hlc >= horizon), key=_mark_order)
-    kept = [m for m in marks if m.request_id in held]
-    return tuple(sorted([*kept, *recent[-REQUEST_MARKS_PER_KEY:]], key=_mark_order))
+    ordered = sorted(marks, key=_mark_order)
+    recent = [m for m in ordered if m.request_id not in held and m.hlc >= horizon]
+    keep = held | {m.request_id for m in recent[-REQUEST_MARKS_PER_KEY:]}
+    return tuple(m for m in ordered if m.request_id in keep)
 
 
 def _with_mark(requests: tuple[RequestMark, ...], mark: RequestMark) -> tuple[RequestMark, ...]:
