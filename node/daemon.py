@@ -237,6 +237,9 @@ class Node:
             log_tail=self.log_tail,
             # Before any write or apply is acknowledged, the cache knows its keys changed.
             on_keys_changed=self.cache.changed if self.cache is not None else None,
+            # And before the commit, for as long as it runs (node/cache/coherence.py, `changing`).
+            on_keys_changing=self.cache.changing if self.cache is not None else None,
+            on_keys_settled=self.cache.settled if self.cache is not None else None,
         )
         self.committer.start()
         self.view = TopologyView(initial_topology)
@@ -1101,7 +1104,10 @@ class Node:
                 # hold placed while the plan ran keeps its copies.
                 current = self.view
                 check = withdrawable(current.policy, current.topology.cluster, region, current.topology.holds)
-                return self.committer.run(lambda engine: withdraw_copies(engine, copies, check))
+                return self.committer.run(
+                    lambda engine: withdraw_copies(engine, copies, check),
+                    keys=[(c.namespace, c.key) for c in copies],
+                )
 
             receipt = await self.remediator.apply(
                 plan,

@@ -18,6 +18,11 @@ sequence order, each as one Lua script that deletes the changed keys' entries an
    s (or later) land. A read of a dirty key does not use the cache at all, and a read that
    found an entry checks again afterwards (`still_valid`). So a change that has not landed
    is never hidden by an older entry.
+   Before that, `changing` marks the keys a commit is about to change, before the commit: a
+   read of the engine (a scan, a read that does not use the cache) can see the commit before
+   `changed` runs, and a read through the cache after it must not then return the older
+   entry. That mark is cleared by no landing and kept by a new generation: only `changed`
+   (the change's number, then its landing) or `settled` (the key did not change) end it.
 2. Fills need a lease. On a miss, the lookup script creates a marker `m<hw>` when the key has
    no entry (atomically, with the hw of that moment), and the reader takes `r`, the sequence
    number of the last change published, *before* it reads the engine: the state S it then
@@ -62,6 +67,10 @@ from dataclasses import dataclass, field
 
 Key = tuple[str, str]
 
+# The dirty mark of a key whose change is being committed: above every sequence number, so that
+# no landing clears it.
+COMMITTING = 1 << 62
+
 
 def new_generation() -> str:
     return secrets.token_hex(6)
@@ -84,8 +93,8 @@ class Batch:
 
 
 class Coherence:
-    """Thread-safe; `changed` runs on the writer thread, reads on the offload threads, the rest
-    on the invalidator thread."""
+    """Thread-safe; `changing`, `changed` and `settled` run on the writer thread, reads on the
+    offload threads, the rest on the invalidator thread."""
 
     def __init__(self, generation: str | None = None) -> None:
         self._lock = threading.Lock()
@@ -102,6 +111,22 @@ class Coherence:
         self.rotations = 0
 
     # -- the writer thread --------------------------------------------------------------------
+
+    def changing(self, keys: Iterable[Key]) -> None:
+        """These keys are about to change (before the commit): reads of them skip the cache
+        until `changed` has numbered the change and it has landed, or `settled` says the key
+        did not change after all."""
+        with self._lock:
+            for k in keys:
+                self._dirty[k] = COMMITTING
+
+    def settled(self, keys: Iterable[Key]) -> None:
+        """The commit announced by `changing` is over (after `changed` for the keys it
+        changed): a key still marked as committing did not change, and its mark goes."""
+        with self._lock:
+            for k in keys:
+                if self._dirty.get(k) == COMMITTING:
+                    del self._dirty[k]
 
     def changed(self, keys: Iterable[Key]) -> None:
         """A durable change of these keys, before it is acknowledged."""
@@ -211,7 +236,9 @@ class Coherence:
         self.generation = new_generation()
         self._ticket = Ticket(self.generation)
         self.rotations += 1
-        self._dirty.clear()
+        # A commit in progress may already be visible in the engine: its keys stay out of
+        # the new generation's reads too, until `changed` or `settled` (see `changing`).
+        self._dirty = {k: s for k, s in self._dirty.items() if s == COMMITTING}
         self._pending.clear()
         self.ready = False
         self.last_landed = 0

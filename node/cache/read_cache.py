@@ -222,6 +222,16 @@ class ReadCache:
 
     # -- the writer thread ----------------------------------------------------------------------
 
+    def changing(self, keys: Iterable[Key]) -> None:
+        try:
+            self.coherence.changing(keys)
+        except BaseException:
+            self.coherence.abandon()
+            raise
+
+    def settled(self, keys: Iterable[Key]) -> None:
+        self.coherence.settled(keys)
+
     def changed(self, keys: Iterable[Key]) -> None:
         try:
             self.coherence.changed(keys)

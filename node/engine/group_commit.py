@@ -20,7 +20,10 @@ tombstone purge), before any caller hears back: the read cache (node/cache/) kee
 of its answers until their entries are invalidated. A batch or a job the engine fails is
 reported too, before it is rejected: a commit whose answer was lost may be durable all the same
 (node.engine.base.CommitOutcomeUnknown, which names the keys it wrote), and reporting a key that
-did not change costs only a cache miss.
+did not change costs only a cache miss. `on_keys_changing` hears the same keys (those of a
+batch's writes, those a job declares or touches) before the engine runs, and `on_keys_settled`
+once it has run and `on_keys_changed` has heard: a reader of the engine can see a commit before
+`on_keys_changed` runs, and the cache must not answer with what the key held before meanwhile.
 """
 
 from __future__ import annotations
@@ -105,6 +108,9 @@ class _JobItem:
     waiter: LoopWaiter[Any]
     # The key states the job may change, reported whether it returns or raises.
     keys: tuple[tuple[str, str], ...] = ()
+    # Key states it may change that are reported only when its ApplyOutcome applied them
+    # (told before it runs to on_keys_changing, like `keys`).
+    touches: tuple[tuple[str, str], ...] = ()
 
 
 _Item = _WriteItem | _JobItem
@@ -166,6 +172,8 @@ class GroupCommitter:
         on_batch: Callable[[int], None] | None = None,
         log_tail: LogTail | None = None,
         on_keys_changed: Callable[[list[tuple[str, str]]], None] | None = None,
+        on_keys_changing: Callable[[list[tuple[str, str]]], None] | None = None,
+        on_keys_settled: Callable[[list[tuple[str, str]]], None] | None = None,
         guard: Callable[[LocalWrite], DomicileError | None] | None = None,
         on_audit: Callable[[list[tuple[int, AuditEntry]], list[AuditEntry]], None] | None = None,
         audit_room: Callable[[], None] | None = None,
@@ -197,6 +205,11 @@ class GroupCommitter:
         # Gets the (namespace, key) of every durable change, on the writer thread, before the
         # change is acknowledged.
         self.on_keys_changed = on_keys_changed
+        # Get, on the writer thread, the keys a commit or job may change before it runs, and the
+        # same keys once it has run and on_keys_changed has heard the ones it changed: readers
+        # that may see the commit in the engine first (node/cache/coherence.py, `changing`).
+        self.on_keys_changing = on_keys_changing
+        self.on_keys_settled = on_keys_settled
         # Gets the audit entries of each committed batch (carried, with positions; and those of
         # writes that did not commit), on the writer thread, before anyone hears back.
         self.on_audit = on_audit
@@ -315,13 +328,21 @@ class GroupCommitter:
                 self._queued_bytes -= item.size
                 item.size = 0
 
-    async def run(self, fn: Callable[[StorageEngine], T], *, keys: Collection[tuple[str, str]] = ()) -> T:
+    async def run(
+        self,
+        fn: Callable[[StorageEngine], T],
+        *,
+        keys: Collection[tuple[str, str]] = (),
+        touches: Collection[tuple[str, str]] = (),
+    ) -> T:
         """Runs fn(engine) on the writer thread, after every write queued before it. `keys`: the
         (namespace, key) states fn may change, told to on_keys_changed once it ran, before its
-        caller hears back (the changes of an ApplyOutcome it returns are told without them)."""
+        caller hears back (the changes of an ApplyOutcome it returns are told without them).
+        `touches`: the keys an ApplyOutcome it returns may apply (a replicated batch's), told to
+        on_keys_changing before it runs; only those it applied are told changed."""
         loop = asyncio.get_running_loop()
         waiter: LoopWaiter[T] = LoopWaiter(loop, loop.create_future())
-        self._writer.put_solo(_JobItem(fn, waiter, tuple(keys)))
+        self._writer.put_solo(_JobItem(fn, waiter, tuple(keys), tuple(touches)))
         return await waiter.future
 
     async def stop(self) -> None:
@@ -349,10 +370,14 @@ class GroupCommitter:
 
     def _run_job(self, job: _JobItem) -> None:
         # A failing job is answered by _reject, like a failed batch of one.
+        announced = [*job.keys, *job.touches]
+        self._keys_changing(announced)
         try:
             result = job.fn(self.engine)
         except BaseException as error:
-            self._keys_changed([*job.keys, *_maybe_written(error)])
+            # Whatever it did is unknown: every key it announced may have changed.
+            self._keys_changed([*announced, *_maybe_written(error)])
+            self._keys_settled(announced)
             raise
         finally:
             self.jobs_run += 1
@@ -360,6 +385,7 @@ class GroupCommitter:
         if isinstance(result, ApplyOutcome):
             changed.extend((m.namespace, m.key) for m in result.applied)
         self._keys_changed(changed)
+        self._keys_settled(announced)
         job.waiter.deliver(result)
 
     def _commit(self, batch: list[_WriteItem]) -> None:
@@ -371,23 +397,33 @@ class GroupCommitter:
         stamp = self._stamp
         if admitted and self._stamp_block is not None:
             stamp = _Stamps(self._stamp_block(len(admitted)), self._stamp)
-        committed = iter(self._commit_local(admitted, stamp) if admitted else [])
-        # Out of the queue before anyone hears back, so a caller that saw its result sees room.
-        self._release(batch)
-        results: list[Committed | DomicileError] = []
-        for refusal in refusals:
-            result = refusal if refusal is not None else next(committed, None)
-            if result is None:
-                raise RuntimeError(f"engine returned fewer results than the {len(admitted)} writes given")
-            results.append(result)
-        if next(committed, None) is not None:
-            raise RuntimeError(f"engine returned more results than the {len(admitted)} writes given")
-        if self.log_tail is not None:
-            self._extend_tail(self.log_tail, results)
-        self._hand_audit(batch, results, refusals)
-        self._keys_changed(
-            [(r.mutation.namespace, r.mutation.key) for r in results if isinstance(r, Committed)]
-        )
+        keys = [(w.namespace, w.key) for w in admitted]
+        self._keys_changing(keys)
+        try:
+            committed = iter(self.engine.commit_local(admitted, stamp) if admitted else [])
+            # Out of the queue before anyone hears back, so a caller that saw its result sees room.
+            self._release(batch)
+            results: list[Committed | DomicileError] = []
+            for refusal in refusals:
+                result = refusal if refusal is not None else next(committed, None)
+                if result is None:
+                    raise RuntimeError(f"engine returned fewer results than the {len(admitted)} writes given")
+                results.append(result)
+            if next(committed, None) is not None:
+                raise RuntimeError(f"engine returned more results than the {len(admitted)} writes given")
+            if self.log_tail is not None:
+                self._extend_tail(self.log_tail, results)
+            self._hand_audit(batch, results, refusals)
+            self._keys_changed(
+                [(r.mutation.namespace, r.mutation.key) for r in results if isinstance(r, Committed)]
+            )
+        except BaseException:
+            # The batch is rejected as a whole, yet it may have committed (an answer lost with
+            # the connection): its keys are told, so no cache keeps serving what they held.
+            self._keys_changed(keys)
+            raise
+        finally:
+            self._keys_settled(keys)
         # Counters first, so that a caller who got its result sees them include its batch.
         self.batches_committed += 1
         self.records_committed += sum(isinstance(r, Committed) and not r.replayed for r in results)
@@ -401,17 +437,6 @@ class GroupCommitter:
                 log.exception("the group commit batch hook failed")
         deliveries = [item.answer(result) for item, result in zip(batch, results, strict=True)]
         deliver_all([d for d in deliveries if d is not None])
-
-    def _commit_local(
-        self, writes: list[LocalWrite], stamp: Callable[[], int]
-    ) -> list[Committed | DomicileError]:
-        try:
-            return self.engine.commit_local(writes, stamp)
-        except BaseException:
-            # The batch is rejected as a whole, yet it may have committed (an answer lost with
-            # the connection): its keys are told first, so no cache keeps serving what they held.
-            self._keys_changed([(w.namespace, w.key) for w in writes])
-            raise
 
     def _hand_audit(
         self,
@@ -439,6 +464,23 @@ class GroupCommitter:
             # The writes are durable with their entries in the store's outbox; the audit log
             # appends them when it starts again (it refuses new writes until then).
             log.exception("the audit log could not take the entries of a committed batch")
+
+    def _keys_changing(self, keys: list[tuple[str, str]]) -> None:
+        if self.on_keys_changing is None or not keys:
+            return
+        try:
+            self.on_keys_changing(keys)
+        except Exception:
+            # As for _keys_changed: the listener keeps its own state safe.
+            log.exception("the key-change listener failed")
+
+    def _keys_settled(self, keys: list[tuple[str, str]]) -> None:
+        if self.on_keys_settled is None or not keys:
+            return
+        try:
+            self.on_keys_settled(keys)
+        except Exception:
+            log.exception("the key-change listener failed")
 
     def _keys_changed(self, keys: list[tuple[str, str]]) -> None:
         if self.on_keys_changed is None or not keys:

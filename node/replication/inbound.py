@@ -589,7 +589,7 @@ class Receiver:
                     log.exception("the audit log could not take the entries of a replicated apply")
             return outcome
 
-        outcome = await self.committer.run(work)
+        outcome = await self.committer.run(work, touches=_keys_of(admitted))
         timer.mark("commit")
         if late:
             # The refused records' entries, durable before the batch is acknowledged.
@@ -703,7 +703,7 @@ class Receiver:
                     late.extend(refused)
 
         async def commit_and_audit() -> ApplyOutcome:
-            outcome = await self.committer.run(work)
+            outcome = await self.committer.run(work, touches=_keys_of(admitted))
             if late:
                 # Their allow entries were durable before the apply: the refusals follow them,
                 # durable before the repair is reported.
@@ -720,3 +720,9 @@ class Receiver:
         if outcome.conflicts:
             self.metrics.conflicts.labels("*", "repaired").inc(outcome.conflicts)
         return RepairResult(keys, len(messages) - len(admitted) + len(late), outcome.duplicates)
+
+
+def _keys_of(mutations: Sequence[Mutation]) -> list[tuple[str, str]]:
+    """The keys an apply of these mutations may change, once each (the read cache keeps them
+    out of its answers while the apply commits)."""
+    return list(dict.fromkeys((m.namespace, m.key) for m in mutations))

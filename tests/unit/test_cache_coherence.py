@@ -90,3 +90,45 @@ def test_abandon_gives_up_the_generation_from_any_thread() -> None:
     gen = c.generation
     c.abandon()
     assert c.generation != gen and not c.usable
+
+
+def test_a_key_being_committed_is_not_served_until_its_change_lands() -> None:
+    c = ready()
+    ticket = c.ticket(K1)
+    c.changed([K1])
+    earlier = c.take(0)  # an earlier change of the key, taken to Redis
+    c.changing([K1])  # the next commit of the key begins
+    assert c.ticket(K1) is None and ticket is not None and not c.still_valid(ticket, K1)
+    assert c.landed(earlier, 0)
+    assert c.ticket(K1) is None, "an earlier change's landing does not end a commit in progress"
+    assert c.take(0).keys == [], "nothing to invalidate before the change is numbered"
+    c.changed([K1])
+    c.settled([K1])
+    assert c.ticket(K1) is None, "changed, not landed"
+    later = c.take(0)
+    assert later.keys == [K1] and c.landed(later, earlier.seq)
+    assert c.ticket(K1) is not None
+
+
+def test_a_commit_that_changed_nothing_settles_its_keys() -> None:
+    c = ready()
+    c.changing([K1, K2])
+    c.changed([K2])
+    c.settled([K1, K2])
+    assert c.ticket(K1) is not None, "K1 did not change"
+    assert c.ticket(K2) is None, "K2 changed and has not landed"
+
+
+def test_a_new_generation_keeps_the_keys_being_committed() -> None:
+    c = ready()
+    c.changing([K1])
+    c.changed([K2])
+    c.abandon()
+    first = c.take(0)
+    assert c.landed(first, None) and c.usable
+    assert c.ticket(K2) is not None, "the new generation holds no entry of K2"
+    assert c.ticket(K1) is None, "K1's commit may be visible in the engine already"
+    c.changed([K1])
+    c.settled([K1])
+    assert c.landed(c.take(0), first.seq)
+    assert c.ticket(K1) is not None
