@@ -153,9 +153,12 @@ async def test_negative_control_urgent_recorded_entries_end_the_linger(
     log.carry(group(1, 3), [])
     sends = record_sends(log, 3, urgent=True)
     await asyncio.wait_for(asyncio.gather(*sends), WAIT_S)
+    # Durable before the next carried group was given, where without urgency they wait for it
+    # (the test above). How many transactions that took depends on when the writer woke.
+    assert log.size == 6
     log.carry(group(4, 3), [])
     await until(lambda: log.size == 9, "9 entries durable")
-    assert log.batches_committed == 2
+    assert log.batches_committed >= 2
 
 
 async def test_a_flush_does_not_wait_for_a_lingering_recorded_entry(
