@@ -21,8 +21,9 @@ sequence order, each as one Lua script that deletes the changed keys' entries an
    Before that, `changing` marks the keys a commit is about to change, before the commit: a
    read of the engine (a scan, a read that does not use the cache) can see the commit before
    `changed` runs, and a read through the cache after it must not then return the older
-   entry. That mark is cleared by no landing and kept by a new generation: only `changed`
-   (the change's number, then its landing) or `settled` (the key did not change) end it.
+   entry. That mark is kept apart from `dirty`, cleared by no landing and kept by a new
+   generation, until `settled` (after `changed` has put the keys the commit changed in
+   `dirty`).
 2. Fills need a lease. On a miss, the lookup script creates a marker `m<hw>` when the key has
    no entry (atomically, with the hw of that moment), and the reader takes `r`, the sequence
    number of the last change published, *before* it reads the engine: the state S it then
@@ -67,10 +68,6 @@ from dataclasses import dataclass, field
 
 Key = tuple[str, str]
 
-# The dirty mark of a key whose change is being committed: above every sequence number, so that
-# no landing clears it.
-COMMITTING = 1 << 62
-
 
 def new_generation() -> str:
     return secrets.token_hex(6)
@@ -103,6 +100,9 @@ class Coherence:
         self._ticket = Ticket(self.generation)  # the generation's one ticket (replaced with it)
         self._seq = 0
         self._dirty: dict[Key, int] = {}
+        # The keys of the commit in progress (`changing`): apart from `dirty`, so that ending
+        # the commit never ends the mark of an earlier change that has not landed yet.
+        self._committing: set[Key] = set()
         self._pending: dict[Key, None] = {}
         self._heartbeat_due = True  # the first generation needs its hw
         self.ready = False
@@ -117,16 +117,13 @@ class Coherence:
         until `changed` has numbered the change and it has landed, or `settled` says the key
         did not change after all."""
         with self._lock:
-            for k in keys:
-                self._dirty[k] = COMMITTING
+            self._committing.update(keys)
 
     def settled(self, keys: Iterable[Key]) -> None:
-        """The commit announced by `changing` is over (after `changed` for the keys it
-        changed): a key still marked as committing did not change, and its mark goes."""
+        """The commit announced by `changing` is over, and `changed` has numbered the keys it
+        changed: their marks are in `dirty` now, until they land."""
         with self._lock:
-            for k in keys:
-                if self._dirty.get(k) == COMMITTING:
-                    del self._dirty[k]
+            self._committing.difference_update(keys)
 
     def changed(self, keys: Iterable[Key]) -> None:
         """A durable change of these keys, before it is acknowledged."""
@@ -153,7 +150,7 @@ class Coherence:
         ticket is read before the key's dirty mark, each read atomic. A rotation between the two
         can only hand out the old generation's ticket, and `still_valid` refuses that one."""
         ticket = self._ticket
-        if key in self._dirty:
+        if key in self._dirty or key in self._committing:
             return None
         return ticket
 
@@ -168,7 +165,7 @@ class Coherence:
         never used again once left, so finding the ticket's one second means it was in force
         at the first read too, and the key was not dirty in it then. That is the answer the
         lock would give at that moment (a change marked later was acknowledged after it)."""
-        if key in self._dirty:
+        if key in self._dirty or key in self._committing:
             return False
         return ticket.generation == self.generation
 
@@ -237,8 +234,8 @@ class Coherence:
         self._ticket = Ticket(self.generation)
         self.rotations += 1
         # A commit in progress may already be visible in the engine: its keys stay out of
-        # the new generation's reads too, until `changed` or `settled` (see `changing`).
-        self._dirty = {k: s for k, s in self._dirty.items() if s == COMMITTING}
+        # the new generation's reads too, until `settled` (`_committing` is kept).
+        self._dirty.clear()
         self._pending.clear()
         self.ready = False
         self.last_landed = 0

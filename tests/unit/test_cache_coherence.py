@@ -132,3 +132,14 @@ def test_a_new_generation_keeps_the_keys_being_committed() -> None:
     c.settled([K1])
     assert c.landed(c.take(0), first.seq)
     assert c.ticket(K1) is not None
+
+
+def test_a_commit_that_changed_nothing_keeps_an_earlier_change_that_has_not_landed() -> None:
+    c = ready()
+    c.changed([K1])  # numbered, its invalidation not landed
+    c.changing([K1])  # a replicated duplicate of the key begins, and changes nothing
+    c.settled([K1])
+    assert c.ticket(K1) is None, "the earlier change has not landed"
+    batch = c.take(0)
+    assert batch.keys == [K1] and c.landed(batch, 0)
+    assert c.ticket(K1) is not None
