@@ -147,12 +147,23 @@ class Coherence:
         """None when this read must not use the cache: the key has a change not landed yet.
 
         Without the lock (a read of each hit takes a ticket and checks it): the generation's
-        ticket is read before the key's dirty mark, each read atomic. A rotation between the two
-        can only hand out the old generation's ticket, and `still_valid` refuses that one."""
+        ticket is read before the key's marks, each read atomic. A rotation between the two
+        can only hand out the old generation's ticket, and `still_valid` refuses that one. The
+        commit's mark is read before the dirty one (see `_marked`)."""
         ticket = self._ticket
-        if key in self._dirty or key in self._committing:
+        if self._marked(key):
             return None
         return ticket
+
+    def _marked(self, key: Key) -> bool:
+        """Whether a commit of the key is in progress or a change of it has not landed, without
+        the lock. A key's mark moves from `_committing` to `_dirty` (`changed` before
+        `settled`), so `_committing` is read first: a key found in neither was, when
+        `_committing` was read, either not being committed (a commit begun since began after
+        this read) or already in `_dirty`, where only its landing ends it. Read the other way
+        round, a whole commit could pass between the two reads, the key being in each set
+        only while the other was read."""
+        return key in self._committing or key in self._dirty
 
     @property
     def usable(self) -> bool:
@@ -161,11 +172,11 @@ class Coherence:
     def still_valid(self, ticket: Ticket, key: Key) -> bool:
         """An entry found with this ticket may be served: same generation, no change since.
 
-        Without the lock, the dirty mark is read first, then the generation: a generation is
-        never used again once left, so finding the ticket's one second means it was in force
-        at the first read too, and the key was not dirty in it then. That is the answer the
-        lock would give at that moment (a change marked later was acknowledged after it)."""
-        if key in self._dirty or key in self._committing:
+        Without the lock, the marks are read first (`_marked`), then the generation: a
+        generation is never used again once left, so finding the ticket's one second means it
+        was in force at the first read too, and the key was not marked in it then. That is the
+        answer the lock would give at that moment (a change marked later began after it)."""
+        if self._marked(key):
             return False
         return ticket.generation == self.generation
 

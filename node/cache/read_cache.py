@@ -230,6 +230,7 @@ class ReadCache:
             raise
 
     def settled(self, keys: Iterable[Key]) -> None:
+        # Nothing to give up if this fails: the keys stay marked, and reads of them use the store.
         self.coherence.settled(keys)
 
     def changed(self, keys: Iterable[Key]) -> None:

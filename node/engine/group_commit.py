@@ -336,10 +336,11 @@ class GroupCommitter:
         touches: Collection[tuple[str, str]] = (),
     ) -> T:
         """Runs fn(engine) on the writer thread, after every write queued before it. `keys`: the
-        (namespace, key) states fn may change, told to on_keys_changed once it ran, before its
-        caller hears back (the changes of an ApplyOutcome it returns are told without them).
-        `touches`: the keys an ApplyOutcome it returns may apply (a replicated batch's), told to
-        on_keys_changing before it runs; only those it applied are told changed."""
+        (namespace, key) states fn may change, told to on_keys_changing before it runs and to
+        on_keys_changed once it ran, before its caller hears back (the changes of an
+        ApplyOutcome it returns are told without them). `touches`: the keys an ApplyOutcome it
+        returns may apply (a replicated batch's), told to on_keys_changing before it runs; only
+        those it applied are told changed. Both are told to on_keys_settled at the end."""
         loop = asyncio.get_running_loop()
         waiter: LoopWaiter[T] = LoopWaiter(loop, loop.create_future())
         self._writer.put_solo(_JobItem(fn, waiter, tuple(keys), tuple(touches)))

@@ -15,17 +15,21 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from domicile.causality import KeyState, Mutation
 from domicile.hlc import HybridClock
 from domicile.redis_server import RedisServer
 from node.cache.read_cache import CacheSettings, Hit, Pending, ReadCache
+from node.daemon import Node as Node_
 from node.engine.base import ApplyOutcome, LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
 from node.engine.log_tail import LogTail
 from node.engine.sqlite import SQLiteEngine
 from tests.cache.reads import read_through
-from tests.support.cluster import eventually
+from tests.cache.test_node_cache import CACHED, counter
+from tests.support.cache_counters import CountedCache
+from tests.support.cluster import LocalCluster, eventually
 
 NAMESPACE = "ns"
 KEY = "k"
@@ -34,18 +38,24 @@ PROBE_S = 10.0
 
 @dataclass
 class Seen:
-    """What the probe saw inside the window: the engine's values, and the cache's answer."""
+    """What the probe saw inside the window: the engine's values, whether the cache was in use
+    (ready, not suspect: a Pending of a cache out of use says nothing), the cache's answer, and
+    what the lookup counted."""
 
     engine: set[bytes]
+    usable: bool
     cache: Hit | Pending
+    counted: dict[str, int]
 
 
 class ProbingTail(LogTail):
     """A change-log tail whose append, when armed, probes the engine and the cache."""
 
-    def __init__(self, engine: SQLiteEngine, cache: ReadCache, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, engine: SQLiteEngine, cache: ReadCache, counted: CountedCache, loop: asyncio.AbstractEventLoop
+    ) -> None:
         super().__init__(records_max=1000, bytes_max=1 << 20)
-        self.engine, self.cache, self.loop = engine, cache, loop
+        self.engine, self.cache, self.counted, self.loop = engine, cache, counted, loop
         self.armed = False
         self.seen: list[Seen] = []
 
@@ -54,9 +64,15 @@ class ProbingTail(LogTail):
             self.armed = False
             state = self.engine.get(NAMESPACE, KEY)
             on_engine = {v.value for v in state.versions} if state is not None else set()
+            usable = self.cache.coherence.usable
+            before = dict(self.counted.counts)
             # The writer thread waits here while the event loop looks the key up.
             found = asyncio.run_coroutine_threadsafe(self.cache.lookup(NAMESPACE, KEY), self.loop)
-            self.seen.append(Seen(on_engine, found.result(PROBE_S)))
+            answer = found.result(PROBE_S)
+            counted = {
+                k: n - before.get(k, 0) for k, n in self.counted.counts.items() if n != before.get(k, 0)
+            }
+            self.seen.append(Seen(on_engine, usable, answer, counted))
         super().append(mutations)
 
 
@@ -80,8 +96,9 @@ async def node(tmp_path: Path, redis: RedisServer, *, announce: bool) -> AsyncIt
     False leaves out the calls made before a commit (the negative control)."""
     engine = SQLiteEngine(tmp_path / "store.sqlite3", "n1", "eu-west-1", synchronous="OFF")
     settings = CacheSettings(url=redis.url, region="eu-west-1", deadline_s=1.0, heartbeat_s=0.05)
-    cache = ReadCache(settings, node_id="n1")
-    tail = ProbingTail(engine, cache, asyncio.get_running_loop())
+    counted = CountedCache()
+    cache = ReadCache(settings, node_id="n1", counters=counted)
+    tail = ProbingTail(engine, cache, counted, asyncio.get_running_loop())
     committer = GroupCommitter(
         engine,
         HybridClock().now,
@@ -118,6 +135,7 @@ async def probe_a_write(n: Node) -> Seen:
     await n.committer.submit(LocalWrite(NAMESPACE, KEY, value=b"v2"))
     [seen] = n.tail.seen
     assert seen.engine == {b"v2"}, "the probe ran after the commit"
+    assert seen.usable, "the cache was out of use (a slow heartbeat): nothing to learn"
     return seen
 
 
@@ -127,6 +145,7 @@ async def test_a_read_through_the_cache_while_a_commit_is_told_does_not_return_t
     async with node(tmp_path, redis, announce=True) as n:
         seen = await probe_a_write(n)
         assert isinstance(seen.cache, Pending), "the cache answered v1 after the engine gave v2"
+        assert seen.counted == {"miss": 1}, "a miss for the marked key, not a fallback"
         assert await n.values() == {b"v2"}
         # The mark ends with the change's landing: the key is served from the cache again.
 
@@ -148,6 +167,7 @@ async def test_negative_control_without_the_mark_before_the_commit_the_cache_ans
         seen = await probe_a_write(n)
         assert isinstance(seen.cache, Hit) and seen.cache.state is not None
         assert {v.value for v in seen.cache.state.versions} == {b"v1"}
+        assert seen.counted == {"hit": 1}
 
 
 async def test_a_replicated_apply_is_announced_by_the_keys_it_touches(
@@ -169,6 +189,7 @@ async def test_a_replicated_apply_is_announced_by_the_keys_it_touches(
             def apply(engine: StorageEngine) -> ApplyOutcome:
                 outcome = engine.apply_remote("p1", [m], m.lsn)
                 # Inside the job: committed, and not yet told changed.
+                assert n.cache.coherence.usable, "the cache was out of use: nothing to learn"
                 loop_lookup = asyncio.run_coroutine_threadsafe(n.cache.lookup(NAMESPACE, KEY), n.tail.loop)
                 seen.append(loop_lookup.result(PROBE_S))
                 return outcome
@@ -178,3 +199,67 @@ async def test_a_replicated_apply_is_announced_by_the_keys_it_touches(
             assert await n.values() == {b"v2"}
         finally:
             peer.close()
+
+
+class EngineProbe:
+    """Wraps a running node's engine calls so that, right after the engine has committed a
+    write or an apply of KEY (before the group committer tells the cache), the cache is asked
+    for the key from inside, as in ProbingTail."""
+
+    def __init__(self, node: Node_, namespace: str, key: str) -> None:
+        self.node, self.namespace, self.key = node, namespace, key
+        self.loop = asyncio.get_running_loop()
+        self.seen: list[tuple[bool, Hit | Pending]] = []
+        engine = node.engine
+        commit_local, apply_remote = engine.commit_local, engine.apply_remote
+
+        def probed_commit(writes: Sequence[LocalWrite], *args: Any, **kw: Any) -> Any:
+            done = commit_local(writes, *args, **kw)
+            if any((w.namespace, w.key) == (namespace, key) for w in writes):
+                self._probe()
+            return done
+
+        def probed_apply(source: str, mutations: Sequence[Mutation], *args: Any, **kw: Any) -> Any:
+            done = apply_remote(source, mutations, *args, **kw)
+            if any((m.namespace, m.key) == (namespace, key) for m in mutations):
+                self._probe()
+            return done
+
+        engine.commit_local = probed_commit  # type: ignore[method-assign]
+        engine.apply_remote = probed_apply  # type: ignore[method-assign]
+
+    def _probe(self) -> None:
+        cache = self.node.cache
+        assert cache is not None
+        found = asyncio.run_coroutine_threadsafe(cache.lookup(self.namespace, self.key), self.loop)
+        self.seen.append((cache.coherence.usable, found.result(PROBE_S)))
+
+
+async def test_a_node_keeps_a_key_out_of_its_cache_while_a_write_or_an_apply_of_it_commits(
+    pair: LocalCluster,
+) -> None:
+    """The daemon's wiring: its local writes and its replicated applies (which announce the keys
+    of their mutations) are marked before the engine commits them."""
+    node = pair.nodes[CACHED]
+    ns, key = "instruments", "SAP"
+    await pair.put(CACHED, ns, key, b"v1")
+
+    async def v1_hit() -> bool:
+        return (
+            await pair.values(CACHED, ns, key) == {b"v1"} and counter(node, "domicile_cache_hits_total") > 0
+        )
+
+    await eventually(v1_hit, 10.0, "v1 served from the cache")
+    probe = EngineProbe(node, ns, key)
+    await pair.put("eu-central-1", ns, key, b"v2")  # reaches this node by a replicated apply
+
+    async def probed() -> bool:
+        return bool(probe.seen)
+
+    await eventually(probed, 10.0, "the apply of v2 at the cached node")
+    await pair.put(CACHED, ns, key, b"v3")
+    assert len(probe.seen) == 2
+    for what, (usable, found) in zip(("the apply", "the local write"), probe.seen, strict=True):
+        assert usable, f"the cache was out of use during {what}: nothing to learn"
+        assert isinstance(found, Pending), f"the cache answered what the key held before {what}"
+    assert await pair.values(CACHED, ns, key) == {b"v3"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from node.cache.coherence import Coherence
+from collections.abc import Callable
+
+from node.cache.coherence import Coherence, Key
 
 K1, K2 = ("ns", "a"), ("ns", "b")
 
@@ -143,3 +145,35 @@ def test_a_commit_that_changed_nothing_keeps_an_earlier_change_that_has_not_land
     batch = c.take(0)
     assert batch.keys == [K1] and c.landed(batch, 0)
     assert c.ticket(K1) is not None
+
+
+class _WriterBetweenReads(dict[Key, int]):
+    """The dirty map, whose membership test lets the writer thread run once, right after the
+    reader looked (as a thread switch under the GIL would)."""
+
+    def __init__(self, writer: Callable[[], None]) -> None:
+        super().__init__()
+        self.writer: Callable[[], None] | None = writer
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer()
+        return found
+
+
+def test_a_commit_told_between_the_readers_two_looks_is_not_missed() -> None:
+    # The commit of K1 began (its store may show it already); the reader looks at one mark,
+    # then the writer numbers the change and ends the commit, then the reader looks at the
+    # other. Read dirty-first, K1 was in neither set when looked at, and the cache was used.
+    c = ready()
+    c.changing([K1])
+
+    def writer() -> None:
+        c.changed([K1])
+        c.settled([K1])
+
+    c._dirty = _WriterBetweenReads(writer)
+    assert c.ticket(K1) is None
+    assert c.ticket(K1) is None, "numbered, not landed"
