@@ -235,8 +235,8 @@ async def test_regression_a_stream_cut_while_its_batch_commits_still_counts_it(t
         resume = asyncio.Event()
         committer_run = receiver.committer.run
 
-        async def commit_then_wait(fn: Any) -> Any:
-            outcome = await committer_run(fn)
+        async def commit_then_wait(fn: Any, **kw: Any) -> Any:
+            outcome = await committer_run(fn, **kw)
             committed.set()
             await resume.wait()  # the stream is cut here, after the commit, before the count
             return outcome
