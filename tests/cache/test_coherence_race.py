@@ -1,6 +1,7 @@
 """Concurrent local writes, replicated applies and cache reads (with their fills) against a real
 redis-server: no read may return a state older than the last one acknowledged before the read
-began. Randomized: the seed is printed; DOMICILE_CACHE_RACE_SEED=N replays the same schedule
+began, nor older than one a read of the store (as a Scan makes, past the cache) returned before
+it began. Randomized: the seed is printed; DOMICILE_CACHE_RACE_SEED=N replays the same schedule
 (thread timing still varies). The negative control disables the version guard of the fill and
 shows that the checker then catches a stale read."""
 
@@ -11,17 +12,18 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from domicile.causality import KeyState
+from domicile.causality import KeyState, Mutation
 from domicile.hlc import HybridClock
 from domicile.redis_server import RedisServer
 from node.cache.read_cache import CacheSettings, ReadCache
 from node.cache.store import RedisStore
 from node.engine.base import ApplyOutcome, LocalWrite, StorageEngine
 from node.engine.group_commit import GroupCommitter
+from node.engine.log_tail import LogTail
 from node.engine.sqlite import SQLiteEngine
 from tests.cache.reads import read_through
 from tests.support.cache_counters import CountedCache
@@ -58,6 +60,8 @@ class Checker:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def acknowledged(self, key: str, state: KeyState) -> None:
+        """A state acknowledged to a writer, or returned by a read of the store (a floor alike
+        for every read that begins after it)."""
         with self.lock:
             held = self.acked.get(key)
             # One writer thread changes a key's state, so its contexts only grow.
@@ -78,6 +82,19 @@ class Checker:
                 )
 
 
+class SlowTail(LogTail):
+    """A change-log tail that takes its time: the writer thread lingers between a commit and
+    telling the cache about it, as a thread kept from the GIL would."""
+
+    def __init__(self, linger_s: float) -> None:
+        super().__init__(records_max=1000, bytes_max=1 << 20)
+        self.linger_s = linger_s
+
+    def append(self, mutations: Sequence[Mutation]) -> None:
+        time.sleep(self.linger_s)
+        super().append(mutations)
+
+
 @dataclass
 class Run:
     seed: int
@@ -85,6 +102,10 @@ class Run:
     applies: int
     store_class: type[RedisStore] = RedisStore
     stop_at_first_violation: bool = False
+    # Whether the committer marks the keys before each commit (node/cache/coherence.py,
+    # `changing`), and how long its writer thread lingers after a commit before telling.
+    announce: bool = True
+    window_s: float = 0.0
 
 
 async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
@@ -96,7 +117,14 @@ async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
     checker = Checker()
     cache = ReadCache(settings, node_id="n1", store=store, counters=checker.tally)
     committer = GroupCommitter(
-        engine, HybridClock().now, batch_records_max=16, queue_records_max=1000, on_keys_changed=cache.changed
+        engine,
+        HybridClock().now,
+        batch_records_max=16,
+        queue_records_max=1000,
+        on_keys_changed=cache.changed,
+        on_keys_changing=cache.changing if run.announce else None,
+        on_keys_settled=cache.settled if run.announce else None,
+        log_tail=SlowTail(run.window_s) if run.window_s else None,
     )
     done = threading.Event()
     readers: list[asyncio.Task[None]] = []
@@ -128,8 +156,19 @@ async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
                 if run.stop_at_first_violation and checker.violations:
                     done.set()
 
+        async def scanner() -> None:
+            # Reads the store past the cache, on a thread, as a Scan does: what it returns is a
+            # floor for every read through the cache that begins after it.
+            local = random.Random(run.seed * 37)
+            while not done.is_set():
+                key = local.choice(KEYS)
+                state = await asyncio.to_thread(engine.get, NAMESPACE, key)
+                if state is not None:
+                    checker.acknowledged(key, state)
+
         # Each reader looks up on this event loop and reads the engine and fills on a thread.
         readers = [asyncio.create_task(reader(n)) for n in range(READERS)]
+        readers.append(asyncio.create_task(scanner()))
 
         async def writes() -> None:
             for i in range(run.writes):
@@ -156,7 +195,8 @@ async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
                     seen[m.key] = e.get(NAMESPACE, m.key)
                     return outcome
 
-                await committer.run(apply)
+                # As the receiver runs an apply: announcing the keys of its mutations.
+                await committer.run(apply, touches=[(NAMESPACE, key)])
                 state = seen[mutation.key]
                 assert state is not None
                 checker.acknowledged(mutation.key, state)
@@ -188,6 +228,36 @@ async def test_no_read_returns_a_state_older_than_the_last_acknowledged(
     print(f"{checker.reads} reads: {checker.tally.counts}")
     assert checker.reads > 200 and checker.tally.counts.get("hit", 0) > 0, checker.tally.counts
     assert not checker.violations, "\n".join(checker.violations[:5])
+
+
+async def test_a_read_of_the_store_is_never_followed_by_an_older_cached_read(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # The writer thread lingers after each commit, so that reads of the store see commits the
+    # cache has not been told of yet; the keys marked before the commit keep them out of it.
+    checker = await race(tmp_path, redis, Run(seed_of_run(), writes=300, applies=100, window_s=0.003))
+    print(f"{checker.reads} reads: {checker.tally.counts}")
+    assert checker.reads > 100 and checker.tally.counts.get("hit", 0) > 0, checker.tally.counts
+    assert not checker.violations, "\n".join(checker.violations[:5])
+
+
+async def test_negative_control_told_only_after_the_commit_the_checker_catches_an_older_cached_read(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    checker = await race(
+        tmp_path,
+        redis,
+        Run(
+            seed_of_run(),
+            writes=3000,
+            applies=1000,
+            stop_at_first_violation=True,
+            announce=False,
+            window_s=0.003,
+        ),
+    )
+    print(f"{checker.reads} reads: {checker.tally.counts}; first violation: {checker.violations[:1]}")
+    assert checker.violations, f"no stale read caught in {checker.reads} reads"
 
 
 async def test_negative_control_without_the_version_guard_the_checker_catches_a_stale_read(
