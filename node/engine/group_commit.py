@@ -467,31 +467,13 @@ class GroupCommitter:
             log.exception("the audit log could not take the entries of a committed batch")
 
     def _keys_changing(self, keys: list[tuple[str, str]]) -> None:
-        if self.on_keys_changing is None or not keys:
-            return
-        try:
-            self.on_keys_changing(keys)
-        except Exception:
-            # As for _keys_changed: the listener keeps its own state safe.
-            log.exception("the key-change listener failed")
+        _tell(self.on_keys_changing, keys)
 
     def _keys_settled(self, keys: list[tuple[str, str]]) -> None:
-        if self.on_keys_settled is None or not keys:
-            return
-        try:
-            self.on_keys_settled(keys)
-        except Exception:
-            log.exception("the key-change listener failed")
+        _tell(self.on_keys_settled, keys)
 
     def _keys_changed(self, keys: list[tuple[str, str]]) -> None:
-        if self.on_keys_changed is None or not keys:
-            return
-        try:
-            self.on_keys_changed(keys)
-        except Exception:
-            # The change is durable: failing its callers would make them retry and write twice.
-            # The listener keeps its own state safe (node/cache/ distrusts itself).
-            log.exception("the key-change listener failed")
+        _tell(self.on_keys_changed, keys)
 
     @staticmethod
     def _extend_tail(tail: LogTail, results: list[Committed | DomicileError]) -> None:
@@ -503,3 +485,15 @@ class GroupCommitter:
         except Exception:
             log.exception("the change-log tail could not take a committed batch; senders read the store")
             tail.forget()
+
+
+def _tell(listener: Callable[[list[tuple[str, str]]], None] | None, keys: list[tuple[str, str]]) -> None:
+    """Tells a key-change listener, never failing the writes: a change that is durable (or
+    about to be) must not fail its callers, who would retry and write twice. The listener keeps
+    its own state safe (node/cache/ distrusts itself, or keeps the keys marked)."""
+    if listener is None or not keys:
+        return
+    try:
+        listener(keys)
+    except Exception:
+        log.exception("the key-change listener failed")
