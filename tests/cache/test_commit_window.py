@@ -28,8 +28,9 @@ from node.engine.log_tail import LogTail
 from node.engine.sqlite import SQLiteEngine
 from tests.cache.reads import read_through
 from tests.cache.test_node_cache import CACHED, counter
+from tests.integration.test_policy_reconciliation import loose, tight
 from tests.support.cache_counters import CountedCache
-from tests.support.cluster import LocalCluster, eventually
+from tests.support.cluster import NAMESPACES, LocalCluster, eventually
 
 NAMESPACE = "ns"
 KEY = "k"
@@ -263,3 +264,46 @@ async def test_a_node_keeps_a_key_out_of_its_cache_while_a_write_or_an_apply_of_
         assert usable, f"the cache was out of use during {what}: nothing to learn"
         assert isinstance(found, Pending), f"the cache answered what the key held before {what}"
     assert await pair.values(CACHED, ns, key) == {b"v3"}
+
+
+async def test_a_remediation_keeps_the_keys_it_withdraws_out_of_the_cache_while_it_commits(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """The withdrawal is a job of the group committer that declares the keys it may change."""
+    region, ns = "us-east-1", "customers_us"
+    us_only = {"name": ns, "regions": [region], "classification": "personal"}
+    cluster = LocalCluster(tmp_path, [region], pack=loose(), namespaces=[*NAMESPACES, us_only])
+    await cluster.start_coordinator()
+    try:
+        node = await cluster.start_node(
+            region, cache_redis_url=redis.url, cache_redis_region=region, cache_deadline_ms=1000
+        )
+        cache = node.cache
+        assert cache is not None
+        await cluster.put(region, ns, "c-1", b"profile", subject_id="s-1", subject_jurisdiction="DE")
+
+        async def cached() -> bool:
+            await cluster.values(region, ns, "c-1")
+            return isinstance(await cache.lookup(ns, "c-1"), Hit)
+
+        await eventually(cached, 10.0, "c-1 served from the cache")
+        await cluster.change_policy(tight())  # no region may hold it now
+        seen: list[tuple[bool, Hit | Pending]] = []
+        loop = asyncio.get_running_loop()
+        withdraw = node.engine.withdraw
+
+        def probed(namespace: str, key: str, dots: Any) -> Any:
+            after = withdraw(namespace, key, dots)
+            found = asyncio.run_coroutine_threadsafe(cache.lookup(namespace, key), loop)
+            seen.append((cache.coherence.usable, found.result(PROBE_S)))
+            return after
+
+        node.engine.withdraw = probed  # type: ignore[method-assign]
+        receipt = await node.compliance_remediate("", "test", remove_last_copies=True)
+        assert receipt.versions_removed == 1
+        assert len(seen) == 1
+        usable, found = seen[0]
+        assert usable, "the cache was out of use: nothing to learn"
+        assert isinstance(found, Pending), "the cache answered the withdrawn copy"
+    finally:
+        await cluster.stop()
