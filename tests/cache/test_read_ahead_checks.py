@@ -7,6 +7,7 @@ bound (the bound is counted from a read's start, node/cache/others.py)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from domicile.causality import KeyState
 from domicile.redis_server import RedisServer
+from node.cache.coherence import Batch
 from node.cache.read_cache import CacheSettings, Hit, Pending, ReadCache
 from tests.support.cache_counters import CountedCache
 from tests.support.cluster import eventually
@@ -85,6 +87,34 @@ async def test_a_change_committed_after_the_get_was_sent_is_not_hidden(server: R
         cache.changed([("ns", "k")])
         cache.settled([("ns", "k")])
     finally:
+        await stop(cache)
+
+
+async def test_a_change_numbered_after_the_get_was_sent_is_not_hidden_before_it_lands(
+    server: RedisServer,
+) -> None:
+    cache, counted, _ = await started(server, shared=False)
+    # The invalidator's landings of changes wait at this gate (heartbeats pass): the change stays
+    # dirty, whatever the timing, until the test lets it land.
+    gate = threading.Event()
+    landed = cache.coherence.landed
+
+    def held(batch: Batch, hw_before: int | None) -> bool:
+        if batch.keys:
+            gate.wait(10.0)
+        return landed(batch, hw_before)
+
+    cache.coherence.landed = held  # type: ignore[method-assign]
+    try:
+        await filled(cache, "k", None)
+        ahead = cache.read_ahead("ns", "k")
+        assert ahead is not None
+        cache.changed([("ns", "k")])  # numbered now; its landing is held
+        found = await cache.lookup("ns", "k", ahead)
+        assert isinstance(found, Pending), "the entry read before the change must not be served"
+        assert counted.counts.get("miss", 0) == 2
+    finally:
+        gate.set()
         await stop(cache)
 
 
