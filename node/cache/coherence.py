@@ -23,7 +23,11 @@ sequence order, each as one Lua script that deletes the changed keys' entries an
    `changed` runs, and a read through the cache after it must not then return the older
    entry. That mark is kept apart from `dirty`, cleared by no landing and kept by a new
    generation, until `settled` (after `changed` has put the keys the commit changed in
-   `dirty`).
+   `dirty`). So a change that a read of the store returned is marked from before its commit
+   until it lands, and once landed no older state is filled (3): no read through the cache
+   returns a state older than one a read of this node's store returned before it began.
+   Another daemon's changes over a shared store are marked only when its change stream brings
+   them (see the end).
 2. Fills need a lease. On a miss, the lookup script creates a marker `m<hw>` when the key has
    no entry (atomically, with the hw of that moment), and the reader takes `r`, the sequence
    number of the last change published, *before* it reads the engine: the state S it then

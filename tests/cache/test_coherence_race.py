@@ -2,8 +2,8 @@
 redis-server: no read may return a state older than the last one acknowledged before the read
 began, nor older than one a read of the store (as a Scan makes, past the cache) returned before
 it began. Randomized: the seed is printed; DOMICILE_CACHE_RACE_SEED=N replays the same schedule
-(thread timing still varies). The negative control disables the version guard of the fill and
-shows that the checker then catches a stale read."""
+(thread timing still varies). The negative controls disable the version guard of the fill, and
+the marks made before each commit, and show that the checker then catches a stale read."""
 
 from __future__ import annotations
 
@@ -191,6 +191,8 @@ async def race(tmp_path: Path, server: RedisServer, run: Run) -> Checker:
 
                 def apply(e: StorageEngine, m=mutation, seen=seen) -> ApplyOutcome:
                     outcome = e.apply_remote("n2", [m], m.lsn)
+                    if run.window_s:
+                        time.sleep(run.window_s)  # committed, not told yet: as SlowTail does
                     # The state as of the acknowledgement, read on the writer thread.
                     seen[m.key] = e.get(NAMESPACE, m.key)
                     return outcome

@@ -15,7 +15,7 @@ import pytest
 
 from domicile.causality import KeyState
 from domicile.redis_server import RedisServer
-from node.cache.coherence import Batch
+from node.cache.coherence import Key
 from node.cache.read_cache import CacheSettings, Hit, Pending, ReadCache
 from tests.support.cache_counters import CountedCache
 from tests.support.cluster import eventually
@@ -94,22 +94,23 @@ async def test_a_change_numbered_after_the_get_was_sent_is_not_hidden_before_it_
     server: RedisServer,
 ) -> None:
     cache, counted, _ = await started(server, shared=False)
-    # The invalidator's landings of changes wait at this gate (heartbeats pass): the change stays
-    # dirty, whatever the timing, until the test lets it land.
+    # The invalidator's scripts for changes wait at this gate before they reach Redis
+    # (heartbeats pass): the entry stays in Redis and the change dirty, whatever the timing,
+    # until the test lets it through.
     gate = threading.Event()
-    landed = cache.coherence.landed
+    invalidate = cache.store.invalidate
 
-    def held(batch: Batch, hw_before: int | None) -> bool:
-        if batch.keys:
+    def held(generation: str, keys: list[Key], seq: int) -> int | None:
+        if keys:
             gate.wait(10.0)
-        return landed(batch, hw_before)
+        return invalidate(generation, keys, seq)
 
-    cache.coherence.landed = held  # type: ignore[method-assign]
+    cache.store.invalidate = held  # type: ignore[method-assign]
     try:
         await filled(cache, "k", None)
         ahead = cache.read_ahead("ns", "k")
         assert ahead is not None
-        cache.changed([("ns", "k")])  # numbered now; its landing is held
+        cache.changed([("ns", "k")])  # numbered now; its invalidation is held
         found = await cache.lookup("ns", "k", ahead)
         assert isinstance(found, Pending), "the entry read before the change must not be served"
         assert counted.counts.get("miss", 0) == 2

@@ -148,8 +148,8 @@ def test_a_commit_that_changed_nothing_keeps_an_earlier_change_that_has_not_land
 
 
 class _WriterBetweenReads(dict[Key, int]):
-    """The dirty map, whose membership test lets the writer thread run once, right after the
-    reader looked (as a thread switch under the GIL would)."""
+    """A mark's container, whose membership test lets the writer thread run once, right after
+    the reader looked (as a thread switch under the GIL would)."""
 
     def __init__(self, writer: Callable[[], None]) -> None:
         super().__init__()
@@ -164,9 +164,10 @@ class _WriterBetweenReads(dict[Key, int]):
 
 
 def test_a_commit_told_between_the_readers_two_looks_is_not_missed() -> None:
-    # The commit of K1 began (its store may show it already); the reader looks at one mark,
-    # then the writer numbers the change and ends the commit, then the reader looks at the
-    # other. Read dirty-first, K1 was in neither set when looked at, and the cache was used.
+    # The commit of K1 began (its store may show it already); the reader looks at the dirty
+    # map, then the writer numbers the change and ends the commit, then the reader looks at the
+    # commits in progress. Read in that order, K1 was in neither when looked at, and the cache
+    # was used. `_marked` reads the commits in progress first, and finds it there.
     c = ready()
     c.changing([K1])
 
@@ -175,5 +176,37 @@ def test_a_commit_told_between_the_readers_two_looks_is_not_missed() -> None:
         c.settled([K1])
 
     c._dirty = _WriterBetweenReads(writer)
-    assert c.ticket(K1) is None
+    assert c.ticket(K1) is None, "the commit is in progress"
     assert c.ticket(K1) is None, "numbered, not landed"
+
+
+def test_a_whole_commit_between_the_readers_two_looks_is_not_missed() -> None:
+    # The order `_marked` uses: the reader finds no commit of K1 in progress, then a whole
+    # commit of K1 runs (its store shows it once it is over), then the reader looks at the
+    # dirty map, where the numbered change is until it lands.
+    c = ready()
+
+    def writer() -> None:
+        c.changing([K1])
+        c.changed([K1])
+        c.settled([K1])
+
+    hooked = _CommitBetweenReads(writer)
+    c._committing = hooked
+    assert c.ticket(K1) is None
+    assert hooked.writer is None, "the writer ran between the two looks"
+
+
+class _CommitBetweenReads(set[Key]):
+    """The set of commits in progress, with the same hook as _WriterBetweenReads."""
+
+    def __init__(self, writer: Callable[[], None]) -> None:
+        super().__init__()
+        self.writer: Callable[[], None] | None = writer
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer()
+        return found
