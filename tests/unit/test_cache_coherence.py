@@ -147,20 +147,26 @@ def test_a_commit_that_changed_nothing_keeps_an_earlier_change_that_has_not_land
     assert c.ticket(K1) is not None
 
 
-class _WriterBetweenReads(dict[Key, int]):
-    """A mark's container, whose membership test lets the writer thread run once, right after
-    the reader looked (as a thread switch under the GIL would)."""
+class _WriterBetweenReads:
+    """Mixed into a mark's container: its membership test lets the writer thread run once,
+    right after the reader looked (as a thread switch under the GIL would)."""
 
-    def __init__(self, writer: Callable[[], None]) -> None:
-        super().__init__()
-        self.writer: Callable[[], None] | None = writer
+    writer: Callable[[], None] | None = None
 
     def __contains__(self, key: object) -> bool:
-        found = super().__contains__(key)
+        found = super().__contains__(key)  # type: ignore[misc]
         writer, self.writer = self.writer, None
         if writer is not None:
             writer()
-        return found
+        return bool(found)
+
+
+class _DirtyBetweenReads(_WriterBetweenReads, dict[Key, int]):
+    pass
+
+
+class _CommitBetweenReads(_WriterBetweenReads, set[Key]):
+    pass
 
 
 def test_a_commit_told_between_the_readers_two_looks_is_not_missed() -> None:
@@ -175,7 +181,8 @@ def test_a_commit_told_between_the_readers_two_looks_is_not_missed() -> None:
         c.changed([K1])
         c.settled([K1])
 
-    c._dirty = _WriterBetweenReads(writer)
+    c._dirty = dirty = _DirtyBetweenReads()
+    dirty.writer = writer
     assert c.ticket(K1) is None, "the commit is in progress"
     assert c.ticket(K1) is None, "numbered, not landed"
 
@@ -191,22 +198,7 @@ def test_a_whole_commit_between_the_readers_two_looks_is_not_missed() -> None:
         c.changed([K1])
         c.settled([K1])
 
-    hooked = _CommitBetweenReads(writer)
-    c._committing = hooked
+    c._committing = hooked = _CommitBetweenReads()
+    hooked.writer = writer
     assert c.ticket(K1) is None
     assert hooked.writer is None, "the writer ran between the two looks"
-
-
-class _CommitBetweenReads(set[Key]):
-    """The set of commits in progress, with the same hook as _WriterBetweenReads."""
-
-    def __init__(self, writer: Callable[[], None]) -> None:
-        super().__init__()
-        self.writer: Callable[[], None] | None = writer
-
-    def __contains__(self, key: object) -> bool:
-        found = super().__contains__(key)
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            writer()
-        return found
