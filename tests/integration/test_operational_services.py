@@ -52,6 +52,17 @@ async def reflect(channel: grpc.aio.Channel) -> list[str]:
         return [s.name for s in response.list_services_response.service]
 
 
+async def reflection_refused(channel: grpc.aio.Channel) -> grpc.aio.AioRpcError:
+    """Opens a reflection stream and waits for its status without writing: the gate refuses
+    before the handler reads a request, and a write racing that refusal fails on the client with
+    INTERNAL ("Failed execute_batch"), which hides the status the server sent."""
+    async with channel:
+        call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call.read()
+        return refused.value
+
+
 async def test_regression_an_app_may_not_probe_health_or_reflection(cluster: LocalCluster) -> None:
     node = cluster.nodes[REGION]
     for address in (node.address, cluster.coordinator_address):
@@ -59,9 +70,9 @@ async def test_regression_an_app_may_not_probe_health_or_reflection(cluster: Loc
             await health(as_client(cluster, "some-app", (Role.APP,), address))
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "grpc.health.v1.Health.Check" in (refused.value.details() or "")
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await reflect(as_client(cluster, "some-app", (Role.APP,), node.address))
-    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    reflection = await reflection_refused(as_client(cluster, "some-app", (Role.APP,), node.address))
+    assert reflection.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "ServerReflectionInfo" in (reflection.details() or "")
     counted = node.metrics.registry.get_sample_value(
         "domicile_authz_refusals_total", {"action": "grpc.health.v1.Health.Check", "reason": "wrong_peer"}
     )
