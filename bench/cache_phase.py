@@ -2,8 +2,8 @@
 redis-server child), measured on the SQLite engine; and the hit figure again on a node of the
 MongoDB engine (`measure_hits`), whose cache also follows the database's change stream.
 
-- hit: sequential Gets of keys already in the cache, in halves alternating with echo calls of
-  the same run, so that drift of a shared machine falls on both;
+- hit: sequential Gets of keys already in the cache, made in turn with echo calls of the same
+  run, so that the moments of a shared machine fall on both alike;
 - miss: sequential Gets of keys read for the first time (lookup, store read, fill);
 - Zipf: reads of keys drawn from a Zipf distribution with a share of Puts to the same keys
   (each Put invalidates its key's entry), once to warm the cache and once measured; the hit
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import phases
-from bench.client import Call, echo_call, get_call, put_call, sequential_ms
+from bench import machine, phases
+from bench.client import Call, echo_call, get_call, interleaved_ms, put_call, sequential_ms
 from bench.cluster import NodeHandle
 
 HIT_KEYS = 1000
@@ -75,10 +75,12 @@ class HitResult:
     # second is 0.
     hits: float
     not_hits: float
-    # CPU microseconds per call of the echo server over the echo halves and of the node over
-    # the hit halves (None when not asked for, or where /proc is missing).
+    # CPU microseconds per call of the echo server and of the node, over the calls (None when
+    # not asked for, or where /proc is missing).
     echo_cpu_us: float | None = None
     hit_cpu_us: float | None = None
+    # What the machine took during the calls (bench.machine).
+    machine_share: machine.Share | None = None
 
     @property
     def hit_share(self) -> float | None:
@@ -129,9 +131,11 @@ async def measure_hits(
     cpu: Callable[[], dict[str, float]] | None = None,
     processes: tuple[str, str] = ("echo", ""),
 ) -> HitResult:
-    """Echo and cache-hit latencies (ms), in halves alternating, over `keys` keys. With `cpu`
-    (a snapshot of CPU seconds by process name), also the CPU per call of `processes` (the
-    echo server's, the node's), each over its own halves."""
+    """Echo and cache-hit latencies (ms), the two calls made in turn (bench.client.interleaved_ms),
+    over `keys` keys. With `cpu` (a snapshot of CPU seconds by process name), also the CPU per
+    call of `processes` (the echo server's, the node's) over the same calls: each process is idle
+    while the other's call runs, and the node's idle work meanwhile (heartbeats, its loops' timers,
+    about 0.02 cores) counts against its Gets."""
     hit_keys = [f"hit-{i}" for i in range(keys)]
     phases.progress(f"cache ({engine}): pre-loading {keys} keys and reading each once (fills)")
     await phases.preload(put_call(node.channel, namespace, "hit", value), keys)
@@ -139,32 +143,26 @@ async def measure_hits(
     await warm(node, namespace, hit_keys, engine)
     echo: Call = echo_call(echo_channel, namespace, "echo", value)
     hit: Call = get_call(node.channel, namespace, hit_keys, lambda: rng.randrange(keys))
-    echo_ms: list[float] = []
-    hit_ms: list[float] = []
-    half = max(1, samples // 2)
-    cpu_used = {name: 0.0 for name in processes}
-
-    async def timed(name: str, what: str, call: Call) -> list[float]:
-        started = cpu() if cpu is not None else {}
-        latencies = await phases.sequential(what, call, half)
-        ended = cpu() if cpu is not None else {}
-        if name in started and name in ended:
-            cpu_used[name] += ended[name] - started[name]
-        return latencies
-
     before = await node.scrape()
-    for _ in range(2):
-        echo_ms += await timed(processes[0], f"cache ({engine}): echo baseline", echo)
-        hit_ms += await timed(processes[1], f"cache ({engine}): Get, a cache hit", hit)
+    started = cpu() if cpu is not None else {}
+    at = machine.sample()
+    phases.progress(f"cache ({engine}): Get, a cache hit, and an echo call in turn: {samples} of each")
+    echo_ms, hit_ms = await interleaved_ms([echo, hit], samples, rng)
+    during = machine.between(at, machine.sample())
+    ended = cpu() if cpu is not None else {}
     after = await node.scrape()
 
     def grown(name: str) -> float:
         return counter_total(after, name) - counter_total(before, name)
 
+    def cpu_us(name: str) -> float | None:
+        if name not in started or name not in ended:
+            return None
+        return (ended[name] - started[name]) / samples * 1e6
+
     hits = grown("domicile_cache_hits_total")
     not_hits = grown("domicile_cache_misses_total") + grown("domicile_cache_fallbacks_total")
-    echo_cpu, hit_cpu = (cpu_used[name] / (2 * half) * 1e6 if cpu is not None else None for name in processes)
-    return HitResult(echo_ms, hit_ms, hits, not_hits, echo_cpu, hit_cpu)
+    return HitResult(echo_ms, hit_ms, hits, not_hits, cpu_us(processes[0]), cpu_us(processes[1]), during)
 
 
 async def measure(

@@ -3,8 +3,9 @@ deadline, a protobuf request of the same shape (a Put of `value_bytes`)."""
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -102,4 +103,27 @@ async def sequential_ms(call: Call, samples: int, warmup: int | None = None) -> 
         started = time.perf_counter_ns()
         await call(i)
         latencies.append((time.perf_counter_ns() - started) / 1e6)
+    return latencies
+
+
+async def interleaved_ms(
+    calls: Sequence[Call], samples: int, rng: random.Random, warmup: int | None = None
+) -> list[list[float]]:
+    """Latencies of `samples` calls of each of `calls`, made one after another in turn, in an
+    order drawn anew for every round (a, b, b, a, ...): the figure and its baseline then meet
+    the same moments of a shared machine, where alternating halves can give a burst of other
+    guests' work to one of them alone. The warm-up calls are made in turn too."""
+    if warmup is None:
+        warmup = min(WARMUP_CALLS, samples)
+    order = list(range(len(calls)))
+    for i in range(warmup):
+        for which in order:
+            await calls[which](-1 - i)
+    latencies: list[list[float]] = [[] for _ in calls]
+    for i in range(samples):
+        rng.shuffle(order)
+        for which in order:
+            started = time.perf_counter_ns()
+            await calls[which](i)
+            latencies[which].append((time.perf_counter_ns() - started) / 1e6)
     return latencies

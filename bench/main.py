@@ -965,7 +965,7 @@ def cache_mongo_figures(c: cache_phase.HitResult) -> list[Figure]:
             hit99,
             "ms",
             echo99,
-            "echo p99 (alternating)",
+            "echo p99 (in turn)",
             f"<= {CACHE_HIT_P99_RATIO_MAX} x echo p99",
             hit99 <= CACHE_HIT_P99_RATIO_MAX * echo99,
         ),
@@ -984,7 +984,7 @@ def cache_figures(c: cache_phase.CacheResult, get99: float) -> list[Figure]:
     hit50, hit99 = p50_p99(c.hit_ms)
     _, miss99 = p50_p99(c.miss_ms)
     return [
-        Figure("cache_echo_p99_ms", "baseline: echo p99, alternating with cache hits", echo99, "ms"),
+        Figure("cache_echo_p99_ms", "baseline: echo p99, in turn with cache hits", echo99, "ms"),
         Figure(
             "cache_hit_get_p50_ms", "Get p50, a Redis hit (SQLite engine)", hit50, "ms", echo50, "echo p50"
         ),

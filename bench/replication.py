@@ -12,8 +12,8 @@ and the figures are measured at its targets:
 - delayed: 1,000 Puts/s to a seventh region behind a proxy that delays each byte by d.
 - sync: sequential Puts into a namespace with min_regions_acked 2 held at the source and the
   delayed region: each is acknowledged once both hold it, a round trip over the delay (target
-  2 d + 10 ms at p99). In halves alternating with them, round trips of a bare TCP echo behind
-  a proxy of its own with the same delay: the delay as the emulated network gives it in this
+  2 d + 10 ms at p99). Made in turn with them, round trips of a bare TCP echo behind a proxy
+  of its own with the same delay: the delay as the emulated network gives it in this
   run (the proxy's lateness and the wake-ups of the processes on the way included), which the
   Put p99 is also read against (round trip p99 + 10 ms).
 Lag quantiles come from the targets' domicile_replication_lag_seconds histograms (scraped
@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import collections
 import os
+import random
 import re
 import shutil
 import signal
@@ -48,8 +49,8 @@ import grpc
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import phases, tcp_echo
-from bench.client import RPC_DEADLINE_S, Call, put_call, put_request, sequential_ms
+from bench import machine, phases, tcp_echo
+from bench.client import RPC_DEADLINE_S, Call, interleaved_ms, put_call, put_request, sequential_ms
 from bench.cluster import LAG_METRIC, BenchCluster, NodeHandle, wait_caught_up, wait_linked
 from bench.procs import REPO_ROOT, Children
 from bench.report import Figure, table, write_json
@@ -78,6 +79,8 @@ GLOBAL_REGIONS = (SOURCE, NEAR, *OTHERS)
 LOCAL_NS, PAIR_NS, GLOBAL_NS, FAR_NS = "repl_local", "repl_pair", "repl_global", "repl_far"
 FAR_SYNC_NS = "repl_far_sync"  # min_regions_acked 2, at the source and behind the delay
 SYNC_SAMPLES = 400  # synchronous Puts, and as many round trips of the network alone
+SYNC_WARMUP = 50  # of each, unmeasured
+SYNC_SEED = 1  # the order of each round's two calls
 # The round trip's payload: about a Put's request, which is what crosses the delay.
 PING_BYTES = 512
 PROXY_READY = "proxy listening on "
@@ -238,8 +241,11 @@ class ReplicationBench:
         # Latencies of the synchronous Puts (ms), when the sync phase ran.
         self.sync_ms: list[float] | None = None
         self.sync_stages_ms: dict[str, tuple[float, float]] = {}
-        # Round trips (ms) of the emulated network alone, in halves alternating with the Puts.
+        # Round trips (ms) of the emulated network alone, made in turn with the Puts.
         self.sync_rtt_ms: list[float] = []
+        # What the machine took during the sync phase's calls, and the cores each process used.
+        self.sync_machine: machine.Share | None = None
+        self.sync_cores: dict[str, float] = {}
         self.ping_address = ""
 
     async def start(self) -> None:
@@ -514,23 +520,39 @@ class ReplicationBench:
                 writer.write(payload)
                 await reader.readexactly(PING_BYTES)
 
-            # Halves alternating, so that drift of a shared machine falls on both.
-            self.sync_ms = []
+            # The Puts and the round trips in turn, so that the moments of a shared machine
+            # fall on both alike; what the machine took and what each process used meanwhile.
+            phases.progress(
+                f"sync: Puts acknowledged by 2 regions over a {opts.delay_ms:.0f} ms one-way delay, in "
+                f"turn with round trips of {PING_BYTES} bytes through an identical delay proxy: "
+                f"{SYNC_SAMPLES} of each"
+            )
+            put = put_call(source, FAR_SYNC_NS, "sync", self.value)
+            at, cpu_before = machine.sample(), self.children.cpu_snapshot()
             try:
-                for half in range(2):
-                    self.sync_rtt_ms += await phases.sequential(
-                        f"sync: baseline: round trips of {PING_BYTES} bytes through an identical delay proxy",
-                        round_trip,
-                        SYNC_SAMPLES // 2,
-                    )
-                    self.sync_ms += await phases.sequential(
-                        f"sync: Puts acknowledged by 2 regions over a {opts.delay_ms:.0f} ms one-way delay",
-                        put_call(source, FAR_SYNC_NS, f"sync{half}", self.value),
-                        SYNC_SAMPLES // 2,
-                    )
+                self.sync_rtt_ms, self.sync_ms = await interleaved_ms(
+                    [round_trip, put], SYNC_SAMPLES, random.Random(SYNC_SEED), warmup=SYNC_WARMUP
+                )
             finally:
                 writer.close()
+            end, cpu_after = machine.sample(), self.children.cpu_snapshot()
             self.sync_stages_ms = stage_quantiles(before, await self._stage_histograms(FAR))
+            self.sync_machine = machine.between(at, end)
+            used = {p: cpu_after[p] - cpu_before[p] for p in cpu_after.keys() & cpu_before.keys()}
+            self.sync_cores = sync_cores(used, end.at - at.at, self._node_processes())
+
+
+def sync_cores(cpu_s: dict[str, float], wall_s: float, nodes: list[str]) -> dict[str, float]:
+    """The cores each process used over `wall_s`: the two ends of the synchronous link, the bench
+    client, the proxies, and the other nodes summed (idle, each costs a little)."""
+    if wall_s <= 0:
+        return {}
+    ends = {f"node-{SOURCE}": "source", f"node-{FAR}": "far"}
+    shown = ends | {p: p for p in ("bench client", "proxy", "ping-proxy", "tcp-echo", "coordinator")}
+    cores = {short: round(cpu_s[p] / wall_s, 2) for p, short in shown.items() if p in cpu_s}
+    others = sum(cpu_s[p] for p in nodes if p in cpu_s and p not in ends)
+    cores["other nodes"] = round(others / wall_s, 2)
+    return cores
 
 
 def busy_processes(
@@ -689,7 +711,7 @@ def figures(
         )  # fmt: skip
     if sync_ms and sync_rtt_ms:
         # The delay as the emulated network gave it in this run: a round trip through the same
-        # kind of proxy, in halves alternating with the Puts.
+        # kind of proxy, made in turn with the Puts.
         rtt50, rtt99 = percentile(sync_rtt_ms, 0.5), percentile(sync_rtt_ms, 0.99)
         p99 = percentile(sync_ms, 0.99)
         out.append(Figure("sync_rtt_p50_ms", "sync: the network's round trip alone, p50", rtt50, "ms"))
@@ -804,6 +826,8 @@ async def run(opts: Options) -> int:
         "sync_put_ms": bench.sync_ms,
         "sync_rtt_ms": bench.sync_rtt_ms,
         "sync_stages_ms": bench.sync_stages_ms,
+        "sync_machine": bench.sync_machine.as_dict() if bench.sync_machine else None,
+        "sync_cores": bench.sync_cores,
         "proxy_lateness": proxy_lateness,
     }
     write_json(opts.out, results, meta)
@@ -839,6 +863,11 @@ async def run(opts: Options) -> int:
     if bench.sync_stages_ms:
         parts = ", ".join(f"{k} {p50:.1f}/{p99:.1f}" for k, (p50, p99) in bench.sync_stages_ms.items())
         print(f"sync: stages p50/p99 (ms): {parts}")
+    if bench.sync_cores:
+        cores = ", ".join(f"{k} {v:.2f}" for k, v in bench.sync_cores.items())
+        print(f"sync: cores during the calls: {cores}")
+    if bench.sync_machine:
+        print(f"sync: the machine during the calls: {bench.sync_machine.line()}")
     if proxy_lateness:
         # What the delay proxy added past its delay (bench.delay_proxy), over the whole run.
         print(proxy_lateness)
