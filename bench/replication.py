@@ -246,6 +246,9 @@ class ReplicationBench:
         # What the machine took during the sync phase's calls, and the cores each process used.
         self.sync_machine: machine.Share | None = None
         self.sync_cores: dict[str, float] = {}
+        # The event-loop lag each end of the synchronous link saw during those calls.
+        self.sync_loop_lag: dict[str, Histogram] = {}
+        self.sync_fdatasync_ms: list[float] = []
         self.ping_address = ""
 
     async def start(self) -> None:
@@ -528,6 +531,8 @@ class ReplicationBench:
                 f"{SYNC_SAMPLES} of each"
             )
             put = put_call(source, FAR_SYNC_NS, "sync", self.value)
+            ends = {"source": self.nodes[SOURCE], "far": self.nodes[FAR]}
+            lag_before = {end: await node.histogram(LOOP_LAG_METRIC, {}) for end, node in ends.items()}
             at, cpu_before = machine.sample(), self.children.cpu_snapshot()
             try:
                 self.sync_rtt_ms, self.sync_ms = await interleaved_ms(
@@ -540,6 +545,15 @@ class ReplicationBench:
             self.sync_machine = machine.between(at, end)
             used = {p: cpu_after[p] - cpu_before[p] for p in cpu_after.keys() & cpu_before.keys()}
             self.sync_cores = sync_cores(used, end.at - at.at, self._node_processes())
+            for name, node in ends.items():
+                after = await node.histogram(LOOP_LAG_METRIC, {})
+                if after is not None:
+                    self.sync_loop_lag[name] = after.minus(lag_before[name])
+            # The floor of the two commits every synchronous Put waits for in series (the
+            # source's, then the far node's), measured after the calls on the far node's disk.
+            self.sync_fdatasync_ms = await asyncio.to_thread(
+                phases.fdatasync_ms, self.nodes[FAR].data_dir, SYNC_SAMPLES, len(self.value)
+            )
 
 
 def sync_cores(cpu_s: dict[str, float], wall_s: float, nodes: list[str]) -> dict[str, float]:
@@ -553,6 +567,19 @@ def sync_cores(cpu_s: dict[str, float], wall_s: float, nodes: list[str]) -> dict
     others = sum(cpu_s[p] for p in nodes if p in cpu_s and p not in ends)
     cores["other nodes"] = round(others / wall_s, 2)
     return cores
+
+
+def loop_lag_line(lag: Histogram) -> str:
+    """How often a node's loop ran its lag timer late by more than a few edges of its buckets:
+    a stall of the loop delays every call it serves by as much."""
+    if lag.count <= 0:
+        return "no samples"
+    parts = []
+    for edge_s in (0.005, 0.01, 0.02, 0.05):
+        within = lag.share_within(edge_s)
+        if within is not None:
+            parts.append(f"> {edge_s * 1000:g} ms {round((1 - within) * lag.count)}")
+    return f"{lag.count:.0f} samples; " + ", ".join(parts)
 
 
 def busy_processes(
@@ -828,6 +855,7 @@ async def run(opts: Options) -> int:
         "sync_stages_ms": bench.sync_stages_ms,
         "sync_machine": bench.sync_machine.as_dict() if bench.sync_machine else None,
         "sync_cores": bench.sync_cores,
+        "sync_fdatasync_ms": bench.sync_fdatasync_ms,
         "proxy_lateness": proxy_lateness,
     }
     write_json(opts.out, results, meta)
@@ -868,6 +896,14 @@ async def run(opts: Options) -> int:
         print(f"sync: cores during the calls: {cores}")
     if bench.sync_machine:
         print(f"sync: the machine during the calls: {bench.sync_machine.line()}")
+    for name, lag in bench.sync_loop_lag.items():
+        print(f"sync: {name} event-loop lag during the calls: {loop_lag_line(lag)}")
+    if bench.sync_fdatasync_ms:
+        f50, f99 = percentile(bench.sync_fdatasync_ms, 0.5), percentile(bench.sync_fdatasync_ms, 0.99)
+        print(
+            f"sync: fdatasync on the far node's disk after the calls, p50/p99 (ms): {f50:.2f}/{f99:.2f} "
+            "(a synchronous Put waits for two commits in series: the source's, then the far node's)"
+        )
     if proxy_lateness:
         # What the delay proxy added past its delay (bench.delay_proxy), over the whole run.
         print(proxy_lateness)

@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 
 from bench.replication import (
+    FAR,
     NEAR,
     SOURCE,
     Options,
     PhaseResult,
     busy_processes,
     figures,
+    loop_lag_line,
     quantiles_ms,
+    sync_cores,
     top_functions,
 )
 from bench.stats import Histogram, p99_within
@@ -131,6 +134,21 @@ def test_idle_nodes_are_settled() -> None:
     before = {"node-a": 1.0, "node-b": 2.0}
     after = {"node-a": 1.04, "node-b": 2.02}
     assert busy_processes(before, after, ["node-a", "node-b"], 1.0) == {}
+
+
+def test_the_sync_phase_shows_its_two_ends_apart_and_the_other_nodes_summed() -> None:
+    used = {f"node-{SOURCE}": 2.0, f"node-{FAR}": 1.0, f"node-{NEAR}": 0.3, "node-x": 0.1, "proxy": 0.2}
+    cores = sync_cores(used, 10.0, [f"node-{SOURCE}", f"node-{FAR}", f"node-{NEAR}", "node-x"])
+    assert cores == pytest.approx({"source": 0.2, "far": 0.1, "proxy": 0.02, "other nodes": 0.04})
+    assert sync_cores(used, 0.0, []) == {}
+
+
+def test_loop_lag_counts_the_samples_past_each_edge() -> None:
+    bounds = (0.001, 0.005, 0.01, 0.02, 0.05, float("inf"))
+    # 100 samples: 90 under 1 ms, 6 under 5 ms, 2 under 10 ms, 1 under 20 ms, 1 past 50 ms.
+    lag = Histogram(bounds, (90.0, 96.0, 98.0, 99.0, 99.0, 100.0), 0.3)
+    assert loop_lag_line(lag) == "100 samples; > 5 ms 4, > 10 ms 2, > 20 ms 1, > 50 ms 1"
+    assert loop_lag_line(Histogram(bounds, (0.0,) * 6, 0.0)) == "no samples"
 
 
 LAG_BOUNDS = (0.05, 0.075, 0.1, 0.15, 0.2, float("inf"))
