@@ -107,7 +107,9 @@ def machine_figures(name: str, label: str, hit: cache_phase.HitResult) -> list[F
     ]
 
 
-async def run(samples: int, rounds: int, seed: int, root: Path) -> list[Figure]:
+async def run(
+    samples: int, rounds: int, seed: int, root: Path, block: int = cache_phase.HIT_BLOCK
+) -> list[Figure]:
     (root / "logs").mkdir()
     children = Children(root / "logs", cwd=root)
     cluster = BenchCluster(root, children)
@@ -147,6 +149,7 @@ async def run(samples: int, rounds: int, seed: int, root: Path) -> list[Figure]:
                             node, echo_channel, SOLO_NAMESPACE, value, samples,
                             random.Random(seed + round_no), setup.label, keys=MONGO_HIT_KEYS,
                             cpu=children.cpu_snapshot, processes=("echo", f"node-{setup.node_id}"),
+                            block=block,
                         )  # fmt: skip
                         figures += hit_figures(setup, round_no, hit)
             finally:
@@ -163,15 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=5000, help="Gets (and echo calls) per round (5000)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per engine (2)")
     parser.add_argument("--seed", type=int, help="seed of the key order (random by default)")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=cache_phase.HIT_BLOCK,
+        help=f"Gets and echo calls made in turn this many of a kind at a time ({cache_phase.HIT_BLOCK})",
+    )
     a = parser.parse_args(argv)
     # The children are forked while gRPC threads run; they exec a new interpreter at once.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    if not 1 <= a.samples <= 1_000_000 or not 1 <= a.rounds <= 20:
-        parser.error("--samples must be 1 to 1000000 and --rounds 1 to 20")
+    if not 1 <= a.samples <= 1_000_000 or not 1 <= a.rounds <= 20 or not 1 <= a.block <= a.samples:
+        parser.error("--samples must be 1 to 1000000, --rounds 1 to 20 and --block 1 to --samples")
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 32)
     root = Path(tempfile.mkdtemp(prefix="domicile-bench-cache-"))
     try:
-        figures = asyncio.run(run(a.samples, a.rounds, seed, root))
+        figures = asyncio.run(run(a.samples, a.rounds, seed, root, a.block))
     except BaseException:
         print(f"benchmark failed; process logs are in {root / 'logs'}", file=sys.stderr)
         raise

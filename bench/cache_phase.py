@@ -22,10 +22,13 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import machine, phases
-from bench.client import Call, echo_call, get_call, interleaved_ms, put_call, sequential_ms
+from bench.client import WARMUP_CALLS, Call, echo_call, get_call, interleaved_ms, put_call, sequential_ms
 from bench.cluster import NodeHandle
 
 HIT_KEYS = 1000
+# Hits and echo calls are made in turn this many at a time (bench.client.interleaved_ms): some
+# 25 ms of each, far shorter than the seconds a burst of the hypervisor's steal lasts.
+HIT_BLOCK = 25
 ZIPF_KEYS = 2000
 ZIPF_EXPONENT = 1.1
 ZIPF_WRITE_SHARE = 0.05
@@ -70,7 +73,7 @@ def counter_total(text: str, name: str) -> float:
 class HitResult:
     echo_ms: list[float]
     hit_ms: list[float]
-    # Growth of the node's counters over the measured Gets (warm-up calls included): hits, and
+    # Growth of the node's counters over the measured Gets: hits, and
     # reads the cache did not answer (misses and fallbacks). The figure is of hits if the
     # second is 0.
     hits: float
@@ -130,12 +133,13 @@ async def measure_hits(
     keys: int = HIT_KEYS,
     cpu: Callable[[], dict[str, float]] | None = None,
     processes: tuple[str, str] = ("echo", ""),
+    block: int = HIT_BLOCK,
 ) -> HitResult:
-    """Echo and cache-hit latencies (ms), the two calls made in turn (bench.client.interleaved_ms),
-    over `keys` keys. With `cpu` (a snapshot of CPU seconds by process name), also the CPU per
-    call of `processes` (the echo server's, the node's) over the same calls: each process is idle
-    while the other's call runs, and the node's idle work meanwhile (heartbeats, its loops' timers,
-    about 0.02 cores) counts against its Gets."""
+    """Echo and cache-hit latencies (ms), the two calls made in turn, `block` of a kind at a time
+    (bench.client.interleaved_ms), over `keys` keys. With `cpu` (a snapshot of CPU seconds by
+    process name), also the CPU per call of `processes` (the echo server's, the node's) over the
+    same calls: each process is idle while the other's calls run, and the node's idle work
+    meanwhile (heartbeats, its loops' timers, about 0.02 cores) counts against its Gets."""
     hit_keys = [f"hit-{i}" for i in range(keys)]
     phases.progress(f"cache ({engine}): pre-loading {keys} keys and reading each once (fills)")
     await phases.preload(put_call(node.channel, namespace, "hit", value), keys)
@@ -143,11 +147,16 @@ async def measure_hits(
     await warm(node, namespace, hit_keys, engine)
     echo: Call = echo_call(echo_channel, namespace, "echo", value)
     hit: Call = get_call(node.channel, namespace, hit_keys, lambda: rng.randrange(keys))
+    phases.progress(
+        f"cache ({engine}): Gets, cache hits, and echo calls in turn, {block} of a kind at a time: "
+        f"{samples} of each"
+    )
+    # The warm-up first: the counters, CPU and machine windows hold the measured calls alone.
+    await interleaved_ms([echo, hit], 0, rng, warmup=min(WARMUP_CALLS, samples))
     before = await node.scrape()
     started = cpu() if cpu is not None else {}
     at = machine.sample()
-    phases.progress(f"cache ({engine}): Get, a cache hit, and an echo call in turn: {samples} of each")
-    echo_ms, hit_ms = await interleaved_ms([echo, hit], samples, rng)
+    echo_ms, hit_ms = await interleaved_ms([echo, hit], samples, rng, warmup=0, block=block)
     during = machine.between(at, machine.sample())
     ended = cpu() if cpu is not None else {}
     after = await node.scrape()

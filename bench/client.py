@@ -107,12 +107,17 @@ async def sequential_ms(call: Call, samples: int, warmup: int | None = None) -> 
 
 
 async def interleaved_ms(
-    calls: Sequence[Call], samples: int, rng: random.Random, warmup: int | None = None
+    calls: Sequence[Call], samples: int, rng: random.Random, warmup: int | None = None, block: int = 1
 ) -> list[list[float]]:
-    """Latencies of `samples` calls of each of `calls`, made one after another in turn, in an
-    order drawn anew for every round (a, b, b, a, ...): the figure and its baseline then meet
-    the same moments of a shared machine, where alternating halves can give a burst of other
-    guests' work to one of them alone. The warm-up calls are made in turn too."""
+    """Latencies of `samples` calls of each of `calls`, made in turn: each round makes `block`
+    calls of each, one kind after the other, in an order drawn anew for every round (a, b, b,
+    a, ...). The figure and its baseline then meet the same moments of a shared machine, where
+    alternating halves can give a burst of other guests' work (seconds long) to one of them
+    alone. A block of a few tens of calls keeps each server's caches as warm as a run of its own
+    calls does, and is still far shorter than such a burst. The warm-up calls are made in turn
+    too."""
+    if block < 1:
+        raise ValueError(f"block must be at least 1, not {block}")
     if warmup is None:
         warmup = min(WARMUP_CALLS, samples)
     order = list(range(len(calls)))
@@ -120,10 +125,12 @@ async def interleaved_ms(
         for which in order:
             await calls[which](-1 - i)
     latencies: list[list[float]] = [[] for _ in calls]
-    for i in range(samples):
+    for first in range(0, samples, block):
         rng.shuffle(order)
         for which in order:
-            started = time.perf_counter_ns()
-            await calls[which](i)
-            latencies[which].append((time.perf_counter_ns() - started) / 1e6)
+            call, out = calls[which], latencies[which]
+            for i in range(first, min(first + block, samples)):
+                started = time.perf_counter_ns()
+                await call(i)
+                out.append((time.perf_counter_ns() - started) / 1e6)
     return latencies

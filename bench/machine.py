@@ -1,8 +1,10 @@
 """What the machine took from a measurement: the share of CPU time the hypervisor gave to other
-guests (steal, /proc/stat) and the share of wall time in which some task here waited for a CPU
-(pressure, /proc/pressure/cpu "some"). A figure measured while either was high was set by the
-machine, not by the code, and the two tell that apart from this run's own processes (whose
-cores the benchmarks print beside). Linux only; a figure the kernel does not offer is None.
+guests (steal, /proc/stat), the share of all CPUs' time spent busy, and the share of wall time
+in which some task here was runnable but waited for a CPU (pressure, /proc/pressure/cpu
+"some"). Steal is the other guests' alone; busy and pressure include this run's own processes
+competing for the CPUs (on 2 cores, a client and two servers in turn wait for each other), so
+they are read against the same figure of a quiet round, not as the machine's. Linux only; a
+figure the kernel does not offer is None.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def between(a: Sample, b: Sample) -> Share:
 
 
 def total(shares: list[tuple[Sample, Sample]]) -> Share:
-    """Several windows (alternating halves) as one: each figure summed over the windows."""
+    """Several windows as one: each figure summed over the windows (a short window weighs by its
+    length, not as much as a long one)."""
     jiffies = [(a.jiffies, b.jiffies) for a, b in shares if a.jiffies is not None and b.jiffies is not None]
     pressure = [(a, b) for a, b in shares if a.pressure_us is not None and b.pressure_us is not None]
     steal = busy = pressed = None
@@ -74,19 +77,17 @@ def total(shares: list[tuple[Sample, Sample]]) -> Share:
 def _jiffies() -> tuple[int, ...] | None:
     try:
         first = PROC_STAT.read_text().splitlines()[0].split()
-    except (OSError, IndexError):
+        if len(first) < FIELDS + 1 or first[0] != "cpu":
+            return None
+        return tuple(int(x) for x in first[1 : FIELDS + 1])
+    except (OSError, IndexError, ValueError):
         return None
-    if first[0] != "cpu" or len(first) < FIELDS + 1:
-        return None
-    return tuple(int(x) for x in first[1 : FIELDS + 1])
 
 
 def _pressure_us() -> int | None:
     try:
         some = PROC_PRESSURE_CPU.read_text().splitlines()[0]
-    except (OSError, IndexError):
+        totals = [int(part.removeprefix("total=")) for part in some.split() if part.startswith("total=")]
+    except (OSError, IndexError, ValueError):
         return None
-    for part in some.split():
-        if part.startswith("total="):
-            return int(part.removeprefix("total="))
-    return None
+    return totals[0] if totals else None

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import random
 import re
@@ -514,7 +515,6 @@ class ReplicationBench:
         if "sync" not in opts.skip:
             await wait_linked(self.nodes[SOURCE], self.nodes[FAR])
             await self._settle("sync")
-            before = await self._stage_histograms(FAR)
             host, _, port = self.ping_address.rpartition(":")
             reader, writer = await asyncio.open_connection(host, int(port))
             payload = b"p" * PING_BYTES
@@ -525,22 +525,26 @@ class ReplicationBench:
 
             # The Puts and the round trips in turn, so that the moments of a shared machine
             # fall on both alike; what the machine took and what each process used meanwhile.
+            calls = [round_trip, put_call(source, FAR_SYNC_NS, "sync", self.value)]
+            rng = random.Random(SYNC_SEED)
+            ends = {"source": self.nodes[SOURCE], "far": self.nodes[FAR]}
             phases.progress(
                 f"sync: Puts acknowledged by 2 regions over a {opts.delay_ms:.0f} ms one-way delay, in "
                 f"turn with round trips of {PING_BYTES} bytes through an identical delay proxy: "
                 f"{SYNC_SAMPLES} of each"
             )
-            put = put_call(source, FAR_SYNC_NS, "sync", self.value)
-            ends = {"source": self.nodes[SOURCE], "far": self.nodes[FAR]}
-            lag_before = {end: await node.histogram(LOOP_LAG_METRIC, {}) for end, node in ends.items()}
-            at, cpu_before = machine.sample(), self.children.cpu_snapshot()
             try:
-                self.sync_rtt_ms, self.sync_ms = await interleaved_ms(
-                    [round_trip, put], SYNC_SAMPLES, random.Random(SYNC_SEED), warmup=SYNC_WARMUP
-                )
+                # The warm-up first: every window below holds the measured calls alone.
+                await interleaved_ms(calls, 0, rng, warmup=SYNC_WARMUP)
+                before = await self._stage_histograms(FAR)
+                lag_before = {end: await node.histogram(LOOP_LAG_METRIC, {}) for end, node in ends.items()}
+                at, cpu_before = machine.sample(), self.children.cpu_snapshot()
+                self.sync_rtt_ms, self.sync_ms = await interleaved_ms(calls, SYNC_SAMPLES, rng, warmup=0)
+                end, cpu_after = machine.sample(), self.children.cpu_snapshot()
             finally:
                 writer.close()
-            end, cpu_after = machine.sample(), self.children.cpu_snapshot()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
             self.sync_stages_ms = stage_quantiles(before, await self._stage_histograms(FAR))
             self.sync_machine = machine.between(at, end)
             used = {p: cpu_after[p] - cpu_before[p] for p in cpu_after.keys() & cpu_before.keys()}

@@ -24,7 +24,7 @@ def test_shares_of_one_window() -> None:
 
 
 def test_windows_are_summed_not_averaged() -> None:
-    """A short window with much steal weighs by its length: 10 of 110 jiffies, not the mean of
+    """A short window with much steal weighs by its length: 5 of 110 jiffies, not the mean of
     0% and 50%."""
     quiet = (Sample(0.0, stat(0, 0, 0), 0), Sample(1.0, stat(50, 50, 0), 0))
     stolen = (Sample(5.0, stat(0, 0, 0), 0), Sample(5.1, stat(5, 0, 5), 100_000))
