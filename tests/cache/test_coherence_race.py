@@ -245,6 +245,12 @@ async def test_a_read_of_the_store_is_never_followed_by_an_older_cached_read(
     assert_clean(checker, reads_min=100)
 
 
+def assert_caught(checker: Checker) -> None:
+    """A negative control's end: the checker found a stale read (and says where)."""
+    print(f"{checker.reads} reads: {checker.tally.counts}; first violation: {checker.violations[:1]}")
+    assert checker.violations, f"no stale read caught in {checker.reads} reads"
+
+
 async def test_negative_control_told_only_after_the_commit_the_checker_catches_an_older_cached_read(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -260,8 +266,7 @@ async def test_negative_control_told_only_after_the_commit_the_checker_catches_a
             window_s=0.003,
         ),
     )
-    print(f"{checker.reads} reads: {checker.tally.counts}; first violation: {checker.violations[:1]}")
-    assert checker.violations, f"no stale read caught in {checker.reads} reads"
+    assert_caught(checker)
 
 
 async def test_negative_control_without_the_version_guard_the_checker_catches_a_stale_read(
@@ -274,5 +279,4 @@ async def test_negative_control_without_the_version_guard_the_checker_catches_a_
             seed_of_run(), writes=3000, applies=1000, store_class=UnguardedStore, stop_at_first_violation=True
         ),
     )
-    print(f"{checker.reads} reads: {checker.tally.counts}; first violation: {checker.violations[:1]}")
-    assert checker.violations, f"no stale read caught in {checker.reads} reads"
+    assert_caught(checker)

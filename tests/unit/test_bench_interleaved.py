@@ -4,22 +4,29 @@ gets a stretch of the machine to itself."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
 from bench import client
-from bench.client import interleaved_ms
+from bench.client import Call, interleaved_ms
 
 
-async def test_calls_are_made_in_turn_in_an_order_drawn_every_round() -> None:
-    made: list[tuple[str, int]] = []
+def recorder(made: list[tuple[str, int]]) -> Callable[[str], Call]:
+    """Calls that note their name and index in `made`."""
 
-    def call(name: str):  # type: ignore[no-untyped-def]
+    def call(name: str) -> Call:
         async def run(i: int) -> None:
             made.append((name, i))
 
         return run
 
+    return call
+
+
+async def test_calls_are_made_in_turn_in_an_order_drawn_every_round() -> None:
+    made: list[tuple[str, int]] = []
+    call = recorder(made)
     a, b = await interleaved_ms([call("a"), call("b")], 200, random.Random(7), warmup=3)
     assert len(a) == len(b) == 200
     warmup, measured = made[:6], made[6:]
@@ -34,13 +41,7 @@ async def test_calls_are_made_in_turn_in_an_order_drawn_every_round() -> None:
 
 async def test_a_block_makes_that_many_calls_of_one_kind_in_a_row() -> None:
     made: list[tuple[str, int]] = []
-
-    def call(name: str):  # type: ignore[no-untyped-def]
-        async def run(i: int) -> None:
-            made.append((name, i))
-
-        return run
-
+    call = recorder(made)
     a, b = await interleaved_ms([call("a"), call("b")], 10, random.Random(3), warmup=0, block=4)
     assert len(a) == len(b) == 10
     # Rounds of 4, 4 and the last 2 calls of each kind, one kind's block after the other's.
