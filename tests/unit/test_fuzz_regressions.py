@@ -78,7 +78,7 @@ def test_cluster_namespace_scoped_to_a_mapping(tmp_path: Path) -> None:
         b"checked: 2026-13-01\n",  # ValueError: month must be in 1..12
         b"limit: " + b"9" * 5000 + b"\n",  # ValueError: more than 4300 digits for int()
         b"limit: !!int many\n",  # ValueError: invalid literal for int()
-        b"[" * 3000,  # RecursionError in PyYAML's composer
+        b"[" * 3000,  # past libyaml's nesting limit; RecursionError in the pure-Python composer
     ],
 )
 def test_yaml_refused_other_than_by_yaml_error(tmp_path: Path, text: bytes) -> None:
