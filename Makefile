@@ -21,11 +21,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
 # Node.js + npm (the other-language client test), promtool (the alerting rules test) and
-# redis-server (the read cache's tests).
+# redis-server (the read cache's tests). What is missing is installed with one apt-get update
+# and one install: on a fresh machine each update alone takes many seconds.
 test-tools: ## install Node.js, npm, promtool and redis-server with apt-get when missing
-	@command -v node >/dev/null && command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) nodejs npm; }
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { $(SUDO) apt-get update -q && $(APT_INSTALL) prometheus; }
-	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { $(SUDO) apt-get update -q && $(APT_INSTALL) redis-server; }
+	@missing=""; \
+	command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing with apt-get:$$missing"; \
+		$(SUDO) apt-get update -q && $(APT_INSTALL) $$missing; \
+	fi
 
 up: setup ## run a local cluster: a coordinator and seven regional nodes (Ctrl-C stops it)
 	$(BIN)/domicile up --config deploy/cluster.yaml
@@ -57,7 +63,11 @@ lint: setup ## ruff check, ruff format --check, import-linter
 typecheck: setup ## mypy --strict
 	$(BIN)/mypy domicile node coordinator scripts bench torture
 
-test: setup test-tools protos-check sync-client-check lint typecheck ## set up, check everything and run every test
+# The venv (pip) and the system tools (apt-get) are installed side by side: on a fresh machine
+# both take a while, and neither needs the other.
+test: ## set up, check everything and run every test
+	$(MAKE) --no-print-directory -j2 setup test-tools
+	$(MAKE) --no-print-directory protos-check sync-client-check lint typecheck
 	$(PY) -m pytest -q
 
 unit: setup ## the unit tests only (seconds)
