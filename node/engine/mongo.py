@@ -67,10 +67,16 @@ log = logging.getLogger("domicile.engine.mongo")
 T = TypeVar("T")
 
 # How long an operation waits for a reachable server before it fails UNAVAILABLE: short, so a
-# write to a node whose database is down fails fast instead of holding its client.
+# write to a node whose database is down fails fast instead of holding its client. The URI's
+# own option of the same name wins (mongodb://host/?serverSelectionTimeoutMS=500).
 SERVER_SELECTION_TIMEOUT_MS = 2_000
 CONNECT_TIMEOUT_MS = 2_000
 SOCKET_TIMEOUT_MS = 20_000
+_TIMEOUTS_MS = {
+    "serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
+    "connectTimeoutMS": CONNECT_TIMEOUT_MS,
+    "socketTimeoutMS": SOCKET_TIMEOUT_MS,
+}
 # A transaction that conflicts or fails transiently is re-run, this many times in all, within
 # this long; then the write fails UNAVAILABLE.
 TRANSACTION_ATTEMPTS_MAX = 20
@@ -86,6 +92,13 @@ _TOO_LARGE_CODES = frozenset({10334, 17419, 17420})
 _WRITE_CONCERN = WriteConcern("majority", j=True)
 _TRANSIENT = "TransientTransactionError"
 _UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
+
+
+def default_timeouts(uri: str) -> dict[str, Any]:
+    """The timeouts of _TIMEOUTS_MS the URI does not set itself (MongoClient's keyword arguments
+    would override the URI's options; option names are case-insensitive)."""
+    given = {name.lower() for name in urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query)}
+    return {name: ms for name, ms in _TIMEOUTS_MS.items() if name.lower() not in given}
 
 
 def redact_uri(uri: str) -> str:
@@ -257,9 +270,7 @@ class MongoBackend:
         try:
             self.client: MongoClient[dict[str, Any]] = MongoClient(
                 uri,
-                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-                connectTimeoutMS=CONNECT_TIMEOUT_MS,
-                socketTimeoutMS=SOCKET_TIMEOUT_MS,
+                **default_timeouts(uri),
                 appname=f"domicile-{node_id}",
                 retryWrites=True,
                 retryReads=True,

@@ -99,7 +99,7 @@ async def test_while_the_database_is_down_cached_reads_serve_and_the_rest_fail_u
     server.start()
     cluster = LocalCluster(tmp_path / "cluster", [REGION])
     try:
-        put_on_mongodb(cluster, server)
+        put_on_mongodb(cluster, server, outage=True)
         with_cache(cluster, redis)
         await cluster.start_linked()
         node = cluster.nodes[REGION]

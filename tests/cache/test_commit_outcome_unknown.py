@@ -69,7 +69,9 @@ async def node_behind_proxy(mongo_server: MongoServer, redis: RedisServer) -> As
     await proxy.start()
     engine = await asyncio.to_thread(
         MongoEngine,
-        f"mongodb://{proxy.address}/?directConnection=true",
+        # Server selection bounded well below the default 2 s: each of the commit's retries waits
+        # that long for the partitioned database before it gives up.
+        f"mongodb://{proxy.address}/?directConnection=true&serverSelectionTimeoutMS=300",
         mongo_server.database_name("unknown"),
         "d1",
         REGION,
@@ -120,8 +122,18 @@ async def lose_the_answer(node: Node, change: Callable[[], Awaitable[object]]) -
     print("the change was answered:", raised.value)
     assert node.proxy.answers_lost == 1
     node.proxy.heal()
-    stored = await asyncio.to_thread(node.engine.get, NAMESPACE, KEY)
-    assert stored is not None and {v.value for v in stored.versions} == {b"v2"}, "the commit was durable"
+
+    async def holds_v2() -> bool:
+        # The driver finds the healed server again within its server selection timeout or the
+        # next one (it rechecks a lost server every 0.5 s at most).
+        try:
+            stored = await asyncio.to_thread(node.engine.get, NAMESPACE, KEY)
+        except Unavailable:
+            return False
+        assert stored is not None and {v.value for v in stored.versions} == {b"v2"}, "the commit was durable"
+        return True
+
+    await eventually(holds_v2, CATCH_UP_S, "the healed database answering")
 
 
 async def cache_follows_the_store(node: Node) -> None:

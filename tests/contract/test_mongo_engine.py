@@ -123,8 +123,25 @@ def test_a_database_of_another_region_is_refused(mongo_server: MongoServer) -> N
         MongoEngine(mongo_server.uri, database, "node-a", "us-east-1")
 
 
+def test_the_uris_own_timeouts_win_over_the_engines_defaults(mongo_server: MongoServer) -> None:
+    separator = "&" if "?" in mongo_server.uri else "?"
+    for uri, selection_s, socket_s in (
+        (mongo_server.uri, 2.0, 20.0),
+        (f"{mongo_server.uri}{separator}serverselectiontimeoutms=700&socketTimeoutMS=9000", 0.7, 9.0),
+    ):
+        engine = MongoEngine(uri, mongo_server.database_name("timeouts"), "node-a", REGION)
+        try:
+            options = engine.mongo.client.options
+            assert options.server_selection_timeout == selection_s
+            assert options.pool_options.socket_timeout == socket_s
+            assert options.pool_options.connect_timeout == 2.0  # the default: the URI sets none
+        finally:
+            engine.close()
+
+
 def test_an_unreachable_server_is_named_without_its_password() -> None:
-    uri = f"mongodb://app:s3cret@127.0.0.1:{free_port()}/"
+    # Server selection bounded below the default 2 s (the URI's option wins): nothing answers.
+    uri = f"mongodb://app:s3cret@127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
     with pytest.raises(Unavailable, match="unreachable") as info:
         MongoEngine(uri, "db", "node-a", REGION)
     assert "s3cret" not in info.value.message and "app:***@127.0.0.1" in info.value.message

@@ -32,10 +32,22 @@ from tests.support.packs import sample_pack
 ON_MONGODB = "eu-west-1"
 
 
-def put_on_mongodb(cluster: LocalCluster, server: MongoServer, region: str = ON_MONGODB) -> None:
+# For a test that takes its database away: an operation fails after this long without a
+# reachable server instead of the engine's default 2 s (an option of the URI wins over it).
+OUTAGE_URI_OPTION = "serverSelectionTimeoutMS=500"
+
+
+def with_option(uri: str, option: str) -> str:
+    return f"{uri}{'&' if '?' in uri else '?'}{option}"
+
+
+def put_on_mongodb(
+    cluster: LocalCluster, server: MongoServer, region: str = ON_MONGODB, *, outage: bool = False
+) -> None:
+    """`outage`: the test stops the server; calls fail fast while it is down."""
     cluster.region_overrides[region] = {
         "engine": "mongodb",
-        "mongodb_uri": server.uri,
+        "mongodb_uri": with_option(server.uri, OUTAGE_URI_OPTION) if outage else server.uri,
         "mongodb_database": server.database_name(region.replace("-", "_")),
     }
 
@@ -154,7 +166,7 @@ async def test_a_database_outage_fails_writes_unavailable_and_the_node_recovers_
     server.start()
     cluster = LocalCluster(tmp_path / "cluster", [ON_MONGODB])
     try:
-        put_on_mongodb(cluster, server)
+        put_on_mongodb(cluster, server, outage=True)
         await cluster.start_linked()
         await cluster.put(ON_MONGODB, "instruments", "before", b"1")
         assert await health_of(cluster, ON_MONGODB) == health_pb2.HealthCheckResponse.SERVING
