@@ -97,6 +97,11 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
         "200",
         "--engine-batches",
         "1",
+        # The synchronous Puts and their echo baseline take two delays a call each: 25 ms keeps
+        # that phase at about 5 s (the bench's own 50 ms, 11 s). d + 50 ms, the delayed lag's
+        # target, is then still on a bucket edge of the lag histogram (its "within" figure).
+        "--delay-ms",
+        "25",
         "--out",
         str(out),
     ]
