@@ -14,12 +14,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from typing import TYPE_CHECKING, Any
 
 from domicile.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 JSON_CONTENT_TYPES = ("", "application/json")
 
@@ -36,6 +36,12 @@ def canonical_schema(document: Any, where: str) -> str:
     (the form the cluster config carries to the nodes)."""
     if not isinstance(document, Mapping):
         raise InvalidArgument(f"{where}: a JSON Schema must be an object, got {type(document).__name__}")
+    # Imported here, not with the module: jsonschema takes about 0.1 s to import, and every
+    # process that reads a cluster config imports this module (the CLI on each call), while
+    # only a config whose namespaces have schemas needs it.
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     try:
         Draft202012Validator.check_schema(document)
     except SchemaError as exc:
@@ -47,6 +53,8 @@ def canonical_schema(document: Any, where: str) -> str:
 @lru_cache(maxsize=64)
 def _validator(schema_text: str) -> Draft202012Validator:
     # Compiled once per schema text: building a validator costs more than using one.
+    from jsonschema import Draft202012Validator  # see canonical_schema
+
     return Draft202012Validator(json.loads(schema_text))
 
 
