@@ -15,7 +15,7 @@ from domicile.errors import DomicileError, FailedPrecondition, Unavailable
 from domicile.ports import free_port
 from node.engine.base import Committed, LocalWrite, StoreCounts
 from node.engine.mongo import DOCUMENT_BYTES_MAX, MongoEngine, redact_uri
-from tests.support.mongo import MongoServer
+from tests.support.mongo import MongoServer, with_option
 
 from .harness import REGION, commit_ok
 
@@ -124,10 +124,9 @@ def test_a_database_of_another_region_is_refused(mongo_server: MongoServer) -> N
 
 
 def test_the_uris_own_timeouts_win_over_the_engines_defaults(mongo_server: MongoServer) -> None:
-    separator = "&" if "?" in mongo_server.uri else "?"
     for uri, selection_s, socket_s in (
         (mongo_server.uri, 2.0, 20.0),
-        (f"{mongo_server.uri}{separator}serverselectiontimeoutms=700&socketTimeoutMS=9000", 0.7, 9.0),
+        (with_option(mongo_server.uri, "serverselectiontimeoutms=700&socketTimeoutMS=9000"), 0.7, 9.0),
     ):
         engine = MongoEngine(uri, mongo_server.database_name("timeouts"), "node-a", REGION)
         try:

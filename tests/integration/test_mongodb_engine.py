@@ -25,7 +25,7 @@ from node.engine.mongo import MongoEngine
 from tests.integration import test_replication as replication
 from tests.integration import test_subject_rights as subject_rights
 from tests.support.cluster import LocalCluster, eventually
-from tests.support.mongo import MongoServer
+from tests.support.mongo import MongoServer, with_option
 from tests.support.node_stream import node_stream
 from tests.support.packs import sample_pack
 
@@ -35,10 +35,6 @@ ON_MONGODB = "eu-west-1"
 # For a test that takes its database away: an operation fails after this long without a
 # reachable server instead of the engine's default 2 s (an option of the URI wins over it).
 OUTAGE_URI_OPTION = "serverSelectionTimeoutMS=500"
-
-
-def with_option(uri: str, option: str) -> str:
-    return f"{uri}{'&' if '?' in uri else '?'}{option}"
 
 
 def put_on_mongodb(

@@ -21,6 +21,11 @@ START_TIMEOUT_S = 60.0
 URI_VARIABLE = "DOMICILE_TEST_MONGODB_URI"
 
 
+def with_option(uri: str, option: str) -> str:
+    """`uri` with one more connection option ("name=value"), after any it has."""
+    return f"{uri}{'&' if '?' in uri else '?'}{option}"
+
+
 class MongoServer:
     def __init__(self, root: Path) -> None:
         self.root = root
