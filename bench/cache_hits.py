@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import random
 import shutil
@@ -29,6 +30,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import redis
 
 from bench import cache_phase, phases
 from bench.client import channel
@@ -44,6 +47,9 @@ from bench.procs import Children
 from bench.report import Figure, table
 from domicile.ports import free_port
 from domicile.redis_server import RedisServer
+
+# The key the floor servers read (bench/echo_server.py --redis-key): a copy of a hit's entry.
+FLOOR_KEY = "domicile-bench:floor"
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,21 @@ SETUPS = (
           unix_socket=True),
     Setup("MongoDB", CACHED_MONGO_NODE_ID, "mongodb", "MongoDB engine"),
 )  # fmt: skip
+
+
+def copy_entry(url: str, node_id: str, key: str) -> None:
+    """Stores the node's cache entry of `key` under FLOOR_KEY: the floor server reads the very
+    bytes a hit of that key reads. Blocks."""
+    client = redis.Redis.from_url(url)
+    try:
+        pattern = f"domicile:{node_id}:*:e:{SOLO_NAMESPACE}:{key}"
+        found = next(iter(client.scan_iter(match=pattern, count=1000)), None)
+        entry = client.get(found) if found is not None else None
+        if entry is None:
+            raise RuntimeError(f"the node's cache holds no entry of {key!r} ({pattern}); the floor needs one")
+        client.set(FLOOR_KEY, entry)
+    finally:
+        client.close()
 
 
 def hit_figures(setup: Setup, round_no: int, hit: cache_phase.HitResult) -> list[Figure]:
@@ -87,7 +108,27 @@ def hit_figures(setup: Setup, round_no: int, hit: cache_phase.HitResult) -> list
                hit.hit_share, "ratio"),
         Figure(f"cache_hit_{name}_cpu_us_{round_no}", f"{label}: node CPU per Get",
                hit.hit_cpu_us, "us", hit.echo_cpu_us, "echo server CPU per call"),
+        *floor_figures(f"cache_hit_{name}_{round_no}", label, hit),
         *machine_figures(f"cache_hit_{name}_{round_no}", label, hit),
+    ]  # fmt: skip
+
+
+def floor_figures(name: str, label: str, hit: cache_phase.HitResult) -> list[Figure]:
+    """The floor of a hit against echo (what a hit's Redis round trip alone costs a bare
+    server), and the hit against its floor (what the node's read path adds to that)."""
+    if hit.floor_ms is None:
+        return []
+    echo50, echo99 = p50_p99(hit.echo_ms)
+    floor50, floor99 = p50_p99(hit.floor_ms)
+    _, hit99 = p50_p99(hit.hit_ms)
+    floor = f"{label}: floor (echo server + one Redis GET, in turn)"
+    return [
+        Figure(f"{name}_floor_p50_ms", f"{floor} p50", floor50, "ms", echo50, "echo p50 (in turn)"),
+        Figure(f"{name}_floor_p99_ms", f"{floor} p99", floor99, "ms", echo99, "echo p99 (in turn)"),
+        Figure(f"{name}_floor_cpu_us", f"{floor}: CPU per call", hit.floor_cpu_us, "us",
+               hit.echo_cpu_us, "echo server CPU per call"),
+        Figure(f"{name}_over_floor_p99_ms", f"{label} p99 against its floor", hit99, "ms", floor99,
+               "floor p99 (in turn)"),
     ]  # fmt: skip
 
 
@@ -132,6 +173,15 @@ async def run(
             asyncio.to_thread(redis.start),
         )  # fmt: skip
         echo = await children.start_daemon("echo", ["-m", "bench.echo_server"], ECHO_READY)
+        floors = {
+            unix: await children.start_daemon(
+                process, ["-m", "bench.echo_server", "--redis-url", url, "--redis-key", FLOOR_KEY], ECHO_READY
+            )
+            for unix, process, url in (
+                (False, "floor", redis.url),
+                (True, "floor-unix", f"unix://{socket_path}"),
+            )
+        }
         for setup in SETUPS:
             url = f"unix://{socket_path}" if setup.unix_socket else redis.url
             cache_args = ("--cache-redis-url", url, "--cache-redis-region", SOLO_REGION)
@@ -142,14 +192,21 @@ async def run(
             node = await cluster.start_node(
                 SOLO_REGION, node_id=setup.node_id, mongodb=mongodb, plaintext=True, extra_args=cache_args
             )
+            floor_process = "floor-unix" if setup.unix_socket else "floor"
             try:
-                async with channel(echo.group(1), cluster.plain_dialer) as echo_channel:
+                async with (
+                    channel(echo.group(1), cluster.plain_dialer) as echo_channel,
+                    channel(floors[setup.unix_socket].group(1), cluster.plain_dialer) as floor_channel,
+                ):
+                    floor = cache_phase.Floor(
+                        floor_channel, functools.partial(copy_entry, redis.url, setup.node_id), floor_process
+                    )
                     for round_no in range(1, rounds + 1):
                         hit = await cache_phase.measure_hits(
                             node, echo_channel, SOLO_NAMESPACE, value, samples,
                             random.Random(seed + round_no), setup.label, keys=MONGO_HIT_KEYS,
                             cpu=children.cpu_snapshot, processes=("echo", f"node-{setup.node_id}"),
-                            block=block,
+                            block=block, floor=floor,
                         )  # fmt: skip
                         figures += hit_figures(setup, round_no, hit)
             finally:

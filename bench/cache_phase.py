@@ -12,6 +12,7 @@ MongoDB engine (`measure_hits`), whose cache also follows the database's change 
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 import random
@@ -35,6 +36,19 @@ ZIPF_WRITE_SHARE = 0.05
 MISS_WARMUP = 10
 # Passes over the hit keys before giving up on a warm cache (the share figure then says so).
 WARM_PASSES_MAX = 10
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The floor of a cache hit: a bare echo server (bench/echo_server.py --redis-url) that reads
+    one key from the node's Redis before each answer, the GET written from the request's
+    deserializer as the node's is. `copy_entry(key)` (blocking) stores the node's cache entry of
+    `key` under the floor server's key, so that both read the same bytes; `process` names the
+    floor server's process for its CPU figure."""
+
+    channel: grpc.aio.Channel
+    copy_entry: Callable[[str], None]
+    process: str
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,11 @@ class HitResult:
     hit_cpu_us: float | None = None
     # What the machine took during the calls (bench.machine).
     machine_share: machine.Share | None = None
+    # The floor of a hit, when measured (bench/echo_server.py --redis-url): echo calls that each
+    # read the copy of a hit's entry from the same Redis, made in turn with the other two kinds,
+    # and that server's CPU per call.
+    floor_ms: list[float] | None = None
+    floor_cpu_us: float | None = None
 
     @property
     def hit_share(self) -> float | None:
@@ -134,12 +153,14 @@ async def measure_hits(
     cpu: Callable[[], dict[str, float]] | None = None,
     processes: tuple[str, str] = ("echo", ""),
     block: int = HIT_BLOCK,
+    floor: Floor | None = None,
 ) -> HitResult:
     """Echo and cache-hit latencies (ms), the two calls made in turn, `block` of a kind at a time
     (bench.client.interleaved_ms), over `keys` keys. With `cpu` (a snapshot of CPU seconds by
     process name), also the CPU per call of `processes` (the echo server's, the node's) over the
     same calls: each process is idle while the other's calls run, and the node's idle work
-    meanwhile (heartbeats, its loops' timers, about 0.02 cores) counts against its Gets."""
+    meanwhile (heartbeats, its loops' timers, about 0.02 cores) counts against its Gets. With
+    `floor`, calls to the floor server are made in turn with both (see Floor)."""
     hit_keys = [f"hit-{i}" for i in range(keys)]
     phases.progress(f"cache ({engine}): pre-loading {keys} keys and reading each once (fills)")
     await phases.preload(put_call(node.channel, namespace, "hit", value), keys)
@@ -147,16 +168,21 @@ async def measure_hits(
     await warm(node, namespace, hit_keys, engine)
     echo: Call = echo_call(echo_channel, namespace, "echo", value)
     hit: Call = get_call(node.channel, namespace, hit_keys, lambda: rng.randrange(keys))
+    calls = [echo, hit]
+    if floor is not None:
+        await asyncio.to_thread(floor.copy_entry, hit_keys[0])
+        calls.append(echo_call(floor.channel, namespace, "floor", value))
+    kinds = "echo calls and calls to the hit's floor" if floor is not None else "echo calls"
     phases.progress(
-        f"cache ({engine}): Gets, cache hits, and echo calls in turn, {block} of a kind at a time: "
+        f"cache ({engine}): Gets, cache hits, and {kinds} in turn, {block} of a kind at a time: "
         f"{samples} of each"
     )
     # The warm-up first: the counters, CPU and machine windows hold the measured calls alone.
-    await interleaved_ms([echo, hit], 0, rng, warmup=min(WARMUP_CALLS, samples))
+    await interleaved_ms(calls, 0, rng, warmup=min(WARMUP_CALLS, samples))
     before = await node.scrape()
     started = cpu() if cpu is not None else {}
     at = machine.sample()
-    echo_ms, hit_ms = await interleaved_ms([echo, hit], samples, rng, warmup=0, block=block)
+    echo_ms, hit_ms, *floor_ms = await interleaved_ms(calls, samples, rng, warmup=0, block=block)
     during = machine.between(at, machine.sample())
     ended = cpu() if cpu is not None else {}
     after = await node.scrape()
@@ -171,7 +197,17 @@ async def measure_hits(
 
     hits = grown("domicile_cache_hits_total")
     not_hits = grown("domicile_cache_misses_total") + grown("domicile_cache_fallbacks_total")
-    return HitResult(echo_ms, hit_ms, hits, not_hits, cpu_us(processes[0]), cpu_us(processes[1]), during)
+    return HitResult(
+        echo_ms,
+        hit_ms,
+        hits,
+        not_hits,
+        cpu_us(processes[0]),
+        cpu_us(processes[1]),
+        during,
+        floor_ms[0] if floor_ms else None,
+        cpu_us(floor.process) if floor is not None else None,
+    )
 
 
 async def measure(

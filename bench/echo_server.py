@@ -6,8 +6,14 @@ is not the node's work. With `--tls-dir` it serves mutual TLS as a node does (a 
 certificate, the client's demanded and checked), the baseline of a node serving mutual TLS;
 without, plaintext, the baseline of a node run with `--insecure`.
 
-Run as `python -m bench.echo_server [--tls-dir DIR --tls-stem STEM]`; it prints
-`echo listening on HOST:PORT` when ready."""
+With `--redis-url URL` it is the floor of a cache hit instead: each call reads one key from
+Redis before it answers, over the node's own Redis client (node/cache/resp.py), the GET written
+from the request's deserializer as a node's Get does (node/api/read_ahead.py), so that its round
+trip overlaps what gRPC does before the handler runs. Nothing else a Get does (authorization,
+the read's policy decision, decoding the key state, the answer) is done: no hit can cost less.
+
+Run as `python -m bench.echo_server [--tls-dir DIR --tls-stem STEM] [--redis-url URL --redis-key
+KEY]`; it prints `echo listening on HOST:PORT` when ready."""
 
 from __future__ import annotations
 
@@ -22,30 +28,57 @@ from domicile.identity.credentials import ServerSecurity
 from domicile.identity.tls_files import TlsFiles
 from domicile.v1 import storage_node_pb2 as spb
 from node import runtime
+from node.cache.resp import LoopRedis, SentGet
 from node.replication.outbound import CHANNEL_OPTIONS
 
 SERVICE = "domicile.bench.Echo"
 METHOD = f"/{SERVICE}/Echo"
 
 
+# A cache hit's deadline for its Redis call (node.config's cache_deadline_ms default).
+REDIS_DEADLINE_S = 0.05
+
+
 async def echo(request: spb.PutRequest, context: grpc.aio.ServicerContext) -> spb.PutRequest:
     return request
 
 
-async def serve(listen: str, tls: TlsFiles | None) -> None:
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Echo": grpc.unary_unary_rpc_method_handler(
-                echo,
-                request_deserializer=spb.PutRequest.FromString,
-                response_serializer=spb.PutRequest.SerializeToString,
-            )
-        },
+def _echo_method(redis_url: str | None, redis_key: bytes) -> grpc.RpcMethodHandler:
+    if redis_url is None:
+        return grpc.unary_unary_rpc_method_handler(
+            echo,
+            request_deserializer=spb.PutRequest.FromString,
+            response_serializer=spb.PutRequest.SerializeToString,
+        )
+    redis = LoopRedis(redis_url, deadline_s=REDIS_DEADLINE_S)
+
+    def read_ahead(data: bytes) -> tuple[spb.PutRequest, SentGet | None]:
+        return spb.PutRequest.FromString(data), redis.send_get(redis_key)
+
+    async def echo_after_get(
+        received: tuple[spb.PutRequest, SentGet | None], context: grpc.aio.ServicerContext
+    ) -> spb.PutRequest:
+        request, sent = received
+        reply = await (sent.reply() if sent is not None else redis.get(redis_key))
+        if reply is None:
+            # A floor of a miss would be no floor of a hit: the bench sets the key first.
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Redis holds no key {redis_key!r}")
+        return request
+
+    return grpc.unary_unary_rpc_method_handler(
+        echo_after_get,
+        request_deserializer=read_ahead,
+        response_serializer=spb.PutRequest.SerializeToString,
     )
+
+
+async def start(
+    listen: str, tls: TlsFiles | None, redis_url: str | None = None, redis_key: bytes = b""
+) -> tuple[grpc.aio.Server, int]:
+    """The server, started, and its port."""
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    handler = grpc.method_handlers_generic_handler(SERVICE, {"Echo": _echo_method(redis_url, redis_key)})
     server.add_generic_rpc_handlers((handler,))
-    host = listen.rpartition(":")[0]
     # Through the seam every daemon uses for its ports (TLS material checked before it binds).
     port = (
         ServerSecurity.mutual_tls(tls).add_port(server, listen) if tls else server.add_insecure_port(listen)
@@ -53,7 +86,14 @@ async def serve(listen: str, tls: TlsFiles | None) -> None:
     if port == 0:
         raise SystemExit(f"echo server cannot listen on {listen}")
     await server.start()
-    print(f"echo listening on {host}:{port}", flush=True)
+    return server, port
+
+
+async def serve(
+    listen: str, tls: TlsFiles | None, redis_url: str | None = None, redis_key: bytes = b""
+) -> None:
+    server, port = await start(listen, tls, redis_url, redis_key)
+    print(f"echo listening on {listen.rpartition(':')[0]}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,9 +109,13 @@ def main() -> None:
         "--tls-dir", type=Path, help="serve mutual TLS with ca.crt, STEM.crt, STEM.key of DIR"
     )
     parser.add_argument("--tls-stem", default="echo", help="the certificate's file stem in --tls-dir (echo)")
+    parser.add_argument(
+        "--redis-url", help="read --redis-key from this Redis before each answer (a hit's floor)"
+    )
+    parser.add_argument("--redis-key", default="floor", help="the key each call reads (floor)")
     args = parser.parse_args()
     tls = TlsFiles.in_directory(args.tls_dir, args.tls_stem) if args.tls_dir else None
-    runtime.run(serve(args.listen, tls))
+    runtime.run(serve(args.listen, tls, args.redis_url, args.redis_key.encode()))
 
 
 if __name__ == "__main__":
