@@ -50,7 +50,7 @@ import grpc
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import machine, phases, tcp_echo
+from bench import machine, phases, sync_floor, tcp_echo
 from bench.client import RPC_DEADLINE_S, Call, interleaved_ms, put_call, put_request, sequential_ms
 from bench.cluster import LAG_METRIC, BenchCluster, NodeHandle, wait_caught_up, wait_linked
 from bench.procs import REPO_ROOT, Children
@@ -81,7 +81,9 @@ LOCAL_NS, PAIR_NS, GLOBAL_NS, FAR_NS = "repl_local", "repl_pair", "repl_global",
 FAR_SYNC_NS = "repl_far_sync"  # min_regions_acked 2, at the source and behind the delay
 SYNC_SAMPLES = 400  # synchronous Puts, and as many round trips of the network alone
 SYNC_WARMUP = 50  # of each, unmeasured
-SYNC_SEED = 1  # the order of each round's two calls
+# The processes of the Put's floors (bench.sync_floor), shown in the sync phase's cores line.
+FLOOR_PROCESSES = ("floor-far", "floor-proxy", "floor-serial", "floor-pipelined")
+SYNC_SEED = 1  # the order of each round's calls
 # The round trip's payload: about a Put's request, which is what crosses the delay.
 PING_BYTES = 512
 PROXY_READY = "proxy listening on "
@@ -251,6 +253,11 @@ class ReplicationBench:
         self.sync_loop_lag: dict[str, Histogram] = {}
         self.sync_fdatasync_ms: list[float] = []
         self.ping_address = ""
+        # The Put's floors (bench.sync_floor), made in turn with the Puts: by how the origin
+        # makes a record durable ("serial": before shipping it, as a node does; "pipelined":
+        # while it travels), each call's latency (ms); and the floors' origin addresses.
+        self.sync_floor_ms: dict[str, list[float]] = {}
+        self.floor_addresses: dict[str, str] = {}
 
     async def start(self) -> None:
         await self.cluster.start_coordinator()
@@ -279,6 +286,22 @@ class ReplicationBench:
                 _proxy_ready_pattern(),
             )
             self.ping_address = ping.group(1)
+            await self._start_floors()
+
+    async def _start_floors(self) -> None:
+        """The far floor server behind a delay proxy of its own, and an origin of each kind."""
+        ready = re.compile(re.escape(sync_floor.READY) + r"(\S+)")
+        far = await self.children.start_daemon("floor-far", ["-m", "bench.sync_floor", "far"], ready)
+        proxy = await self.children.start_daemon(
+            "floor-proxy",
+            ["-m", "bench.delay_proxy", "--target", far.group(1), "--delay-ms", str(self.opts.delay_ms)],
+            _proxy_ready_pattern(),
+        )
+        for kind, extra in (("serial", ["--serial"]), ("pipelined", [])):
+            origin = await self.children.start_daemon(
+                f"floor-{kind}", ["-m", "bench.sync_floor", "origin", "--far", proxy.group(1), *extra], ready
+            )
+            self.floor_addresses[kind] = origin.group(1)
 
     def _pid(self, node_id: str) -> int:
         return self.children.children[f"node-{node_id}"].process.pid
@@ -523,9 +546,18 @@ class ReplicationBench:
                 writer.write(payload)
                 await reader.readexactly(PING_BYTES)
 
-            # The Puts and the round trips in turn, so that the moments of a shared machine
-            # fall on both alike; what the machine took and what each process used meanwhile.
-            calls = [round_trip, put_call(source, FAR_SYNC_NS, "sync", self.value)]
+            # The Puts, the round trips and the Put's floors in turn, so that the moments of a
+            # shared machine fall on all alike; what the machine took and what each process used
+            # meanwhile. A floor call carries the bytes of a Put's request.
+            record = put_request(FAR_SYNC_NS, "sync-floor", self.value).SerializeToString()
+            floors = {
+                kind: grpc.aio.insecure_channel(address) for kind, address in self.floor_addresses.items()
+            }
+            calls = [
+                round_trip,
+                put_call(source, FAR_SYNC_NS, "sync", self.value),
+                *(floor_call(ch, record) for ch in floors.values()),
+            ]
             rng = random.Random(SYNC_SEED)
             ends = {"source": self.nodes[SOURCE], "far": self.nodes[FAR]}
             phases.progress(
@@ -539,9 +571,14 @@ class ReplicationBench:
                 before = await self._stage_histograms(FAR)
                 lag_before = {end: await node.histogram(LOOP_LAG_METRIC, {}) for end, node in ends.items()}
                 at, cpu_before = machine.sample(), self.children.cpu_snapshot()
-                self.sync_rtt_ms, self.sync_ms = await interleaved_ms(calls, SYNC_SAMPLES, rng, warmup=0)
+                self.sync_rtt_ms, self.sync_ms, *floor_ms = await interleaved_ms(
+                    calls, SYNC_SAMPLES, rng, warmup=0
+                )
+                self.sync_floor_ms = dict(zip(floors, floor_ms, strict=True))
                 end, cpu_after = machine.sample(), self.children.cpu_snapshot()
             finally:
+                for ch in floors.values():
+                    await ch.close()
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
@@ -560,13 +597,40 @@ class ReplicationBench:
             )
 
 
+def floor_call(ch: grpc.aio.Channel, record: bytes) -> Call:
+    """A call to a floor's origin (bench.sync_floor): answered once two regions hold `record`."""
+    put = ch.unary_unary(sync_floor.PUT_METHOD, request_serializer=None, response_deserializer=None)
+
+    async def call(_: int) -> object:
+        return await put(record, timeout=RPC_DEADLINE_S)
+
+    return call
+
+
+def floor_figures(sync_ms: list[float], floor_ms: dict[str, list[float]]) -> list[Figure]:
+    """The Put's floors (bench.sync_floor) and the Put against them, p50 and p99."""
+    how = {"serial": "durable at the origin, then shipped", "pipelined": "shipped, durable meanwhile"}
+    out: list[Figure] = []
+    for kind, ms in floor_ms.items():
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            out.append(
+                Figure(
+                    f"sync_put_{name}_vs_floor_{kind}_ms",
+                    f"sync: Put {name} against its floor ({how.get(kind, kind)})",
+                    percentile(sync_ms, q), "ms", percentile(ms, q), f"floor {name} (in turn)",
+                )
+            )  # fmt: skip
+    return out
+
+
 def sync_cores(cpu_s: dict[str, float], wall_s: float, nodes: list[str]) -> dict[str, float]:
     """The cores each process used over `wall_s`: the two ends of the synchronous link, the bench
     client, the proxies, and the other nodes summed (idle, each costs a little)."""
     if wall_s <= 0:
         return {}
     ends = {f"node-{SOURCE}": "source", f"node-{FAR}": "far"}
-    shown = ends | {p: p for p in ("bench client", "proxy", "ping-proxy", "tcp-echo", "coordinator")}
+    helpers = ("bench client", "proxy", "ping-proxy", "tcp-echo", "coordinator", *FLOOR_PROCESSES)
+    shown = ends | {p: p for p in helpers}
     cores = {short: round(cpu_s[p] / wall_s, 2) for p, short in shown.items() if p in cpu_s}
     others = sum(cpu_s[p] for p in nodes if p in cpu_s and p not in ends)
     cores["other nodes"] = round(others / wall_s, 2)
@@ -725,6 +789,7 @@ def figures(
     opts: Options,
     sync_ms: list[float] | None = None,
     sync_rtt_ms: list[float] | None = None,
+    sync_floor_ms: dict[str, list[float]] | None = None,
 ) -> list[Figure]:
     by = {r.name: r for r in results}
     out: list[Figure] = []
@@ -753,6 +818,8 @@ def figures(
                 target=f"<= round trip + {SYNC_SLACK_MS:.0f} ms", met=p99 <= rtt99 + SYNC_SLACK_MS,
             )
         )  # fmt: skip
+    if sync_ms and sync_floor_ms:
+        out.extend(floor_figures(sync_ms, sync_floor_ms))
     local = by.get("local")
     base_us = local.cpu_us_per_record.get(SOURCE) if local else None
     if local:
@@ -845,7 +912,7 @@ async def run(opts: Options) -> int:
     proxy_lateness = last_proxy_lateness(root / "logs" / "proxy.out")
     if not opts.keep_tmp:
         shutil.rmtree(root, ignore_errors=True)
-    results = figures(bench.results, opts, bench.sync_ms, bench.sync_rtt_ms)
+    results = figures(bench.results, opts, bench.sync_ms, bench.sync_rtt_ms, bench.sync_floor_ms)
     meta = {
         "started": started_at.isoformat(),
         "seconds": round(time.monotonic() - started, 1),
@@ -856,6 +923,7 @@ async def run(opts: Options) -> int:
         "phases": [{k: v for k, v in asdict(r).items() if k != "lag_hist"} for r in bench.results],
         "sync_put_ms": bench.sync_ms,
         "sync_rtt_ms": bench.sync_rtt_ms,
+        "sync_floor_ms": bench.sync_floor_ms,
         "sync_stages_ms": bench.sync_stages_ms,
         "sync_machine": bench.sync_machine.as_dict() if bench.sync_machine else None,
         "sync_cores": bench.sync_cores,

@@ -93,6 +93,20 @@ def test_the_synchronous_put_is_also_read_against_the_measured_round_trip() -> N
     assert "sync_put_p99_vs_rtt_ms" not in {f.key for f in figures([], opts, [90.0] * 100)}
 
 
+def test_the_synchronous_put_is_read_against_each_of_its_floors() -> None:
+    opts = options()
+    puts = [100.0] * 90 + [120.0] * 10
+    floors = {"serial": [90.0] * 90 + [100.0] * 10, "pipelined": [80.0] * 100}
+    got = {f.key: f for f in figures([], opts, puts, None, floors)}
+    serial = got["sync_put_p99_vs_floor_serial_ms"]
+    assert (serial.value, serial.baseline) == (120.0, 100.0)
+    assert "durable at the origin, then shipped" in serial.label
+    pipelined = got["sync_put_p50_vs_floor_pipelined_ms"]
+    assert (pipelined.value, pipelined.baseline) == (100.0, 80.0)
+    # No floor measured (the sync phase skipped, or an older results file): no floor figures.
+    assert not any("floor" in f.key for f in figures([], opts, puts))
+
+
 def test_every_phase_reports_the_sources_event_loop_lag() -> None:
     local = phase("local", {}, {SOURCE: 500.0}, 1000.0)
     local.source_loop_lag_ms = (0.4, 9.0)
