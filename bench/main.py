@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from bench import cache_phase, phases
-from bench.client import channel, echo_call, get_call, put_call, sequential_ms
+from bench.client import Call, channel, echo_call, get_call, interleaved_ms, put_call, sequential_ms
 from bench.cluster import (
     BATCH_METRIC,
     FAR_NAMESPACE,
@@ -54,6 +54,9 @@ from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "latest.json"
 PROXY_READY = re.compile(r"proxy listening on (\S+)")
 GET_KEYS = 1000
+# The local Get and Put figures and their baselines are made in turn, this many calls of a kind
+# at a time (bench.client.interleaved_ms).
+IN_TURN_BLOCK = 25
 # Subjects the sealed Put phase writes about in turn (each one's data key is created once).
 SEALED_SUBJECTS = 100
 ENGINE_BATCH_RECORDS = 1000
@@ -278,19 +281,6 @@ class Run:
         self, echo_address: str, solo: NodeHandle, plain: NodeHandle, mongo: NodeHandle
     ) -> None:
         opts, m = self.opts, self.m
-        async with channel(echo_address, self.cluster.dialer) as ch:
-            m.echo_ms = await phases.sequential(
-                "echo baseline (mutual TLS)", echo_call(ch, SOLO_NAMESPACE, "echo", self.value), opts.samples
-            )
-        async with channel(self.plain_echo_address, self.cluster.plain_dialer) as ch:
-            m.plain_echo_ms = await phases.sequential(
-                "echo baseline (plaintext)", echo_call(ch, SOLO_NAMESPACE, "echo", self.value), opts.samples
-            )
-        phases.progress(f"fdatasync baseline: {opts.samples} appends in {solo.data_dir}")
-        m.fsync_ms = await asyncio.to_thread(
-            phases.fdatasync_ms, solo.data_dir, opts.samples, opts.value_bytes
-        )
-
         # No more keys than Gets measured: a short run stays short.
         get_keys = min(GET_KEYS, opts.samples)
         keys = [f"get-{i}" for i in range(get_keys)]
@@ -298,46 +288,60 @@ class Run:
         for node in (solo, plain, mongo):
             await phases.preload(put_call(node.channel, SOLO_NAMESPACE, "get", self.value), get_keys)
         rng = random.Random(self.opts.seed)
-        # mTLS and plaintext in alternating halves, so that drift of a shared machine falls on both.
-        m.get_ms, m.plain_get_ms, m.put_ms, m.plain_put_ms = [], [], [], []
-        m.mongo_get_ms, m.mongo_put_ms = [], []
-        half = max(1, opts.samples // 2)
-        for _ in range(2):
-            for node, out, how in (
-                (plain, m.plain_get_ms, "plaintext"),
-                (solo, m.get_ms, "mutual TLS"),
-                (mongo, m.mongo_get_ms, "plaintext, MongoDB engine"),
-            ):
-                out += await phases.sequential(
-                    f"local Get, {how}",
-                    get_call(node.channel, SOLO_NAMESPACE, keys, lambda: rng.randrange(get_keys)),
-                    half,
-                )
-        for _ in range(2):
-            for node, out, how in (
-                (plain, m.plain_put_ms, "plaintext"),
-                (solo, m.put_ms, "mutual TLS"),
-                (mongo, m.mongo_put_ms, "plaintext, MongoDB engine (majority, journaled)"),
-            ):
-                out += await phases.sequential(
-                    f"durable Put (synchronous=FULL on SQLite), {how}",
-                    put_call(node.channel, SOLO_NAMESPACE, "put", self.value),
-                    half,
-                )
+
+        def get(node: NodeHandle) -> Call:
+            return get_call(node.channel, SOLO_NAMESPACE, keys, lambda: rng.randrange(get_keys))
+
+        # Each figure and its baselines are made in turn (bench.client.interleaved_ms: blocks of
+        # IN_TURN_BLOCK calls of a kind, in an order drawn anew each round), so that the moments
+        # of a shared machine fall on all of them alike.
+        async with (
+            channel(echo_address, self.cluster.dialer) as echo_ch,
+            channel(self.plain_echo_address, self.cluster.plain_dialer) as plain_echo_ch,
+        ):
+            phases.progress(
+                f"echo baselines (mutual TLS, plaintext) and local Gets (mutual TLS, plaintext, MongoDB "
+                f"engine) in turn, {IN_TURN_BLOCK} of a kind at a time: {opts.samples} of each"
+            )
+            m.echo_ms, m.plain_echo_ms, m.get_ms, m.plain_get_ms, m.mongo_get_ms = await interleaved_ms(
+                [
+                    echo_call(echo_ch, SOLO_NAMESPACE, "echo", self.value),
+                    echo_call(plain_echo_ch, SOLO_NAMESPACE, "echo", self.value),
+                    get(solo),
+                    get(plain),
+                    get(mongo),
+                ],
+                opts.samples,
+                rng,
+                block=IN_TURN_BLOCK,
+            )
+        phases.progress(f"fdatasync baseline: {opts.samples} appends in {solo.data_dir}")
+        m.fsync_ms = await asyncio.to_thread(
+            phases.fdatasync_ms, solo.data_dir, opts.samples, opts.value_bytes
+        )
+        phases.progress(
+            f"durable Puts (synchronous=FULL on SQLite; majority, journaled on MongoDB) over mutual "
+            f"TLS, plaintext and the MongoDB engine in turn: {opts.samples} of each"
+        )
+        m.put_ms, m.plain_put_ms, m.mongo_put_ms = await interleaved_ms(
+            [put_call(node.channel, SOLO_NAMESPACE, "put", self.value) for node in (solo, plain, mongo)],
+            opts.samples,
+            rng,
+            block=IN_TURN_BLOCK,
+        )
         # The price of the quality gate: one 20-field value, into the same node with and without a
-        # schema to check, in alternating halves so that drift falls on both.
+        # schema to check, in turn.
         record = twenty_field_value()
-        m.unchecked_put_ms, m.schema_put_ms = [], []
-        for _ in range(2):
-            for ns, out, how in (
-                (SOLO_NAMESPACE, m.unchecked_put_ms, "no schema"),
-                (SCHEMA_NAMESPACE, m.schema_put_ms, f"{SCHEMA_FIELDS}-field schema"),
-            ):
-                out += await phases.sequential(
-                    f"durable Put of a {SCHEMA_FIELDS}-field JSON value, {how}",
-                    put_call(solo.channel, ns, "json", record),
-                    half,
-                )
+        phases.progress(
+            f"durable Puts of a {SCHEMA_FIELDS}-field JSON value without and with a schema, in turn: "
+            f"{opts.samples} of each"
+        )
+        m.unchecked_put_ms, m.schema_put_ms = await interleaved_ms(
+            [put_call(solo.channel, ns, "json", record) for ns in (SOLO_NAMESPACE, SCHEMA_NAMESPACE)],
+            opts.samples,
+            rng,
+            block=IN_TURN_BLOCK,
+        )
         # The same with subject data: encrypted under per-subject keys at rest, opened on read.
         m.sealed_put_ms = await phases.sequential(
             f"durable Put of subject data ({SEALED_SUBJECTS} subjects, sealed)",
