@@ -24,10 +24,10 @@ import asyncio
 import bisect
 import collections
 import contextlib
-import signal
 import time
 from typing import cast
 
+from bench.stopping import stop_on_signals
 from bench.wakeups import Wakeups
 
 DELAY_MS_MAX = 10_000
@@ -212,10 +212,7 @@ async def serve(target: str, delay_ms: float) -> None:
     print(f"proxy listening on {address}", flush=True)
     wakeups = "a timerfd" if proxy.precise else "the event loop's timers (1 ms resolution)"
     print(f"proxy wake-ups from {wakeups}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), REPORT_EVERY_S)

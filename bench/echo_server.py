@@ -18,12 +18,11 @@ KEY]`; it prints `echo listening on HOST:PORT` when ready."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 from pathlib import Path
 
 import grpc
 
+from bench.stopping import stop_on_signals
 from domicile.identity.credentials import ServerSecurity
 from domicile.identity.tls_files import TlsFiles
 from domicile.v1 import storage_node_pb2 as spb
@@ -94,10 +93,7 @@ async def serve(
 ) -> None:
     server, port = await start(listen, tls, redis_url, redis_key)
     print(f"echo listening on {listen.rpartition(':')[0]}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await stop.wait()
     await server.stop(0.5)
 

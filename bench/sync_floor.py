@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import struct
 import tempfile
 from collections.abc import AsyncIterator
 
 import grpc
 
+from bench.stopping import stop_on_signals
 from node import runtime
 from node.replication.outbound import CHANNEL_OPTIONS
 
@@ -154,10 +154,7 @@ async def serve(role: str, listen: str, far: str, serial: bool) -> None:
     with tempfile.TemporaryDirectory(prefix=f"domicile-sync-floor-{role}-") as directory:
         server, port, origin, disk = await start(role, listen, directory, far, serial)
         print(f"{READY}{listen.rpartition(':')[0]}:{port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await stop.wait()
         await server.stop(0.5)
         if origin is not None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
+from bench.stopping import stop_on_signals
 from node import runtime
 
 READY = "tcp echo listening on "
@@ -33,10 +33,7 @@ async def serve(listen: str) -> None:
     server = await asyncio.start_server(_echo, host, int(port))
     bound = server.sockets[0].getsockname()[1]
     print(f"{READY}{host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with server:
         await stop.wait()
 
