@@ -100,6 +100,8 @@ class Origin:
                 waiter = self._acks.pop(seq, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+        except grpc.aio.AioRpcError:
+            pass  # the stream failed: its calls waiting for acks fail below, the next opens another
         finally:
             for waiter in self._acks.values():
                 if not waiter.done():
