@@ -72,7 +72,8 @@ SETUPS = (
 
 def copy_entry(url: str, node_id: str, key: str) -> None:
     """Stores the node's cache entry of `key` under FLOOR_KEY: the floor server reads the very
-    bytes a hit of that key reads. Blocks."""
+    bytes a hit of that key reads. The pattern follows RedisStore.entry_key (node/cache/store.py)
+    for any generation; a layout it no longer matches finds nothing and fails here. Blocks."""
     client = redis.Redis.from_url(url)
     try:
         pattern = f"domicile:{node_id}:*:e:{SOLO_NAMESPACE}:{key}"
