@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-call bench-entropy bench-tree-refresh bench-replication bench-restore bench-scale bench-growth profile torture property-long clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-call bench-entropy bench-tree-refresh bench-replication bench-restore bench-scale bench-growth bench-commit profile torture property-long clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -117,6 +117,9 @@ bench-restore: setup ## backup throughput, recovery point and restore time again
 bench-growth: RECORDS = 1000000
 bench-growth: setup ## change-log rows after N writes with truncation: bounded, beside the rows without (RECORDS=N)
 	$(PY) bench/growth.py --records $(RECORDS)
+
+bench-commit: setup ## single durable commits: checkpoints between the commits against SQLite's inside them, p50/p99/p99.9 (ARGS=--pause-ms MS --commits N)
+	$(PY) -m bench.commit_tail --out bench/results/commit_tail.json $(ARGS)
 
 # SEED replays a run; DURATION is the seconds of faults; ENGINE=mongodb runs the nodes on MongoDB
 # (a SecantusDB the run starts). The run's files go to a temp dir it prints.

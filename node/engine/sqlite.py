@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from domicile import sqlite_db
 from domicile.errors import FailedPrecondition, InvalidArgument, Unavailable
+from domicile.sqlite_checkpoint import WalCheckpointer
 from node.engine.backend import LogRow, SnapshotRow, StateRow, Totals
 from node.engine.base import StateTooLarge, StoreCounts
 from node.engine.core import (
@@ -315,6 +316,10 @@ class SQLiteBackend:
         self.writer = self._connect()
         try:
             self._prepare()
+            # Checkpoints off the commit path (domicile.sqlite_checkpoint).
+            self.checkpointer = WalCheckpointer(
+                self._connect(), name=f"checkpoint {os.path.basename(self.path)}"
+            )
         except BaseException:
             self.writer.close()
             raise
@@ -400,6 +405,7 @@ class SQLiteBackend:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            self.checkpointer.committed(conn.total_changes)
             # Only a committed prune empties the outbox: a rolled back one leaves the rows.
             self._outbox_pruned_through = tx.outbox_pruned_through
             return result
@@ -409,6 +415,7 @@ class SQLiteBackend:
             if self._closed:
                 return
             self._closed = True
+            self.checkpointer.close()
             readers = self.readers.copy()
             self.readers.clear()
             for conn in readers:

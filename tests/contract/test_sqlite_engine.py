@@ -7,6 +7,7 @@ import gc
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from domicile.audit import AuditEntry
 from domicile.errors import DataCorruption, FailedPrecondition, InvalidArgument
+from domicile.sqlite_checkpoint import EVERY_ROWS_DEFAULT
 from node.engine.backend import WriteTx
 from node.engine.base import Committed, LocalWrite
 from node.engine.sqlite import (
@@ -377,3 +379,22 @@ def test_a_prune_of_the_audit_outbox_that_rolled_back_runs_again(engine: SQLiteE
     engine.audit_settled = lambda: 1
     commit_ok(engine, stamp, LocalWrite("ns", "c", VALUE, audit=_entry("c")))
     assert [lsn for lsn, _ in engine.audit_outbox(0)] == [2, 3]
+
+
+def test_commits_leave_their_checkpoints_to_the_checkpointer_thread(db: Path, stamp: Stamp) -> None:
+    engine = SQLiteEngine(db, NODE, REGION)
+    checkpointer = engine.sqlite.checkpointer
+    try:
+        # Each commit changes at least its key state and its change-log entry.
+        for i in range(EVERY_ROWS_DEFAULT):
+            commit_ok(engine, stamp, LocalWrite("ns", f"k{i}", VALUE))
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints == 0:
+            assert time.monotonic() < deadline, "the checkpointer made no checkpoint"
+            time.sleep(0.001)
+    finally:
+        engine.close()
+    assert checkpointer.failures == 0
+    assert checkpointer.name not in {thread.name for thread in threading.enumerate()}
+    # The engine's write connection closed last: SQLite checkpointed and removed the WAL.
+    assert not Path(f"{db}-wal").exists()
