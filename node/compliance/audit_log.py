@@ -61,6 +61,7 @@ from domicile.errors import (
 from domicile.hlc import wall_ms
 from domicile.identity import audit_key
 from domicile.model import check_node_id
+from domicile.sqlite_checkpoint import WalCheckpointer
 from node.keyfiles import read_or_create
 
 log = logging.getLogger("domicile.audit")
@@ -249,6 +250,8 @@ class AuditLog:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
+        # Checkpoints off the commit path (domicile.sqlite_checkpoint), from when the writer runs.
+        self.checkpointer: WalCheckpointer | None = None
 
         # The highest change-log position whose carried entry the log holds (see carry()).
         # Written by the writer thread only, read by the store's writer.
@@ -372,6 +375,9 @@ class AuditLog:
             self._carried_appended = 0  # counts only what carry() hands over from here on
         with self._head_lock:
             self._durable_size, self._durable_hash = size, last_hash
+        self.checkpointer = WalCheckpointer(
+            sqlite_db.connect(self.path, _PRAGMAS, label=self.path.name), name=f"checkpoint {self.path.name}"
+        )
         self._writer.start()
         log.info("audit log %s resumed at entry %d", self.path.name, size)
 
@@ -620,6 +626,9 @@ class AuditLog:
             raise
 
     def _close_writer_connection(self) -> None:
+        # The checkpointer first: the write connection closes last, and SQLite removes the WAL.
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         if self._conn is not None:
             self._conn.close()
 
@@ -650,6 +659,8 @@ class AuditLog:
                     (_RECEIVED_THROUGH, str(received_through)),
                 )
             conn.execute("COMMIT")
+            if self.checkpointer is not None:
+                self.checkpointer.committed(conn.total_changes)
         except sqlite3.Error as error:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):

@@ -7,6 +7,8 @@ import asyncio
 import os
 import sqlite3
 import stat
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from domicile.errors import (
     Unavailable,
 )
 from domicile.hlc import HybridClock
+from domicile.sqlite_checkpoint import EVERY_ROWS_DEFAULT
 from node.compliance.audit_log import SIGNING_KEY_FILE, SUBJECT_KEY_FILE, AuditLog, load_or_create_keys
 from tests.support import audit_tamper
 
@@ -179,6 +182,23 @@ async def test_close_and_reopen_continues_the_chain(opener: Opener) -> None:
     assert report.entries_checked == 15
     assert verify_log(again.iter_all(), before).anchored_size == 10
     assert verify_log(again.iter_all(), again.head()).anchored_size == 15
+
+
+async def test_the_log_leaves_its_checkpoints_to_a_thread_of_its_own(opener: Opener) -> None:
+    log = opener.open(batch_entries_max=8)
+    checkpointer = log.checkpointer
+    assert checkpointer is not None
+    # Batches of eight entries, each a commit of at least eight rows.
+    await fill(log, 20 * EVERY_ROWS_DEFAULT // 8)
+    deadline = time.monotonic() + 10
+    while checkpointer.checkpoints == 0:
+        assert time.monotonic() < deadline, "the audit log's checkpointer made no checkpoint"
+        await asyncio.sleep(0.001)
+    await log.close()
+    assert checkpointer.failures == 0
+    assert checkpointer.name not in {thread.name for thread in threading.enumerate()}
+    # The write connection closed last: SQLite checkpointed and removed the WAL.
+    assert not await asyncio.to_thread(os.path.exists, f"{opener.path}-wal")
 
 
 async def test_close_drains_what_is_queued(opener: Opener) -> None:
