@@ -183,14 +183,18 @@ class BenchCluster:
         dialer = Dialer.mutual_tls(TlsFiles.in_directory(self.tls_dir, f"client-{client}"))
         return channel(node.address, dialer, ExpectedPeer.node(node.region, node.node_id))
 
+    def server_tls_args(self, node_id: str) -> list[str]:
+        """The `--tls-dir DIR --tls-stem STEM` of a bench helper server (the echo server, the
+        synchronous-Put floor) that serves mutual TLS as a node does: a node's certificate of the
+        run's CA, for `node_id` of SOLO_REGION. Its client dials it with `dialer`."""
+        pki.issue_node(self._ca, SOLO_REGION, node_id).write(self.tls_dir, f"node-{node_id}")
+        return ["--tls-dir", str(self.tls_dir), "--tls-stem", f"node-{node_id}"]
+
     async def start_echo(self, name: str, *, plaintext: bool = False) -> str:
         """The bare echo server (bench.echo_server), child `name`; its address. Mutual TLS with a
         node's certificate, the baseline of a node serving mutual TLS; `plaintext` for the
         baseline of an `--insecure` node. Dial it with `dialer` or `plain_dialer` to match."""
-        security: list[str] = []
-        if not plaintext:
-            pki.issue_node(self._ca, SOLO_REGION, ECHO_NODE_ID).write(self.tls_dir, f"node-{ECHO_NODE_ID}")
-            security = ["--tls-dir", str(self.tls_dir), "--tls-stem", f"node-{ECHO_NODE_ID}"]
+        security = [] if plaintext else self.server_tls_args(ECHO_NODE_ID)
         match = await self.children.start_daemon(name, ["-m", "bench.echo_server", *security], ECHO_READY)
         return match.group(1)
 

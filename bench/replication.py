@@ -83,6 +83,7 @@ SYNC_SAMPLES = 400  # synchronous Puts, and as many round trips of the network a
 SYNC_WARMUP = 50  # of each, unmeasured
 # The processes of the Put's floors (bench.sync_floor), shown in the sync phase's cores line.
 FLOOR_PROCESSES = ("floor-far", "floor-proxy", "floor-serial", "floor-pipelined")
+FLOOR_NODE_ID = "bench-sync-floor"  # the floor servers' certificate (one for all three)
 SYNC_SEED = 1  # the order of each round's calls
 # The round trip's payload: about a Put's request, which is what crosses the delay.
 PING_BYTES = 512
@@ -291,7 +292,9 @@ class ReplicationBench:
     async def _start_floors(self) -> None:
         """The far floor server behind a delay proxy of its own, and an origin of each kind."""
         ready = re.compile(re.escape(sync_floor.READY) + r"(\S+)")
-        far = await self.children.start_daemon("floor-far", ["-m", "bench.sync_floor", "far"], ready)
+        # Mutual TLS on every hop, as between the nodes and from the client (bench.cluster).
+        tls = self.cluster.server_tls_args(FLOOR_NODE_ID)
+        far = await self.children.start_daemon("floor-far", ["-m", "bench.sync_floor", "far", *tls], ready)
         proxy = await self.children.start_daemon(
             "floor-proxy",
             ["-m", "bench.delay_proxy", "--target", far.group(1), "--delay-ms", str(self.opts.delay_ms)],
@@ -299,7 +302,9 @@ class ReplicationBench:
         )
         for kind, extra in (("serial", ["--serial"]), ("pipelined", [])):
             origin = await self.children.start_daemon(
-                f"floor-{kind}", ["-m", "bench.sync_floor", "origin", "--far", proxy.group(1), *extra], ready
+                f"floor-{kind}",
+                ["-m", "bench.sync_floor", "origin", "--far", proxy.group(1), *extra, *tls],
+                ready,
             )
             self.floor_addresses[kind] = origin.group(1)
 
@@ -551,7 +556,7 @@ class ReplicationBench:
             # meanwhile. A floor call carries the bytes of a Put's request.
             record = put_request(FAR_SYNC_NS, "sync-floor", self.value).SerializeToString()
             floors = {
-                kind: grpc.aio.insecure_channel(address) for kind, address in self.floor_addresses.items()
+                kind: self.cluster.dialer.channel(address) for kind, address in self.floor_addresses.items()
             }
             calls = [
                 round_trip,

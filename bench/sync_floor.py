@@ -11,13 +11,16 @@ else is done. Two bare grpc.aio servers, each in its own process on the node's e
 
 The origin reaches the far server through the same delay proxy a node's link does
 (bench.delay_proxy), so a floor call crosses the emulated network once each way, as a Put's
-record and its acknowledgement do. Everything a node does besides (decoding and checking the
-request, the policy's decisions and their audit entries, the key state, the change log, the
-replication window, TLS) is left out: no synchronous Put can cost less, so a Put against its
+record and its acknowledgement do. With `--tls-dir DIR --tls-stem STEM` both serve mutual TLS and
+the origin dials the far server with the same certificate, as nodes do (every port of a node is
+authenticated and encrypted); without, plaintext. Everything else a node does (decoding and
+checking the request, the policy's decisions and their audit entries, the key state, the change
+log, the replication window) is left out: no synchronous Put can cost less, so a Put against its
 floor is what the node adds.
 
 Run as `python -m bench.sync_floor far` or `python -m bench.sync_floor origin --far HOST:PORT
-[--serial]`; each prints `sync floor listening on HOST:PORT` when ready.
+[--serial]`, either with `--tls-dir DIR --tls-stem STEM`; each prints `sync floor listening on
+HOST:PORT` when ready.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ import os
 import struct
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
 from bench.stopping import stop_on_signals
+from domicile.identity.credentials import Dialer, ServerSecurity
+from domicile.identity.tls_files import TlsFiles
 from node import runtime
 from node.replication.outbound import CHANNEL_OPTIONS
 
@@ -75,8 +81,9 @@ def far_handler(disk: DurableFile) -> grpc.RpcMethodHandler:
 class Origin:
     """The origin's side of the one stream to the far server: records out, acknowledgements in."""
 
-    def __init__(self, far: str, disk: DurableFile, serial: bool) -> None:
-        self.channel = grpc.aio.insecure_channel(far, options=CHANNEL_OPTIONS)
+    def __init__(self, far: str, disk: DurableFile, serial: bool, tls: TlsFiles | None = None) -> None:
+        dialer = Dialer.mutual_tls(tls) if tls is not None else Dialer.plaintext()
+        self.channel = dialer.channel(far, options=CHANNEL_OPTIONS)
         self.disk = disk
         self.serial = serial
         self._call: grpc.aio.StreamStreamCall | None = None
@@ -136,25 +143,33 @@ class Origin:
 
 
 async def start(
-    role: str, listen: str, directory: str, far: str = "", serial: bool = False
+    role: str,
+    listen: str,
+    directory: str,
+    far: str = "",
+    serial: bool = False,
+    tls: TlsFiles | None = None,
 ) -> tuple[grpc.aio.Server, int, Origin | None, DurableFile]:
     """A started server of `role` ("far" or "origin"), its port, its Origin (None for far) and
-    its file."""
+    its file. With `tls`, mutual TLS on its port and on the origin's stream to the far server."""
     disk = DurableFile(directory)
-    origin = Origin(far, disk, serial) if role == "origin" else None
+    origin = Origin(far, disk, serial, tls) if role == "origin" else None
     methods = {"Put": origin.handler()} if origin is not None else {"Hold": far_handler(disk)}
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
-    port = server.add_insecure_port(listen)
+    if tls is not None:
+        port = ServerSecurity.mutual_tls(tls).add_port(server, listen)
+    else:
+        port = server.add_insecure_port(listen)
     if port == 0:
         raise SystemExit(f"sync floor cannot listen on {listen}")
     await server.start()
     return server, port, origin, disk
 
 
-async def serve(role: str, listen: str, far: str, serial: bool) -> None:
+async def serve(role: str, listen: str, far: str, serial: bool, tls: TlsFiles | None) -> None:
     with tempfile.TemporaryDirectory(prefix=f"domicile-sync-floor-{role}-") as directory:
-        server, port, origin, disk = await start(role, listen, directory, far, serial)
+        server, port, origin, disk = await start(role, listen, directory, far, serial, tls)
         print(f"{READY}{listen.rpartition(':')[0]}:{port}", flush=True)
         stop = stop_on_signals()
         await stop.wait()
@@ -172,10 +187,15 @@ def main() -> None:
     parser.add_argument(
         "--serial", action="store_true", help="origin: durable here first, then shipped (as a node does)"
     )
+    parser.add_argument(
+        "--tls-dir", type=Path, help="serve and dial mutual TLS with ca.crt, STEM.crt, STEM.key of DIR"
+    )
+    parser.add_argument("--tls-stem", default="floor", help="the certificate's stem in --tls-dir (floor)")
     args = parser.parse_args()
     if args.role == "origin" and not args.far:
         parser.error("origin needs --far HOST:PORT")
-    runtime.run(serve(args.role, args.listen, args.far, args.serial))
+    tls = TlsFiles.in_directory(args.tls_dir, args.tls_stem) if args.tls_dir else None
+    runtime.run(serve(args.role, args.listen, args.far, args.serial, tls))
 
 
 if __name__ == "__main__":
