@@ -39,6 +39,10 @@ log = logging.getLogger("domicile.sqlite_checkpoint")
 # which copies a few hundred kilobytes. Well below wal_autocheckpoint's 1,000 pages, so that SQLite's own
 # checkpoint is left to commits that never pause.
 EVERY_ROWS_DEFAULT = 128
+# SQLite counts a connection's changed rows in a C int, so the count Python reads wraps past
+# 2**31 - 1 (in about half a day at 50,000 rows a second): rows since the last checkpoint are
+# counted modulo 2**32.
+_COUNT_WRAP = 1 << 32
 # No commit for this long is a pause. Commits of requests a client makes one after another come
 # a round trip apart, and a single-row commit takes about half a millisecond.
 QUIET_S_DEFAULT = 0.001
@@ -80,7 +84,7 @@ class WalCheckpointer:
         once every_rows rows changed since the last one was, and says whether it did. Called by
         one thread at a time."""
         self._last_commit = time.monotonic()
-        if total_changes - self._changes_at_last < self.every_rows:
+        if (total_changes - self._changes_at_last) % _COUNT_WRAP < self.every_rows:
             return False
         self._changes_at_last = total_changes
         self._due.set()

@@ -157,6 +157,20 @@ def test_a_due_checkpoint_waits_for_a_pause_in_the_commits(writer: sqlite3.Conne
     assert checkpointer.failures == 0
 
 
+def test_a_change_count_that_wrapped_still_makes_checkpoints_due(writer: sqlite3.Connection) -> None:
+    """SQLite counts a connection's changes in a C int: past 2**31 - 1 the count Python reads
+    is negative, and rows since the last checkpoint still count."""
+    conn = sqlite_db.connect(_path(writer), PRAGMAS)
+    checkpointer = WalCheckpointer(conn, name="checkpoint t", every_rows=128)
+    try:
+        assert checkpointer.committed(2**31 - 100)
+        assert not checkpointer.committed(2**31 - 1)  # 99 rows since
+        assert checkpointer.committed(-(2**31) + 100)  # 200 rows since, across the wrap
+        assert not checkpointer.committed(-(2**31) + 200)
+    finally:
+        checkpointer.close()
+
+
 @pytest.mark.parametrize(
     ("every_rows", "quiet_s", "message"),
     [
