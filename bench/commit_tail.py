@@ -108,13 +108,23 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.commit_tail", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commits", type=int, default=2_000, help="timed commits per engine")
+    parser.add_argument(
+        "--commits", type=int, default=2_000, help=f"timed commits per engine (in blocks of {IN_TURN_BLOCK})"
+    )
     parser.add_argument("--pause-ms", type=float, default=2.0, help="pause after each commit")
-    parser.add_argument("--keys", type=int, default=20_000)
+    parser.add_argument("--keys", type=int, default=20_000, help="keys the commits update")
     parser.add_argument("--value-bytes", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    for name, value, least in (
+        ("--commits", args.commits, 1),
+        ("--pause-ms", args.pause_ms, 0),
+        ("--keys", args.keys, 1),
+        ("--value-bytes", args.value_bytes, 1),
+    ):
+        if value < least:
+            parser.error(f"{name} is {value}; it must be at least {least}")
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     print(f"seed {seed}; replay with --seed {seed}", flush=True)
     figures, extra = run(args.commits, args.pause_ms, args.keys, args.value_bytes, seed)

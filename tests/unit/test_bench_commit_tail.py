@@ -3,7 +3,9 @@ never asserted: speed is measured by the benchmark, not by tests)."""
 
 from __future__ import annotations
 
-from bench.commit_tail import KINDS, run
+import pytest
+
+from bench.commit_tail import KINDS, main, run
 
 
 def test_the_commit_bench_reports_every_figure_for_both_engines() -> None:
@@ -17,3 +19,20 @@ def test_the_commit_bench_reports_every_figure_for_both_engines() -> None:
     ratio = next(f for f in figures if f.key == "commit_p99_beside_vs_inside")
     assert ratio.baseline == values["commit_inside_p99_ms"]
     assert set(extra) == {"checkpoints_beside"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--commits", "0"], "--commits is 0; it must be at least 1"),
+        (["--pause-ms", "-1"], "--pause-ms is -1.0; it must be at least 0"),
+        (["--keys", "0"], "--keys is 0; it must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_store_is_made(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
