@@ -139,7 +139,7 @@ def test_a_due_checkpoint_waits_for_a_pause_in_the_commits(writer: sqlite3.Conne
     """A checkpoint that overlaps commits slows them: while they keep coming closer together
     than quiet_s, it waits; at the first pause it runs."""
     conn = sqlite_db.connect(_path(writer), PRAGMAS)
-    checkpointer = WalCheckpointer(conn, name="checkpoint t", every_rows=1, quiet_s=0.5)
+    checkpointer = WalCheckpointer(conn, name="checkpoint t", every_rows=1, quiet_s=1.0)
     try:
         _commit(writer, 0)
         assert checkpointer.committed(writer.total_changes)
