@@ -26,10 +26,12 @@ never pause, or come faster than the thread follows, the commit that takes the W
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 
+from domicile import sqlite_db
 from domicile.errors import InvalidArgument
 
 log = logging.getLogger("domicile.sqlite_checkpoint")
@@ -78,6 +80,13 @@ class WalCheckpointer:
         self._last_commit = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    @classmethod
+    def beside(cls, path: str | os.PathLike[str], pragmas: sqlite_db.Pragmas) -> WalCheckpointer:
+        """The checkpointer of the file at `path`, on a connection of its own with the pragmas
+        of the file's other connections, its thread named after the file."""
+        conn = sqlite_db.connect(path, pragmas, label=os.fspath(path))
+        return cls(conn, name=f"checkpoint {os.path.basename(path)}")
 
     def committed(self, total_changes: int) -> bool:
         """After a commit, with the write connection's total_changes: makes a checkpoint due

@@ -375,9 +375,7 @@ class AuditLog:
             self._carried_appended = 0  # counts only what carry() hands over from here on
         with self._head_lock:
             self._durable_size, self._durable_hash = size, last_hash
-        self.checkpointer = WalCheckpointer(
-            sqlite_db.connect(self.path, _PRAGMAS, label=self.path.name), name=f"checkpoint {self.path.name}"
-        )
+        self.checkpointer = WalCheckpointer.beside(self.path, _PRAGMAS)
         self._writer.start()
         log.info("audit log %s resumed at entry %d", self.path.name, size)
 

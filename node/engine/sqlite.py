@@ -317,18 +317,18 @@ class SQLiteBackend:
         try:
             self._prepare()
             # Checkpoints off the commit path (domicile.sqlite_checkpoint).
-            self.checkpointer = WalCheckpointer(
-                self._connect(), name=f"checkpoint {os.path.basename(self.path)}"
-            )
+            self.checkpointer = WalCheckpointer.beside(self.path, self._pragmas())
         except BaseException:
             self.writer.close()
             raise
 
     # -- connections -------------------------------------------------------------------------
 
+    def _pragmas(self) -> sqlite_db.Pragmas:
+        return sqlite_db.Pragmas(synchronous=self.synchronous, busy_timeout_ms=BUSY_TIMEOUT_MS)
+
     def _connect(self) -> sqlite3.Connection:
-        pragmas = sqlite_db.Pragmas(synchronous=self.synchronous, busy_timeout_ms=BUSY_TIMEOUT_MS)
-        return sqlite_db.connect(self.path, pragmas, label=self.path)
+        return sqlite_db.connect(self.path, self._pragmas(), label=self.path)
 
     def _prepare(self) -> None:
         conn = self.writer
