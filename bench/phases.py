@@ -73,8 +73,13 @@ class CpuMeter:
 # -- baselines ------------------------------------------------------------------------------
 
 
-def fdatasync_ms(directory: Path, samples: int, record_bytes: int) -> list[float]:
-    """Latency of appending `record_bytes` to a file and fdatasync-ing it (a WAL commit's floor)."""
+def fdatasync_ms(directory: Path, samples: int, record_bytes: int, pause_s: float = 0.0) -> list[float]:
+    """Latency of appending `record_bytes` to a file and fdatasync-ing it (a WAL commit's floor),
+    back to back, or with `pause_s` without I/O before each (a disk that has been idle a while
+    can take several times longer to sync, so the pause of the commits being compared with
+    matters). Blocks."""
+    if pause_s < 0:
+        raise ValueError(f"pause_s is {pause_s}; it must be 0 or more")
     path = directory / "fdatasync-probe.bin"
     sync = getattr(os, "fdatasync", os.fsync)
     payload = b"\x00" * record_bytes
@@ -85,6 +90,8 @@ def fdatasync_ms(directory: Path, samples: int, record_bytes: int) -> list[float
             sync(fd)
         latencies: list[float] = []
         for _ in range(samples):
+            if pause_s:
+                time.sleep(pause_s)
             started = time.perf_counter_ns()
             os.write(fd, payload)
             sync(fd)

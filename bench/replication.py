@@ -80,6 +80,7 @@ GLOBAL_REGIONS = (SOURCE, NEAR, *OTHERS)
 LOCAL_NS, PAIR_NS, GLOBAL_NS, FAR_NS = "repl_local", "repl_pair", "repl_global", "repl_far"
 FAR_SYNC_NS = "repl_far_sync"  # min_regions_acked 2, at the source and behind the delay
 SYNC_SAMPLES = 400  # synchronous Puts, and as many round trips of the network alone
+SYNC_PACED_SAMPLES = 100  # fdatasyncs a one-way delay apart (4 s at 40 ms)
 SYNC_WARMUP = 50  # of each, unmeasured
 # The processes of the Put's floors (bench.sync_floor), shown in the sync phase's cores line.
 FLOOR_PROCESSES = ("floor-far", "floor-proxy", "floor-serial", "floor-pipelined")
@@ -253,6 +254,8 @@ class ReplicationBench:
         # The event-loop lag each end of the synchronous link saw during those calls.
         self.sync_loop_lag: dict[str, Histogram] = {}
         self.sync_fdatasync_ms: list[float] = []
+        # The same, each after a pause of the one-way delay: the pace of the calls' commits.
+        self.sync_fdatasync_paced_ms: list[float] = []
         self.ping_address = ""
         # The Put's floors (bench.sync_floor), made in turn with the Puts: by how the origin
         # makes a record durable ("serial": before shipping it, as a node does; "pipelined":
@@ -600,6 +603,16 @@ class ReplicationBench:
             self.sync_fdatasync_ms = await asyncio.to_thread(
                 phases.fdatasync_ms, self.nodes[FAR].data_dir, SYNC_SAMPLES, len(self.value)
             )
+            # During the calls the disk synced about once per one-way delay (each call's commits
+            # are a delay apart: the source's, then the far node's; the floors' alike), and a
+            # disk idle that long syncs slower: measured at that pace too.
+            self.sync_fdatasync_paced_ms = await asyncio.to_thread(
+                phases.fdatasync_ms,
+                self.nodes[FAR].data_dir,
+                SYNC_PACED_SAMPLES,
+                len(self.value),
+                opts.delay_ms / 1000.0,
+            )
 
 
 def floor_call(ch: grpc.aio.Channel, record: bytes) -> Call:
@@ -640,6 +653,21 @@ def sync_cores(cpu_s: dict[str, float], wall_s: float, nodes: list[str]) -> dict
     others = sum(cpu_s[p] for p in nodes if p in cpu_s and p not in ends)
     cores["other nodes"] = round(others / wall_s, 2)
     return cores
+
+
+def fdatasync_line(back_to_back_ms: list[float], paced_ms: list[float], delay_ms: float) -> str:
+    """The floor of the two commits a synchronous Put waits for in series, back to back and at
+    the pace of the calls' commits (one per one-way delay), p50/p99."""
+
+    def q(ms: list[float]) -> str:
+        return f"{percentile(ms, 0.5):.2f}/{percentile(ms, 0.99):.2f}"
+
+    paced = f"; one every {delay_ms:g} ms, the pace of the calls' commits: {q(paced_ms)}" if paced_ms else ""
+    return (
+        f"sync: fdatasync on the far node's disk after the calls, p50/p99 (ms): back to back "
+        f"{q(back_to_back_ms)}{paced} (a synchronous Put waits for two commits in series: the "
+        "source's, then the far node's)"
+    )
 
 
 def loop_lag_line(lag: Histogram) -> str:
@@ -933,6 +961,7 @@ async def run(opts: Options) -> int:
         "sync_machine": bench.sync_machine.as_dict() if bench.sync_machine else None,
         "sync_cores": bench.sync_cores,
         "sync_fdatasync_ms": bench.sync_fdatasync_ms,
+        "sync_fdatasync_paced_ms": bench.sync_fdatasync_paced_ms,
         "proxy_lateness": proxy_lateness,
     }
     write_json(opts.out, results, meta)
@@ -976,11 +1005,7 @@ async def run(opts: Options) -> int:
     for name, lag in bench.sync_loop_lag.items():
         print(f"sync: {name} event-loop lag during the calls: {loop_lag_line(lag)}")
     if bench.sync_fdatasync_ms:
-        f50, f99 = percentile(bench.sync_fdatasync_ms, 0.5), percentile(bench.sync_fdatasync_ms, 0.99)
-        print(
-            f"sync: fdatasync on the far node's disk after the calls, p50/p99 (ms): {f50:.2f}/{f99:.2f} "
-            "(a synchronous Put waits for two commits in series: the source's, then the far node's)"
-        )
+        print(fdatasync_line(bench.sync_fdatasync_ms, bench.sync_fdatasync_paced_ms, opts.delay_ms))
     if proxy_lateness:
         # What the delay proxy added past its delay (bench.delay_proxy), over the whole run.
         print(proxy_lateness)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.phases import fdatasync_ms
 from bench.replication import (
     FAR,
     NEAR,
@@ -15,6 +16,7 @@ from bench.replication import (
     Options,
     PhaseResult,
     busy_processes,
+    fdatasync_line,
     figures,
     loop_lag_line,
     quantiles_ms,
@@ -202,3 +204,23 @@ def test_a_phase_with_histograms_reports_the_share_within_target_on_its_worst_li
     assert by_key["global_lag_p99_ms"].met is True
     within = by_key["global_lag_within_pct"]
     assert within.value == pytest.approx(99.5) and "eu-south-1" in within.label and within.met is True
+
+
+def test_the_fdatasync_floor_is_shown_back_to_back_and_at_the_pace_of_the_calls() -> None:
+    line = fdatasync_line([0.1] * 90 + [0.3] * 10, [0.8] * 90 + [1.5] * 10, 40.0)
+    assert "back to back 0.10/0.30" in line
+    assert "one every 40 ms, the pace of the calls' commits: 0.80/1.50" in line
+    # Without the paced samples only the back-to-back figure is shown.
+    assert "pace" not in fdatasync_line([0.1], [], 40.0)
+
+
+def test_fdatasync_samples_are_taken_with_or_without_a_pause(tmp_path: Path) -> None:
+    assert len(fdatasync_ms(tmp_path, 3, 16)) == 3
+    assert len(fdatasync_ms(tmp_path, 2, 16, pause_s=0.001)) == 2
+    # The probe file does not outlive the measurement.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_negative_fdatasync_pause_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pause_s is -1"):
+        fdatasync_ms(tmp_path, 1, 16, pause_s=-1)
