@@ -25,6 +25,10 @@ WAL_SWITCH_WAIT_S = 5.0
 _WAL_SWITCH_POLL_MAX_S = 0.05
 
 
+# 64 MiB: far above what checkpoints between commits let a WAL grow to (a few hundred KiB).
+JOURNAL_SIZE_LIMIT_DEFAULT = 64 << 20
+
+
 @dataclass(frozen=True)
 class Pragmas:
     """Per-connection settings, applied to every connection a store opens."""
@@ -34,6 +38,10 @@ class Pragmas:
     busy_timeout_ms: int | None = None
     # Overwrites deleted content with zeros; refused connections raise FailedPrecondition.
     secure_delete: bool = False
+    # What a WAL file is cut back to when the writer starts it again after a checkpoint copied
+    # all of it (-1: never cut). Without a limit the file keeps the size of the largest
+    # transaction it ever held (a bootstrap's, a big batch's) until the last connection closes.
+    journal_size_limit: int = JOURNAL_SIZE_LIMIT_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ def connect(
         if pragmas.busy_timeout_ms is not None:
             conn.execute(f"PRAGMA busy_timeout = {int(pragmas.busy_timeout_ms)}")
         conn.execute(f"PRAGMA synchronous = {pragmas.synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit = {int(pragmas.journal_size_limit)}")
         if pragmas.secure_delete:
             (secure,) = conn.execute("PRAGMA secure_delete = ON").fetchone()
             if int(secure) != 1:

@@ -126,10 +126,42 @@ def test_connections_carry_their_settings(tmp_path: Path) -> None:
     try:
         assert reader.execute("PRAGMA synchronous").fetchone()[0] == 0
         assert reader.execute("PRAGMA secure_delete").fetchone()[0] == 1
+        assert (
+            reader.execute("PRAGMA journal_size_limit").fetchone()[0] == sqlite_db.JOURNAL_SIZE_LIMIT_DEFAULT
+        )
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             reader.execute("INSERT INTO t (a) VALUES (1)")
     finally:
         reader.close()
+
+
+def _wal_after_a_big_transaction(path: Path, pragmas: Pragmas) -> int:
+    """The WAL's size once a 4 MiB transaction was checkpointed and a small one followed."""
+    conn = connect(path, pragmas)
+    try:
+        sqlite_db.use_wal(conn, path.name)
+        conn.execute("CREATE TABLE IF NOT EXISTS big (v BLOB)")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO big VALUES (randomblob(4096))", [()] * 1024)
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        # The WAL was copied whole: this transaction writes it again from its start.
+        conn.execute("INSERT INTO big VALUES (x'00')")
+        return Path(f"{path}-wal").stat().st_size
+    finally:
+        conn.close()
+
+
+def test_a_wal_is_cut_back_to_its_limit_once_a_big_transaction_was_checkpointed(tmp_path: Path) -> None:
+    assert Pragmas().journal_size_limit == sqlite_db.JOURNAL_SIZE_LIMIT_DEFAULT
+    limit = 256 << 10
+    assert (
+        _wal_after_a_big_transaction(tmp_path / "limited.sqlite3", Pragmas(journal_size_limit=limit)) <= limit
+    )
+    # The negative control: without a limit the file keeps the big transaction's 4 MiB.
+    assert (
+        _wal_after_a_big_transaction(tmp_path / "unlimited.sqlite3", Pragmas(journal_size_limit=-1)) > 4 << 20
+    )
 
 
 def test_a_file_that_cannot_use_wal_is_refused_unless_allowed() -> None:
