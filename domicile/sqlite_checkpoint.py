@@ -30,6 +30,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 from domicile import sqlite_db
 from domicile.errors import InvalidArgument
@@ -48,6 +49,9 @@ _COUNT_WRAP = 1 << 32
 # No commit for this long is a pause. Commits of requests a client makes one after another come
 # a round trip apart, and a single-row commit takes about half a millisecond.
 QUIET_S_DEFAULT = 0.001
+# A checkpoint's outcomes, as told to on_checkpoint.
+DONE = "done"
+FAILED = "failed"
 
 
 class WalCheckpointer:
@@ -73,6 +77,9 @@ class WalCheckpointer:
         # Checkpoints made and checkpoints that failed (for tests and benchmarks).
         self.checkpoints = 0
         self.failures = 0
+        # Told of each checkpoint on the checkpointer's thread: its outcome (DONE or FAILED) and
+        # how long it took. Settable after start: a node's metrics hear of it (node.daemon).
+        self.on_checkpoint: Callable[[str, float], None] | None = None
         self._conn = conn
         self._due = threading.Event()
         self._stopping = threading.Event()
@@ -107,6 +114,16 @@ class WalCheckpointer:
         self._due.set()
         self._thread.join()
 
+    def _tell(self, outcome: str, seconds: float) -> None:
+        hook = self.on_checkpoint
+        if hook is None:
+            return
+        try:
+            hook(outcome, seconds)
+        except Exception:
+            # A metrics hook must not stop the checkpoints.
+            log.exception("%s: the checkpoint hook failed", self.name)
+
     def _run(self) -> None:
         try:
             while True:
@@ -119,13 +136,17 @@ class WalCheckpointer:
                     self._stopping.wait(pause)
                 if self._stopping.is_set():
                     return
+                started = time.perf_counter()
                 try:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
+                    outcome = DONE
                 except sqlite3.Error as error:
                     # The next commits make one due again; meanwhile SQLite's own checkpoint
                     # bounds the WAL, so nothing is lost but time.
                     self.failures += 1
+                    outcome = FAILED
                     log.warning("%s: a checkpoint failed: %s", self.name, error)
+                self._tell(outcome, time.perf_counter() - started)
         finally:
             self._conn.close()

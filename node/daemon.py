@@ -37,6 +37,7 @@ from domicile.loop_lag import SAMPLED_INTERVAL_S, watch_loop_lag
 from domicile.model import writer_id
 from domicile.quality import schema_from_text
 from domicile.retry import Backoff, BackoffPolicy, retry
+from domicile.sqlite_checkpoint import WalCheckpointer
 from domicile.subjects import HoldRelease, LegalHold, RegionReceipt, SubjectOrders
 from domicile.topology import NodeHealth, Topology
 from domicile.v1 import coordinator_pb2 as cpb
@@ -74,16 +75,18 @@ from node.coordinator_link import CoordinatorLink
 from node.crypto.keyring import Keyring, load_or_create_kek
 from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine, StoreCounts
+from node.engine.core import EngineCore
 from node.engine.factory import open_engine
 from node.engine.group_commit import GroupCommitter
 from node.engine.log_tail import LogTail
+from node.engine.sqlite import SQLiteBackend
 from node.incarnation import read_epoch
 from node.keyfiles import load_context_key
 from node.lifecycle.erasure import Eraser
 from node.lifecycle.orders_store import load_orders, save_orders
 from node.lifecycle.released_holds import released_holds
 from node.lifecycle.retention import RetentionSweeper, SweepReport
-from node.metrics import NodeMetrics
+from node.metrics import NodeMetrics, wal_bytes, watch_checkpoints
 from node.offload import THREADS_DEFAULT, Offload
 from node.replication.backfill import Backfill
 from node.replication.bootstrap import SnapshotSource, SnapshotTarget, bootstrap_if_behind
@@ -283,6 +286,9 @@ class Node:
             )
         else:
             self.audit.start()
+        for file, _, checkpointer in self._sqlite_files():
+            if checkpointer is not None:
+                watch_checkpoints(self.metrics, file, checkpointer)
         self.engine.audit_settled = lambda: self.audit.carried_through
         self.engine.audit_received_settled = lambda: self.audit.received_through
         self.committer.on_audit = self.audit.carry
@@ -1132,6 +1138,19 @@ class Node:
     def _store_figures(self) -> tuple[StoreCounts, int]:
         return self.engine.counts(), self.engine.last_lsn()
 
+    def _sqlite_files(self) -> list[tuple[str, Path, WalCheckpointer | None]]:
+        """The node's SQLite files in WAL mode, by their metric label: the store (on the SQLite
+        engine) and the audit log, each with its checkpointer (domicile.sqlite_checkpoint)."""
+        files: list[tuple[str, Path, WalCheckpointer | None]] = []
+        engine = self.engine
+        if isinstance(engine, EngineCore) and isinstance(engine.backend, SQLiteBackend):
+            files.append(("store", Path(engine.backend.path), engine.backend.checkpointer))
+        files.append(("audit", self.audit.path, self.audit.checkpointer))
+        return files
+
+    def _wal_sizes(self) -> list[tuple[str, int]]:
+        return [(file, wal_bytes(path)) for file, path, _ in self._sqlite_files()]
+
     async def _refresh_gauges(self) -> None:
         while True:
             try:
@@ -1142,6 +1161,8 @@ class Node:
                 self.metrics.records_stored.set(counts.records)
                 self.metrics.tombstones_stored.set(counts.tombstones)
                 self.metrics.last_lsn.set(last)
+            for file, size in await self.offload.run(self._wal_sizes):
+                self.metrics.sqlite_wal_bytes.labels(file).set(size)
             await asyncio.sleep(2.0)
 
     async def _watch_store(self) -> None:

@@ -4,12 +4,15 @@ in one process (the integration tests do)."""
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from domicile import metrics_endpoint
+from domicile.sqlite_checkpoint import DONE, FAILED, WalCheckpointer
 
 # 100 us to 10 s: local calls sit in the sub-millisecond buckets, slow disks in the tens of ms.
 RPC_BUCKETS_S = (
@@ -22,6 +25,8 @@ LAG_BUCKETS_S = (
     0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# A checkpoint between commits copies a few hundred kilobytes: milliseconds, unless the disk stalls.
+CHECKPOINT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 # Event-loop lag, 0.5 ms to 5 s: a healthy loop sits in the first buckets, a stall that holds
 # calls back long enough to matter (a client's streams piling up) in the hundreds of ms.
 LOOP_LAG_BUCKETS_S = (
@@ -467,6 +472,26 @@ class NodeMetrics(metrics_endpoint.MetricsServing):
             "domicile_tombstones_stored", "Keys whose versions are all tombstones.", registry=r
         )
         self.last_lsn = Gauge("domicile_changelog_last_lsn", "Highest change-log position.", registry=r)
+        self.sqlite_checkpoints = Counter(
+            "domicile_sqlite_checkpoints_total",
+            "WAL checkpoints made between commits (domicile.sqlite_checkpoint), by SQLite file (store, "
+            "audit) and outcome (done, failed).",
+            ["file", "outcome"],
+            registry=r,
+        )
+        self.sqlite_checkpoint_seconds = Histogram(
+            "domicile_sqlite_checkpoint_seconds",
+            "How long each WAL checkpoint made between commits took, by SQLite file.",
+            ["file"],
+            buckets=CHECKPOINT_BUCKETS_S,
+            registry=r,
+        )
+        self.sqlite_wal_bytes = Gauge(
+            "domicile_sqlite_wal_bytes",
+            "Size of a SQLite file's write-ahead log (store, audit), read every few seconds.",
+            ["file"],
+            registry=r,
+        )
         self.commit_batch_records = Histogram(
             "domicile_commit_batch_records",
             "Local writes per durable commit (group commit).",
@@ -510,6 +535,27 @@ class NodeMetrics(metrics_endpoint.MetricsServing):
         if window is None:
             window = self.lag_windows[key] = LagWindow()
         return window
+
+
+def watch_checkpoints(metrics: NodeMetrics, file: str, checkpointer: WalCheckpointer) -> None:
+    """Counts the checkpoints `checkpointer` makes between commits under SQLite file `file`."""
+    done = metrics.sqlite_checkpoints.labels(file, DONE)
+    failed = metrics.sqlite_checkpoints.labels(file, FAILED)
+    seconds = metrics.sqlite_checkpoint_seconds.labels(file)
+
+    def heard(outcome: str, took_s: float) -> None:
+        (done if outcome == DONE else failed).inc()
+        seconds.observe(took_s)
+
+    checkpointer.on_checkpoint = heard
+
+
+def wal_bytes(path: Path) -> int:
+    """The size of the write-ahead log of the SQLite file at `path` (0 without one). Blocks."""
+    try:
+        return os.stat(f"{path}-wal").st_size
+    except FileNotFoundError:
+        return 0
 
 
 class CacheMetrics:

@@ -15,7 +15,7 @@ import pytest
 
 from domicile import sqlite_db
 from domicile.errors import InvalidArgument
-from domicile.sqlite_checkpoint import WalCheckpointer
+from domicile.sqlite_checkpoint import DONE, FAILED, WalCheckpointer
 
 PRAGMAS = sqlite_db.Pragmas(synchronous="FULL")
 COMMITS = 300
@@ -123,6 +123,8 @@ def test_a_failed_checkpoint_is_counted_and_logged_and_the_next_one_runs(
 ) -> None:
     conn = sqlite3.connect(_path(writer), isolation_level=None, check_same_thread=False, factory=_FailingOnce)
     checkpointer = WalCheckpointer(conn, name="checkpoint t", every_rows=1)
+    heard: list[tuple[str, float]] = []
+    checkpointer.on_checkpoint = lambda outcome, seconds: heard.append((outcome, seconds))
     try:
         with caplog.at_level(logging.WARNING, logger="domicile.sqlite_checkpoint"):
             for i in range(2):
@@ -133,6 +135,32 @@ def test_a_failed_checkpoint_is_counted_and_logged_and_the_next_one_runs(
         checkpointer.close()
     assert (checkpointer.failures, checkpointer.checkpoints) == (1, 1)
     assert "checkpoint t: a checkpoint failed: database or disk is full" in caplog.text
+    # The hook (a node's metrics) heard both, in order, with how long each took.
+    assert [outcome for outcome, _ in heard] == [FAILED, DONE]
+    assert all(seconds >= 0 for _, seconds in heard)
+
+
+def test_a_failing_hook_is_logged_and_the_checkpoints_go_on(
+    writer: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpointer = WalCheckpointer(
+        sqlite_db.connect(_path(writer), PRAGMAS), name="checkpoint t", every_rows=1
+    )
+
+    def broken(outcome: str, seconds: float) -> None:
+        raise RuntimeError("a broken metrics hook")
+
+    checkpointer.on_checkpoint = broken
+    try:
+        with caplog.at_level(logging.ERROR, logger="domicile.sqlite_checkpoint"):
+            for i in range(2):
+                _commit(writer, i)
+                checkpointer.committed(writer.total_changes)
+                _wait_for(checkpointer, i + 1)
+    finally:
+        checkpointer.close()
+    assert (checkpointer.checkpoints, checkpointer.failures) == (2, 0)
+    assert "checkpoint t: the checkpoint hook failed" in caplog.text
 
 
 def test_a_due_checkpoint_waits_for_a_pause_in_the_commits(writer: sqlite3.Connection) -> None:
