@@ -551,10 +551,12 @@ def watch_checkpoints(metrics: NodeMetrics, file: str, checkpointer: WalCheckpoi
 
 
 def wal_bytes(path: Path) -> int:
-    """The size of the write-ahead log of the SQLite file at `path` (0 without one). Blocks."""
+    """The size of the write-ahead log of the SQLite file at `path`: 0 without one, or when it
+    cannot be read (the gauges' refresh must not end over it; the store's own use of the file
+    fails loudly). Blocks."""
     try:
         return os.stat(f"{path}-wal").st_size
-    except FileNotFoundError:
+    except OSError:
         return 0
 
 
