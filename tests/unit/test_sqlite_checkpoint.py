@@ -75,6 +75,14 @@ def _write_all(writer: sqlite3.Connection, checkpointer: WalCheckpointer | None)
     return os.path.getsize(f"{_path(writer)}-wal")
 
 
+def _two_checkpoints(writer: sqlite3.Connection, checkpointer: WalCheckpointer) -> None:
+    """Two commits, each making a checkpoint due (every_rows=1) and waiting for it to run."""
+    for i in range(2):
+        _commit(writer, i)
+        checkpointer.committed(writer.total_changes)
+        _wait_for(checkpointer, i + 1)
+
+
 def test_the_checkpointer_keeps_the_wal_small_and_sqlite_alone_does_not(writer: sqlite3.Connection) -> None:
     path = _path(writer)
     checkpointer = WalCheckpointer(
@@ -127,10 +135,7 @@ def test_a_failed_checkpoint_is_counted_and_logged_and_the_next_one_runs(
     checkpointer.on_checkpoint = lambda outcome, seconds: heard.append((outcome, seconds))
     try:
         with caplog.at_level(logging.WARNING, logger="domicile.sqlite_checkpoint"):
-            for i in range(2):
-                _commit(writer, i)
-                checkpointer.committed(writer.total_changes)
-                _wait_for(checkpointer, i + 1)
+            _two_checkpoints(writer, checkpointer)
     finally:
         checkpointer.close()
     assert (checkpointer.failures, checkpointer.checkpoints) == (1, 1)
@@ -153,10 +158,7 @@ def test_a_failing_hook_is_logged_and_the_checkpoints_go_on(
     checkpointer.on_checkpoint = broken
     try:
         with caplog.at_level(logging.ERROR, logger="domicile.sqlite_checkpoint"):
-            for i in range(2):
-                _commit(writer, i)
-                checkpointer.committed(writer.total_changes)
-                _wait_for(checkpointer, i + 1)
+            _two_checkpoints(writer, checkpointer)
     finally:
         checkpointer.close()
     assert (checkpointer.checkpoints, checkpointer.failures) == (2, 0)
