@@ -81,6 +81,8 @@ class WalCheckpointer:
         # how long it took. Settable after start: a node's metrics hear of it (node.daemon).
         self.on_checkpoint: Callable[[str, float], None] | None = None
         self._conn = conn
+        # The file's path, as SQLite opened it (its WAL is this plus "-wal").
+        self.path = conn.execute("PRAGMA database_list").fetchone()[2]
         self._due = threading.Event()
         self._stopping = threading.Event()
         self._changes_at_last = 0
@@ -105,6 +107,14 @@ class WalCheckpointer:
         self._changes_at_last = total_changes
         self._due.set()
         return True
+
+    def wal_bytes(self) -> int:
+        """The size of the file's WAL: 0 without one, or when it cannot be read (a gauge must not
+        fail over it; the writer's own use of the file fails loudly). Blocks."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
 
     def close(self) -> None:
         """Stops the thread, after the checkpoint it makes if any, and closes its connection.

@@ -86,7 +86,7 @@ from node.lifecycle.erasure import Eraser
 from node.lifecycle.orders_store import load_orders, save_orders
 from node.lifecycle.released_holds import released_holds
 from node.lifecycle.retention import RetentionSweeper, SweepReport
-from node.metrics import NodeMetrics, wal_bytes, watch_checkpoints
+from node.metrics import NodeMetrics, watch_checkpoints
 from node.offload import THREADS_DEFAULT, Offload
 from node.replication.backfill import Backfill
 from node.replication.bootstrap import SnapshotSource, SnapshotTarget, bootstrap_if_behind
@@ -286,9 +286,8 @@ class Node:
             )
         else:
             self.audit.start()
-        for file, _, checkpointer in self._sqlite_files():
-            if checkpointer is not None:
-                watch_checkpoints(self.metrics, file, checkpointer)
+        for file, checkpointer in self._checkpointers():
+            watch_checkpoints(self.metrics, file, checkpointer)
         self.engine.audit_settled = lambda: self.audit.carried_through
         self.engine.audit_received_settled = lambda: self.audit.received_through
         self.committer.on_audit = self.audit.carry
@@ -1138,18 +1137,18 @@ class Node:
     def _store_figures(self) -> tuple[StoreCounts, int]:
         return self.engine.counts(), self.engine.last_lsn()
 
-    def _sqlite_files(self) -> list[tuple[str, Path, WalCheckpointer | None]]:
-        """The node's SQLite files in WAL mode, by their metric label: the store (on the SQLite
-        engine) and the audit log, each with its checkpointer (domicile.sqlite_checkpoint)."""
-        files: list[tuple[str, Path, WalCheckpointer | None]] = []
+    def _checkpointers(self) -> list[tuple[str, WalCheckpointer]]:
+        """The checkpointers of the node's SQLite files (domicile.sqlite_checkpoint), by their
+        metric label: the store's (on the SQLite engine) and the audit log's."""
+        found: list[tuple[str, WalCheckpointer | None]] = []
         engine = self.engine
         if isinstance(engine, EngineCore) and isinstance(engine.backend, SQLiteBackend):
-            files.append(("store", Path(engine.backend.path), engine.backend.checkpointer))
-        files.append(("audit", self.audit.path, self.audit.checkpointer))
-        return files
+            found.append(("store", engine.backend.checkpointer))
+        found.append(("audit", self.audit.checkpointer))
+        return [(file, checkpointer) for file, checkpointer in found if checkpointer is not None]
 
     def _wal_sizes(self) -> list[tuple[str, int]]:
-        return [(file, wal_bytes(path)) for file, path, _ in self._sqlite_files()]
+        return [(file, checkpointer.wal_bytes()) for file, checkpointer in self._checkpointers()]
 
     async def _refresh_gauges(self) -> None:
         while True:

@@ -4,10 +4,8 @@ in one process (the integration tests do)."""
 from __future__ import annotations
 
 import collections
-import os
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -548,16 +546,6 @@ def watch_checkpoints(metrics: NodeMetrics, file: str, checkpointer: WalCheckpoi
         seconds.observe(took_s)
 
     checkpointer.on_checkpoint = heard
-
-
-def wal_bytes(path: Path) -> int:
-    """The size of the write-ahead log of the SQLite file at `path`: 0 without one, or when it
-    cannot be read (the gauges' refresh must not end over it; the store's own use of the file
-    fails loudly). Blocks."""
-    try:
-        return os.stat(f"{path}-wal").st_size
-    except OSError:
-        return 0
 
 
 class CacheMetrics:

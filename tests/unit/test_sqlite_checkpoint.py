@@ -107,11 +107,14 @@ def test_closing_stops_the_thread_and_the_writer_then_removes_the_wal(writer: sq
     checkpointer = WalCheckpointer(sqlite_db.connect(path, PRAGMAS), name="checkpoint t", every_rows=1)
     _commit(writer, 0)
     checkpointer.committed(writer.total_changes)
+    # Its gauge reads the WAL beside the file it checkpoints.
+    assert checkpointer.wal_bytes() == Path(f"{path}-wal").stat().st_size > 0
     checkpointer.close()
     assert "checkpoint t" not in {thread.name for thread in threading.enumerate()}
     writer.close()
     # The writer was the file's last connection: SQLite checkpointed and removed the WAL.
     assert not Path(f"{path}-wal").exists()
+    assert checkpointer.wal_bytes() == 0
 
 
 class _FailingOnce(sqlite3.Connection):
