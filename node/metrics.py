@@ -23,6 +23,9 @@ LAG_BUCKETS_S = (
     0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# A synchronous write waits a round trip to the nearest in-scope region and its commit: a
+# millisecond in a metro, a few hundred across an ocean, the request deadline at most.
+SYNC_WAIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # A checkpoint between commits copies a few hundred kilobytes: milliseconds, unless the disk stalls.
 CHECKPOINT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 # Event-loop lag, 0.5 ms to 5 s: a healthy loop sits in the first buckets, a stall that holds
@@ -269,6 +272,14 @@ class NodeMetrics(metrics_endpoint.MetricsServing):
             "Writes committed here that fewer regions than min_regions_acked acknowledged in time "
             "(answered UNAVAILABLE).",
             ["namespace"],
+            registry=r,
+        )
+        self.sync_ack_wait = Histogram(
+            "domicile_sync_ack_wait_seconds",
+            "How long a write to a namespace with min_regions_acked above 1 waited, after its local "
+            "commit, for that many regions to hold it (timeouts included).",
+            ["namespace"],
+            buckets=SYNC_WAIT_BUCKETS_S,
             registry=r,
         )
         self.placement_refused = Counter(

@@ -302,9 +302,11 @@ class StorageService:
             return
         needed = spec.min_regions_acked
         timeout_s = self.limits.request_deadline_default_s * SYNC_WAIT_SHARE
+        started = time.monotonic()
         holding = (
             await self.wait_regions(spec.name, lsn, needed, timeout_s) if self.wait_regions is not None else 1
         )
+        self.metrics.sync_ack_wait.labels(spec.name).observe(time.monotonic() - started)
         if holding < needed:
             self.metrics.sync_ack_timeouts.labels(spec.name).inc()
             raise errors.Unavailable(

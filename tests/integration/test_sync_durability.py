@@ -14,6 +14,7 @@ from domicile.cluster import parse_cluster
 from domicile.errors import InvalidArgument
 from domicile.model import Limits
 from domicile.v1 import storage_node_pb2 as spb
+from node.service import SYNC_WAIT_SHARE
 from tests.support.cluster import LocalCluster, eventually
 
 EU = ["eu-west-1", "eu-central-1"]
@@ -35,11 +36,24 @@ async def pair(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         await cluster.stop()
 
 
+def waits(cluster: LocalCluster, namespace: str) -> tuple[float, float]:
+    """(count, sum in seconds) of eu-west-1's domicile_sync_ack_wait_seconds for `namespace`."""
+    registry = cluster.nodes["eu-west-1"].metrics.registry
+    labels = {"namespace": namespace}
+    count = registry.get_sample_value("domicile_sync_ack_wait_seconds_count", labels)
+    total = registry.get_sample_value("domicile_sync_ack_wait_seconds_sum", labels)
+    return count or 0.0, total or 0.0
+
+
 async def test_an_acknowledged_write_is_already_held_by_the_second_region(pair: LocalCluster) -> None:
     for i in range(5):
         await pair.put("eu-west-1", "sync_eu", f"k{i}", b"v")
         # No waiting: the answer came after eu-central-1 committed it.
         assert pair.nodes["eu-central-1"].engine.get("sync_eu", f"k{i}") is not None
+    # Each write's wait for the second region is observed; an asynchronous namespace's are not.
+    await pair.put("eu-west-1", "async_eu", "k", b"v")
+    assert waits(pair, "sync_eu")[0] == 5
+    assert waits(pair, "async_eu") == (0.0, 0.0)
 
 
 async def test_a_write_the_second_region_cannot_acknowledge_fails_unavailable_then_a_retry_succeeds(
@@ -52,6 +66,9 @@ async def test_a_write_the_second_region_cannot_acknowledge_fails_unavailable_th
         await pair.stub("eu-west-1").Put(request, timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "needs 2 regions" in (refused.value.details() or "")
+    # The wait that timed out is observed too, at its full length.
+    count, total = waits(pair, "sync_eu")
+    assert count == 1 and total >= 2.0 * SYNC_WAIT_SHARE
     assert pair.nodes["eu-central-1"].engine.get("sync_eu", "cut") is None
     # An asynchronous namespace is not held back by the partition.
     await pair.put("eu-west-1", "async_eu", "cut", b"v")
