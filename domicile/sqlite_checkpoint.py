@@ -82,7 +82,7 @@ class WalCheckpointer:
         self.on_checkpoint: Callable[[str, float], None] | None = None
         self._conn = conn
         # The file's path, as SQLite opened it (its WAL is this plus "-wal").
-        self.path = conn.execute("PRAGMA database_list").fetchone()[2]
+        self.path: str = conn.execute("PRAGMA database_list").fetchone()[2]
         self._due = threading.Event()
         self._stopping = threading.Event()
         self._changes_at_last = 0

@@ -36,7 +36,7 @@ async def test_checkpoints_of_the_store_and_the_audit_log_are_counted(tmp_path: 
             took = metric(node, "domicile_sqlite_checkpoint_seconds_count", {"file": file})
             assert took is not None and took >= 1
 
-        # The gauges' refresh reads each WAL's size: the store's is the file beside it.
+        # The gauges' refresh asks each checkpointer for its WAL's size.
         async def sized() -> bool:
             return (metric(node, "domicile_sqlite_wal_bytes", {"file": "store"}) or 0) > 0
 
