@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-call bench-entropy bench-tree-refresh bench-replication bench-restore bench-scale bench-growth bench-commit profile torture property-long clean
+.PHONY: help setup test-tools up up-tiers test lint typecheck protos protos-check sync-client sync-client-check unit fuzz bench bench-cache bench-hit-cost bench-call bench-entropy bench-tree-refresh bench-replication bench-restore bench-scale bench-growth bench-commit profile torture property-long clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{ printf "%-19s %s\n", $$1, $$2 }'
@@ -85,6 +85,8 @@ bench: setup ## benchmarks, each next to a baseline of the same run (a few minut
 
 bench-cache: setup ## only the read cache's hit figures (SQLite and MongoDB engines; SQLite with Redis on a unix socket too), two rounds each (ARGS=--samples N --rounds N)
 	$(PY) -m bench.cache_hits $(ARGS)
+bench-hit-cost: setup ## what CPU before, during and after a cache hit's Redis round trip costs in latency, on floors that spin (ARGS=--samples N --busy B,W,A)
+	$(PY) -m bench.hit_cost $(ARGS)
 bench-call: setup ## node CPU per single Put vs echo CPU per call, Put p99 vs echo + 2 fdatasync (a minute)
 	$(PY) -m bench.call_cost $(ARGS)
 

@@ -12,12 +12,19 @@ from the request's deserializer as a node's Get does (node/api/read_ahead.py), s
 trip overlaps what gRPC does before the handler runs. Nothing else a Get does (authorization,
 the read's policy decision, decoding the key state, the answer) is done: no hit can cost less.
 
+With `--busy-us BEFORE,WHILE,AFTER` as well, the floor also spins for that many microseconds of
+CPU at each of a hit's three points: in the deserializer before the GET is written, between the
+write and the wait for its reply, and after the reply (bench.hit_cost). The spinning holds the
+interpreter, as the node's Python there does; it prices CPU at each point in latency.
+
 Run as `python -m bench.echo_server [--tls-dir DIR --tls-stem STEM] [--redis-url URL --redis-key
-KEY]`; it prints `echo listening on HOST:PORT` when ready."""
+KEY [--busy-us B,W,A]]`; it prints `echo listening on HOST:PORT` when ready."""
 
 from __future__ import annotations
 
 import argparse
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -39,11 +46,47 @@ METHOD = f"/{SERVICE}/Echo"
 REDIS_DEADLINE_S = NodeConfig.cache_deadline_ms / 1000
 
 
+@dataclass(frozen=True)
+class BusyWork:
+    """Microseconds of CPU a floor spends at each point of a hit (bench.hit_cost)."""
+
+    before_send_us: int = 0
+    while_waiting_us: int = 0
+    after_reply_us: int = 0
+
+    BUSY_US_MAX = 10_000
+
+    @classmethod
+    def parse(cls, text: str) -> BusyWork:
+        """From "BEFORE,WHILE,AFTER" (three whole numbers of microseconds, 0 to BUSY_US_MAX)."""
+        parts = text.split(",")
+        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(
+                f"busy work {text!r} is not three whole numbers of microseconds BEFORE,WHILE,AFTER "
+                "(for example 0,60,0)"
+            )
+        before, during, after = (int(p) for p in parts)
+        if max(before, during, after) > cls.BUSY_US_MAX:
+            raise ValueError(f"busy work {text!r}: each part is at most {cls.BUSY_US_MAX} us")
+        return cls(before, during, after)
+
+    def __str__(self) -> str:
+        return f"{self.before_send_us},{self.while_waiting_us},{self.after_reply_us}"
+
+
+def spin(us: int) -> None:
+    """Spends `us` microseconds of CPU in this thread, holding the interpreter."""
+    if us > 0:
+        end = time.perf_counter_ns() + us * 1000
+        while time.perf_counter_ns() < end:
+            pass
+
+
 async def echo(request: spb.PutRequest, context: grpc.aio.ServicerContext) -> spb.PutRequest:
     return request
 
 
-def _echo_method(redis_url: str | None, redis_key: bytes) -> grpc.RpcMethodHandler:
+def _echo_method(redis_url: str | None, redis_key: bytes, busy: BusyWork) -> grpc.RpcMethodHandler:
     if redis_url is None:
         return grpc.unary_unary_rpc_method_handler(
             echo,
@@ -53,13 +96,16 @@ def _echo_method(redis_url: str | None, redis_key: bytes) -> grpc.RpcMethodHandl
     redis = LoopRedis(redis_url, deadline_s=REDIS_DEADLINE_S)
 
     def read_ahead(data: bytes) -> tuple[spb.PutRequest, SentGet | None]:
+        spin(busy.before_send_us)
         return spb.PutRequest.FromString(data), redis.send_get(redis_key)
 
     async def echo_after_get(
         received: tuple[spb.PutRequest, SentGet | None], context: grpc.aio.ServicerContext
     ) -> spb.PutRequest:
         request, sent = received
+        spin(busy.while_waiting_us)
         reply = await (sent.reply() if sent is not None else redis.get(redis_key))
+        spin(busy.after_reply_us)
         if reply is None:
             # A floor of a miss would be no floor of a hit: the bench sets the key first.
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Redis holds no key {redis_key!r}")
@@ -73,11 +119,17 @@ def _echo_method(redis_url: str | None, redis_key: bytes) -> grpc.RpcMethodHandl
 
 
 async def start(
-    listen: str, tls: TlsFiles | None, redis_url: str | None = None, redis_key: bytes = b""
+    listen: str,
+    tls: TlsFiles | None,
+    redis_url: str | None = None,
+    redis_key: bytes = b"",
+    busy: BusyWork = BusyWork(),
 ) -> tuple[grpc.aio.Server, int]:
     """The server, started, and its port."""
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    handler = grpc.method_handlers_generic_handler(SERVICE, {"Echo": _echo_method(redis_url, redis_key)})
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {"Echo": _echo_method(redis_url, redis_key, busy)}
+    )
     server.add_generic_rpc_handlers((handler,))
     # Through the seam every daemon uses for its ports (TLS material checked before it binds).
     port = (
@@ -90,9 +142,9 @@ async def start(
 
 
 async def serve(
-    listen: str, tls: TlsFiles | None, redis_url: str | None = None, redis_key: bytes = b""
+    listen: str, tls: TlsFiles | None, redis_url: str | None, redis_key: bytes, busy: BusyWork
 ) -> None:
-    server, port = await start(listen, tls, redis_url, redis_key)
+    server, port = await start(listen, tls, redis_url, redis_key, busy)
     print(f"echo listening on {listen.rpartition(':')[0]}:{port}", flush=True)
     stop = stop_on_signals()
     await stop.wait()
@@ -110,9 +162,20 @@ def main() -> None:
         "--redis-url", help="read --redis-key from this Redis before each answer (a hit's floor)"
     )
     parser.add_argument("--redis-key", default="floor", help="the key each call reads (floor)")
+    parser.add_argument(
+        "--busy-us",
+        default="0,0,0",
+        help="with --redis-url: microseconds of CPU spent before the GET, while it is out, after its reply",
+    )
     args = parser.parse_args()
+    try:
+        busy = BusyWork.parse(args.busy_us)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if busy != BusyWork() and args.redis_url is None:
+        parser.error("--busy-us prices the points of a hit: it needs --redis-url")
     tls = TlsFiles.in_directory(args.tls_dir, args.tls_stem) if args.tls_dir else None
-    runtime.run(serve(args.listen, tls, args.redis_url, args.redis_key.encode()))
+    runtime.run(serve(args.listen, tls, args.redis_url, args.redis_key.encode(), busy))
 
 
 if __name__ == "__main__":
