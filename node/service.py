@@ -367,13 +367,21 @@ class StorageService:
             about_subjects = any(w.subject_id for w in writes)
             committed = await (asyncio.shield(submitted) if about_subjects else submitted)
             self.on_committed()
+            held: list[tuple[int, Awaitable[Committed | errors.DomicileError]]] = []
             for (i, spec), outcome in zip(accepted, committed, strict=True):
                 if isinstance(outcome, errors.DomicileError):
                     results[i] = outcome
                 elif spec.min_regions_acked > 1:
-                    results[i] = await self._answer_when_held(spec, cmds[i], outcome)
+                    held.append((i, self._answer_when_held(spec, cmds[i], outcome)))
                 else:
                     results[i] = self._put_answer(spec, cmds[i], outcome)
+            if held:
+                # Together: each waits at most as long as a single Put's would, not in turn,
+                # so a batch whose records no other region acknowledges answers each of them
+                # UNAVAILABLE within the call's deadline instead of failing the whole call.
+                answers = await asyncio.gather(*(wait for _, wait in held))
+                for (i, _), answer in zip(held, answers, strict=True):
+                    results[i] = answer
         answered: list[Committed | errors.DomicileError] = []
         for r in results:
             if r is None:
