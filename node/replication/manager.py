@@ -87,6 +87,11 @@ class ReplicationManager:
         # A future, not an Event: a wait on it needs no task, and an ack with no waiter costs
         # nothing.
         self._acked: asyncio.Future[None] | None = None
+        # Per target, per namespace its link carries: the log position up to which the link
+        # may have passed entries of the namespace by (it did not carry it when it read them)
+        # while its target acknowledged past them. regions_holding counts the target for the
+        # namespace's entries after that position only.
+        self._carried_after: dict[str, dict[str, int]] = {}
 
     async def start(self) -> None:
         self._stored_acks = await self.offload.run(self.engine.outbound_acks)
@@ -99,6 +104,15 @@ class ReplicationManager:
             target = topology.node(link.target_node_id)
             if target is not None and link.namespaces:
                 wanted[target.node_id] = (target, frozenset(link.namespaces))
+        # Every entry up to here was read, or will be, before a namespace added now was
+        # carried; the ones committed later are read with it.
+        log_end = self._log_end()
+        for target_id in list(self._carried_after):
+            if target_id not in wanted:
+                del self._carried_after[target_id]
+        for target_id, (_, namespaces) in wanted.items():
+            before = self._carried_after.get(target_id, {})
+            self._carried_after[target_id] = {ns: before.get(ns, log_end) for ns in namespaces}
         for target_id in list(self.senders):
             sender = self.senders[target_id]
             spec = wanted.get(target_id)
@@ -182,12 +196,23 @@ class ReplicationManager:
         """The targets whose link has a session open now (their sender is connected)."""
         return frozenset(target for target, sender in self.senders.items() if sender.connected)
 
+    def _log_end(self) -> int:
+        """The last committed position of this node's change log (in memory when the tail
+        knows it; a store read otherwise, only where no tail is kept)."""
+        known = self.log_tail.last_lsn if self.log_tail is not None else None
+        return known if known is not None else self.engine.last_lsn()
+
     def regions_holding(self, namespace: str, lsn: int) -> set[str]:
         """The regions that hold this node's change-log entry `lsn` durably: this one, and those
-        of the targets that acknowledged it (a target acknowledges after its commit)."""
+        of the targets that acknowledged it (a target acknowledges after its commit) on a link
+        that carried the namespace when it read the entry. An acknowledgement is cumulative, so
+        a link that took the namespace on later vouches only for its entries after that."""
         regions = {self.region}
-        for sender in self.senders.values():
-            if namespace in sender.namespaces and sender.acked_lsn >= lsn:
+        for target_id, sender in self.senders.items():
+            if namespace not in sender.namespaces or sender.acked_lsn < lsn:
+                continue
+            carried_after = self._carried_after.get(target_id, {}).get(namespace)
+            if carried_after is not None and lsn > carried_after:
                 regions.add(sender.target.region)
         return regions
 
