@@ -111,6 +111,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
         self, request_iterator: AsyncIterator[rpb.ReplicateRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpb.ReplicateResponse]:
         source = ""
+        opened = False
         try:
             # Who is calling, and may it replicate at all, before a byte of its hello is read:
             # what an unauthorised peer sends is never decoded or used.
@@ -134,6 +135,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
                 )
             source = writer_id(hello.source_node_id, hello.source_epoch)
             position = await self.receiver.open(source)
+            opened = True  # closed below (open closes what it fails to open)
             log.info("replication stream from %s opened at position %d", source, position)
             yield rpb.ReplicateResponse(
                 ready=rpb.ReplicationReady(resume_after_lsn=position, target_node_id=self.receiver.node_id)
@@ -165,7 +167,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
             log.warning("replication stream from %s failed: %s", source or "?", exc.message)
             await abort_with(context, exc)
         finally:
-            if source:
+            if opened:
                 self.receiver.close(source)
 
     # -- anti-entropy (node.replication.entropy): the called side --------------------------

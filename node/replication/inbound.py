@@ -57,6 +57,9 @@ class InboundStats:
     applied_total: int = 0
     refused_total: int = 0
     connected: bool = False
+    # The source's streams open now: a reconnect opens the new one before the old one's end
+    # is noticed (a half-open connection, found by keepalive), so connected is "any is open".
+    streams: int = 0
 
 
 class Reject:
@@ -153,19 +156,26 @@ class Receiver:
         if source_node_id == self.node_id:
             raise errors.InvalidArgument(f"node {self.node_id} cannot replicate to itself")
         stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
+        stats.streams += 1
         stats.connected = True
-        # After any apply of an older stream of the source still under way (apply_batches).
-        async with self._applying.setdefault(source_node_id, asyncio.Lock()):
-            stored = await self.offload.run(self.engine.inbound_position, source_node_id)
+        try:
+            # After any apply of an older stream of the source still under way (apply_batches).
+            async with self._applying.setdefault(source_node_id, asyncio.Lock()):
+                stored = await self.offload.run(self.engine.inbound_position, source_node_id)
+        except BaseException:
+            self.close(source_node_id)  # not opened: the caller closes only what opened
+            raise
         # An older stream of the same source may have applied a batch while the read was away:
         # positions only move forward.
         stats.position = max(stats.position, stored)
         return stats.position
 
     def close(self, source_node_id: str) -> None:
+        """Ends one stream `open` opened; the source shows disconnected once none is open."""
         stats = self.stats.get(source_node_id)
-        if stats is not None:
-            stats.connected = False
+        if stats is not None and stats.streams > 0:
+            stats.streams -= 1
+            stats.connected = stats.streams > 0
 
     def _check(
         self, source_node_id: str, msg: pb.Mutation, *, own_writes: bool = True
@@ -441,7 +451,11 @@ class Receiver:
         stays. A mutation that fails the other checks is refused alone and the rest applies."""
         stats = self.stats.setdefault(source_node_id, InboundStats(source_node_id))
         if through_lsn <= stats.position:
-            # A batch from before our position (a duplicate after reconnect): nothing to do.
+            # A batch from before our position (a duplicate after reconnect): nothing to do but
+            # count its records, as the ack does.
+            if messages:
+                labels = (source_node_id, self.node_id)
+                self.metrics.replication_duplicates.labels(*labels).inc(len(messages))
             return BatchResult(stats.position, 0, len(messages))
         entries: list[asyncio.Future[int]] = []
         problem = self._check_positions(stats.position, messages, through_lsn)
