@@ -3,6 +3,9 @@ once a second in-scope region holds it durably."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -86,6 +89,89 @@ async def test_a_write_the_second_region_cannot_acknowledge_fails_unavailable_th
     state = pair.nodes["eu-west-1"].engine.get("sync_eu", "cut")
     assert state is not None
     assert [v.dot for v in state.versions] == [Dot(retry.version.dot.node_id, retry.version.dot.counter)]
+
+
+async def test_put_batch_waits_for_its_records_together_not_in_turn(pair: LocalCluster) -> None:
+    """Regression: PutBatch waited for each synchronous record after the one before, each up to
+    80% of the deadline, so a batch of three that no other region acknowledged failed as a whole
+    with DEADLINE_EXCEEDED (3 x 1.6 s of a 2 s deadline) instead of answering each record
+    UNAVAILABLE after one wait, as a Put is answered."""
+    for proxy in pair.proxies.values():
+        proxy.partition()
+    puts = [
+        spb.PutRequest(namespace="sync_eu", key=f"b{i}", value=b"v", request_id=f"batch-cut-{i}")
+        for i in range(3)
+    ] + [spb.PutRequest(namespace="async_eu", key="b", value=b"v")]
+    started = time.monotonic()
+    response = await pair.stub("eu-west-1").PutBatch(spb.PutBatchRequest(puts=puts), timeout=5)
+    took = time.monotonic() - started
+    unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
+    assert [r.code for r in response.results] == [unavailable] * 3 + [0]
+    assert all("needs 2 regions" in r.message for r in response.results[:3])
+    # One wait for all three (each observed), not three in a row.
+    assert waits(pair, "sync_eu")[0] == 3
+    assert took < 3 * 2.0 * SYNC_WAIT_SHARE
+
+
+async def test_a_link_that_takes_a_namespace_on_later_vouches_only_for_its_later_writes(
+    tmp_path: Path,
+) -> None:
+    """Regression: a write waiting for a second region was answered OK when a topology revision
+    added its namespace to a link whose target had already acknowledged past the write. That
+    link had passed the write by (it did not carry the namespace then), so only the origin held
+    it. An acknowledgement is cumulative: a link vouches for a namespace's entries only from
+    when it carried it."""
+    three = [*EU, "us-east-1"]
+    cluster = LocalCluster(
+        tmp_path,
+        three,
+        proxies=True,
+        namespaces=[
+            {"name": "instruments", "regions": "global", "conflict_mode": "lww", "classification": "public"},
+            {"name": "sync_eu", "regions": EU, "min_regions_acked": 2},
+        ],
+    )
+    cluster.node_overrides["limits"] = Limits(request_deadline_default_s=4.0)
+    await cluster.start_linked()
+    try:
+        cluster.proxies["eu-central-1"].partition()
+        source = cluster.nodes["eu-west-1"]
+        manager = source.replication
+        far = manager.senders["us-east-1"]
+        assert "sync_eu" not in far.namespaces
+        request = spb.PutRequest(namespace="sync_eu", key="k", value=b"v", request_id="late-link-1")
+        put = asyncio.ensure_future(cluster.stub("eu-west-1").Put(request))
+
+        async def passed_by() -> bool:
+            last = source.engine.last_lsn()
+            return last > 0 and far.acked_lsn >= last
+
+        await eventually(passed_by, 5, "us-east-1 acknowledged the position past the write")
+        topology = source.view.topology
+        links = tuple(
+            dataclasses.replace(link, namespaces=(*link.namespaces, "sync_eu"))
+            if (link.source_node_id, link.target_node_id) == ("eu-west-1", "us-east-1")
+            else link
+            for link in topology.links
+        )
+        manager.apply(dataclasses.replace(topology, links=links, revision=topology.revision + 1))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await put
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert cluster.nodes["us-east-1"].engine.get("sync_eu", "k") is None
+        # Negative control: an entry written after the change counts for the link once acknowledged.
+        before = source.engine.last_lsn()
+        later = await cluster.put("eu-west-1", "instruments", "after", b"v")
+        assert later.lsn > before
+
+        async def acknowledged() -> bool:
+            return far.acked_lsn >= later.lsn
+
+        await eventually(acknowledged, 5, "us-east-1 acknowledged the later entry")
+        assert "us-east-1" in manager.regions_holding("sync_eu", later.lsn)
+        assert "us-east-1" not in manager.regions_holding("sync_eu", before)
+    finally:
+        await cluster.stop()
 
 
 def test_min_regions_acked_is_validated_against_the_scope() -> None:
