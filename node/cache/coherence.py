@@ -52,9 +52,10 @@ sequence order, each as one Lua script that deletes the changed keys' entries an
 6. A Redis that lost writes. The invalidation script returns the hw it found. Below what this
    node last landed (or missing), Redis restarted from an old snapshot, failed over to a replica
    behind, or was flushed: the generation is abandoned as in 5. A read that fails marks the
-   cache suspect; reads skip it until the invalidator has landed a heartbeat again, which
-   performs this check. Residual: a Redis that restarts from a snapshot between two heartbeats
-   and whose connections all survive can serve from the snapshot until the next heartbeat
+   cache suspect; reads skip it until the invalidator has landed a heartbeat taken after the
+   failure, which performs this check (one taken before it checked Redis as it was then).
+   Residual: a Redis that restarts from a snapshot between two heartbeats and whose
+   connections all survive can serve from the snapshot until the next heartbeat
    (at most `heartbeat_s`); run the cache without persistence (the managed server does).
 
 A restarted node starts in a new generation, so nothing the previous process cached is read.
@@ -91,6 +92,9 @@ class Batch:
     generation: str
     seq: int
     keys: list[Key] = field(default_factory=list)
+    # How many times the cache had been distrusted when the batch was taken: only a batch
+    # taken after the last distrust checked Redis as it is since that failure.
+    distrusts: int = 0
 
 
 class Coherence:
@@ -111,6 +115,7 @@ class Coherence:
         self._heartbeat_due = True  # the first generation needs its hw
         self.ready = False
         self.suspect = False
+        self._distrusts = 0
         self.last_landed = 0
         self.rotations = 0
 
@@ -185,9 +190,10 @@ class Coherence:
         return ticket.generation == self.generation
 
     def distrust(self) -> None:
-        """A cache call failed: reads skip the cache until a heartbeat lands."""
+        """A cache call failed: reads skip the cache until a heartbeat taken after this lands."""
         with self._lock:
             self.suspect = True
+            self._distrusts += 1
             self._heartbeat_due = True
             self._wake.notify()
 
@@ -200,7 +206,7 @@ class Coherence:
         with self._lock:
             if not self._pending and not self._heartbeat_due:
                 self._wake.wait(timeout_s)
-            batch = Batch(self.generation, self._seq, list(self._pending))
+            batch = Batch(self.generation, self._seq, list(self._pending), self._distrusts)
             self._pending.clear()
             self._heartbeat_due = False
             return batch
@@ -224,7 +230,10 @@ class Coherence:
                     del self._dirty[k]
             self.last_landed = max(self.last_landed, batch.seq)
             self.ready = True
-            self.suspect = False
+            if batch.distrusts == self._distrusts:
+                # Else a failure came after the batch was taken: its heartbeat, already asked
+                # for, checks Redis again and ends the distrust.
+                self.suspect = False
             return True
 
     def failed(self, batch: Batch) -> bool:

@@ -87,6 +87,19 @@ def test_a_failed_read_makes_the_cache_suspect_until_a_heartbeat_lands() -> None
     assert c.landed(beat, 0) and c.usable
 
 
+def test_a_heartbeat_taken_before_a_failed_read_does_not_end_the_distrust() -> None:
+    """Regression: a heartbeat whose script ran in Redis before a read failed, and whose outcome
+    the invalidator noted only after it, ended the distrust on a check of Redis as it was
+    before the failure (a Redis back from an old snapshot would then be used again)."""
+    c = ready()
+    before = c.take(0)
+    c.distrust()
+    assert c.landed(before, 0)
+    assert not c.usable, "the heartbeat checked Redis before the failure"
+    after = c.take(0)
+    assert c.landed(after, 0) and c.usable
+
+
 def test_abandon_gives_up_the_generation_from_any_thread() -> None:
     c = ready()
     gen = c.generation
