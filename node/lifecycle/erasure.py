@@ -137,8 +137,11 @@ class Eraser:
         self.report = report
         self.now_ms = now_ms
         self.offload = offload or Offload()
-        # Filled by load(), before the node serves.
+        # Filled by load(), before the node serves. `blocked` refuses the subjects from the
+        # moment an erasure marks them; `_stored_blocks` holds the marks known to be durable,
+        # so that a retry after a failed store stores its block instead of trusting the mark.
         self.blocked: dict[str, str] = {}
+        self._stored_blocks: dict[str, str] = {}
         self.receipts: dict[str, RegionReceipt] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._refreshing: set[asyncio.Task[None]] = set()
@@ -146,6 +149,10 @@ class Eraser:
         # The coordinator's permanent list: subject hash (under erased_key) -> request id.
         self.erased_key = b""
         self.erased_list: dict[str, str] = {}
+        # Listed subjects whose sweep has not finished: refused like the rest of the list, but
+        # not stored with it, so that a sweep that fails (or a crash) leaves them to the next.
+        self._unswept: dict[str, str] = {}
+        self._sweeping = asyncio.Lock()
         # Writes the writer refused because an erasure overtook them (see refusal()).
         self.refused_in_writer = 0
         # A restored store that has not yet received the permanent list (see load()).
@@ -187,6 +194,7 @@ class Eraser:
         if erased:
             self.erased_key, self.erased_list = erased
         self.blocked = blocked
+        self._stored_blocks = dict(blocked)
         self.receipts = {rid: _receipt_from_json(r) for rid, r in json.loads(receipts or b"{}").items()}
         self.awaiting_list = restored and not erased
         if self.awaiting_list:
@@ -229,51 +237,58 @@ class Eraser:
         seen on it before is refused from now on, and a sweep tombstones what the store still
         holds of it: a store restored from before the erasure must not bring it back."""
         if key != self.erased_key:
-            self.erased_key, self.erased_list = key, {}
+            self.erased_key, self.erased_list, self._unswept = key, {}, {}
         new = {digest: rid for digest, rid in erased if digest not in self.erased_list}
         self.erased_list.update(new)
-        # The list is in memory: erased_by refuses its subjects from now on, so a restored node
-        # lets other subjects' writes in. Its sweep stores the list (perhaps empty); should that
-        # fail, the node waits for the list again.
+        self._unswept.update(new)
+        # The list is in memory: erased_by refuses its subjects from now on, whatever becomes
+        # of their sweep, so a restored node lets other subjects' writes in. The sweep stores
+        # the subjects it swept; should it fail, a restored node waits for the list again.
         reopened = self.awaiting_list
         if reopened:
             self.awaiting_list = False
             log.info(
                 "the cluster's list of erased subjects has arrived; writes about data subjects are accepted"
             )
-        if new or reopened:
-            sweep = self._sweep_remnants(new, cluster, holds, reopened)
+        if self._unswept or reopened:
+            sweep = self._sweep_remnants(cluster, holds, reopened)
             self._track(asyncio.create_task(sweep, name="erasure-remnants"))
 
     async def _sweep_remnants(
-        self,
-        wanted: dict[str, str],
-        cluster: ClusterSpec,
-        holds: tuple[LegalHold, ...],
-        reopened: bool = False,
+        self, cluster: ClusterSpec, holds: tuple[LegalHold, ...], reopened: bool = False
     ) -> None:
-        try:
-            found = (
-                await self.offload.run(_subjects_hashing_to, self.engine, self.erased_key, wanted)
-                if wanted
-                else {}
-            )
-            for subject_id, request_id in found.items():
-                log.warning("erasing what the store still holds of a subject erased by %s", request_id)
-                await self.erase(ErasureOrder(request_id, subject_id, self.now_ms()), cluster, holds)
-            key, listed = self.erased_key, sorted(self.erased_list.items())
+        """Erases what the store still holds of the listed subjects not swept yet, then stores
+        the list of those swept. One sweep at a time: each takes the subjects left when it
+        begins, and stores none that a sweep has not finished (a subject stored as listed is
+        never swept again, even after a restart)."""
+        async with self._sweeping:
+            key, wanted = self.erased_key, dict(self._unswept)
+            try:
+                found = (
+                    await self.offload.run(_subjects_hashing_to, self.engine, key, wanted) if wanted else {}
+                )
+                for subject_id, request_id in found.items():
+                    log.warning("erasing what the store still holds of a subject erased by %s", request_id)
+                    await self.erase(ErasureOrder(request_id, subject_id, self.now_ms()), cluster, holds)
+                if key != self.erased_key:
+                    return  # a new list replaced this one meanwhile: its own sweep stores it
+                listed = sorted(
+                    (digest, rid)
+                    for digest, rid in self.erased_list.items()
+                    if digest in wanted or digest not in self._unswept
+                )
 
-            def persist(engine: StorageEngine) -> None:
-                store_erased_list(engine, key, listed)
+                def persist(engine: StorageEngine) -> None:
+                    store_erased_list(engine, key, listed)
 
-            await self.committer.run(persist)
-        except Exception:
-            # Not persisted: the next registration sweeps again.
-            log.exception("sweep of erased subjects failed; it runs again at the next registration")
-            for digest in wanted:
-                self.erased_list.pop(digest, None)
-            if reopened:
-                self.awaiting_list = True
+                await self.committer.run(persist)
+                for digest in wanted:
+                    self._unswept.pop(digest, None)
+            except Exception:
+                # The subjects stay refused here and unswept: the next registration sweeps them.
+                log.exception("sweep of erased subjects failed; it runs again at the next registration")
+                if reopened:
+                    self.awaiting_list = True
 
     def refusal(self, write: LocalWrite) -> DomicileError | None:
         """The group committer's last check of a local write, on the writer thread: a write about
@@ -308,14 +323,17 @@ class Eraser:
 
     async def _block(self, subject_id: str, request_id: str) -> None:
         digest = subject_hash(self.subject_key, subject_id)
-        if self.blocked.get(digest) == request_id:
+        if self._stored_blocks.get(digest) == request_id:
             return
+        # In memory first, so that the writer's last check refuses the subject from now on; a
+        # retry after a failed store finds the mark but not the stored block, and stores it.
         self.blocked[digest] = request_id
 
         def persist(engine: StorageEngine) -> None:
             engine.block_subject(digest, request_id)
 
         await self.committer.run(persist)
+        self._stored_blocks[digest] = request_id
 
     # -- orders -----------------------------------------------------------------------------
 
@@ -352,6 +370,7 @@ class Eraser:
             log.exception("could not read the erasure block list; it is read again with the next topology")
             return
         self.blocked.update(stored)
+        self._stored_blocks.update(stored)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._refreshing.add(task)
@@ -364,8 +383,14 @@ class Eraser:
                     del tasks[name]
 
     async def wait_idle(self) -> None:
-        while self._running or self._releasing or self._reporting:
-            tasks = [*self._running.values(), *self._releasing.values(), *self._reporting.values()]
+        """Until no order, release, report, block-list read or sweep is under way."""
+        while self._running or self._releasing or self._reporting or self._refreshing:
+            tasks = [
+                *self._running.values(),
+                *self._releasing.values(),
+                *self._reporting.values(),
+                *self._refreshing,
+            ]
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
