@@ -25,9 +25,7 @@ import asyncio
 import functools
 import os
 import random
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +42,7 @@ from bench.main import (
     p50_p99,
 )
 from bench.procs import Children
-from bench.report import Figure, table
+from bench.report import Figure, run_printed
 from domicile.ports import free_port
 from domicile.redis_server import RedisServer
 
@@ -236,16 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= a.samples <= 1_000_000 or not 1 <= a.rounds <= 20 or not 1 <= a.block <= a.samples:
         parser.error("--samples must be 1 to 1000000, --rounds 1 to 20 and --block 1 to --samples")
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 32)
-    root = Path(tempfile.mkdtemp(prefix="domicile-bench-cache-"))
-    try:
-        figures = asyncio.run(run(a.samples, a.rounds, seed, root, a.block))
-    except BaseException:
-        print(f"benchmark failed; process logs are in {root / 'logs'}", file=sys.stderr)
-        raise
-    shutil.rmtree(root, ignore_errors=True)
-    print(table(figures))
-    print(f"seed {seed}; {os.cpu_count()} CPUs", file=sys.stderr)
-    return 0
+    samples, rounds, block = a.samples, a.rounds, a.block
+    return run_printed("domicile-bench-cache-", lambda root: run(samples, rounds, seed, root, block), seed)
 
 
 if __name__ == "__main__":

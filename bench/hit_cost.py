@@ -20,9 +20,7 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import sys
-import tempfile
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from bench.client import channel, echo_call, interleaved_ms
 from bench.cluster import ECHO_READY
 from bench.echo_server import BusyWork
 from bench.procs import Children
-from bench.report import Figure, table
+from bench.report import Figure, run_printed
 from bench.stats import percentile
 from domicile.identity.credentials import Dialer
 from domicile.redis_server import RedisServer
@@ -138,16 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("each --busy must differ from the others and from 0,0,0 (the bare floor)")
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 32)
-    root = Path(tempfile.mkdtemp(prefix="domicile-bench-hit-cost-"))
-    try:
-        found = asyncio.run(run(a.samples, a.block, busy, seed, root))
-    except BaseException:
-        print(f"benchmark failed; process logs are in {root / 'logs'}", file=sys.stderr)
-        raise
-    shutil.rmtree(root, ignore_errors=True)
-    print(table(found))
-    print(f"seed {seed}; {os.cpu_count()} CPUs", file=sys.stderr)
-    return 0
+    samples, block = a.samples, a.block
+    return run_printed("domicile-bench-hit-cost-", lambda root: run(samples, block, busy, seed, root), seed)
 
 
 if __name__ == "__main__":

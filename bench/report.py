@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,3 +96,18 @@ def cpu_lines(loads: dict[str, dict[str, float]], cpus: int | None) -> str:
             parts = ", ".join(f"{name} {used:.2f}" for name, used in sorted(cores.items()))
             lines.append(f"  {phase}: {parts}; total {sum(cores.values()):.2f}")
     return "\n".join(lines)
+
+
+def run_printed(prefix: str, run: Callable[[Path], Coroutine[Any, Any, list[Figure]]], seed: int) -> int:
+    """Runs a bench of figures alone in a fresh temporary directory (left with its process logs
+    when the run fails), then prints the table, and the seed that replays the run."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        found = asyncio.run(run(root))
+    except BaseException:
+        print(f"benchmark failed; process logs are in {root / 'logs'}", file=sys.stderr)
+        raise
+    shutil.rmtree(root, ignore_errors=True)
+    print(table(found))
+    print(f"seed {seed}; {os.cpu_count()} CPUs", file=sys.stderr)
+    return 0

@@ -130,24 +130,27 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         await close_node(n)
 
 
-async def test_a_retry_stores_the_block_its_first_attempt_failed_to_store(node: Node) -> None:
-    """Regression: the block was marked in memory before it was stored, and a retry after a
-    failed store trusted the mark: the erasure reported success with no block in the store."""
+async def erase_after_a_failed_block(node: Node) -> Eraser:
+    """An erasure of c-1001 whose first attempt fails to store the block (it "will be retried"),
+    and whose retry, at the next topology, reports it done."""
     await node.put("customers", "c1", "c-1001", b"alice")
     eraser = node.eraser()
     await eraser.load()
     order = ErasureOrder("req-1", "c-1001", 0, regions_pending=(REGION,))
-
-    # First attempt: the store fails to write the block; the erasure fails and "will be retried".
     node.engine.fail_blocks = 1
     eraser.apply((order,), CLUSTER, ())
     await eraser.wait_idle()
     assert node.reports == []
-
-    # The retry (next topology / orders revision) succeeds and reports the erasure done.
     eraser.apply((order,), CLUSTER, ())
     await eraser.wait_idle()
     assert [rid for rid, _ in node.reports] == ["req-1"]
+    return eraser
+
+
+async def test_a_retry_stores_the_block_its_first_attempt_failed_to_store(node: Node) -> None:
+    """Regression: the block was marked in memory before it was stored, and a retry after a
+    failed store trusted the mark: the erasure reported success with no block in the store."""
+    await erase_after_a_failed_block(node)
 
     # The block must be in the store: it is what keeps the subject out after a restart while
     # the request is still open elsewhere (the permanent list only has completed requests).
@@ -160,15 +163,7 @@ async def test_a_retry_stores_the_block_its_first_attempt_failed_to_store(node: 
 async def test_after_a_restart_the_subject_stays_blocked(node: Node) -> None:
     """Regression: the same, seen after a restart: the reported order is no longer in the
     topology, and nothing stored kept its subject out, so new writes of it committed."""
-    await node.put("customers", "c1", "c-1001", b"alice")
-    eraser = node.eraser()
-    await eraser.load()
-    order = ErasureOrder("req-1", "c-1001", 0, regions_pending=(REGION,))
-    node.engine.fail_blocks = 1
-    eraser.apply((order,), CLUSTER, ())
-    await eraser.wait_idle()
-    eraser.apply((order,), CLUSTER, ())
-    await eraser.wait_idle()
+    eraser = await erase_after_a_failed_block(node)
     assert eraser.erased_by("c-1001") == "req-1"
 
     # Restart: the eraser is loaded from the store (its order was reported, so the topology
@@ -209,18 +204,26 @@ async def test_a_failed_sweep_keeps_the_listed_subjects_refused_and_sweeps_them_
     assert load_erased_list(node.engine) == (list_key, dict(listed))
 
 
-async def test_a_sweep_that_overlaps_a_failing_one_finishes_its_work(node: Node) -> None:
-    # The second registration's sweep takes over what the first failed to do.
+async def adopt_twice(node: Node, fails: int) -> tuple[Eraser, bytes, list[tuple[str, str]]]:
+    """c-b still has a record here; c-a none. Two registrations in a row (a reconnect) adopt the
+    list twice, the second adding c-b while the first sweep is under way; storing c-b's block
+    fails `fails` times. Returns the eraser, the list's key and the second list."""
     await node.put("customers", "b1", "c-b", b"bee")
     eraser = node.eraser()
     await eraser.load()
     list_key = b"k" * 32
     first = [(subject_hash(list_key, "c-a"), "req-a")]
     second = [*first, (subject_hash(list_key, "c-b"), "req-b")]
-    node.engine.fail_blocks = 1
+    node.engine.fail_blocks = fails
     eraser.adopt_erased(list_key, first, CLUSTER, ())
     eraser.adopt_erased(list_key, second, CLUSTER, ())
     await eraser.wait_idle()
+    return eraser, list_key, second
+
+
+async def test_a_sweep_that_overlaps_a_failing_one_finishes_its_work(node: Node) -> None:
+    # The second registration's sweep takes over what the first failed to do.
+    _, list_key, second = await adopt_twice(node, fails=1)
     state = node.engine.get("customers", "b1")
     assert state is not None and not state.has_live()
     assert load_erased_list(node.engine) == (list_key, dict(second))
@@ -230,19 +233,7 @@ async def test_overlapping_sweeps_store_no_subject_before_its_sweep_finished(nod
     """Regression: a sweep stored the whole list in memory, including a subject another sweep
     was still erasing; when that one failed, the subject was stored as swept and never swept
     again, its record live for good."""
-    # c-b still has a record here; c-a none. Two registrations in a row (a reconnect) adopt the
-    # list twice, the second adding c-b while the first sweep is under way; erasing c-b fails
-    # in both sweeps.
-    await node.put("customers", "b1", "c-b", b"bee")
-    eraser = node.eraser()
-    await eraser.load()
-    list_key = b"k" * 32
-    first = [(subject_hash(list_key, "c-a"), "req-a")]
-    second = [*first, (subject_hash(list_key, "c-b"), "req-b")]
-    node.engine.fail_blocks = 2
-    eraser.adopt_erased(list_key, first, CLUSTER, ())
-    eraser.adopt_erased(list_key, second, CLUSTER, ())
-    await eraser.wait_idle()
+    eraser, list_key, second = await adopt_twice(node, fails=2)  # both sweeps fail on c-b
     state = node.engine.get("customers", "b1")
     assert state is not None and state.has_live()  # not erased yet: the next registration sweeps again
     assert eraser.erased_by("c-b") == "req-b", "refused meanwhile"
