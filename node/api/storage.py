@@ -12,9 +12,9 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from domicile import errors
-from domicile.authz.gate import Caller, Reason, Refusal
+from domicile.authz.gate import Caller, Reason, Refusal, refuse_wrong_peer
 from domicile.causality import CausalContext, Version
-from domicile.identity.principal import Role
+from domicile.identity.principal import PrincipalKind, Role
 from domicile.model import Classification, check_namespace_name, check_node_id
 from domicile.subjects import check_subject_id
 from domicile.v1 import record_pb2 as pb
@@ -460,10 +460,30 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
         self, request: spb.GetNodeStatusRequest, context: grpc.aio.ServicerContext
     ) -> spb.GetNodeStatusResponse:
         async def work() -> spb.GetNodeStatusResponse:
-            self._access.region(context, "storage.GetNodeStatus")
+            caller = self._access.region(context, "storage.GetNodeStatus")
+            self._authorize_store_walk(context, caller, request)
             return await self._status(request)
 
         return await guarded(self.metrics, "GetNodeStatus", context, self.deadline_s, work)
+
+    def _authorize_store_walk(
+        self, context: grpc.aio.ServicerContext, caller: Caller, request: spb.GetNodeStatusRequest
+    ) -> None:
+        """What a status request that walks the store needs beyond reading the status: its
+        counts per namespace and classification are a store-wide walk, authorized as a
+        compliance scan is (storage.ScanCompliance); its candidate schemas open every stored
+        value of their namespaces, and a schema can test a value (`const`, `pattern`), so each
+        named namespace is authorized as a read of its records (storage.Scan). The coordinator
+        (its schema gate, by its certificate) may ask for both. Refusals are counted and
+        audited by the gate, before anything is read."""
+        if not (request.namespace_stats or request.candidate_schemas):
+            return
+        principal = caller.principal
+        if principal is not None and principal.kind is PrincipalKind.COORDINATOR:
+            return
+        self._access.region(context, "storage.ScanCompliance")
+        for namespace in sorted(request.candidate_schemas):
+            self._access.namespace(context, "storage.Scan", namespace)
 
     async def CheckConsistency(
         self, request: spb.CheckConsistencyRequest, context: grpc.aio.ServicerContext
@@ -503,11 +523,15 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
     async def _repair_with(
         self, caller: Caller, peer_node_id: str, namespaces: Sequence[str]
     ) -> list[Comparison]:
-        # A repair moves records: operators only (an auditor may compare, not change).
+        # A repair moves records: operators only (an auditor may compare, not change). Refused
+        # through the gate, so that it is counted and audited like every refusal.
         principal = caller.principal
         if principal is not None and Role.OPERATOR not in principal.roles:
-            raise errors.PermissionDenied(
-                f"{caller.identity} may compare replicas but not repair them; repair needs the operator role"
+            raise refuse_wrong_peer(
+                self._access.gate,
+                "storage.CheckConsistency",
+                caller,
+                f"{caller.identity} may compare replicas but not repair them; repair needs the operator role",
             )
         if self._repair is None:
             raise errors.FailedPrecondition("this node runs no anti-entropy, so it cannot repair")
