@@ -3,14 +3,16 @@
 gRPC sets one receive and one send bound per server, and the node's server carries both the
 storage service (single records) and the replication service (batches of up to 4 MiB of
 values). The server-wide bounds are the larger, replication's; this interceptor holds every
-unary storage call to the storage bounds, refusing a larger request before it is decoded and a
-larger answer before it is sent (it encodes the answer itself, once, to measure it), with
-RESOURCE_EXHAUSTED and a message naming the bound. A refused request is handed to
+storage call to the storage request bound, refusing a larger request before it is decoded, and
+every unary storage call to the answer bound too, refusing a larger answer before it is sent
+(it encodes the answer itself, once, to measure it), with RESOURCE_EXHAUSTED and a message
+naming the bound. A storage call that streams its answers (one request each) has its request
+bounded alike; its answers stay within the server-wide bound. A refused request is handed to
 `on_too_large`, which the node counts and audits as a refusal."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,32 +75,67 @@ class MessageLimits(WrappingInterceptor):
         """The handler of `method` (a full path) held to its service's bounds, if it has any
         (domicile.wire.call_layer applies this once per method)."""
         bounds = self.bounds.get(method.split("/")[1] if method.count("/") == 2 else "")
-        if bounds is None or handler.unary_unary is None:
-            # Streams stay within the server-wide bounds.
+        if bounds is None:
             return handler
-        return _bounded(handler, method.rsplit("/", 1)[-1], bounds, self.on_too_large)
+        name = method.rsplit("/", 1)[-1]
+        if handler.unary_stream is not None:
+            return _bounded_request(handler, name, bounds, self.on_too_large)
+        if handler.unary_unary is None:
+            # A stream of requests stays within the server-wide bounds.
+            return handler
+        return _bounded(handler, name, bounds, self.on_too_large)
 
 
-def _bounded(
+def _request_bound(
     handler: grpc.RpcMethodHandler, name: str, bounds: MessageBounds, on_too_large: OnTooLarge
-) -> grpc.RpcMethodHandler:
+) -> tuple[Callable[[bytes], Any], Callable[[_TooLarge, grpc.aio.ServicerContext], Awaitable[None]]]:
+    """A deserializer that stands `_TooLarge` in for a too-large request without decoding it,
+    and the coroutine that refuses such a request (counted and audited) before any work."""
     decode = handler.request_deserializer
-    encode = handler.response_serializer
-    inner = handler.unary_unary
 
     def deserialize(data: bytes) -> Any:
         if len(data) > bounds.request_bytes_max:
             return _TooLarge(len(data))
         return decode(data) if decode is not None else data
 
+    async def refuse(request: _TooLarge, context: grpc.aio.ServicerContext) -> None:
+        message = (
+            f"{name} request is {request.size} bytes; the storage service accepts at most "
+            f"{bounds.request_bytes_max} bytes per request"
+        )
+        on_too_large(context, f"storage.{name}", message)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+    return deserialize, refuse
+
+
+def _bounded_request(
+    handler: grpc.RpcMethodHandler, name: str, bounds: MessageBounds, on_too_large: OnTooLarge
+) -> grpc.RpcMethodHandler:
+    deserialize, refuse = _request_bound(handler, name, bounds, on_too_large)
+    inner = handler.unary_stream
+
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if type(request) is _TooLarge:
+            await refuse(request, context)
+        async for answer in inner(request, context):
+            yield answer
+
+    return grpc.unary_stream_rpc_method_handler(
+        behavior, request_deserializer=deserialize, response_serializer=handler.response_serializer
+    )
+
+
+def _bounded(
+    handler: grpc.RpcMethodHandler, name: str, bounds: MessageBounds, on_too_large: OnTooLarge
+) -> grpc.RpcMethodHandler:
+    deserialize, refuse = _request_bound(handler, name, bounds, on_too_large)
+    encode = handler.response_serializer
+    inner = handler.unary_unary
+
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, _TooLarge):
-            message = (
-                f"{name} request is {request.size} bytes; the storage service accepts at most "
-                f"{bounds.request_bytes_max} bytes per request"
-            )
-            on_too_large(context, f"storage.{name}", message)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        if type(request) is _TooLarge:
+            await refuse(request, context)
         response = await inner(request, context)
         # Encoded here, once, and handed to gRPC as bytes: a message's ByteSize() encodes it
         # too (protobuf's upb backend keeps no cached size), so measuring it and then letting
