@@ -18,9 +18,9 @@ from coordinator.subject_desk import SubjectDesk, check_open_kind
 from coordinator.watch import WatchHub
 from domicile.audit import ClosedChain
 from domicile.authz import ClusterResource
-from domicile.authz.gate import Caller, Gate
+from domicile.authz.gate import Caller, Gate, refuse_wrong_peer
 from domicile.authz.model import DEFAULT_CLUSTER_NAME
-from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument, PermissionDenied
+from domicile.errors import DomicileError, FailedPrecondition, InvalidArgument
 from domicile.identity.principal import ExpectedPeer, PrincipalKind
 from domicile.subjects import HoldScope, LegalHold, SubjectOrders, SubjectRequest
 from domicile.topology import Topology
@@ -168,7 +168,10 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         try:
             caller = self._gate.check(context, "coordinator.WatchTopology", self._cluster)
             backup_region = self._backup_region(caller, request.region)
-            self._registry.catch_up(request.after_revision)
+            if caller.principal is None or caller.principal.kind is PrincipalKind.NODE:
+                # A node's revision ahead of this coordinator's (which lost its state) moves it
+                # on; a client's says nothing of the cluster and moves nothing.
+                self._registry.catch_up(request.after_revision)
             watcher = self._hub.subscribe()
         except DomicileError as exc:
             await context.abort(status_for(exc), exc.message)
@@ -422,9 +425,12 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             return ""
         principal = caller.principal
         if principal is not None and (principal.kind is not PrincipalKind.NODE or principal.region != region):
-            raise PermissionDenied(
+            raise refuse_wrong_peer(
+                self._gate,
+                "coordinator.WatchTopology",
+                caller,
                 f"only a node of region {region} may watch the topology with its backup section; "
-                "watch without a region"
+                "watch without a region",
             )
         return region
 
