@@ -302,7 +302,7 @@ class EngineCore:
         # (close enough, and every later write to the key fails).
         mark = state.request(write.request_id) if state and write.request_id else None
         if mark is not None:
-            return _replay(write, mark)
+            return _replay(write, mark, self.node_id)
         # A key state naming none of this node's counters may be one deleted here (tombstone GC,
         # a bootstrap's prune) and written again, here or by another node: the counters this
         # node had issued for it went with the deleted state. The dot floor is above all of those
@@ -752,6 +752,9 @@ class EngineCore:
     def last_lsn(self) -> int:
         return self.backend.last_lsn()
 
+    def writers(self) -> list[str]:
+        return [self.node_id, *self.backend.other_writer_ids()]
+
     def inbound_position(self, source_node_id: str) -> int:
         return self.backend.inbound_position(source_node_id)
 
@@ -883,10 +886,13 @@ def check_meta_name(name: str) -> None:
     check_text("meta name", name)
 
 
-def _replay(write: LocalWrite, mark: RequestMark) -> Committed:
+def _replay(write: LocalWrite, mark: RequestMark, writer: str) -> Committed:
     """The answer to a retry: the version the first attempt made (its dot, HLC and position),
     with the value and fields of this attempt (a retry sends the same ones). Its context names
-    that version only, so a write passing it back supersedes exactly what the client wrote."""
+    that version only, so a write passing it back supersedes exactly what the client wrote.
+    The position is this writer's log's only when this writer made the version: another
+    daemon over the same database stores its marks in the shared key state with positions of
+    its own log, and a version first written elsewhere has none here (0)."""
     version = Version(
         dot=mark.dot,
         value=bytes(write.value),
@@ -900,7 +906,8 @@ def _replay(write: LocalWrite, mark: RequestMark) -> Committed:
         request_id=write.request_id,
     )
     context = CausalContext.of(dots=[mark.dot])
-    mutation = Mutation(write.namespace, write.key, context, version, mark.lsn, mark.dot.node_id)
+    lsn = mark.lsn if mark.dot.node_id == writer else 0
+    mutation = Mutation(write.namespace, write.key, context, version, lsn, mark.dot.node_id)
     return Committed(
         mutation=mutation,
         state=KeyState((version,), context),
