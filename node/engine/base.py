@@ -229,6 +229,11 @@ class StorageEngine(Protocol):
         """Highest change-log position; 0 when empty."""
         ...
 
+    def writers(self) -> list[str]:
+        """The nodes that issue dots from this store, this one first: over a shared MongoDB
+        database the region's other daemons too (each key state holds their counters)."""
+        ...
+
     def inbound_position(self, source_node_id: str) -> int:
         """The source position persisted by the last apply_remote from that source; 0 if none."""
         ...

@@ -500,6 +500,11 @@ class MongoBackend:
             doc = self.counters.find_one({"_id": self.node_id})
         return int(doc["last_lsn"]) if doc else 0
 
+    def other_writer_ids(self) -> list[str]:
+        with self._errors():
+            found = self.counters.find({"_id": {"$ne": self.node_id}}, {"_id": 1})
+            return sorted(str(d["_id"]) for d in found)
+
     def inbound_position(self, source: str) -> int:
         with self._errors():
             doc = self.positions.find_one({"_id": f"inbound:{self.node_id}:{source}"})

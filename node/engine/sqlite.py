@@ -451,6 +451,9 @@ class SQLiteBackend:
         (value,) = self.reader().execute("SELECT value FROM counters WHERE name = 'last_lsn'").fetchone()
         return int(value)
 
+    def other_writer_ids(self) -> list[str]:
+        return []  # one writer per SQLite store
+
     def inbound_position(self, source: str) -> int:
         row = (
             self.reader().execute("SELECT lsn FROM inbound_positions WHERE source = ?", (source,)).fetchone()

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from domicile import errors
 from domicile.audit import TEXT_CHARS_MAX as AUDIT_TEXT_CHARS
 from domicile.audit import AuditEntry
-from domicile.causality import Mutation
+from domicile.causality import CausalContext, Mutation
 from domicile.cluster import ClusterSpec
 from domicile.hlc import HybridClock, physical_ms, wall_ms
 from domicile.model import (
@@ -24,7 +24,7 @@ from domicile.model import (
     check_writer_id,
 )
 from domicile.policy import Action, RecordFacts
-from domicile.subjects import LegalHold
+from domicile.subjects import LegalHold, hold_covering
 from domicile.v1 import record_pb2 as pb
 from domicile.wire.records import mutation_from_pb
 from node.compliance.enforcer import Audit, Enforcer
@@ -75,6 +75,7 @@ class Reject:
     CONTEXT = "context"  # the context names this node's counters beyond what it issued for the key
     CLOCK_DRIFT = "clock_drift"  # the HLC is further ahead of this node's clock than max_clock_drift_ms
     POSITION = "position"  # lsns out of order, or a through_lsn past what the rule allows
+    PURGED = "purged"  # a repair offers one of this node's own versions it deleted and purged
 
 
 @dataclass(frozen=True)
@@ -235,53 +236,108 @@ class Receiver:
             )
         return m
 
-    def _issued(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """This node's highest counter for each (namespace, key): the dots it has issued. Blocks."""
-        writer = self.engine.node_id
+    def _issued(
+        self, wanted: Sequence[tuple[str, str]]
+    ) -> tuple[list[str], dict[tuple[str, str], CausalContext]]:
+        """The writers of this store (this node first) and each (namespace, key)'s context as
+        stored: the counters each writer has issued for the key. Blocks."""
+        writers = self.engine.writers()
         by_namespace: dict[str, list[str]] = {}
         for namespace, key in wanted:
             by_namespace.setdefault(namespace, []).append(key)
-        issued: dict[tuple[str, str], int] = {}
+        issued: dict[tuple[str, str], CausalContext] = {}
         for namespace, keys in by_namespace.items():
             for i in range(0, len(keys), GET_MANY_KEYS_MAX):
                 states = self.engine.get_many(namespace, keys[i : i + GET_MANY_KEYS_MAX])
                 for key in keys[i : i + GET_MANY_KEYS_MAX]:
                     state = states.get(key)
-                    issued[(namespace, key)] = state.context.max_counter(writer) if state else 0
-        return issued
+                    issued[(namespace, key)] = state.context if state else CausalContext.empty()
+        return writers, issued
+
+    def _may_write_here(self, name: str) -> bool:
+        """Whether a context's node may be a writer of this store: this node, or a node of its
+        region (over a shared MongoDB database the region's daemons write the same key states),
+        in any incarnation of it."""
+        if name == self.engine.node_id:
+            return True
+        node_id = name.partition(".")[0]
+        node = self.view.topology.node(node_id)
+        return node is not None and node.region == self.region
 
     async def _check_contexts(self, mutations: list[Mutation], slack: int = 0) -> dict[int, _Rejected]:
-        """Mutations whose context names this node's own counters beyond what it has issued for
-        the key: applied, they would make this node's next dot for the key overflow (and the key
-        refuse every write). This node's counters only grow, so a read before the apply is safe.
-        `slack`: how far past what it issued a repair may name this node's counters (a node
+        """Mutations whose context names a writer of this store (this node, or another daemon of
+        the region over a shared database) with counters beyond what that writer has issued for
+        the key: applied, they would make that writer's next dot for the key overflow (and the
+        key refuse every write of it). Counters only grow, so a read before the apply is safe.
+        `slack`: how far past what it issued a repair may name a writer's counters (a node
         restored from an old copy gets back its own later writes from its peers), still far
         below the counter limit. A repaired version's own dot counts as naming too."""
-        # This node's dots are its writer id's (its node id, with its epoch after a restore); an
+        # A writer's dots are its writer id's (its node id, with its epoch after a restore); an
         # older incarnation's counters are another writer's, which this store cannot vouch for.
-        writer = self.engine.node_id
 
-        def claimed_of(m: Mutation) -> int:
-            own = m.version.dot.counter if slack and m.version.dot.node_id == writer else 0
-            return max(m.context.max_counter(writer), own)
+        def named(m: Mutation) -> set[str]:
+            names = {n for n in m.context.vv if self._may_write_here(n)}
+            names.update(d.node_id for d in m.context.dots if self._may_write_here(d.node_id))
+            if slack and self._may_write_here(m.version.dot.node_id):
+                names.add(m.version.dot.node_id)
+            return names
 
-        naming = [i for i, m in enumerate(mutations) if claimed_of(m) > 0]
+        naming = {i: found for i, m in enumerate(mutations) if (found := named(m))}
         if not naming:
             return {}
-        issued = await self.offload.run(
+        writers, issued = await self.offload.run(
             self._issued, [(mutations[i].namespace, mutations[i].key) for i in naming]
         )
         refused: dict[int, _Rejected] = {}
-        for i in naming:
+        for i, names in naming.items():
             m = mutations[i]
-            claimed = claimed_of(m)
-            allowed = issued[(m.namespace, m.key)] + slack
-            if claimed > allowed:
-                refused[i] = _Rejected(
-                    Reject.CONTEXT,
-                    f"mutation at lsn {m.lsn} has a context naming counter {claimed} of this node "
-                    f"{writer!r} for the key; it has issued up to {allowed}",
-                )
+            stored = issued[(m.namespace, m.key)]
+            for writer in sorted(names.intersection(writers)):
+                own = m.version.dot.counter if slack and m.version.dot.node_id == writer else 0
+                claimed = max(m.context.max_counter(writer), own)
+                allowed = stored.max_counter(writer) + slack
+                if claimed > allowed:
+                    whose = "this node" if writer == self.engine.node_id else "a writer of this store"
+                    refused[i] = _Rejected(
+                        Reject.CONTEXT,
+                        f"mutation at lsn {m.lsn} has a context naming counter {claimed} of {whose} "
+                        f"{writer!r} for the key; it has issued up to {allowed}",
+                    )
+                    break
+        return refused
+
+    async def _purged_own(self, mutations: list[Mutation], skip: Collection[int]) -> dict[int, _Rejected]:
+        """Versions of this node's own writes, older than its tombstone purge point, that its
+        store does not cover: this node made each of them and applied it first, so it holds one
+        it does not cover only because it deleted the record and then purged the tombstone.
+        A peer may still hold such a version (a replica back from an old copy of its store,
+        before its bootstrap prunes it); pulled back, it would bring the deleted record back
+        here and, from here, everywhere. A legal hold keeps what it covers."""
+        writer = self.engine.node_id
+        candidates = [i for i, m in enumerate(mutations) if i not in skip and m.version.dot.node_id == writer]
+        if not candidates:
+            return {}
+
+        def read() -> tuple[int, dict[tuple[str, str], CausalContext]]:
+            purged_before = self.engine.purged_before()
+            _, contexts = self._issued([(mutations[i].namespace, mutations[i].key) for i in candidates])
+            return purged_before, contexts
+
+        purged_before, contexts = await self.offload.run(read)
+        holds = self.view.topology.holds
+        refused: dict[int, _Rejected] = {}
+        for i in candidates:
+            m = mutations[i]
+            v = m.version
+            if v.hlc >= purged_before or contexts[(m.namespace, m.key)].covers(v.dot):
+                continue
+            if hold_covering(holds, m.namespace, m.key, v.subject_id) is not None:
+                continue
+            refused[i] = _Rejected(
+                Reject.PURGED,
+                f"version {v.dot.node_id}:{v.dot.counter} of {m.namespace}/{m.key} is one of this node's "
+                "own, older than its tombstone purge point, and no longer held here: it was deleted",
+            )
         return refused
 
     def _reject(
@@ -675,6 +731,8 @@ class Receiver:
             else:
                 checked.append(result)
         bad = await self._check_contexts(checked, slack=self.limits.replication_position_gap_max)
+        if via == "antientropy":
+            bad.update(await self._purged_own(checked, skip=bad))
         for i, rejected in bad.items():
             m = checked[i]
             self._reject(
@@ -716,23 +774,27 @@ class Receiver:
                     log.warning("refused %d records from %s: %s", len(refused), peer_node_id, error.message)
                     late.extend(refused)
 
-        async def commit_and_audit() -> ApplyOutcome:
+        async def commit_and_audit() -> tuple[ApplyOutcome, tuple[tuple[str, str], ...]]:
             outcome = await self.committer.run(work, touches=_keys_of(admitted))
+            # Told here, with the commit: a caller cancelled meanwhile (a backfill restarted, a
+            # repair call's deadline) must not leave the digest trees without keys it changed,
+            # since no later apply of the same states changes them again.
+            self.clock.observe(max(m.version.hlc for m in admitted))
+            keys = tuple(dict.fromkeys((m.namespace, m.key) for m in outcome.applied))
+            if self.on_applied is not None and keys:
+                self.on_applied(list(keys))
+            if outcome.conflicts:
+                self.metrics.conflicts.labels("*", "repaired").inc(outcome.conflicts)
             if late:
                 # Their allow entries were durable before the apply: the refusals follow them,
                 # durable before the repair is reported.
                 await asyncio.gather(*late_refusals.record_refusals(self.enforcer, peer_node_id, late))
                 self.metrics.replication_refused.labels(peer_node_id, self.node_id).inc(len(late))
-            return outcome
+            return outcome, keys
 
-        # Shielded, as a streamed apply is: a round cut short does not leave a refusal unaudited.
-        outcome = await asyncio.shield(commit_and_audit())
-        self.clock.observe(max(m.version.hlc for m in admitted))
-        keys = tuple(dict.fromkeys((m.namespace, m.key) for m in outcome.applied))
-        if self.on_applied is not None and keys:
-            self.on_applied(list(keys))
-        if outcome.conflicts:
-            self.metrics.conflicts.labels("*", "repaired").inc(outcome.conflicts)
+        # Shielded, as a streamed apply is: a round cut short does not leave a refusal unaudited
+        # nor a change untold.
+        outcome, keys = await asyncio.shield(commit_and_audit())
         return RepairResult(keys, len(messages) - len(admitted) + len(late), outcome.duplicates)
 
 

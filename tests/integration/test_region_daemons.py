@@ -14,6 +14,7 @@ import pytest
 
 from domicile.identity.principal import ExpectedPeer
 from domicile.ports import free_port
+from domicile.v1 import record_pb2 as pb
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.records import context_from_pb
@@ -22,6 +23,7 @@ from tests.integration import test_subject_rights as subject_rights
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.mongo import MongoServer
 from tests.support.packs import sample_pack
+from tests.support.rogue import RogueStream, mutation, rejected
 
 REGION = "eu-west-1"
 SECOND = "eu-west-1-2"
@@ -146,3 +148,31 @@ async def test_subject_data_sealed_by_one_daemon_opens_at_the_other_and_an_erasu
             return False
 
         await eventually(refused, 10, "a put about the erased subject refused")
+
+
+async def test_a_peer_context_naming_the_other_daemons_counters_is_refused(two: TwoDaemons) -> None:
+    """Regression: the receiver refused a replicated context naming its own counters beyond what
+    it had issued for the key (the key's next dot would pass the counter limit), but over a
+    shared database the key state is the other daemon's too: a source could do to the second
+    daemon, through the first, what the check forbids, and every write of the key through the
+    second daemon then failed."""
+    c = two.cluster
+    await two.second_stub.Put(spb.PutRequest(namespace="instruments", key="shared", value=b"b"), timeout=5)
+    first = c.nodes[REGION]
+    poisoned = mutation("eu-central-1", 1, "shared", b"x")
+    poisoned.context.CopyFrom(pb.CausalContext(version_vector={SECOND: (1 << 62) - 2}))
+    before = rejected(first, "eu-central-1", "context")
+    async with RogueStream(c, first, "eu-central-1") as stream:
+        ack = await stream.send([poisoned], stream.position + 1)
+        assert ack.refused_count == 1
+        # Negative control: a context naming only what the second daemon issued is applied.
+        honest = mutation("eu-central-1", 2, "shared", b"y", counter=2)
+        honest.context.CopyFrom(pb.CausalContext(version_vector={SECOND: 1}))
+        ack = await stream.send([honest], stream.position + 2)
+        assert ack.refused_count == 0
+    assert rejected(first, "eu-central-1", "context") == before + 1
+    # The second daemon still writes the key.
+    answer = await two.second_stub.Put(
+        spb.PutRequest(namespace="instruments", key="shared", value=b"b again"), timeout=5
+    )
+    assert answer.lsn > 0
