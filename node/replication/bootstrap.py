@@ -276,13 +276,19 @@ class SnapshotTarget:
         if part.mutations:
             await self.receiver.apply_repair(source, part.mutations, via="bootstrap")
         contexts = {c.key: context_from_pb(c.context, self.limits) for c in part.contexts}
-        pruned = await self._prune(source_node, part, contexts)
         labels = (source_node.node_id, self.receiver.node_id)
+
+        async def prune_and_tell() -> None:
+            # Shielded with its commit: a part cut short (its source gave up waiting for the
+            # ack) is sent again, and then prunes nothing, so the trees hear of it now or never.
+            pruned = await self._prune(source_node, part, contexts)
+            if pruned:
+                self.metrics.bootstrap_pruned.labels(*labels).inc(len(pruned))
+                if self.receiver.on_applied is not None:
+                    self.receiver.on_applied([(part.namespace, key) for key in pruned])
+
+        await asyncio.shield(prune_and_tell())
         self.metrics.bootstrap_keys.labels(*labels).inc(len(part.contexts))
-        if pruned:
-            self.metrics.bootstrap_pruned.labels(*labels).inc(len(pruned))
-            if self.receiver.on_applied is not None:
-                self.receiver.on_applied([(part.namespace, key) for key in pruned])
         if not part.last:
             return await self.offload.run(self.engine.inbound_position, source)
         lsn = part.snapshot_lsn
