@@ -277,9 +277,13 @@ class MongoBackend:
             )
         except (PyMongoError, ValueError) as error:
             raise InvalidArgument(f"mongodb_uri {redact_uri(uri)!r} is not usable: {error}") from None
+        # Reads outside a transaction (the change log a sender reads, Gets, scans) see only what
+        # a majority holds: on a replica set a read of "local" could see a write a failover then
+        # rolls back, whose position and dot this node would issue again to another write.
         self.db: Database[dict[str, Any]] = self.client.get_database(
             database,
             write_concern=_WRITE_CONCERN,
+            read_concern=ReadConcern("majority"),
             read_preference=ReadPreference.PRIMARY,
         )
         self.key_states: Collection[dict[str, Any]] = self.db["key_states"]

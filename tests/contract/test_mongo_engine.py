@@ -116,6 +116,20 @@ def test_regression_a_purge_by_one_node_is_the_purge_point_of_every_node_of_the_
     assert a.purged_before() == 4242  # never back
 
 
+def test_reads_outside_transactions_see_only_what_a_majority_holds(
+    shared: tuple[MongoEngine, MongoEngine], stamp: Stamp
+) -> None:
+    """On a replica set a read of "local" can see a write that a failover then rolls back: a
+    sender would ship a change-log entry whose position and dot are issued again to another
+    write. A single-node server cannot roll back, so the setting itself is what is checked."""
+    a, _ = shared
+    m = a.mongo
+    for collection in (m.key_states, m.changelog, m.counters, m.positions, m.meta):
+        assert collection.read_concern.level == "majority", collection.name
+    commit_ok(a, stamp, LocalWrite("o", "k", b"v"))
+    assert [m.key for m in a.read_log(0, 10)] == ["k"] and a.get("o", "k") is not None
+
+
 def test_a_database_of_another_region_is_refused(mongo_server: MongoServer) -> None:
     database = mongo_server.database_name("owned")
     MongoEngine(mongo_server.uri, database, "node-a", REGION).close()
