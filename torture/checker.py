@@ -7,16 +7,19 @@ The rules, for each key of a namespace and each replica in scope:
 - **Lost write.** An acknowledged write whose version is neither live, nor superseded by a write
   or delete that read it (its context covered the version's dot; that write may itself be
   acknowledged or of unknown outcome, since a write that timed out may still have committed),
-  nor, in an lww namespace, ordered before the winner by (HLC, node id).
+  nor, in an lww namespace, ordered before the winner by (HLC, node id, counter), the store's
+  order, each version's HLC the one its write was acknowledged with when it was.
 - **Resurrection.** A live version that an acknowledged write or delete superseded: the writer
   read it and replaced it, and it is back.
-- **Phantom.** A live value that no client ever wrote.
+- **Phantom.** A live value that no client wrote to that key, or wrote only in a write the node
+  refused for certain (every key read at the end is checked, written or not).
 - **Dot reuse.** Two acknowledged writes given the same dot, or a live version whose dot an
-  acknowledged write was given with another value: a node handed out an event id twice, which
-  makes replicas drop one of them as a duplicate.
+  acknowledged write was given with another value, or an acknowledged delete (a tombstone): a
+  node handed out an event id twice, which makes replicas drop one of them as a duplicate.
 - **Divergence.** Replicas in scope that hold different live versions.
-- **Over the sibling cap.** A key read (by a client during the run, or from a replica at the
-  end) with more live versions of one writer than its namespace's siblings_max. That is what
+- **Over the sibling cap.** A key read (by a client during the run, whatever became of the
+  write after the read, or from a replica at the end) with more live versions of one writer
+  than its namespace's siblings_max. That is what
   the cap guarantees: a node refuses a client write that would leave the key with more
   versions than the cap, and every live version of a writer was in that writer's state when
   it made its last one. Versions of several writers, each accepted under the cap at its
@@ -86,9 +89,17 @@ def _check_cap(findings: Findings, where: dict[str, Any], live: list[Dot], cap: 
 
 
 def _lww_wins(a: tuple[Dot, int], b: tuple[Dot, int]) -> bool:
-    """True when version a (dot, hlc) wins over b under lww: higher HLC, node id breaking ties."""
+    """True when version a (dot, hlc) wins over b under lww: higher HLC, then node id, then
+    counter, as the store orders them (domicile.causality)."""
     (a_dot, a_hlc), (b_dot, b_hlc) = a, b
-    return (a_hlc, a_dot[0]) > (b_hlc, b_dot[0])
+    return (a_hlc, a_dot[0], a_dot[1]) > (b_hlc, b_dot[0], b_dot[1])
+
+
+def _acked_hlc(given: Mapping[Dot, Op], dot: Dot, held: int) -> int:
+    """A live version's HLC as its write was acknowledged with (a replica's copy could carry
+    another), or as held when no acknowledged write owns its dot."""
+    owner = given.get(dot)
+    return owner.hlc if owner is not None and owner.f != "delete" else held
 
 
 def check(
@@ -111,16 +122,24 @@ def check(
     placed = set(placed_namespaces)
     findings = Findings()
     by_key: dict[tuple[str, str], list[Op]] = defaultdict(list)
+    # The values each key may hold: those of its writes that were not refused for certain.
+    written: dict[tuple[str, str], set[str]] = defaultdict(set)
     for op in ops:
         cap = caps.get(op.namespace)
-        if cap is not None and op.outcome == "ok" and op.read is not None:
+        # A read is recorded only when it succeeded, whatever the write after it did.
+        if cap is not None and op.read is not None:
             where = {"namespace": op.namespace, "key": op.key, "op": op.id}
             _check_cap(findings, where, [dot for dot, _v, _h in op.read.live], cap)
         if op.writes:
             by_key[(op.namespace, op.key)].append(op)
-    written_values = {op.value for ops_of_key in by_key.values() for op in ops_of_key if op.value}
+            if op.value and op.outcome in ("ok", "info"):
+                written[(op.namespace, op.key)].add(op.value)
+    # Every key read at the end too: one no client wrote must hold nothing.
+    keys = set(by_key) | {(namespace, key) for namespace, held in final.items() for key in held}
 
-    for (namespace, key), key_ops in sorted(by_key.items()):
+    for namespace, key in sorted(keys):
+        key_ops = by_key.get((namespace, key), [])
+        written_values = written.get((namespace, key), set())
         held = final.get(namespace, {}).get(key, {})
         replicas = {region: held.get(region, Seen()) for region in every_region}
         findings.keys_checked += 1
@@ -158,7 +177,7 @@ def check(
                 if value not in written_values:
                     findings.phantoms.append({**where, "dot": list(dot), "value": value})
                 owner = given.get(dot)
-                if owner is not None and owner.value != value and owner.f != "delete":
+                if owner is not None and (owner.f == "delete" or owner.value != value):
                     findings.dot_reuse.append(
                         {
                             **where,
@@ -182,7 +201,8 @@ def check(
                 if readers.covered_by_another(op.dot, op):
                     continue
                 if namespace in lww and any(
-                    _lww_wins((dot, hlc), (op.dot, op.hlc)) for dot, (_v, hlc) in live.items()
+                    _lww_wins((dot, _acked_hlc(given, dot, hlc)), (op.dot, op.hlc))
+                    for dot, (_v, hlc) in live.items()
                 ):
                     continue
                 findings.lost.append({**where, "op": op.id, "dot": list(op.dot), "value": op.value})
