@@ -208,6 +208,7 @@ class Coordinator:
                 publish=self._on_revision,
                 on_register=self._on_register,
                 publish_orders=self._orders_hub.publish,
+                on_remove=self._on_register,
             )
             self._on_revision(self._registry.topology())
             self._store.put_meta(SCHEMAS_DIGEST_META, schemas_digest)
@@ -365,6 +366,7 @@ class Coordinator:
                 log.exception("health check pass failed")
 
     def _on_register(self, region: str) -> None:
+        """After a registration or a removal: the open erasures' regions follow the nodes."""
         if self._desk is not None:
             self._desk.reconcile()
 

@@ -118,9 +118,11 @@ class Registry:
         publish: Callable[[Topology], None],
         on_register: Callable[[str], None] = lambda region: None,
         publish_orders: Callable[[SubjectOrders], None] = lambda orders: None,
+        on_remove: Callable[[str], None] = lambda region: None,
     ) -> None:
         """`on_register(region)` runs after every successful registration (the subject desk
-        orders open erasures to a region that gains its first node). `publish_orders` gets the
+        orders open erasures to a region that gains its first node), `on_remove(region)` after
+        every removal (it stops waiting for a region that lost its last one). `publish_orders` gets the
         erasure orders and holds in force whenever they change (they travel apart from the
         topology, on WatchSubjectOrders)."""
         self.cluster = cluster
@@ -133,6 +135,7 @@ class Registry:
         self._publish = publish
         self._publish_orders = publish_orders
         self._on_register = on_register
+        self._on_remove = on_remove
         self._nodes: dict[str, NodeInfo] = {}
         # Monotonic time of the last sign of life, for expiry; never persisted because a
         # monotonic clock means nothing across restarts.
@@ -340,6 +343,7 @@ class Registry:
         self._links = plan_links(self._nodes.values(), self.cluster)
         log.warning("node %s (%s) removed from the cluster at revision %d", node_id, node.region, revision)
         self._publish(self.topology())
+        self._on_remove(node.region)
         return revision
 
     def region_of(self, node_id: str) -> str | None:

@@ -366,25 +366,40 @@ class SubjectDesk:
 
     def reconcile(self) -> None:
         """Adds to every open erasure the regions that gained a node since it was opened and
-        have not reported; one revision for all. Run at start and after every registration."""
+        have not reported, and drops those left without any node (their last one removed:
+        nothing is left there to report, and a node that registers there again is sent the
+        permanent list and sweeps what it holds); an erasure left waiting for none is
+        complete. One revision for all. Run at start, after every registration and removal."""
         self._check_open()
         regions = self._ordered_regions()
+        with_nodes = self._registry.regions_with_nodes()
         changed = []
         for request in self._open.values():
             if request.kind is not RequestKind.ERASURE:
                 continue
             known = {*request.regions_pending, *(r.region for r in request.receipts)}
             missing = tuple(r for r in regions if r not in known)
-            if missing:
-                changed.append(replace(request, regions_pending=(*request.regions_pending, *missing)))
+            pending = tuple(r for r in (*request.regions_pending, *missing) if r in with_nodes)
+            if pending == request.regions_pending:
+                continue
+            updated = replace(request, regions_pending=pending)
+            if not pending:
+                updated = replace(updated, status=RequestStatus.COMPLETED, completed_ms=self._now_ms())
+            changed.append(updated)
         if changed:
             self._commit_requests(*changed)
         for request in changed:
-            log.info(
-                "erasure request %s now waits for %s (regions gained a node)",
-                request.request_id,
-                ", ".join(request.regions_pending),
-            )
+            if request.status is RequestStatus.COMPLETED:
+                log.warning(
+                    "erasure request %s completed: the regions it still waited for have no node left",
+                    request.request_id,
+                )
+            else:
+                log.info(
+                    "erasure request %s now waits for %s (regions gained or lost their nodes)",
+                    request.request_id,
+                    ", ".join(request.regions_pending),
+                )
 
     def erased_subjects(self) -> tuple[bytes, list[tuple[str, str]]]:
         """The permanent erasure list whole, for a registration answer to a node that does not
