@@ -121,6 +121,14 @@ def restore(
     chosen = choose_generation(generations, to_ms)
     manifest = chosen.manifest
     assert manifest is not None
+    if manifest.region != region or manifest.node_id != node_id:
+        # Records placed for one region must not come back as another's (residency); two
+        # regions may share a bucket and its prefix, so the manifest, not the path, says whose.
+        raise FailedPrecondition(
+            f"generation {chosen.name} is a backup of node {manifest.node_id} in region "
+            f"{manifest.region}; it cannot be restored as node {node_id} in region {region} "
+            "(nothing was changed)"
+        )
     chain = catalog.chain(generations, chosen)
     _check_covered(catalog, generations, chain, to_ms)
     known = max((g.manifest.epoch for g in generations if g.manifest is not None), default=0)

@@ -146,10 +146,10 @@ class BackupShipper:
             self.resume()
         now = self.clock_ms()
         due = now - self.state.generation_started_ms >= self.spec.generation_hours * 3_600_000
-        if not self._started_one or not self.state.generation or due:
+        started = not self._started_one or not self.state.generation or due
+        if started:
             self.start_generation()
             self._started_one = True
-            self.expire()
         try:
             self.ship_pending()
         except LogGap as gap:
@@ -159,6 +159,10 @@ class BackupShipper:
             self.start_generation()
             self.ship_pending()
         self.metrics.backup_last_shipped.set(self.clock_ms() / 1000)
+        if started:
+            # After the round's shipping: deleting old generations (many objects) must not hold
+            # back the writes waiting to go up.
+            self.expire()
 
     def _end_generation(self, gap: LogGap) -> None:
         self.metrics.backup_failures.inc()
@@ -272,11 +276,16 @@ class BackupShipper:
         # What was written during the last part goes up too before the switch (from now on it
         # would wait for this generation's first segment).
         self._ship_previous()
+        # And this generation's own segments, from its base on, before its manifest: a restore
+        # that chooses it reads no earlier generation's segments, so it must never hold less
+        # than the one before (segments without a manifest are read by no restore).
+        upcoming = ShipperState(generation, started, base_lsn)
+        self._ship(upcoming)
         body = manifest.to_json()
         self.bucket.put(fmt.manifest_key(self.spec.prefix, self.node_id, generation), body)
         self._count(len(body))
         with self._lock:
-            self.state = ShipperState(generation, started, base_lsn)
+            self.state = upcoming
             self._building_base = None
         self.metrics.backup_generation_started.set(started / 1000)
         log.info(
@@ -287,20 +296,24 @@ class BackupShipper:
 
     def ship_pending(self) -> int:
         """Ships every log entry written since the last segment; returns how many."""
+        return self._ship(self.state)
+
+    def _ship(self, state: ShipperState) -> int:
+        """ship_pending into `state`'s generation, from its shipped position on."""
         shipped = 0
         while True:
             frames: list[bytes] = []
             size = 0
             newest = 0
-            first = last = self.state.shipped_lsn
+            first = last = state.shipped_lsn
             while len(frames) < SEGMENT_ENTRIES_MAX and size < SEGMENT_BYTES_MAX:
                 batch = self.engine.read_log(last, min(1000, SEGMENT_ENTRIES_MAX - len(frames)))
                 if not batch:
                     # Nothing after `last`: nothing written since, or all of it truncated.
-                    self._check_continues(last, max(last, self.engine.log_start().lsn) + 1)
+                    self._check_continues(state, last, max(last, self.engine.log_start().lsn) + 1)
                     break
                 for m in batch:
-                    self._check_continues(last, m.lsn)
+                    self._check_continues(state, last, m.lsn)
                     framed = fmt.frame_log_entry(m.lsn, mutation_to_bytes(m))
                     frames.append(framed)
                     size += len(framed)
@@ -308,7 +321,7 @@ class BackupShipper:
                     last = m.lsn
             if not frames:
                 return shipped
-            key = fmt.segment_key(self.spec.prefix, self.node_id, self.state.generation, first + 1, last)
+            key = fmt.segment_key(self.spec.prefix, self.node_id, state.generation, first + 1, last)
             body = b"".join(frames)
             self.bucket.put(
                 key,
@@ -320,10 +333,10 @@ class BackupShipper:
                 },
             )
             self._count(len(body))
-            self.state.shipped_lsn = last
+            state.shipped_lsn = last
             shipped += len(frames)
 
-    def _check_continues(self, last: int, lsn: int) -> None:
+    def _check_continues(self, state: ShipperState, last: int, lsn: int) -> None:
         """A segment is named after the positions it holds, and restore and verify trust that
         name: an entry that does not follow the one before (the log truncated past what was
         shipped) must not go into one, or the segment would claim positions it lacks. `lsn`:
@@ -331,7 +344,7 @@ class BackupShipper:
         if lsn != last + 1:
             raise LogGap(
                 f"the change log continues at position {lsn}, not {last + 1}: positions "
-                f"{last + 1}..{lsn - 1} were truncated before generation {self.state.generation} "
+                f"{last + 1}..{lsn - 1} were truncated before generation {state.generation} "
                 "shipped them; no segment was written"
             )
 

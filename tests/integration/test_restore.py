@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -15,7 +15,7 @@ import pymongo
 import pytest
 
 from domicile.backup import format as fmt
-from domicile.backup.bucket import Bucket
+from domicile.backup.bucket import Bucket, StoredObject
 from domicile.backup.catalog import Catalog, Segment
 from domicile.cluster import BackupSpec
 from domicile.errors import DataCorruption, FailedPrecondition, Unavailable
@@ -867,5 +867,85 @@ def test_regression_copies_that_differ_after_an_unnoticed_rewind_are_not_called_
             "back from an older copy under the same incarnation without the rewind check noticing"
         )
         assert [p for p in report.problems if disagree in p] == report.problems != [], report.problems
+    finally:
+        store.engine.close()
+
+
+class _ListingFailsAfterManifest(_WritesDuringSnapshot):
+    """The real bucket; once a manifest has been stored, the next listing fails once (a
+    transient S3 error, e.g. a 503 SlowDown)."""
+
+    def __init__(self, spec: BackupSpec) -> None:
+        super().__init__(spec)
+        self.fail_next_listing = False
+
+    def put(self, key: str, body: bytes, metadata: Mapping[str, str] | None = None) -> str:
+        digest = super().put(key, body, metadata)
+        if key.endswith("/manifest.json") and self.arm:
+            self.fail_next_listing = True
+        return digest
+
+    arm = False
+
+    def objects(self, prefix: str) -> Iterator[StoredObject]:
+        if self.fail_next_listing:
+            self.fail_next_listing = False
+            raise Unavailable(f"backup bucket {self.name}: list {prefix} failed: SlowDown")
+        return super().objects(prefix)
+
+
+def test_a_new_generation_holds_the_writes_of_its_snapshot_before_its_manifest(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """Regression: writes made while a new snapshot went up were shipped into the old
+    generation, and the new generation's manifest went up before any segment of its own. A
+    restore to the newest write chooses the new generation and reads no earlier one's segments,
+    so a node lost before that first segment (here the round's expiry fails, then the node is
+    gone) restored without writes the bucket held, with no error."""
+    store = _Store(tmp_path, s3)
+    store.bucket = _ListingFailsAfterManifest(store.spec)
+    store.shipper = store.new_shipper()
+    shipper = store.shipper
+    try:
+        store.write("a", T0 + 10)
+        store.now = T0 + 100
+        shipper.round()  # generation 1
+        store.write("b", T0 + 200)
+        shipper.round()  # a segment with b
+        # Rotation due; d is written while the new snapshot goes up (after its first part).
+        store.now = T0 + HOUR_MS + 500
+        store.bucket.during = lambda: store.write("d", T0 + HOUR_MS + 300)
+        store.bucket.arm = True
+        with pytest.raises(Unavailable):
+            shipper.round()  # G2's manifest is stored, then expiry's listing fails
+        # The node is lost now. d (position 3) is in both generations.
+        first, second = store.catalog().generations(WEST)
+        assert second.manifest is not None and second.manifest.base_lsn == 2
+        assert first.last_lsn == 3 and second.last_lsn == 3
+        assert store.catalog().verify(WEST).ok
+        keys = store.restored_keys(tmp_path / "r-newest", None)
+        assert "d" in keys, f"restore to newest lost the backed-up write d: {keys}"
+    finally:
+        store.engine.close()
+
+
+def test_restore_refuses_a_backup_whose_manifest_names_another_region(
+    tmp_path: Path, s3: SeaweedServer
+) -> None:
+    """Regression: a node of one region restored with the --region of another (two regions may
+    share a bucket and its prefix) was rebuilt as a store of the other region, its records now
+    held and served there. The manifest names the region; restore now refuses the mismatch."""
+    store = _Store(tmp_path, s3)
+    try:
+        store.write("a", T0 + 10)
+        store.now = T0 + 100
+        store.shipper.round()
+        [generation] = store.catalog().generations(WEST)
+        assert generation.manifest is not None and generation.manifest.region == WEST
+        with pytest.raises(FailedPrecondition, match=f"backup of node {WEST} in region {WEST}"):
+            restore.restore(store.spec, WEST, "eu-central-1", tmp_path / "r")
+        assert not (tmp_path / "r" / SQLITE_FILE).exists()
+        # Negative control: as the region it came from, it restores.
+        assert "a" in store.restored_keys(tmp_path / "r-west", None)
     finally:
         store.engine.close()
