@@ -50,6 +50,11 @@ class Deadline:
             raise DeadlineExceeded(f"{self._what}: the deadline of {self._seconds:g}s passed")
         return left
 
+    def share(self, fraction: float, cap_s: float) -> float:
+        """A part of what remains, at most cap_s: the time for a step that must leave the rest
+        of the call its time."""
+        return min(self.remaining() * fraction, cap_s)
+
 
 @dataclass
 class Attempt:

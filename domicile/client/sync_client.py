@@ -89,6 +89,10 @@ DEFAULT_COORDINATOR = "127.0.0.1:7400"
 
 R = TypeVar("R")
 _COORDINATOR = ExpectedPeer.coordinator()
+# With a topology in hand, a refresh of it takes at most this share of a call's remaining
+# time, and never more than this many seconds.
+TOPOLOGY_REFRESH_SHARE = 0.25
+TOPOLOGY_REFRESH_MAX_S = 1.0
 
 
 def _node_peer(node: NodeInfo) -> ExpectedPeer:
@@ -206,10 +210,12 @@ class Client:
         """The current topology, fetched from the coordinator now."""
         return self._fetch_topology(Deadline(self.deadline_s, "GetTopology"))
 
-    def _fetch_topology(self, deadline: Deadline) -> Topology:
+    def _fetch_topology(self, deadline: Deadline, timeout_s: float | None = None) -> Topology:
         stub = self._stub(cgrpc.CoordinatorServiceStub, self._channel(self.coordinator, _COORDINATOR))
         try:
-            resp = stub.GetTopology(cpb.GetTopologyRequest(), timeout=deadline.remaining())
+            resp = stub.GetTopology(
+                cpb.GetTopologyRequest(), timeout=deadline.remaining() if timeout_s is None else timeout_s
+            )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"coordinator at {self.coordinator}") from None
         topology = topology_from_pb(resp.topology)
@@ -222,17 +228,28 @@ class Client:
             cached, age = self._topology, time.monotonic() - self._fetched_at
         if cached is not None and not force and age < self._ttl_s:
             return cached
+        # With a topology in hand, a refresh gets only a share of the call's time: a coordinator
+        # that does not answer must not use up the deadline the node call needs.
+        timeout_s = None if cached is None else deadline.share(TOPOLOGY_REFRESH_SHARE, TOPOLOGY_REFRESH_MAX_S)
         try:
-            return self._fetch_topology(deadline)
+            return self._fetch_topology(deadline, timeout_s)
         except DomicileError:
             # Nodes keep serving while the coordinator is away; so does the last topology.
             if cached is None:
                 raise
+            with self._lock:
+                # Tried now: the next calls use it for a TTL before asking again.
+                self._fetched_at = time.monotonic()
             return cached
 
-    def _coordinator_call(self, what: str, rpc: runtime.Rpc[R]) -> R:
-        """A call to the coordinator, retried like node calls (there is only one coordinator)."""
-        deadline = Deadline(self.deadline_s, what)
+    def _coordinator_call(
+        self, what: str, rpc: runtime.Rpc[R], *, deadline: Deadline | None = None, replay_safe: bool = True
+    ) -> R:
+        """A call to the coordinator, retried like node calls (there is only one coordinator).
+        `replay_safe` False: a call that makes something anew each time (a hold, a request) is
+        not retried, since an attempt whose answer was lost may have made it; the error then
+        says the outcome is unknown."""
+        deadline = deadline or Deadline(self.deadline_s, what)
         retries = 0
         while True:
             stub = self._stub(cgrpc.CoordinatorServiceStub, self._channel(self.coordinator, _COORDINATOR))
@@ -241,6 +258,11 @@ class Client:
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc, f"coordinator at {self.coordinator}")
             retries += 1
+            if error.retriable and not replay_safe:
+                raise type(error)(
+                    f"{error.message}; the outcome is unknown (the coordinator may have carried it "
+                    "out): check before calling again"
+                ) from None
             if not error.retriable or retries >= self.retry.attempts_max:
                 raise error
             pause = self.retry.backoff_s(retries, self._rng)
@@ -536,10 +558,13 @@ class Client:
         exported no head yet."""
         check_region_name(region)
         what = f"audit head of {region}"
-        check_known_region(self._current_topology(Deadline(self.deadline_s, what), False), region)
+        deadline = Deadline(self.deadline_s, what)  # one for the topology and the call
+        check_known_region(self._current_topology(deadline, False), region)
         req = cpb.GetAuditHeadRequest(region=region, node_id=node_id)
         try:
-            resp = self._coordinator_call(what, lambda s, t: s.GetAuditHead(req, timeout=t))
+            resp = self._coordinator_call(
+                what, lambda s, t: s.GetAuditHead(req, timeout=t), deadline=deadline
+            )
         except NotFound:
             return None
         if not resp.HasField("head"):
@@ -610,7 +635,9 @@ class Client:
         has the remaining replicas exchange what they hold."""
         check_node_id(node_id)
         req = cpb.RemoveNodeRequest(node_id=node_id)
-        answer = self._coordinator_call(f"remove node {node_id}", lambda s, t: s.RemoveNode(req, timeout=t))
+        answer = self._coordinator_call(
+            f"remove node {node_id}", lambda s, t: s.RemoveNode(req, timeout=t), replay_safe=False
+        )
         return int(answer.topology_revision)
 
     def erase_subject(
@@ -652,14 +679,20 @@ class Client:
         req = access_request(subject_id, reason, subject_jurisdiction)
         what = f"open access request of subject {subject_id}"
         return request_of(
-            self._coordinator_call(what, lambda s, t: s.OpenSubjectRequest(req, timeout=t)), what
+            self._coordinator_call(
+                what, lambda s, t: s.OpenSubjectRequest(req, timeout=t), replay_safe=False
+            ),
+            what,
         )
 
     def complete_access_request(self, request_id: str, records_exported: int) -> SubjectRequest:
         req = complete_request(request_id, records_exported)
         what = f"complete access request {request_id}"
         return request_of(
-            self._coordinator_call(what, lambda s, t: s.CompleteSubjectRequest(req, timeout=t)), what
+            self._coordinator_call(
+                what, lambda s, t: s.CompleteSubjectRequest(req, timeout=t), replay_safe=False
+            ),
+            what,
         )
 
     def place_hold(
@@ -676,13 +709,19 @@ class Client:
         namespace and key."""
         req = place_hold_request(scope, subject_id, namespace, key, reason)
         what = "place legal hold"
-        return hold_of(self._coordinator_call(what, lambda s, t: s.PlaceLegalHold(req, timeout=t)), what)
+        return hold_of(
+            self._coordinator_call(what, lambda s, t: s.PlaceLegalHold(req, timeout=t), replay_safe=False),
+            what,
+        )
 
     def release_hold(self, hold_id: str, reason: str) -> LegalHold:
         """Releases a hold; returns it as it was. NotFound for an unknown (or released) id."""
         req = release_hold_request(hold_id, reason)
         what = f"release legal hold {hold_id}"
-        return hold_of(self._coordinator_call(what, lambda s, t: s.ReleaseLegalHold(req, timeout=t)), what)
+        return hold_of(
+            self._coordinator_call(what, lambda s, t: s.ReleaseLegalHold(req, timeout=t), replay_safe=False),
+            what,
+        )
 
     def holds(self) -> list[LegalHold]:
         """Legal holds in force."""
