@@ -51,6 +51,10 @@ class LocalWrite:
     # The write's audit entry (unnumbered), committed with the write in the store's audit outbox
     # when the engine carries_audit; None when the caller waited for it in the audit log.
     audit: AuditEntry | None = None
+    # Asked on the writer thread with the key's state just before the write is built: a reason
+    # ("" for none) refuses it with FailedPrecondition and nothing is written. For a write
+    # decided on a state read earlier (a retention expiry) that must not land on a newer one.
+    precondition: Callable[[KeyState | None], str] | None = None
 
     @classmethod
     def deleting(

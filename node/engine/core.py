@@ -303,6 +303,10 @@ class EngineCore:
         mark = state.request(write.request_id) if state and write.request_id else None
         if mark is not None:
             return _replay(write, mark, self.node_id)
+        if write.precondition is not None:
+            reason = write.precondition(state)
+            if reason:
+                raise FailedPrecondition(f"{write.namespace}/{write.key}: {reason}; nothing was written")
         # A key state naming none of this node's counters may be one deleted here (tombstone GC,
         # a bootstrap's prune) and written again, here or by another node: the counters this
         # node had issued for it went with the deleted state. The dot floor is above all of those

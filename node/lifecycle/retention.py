@@ -16,9 +16,11 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from domicile.causality import CausalContext, KeyState
 from domicile.cluster import ClusterSpec
+from domicile.errors import FailedPrecondition
 from domicile.hlc import physical_ms, wall_ms
 from domicile.subjects import LegalHold, hold_covering
 from node.compliance.enforcer import AuditSink
@@ -37,6 +39,8 @@ class SweepReport:
     now_ms: int
     expired: collections.Counter[str] = field(default_factory=collections.Counter)
     held: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Judged expired, but changed or held by the time its tombstone was to be written.
+    spared: collections.Counter[str] = field(default_factory=collections.Counter)
     checked: int = 0
     capped: bool = False  # stopped at expire_max deletions
 
@@ -104,15 +108,25 @@ class RetentionSweeper:
                             report.held[spec.name] += 1
                             continue
                         # Audited first (a deletion the trail cannot record does not happen),
-                        # and superseding only what was seen: a write that lands meanwhile stays.
+                        # and superseding only what was seen, on the writer thread only if the
+                        # key is still as seen and no hold covers it there: a write that lands
+                        # meanwhile stays (in an lww namespace a later tombstone would win over
+                        # it), and so does a record a hold placed meanwhile keeps.
                         await self.audit.record(
                             principal=f"node:{self.node_id}", action=EXPIRE_ACTION, namespace=spec.name,
                             key=key, subject_id=newest.subject_id, decision="expire",
                             rule=f"retention.{retention.name}", detail=f"period={retention.period_s}s",
                         )  # fmt: skip
-                        await self.committer.submit(
-                            LocalWrite.deleting(spec.name, key, newest, state.context)
+                        expiry = replace(
+                            LocalWrite.deleting(spec.name, key, newest, state.context),
+                            precondition=_still_expirable(state.context, holds, spec.name, key),
                         )
+                        try:
+                            await self.committer.submit(expiry)
+                        except FailedPrecondition as changed:
+                            log.info("retention spared %s/%s: %s", spec.name, key, changed.message)
+                            report.spared[spec.name] += 1
+                            continue
                         report.expired[spec.name] += 1
                     if len(rows) < PAGE_KEYS or report.capped:
                         break
@@ -134,3 +148,21 @@ class RetentionSweeper:
                     "retention sweep expired %s (held back: %s)", dict(report.expired), dict(report.held)
                 )
             return report
+
+
+def _still_expirable(
+    seen: CausalContext, holds: Callable[[], tuple[LegalHold, ...]], namespace: str, key: str
+) -> Callable[[KeyState | None], str]:
+    """The expiry's check on the writer thread: the key is as the sweep saw it (no write since,
+    whose version a later tombstone would hide in an lww namespace) and no hold covers a live
+    version of it now."""
+
+    def check(state: KeyState | None) -> str:
+        if state is None or state.context != seen:
+            return "written since the retention sweep judged it expired"
+        in_force = holds()
+        if any(hold_covering(in_force, namespace, key, v.subject_id) for v in state.live()):
+            return "a legal hold placed since the retention sweep judged it expired keeps it"
+        return ""
+
+    return check
