@@ -783,10 +783,15 @@ class StorageService:
 
 
 def facts_for_delete(spec: NamespaceSpec, state: KeyState | None, cmd: DeleteCommand) -> RecordFacts:
-    """What a tombstone is about: the newest version this node holds (live or not), so that the
-    tombstone is placed and replicated wherever the record was; the request's subject fields
-    only when the node holds nothing. A tombstone is never looser than the namespace."""
+    """What a tombstone is about: the newest version it deletes (of those this node holds, live
+    or not; with a context in a siblings namespace, the newest the context covers, since the
+    others stay), so that the tombstone is placed and replicated wherever that record went;
+    the request's subject fields only when the node holds nothing. A tombstone is never looser
+    than the namespace."""
     held = sorted(state.versions, key=lambda v: v.hlc, reverse=True) if state else []
+    if held and cmd.context is not None and spec.conflict_mode is not ConflictMode.LWW:
+        deleted = [v for v in held if cmd.context.covers(v.dot) or _twin_covered(state, v, cmd.context)]
+        held = deleted or held
     if held:
         newest = held[0]
         classification = max((newest.classification, spec.classification), key=lambda c: c.strictness)
@@ -831,3 +836,12 @@ def decode_page_token(token: str) -> str:
             "invalid page token: pass the next_page_token of the previous page unchanged"
         )
     return key
+
+
+def _twin_covered(state: KeyState | None, v: Version, context: CausalContext) -> bool:
+    """Whether `context` covers a twin of `v`: the version another attempt of the same request
+    made, which a context naming either supersedes (domicile.causality, request marks)."""
+    if state is None or not v.request_id:
+        return False
+    mark = state.request(v.request_id)
+    return mark is not None and any(context.covers(d) for d in mark.dots)
