@@ -175,16 +175,21 @@ class Catalog:
 
     @staticmethod
     def _extend(chain: Chain, generation: Generation) -> bool:
-        """Adds the generation's segments past what the chain reached; False at a gap."""
+        """Adds the generation's segments past the chain's base; False at a gap. A later
+        generation's copies of positions the chain already holds are added too (a new
+        generation ships its own from its base before its manifest): the replay reads each
+        position once and compares every copy of the positions it takes."""
         chain.generations.append(generation)
+        assert chain.start.manifest is not None
+        base = chain.start.manifest.base_lsn
         for segment in generation.segments:
-            if segment.last_lsn <= chain.last_lsn:
+            if segment.last_lsn <= base or (generation is chain.start and segment.last_lsn <= chain.last_lsn):
                 continue
             if segment.first_lsn > chain.last_lsn + 1:
                 chain.gap, chain.past_gap = (chain.last_lsn + 1, segment.first_lsn - 1), generation
                 return False
             chain.segments.append(segment)
-            chain.last_lsn = segment.last_lsn
+            chain.last_lsn = max(chain.last_lsn, segment.last_lsn)
         return True
 
     def chain_end_ms(self, chain: Chain) -> int:
