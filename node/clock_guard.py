@@ -69,6 +69,14 @@ class ClockGuard:
         assert ahead is not None
         self._on_change(ahead, self.refusal() is not None)
 
+    def recheck(self) -> None:
+        """Tells on_change how things stand now against the last sample: the clock moves between
+        samples (which come only with the coordinator's answers), and with it whether writes
+        are refused; the metrics must follow while the coordinator is away."""
+        ahead = self.ahead_ms()
+        if ahead is not None:
+            self._on_change(ahead, self.refusal() is not None)
+
     def ahead_ms(self) -> int | None:
         """How far this node's next timestamp is ahead of the coordinator's clock now (negative
         when behind); None before the first sample."""

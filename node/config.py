@@ -20,6 +20,9 @@ ENGINES = ("sqlite", "mongodb")
 _MONGO_DB_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 @dataclass(frozen=True)
 class SQLiteSettings:
     """The embedded engine: one file in the node's data directory."""
@@ -153,6 +156,27 @@ class NodeConfig:
             object.__setattr__(self, "data_dir", str(Path(".domicile") / self.node_id))
         self._check_engine()
         split_host_port(self.listen)
+        if not -1 <= self.metrics_port <= 65_535:
+            raise InvalidArgument(
+                "metrics_port must be -1 (any free port), 0 (disabled) or a port up to 65535, "
+                f"not {self.metrics_port}"
+            )
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        # A zero delay would make every retry loop spin while a peer or the coordinator is down.
+        if not 0 < self.reconnect_delay_s <= self.reconnect_delay_max_s <= 3_600:
+            raise InvalidArgument(
+                "reconnect_delay_s and reconnect_delay_max_s must satisfy 0 < reconnect_delay_s <= "
+                f"reconnect_delay_max_s <= 3600 seconds, not {self.reconnect_delay_s} and "
+                f"{self.reconnect_delay_max_s}"
+            )
+        if not 0 < self.ack_persist_interval_s <= 3_600:
+            raise InvalidArgument(
+                "ack_persist_interval_s must be above 0 and at most 3600 seconds, "
+                f"not {self.ack_persist_interval_s}"
+            )
+        if not isinstance(self.limits, Limits):
+            raise InvalidArgument("limits must be a Limits (set its fields one by one, not as a mapping)")
         if not 1 <= self.peer_calls_max <= 1_000_000:
             raise InvalidArgument(f"peer_calls_max must be 1 to 1000000 calls, not {self.peer_calls_max}")
         if not 1 <= self.max_clock_drift_ms <= 3_600_000:

@@ -479,77 +479,96 @@ class Node:
                 MessageLimits(on_too_large=too_large).wrap,
             ],
         )
-        host, port = split_host_port(cfg.listen)
+        # From here on everything the node runs is built: a failure (a port in use, the metrics
+        # endpoint) is undone as a stop undoes a running node, so that nothing is left serving.
         try:
-            bound = self.security.add_port(server, f"{host}:{port}")
-        except RuntimeError as exc:
-            raise errors.Unavailable(f"cannot listen on {cfg.listen}: {exc}") from None
-        if bound == 0:
-            raise errors.Unavailable(f"cannot listen on {cfg.listen}")
-        self.address = f"{host}:{bound}"
-        await server.start()
-        self._server = server
-        metrics_address = ""
-        if cfg.metrics_port != 0:
-            # -1 asks for any free port (tests); 0 disables the endpoint.
-            endpoint = self.metrics.serve(
-                cfg.metrics_host, max(cfg.metrics_port, 0), self.security.material, self.security.revoked
+            host, port = split_host_port(cfg.listen)
+            try:
+                bound = self.security.add_port(server, f"{host}:{port}")
+            except RuntimeError as exc:
+                raise errors.Unavailable(f"cannot listen on {cfg.listen}: {exc}") from None
+            if bound == 0:
+                raise errors.Unavailable(f"cannot listen on {cfg.listen}")
+            self.address = f"{host}:{bound}"
+            await server.start()
+            self._server = server
+            metrics_address = ""
+            if cfg.metrics_port != 0:
+                # -1 asks for any free port (tests); 0 disables the endpoint.
+                try:
+                    endpoint = self.metrics.serve(
+                        cfg.metrics_host,
+                        max(cfg.metrics_port, 0),
+                        self.security.material,
+                        self.security.revoked,
+                    )
+                except (OSError, OverflowError) as exc:
+                    raise errors.Unavailable(
+                        f"cannot serve metrics on {cfg.metrics_host}:{cfg.metrics_port}: {exc}"
+                    ) from None
+                self.metrics_port = endpoint.port
+                metrics_address = f"{cfg.metrics_host}:{self.metrics_port}"
+                self.metrics_url = f"{endpoint.scheme}://{metrics_address}/metrics"
+            self.metrics_address = metrics_address
+            for name in ("", *SERVICE_NAMES):
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.replication.start()
+            self.link = CoordinatorLink(
+                coordinator=cfg.coordinator,
+                dialer=self.dialer,
+                node_id=cfg.node_id,
+                region=cfg.region,
+                address=cfg.advertise or self.address,
+                metrics_address=metrics_address,
+                view=self.view,
+                on_topology=self._adopt_topology,
+                metrics=self.metrics,
+                backoff=backoff,
+                rpc_deadline_s=cfg.limits.rpc_deadline_s,
+                rng=random.Random(self.rng.random()),
+                on_erased=self._adopt_erased,
+                epoch=self.epoch,
+                last_lsn=lambda: self.log_tail.last_lsn or 0,
+                clock_guard=self.clock_guard,
+                on_orders=self._adopt_orders,
             )
-            self.metrics_port = endpoint.port
-            metrics_address = f"{cfg.metrics_host}:{self.metrics_port}"
-            self.metrics_url = f"{endpoint.scheme}://{metrics_address}/metrics"
-        self.metrics_address = metrics_address
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        await self.replication.start()
-        self.link = CoordinatorLink(
-            coordinator=cfg.coordinator,
-            dialer=self.dialer,
-            node_id=cfg.node_id,
-            region=cfg.region,
-            address=cfg.advertise or self.address,
-            metrics_address=metrics_address,
-            view=self.view,
-            on_topology=self._adopt_topology,
-            metrics=self.metrics,
-            backoff=backoff,
-            rpc_deadline_s=cfg.limits.rpc_deadline_s,
-            rng=random.Random(self.rng.random()),
-            on_erased=self._adopt_erased,
-            epoch=self.epoch,
-            last_lsn=lambda: self.log_tail.last_lsn or 0,
-            clock_guard=self.clock_guard,
-            on_orders=self._adopt_orders,
-        )
-        self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
-        self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
-        self._tasks.append(asyncio.create_task(self._watch_store(), name="store-watch"))
-        self._tasks.append(
-            asyncio.create_task(watch_loop_lag(self.metrics.event_loop_lag.set), name="event-loop-lag")
-        )
-        self._tasks.append(
-            asyncio.create_task(
-                watch_loop_lag(self.metrics.event_loop_lag_sampled.observe, interval_s=SAMPLED_INTERVAL_S),
-                name="event-loop-lag-sampled",
+            self._tasks.append(asyncio.create_task(self.link.run(), name="coordinator-link"))
+            self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
+            self._tasks.append(asyncio.create_task(self._watch_store(), name="store-watch"))
+            self._tasks.append(
+                asyncio.create_task(watch_loop_lag(self.metrics.event_loop_lag.set), name="event-loop-lag")
             )
-        )
-        self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
-        self._tasks.append(asyncio.create_task(self.entropy.run(), name="anti-entropy"))
-        self._tasks.append(asyncio.create_task(self.entropy.follow_tail(), name="digest-trees-follow"))
-        if self.rewound:
-            # The peers hold this node's writes from after the copy it was put back from.
-            self.entropy.rounds_now("this store was rewound; pulling back what the peers hold")
-        self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
-        self._tasks.append(asyncio.create_task(self._summarise_refusals(), name="refusal-summaries"))
-        self.exporter.offer(await offload.run(self.audit.head))
-        if cfg.retention_sweep_interval_s > 0:
-            self._tasks.append(asyncio.create_task(self._sweep_loop(), name="retention"))
-        self._start_backup(backup)
-        self.truncator = self._truncator()
-        if cfg.changelog_truncate_interval_s > 0:
-            self._tasks.append(asyncio.create_task(self.truncator.run(), name="changelog-truncation"))
-        self.eraser.apply(self.view.topology.erasures, self.view.topology.cluster, self.view.topology.holds)
-        self.metrics.topology_revision.set(self.view.revision)
+            self._tasks.append(
+                asyncio.create_task(
+                    watch_loop_lag(
+                        self.metrics.event_loop_lag_sampled.observe, interval_s=SAMPLED_INTERVAL_S
+                    ),
+                    name="event-loop-lag-sampled",
+                )
+            )
+            self._tasks.append(asyncio.create_task(self.exporter.run(), name="audit-head-export"))
+            self._tasks.append(asyncio.create_task(self.entropy.run(), name="anti-entropy"))
+            self._tasks.append(asyncio.create_task(self.entropy.follow_tail(), name="digest-trees-follow"))
+            if self.rewound:
+                # The peers hold this node's writes from after the copy it was put back from.
+                self.entropy.rounds_now("this store was rewound; pulling back what the peers hold")
+            self._tasks.append(asyncio.create_task(self._verify_audit_log(), name="audit-verify"))
+            self._tasks.append(asyncio.create_task(self._summarise_refusals(), name="refusal-summaries"))
+            self.exporter.offer(await offload.run(self.audit.head))
+            if cfg.retention_sweep_interval_s > 0:
+                self._tasks.append(asyncio.create_task(self._sweep_loop(), name="retention"))
+            self._start_backup(backup)
+            self.truncator = self._truncator()
+            if cfg.changelog_truncate_interval_s > 0:
+                self._tasks.append(asyncio.create_task(self.truncator.run(), name="changelog-truncation"))
+            self.eraser.apply(
+                self.view.topology.erasures, self.view.topology.cluster, self.view.topology.holds
+            )
+            self.metrics.topology_revision.set(self.view.revision)
+        except BaseException:
+            self._running = True
+            await self.stop()
+            raise
         self._running = True
         log.info("node %s region %s listening on %s", cfg.node_id, cfg.region, self.address)
 
@@ -1162,6 +1181,8 @@ class Node:
                 self.metrics.last_lsn.set(last)
             for file, size in await self.offload.run(self._wal_sizes):
                 self.metrics.sqlite_wal_bytes.labels(file).set(size)
+            # Writes may start or stop being refused between the coordinator's answers.
+            self.clock_guard.recheck()
             await asyncio.sleep(2.0)
 
     async def _watch_store(self) -> None:
