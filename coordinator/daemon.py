@@ -251,6 +251,7 @@ class Coordinator:
                     a.accepted_unix_ms,
                     a.incarnation,
                     closes,
+                    a.head.region,
                 ),
                 now_ms=lambda: int(self._wall_clock() * 1000),
                 on_accept=self._on_audit_head,

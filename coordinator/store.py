@@ -530,27 +530,48 @@ class CoordinatorStore:
             )
 
     def save_audit_head(
-        self, key: str, head: bytes, accepted_unix_ms: int, incarnation: int = 0, closes: bool = False
+        self,
+        key: str,
+        head: bytes,
+        accepted_unix_ms: int,
+        incarnation: int = 0,
+        closes: bool = False,
+        region: str = "",
     ) -> None:
         """Stores a node's last accepted signed head (serialized SignedAuditHead) under `key`, its
         node id (the column is named region: a store of an older version keyed heads by region,
         and coordinator.audit_heads.stored_heads reads both), with the node's incarnation. With
         `closes` (a new incarnation's first head), the head it replaces is kept as its chain's
-        last, in the same transaction, so that the proof of the old chain is never lost."""
+        last, in the same transaction, so that the proof of the old chain is never lost: found
+        under the node id, or (an older store's row) under the node's `region`, which is then
+        moved to the closed chains."""
         with self._transaction():
             if closes:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO audit_heads_closed "
-                    "(node_id, incarnation, head, accepted_unix_ms, closed_unix_ms) "
-                    "SELECT ?, incarnation, head, accepted_unix_ms, ? FROM audit_heads WHERE region = ?",
-                    (key, accepted_unix_ms, key),
-                )
+                moved = self._close_audit_head(key, key, accepted_unix_ms)
+                if (
+                    not moved
+                    and region
+                    and region != key
+                    and self._close_audit_head(key, region, accepted_unix_ms)
+                ):
+                    self._db.execute("DELETE FROM audit_heads WHERE region = ?", (region,))
             self._db.execute(
                 "INSERT INTO audit_heads (region, head, accepted_unix_ms, incarnation) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(region) DO UPDATE SET head = excluded.head, "
                 "accepted_unix_ms = excluded.accepted_unix_ms, incarnation = excluded.incarnation",
                 (key, head, accepted_unix_ms, incarnation),
             )
+
+    def _close_audit_head(self, node_id: str, row_key: str, closed_unix_ms: int) -> bool:
+        """Copies the head stored under `row_key` to the closed chains of `node_id`; whether a
+        row was copied."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO audit_heads_closed "
+            "(node_id, incarnation, head, accepted_unix_ms, closed_unix_ms) "
+            "SELECT ?, incarnation, head, accepted_unix_ms, ? FROM audit_heads WHERE region = ?",
+            (node_id, closed_unix_ms, row_key),
+        )
+        return cursor.rowcount > 0
 
     def load_audit_heads(self) -> dict[str, tuple[bytes, int, int]]:
         rows = self._db.execute(
