@@ -116,6 +116,26 @@ def test_regression_a_purge_by_one_node_is_the_purge_point_of_every_node_of_the_
     assert a.purged_before() == 4242  # never back
 
 
+def test_regression_a_retry_on_the_other_daemon_claims_no_position_of_its_log(
+    shared: tuple[MongoEngine, MongoEngine], stamp: Stamp
+) -> None:
+    """A retry (same request id) answered by the region's other daemon was answered with the
+    first daemon's change-log position, which the second daemon's service took for one of its
+    own log (a synchronous write then waited for, or was answered on, an unrelated entry)."""
+    a, b = shared
+    for i in range(3):  # b's own log is ahead of a's
+        commit_ok(b, stamp, LocalWrite("o", f"other{i}", b"x"))
+    [first] = commit_ok(a, stamp, LocalWrite("o", "k", b"v", request_id="req-1"))
+    assert first.mutation.lsn == 1
+    [again] = b.commit_local([LocalWrite("o", "k", b"v", request_id="req-1")], stamp)
+    assert isinstance(again, Committed) and again.replayed
+    assert again.mutation.version.dot == first.mutation.version.dot
+    assert again.mutation.lsn == 0, "written by node-a: no position of node-b's log"
+    # Negative control: a retry on the daemon that made the version keeps its position.
+    [same] = a.commit_local([LocalWrite("o", "k", b"v", request_id="req-1")], stamp)
+    assert isinstance(same, Committed) and same.replayed and same.mutation.lsn == 1
+
+
 def test_reads_outside_transactions_see_only_what_a_majority_holds(
     shared: tuple[MongoEngine, MongoEngine], stamp: Stamp
 ) -> None:

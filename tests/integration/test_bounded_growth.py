@@ -24,7 +24,7 @@ from node.replication.bootstrap import SnapshotTarget
 from tests.support.cluster import NAMESPACES, LocalCluster, eventually
 from tests.support.mongo import MongoServer
 from tests.support.packs import sample_pack, with_fact
-from tests.support.rogue import RogueStream, mutation
+from tests.support.rogue import RogueStream, mutation, rejected
 
 SOURCE = "eu-west-1"
 REPLICA = "eu-central-1"
@@ -419,3 +419,50 @@ async def test_regression_a_restarted_node_resumes_the_time_a_replica_has_been_d
 
 async def _links_known(node: Node) -> bool:
     return node.replication.link_acks() is not None
+
+
+@pytest.mark.parametrize("hold_bootstrap", [True, False], ids=["bootstrap-held", "natural-race"])
+async def test_a_round_before_the_bootstrap_does_not_bring_a_purged_record_back(
+    pair: LocalCluster, tmp_path: Path, hold_bootstrap: bool
+) -> None:
+    """Regression: the source deletes `doomed`, every link acknowledges, the horizon passes and
+    the source purges its tombstone. The replica comes back from an older copy of its store that
+    still holds `doomed`. Its bootstrap would prune it, but a round of the source with the
+    replica before that (held off here so that the order is certain; in a cluster a race) pulled
+    `doomed` back into the source, and the source's snapshot then carried it to the replica."""
+    source = pair.nodes[SOURCE]
+    await put_many(pair, "k", 3)
+    await pair.put(SOURCE, NS, "doomed", b"deleted later")
+    await acked_all(pair)
+    await take_copy(pair, tmp_path / "copy")
+    await pair.stub(SOURCE).Delete(spb.DeleteRequest(namespace=NS, key="doomed"), timeout=5)
+    await acked_all(pair)
+    await asyncio.sleep(HORIZON_S + 0.2)
+    await source.truncator.pass_once()
+    assert await asyncio.to_thread(source.engine.get, NS, "doomed") is None  # purged
+
+    assert source.log_tail is not None
+    source.log_tail.forget()
+    bootstrap = source.replication.bootstrap
+    if hold_bootstrap:
+        for sender in source.replication.senders.values():
+            sender.bootstrap = None
+    replica = await replace_with_copy(pair, tmp_path / "copy")
+    if hold_bootstrap:
+        await pair.wait_linked()
+    # The source's round with the replica, before its bootstrap.
+    await source.entropy.round_with(REPLICA)
+    for sender in source.replication.senders.values():
+        sender.bootstrap = bootstrap
+
+    async def bootstrapped() -> bool:
+        return replica.metrics.bootstraps.labels(SOURCE, REPLICA, "target")._value.get() >= 1
+
+    await eventually(bootstrapped, 15, "the replica bootstrapped")
+    await replica.entropy.round_with(SOURCE)
+    alive = {region: sorted(await pair.values(region, NS, "doomed")) for region in (SOURCE, REPLICA)}
+    assert alive == {SOURCE: [], REPLICA: []}, f"the deleted record is back: {alive}"
+    assert await has_all(pair, [f"k{i}" for i in range(3)])
+    if hold_bootstrap:
+        # The round offered the purged version, and the source refused it, counted.
+        assert rejected(source, REPLICA, "purged") >= 1
