@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from domicile.v1 import coordinator_pb2 as cpb
-from domicile.v1 import coordinator_pb2_grpc as cpb_grpc
 from domicile.v1 import subject_pb2 as subpb
+from tests.integration import test_subject_rights as subject_rights
+from tests.integration.test_subject_rights import DAY_MS, coordinator, put
 from tests.support.cluster import LocalCluster, eventually
 from tests.support.packs import sample_pack
 
-DAY_MS = 86_400_000
+# The subject-rights tests' namespaces, and one in lww mode with the same retention.
 NAMESPACES = [
-    {"name": "customers", "regions": "global", "classification": "personal", "retention_class": "user_data"},
-    {"name": "sessions", "regions": "global", "classification": "personal", "retention_class": "cache"},
+    *subject_rights.NAMESPACES,
     {
         "name": "sessions_lww",
         "regions": "global",
@@ -28,14 +28,6 @@ NAMESPACES = [
         "conflict_mode": "lww",
     },
 ]
-
-
-async def put(
-    cluster: LocalCluster, region: str, namespace: str, key: str, subject: str, value: bytes, **kw: Any
-) -> Any:
-    return await cluster.put(
-        region, namespace, key, value, subject_id=subject, subject_jurisdiction="DE", **kw
-    )
 
 
 async def _race(cluster: LocalCluster, entry: Any, namespace: str) -> int:
@@ -93,8 +85,7 @@ async def test_retention_spares_a_record_whose_hold_is_placed_while_its_expiry_i
             seq = int(await entry)
             # A DPO places a hold on the subject while the expiry's audit entry is written; the
             # node adopts it before the sweep's tombstone is committed.
-            stub = cpb_grpc.CoordinatorServiceStub(cluster.coordinator_channel())
-            await stub.PlaceLegalHold(
+            await coordinator(cluster).PlaceLegalHold(
                 cpb.PlaceLegalHoldRequest(
                     scope=subpb.LEGAL_HOLD_SCOPE_SUBJECT, subject_id="s-jay", reason="litigation 9"
                 ),
