@@ -289,10 +289,13 @@ class Receiver:
             self._issued, [(mutations[i].namespace, mutations[i].key) for i in naming]
         )
         refused: dict[int, _Rejected] = {}
+        # Each node's current incarnation only: an older one's counters are another writer's,
+        # whose later writes the store may have lost (a restore) and a peer may still name.
+        current = _current_incarnations(writers, self.engine.node_id)
         for i, names in naming.items():
             m = mutations[i]
             stored = issued[(m.namespace, m.key)]
-            for writer in sorted(names.intersection(writers)):
+            for writer in sorted(names.intersection(current)):
                 own = m.version.dot.counter if slack and m.version.dot.node_id == writer else 0
                 claimed = max(m.context.max_counter(writer), own)
                 allowed = stored.max_counter(writer) + slack
@@ -796,6 +799,19 @@ class Receiver:
         # nor a change untold.
         outcome, keys = await asyncio.shield(commit_and_audit())
         return RepairResult(keys, len(messages) - len(admitted) + len(late), outcome.duplicates)
+
+
+def _current_incarnations(writers: Sequence[str], own: str) -> set[str]:
+    """Of the store's writer ids ("<node id>" or "<node id>.<epoch>"), each node's newest, and
+    this node's own as it writes now."""
+    newest: dict[str, tuple[int, str]] = {}
+    for writer in writers:
+        node_id, _, epoch = writer.partition(".")
+        rank = int(epoch) if epoch.isdigit() else 0
+        if node_id not in newest or rank > newest[node_id][0]:
+            newest[node_id] = (rank, writer)
+    newest[own.partition(".")[0]] = (0, own)
+    return {writer for _, writer in newest.values()}
 
 
 def _keys_of(mutations: Sequence[Mutation]) -> list[tuple[str, str]]:
