@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from domicile.audit import TEXT_CHARS_MAX
 from domicile.causality import CausalContext, KeyState
 from domicile.cluster import ClusterSpec
 from domicile.errors import FailedPrecondition
@@ -124,7 +125,15 @@ class RetentionSweeper:
                         try:
                             await self.committer.submit(expiry)
                         except FailedPrecondition as changed:
+                            # The trail says the expiry was decided; it says too that it was not
+                            # carried out, and why.
                             log.info("retention spared %s/%s: %s", spec.name, key, changed.message)
+                            await self.audit.record(
+                                principal=f"node:{self.node_id}", action=EXPIRE_ACTION, namespace=spec.name,
+                                key=key, subject_id=newest.subject_id, decision="keep",
+                                rule=f"retention.{retention.name}.spared",
+                                detail=changed.message[:TEXT_CHARS_MAX],
+                            )  # fmt: skip
                             report.spared[spec.name] += 1
                             continue
                         report.expired[spec.name] += 1

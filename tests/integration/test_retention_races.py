@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from domicile.audit import AuditEntry
 from domicile.v1 import coordinator_pb2 as cpb
 from domicile.v1 import subject_pb2 as subpb
 from tests.integration import test_subject_rights as subject_rights
@@ -108,6 +109,14 @@ async def test_retention_spares_a_record_whose_hold_is_placed_while_its_expiry_i
         node.sweeper.audit = types.SimpleNamespace(record=record_then_hold)
         report = await node.sweep_retention(node.wall_ms() + 2 * DAY_MS)
         assert placed and len(node.view.topology.holds) == 1 and dict(report.spared) == {"sessions": 1}
+        # The trail says the expiry was decided and not carried out.
+        await node.audit.flush()
+        spared = [
+            e
+            for e in (AuditEntry.decode(x.body) for x in node.audit.iter_all())
+            if e.action == "expire" and e.key == "held-1"
+        ]
+        assert [e.decision for e in spared] == ["expire", "keep"] and "legal hold" in spared[1].detail
         # The hold was in force before the tombstone was written: "A hold stops expiry".
         assert await cluster.values("eu-west-1", "sessions", "held-1") == {b"evidence"}
     finally:
