@@ -23,6 +23,7 @@ from tests.integration.test_bounded_growth import (
     SOURCE,
     acked_all,
     has_all,
+    purge_past_horizon,
     put_many,
     replace_with_copy,
     take_copy,
@@ -78,15 +79,6 @@ async def get_twice(
     got = await cluster.get(region, namespace, key)
     assert counter(node, "domicile_cache_hits_total") == hits + 1, "the second Get was not a hit"
     return got
-
-
-async def purge_past_horizon(cluster: LocalCluster, key: str, namespace: str = NS) -> None:
-    """Tombstone GC at the source, once the delete of `key` is past the horizon."""
-    source = cluster.nodes[SOURCE]
-    await acked_all(cluster)
-    await asyncio.sleep(HORIZON_S + 0.2)  # the horizon is on the HLC: it has to pass
-    await source.truncator.pass_once()
-    assert await asyncio.to_thread(source.engine.get, namespace, key) is None, "the tombstone was purged"
 
 
 async def test_a_purged_tombstone_leaves_the_cache_and_a_write_with_the_new_context_succeeds(
