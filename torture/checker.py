@@ -5,10 +5,12 @@ on files.
 
 The rules, for each key of a namespace and each replica in scope:
 - **Lost write.** An acknowledged write whose version is neither live, nor superseded by a write
-  or delete that read it (its context covered the version's dot; that write may itself be
-  acknowledged or of unknown outcome, since a write that timed out may still have committed),
-  nor, in an lww namespace, ordered before the winner by (HLC, node id, counter), the store's
-  order, each version's HLC the one its write was acknowledged with when it was.
+  or delete that read it (its context covered the version's dot), nor, in an lww namespace,
+  ordered before the winner by (HLC, node id, counter), the store's order, each version's HLC
+  the one its write was acknowledged with when it was. A superseding write of unknown outcome
+  (it timed out, and may still have committed) counts only where the replica's context covers
+  the version's dot: had it committed, its context would have reached every replica with it,
+  so a replica that never saw the version was not superseded, it lost it.
 - **Resurrection.** A live version that an acknowledged write or delete superseded: the writer
   read it and replaced it, and it is back.
 - **Phantom.** A live value that no client wrote to that key, or wrote only in a write the node
@@ -198,7 +200,9 @@ def check(
                     continue
                 if live.get(op.dot, ("",))[0] == op.value:
                     continue
-                if readers.covered_by_another(op.dot, op):
+                if acked_readers.covered_by_another(op.dot, op):
+                    continue
+                if seen.covers(op.dot) and readers.covered_by_another(op.dot, op):
                     continue
                 if namespace in lww and any(
                     _lww_wins((dot, _acked_hlc(given, dot, hlc)), (op.dot, op.hlc))

@@ -100,3 +100,26 @@ def test_a_live_version_with_the_dot_of_an_acknowledged_delete_is_dot_reuse() ->
     final = {NS: {"k": everywhere((("n1", 2), "x", 0))}}
     result = check(ops, final, REGIONS)
     assert result.dot_reuse, result
+
+
+def test_a_timed_out_write_does_not_excuse_a_loss_where_the_replica_never_saw_the_version() -> None:
+    # The rmw read "a" and timed out. Had it committed, its context (covering n1:1) would be in
+    # every replica; eu-central-1 has nothing of n1:1, so "a" is lost there, whatever the rmw did.
+    ops = [write(1, "a", ("n1", 1)), write(2, "b", None, read=Seen(vv={"n1": 1}), outcome="info")]
+    final = {
+        NS: {
+            "k": {
+                "eu-west-1": Seen(vv={"n1": 2}, live=[(("n1", 2), "b", 0)]),
+                "eu-central-1": Seen(),
+            }
+        }
+    }
+    result = check(ops, final, REGIONS)
+    assert [(x["region"], x["op"]) for x in result.lost] == [("eu-central-1", 1)], result
+
+
+def test_a_timed_out_delete_that_committed_still_excuses_what_it_read() -> None:
+    # The delete timed out but committed: every replica's context covers n1:1 and none holds it.
+    ops = [write(1, "a", ("n1", 1)), write(2, "", None, read=Seen(vv={"n1": 1}), outcome="info", f="delete")]
+    final = {NS: {"k": {region: Seen(vv={"n1": 2}) for region in REGIONS}}}
+    assert check(ops, final, REGIONS).ok
