@@ -173,7 +173,7 @@ class Registry:
             if node.region not in configured:
                 log.warning(
                     "node %s is registered in region %s, which the cluster config no longer has; "
-                    "it gets no replication links",
+                    "it gets no replication links, but erasure orders until it is removed",
                     node.node_id,
                     node.region,
                 )

@@ -586,9 +586,12 @@ class SubjectDesk:
         raise Unavailable(f"no unused {prefix}id found in {ID_ATTEMPTS_MAX} draws; retry")
 
     def _ordered_regions(self) -> tuple[str, ...]:
-        """Configured regions with a registered node, in cluster config order."""
+        """Every region with a registered node: the configured ones in cluster config order, then
+        any the config no longer has (a node registered there still holds what it stored until
+        it is removed, so it is ordered to erase too), by name."""
         held = self._registry.regions_with_nodes()
-        return tuple(r for r in self._cluster.region_names() if r in held)
+        configured = self._cluster.region_names()
+        return (*(r for r in configured if r in held), *sorted(set(held) - set(configured)))
 
     def _commit_requests(self, *requests: SubjectRequest) -> None:
         """Stores `requests` (new or changed) and, for erasures, publishes the new orders."""

@@ -103,3 +103,31 @@ def test_removing_the_last_node_of_a_region_stops_open_erasures_waiting_for_it(t
         assert c.desk.get(third.request_id).regions_pending == ("us-east-1", "eu-west-1")
     finally:
         c.close()
+
+
+def test_a_registered_node_of_a_region_the_config_dropped_is_still_ordered_to_erase(tmp_path: Path) -> None:
+    """Regression: a region taken out of the cluster config while its node stayed registered
+    got no erasure orders, although that node still held what it had stored; its receipt was
+    refused as from an unknown region."""
+    c = Coord(tmp_path / "data")
+    try:
+        c.registry.register("us-east-1-a", "us-east-1", "10.0.0.1:7401", "")
+        c.registry.register("eu-west-1-a", "eu-west-1", "10.0.0.2:7401", "")
+    finally:
+        c.close()
+    only_us = ClusterSpec(regions=CLUSTER.regions[:1], namespaces=CLUSTER.namespaces)
+    c = Coord(tmp_path / "data", only_us)
+    try:
+        request = c.desk.erase("cust-1", "Art. 17 request")
+        assert request.regions_pending == ("us-east-1", "eu-west-1")
+        c.desk.report_erasure(request.request_id, receipt("eu-west-1"))
+        c.desk.report_erasure(request.request_id, receipt("us-east-1"))
+        assert c.desk.get(request.request_id).status is RequestStatus.COMPLETED
+        # Once that node is down and removed, nothing is left there to order.
+        c.clock.now += 10
+        c.registry.heartbeat("us-east-1-a")
+        assert c.registry.check_health() == ["eu-west-1-a"]
+        c.registry.remove("eu-west-1-a")
+        assert c.desk.erase("cust-2", "Art. 17 request").regions_pending == ("us-east-1",)
+    finally:
+        c.close()
