@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from domicile.errors import InvalidArgument
+from domicile.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -47,7 +47,47 @@ def canonical_schema(document: Any, where: str) -> str:
     except SchemaError as exc:
         at = "/".join(str(p) for p in exc.path) or "(root)"
         raise InvalidArgument(f"{where}: not a valid Draft 2020-12 schema at {at}: {exc.message}") from None
+    # check_schema does not follow references: one that points nowhere would fail every write
+    # that reaches it, long after the config was accepted.
+    _check_refs(document, where)
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+# Keywords whose values are data, not schemas: a "$ref" inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"const", "enum", "examples", "default"})
+
+
+def _check_refs(document: Mapping[str, Any], where: str) -> None:
+    """Refuses a schema with a `$ref` that does not resolve within the schema itself (a pointer
+    to nowhere, or a remote document: nodes fetch nothing)."""
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    def walk(node: Any, resolver: Any, at: str, root: bool = False) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, resolver, f"{at}/{i}")
+            return
+        if not isinstance(node, Mapping):
+            return
+        if not root and isinstance(node.get("$id"), str):
+            resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                resolver.lookup(ref)
+            except Unresolvable:
+                raise InvalidArgument(
+                    f"{where}: $ref {ref!r} at {at or '(root)'} does not resolve within the schema; "
+                    "a reference must point into the schema itself (for example #/$defs/NAME)"
+                ) from None
+        for keyword, value in node.items():
+            if keyword not in _DATA_KEYWORDS:
+                walk(value, resolver, f"{at}/{keyword}")
+
+    resource = DRAFT202012.create_resource(dict(document))
+    walk(document, Registry().with_resource("", resource).resolver(), "", root=True)
 
 
 @lru_cache(maxsize=64)
@@ -56,6 +96,16 @@ def _validator(schema_text: str) -> Draft202012Validator:
     from jsonschema import Draft202012Validator  # see canonical_schema
 
     return Draft202012Validator(json.loads(schema_text))
+
+
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not a JSON value (RFC 8259 has no NaN or Infinity)")
+
+
+def _strict_json(value: bytes) -> Any:
+    """json.loads without Python's extensions: NaN, Infinity and -Infinity are refused (they are
+    not JSON, and NaN compares false with every bound a schema sets)."""
+    return json.loads(value, parse_constant=_not_json)
 
 
 def _json_path(parts: Sequence[Any]) -> str:
@@ -72,10 +122,20 @@ def violation(schema_text: str, value: bytes, content_type: str = "") -> SchemaV
     if ct not in JSON_CONTENT_TYPES and not ct.endswith("+json"):
         return SchemaViolation("$", "content_type", f"content type {content_type!r} is not JSON")
     try:
-        document = json.loads(value)
+        document = _strict_json(value)
     except (UnicodeDecodeError, ValueError) as exc:
         return SchemaViolation("$", "json", f"the value is not JSON: {exc}")
-    errors = sorted(_validator(schema_text).iter_errors(document), key=lambda e: (-len(e.path), str(e.path)))
+    try:
+        errors = sorted(
+            _validator(schema_text).iter_errors(document), key=lambda e: (-len(e.path), str(e.path))
+        )
+    except Exception as exc:
+        # A schema that passed canonical_schema cannot get here; one that did not (a config
+        # written by an older version) is the namespace's fault, not the value's.
+        raise FailedPrecondition(
+            f"the namespace's schema cannot be applied ({type(exc).__name__}: {str(exc)[:200]}); "
+            "fix it in the cluster config"
+        ) from None
     if not errors:
         return None
     first = errors[0]
@@ -87,7 +147,7 @@ def completeness(value: bytes, fields: Sequence[str]) -> float:
     if not fields:
         return 1.0
     try:
-        document = json.loads(value)
+        document = _strict_json(value)
     except (UnicodeDecodeError, ValueError):
         return 0.0
     if not isinstance(document, dict):

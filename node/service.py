@@ -224,7 +224,11 @@ class StorageService:
             )
 
     async def _commit(
-        self, write: LocalWrite, entry: asyncio.Future[int] | AuditEntry | None, principal: str
+        self,
+        write: LocalWrite,
+        entry: asyncio.Future[int] | AuditEntry | None,
+        principal: str,
+        stored: Callable[[Committed], None] | None = None,
     ) -> Committed:
         # No write without its audit entry. Carried: the entry commits with the write, in the
         # same transaction (one fsync), and reaches the audit log from there. Otherwise the
@@ -244,6 +248,10 @@ class StorageService:
         else:
             committed = await self.committer.submit(write)
         self.on_committed()
+        if stored is not None:
+            # Told once the write is durable here, whether or not the regions it waits for
+            # come in time.
+            stored(committed)
         spec = self.view.topology.cluster.find_namespace(write.namespace)
         if spec is not None and spec.min_regions_acked > 1:
             await self._wait_regions(spec, committed)
@@ -324,7 +332,9 @@ class StorageService:
     async def put(self, cmd: PutCommand) -> Committed:
         # Nothing to seal without a subject: prepared in line, without the sealer's coroutine.
         spec, write, entry = await self._prepare_put(cmd) if cmd.subject_id else self._prepare_in_line(cmd)
-        committed = await self._commit(write, entry, cmd.principal)
+        committed = await self._commit(
+            write, entry, cmd.principal, stored=lambda c: self._count_quality(spec, cmd, c)
+        )
         return self._put_answer(spec, cmd, committed)
 
     async def put_batch(self, cmds: list[PutCommand]) -> list[Committed | errors.DomicileError]:
@@ -371,7 +381,9 @@ class StorageService:
             for (i, spec), outcome in zip(accepted, committed, strict=True):
                 if isinstance(outcome, errors.DomicileError):
                     results[i] = outcome
-                elif spec.min_regions_acked > 1:
+                    continue
+                self._count_quality(spec, cmds[i], outcome)
+                if spec.min_regions_acked > 1:
                     held.append((i, self._answer_when_held(spec, cmds[i], outcome)))
                 else:
                     results[i] = self._put_answer(spec, cmds[i], outcome)
@@ -526,14 +538,19 @@ class StorageService:
 
     def _check_schema(self, spec: NamespaceSpec, cmd: PutCommand) -> None:
         """The namespace's quality gate, before anything is audited or written."""
-        if not spec.json_schema and not spec.quality_fields:
-            return
         if spec.json_schema:
             found = quality.violation(spec.json_schema, cmd.value, cmd.content_type)
             if found is not None:
                 self.quality.refused(spec.name, found.rule)
                 self.metrics.schema_refused.labels(spec.name, found.rule).inc()
                 raise errors.InvalidArgument(quality.refusal_message(spec.name, found))
+
+    def _count_quality(self, spec: NamespaceSpec, cmd: PutCommand, committed: Committed) -> None:
+        """The quality figures of a value written (not of one a later check refused, nor of a
+        retry answered with the first attempt's result)."""
+        if committed.replayed or not (spec.json_schema or spec.quality_fields):
+            return
+        if spec.json_schema:
             self.metrics.schema_validated.labels(spec.name).inc()
         score = quality.completeness(cmd.value, spec.quality_fields) if spec.quality_fields else None
         figures = self.quality.accepted(spec.name, bool(spec.json_schema), score)
