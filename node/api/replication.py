@@ -69,10 +69,18 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
         if peer.kind is not PrincipalKind.NODE or not peer.node_id:
             raise self._refuse(caller, f"peer {caller.identity} is not a node; only nodes replicate")
         target = self.receiver.node_id
-        return any(
-            li.source_node_id == peer.node_id and li.target_node_id == target
-            for li in self.view.topology.links
-        )
+        topology = self.view.topology
+        known = topology.node(peer.node_id)
+        if known is not None and known.region != peer.region:
+            # A certificate of another region naming this node id is not that node: its writes
+            # would be stored under that node's name.
+            raise self._refuse(
+                caller,
+                f"peer {caller.identity} is of region {peer.region!r}, but node {peer.node_id!r} is "
+                f"in region {known.region!r}; only the node its certificate names, in its region, "
+                "replicates as it",
+            )
+        return any(li.source_node_id == peer.node_id and li.target_node_id == target for li in topology.links)
 
     def _refuse_unlinked(self, caller: Caller, hello_revision: int) -> errors.DomicileError:
         topology = self.view.topology

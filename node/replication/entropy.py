@@ -234,6 +234,13 @@ class AntiEntropy:
             and namespace in li.namespaces
             for li in topology.links
         )
+        if caller is not None and principal is not None and principal.region != caller.region:
+            # The same node id under another region's certificate is another party: the
+            # policy's answers below are for the region the topology names.
+            return (
+                f"peer {principal.uri} is of region {principal.region!r}, but node {caller_node_id!r} "
+                f"is in region {caller.region!r}; only the node its certificate names, in its region"
+            )
         if caller is None or not linked:
             return (
                 f"node {caller_node_id!r} holds no replication link from {self.node_id} for namespace "
