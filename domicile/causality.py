@@ -161,6 +161,9 @@ class RequestMark:
     lsn: int = 0
     had_live: bool = False
     partial: bool = False
+    # What the write was, where it was written (see node.engine.base.LocalWrite.request_digest):
+    # empty where the mark was made from a replicated version.
+    digest: bytes = b""
 
     @property
     def dot(self) -> Dot:
@@ -245,8 +248,11 @@ def apply(state: KeyState | None, mutation: Mutation) -> Applied:
         kept.append(version)
         # A twin held without a mark: what the key met of the request before is not known.
         partial = prior.partial if prior else twin is not None
+        digest = prior.digest if prior else b""
         requests = _remember(
-            requests, RequestMark(rid, dots, version.hlc, partial=partial), _held_requests(kept)
+            requests,
+            RequestMark(rid, dots, version.hlc, partial=partial, digest=digest),
+            _held_requests(kept),
         )
     else:
         kept.append(version)
@@ -429,6 +435,7 @@ def _joined_marks(a: tuple[RequestMark, ...], b: tuple[RequestMark, ...]) -> tup
                 max(other.lsn, m.lsn),
                 other.had_live or m.had_live,
                 other.partial or m.partial,
+                other.digest or m.digest,
             )
         )
     return tuple(sorted(joined.values(), key=_mark_order))

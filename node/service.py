@@ -37,7 +37,7 @@ from node.clock_guard import ClockGuard
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
 from node.crypto.sealing import Sealer
-from node.engine.base import Committed, LocalWrite, StorageEngine
+from node.engine.base import Committed, LocalWrite, StorageEngine, request_digest
 from node.engine.group_commit import GroupCommitter
 from node.lifecycle.erasure import ErasedInFlight, Eraser
 from node.metrics import NodeMetrics
@@ -490,6 +490,7 @@ class StorageService:
             classification=classification,
             siblings_max=spec.siblings_max,
             request_id=cmd.request_id,
+            request_digest=_put_digest(cmd) if cmd.request_id else b"",
             # Carried by the commit (the engine's audit outbox) when the engine carries entries.
             audit=entry if isinstance(entry, AuditEntry) else None,
         )
@@ -529,6 +530,7 @@ class StorageService:
                 classification=facts.classification,
                 siblings_max=spec.siblings_max,
                 request_id=cmd.request_id,
+                request_digest=_delete_digest(cmd) if cmd.request_id else b"",
             ),
             entry,
             cmd.principal,
@@ -862,3 +864,25 @@ def _twin_covered(state: KeyState | None, v: Version, context: CausalContext) ->
         return False
     mark = state.request(v.request_id)
     return mark is not None and any(context.covers(d) for d in mark.dots)
+
+
+def _put_digest(cmd: PutCommand) -> bytes:
+    return request_digest(
+        tombstone=False,
+        value=cmd.value,
+        content_type=cmd.content_type,
+        subject_id=cmd.subject_id,
+        subject_jurisdiction=cmd.subject_jurisdiction,
+        classification=int(cmd.classification),
+    )
+
+
+def _delete_digest(cmd: DeleteCommand) -> bytes:
+    return request_digest(
+        tombstone=True,
+        value=b"",
+        content_type="",
+        subject_id=cmd.subject_id,
+        subject_jurisdiction=cmd.subject_jurisdiction,
+        classification=0,
+    )

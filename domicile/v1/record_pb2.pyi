@@ -342,6 +342,7 @@ class RequestMark(_message.Message):
     LSN_FIELD_NUMBER: _builtins.int
     HAD_LIVE_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The client's request id."""
     hlc: _builtins.int
@@ -354,6 +355,11 @@ class RequestMark(_message.Message):
     """Made for a version the key held without a mark (a state stored before a key kept the ids
     of the versions it holds): it may lack attempts met before, so an attempt arriving already
     covered is not taken for proof that a write superseded the request.
+    """
+    digest: _builtins.bytes
+    """What the write made with this id was (a digest of its kind, value and facts as the client
+    sent them), where it was written: a later write with the id must be the same write. Empty
+    where the mark was made from a replicated version, or before marks kept it.
     """
     @_builtins.property
     def dots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dot]:
@@ -370,10 +376,11 @@ class RequestMark(_message.Message):
         lsn: _builtins.int = ...,
         had_live: _builtins.bool = ...,
         partial: _builtins.bool = ...,
+        digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dots", b"dots", "had_live", b"had_live", "hlc", b"hlc", "lsn", b"lsn", "partial", b"partial", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "dots", b"dots", "had_live", b"had_live", "hlc", b"hlc", "lsn", b"lsn", "partial", b"partial", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

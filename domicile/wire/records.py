@@ -144,6 +144,7 @@ def key_state_to_bytes(state: KeyState, known: tuple[Version, pb.RecordVersion] 
             lsn=mark.lsn,
             had_live=mark.had_live,
             partial=mark.partial,
+            digest=mark.digest,
         )
         for dot in mark.dots:
             out.dots.add(node_id=dot.node_id, counter=dot.counter)
@@ -185,6 +186,7 @@ def key_state_from_bytes(data: bytes) -> KeyState:
             m.lsn,
             m.had_live,
             m.partial,
+            m.digest,
         )
         for m in msg.requests
         if m.dots

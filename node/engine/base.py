@@ -9,6 +9,7 @@ group_commit.GroupCommitter); the read methods may be called from any thread con
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ class LocalWrite:
     # The client's id of the logical write ("": none). When the key remembers it, the write is
     # not made again: the result is the version its first attempt made (Committed.replayed).
     request_id: str = ""
+    # With request_id: what the write is, as the client sent it (request_digest() of its kind,
+    # value and facts; the value here may be sealed). A later write with the same id is answered
+    # as a retry only if it is the same write, and refused otherwise. b"": not compared.
+    request_digest: bytes = b""
     # The write's audit entry (unnumbered), committed with the write in the store's audit outbox
     # when the engine carries_audit; None when the caller waited for it in the audit log.
     audit: AuditEntry | None = None
@@ -314,3 +319,23 @@ class StorageEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def request_digest(
+    *,
+    tombstone: bool,
+    value: bytes,
+    content_type: str,
+    subject_id: str,
+    subject_jurisdiction: str,
+    classification: int,
+) -> bytes:
+    """What a client write is, for telling a retry (the same write again) from another write
+    that reuses its request id: its kind, value and facts as the client sent them."""
+    digest = hashlib.sha256(b"put" if not tombstone else b"delete")
+    for text in (content_type, subject_id, subject_jurisdiction):
+        encoded = text.encode()
+        digest.update(len(encoded).to_bytes(4, "big") + encoded)
+    digest.update(classification.to_bytes(4, "big"))
+    digest.update(hashlib.sha256(value).digest())
+    return digest.digest()[:16]

@@ -302,6 +302,13 @@ class EngineCore:
         # (close enough, and every later write to the key fails).
         mark = state.request(write.request_id) if state and write.request_id else None
         if mark is not None:
+            if mark.digest and write.request_digest and mark.digest != write.request_digest:
+                raise FailedPrecondition(
+                    f"request id {write.request_id!r} was used for a different write of "
+                    f"{write.namespace}/{write.key}; a retry must send the same write (value, "
+                    "content type, subject, jurisdiction, classification, put or delete). Nothing "
+                    "was written: give a new write a new request id"
+                )
             return _replay(write, mark, self.node_id)
         if write.precondition is not None:
             reason = write.precondition(state)
@@ -368,7 +375,16 @@ class EngineCore:
             # makes of its first version, with the request mark holding the write's position at
             # once instead of being replaced below (tests/unit/test_engine_new_key.py compares the two).
             marks = (
-                (RequestMark(write.request_id, (dot,), version.hlc, mutation.lsn, False),)
+                (
+                    RequestMark(
+                        write.request_id,
+                        (dot,),
+                        version.hlc,
+                        mutation.lsn,
+                        False,
+                        digest=write.request_digest,
+                    ),
+                )
                 if write.request_id
                 else ()
             )
@@ -396,7 +412,9 @@ class EngineCore:
             new_state = replace(
                 new_state,
                 requests=tuple(
-                    replace(m, lsn=mutation.lsn, had_live=had_live) if m.request_id == write.request_id else m
+                    replace(m, lsn=mutation.lsn, had_live=had_live, digest=write.request_digest)
+                    if m.request_id == write.request_id
+                    else m
                     for m in new_state.requests
                 ),
             )
