@@ -751,6 +751,9 @@ class Node:
         if last_lsn > 0:
             for mutation in self.engine.read_log(last_lsn - 1, 1):
                 ceiling = max(ceiling, physical_ms(mutation.version.hlc))
+        # A log truncated through its last entry (every link acknowledged it: an idle node's
+        # usual state) keeps that entry's HLC as its start.
+        ceiling = max(ceiling, physical_ms(self.engine.log_start().hlc))
         if self.rewound:
             # The ceiling file came back with the old copy: the writes the copy lost were stamped
             # up to the lost ceiling, which ran at most one reserve step ahead of the wall clock
