@@ -420,8 +420,12 @@ class GroupCommitter:
             )
         except BaseException:
             # The batch is rejected as a whole, yet it may have committed (an answer lost with
-            # the connection): its keys are told, so no cache keeps serving what they held.
+            # the connection): its keys are told, so no cache keeps serving what they held, and
+            # the tail forgets its end, so that senders read the log from the store (else they
+            # would take the tail's end for the log's and never ship the entries written).
             self._keys_changed(keys)
+            if self.log_tail is not None and admitted:
+                self.log_tail.forget()
             raise
         finally:
             self._keys_settled(keys)
