@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import logging
 import sys
 import tempfile
@@ -52,8 +53,10 @@ def _name(ms: int) -> str:
 
 def _time_of(name: str) -> int:
     stamp = name.rsplit("/", 1)[-1].removesuffix("Z.sqlite3")
+    # The name is UTC: timegm reads it as such (mktime would read it as local time, with the
+    # host's daylight saving time applied).
     seconds = time.strptime(stamp[:15], "%Y%m%dT%H%M%S")
-    return (int(time.mktime(seconds)) - time.timezone) * 1000 + int(stamp[15:18])
+    return calendar.timegm(seconds) * 1000 + int(stamp[15:18])
 
 
 class StateBackup:
