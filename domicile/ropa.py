@@ -56,7 +56,7 @@ def _transfers(
     if law is None:
         known = ", ".join(x.id for x in pack.laws)
         raise InvalidArgument(f"unknown law {law_id!r}; laws of the policy pack: {known}")
-    subject = sorted(c for c in pack.expand(law.subjects) if "-" not in c)[0]
+    subject = pack.representative_subject(law)
     out: list[Transfer] = []
     for name in regions:
         region = pack.region(name)

@@ -91,8 +91,7 @@ def _representative_subject(pack: PolicyPack, law_id: str) -> str:
     law = pack.law(law_id)
     if law is None:
         raise InvalidArgument(f"unknown law {law_id!r}")
-    codes = sorted(pack.expand(law.subjects))
-    return next((c for c in codes if "-" not in c), codes[0])
+    return pack.representative_subject(law)
 
 
 def where_records_may_go(cluster: ClusterSpec, spec: NamespaceSpec) -> dict[str, list[str]]:

@@ -209,6 +209,12 @@ class PolicyPack:
     def law(self, law_id: str) -> Law | None:
         return next((law for law in self.laws if law.id == law_id), None)
 
+    def representative_subject(self, law: Law) -> str:
+        """A jurisdiction the law covers: its first country, else its first subdivision (a law
+        of US-CA alone has no country)."""
+        codes = sorted(self.expand(law.subjects))
+        return next((c for c in codes if "-" not in c), codes[0])
+
     def recipient_fact(self, region: str, name: str) -> Fact | None:
         dest = self.destinations.get(region)
         return dest.recipient.get(name) if dest is not None else None
