@@ -15,6 +15,7 @@ from typing import Any
 
 from domicile.catalog import Controller, NamespaceCatalog, parse_catalog, parse_controller
 from domicile.errors import InvalidArgument, NotFound
+from domicile.identity.spiffe import check_region
 from domicile.model import Classification, ConflictMode, check_namespace_name, check_purpose
 from domicile.quality import canonical_schema
 from domicile.subjects import DEFAULT_RETENTION_CLASSES, RetentionClass, parse_retention_classes
@@ -326,6 +327,17 @@ def _backup(raw: Any, where: str) -> BackupSpec | None:
     )
 
 
+def _text(raw: Mapping[str, Any], key: str, where: str) -> str:
+    """An optional text field: absent or left empty (YAML null) is "", anything but text is
+    refused (str() would turn a null into the text "None", an owner a client could be named)."""
+    value = raw.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{where}.{key}: expected text, got {type(value).__name__} {value!r}")
+    return value
+
+
 def parse_cluster(
     data: Mapping[str, Any], source: str = "cluster config", base_dir: Path | None = None
 ) -> ClusterSpec:
@@ -337,11 +349,20 @@ def parse_cluster(
         where = f"{source}: regions[{i}]"
         if not isinstance(raw, Mapping):
             raise InvalidArgument(f"{where}: expected a mapping")
+        name = _require(raw, "name", where)
+        try:
+            # A node's identity (its certificate, its registration) names its region this way.
+            check_region(name if isinstance(name, str) else "")
+        except InvalidArgument:
+            raise InvalidArgument(
+                f"{where}.name: {name!r} is not a region name: 1 to 63 of a-z 0-9 '-', starting with "
+                "a letter (as node identities name regions)"
+            ) from None
         regions.append(
             RegionSpec(
-                name=str(_require(raw, "name", where)),
-                country=str(raw.get("country", "")),
-                jurisdiction=str(raw.get("jurisdiction", "")),
+                name=name,
+                country=_text(raw, "country", where),
+                jurisdiction=_text(raw, "jurisdiction", where),
                 backup=_backup(raw.get("backup"), f"{where}.backup"),
             )
         )
@@ -385,9 +406,9 @@ def parse_cluster(
                 is_global=is_global,
                 conflict_mode=ConflictMode.parse(str(raw.get("conflict_mode", "siblings"))),
                 classification=Classification.parse(str(raw.get("classification", "internal"))),
-                owner=str(raw.get("owner", "")),
-                retention_class=str(raw.get("retention_class", "")),
-                description=str(raw.get("description", "")),
+                owner=_text(raw, "owner", f"{where} ({name})"),
+                retention_class=_text(raw, "retention_class", f"{where} ({name})"),
+                description=_text(raw, "description", f"{where} ({name})"),
                 purposes=_purposes(raw, f"{where} ({name})"),
                 catalog=catalog,
                 json_schema=_schema(catalog.schema, f"{where} ({name})", base_dir),
