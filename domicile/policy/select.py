@@ -31,7 +31,18 @@ class LayeredPolicy:
 
     def decide(self, facts: RecordFacts, region: str, action: str) -> Decision:
         scoped = self.scope.decide(facts, region, action)
-        lawful = self.law.decide(judged_facts(self.scope.cluster, facts), region, action)
+        judged = judged_facts(self.scope.cluster, facts)
+        lawful = self.law.decide(judged, region, action)
+        floor = _at_floor(self.scope.cluster, judged)
+        if floor is not None:
+            # A label stricter than the namespace's is judged by both: the pack may confine the
+            # namespace's classification to regions its stricter label may enter (strictness is
+            # an order of labels, not of the regions a pack allows each).
+            at_floor = self.law.decide(floor, region, action)
+            regions = tuple(r for r in lawful.allowed_regions if r in at_floor.allowed_regions)
+            lawful = dataclasses.replace(
+                at_floor if lawful.allowed and not at_floor.allowed else lawful, allowed_regions=regions
+            )
         both = tuple(r for r in lawful.allowed_regions if r in scoped.allowed_regions)
         if not scoped.allowed:
             return dataclasses.replace(scoped, allowed_regions=both)
@@ -55,6 +66,18 @@ def judged_facts(cluster: ClusterSpec, facts: RecordFacts) -> RecordFacts:
     if label.strictness >= floor.strictness:
         return facts
     return dataclasses.replace(facts, classification=floor)
+
+
+def _at_floor(cluster: ClusterSpec, judged: RecordFacts) -> RecordFacts | None:
+    """The facts again with the namespace's classification, when the judged label is another
+    (a stricter one); None when the label is the namespace's own."""
+    spec = cluster.find_namespace(judged.namespace)
+    if spec is None:
+        return None
+    floor = spec.classification_floor
+    if floor is Classification.UNSPECIFIED or judged.classification is floor:
+        return None
+    return dataclasses.replace(judged, classification=floor)
 
 
 @functools.lru_cache(maxsize=8)
