@@ -21,7 +21,12 @@ from domicile.v1 import record_pb2 as pb
 from domicile.v1 import storage_node_pb2 as spb
 from domicile.v1 import storage_node_pb2_grpc as spb_grpc
 from domicile.wire.audit import entry_to_pb, head_to_pb
-from domicile.wire.limits import PUT_BATCH_RECORDS_MAX, VIOLATIONS_MAX_DEFAULT, VIOLATIONS_MAX_LIMIT
+from domicile.wire.limits import (
+    PUT_BATCH_RECORDS_MAX,
+    STORAGE_RESPONSE_BYTES_MAX,
+    VIOLATIONS_MAX_DEFAULT,
+    VIOLATIONS_MAX_LIMIT,
+)
 from domicile.wire.records import context_from_pb, context_to_pb, version_to_pb
 from domicile.wire.status import violation_to_pb
 from node.api.access import NodeAccess
@@ -172,7 +177,12 @@ def _classification(value: int) -> Classification:
 
 
 AUDIT_READ_BATCH = 1000
+# An export message holds at most this many records, and is sent once it passes
+# EXPORT_MESSAGE_BYTES: a record can weigh up to read_record_bytes_max (16 MiB), so a count alone
+# could make a message no server sends (STORAGE_RESPONSE_BYTES_MAX, 32 MiB); one record over the
+# budget still fits alone.
 EXPORT_BATCH = 100
+EXPORT_MESSAGE_BYTES = STORAGE_RESPONSE_BYTES_MAX // 4
 
 
 def _add_versions(versions: Sequence[Version], redacted: Sequence[tuple[str, ...]], out: Any) -> None:
@@ -652,18 +662,24 @@ class StorageServicer(spb_grpc.StorageNodeServiceServicer):
             request_id=request.request_id,
             offload=service.offload,
         )
-        for i in range(0, len(copies), EXPORT_BATCH):
-            response = spb.ExportSubjectResponse()
-            for c in copies[i : i + EXPORT_BATCH]:
-                record = response.records.add(
-                    namespace=c.namespace,
-                    key=c.key,
-                    classification=int(c.classification),  # type: ignore[arg-type]
-                    region=c.region,
-                    retention_class=c.retention_class,
-                    retention_period_seconds=c.retention_period_s,
-                    legal_basis=c.legal_basis,
-                    hold_reason=c.hold_reason,
-                )
-                _add_versions(c.versions, c.redacted, record.versions)
+        response = spb.ExportSubjectResponse()
+        size = 0
+        for c in copies:
+            if response.records and (len(response.records) >= EXPORT_BATCH or size >= EXPORT_MESSAGE_BYTES):
+                yield response
+                response = spb.ExportSubjectResponse()
+                size = 0
+            record = response.records.add(
+                namespace=c.namespace,
+                key=c.key,
+                classification=int(c.classification),  # type: ignore[arg-type]
+                region=c.region,
+                retention_class=c.retention_class,
+                retention_period_seconds=c.retention_period_s,
+                legal_basis=c.legal_basis,
+                hold_reason=c.hold_reason,
+            )
+            _add_versions(c.versions, c.redacted, record.versions)
+            size += record.ByteSize()
+        if response.records:
             yield response
