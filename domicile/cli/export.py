@@ -33,6 +33,7 @@ from domicile.client import Client, ExportedCopy, ReadVersion
 from domicile.errors import DomicileError, InvalidArgument
 from domicile.hlc import physical_ms
 from domicile.model import Classification
+from domicile.topology import Topology
 
 EXIT_COMPLETE = 0
 EXIT_INCOMPLETE = 2
@@ -250,12 +251,23 @@ def merge_copies(copies: Iterable[ExportedCopy], region_order: Sequence[str] = (
     return records
 
 
+def regions_to_read(topology: Topology) -> tuple[list[str], list[str]]:
+    """The regions that may hold records (those with a registered node, up or down: configured
+    ones in config order, then any the config no longer has), and the configured regions with no
+    node, which hold nothing (as the coordinator holds when it orders erasures)."""
+    with_nodes = {n.region for n in topology.nodes}
+    configured = topology.region_names()
+    read = [r for r in configured if r in with_nodes] + sorted(with_nodes - set(configured))
+    return read, [r for r in configured if r not in with_nodes]
+
+
 def export_document(
     request_id: str,
     subject_id: str,
     subject_jurisdiction: str,
     exports: Sequence[RegionExport],
     generated_ms: int,
+    regions_without_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
     region_order = [e.region for e in exports]
     records = merge_copies((c for e in exports for c in e.copies), region_order)
@@ -269,6 +281,9 @@ def export_document(
         "complete": not unreachable,
         "regions_answered": [e.region for e in exports if e.answered],
         "regions_unreachable": unreachable,
+        # Configured, but no node has ever registered there (or every one was removed): they
+        # hold nothing.
+        "regions_without_nodes": list(regions_without_nodes),
         "records_total": len(records),
         "records": records,
     }
@@ -300,10 +315,12 @@ def export(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr)
     with Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
         # The topology first: a request is opened only when there is something to read it from.
-        regions = client.topology().region_names()
+        regions, without_nodes = regions_to_read(client.topology())
         request = client.open_access_request(args.subject, args.reason, args.subject_jurisdiction or None)
         exports = read_regions(client, regions, args.subject, request.request_id, args.deadline, progress)
-        doc = export_document(request.request_id, args.subject, args.subject_jurisdiction, exports, now_ms())
+        doc = export_document(
+            request.request_id, args.subject, args.subject_jurisdiction, exports, now_ms(), without_nodes
+        )
         write_document(doc, args.out)
         where = f" to {args.out}" if args.out else ""
         if not doc["complete"]:
