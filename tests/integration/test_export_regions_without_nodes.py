@@ -52,7 +52,9 @@ async def test_an_export_completes_when_every_region_with_a_node_answered(tmp_pa
         opened = request_from_pb(
             (
                 await stub.EraseSubject(
-                    cpb.EraseSubjectRequest(subject_id="s-other", reason="Art. 17", subject_jurisdiction="IE"),
+                    cpb.EraseSubjectRequest(
+                        subject_id="s-other", reason="Art. 17", subject_jurisdiction="IE"
+                    ),
                     timeout=5,
                 )
             ).request
@@ -60,13 +62,15 @@ async def test_an_export_completes_when_every_region_with_a_node_answered(tmp_pa
         assert opened.regions_pending == ("eu-west-1",)
 
         async def erased() -> bool:
-            got = await stub.GetSubjectRequest(cpb.GetSubjectRequestRequest(request_id=opened.request_id), timeout=5)
+            got = await stub.GetSubjectRequest(
+                cpb.GetSubjectRequestRequest(request_id=opened.request_id), timeout=5
+            )
             return request_from_pb(got.request).status is RequestStatus.COMPLETED
 
         await eventually(erased, 20.0, "the erasure completed with eu-west-1's receipt")
 
         out_file = tmp_path / "s-ada.json"
-        code, out, err = await cli(
+        code, _out, err = await cli(
             ["export", "-s", "s-ada", "-j", "IE", "--out", str(out_file), "--deadline", "3",
              "--coordinator", cluster.coordinator_address, *cluster.cli_args()]
         )  # fmt: skip
