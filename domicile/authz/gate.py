@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import enum
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,26 @@ def authz_principal(principal: Principal) -> AuthzPrincipal:
     return AuthzPrincipal(principal.uri, principal.kind, roles, name)
 
 
+@dataclass(frozen=True)
+class Validity:
+    """A certificate's validity period, in seconds since the epoch."""
+
+    not_before_s: float
+    not_after_s: float
+
+
+def check_validity(identity: str, valid: Validity, now_s: float | None = None) -> None:
+    """Unauthenticated unless the certificate is valid now."""
+    now = time.time() if now_s is None else now_s
+    if now > valid.not_after_s:
+        when = datetime.fromtimestamp(valid.not_after_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        raise Unauthenticated(
+            f"the certificate of {identity} expired at {when}; connect again with a current one"
+        )
+    if now < valid.not_before_s:
+        raise Unauthenticated(f"the certificate of {identity} is not valid yet")
+
+
 class Gate:
     """`cluster` None: an insecure port, where nothing is checked (the daemon logged that)."""
 
@@ -160,7 +182,8 @@ class Gate:
         try:
             token = bearer_token(metadata)
             pem = self._peer_certificate(context)
-            carrier, serial = self._certificate_principal(pem)
+            carrier, serial, valid = self._certificate_principal(pem)
+            check_validity(carrier.uri, valid)
             revoked = self.revoked()
             if revoked and serial in revoked:
                 raise _Revoked(
@@ -254,11 +277,11 @@ class Gate:
             return True
         return False
 
-    def certificate_serial(self, context: Any) -> tuple[int, str]:
-        """The serial number and identity of the connection's verified client certificate
-        (Unauthenticated when there is none)."""
-        principal, serial = self._certificate_principal(self._peer_certificate(context))
-        return serial, principal.uri
+    def certificate_serial(self, context: Any) -> tuple[int, str, Validity]:
+        """The serial number, identity and validity of the connection's verified client
+        certificate (Unauthenticated when there is none)."""
+        principal, serial, valid = self._certificate_principal(self._peer_certificate(context))
+        return serial, principal.uri, valid
 
     def _peer_certificate(self, context: Any) -> bytes:
         """The PEM of the verified client certificate of the connection."""
@@ -270,12 +293,17 @@ class Gate:
             raise Unauthenticated("the peer presented no client certificate")
         return certificates[0]
 
-    def _principal_of_certificate(self, pem: bytes) -> tuple[Principal, int]:
-        """The principal a certificate names, and its serial number (checked against the
-        revocation list at every call: the list may change while the certificate is cached)."""
+    def _principal_of_certificate(self, pem: bytes) -> tuple[Principal, int, Validity]:
+        """The principal a certificate names, its serial number (checked against the revocation
+        list at every call: the list may change while the certificate is cached) and its
+        validity (checked at every call too: the handshake checked it once, and a connection
+        outlives the certificate it was opened with)."""
         assert self.cluster is not None
         certificate = load_certificate(pem)
-        return principal_from_certificate(certificate, self.cluster), certificate.serial_number
+        valid = Validity(
+            certificate.not_valid_before_utc.timestamp(), certificate.not_valid_after_utc.timestamp()
+        )
+        return principal_from_certificate(certificate, self.cluster), certificate.serial_number, valid
 
     def _decision(self, principal: AuthzPrincipal, action: str, resource: Resource, purpose: str) -> None:
         assert self.authorizer is not None

@@ -1,4 +1,5 @@
-"""Streams whose caller's certificate is revoked while they are open end at their next message.
+"""Streams whose caller's certificate is revoked or expires while they are open end at their next
+message.
 
 The gate checks a certificate when a call starts. A stream lives on: a replication stream for
 the life of the link, a topology or subject-orders watch for the life of the node. Revoking a
@@ -6,7 +7,8 @@ stolen node key must stop the writes it replicates and the orders (which name da
 receives, not only its next call. This wrapper reads the caller's certificate serial once, when
 the stream opens, and before each message it lets through, either way, checks it against the
 revocations in force (ServerSecurity.revoked: a set lookup; the list is looked at again at most
-once a second). A handler that answers with context.write() instead of yielding (grpc's health
+once a second), and the certificate's validity: a stream does not outlive the certificate it was
+opened with. A handler that answers with context.write() instead of yielding (grpc's health
 Watch) gets a context whose writes are checked the same way. A revoked stream ends with
 UNAUTHENTICATED, counted and audited like every refusal.
 """
@@ -19,7 +21,8 @@ from typing import Any
 
 import grpc
 
-from domicile.authz.gate import Gate, Reason, Refusal
+from domicile.authz.gate import Gate, Reason, Refusal, check_validity
+from domicile.errors import Unauthenticated
 from domicile.identity.revocation import serial_text
 from domicile.wire.call_layer import WrappingInterceptor
 
@@ -73,12 +76,17 @@ class RevokedStreamsGuard(WrappingInterceptor):
         """What a stream runs before each message: nothing for a caller without a certificate the
         gate knows (the handler's own check refuses it), else the revocation check."""
         try:
-            serial, identity = self.gate.certificate_serial(context)
+            serial, identity, valid = self.gate.certificate_serial(context)
         except Exception:  # no certificate: the handler's gate check refuses the call
             return _nothing
         gate = self.gate
 
         async def check() -> None:
+            try:
+                check_validity(identity, valid)
+            except Unauthenticated as expired:
+                gate.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, identity, expired.message))
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, expired.message)
             if serial in gate.revoked():
                 message = (
                     f"the certificate of {identity} (serial {serial_text(serial)}) was revoked by the "

@@ -3,13 +3,15 @@ passing messages either way once its caller's certificate is revoked."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 
-from domicile.authz.gate import Reason, Refusal
+from domicile.authz.gate import Reason, Refusal, Validity
 from domicile.authz.revoked_streams import RevokedStreamsGuard
 
 SERIAL = 0xABC
@@ -35,9 +37,10 @@ class FakeGate:
     def __init__(self) -> None:
         self.revoked_now: frozenset[int] = frozenset()
         self.refusals: list[Refusal] = []
+        self.valid = Validity(0.0, 4_000_000_000.0)
 
-    def certificate_serial(self, context: Any) -> tuple[int, str]:
-        return SERIAL, "spiffe://domicile/region/eu-west-1/node/ghost"
+    def certificate_serial(self, context: Any) -> tuple[int, str, Validity]:
+        return SERIAL, "spiffe://domicile/region/eu-west-1/node/ghost", self.valid
 
     def revoked(self) -> frozenset[int]:
         return self.revoked_now
@@ -93,6 +96,28 @@ async def test_a_server_stream_ends_before_its_next_message() -> None:
         async for response in wrapped.unary_stream(0, FakeContext()):
             answered.append(response)
     assert answered == [1]
+
+
+async def test_a_stream_ends_once_its_certificate_expires() -> None:
+    """Regression: a certificate was checked for its validity in the handshake only."""
+    gate = FakeGate()
+    gate.valid = Validity(0.0, time.time() + 0.05)
+
+    async def handler(request: int, context: Any) -> AsyncIterator[int]:
+        yield 1
+        await asyncio.sleep(0.1)  # its validity ends while the stream is open
+        yield 2
+
+    method = grpc.unary_stream_rpc_method_handler(handler)
+    wrapped = RevokedStreamsGuard(gate).wrap("/domicile.v1.CoordinatorService/WatchTopology", method)  # type: ignore[arg-type]
+    context = FakeContext()
+    answered: list[int] = []
+    with pytest.raises(Aborted):
+        async for response in wrapped.unary_stream(0, context):
+            answered.append(response)
+    assert answered == [1]
+    assert context.code == grpc.StatusCode.UNAUTHENTICATED and "expired at" in context.details
+    assert [r.reason for r in gate.refusals] == [Reason.UNAUTHENTICATED]
 
 
 async def test_a_stream_of_another_certificate_goes_on() -> None:
