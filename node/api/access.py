@@ -195,9 +195,16 @@ class RefusalAudit:
             log.error("refusal of %s not audited: %s", identity, error.message)
 
 
+# The peer addresses grpc names a connection by (context.peer()): each connection has a port of
+# its own, which the key leaves out.
+_ADDRESS_KINDS = ("ipv4:", "ipv6:", "unix:", "unix-abstract:")
+
+
 def _rate_key(refusal: Refusal) -> str:
     """The principal a refusal counts against: an unauthenticated peer by its address without
-    the port ("ipv4:10.0.0.7:53312" -> "ipv4:10.0.0.7")."""
-    if refusal.reason is Reason.UNAUTHENTICATED:
-        return refusal.identity.rpartition(":")[0] or refusal.identity
-    return refusal.identity
+    the port ("ipv4:10.0.0.7:53312" -> "ipv4:10.0.0.7"); one that presented a certificate (a
+    bad token over it) by that certificate's identity, whole."""
+    identity = refusal.identity
+    if refusal.reason is Reason.UNAUTHENTICATED and identity.startswith(_ADDRESS_KINDS):
+        return identity.rpartition(":")[0] or identity
+    return identity
