@@ -173,12 +173,8 @@ class Gate:
     def authenticate(self, context: Any, action: str) -> Caller:
         """The caller, without deciding anything; Unauthenticated (counted) when there is none."""
         metadata = _metadata(context)
-        try:
-            purpose = declared_purpose(metadata)
-        except InvalidArgument as error:
-            raise InvalidArgument(f"{PURPOSE_METADATA} metadata: {error.message}") from None
         if self.cluster is None:
-            return Caller(f"unauthenticated:{context.peer()}", None, purpose)
+            return Caller(f"unauthenticated:{context.peer()}", None, _purpose(metadata))
         try:
             token = bearer_token(metadata)
             pem = self._peer_certificate(context)
@@ -190,18 +186,23 @@ class Gate:
                     f"the certificate of {carrier.uri} (serial {serial_text(serial)}) is revoked by the "
                     "cluster's revocation list; ask for a new one"
                 )
-            if token is None:
-                return Caller(carrier.uri, carrier, purpose)
-            if self.tokens is None:
-                raise Unauthenticated(
-                    "this service accepts no bearer tokens (it has no --jwks); "
-                    "authenticate with the client certificate alone"
-                )
-            principal = self.tokens.verify(token, _der(pem))
+            principal = None
+            if token is not None:
+                if self.tokens is None:
+                    raise Unauthenticated(
+                        "this service accepts no bearer tokens (it has no --jwks); "
+                        "authenticate with the client certificate alone"
+                    )
+                principal = self.tokens.verify(token, _der(pem))
         except Unauthenticated as error:
             reason = Reason.REVOKED if isinstance(error, _Revoked) else Reason.UNAUTHENTICATED
             self.on_refusal(Refusal(action, reason, self.identity_of(context), error.message))
             raise
+        # Only once the caller is known: a revoked or expired certificate is refused as such,
+        # counted and audited, whatever else its request gets wrong.
+        purpose = _purpose(metadata)
+        if principal is None:
+            return Caller(carrier.uri, carrier, purpose)
         # The token's subject is who acts; the certificate it came over is recorded beside it.
         return Caller(f"{principal.uri} via {carrier.uri}", principal, purpose, carrier=carrier.uri)
 
@@ -316,6 +317,13 @@ def _decision(
     # A refusal is not cached (lru_cache keeps no exceptions): refusals are rare and each one
     # is worth its full explanation.
     authorizer.require(principal, action, resource, RequestContext(purpose))
+
+
+def _purpose(metadata: Sequence[tuple[str, str | bytes]]) -> str:
+    try:
+        return declared_purpose(metadata)
+    except InvalidArgument as error:
+        raise InvalidArgument(f"{PURPOSE_METADATA} metadata: {error.message}") from None
 
 
 @functools.lru_cache(maxsize=PRINCIPAL_CACHE_SIZE)
