@@ -29,6 +29,7 @@ from domicile.model import (
     check_value,
 )
 from domicile.policy import Action, Decision, RecordFacts
+from domicile.policy.jurisdiction import parse_jurisdiction
 from domicile.subjects import check_subject_text
 from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
 from node.cache.hit_plans import PLANS_MAX, HitPlan, HitPlans
@@ -455,7 +456,7 @@ class StorageService:
                 f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
             )
         check_subject_text(cmd.subject_id)
-        check_jurisdiction(cmd.subject_jurisdiction)
+        self._check_jurisdiction(cmd.subject_jurisdiction)
         self._check_schema(spec, cmd)
         check_request_id(cmd.request_id)
         self._check_clock()
@@ -513,7 +514,7 @@ class StorageService:
                 f"subject id is longer than {self.limits.subject_id_bytes_max} bytes"
             )
         check_subject_text(cmd.subject_id)
-        check_jurisdiction(cmd.subject_jurisdiction)
+        self._check_jurisdiction(cmd.subject_jurisdiction)
         check_request_id(cmd.request_id)
         self._check_clock()
         facts = facts_for_delete(spec, await self.offload.run(self.engine.get, spec.name, cmd.key), cmd)
@@ -557,6 +558,14 @@ class StorageService:
         score = quality.completeness(cmd.value, spec.quality_fields) if spec.quality_fields else None
         figures = self.quality.accepted(spec.name, bool(spec.json_schema), score)
         self.metrics.quality_score.labels(spec.name).set(figures.quality_score)
+
+    def _check_jurisdiction(self, code: str) -> None:
+        """The code's form, and under a policy pack (which decides by it) that it names a
+        country or subdivision ISO 3166 assigns: a code such as UK is the request's fault
+        (INVALID_ARGUMENT), not a placement some other region could take."""
+        check_jurisdiction(code)
+        if code and self.view.topology.cluster.policy_pack_yaml:
+            parse_jurisdiction(code)
 
     def _count_conflict(self, spec: NamespaceSpec, conflict: bool) -> None:
         if conflict:
