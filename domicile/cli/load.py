@@ -2,9 +2,11 @@
 
 Each line is one JSON object: "key" and "value" (UTF-8 text) or "value_base64" (bytes), and
 optionally "subject_id", "subject_jurisdiction", "classification", "content_type" and
-"request_id". A line that is not such an object is reported with its number and skipped; a
-record the node refuses is reported with its line number and the reason; every other record is
-written. The summary goes to stdout, the reports and the progress bar to stderr.
+"request_id". A line that is not such an object, or whose fields a request could not carry (an
+unknown classification, a bad request id, a value that is not UTF-8 text), is reported with its
+number and skipped; a record the node refuses is reported with its line number and the reason;
+every other record is written. Batches hold at most --batch records and stay under the storage
+service's request bound. The summary goes to stdout, the reports and the progress bar to stderr.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import IO
 from domicile.cli import connect
 from domicile.client import BatchRecord, Client
 from domicile.errors import DomicileError, InvalidArgument
-from domicile.wire.limits import PUT_BATCH_RECORDS_MAX
+from domicile.model import check_namespace_name
+from domicile.wire.limits import PUT_BATCH_RECORDS_MAX, STORAGE_REQUEST_BYTES_MAX
+from domicile.wire.requests import put_request
 
 EXIT_OK = 0
 EXIT_SOME_NOT_LOADED = 1
@@ -34,6 +38,10 @@ KNOWN_FIELDS = frozenset({"key", "value", "value_base64", *TEXT_FIELDS})
 REPORTED_MAX = 100
 PROGRESS_WIDTH = 30
 PROGRESS_INTERVAL_S = 0.2
+# A batch's request stays under the storage bound, with room for the request's own framing.
+BATCH_BYTES_MAX = STORAGE_REQUEST_BYTES_MAX - 64 * 1024
+# The tag and length prefix of one Put inside the PutBatch request.
+PUT_FRAMING_BYTES = 8
 
 
 @dataclass
@@ -71,7 +79,13 @@ def parse_line(text: str) -> BatchRecord:
     if "value" in obj:
         if not isinstance(obj["value"], str):
             raise InvalidArgument('"value" must be a string (use "value_base64" for bytes)')
-        value = obj["value"].encode("utf-8", "surrogatepass")
+        try:
+            value = obj["value"].encode("utf-8")
+        except UnicodeEncodeError:
+            # A byte of the file that is not UTF-8 (read as a lone surrogate), or a lone
+            # surrogate escaped in the JSON: neither is text, and no encoding of it is the
+            # file's bytes.
+            raise InvalidArgument('"value" is not UTF-8 text; give bytes as "value_base64"') from None
     else:
         try:
             value = base64.b64decode(str(obj["value_base64"]), validate=True)
@@ -96,28 +110,56 @@ def parse_line(text: str) -> BatchRecord:
 
 
 def batches(
-    stream: IO[str], size: int, summary: Summary
+    stream: IO[str], namespace: str, size: int, summary: Summary, bytes_max: int = BATCH_BYTES_MAX
 ) -> Iterator[tuple[list[int], list[BatchRecord], int]]:
-    """(line numbers, records, characters read so far) of each batch; bad lines reported."""
+    """(line numbers, records, characters read so far) of each batch of at most `size` records
+    and `bytes_max` bytes on the wire; bad lines reported. A line is checked as its request
+    will be (key, classification, request id, texts), so that one bad field is a bad line, not
+    a failed batch."""
     numbers: list[int] = []
     records: list[BatchRecord] = []
+    weight = 0
     read = 0
     for line_no, text in enumerate(stream, start=1):
         read += len(text)
         if not text.strip():
             continue
         try:
-            records.append(parse_line(text))
+            record = parse_line(text)
+            record_bytes = _request_bytes(namespace, record)
         except InvalidArgument as error:
             summary.bad_lines += 1
             summary.report(line_no, f"bad line: {error.message}")
             continue
+        if records and weight + record_bytes > bytes_max:
+            yield numbers, records, read
+            numbers, records, weight = [], [], 0
+        records.append(record)
         numbers.append(line_no)
+        weight += record_bytes
         if len(records) == size:
             yield numbers, records, read
-            numbers, records = [], []
+            numbers, records, weight = [], [], 0
     if records:
         yield numbers, records, read
+
+
+def _request_bytes(namespace: str, record: BatchRecord) -> int:
+    """What the record weighs in a PutBatch request (its Put and the field's framing), checked
+    as the SDK checks it (InvalidArgument)."""
+    put = put_request(
+        namespace,
+        record.key,
+        record.value,
+        None,
+        record.subject_id,
+        record.subject_jurisdiction,
+        record.classification,
+        record.content_type,
+        record.context_token,
+        record.request_id,
+    )
+    return put.ByteSize() + PUT_FRAMING_BYTES
 
 
 class Progress:
@@ -149,6 +191,7 @@ def load(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not 1 <= args.batch <= PUT_BATCH_RECORDS_MAX:
         raise InvalidArgument(f"--batch is {args.batch}; it must be 1 to {PUT_BATCH_RECORDS_MAX}")
+    check_namespace_name(args.namespace)
     try:
         stream = path.open(encoding="utf-8", errors="surrogateescape", newline="\n")
         total = path.stat().st_size
@@ -157,7 +200,7 @@ def load(args: argparse.Namespace) -> int:
     summary = Summary()
     progress = Progress(total)
     with stream, Client(args.coordinator, deadline_s=args.deadline, **connect.client_options(args)) as client:
-        for numbers, records, read in batches(stream, args.batch, summary):
+        for numbers, records, read in batches(stream, args.namespace, args.batch, summary):
             results = client.put_batch(args.namespace, records, region=args.region)
             for line_no, result in zip(numbers, results, strict=True):
                 if isinstance(result, DomicileError):

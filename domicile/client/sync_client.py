@@ -56,6 +56,7 @@ from domicile.wire.errors import error_from_rpc
 from domicile.wire.limits import (
     AUDIT_PAGE_ENTRIES,
     PUT_BATCH_RECORDS_MAX,
+    STORAGE_REQUEST_BYTES_MAX,
     SUBJECT_REQUESTS_LIMIT_DEFAULT,
     VIOLATIONS_MAX_DEFAULT,
 )
@@ -381,6 +382,14 @@ class Client:
                 for r in records
             ]
         )
+        size = req.ByteSize()
+        if size > STORAGE_REQUEST_BYTES_MAX:
+            # Refused here, not by every node the call would be retried on (the node's refusal
+            # is RESOURCE_EXHAUSTED, as a full write queue's, which is retried).
+            raise InvalidArgument(
+                f"a PutBatch of these {len(records)} records is {size} bytes; a storage request may "
+                f"be at most {STORAGE_REQUEST_BYTES_MAX} bytes: split the records into smaller batches"
+            )
         resp, node = self._call(
             f"put_batch {namespace} ({len(records)} records)",
             namespace,
