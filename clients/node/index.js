@@ -111,6 +111,11 @@ function parseOptions(argv) {
   if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(requestId)) {
     usageError(`--request-id must be 1 to 64 letters, digits, '-', '_', '.' or ':', got ${JSON.stringify(requestId)}`);
   }
+  // What the nodes accept as a purpose (domicile/model.py PURPOSE_RE); anything else would be
+  // refused there, or not even sendable as metadata.
+  if (parsed.purpose && !/^[a-z][a-z0-9_]{0,31}$/.test(parsed.purpose)) {
+    usageError(`--purpose must be 1 to 32 of a-z 0-9 '_', starting with a letter, got ${JSON.stringify(parsed.purpose)}`);
+  }
   const attempts = Number(parsed.attempts);
   if (!Number.isInteger(attempts) || attempts < 1 || attempts > 10) {
     usageError(`--attempts must be an integer from 1 to 10, got ${parsed.attempts}`);

@@ -269,3 +269,19 @@ async def test_nodejs_without_tls_files_or_insecure_is_a_usage_error(node_client
     _, stderr = await asyncio.wait_for(done.communicate(), CLIENT_TIMEOUT_S)
     assert done.returncode == 2
     assert b"or --insecure for a plaintext cluster" in stderr
+
+
+async def test_a_purpose_the_nodes_would_refuse_is_a_usage_error(node_client: tuple[str, Path]) -> None:
+    """Regression: a --purpose that is not a legal metadata value made grpc-js throw inside the
+    call: a stack trace, no JSON, exit 1 as if a server had answered."""
+    node, script = node_client
+    for purpose in ("größe", "Not-A-Purpose"):
+        done = await asyncio.create_subprocess_exec(
+            node, str(script), "--address", "127.0.0.1:1", "--insecure", "--attempts", "1",
+            "--purpose", purpose,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await asyncio.wait_for(done.communicate(), CLIENT_TIMEOUT_S)
+        assert done.returncode == 2, stderr.decode()[:300]
+        assert b"--purpose must be" in stderr
