@@ -193,8 +193,9 @@ class ReplicationManager:
         return acks
 
     def connected_links(self) -> frozenset[str]:
-        """The targets whose link has a session open now (their sender is connected)."""
-        return frozenset(target for target, sender in self.senders.items() if sender.connected)
+        """The targets whose link has a session open now (streaming, or bootstrapping its
+        target: either way the target answered)."""
+        return frozenset(target for target, sender in self.senders.items() if sender.session_open)
 
     def _log_end(self) -> int:
         """The last committed position of this node's change log (in memory when the tail

@@ -129,6 +129,10 @@ class LinkSender:
         self.acked_lsn = acked_lsn
         self._log_end = 0
         self.connected = False
+        # From the target's ready to the session's end, its bootstrap included (connected is set
+        # only once the link streams): while it is open the link holds change-log truncation,
+        # so that a bootstrap is not overtaken by the truncation it was made for.
+        self.session_open = False
         self.last_error = ""
         self._labels = (node_id, target.node_id)
         # The series this link updates per batch and per ack, looked up once.
@@ -288,6 +292,7 @@ class LinkSender:
             await self._session()
         finally:
             self.connected = False
+            self.session_open = False
             self.metrics.replication_connected.labels(*self._labels).set(0)
 
     def _session_failed(self, exc: Exception) -> None:
@@ -326,6 +331,7 @@ class LinkSender:
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "ready":
             raise ConnectionError("target did not answer the hello with ready")
         sent = first.ready.resume_after_lsn
+        self.session_open = True
         # The target's own word on its position (lower than acknowledged after it lost state).
         self.acked_lsn = min(self.acked_lsn, sent)
         if self.bootstrap is not None:
