@@ -10,8 +10,10 @@ starts (it refuses to start), and by a node for the section the topology brings 
 - it is the node's region, or a region in the same country (and subdivision) under the same
   jurisdiction: the law of every data subject decides by country and subdivision
   (domicile.policy.rules), so such a region is allowed exactly where the node's region is;
-- every namespace the node's region may hold is also scoped to it, and every classification
-  rule of the policy pack that lists regions lists it whenever it lists the node's region.
+- every namespace the node's region may hold is also scoped to it, every classification
+  rule of the policy pack that lists regions lists it whenever it lists the node's region, and
+  the pack records the same facts of both (recipient and transfer mechanisms: the laws decide
+  by them too, region by region).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import dataclasses
 
 from domicile.cluster import BackupSpec, ClusterSpec
 from domicile.errors import InvalidArgument
+from domicile.policy.pack_model import PolicyPack
 from domicile.policy.select import pack_of
 
 BUCKET_RULE = "backup-bucket-in-jurisdiction"
@@ -72,6 +75,25 @@ def check_bucket_location(cluster: ClusterSpec, region: str, backup: BackupSpec 
                 f"{bucket}: records classified {rule.classification.name.lower()} may be in {region} "
                 f"but not in {where} (policy pack)"
             )
+    # The laws also decide by what the pack records of each region by name (its recipient, its
+    # transfer mechanisms): two regions of one country may get different answers.
+    differing = sorted(_facts(pack, region).symmetric_difference(_facts(pack, where)))
+    if differing:
+        names = ", ".join(sorted({name for name, _ in differing}))
+        raise _refused(
+            f"{bucket}: the policy pack records other facts of {where} than of {region} ({names}), "
+            "so the laws may refuse there what they allow here"
+        )
+
+
+def _facts(pack: PolicyPack, region: str) -> set[tuple[str, bool]]:
+    """The recipient and transfer-mechanism facts the pack records of a region, by name."""
+    dest = pack.destinations.get(region)
+    if dest is None:
+        return set()
+    facts = {(f"recipient.{name}", fact.value) for name, fact in dest.recipient.items()}
+    facts.update((f"mechanism.{law}.{kind}", fact.value) for (law, kind), fact in dest.mechanisms.items())
+    return facts
 
 
 def _refused(message: str) -> InvalidArgument:
