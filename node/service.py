@@ -38,7 +38,7 @@ from node.clock_guard import ClockGuard
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
 from node.crypto.sealing import Sealer
-from node.engine.base import Committed, LocalWrite, StorageEngine, request_digest
+from node.engine.base import Committed, LocalWrite, StorageEngine, answer_bytes, request_digest
 from node.engine.group_commit import GroupCommitter
 from node.lifecycle.erasure import ErasedInFlight, Eraser
 from node.metrics import NodeMetrics
@@ -466,8 +466,8 @@ class StorageService:
         entry = self._check_placement(spec, facts, cmd.key, Audit.PUT, cmd.principal)
         return spec, classification, entry
 
-    @staticmethod
     def _local_put(
+        self,
         spec: NamespaceSpec,
         cmd: PutCommand,
         classification: Classification,
@@ -492,6 +492,7 @@ class StorageService:
             siblings_max=spec.siblings_max,
             request_id=cmd.request_id,
             request_digest=_put_digest(cmd) if cmd.request_id else b"",
+            read_bytes_max=self.limits.read_record_bytes_max,
             # Carried by the commit (the engine's audit outbox) when the engine carries entries.
             audit=entry if isinstance(entry, AuditEntry) else None,
         )
@@ -827,27 +828,9 @@ def facts_for_delete(spec: NamespaceSpec, state: KeyState | None, cmd: DeleteCom
     return RecordFacts(spec.name, spec.classification, cmd.subject_id, cmd.subject_jurisdiction)
 
 
-# What a version costs in an answer besides its value and text fields (dot, HLC, checksum,
-# classification, field tags), and what a context entry costs, counted twice (plain and token).
-VERSION_OVERHEAD_BYTES = 96
-CONTEXT_ENTRY_BYTES = 2 * (12 + 63)
-ANSWER_OVERHEAD_BYTES = 256
-
-
 def _version_facts(spec: NamespaceSpec, v: Version) -> RecordFacts:
     """What the read policy decides a version's read on."""
     return RecordFacts(spec.name, v.classification, v.subject_id, v.subject_jurisdiction)
-
-
-def answer_bytes(key: str, state: KeyState | None, versions: tuple[Version, ...]) -> int:
-    """About what one record weighs in a Get answer or a scan page (an upper bound)."""
-    weight = ANSWER_OVERHEAD_BYTES + 2 * len(key.encode("utf-8", "surrogatepass"))
-    for v in versions:
-        weight += VERSION_OVERHEAD_BYTES + len(v.value) + len(v.content_type) + len(v.subject_id)
-        weight += len(v.subject_jurisdiction) + len(v.origin_region) + len(v.dot.node_id)
-    if state is not None:
-        weight += CONTEXT_ENTRY_BYTES * (len(state.context.vv) + len(state.context.dots))
-    return weight
 
 
 def encode_page_token(last_key: str) -> str:

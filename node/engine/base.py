@@ -53,6 +53,10 @@ class LocalWrite:
     # value and facts; the value here may be sealed). A later write with the same id is answered
     # as a retry only if it is the same write, and refused otherwise. b"": not compared.
     request_digest: bytes = b""
+    # What a read answers at most for one record (read_record_bytes_max; 0: not checked): a
+    # write that would add a version past it is refused, so that the key stays readable, and
+    # with its context resolvable.
+    read_bytes_max: int = 0
     # The write's audit entry (unnumbered), committed with the write in the store's audit outbox
     # when the engine carries_audit; None when the caller waited for it in the audit log.
     audit: AuditEntry | None = None
@@ -339,3 +343,22 @@ def request_digest(
     digest.update(classification.to_bytes(4, "big"))
     digest.update(hashlib.sha256(value).digest())
     return digest.digest()[:16]
+
+
+# What a version costs in an answer besides its value and text fields (dot, HLC, checksum,
+# classification, field tags), and what a context entry costs, counted twice (plain and token).
+VERSION_OVERHEAD_BYTES = 96
+CONTEXT_ENTRY_BYTES = 2 * (12 + 63)
+ANSWER_OVERHEAD_BYTES = 256
+
+
+def answer_bytes(key: str, state: KeyState | None, versions: tuple[Version, ...]) -> int:
+    """About what one record weighs in a Get answer or a scan page (an upper bound; a stored
+    value, sealed, weighs more than the value answered)."""
+    weight = ANSWER_OVERHEAD_BYTES + 2 * len(key.encode("utf-8", "surrogatepass"))
+    for v in versions:
+        weight += VERSION_OVERHEAD_BYTES + len(v.value) + len(v.content_type) + len(v.subject_id)
+        weight += len(v.subject_jurisdiction) + len(v.origin_region) + len(v.dot.node_id)
+    if state is not None:
+        weight += CONTEXT_ENTRY_BYTES * (len(state.context.vv) + len(state.context.dots))
+    return weight

@@ -42,6 +42,7 @@ from node.engine.base import (
     LogStart,
     StateTooLarge,
     StoreCounts,
+    answer_bytes,
 )
 
 SCAN_RECORDS_MAX = 10_000
@@ -399,6 +400,15 @@ class EngineCore:
                 f"{after}, past the namespace's siblings_max of {write.siblings_max}. Nothing was written: "
                 "read the key and write or delete with its context_token, which supersedes the siblings"
             )
+        if write.read_bytes_max and after > before:
+            weight = answer_bytes(write.key, applied.state, applied.state.live())
+            if weight > write.read_bytes_max:
+                raise FailedPrecondition(
+                    f"{write.namespace}/{write.key} holds {before} versions (siblings); with this write "
+                    f"they would weigh about {weight} bytes, past the {write.read_bytes_max} bytes a read "
+                    "answers for one record (read_record_bytes_max). Nothing was written: read the key "
+                    "and write or delete with its context_token, which supersedes the siblings"
+                )
         if dot.counter > DOT_COUNTER_MAX:
             raise InvalidArgument(
                 f"causal context for {write.namespace}/{write.key} carries a counter past 2^62-1 for "
