@@ -518,27 +518,47 @@ class StorageService:
         self._check_jurisdiction(cmd.subject_jurisdiction)
         check_request_id(cmd.request_id)
         self._check_clock()
-        facts = facts_for_delete(spec, await self.offload.run(self.engine.get, spec.name, cmd.key), cmd)
+        state = await self.offload.run(self.engine.get, spec.name, cmd.key)
+        facts = facts_for_delete(spec, state, cmd)
         entry = self._check_placement(spec, facts, cmd.key, Audit.DELETE, cmd.principal)
         supersedes = None if spec.conflict_mode is ConflictMode.LWW else cmd.context
-        committed = await self._commit(
-            LocalWrite(
-                namespace=spec.name,
-                key=cmd.key,
-                tombstone=True,
-                supersedes=supersedes,
-                subject_id=facts.subject_id,
-                subject_jurisdiction=facts.subject_jurisdiction,
-                classification=facts.classification,
-                siblings_max=spec.siblings_max,
-                request_id=cmd.request_id,
-                request_digest=_delete_digest(cmd) if cmd.request_id else b"",
-            ),
-            entry,
-            cmd.principal,
+        # The versions deleted may be about other subjects or jurisdictions than the newest, and
+        # so held where its tombstone may not go: each such set of facts gets a tombstone of its
+        # own first, placed and replicated where those versions went (README: Delete).
+        for other in _other_deleted_facts(spec, state, cmd, facts):
+            try:
+                other_entry = self._check_placement(spec, other, cmd.key, Audit.DELETE, cmd.principal)
+            except errors.PlacementRefused:
+                continue  # not holdable here: the tombstone below deletes it here all the same
+            made = await self._commit(
+                self._tombstone(spec, cmd.key, supersedes, other), other_entry, cmd.principal
+            )
+            if supersedes is not None:
+                # The last tombstone supersedes this one too, so the key is left with one.
+                supersedes = supersedes.add(made.mutation.version.dot)
+        tombstone = dataclasses.replace(
+            self._tombstone(spec, cmd.key, supersedes, facts),
+            request_id=cmd.request_id,
+            request_digest=_delete_digest(cmd) if cmd.request_id else b"",
         )
+        committed = await self._commit(tombstone, entry, cmd.principal)
         self._count_conflict(spec, committed.conflict and committed.state.has_live())
         return committed
+
+    @staticmethod
+    def _tombstone(
+        spec: NamespaceSpec, key: str, supersedes: CausalContext | None, facts: RecordFacts
+    ) -> LocalWrite:
+        return LocalWrite(
+            namespace=spec.name,
+            key=key,
+            tombstone=True,
+            supersedes=supersedes,
+            subject_id=facts.subject_id,
+            subject_jurisdiction=facts.subject_jurisdiction,
+            classification=facts.classification,
+            siblings_max=spec.siblings_max,
+        )
 
     def _check_schema(self, spec: NamespaceSpec, cmd: PutCommand) -> None:
         """The namespace's quality gate, before anything is audited or written."""
@@ -826,6 +846,25 @@ def facts_for_delete(spec: NamespaceSpec, state: KeyState | None, cmd: DeleteCom
         classification = max((newest.classification, spec.classification), key=lambda c: c.strictness)
         return RecordFacts(spec.name, classification, newest.subject_id, newest.subject_jurisdiction)
     return RecordFacts(spec.name, spec.classification, cmd.subject_id, cmd.subject_jurisdiction)
+
+
+def _other_deleted_facts(
+    spec: NamespaceSpec, state: KeyState | None, cmd: DeleteCommand, primary: RecordFacts
+) -> list[RecordFacts]:
+    """The facts of the live versions a Delete removes (all of them, or those its context covers)
+    other than those of its own tombstone, once each, oldest first."""
+    if state is None:
+        return []
+    live = sorted(state.live(), key=lambda v: v.hlc)
+    if cmd.context is not None and spec.conflict_mode is not ConflictMode.LWW:
+        live = [v for v in live if cmd.context.covers(v.dot) or _twin_covered(state, v, cmd.context)]
+    out: list[RecordFacts] = []
+    for v in live:
+        classification = max((v.classification, spec.classification), key=lambda c: c.strictness)
+        facts = RecordFacts(spec.name, classification, v.subject_id, v.subject_jurisdiction)
+        if facts != primary and facts not in out:
+            out.append(facts)
+    return out
 
 
 def _version_facts(spec: NamespaceSpec, v: Version) -> RecordFacts:
