@@ -2,19 +2,23 @@
 know): every live record of the subject this region may serve, values in clear, with the
 retention that applies and the legal basis for holding the copy here. Every record read is
 audited; a copy the policy does not let this region serve is left out (another region serves
-it), and so is a value whose data key was destroyed (erased)."""
+it), and so is a value whose data key was destroyed (erased). A copy in a namespace the cluster
+config no longer has is still held here, and no region serves it: it is exported whole, without
+a legal basis, its read audited under the scan's rule namespace-unknown."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
 from domicile.causality import KeyState, Version
 from domicile.model import Classification
 from domicile.policy import Action, RecordFacts
-from domicile.subjects import hold_covering
+from domicile.subjects import LegalHold, hold_covering
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
+from node.compliance.scanner import RULE_UNKNOWN_NAMESPACE
 from node.crypto.sealing import Sealer
 from node.engine.base import StorageEngine
 from node.offload import Offload
@@ -72,6 +76,54 @@ def _read_subject(engine: StorageEngine, sealer: Sealer, subject_id: str) -> lis
     return held
 
 
+def _unconfigured(
+    h: _Held, subject_id: str, region: str, enforcer: Enforcer, principal: str, request_id: str
+) -> ExportedCopy | None:
+    """The subject's copy of a key whose namespace the cluster config no longer has: no policy
+    decides a read of it (the namespace is unknown), so it is exported whole, audited as read
+    under rule namespace-unknown."""
+    versions: list[Version] = []
+    for opened in h.opened:
+        if isinstance(opened, Exception):
+            raise opened
+        if opened is not None:
+            versions.append(opened)
+    if not versions:
+        return None
+    enforcer.audit.record(
+        principal=principal,
+        action=Audit.READ,
+        namespace=h.namespace,
+        key=h.key,
+        subject_id=subject_id,
+        decision="allow",
+        rule=RULE_UNKNOWN_NAMESPACE,
+        policy_version=enforcer.policy_version,
+        detail=f"export request={request_id}: namespace not in the cluster config"[:200],
+    )
+    newest = max(versions, key=lambda v: v.hlc)
+    return ExportedCopy(
+        namespace=h.namespace,
+        key=h.key,
+        classification=newest.classification,
+        versions=tuple(versions),
+        redacted=tuple(() for _ in versions),
+        region=region,
+        retention_class="",
+        retention_period_s=0,
+        legal_basis=(
+            f"none recorded: namespace {h.namespace} is no longer in the cluster configuration "
+            f"(compliance scan rule {RULE_UNKNOWN_NAMESPACE})"
+        ),
+        hold_reason="",
+    )
+
+
+def _hold_reason(holds: tuple[LegalHold, ...], namespace: str, key: str, subject_id: str) -> str:
+    hold = hold_covering(holds, namespace, key, subject_id)
+    return hold.describe() if hold else ""
+
+
 def _open(sealer: Sealer, namespace: str, key: str, v: Version) -> Version | Exception | None:
     try:
         return sealer.open_version(namespace, key, v)
@@ -99,6 +151,14 @@ async def export_subject(
         namespace, key, state = h.namespace, h.key, h.state
         spec = cluster.find_namespace(namespace)
         if spec is None:
+            # Still held (and readable), though the config dropped its namespace: the subject is
+            # told of it all the same, as held without a basis (the compliance scan reports it).
+            found = _unconfigured(h, subject_id, region, enforcer, principal, request_id)
+            if found is not None:
+                found = dataclasses.replace(
+                    found, hold_reason=_hold_reason(topology.holds, namespace, key, subject_id)
+                )
+                out.append(found)
             continue
         versions: list[Version] = []
         redacted: list[tuple[str, ...]] = []
