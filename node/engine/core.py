@@ -400,7 +400,7 @@ class EngineCore:
                 f"{after}, past the namespace's siblings_max of {write.siblings_max}. Nothing was written: "
                 "read the key and write or delete with its context_token, which supersedes the siblings"
             )
-        if write.read_bytes_max and after > before:
+        if write.read_bytes_max and after > before and after > 1:
             weight = answer_bytes(write.key, applied.state, applied.state.live())
             if weight > write.read_bytes_max:
                 raise FailedPrecondition(
