@@ -525,7 +525,10 @@ class StorageService:
         # The versions deleted may be about other subjects or jurisdictions than the newest, and
         # so held where its tombstone may not go: each such set of facts gets a tombstone of its
         # own first, placed and replicated where those versions went (README: Delete).
-        for other in _other_deleted_facts(spec, state, cmd, facts):
+        # A request the key remembers is a retry (answered with its first attempt) or a reuse of
+        # the id (refused): either way the engine writes nothing, and neither may these.
+        remembered = bool(cmd.request_id) and state is not None and state.request(cmd.request_id) is not None
+        for other in [] if remembered else _other_deleted_facts(spec, state, cmd, facts):
             try:
                 other_entry = self._check_placement(spec, other, cmd.key, Audit.DELETE, cmd.principal)
             except errors.PlacementRefused:
