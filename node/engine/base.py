@@ -335,13 +335,18 @@ def request_digest(
     classification: int,
 ) -> bytes:
     """What a client write is, for telling a retry (the same write again) from another write
-    that reuses its request id: its kind, value and facts as the client sent them."""
+    that reuses its request id: its kind, value and facts as the client sent them. A value about
+    a data subject counts by its length alone: the digest is stored in the clear beside the
+    sealed value, and must not let anyone confirm a guess of the value once the subject's key is
+    destroyed (crypto-shredding)."""
     digest = hashlib.sha256(b"put" if not tombstone else b"delete")
     for text in (content_type, subject_id, subject_jurisdiction):
         encoded = text.encode()
         digest.update(len(encoded).to_bytes(4, "big") + encoded)
     digest.update(classification.to_bytes(4, "big"))
-    digest.update(hashlib.sha256(value).digest())
+    digest.update(len(value).to_bytes(8, "big"))
+    if not subject_id:
+        digest.update(hashlib.sha256(value).digest())
     return digest.digest()[:16]
 
 
