@@ -185,7 +185,8 @@ class AntiEntropy:
         self.rpc_deadline_s = rpc_deadline_s
         self.interval_s = interval_s
         self.rng = rng or random.Random()
-        self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
+        # Per peer: the address and the dialer's credentials its channel was made with.
+        self._channels: dict[str, tuple[str, object, grpc.aio.Channel]] = {}
         # One round per peer at a time.
         self._round_locks: dict[str, asyncio.Lock] = {}
         # Set to run the next rounds now rather than at the interval (rounds_now).
@@ -323,15 +324,24 @@ class AntiEntropy:
     # -- the calling side --------------------------------------------------------------------
 
     def _stub(self, peer: NodeInfo) -> rpb_grpc.ReplicationServiceStub:
+        # A channel's connections present the certificate it was made with: one is made again
+        # when the address changes, or the dialer's files did (a certificate renewed in place,
+        # which the peer would refuse once the old one expired).
+        credentials = self.dialer.credentials()
         known = self._channels.get(peer.node_id)
-        if known is None or known[0] != peer.address:
+        if known is None or known[0] != peer.address or known[1] is not credentials:
             expected = ExpectedPeer.node(peer.region, peer.node_id)
             channel = self.dialer.channel(peer.address, expected, options=CHANNEL_OPTIONS)
             if known is not None:
-                asyncio.get_running_loop().create_task(known[1].close())
-            self._channels[peer.node_id] = (peer.address, channel)
+                asyncio.get_running_loop().create_task(known[2].close())
+            self._channels[peer.node_id] = (peer.address, credentials, channel)
             known = self._channels[peer.node_id]
-        return rpb_grpc.ReplicationServiceStub(known[1])
+        return rpb_grpc.ReplicationServiceStub(known[2])
+
+    def _forget_channel(self, peer_id: str) -> None:
+        known = self._channels.pop(peer_id, None)
+        if known is not None:
+            asyncio.get_running_loop().create_task(known[2].close())
 
     def peers(self, topology: Topology) -> dict[str, tuple[NodeInfo, tuple[str, ...]]]:
         """Every node that replicates some namespace to this one, with those namespaces."""
@@ -372,6 +382,10 @@ class AntiEntropy:
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
+            if code is grpc.StatusCode.UNAUTHENTICATED:
+                # The channel's connection may carry a certificate since renewed on disk (it is
+                # read when a connection is made): the next round dials again.
+                self._forget_channel(peer.node_id)
             what = f"peer {peer.node_id} answered {code.name}: {exc.details()}"
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise errors.Unavailable(f"{what}; the comparison of {namespace} can be retried") from None
@@ -612,7 +626,7 @@ class AntiEntropy:
         return failed
 
     async def close(self) -> None:
-        channels = [c for _, c in self._channels.values()]
+        channels = [c for _, _, c in self._channels.values()]
         self._channels.clear()
         for channel in channels:
             with contextlib.suppress(Exception):
