@@ -53,22 +53,27 @@ def canonical_schema(document: Any, where: str) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
-# Keywords whose values are data, not schemas: a "$ref" inside them is not a reference.
-_DATA_KEYWORDS = frozenset({"const", "enum", "examples", "default"})
+# Draft 2020-12's keywords whose values are schemas: one, a list of them, or a map to them. The
+# walk follows these alone; any other keyword's value is data (const, examples, annotations).
+_SCHEMA_ONE = frozenset(
+    {
+        "additionalProperties", "contains", "contentSchema", "else", "if", "items", "not",
+        "propertyNames", "then", "unevaluatedItems", "unevaluatedProperties",
+    }
+)  # fmt: skip
+_SCHEMA_LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SCHEMA_MAP = frozenset({"$defs", "definitions", "dependentSchemas", "patternProperties", "properties"})
 
 
 def _check_refs(document: Mapping[str, Any], where: str) -> None:
     """Refuses a schema with a `$ref` that does not resolve within the schema itself (a pointer
-    to nowhere, or a remote document: nodes fetch nothing)."""
+    to nowhere, or a remote document: nodes fetch nothing), resolving as the validator does:
+    against the base URI of the nearest `$id`, with the schema's embedded resources known."""
     from referencing import Registry
     from referencing.exceptions import Unresolvable
     from referencing.jsonschema import DRAFT202012
 
     def walk(node: Any, resolver: Any, at: str, root: bool = False) -> None:
-        if isinstance(node, list):
-            for i, item in enumerate(node):
-                walk(item, resolver, f"{at}/{i}")
-            return
         if not isinstance(node, Mapping):
             return
         if not root and isinstance(node.get("$id"), str):
@@ -83,11 +88,19 @@ def _check_refs(document: Mapping[str, Any], where: str) -> None:
                     "a reference must point into the schema itself (for example #/$defs/NAME)"
                 ) from None
         for keyword, value in node.items():
-            if keyword not in _DATA_KEYWORDS:
+            if keyword in _SCHEMA_ONE:
                 walk(value, resolver, f"{at}/{keyword}")
+            elif keyword in _SCHEMA_LIST and isinstance(value, list):
+                for i, item in enumerate(value):
+                    walk(item, resolver, f"{at}/{keyword}/{i}")
+            elif keyword in _SCHEMA_MAP and isinstance(value, Mapping):
+                for name, item in value.items():
+                    walk(item, resolver, f"{at}/{keyword}/{name}")
 
     resource = DRAFT202012.create_resource(dict(document))
-    walk(document, Registry().with_resource("", resource).resolver(), "", root=True)
+    base = document.get("$id") if isinstance(document.get("$id"), str) else ""
+    registry = Registry().with_resource(base, resource).crawl()
+    walk(document, registry.resolver(base_uri=base), "", root=True)
 
 
 @lru_cache(maxsize=64)
