@@ -87,12 +87,15 @@ def check_bucket_location(cluster: ClusterSpec, region: str, backup: BackupSpec 
 
 
 def _facts(pack: PolicyPack, region: str) -> set[tuple[str, bool]]:
-    """The recipient and transfer-mechanism facts the pack records of a region, by name."""
+    """The recipient and transfer-mechanism facts the pack records as true of a region, by name
+    (a fact recorded false counts as one not recorded: the laws read both as no)."""
     dest = pack.destinations.get(region)
     if dest is None:
         return set()
-    facts = {(f"recipient.{name}", fact.value) for name, fact in dest.recipient.items()}
-    facts.update((f"mechanism.{law}.{kind}", fact.value) for (law, kind), fact in dest.mechanisms.items())
+    facts = {(f"recipient.{name}", True) for name, fact in dest.recipient.items() if fact.value}
+    facts.update(
+        (f"mechanism.{law}.{kind}", True) for (law, kind), fact in dest.mechanisms.items() if fact.value
+    )
     return facts
 
 

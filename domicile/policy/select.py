@@ -40,9 +40,18 @@ class LayeredPolicy:
             # an order of labels, not of the regions a pack allows each).
             at_floor = self.law.decide(floor, region, action)
             regions = tuple(r for r in lawful.allowed_regions if r in at_floor.allowed_regions)
-            lawful = dataclasses.replace(
-                at_floor if lawful.allowed and not at_floor.allowed else lawful, allowed_regions=regions
-            )
+            if lawful.allowed and not at_floor.allowed:
+                lawful = at_floor
+            elif lawful.allowed:
+                # Allowed under both: with every field either removes, and both answers' facts.
+                lawful = dataclasses.replace(
+                    lawful,
+                    redacted_fields=tuple(
+                        dict.fromkeys((*lawful.redacted_fields, *at_floor.redacted_fields))
+                    ),
+                    evidence=tuple(dict.fromkeys((*lawful.evidence, *at_floor.evidence))),
+                )
+            lawful = dataclasses.replace(lawful, allowed_regions=regions)
         both = tuple(r for r in lawful.allowed_regions if r in scoped.allowed_regions)
         if not scoped.allowed:
             return dataclasses.replace(scoped, allowed_regions=both)
