@@ -98,7 +98,8 @@ def _check_refs(document: Mapping[str, Any], where: str) -> None:
                     walk(item, resolver, f"{at}/{keyword}/{name}")
 
     resource = DRAFT202012.create_resource(dict(document))
-    base = document.get("$id") if isinstance(document.get("$id"), str) else ""
+    root_id = document.get("$id")
+    base = root_id if isinstance(root_id, str) else ""
     registry = Registry().with_resource(base, resource).crawl()
     walk(document, registry.resolver(base_uri=base), "", root=True)
 
