@@ -37,7 +37,7 @@ from node.cache.read_cache import Hit, Pending, ReadAhead, ReadCache
 from node.clock_guard import ClockGuard
 from node.compliance.enforcer import Audit, Enforcer
 from node.compliance.redaction import redact
-from node.crypto.sealing import Sealer
+from node.crypto.sealing import Sealer, answered_value_bytes
 from node.engine.base import Committed, LocalWrite, StorageEngine, answer_bytes, request_digest
 from node.engine.group_commit import GroupCommitter
 from node.lifecycle.erasure import ErasedInFlight, Eraser
@@ -493,6 +493,7 @@ class StorageService:
             request_id=cmd.request_id,
             request_digest=_put_digest(cmd) if cmd.request_id else b"",
             read_bytes_max=self.limits.read_record_bytes_max,
+            answered_value_bytes=answered_value_bytes,
             # Carried by the commit (the engine's audit outbox) when the engine carries entries.
             audit=entry if isinstance(entry, AuditEntry) else None,
         )

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from domicile.causality import Mutation, Version, sha256
 from domicile.cluster import ClusterSpec
 from domicile.errors import DataCorruption
-from node.crypto.envelope import open_sealed, record_aad, seal
+from node.crypto.envelope import SEALED_OVERHEAD_BYTES, open_sealed, record_aad, seal
 from node.crypto.keyring import Keyring
 from node.offload import Offload
 
@@ -46,6 +46,15 @@ def sealed_key_class(value: bytes) -> str | None:
     if len(value) < start + size:
         return None
     return value[start : start + size].decode("utf-8", "replace")
+
+
+def answered_value_bytes(v: Version) -> int:
+    """What a stored value weighs as a read answers it: a sealed value opened (its key-class
+    header and envelope off)."""
+    if v.tombstone or not v.subject_id or sealed_key_class(v.value) is None:
+        return len(v.value)
+    header = len(KEY_CLASS_TAG) + 1 + v.value[len(KEY_CLASS_TAG)]
+    return max(0, len(v.value) - header - SEALED_OVERHEAD_BYTES)
 
 
 def needs_opening(v: Version) -> bool:

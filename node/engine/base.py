@@ -57,6 +57,9 @@ class LocalWrite:
     # write that would add a version past it is refused, so that the key stays readable, and
     # with its context resolvable.
     read_bytes_max: int = 0
+    # With read_bytes_max: what a stored version's value weighs as a read answers it (a sealed
+    # one opened); None: as stored.
+    answered_value_bytes: Callable[[Version], int] | None = None
     # The write's audit entry (unnumbered), committed with the write in the store's audit outbox
     # when the engine carries_audit; None when the caller waited for it in the audit log.
     audit: AuditEntry | None = None
@@ -357,12 +360,18 @@ CONTEXT_ENTRY_BYTES = 2 * (12 + 63)
 ANSWER_OVERHEAD_BYTES = 256
 
 
-def answer_bytes(key: str, state: KeyState | None, versions: tuple[Version, ...]) -> int:
-    """About what one record weighs in a Get answer or a scan page (an upper bound; a stored
-    value, sealed, weighs more than the value answered)."""
+def answer_bytes(
+    key: str,
+    state: KeyState | None,
+    versions: tuple[Version, ...],
+    value_bytes: Callable[[Version], int] | None = None,
+) -> int:
+    """About what one record weighs in a Get answer or a scan page (an upper bound).
+    `value_bytes`: each value's weight as answered, when `versions` are as stored (sealed)."""
     weight = ANSWER_OVERHEAD_BYTES + 2 * len(key.encode("utf-8", "surrogatepass"))
     for v in versions:
-        weight += VERSION_OVERHEAD_BYTES + len(v.value) + len(v.content_type) + len(v.subject_id)
+        value = value_bytes(v) if value_bytes is not None else len(v.value)
+        weight += VERSION_OVERHEAD_BYTES + value + len(v.content_type) + len(v.subject_id)
         weight += len(v.subject_jurisdiction) + len(v.origin_region) + len(v.dot.node_id)
     if state is not None:
         weight += CONTEXT_ENTRY_BYTES * (len(state.context.vv) + len(state.context.dots))

@@ -401,7 +401,7 @@ class EngineCore:
                 "read the key and write or delete with its context_token, which supersedes the siblings"
             )
         if write.read_bytes_max and after > before and after > 1:
-            weight = answer_bytes(write.key, applied.state, applied.state.live())
+            weight = answer_bytes(write.key, applied.state, applied.state.live(), write.answered_value_bytes)
             if weight > write.read_bytes_max:
                 raise FailedPrecondition(
                     f"{write.namespace}/{write.key} holds {before} versions (siblings); with this write "
