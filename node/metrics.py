@@ -17,10 +17,13 @@ RPC_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
     0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-# Resolve 1 ms to 1 s (the one-second promise), with a tail to 30 s for outages.
+# Resolve 1 ms to 1 s (the one-second promise), with a tail for outages and for the links whose
+# sync mode allows them more (a batch or scheduled link: up to a day and its window), so that a
+# quantile can pass 1 s plus any allowance the config accepts (sync_modes.INTERVAL_S_MAX).
 LAG_BUCKETS_S = (
     0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
     0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0, 172800.0,
 )  # fmt: skip
 # A replicated batch's stages: those of its apply (checks, sealing, audit) take a fraction of a
 # millisecond, which the lag buckets, from 1 ms, could not tell apart.
