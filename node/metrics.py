@@ -551,6 +551,28 @@ class NodeMetrics(metrics_endpoint.MetricsServing):
             window = self.lag_windows[key] = LagWindow()
         return window
 
+    def forget_peer(self, peer_id: str, labels: tuple[str, ...] = ("target", "peer")) -> int:
+        """Removes every gauge series whose `labels` name `peer_id` (a link stopped, a peer gone
+        from the topology): left behind, a gauge keeps its last value for good, and an alert
+        on it (a link disconnected, anti-entropy stale) fires on a healthy cluster. Counters
+        stay: they only count. Returns how many series went."""
+        removed = 0
+        for metric in vars(self).values():
+            if not isinstance(metric, Gauge):
+                continue
+            # prometheus_client keeps a labelled metric's children by their label values, in the
+            # order of its label names; neither has a public accessor.
+            names: tuple[str, ...] = tuple(metric._labelnames)
+            at = [i for i, name in enumerate(names) if name in labels]
+            if not at:
+                continue
+            with metric._lock:
+                children = [key for key in metric._metrics if any(key[i] == peer_id for i in at)]
+            for key in children:
+                metric.remove(*key)
+                removed += 1
+        return removed
+
 
 def watch_checkpoints(metrics: NodeMetrics, file: str, checkpointer: WalCheckpointer) -> None:
     """Counts the checkpoints `checkpointer` makes between commits under SQLite file `file`."""

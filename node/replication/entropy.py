@@ -185,6 +185,8 @@ class AntiEntropy:
         self.rpc_deadline_s = rpc_deadline_s
         self.interval_s = interval_s
         self.rng = rng or random.Random()
+        # The peers whose gauges this node exports (forgotten once they are peers no more).
+        self._metered_peers: set[str] = set()
         # Per peer: the address and the dialer's credentials its channel was made with.
         self._channels: dict[str, tuple[str, object, grpc.aio.Channel]] = {}
         # One round per peer at a time.
@@ -612,7 +614,13 @@ class AntiEntropy:
         """One round with each peer; returns how many of those the coordinator has up failed
         (one that is down is expected to fail, and retrying it soon helps nobody)."""
         failed = 0
-        for peer_id, (peer, _namespaces) in sorted(self.peers(self.view.topology).items()):
+        peers = self.peers(self.view.topology)
+        for gone in self._metered_peers - peers.keys():
+            # No longer a peer (removed, or no namespace links it here): its last round's time
+            # and agreement would stay as they were, and the stale alert fire for good.
+            self.metrics.forget_peer(gone, labels=("peer",))
+        self._metered_peers = set(peers)
+        for peer_id, (peer, _namespaces) in sorted(peers.items()):
             try:
                 await self.round_with(peer_id)
             except errors.DomicileError as exc:

@@ -245,6 +245,11 @@ class ReplicationManager:
             await asyncio.wait({task}, timeout=3.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sender.close(), 2.0)
+        target_id = sender.target.node_id
+        if target_id not in self.senders:
+            # The link is gone (not replaced by a new sender for the same target): its gauges
+            # go with it, or they would keep their last values (a link "disconnected") for good.
+            self.metrics.forget_peer(target_id, labels=("target",))
 
     async def _persist_loop(self) -> None:
         while True:

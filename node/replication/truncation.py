@@ -24,6 +24,7 @@ they deleted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -181,8 +182,10 @@ class HoldLimit:
         self._running = self.wall()
         self._connected = frozenset(connected)
         for gone in self._stalls.keys() - link_acks.keys():
-            # Out of the topology: the link no longer exists, nor does its hold.
-            self._set_released(gone, self._stalls.pop(gone), False)
+            # Out of the topology: the link no longer exists, nor does its hold, nor its gauge.
+            self._stalls.pop(gone)
+            with contextlib.suppress(KeyError):
+                self.metrics.changelog_link_released.remove(self.node_id, gone)
         kept: dict[str, int] = {}
         for target, acked in link_acks.items():
             stall = self._stalls.get(target)
