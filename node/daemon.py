@@ -592,7 +592,8 @@ class Node:
             link_acks=self.replication.link_acks, backup_shipped=shipped,
             collector=collector, interval_s=cfg.changelog_truncate_interval_s,
             hold_limit=HoldLimit(cfg.changelog_hold_max_s, self.metrics, cfg.node_id),
-            link_connected=self.replication.connected_links, before_truncating=self.entropy.follow,
+            link_connected=self.replication.connected_links, link_opening=self.replication.opening_links,
+            before_truncating=self.entropy.follow,
         )  # fmt: skip
 
     async def _context_tokens(self, offload: Offload) -> ContextTokens:

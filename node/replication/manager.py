@@ -193,9 +193,15 @@ class ReplicationManager:
         return acks
 
     def connected_links(self) -> frozenset[str]:
-        """The targets whose link has a session open now (streaming, or bootstrapping its
-        target: either way the target answered)."""
-        return frozenset(target for target, sender in self.senders.items() if sender.session_open)
+        """The targets whose link streams now (a session open past its bootstrap)."""
+        return frozenset(target for target, sender in self.senders.items() if sender.connected)
+
+    def opening_links(self) -> frozenset[str]:
+        """The targets whose link has a session open that does not stream yet (the target
+        answered, and is being bootstrapped)."""
+        return frozenset(
+            target for target, sender in self.senders.items() if sender.session_open and not sender.connected
+        )
 
     def _log_end(self) -> int:
         """The last committed position of this node's change log (in memory when the tail

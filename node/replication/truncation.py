@@ -174,10 +174,15 @@ class HoldLimit:
         return frozenset(t for t, s in self._stalls.items() if s.released)
 
     def holding(
-        self, link_acks: Mapping[str, int], last_lsn: int, connected: Collection[str] = ()
+        self,
+        link_acks: Mapping[str, int],
+        last_lsn: int,
+        connected: Collection[str] = (),
+        opening: Collection[str] = (),
     ) -> dict[str, int]:
         """The links (target: acknowledged position) that still hold truncation back.
-        `connected`: the targets whose link has a session open now."""
+        `connected`: the targets whose link streams now; `opening`: those whose session is open
+        but not streaming yet (their bootstrap is under way)."""
         now = self.clock()
         self._running = self.wall()
         self._connected = frozenset(connected)
@@ -201,6 +206,12 @@ class HoldLimit:
                 if stall is not None:
                     self._set_released(target, stall, False)
                 stall = self._stalls[target] = _Stall(acked, now, self.wall())
+            if target in opening:
+                # Its bootstrap is under way: it holds, or truncation would pass the snapshot it
+                # is being given and it would have to start over. Its time goes on all the same,
+                # so bootstraps that keep failing hold truncation only while each one runs.
+                kept[target] = acked
+                continue
             if stall.released or (self.hold_max_s > 0 and now - stall.since >= self.hold_max_s):
                 if not stall.released:
                     log.warning(
@@ -241,6 +252,7 @@ class Truncator:
         hold_limit: HoldLimit | None = None,
         # The targets whose link has a session open now (HoldLimit never releases those).
         link_connected: Callable[[], Collection[str]] = frozenset,
+        link_opening: Callable[[], Collection[str]] = frozenset,
         # Awaited with the truncation point before entries up to it are deleted, by whoever
         # reads the log after its senders (the anti-entropy digest trees).
         before_truncating: Callable[[int], Awaitable[None]] | None = None,
@@ -255,6 +267,7 @@ class Truncator:
         self.interval_s = interval_s
         self.hold_limit = hold_limit
         self.link_connected = link_connected
+        self.link_opening = link_opening
         self.before_truncating = before_truncating
         # The stalls as stored (None: not read yet).
         self._stored_stalls: Away | None = None
@@ -298,7 +311,7 @@ class Truncator:
         if self._stored_stalls is None:
             self._stored_stalls = stalls_from_bytes(await self.offload.run(self.engine.get_meta, STALLS_META))
             hold_limit.resume(self._stored_stalls)
-        kept = hold_limit.holding(acks, last, self.link_connected())
+        kept = hold_limit.holding(acks, last, self.link_connected(), self.link_opening())
         away, stored = hold_limit.away(), self._stored_stalls
         if away.stalls != stored.stalls or (away.stalls and self._running_due(hold_limit, away, stored)):
 

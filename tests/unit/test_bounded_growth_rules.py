@@ -91,6 +91,26 @@ def test_a_link_removed_from_the_topology_is_forgotten() -> None:
     assert limit.released == frozenset() and released_gauge(metrics, "gone") == 0
 
 
+def test_a_released_link_holds_while_its_bootstrap_runs_but_its_time_goes_on() -> None:
+    """Regression: a released link's bootstrap was overtaken by the truncation it was made for,
+    and had to start over (the target answered, but did not count as connected until it had
+    been bootstrapped). It holds while its session is open; bootstraps that keep failing hold
+    truncation only while each runs, since its time is not started over."""
+    clock, metrics = Clock(), NodeMetrics(ME, ME)
+    limit = HoldLimit(60.0, metrics, ME, clock)
+    limit.holding({"back": 40}, 100)
+    clock.now += 61
+    assert limit.holding({"back": 40}, 100) == {}
+    assert limit.holding({"back": 40}, 200, opening={"back"}) == {"back": 40}
+    clock.now += 3600
+    assert limit.holding({"back": 40}, 300, opening={"back"}) == {"back": 40}
+    # The bootstrap failed (no session): released again at once, its time not started over.
+    assert limit.holding({"back": 40}, 300) == {}
+    # It succeeded (streaming, acknowledging): it holds from its new position.
+    assert limit.holding({"back": 290}, 300, connected={"back"}) == {"back": 290}
+    assert limit.released == frozenset()
+
+
 def test_a_connected_link_behind_past_the_hold_limit_keeps_holding_truncation() -> None:
     """A scheduled link waits days between windows with its session open: its position stays
     still while the log grows, yet its target is there. Released, it would be truncated past
