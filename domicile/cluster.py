@@ -334,7 +334,10 @@ def _text(raw: Mapping[str, Any], key: str, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise InvalidArgument(f"{where}.{key}: expected text, got {type(value).__name__} {value!r}")
+        raise InvalidArgument(
+            f"{where}.{key}: expected text, got {type(value).__name__} {value!r}; quote the value in "
+            "the YAML (a bare NO, yes or 4711 is read as a boolean or a number)"
+        )
     return value
 
 
