@@ -1,9 +1,8 @@
-"""Regression: A replication hello's source region is held against the certificate, and the certificate's
-node id against the topology's links, but the certificate's region is never held against the
-region the topology has for that node id. A CA-issued certificate for node id "eu-central-1" in
-region us-east-1 (the impostor the coordinator refuses to register, tests/security/
-test_rogue_nodes.py) therefore replicates into eu-west-1 as the real eu-central-1: its writes
-are stored, attributed to eu-central-1."""
+"""Regressions: a CA-issued certificate naming node eu-central-1 in region us-east-1 (the impostor
+the coordinator already refuses to register) was answered as eu-central-1 by anti-entropy, which
+sent it the opened values of an EU-only namespace, and by a replication stream, which stored its
+forged writes under eu-central-1's name: both compared only the certificate's node id with the
+topology, never its region."""
 
 from __future__ import annotations
 
@@ -38,6 +37,31 @@ def impostor(cluster: LocalCluster, directory: Path, region: str, node_id: str) 
     pki.issue_node(cluster.pki.ca, region, node_id).write(directory, "impostor")
     files = TlsFiles(cluster.pki.directory / "ca.crt", directory / "impostor.crt", directory / "impostor.key")
     return Dialer.mutual_tls(files)
+
+
+async def test_a_same_id_certificate_of_another_region_may_not_pull_records(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    await cluster.put(
+        "eu-west-1", "customers_eu", "alice", b"EU personal data", subject_id="s-1", subject_jurisdiction="DE"
+    )
+    west = cluster.nodes["eu-west-1"]
+    assert west.entropy is not None
+    request = rpb.EntropyStatesRequest(
+        namespace="customers_eu", caller_node_id="eu-central-1", keys=["alice"]
+    )
+    async with impostor(cluster, tmp_path, "us-east-1", "eu-central-1").channel(west.address) as channel:
+        stub = rpb_grpc.ReplicationServiceStub(channel)
+        try:
+            answer = await stub.EntropyStates(request, timeout=5)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+            return
+    values = [m.version.value for m in answer.mutations]
+    pytest.fail(
+        "spiffe://.../region/us-east-1/node/eu-central-1 was answered as node eu-central-1 "
+        f"and sent the EU-only record's values: {values!r}"
+    )
 
 
 async def test_a_same_id_certificate_of_another_region_may_not_replicate_as_that_node(
