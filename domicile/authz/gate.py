@@ -179,13 +179,15 @@ class Gate:
             token = bearer_token(metadata)
             pem = self._peer_certificate(context)
             carrier, serial, valid = self._certificate_principal(pem)
-            check_validity(carrier.uri, valid)
             revoked = self.revoked()
             if revoked and serial in revoked:
+                # Before its validity: a revoked certificate still in use is the alert's business,
+                # expired or not.
                 raise _Revoked(
                     f"the certificate of {carrier.uri} (serial {serial_text(serial)}) is revoked by the "
                     "cluster's revocation list; ask for a new one"
                 )
+            check_validity(carrier.uri, valid)
             principal = None
             if token is not None:
                 if self.tokens is None:

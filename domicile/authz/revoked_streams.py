@@ -82,11 +82,6 @@ class RevokedStreamsGuard(WrappingInterceptor):
         gate = self.gate
 
         async def check() -> None:
-            try:
-                check_validity(identity, valid)
-            except Unauthenticated as expired:
-                gate.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, identity, expired.message))
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, expired.message)
             if serial in gate.revoked():
                 message = (
                     f"the certificate of {identity} (serial {serial_text(serial)}) was revoked by the "
@@ -94,6 +89,11 @@ class RevokedStreamsGuard(WrappingInterceptor):
                 )
                 gate.on_refusal(Refusal(action, Reason.REVOKED, identity, message))
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            try:
+                check_validity(identity, valid)
+            except Unauthenticated as expired:
+                gate.on_refusal(Refusal(action, Reason.UNAUTHENTICATED, identity, expired.message))
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, expired.message)
 
         return check
 
