@@ -1,6 +1,6 @@
-"""A Delete with a context deletes the versions the context covers: its tombstone carries their
-facts (subject, jurisdiction, classification), so it is placed and replicated wherever they
-went, not as a newer sibling that stays."""
+"""A Delete's tombstones carry the facts (subject, jurisdiction, classification) of the versions
+it deletes (with a context, those the context covers), so they are placed and replicated
+wherever those versions went."""
 
 from __future__ import annotations
 
@@ -57,6 +57,47 @@ async def test_a_delete_with_a_context_is_placed_by_the_version_it_deletes(tmp_p
 
         await eventually(marker, 15.0, "the marker at us-east-1")
         await asyncio.sleep(1.0)
+        assert await cluster.values("us-east-1", "customers", "k") == set()
+    finally:
+        await cluster.stop()
+
+
+async def test_a_delete_without_context_reaches_every_region_holding_a_deleted_version(
+    tmp_path: Path,
+) -> None:
+    """Regression: a Delete without a context deletes every version of the key, but its
+    tombstone took the facts of the newest alone; withheld from a region holding an older
+    sibling about another subject, it left that region serving the deleted record."""
+    cluster = LocalCluster(tmp_path, ["eu-west-1", "us-east-1"], pack=sample_pack(), namespaces=NAMESPACES)
+    await cluster.start_linked()
+    try:
+        west = cluster.nodes["eu-west-1"]
+        # s-a's record (DE: may be held in both regions), replicated to us-east-1.
+        await cluster.put(
+            "eu-west-1", "customers", "k", b"about a", subject_id="s-a", subject_jurisdiction="DE"
+        )
+
+        async def arrived() -> bool:
+            return await cluster.values("us-east-1", "customers", "k") == {b"about a"}
+
+        await eventually(arrived, 15.0, "s-a's record at us-east-1")
+        # A concurrent sibling about s-b (KR: may not be held in us-east-1), written later.
+        await cluster.put(
+            "eu-west-1", "customers", "k", b"about b", subject_id="s-b", subject_jurisdiction="KR"
+        )
+        # The client deletes the key: no context, so every version is deleted.
+        await west.service.delete(DeleteCommand("customers", "k", principal="tester"))
+        assert await cluster.values("eu-west-1", "customers", "k") == set()
+        # A later write us-east-1 may hold: once it is there, the stream has passed the delete.
+        await cluster.put(
+            "eu-west-1", "customers", "marker", b"m", subject_id="s-m", subject_jurisdiction="DE"
+        )
+
+        async def marker() -> bool:
+            return await cluster.values("us-east-1", "customers", "marker") == {b"m"}
+
+        await eventually(marker, 15.0, "the marker at us-east-1")
+        # us-east-1 still serves s-a's record, which the client deleted.
         assert await cluster.values("us-east-1", "customers", "k") == set()
     finally:
         await cluster.stop()
