@@ -11,6 +11,17 @@ from tests.support.s3 import s3_server
 
 
 @pytest.fixture
+async def eu_node(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """One node, in eu-west-1, with its coordinator."""
+    cluster = LocalCluster(tmp_path, ["eu-west-1"])
+    await cluster.start()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+@pytest.fixture
 async def eu_pair(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """Two EU nodes and one US node, each behind a controllable proxy."""
     cluster = LocalCluster(tmp_path, ["eu-west-1", "eu-central-1", "us-east-1"], proxies=True)

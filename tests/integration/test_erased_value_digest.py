@@ -7,10 +7,6 @@ erasure no longer hid a low-entropy value."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from domicile.model import Classification
 from domicile.subjects import ErasureOrder
@@ -20,19 +16,9 @@ from tests.support.cluster import LocalCluster
 SUBJECT = "subject-digest-1"
 
 
-@pytest.fixture
-async def eu(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path, ["eu-west-1"])
-    await cluster.start()
-    try:
-        yield cluster
-    finally:
-        await cluster.stop()
-
-
-async def test_an_erased_value_cannot_be_confirmed_from_the_store(eu: LocalCluster) -> None:
-    node = eu.nodes["eu-west-1"]
-    await eu.put(
+async def test_an_erased_value_cannot_be_confirmed_from_the_store(eu_node: LocalCluster) -> None:
+    node = eu_node.nodes["eu-west-1"]
+    await eu_node.put(
         "eu-west-1",
         "customers_eu",
         "c-1",
@@ -45,7 +31,7 @@ async def test_an_erased_value_cannot_be_confirmed_from_the_store(eu: LocalClust
     await node.eraser.erase(
         ErasureOrder("erase-digest-1", SUBJECT, 0, ("eu-west-1",)), topology.cluster, topology.holds
     )
-    assert await eu.values("eu-west-1", "customers_eu", "c-1") == set()
+    assert await eu_node.values("eu-west-1", "customers_eu", "c-1") == set()
 
     state = await asyncio.to_thread(node.engine.get, "customers_eu", "c-1")
     assert state is not None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ RECORDS = 1000
 VALUE_CHARS = 5000  # far below the 1 MiB value limit; 1,000 of them pass the 4 MiB request bound
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    c = LocalCluster(tmp_path, [REGION])
-    await c.start()
-    try:
-        yield c
-    finally:
-        await c.stop()
-
-
 @pytest.mark.parametrize(
     "bad",
     [
@@ -42,7 +31,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     ids=["classification", "request_id"],
 )
 async def test_a_line_with_a_refused_field_is_reported_and_the_others_are_loaded(
-    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: dict[str, str]
+    eu_node: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: dict[str, str]
 ) -> None:
     lines = [
         json.dumps({"key": "b-1", "value": "one"}),
@@ -52,10 +41,10 @@ async def test_a_line_with_a_refused_field_is_reported_and_the_others_are_loaded
     ]
     path = tmp_path / "records.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    argv = ["load", str(path), "-n", NS, "--batch", "2", "--coordinator", cluster.coordinator_address]
-    code = await asyncio.to_thread(main, [*argv, "--deadline", "10", *cluster.cli_args()])
+    argv = ["load", str(path), "-n", NS, "--batch", "2", "--coordinator", eu_node.coordinator_address]
+    code = await asyncio.to_thread(main, [*argv, "--deadline", "10", *eu_node.cli_args()])
     out, err = capsys.readouterr()
-    node = cluster.nodes[REGION]
+    node = eu_node.nodes[REGION]
     written = {k for k in ("b-1", "b-2", "b-3", "b-4") if node.engine.get(NS, k) is not None}
     assert code == 1, f"exit code {code}; stdout: {out!r}; stderr: {err!r}; written: {sorted(written)}"
     assert "line 2:" in err, err
@@ -63,15 +52,15 @@ async def test_a_line_with_a_refused_field_is_reported_and_the_others_are_loaded
 
 
 async def test_a_value_that_is_not_utf8_is_not_silently_rewritten(
-    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    eu_node: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "latin1.jsonl"
     # "café" in Latin-1: the é is the single byte 0xE9.
     path.write_bytes(b'{"key": "lat-1", "value": "caf\xe9"}\n')
-    argv = ["load", str(path), "-n", NS, "--coordinator", cluster.coordinator_address]
-    code = await asyncio.to_thread(main, [*argv, "--deadline", "10", *cluster.cli_args()])
+    argv = ["load", str(path), "-n", NS, "--coordinator", eu_node.coordinator_address]
+    code = await asyncio.to_thread(main, [*argv, "--deadline", "10", *eu_node.cli_args()])
     out, err = capsys.readouterr()
-    got = await cluster.stub(REGION).Get(spb.GetRequest(namespace=NS, key="lat-1"), timeout=5)
+    got = await eu_node.stub(REGION).Get(spb.GetRequest(namespace=NS, key="lat-1"), timeout=5)
     stored = [v.value for v in got.versions]
     # A bad line: reported with its number, nothing written, exit 1.
     assert stored == [], f"the file held b'caf\\xe9' but the store holds {stored!r}; stdout: {out!r}"
@@ -79,17 +68,17 @@ async def test_a_value_that_is_not_utf8_is_not_silently_rewritten(
 
 
 async def test_load_of_valid_records_that_weigh_more_than_one_request(
-    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    eu_node: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert RECORDS * VALUE_CHARS > STORAGE_REQUEST_BYTES_MAX
     path = tmp_path / "records.jsonl"
     with path.open("w") as f:
         for i in range(RECORDS):
             f.write(json.dumps({"key": f"big-{i:04d}", "value": "x" * VALUE_CHARS}) + "\n")
-    argv = ["load", str(path), "-n", NS, "--coordinator", cluster.coordinator_address]
-    code = await asyncio.to_thread(main, [*argv, "--deadline", "20", *cluster.cli_args()])
+    argv = ["load", str(path), "-n", NS, "--coordinator", eu_node.coordinator_address]
+    code = await asyncio.to_thread(main, [*argv, "--deadline", "20", *eu_node.cli_args()])
     out, err = capsys.readouterr()
-    node = cluster.nodes[REGION]
+    node = eu_node.nodes[REGION]
     written = sum(1 for i in range(RECORDS) if node.engine.get(NS, f"big-{i:04d}") is not None)
     assert code == 0, (
         f"exit code {code}; {written} of {RECORDS} written; stdout: {out!r}; stderr: {err[-400:]!r}"

@@ -7,30 +7,16 @@ alone, and the answer is built from this attempt's fields, not the first attempt
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
-import pytest
 
 from domicile.v1 import storage_node_pb2 as spb
 from tests.support.cluster import LocalCluster
 
 
-@pytest.fixture
-async def single(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path, ["eu-west-1"])
-    await cluster.start()
-    try:
-        yield cluster
-    finally:
-        await cluster.stop()
-
-
 async def test_delete_with_a_put_request_id_is_not_answered_as_done_while_nothing_is_deleted(
-    single: LocalCluster,
+    eu_node: LocalCluster,
 ) -> None:
-    stub = single.stub("eu-west-1")
+    stub = eu_node.stub("eu-west-1")
     await stub.Put(
         spb.PutRequest(namespace="prefs_eu", key="k", value=b"v", request_id="req-shared-1"), timeout=5
     )
@@ -41,9 +27,9 @@ async def test_delete_with_a_put_request_id_is_not_answered_as_done_while_nothin
     except grpc.aio.AioRpcError as refused:
         assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.details()
         assert "used for a different write" in (refused.details() or "")
-        assert (await single.values("eu-west-1", "prefs_eu", "k")) == {b"v"}
+        assert (await eu_node.values("eu-west-1", "prefs_eu", "k")) == {b"v"}
         return
-    read = await single.get("eu-west-1", "prefs_eu", "k")
+    read = await eu_node.get("eu-west-1", "prefs_eu", "k")
     # Answered OK as a delete (a tombstone version): the record must then be gone.
     assert answer.version.tombstone
     assert not read.found, (
@@ -54,9 +40,9 @@ async def test_delete_with_a_put_request_id_is_not_answered_as_done_while_nothin
 
 
 async def test_put_with_a_reused_request_id_and_another_value_is_not_answered_as_written(
-    single: LocalCluster,
+    eu_node: LocalCluster,
 ) -> None:
-    stub = single.stub("eu-west-1")
+    stub = eu_node.stub("eu-west-1")
     await stub.Put(
         spb.PutRequest(namespace="prefs_eu", key="k2", value=b"first", request_id="req-shared-2"), timeout=5
     )
@@ -67,7 +53,7 @@ async def test_put_with_a_reused_request_id_and_another_value_is_not_answered_as
         )
     except grpc.aio.AioRpcError as refused:
         assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.details()
-        assert (await single.values("eu-west-1", "prefs_eu", "k2")) == {b"first"}
+        assert (await eu_node.values("eu-west-1", "prefs_eu", "k2")) == {b"first"}
         # The same write again is still a retry, answered with the first attempt's version.
         again = await stub.Put(
             spb.PutRequest(namespace="prefs_eu", key="k2", value=b"first", request_id="req-shared-2"),
@@ -75,7 +61,7 @@ async def test_put_with_a_reused_request_id_and_another_value_is_not_answered_as
         )
         assert again.version.value == b"first" and again.version.dot.counter == 1
         return
-    read = await single.get("eu-west-1", "prefs_eu", "k2")
+    read = await eu_node.get("eu-west-1", "prefs_eu", "k2")
     stored = [v.value for v in read.versions]
     # The answer names the value it claims was written: it must be what the store holds.
     assert stored == [answer.version.value], (

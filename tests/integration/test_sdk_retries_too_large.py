@@ -8,9 +8,6 @@ SDK checks these bounds before sending, so the caller should be told without any
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from domicile.client import BatchRecord
@@ -22,28 +19,18 @@ REGION = "eu-west-1"
 NS = "customers_eu"
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    c = LocalCluster(tmp_path, [REGION])
-    await c.start()
-    try:
-        yield c
-    finally:
-        await c.stop()
-
-
-def too_large_refusals(cluster: LocalCluster, action: str) -> float:
-    registry = cluster.nodes[REGION].metrics.registry
+def too_large_refusals(eu_node: LocalCluster, action: str) -> float:
+    registry = eu_node.nodes[REGION].metrics.registry
     labels = {"action": action, "reason": "too_large"}
     return registry.get_sample_value("domicile_authz_refusals_total", labels) or 0.0
 
 
-async def test_an_oversized_put_batch_is_sent_at_most_once(cluster: LocalCluster) -> None:
+async def test_an_oversized_put_batch_is_sent_at_most_once(eu_node: LocalCluster) -> None:
     records = [BatchRecord(key=f"k-{i:04d}", value=b"x" * 5000) for i in range(1000)]
-    async with cluster.async_client() as client:
+    async with eu_node.async_client() as client:
         with pytest.raises(DomicileError) as raised:
             await client.put_batch(NS, records)
-    sent = too_large_refusals(cluster, "storage.PutBatch")
+    sent = too_large_refusals(eu_node, "storage.PutBatch")
     assert isinstance(raised.value, InvalidArgument) and "split the records" in raised.value.message
     assert sent == 0, (
         f"one put_batch call was sent {sent:g} times, each refused as over the "
